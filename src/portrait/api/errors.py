@@ -1,0 +1,30 @@
+"""The one mapping from domain errors to HTTP responses: ``{"code": ..., "message": ...}`` with a fitting status."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from portrait.errors import BadRequest, DatabaseInUse, NotFound, PortraitError, Unauthorized
+
+STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, NotFound: 404, DatabaseInUse: 503}
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(orjson.dumps({"code": code, "message": message}), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(PortraitError)
+    async def _domain(_: Request, exc: PortraitError) -> Response:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+        return error_response(status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()]
+        return error_response(400, "invalid_request", "; ".join(parts))

@@ -1,0 +1,276 @@
+"""The ``portrait`` command. Parses arguments, calls the service (or a running server), prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from portrait.client import RemotePortrait, remove_server_file, running_server_url, write_server_file
+from portrait.config import Settings, load_settings
+from portrait.errors import DatabaseInUse, PortraitError
+from portrait.service import Portrait
+
+app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+profiles_app = typer.Typer(help="Look up unified customer profiles.", no_args_is_help=True)
+events_app = typer.Typer(help="Inspect the event log.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(events_app, name="events")
+console = Console()
+errors = Console(stderr=True)
+
+DbOption = Annotated[str | None, typer.Option("--db", help="Database file (default: PORTRAIT_DB_PATH or "
+                                                         "./portrait.duckdb).")]
+UrlOption = Annotated[str | None, typer.Option("--url", help="Talk to a running server at this URL instead of "
+                                                           "opening the database file.")]
+AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar="PORTRAIT_ADMIN_KEY",
+                                                    help="Admin key, needed with --url or a running server.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+Backend = Portrait | RemotePortrait
+
+
+def _settings(db: str | None) -> Settings:
+    return load_settings().with_overrides(db_path=db)
+
+
+def _print_generated(generated: dict[str, str]) -> None:
+    for kind, key in generated.items():
+        console.print(f"[bold yellow]Generated {kind} key (shown once, store it now):[/] {key}")
+
+
+@contextmanager
+def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None
+             ) -> Iterator[Backend]:
+    """The local database when it is free, else the server that holds it (with an admin key), else a clear error."""
+    settings = _settings(db)
+    backend: Backend
+    if url:
+        backend = RemotePortrait(url, admin_key=admin_key, write_key=write_key)
+    else:
+        try:
+            backend = Portrait(settings, background=False)
+        except DatabaseInUse as exc:
+            server = running_server_url(settings.db_path)
+            if server is None or not (admin_key or write_key):
+                hint = f" A server runs at {server}; pass --admin-key (or set PORTRAIT_ADMIN_KEY)." if server else ""
+                raise DatabaseInUse(exc.message + hint) from exc
+            backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
+        else:
+            _print_generated(backend.generated_keys)
+            backend.process_pending()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _fail(exc: PortraitError) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {exc.message}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    db: DbOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+) -> None:
+    """Start the HTTP server: Segment-compatible ingestion under /v1 and the admin API under /api."""
+    import uvicorn
+
+    from portrait.api import create_app
+
+    settings = _settings(db).with_overrides(host=host, port=port)
+    try:
+        portrait = Portrait(settings)
+    except DatabaseInUse as exc:
+        raise _fail(exc) from exc
+    _print_generated(portrait.generated_keys)
+    url = f"http://{settings.host}:{settings.port}"
+    write_server_file(settings.db_path, url)
+    console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
+                  f"API docs: {url}/docs)")
+    try:
+        uvicorn.run(create_app(settings, portrait), host=settings.host, port=settings.port, log_level="warning",
+                    access_log=False)
+    finally:
+        portrait.close()
+        remove_server_file(settings.db_path)
+
+
+@app.command()
+def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+           as_json: JsonOption = False) -> None:
+    """Ingestion and processing counters (lag = events received but not yet reflected in profiles)."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            info = backend.status()
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data=info)
+        return
+    table = Table("counter", "value", title="Portrait status")
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@profiles_app.command("get")
+def profiles_get(
+    identity: Annotated[str, typer.Argument(help="TYPE:VALUE, e.g. email:ann@example.com, user_id:42, profile_id:…")],
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+    events: Annotated[int, typer.Option(help="How many recent events to show.")] = 10,
+) -> None:
+    """Show the unified profile of any identifier: traits, identities, merges and recent events."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            profile = backend.profile(identity)
+            recent = backend.events(identity, limit=events)["events"] if events else []
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data={**profile, "events": recent})
+        return
+    _print_profile(profile, recent)
+
+
+def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]Profile[/] {profile['profile_id']}  first seen {profile['first_seen']}, "
+                  f"last seen {profile['last_seen']}")
+    traits = Table("trait", "value", title="Traits")
+    for key, value in profile["traits"].items():
+        traits.add_row(key, json.dumps(value, ensure_ascii=False))
+    console.print(traits)
+    idents = Table("type", "value", "first seen", title="Identities")
+    for ident in profile["identities"]:
+        idents.add_row(ident["type"], ident["value"], ident["first_seen"] or "")
+    console.print(idents)
+    if profile["merges"]:
+        merges = Table("merged profile", "when", "event", "identifiers", title="Merges")
+        for m in profile["merges"]:
+            merges.add_row(m["merged_profile_id"], m["merged_at"], m["message_id"],
+                           ", ".join(f"{i['type']}:{i['value']}" for i in m["identifiers"]))
+        console.print(merges)
+    if recent:
+        table = Table("timestamp", "type", "event", "properties", title=f"Latest {len(recent)} events")
+        for e in recent:
+            table.add_row(e["timestamp"], e["type"], e["event"] or "", json.dumps(e["properties"])[:80])
+        console.print(table)
+
+
+@events_app.command("tail")
+def events_tail(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many recent events to show first.")] = 20,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new events as they arrive.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the latest events of the log (and follow new ones with -f)."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            after = max(0, int(backend.status()["last_seq"]) - lines)
+            while True:
+                batch = backend.recent_events(after, 1000)
+                for event in batch:
+                    _print_event(event, as_json)
+                    after = int(event["seq"])
+                if not follow:
+                    return
+                if not batch:
+                    time.sleep(1.0)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(data=event)
+        return
+    who = event.get("user_id") or f"anon:{event.get('anonymous_id')}"
+    console.print(f"{event['seq']:>8}  {event['timestamp']}  {event['type']:<8} {event.get('event') or '':<24} {who}")
+
+
+@events_app.command("rejected")
+def events_rejected(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    code: Annotated[str | None, typer.Option(help="Only this rejection code.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Messages and requests that were not accepted, with the reason and what was sent."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            page = backend.rejected(limit=limit, code=code)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data=page)
+        return
+    table = Table("id", "received", "code", "reason", "payload", title="Rejected")
+    for item in page["rejected"]:
+        table.add_row(str(item["id"]), item["received_at"], item["code"], item["reason"], item["payload"][:60])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    profiles: Annotated[int, typer.Option("--profiles", help="How many synthetic customers.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    db: DbOption = None, url: UrlOption = None,
+    write_key: Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
+                                                  help="Write key, needed with --url or a running server.")] = None,
+) -> None:
+    """Load a realistic synthetic e-commerce data set through the normal ingestion path."""
+    from portrait.demo import generate_batches
+
+    try:
+        with _backend(db, url, None, write_key) as backend, _progress() as progress:
+            task = progress.add_task("customers", total=profiles)
+            sent = 0
+            for batch in generate_batches(profiles, batch_size=500, seed=seed):
+                if isinstance(backend, Portrait):
+                    backend.ingest_messages(batch, source="demo")
+                else:
+                    backend.send_batch(batch)
+                sent += len(batch)
+                progress.update(task, completed=_customers_done(batch, profiles), description=f"{sent:,} events")
+            progress.update(task, completed=profiles)
+            if isinstance(backend, Portrait):
+                process = progress.add_task("processing", total=None)
+                backend.process_pending()
+                progress.update(process, total=1, completed=1)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Loaded {sent:,} events for {profiles:,} customers.")
+
+
+def _customers_done(batch: list[dict[str, Any]], total: int) -> int:
+    """Demo user ids are ``user-{i}``; the highest seen tells how far the generator got."""
+    best = 0
+    for message in batch:
+        user = str(message.get("userId") or "")
+        if user.startswith("user-") and user[5:].isdigit():
+            best = max(best, int(user[5:]) + 1)
+    return min(best, total)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=os.environ.get("PORTRAIT_NO_PROGRESS") == "1")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

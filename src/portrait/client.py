@@ -1,0 +1,94 @@
+"""A small HTTP client for a running Portrait server, with the same read methods as the service.
+
+The CLI uses it when the embedded database is held by a running server (DuckDB allows one read-write process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from portrait.errors import BadRequest, NotFound, PortraitError, Unauthorized
+
+
+def server_file(db_path: str) -> Path:
+    """Where ``portrait serve`` records its address next to the database, so the CLI can find it."""
+    return Path(f"{db_path}.server.json")
+
+
+def write_server_file(db_path: str, url: str) -> None:
+    server_file(db_path).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+
+
+def remove_server_file(db_path: str) -> None:
+    server_file(db_path).unlink(missing_ok=True)
+
+
+def running_server_url(db_path: str) -> str | None:
+    try:
+        info = json.loads(server_file(db_path).read_text())
+    except (OSError, ValueError):
+        return None
+    url = info.get("url")
+    return url if isinstance(url, str) else None
+
+
+class RemotePortrait:
+    """Reads and ingestion over HTTP."""
+
+    def __init__(self, url: str, *, admin_key: str | None = None, write_key: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._admin = admin_key
+        self._write = write_key
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        if not self._admin:
+            raise Unauthorized("an admin key is needed to read from the server: set PORTRAIT_ADMIN_KEY or --admin-key")
+        response = self._http.get(path, params={k: v for k, v in (params or {}).items() if v is not None},
+                                  headers={"Authorization": f"Bearer {self._admin}"})
+        return _checked(response)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._get("/api/status"))
+
+    def profile(self, reference: str) -> dict[str, Any]:
+        return dict(self._get(f"/api/profiles/{reference}"))
+
+    def events(self, reference: str, *, event: str | None = None, cursor: str | None = None,
+               limit: int = 50) -> dict[str, Any]:
+        return dict(self._get(f"/api/profiles/{reference}/events", {"event": event, "cursor": cursor,
+                                                                    "limit": limit}))
+
+    def rejected(self, *, limit: int = 100, before_id: int | None = None, code: str | None = None) -> dict[str, Any]:
+        return dict(self._get("/api/events/rejected", {"limit": limit, "before": before_id, "code": code}))
+
+    def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._get("/api/events/recent", {"after": after_seq, "limit": limit})["events"])
+
+    def send_batch(self, messages: list[dict[str, Any]]) -> None:
+        if not self._write:
+            raise Unauthorized("a write key is needed to send events: set PORTRAIT_WRITE_KEY or --write-key")
+        response = self._http.post("/v1/batch", json={"batch": messages, "writeKey": self._write})
+        _checked(response)
+
+
+def _checked(response: httpx.Response) -> Any:
+    if response.status_code == 200:
+        return response.json()
+    try:
+        body = response.json()
+        message = f"{body['message']} ({body['code']})"
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:500]
+    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 404: NotFound}.get(
+        response.status_code, PortraitError)
+    raise error(f"server answered {response.status_code}: {message}")

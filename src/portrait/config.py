@@ -1,0 +1,83 @@
+"""One Settings object, read once from ``PORTRAIT_*`` environment variables and passed down.
+
+Every setting is documented in docs/settings.md; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEFAULT_BLOCKED_VALUES = ("null", "undefined", "none", "nil", "0", "-1", "test@test.com", "test@example.com", "unknown")
+DEFAULT_PRIORITY = ("user_id", "email", "phone")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Field docs are the source of docs/settings.md."""
+
+    db_path: str = "portrait.duckdb"
+    """Path of the embedded DuckDB database file."""
+    host: str = "127.0.0.1"
+    """Address the server listens on."""
+    port: int = 8000
+    """Port the server listens on."""
+    write_key: str | None = None
+    """Ingestion write key set at start (otherwise one is generated once and printed)."""
+    admin_key: str | None = None
+    """Admin API key set at start (otherwise one is generated once and printed)."""
+    max_message_bytes: int = 32 * 1024
+    """Largest single message accepted, after decompression."""
+    max_batch_bytes: int = 500 * 1024
+    """Largest request body accepted, after decompression."""
+    max_batch_items: int = 2500
+    """Most messages accepted in one batch."""
+    default_phone_region: str = "US"
+    """Region used to read phone numbers written without a +country prefix (ISO 3166 alpha-2)."""
+    identity_traits: tuple[str, ...] = ("loyalty_card", "crm_id", "device_id")
+    """Trait names whose values are identifiers of their own type (e.g. loyalty_card)."""
+    identity_priority: tuple[str, ...] = DEFAULT_PRIORITY
+    """Identifier types from most to least trusted; unlisted types follow, anonymous_id always last."""
+    identity_limits: Mapping[str, int] = field(default_factory=lambda: {"user_id": 1})
+    """Most identifiers of one type per profile, as type=N pairs; types not listed use identity_default_limit."""
+    identity_default_limit: int = 5
+    """Most identifiers of a type per profile where identity_limits names no other number."""
+    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
+    """Identifier values never used for matching (compared case-insensitively after trimming)."""
+    processor_batch_size: int = 20000
+    """Most events the processor takes in one micro-batch."""
+    commit_max_events: int = 20000
+    """Most events the ingest writer groups into one commit."""
+    cors_origins: tuple[str, ...] = ("*",)
+    """Origins allowed to call the ingestion endpoints from a browser."""
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse(kind: str, raw: str) -> Any:
+    if kind == "int":
+        return int(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind.startswith("Mapping"):
+        pairs = (part.split("=", 1) for part in raw.split(",") if "=" in part)
+        return {key.strip(): int(value) for key, value in pairs}
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``PORTRAIT_<FIELD>`` environment variables (comma lists for tuples)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(f"PORTRAIT_{f.name.upper()}")
+        if raw is not None:
+            try:
+                values[f.name] = _parse(str(f.type), raw)
+            except ValueError as exc:
+                raise ValueError(f"PORTRAIT_{f.name.upper()}={raw!r} is not a valid {f.type}") from exc
+    return Settings(**values)

@@ -1,0 +1,39 @@
+"""Domain errors. Each carries a stable machine-readable ``code``; the HTTP layer maps classes to status codes."""
+
+from __future__ import annotations
+
+
+class PortraitError(Exception):
+    """Base of every error Portrait raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(PortraitError):
+    """The request as a whole cannot be read (malformed JSON, too large, wrong shape)."""
+
+    code = "bad_request"
+
+
+class Unauthorized(PortraitError):
+    """No key, or a key we do not know."""
+
+    code = "unauthorized"
+
+
+class NotFound(PortraitError):
+    """The thing asked for does not exist."""
+
+    code = "not_found"
+
+
+class DatabaseInUse(PortraitError):
+    """The embedded database is held by another process (normally a running server)."""
+
+    code = "database_in_use"

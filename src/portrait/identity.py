@@ -1,0 +1,205 @@
+"""Deterministic identity resolution, pure: identifiers in, a plan (attach / create / merge) out.
+
+The processor loads the part of the identity graph a micro-batch touches into an :class:`IdentityGraph`, calls
+:meth:`IdentityGraph.resolve` for each event in log order, and writes the recorded changes back in sets.
+
+Rules (docs/identity.md):
+- no known identifier -> new profile; identifiers of one profile -> attach; of several -> merge into the oldest.
+- per-type limits (default: 1 user_id, 5 of every other type): if attaching or merging would break one, the
+  lowest-priority identifier of the incoming event is dropped and matching retried. So two customers who share a
+  device (anonymous_id) are never merged through it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import phonenumbers
+
+from portrait.config import Settings
+from portrait.model import Identifier
+
+ANONYMOUS = "anonymous_id"
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """What counts as an identifier, how it is normalized, and how many of a type a profile may have."""
+
+    priority: tuple[str, ...]
+    limits: Mapping[str, int]
+    default_limit: int
+    blocked: frozenset[str]
+    identity_traits: tuple[str, ...]
+    phone_region: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IdentityRules:
+        return cls(
+            priority=tuple(settings.identity_priority),
+            limits=dict(settings.identity_limits),
+            default_limit=settings.identity_default_limit,
+            blocked=frozenset(v.strip().lower() for v in settings.blocked_values),
+            identity_traits=tuple(settings.identity_traits),
+            phone_region=settings.default_phone_region,
+        )
+
+    def limit(self, kind: str) -> int:
+        return self.limits.get(kind, self.default_limit)
+
+    def rank(self, kind: str) -> tuple[int, str]:
+        """Sort key: configured order first, then other types by name, anonymous_id last."""
+        if kind == ANONYMOUS:
+            return (len(self.priority) + 2, kind)
+        if kind in self.priority:
+            return (self.priority.index(kind), "")
+        return (len(self.priority) + 1, kind)
+
+    def normalize(self, kind: str, raw: Any) -> Identifier | None:
+        """Normalize one identifier; None if it is empty, blocked or unreadable (e.g. not a phone number)."""
+        if raw is None or isinstance(raw, bool | dict | list):
+            return None
+        value = str(raw).strip()
+        if not value or value.lower() in self.blocked:
+            return None
+        if kind == "email":
+            value = value.lower()
+            if "@" not in value or value in self.blocked:
+                return None
+        elif kind == "phone":
+            phone = normalize_phone(value, self.phone_region)
+            if phone is None:
+                return None
+            value = phone
+        return Identifier(kind, value)
+
+
+def normalize_phone(value: str, region: str) -> str | None:
+    """E.164 form of a phone number, or None when it is not a possible number."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def extract_identifiers(
+    rules: IdentityRules,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    previous_id: str | None,
+    traits: Mapping[str, Any],
+    context: Mapping[str, Any],
+    known_user_ids: Callable[[str], bool] = lambda _: False,
+) -> list[Identifier]:
+    """All identifiers an event carries, normalized, de-duplicated, highest priority first.
+
+    ``previousId`` (alias) is read as a user_id when a profile already has that user id, else as an anonymous_id.
+    """
+    found: list[Identifier | None] = [
+        rules.normalize("user_id", user_id),
+        rules.normalize(ANONYMOUS, anonymous_id),
+    ]
+    if previous_id is not None:
+        kind = "user_id" if known_user_ids(previous_id) else ANONYMOUS
+        found.append(rules.normalize(kind, previous_id))
+    context_traits = context.get("traits")
+    for source in (traits, context_traits if isinstance(context_traits, Mapping) else {}):
+        found.append(rules.normalize("email", source.get("email")))
+        found.append(rules.normalize("phone", source.get("phone")))
+        found.extend(rules.normalize(name, source.get(name)) for name in rules.identity_traits)
+    external = context.get("externalIds")
+    if isinstance(external, list):
+        for item in external:
+            if isinstance(item, Mapping) and isinstance(item.get("type"), str):
+                found.append(rules.normalize(item["type"].strip().lower(), item.get("id")))
+    unique = {ident for ident in found if ident is not None}
+    return sorted(unique, key=lambda ident: (rules.rank(ident.type), ident.value))
+
+
+@dataclass(slots=True)
+class Resolution:
+    """Where one event went."""
+
+    profile_id: str | None
+    created: bool = False
+    attached: list[Identifier] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    dropped: list[Identifier] = field(default_factory=list)
+
+
+@dataclass
+class IdentityGraph:
+    """The slice of the identity graph a batch needs, mutated in memory as events are resolved.
+
+    ``owner`` maps identifier keys to profile ids; ``members`` lists each profile's identifiers; ``created`` orders
+    profiles by age (the oldest survives a merge, so a profile id stays stable).
+    """
+
+    rules: IdentityRules
+    owner: dict[str, str] = field(default_factory=dict)
+    members: dict[str, list[Identifier]] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)
+    merged_into: dict[str, str] = field(default_factory=dict)
+
+    def add_profile(self, profile_id: str, created_seq: int, identifiers: Iterable[Identifier]) -> None:
+        self.created[profile_id] = created_seq
+        members = self.members.setdefault(profile_id, [])
+        for ident in identifiers:
+            members.append(ident)
+            self.owner[ident.key] = profile_id
+
+    def final(self, profile_id: str) -> str:
+        """The profile a (possibly merged-away) id now lives in."""
+        while profile_id in self.merged_into:
+            profile_id = self.merged_into[profile_id]
+        return profile_id
+
+    def resolve(self, identifiers: list[Identifier], seq: int, new_id: Callable[[], str]) -> Resolution:
+        """Resolve one event's identifiers (highest priority first), updating the graph."""
+        if not identifiers:
+            return Resolution(profile_id=None)
+        candidates = list(identifiers)
+        dropped: list[Identifier] = []
+        while len(candidates) > 1 and not self._fits(candidates):
+            dropped.append(candidates.pop())
+        matched = self._matched(candidates)
+        unknown = [ident for ident in candidates if ident.key not in self.owner]
+        if not matched:
+            profile_id = new_id()
+            self.add_profile(profile_id, seq, unknown)
+            return Resolution(profile_id, created=True, attached=unknown, dropped=dropped)
+        winner = min(matched, key=lambda p: (self.created[p], p))
+        losers = [p for p in matched if p != winner]
+        for loser in losers:
+            self._merge(loser, winner)
+        self.add_profile(winner, self.created[winner], unknown)
+        return Resolution(winner, attached=unknown, merged=losers, dropped=dropped)
+
+    def _matched(self, identifiers: list[Identifier]) -> list[str]:
+        seen: dict[str, None] = {}
+        for ident in identifiers:
+            owner = self.owner.get(ident.key)
+            if owner is not None:
+                seen[owner] = None
+        return list(seen)
+
+    def _fits(self, identifiers: list[Identifier]) -> bool:
+        counts: Counter[str] = Counter()
+        for profile_id in self._matched(identifiers):
+            counts.update(ident.type for ident in self.members[profile_id])
+        counts.update(ident.type for ident in identifiers if ident.key not in self.owner)
+        return all(count <= self.rules.limit(kind) for kind, count in counts.items())
+
+    def _merge(self, loser: str, winner: str) -> None:
+        moved = self.members.pop(loser)
+        for ident in moved:
+            self.owner[ident.key] = winner
+        self.members[winner].extend(moved)
+        self.merged_into[loser] = winner

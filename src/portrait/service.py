@@ -1,0 +1,278 @@
+"""Use cases: what the HTTP API, the CLI and (later) the console all call. No HTTP or terminal concerns here."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from portrait import sql
+from portrait.config import Settings
+from portrait.errors import BadRequest, NotFound
+from portrait.identity import IdentityRules
+from portrait.keys import ApiKey, KeyRing
+from portrait.model import IngestResult, Rejection
+from portrait.pipeline import Processor, ProcessorThread
+from portrait.spec import (
+    Limits,
+    MessageReader,
+    ParsedRequest,
+    decode_body,
+    key_from_basic_auth,
+    parse_request,
+    raw_preview,
+    utc_now,
+)
+from portrait.store import Session, Store, open_store
+from portrait.writer import EventWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    """An ingestion request as the HTTP layer hands it over."""
+
+    endpoint: str
+    body: bytes
+    content_encoding: str | None = None
+    authorization: str | None = None
+    query_key: str | None = None
+    ip: str | None = None
+
+
+class Portrait:
+    """The application: one store, one writer thread, one processor (thread or on demand)."""
+
+    def __init__(self, settings: Settings, store: Store | None = None, *, background: bool = True) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.db_path)
+        self.rules = IdentityRules.from_settings(settings)
+        self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items)
+        self._local = threading.local()
+        self._sessions: list[Session] = []
+        self._sessions_lock = threading.Lock()
+        self.keys = KeyRing(self._reads)
+        self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
+        self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size)
+        self._processor_thread = ProcessorThread(self.processor, self.store) if background else None
+        notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
+        self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)
+        if self._processor_thread:
+            self._processor_thread.start()
+
+    def close(self) -> None:
+        self.writer.close()
+        if self._processor_thread:
+            self._processor_thread.stop()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+        self.store.close()
+
+    @property
+    def _reads(self) -> Session:
+        """This thread's read session (DuckDB cursors must not be shared between threads)."""
+        session: Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self.store.session()
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    # -- ingestion ---------------------------------------------------------------------------------------------
+    def ingest(self, request: IncomingRequest) -> Future[IngestResult]:
+        """Authenticate, read and validate a request; the future resolves once its events are committed.
+
+        Raises Unauthorized (no/unknown key) or BadRequest (unreadable body; kept in rejected events when the
+        request was authenticated by header or query, so the user can see what was sent).
+        """
+        header_key = key_from_basic_auth(request.authorization) or request.query_key
+        received_at = utc_now()
+        try:
+            body = decode_body(request.body, request.content_encoding, self.limits)
+            parsed = parse_request(body, request.endpoint, self.limits)
+        except BadRequest as exc:
+            if header_key is not None:
+                source = self.keys.check(header_key, "write")
+                self._keep_unreadable(request.body, exc, source, received_at)
+            raise
+        source = self.keys.check(header_key or parsed.write_key, "write")
+        return self._submit(parsed, source, received_at, request.ip)
+
+    def ingest_messages(self, messages: list[Any], source: str = "default") -> IngestResult:
+        """In-process ingestion of Segment-format messages through the same validation and writer."""
+        parsed = ParsedRequest(messages, None, None, None)
+        return self._submit(parsed, ApiKey("write", source), utc_now(), None).result()
+
+    def _submit(self, parsed: ParsedRequest, source: ApiKey, received_at: datetime, ip: str | None
+                ) -> Future[IngestResult]:
+        reader = MessageReader(received_at=received_at, source=source.name, ip=ip, batch=parsed, limits=self.limits)
+        events, rejections = reader.read_all(parsed.messages)
+        return self.writer.submit(events, rejections)
+
+    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime) -> None:
+        rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw), received_at=received_at,
+                              source=source.name)
+        self.writer.submit([], [rejection])
+
+    # -- processing --------------------------------------------------------------------------------------------
+    def process_pending(self) -> int:
+        """Process the log until caught up, in this thread (for the CLI when no server runs)."""
+        return self.processor.drain()
+
+    def status(self) -> dict[str, Any]:
+        session = self._reads
+        counters = dict(session.execute(sql.GET_COUNTERS))
+        received = int(counters.get("events_received", 0))
+        processed = int(counters.get("events_processed", 0))
+        return {
+            "events_received": received,
+            "events_processed": processed,
+            "lag": received - processed,
+            "events_rejected": int(session.execute(sql.COUNT_REJECTED)[0][0]),
+            "profiles": int(session.execute(sql.COUNT_PROFILES)[0][0]),
+            "watermark": int(counters.get("watermark", 0)),
+            "last_seq": int(session.execute(sql.MAX_SEQ)[0][0]),
+            "database": self.store.path,
+        }
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    def resolve_profile_id(self, reference: str) -> str:
+        """``type:value`` (e.g. ``email:ann@example.com``, ``profile_id:...``) -> current profile id, or NotFound."""
+        kind, sep, value = reference.partition(":")
+        if not sep or not kind or not value:
+            raise BadRequest(f"identity {reference!r} must look like TYPE:VALUE, e.g. email:ann@example.com",
+                             code="invalid_identity")
+        session = self._reads
+        if kind == "profile_id":
+            if session.execute(sql.PROFILE_ROW, [value]):
+                return value
+            rows = session.execute(sql.PROFILE_BY_ALIAS, [value])
+        else:
+            ident = self.rules.normalize(kind.strip().lower(), value)
+            rows = session.execute(sql.PROFILE_BY_IDENTITY, [ident.key]) if ident else []
+        if not rows:
+            raise NotFound(f"no profile has the identity {reference}")
+        return str(rows[0][0])
+
+    def profile(self, reference: str) -> dict[str, Any]:
+        profile_id = self.resolve_profile_id(reference)
+        session = self._reads
+        rows = session.execute(sql.PROFILE_ROW, [profile_id])
+        if not rows:
+            raise NotFound(f"no profile has the identity {reference}")
+        _, first_seen, last_seen, updated_at = rows[0]
+        return {
+            "profile_id": profile_id,
+            "traits": self._traits(session, profile_id),
+            "identities": self._identities(session, profile_id),
+            "merges": self._merges(session, profile_id),
+            "identity_conflicts": self._conflicts(session, profile_id),
+            "first_seen": _iso(first_seen),
+            "last_seen": _iso(last_seen),
+            "updated_at": _iso(updated_at),
+        }
+
+    def traits(self, reference: str) -> dict[str, Any]:
+        return self._traits(self._reads, self.resolve_profile_id(reference))
+
+    def identities(self, reference: str) -> list[dict[str, Any]]:
+        return self._identities(self._reads, self.resolve_profile_id(reference))
+
+    def events(self, reference: str, *, event: str | None = None, since: datetime | None = None,
+               until: datetime | None = None, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000", code="invalid_limit")
+        profile_id = self.resolve_profile_id(reference)
+        query, params = sql.profile_event_page(sql.EventFilter(
+            profile_id, event=event, since=since, until=until, before=_decode_cursor(cursor), limit=limit))
+        session = self._reads
+        page = session.execute(query, params)
+        more = len(page) > limit
+        page = page[:limit]
+        seqs = [seq for seq, _ in page]
+        details = {row[0]: row for row in session.execute(sql.EVENTS_BY_SEQ, [seqs])} if seqs else {}
+        events = [_event_json(details[seq]) for seq, _ in page if seq in details]
+        next_cursor = _encode_cursor(page[-1][1], page[-1][0]) if more else None
+        return {"profile_id": profile_id, "events": events, "next": next_cursor}
+
+    def rejected(self, *, limit: int = 100, before_id: int | None = None, code: str | None = None) -> dict[str, Any]:
+        query, params = sql.rejected_page(limit, before_id, code)
+        rows = self._reads.execute(query, params)
+        more = len(rows) > limit
+        items = [
+            {"id": r[0], "received_at": _iso(r[1]), "code": r[2], "reason": r[3], "source": r[4], "message_id": r[5],
+             "payload": r[6]}
+            for r in rows[:limit]
+        ]
+        return {"rejected": items, "next": items[-1]["id"] if more else None}
+
+    def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
+        query, params = sql.recent_events(after_seq, limit)
+        columns = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
+                   "source")
+        return [
+            {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
+            for row in self._reads.execute(query, params)
+        ]
+
+    @staticmethod
+    def _traits(session: Session, profile_id: str) -> dict[str, Any]:
+        return {key: orjson.loads(value) for key, value in session.execute(sql.PROFILE_TRAITS, [profile_id])}
+
+    @staticmethod
+    def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
+        return [{"type": t, "value": v, "first_seen": _iso(f)}
+                for t, v, f in session.execute(sql.PROFILE_IDENTITIES, [profile_id])]
+
+    @staticmethod
+    def _merges(session: Session, profile_id: str) -> list[dict[str, Any]]:
+        return [
+            {"merged_profile_id": m, "seq": s, "message_id": mid, "identifiers": orjson.loads(i or "[]"),
+             "merged_at": _iso(at), "processed_at": _iso(pa), "reason": "one event carried identifiers of both"}
+            for m, s, mid, i, at, pa in session.execute(sql.PROFILE_MERGES, [profile_id])
+        ]
+
+    @staticmethod
+    def _conflicts(session: Session, profile_id: str) -> list[dict[str, Any]]:
+        return [
+            {"seq": s, "message_id": mid, "dropped": orjson.loads(d or "[]"), "processed_at": _iso(at),
+             "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"}
+            for s, mid, d, at in session.execute(sql.PROFILE_CONFLICTS, [profile_id])
+        ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+
+
+def _event_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, message_id, kind, event, user_id, anonymous_id, timestamp, received_at, properties, traits, context, src = row
+    return {
+        "seq": seq, "message_id": message_id, "type": kind, "event": event, "user_id": user_id,
+        "anonymous_id": anonymous_id, "timestamp": _iso(timestamp), "received_at": _iso(received_at),
+        "properties": orjson.loads(properties or "{}"), "traits": orjson.loads(traits or "{}"),
+        "context": orjson.loads(context or "{}"), "source": src,
+    }
+
+
+def _encode_cursor(timestamp: datetime, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{timestamp.isoformat()}|{seq}".encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if not cursor:
+        return None
+    try:
+        stamp, seq = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(stamp), int(seq)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from exc

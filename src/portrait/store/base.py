@@ -1,0 +1,50 @@
+"""The store interface: what every backend (DuckDB now, PostgreSQL next) provides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+from sqlglot import exp
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What differs between backends, as data (not ``if backend == ...`` checks)."""
+
+    dialect: str
+    single_writer_process: bool
+    arrow_scan: bool  # can query an in-memory Arrow table by name (else it is copied into a temp table)
+
+
+class Session(Protocol):
+    """One connection/cursor, used by one thread at a time."""
+
+    def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def load(self, name: str, table: pa.Table) -> None:
+        """Make ``table`` queryable as ``name`` until :meth:`unload`."""
+
+    def unload(self, name: str) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    capabilities: Capabilities
+    path: str
+
+    def session(self) -> Session: ...
+
+    def checkpoint(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def rows_as_dicts(columns: Sequence[str], rows: Iterator[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row, strict=True)) for row in rows]

@@ -1,0 +1,125 @@
+"""The embedded DuckDB store: one file, one read-write process; each thread uses its own session (cursor)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from portrait.errors import DatabaseInUse
+from portrait.sql import parse
+from portrait.store.base import Capabilities
+from portrait.store.migrations import MIGRATIONS
+
+CAPABILITIES = Capabilities(dialect="duckdb", single_writer_process=True, arrow_scan=True)
+_MIGRATION_TABLE = parse(
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())"
+)
+_APPLIED = parse("SELECT version FROM schema_migrations")
+_RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
+_CHECKPOINT = parse("CHECKPOINT")
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+class _Renderer:
+    """Renders SQLGlot trees for one dialect, caching the static ones (rendering costs ~50 us)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self._cache: dict[int, tuple[exp.Expr, str]] = {}
+
+    def __call__(self, statement: exp.Expr) -> str:
+        cached = self._cache.get(id(statement))
+        if cached is not None and cached[0] is statement:
+            return cached[1]
+        text = statement.sql(dialect=self.dialect)
+        if len(self._cache) < 4096:
+            self._cache[id(statement)] = (statement, text)
+        return text
+
+
+class DuckDBSession:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer) -> None:
+        self._con = connection
+        self._render = render
+
+    def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._con.execute(self._render(statement), list(params)).fetchall()
+
+    def load(self, name: str, table: pa.Table) -> None:
+        self._con.register(name, table)
+
+    def unload(self, name: str) -> None:
+        self._con.unregister(name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._con.begin()
+        try:
+            yield
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._con.commit()
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class DuckDBStore:
+    capabilities = CAPABILITIES
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._render = _Renderer(CAPABILITIES.dialect)
+        self._root = _connect(path)
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def session(self) -> DuckDBSession:
+        with self._lock:
+            return DuckDBSession(self._root.cursor(), self._render)
+
+    def checkpoint(self) -> None:
+        self._root.execute(self._render(_CHECKPOINT))
+
+    def close(self) -> None:
+        self._root.close()
+
+    def _migrate(self) -> None:
+        session = self.session()
+        session.execute(_MIGRATION_TABLE)
+        applied = {row[0] for row in session.execute(_APPLIED)}
+        for version in sorted(MIGRATIONS):
+            if version in applied:
+                continue
+            with session.transaction():
+                for statement in MIGRATIONS[version]:
+                    session.execute(statement)
+                session.execute(_RECORD, [version])
+        session.close()
+
+
+def _connect(path: str) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" not in text.lower():
+            raise
+        pid = _LOCK_PID.search(text)
+        holder = f"process {pid.group(1)}" if pid else "another process"
+        raise DatabaseInUse(
+            f"the database {path} is in use by {holder} (normally a running `portrait serve`). "
+            "Run the command against the server (set PORTRAIT_ADMIN_KEY / --admin-key and --url) or stop it first."
+        ) from exc
+
+
+def open_store(path: str) -> DuckDBStore:
+    return DuckDBStore(path)

@@ -1,0 +1,107 @@
+"""Numbered schema migrations, applied in order at start. Never edit a released one: add the next number."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from portrait.sql import parse_many
+
+MIGRATIONS: dict[int, list[exp.Expr]] = {
+    1: parse_many(
+        """
+        CREATE SEQUENCE IF NOT EXISTS event_seq START 1;
+        CREATE TABLE IF NOT EXISTS events (
+            seq BIGINT NOT NULL DEFAULT nextval('event_seq'),
+            message_id VARCHAR PRIMARY KEY,
+            type VARCHAR NOT NULL,
+            event VARCHAR,
+            user_id VARCHAR,
+            anonymous_id VARCHAR,
+            previous_id VARCHAR,
+            group_id VARCHAR,
+            timestamp TIMESTAMP NOT NULL,
+            original_timestamp TIMESTAMP,
+            sent_at TIMESTAMP,
+            received_at TIMESTAMP NOT NULL,
+            properties JSON,
+            traits JSON,
+            context JSON,
+            source VARCHAR NOT NULL
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS events_seq ON events (seq);
+        CREATE SEQUENCE IF NOT EXISTS rejected_seq START 1;
+        CREATE TABLE IF NOT EXISTS rejected_events (
+            id BIGINT NOT NULL DEFAULT nextval('rejected_seq'),
+            received_at TIMESTAMP NOT NULL,
+            code VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            source VARCHAR,
+            message_id VARCHAR,
+            payload VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS profiles (
+            profile_id VARCHAR PRIMARY KEY,
+            created_seq BIGINT NOT NULL,
+            first_seen TIMESTAMP,
+            last_seen TIMESTAMP,
+            updated_at TIMESTAMP
+        );
+        CREATE TABLE IF NOT EXISTS identities (
+            identity_key VARCHAR PRIMARY KEY,
+            type VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            first_seen TIMESTAMP,
+            seq BIGINT
+        );
+        CREATE INDEX IF NOT EXISTS identities_profile ON identities (profile_id);
+        CREATE TABLE IF NOT EXISTS profile_traits (
+            profile_id VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            value JSON,
+            updated_at TIMESTAMP NOT NULL,
+            seq BIGINT NOT NULL,
+            PRIMARY KEY (profile_id, key)
+        );
+        CREATE INDEX IF NOT EXISTS profile_traits_profile ON profile_traits (profile_id);
+        CREATE TABLE IF NOT EXISTS event_profiles (
+            seq BIGINT NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            timestamp TIMESTAMP NOT NULL,
+            event_type VARCHAR NOT NULL,
+            event VARCHAR
+        );
+        CREATE INDEX IF NOT EXISTS event_profiles_profile ON event_profiles (profile_id);
+        CREATE TABLE IF NOT EXISTS profile_aliases (
+            merged_id VARCHAR PRIMARY KEY,
+            profile_id VARCHAR NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS merges (
+            profile_id VARCHAR NOT NULL,
+            merged_id VARCHAR NOT NULL,
+            seq BIGINT NOT NULL,
+            message_id VARCHAR NOT NULL,
+            identifiers JSON,
+            merged_at TIMESTAMP,
+            processed_at TIMESTAMP
+        );
+        CREATE TABLE IF NOT EXISTS identity_conflicts (
+            seq BIGINT NOT NULL,
+            message_id VARCHAR NOT NULL,
+            profile_id VARCHAR,
+            dropped JSON,
+            processed_at TIMESTAMP
+        );
+        CREATE TABLE IF NOT EXISTS counters (
+            name VARCHAR PRIMARY KEY,
+            value BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS api_keys (
+            key_hash VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        """
+    ),
+}
