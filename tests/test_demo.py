@@ -6,6 +6,7 @@ import ipaddress
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -151,6 +152,18 @@ def test_chronological_per_identity(messages: list[Msg]) -> None:
             if key in m:
                 assert ts >= last.get(m[key], ts)
                 last[m[key]] = ts
+
+
+def _containers(obj: Any) -> Iterator[int]:
+    if isinstance(obj, dict | list):
+        yield id(obj)
+        for child in obj.values() if isinstance(obj, dict) else obj:
+            yield from _containers(child)
+
+
+def test_messages_share_no_mutable_objects(messages: list[Msg]) -> None:
+    ids = [i for m in messages for i in _containers(m)]
+    assert len(ids) == len(set(ids))  # mutating one message (e.g. enrichment on ingest) never changes another
 
 
 # --- batches -------------------------------------------------------------------------------------------------------
@@ -315,6 +328,16 @@ def test_email_events_carry_user_and_email(big: list[Msg]) -> None:
         assert "anonymousId" not in m
         assert m["context"]["traits"]["email"] == emails[m["userId"]]
         assert {"campaign_id", "campaign_name", "email_subject"} <= set(m["properties"])
+
+
+def test_no_email_after_unsubscribe(big: list[Msg]) -> None:
+    unsubscribed: dict[str, datetime] = {}
+    for m in big:
+        if m.get("event") == "Unsubscribed":
+            unsubscribed[m["userId"]] = _ts(m)
+        elif m.get("event") == "Email Delivered" and m["userId"] in unsubscribed:
+            pytest.fail(f"{m['userId']} got an email after unsubscribing")
+    assert unsubscribed
 
 
 # --- property-based invariants -------------------------------------------------------------------------------------

@@ -28,13 +28,15 @@ position in the output. All timestamps lie within the 180 days before ``now`` (U
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = ["WINDOW_DAYS", "generate_batches", "generate_messages"]
 
@@ -47,6 +49,23 @@ _SHOP_TITLE: Final = "Portrait Shop"
 _LIBRARY_NAME: Final = "portrait-demo"
 _LIBRARY_VERSION: Final = "1"
 _RATES: Final = {"USD": 1.0, "EUR": 0.92, "PLN": 3.95}
+
+
+_T = TypeVar("_T")
+
+
+class _Weighted(Generic[_T]):
+    """A weighted choice with precomputed cumulative weights (same draws as rng.choices(items, weights)[0])."""
+
+    __slots__ = ("_cum", "_items", "_total")
+
+    def __init__(self, items: tuple[_T, ...], weights: tuple[int, ...]) -> None:
+        self._items = items
+        self._cum = tuple(itertools.accumulate(weights))
+        self._total = float(self._cum[-1])
+
+    def pick(self, rng: random.Random) -> _T:
+        return self._items[bisect.bisect(self._cum, rng.random() * self._total, 0, len(self._cum) - 1)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -142,7 +161,8 @@ _COUNTRIES: Final = (
              ("Avenida Paulista", "Rua Augusta", "Rua das Flores", "Avenida Atlântica"), False,
              ("+55119########", "+55219########", "+55319########")),
 )
-_COUNTRY_WEIGHTS: Final = (25, 25, 15, 15, 10, 10)
+_COUNTRY: Final = _Weighted(_COUNTRIES, (25, 25, 15, 15, 10, 10))
+_GENDER: Final = _Weighted(("female", "male", "other"), (48, 48, 4))
 
 _FEMALE_NAMES: Final = ("Anna", "Zofia", "Maja", "Emma", "Olivia", "Sophie", "Amelia", "Hannah", "Lena", "Mia",
                         "Elif", "Zeynep", "Ayşe", "Ana", "Beatriz", "Júlia", "Chloé", "Priya", "Yuki", "Fatima")
@@ -154,7 +174,11 @@ _LAST_NAMES: Final = ("Nowak", "Kowalski", "Wiśniewski", "Smith", "Johnson", "W
 _ASCII_MAP: Final = str.maketrans({"ł": "l", "Ł": "L", "ß": "ss", "\u0131": "i", "ø": "o", "Ø": "O", "æ": "ae"})
 _EMAIL_DOMAINS: Final = ("example.com", "example.org", "example.net")
 _PLANS: Final = ("free", "plus", "premium")
-_TIERS: Final = ("bronze", "silver", "gold")
+_PLAN: Final = _Weighted(_PLANS, (55, 33, 12))
+_TIER: Final = _Weighted(("bronze", "silver", "gold"), (60, 30, 10))
+_QUANTITY: Final = _Weighted((1, 2, 3), (80, 15, 5))
+_KNOWN_SESSION: Final = _Weighted(("browse", "cart", "order"), (40, 25, 35))
+_ANONYMOUS_SESSION: Final = _Weighted(("browse", "cart"), (65, 35))
 
 _USER_AGENTS: Final = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -263,21 +287,21 @@ def _device(rng: random.Random) -> _Device:
 
 
 def _person(rng: random.Random, index: int, now: datetime) -> _Person:
-    gender = rng.choices(("female", "male", "other"), (48, 48, 4))[0]
+    gender = _GENDER.pick(rng)
     names = _FEMALE_NAMES if gender == "female" else _MALE_NAMES if gender == "male" else _FEMALE_NAMES + _MALE_NAMES
     first, last = rng.choice(names), rng.choice(_LAST_NAMES)
     local = f"{_EMAIL_PART[first]}.{_EMAIL_PART[last]}{index}"
-    country = rng.choices(_COUNTRIES, _COUNTRY_WEIGHTS)[0]
+    country = _COUNTRY.pick(rng)
     birthday = f"{now.year - rng.randint(18, 75)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     has_card = rng.random() < 0.3
     devices = tuple(_device(rng) for _ in range(2))
     return _Person(
         index=index, first_name=first, last_name=last, email=f"{local}@{rng.choice(_EMAIL_DOMAINS)}",
         gender=gender, birthday=birthday, country=country, address=_address(rng, country),
-        plan=rng.choices(_PLANS, (55, 33, 12))[0],
+        plan=_PLAN.pick(rng),
         phone=_fill(rng, rng.choice(country.phones)) if rng.random() < 0.6 else None,
         loyalty_card=f"LC-{index:08d}" if has_card else None,
-        loyalty_tier=rng.choices(_TIERS, (60, 30, 10))[0] if has_card else None,
+        loyalty_tier=_TIER.pick(rng) if has_card else None,
         devices=devices,
     )
 
@@ -382,10 +406,11 @@ class _Session:
 
     def visit(self, name: str, path: str, title: str, extra: dict[str, Any] | None = None) -> None:
         referrer = self.page.get("url") or self.journey.rng.choice(_REFERRERS)
-        self.page = {"path": path, "url": f"{_SITE}{path}", "title": title, "referrer": referrer, "search": ""}
+        url = f"{_SITE}{path}"
+        self.page = {"path": path, "url": url, "title": title, "referrer": referrer, "search": ""}
         msg = _base("page", self.user_id, self.device.anonymous_id)
         msg["name"] = name
-        msg["properties"] = {k: v for k, v in self.page.items() if k != "search"} | (extra or {})
+        msg["properties"] = {"path": path, "url": url, "title": title, "referrer": referrer, **(extra or {})}
         msg["context"] = self.context()
         self.journey.add(self.tick(), msg)
 
@@ -429,7 +454,7 @@ def _browse(s: _Session) -> list[_Product]:
 def _add_to_cart(s: _Session, viewed: list[_Product]) -> list[tuple[_Product, int]]:
     rng = s.journey.rng
     chosen = rng.sample(viewed, rng.randint(1, len(viewed)))
-    items = [(p, rng.choices((1, 2, 3), (80, 15, 5))[0]) for p in chosen]
+    items = [(p, _QUANTITY.pick(rng)) for p in chosen]
     for product, quantity in items:
         s.track("Product Added", s.journey.product_props(product, quantity) | {"cart_id": s.cart_id})
     return items
@@ -451,12 +476,11 @@ def _web_session(s: _Session, kind: str, login: bool) -> None:
         return
     items = _add_to_cart(s, viewed)
     s.visit("Cart", "/cart", f"Cart | {_SHOP_TITLE}")
-    cart = _cart_props(s, items)
-    s.track("Cart Viewed", cart)
+    s.track("Cart Viewed", _cart_props(s, items))
     if kind == "cart" and s.journey.rng.random() < 0.6:
         return  # abandoned before checkout
     s.visit("Checkout", "/checkout", f"Checkout | {_SHOP_TITLE}")
-    s.track("Checkout Started", cart)
+    s.track("Checkout Started", _cart_props(s, items))
     if kind == "order" and s.user_id is not None:
         s.track("Order Completed", s.journey.order_props(items, "web"))
 
@@ -475,7 +499,7 @@ class _Plan:
 
 
 def _session_starts(rng: random.Random, first_seen: float) -> list[float]:
-    count = 1 + min(int(rng.expovariate(1 / 1.4)), 14)
+    count = 1 + min(int(rng.expovariate(1 / 1.25)), 14)
     return [first_seen, *sorted(rng.uniform(first_seen, -_HOUR) for _ in range(count - 1))]
 
 
@@ -507,8 +531,8 @@ def _plan(rng: random.Random, first_seen: float) -> _Plan:
 
 def _session_kind(rng: random.Random, known: bool) -> str:
     if known:
-        return rng.choices(("browse", "cart", "order"), (40, 25, 35))[0]
-    return rng.choices(("browse", "cart"), (65, 35))[0]
+        return _KNOWN_SESSION.pick(rng)
+    return _ANONYMOUS_SESSION.pick(rng)
 
 
 def _run_web(j: _Journey, plan: _Plan) -> list[float]:
@@ -549,9 +573,9 @@ def _email_event(j: _Journey, t: float, event: str, campaign: tuple[str, str, st
 
 def _emails(j: _Journey, since: float) -> None:
     rng = j.rng
-    for campaign in reversed(_CAMPAIGNS):  # oldest first
+    for campaign in _CAMPAIGNS:  # oldest first; nothing is delivered after an unsubscribe
         sent = -campaign[3] * _DAY + rng.uniform(0.0, 1_800.0)
-        if sent <= since or rng.random() >= 0.8:
+        if sent <= since or rng.random() >= 0.75:
             continue
         _email_event(j, sent, "Email Delivered", campaign)
         if rng.random() >= 0.45:

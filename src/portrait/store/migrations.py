@@ -28,7 +28,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             context JSON,
             source VARCHAR NOT NULL
         );
-        CREATE UNIQUE INDEX IF NOT EXISTS events_seq ON events (seq);
+        CREATE INDEX IF NOT EXISTS events_seq ON events (seq);
         CREATE SEQUENCE IF NOT EXISTS rejected_seq START 1;
         CREATE TABLE IF NOT EXISTS rejected_events (
             id BIGINT NOT NULL DEFAULT nextval('rejected_seq'),
