@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,9 @@ def serve(
     from portrait.api import create_app
 
     settings = _settings(db).with_overrides(host=host, port=port)
+    # The writer and processor threads wait on DuckDB with the GIL released; a shorter switch interval lets them
+    # take it back sooner while the event loop is busy reading requests (measured: ~25% more events/s).
+    sys.setswitchinterval(0.001)
     try:
         portrait = Portrait(settings)
     except DatabaseInUse as exc:

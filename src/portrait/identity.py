@@ -12,6 +12,7 @@ Rules (docs/identity.md):
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class IdentityRules:
         return Identifier(kind, value)
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_phone(value: str, region: str) -> str | None:
     """E.164 form of a phone number, or None when it is not a possible number."""
     try:
@@ -86,41 +88,6 @@ def normalize_phone(value: str, region: str) -> str | None:
     if not phonenumbers.is_possible_number(number):
         return None
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def extract_identifiers(
-    rules: IdentityRules,
-    *,
-    user_id: str | None,
-    anonymous_id: str | None,
-    previous_id: str | None,
-    traits: Mapping[str, Any],
-    context: Mapping[str, Any],
-    known_user_ids: Callable[[str], bool] = lambda _: False,
-) -> list[Identifier]:
-    """All identifiers an event carries, normalized, de-duplicated, highest priority first.
-
-    ``previousId`` (alias) is read as a user_id when a profile already has that user id, else as an anonymous_id.
-    """
-    found: list[Identifier | None] = [
-        rules.normalize("user_id", user_id),
-        rules.normalize(ANONYMOUS, anonymous_id),
-    ]
-    if previous_id is not None:
-        kind = "user_id" if known_user_ids(previous_id) else ANONYMOUS
-        found.append(rules.normalize(kind, previous_id))
-    context_traits = context.get("traits")
-    for source in (traits, context_traits if isinstance(context_traits, Mapping) else {}):
-        found.append(rules.normalize("email", source.get("email")))
-        found.append(rules.normalize("phone", source.get("phone")))
-        found.extend(rules.normalize(name, source.get(name)) for name in rules.identity_traits)
-    external = context.get("externalIds")
-    if isinstance(external, list):
-        for item in external:
-            if isinstance(item, Mapping) and isinstance(item.get("type"), str):
-                found.append(rules.normalize(item["type"].strip().lower(), item.get("id")))
-    unique = {ident for ident in found if ident is not None}
-    return sorted(unique, key=lambda ident: (rules.rank(ident.type), ident.value))
 
 
 @dataclass(slots=True)

@@ -1,16 +1,17 @@
 """The processor: consumes the event log in order, in micro-batches, and updates derived state.
 
 Each batch is one transaction that also moves the watermark, so a crash at any point leaves either the whole batch
-applied or none of it; after a restart the processor simply continues from the watermark and the derived state ends
-up exactly as without the crash (profile ids are derived from the creating event's messageId, not random).
+applied or none of it; after a restart the processor continues from the watermark and the derived state ends up
+exactly as without the crash (profile ids derive from the creating event's messageId, not from chance).
 
-Per batch: read events -> load the identity-graph slice they touch (two set queries) -> resolve identities in
-memory, in log order (:mod:`portrait.identity`) -> write profiles, identities, merges, event ownership and traits
-back as sets through Arrow tables.
+Per batch, set-based (:mod:`portrait.sql.processor`): collect every event's identifiers and their current owners;
+events whose identifiers all belong to one profile are assigned in SQL. The rest -- new identifiers, merges, alias --
+go through :class:`portrait.identity.IdentityGraph` in log order, and what it decided is written back as sets.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -23,11 +24,11 @@ import orjson
 import pyarrow as pa
 
 from portrait import sql
-from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, extract_identifiers
-from portrait.model import Identifier, Rejection
+from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, normalize_phone
+from portrait.model import Identifier
 from portrait.spec import utc_now
+from portrait.sql import processor as q
 from portrait.store import Session, Store
-from portrait.writer import rejections_table
 
 log = logging.getLogger(__name__)
 PROFILE_NAMESPACE = uuid.UUID("8a1c4f52-51b1-4e53-9f4a-5a0f2f0c7c11")
@@ -39,60 +40,50 @@ def profile_id_for(message_id: str) -> str:
 
 
 @dataclass(slots=True)
-class _Row:
+class SlowEvent:
+    """An event that needs the sequential resolver, with its identifiers (highest priority first)."""
+
     seq: int
     message_id: str
     type: str
-    user_id: str | None
-    anonymous_id: str | None
-    previous_id: str | None
     timestamp: datetime
-    traits: dict[str, Any]
-    context: dict[str, Any]
-    event: str | None = None
+    previous_id: str | None
     identifiers: list[Identifier] = field(default_factory=list)
-
-
-def _loads(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    value = orjson.loads(text)
-    return value if isinstance(value, dict) else {}
 
 
 @dataclass
 class BatchPlan:
-    """Everything one batch will write, gathered in memory first."""
+    """What the sequential resolver decided for one batch, gathered in memory before it is written as sets."""
 
     new_profiles: dict[str, tuple[int, datetime]] = field(default_factory=dict)
-    merges: list[tuple[str, str, int, str, datetime, list[Identifier]]] = field(default_factory=list)
-    conflicts: list[tuple[int, str, str | None, list[Identifier]]] = field(default_factory=list)
-    owners: list[tuple[_Row, str]] = field(default_factory=list)
-    attached: list[tuple[Identifier, str, datetime, int]] = field(default_factory=list)
-    unidentified: list[_Row] = field(default_factory=list)
+    merges: list[tuple[str, str, SlowEvent]] = field(default_factory=list)
+    conflicts: list[tuple[SlowEvent, str, list[Identifier]]] = field(default_factory=list)
+    assigned: list[tuple[int, str]] = field(default_factory=list)
+    attached: list[tuple[Identifier, str, SlowEvent]] = field(default_factory=list)
 
 
 class Processor:
-    """Applies the event log to derived state. ``process_batch`` is safe to call from one thread at a time."""
+    """Applies the event log to derived state. One thread at a time calls :meth:`process_batch`."""
 
     def __init__(self, store: Store, rules: IdentityRules, *, batch_size: int) -> None:
         self._store = store
         self._rules = rules
         self._batch_size = batch_size
+        self._identity_traits = list(rules.identity_traits)
+        self._blocked = sorted(rules.blocked)
 
     def process_batch(self, session: Session) -> int:
         """Process the next micro-batch; returns how many events it consumed (0: caught up)."""
         with session.transaction():
-            watermark = _counter(session, "watermark")
-            rows = [_row(r) for r in session.execute(sql.READ_EVENT_BATCH, [watermark, self._batch_size])]
-            if not rows:
+            rows = session.execute(sql.GET_PROCESSOR_STATE, ["watermark"])
+            watermark = int(rows[0][0]) if rows else 0
+            hi, count = session.execute(q.BATCH_RANGE, [watermark, self._batch_size])[0]
+            if count == 0:
                 return 0
-            graph = self._load_graph(session, rows)
-            plan = self._plan(graph, rows)
-            self._write(session, graph, plan, rows)
-            session.execute(sql.SET_COUNTER, ["watermark", rows[-1].seq])
-            session.execute(sql.ADD_COUNTER, ["events_processed", len(rows)])
-        return len(rows)
+            self._apply(session, watermark, int(hi))
+            session.execute(sql.SET_PROCESSOR_COUNTER, [hi, "watermark"])
+            session.execute(sql.ADD_PROCESSOR_COUNTER, [count, "events_processed"])
+        return int(count)
 
     def drain(self) -> int:
         """Process until caught up (used by the CLI, tests and benchmarks)."""
@@ -105,187 +96,151 @@ class Processor:
             session.close()
         return total
 
-    # -- planning (pure, in memory) ----------------------------------------------------------------------------
-    def _load_graph(self, session: Session, rows: list[_Row]) -> IdentityGraph:
-        keys: set[str] = set()
-        for row in rows:
-            row.identifiers = extract_identifiers(
-                self._rules, user_id=row.user_id, anonymous_id=row.anonymous_id, previous_id=None,
-                traits=row.traits if row.type == "identify" else {}, context=row.context,
-            )
-            keys.update(ident.key for ident in row.identifiers)
-            if row.previous_id is not None:
-                keys.update((f"user_id:{row.previous_id}", f"{ANONYMOUS}:{row.previous_id}"))
-        owners = dict(session.execute(sql.IDENTITIES_BY_KEYS, [sorted(keys)]))
+    def _apply(self, session: Session, lo: int, hi: int) -> None:
+        now = utc_now()
+        session.execute(q.STAGE_IDENTIFIERS, [lo, hi, self._identity_traits, self._blocked])
+        phones = [row[0] for row in session.execute(q.RAW_PHONES)]
+        phone_map = pa.table({"raw": pa.array(phones, pa.string()),
+                              "e164": pa.array([normalize_phone(p, self._rules.phone_region) for p in phones],
+                                               pa.string())})
+        _with(session, "phone_map", phone_map, q.STAGE_OWNERS, even_empty=True)
+        session.execute(q.STAGE_EVENTS, [lo, hi])
+        session.execute(q.FAST_ASSIGN)
+        graph, slow = self._load_slow(session)
+        plan = self._plan(graph, slow)
+        self._write(session, graph, plan, lo, hi, now)
+        for statement in q.DROP_BATCH_TABLES:
+            session.execute(statement)
+
+    # -- the sequential part ----------------------------------------------------------------------------------
+    def _load_slow(self, session: Session) -> tuple[IdentityGraph, list[SlowEvent]]:
+        events: dict[int, SlowEvent] = {}
+        owners: dict[str, str] = {}
+        for seq, message_id, kind, timestamp, previous_id, id_type, value, owner in session.execute(q.SLOW_EVENTS):
+            event = events.get(seq)
+            if event is None:
+                event = events[seq] = SlowEvent(seq, message_id, kind, timestamp, previous_id)
+            if id_type is not None:
+                ident = Identifier(id_type, value)
+                event.identifiers.append(ident)
+                if owner is not None:
+                    owners[ident.key] = owner
+        aliases = [e.previous_id for e in events.values() if e.previous_id is not None]
+        if aliases:
+            keys = [f"{kind}:{value}" for value in aliases for kind in ("user_id", ANONYMOUS)]
+            owners.update(dict(session.execute(q.IDENTITIES_BY_KEYS, [keys])))
         graph = IdentityGraph(self._rules)
         profile_ids = sorted(set(owners.values()))
         if profile_ids:
-            members: dict[str, list[Identifier]] = {}
-            created: dict[str, int] = {}
-            for profile_id, created_seq, kind, value in session.execute(sql.MEMBERS_OF_PROFILES, [profile_ids]):
-                created[profile_id] = created_seq
-                ids = members.setdefault(profile_id, [])
+            members: dict[str, tuple[int, list[Identifier]]] = {}
+            for profile_id, created_seq, kind, value in session.execute(q.MEMBERS_OF_PROFILES, [profile_ids]):
+                entry = members.setdefault(profile_id, (created_seq, []))
                 if kind is not None:
-                    ids.append(Identifier(kind, value))
-            for profile_id, ids in members.items():
-                graph.add_profile(profile_id, created[profile_id], ids)
-        return graph
+                    entry[1].append(Identifier(kind, value))
+            for profile_id, (created_seq, idents) in members.items():
+                graph.add_profile(profile_id, created_seq, idents)
+        return graph, list(events.values())
 
-    def _plan(self, graph: IdentityGraph, rows: list[_Row]) -> BatchPlan:
+    def _plan(self, graph: IdentityGraph, events: list[SlowEvent]) -> BatchPlan:
         plan = BatchPlan()
-        for row in rows:
-            if row.previous_id is not None:
-                self._add_previous_id(graph, row)
-            if not row.identifiers:
-                plan.unidentified.append(row)
-                continue
-            new_id = profile_id_for(row.message_id)
-            resolution = graph.resolve(row.identifiers, row.seq, lambda: new_id)
-            self._record(plan, graph, row, resolution)
+        rank = self._rules.rank
+        for event in events:
+            if event.previous_id is not None:
+                kind = "user_id" if f"user_id:{event.previous_id}" in graph.owner else ANONYMOUS
+                ident = self._rules.normalize(kind, event.previous_id)
+                if ident is not None and ident not in event.identifiers:
+                    event.identifiers.append(ident)
+            if not event.identifiers:
+                continue  # left out of b_assign: recorded as rejected (no_identifier)
+            event.identifiers.sort(key=lambda i: (rank(i.type), i.value))
+            new_id = functools.partial(profile_id_for, event.message_id)  # computed only if a profile is created
+            resolution = graph.resolve(event.identifiers, event.seq, new_id)
+            _record(plan, event, resolution)
         return plan
 
-    def _add_previous_id(self, graph: IdentityGraph, row: _Row) -> None:
-        kind = "user_id" if f"user_id:{row.previous_id}" in graph.owner else ANONYMOUS
-        ident = self._rules.normalize(kind, row.previous_id)
-        if ident is not None and ident not in row.identifiers:
-            row.identifiers = sorted([*row.identifiers, ident], key=lambda i: (self._rules.rank(i.type), i.value))
-
-    @staticmethod
-    def _record(plan: BatchPlan, graph: IdentityGraph, row: _Row, resolution: Resolution) -> None:
-        assert resolution.profile_id is not None
-        if resolution.created:
-            plan.new_profiles[resolution.profile_id] = (row.seq, row.timestamp)
-        for loser in resolution.merged:
-            plan.merges.append((resolution.profile_id, loser, row.seq, row.message_id, row.timestamp,
-                                row.identifiers))
-        if resolution.dropped:
-            plan.conflicts.append((row.seq, row.message_id, resolution.profile_id, resolution.dropped))
-        plan.attached.extend((ident, resolution.profile_id, row.timestamp, row.seq) for ident in resolution.attached)
-        plan.owners.append((row, resolution.profile_id))
-
     # -- writing (set-based) -----------------------------------------------------------------------------------
-    def _write(self, session: Session, graph: IdentityGraph, plan: BatchPlan, rows: list[_Row]) -> None:
-        now = utc_now()
+    def _write(self, session: Session, graph: IdentityGraph, plan: BatchPlan, lo: int, hi: int,
+               now: datetime) -> None:
         final = graph.final
-        live_new = {p: v for p, v in plan.new_profiles.items() if final(p) == p}
-        _insert(session, sql.INSERT_PROFILES, "new_profiles", {
-            "profile_id": list(live_new), "created_seq": [v[0] for v in live_new.values()],
-            "first_seen": [v[1] for v in live_new.values()], "last_seen": [v[1] for v in live_new.values()],
-            "updated_at": [now] * len(live_new),
-        })
+        live = {p: v for p, v in plan.new_profiles.items() if final(p) == p}
+        _with(session, "new_profiles", pa.table({
+            "profile_id": pa.array(list(live), pa.string()),
+            "created_seq": pa.array([v[0] for v in live.values()], pa.int64()),
+            "first_seen": pa.array([v[1] for v in live.values()], pa.timestamp("us")),
+            "last_seen": pa.array([v[1] for v in live.values()], pa.timestamp("us")),
+            "updated_at": pa.array([now] * len(live), pa.timestamp("us")),
+        }), q.INSERT_PROFILES)
+        _with(session, "slow_assign", pa.table({
+            "seq": pa.array([seq for seq, _ in plan.assigned], pa.int64()),
+            "profile_id": pa.array([final(p) for _, p in plan.assigned], pa.string()),
+        }), q.INSERT_SLOW_ASSIGN)
         if plan.merges:
             self._apply_merges(session, plan, final, now)
-        _insert(session, sql.INSERT_IDENTITIES, "new_identities", {
-            "identity_key": [a[0].key for a in plan.attached], "type": [a[0].type for a in plan.attached],
-            "value": [a[0].value for a in plan.attached], "profile_id": [final(a[1]) for a in plan.attached],
-            "first_seen": [a[2] for a in plan.attached], "seq": [a[3] for a in plan.attached],
-        })
-        self._write_event_owners(session, plan, final, now)
-        self._write_traits(session, plan, final)
+        _with(session, "new_identities", pa.table({
+            "identity_key": pa.array([a[0].key for a in plan.attached], pa.string()),
+            "type": pa.array([a[0].type for a in plan.attached], pa.string()),
+            "value": pa.array([a[0].value for a in plan.attached], pa.string()),
+            "profile_id": pa.array([final(a[1]) for a in plan.attached], pa.string()),
+            "first_seen": pa.array([a[2].timestamp for a in plan.attached], pa.timestamp("us")),
+            "seq": pa.array([a[2].seq for a in plan.attached], pa.int64()),
+        }), q.INSERT_IDENTITIES)
         if plan.conflicts:
-            _insert(session, sql.INSERT_CONFLICTS, "batch_conflicts", {
-                "seq": [c[0] for c in plan.conflicts], "message_id": [c[1] for c in plan.conflicts],
-                "profile_id": [final(c[2]) if c[2] else None for c in plan.conflicts],
-                "dropped": [_identifiers_json(c[3]) for c in plan.conflicts],
-                "processed_at": [now] * len(plan.conflicts),
-            })
-        if plan.unidentified:
-            self._reject_unidentified(session, plan.unidentified, now)
+            _with(session, "batch_conflicts", pa.table({
+                "seq": pa.array([c[0].seq for c in plan.conflicts], pa.int64()),
+                "message_id": pa.array([c[0].message_id for c in plan.conflicts], pa.string()),
+                "profile_id": pa.array([final(c[1]) for c in plan.conflicts], pa.string()),
+                "dropped": pa.array([_identifiers_json(c[2]) for c in plan.conflicts], pa.string()),
+                "processed_at": pa.array([now] * len(plan.conflicts), pa.timestamp("us")),
+            }), q.INSERT_CONFLICTS)
+        session.execute(q.INSERT_EVENT_PROFILES)
+        session.execute(q.UPSERT_TRAITS, [lo, hi])
+        session.execute(q.TOUCH_PROFILES, [now])
+        session.execute(q.REJECT_UNIDENTIFIED, [now])
 
     @staticmethod
     def _apply_merges(session: Session, plan: BatchPlan, final: Callable[[str], str], now: datetime) -> None:
-        merges = {"merged_id": [m[1] for m in plan.merges], "profile_id": [final(m[1]) for m in plan.merges]}
-        session.load("batch_merges", pa.table(merges))
+        merges = pa.table({
+            "merged_id": pa.array([m[1] for m in plan.merges], pa.string()),
+            "profile_id": pa.array([final(m[1]) for m in plan.merges], pa.string()),
+        })
+        session.load("batch_merges", merges)
         try:
-            for statement in (sql.REASSIGN_IDENTITIES, sql.REASSIGN_EVENTS, sql.REASSIGN_ALIASES, sql.INSERT_ALIASES,
-                              sql.MOVE_TRAITS, sql.DELETE_MERGED_TRAITS, sql.MOVE_PROFILE_TIMES,
-                              sql.DELETE_MERGED_PROFILES):
+            for statement in (q.REMAP_ASSIGN, q.REASSIGN_IDENTITIES, q.REASSIGN_EVENTS, q.REASSIGN_ALIASES,
+                              q.INSERT_ALIASES, q.MOVE_TRAITS, q.DELETE_MERGED_TRAITS, q.MOVE_PROFILE_TIMES,
+                              q.DELETE_MERGED_PROFILES):
                 session.execute(statement)
         finally:
             session.unload("batch_merges")
-        _insert(session, sql.INSERT_MERGES, "batch_merge_log", {
-            "profile_id": [m[0] for m in plan.merges], "merged_id": [m[1] for m in plan.merges],
-            "seq": [m[2] for m in plan.merges], "message_id": [m[3] for m in plan.merges],
-            "identifiers": [_identifiers_json(m[5]) for m in plan.merges], "merged_at": [m[4] for m in plan.merges],
-            "processed_at": [now] * len(plan.merges),
-        })
-
-    @staticmethod
-    def _write_event_owners(session: Session, plan: BatchPlan, final: Callable[[str], str], now: datetime) -> None:
-        owners = plan.owners
-        table = pa.table({
-            "seq": pa.array([r.seq for r, _ in owners], pa.int64()),
-            "profile_id": pa.array([final(p) for _, p in owners], pa.string()),
-            "timestamp": pa.array([r.timestamp for r, _ in owners], pa.timestamp("us")),
-            "event_type": pa.array([r.type for r, _ in owners], pa.string()),
-            "event": pa.array([r.event for r, _ in owners], pa.string()),
-        })
-        session.load("batch_event_profiles", table)
-        try:
-            session.execute(sql.INSERT_EVENT_PROFILES)
-            session.execute(sql.TOUCH_PROFILES, [now])
-        finally:
-            session.unload("batch_event_profiles")
-
-    @staticmethod
-    def _write_traits(session: Session, plan: BatchPlan, final: Callable[[str], str]) -> None:
-        profile_ids: list[str] = []
-        keys: list[str] = []
-        values: list[str | None] = []
-        times: list[datetime] = []
-        seqs: list[int] = []
-        for row, profile_id in plan.owners:
-            if row.type != "identify":
-                continue
-            owner = final(profile_id)
-            for key, value in row.traits.items():
-                profile_ids.append(owner)
-                keys.append(key)
-                values.append(None if value is None else orjson.dumps(value).decode())
-                times.append(row.timestamp)
-                seqs.append(row.seq)
-        _insert(session, sql.UPSERT_TRAITS, "batch_traits", {
-            "profile_id": pa.array(profile_ids, pa.string()), "key": pa.array(keys, pa.string()),
-            "value": pa.array(values, pa.string()), "updated_at": pa.array(times, pa.timestamp("us")),
-            "seq": pa.array(seqs, pa.int64()),
-        })
-
-    @staticmethod
-    def _reject_unidentified(session: Session, rows: list[_Row], now: datetime) -> None:
-        rejections = [
-            Rejection(code="no_identifier", reason="every identifier of the message is empty or a blocked value",
-                      payload=orjson.dumps({"messageId": r.message_id, "seq": r.seq, "userId": r.user_id,
-                                            "anonymousId": r.anonymous_id}).decode(),
-                      received_at=now, source="processor", message_id=r.message_id)
-            for r in rows
-        ]
-        session.load("incoming_rejections", rejections_table(rejections))
-        try:
-            session.execute(sql.INSERT_REJECTIONS)
-        finally:
-            session.unload("incoming_rejections")
+        _with(session, "batch_merge_log", pa.table({
+            "profile_id": pa.array([m[0] for m in plan.merges], pa.string()),
+            "merged_id": pa.array([m[1] for m in plan.merges], pa.string()),
+            "seq": pa.array([m[2].seq for m in plan.merges], pa.int64()),
+            "message_id": pa.array([m[2].message_id for m in plan.merges], pa.string()),
+            "identifiers": pa.array([_identifiers_json(m[2].identifiers) for m in plan.merges], pa.string()),
+            "merged_at": pa.array([m[2].timestamp for m in plan.merges], pa.timestamp("us")),
+            "processed_at": pa.array([now] * len(plan.merges), pa.timestamp("us")),
+        }), q.INSERT_MERGES)
 
 
-def _row(values: tuple[Any, ...]) -> _Row:
-    seq, message_id, kind, user_id, anonymous_id, previous_id, timestamp, traits, context, event = values
-    return _Row(seq, message_id, kind, user_id, anonymous_id, previous_id, timestamp, _loads(traits), _loads(context),
-                event)
+def _record(plan: BatchPlan, event: SlowEvent, resolution: Resolution) -> None:
+    profile_id = resolution.profile_id
+    assert profile_id is not None
+    if resolution.created:
+        plan.new_profiles[profile_id] = (event.seq, event.timestamp)
+    plan.merges.extend((profile_id, loser, event) for loser in resolution.merged)
+    if resolution.dropped:
+        plan.conflicts.append((event, profile_id, resolution.dropped))
+    plan.attached.extend((ident, profile_id, event) for ident in resolution.attached)
+    plan.assigned.append((event.seq, profile_id))
 
 
 def _identifiers_json(identifiers: list[Identifier]) -> str:
     return orjson.dumps([{"type": i.type, "value": i.value} for i in identifiers]).decode()
 
 
-def _counter(session: Session, name: str) -> int:
-    for key, value in session.execute(sql.GET_COUNTERS):
-        if key == name:
-            return int(value)
-    return 0
-
-
-def _insert(session: Session, statement: Any, name: str, columns: dict[str, Any]) -> None:
-    table = pa.table(columns)
-    if table.num_rows == 0:
+def _with(session: Session, name: str, table: pa.Table, statement: Any, *, even_empty: bool = False) -> None:
+    """Run ``statement`` with ``table`` loaded as ``name`` (skipped when the table is empty, unless even_empty)."""
+    if table.num_rows == 0 and not even_empty:
         return
     session.load(name, table)
     try:
@@ -322,7 +277,7 @@ class ProcessorThread:
                 try:
                     done = self._processor.process_batch(session)
                 except Exception:
-                    log.exception("processing batch failed; retrying in 1 s")
+                    log.exception("processing a batch failed; retrying in 1 s")
                     self._stop.wait(1.0)
                     continue
                 if done == 0:

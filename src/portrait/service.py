@@ -20,6 +20,7 @@ from portrait.keys import ApiKey, KeyRing
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
 from portrait.spec import (
+    EventColumns,
     Limits,
     MessageReader,
     ParsedRequest,
@@ -29,6 +30,8 @@ from portrait.spec import (
     raw_preview,
     utc_now,
 )
+from portrait.sql import ingest as ingest_sql
+from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.writer import EventWriter
 
@@ -91,8 +94,8 @@ class Portrait:
     def ingest(self, request: IncomingRequest) -> Future[IngestResult]:
         """Authenticate, read and validate a request; the future resolves once its events are committed.
 
-        Raises Unauthorized (no/unknown key) or BadRequest (unreadable body; kept in rejected events when the
-        request was authenticated by header or query, so the user can see what was sent).
+        Raises Unauthorized (no/unknown key) or BadRequest (unreadable body). An unreadable body from an
+        authenticated sender (key in header or query) is kept in the rejected events, so the user can see it.
         """
         header_key = key_from_basic_auth(request.authorization) or request.query_key
         received_at = utc_now()
@@ -105,23 +108,24 @@ class Portrait:
                 self._keep_unreadable(request.body, exc, source, received_at)
             raise
         source = self.keys.check(header_key or parsed.write_key, "write")
-        return self._submit(parsed, source, received_at, request.ip)
+        return self._submit(parsed, source.name, received_at, request.ip, len(body))
 
     def ingest_messages(self, messages: list[Any], source: str = "default") -> IngestResult:
-        """In-process ingestion of Segment-format messages through the same validation and writer."""
-        parsed = ParsedRequest(messages, None, None, None)
-        return self._submit(parsed, ApiKey("write", source), utc_now(), None).result()
+        """In-process ingestion of Segment-format messages (demo, imports): the same reading rules and writer."""
+        return self._submit(ParsedRequest(messages), source, utc_now(), None, self.limits.max_message_bytes + 1
+                            ).result()
 
-    def _submit(self, parsed: ParsedRequest, source: ApiKey, received_at: datetime, ip: str | None
-                ) -> Future[IngestResult]:
-        reader = MessageReader(received_at=received_at, source=source.name, ip=ip, batch=parsed, limits=self.limits)
-        events, rejections = reader.read_all(parsed.messages)
+    def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
+                body_bytes: int) -> Future[IngestResult]:
+        reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
+                               body_bytes=body_bytes)
+        events, rejections = reader.read_all()
         return self.writer.submit(events, rejections)
 
     def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime) -> None:
         rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw), received_at=received_at,
                               source=source.name)
-        self.writer.submit([], [rejection])
+        self.writer.submit(EventColumns(), [rejection])
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:
@@ -137,10 +141,10 @@ class Portrait:
             "events_received": received,
             "events_processed": processed,
             "lag": received - processed,
-            "events_rejected": int(session.execute(sql.COUNT_REJECTED)[0][0]),
-            "profiles": int(session.execute(sql.COUNT_PROFILES)[0][0]),
+            "events_rejected": int(session.execute(reads.COUNT_REJECTED)[0][0]),
+            "profiles": int(session.execute(reads.COUNT_PROFILES)[0][0]),
             "watermark": int(counters.get("watermark", 0)),
-            "last_seq": int(session.execute(sql.MAX_SEQ)[0][0]),
+            "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),
             "database": self.store.path,
         }
 
@@ -153,12 +157,12 @@ class Portrait:
                              code="invalid_identity")
         session = self._reads
         if kind == "profile_id":
-            if session.execute(sql.PROFILE_ROW, [value]):
+            if session.execute(reads.PROFILE_ROW, [value]):
                 return value
-            rows = session.execute(sql.PROFILE_BY_ALIAS, [value])
+            rows = session.execute(reads.PROFILE_BY_ALIAS, [value])
         else:
             ident = self.rules.normalize(kind.strip().lower(), value)
-            rows = session.execute(sql.PROFILE_BY_IDENTITY, [ident.key]) if ident else []
+            rows = session.execute(reads.PROFILE_BY_IDENTITY, [ident.key]) if ident else []
         if not rows:
             raise NotFound(f"no profile has the identity {reference}")
         return str(rows[0][0])
@@ -166,7 +170,7 @@ class Portrait:
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
         session = self._reads
-        rows = session.execute(sql.PROFILE_ROW, [profile_id])
+        rows = session.execute(reads.PROFILE_ROW, [profile_id])
         if not rows:
             raise NotFound(f"no profile has the identity {reference}")
         _, first_seen, last_seen, updated_at = rows[0]
@@ -192,20 +196,20 @@ class Portrait:
         if not 1 <= limit <= 1000:
             raise BadRequest("limit must be between 1 and 1000", code="invalid_limit")
         profile_id = self.resolve_profile_id(reference)
-        query, params = sql.profile_event_page(sql.EventFilter(
+        query, params = reads.profile_event_page(reads.EventFilter(
             profile_id, event=event, since=since, until=until, before=_decode_cursor(cursor), limit=limit))
         session = self._reads
         page = session.execute(query, params)
         more = len(page) > limit
         page = page[:limit]
         seqs = [seq for seq, _ in page]
-        details = {row[0]: row for row in session.execute(sql.EVENTS_BY_SEQ, [seqs])} if seqs else {}
+        details = {row[0]: row for row in session.execute(reads.EVENTS_BY_SEQ, [seqs])} if seqs else {}
         events = [_event_json(details[seq]) for seq, _ in page if seq in details]
         next_cursor = _encode_cursor(page[-1][1], page[-1][0]) if more else None
         return {"profile_id": profile_id, "events": events, "next": next_cursor}
 
     def rejected(self, *, limit: int = 100, before_id: int | None = None, code: str | None = None) -> dict[str, Any]:
-        query, params = sql.rejected_page(limit, before_id, code)
+        query, params = reads.rejected_page(limit, before_id, code)
         rows = self._reads.execute(query, params)
         more = len(rows) > limit
         items = [
@@ -216,7 +220,7 @@ class Portrait:
         return {"rejected": items, "next": items[-1]["id"] if more else None}
 
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
-        query, params = sql.recent_events(after_seq, limit)
+        query, params = reads.recent_events(after_seq, limit)
         columns = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
                    "source")
         return [
@@ -226,19 +230,19 @@ class Portrait:
 
     @staticmethod
     def _traits(session: Session, profile_id: str) -> dict[str, Any]:
-        return {key: orjson.loads(value) for key, value in session.execute(sql.PROFILE_TRAITS, [profile_id])}
+        return {key: orjson.loads(value) for key, value in session.execute(reads.PROFILE_TRAITS, [profile_id])}
 
     @staticmethod
     def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
         return [{"type": t, "value": v, "first_seen": _iso(f)}
-                for t, v, f in session.execute(sql.PROFILE_IDENTITIES, [profile_id])]
+                for t, v, f in session.execute(reads.PROFILE_IDENTITIES, [profile_id])]
 
     @staticmethod
     def _merges(session: Session, profile_id: str) -> list[dict[str, Any]]:
         return [
             {"merged_profile_id": m, "seq": s, "message_id": mid, "identifiers": orjson.loads(i or "[]"),
              "merged_at": _iso(at), "processed_at": _iso(pa), "reason": "one event carried identifiers of both"}
-            for m, s, mid, i, at, pa in session.execute(sql.PROFILE_MERGES, [profile_id])
+            for m, s, mid, i, at, pa in session.execute(reads.PROFILE_MERGES, [profile_id])
         ]
 
     @staticmethod
@@ -246,7 +250,7 @@ class Portrait:
         return [
             {"seq": s, "message_id": mid, "dropped": orjson.loads(d or "[]"), "processed_at": _iso(at),
              "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"}
-            for s, mid, d, at in session.execute(sql.PROFILE_CONFLICTS, [profile_id])
+            for s, mid, d, at in session.execute(reads.PROFILE_CONFLICTS, [profile_id])
         ]
 
 
@@ -255,12 +259,16 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _event_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, message_id, kind, event, user_id, anonymous_id, timestamp, received_at, properties, traits, context, src = row
+    (seq, message_id, kind, event, user_id, anonymous_id, timestamp, received_at, properties, traits, context, src,
+     ip) = row
+    context_json = orjson.loads(context or "{}")
+    if ip and "ip" not in context_json:
+        context_json["ip"] = ip  # Segment's context.ip: the sender's address unless the message names one
     return {
         "seq": seq, "message_id": message_id, "type": kind, "event": event, "user_id": user_id,
         "anonymous_id": anonymous_id, "timestamp": _iso(timestamp), "received_at": _iso(received_at),
         "properties": orjson.loads(properties or "{}"), "traits": orjson.loads(traits or "{}"),
-        "context": orjson.loads(context or "{}"), "source": src,
+        "context": context_json, "source": src,
     }
 
 

@@ -1,8 +1,12 @@
-"""The wire format: Segment HTTP Tracking API requests -> validated, enriched events and recorded rejections.
+"""The wire format: Segment HTTP Tracking API requests -> event-log columns and recorded rejections.
 
-This is the only place raw client JSON becomes domain objects. Rules follow Segment's documented behaviour:
-a request that cannot be read at all is refused with a 400; a single message that is readable but semantically
-invalid is *not* refused (SDKs would drop or re-send the whole batch) but kept as a :class:`Rejection`.
+This is the only place raw client JSON becomes domain data. Segment's rules: a request that cannot be read at all
+(bad encoding, not JSON, too large, too many messages) is refused with a 400 and a ``{"code", "message"}`` body. A
+message that is readable but semantically invalid is *not* refused -- SDKs would drop or re-send the whole batch --
+but recorded as a :class:`Rejection` with its reason and the message itself.
+
+Reading is on the ingestion hot path, so messages are appended straight into column lists (:class:`EventColumns`)
+that become one Arrow table per group commit, instead of building an object per message.
 """
 
 from __future__ import annotations
@@ -11,15 +15,14 @@ import base64
 import binascii
 import uuid
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from portrait.errors import BadRequest
-from portrait.model import MESSAGE_TYPES, Event, Rejection
+from portrait.model import MESSAGE_TYPES, Rejection
 
 # Endpoint path -> implied message type (None: a batch or a message that names its own type).
 ENDPOINT_TYPES: dict[str, str | None] = {
@@ -28,6 +31,9 @@ ENDPOINT_TYPES: dict[str, str | None] = {
 }
 BATCH_ENDPOINTS = ("batch", "import", "b")
 RAW_KEEP_BYTES = 64 * 1024  # how much of an unreadable body we keep for the user to inspect
+MAX_ID_LENGTH = 1024
+_TYPES = frozenset(MESSAGE_TYPES)
+_ID_TYPES = (str, int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +45,44 @@ class Limits:
 
 @dataclass(slots=True)
 class ParsedRequest:
-    """A readable request: its messages (still raw dicts), the batch-level fields and the write key if in the body."""
+    """A readable request: its messages (raw dicts), batch-level fields, and the write key if the body has one."""
 
     messages: list[Any]
-    write_key: str | None
-    sent_at: Any
-    batch_context: dict[str, Any] | None
+    write_key: str | None = None
+    sent_at: Any = None
+    context: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Validated events as columns, in log order (the Arrow schema is in :mod:`portrait.writer`)."""
+
+    message_id: list[str] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    event: list[str | None] = field(default_factory=list)
+    user_id: list[str | None] = field(default_factory=list)
+    anonymous_id: list[str | None] = field(default_factory=list)
+    previous_id: list[str | None] = field(default_factory=list)
+    group_id: list[str | None] = field(default_factory=list)
+    timestamp: list[datetime] = field(default_factory=list)
+    original_timestamp: list[datetime | None] = field(default_factory=list)
+    sent_at: list[datetime | None] = field(default_factory=list)
+    received_at: list[datetime] = field(default_factory=list)
+    properties: list[str] = field(default_factory=list)
+    traits: list[str] = field(default_factory=list)
+    context: list[str] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    ip: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.message_id)
+
+    def extend(self, other: EventColumns) -> None:
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, list[Any]]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def decode_body(raw: bytes, content_encoding: str | None, limits: Limits) -> bytes:
@@ -55,7 +93,8 @@ def decode_body(raw: bytes, content_encoding: str | None, limits: Limits) -> byt
     elif encoding in ("gzip", "x-gzip", "deflate"):
         body = _inflate(raw, encoding, limits.max_batch_bytes)
     else:
-        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported (use gzip or none)")
+        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported (use gzip or none)",
+                         code="bad_encoding")
     if len(body) > limits.max_batch_bytes:
         raise BadRequest(
             f"request body is {len(body)} bytes; the limit is {limits.max_batch_bytes} bytes", code="body_too_large"
@@ -85,21 +124,21 @@ def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object", code="invalid_request")
-    write_key = doc.get("writeKey") if isinstance(doc.get("writeKey"), str) else None
-    if endpoint in BATCH_ENDPOINTS:
-        messages = doc.get("batch")
-        if not isinstance(messages, list):
-            raise BadRequest("a batch request needs a 'batch' array of messages", code="invalid_request")
-        if len(messages) > limits.max_batch_items:
-            raise BadRequest(
-                f"batch has {len(messages)} messages; the limit is {limits.max_batch_items}", code="batch_too_large"
-            )
-        context = doc.get("context") if isinstance(doc.get("context"), dict) else None
-        return ParsedRequest(messages, write_key, doc.get("sentAt"), context)
-    implied = ENDPOINT_TYPES[endpoint]
-    message = dict(doc)
-    message.setdefault("type", implied)
-    return ParsedRequest([message], write_key, None, None)
+    key = doc.get("writeKey")
+    write_key = key if isinstance(key, str) and key else None
+    if endpoint not in BATCH_ENDPOINTS:
+        message = dict(doc)
+        message.setdefault("type", ENDPOINT_TYPES[endpoint])
+        return ParsedRequest([message], write_key)
+    messages = doc.get("batch")
+    if not isinstance(messages, list):
+        raise BadRequest("a batch request needs a 'batch' array of messages", code="invalid_request")
+    if len(messages) > limits.max_batch_items:
+        raise BadRequest(
+            f"batch has {len(messages)} messages; the limit is {limits.max_batch_items}", code="batch_too_large"
+        )
+    context = doc.get("context")
+    return ParsedRequest(messages, write_key, doc.get("sentAt"), context if isinstance(context, dict) else None)
 
 
 def raw_preview(body: bytes) -> str:
@@ -131,7 +170,14 @@ def parse_time(value: Any) -> datetime | None:
     return parsed
 
 
-class _Invalid(Exception):
+def utc_now() -> datetime:
+    """Naive UTC now: the store keeps UTC timestamps without a zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Invalid(Exception):
+    """One message breaks a rule: ``code`` is stable, ``reason`` says what and why."""
+
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
@@ -142,100 +188,102 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
     value = message.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _Invalid("invalid_field", f"{name} must be a string or a number, not {type(value).__name__}")
-    text = str(value)
-    if len(text) > 1024:
-        raise _Invalid("invalid_field", f"{name} is longer than 1024 characters")
-    return text
+    if value.__class__ is not str:
+        if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
+            raise Invalid("invalid_field", f"{name} must be a string or a number, not {type(value).__name__}")
+        value = str(value)
+    if len(value) > MAX_ID_LENGTH:
+        raise Invalid("invalid_field", f"{name} is longer than {MAX_ID_LENGTH} characters")
+    return str(value)
 
 
-def _object(message: dict[str, Any], name: str) -> dict[str, Any]:
+def _json_object(message: dict[str, Any], name: str) -> str:
     value = message.get(name)
     if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
-    return value
+        return "{}"
+    if value.__class__ is not dict:
+        raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _time_field(message: dict[str, Any], name: str) -> datetime | None:
     try:
         return parse_time(message.get(name))
     except ValueError as exc:
-        raise _Invalid("invalid_timestamp", f"{name} {message.get(name)!r} is not an ISO-8601 date-time") from exc
+        raise Invalid("invalid_timestamp", f"{name} {message.get(name)!r} is not an ISO-8601 date-time") from exc
 
 
 class MessageReader:
-    """Validates and enriches the messages of one request. Create one per request."""
+    """Validates and enriches the messages of one request into columns. Create one per request."""
 
-    def __init__(
-        self, *, received_at: datetime, source: str, ip: str | None, batch: ParsedRequest, limits: Limits
-    ) -> None:
+    def __init__(self, *, received_at: datetime, source: str, ip: str | None, request: ParsedRequest,
+                 limits: Limits, body_bytes: int) -> None:
         self.received_at = received_at
         self.source = source
         self.ip = ip
         self.limits = limits
-        self.batch = batch
+        self.request = request
+        # A body no larger than the message limit cannot hold a message over it: skip measuring each one.
+        self.check_sizes = body_bytes > limits.max_message_bytes
         try:
-            self.batch_sent_at = parse_time(batch.sent_at)
+            self.batch_sent_at = parse_time(request.sent_at)
         except ValueError:
             self.batch_sent_at = None  # a bad batch-level sentAt only disables skew correction
+        self.batch_context = (orjson.dumps(request.context, option=orjson.OPT_NON_STR_KEYS).decode()
+                              if request.context else "{}")
 
-    def read_all(self, messages: Iterable[Any]) -> tuple[list[Event], list[Rejection]]:
-        events: list[Event] = []
+    def read_all(self) -> tuple[EventColumns, list[Rejection]]:
+        columns = EventColumns()
         rejections: list[Rejection] = []
-        for message in messages:
+        for message in self.request.messages:
             try:
-                events.append(self.read(message))
-            except _Invalid as bad:
+                self.read(message, columns)
+            except Invalid as bad:
                 rejections.append(self._reject(message, bad))
-        return events, rejections
+        return columns, rejections
 
-    def read(self, message: Any) -> Event:
-        if not isinstance(message, dict):
-            raise _Invalid("invalid_message", f"a message must be a JSON object, not {type(message).__name__}")
-        size = len(orjson.dumps(message))
-        if size > self.limits.max_message_bytes:
-            raise _Invalid(
-                "message_too_large", f"message is {size} bytes; the limit is {self.limits.max_message_bytes} bytes"
-            )
+    def read(self, message: Any, out: EventColumns) -> None:
+        """Validate one message and append it to ``out``; raises Invalid (and appends nothing) if it breaks a rule."""
+        if message.__class__ is not dict:
+            raise Invalid("invalid_message", f"a message must be a JSON object, not {type(message).__name__}")
+        if self.check_sizes:
+            size = len(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            if size > self.limits.max_message_bytes:
+                raise Invalid("message_too_large",
+                              f"message is {size} bytes; the limit is {self.limits.max_message_bytes} bytes")
         kind = message.get("type")
-        if kind not in MESSAGE_TYPES:
-            raise _Invalid("invalid_type", f"type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
-        event = self._base(message, kind)
-        self._check_required(event)
-        return event
-
-    def _base(self, message: dict[str, Any], kind: str) -> Event:
+        if kind not in _TYPES:
+            raise Invalid("invalid_type", f"type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
+        user_id = _text_id(message, "userId")
+        anonymous_id = _text_id(message, "anonymousId")
+        previous_id = _text_id(message, "previousId")
+        group_id = _text_id(message, "groupId")
+        name = message.get("event") if kind == "track" else message.get("name")
+        if name is not None and name.__class__ is not str:
+            raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
+        _check_required(kind, user_id, anonymous_id, previous_id, group_id, name)
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
         original = _time_field(message, "originalTimestamp") or _time_field(message, "timestamp")
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
-        context = _object(message, "context")
-        if self.batch.batch_context and not context:
-            context = dict(self.batch.batch_context)
-        if self.ip and "ip" not in context:
-            context = {**context, "ip": self.ip}
-        name = message.get("event") if kind == "track" else message.get("name")
-        if name is not None and not isinstance(name, str):
-            raise _Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
-        return Event(
-            message_id=message_id,
-            type=kind,
-            timestamp=self._corrected_time(original, sent_at),
-            received_at=self.received_at,
-            event=name or None,
-            user_id=_text_id(message, "userId"),
-            anonymous_id=_text_id(message, "anonymousId"),
-            previous_id=_text_id(message, "previousId"),
-            group_id=_text_id(message, "groupId"),
-            original_timestamp=original,
-            sent_at=sent_at,
-            properties=_object(message, "properties"),
-            traits=_object(message, "traits"),
-            context=context,
-            source=self.source,
-        )
+        properties = _json_object(message, "properties")
+        traits = _json_object(message, "traits")
+        context = _json_object(message, "context") if message.get("context") is not None else self.batch_context
+        out.message_id.append(message_id)
+        out.type.append(kind)
+        out.event.append(name or None)
+        out.user_id.append(user_id)
+        out.anonymous_id.append(anonymous_id)
+        out.previous_id.append(previous_id)
+        out.group_id.append(group_id)
+        out.timestamp.append(self._corrected_time(original, sent_at))
+        out.original_timestamp.append(original)
+        out.sent_at.append(sent_at)
+        out.received_at.append(self.received_at)
+        out.properties.append(properties)
+        out.traits.append(traits)
+        out.context.append(context)
+        out.source.append(self.source)
+        out.ip.append(self.ip)
 
     def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
         """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""
@@ -245,32 +293,23 @@ class MessageReader:
             return original
         return self.received_at - (sent_at - original)
 
-    @staticmethod
-    def _check_required(event: Event) -> None:
-        if event.type == "alias":
-            if not event.user_id or not event.previous_id:
-                raise _Invalid("missing_field", "alias needs both userId and previousId")
-            return
-        if not event.user_id and not event.anonymous_id:
-            raise _Invalid("missing_identity", "message has neither userId nor anonymousId")
-        if event.type == "track" and not event.event:
-            raise _Invalid("missing_field", "track needs an event name")
-        if event.type == "group" and not event.group_id:
-            raise _Invalid("missing_field", "group needs a groupId")
-
-    def _reject(self, message: Any, bad: _Invalid) -> Rejection:
+    def _reject(self, message: Any, bad: Invalid) -> Rejection:
         payload = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
         message_id = message.get("messageId") if isinstance(message, dict) else None
-        return Rejection(
-            code=bad.code,
-            reason=bad.reason,
-            payload=payload,
-            received_at=self.received_at,
-            source=self.source,
-            message_id=str(message_id) if isinstance(message_id, str | int) else None,
-        )
+        return Rejection(code=bad.code, reason=bad.reason, payload=payload, received_at=self.received_at,
+                         source=self.source,
+                         message_id=str(message_id) if isinstance(message_id, str | int) else None)
 
 
-def utc_now() -> datetime:
-    """Naive UTC now: the store keeps UTC timestamps without a zone."""
-    return datetime.now(UTC).replace(tzinfo=None)
+def _check_required(kind: str, user_id: str | None, anonymous_id: str | None, previous_id: str | None,
+                    group_id: str | None, name: str | None) -> None:
+    if kind == "alias":
+        if not user_id or not previous_id:
+            raise Invalid("missing_field", "alias needs both userId and previousId")
+        return
+    if not user_id and not anonymous_id:
+        raise Invalid("missing_identity", "message has neither userId nor anonymousId")
+    if kind == "track" and not name:
+        raise Invalid("missing_field", "track needs an event name")
+    if kind == "group" and not group_id:
+        raise Invalid("missing_field", "group needs a groupId")

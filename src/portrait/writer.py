@@ -1,9 +1,11 @@
-"""Group commit: many requests' events become one DuckDB append and one commit.
+"""Group commit: many requests' events become one Arrow append to the event log and one commit.
 
-DuckDB appends ~10M rows/s from Arrow but does only ~1.5k single-row INSERTs/s, so each request hands its events to
-the writer thread and waits; the writer drains everything queued, writes it in one transaction and then answers all
-waiting requests. The HTTP 200 is sent only after that commit (durability), and duplicates (same messageId, e.g. an
-SDK retry) are skipped by the primary key, so a retried batch never creates a second copy.
+DuckDB appends millions of rows/s from Arrow but does only ~1.5k single-row INSERTs/s, so each request hands its
+validated events (columns, see :class:`portrait.spec.EventColumns`) to the writer thread and waits; the writer takes
+everything queued, appends it in one transaction and only then answers the waiting requests (durability before
+HTTP 200). Duplicates (same messageId, e.g. an SDK retry) are skipped by the primary key, so a retried batch never
+creates a second copy. If a group fails as a whole, each request is retried alone, so one bad request cannot fail
+the others.
 """
 
 from __future__ import annotations
@@ -15,44 +17,28 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import orjson
 import pyarrow as pa
 
 from portrait import sql
-from portrait.model import Event, IngestResult, Rejection
+from portrait.model import IngestResult, Rejection
+from portrait.spec import EventColumns
+from portrait.sql import ingest as q
 from portrait.store import Session, Store
 
 log = logging.getLogger(__name__)
 
+_TS = pa.timestamp("us")
 EVENT_SCHEMA = pa.schema([
-    ("message_id", pa.string()), ("type", pa.string()), ("event", pa.string()), ("user_id", pa.string()),
-    ("anonymous_id", pa.string()), ("previous_id", pa.string()), ("group_id", pa.string()),
-    ("timestamp", pa.timestamp("us")), ("original_timestamp", pa.timestamp("us")), ("sent_at", pa.timestamp("us")),
-    ("received_at", pa.timestamp("us")), ("properties", pa.string()), ("traits", pa.string()),
-    ("context", pa.string()), ("source", pa.string()),
+    ("seq", pa.int64()), ("message_id", pa.string()), ("type", pa.string()), ("event", pa.string()),
+    ("user_id", pa.string()), ("anonymous_id", pa.string()), ("previous_id", pa.string()),
+    ("group_id", pa.string()), ("timestamp", _TS), ("original_timestamp", _TS), ("sent_at", _TS),
+    ("received_at", _TS), ("properties", pa.string()), ("traits", pa.string()), ("context", pa.string()),
+    ("source", pa.string()), ("ip", pa.string()),
 ])
 REJECTION_SCHEMA = pa.schema([
-    ("received_at", pa.timestamp("us")), ("code", pa.string()), ("reason", pa.string()), ("source", pa.string()),
+    ("received_at", _TS), ("code", pa.string()), ("reason", pa.string()), ("source", pa.string()),
     ("message_id", pa.string()), ("payload", pa.string()),
 ])
-
-
-def _json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def events_table(events: Sequence[Event]) -> pa.Table:
-    columns = {
-        "message_id": [e.message_id for e in events], "type": [e.type for e in events],
-        "event": [e.event for e in events], "user_id": [e.user_id for e in events],
-        "anonymous_id": [e.anonymous_id for e in events], "previous_id": [e.previous_id for e in events],
-        "group_id": [e.group_id for e in events], "timestamp": [e.timestamp for e in events],
-        "original_timestamp": [e.original_timestamp for e in events], "sent_at": [e.sent_at for e in events],
-        "received_at": [e.received_at for e in events], "properties": [_json(e.properties) for e in events],
-        "traits": [_json(e.traits) for e in events], "context": [_json(e.context) for e in events],
-        "source": [e.source for e in events],
-    }
-    return pa.table(columns, schema=EVENT_SCHEMA)
 
 
 def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
@@ -65,7 +51,7 @@ def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
 
 @dataclass
 class _Pending:
-    events: list[Event]
+    events: EventColumns
     rejections: list[Rejection]
     future: Future[IngestResult] = field(default_factory=Future)
 
@@ -77,21 +63,18 @@ class EventWriter:
         self._store = store
         self._max_events = max_events
         self._on_commit = on_commit
+        self._last_seq: int | None = None  # highest sequence number handed out (only this thread appends)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="portrait-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, events: list[Event], rejections: list[Rejection]) -> Future[IngestResult]:
-        pending = _Pending(events, rejections)
-        if not events and not rejections:
+    def submit(self, events: EventColumns, rejections: Sequence[Rejection] = ()) -> Future[IngestResult]:
+        pending = _Pending(events, list(rejections))
+        if not len(events) and not rejections:
             pending.future.set_result(IngestResult(0, 0, 0))
         else:
             self._queue.put(pending)
         return pending.future
-
-    def write(self, events: list[Event], rejections: list[Rejection]) -> IngestResult:
-        """Submit and wait (for in-process callers such as the demo loader and imports)."""
-        return self.submit(events, rejections).result()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -126,45 +109,57 @@ class EventWriter:
         return group, False
 
     def _commit(self, session: Session, group: list[_Pending]) -> None:
-        unique: dict[str, Event] = {}
-        for pending in group:
-            for event in pending.events:
-                unique.setdefault(event.message_id, event)
-        rejections = [r for pending in group for r in pending.rejections]
         try:
-            inserted = self._append(session, list(unique.values()), rejections)
-        except Exception as exc:  # answer every waiting request; SDKs re-send on a 5xx
+            inserted = self._append(session, group)
+        except Exception as exc:
+            self._last_seq = None  # re-read after a rollback
+            if len(group) > 1:  # isolate the request that fails; the others still land
+                for pending in group:
+                    self._commit(session, [pending])
+                return
             log.exception("event log append failed")
-            for pending in group:
-                pending.future.set_exception(exc)
+            group[0].future.set_exception(exc)  # SDKs re-send on a 5xx: nothing is lost
             return
         self._on_commit()
         for pending in group:
-            new = 0
-            for event in pending.events:
-                if event.message_id in inserted:
-                    inserted.discard(event.message_id)
-                    new += 1
-            pending.future.set_result(IngestResult(new, len(pending.events) - new, len(pending.rejections)))
+            stored = 0
+            for message_id in pending.events.message_id:
+                if message_id in inserted:
+                    inserted.discard(message_id)  # a second copy in the same group counts as a duplicate
+                    stored += 1
+            pending.future.set_result(IngestResult(stored, len(pending.events) - stored, len(pending.rejections)))
 
-    @staticmethod
-    def _append(session: Session, events: list[Event], rejections: list[Rejection]) -> set[str]:
+    def _append(self, session: Session, group: list[_Pending]) -> set[str]:
+        events = EventColumns()
+        for pending in group:
+            events.extend(pending.events)
+        rejections = [r for pending in group for r in pending.rejections]
         inserted: set[str] = set()
         with session.transaction():
-            if events:
-                session.load("incoming_events", events_table(events))
-                try:
-                    rows = session.execute(sql.INSERT_EVENTS)
-                finally:
-                    session.unload("incoming_events")
-                inserted = {row[0] for row in rows}
-                session.execute(sql.ADD_COUNTER, ["events_received", len(inserted)])
+            if len(events):
+                inserted = self._append_events(session, events)
+                session.execute(sql.ADD_COUNTER, [len(inserted), "events_received"])
             if rejections:
                 session.load("incoming_rejections", rejections_table(rejections))
                 try:
-                    session.execute(sql.INSERT_REJECTIONS)
+                    session.execute(q.INSERT_REJECTIONS)
                 finally:
                     session.unload("incoming_rejections")
-                session.execute(sql.ADD_COUNTER, ["events_rejected", len(rejections)])
+                session.execute(sql.ADD_COUNTER, [len(rejections), "events_rejected"])
         return inserted
+
+    def _append_events(self, session: Session, events: EventColumns) -> set[str]:
+        if self._last_seq is None:
+            self._last_seq = int(session.execute(q.MAX_SEQ)[0][0])
+        first = self._last_seq + 1
+        columns = {"seq": list(range(first, first + len(events))), **events.as_dict()}
+        table = pa.table(columns, schema=EVENT_SCHEMA)
+        session.load("incoming_events", table)
+        try:
+            rows = session.execute(q.INSERT_EVENTS)
+        finally:
+            session.unload("incoming_events")
+        self._last_seq = first + len(events) - 1  # duplicates leave harmless gaps
+        return {row[0] for row in rows}
+
 

@@ -25,6 +25,9 @@ class Session(Protocol):
 
     def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a statement and return its rows as an Arrow table (no Python objects per row)."""
+
     def load(self, name: str, table: pa.Table) -> None:
         """Make ``table`` queryable as ``name`` until :meth:`unload`."""
 

@@ -24,6 +24,7 @@ _MIGRATION_TABLE = parse(
 _APPLIED = parse("SELECT version FROM schema_migrations")
 _RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
 _CHECKPOINT = parse("CHECKPOINT")
+_UTC = parse("SET TimeZone = 'UTC'")
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -48,9 +49,14 @@ class DuckDBSession:
     def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer) -> None:
         self._con = connection
         self._render = render
+        # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
+        self.execute(_UTC)
 
     def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._con.execute(self._render(statement), list(params)).fetchall()
+
+    def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
+        return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
 
     def load(self, name: str, table: pa.Table) -> None:
         self._con.register(name, table)

@@ -23,10 +23,12 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             original_timestamp TIMESTAMP,
             sent_at TIMESTAMP,
             received_at TIMESTAMP NOT NULL,
-            properties JSON,
-            traits JSON,
-            context JSON,
-            source VARCHAR NOT NULL
+            -- JSON text, stored as VARCHAR: a JSON column would parse every value again on insert.
+            properties VARCHAR,
+            traits VARCHAR,
+            context VARCHAR,
+            source VARCHAR NOT NULL,
+            ip VARCHAR  -- the sender's address; shown as context.ip when the message carried none
         );
         CREATE INDEX IF NOT EXISTS events_seq ON events (seq);
         CREATE SEQUENCE IF NOT EXISTS rejected_seq START 1;
@@ -96,6 +98,14 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             name VARCHAR PRIMARY KEY,
             value BIGINT NOT NULL
         );
+        INSERT INTO counters (name, value) VALUES ('events_received', 0), ('events_rejected', 0);
+        -- The processor's own counters (watermark, events processed): a separate table, so the writer's and the
+        -- processor's commits never touch the same table.
+        CREATE TABLE IF NOT EXISTS processor_state (
+            name VARCHAR PRIMARY KEY,
+            value BIGINT NOT NULL
+        );
+        INSERT INTO processor_state (name, value) VALUES ('watermark', 0), ('events_processed', 0);
         CREATE TABLE IF NOT EXISTS api_keys (
             key_hash VARCHAR PRIMARY KEY,
             kind VARCHAR NOT NULL,

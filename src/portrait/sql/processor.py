@@ -1,0 +1,192 @@
+"""The processor's statements: event-log micro-batch -> identities, profiles, traits, event ownership.
+
+The common case -- every identifier of an event already belongs to one profile -- is decided entirely in SQL
+(``fast``). Only events that create, extend or merge profiles go through the sequential resolver in Python.
+Parameters marked ``lo``/``hi`` are the batch's sequence range (lo exclusive, hi inclusive).
+"""
+
+from __future__ import annotations
+
+from portrait.sql import insert_from, parse, parse_many
+
+BATCH_RANGE = parse(
+    "SELECT coalesce(max(seq), 0), count(*) FROM (SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
+)
+
+# Identifiers of every event in (lo, hi]: user_id, anonymous_id, email and phone from identify traits and
+# context.traits, configured identity traits, context.externalIds. Phones are normalized afterwards in Python
+# (phonenumbers). Params: lo, hi, identity trait names, blocked values (lower case).
+STAGE_IDENTIFIERS = parse("""
+CREATE OR REPLACE TEMP TABLE b_ids_raw AS
+WITH e AS (
+    SELECT seq, type, user_id, anonymous_id,
+           CASE WHEN type = 'identify' THEN traits ELSE '{}' END AS person_traits,
+           coalesce(json_extract(context, '$.traits'), '{}') AS context_traits,
+           context
+    FROM events WHERE seq > ? AND seq <= ?
+), trait_names AS (
+    SELECT unnest(CAST(? AS VARCHAR[])) AS name
+), found AS (
+    SELECT seq, 'user_id' AS id_type, trim(user_id) AS value FROM e WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT seq, 'anonymous_id', trim(anonymous_id) FROM e WHERE anonymous_id IS NOT NULL
+    UNION ALL
+    SELECT seq, 'email', lower(trim(json_extract_string(person_traits, '$.email'))) FROM e
+    WHERE json_type(person_traits, '$.email') = 'VARCHAR'
+    UNION ALL
+    SELECT seq, 'email', lower(trim(json_extract_string(context_traits, '$.email'))) FROM e
+    WHERE json_type(context_traits, '$.email') = 'VARCHAR'
+    UNION ALL
+    SELECT seq, 'phone', trim(json_extract_string(person_traits, '$.phone')) FROM e
+    WHERE json_type(person_traits, '$.phone') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+    UNION ALL
+    SELECT seq, 'phone', trim(json_extract_string(context_traits, '$.phone')) FROM e
+    WHERE json_type(context_traits, '$.phone') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+    UNION ALL
+    SELECT t.seq, n.name, trim(json_extract_string(t.traits, '$.' || n.name))
+    FROM (SELECT seq, person_traits AS traits FROM e UNION ALL SELECT seq, context_traits FROM e) AS t,
+         trait_names AS n
+    WHERE json_type(t.traits, '$.' || n.name) IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+    UNION ALL
+    SELECT seq, lower(trim(json_extract_string(x, '$.type'))), trim(json_extract_string(x, '$.id'))
+    FROM (SELECT seq, unnest(CAST(json_extract(context, '$.externalIds') AS JSON[])) AS x FROM e
+          WHERE json_type(context, '$.externalIds') = 'ARRAY')
+    WHERE json_type(x, '$.type') = 'VARCHAR' AND json_type(x, '$.id') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+)
+SELECT DISTINCT seq, id_type, value FROM found
+WHERE value IS NOT NULL AND value <> '' AND id_type <> ''
+  AND lower(value) NOT IN (SELECT unnest(CAST(? AS VARCHAR[])))
+  AND (id_type <> 'email' OR value LIKE '%_@_%')
+""")
+RAW_PHONES = parse("SELECT DISTINCT value FROM b_ids_raw WHERE id_type = 'phone'")
+# phone_map(raw, e164): e164 NULL where the raw value is not a possible phone number.
+STAGE_OWNERS = parse("""
+CREATE OR REPLACE TEMP TABLE b_owned AS
+WITH ids AS (
+    SELECT DISTINCT r.seq, r.id_type, coalesce(p.e164, r.value) AS value
+    FROM b_ids_raw AS r LEFT JOIN phone_map AS p ON r.id_type = 'phone' AND p.raw = r.value
+    WHERE r.id_type <> 'phone' OR p.e164 IS NOT NULL
+)
+SELECT ids.seq, ids.id_type, ids.value, i.profile_id
+FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids.value
+""")
+# Params: lo, hi.
+STAGE_EVENTS = parse("""
+CREATE OR REPLACE TEMP TABLE b_events AS
+SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id,
+       count(o.value) AS n_ids, count(o.profile_id) AS n_known, count(DISTINCT o.profile_id) AS n_owners,
+       min(o.profile_id) AS owner
+FROM events AS e LEFT JOIN b_owned AS o ON o.seq = e.seq
+WHERE e.seq > ? AND e.seq <= ?
+GROUP BY ALL
+""")
+FAST_ASSIGN = parse("""
+CREATE OR REPLACE TEMP TABLE b_assign AS
+SELECT seq, owner AS profile_id FROM b_events
+WHERE type <> 'alias' AND n_ids > 0 AND n_known = n_ids AND n_owners = 1
+""")
+SLOW_EVENTS = parse("""
+SELECT b.seq, b.message_id, b.type, b.timestamp, b.previous_id, o.id_type, o.value, o.profile_id
+FROM b_events AS b LEFT JOIN b_owned AS o ON o.seq = b.seq
+WHERE NOT (b.type <> 'alias' AND b.n_ids > 0 AND b.n_known = b.n_ids AND b.n_owners = 1)
+ORDER BY b.seq
+""")
+IDENTITIES_BY_KEYS = parse(
+    "SELECT identity_key, profile_id FROM identities WHERE identity_key IN (SELECT UNNEST(CAST(? AS VARCHAR[])))"
+)
+MEMBERS_OF_PROFILES = parse("""
+SELECT p.profile_id, p.created_seq, i.type, i.value FROM profiles AS p
+LEFT JOIN identities AS i ON i.profile_id = p.profile_id
+WHERE p.profile_id IN (SELECT UNNEST(CAST(? AS VARCHAR[])))
+""")
+INSERT_SLOW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM slow_assign")
+INSERT_PROFILES = insert_from(
+    "profiles", "new_profiles", ("profile_id", "created_seq", "first_seen", "last_seen", "updated_at")
+)
+INSERT_IDENTITIES = insert_from(
+    "identities", "new_identities", ("identity_key", "type", "value", "profile_id", "first_seen", "seq")
+)
+
+# -- merges: batch_merges(merged_id, profile_id) maps every profile merged away in this batch to its survivor.
+REMAP_ASSIGN = parse(
+    "UPDATE b_assign SET profile_id = m.profile_id FROM batch_merges AS m WHERE b_assign.profile_id = m.merged_id"
+)
+REASSIGN_IDENTITIES = parse(
+    "UPDATE identities SET profile_id = m.profile_id FROM batch_merges AS m WHERE identities.profile_id = m.merged_id"
+)
+REASSIGN_EVENTS = parse(
+    "UPDATE event_profiles SET profile_id = m.profile_id FROM batch_merges AS m "
+    "WHERE event_profiles.profile_id = m.merged_id"
+)
+REASSIGN_ALIASES = parse(
+    "UPDATE profile_aliases SET profile_id = m.profile_id FROM batch_merges AS m "
+    "WHERE profile_aliases.profile_id = m.merged_id"
+)
+INSERT_ALIASES = parse(
+    "INSERT INTO profile_aliases (merged_id, profile_id) SELECT merged_id, profile_id FROM batch_merges"
+)
+# Fold merged profiles' traits into the survivor: per key, the value with the latest event time wins.
+_NEWER = (
+    "ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
+    "seq = excluded.seq WHERE excluded.updated_at > profile_traits.updated_at "
+    "OR (excluded.updated_at = profile_traits.updated_at AND excluded.seq > profile_traits.seq)"
+)
+MOVE_TRAITS = parse(
+    "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
+    "SELECT m.profile_id, t.key, arg_max_null(t.value, (t.updated_at, t.seq)), max(t.updated_at), "
+    "arg_max(t.seq, (t.updated_at, t.seq)) "
+    "FROM profile_traits AS t JOIN batch_merges AS m ON t.profile_id = m.merged_id GROUP BY m.profile_id, t.key "
+    + _NEWER
+)
+DELETE_MERGED_TRAITS = parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
+MOVE_PROFILE_TIMES = parse("""
+UPDATE profiles SET first_seen = least(profiles.first_seen, s.first_seen),
+                    last_seen = greatest(profiles.last_seen, s.last_seen)
+FROM (SELECT m.profile_id, min(p.first_seen) AS first_seen, max(p.last_seen) AS last_seen
+      FROM profiles AS p JOIN batch_merges AS m ON p.profile_id = m.merged_id GROUP BY m.profile_id) AS s
+WHERE profiles.profile_id = s.profile_id
+""")
+DELETE_MERGED_PROFILES = parse("DELETE FROM profiles WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
+INSERT_MERGES = insert_from(
+    "merges", "batch_merge_log",
+    ("profile_id", "merged_id", "seq", "message_id", "identifiers", "merged_at", "processed_at"),
+)
+INSERT_CONFLICTS = insert_from(
+    "identity_conflicts", "batch_conflicts", ("seq", "message_id", "profile_id", "dropped", "processed_at")
+)
+
+# -- per-batch writes from b_assign. Params of TRAITS: lo, hi.
+INSERT_EVENT_PROFILES = parse("""
+INSERT INTO event_profiles (seq, profile_id, timestamp, event_type, event)
+SELECT a.seq, a.profile_id, b.timestamp, b.type, b.event FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq
+""")
+UPSERT_TRAITS = parse(
+    "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
+    "SELECT a.profile_id, j.key, arg_max_null(CASE WHEN j.type = 'NULL' THEN NULL ELSE j.value END, "
+    "(e.timestamp, e.seq)), max(e.timestamp), arg_max(e.seq, (e.timestamp, e.seq)) "
+    "FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j "
+    "WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify' GROUP BY a.profile_id, j.key "
+    + _NEWER
+)
+# Params: processed-at time.
+TOUCH_PROFILES = parse("""
+UPDATE profiles SET first_seen = least(profiles.first_seen, s.first_seen),
+                    last_seen = greatest(profiles.last_seen, s.last_seen), updated_at = ?
+FROM (SELECT a.profile_id, min(b.timestamp) AS first_seen, max(b.timestamp) AS last_seen
+      FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq GROUP BY a.profile_id) AS s
+WHERE profiles.profile_id = s.profile_id
+""")
+# Events none of whose identifiers is usable (all empty or blocked) are kept in the log and listed as rejected.
+# Params: processed-at time.
+REJECT_UNIDENTIFIED = parse("""
+INSERT INTO rejected_events (received_at, code, reason, source, message_id, payload)
+SELECT ?, 'no_identifier', 'every identifier of the message is empty or a blocked value', 'processor',
+       b.message_id, json_object('seq', b.seq, 'userId', b.user_id, 'anonymousId', b.anonymous_id,
+                                 'previousId', b.previous_id)::VARCHAR
+FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
+""")
+COUNT_UNIDENTIFIED = parse("SELECT count(*) FROM b_events WHERE seq NOT IN (SELECT seq FROM b_assign)")
+DROP_BATCH_TABLES = parse_many(
+    "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
+    "DROP TABLE IF EXISTS b_assign"
+)

@@ -1,0 +1,95 @@
+"""Statements and query builders for the read side: profile API, rejected events, status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlglot import exp
+
+from portrait.sql import param, parse
+
+PROFILE_BY_IDENTITY = parse("SELECT profile_id FROM identities WHERE identity_key = ?")
+PROFILE_BY_ALIAS = parse("SELECT profile_id FROM profile_aliases WHERE merged_id = ?")
+PROFILE_ROW = parse("SELECT profile_id, first_seen, last_seen, updated_at FROM profiles WHERE profile_id = ?")
+PROFILE_TRAITS = parse(
+    "SELECT key, value FROM profile_traits WHERE profile_id = ? AND value IS NOT NULL ORDER BY key"
+)
+PROFILE_IDENTITIES = parse(
+    "SELECT type, value, first_seen FROM identities WHERE profile_id = ? ORDER BY type, value"
+)
+PROFILE_MERGES = parse(
+    "SELECT merged_id, seq, message_id, identifiers, merged_at, processed_at FROM merges WHERE profile_id = ? "
+    "ORDER BY seq"
+)
+PROFILE_CONFLICTS = parse(
+    "SELECT seq, message_id, dropped, processed_at FROM identity_conflicts WHERE profile_id = ? ORDER BY seq"
+)
+EVENTS_BY_SEQ = parse(
+    "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "
+    "context, source, ip FROM events WHERE seq IN (SELECT UNNEST(CAST(? AS BIGINT[])))"
+)
+COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
+COUNT_EVENTS = parse("SELECT count(*) FROM events")
+COUNT_REJECTED = parse("SELECT count(*) FROM rejected_events")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    profile_id: str
+    event: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: tuple[datetime, int] | None = None  # keyset cursor: (timestamp, seq) of the last row already seen
+    limit: int = 50
+
+
+def profile_event_page(f: EventFilter) -> tuple[exp.Expr, list[object]]:
+    """Newest-first page of a profile's events (keyset pagination on (timestamp, seq))."""
+    params: list[object] = [f.profile_id]
+    query = (
+        exp.select("seq", "timestamp").from_("event_profiles").where(exp.column("profile_id").eq(param()))
+    )
+    if f.event is not None:
+        query = query.where(exp.column("event").eq(param()))
+        params.append(f.event)
+    if f.since is not None:
+        query = query.where(exp.column("timestamp") >= param())
+        params.append(f.since)
+    if f.until is not None:
+        query = query.where(exp.column("timestamp") < param())
+        params.append(f.until)
+    if f.before is not None:
+        query = query.where(exp.Tuple(expressions=[exp.column("timestamp"), exp.column("seq")]) < exp.Tuple(
+            expressions=[param(), param()]))
+        params.extend(f.before)
+    query = query.order_by("timestamp DESC", "seq DESC").limit(exp.Literal.number(f.limit + 1))
+    return query, params
+
+
+def rejected_page(limit: int, before_id: int | None, code: str | None) -> tuple[exp.Expr, list[object]]:
+    query = exp.select("id", "received_at", "code", "reason", "source", "message_id", "payload").from_(
+        "rejected_events"
+    )
+    params: list[object] = []
+    if before_id is not None:
+        query = query.where(exp.column("id") < param())
+        params.append(before_id)
+    if code is not None:
+        query = query.where(exp.column("code").eq(param()))
+        params.append(code)
+    return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params
+
+
+def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
+    query = (
+        exp.select("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
+                   "source")
+        .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
+    )
+    return query, [after_seq]
+
+
+def placeholders(values: Sequence[object]) -> exp.Tuple:
+    return exp.Tuple(expressions=[param() for _ in values])
