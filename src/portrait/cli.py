@@ -63,7 +63,9 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
         except DatabaseInUse as exc:
             server = running_server_url(settings.db_path)
             if server is None or not (admin_key or write_key):
-                hint = f" A server runs at {server}; pass --admin-key (or set PORTRAIT_ADMIN_KEY)." if server else ""
+                hint = (f" A server runs at {server}: pass --admin-key (or set PORTRAIT_ADMIN_KEY) to go through it,"
+                        " or stop it first." if server else
+                        " Stop that process, or pass --url and --admin-key to use a server.")
                 raise DatabaseInUse(exc.message + hint) from exc
             backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
         else:
@@ -76,7 +78,7 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
 
 
 def _fail(exc: PortraitError) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {exc.message}")
+    errors.print(f"error: {exc.message}", style="bold red", markup=False, soft_wrap=True, highlight=False)
     return typer.Exit(code=1)
 
 

@@ -103,10 +103,10 @@ class Portrait:
             body = decode_body(request.body, request.content_encoding, self.limits)
             parsed = parse_request(body, request.endpoint, self.limits)
         except BadRequest as exc:
-            if header_key is not None:
-                source = self.keys.check(header_key, "write")
-                self._keep_unreadable(request.body, exc, source, received_at)
-            raise
+            if header_key is None:
+                raise
+            source = self.keys.check(header_key, "write")
+            return self._keep_unreadable(request.body, exc, source, received_at)
         source = self.keys.check(header_key or parsed.write_key, "write")
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
 
@@ -122,10 +122,19 @@ class Portrait:
         events, rejections = reader.read_all()
         return self.writer.submit(events, rejections)
 
-    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime) -> None:
+    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime
+                         ) -> Future[IngestResult]:
+        """Store what was sent, then fail with the 400 (the answer comes only once the record is durable)."""
         rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw), received_at=received_at,
                               source=source.name)
-        self.writer.submit(EventColumns(), [rejection])
+        answer: Future[IngestResult] = Future()
+
+        def stored(done: Future[IngestResult]) -> None:
+            failure = done.exception()
+            answer.set_exception(exc if failure is None else failure)
+
+        self.writer.submit(EventColumns(), [rejection]).add_done_callback(stored)
+        return answer
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:

@@ -122,8 +122,8 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
         pid = _LOCK_PID.search(text)
         holder = f"process {pid.group(1)}" if pid else "another process"
         raise DatabaseInUse(
-            f"the database {path} is in use by {holder} (normally a running `portrait serve`). "
-            "Run the command against the server (set PORTRAIT_ADMIN_KEY / --admin-key and --url) or stop it first."
+            f"the database {path} is in use by {holder} (normally a running `portrait serve`; an embedded "
+            "database has one writer)."
         ) from exc
 
 

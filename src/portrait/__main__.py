@@ -1,0 +1,5 @@
+"""``python -m portrait`` runs the CLI."""
+
+from portrait.cli import app
+
+app()

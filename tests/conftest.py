@@ -1,0 +1,102 @@
+"""Shared fixtures: an in-process service on a real DuckDB file, the ASGI app, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from portrait.config import Settings
+from portrait.service import Portrait
+
+WRITE_KEY = "wk_test_key"
+ADMIN_KEY = "ak_test_key"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(db_path=str(tmp_path / "portrait.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+
+
+@pytest.fixture
+def portrait(settings: Settings) -> Iterator[Portrait]:
+    """The service with the processor run on demand (``process_pending``), for deterministic tests."""
+    service = Portrait(settings, background=False)
+    yield service
+    service.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real ``portrait serve`` process on loopback."""
+
+    url: str
+    db_path: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+
+    def wait_caught_up(self, timeout: float = 30.0) -> dict[str, int]:
+        """Wait until every received event is reflected in profiles (lag == 0)."""
+        deadline = time.monotonic() + timeout
+        with self.admin() as client:
+            while True:
+                status = client.get("/api/status").json()
+                if status["lag"] == 0:
+                    return dict(status)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"processor did not catch up: {status}")
+                time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def start_server(db_path: str, log_path: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return Server(url, db_path, process, log_path)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"server did not start: {log_path.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log")
+    yield running
+    running.stop()

@@ -1,0 +1,233 @@
+"""The HTTP API in process, through its ASGI interface: ingestion rules, auth, errors, profile reads."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from portrait.api import create_app
+from portrait.service import Portrait
+from tests.conftest import ADMIN_KEY, WRITE_KEY
+
+BASIC = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def client(portrait: Portrait) -> Iterator[TestClient]:
+    with TestClient(create_app(portrait=portrait)) as test_client:
+        yield test_client
+
+
+def track(**fields: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "Product Viewed", "userId": "u-1", **fields}
+
+
+def post(client: TestClient, path: str, body: Any, **kwargs: Any) -> Any:
+    headers = {"Authorization": BASIC, **kwargs.pop("headers", {})}
+    return client.post(path, content=orjson.dumps(body), headers=headers, **kwargs)
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/import", "/v1/b"])
+def test_batch_endpoints_accept_and_answer_exactly_200_success(client: TestClient, portrait: Portrait,
+                                                               path: str) -> None:
+    response = post(client, path, {"batch": [track(messageId="m1"), track(messageId="m2")]})
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    assert portrait.status()["events_received"] == 2
+
+
+@pytest.mark.parametrize(("path", "body", "kind"), [
+    ("/v1/identify", {"userId": "u-1", "traits": {"plan": "pro"}}, "identify"),
+    ("/v1/i", {"userId": "u-1"}, "identify"),
+    ("/v1/track", {"userId": "u-1", "event": "Signed Up"}, "track"),
+    ("/v1/t", {"userId": "u-1", "event": "Signed Up"}, "track"),
+    ("/v1/page", {"anonymousId": "a", "name": "Home"}, "page"),
+    ("/v1/p", {"anonymousId": "a"}, "page"),
+    ("/v1/screen", {"anonymousId": "a", "name": "Cart"}, "screen"),
+    ("/v1/s", {"anonymousId": "a"}, "screen"),
+    ("/v1/group", {"userId": "u-1", "groupId": "acme"}, "group"),
+    ("/v1/g", {"userId": "u-1", "groupId": "acme"}, "group"),
+    ("/v1/alias", {"userId": "u-1", "previousId": "a"}, "alias"),
+    ("/v1/a", {"userId": "u-1", "previousId": "a"}, "alias"),
+])
+def test_single_message_endpoints_imply_the_type(client: TestClient, portrait: Portrait, path: str,
+                                                 body: dict[str, Any], kind: str) -> None:
+    assert post(client, path, body).status_code == 200
+    assert [e["type"] for e in portrait.recent_events(0)] == [kind]
+
+
+@pytest.mark.parametrize("how", ["body", "basic", "query"])
+def test_write_key_from_body_basic_auth_or_query(client: TestClient, how: str) -> None:
+    body: dict[str, Any] = {"batch": [track()]}
+    headers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    if how == "body":
+        body["writeKey"] = WRITE_KEY
+    elif how == "basic":
+        headers["Authorization"] = BASIC
+    else:
+        params["writeKey"] = WRITE_KEY
+    response = client.post("/v1/batch", content=orjson.dumps(body), headers=headers, params=params)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key", ADMIN_KEY])
+def test_unknown_or_missing_write_key_is_401_with_json_error(client: TestClient, key: str | None) -> None:
+    body: dict[str, Any] = {"batch": [track()]}
+    if key:
+        body["writeKey"] = key
+    response = client.post("/v1/batch", content=orjson.dumps(body))
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized" and response.json()["message"]
+
+
+def test_json_is_read_whatever_the_content_type(client: TestClient, portrait: Portrait) -> None:
+    response = client.post("/v1/batch", content=orjson.dumps({"batch": [track()], "writeKey": WRITE_KEY}),
+                           headers={"Content-Type": "text/plain"})
+    assert response.status_code == 200
+    assert portrait.status()["events_received"] == 1
+
+
+def test_gzip_body_is_decompressed(client: TestClient, portrait: Portrait) -> None:
+    raw = gzip.compress(orjson.dumps({"batch": [track(), track()], "writeKey": WRITE_KEY}))
+    response = client.post("/v1/batch", content=raw, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert portrait.status()["events_received"] == 2
+
+
+@pytest.mark.parametrize(("content", "headers", "code"), [
+    (b"{not json", {}, "invalid_json"),
+    (b"[1, 2]", {}, "invalid_request"),
+    (b'{"batch": {"a": 1}}', {}, "invalid_request"),
+    (orjson.dumps({"batch": [{"type": "track"}] * 2501}), {}, "batch_too_large"),
+    (orjson.dumps({"batch": [track(properties={"x": "y" * 600_000})]}), {}, "body_too_large"),
+    (gzip.compress(b"0" * 5_000_000), {"Content-Encoding": "gzip"}, "body_too_large"),
+    (b"\x1f\x8b not really gzip", {"Content-Encoding": "gzip"}, "bad_encoding"),
+    (b"{}", {"Content-Encoding": "br"}, "bad_encoding"),
+])
+def test_unreadable_requests_get_400_and_are_kept(client: TestClient, portrait: Portrait, content: bytes,
+                                                  headers: dict[str, str], code: str) -> None:
+    response = client.post("/v1/batch", content=content, headers={"Authorization": BASIC, **headers})
+    assert response.status_code == 400
+    assert response.json()["code"] == code and response.json()["message"]
+    kept = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    assert [r["code"] for r in kept] == [code]
+    assert kept[0]["payload"]  # what was sent (its first 64 KiB) can be inspected
+
+
+def test_invalid_messages_are_dropped_with_200_but_listed_with_reasons(client: TestClient, portrait: Portrait
+                                                                       ) -> None:
+    batch = [track(messageId="ok"), {"type": "track", "userId": "u-1", "messageId": "no-event"},
+             {"type": "identify", "messageId": "nobody"}, {"type": "alias", "userId": "u-1", "messageId": "al"},
+             {"type": "teleport", "userId": "u", "messageId": "tp"}, 42]
+    assert post(client, "/v1/batch", {"batch": batch}).status_code == 200
+    rejected = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    by_id = {r["message_id"]: (r["code"], r["reason"]) for r in rejected}
+    assert by_id["no-event"] == ("missing_field", "track needs an event name")
+    assert by_id["nobody"][0] == "missing_identity"
+    assert by_id["al"][0] == "missing_field"
+    assert by_id["tp"][0] == "invalid_type"
+    assert by_id[None][0] == "invalid_message"
+    assert portrait.status()["events_received"] == 1
+    only_types = client.get("/api/events/rejected", headers=ADMIN, params={"code": "invalid_type"}).json()
+    assert [r["message_id"] for r in only_types["rejected"]] == ["tp"]
+
+
+def test_retried_batch_creates_no_duplicates(client: TestClient, portrait: Portrait) -> None:
+    batch = {"batch": [track(messageId=f"m{i}") for i in range(5)]}
+    for _ in range(3):
+        assert post(client, "/v1/batch", batch).status_code == 200
+    assert portrait.status()["events_received"] == 5
+
+
+def test_enrichment_received_at_skew_correction_ip_and_message_id(client: TestClient, portrait: Portrait) -> None:
+    body = {"batch": [track(timestamp="2026-01-01T10:00:00Z")], "sentAt": "2026-01-01T10:00:30Z"}
+    assert post(client, "/v1/batch", body).status_code == 200
+    portrait.process_pending()
+    event = client.get("/api/profiles/user_id:u-1/events", headers=ADMIN).json()["events"][0]
+    received = event["received_at"]
+    from datetime import datetime, timedelta
+    corrected = datetime.fromisoformat(received[:-1]) - timedelta(seconds=30)
+    assert event["timestamp"] == corrected.isoformat(timespec="milliseconds") + "Z"
+    assert event["message_id"].startswith("portrait-")
+    assert event["context"]["ip"] == "testclient"
+
+
+def test_cors_preflight_on_ingestion_but_not_on_admin_api(client: TestClient) -> None:
+    preflight = client.options("/v1/batch", headers={"Origin": "https://shop.example.com",
+                                                     "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    admin = client.options("/api/status", headers={"Origin": "https://evil.example.com",
+                                                   "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in admin.headers
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Bearer {WRITE_KEY}"}, {"Authorization": "Bearer x"},
+                                     {"Authorization": f"Basic {ADMIN_KEY}"}])
+def test_admin_api_needs_the_admin_key(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.get("/api/status", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> None:
+    batch = [{"type": "identify", "userId": "42", "anonymousId": "a-1", "traits": {"email": "Ann@Example.com",
+                                                                                  "name": "Ann"}},
+             track(userId="42", event="Order Completed", properties={"revenue": 12.5})]
+    assert post(client, "/v1/batch", {"batch": batch}).status_code == 200
+    portrait.process_pending()
+    profile = client.get("/api/profiles/email:ann@example.com", headers=ADMIN).json()
+    assert set(profile) >= {"profile_id", "traits", "identities", "merges", "first_seen", "last_seen"}
+    assert profile["traits"] == {"email": "Ann@Example.com", "name": "Ann"}
+    assert {"type": "user_id", "value": "42"} in [{k: i[k] for k in ("type", "value")} for i in profile["identities"]]
+    same = client.get(f"/api/profiles/profile_id:{profile['profile_id']}", headers=ADMIN).json()
+    assert same["profile_id"] == profile["profile_id"]
+    assert client.get("/api/profiles/user_id:42/traits", headers=ADMIN).json() == profile["traits"]
+    assert len(client.get("/api/profiles/anonymous_id:a-1/identities", headers=ADMIN).json()["identities"]) == 3
+    events = client.get("/api/profiles/user_id:42/events", headers=ADMIN,
+                        params={"event": "Order Completed"}).json()
+    assert [(e["type"], e["event"], e["properties"]) for e in events["events"]] == [
+        ("track", "Order Completed", {"revenue": 12.5})]
+    assert events["next"] is None
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/api/profiles/email:nobody@example.com", 404, "not_found"),
+    ("/api/profiles/no-colon", 400, "invalid_identity"),
+    ("/api/profiles/user_id:42/events?limit=0", 400, "invalid_request"),
+    ("/api/profiles/user_id:42/events?cursor=garbage", 404, "not_found"),
+])
+def test_read_errors_are_json(client: TestClient, path: str, status: int, code: str) -> None:
+    response = client.get(path, headers=ADMIN)
+    assert response.status_code == status
+    assert response.json()["code"] == code
+
+
+def test_bad_cursor_is_400(client: TestClient, portrait: Portrait) -> None:
+    post(client, "/v1/batch", {"batch": [track(userId="7")]})
+    portrait.process_pending()
+    response = client.get("/api/profiles/user_id:7/events", headers=ADMIN, params={"cursor": "garbage"})
+    assert response.status_code == 400 and response.json()["code"] == "invalid_cursor"
+
+
+def test_status_reports_lag_until_processed(client: TestClient, portrait: Portrait) -> None:
+    post(client, "/v1/batch", {"batch": [track(messageId=f"m{i}") for i in range(3)]})
+    status = client.get("/api/status", headers=ADMIN).json()
+    assert (status["events_received"], status["events_processed"], status["lag"]) == (3, 0, 3)
+    portrait.process_pending()
+    status = client.get("/api/status", headers=ADMIN).json()
+    assert (status["events_received"], status["events_processed"], status["lag"]) == (3, 3, 0)
+
+
+def test_openapi_document_lists_the_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/batch" in paths and "/api/profiles/{identity}" in paths and "/api/status" in paths

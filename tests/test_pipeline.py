@@ -1,0 +1,217 @@
+"""The processor on the real DuckDB store: identity resolution, merges, traits, crash safety."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from portrait.config import Settings
+from portrait.errors import NotFound
+from portrait.service import Portrait
+
+_ids = itertools.count(1)
+
+
+def msg(kind: str, *, at: str = "2026-03-01T10:00:00Z", **fields: Any) -> dict[str, Any]:
+    """A Segment message; keyword names follow the wire format (userId, anonymousId, traits, ...)."""
+    message = {"type": kind, "messageId": f"m-{next(_ids)}", "timestamp": at, **fields}
+    if kind == "track":
+        message.setdefault("event", "Product Viewed")
+    return message
+
+
+def load(portrait: Portrait, *messages: dict[str, Any]) -> None:
+    result = portrait.ingest_messages(list(messages))
+    assert result.rejected == 0, portrait.rejected()
+    portrait.process_pending()
+
+
+def grouping(portrait: Portrait, *references: str) -> set[str]:
+    return {portrait.resolve_profile_id(ref) for ref in references}
+
+
+def test_anonymous_history_joins_the_customer_after_login(portrait: Portrait) -> None:
+    load(portrait,
+         msg("page", anonymousId="anon-1", name="Home", at="2026-03-01T10:00:00Z"),
+         msg("track", anonymousId="anon-1", event="Product Added", at="2026-03-01T10:01:00Z"),
+         msg("identify", anonymousId="anon-1", userId="u-1", traits={"email": "Ann@Example.com"},
+             at="2026-03-01T10:02:00Z"))
+    profile = portrait.profile("email:ann@example.com")
+    assert profile["profile_id"] == portrait.resolve_profile_id("anonymous_id:anon-1")
+    assert {(i["type"], i["value"]) for i in profile["identities"]} == {
+        ("anonymous_id", "anon-1"), ("user_id", "u-1"), ("email", "ann@example.com")}
+    events = portrait.events("user_id:u-1")["events"]
+    assert [e["type"] for e in events] == ["identify", "track", "page"]
+    assert profile["first_seen"] == "2026-03-01T10:00:00.000Z"
+    assert profile["last_seen"] == "2026-03-01T10:02:00.000Z"
+
+
+def test_login_on_a_second_device_merges_into_the_older_profile(portrait: Portrait) -> None:
+    load(portrait,
+         msg("identify", anonymousId="laptop", userId="u-1", at="2026-03-01T10:00:00Z"),
+         msg("track", anonymousId="phone", event="Product Viewed", at="2026-03-02T09:00:00Z"))
+    older = portrait.resolve_profile_id("anonymous_id:laptop")
+    phone_only = portrait.resolve_profile_id("anonymous_id:phone")
+    assert older != phone_only
+    load(portrait, msg("identify", anonymousId="phone", userId="u-1", at="2026-03-02T09:05:00Z"))
+    assert grouping(portrait, "anonymous_id:laptop", "anonymous_id:phone", "user_id:u-1") == {older}
+    merged = portrait.profile(f"profile_id:{older}")["merges"]
+    assert [(m["merged_profile_id"], m["message_id"] is not None) for m in merged] == [(phone_only, True)]
+    assert {i["type"]: i["value"] for i in merged[0]["identifiers"]} == {"user_id": "u-1", "anonymous_id": "phone"}
+    # The losing id still resolves, to the survivor.
+    assert portrait.resolve_profile_id(f"profile_id:{phone_only}") == older
+    assert len(portrait.events(f"profile_id:{phone_only}")["events"]) == 3
+
+
+def test_alias_links_previous_anonymous_id(portrait: Portrait) -> None:
+    load(portrait,
+         msg("track", anonymousId="anon-9", event="Cart Viewed"),
+         msg("identify", userId="u-9", traits={"plan": "pro"}),
+         msg("alias", previousId="anon-9", userId="u-9"))
+    assert grouping(portrait, "anonymous_id:anon-9", "user_id:u-9") == {portrait.resolve_profile_id("user_id:u-9")}
+
+
+def test_alias_of_an_older_user_id_respects_the_user_id_limit(portrait: Portrait) -> None:
+    load(portrait, msg("identify", userId="old-id"), msg("identify", userId="new-id"),
+         msg("alias", previousId="old-id", userId="new-id"))
+    assert len(grouping(portrait, "user_id:old-id", "user_id:new-id")) == 2
+    conflicts = portrait.profile("user_id:new-id")["identity_conflicts"]
+    assert conflicts[0]["dropped"] == [{"type": "user_id", "value": "old-id"}]
+
+
+def test_shared_device_does_not_merge_two_customers(portrait: Portrait) -> None:
+    load(portrait,
+         msg("identify", anonymousId="family-tablet", userId="alice", traits={"email": "alice@example.com"}),
+         msg("identify", anonymousId="family-tablet", userId="bob", traits={"email": "bob@example.com"}))
+    alice, bob = portrait.resolve_profile_id("user_id:alice"), portrait.resolve_profile_id("user_id:bob")
+    assert alice != bob
+    assert portrait.resolve_profile_id("anonymous_id:family-tablet") == alice
+    assert portrait.resolve_profile_id("email:bob@example.com") == bob
+    assert portrait.profile("user_id:bob")["identity_conflicts"][0]["dropped"] == [
+        {"type": "anonymous_id", "value": "family-tablet"}]
+
+
+def test_per_type_limit_keeps_at_most_five_emails(portrait: Portrait) -> None:
+    load(portrait, *[msg("identify", userId="u-1", traits={"email": f"a{i}@example.com"}) for i in range(7)])
+    emails = [i for i in portrait.identities("user_id:u-1") if i["type"] == "email"]
+    assert len(emails) == 5
+    with pytest.raises(NotFound):
+        portrait.resolve_profile_id("email:a6@example.com")
+
+
+def test_traits_last_write_wins_by_event_time_not_arrival(portrait: Portrait) -> None:
+    load(portrait, msg("identify", userId="u-1", traits={"plan": "pro", "city": "Gdansk"}, at="2026-03-05T00:00:00Z"))
+    load(portrait, msg("identify", userId="u-1", traits={"plan": "free", "age": 30}, at="2026-01-01T00:00:00Z"))
+    assert portrait.traits("user_id:u-1") == {"plan": "pro", "city": "Gdansk", "age": 30}
+
+
+def test_null_removes_a_trait_and_older_events_do_not_bring_it_back(portrait: Portrait) -> None:
+    load(portrait, msg("identify", userId="u-1", traits={"phone_type": "x", "plan": "pro"}, at="2026-03-01T00:00:00Z"),
+         msg("identify", userId="u-1", traits={"phone_type": None}, at="2026-03-02T00:00:00Z"))
+    load(portrait, msg("identify", userId="u-1", traits={"phone_type": "old"}, at="2026-02-01T00:00:00Z"))
+    assert portrait.traits("user_id:u-1") == {"plan": "pro"}
+
+
+def test_traits_of_merged_profiles_combine_by_time(portrait: Portrait) -> None:
+    load(portrait,
+         msg("identify", anonymousId="a", traits={"color": "red", "size": "M"}, at="2026-03-01T00:00:00Z"),
+         msg("identify", userId="u", traits={"color": "blue"}, at="2026-02-01T00:00:00Z"))
+    load(portrait, msg("identify", anonymousId="a", userId="u", at="2026-03-03T00:00:00Z"))
+    assert portrait.traits("user_id:u") == {"color": "red", "size": "M"}
+
+
+def test_email_and_phone_normalization_and_custom_identifiers(portrait: Portrait) -> None:
+    load(portrait,
+         msg("identify", userId="u-1", traits={"email": "  Ann@Example.COM ", "phone": "+48 512 345 678",
+                                               "loyalty_card": "LC-77"}),
+         msg("track", anonymousId="pos-1", event="Order Completed",
+             context={"externalIds": [{"id": "LC-77", "type": "loyalty_card", "collection": "users"}]}))
+    profile_id = portrait.resolve_profile_id("user_id:u-1")
+    assert grouping(portrait, "email:ann@example.com", "phone:+48512345678", "phone:+48 512-345-678",
+                    "loyalty_card:LC-77", "anonymous_id:pos-1") == {profile_id}
+
+
+def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:
+    load(portrait,
+         msg("identify", userId="u-1", traits={"email": "test@test.com"}),
+         msg("identify", userId="u-2", traits={"email": "test@test.com"}))
+    assert len(grouping(portrait, "user_id:u-1", "user_id:u-2")) == 2
+
+
+def test_event_with_only_blocked_identifiers_is_kept_and_listed(portrait: Portrait) -> None:
+    load(portrait, msg("track", anonymousId="undefined", event="Product Viewed"))
+    rejected = portrait.rejected()["rejected"]
+    assert [(r["code"], r["source"]) for r in rejected] == [("no_identifier", "processor")]
+    assert portrait.status()["events_received"] == 1  # still in the log, can be reprocessed
+
+
+def test_events_filter_and_paginate_newest_first(portrait: Portrait) -> None:
+    load(portrait, *[msg("track", userId="u-1", event="Viewed" if i % 2 else "Added",
+                         at=f"2026-03-{i + 1:02d}T00:00:00Z") for i in range(9)])
+    page = portrait.events("user_id:u-1", event="Viewed", limit=3)
+    assert [e["timestamp"][:10] for e in page["events"]] == ["2026-03-08", "2026-03-06", "2026-03-04"]
+    rest = portrait.events("user_id:u-1", event="Viewed", limit=3, cursor=page["next"])
+    assert [e["timestamp"][:10] for e in rest["events"]] == ["2026-03-02"] and rest["next"] is None
+    from datetime import datetime
+    window = portrait.events("user_id:u-1", since=datetime(2026, 3, 3), until=datetime(2026, 3, 5))
+    assert [e["timestamp"][:10] for e in window["events"]] == ["2026-03-04", "2026-03-03"]
+
+
+def test_crash_mid_batch_leaves_state_as_if_it_never_ran(settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A failure inside a batch rolls everything back; re-running gives exactly the uninterrupted result."""
+    from portrait.pipeline import Processor
+
+    messages = [msg("identify", anonymousId=f"a{i % 7}", userId=f"u{i % 5}", traits={"n": i}) for i in range(40)]
+    reference = Portrait(Settings(db_path=settings.db_path.replace(".duckdb", "-ref.duckdb")), background=False)
+    reference.ingest_messages(messages)
+    reference.process_pending()
+    expected = _snapshot(reference)
+    reference.close()
+
+    crashing = Portrait(settings, background=False)
+    crashing.ingest_messages(messages)
+    original = Processor._write
+
+    def explode(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        raise RuntimeError("simulated crash after writing, before commit")
+
+    monkeypatch.setattr(Processor, "_write", explode)
+    with pytest.raises(RuntimeError):
+        crashing.process_pending()
+    assert crashing.status()["events_processed"] == 0 and crashing.status()["profiles"] == 0
+    monkeypatch.setattr(Processor, "_write", original)
+    crashing.process_pending()
+    assert _snapshot(crashing) == expected
+    crashing.close()
+
+
+def _snapshot(portrait: Portrait) -> dict[str, Any]:
+    """Profiles keyed by user id: id, traits, identities (profile ids are deterministic)."""
+    out = {}
+    for user in range(5):
+        profile = portrait.profile(f"user_id:u{user}")
+        out[f"u{user}"] = (profile["profile_id"], profile["traits"],
+                           sorted((i["type"], i["value"]) for i in profile["identities"]))
+    return out
+
+
+def test_small_batches_give_the_same_result_as_one_batch(settings: Settings, tmp_path: Any) -> None:
+    messages = [msg("identify", anonymousId=f"a{i % 11}", userId=f"u{i % 5}", traits={"n": i}) for i in range(60)]
+    one = Portrait(settings, background=False)
+    one.ingest_messages(messages)
+    one.process_pending()
+    many = Portrait(Settings(db_path=str(tmp_path / "small.duckdb"), processor_batch_size=7), background=False)
+    many.ingest_messages(messages)
+    many.process_pending()
+    assert _snapshot(one) == _snapshot(many)
+    one.close()
+    many.close()
+
+
+def test_unknown_identity_is_not_found(portrait: Portrait) -> None:
+    with pytest.raises(NotFound):
+        portrait.profile("email:nobody@example.com")

@@ -1,0 +1,136 @@
+"""The real server process over loopback: official SDKs, durability across kill -9, the CLI beside a server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from rudderstack.analytics.client import Client as RudderClient
+from segment.analytics.client import Client as SegmentClient
+
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+
+
+def test_segment_sdk_events_land_on_the_profile(server: Server) -> None:
+    errors: list[Any] = []
+    for gzip in (False, True):
+        client = SegmentClient(write_key=WRITE_KEY, host=server.url, gzip=gzip, max_retries=1,
+                               on_error=lambda error, batch: errors.append(error))
+        user = f"seg-{gzip}"
+        client.identify(user, {"email": f"{user}@example.com", "name": "Ann"}, anonymous_id=f"anon-{user}")
+        for i in range(30):
+            client.track(user, "Order Completed", {"order_id": i, "revenue": 10 + i})
+        client.page(anonymous_id=f"anon-{user}", name="Home")
+        client.flush()
+        client.shutdown()
+    assert errors == []
+    server.wait_caught_up()
+    with server.admin() as admin:
+        profile = admin.get("/api/profiles/email:seg-true@example.com").json()
+        assert profile["traits"] == {"email": "seg-True@example.com", "name": "Ann"}
+        events = admin.get("/api/profiles/anonymous_id:anon-seg-True/events", params={"limit": 100}).json()
+        assert len(events["events"]) == 32
+        assert {e["context"]["library"]["name"] for e in events["events"]} == {"analytics-python"}
+
+
+def test_rudder_sdk_basic_auth_and_gzip(server: Server) -> None:
+    errors: list[Any] = []
+    client = RudderClient(write_key=WRITE_KEY, host=server.url, on_error=lambda error, batch: errors.append(error))
+    assert client.gzip  # the SDK's default, exercised here as sent
+    client.identify(user_id="rudder-1", traits={"email": "r@example.com"})
+    client.track(user_id="rudder-1", event="Product Added", properties={"sku": "A-1"})
+    client.flush()
+    client.shutdown()
+    assert errors == []
+    server.wait_caught_up()
+    with server.admin() as admin:
+        events = admin.get("/api/profiles/email:r@example.com/events").json()["events"]
+        assert [e["event"] for e in events if e["type"] == "track"] == ["Product Added"]
+
+
+def test_sdk_with_a_wrong_key_is_told_401(server: Server) -> None:
+    errors: list[Any] = []
+    client = SegmentClient(write_key="not-a-key", host=server.url, max_retries=0,
+                           on_error=lambda error, batch: errors.append(error))
+    client.track("u", "X")
+    client.flush()
+    client.shutdown()
+    assert [getattr(e, "status", None) for e in errors] == [401]
+
+
+def test_acknowledged_events_survive_kill_9(server: Server, tmp_path: Path) -> None:
+    """Every batch answered 200 is in the log after the process is killed hard, and processing resumes."""
+    acknowledged = 0
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        for request in range(60):
+            batch = [{"type": "identify" if i == 0 else "track", "event": "Product Viewed",
+                      "userId": f"user-{(request * 7 + i) % 40}", "messageId": f"kill-{request}-{i}"}
+                     for i in range(100)]
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+            acknowledged += 100
+    server.stop(kill=True)
+    assert server.process.returncode == -9
+    restarted = start_server(server.db_path, tmp_path / "restart.log")
+    try:
+        status = restarted.wait_caught_up()
+        assert status["events_received"] == acknowledged
+        assert status["events_processed"] == acknowledged
+        with restarted.admin() as admin:
+            total = sum(len(admin.get(f"/api/profiles/user_id:user-{u}/events", params={"limit": 1000}).json()
+                            ["events"]) for u in range(40))
+        assert total == acknowledged
+    finally:
+        restarted.stop()
+
+
+def test_retry_of_an_acknowledged_batch_is_not_duplicated(server: Server) -> None:
+    batch = {"batch": [{"type": "track", "userId": "r", "event": "E", "messageId": f"dup-{i}"} for i in range(50)]}
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        for retry in range(3):
+            response = client.post("/v1/batch", json=batch, headers={"X-Retry-Count": str(retry)})
+            assert response.status_code == 200
+    assert server.wait_caught_up()["events_received"] == 50
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    full_env.update(env or {})
+    full_env["PORTRAIT_NO_PROGRESS"] = "1"
+    return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True, env=full_env,
+                          timeout=120)
+
+
+def test_cli_beside_a_running_server(server: Server) -> None:
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        client.post("/v1/identify", json={"userId": "cli-user", "traits": {"email": "cli@example.com"}})
+    server.wait_caught_up()
+    refused = run_cli("status", "--db", server.db_path)
+    assert refused.returncode == 1
+    assert "in use" in refused.stderr and server.url in refused.stderr and "--admin-key" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    through = run_cli("profiles", "get", "email:cli@example.com", "--db", server.db_path, "--json",
+                      env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert through.returncode == 0, through.stderr
+    assert '"cli@example.com"' in through.stdout
+
+
+def test_server_refuses_a_database_already_served(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="in use"):
+        start_server(server.db_path, tmp_path / "second.log")
+
+
+def test_server_logs_hold_no_personal_data(server: Server) -> None:
+    secret = f"{uuid.uuid4().hex}@example.com"
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        client.post("/v1/identify", json={"userId": "p", "traits": {"email": secret}})
+        client.post("/v1/batch", content=b"{broken " + secret.encode())
+    server.wait_caught_up()
+    logging.shutdown()
+    assert secret not in server.log_path.read_text()

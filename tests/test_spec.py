@@ -1,0 +1,499 @@
+"""Tests for portrait.spec: the Segment wire format -> event-log columns and rejections.
+
+Message-validation rules are a table in tests/cases/message_rules.json; the rest are small parametrized tables here.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+import tracemalloc
+import zlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portrait.errors import BadRequest
+from portrait.model import MESSAGE_TYPES
+from portrait.spec import (
+    MAX_ID_LENGTH,
+    EventColumns,
+    Limits,
+    MessageReader,
+    ParsedRequest,
+    decode_body,
+    key_from_basic_auth,
+    parse_request,
+)
+
+LIMITS = Limits(max_message_bytes=32 * 1024, max_batch_bytes=500 * 1024, max_batch_items=2500)
+RECEIVED = datetime(2024, 6, 1, 12, 0, 0)
+RULES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "cases" / "message_rules.json").read_text())["cases"]
+Rejected = tuple[EventColumns, list[Any]]
+
+
+def read(messages: list[Any], *, body_bytes: int = 100, limits: Limits = LIMITS, ip: str | None = "203.0.113.9",
+         sent_at: Any = None, context: dict[str, Any] | None = None) -> Rejected:
+    request = ParsedRequest(messages, "wk", sent_at, context)
+    reader = MessageReader(received_at=RECEIVED, source="web", ip=ip, request=request, limits=limits,
+                           body_bytes=body_bytes)
+    return reader.read_all()
+
+
+def read_one(message: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Read one message that must be valid; returns its row as a dict of column -> value."""
+    columns, rejections = read([message], **kwargs)
+    assert rejections == [], rejections
+    assert len(columns) == 1
+    return {name: values[0] for name, values in columns.as_dict().items()}
+
+
+# -- rejections -----------------------------------------------------------------------------------------------------
+
+def _assert_rejected(message: Any, code: str, mention: str, **kwargs: Any) -> None:
+    columns, rejections = read([message], **kwargs)
+    assert len(columns) == 0
+    assert len(rejections) == 1
+    rejection = rejections[0]
+    assert rejection.code == code
+    assert mention in rejection.reason
+    assert orjson.loads(rejection.payload) == message
+    assert rejection.received_at == RECEIVED
+    assert rejection.source == "web"
+    message_id = message.get("messageId") if isinstance(message, dict) else None
+    expected_id = str(message_id) if isinstance(message_id, str | int) and not isinstance(message_id, bool) else None
+    assert rejection.message_id == expected_id
+
+
+@pytest.mark.parametrize("case", RULES, ids=[c["id"] for c in RULES])
+def test_message_rule(case: dict[str, Any]) -> None:
+    _assert_rejected(case["message"], case["code"], case["mention"])
+
+
+LONG = "x" * (MAX_ID_LENGTH + 1)
+
+
+@pytest.mark.parametrize(("message", "mention"), [
+    ({"type": "identify", "userId": LONG}, "userId"),
+    ({"type": "page", "anonymousId": LONG}, "anonymousId"),
+    ({"type": "group", "userId": "u1", "groupId": LONG}, "groupId"),
+    ({"type": "alias", "userId": "u1", "previousId": LONG}, "previousId"),
+    ({"type": "identify", "userId": "u1", "messageId": LONG}, "messageId"),
+], ids=["userId", "anonymousId", "groupId", "previousId", "messageId"])
+def test_identifier_longer_than_limit_is_invalid(message: dict[str, Any], mention: str) -> None:
+    _assert_rejected(message, "invalid_field", mention)
+
+
+def test_identifier_at_the_limit_is_accepted() -> None:
+    assert read_one({"type": "identify", "userId": "x" * MAX_ID_LENGTH})["user_id"] == "x" * MAX_ID_LENGTH
+
+
+SMALL = Limits(max_message_bytes=200, max_batch_bytes=500 * 1024, max_batch_items=2500)
+BIG_MESSAGE = {"type": "track", "userId": "u1", "event": "e", "messageId": "m-big", "properties": {"blob": "y" * 300}}
+
+
+def test_oversize_message_rejected_when_body_is_larger_than_message_limit() -> None:
+    _assert_rejected(BIG_MESSAGE, "message_too_large", "bytes", limits=SMALL, body_bytes=10_000)
+
+
+def test_message_size_not_checked_when_body_is_within_message_limit() -> None:
+    # The reader trusts body_bytes: a body no larger than the message limit cannot hold an oversize message.
+    columns, rejections = read([BIG_MESSAGE], limits=SMALL, body_bytes=200)
+    assert (len(columns), rejections) == (1, [])
+
+
+def test_rejections_do_not_stop_the_batch() -> None:
+    good = {"type": "identify", "userId": "u1", "messageId": "ok-1"}
+    columns, rejections = read([good, 5, {"type": "track", "userId": "u1"}, {**good, "messageId": "ok-2"}])
+    assert columns.message_id == ["ok-1", "ok-2"]
+    assert [r.code for r in rejections] == ["invalid_message", "missing_field"]
+
+
+# -- valid messages -------------------------------------------------------------------------------------------------
+
+VALID: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"type": "identify", "userId": "u1", "traits": {"email": "a@b.c"}, "messageId": "m1"},
+     {"type": "identify", "user_id": "u1", "anonymous_id": None, "event": None, "message_id": "m1",
+      "traits": {"email": "a@b.c"}, "properties": {}}),
+    ({"type": "track", "anonymousId": "a1", "event": "Order Completed", "properties": {"total": 9.5}},
+     {"type": "track", "user_id": None, "anonymous_id": "a1", "event": "Order Completed",
+      "properties": {"total": 9.5}, "traits": {}}),
+    ({"type": "page", "userId": "u1", "name": "Home", "properties": {"path": "/"}},
+     {"type": "page", "event": "Home", "properties": {"path": "/"}}),
+    ({"type": "page", "userId": "u1"}, {"type": "page", "event": None}),
+    ({"type": "screen", "anonymousId": "a2", "name": "Settings"}, {"type": "screen", "event": "Settings"}),
+    ({"type": "group", "userId": "u1", "groupId": "g1", "traits": {"plan": "pro"}},
+     {"type": "group", "group_id": "g1", "traits": {"plan": "pro"}}),
+    ({"type": "group", "userId": "u1", "groupId": 77}, {"group_id": "77"}),
+    ({"type": "alias", "userId": "u2", "previousId": "anon-9"},
+     {"type": "alias", "user_id": "u2", "previous_id": "anon-9"}),
+    ({"type": "alias", "userId": 2, "previousId": 1}, {"user_id": "2", "previous_id": "1"}),
+    ({"type": "identify", "userId": 12345}, {"user_id": "12345"}),
+    ({"type": "identify", "userId": 1.5}, {"user_id": "1.5"}),
+    ({"type": "identify", "userId": "", "anonymousId": "a1"}, {"user_id": None, "anonymous_id": "a1"}),
+    ({"type": "identify", "userId": "u1", "anonymousId": ""}, {"user_id": "u1", "anonymous_id": None}),
+    ({"type": "identify", "userId": "u1", "groupId": "", "previousId": ""}, {"group_id": None, "previous_id": None}),
+    ({"type": "identify", "userId": "u1", "messageId": 42}, {"message_id": "42"}),
+    ({"type": "track", "userId": "u1", "event": "e", "name": 5}, {"event": "e"}),  # name is not track's field
+    ({"type": "page", "userId": "u1", "event": 5, "name": "Home"}, {"event": "Home"}),  # nor event page's
+    ({"type": "identify", "userId": "u1", "properties": None, "traits": None}, {"properties": {}, "traits": {}}),
+    ({"type": "identify", "userId": "u1", "traits": {"nested": {"a": [1, None, True]}, "ü": "ß"}},
+     {"traits": {"nested": {"a": [1, None, True]}, "ü": "ß"}}),
+]
+
+
+@pytest.mark.parametrize(("message", "expected"), VALID, ids=[f"{i}-{m['type']}" for i, (m, _) in enumerate(VALID)])
+def test_valid_message_columns(message: dict[str, Any], expected: dict[str, Any]) -> None:
+    row = read_one(message)
+    for name in ("properties", "traits", "context"):
+        assert isinstance(row[name], str)
+        row[name] = orjson.loads(row[name])
+    assert {name: row[name] for name in expected} == expected
+    assert row["source"] == "web"
+    assert row["received_at"] == RECEIVED
+    assert row["ip"] == "203.0.113.9"
+
+
+def test_every_message_type_is_accepted() -> None:
+    extra = {"track": {"event": "e"}, "group": {"groupId": "g"}, "alias": {"previousId": "p"}}
+    messages = [{"type": kind, "userId": "u", **extra.get(kind, {})} for kind in MESSAGE_TYPES]
+    columns, rejections = read(messages)
+    assert rejections == []
+    assert columns.type == list(MESSAGE_TYPES)
+
+
+def test_missing_message_id_is_generated_and_unique() -> None:
+    columns, _ = read([{"type": "identify", "userId": "u1"} for _ in range(50)] + [{"type": "identify", "userId": "u",
+                                                                                    "messageId": ""}])
+    assert len(columns) == 51
+    assert all(mid.startswith("portrait-") for mid in columns.message_id)
+    assert len(set(columns.message_id)) == 51
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.9", "2001:db8::1", None])
+def test_ip_column_is_the_request_ip(ip: str | None) -> None:
+    assert read_one({"type": "identify", "userId": "u1"}, ip=ip)["ip"] == ip
+
+
+@pytest.mark.parametrize(("message_context", "batch_context", "expected"), [
+    (None, {"library": {"name": "analytics-python"}}, {"library": {"name": "analytics-python"}}),
+    ({"locale": "pl-PL"}, {"library": {"name": "analytics-python"}}, {"locale": "pl-PL"}),
+    (None, None, {}),
+    ({}, {"library": {"name": "x"}}, {}),
+])
+def test_batch_context_used_when_message_has_none(message_context: dict[str, Any] | None,
+                                                   batch_context: dict[str, Any] | None,
+                                                   expected: dict[str, Any]) -> None:
+    message: dict[str, Any] = {"type": "identify", "userId": "u1"}
+    if message_context is not None:
+        message["context"] = message_context
+    assert orjson.loads(read_one(message, context=batch_context)["context"]) == expected
+
+
+# -- timestamps and clock-skew correction ---------------------------------------------------------------------------
+
+SKEW: list[tuple[dict[str, Any], Any, datetime, datetime | None]] = [
+    # (message time fields, batch sentAt) -> (timestamp, original_timestamp)
+    ({"timestamp": "2024-06-01T11:59:00Z", "sentAt": "2024-06-01T12:00:10Z"}, None,
+     RECEIVED - timedelta(seconds=70), datetime(2024, 6, 1, 11, 59)),
+    ({"originalTimestamp": "2024-06-01T11:59:00Z", "sentAt": "2024-06-01T12:00:10Z"}, None,
+     RECEIVED - timedelta(seconds=70), datetime(2024, 6, 1, 11, 59)),
+    # client clock two hours slow: the event happened 30 s before the client sent it
+    ({"timestamp": "2024-06-01T09:59:30", "sentAt": "2024-06-01T10:00:00"}, None,
+     RECEIVED - timedelta(seconds=30), datetime(2024, 6, 1, 9, 59, 30)),
+    ({"timestamp": "2024-06-01T11:00:00Z"}, "2024-06-01T11:00:05Z", RECEIVED - timedelta(seconds=5),
+     datetime(2024, 6, 1, 11)),
+    # message-level sentAt wins over the batch's
+    ({"timestamp": "2024-06-01T11:00:00Z", "sentAt": "2024-06-01T11:00:01Z"}, "2024-06-01T11:00:05Z",
+     RECEIVED - timedelta(seconds=1), datetime(2024, 6, 1, 11)),
+    # no sentAt anywhere: the client's timestamp as is
+    ({"timestamp": "2023-12-24T18:30:00Z"}, None, datetime(2023, 12, 24, 18, 30), datetime(2023, 12, 24, 18, 30)),
+    # a bad batch-level sentAt only disables the correction
+    ({"timestamp": "2023-12-24T18:30:00Z"}, "not a date", datetime(2023, 12, 24, 18, 30),
+     datetime(2023, 12, 24, 18, 30)),
+    # no timestamp: receivedAt
+    ({}, None, RECEIVED, None),
+    ({"sentAt": "2024-06-01T11:00:00Z"}, None, RECEIVED, None),
+    ({}, "2024-06-01T11:00:00Z", RECEIVED, None),
+    # offsets become naive UTC
+    ({"timestamp": "2024-06-01T14:00:00+02:00"}, None, datetime(2024, 6, 1, 12), datetime(2024, 6, 1, 12)),
+    ({"timestamp": "2024-05-31T22:15:00-05:00"}, None, datetime(2024, 6, 1, 3, 15), datetime(2024, 6, 1, 3, 15)),
+    ({"timestamp": "2024-06-01T14:00:00.250+02:00", "sentAt": "2024-06-01T12:00:01.250Z"}, None,
+     RECEIVED - timedelta(seconds=1), datetime(2024, 6, 1, 12, 0, 0, 250000)),
+    ({"timestamp": "2024-06-01"}, None, datetime(2024, 6, 1), datetime(2024, 6, 1)),
+]
+
+
+@pytest.mark.parametrize(("fields", "batch_sent_at", "timestamp", "original"), SKEW)
+def test_clock_skew_correction(fields: dict[str, Any], batch_sent_at: Any, timestamp: datetime,
+                               original: datetime | None) -> None:
+    row = read_one({"type": "identify", "userId": "u1", **fields}, sent_at=batch_sent_at)
+    assert row["timestamp"] == timestamp
+    assert row["original_timestamp"] == original
+    assert row["timestamp"].tzinfo is None
+    assert row["received_at"] == RECEIVED
+
+
+def test_sent_at_column_prefers_message_over_batch() -> None:
+    row = read_one({"type": "identify", "userId": "u1", "sentAt": "2024-06-01T10:00:00+01:00"},
+                   sent_at="2024-06-01T11:00:05Z")
+    assert row["sent_at"] == datetime(2024, 6, 1, 9)
+    assert read_one({"type": "identify", "userId": "u1"}, sent_at="2024-06-01T11:00:05Z")["sent_at"] == datetime(
+        2024, 6, 1, 11, 0, 5)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a bad 'timestamp' is not checked when 'originalTimestamp' is valid "
+                                       "(short-circuit `or` in MessageReader.read); the message is accepted")
+def test_bad_timestamp_rejected_even_with_valid_original_timestamp() -> None:
+    _assert_rejected({"type": "identify", "userId": "u1", "originalTimestamp": "2024-06-01T11:00:00Z",
+                      "timestamp": "garbage"}, "invalid_timestamp", "timestamp")
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="BUG: parse_time's astimezone() overflows near datetime.min/max; read_all raises "
+                          "OverflowError instead of recording invalid_timestamp")
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_out_of_range_timestamp_is_rejected(value: str) -> None:
+    _assert_rejected({"type": "identify", "userId": "u1", "timestamp": value}, "invalid_timestamp", "timestamp")
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="BUG: skew correction receivedAt - (sentAt - timestamp) overflows for extreme dates; "
+                          "read_all raises OverflowError instead of rejecting or clamping")
+def test_extreme_skew_does_not_crash_the_batch() -> None:
+    columns, rejections = read([{"type": "identify", "userId": "u1", "timestamp": "9999-12-31T00:00:00",
+                                 "sentAt": "0001-01-01T00:00:00"}])
+    assert len(columns) + len(rejections) == 1
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="BUG: `kind not in _TYPES` hashes the type value; a list/object 'type' raises TypeError "
+                          "(unhashable) instead of recording invalid_type")
+@pytest.mark.parametrize("kind", [["track"], {"name": "track"}], ids=["list", "object"])
+def test_unhashable_type_is_invalid_type(kind: Any) -> None:
+    _assert_rejected({"type": kind, "userId": "u1"}, "invalid_type", "type")
+
+
+# -- decode_body ----------------------------------------------------------------------------------------------------
+
+BODY = orjson.dumps({"batch": [{"type": "track", "userId": "u1", "event": "e"}] * 20})
+
+
+@pytest.mark.parametrize(("encoding", "raw"), [
+    (None, BODY),
+    ("", BODY),
+    ("identity", BODY),
+    ("gzip", gzip.compress(BODY)),
+    ("GZIP ", gzip.compress(BODY)),
+    ("x-gzip", gzip.compress(BODY)),
+    ("deflate", zlib.compress(BODY)),
+])
+def test_decode_body(encoding: str | None, raw: bytes) -> None:
+    assert decode_body(raw, encoding, LIMITS) == BODY
+
+
+@pytest.mark.parametrize(("encoding", "raw", "code"), [
+    ("br", BODY, "bad_encoding"),
+    ("compress", BODY, "bad_encoding"),
+    ("gzip", b"definitely not gzip", "bad_encoding"),
+    ("gzip", gzip.compress(BODY)[:-30], "bad_encoding"),
+    ("gzip", gzip.compress(BODY)[:20], "bad_encoding"),
+    ("gzip", b"", "bad_encoding"),
+    ("deflate", gzip.compress(BODY), "bad_encoding"),
+    ("deflate", zlib.compress(BODY)[:-10], "bad_encoding"),
+    (None, b"x" * (LIMITS.max_batch_bytes + 1), "body_too_large"),
+    ("gzip", gzip.compress(b"x" * (LIMITS.max_batch_bytes + 1)), "body_too_large"),
+    ("deflate", zlib.compress(b"x" * (LIMITS.max_batch_bytes + 1)), "body_too_large"),
+], ids=["br", "compress", "not-gzip", "truncated-tail", "truncated-head", "empty-gzip", "gzip-as-deflate",
+        "truncated-deflate", "plain-too-large", "gzip-too-large", "deflate-too-large"])
+def test_decode_body_refuses(encoding: str | None, raw: bytes, code: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        decode_body(raw, encoding, LIMITS)
+    assert info.value.code == code
+
+
+def test_decode_body_at_exact_limit() -> None:
+    body = b"y" * LIMITS.max_batch_bytes
+    assert decode_body(body, None, LIMITS) == body
+    assert decode_body(gzip.compress(body), "gzip", LIMITS) == body
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(1024 * 1024)
+    return b"".join(compressor.compress(chunk) for _ in range(50)) + compressor.flush()
+
+
+def test_gzip_bomb_fails_fast(gzip_bomb: bytes) -> None:
+    assert len(gzip_bomb) < 100_000  # 50 MB of zeros
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(BadRequest) as info:
+            decode_body(gzip_bomb, "gzip", LIMITS)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.code == "body_too_large"
+    assert elapsed < 1.0
+    assert peak < 10 * LIMITS.max_batch_bytes  # never inflated past the limit (all of it would be 50 MB)
+
+
+# -- parse_request --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "endpoint", "code"), [
+    (b"{not json", "batch", "invalid_json"),
+    (b"", "batch", "invalid_json"),
+    (b"\xff\xfe", "track", "invalid_json"),
+    (b"[]", "batch", "invalid_request"),
+    (b"[{\"type\": \"track\"}]", "batch", "invalid_request"),
+    (b"42", "batch", "invalid_request"),
+    (b"\"batch\"", "track", "invalid_request"),
+    (b"null", "identify", "invalid_request"),
+    (b"{}", "batch", "invalid_request"),
+    (b"{\"batch\": {}}", "batch", "invalid_request"),
+    (b"{\"batch\": null}", "import", "invalid_request"),
+    (b"{\"batch\": \"x\"}", "b", "invalid_request"),
+])
+def test_parse_request_refuses(body: bytes, endpoint: str, code: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(body, endpoint, LIMITS)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(("items", "refused"), [(2500, False), (2501, True)])
+def test_batch_item_limit(items: int, refused: bool) -> None:
+    body = orjson.dumps({"batch": [{}] * items})
+    if refused:
+        with pytest.raises(BadRequest) as info:
+            parse_request(body, "batch", LIMITS)
+        assert info.value.code == "batch_too_large"
+    else:
+        assert len(parse_request(body, "batch", LIMITS).messages) == items
+
+
+@pytest.mark.parametrize(("endpoint", "kind"), [
+    ("identify", "identify"), ("i", "identify"), ("track", "track"), ("t", "track"), ("page", "page"),
+    ("p", "page"), ("screen", "screen"), ("s", "screen"), ("group", "group"), ("g", "group"), ("alias", "alias"),
+    ("a", "alias"),
+])
+def test_single_message_endpoint_implies_type(endpoint: str, kind: str) -> None:
+    parsed = parse_request(b'{"userId": "u1", "writeKey": "k1"}', endpoint, LIMITS)
+    assert parsed.messages == [{"userId": "u1", "writeKey": "k1", "type": kind}]
+    assert parsed.write_key == "k1"
+
+
+def test_single_message_body_type_wins() -> None:
+    assert parse_request(b'{"type": "page", "userId": "u1"}', "track", LIMITS).messages[0]["type"] == "page"
+
+
+@pytest.mark.parametrize(("doc", "key"), [
+    ({"writeKey": "abc", "batch": []}, "abc"),
+    ({"batch": []}, None),
+    ({"writeKey": "", "batch": []}, None),
+    ({"writeKey": 5, "batch": []}, None),
+    ({"writeKey": ["abc"], "batch": []}, None),
+])
+def test_write_key_from_body(doc: dict[str, Any], key: str | None) -> None:
+    assert parse_request(orjson.dumps(doc), "batch", LIMITS).write_key == key
+
+
+def test_batch_level_fields() -> None:
+    doc = {"batch": [{"type": "identify"}, 3], "sentAt": "2024-06-01T12:00:00Z", "context": {"library": {"n": 1}}}
+    parsed = parse_request(orjson.dumps(doc), "batch", LIMITS)
+    assert parsed.messages == [{"type": "identify"}, 3]
+    assert parsed.sent_at == "2024-06-01T12:00:00Z"
+    assert parsed.context == {"library": {"n": 1}}
+    assert parse_request(b'{"batch": [], "context": "web"}', "batch", LIMITS).context is None
+
+
+# -- key_from_basic_auth --------------------------------------------------------------------------------------------
+
+def _basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(("header", "key"), [
+    (_basic("wk_123:"), "wk_123"),
+    (_basic("wk_123:ignored-password"), "wk_123"),
+    (_basic("wk_123"), "wk_123"),
+    ("basic " + base64.b64encode(b"k:").decode(), "k"),
+    (_basic("ключ:"), "ключ"),
+    (_basic(":"), None),
+    (_basic(""), None),
+    ("Basic !!!not-base64!!!", None),
+    ("Basic " + base64.b64encode(b"\xff\xfe:").decode(), None),
+    ("Bearer " + base64.b64encode(b"wk:").decode(), None),
+    ("Basic", None),
+    ("", None),
+    (None, None),
+])
+def test_key_from_basic_auth(header: str | None, key: str | None) -> None:
+    assert key_from_basic_auth(header) == key
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="BUG: a non-ASCII Basic header (HTTP headers decode as latin-1) makes base64.b64decode "
+                          "raise ValueError, which key_from_basic_auth does not catch (only binascii.Error)")
+def test_key_from_non_ascii_basic_auth_is_none() -> None:
+    assert key_from_basic_auth("Basic d2s6\u00e9") is None
+
+
+# -- property: every message is either accepted or rejected, never both, never lost -----------------------------
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+FIELDS = ["userId", "anonymousId", "previousId", "groupId", "messageId", "event", "name", "properties", "traits",
+          "context"]
+# Known bugs are kept out of the generators (see the xfail tests above): "type" values are hashable, and dates stay
+# away from datetime.min/max. Widen these when the bugs are fixed.
+TYPE_VALUES = st.sampled_from([*MESSAGE_TYPES, "Track", ""]) | JSON_SCALARS
+TIME_VALUES = (st.none() | JSON_SCALARS
+               | st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1),
+                              timezones=st.none() | st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-14),
+                                                                                       max_value=timedelta(hours=14))),
+                              ).map(datetime.isoformat))
+MESSAGES = st.one_of(
+    JSON_VALUES,
+    st.fixed_dictionaries({"type": TYPE_VALUES}, optional={
+        **{name: JSON_VALUES | st.text(max_size=5) for name in FIELDS},
+        **{name: TIME_VALUES for name in ("timestamp", "originalTimestamp", "sentAt")},
+    }),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=st.lists(MESSAGES, max_size=8), body_bytes=st.sampled_from([10, 10_000_000]),
+       batch_sent_at=TIME_VALUES, batch_context=st.none() | st.dictionaries(st.text(max_size=5), JSON_SCALARS))
+def test_read_all_accounts_for_every_message(messages: list[Any], body_bytes: int, batch_sent_at: Any,
+                                             batch_context: dict[str, Any] | None) -> None:
+    limits = Limits(max_message_bytes=120, max_batch_bytes=500 * 1024, max_batch_items=2500)
+    options: dict[str, Any] = {"body_bytes": body_bytes, "limits": limits, "sent_at": batch_sent_at,
+                               "context": batch_context}
+    columns, rejections = read(messages, **options)
+    assert len(columns) + len(rejections) == len(messages)
+    assert all(len(values) == len(columns) for values in columns.as_dict().values())
+    # Each message alone is either one row or one rejection, and the batch gives the same verdicts in order.
+    rejected_alone = []
+    for message in messages:
+        alone_columns, alone_rejections = read([message], **options)
+        assert len(alone_columns) + len(alone_rejections) == 1
+        rejected_alone += [(r.code, r.payload) for r in alone_rejections]
+    assert [(r.code, r.payload) for r in rejections] == rejected_alone
+    for row_type, user_id, anonymous_id in zip(columns.type, columns.user_id, columns.anonymous_id, strict=True):
+        assert row_type in MESSAGE_TYPES
+        assert user_id or anonymous_id
+    for name in ("properties", "traits", "context"):
+        assert all(isinstance(orjson.loads(text), dict) for text in getattr(columns, name))
+    assert all(value.tzinfo is None for value in columns.timestamp)
