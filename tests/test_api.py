@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY, WRITE_KEY
 
 from portrait.api import create_app
 from portrait.service import Portrait
-from tests.conftest import ADMIN_KEY, WRITE_KEY
 
 BASIC = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

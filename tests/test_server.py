@@ -14,7 +14,6 @@ import httpx
 import pytest
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
-
 from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 
 

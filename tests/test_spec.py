@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portrait.errors import BadRequest
-from portrait.model import MESSAGE_TYPES
+from portrait.model import MESSAGE_TYPES, Rejection
 from portrait.spec import (
     MAX_ID_LENGTH,
     EventColumns,
@@ -36,11 +36,11 @@ from portrait.spec import (
 LIMITS = Limits(max_message_bytes=32 * 1024, max_batch_bytes=500 * 1024, max_batch_items=2500)
 RECEIVED = datetime(2024, 6, 1, 12, 0, 0)
 RULES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "cases" / "message_rules.json").read_text())["cases"]
-Rejected = tuple[EventColumns, list[Any]]
+ReadResult = tuple[EventColumns, list[Rejection]]
 
 
 def read(messages: list[Any], *, body_bytes: int = 100, limits: Limits = LIMITS, ip: str | None = "203.0.113.9",
-         sent_at: Any = None, context: dict[str, Any] | None = None) -> Rejected:
+         sent_at: Any = None, context: dict[str, Any] | None = None) -> ReadResult:
     request = ParsedRequest(messages, "wk", sent_at, context)
     reader = MessageReader(received_at=RECEIVED, source="web", ip=ip, request=request, limits=limits,
                            body_bytes=body_bytes)

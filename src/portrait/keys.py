@@ -6,16 +6,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from portrait import sql
 from portrait.errors import Unauthorized
 from portrait.spec import utc_now
+from portrait.sql import reads
 from portrait.store import Session
 
 KINDS = ("write", "admin")
-_INSERT = sql.parse(
-    "INSERT INTO api_keys (key_hash, kind, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-)
-_ALL = sql.parse("SELECT key_hash, kind, name FROM api_keys")
 
 
 @dataclass(frozen=True)
@@ -42,10 +38,10 @@ class KeyRing:
         self.reload()
 
     def reload(self) -> None:
-        self._keys = {row[0]: ApiKey(row[1], row[2]) for row in self._session.execute(_ALL)}
+        self._keys = {row[0]: ApiKey(row[1], row[2]) for row in self._session.execute(reads.ALL_KEYS)}
 
     def add(self, key: str, kind: str, name: str) -> None:
-        self._session.execute(_INSERT, [hash_key(key), kind, name, utc_now()])
+        self._session.execute(reads.INSERT_KEY, [hash_key(key), kind, name, utc_now()])
         self.reload()
 
     def ensure(self, configured: dict[str, str | None]) -> dict[str, str]:

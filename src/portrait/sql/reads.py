@@ -30,6 +30,10 @@ EVENTS_BY_SEQ = parse(
     "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "
     "context, source, ip FROM events WHERE seq IN (SELECT UNNEST(CAST(? AS BIGINT[])))"
 )
+INSERT_KEY = parse(
+    "INSERT INTO api_keys (key_hash, kind, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+ALL_KEYS = parse("SELECT key_hash, kind, name FROM api_keys")
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 COUNT_EVENTS = parse("SELECT count(*) FROM events")
 COUNT_REJECTED = parse("SELECT count(*) FROM rejected_events")

@@ -13,18 +13,10 @@ import pyarrow as pa
 from sqlglot import exp
 
 from portrait.errors import DatabaseInUse
-from portrait.sql import parse
+from portrait.sql import schema
 from portrait.store.base import Capabilities
-from portrait.store.migrations import MIGRATIONS
 
 CAPABILITIES = Capabilities(dialect="duckdb", single_writer_process=True, arrow_scan=True)
-_MIGRATION_TABLE = parse(
-    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())"
-)
-_APPLIED = parse("SELECT version FROM schema_migrations")
-_RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
-_CHECKPOINT = parse("CHECKPOINT")
-_UTC = parse("SET TimeZone = 'UTC'")
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -50,7 +42,7 @@ class DuckDBSession:
         self._con = connection
         self._render = render
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
-        self.execute(_UTC)
+        self.execute(schema.UTC_SESSION)
 
     def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._con.execute(self._render(statement), list(params)).fetchall()
@@ -93,22 +85,22 @@ class DuckDBStore:
             return DuckDBSession(self._root.cursor(), self._render)
 
     def checkpoint(self) -> None:
-        self._root.execute(self._render(_CHECKPOINT))
+        self._root.execute(self._render(schema.CHECKPOINT))
 
     def close(self) -> None:
         self._root.close()
 
     def _migrate(self) -> None:
         session = self.session()
-        session.execute(_MIGRATION_TABLE)
-        applied = {row[0] for row in session.execute(_APPLIED)}
-        for version in sorted(MIGRATIONS):
+        session.execute(schema.MIGRATION_TABLE)
+        applied = {row[0] for row in session.execute(schema.APPLIED)}
+        for version in sorted(schema.MIGRATIONS):
             if version in applied:
                 continue
             with session.transaction():
-                for statement in MIGRATIONS[version]:
+                for statement in schema.MIGRATIONS[version]:
                     session.execute(statement)
-                session.execute(_RECORD, [version])
+                session.execute(schema.RECORD, [version])
         session.close()
 
 

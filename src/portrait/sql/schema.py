@@ -1,10 +1,11 @@
-"""Numbered schema migrations, applied in order at start. Never edit a released one: add the next number."""
+"""The schema: numbered migrations, applied in order at start (never edit a released one: add the next number),
+and the few statements the store itself runs."""
 
 from __future__ import annotations
 
 from sqlglot import exp
 
-from portrait.sql import parse_many
+from portrait.sql import parse, parse_many
 
 MIGRATIONS: dict[int, list[exp.Expr]] = {
     1: parse_many(
@@ -115,3 +116,11 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         """
     ),
 }
+
+MIGRATION_TABLE = parse(
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())"
+)
+APPLIED = parse("SELECT version FROM schema_migrations")
+RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
+CHECKPOINT = parse("CHECKPOINT")
+UTC_SESSION = parse("SET TimeZone = 'UTC'")

@@ -1,0 +1,81 @@
+"""The ``portrait`` command on a local database (no server running)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from portrait.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTRAIT_NO_PROGRESS", "1")
+    for name in ("PORTRAIT_ADMIN_KEY", "PORTRAIT_WRITE_KEY", "PORTRAIT_DB_PATH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path) -> str:
+    db = str(tmp_path / "demo.duckdb")
+    result = runner.invoke(app, ["demo", "--profiles", "60", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "Loaded" in result.output
+    return db
+
+
+def test_demo_loads_through_ingestion_and_processes(demo_db: str) -> None:
+    result = runner.invoke(app, ["status", "--db", demo_db, "--json"])
+    status = json.loads(result.output)
+    assert status["events_received"] > 600
+    assert status["lag"] == 0
+    assert 30 < status["profiles"] <= 120  # anonymous devices of customers who never log in stay separate
+    assert status["events_rejected"] == 0
+
+
+def test_profiles_get_shows_the_unified_profile(demo_db: str) -> None:
+    result = runner.invoke(app, ["profiles", "get", "user_id:user-0", "--db", demo_db, "--json"])
+    assert result.exit_code == 0, result.output
+    profile = json.loads(result.output)
+    assert {"user_id", "email", "anonymous_id"} <= {i["type"] for i in profile["identities"]}
+    assert profile["events"] and profile["traits"]["email"].split("@")[1].startswith("example.")
+    table = runner.invoke(app, ["profiles", "get", "user_id:user-0", "--db", demo_db])
+    assert "Traits" in table.output and "Identities" in table.output
+
+
+def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
+    result = runner.invoke(app, ["profiles", "get", "email:nobody@example.com", "--db", demo_db])
+    assert result.exit_code == 1
+    assert "no profile has the identity email:nobody@example.com" in result.output
+
+
+def test_events_tail_prints_the_latest_events(demo_db: str) -> None:
+    result = runner.invoke(app, ["events", "tail", "-n", "5", "--db", demo_db, "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count('"message_id"') == 5
+
+
+def test_events_rejected_lists_reasons(tmp_path: Path) -> None:
+    from portrait.config import Settings
+    from portrait.service import Portrait
+
+    db = str(tmp_path / "r.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    service.ingest_messages([{"type": "track", "userId": "u", "messageId": "bad-1"}])
+    service.close()
+    result = runner.invoke(app, ["events", "rejected", "--db", db, "--json"])
+    rejected = json.loads(result.output)["rejected"]
+    assert [(r["code"], r["message_id"]) for r in rejected] == [("missing_field", "bad-1")]
+
+
+def test_first_use_prints_generated_keys_once(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.duckdb")
+    first = runner.invoke(app, ["status", "--db", db])
+    assert "Generated write key" in first.output and "Generated admin key" in first.output
+    second = runner.invoke(app, ["status", "--db", db])
+    assert "Generated" not in second.output
