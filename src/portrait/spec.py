@@ -153,7 +153,7 @@ def key_from_basic_auth(header: str | None) -> str | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII header text; UnicodeDecodeError is one too
         return None
     return decoded.split(":", 1)[0] or None
 
@@ -166,7 +166,10 @@ def parse_time(value: Any) -> datetime | None:
         raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as exc:  # e.g. year 1 with a positive offset
+            raise ValueError("date-time out of range once converted to UTC") from exc
     return parsed
 
 
@@ -252,7 +255,7 @@ class MessageReader:
                 raise Invalid("message_too_large",
                               f"message is {size} bytes; the limit is {self.limits.max_message_bytes} bytes")
         kind = message.get("type")
-        if kind not in _TYPES:
+        if kind.__class__ is not str or kind not in _TYPES:
             raise Invalid("invalid_type", f"type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
         user_id = _text_id(message, "userId")
         anonymous_id = _text_id(message, "anonymousId")
@@ -263,8 +266,10 @@ class MessageReader:
             raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
         _check_required(kind, user_id, anonymous_id, previous_id, group_id, name)
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
-        original = _time_field(message, "originalTimestamp") or _time_field(message, "timestamp")
+        client_time = _time_field(message, "timestamp")  # checked even when originalTimestamp is given
+        original = _time_field(message, "originalTimestamp") or client_time
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
+        timestamp = self._corrected_time(original, sent_at)
         properties = _json_object(message, "properties")
         traits = _json_object(message, "traits")
         context = _json_object(message, "context") if message.get("context") is not None else self.batch_context
@@ -275,7 +280,7 @@ class MessageReader:
         out.anonymous_id.append(anonymous_id)
         out.previous_id.append(previous_id)
         out.group_id.append(group_id)
-        out.timestamp.append(self._corrected_time(original, sent_at))
+        out.timestamp.append(timestamp)
         out.original_timestamp.append(original)
         out.sent_at.append(sent_at)
         out.received_at.append(self.received_at)
@@ -291,7 +296,10 @@ class MessageReader:
             return self.received_at
         if sent_at is None:
             return original
-        return self.received_at - (sent_at - original)
+        try:
+            return self.received_at - (sent_at - original)
+        except OverflowError as exc:
+            raise Invalid("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew") from exc
 
     def _reject(self, message: Any, bad: Invalid) -> Rejection:
         payload = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
