@@ -1,0 +1,54 @@
+"""Documentation that cannot drift: settings and CLI reference are checked against the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+
+from portrait.cli import app
+from portrait.config import Settings, load_settings
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_settings_doc_names_every_setting_and_only_those() -> None:
+    documented = set(re.findall(r"^\| `(PORTRAIT_[A-Z_]+)` \|", (DOCS / "settings.md").read_text(), re.MULTILINE))
+    actual = {f"PORTRAIT_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert documented == actual
+
+
+def test_settings_are_read_from_the_environment() -> None:
+    settings = load_settings({"PORTRAIT_PORT": "9001", "PORTRAIT_IDENTITY_LIMITS": "user_id=1,email=3",
+                              "PORTRAIT_BLOCKED_VALUES": "null, n/a", "PORTRAIT_DB_PATH": "/tmp/x.duckdb"})
+    assert (settings.port, settings.identity_limits, settings.blocked_values, settings.db_path) == (
+        9001, {"user_id": 1, "email": 3}, ("null", "n/a"), "/tmp/x.duckdb")
+
+
+def commands(group: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    subcommands = getattr(group, "commands", None)
+    if subcommands:
+        for name, sub in subcommands.items():
+            yield from commands(sub, (*path, name))
+    else:
+        yield path, group
+
+
+def test_cli_doc_describes_every_command_and_option() -> None:
+    text = (DOCS / "cli.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)
+    for path, command in commands(typer.main.get_command(app)):
+        heading = f"`portrait {' '.join(path)}"
+        section = next((s for s in sections if s.startswith(heading)), None)
+        assert section is not None, f"docs/cli.md has no section for portrait {' '.join(path)}"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert any(f"`{opt}" in section for opt in param.opts), f"{heading}: {param.opts} not described"
+    documented = {s.split("`")[1] for s in sections[1:]}
+    actual = {"portrait " + " ".join(path) for path, _ in commands(typer.main.get_command(app))}
+    assert {re.sub(r" (TYPE|--).*", "", d) for d in documented} == actual
