@@ -22,11 +22,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from _common import (
     BENCH_DIR,
     VENV_BIN,
@@ -86,6 +88,35 @@ def run_wrk(url: str, args: argparse.Namespace, write_key: str) -> dict[str, Any
     return result
 
 
+class LagSampler:
+    """Reads /api/status every ``interval`` s during the load (a cheap query; 0 disables), to show the lag's trend."""
+
+    def __init__(self, url: str, admin_key: str, interval: float, limit: int) -> None:
+        self.samples: list[tuple[float, int, int]] = []
+        self._url, self._key, self._interval, self._limit = url, admin_key, interval, limit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=35)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self._interval) and len(self.samples) < self._limit:
+            try:
+                status = get_status(self._url, self._key)
+            except httpx.HTTPError:
+                continue
+            self.samples.append((round(time.monotonic() - start, 2), int(status["events_received"]),
+                                 int(status["lag"])))
+
+
 def run_bare(args: argparse.Namespace, workdir: Path, index: int) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -110,8 +141,14 @@ def run_portrait(args: argparse.Namespace, workdir: Path, index: int) -> dict[st
     server = start_server("portrait", portrait_server_args(db_dir / "bench.duckdb", port), url,
                           workdir / f"portrait-{index}.log", env=portrait_env(write_key, admin_key),
                           ready_path="/healthz")
+    sampler = LagSampler(url, admin_key, args.sample_interval, limit=int(args.duration / max(args.sample_interval,
+                                                                                          0.1)) + 100)
     try:
-        result = run_wrk(f"{url}/v1/batch", args, write_key)
+        sampler.start()
+        try:
+            result = run_wrk(f"{url}/v1/batch", args, write_key)
+        finally:
+            sampler.stop()
         at_end = get_status(url, admin_key)
         final, drain_s = wait_for_drain(url, admin_key, timeout=args.drain_timeout)
     finally:
@@ -136,6 +173,7 @@ def run_portrait(args: argparse.Namespace, workdir: Path, index: int) -> dict[st
         "extra_events": received - expected,
         "lost_events": max(0, expected - received),
         "in_flight_allowance": args.connections * EVENTS_PER_REQUEST,
+        "lag_samples": sampler.samples,  # [seconds since start, events_received, lag] during the load
         "server_exit_code": code,
         "server_log_problems": server.log_problems(),
     })
@@ -159,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="bare+portrait pairs, alternated (default 2)")
     parser.add_argument("--timeout", type=int, default=10, help="wrk per-request timeout in seconds (default 10)")
+    parser.add_argument("--sample-interval", type=float, default=1.0,
+                        help="read the lag every N s during the Portrait load, 0 = never (default 1)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="longest wait for lag == 0 after the load, seconds (default 300)")
     args = parser.parse_args(argv)
@@ -180,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({portrait['lag_at_end_s_of_ingest']:.2f} s of ingest), drained in {portrait['drain_s']:.2f} s; "
                   f"received {portrait['events_received']:,} of {portrait['expected_events']:,} expected "
                   f"(extra {portrait['extra_events']:+,}, lost {portrait['lost_events']:,})", flush=True)
+            if portrait["lag_samples"]:
+                print("           lag during load (every "
+                      f"{args.sample_interval:g} s): {', '.join(f'{s[2]:,}' for s in portrait['lag_samples'])}",
+                      flush=True)
             rounds.append({"bare": bare, "portrait": portrait,
                            "ratio": portrait["requests_per_s"] / bare["requests_per_s"]})
     ratios = [r["ratio"] for r in rounds]

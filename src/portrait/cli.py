@@ -26,7 +26,7 @@ profiles_app = typer.Typer(help="Look up unified customer profiles.", no_args_is
 events_app = typer.Typer(help="Inspect the event log.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(events_app, name="events")
-console = Console()
+console = Console(soft_wrap=True)
 errors = Console(stderr=True)
 
 DbOption = Annotated[str | None, typer.Option("--db", help="Database file (default: PORTRAIT_DB_PATH or "

@@ -32,6 +32,7 @@ ENDPOINT_TYPES: dict[str, str | None] = {
 BATCH_ENDPOINTS = ("batch", "import", "b")
 RAW_KEEP_BYTES = 64 * 1024  # how much of an unreadable body we keep for the user to inspect
 MAX_ID_LENGTH = 1024
+_UTC_SUFFIXES = ("Z", "+00:00")
 _TYPES = frozenset(MESSAGE_TYPES)
 _ID_TYPES = (str, int, float)
 
@@ -162,8 +163,12 @@ def parse_time(value: Any) -> datetime | None:
     """An ISO-8601 date-time (``Z`` or offset; naive means UTC) -> naive UTC datetime. Raises ValueError if bad."""
     if value is None:
         return None
-    if not isinstance(value, str):
+    if value.__class__ is not str:
         raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
+    if value.endswith(_UTC_SUFFIXES):  # the usual SDK forms: skip the time-zone arithmetic
+        parsed = datetime.fromisoformat(value[:-1] if value[-1] == "Z" else value[:-6])
+        if parsed.tzinfo is None:
+            return parsed
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is not None:
         try:
@@ -189,6 +194,8 @@ class Invalid(Exception):
 
 def _text_id(message: dict[str, Any], name: str) -> str | None:
     value = message.get(name)
+    if value.__class__ is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return value  # the common case, first
     if value is None or value == "":
         return None
     if value.__class__ is not str:
@@ -202,7 +209,7 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
 
 def _json_object(message: dict[str, Any], name: str) -> str:
     value = message.get(name)
-    if value is None:
+    if value is None or (value.__class__ is dict and not value):
         return "{}"
     if value.__class__ is not dict:
         raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
@@ -243,10 +250,17 @@ class MessageReader:
                 self.read(message, columns)
             except Invalid as bad:
                 rejections.append(self._reject(message, bad))
+        accepted = len(columns)  # the same for every message of the request: filled in once
+        columns.received_at.extend([self.received_at] * accepted)
+        columns.source.extend([self.source] * accepted)
+        columns.ip.extend([self.ip] * accepted)
         return columns, rejections
 
     def read(self, message: Any, out: EventColumns) -> None:
-        """Validate one message and append it to ``out``; raises Invalid (and appends nothing) if it breaks a rule."""
+        """Validate one message and append it to ``out``; raises Invalid (and appends nothing) if it breaks a rule.
+
+        Appends every column except received_at, source and ip, which :meth:`read_all` fills once per request.
+        """
         if message.__class__ is not dict:
             raise Invalid("invalid_message", f"a message must be a JSON object, not {type(message).__name__}")
         if self.check_sizes:
@@ -283,12 +297,9 @@ class MessageReader:
         out.timestamp.append(timestamp)
         out.original_timestamp.append(original)
         out.sent_at.append(sent_at)
-        out.received_at.append(self.received_at)
         out.properties.append(properties)
         out.traits.append(traits)
         out.context.append(context)
-        out.source.append(self.source)
-        out.ip.append(self.ip)
 
     def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
         """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""

@@ -88,6 +88,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             merged_at TIMESTAMP,
             processed_at TIMESTAMP
         );
+        CREATE INDEX IF NOT EXISTS merges_profile ON merges (profile_id);
         CREATE TABLE IF NOT EXISTS identity_conflicts (
             seq BIGINT NOT NULL,
             message_id VARCHAR NOT NULL,
@@ -95,6 +96,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             dropped JSON,
             processed_at TIMESTAMP
         );
+        CREATE INDEX IF NOT EXISTS identity_conflicts_profile ON identity_conflicts (profile_id);
         CREATE TABLE IF NOT EXISTS counters (
             name VARCHAR PRIMARY KEY,
             value BIGINT NOT NULL
