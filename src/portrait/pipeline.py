@@ -60,6 +60,7 @@ class BatchPlan:
     conflicts: list[tuple[SlowEvent, str, list[Identifier]]] = field(default_factory=list)
     assigned: list[tuple[int, str]] = field(default_factory=list)
     attached: list[tuple[Identifier, str, SlowEvent]] = field(default_factory=list)
+    unidentified: int = 0
 
 
 class Processor:
@@ -106,9 +107,10 @@ class Processor:
         _with(session, "phone_map", phone_map, q.STAGE_OWNERS, even_empty=True)
         session.execute(q.STAGE_EVENTS, [lo, hi])
         session.execute(q.FAST_ASSIGN)
-        graph, slow = self._load_slow(session)
+        slow_count, identify_count = session.execute(q.BATCH_SHAPE)[0]
+        graph, slow = self._load_slow(session) if slow_count else (IdentityGraph(self._rules), [])
         plan = self._plan(graph, slow)
-        self._write(session, graph, plan, lo, hi, now)
+        self._write(session, graph, plan, lo, hi, now, traits=identify_count > 0)
         for statement in q.DROP_BATCH_TABLES:
             session.execute(statement)
 
@@ -151,7 +153,8 @@ class Processor:
                 if ident is not None and ident not in event.identifiers:
                     event.identifiers.append(ident)
             if not event.identifiers:
-                continue  # left out of b_assign: recorded as rejected (no_identifier)
+                plan.unidentified += 1  # left out of b_assign: recorded as rejected (no_identifier)
+                continue
             event.identifiers.sort(key=lambda i: (rank(i.type), i.value))
             new_id = functools.partial(profile_id_for, event.message_id)  # computed only if a profile is created
             resolution = graph.resolve(event.identifiers, event.seq, new_id)
@@ -160,15 +163,13 @@ class Processor:
 
     # -- writing (set-based) -----------------------------------------------------------------------------------
     def _write(self, session: Session, graph: IdentityGraph, plan: BatchPlan, lo: int, hi: int,
-               now: datetime) -> None:
+               now: datetime, *, traits: bool) -> None:
         final = graph.final
         live = {p: v for p, v in plan.new_profiles.items() if final(p) == p}
         _with(session, "new_profiles", pa.table({
             "profile_id": pa.array(list(live), pa.string()),
             "created_seq": pa.array([v[0] for v in live.values()], pa.int64()),
-            "first_seen": pa.array([v[1] for v in live.values()], pa.timestamp("us")),
-            "last_seen": pa.array([v[1] for v in live.values()], pa.timestamp("us")),
-            "updated_at": pa.array([now] * len(live), pa.timestamp("us")),
+            "created_at": pa.array([now] * len(live), pa.timestamp("us")),
         }), q.INSERT_PROFILES)
         _with(session, "slow_assign", pa.table({
             "seq": pa.array([seq for seq, _ in plan.assigned], pa.int64()),
@@ -193,9 +194,10 @@ class Processor:
                 "processed_at": pa.array([now] * len(plan.conflicts), pa.timestamp("us")),
             }), q.INSERT_CONFLICTS)
         session.execute(q.INSERT_EVENT_PROFILES)
-        session.execute(q.UPSERT_TRAITS, [lo, hi])
-        session.execute(q.TOUCH_PROFILES, [now])
-        session.execute(q.REJECT_UNIDENTIFIED, [now])
+        if traits:
+            session.execute(q.UPSERT_TRAITS, [lo, hi])
+        if plan.unidentified:
+            session.execute(q.REJECT_UNIDENTIFIED, [now])
 
     @staticmethod
     def _apply_merges(session: Session, plan: BatchPlan, final: Callable[[str], str], now: datetime) -> None:
@@ -206,7 +208,7 @@ class Processor:
         session.load("batch_merges", merges)
         try:
             for statement in (q.REMAP_ASSIGN, q.REASSIGN_IDENTITIES, q.REASSIGN_EVENTS, q.REASSIGN_ALIASES,
-                              q.INSERT_ALIASES, q.MOVE_TRAITS, q.DELETE_MERGED_TRAITS, q.MOVE_PROFILE_TIMES,
+                              q.INSERT_ALIASES, q.MOVE_TRAITS, q.DELETE_MERGED_TRAITS,
                               q.DELETE_MERGED_PROFILES):
                 session.execute(statement)
         finally:

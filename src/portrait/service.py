@@ -178,20 +178,30 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        session = self._reads
-        rows = session.execute(reads.PROFILE_ROW, [profile_id])
+        rows = self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 7)
         if not rows:
             raise NotFound(f"no profile has the identity {reference}")
-        _, first_seen, last_seen, updated_at = rows[0]
+        _, created_at, first_seen, last_seen, traits, identities, merges, conflicts = rows[0]
         return {
             "profile_id": profile_id,
-            "traits": self._traits(session, profile_id),
-            "identities": self._identities(session, profile_id),
-            "merges": self._merges(session, profile_id),
-            "identity_conflicts": self._conflicts(session, profile_id),
+            "traits": {t["key"]: orjson.loads(t["value"]) for t in traits or []},
+            "identities": [{"type": i["type"], "value": i["value"], "first_seen": _iso(i["first_seen"])}
+                           for i in identities or []],
+            "merges": [
+                {"merged_profile_id": m["merged_id"], "seq": m["seq"], "message_id": m["message_id"],
+                 "identifiers": orjson.loads(m["identifiers"] or "[]"), "merged_at": _iso(m["merged_at"]),
+                 "processed_at": _iso(m["processed_at"]), "reason": "one event carried identifiers of both"}
+                for m in merges or []
+            ],
+            "identity_conflicts": [
+                {"seq": c["seq"], "message_id": c["message_id"], "dropped": orjson.loads(c["dropped"] or "[]"),
+                 "processed_at": _iso(c["processed_at"]),
+                 "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"}
+                for c in conflicts or []
+            ],
             "first_seen": _iso(first_seen),
             "last_seen": _iso(last_seen),
-            "updated_at": _iso(updated_at),
+            "created_at": _iso(created_at),
         }
 
     def traits(self, reference: str) -> dict[str, Any]:
@@ -245,22 +255,6 @@ class Portrait:
     def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
         return [{"type": t, "value": v, "first_seen": _iso(f)}
                 for t, v, f in session.execute(reads.PROFILE_IDENTITIES, [profile_id])]
-
-    @staticmethod
-    def _merges(session: Session, profile_id: str) -> list[dict[str, Any]]:
-        return [
-            {"merged_profile_id": m, "seq": s, "message_id": mid, "identifiers": orjson.loads(i or "[]"),
-             "merged_at": _iso(at), "processed_at": _iso(pa), "reason": "one event carried identifiers of both"}
-            for m, s, mid, i, at, pa in session.execute(reads.PROFILE_MERGES, [profile_id])
-        ]
-
-    @staticmethod
-    def _conflicts(session: Session, profile_id: str) -> list[dict[str, Any]]:
-        return [
-            {"seq": s, "message_id": mid, "dropped": orjson.loads(d or "[]"), "processed_at": _iso(at),
-             "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"}
-            for s, mid, d, at in session.execute(reads.PROFILE_CONFLICTS, [profile_id])
-        ]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -80,6 +80,12 @@ FROM events AS e LEFT JOIN b_owned AS o ON o.seq = e.seq
 WHERE e.seq > ? AND e.seq <= ?
 GROUP BY ALL
 """)
+# How many events of the batch need the sequential resolver, and how many are identify calls (traits).
+BATCH_SHAPE = parse("""
+SELECT count(*) FILTER (WHERE NOT (type <> 'alias' AND n_ids > 0 AND n_known = n_ids AND n_owners = 1)),
+       count(*) FILTER (WHERE type = 'identify')
+FROM b_events
+""")
 FAST_ASSIGN = parse("""
 CREATE OR REPLACE TEMP TABLE b_assign AS
 SELECT seq, owner AS profile_id FROM b_events
@@ -101,7 +107,7 @@ WHERE p.profile_id IN (SELECT UNNEST(CAST(? AS VARCHAR[])))
 """)
 INSERT_SLOW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM slow_assign")
 INSERT_PROFILES = insert_from(
-    "profiles", "new_profiles", ("profile_id", "created_seq", "first_seen", "last_seen", "updated_at")
+    "profiles", "new_profiles", ("profile_id", "created_seq", "created_at")
 )
 INSERT_IDENTITIES = insert_from(
     "identities", "new_identities", ("identity_key", "type", "value", "profile_id", "first_seen", "seq")
@@ -139,13 +145,6 @@ MOVE_TRAITS = parse(
     + _NEWER
 )
 DELETE_MERGED_TRAITS = parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
-MOVE_PROFILE_TIMES = parse("""
-UPDATE profiles SET first_seen = least(profiles.first_seen, s.first_seen),
-                    last_seen = greatest(profiles.last_seen, s.last_seen)
-FROM (SELECT m.profile_id, min(p.first_seen) AS first_seen, max(p.last_seen) AS last_seen
-      FROM profiles AS p JOIN batch_merges AS m ON p.profile_id = m.merged_id GROUP BY m.profile_id) AS s
-WHERE profiles.profile_id = s.profile_id
-""")
 DELETE_MERGED_PROFILES = parse("DELETE FROM profiles WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
 INSERT_MERGES = insert_from(
     "merges", "batch_merge_log",
@@ -168,14 +167,6 @@ UPSERT_TRAITS = parse(
     "WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify' GROUP BY a.profile_id, j.key "
     + _NEWER
 )
-# Params: processed-at time.
-TOUCH_PROFILES = parse("""
-UPDATE profiles SET first_seen = least(profiles.first_seen, s.first_seen),
-                    last_seen = greatest(profiles.last_seen, s.last_seen), updated_at = ?
-FROM (SELECT a.profile_id, min(b.timestamp) AS first_seen, max(b.timestamp) AS last_seen
-      FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq GROUP BY a.profile_id) AS s
-WHERE profiles.profile_id = s.profile_id
-""")
 # Events none of whose identifiers is usable (all empty or blocked) are kept in the log and listed as rejected.
 # Params: processed-at time.
 REJECT_UNIDENTIFIED = parse("""
@@ -185,7 +176,6 @@ SELECT ?, 'no_identifier', 'every identifier of the message is empty or a blocke
                                  'previousId', b.previous_id)::VARCHAR
 FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 """)
-COUNT_UNIDENTIFIED = parse("SELECT count(*) FROM b_events WHERE seq NOT IN (SELECT seq FROM b_assign)")
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
     "DROP TABLE IF EXISTS b_assign"

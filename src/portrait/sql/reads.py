@@ -12,19 +12,30 @@ from portrait.sql import param, parse
 
 PROFILE_BY_IDENTITY = parse("SELECT profile_id FROM identities WHERE identity_key = ?")
 PROFILE_BY_ALIAS = parse("SELECT profile_id FROM profile_aliases WHERE merged_id = ?")
-PROFILE_ROW = parse("SELECT profile_id, first_seen, last_seen, updated_at FROM profiles WHERE profile_id = ?")
+PROFILE_ROW = parse("SELECT profile_id FROM profiles WHERE profile_id = ?")
+# The whole profile in one statement (each DuckDB round trip costs ~0.3 ms); every ``?`` is the profile id.
+PROFILE_DOCUMENT = parse("""
+SELECT p.profile_id, p.created_at,
+  (SELECT min(timestamp) FROM event_profiles WHERE profile_id = ?) AS first_seen,
+  (SELECT max(timestamp) FROM event_profiles WHERE profile_id = ?) AS last_seen,
+  (SELECT list(struct_pack(key := t.key, value := t.value) ORDER BY t.key) FROM profile_traits AS t
+   WHERE t.profile_id = ? AND t.value IS NOT NULL) AS traits,
+  (SELECT list(struct_pack(type := i.type, value := i.value, first_seen := i.first_seen) ORDER BY i.type, i.value)
+   FROM identities AS i WHERE i.profile_id = ?) AS identities,
+  (SELECT list(struct_pack(merged_id := m.merged_id, seq := m.seq, message_id := m.message_id,
+                           identifiers := m.identifiers, merged_at := m.merged_at, processed_at := m.processed_at)
+               ORDER BY m.seq)
+   FROM merges AS m WHERE m.profile_id = ?) AS merges,
+  (SELECT list(struct_pack(seq := c.seq, message_id := c.message_id, dropped := c.dropped,
+                           processed_at := c.processed_at) ORDER BY c.seq)
+   FROM identity_conflicts AS c WHERE c.profile_id = ?) AS conflicts
+FROM profiles AS p WHERE p.profile_id = ?
+""")
 PROFILE_TRAITS = parse(
     "SELECT key, value FROM profile_traits WHERE profile_id = ? AND value IS NOT NULL ORDER BY key"
 )
 PROFILE_IDENTITIES = parse(
     "SELECT type, value, first_seen FROM identities WHERE profile_id = ? ORDER BY type, value"
-)
-PROFILE_MERGES = parse(
-    "SELECT merged_id, seq, message_id, identifiers, merged_at, processed_at FROM merges WHERE profile_id = ? "
-    "ORDER BY seq"
-)
-PROFILE_CONFLICTS = parse(
-    "SELECT seq, message_id, dropped, processed_at FROM identity_conflicts WHERE profile_id = ? ORDER BY seq"
 )
 EVENTS_BY_SEQ = parse(
     "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "

@@ -45,9 +45,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         CREATE TABLE IF NOT EXISTS profiles (
             profile_id VARCHAR PRIMARY KEY,
             created_seq BIGINT NOT NULL,
-            first_seen TIMESTAMP,
-            last_seen TIMESTAMP,
-            updated_at TIMESTAMP
+            created_at TIMESTAMP NOT NULL  -- when Portrait created it; first/last seen come from its events
         );
         CREATE TABLE IF NOT EXISTS identities (
             identity_key VARCHAR PRIMARY KEY,
