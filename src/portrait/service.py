@@ -178,31 +178,10 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        rows = self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 7)
-        if not rows:
+        rows = self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 6)
+        if not any(row[0] == "profile" for row in rows):
             raise NotFound(f"no profile has the identity {reference}")
-        _, created_at, first_seen, last_seen, traits, identities, merges, conflicts = rows[0]
-        return {
-            "profile_id": profile_id,
-            "traits": {t["key"]: orjson.loads(t["value"]) for t in traits or []},
-            "identities": [{"type": i["type"], "value": i["value"], "first_seen": _iso(i["first_seen"])}
-                           for i in identities or []],
-            "merges": [
-                {"merged_profile_id": m["merged_id"], "seq": m["seq"], "message_id": m["message_id"],
-                 "identifiers": orjson.loads(m["identifiers"] or "[]"), "merged_at": _iso(m["merged_at"]),
-                 "processed_at": _iso(m["processed_at"]), "reason": "one event carried identifiers of both"}
-                for m in merges or []
-            ],
-            "identity_conflicts": [
-                {"seq": c["seq"], "message_id": c["message_id"], "dropped": orjson.loads(c["dropped"] or "[]"),
-                 "processed_at": _iso(c["processed_at"]),
-                 "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"}
-                for c in conflicts or []
-            ],
-            "first_seen": _iso(first_seen),
-            "last_seen": _iso(last_seen),
-            "created_at": _iso(created_at),
-        }
+        return _profile_document(profile_id, rows)
 
     def traits(self, reference: str) -> dict[str, Any]:
         return self._traits(self._reads, self.resolve_profile_id(reference))
@@ -255,6 +234,32 @@ class Portrait:
     def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
         return [{"type": t, "value": v, "first_seen": _iso(f)}
                 for t, v, f in session.execute(reads.PROFILE_IDENTITIES, [profile_id])]
+
+
+def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Assemble the API's profile from PROFILE_DOCUMENT rows (part, text_a, text_b, time_a, time_b, number)."""
+    doc: dict[str, Any] = {"profile_id": profile_id, "traits": {}, "identities": [], "merges": [],
+                           "identity_conflicts": [], "first_seen": None, "last_seen": None, "created_at": None,
+                           "events_count": 0}
+    for part, a, b, t1, t2, n in sorted(rows, key=lambda r: (r[0], r[5] or 0, r[1] or "", r[2] or "")):
+        if part == "profile":
+            doc["created_at"] = _iso(t1)
+        elif part == "seen":
+            doc["first_seen"], doc["last_seen"], doc["events_count"] = _iso(t1), _iso(t2), n
+        elif part == "trait":
+            doc["traits"][a] = orjson.loads(b)
+        elif part == "identity":
+            doc["identities"].append({"type": a, "value": b, "first_seen": _iso(t1)})
+        elif part == "merge":
+            identifiers, message_id = b.rsplit("\t", 1)
+            doc["merges"].append({"merged_profile_id": a, "seq": n, "message_id": message_id,
+                                  "identifiers": orjson.loads(identifiers), "merged_at": _iso(t1),
+                                  "processed_at": _iso(t2), "reason": "one event carried identifiers of both"})
+        elif part == "conflict":
+            doc["identity_conflicts"].append({
+                "seq": n, "message_id": a, "dropped": orjson.loads(b), "processed_at": _iso(t1),
+                "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"})
+    return doc
 
 
 def _iso(value: datetime | None) -> str | None:

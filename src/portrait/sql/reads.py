@@ -13,23 +13,24 @@ from portrait.sql import param, parse
 PROFILE_BY_IDENTITY = parse("SELECT profile_id FROM identities WHERE identity_key = ?")
 PROFILE_BY_ALIAS = parse("SELECT profile_id FROM profile_aliases WHERE merged_id = ?")
 PROFILE_ROW = parse("SELECT profile_id FROM profiles WHERE profile_id = ?")
-# The whole profile in one statement (each DuckDB round trip costs ~0.3 ms); every ``?`` is the profile id.
+# The whole profile in one statement of simple parts (each DuckDB round trip costs ~0.3 ms, and scalar subqueries
+# plan slowly): rows of (part, text_a, text_b, time_a, time_b, number). Every ``?`` is the profile id.
 PROFILE_DOCUMENT = parse("""
-SELECT p.profile_id, p.created_at,
-  (SELECT min(timestamp) FROM event_profiles WHERE profile_id = ?) AS first_seen,
-  (SELECT max(timestamp) FROM event_profiles WHERE profile_id = ?) AS last_seen,
-  (SELECT list(struct_pack(key := t.key, value := t.value) ORDER BY t.key) FROM profile_traits AS t
-   WHERE t.profile_id = ? AND t.value IS NOT NULL) AS traits,
-  (SELECT list(struct_pack(type := i.type, value := i.value, first_seen := i.first_seen) ORDER BY i.type, i.value)
-   FROM identities AS i WHERE i.profile_id = ?) AS identities,
-  (SELECT list(struct_pack(merged_id := m.merged_id, seq := m.seq, message_id := m.message_id,
-                           identifiers := m.identifiers, merged_at := m.merged_at, processed_at := m.processed_at)
-               ORDER BY m.seq)
-   FROM merges AS m WHERE m.profile_id = ?) AS merges,
-  (SELECT list(struct_pack(seq := c.seq, message_id := c.message_id, dropped := c.dropped,
-                           processed_at := c.processed_at) ORDER BY c.seq)
-   FROM identity_conflicts AS c WHERE c.profile_id = ?) AS conflicts
-FROM profiles AS p WHERE p.profile_id = ?
+SELECT 'profile' AS part, NULL AS a, NULL AS b, created_at AS t1, NULL AS t2, NULL AS n
+FROM profiles WHERE profile_id = ?
+UNION ALL
+SELECT 'seen', NULL, NULL, min(timestamp), max(timestamp), count(*) FROM event_profiles WHERE profile_id = ?
+UNION ALL
+SELECT 'trait', key, CAST(value AS VARCHAR), updated_at, NULL, NULL FROM profile_traits
+WHERE profile_id = ? AND value IS NOT NULL
+UNION ALL
+SELECT 'identity', type, value, first_seen, NULL, NULL FROM identities WHERE profile_id = ?
+UNION ALL
+SELECT 'merge', merged_id, CAST(identifiers AS VARCHAR) || '\t' || message_id, merged_at, processed_at, seq
+FROM merges WHERE profile_id = ?
+UNION ALL
+SELECT 'conflict', message_id, CAST(dropped AS VARCHAR), processed_at, NULL, seq FROM identity_conflicts
+WHERE profile_id = ?
 """)
 PROFILE_TRAITS = parse(
     "SELECT key, value FROM profile_traits WHERE profile_id = ? AND value IS NOT NULL ORDER BY key"
