@@ -90,6 +90,42 @@ def normalize_phone(value: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+HINT_SEPARATOR = "\x1e"  # between identifiers in the log's identity_hints column
+HINT_TYPE_SEPARATOR = "\x1f"  # between an identifier's type and its raw value
+_HINT_SCALARS = (str, int)
+
+
+def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple[str, ...]) -> str | None:
+    """The raw identifiers a message carries besides userId/anonymousId, as ``type\x1fvalue`` entries.
+
+    Read at ingestion, where the message is already parsed, and stored with the event; the processor normalizes
+    them (lower-case emails, E.164 phones, blocked values), so normalization rules can change and be re-applied.
+    Sources: ``traits`` (identify only) and ``context.traits`` for email, phone and the configured identity
+    traits; ``context.externalIds`` for custom types.
+    """
+    found: list[str] = []
+    context = message.get("context")
+    context = context if context.__class__ is dict else {}
+    for source in (message.get("traits") if kind == "identify" else None, context.get("traits")):
+        if source.__class__ is dict and source:
+            for name in ("email", "phone", *identity_traits):
+                _add_hint(found, name, source.get(name))
+    external = context.get("externalIds")
+    if external.__class__ is list:
+        for item in external:
+            if item.__class__ is dict and item.get("type").__class__ is str:
+                _add_hint(found, item["type"].strip().lower(), item.get("id"))
+    return HINT_SEPARATOR.join(found) if found else None
+
+
+def _add_hint(found: list[str], kind: str, value: Any) -> None:
+    if value.__class__ not in _HINT_SCALARS or not kind:
+        return
+    text = str(value).strip()
+    if text and HINT_SEPARATOR not in text and HINT_TYPE_SEPARATOR not in text and HINT_TYPE_SEPARATOR not in kind:
+        found.append(f"{kind}{HINT_TYPE_SEPARATOR}{text}")
+
+
 @dataclass(slots=True)
 class Resolution:
     """Where one event went."""

@@ -70,7 +70,6 @@ class Processor:
         self._store = store
         self._rules = rules
         self._batch_size = batch_size
-        self._identity_traits = list(rules.identity_traits)
         self._blocked = sorted(rules.blocked)
 
     def process_batch(self, session: Session) -> int:
@@ -99,7 +98,7 @@ class Processor:
 
     def _apply(self, session: Session, lo: int, hi: int) -> None:
         now = utc_now()
-        session.execute(q.STAGE_IDENTIFIERS, [lo, hi, self._identity_traits, self._blocked])
+        session.execute(q.STAGE_IDENTIFIERS, [lo, hi, self._blocked])
         phones = [row[0] for row in session.execute(q.RAW_PHONES)]
         phone_map = pa.table({"raw": pa.array(phones, pa.string()),
                               "e164": pa.array([normalize_phone(p, self._rules.phone_region) for p in phones],

@@ -118,7 +118,7 @@ class Portrait:
     def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
                 body_bytes: int) -> Future[IngestResult]:
         reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
-                               body_bytes=body_bytes)
+                               body_bytes=body_bytes, identity_traits=self.rules.identity_traits)
         events, rejections = reader.read_all()
         return self.writer.submit(events, rejections)
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from portrait.errors import BadRequest
+from portrait.identity import identity_hints
 from portrait.model import MESSAGE_TYPES, Rejection
 
 # Endpoint path -> implied message type (None: a batch or a message that names its own type).
@@ -74,6 +75,7 @@ class EventColumns:
     context: list[str] = field(default_factory=list)
     source: list[str] = field(default_factory=list)
     ip: list[str | None] = field(default_factory=list)
+    identity_hints: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.message_id)
@@ -227,8 +229,9 @@ class MessageReader:
     """Validates and enriches the messages of one request into columns. Create one per request."""
 
     def __init__(self, *, received_at: datetime, source: str, ip: str | None, request: ParsedRequest,
-                 limits: Limits, body_bytes: int) -> None:
+                 limits: Limits, body_bytes: int, identity_traits: tuple[str, ...] = ()) -> None:
         self.received_at = received_at
+        self.identity_traits = identity_traits
         self.source = source
         self.ip = ip
         self.limits = limits
@@ -300,6 +303,7 @@ class MessageReader:
         out.properties.append(properties)
         out.traits.append(traits)
         out.context.append(context)
+        out.identity_hints.append(identity_hints(kind, message, self.identity_traits))
 
     def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
         """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""

@@ -9,6 +9,7 @@ from portrait.sql import insert_from, parse
 EVENT_COLUMNS = (
     "seq", "message_id", "type", "event", "user_id", "anonymous_id", "previous_id", "group_id", "timestamp",
     "original_timestamp", "sent_at", "received_at", "properties", "traits", "context", "source", "ip",
+    "identity_hints",
 )
 # Duplicates (same messageId: an SDK retry, or the same message twice in one group) are skipped by the primary key;
 # RETURNING tells which messages were new.

@@ -13,47 +13,23 @@ BATCH_RANGE = parse(
     "SELECT coalesce(max(seq), 0), count(*) FROM (SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
 )
 
-# Identifiers of every event in (lo, hi]: user_id, anonymous_id, email and phone from identify traits and
-# context.traits, configured identity traits, context.externalIds. Phones are normalized afterwards in Python
-# (phonenumbers). Params: lo, hi, identity trait names, blocked values (lower case).
+# Identifiers of every event in (lo, hi]: user_id, anonymous_id, and the raw email/phone/custom identifiers the
+# ingestion found (events.identity_hints, see identity.identity_hints). Phones are normalized afterwards in Python
+# (phonenumbers). Params: lo, hi, blocked values (lower case).
 STAGE_IDENTIFIERS = parse("""
 CREATE OR REPLACE TEMP TABLE b_ids_raw AS
 WITH e AS (
-    SELECT seq, type, user_id, anonymous_id,
-           CASE WHEN type = 'identify' THEN traits ELSE '{}' END AS person_traits,
-           coalesce(json_extract(context, '$.traits'), '{}') AS context_traits,
-           context
-    FROM events WHERE seq > ? AND seq <= ?
-), trait_names AS (
-    SELECT unnest(CAST(? AS VARCHAR[])) AS name
+    SELECT seq, user_id, anonymous_id, identity_hints FROM events WHERE seq > ? AND seq <= ?
+), hints AS (
+    SELECT seq, unnest(string_split(identity_hints, chr(30))) AS hint FROM e WHERE identity_hints IS NOT NULL
 ), found AS (
     SELECT seq, 'user_id' AS id_type, trim(user_id) AS value FROM e WHERE user_id IS NOT NULL
     UNION ALL
     SELECT seq, 'anonymous_id', trim(anonymous_id) FROM e WHERE anonymous_id IS NOT NULL
     UNION ALL
-    SELECT seq, 'email', lower(trim(json_extract_string(person_traits, '$.email'))) FROM e
-    WHERE json_type(person_traits, '$.email') = 'VARCHAR'
-    UNION ALL
-    SELECT seq, 'email', lower(trim(json_extract_string(context_traits, '$.email'))) FROM e
-    WHERE json_type(context_traits, '$.email') = 'VARCHAR'
-    UNION ALL
-    SELECT seq, 'phone', trim(json_extract_string(person_traits, '$.phone')) FROM e
-    WHERE json_type(person_traits, '$.phone') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-    UNION ALL
-    SELECT seq, 'phone', trim(json_extract_string(context_traits, '$.phone')) FROM e
-    WHERE json_type(context_traits, '$.phone') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-    UNION ALL
-    SELECT t.seq, n.name, trim(json_extract_string(t.traits, '$.' || n.name))
-    FROM (SELECT seq, person_traits AS traits FROM e UNION ALL SELECT seq, context_traits FROM e) AS t,
-         trait_names AS n
-    WHERE json_type(t.traits, '$.' || n.name) IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-    UNION ALL
-    SELECT seq, lower(trim(json_extract_string(x, '$.type'))), trim(json_extract_string(x, '$.id'))
-    FROM (SELECT seq, unnest(CAST(json_extract(context, '$.externalIds') AS JSON[])) AS x FROM e
-          WHERE json_type(context, '$.externalIds') = 'ARRAY')
-    WHERE json_type(x, '$.type') = 'VARCHAR' AND json_type(x, '$.id') IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+    SELECT seq, split_part(hint, chr(31), 1), split_part(hint, chr(31), 2) FROM hints
 )
-SELECT DISTINCT seq, id_type, value FROM found
+SELECT DISTINCT seq, id_type, CASE WHEN id_type = 'email' THEN lower(value) ELSE value END AS value FROM found
 WHERE value IS NOT NULL AND value <> '' AND id_type <> ''
   AND lower(value) NOT IN (SELECT unnest(CAST(? AS VARCHAR[])))
   AND (id_type <> 'email' OR value LIKE '%_@_%')

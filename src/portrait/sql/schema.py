@@ -29,7 +29,8 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
             traits VARCHAR,
             context VARCHAR,
             source VARCHAR NOT NULL,
-            ip VARCHAR  -- the sender's address; shown as context.ip when the message carried none
+            ip VARCHAR,  -- the sender's address; shown as context.ip when the message carried none
+            identity_hints VARCHAR  -- raw email/phone/custom identifiers found at ingestion (see identity.py)
         );
         CREATE INDEX IF NOT EXISTS events_seq ON events (seq);
         CREATE SEQUENCE IF NOT EXISTS rejected_seq START 1;
