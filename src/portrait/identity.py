@@ -13,7 +13,6 @@ Rules (docs/identity.md):
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,12 +149,15 @@ class IdentityGraph:
     members: dict[str, list[Identifier]] = field(default_factory=dict)
     created: dict[str, int] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
+    type_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # profile -> type -> how many
 
     def add_profile(self, profile_id: str, created_seq: int, identifiers: Iterable[Identifier]) -> None:
         self.created[profile_id] = created_seq
         members = self.members.setdefault(profile_id, [])
+        counts = self.type_counts.setdefault(profile_id, {})
         for ident in identifiers:
             members.append(ident)
+            counts[ident.type] = counts.get(ident.type, 0) + 1
             self.owner[ident.key] = profile_id
 
     def final(self, profile_id: str) -> str:
@@ -194,15 +196,25 @@ class IdentityGraph:
         return list(seen)
 
     def _fits(self, identifiers: list[Identifier]) -> bool:
-        counts: Counter[str] = Counter()
-        for profile_id in self._matched(identifiers):
-            counts.update(ident.type for ident in self.members[profile_id])
-        counts.update(ident.type for ident in identifiers if ident.key not in self.owner)
-        return all(count <= self.rules.limit(kind) for kind, count in counts.items())
+        matched = self._matched(identifiers)
+        unknown = [ident for ident in identifiers if ident.key not in self.owner]
+        if not unknown and len(matched) <= 1:
+            return True  # nothing changes: the common case
+        counts: dict[str, int] = {}
+        for profile_id in matched:
+            for kind, count in self.type_counts[profile_id].items():
+                counts[kind] = counts.get(kind, 0) + count
+        for ident in unknown:
+            counts[ident.type] = counts.get(ident.type, 0) + 1
+        limit = self.rules.limit
+        return all(count <= limit(kind) for kind, count in counts.items())
 
     def _merge(self, loser: str, winner: str) -> None:
         moved = self.members.pop(loser)
         for ident in moved:
             self.owner[ident.key] = winner
         self.members[winner].extend(moved)
+        counts = self.type_counts[winner]
+        for kind, count in self.type_counts.pop(loser).items():
+            counts[kind] = counts.get(kind, 0) + count
         self.merged_into[loser] = winner

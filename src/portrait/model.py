@@ -48,10 +48,10 @@ class Identifier:
 
     type: str
     value: str
+    key: str = field(init=False, repr=False, compare=False)  # "type:value", computed once (used as a dict key)
 
-    @property
-    def key(self) -> str:
-        return f"{self.type}:{self.value}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.type}:{self.value}")
 
 
 @dataclass(frozen=True, slots=True)
