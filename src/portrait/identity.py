@@ -200,6 +200,8 @@ class IdentityGraph:
         unknown = [ident for ident in identifiers if ident.key not in self.owner]
         if not unknown and len(matched) <= 1:
             return True  # nothing changes: the common case
+        if not matched and len({ident.type for ident in unknown}) == len(unknown):
+            return True  # a new profile with at most one identifier of each type (every limit is at least 1)
         counts: dict[str, int] = {}
         for profile_id in matched:
             for kind, count in self.type_counts[profile_id].items():
