@@ -186,7 +186,7 @@ def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> Non
     assert post(client, "/v1/batch", {"batch": batch}).status_code == 200
     portrait.process_pending()
     profile = client.get("/api/profiles/email:ann@example.com", headers=ADMIN).json()
-    assert set(profile) >= {"profile_id", "traits", "identities", "merges", "first_seen", "last_seen"}
+    assert set(profile) >= {"profile_id", "traits", "identities", "merges", "first_seen", "last_seen", "events_count"}
     assert profile["traits"] == {"email": "Ann@Example.com", "name": "Ann"}
     assert {"type": "user_id", "value": "42"} in [{k: i[k] for k in ("type", "value")} for i in profile["identities"]]
     same = client.get(f"/api/profiles/profile_id:{profile['profile_id']}", headers=ADMIN).json()

@@ -178,10 +178,7 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        rows = self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 6)
-        if not any(row[0] == "profile" for row in rows):
-            raise NotFound(f"no profile has the identity {reference}")
-        return _profile_document(profile_id, rows)
+        return _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 5))
 
     def traits(self, reference: str) -> dict[str, Any]:
         return self._traits(self._reads, self.resolve_profile_id(reference))
@@ -239,12 +236,9 @@ class Portrait:
 def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
     """Assemble the API's profile from PROFILE_DOCUMENT rows (part, text_a, text_b, time_a, time_b, number)."""
     doc: dict[str, Any] = {"profile_id": profile_id, "traits": {}, "identities": [], "merges": [],
-                           "identity_conflicts": [], "first_seen": None, "last_seen": None, "created_at": None,
-                           "events_count": 0}
+                           "identity_conflicts": [], "first_seen": None, "last_seen": None, "events_count": 0}
     for part, a, b, t1, t2, n in sorted(rows, key=lambda r: (r[0], r[5] or 0, r[1] or "", r[2] or "")):
-        if part == "profile":
-            doc["created_at"] = _iso(t1)
-        elif part == "seen":
+        if part == "seen":
             doc["first_seen"], doc["last_seen"], doc["events_count"] = _iso(t1), _iso(t2), n
         elif part == "trait":
             doc["traits"][a] = orjson.loads(b)

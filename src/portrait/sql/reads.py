@@ -14,12 +14,11 @@ PROFILE_BY_IDENTITY = parse("SELECT profile_id FROM identities WHERE identity_ke
 PROFILE_BY_ALIAS = parse("SELECT profile_id FROM profile_aliases WHERE merged_id = ?")
 PROFILE_ROW = parse("SELECT profile_id FROM profiles WHERE profile_id = ?")
 # The whole profile in one statement of simple parts (each DuckDB round trip costs ~0.3 ms, and scalar subqueries
-# plan slowly): rows of (part, text_a, text_b, time_a, time_b, number). Every ``?`` is the profile id.
+# plan slowly): rows of (part, text_a, text_b, time_a, time_b, number). Every ``?`` is the profile id, which
+# the caller has just resolved (so the profile exists).
 PROFILE_DOCUMENT = parse("""
-SELECT 'profile' AS part, NULL AS a, NULL AS b, created_at AS t1, NULL AS t2, NULL AS n
-FROM profiles WHERE profile_id = ?
-UNION ALL
-SELECT 'seen', NULL, NULL, min(timestamp), max(timestamp), count(*) FROM event_profiles WHERE profile_id = ?
+SELECT 'seen' AS part, NULL AS a, NULL AS b, min(timestamp) AS t1, max(timestamp) AS t2, count(*) AS n
+FROM event_profiles WHERE profile_id = ?
 UNION ALL
 SELECT 'trait', key, CAST(value AS VARCHAR), updated_at, NULL, NULL FROM profile_traits
 WHERE profile_id = ? AND value IS NOT NULL
