@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,7 +45,6 @@ INSERT_KEY = parse(
 )
 ALL_KEYS = parse("SELECT key_hash, kind, name FROM api_keys")
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
-COUNT_EVENTS = parse("SELECT count(*) FROM events")
 COUNT_REJECTED = parse("SELECT count(*) FROM rejected_events")
 
 
@@ -104,7 +102,3 @@ def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
         .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
     )
     return query, [after_seq]
-
-
-def placeholders(values: Sequence[object]) -> exp.Tuple:
-    return exp.Tuple(expressions=[param() for _ in values])

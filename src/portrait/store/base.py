@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,7 +47,3 @@ class Store(Protocol):
     def checkpoint(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-def rows_as_dicts(columns: Sequence[str], rows: Iterator[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [dict(zip(columns, row, strict=True)) for row in rows]
