@@ -1,4 +1,4 @@
-"""Hostile input on the ingestion endpoints: whatever arrives with a valid key, the answer is 200 or 400 -- never a 500."""
+"""Hostile input on the ingestion endpoints: whatever arrives with a valid key, the answer is 200 or 400."""
 
 from __future__ import annotations
 
