@@ -223,9 +223,11 @@ def test_status_reports_lag_until_processed(client: TestClient, portrait: Portra
     post(client, "/v1/batch", {"batch": [track(messageId=f"m{i}") for i in range(3)]})
     status = client.get("/api/status", headers=ADMIN).json()
     assert (status["events_received"], status["events_processed"], status["lag"]) == (3, 0, 3)
+    assert status["lag_seconds"] >= 0 and status["last_batch_events"] == 0
     portrait.process_pending()
     status = client.get("/api/status", headers=ADMIN).json()
     assert (status["events_received"], status["events_processed"], status["lag"]) == (3, 3, 0)
+    assert status["lag_seconds"] == 0 and status["last_batch_events"] == 3 and status["last_batch_seconds"] > 0
 
 
 def test_openapi_document_lists_the_api(client: TestClient) -> None:

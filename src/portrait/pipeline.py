@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,10 +73,12 @@ class Processor:
         self._store = store
         self._rules = rules
         self._batch_size = batch_size
+        self.last_batch: tuple[int, float] = (0, 0.0)  # events, seconds of the latest batch (for /api/status)
         self._blocked = sorted(rules.blocked)
 
     def process_batch(self, session: Session) -> int:
         """Process the next micro-batch; returns how many events it consumed (0: caught up)."""
+        started = time.perf_counter()
         with session.transaction():
             rows = session.execute(sql.GET_PROCESSOR_STATE, ["watermark"])
             watermark = int(rows[0][0]) if rows else 0
@@ -85,6 +88,7 @@ class Processor:
             self._apply(session, watermark, int(hi))
             session.execute(sql.SET_PROCESSOR_COUNTER, [hi, "watermark"])
             session.execute(sql.ADD_PROCESSOR_COUNTER, [count, "events_processed"])
+        self.last_batch = (int(count), time.perf_counter() - started)
         return int(count)
 
     def drain(self) -> int:

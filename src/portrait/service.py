@@ -146,13 +146,19 @@ class Portrait:
         counters = dict(session.execute(sql.GET_COUNTERS))
         received = int(counters.get("events_received", 0))
         processed = int(counters.get("events_processed", 0))
+        watermark = int(counters.get("watermark", 0))
+        oldest = session.execute(reads.OLDEST_UNPROCESSED, [watermark])[0][0] if received > processed else None
+        batch_events, batch_seconds = self.processor.last_batch
         return {
             "events_received": received,
             "events_processed": processed,
             "lag": received - processed,
+            "lag_seconds": round((utc_now() - oldest).total_seconds(), 3) if oldest else 0.0,
+            "last_batch_events": batch_events,
+            "last_batch_seconds": round(batch_seconds, 3),
             "events_rejected": int(session.execute(reads.COUNT_REJECTED)[0][0]),
             "profiles": int(session.execute(reads.COUNT_PROFILES)[0][0]),
-            "watermark": int(counters.get("watermark", 0)),
+            "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),
             "database": self.store.path,
         }

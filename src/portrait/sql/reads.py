@@ -45,6 +45,8 @@ INSERT_KEY = parse(
 )
 ALL_KEYS = parse("SELECT key_hash, kind, name FROM api_keys")
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
+# When the oldest event not yet reflected in profiles arrived (NULL when caught up). Param: the watermark.
+OLDEST_UNPROCESSED = parse("SELECT min(received_at) FROM events WHERE seq > ?")
 COUNT_REJECTED = parse("SELECT count(*) FROM rejected_events")
 
 
