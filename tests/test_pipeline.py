@@ -6,6 +6,8 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from portrait.config import Settings
 from portrait.errors import NotFound
@@ -215,3 +217,40 @@ def test_small_batches_give_the_same_result_as_one_batch(settings: Settings, tmp
 def test_unknown_identity_is_not_found(portrait: Portrait) -> None:
     with pytest.raises(NotFound):
         portrait.profile("email:nobody@example.com")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.tuples(st.sampled_from([None, "u1", "u2", "u3"]), st.sampled_from([None, "a1", "a2", "a3",
+                                                                                            "a4"]),
+                                 st.sampled_from([None, "x@example.com", "y@example.com"])), min_size=1, max_size=30),
+       batch_size=st.sampled_from([1, 4, 1000]))
+def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: pytest.TempPathFactory,
+                                                            events: list[tuple[str | None, str | None, str | None]],
+                                                            batch_size: int) -> None:
+    """Whatever path an event takes (fast, new or slow), the result is what the resolver alone decides."""
+    from portrait.identity import IdentityGraph, IdentityRules
+    from portrait.model import Identifier
+    from portrait.pipeline import profile_id_for
+
+    messages = []
+    for n, (user, anon, email) in enumerate(events):
+        if user is None and anon is None:
+            anon = "a-fallback"
+        fields: dict[str, Any] = {"userId": user, "anonymousId": anon}
+        if email:
+            fields["traits"] = {"email": email}
+        messages.append(msg("identify", **{k: v for k, v in fields.items() if v is not None}, messageId=f"p-{n}"))
+    db = tmp_path_factory.mktemp("paths") / "p.duckdb"
+    service = Portrait(Settings(db_path=str(db), processor_batch_size=batch_size), background=False)
+    load(service, *messages)
+    rules = IdentityRules.from_settings(Settings())
+    graph = IdentityGraph(rules)
+    for seq, message in enumerate(messages, start=1):
+        found = [Identifier("user_id", message.get("userId")), Identifier("anonymous_id", message.get("anonymousId"))]
+        if "traits" in message:
+            found.append(Identifier("email", message["traits"]["email"]))
+        idents = sorted({i for i in found if i.value}, key=lambda i: (rules.rank(i.type), i.value))
+        graph.resolve(idents, seq, lambda m=message: profile_id_for(m["messageId"]))  # type: ignore[misc]
+    for key, owner in graph.owner.items():
+        assert service.resolve_profile_id(key) == graph.final(owner), key
+    service.close()

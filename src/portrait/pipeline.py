@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 def profile_id_for(message_id: str) -> str:
     """Profile ids are derived from the creating event, so re-processing the log yields the same ids.
 
-    A BLAKE2b digest of the messageId, written like a UUID (cheaper than uuid.uuid5, which matters when a batch
-    creates tens of thousands of profiles).
+    The MD5 digest of the messageId, written like a UUID: the same as the processor's SQL computes for profiles it
+    creates set-based (sql.processor._NEW_ID). An id, not a secret, so MD5 is fine.
     """
-    h = hashlib.blake2b(message_id.encode("utf-8"), digest_size=16, person=b"portrait-profile").hexdigest()
+    h = hashlib.md5(message_id.encode("utf-8")).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -112,7 +112,11 @@ class Processor:
         _with(session, "phone_map", phone_map, q.STAGE_OWNERS, even_empty=True)
         session.execute(q.STAGE_EVENTS, [lo, hi])
         session.execute(q.FAST_ASSIGN)
-        slow_count, identify_count = session.execute(q.BATCH_SHAPE)[0]
+        slow_count, identify_count, new_count = session.execute(q.BATCH_SHAPE)[0]
+        if new_count:
+            session.execute(q.NEW_PROFILES, [now])
+            session.execute(q.NEW_IDENTITIES)
+            session.execute(q.NEW_ASSIGN)
         graph, slow = self._load_slow(session) if slow_count else (IdentityGraph(self._rules), [])
         plan = self._plan(graph, slow)
         self._write(session, graph, plan, lo, hi, now, traits=identify_count > 0)

@@ -43,34 +43,60 @@ WITH ids AS (
     FROM b_ids_raw AS r LEFT JOIN phone_map AS p ON r.id_type = 'phone' AND p.raw = r.value
     WHERE r.id_type <> 'phone' OR p.e164 IS NOT NULL
 )
-SELECT ids.seq, ids.id_type, ids.value, i.profile_id
+SELECT ids.seq, ids.id_type, ids.value, i.profile_id,
+       count(*) OVER (PARTITION BY ids.id_type, ids.value) AS key_events  -- events of the batch with this id
 FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids.value
 """)
+# Every event of the batch takes one of three paths:
+# - fast: all its identifiers already belong to one profile -> assigned here, in SQL;
+# - new:  none of its identifiers is known, none appears in another event of the batch, at most one per type ->
+#         a new profile with all of them, created here in SQL (what the resolver would do, as nothing else in the
+#         batch can touch those identifiers; common in imports and first visits);
+# - slow: everything else (alias, merges, attaching, shared identifiers) -> the sequential resolver in Python.
 # Params: lo, hi.
 STAGE_EVENTS = parse("""
 CREATE OR REPLACE TEMP TABLE b_events AS
 SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id,
-       count(o.value) AS n_ids, count(o.profile_id) AS n_known, count(DISTINCT o.profile_id) AS n_owners,
-       min(o.profile_id) AS owner
+       min(o.profile_id) AS owner,
+       CASE WHEN e.type = 'alias' OR count(o.value) = 0 THEN 'slow'
+            WHEN count(o.profile_id) = count(o.value) AND count(DISTINCT o.profile_id) = 1 THEN 'fast'
+            WHEN count(o.profile_id) = 0 AND max(o.key_events) = 1 AND count(DISTINCT o.id_type) = count(o.value)
+                THEN 'new'
+            ELSE 'slow' END AS path
 FROM events AS e LEFT JOIN b_owned AS o ON o.seq = e.seq
 WHERE e.seq > ? AND e.seq <= ?
-GROUP BY ALL
+GROUP BY e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id
 """)
 # How many events of the batch need the sequential resolver, and how many are identify calls (traits).
 BATCH_SHAPE = parse("""
-SELECT count(*) FILTER (WHERE NOT (type <> 'alias' AND n_ids > 0 AND n_known = n_ids AND n_owners = 1)),
-       count(*) FILTER (WHERE type = 'identify')
+SELECT count(*) FILTER (WHERE path = 'slow'), count(*) FILTER (WHERE type = 'identify'),
+       count(*) FILTER (WHERE path = 'new')
 FROM b_events
 """)
 FAST_ASSIGN = parse("""
-CREATE OR REPLACE TEMP TABLE b_assign AS
-SELECT seq, owner AS profile_id FROM b_events
-WHERE type <> 'alias' AND n_ids > 0 AND n_known = n_ids AND n_owners = 1
+CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, owner AS profile_id FROM b_events WHERE path = 'fast'
 """)
+# The profile id of a new profile derives from the creating event's messageId: md5, written like a UUID
+# (pipeline.profile_id_for computes the same in Python).
+_NEW_ID = ("lower(substr(md5(b.message_id), 1, 8) || '-' || substr(md5(b.message_id), 9, 4) || '-' || "
+           "substr(md5(b.message_id), 13, 4) || '-' || substr(md5(b.message_id), 17, 4) || '-' || "
+           "substr(md5(b.message_id), 21, 12))")
+# Params: processed-at time.
+NEW_PROFILES = parse(
+    f"INSERT INTO profiles (profile_id, created_seq, created_at) SELECT {_NEW_ID}, b.seq, ? FROM b_events AS b "
+    "WHERE b.path = 'new'"
+)
+NEW_IDENTITIES = parse(
+    "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
+    f"SELECT o.id_type || ':' || o.value, o.id_type, o.value, {_NEW_ID}, b.timestamp, b.seq "
+    "FROM b_owned AS o JOIN b_events AS b ON b.seq = o.seq WHERE b.path = 'new'"
+)
+NEW_ASSIGN = parse(f"INSERT INTO b_assign (seq, profile_id) SELECT b.seq, {_NEW_ID} FROM b_events AS b "
+                   "WHERE b.path = 'new'")
 SLOW_EVENTS = parse("""
 SELECT b.seq, b.message_id, b.type, b.timestamp, b.previous_id, o.id_type, o.value, o.profile_id
 FROM b_events AS b LEFT JOIN b_owned AS o ON o.seq = b.seq
-WHERE NOT (b.type <> 'alias' AND b.n_ids > 0 AND b.n_known = b.n_ids AND b.n_owners = 1)
+WHERE b.path = 'slow'
 ORDER BY b.seq
 """)
 IDENTITIES_BY_KEYS = parse(
