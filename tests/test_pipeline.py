@@ -219,13 +219,19 @@ def test_unknown_identity_is_not_found(portrait: Portrait) -> None:
         portrait.profile("email:nobody@example.com")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(st.tuples(st.sampled_from([None, "u1", "u2", "u3"]), st.sampled_from([None, "a1", "a2", "a3",
-                                                                                            "a4"]),
-                                 st.sampled_from([None, "x@example.com", "y@example.com"])), min_size=1, max_size=30),
-       batch_size=st.sampled_from([1, 4, 1000]))
+USERS = st.sampled_from([None, "u1", "u2", "u3"])
+ANONYMOUS_IDS = st.sampled_from([None, "a1", "a2", "a3", "a4"])
+EVENTS = st.one_of(
+    st.tuples(st.just("identify"), USERS, ANONYMOUS_IDS, st.sampled_from([None, "x@example.com", "y@example.com"])),
+    st.tuples(st.just("alias"), st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(["a1", "a2", "u1", "u2"]),
+              st.none()),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(EVENTS, min_size=1, max_size=30), batch_size=st.sampled_from([1, 4, 1000]))
 def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: pytest.TempPathFactory,
-                                                            events: list[tuple[str | None, str | None, str | None]],
+                                                            events: list[tuple[str, Any, Any, Any]],
                                                             batch_size: int) -> None:
     """Whatever path an event takes (fast, new or slow), the result is what the resolver alone decides."""
     from portrait.identity import IdentityGraph, IdentityRules
@@ -233,10 +239,11 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
     from portrait.pipeline import profile_id_for
 
     messages = []
-    for n, (user, anon, email) in enumerate(events):
-        if user is None and anon is None:
-            anon = "a-fallback"
-        fields: dict[str, Any] = {"userId": user, "anonymousId": anon}
+    for n, (kind, user, other, email) in enumerate(events):
+        if kind == "alias":
+            messages.append(msg("alias", userId=user, previousId=other, messageId=f"p-{n}"))
+            continue
+        fields: dict[str, Any] = {"userId": user, "anonymousId": other or ("a-fallback" if user is None else None)}
         if email:
             fields["traits"] = {"email": email}
         messages.append(msg("identify", **{k: v for k, v in fields.items() if v is not None}, messageId=f"p-{n}"))
@@ -249,8 +256,21 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
         found = [Identifier("user_id", message.get("userId")), Identifier("anonymous_id", message.get("anonymousId"))]
         if "traits" in message:
             found.append(Identifier("email", message["traits"]["email"]))
+        if message["type"] == "alias":
+            previous = message["previousId"]
+            found.append(Identifier("user_id" if f"user_id:{previous}" in graph.owner else "anonymous_id", previous))
         idents = sorted({i for i in found if i.value}, key=lambda i: (rules.rank(i.type), i.value))
         graph.resolve(idents, seq, lambda m=message: profile_id_for(m["messageId"]))  # type: ignore[misc]
     for key, owner in graph.owner.items():
         assert service.resolve_profile_id(key) == graph.final(owner), key
     service.close()
+
+
+def test_alias_before_the_identify_it_names_in_the_same_batch(portrait: Portrait) -> None:
+    """Log order decides: the alias comes first, so its previousId is still an anonymous id at that point."""
+    load(portrait,
+         msg("alias", previousId="x-1", userId="y-1", at="2026-03-01T00:00:00Z"),
+         msg("identify", userId="x-1", at="2026-03-01T00:01:00Z"))
+    assert portrait.resolve_profile_id("anonymous_id:x-1") == portrait.resolve_profile_id("user_id:y-1")
+    assert portrait.resolve_profile_id("user_id:x-1") != portrait.resolve_profile_id("user_id:y-1")
+    assert portrait.profile("user_id:y-1")["identity_conflicts"] == []

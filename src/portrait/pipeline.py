@@ -110,7 +110,7 @@ class Processor:
                               "e164": pa.array([normalize_phone(p, self._rules.phone_region) for p in phones],
                                                pa.string())})
         _with(session, "phone_map", phone_map, q.STAGE_OWNERS, even_empty=True)
-        session.execute(q.STAGE_EVENTS, [lo, hi])
+        session.execute(q.STAGE_EVENTS, [lo, hi, lo, hi])
         session.execute(q.FAST_ASSIGN)
         slow_count, identify_count, new_count = session.execute(q.BATCH_SHAPE)[0]
         if new_count:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.writer import EventWriter
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,8 +109,8 @@ class Portrait:
 
     def ingest_messages(self, messages: list[Any], source: str = "default") -> IngestResult:
         """In-process ingestion of Segment-format messages (demo, imports): the same reading rules and writer."""
-        return self._submit(ParsedRequest(messages), source, utc_now(), None, self.limits.max_message_bytes + 1
-                            ).result()
+        unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
+        return self._submit(ParsedRequest(messages), source, utc_now(), None, unknown_size).result()
 
     def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
                 body_bytes: int) -> Future[IngestResult]:

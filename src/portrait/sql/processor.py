@@ -49,21 +49,27 @@ FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids
 """)
 # Every event of the batch takes one of three paths:
 # - fast: all its identifiers already belong to one profile -> assigned here, in SQL;
-# - new:  none of its identifiers is known, none appears in another event of the batch, at most one per type ->
+# - new:  none of its identifiers is known, none appears in another event of the batch (nor as an alias's
+#         previousId), at most one per type ->
 #         a new profile with all of them, created here in SQL (what the resolver would do, as nothing else in the
 #         batch can touch those identifiers; common in imports and first visits);
 # - slow: everything else (alias, merges, attaching, shared identifiers) -> the sequential resolver in Python.
-# Params: lo, hi.
+# Params: lo, hi, lo, hi.
 STAGE_EVENTS = parse("""
 CREATE OR REPLACE TEMP TABLE b_events AS
+WITH aliased AS (  -- previousIds of the batch's alias calls: they may name identifiers of other events
+    SELECT DISTINCT previous_id AS value FROM events
+    WHERE seq > ? AND seq <= ? AND type = 'alias' AND previous_id IS NOT NULL
+)
 SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id,
        min(o.profile_id) AS owner,
        CASE WHEN e.type = 'alias' OR count(o.value) = 0 THEN 'slow'
             WHEN count(o.profile_id) = count(o.value) AND count(DISTINCT o.profile_id) = 1 THEN 'fast'
             WHEN count(o.profile_id) = 0 AND max(o.key_events) = 1 AND count(DISTINCT o.id_type) = count(o.value)
-                THEN 'new'
+                 AND count(a.value) = 0 THEN 'new'
             ELSE 'slow' END AS path
 FROM events AS e LEFT JOIN b_owned AS o ON o.seq = e.seq
+LEFT JOIN aliased AS a ON a.value = o.value AND o.id_type IN ('user_id', 'anonymous_id')
 WHERE e.seq > ? AND e.seq <= ?
 GROUP BY e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id
 """)
