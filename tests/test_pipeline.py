@@ -182,8 +182,10 @@ def test_crash_mid_batch_leaves_state_as_if_it_never_ran(settings: Settings, mon
         raise RuntimeError("simulated crash after writing, before commit")
 
     monkeypatch.setattr(Processor, "_write", explode)
+    session = crashing.store.session()
     with pytest.raises(RuntimeError):
-        crashing.process_pending()
+        crashing.processor.process_batch(session)
+    session.close()
     assert crashing.status()["events_processed"] == 0 and crashing.status()["profiles"] == 0
     monkeypatch.setattr(Processor, "_write", original)
     crashing.process_pending()
@@ -274,3 +276,26 @@ def test_alias_before_the_identify_it_names_in_the_same_batch(portrait: Portrait
     assert portrait.resolve_profile_id("anonymous_id:x-1") == portrait.resolve_profile_id("user_id:y-1")
     assert portrait.resolve_profile_id("user_id:x-1") != portrait.resolve_profile_id("user_id:y-1")
     assert portrait.profile("user_id:y-1")["identity_conflicts"] == []
+
+
+def test_an_event_that_cannot_be_processed_is_set_aside_not_blocking(portrait: Portrait,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from portrait.pipeline import Processor
+
+    original = Processor._plan
+
+    def fail_on_poison(self: Processor, graph: Any, events: list[Any]) -> Any:
+        if any(e.message_id == "poison" for e in events):
+            raise ValueError("cannot handle this one")
+        return original(self, graph, events)
+
+    monkeypatch.setattr(Processor, "_plan", fail_on_poison)
+    portrait.ingest_messages([msg("identify", userId="before"), msg("alias", userId="p", previousId="q",
+                                                                     messageId="poison"),
+                              msg("identify", userId="after")])
+    portrait.process_pending()
+    assert portrait.status()["lag"] == 0
+    assert grouping(portrait, "user_id:before") and grouping(portrait, "user_id:after")
+    rejected = portrait.rejected()["rejected"]
+    assert [(r["code"], r["message_id"]) for r in rejected] == [("processing_failed", "poison")]
+    assert "ValueError: cannot handle this one" in rejected[0]["reason"]

@@ -76,13 +76,29 @@ class Processor:
         self.last_batch: tuple[int, float] = (0, 0.0)  # events, seconds of the latest batch (for /api/status)
         self._blocked = sorted(rules.blocked)
 
-    def process_batch(self, session: Session) -> int:
+    def process_next(self, session: Session) -> int:
+        """Process the next micro-batch, isolating an event that cannot be processed; returns events consumed.
+
+        A batch that fails is retried one event at a time; an event that fails alone (a bug, or data the store
+        refuses) is listed in the rejected events with the error (``processing_failed``) and skipped, so one
+        poisonous event cannot stop all processing. It stays in the log and can be reprocessed once fixed.
+        """
+        try:
+            return self.process_batch(session)
+        except Exception:
+            log.exception("processing a batch failed; retrying its events one at a time")
+        try:
+            return self.process_batch(session, limit=1)
+        except Exception as exc:
+            log.exception("processing one event failed; it is set aside as rejected")
+            return self._set_aside(session, exc)
+
+    def process_batch(self, session: Session, limit: int | None = None) -> int:
         """Process the next micro-batch; returns how many events it consumed (0: caught up)."""
         started = time.perf_counter()
         with session.transaction():
-            rows = session.execute(sql.GET_PROCESSOR_STATE, ["watermark"])
-            watermark = int(rows[0][0]) if rows else 0
-            hi, count = session.execute(q.BATCH_RANGE, [watermark, self._batch_size])[0]
+            watermark = self._watermark(session)
+            hi, count = session.execute(q.BATCH_RANGE, [watermark, limit or self._batch_size])[0]
             if count == 0:
                 return 0
             self._apply(session, watermark, int(hi))
@@ -91,12 +107,29 @@ class Processor:
         self.last_batch = (int(count), time.perf_counter() - started)
         return int(count)
 
+    @staticmethod
+    def _watermark(session: Session) -> int:
+        rows = session.execute(sql.GET_PROCESSOR_STATE, ["watermark"])
+        return int(rows[0][0]) if rows else 0
+
+    def _set_aside(self, session: Session, error: Exception) -> int:
+        with session.transaction():
+            watermark = self._watermark(session)
+            hi, count = session.execute(q.BATCH_RANGE, [watermark, 1])[0]
+            if count == 0:
+                return 0
+            reason = f"processing failed: {type(error).__name__}: {error}"[:2000]
+            session.execute(q.REJECT_FAILED, [utc_now(), reason, hi])
+            session.execute(sql.SET_PROCESSOR_COUNTER, [hi, "watermark"])
+            session.execute(sql.ADD_PROCESSOR_COUNTER, [count, "events_processed"])
+        return int(count)
+
     def drain(self) -> int:
         """Process until caught up (used by the CLI, tests and benchmarks)."""
         session = self._store.session()
         total = 0
         try:
-            while (done := self.process_batch(session)) > 0:
+            while (done := self.process_next(session)) > 0:
                 total += done
         finally:
             session.close()
@@ -286,9 +319,9 @@ class ProcessorThread:
         try:
             while not self._stop.is_set():
                 try:
-                    done = self._processor.process_batch(session)
-                except Exception:
-                    log.exception("processing a batch failed; retrying in 1 s")
+                    done = self._processor.process_next(session)
+                except Exception:  # the store itself fails (disk full...): wait, then try again
+                    log.exception("processing failed; retrying in 1 s")
                     self._stop.wait(1.0)
                     continue
                 if done == 0:

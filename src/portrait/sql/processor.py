@@ -188,3 +188,11 @@ DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
     "DROP TABLE IF EXISTS b_assign"
 )
+# An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
+# Params: processed-at time, reason, seq.
+REJECT_FAILED = parse("""
+INSERT INTO rejected_events (received_at, code, reason, source, message_id, payload)
+SELECT ?, 'processing_failed', ?, 'processor', message_id,
+       json_object('seq', seq, 'type', type, 'userId', user_id, 'anonymousId', anonymous_id)::VARCHAR
+FROM events WHERE seq = ?
+""")
