@@ -133,3 +133,14 @@ def test_server_logs_hold_no_personal_data(server: Server) -> None:
     server.wait_caught_up()
     logging.shutdown()
     assert secret not in server.log_path.read_text()
+
+
+def test_demo_loads_through_a_running_server(server: Server) -> None:
+    loaded = run_cli("demo", "--profiles", "5", "--db", server.db_path, env={"PORTRAIT_WRITE_KEY": WRITE_KEY})
+    assert loaded.returncode == 0, loaded.stderr
+    status = server.wait_caught_up()
+    assert status["events_received"] > 40 and status["events_rejected"] == 0
+    tail = run_cli("events", "tail", "-n", "3", "--db", server.db_path, "--json",
+                   env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.count('"message_id"') == 3
