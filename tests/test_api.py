@@ -233,3 +233,15 @@ def test_status_reports_lag_until_processed(client: TestClient, portrait: Portra
 def test_openapi_document_lists_the_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/batch" in paths and "/api/profiles/{identity}" in paths and "/api/status" in paths
+
+
+def test_unexpected_failure_is_a_json_500_safe_to_retry(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(portrait, "status", broken)
+    with TestClient(create_app(portrait=portrait), raise_server_exceptions=False) as test_client:
+        response = test_client.get("/api/status", headers=ADMIN)
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error" and "retry" in response.json()["message"]
+    assert "disk on fire" not in response.text

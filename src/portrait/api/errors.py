@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,6 +11,7 @@ from fastapi.responses import Response
 
 from portrait.errors import BadRequest, DatabaseInUse, NotFound, PortraitError, Unauthorized
 
+log = logging.getLogger(__name__)
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, NotFound: 404, DatabaseInUse: 503}
 
 
@@ -23,6 +26,13 @@ def install(app: FastAPI) -> None:
     async def _domain(_: Request, exc: PortraitError) -> Response:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
         return error_response(status, exc.code, exc.message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        # Logged with the traceback by the server; the client learns only that a retry is safe (SDKs re-send on 5xx,
+        # and nothing of the request was committed).
+        log.error("unexpected error while serving a request", exc_info=exc)
+        return error_response(500, "internal_error", "the server could not complete the request; it is safe to retry")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
