@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,8 @@ profiles_app = typer.Typer(help="Look up unified customer profiles.", no_args_is
 events_app = typer.Typer(help="Inspect the event log.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(events_app, name="events")
+import_app = typer.Typer(help="Bring data in from files.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True)
 
@@ -267,6 +270,80 @@ def demo(
     except PortraitError as exc:
         raise _fail(exc) from exc
     console.print(f"Loaded {sent:,} events for {profiles:,} customers.")
+
+
+@import_app.command("events")
+def import_events(
+    file: Annotated[Path, typer.Argument(help="NDJSON, JSON array or Parquet file of Segment-format messages.")],
+    file_format: Annotated[str | None, typer.Option("--format", help="ndjson, json or parquet (default: from the "
+                                                                     "file name).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and check everything, write nothing.")] = False,
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; default "
+                                                               "FILE.rejects.ndjson when there are any).")] = None,
+    db: DbOption = None, url: UrlOption = None,
+    write_key: Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
+                                                  help="Write key, needed with --url or a running server.")] = None,
+) -> None:
+    """Import a file of Segment-format messages (identify, track, page, ...) as the HTTP API takes them.
+
+    Historical timestamps are kept; messages go through the same checks, identity resolution and trait rules as
+    live events. Re-importing the same file adds nothing (messageIds, or ids derived from each message's content).
+    """
+    from portrait.files import detect_format, read_messages
+
+    try:
+        chosen = detect_format(file, file_format)
+        with _backend(db, url, None, write_key) as backend:
+            if not isinstance(backend, Portrait):
+                raise PortraitError("importing through a running server is not supported yet: stop the server, or "
+                                    "send the messages to its /v1/import endpoint")
+            report = _run_import(backend, read_messages(file, chosen), f"import:{file.name}", dry_run,
+                                 rejects or file.with_name(file.name + ".rejects.ndjson"))
+            if not dry_run:
+                backend.process_pending()
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    _print_import_report(report, dry_run)
+
+
+def _run_import(backend: Portrait, chunks: Iterator[list[Any]], source: str, dry_run: bool,
+                rejects_path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {"rows": 0, "stored": 0, "duplicates": 0, "rejected": 0, "by_code": {},
+                              "rejects_file": None}
+    started = time.monotonic()
+    rejects_file = None
+    try:
+        with _progress() as progress:
+            task = progress.add_task("rows", total=None)
+            for chunk in backend.import_messages(chunks, source, dry_run=dry_run):
+                report["rows"] += chunk.rows
+                report["stored"] += chunk.result.accepted
+                report["duplicates"] += chunk.result.duplicates
+                report["rejected"] += len(chunk.rejected)
+                for row, rejection in chunk.rejected:
+                    report["by_code"][rejection.code] = report["by_code"].get(rejection.code, 0) + 1
+                    if rejects_file is None:
+                        rejects_file = rejects_path.open("w", encoding="utf-8")
+                        report["rejects_file"] = str(rejects_path)
+                    rejects_file.write(json.dumps({"row": row, "code": rejection.code, "reason": rejection.reason,
+                                                   "message": rejection.payload}) + "\n")
+                rate = report["rows"] / max(time.monotonic() - started, 1e-9)
+                progress.update(task, completed=report["rows"], description=f"{report['rows']:,} rows, {rate:,.0f}/s")
+    finally:
+        if rejects_file is not None:
+            rejects_file.close()
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def _print_import_report(report: dict[str, Any], dry_run: bool) -> None:
+    verb = "would store" if dry_run else "stored"
+    console.print(f"{report['rows']:,} rows read in {report['seconds']} s: {verb} {report['stored']:,}, "
+                  f"already there {report['duplicates']:,}, rejected {report['rejected']:,}.")
+    for code, count in sorted(report["by_code"].items()):
+        console.print(f"  rejected {code}: {count:,}")
+    if report["rejects_file"]:
+        console.print(f"Rejected rows, with the reason and the row as read: {report['rejects_file']}")
 
 
 def _customers_done(batch: list[dict[str, Any]], total: int) -> int:

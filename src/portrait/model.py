@@ -18,6 +18,7 @@ class Rejection:
     received_at: datetime
     source: str = "default"
     message_id: str | None = None
+    position: int | None = None  # index of the message in its request (or row of its file), when known
 
 
 @dataclass(frozen=True, slots=True, order=True)

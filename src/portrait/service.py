@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,15 @@ from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.writer import EventWriter
+
+
+@dataclass(frozen=True)
+class ImportChunk:
+    """What importing one chunk of a file did: rows read, the ingestion result, rejected rows by number."""
+
+    rows: int
+    result: IngestResult
+    rejected: list[tuple[int, Rejection]]
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,27 @@ class Portrait:
 
         self.writer.submit(EventColumns(), [rejection]).add_done_callback(stored)
         return answer
+
+    def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
+                        ) -> Iterator[ImportChunk]:
+        """Import chunks of Segment-format messages (a file), through the same reading rules as HTTP.
+
+        Yields one result per chunk, with each rejected row's number (1-based, across chunks). With ``dry_run``
+        nothing is written: the messages are only read and checked.
+        """
+        first_row = 1
+        for chunk in chunks:
+            reader = MessageReader(received_at=utc_now(), source=source, ip=None, request=ParsedRequest(chunk),
+                                   limits=self.limits, body_bytes=self.limits.max_message_bytes + 1,
+                                   identity_traits=self.rules.identity_traits)
+            events, rejections = reader.read_all()
+            if dry_run:
+                result = IngestResult(len(events), 0, len(rejections))
+            else:
+                result = self.writer.submit(events, rejections).result()
+            rows = [(first_row + (r.position or 0), r) for r in rejections]
+            yield ImportChunk(len(chunk), result, rows)
+            first_row += len(chunk)
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:

@@ -248,11 +248,11 @@ class MessageReader:
     def read_all(self) -> tuple[EventColumns, list[Rejection]]:
         columns = EventColumns()
         rejections: list[Rejection] = []
-        for message in self.request.messages:
+        for position, message in enumerate(self.request.messages):
             try:
                 self.read(message, columns)
             except Invalid as bad:
-                rejections.append(self._reject(message, bad))
+                rejections.append(self._reject(message, bad, position))
         accepted = len(columns)  # the same for every message of the request: filled in once
         columns.received_at.extend([self.received_at] * accepted)
         columns.source.extend([self.source] * accepted)
@@ -316,12 +316,13 @@ class MessageReader:
         except OverflowError as exc:
             raise Invalid("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew") from exc
 
-    def _reject(self, message: Any, bad: Invalid) -> Rejection:
+    def _reject(self, message: Any, bad: Invalid, position: int) -> Rejection:
         payload = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
         message_id = message.get("messageId") if isinstance(message, dict) else None
         return Rejection(code=bad.code, reason=bad.reason, payload=payload, received_at=self.received_at,
                          source=self.source,
-                         message_id=str(message_id) if isinstance(message_id, str | int) else None)
+                         message_id=str(message_id) if isinstance(message_id, str | int) else None,
+                         position=position)
 
 
 def _check_required(kind: str, user_id: str | None, anonymous_id: str | None, previous_id: str | None,

@@ -1,0 +1,111 @@
+"""`portrait import events`: files of Segment-format messages, through the normal ingestion rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.service import Portrait
+
+runner = CliRunner()
+MESSAGES: list[dict[str, Any]] = [
+    {"type": "identify", "userId": "u1", "traits": {"email": "ann@example.com"}, "timestamp": "2019-05-01T10:00:00Z"},
+    {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 30},
+     "timestamp": "2019-05-02T10:00:00Z"},
+    {"type": "track", "userId": "u1", "timestamp": "2019-05-03T10:00:00Z"},  # no event name: rejected
+    {"type": "track", "anonymousId": "a9", "event": "Product Viewed", "timestamp": "2019-05-04T10:00:00Z"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTRAIT_NO_PROGRESS", "1")
+
+
+def write_ndjson(path: Path, messages: list[Any], extra_lines: tuple[str, ...] = ()) -> Path:
+    lines = [orjson.dumps(m).decode() for m in messages] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def status(db: str) -> dict[str, Any]:
+    return dict(json.loads(runner.invoke(app, ["status", "--db", db, "--json"]).output))
+
+
+def test_ndjson_import_keeps_history_and_lists_rejected_rows(tmp_path: Path) -> None:
+    source = write_ndjson(tmp_path / "events.ndjson", MESSAGES, extra_lines=("{not json",))
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "5 rows read" in result.output and "stored 3" in result.output and "rejected 2" in result.output
+    rejects = [json.loads(line) for line in (tmp_path / "events.ndjson.rejects.ndjson").read_text().splitlines()]
+    assert [(r["row"], r["code"]) for r in rejects] == [(3, "missing_field"), (5, "invalid_message")]
+    assert "{not json" in rejects[1]["message"]
+    service = Portrait(Settings(db_path=db), background=False)
+    events = service.events("email:ann@example.com")["events"]
+    assert [e["timestamp"] for e in events] == ["2019-05-02T10:00:00.000Z", "2019-05-01T10:00:00.000Z"]
+    assert {e["source"] for e in events} == {"import:events.ndjson"}
+    assert {r["code"] for r in service.rejected()["rejected"]} == {"missing_field", "invalid_message"}
+    service.close()
+
+
+def test_reimporting_the_same_file_adds_nothing(tmp_path: Path) -> None:
+    source = write_ndjson(tmp_path / "events.ndjson", MESSAGES[:2])
+    db = str(tmp_path / "p.duckdb")
+    runner.invoke(app, ["import", "events", str(source), "--db", db])
+    again = runner.invoke(app, ["import", "events", str(source), "--db", db])
+    assert "stored 0, already there 2" in again.output
+    assert status(db)["events_received"] == 2
+
+
+def test_dry_run_checks_everything_and_writes_nothing(tmp_path: Path) -> None:
+    source = write_ndjson(tmp_path / "events.ndjson", MESSAGES)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--db", db, "--dry-run",
+                                 "--rejects", str(tmp_path / "bad.ndjson")])
+    assert "would store 3" in result.output and "rejected missing_field: 1" in result.output
+    assert json.loads((tmp_path / "bad.ndjson").read_text())["row"] == 3
+    assert status(db)["events_received"] == 0 and status(db)["events_rejected"] == 0
+
+
+def test_json_array_and_parquet_files(tmp_path: Path) -> None:
+    array = tmp_path / "events.json"
+    array.write_bytes(orjson.dumps(MESSAGES[:2]))
+    table = pa.table({
+        "type": ["track", "identify"], "userId": ["u2", "u2"], "event": ["Product Added", None],
+        "timestamp": pa.array([1_600_000_000_000_000, 1_600_000_100_000_000], pa.timestamp("us")),
+        "properties": [{"sku": "A-1"}, None], "traits": [None, {"plan": "pro"}],
+    })
+    parquet = tmp_path / "events.parquet"
+    pq.write_table(table, parquet)
+    db = str(tmp_path / "p.duckdb")
+    assert runner.invoke(app, ["import", "events", str(array), "--db", db]).exit_code == 0
+    result = runner.invoke(app, ["import", "events", str(parquet), "--db", db])
+    assert "stored 2" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:u2") == {"plan": "pro"}
+    added = service.events("user_id:u2", event="Product Added")["events"][0]
+    assert added["properties"] == {"sku": "A-1"} and added["timestamp"] == "2020-09-13T12:26:40.000Z"
+    service.close()
+
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("events.csv", [], "cannot tell the format"),
+    ("events.ndjson", ["--format", "xml"], "format 'xml' is not one of"),
+    ("missing.ndjson", [], "is not a readable file"),
+])
+def test_bad_files_get_clear_errors(tmp_path: Path, name: str, args: list[str], message: str) -> None:
+    if name != "missing.ndjson":
+        (tmp_path / name).write_text("x")
+    result = runner.invoke(app, ["import", "events", str(tmp_path / name), "--db", str(tmp_path / "p.duckdb"), *args])
+    assert result.exit_code == 1
+    assert message in result.output
