@@ -54,16 +54,20 @@ def _print_generated(generated: dict[str, str]) -> None:
 
 
 @contextmanager
-def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None
-             ) -> Iterator[Backend]:
-    """The local database when it is free, else the server that holds it (with an admin key), else a clear error."""
+def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None, *,
+             background: bool = False) -> Iterator[Backend]:
+    """The local database when it is free, else the server that holds it (with an admin key), else a clear error.
+
+    Locally, pending events are processed first; with ``background`` the processor instead runs beside the command
+    (imports), and the command waits for it to catch up before it ends.
+    """
     settings = _settings(db)
     backend: Backend
     if url:
         backend = RemotePortrait(url, admin_key=admin_key, write_key=write_key)
     else:
         try:
-            backend = Portrait(settings, background=False)
+            backend = Portrait(settings, background=background)
         except DatabaseInUse as exc:
             server = running_server_url(settings.db_path)
             if server is None or not (admin_key or write_key):
@@ -74,9 +78,12 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
             backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
         else:
             _print_generated(backend.generated_keys)
-            backend.process_pending()
+            if not background:
+                backend.process_pending()
     try:
         yield backend
+        if isinstance(backend, Portrait) and background:
+            backend.wait_processed()
     finally:
         backend.close()
 
@@ -293,14 +300,12 @@ def import_events(
 
     try:
         chosen = detect_format(file, file_format)
-        with _backend(db, url, None, write_key) as backend:
+        with _backend(db, url, None, write_key, background=True) as backend:
             if not isinstance(backend, Portrait):
                 raise PortraitError("importing through a running server is not supported yet: stop the server, or "
                                     "send the messages to its /v1/import endpoint")
             report = _run_import(backend, read_messages(file, chosen), f"import:{file.name}", dry_run,
                                  rejects or file.with_name(file.name + ".rejects.ndjson"))
-            if not dry_run:
-                backend.process_pending()
     except PortraitError as exc:
         raise _fail(exc) from exc
     _print_import_report(report, dry_run)

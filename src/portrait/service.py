@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -168,6 +169,11 @@ class Portrait:
     def process_pending(self) -> int:
         """Process the log until caught up, in this thread (for the CLI when no server runs)."""
         return self.processor.drain()
+
+    def wait_processed(self, poll: float = 0.05) -> None:
+        """Block until the background processor has applied every event received so far."""
+        while self.status()["lag"] > 0:
+            time.sleep(poll)
 
     def status(self) -> dict[str, Any]:
         session = self._reads
