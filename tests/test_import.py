@@ -99,13 +99,67 @@ def test_json_array_and_parquet_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "args", "message"), [
-    ("events.csv", [], "cannot tell the format"),
+    ("events.xlsx", [], "cannot tell the format"),
+    ("events.csv", [], "a CSV file holds rows, not messages"),
+    ("events.ndjson", ["--user-id", "cust"], "say which event the rows are"),
     ("events.ndjson", ["--format", "xml"], "format 'xml' is not one of"),
     ("missing.ndjson", [], "is not a readable file"),
 ])
 def test_bad_files_get_clear_errors(tmp_path: Path, name: str, args: list[str], message: str) -> None:
     if name != "missing.ndjson":
-        (tmp_path / name).write_text("x")
+        (tmp_path / name).write_text('{"cust": "1"}\n' if name.endswith(".ndjson") else "cust,x\n1,2\n")
     result = runner.invoke(app, ["import", "events", str(tmp_path / name), "--db", str(tmp_path / "p.duckdb"), *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_csv_rows_become_events_and_profiles(tmp_path: Path) -> None:
+    customers = tmp_path / "crm.csv"
+    customers.write_text("id,mail,first_name,city\n007,Ann@Example.com,Ann,Gdansk\n008,bob@example.com,Bob,\n")
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,day,total\n007,20190105,10.5\n007,20190107,4\n008,20190106,1\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(customers), "--user-id", "id", "--email", "mail",
+                                 "--db", db])
+    assert "stored 2" in result.output, result.output
+    result = runner.invoke(app, ["import", "events", str(orders), "--event", "Order Completed", "--user-id", "cust",
+                                 "--timestamp", "day", "--timestamp-format", "%Y%m%d", "--db", db])
+    assert "stored 3" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    profile = service.profile("email:ann@example.com")
+    assert profile["traits"] == {"first_name": "Ann", "city": "Gdansk", "email": "Ann@Example.com"}
+    assert {"type": "user_id", "value": "007"} in [{k: i[k] for k in ("type", "value")} for i in profile["identities"]]
+    events = service.events("user_id:007", event="Order Completed")["events"]
+    assert [(e["timestamp"][:10], e["properties"]) for e in events] == [
+        ("2019-01-07", {"total": 4}), ("2019-01-05", {"total": 10.5})]
+    service.close()
+
+
+def test_cdnow_purchases_match_a_pandas_computation(tmp_path: Path) -> None:
+    """Real data: the CDNOW log shipped by `lifetimes` (69,659 purchases by 23,570 customers, 1997-1998)."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("lifetimes")
+    assert spec is not None and spec.origin is not None
+    raw = Path(spec.origin).parent / "datasets" / "CDNOW_master.txt"
+    frame = pd.read_csv(raw, sep=r"\s+", dtype={"customer_id": str, "date": str})
+    assert frame.shape == (69_659, 4) and frame["customer_id"].nunique() == 23_570
+    source = tmp_path / "cdnow.csv"
+    frame.to_csv(source, index=False)
+    db = str(tmp_path / "cdnow.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--event", "Order Completed", "--user-id",
+                                 "customer_id", "--timestamp", "date", "--timestamp-format", "%Y%m%d", "--db", db])
+    assert result.exit_code == 0 and "stored 69,659" in result.output, result.output
+    expected = frame.groupby("customer_id").agg(orders=("dollar_value", "size"), revenue=("dollar_value", "sum"),
+                                                first=("date", "min"))
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.status()["profiles"] == 23_570
+    for customer in expected.sample(n=300, random_state=7).index:
+        events = service.events(f"user_id:{customer}", event="Order Completed", limit=1000)["events"]
+        row = expected.loc[customer]
+        assert len(events) == row["orders"], customer
+        assert sum(e["properties"]["dollar_value"] for e in events) == pytest.approx(row["revenue"]), customer
+        assert events[-1]["timestamp"][:10].replace("-", "") == row["first"], customer
+    service.close()

@@ -20,6 +20,7 @@ from rich.table import Table
 from portrait.client import RemotePortrait, remove_server_file, running_server_url, write_server_file
 from portrait.config import Settings, load_settings
 from portrait.errors import DatabaseInUse, PortraitError
+from portrait.mapping import RowMapping
 from portrait.service import Portrait
 
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
@@ -279,23 +280,75 @@ def demo(
     console.print(f"Loaded {sent:,} events for {profiles:,} customers.")
 
 
+FormatOption = Annotated[str | None, typer.Option("--format", help="ndjson, json, parquet or csv (default: from "
+                                                                  "the file name).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Read and check everything, write nothing.")]
+RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; "
+                                                                  "default FILE.rejects.ndjson when there are any).")]
+WriteKeyOption = Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
+                                                    help="Write key, needed with --url or a running server.")]
+Column = Annotated[str | None, typer.Option(help="Column name.")]
+
+
 @import_app.command("events")
 def import_events(
-    file: Annotated[Path, typer.Argument(help="NDJSON, JSON array or Parquet file of Segment-format messages.")],
-    file_format: Annotated[str | None, typer.Option("--format", help="ndjson, json or parquet (default: from the "
-                                                                     "file name).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and check everything, write nothing.")] = False,
-    rejects: Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; default "
-                                                               "FILE.rejects.ndjson when there are any).")] = None,
-    db: DbOption = None, url: UrlOption = None,
-    write_key: Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
-                                                  help="Write key, needed with --url or a running server.")] = None,
+    file: Annotated[Path, typer.Argument(help="NDJSON, JSON array, Parquet or CSV file.")],
+    file_format: FormatOption = None, dry_run: DryRunOption = False, rejects: RejectsOption = None,
+    event: Annotated[str | None, typer.Option(help="Event name for every row (rows mode).")] = None,
+    event_column: Annotated[str | None, typer.Option(help="Column holding the event name (rows mode).")] = None,
+    user_id: Annotated[str | None, typer.Option(help="Column holding the user id (rows mode).")] = None,
+    anonymous_id: Column = None, email: Column = None, phone: Column = None,
+    timestamp: Annotated[str | None, typer.Option(help="Column holding the event time (rows mode).")] = None,
+    timestamp_format: Annotated[str | None, typer.Option(help="strptime format of the time column when it is not "
+                                                                   "ISO-8601, e.g. %Y%m%d.")] = None,
+    message_id: Annotated[str | None, typer.Option(help="Column with a unique id per row (rows mode).")] = None,
+    properties: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties "
+                                                        "(default: every column not used otherwise).")] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    db: DbOption = None, url: UrlOption = None, write_key: WriteKeyOption = None,
 ) -> None:
-    """Import a file of Segment-format messages (identify, track, page, ...) as the HTTP API takes them.
+    """Import events from a file: Segment-format messages as they are, or rows described by column options.
 
-    Historical timestamps are kept; messages go through the same checks, identity resolution and trait rules as
-    live events. Re-importing the same file adds nothing (messageIds, or ids derived from each message's content).
+    Without column options the file holds Segment messages (identify, track, page, ...) as the HTTP API takes
+    them. With them (and always for CSV), each row becomes a track event. Historical timestamps are kept;
+    everything goes through the same checks, identity resolution and trait rules as live events. Re-importing the
+    same file adds nothing.
     """
+    mapping = _row_mapping("events", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
+                           event=event, event_column=event_column, timestamp=timestamp,
+                           timestamp_format=timestamp_format, message_id=message_id, fields=properties)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, write_key)
+
+
+@import_app.command("profiles")
+def import_profiles(
+    file: Annotated[Path, typer.Argument(help="CSV, Parquet, NDJSON or JSON array file, one customer per row.")],
+    file_format: FormatOption = None, dry_run: DryRunOption = False, rejects: RejectsOption = None,
+    user_id: Column = None, anonymous_id: Column = None, email: Column = None, phone: Column = None,
+    timestamp: Annotated[str | None, typer.Option(help="Column with the time the row's values are from "
+                                                       "(default: now).")] = None,
+    timestamp_format: Annotated[str | None, typer.Option(help="strptime format of the time column.")] = None,
+    traits: Annotated[str | None, typer.Option(help="Comma-separated columns that become traits (default: every "
+                                                    "column not used otherwise).")] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    db: DbOption = None, url: UrlOption = None, write_key: WriteKeyOption = None,
+) -> None:
+    """Import customers (a CRM export): each row becomes an identify with its columns as traits."""
+    mapping = _row_mapping("profiles", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
+                           timestamp=timestamp, timestamp_format=timestamp_format, fields=traits, force=True)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, write_key)
+
+
+def _row_mapping(kind: str, *, fields: str | None, force: bool = False, **columns: Any) -> RowMapping | None:
+    """A mapping when any column option is given (always for profiles); None means the rows are messages."""
+    if not force and fields is None and not any(columns.values()):
+        return None
+    names = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields is not None else None
+    return RowMapping(kind, fields=names, **columns)
+
+
+def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str, dry_run: bool,
+            rejects: Path | None, db: str | None, url: str | None, write_key: str | None) -> None:
     from portrait.files import detect_format, read_messages
 
     try:
@@ -304,7 +357,8 @@ def import_events(
             if not isinstance(backend, Portrait):
                 raise PortraitError("importing through a running server is not supported yet: stop the server, or "
                                     "send the messages to its /v1/import endpoint")
-            report = _run_import(backend, read_messages(file, chosen), f"import:{file.name}", dry_run,
+            chunks = read_messages(file, chosen, mapping, delimiter=delimiter)
+            report = _run_import(backend, chunks, f"import:{file.name}", dry_run,
                                  rejects or file.with_name(file.name + ".rejects.ndjson"))
     except PortraitError as exc:
         raise _fail(exc) from exc

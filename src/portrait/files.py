@@ -1,23 +1,29 @@
-"""Reading files of Segment-format messages: NDJSON, a JSON array, or Parquet (one message per row).
+"""Reading import files in chunks: NDJSON, a JSON array, Parquet or CSV.
 
-Files are read in chunks so an import of millions of rows runs in bounded memory. Messages without a messageId get
-one derived from their content (``import-<sha1 of the message>``), so importing the same file twice adds nothing.
+Either the rows are Segment-format messages already (``read_messages``), or they are plain rows that a
+:class:`portrait.mapping.RowMapping` turns into messages (``read_rows``). Files are read in chunks so an import of
+millions of rows runs in bounded memory. Messages without a messageId get one derived from their content
+(:class:`portrait.mapping.MessageIds`), so importing the same file twice adds nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from portrait.errors import BadRequest
+from portrait.mapping import MessageIds, RowMapping, rows_to_messages
 
-FORMATS = ("ndjson", "json", "parquet")
-_SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("ndjson", "json", "parquet", "csv")
+_SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+             ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 
 
 def detect_format(path: Path, given: str | None = None) -> str:
@@ -32,15 +38,28 @@ def detect_format(path: Path, given: str | None = None) -> str:
     return found
 
 
-def read_messages(path: Path, file_format: str, chunk_rows: int = 10_000) -> Iterator[list[Any]]:
-    """Chunks of raw messages, in file order. An NDJSON line that is not JSON comes through as a string saying so,
-    which the message reader rejects (``invalid_message``) with that text as what was sent."""
+def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *, delimiter: str = ",",
+                  chunk_rows: int = 10_000) -> Iterator[list[Any]]:
+    """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
+
+    An NDJSON line that is not JSON comes through as a string saying so, which the message reader rejects
+    (``invalid_message``) with that text as what was sent.
+    """
     if not path.is_file():
         raise BadRequest(f"{path} is not a readable file", code="file_not_found")
-    readers = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}
+    if file_format == "csv" and mapping is None:
+        raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, --event, "
+                         "--timestamp)", code="invalid_mapping")
+    if file_format == "csv":
+        rows: Iterator[Any] = _csv(path, delimiter, mapping.text_columns() if mapping else [])
+    else:
+        rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
+    if mapping is not None:
+        rows = _mapped(rows, mapping)
+    ids = MessageIds()
     chunk: list[Any] = []
-    for message in readers[file_format](path):
-        chunk.append(with_message_id(message))
+    for message in rows:
+        chunk.append(ids.assign(message))
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = []
@@ -48,12 +67,26 @@ def read_messages(path: Path, file_format: str, chunk_rows: int = 10_000) -> Ite
         yield chunk
 
 
+def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:
+    first = next(rows, None)
+    if first is None:
+        return
+    if not isinstance(first, dict):
+        raise BadRequest("the file's rows are not objects, so they cannot be mapped", code="invalid_mapping")
+    mapping.check(first.keys())
+    yield from rows_to_messages(itertools.chain([first], rows), mapping)
 
-def with_message_id(message: Any) -> Any:
-    if isinstance(message, dict) and not message.get("messageId"):
-        digest = hashlib.sha1(orjson.dumps(message, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
-        return {**message, "messageId": f"import-{digest.hexdigest()}"}
-    return message
+
+def _csv(path: Path, delimiter: str, text_columns: list[str]) -> Iterator[dict[str, Any]]:
+    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=True)
+    try:
+        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                                 convert_options=options, read_options=pa_csv.ReadOptions(block_size=1 << 22))
+        for batch in reader:
+            yield from batch.to_pylist()
+    except pa.ArrowInvalid as exc:
+        raise BadRequest(f"{path.name} is not CSV we can read: {exc}", code="invalid_csv") from exc
+
 
 
 def _ndjson(path: Path) -> Iterator[Any]:
