@@ -245,3 +245,26 @@ def test_unexpected_failure_is_a_json_500_safe_to_retry(portrait: Portrait, monk
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error" and "retry" in response.json()["message"]
     assert "disk on fire" not in response.text
+
+
+def test_import_upload_maps_rows_and_reports(client: TestClient, portrait: Portrait) -> None:
+    body = b"cust,day,total\n007,20190105,10.5\n,20190106,3\n"
+    response = client.post("/api/imports", headers=ADMIN, content=body, params={
+        "filename": "orders.csv", "event": "Order Completed", "user_id": "cust", "timestamp": "day",
+        "timestamp_format": "%Y%m%d"})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["rows"], report["stored"], report["rejected"]) == (2, 1, 1)
+    assert report["first_rejected"][0]["row"] == 2 and report["first_rejected"][0]["code"] == "missing_identity"
+    portrait.process_pending()
+    assert portrait.events("user_id:007")["events"][0]["properties"] == {"total": 10.5}
+
+
+@pytest.mark.parametrize(("params", "code"), [
+    ({"filename": "x.csv"}, "invalid_mapping"),
+    ({"filename": "x.xlsx"}, "invalid_format"),
+    ({"filename": "x.csv", "kind": "payments"}, "invalid_request"),
+])
+def test_import_upload_errors(client: TestClient, params: dict[str, str], code: str) -> None:
+    response = client.post("/api/imports", headers=ADMIN, content=b"a,b\n1,2\n", params=params)
+    assert response.status_code == 400 and response.json()["code"] == code

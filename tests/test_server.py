@@ -144,3 +144,16 @@ def test_demo_loads_through_a_running_server(server: Server) -> None:
                    env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
     assert tail.returncode == 0, tail.stderr
     assert tail.stdout.count('"message_id"') == 3
+
+
+def test_cli_import_goes_through_a_running_server(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text("id,mail,plan\n1,ann@example.com,pro\n2,,free\n")
+    imported = run_cli("import", "profiles", str(source), "--user-id", "id", "--email", "mail", "--db",
+                       server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert imported.returncode == 0, imported.stderr
+    assert "stored 2" in imported.stdout
+    server.wait_caught_up()
+    with server.admin() as admin:
+        assert admin.get("/api/profiles/email:ann@example.com/traits").json() == {
+            "plan": "pro", "email": "ann@example.com"}

@@ -285,8 +285,6 @@ FormatOption = Annotated[str | None, typer.Option("--format", help="ndjson, json
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Read and check everything, write nothing.")]
 RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; "
                                                                   "default FILE.rejects.ndjson when there are any).")]
-WriteKeyOption = Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
-                                                    help="Write key, needed with --url or a running server.")]
 Column = Annotated[str | None, typer.Option(help="Column name.")]
 
 
@@ -305,7 +303,7 @@ def import_events(
     properties: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties "
                                                         "(default: every column not used otherwise).")] = None,
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
-    db: DbOption = None, url: UrlOption = None, write_key: WriteKeyOption = None,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import events from a file: Segment-format messages as they are, or rows described by column options.
 
@@ -317,7 +315,7 @@ def import_events(
     mapping = _row_mapping("events", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
                            event=event, event_column=event_column, timestamp=timestamp,
                            timestamp_format=timestamp_format, message_id=message_id, fields=properties)
-    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, write_key)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
 
 
 @import_app.command("profiles")
@@ -331,12 +329,12 @@ def import_profiles(
     traits: Annotated[str | None, typer.Option(help="Comma-separated columns that become traits (default: every "
                                                     "column not used otherwise).")] = None,
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
-    db: DbOption = None, url: UrlOption = None, write_key: WriteKeyOption = None,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import customers (a CRM export): each row becomes an identify with its columns as traits."""
     mapping = _row_mapping("profiles", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
                            timestamp=timestamp, timestamp_format=timestamp_format, fields=traits, force=True)
-    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, write_key)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
 
 
 def _row_mapping(kind: str, *, fields: str | None, force: bool = False, **columns: Any) -> RowMapping | None:
@@ -348,61 +346,76 @@ def _row_mapping(kind: str, *, fields: str | None, force: bool = False, **column
 
 
 def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str, dry_run: bool,
-            rejects: Path | None, db: str | None, url: str | None, write_key: str | None) -> None:
-    from portrait.files import detect_format, read_messages
-
+            rejects: Path | None, db: str | None, url: str | None, admin_key: str | None) -> None:
+    rejects_path = rejects or file.with_name(file.name + ".rejects.ndjson")
     try:
-        chosen = detect_format(file, file_format)
-        with _backend(db, url, None, write_key, background=True) as backend:
+        with _backend(db, url, admin_key, background=True) as backend:
             if not isinstance(backend, Portrait):
-                raise PortraitError("importing through a running server is not supported yet: stop the server, or "
-                                    "send the messages to its /v1/import endpoint")
-            chunks = read_messages(file, chosen, mapping, delimiter=delimiter)
-            report = _run_import(backend, chunks, f"import:{file.name}", dry_run,
-                                 rejects or file.with_name(file.name + ".rejects.ndjson"))
+                _import_through_server(backend, file, file_format, mapping, delimiter, dry_run, rejects_path)
+                return
+            with _RejectsFile(rejects_path) as rejected, _progress() as progress:
+                task = progress.add_task("rows", total=None)
+                started = time.monotonic()
+
+                def show(rows: int) -> None:
+                    rate = rows / max(time.monotonic() - started, 1e-9)
+                    progress.update(task, completed=rows, description=f"{rows:,} rows, {rate:,.0f}/s")
+
+                report = backend.import_file(file, file_format, mapping, delimiter=delimiter, dry_run=dry_run,
+                                             on_rejected=rejected.write, on_progress=show)
     except PortraitError as exc:
         raise _fail(exc) from exc
-    _print_import_report(report, dry_run)
+    _print_import_report(report.as_dict(), dry_run, rejects_path if report.rejected else None)
 
 
-def _run_import(backend: Portrait, chunks: Iterator[list[Any]], source: str, dry_run: bool,
-                rejects_path: Path) -> dict[str, Any]:
-    report: dict[str, Any] = {"rows": 0, "stored": 0, "duplicates": 0, "rejected": 0, "by_code": {},
-                              "rejects_file": None}
-    started = time.monotonic()
-    rejects_file = None
-    try:
-        with _progress() as progress:
-            task = progress.add_task("rows", total=None)
-            for chunk in backend.import_messages(chunks, source, dry_run=dry_run):
-                report["rows"] += chunk.rows
-                report["stored"] += chunk.result.accepted
-                report["duplicates"] += chunk.result.duplicates
-                report["rejected"] += len(chunk.rejected)
-                for row, rejection in chunk.rejected:
-                    report["by_code"][rejection.code] = report["by_code"].get(rejection.code, 0) + 1
-                    if rejects_file is None:
-                        rejects_file = rejects_path.open("w", encoding="utf-8")
-                        report["rejects_file"] = str(rejects_path)
-                    rejects_file.write(json.dumps({"row": row, "code": rejection.code, "reason": rejection.reason,
-                                                   "message": rejection.payload}) + "\n")
-                rate = report["rows"] / max(time.monotonic() - started, 1e-9)
-                progress.update(task, completed=report["rows"], description=f"{report['rows']:,} rows, {rate:,.0f}/s")
-    finally:
-        if rejects_file is not None:
-            rejects_file.close()
-    report["seconds"] = round(time.monotonic() - started, 2)
-    return report
+def _import_through_server(backend: RemotePortrait, file: Path, file_format: str | None,
+                           mapping: RowMapping | None, delimiter: str, dry_run: bool, rejects_path: Path) -> None:
+    if not file.is_file():
+        raise PortraitError(f"{file} is not a readable file")
+    params: dict[str, Any] = {"filename": file.name, "format": file_format, "dry_run": dry_run,
+                              "delimiter": delimiter}
+    if mapping is not None:
+        params.update({k: v for k, v in vars(mapping).items() if k not in ("fields", "identifier_columns")})
+        params["fields"] = ",".join(mapping.fields) if mapping.fields is not None else None
+    console.print(f"Sending {file.name} to {backend.url} ...")
+    report = backend.import_file(file, params)
+    with _RejectsFile(rejects_path) as rejected:
+        for record in report["first_rejected"]:
+            rejected.write(record)
+    if report["rejected"] > len(report["first_rejected"]):
+        console.print(f"(the first {len(report['first_rejected'])} rejected rows are in the rejects file; all are "
+                      "listed by `portrait events rejected`)")
+    _print_import_report(report, dry_run, rejects_path if report["rejected"] else None)
 
 
-def _print_import_report(report: dict[str, Any], dry_run: bool) -> None:
+class _RejectsFile:
+    """Rejected rows as NDJSON, created only when there is a first one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> _RejectsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("w", encoding="utf-8")
+        self._handle.write(json.dumps(record) + "\n")
+
+
+def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Path | None) -> None:
     verb = "would store" if dry_run else "stored"
     console.print(f"{report['rows']:,} rows read in {report['seconds']} s: {verb} {report['stored']:,}, "
                   f"already there {report['duplicates']:,}, rejected {report['rejected']:,}.")
     for code, count in sorted(report["by_code"].items()):
         console.print(f"  rejected {code}: {count:,}")
-    if report["rejects_file"]:
-        console.print(f"Rejected rows, with the reason and the row as read: {report['rejects_file']}")
+    if rejects_path:
+        console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
 
 
 def _customers_done(batch: list[dict[str, Any]], total: int) -> int:

@@ -74,6 +74,18 @@ class RemotePortrait:
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._get("/api/events/recent", {"after": after_seq, "limit": limit})["events"])
 
+    def import_file(self, path: Path, params: dict[str, Any]) -> dict[str, Any]:
+        """POST a file to /api/imports (streamed) and return the server's report."""
+        if not self._admin:
+            raise Unauthorized("an admin key is needed to import through the server: set PORTRAIT_ADMIN_KEY or "
+                               "--admin-key")
+        with path.open("rb") as handle:
+            response = self._http.post("/api/imports", content=handle, timeout=None,
+                                       params={k: v for k, v in params.items() if v is not None},
+                                       headers={"Authorization": f"Bearer {self._admin}",
+                                                "Content-Type": "application/octet-stream"})
+        return dict(_checked(response))
+
     def send_batch(self, messages: list[dict[str, Any]]) -> None:
         if not self._write:
             raise Unauthorized("a write key is needed to send events: set PORTRAIT_WRITE_KEY or --write-key")

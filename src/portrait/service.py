@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,8 +18,10 @@ import orjson
 from portrait import sql
 from portrait.config import Settings
 from portrait.errors import BadRequest, NotFound
+from portrait.files import detect_format, read_messages
 from portrait.identity import IdentityRules
 from portrait.keys import ApiKey, KeyRing
+from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
 from portrait.spec import (
@@ -35,6 +39,22 @@ from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.writer import EventWriter
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, with a dry run, would do)."""
+
+    rows: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    first_rejected: list[dict[str, Any]] = field(default_factory=list)  # up to 100, with row numbers
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,30 @@ class Portrait:
 
         self.writer.submit(EventColumns(), [rejection]).add_done_callback(stored)
         return answer
+
+    def import_file(self, path: Path, file_format: str | None = None, mapping: RowMapping | None = None, *,
+                    delimiter: str = ",", source: str | None = None, dry_run: bool = False,
+                    on_rejected: Callable[[dict[str, Any]], None] = lambda row: None,
+                    on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
+        """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
+        chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter)
+        report = ImportReport()
+        started = time.monotonic()
+        for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
+            report.rows += chunk.rows
+            report.stored += chunk.result.accepted
+            report.duplicates += chunk.result.duplicates
+            report.rejected += len(chunk.rejected)
+            for row, rejection in chunk.rejected:
+                report.by_code[rejection.code] = report.by_code.get(rejection.code, 0) + 1
+                record = {"row": row, "code": rejection.code, "reason": rejection.reason,
+                          "message": rejection.payload}
+                if len(report.first_rejected) < 100:
+                    report.first_rejected.append(record)
+                on_rejected(record)
+            on_progress(report.rows)
+        report.seconds = round(time.monotonic() - started, 2)
+        return report
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.errors import Unauthorized
+from portrait.mapping import RowMapping
 from portrait.service import Portrait
 
 
@@ -62,6 +65,37 @@ def router(portrait: Portrait) -> APIRouter:
     @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)")
     async def recent(after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         return {"events": await run_in_threadpool(portrait.recent_events, after, limit)}
+
+    @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
+    async def imports(
+        request: Request,
+        filename: Annotated[str, Query(description="The file's name; its ending tells the format.")],
+        kind: Annotated[str, Query(pattern="^(events|profiles)$")] = "events",
+        format: str | None = None,
+        dry_run: bool = False,
+        event: str | None = None, event_column: str | None = None, user_id: str | None = None,
+        anonymous_id: str | None = None, email: str | None = None, phone: str | None = None,
+        timestamp: str | None = None, timestamp_format: str | None = None, message_id: str | None = None,
+        fields: Annotated[str | None, Query(description="Comma-separated property/trait columns.")] = None,
+        delimiter: str = ",",
+    ) -> dict[str, Any]:
+        columns: dict[str, Any] = {"user_id": user_id, "anonymous_id": anonymous_id, "email": email, "phone": phone,
+                                   "event": event, "event_column": event_column, "timestamp": timestamp,
+                                   "timestamp_format": timestamp_format, "message_id": message_id}
+        mapping = None
+        if kind == "profiles" or fields is not None or any(columns.values()):
+            names = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields is not None else None
+            mapping = RowMapping(kind, fields=names, **columns)
+        name = Path(filename).name or "upload"
+        with tempfile.TemporaryDirectory(prefix="portrait-import-") as folder:
+            upload = Path(folder) / name
+            with upload.open("wb") as handle:  # streamed: a large file never sits in memory
+                async for chunk in request.stream():
+                    handle.write(chunk)
+            report = await run_in_threadpool(
+                lambda: portrait.import_file(upload, format, mapping, delimiter=delimiter, dry_run=dry_run,
+                                             source=f"import:{name}"))
+        return report.as_dict()
 
     return api
 
