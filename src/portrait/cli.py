@@ -31,6 +31,8 @@ app.add_typer(profiles_app, name="profiles")
 app.add_typer(events_app, name="events")
 import_app = typer.Typer(help="Bring data in from files.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+attributes_app = typer.Typer(help="The profile attribute registry.", no_args_is_help=True)
+app.add_typer(attributes_app, name="attributes")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True)
 
@@ -416,6 +418,104 @@ def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Pa
         console.print(f"  rejected {code}: {count:,}")
     if rejects_path:
         console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
+
+
+@attributes_app.command("list")
+def attributes_list(
+    kind: Annotated[str, typer.Option("--kind", help="all, standard or custom.")] = "all",
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """The attributes, as in the console's Profile Attributes dashboard."""
+    if kind not in ("all", "standard", "custom"):
+        raise _fail(PortraitError("--kind must be all, standard or custom"))
+    standard = None if kind == "all" else kind == "standard"
+    try:
+        with _backend(db, url, admin_key) as backend:
+            rows = (backend.attributes.list(standard=standard) if isinstance(backend, Portrait)
+                    else backend.attributes_list(standard))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data={"attributes": rows})
+        return
+    table = Table("Code", "Attribute", "Description", "Type", "Is Personal Info", "Calculate Analytics", "Unit",
+                  "Calculated", "Standard", "Status", title="Profile attributes")
+    for a in rows:
+        table.add_row(a["code"], a["name"], a["description"], a["type"], _yes(a["is_personal_info"]),
+                      _yes(a["calculate_analytics"]), a["unit"] or "", _yes(a["calculated"]), _yes(a["standard"]),
+                      a["status"])
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@attributes_app.command("show")
+def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
+    """One attribute, with how many profiles have a value."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            attribute = (backend.attributes.get(code) if isinstance(backend, Portrait) else backend.attribute(code))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print_json(data=attribute)
+
+
+@attributes_app.command("create")
+def attributes_create(
+    code: Annotated[str, typer.Argument(help="snake_case code, e.g. loyalty_tier")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    attribute_type: Annotated[str, typer.Option("--type", help="string, integer, number, boolean, date, datetime, "
+                                                               "enum, list or object.")] = "string",
+    description: Annotated[str, typer.Option(help="What it means.")] = "",
+    unit: Annotated[str | None, typer.Option(help="Unit, e.g. EUR or days.")] = None,
+    personal: Annotated[bool, typer.Option("--personal/--not-personal", help="Personal information?")] = False,
+    analytics: Annotated[bool, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Define a custom attribute."""
+    fields = {"code": code, "name": name, "type": attribute_type, "description": description, "unit": unit,
+              "is_personal_info": personal, "calculate_analytics": analytics}
+    try:
+        with _backend(db, url, admin_key) as backend:
+            created = (backend.attributes.create(fields) if isinstance(backend, Portrait)
+                       else backend.attribute_create(fields))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Created attribute {created['code']} ({created['type']}).")
+
+
+@attributes_app.command("update")
+def attributes_update(
+    code: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    description: Annotated[str | None, typer.Option(help="What it means.")] = None,
+    unit: Annotated[str | None, typer.Option(help="Unit.")] = None,
+    personal: Annotated[bool | None, typer.Option("--personal/--not-personal", help="Personal information?")
+                        ] = None,
+    analytics: Annotated[bool | None, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")
+                         ] = None,
+    deprecate: Annotated[bool, typer.Option("--deprecate", help="Mark deprecated (values are kept).")] = False,
+    activate: Annotated[bool, typer.Option("--activate", help="Mark active again.")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Change an attribute's name, description, unit or flags, or deprecate it."""
+    changes: dict[str, Any] = {k: v for k, v in {"name": name, "description": description, "unit": unit,
+                                                  "is_personal_info": personal,
+                                                  "calculate_analytics": analytics}.items() if v is not None}
+    if deprecate or activate:
+        changes["status"] = "deprecated" if deprecate else "active"
+    try:
+        if not changes:
+            raise PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
+                                "--deprecate or --activate")
+        with _backend(db, url, admin_key) as backend:
+            updated = (backend.attributes.update(code, changes) if isinstance(backend, Portrait)
+                       else backend.attribute_update(code, changes))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Updated attribute {updated['code']}: {', '.join(sorted(changes))}.")
 
 
 def _customers_done(batch: list[dict[str, Any]], total: int) -> int:

@@ -74,6 +74,24 @@ class RemotePortrait:
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._get("/api/events/recent", {"after": after_seq, "limit": limit})["events"])
 
+    def attributes_list(self, standard: bool | None = None) -> list[dict[str, Any]]:
+        return list(self._get("/api/attributes", {"standard": standard})["attributes"])
+
+    def attribute(self, code: str) -> dict[str, Any]:
+        return dict(self._get(f"/api/attributes/{code}"))
+
+    def attribute_create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._send("POST", "/api/attributes", fields))
+
+    def attribute_update(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._send("PATCH", f"/api/attributes/{code}", changes))
+
+    def _send(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        if not self._admin:
+            raise Unauthorized("an admin key is needed: set PORTRAIT_ADMIN_KEY or --admin-key")
+        response = self._http.request(method, path, json=body, headers={"Authorization": f"Bearer {self._admin}"})
+        return _checked(response)
+
     def import_file(self, path: Path, params: dict[str, Any]) -> dict[str, Any]:
         """POST a file to /api/imports (streamed) and return the server's report."""
         if not self._admin:
@@ -94,7 +112,7 @@ class RemotePortrait:
 
 
 def _checked(response: httpx.Response) -> Any:
-    if response.status_code == 200:
+    if response.status_code in (200, 201):
         return response.json()
     try:
         body = response.json()

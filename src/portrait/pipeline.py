@@ -237,7 +237,9 @@ class Processor:
             }), q.INSERT_CONFLICTS)
         session.execute(q.INSERT_EVENT_PROFILES)
         if traits:
-            session.execute(q.UPSERT_TRAITS, [lo, hi])
+            session.execute(q.STAGE_TRAITS, [lo, hi])
+            session.execute(q.UPSERT_TRAITS)
+            session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
 

@@ -24,6 +24,7 @@ from portrait.keys import ApiKey, KeyRing
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
+from portrait.registry import AttributeRegistry
 from portrait.spec import (
     EventColumns,
     Limits,
@@ -90,6 +91,8 @@ class Portrait:
         self._sessions: list[Session] = []
         self._sessions_lock = threading.Lock()
         self.keys = KeyRing(self._reads)
+        self.attributes = AttributeRegistry(lambda: self._reads)
+        self.attributes.seed()
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
         self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size)
         self._processor_thread = ProcessorThread(self.processor, self.store) if background else None

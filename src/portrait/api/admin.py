@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.errors import Unauthorized
@@ -65,6 +65,23 @@ def router(portrait: Portrait) -> APIRouter:
     @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)")
     async def recent(after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         return {"events": await run_in_threadpool(portrait.recent_events, after, limit)}
+
+    @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes")
+    async def attributes(standard: bool | None = None, status: str | None = None) -> dict[str, Any]:
+        return {"attributes": await run_in_threadpool(lambda: portrait.attributes.list(standard=standard,
+                                                                                       status=status))}
+
+    @api.get("/attributes/{code}", summary="One attribute, with how many profiles have a value")
+    async def attribute(code: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.attributes.get, code)
+
+    @api.post("/attributes", summary="Define a custom attribute", status_code=201)
+    async def create_attribute(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.attributes.create, payload)
+
+    @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
+    async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.attributes.update, code, payload)
 
     @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
     async def imports(

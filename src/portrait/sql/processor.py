@@ -167,14 +167,43 @@ INSERT_EVENT_PROFILES = parse("""
 INSERT INTO event_profiles (seq, profile_id, timestamp, event_type, event)
 SELECT a.seq, a.profile_id, b.timestamp, b.type, b.event FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq
 """)
+# Trait names become attribute codes (attributes.code_for, in SQL): camelCase -> snake_case, one level of nesting
+# flattened with "_" (address.city -> address_city). Params: lo, hi.
+_CODE = ("trim(regexp_replace(lower(regexp_replace({0}, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')), "
+         "'[^a-z0-9_]+', '_', 'g'), '_')")
+STAGE_TRAITS = parse(f"""
+CREATE OR REPLACE TEMP TABLE b_traits AS
+WITH top AS (
+    SELECT a.profile_id, e.timestamp, e.seq, j.key, j.value, j.type
+    FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j
+    WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify'
+), flat AS (
+    SELECT profile_id, timestamp, seq, key, value, type FROM top WHERE type <> 'OBJECT'
+    UNION ALL
+    SELECT t.profile_id, t.timestamp, t.seq, t.key || '.' || n.key, n.value, n.type
+    FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
+)
+SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type FROM flat
+WHERE {_CODE.format('key')} <> ''
+""")
 UPSERT_TRAITS = parse(
     "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
-    "SELECT a.profile_id, j.key, arg_max_null(CASE WHEN j.type = 'NULL' THEN NULL ELSE j.value END, "
-    "(e.timestamp, e.seq)), max(e.timestamp), arg_max(e.seq, (e.timestamp, e.seq)) "
-    "FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j "
-    "WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify' GROUP BY a.profile_id, j.key "
+    "SELECT profile_id, code, arg_max_null(CASE WHEN type = 'NULL' THEN NULL ELSE value END, (timestamp, seq)), "
+    "max(timestamp), arg_max(seq, (timestamp, seq)) FROM b_traits GROUP BY profile_id, code "
     + _NEWER
 )
+# A trait no attribute describes yet becomes a custom attribute, typed from its first value (policy "infer").
+# Params: created-at time (twice).
+AUTO_CREATE_ATTRIBUTES = parse("""
+INSERT INTO attributes (code, name, type, description, standard, auto_created, created_at, updated_at)
+SELECT code, code, CASE arg_min(type, seq) WHEN 'BIGINT' THEN 'integer' WHEN 'UBIGINT' THEN 'integer'
+                         WHEN 'DOUBLE' THEN 'number' WHEN 'BOOLEAN' THEN 'boolean' WHEN 'ARRAY' THEN 'list'
+                         ELSE 'string' END,
+       'Created automatically from incoming traits', FALSE, TRUE, ?, ?
+FROM b_traits WHERE type <> 'NULL' AND code NOT IN (SELECT code FROM attributes)
+GROUP BY code
+ON CONFLICT DO NOTHING
+""")
 # Events none of whose identifiers is usable (all empty or blocked) are kept in the log and listed as rejected.
 # Params: processed-at time.
 REJECT_UNIDENTIFIED = parse("""
@@ -186,7 +215,7 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 """)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
-    "DROP TABLE IF EXISTS b_assign"
+    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
 # Params: processed-at time, reason, seq.

@@ -116,6 +116,27 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    2: parse_many(
+        """
+        CREATE TABLE IF NOT EXISTS attributes (
+            code VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            description VARCHAR NOT NULL DEFAULT '',
+            unit VARCHAR,
+            is_personal_info BOOLEAN NOT NULL DEFAULT FALSE,
+            calculate_analytics BOOLEAN NOT NULL DEFAULT FALSE,
+            calculated BOOLEAN NOT NULL DEFAULT FALSE,
+            standard BOOLEAN NOT NULL DEFAULT FALSE,
+            merge_strategy VARCHAR NOT NULL DEFAULT 'latest',
+            validation VARCHAR NOT NULL DEFAULT '{}',
+            status VARCHAR NOT NULL DEFAULT 'active',
+            auto_created BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

@@ -1,0 +1,108 @@
+"""The attribute registry's rules (pure): standard attributes, codes for incoming trait names, type inference.
+
+Every profile attribute has a stable snake_case **code**. Incoming Segment traits are mapped onto codes: camelCase
+becomes snake_case (``firstName`` -> ``first_name``) and one level of nesting is flattened with ``_``
+(``address.city`` -> ``address_city``). The same mapping runs in the processor's SQL (``sql.processor``) and here,
+for lookups; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from portrait.errors import BadRequest
+
+TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "enum", "list", "object")
+MERGE_STRATEGIES = ("latest", "earliest", "max", "min", "sum", "union")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_NOT_CODE = re.compile(r"[^a-z0-9_]+")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def code_for(name: str) -> str:
+    """The attribute code of a trait name: ``firstName`` -> ``first_name``, ``address.city`` -> ``address_city``."""
+    snake = _CAMEL.sub(r"\1_\2", name.strip()).lower()
+    return _NOT_CODE.sub("_", snake).strip("_")
+
+
+def check_code(code: str) -> str:
+    if not _CODE.match(code):
+        raise BadRequest(f"attribute code {code!r} must be snake_case: a letter, then letters, digits or _ "
+                         "(at most 63)", code="invalid_attribute")
+    return code
+
+
+def infer_type(json_type: str) -> str:
+    """The attribute type for a value first seen with this JSON type (DuckDB's json_type names)."""
+    return {"VARCHAR": "string", "BIGINT": "integer", "UBIGINT": "integer", "DOUBLE": "number",
+            "BOOLEAN": "boolean", "ARRAY": "list", "OBJECT": "object"}.get(json_type, "string")
+
+
+@dataclass
+class Attribute:
+    """One profile attribute: what it means and how it is treated."""
+
+    code: str
+    name: str
+    type: str = "string"
+    description: str = ""
+    unit: str | None = None
+    is_personal_info: bool = False
+    calculate_analytics: bool = False
+    calculated: bool = False
+    standard: bool = False
+    merge_strategy: str = "latest"
+    validation: dict[str, Any] = field(default_factory=dict)
+    status: str = "active"
+    auto_created: bool = False
+
+    def checked(self) -> Attribute:
+        check_code(self.code)
+        if self.type not in TYPES:
+            raise BadRequest(f"type {self.type!r} is not one of {', '.join(TYPES)}", code="invalid_attribute")
+        if self.merge_strategy not in MERGE_STRATEGIES:
+            raise BadRequest(f"merge strategy {self.merge_strategy!r} is not one of {', '.join(MERGE_STRATEGIES)}",
+                             code="invalid_attribute")
+        if self.status not in ("active", "deprecated"):
+            raise BadRequest("status must be active or deprecated", code="invalid_attribute")
+        if not self.name.strip():
+            raise BadRequest("an attribute needs a name", code="invalid_attribute")
+        return self
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _std(code: str, name: str, kind: str = "string", description: str = "", *, pii: bool = False,
+         analytics: bool = True, unit: str | None = None) -> Attribute:
+    return Attribute(code, name, kind, description, unit, is_personal_info=pii, calculate_analytics=analytics,
+                     standard=True)
+
+
+STANDARD: tuple[Attribute, ...] = (
+    _std("first_name", "First name", pii=True, analytics=False),
+    _std("last_name", "Last name", pii=True, analytics=False),
+    _std("name", "Full name", pii=True, analytics=False),
+    _std("email", "Email", description="Primary email address", pii=True, analytics=False),
+    _std("phone", "Phone", description="Phone number (E.164 when it can be read)", pii=True, analytics=False),
+    _std("gender", "Gender"),
+    _std("birthday", "Birthday", "date", pii=True),
+    _std("age", "Age", "integer", unit="years"),
+    _std("address_city", "City", description="address.city", pii=True),
+    _std("address_country", "Country", description="address.country (ISO 3166 alpha-2)"),
+    _std("address_postal_code", "Postal code", description="address.postalCode", pii=True),
+    _std("address_street", "Street", description="address.street", pii=True, analytics=False),
+    _std("address_state", "State or region", description="address.state"),
+    _std("language", "Language", description="Preferred language (e.g. de-DE)"),
+    _std("timezone", "Time zone", description="IANA time zone"),
+    _std("company", "Company"),
+    _std("title", "Job title"),
+    _std("username", "User name", pii=True, analytics=False),
+    _std("website", "Website", analytics=False),
+    _std("avatar", "Avatar", description="Picture URL", analytics=False),
+    _std("created_at", "Created at", "datetime", description="When the customer's account was created"),
+    _std("external_id", "External id", description="Id of the customer in another system", analytics=False),
+)

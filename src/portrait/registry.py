@@ -1,0 +1,101 @@
+"""The attribute registry use cases: list, show, create, update (deprecate) attributes; seed the standard ones.
+
+Changing an attribute never rewrites stored profile values: the registry describes them. Deprecating an attribute
+keeps its values and stops nothing; a deprecated attribute is hidden from new segment and console choices later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from portrait.attributes import STANDARD, Attribute, check_code
+from portrait.errors import BadRequest, NotFound
+from portrait.spec import utc_now
+from portrait.sql import attributes as q
+from portrait.store import Session
+
+EDITABLE = ("name", "description", "unit", "is_personal_info", "calculate_analytics", "merge_strategy",
+            "validation", "status", "type")
+
+
+class AttributeRegistry:
+    def __init__(self, session: Callable[[], Session]) -> None:
+        self._session = session
+
+    def seed(self) -> None:
+        now = utc_now()
+        rows = [_row(attribute, now, now) for attribute in STANDARD]
+        table = pa.Table.from_pylist(rows)
+        session = self._session()
+        session.load("seed_attributes", table)
+        try:
+            session.execute(q.SEED)
+        finally:
+            session.unload("seed_attributes")
+
+    def list(self, *, standard: bool | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        query, params = q.listing(standard, status)
+        return [_json(row) for row in self._session().execute(query, params)]
+
+    def get(self, code: str) -> dict[str, Any]:
+        rows = self._session().execute(q.GET, [code])
+        if not rows:
+            raise NotFound(f"no attribute has the code {code!r}")
+        attribute = _json(rows[0])
+        filled, profiles = self._session().execute(q.USAGE, [code])[0]
+        attribute["usage"] = {"values": int(filled), "profiles": int(profiles)}
+        return attribute
+
+    def create(self, fields_: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(fields_) - {f.name for f in fields(Attribute)} - {"standard", "auto_created"}
+        if unknown:
+            raise BadRequest(f"unknown attribute fields: {', '.join(sorted(unknown))}", code="invalid_attribute")
+        if "code" not in fields_ or "name" not in fields_:
+            raise BadRequest("an attribute needs a code and a name", code="invalid_attribute")
+        attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
+        session = self._session()
+        if session.execute(q.GET, [attribute.code]):
+            raise BadRequest(f"attribute {attribute.code!r} exists already; update it instead",
+                             code="attribute_exists")
+        now = utc_now()
+        session.load("new_attribute", pa.Table.from_pylist([_row(attribute, now, now)]))
+        try:
+            session.execute(q.INSERT)
+        finally:
+            session.unload("new_attribute")
+        return self.get(attribute.code)
+
+    def update(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        check_code(code)
+        unknown = set(changes) - set(EDITABLE)
+        if unknown:
+            raise BadRequest(f"these fields cannot be changed: {', '.join(sorted(unknown))} (editable: "
+                             f"{', '.join(EDITABLE)})", code="invalid_attribute")
+        current = self.get(code)
+        merged = {k: current[k] for k in (f.name for f in fields(Attribute))}
+        merged.update(changes)
+        Attribute(**merged).checked()
+        columns = [*changes, "updated_at"]
+        values = [orjson.dumps(v).decode() if k == "validation" else v for k, v in changes.items()]
+        self._session().execute(q.update(columns), [*values, utc_now(), code])
+        return self.get(code)
+
+
+def _row(attribute: Attribute, created: datetime, updated: datetime) -> dict[str, Any]:
+    row = asdict(attribute)
+    row["validation"] = orjson.dumps(row["validation"]).decode()
+    return {**row, "created_at": created, "updated_at": updated}
+
+
+def _json(row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(q.COLUMNS, row, strict=True))
+    record["validation"] = orjson.loads(record["validation"] or "{}")
+    for key in ("created_at", "updated_at"):
+        record[key] = record[key].isoformat(timespec="milliseconds") + "Z"
+    return record

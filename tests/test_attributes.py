@@ -1,0 +1,107 @@
+"""The attribute registry: standard attributes, codes for trait names, auto-created custom attributes, API, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.attributes import STANDARD, code_for
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.service import Portrait
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+NAMES = ["firstName", "first_name", "address.city", "address.postalCode", "LTV", "utm-source", "createdAt",
+         "Plan Tier", "x.y.z", "already_snake", "HTTPStatus", "__weird__"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_python_and_sql_agree_on_codes(portrait: Portrait, name: str) -> None:
+    """The processor maps trait names to codes in SQL; lookups use attributes.code_for: they must agree."""
+    top, _, child = name.partition(".")
+    traits: dict[str, Any] = {top: {child: "v"}} if child else {name: "v"}
+    portrait.ingest_messages([{"type": "identify", "userId": f"u-{name}", "traits": traits}])
+    portrait.process_pending()
+    assert list(portrait.traits(f"user_id:u-{name}")) == [code_for(name)]
+
+
+def test_standard_attributes_are_there_with_metadata(portrait: Portrait) -> None:
+    listed = {a["code"]: a for a in portrait.attributes.list(standard=True)}
+    assert set(listed) == {a.code for a in STANDARD}
+    assert listed["email"]["is_personal_info"] and listed["address_city"]["is_personal_info"]
+    assert not listed["address_country"]["is_personal_info"] and listed["age"]["unit"] == "years"
+
+
+def test_unknown_traits_become_custom_attributes_typed_from_their_values(portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {
+        "firstName": "Ann", "loyaltyTier": "gold", "lifetimeOrders": 3, "ltv": 12.5, "vip": True,
+        "tags": ["a"], "address": {"city": "Gdansk", "postalCode": "80-001"}, "gone": None}}])
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"first_name": "Ann", "loyalty_tier": "gold", "lifetime_orders": 3,
+                                             "ltv": 12.5, "vip": True, "tags": ["a"], "address_city": "Gdansk",
+                                             "address_postal_code": "80-001"}
+    custom = {a["code"]: a for a in portrait.attributes.list(standard=False)}
+    assert {c: a["type"] for c, a in custom.items()} == {"loyalty_tier": "string", "lifetime_orders": "integer",
+                                                         "ltv": "number", "vip": "boolean", "tags": "list"}
+    assert all(a["auto_created"] and not a["standard"] for a in custom.values())
+    assert portrait.attributes.get("first_name")["usage"] == {"values": 1, "profiles": 1}
+
+
+@pytest.fixture
+def client(portrait: Portrait) -> Iterator[TestClient]:
+    with TestClient(create_app(portrait=portrait)) as test_client:
+        yield test_client
+
+
+def test_attributes_api_create_update_deprecate(client: TestClient) -> None:
+    created = client.post("/api/attributes", headers=ADMIN, json={
+        "code": "loyalty_points", "name": "Loyalty points", "type": "integer", "unit": "points",
+        "calculate_analytics": True})
+    assert created.status_code == 201, created.text
+    assert created.json()["standard"] is False and created.json()["usage"] == {"values": 0, "profiles": 0}
+    again = client.post("/api/attributes", headers=ADMIN, json={"code": "loyalty_points", "name": "x"})
+    assert again.status_code == 400 and again.json()["code"] == "attribute_exists"
+    updated = client.patch("/api/attributes/loyalty_points", headers=ADMIN,
+                           json={"description": "Points in the loyalty program", "status": "deprecated"})
+    assert updated.json()["status"] == "deprecated" and updated.json()["description"].startswith("Points")
+    active = client.get("/api/attributes", headers=ADMIN, params={"status": "active"}).json()["attributes"]
+    assert "loyalty_points" not in {a["code"] for a in active}
+    assert client.get("/api/attributes/nope", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"code": "Bad Code", "name": "x"}, "must be snake_case"),
+    ({"code": "ok", "name": "x", "type": "money"}, "type 'money' is not one of"),
+    ({"code": "ok"}, "needs a code and a name"),
+    ({"code": "ok", "name": "x", "colour": "red"}, "unknown attribute fields: colour"),
+])
+def test_bad_attribute_definitions_are_refused(client: TestClient, payload: dict[str, Any], message: str) -> None:
+    response = client.post("/api/attributes", headers=ADMIN, json=payload)
+    assert response.status_code == 400 and message in response.json()["message"]
+
+
+def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORTRAIT_ADMIN_KEY", raising=False)
+    runner = CliRunner()
+    db = str(tmp_path / "a.duckdb")
+    Portrait(Settings(db_path=db), background=False).close()
+    created = runner.invoke(app, ["attributes", "create", "favorite_store", "--name", "Favorite store", "--db", db])
+    assert created.exit_code == 0, created.output
+    updated = runner.invoke(app, ["attributes", "update", "favorite_store", "--personal", "--deprecate", "--db", db])
+    assert "is_personal_info" in updated.output and "status" in updated.output
+    listed = json.loads(runner.invoke(app, ["attributes", "list", "--kind", "custom", "--db", db, "--json"]).output)
+    assert [(a["code"], a["is_personal_info"], a["status"]) for a in listed["attributes"]] == [
+        ("favorite_store", True, "deprecated")]
+    table = runner.invoke(app, ["attributes", "list", "--db", db], env={"COLUMNS": "200"})
+    assert "Is Personal Info" in table.output and "Calculate Analytics" in table.output
+    shown = runner.invoke(app, ["attributes", "show", "email", "--db", db])
+    assert '"standard": true' in shown.output
+    nothing = runner.invoke(app, ["attributes", "update", "email", "--db", db])
+    assert nothing.exit_code == 1 and "nothing to change" in nothing.output
