@@ -26,7 +26,8 @@ NAMES = ["firstName", "first_name", "address.city", "address.postalCode", "LTV",
 def test_python_and_sql_agree_on_codes(portrait: Portrait, name: str) -> None:
     """The processor maps trait names to codes in SQL; lookups use attributes.code_for: they must agree."""
     top, _, child = name.partition(".")
-    traits: dict[str, Any] = {top: {child: "v"}} if child else {name: "v"}
+    value = "2020-01-01T00:00:00Z"  # valid for every standard type the names may hit (string, datetime)
+    traits: dict[str, Any] = {top: {child: value}} if child else {name: value}
     portrait.ingest_messages([{"type": "identify", "userId": f"u-{name}", "traits": traits}])
     portrait.process_pending()
     assert list(portrait.traits(f"user_id:u-{name}")) == [code_for(name)]
@@ -105,3 +106,25 @@ def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert '"standard": true' in shown.output
     nothing = runner.invoke(app, ["attributes", "update", "email", "--db", db])
     assert nothing.exit_code == 1 and "nothing to change" in nothing.output
+
+
+def test_values_are_coerced_or_kept_out_and_listed(portrait: Portrait) -> None:
+    portrait.attributes.create({"code": "tier", "name": "Tier", "type": "enum",
+                                "validation": {"values": ["bronze", "silver", "gold"]}})
+    portrait.attributes.create({"code": "score", "name": "Score", "type": "number", "validation": {"min": 0,
+                                                                                                  "max": 10}})
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u1", "messageId": "q1", "timestamp": "2026-01-01T00:00:00Z",
+         "traits": {"age": "42", "tier": "gold", "score": "7.5", "birthday": "1990-05-01"}},
+        {"type": "identify", "userId": "u1", "messageId": "q2", "timestamp": "2026-01-02T00:00:00Z",
+         "traits": {"age": "abc", "tier": "platinum", "score": 11, "birthday": "someday", "plan": "pro"}},
+    ])
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"age": 42, "tier": "gold", "score": 7.5, "birthday": "1990-05-01",
+                                             "plan": "pro"}
+    issues = {i["attribute"]: i for i in portrait.data_quality()["issues"]}
+    assert {a: i["reason"] for a, i in issues.items()} == {
+        "age": "expected integer, got varchar", "tier": 'not one of the allowed values ["bronze","silver","gold"]',
+        "score": "above the maximum 10", "birthday": "expected date, got varchar"}
+    assert issues["age"]["raw_value"] == '"abc"' and issues["age"]["message_id"] == "q2"
+    assert portrait.data_quality(attribute="tier")["issues"][0]["reason"].startswith("not one of")

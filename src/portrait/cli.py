@@ -420,6 +420,29 @@ def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Pa
         console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
 
 
+@app.command()
+def quality(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    attribute: Annotated[str | None, typer.Option(help="Only this attribute code.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Data-quality issues: trait values not applied because they break their attribute's type or rules."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            page = backend.data_quality(limit=limit, attribute=attribute)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data=page)
+        return
+    table = Table("id", "detected", "attribute", "value", "reason", "profile", title="Data quality")
+    for item in page["issues"]:
+        table.add_row(str(item["id"]), item["detected_at"], item["attribute"], str(item["raw_value"])[:40],
+                      item["reason"], (item["profile_id"] or "")[:13])
+    console.print(table)
+
+
 @attributes_app.command("list")
 def attributes_list(
     kind: Annotated[str, typer.Option("--kind", help="all, standard or custom.")] = "all",

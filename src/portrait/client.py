@@ -74,6 +74,9 @@ class RemotePortrait:
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._get("/api/events/recent", {"after": after_seq, "limit": limit})["events"])
 
+    def data_quality(self, *, limit: int = 100, attribute: str | None = None) -> dict[str, Any]:
+        return dict(self._get("/api/data-quality", {"limit": limit, "attribute": attribute}))
+
     def attributes_list(self, standard: bool | None = None) -> list[dict[str, Any]]:
         return list(self._get("/api/attributes", {"standard": standard})["attributes"])
 

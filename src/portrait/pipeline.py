@@ -238,8 +238,10 @@ class Processor:
         session.execute(q.INSERT_EVENT_PROFILES)
         if traits:
             session.execute(q.STAGE_TRAITS, [lo, hi])
-            session.execute(q.UPSERT_TRAITS)
             session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
+            session.execute(q.CHECK_TRAITS)
+            session.execute(q.UPSERT_TRAITS)
+            session.execute(q.RECORD_QUALITY, [now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
 

@@ -301,6 +301,17 @@ class Portrait:
         ]
         return {"rejected": items, "next": items[-1]["id"] if more else None}
 
+    def data_quality(self, *, limit: int = 100, before_id: int | None = None, attribute: str | None = None
+                     ) -> dict[str, Any]:
+        """Trait values that were not applied because they break their attribute's type or rules, newest first."""
+        query, params = reads.data_quality_page(limit, before_id, attribute)
+        rows = self._reads.execute(query, params)
+        columns = ("id", "profile_id", "attribute", "raw_value", "reason", "seq", "message_id", "source",
+                   "detected_at")
+        items = [{k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
+                 for row in rows[:limit]]
+        return {"issues": items, "next": items[-1]["id"] if len(rows) > limit else None}
+
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
         query, params = reads.recent_events(after_seq, limit)
         columns = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",

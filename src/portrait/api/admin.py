@@ -66,6 +66,13 @@ def router(portrait: Portrait) -> APIRouter:
     async def recent(after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         return {"events": await run_in_threadpool(portrait.recent_events, after, limit)}
 
+    @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules")
+    async def data_quality(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None, attribute: str | None = None,
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: portrait.data_quality(limit=limit, before_id=before,
+                                                                     attribute=attribute))
+
     @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes")
     async def attributes(standard: bool | None = None, status: str | None = None) -> dict[str, Any]:
         return {"attributes": await run_in_threadpool(lambda: portrait.attributes.list(standard=standard,

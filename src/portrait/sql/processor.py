@@ -186,12 +186,67 @@ WITH top AS (
 SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type FROM flat
 WHERE {_CODE.format('key')} <> ''
 """)
+# Each trait value checked against its attribute: coerced to the attribute's type ("42" into an integer is fine,
+# "abc" is not) and its validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not
+# applied; ``coerced`` is the JSON text stored. A null (removal) is always fine.
+_TEXT = "json_extract_string(t.value, '$')"
+_COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
+    WHEN a.type IS NULL OR a.type = 'object' THEN t.value
+    WHEN a.type IN ('string', 'enum') THEN CASE WHEN t.type = 'VARCHAR' THEN t.value
+        WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'BOOLEAN') AND a.type = 'string'
+        THEN CAST(to_json({_TEXT}) AS VARCHAR) END
+    WHEN a.type = 'integer' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT') THEN t.value
+        WHEN t.type = 'VARCHAR' THEN CAST(TRY_CAST(trim({_TEXT}) AS BIGINT) AS VARCHAR) END
+    WHEN a.type = 'number' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN t.value
+        WHEN t.type = 'VARCHAR' THEN CAST(TRY_CAST(trim({_TEXT}) AS DOUBLE) AS VARCHAR) END
+    WHEN a.type = 'boolean' THEN CASE WHEN t.type = 'BOOLEAN' THEN t.value
+        WHEN lower(trim({_TEXT})) IN ('true', 'yes', '1') THEN 'true'
+        WHEN lower(trim({_TEXT})) IN ('false', 'no', '0') THEN 'false' END
+    WHEN a.type = 'date' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS DATE) IS NOT NULL
+        THEN CAST(to_json(CAST(TRY_CAST({_TEXT} AS DATE) AS VARCHAR)) AS VARCHAR) END
+    WHEN a.type = 'datetime' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS TIMESTAMPTZ) IS NOT NULL
+        THEN t.value END
+    WHEN a.type = 'list' THEN CASE WHEN t.type = 'ARRAY' THEN t.value END
+    END"""
+_RULE = "json_extract_string(c.validation, '$.{0}')"
+_PROBLEM = f"""CASE WHEN c.type = 'NULL' OR c.attribute_type IS NULL THEN NULL
+    WHEN c.coerced IS NULL THEN 'expected ' || c.attribute_type || ', got ' || lower(c.type)
+    WHEN {_RULE.format('values')} IS NOT NULL
+         AND NOT list_contains(CAST(json_extract(c.validation, '$.values') AS VARCHAR[]),
+                               json_extract_string(c.coerced, '$'))
+        THEN 'not one of the allowed values ' || {_RULE.format('values')}
+    WHEN {_RULE.format('min')} IS NOT NULL AND TRY_CAST(c.coerced AS DOUBLE) < CAST({_RULE.format('min')} AS DOUBLE)
+        THEN 'below the minimum ' || {_RULE.format('min')}
+    WHEN {_RULE.format('max')} IS NOT NULL AND TRY_CAST(c.coerced AS DOUBLE) > CAST({_RULE.format('max')} AS DOUBLE)
+        THEN 'above the maximum ' || {_RULE.format('max')}
+    WHEN {_RULE.format('max_length')} IS NOT NULL
+         AND length(json_extract_string(c.coerced, '$')) > CAST({_RULE.format('max_length')} AS INTEGER)
+        THEN 'longer than ' || {_RULE.format('max_length')} || ' characters'
+    WHEN {_RULE.format('regex')} IS NOT NULL
+         AND NOT regexp_full_match(json_extract_string(c.coerced, '$'), {_RULE.format('regex')})
+        THEN 'does not match ' || {_RULE.format('regex')}
+    END"""
+CHECK_TRAITS = parse(f"""
+CREATE OR REPLACE TEMP TABLE b_checked AS
+WITH c AS (
+    SELECT t.*, a.type AS attribute_type, a.validation, {_COERCED} AS coerced
+    FROM b_traits AS t LEFT JOIN attributes AS a ON a.code = t.code
+)
+SELECT c.*, {_PROBLEM} AS problem FROM c
+""")
 UPSERT_TRAITS = parse(
     "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
-    "SELECT profile_id, code, arg_max_null(CASE WHEN type = 'NULL' THEN NULL ELSE value END, (timestamp, seq)), "
-    "max(timestamp), arg_max(seq, (timestamp, seq)) FROM b_traits GROUP BY profile_id, code "
+    "SELECT profile_id, code, arg_max_null(coerced, (timestamp, seq)), "
+    "max(timestamp), arg_max(seq, (timestamp, seq)) FROM b_checked WHERE problem IS NULL GROUP BY profile_id, code "
     + _NEWER
 )
+# Values that break their attribute's rules are not applied but listed (the event stays in the log, so they can be
+# reprocessed once the schema is fixed). Params: detected-at time.
+RECORD_QUALITY = parse("""
+INSERT INTO data_quality (profile_id, attribute, raw_value, reason, seq, message_id, source, detected_at)
+SELECT b.profile_id, b.code, b.value, b.problem, b.seq, e.message_id, e.source, ?
+FROM b_checked AS b JOIN events AS e ON e.seq = b.seq WHERE b.problem IS NOT NULL
+""")
 # A trait no attribute describes yet becomes a custom attribute, typed from its first value (policy "infer").
 # Params: created-at time (twice).
 AUTO_CREATE_ATTRIBUTES = parse("""
@@ -215,7 +270,7 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 """)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
-    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits"
+    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
 # Params: processed-at time, reason, seq.

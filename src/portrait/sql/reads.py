@@ -104,3 +104,16 @@ def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
         .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
     )
     return query, [after_seq]
+
+
+def data_quality_page(limit: int, before_id: int | None, attribute: str | None) -> tuple[exp.Expr, list[object]]:
+    query = exp.select("id", "profile_id", "attribute", "raw_value", "reason", "seq", "message_id", "source",
+                       "detected_at").from_("data_quality")
+    params: list[object] = []
+    if before_id is not None:
+        query = query.where(exp.column("id") < param())
+        params.append(before_id)
+    if attribute is not None:
+        query = query.where(exp.column("attribute").eq(param()))
+        params.append(attribute)
+    return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params

@@ -137,6 +137,22 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    3: parse_many(
+        """
+        CREATE SEQUENCE IF NOT EXISTS data_quality_seq START 1;
+        CREATE TABLE IF NOT EXISTS data_quality (
+            id BIGINT NOT NULL DEFAULT nextval('data_quality_seq'),
+            profile_id VARCHAR,
+            attribute VARCHAR NOT NULL,
+            raw_value VARCHAR,
+            reason VARCHAR NOT NULL,
+            seq BIGINT,
+            message_id VARCHAR,
+            source VARCHAR,
+            detected_at TIMESTAMP NOT NULL
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
