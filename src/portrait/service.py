@@ -291,26 +291,26 @@ class Portrait:
         return {"profile_id": profile_id, "events": events, "next": next_cursor}
 
     def rejected(self, *, limit: int = 100, before_id: int | None = None, code: str | None = None) -> dict[str, Any]:
-        query, params = reads.rejected_page(limit, before_id, code)
-        rows = self._reads.execute(query, params)
-        more = len(rows) > limit
-        items = [
-            {"id": r[0], "received_at": _iso(r[1]), "code": r[2], "reason": r[3], "source": r[4], "message_id": r[5],
-             "payload": r[6]}
-            for r in rows[:limit]
-        ]
-        return {"rejected": items, "next": items[-1]["id"] if more else None}
+        """What was not accepted, newest first (see docs/ingestion.md for the codes)."""
+        items, after = self._newest_first("rejected_events", reads.REJECTED_COLUMNS, limit, before_id, {"code": code})
+        return {"rejected": items, "next": after}
 
     def data_quality(self, *, limit: int = 100, before_id: int | None = None, attribute: str | None = None
                      ) -> dict[str, Any]:
         """Trait values that were not applied because they break their attribute's type or rules, newest first."""
-        query, params = reads.data_quality_page(limit, before_id, attribute)
+        items, after = self._newest_first("data_quality", reads.DATA_QUALITY_COLUMNS, limit, before_id,
+                                          {"attribute": attribute})
+        return {"issues": items, "next": after}
+
+    def _newest_first(self, table: str, columns: tuple[str, ...], limit: int, before_id: int | None,
+                      equals: dict[str, object | None]) -> tuple[list[dict[str, Any]], int | None]:
+        query, params = reads.newest_first(table, columns, limit, before_id, equals)
         rows = self._reads.execute(query, params)
-        columns = ("id", "profile_id", "attribute", "raw_value", "reason", "seq", "message_id", "source",
-                   "detected_at")
-        items = [{k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
-                 for row in rows[:limit]]
-        return {"issues": items, "next": items[-1]["id"] if len(rows) > limit else None}
+        items: list[dict[str, Any]] = [
+            {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
+            for row in rows[:limit]
+        ]
+        return items, (int(items[-1]["id"]) if len(rows) > limit else None)
 
     def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
         query, params = reads.recent_events(after_seq, limit)

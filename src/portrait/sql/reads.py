@@ -83,17 +83,26 @@ def profile_event_page(f: EventFilter) -> tuple[exp.Expr, list[object]]:
     return query, params
 
 
-def rejected_page(limit: int, before_id: int | None, code: str | None) -> tuple[exp.Expr, list[object]]:
-    query = exp.select("id", "received_at", "code", "reason", "source", "message_id", "payload").from_(
-        "rejected_events"
-    )
+REJECTED_COLUMNS = ("id", "received_at", "code", "reason", "source", "message_id", "payload")
+DATA_QUALITY_COLUMNS = ("id", "profile_id", "attribute", "raw_value", "reason", "seq", "message_id", "source",
+                        "detected_at")
+
+
+def newest_first(table: str, columns: tuple[str, ...], limit: int, before_id: int | None,
+                 equals: dict[str, object | None]) -> tuple[exp.Expr, list[object]]:
+    """A keyset page of an append-only list (id DESC): rows before ``before_id`` matching the given column values.
+
+    One row more than ``limit`` is fetched, so the caller knows whether there is a next page.
+    """
+    query = exp.select(*columns).from_(table)
     params: list[object] = []
     if before_id is not None:
         query = query.where(exp.column("id") < param())
         params.append(before_id)
-    if code is not None:
-        query = query.where(exp.column("code").eq(param()))
-        params.append(code)
+    for column, value in equals.items():
+        if value is not None:
+            query = query.where(exp.column(column).eq(param()))
+            params.append(value)
     return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params
 
 
@@ -104,16 +113,3 @@ def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
         .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
     )
     return query, [after_seq]
-
-
-def data_quality_page(limit: int, before_id: int | None, attribute: str | None) -> tuple[exp.Expr, list[object]]:
-    query = exp.select("id", "profile_id", "attribute", "raw_value", "reason", "seq", "message_id", "source",
-                       "detected_at").from_("data_quality")
-    params: list[object] = []
-    if before_id is not None:
-        query = query.where(exp.column("id") < param())
-        params.append(before_id)
-    if attribute is not None:
-        query = query.where(exp.column("attribute").eq(param()))
-        params.append(attribute)
-    return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params
