@@ -268,3 +268,11 @@ def test_import_upload_maps_rows_and_reports(client: TestClient, portrait: Portr
 def test_import_upload_errors(client: TestClient, params: dict[str, str], code: str) -> None:
     response = client.post("/api/imports", headers=ADMIN, content=b"a,b\n1,2\n", params=params)
     assert response.status_code == 400 and response.json()["code"] == code
+
+
+def test_rejected_events_paginate_newest_first(client: TestClient) -> None:
+    post(client, "/v1/batch", {"batch": [{"type": "track", "userId": "u", "messageId": f"r{i}"} for i in range(3)]})
+    first = client.get("/api/events/rejected", headers=ADMIN, params={"limit": 2}).json()
+    assert [r["message_id"] for r in first["rejected"]] == ["r2", "r1"] and first["next"] is not None
+    rest = client.get("/api/events/rejected", headers=ADMIN, params={"limit": 2, "before": first["next"]}).json()
+    assert [r["message_id"] for r in rest["rejected"]] == ["r0"] and rest["next"] is None
