@@ -128,3 +128,22 @@ def test_values_are_coerced_or_kept_out_and_listed(portrait: Portrait) -> None:
         "score": "above the maximum 10", "birthday": "expected date, got varchar"}
     assert issues["age"]["raw_value"] == '"abc"' and issues["age"]["message_id"] == "q2"
     assert portrait.data_quality(attribute="tier")["issues"][0]["reason"].startswith("not one of")
+
+
+def test_attribute_analytics(client: TestClient, portrait: Portrait) -> None:
+    messages = [{"type": "identify", "userId": f"u{i}", "traits": {"age": 20 + i, "plan": "pro" if i < 6 else "free",
+                                                                    "created_at": f"2024-0{1 + i % 9}-01T00:00:00Z"}}
+                for i in range(10)]
+    portrait.ingest_messages([*messages, {"type": "identify", "userId": "u-no-traits"}])
+    portrait.process_pending()
+    age = client.get("/api/attributes/age/analytics", headers=ADMIN).json()
+    assert (age["profiles"], age["filled"], age["fill_rate"], age["distinct"]) == (11, 10, 0.9091, 10)
+    assert (age["min"], age["max"], age["mean"], age["quantiles"]["p50"]) == (20, 29, 24.5, 24.5)
+    assert [b["count"] for b in age["histogram"]] == [1] * 10
+    off = client.get("/api/attributes/plan/analytics", headers=ADMIN)
+    assert off.status_code == 400 and off.json()["code"] == "analytics_off"
+    client.patch("/api/attributes/plan", headers=ADMIN, json={"calculate_analytics": True})
+    plan = client.get("/api/attributes/plan/analytics", headers=ADMIN).json()
+    assert plan["top_values"] == [{"value": "pro", "count": 6}, {"value": "free", "count": 4}]
+    created = client.get("/api/attributes/created_at/analytics", headers=ADMIN).json()
+    assert created["range"] == {"min": "2024-01-01T00:00:00", "max": "2024-09-01T00:00:00"}

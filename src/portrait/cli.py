@@ -485,6 +485,19 @@ def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin
     console.print_json(data=attribute)
 
 
+@attributes_app.command("analytics")
+def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
+                         admin_key: AdminKeyOption = None) -> None:
+    """Fill rate, distinct and top values; for numbers min/max/mean/quantiles/histogram; for dates the range."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            stats = (backend.attributes.analytics(code) if isinstance(backend, Portrait)
+                     else backend.attribute_analytics(code))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print_json(data=stats)
+
+
 @attributes_app.command("create")
 def attributes_create(
     code: Annotated[str, typer.Argument(help="snake_case code, e.g. loyalty_tier")],

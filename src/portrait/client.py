@@ -83,6 +83,9 @@ class RemotePortrait:
     def attribute(self, code: str) -> dict[str, Any]:
         return dict(self._get(f"/api/attributes/{code}"))
 
+    def attribute_analytics(self, code: str) -> dict[str, Any]:
+        return dict(self._get(f"/api/attributes/{code}/analytics"))
+
     def attribute_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         return dict(self._send("POST", "/api/attributes", fields))
 

@@ -87,6 +87,44 @@ class AttributeRegistry:
         return self.get(code)
 
 
+    def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
+        """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""
+        attribute = self.get(code)
+        if not attribute["calculate_analytics"]:
+            raise BadRequest(f"analytics are off for {code}: turn them on with `portrait attributes update {code} "
+                             "--analytics` (or PATCH calculate_analytics)", code="analytics_off")
+        session = self._session()
+        profiles = int(session.execute(q.COUNT_PROFILES)[0][0])
+        filled, distinct = session.execute(q.FILL, [code])[0]
+        result: dict[str, Any] = {
+            "code": code, "type": attribute["type"], "profiles": profiles, "filled": int(filled),
+            "fill_rate": round(filled / profiles, 4) if profiles else 0.0, "distinct": int(distinct),
+            "top_values": [{"value": orjson.loads(v), "count": int(n)}
+                           for v, n in session.execute(q.TOP_VALUES, [code, top])],
+        }
+        if attribute["type"] in ("integer", "number"):
+            result.update(self._numeric(session, code))
+        if attribute["type"] in ("date", "datetime"):
+            first, last = session.execute(q.DATE_RANGE, [code])[0]
+            result["range"] = {"min": first.isoformat() if first else None, "max": last.isoformat() if last else None}
+        return result
+
+    @staticmethod
+    def _numeric(session: Session, code: str) -> dict[str, Any]:
+        low, high, mean, quantiles = session.execute(q.NUMERIC, [code])[0]
+        if low is None:
+            return {"min": None, "max": None, "mean": None, "quantiles": {}, "histogram": []}
+        width = (high - low) / 10 or 1.0
+        bins = dict(session.execute(q.HISTOGRAM, [low, high, low, code]))
+        return {
+            "min": low, "max": high, "mean": mean,
+            "quantiles": dict(zip(("p25", "p50", "p75", "p90", "p99"), quantiles, strict=True)),
+            "histogram": [{"from": low + i * width, "to": low + (i + 1) * width, "count": int(bins.get(i, 0))}
+                          for i in range(10)] if high > low else [{"from": low, "to": high,
+                                                                   "count": int(sum(bins.values()))}],
+        }
+
+
 def _row(attribute: Attribute, created: datetime, updated: datetime) -> dict[str, Any]:
     row = asdict(attribute)
     row["validation"] = orjson.dumps(row["validation"]).decode()

@@ -82,6 +82,10 @@ def router(portrait: Portrait) -> APIRouter:
     async def attribute(code: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.attributes.get, code)
 
+    @api.get("/attributes/{code}/analytics", summary="Fill rate, distinct and top values, numeric and date stats")
+    async def attribute_analytics(code: str, top: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: portrait.attributes.analytics(code, top))
+
     @api.post("/attributes", summary="Define a custom attribute", status_code=201)
     async def create_attribute(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.attributes.create, payload)

@@ -32,3 +32,31 @@ def update(columns: list[str]) -> exp.Expr:
     """``UPDATE attributes SET c1 = ?, ... WHERE code = ?``; column names come from the registry's own list."""
     assert set(columns) <= set(COLUMNS), columns
     return exp.update("attributes", {c: param() for c in columns}, where=exp.column("code").eq(param()))
+
+# -- analytics, computed on the stored values of one attribute (param: the code, unless said otherwise) ---------
+COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
+FILL = parse(
+    "SELECT count(*), count(DISTINCT value) FROM profile_traits WHERE key = ? AND value IS NOT NULL"
+)
+# Params: code, how many.
+TOP_VALUES = parse(
+    "SELECT CAST(value AS VARCHAR), count(*) AS n FROM profile_traits WHERE key = ? AND value IS NOT NULL "
+    "GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?"
+)
+NUMERIC = parse("""
+SELECT min(x), max(x), avg(x), quantile_cont(x, [0.25, 0.5, 0.75, 0.9, 0.99])
+FROM (SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL)
+WHERE x IS NOT NULL
+""")
+# Ten equal-width bins between min and max. Params: min, max, min, code.
+HISTOGRAM = parse("""
+SELECT least(floor((x - ?) / nullif(? - ?, 0) * 10), 9) AS bin, count(*) FROM (
+    SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL
+) WHERE x IS NOT NULL GROUP BY bin ORDER BY bin
+""")
+DATE_RANGE = parse("""
+SELECT min(d), max(d) FROM (
+    SELECT TRY_CAST(json_extract_string(value, '$') AS TIMESTAMP) AS d FROM profile_traits
+    WHERE key = ? AND value IS NOT NULL
+) WHERE d IS NOT NULL
+""")
