@@ -157,3 +157,16 @@ def test_cli_import_goes_through_a_running_server(server: Server, tmp_path: Path
     with server.admin() as admin:
         assert admin.get("/api/profiles/email:ann@example.com/traits").json() == {
             "plan": "pro", "email": "ann@example.com"}
+
+
+def test_cli_export_through_a_running_server(server: Server, tmp_path: Path) -> None:
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        client.post("/v1/identify", json={"userId": "x1", "traits": {"plan": "pro", "email": "x1@example.com"}})
+    server.wait_caught_up()
+    out = tmp_path / "profiles.parquet"
+    exported = run_cli("export", "profiles", "-o", str(out), "--db", server.db_path,
+                       env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert exported.returncode == 0, exported.stderr
+    import pyarrow.parquet as pq
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["user_id"], r["plan"]) for r in rows] == [("x1", "pro")] and "email" not in rows[0]

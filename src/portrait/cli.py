@@ -33,6 +33,8 @@ import_app = typer.Typer(help="Bring data in from files.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 attributes_app = typer.Typer(help="The profile attribute registry.", no_args_is_help=True)
 app.add_typer(attributes_app, name="attributes")
+export_app = typer.Typer(help="Take data out to files.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True)
 
@@ -418,6 +420,33 @@ def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Pa
         console.print(f"  rejected {code}: {count:,}")
     if rejects_path:
         console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
+
+
+@export_app.command("profiles")
+def export_profiles(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    file_format: Annotated[str | None, typer.Option("--format", help="csv, parquet or ndjson (default: from the "
+                                                                     "output file name).")] = None,
+    attributes: Annotated[str | None, typer.Option(help="Comma-separated attribute codes (default: every active "
+                                                        "attribute that is not personal information).")] = None,
+    include_personal: Annotated[bool, typer.Option("--include-personal", help="Also export personal-information "
+                                                                              "attributes.")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Export every profile, one row each, with the chosen attributes as columns."""
+    chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
+    names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
+    try:
+        with _backend(db, url, admin_key) as backend:
+            if isinstance(backend, Portrait):
+                report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal)
+            else:
+                report = backend.export_profiles(output, chosen, names, include_personal)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Exported {report['rows']:,} profiles with {len(report['columns'])} columns to {output}.")
+    if report["personal_included"]:
+        console.print(f"Personal information included: {', '.join(report['personal_included'])}")
 
 
 @app.command()

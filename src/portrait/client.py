@@ -98,6 +98,23 @@ class RemotePortrait:
         response = self._http.request(method, path, json=body, headers={"Authorization": f"Bearer {self._admin}"})
         return _checked(response)
 
+    def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,
+                        include_personal: bool) -> dict[str, Any]:
+        """Stream GET /api/exports/profiles into ``output``; the report comes in the X-Portrait-Export header."""
+        if not self._admin:
+            raise Unauthorized("an admin key is needed to export through the server: set PORTRAIT_ADMIN_KEY")
+        params: dict[str, Any] = {"format": file_format, "include_personal": include_personal,
+                                  "attributes": ",".join(attributes) if attributes else None}
+        with self._http.stream("GET", "/api/exports/profiles", params={k: v for k, v in params.items() if v},
+                               headers={"Authorization": f"Bearer {self._admin}"}, timeout=None) as response:
+            if response.status_code != 200:
+                response.read()
+                _checked(response)
+            with output.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+            return dict(json.loads(response.headers["x-portrait-export"]))
+
     def import_file(self, path: Path, params: dict[str, Any]) -> dict[str, Any]:
         """POST a file to /api/imports (streamed) and return the server's report."""
         if not self._admin:

@@ -18,6 +18,7 @@ import orjson
 from portrait import sql
 from portrait.config import Settings
 from portrait.errors import BadRequest, NotFound
+from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import IdentityRules
 from portrait.keys import ApiKey, KeyRing
@@ -190,6 +191,12 @@ class Portrait:
             on_progress(report.rows)
         report.seconds = round(time.monotonic() - started, 2)
         return report
+
+    def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
+                        include_personal: bool = False) -> dict[str, Any]:
+        """Write every profile with the chosen attributes to ``path`` (see :mod:`portrait.exports`)."""
+        return export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
+                               include_personal=include_personal)
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:

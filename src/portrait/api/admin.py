@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from portrait.errors import Unauthorized
 from portrait.mapping import RowMapping
@@ -93,6 +97,27 @@ def router(portrait: Portrait) -> APIRouter:
     @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
     async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.attributes.update, code, payload)
+
+    @api.get("/exports/profiles", summary="Every profile with the chosen attributes, as CSV, Parquet or NDJSON",
+             response_class=FileResponse)
+    async def export(
+        format: str = "csv",
+        attributes: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
+        include_personal: bool = False,
+    ) -> FileResponse:
+        names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
+        folder = Path(tempfile.mkdtemp(prefix="portrait-export-"))
+        path = folder / f"profiles.{format}"
+        try:
+            report = await run_in_threadpool(lambda: portrait.export_profiles(
+                path, format, attributes=names, include_personal=include_personal))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
+        return FileResponse(path, media_type=media[format], filename=path.name,
+                            headers={"X-Portrait-Export": orjson.dumps(report).decode()},
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
     async def imports(

@@ -60,3 +60,30 @@ SELECT min(d), max(d) FROM (
     WHERE key = ? AND value IS NOT NULL
 ) WHERE d IS NOT NULL
 """)
+
+_CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
+_USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
+
+
+def export_profiles(attributes: list[tuple[str, str]]) -> tuple[exp.Expr, list[object]]:
+    """One row per profile: profile_id, user_id, then one typed column per attribute (code, type).
+
+    Codes are registry codes (checked snake_case) used as column names through SQLGlot identifiers; the codes
+    compared against stored keys are bound parameters.
+    """
+    params: list[object] = []
+    columns: list[exp.Expr] = [exp.column("profile_id", table="p"), exp.column("user_id", table="u")]
+    for code, kind in attributes:
+        text = exp.func("json_extract_string", exp.column("value", table="t"), exp.Literal.string("$"))
+        value = exp.TryCast(this=text, to=exp.DataType.build(_CASTS[kind])) if kind in _CASTS else text
+        picked = exp.Max(this=exp.If(this=exp.column("key", table="t").eq(param()), true=value))
+        columns.append(exp.alias_(picked, exp.to_identifier(code, quoted=True)))
+        params.append(code)
+    query = (
+        exp.select(*columns).from_(exp.alias_(exp.to_table("profiles"), "p"))
+        .join(exp.alias_(exp.Subquery(this=_USER_IDS), "u"), on="u.profile_id = p.profile_id", join_type="left")
+        .join(exp.alias_(exp.to_table("profile_traits"), "t"),
+              on="t.profile_id = p.profile_id AND t.value IS NOT NULL", join_type="left")
+        .group_by("p.profile_id", "u.user_id").order_by("p.profile_id")
+    )
+    return query, params

@@ -1,0 +1,78 @@
+"""Exports: every profile, typed attribute columns, personal information only when asked for."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.cli import app
+from portrait.service import Portrait
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def loaded(portrait: Portrait) -> Portrait:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u1", "traits": {"email": "ann@example.com", "age": 31, "plan": "pro"}},
+        {"type": "identify", "userId": "u2", "traits": {"email": "bob@example.com", "plan": "free"}},
+        {"type": "track", "anonymousId": "a1", "event": "Product Viewed"},
+    ])
+    portrait.process_pending()
+    return portrait
+
+
+def test_parquet_export_has_typed_columns_and_no_personal_data_by_default(loaded: Portrait, tmp_path: Path) -> None:
+    report = loaded.export_profiles(tmp_path / "p.parquet", "parquet")
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert report["rows"] == 3 and report["personal_included"] == []
+    assert "email" not in table.column_names
+    rows = {r["user_id"]: r for r in table.to_pylist()}
+    assert rows["u1"]["age"] == 31 and rows["u1"]["plan"] == "pro" and rows[None]["plan"] is None
+    assert str(table.schema.field("age").type) == "int64"
+
+
+def test_personal_information_only_when_asked(loaded: Portrait, tmp_path: Path) -> None:
+    named = loaded.export_profiles(tmp_path / "a.csv", "csv", attributes=["email", "plan"])
+    assert named["personal_included"] == ["email"]
+    with (tmp_path / "a.csv").open() as handle:
+        assert sorted(r["email"] for r in csv.DictReader(handle) if r["email"]) == ["ann@example.com",
+                                                                                   "bob@example.com"]
+    everything = loaded.export_profiles(tmp_path / "b.ndjson", "ndjson", include_personal=True)
+    assert "email" in everything["personal_included"]
+    assert len((tmp_path / "b.ndjson").read_text().splitlines()) == 3
+
+
+def test_export_errors(loaded: Portrait, tmp_path: Path) -> None:
+    from portrait.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="format 'xlsx' is not one of"):
+        loaded.export_profiles(tmp_path / "x.xlsx", "xlsx")
+    with pytest.raises(BadRequest, match="no attribute has the code nope"):
+        loaded.export_profiles(tmp_path / "x.csv", "csv", attributes=["nope"])
+
+
+def test_export_through_the_api_and_cli(loaded: Portrait, tmp_path: Path) -> None:
+    with TestClient(create_app(portrait=loaded)) as client:
+        response = client.get("/api/exports/profiles", headers=ADMIN, params={"format": "ndjson"})
+        assert response.status_code == 200
+        assert json.loads(response.headers["x-portrait-export"])["rows"] == 3
+        assert len(response.text.splitlines()) == 3 and "ann@example.com" not in response.text
+        bad = client.get("/api/exports/profiles", headers=ADMIN, params={"format": "xml"})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_format"
+    loaded.close()
+    result = CliRunner().invoke(app, ["export", "profiles", "-o", str(tmp_path / "out.csv"), "--db",
+                                      loaded.settings.db_path])
+    assert result.exit_code == 0, result.output
+    assert "Exported 3 profiles" in result.output
+    assert (tmp_path / "out.csv").read_text().startswith('"profile_id","user_id"')
+
+
