@@ -147,3 +147,20 @@ def test_attribute_analytics(client: TestClient, portrait: Portrait) -> None:
     assert plan["top_values"] == [{"value": "pro", "count": 6}, {"value": "free", "count": 4}]
     created = client.get("/api/attributes/created_at/analytics", headers=ADMIN).json()
     assert created["range"] == {"min": "2024-01-01T00:00:00", "max": "2024-09-01T00:00:00"}
+
+
+def test_strict_mode_keeps_unknown_traits_out(tmp_path: Any) -> None:
+    service = Portrait(Settings(db_path=str(tmp_path / "s.duckdb"), unknown_traits="strict"), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"email": "a@example.com",
+                                                                             "shoeSize": 42}}])
+    service.process_pending()
+    assert service.traits("user_id:u1") == {"email": "a@example.com"}
+    issue = service.data_quality()["issues"][0]
+    assert issue["attribute"] == "shoe_size" and "strict mode" in issue["reason"]
+    assert service.attributes.list(standard=False) == []
+    service.close()
+
+
+def test_unknown_traits_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="infer or strict"):
+        Settings(unknown_traits="lenient")

@@ -52,6 +52,12 @@ class Settings:
     """Most events the ingest writer groups into one commit."""
     cors_origins: tuple[str, ...] = ("*",)
     """Origins allowed to call the ingestion endpoints from a browser."""
+    unknown_traits: str = "infer"
+    """What happens to a trait no attribute describes: infer (create a custom attribute) or strict (not applied)."""
+
+    def __post_init__(self) -> None:
+        if self.unknown_traits not in ("infer", "strict"):
+            raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""

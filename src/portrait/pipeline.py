@@ -69,8 +69,9 @@ class BatchPlan:
 class Processor:
     """Applies the event log to derived state. One thread at a time calls :meth:`process_batch`."""
 
-    def __init__(self, store: Store, rules: IdentityRules, *, batch_size: int) -> None:
+    def __init__(self, store: Store, rules: IdentityRules, *, batch_size: int, unknown_traits: str = "infer") -> None:
         self._store = store
+        self._unknown_traits = unknown_traits
         self._rules = rules
         self._batch_size = batch_size
         self.last_batch: tuple[int, float] = (0, 0.0)  # events, seconds of the latest batch (for /api/status)
@@ -238,7 +239,8 @@ class Processor:
         session.execute(q.INSERT_EVENT_PROFILES)
         if traits:
             session.execute(q.STAGE_TRAITS, [lo, hi])
-            session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
+            if self._unknown_traits == "infer":
+                session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
             session.execute(q.CHECK_TRAITS)
             session.execute(q.UPSERT_TRAITS)
             session.execute(q.RECORD_QUALITY, [now])

@@ -95,7 +95,8 @@ class Portrait:
         self.attributes = AttributeRegistry(lambda: self._reads)
         self.attributes.seed()
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
-        self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size)
+        self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size,
+                                   unknown_traits=settings.unknown_traits)
         self._processor_thread = ProcessorThread(self.processor, self.store) if background else None
         notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
         self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)

@@ -209,7 +209,9 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'list' THEN CASE WHEN t.type = 'ARRAY' THEN t.value END
     END"""
 _RULE = "json_extract_string(c.validation, '$.{0}')"
-_PROBLEM = f"""CASE WHEN c.type = 'NULL' OR c.attribute_type IS NULL THEN NULL
+_PROBLEM = f"""CASE WHEN c.type = 'NULL' THEN NULL
+    WHEN c.attribute_type IS NULL
+        THEN 'no attribute ' || c.code || ' is defined (unknown traits are not applied in strict mode)'
     WHEN c.coerced IS NULL THEN 'expected ' || c.attribute_type || ', got ' || lower(c.type)
     WHEN {_RULE.format('values')} IS NOT NULL
          AND NOT list_contains(CAST(json_extract(c.validation, '$.values') AS VARCHAR[]),
