@@ -164,3 +164,20 @@ def test_strict_mode_keeps_unknown_traits_out(tmp_path: Any) -> None:
 def test_unknown_traits_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="infer or strict"):
         Settings(unknown_traits="lenient")
+
+
+def test_recheck_after_a_schema_fix_applies_values_kept_out_before(tmp_path: Any) -> None:
+    db = str(tmp_path / "r.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    service.attributes.create({"code": "size", "name": "Size", "type": "integer"})
+    service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"size": "XL"}}])
+    service.process_pending()
+    assert service.traits("user_id:u1") == {} and len(service.data_quality()["issues"]) == 1
+    service.attributes.update("size", {"type": "string"})  # the schema was wrong: sizes are letters
+    service.close()
+    result = CliRunner().invoke(app, ["attributes", "recheck", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "Rechecked 1 trait values" in result.output and "issues now: 0" in result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:u1") == {"size": "XL"} and service.data_quality()["issues"] == []
+    service.close()

@@ -514,6 +514,25 @@ def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin
     console.print_json(data=attribute)
 
 
+@attributes_app.command("recheck")
+def attributes_recheck(db: DbOption = None) -> None:
+    """Recompute every profile's traits from the event log with the current attribute definitions.
+
+    After changing an attribute's type or rules: values that now fit are applied, values that no longer fit become
+    data-quality issues. Runs on the database file (stop the server first).
+    """
+    try:
+        with _backend(db, None, None) as backend:
+            if not isinstance(backend, Portrait):
+                raise PortraitError("stop the server first: rechecking rewrites every profile's traits")
+            values = backend.rebuild_traits()
+            issues = len(backend.data_quality(limit=1000)["issues"])
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Rechecked {values:,} trait values from the log; data-quality issues now: "
+                  f"{issues if issues < 1000 else 'over 1,000'}.")
+
+
 @attributes_app.command("analytics")
 def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
                          admin_key: AdminKeyOption = None) -> None:

@@ -108,6 +108,29 @@ class Processor:
         self.last_batch = (int(count), time.perf_counter() - started)
         return int(count)
 
+    def rebuild_traits(self, session: Session) -> int:
+        """Recompute every profile's traits from the log with the current attribute definitions.
+
+        Values that now fit their attribute are applied, values that no longer do become data-quality issues
+        (the old list is replaced). Returns how many trait values were read.
+        """
+        now = utc_now()
+        with session.transaction():
+            hi = self._watermark(session)
+            session.execute(q.REBUILD_ASSIGN)
+            session.execute(q.STAGE_TRAITS, [0, hi])
+            if self._unknown_traits == "infer":
+                session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
+            session.execute(q.CHECK_TRAITS)
+            count = int(session.execute(q.COUNT_CHECKED)[0][0])
+            session.execute(q.CLEAR_TRAITS)
+            session.execute(q.CLEAR_QUALITY)
+            session.execute(q.UPSERT_TRAITS)
+            session.execute(q.RECORD_QUALITY, [now])
+            for statement in q.DROP_BATCH_TABLES:
+                session.execute(statement)
+        return count
+
     @staticmethod
     def _watermark(session: Session) -> int:
         rows = session.execute(sql.GET_PROCESSOR_STATE, ["watermark"])

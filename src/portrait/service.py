@@ -225,6 +225,18 @@ class Portrait:
         """Process the log until caught up, in this thread (for the CLI when no server runs)."""
         return self.processor.drain()
 
+    def rebuild_traits(self) -> int:
+        """Recompute all traits from the log with the current attribute definitions (see Processor)."""
+        if self._processor_thread is not None:
+            raise BadRequest("rebuilding traits runs with the processor stopped: use the CLI with the server stopped",
+                             code="processor_running")
+        self.process_pending()
+        session = self.store.session()
+        try:
+            return self.processor.rebuild_traits(session)
+        finally:
+            session.close()
+
     def wait_processed(self, poll: float = 0.05) -> None:
         """Block until the background processor has applied every event received so far."""
         while self.status()["lag"] > 0:

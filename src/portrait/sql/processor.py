@@ -282,3 +282,10 @@ SELECT ?, 'processing_failed', ?, 'processor', message_id,
        json_object('seq', seq, 'type', type, 'userId', user_id, 'anonymousId', anonymous_id)::VARCHAR
 FROM events WHERE seq = ?
 """)
+
+# Rebuilding every profile's traits from the log (after an attribute's type or rules changed): the events'
+# current owners stand in for the batch assignment, then the usual trait statements run over the whole log.
+REBUILD_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, profile_id FROM event_profiles")
+CLEAR_TRAITS = parse("DELETE FROM profile_traits")
+CLEAR_QUALITY = parse("DELETE FROM data_quality")
+COUNT_CHECKED = parse("SELECT count(*) FROM b_checked")
