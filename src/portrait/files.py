@@ -1,8 +1,8 @@
 """Reading import files in chunks: NDJSON, a JSON array, Parquet or CSV.
 
-Either the rows are Segment-format messages already (``read_messages``), or they are plain rows that a
-:class:`portrait.mapping.RowMapping` turns into messages (also ``read_messages``). Files are read in chunks so an import of
-millions of rows runs in bounded memory. Messages without a messageId get one derived from their content
+Either the rows are Segment-format messages already, or they are plain rows that a
+:class:`portrait.mapping.RowMapping` turns into messages; :func:`read_messages` does both. Files are read in chunks
+so an import of millions of rows runs in bounded memory. Messages without a messageId get one derived from their content
 (:class:`portrait.mapping.MessageIds`), so importing the same file twice adds nothing.
 """
 
