@@ -181,3 +181,29 @@ def test_recheck_after_a_schema_fix_applies_values_kept_out_before(tmp_path: Any
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:u1") == {"size": "XL"} and service.data_quality()["issues"] == []
     service.close()
+
+
+def test_merge_strategies_within_batches_across_batches_and_profile_merges(portrait: Portrait) -> None:
+    for code, kind, strategy in (("first_channel", "string", "earliest"), ("best_score", "number", "max"),
+                                 ("lowest_price", "number", "min"), ("points", "integer", "sum"),
+                                 ("tags", "list", "union")):
+        portrait.attributes.create({"code": code, "name": code, "type": kind, "merge_strategy": strategy})
+
+    def identify(who: dict[str, str], at: str, **traits: Any) -> dict[str, Any]:
+        return {"type": "identify", **who, "timestamp": at, "traits": traits}
+
+    user, device = {"userId": "u1"}, {"anonymousId": "d1"}
+    portrait.ingest_messages([
+        identify(user, "2026-01-02T00:00:00Z", first_channel="email", best_score=5, lowest_price=30, points=10,
+                 tags=["a"]),
+        identify(user, "2026-01-01T00:00:00Z", first_channel="ads", best_score=7, lowest_price=40, points="5",
+                 tags=["b", "a"]),
+    ])
+    portrait.process_pending()
+    portrait.ingest_messages([identify(device, "2025-12-31T00:00:00Z", first_channel="social", best_score=9,
+                                       lowest_price=20, points=1, tags=["c"])])
+    portrait.process_pending()
+    portrait.ingest_messages([identify({**user, **device}, "2026-01-05T00:00:00Z", points=100)])  # merges d1 into u1
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"first_channel": "social", "best_score": 9, "lowest_price": 20,
+                                             "points": 116, "tags": ["a", "b", "c"]}

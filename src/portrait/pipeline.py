@@ -125,7 +125,9 @@ class Processor:
             count = int(session.execute(q.COUNT_CHECKED)[0][0])
             session.execute(q.CLEAR_TRAITS)
             session.execute(q.CLEAR_QUALITY)
-            session.execute(q.UPSERT_TRAITS)
+            session.execute(q.BATCH_TRAIT_INPUT)
+            for statement in q.UPSERT_BY_STRATEGY:
+                session.execute(statement)
             session.execute(q.RECORD_QUALITY, [now])
             for statement in q.DROP_BATCH_TABLES:
                 session.execute(statement)
@@ -265,7 +267,9 @@ class Processor:
             if self._unknown_traits == "infer":
                 session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
             session.execute(q.CHECK_TRAITS)
-            session.execute(q.UPSERT_TRAITS)
+            session.execute(q.BATCH_TRAIT_INPUT)
+            for statement in q.UPSERT_BY_STRATEGY:
+                session.execute(statement)
             session.execute(q.RECORD_QUALITY, [now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
@@ -279,7 +283,7 @@ class Processor:
         session.load("batch_merges", merges)
         try:
             for statement in (q.REMAP_ASSIGN, q.REASSIGN_IDENTITIES, q.REASSIGN_EVENTS, q.REASSIGN_ALIASES,
-                              q.INSERT_ALIASES, q.MOVE_TRAITS, q.DELETE_MERGED_TRAITS,
+                              q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT, *q.UPSERT_BY_STRATEGY, q.DELETE_MERGED_TRAITS,
                               q.DELETE_MERGED_PROFILES):
                 session.execute(statement)
         finally:

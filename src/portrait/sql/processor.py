@@ -139,19 +139,14 @@ REASSIGN_ALIASES = parse(
 INSERT_ALIASES = parse(
     "INSERT INTO profile_aliases (merged_id, profile_id) SELECT merged_id, profile_id FROM batch_merges"
 )
-# Fold merged profiles' traits into the survivor: per key, the value with the latest event time wins.
-_NEWER = (
-    "ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
-    "seq = excluded.seq WHERE excluded.updated_at > profile_traits.updated_at "
-    "OR (excluded.updated_at = profile_traits.updated_at AND excluded.seq > profile_traits.seq)"
-)
-MOVE_TRAITS = parse(
-    "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
-    "SELECT m.profile_id, t.key, arg_max_null(t.value, (t.updated_at, t.seq)), max(t.updated_at), "
-    "arg_max(t.seq, (t.updated_at, t.seq)) "
-    "FROM profile_traits AS t JOIN batch_merges AS m ON t.profile_id = m.merged_id GROUP BY m.profile_id, t.key "
-    + _NEWER
-)
+# Fold merged profiles' traits into the survivor with each attribute's merge strategy (see UPSERT_BY_STRATEGY).
+MERGE_TRAIT_INPUT = parse("""
+CREATE OR REPLACE TEMP TABLE trait_input AS
+SELECT m.profile_id, t.key AS code, CAST(t.value AS VARCHAR) AS value, t.updated_at, t.seq,
+       coalesce(a.merge_strategy, 'latest') AS strategy
+FROM profile_traits AS t JOIN batch_merges AS m ON t.profile_id = m.merged_id
+LEFT JOIN attributes AS a ON a.code = t.key
+""")
 DELETE_MERGED_TRAITS = parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
 DELETE_MERGED_PROFILES = parse("DELETE FROM profiles WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
 INSERT_MERGES = insert_from(
@@ -231,17 +226,70 @@ _PROBLEM = f"""CASE WHEN c.type = 'NULL' THEN NULL
 CHECK_TRAITS = parse(f"""
 CREATE OR REPLACE TEMP TABLE b_checked AS
 WITH c AS (
-    SELECT t.*, a.type AS attribute_type, a.validation, {_COERCED} AS coerced
+    SELECT t.*, a.type AS attribute_type, a.validation, coalesce(a.merge_strategy, 'latest') AS strategy,
+           {_COERCED} AS coerced
     FROM b_traits AS t LEFT JOIN attributes AS a ON a.code = t.code
 )
 SELECT c.*, {_PROBLEM} AS problem FROM c
 """)
-UPSERT_TRAITS = parse(
-    "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
-    "SELECT profile_id, code, arg_max_null(coerced, (timestamp, seq)), "
-    "max(timestamp), arg_max(seq, (timestamp, seq)) FROM b_checked WHERE problem IS NULL GROUP BY profile_id, code "
-    + _NEWER
+# Trait values to combine into profile_traits, from a batch (checked values) or from profiles merged away:
+# trait_input(profile_id, code, value, updated_at, seq, strategy). Each attribute's merge strategy says how a new
+# value combines with the stored one; the same combination folds a merged profile's values into the survivor.
+BATCH_TRAIT_INPUT = parse("""
+CREATE OR REPLACE TEMP TABLE trait_input AS
+SELECT profile_id, code, coerced AS value, timestamp AS updated_at, seq, strategy FROM b_checked WHERE problem IS NULL
+""")
+_COMBINE_INTO = "INSERT INTO profile_traits (profile_id, key, value, updated_at, seq) "
+_NEWER = (
+    "ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
+    "seq = excluded.seq WHERE excluded.updated_at > profile_traits.updated_at "
+    "OR (excluded.updated_at = profile_traits.updated_at AND excluded.seq > profile_traits.seq)"
 )
+_NUM = "TRY_CAST(CAST({0} AS VARCHAR) AS {1})"
+UPSERT_BY_STRATEGY = [
+    # latest (default): the value with the latest event time wins; null removes.
+    parse(_COMBINE_INTO + "SELECT profile_id, code, arg_max_null(value, (updated_at, seq)), max(updated_at), "
+          "arg_max(seq, (updated_at, seq)) FROM trait_input WHERE strategy = 'latest' GROUP BY profile_id, code "
+          + _NEWER),
+    # earliest: the first value ever seen stays.
+    parse(_COMBINE_INTO + "SELECT profile_id, code, arg_min(value, (updated_at, seq)), min(updated_at), "
+          "arg_min(seq, (updated_at, seq)) FROM trait_input WHERE strategy = 'earliest' AND value IS NOT NULL "
+          "GROUP BY profile_id, code ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, "
+          "updated_at = excluded.updated_at, seq = excluded.seq WHERE profile_traits.value IS NULL "
+          "OR excluded.updated_at < profile_traits.updated_at "
+          "OR (excluded.updated_at = profile_traits.updated_at AND excluded.seq < profile_traits.seq)"),
+    # max / min: the largest / smallest number seen.
+    *[parse(_COMBINE_INTO + f"SELECT profile_id, code, arg_{fn}(value, {_NUM.format('value', 'DOUBLE')}), "
+            "max(updated_at), max(seq) FROM trait_input "
+            f"WHERE strategy = '{fn}' AND {_NUM.format('value', 'DOUBLE')} IS NOT NULL GROUP BY profile_id, code "
+            "ON CONFLICT (profile_id, key) DO UPDATE SET value = CASE WHEN profile_traits.value IS NULL OR "
+            f"{_NUM.format('excluded.value', 'DOUBLE')} {op} {_NUM.format('profile_traits.value', 'DOUBLE')} "
+            "THEN excluded.value ELSE profile_traits.value END, "
+            "updated_at = greatest(excluded.updated_at, profile_traits.updated_at), "
+            "seq = greatest(excluded.seq, profile_traits.seq)")
+      for fn, op in (("max", ">"), ("min", "<"))],
+    # sum: values add up (integers stay integers).
+    parse(_COMBINE_INTO + "SELECT profile_id, code, CASE WHEN count(TRY_CAST(value AS BIGINT)) = count(value) "
+          "THEN CAST(sum(TRY_CAST(value AS BIGINT)) AS VARCHAR) ELSE CAST(sum(TRY_CAST(value AS DOUBLE)) AS VARCHAR) "
+          "END, max(updated_at), max(seq) FROM trait_input WHERE strategy = 'sum' AND "
+          "TRY_CAST(value AS DOUBLE) IS NOT NULL GROUP BY profile_id, code "
+          "ON CONFLICT (profile_id, key) DO UPDATE SET value = coalesce("
+          f"CAST({_NUM.format('profile_traits.value', 'BIGINT')} + {_NUM.format('excluded.value', 'BIGINT')} "
+          "AS VARCHAR), "
+          f"CAST({_NUM.format('profile_traits.value', 'DOUBLE')} + {_NUM.format('excluded.value', 'DOUBLE')} "
+          "AS VARCHAR), CAST(excluded.value AS VARCHAR)), "
+          "updated_at = greatest(excluded.updated_at, profile_traits.updated_at), "
+          "seq = greatest(excluded.seq, profile_traits.seq)"),
+    # union: lists collect every distinct element seen (sorted).
+    parse(_COMBINE_INTO + "SELECT profile_id, code, CAST(to_json(list_sort(list_distinct(flatten(list("
+          "TRY_CAST(CAST(value AS JSON) AS VARCHAR[])))))) AS VARCHAR), max(updated_at), max(seq) FROM trait_input "
+          "WHERE strategy = 'union' AND TRY_CAST(CAST(value AS JSON) AS VARCHAR[]) IS NOT NULL "
+          "GROUP BY profile_id, code ON CONFLICT (profile_id, key) DO UPDATE SET value = CAST(to_json(list_sort("
+          "list_distinct(list_concat(coalesce(TRY_CAST(profile_traits.value AS VARCHAR[]), []), "
+          "TRY_CAST(excluded.value AS VARCHAR[]))))) AS VARCHAR), "
+          "updated_at = greatest(excluded.updated_at, profile_traits.updated_at), "
+          "seq = greatest(excluded.seq, profile_traits.seq)"),
+]
 # Values that break their attribute's rules are not applied but listed (the event stays in the log, so they can be
 # reprocessed once the schema is fixed). Params: detected-at time.
 RECORD_QUALITY = parse("""
@@ -272,7 +320,8 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 """)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
-    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked"
+    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked; "
+    "DROP TABLE IF EXISTS trait_input"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
 # Params: processed-at time, reason, seq.
