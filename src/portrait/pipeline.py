@@ -126,8 +126,7 @@ class Processor:
             session.execute(q.CLEAR_TRAITS)
             session.execute(q.CLEAR_QUALITY)
             session.execute(q.BATCH_TRAIT_INPUT)
-            for statement in q.UPSERT_BY_STRATEGY:
-                session.execute(statement)
+            _combine_traits(session)
             session.execute(q.RECORD_QUALITY, [now])
             for statement in q.DROP_BATCH_TABLES:
                 session.execute(statement)
@@ -268,8 +267,7 @@ class Processor:
                 session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
             session.execute(q.CHECK_TRAITS)
             session.execute(q.BATCH_TRAIT_INPUT)
-            for statement in q.UPSERT_BY_STRATEGY:
-                session.execute(statement)
+            _combine_traits(session)
             session.execute(q.RECORD_QUALITY, [now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
@@ -283,9 +281,11 @@ class Processor:
         session.load("batch_merges", merges)
         try:
             for statement in (q.REMAP_ASSIGN, q.REASSIGN_IDENTITIES, q.REASSIGN_EVENTS, q.REASSIGN_ALIASES,
-                              q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT, *q.UPSERT_BY_STRATEGY, q.DELETE_MERGED_TRAITS,
-                              q.DELETE_MERGED_PROFILES):
+                              q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT):
                 session.execute(statement)
+            _combine_traits(session)
+            session.execute(q.DELETE_MERGED_TRAITS)
+            session.execute(q.DELETE_MERGED_PROFILES)
         finally:
             session.unload("batch_merges")
         _with(session, "batch_merge_log", pa.table({
@@ -309,6 +309,14 @@ def _record(plan: BatchPlan, event: SlowEvent, resolution: Resolution) -> None:
         plan.conflicts.append((event, profile_id, resolution.dropped))
     plan.attached.extend((ident, profile_id, event) for ident in resolution.attached)
     plan.assigned.append((event.seq, profile_id))
+
+
+def _combine_traits(session: Session) -> None:
+    """Fold trait_input into profile_traits, running only the statements of the merge strategies present."""
+    present = {row[0] for row in session.execute(q.STRATEGIES_PRESENT)}
+    for strategy, statement in zip(q.STRATEGY_ORDER, q.UPSERT_BY_STRATEGY, strict=True):
+        if strategy in present:
+            session.execute(statement)
 
 
 def _identifiers_json(identifiers: list[Identifier]) -> str:

@@ -246,6 +246,8 @@ _NEWER = (
     "OR (excluded.updated_at = profile_traits.updated_at AND excluded.seq > profile_traits.seq)"
 )
 _NUM = "TRY_CAST(CAST({0} AS VARCHAR) AS {1})"
+STRATEGIES_PRESENT = parse("SELECT DISTINCT strategy FROM trait_input")
+STRATEGY_ORDER = ("latest", "earliest", "max", "min", "sum", "union")  # the order of UPSERT_BY_STRATEGY
 UPSERT_BY_STRATEGY = [
     # latest (default): the value with the latest event time wins; null removes.
     parse(_COMBINE_INTO + "SELECT profile_id, code, arg_max_null(value, (updated_at, seq)), max(updated_at), "
