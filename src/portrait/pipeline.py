@@ -127,7 +127,8 @@ class Processor:
             session.execute(q.CLEAR_QUALITY)
             session.execute(q.BATCH_TRAIT_INPUT)
             _combine_traits(session)
-            session.execute(q.RECORD_QUALITY, [now])
+            if session.execute(q.COUNT_PROBLEMS)[0][0]:
+                session.execute(q.RECORD_QUALITY, [now])
             for statement in q.DROP_BATCH_TABLES:
                 session.execute(statement)
         return count
@@ -268,7 +269,8 @@ class Processor:
             session.execute(q.CHECK_TRAITS)
             session.execute(q.BATCH_TRAIT_INPUT)
             _combine_traits(session)
-            session.execute(q.RECORD_QUALITY, [now])
+            if session.execute(q.COUNT_PROBLEMS)[0][0]:
+                session.execute(q.RECORD_QUALITY, [now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
 

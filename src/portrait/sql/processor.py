@@ -297,8 +297,10 @@ UPSERT_BY_STRATEGY = [
 RECORD_QUALITY = parse("""
 INSERT INTO data_quality (profile_id, attribute, raw_value, reason, seq, message_id, source, detected_at)
 SELECT b.profile_id, b.code, b.value, b.problem, b.seq, e.message_id, e.source, ?
-FROM b_checked AS b JOIN events AS e ON e.seq = b.seq WHERE b.problem IS NOT NULL
+FROM b_checked AS b JOIN events AS e ON e.seq = b.seq WHERE b.problem IS NOT NULL AND e.seq IN (
+    SELECT seq FROM b_checked WHERE problem IS NOT NULL)
 """)
+COUNT_PROBLEMS = parse("SELECT count(*) FROM b_checked WHERE problem IS NOT NULL")
 # A trait no attribute describes yet becomes a custom attribute, typed from its first value (policy "infer").
 # Params: created-at time (twice).
 AUTO_CREATE_ATTRIBUTES = parse("""
