@@ -7,10 +7,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -47,6 +47,7 @@ AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar="PORTR
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 Backend = Portrait | RemotePortrait
+T = TypeVar("T")
 
 
 def _settings(db: str | None) -> Settings:
@@ -91,6 +92,20 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
             backend.wait_processed()
     finally:
         backend.close()
+
+
+def _run(db: str | None, url: str | None, admin_key: str | None, action: Callable[[Backend], T]) -> T:
+    """Run ``action`` on the local database or the server holding it; a PortraitError ends the command clearly."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            return action(backend)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+
+
+def _either(local: Callable[[Portrait], T], remote: Callable[[RemotePortrait], T]) -> Callable[[Backend], T]:
+    """One action for both backends where their methods differ (the registry lives under ``attributes`` locally)."""
+    return lambda backend: local(backend) if isinstance(backend, Portrait) else remote(backend)
 
 
 def _fail(exc: PortraitError) -> typer.Exit:
@@ -139,11 +154,7 @@ def serve(
 def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
            as_json: JsonOption = False) -> None:
     """Ingestion and processing counters (lag = events received but not yet reflected in profiles)."""
-    try:
-        with _backend(db, url, admin_key) as backend:
-            info = backend.status()
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    info = _run(db, url, admin_key, lambda backend: backend.status())
     if as_json:
         console.print_json(data=info)
         return
@@ -238,11 +249,7 @@ def events_rejected(
     as_json: JsonOption = False,
 ) -> None:
     """Messages and requests that were not accepted, with the reason and what was sent."""
-    try:
-        with _backend(db, url, admin_key) as backend:
-            page = backend.rejected(limit=limit, code=code)
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    page = _run(db, url, admin_key, lambda backend: backend.rejected(limit=limit, code=code))
     if as_json:
         console.print_json(data=page)
         return
@@ -457,11 +464,7 @@ def quality(
     as_json: JsonOption = False,
 ) -> None:
     """Data-quality issues: trait values not applied because they break their attribute's type or rules."""
-    try:
-        with _backend(db, url, admin_key) as backend:
-            page = backend.data_quality(limit=limit, attribute=attribute)
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    page = _run(db, url, admin_key, lambda backend: backend.data_quality(limit=limit, attribute=attribute))
     if as_json:
         console.print_json(data=page)
         return
@@ -481,12 +484,8 @@ def attributes_list(
     if kind not in ("all", "standard", "custom"):
         raise _fail(PortraitError("--kind must be all, standard or custom"))
     standard = None if kind == "all" else kind == "standard"
-    try:
-        with _backend(db, url, admin_key) as backend:
-            rows = (backend.attributes.list(standard=standard) if isinstance(backend, Portrait)
-                    else backend.attributes_list(standard))
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    rows = _run(db, url, admin_key, _either(lambda local: local.attributes.list(standard=standard),
+                                            lambda remote: remote.attributes_list(standard)))
     if as_json:
         console.print_json(data={"attributes": rows})
         return
@@ -506,11 +505,8 @@ def _yes(flag: bool) -> str:
 @attributes_app.command("show")
 def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
     """One attribute, with how many profiles have a value."""
-    try:
-        with _backend(db, url, admin_key) as backend:
-            attribute = (backend.attributes.get(code) if isinstance(backend, Portrait) else backend.attribute(code))
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    attribute = _run(db, url, admin_key, _either(lambda local: local.attributes.get(code),
+                                                 lambda remote: remote.attribute(code)))
     console.print_json(data=attribute)
 
 
@@ -537,12 +533,8 @@ def attributes_recheck(db: DbOption = None) -> None:
 def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
                          admin_key: AdminKeyOption = None) -> None:
     """Fill rate, distinct and top values; for numbers min/max/mean/quantiles/histogram; for dates the range."""
-    try:
-        with _backend(db, url, admin_key) as backend:
-            stats = (backend.attributes.analytics(code) if isinstance(backend, Portrait)
-                     else backend.attribute_analytics(code))
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    stats = _run(db, url, admin_key, _either(lambda local: local.attributes.analytics(code),
+                                             lambda remote: remote.attribute_analytics(code)))
     console.print_json(data=stats)
 
 
@@ -561,12 +553,8 @@ def attributes_create(
     """Define a custom attribute."""
     fields = {"code": code, "name": name, "type": attribute_type, "description": description, "unit": unit,
               "is_personal_info": personal, "calculate_analytics": analytics}
-    try:
-        with _backend(db, url, admin_key) as backend:
-            created = (backend.attributes.create(fields) if isinstance(backend, Portrait)
-                       else backend.attribute_create(fields))
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    created = _run(db, url, admin_key, _either(lambda local: local.attributes.create(fields),
+                                               lambda remote: remote.attribute_create(fields)))
     console.print(f"Created attribute {created['code']} ({created['type']}).")
 
 
@@ -590,15 +578,11 @@ def attributes_update(
                                                   "calculate_analytics": analytics}.items() if v is not None}
     if deprecate or activate:
         changes["status"] = "deprecated" if deprecate else "active"
-    try:
-        if not changes:
-            raise PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
-                                "--deprecate or --activate")
-        with _backend(db, url, admin_key) as backend:
-            updated = (backend.attributes.update(code, changes) if isinstance(backend, Portrait)
-                       else backend.attribute_update(code, changes))
-    except PortraitError as exc:
-        raise _fail(exc) from exc
+    if not changes:
+        raise _fail(PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
+                                  "--deprecate or --activate"))
+    updated = _run(db, url, admin_key, _either(lambda local: local.attributes.update(code, changes),
+                                               lambda remote: remote.attribute_update(code, changes)))
     console.print(f"Updated attribute {updated['code']}: {', '.join(sorted(changes))}.")
 
 
