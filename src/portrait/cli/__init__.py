@@ -1,0 +1,12 @@
+"""The ``portrait`` command. Parses arguments, calls the service (or a running server), prints.
+Commands live in small modules by area; importing them registers them on :data:`app`.
+"""
+
+from portrait.cli import attributes, reads, server, transfer  # noqa: F401  (registers the commands)
+from portrait.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

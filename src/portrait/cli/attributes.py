@@ -1,0 +1,134 @@
+"""The attribute registry: ``attributes list|show|analytics|create|update|recheck``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    _backend,
+    _either,
+    _fail,
+    _run,
+    attributes_app,
+    console,
+)
+from portrait.errors import PortraitError
+from portrait.service import Portrait
+
+
+@attributes_app.command("list")
+def attributes_list(
+    kind: Annotated[str, typer.Option("--kind", help="all, standard or custom.")] = "all",
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """The attributes, as in the console's Profile Attributes dashboard."""
+    if kind not in ("all", "standard", "custom"):
+        raise _fail(PortraitError("--kind must be all, standard or custom"))
+    standard = None if kind == "all" else kind == "standard"
+    rows = _run(db, url, admin_key, _either(lambda local: local.attributes.list(standard=standard),
+                                            lambda remote: remote.attributes_list(standard)))
+    if as_json:
+        console.print_json(data={"attributes": rows})
+        return
+    table = Table("Code", "Attribute", "Description", "Type", "Is Personal Info", "Calculate Analytics", "Unit",
+                  "Calculated", "Standard", "Status", title="Profile attributes")
+    for a in rows:
+        table.add_row(a["code"], a["name"], a["description"], a["type"], _yes(a["is_personal_info"]),
+                      _yes(a["calculate_analytics"]), a["unit"] or "", _yes(a["calculated"]), _yes(a["standard"]),
+                      a["status"])
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@attributes_app.command("show")
+def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
+    """One attribute, with how many profiles have a value."""
+    attribute = _run(db, url, admin_key, _either(lambda local: local.attributes.get(code),
+                                                 lambda remote: remote.attribute(code)))
+    console.print_json(data=attribute)
+
+
+@attributes_app.command("recheck")
+def attributes_recheck(db: DbOption = None) -> None:
+    """Recompute every profile's traits from the event log with the current attribute definitions.
+
+    After changing an attribute's type or rules: values that now fit are applied, values that no longer fit become
+    data-quality issues. Runs on the database file (stop the server first).
+    """
+    try:
+        with _backend(db, None, None) as backend:
+            if not isinstance(backend, Portrait):
+                raise PortraitError("stop the server first: rechecking rewrites every profile's traits")
+            values = backend.rebuild_traits()
+            issues = len(backend.data_quality(limit=1000)["issues"])
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Rechecked {values:,} trait values from the log; data-quality issues now: "
+                  f"{issues if issues < 1000 else 'over 1,000'}.")
+
+
+@attributes_app.command("analytics")
+def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
+                         admin_key: AdminKeyOption = None) -> None:
+    """Fill rate, distinct and top values; for numbers min/max/mean/quantiles/histogram; for dates the range."""
+    stats = _run(db, url, admin_key, _either(lambda local: local.attributes.analytics(code),
+                                             lambda remote: remote.attribute_analytics(code)))
+    console.print_json(data=stats)
+
+
+@attributes_app.command("create")
+def attributes_create(
+    code: Annotated[str, typer.Argument(help="snake_case code, e.g. loyalty_tier")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    attribute_type: Annotated[str, typer.Option("--type", help="string, integer, number, boolean, date, datetime, "
+                                                               "enum, list or object.")] = "string",
+    description: Annotated[str, typer.Option(help="What it means.")] = "",
+    unit: Annotated[str | None, typer.Option(help="Unit, e.g. EUR or days.")] = None,
+    personal: Annotated[bool, typer.Option("--personal/--not-personal", help="Personal information?")] = False,
+    analytics: Annotated[bool, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Define a custom attribute."""
+    fields = {"code": code, "name": name, "type": attribute_type, "description": description, "unit": unit,
+              "is_personal_info": personal, "calculate_analytics": analytics}
+    created = _run(db, url, admin_key, _either(lambda local: local.attributes.create(fields),
+                                               lambda remote: remote.attribute_create(fields)))
+    console.print(f"Created attribute {created['code']} ({created['type']}).")
+
+
+@attributes_app.command("update")
+def attributes_update(
+    code: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    description: Annotated[str | None, typer.Option(help="What it means.")] = None,
+    unit: Annotated[str | None, typer.Option(help="Unit.")] = None,
+    personal: Annotated[bool | None, typer.Option("--personal/--not-personal", help="Personal information?")
+                        ] = None,
+    analytics: Annotated[bool | None, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")
+                         ] = None,
+    deprecate: Annotated[bool, typer.Option("--deprecate", help="Mark deprecated (values are kept).")] = False,
+    activate: Annotated[bool, typer.Option("--activate", help="Mark active again.")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Change an attribute's name, description, unit or flags, or deprecate it."""
+    changes: dict[str, Any] = {k: v for k, v in {"name": name, "description": description, "unit": unit,
+                                                  "is_personal_info": personal,
+                                                  "calculate_analytics": analytics}.items() if v is not None}
+    if deprecate or activate:
+        changes["status"] = "deprecated" if deprecate else "active"
+    if not changes:
+        raise _fail(PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
+                                  "--deprecate or --activate"))
+    updated = _run(db, url, admin_key, _either(lambda local: local.attributes.update(code, changes),
+                                               lambda remote: remote.attribute_update(code, changes)))
+    console.print(f"Updated attribute {updated['code']}: {', '.join(sorted(changes))}.")

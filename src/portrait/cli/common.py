@@ -1,0 +1,111 @@
+"""Shared pieces of the ``portrait`` command: the Typer apps, options, output, and where commands run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from portrait.client import RemotePortrait, running_server_url
+from portrait.config import Settings, load_settings
+from portrait.errors import DatabaseInUse, PortraitError
+from portrait.service import Portrait
+
+app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+profiles_app = typer.Typer(help="Look up unified customer profiles.", no_args_is_help=True)
+events_app = typer.Typer(help="Inspect the event log.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(events_app, name="events")
+import_app = typer.Typer(help="Bring data in from files.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+attributes_app = typer.Typer(help="The profile attribute registry.", no_args_is_help=True)
+app.add_typer(attributes_app, name="attributes")
+export_app = typer.Typer(help="Take data out to files.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+console = Console(soft_wrap=True)
+errors = Console(stderr=True)
+
+DbOption = Annotated[str | None, typer.Option("--db", help="Database file (default: PORTRAIT_DB_PATH or "
+                                                         "./portrait.duckdb).")]
+UrlOption = Annotated[str | None, typer.Option("--url", help="Talk to a running server at this URL instead of "
+                                                           "opening the database file.")]
+AdminKeyOption = Annotated[str | None, typer.Option("--admin-key", envvar="PORTRAIT_ADMIN_KEY",
+                                                    help="Admin key, needed with --url or a running server.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+Backend = Portrait | RemotePortrait
+T = TypeVar("T")
+
+
+def _settings(db: str | None) -> Settings:
+    return load_settings().with_overrides(db_path=db)
+
+
+def _print_generated(generated: dict[str, str]) -> None:
+    for kind, key in generated.items():
+        console.print(f"[bold yellow]Generated {kind} key (shown once, store it now):[/] {key}")
+
+
+@contextmanager
+def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None, *,
+             background: bool = False) -> Iterator[Backend]:
+    """The local database when it is free, else the server that holds it (with an admin key), else a clear error.
+
+    Locally, pending events are processed first; with ``background`` the processor instead runs beside the command
+    (imports), and the command waits for it to catch up before it ends.
+    """
+    settings = _settings(db)
+    backend: Backend
+    if url:
+        backend = RemotePortrait(url, admin_key=admin_key, write_key=write_key)
+    else:
+        try:
+            backend = Portrait(settings, background=background)
+        except DatabaseInUse as exc:
+            server = running_server_url(settings.db_path)
+            if server is None or not (admin_key or write_key):
+                hint = (f" A server runs at {server}: pass --admin-key (or set PORTRAIT_ADMIN_KEY) to go through it,"
+                        " or stop it first." if server else
+                        " Stop that process, or pass --url and --admin-key to use a server.")
+                raise DatabaseInUse(exc.message + hint) from exc
+            backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
+        else:
+            _print_generated(backend.generated_keys)
+            if not background:
+                backend.process_pending()
+    try:
+        yield backend
+        if isinstance(backend, Portrait) and background:
+            backend.wait_processed()
+    finally:
+        backend.close()
+
+
+def _run(db: str | None, url: str | None, admin_key: str | None, action: Callable[[Backend], T]) -> T:
+    """Run ``action`` on the local database or the server holding it; a PortraitError ends the command clearly."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            return action(backend)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+
+
+def _either(local: Callable[[Portrait], T], remote: Callable[[RemotePortrait], T]) -> Callable[[Backend], T]:
+    """One action for both backends where their methods differ (the registry lives under ``attributes`` locally)."""
+    return lambda backend: local(backend) if isinstance(backend, Portrait) else remote(backend)
+
+
+def _fail(exc: PortraitError) -> typer.Exit:
+    errors.print(f"error: {exc.message}", style="bold red", markup=False, soft_wrap=True, highlight=False)
+    return typer.Exit(code=1)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=os.environ.get("PORTRAIT_NO_PROGRESS") == "1")

@@ -1,0 +1,139 @@
+"""Looking things up: ``profiles get``, ``events tail``, ``events rejected``, ``quality``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    _backend,
+    _fail,
+    _run,
+    app,
+    console,
+    events_app,
+    profiles_app,
+)
+from portrait.errors import PortraitError
+
+
+@profiles_app.command("get")
+def profiles_get(
+    identity: Annotated[str, typer.Argument(help="TYPE:VALUE, e.g. email:ann@example.com, user_id:42, profile_id:…")],
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+    events: Annotated[int, typer.Option(help="How many recent events to show.")] = 10,
+) -> None:
+    """Show the unified profile of any identifier: traits, identities, merges and recent events."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            profile = backend.profile(identity)
+            recent = backend.events(identity, limit=events)["events"] if events else []
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data={**profile, "events": recent})
+        return
+    _print_profile(profile, recent)
+
+
+def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]Profile[/] {profile['profile_id']}  first seen {profile['first_seen']}, "
+                  f"last seen {profile['last_seen']}")
+    traits = Table("trait", "value", title="Traits")
+    for key, value in profile["traits"].items():
+        traits.add_row(key, json.dumps(value, ensure_ascii=False))
+    console.print(traits)
+    idents = Table("type", "value", "first seen", title="Identities")
+    for ident in profile["identities"]:
+        idents.add_row(ident["type"], ident["value"], ident["first_seen"] or "")
+    console.print(idents)
+    if profile["merges"]:
+        merges = Table("merged profile", "when", "event", "identifiers", title="Merges")
+        for m in profile["merges"]:
+            merges.add_row(m["merged_profile_id"], m["merged_at"], m["message_id"],
+                           ", ".join(f"{i['type']}:{i['value']}" for i in m["identifiers"]))
+        console.print(merges)
+    if recent:
+        table = Table("timestamp", "type", "event", "properties", title=f"Latest {len(recent)} events")
+        for e in recent:
+            table.add_row(e["timestamp"], e["type"], e["event"] or "", json.dumps(e["properties"])[:80])
+        console.print(table)
+
+
+@events_app.command("tail")
+def events_tail(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many recent events to show first.")] = 20,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new events as they arrive.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the latest events of the log (and follow new ones with -f)."""
+    try:
+        with _backend(db, url, admin_key) as backend:
+            after = max(0, int(backend.status()["last_seq"]) - lines)
+            while True:
+                batch = backend.recent_events(after, 1000)
+                for event in batch:
+                    _print_event(event, as_json)
+                    after = int(event["seq"])
+                if not follow:
+                    return
+                if not batch:
+                    time.sleep(1.0)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(data=event)
+        return
+    who = event.get("user_id") or f"anon:{event.get('anonymous_id')}"
+    console.print(f"{event['seq']:>8}  {event['timestamp']}  {event['type']:<8} {event.get('event') or '':<24} {who}")
+
+
+@events_app.command("rejected")
+def events_rejected(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    code: Annotated[str | None, typer.Option(help="Only this rejection code.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Messages and requests that were not accepted, with the reason and what was sent."""
+    page = _run(db, url, admin_key, lambda backend: backend.rejected(limit=limit, code=code))
+    if as_json:
+        console.print_json(data=page)
+        return
+    table = Table("id", "received", "code", "reason", "payload", title="Rejected")
+    for item in page["rejected"]:
+        table.add_row(str(item["id"]), item["received_at"], item["code"], item["reason"], item["payload"][:60])
+    console.print(table)
+
+
+@app.command()
+def quality(
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    attribute: Annotated[str | None, typer.Option(help="Only this attribute code.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Data-quality issues: trait values not applied because they break their attribute's type or rules."""
+    page = _run(db, url, admin_key, lambda backend: backend.data_quality(limit=limit, attribute=attribute))
+    if as_json:
+        console.print_json(data=page)
+        return
+    table = Table("id", "detected", "attribute", "value", "reason", "profile", title="Data quality")
+    for item in page["issues"]:
+        table.add_row(str(item["id"]), item["detected_at"], item["attribute"], str(item["raw_value"])[:40],
+                      item["reason"], (item["profile_id"] or "")[:13])
+    console.print(table)

@@ -1,0 +1,190 @@
+"""Data in and out: ``import events``, ``import profiles``, ``export profiles``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    UrlOption,
+    _backend,
+    _fail,
+    _progress,
+    console,
+    export_app,
+    import_app,
+)
+from portrait.client import RemotePortrait
+from portrait.errors import PortraitError
+from portrait.mapping import RowMapping
+from portrait.service import Portrait
+
+FormatOption = Annotated[str | None, typer.Option("--format", help="ndjson, json, parquet or csv (default: from "
+                                                                  "the file name).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Read and check everything, write nothing.")]
+RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; "
+                                                                  "default FILE.rejects.ndjson when there are any).")]
+Column = Annotated[str | None, typer.Option(help="Column name.")]
+
+
+@import_app.command("events")
+def import_events(
+    file: Annotated[Path, typer.Argument(help="NDJSON, JSON array, Parquet or CSV file.")],
+    file_format: FormatOption = None, dry_run: DryRunOption = False, rejects: RejectsOption = None,
+    event: Annotated[str | None, typer.Option(help="Event name for every row (rows mode).")] = None,
+    event_column: Annotated[str | None, typer.Option(help="Column holding the event name (rows mode).")] = None,
+    user_id: Annotated[str | None, typer.Option(help="Column holding the user id (rows mode).")] = None,
+    anonymous_id: Column = None, email: Column = None, phone: Column = None,
+    timestamp: Annotated[str | None, typer.Option(help="Column holding the event time (rows mode).")] = None,
+    timestamp_format: Annotated[str | None, typer.Option(help="strptime format of the time column when it is not "
+                                                                   "ISO-8601, e.g. %Y%m%d.")] = None,
+    message_id: Annotated[str | None, typer.Option(help="Column with a unique id per row (rows mode).")] = None,
+    properties: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties "
+                                                        "(default: every column not used otherwise).")] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Import events from a file: Segment-format messages as they are, or rows described by column options.
+
+    Without column options the file holds Segment messages (identify, track, page, ...) as the HTTP API takes
+    them. With them (and always for CSV), each row becomes a track event. Historical timestamps are kept;
+    everything goes through the same checks, identity resolution and trait rules as live events. Re-importing the
+    same file adds nothing.
+    """
+    mapping = _row_mapping("events", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
+                           event=event, event_column=event_column, timestamp=timestamp,
+                           timestamp_format=timestamp_format, message_id=message_id, fields=properties)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
+
+
+@import_app.command("profiles")
+def import_profiles(
+    file: Annotated[Path, typer.Argument(help="CSV, Parquet, NDJSON or JSON array file, one customer per row.")],
+    file_format: FormatOption = None, dry_run: DryRunOption = False, rejects: RejectsOption = None,
+    user_id: Column = None, anonymous_id: Column = None, email: Column = None, phone: Column = None,
+    timestamp: Annotated[str | None, typer.Option(help="Column with the time the row's values are from "
+                                                       "(default: now).")] = None,
+    timestamp_format: Annotated[str | None, typer.Option(help="strptime format of the time column.")] = None,
+    traits: Annotated[str | None, typer.Option(help="Comma-separated columns that become traits (default: every "
+                                                    "column not used otherwise).")] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Import customers (a CRM export): each row becomes an identify with its columns as traits."""
+    mapping = _row_mapping("profiles", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
+                           timestamp=timestamp, timestamp_format=timestamp_format, fields=traits, force=True)
+    _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
+
+
+def _row_mapping(kind: str, *, fields: str | None, force: bool = False, **columns: Any) -> RowMapping | None:
+    """A mapping when any column option is given (always for profiles); None means the rows are messages."""
+    if not force and fields is None and not any(columns.values()):
+        return None
+    names = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields is not None else None
+    return RowMapping(kind, fields=names, **columns)
+
+
+def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str, dry_run: bool,
+            rejects: Path | None, db: str | None, url: str | None, admin_key: str | None) -> None:
+    rejects_path = rejects or file.with_name(file.name + ".rejects.ndjson")
+    try:
+        with _backend(db, url, admin_key, background=True) as backend:
+            if not isinstance(backend, Portrait):
+                _import_through_server(backend, file, file_format, mapping, delimiter, dry_run, rejects_path)
+                return
+            with _RejectsFile(rejects_path) as rejected, _progress() as progress:
+                task = progress.add_task("rows", total=None)
+                started = time.monotonic()
+
+                def show(rows: int) -> None:
+                    rate = rows / max(time.monotonic() - started, 1e-9)
+                    progress.update(task, completed=rows, description=f"{rows:,} rows, {rate:,.0f}/s")
+
+                report = backend.import_file(file, file_format, mapping, delimiter=delimiter, dry_run=dry_run,
+                                             on_rejected=rejected.write, on_progress=show)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    _print_import_report(report.as_dict(), dry_run, rejects_path if report.rejected else None)
+
+
+def _import_through_server(backend: RemotePortrait, file: Path, file_format: str | None,
+                           mapping: RowMapping | None, delimiter: str, dry_run: bool, rejects_path: Path) -> None:
+    if not file.is_file():
+        raise PortraitError(f"{file} is not a readable file")
+    params: dict[str, Any] = {"filename": file.name, "format": file_format, "dry_run": dry_run,
+                              "delimiter": delimiter}
+    if mapping is not None:
+        params.update({k: v for k, v in vars(mapping).items() if k not in ("fields", "identifier_columns")})
+        params["fields"] = ",".join(mapping.fields) if mapping.fields is not None else None
+    console.print(f"Sending {file.name} to {backend.url} ...")
+    report = backend.import_file(file, params)
+    with _RejectsFile(rejects_path) as rejected:
+        for record in report["first_rejected"]:
+            rejected.write(record)
+    if report["rejected"] > len(report["first_rejected"]):
+        console.print(f"(the first {len(report['first_rejected'])} rejected rows are in the rejects file; all are "
+                      "listed by `portrait events rejected`)")
+    _print_import_report(report, dry_run, rejects_path if report["rejected"] else None)
+
+
+class _RejectsFile:
+    """Rejected rows as NDJSON, created only when there is a first one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> _RejectsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("w", encoding="utf-8")
+        self._handle.write(json.dumps(record) + "\n")
+
+
+def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Path | None) -> None:
+    verb = "would store" if dry_run else "stored"
+    console.print(f"{report['rows']:,} rows read in {report['seconds']} s: {verb} {report['stored']:,}, "
+                  f"already there {report['duplicates']:,}, rejected {report['rejected']:,}.")
+    for code, count in sorted(report["by_code"].items()):
+        console.print(f"  rejected {code}: {count:,}")
+    if rejects_path:
+        console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
+
+
+@export_app.command("profiles")
+def export_profiles(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    file_format: Annotated[str | None, typer.Option("--format", help="csv, parquet or ndjson (default: from the "
+                                                                     "output file name).")] = None,
+    attributes: Annotated[str | None, typer.Option(help="Comma-separated attribute codes (default: every active "
+                                                        "attribute that is not personal information).")] = None,
+    include_personal: Annotated[bool, typer.Option("--include-personal", help="Also export personal-information "
+                                                                              "attributes.")] = False,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+) -> None:
+    """Export every profile, one row each, with the chosen attributes as columns."""
+    chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
+    names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
+    try:
+        with _backend(db, url, admin_key) as backend:
+            if isinstance(backend, Portrait):
+                report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal)
+            else:
+                report = backend.export_profiles(output, chosen, names, include_personal)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Exported {report['rows']:,} profiles with {len(report['columns'])} columns to {output}.")
+    if report["personal_included"]:
+        console.print(f"Personal information included: {', '.join(report['personal_included'])}")
