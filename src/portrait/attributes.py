@@ -34,10 +34,10 @@ def check_code(code: str) -> str:
     return code
 
 
-def infer_type(json_type: str) -> str:
-    """The attribute type for a value first seen with this JSON type (DuckDB's json_type names)."""
-    return {"VARCHAR": "string", "BIGINT": "integer", "UBIGINT": "integer", "DOUBLE": "number",
-            "BOOLEAN": "boolean", "ARRAY": "list", "OBJECT": "object"}.get(json_type, "string")
+# The type a custom attribute gets from the first value seen (DuckDB's json_type names); anything else: string.
+# Objects never reach this: one level of nesting is flattened into codes of their own.
+INFERRED_TYPES = {"BIGINT": "integer", "UBIGINT": "integer", "DOUBLE": "number", "BOOLEAN": "boolean",
+                  "ARRAY": "list"}
 
 
 @dataclass

@@ -150,10 +150,14 @@ class Portrait:
 
     def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
                 body_bytes: int) -> Future[IngestResult]:
+        events, rejections = self._read(parsed, source, received_at, ip, body_bytes)
+        return self.writer.submit(events, rejections)
+
+    def _read(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
+              body_bytes: int) -> tuple[EventColumns, list[Rejection]]:
         reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
                                body_bytes=body_bytes, identity_traits=self.rules.identity_traits)
-        events, rejections = reader.read_all()
-        return self.writer.submit(events, rejections)
+        return reader.read_all()
 
     def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime
                          ) -> Future[IngestResult]:
@@ -208,10 +212,8 @@ class Portrait:
         """
         first_row = 1
         for chunk in chunks:
-            reader = MessageReader(received_at=utc_now(), source=source, ip=None, request=ParsedRequest(chunk),
-                                   limits=self.limits, body_bytes=self.limits.max_message_bytes + 1,
-                                   identity_traits=self.rules.identity_traits)
-            events, rejections = reader.read_all()
+            unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
+            events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size)
             if dry_run:
                 result = IngestResult(len(events), 0, len(rejections))
             else:

@@ -7,6 +7,7 @@ Parameters marked ``lo``/``hi`` are the batch's sequence range (lo exclusive, hi
 
 from __future__ import annotations
 
+from portrait.attributes import INFERRED_TYPES
 from portrait.sql import insert_from, parse, parse_many
 
 BATCH_RANGE = parse(
@@ -303,12 +304,11 @@ FROM b_checked AS b JOIN events AS e ON e.seq = b.seq WHERE b.problem IS NOT NUL
 COUNT_PROBLEMS = parse("SELECT count(*) FROM b_checked WHERE problem IS NOT NULL")
 # A trait no attribute describes yet becomes a custom attribute, typed from its first value (policy "infer").
 # Params: created-at time (twice).
-AUTO_CREATE_ATTRIBUTES = parse("""
+_INFER = "CASE arg_min(type, seq) " + " ".join(
+    f"WHEN '{json_type}' THEN '{kind}'" for json_type, kind in INFERRED_TYPES.items()) + " ELSE 'string' END"
+AUTO_CREATE_ATTRIBUTES = parse(f"""
 INSERT INTO attributes (code, name, type, description, standard, auto_created, created_at, updated_at)
-SELECT code, code, CASE arg_min(type, seq) WHEN 'BIGINT' THEN 'integer' WHEN 'UBIGINT' THEN 'integer'
-                         WHEN 'DOUBLE' THEN 'number' WHEN 'BOOLEAN' THEN 'boolean' WHEN 'ARRAY' THEN 'list'
-                         ELSE 'string' END,
-       'Created automatically from incoming traits', FALSE, TRUE, ?, ?
+SELECT code, code, {_INFER}, 'Created automatically from incoming traits', FALSE, TRUE, ?, ?
 FROM b_traits WHERE type <> 'NULL' AND code NOT IN (SELECT code FROM attributes)
 GROUP BY code
 ON CONFLICT DO NOTHING
