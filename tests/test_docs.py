@@ -52,3 +52,14 @@ def test_cli_doc_describes_every_command_and_option() -> None:
     documented = {s.split("`")[1] for s in sections[1:]}
     actual = {"portrait " + " ".join(path) for path, _ in commands(typer.main.get_command(app))}
     assert {re.sub(r" ([A-Z]+\b|--).*", "", d) for d in documented} == actual
+
+
+def test_the_mapping_file_example_reads_as_documented() -> None:
+    from portrait.mapping import RowMapping, parse_mapping_text
+
+    example = re.search(r"```yaml\n(# orders.yaml.*?)```", (DOCS / "cli.md").read_text(), re.DOTALL)
+    assert example is not None
+    mapping = RowMapping.from_document(parse_mapping_text(example.group(1), "orders.yaml"), "events")
+    assert mapping == RowMapping("events", user_id="customer_no", identifier_columns={"loyalty_card": "card"},
+                                 event="Order Completed", timestamp="sold_at", timestamp_format="%Y-%m-%d %H:%M",
+                                 message_id="receipt_id", fields=("total", "items"), renames={"total": "revenue"})

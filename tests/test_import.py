@@ -163,3 +163,22 @@ def test_cdnow_purchases_match_a_pandas_computation(tmp_path: Path) -> None:
         assert sum(e["properties"]["dollar_value"] for e in events) == pytest.approx(row["revenue"]), customer
         assert events[-1]["timestamp"][:10].replace("-", "") == row["first"], customer
     service.close()
+
+
+def test_a_mapping_file_describes_the_columns(tmp_path: Path) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,card,day,amount\n007,L-1,20190105,10.5\n008,L-2,20190106,4\n")
+    mapping = tmp_path / "orders.yaml"
+    mapping.write_text("# POS export\nidentifiers: {user_id: cust, loyalty_card: card}\nevent: Order Completed\n"
+                       "timestamp: day\ntimestamp_format: '%Y%m%d'\nproperties: {amount: revenue}\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(orders), "--mapping", str(mapping), "--db", db])
+    assert "stored 2" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    events = service.events("loyalty_card:L-1")["events"]
+    assert [(e["event"], e["timestamp"][:10], e["properties"]) for e in events] == [
+        ("Order Completed", "2019-01-05", {"revenue": 10.5})]
+    service.close()
+    mapping.write_text("identifiers: {user_id: cust}\nevents: Order Completed\n")
+    result = runner.invoke(app, ["import", "events", str(orders), "--mapping", str(mapping), "--db", db])
+    assert result.exit_code == 1 and "unknown mapping settings events" in result.output

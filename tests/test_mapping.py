@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from portrait.errors import BadRequest
-from portrait.mapping import MessageIds, RowMapping, rows_to_messages
+from portrait.mapping import MessageIds, RowMapping, combine, parse_mapping_text, rows_to_messages
 
 ORDER = {"cust": "007", "day": "20190105", "total": 10.5, "sku": "A-1"}
 
@@ -58,3 +58,54 @@ def test_message_ids_follow_content_and_count_identical_copies() -> None:
     assert ids_first == ids_again  # a re-import gives the same ids
     assert len(set(ids_first)) == 4 and ids_first[0].endswith("-0") and ids_first[1].endswith("-1")
     assert ids_first[3] == "given"
+
+
+@pytest.mark.parametrize("mapping", [
+    RowMapping("events", user_id="cust", event="Order Completed", timestamp="day", timestamp_format="%Y%m%d"),
+    RowMapping("events", email="mail", event_column="sku", fields=("total",), message_id="id"),
+    RowMapping("profiles", identifier_columns={"loyalty_card": "card"}, fields=("a", "b"), renames={"a": "plan"}),
+    RowMapping("profiles", phone="tel", anonymous_id="anon"),
+])
+def test_mapping_documents_round_trip(mapping: RowMapping) -> None:
+    assert RowMapping.from_document(mapping.to_document(), mapping.kind) == mapping
+
+
+def test_a_yaml_mapping_file_names_identifiers_and_renames_columns() -> None:
+    document = parse_mapping_text("""
+identifiers:
+  user_id: cust
+  loyalty_card: card
+event: Order Completed
+timestamp: day
+timestamp_format: "%Y%m%d"
+properties: {total: revenue, sku: sku}
+""", "orders.yaml")
+    mapping = RowMapping.from_document(document, "events")
+    row = {**ORDER, "card": "L-9"}
+    assert list(rows_to_messages([row], mapping)) == [{
+        "type": "track", "userId": "007", "event": "Order Completed", "timestamp": "2019-01-05T00:00:00+00:00",
+        "properties": {"revenue": 10.5, "sku": "A-1"},
+        "context": {"externalIds": [{"type": "loyalty_card", "id": "L-9", "collection": "users", "encoding": "none"}]},
+    }]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("identifiers: [a, b]", "'identifiers' must map names to column names"),
+    ("identifiers: {user_id: id}\ncolumns: x", "unknown mapping settings columns"),
+    ("kind: profiles\nidentifiers: {user_id: id}", "the mapping is for profiles, not events"),
+    ("event: 12", "'event' must be text"),
+    ("- just\n- a list", "must be an object of settings"),
+    ("identifiers: {user_id: [", "is not valid YAML or JSON"),
+])
+def test_bad_mapping_documents_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        RowMapping.from_document(parse_mapping_text(text, "m.yaml"), "events")
+    assert message in raised.value.message
+
+
+def test_column_options_override_the_mapping_document() -> None:
+    document = {"identifiers": {"user_id": "cust"}, "event": "A", "properties": {"total": "revenue"}}
+    mapping = combine("events", document, "total,sku", {"event": "B", "email": None})
+    assert mapping == RowMapping("events", user_id="cust", event="B", fields=("total", "sku"))
+    assert combine("events", None, None, {"event": None}) is None  # no mapping: the rows are messages
+    assert combine("profiles", None, None, {}) == RowMapping("profiles")

@@ -148,15 +148,17 @@ def test_demo_loads_through_a_running_server(server: Server) -> None:
 
 def test_cli_import_goes_through_a_running_server(server: Server, tmp_path: Path) -> None:
     source = tmp_path / "crm.csv"
-    source.write_text("id,mail,plan\n1,ann@example.com,pro\n2,,free\n")
-    imported = run_cli("import", "profiles", str(source), "--user-id", "id", "--email", "mail", "--db",
-                       server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    source.write_text("id,mail,plan,card\n1,ann@example.com,pro,L-1\n2,,free,\n")
+    mapping = tmp_path / "crm.json"  # JSON mapping files work as well as YAML ones
+    mapping.write_text('{"identifiers": {"loyalty_card": "card"}, "traits": {"plan": "tier"}}')
+    imported = run_cli("import", "profiles", str(source), "--mapping", str(mapping), "--user-id", "id", "--email",
+                       "mail", "--db", server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
     assert imported.returncode == 0, imported.stderr
     assert "stored 2" in imported.stdout
     server.wait_caught_up()
     with server.admin() as admin:
-        assert admin.get("/api/profiles/email:ann@example.com/traits").json() == {
-            "plan": "pro", "email": "ann@example.com"}
+        assert admin.get("/api/profiles/loyalty_card:L-1/traits").json() == {
+            "tier": "pro", "email": "ann@example.com"}
 
 
 def test_cli_export_through_a_running_server(server: Server, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ functions, no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
+import yaml
 
 from portrait.errors import BadRequest
 
@@ -36,6 +38,38 @@ class RowMapping:
     message_id: str | None = None
     fields: tuple[str, ...] | None = None  # properties/traits columns; None: every column not used otherwise
     identifier_columns: Mapping[str, str] = field(default_factory=dict)  # custom identifier type -> column
+    renames: Mapping[str, str] = field(default_factory=dict)  # column -> property/trait name, when they differ
+
+    @classmethod
+    def from_document(cls, document: Any, kind: str) -> RowMapping:
+        """A mapping from its JSON/YAML form (see docs/cli.md, "Mapping files"); BadRequest says what is wrong."""
+        if not isinstance(document, Mapping):
+            raise BadRequest("a mapping must be an object of settings (identifiers, event, timestamp, ...)",
+                             code="invalid_mapping")
+        unknown = set(document) - DOCUMENT_KEYS
+        if unknown:
+            raise BadRequest(f"unknown mapping settings {', '.join(sorted(map(str, unknown)))}; known: "
+                             f"{', '.join(sorted(DOCUMENT_KEYS))}", code="invalid_mapping")
+        if document.get("kind", kind) != kind:
+            raise BadRequest(f"the mapping is for {document['kind']}, not {kind}", code="invalid_mapping")
+        identifiers = _text_map(document.get("identifiers", {}), "identifiers")
+        builtin = {name: identifiers.pop(name) for name in ("user_id", "anonymous_id", "email", "phone")
+                   if name in identifiers}
+        fields_, renames = _fields(document.get("traits" if kind == "profiles" else "properties"), kind)
+        settings = {name: _text(document.get(name), name) for name in SCALAR_KEYS}
+        return cls(kind, fields=fields_, renames=renames, identifier_columns=identifiers, **builtin, **settings)
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON/YAML form, which :meth:`from_document` reads back to an equal mapping."""
+        identifiers = {name: getattr(self, name) for name in ("user_id", "anonymous_id", "email", "phone")
+                       if getattr(self, name)}
+        document: dict[str, Any] = {"kind": self.kind, "identifiers": {**identifiers, **self.identifier_columns}}
+        document.update({name: getattr(self, name) for name in SCALAR_KEYS if getattr(self, name)})
+        if self.fields is not None:
+            fields_key = "traits" if self.kind == "profiles" else "properties"
+            document[fields_key] = ({c: self.renames.get(c, c) for c in self.fields} if self.renames
+                                    else list(self.fields))
+        return document
 
     def check(self, columns: Iterable[str]) -> None:
         """Raise BadRequest naming every mapped column the file does not have, and what is missing."""
@@ -64,6 +98,56 @@ class RowMapping:
                             *self.identifier_columns.values()) if c]
 
 
+SCALAR_KEYS = ("event", "event_column", "timestamp", "timestamp_format", "message_id")
+DOCUMENT_KEYS = {"kind", "identifiers", "properties", "traits", *SCALAR_KEYS}
+
+
+def parse_mapping_text(text: str, source: str) -> Any:
+    """The document in a YAML or JSON mapping file (JSON is YAML too); BadRequest points at a syntax error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BadRequest(f"{source} is not valid YAML or JSON: {exc}", code="invalid_mapping") from exc
+
+
+def combine(kind: str, document: Any | None, fields: str | None, columns: Mapping[str, str | None]
+            ) -> RowMapping | None:
+    """A mapping document (or none) with the column options laid over it; None means the rows are messages.
+
+    There is a mapping when a document or any column option is given, and always for profiles. ``fields`` is the
+    comma-separated form of the property/trait columns.
+    """
+    given: dict[str, Any] = {name: value for name, value in columns.items() if value is not None}
+    if fields is not None:
+        given.update(fields=tuple(f.strip() for f in fields.split(",") if f.strip()), renames={})
+    if document is None and kind != "profiles" and not given:
+        return None
+    base = RowMapping.from_document(document, kind) if document is not None else RowMapping(kind)
+    return dataclasses.replace(base, **given)
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"mapping setting {name!r} must be text, not {value!r}", code="invalid_mapping")
+
+
+def _text_map(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BadRequest(f"mapping setting {name!r} must map names to column names", code="invalid_mapping")
+    return dict(value)
+
+
+def _fields(value: Any, kind: str) -> tuple[tuple[str, ...] | None, dict[str, str]]:
+    """Columns that become properties/traits: a list (names kept) or ``{column: name}`` (renamed)."""
+    if value is None:
+        return None, {}
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return tuple(value), {}
+    renames = _text_map(value, "traits" if kind == "profiles" else "properties")
+    return tuple(renames), {c: n for c, n in renames.items() if c != n}
+
+
 def rows_to_messages(rows: Iterable[Mapping[str, Any]], mapping: RowMapping) -> Iterator[dict[str, Any]]:
     used = mapping.used_columns()
     for row in rows:
@@ -72,7 +156,7 @@ def rows_to_messages(rows: Iterable[Mapping[str, Any]], mapping: RowMapping) -> 
 
 def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str]) -> dict[str, Any]:
     columns = mapping.fields if mapping.fields is not None else [c for c in row if c not in used]
-    values = {c: _plain(row.get(c)) for c in columns if row.get(c) is not None}
+    values = {mapping.renames.get(c, c): _plain(row.get(c)) for c in columns if row.get(c) is not None}
     message: dict[str, Any] = {"type": "track" if mapping.kind == "events" else "identify"}
     for name, key in IDENTIFIER_FIELDS.items():
         column = getattr(mapping, name)

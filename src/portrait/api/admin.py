@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from portrait.errors import Unauthorized
-from portrait.mapping import RowMapping
+from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 
 
@@ -130,15 +130,15 @@ def router(portrait: Portrait) -> APIRouter:
         anonymous_id: str | None = None, email: str | None = None, phone: str | None = None,
         timestamp: str | None = None, timestamp_format: str | None = None, message_id: str | None = None,
         fields: Annotated[str | None, Query(description="Comma-separated property/trait columns.")] = None,
+        mapping: Annotated[str | None, Query(description="A whole mapping as JSON (the mapping-file form); the "
+                                                         "column parameters override it.")] = None,
         delimiter: str = ",",
     ) -> dict[str, Any]:
         columns: dict[str, Any] = {"user_id": user_id, "anonymous_id": anonymous_id, "email": email, "phone": phone,
                                    "event": event, "event_column": event_column, "timestamp": timestamp,
                                    "timestamp_format": timestamp_format, "message_id": message_id}
-        mapping = None
-        if kind == "profiles" or fields is not None or any(columns.values()):
-            names = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields is not None else None
-            mapping = RowMapping(kind, fields=names, **columns)
+        document = parse_mapping_text(mapping, "the mapping parameter") if mapping else None
+        rows = combine(kind, document, fields, columns)
         name = Path(filename).name or "upload"
         with tempfile.TemporaryDirectory(prefix="portrait-import-") as folder:
             upload = Path(folder) / name
@@ -146,7 +146,7 @@ def router(portrait: Portrait) -> APIRouter:
                 async for chunk in request.stream():
                     handle.write(chunk)
             report = await run_in_threadpool(
-                lambda: portrait.import_file(upload, format, mapping, delimiter=delimiter, dry_run=dry_run,
+                lambda: portrait.import_file(upload, format, rows, delimiter=delimiter, dry_run=dry_run,
                                              source=f"import:{name}"))
         return report.as_dict()
 

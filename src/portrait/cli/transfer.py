@@ -22,7 +22,7 @@ from portrait.cli.common import (
 )
 from portrait.client import RemotePortrait
 from portrait.errors import PortraitError
-from portrait.mapping import RowMapping
+from portrait.mapping import RowMapping, combine, parse_mapping_text
 from portrait.service import Portrait
 
 FormatOption = Annotated[str | None, typer.Option("--format", help="ndjson, json, parquet or csv (default: from "
@@ -31,6 +31,8 @@ DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Read and check ev
 RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to write rejected rows (NDJSON; "
                                                                   "default FILE.rejects.ndjson when there are any).")]
 Column = Annotated[str | None, typer.Option(help="Column name.")]
+MappingOption = Annotated[Path | None, typer.Option("--mapping", help="YAML or JSON mapping file (see \"Mapping "
+                                                                      "files\"); column options override it.")]
 
 
 @import_app.command("events")
@@ -48,6 +50,7 @@ def import_events(
     properties: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties "
                                                         "(default: every column not used otherwise).")] = None,
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    mapping_file: MappingOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import events from a file: Segment-format messages as they are, or rows described by column options.
@@ -57,7 +60,7 @@ def import_events(
     everything goes through the same checks, identity resolution and trait rules as live events. Re-importing the
     same file adds nothing.
     """
-    mapping = _row_mapping("events", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
+    mapping = _row_mapping("events", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
                            event=event, event_column=event_column, timestamp=timestamp,
                            timestamp_format=timestamp_format, message_id=message_id, fields=properties)
     _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
@@ -74,20 +77,30 @@ def import_profiles(
     traits: Annotated[str | None, typer.Option(help="Comma-separated columns that become traits (default: every "
                                                     "column not used otherwise).")] = None,
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    mapping_file: MappingOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import customers (a CRM export): each row becomes an identify with its columns as traits."""
-    mapping = _row_mapping("profiles", user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
-                           timestamp=timestamp, timestamp_format=timestamp_format, fields=traits, force=True)
+    mapping = _row_mapping("profiles", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email,
+                           phone=phone, timestamp=timestamp, timestamp_format=timestamp_format, fields=traits)
     _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
 
 
-def _row_mapping(kind: str, *, fields: str | None, force: bool = False, **columns: Any) -> RowMapping | None:
-    """A mapping when any column option is given (always for profiles); None means the rows are messages."""
-    if not force and fields is None and not any(columns.values()):
-        return None
-    names = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields is not None else None
-    return RowMapping(kind, fields=names, **columns)
+def _row_mapping(kind: str, mapping_file: Path | None, *, fields: str | None, **columns: str | None
+                 ) -> RowMapping | None:
+    """The mapping file's mapping with the column options laid over it (see :func:`portrait.mapping.combine`)."""
+    try:
+        document = parse_mapping_text(_read_text(mapping_file), mapping_file.name) if mapping_file else None
+        return combine(kind, document, fields, columns)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PortraitError(f"cannot read the mapping file {path}: {exc}") from exc
 
 
 def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str, dry_run: bool,
@@ -120,8 +133,8 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
     params: dict[str, Any] = {"filename": file.name, "format": file_format, "dry_run": dry_run,
                               "delimiter": delimiter}
     if mapping is not None:
-        params.update({k: v for k, v in vars(mapping).items() if k not in ("fields", "identifier_columns")})
-        params["fields"] = ",".join(mapping.fields) if mapping.fields is not None else None
+        params["kind"] = mapping.kind
+        params["mapping"] = json.dumps(mapping.to_document())
     console.print(f"Sending {file.name} to {backend.url} ...")
     report = backend.import_file(file, params)
     with _RejectsFile(rejects_path) as rejected:
