@@ -172,3 +172,18 @@ def test_cli_export_through_a_running_server(server: Server, tmp_path: Path) -> 
     import pyarrow.parquet as pq
     rows = pq.read_table(out).to_pylist()
     assert [(r["user_id"], r["plan"]) for r in rows] == [("x1", "pro")] and "email" not in rows[0]
+
+
+def test_attributes_recheck_runs_through_a_running_server(server: Server) -> None:
+    with server.admin() as admin:
+        created = admin.post("/api/attributes", json={"code": "shoe_size", "name": "Shoe size", "type": "integer"})
+        assert created.status_code in (200, 201), created.text
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+            client.post("/v1/identify", json={"userId": "r1", "traits": {"shoeSize": "42 EU"}})
+        server.wait_caught_up()
+        assert "shoe_size" not in admin.get("/api/profiles/user_id:r1/traits").json()
+        admin.patch("/api/attributes/shoe_size", json={"type": "string"}).raise_for_status()
+        rechecked = run_cli("attributes", "recheck", "--db", server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+        assert rechecked.returncode == 0, rechecked.stderr
+        assert "data-quality issues now: 0" in rechecked.stdout
+        assert admin.get("/api/profiles/user_id:r1/traits").json()["shoe_size"] == "42 EU"

@@ -92,10 +92,14 @@ class RemotePortrait:
     def attribute_update(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
         return dict(self._send("PATCH", f"/api/attributes/{code}", changes))
 
-    def _send(self, method: str, path: str, body: dict[str, Any]) -> Any:
+    def rebuild_traits(self) -> dict[str, int]:
+        return dict(self._send("POST", "/api/attributes/recheck", {}, timeout=None))
+
+    def _send(self, method: str, path: str, body: dict[str, Any], *, timeout: float | None = 30.0) -> Any:
         if not self._admin:
             raise Unauthorized("an admin key is needed: set PORTRAIT_ADMIN_KEY or --admin-key")
-        response = self._http.request(method, path, json=body, headers={"Authorization": f"Bearer {self._admin}"})
+        response = self._http.request(method, path, json=body, timeout=timeout,
+                                      headers={"Authorization": f"Bearer {self._admin}"})
         return _checked(response)
 
     def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,

@@ -16,7 +16,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -345,9 +346,16 @@ class ProcessorThread:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="portrait-processor", daemon=True)
+        self._busy = threading.Lock()  # held while a batch is processed
 
     def start(self) -> None:
         self._thread.start()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No batch runs in the background while this is held (the current one finishes first)."""
+        with self._busy:
+            yield
 
     def notify(self) -> None:
         self._wake.set()
@@ -362,7 +370,8 @@ class ProcessorThread:
         try:
             while not self._stop.is_set():
                 try:
-                    done = self._processor.process_next(session)
+                    with self._busy:
+                        done = self._processor.process_next(session)
                 except Exception:  # the store itself fails (disk full...): wait, then try again
                     log.exception("processing failed; retrying in 1 s")
                     self._stop.wait(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import threading
 import time
@@ -227,17 +228,22 @@ class Portrait:
         """Process the log until caught up, in this thread (for the CLI when no server runs)."""
         return self.processor.drain()
 
-    def rebuild_traits(self) -> int:
-        """Recompute all traits from the log with the current attribute definitions (see Processor)."""
-        if self._processor_thread is not None:
-            raise BadRequest("rebuilding traits runs with the processor stopped: use the CLI with the server stopped",
-                             code="processor_running")
-        self.process_pending()
-        session = self.store.session()
-        try:
-            return self.processor.rebuild_traits(session)
-        finally:
-            session.close()
+    def rebuild_traits(self) -> dict[str, int]:
+        """Recompute all traits from the log with the current attribute definitions (see Processor).
+
+        The background processor is paused meanwhile (events keep arriving and wait in the log). Returns how many
+        trait values were read and how many data-quality issues there are now.
+        """
+        pause = self._processor_thread.paused() if self._processor_thread else contextlib.nullcontext()
+        with pause:
+            self.process_pending()
+            session = self.store.session()
+            try:
+                values = self.processor.rebuild_traits(session)
+                issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
+            finally:
+                session.close()
+        return {"values": values, "issues": issues}
 
     def wait_processed(self, poll: float = 0.05) -> None:
         """Block until the background processor has applied every event received so far."""

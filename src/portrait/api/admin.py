@@ -98,6 +98,11 @@ def router(portrait: Portrait) -> APIRouter:
     async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.attributes.update, code, payload)
 
+    @api.post("/attributes/recheck", summary="Recompute every profile's traits from the log with the current "
+                                             "attribute definitions (processing pauses meanwhile)")
+    async def recheck_attributes() -> dict[str, int]:
+        return await run_in_threadpool(portrait.rebuild_traits)
+
     @api.get("/exports/profiles", summary="Every profile with the chosen attributes, as CSV, Parquet or NDJSON",
              response_class=FileResponse)
     async def export(

@@ -12,7 +12,6 @@ from portrait.cli.common import (
     DbOption,
     JsonOption,
     UrlOption,
-    _backend,
     _either,
     _fail,
     _run,
@@ -20,7 +19,6 @@ from portrait.cli.common import (
     console,
 )
 from portrait.errors import PortraitError
-from portrait.service import Portrait
 
 
 @attributes_app.command("list")
@@ -59,22 +57,15 @@ def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin
 
 
 @attributes_app.command("recheck")
-def attributes_recheck(db: DbOption = None) -> None:
+def attributes_recheck(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
     """Recompute every profile's traits from the event log with the current attribute definitions.
 
     After changing an attribute's type or rules: values that now fit are applied, values that no longer fit become
-    data-quality issues. Runs on the database file (stop the server first).
+    data-quality issues. Through a running server, its processor pauses meanwhile (events wait in the log).
     """
-    try:
-        with _backend(db, None, None) as backend:
-            if not isinstance(backend, Portrait):
-                raise PortraitError("stop the server first: rechecking rewrites every profile's traits")
-            values = backend.rebuild_traits()
-            issues = len(backend.data_quality(limit=1000)["issues"])
-    except PortraitError as exc:
-        raise _fail(exc) from exc
-    console.print(f"Rechecked {values:,} trait values from the log; data-quality issues now: "
-                  f"{issues if issues < 1000 else 'over 1,000'}.")
+    done = _run(db, url, admin_key, lambda backend: backend.rebuild_traits())
+    console.print(f"Rechecked {done['values']:,} trait values from the log; data-quality issues now: "
+                  f"{done['issues']:,}.")
 
 
 @attributes_app.command("analytics")

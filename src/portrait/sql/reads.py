@@ -113,3 +113,4 @@ def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
         .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
     )
     return query, [after_seq]
+COUNT_QUALITY = parse("SELECT count(*) FROM data_quality")
