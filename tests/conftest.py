@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.postgres import PostgresServer
 
 from portrait.config import Settings
 from portrait.service import Portrait
@@ -73,9 +74,9 @@ class Server:
             self.process.wait(timeout=30)
 
 
-def start_server(db_path: str, log_path: Path) -> Server:
+def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", str(port)],
@@ -100,3 +101,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
     running = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole run (started from the machine's binaries; never skipped)."""
+    server = PostgresServer()
+    yield server
+    server.stop()

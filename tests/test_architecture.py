@@ -15,7 +15,8 @@ LAYERS: dict[str, float] = {
     "spec": 1, "identity": 1, "demo": 1, "mapping": 1, "attributes": 1,
     "sql": 2,
     "store": 3,
-    "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "exports": 4.5,
+    "connectors": 3,
+    "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "sources": 4, "exports": 4.5,
     "service": 5, "client": 5,
     "api": 6, "cli": 6, "__main__": 7, "__init__": 0,
 }

@@ -182,3 +182,17 @@ def test_a_mapping_file_describes_the_columns(tmp_path: Path) -> None:
     mapping.write_text("identifiers: {user_id: cust}\nevents: Order Completed\n")
     result = runner.invoke(app, ["import", "events", str(orders), "--mapping", str(mapping), "--db", db])
     assert result.exit_code == 1 and "unknown mapping settings events" in result.output
+
+
+def test_rows_identified_by_email_alone_are_imported(tmp_path: Path) -> None:
+    """A CRM export often has no user id: email (or phone) names the person, unlike a Segment HTTP message."""
+    customers = tmp_path / "newsletter.csv"
+    customers.write_text("mail,plan\nann@example.com,pro\n,free\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(customers), "--email", "mail", "--db", db])
+    assert "stored 1" in result.output and "rejected 1" in result.output, result.output
+    rejects = (tmp_path / "newsletter.csv.rejects.ndjson").read_text()
+    assert "the row has no identifier" in rejects
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("email:ann@example.com") == {"plan": "pro", "email": "ann@example.com"}
+    service.close()

@@ -9,10 +9,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from portrait.errors import BadRequest, NotFound, PortraitError, Unauthorized
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, Unauthorized
 
 
 def server_file(db_path: str) -> Path:
@@ -92,6 +93,23 @@ class RemotePortrait:
     def attribute_update(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
         return dict(self._send("PATCH", f"/api/attributes/{code}", changes))
 
+    # -- SQL sources (the same names as on Portrait and its SourceRegistry) --
+    def sources_all(self) -> list[dict[str, Any]]:
+        return list(self._get("/api/sources")["sources"])
+
+    def source_state(self, name: str) -> dict[str, Any]:
+        return dict(self._get(f"/api/sources/{quote(name, safe='')}"))
+
+    def add_source(self, fields: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
+        return dict(self._send("POST", f"/api/sources?check={str(check).lower()}", fields, timeout=60.0))
+
+    def remove_source(self, name: str) -> None:
+        self._send("DELETE", f"/api/sources/{quote(name, safe='')}", {})
+
+    def sync_source(self, name: str, *, full: bool = False) -> dict[str, Any]:
+        path = f"/api/sources/{quote(name, safe='')}/sync?full={str(full).lower()}"
+        return dict(self._send("POST", path, {}, timeout=None))
+
     def rebuild_traits(self) -> dict[str, int]:
         return dict(self._send("POST", "/api/attributes/recheck", {}, timeout=None))
 
@@ -139,6 +157,8 @@ class RemotePortrait:
 
 
 def _checked(response: httpx.Response) -> Any:
+    if response.status_code == 204:
+        return None
     if response.status_code in (200, 201):
         return response.json()
     try:
@@ -146,6 +166,6 @@ def _checked(response: httpx.Response) -> Any:
         message = f"{body['message']} ({body['code']})"
     except (ValueError, KeyError, TypeError):
         message = response.text[:500]
-    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 404: NotFound}.get(
+    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict}.get(
         response.status_code, PortraitError)
     raise error(f"server answered {response.status_code}: {message}")

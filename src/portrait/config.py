@@ -54,10 +54,16 @@ class Settings:
     """Origins allowed to call the ingestion endpoints from a browser."""
     unknown_traits: str = "infer"
     """What happens to a trait no attribute describes: infer (create a custom attribute) or strict (not applied)."""
+    source_poll_seconds: int = 5
+    """How often the server looks for SQL sources due for a scheduled sync."""
+    source_chunk_rows: int = 5000
+    """Rows a source sync reads and commits at a time (its cursor is saved after each chunk)."""
 
     def __post_init__(self) -> None:
         if self.unknown_traits not in ("infer", "strict"):
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
+        if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:
+            raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""

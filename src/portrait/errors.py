@@ -37,3 +37,15 @@ class DatabaseInUse(PortraitError):
     """The embedded database is held by another process (normally a running server)."""
 
     code = "database_in_use"
+
+
+class Conflict(PortraitError):
+    """The thing exists already, or is busy (a sync running)."""
+
+    code = "conflict"
+
+
+class SourceUnavailable(PortraitError):
+    """A source database cannot be reached, or refused the query."""
+
+    code = "source_failed"

@@ -18,7 +18,8 @@ import orjson
 
 from portrait import sql
 from portrait.config import Settings
-from portrait.errors import BadRequest, NotFound
+from portrait.connectors import connect, scrub
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import IdentityRules
@@ -27,6 +28,15 @@ from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
 from portrait.registry import AttributeRegistry
+from portrait.sources import (
+    Source,
+    SourceRegistry,
+    SourceScheduler,
+    SyncReport,
+    probe_columns,
+    read_chunks,
+    source_from_fields,
+)
 from portrait.spec import (
     EventColumns,
     Limits,
@@ -103,8 +113,21 @@ class Portrait:
         self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)
         if self._processor_thread:
             self._processor_thread.start()
+        self.sources = SourceRegistry(lambda: self._reads)
+        self._syncing: set[str] = set()
+        self._syncing_lock = threading.Lock()
+        self._scheduler: SourceScheduler | None = None
+
+    def start_scheduler(self) -> None:
+        """Run scheduled SQL-source syncs in the background (the server does; one-off CLI commands do not)."""
+        self.sources.mark_interrupted()
+        self._scheduler = SourceScheduler(lambda: self.sources.due(utc_now()), self.sync_source,
+                                          self.settings.source_poll_seconds)
+        self._scheduler.start()
 
     def close(self) -> None:
+        if self._scheduler:
+            self._scheduler.stop()
         self.writer.close()
         if self._processor_thread:
             self._processor_thread.stop()
@@ -155,9 +178,10 @@ class Portrait:
         return self.writer.submit(events, rejections)
 
     def _read(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
-              body_bytes: int) -> tuple[EventColumns, list[Rejection]]:
+              body_bytes: int, *, any_identifier: bool = False) -> tuple[EventColumns, list[Rejection]]:
         reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
-                               body_bytes=body_bytes, identity_traits=self.rules.identity_traits)
+                               body_bytes=body_bytes, identity_traits=self.rules.identity_traits,
+                               any_identifier=any_identifier)
         return reader.read_all()
 
     def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime
@@ -206,7 +230,8 @@ class Portrait:
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:
-        """Import chunks of Segment-format messages (a file), through the same reading rules as HTTP.
+        """Import chunks of Segment-format messages (a file), through the same reading rules as HTTP -- except that
+        a row identified only by email, phone or another identifier type needs no userId/anonymousId.
 
         Yields one result per chunk, with each rejected row's number (1-based, across chunks). With ``dry_run``
         nothing is written: the messages are only read and checked.
@@ -214,7 +239,8 @@ class Portrait:
         first_row = 1
         for chunk in chunks:
             unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
-            events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size)
+            events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size,
+                                            any_identifier=True)
             if dry_run:
                 result = IngestResult(len(events), 0, len(rejections))
             else:
@@ -222,6 +248,54 @@ class Portrait:
             rows = [(first_row + (r.position or 0), r) for r in rejections]
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)
+
+    # -- SQL sources -------------------------------------------------------------------------------------------
+    def add_source(self, fields: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
+        """Define a source (see :mod:`portrait.sources`). With ``check``, connect first and check the query's
+        columns against the cursor and mapping, so a mistake shows now rather than at the first sync."""
+        source = source_from_fields(fields)
+        source.check()
+        if check:
+            source.check_columns(probe_columns(source))
+        self.sources.add(source)
+        return self.sources.state(source.name)
+
+    def sync_source(self, name: str, *, full: bool = False) -> SyncReport:
+        """Read the source's new rows (all rows with ``full``) into the event log; Conflict if it is syncing."""
+        with self._syncing_lock:
+            if name in self._syncing:
+                raise Conflict(f"source {name!r} is syncing already", code="sync_running")
+            source = self.sources.get(name)
+            self._syncing.add(name)
+        try:
+            return self._sync(source, None if full else self.sources.cursor_value(name))
+        finally:
+            with self._syncing_lock:
+                self._syncing.discard(name)
+
+    def _sync(self, source: Source, after: Any) -> SyncReport:
+        report = SyncReport(source.name, cursor=after)
+        started = time.monotonic()
+        self.sources.mark_running(source.name, utc_now())
+        try:
+            connector = connect(source.url)
+            try:
+                for chunk in read_chunks(source, connector, after, self.settings.source_chunk_rows):
+                    done = next(self.import_messages([chunk.messages], f"source:{source.name}"))
+                    report.add(done.rows, done.result.accepted, done.result.duplicates, len(done.rejected))
+                    report.cursor = chunk.cursor if source.cursor else None
+                    self.sources.advance(source.name, report.cursor, done.rows)
+            finally:
+                connector.close()
+        except PortraitError as exc:
+            self.sources.finish(source.name, "failed", exc.message)
+            raise
+        except Exception as exc:
+            self.sources.finish(source.name, "failed", f"unexpected error: {scrub(str(exc), source.url)}")
+            raise
+        self.sources.finish(source.name, "ok", None)
+        report.seconds = round(time.monotonic() - started, 2)
+        return report
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:

@@ -229,8 +229,12 @@ class MessageReader:
     """Validates and enriches the messages of one request into columns. Create one per request."""
 
     def __init__(self, *, received_at: datetime, source: str, ip: str | None, request: ParsedRequest,
-                 limits: Limits, body_bytes: int, identity_traits: tuple[str, ...] = ()) -> None:
+                 limits: Limits, body_bytes: int, identity_traits: tuple[str, ...] = (),
+                 any_identifier: bool = False) -> None:
         self.received_at = received_at
+        # Imported rows may name the person by email, phone or another identifier only: with any_identifier such
+        # a message needs no userId/anonymousId (the HTTP API keeps Segment's rule).
+        self.any_identifier = any_identifier
         self.identity_traits = identity_traits
         self.source = source
         self.ip = ip
@@ -281,7 +285,9 @@ class MessageReader:
         name = message.get("event") if kind == "track" else message.get("name")
         if name is not None and name.__class__ is not str:
             raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
-        _check_required(kind, user_id, anonymous_id, previous_id, group_id, name)
+        hints = identity_hints(kind, message, self.identity_traits)
+        identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
+        _check_required(kind, user_id, identified, previous_id, group_id, name, self.any_identifier)
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
         client_time = _time_field(message, "timestamp")  # checked even when originalTimestamp is given
         original = _time_field(message, "originalTimestamp") or client_time
@@ -303,7 +309,7 @@ class MessageReader:
         out.properties.append(properties)
         out.traits.append(traits)
         out.context.append(context)
-        out.identity_hints.append(identity_hints(kind, message, self.identity_traits))
+        out.identity_hints.append(hints)
 
     def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
         """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""
@@ -325,14 +331,16 @@ class MessageReader:
                          position=position)
 
 
-def _check_required(kind: str, user_id: str | None, anonymous_id: str | None, previous_id: str | None,
-                    group_id: str | None, name: str | None) -> None:
+def _check_required(kind: str, user_id: str | None, identified: bool, previous_id: str | None,
+                    group_id: str | None, name: str | None, any_identifier: bool) -> None:
     if kind == "alias":
         if not user_id or not previous_id:
             raise Invalid("missing_field", "alias needs both userId and previousId")
         return
-    if not user_id and not anonymous_id:
-        raise Invalid("missing_identity", "message has neither userId nor anonymousId")
+    if not identified:
+        raise Invalid("missing_identity", "the row has no identifier (user id, anonymous id, email, phone or another "
+                                          "identifier)" if any_identifier else
+                      "message has neither userId nor anonymousId")
     if kind == "track" and not name:
         raise Invalid("missing_field", "track needs an event name")
     if kind == "group" and not group_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,8 @@ from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 
 
-def router(portrait: Portrait) -> APIRouter:
+def admin_key_required(portrait: Portrait) -> Callable[[Request], None]:
+    """A dependency that lets a request through only with ``Authorization: Bearer <admin key>``."""
     def admin(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -27,7 +29,11 @@ def router(portrait: Portrait) -> APIRouter:
             raise Unauthorized("send the admin key as 'Authorization: Bearer <key>'")
         portrait.keys.check(token.strip(), "admin")
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(admin)], tags=["admin"])
+    return admin
+
+
+def router(portrait: Portrait) -> APIRouter:
+    api = APIRouter(prefix="/api", dependencies=[Depends(admin_key_required(portrait))], tags=["admin"])
 
     @api.get("/status", summary="Ingestion and processing counters; lag = received but not yet on profiles")
     async def status() -> dict[str, Any]:

@@ -8,18 +8,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from portrait import __version__
-from portrait.api import admin, errors, ingest
+from portrait.api import admin, errors, ingest, sources
 from portrait.config import Settings
 from portrait.service import Portrait
 
 
-def create_app(settings: Settings | None = None, portrait: Portrait | None = None) -> FastAPI:
-    """Build the app. With ``portrait`` given the caller owns it; otherwise it is opened here and closed on shutdown."""
+def create_app(settings: Settings | None = None, portrait: Portrait | None = None, *,
+               schedule_sources: bool = False) -> FastAPI:
+    """Build the app. With ``portrait`` given the caller owns it; otherwise it is opened here and closed on shutdown.
+
+    ``schedule_sources`` runs scheduled SQL-source syncs while the app runs (``portrait serve`` turns it on).
+    """
     owned = portrait is None
     service = portrait or Portrait(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if schedule_sources:
+            service.start_scheduler()
         yield
         if owned:
             service.close()
@@ -31,6 +37,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     errors.install(app)
     app.include_router(ingest.router(service))
     app.include_router(admin.router(service))
+    app.include_router(sources.router(service))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -9,10 +9,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from portrait.errors import BadRequest, DatabaseInUse, NotFound, PortraitError, Unauthorized
+from portrait.errors import (
+    BadRequest,
+    Conflict,
+    DatabaseInUse,
+    NotFound,
+    PortraitError,
+    SourceUnavailable,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
-STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, NotFound: 404, DatabaseInUse: 503}
+STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409,
+                                          SourceUnavailable: 502, DatabaseInUse: 503}
 
 
 def error_response(status: int, code: str, message: str) -> Response:

@@ -58,8 +58,8 @@ def serve(
     console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
                   f"API docs: {url}/docs)")
     try:
-        uvicorn.run(create_app(settings, portrait), host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False)
+        uvicorn.run(create_app(settings, portrait, schedule_sources=True), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False)
     finally:
         portrait.close()
         remove_server_file(settings.db_path)

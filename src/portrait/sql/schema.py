@@ -153,6 +153,27 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    4: parse_many(
+        """
+        CREATE TABLE IF NOT EXISTS sources (
+            name VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            url VARCHAR NOT NULL,
+            query VARCHAR NOT NULL,
+            cursor_column VARCHAR,
+            every_seconds INTEGER,
+            mapping VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            cursor_value VARCHAR,
+            status VARCHAR NOT NULL DEFAULT 'never',
+            last_started_at TIMESTAMP,
+            last_finished_at TIMESTAMP,
+            last_error VARCHAR,
+            last_rows BIGINT NOT NULL DEFAULT 0,
+            total_rows BIGINT NOT NULL DEFAULT 0
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

@@ -1,0 +1,155 @@
+"""Reading rows out of other databases (SQL sources): PostgreSQL through psycopg, SQLite through the standard library.
+
+A connector runs one read-only query and hands its rows back in chunks (a server-side cursor on PostgreSQL, so a
+table of millions of rows never sits in memory). Connection URLs carry passwords: :func:`redact` is the only form
+of a URL that may be shown or logged, and every error raised here has the password taken out.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import SplitResult, unquote, urlsplit
+from uuid import UUID
+
+import psycopg
+
+from portrait.errors import BadRequest, SourceUnavailable
+
+DIALECTS = {"postgresql": "postgres", "postgres": "postgres", "sqlite": "sqlite"}
+
+
+class Connector(Protocol):
+    dialect: str
+
+    def chunks(self, query: str, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Column names and up to ``size`` rows at a time, in the query's order."""
+
+    def columns(self, query: str) -> list[str]:
+        """The column names of a query's result (run it with ``LIMIT 0``)."""
+
+    def close(self) -> None: ...
+
+
+def dialect_of(url: str) -> str:
+    """The SQLGlot dialect of a source URL; BadRequest for a scheme we cannot read."""
+    scheme = urlsplit(url).scheme.split("+")[0].lower()
+    if scheme not in DIALECTS:
+        raise BadRequest(f"a source URL starts with postgresql:// or sqlite:///, not {scheme or 'nothing'}://",
+                         code="invalid_source")
+    return DIALECTS[scheme]
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***`` (the only form ever shown or logged)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment).geturl()
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message) without the URL's password, in case a driver quoted it."""
+    password = urlsplit(url).password
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
+    return text
+
+
+def connect(url: str, *, timeout: float = 10.0) -> Connector:
+    dialect = dialect_of(url)
+    try:
+        if dialect == "sqlite":
+            return SqliteConnector(url)
+        return PostgresConnector(url, timeout)
+    except (psycopg.Error, sqlite3.Error, OSError) as exc:
+        raise SourceUnavailable(f"cannot connect to {redact(url)}: {scrub(str(exc).strip(), url)}") from exc
+
+
+class PostgresConnector:
+    dialect = "postgres"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._url = url
+        self._connection = psycopg.connect(url, connect_timeout=max(1, int(timeout)),
+                                           application_name="portrait-source")
+        self._connection.read_only = True  # a source query can never change the source
+
+    def chunks(self, query: str, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        try:
+            with self._connection.transaction(), self._connection.cursor(name="portrait_source") as cursor:
+                cursor.itersize = size
+                cursor.execute(query.encode())
+                names = [column.name for column in cursor.description or ()]
+                while rows := cursor.fetchmany(size):
+                    yield names, rows
+        except psycopg.Error as exc:
+            raise SourceUnavailable(f"the source query failed: {scrub(str(exc).strip(), self._url)}") from exc
+
+    def columns(self, query: str) -> list[str]:
+        try:
+            with self._connection.transaction(), self._connection.cursor() as cursor:
+                cursor.execute(query.encode())
+                return [column.name for column in cursor.description or ()]
+        except psycopg.Error as exc:
+            raise SourceUnavailable(f"the source query failed: {scrub(str(exc).strip(), self._url)}") from exc
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class SqliteConnector:
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        path = Path(urlsplit(url).path[1:] if url.startswith("sqlite:///") else urlsplit(url).path)
+        if not path.is_file():
+            raise SourceUnavailable(f"no SQLite database at {path}")
+        self._connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+    def chunks(self, query: str, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        try:
+            cursor = self._connection.execute(query)
+            names = [column[0] for column in cursor.description or ()]
+            while rows := cursor.fetchmany(size):
+                yield names, rows
+        except sqlite3.Error as exc:
+            raise SourceUnavailable(f"the source query failed: {exc}") from exc
+
+    def columns(self, query: str) -> list[str]:
+        try:
+            return [column[0] for column in self._connection.execute(query).description or ()]
+        except sqlite3.Error as exc:
+            raise SourceUnavailable(f"the source query failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def plain(value: Any) -> Any:
+    """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):  # by the column's scale, so one column keeps one JSON type
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [plain(v) for v in value]
+    return str(value)

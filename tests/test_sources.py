@@ -1,0 +1,296 @@
+"""SQL sources against a real PostgreSQL server (and SQLite): incremental syncs, resuming, schedules, secrets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
+from tests.postgres import PostgresServer
+from typer.testing import CliRunner
+
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.connectors import plain, redact
+from portrait.errors import BadRequest, Conflict, NotFound, SourceUnavailable
+from portrait.service import Portrait
+from portrait.sources import format_every, parse_every
+from portrait.sql.sources import incremental
+
+runner = CliRunner()
+READER = "crm_reader"
+READER_PASSWORD = "Tr1cky p@ss:w/rd%"  # needs URL quoting, and must never be printed
+_numbers = itertools.count()
+CUSTOMERS = """
+CREATE TABLE customers (
+    id integer PRIMARY KEY, email text, first_name text, plan text, credit numeric(10, 2), updated_at timestamptz
+);
+INSERT INTO customers VALUES
+    (1, 'ann@example.com', 'Ann', 'free', 10.50, '2026-01-01 10:00+00'),
+    (2, 'bob@example.com', 'Bob', 'pro', 0, '2026-01-02 10:00+00'),
+    (3, 'cid@example.com', 'Cid', 'free', NULL, '2026-01-02 10:00+00');
+"""
+
+
+@pytest.fixture
+def shop(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh database readable by a password-protected role; yields the role's URL."""
+    name = f"shop_{next(_numbers)}"
+    with postgres.connect() as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [READER]).fetchone():
+            admin.execute(f"CREATE ROLE {READER} LOGIN PASSWORD '{READER_PASSWORD}'")
+        admin.execute(f"CREATE DATABASE {name}")
+    with postgres.connect(name) as db:
+        db.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {READER}")
+    yield postgres.url(READER, READER_PASSWORD, name)
+
+
+def run_sql(postgres: PostgresServer, url: str, statements: str) -> None:
+    with postgres.connect(url.rsplit("/", 1)[1]) as db:
+        db.execute(statements.encode())
+
+
+def customers_source(source_url: str, **changes: Any) -> dict[str, Any]:
+    return {"name": "crm", "kind": "profiles", "url": source_url, "cursor": "updated_at",
+            "query": "SELECT id, email, first_name, plan, credit, updated_at FROM customers",
+            "mapping": {"identifiers": {"user_id": "id", "email": "email"}, "timestamp": "updated_at",
+                        "traits": ["first_name", "plan", "credit"]}, **changes}
+
+
+def test_a_profiles_source_syncs_only_what_changed(postgres: PostgresServer, shop: str,
+                                                   portrait: Portrait) -> None:
+    run_sql(postgres, shop, CUSTOMERS)
+    added = portrait.add_source(customers_source(shop))
+    assert added["url"] == redact(shop) and READER_PASSWORD not in json.dumps(added)
+    first = portrait.sync_source("crm")
+    assert (first.rows, first.stored, first.duplicates) == (3, 3, 0)
+    portrait.process_pending()
+    assert portrait.traits("email:ann@example.com") == {
+        "first_name": "Ann", "plan": "free", "credit": 10.5, "email": "ann@example.com"}
+    assert portrait.traits("user_id:3") == {"first_name": "Cid", "plan": "free", "email": "cid@example.com"}
+
+    again = portrait.sync_source("crm")  # nothing new: only the rows at the saved cursor are read again
+    assert (again.rows, again.stored, again.duplicates) == (2, 0, 2)
+
+    run_sql(postgres, shop, "UPDATE customers SET plan = 'pro', updated_at = '2026-02-01 09:00+00' WHERE id = 1; "
+                            "INSERT INTO customers VALUES (4, 'dee@example.com', 'Dee', 'pro', 1, "
+                            "'2026-02-02 09:00+00')")
+    changed = portrait.sync_source("crm")
+    assert (changed.stored, changed.duplicates) == (2, 2)
+    portrait.process_pending()
+    assert portrait.traits("user_id:1")["plan"] == "pro"
+    assert portrait.traits("email:dee@example.com")["first_name"] == "Dee"
+    state = portrait.sources.state("crm")
+    assert state["status"] == "ok" and state["total_rows"] == 3 + 2 + 4 and state["last_rows"] == 4
+    assert datetime.fromisoformat(state["cursor_value"]) == datetime.fromisoformat("2026-02-02T09:00:00+00:00")
+    events = portrait.events("user_id:1")["events"]
+    assert {e["source"] for e in events} == {"source:crm"}
+    assert [e["timestamp"][:10] for e in events] == ["2026-02-01", "2026-01-01"]  # the rows' own times
+
+
+def test_a_failed_sync_resumes_without_gaps_or_duplicates(postgres: PostgresServer, shop: str,
+                                                          tmp_path: Path) -> None:
+    # Row 5 makes the query fail part-way (division by zero) after two chunks of two rows were committed.
+    run_sql(postgres, shop, """
+        CREATE TABLE orders (id integer PRIMARY KEY, customer text NOT NULL, total numeric(10, 2), divisor integer);
+        INSERT INTO orders SELECT i, 'c' || (i % 3), i * 1.25, CASE WHEN i = 5 THEN 0 ELSE 1 END
+        FROM generate_series(1, 9) AS i;
+    """)
+    # Sorting disabled makes PostgreSQL walk the primary key and compute rows as they are fetched, as it does on
+    # large tables; otherwise this small table would be sorted (and fail) before the first chunk.
+    url = shop + "?options=-c%20enable_sort%3Doff"
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), source_chunk_rows=2)
+    service = Portrait(settings, background=False)
+    try:
+        service.add_source({"name": "pos", "kind": "events", "url": url, "cursor": "id",
+                            "query": "SELECT id, customer, total, 100 / divisor AS share FROM orders",
+                            "mapping": {"identifiers": {"user_id": "customer"}, "event": "Order Completed"}})
+        with pytest.raises(SourceUnavailable, match="division by zero"):
+            service.sync_source("pos")
+        failed = service.sources.state("pos")
+        assert (failed["status"], failed["cursor_value"], failed["total_rows"]) == ("failed", 4, 4)
+        assert "division by zero" in failed["last_error"]
+        run_sql(postgres, shop, "UPDATE orders SET divisor = 1 WHERE id = 5")
+        resumed = service.sync_source("pos")
+        assert (resumed.rows, resumed.stored, resumed.duplicates, resumed.cursor) == (6, 5, 1, 9)
+        service.process_pending()
+        orders = [e["properties"]["id"] for who in ("c0", "c1", "c2")
+                  for e in service.events(f"user_id:{who}")["events"]]
+        assert sorted(orders) == list(range(1, 10))  # every order exactly once
+        assert service.status()["events_received"] == 9
+    finally:
+        service.close()
+
+
+def test_cli_adds_lists_and_syncs_a_source_without_printing_the_password(postgres: PostgresServer, shop: str,
+                                                                        tmp_path: Path) -> None:
+    run_sql(postgres, shop, """
+        CREATE TABLE orders (order_no bigserial PRIMARY KEY, customer_email text, amount numeric(10, 2),
+                             ordered_at timestamp, channel text);
+        INSERT INTO orders (customer_email, amount, ordered_at, channel) VALUES
+            ('ann@example.com', 30.00, '2025-12-24 18:30', 'web'),
+            ('ann@example.com', 12.50, '2025-12-26 09:00', 'store');
+    """)
+    mapping = tmp_path / "orders.yaml"
+    mapping.write_text("identifiers: {email: customer_email}\nevent: Order Completed\ntimestamp: ordered_at\n"
+                       "properties: {amount: revenue, channel: channel, order_no: order_no}\n")
+    db = str(tmp_path / "p.duckdb")
+    added = runner.invoke(app, ["sources", "add", "orders", "--url", shop, "--kind", "events", "--cursor",
+                                "order_no", "--query", "SELECT * FROM orders", "--mapping", str(mapping),
+                                "--every", "15m", "--db", db])
+    assert added.exit_code == 0, added.output
+    assert "every 15m" in added.output and READER_PASSWORD not in added.output
+    synced = runner.invoke(app, ["sources", "sync", "orders", "--db", db])
+    assert synced.exit_code == 0, synced.output
+    assert "2 rows read" in synced.output and "stored 2" in synced.output and "cursor now 2" in synced.output
+    listed = runner.invoke(app, ["sources", "list", "--db", db, "--json"])
+    assert listed.exit_code == 0, listed.output
+    [source] = json.loads(listed.output)
+    assert (source["status"], source["every"], source["cursor_value"], source["url"]) == ("ok", "15m", 2,
+                                                                                           redact(shop))
+    assert "***" in source["url"]
+    for output in (runner.invoke(app, ["sources", "list", "--db", db]).output,
+                   runner.invoke(app, ["sources", "show", "orders", "--db", db]).output):
+        assert READER_PASSWORD not in output and "p@ss" not in output
+    service = Portrait(Settings(db_path=db), background=False)
+    events = service.events("email:ann@example.com", event="Order Completed")["events"]
+    assert [(e["timestamp"], e["properties"]) for e in events] == [
+        ("2025-12-26T09:00:00.000Z", {"revenue": 12.5, "channel": "store", "order_no": 2}),
+        ("2025-12-24T18:30:00.000Z", {"revenue": 30.0, "channel": "web", "order_no": 1})]
+    service.close()
+    removed = runner.invoke(app, ["sources", "remove", "orders", "--db", db])
+    assert removed.exit_code == 0 and "removed" in removed.output
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), [
+    ({"url": "mysql://x@localhost/db"}, BadRequest, "starts with postgresql:// or sqlite:///"),
+    ({"query": "DELETE FROM customers"}, BadRequest, "must be a single SELECT"),
+    ({"query": "SELECT 1; DROP TABLE customers"}, BadRequest, "must be a single SELECT"),
+    ({"cursor": "modified"}, BadRequest, "returns no cursor column 'modified'; it returns id, email"),
+    ({"mapping": {"identifiers": {"user_id": "customer_id"}}}, BadRequest, "has no column 'customer_id'"),
+    ({"every": "soon"}, BadRequest, "takes a duration such as 30s"),
+    ({"name": "CRM data"}, BadRequest, "a source name is lower-case"),
+    ({"kind": "orders"}, BadRequest, "--kind is profiles or events"),
+    ({"query": "SELECT * FROM no_such_table"}, SourceUnavailable, 'relation "no_such_table" does not exist'),
+])
+def test_bad_sources_are_refused_with_the_reason(postgres: PostgresServer, shop: str, portrait: Portrait,
+                                                 changes: dict[str, Any], error: type[Exception],
+                                                 message: str) -> None:
+    run_sql(postgres, shop, CUSTOMERS)
+    with pytest.raises(error) as raised:
+        portrait.add_source(customers_source(shop, **changes))
+    assert message in str(raised.value)
+    assert portrait.sources.all() == []  # nothing half-defined is left behind
+
+
+def test_a_wrong_password_is_a_clear_error_that_does_not_repeat_it(postgres: PostgresServer, shop: str,
+                                                                   portrait: Portrait) -> None:
+    wrong = shop.replace("Tr1cky", "Wr0ng")
+    with pytest.raises(SourceUnavailable) as raised:
+        portrait.add_source(customers_source(wrong))
+    assert "password authentication failed" in str(raised.value) and "Wr0ng" not in str(raised.value)
+    run_sql(postgres, shop, CUSTOMERS)
+    portrait.add_source(customers_source(wrong), check=False)  # saved unchecked: the sync then fails clearly
+    with pytest.raises(SourceUnavailable):
+        portrait.sync_source("crm")
+    state = portrait.sources.state("crm")
+    assert state["status"] == "failed" and "password authentication failed" in state["last_error"]
+    assert "Wr0ng" not in json.dumps(state)
+    with pytest.raises(Conflict, match="exists already"):
+        portrait.add_source(customers_source(shop))
+    with pytest.raises(NotFound, match="no source is named 'nope'"):
+        portrait.sync_source("nope")
+
+
+def test_the_server_runs_scheduled_syncs(postgres: PostgresServer, shop: str, tmp_path: Path) -> None:
+    run_sql(postgres, shop, CUSTOMERS)
+    server = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log",
+                          {"PORTRAIT_SOURCE_POLL_SECONDS": "1"})
+    try:
+        with server.admin() as admin:
+            response = admin.post("/api/sources", json=customers_source(shop, every="1s"))
+            assert response.status_code == 201, response.text
+            assert READER_PASSWORD not in response.text
+            assert _eventually(lambda: admin.get("/api/profiles/email:bob@example.com/traits"))["plan"] == "pro"
+            run_sql(postgres, shop, "INSERT INTO customers VALUES (9, 'eve@example.com', 'Eve', 'free', 2, "
+                                    "'2026-03-01 08:00+00')")
+            assert _eventually(lambda: admin.get("/api/profiles/user_id:9/traits"))["first_name"] == "Eve"
+            manual = admin.post("/api/sources/crm/sync")
+            assert manual.status_code in (200, 409), manual.text  # 409 if the schedule is syncing right then
+            listed = admin.get("/api/sources").json()["sources"]
+            assert listed[0]["total_rows"] >= 4 and listed[0]["url"] == redact(shop)
+            assert admin.post("/api/sources/nope/sync").json()["code"] == "not_found"
+        env = {"PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+        through = runner.invoke(app, ["sources", "list", "--db", server.db_path, "--json"], env=env)
+        assert through.exit_code == 0, through.output
+        assert json.loads(through.output)[0]["name"] == "crm"
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+            assert client.get("/api/sources").status_code == 401  # the write key is not enough
+    finally:
+        server.stop()
+    assert READER_PASSWORD not in (tmp_path / "server.log").read_text()
+
+
+def _eventually(get: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = get()
+        if response.status_code == 200:
+            return dict(response.json())
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+
+
+def test_a_sqlite_source(tmp_path: Path, portrait: Portrait) -> None:
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE members (card TEXT, name TEXT, points INTEGER, changed TEXT)")
+        db.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", [
+            ("L-1", "Ann", 10, "2026-01-01 10:00:00"), ("L-2", "Bob", 5, "2026-01-03 10:00:00")])
+    db.close()
+    portrait.add_source({"name": "loyalty", "kind": "profiles", "url": f"sqlite:///{path}", "cursor": "changed",
+                         "query": "SELECT card, name, points, changed FROM members WHERE points > 0",
+                         "mapping": {"identifiers": {"loyalty_card": "card"}, "traits": {"name": "first_name",
+                                                                                         "points": "points"}}})
+    assert portrait.sync_source("loyalty").stored == 2
+    portrait.process_pending()
+    assert portrait.traits("loyalty_card:L-2") == {"first_name": "Bob", "points": 5}
+    assert portrait.sources.cursor_value("loyalty") == "2026-01-03 10:00:00"
+    with pytest.raises(SourceUnavailable, match="no SQLite database"):
+        portrait.add_source({"name": "gone", "kind": "profiles", "url": f"sqlite:///{tmp_path}/gone.db",
+                             "query": "SELECT 1 AS id", "mapping": {"identifiers": {"user_id": "id"}}})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("6h", 21600), ("1d", 86400),
+                                               (None, None)])
+def test_schedules_read_and_print_back(text: str | None, seconds: int | None) -> None:
+    assert parse_every(text) == seconds
+    assert format_every(seconds) == text
+
+
+def test_urls_are_shown_without_passwords() -> None:
+    assert redact("postgresql://crm:s3cr%40t@db.internal:5433/crm?sslmode=require") == (
+        "postgresql://crm:***@db.internal:5433/crm?sslmode=require")
+    assert redact("sqlite:///data/shop.db") == "sqlite:///data/shop.db"
+
+
+def test_the_incremental_query_quotes_the_cursor_and_its_value() -> None:
+    query = incremental("SELECT * FROM t WHERE note LIKE 'a%'", "postgres", "updated_at", "2026-01-01' OR '1'='1")
+    assert query == ("SELECT * FROM (SELECT * FROM t WHERE note LIKE 'a%') AS portrait_source WHERE NOT "
+                     "\"updated_at\" IS NULL AND \"updated_at\" >= '2026-01-01'' OR ''1''=''1' ORDER BY \"updated_at\"")
+
+
+def test_database_values_become_json() -> None:
+    assert [plain(v) for v in (Decimal("10.50"), Decimal("7"), date(2026, 1, 2), timedelta(minutes=1),
+                               UUID(int=1), b"\x00\x01", {"a": [Decimal("1.5")]})] == [
+        10.5, 7, "2026-01-02", 60.0, "00000000-0000-0000-0000-000000000001", "AAE=", {"a": [1.5]}]
