@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ class Capabilities:
 class Session(Protocol):
     """One connection/cursor, used by one thread at a time."""
 
-    def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]: ...
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
         """Run a statement and return its rows as an Arrow table (no Python objects per row)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,8 +44,9 @@ class DuckDBSession:
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
         self.execute(schema.UTC_SESSION)
 
-    def execute(self, statement: exp.Expr, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._con.execute(self._render(statement), list(params)).fetchall()
+    def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        bound = dict(params) if isinstance(params, Mapping) else list(params)  # named ($p0) or positional (?)
+        return self._con.execute(self._render(statement), bound).fetchall()
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
         return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
