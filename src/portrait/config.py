@@ -54,6 +54,8 @@ class Settings:
     """Origins allowed to call the ingestion endpoints from a browser."""
     unknown_traits: str = "infer"
     """What happens to a trait no attribute describes: infer (create a custom attribute) or strict (not applied)."""
+    segment_recount_seconds: int = 300
+    """How often every segment is recounted in full (for conditions that change with time alone)."""
     source_poll_seconds: int = 5
     """How often the server looks for SQL sources due for a scheduled sync."""
     source_chunk_rows: int = 5000

@@ -340,9 +340,10 @@ def _with(session: Session, name: str, table: pa.Table, statement: Any, *, even_
 class ProcessorThread:
     """Runs the processor in the background, waking as soon as the writer commits."""
 
-    def __init__(self, processor: Processor, store: Store) -> None:
+    def __init__(self, processor: Processor, store: Store, on_batch: Callable[[], None] = lambda: None) -> None:
         self._processor = processor
         self._store = store
+        self._on_batch = on_batch  # told after each processed batch (segments re-evaluate touched profiles)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="portrait-processor", daemon=True)
@@ -379,5 +380,7 @@ class ProcessorThread:
                 if done == 0:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
+                else:
+                    self._on_batch()
         finally:
             session.close()

@@ -1,20 +1,63 @@
-"""Segments: conditions checked against the attribute registry, counted and listed in SQL, evaluated per profile.
+"""Segments: named groups of customers, kept current.
 
-This module is the bridge between the pure condition language (:mod:`portrait.conditions`) and the store.
+- **Dynamic** segments have a condition (:mod:`portrait.conditions`); **static** ones a list of identities
+  (uploaded), whose members are the profiles holding any of them now (so merges and late sign-ups count).
+- Membership is materialized in ``segment_members``. A **recount** computes it in SQL for every profile (after a
+  change to the segment, and periodically, for conditions that move with time such as "within the last 30 days");
+  in **real time**, after each processed batch, the profiles the batch touched are re-evaluated with the Python
+  engine. The two engines agree (tests/test_conditions.py), so both paths give the same membership.
+- Every entry and exit is kept in ``segment_history`` and returned to the caller, which puts ``Audience Entered`` /
+  ``Audience Exited`` events on the profile's timeline.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
+import pyarrow as pa
 
-from portrait.conditions import Condition, ConditionError, Schema, check, from_json, parse
-from portrait.conditions.evaluate import Event, ProfileData
+from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
+from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
+from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
+from portrait.conditions.explain import explain
+from portrait.errors import BadRequest, Conflict, NotFound
+from portrait.model import Identifier
+from portrait.registry import AttributeRegistry
+from portrait.spec import utc_now
 from portrait.sql import segments as q
-from portrait.sql.conditions import Compiled, compile_condition
+from portrait.sql.conditions import compile_condition
 from portrait.store import Session
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^(?!\d+$)[^\s\x00-\x1f\x7f/](?:[^\x00-\x1f\x7f/]{0,78}[^\s\x00-\x1f\x7f/])?$")
+SAMPLE_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    name: str
+    kind: str
+    condition: Condition | None
+    description: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """A profile entering or leaving a segment."""
+
+    segment_id: int
+    segment: str
+    change: str  # entered / exited
+    profile_id: str
 
 
 def read_condition(raw: object) -> Condition:
@@ -26,22 +69,418 @@ def read_condition(raw: object) -> Condition:
     raise ConditionError("a condition is its text form (a string) or its JSON form (an object)")
 
 
-def schema_from(attribute_types: dict[str, str],
-                segment: Callable[[str], Condition | None] | None = None) -> Schema:
-    return Schema(attribute_types) if segment is None else Schema(attribute_types, segment)
+class Segments:
+    def __init__(self, session: Callable[[], Session], attributes: AttributeRegistry,
+                 normalize: Callable[[str, str], Identifier | None]) -> None:
+        self._session = session
+        self._attributes = attributes
+        self._normalize = normalize
+        self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
 
+    # -- definitions -----------------------------------------------------------------------------------------
+    def schema(self) -> Schema:
+        types = {a["code"]: a["type"] for a in self._attributes.list()}
+        return Schema(types, self._referenced)
 
-def compiled(condition: Condition, schema: Schema, now: datetime) -> Compiled:
-    check(condition, schema)
-    return compile_condition(condition, schema, now)
+    def _referenced(self, name: str) -> Condition | None:
+        rows = self._session().execute(q.BY_NAME, [name])
+        if not rows:
+            raise ConditionError(f"no segment is named {name!r}")
+        return _segment(rows[0]).condition
+
+    def find(self, reference: str | int) -> Segment:
+        """A segment by id (digits) or name."""
+        text = str(reference)
+        rows = self._session().execute(q.BY_ID if text.isdigit() else q.BY_NAME, [int(text) if text.isdigit()
+                                                                                    else text])
+        if not rows:
+            raise NotFound(f"no segment {'has the id' if text.isdigit() else 'is named'} {text!r}")
+        return _segment(rows[0])
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self._document(_segment(row[:8]), size=int(row[8])) for row in self._session().execute(q.LIST)]
+
+    def get(self, reference: str | int) -> dict[str, Any]:
+        segment = self.find(reference)
+        return self._document(segment, size=int(self._session().execute(q.SIZE, [segment.id])[0][0]))
+
+    def _document(self, segment: Segment, *, size: int) -> dict[str, Any]:
+        document: dict[str, Any] = {"id": segment.id, "name": segment.name, "kind": segment.kind,
+                                    "description": segment.description, "size": size}
+        if segment.condition is not None:
+            document.update(condition=to_json(segment.condition), text=to_text(segment.condition),
+                            english=describe(segment.condition))
+        else:
+            document["identities"] = int(self._session().execute(q.COUNT_IDENTITIES, [segment.id])[0][0])
+        return document
+
+    def create(self, fields: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """A new segment, counted at once. ``condition`` (text or JSON) makes it dynamic, ``identities`` (a list
+        of ``type:value``) static. Returns the segment and who entered it."""
+        _known(fields, {"name", "condition", "identities", "description", "kind"})
+        name = _name(fields.get("name"))
+        if self._session().execute(q.BY_NAME, [name]):
+            raise Conflict(f"a segment named {name!r} exists already", code="segment_exists")
+        condition, keys, rejected = self._content(fields, name)
+        now = utc_now()
+        session = self._session()
+        with self._writing, session.transaction():
+            kind = "dynamic" if condition is not None else "static"
+            condition_json = orjson.dumps(to_json(condition)).decode() if condition is not None else None
+            segment_id = int(session.execute(q.INSERT, [name, kind, condition_json, _description(fields), now,
+                                                        now])[0][0])
+            for key in keys:
+                session.execute(q.ADD_IDENTITY, [segment_id, key])
+        changes = self.recount(segment_id)
+        document = self.get(segment_id)
+        if rejected:
+            document["rejected_identities"] = rejected
+        return document, changes
+
+    def update(self, reference: str | int, fields: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        _known(fields, {"name", "condition", "identities", "description"})
+        segment = self.find(reference)
+        changes: dict[str, Any] = {}
+        if "name" in fields and fields["name"] != segment.name:
+            changes["name"] = _name(fields["name"])
+            self._refuse_if_referenced(segment.name, "rename")
+            if self._session().execute(q.BY_NAME, [changes["name"]]):
+                raise Conflict(f"a segment named {changes['name']!r} exists already", code="segment_exists")
+        if "description" in fields:
+            changes["description"] = _description(fields)
+        keys: list[str] | None = None
+        if "condition" in fields or "identities" in fields:
+            if ("condition" in fields) != (segment.kind == "dynamic"):
+                raise BadRequest(f"segment {segment.name!r} is {segment.kind}: change its "
+                                 f"{'condition' if segment.kind == 'dynamic' else 'identities'}",
+                                 code="invalid_segment")
+            condition, keys, _ = self._content(fields, segment.name)
+            if condition is not None:
+                changes["condition"] = orjson.dumps(to_json(condition)).decode()
+        session = self._session()
+        with self._writing, session.transaction():
+            if changes:
+                changes["updated_at"] = utc_now()
+                session.execute(q.update(list(changes)), [*changes.values(), segment.id])
+            if keys is not None:
+                session.execute(q.CLEAR_IDENTITIES, [segment.id])
+                for key in keys:
+                    session.execute(q.ADD_IDENTITY, [segment.id, key])
+        entered: list[Change] = []
+        if "condition" in changes or keys is not None:
+            entered = self.recount(segment.id)
+            for dependent in self._dependents(segment.name):  # segments that use this one follow it
+                entered += self.recount(dependent)
+        return self.get(segment.id), entered
+
+    def delete(self, reference: str | int) -> None:
+        segment = self.find(reference)
+        self._refuse_if_referenced(segment.name, "delete")
+        session = self._session()
+        with self._writing, session.transaction():
+            for statement in q.DELETE:
+                session.execute(statement, [segment.id])
+
+    def _users_of(self, name: str) -> list[str]:
+        return [s["name"] for s in self.all() if s["kind"] == "dynamic" and name in _segment_names(
+            from_json(s["condition"]))]
+
+    def _dependents(self, name: str) -> list[str]:
+        """Segments that refer to ``name``, directly or through others, each before those that use it."""
+        found: list[str] = []
+        pending = self._users_of(name)
+        while pending:
+            user = pending.pop(0)
+            if user in found:
+                found.remove(user)  # used again further down the chain: count it after that one
+            found.append(user)
+            pending += self._users_of(user)
+        return found
+
+    def _refuse_if_referenced(self, name: str, action: str) -> None:
+        users = self._users_of(name)
+        if users:
+            raise Conflict(f"cannot {action} segment {name!r}: {', '.join(users)} refer to it with in_segment(...)",
+                           code="segment_referenced")
+
+    def _content(self, fields: dict[str, Any], name: str) -> tuple[Condition | None, list[str], list[str]]:
+        """The checked condition, or the normalized identity keys (and the entries that are not identities)."""
+        if "condition" in fields and "identities" in fields:
+            raise BadRequest("a segment has a condition (dynamic) or identities (static), not both",
+                             code="invalid_segment")
+        if "identities" in fields:
+            identities = fields["identities"]
+            if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+                raise BadRequest("identities is a list of TYPE:VALUE texts, e.g. email:ann@example.com",
+                                 code="invalid_segment")
+            keys: list[str] = []
+            rejected: list[str] = []
+            for text in identities:
+                kind, sep, value = text.partition(":")
+                found = self._normalize(kind.strip().lower(), value) if sep and kind and value else None
+                (keys.append(found.key) if found else rejected.append(text))
+            return None, sorted(set(keys)), rejected
+        if "condition" not in fields:
+            raise BadRequest("a segment needs a condition (dynamic) or identities (static)", code="invalid_segment")
+        condition = read_condition(fields["condition"])
+        if name in _segment_names(condition):
+            raise ConditionError(f"segment {name!r} cannot refer to itself")
+        check(condition, self.schema(), segment_path=(name,))
+        return condition, [], []
+
+    # -- counting --------------------------------------------------------------------------------------------
+    def preview(self, raw: object, *, now: datetime | None = None) -> dict[str, Any]:
+        """Count and sample the profiles an unsaved condition selects (nothing is stored)."""
+        started = time.perf_counter()
+        condition = read_condition(raw)
+        check(condition, self.schema())
+        compiled = compile_condition(condition, self.schema(), now or utc_now())
+        session = self._session()
+        count = int(session.execute(compiled.count(), compiled.params)[0][0])
+        sample = [row[0] for row in session.execute(compiled.members().order_by("p.profile_id").limit(SAMPLE_SIZE),
+                                                    compiled.params)]
+        return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
+                "english": describe(condition), "seconds": round(time.perf_counter() - started, 3)}
+
+    def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:
+        """Recompute a segment's members in SQL for every profile; store and return the entries and exits."""
+        segment = self.find(reference)
+        now = now or utc_now()
+        session = self._session()
+        with self._writing, session.transaction():
+            session.execute(q.NEW_MEMBERS_TABLE)
+            if segment.condition is None:
+                session.execute(q.new_members(q.STATIC_MEMBERS), [segment.id])
+            else:
+                compiled = compile_condition(segment.condition, self.schema(), now)
+                session.execute(q.new_members(compiled.members()), compiled.params)
+            session.execute(q.SCOPE_TABLE)
+            session.execute(q.ALL_SCOPE)
+            changes = _apply(session, segment, now)
+            session.execute(q.RECORD_SIZE, [segment.id, now, segment.id])
+            session.execute(q.COUNTED, [now, segment.id])
+        return changes
+
+    def recount_all(self) -> list[Change]:
+        changes: list[Change] = []
+        for document in self.all():
+            changes += self.recount(document["id"])
+        return changes
+
+    def refresh_touched(self, *, now: datetime | None = None) -> list[Change]:
+        """Re-evaluate, with the Python engine, the profiles the processor touched since the last call."""
+        session = self._session()
+        processed = int(session.execute(q.PROCESSED)[0][0])
+        seen = int(session.execute(q.GET_WATERMARK)[0][0])
+        if processed <= seen:
+            return []
+        now = now or utc_now()
+        segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
+        changes: list[Change] = []
+        with self._writing, session.transaction():
+            session.execute(q.SCOPE_TABLE)
+            session.execute(q.TOUCHED, [seen, processed] * 3)
+            profiles = self._scope_profiles(session, segments) if segments else []
+            schema = self.schema()
+            for segment in segments:
+                members = self._evaluate(session, segment, profiles, schema, now)
+                session.execute(q.NEW_MEMBERS_TABLE)
+                if members:
+                    session.load("seg_found", pa.table({"profile_id": members}))
+                    try:
+                        session.execute(q.INSERT_FOUND)
+                    finally:
+                        session.unload("seg_found")
+                changes += _apply(session, segment, now)
+            session.execute(q.SET_WATERMARK, [processed])
+        return changes
+
+    def _scope_profiles(self, session: Session, segments: list[Segment]) -> list[ProfileData]:
+        names = sorted({n for s in segments if s.condition is not None for n in _event_names(s.condition, self)})
+        profiles = {row[0]: ProfileData(row[0]) for row in session.execute(q.SCOPE_PROFILES)}
+        for profile_id, key, value in session.execute(q.SCOPE_TRAITS):
+            if value is not None:  # a removed trait (null) is kept as a NULL value: missing
+                profiles[profile_id].traits[key] = orjson.loads(value)
+        if names:
+            for profile_id, seq, name, timestamp, properties in session.execute(q.SCOPE_EVENTS, [names]):
+                profiles[profile_id].events.append(Event(seq, name, timestamp,
+                                                         orjson.loads(properties) if properties else {}))
+        return list(profiles.values())
+
+    def _evaluate(self, session: Session, segment: Segment, profiles: list[ProfileData], schema: Schema,
+                  now: datetime) -> list[str]:
+        if segment.condition is None:
+            static = {row[0] for row in session.execute(q.STATIC_MEMBERS, [segment.id])}
+            return [p.profile_id for p in profiles if p.profile_id in static]
+        predicate = compile_predicate(segment.condition, schema, now, self._static_members)
+        return [p.profile_id for p in profiles if predicate(p)]
+
+    def _static_members(self, name: str) -> set[str]:
+        segment = self.find(name)
+        return {row[0] for row in self._session().execute(q.STATIC_MEMBERS, [segment.id])}
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def members(self, reference: str | int, *, after: str = "", limit: int = 100) -> dict[str, Any]:
+        segment = self.find(reference)
+        rows = self._session().execute(q.MEMBERS_PAGE, [segment.id, after, limit])
+        members = [{"profile_id": r[0], "entered_at": _iso(r[1]), "user_id": r[2]} for r in rows]
+        return {"segment": segment.name, "members": members,
+                "next": members[-1]["profile_id"] if len(members) == limit else None}
+
+    def of_profile(self, profile_id: str) -> list[dict[str, Any]]:
+        return [{"id": r[0], "name": r[1], "kind": r[2], "since": _iso(r[3])}
+                for r in self._session().execute(q.PROFILE_SEGMENTS, [profile_id])]
+
+    def history(self, reference: str | int, *, limit: int = 100) -> list[dict[str, Any]]:
+        segment = self.find(reference)
+        return [{"id": r[0], "profile_id": r[1], "change": r[2], "at": _iso(r[3])}
+                for r in self._session().execute(q.HISTORY, [segment.id, limit])]
+
+    def sizes(self, reference: str | int) -> list[dict[str, Any]]:
+        segment = self.find(reference)
+        return [{"at": _iso(r[0]), "size": int(r[1])} for r in self._session().execute(q.SIZES, [segment.id])]
+
+    def explain(self, reference: str | int, profile_id: str, *, now: datetime | None = None) -> dict[str, Any]:
+        """Which parts of the segment's condition hold for the profile, and why."""
+        segment = self.find(reference)
+        profile = self.load_profile(profile_id)
+        member = bool(self._session().execute(q.IS_MEMBER, [segment.id, profile_id]))
+        if segment.condition is None:
+            return {"segment": segment.name, "profile_id": profile_id, "member": member, "kind": "static",
+                    "why": "holds one of the segment's identities" if member else
+                    "holds none of the segment's identities"}
+        tree = explain(segment.condition, self.schema(), now or utc_now(), profile, self._static_members)
+        return {"segment": segment.name, "profile_id": profile_id, "member": member, "holds": tree["holds"],
+                "explanation": tree}
+
+    def load_profile(self, profile_id: str) -> ProfileData:
+        session = self._session()
+        profile = ProfileData(profile_id)
+        for _, key, value in session.execute(q.ONE_PROFILE_TRAITS, [profile_id]):
+            if value is not None:
+                profile.traits[key] = orjson.loads(value)
+        for _, seq, name, timestamp, properties in session.execute(q.ONE_PROFILE_EVENTS, [profile_id]):
+            profile.events.append(Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
+        return profile
+
+    def identifier_of(self, profile_id: str) -> tuple[str, str] | None:
+        rows = self._session().execute(q.PROFILE_IDENTIFIER, [profile_id])
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
 def load_profiles(session: Session) -> list[ProfileData]:
     """Every profile with its traits and events, as the Python engine reads them (tests and small stores)."""
     profiles = {row[0]: ProfileData(row[0]) for row in session.execute(q.ALL_PROFILES)}
     for profile_id, key, value in session.execute(q.ALL_TRAITS):
-        profiles[profile_id].traits[key] = orjson.loads(value)
+        if value is not None:
+            profiles[profile_id].traits[key] = orjson.loads(value)
     for profile_id, seq, name, timestamp, properties in session.execute(q.ALL_EVENTS):
-        profiles[profile_id].events.append(
-            Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
+        profiles[profile_id].events.append(Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
     return list(profiles.values())
+
+
+def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
+    """Diff ``seg_new`` against the stored members within ``seg_scope``; record and return the changes."""
+    session.execute(q.ENTERED, [segment.id])
+    session.execute(q.EXITED, [segment.id])
+    session.execute(q.RECORD_ENTERED, [segment.id, now])
+    session.execute(q.RECORD_EXITED, [segment.id, now])
+    session.execute(q.ADD_MEMBERS, [segment.id, now])
+    session.execute(q.REMOVE_MEMBERS, [segment.id])
+    return [Change(segment.id, segment.name, change, profile_id)
+            for change, profile_id in session.execute(q.CHANGES)]
+
+
+def _segment(row: tuple[Any, ...]) -> Segment:
+    condition = from_json(orjson.loads(row[3])) if row[3] else None
+    return Segment(int(row[0]), str(row[1]), str(row[2]), condition, str(row[4]))
+
+
+def _segment_names(condition: Condition) -> set[str]:
+    if isinstance(condition, And | Or):
+        return set().union(*(_segment_names(i) for i in condition.items))
+    if isinstance(condition, Not):
+        return _segment_names(condition.item)
+    return {condition.segment} if isinstance(condition, InSegment) else set()
+
+
+def _event_names(condition: Condition, segments: Segments) -> set[str]:
+    """The events a condition looks at (through referenced segments too), so only those are loaded."""
+    if isinstance(condition, And | Or):
+        return set().union(*(_event_names(i, segments) for i in condition.items))
+    if isinstance(condition, Not):
+        return _event_names(condition.item, segments)
+    if isinstance(condition, InSegment):
+        referenced = segments.find(condition.segment).condition
+        return _event_names(referenced, segments) if referenced is not None else set()
+    if isinstance(condition, Sequence):
+        return {condition.first, condition.then}
+    if isinstance(condition, Performed | EventTime | Stopped):
+        return {condition.event}
+    event = getattr(condition, "event", None)
+    return {event} if isinstance(event, str) else set()
+
+
+def _known(fields: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise BadRequest(f"unknown segment fields {', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}",
+                         code="invalid_segment")
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise BadRequest("a segment name is 1-80 characters without '/', control characters or spaces at either "
+                         "end, and not only digits (those are ids)", code="invalid_segment")
+    return value
+
+
+def _description(fields: dict[str, Any]) -> str:
+    value = fields.get("description", "")
+    if not isinstance(value, str):
+        raise BadRequest("description is text", code="invalid_segment")
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+
+
+class SegmentThread:
+    """Keeps memberships current in the background: touched profiles after each batch, a full recount
+    every ``recount_seconds``; ``emit`` receives every entry and exit."""
+
+    def __init__(self, segments: Segments, emit: Callable[[list[Change]], None], recount_seconds: int) -> None:
+        self._segments = segments
+        self._emit = emit
+        self._recount_seconds = recount_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="portrait-segments", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        last_recount = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            try:
+                changes = self._segments.refresh_touched()
+                if time.monotonic() - last_recount >= self._recount_seconds:
+                    changes += self._segments.recount_all()
+                    last_recount = time.monotonic()
+                if changes:
+                    self._emit(changes)
+            except Exception:
+                log.exception("keeping segment memberships current failed; retrying")
+                self._stop.wait(1.0)

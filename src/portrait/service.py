@@ -28,6 +28,7 @@ from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
 from portrait.registry import AttributeRegistry
+from portrait.segments import Change, Segments, SegmentThread
 from portrait.sources import (
     Source,
     SourceRegistry,
@@ -108,11 +109,16 @@ class Portrait:
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
         self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size,
                                    unknown_traits=settings.unknown_traits)
-        self._processor_thread = ProcessorThread(self.processor, self.store) if background else None
+        self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize)
+        self._segment_thread = (SegmentThread(self.segments, self._emit_audience_events,
+                                              settings.segment_recount_seconds) if background else None)
+        self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify)
+                                  if self._segment_thread else None)
         notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
         self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)
-        if self._processor_thread:
+        if self._processor_thread and self._segment_thread:
             self._processor_thread.start()
+            self._segment_thread.start()
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
@@ -128,6 +134,8 @@ class Portrait:
     def close(self) -> None:
         if self._scheduler:
             self._scheduler.stop()
+        if self._segment_thread:
+            self._segment_thread.stop()
         self.writer.close()
         if self._processor_thread:
             self._processor_thread.stop()
@@ -249,6 +257,55 @@ class Portrait:
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)
 
+    # -- segments ----------------------------------------------------------------------------------------------
+    def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:
+        document, changes = self.segments.create(fields)
+        self._emit_audience_events(changes)
+        return document
+
+    def update_segment(self, reference: str, fields: dict[str, Any]) -> dict[str, Any]:
+        document, changes = self.segments.update(reference, fields)
+        self._emit_audience_events(changes)
+        return document
+
+    def recount_segment(self, reference: str) -> dict[str, Any]:
+        changes = self.segments.recount(reference)
+        self._emit_audience_events(changes)
+        entered = sum(1 for c in changes if c.change == "entered")
+        return {**self.segments.get(reference), "entered": entered, "exited": len(changes) - entered}
+
+    def profile_segments(self, reference: str) -> dict[str, Any]:
+        profile_id = self.resolve_profile_id(reference)
+        return {"profile_id": profile_id, "segments": self.segments.of_profile(profile_id)}
+
+    def explain_segment(self, reference: str, profile: str) -> dict[str, Any]:
+        return self.segments.explain(reference, self.resolve_profile_id(profile))
+
+    def _emit_audience_events(self, changes: list[Change]) -> None:
+        """``Audience Entered`` / ``Audience Exited`` on each profile's timeline, through the event log, named by
+        the profile's own identifier (so they follow it through merges like any event)."""
+        messages = []
+        now = utc_now()
+        for change in changes:
+            identifier = self.segments.identifier_of(change.profile_id)
+            if identifier is None:  # a profile merged away: its successor is re-evaluated on its own
+                continue
+            kind, value = identifier
+            message: dict[str, Any] = {
+                "type": "track", "event": "Audience Entered" if change.change == "entered" else "Audience Exited",
+                "timestamp": now.isoformat() + "Z", "properties": {"segment": change.segment,
+                                                                  "segment_id": change.segment_id},
+                "messageId": f"audience-{change.segment_id}-{change.change}-{change.profile_id}-{now.timestamp()}"}
+            if kind in ("user_id", "anonymous_id"):
+                message["userId" if kind == "user_id" else "anonymousId"] = value
+            else:
+                message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
+                                                       "encoding": "none"}]}
+            messages.append(message)
+        for start in range(0, len(messages), 5000):
+            for _ in self.import_messages([messages[start:start + 5000]], "portrait:segments"):
+                pass
+
     # -- SQL sources -------------------------------------------------------------------------------------------
     def add_source(self, fields: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
         """Define a source (see :mod:`portrait.sources`). With ``check``, connect first and check the query's
@@ -299,8 +356,15 @@ class Portrait:
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:
-        """Process the log until caught up, in this thread (for the CLI when no server runs)."""
-        return self.processor.drain()
+        """Process the log until caught up and bring segment memberships up to date, in this thread (for the CLI
+        when no server runs)."""
+        done = self.processor.drain()
+        changes = self.segments.refresh_touched()
+        if changes:
+            self._emit_audience_events(changes)
+            done += self.processor.drain()
+            self.segments.refresh_touched()
+        return done
 
     def rebuild_traits(self) -> dict[str, int]:
         """Recompute all traits from the log with the current attribute definitions (see Processor).

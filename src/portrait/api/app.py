@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from portrait import __version__
-from portrait.api import admin, errors, ingest, sources
+from portrait.api import admin, errors, ingest, segments, sources
 from portrait.config import Settings
 from portrait.service import Portrait
 
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(ingest.router(service))
     app.include_router(admin.router(service))
     app.include_router(sources.router(service))
+    app.include_router(segments.router(service))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

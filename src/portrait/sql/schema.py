@@ -174,6 +174,50 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    5: parse_many(
+        """
+        CREATE SEQUENCE IF NOT EXISTS segment_seq START 1;
+        CREATE TABLE IF NOT EXISTS segments (
+            id BIGINT PRIMARY KEY DEFAULT nextval('segment_seq'),
+            name VARCHAR NOT NULL UNIQUE,
+            kind VARCHAR NOT NULL,  -- dynamic (a condition) or static (an uploaded list of identities)
+            condition VARCHAR,  -- the JSON form, for dynamic segments
+            description VARCHAR NOT NULL DEFAULT '',
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            counted_at TIMESTAMP  -- last full recount
+        );
+        -- Current members; history keeps every entry and exit; sizes keep the size at each recount.
+        CREATE TABLE IF NOT EXISTS segment_members (
+            segment_id BIGINT NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            entered_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (segment_id, profile_id)
+        );
+        CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (profile_id);
+        CREATE SEQUENCE IF NOT EXISTS segment_history_seq START 1;
+        CREATE TABLE IF NOT EXISTS segment_history (
+            id BIGINT NOT NULL DEFAULT nextval('segment_history_seq'),
+            segment_id BIGINT NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            change VARCHAR NOT NULL,  -- entered or exited
+            at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS segment_history_profile ON segment_history (profile_id);
+        CREATE TABLE IF NOT EXISTS segment_sizes (
+            segment_id BIGINT NOT NULL,
+            at TIMESTAMP NOT NULL,
+            size BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS static_segment_identities (
+            segment_id BIGINT NOT NULL,
+            identity_key VARCHAR NOT NULL  -- type:value, normalized as identities are
+        );
+        -- The segment thread's own state (its own table: its commits never touch the processor's).
+        CREATE TABLE IF NOT EXISTS segment_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+        INSERT INTO segment_state (name, value) VALUES ('watermark', 0);
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

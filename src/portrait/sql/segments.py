@@ -1,13 +1,134 @@
-"""Statements for segments: loading profiles for the Python engine, and (later) membership."""
+"""Statements for segments: definitions, materialized membership and its history, and the Python engine's reads.
+
+Membership changes are computed as a set difference between a freshly computed ``seg_new`` (profile ids) and the
+stored members, for one segment and a scope of profiles (all of them at a recount, the touched ones in real time).
+"""
 
 from __future__ import annotations
 
-from portrait.sql import parse
+from sqlglot import exp
 
-# Every profile's traits / events, for the Python engine (tests, and re-evaluating touched profiles).
+from portrait.sql import param, parse
+
+COLUMNS = ("id", "name", "kind", "condition", "description", "created_at", "updated_at", "counted_at")
+INSERT = parse("INSERT INTO segments (name, kind, condition, description, created_at, updated_at) "
+               "VALUES (?, ?, ?, ?, ?, ?) RETURNING id")
+LIST = parse("""
+SELECT s.id, s.name, s.kind, s.condition, s.description, s.created_at, s.updated_at, s.counted_at,
+       (SELECT count(*) FROM segment_members AS m WHERE m.segment_id = s.id) AS size
+FROM segments AS s ORDER BY s.name
+""")
+BY_ID = exp.select(*COLUMNS).from_("segments").where(exp.column("id").eq(param()))
+BY_NAME = exp.select(*COLUMNS).from_("segments").where(exp.column("name").eq(param()))
+SIZE = parse("SELECT count(*) FROM segment_members WHERE segment_id = ?")
+DELETE = [parse("DELETE FROM segment_members WHERE segment_id = ?"),
+          parse("DELETE FROM static_segment_identities WHERE segment_id = ?"),
+          parse("DELETE FROM segment_sizes WHERE segment_id = ?"),
+          parse("DELETE FROM segments WHERE id = ?")]
+
+
+def update(columns: list[str]) -> exp.Expr:
+    assert set(columns) <= {"name", "condition", "description", "updated_at"}, columns
+    return exp.update("segments", {c: param() for c in columns}, where=exp.column("id").eq(param()))
+
+
+ADD_IDENTITY = parse("INSERT INTO static_segment_identities (segment_id, identity_key) VALUES (?, ?)")
+CLEAR_IDENTITIES = parse("DELETE FROM static_segment_identities WHERE segment_id = ?")
+# Params: segment id. Members of a static segment: the profiles that hold any of its identities now.
+STATIC_MEMBERS = parse("""
+SELECT DISTINCT i.profile_id FROM static_segment_identities AS s JOIN identities AS i ON i.identity_key = s.identity_key
+WHERE s.segment_id = ?
+""")
+COUNT_IDENTITIES = parse("SELECT count(*) FROM static_segment_identities WHERE segment_id = ?")
+
+# -- applying a new membership ----------------------------------------------------------------------------------
+NEW_MEMBERS_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_new (profile_id VARCHAR)")
+INSERT_FOUND = parse("INSERT INTO seg_new SELECT profile_id FROM seg_found")
+IS_MEMBER = parse("SELECT 1 FROM segment_members WHERE segment_id = ? AND profile_id = ?")
+
+
+def new_members(members: exp.Expr) -> exp.Expr:
+    """``INSERT INTO seg_new <a query of profile ids>``."""
+    return exp.insert(members, "seg_new")
+SCOPE_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_scope (profile_id VARCHAR)")
+ALL_SCOPE = parse("INSERT INTO seg_scope SELECT profile_id FROM profiles UNION SELECT profile_id FROM segment_members")
+# Params (each): segment id, now. Entries and exits within the scope, then the members table follows.
+ENTERED = parse("""
+CREATE OR REPLACE TEMP TABLE seg_entered AS
+SELECT DISTINCT n.profile_id FROM seg_new AS n
+WHERE n.profile_id NOT IN (SELECT profile_id FROM segment_members WHERE segment_id = ?)
+""")
+EXITED = parse("""
+CREATE OR REPLACE TEMP TABLE seg_exited AS
+SELECT m.profile_id FROM segment_members AS m
+WHERE m.segment_id = ? AND m.profile_id IN (SELECT profile_id FROM seg_scope)
+  AND m.profile_id NOT IN (SELECT profile_id FROM seg_new)
+""")
+RECORD_ENTERED = parse("INSERT INTO segment_history (segment_id, profile_id, change, at) "
+                       "SELECT ?, profile_id, 'entered', ? FROM seg_entered")
+RECORD_EXITED = parse("INSERT INTO segment_history (segment_id, profile_id, change, at) "
+                      "SELECT ?, profile_id, 'exited', ? FROM seg_exited")
+ADD_MEMBERS = parse("INSERT INTO segment_members (segment_id, profile_id, entered_at) "
+                    "SELECT ?, profile_id, ? FROM seg_entered")
+REMOVE_MEMBERS = parse("DELETE FROM segment_members WHERE segment_id = ? "
+                       "AND profile_id IN (SELECT profile_id FROM seg_exited)")
+CHANGES = parse("SELECT 'entered', profile_id FROM seg_entered UNION ALL SELECT 'exited', profile_id FROM seg_exited")
+RECORD_SIZE = parse("INSERT INTO segment_sizes (segment_id, at, size) "
+                    "SELECT ?, ?, count(*) FROM segment_members WHERE segment_id = ?")
+COUNTED = parse("UPDATE segments SET counted_at = ? WHERE id = ?")
+
+# -- reads ------------------------------------------------------------------------------------------------------
+# Params: segment id, after profile id, limit. Members in profile-id order (a keyset cursor).
+MEMBERS_PAGE = parse("""
+SELECT m.profile_id, m.entered_at,
+       (SELECT min(i.value) FROM identities AS i WHERE i.profile_id = m.profile_id AND i.type = 'user_id') AS user_id
+FROM segment_members AS m WHERE m.segment_id = ? AND m.profile_id > ? ORDER BY m.profile_id LIMIT ?
+""")
+PROFILE_SEGMENTS = parse("""
+SELECT s.id, s.name, s.kind, m.entered_at FROM segment_members AS m JOIN segments AS s ON s.id = m.segment_id
+WHERE m.profile_id = ? ORDER BY s.name
+""")
+# Params: segment id, limit.
+HISTORY = parse("SELECT id, profile_id, change, at FROM segment_history WHERE segment_id = ? ORDER BY id DESC LIMIT ?")
+PROFILE_HISTORY = parse("""
+SELECT h.segment_id, s.name, h.change, h.at FROM segment_history AS h LEFT JOIN segments AS s ON s.id = h.segment_id
+WHERE h.profile_id = ? ORDER BY h.id
+""")
+SIZES = parse("SELECT at, size FROM segment_sizes WHERE segment_id = ? ORDER BY at")
+# Params: profile id. The identifier an audience event names its profile by: user id, else anonymous id, else any.
+PROFILE_IDENTIFIER = parse("""
+SELECT type, value FROM identities WHERE profile_id = ?
+ORDER BY CASE type WHEN 'user_id' THEN 0 WHEN 'anonymous_id' THEN 1 ELSE 2 END, first_seen LIMIT 1
+""")
+GET_WATERMARK = parse("SELECT value FROM segment_state WHERE name = 'watermark'")
+SET_WATERMARK = parse("UPDATE segment_state SET value = ? WHERE name = 'watermark'")
+PROCESSED = parse("SELECT value FROM processor_state WHERE name = 'watermark'")
+# Params: lo, hi (exclusive, inclusive). Profiles whose events or identities changed in that part of the log.
+TOUCHED = parse("""
+INSERT INTO seg_scope
+SELECT profile_id FROM event_profiles WHERE seq > ? AND seq <= ?
+UNION SELECT merged_id FROM merges WHERE seq > ? AND seq <= ?
+UNION SELECT profile_id FROM merges WHERE seq > ? AND seq <= ?
+""")
+
+# -- the Python engine's reads ----------------------------------------------------------------------------------
 ALL_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits")
 ALL_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
 FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
 """)
 ALL_PROFILES = parse("SELECT profile_id FROM profiles")
+SCOPE_PROFILES = parse("SELECT profile_id FROM profiles WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
+SCOPE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits "
+                     "WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
+# Params: event names (a list). Only the events the conditions look at.
+SCOPE_EVENTS = parse("""
+SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
+FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
+WHERE ep.profile_id IN (SELECT profile_id FROM seg_scope) AND list_contains(CAST(? AS VARCHAR[]), ep.event)
+""")
+ONE_PROFILE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits WHERE profile_id = ?")
+ONE_PROFILE_EVENTS = parse("""
+SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
+FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq WHERE ep.profile_id = ?
+""")

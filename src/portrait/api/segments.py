@@ -1,0 +1,76 @@
+"""Segments under /api/segments (and a profile's segments). Admin key required.
+
+A segment is named in paths by its id or its name. Conditions come as their text form (a string) or JSON form (an
+object) in ``condition``; answers carry both, plus the English description.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi.concurrency import run_in_threadpool
+
+from portrait.api.admin import admin_key_required
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+
+
+def router(portrait: Portrait) -> APIRouter:
+    api = APIRouter(prefix="/api", dependencies=[Depends(admin_key_required(portrait))], tags=["segments"])
+    segments = portrait.segments
+
+    @api.get("/segments", summary="Every segment with its size")
+    async def listing() -> dict[str, Any]:
+        return {"segments": await run_in_threadpool(segments.all)}
+
+    @api.post("/segments", status_code=201, summary="Create a dynamic (condition) or static (identities) segment")
+    async def create(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.create_segment, payload)
+
+    @api.post("/segments/preview", summary="Count and sample the profiles an unsaved condition selects")
+    async def preview(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        if "condition" not in payload:
+            raise BadRequest('send {"condition": "<text form>"} or {"condition": {<JSON form>}}',
+                             code="invalid_condition")
+        return await run_in_threadpool(segments.preview, payload["condition"])
+
+    @api.get("/segments/{segment}", summary="One segment: condition (text, JSON, English) and size")
+    async def one(segment: str) -> dict[str, Any]:
+        return await run_in_threadpool(segments.get, segment)
+
+    @api.patch("/segments/{segment}", summary="Change name, description, condition or identities (recounts)")
+    async def update(segment: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.update_segment, segment, payload)
+
+    @api.delete("/segments/{segment}", status_code=204, summary="Delete a segment (not while others refer to it)")
+    async def delete(segment: str) -> Response:
+        await run_in_threadpool(segments.delete, segment)
+        return Response(status_code=204)
+
+    @api.post("/segments/{segment}/recount", summary="Recount the segment now, in SQL")
+    async def recount(segment: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.recount_segment, segment)
+
+    @api.get("/segments/{segment}/members", summary="Members in profile-id order; pass `next` as `after`")
+    async def members(segment: str, after: str = "",
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: segments.members(segment, after=after, limit=limit))
+
+    @api.get("/segments/{segment}/history", summary="Latest entries and exits, newest first")
+    async def history(segment: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        return {"history": await run_in_threadpool(lambda: segments.history(segment, limit=limit))}
+
+    @api.get("/segments/{segment}/sizes", summary="The segment's size at each recount")
+    async def sizes(segment: str) -> dict[str, Any]:
+        return {"sizes": await run_in_threadpool(segments.sizes, segment)}
+
+    @api.get("/segments/{segment}/explain/{identity}", summary="Which parts of the condition hold for a profile")
+    async def explain(segment: str, identity: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.explain_segment, segment, identity)
+
+    @api.get("/profiles/{identity}/segments", summary="The segments a profile is in, and since when")
+    async def of_profile(identity: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.profile_segments, identity)
+
+    return api

@@ -1,0 +1,188 @@
+"""Segments: definitions, materialized membership kept current, history and audience events, explain, the API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
+
+from portrait.api import create_app
+from portrait.errors import BadRequest, Conflict
+from portrait.service import Portrait
+from portrait.spec import utc_now
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def ago(days: float) -> str:
+    return (utc_now() - timedelta(days=days)).isoformat() + "Z"
+
+
+def shop(portrait: Portrait) -> None:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "country": "PL", "age": 31}},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com", "country": "TR", "age": 52}},
+        {"type": "identify", "userId": "cid", "traits": {"country": "DE", "age": 28}},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"revenue": 80},
+         "timestamp": ago(3)},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"revenue": 60},
+         "timestamp": ago(10)},
+        {"type": "track", "userId": "bob", "event": "Order Completed", "properties": {"revenue": 20},
+         "timestamp": ago(40)},
+    ])
+    portrait.process_pending()
+
+
+def users(portrait: Portrait, segment: str) -> set[str]:
+    members = portrait.segments.members(segment, limit=1000)["members"]
+    return {m["user_id"] for m in members}
+
+
+@pytest.fixture
+def client(portrait: Portrait) -> Iterator[TestClient]:
+    with TestClient(create_app(portrait=portrait)) as test_client:
+        yield test_client
+
+
+def test_a_dynamic_segment_is_counted_and_its_members_get_audience_events(portrait: Portrait) -> None:
+    shop(portrait)
+    created = portrait.create_segment({"name": "Big buyers", "condition": (
+        'country in ("PL", "TR") and performed("Order Completed", count >= 2, within = 30d, where revenue > 50)')})
+    assert created["size"] == 1 and created["kind"] == "dynamic"
+    assert created["english"].startswith('customers whose country is one of "PL" or "TR" and who performed')
+    assert users(portrait, "Big buyers") == {"ann"}
+    portrait.process_pending()
+    timeline = portrait.events("user_id:ann", event="Audience Entered")["events"]
+    assert [e["properties"] for e in timeline] == [{"segment": "Big buyers", "segment_id": created["id"]}]
+    assert portrait.profile_segments("email:ann@example.com")["segments"][0]["name"] == "Big buyers"
+
+
+def test_membership_follows_new_events_and_keeps_history(portrait: Portrait) -> None:
+    shop(portrait)
+    portrait.create_segment({"name": "adults 30+", "condition": "age >= 30"})
+    assert users(portrait, "adults 30+") == {"ann", "bob"}
+    portrait.ingest_messages([{"type": "identify", "userId": "cid", "traits": {"age": 30}},
+                              {"type": "identify", "userId": "bob", "traits": {"age": None}}])
+    portrait.process_pending()
+    assert users(portrait, "adults 30+") == {"ann", "cid"}
+    history = portrait.segments.history("adults 30+")
+    assert [h["change"] for h in history] == ["exited", "entered", "entered", "entered"]
+    exited = portrait.events("user_id:bob", event="Audience Exited")["events"]
+    assert len(exited) == 1 and exited[0]["properties"]["segment"] == "adults 30+"
+
+
+def test_a_recount_catches_conditions_that_move_with_time(portrait: Portrait) -> None:
+    shop(portrait)
+    portrait.create_segment({"name": "recent buyers", "condition": 'last_time("Order Completed") within last 7d'})
+    assert users(portrait, "recent buyers") == {"ann"}
+    changes = portrait.segments.recount("recent buyers", now=utc_now() + timedelta(days=5))
+    assert [(c.change, c.segment) for c in changes] == [("exited", "recent buyers")]
+    assert users(portrait, "recent buyers") == set()
+
+
+def test_a_static_segment_holds_the_profiles_of_its_identities(portrait: Portrait) -> None:
+    shop(portrait)
+    created = portrait.create_segment({"name": "VIP list", "identities": [
+        "email:ANN@example.com", "user_id:dee", "phone:not a phone", "nonsense"]})
+    assert created["kind"] == "static" and created["size"] == 1 and created["identities"] == 2
+    assert created["rejected_identities"] == ["phone:not a phone", "nonsense"]
+    portrait.ingest_messages([{"type": "track", "userId": "dee", "event": "Signed Up"}])  # a listed customer arrives
+    portrait.process_pending()
+    assert users(portrait, "VIP list") == {"ann", "dee"}
+    both = portrait.create_segment({"name": "VIP buyers", "condition": 'in_segment("VIP list") and '
+                                                                       'performed("Order Completed")'})
+    assert both["size"] == 1
+    explained = portrait.explain_segment("VIP buyers", "user_id:dee")
+    assert explained["member"] is False and explained["holds"] is False
+    parts = explained["explanation"]["parts"]
+    assert [(p["text"], p["holds"], p["why"]) for p in parts] == [
+        ('in_segment("VIP list")', True, "on the uploaded list"),
+        ('performed("Order Completed")', False, "performed 0 matching times")]
+
+
+def test_references_between_segments_are_protected(portrait: Portrait) -> None:
+    shop(portrait)
+    portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})
+    portrait.create_segment({"name": "polish buyers", "condition": 'in_segment("poles") and '
+                                                                   'performed("Order Completed")'})
+    assert users(portrait, "polish buyers") == {"ann"}
+    with pytest.raises(Conflict, match="polish buyers refer to it"):
+        portrait.segments.delete("poles")
+    with pytest.raises(Conflict, match="polish buyers refer to it"):
+        portrait.update_segment("poles", {"name": "polska"})
+    with pytest.raises(BadRequest, match="loop: poles -> polish buyers -> poles"):
+        portrait.update_segment("poles", {"condition": 'in_segment("polish buyers")'})
+    with pytest.raises(BadRequest, match="cannot refer to itself"):
+        portrait.create_segment({"name": "me", "condition": 'in_segment("me")'})
+    with pytest.raises(Conflict, match="exists already"):
+        portrait.create_segment({"name": "poles", "condition": "age > 1"})
+    updated = portrait.update_segment("poles", {"condition": 'country in ("PL", "TR")'})
+    assert updated["size"] == 2 and users(portrait, "polish buyers") == {"ann", "bob"}
+    portrait.segments.delete("polish buyers")
+    portrait.segments.delete("poles")
+    assert portrait.segments.all() == []
+
+
+def test_the_api(client: TestClient, portrait: Portrait) -> None:
+    shop(portrait)
+    preview = client.post("/api/segments/preview", headers=ADMIN, json={"condition": "age < 40"}).json()
+    assert preview["count"] == 2 and len(preview["sample"]) == 2 and preview["text"] == "age < 40"
+    as_json = client.post("/api/segments/preview", headers=ADMIN, json={"condition": preview["condition"]}).json()
+    assert as_json["count"] == 2
+    bad = client.post("/api/segments/preview", headers=ADMIN, json={"condition": "age <"})
+    assert bad.status_code == 400 and bad.json() == {
+        "code": "invalid_condition", "message": 'at position 5: expected a value ("text", a number, true/false, a '
+                                                'date such as 2026-01-31, or 30d ago), found the end'}
+    created = client.post("/api/segments", headers=ADMIN, json={"name": "young", "condition": "age < 40"})
+    assert created.status_code == 201, created.text
+    segment_id = created.json()["id"]
+    page = client.get(f"/api/segments/{segment_id}/members", headers=ADMIN, params={"limit": 1}).json()
+    rest = client.get("/api/segments/young/members", headers=ADMIN, params={"after": page["next"]}).json()
+    assert len(page["members"]) == 1 and len(rest["members"]) == 1 and rest["next"] is None
+    explained = client.get(f"/api/segments/{segment_id}/explain/user_id:cid", headers=ADMIN).json()
+    assert explained["member"] is True and explained["explanation"]["why"] == "age is 28"
+    assert client.get("/api/profiles/user_id:cid/segments", headers=ADMIN).json()["segments"][0]["name"] == "young"
+    assert client.get("/api/segments", headers=ADMIN).json()["segments"][0]["size"] == 2
+    assert client.get("/api/segments/young/sizes", headers=ADMIN).json()["sizes"][0]["size"] == 2
+    recounted = client.post("/api/segments/young/recount", headers=ADMIN).json()
+    assert (recounted["entered"], recounted["exited"]) == (0, 0)
+    assert client.patch("/api/segments/young", headers=ADMIN, json={"condition": "agee < 3"}).json()["code"] == (
+        "invalid_condition")
+    assert client.get("/api/segments/nope", headers=ADMIN).status_code == 404
+    assert client.delete("/api/segments/young", headers=ADMIN).status_code == 204
+    assert client.get("/api/segments", headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 401
+
+
+def test_a_running_server_keeps_segments_current(tmp_path: Path) -> None:
+    server = start_server(str(tmp_path / "s.duckdb"), tmp_path / "s.log")
+    try:
+        with server.admin() as admin, httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+            created = admin.post("/api/segments", json={"name": "buyers", "condition": 'performed("Order Completed")'})
+            assert created.status_code == 201, created.text
+            sdk.post("/v1/track", json={"userId": "u1", "event": "Order Completed", "properties": {"revenue": 5}})
+            started = time.monotonic()
+            segments = _wait_for(lambda: admin.get("/api/profiles/user_id:u1/segments").json().get("segments"))
+            entered_after = time.monotonic() - started
+            assert segments[0]["name"] == "buyers" and entered_after < 10
+            timeline = _wait_for(lambda: admin.get("/api/profiles/user_id:u1/events",
+                                                   params={"event": "Audience Entered"}).json().get("events"))
+            assert timeline[0]["properties"]["segment"] == "buyers"
+    finally:
+        server.stop()
+
+
+def _wait_for(read: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
