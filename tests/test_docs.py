@@ -63,3 +63,33 @@ def test_the_mapping_file_example_reads_as_documented() -> None:
     assert mapping == RowMapping("events", user_id="customer_no", identifier_columns={"loyalty_card": "card"},
                                  event="Order Completed", timestamp="sold_at", timestamp_format="%Y-%m-%d %H:%M",
                                  message_id="receipt_id", fields=("total", "items"), renames={"total": "revenue"})
+
+
+def test_the_null_semantics_table_is_what_the_engines_do() -> None:
+    from datetime import datetime
+
+    from portrait.conditions import Schema, check, parse, to_json
+    from portrait.conditions.evaluate import ProfileData, compile_predicate
+
+    text = (DOCS / "segments.md").read_text()
+    rows = re.findall(r"^\| `(.+?)` \| (yes|no) \|$", text, re.MULTILINE)
+    assert len(rows) >= 20
+    schema = Schema({"age": "integer", "country": "string", "tags": "list", "signup_at": "datetime"})
+    empty = ProfileData("p1")
+    for condition_text, expected in rows:
+        condition = parse(condition_text)
+        check(condition, schema)
+        assert compile_predicate(condition, schema, datetime(2026, 6, 1))(empty) is (expected == "yes"), condition_text
+        assert to_json(condition)  # every documented example also has a JSON form
+
+
+def test_the_documented_forms_of_the_example_are_the_same_condition() -> None:
+    import json
+
+    from portrait.conditions import from_json, parse
+
+    text = (DOCS / "segments.md").read_text()
+    example = re.search(r"```text\n(.+?)\n```", text, re.DOTALL)
+    document = re.search(r"```json\n(.+?)\n```", text, re.DOTALL)
+    assert example is not None and document is not None
+    assert parse(example.group(1)) == from_json(json.loads(document.group(1)))

@@ -186,3 +186,41 @@ def _wait_for(read: Any, timeout: float = 20.0) -> Any:
             return found
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from portrait.cli import app
+    from portrait.config import Settings
+
+    db = str(tmp_path / "cli.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    shop(service)
+    service.close()
+    runner = CliRunner(env={"PORTRAIT_NO_PROGRESS": "1"})
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--db", db])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "2 profiles" in run("segments", "preview", "age < 40")
+    assert "Segment 1 'young': 2 members." in run("segments", "create", "young", "--condition", "age < 40")
+    vip = tmp_path / "vip.csv"
+    vip.write_text("email,name\nbob@example.com,Bob\nnobody@example.com,Nobody\n")
+    assert "1 members" in run("segments", "create", "vip", "--file", str(vip), "--column", "email")
+    listed = run("segments", "list")
+    assert "young" in listed and "2 identities" in listed
+    explained = run("segments", "explain", "young", "user_id:bob")
+    assert "not a member" in explained and "age is 52" in explained
+    assert "cid" in run("segments", "members", "young")
+    out = tmp_path / "young.csv"
+    exported = run("export", "profiles", "-o", str(out), "--segment", "young", "--attributes", "age,country")
+    assert "Exported 2 members of young" in exported
+    header, *rows = out.read_text().splitlines()
+    assert header == '"profile_id","user_id","age","country"'
+    assert sorted(row.split(",", 1)[1] for row in rows) == ['"ann",31,"PL"', '"cid",28,"DE"']
+    bad = runner.invoke(app, ["segments", "create", "x", "--condition", "age <", "--db", db])
+    assert bad.exit_code == 1 and "at position 5: expected a value" in bad.output
+    assert "deleted" in run("segments", "delete", "young")

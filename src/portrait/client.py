@@ -93,6 +93,13 @@ class RemotePortrait:
     def attribute_update(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
         return dict(self._send("PATCH", f"/api/attributes/{code}", changes))
 
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """Any admin GET (the CLI's generic remote path)."""
+        return self._get(path, params)
+
+    def send_json(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        return self._send(method, path, body, timeout=None)
+
     # -- SQL sources (the same names as on Portrait and its SourceRegistry) --
     def sources_all(self) -> list[dict[str, Any]]:
         return list(self._get("/api/sources")["sources"])
@@ -121,12 +128,12 @@ class RemotePortrait:
         return _checked(response)
 
     def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,
-                        include_personal: bool) -> dict[str, Any]:
+                        include_personal: bool, segment: str | None = None) -> dict[str, Any]:
         """Stream GET /api/exports/profiles into ``output``; the report comes in the X-Portrait-Export header."""
         if not self._admin:
             raise Unauthorized("an admin key is needed to export through the server: set PORTRAIT_ADMIN_KEY")
         params: dict[str, Any] = {"format": file_format, "include_personal": include_personal,
-                                  "attributes": ",".join(attributes) if attributes else None}
+                                  "attributes": ",".join(attributes) if attributes else None, "segment": segment}
         with self._http.stream("GET", "/api/exports/profiles", params={k: v for k, v in params.items() if v},
                                headers={"Authorization": f"Bearer {self._admin}"}, timeout=None) as response:
             if response.status_code != 200:

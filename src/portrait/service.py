@@ -231,10 +231,13 @@ class Portrait:
         return report
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
-                        include_personal: bool = False) -> dict[str, Any]:
-        """Write every profile with the chosen attributes to ``path`` (see :mod:`portrait.exports`)."""
-        return export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
-                               include_personal=include_personal)
+                        include_personal: bool = False, segment: str | None = None) -> dict[str, Any]:
+        """Write every profile (or a segment's members) with the chosen attributes to ``path`` (see
+        :mod:`portrait.exports`)."""
+        segment_id = self.segments.find(segment).id if segment else None
+        report = export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
+                                 include_personal=include_personal, segment_id=segment_id)
+        return {**report, "segment": segment}
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:

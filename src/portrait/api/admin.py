@@ -115,13 +115,14 @@ def router(portrait: Portrait) -> APIRouter:
         format: str = "csv",
         attributes: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
         include_personal: bool = False,
+        segment: Annotated[str | None, Query(description="Only this segment's members (id or name).")] = None,
     ) -> FileResponse:
         names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
         folder = Path(tempfile.mkdtemp(prefix="portrait-export-"))
         path = folder / f"profiles.{format}"
         try:
             report = await run_in_threadpool(lambda: portrait.export_profiles(
-                path, format, attributes=names, include_personal=include_personal))
+                path, format, attributes=names, include_personal=include_personal, segment=segment))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -185,19 +185,22 @@ def export_profiles(
                                                         "attribute that is not personal information).")] = None,
     include_personal: Annotated[bool, typer.Option("--include-personal", help="Also export personal-information "
                                                                               "attributes.")] = False,
+    segment: Annotated[str | None, typer.Option(help="Only the members of this segment (id or name).")] = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Export every profile, one row each, with the chosen attributes as columns."""
+    """Export every profile (or a segment's members), one row each, with the chosen attributes as columns."""
     chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     try:
         with _backend(db, url, admin_key) as backend:
             if isinstance(backend, Portrait):
-                report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal)
+                report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal,
+                                                 segment=segment)
             else:
-                report = backend.export_profiles(output, chosen, names, include_personal)
+                report = backend.export_profiles(output, chosen, names, include_personal, segment)
     except PortraitError as exc:
         raise _fail(exc) from exc
-    console.print(f"Exported {report['rows']:,} profiles with {len(report['columns'])} columns to {output}.")
+    whose = f"members of {segment}" if segment else "profiles"
+    console.print(f"Exported {report['rows']:,} {whose} with {len(report['columns'])} columns to {output}.")
     if report["personal_included"]:
         console.print(f"Personal information included: {', '.join(report['personal_included'])}")

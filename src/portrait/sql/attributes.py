@@ -65,8 +65,9 @@ _CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
 _USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
 
 
-def export_profiles(attributes: list[tuple[str, str]]) -> tuple[exp.Expr, list[object]]:
-    """One row per profile: profile_id, user_id, then one typed column per attribute (code, type).
+def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = None
+                    ) -> tuple[exp.Expr, list[object]]:
+    """One row per profile (of a segment, when given): profile_id, user_id, then one typed column per attribute.
 
     Codes are registry codes (checked snake_case) used as column names through SQLGlot identifiers; the codes
     compared against stored keys are bound parameters.
@@ -86,4 +87,8 @@ def export_profiles(attributes: list[tuple[str, str]]) -> tuple[exp.Expr, list[o
               on="t.profile_id = p.profile_id AND t.value IS NOT NULL", join_type="left")
         .group_by("p.profile_id", "u.user_id").order_by("p.profile_id")
     )
+    if segment_id is not None:
+        members = exp.select("profile_id").from_("segment_members").where(exp.column("segment_id").eq(param()))
+        query = query.where(exp.In(this=exp.column("profile_id", table="p"), query=exp.Subquery(this=members)))
+        params.append(segment_id)
     return query, params
