@@ -239,7 +239,7 @@ def test_user_values_never_reach_the_sql_text(shop: Dataset) -> None:
     condition = parse(f'country = {to_text(Compare("c", "=", (hostile,)))[4:]} or performed("{hostile[:3]}")')
     compiled = compile_condition(condition, shop.schema, NOW)
     assert hostile not in compiled.members().sql("duckdb")
-    assert hostile in compiled.params.values()
+    assert any(hostile in str(value) for value in compiled.params.values())  # it travels as a parameter
     assert shop.sql(condition) == shop.python(condition) == set()
 
 

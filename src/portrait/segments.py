@@ -235,10 +235,9 @@ class Segments:
         condition = read_condition(raw)
         check(condition, self.schema())
         compiled = compile_condition(condition, self.schema(), now or utc_now())
-        session = self._session()
-        count = int(session.execute(compiled.count(), compiled.params)[0][0])
-        sample = [row[0] for row in session.execute(compiled.members().order_by("p.profile_id").limit(SAMPLE_SIZE),
-                                                    compiled.params)]
+        rows = self._session().execute(compiled.preview(SAMPLE_SIZE), compiled.params)
+        count = int(rows[0][1]) if rows else 0
+        sample = [row[0] for row in rows]
         return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
                 "english": describe(condition), "seconds": round(time.perf_counter() - started, 3)}
 
