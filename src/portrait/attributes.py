@@ -57,6 +57,7 @@ class Attribute:
     validation: dict[str, Any] = field(default_factory=dict)
     status: str = "active"
     auto_created: bool = False
+    definition: str | None = None  # calculated attributes: how the value is computed (conditions/calculations.py)
 
     def checked(self) -> Attribute:
         check_code(self.code)

@@ -15,13 +15,14 @@ import orjson
 import pyarrow as pa
 
 from portrait.attributes import STANDARD, Attribute, check_code
+from portrait.conditions.calculations import definition_text, parse_definition, result_type
 from portrait.errors import BadRequest, NotFound
 from portrait.spec import utc_now
 from portrait.sql import attributes as q
 from portrait.store import Session
 
 EDITABLE = ("name", "description", "unit", "is_personal_info", "calculate_analytics", "merge_strategy",
-            "validation", "status", "type")
+            "definition", "validation", "status", "type")
 
 
 class AttributeRegistry:
@@ -58,6 +59,7 @@ class AttributeRegistry:
             raise BadRequest(f"unknown attribute fields: {', '.join(sorted(unknown))}", code="invalid_attribute")
         if "code" not in fields_ or "name" not in fields_:
             raise BadRequest("an attribute needs a code and a name", code="invalid_attribute")
+        fields_ = {**fields_, **_calculated(fields_)}
         attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
         session = self._session()
         if session.execute(q.GET, [attribute.code]):
@@ -78,6 +80,11 @@ class AttributeRegistry:
             raise BadRequest(f"these fields cannot be changed: {', '.join(sorted(unknown))} (editable: "
                              f"{', '.join(EDITABLE)})", code="invalid_attribute")
         current = self.get(code)
+        if "definition" in changes:
+            changes = {**changes, **_calculated({"type": current["type"] if "type" in changes else None,
+                                                 **changes})}
+        elif current["calculated"] and "type" in changes:
+            raise BadRequest(f"{code} is calculated: its type follows its definition", code="invalid_attribute")
         merged = {k: current[k] for k in (f.name for f in fields(Attribute))}
         merged.update(changes)
         Attribute(**merged).checked()
@@ -123,6 +130,21 @@ class AttributeRegistry:
                           for i in range(10)] if high > low else [{"from": low, "to": high,
                                                                    "count": int(sum(bins.values()))}],
         }
+
+
+def _calculated(fields_: dict[str, Any]) -> dict[str, Any]:
+    """For a definition: its canonical text, ``calculated`` on and the type it yields (a given type must match)."""
+    definition = fields_.get("definition")
+    if definition is None:
+        return {}
+    if not isinstance(definition, str):
+        raise BadRequest("definition is text, e.g. sum(\"Order Completed\", revenue)", code="invalid_attribute")
+    calculation = parse_definition(definition)
+    kind = result_type(calculation)
+    if fields_.get("type") not in (None, kind):
+        raise BadRequest(f"{definition_text(calculation)} yields {kind}, not {fields_['type']}",
+                         code="invalid_attribute")
+    return {"definition": definition_text(calculation), "calculated": True, "type": kind}
 
 
 def _row(attribute: Attribute, created: datetime, updated: datetime) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
@@ -74,6 +75,7 @@ class Segments:
                  normalize: Callable[[str, str], Identifier | None]) -> None:
         self._session = session
         self._attributes = attributes
+        self.calculator = Calculator(self.schema)
         self._normalize = normalize
         self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
 
@@ -260,7 +262,15 @@ class Segments:
             session.execute(q.COUNTED, [now, segment.id])
         return changes
 
+    def recalculate(self, *, now: datetime | None = None) -> int:
+        """Compute every calculated attribute for every profile; returns how many attributes."""
+        session = self._session()
+        with self._writing, session.transaction():
+            return self.calculator.apply(session, now or utc_now(), scoped=False)
+
     def recount_all(self) -> list[Change]:
+        """Recompute calculated attributes, then recount every segment (the periodic full pass)."""
+        self.recalculate()
         changes: list[Change] = []
         for document in self.all():
             changes += self.recount(document["id"])
@@ -279,6 +289,7 @@ class Segments:
         with self._writing, session.transaction():
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
+            self.calculator.apply(session, now, scoped=True)  # calculated attributes first: segments may use them
             profiles = self._scope_profiles(session, segments) if segments else []
             schema = self.schema()
             for segment in segments:

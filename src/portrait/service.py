@@ -260,6 +260,28 @@ class Portrait:
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)
 
+    # -- calculated attributes ---------------------------------------------------------------------------------
+    def create_attribute(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Define an attribute; a calculated one is computed for every profile at once."""
+        created = self.attributes.create(fields)
+        if created["calculated"]:
+            self.segments.recalculate()
+            created = self.attributes.get(created["code"])
+        return created
+
+    def update_attribute(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        updated = self.attributes.update(code, changes)
+        if "definition" in changes or (updated["calculated"] and "status" in changes):
+            self.segments.recalculate()
+            updated = self.attributes.get(code)
+        return updated
+
+    def recalculate(self) -> dict[str, Any]:
+        """Recompute every calculated attribute for every profile now."""
+        started = time.monotonic()
+        count = self.segments.recalculate()
+        return {"attributes": count, "seconds": round(time.monotonic() - started, 2)}
+
     # -- segments ----------------------------------------------------------------------------------------------
     def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:
         document, changes = self.segments.create(fields)
@@ -384,6 +406,7 @@ class Portrait:
                 issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
             finally:
                 session.close()
+            self.segments.recalculate()  # the rebuild cleared calculated values with the rest
         return {"values": values, "issues": issues}
 
     def wait_processed(self, poll: float = 0.05) -> None:

@@ -98,16 +98,20 @@ def router(portrait: Portrait) -> APIRouter:
 
     @api.post("/attributes", summary="Define a custom attribute", status_code=201)
     async def create_attribute(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.attributes.create, payload)
+        return await run_in_threadpool(portrait.create_attribute, payload)
 
     @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
     async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.attributes.update, code, payload)
+        return await run_in_threadpool(portrait.update_attribute, code, payload)
 
     @api.post("/attributes/recheck", summary="Recompute every profile's traits from the log with the current "
                                              "attribute definitions (processing pauses meanwhile)")
     async def recheck_attributes() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_traits)
+
+    @api.post("/attributes/recalculate", summary="Recompute every calculated attribute for every profile now")
+    async def recalculate() -> dict[str, Any]:
+        return await run_in_threadpool(portrait.recalculate)
 
     @api.get("/exports/profiles", summary="Every profile with the chosen attributes, as CSV, Parquet or NDJSON",
              response_class=FileResponse)

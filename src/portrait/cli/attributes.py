@@ -81,20 +81,27 @@ def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
 def attributes_create(
     code: Annotated[str, typer.Argument(help="snake_case code, e.g. loyalty_tier")],
     name: Annotated[str, typer.Option(help="Display name.")],
-    attribute_type: Annotated[str, typer.Option("--type", help="string, integer, number, boolean, date, datetime, "
-                                                               "enum, list or object.")] = "string",
+    attribute_type: Annotated[str | None, typer.Option("--type", help="string (default), integer, number, boolean, "
+                                                                      "date, datetime, enum, list or object.")] = None,
+    definition: Annotated[str | None, typer.Option(help="Makes it calculated, e.g. 'sum(\"Order Completed\", "
+                                                        "revenue, within = 90d)' (its type follows).")] = None,
     description: Annotated[str, typer.Option(help="What it means.")] = "",
     unit: Annotated[str | None, typer.Option(help="Unit, e.g. EUR or days.")] = None,
     personal: Annotated[bool, typer.Option("--personal/--not-personal", help="Personal information?")] = False,
     analytics: Annotated[bool, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")] = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Define a custom attribute."""
-    fields = {"code": code, "name": name, "type": attribute_type, "description": description, "unit": unit,
+    """Define a custom attribute; with --definition a calculated one, computed for every profile at once."""
+    fields = {"code": code, "name": name, "description": description, "unit": unit,
               "is_personal_info": personal, "calculate_analytics": analytics}
-    created = _run(db, url, admin_key, _either(lambda local: local.attributes.create(fields),
+    if attribute_type is not None or definition is None:
+        fields["type"] = attribute_type or "string"
+    if definition is not None:
+        fields["definition"] = definition
+    created = _run(db, url, admin_key, _either(lambda local: local.create_attribute(fields),
                                                lambda remote: remote.attribute_create(fields)))
-    console.print(f"Created attribute {created['code']} ({created['type']}).")
+    calculated = f", calculated as {created['definition']}" if created["calculated"] else ""
+    console.print(f"Created attribute {created['code']} ({created['type']}{calculated}).")
 
 
 @attributes_app.command("update")
@@ -107,6 +114,7 @@ def attributes_update(
                         ] = None,
     analytics: Annotated[bool | None, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")
                          ] = None,
+    definition: Annotated[str | None, typer.Option(help="A new definition (calculated attributes).")] = None,
     deprecate: Annotated[bool, typer.Option("--deprecate", help="Mark deprecated (values are kept).")] = False,
     activate: Annotated[bool, typer.Option("--activate", help="Mark active again.")] = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
@@ -114,12 +122,24 @@ def attributes_update(
     """Change an attribute's name, description, unit or flags, or deprecate it."""
     changes: dict[str, Any] = {k: v for k, v in {"name": name, "description": description, "unit": unit,
                                                   "is_personal_info": personal,
-                                                  "calculate_analytics": analytics}.items() if v is not None}
+                                                  "calculate_analytics": analytics,
+                                                  "definition": definition}.items() if v is not None}
     if deprecate or activate:
         changes["status"] = "deprecated" if deprecate else "active"
     if not changes:
         raise _fail(PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
-                                  "--deprecate or --activate"))
-    updated = _run(db, url, admin_key, _either(lambda local: local.attributes.update(code, changes),
+                                  "--definition, --deprecate or --activate"))
+    updated = _run(db, url, admin_key, _either(lambda local: local.update_attribute(code, changes),
                                                lambda remote: remote.attribute_update(code, changes)))
     console.print(f"Updated attribute {updated['code']}: {', '.join(sorted(changes))}.")
+
+
+@attributes_app.command("recalculate")
+def attributes_recalculate(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
+    """Recompute every calculated attribute (and RFM scores) for every profile now.
+
+    The server does this periodically (PORTRAIT_SEGMENT_RECOUNT_SECONDS) and for touched profiles after each batch.
+    """
+    done = _run(db, url, admin_key, _either(lambda local: local.recalculate(),
+                                            lambda remote: remote.send_json("POST", "/api/attributes/recalculate", {})))
+    console.print(f"Recalculated {done['attributes']} calculated attributes in {done['seconds']} s.")

@@ -7,7 +7,8 @@ from sqlglot import exp
 from portrait.sql import param, parse
 
 COLUMNS = ("code", "name", "type", "description", "unit", "is_personal_info", "calculate_analytics", "calculated",
-           "standard", "merge_strategy", "validation", "status", "auto_created", "created_at", "updated_at")
+           "standard", "merge_strategy", "validation", "status", "auto_created", "definition", "created_at",
+           "updated_at")
 # Standard attributes are (re)seeded at start; an existing row (perhaps edited by the user) is left alone.
 SEED = exp.insert(exp.select(*COLUMNS).from_("seed_attributes"), "attributes", columns=list(COLUMNS))
 SEED.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING")))

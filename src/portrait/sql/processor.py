@@ -205,7 +205,8 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'list' THEN CASE WHEN t.type = 'ARRAY' THEN t.value END
     END"""
 _RULE = "json_extract_string(c.validation, '$.{0}')"
-_PROBLEM = f"""CASE WHEN c.type = 'NULL' THEN NULL
+_PROBLEM = f"""CASE WHEN c.calculated THEN c.code || ' is calculated by Portrait; values sent in events are not applied'
+    WHEN c.type = 'NULL' THEN NULL
     WHEN c.attribute_type IS NULL
         THEN 'no attribute ' || c.code || ' is defined (unknown traits are not applied in strict mode)'
     WHEN c.coerced IS NULL THEN 'expected ' || c.attribute_type || ', got ' || lower(c.type)
@@ -228,7 +229,7 @@ CHECK_TRAITS = parse(f"""
 CREATE OR REPLACE TEMP TABLE b_checked AS
 WITH c AS (
     SELECT t.*, a.type AS attribute_type, a.validation, coalesce(a.merge_strategy, 'latest') AS strategy,
-           {_COERCED} AS coerced
+           coalesce(a.calculated AND a.definition IS NOT NULL, FALSE) AS calculated, {_COERCED} AS coerced
     FROM b_traits AS t LEFT JOIN attributes AS a ON a.code = t.code
 )
 SELECT c.*, {_PROBLEM} AS problem FROM c

@@ -218,6 +218,12 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         INSERT INTO segment_state (name, value) VALUES ('watermark', 0);
         """
     ),
+    6: parse_many(
+        """
+        -- Calculated attributes keep their definition (the text form, see conditions/calculations.py).
+        ALTER TABLE attributes ADD COLUMN definition VARCHAR;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

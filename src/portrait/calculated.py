@@ -1,0 +1,40 @@
+"""Calculated attributes kept current: every active definition in the registry, computed in SQL and stored in
+``profile_traits`` -- for the profiles a batch touched (right after it is processed, before segments look at
+them) and for everyone at a full recompute (periodically, for values that move with time such as "days since";
+and on demand). RFM scores are quintiles over all customers, so they change only at a full recompute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from portrait.conditions import Schema
+from portrait.conditions.calculations import Calculation, Concat, DaysSince, Rfm, YearsSince, parse_definition
+from portrait.sql import calculated as q
+from portrait.store import Session
+
+
+class Calculator:
+    def __init__(self, schema: Callable[[], Schema]) -> None:
+        self._schema = schema
+
+    def definitions(self, session: Session) -> list[tuple[str, Calculation]]:
+        """Active calculated attributes, those computed from events before those computed from attributes."""
+        found = [(str(code), parse_definition(str(text))) for code, text in session.execute(q.CALCULATED)]
+        return sorted(found, key=lambda item: isinstance(item[1], Concat | YearsSince | DaysSince))
+
+    def apply(self, session: Session, now: datetime, *, scoped: bool) -> int:
+        """Compute and store every calculated attribute for ``seg_scope`` (scoped) or every profile; the caller
+        holds the transaction. Returns how many attributes were computed."""
+        schema = self._schema()
+        done = 0
+        for code, calculation in self.definitions(session):
+            if scoped and isinstance(calculation, Rfm):
+                continue  # quintiles over everyone: full recomputes only
+            query, params = q.calculation_query(calculation, schema, now, scoped=scoped)
+            session.execute(q.new_values(query), params)
+            session.execute(q.UPSERT, {"code": code, "now": now})
+            session.execute(q.DROP_SCOPED if scoped else q.DROP_ALL, {"code": code})
+            done += 1
+        return done

@@ -1,0 +1,183 @@
+"""Calculated attributes: definitions, values computed in SQL checked against plain Python, kept current per batch,
+usable in segments, protected from events; built-in RFM."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+
+from portrait.conditions import ConditionError
+from portrait.conditions.calculations import definition_text, parse_definition
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+from portrait.spec import utc_now
+
+NOW = utc_now()
+ORDERS = {  # user -> [(days ago, revenue, currency)]
+    "ann": [(100, 10.0, "EUR"), (40, 30.0, "EUR"), (3, 60.5, "USD")],
+    "bob": [(200, 99.0, "PLN")],
+    "cid": [],
+}
+VIEWS = {"ann": ["shoes", "hats", "shoes"], "bob": ["hats"], "cid": ["bags", "shoes", "bags", "shoes"]}
+DEFINITIONS = {
+    "orders_90d": 'count("Order Completed", within = 90d)',
+    "total_revenue": 'sum("Order Completed", revenue)',
+    "avg_order_value": 'avg("Order Completed", revenue)',
+    "max_order": 'max("Order Completed", revenue, where currency = "EUR")',
+    "first_currency": 'first_value("Order Completed", currency)',
+    "last_currency": 'last_value("Order Completed", currency)',
+    "favorite_category": 'most_frequent("Product Viewed", category)',
+    "categories": 'unique_list("Product Viewed", category)',
+    "category_count": 'distinct_count("Product Viewed", category)',
+    "last_purchase_at": 'last_time("Order Completed")',
+    "days_since_last_purchase": 'days_since(last_time("Order Completed"))',
+    "age_in_years": "years_since(birthday)",
+    "full_name": 'concat(first_name, " ", last_name)',
+}
+
+
+def at(days: float) -> str:
+    return (NOW - timedelta(days=days)).isoformat() + "Z"
+
+
+def shop(portrait: Portrait) -> None:
+    messages: list[dict[str, Any]] = [
+        {"type": "identify", "userId": "ann", "traits": {"firstName": "Ann", "lastName": "Lee",
+                                                         "birthday": "1990-06-15"}},
+        {"type": "identify", "userId": "bob", "traits": {"firstName": "Bob"}},
+        {"type": "identify", "userId": "cid", "traits": {}},
+    ]
+    for user, orders in ORDERS.items():
+        messages += [{"type": "track", "userId": user, "event": "Order Completed", "timestamp": at(days),
+                      "properties": {"revenue": revenue, "currency": currency}} for days, revenue, currency in orders]
+    for user, views in VIEWS.items():
+        messages += [{"type": "track", "userId": user, "event": "Product Viewed", "timestamp": at(50 - i),
+                      "properties": {"category": category}} for i, category in enumerate(views)]
+    portrait.ingest_messages(messages)
+    portrait.process_pending()
+
+
+def expected(user: str) -> dict[str, Any]:
+    """The same values computed in plain Python from the test data."""
+    orders = sorted(ORDERS[user], key=lambda o: -o[0])  # oldest first
+    views = VIEWS[user]
+    values: dict[str, Any] = {
+        "orders_90d": sum(1 for days, _, _ in orders if days <= 90),
+        "total_revenue": sum(r for _, r, _ in orders),
+        "category_count": len(set(views)),
+    }
+    if orders:
+        values.update(avg_order_value=sum(r for _, r, _ in orders) / len(orders), first_currency=orders[0][2],
+                      last_currency=orders[-1][2], days_since_last_purchase=orders[-1][0])
+        eur = [r for _, r, c in orders if c == "EUR"]
+        if eur:
+            values["max_order"] = max(eur)
+    if views:
+        counts = Counter(views)
+        values["favorite_category"] = min(counts, key=lambda c: (-counts[c], c))
+        values["categories"] = sorted(set(views))
+    return values
+
+
+@pytest.fixture
+def calculated(portrait: Portrait) -> Portrait:
+    shop(portrait)
+    for code, definition in DEFINITIONS.items():
+        portrait.create_attribute({"code": code, "name": code, "definition": definition})
+    return portrait
+
+
+@pytest.mark.parametrize("user", sorted(ORDERS))
+def test_values_match_a_plain_python_computation(calculated: Portrait, user: str) -> None:
+    traits = calculated.traits(f"user_id:{user}")
+    got = {code: traits[code] for code in DEFINITIONS if code in traits}
+    wanted = expected(user)
+    for code in ("last_purchase_at", "age_in_years", "full_name"):
+        got.pop(code, None)
+    assert got == wanted  # the amounts add up exactly in binary floating point
+
+
+def test_times_ages_and_names(calculated: Portrait) -> None:
+    ann = calculated.traits("user_id:ann")
+    assert ann["last_purchase_at"].startswith(at(3)[:16])
+    today = NOW.date()
+    born = date(1990, 6, 15)
+    assert ann["age_in_years"] == today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    assert ann["full_name"] == "Ann Lee"
+    assert calculated.traits("user_id:bob")["full_name"] == "Bob"  # a missing part is left out
+    assert "full_name" not in calculated.traits("user_id:cid")  # no part at all: no value
+    registered = calculated.attributes.get("total_revenue")
+    assert (registered["calculated"], registered["type"], registered["definition"]) == (
+        True, "number", 'sum("Order Completed", revenue)')
+
+
+def test_values_follow_new_events_and_feed_segments(calculated: Portrait) -> None:
+    calculated.create_segment({"name": "big spenders", "condition": "total_revenue > 100"})
+    assert calculated.segments.get("big spenders")["size"] == 1  # ann: 100.5
+    calculated.ingest_messages([{"type": "track", "userId": "bob", "event": "Order Completed",
+                                 "properties": {"revenue": 5, "currency": "EUR"}}])
+    calculated.process_pending()
+    bob = calculated.traits("user_id:bob")
+    assert (bob["total_revenue"], bob["orders_90d"], bob["days_since_last_purchase"], bob["max_order"]) == (
+        104.0, 1, 0, 5.0)
+    assert calculated.segments.get("big spenders")["size"] == 2
+
+
+def test_events_cannot_set_a_calculated_attribute(calculated: Portrait) -> None:
+    calculated.ingest_messages([{"type": "identify", "userId": "cid", "traits": {"totalRevenue": 1000000}}])
+    calculated.process_pending()
+    assert calculated.traits("user_id:cid")["total_revenue"] == 0
+    issues = calculated.data_quality(attribute="total_revenue")["issues"]
+    assert "is calculated by Portrait" in issues[0]["reason"]
+
+
+def test_rfm_scores_and_groups(portrait: Portrait) -> None:
+    messages = []
+    for i in range(25):  # customer i: bought i+1 times, last time i days ago, i*10 per order
+        messages += [{"type": "track", "userId": f"c{i}", "event": "Order Completed", "timestamp": at(i + k * 30),
+                      "properties": {"revenue": 10 * (i + 1)}} for k in range(i + 1)]
+    portrait.ingest_messages(messages)
+    portrait.process_pending()
+    for part in ("recency", "frequency", "monetary"):
+        portrait.create_attribute({"code": f"rfm_{part}", "name": part,
+                                   "definition": f'rfm_score({part}, "Order Completed", revenue)'})
+    portrait.create_attribute({"code": "rfm_group", "name": "RFM group",
+                               "definition": 'rfm_group("Order Completed", revenue)'})
+    scores = {f"c{i}": portrait.traits(f"user_id:c{i}") for i in range(25)}
+    assert Counter(s["rfm_recency"] for s in scores.values()) == {1: 5, 2: 5, 3: 5, 4: 5, 5: 5}
+    assert scores["c0"]["rfm_recency"] == 5 and scores["c24"]["rfm_recency"] == 1  # most recent scores highest
+    assert scores["c24"]["rfm_frequency"] == 5 and scores["c24"]["rfm_monetary"] == 5
+    assert scores["c0"]["rfm_group"] == "New Customers" and scores["c24"]["rfm_group"] == "Can't Lose Them"
+    assert portrait.attributes.get("rfm_group")["type"] == "enum"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('sum("Order Completed")', "expected ','"),
+    ("count(Order)", "expected an event name in double quotes"),
+    ('median("X", revenue)', "unknown function 'median'"),
+    ("concat(\" \")", "needs at least one attribute"),
+    ('rfm_score(loyalty, "X", revenue)', "expected recency, frequency or monetary"),
+    ('count("X") extra', "at position 11: expected the end of the definition"),
+])
+def test_definition_errors_point_at_the_mistake(text: str, message: str) -> None:
+    with pytest.raises(ConditionError) as raised:
+        parse_definition(text)
+    assert message in raised.value.message
+
+
+@pytest.mark.parametrize("text", [*DEFINITIONS.values(), 'rfm_group("Order Completed", revenue)',
+                                  'count("Login", from = 2026-01-01, to = 2026-02-01)', "days_since(created_at)"])
+def test_definitions_print_back_the_same(text: str) -> None:
+    assert definition_text(parse_definition(text)) == text
+
+
+def test_a_given_type_must_match_the_definition(portrait: Portrait) -> None:
+    with pytest.raises(BadRequest, match="yields integer, not string"):
+        portrait.create_attribute({"code": "n", "name": "n", "type": "string", "definition": 'count("X")'})
+    created = portrait.create_attribute({"code": "n", "name": "n", "definition": 'count("X")'})
+    with pytest.raises(BadRequest, match="its type follows its definition"):
+        portrait.update_attribute("n", {"type": "string"})
+    assert created["type"] == "integer"
