@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from portrait import sql
+from portrait import analytics, sql
 from portrait.config import Settings
 from portrait.connectors import connect, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
@@ -281,6 +281,13 @@ class Portrait:
         started = time.monotonic()
         count = self.segments.recalculate()
         return {"attributes": count, "seconds": round(time.monotonic() - started, 2)}
+
+    # -- analytics ---------------------------------------------------------------------------------------------
+    def funnel(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return analytics.funnel(self._reads, self.segments, fields)
+
+    def segment_breakdown(self, reference: str, attribute: str, top: int = 10) -> dict[str, Any]:
+        return analytics.breakdown(self._reads, self.segments, reference, attribute, top)
 
     # -- segments ----------------------------------------------------------------------------------------------
     def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:

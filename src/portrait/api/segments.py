@@ -69,6 +69,15 @@ def router(portrait: Portrait) -> APIRouter:
     async def explain(segment: str, identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.explain_segment, segment, identity)
 
+    @api.get("/segments/{segment}/breakdown", summary="The segment's members by the value of one attribute")
+    async def breakdown(segment: str, attribute: str, top: Annotated[int, Query(ge=1, le=100)] = 10
+                        ) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.segment_breakdown, segment, attribute, top)
+
+    @api.post("/analytics/funnel", summary="Profiles reaching each step in order, within a conversion window")
+    async def funnel(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.funnel, payload)
+
     @api.get("/profiles/{identity}/segments", summary="The segments a profile is in, and since when")
     async def of_profile(identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.profile_segments, identity)

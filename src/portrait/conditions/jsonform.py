@@ -165,7 +165,7 @@ def _event(document: dict[str, Any], kind: str, path: str) -> Condition:
         steps = document["sequence"]
         if not (isinstance(steps, list) and len(steps) == 2 and all(isinstance(s, str) for s in steps)):
             raise ConditionError(f"{path}.sequence must be a list of two event names")
-        return Sequence(steps[0], steps[1], _duration(document.get("within"), f"{path}.within"),
+        return Sequence(steps[0], steps[1], read_duration(document.get("within"), f"{path}.within"),
                         _window(document, path, with_within=False))
     if kind == "performed":
         count = document.get("count", {"op": ">=", "value": 1})
@@ -184,8 +184,8 @@ def _event(document: dict[str, Any], kind: str, path: str) -> Condition:
         _check_arity(op, values, path)
         return EventTime(kind.removesuffix("_time"), _text(document, kind, path), op, values, where)
     if kind == "stopped":
-        return Stopped(_text(document, "stopped", path), _duration(document.get("recent"), f"{path}.recent"),
-                       _duration(document.get("earlier"), f"{path}.earlier"), where)
+        return Stopped(_text(document, "stopped", path), read_duration(document.get("recent"), f"{path}.recent"),
+                       read_duration(document.get("earlier"), f"{path}.earlier"), where)
     function = _text(document, "aggregate", path)
     if function not in AGGREGATES:
         raise ConditionError(f"{path}.aggregate must be one of {', '.join(AGGREGATES)}")
@@ -197,7 +197,7 @@ def _event(document: dict[str, Any], kind: str, path: str) -> Condition:
 
 
 def _window(document: dict[str, Any], path: str, *, with_within: bool = True) -> Window:
-    within = _duration(document["within"], f"{path}.within") if with_within and "within" in document else None
+    within = read_duration(document["within"], f"{path}.within") if with_within and "within" in document else None
     start = _time(document["from"], f"{path}.from") if "from" in document else None
     end = _time(document["to"], f"{path}.to") if "to" in document else None
     return Window(within, start, end)
@@ -210,7 +210,8 @@ def _time(raw: Any, path: str) -> date | datetime:
     return value
 
 
-def _duration(raw: Any, path: str) -> Duration:
+def read_duration(raw: Any, path: str) -> Duration:
+    """A duration such as "30d" (units m, h, d, w); ConditionError naming ``path`` otherwise."""
     match = _DURATION.match(raw) if isinstance(raw, str) else None
     if match is None:
         raise ConditionError(f"{path} must be a duration such as \"30d\" (units {', '.join(DURATION_UNITS)})")
@@ -235,9 +236,9 @@ def _value(raw: Any, path: str) -> Value:
         except ValueError:
             raise ConditionError(f"{path}: {text!r} is not a valid {key}") from None
         if key == "ago":
-            return Ago(_duration(text, path))
+            return Ago(read_duration(text, path))
         if key == "duration":
-            return _duration(text, path)
+            return read_duration(text, path)
     raise ConditionError(f'{path} must be text, a number, true/false, or {{"date"|"datetime"|"ago"|"duration": ...}}')
 
 

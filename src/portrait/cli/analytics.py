@@ -1,0 +1,78 @@
+"""Analytics: ``analytics funnel|breakdown|sizes``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.table import Table
+
+from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _run, app, console
+
+analytics_app = typer.Typer(help="Funnels, segment breakdowns and sizes over time.", no_args_is_help=True)
+app.add_typer(analytics_app, name="analytics")
+
+
+@analytics_app.command("funnel")
+def analytics_funnel(
+    steps: Annotated[list[str], typer.Argument(help="Event names in order, e.g. 'Product Viewed' 'Order Completed'.")],
+    within: Annotated[str, typer.Option(help="Conversion window from the first step: 1h, 1d, 7d...")] = "7d",
+    since: Annotated[str | None, typer.Option("--from", help="First steps from this date (default: 30 days ago).")
+                     ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="First steps before this date (default: now).")] = None,
+    segment: Annotated[str | None, typer.Option(help="Only the members of this segment.")] = None,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """How many customers reach each step, in order, within the window -- and where they drop off."""
+    fields: dict[str, Any] = {"steps": steps, "within": within}
+    fields.update({k: v for k, v in (("from", since), ("to", until), ("segment", segment)) if v is not None})
+    found = _run(db, url, admin_key, _either(lambda local: local.funnel(fields),
+                                             lambda remote: remote.send_json("POST", "/api/analytics/funnel", fields)))
+    if as_json:
+        console.print_json(data=found)
+        return
+    table = Table("Step", "Event", "Customers", "From previous", "From start", "Dropped", "",
+                  title=f"Funnel within {found['within']}, first steps {found['from'][:10]} to {found['to'][:10]}")
+    for row in found["steps"]:
+        bar = "#" * round(30 * row["conversion_from_start"])
+        table.add_row(str(row["step"]), row["event"], f"{row['profiles']:,}", f"{row['conversion_from_previous']:.1%}",
+                      f"{row['conversion_from_start']:.1%}", f"{row['dropped']:,}", bar)
+    console.print(table)
+
+
+@analytics_app.command("breakdown")
+def analytics_breakdown(
+    segment: Annotated[str, typer.Argument(help="The segment's id or name.")],
+    attribute: Annotated[str, typer.Argument(help="The attribute code, e.g. country.")],
+    top: Annotated[int, typer.Option(help="How many values.")] = 10,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """A segment's members by the value of one attribute."""
+    found = _run(db, url, admin_key, _either(
+        lambda local: local.segment_breakdown(segment, attribute, top),
+        lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/breakdown",
+                                       {"attribute": attribute, "top": top})))
+    if as_json:
+        console.print_json(data=found)
+        return
+    table = Table(attribute, "Customers", "Share", title=f"{found['segment']} ({found['size']:,}) by {attribute}")
+    for row in found["values"]:
+        table.add_row(str(row["value"]), f"{row['profiles']:,}", f"{row['share']:.1%}")
+    console.print(table)
+
+
+@analytics_app.command("sizes")
+def analytics_sizes(
+    segment: Annotated[str, typer.Argument(help="The segment's id or name.")],
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """A segment's size at each recount (its size over time)."""
+    found = _run(db, url, admin_key, _either(
+        lambda local: local.segments.sizes(segment),
+        lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/sizes")["sizes"]))
+    if as_json:
+        console.print_json(data=found)
+        return
+    for row in found:
+        console.print(f"{row['at']}  {row['size']:>10,}")

@@ -1,0 +1,40 @@
+"""Statements for analytics: funnels and segment breakdowns."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from portrait.sql import parse
+
+
+def funnel(steps: int, *, segment: bool) -> exp.Expr:
+    """Profiles reaching each step, in order, within the window from their first step.
+
+    Params: $s0..$s{n-1} (event names), $start, $end (first step between them), $window (an interval), and $segment
+    when ``segment``. Each profile enters at its first step-1 event in the range; step k is its first step-k event
+    at or after step k-1's and no later than the window allows from the entry.
+    """
+    ctes = [
+        "f0 AS (SELECT ep.profile_id, min(ep.timestamp) AS entered, min(ep.timestamp) AS t FROM event_profiles AS ep "
+        "WHERE ep.event = $s0 AND ep.timestamp >= $start AND ep.timestamp < $end"
+        + (" AND ep.profile_id IN (SELECT m.profile_id FROM segment_members AS m WHERE m.segment_id = $segment)"
+           if segment else "")
+        + " GROUP BY ep.profile_id)"
+    ]
+    for k in range(1, steps):
+        ctes.append(
+            f"f{k} AS (SELECT p.profile_id, p.entered, min(ep.timestamp) AS t FROM f{k - 1} AS p "
+            f"JOIN event_profiles AS ep ON ep.profile_id = p.profile_id AND ep.event = $s{k} "
+            f"AND ep.timestamp >= p.t AND ep.timestamp <= p.entered + $window GROUP BY p.profile_id, p.entered)")
+    counts = " UNION ALL ".join(f"SELECT {k} AS step, count(*) AS profiles FROM f{k}" for k in range(steps))
+    return parse(f"WITH {', '.join(ctes)} {counts} ORDER BY step")
+
+
+# Params: segment id, attribute code, how many values. A segment's members by the value of one attribute.
+BREAKDOWN = parse("""
+SELECT CAST(t.value AS VARCHAR) AS value, count(*) AS profiles
+FROM segment_members AS m JOIN profile_traits AS t ON t.profile_id = m.profile_id AND t.key = ?
+WHERE m.segment_id = ? AND t.value IS NOT NULL
+GROUP BY 1 ORDER BY profiles DESC, value LIMIT ?
+""")
+SEGMENT_SIZE = parse("SELECT count(*) FROM segment_members WHERE segment_id = ?")

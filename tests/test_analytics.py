@@ -1,0 +1,99 @@
+"""Analytics: funnels with a conversion window, segment breakdowns and sizes, through the service, API and CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+from portrait.spec import utc_now
+
+NOW = utc_now()
+STEPS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+# user -> (hours ago, event) pairs
+JOURNEYS: dict[str, list[tuple[float, str]]] = {
+    "buyer": [(50, "Product Viewed"), (49, "Product Added"), (48, "Checkout Started"), (47, "Order Completed")],
+    "abandoner": [(30, "Product Viewed"), (29, "Product Added")],
+    "late": [(300, "Product Viewed"), (299, "Product Added"), (2, "Checkout Started")],  # checkout after 7 days
+    "out_of_order": [(20, "Product Added"), (10, "Product Viewed")],  # added before viewing: step 2 not reached
+    "browser": [(5, "Product Viewed")],
+    "old": [(24 * 40, "Product Viewed"), (24 * 40 - 1, "Product Added")],  # first step before the 30 days
+}
+
+
+def load(portrait: Portrait) -> None:
+    countries = {"buyer": "PL", "abandoner": "PL", "late": "TR", "out_of_order": "DE", "browser": "PL", "old": "TR"}
+    messages: list[dict[str, Any]] = [{"type": "identify", "userId": u, "traits": {"country": c}}
+                                      for u, c in countries.items()]
+    messages += [{"type": "track", "userId": user, "event": event,
+                  "timestamp": (NOW - timedelta(hours=hours)).isoformat() + "Z"}
+                 for user, steps in JOURNEYS.items() for hours, event in steps]
+    portrait.ingest_messages(messages)
+    portrait.process_pending()
+
+
+def test_a_funnel_counts_each_step_in_order_within_the_window(portrait: Portrait) -> None:
+    load(portrait)
+    found = portrait.funnel({"steps": STEPS, "within": "7d"})
+    assert [(s["event"], s["profiles"], s["dropped"]) for s in found["steps"]] == [
+        ("Product Viewed", 5, 0), ("Product Added", 3, 2), ("Checkout Started", 1, 2), ("Order Completed", 1, 0)]
+    assert found["steps"][1]["conversion_from_previous"] == 0.6  # "late" checks out after the 7 days: not counted
+    assert found["steps"][3]["conversion_from_start"] == 0.2
+    wider = portrait.funnel({"steps": STEPS[:3], "within": "2w", "from": (NOW - timedelta(days=20)).isoformat()})
+    assert [s["profiles"] for s in wider["steps"]] == [5, 3, 2]  # "late" enters (300 h ago) and now checks out
+
+
+def test_funnels_of_a_segment_and_breakdowns(portrait: Portrait) -> None:
+    load(portrait)
+    portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})
+    found = portrait.funnel({"steps": STEPS[:2], "segment": "poles"})
+    assert [s["profiles"] for s in found["steps"]] == [3, 2]
+    portrait.create_segment({"name": "viewers", "condition": 'performed("Product Viewed")'})
+    split = portrait.segment_breakdown("viewers", "country")
+    assert split["size"] == 6
+    assert split["values"] == [{"value": "PL", "profiles": 3, "share": 0.5}, {"value": "TR", "profiles": 2,
+                                                                               "share": 0.3333},
+                               {"value": "DE", "profiles": 1, "share": 0.1667}]
+    assert portrait.segments.sizes("viewers")[0]["size"] == 6
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"steps": ["A"]}, "steps is a list of 2 to 10 event names"),
+    ({"steps": ["A", "B"], "within": "soon"}, 'within must be a duration such as "30d"'),
+    ({"steps": ["A", "B"], "from": "yesterday"}, "from must be a date or time"),
+    ({"steps": ["A", "B"], "from": "2026-02-01", "to": "2026-01-01"}, "'from' must be before 'to'"),
+    ({"steps": ["A", "B"], "order": "any"}, "unknown funnel fields order"),
+])
+def test_bad_funnels_are_refused_clearly(portrait: Portrait, fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        portrait.funnel(fields)
+    assert message in raised.value.message
+
+
+def test_the_api_and_cli(portrait: Portrait, tmp_path: Path) -> None:
+    load(portrait)
+    with TestClient(create_app(portrait=portrait)) as client:
+        answer = client.post("/api/analytics/funnel", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                             json={"steps": STEPS[:2]})
+        assert answer.status_code == 200, answer.text
+        assert [s["profiles"] for s in answer.json()["steps"]] == [5, 3]
+    db = str(tmp_path / "cli.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    load(service)
+    service.close()
+    result = CliRunner().invoke(app, ["analytics", "funnel", *STEPS, "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "Funnel within 7d" in result.output and "20.0%" in result.output
+    as_json = CliRunner().invoke(app, ["analytics", "funnel", *STEPS, "--db", db, "--json"])
+    assert [s["profiles"] for s in json.loads(as_json.output)["steps"]] == [5, 3, 1, 1]
