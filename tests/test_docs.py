@@ -93,3 +93,13 @@ def test_the_documented_forms_of_the_example_are_the_same_condition() -> None:
     document = re.search(r"```json\n(.+?)\n```", text, re.DOTALL)
     assert example is not None and document is not None
     assert parse(example.group(1)) == from_json(json.loads(document.group(1)))
+
+
+def test_the_calculated_attribute_table_gives_the_types_the_code_gives() -> None:
+    from portrait.conditions.calculations import parse_definition, result_type
+
+    text = (DOCS / "calculated.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+\(.+?\))`.*? \| (integer|number|string|list|datetime|enum) \|", text, re.MULTILINE)
+    assert len(rows) >= 12
+    for definition, kind in rows:
+        assert result_type(parse_definition(definition)) == kind, definition
