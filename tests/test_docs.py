@@ -100,6 +100,7 @@ def test_the_calculated_attribute_table_gives_the_types_the_code_gives() -> None
 
     text = (DOCS / "calculated.md").read_text()
     rows = re.findall(r"^\| `([a-z_]+\(.+?\))`.*? \| (integer|number|string|list|datetime|enum) \|", text, re.MULTILINE)
-    assert len(rows) >= 12
-    for definition, kind in rows:
+    complete = [(d, k) for d, k in rows if "…" not in d]  # "avg(…)" rows are shorthand for the row above
+    assert len(complete) >= 10
+    for definition, kind in complete:
         assert result_type(parse_definition(definition)) == kind, definition
