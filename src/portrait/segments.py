@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,9 +74,13 @@ def read_condition(raw: object) -> Condition:
 
 class Segments:
     def __init__(self, session: Callable[[], Session], attributes: AttributeRegistry,
-                 normalize: Callable[[str, str], Identifier | None]) -> None:
+                 normalize: Callable[[str, str], Identifier | None],
+                 exclusive: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
         self._session = session
         self._attributes = attributes
+        # Held while calculated values are written to profile_traits, which the processor writes too: the two never
+        # commit conflicting changes (a merge moving a profile's traits while its values are recomputed).
+        self._exclusive = exclusive
         self.calculator = Calculator(self.schema)
         self._normalize = normalize
         self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
@@ -265,7 +271,7 @@ class Segments:
     def recalculate(self, *, now: datetime | None = None) -> int:
         """Compute every calculated attribute for every profile; returns how many attributes."""
         session = self._session()
-        with self._writing, session.transaction():
+        with self._exclusive(), self._writing, session.transaction():
             return self.calculator.apply(session, now or utc_now(), scoped=False)
 
     def recount_all(self) -> list[Change]:
@@ -286,7 +292,7 @@ class Segments:
         now = now or utc_now()
         segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
         changes: list[Change] = []
-        with self._writing, session.transaction():
+        with self._exclusive(), self._writing, session.transaction():
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
             self.calculator.apply(session, now, scoped=True)  # calculated attributes first: segments may use them

@@ -109,7 +109,7 @@ class Portrait:
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
         self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size,
                                    unknown_traits=settings.unknown_traits)
-        self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize)
+        self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize, self._processing_paused)
         self._segment_thread = (SegmentThread(self.segments, self._emit_audience_events,
                                               settings.segment_recount_seconds) if background else None)
         self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify)
@@ -123,6 +123,10 @@ class Portrait:
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
         self._scheduler: SourceScheduler | None = None
+
+    def _processing_paused(self) -> contextlib.AbstractContextManager[None]:
+        thread = getattr(self, "_processor_thread", None)
+        return thread.paused() if thread is not None else contextlib.nullcontext()
 
     def start_scheduler(self) -> None:
         """Run scheduled SQL-source syncs in the background (the server does; one-off CLI commands do not)."""
@@ -413,7 +417,7 @@ class Portrait:
                 issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
             finally:
                 session.close()
-            self.segments.recalculate()  # the rebuild cleared calculated values with the rest
+        self.segments.recalculate()  # the rebuild cleared calculated values with the rest
         return {"values": values, "issues": issues}
 
     def wait_processed(self, poll: float = 0.05) -> None:
