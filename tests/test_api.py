@@ -171,12 +171,16 @@ def test_cors_preflight_on_ingestion_but_not_on_admin_api(client: TestClient) ->
     assert "access-control-allow-origin" not in admin.headers
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Bearer {WRITE_KEY}"}, {"Authorization": "Bearer x"},
-                                     {"Authorization": f"Basic {ADMIN_KEY}"}])
-def test_admin_api_needs_the_admin_key(client: TestClient, headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({}, 401, "unauthorized"), ({"Authorization": "Bearer x"}, 401, "unauthorized"),
+    ({"Authorization": f"Basic {ADMIN_KEY}"}, 401, "unauthorized"),
+    ({"Authorization": f"Bearer {WRITE_KEY}"}, 403, "forbidden"),  # a valid key, for ingestion only
+])
+def test_the_api_needs_a_read_or_admin_key(client: TestClient, headers: dict[str, str], status: int,
+                                           code: str) -> None:
     response = client.get("/api/status", headers=headers)
-    assert response.status_code == 401
-    assert response.json()["code"] == "unauthorized"
+    assert response.status_code == status
+    assert response.json()["code"] == code
 
 
 def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> None:

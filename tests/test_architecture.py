@@ -12,11 +12,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "portrait"
 # Lower layers never import higher ones (ARCHITECTURE.md).
 LAYERS: dict[str, float] = {
     "errors": 0, "model": 0, "config": 0,
-    "spec": 1, "identity": 1, "demo": 1, "mapping": 1, "attributes": 1, "conditions": 1,
+    "spec": 1, "identity": 1, "demo": 1, "mapping": 1, "attributes": 1, "conditions": 1, "privacy": 1,
     "sql": 2,
     "store": 3,
     "connectors": 3,
-    "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "sources": 4, "calculated": 4,
+    "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "sources": 4, "calculated": 4, "audit": 4.1,
     "segments": 4.2, "analytics": 4.3, "exports": 4.5,
     "service": 5, "client": 5,
     "api": 6, "cli": 6, "__main__": 7, "__init__": 0,

@@ -157,7 +157,7 @@ def test_the_api(client: TestClient, portrait: Portrait) -> None:
         "invalid_condition")
     assert client.get("/api/segments/nope", headers=ADMIN).status_code == 404
     assert client.delete("/api/segments/young", headers=ADMIN).status_code == 204
-    assert client.get("/api/segments", headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 401
+    assert client.get("/api/segments", headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 403
 
 
 def test_a_running_server_keeps_segments_current(tmp_path: Path) -> None:

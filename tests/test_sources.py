@@ -235,7 +235,7 @@ def test_the_server_runs_scheduled_syncs(postgres: PostgresServer, shop: str, tm
         assert through.exit_code == 0, through.output
         assert json.loads(through.output)[0]["name"] == "crm"
         with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
-            assert client.get("/api/sources").status_code == 401  # the write key is not enough
+            assert client.get("/api/sources").status_code == 401  # Basic auth is not how the API takes keys
     finally:
         server.stop()
     assert READER_PASSWORD not in (tmp_path / "server.log").read_text()

@@ -27,6 +27,12 @@ class Unauthorized(PortraitError):
     code = "unauthorized"
 
 
+class Forbidden(PortraitError):
+    """A valid key without the scope the request needs."""
+
+    code = "forbidden"
+
+
 class NotFound(PortraitError):
     """The thing asked for does not exist."""
 

@@ -1,23 +1,53 @@
-"""API keys: stored as SHA-256 hashes (keys are long random tokens, so a plain hash is enough), checked in memory."""
+"""API keys: kinds, scopes, and their life cycle (create, list, revoke, rotate).
+
+- **write** keys send events (scope ``ingest``), one per source ("website", "ios-app", "pos"): the key's name is
+  the source recorded on every event it sends.
+- **read** keys read profiles, segments and analytics (scope ``read``).
+- **admin** keys also change things (scope ``admin``).
+- ``pii:read`` is separate: without it, personal data comes back masked (``a***@example.com``). Admin keys have it
+  unless created without it; read keys only when given it.
+
+Keys are long random tokens stored as SHA-256 hashes (a plain hash is enough for such tokens) with a short public id
+(the hash's first 12 characters) to list, revoke and rotate them by. The secret is shown once, when created.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from portrait.errors import Unauthorized
+from portrait.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from portrait.spec import utc_now
-from portrait.sql import reads
+from portrait.sql import keys as q
 from portrait.store import Session
 
-KINDS = ("write", "admin")
+KINDS = ("write", "read", "admin")
+SCOPES = ("ingest", "read", "admin", "pii:read")
+DEFAULT_SCOPES = {"write": ("ingest",), "read": ("read",), "admin": ("read", "admin", "pii:read")}
+PREFIXES = {"write": "wk", "read": "rk", "admin": "ak"}
 
 
 @dataclass(frozen=True)
 class ApiKey:
+    id: str
     kind: str
     name: str
+    scopes: frozenset[str]
+    revoked_at: datetime | None = None
+    created_at: datetime | None = None
+
+    @property
+    def can_read_pii(self) -> bool:
+        return "pii:read" in self.scopes
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "name": self.name, "scopes": sorted(self.scopes),
+                "created_at": _iso(self.created_at), "revoked_at": _iso(self.revoked_at),
+                "active": self.revoked_at is None}
 
 
 def hash_key(key: str) -> str:
@@ -25,42 +55,108 @@ def hash_key(key: str) -> str:
 
 
 def new_key(kind: str) -> str:
-    prefix = "wk" if kind == "write" else "ak"
-    return f"{prefix}_{secrets.token_urlsafe(24)}"
+    return f"{PREFIXES[kind]}_{secrets.token_urlsafe(24)}"
 
 
 class KeyRing:
-    """Known keys by hash. ``ensure`` makes sure a key of each kind exists and returns the ones it generated."""
+    """Known keys by hash, cached in memory (reloaded after every change)."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, session: Callable[[], Session]) -> None:
+        self._session = session  # this thread's session (keys change from API threads)
         self._keys: dict[str, ApiKey] = {}
         self.reload()
 
     def reload(self) -> None:
-        self._keys = {row[0]: ApiKey(row[1], row[2]) for row in self._session.execute(reads.ALL_KEYS)}
+        self._keys = {row[0]: ApiKey(row[3], row[1], row[2], frozenset((row[4] or "").split(",")) - {""}, row[5],
+                                     row[6]) for row in self._session().execute(q.ALL_KEYS)}
 
-    def add(self, key: str, kind: str, name: str) -> None:
-        self._session.execute(reads.INSERT_KEY, [hash_key(key), kind, name, utc_now()])
+    def add(self, key: str, kind: str, name: str, scopes: tuple[str, ...] | None = None) -> ApiKey:
+        digest = hash_key(key)
+        chosen = scopes if scopes is not None else DEFAULT_SCOPES[kind]
+        self._session().execute(q.INSERT_KEY, [digest, kind, name, utc_now(), digest[:12], ",".join(sorted(chosen))])
         self.reload()
+        return self._keys[digest]
 
     def ensure(self, configured: dict[str, str | None]) -> dict[str, str]:
-        """Register configured keys; generate (and return, to be shown once) any kind that has none."""
+        """Register configured keys; generate (and return, to be shown once) any of write/admin that has none."""
         generated: dict[str, str] = {}
-        for kind in KINDS:
+        for kind in ("write", "admin"):
             key = configured.get(kind)
             if key:
                 self.add(key, kind, "default")
-            elif not any(k.kind == kind for k in self._keys.values()):
+            elif not any(k.kind == kind and k.revoked_at is None for k in self._keys.values()):
                 generated[kind] = new_key(kind)
                 self.add(generated[kind], kind, "default")
         return generated
 
+    # -- checking ------------------------------------------------------------------------------------------------
+    def authenticate(self, key: str | None) -> ApiKey:
+        """The key's record; Unauthorized for none, an unknown key or a revoked one."""
+        if not key:
+            raise Unauthorized("an API key is required")
+        api_key = self._keys.get(hash_key(key))  # a dict lookup by hash leaks nothing useful about the key
+        if api_key is None:
+            raise Unauthorized("unknown API key")
+        if api_key.revoked_at is not None:
+            raise Unauthorized(f"API key {api_key.id} was revoked")
+        return api_key
+
     def check(self, key: str | None, kind: str) -> ApiKey:
+        """For ingestion: a write key (401 for anything else, as Segment answers)."""
         if not key:
             raise Unauthorized(f"a {kind} key is required")
-        # Comparing hashes by dict lookup leaks nothing useful about the key itself.
         api_key = self._keys.get(hash_key(key))
-        if api_key is None or api_key.kind != kind:
+        if api_key is None or api_key.kind != kind or api_key.revoked_at is not None:
             raise Unauthorized(f"unknown {kind} key")
         return api_key
+
+    @staticmethod
+    def require(api_key: ApiKey, scope: str, doing: str) -> None:
+        if scope not in api_key.scopes:
+            raise Forbidden(f"key {api_key.id} ({api_key.kind}, {api_key.name!r}) cannot {doing}: it needs the "
+                            f"{scope!r} scope")
+
+    # -- life cycle ----------------------------------------------------------------------------------------------
+    def all(self) -> list[dict[str, Any]]:
+        return [k.public() for k in sorted(self._keys.values(), key=lambda k: (k.created_at or utc_now(), k.id))]
+
+    def create(self, kind: str, name: str, scopes: list[str] | None = None) -> tuple[str, ApiKey]:
+        """A new key; returns its secret (shown once) and its record."""
+        if kind not in KINDS:
+            raise BadRequest(f"kind is one of {', '.join(KINDS)}, not {kind!r}", code="invalid_key")
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise BadRequest("a key needs a name (1-100 characters), e.g. the source it is for", code="invalid_key")
+        chosen = tuple(scopes) if scopes is not None else DEFAULT_SCOPES[kind]
+        allowed = {"write": {"ingest"}, "read": {"read", "pii:read"}, "admin": {"read", "admin", "pii:read"}}[kind]
+        wrong = set(chosen) - allowed
+        if wrong or (kind != "write" and "read" not in chosen) or (kind == "admin" and "admin" not in chosen):
+            raise BadRequest(f"a {kind} key takes the scopes {', '.join(sorted(allowed))} (and needs "
+                             f"{'ingest' if kind == 'write' else 'read' if kind == 'read' else 'read and admin'})",
+                             code="invalid_key")
+        secret = new_key(kind)
+        return secret, self.add(secret, kind, name.strip(), chosen)
+
+    def find(self, key_id: str) -> ApiKey:
+        for api_key in self._keys.values():
+            if api_key.id == key_id:
+                return api_key
+        raise NotFound(f"no key has the id {key_id!r}")
+
+    def revoke(self, key_id: str) -> ApiKey:
+        api_key = self.find(key_id)
+        self._session().execute(q.REVOKE, [utc_now(), key_id])
+        self.reload()
+        return self.find(api_key.id)
+
+    def rotate(self, key_id: str) -> tuple[str, ApiKey]:
+        """A new secret with the same kind, name and scopes; the old one stops working now."""
+        old = self.find(key_id)
+        if old.revoked_at is not None:
+            raise BadRequest(f"key {key_id} is revoked; create a new one instead", code="invalid_key")
+        secret, fresh = self.create(old.kind, old.name, sorted(old.scopes))
+        self.revoke(key_id)
+        return secret, fresh
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds") + "Z"

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from portrait import analytics, sql
+from portrait.audit import AuditLog
 from portrait.config import Settings
 from portrait.connectors import connect, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
@@ -103,7 +104,8 @@ class Portrait:
         self._local = threading.local()
         self._sessions: list[Session] = []
         self._sessions_lock = threading.Lock()
-        self.keys = KeyRing(self._reads)
+        self.keys = KeyRing(lambda: self._reads)
+        self.audit = AuditLog(lambda: self._reads)
         self.attributes = AttributeRegistry(lambda: self._reads)
         self.attributes.seed()
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})

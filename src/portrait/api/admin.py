@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,41 +14,36 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from portrait.errors import Unauthorized
+from portrait.api.auth import Viewer, authorizer, caller
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 
 
-def admin_key_required(portrait: Portrait) -> Callable[[Request], None]:
-    """A dependency that lets a request through only with ``Authorization: Bearer <admin key>``."""
-    def admin(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("send the admin key as 'Authorization: Bearer <key>'")
-        portrait.keys.check(token.strip(), "admin")
-
-    return admin
-
-
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(admin_key_required(portrait))], tags=["admin"])
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["admin"])
 
     @api.get("/status", summary="Ingestion and processing counters; lag = received but not yet on profiles")
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(portrait.status)
 
     @api.get("/profiles/{identity}", summary="The unified profile of any identifier, e.g. email:ann@example.com")
-    async def profile(identity: str) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.profile, identity)
+    async def profile(identity: str, request: Request) -> dict[str, Any]:
+        document = await run_in_threadpool(portrait.profile, identity)
+        return await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_profile")
 
     @api.get("/profiles/{identity}/traits")
-    async def traits(identity: str) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.traits, identity)
+    async def traits(identity: str, request: Request) -> dict[str, Any]:
+        profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
+        document = {"profile_id": profile_id, "traits": await run_in_threadpool(portrait.traits, identity)}
+        shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_traits")
+        return dict(shown["traits"])
 
     @api.get("/profiles/{identity}/identities")
-    async def identities(identity: str) -> dict[str, Any]:
-        return {"identities": await run_in_threadpool(portrait.identities, identity)}
+    async def identities(identity: str, request: Request) -> dict[str, Any]:
+        profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
+        document = {"profile_id": profile_id, "identities": await run_in_threadpool(portrait.identities, identity)}
+        shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_identities")
+        return {"identities": shown["identities"]}
 
     @api.get("/profiles/{identity}/events", summary="Events of a profile, newest first, with a cursor")
     async def events(
@@ -59,29 +53,38 @@ def router(portrait: Portrait) -> APIRouter:
         until: datetime | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        *, request: Request,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(
+        page = await run_in_threadpool(
             lambda: portrait.events(identity, event=event, since=_utc(since), until=_utc(until), cursor=cursor,
                                     limit=limit))
+        shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile_events, page)
+        return shown
 
     @api.get("/events/rejected", summary="Messages and requests that were not accepted, with the reason")
     async def rejected(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: int | None = None,
         code: str | None = None,
+        *, request: Request,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(lambda: portrait.rejected(limit=limit, before_id=before, code=code))
+        found = await run_in_threadpool(lambda: portrait.rejected(limit=limit, before_id=before, code=code))
+        return Viewer(portrait, caller(request)).rejected(found)
 
     @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)")
-    async def recent(after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        return {"events": await run_in_threadpool(portrait.recent_events, after, limit)}
+    async def recent(request: Request, after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                     ) -> dict[str, Any]:
+        events = await run_in_threadpool(portrait.recent_events, after, limit)
+        return {"events": await run_in_threadpool(Viewer(portrait, caller(request)).events, events)}
 
     @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules")
     async def data_quality(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None, attribute: str | None = None,
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None,
+        attribute: str | None = None,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(lambda: portrait.data_quality(limit=limit, before_id=before,
-                                                                     attribute=attribute))
+        found = await run_in_threadpool(lambda: portrait.data_quality(limit=limit, before_id=before,
+                                                                      attribute=attribute))
+        return await run_in_threadpool(Viewer(portrait, caller(request)).data_quality, found)
 
     @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes")
     async def attributes(standard: bool | None = None, status: str | None = None) -> dict[str, Any]:
@@ -93,8 +96,10 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(portrait.attributes.get, code)
 
     @api.get("/attributes/{code}/analytics", summary="Fill rate, distinct and top values, numeric and date stats")
-    async def attribute_analytics(code: str, top: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
-        return await run_in_threadpool(lambda: portrait.attributes.analytics(code, top))
+    async def attribute_analytics(code: str, request: Request, top: Annotated[int, Query(ge=1, le=100)] = 10
+                                  ) -> dict[str, Any]:
+        stats = await run_in_threadpool(lambda: portrait.attributes.analytics(code, top))
+        return await run_in_threadpool(Viewer(portrait, caller(request)).analytics, code, stats)
 
     @api.post("/attributes", summary="Define a custom attribute", status_code=201)
     async def create_attribute(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
@@ -120,8 +125,12 @@ def router(portrait: Portrait) -> APIRouter:
         attributes: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
         include_personal: bool = False,
         segment: Annotated[str | None, Query(description="Only this segment's members (id or name).")] = None,
+        *, request: Request,
     ) -> FileResponse:
         names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
+        viewer = Viewer(portrait, caller(request))
+        if include_personal or (names and set(names) & await run_in_threadpool(viewer.personal)):
+            viewer.require_pii("export personal data")
         folder = Path(tempfile.mkdtemp(prefix="portrait-export-"))
         path = folder / f"profiles.{format}"
         try:
@@ -130,6 +139,10 @@ def router(portrait: Portrait) -> APIRouter:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        if report["personal_included"]:
+            await run_in_threadpool(lambda: portrait.audit.record(
+                caller(request), "export_personal_data", target=segment or "all profiles",
+                detail={"rows": report["rows"], "personal": report["personal_included"]}))
         media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
         return FileResponse(path, media_type=media[format], filename=path.name,
                             headers={"X-Portrait-Export": orjson.dumps(report).decode()},

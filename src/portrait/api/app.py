@@ -1,16 +1,34 @@
-"""The FastAPI application: wires the routers to one :class:`Portrait` service."""
+"""The FastAPI application: wires the routers to one :class:`Portrait` service, plus the web-wide rules: security
+headers on every response, the audit log for every admin action, and API docs served from vendored files."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import swagger_ui_bundle
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from portrait import __version__
-from portrait.api import admin, errors, ingest, segments, sources
+from portrait.api import admin, errors, ingest, keys, segments, sources
+from portrait.api.auth import READ_ONLY_POSTS
 from portrait.config import Settings
 from portrait.service import Portrait
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# JSON answers never run anything; the docs page runs only its own vendored script.
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
 
 
 def create_app(settings: Settings | None = None, portrait: Portrait | None = None, *,
@@ -30,18 +48,44 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         if owned:
             service.close()
 
-    app = FastAPI(title="Portrait", version=__version__, lifespan=lifespan,
-                  description="Self-hosted customer data platform. Segment-compatible ingestion under /v1, "
-                              "admin API under /api (Bearer admin key).")
+    app = FastAPI(title="Portrait", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Self-hosted customer data platform. Segment-compatible ingestion under /v1 (write "
+                              "keys), the API under /api (Bearer read or admin key).")
     app.state.portrait = service
     errors.install(app)
     app.include_router(ingest.router(service))
     app.include_router(admin.router(service))
     app.include_router(sources.router(service))
     app.include_router(segments.router(service))
+    app.include_router(keys.router(service))
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Portrait API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        path = request.url.path
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        is_docs = path == "/docs" or path.startswith("/static/")
+        response.headers.setdefault("Content-Security-Policy", DOCS_POLICY if is_docs else API_POLICY)
+        if path.startswith(("/api", "/v1")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        key = getattr(request.state, "key", None)
+        if (key is not None and request.method in ("POST", "PUT", "PATCH", "DELETE")
+                and path not in READ_ONLY_POSTS):
+            await run_in_threadpool(lambda: service.audit.record(
+                key, f"{request.method} {path}", target=path, status=response.status_code))
+        return response
 
     return app

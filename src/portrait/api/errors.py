@@ -13,6 +13,7 @@ from portrait.errors import (
     BadRequest,
     Conflict,
     DatabaseInUse,
+    Forbidden,
     NotFound,
     PortraitError,
     SourceUnavailable,
@@ -20,8 +21,8 @@ from portrait.errors import (
 )
 
 log = logging.getLogger(__name__)
-STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, NotFound: 404, Conflict: 409,
-                                          SourceUnavailable: 502, DatabaseInUse: 503}
+STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
+                                          Conflict: 409, SourceUnavailable: 502, DatabaseInUse: 503}
 
 
 def error_response(status: int, code: str, message: str) -> Response:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from portrait.api.admin import admin_key_required
+from portrait.api.auth import Viewer, authorizer, caller
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(admin_key_required(portrait))], tags=["segments"])
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["segments"])
     segments = portrait.segments
 
     @api.get("/segments", summary="Every segment with its size")
@@ -66,8 +66,9 @@ def router(portrait: Portrait) -> APIRouter:
         return {"sizes": await run_in_threadpool(segments.sizes, segment)}
 
     @api.get("/segments/{segment}/explain/{identity}", summary="Which parts of the condition hold for a profile")
-    async def explain(segment: str, identity: str) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.explain_segment, segment, identity)
+    async def explain(segment: str, identity: str, request: Request) -> dict[str, Any]:
+        found = await run_in_threadpool(portrait.explain_segment, segment, identity)
+        return await run_in_threadpool(Viewer(portrait, caller(request)).explanation, found)
 
     @api.get("/segments/{segment}/breakdown", summary="The segment's members by the value of one attribute")
     async def breakdown(segment: str, attribute: str, top: Annotated[int, Query(ge=1, le=100)] = 10

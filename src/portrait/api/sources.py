@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
-from portrait.api.admin import admin_key_required
+from portrait.api.auth import authorizer
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api/sources", dependencies=[Depends(admin_key_required(portrait))], tags=["sources"])
+    api = APIRouter(prefix="/api/sources", dependencies=[Depends(authorizer(portrait))], tags=["sources"])
 
     @api.get("", summary="Every source with its sync state (URLs without passwords)")
     async def sources() -> dict[str, Any]:

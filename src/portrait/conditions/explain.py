@@ -46,6 +46,7 @@ def explain(condition: Condition, schema: Schema, now: datetime, profile: Profil
             type(condition)]
     elif isinstance(condition, Compare):
         value = profile.traits.get(condition.field)
+        node.update(attribute=condition.field, value=value)
         node["why"] = f"{condition.field} is {value!r}" if value is not None else f"{condition.field} is not set"
     elif isinstance(condition, InSegment):
         referenced = schema.segment(condition.segment)

@@ -40,10 +40,6 @@ EVENTS_BY_SEQ = parse(
     "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "
     "context, source, ip FROM events WHERE seq IN (SELECT UNNEST(CAST(? AS BIGINT[])))"
 )
-INSERT_KEY = parse(
-    "INSERT INTO api_keys (key_hash, kind, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-)
-ALL_KEYS = parse("SELECT key_hash, kind, name FROM api_keys")
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 # When the oldest event not yet reflected in profiles arrived (NULL when caught up). Param: the watermark.
 OLDEST_UNPROCESSED = parse("SELECT min(received_at) FROM events WHERE seq > ?")

@@ -224,6 +224,29 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         ALTER TABLE attributes ADD COLUMN definition VARCHAR;
         """
     ),
+    7: parse_many(
+        """
+        -- Keys get a public id (to list, revoke and rotate them by), scopes, and a revocation time.
+        ALTER TABLE api_keys ADD COLUMN id VARCHAR;
+        ALTER TABLE api_keys ADD COLUMN scopes VARCHAR;
+        ALTER TABLE api_keys ADD COLUMN revoked_at TIMESTAMP;
+        UPDATE api_keys SET id = substr(key_hash, 1, 12),
+            scopes = CASE kind WHEN 'admin' THEN 'read,admin,pii:read' WHEN 'write' THEN 'ingest' ELSE 'read' END;
+        -- Append-only: Portrait never updates or deletes a row of it.
+        CREATE SEQUENCE IF NOT EXISTS audit_seq START 1;
+        CREATE TABLE IF NOT EXISTS audit_log (
+            id BIGINT NOT NULL DEFAULT nextval('audit_seq'),
+            at TIMESTAMP NOT NULL,
+            key_id VARCHAR,
+            key_name VARCHAR,
+            action VARCHAR NOT NULL,
+            target VARCHAR,
+            profile_id VARCHAR,
+            status INTEGER,
+            detail VARCHAR
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

@@ -1,0 +1,122 @@
+"""Who may call the API, and what they see.
+
+Every ``/api`` request carries ``Authorization: Bearer <key>``. Reads (GET, and the read-only POSTs below) need
+the ``read`` scope, everything else ``admin``; write keys only send events. An unknown or revoked key is 401, a
+known key without the scope 403, both as ``{"code", "message"}``. Callers without ``pii:read`` get personal data
+masked (:mod:`portrait.privacy`); reads of unmasked personal data about a profile are written to the audit log.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+
+from portrait import privacy
+from portrait.errors import Forbidden, Unauthorized
+from portrait.keys import ApiKey
+from portrait.service import Portrait
+
+READ_ONLY_POSTS = frozenset({"/api/segments/preview", "/api/analytics/funnel"})
+
+
+@functools.cache
+def authorizer(portrait: Portrait) -> Callable[[Request], ApiKey]:
+    """The dependency every /api router uses (one function per service, so FastAPI runs it once per request)."""
+
+    def authorize(request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+        key = portrait.keys.authenticate(token.strip())
+        if key.kind == "write":
+            raise Forbidden(f"key {key.id} is a write key: it only sends events to /v1; use a read or admin key")
+        reading = request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS
+        portrait.keys.require(key, "read" if reading else "admin",
+                              f"{request.method} {request.url.path}" if not reading else "read")
+        request.state.key = key
+        return key
+
+    return authorize
+
+
+def caller(request: Request) -> ApiKey:
+    """The key the router's dependency authorized for this request."""
+    key: ApiKey = request.state.key
+    return key
+
+
+class Viewer:
+    """What one caller may see: masks personal data unless the key has ``pii:read`` (then audits the read)."""
+
+    def __init__(self, portrait: Portrait, key: ApiKey) -> None:
+        self.portrait = portrait
+        self.key = key
+
+    @property
+    def sees_pii(self) -> bool:
+        return self.key.can_read_pii
+
+    def personal(self) -> set[str]:
+        return {a["code"] for a in self.portrait.attributes.list() if a["is_personal_info"]}
+
+    def profile(self, document: dict[str, Any], action: str) -> dict[str, Any]:
+        if self.sees_pii:
+            self.portrait.audit.record(self.key, action, target=document.get("profile_id"),
+                                       profile_id=document.get("profile_id"))
+            return document
+        return privacy.mask_profile(document, self.personal())
+
+    def profile_events(self, page: dict[str, Any]) -> dict[str, Any]:
+        """A page of one profile's events: masked, or audited as a read of personal data."""
+        if self.sees_pii:
+            self.portrait.audit.record(self.key, "read_events", target=page.get("profile_id"),
+                                       profile_id=page.get("profile_id"))
+            return page
+        return {**page, "events": self.events(page["events"])}
+
+    def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.sees_pii:
+            return events
+        personal = self.personal()
+        return [privacy.mask_event(e, personal) for e in events]
+
+    def rejected(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.sees_pii:
+            return payload
+        hidden = "(hidden: the message may hold personal data; a key with pii:read sees it)"
+        return {**payload, "rejected": [{**r, "payload": hidden} for r in payload["rejected"]]}
+
+    def data_quality(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.sees_pii:
+            return payload
+        personal = self.personal()
+        return {**payload, "issues": [{**i, "raw_value": privacy.mask(i.get("raw_value"))}
+                                      if i.get("attribute") in personal else i for i in payload["issues"]]}
+
+    def analytics(self, code: str, stats: dict[str, Any]) -> dict[str, Any]:
+        if self.sees_pii or code not in self.personal():
+            return stats
+        return {**stats, "top_values": [{**v, "value": privacy.mask(v["value"])} for v in stats["top_values"]]}
+
+    def explanation(self, found: dict[str, Any]) -> dict[str, Any]:
+        if self.sees_pii or "explanation" not in found:
+            return found
+        return {**found, "explanation": _mask_explanation(found["explanation"], self.personal())}
+
+    def require_pii(self, doing: str) -> None:
+        self.portrait.keys.require(self.key, "pii:read", doing)
+
+
+def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any]:
+    out = dict(node)
+    if out.get("attribute") in personal:
+        value = out.get("value")
+        out["value"] = privacy.mask(value)
+        out["why"] = f"{out['attribute']} is {out['value']!r}" if value is not None else out["why"]
+    if "parts" in out:
+        out["parts"] = [_mask_explanation(p, personal) for p in out["parts"]]
+    return out

@@ -1,0 +1,47 @@
+"""API keys and the audit log under /api (admin scope for keys; the audit log needs read)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from portrait.api.auth import authorizer, caller
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+
+
+def router(portrait: Portrait) -> APIRouter:
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["keys"])
+
+    @api.get("/keys", summary="Every key: id, kind, name, scopes, active or revoked (never the secret)")
+    async def keys(request: Request) -> dict[str, Any]:
+        portrait.keys.require(caller(request), "admin", "list keys")
+        return {"keys": portrait.keys.all()}
+
+    @api.post("/keys", status_code=201, summary="Create a key; the answer holds its secret, shown this once")
+    async def create(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        unknown = set(payload) - {"kind", "name", "scopes"}
+        if unknown:
+            raise BadRequest(f"unknown key fields {', '.join(sorted(unknown))}", code="invalid_key")
+        secret, created = await run_in_threadpool(lambda: portrait.keys.create(
+            str(payload.get("kind", "")), payload.get("name", ""), payload.get("scopes")))
+        return {**created.public(), "key": secret}
+
+    @api.post("/keys/{key_id}/revoke", summary="Revoke a key: it is refused (401) from now on")
+    async def revoke(key_id: str) -> dict[str, Any]:
+        return (await run_in_threadpool(portrait.keys.revoke, key_id)).public()
+
+    @api.post("/keys/{key_id}/rotate", summary="A new secret with the same kind, name and scopes; the old is revoked")
+    async def rotate(key_id: str) -> dict[str, Any]:
+        secret, fresh = await run_in_threadpool(portrait.keys.rotate, key_id)
+        return {**fresh.public(), "key": secret, "replaces": key_id}
+
+    @api.get("/audit", summary="The audit log, newest first: admin actions and reads of personal data")
+    async def audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int = 0
+                    ) -> dict[str, Any]:
+        portrait.keys.require(caller(request), "admin", "read the audit log")
+        return await run_in_threadpool(lambda: portrait.audit.entries(before_id=before, limit=limit))
+
+    return api

@@ -1,0 +1,104 @@
+"""Masking personal data for callers without the ``pii:read`` scope (pure functions, no I/O).
+
+What is personal: attributes flagged ``is_personal_info`` in the registry (email, phone, names, birthday, address
+parts, and any custom attribute so flagged), and identifiers of the types email and phone. Masked values keep just
+enough to recognize a record without revealing it: ``a***@example.com``, ``***89``, ``A***``; numbers, dates and
+booleans become ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from portrait.attributes import code_for
+
+PERSONAL_IDENTITY_TYPES = frozenset({"email", "phone"})
+HIDDEN = "***"
+_EMAIL = re.compile(r"^([^@\s])[^@\s]*(@[^@\s]+)$")
+_PHONE = re.compile(r"^\+?[\d\s().\-/]{6,}$")
+
+
+def mask(value: Any) -> Any:
+    """A masked copy of a personal value (structure kept for lists and objects)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        email = _EMAIL.match(value)
+        if email:
+            return f"{email.group(1)}{HIDDEN}{email.group(2)}"
+        if _PHONE.match(value):
+            digits = re.sub(r"\D", "", value)
+            return f"{HIDDEN}{digits[-2:]}"
+        return f"{value[:1]}{HIDDEN}" if len(value) > 2 else HIDDEN
+    if isinstance(value, list):
+        return [mask(item) for item in value]
+    if isinstance(value, dict):
+        return {key: mask(item) for key, item in value.items()}
+    return HIDDEN
+
+
+def mask_traits(traits: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
+    """Profile traits by attribute code: personal ones masked."""
+    codes = set(personal)
+    return {code: mask(value) if code in codes else value for code, value in traits.items()}
+
+
+def mask_identities(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**i, "value": mask(i.get("value"))} if i.get("type") in PERSONAL_IDENTITY_TYPES else i
+            for i in identities]
+
+
+def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
+    """Traits/properties/context of a raw message: values whose key (as an attribute code: ``firstName`` ->
+    ``first_name``, ``address.city`` -> ``address_city``) is personal are masked, and so are email/phone external
+    ids."""
+    codes = set(personal) | PERSONAL_IDENTITY_TYPES
+    if not isinstance(fields, dict):
+        return fields
+    masked: dict[str, Any] = {}
+    for key, value in fields.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key == "externalIds" and isinstance(value, list):
+            masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and str(v.get("type", "")).lower()
+                           in PERSONAL_IDENTITY_TYPES else v for v in value]
+        elif code_for(path) in codes:
+            masked[key] = mask(value)
+        elif isinstance(value, dict):
+            masked[key] = mask_fields(value, codes, path if key != "traits" else "")
+        else:
+            masked[key] = value
+    return masked
+
+
+def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
+    """An event as the API returns it, with personal values in its traits, properties and context masked."""
+    codes = set(personal)
+    out = dict(event)
+    for part in ("traits", "properties", "context"):
+        if isinstance(out.get(part), dict):
+            out[part] = mask_fields(out[part], codes)
+    return out
+
+
+def mask_profile(document: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
+    """A profile document (traits, identities, merges, events) with personal data masked."""
+    codes = set(personal)
+    out = dict(document)
+    if isinstance(out.get("traits"), dict):
+        out["traits"] = mask_traits(out["traits"], codes)
+    if isinstance(out.get("identities"), list):
+        out["identities"] = mask_identities(out["identities"])
+    if isinstance(out.get("merges"), list):
+        out["merges"] = [_mask_merge(m) for m in out["merges"]]
+    if isinstance(out.get("events"), list):
+        out["events"] = [mask_event(e, codes) for e in out["events"]]
+    return out
+
+
+def _mask_merge(merge: Any) -> Any:
+    if not isinstance(merge, dict) or not isinstance(merge.get("identifiers"), list):
+        return merge
+    identifiers = [mask_identities([i])[0] if isinstance(i, dict) else i for i in merge["identifiers"]]
+    return {**merge, "identifiers": identifiers}

@@ -1,0 +1,145 @@
+"""Access control: key kinds and scopes, 401/403, masking without pii:read, the audit log, security headers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY, WRITE_KEY
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.privacy import mask
+from portrait.service import Portrait
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def client(portrait: Portrait) -> Iterator[TestClient]:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "42", "traits": {"email": "ann@example.com", "firstName": "Ann",
+                                                        "phone": "+48 601 234 567", "plan": "pro",
+                                                        "birthday": "not a date"}},
+        {"type": "track", "userId": "42", "event": "Signed Up", "context": {"traits": {"email": "ann@example.com"}}},
+    ])
+    portrait.process_pending()
+    with TestClient(create_app(portrait=portrait)) as test_client:
+        yield test_client
+
+
+def new_key(client: TestClient, **fields: Any) -> dict[str, Any]:
+    created = client.post("/api/keys", headers=ADMIN, json=fields)
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+def test_a_read_key_without_pii_read_sees_personal_data_masked(client: TestClient) -> None:
+    reader = new_key(client, kind="read", name="analytics")
+    assert reader["scopes"] == ["read"] and reader["key"].startswith("rk_")
+    profile = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()
+    assert profile["traits"]["email"] == "a***@example.com" and profile["traits"]["first_name"] == "A***"
+    assert profile["traits"]["phone"] == "***67" and profile["traits"]["plan"] == "pro"  # plan is not personal
+    shown = {i["type"]: i["value"] for i in profile["identities"]}
+    assert shown == {"user_id": "42", "email": "a***@example.com", "phone": "***67"}
+    events = client.get("/api/profiles/user_id:42/events", headers=bearer(reader["key"])).json()["events"]
+    identify = next(e for e in events if e["type"] == "identify")
+    assert identify["traits"]["email"] == "a***@example.com" and identify["traits"]["firstName"] == "A***"
+    track = next(e for e in events if e["type"] == "track")
+    assert track["context"]["traits"]["email"] == "a***@example.com"
+    quality = client.get("/api/data-quality", headers=bearer(reader["key"])).json()["issues"]
+    assert [(i["attribute"], i["raw_value"]) for i in quality] == [("birthday", mask('"not a date"'))]
+    assert "ann@example.com" not in client.get("/api/events/recent", headers=bearer(reader["key"])).text
+
+
+def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
+    reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
+    sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()
+    assert sees["traits"]["email"] == "ann@example.com"
+    refused = client.post("/api/segments", headers=bearer(reader["key"]), json={"name": "x", "condition": "age > 1"})
+    assert refused.status_code == 403 and refused.json() == {
+        "code": "forbidden", "message": f"key {reader['id']} (read, 'bi') cannot POST /api/segments: it needs the "
+                                        "'admin' scope"}
+    preview = client.post("/api/segments/preview", headers=bearer(reader["key"]), json={"condition": "age > 1"})
+    assert preview.status_code == 200  # a read-only POST
+    assert client.get("/api/keys", headers=bearer(reader["key"])).status_code == 403
+    no_pii_admin = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    export = client.get("/api/exports/profiles", headers=bearer(no_pii_admin["key"]),
+                        params={"include_personal": True})
+    assert export.status_code == 403 and "pii:read" in export.json()["message"]
+    named = client.get("/api/exports/profiles", headers=bearer(no_pii_admin["key"]), params={"attributes": "email"})
+    assert named.status_code == 403
+    assert client.get("/api/exports/profiles", headers=bearer(no_pii_admin["key"])).status_code == 200
+    bad = client.post("/api/keys", headers=ADMIN, json={"kind": "read", "name": "x", "scopes": ["admin"]})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_key"
+
+
+def test_revoking_and_rotating(client: TestClient) -> None:
+    source = new_key(client, kind="write", name="pos")
+    sent = client.post("/v1/track", auth=(source["key"], ""), json={"userId": "7", "event": "Sale"})
+    assert sent.status_code == 200
+    rotated = client.post(f"/api/keys/{source['id']}/rotate", headers=ADMIN).json()
+    assert rotated["name"] == "pos" and rotated["replaces"] == source["id"] and rotated["key"] != source["key"]
+    assert client.post("/v1/track", auth=(source["key"], ""), json={"userId": "7", "event": "Sale"}).status_code == 401
+    assert client.post("/v1/track", auth=(rotated["key"], ""), json={"userId": "7", "event": "Sale"}).status_code == 200
+    reader = new_key(client, kind="read", name="temp")
+    client.post(f"/api/keys/{reader['id']}/revoke", headers=ADMIN).raise_for_status()
+    gone = client.get("/api/status", headers=bearer(reader["key"]))
+    assert gone.status_code == 401 and gone.json()["message"] == f"API key {reader['id']} was revoked"
+    listed = {k["id"]: k for k in client.get("/api/keys", headers=ADMIN).json()["keys"]}
+    assert listed[reader["id"]]["active"] is False and "key" not in listed[reader["id"]]
+    assert listed[rotated["id"]]["active"] is True and listed[source["id"]]["active"] is False
+
+
+def test_admin_actions_and_personal_reads_are_audited(client: TestClient, portrait: Portrait) -> None:
+    reader = new_key(client, kind="read", name="support", scopes=["read", "pii:read"])
+    client.post("/api/segments", headers=ADMIN, json={"name": "pros", "condition": 'plan = "pro"'})
+    client.get("/api/profiles/email:ann@example.com", headers=bearer(reader["key"]))
+    masked_reader = new_key(client, kind="read", name="masked")
+    client.get("/api/profiles/user_id:42", headers=bearer(masked_reader["key"]))  # masked: not a personal read
+    entries = client.get("/api/audit", headers=ADMIN).json()["entries"]
+    actions = [(e["key_name"], e["action"], e["status"]) for e in entries]
+    assert actions == [  # newest first; the masked read is not a read of personal data
+        ("default", "POST /api/keys", 201), ("support", "read_profile", None), ("default", "POST /api/segments", 201),
+        ("default", "POST /api/keys", 201)]
+    read = next(e for e in entries if e["action"] == "read_profile")
+    assert read["profile_id"] == portrait.resolve_profile_id("user_id:42") and read["key_id"] == reader["id"]
+    assert client.get("/api/audit", headers=bearer(reader["key"])).status_code == 403
+
+
+def test_security_headers_and_no_cross_origin_api(client: TestClient) -> None:
+    answer = client.get("/api/status", headers={**ADMIN, "Origin": "https://evil.example"})
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    assert answer.headers["cache-control"] == "no-store"
+    assert "access-control-allow-origin" not in answer.headers
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+
+
+def test_the_cli_manages_keys_and_shows_the_audit_log(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.duckdb")
+    Portrait(Settings(db_path=db, write_key=WRITE_KEY, admin_key=ADMIN_KEY), background=False).close()
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "--kind", "read", "--name", "bi", "--scope", "read", "--scope",
+                                  "pii:read", "--db", db])
+    assert created.exit_code == 0, created.output
+    key_id = created.output.split("Created read key ")[1].split(" ")[0]
+    assert "rk_" in created.output and "shown once" in created.output
+    listed = runner.invoke(app, ["keys", "list", "--db", db, "--json"])
+    assert key_id in listed.output and "rk_" not in listed.output  # never the secret again
+    assert runner.invoke(app, ["keys", "revoke", key_id, "--db", db]).exit_code == 0
+    log = runner.invoke(app, ["audit", "--db", db, "--json"])
+    assert f"keys revoke {key_id}" in log.output and f"keys create {key_id}" in log.output
