@@ -143,3 +143,41 @@ def test_the_cli_manages_keys_and_shows_the_audit_log(tmp_path: Path) -> None:
     assert runner.invoke(app, ["keys", "revoke", key_id, "--db", db]).exit_code == 0
     log = runner.invoke(app, ["audit", "--db", db, "--json"])
     assert f"keys revoke {key_id}" in log.output and f"keys create {key_id}" in log.output
+
+
+def test_each_key_is_rate_limited_with_retry_after(tmp_path: Path) -> None:
+    settings = Settings(db_path=str(tmp_path / "r.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY, rate_limit=5)
+    service = Portrait(settings, background=False)
+    try:
+        with TestClient(create_app(portrait=service)) as client:
+            answers = [client.get("/api/status", headers=ADMIN).status_code for _ in range(12)]
+            assert answers[:10] == [200] * 10 and answers[-1] == 429  # a burst of twice the rate, then refused
+            refused = client.get("/api/status", headers=ADMIN)
+            assert refused.json()["code"] == "rate_limited" and int(refused.headers["retry-after"]) >= 1
+            sent = [client.post("/v1/track", auth=(WRITE_KEY, ""), json={"userId": "u", "event": "E"}).status_code
+                    for _ in range(12)]
+            assert sent[:10] == [200] * 10 and sent[-1] == 429  # each key has its own allowance
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(("properties", "code"), [
+    ({"a": {"b": {"c": {"d": 1}}}}, "too_deep"),
+    ({f"k{i}": i for i in range(11)}, "too_many_keys"),
+    ({"list": list(range(11))}, "too_many_keys"),
+    ({"note": "x" * 101}, "string_too_long"),
+])
+def test_hostile_shapes_are_rejected_per_message(tmp_path: Path, properties: dict[str, Any], code: str) -> None:
+    settings = Settings(db_path=str(tmp_path / "h.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY,
+                        max_json_depth=3, max_object_keys=10, max_string_length=100)
+    service = Portrait(settings, background=False)
+    try:
+        with TestClient(create_app(portrait=service)) as client:
+            batch = [{"type": "track", "userId": "u", "event": "Bad", "properties": properties},
+                     {"type": "track", "userId": "u", "event": "Good", "properties": {"ok": True}}]
+            assert client.post("/v1/batch", auth=(WRITE_KEY, ""), json={"batch": batch}).status_code == 200
+            rejected = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+            assert [r["code"] for r in rejected] == [code]
+            assert service.status()["events_received"] == 1  # the good message of the batch is kept
+    finally:
+        service.close()

@@ -34,6 +34,14 @@ class Settings:
     """Largest request body accepted, after decompression."""
     max_batch_items: int = 2500
     """Most messages accepted in one batch."""
+    max_json_depth: int = 20
+    """Deepest nesting accepted inside a message's properties, traits or context."""
+    max_object_keys: int = 1000
+    """Most keys of one object (or items of one list) inside a message."""
+    max_string_length: int = 16384
+    """Longest string value accepted inside a message, in characters."""
+    rate_limit: int = 1000
+    """Requests per second allowed per key (bursts of twice that); 0 turns rate limiting off."""
     default_phone_region: str = "US"
     """Region used to read phone numbers written without a +country prefix (ISO 3166 alpha-2)."""
     identity_traits: tuple[str, ...] = ("loyalty_card", "crm_id", "device_id")

@@ -55,3 +55,13 @@ class SourceUnavailable(PortraitError):
     """A source database cannot be reached, or refused the query."""
 
     code = "source_failed"
+
+
+class RateLimited(PortraitError):
+    """A key sent more requests than its rate allows; ``retry_after`` is in seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

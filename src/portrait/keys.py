@@ -14,13 +14,16 @@ Keys are long random tokens stored as SHA-256 hashes (a plain hash is enough for
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from portrait.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from portrait.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
 from portrait.spec import utc_now
 from portrait.sql import keys as q
 from portrait.store import Session
@@ -156,6 +159,30 @@ class KeyRing:
         secret, fresh = self.create(old.kind, old.name, sorted(old.scopes))
         self.revoke(key_id)
         return secret, fresh
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests a second, bursts up to twice that; 0 turns it off."""
+
+    def __init__(self, rate: int) -> None:
+        self._rate = float(rate)
+        self._capacity = 2.0 * rate
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> None:
+        if self._rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(key_id, (self._capacity, now))
+            tokens = min(self._capacity, tokens + (now - then) * self._rate)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / self._rate)
+                raise RateLimited(f"key {key_id} sent more than {self._rate:g} requests a second; retry in {wait} s",
+                                  retry_after=wait)
+            self._buckets[key_id] = (tokens - 1.0, now)
 
 
 def _iso(value: datetime | None) -> str | None:

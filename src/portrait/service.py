@@ -24,7 +24,7 @@ from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import IdentityRules
-from portrait.keys import ApiKey, KeyRing
+from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
@@ -100,7 +100,9 @@ class Portrait:
         self.settings = settings
         self.store = store or open_store(settings.db_path)
         self.rules = IdentityRules.from_settings(settings)
-        self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items)
+        self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items,
+                             settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
+        self.rate_limiter = RateLimiter(settings.rate_limit)
         self._local = threading.local()
         self._sessions: list[Session] = []
         self._sessions_lock = threading.Lock()
@@ -177,8 +179,10 @@ class Portrait:
             if header_key is None:
                 raise
             source = self.keys.check(header_key, "write")
+            self.rate_limiter.take(source.id)
             return self._keep_unreadable(request.body, exc, source, received_at)
         source = self.keys.check(header_key or parsed.write_key, "write")
+        self.rate_limiter.take(source.id)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
 
     def ingest_messages(self, messages: list[Any], source: str = "default") -> IngestResult:

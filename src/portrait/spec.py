@@ -43,6 +43,9 @@ class Limits:
     max_message_bytes: int
     max_batch_bytes: int
     max_batch_items: int
+    max_depth: int = 20  # nesting inside properties, traits and context
+    max_keys: int = 1000  # keys of one object, items of one list
+    max_string: int = 16384  # characters of one string value
 
 
 @dataclass(slots=True)
@@ -209,13 +212,30 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
     return str(value)
 
 
-def _json_object(message: dict[str, Any], name: str) -> str:
+def _json_object(message: dict[str, Any], name: str, limits: Limits) -> str:
     value = message.get(name)
     if value is None or (value.__class__ is dict and not value):
         return "{}"
     if value.__class__ is not dict:
         raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
+    _check_shape(value, name, limits, 1)
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _check_shape(value: Any, path: str, limits: Limits, depth: int) -> None:
+    """Refuse objects too deep, too wide or with too long strings (hostile input), naming where."""
+    if depth > limits.max_depth:
+        raise Invalid("too_deep", f"{path} is nested deeper than {limits.max_depth} levels")
+    if len(value) > limits.max_keys:
+        raise Invalid("too_many_keys", f"{path} has {len(value)} entries; the limit is {limits.max_keys}")
+    for key, item in (value.items() if value.__class__ is dict else enumerate(value)):
+        kind = item.__class__
+        if kind is str:
+            if len(item) > limits.max_string:
+                raise Invalid("string_too_long", f"{path}.{key} is {len(item)} characters; the limit is "
+                                                 f"{limits.max_string}")
+        elif kind is dict or kind is list:
+            _check_shape(item, f"{path}.{key}", limits, depth + 1)
 
 
 def _time_field(message: dict[str, Any], name: str) -> datetime | None:
@@ -293,9 +313,10 @@ class MessageReader:
         original = _time_field(message, "originalTimestamp") or client_time
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at)
-        properties = _json_object(message, "properties")
-        traits = _json_object(message, "traits")
-        context = _json_object(message, "context") if message.get("context") is not None else self.batch_context
+        properties = _json_object(message, "properties", self.limits)
+        traits = _json_object(message, "traits", self.limits)
+        context = (_json_object(message, "context", self.limits) if message.get("context") is not None
+                   else self.batch_context)
         out.message_id.append(message_id)
         out.type.append(kind)
         out.event.append(name or None)

@@ -32,6 +32,7 @@ def authorizer(portrait: Portrait) -> Callable[[Request], ApiKey]:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
         key = portrait.keys.authenticate(token.strip())
+        portrait.rate_limiter.take(key.id)
         if key.kind == "write":
             raise Forbidden(f"key {key.id} is a write key: it only sends events to /v1; use a read or admin key")
         reading = request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS

@@ -16,17 +16,18 @@ from portrait.errors import (
     Forbidden,
     NotFound,
     PortraitError,
+    RateLimited,
     SourceUnavailable,
     Unauthorized,
 )
 
 log = logging.getLogger(__name__)
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
-                                          Conflict: 409, SourceUnavailable: 502, DatabaseInUse: 503}
+                                          Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503}
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     return Response(orjson.dumps({"code": code, "message": message}), status_code=status, headers=headers,
                     media_type="application/json")
 
@@ -35,7 +36,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PortraitError)
     async def _domain(_: Request, exc: PortraitError) -> Response:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
-        return error_response(status, exc.code, exc.message)
+        retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return error_response(status, exc.code, exc.message, retry)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
