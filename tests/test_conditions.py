@@ -19,6 +19,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -67,6 +68,14 @@ PEOPLE: list[dict[str, Any]] = [
     track("u4", "Login", at(2)),
     track("u4", "Login", at(120)),
     track("u4", "Order Completed", at(1), revenue="n/a"),  # not a number: ignored by sums and comparisons
+    {"type": "track", "userId": "u1", "event": "Consent Updated", "timestamp": at(30),
+     "context": {"consent": {"email": "granted", "sms": {"status": "denied", "legalBasis": "consent"}}}},
+    {"type": "track", "userId": "u1", "event": "Consent Updated", "timestamp": at(20),
+     "context": {"consent": {"categoryPreferences": {"sms": True}}}},
+    {"type": "track", "userId": "u2", "event": "Consent Updated", "timestamp": at(10),
+     "context": {"consent": {"email": "withdrawn"}}},
+    {"type": "track", "userId": "u2", "event": "Consent Updated", "timestamp": at(40),  # older, arriving later
+     "context": {"consent": {"email": "yes"}}},
 ]
 
 CASES = [
@@ -115,6 +124,11 @@ CASES = [
     ('sequence("Product Viewed", "Product Added", within = 1d)', set()),
     ('in_segment("buyers") and not in_segment("eu")', {"u2", "u4"}),
     ('country = "PL" or age > 40 and vip = false', {"u1", "u2"}),
+    ('consent("email") = granted', {"u1"}),
+    ('consent("email") = denied', {"u2"}),  # the latest statement by event time wins
+    ('consent("email") = unknown', {"u3", "u4"}),
+    ('consent("email") != granted', {"u2", "u3", "u4"}),
+    ('consent("sms") = granted and performed("Order Completed")', {"u1"}),  # categoryPreferences, later
 ]
 SEGMENTS: dict[str, Condition] = {"buyers": parse('performed("Order Completed")'),
                                   "eu": parse('country in ("PL", "DE")')}
@@ -310,6 +324,8 @@ def event_conditions() -> st.SearchStrategy[Condition]:
                   st.sampled_from(["sum", "avg", "min", "max"]), event, st.sampled_from(["<", ">=", "=", "!="]),
                   numbers, windows, wheres),
         st.builds(InSegment, st.sampled_from(["buyers", "eu"])),
+        st.builds(Consent, st.sampled_from(["email", "sms"]), st.sampled_from(["=", "!="]),
+                  st.sampled_from(["granted", "denied", "unknown"])),
     )
 
 
@@ -338,6 +354,9 @@ people = st.lists(st.fixed_dictionaries({}, optional={
     "signup_at": times.filter(lambda t: not isinstance(t, Ago)).map(lambda t: t.isoformat() + (
         "Z" if isinstance(t, datetime) else "")),
     "email": st.sampled_from(["ann@example.com", "bob1@shop.org", "z@x.com"])}), min_size=1, max_size=6)
+consents = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["email", "sms"]),
+                              st.sampled_from(["granted", "denied", "no", "opted_in"]), st.integers(0, 100)),
+                    max_size=8)
 activity = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(EVENTS), st.integers(0, 200 * 24),
                               st.fixed_dictionaries({}, optional={"revenue": st.one_of(numbers, texts),
                                                                   "currency": texts, "sku": texts})),
@@ -345,14 +364,18 @@ activity = st.lists(st.tuples(st.integers(0, 5), st.sampled_from(EVENTS), st.int
 
 
 @settings(max_examples=12, deadline=None)
-@given(traits=people, events=activity, checks=st.lists(conditions, min_size=10, max_size=10))
+@given(traits=people, events=activity, statements=consents, checks=st.lists(conditions, min_size=10, max_size=10))
 def test_engines_agree_on_generated_data(tmp_path_factory: pytest.TempPathFactory, traits: list[dict[str, Any]],
                                          events: list[tuple[int, str, int, dict[str, Any]]],
+                                         statements: list[tuple[int, str, str, int]],
                                          checks: list[Condition]) -> None:
     messages: list[dict[str, Any]] = [{"type": "identify", "userId": f"g{i}", "timestamp": at(300), "traits": t}
                                       for i, t in enumerate(traits)]
     messages += [track(f"g{who % len(traits)}", name, (NOW - timedelta(hours=hours)).isoformat() + "Z", **props)
                  for who, name, hours, props in events]
+    messages += [{"type": "track", "userId": f"g{who % len(traits)}", "event": "Consent Updated",
+                  "timestamp": (NOW - timedelta(days=days)).isoformat() + "Z",
+                  "context": {"consent": {purpose: status}}} for who, purpose, status, days in statements]
     dataset = Dataset(tmp_path_factory.mktemp("generated") / "g.duckdb", messages)
     try:
         for condition in checks:

@@ -128,12 +128,14 @@ class RemotePortrait:
         return _checked(response)
 
     def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,
-                        include_personal: bool, segment: str | None = None) -> dict[str, Any]:
+                        include_personal: bool, segment: str | None = None, purpose: str | None = None,
+                        ignore_consent: bool = False) -> dict[str, Any]:
         """Stream GET /api/exports/profiles into ``output``; the report comes in the X-Portrait-Export header."""
         if not self._admin:
             raise Unauthorized("an admin key is needed to export through the server: set PORTRAIT_ADMIN_KEY")
         params: dict[str, Any] = {"format": file_format, "include_personal": include_personal,
-                                  "attributes": ",".join(attributes) if attributes else None, "segment": segment}
+                                  "attributes": ",".join(attributes) if attributes else None, "segment": segment,
+                                  "purpose": purpose, "ignore_consent": ignore_consent}
         with self._http.stream("GET", "/api/exports/profiles", params={k: v for k, v in params.items() if v},
                                headers={"Authorization": f"Bearer {self._admin}"}, timeout=None) as response:
             if response.status_code != 200:

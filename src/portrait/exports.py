@@ -37,12 +37,13 @@ def choose_attributes(registry: AttributeRegistry, names: list[str] | None, incl
 
 def export_profiles(session: Session, registry: AttributeRegistry, path: Path, file_format: str, *,
                     attributes: list[str] | None = None, include_personal: bool = False,
-                    segment_id: int | None = None) -> dict[str, Any]:
-    """Write the profiles (every one, or the members of ``segment_id``) to ``path``; returns a report."""
+                    segment_id: int | None = None, consent_purpose: str | None = None) -> dict[str, Any]:
+    """Write the profiles (every one, or the members of ``segment_id``; with ``consent_purpose`` only those who
+    granted it) to ``path``; returns a report."""
     if file_format not in FORMATS:
         raise BadRequest(f"format {file_format!r} is not one of {', '.join(FORMATS)}", code="invalid_format")
     chosen = choose_attributes(registry, attributes, include_personal)
-    query, params = q.export_profiles([(a["code"], a["type"]) for a in chosen], segment_id)
+    query, params = q.export_profiles([(a["code"], a["type"]) for a in chosen], segment_id, consent_purpose)
     table = session.arrow(query, params)
     WRITERS[file_format](table, path)
     return {"rows": table.num_rows, "columns": table.column_names, "path": str(path), "format": file_format,

@@ -263,6 +263,7 @@ class Processor:
                 "processed_at": pa.array([now] * len(plan.conflicts), pa.timestamp("us")),
             }), q.INSERT_CONFLICTS)
         session.execute(q.INSERT_EVENT_PROFILES)
+        session.execute(q.STAGE_CONSENT, [lo, hi])
         if traits:
             session.execute(q.STAGE_TRAITS, [lo, hi])
             if self._unknown_traits == "infer":

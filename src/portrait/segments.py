@@ -317,6 +317,9 @@ class Segments:
         for profile_id, key, value in session.execute(q.SCOPE_TRAITS):
             if value is not None:  # a removed trait (null) is kept as a NULL value: missing
                 profiles[profile_id].traits[key] = orjson.loads(value)
+        for profile_id, purpose, status, at, seq in session.execute(q.SCOPE_CONSENTS):
+            if profile_id in profiles:
+                profiles[profile_id].consents.append((purpose, status, at, seq))
         if names:
             for profile_id, seq, name, timestamp, properties in session.execute(q.SCOPE_EVENTS, [names]):
                 profiles[profile_id].events.append(Event(seq, name, timestamp,
@@ -377,6 +380,8 @@ class Segments:
                 profile.traits[key] = orjson.loads(value)
         for _, seq, name, timestamp, properties in session.execute(q.ONE_PROFILE_EVENTS, [profile_id]):
             profile.events.append(Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
+        for _, purpose, status, at, seq in session.execute(q.ONE_PROFILE_CONSENTS, [profile_id]):
+            profile.consents.append((purpose, status, at, seq))
         return profile
 
     def identifier_of(self, profile_id: str) -> tuple[str, str] | None:
@@ -392,6 +397,8 @@ def load_profiles(session: Session) -> list[ProfileData]:
             profiles[profile_id].traits[key] = orjson.loads(value)
     for profile_id, seq, name, timestamp, properties in session.execute(q.ALL_EVENTS):
         profiles[profile_id].events.append(Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
+    for profile_id, purpose, status, at, seq in session.execute(q.ALL_CONSENTS):
+        profiles[profile_id].consents.append((purpose, status, at, seq))
     return list(profiles.values())
 
 

@@ -241,13 +241,46 @@ class Portrait:
         return report
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
-                        include_personal: bool = False, segment: str | None = None) -> dict[str, Any]:
+                        include_personal: bool = False, segment: str | None = None, purpose: str | None = None,
+                        ignore_consent: bool = False) -> dict[str, Any]:
         """Write every profile (or a segment's members) with the chosen attributes to ``path`` (see
-        :mod:`portrait.exports`)."""
+        :mod:`portrait.exports`). With a ``purpose`` (e.g. marketing) only profiles that granted it are written,
+        unless ``ignore_consent`` (which the caller must audit)."""
         segment_id = self.segments.find(segment).id if segment else None
         report = export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
-                                 include_personal=include_personal, segment_id=segment_id)
-        return {**report, "segment": segment}
+                                 include_personal=include_personal, segment_id=segment_id,
+                                 consent_purpose=purpose if purpose and not ignore_consent else None)
+        return {**report, "segment": segment, "purpose": purpose, "consent_checked": bool(purpose) and not
+                ignore_consent}
+
+    # -- consent -------------------------------------------------------------------------------------------------
+    def consents(self, reference: str) -> dict[str, Any]:
+        """The profile's current consent per purpose and the full history of statements."""
+        profile_id = self.resolve_profile_id(reference)
+        history = [{"purpose": r[0], "status": r[1], "legal_basis": r[2], "at": _iso(r[3]), "source": r[4]}
+                   for r in self._reads.execute(reads.CONSENT_HISTORY, [profile_id])]
+        current = {h["purpose"]: {k: v for k, v in h.items() if k != "purpose"} for h in history}
+        return {"profile_id": profile_id, "consents": current, "history": history}
+
+    def set_consent(self, reference: str, statements: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
+        """Record consent statements for a profile, through the event log (a ``Consent Updated`` event)."""
+        profile_id = self.resolve_profile_id(reference)
+        consent = _consent_statements(statements)
+        identifier = self.segments.identifier_of(profile_id)
+        if identifier is None:
+            raise NotFound(f"profile {profile_id} has no identifier to record consent with")
+        kind, value = identifier
+        message: dict[str, Any] = {"type": "track", "event": "Consent Updated", "properties": {},
+                                   "context": {"consent": consent}}
+        if kind in ("user_id", "anonymous_id"):
+            message["userId" if kind == "user_id" else "anonymousId"] = value
+        else:
+            message["context"]["externalIds"] = [{"type": kind, "id": value, "collection": "users",
+                                                  "encoding": "none"}]
+        chunk = next(self.import_messages([[message]], f"{source}:consent"))
+        if chunk.rejected:
+            raise BadRequest(chunk.rejected[0][1].reason, code=chunk.rejected[0][1].code)
+        return {"profile_id": profile_id, "recorded": consent}
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:
@@ -474,7 +507,9 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        return _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 5))
+        document = _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 5))
+        document["consents"] = self.consents(f"profile_id:{profile_id}")["consents"]
+        return document
 
     def traits(self, reference: str) -> dict[str, Any]:
         return self._traits(self._reads, self.resolve_profile_id(reference))
@@ -561,6 +596,28 @@ def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str,
                 "seq": n, "message_id": a, "dropped": orjson.loads(b), "processed_at": _iso(t1),
                 "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"})
     return doc
+
+
+CONSENT_VALUES = ("granted", "denied")
+LEGAL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests")
+
+
+def _consent_statements(statements: Any) -> dict[str, Any]:
+    """``{"email": "granted", "marketing": {"status": "denied", "legal_basis": "consent"}}`` checked and normalized."""
+    if not isinstance(statements, dict) or not statements:
+        raise BadRequest('send {"<purpose>": "granted" | "denied" | {"status": ..., "legal_basis": ...}}',
+                         code="invalid_consent")
+    out: dict[str, Any] = {}
+    for purpose, value in statements.items():
+        detail = value if isinstance(value, dict) else {"status": value}
+        status = detail.get("status")
+        basis = detail.get("legal_basis", detail.get("legalBasis"))
+        if not purpose.strip() or status not in CONSENT_VALUES:
+            raise BadRequest(f"consent for {purpose!r} must be granted or denied", code="invalid_consent")
+        if basis is not None and basis not in LEGAL_BASES:
+            raise BadRequest(f"legal_basis is one of {', '.join(LEGAL_BASES)}", code="invalid_consent")
+        out[purpose] = {"status": status, **({"legalBasis": basis} if basis else {})}
+    return out
 
 
 def _iso(value: datetime | None) -> str | None:

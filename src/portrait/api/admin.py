@@ -61,6 +61,14 @@ def router(portrait: Portrait) -> APIRouter:
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile_events, page)
         return shown
 
+    @api.get("/profiles/{identity}/consent", summary="Current consent per purpose, and every statement")
+    async def consent(identity: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.consents, identity)
+
+    @api.post("/profiles/{identity}/consent", summary="Record consent: {purpose: granted|denied|{status, legal_basis}}")
+    async def set_consent(identity: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.set_consent, identity, payload)
+
     @api.get("/events/rejected", summary="Messages and requests that were not accepted, with the reason")
     async def rejected(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -125,6 +133,9 @@ def router(portrait: Portrait) -> APIRouter:
         attributes: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
         include_personal: bool = False,
         segment: Annotated[str | None, Query(description="Only this segment's members (id or name).")] = None,
+        purpose: Annotated[str | None, Query(description="What the export is for (e.g. marketing): only profiles "
+                                                         "that granted it.")] = None,
+        ignore_consent: Annotated[bool, Query(description="Export regardless of consent (audited).")] = False,
         *, request: Request,
     ) -> FileResponse:
         names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
@@ -135,10 +146,15 @@ def router(portrait: Portrait) -> APIRouter:
         path = folder / f"profiles.{format}"
         try:
             report = await run_in_threadpool(lambda: portrait.export_profiles(
-                path, format, attributes=names, include_personal=include_personal, segment=segment))
+                path, format, attributes=names, include_personal=include_personal, segment=segment, purpose=purpose,
+                ignore_consent=ignore_consent))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        if purpose and ignore_consent:
+            await run_in_threadpool(lambda: portrait.audit.record(
+                caller(request), "export_ignoring_consent", target=segment or "all profiles",
+                detail={"purpose": purpose, "rows": report["rows"]}))
         if report["personal_included"]:
             await run_in_threadpool(lambda: portrait.audit.record(
                 caller(request), "export_personal_data", target=segment or "all profiles",

@@ -23,6 +23,7 @@ from portrait.cli.common import (
     profiles_app,
 )
 from portrait.errors import PortraitError
+from portrait.service import Portrait
 
 
 @profiles_app.command("get")
@@ -136,4 +137,41 @@ def quality(
     for item in page["issues"]:
         table.add_row(str(item["id"]), item["detected_at"], item["attribute"], str(item["raw_value"])[:40],
                       item["reason"], (item["profile_id"] or "")[:13])
+    console.print(table)
+
+
+@profiles_app.command("consent")
+def profiles_consent(
+    identity: Annotated[str, typer.Argument(help="TYPE:VALUE, e.g. email:ann@example.com")],
+    grant: Annotated[list[str] | None, typer.Option("--grant", help="Purpose or channel to record as granted "
+                                                                     "(repeat).")] = None,
+    deny: Annotated[list[str] | None, typer.Option("--deny", help="Purpose or channel to record as denied "
+                                                                   "(repeat).")] = None,
+    basis: Annotated[str | None, typer.Option("--basis", help="Legal basis of what you record: consent, contract, "
+                                                              "legitimate_interests, ...")] = None,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Show a customer's consent per purpose and its history; --grant/--deny record new statements."""
+    statements = {p: {"status": "granted", **({"legal_basis": basis} if basis else {})} for p in grant or []}
+    statements.update({p: {"status": "denied", **({"legal_basis": basis} if basis else {})} for p in deny or []})
+    try:
+        with _backend(db, url, admin_key) as backend:
+            if statements:
+                if isinstance(backend, Portrait):
+                    backend.set_consent(identity, statements, source="cli")
+                    backend.process_pending()
+                else:
+                    backend.send_json("POST", f"/api/profiles/{identity}/consent", statements)
+                    time.sleep(0.5)  # the server processes the statement in the background
+            found = backend.consents(identity) if isinstance(backend, Portrait) else backend.get_json(
+                f"/api/profiles/{identity}/consent")
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        console.print_json(data=found)
+        return
+    table = Table("Purpose", "Status", "Legal basis", "Since", "Source", title="Consent")
+    for purpose, current in sorted(found["consents"].items()):
+        table.add_row(purpose, current["status"], current["legal_basis"] or "", current["at"] or "",
+                      current["source"] or "")
     console.print(table)

@@ -186,6 +186,10 @@ def export_profiles(
     include_personal: Annotated[bool, typer.Option("--include-personal", help="Also export personal-information "
                                                                               "attributes.")] = False,
     segment: Annotated[str | None, typer.Option(help="Only the members of this segment (id or name).")] = None,
+    purpose: Annotated[str | None, typer.Option(help="What the export is for (e.g. marketing): only customers who "
+                                                     "granted consent for it.")] = None,
+    ignore_consent: Annotated[bool, typer.Option(
+        "--ignore-consent", help="With --purpose: export regardless of consent (recorded in the audit log).")] = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Export every profile (or a segment's members), one row each, with the chosen attributes as columns."""
@@ -195,12 +199,18 @@ def export_profiles(
         with _backend(db, url, admin_key) as backend:
             if isinstance(backend, Portrait):
                 report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal,
-                                                 segment=segment)
+                                                 segment=segment, purpose=purpose, ignore_consent=ignore_consent)
+                if purpose and ignore_consent:
+                    backend.audit.record(None, "export_ignoring_consent", target=segment or "all profiles",
+                                         detail={"purpose": purpose, "rows": report["rows"]})
             else:
-                report = backend.export_profiles(output, chosen, names, include_personal, segment)
+                report = backend.export_profiles(output, chosen, names, include_personal, segment, purpose,
+                                                 ignore_consent)
     except PortraitError as exc:
         raise _fail(exc) from exc
     whose = f"members of {segment}" if segment else "profiles"
+    if purpose:
+        whose += f" (consent for {purpose} {'ignored' if ignore_consent else 'granted'})"
     console.print(f"Exported {report['rows']:,} {whose} with {len(report['columns'])} columns to {output}.")
     if report["personal_included"]:
         console.print(f"Personal information included: {', '.join(report['personal_included'])}")

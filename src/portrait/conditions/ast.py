@@ -146,4 +146,17 @@ class InSegment:
     segment: str
 
 
-Condition = And | Or | Not | Compare | Performed | EventTime | Stopped | Sequence | Aggregate | InSegment
+CONSENT_STATUSES = ("granted", "denied", "unknown")
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The customer's current consent for a purpose or channel: ``consent("email") = granted``. ``unknown``: they
+    never said either way."""
+
+    purpose: str
+    op: str  # = or !=
+    status: str  # granted, denied or unknown
+
+
+Condition = And | Or | Not | Compare | Performed | EventTime | Stopped | Sequence | Aggregate | InSegment | Consent

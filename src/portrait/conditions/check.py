@@ -20,6 +20,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -78,6 +79,9 @@ def check(condition: Condition, schema: Schema, *, segment_path: tuple[str, ...]
         _check_attribute(condition, schema)
     elif isinstance(condition, InSegment):
         _check_segment(condition.segment, schema, segment_path)
+    elif isinstance(condition, Consent):
+        if not condition.purpose.strip():
+            raise ConditionError("consent(...) needs a purpose or channel, e.g. consent(\"email\")")
     else:
         _check_event(condition)
 

@@ -14,6 +14,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -69,6 +70,11 @@ def _clause(condition: Condition) -> str:
     if isinstance(condition, Stopped):
         return (f'who performed "{condition.event}"{_where(condition.where)} in the {_duration(condition.earlier)} '
                 f"before the last {_duration(condition.recent)} but not since")
+    if isinstance(condition, Consent):
+        words = {"granted": "granted", "denied": "refused", "unknown": "not given or refused"}[condition.status]
+        verb = "have" if condition.op == "=" else "have not"
+        return f'who {verb} {words} consent for "{condition.purpose}"' if condition.status != "unknown" else (
+            f'whose consent for "{condition.purpose}" is {"" if condition.op == "=" else "not "}unknown')
     if isinstance(condition, Sequence):
         return (f'who performed "{condition.first}" and then "{condition.then}" within '
                 f"{_duration(condition.within)}{_window(condition.window)}")

@@ -22,6 +22,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -56,7 +57,13 @@ class ProfileData:
     profile_id: str
     traits: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    consents: list[tuple[str, str, datetime, int]] = field(default_factory=list)  # purpose, status, at, seq
     _by_name: dict[str | None, list[Event]] | None = field(default=None, repr=False)
+
+    def consent(self, purpose: str) -> str:
+        """The latest statement for the purpose (by event time, then log order), or ``unknown``."""
+        latest = max(((at, seq, status) for p, status, at, seq in self.consents if p == purpose), default=None)
+        return latest[2] if latest else "unknown"
 
     def named(self, name: str) -> list[Event]:
         if self._by_name is None:
@@ -98,6 +105,9 @@ def _compile(condition: Condition, ctx: Context) -> Predicate:
         test = value_test(condition.op, condition.values, kind, ctx.now)
         code = condition.field
         return lambda p: test(p.traits.get(code))
+    if isinstance(condition, Consent):
+        purpose, status, equal = condition.purpose, condition.status, condition.op == "="
+        return lambda p: (p.consent(purpose) == status) is equal
     if isinstance(condition, InSegment):
         referenced = ctx.schema.segment(condition.segment)
         if referenced is None:

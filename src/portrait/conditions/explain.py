@@ -14,6 +14,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     EventTime,
     InSegment,
     Not,
@@ -48,6 +49,8 @@ def explain(condition: Condition, schema: Schema, now: datetime, profile: Profil
         value = profile.traits.get(condition.field)
         node.update(attribute=condition.field, value=value)
         node["why"] = f"{condition.field} is {value!r}" if value is not None else f"{condition.field} is not set"
+    elif isinstance(condition, Consent):
+        node["why"] = f"consent for {condition.purpose!r} is {profile.consent(condition.purpose)}"
     elif isinstance(condition, InSegment):
         referenced = schema.segment(condition.segment)
         if referenced is None:

@@ -25,6 +25,7 @@ from typing import Any
 from portrait.conditions.ast import (
     AGGREGATES,
     COMPARISONS,
+    CONSENT_STATUSES,
     DURATION_UNITS,
     OPS,
     Aggregate,
@@ -32,6 +33,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -58,6 +60,8 @@ def to_json(condition: Condition, *, field_key: str = "attribute") -> dict[str, 
         return {field_key: condition.field, "op": condition.op, "values": [_value_json(v) for v in condition.values]}
     if isinstance(condition, InSegment):
         return {"in_segment": condition.segment}
+    if isinstance(condition, Consent):
+        return {"consent": condition.purpose, "op": condition.op, "value": condition.status}
     if isinstance(condition, Sequence):
         return {"sequence": [condition.first, condition.then], "within": str(condition.within),
                 **_window_json(condition.window)}
@@ -107,7 +111,7 @@ def _value_json(value: Value) -> Any:
 # -- reading -----------------------------------------------------------------------------------------------------
 # Event kinds first: an aggregate also has a "property" key (the property it adds up).
 KINDS = ("and", "or", "not", "performed", "first_time", "last_time", "stopped", "sequence", "aggregate", "in_segment",
-         "attribute", "property")
+         "consent", "attribute", "property")
 
 
 def from_json(document: Any, *, field_key: str = "attribute", path: str = "condition") -> Condition:
@@ -161,6 +165,11 @@ def _event(document: dict[str, Any], kind: str, path: str) -> Condition:
              if document.get("where") is not None else None)
     if kind == "in_segment":
         return InSegment(_text(document, "in_segment", path))
+    if kind == "consent":
+        op, status = document.get("op", "="), document.get("value")
+        if op not in ("=", "!=") or status not in CONSENT_STATUSES:
+            raise ConditionError(f"{path} needs op = or != and a value of {', '.join(CONSENT_STATUSES)}")
+        return Consent(_text(document, "consent", path), op, status)
     if kind == "sequence":
         steps = document["sequence"]
         if not (isinstance(steps, list) and len(steps) == 2 and all(isinstance(s, str) for s in steps)):

@@ -25,12 +25,14 @@ from datetime import UTC, date, datetime
 from portrait.conditions.ast import (
     AGGREGATES,
     COMPARISONS,
+    CONSENT_STATUSES,
     DURATION_UNITS,
     Aggregate,
     Ago,
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -98,7 +100,7 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
-FUNCTIONS = ("performed", "first_time", "last_time", "stopped", "sequence", "in_segment", *AGGREGATES)
+FUNCTIONS = ("performed", "first_time", "last_time", "stopped", "sequence", "in_segment", "consent", *AGGREGATES)
 
 
 class Parser:
@@ -280,6 +282,18 @@ class Parser:
             segment = self.string("a segment name")
             self.take(")")
             return InSegment(segment)
+        if name == "consent":
+            purpose = self.string("a purpose or channel, e.g. \"email\"")
+            self.take(")")
+            relation = self.current
+            if relation.kind != "op" or relation.text not in ("=", "!="):
+                raise self.fail("'=' or '!=' after consent(...)")
+            self.advance()
+            status = self.current
+            if status.word not in CONSENT_STATUSES:
+                raise self.fail(f"{', '.join(CONSENT_STATUSES)}")
+            self.advance()
+            return Consent(purpose, relation.text, status.word)
         if name == "sequence":
             first = self.string("an event name")
             self.take(",")
@@ -415,6 +429,8 @@ def to_text(condition: Condition) -> str:
         return f"{condition.field} {_comparison_text(condition.op, condition.values)}"
     if isinstance(condition, InSegment):
         return f"in_segment({_string(condition.segment)})"
+    if isinstance(condition, Consent):
+        return f"consent({_string(condition.purpose)}) {condition.op} {condition.status}"
     if isinstance(condition, Sequence):
         args = [_string(condition.first), _string(condition.then), f"within = {condition.within}",
                 *_window_args(condition.window)]

@@ -66,8 +66,8 @@ _CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
 _USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
 
 
-def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = None
-                    ) -> tuple[exp.Expr, list[object]]:
+def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = None,
+                    consent_purpose: str | None = None) -> tuple[exp.Expr, list[object]]:
     """One row per profile (of a segment, when given): profile_id, user_id, then one typed column per attribute.
 
     Codes are registry codes (checked snake_case) used as column names through SQLGlot identifiers; the codes
@@ -92,4 +92,14 @@ def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = 
         members = exp.select("profile_id").from_("segment_members").where(exp.column("segment_id").eq(param()))
         query = query.where(exp.In(this=exp.column("profile_id", table="p"), query=exp.Subquery(this=members)))
         params.append(segment_id)
+    if consent_purpose is not None:
+        query = query.where(exp.In(this=exp.column("profile_id", table="p"), query=exp.Subquery(this=_GRANTED)))
+        params.append(consent_purpose)
     return query, params
+
+
+# Params: purpose. Profiles whose latest statement for the purpose is a grant.
+_GRANTED = parse("""
+SELECT ep.profile_id FROM consent_records AS c JOIN event_profiles AS ep ON ep.seq = c.seq WHERE c.purpose = ?
+GROUP BY ep.profile_id HAVING first(c.status ORDER BY c.at DESC, c.seq DESC) = 'granted'
+""")

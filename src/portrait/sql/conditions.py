@@ -22,6 +22,7 @@ from portrait.conditions.ast import (
     And,
     Compare,
     Condition,
+    Consent,
     Duration,
     EventTime,
     InSegment,
@@ -120,6 +121,8 @@ class _Compiler:
             return exp.not_(exp.paren(self.predicate(condition.item)))
         if isinstance(condition, Compare):
             return self.attribute(condition)
+        if isinstance(condition, Consent):
+            return self.consent(condition)
         if isinstance(condition, InSegment):
             referenced = self.schema.segment(condition.segment)
             if referenced is not None:
@@ -127,6 +130,18 @@ class _Compiler:
             members = _select("SELECT m.profile_id FROM segment_members AS m JOIN segments AS s ON s.id = m.segment_id")
             return _in(members.where(exp.column("name", "s").eq(self.param(condition.segment))))
         return self.event(condition)
+
+    def consent(self, condition: Consent) -> exp.Expr:
+        """The latest consent statement for the purpose (event time, then log order) compared; none = unknown."""
+        stated = _select("SELECT ep.profile_id FROM consent_records AS c JOIN event_profiles AS ep ON ep.seq = c.seq")
+        stated = stated.where(exp.column("purpose", "c").eq(self.param(condition.purpose)))
+        if condition.status == "unknown":
+            test: exp.Expr = exp.not_(_in(stated))
+        else:
+            latest = _expression("first(c.status ORDER BY c.at DESC, c.seq DESC)")
+            test = _in(stated.group_by("ep.profile_id").having(exp.EQ(this=latest, expression=self.param(
+                condition.status))))
+        return test if condition.op == "=" else exp.not_(exp.paren(test))
 
     # -- attributes ------------------------------------------------------------------------------------------
     def attribute(self, condition: Compare) -> exp.Expr:

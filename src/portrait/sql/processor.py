@@ -163,6 +163,33 @@ INSERT_EVENT_PROFILES = parse("""
 INSERT INTO event_profiles (seq, profile_id, timestamp, event_type, event)
 SELECT a.seq, a.profile_id, b.timestamp, b.type, b.event FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq
 """)
+# Consent statements of the batch's events (docs/consent.md): context.consent.<purpose> as "granted"/"denied" (or
+# yes/no, true/false, opted_in/opted_out...) or {"status": ..., "legalBasis": ...}, and Segment's
+# context.consent.categoryPreferences {<purpose>: true/false}. Anything else is not a consent statement. Params: lo, hi.
+_CONSENT_STATUS = """CASE
+    WHEN lower({0}) IN ('granted', 'true', 'yes', 'y', '1', 'opt_in', 'opted_in', 'opt-in', 'accepted') THEN 'granted'
+    WHEN lower({0}) IN ('denied', 'false', 'no', 'n', '0', 'opt_out', 'opted_out', 'opt-out',
+    'withdrawn', 'rejected', 'declined') THEN 'denied' END"""
+_STATUS_TEXT = ("coalesce(json_extract_string(k.value, '$.status'), CASE WHEN json_type(k.value) <> 'OBJECT' "
+                "THEN json_extract_string(k.value, '$') END)")
+STAGE_CONSENT = parse(f"""
+INSERT INTO consent_records (seq, purpose, status, legal_basis, at, source)
+WITH c AS (
+    SELECT seq, timestamp, source, json_extract(context, '$.consent') AS consent FROM events
+    WHERE seq > ? AND seq <= ? AND context LIKE '%"consent"%'
+), statements AS (
+    SELECT c.seq, k.key AS purpose, {_CONSENT_STATUS.format(_STATUS_TEXT)} AS status,
+           coalesce(json_extract_string(k.value, '$.legalBasis'), json_extract_string(k.value, '$.legal_basis'))
+               AS legal_basis, c.timestamp, c.source
+    FROM c, json_each(c.consent) AS k WHERE json_type(c.consent) = 'OBJECT' AND k.key <> 'categoryPreferences'
+    UNION ALL
+    SELECT c.seq, k.key, {_CONSENT_STATUS.format("json_extract_string(k.value, '$')")}, NULL, c.timestamp, c.source
+    FROM c, json_each(c.consent, '$.categoryPreferences') AS k
+    WHERE json_type(c.consent, '$.categoryPreferences') = 'OBJECT'
+)
+SELECT seq, purpose, status, legal_basis, timestamp, source FROM statements
+WHERE status IS NOT NULL AND purpose <> ''
+""")
 # Trait names become attribute codes (attributes.code_for, in SQL): camelCase -> snake_case, one level of nesting
 # flattened with "_" (address.city -> address_city). Params: lo, hi.
 _CODE = ("trim(regexp_replace(lower(regexp_replace({0}, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')), "

@@ -110,3 +110,9 @@ def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
     )
     return query, [after_seq]
 COUNT_QUALITY = parse("SELECT count(*) FROM data_quality")
+# Params: profile id. Every consent statement of the profile, oldest first (the last per purpose is current).
+CONSENT_HISTORY = parse("""
+SELECT c.purpose, c.status, c.legal_basis, c.at, c.source, c.seq
+FROM consent_records AS c JOIN event_profiles AS ep ON ep.seq = c.seq
+WHERE ep.profile_id = ? ORDER BY c.at, c.seq, c.purpose
+""")

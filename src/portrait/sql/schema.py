@@ -247,6 +247,21 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    8: parse_many(
+        """
+        -- Consent statements found in events (context.consent): one row per purpose per event. Whose they are
+        -- comes from event_profiles (kept right through merges); the latest by event time is the current status.
+        CREATE TABLE IF NOT EXISTS consent_records (
+            seq BIGINT NOT NULL,
+            purpose VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,  -- granted or denied
+            legal_basis VARCHAR,
+            at TIMESTAMP NOT NULL,
+            source VARCHAR
+        );
+        CREATE INDEX IF NOT EXISTS consent_records_seq ON consent_records (seq);
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

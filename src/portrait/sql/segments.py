@@ -132,3 +132,9 @@ ONE_PROFILE_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
 FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq WHERE ep.profile_id = ?
 """)
+# Consent statements with their owner, for the Python engine: all, the scope's, one profile's.
+_CONSENTS = ("SELECT ep.profile_id, c.purpose, c.status, c.at, c.seq FROM consent_records AS c "
+             "JOIN event_profiles AS ep ON ep.seq = c.seq")
+ALL_CONSENTS = parse(_CONSENTS)
+SCOPE_CONSENTS = parse(_CONSENTS + " WHERE ep.profile_id IN (SELECT profile_id FROM seg_scope)")
+ONE_PROFILE_CONSENTS = parse(_CONSENTS + " WHERE ep.profile_id = ?")

@@ -1,0 +1,107 @@
+"""Consent: statements from events (context.consent, Segment's categoryPreferences), the API and CLI; current status
+and history; through merges; in segments; enforced on exports for a purpose."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+from portrait.spec import utc_now
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def ago(days: float) -> str:
+    return (utc_now() - timedelta(days=days)).isoformat() + "Z"
+
+
+def test_statements_from_events_give_current_status_and_history(portrait: Portrait) -> None:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "ann", "timestamp": ago(10), "traits": {"plan": "pro"},
+         "context": {"consent": {"email": "granted", "sms": {"status": "denied", "legalBasis": "consent"},
+                                 "push": "maybe"}}},  # "maybe" is not a statement
+        {"type": "track", "userId": "ann", "event": "Cookie Banner", "timestamp": ago(5),
+         "context": {"consent": {"categoryPreferences": {"analytics": True, "email": False}}}},
+        {"type": "track", "userId": "ann", "event": "Old Form", "timestamp": ago(20),  # older: history only
+         "context": {"consent": {"sms": "granted"}}},
+    ])
+    portrait.process_pending()
+    found = portrait.consents("user_id:ann")
+    assert {p: c["status"] for p, c in found["consents"].items()} == {
+        "email": "denied", "sms": "denied", "analytics": "granted"}
+    assert found["consents"]["sms"]["legal_basis"] == "consent"
+    assert [(h["purpose"], h["status"]) for h in found["history"]] == [
+        ("sms", "granted"), ("email", "granted"), ("sms", "denied"), ("analytics", "granted"), ("email", "denied")]
+    assert portrait.profile("user_id:ann")["consents"]["analytics"]["status"] == "granted"
+
+
+def test_consent_follows_a_merge_and_feeds_segments(portrait: Portrait) -> None:
+    portrait.create_segment({"name": "emailable", "condition": 'consent("email") = granted'})
+    portrait.ingest_messages([{"type": "page", "anonymousId": "dev-1", "name": "Newsletter",
+                               "context": {"consent": {"email": "granted"}}}])
+    portrait.process_pending()
+    assert portrait.segments.get("emailable")["size"] == 1
+    portrait.ingest_messages([{"type": "identify", "anonymousId": "dev-1", "userId": "bob"}])
+    portrait.process_pending()
+    assert portrait.consents("user_id:bob")["consents"]["email"]["status"] == "granted"
+    portrait.set_consent("user_id:bob", {"email": {"status": "denied", "legal_basis": "consent"}})
+    portrait.process_pending()
+    assert portrait.segments.get("emailable")["size"] == 0
+    with pytest.raises(BadRequest, match="must be granted or denied"):
+        portrait.set_consent("user_id:bob", {"email": "perhaps"})
+    with pytest.raises(BadRequest, match="legal_basis is one of"):
+        portrait.set_consent("user_id:bob", {"email": {"status": "granted", "legal_basis": "because"}})
+
+
+def test_exports_for_a_purpose_leave_out_who_did_not_grant_it(portrait: Portrait, tmp_path: Path) -> None:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "yes", "traits": {"plan": "a"},
+         "context": {"consent": {"marketing": "granted"}}},
+        {"type": "identify", "userId": "no", "traits": {"plan": "b"},
+         "context": {"consent": {"marketing": "denied"}}},
+        {"type": "identify", "userId": "silent", "traits": {"plan": "c"}},
+    ])
+    portrait.process_pending()
+    with TestClient(create_app(portrait=portrait)) as client:
+        granted = client.get("/api/exports/profiles", headers=ADMIN, params={"format": "csv", "purpose": "marketing"})
+        assert granted.status_code == 200 and '"yes"' in granted.text and '"no"' not in granted.text
+        assert '"silent"' not in granted.text
+        everyone = client.get("/api/exports/profiles", headers=ADMIN,
+                              params={"purpose": "marketing", "ignore_consent": True})
+        assert everyone.text.count("\n") == 4  # header + 3 profiles
+        audit = client.get("/api/audit", headers=ADMIN).json()["entries"]
+        assert audit[0]["action"] == "export_ignoring_consent" and audit[0]["detail"]["purpose"] == "marketing"
+        recorded = client.post("/api/profiles/user_id:silent/consent", headers=ADMIN, json={"marketing": "granted"})
+        assert recorded.status_code == 200, recorded.text
+        assert client.post("/api/profiles/user_id:silent/consent", headers=ADMIN,
+                           json={"marketing": "yes please"}).json()["code"] == "invalid_consent"
+    portrait.process_pending()
+    out = tmp_path / "marketing.parquet"
+    db_report = portrait.export_profiles(out, "parquet", purpose="marketing")
+    assert db_report["rows"] == 2 and sorted(r["user_id"] for r in pq.read_table(out).to_pylist()) == ["silent", "yes"]
+
+
+def test_the_cli_shows_and_records_consent(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}])
+    service.process_pending()
+    service.close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["profiles", "consent", "user_id:ann", "--grant", "email", "--deny", "sms",
+                                 "--basis", "consent", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"email"' in result.output and '"granted"' in result.output and '"denied"' in result.output
+    export = runner.invoke(app, ["export", "profiles", "-o", str(tmp_path / "x.csv"), "--purpose", "sms", "--db", db])
+    assert "Exported 0 profiles (consent for sms granted)" in export.output
