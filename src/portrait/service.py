@@ -53,6 +53,8 @@ from portrait.spec import (
 from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
+from portrait.store.duckdb import compact_if_marked, mark_for_compaction
+from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker, identity_hash
 from portrait.writer import EventWriter
 
 
@@ -98,6 +100,8 @@ class Portrait:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, background: bool = True) -> None:
         self.settings = settings
+        if store is None:
+            compact_if_marked(settings.db_path)  # an erasure before a crash still gets its rewrite
         self.store = store or open_store(settings.db_path)
         self.rules = IdentityRules.from_settings(settings)
         self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items,
@@ -123,6 +127,11 @@ class Portrait:
         if self._processor_thread and self._segment_thread:
             self._processor_thread.start()
             self._segment_thread.start()
+        self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
+            resolve=self.resolve_profile_id, normalize_key=self._identity_key,
+            profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
+            after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused))
+        self._privacy_worker: PrivacyWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
@@ -138,10 +147,14 @@ class Portrait:
         self._scheduler = SourceScheduler(lambda: self.sources.due(utc_now()), self.sync_source,
                                           self.settings.source_poll_seconds)
         self._scheduler.start()
+        self._privacy_worker = PrivacyWorker(self.privacy)
+        self._privacy_worker.start()
 
     def close(self) -> None:
         if self._scheduler:
             self._scheduler.stop()
+        if self._privacy_worker:
+            self._privacy_worker.stop()
         if self._segment_thread:
             self._segment_thread.stop()
         self.writer.close()
@@ -151,6 +164,7 @@ class Portrait:
             for session in self._sessions:
                 session.close()
         self.store.close()
+        compact_if_marked(self.store.path)  # after an erasure: no byte of the erased person left on disk
 
     @property
     def _reads(self) -> Session:
@@ -199,8 +213,39 @@ class Portrait:
               body_bytes: int, *, any_identifier: bool = False) -> tuple[EventColumns, list[Rejection]]:
         reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
                                body_bytes=body_bytes, identity_traits=self.rules.identity_traits,
-                               any_identifier=any_identifier)
-        return reader.read_all()
+                               any_identifier=any_identifier,
+                               suppressed=self._is_suppressed if self.privacy.suppressed else None)
+        read = reader.read_all()
+        if reader.suppressed_count:
+            self._reads.execute(sql.ADD_COUNTER, [reader.suppressed_count, "events_suppressed"])
+        return read
+
+    def _is_suppressed(self, identifiers: list[tuple[str, str]]) -> bool:
+        suppressed = self.privacy.suppressed
+        for kind, value in identifiers:
+            found = self.rules.normalize(kind, value)
+            if found is not None and identity_hash(found.key) in suppressed:
+                return True
+        return False
+
+    def _identity_key(self, reference: str) -> str:
+        kind, _, value = reference.partition(":")
+        found = self.rules.normalize(kind.strip().lower(), value)
+        if found is None:
+            raise BadRequest(f"{reference!r} is not an identity Portrait can match (empty, blocked or unreadable)",
+                             code="invalid_identity")
+        return found.key
+
+    # -- data-subject requests -----------------------------------------------------------------------------------
+    def privacy_request(self, fields: dict[str, Any], requested_by: str, *, run_now: bool = False
+                        ) -> dict[str, Any]:
+        """Queue an access or erase request (the server's worker runs it; ``run_now`` runs it here)."""
+        created = self.privacy.create(fields, requested_by)
+        if run_now:
+            return self.privacy.run(created["id"])
+        if self._privacy_worker:
+            self._privacy_worker.notify()
+        return created
 
     def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime
                          ) -> Future[IngestResult]:
@@ -480,6 +525,7 @@ class Portrait:
             "last_batch_events": batch_events,
             "last_batch_seconds": round(batch_seconds, 3),
             "events_rejected": int(session.execute(reads.COUNT_REJECTED)[0][0]),
+            "events_suppressed": int(counters.get("events_suppressed", 0)),
             "profiles": int(session.execute(reads.COUNT_PROFILES)[0][0]),
             "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),

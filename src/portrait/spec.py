@@ -15,6 +15,7 @@ import base64
 import binascii
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from portrait.errors import BadRequest
-from portrait.identity import identity_hints
+from portrait.identity import HINT_SEPARATOR, HINT_TYPE_SEPARATOR, identity_hints
 from portrait.model import MESSAGE_TYPES, Rejection
 
 # Endpoint path -> implied message type (None: a batch or a message that names its own type).
@@ -250,11 +251,15 @@ class MessageReader:
 
     def __init__(self, *, received_at: datetime, source: str, ip: str | None, request: ParsedRequest,
                  limits: Limits, body_bytes: int, identity_traits: tuple[str, ...] = (),
-                 any_identifier: bool = False) -> None:
+                 any_identifier: bool = False, suppressed: Callable[[list[tuple[str, str]]], bool] | None = None
+                 ) -> None:
         self.received_at = received_at
         # Imported rows may name the person by email, phone or another identifier only: with any_identifier such
         # a message needs no userId/anonymousId (the HTTP API keeps Segment's rule).
         self.any_identifier = any_identifier
+        # Erased people: a message carrying one of their identifiers is dropped and counted, not stored or rejected.
+        self.suppressed = suppressed
+        self.suppressed_count = 0
         self.identity_traits = identity_traits
         self.source = source
         self.ip = ip
@@ -275,6 +280,8 @@ class MessageReader:
         for position, message in enumerate(self.request.messages):
             try:
                 self.read(message, columns)
+            except Suppressed:
+                self.suppressed_count += 1
             except Invalid as bad:
                 rejections.append(self._reject(message, bad, position))
         accepted = len(columns)  # the same for every message of the request: filled in once
@@ -306,6 +313,8 @@ class MessageReader:
         if name is not None and name.__class__ is not str:
             raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
         hints = identity_hints(kind, message, self.identity_traits)
+        if self.suppressed is not None and self.suppressed(_identifiers(user_id, anonymous_id, previous_id, hints)):
+            raise Suppressed("suppressed", "the message names an erased person")
         identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
         _check_required(kind, user_id, identified, previous_id, group_id, name, self.any_identifier)
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
@@ -350,6 +359,21 @@ class MessageReader:
                          source=self.source,
                          message_id=str(message_id) if isinstance(message_id, str | int) else None,
                          position=position)
+
+
+class Suppressed(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+
+
+def _identifiers(user_id: str | None, anonymous_id: str | None, previous_id: str | None, hints: str | None
+                 ) -> list[tuple[str, str]]:
+    found = [(kind, value) for kind, value in (("user_id", user_id), ("anonymous_id", anonymous_id),
+                                               ("user_id", previous_id), ("anonymous_id", previous_id)) if value]
+    for hint in hints.split(HINT_SEPARATOR) if hints else ():
+        kind, _, value = hint.partition(HINT_TYPE_SEPARATOR)
+        found.append((kind, value))
+    return found
 
 
 def _check_required(kind: str, user_id: str | None, identified: bool, previous_id: str | None,

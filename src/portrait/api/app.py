@@ -3,8 +3,10 @@ headers on every response, the audit log for every admin action, and API docs se
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request, Response
@@ -14,9 +16,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from portrait import __version__
-from portrait.api import admin, errors, ingest, keys, segments, sources
+from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.config import Settings
+from portrait.privacy import mask
 from portrait.service import Portrait
 
 SECURITY_HEADERS = {
@@ -29,6 +32,15 @@ SECURITY_HEADERS = {
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+
+
+# The audit log names profiles by id, never by the identifier in the path (which may be erased later).
+_PROFILE_PATH = re.compile(r"(/profiles/)([^/]+)")
+
+
+def _masked_identity(text: str) -> str:
+    kind, sep, value = unquote(text).partition(":")
+    return f"{kind}:{mask(value)}" if sep else mask(text)
 
 
 def create_app(settings: Settings | None = None, portrait: Portrait | None = None, *,
@@ -58,6 +70,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(sources.router(service))
     app.include_router(segments.router(service))
     app.include_router(keys.router(service))
+    app.include_router(privacy.router(service))
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
@@ -84,8 +97,9 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         key = getattr(request.state, "key", None)
         if (key is not None and request.method in ("POST", "PUT", "PATCH", "DELETE")
                 and path not in READ_ONLY_POSTS):
+            shown = _PROFILE_PATH.sub(lambda m: m.group(1) + _masked_identity(m.group(2)), path)
             await run_in_threadpool(lambda: service.audit.record(
-                key, f"{request.method} {path}", target=path, status=response.status_code))
+                key, f"{request.method} {shown}", target=shown, status=response.status_code))
         return response
 
     return app

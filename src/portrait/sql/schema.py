@@ -262,6 +262,32 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         CREATE INDEX IF NOT EXISTS consent_records_seq ON consent_records (seq);
         """
     ),
+    9: parse_many(
+        """
+        -- Data-subject requests (access, erase): they survive restarts; an erase request keeps only a hash of the
+        -- identity it named, so the request itself is no trace of the person.
+        CREATE TABLE IF NOT EXISTS privacy_requests (
+            id VARCHAR PRIMARY KEY,
+            type VARCHAR NOT NULL,
+            identity VARCHAR,
+            identity_hash VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            requested_by VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            result VARCHAR,
+            error VARCHAR
+        );
+        -- Identifiers of erased people, hashed: later events carrying one are dropped (and counted), not stored.
+        CREATE TABLE IF NOT EXISTS suppressed_identities (
+            key_hash VARCHAR PRIMARY KEY,
+            request_id VARCHAR,
+            suppressed_at TIMESTAMP NOT NULL
+        );
+        INSERT INTO counters (name, value) VALUES ('events_suppressed', 0);
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
@@ -271,3 +297,17 @@ APPLIED = parse("SELECT version FROM schema_migrations")
 RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
 CHECKPOINT = parse("CHECKPOINT")
 UTC_SESSION = parse("SET TimeZone = 'UTC'")
+
+# Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in
+# freed blocks until those are reused). Sequences, constraints and indexes come along.
+COPY_DATABASE = exp.Command(this="COPY", expression=exp.Literal.string("FROM DATABASE old TO new").this)
+_ATTACH = parse("ATTACH 'path' AS old")
+_ATTACH_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY)")
+
+
+def attach(path: str, alias: str, *, read_only: bool = False) -> exp.Expr:
+    """``ATTACH '<path>' AS <alias>`` with the path as a quoted literal."""
+    statement = (_ATTACH_READ_ONLY if read_only else _ATTACH).copy()
+    statement.find(exp.Literal).replace(exp.Literal.string(path))  # type: ignore[union-attr]
+    statement.find(exp.Identifier).replace(exp.to_identifier(alias))  # type: ignore[union-attr]
+    return statement

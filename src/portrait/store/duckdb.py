@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -122,3 +124,40 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
 
 def open_store(path: str) -> DuckDBStore:
     return DuckDBStore(path)
+
+
+def compaction_marker(path: str) -> Path:
+    return Path(path + ".compact-pending")
+
+
+def mark_for_compaction(path: str) -> None:
+    """Ask for the database file to be rewritten when it is next closed or opened (see :func:`compact_file`)."""
+    if path != ":memory:":
+        compaction_marker(path).touch()
+
+
+def compact_if_marked(path: str) -> bool:
+    """Rewrite the file if an erasure asked for it (call with no connection open); True when it did."""
+    marker = compaction_marker(path)
+    if not marker.exists() or not Path(path).exists():
+        return False
+    compact_file(path)
+    marker.unlink()
+    return True
+
+
+def compact_file(path: str) -> None:
+    """Copy every table, sequence and index into a new file and put it in place of the old one, so bytes of deleted
+    rows (erased people) are gone from disk. The old file is replaced only once the copy is complete."""
+    render = _Renderer("duckdb")
+    target = path + ".compacting"
+    Path(target).unlink(missing_ok=True)
+    connection = duckdb.connect()
+    try:
+        connection.execute(render(schema.attach(path, "old", read_only=True)))
+        connection.execute(render(schema.attach(target, "new")))
+        connection.execute(render(schema.COPY_DATABASE))
+    finally:
+        connection.close()
+    os.replace(target, path)
+    Path(path + ".wal").unlink(missing_ok=True)

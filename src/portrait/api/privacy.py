@@ -1,0 +1,39 @@
+"""Data-subject requests under /api/privacy (admin scope; an access export's content also needs pii:read)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from portrait.api.auth import authorizer, caller
+from portrait.service import Portrait
+
+
+def router(portrait: Portrait) -> APIRouter:
+    api = APIRouter(prefix="/api/privacy", dependencies=[Depends(authorizer(portrait))], tags=["privacy"])
+
+    @api.post("/requests", status_code=202, summary="Ask for an access export or an erasure of one person")
+    async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
+        key = caller(request)
+        return await run_in_threadpool(portrait.privacy_request, payload, f"{key.name} ({key.id})")
+
+    @api.get("/requests", summary="Requests, newest first (without results)")
+    async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        portrait.keys.require(caller(request), "admin", "list privacy requests")
+        return {"requests": await run_in_threadpool(portrait.privacy.all, limit)}
+
+    @api.get("/requests/{request_id}", summary="One request: status, and the export once an access request is done")
+    async def one(request_id: str, request: Request) -> dict[str, Any]:
+        key = caller(request)
+        portrait.keys.require(key, "admin", "read privacy requests")
+        found = await run_in_threadpool(portrait.privacy.get, request_id)
+        if found.get("result") and found["type"] == "access":
+            portrait.keys.require(key, "pii:read", "read an access export")
+            await run_in_threadpool(lambda: portrait.audit.record(
+                key, "read_access_export", target=request_id,
+                profile_id=(found["result"].get("profile") or {}).get("profile_id")))
+        return found
+
+    return api

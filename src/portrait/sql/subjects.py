@@ -1,0 +1,69 @@
+"""Statements for data-subject requests: the request queue, the access export, the erasure, suppression."""
+
+from __future__ import annotations
+
+from portrait.sql import parse
+
+REQUEST_COLUMNS = ("id", "type", "identity", "identity_hash", "status", "requested_by", "created_at", "started_at",
+                   "finished_at", "result", "error")
+INSERT_REQUEST = parse("INSERT INTO privacy_requests (id, type, identity, identity_hash, status, requested_by, "
+                       "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)")
+GET_REQUEST = parse("SELECT id, type, identity, identity_hash, status, requested_by, created_at, started_at, "
+                    "finished_at, result, error FROM privacy_requests WHERE id = ?")
+LIST_REQUESTS = parse("SELECT id, type, identity, identity_hash, status, requested_by, created_at, started_at, "
+                      "finished_at, NULL, error FROM privacy_requests ORDER BY created_at DESC LIMIT ?")
+PENDING = parse("SELECT id FROM privacy_requests WHERE status = 'pending' ORDER BY created_at")
+# A request cut off by a stop runs again from the start (both kinds are safe to repeat).
+RESUME = parse("UPDATE privacy_requests SET status = 'pending' WHERE status = 'running'")
+START = parse("UPDATE privacy_requests SET status = 'running', started_at = ? WHERE id = ?")
+# Params: status, finished_at, result, error, id.
+FINISH = parse("UPDATE privacy_requests SET status = ?, finished_at = ?, result = ?, error = ? WHERE id = ?")
+FORGET_IDENTITY = parse("UPDATE privacy_requests SET identity = NULL WHERE id = ?")
+# An erased person's earlier access exports go too. Params: identity hash.
+DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL WHERE identity_hash = ?")
+
+# -- access (params: profile id) ----------------------------------------------------------------------------------
+ALL_EVENTS = parse("""
+SELECT e.seq, e.message_id, e.type, e.event, e.user_id, e.anonymous_id, e.timestamp, e.received_at, e.properties,
+       e.traits, e.context, e.source
+FROM events AS e WHERE e.seq IN (SELECT seq FROM event_profiles WHERE profile_id = ?) ORDER BY e.seq
+""")
+# Params: profile id, twice (records made under the ids of profiles merged into it count too).
+_OWN = "(SELECT ? UNION ALL SELECT merged_id FROM profile_aliases WHERE profile_id = ?)"
+MEMBERSHIPS = parse(f"""
+SELECT s.name, h.change, h.at FROM segment_history AS h LEFT JOIN segments AS s ON s.id = h.segment_id
+WHERE h.profile_id IN {_OWN} ORDER BY h.id
+""")
+QUALITY = parse(f"SELECT attribute, raw_value, reason, source, detected_at FROM data_quality "
+                f"WHERE profile_id IN {_OWN} ORDER BY id")
+MERGED_IDS = parse("SELECT merged_id FROM profile_aliases WHERE profile_id = ?")
+IDENTITY_KEYS = parse("SELECT identity_key, type, value FROM identities WHERE profile_id = ?")
+
+# -- erasure (the profile id in erase_profiles(profile_id), its events' seqs in erase_seqs(seq)) --------------------
+ERASE_SCOPE = [
+    parse("CREATE OR REPLACE TEMP TABLE erase_profiles (profile_id VARCHAR)"),
+    parse("CREATE OR REPLACE TEMP TABLE erase_seqs AS SELECT seq FROM event_profiles WHERE profile_id = ?"),
+]
+ADD_ERASE_PROFILE = parse("INSERT INTO erase_profiles VALUES (?)")
+COUNT_SCOPE = parse("SELECT count(*) FROM erase_seqs")
+ERASE = [
+    parse("DELETE FROM events WHERE seq IN (SELECT seq FROM erase_seqs)"),
+    parse("DELETE FROM consent_records WHERE seq IN (SELECT seq FROM erase_seqs)"),
+    parse("DELETE FROM event_profiles WHERE seq IN (SELECT seq FROM erase_seqs)"),
+    parse("DELETE FROM identities WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM profile_aliases WHERE profile_id IN (SELECT profile_id FROM erase_profiles) "
+          "OR merged_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM merges WHERE profile_id IN (SELECT profile_id FROM erase_profiles) "
+          "OR merged_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM identity_conflicts WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM segment_members WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM segment_history WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM data_quality WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM profiles WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+]
+# Rejected messages are not linked to profiles: those holding one of the person's identifier values go. Param: value.
+ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(payload, ?)")
+SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
+                 "ON CONFLICT DO NOTHING")
+ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")

@@ -1,0 +1,223 @@
+"""Data-subject rights (GDPR, CCPA, LGPD): access and erasure requests, and suppression of erased people.
+
+- **Access** assembles everything Portrait holds about the person: the profile (traits, identities, merges),
+  consents, every event, segment memberships and their history, data-quality records.
+- **Erase** removes the profile and everything derived from it -- across every profile merged into it: its raw
+  events, identities, traits, consent records, memberships and history, merges, data-quality records, rejected
+  messages holding its identifier values, earlier access exports. DuckDB leaves the bytes of deleted rows in freed
+  blocks, so the database file is then rewritten (when Portrait next closes it -- a server stop -- or opens it):
+  afterwards no byte of the person is left on disk. The person's identifiers are kept only as SHA-256 hashes, so later events carrying them are
+  dropped and counted (``events_suppressed``) instead of re-creating the person.
+- Requests are queued with ids and statuses (pending, running, done, failed), run by a background worker in the
+  server (or at once from the CLI), and survive restarts (a request cut off runs again; both kinds are idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from portrait.errors import BadRequest, NotFound
+from portrait.spec import utc_now
+from portrait.sql import subjects as q
+from portrait.store import Session
+
+log = logging.getLogger(__name__)
+TYPES = ("access", "erase")
+
+
+def identity_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the requests need from the rest of the service."""
+
+    resolve: Callable[[str], str]  # TYPE:VALUE -> profile id (NotFound if none)
+    normalize_key: Callable[[str], str]  # TYPE:VALUE -> the normalized identity key (for the hash)
+    profile: Callable[[str], dict[str, Any]]  # profile id -> the profile document
+    consents: Callable[[str], dict[str, Any]]
+    after_erase: Callable[[], None]  # e.g. ask for the database file to be rewritten
+    pause: Callable[[], Any]  # a context manager: processing paused while erasing
+
+
+class PrivacyRequests:
+    def __init__(self, session: Callable[[], Session], hooks: Hooks) -> None:
+        self._session = session
+        self._hooks = hooks
+        self._lock = threading.Lock()
+        self.suppressed: frozenset[str] = self._load_suppressed()
+
+    def _load_suppressed(self) -> frozenset[str]:
+        return frozenset(row[0] for row in self._session().execute(q.ALL_SUPPRESSED))
+
+    # -- the queue -----------------------------------------------------------------------------------------------
+    def create(self, fields: dict[str, Any], requested_by: str) -> dict[str, Any]:
+        unknown = set(fields) - {"type", "identity"}
+        if unknown:
+            raise BadRequest(f"unknown request fields {', '.join(sorted(unknown))}", code="invalid_request")
+        kind, identity = fields.get("type"), fields.get("identity")
+        if kind not in TYPES:
+            raise BadRequest(f"type is access or erase, not {kind!r}", code="invalid_request")
+        if not isinstance(identity, str) or ":" not in identity:
+            raise BadRequest("identity is TYPE:VALUE, e.g. email:ann@example.com", code="invalid_request")
+        request_id = f"pr_{uuid.uuid4().hex[:16]}"
+        digest = identity_hash(self._hooks.normalize_key(identity))
+        self._session().execute(q.INSERT_REQUEST, [request_id, kind, identity, digest, requested_by, utc_now()])
+        return self.get(request_id)
+
+    def get(self, request_id: str, *, with_result: bool = True) -> dict[str, Any]:
+        rows = self._session().execute(q.GET_REQUEST, [request_id])
+        if not rows:
+            raise NotFound(f"no privacy request has the id {request_id!r}")
+        return _document(rows[0], with_result)
+
+    def all(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [_document(row, False) for row in self._session().execute(q.LIST_REQUESTS, [limit])]
+
+    def resume(self) -> None:
+        self._session().execute(q.RESUME)
+
+    def run_pending(self) -> int:
+        done = 0
+        for (request_id,) in self._session().execute(q.PENDING):
+            self.run(request_id)
+            done += 1
+        return done
+
+    def run(self, request_id: str) -> dict[str, Any]:
+        with self._lock:
+            request = self.get(request_id)
+            if request["status"] in ("done", "failed"):
+                return request
+            session = self._session()
+            session.execute(q.START, [utc_now(), request_id])
+            try:
+                result = self._access(request) if request["type"] == "access" else self._erase(request)
+            except NotFound as exc:
+                session.execute(q.FINISH, ["failed", utc_now(), None, exc.message, request_id])
+            except Exception as exc:  # recorded on the request; the worker goes on with the next
+                log.exception("privacy request %s failed", request_id)
+                session.execute(q.FINISH, ["failed", utc_now(), None, f"{type(exc).__name__}: {exc}", request_id])
+            else:
+                session.execute(q.FINISH, ["done", utc_now(), orjson.dumps(result).decode(), None, request_id])
+            return self.get(request_id)
+
+    # -- access --------------------------------------------------------------------------------------------------
+    def _access(self, request: dict[str, Any]) -> dict[str, Any]:
+        profile_id = self._hooks.resolve(request["identity"])
+        session = self._session()
+        events = [{"seq": r[0], "message_id": r[1], "type": r[2], "event": r[3], "user_id": r[4],
+                   "anonymous_id": r[5], "timestamp": _iso(r[6]), "received_at": _iso(r[7]),
+                   "properties": _json(r[8]), "traits": _json(r[9]), "context": _json(r[10]), "source": r[11]}
+                  for r in session.execute(q.ALL_EVENTS, [profile_id])]
+        memberships = [{"segment": r[0], "change": r[1], "at": _iso(r[2])}
+                       for r in session.execute(q.MEMBERSHIPS, [profile_id, profile_id])]
+        quality = [{"attribute": r[0], "raw_value": r[1], "reason": r[2], "source": r[3], "detected_at": _iso(r[4])}
+                   for r in session.execute(q.QUALITY, [profile_id, profile_id])]
+        consents = self._hooks.consents(f"profile_id:{profile_id}")
+        return {"profile": self._hooks.profile(profile_id), "consents": consents["consents"],
+                "consent_history": consents["history"], "events": events, "segment_history": memberships,
+                "data_quality": quality, "generated_at": _iso(utc_now())}
+
+    # -- erasure -------------------------------------------------------------------------------------------------
+    def _erase(self, request: dict[str, Any]) -> dict[str, Any]:
+        identity = request["identity"]
+        if identity is None:  # already erased and forgotten: a repeat has nothing left to do
+            return {"erased": False, "reason": "already done"}
+        try:
+            profile_id = self._hooks.resolve(identity)
+        except NotFound:
+            self._suppress([self._hooks.normalize_key(identity)], request["id"])
+            self._forget(request)
+            return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
+        session = self._session()
+        with self._hooks.pause(), session.transaction():
+            merged = [row[0] for row in session.execute(q.MERGED_IDS, [profile_id])]
+            identities = session.execute(q.IDENTITY_KEYS, [profile_id])
+            for statement in q.ERASE_SCOPE[:1]:
+                session.execute(statement)
+            session.execute(q.ERASE_SCOPE[1], [profile_id])
+            for erased_id in (profile_id, *merged):
+                session.execute(q.ADD_ERASE_PROFILE, [erased_id])
+            events = int(session.execute(q.COUNT_SCOPE)[0][0])
+            for statement in q.ERASE:
+                session.execute(statement)
+            for _key, _kind, value in identities:
+                if len(str(value)) >= 5:  # short values (user id "42") would match unrelated messages
+                    session.execute(q.ERASE_REJECTED, [str(value)])
+            for key, _kind, _value in identities:
+                session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
+            session.execute(q.DROP_EXPORTS, [request["identity_hash"]])
+        self._forget(request)
+        self.suppressed = self._load_suppressed()
+        self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
+        return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
+                "identities_suppressed": len(identities), "events": events}
+
+    def _suppress(self, keys: list[str], request_id: str) -> None:
+        for key in keys:
+            self._session().execute(q.SUPPRESS, [identity_hash(key), request_id, utc_now()])
+        self.suppressed = self._load_suppressed()
+
+    def _forget(self, request: dict[str, Any]) -> None:
+        self._session().execute(q.FORGET_IDENTITY, [request["id"]])
+
+
+def _document(row: tuple[Any, ...], with_result: bool) -> dict[str, Any]:
+    record = dict(zip(q.REQUEST_COLUMNS, row, strict=True))
+    for key in ("created_at", "started_at", "finished_at"):
+        record[key] = _iso(record[key])
+    result = record.pop("result")
+    if with_result:
+        record["result"] = orjson.loads(result) if result else None
+    return record
+
+
+def _json(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+
+
+class PrivacyWorker:
+    """Runs pending requests in the background (in the server), checking every ``poll`` seconds."""
+
+    def __init__(self, requests: PrivacyRequests, poll: float = 1.0) -> None:
+        self._requests = requests
+        self._poll = poll
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="portrait-privacy", daemon=True)
+
+    def start(self) -> None:
+        self._requests.resume()
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                self._requests.run_pending()
+            except Exception:
+                log.exception("running privacy requests failed; retrying")

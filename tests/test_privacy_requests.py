@@ -1,0 +1,140 @@
+"""Data-subject rights: complete access exports, erasure that leaves no trace in the database files and keeps the
+person from coming back, requests that survive restarts -- through the service, API and CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from portrait.api import create_app
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.errors import NotFound
+from portrait.service import Portrait
+from tests.conftest import ADMIN_KEY, WRITE_KEY
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SECRETS = (b"ann.erasable@example.com", b"Annabelle-Zyx", b"+48601234567", b"ann-device-77")
+
+
+def shop(portrait: Portrait) -> None:
+    portrait.attributes.create({"code": "shoe_size", "name": "Shoe size", "type": "integer"})
+    portrait.ingest_messages([  # two profiles for Ann (a device, an account), merged by the next batch
+        {"type": "page", "anonymousId": "ann-device-77", "name": "Home",
+         "context": {"consent": {"email": "granted"}}},
+        {"type": "identify", "userId": "u-ann",
+         "traits": {"email": "ann.erasable@example.com", "firstName": "Annabelle-Zyx", "phone": "+48 601 234 567",
+                    "shoeSize": "big"}},
+    ])
+    portrait.process_pending()
+    portrait.ingest_messages([
+        {"type": "identify", "anonymousId": "ann-device-77", "userId": "u-ann"},
+        {"type": "track", "userId": "u-ann", "event": "Order Completed", "properties": {"revenue": 30}},
+        {"type": "identify", "userId": "u-bob", "traits": {"email": "bob@example.com", "firstName": "Bob"}},
+        {"type": "track", "userId": "u-bob", "event": "Order Completed", "properties": {"revenue": 12}},
+        {"type": "track", "event": "Broken", "properties": {"note": "ann.erasable@example.com"}},  # rejected
+    ])
+    portrait.process_pending()
+    portrait.create_segment({"name": "buyers", "condition": 'performed("Order Completed")'})
+    portrait.process_pending()
+
+
+def files_of(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in folder.iterdir() if path.is_file())
+
+
+def test_access_exports_everything_held_about_the_person(portrait: Portrait) -> None:
+    shop(portrait)
+    done = portrait.privacy_request({"type": "access", "identity": "email:Ann.Erasable@example.com"}, "test",
+                                    run_now=True)
+    assert done["status"] == "done", done
+    result: dict[str, Any] = done["result"]
+    assert result["profile"]["traits"]["first_name"] == "Annabelle-Zyx"
+    assert {i["type"] for i in result["profile"]["identities"]} == {"anonymous_id", "user_id", "email", "phone"}
+    assert [e["type"] for e in result["events"]][:4] == ["page", "identify", "identify", "track"]  # both profiles
+    assert any(e["event"] == "Audience Entered" for e in result["events"])
+    assert result["consents"]["email"]["status"] == "granted"
+    assert result["segment_history"] == [{"segment": "buyers", "change": "entered", "at": result["segment_history"][0]
+                                          ["at"]}]
+    assert [q["attribute"] for q in result["data_quality"]] == ["shoe_size"]
+
+
+def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    settings = Settings(db_path=str(folder / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    shop(service)
+    bob_before = service.profile("user_id:u-bob")
+    service.store.checkpoint()
+    assert all(secret in files_of(folder) for secret in SECRETS)  # the scan can see them before
+    done = service.privacy_request({"type": "erase", "identity": "user_id:u-ann"}, "test", run_now=True)
+    assert done["status"] == "done" and done["result"]["erased"] is True and done["identity"] is None
+    assert done["result"]["merged_profiles"] == 1 and done["result"]["identities_suppressed"] == 4
+    with pytest.raises(NotFound):
+        service.profile("email:ann.erasable@example.com")
+    bob_after = service.profile("user_id:u-bob")
+    assert (bob_after["traits"], bob_after["events_count"]) == (bob_before["traits"], bob_before["events_count"])
+    # Later events naming the erased person are dropped and counted, never stored.
+    service.ingest_messages([{"type": "track", "userId": "u-new", "event": "Visit",
+                              "context": {"traits": {"email": "ANN.erasable@example.com"}}},
+                             {"type": "page", "anonymousId": "ann-device-77"}])
+    service.process_pending()
+    assert service.status()["events_suppressed"] == 2
+    with pytest.raises(NotFound):
+        service.profile("user_id:u-new")
+    service.close()
+    leftovers = files_of(folder)
+    assert [s for s in SECRETS if s in leftovers] == []
+    reopened = Portrait(settings, background=False)
+    assert reopened.profile("user_id:u-bob")["traits"]["first_name"] == "Bob"
+    assert reopened.privacy.all()[0]["identity"] is None  # the request no longer names the person
+    reopened.close()
+
+
+def test_requests_survive_a_restart_and_are_served_by_the_api(tmp_path: Path) -> None:
+    settings = Settings(db_path=str(tmp_path / "r.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    shop(service)
+    with TestClient(create_app(portrait=service)) as client:
+        created = client.post("/api/privacy/requests", headers=ADMIN,
+                              json={"type": "access", "identity": "user_id:u-bob"})
+        assert created.status_code == 202 and created.json()["status"] == "pending"
+        bad = client.post("/api/privacy/requests", headers=ADMIN, json={"type": "forget", "identity": "user_id:x"})
+        assert bad.status_code == 400
+    service.close()
+    service = Portrait(settings, background=False)  # the pending request is still there after a restart
+    assert service.privacy.run_pending() == 1
+    with TestClient(create_app(portrait=service)) as client:
+        request_id = created.json()["id"]
+        done = client.get(f"/api/privacy/requests/{request_id}", headers=ADMIN).json()
+        assert done["status"] == "done" and done["result"]["profile"]["traits"]["first_name"] == "Bob"
+        no_pii = client.post("/api/keys", headers=ADMIN, json={"kind": "admin", "name": "ops",
+                                                               "scopes": ["read", "admin"]}).json()
+        refused = client.get(f"/api/privacy/requests/{request_id}", headers={"Authorization": f"Bearer {no_pii['key']}"})
+        assert refused.status_code == 403
+        audit = [e["action"] for e in client.get("/api/audit", headers=ADMIN).json()["entries"]]
+        assert "read_access_export" in audit and "POST /api/privacy/requests" in audit
+    service.close()
+
+
+def test_the_cli_runs_requests(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    shop(service)
+    service.close()
+    runner = CliRunner()
+    export = tmp_path / "ann.json"
+    result = runner.invoke(app, ["privacy", "request", "--type", "access", "--identity", "user_id:u-ann", "-o",
+                                 str(export), "--db", db])
+    assert result.exit_code == 0, result.output
+    assert json.loads(export.read_text())["profile"]["traits"]["first_name"] == "Annabelle-Zyx"
+    erased = runner.invoke(app, ["privacy", "request", "--type", "erase", "--identity", "user_id:u-ann", "--db", db])
+    assert erased.exit_code == 0 and '"erased": true' in erased.output
+    listed = runner.invoke(app, ["privacy", "list", "--db", db, "--json"])
+    assert "u-ann" not in listed.output and listed.output.count('"done"') == 2
