@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import ADMIN_KEY, WRITE_KEY
 from typer.testing import CliRunner
 
 from portrait.api import create_app
@@ -16,7 +17,6 @@ from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import NotFound
 from portrait.service import Portrait
-from tests.conftest import ADMIN_KEY, WRITE_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SECRETS = (b"ann.erasable@example.com", b"Annabelle-Zyx", b"+48601234567", b"ann-device-77")
@@ -116,7 +116,8 @@ def test_requests_survive_a_restart_and_are_served_by_the_api(tmp_path: Path) ->
         assert done["status"] == "done" and done["result"]["profile"]["traits"]["first_name"] == "Bob"
         no_pii = client.post("/api/keys", headers=ADMIN, json={"kind": "admin", "name": "ops",
                                                                "scopes": ["read", "admin"]}).json()
-        refused = client.get(f"/api/privacy/requests/{request_id}", headers={"Authorization": f"Bearer {no_pii['key']}"})
+        refused = client.get(f"/api/privacy/requests/{request_id}",
+                             headers={"Authorization": f"Bearer {no_pii['key']}"})
         assert refused.status_code == 403
         audit = [e["action"] for e in client.get("/api/audit", headers=ADMIN).json()["entries"]]
         assert "read_access_export" in audit and "POST /api/privacy/requests" in audit

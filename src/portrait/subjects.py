@@ -6,8 +6,8 @@
   events, identities, traits, consent records, memberships and history, merges, data-quality records, rejected
   messages holding its identifier values, earlier access exports. DuckDB leaves the bytes of deleted rows in freed
   blocks, so the database file is then rewritten (when Portrait next closes it -- a server stop -- or opens it):
-  afterwards no byte of the person is left on disk. The person's identifiers are kept only as SHA-256 hashes, so later events carrying them are
-  dropped and counted (``events_suppressed``) instead of re-creating the person.
+  afterwards no byte of the person is left on disk. The person's identifiers are kept only as SHA-256 hashes, so
+  later events carrying them are dropped and counted (``events_suppressed``) instead of re-creating the person.
 - Requests are queued with ids and statuses (pending, running, done, failed), run by a background worker in the
   server (or at once from the CLI), and survive restarts (a request cut off runs again; both kinds are idempotent).
 """
