@@ -139,3 +139,19 @@ def test_the_cli_runs_requests(tmp_path: Path) -> None:
     assert erased.exit_code == 0 and '"erased": true' in erased.output
     listed = runner.invoke(app, ["privacy", "list", "--db", db, "--json"])
     assert "u-ann" not in listed.output and listed.output.count('"done"') == 2
+
+
+def test_retention_deletes_old_raw_events_only(portrait: Portrait) -> None:
+    from datetime import timedelta
+
+    from portrait.spec import utc_now
+
+    old = (utc_now() - timedelta(days=40)).isoformat() + "Z"
+    portrait.ingest_messages([{"type": "track", "userId": "r1", "event": "Old", "timestamp": old,
+                               "properties": {"secret": "x"}},
+                              {"type": "track", "userId": "r1", "event": "New", "properties": {"kept": True}}])
+    portrait.process_pending()
+    assert portrait.privacy.expire(0) == 0  # 0 keeps everything
+    assert portrait.privacy.expire(30) == 1
+    assert [e["event"] for e in portrait.events("user_id:r1")["events"]] == ["New"]
+    assert portrait.profile("user_id:r1")["events_count"] == 2  # who did what and when stays

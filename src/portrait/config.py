@@ -40,6 +40,8 @@ class Settings:
     """Most keys of one object (or items of one list) inside a message."""
     max_string_length: int = 16384
     """Longest string value accepted inside a message, in characters."""
+    retention_days: int = 0
+    """Raw events older than this many days are deleted (hourly); 0 keeps them forever."""
     rate_limit: int = 1000
     """Requests per second allowed per key (bursts of twice that); 0 turns rate limiting off."""
     default_phone_region: str = "US"

@@ -147,7 +147,7 @@ class Portrait:
         self._scheduler = SourceScheduler(lambda: self.sources.due(utc_now()), self.sync_source,
                                           self.settings.source_poll_seconds)
         self._scheduler.start()
-        self._privacy_worker = PrivacyWorker(self.privacy)
+        self._privacy_worker = PrivacyWorker(self.privacy, retention_days=self.settings.retention_days)
         self._privacy_worker.start()
 
     def close(self) -> None:

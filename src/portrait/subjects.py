@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -164,6 +165,20 @@ class PrivacyRequests:
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
                 "identities_suppressed": len(identities), "events": events}
 
+    def expire(self, days: int, now: datetime | None = None) -> int:
+        """Delete raw events older than ``days`` (retention); returns how many went."""
+        if days <= 0:
+            return 0
+        cutoff = (now or utc_now()) - timedelta(days=days)
+        session = self._session()
+        with self._hooks.pause(), session.transaction():
+            count = int(session.execute(q.EXPIRED, [cutoff])[0][0])
+            if count:
+                session.execute(q.EXPIRE, [cutoff])
+        if count:
+            log.info("retention: deleted %d raw events older than %d days", count, days)
+        return count
+
     def _suppress(self, keys: list[str], request_id: str) -> None:
         for key in keys:
             self._session().execute(q.SUPPRESS, [identity_hash(key), request_id, utc_now()])
@@ -194,9 +209,11 @@ def _iso(value: datetime | None) -> str | None:
 class PrivacyWorker:
     """Runs pending requests in the background (in the server), checking every ``poll`` seconds."""
 
-    def __init__(self, requests: PrivacyRequests, poll: float = 1.0) -> None:
+    def __init__(self, requests: PrivacyRequests, poll: float = 1.0, retention_days: int = 0) -> None:
         self._requests = requests
         self._poll = poll
+        self._retention_days = retention_days
+        self._last_expiry = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="portrait-privacy", daemon=True)
@@ -219,5 +236,8 @@ class PrivacyWorker:
             self._wake.clear()
             try:
                 self._requests.run_pending()
+                if self._retention_days and time.monotonic() - self._last_expiry >= 3600:
+                    self._requests.expire(self._retention_days)
+                    self._last_expiry = time.monotonic()
             except Exception:
-                log.exception("running privacy requests failed; retrying")
+                log.exception("running privacy requests or retention failed; retrying")

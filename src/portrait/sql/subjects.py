@@ -67,3 +67,7 @@ ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(payload, ?)")
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
+# Retention. Params: the cut-off time. Raw events (their payloads) older than it go; which profile did what, and
+# when (event_profiles), and consent statements stay.
+EXPIRED = parse("SELECT count(*) FROM events WHERE timestamp < ?")
+EXPIRE = parse("DELETE FROM events WHERE timestamp < ?")
