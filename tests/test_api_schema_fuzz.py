@@ -1,0 +1,48 @@
+"""The whole HTTP API fuzzed from its own OpenAPI document (schemathesis): whatever a client sends -- in the schema
+or just outside it -- the answer is never a 500, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from tests.conftest import ADMIN_KEY, WRITE_KEY
+
+from portrait.api import create_app
+from portrait.config import Settings
+from portrait.service import Portrait
+
+_folder = Path(tempfile.mkdtemp(prefix="portrait-schema-fuzz-"))
+_service = Portrait(Settings(db_path=str(_folder / "fuzz.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY,
+                             rate_limit=0), background=False)
+_service.ingest_messages([{"type": "identify", "userId": "42", "traits": {"email": "ann@example.com"}}])
+_service.process_pending()
+app = create_app(portrait=_service)
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+WRITER = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_service() -> Iterator[None]:
+    yield
+    _service.close()
+    shutil.rmtree(_folder, ignore_errors=True)
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
+    response = case.call(headers=WRITER if case.path.startswith("/v1") else ADMIN)
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+
+
+def test_the_server_still_answers_after_the_fuzzing() -> None:
+    status = _service.status()
+    assert status["profiles"] >= 1 and status["lag"] >= 0
