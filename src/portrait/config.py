@@ -28,6 +28,8 @@ class Settings:
     """Ingestion write key set at start (otherwise one is generated once and printed)."""
     admin_key: str | None = None
     """Admin API key set at start (otherwise one is generated once and printed)."""
+    encryption_key: str | None = None
+    """Encrypts the database file (and its write-ahead log) at rest; every start needs the same key."""
     max_message_bytes: int = 32 * 1024
     """Largest single message accepted, after decompression."""
     max_batch_bytes: int = 500 * 1024

@@ -101,8 +101,8 @@ class Portrait:
     def __init__(self, settings: Settings, store: Store | None = None, *, background: bool = True) -> None:
         self.settings = settings
         if store is None:
-            compact_if_marked(settings.db_path)  # an erasure before a crash still gets its rewrite
-        self.store = store or open_store(settings.db_path)
+            compact_if_marked(settings.db_path, settings.encryption_key)  # an erasure before a crash is rewritten too
+        self.store = store or open_store(settings.db_path, settings.encryption_key)
         self.rules = IdentityRules.from_settings(settings)
         self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items,
                              settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
@@ -164,7 +164,7 @@ class Portrait:
             for session in self._sessions:
                 session.close()
         self.store.close()
-        compact_if_marked(self.store.path)  # after an erasure: no byte of the erased person left on disk
+        compact_if_marked(self.store.path, self.settings.encryption_key)  # after an erasure: no byte of them on disk
 
     @property
     def _reads(self) -> Session:

@@ -1,4 +1,4 @@
-"""``portrait serve``, ``status`` and ``demo``."""
+"""``portrait serve``, ``status``, ``demo`` and ``encrypt``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from portrait.cli.common import (
     console,
 )
 from portrait.client import remove_server_file, write_server_file
-from portrait.errors import DatabaseInUse, PortraitError
+from portrait.errors import PortraitError
 from portrait.service import Portrait
+from portrait.store.duckdb import compact_file
 
 
 @app.command()
@@ -49,7 +50,7 @@ def serve(
     gc.set_threshold(50_000, 50, 100)
     try:
         portrait = Portrait(settings)
-    except DatabaseInUse as exc:
+    except PortraitError as exc:  # in use by another process, a missing or wrong encryption key...
         raise _fail(exc) from exc
     _print_generated(portrait.generated_keys)
     gc.freeze()
@@ -63,6 +64,23 @@ def serve(
     finally:
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+@app.command()
+def encrypt(db: DbOption = None) -> None:
+    """Encrypt an existing database file with PORTRAIT_ENCRYPTION_KEY (stop the server first).
+
+    The file is copied into a new, encrypted one that then takes its place; every later start needs the same key.
+    """
+    settings = _settings(db)
+    if not settings.encryption_key:
+        raise _fail(PortraitError("set PORTRAIT_ENCRYPTION_KEY to the key to encrypt with (keep it safe: without it "
+                                  "the data cannot be read)"))
+    try:
+        compact_file(settings.db_path, None, settings.encryption_key)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Encrypted {settings.db_path}. Start Portrait with the same PORTRAIT_ENCRYPTION_KEY from now on.")
 
 
 @app.command()

@@ -311,3 +311,17 @@ def attach(path: str, alias: str, *, read_only: bool = False) -> exp.Expr:
     statement.find(exp.Literal).replace(exp.Literal.string(path))  # type: ignore[union-attr]
     statement.find(exp.Identifier).replace(exp.to_identifier(alias))  # type: ignore[union-attr]
     return statement
+
+USE_PORTRAIT = parse("USE portrait")
+_ATTACH_ENCRYPTED = parse("ATTACH 'path' AS old (ENCRYPTION_KEY 'key')")
+_ATTACH_ENCRYPTED_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY, ENCRYPTION_KEY 'key')")
+
+
+def attach_encrypted(path: str, alias: str, key: str, *, read_only: bool = False) -> exp.Expr:
+    """``ATTACH`` of an encrypted database file; path and key are quoted literals (this text is never logged)."""
+    statement = (_ATTACH_ENCRYPTED_READ_ONLY if read_only else _ATTACH_ENCRYPTED).copy()
+    literals = list(statement.find_all(exp.Literal))
+    literals[0].replace(exp.Literal.string(path))
+    literals[-1].replace(exp.Literal.string(key))
+    statement.find(exp.Identifier).replace(exp.to_identifier(alias))  # type: ignore[union-attr]
+    return statement

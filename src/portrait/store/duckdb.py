@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from portrait.errors import DatabaseInUse
+from portrait.errors import DatabaseInUse, PortraitError
 from portrait.sql import schema
 from portrait.store.base import Capabilities
 
@@ -40,9 +40,11 @@ class _Renderer:
 
 
 class DuckDBSession:
-    def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer, *, attached: bool = False) -> None:
         self._con = connection
         self._render = render
+        if attached:  # an encrypted database is attached by name; a new cursor starts in the in-memory one
+            self.execute(schema.USE_PORTRAIT)
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
         self.execute(schema.UTC_SESSION)
 
@@ -76,16 +78,17 @@ class DuckDBSession:
 class DuckDBStore:
     capabilities = CAPABILITIES
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, encryption_key: str | None = None) -> None:
         self.path = path
         self._render = _Renderer(CAPABILITIES.dialect)
-        self._root = _connect(path)
+        self._encrypted = bool(encryption_key)
+        self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
         self._migrate()
 
     def session(self) -> DuckDBSession:
         with self._lock:
-            return DuckDBSession(self._root.cursor(), self._render)
+            return DuckDBSession(self._root.cursor(), self._render, attached=self._encrypted)
 
     def checkpoint(self) -> None:
         self._root.execute(self._render(schema.CHECKPOINT))
@@ -107,9 +110,19 @@ class DuckDBStore:
         session.close()
 
 
-def _connect(path: str) -> duckdb.DuckDBPyConnection:
+def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(path)
+        if not encryption_key:
+            return duckdb.connect(path)
+        connection = duckdb.connect()
+        try:
+            _load_crypto(connection)
+            connection.execute(render(schema.attach_encrypted(path, "portrait", encryption_key)))
+            connection.execute(render(schema.USE_PORTRAIT))
+        except BaseException:
+            connection.close()
+            raise
+        return connection
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" not in text.lower():
@@ -120,10 +133,39 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
             f"the database {path} is in use by {holder} (normally a running `portrait serve`; an embedded "
             "database has one writer)."
         ) from exc
+    except duckdb.Error as exc:
+        raise _key_problem(path, str(exc)) from exc
 
 
-def open_store(path: str) -> DuckDBStore:
-    return DuckDBStore(path)
+def _key_problem(path: str, text: str) -> PortraitError:
+    """The clear error for an encryption key that is missing, wrong, or given for a plain database; nothing is
+    changed on disk in any of these cases."""
+    if "without a key" in text:
+        return PortraitError(f"the database {path} is encrypted: set PORTRAIT_ENCRYPTION_KEY to its key",
+                             code="encryption_key_missing")
+    if "Wrong encryption key" in text:
+        return PortraitError(f"PORTRAIT_ENCRYPTION_KEY is not the key of the database {path}; nothing was changed",
+                             code="encryption_key_wrong")
+    if "is not encrypted" in text:
+        return PortraitError(f"the database {path} is not encrypted: unset PORTRAIT_ENCRYPTION_KEY, or encrypt it "
+                             "first with `portrait encrypt`", code="database_not_encrypted")
+    return PortraitError(f"cannot open the database {path}: {text}", code="database_error")
+
+
+def _load_crypto(connection: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB writes encrypted files only with OpenSSL, which comes with its httpfs extension: loaded from the
+    installed ``duckdb-extension-httpfs`` package (a signed extension; nothing is downloaded)."""
+    import duckdb_extension_httpfs
+
+    found = sorted((Path(duckdb_extension_httpfs.__file__).parent / "extensions").glob("*/httpfs.duckdb_extension"))
+    if not found:
+        raise PortraitError("the duckdb-extension-httpfs package has no extension file; reinstall Portrait",
+                            code="database_error")
+    connection.load_extension(str(found[-1]))
+
+
+def open_store(path: str, encryption_key: str | None = None) -> DuckDBStore:
+    return DuckDBStore(path, encryption_key)
 
 
 def compaction_marker(path: str) -> Path:
@@ -136,27 +178,34 @@ def mark_for_compaction(path: str) -> None:
         compaction_marker(path).touch()
 
 
-def compact_if_marked(path: str) -> bool:
+def compact_if_marked(path: str, encryption_key: str | None = None) -> bool:
     """Rewrite the file if an erasure asked for it (call with no connection open); True when it did."""
     marker = compaction_marker(path)
     if not marker.exists() or not Path(path).exists():
         return False
-    compact_file(path)
+    compact_file(path, encryption_key, encryption_key)
     marker.unlink()
     return True
 
 
-def compact_file(path: str) -> None:
+def compact_file(path: str, old_key: str | None = None, new_key: str | None = None) -> None:
     """Copy every table, sequence and index into a new file and put it in place of the old one, so bytes of deleted
-    rows (erased people) are gone from disk. The old file is replaced only once the copy is complete."""
+    rows (erased people) are gone from disk -- or, with a different ``new_key``, so the file becomes encrypted.
+    The old file is replaced only once the copy is complete."""
     render = _Renderer("duckdb")
     target = path + ".compacting"
     Path(target).unlink(missing_ok=True)
     connection = duckdb.connect()
     try:
-        connection.execute(render(schema.attach(path, "old", read_only=True)))
-        connection.execute(render(schema.attach(target, "new")))
+        if old_key or new_key:
+            _load_crypto(connection)
+        connection.execute(render(schema.attach_encrypted(path, "old", old_key, read_only=True) if old_key
+                                  else schema.attach(path, "old", read_only=True)))
+        connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
+                                  else schema.attach(target, "new")))
         connection.execute(render(schema.COPY_DATABASE))
+    except duckdb.Error as exc:
+        raise _key_problem(path, str(exc)) from exc
     finally:
         connection.close()
     os.replace(target, path)

@@ -1,0 +1,78 @@
+"""Encryption at rest: a real server with PORTRAIT_ENCRYPTION_KEY leaves no personal value in plaintext in any file
+of its data directory, lookups still work after a restart, and a missing or wrong key is a clear error that changes
+nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from tests.conftest import WRITE_KEY, start_server
+from typer.testing import CliRunner
+
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.service import Portrait
+
+KEY = "correct horse battery staple 42"
+KNOWN = (b"zelda.encrypted@example.com", b"+48 601 999 888", b"+48601999888", b"Zeldabeth", b"Quixotica-Street 7")
+
+
+def data_files(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
+
+
+def cli(*args: str, key: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PORTRAIT_ENCRYPTION_KEY"}
+    if key is not None:
+        env["PORTRAIT_ENCRYPTION_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+
+
+def test_a_server_with_a_key_keeps_personal_data_encrypted_on_disk(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    db = str(folder / "portrait.duckdb")
+    server = start_server(db, tmp_path / "server.log", {"PORTRAIT_ENCRYPTION_KEY": KEY})
+    try:
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+            sent = sdk.post("/v1/batch", json={"batch": [
+                {"type": "identify", "userId": "z-1", "traits": {
+                    "email": "zelda.encrypted@example.com", "phone": "+48 601 999 888", "firstName": "Zeldabeth",
+                    "address": {"street": "Quixotica-Street 7"}}},
+                {"type": "track", "userId": "z-1", "event": "Order Completed", "properties": {"revenue": 5}}]})
+            assert sent.status_code == 200
+        server.wait_caught_up()
+    finally:
+        server.stop()
+    assert [value for value in KNOWN if value in data_files(folder)] == []
+    found = cli("profiles", "get", "email:zelda.encrypted@example.com", "--db", db, "--json", key=KEY)
+    assert found.returncode == 0, found.stderr
+    assert '"Zeldabeth"' in found.stdout and '"+48601999888"' in found.stdout
+    missing = cli("status", "--db", db, key=None)
+    assert missing.returncode == 1 and "is encrypted: set PORTRAIT_ENCRYPTION_KEY" in missing.stderr
+    wrong = cli("status", "--db", db, key="not the key")
+    assert wrong.returncode == 1 and "is not the key of the database" in wrong.stderr
+    again = cli("profiles", "get", "user_id:z-1", "--db", db, "--json", key=KEY)  # nothing was harmed
+    assert again.returncode == 0 and "zelda.encrypted@example.com" in again.stdout
+
+
+def test_an_existing_database_can_be_encrypted(tmp_path: Path) -> None:
+    db = str(tmp_path / "plain.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "p-1", "traits": {"email": "zelda.encrypted@example.com"}}])
+    service.process_pending()
+    service.close()
+    assert KNOWN[0] in data_files(tmp_path)
+    refused = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": ""}).invoke(app, ["encrypt", "--db", db])
+    assert refused.exit_code == 1 and "set PORTRAIT_ENCRYPTION_KEY" in refused.output
+    done = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": KEY}).invoke(app, ["encrypt", "--db", db])
+    assert done.exit_code == 0, done.output
+    assert KNOWN[0] not in data_files(tmp_path)
+    reopened = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
+    assert reopened.traits("email:zelda.encrypted@example.com")["email"] == "zelda.encrypted@example.com"
+    reopened.close()
