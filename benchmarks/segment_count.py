@@ -37,14 +37,15 @@ CONDITION = ('country in ("PL", "TR") and age between 25 and 40 and '
 # ids, intersected; the events scan narrowed by name and time on both tables (the log is in time order).
 BASELINE = """
 SELECT count(*) FROM (
-    SELECT profile_id FROM profile_traits WHERE key = 'country' AND value ->> '$' IN ('PL', 'TR')
+    SELECT profile_id FROM profile_traits WHERE key = 'country' AND json_extract_string(value, '$') IN ('PL', 'TR')
     INTERSECT
-    SELECT profile_id FROM profile_traits WHERE key = 'age' AND CAST(value AS DOUBLE) BETWEEN 25 AND 40
+    SELECT profile_id FROM profile_traits WHERE key = 'age'
+      AND TRY_CAST(json_extract_string(value, '$') AS DOUBLE) BETWEEN 25 AND 40
     INTERSECT
     SELECT ep.profile_id FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
     WHERE ep.event = 'Order Completed' AND ep.timestamp >= $since
       AND e.event = 'Order Completed' AND e.timestamp >= $since
-      AND CAST(e.properties ->> '$.revenue' AS DOUBLE) > 50
+      AND TRY_CAST(json_extract_string(e.properties, '$.revenue') AS DOUBLE) > 50
     GROUP BY ep.profile_id HAVING count(*) >= 2
 )
 """
