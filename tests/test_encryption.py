@@ -50,6 +50,8 @@ def test_a_server_with_a_key_keeps_personal_data_encrypted_on_disk(tmp_path: Pat
     finally:
         server.stop()
     assert [value for value in KNOWN if value in data_files(folder)] == []
+    log = (tmp_path / "server.log").read_bytes()
+    assert [value for value in KNOWN if value in log] == []  # nothing personal in the server's log either
     found = cli("profiles", "get", "email:zelda.encrypted@example.com", "--db", db, "--json", key=KEY)
     assert found.returncode == 0, found.stderr
     assert '"Zeldabeth"' in found.stdout and '"+48601999888"' in found.stdout
