@@ -224,3 +224,5 @@ def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> N
     bad = runner.invoke(app, ["segments", "create", "x", "--condition", "age <", "--db", db])
     assert bad.exit_code == 1 and "at position 5: expected a value" in bad.output
     assert "deleted" in run("segments", "delete", "young")
+    log = run("audit", "--json")  # changes made on the file directly are audited as "local"
+    assert "segments create young" in log and "segments delete young" in log

@@ -12,6 +12,7 @@ from portrait.cli.common import (
     DbOption,
     JsonOption,
     UrlOption,
+    _audited,
     _either,
     _fail,
     _run,
@@ -98,8 +99,9 @@ def attributes_create(
         fields["type"] = attribute_type or "string"
     if definition is not None:
         fields["definition"] = definition
-    created = _run(db, url, admin_key, _either(lambda local: local.create_attribute(fields),
-                                               lambda remote: remote.attribute_create(fields)))
+    created = _run(db, url, admin_key, _either(
+        _audited(f"attributes create {code}", lambda local: local.create_attribute(fields)),
+        lambda remote: remote.attribute_create(fields)))
     calculated = f", calculated as {created['definition']}" if created["calculated"] else ""
     console.print(f"Created attribute {created['code']} ({created['type']}{calculated}).")
 
@@ -129,8 +131,9 @@ def attributes_update(
     if not changes:
         raise _fail(PortraitError("nothing to change: pass --name, --description, --unit, --personal, --analytics, "
                                   "--definition, --deprecate or --activate"))
-    updated = _run(db, url, admin_key, _either(lambda local: local.update_attribute(code, changes),
-                                               lambda remote: remote.attribute_update(code, changes)))
+    updated = _run(db, url, admin_key, _either(
+        _audited(f"attributes update {code}", lambda local: local.update_attribute(code, changes)),
+        lambda remote: remote.attribute_update(code, changes)))
     console.print(f"Updated attribute {updated['code']}: {', '.join(sorted(changes))}.")
 
 
@@ -140,6 +143,6 @@ def attributes_recalculate(db: DbOption = None, url: UrlOption = None, admin_key
 
     The server does this periodically (PORTRAIT_SEGMENT_RECOUNT_SECONDS) and for touched profiles after each batch.
     """
-    done = _run(db, url, admin_key, _either(lambda local: local.recalculate(),
+    done = _run(db, url, admin_key, _either(_audited("attributes recalculate", lambda local: local.recalculate()),
                                             lambda remote: remote.send_json("POST", "/api/attributes/recalculate", {})))
     console.print(f"Recalculated {done['attributes']} calculated attributes in {done['seconds']} s.")

@@ -101,6 +101,17 @@ def _either(local: Callable[[Portrait], T], remote: Callable[[RemotePortrait], T
     return lambda backend: local(backend) if isinstance(backend, Portrait) else remote(backend)
 
 
+def _audited(action: str, local: Callable[[Portrait], T]) -> Callable[[Portrait], T]:
+    """A change made on the database file directly, written to the audit log as done by "local" (through a server,
+    the API records it)."""
+    def run(backend: Portrait) -> T:
+        result = local(backend)
+        backend.audit.record(None, action, target="cli")
+        return result
+
+    return run
+
+
 def _fail(exc: PortraitError) -> typer.Exit:
     errors.print(f"error: {exc.message}", style="bold red", markup=False, soft_wrap=True, highlight=False)
     return typer.Exit(code=1)

@@ -44,6 +44,7 @@ def privacy_request(
         with _backend(db, url, admin_key) as backend:
             if isinstance(backend, Portrait):
                 done = backend.privacy_request(fields, "local", run_now=True)
+                backend.audit.record(None, f"privacy request {kind} {done['id']}", target="cli")
             else:
                 created = backend.send_json("POST", "/api/privacy/requests", fields)
                 done = _wait(backend, created["id"])

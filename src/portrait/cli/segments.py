@@ -10,7 +10,18 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _fail, _run, app, console
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    _audited,
+    _either,
+    _fail,
+    _run,
+    app,
+    console,
+)
 from portrait.errors import PortraitError
 
 segments_app = typer.Typer(help="Segments: groups of customers by a condition or an uploaded list.",
@@ -60,8 +71,9 @@ def segments_create(
     """Create a dynamic segment (--condition) or a static one (--file of identities); it is counted at once."""
     fields: dict[str, Any] = {"name": name, "description": description, **_content(condition, file, column,
                                                                                    identity_type)}
-    created = _run(db, url, admin_key, _either(lambda local: local.create_segment(fields),
-                                               lambda remote: remote.send_json("POST", "/api/segments", fields)))
+    created = _run(db, url, admin_key, _either(
+        _audited(f"segments create {name}", lambda local: local.create_segment(fields)),
+        lambda remote: remote.send_json("POST", "/api/segments", fields)))
     _print_segment(created)
 
 
@@ -77,8 +89,9 @@ def segments_update(
     fields: dict[str, Any] = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
     if condition is not None or file is not None:
         fields.update(_content(condition, file, column, identity_type))
-    updated = _run(db, url, admin_key, _either(lambda local: local.update_segment(segment, fields),
-                                               lambda remote: remote.send_json("PATCH", _path(segment), fields)))
+    updated = _run(db, url, admin_key, _either(
+        _audited(f"segments update {segment}", lambda local: local.update_segment(segment, fields)),
+        lambda remote: remote.send_json("PATCH", _path(segment), fields)))
     _print_segment(updated)
 
 
@@ -86,8 +99,9 @@ def segments_update(
 def segments_delete(segment: SegmentArgument, db: DbOption = None, url: UrlOption = None,
                     admin_key: AdminKeyOption = None) -> None:
     """Delete a segment (refused while another segment refers to it)."""
-    _run(db, url, admin_key, _either(lambda local: local.segments.delete(segment),
-                                     lambda remote: remote.send_json("DELETE", _path(segment), {})))
+    _run(db, url, admin_key, _either(
+        _audited(f"segments delete {segment}", lambda local: local.segments.delete(segment)),
+        lambda remote: remote.send_json("DELETE", _path(segment), {})))
     console.print(f"Segment {segment} deleted.")
 
 
@@ -157,8 +171,9 @@ def _print_node(node: dict[str, Any], depth: int) -> None:
 def segments_recount(segment: SegmentArgument, db: DbOption = None, url: UrlOption = None,
                      admin_key: AdminKeyOption = None) -> None:
     """Recount a segment now (the server also recounts every segment periodically)."""
-    done = _run(db, url, admin_key, _either(lambda local: local.recount_segment(segment),
-                                            lambda remote: remote.send_json("POST", _path(segment) + "/recount", {})))
+    done = _run(db, url, admin_key, _either(
+        _audited(f"segments recount {segment}", lambda local: local.recount_segment(segment)),
+        lambda remote: remote.send_json("POST", _path(segment) + "/recount", {})))
     console.print(f"{done['name']}: {done['size']:,} members ({done['entered']:,} entered, {done['exited']:,} "
                   "exited).")
 

@@ -11,7 +11,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, _backend, _either, _fail, _run, app, console
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    _audited,
+    _backend,
+    _either,
+    _fail,
+    _run,
+    app,
+    console,
+)
 from portrait.cli.transfer import MappingOption, _row_mapping
 from portrait.errors import PortraitError
 from portrait.service import Portrait
@@ -52,7 +63,9 @@ def sources_add(
                            event_column=event_column, timestamp=timestamp)
     definition: dict[str, Any] = {"name": name, "kind": kind, "url": url, "query": query, "cursor": cursor,
                                   "every": every, "mapping": mapping.to_document() if mapping else {}}
-    added = _run(db, server, admin_key, lambda backend: backend.add_source(definition, check=check))
+    added = _run(db, server, admin_key, _either(
+        _audited(f"sources add {name}", lambda local: local.add_source(definition, check=check)),
+        lambda remote: remote.add_source(definition, check=check)))
     console.print(f"Source {added['name']} added ({added['kind']} from {added['url']}"
                   + (f", every {added['every']}" if added["every"] else "") + f"). Sync it: portrait sources sync "
                   f"{added['name']}")
@@ -103,6 +116,7 @@ def sources_sync(
         with _backend(db, server, admin_key, background=True) as backend:
             if isinstance(backend, Portrait):
                 report = backend.sync_source(name, full=full).as_dict()
+                backend.audit.record(None, f"sources sync {name}", target="cli")
             else:
                 console.print(f"Syncing {name} through {backend.url} ...")
                 report = backend.sync_source(name, full=full)
@@ -119,7 +133,7 @@ def sources_sync(
 def sources_remove(name: str, db: DbOption = None, server: ServerOption = None,
                    admin_key: AdminKeyOption = None) -> None:
     """Forget a source; what it brought in stays."""
-    _run(db, server, admin_key, _either(lambda local: local.sources.remove(name),
+    _run(db, server, admin_key, _either(_audited(f"sources remove {name}", lambda local: local.sources.remove(name)),
                                         lambda remote: remote.remove_source(name)))
     console.print(f"Source {name} removed.")
 
