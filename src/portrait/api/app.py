@@ -15,7 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from portrait import __version__
+from portrait import __version__, web
 from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.config import Settings
@@ -30,6 +30,8 @@ SECURITY_HEADERS = {
 }
 # JSON answers never run anything; the docs page runs only its own vendored script.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                  "form-action 'self'; frame-ancestors 'none'")
 DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
 
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(keys.router(service))
     app.include_router(privacy.router(service))
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    web.install(app, service)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -90,13 +93,15 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         path = request.url.path
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        is_docs = path == "/docs" or path.startswith("/static/")
-        response.headers.setdefault("Content-Security-Policy", DOCS_POLICY if is_docs else API_POLICY)
+        is_docs = path == "/docs" or path.startswith("/static/swagger")
+        is_api = path.startswith(("/api", "/v1", "/openapi.json", "/healthz"))
+        response.headers.setdefault("Content-Security-Policy",
+                                    DOCS_POLICY if is_docs else API_POLICY if is_api else CONSOLE_POLICY)
         if path.startswith(("/api", "/v1")):
             response.headers.setdefault("Cache-Control", "no-store")
         key = getattr(request.state, "key", None)
         if (key is not None and request.method in ("POST", "PUT", "PATCH", "DELETE")
-                and path not in READ_ONLY_POSTS):
+                and path not in READ_ONLY_POSTS and path != "/console/api/preview"):
             shown = _PROFILE_PATH.sub(lambda m: m.group(1) + _masked_identity(m.group(2)), path)
             await run_in_threadpool(lambda: service.audit.record(
                 key, f"{request.method} {shown}", target=shown, status=response.status_code))

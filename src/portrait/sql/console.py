@@ -1,0 +1,24 @@
+"""Statements for the web console's pages: the overview's counts and charts, and customer search."""
+
+from __future__ import annotations
+
+from portrait.sql import parse
+
+# Params: since (naive UTC). Events per day (by event time) and the most frequent events.
+EVENTS_PER_DAY = parse("""
+SELECT CAST(timestamp AS DATE) AS day, count(*) FROM event_profiles WHERE timestamp >= ? GROUP BY 1 ORDER BY 1
+""")
+TOP_EVENTS = parse("""
+SELECT coalesce(event, event_type) AS name, count(*) AS n FROM event_profiles WHERE timestamp >= ?
+GROUP BY 1 ORDER BY n DESC, name LIMIT 8
+""")
+REJECTED_SINCE = parse("SELECT count(*) FROM rejected_events WHERE received_at >= ?")
+QUALITY_SINCE = parse("SELECT count(*) FROM data_quality WHERE detected_at >= ?")
+# Params: lower-cased text (twice), a limit. Profiles with an identifier starting with it, or a text trait equal to it.
+SEARCH = parse("""
+SELECT DISTINCT profile_id FROM (
+    SELECT profile_id FROM identities WHERE starts_with(lower(value), ?)
+    UNION ALL
+    SELECT profile_id FROM profile_traits WHERE lower(json_extract_string(value, '$')) = ?
+) LIMIT ?
+""")

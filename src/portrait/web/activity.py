@@ -1,0 +1,156 @@
+"""Console pages: segments and their builder, funnels, live events, sources and keys; plus the two JSON calls the
+pages' script makes (live count of a condition, new events), which need the session's CSRF token."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.background import BackgroundTask
+
+from portrait.errors import PortraitError
+from portrait.web.charts import bars, funnel
+from portrait.web.common import Console, SignInNeeded
+from portrait.web.pages import page
+
+
+def router(console: Console) -> APIRouter:
+    web = APIRouter(include_in_schema=False)
+    portrait = console.portrait
+    guard = page(console)
+
+    @web.get("/segments")
+    @guard
+    async def segments(request: Request) -> Response:
+        console.session(request)
+        return console.render(request, "segments.html", {"segments": await run_in_threadpool(portrait.segments.all)})
+
+    @web.get("/segments/new")
+    @guard
+    async def builder(request: Request, condition: str = "") -> Response:
+        console.session(request)
+        attributes = [a for a in await run_in_threadpool(portrait.attributes.list) if a["status"] == "active"]
+        return console.render(request, "builder.html", {"condition": condition, "attributes": attributes})
+
+    @web.post("/segments")
+    @guard
+    async def create_segment(request: Request) -> Response:
+        fields = await console.form(request)
+        created = await run_in_threadpool(portrait.create_segment, {
+            "name": fields.get("name", ""), "condition": fields.get("condition", ""),
+            "description": fields.get("description", "")})
+        return RedirectResponse(f"/segments/{created['id']}", status_code=303)
+
+    @web.get("/segments/{segment}")
+    @guard
+    async def segment(request: Request, segment: str, after: str = "") -> Response:
+        console.session(request)
+        found = await run_in_threadpool(portrait.segments.get, segment)
+        members = await run_in_threadpool(lambda: portrait.segments.members(segment, after=after, limit=50))
+        sizes = await run_in_threadpool(portrait.segments.sizes, segment)
+        chart = bars([(s["at"][5:16], s["size"]) for s in sizes[-30:]], label="size over time")
+        return console.render(request, "segment.html", {"segment": found, "members": members, "chart": chart})
+
+    @web.get("/segments/{segment}/export.csv")
+    @guard
+    async def export(request: Request, segment: str) -> Response:
+        console.session(request)
+        folder = Path(tempfile.mkdtemp(prefix="portrait-console-"))
+        path = folder / "members.csv"
+        await run_in_threadpool(lambda: portrait.export_profiles(path, "csv", segment=segment))
+        return FileResponse(path, media_type="text/csv", filename=f"segment-{segment}.csv",
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+    @web.get("/funnels")
+    @guard
+    async def funnels(request: Request, steps: str = "", within: str = "7d") -> Response:
+        console.session(request)
+        names = [s.strip() for s in steps.split(",") if s.strip()]
+        result = await run_in_threadpool(portrait.funnel, {"steps": names, "within": within}) if names else None
+        return console.render(request, "funnels.html", {
+            "steps": steps, "within": within, "result": result,
+            "chart": funnel(result["steps"]) if result else None})
+
+    @web.get("/events")
+    @guard
+    async def events(request: Request) -> Response:
+        viewer = console.viewer(request)
+        rejected = viewer.rejected(await run_in_threadpool(lambda: portrait.rejected(limit=50)))
+        last = int((await run_in_threadpool(portrait.status))["last_seq"])
+        return console.render(request, "events.html", {"rejected": rejected["rejected"], "after": max(0, last - 20)})
+
+    @web.get("/admin")
+    @guard
+    async def admin(request: Request) -> Response:
+        _, key = console.session(request)
+        is_admin = "admin" in key.scopes
+        return console.render(request, "admin.html", {
+            "keys": portrait.keys.all() if is_admin else [],
+            "requests": await run_in_threadpool(portrait.privacy.all) if is_admin else [],
+            "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all)})
+
+    @web.post("/admin/privacy")
+    @guard
+    async def privacy(request: Request) -> Response:
+        fields = await console.form(request)
+        _, key = console.session(request)
+        portrait.keys.require(key, "admin", "make privacy requests")
+        await run_in_threadpool(lambda: portrait.privacy_request(
+            {"type": fields.get("type", ""), "identity": fields.get("identity", "")}, f"console: {key.name}",
+            run_now=True))
+        await run_in_threadpool(lambda: portrait.audit.record(key, f"console privacy request {fields.get('type')}"))
+        return RedirectResponse("/admin", status_code=303)
+
+    # -- the script's calls --------------------------------------------------------------------------------------
+    @web.post("/console/api/preview")
+    async def preview(request: Request) -> Response:
+        try:
+            console.check_header(request)
+            body = orjson.loads(await request.body() or b"{}")
+            found = await run_in_threadpool(portrait.segments.preview, body.get("condition", ""))
+            return JSONResponse(found)
+        except SignInNeeded:
+            return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
+        except PortraitError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+        except orjson.JSONDecodeError:
+            return JSONResponse({"code": "invalid_json", "message": "send JSON"}, status_code=400)
+
+    @web.get("/console/api/recent")
+    async def recent(request: Request, after: int = 0) -> Response:
+        try:
+            viewer = console.viewer(request)
+        except SignInNeeded:
+            return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
+        events: list[dict[str, Any]] = await run_in_threadpool(portrait.recent_events, after, 100)
+        return JSONResponse({"events": viewer.events(events)})
+
+    @web.post("/console/api/import")
+    async def upload(request: Request, filename: str, kind: str = "events", dry_run: bool = False) -> Response:
+        try:
+            console.check_header(request)
+            _, key = console.session(request)
+            portrait.keys.require(key, "admin", "import files")
+            with tempfile.TemporaryDirectory(prefix="portrait-console-import-") as folder:
+                upload_path = Path(folder) / (Path(filename).name or "upload")
+                with upload_path.open("wb") as handle:
+                    async for chunk in request.stream():
+                        handle.write(chunk)
+                from portrait.mapping import combine
+
+                mapping = combine(kind, None, None, {}) if kind == "profiles" else None
+                report = await run_in_threadpool(lambda: portrait.import_file(
+                    upload_path, None, mapping, dry_run=dry_run, source=f"console:{upload_path.name}"))
+            return JSONResponse(report.as_dict())
+        except SignInNeeded:
+            return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
+        except PortraitError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+
+    return web

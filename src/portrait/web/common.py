@@ -1,0 +1,80 @@
+"""What every console page shares: templates, the signed-in key, forms with CSRF tokens, rendering."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from portrait.api.auth import Viewer
+from portrait.errors import Forbidden, PortraitError, Unauthorized
+from portrait.keys import ApiKey
+from portrait.service import Portrait
+from portrait.web.sessions import COOKIE, ConsoleSession, SessionStore
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
+       ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]
+
+
+class SignInNeeded(Exception):
+    pass
+
+
+class Console:
+    def __init__(self, portrait: Portrait) -> None:
+        self.portrait = portrait
+        self.sessions = SessionStore()
+
+    def session(self, request: Request) -> tuple[ConsoleSession, ApiKey]:
+        """The request's session and its key (checked again now); SignInNeeded otherwise."""
+        found = self.sessions.get(request.cookies.get(COOKIE))
+        if found is None:
+            raise SignInNeeded
+        try:
+            key = self.portrait.keys.authenticate(found.key_secret)
+        except Unauthorized:
+            self.sessions.close(request.cookies.get(COOKIE))
+            raise SignInNeeded from None
+        request.state.key = key
+        return found, key
+
+    def viewer(self, request: Request) -> Viewer:
+        return Viewer(self.portrait, self.session(request)[1])
+
+    async def form(self, request: Request) -> dict[str, str]:
+        """A urlencoded form, after checking its CSRF token against the session's."""
+        session, _ = self.session(request)
+        fields = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace"),
+                                                keep_blank_values=True).items()}
+        if fields.get("csrf") != session.csrf:
+            raise Forbidden("the form expired or came from another site; reload the page and try again")
+        return fields
+
+    def check_header(self, request: Request) -> ConsoleSession:
+        session, _ = self.session(request)
+        if request.headers.get("x-csrf-token") != session.csrf:
+            raise Forbidden("missing or wrong X-CSRF-Token")
+        return session
+
+    def render(self, request: Request, template: str, context: Mapping[str, Any], status: int = 200) -> Response:
+        session, key = self.session(request)
+        return TEMPLATES.TemplateResponse(request, template, {
+            **context, "nav": NAV, "path": request.url.path, "csrf": session.csrf, "key": key,
+            "sees_pii": key.can_read_pii, "is_admin": "admin" in key.scopes}, status_code=status)
+
+
+def sign_in_redirect() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+def error_page(request: Request, console: Console, exc: PortraitError) -> Response:
+    try:
+        return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=400)
+    except SignInNeeded:
+        return HTMLResponse(f"<p>{exc.message}</p>", status_code=400)

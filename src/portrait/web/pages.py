@@ -1,0 +1,198 @@
+"""Console pages: sign-in, overview, the attribute dashboard, customers and the customer card."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+
+from portrait.errors import NotFound, PortraitError, Unauthorized
+from portrait.spec import utc_now
+from portrait.sql import console as q
+from portrait.web.charts import bars
+from portrait.web.common import TEMPLATES, Console, SignInNeeded, error_page, sign_in_redirect
+from portrait.web.sessions import COOKIE, LIFETIME
+
+Handler = Callable[..., Awaitable[Response]]
+GROUPS = {  # how the customer card groups attributes
+    "Contact": ("email", "phone", "address_street", "address_city", "address_postal_code", "address_state",
+                "address_country", "website", "username"),
+    "Demographic": ("first_name", "last_name", "name", "gender", "birthday", "age", "language", "timezone",
+                    "company", "title"),
+}
+
+
+def page(console: Console) -> Callable[[Handler], Handler]:
+    """Pages answer a redirect to sign-in without a session, and an error page for a PortraitError."""
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def run(request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                return await handler(request, *args, **kwargs)
+            except SignInNeeded:
+                return sign_in_redirect()
+            except PortraitError as exc:
+                return error_page(request, console, exc)
+        return run
+    return decorate
+
+
+def router(console: Console) -> APIRouter:
+    web = APIRouter(include_in_schema=False)
+    portrait = console.portrait
+    guard = page(console)
+
+    @web.get("/login")
+    async def login_form(request: Request, error: str = "") -> Response:
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": error})
+
+    @web.post("/login")
+    async def login(request: Request) -> Response:
+        fields = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        secret = fields.get("key", "").strip()
+        try:
+            key = portrait.keys.authenticate(secret)
+        except Unauthorized as exc:
+            return TEMPLATES.TemplateResponse(request, "login.html", {"error": exc.message}, status_code=401)
+        if key.kind == "write":
+            return TEMPLATES.TemplateResponse(request, "login.html", {
+                "error": "a write key only sends events: sign in with a read or admin key"}, status_code=403)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, console.sessions.open(key.id, secret), httponly=True, samesite="strict",
+                            max_age=LIFETIME, secure=request.url.scheme == "https")
+        await run_in_threadpool(lambda: portrait.audit.record(key, "console sign-in"))
+        return response
+
+    @web.post("/logout")
+    @guard
+    async def logout(request: Request) -> Response:
+        await console.form(request)
+        console.sessions.close(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @web.get("/")
+    @guard
+    async def overview(request: Request) -> Response:
+        console.session(request)
+        data = await run_in_threadpool(_overview, console)
+        return console.render(request, "overview.html", data)
+
+    @web.get("/attributes")
+    @guard
+    async def attributes(request: Request, tab: str = "standard") -> Response:
+        console.session(request)
+        listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=tab != "custom"))
+        return console.render(request, "attributes.html", {"attributes": listed, "tab": tab})
+
+    @web.post("/attributes")
+    @guard
+    async def create_attribute(request: Request) -> Response:
+        fields = await console.form(request)
+        wanted = {"code": fields.get("code", ""), "name": fields.get("name", ""),
+                  "description": fields.get("description", ""), "unit": fields.get("unit") or None,
+                  "is_personal_info": fields.get("personal") == "on",
+                  "calculate_analytics": fields.get("analytics") == "on"}
+        if fields.get("definition"):
+            wanted["definition"] = fields["definition"]
+        else:
+            wanted["type"] = fields.get("type", "string")
+        created = await run_in_threadpool(portrait.create_attribute, wanted)
+        return RedirectResponse(f"/attributes/{created['code']}", status_code=303)
+
+    @web.get("/attributes/{code}")
+    @guard
+    async def attribute(request: Request, code: str) -> Response:
+        viewer = console.viewer(request)
+        found = await run_in_threadpool(portrait.attributes.get, code)
+        stats = None
+        if found["calculate_analytics"]:
+            stats = viewer.analytics(code, await run_in_threadpool(portrait.attributes.analytics, code))
+        chart = None
+        if stats and stats.get("histogram"):
+            chart = bars([(f"{b['from']:.4g}", b["count"]) for b in stats["histogram"]], label="distribution")
+        elif stats:
+            chart = bars([(str(v["value"]), v["count"]) for v in stats["top_values"]], label="top values")
+        return console.render(request, "attribute.html", {"attribute": found, "stats": stats, "chart": chart})
+
+    @web.get("/customers")
+    @guard
+    async def customers(request: Request, q: str = "") -> Response:
+        viewer = console.viewer(request)
+        found = await run_in_threadpool(_search, console, q.strip()) if q.strip() else []
+        shown = [viewer.profile(p, "console_search") for p in found]
+        return console.render(request, "customers.html", {"q": q, "found": shown})
+
+    @web.get("/customers/{profile_id}")
+    @guard
+    async def customer(request: Request, profile_id: str, event: str = "", since: str = "",
+                       cursor: str = "") -> Response:
+        viewer = console.viewer(request)
+        reference = f"profile_id:{profile_id}"
+        document = viewer.profile(await run_in_threadpool(portrait.profile, reference), "console_card")
+        page_ = await run_in_threadpool(lambda: portrait.events(
+            reference, event=event or None, since=_day(since), cursor=cursor or None, limit=50))
+        events = viewer.events(page_["events"])
+        segments = await run_in_threadpool(portrait.profile_segments, reference)
+        attributes = {a["code"]: a for a in await run_in_threadpool(portrait.attributes.list)}
+        return console.render(request, "customer.html", {
+            "profile": document, "events": events, "next": page_["next"], "event": event, "since": since,
+            "segments": segments["segments"], "groups": _grouped(document["traits"], attributes)})
+
+    return web
+
+
+def _overview(console: Console) -> dict[str, Any]:
+    portrait = console.portrait
+    session = portrait._reads  # the console reads through the service's own sessions
+    now = utc_now()
+    per_day = session.execute(q.EVENTS_PER_DAY, [now - timedelta(days=14)])
+    top = session.execute(q.TOP_EVENTS, [now - timedelta(days=7)])
+    return {
+        "status": portrait.status(),
+        "per_day": bars([(day.isoformat()[5:], n) for day, n in per_day], label="events per day"),
+        "top_events": [(name, int(n)) for name, n in top],
+        "rejected_24h": int(session.execute(q.REJECTED_SINCE, [now - timedelta(days=1)])[0][0]),
+        "quality_24h": int(session.execute(q.QUALITY_SINCE, [now - timedelta(days=1)])[0][0]),
+        "segments": portrait.segments.all()[:8],
+    }
+
+
+def _search(console: Console, text: str) -> list[dict[str, Any]]:
+    """Profiles for a search: an exact identity (TYPE:VALUE), else identifiers starting with it or a trait equal."""
+    portrait = console.portrait
+    if ":" in text:
+        try:
+            return [portrait.profile(text)]
+        except (NotFound, PortraitError):
+            pass
+    rows = portrait._reads.execute(q.SEARCH, [text.lower(), text.lower(), 20])
+    return [portrait.profile(f"profile_id:{row[0]}") for row in rows]
+
+
+def _grouped(traits: dict[str, Any], attributes: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    names = (*GROUPS, "Behavioral and calculated", "Preferences and other")
+    groups: dict[str, list[Any]] = {name: [] for name in names}
+    for code, value in sorted(traits.items()):
+        attribute = attributes.get(code, {})
+        group = next((name for name, codes in GROUPS.items() if code in codes), None)
+        if group is None:
+            group = "Behavioral and calculated" if attribute.get("calculated") else "Preferences and other"
+        groups[group].append((attribute.get("name") or code, code, value, attribute.get("unit")))
+    return [(name, items) for name, items in groups.items() if items]
+
+
+def _day(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None

@@ -1,0 +1,155 @@
+"""The web console end to end, in headless Chromium (Debian's package) driven by Playwright, against a real server:
+sign in, load demo data, find a customer and open the card, create a custom attribute, build a segment and see its
+count while typing, watch an event arrive live, run an erase request. Screenshots of each page are saved to
+tests/artifacts/console/ as test artifacts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console")
+    server = start_server(str(folder / "console.duckdb"), folder / "server.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    env.update(PORTRAIT_WRITE_KEY=WRITE_KEY, PORTRAIT_NO_PROGRESS="1")
+    loaded = subprocess.run([sys.executable, "-m", "portrait", "demo", "--profiles", "40", "--db", server.db_path],
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    server.wait_caught_up()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (apt-get install chromium)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, shop: Server) -> Iterator[Page]:
+    context = browser.new_context(base_url=shop.url, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.goto("/login")
+    opened.get_by_label("API key (read or admin)").fill(ADMIN_KEY)
+    opened.get_by_role("button", name="Sign in").click()
+    expect(opened.get_by_role("heading", name="Overview")).to_be_visible()
+    yield opened
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_sign_in_is_required_and_a_wrong_key_is_refused(browser: Browser, shop: Server) -> None:
+    context = browser.new_context(base_url=shop.url)
+    page = context.new_page()
+    page.goto("/customers")
+    expect(page).to_have_url(f"{shop.url}/login")
+    page.get_by_label("API key (read or admin)").fill("ak_not_a_key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("unknown API key")
+    shot(page, "login")
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert "portrait_session" not in cookies
+    context.close()
+
+
+def test_overview_and_sign_out(page: Page, shop: Server) -> None:
+    with shop.admin() as api:
+        profiles = api.get("/api/status").json()["profiles"]
+    assert profiles >= 40
+    expect(page.locator("[data-test=profiles]")).to_have_text(f"{profiles:,}")
+    shot(page, "overview")
+    session = next(c for c in page.context.cookies() if c["name"] == "portrait_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key (read or admin)")).to_be_visible()
+    page.goto("/")
+    expect(page).to_have_url(f"{shop.url}/login")  # signed out: pages send you to sign in
+
+
+def test_find_a_customer_and_open_the_card(page: Page) -> None:
+    page.goto("/customers")
+    page.keyboard.press("Tab")  # keyboard reachable: the search box takes focus from the keyboard
+    page.get_by_label("Find by any identifier or attribute value").fill("user-1")
+    page.keyboard.press("Enter")
+    shot(page, "customers")
+    page.locator("table a").first.click()
+    expect(page.locator("[data-test=customer]")).to_be_visible()
+    expect(page.get_by_role("heading", name="Identities")).to_be_visible()
+    expect(page.get_by_role("heading", name="Activity")).to_be_visible()
+    page.locator(".timeline summary").first.click()  # expand an event's properties
+    expect(page.locator(".timeline pre").first).to_be_visible()
+    shot(page, "customer-card")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "customer-card-390px")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400  # no sideways scrolling on a phone
+
+
+def test_create_a_custom_attribute(page: Page) -> None:
+    page.goto("/attributes?tab=custom")
+    page.get_by_label("Code").fill("shoe_size")
+    page.get_by_label("Name").fill("Shoe size")
+    page.get_by_label("Type").select_option("integer")
+    page.get_by_label("Calculate analytics").check()
+    page.get_by_role("button", name="Create attribute").click()
+    expect(page.get_by_role("heading", name="Shoe size shoe_size")).to_be_visible()
+    page.goto("/attributes?tab=custom")
+    expect(page.locator("table.attributes")).to_contain_text("shoe_size")
+    shot(page, "attributes")
+
+
+def test_build_a_segment_and_see_its_count_while_typing(page: Page) -> None:
+    page.goto("/segments/new")
+    page.get_by_label("Name").first.fill("Buyers")
+    page.get_by_label("Event").fill("Order Completed")
+    page.get_by_role("button", name="Add event condition").click()
+    expect(page.locator("#condition")).to_have_value('performed("Order Completed")')
+    expect(page.locator("#preview")).to_contain_text("customers — customers who performed")
+    count = int(page.locator("#preview").get_attribute("data-count") or "-1")
+    assert count > 0
+    shot(page, "segment-builder")
+    page.get_by_role("button", name="Save segment").click()
+    expect(page.locator("[data-test=size]")).to_have_text(f"{count:,}")
+    shot(page, "segment")
+
+
+def test_an_event_arrives_live(page: Page, shop: Server) -> None:
+    page.goto("/events")
+    time.sleep(1.2)  # the page has started polling
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/track", json={"userId": "live-1", "event": "Live Test Event"}).status_code == 200
+    expect(page.locator("#live")).to_contain_text("Live Test Event", timeout=15_000)
+    shot(page, "events")
+
+
+def test_run_an_erase_request(page: Page) -> None:
+    page.goto("/admin")
+    page.get_by_label("Type").select_option("erase")
+    page.get_by_label("Identity").fill("user_id:user-3")
+    page.get_by_role("button", name="Run request").click()
+    expect(page.locator("[data-test=request-status]").first).to_have_text("done")
+    shot(page, "admin")
+    page.goto("/customers?q=user_id:user-3")
+    expect(page.locator("table")).to_contain_text("Nobody matches")
