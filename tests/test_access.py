@@ -181,3 +181,12 @@ def test_hostile_shapes_are_rejected_per_message(tmp_path: Path, properties: dic
             assert service.status()["events_received"] == 1  # the good message of the batch is kept
     finally:
         service.close()
+
+
+def test_browsers_can_read_ingestion_errors(client: TestClient) -> None:
+    refused = client.post("/v1/track", json={"userId": "u", "event": "E", "writeKey": "wk_wrong"},
+                          headers={"Origin": "https://shop.example"})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "https://shop.example"
+    api = client.get("/api/status", headers={**ADMIN, "Origin": "https://shop.example"})
+    assert "access-control-allow-origin" not in api.headers  # the API stays closed to other origins

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,7 +41,10 @@ def browser() -> Iterator[Browser]:
     assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (apt-get install chromium)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # The shop page in the browser-SDK test is served by the test on a made-up origin; Chromium's local-network
+        # checks would keep it from the server on 127.0.0.1 (a real site reaches a real host, where they do not apply).
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"])
         yield launched
         launched.close()
 
@@ -153,3 +157,66 @@ def test_run_an_erase_request(page: Page) -> None:
     shot(page, "admin")
     page.goto("/customers?q=user_id:user-3")
     expect(page.locator("table")).to_contain_text("Nobody matches")
+
+
+# -- the official browser SDK ------------------------------------------------------------------------------------
+BUNDLE_CACHE = Path(__file__).parent / ".cache" / "analytics-next"
+
+
+@pytest.fixture(scope="module")
+def analytics_next() -> Path:
+    """Segment's @segment/analytics-next from the npm registry, installed once at test setup into tests/.cache."""
+    umd = BUNDLE_CACHE / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
+    if not (umd / "index.js").exists():
+        BUNDLE_CACHE.mkdir(parents=True, exist_ok=True)
+        installed = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix",
+                                    str(BUNDLE_CACHE), "@segment/analytics-next@1"], capture_output=True, text=True,
+                                   timeout=300, check=False)
+        assert installed.returncode == 0, installed.stderr
+    return umd
+
+
+SHOP_PAGE = """<!doctype html><html><head><script src="/ajs/index.js"></script></head><body><script>
+window.analytics = window.AnalyticsNext.AnalyticsBrowser.load({
+  writeKey: "%(key)s",
+  cdnSettings: {integrations: {"Segment.io": {apiKey: "%(key)s", apiHost: "%(host)s/v1", protocol: "http"}}}
+});
+</script></body></html>"""
+
+
+def test_the_official_browser_sdk_lands_on_the_right_profile(browser: Browser, shop: Server,
+                                                             analytics_next: Path) -> None:
+    context = browser.new_context()
+    host = shop.url.removeprefix("http://")
+
+    shop_origin = "http://localhost:8917"  # a loopback origin of its own (Chromium keeps public pages off loopback)
+
+    def serve(route: Any) -> None:
+        path = route.request.url.split(shop_origin, 1)[1].split("?", 1)[0]
+        if path.startswith("/ajs/"):
+            route.fulfill(path=str(analytics_next / path.removeprefix("/ajs/")), content_type="text/javascript")
+        else:
+            route.fulfill(body=SHOP_PAGE % {"key": WRITE_KEY, "host": host}, content_type="text/html")
+
+    context.route(f"{shop_origin}/**", serve)  # the shop's page and the SDK's files, served by the test itself
+    page = context.new_page()
+    page.goto(f"{shop_origin}/index.html")
+    page.evaluate("""async () => {
+        await window.analytics.page("Home");
+        await window.analytics.identify("browser-user-1", {email: "browser.user@example.com"});
+        await window.analytics.track("Product Viewed", {sku: "B-1"});
+    }""")
+    deadline = time.monotonic() + 30
+    with shop.admin() as api:
+        while True:
+            found = api.get("/api/profiles/user_id:browser-user-1/events")
+            names = [e["type"] + ":" + (e["event"] or "") for e in found.json().get("events", [])] \
+                if found.status_code == 200 else []
+            if len(names) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert sorted(names) == ["identify:", "page:Home", "track:Product Viewed"], names
+        profile = api.get("/api/profiles/email:browser.user@example.com").json()
+        kinds = {i["type"] for i in profile["identities"]}
+        assert {"user_id", "anonymous_id", "email"} <= kinds  # the anonymous page view joined the customer
+    context.close()

@@ -99,6 +99,11 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
                                     DOCS_POLICY if is_docs else API_POLICY if is_api else CONSOLE_POLICY)
         if path.startswith(("/api", "/v1")):
             response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("origin")
+        if path.startswith("/v1") and origin and "access-control-allow-origin" not in response.headers and (
+                "*" in service.settings.cors_origins or origin in service.settings.cors_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin  # so a browser can read the error too
+            response.headers["Vary"] = "Origin"
         key = getattr(request.state, "key", None)
         if (key is not None and request.method in ("POST", "PUT", "PATCH", "DELETE")
                 and path not in READ_ONLY_POSTS and path != "/console/api/preview"):
