@@ -76,3 +76,17 @@ def test_export_through_the_api_and_cli(loaded: Portrait, tmp_path: Path) -> Non
     assert (tmp_path / "out.csv").read_text().startswith('"profile_id","user_id"')
 
 
+
+
+def test_export_reports_with_any_text_fit_in_a_header(tmp_path: Path) -> None:
+    from portrait.config import Settings
+
+    service = Portrait(Settings(db_path=str(tmp_path / "h.duckdb"), admin_key=ADMIN_KEY), background=False)
+    try:
+        with TestClient(create_app(portrait=service)) as client:
+            answer = client.get("/api/exports/profiles", params={"purpose": "marketing-Ā-ß"},
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert answer.status_code == 200  # found by schemathesis: non-Latin-1 text in the report header
+            assert json.loads(answer.headers["x-portrait-export"])["purpose"] == "marketing-Ā-ß"
+    finally:
+        service.close()

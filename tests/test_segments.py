@@ -226,3 +226,11 @@ def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> N
     assert "deleted" in run("segments", "delete", "young")
     log = run("audit", "--json")  # changes made on the file directly are audited as "local"
     assert "segments create young" in log and "segments delete young" in log
+
+
+@pytest.mark.parametrize("reference", ["¹", "٣", "9" * 40])  # found by schemathesis: digits Python sees, ids it cannot
+def test_odd_segment_references_are_not_found_not_errors(portrait: Portrait, reference: str) -> None:
+    from portrait.errors import NotFound
+
+    with pytest.raises(NotFound):
+        portrait.segments.find(reference)

@@ -99,10 +99,10 @@ class Segments:
     def find(self, reference: str | int) -> Segment:
         """A segment by id (digits) or name."""
         text = str(reference)
-        rows = self._session().execute(q.BY_ID if text.isdigit() else q.BY_NAME, [int(text) if text.isdigit()
-                                                                                    else text])
+        is_id = text.isascii() and text.isdigit() and len(text) <= 18  # "¹" is a digit to Python, not an id
+        rows = self._session().execute(q.BY_ID if is_id else q.BY_NAME, [int(text) if is_id else text])
         if not rows:
-            raise NotFound(f"no segment {'has the id' if text.isdigit() else 'is named'} {text!r}")
+            raise NotFound(f"no segment {'has the id' if is_id else 'is named'} {text!r}")
         return _segment(rows[0])
 
     def all(self) -> list[dict[str, Any]]:

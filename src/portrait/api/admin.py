@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from portrait.api.auth import Viewer, authorizer, caller
+from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 
@@ -161,7 +162,7 @@ def router(portrait: Portrait) -> APIRouter:
                 detail={"rows": report["rows"], "personal": report["personal_included"]}))
         media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
         return FileResponse(path, media_type=media[format], filename=path.name,
-                            headers={"X-Portrait-Export": orjson.dumps(report).decode()},
+                            headers={"X-Portrait-Export": json.dumps(report, ensure_ascii=True)},  # headers are latin-1
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
@@ -184,7 +185,7 @@ def router(portrait: Portrait) -> APIRouter:
                                    "timestamp_format": timestamp_format, "message_id": message_id}
         document = parse_mapping_text(mapping, "the mapping parameter") if mapping else None
         rows = combine(kind, document, fields, columns)
-        name = Path(filename).name or "upload"
+        name = upload_name(filename)
         with tempfile.TemporaryDirectory(prefix="portrait-import-") as folder:
             upload = Path(folder) / name
             with upload.open("wb") as handle:  # streamed: a large file never sits in memory
@@ -196,6 +197,13 @@ def router(portrait: Portrait) -> APIRouter:
         return report.as_dict()
 
     return api
+
+
+def upload_name(filename: str) -> str:
+    """The base name of an uploaded file, refused when it holds a NUL or other control character."""
+    if any(ord(c) < 32 or c == "\x7f" for c in filename):
+        raise BadRequest("filename must not contain control characters", code="invalid_request")
+    return Path(filename).name or "upload"
 
 
 def _utc(value: datetime | None) -> datetime | None:

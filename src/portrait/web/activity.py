@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 
+from portrait.api.admin import upload_name
 from portrait.errors import PortraitError
 from portrait.web.charts import bars, funnel
 from portrait.web.common import Console, SignInNeeded
@@ -138,7 +139,7 @@ def router(console: Console) -> APIRouter:
             _, key = console.session(request)
             portrait.keys.require(key, "admin", "import files")
             with tempfile.TemporaryDirectory(prefix="portrait-console-import-") as folder:
-                upload_path = Path(folder) / (Path(filename).name or "upload")
+                upload_path = Path(folder) / upload_name(filename)
                 with upload_path.open("wb") as handle:
                     async for chunk in request.stream():
                         handle.write(chunk)
