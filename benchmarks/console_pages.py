@@ -38,7 +38,8 @@ def main() -> int:
     timings: dict[str, float] = {}
     try:
         if not any(s["name"] == "Bench buyers" for s in service.segments.all()):
-            service.create_segment({"name": "Bench buyers", "condition": 'performed("Order Completed", within = 30d)'})
+            # Straight through the registry: the generated log has no message-id key, so no audience events here.
+            service.segments.create({"name": "Bench buyers", "condition": 'performed("Order Completed", within = 30d)'})
         segment_id = next(s["id"] for s in service.segments.all() if s["name"] == "Bench buyers")
         service.attributes.update("country", {"calculate_analytics": True})
         with TestClient(create_app(portrait=service)) as client:
