@@ -124,9 +124,6 @@ class Portrait:
                                   if self._segment_thread else None)
         notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
         self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)
-        if self._processor_thread and self._segment_thread:
-            self._processor_thread.start()
-            self._segment_thread.start()
         self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
             resolve=self.resolve_profile_id, normalize_key=self._identity_key,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
@@ -136,13 +133,17 @@ class Portrait:
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
         self._scheduler: SourceScheduler | None = None
+        if self._processor_thread and self._segment_thread:  # last: they use everything above
+            self._processor_thread.start()
+            self._segment_thread.start()
 
     def _processing_paused(self) -> contextlib.AbstractContextManager[None]:
         thread = getattr(self, "_processor_thread", None)
         return thread.paused() if thread is not None else contextlib.nullcontext()
 
     def start_scheduler(self) -> None:
-        """Run scheduled SQL-source syncs in the background (the server does; one-off CLI commands do not)."""
+        """Run the server's background work: scheduled SQL-source syncs, privacy requests and retention (one-off CLI
+        commands do not)."""
         self.sources.mark_interrupted()
         self._scheduler = SourceScheduler(lambda: self.sources.due(utc_now()), self.sync_source,
                                           self.settings.source_poll_seconds)
