@@ -220,3 +220,22 @@ def test_the_official_browser_sdk_lands_on_the_right_profile(browser: Browser, s
         kinds = {i["type"] for i in profile["identities"]}
         assert {"user_id", "anonymous_id", "email"} <= kinds  # the anonymous page view joined the customer
     context.close()
+
+
+def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: Path) -> None:
+    orders = tmp_path / "pos.csv"
+    orders.write_text("customer_id,amount,store\nuser-7,12.5,Gdansk\nuser-8,30,Warsaw\n")
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(orders))
+    expect(page.locator("#import-columns")).to_be_visible()
+    expect(page.locator("#import-role-0")).to_have_value("user_id")  # guessed from the column name
+    page.get_by_label("Event name for every row (CSV events)").fill("POS Sale")
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(page.locator("#import-report")).to_contain_text("Dry run — 2 rows: would store 2")
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page.locator("#import-report")).to_contain_text("Done — 2 rows: stored 2")
+    shot(page, "import")
+    shop.wait_caught_up()
+    with shop.admin() as api:
+        sales = api.get("/api/profiles/user_id:user-7/events", params={"event": "POS Sale"}).json()["events"]
+    assert sales[0]["properties"] == {"amount": 12.5, "store": "Gdansk"}

@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 
 from portrait.api.admin import upload_name
 from portrait.errors import PortraitError
+from portrait.mapping import combine, parse_mapping_text
 from portrait.web.charts import bars, funnel
 from portrait.web.common import Console, SignInNeeded
 from portrait.web.pages import page
@@ -133,7 +134,8 @@ def router(console: Console) -> APIRouter:
         return JSONResponse({"events": viewer.events(events)})
 
     @web.post("/console/api/import")
-    async def upload(request: Request, filename: str, kind: str = "events", dry_run: bool = False) -> Response:
+    async def upload(request: Request, filename: str, kind: str = "events", dry_run: bool = False,
+                     mapping: str = "") -> Response:
         try:
             console.check_header(request)
             _, key = console.session(request)
@@ -143,11 +145,10 @@ def router(console: Console) -> APIRouter:
                 with upload_path.open("wb") as handle:
                     async for chunk in request.stream():
                         handle.write(chunk)
-                from portrait.mapping import combine
-
-                mapping = combine(kind, None, None, {}) if kind == "profiles" else None
+                document = parse_mapping_text(mapping, "the column mapping") if mapping else None
+                rows = combine(kind, document, None, {})
                 report = await run_in_threadpool(lambda: portrait.import_file(
-                    upload_path, None, mapping, dry_run=dry_run, source=f"console:{upload_path.name}"))
+                    upload_path, None, rows, dry_run=dry_run, source=f"console:{upload_path.name}"))
             return JSONResponse(report.as_dict())
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)

@@ -78,24 +78,81 @@
     poll();
   }
 
-  // -- file import --------------------------------------------------------------------------------------------
+  // -- file import: a CSV's columns get a role each (the mapping), a dry run reports, then the import runs ---------
   var form = document.getElementById("import");
   if (form) {
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      var file = document.getElementById("import-file").files[0];
+    var fileInput = document.getElementById("import-file");
+    var columnsBox = document.getElementById("import-columns");
+    var columnList = document.getElementById("import-column-list");
+    var roles = [["", "ignore"], ["user_id", "user id"], ["anonymous_id", "anonymous id"], ["email", "email"],
+                 ["phone", "phone"], ["event_column", "event name"], ["timestamp", "time"], ["field", "property / trait"]];
+    var csvColumns = [];
+    fileInput.addEventListener("change", function () {
+      var file = fileInput.files[0];
+      csvColumns = [];
+      columnList.textContent = "";
+      columnsBox.hidden = true;
+      if (!file || !/\.(csv|tsv|txt)$/i.test(file.name)) { return; }
+      file.slice(0, 65536).text().then(function (text) {
+        csvColumns = text.split(/\r?\n/)[0].split(",").map(function (c) { return c.trim().replace(/^"|"$/g, ""); });
+        csvColumns.forEach(function (column, index) {
+          var label = document.createElement("label");
+          label.textContent = column + " ";
+          var select = document.createElement("select");
+          select.id = "import-role-" + index;
+          roles.forEach(function (role) {
+            var option = document.createElement("option");
+            option.value = role[0]; option.textContent = role[1];
+            select.appendChild(option);
+          });
+          var guess = column.toLowerCase().replace(/[^a-z]/g, "");
+          select.value = guess === "email" ? "email" : guess === "phone" ? "phone" :
+                         (guess === "userid" || guess === "id" || guess === "customerid") ? "user_id" :
+                         (guess === "timestamp" || guess === "date" || guess === "time") ? "timestamp" : "field";
+          label.appendChild(select);
+          columnList.appendChild(label);
+        });
+        columnsBox.hidden = false;
+      });
+    });
+    var mapping = function (kind) {
+      if (!csvColumns.length) { return null; }
+      var doc = {identifiers: {}}, fields = [];
+      csvColumns.forEach(function (column, index) {
+        var role = document.getElementById("import-role-" + index).value;
+        if (role === "user_id" || role === "anonymous_id" || role === "email" || role === "phone") { doc.identifiers[role] = column; }
+        else if (role === "event_column" || role === "timestamp") { doc[role] = column; }
+        else if (role === "field") { fields.push(column); }
+      });
+      doc[kind === "profiles" ? "traits" : "properties"] = fields;
+      var name = document.getElementById("import-event").value.trim();
+      if (kind === "events" && name && !doc.event_column) { doc.event = name; }
+      return doc;
+    };
+    var send = function (dryRun) {
+      var file = fileInput.files[0];
       var report = document.getElementById("import-report");
-      if (!file) { return; }
-      report.textContent = "Importing " + file.name + "…";
-      var params = "?filename=" + encodeURIComponent(file.name) + "&kind=" + document.getElementById("import-kind").value +
-                   "&dry_run=" + document.getElementById("import-dry").checked;
+      var progress = document.getElementById("import-progress");
+      if (!file) { report.textContent = "Choose a file first."; return; }
+      var kind = document.getElementById("import-kind").value;
+      var doc = mapping(kind);
+      var params = "?filename=" + encodeURIComponent(file.name) + "&kind=" + kind + "&dry_run=" + dryRun +
+                   (doc ? "&mapping=" + encodeURIComponent(JSON.stringify(doc)) : "");
+      progress.hidden = false;
+      report.textContent = (dryRun ? "Checking " : "Importing ") + file.name + "…";
       fetch("/console/api/import" + params, {method: "POST", body: file, credentials: "same-origin",
                                               headers: {"X-CSRF-Token": csrf}})
         .then(function (r) { return r.json(); })
         .then(function (body) {
-          report.textContent = body.message ? body.message :
-            body.rows + " rows: stored " + body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected;
+          progress.hidden = true;
+          if (body.message) { report.textContent = body.message; return; }
+          var codes = Object.keys(body.by_code || {}).map(function (c) { return c + ": " + body.by_code[c]; }).join(", ");
+          report.textContent = (dryRun ? "Dry run — " : "Done — ") + body.rows + " rows: " + (dryRun ? "would store " : "stored ") +
+            body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "");
+          report.setAttribute("data-stored", String(body.stored));
         });
-    });
+    };
+    document.getElementById("import-check").addEventListener("click", function () { send(true); });
+    form.addEventListener("submit", function (event) { event.preventDefault(); send(false); });
   }
 }());
