@@ -137,6 +137,23 @@ def test_build_a_segment_and_see_its_count_while_typing(page: Page) -> None:
     page.get_by_role("button", name="Save segment").click()
     expect(page.locator("[data-test=size]")).to_have_text(f"{count:,}")
     shot(page, "segment")
+    # A second segment built from rows: a group of attribute conditions joined by "or", and the first segment.
+    page.goto("/segments/new")
+    page.get_by_label("Name").first.fill("Buyers in PL or DE")
+    page.get_by_label("Attribute").select_option("address_country")
+    page.get_by_label("Operator").select_option("=")
+    page.get_by_label("Value").fill("PL")
+    page.get_by_role("button", name="Add attribute condition").click()
+    page.get_by_label("Join").select_option("or")
+    page.get_by_label("Value").fill("DE")
+    page.get_by_role("button", name="Add attribute condition").click()
+    page.get_by_role("button", name="Group what is written ( … )").click()
+    page.get_by_label("Join").select_option("and")
+    page.locator("#row-segment").select_option("Buyers")
+    page.get_by_role("button", name="Add segment condition").click()
+    expect(page.locator("#condition")).to_have_value(
+        '(address_country = "PL" or address_country = "DE") and in_segment("Buyers")')
+    expect(page.locator("#preview")).to_contain_text('who are in the segment "Buyers"')
 
 
 def test_an_event_arrives_live(page: Page, shop: Server) -> None:

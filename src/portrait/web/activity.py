@@ -38,7 +38,9 @@ def router(console: Console) -> APIRouter:
     async def builder(request: Request, condition: str = "") -> Response:
         console.session(request)
         attributes = [a for a in await run_in_threadpool(portrait.attributes.list) if a["status"] == "active"]
-        return console.render(request, "builder.html", {"condition": condition, "attributes": attributes})
+        existing = await run_in_threadpool(portrait.segments.all)
+        return console.render(request, "builder.html", {"condition": condition, "attributes": attributes,
+                                                        "segments": existing})
 
     @web.post("/segments")
     @guard

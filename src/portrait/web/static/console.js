@@ -50,6 +50,14 @@
       if (days) { args.push("within = " + days + "d"); }
       add("performed(" + args.join(", ") + ")");
     });
+    document.getElementById("add-segment").addEventListener("click", function () {
+      var name = document.getElementById("row-segment").value;
+      var part = "in_segment(" + JSON.stringify(name) + ")";
+      add(document.getElementById("row-segment-mode").value === "not" ? "not " + part : part);
+    });
+    document.getElementById("group").addEventListener("click", function () {
+      if (condition.value.trim()) { condition.value = "(" + condition.value.trim() + ")"; ask(); }
+    });
     if (condition.value.trim()) { ask(); }
   }
 
