@@ -256,3 +256,16 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
     with shop.admin() as api:
         sales = api.get("/api/profiles/user_id:user-7/events", params={"event": "POS Sale"}).json()["events"]
     assert sales[0]["properties"] == {"amount": 12.5, "store": "Gdansk"}
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_page_reads_at_desktop_and_phone_widths(page: Page, width: int) -> None:
+    page.set_viewport_size({"width": width, "height": 900})
+    for path in ("/", "/attributes", "/customers?q=user-1", "/segments", "/segments/new", "/funnels", "/events",
+                 "/admin"):
+        page.goto(path)
+        expect(page.locator("main h1")).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 2, (path, width, overflow)  # wide tables scroll inside their box, not the page
+        name = path.strip("/").split("?")[0].replace("/", "-") or "overview"
+        shot(page, f"{name}-{width}px")

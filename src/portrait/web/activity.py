@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from portrait.api.admin import upload_name
 from portrait.errors import PortraitError
 from portrait.mapping import combine, parse_mapping_text
-from portrait.web.charts import bars, funnel
+from portrait.web.charts import bars, funnel, sparkline
 from portrait.web.common import Console, SignInNeeded
 from portrait.web.pages import page
 
@@ -31,7 +31,10 @@ def router(console: Console) -> APIRouter:
     @guard
     async def segments(request: Request) -> Response:
         console.session(request)
-        return console.render(request, "segments.html", {"segments": await run_in_threadpool(portrait.segments.all)})
+        listed = await run_in_threadpool(portrait.segments.all)
+        trends = {s["id"]: sparkline([float(x["size"]) for x in portrait.segments.sizes(s["id"])[-20:]])
+                  for s in listed}
+        return console.render(request, "segments.html", {"segments": listed, "trends": trends})
 
     @web.get("/segments/new")
     @guard

@@ -41,3 +41,17 @@ def funnel(steps: list[dict[str, object]], *, width: int = 640) -> Markup:
                      f'<text x="{210 + w}" y="{y + 21}">{step["profiles"]:,} ({share:.0%})</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def sparkline(values: list[float], *, width: int = 120, height: int = 28) -> Markup:
+    """A small trend line (a segment's size over its recounts)."""
+    if len(values) < 2:
+        return Markup('<span class="hint">-</span>')
+    low, high = min(values), max(values)
+    span = (high - low) or 1
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 3 - (v - low) / span * (height - 6):.1f}"
+                      for i, v in enumerate(values))
+    return Markup(f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+                  f'aria-label="from {values[0]:,.0f} to {values[-1]:,.0f}"><polyline points="{points}"></polyline>'
+                  "</svg>")
