@@ -119,8 +119,13 @@ def test_create_a_custom_attribute(page: Page) -> None:
     page.get_by_label("Calculate analytics").check()
     page.get_by_role("button", name="Create attribute").click()
     expect(page.get_by_role("heading", name="Shoe size shoe_size")).to_be_visible()
+    page.get_by_label("Description").fill("EU sizes")
+    page.get_by_label("Unit").fill("EU")
+    page.get_by_role("button", name="Save changes").click()  # edit it
+    expect(page.get_by_label("Description")).to_have_value("EU sizes")
     page.goto("/attributes?tab=custom")
     expect(page.locator("table.attributes")).to_contain_text("shoe_size")
+    expect(page.locator("table.attributes")).to_contain_text("EU sizes")
     shot(page, "attributes")
 
 

@@ -107,6 +107,20 @@ def router(console: Console) -> APIRouter:
         created = await run_in_threadpool(portrait.create_attribute, wanted)
         return RedirectResponse(f"/attributes/{created['code']}", status_code=303)
 
+    @web.post("/attributes/{code}")
+    @guard
+    async def edit_attribute(request: Request, code: str) -> Response:
+        fields = await console.form(request)
+        changes: dict[str, Any] = {"name": fields.get("name", ""), "description": fields.get("description", ""),
+                                   "unit": fields.get("unit") or None,
+                                   "is_personal_info": fields.get("personal") == "on",
+                                   "calculate_analytics": fields.get("analytics") == "on",
+                                   "status": "deprecated" if fields.get("deprecated") == "on" else "active"}
+        if fields.get("definition"):
+            changes["definition"] = fields["definition"]
+        await run_in_threadpool(portrait.update_attribute, code, changes)
+        return RedirectResponse(f"/attributes/{code}", status_code=303)
+
     @web.get("/attributes/{code}")
     @guard
     async def attribute(request: Request, code: str) -> Response:
