@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any
 from urllib.parse import parse_qs
@@ -203,9 +203,8 @@ def _grouped(traits: dict[str, Any], attributes: dict[str, dict[str, Any]]) -> l
     return [(name, items) for name, items in groups.items() if items]
 
 
-def _day(text: str) -> Any:
-    from datetime import datetime
-
+def _day(text: str) -> datetime | None:
+    """The date filter of the timeline (an ISO date); anything unreadable means no filter."""
     try:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
