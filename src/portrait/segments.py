@@ -292,6 +292,9 @@ class Segments:
         now = now or utc_now()
         segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
         changes: list[Change] = []
+        if not segments and not self.calculator.definitions(session):
+            session.execute(q.SET_WATERMARK, [processed])  # nothing to keep current: never pause processing
+            return changes
         with self._exclusive(), self._writing, session.transaction():
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
