@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from portrait.background import Worker
 from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
@@ -472,41 +473,21 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
-class SegmentThread:
+class SegmentThread(Worker):
     """Keeps memberships current in the background: touched profiles after each batch, a full recount
     every ``recount_seconds``; ``emit`` receives every entry and exit."""
 
     def __init__(self, segments: Segments, emit: Callable[[list[Change]], None], recount_seconds: int) -> None:
+        super().__init__("portrait-segments", interval=1.0)
         self._segments = segments
         self._emit = emit
         self._recount_seconds = recount_seconds
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="portrait-segments", daemon=True)
+        self._last_recount = time.monotonic()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        last_recount = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
-            try:
-                changes = self._segments.refresh_touched()
-                if time.monotonic() - last_recount >= self._recount_seconds:
-                    changes += self._segments.recount_all()
-                    last_recount = time.monotonic()
-                if changes:
-                    self._emit(changes)
-            except Exception:
-                log.exception("keeping segment memberships current failed; retrying")
-                self._stop.wait(1.0)
+    def step(self) -> None:
+        changes = self._segments.refresh_touched()
+        if time.monotonic() - self._last_recount >= self._recount_seconds:
+            changes += self._segments.recount_all()
+            self._last_recount = time.monotonic()
+        if changes:
+            self._emit(changes)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from portrait.background import Worker
 from portrait.connectors import Connector, connect, dialect_of, plain, redact
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.mapping import RowMapping, rows_to_messages
@@ -253,39 +253,24 @@ def probe_columns(source: Source, timeout: float = 10.0) -> list[str]:
         connector.close()
 
 
-class SourceScheduler:
+class SourceScheduler(Worker):
     """Runs due syncs in the background (in the server), one at a time, checking every ``poll`` seconds."""
 
     def __init__(self, due: Callable[[], list[str]], sync: Callable[[str], SyncReport], poll: float) -> None:
+        super().__init__("portrait-sources", interval=poll)
         self._due = due
         self._sync = sync
-        self._poll = poll
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="portrait-sources", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll):
+    def step(self) -> None:
+        for name in self._due():
+            if self.stopping:
+                return
             try:
-                names = self._due()
+                report = self._sync(name)
+            except PortraitError as exc:
+                log.warning("scheduled sync of source %s failed: %s", name, exc.message)
             except Exception:
-                log.exception("could not list the sources due for a sync")
-                continue
-            for name in names:
-                if self._stop.is_set():
-                    return
-                try:
-                    report = self._sync(name)
-                except PortraitError as exc:
-                    log.warning("scheduled sync of source %s failed: %s", name, exc.message)
-                except Exception:
-                    log.exception("scheduled sync of source %s failed", name)
-                else:
-                    log.info("source %s synced: %d rows, %d stored", name, report.rows, report.stored)
+                log.exception("scheduled sync of source %s failed", name)
+            else:
+                log.info("source %s synced: %d rows, %d stored", name, report.rows, report.stored)
 

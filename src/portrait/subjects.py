@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
 from portrait.spec import utc_now
 from portrait.sql import subjects as q
@@ -206,38 +207,22 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
-class PrivacyWorker:
-    """Runs pending requests in the background (in the server), checking every ``poll`` seconds."""
+class PrivacyWorker(Worker):
+    """Runs pending requests in the background (in the server), checking every ``poll`` seconds, and applies
+    retention hourly."""
 
     def __init__(self, requests: PrivacyRequests, poll: float = 1.0, retention_days: int = 0) -> None:
+        super().__init__("portrait-privacy", interval=poll)
         self._requests = requests
-        self._poll = poll
         self._retention_days = retention_days
         self._last_expiry = 0.0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="portrait-privacy", daemon=True)
 
     def start(self) -> None:
         self._requests.resume()
-        self._thread.start()
+        super().start()
 
-    def notify(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll)
-            self._wake.clear()
-            try:
-                self._requests.run_pending()
-                if self._retention_days and time.monotonic() - self._last_expiry >= 3600:
-                    self._requests.expire(self._retention_days)
-                    self._last_expiry = time.monotonic()
-            except Exception:
-                log.exception("running privacy requests or retention failed; retrying")
+    def step(self) -> None:
+        self._requests.run_pending()
+        if self._retention_days and time.monotonic() - self._last_expiry >= 3600:
+            self._requests.expire(self._retention_days)
+            self._last_expiry = time.monotonic()

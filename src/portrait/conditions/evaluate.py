@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from portrait.conditions.ast import (
     DURATION_OPS,
@@ -75,6 +75,7 @@ class ProfileData:
 
 
 Predicate = Callable[[ProfileData], bool]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,23 @@ def compile_predicate(condition: Condition, schema: Schema, now: datetime,
     return _compile(condition, Context(schema, now, static_members))
 
 
-def _compile(condition: Condition, ctx: Context) -> Predicate:
-    if isinstance(condition, And):
-        parts = [_compile(item, ctx) for item in condition.items]
-        return lambda p: all(part(p) for part in parts)
-    if isinstance(condition, Or):
-        parts = [_compile(item, ctx) for item in condition.items]
-        return lambda p: any(part(p) for part in parts)
+def _logic(condition: Condition, compile_part: Callable[[Condition], Callable[[T], bool]]
+           ) -> Callable[[T], bool] | None:
+    """``and`` / ``or`` / ``not`` over compiled parts (of profiles, or of event properties); None for a leaf."""
+    if isinstance(condition, And | Or):
+        parts = [compile_part(item) for item in condition.items]
+        combine = all if isinstance(condition, And) else any
+        return lambda value: combine(part(value) for part in parts)
     if isinstance(condition, Not):
-        inner = _compile(condition.item, ctx)
-        return lambda p: not inner(p)
+        inner = compile_part(condition.item)
+        return lambda value: not inner(value)
+    return None
+
+
+def _compile(condition: Condition, ctx: Context) -> Predicate:
+    combined = _logic(condition, lambda part: _compile(part, ctx))
+    if combined is not None:
+        return combined
     if isinstance(condition, Compare):
         kind = ctx.schema.attribute_types[condition.field]
         test = value_test(condition.op, condition.values, kind, ctx.now)
@@ -356,15 +364,9 @@ def _event_filter(name: str, window: Window, where: Condition | None, now: datet
 
 
 def _where(condition: Condition, now: datetime) -> Callable[[Mapping[str, Any]], bool]:
-    if isinstance(condition, And):
-        parts = [_where(item, now) for item in condition.items]
-        return lambda props: all(part(props) for part in parts)
-    if isinstance(condition, Or):
-        parts = [_where(item, now) for item in condition.items]
-        return lambda props: any(part(props) for part in parts)
-    if isinstance(condition, Not):
-        inner = _where(condition.item, now)
-        return lambda props: not inner(props)
+    combined = _logic(condition, lambda part: _where(part, now))
+    if combined is not None:
+        return combined
     assert isinstance(condition, Compare)
     test = value_test(condition.op, condition.values, property_kind(condition.values, condition.op), now)
     path = condition.field.split(".")

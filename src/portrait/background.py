@@ -1,0 +1,50 @@
+"""One shape for Portrait's background threads: a daemon that runs a step when told to, or every ``interval``
+seconds, until stopped; a step that fails is logged and tried again at the next turn (after a second's pause)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Subclasses implement :meth:`step`."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        self._interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Run the next step now rather than at the end of the interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.step()
+            except Exception:
+                log.exception("%s failed; retrying", self._thread.name)
+                self._stop.wait(1.0)
