@@ -62,6 +62,12 @@ class Settings:
     """Most events the processor takes in one micro-batch."""
     commit_max_events: int = 20000
     """Most events the ingest writer groups into one commit."""
+    dedup_window_hours: int = 168
+    """How long live traffic's messageIds are remembered for the duplicate check (imports check the whole log)."""
+    dedup_max_ids: int = 5_000_000
+    """Most messageIds remembered for the duplicate check (about 130 bytes of memory each); the oldest go first."""
+    checkpoint_wal_mb: int = 256
+    """Size of the write-ahead log at which it is written into the database file (bigger: fewer checkpoints)."""
     cors_origins: tuple[str, ...] = ("*",)
     """Origins allowed to call the ingestion endpoints from a browser."""
     unknown_traits: str = "infer"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.store.duckdb import compact_if_marked, mark_for_compaction
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker, identity_hash
-from portrait.writer import EventWriter
+from portrait.writer import DedupPolicy, EventWriter
 
 
 @dataclass
@@ -102,7 +102,8 @@ class Portrait:
         self.settings = settings
         if store is None:
             compact_if_marked(settings.db_path, settings.encryption_key)  # an erasure before a crash is rewritten too
-        self.store = store or open_store(settings.db_path, settings.encryption_key)
+        self.store = store or open_store(settings.db_path, settings.encryption_key,
+                                         checkpoint_wal_mb=settings.checkpoint_wal_mb)
         self.rules = IdentityRules.from_settings(settings)
         self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items,
                              settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
@@ -123,7 +124,9 @@ class Portrait:
         self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify)
                                   if self._segment_thread else None)
         notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
-        self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify)
+        self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify,
+                                  dedup=DedupPolicy(timedelta(hours=settings.dedup_window_hours),
+                                                    settings.dedup_max_ids))
         self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
             resolve=self.resolve_profile_id, normalize_key=self._identity_key,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
@@ -344,7 +347,7 @@ class Portrait:
             if dry_run:
                 result = IngestResult(len(events), 0, len(rejections))
             else:
-                result = self.writer.submit(events, rejections).result()
+                result = self.writer.submit(events, rejections, whole_log=True).result()
             rows = [(first_row + (r.position or 0), r) for r in rejections]
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)

@@ -3,9 +3,9 @@
 DuckDB appends millions of rows/s from Arrow but does only ~1.5k single-row INSERTs/s, so each request hands its
 validated events (columns, see :class:`portrait.spec.EventColumns`) to the writer thread and waits; the writer takes
 everything queued, appends it in one transaction and only then answers the waiting requests (durability before
-HTTP 200). Duplicates (same messageId, e.g. an SDK retry) are skipped by the primary key, so a retried batch never
-creates a second copy. If a group fails as a whole, each request is retried alone, so one bad request cannot fail
-the others.
+HTTP 200). Duplicates (same messageId, e.g. an SDK retry) are left out before the append (see
+:mod:`portrait.dedup`), so a retried batch never creates a second copy, and sequence numbers have no gaps. If a
+group fails as a whole, each request is retried alone, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pyarrow as pa
 
 from portrait import sql
+from portrait.dedup import RecentMessageIds
 from portrait.model import IngestResult, Rejection
-from portrait.spec import EventColumns
+from portrait.spec import EventColumns, utc_now
 from portrait.sql import ingest as q
 from portrait.store import Session, Store
 
@@ -53,23 +55,38 @@ def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
 class _Pending:
     events: EventColumns
     rejections: list[Rejection]
+    whole_log: bool = False  # an import: check duplicates against the whole log, not only the recent past
     future: Future[IngestResult] = field(default_factory=Future)
+
+
+@dataclass(frozen=True, slots=True)
+class DedupPolicy:
+    """How far back live traffic is checked for duplicates in memory (see :mod:`portrait.dedup`)."""
+
+    window: timedelta = timedelta(days=7)
+    max_ids: int = 5_000_000
 
 
 class EventWriter:
     """The one thread that appends to the event log. ``submit`` is thread-safe; the future resolves after commit."""
 
-    def __init__(self, store: Store, *, max_events: int, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, *, max_events: int, on_commit: Callable[[], None] = lambda: None,
+                 dedup: DedupPolicy = DedupPolicy()) -> None:
         self._store = store
         self._max_events = max_events
         self._on_commit = on_commit
         self._last_seq: int | None = None  # highest sequence number handed out (only this thread appends)
+        self._recent = RecentMessageIds(dedup.window, dedup.max_ids)
+        self._recent_read = False  # read back from the log before the first append (not at start: CLI reads)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="portrait-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, events: EventColumns, rejections: Sequence[Rejection] = ()) -> Future[IngestResult]:
-        pending = _Pending(events, list(rejections))
+    def submit(self, events: EventColumns, rejections: Sequence[Rejection] = (), *, whole_log: bool = False
+               ) -> Future[IngestResult]:
+        """Queue events (and rejections) for the next commit. ``whole_log``: an import or source sync, whose
+        duplicates are looked for in the whole log, however old, not only in the recent past."""
+        pending = _Pending(events, list(rejections), whole_log)
         if not len(events) and not rejections:
             pending.future.set_result(IngestResult(0, 0, 0))
         else:
@@ -108,9 +125,15 @@ class EventWriter:
             size += len(item.events)
         return group, False
 
+    def _read_back_recent(self, session: Session) -> None:
+        since = utc_now() - self._recent.window
+        log_size = int(session.execute(q.COUNT_EVENTS)[0][0])
+        self._recent.load(session.execute(q.RECENT_MESSAGE_IDS, [since, self._recent.max_ids]), log_size=log_size)
+        self._recent_read = True
+
     def _commit(self, session: Session, group: list[_Pending]) -> None:
         try:
-            inserted = self._append(session, group)
+            kept = self._append(session, group)
         except Exception as exc:
             self._last_seq = None  # re-read after a rollback
             if len(group) > 1:  # isolate the request that fails; the others still land
@@ -121,24 +144,29 @@ class EventWriter:
             group[0].future.set_exception(exc)  # SDKs re-send on a 5xx: nothing is lost
             return
         self._on_commit()
+        start = 0
         for pending in group:
-            stored = 0
-            for message_id in pending.events.message_id:
-                if message_id in inserted:
-                    inserted.discard(message_id)  # a second copy in the same group counts as a duplicate
-                    stored += 1
+            end = start + len(pending.events)
+            stored = sum(kept[start:end])
+            start = end
             pending.future.set_result(IngestResult(stored, len(pending.events) - stored, len(pending.rejections)))
 
-    def _append(self, session: Session, group: list[_Pending]) -> set[str]:
+    def _append(self, session: Session, group: list[_Pending]) -> list[bool]:
+        """Append the group in one transaction; returns, per event in group order, whether it was stored."""
         events = EventColumns()
         for pending in group:
             events.extend(pending.events)
         rejections = [r for pending in group for r in pending.rejections]
-        inserted: set[str] = set()
+        if not self._recent_read:
+            self._read_back_recent(session)
+        keep = self._recent.new_ones(events.message_id)
+        if any(p.whole_log for p in group) and not self._recent.complete:
+            keep = self._not_in_log(session, events.message_id, keep)
+        stored = [m for m, k in zip(events.message_id, keep, strict=True) if k]
         with session.transaction():
-            if len(events):
-                inserted = self._append_events(session, events)
-                session.execute(sql.ADD_COUNTER, [len(inserted), "events_received"])
+            if stored:
+                self._append_events(session, events, keep)
+                session.execute(sql.ADD_COUNTER, [len(stored), "events_received"])
             if rejections:
                 session.load("incoming_rejections", rejections_table(rejections))
                 try:
@@ -146,20 +174,34 @@ class EventWriter:
                 finally:
                     session.unload("incoming_rejections")
                 session.execute(sql.ADD_COUNTER, [len(rejections), "events_rejected"])
-        return inserted
+        self._recent.add(utc_now(), stored)  # only once committed: a failed commit leaves nothing behind
+        return keep
 
-    def _append_events(self, session: Session, events: EventColumns) -> set[str]:
+    @staticmethod
+    def _not_in_log(session: Session, message_ids: list[str], keep: list[bool]) -> list[bool]:
+        """Narrow ``keep`` to ids the log does not hold at all (one scan of the log's ids, for imports)."""
+        candidates = pa.table({"message_id": pa.array(
+            [m for m, k in zip(message_ids, keep, strict=True) if k], pa.string())})
+        session.load("incoming_ids", candidates)
+        try:
+            present = {row[0] for row in session.execute(q.ALREADY_IN_LOG)}
+        finally:
+            session.unload("incoming_ids")
+        return [k and m not in present for m, k in zip(message_ids, keep, strict=True)]
+
+    def _append_events(self, session: Session, events: EventColumns, keep: list[bool]) -> None:
         if self._last_seq is None:
             self._last_seq = int(session.execute(q.MAX_SEQ)[0][0])
+        table = pa.table({"seq": pa.nulls(len(events), pa.int64()), **events.as_dict()}, schema=EVENT_SCHEMA)
+        if not all(keep):
+            table = table.filter(pa.array(keep, pa.bool_()))
         first = self._last_seq + 1
-        columns = {"seq": list(range(first, first + len(events))), **events.as_dict()}
-        table = pa.table(columns, schema=EVENT_SCHEMA)
+        table = table.set_column(0, "seq", pa.array(range(first, first + table.num_rows), pa.int64()))
         session.load("incoming_events", table)
         try:
-            rows = session.execute(q.INSERT_EVENTS)
+            session.execute(q.INSERT_EVENTS)
         finally:
             session.unload("incoming_events")
-        self._last_seq = first + len(events) - 1  # duplicates leave harmless gaps
-        return {row[0] for row in rows}
+        self._last_seq = first + table.num_rows - 1
 
 

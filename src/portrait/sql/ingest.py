@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlglot import exp
-
 from portrait.sql import insert_from, parse
 
 EVENT_COLUMNS = (
@@ -11,11 +9,17 @@ EVENT_COLUMNS = (
     "original_timestamp", "sent_at", "received_at", "properties", "traits", "context", "source", "ip",
     "identity_hints",
 )
-# Duplicates (same messageId: an SDK retry, or the same message twice in one group) are skipped by the primary key;
-# RETURNING tells which messages were new.
+# Duplicates are left out before (portrait.dedup): the log has no index to keep appends and checkpoints cheap.
 INSERT_EVENTS = insert_from("events", "incoming_events", EVENT_COLUMNS)
-INSERT_EVENTS.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING")))
-INSERT_EVENTS.set("returning", exp.Returning(expressions=[exp.column("message_id")]))
 REJECTION_COLUMNS = ("received_at", "code", "reason", "source", "message_id", "payload")
 INSERT_REJECTIONS = insert_from("rejected_events", "incoming_rejections", REJECTION_COLUMNS)
 MAX_SEQ = parse("SELECT coalesce(max(seq), 0) FROM events")
+COUNT_EVENTS = parse("SELECT count(*) FROM events")
+# The newest ids received since a time (params: since, how many), for the writer's memory of recent ids.
+RECENT_MESSAGE_IDS = parse(
+    "SELECT received_at, message_id FROM events WHERE received_at >= ? ORDER BY seq DESC LIMIT ?"
+)
+# Which of the candidate ids (incoming_ids) the log already holds: an import's check against the whole log.
+ALREADY_IN_LOG = parse(
+    "SELECT DISTINCT message_id FROM events WHERE message_id IN (SELECT message_id FROM incoming_ids)"
+)

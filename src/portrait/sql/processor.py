@@ -61,18 +61,20 @@ CREATE OR REPLACE TEMP TABLE b_events AS
 WITH aliased AS (  -- previousIds of the batch's alias calls: they may name identifiers of other events
     SELECT DISTINCT previous_id AS value FROM events
     WHERE seq > ? AND seq <= ? AND type = 'alias' AND previous_id IS NOT NULL
+), owners AS (  -- per event: what its identifiers say (grouped by seq alone: cheaper than by every column)
+    SELECT o.seq, min(o.profile_id) AS owner, count(o.value) AS ids, count(o.profile_id) AS owned,
+           count(DISTINCT o.profile_id) AS profiles, max(o.key_events) AS key_events,
+           count(DISTINCT o.id_type) AS types, count(a.value) AS aliased
+    FROM b_owned AS o LEFT JOIN aliased AS a ON a.value = o.value AND o.id_type IN ('user_id', 'anonymous_id')
+    GROUP BY o.seq
 )
-SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id,
-       min(o.profile_id) AS owner,
-       CASE WHEN e.type = 'alias' OR count(o.value) = 0 THEN 'slow'
-            WHEN count(o.profile_id) = count(o.value) AND count(DISTINCT o.profile_id) = 1 THEN 'fast'
-            WHEN count(o.profile_id) = 0 AND max(o.key_events) = 1 AND count(DISTINCT o.id_type) = count(o.value)
-                 AND count(a.value) = 0 THEN 'new'
+SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id, o.owner,
+       CASE WHEN e.type = 'alias' OR coalesce(o.ids, 0) = 0 THEN 'slow'
+            WHEN o.owned = o.ids AND o.profiles = 1 THEN 'fast'
+            WHEN o.owned = 0 AND o.key_events = 1 AND o.types = o.ids AND o.aliased = 0 THEN 'new'
             ELSE 'slow' END AS path
-FROM events AS e LEFT JOIN b_owned AS o ON o.seq = e.seq
-LEFT JOIN aliased AS a ON a.value = o.value AND o.id_type IN ('user_id', 'anonymous_id')
+FROM events AS e LEFT JOIN owners AS o ON o.seq = e.seq
 WHERE e.seq > ? AND e.seq <= ?
-GROUP BY e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id
 """)
 # How many events of the batch need the sequential resolver, and how many are identify calls (traits).
 BATCH_SHAPE = parse("""

@@ -288,6 +288,36 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         INSERT INTO counters (name, value) VALUES ('events_suppressed', 0);
         """
     ),
+    10: parse_many(
+        """
+        -- The event log without indexes: DuckDB rewrites every index in full at each checkpoint and slows appends
+        -- as an index grows, so duplicates are now found by the writer (portrait.dedup) instead of a primary key
+        -- on message_id, and batches are found by seq through the row groups' min/max, which needs no index.
+        CREATE TABLE events_unindexed (
+            seq BIGINT NOT NULL DEFAULT nextval('event_seq'),
+            message_id VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            event VARCHAR,
+            user_id VARCHAR,
+            anonymous_id VARCHAR,
+            previous_id VARCHAR,
+            group_id VARCHAR,
+            timestamp TIMESTAMP NOT NULL,
+            original_timestamp TIMESTAMP,
+            sent_at TIMESTAMP,
+            received_at TIMESTAMP NOT NULL,
+            properties VARCHAR,
+            traits VARCHAR,
+            context VARCHAR,
+            source VARCHAR NOT NULL,
+            ip VARCHAR,
+            identity_hints VARCHAR
+        );
+        INSERT INTO events_unindexed SELECT * FROM events ORDER BY seq;
+        DROP TABLE events;
+        ALTER TABLE events_unindexed RENAME TO events;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
@@ -296,6 +326,17 @@ MIGRATION_TABLE = parse(
 APPLIED = parse("SELECT version FROM schema_migrations")
 RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
 CHECKPOINT = parse("CHECKPOINT")
+_CHECKPOINT_THRESHOLD = parse("SET checkpoint_threshold = '256MB'")
+
+
+def checkpoint_threshold(megabytes: int) -> exp.Expr:
+    """How large the write-ahead log may grow before DuckDB writes it into the database file.
+
+    A checkpoint also rewrites every index in full (duckdb/duckdb#24848), so fewer, larger ones cost less overall
+    than DuckDB's default of one per 16 MB."""
+    statement = _CHECKPOINT_THRESHOLD.copy()
+    statement.find(exp.Literal).replace(exp.Literal.string(f"{int(megabytes)}MB"))  # type: ignore[union-attr]
+    return statement
 UTC_SESSION = parse("SET TimeZone = 'UTC'")
 
 # Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in

@@ -78,12 +78,14 @@ class DuckDBSession:
 class DuckDBStore:
     capabilities = CAPABILITIES
 
-    def __init__(self, path: str, encryption_key: str | None = None) -> None:
+    def __init__(self, path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None) -> None:
         self.path = path
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
+        if checkpoint_wal_mb:
+            self._root.execute(self._render(schema.checkpoint_threshold(checkpoint_wal_mb)))
         self._migrate()
 
     def session(self) -> DuckDBSession:
@@ -164,8 +166,9 @@ def _load_crypto(connection: duckdb.DuckDBPyConnection) -> None:
     connection.load_extension(str(found[-1]))
 
 
-def open_store(path: str, encryption_key: str | None = None) -> DuckDBStore:
-    return DuckDBStore(path, encryption_key)
+def open_store(path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None
+               ) -> DuckDBStore:
+    return DuckDBStore(path, encryption_key, checkpoint_wal_mb=checkpoint_wal_mb)
 
 
 def compaction_marker(path: str) -> Path:
