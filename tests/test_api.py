@@ -280,3 +280,27 @@ def test_rejected_events_paginate_newest_first(client: TestClient) -> None:
     assert [r["message_id"] for r in first["rejected"]] == ["r2", "r1"] and first["next"] is not None
     rest = client.get("/api/events/rejected", headers=ADMIN, params={"limit": 2, "before": first["next"]}).json()
     assert [r["message_id"] for r in rest["rejected"]] == ["r0"] and rest["next"] is None
+
+
+@pytest.mark.parametrize("case", ["ok", "bad_json", "no_key", "gzip_garbage"])
+def test_fast_path_answers_exactly_like_the_framework_route(portrait: Portrait, case: str) -> None:
+    """The ingestion fast path and the FastAPI route (which documents it) share one answer, headers included."""
+    app = create_app(portrait=portrait)
+    bodies = {"ok": (orjson.dumps({"batch": [track(messageId="same")], "writeKey": WRITE_KEY}), {}),
+              "bad_json": (b"{not json", {"Authorization": BASIC}),
+              "no_key": (orjson.dumps({"batch": [track()]}), {}),
+              "gzip_garbage": (b"not gzip", {"Authorization": BASIC, "Content-Encoding": "gzip"})}
+    body, headers = bodies[case]
+    headers = {**headers, "Origin": "https://shop.example.com", "Content-Type": "text/plain"}
+    answers = []
+    for target in (app, app.app):  # the wrapper (fast path), then FastAPI alone (route + middleware)
+        with TestClient(target) as client:
+            answers.append(client.post("/v1/batch", content=body, headers=headers))
+    fast, framework = answers
+    assert fast.status_code == framework.status_code == {"ok": 200, "no_key": 401}.get(case, 400)
+    assert fast.content == framework.content
+    assert set(framework.headers) - {"date", "server"} <= set(fast.headers)
+    for name in ("content-type", "x-content-type-options", "content-security-policy", "cache-control",
+                 "access-control-allow-origin", "www-authenticate"):
+        assert fast.headers.get(name) == framework.headers.get(name), name
+    assert fast.headers["access-control-allow-origin"] == "https://shop.example.com"

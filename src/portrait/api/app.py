@@ -18,18 +18,13 @@ from fastapi.staticfiles import StaticFiles
 from portrait import __version__, web
 from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
+from portrait.api.headers import API_POLICY, SECURITY_HEADERS
+from portrait.api.ingest import IngestFastPath
 from portrait.config import Settings
 from portrait.privacy import mask
 from portrait.service import Portrait
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-# JSON answers never run anything; the docs page runs only its own vendored script.
-API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# The docs page runs only its own vendored script.
 CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                   "form-action 'self'; frame-ancestors 'none'")
 DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -46,8 +41,11 @@ def _masked_identity(text: str) -> str:
 
 
 def create_app(settings: Settings | None = None, portrait: Portrait | None = None, *,
-               schedule_sources: bool = False) -> FastAPI:
+               schedule_sources: bool = False) -> IngestFastPath:
     """Build the app. With ``portrait`` given the caller owns it; otherwise it is opened here and closed on shutdown.
+
+    The FastAPI app is behind :class:`IngestFastPath`, which answers the ingestion POSTs itself (``.app`` is the
+    FastAPI app).
 
     ``schedule_sources`` runs scheduled SQL-source syncs while the app runs (``portrait serve`` turns it on).
     """
@@ -112,4 +110,4 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
                 key, f"{request.method} {shown}", target=shown, status=response.status_code))
         return response
 
-    return app
+    return IngestFastPath(app, service)

@@ -22,14 +22,18 @@ from portrait.errors import (
 )
 
 log = logging.getLogger(__name__)
+RETRY_SAFE = "the server could not complete the request; it is safe to retry"
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
                                           Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503}
 
 
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"code": code, "message": message})
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
-    return Response(orjson.dumps({"code": code, "message": message}), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
 def install(app: FastAPI) -> None:
@@ -44,7 +48,7 @@ def install(app: FastAPI) -> None:
         # Logged with the traceback by the server; the client learns only that a retry is safe (SDKs re-send on 5xx,
         # and nothing of the request was committed).
         log.error("unexpected error while serving a request", exc_info=exc)
-        return error_response(500, "internal_error", "the server could not complete the request; it is safe to retry")
+        return error_response(500, "internal_error", RETRY_SAFE)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
