@@ -479,3 +479,33 @@ def test_read_all_accounts_for_every_message(messages: list[Any], body_bytes: in
     for name in ("properties", "traits", "context"):
         assert all(isinstance(orjson.loads(text), dict) for text in getattr(columns, name))
     assert all(value.tzinfo is None for value in columns.timestamp)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@given(properties=st.dictionaries(st.text(max_size=4), _json_values, max_size=6),
+       depth=st.integers(1, 6), keys=st.integers(1, 6), string=st.integers(1, 12))
+@settings(max_examples=300, deadline=None)
+def test_shape_limits_give_the_same_verdict_whether_or_not_the_walk_is_skipped(
+        properties: dict[str, Any], depth: int, keys: int, string: int) -> None:
+    """The text-based shortcut (spec._may_break_limits) never lets through what the full walk refuses."""
+    from portrait.spec import Invalid, _check_shape, _json_object
+
+    limits = Limits(max_message_bytes=32 * 1024, max_batch_bytes=500 * 1024, max_batch_items=2500,
+                    max_depth=depth, max_keys=keys, max_string=string)
+    try:
+        _check_shape(properties, "properties", limits, 1)
+        expected = None
+    except Invalid as exc:
+        expected = exc.code
+    try:
+        _json_object({"properties": properties}, "properties", limits)
+        found = None
+    except Invalid as exc:
+        found = exc.code
+    assert found == expected

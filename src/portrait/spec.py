@@ -219,8 +219,26 @@ def _json_object(message: dict[str, Any], name: str, limits: Limits) -> str:
         return "{}"
     if value.__class__ is not dict:
         raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
-    _check_shape(value, name, limits, 1)
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:  # nested past orjson's own limit: the walk names where
+        _check_shape(value, name, limits, 1)
+        raise Invalid("invalid_field", f"{name} cannot be written as JSON: {exc}") from exc
+    if _may_break_limits(text, limits):
+        _check_shape(value, name, limits, 1)
+    return text
+
+
+def _may_break_limits(text: str, limits: Limits) -> bool:
+    """Whether the JSON text of an object could hold something over the shape limits, so that it must be walked.
+
+    Most objects are small and shallow, and walking them in Python cost as much as reading the rest of the message,
+    so the text decides first: a string is never longer than the text holding it, n entries take at least 2n + 1
+    characters, and each level of nesting opens a bracket.
+    """
+    if len(text) > min(limits.max_string, 2 * limits.max_keys):
+        return True
+    return text.count("{") + text.count("[") > limits.max_depth
 
 
 def _check_shape(value: Any, path: str, limits: Limits, depth: int) -> None:
