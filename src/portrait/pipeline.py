@@ -37,7 +37,7 @@ def profile_id_for(message_id: str) -> str:
     """Profile ids are derived from the creating event, so re-processing the log yields the same ids.
 
     The MD5 digest of the messageId, written like a UUID: the same as the processor's SQL computes for profiles it
-    creates set-based (sql.processor._NEW_ID). An id, not a secret, so MD5 is fine.
+    creates set-based (sql.processor.STAGE_NEW). An id, not a secret, so MD5 is fine.
     """
     h = hashlib.md5(message_id.encode("utf-8")).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -174,6 +174,7 @@ class Processor:
         session.execute(q.FAST_ASSIGN)
         slow_count, identify_count, new_count = session.execute(q.BATCH_SHAPE)[0]
         if new_count:
+            session.execute(q.STAGE_NEW)
             session.execute(q.NEW_PROFILES, [now])
             session.execute(q.NEW_IDENTITIES)
             session.execute(q.NEW_ASSIGN)
@@ -204,7 +205,12 @@ class Processor:
         profile_ids = sorted(set(owners.values()))
         if profile_ids:
             members: dict[str, tuple[int, list[Identifier]]] = {}
-            for profile_id, created_seq, kind, value in session.execute(q.MEMBERS_OF_PROFILES, [profile_ids]):
+            session.load("wanted_profiles", pa.table({"profile_id": pa.array(profile_ids, pa.string())}))
+            try:
+                rows = session.execute(q.MEMBERS_OF_PROFILES)
+            finally:
+                session.unload("wanted_profiles")
+            for profile_id, created_seq, kind, value in rows:
                 entry = members.setdefault(profile_id, (created_seq, []))
                 if kind is not None:
                     entry[1].append(Identifier(kind, value))

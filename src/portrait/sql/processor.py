@@ -86,22 +86,21 @@ FAST_ASSIGN = parse("""
 CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, owner AS profile_id FROM b_events WHERE path = 'fast'
 """)
 # The profile id of a new profile derives from the creating event's messageId: md5, written like a UUID
-# (pipeline.profile_id_for computes the same in Python).
-_NEW_ID = ("lower(substr(md5(b.message_id), 1, 8) || '-' || substr(md5(b.message_id), 9, 4) || '-' || "
-           "substr(md5(b.message_id), 13, 4) || '-' || substr(md5(b.message_id), 17, 4) || '-' || "
-           "substr(md5(b.message_id), 21, 12))")
+# (pipeline.profile_id_for computes the same in Python). Computed once per new profile, into b_new.
+STAGE_NEW = parse("""
+CREATE OR REPLACE TEMP TABLE b_new AS
+SELECT seq, timestamp, lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' ||
+                             substr(h, 17, 4) || '-' || substr(h, 21, 12)) AS profile_id
+FROM (SELECT seq, timestamp, md5(message_id) AS h FROM b_events WHERE path = 'new')
+""")
 # Params: processed-at time.
-NEW_PROFILES = parse(
-    f"INSERT INTO profiles (profile_id, created_seq, created_at) SELECT {_NEW_ID}, b.seq, ? FROM b_events AS b "
-    "WHERE b.path = 'new'"
-)
+NEW_PROFILES = parse("INSERT INTO profiles (profile_id, created_seq, created_at) SELECT profile_id, seq, ? FROM b_new")
 NEW_IDENTITIES = parse(
     "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
-    f"SELECT o.id_type || ':' || o.value, o.id_type, o.value, {_NEW_ID}, b.timestamp, b.seq "
-    "FROM b_owned AS o JOIN b_events AS b ON b.seq = o.seq WHERE b.path = 'new'"
+    "SELECT o.id_type || ':' || o.value, o.id_type, o.value, n.profile_id, n.timestamp, n.seq "
+    "FROM b_owned AS o JOIN b_new AS n ON n.seq = o.seq"
 )
-NEW_ASSIGN = parse(f"INSERT INTO b_assign (seq, profile_id) SELECT b.seq, {_NEW_ID} FROM b_events AS b "
-                   "WHERE b.path = 'new'")
+NEW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM b_new")
 SLOW_EVENTS = parse("""
 SELECT b.seq, b.message_id, b.type, b.timestamp, b.previous_id, o.id_type, o.value, o.profile_id
 FROM b_events AS b LEFT JOIN b_owned AS o ON o.seq = b.seq
@@ -111,10 +110,12 @@ ORDER BY b.seq
 IDENTITIES_BY_KEYS = parse(
     "SELECT identity_key, profile_id FROM identities WHERE identity_key IN (SELECT UNNEST(CAST(? AS VARCHAR[])))"
 )
+# Every identifier of the profiles named in wanted_profiles(profile_id) (a loaded table: binding thousands of ids
+# as one list parameter took twice as long).
 MEMBERS_OF_PROFILES = parse("""
-SELECT p.profile_id, p.created_seq, i.type, i.value FROM profiles AS p
+SELECT p.profile_id, p.created_seq, i.type, i.value FROM wanted_profiles AS w
+JOIN profiles AS p ON p.profile_id = w.profile_id
 LEFT JOIN identities AS i ON i.profile_id = p.profile_id
-WHERE p.profile_id IN (SELECT UNNEST(CAST(? AS VARCHAR[])))
 """)
 INSERT_SLOW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM slow_assign")
 INSERT_PROFILES = insert_from(
@@ -355,7 +356,7 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
     "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked; "
-    "DROP TABLE IF EXISTS trait_input"
+    "DROP TABLE IF EXISTS trait_input; DROP TABLE IF EXISTS b_new"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
 # Params: processed-at time, reason, seq.
