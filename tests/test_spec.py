@@ -482,7 +482,7 @@ def test_read_all_accounts_for_every_message(messages: list[Any], body_bytes: in
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=12),  # what orjson reads as ints
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=5),
     max_leaves=40,
 )
@@ -509,3 +509,12 @@ def test_shape_limits_give_the_same_verdict_whether_or_not_the_walk_is_skipped(
     except Invalid as exc:
         found = exc.code
     assert found == expected
+
+
+def test_a_value_json_cannot_hold_is_a_clear_rejection_not_a_crash() -> None:
+    """Integers past 64 bits cannot come from the wire (orjson reads them as floats) but can from an import."""
+    from portrait.spec import Invalid, _json_object
+
+    with pytest.raises(Invalid, match="properties cannot be written as JSON: Integer exceeds 64-bit range") as bad:
+        _json_object({"properties": {"big": 2**70}}, "properties", LIMITS)
+    assert bad.value.code == "invalid_field"
