@@ -304,3 +304,24 @@ def test_fast_path_answers_exactly_like_the_framework_route(portrait: Portrait, 
                  "access-control-allow-origin", "www-authenticate"):
         assert fast.headers.get(name) == framework.headers.get(name), name
     assert fast.headers["access-control-allow-origin"] == "https://shop.example.com"
+
+
+def test_a_client_that_disconnects_mid_body_gets_nothing_stored(portrait: Portrait) -> None:
+    import asyncio
+
+    app = create_app(portrait=portrait)
+    messages = [{"type": "http.request", "body": b'{"batch": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/batch", "query_string": b"",
+             "headers": [(b"authorization", BASIC.encode())], "client": ("127.0.0.1", 5000)}
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    status = portrait.status()
+    assert status["events_received"] == 0 and status["events_rejected"] == 0

@@ -80,7 +80,10 @@ class IngestFastPath:
         headers = Headers(scope=scope)
         query = parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") if scope["query_string"] else None
         client = scope.get("client")
-        status, body, extra = await answer(self._portrait, endpoint, await _body(receive), headers,
+        received = await _body(receive)
+        if received is None:
+            return  # the client went away before sending everything: nothing was read, no one to answer
+        status, body, extra = await answer(self._portrait, endpoint, received, headers,
                                            query[0] if query else None, client[0] if client else None)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                        *((name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -89,16 +92,16 @@ class IngestFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _body(receive: Receive) -> bytes:
+async def _body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first (as Starlette's ClientDisconnect)."""
     chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
 def router(portrait: Portrait) -> APIRouter:
