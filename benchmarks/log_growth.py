@@ -31,15 +31,15 @@ import duckdb
 import pyarrow as pa
 from _common import write_result
 
-from portrait.spec import EventColumns
+from portrait.spec import EventColumns, Limits, MessageReader, ParsedRequest
 from portrait.store.duckdb import DuckDBStore
 from portrait.writer import EVENT_SCHEMA, EventWriter
 
 NAME = "log_growth"
 GROUP = 3_200
-PROPERTIES = ('{"product_id":"p-%d","category":"Shoes","price":49.99,"currency":"USD","name":"Running shoe"}')
-CONTEXT = ('{"library":{"name":"analytics-python","version":"2.4.0"},"page":{"path":"/products/p",'
-           '"url":"https://shop.example.com/p"}}')
+CONTEXT = {"library": {"name": "analytics-python", "version": "2.4.0"},
+           "page": {"path": "/products/p", "url": "https://shop.example.com/p"}}
+LIMITS = Limits(max_message_bytes=32 * 1024, max_batch_bytes=500 * 1024, max_batch_items=GROUP)
 BASELINE_DDL = """
 CREATE TABLE events (
     seq BIGINT NOT NULL, message_id VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, event VARCHAR, user_id VARCHAR,
@@ -52,28 +52,23 @@ BASELINE_INSERT = ("INSERT INTO events SELECT * FROM incoming_events ON CONFLICT
 
 
 def make_group(now: datetime) -> EventColumns:
-    """3,200 track events with fresh random (v4 UUID) messageIds, as the SDKs send them (what MessageReader
-    produces)."""
-    columns = EventColumns()
+    """3,200 track events with fresh random (v4 UUID) messageIds, as the SDKs send them, read by the real
+    :class:`portrait.spec.MessageReader` into the columns the writer receives."""
+    stamp = now.isoformat(timespec="milliseconds") + "Z"
+    messages = []
     for _ in range(GROUP):
         user = random.randint(1, 200_000)
-        columns.message_id.append(str(uuid.UUID(int=random.getrandbits(128), version=4)))  # as SDKs make them
-        columns.type.append("track")
-        columns.event.append("Product Viewed")
-        columns.user_id.append(f"user-{user}")
-        columns.anonymous_id.append(f"anon-{user}")
-        columns.previous_id.append(None)
-        columns.group_id.append(None)
-        columns.timestamp.append(now)
-        columns.original_timestamp.append(now)
-        columns.sent_at.append(now)
-        columns.received_at.append(now)
-        columns.properties.append(PROPERTIES % random.randint(1, 500))
-        columns.traits.append("{}")
-        columns.context.append(CONTEXT)
-        columns.source.append("default")
-        columns.ip.append("127.0.0.1")
-        columns.identity_hints.append(None)
+        messages.append({
+            "type": "track", "event": "Product Viewed", "userId": f"user-{user}", "anonymousId": f"anon-{user}",
+            "messageId": str(uuid.UUID(int=random.getrandbits(128), version=4)), "timestamp": stamp,
+            "properties": {"product_id": f"p-{random.randint(1, 500)}", "category": "Shoes", "price": 49.99,
+                           "currency": "USD", "name": "Running shoe"},
+            "context": CONTEXT,
+        })
+    reader = MessageReader(received_at=now, source="default", ip="127.0.0.1", request=ParsedRequest(messages),
+                           limits=LIMITS, body_bytes=0)
+    columns, rejections = reader.read_all()
+    assert not rejections, rejections[:1]
     return columns
 
 
