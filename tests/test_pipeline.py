@@ -299,3 +299,21 @@ def test_an_event_that_cannot_be_processed_is_set_aside_not_blocking(portrait: P
     rejected = portrait.rejected()["rejected"]
     assert [(r["code"], r["message_id"]) for r in rejected] == [("processing_failed", "poison")]
     assert "ValueError: cannot handle this one" in rejected[0]["reason"]
+
+
+def test_a_caught_up_processor_lets_events_gather_between_batches(settings: Settings) -> None:
+    """processor_interval_ms: two commits in a row are not two batches back to back (each batch has a fixed cost)."""
+    import dataclasses
+    import time
+
+    service = Portrait(dataclasses.replace(settings, processor_interval_ms=300))  # background processor
+    try:
+        started = time.monotonic()
+        service.ingest_messages([msg("identify", userId="u-1", traits={"plan": "free"})])
+        service.wait_processed()
+        service.ingest_messages([msg("identify", userId="u-1", traits={"plan": "pro"})])
+        service.wait_processed()
+        assert time.monotonic() - started >= 0.3
+        assert service.traits("user_id:u-1")["plan"] == "pro"
+    finally:
+        service.close()

@@ -60,6 +60,8 @@ class Settings:
     """Identifier values never used for matching (compared case-insensitively after trimming)."""
     processor_batch_size: int = 20000
     """Most events the processor takes in one micro-batch."""
+    processor_interval_ms: int = 100
+    """Shortest time between the starts of two processor batches while it is caught up (each batch has a fixed cost)."""
     commit_max_events: int = 20000
     """Most events the ingest writer groups into one commit."""
     dedup_window_hours: int = 168

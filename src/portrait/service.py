@@ -121,7 +121,8 @@ class Portrait:
         self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize, self._processing_paused)
         self._segment_thread = (SegmentThread(self.segments, self._emit_audience_events,
                                               settings.segment_recount_seconds) if background else None)
-        self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify)
+        self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify,
+                                                  interval=settings.processor_interval_ms / 1000)
                                   if self._segment_thread else None)
         notify = self._processor_thread.notify if self._processor_thread else (lambda: None)
         self.writer = EventWriter(self.store, max_events=settings.commit_max_events, on_commit=notify,

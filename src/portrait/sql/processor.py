@@ -69,6 +69,7 @@ WITH aliased AS (  -- previousIds of the batch's alias calls: they may name iden
     GROUP BY o.seq
 )
 SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous_id, e.previous_id, o.owner,
+       e.context LIKE '%"consent"%' AS consent_hint,  -- STAGE_CONSENT runs only for batches with some
        CASE WHEN e.type = 'alias' OR coalesce(o.ids, 0) = 0 THEN 'slow'
             WHEN o.owned = o.ids AND o.profiles = 1 THEN 'fast'
             WHEN o.owned = 0 AND o.key_events = 1 AND o.types = o.ids AND o.aliased = 0 THEN 'new'
@@ -76,10 +77,11 @@ SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous
 FROM events AS e LEFT JOIN owners AS o ON o.seq = e.seq
 WHERE e.seq > ? AND e.seq <= ?
 """)
-# How many events of the batch need the sequential resolver, and how many are identify calls (traits).
+# How many events of the batch need the sequential resolver, are identify calls (traits), create profiles,
+# and may carry consent statements.
 BATCH_SHAPE = parse("""
 SELECT count(*) FILTER (WHERE path = 'slow'), count(*) FILTER (WHERE type = 'identify'),
-       count(*) FILTER (WHERE path = 'new')
+       count(*) FILTER (WHERE path = 'new'), count(*) FILTER (WHERE consent_hint)
 FROM b_events
 """)
 FAST_ASSIGN = parse("""
