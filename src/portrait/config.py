@@ -60,7 +60,7 @@ class Settings:
     """Identifier values never used for matching (compared case-insensitively after trimming)."""
     processor_batch_size: int = 20000
     """Most events the processor takes in one micro-batch."""
-    processor_interval_ms: int = 100
+    processor_interval_ms: int = 200
     """Shortest time between the starts of two processor batches while it is caught up (each batch has a fixed cost)."""
     commit_max_events: int = 20000
     """Most events the ingest writer groups into one commit."""
