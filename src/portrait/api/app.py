@@ -24,7 +24,7 @@ from portrait.config import Settings
 from portrait.privacy import mask
 from portrait.service import Portrait
 
-# The docs page runs only its own vendored script.
+# The console runs only its own script and styles; the docs page only its own vendored script.
 CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                   "form-action 'self'; frame-ancestors 'none'")
 DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
