@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 
 log = logging.getLogger(__name__)
 
 
-class Worker:
-    """Subclasses implement :meth:`step`."""
+class Worker(ABC):
+    """Subclasses implement :meth:`step` (segments, privacy requests, source schedules)."""
 
     def __init__(self, name: str, interval: float) -> None:
         self._interval = interval
@@ -34,8 +35,9 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @abstractmethod
     def step(self) -> None:
-        raise NotImplementedError
+        """One turn of the worker's job."""
 
     def _run(self) -> None:
         while not self._stop.is_set():
