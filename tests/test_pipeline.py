@@ -208,12 +208,34 @@ def test_small_batches_give_the_same_result_as_one_batch(settings: Settings, tmp
     one = Portrait(settings, background=False)
     one.ingest_messages(messages)
     one.process_pending()
-    many = Portrait(Settings(db_path=str(tmp_path / "small.duckdb"), processor_batch_size=7), background=False)
+    many = Portrait(Settings(db_path=str(tmp_path / "small.duckdb"), processor_batch_size=7,
+                             processor_max_batch_size=7), background=False)
     many.ingest_messages(messages)
     many.process_pending()
     assert _snapshot(one) == _snapshot(many)
     one.close()
     many.close()
+
+
+def test_batches_grow_while_the_processor_is_behind(tmp_path: Any) -> None:
+    """Full batches double the next one up to the maximum; a batch that is not full means caught up again."""
+    service = Portrait(Settings(db_path=str(tmp_path / "grow.duckdb"), processor_batch_size=5,
+                                processor_max_batch_size=20), background=False)
+    service.ingest_messages([msg("track", event="Viewed", userId=f"u{i % 9}") for i in range(100)])
+    session = service.store.session()
+    sizes = [service.processor.process_next(session) for _ in range(8)]
+    assert sizes == [5, 10, 20, 20, 20, 20, 5, 0]
+    service.ingest_messages([msg("track", event="Viewed", userId="u1") for _ in range(6)])
+    assert [service.processor.process_next(session) for _ in range(3)] == [5, 1, 0]  # back to the small size
+    session.close()
+    assert service.status()["lag"] == 0
+    assert len(service.events("user_id:u1")["events"]) == 11 + 6
+    service.close()
+
+
+def test_batch_sizes_must_be_positive(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="processor_max_batch_size"):
+        Settings(db_path=str(tmp_path / "x.duckdb"), processor_max_batch_size=0)
 
 
 def test_unknown_identity_is_not_found(portrait: Portrait) -> None:
@@ -230,12 +252,14 @@ EVENTS = st.one_of(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(EVENTS, min_size=1, max_size=30), batch_size=st.sampled_from([1, 4, 1000]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(EVENTS, min_size=1, max_size=30), batch_size=st.sampled_from([1, 4, 1000]),
+       default_limit=st.sampled_from([1, 2, 5]))
 def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: pytest.TempPathFactory,
                                                             events: list[tuple[str, Any, Any, Any]],
-                                                            batch_size: int) -> None:
-    """Whatever path an event takes (fast, new or slow), the result is what the resolver alone decides."""
+                                                            batch_size: int, default_limit: int) -> None:
+    """Whatever path an event takes (fast, new, attach or slow), the result is what the resolver alone decides,
+    also when per-type limits are small enough to refuse attachments."""
     from portrait.identity import IdentityGraph, IdentityRules
     from portrait.model import Identifier
     from portrait.pipeline import profile_id_for
@@ -250,9 +274,10 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
             fields["traits"] = {"email": email}
         messages.append(msg("identify", **{k: v for k, v in fields.items() if v is not None}, messageId=f"p-{n}"))
     db = tmp_path_factory.mktemp("paths") / "p.duckdb"
-    service = Portrait(Settings(db_path=str(db), processor_batch_size=batch_size), background=False)
+    service = Portrait(Settings(db_path=str(db), processor_batch_size=batch_size, processor_max_batch_size=batch_size,
+                                identity_default_limit=default_limit), background=False)
     load(service, *messages)
-    rules = IdentityRules.from_settings(Settings())
+    rules = IdentityRules.from_settings(Settings(identity_default_limit=default_limit))
     graph = IdentityGraph(rules)
     for seq, message in enumerate(messages, start=1):
         found = [Identifier("user_id", message.get("userId")), Identifier("anonymous_id", message.get("anonymousId"))]
@@ -265,6 +290,65 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
         graph.resolve(idents, seq, lambda m=message: profile_id_for(m["messageId"]))  # type: ignore[misc]
     for key, owner in graph.owner.items():
         assert service.resolve_profile_id(key) == graph.final(owner), key
+    service.close()
+
+
+def _count_sequential_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Batches that needed the sequential resolver (one entry each) from now on."""
+    from portrait.pipeline import Processor
+
+    calls: list[int] = []
+    original = Processor._load_slow
+
+    def counted(self: Processor, session: Any) -> Any:
+        calls.append(1)
+        return original(self, session)
+
+    monkeypatch.setattr(Processor, "_load_slow", counted)
+    return calls
+
+
+def test_known_customer_on_a_new_device_is_attached_in_sql(portrait: Portrait,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    load(portrait, msg("identify", userId="u-1", anonymousId="phone-1", traits={"email": "ann@example.com"}),
+         msg("identify", userId="u-2", anonymousId="phone-2"))
+    sequential = _count_sequential_batches(monkeypatch)
+    load(portrait,
+         msg("track", userId="u-1", anonymousId="laptop-1", at="2026-03-02T10:00:00Z"),  # a new device
+         msg("track", anonymousId="phone-2", event="Viewed"),  # fast
+         msg("identify", userId="u-2", traits={"email": "bob@example.com"}, at="2026-03-02T10:02:00Z"))  # new email
+    assert sequential == []
+    profile = portrait.profile("user_id:u-2")
+    assert {(i["type"], i["value"]) for i in profile["identities"]} == {
+        ("user_id", "u-2"), ("anonymous_id", "phone-2"), ("email", "bob@example.com")}
+    assert grouping(portrait, "user_id:u-1", "anonymous_id:laptop-1", "email:ann@example.com") == {
+        portrait.resolve_profile_id("anonymous_id:phone-1")}
+    # The same new identifier twice in one batch: the resolver decides (the first event attaches it).
+    load(portrait, msg("track", userId="u-1", anonymousId="tablet-1", at="2026-03-03T10:00:00Z"),
+         msg("track", userId="u-1", anonymousId="tablet-1", at="2026-03-03T10:01:00Z"))
+    assert sequential == [1]
+    assert portrait.resolve_profile_id("anonymous_id:tablet-1") == portrait.resolve_profile_id("user_id:u-1")
+    assert len(portrait.events("user_id:u-1")["events"]) == 4
+
+
+def test_attaching_past_a_limit_is_left_to_the_resolver(tmp_path: Any) -> None:
+    """Limit 3 anonymous ids: the profile has two; one event of the batch may add a third, the next one may not."""
+    service = Portrait(Settings(db_path=str(tmp_path / "limits.duckdb"), identity_limits={"user_id": 1,
+                                "anonymous_id": 3}), background=False)
+    load(service, msg("identify", userId="u-1", anonymousId="a-1"), msg("track", userId="u-1", anonymousId="a-2"))
+    load(service,
+         msg("track", userId="u-1", anonymousId="a-3", at="2026-03-02T10:00:00Z"),
+         msg("track", userId="u-1", anonymousId="a-4", at="2026-03-02T10:01:00Z"),
+         msg("track", userId="u-9", anonymousId="a-1", at="2026-03-02T10:02:00Z"))  # a second user_id: refused
+    profile = service.profile("user_id:u-1")
+    assert sorted(i["value"] for i in profile["identities"]) == ["a-1", "a-2", "a-3", "u-1"]
+    assert [c["dropped"] for c in profile["identity_conflicts"]] == [[{"type": "anonymous_id", "value": "a-4"}]]
+    with pytest.raises(NotFound):
+        service.resolve_profile_id("anonymous_id:a-4")
+    other = service.profile("user_id:u-9")  # a-1 dropped: the second customer on a shared device gets their own
+    assert other["profile_id"] != profile["profile_id"]
+    assert [c["dropped"] for c in other["identity_conflicts"]] == [[{"type": "anonymous_id", "value": "a-1"}]]
+    assert service.status()["lag"] == 0
     service.close()
 
 

@@ -59,7 +59,9 @@ class Settings:
     blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
     """Identifier values never used for matching (compared case-insensitively after trimming)."""
     processor_batch_size: int = 20000
-    """Most events the processor takes in one micro-batch."""
+    """Most events the processor takes in one micro-batch while it keeps up."""
+    processor_max_batch_size: int = 100000
+    """Most events in one micro-batch while the processor is behind (batches double from processor_batch_size)."""
     processor_interval_ms: int = 200
     """Shortest time between the starts of two processor batches while it is caught up (each batch has a fixed cost)."""
     commit_max_events: int = 20000
@@ -86,6 +88,8 @@ class Settings:
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
         if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:
             raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
+        if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
+            raise ValueError("processor_batch_size and processor_max_batch_size must be at least 1")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""

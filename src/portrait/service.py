@@ -117,6 +117,7 @@ class Portrait:
         self.attributes.seed()
         self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
         self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size,
+                                   max_batch_size=settings.processor_max_batch_size,
                                    unknown_traits=settings.unknown_traits)
         self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize, self._processing_paused)
         self._segment_thread = (SegmentThread(self.segments, self._emit_audience_events,

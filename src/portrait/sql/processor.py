@@ -48,13 +48,16 @@ SELECT ids.seq, ids.id_type, ids.value, i.profile_id,
        count(*) OVER (PARTITION BY ids.id_type, ids.value) AS key_events  -- events of the batch with this id
 FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids.value
 """)
-# Every event of the batch takes one of three paths:
-# - fast: all its identifiers already belong to one profile -> assigned here, in SQL;
-# - new:  none of its identifiers is known, none appears in another event of the batch (nor as an alias's
-#         previousId), at most one per type ->
-#         a new profile with all of them, created here in SQL (what the resolver would do, as nothing else in the
-#         batch can touch those identifiers; common in imports and first visits);
-# - slow: everything else (alias, merges, attaching, shared identifiers) -> the sequential resolver in Python.
+# Every event of the batch takes one of four paths:
+# - fast:   all its identifiers already belong to one profile -> assigned here, in SQL;
+# - new:    none of its identifiers is known, none appears in another event of the batch (nor as an alias's
+#           previousId), at most one per type ->
+#           a new profile with all of them, created here in SQL (what the resolver would do, as nothing else in the
+#           batch can touch those identifiers; common in imports and first visits);
+# - attach: a known customer with new identifiers (a new device's anonymousId, a first email): some identifiers
+#           belong to one profile, the others to none and appear in no other event of the batch -> a candidate,
+#           confirmed by STAGE_ATTACH (limits, no other event of the batch touching that profile) or sent slow;
+# - slow:   everything else (alias, merges, shared identifiers) -> the sequential resolver in Python.
 # Params: lo, hi, lo, hi.
 STAGE_EVENTS = parse("""
 CREATE OR REPLACE TEMP TABLE b_events AS
@@ -64,6 +67,7 @@ WITH aliased AS (  -- previousIds of the batch's alias calls: they may name iden
 ), owners AS (  -- per event: what its identifiers say (grouped by seq alone: cheaper than by every column)
     SELECT o.seq, min(o.profile_id) AS owner, count(o.value) AS ids, count(o.profile_id) AS owned,
            count(DISTINCT o.profile_id) AS profiles, max(o.key_events) AS key_events,
+           max(o.key_events) FILTER (WHERE o.profile_id IS NULL) AS unowned_key_events,
            count(DISTINCT o.id_type) AS types, count(a.value) AS aliased
     FROM b_owned AS o LEFT JOIN aliased AS a ON a.value = o.value AND o.id_type IN ('user_id', 'anonymous_id')
     GROUP BY o.seq
@@ -73,17 +77,58 @@ SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous
        CASE WHEN e.type = 'alias' OR coalesce(o.ids, 0) = 0 THEN 'slow'
             WHEN o.owned = o.ids AND o.profiles = 1 THEN 'fast'
             WHEN o.owned = 0 AND o.key_events = 1 AND o.types = o.ids AND o.aliased = 0 THEN 'new'
+            WHEN o.profiles = 1 AND o.unowned_key_events = 1 AND o.aliased = 0 THEN 'attach'
             ELSE 'slow' END AS path
 FROM events AS e LEFT JOIN owners AS o ON o.seq = e.seq
 WHERE e.seq > ? AND e.seq <= ?
 """)
 # How many events of the batch need the sequential resolver, are identify calls (traits), create profiles,
-# and may carry consent statements.
+# may carry consent statements, and may attach identifiers to a known profile.
 BATCH_SHAPE = parse("""
 SELECT count(*) FILTER (WHERE path = 'slow'), count(*) FILTER (WHERE type = 'identify'),
-       count(*) FILTER (WHERE path = 'new'), count(*) FILTER (WHERE consent_hint)
+       count(*) FILTER (WHERE path = 'new'), count(*) FILTER (WHERE consent_hint),
+       count(*) FILTER (WHERE path = 'attach')
 FROM b_events
 """)
+# Attach candidates the resolver would attach in full, decided at once: the resolver gives the event to its one
+# profile and attaches the new identifiers when the profile's identifiers plus the new ones stay within every
+# per-type limit (otherwise it drops some: left to it). Equivalence with the sequential order needs that nothing
+# else in the batch changes that profile first: no other event of the batch that is not fast names one of its
+# identifiers, and the batch has no alias call (an alias can merge a profile through a previousId alone).
+# Params: limit values, their identifier types (lists), the default limit.
+STAGE_ATTACH = parse("""
+CREATE OR REPLACE TEMP TABLE b_attach AS
+WITH candidates AS (
+    SELECT seq, owner, timestamp FROM b_events
+    WHERE path = 'attach' AND NOT EXISTS (SELECT 1 FROM b_events WHERE type = 'alias')
+), exclusive AS (  -- profiles named by exactly one event of the batch that is not fast
+    SELECT o.profile_id FROM b_owned AS o JOIN b_events AS b ON b.seq = o.seq
+    WHERE b.path <> 'fast' AND o.profile_id IS NOT NULL
+    GROUP BY o.profile_id HAVING count(DISTINCT o.seq) = 1
+), chosen AS (
+    SELECT c.seq, c.owner, c.timestamp FROM candidates AS c JOIN exclusive AS x ON x.profile_id = c.owner
+), counted AS (  -- per event and type: the profile's identifiers plus the event's new ones
+    SELECT c.seq, i.type AS id_type, count(*) AS n FROM chosen AS c JOIN identities AS i ON i.profile_id = c.owner
+    GROUP BY c.seq, i.type
+    UNION ALL
+    SELECT o.seq, o.id_type, count(*) FROM b_owned AS o JOIN chosen AS c ON c.seq = o.seq
+    WHERE o.profile_id IS NULL GROUP BY o.seq, o.id_type
+), over_limit AS (
+    SELECT seq FROM counted GROUP BY seq, id_type
+    HAVING sum(n) > coalesce(CAST(? AS INTEGER[])[list_position(CAST(? AS VARCHAR[]), id_type)], ?)
+)
+SELECT seq, owner, timestamp FROM chosen WHERE seq NOT IN (SELECT seq FROM over_limit)
+""")
+UNCONFIRMED_ATTACH = parse(
+    "UPDATE b_events SET path = 'slow' WHERE path = 'attach' AND seq NOT IN (SELECT seq FROM b_attach)"
+)
+ATTACH_IDENTITIES = parse(
+    "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
+    "SELECT o.id_type || ':' || o.value, o.id_type, o.value, a.owner, a.timestamp, a.seq "
+    "FROM b_owned AS o JOIN b_attach AS a ON a.seq = o.seq WHERE o.profile_id IS NULL"
+)
+ATTACH_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, owner FROM b_attach")
+COUNT_ATTACHED = parse("SELECT count(*) FROM b_attach")
 FAST_ASSIGN = parse("""
 CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, owner AS profile_id FROM b_events WHERE path = 'fast'
 """)
@@ -358,7 +403,7 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
     "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked; "
-    "DROP TABLE IF EXISTS trait_input; DROP TABLE IF EXISTS b_new"
+    "DROP TABLE IF EXISTS trait_input; DROP TABLE IF EXISTS b_new; DROP TABLE IF EXISTS b_attach"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.
 # Params: processed-at time, reason, seq.
