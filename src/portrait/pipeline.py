@@ -80,7 +80,7 @@ class Processor:
         # with the number of identities, not events (DuckDB joins the batch's identifiers by scanning them), so at
         # a million profiles growing batches clear a backlog x1.29 faster (benchmarks/processor_scale.py).
         self.max_batch_size = max(batch_size, max_batch_size or batch_size)
-        self.next_batch_size = batch_size
+        self._next_batch_size = batch_size
         self.last_batch: tuple[int, float] = (0, 0.0)  # events, seconds of the latest batch (for /api/status)
         self._blocked = sorted(rules.blocked)
 
@@ -106,10 +106,10 @@ class Processor:
         started = time.perf_counter()
         with session.transaction():
             watermark = self._watermark(session)
-            size = limit or self.next_batch_size
+            size = limit or self._next_batch_size
             hi, count = session.execute(q.BATCH_RANGE, [watermark, size])[0]
             if count == 0:
-                self.next_batch_size = self.batch_size
+                self._next_batch_size = self.batch_size
                 return 0
             self._apply(session, watermark, int(hi))
             session.execute(sql.SET_PROCESSOR_COUNTER, [hi, "watermark"])
@@ -117,7 +117,7 @@ class Processor:
         self.last_batch = (int(count), time.perf_counter() - started)
         if limit is None:
             full = count >= size
-            self.next_batch_size = min(2 * size, self.max_batch_size) if full else self.batch_size
+            self._next_batch_size = min(2 * size, self.max_batch_size) if full else self.batch_size
         return int(count)
 
     def rebuild_traits(self, session: Session) -> int:

@@ -7,6 +7,8 @@ Parameters marked ``lo``/``hi`` are the batch's sequence range (lo exclusive, hi
 
 from __future__ import annotations
 
+from sqlglot import exp
+
 from portrait.attributes import INFERRED_TYPES
 from portrait.sql import insert_from, parse, parse_many
 
@@ -117,17 +119,29 @@ WITH candidates AS (
     SELECT seq FROM counted GROUP BY seq, id_type
     HAVING sum(n) > coalesce(CAST(? AS INTEGER[])[list_position(CAST(? AS VARCHAR[]), id_type)], ?)
 )
-SELECT seq, owner, timestamp FROM chosen WHERE seq NOT IN (SELECT seq FROM over_limit)
+SELECT seq, timestamp, owner AS profile_id FROM chosen WHERE seq NOT IN (SELECT seq FROM over_limit)
 """)
 UNCONFIRMED_ATTACH = parse(
     "UPDATE b_events SET path = 'slow' WHERE path = 'attach' AND seq NOT IN (SELECT seq FROM b_attach)"
 )
-ATTACH_IDENTITIES = parse(
-    "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
-    "SELECT o.id_type || ':' || o.value, o.id_type, o.value, a.owner, a.timestamp, a.seq "
-    "FROM b_owned AS o JOIN b_attach AS a ON a.seq = o.seq WHERE o.profile_id IS NULL"
-)
-ATTACH_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, owner FROM b_attach")
+
+
+def _give_new_identifiers(source: str) -> exp.Expr:
+    """The unowned identifiers of the events in ``source(seq, timestamp, profile_id)`` join that profile."""
+    return parse(
+        "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
+        "SELECT o.id_type || ':' || o.value, o.id_type, o.value, s.profile_id, s.timestamp, s.seq "
+        f"FROM b_owned AS o JOIN {source} AS s ON s.seq = o.seq WHERE o.profile_id IS NULL"
+    )
+
+
+def _assign(source: str) -> exp.Expr:
+    """The events of ``source(seq, profile_id)`` belong to those profiles in this batch."""
+    return parse(f"INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM {source}")
+
+
+ATTACH_IDENTITIES = _give_new_identifiers("b_attach")
+ATTACH_ASSIGN = _assign("b_attach")
 COUNT_ATTACHED = parse("SELECT count(*) FROM b_attach")
 FAST_ASSIGN = parse("""
 CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, owner AS profile_id FROM b_events WHERE path = 'fast'
@@ -142,12 +156,8 @@ FROM (SELECT seq, timestamp, md5(message_id) AS h FROM b_events WHERE path = 'ne
 """)
 # Params: processed-at time.
 NEW_PROFILES = parse("INSERT INTO profiles (profile_id, created_seq, created_at) SELECT profile_id, seq, ? FROM b_new")
-NEW_IDENTITIES = parse(
-    "INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
-    "SELECT o.id_type || ':' || o.value, o.id_type, o.value, n.profile_id, n.timestamp, n.seq "
-    "FROM b_owned AS o JOIN b_new AS n ON n.seq = o.seq"
-)
-NEW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM b_new")
+NEW_IDENTITIES = _give_new_identifiers("b_new")  # all of a new event's identifiers are unowned
+NEW_ASSIGN = _assign("b_new")
 SLOW_EVENTS = parse("""
 SELECT b.seq, b.message_id, b.type, b.timestamp, b.previous_id, o.id_type, o.value, o.profile_id
 FROM b_events AS b LEFT JOIN b_owned AS o ON o.seq = b.seq
@@ -164,7 +174,7 @@ SELECT p.profile_id, p.created_seq, i.type, i.value FROM wanted_profiles AS w
 JOIN profiles AS p ON p.profile_id = w.profile_id
 LEFT JOIN identities AS i ON i.profile_id = p.profile_id
 """)
-INSERT_SLOW_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, profile_id FROM slow_assign")
+INSERT_SLOW_ASSIGN = _assign("slow_assign")
 INSERT_PROFILES = insert_from(
     "profiles", "new_profiles", ("profile_id", "created_seq", "created_at")
 )
