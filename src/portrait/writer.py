@@ -4,8 +4,9 @@ DuckDB appends millions of rows/s from Arrow but does only ~1.5k single-row INSE
 validated events (columns, see :class:`portrait.spec.EventColumns`) to the writer thread and waits; the writer takes
 everything queued, appends it in one transaction and only then answers the waiting requests (durability before
 HTTP 200). Duplicates (same messageId, e.g. an SDK retry) are left out before the append (see
-:mod:`portrait.dedup`), so a retried batch never creates a second copy, and sequence numbers have no gaps. If a
-group fails as a whole, each request is retried alone, so one bad request cannot fail the others.
+:mod:`portrait.dedup`), so a retried batch never creates a second copy, sequence numbers have no gaps, and the log
+needs no index (which keeps appends and checkpoints cheap). If a group fails as a whole, each request is retried
+alone, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
@@ -197,11 +198,7 @@ class EventWriter:
             table = table.filter(pa.array(keep, pa.bool_()))
         first = self._last_seq + 1
         table = table.set_column(0, "seq", pa.array(range(first, first + table.num_rows), pa.int64()))
-        session.load("incoming_events", table)
-        try:
-            session.execute(q.INSERT_EVENTS)
-        finally:
-            session.unload("incoming_events")
+        session.append("events", table)
         self._last_seq = first + table.num_rows - 1
 
 

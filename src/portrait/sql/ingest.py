@@ -1,16 +1,10 @@
-"""Appends to the event log: validated events (an Arrow table per group commit) and rejections."""
+"""Appends to the event log: rejections, and what the writer reads back. Events themselves are appended as an Arrow
+table per group commit through ``Session.append`` (no statement: see portrait.writer)."""
 
 from __future__ import annotations
 
 from portrait.sql import insert_from, parse
 
-EVENT_COLUMNS = (
-    "seq", "message_id", "type", "event", "user_id", "anonymous_id", "previous_id", "group_id", "timestamp",
-    "original_timestamp", "sent_at", "received_at", "properties", "traits", "context", "source", "ip",
-    "identity_hints",
-)
-# Duplicates are left out before (portrait.dedup): the log has no index to keep appends and checkpoints cheap.
-INSERT_EVENTS = insert_from("events", "incoming_events", EVENT_COLUMNS)
 REJECTION_COLUMNS = ("received_at", "code", "reason", "source", "message_id", "payload")
 INSERT_REJECTIONS = insert_from("rejected_events", "incoming_rejections", REJECTION_COLUMNS)
 MAX_SEQ = parse("SELECT coalesce(max(seq), 0) FROM events")

@@ -43,6 +43,7 @@ class DuckDBSession:
     def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer, *, attached: bool = False) -> None:
         self._con = connection
         self._render = render
+        self._columns: dict[str, tuple[str, ...]] = {}  # per table, for append (schemas change only at start)
         if attached:  # an encrypted database is attached by name; a new cursor starts in the in-memory one
             self.execute(schema.USE_PORTRAIT)
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
@@ -60,6 +61,15 @@ class DuckDBSession:
 
     def unload(self, name: str) -> None:
         self._con.unregister(name)
+
+    def append(self, table: str, rows: pa.Table) -> None:
+        columns = self._columns.get(table)
+        if columns is None:
+            columns = self._columns[table] = tuple(self._con.table(table).columns)
+        if tuple(rows.column_names) != columns:  # DuckDB appends by position: a mismatch would mix columns up
+            raise PortraitError(f"cannot append to {table}: columns {rows.column_names} are not the table's "
+                                f"{list(columns)}")
+        self._con.from_arrow(rows).insert_into(table)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
