@@ -401,3 +401,21 @@ def test_a_caught_up_processor_lets_events_gather_between_batches(settings: Sett
         assert service.traits("user_id:u-1")["plan"] == "pro"
     finally:
         service.close()
+
+
+def test_catching_up_ends_while_events_keep_arriving(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """catch_up (run by an erasure, with the processor paused) applies what the log held when it started and
+    returns, even if each of its batches is followed by new events."""
+    service = Portrait(Settings(db_path=str(tmp_path / "catch.duckdb"), processor_batch_size=5,
+                                processor_max_batch_size=5), background=False)
+    service.ingest_messages([msg("track", event="Viewed", userId=f"u{i}") for i in range(12)])
+    process_next = service.processor.process_next
+
+    def batch_then_more_traffic(session: Any) -> int:
+        done = process_next(session)
+        service.ingest_messages([msg("track", event="Viewed", userId="late")])
+        return done
+
+    monkeypatch.setattr(service.processor, "process_next", batch_then_more_traffic)
+    assert service.processor.catch_up() == 12 + 2  # three batches of up to 5; two late arrivals fit in them
+    assert service.status()["lag"] == 1

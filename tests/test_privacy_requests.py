@@ -155,3 +155,87 @@ def test_retention_deletes_old_raw_events_only(portrait: Portrait) -> None:
     assert portrait.privacy.expire(30) == 1
     assert [e["event"] for e in portrait.events("user_id:r1")["events"]] == ["New"]
     assert portrait.profile("user_id:r1")["events_count"] == 2  # who did what and when stays
+
+
+def test_sequence_numbers_are_never_reused_after_the_newest_events_are_erased(tmp_path: Path) -> None:
+    """Erasing the person who sent the newest events must not let a restarted writer hand out their sequence
+    numbers again: the processor has passed them, so events numbered again would never reach a profile."""
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-keep", "traits": {"plan": "free"}}])
+    service.ingest_messages([{"type": "identify", "userId": "u-gone", "traits": {"plan": "pro"}},
+                             {"type": "track", "userId": "u-gone", "event": "Order Completed"}])
+    service.process_pending()
+    service.privacy_request({"type": "erase", "identity": "user_id:u-gone"}, "test", run_now=True)
+    service.close()
+    reopened = Portrait(settings, background=False)
+    reopened.ingest_messages([{"type": "identify", "userId": "u-after", "traits": {"plan": "gold"}}])
+    reopened.process_pending()
+    assert reopened.profile("user_id:u-after")["traits"]["plan"] == "gold"
+    assert reopened.status()["lag"] == 0
+    reopened.close()
+
+
+def test_retention_leaves_events_the_processor_has_not_applied(tmp_path: Path) -> None:
+    """A historical import older than the retention window still reaches the profiles before its raw events go."""
+    from datetime import timedelta
+
+    from portrait.spec import utc_now
+
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    old = (utc_now() - timedelta(days=400)).isoformat() + "Z"
+    service.ingest_messages([{"type": "identify", "userId": "u-old", "timestamp": old, "traits": {"plan": "pro"}}])
+    assert service.privacy.expire(30) == 0  # not applied yet: kept
+    service.process_pending()
+    assert service.profile("user_id:u-old")["traits"]["plan"] == "pro"
+    assert service.privacy.expire(30) == 1
+    service.close()
+
+
+def test_erasure_covers_events_received_but_not_yet_applied(tmp_path: Path) -> None:
+    """Events about the person that were still waiting for the processor do not bring the profile back."""
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"email": "late.one@example.com"}}])
+    service.process_pending()
+    service.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"plan": "pro"}},
+                             {"type": "identify", "userId": "u-unseen", "traits": {"email": "unseen@example.com"}}])
+    done = service.privacy_request({"type": "erase", "identity": "user_id:u-late"}, "test", run_now=True)
+    assert done["result"]["events"] == 2  # the applied identify and the one still waiting
+    unseen = service.privacy_request({"type": "erase", "identity": "email:unseen@example.com"}, "test",
+                                     run_now=True)
+    assert unseen["result"]["erased"] is True  # its only event had not been applied when the request came
+    service.process_pending()
+    for identity in ("user_id:u-late", "user_id:u-unseen"):
+        with pytest.raises(NotFound):
+            service.profile(identity)
+    assert service.status()["lag"] == 0
+    service.close()
+
+
+def test_erasure_covers_events_that_arrive_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request read before the suppression list changed but committed during the erasure is erased too."""
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device",
+                              "traits": {"email": "race@example.com"}}])
+    service.process_pending()
+    erase_profile = service.privacy._erase_profile
+    calls = []
+
+    def erase_then_receive(*args: Any) -> Any:
+        done = erase_profile(*args)
+        if not calls:  # as if a request had been read just before: the old (empty) suppression list lets it in
+            service.ingest_messages([{"type": "page", "anonymousId": "race-device", "name": "Home"}])
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(service.privacy, "_erase_profile", erase_then_receive)
+    done = service.privacy_request({"type": "erase", "identity": "user_id:u-race"}, "test", run_now=True)
+    assert len(calls) == 2 and done["result"]["events"] == 2
+    service.process_pending()
+    with pytest.raises(NotFound):
+        service.profile("anonymous_id:race-device")
+    assert service.status()["lag"] == 0
+    service.close()

@@ -43,7 +43,7 @@ class Settings:
     max_string_length: int = 16384
     """Longest string value accepted inside a message, in characters."""
     retention_days: int = 0
-    """Raw events older than this many days are deleted (hourly); 0 keeps them forever."""
+    """Raw events older than this many days are deleted (hourly) once applied to profiles; 0 keeps them forever."""
     rate_limit: int = 1000
     """Requests per second allowed per key (bursts of twice that); 0 turns rate limiting off."""
     default_phone_region: str = "US"

@@ -29,6 +29,7 @@ from portrait import sql
 from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, normalize_phone
 from portrait.model import Identifier
 from portrait.spec import utc_now
+from portrait.sql import ingest as ingest_q
 from portrait.sql import processor as q
 from portrait.store import Session, Store
 
@@ -161,6 +162,19 @@ class Processor:
             session.execute(sql.SET_PROCESSOR_COUNTER, [hi, "watermark"])
             session.execute(sql.ADD_PROCESSOR_COUNTER, [count, "events_processed"])
         return int(count)
+
+    def catch_up(self) -> int:
+        """Process every event the log holds now (not those arriving meanwhile, so it ends under steady traffic):
+        an erasure runs this first, paused, so it also erases what was received but not yet applied."""
+        session = self._store.session()
+        total = 0
+        try:
+            newest = int(session.execute(ingest_q.MAX_SEQ)[0][0])
+            while self._watermark(session) < newest and (done := self.process_next(session)) > 0:
+                total += done
+        finally:
+            session.close()
+        return total
 
     def drain(self) -> int:
         """Process until caught up (used by the CLI, tests and benchmarks)."""

@@ -132,7 +132,8 @@ class Portrait:
         self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
             resolve=self.resolve_profile_id, normalize_key=self._identity_key,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
-            after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused))
+            after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
+            catch_up=self.processor.catch_up))
         self._privacy_worker: PrivacyWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()

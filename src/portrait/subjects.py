@@ -50,6 +50,7 @@ class Hooks:
     consents: Callable[[str], dict[str, Any]]
     after_erase: Callable[[], None]  # e.g. ask for the database file to be rewritten
     pause: Callable[[], Any]  # a context manager: processing paused while erasing
+    catch_up: Callable[[], Any]  # apply every event received so far (called while paused)
 
 
 class PrivacyRequests:
@@ -136,14 +137,36 @@ class PrivacyRequests:
         identity = request["identity"]
         if identity is None:  # already erased and forgotten: a repeat has nothing left to do
             return {"erased": False, "reason": "already done"}
-        try:
-            profile_id = self._hooks.resolve(identity)
-        except NotFound:
-            self._suppress([self._hooks.normalize_key(identity)], request["id"])
-            self._forget(request)
-            return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
+        with self._hooks.pause():
+            # Events about the person that arrived before the request are applied first, so they are erased with
+            # the profile instead of bringing it back once processing resumes.
+            self._hooks.catch_up()
+            try:
+                profile_id = self._hooks.resolve(identity)
+            except NotFound:
+                self._suppress([self._hooks.normalize_key(identity)], request["id"])
+                self._forget(request)
+                return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
+            result, identities = self._erase_profile(profile_id, request)
+            self.suppressed = self._load_suppressed()
+            # Requests read while this ran were checked against the old list: apply what they brought and erase
+            # any profile it made of the person's identifiers (later requests are dropped at ingestion).
+            self._hooks.catch_up()
+            for kind, value in identities:
+                try:
+                    again = self._hooks.resolve(f"{kind}:{value}")
+                except NotFound:
+                    continue
+                result["events"] += self._erase_profile(again, request)[0]["events"]
+        self._forget(request)
+        self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
+        return result
+
+    def _erase_profile(self, profile_id: str, request: dict[str, Any]
+                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """Erase one profile (and those merged into it); returns the result and the identifiers it had."""
         session = self._session()
-        with self._hooks.pause(), session.transaction():
+        with session.transaction():
             merged = [row[0] for row in session.execute(q.MERGED_IDS, [profile_id])]
             identities = session.execute(q.IDENTITY_KEYS, [profile_id])
             for statement in q.ERASE_SCOPE[:1]:
@@ -160,11 +183,9 @@ class PrivacyRequests:
             for key, _kind, _value in identities:
                 session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
             session.execute(q.DROP_EXPORTS, [request["identity_hash"]])
-        self._forget(request)
-        self.suppressed = self._load_suppressed()
-        self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
-        return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
-                "identities_suppressed": len(identities), "events": events}
+        return ({"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
+                 "identities_suppressed": len(identities), "events": events},
+                [(str(kind), str(value)) for _key, kind, value in identities])
 
     def expire(self, days: int, now: datetime | None = None) -> int:
         """Delete raw events older than ``days`` (retention); returns how many went."""

@@ -7,7 +7,10 @@ from portrait.sql import insert_from, parse
 
 REJECTION_COLUMNS = ("received_at", "code", "reason", "source", "message_id", "payload")
 INSERT_REJECTIONS = insert_from("rejected_events", "incoming_rejections", REJECTION_COLUMNS)
-MAX_SEQ = parse("SELECT coalesce(max(seq), 0) FROM events")
+# The last sequence number handed out. Not max(seq) alone: erasure and retention delete applied events, and the
+# newest ones may be among them; numbering them again would put new events behind the processor's watermark.
+MAX_SEQ = parse("SELECT greatest(coalesce((SELECT max(seq) FROM events), 0), "
+                "(SELECT value FROM processor_state WHERE name = 'watermark'))")
 COUNT_EVENTS = parse("SELECT count(*) FROM events")
 # The newest ids received since a time (params: since, how many), for the writer's memory of recent ids.
 RECENT_MESSAGE_IDS = parse(

@@ -69,5 +69,7 @@ SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppr
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
 # Retention. Params: the cut-off time. Raw events (their payloads) older than it go; which profile did what, and
 # when (event_profiles), and consent statements stay.
-EXPIRED = parse("SELECT count(*) FROM events WHERE timestamp < ?")
-EXPIRE = parse("DELETE FROM events WHERE timestamp < ?")
+# Only events the processor has applied: a historical import older than the window still reaches the profiles.
+_APPLIED = "seq <= (SELECT value FROM processor_state WHERE name = 'watermark')"
+EXPIRED = parse(f"SELECT count(*) FROM events WHERE timestamp < ? AND {_APPLIED}")
+EXPIRE = parse(f"DELETE FROM events WHERE timestamp < ? AND {_APPLIED}")
