@@ -133,7 +133,7 @@ class Portrait:
             resolve=self.resolve_profile_id, normalize_key=self._identity_key,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
             after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
-            catch_up=self.processor.catch_up))
+            catch_up=self._catch_up))
         self._privacy_worker: PrivacyWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
@@ -142,6 +142,11 @@ class Portrait:
         if self._processor_thread and self._segment_thread:  # last: they use everything above
             self._processor_thread.start()
             self._segment_thread.start()
+
+    def _catch_up(self) -> None:
+        """Commit what has been read and apply everything the log then holds (an erasure, processing paused)."""
+        self.writer.flush()
+        self.processor.catch_up()
 
     def _processing_paused(self) -> contextlib.AbstractContextManager[None]:
         thread = getattr(self, "_processor_thread", None)

@@ -147,24 +147,20 @@ class PrivacyRequests:
                 self._suppress([self._hooks.normalize_key(identity)], request["id"])
                 self._forget(request)
                 return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
-            result, identities = self._erase_profile(profile_id, request)
-            self.suppressed = self._load_suppressed()
-            # Requests read while this ran were checked against the old list: apply what they brought and erase
-            # any profile it made of the person's identifiers (later requests are dropped at ingestion).
+            # Suppressed before erasing: from here on ingestion drops the person's messages, and those read just
+            # before are applied by the second catch-up and erased with the profile.
+            self._suppress(self._identity_keys(profile_id), request["id"])
             self._hooks.catch_up()
-            for kind, value in identities:
-                try:
-                    again = self._hooks.resolve(f"{kind}:{value}")
-                except NotFound:
-                    continue
-                result["events"] += self._erase_profile(again, request)[0]["events"]
+            result = self._erase_profile(self._hooks.resolve(identity), request)
         self._forget(request)
         self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
         return result
 
-    def _erase_profile(self, profile_id: str, request: dict[str, Any]
-                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        """Erase one profile (and those merged into it); returns the result and the identifiers it had."""
+    def _identity_keys(self, profile_id: str) -> list[str]:
+        return [str(key) for key, _kind, _value in self._session().execute(q.IDENTITY_KEYS, [profile_id])]
+
+    def _erase_profile(self, profile_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Erase one profile and those merged into it; suppress all their identifiers."""
         session = self._session()
         with session.transaction():
             merged = [row[0] for row in session.execute(q.MERGED_IDS, [profile_id])]
@@ -183,9 +179,9 @@ class PrivacyRequests:
             for key, _kind, _value in identities:
                 session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
             session.execute(q.DROP_EXPORTS, [request["identity_hash"]])
-        return ({"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
-                 "identities_suppressed": len(identities), "events": events},
-                [(str(kind), str(value)) for _key, kind, value in identities])
+        self.suppressed = self._load_suppressed()
+        return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
+                "identities_suppressed": len(identities), "events": events}
 
     def expire(self, days: int, now: datetime | None = None) -> int:
         """Delete raw events older than ``days`` (retention); returns how many went."""

@@ -94,6 +94,12 @@ class EventWriter:
             self._queue.put(pending)
         return pending.future
 
+    def flush(self) -> None:
+        """Wait until everything submitted before this call is committed (or has failed)."""
+        barrier = _Pending(EventColumns(), [])  # an empty commit of its own, behind everything queued
+        self._queue.put(barrier)
+        barrier.future.result()
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()

@@ -1,0 +1,44 @@
+"""The group-commit writer on a real database: flush waits for everything submitted before it."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portrait.spec import EventColumns
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
+from portrait.writer import EventWriter
+
+COUNT = parse("SELECT count(*) FROM events")
+
+
+def one_event(message_id: str) -> EventColumns:
+    now = datetime(2026, 11, 23, 12, 0)
+    return EventColumns(
+        message_id=[message_id], type=["track"], event=["Viewed"], user_id=["u1"], anonymous_id=[None],
+        previous_id=[None], group_id=[None], timestamp=[now], original_timestamp=[now], sent_at=[None],
+        received_at=[now], properties=["{}"], traits=["{}"], context=["{}"], source=["default"], ip=[None],
+        identity_hints=[None])
+
+
+def test_flush_returns_once_everything_submitted_before_is_committed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = DuckDBStore(str(tmp_path / "w.duckdb"))
+    writer = EventWriter(store, max_events=1)  # one request per commit: the flush is a commit of its own
+    append = writer._append
+
+    def slow_append(*args: Any) -> Any:
+        time.sleep(0.2)
+        return append(*args)
+
+    monkeypatch.setattr(writer, "_append", slow_append)
+    submitted = [writer.submit(one_event(f"m{i}")) for i in range(3)]
+    writer.flush()
+    assert all(done.done() for done in submitted)
+    assert store.session().execute(COUNT) == [(3,)]
+    writer.close()
