@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -240,4 +241,67 @@ def test_erasure_covers_events_that_arrive_while_it_runs(tmp_path: Path) -> None
     with pytest.raises(NotFound):
         service.profile("anonymous_id:race-device")
     assert service.status()["lag"] == 0
+    service.close()
+
+
+def test_a_request_being_read_when_the_erasure_starts_is_erased_too(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a request and queueing its events cannot straddle the moment the person is suppressed: the erasure
+    waits for a request being read, then commits, applies and erases what it brought."""
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device"}])
+    service.process_pending()
+    read, release = threading.Event(), threading.Event()
+    submit = service.writer.submit
+
+    def submit_when_released(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "client":
+            read.set()  # read against the list without the person; not yet queued
+            release.wait(10)
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(service.writer, "submit", submit_when_released)
+    client = threading.Thread(target=service.ingest_messages, name="client",
+                              args=([{"type": "page", "anonymousId": "race-device", "name": "Home"}],))
+    client.start()
+    assert read.wait(10)
+    results: list[dict[str, Any]] = []
+    eraser = threading.Thread(target=lambda: results.append(service.privacy_request(
+        {"type": "erase", "identity": "user_id:u-race"}, "test", run_now=True)))
+    eraser.start()
+    eraser.join(0.5)
+    assert eraser.is_alive()  # waiting for the request being read
+    release.set()
+    client.join(10)
+    eraser.join(10)
+    assert results[0]["result"]["events"] == 2
+    service.process_pending()
+    with pytest.raises(NotFound):
+        service.profile("anonymous_id:race-device")
+    assert service.status()["lag"] == 0
+    service.close()
+
+
+def test_a_failed_erasure_does_not_leave_the_person_suppressed(tmp_path: Path) -> None:
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "pro"}}])
+    service.process_pending()
+    hooks = service.privacy._hooks
+    calls = []
+
+    def fail_the_second_time() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        hooks.catch_up()
+
+    service.privacy._hooks = dataclasses.replace(hooks, catch_up=fail_the_second_time)
+    done = service.privacy_request({"type": "erase", "identity": "user_id:u-kept"}, "test", run_now=True)
+    assert done["status"] == "failed" and "disk full" in done["error"]
+    assert service.privacy.suppressed == frozenset()
+    service.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "gold"}}])
+    service.process_pending()
+    assert service.profile("user_id:u-kept")["traits"]["plan"] == "gold"  # still a customer, still updated
     service.close()

@@ -18,6 +18,7 @@ import orjson
 
 from portrait import analytics, sql
 from portrait.audit import AuditLog
+from portrait.background import SharedExclusiveLock
 from portrait.config import Settings
 from portrait.connectors import connect, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
@@ -109,6 +110,9 @@ class Portrait:
                              settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
         self.rate_limiter = RateLimiter(settings.rate_limit)
         self._local = threading.local()
+        # Reading a request and queueing its events is shared; changing the suppression list is exclusive, so once
+        # an erasure has suppressed someone, every request read before is already queued for the writer (flush).
+        self._reading = SharedExclusiveLock()
         self._sessions: list[Session] = []
         self._sessions_lock = threading.Lock()
         self.keys = KeyRing(lambda: self._reads)
@@ -133,7 +137,7 @@ class Portrait:
             resolve=self.resolve_profile_id, normalize_key=self._identity_key,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
             after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
-            catch_up=self._catch_up))
+            catch_up=self._catch_up, suppressing=self._reading.exclusive))
         self._privacy_worker: PrivacyWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
@@ -218,8 +222,9 @@ class Portrait:
 
     def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
                 body_bytes: int) -> Future[IngestResult]:
-        events, rejections = self._read(parsed, source, received_at, ip, body_bytes)
-        return self.writer.submit(events, rejections)
+        with self._reading.shared():  # read and queued under one suppression list (see _reading)
+            events, rejections = self._read(parsed, source, received_at, ip, body_bytes)
+            return self.writer.submit(events, rejections)
 
     def _read(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
               body_bytes: int, *, any_identifier: bool = False) -> tuple[EventColumns, list[Rejection]]:
@@ -350,12 +355,11 @@ class Portrait:
         first_row = 1
         for chunk in chunks:
             unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
-            events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size,
-                                            any_identifier=True)
-            if dry_run:
-                result = IngestResult(len(events), 0, len(rejections))
-            else:
-                result = self.writer.submit(events, rejections, whole_log=True).result()
+            with self._reading.shared():
+                events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size,
+                                                any_identifier=True)
+                stored = None if dry_run else self.writer.submit(events, rejections, whole_log=True)
+            result = IngestResult(len(events), 0, len(rejections)) if stored is None else stored.result()
             rows = [(first_row + (r.position or 0), r) for r in rejections]
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)

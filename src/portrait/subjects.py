@@ -51,6 +51,7 @@ class Hooks:
     after_erase: Callable[[], None]  # e.g. ask for the database file to be rewritten
     pause: Callable[[], Any]  # a context manager: processing paused while erasing
     catch_up: Callable[[], Any]  # apply every event received so far (called while paused)
+    suppressing: Callable[[], Any]  # a context manager: no request is being read while it is held
 
 
 class PrivacyRequests:
@@ -141,22 +142,29 @@ class PrivacyRequests:
             # Events about the person that arrived before the request are applied first, so they are erased with
             # the profile instead of bringing it back once processing resumes.
             self._hooks.catch_up()
+            with self._hooks.suppressing():  # from here on ingestion drops the person's messages...
+                self._suppress(self._keys_of(identity), request["id"])
             try:
-                profile_id = self._hooks.resolve(identity)
-            except NotFound:
-                self._suppress([self._hooks.normalize_key(identity)], request["id"])
-                self._forget(request)
-                return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
-            # Suppressed before erasing: from here on ingestion drops the person's messages, and those read just
-            # before are applied by the second catch-up and erased with the profile.
-            self._suppress(self._identity_keys(profile_id), request["id"])
-            self._hooks.catch_up()
-            result = self._erase_profile(self._hooks.resolve(identity), request)
+                self._hooks.catch_up()  # ...and those read before are committed and applied, to be erased too
+                try:
+                    profile_id = self._hooks.resolve(identity)
+                except NotFound:
+                    self._forget(request)
+                    return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
+                result = self._erase_profile(profile_id, request)
+            except Exception:
+                self._unsuppress(request["id"])  # a failed erasure leaves nothing behind; it can be asked again
+                raise
         self._forget(request)
         self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
         return result
 
-    def _identity_keys(self, profile_id: str) -> list[str]:
+    def _keys_of(self, identity: str) -> list[str]:
+        """The normalized keys of every identifier of the profile ``identity`` names (its own if none does)."""
+        try:
+            profile_id = self._hooks.resolve(identity)
+        except NotFound:
+            return [self._hooks.normalize_key(identity)]
         return [str(key) for key, _kind, _value in self._session().execute(q.IDENTITY_KEYS, [profile_id])]
 
     def _erase_profile(self, profile_id: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +208,10 @@ class PrivacyRequests:
     def _suppress(self, keys: list[str], request_id: str) -> None:
         for key in keys:
             self._session().execute(q.SUPPRESS, [identity_hash(key), request_id, utc_now()])
+        self.suppressed = self._load_suppressed()
+
+    def _unsuppress(self, request_id: str) -> None:
+        self._session().execute(q.UNSUPPRESS, [request_id])
         self.suppressed = self._load_suppressed()
 
     def _forget(self, request: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -98,7 +99,12 @@ class EventWriter:
         """Wait until everything submitted before this call is committed (or has failed)."""
         barrier = _Pending(EventColumns(), [])  # an empty commit of its own, behind everything queued
         self._queue.put(barrier)
-        barrier.future.result()
+        while self._thread.is_alive():  # a closed writer commits nothing more: nothing to wait for
+            try:
+                barrier.future.result(timeout=1)
+                return
+            except FutureTimeout:
+                continue
 
     def close(self) -> None:
         self._queue.put(None)

@@ -67,6 +67,7 @@ ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(payload, ?)")
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
+UNSUPPRESS = parse("DELETE FROM suppressed_identities WHERE request_id = ?")
 # Retention. Params: the cut-off time. Raw events (their payloads) older than it go; which profile did what, and
 # when (event_profiles), and consent statements stay.
 # Only events the processor has applied: a historical import older than the window still reaches the profiles.
