@@ -178,82 +178,71 @@ def test_sequence_numbers_are_never_reused_after_the_newest_events_are_erased(tm
     reopened.close()
 
 
-def test_retention_leaves_events_the_processor_has_not_applied(tmp_path: Path) -> None:
+def test_retention_leaves_events_the_processor_has_not_applied(portrait: Portrait) -> None:
     """A historical import older than the retention window still reaches the profiles before its raw events go."""
     from datetime import timedelta
 
     from portrait.spec import utc_now
 
-    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
-    service = Portrait(settings, background=False)
     old = (utc_now() - timedelta(days=400)).isoformat() + "Z"
-    service.ingest_messages([{"type": "identify", "userId": "u-old", "timestamp": old, "traits": {"plan": "pro"}}])
-    assert service.privacy.expire(30) == 0  # not applied yet: kept
-    service.process_pending()
-    assert service.profile("user_id:u-old")["traits"]["plan"] == "pro"
-    assert service.privacy.expire(30) == 1
-    service.close()
+    portrait.ingest_messages([{"type": "identify", "userId": "u-old", "timestamp": old, "traits": {"plan": "pro"}}])
+    assert portrait.privacy.expire(30) == 0  # not applied yet: kept
+    portrait.process_pending()
+    assert portrait.profile("user_id:u-old")["traits"]["plan"] == "pro"
+    assert portrait.privacy.expire(30) == 1
 
 
-def test_erasure_covers_events_received_but_not_yet_applied(tmp_path: Path) -> None:
+def test_erasure_covers_events_received_but_not_yet_applied(portrait: Portrait) -> None:
     """Events about the person that were still waiting for the processor do not bring the profile back."""
-    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
-    service = Portrait(settings, background=False)
-    service.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"email": "late.one@example.com"}}])
-    service.process_pending()
-    service.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"plan": "pro"}},
+    portrait.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"email": "late.one@example.com"}}])
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "u-late", "traits": {"plan": "pro"}},
                              {"type": "identify", "userId": "u-unseen", "traits": {"email": "unseen@example.com"}}])
-    done = service.privacy_request({"type": "erase", "identity": "user_id:u-late"}, "test", run_now=True)
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-late"}, "test", run_now=True)
     assert done["result"]["events"] == 2  # the applied identify and the one still waiting
-    unseen = service.privacy_request({"type": "erase", "identity": "email:unseen@example.com"}, "test",
+    unseen = portrait.privacy_request({"type": "erase", "identity": "email:unseen@example.com"}, "test",
                                      run_now=True)
     assert unseen["result"]["erased"] is True  # its only event had not been applied when the request came
-    service.process_pending()
+    portrait.process_pending()
     for identity in ("user_id:u-late", "user_id:u-unseen"):
         with pytest.raises(NotFound):
-            service.profile(identity)
-    assert service.status()["lag"] == 0
-    service.close()
+            portrait.profile(identity)
+    assert portrait.status()["lag"] == 0
 
 
-def test_erasure_covers_events_that_arrive_while_it_runs(tmp_path: Path) -> None:
+def test_erasure_covers_events_that_arrive_while_it_runs(portrait: Portrait) -> None:
     """A request read just before the person's identifiers were suppressed is applied and erased with them."""
-    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
-    service = Portrait(settings, background=False)
-    service.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device",
+    portrait.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device",
                               "traits": {"email": "race@example.com"}}])
-    service.process_pending()
-    catch_up = service.privacy._hooks.catch_up
-    calls = []
+    portrait.process_pending()
+    catch_up = portrait.privacy._hooks.catch_up
+    calls: list[int] = []
 
     def catch_up_then_receive() -> None:
         catch_up()
         if not calls:  # as if a request had been read just now: the suppression list does not name them yet
-            service.ingest_messages([{"type": "page", "anonymousId": "race-device", "name": "Home"}])
+            portrait.ingest_messages([{"type": "page", "anonymousId": "race-device", "name": "Home"}])
         calls.append(1)
 
-    service.privacy._hooks = dataclasses.replace(service.privacy._hooks, catch_up=catch_up_then_receive)
-    done = service.privacy_request({"type": "erase", "identity": "user_id:u-race"}, "test", run_now=True)
+    portrait.privacy._hooks = dataclasses.replace(portrait.privacy._hooks, catch_up=catch_up_then_receive)
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-race"}, "test", run_now=True)
     assert len(calls) == 2 and done["result"]["events"] == 2
-    service.ingest_messages([{"type": "page", "anonymousId": "race-device", "name": "Later"}])
-    service.process_pending()
-    assert service.status()["events_suppressed"] == 1  # after the request: dropped at ingestion
+    portrait.ingest_messages([{"type": "page", "anonymousId": "race-device", "name": "Later"}])
+    portrait.process_pending()
+    assert portrait.status()["events_suppressed"] == 1  # after the request: dropped at ingestion
     with pytest.raises(NotFound):
-        service.profile("anonymous_id:race-device")
-    assert service.status()["lag"] == 0
-    service.close()
+        portrait.profile("anonymous_id:race-device")
+    assert portrait.status()["lag"] == 0
 
 
-def test_a_request_being_read_when_the_erasure_starts_is_erased_too(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_being_read_when_the_erasure_starts_is_erased_too(
+        portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading a request and queueing its events cannot straddle the moment the person is suppressed: the erasure
     waits for a request being read, then commits, applies and erases what it brought."""
-    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
-    service = Portrait(settings, background=False)
-    service.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device"}])
-    service.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "u-race", "anonymousId": "race-device"}])
+    portrait.process_pending()
     read, release = threading.Event(), threading.Event()
-    submit = service.writer.submit
+    submit = portrait.writer.submit
 
     def submit_when_released(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "client":
@@ -261,13 +250,13 @@ def test_a_request_being_read_when_the_erasure_starts_is_erased_too(tmp_path: Pa
             release.wait(10)
         return submit(*args, **kwargs)
 
-    monkeypatch.setattr(service.writer, "submit", submit_when_released)
-    client = threading.Thread(target=service.ingest_messages, name="client",
+    monkeypatch.setattr(portrait.writer, "submit", submit_when_released)
+    client = threading.Thread(target=portrait.ingest_messages, name="client",
                               args=([{"type": "page", "anonymousId": "race-device", "name": "Home"}],))
     client.start()
     assert read.wait(10)
     results: list[dict[str, Any]] = []
-    eraser = threading.Thread(target=lambda: results.append(service.privacy_request(
+    eraser = threading.Thread(target=lambda: results.append(portrait.privacy_request(
         {"type": "erase", "identity": "user_id:u-race"}, "test", run_now=True)))
     eraser.start()
     eraser.join(0.5)
@@ -276,20 +265,17 @@ def test_a_request_being_read_when_the_erasure_starts_is_erased_too(tmp_path: Pa
     client.join(10)
     eraser.join(10)
     assert results[0]["result"]["events"] == 2
-    service.process_pending()
+    portrait.process_pending()
     with pytest.raises(NotFound):
-        service.profile("anonymous_id:race-device")
-    assert service.status()["lag"] == 0
-    service.close()
+        portrait.profile("anonymous_id:race-device")
+    assert portrait.status()["lag"] == 0
 
 
-def test_a_failed_erasure_does_not_leave_the_person_suppressed(tmp_path: Path) -> None:
-    settings = Settings(db_path=str(tmp_path / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
-    service = Portrait(settings, background=False)
-    service.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "pro"}}])
-    service.process_pending()
-    hooks = service.privacy._hooks
-    calls = []
+def test_a_failed_erasure_does_not_leave_the_person_suppressed(portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "pro"}}])
+    portrait.process_pending()
+    hooks = portrait.privacy._hooks
+    calls: list[int] = []
 
     def fail_the_second_time() -> None:
         calls.append(1)
@@ -297,11 +283,10 @@ def test_a_failed_erasure_does_not_leave_the_person_suppressed(tmp_path: Path) -
             raise OSError("disk full")
         hooks.catch_up()
 
-    service.privacy._hooks = dataclasses.replace(hooks, catch_up=fail_the_second_time)
-    done = service.privacy_request({"type": "erase", "identity": "user_id:u-kept"}, "test", run_now=True)
+    portrait.privacy._hooks = dataclasses.replace(hooks, catch_up=fail_the_second_time)
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-kept"}, "test", run_now=True)
     assert done["status"] == "failed" and "disk full" in done["error"]
-    assert service.privacy.suppressed == frozenset()
-    service.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "gold"}}])
-    service.process_pending()
-    assert service.profile("user_id:u-kept")["traits"]["plan"] == "gold"  # still a customer, still updated
-    service.close()
+    assert portrait.privacy.suppressed == frozenset()
+    portrait.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "gold"}}])
+    portrait.process_pending()
+    assert portrait.profile("user_id:u-kept")["traits"]["plan"] == "gold"  # still a customer, still updated
