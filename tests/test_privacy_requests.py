@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,43 @@ def test_a_failed_erasure_does_not_leave_the_person_suppressed(portrait: Portrai
     portrait.ingest_messages([{"type": "identify", "userId": "u-kept", "traits": {"plan": "gold"}}])
     portrait.process_pending()
     assert portrait.profile("user_id:u-kept")["traits"]["plan"] == "gold"  # still a customer, still updated
+
+
+def test_an_erasure_under_steady_traffic_with_the_background_processor(settings: Settings) -> None:
+    """Server mode: the processor thread, the privacy worker and a client sending all the time. The erasure pauses
+    the processor, catches up past a moving log and finishes; the person does not come back."""
+    service = Portrait(settings)
+    service.start_scheduler()
+    service.ingest_messages([{"type": "identify", "userId": "u-busy", "traits": {"email": "busy@example.com"}}])
+    service.wait_processed()
+    sending = threading.Event()
+    sending.set()
+
+    def client() -> None:
+        batch = 0
+        while sending.is_set():
+            batch += 1
+            service.ingest_messages([{"type": "track", "userId": f"other-{batch}-{i}", "event": "Viewed"}
+                                     for i in range(50)] + [{"type": "track", "userId": "u-busy", "event": "Viewed"}])
+
+    traffic = threading.Thread(target=client)
+    traffic.start()
+    try:
+        time.sleep(0.3)
+        created = service.privacy_request({"type": "erase", "identity": "email:busy@example.com"}, "test")
+        deadline = time.monotonic() + 30
+        while service.privacy.get(created["id"])["status"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # more traffic naming the person, now dropped at ingestion
+    finally:
+        sending.clear()
+        traffic.join(30)
+    done = service.privacy.get(created["id"])
+    assert done["status"] == "done" and done["result"]["erased"] is True, done
+    service.wait_processed()
+    with pytest.raises(NotFound):
+        service.profile("user_id:u-busy")
+    status = service.status()
+    assert status["lag"] == 0 and status["events_suppressed"] > 0
+    assert service.profile("user_id:other-1-0")["events_count"] == 1
+    service.close()
