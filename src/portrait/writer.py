@@ -96,7 +96,7 @@ class EventWriter:
         return pending.future
 
     def flush(self) -> None:
-        """Wait until everything submitted before this call is committed (or has failed)."""
+        """Wait until everything submitted before this call is committed (raises if that commit fails)."""
         barrier = _Pending(EventColumns(), [])  # an empty commit of its own, behind everything queued
         self._queue.put(barrier)
         while self._thread.is_alive():  # a closed writer commits nothing more: nothing to wait for
