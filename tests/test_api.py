@@ -122,6 +122,21 @@ def test_unreadable_requests_get_400_and_are_kept(client: TestClient, portrait: 
     assert kept[0]["payload"]  # what was sent (its first 64 KiB) can be inspected
 
 
+@pytest.mark.parametrize(("body", "code"), [
+    ({"batch": [{"type": "track"}] * 2501}, "batch_too_large"),
+    ({"batch": {"not": "a list"}}, "invalid_request"),
+])
+def test_a_body_refused_as_a_whole_is_kept_for_the_key_it_names(client: TestClient, body: dict[str, object],
+                                                                 code: str) -> None:
+    """The browser style: the write key only in the body. A readable body refused as a whole still names its
+    sender, so it is kept like one whose key came in a header; an unknown key gets 401 as always."""
+    response = client.post("/v1/batch", content=orjson.dumps({**body, "writeKey": WRITE_KEY}))
+    assert response.status_code == 400 and response.json()["code"] == code
+    kept = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    assert [r["code"] for r in kept] == [code]
+    assert client.post("/v1/batch", content=orjson.dumps({**body, "writeKey": "wk_unknown"})).status_code == 401
+
+
 def test_invalid_messages_are_dropped_with_200_but_listed_with_reasons(client: TestClient, portrait: Portrait
                                                                        ) -> None:
     batch = [track(messageId="ok"), {"type": "track", "userId": "u-1", "messageId": "no-event"},

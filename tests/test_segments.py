@@ -64,6 +64,19 @@ def test_a_dynamic_segment_is_counted_and_its_members_get_audience_events(portra
     assert portrait.profile_segments("email:ann@example.com")["segments"][0]["name"] == "Big buyers"
 
 
+def test_segments_built_on_audience_events_get_theirs_too(portrait: Portrait) -> None:
+    """A segment of people who entered another one: its own Audience Entered events are written as well, however
+    many rounds the chain takes."""
+    portrait.create_segment({"name": "buyers", "condition": 'performed("Order Completed")'})
+    for name, after in (("welcomed", "buyers"), ("thanked", "welcomed")):
+        condition = f'performed("Audience Entered", where segment = "{after}")'
+        portrait.create_segment({"name": name, "condition": condition})
+    portrait.ingest_messages([{"type": "track", "userId": "cara", "event": "Order Completed"}])
+    portrait.process_pending()
+    timeline = portrait.events("user_id:cara", event="Audience Entered")["events"]
+    assert sorted(e["properties"]["segment"] for e in timeline) == ["buyers", "thanked", "welcomed"]
+
+
 def test_membership_follows_new_events_and_keeps_history(portrait: Portrait) -> None:
     shop(portrait)
     portrait.create_segment({"name": "adults 30+", "condition": "age >= 30"})

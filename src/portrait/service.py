@@ -45,6 +45,7 @@ from portrait.spec import (
     Limits,
     MessageReader,
     ParsedRequest,
+    RefusedBody,
     decode_body,
     key_from_basic_auth,
     parse_request,
@@ -57,6 +58,8 @@ from portrait.store import Session, Store, open_store
 from portrait.store.duckdb import compact_if_marked, mark_for_compaction
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker, identity_hash
 from portrait.writer import DedupPolicy, EventWriter
+
+AUDIENCE_ROUNDS = 10  # most rounds of segment changes -> audience events -> segment changes in process_pending
 
 
 @dataclass
@@ -198,7 +201,8 @@ class Portrait:
         """Authenticate, read and validate a request; the future resolves once its events are committed.
 
         Raises Unauthorized (no/unknown key) or BadRequest (unreadable body). An unreadable body from an
-        authenticated sender (key in header or query) is kept in the rejected events, so the user can see it.
+        authenticated sender (key in header or query, or in a body refused as a whole) is kept in the rejected events,
+        so the user can see it.
         """
         header_key = key_from_basic_auth(request.authorization) or request.query_key
         received_at = utc_now()
@@ -206,9 +210,10 @@ class Portrait:
             body = decode_body(request.body, request.content_encoding, self.limits)
             parsed = parse_request(body, request.endpoint, self.limits)
         except BadRequest as exc:
-            if header_key is None:
+            sender_key = header_key or (exc.write_key if isinstance(exc, RefusedBody) else None)
+            if sender_key is None:
                 raise
-            source = self.keys.check(header_key, "write")
+            source = self.keys.check(sender_key, "write")
             self.rate_limiter.take(source.id)
             return self._keep_unreadable(request.body, exc, source, received_at)
         source = self.keys.check(header_key or parsed.write_key, "write")
@@ -495,11 +500,14 @@ class Portrait:
         """Process the log until caught up and bring segment memberships up to date, in this thread (for the CLI
         when no server runs)."""
         done = self.processor.drain()
-        changes = self.segments.refresh_touched()
-        if changes:
+        # Audience events can move profiles into segments defined on them (performed("Audience Entered", ...)), so
+        # this repeats until nothing changes; the bound stops segments that keep moving each other in and out.
+        for _ in range(AUDIENCE_ROUNDS):
+            changes = self.segments.refresh_touched()
+            if not changes:
+                break
             self._emit_audience_events(changes)
             done += self.processor.drain()
-            self.segments.refresh_touched()
         return done
 
     def rebuild_traits(self) -> dict[str, int]:
@@ -508,6 +516,10 @@ class Portrait:
         The background processor is paused meanwhile (events keep arriving and wait in the log). Returns how many
         trait values were read and how many data-quality issues there are now.
         """
+        expired = self.privacy.expired()
+        if expired:  # the traits they set would be lost: nothing in the log could bring them back
+            raise Conflict(f"retention has deleted {expired} raw events, so the log no longer holds every value the "
+                           "traits were built from; recomputing them from it would lose those values")
         pause = self._processor_thread.paused() if self._processor_thread else contextlib.nullcontext()
         with pause:
             self.process_pending()

@@ -49,6 +49,15 @@ class Limits:
     max_string: int = 16384  # characters of one string value
 
 
+class RefusedBody(BadRequest):
+    """A body that could be read but is refused as a whole (no batch array, too many messages): the write key it
+    names is known, so what was sent can still be kept for that sender to see."""
+
+    def __init__(self, message: str, *, code: str, write_key: str | None) -> None:
+        super().__init__(message, code=code)
+        self.write_key = write_key
+
+
 @dataclass(slots=True)
 class ParsedRequest:
     """A readable request: its messages (raw dicts), batch-level fields, and the write key if the body has one."""
@@ -139,11 +148,11 @@ def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
         return ParsedRequest([message], write_key)
     messages = doc.get("batch")
     if not isinstance(messages, list):
-        raise BadRequest("a batch request needs a 'batch' array of messages", code="invalid_request")
+        raise RefusedBody("a batch request needs a 'batch' array of messages", code="invalid_request",
+                          write_key=write_key)
     if len(messages) > limits.max_batch_items:
-        raise BadRequest(
-            f"batch has {len(messages)} messages; the limit is {limits.max_batch_items}", code="batch_too_large"
-        )
+        raise RefusedBody(f"batch has {len(messages)} messages; the limit is {limits.max_batch_items}",
+                          code="batch_too_large", write_key=write_key)
     context = doc.get("context")
     return ParsedRequest(messages, write_key, doc.get("sentAt"), context if isinstance(context, dict) else None)
 

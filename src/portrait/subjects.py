@@ -191,6 +191,10 @@ class PrivacyRequests:
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
                 "identities_suppressed": len(identities), "events": events}
 
+    def expired(self) -> int:
+        """How many raw events retention has deleted so far."""
+        return int(self._session().execute(q.COUNT_EXPIRED)[0][0])
+
     def expire(self, days: int, now: datetime | None = None) -> int:
         """Delete raw events older than ``days`` (retention); returns how many went."""
         if days <= 0:
@@ -200,7 +204,8 @@ class PrivacyRequests:
         with self._hooks.pause(), session.transaction():
             count = int(session.execute(q.EXPIRED, [cutoff])[0][0])
             if count:
-                session.execute(q.EXPIRE, [cutoff])
+                for statement in q.EXPIRE:
+                    session.execute(statement, [cutoff])
         if count:
             log.info("retention: deleted %d raw events older than %d days", count, days)
         return count

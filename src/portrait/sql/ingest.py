@@ -11,12 +11,15 @@ INSERT_REJECTIONS = insert_from("rejected_events", "incoming_rejections", REJECT
 # newest ones may be among them; numbering them again would put new events behind the processor's watermark.
 MAX_SEQ = parse("SELECT greatest(coalesce((SELECT max(seq) FROM events), 0), "
                 "(SELECT value FROM processor_state WHERE name = 'watermark'))")
-COUNT_EVENTS = parse("SELECT count(*) FROM events")
+# Duplicates are looked for among the events in the log and those retention deleted (expired_events).
+_ALL_IDS = ("(SELECT seq, message_id, received_at FROM events UNION ALL SELECT seq, message_id, received_at "
+            "FROM expired_events)")
+COUNT_EVENTS = parse("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM expired_events)")
 # The newest ids received since a time (params: since, how many), for the writer's memory of recent ids.
 RECENT_MESSAGE_IDS = parse(
-    "SELECT received_at, message_id FROM events WHERE received_at >= ? ORDER BY seq DESC LIMIT ?"
+    f"SELECT received_at, message_id FROM {_ALL_IDS} WHERE received_at >= ? ORDER BY seq DESC LIMIT ?"
 )
 # Which of the candidate ids (incoming_ids) the log already holds: an import's check against the whole log.
 ALREADY_IN_LOG = parse(
-    "SELECT DISTINCT message_id FROM events WHERE message_id IN (SELECT message_id FROM incoming_ids)"
+    f"SELECT DISTINCT message_id FROM {_ALL_IDS} WHERE message_id IN (SELECT message_id FROM incoming_ids)"
 )

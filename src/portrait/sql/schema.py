@@ -318,6 +318,17 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         ALTER TABLE events_unindexed RENAME TO events;
         """
     ),
+    11: parse_many(
+        """
+        -- What retention keeps of the raw events it deletes: their messageIds, so that an SDK retry, a re-imported
+        -- file or a source re-read of an expired event is still a duplicate and is not stored and applied again.
+        CREATE TABLE IF NOT EXISTS expired_events (
+            seq BIGINT NOT NULL,
+            message_id VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

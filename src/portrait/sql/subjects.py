@@ -48,6 +48,7 @@ ADD_ERASE_PROFILE = parse("INSERT INTO erase_profiles VALUES (?)")
 COUNT_SCOPE = parse("SELECT count(*) FROM erase_seqs")
 ERASE = [
     parse("DELETE FROM events WHERE seq IN (SELECT seq FROM erase_seqs)"),
+    parse("DELETE FROM expired_events WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM consent_records WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM event_profiles WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM identities WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
@@ -73,4 +74,10 @@ UNSUPPRESS = parse("DELETE FROM suppressed_identities WHERE request_id = ?")
 # Only events the processor has applied: a historical import older than the window still reaches the profiles.
 _APPLIED = "seq <= (SELECT value FROM processor_state WHERE name = 'watermark')"
 EXPIRED = parse(f"SELECT count(*) FROM events WHERE timestamp < ? AND {_APPLIED}")
-EXPIRE = parse(f"DELETE FROM events WHERE timestamp < ? AND {_APPLIED}")
+# Their messageIds are kept (duplicates stay duplicates), then the rows go.
+EXPIRE = [
+    parse(f"INSERT INTO expired_events (seq, message_id, received_at) SELECT seq, message_id, received_at "
+          f"FROM events WHERE timestamp < ? AND {_APPLIED}"),
+    parse(f"DELETE FROM events WHERE timestamp < ? AND {_APPLIED}"),
+]
+COUNT_EXPIRED = parse("SELECT count(*) FROM expired_events")
