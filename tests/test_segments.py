@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 
 from portrait.api import create_app
+from portrait.config import Settings
 from portrait.errors import BadRequest, Conflict
 from portrait.service import Portrait
 from portrait.spec import utc_now
@@ -247,3 +248,29 @@ def test_odd_segment_references_are_not_found_not_errors(portrait: Portrait, ref
 
     with pytest.raises(NotFound):
         portrait.segments.find(reference)
+
+
+def test_audience_events_survive_a_crash_between_membership_and_the_log(settings: Settings) -> None:
+    """Membership changes and their Audience events are recorded in one transaction (the outbox); the events reach
+    the log after a restart, and sending them twice stores them once."""
+    service = Portrait(settings, background=False)
+    service.create_segment({"name": "buyers", "condition": 'performed("Order Completed")'})
+    service.ingest_messages([{"type": "track", "userId": "dana", "event": "Order Completed"}])
+    service.processor.drain()
+    assert [c.profile_id for c in service.segments.refresh_touched()]  # committed, then the process "dies"
+    service.close()
+    restarted = Portrait(settings, background=False)
+    sent = restarted.segments.sent
+
+    def lost_on_the_way(message_ids: list[str]) -> None:
+        raise OSError("killed after the events were committed, before the outbox was cleared")
+
+    restarted.segments.sent = lost_on_the_way  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        restarted.process_pending()
+    restarted.segments.sent = sent  # type: ignore[method-assign]
+    restarted.process_pending()
+    timeline = restarted.events("user_id:dana", event="Audience Entered")["events"]
+    assert [e["properties"]["segment"] for e in timeline] == ["buyers"]
+    assert restarted.segments.outbox(10) == []
+    restarted.close()

@@ -388,6 +388,14 @@ class Segments:
             profile.consents.append((purpose, status, at, seq))
         return profile
 
+    def outbox(self, limit: int) -> list[tuple[Any, ...]]:
+        """Audience events waiting to be written: (message_id, segment_id, segment, change, profile_id, at)."""
+        return self._session().execute(q.OUTBOX, [limit])
+
+    def sent(self, message_ids: list[str]) -> None:
+        """The outbox's events with these ids are in the log."""
+        self._session().execute(q.SENT, [message_ids])
+
     def identifier_of(self, profile_id: str) -> tuple[str, str] | None:
         rows = self._session().execute(q.PROFILE_IDENTIFIER, [profile_id])
         return (str(rows[0][0]), str(rows[0][1])) if rows else None
@@ -412,6 +420,7 @@ def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
     session.execute(q.EXITED, [segment.id])
     session.execute(q.RECORD_ENTERED, [segment.id, now])
     session.execute(q.RECORD_EXITED, [segment.id, now])
+    session.execute(q.TO_OUTBOX, [segment.id, now, segment.id, segment.name, now] * 2)
     session.execute(q.ADD_MEMBERS, [segment.id, now])
     session.execute(q.REMOVE_MEMBERS, [segment.id])
     return [Change(segment.id, segment.name, change, profile_id)
@@ -475,19 +484,18 @@ def _iso(value: datetime | None) -> str | None:
 
 class SegmentThread(Worker):
     """Keeps memberships current in the background: touched profiles after each batch, a full recount
-    every ``recount_seconds``; ``emit`` receives every entry and exit."""
+    every ``recount_seconds``; then ``send`` writes the outbox's Audience events (also those a crash left there)."""
 
-    def __init__(self, segments: Segments, emit: Callable[[list[Change]], None], recount_seconds: int) -> None:
+    def __init__(self, segments: Segments, send: Callable[[], object], recount_seconds: int) -> None:
         super().__init__("portrait-segments", interval=1.0)
         self._segments = segments
-        self._emit = emit
+        self._send = send
         self._recount_seconds = recount_seconds
         self._last_recount = time.monotonic()
 
     def step(self) -> None:
-        changes = self._segments.refresh_touched()
+        self._segments.refresh_touched()
         if time.monotonic() - self._last_recount >= self._recount_seconds:
-            changes += self._segments.recount_all()
+            self._segments.recount_all()
             self._last_recount = time.monotonic()
-        if changes:
-            self._emit(changes)
+        self._send()

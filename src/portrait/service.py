@@ -30,7 +30,7 @@ from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
 from portrait.registry import AttributeRegistry
-from portrait.segments import Change, Segments, SegmentThread
+from portrait.segments import Segments, SegmentThread
 from portrait.sources import (
     Source,
     SourceRegistry,
@@ -113,6 +113,7 @@ class Portrait:
                              settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
         self.rate_limiter = RateLimiter(settings.rate_limit)
         self._local = threading.local()
+        self._audience_lock = threading.Lock()  # one sender of the segments' outbox at a time
         # Reading a request and queueing its events is shared; changing the suppression list is exclusive, so once
         # an erasure has suppressed someone, every request read before is already queued for the writer (flush).
         self._reading = SharedExclusiveLock()
@@ -127,7 +128,7 @@ class Portrait:
                                    max_batch_size=settings.processor_max_batch_size,
                                    unknown_traits=settings.unknown_traits)
         self.segments = Segments(lambda: self._reads, self.attributes, self.rules.normalize, self._processing_paused)
-        self._segment_thread = (SegmentThread(self.segments, self._emit_audience_events,
+        self._segment_thread = (SegmentThread(self.segments, self._send_audience_events,
                                               settings.segment_recount_seconds) if background else None)
         self._processor_thread = (ProcessorThread(self.processor, self.store, self._segment_thread.notify,
                                                   interval=settings.processor_interval_ms / 1000)
@@ -400,18 +401,18 @@ class Portrait:
 
     # -- segments ----------------------------------------------------------------------------------------------
     def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:
-        document, changes = self.segments.create(fields)
-        self._emit_audience_events(changes)
+        document, _changes = self.segments.create(fields)
+        self._send_audience_events()
         return document
 
     def update_segment(self, reference: str, fields: dict[str, Any]) -> dict[str, Any]:
-        document, changes = self.segments.update(reference, fields)
-        self._emit_audience_events(changes)
+        document, _changes = self.segments.update(reference, fields)
+        self._send_audience_events()
         return document
 
     def recount_segment(self, reference: str) -> dict[str, Any]:
         changes = self.segments.recount(reference)
-        self._emit_audience_events(changes)
+        self._send_audience_events()
         entered = sum(1 for c in changes if c.change == "entered")
         return {**self.segments.get(reference), "entered": entered, "exited": len(changes) - entered}
 
@@ -422,30 +423,37 @@ class Portrait:
     def explain_segment(self, reference: str, profile: str) -> dict[str, Any]:
         return self.segments.explain(reference, self.resolve_profile_id(profile))
 
-    def _emit_audience_events(self, changes: list[Change]) -> None:
-        """``Audience Entered`` / ``Audience Exited`` on each profile's timeline, through the event log, named by
-        the profile's own identifier (so they follow it through merges like any event)."""
-        messages = []
-        now = utc_now()
-        for change in changes:
-            identifier = self.segments.identifier_of(change.profile_id)
-            if identifier is None:  # a profile merged away: its successor is re-evaluated on its own
-                continue
-            kind, value = identifier
-            message: dict[str, Any] = {
-                "type": "track", "event": "Audience Entered" if change.change == "entered" else "Audience Exited",
-                "timestamp": now.isoformat() + "Z", "properties": {"segment": change.segment,
-                                                                  "segment_id": change.segment_id},
-                "messageId": f"audience-{change.segment_id}-{change.change}-{change.profile_id}-{now.timestamp()}"}
-            if kind in ("user_id", "anonymous_id"):
-                message["userId" if kind == "user_id" else "anonymousId"] = value
-            else:
-                message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
-                                                       "encoding": "none"}]}
-            messages.append(message)
-        for start in range(0, len(messages), 5000):
-            for _ in self.import_messages([messages[start:start + 5000]], "portrait:segments"):
-                pass
+    def _send_audience_events(self) -> int:
+        """Write the Audience Entered / Exited events waiting in the segments' outbox to the log (each on the
+        profile's timeline, named by the profile's own identifier so it follows merges like any event); returns
+        how many left the outbox. Ids were fixed when membership changed: sending again stores no duplicate."""
+        sent = 0
+        with self._audience_lock:
+            while rows := self.segments.outbox(5000):
+                messages = [m for m in (self._audience_message(*row) for row in rows) if m is not None]
+                if messages:
+                    for _ in self.import_messages([messages], "portrait:segments"):
+                        pass
+                self.segments.sent([str(row[0]) for row in rows])
+                sent += len(rows)
+        return sent
+
+    def _audience_message(self, message_id: str, segment_id: int, segment: str, change: str, profile_id: str,
+                          at: datetime) -> dict[str, Any] | None:
+        identifier = self.segments.identifier_of(profile_id)
+        if identifier is None:  # a profile merged away (or erased): its successor is evaluated on its own
+            return None
+        kind, value = identifier
+        message: dict[str, Any] = {
+            "type": "track", "event": "Audience Entered" if change == "entered" else "Audience Exited",
+            "timestamp": at.isoformat() + "Z", "properties": {"segment": segment, "segment_id": segment_id},
+            "messageId": message_id}
+        if kind in ("user_id", "anonymous_id"):
+            message["userId" if kind == "user_id" else "anonymousId"] = value
+        else:
+            message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
+                                                   "encoding": "none"}]}
+        return message
 
     # -- SQL sources -------------------------------------------------------------------------------------------
     def add_source(self, fields: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
@@ -504,9 +512,8 @@ class Portrait:
         # this repeats until nothing changes; the bound stops segments that keep moving each other in and out.
         for _ in range(AUDIENCE_ROUNDS):
             changes = self.segments.refresh_touched()
-            if not changes:
+            if not self._send_audience_events() and not changes:
                 break
-            self._emit_audience_events(changes)
             done += self.processor.drain()
         return done
 

@@ -329,6 +329,21 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    12: parse_many(
+        """
+        -- Audience Entered/Exited events waiting to be written to the log: recorded in the transaction that changes
+        -- membership, removed once the events are committed, so a crash between the two loses none (the messageId
+        -- is fixed here, so sending them again after a crash stores no duplicate).
+        CREATE TABLE IF NOT EXISTS audience_outbox (
+            message_id VARCHAR PRIMARY KEY,
+            segment_id BIGINT NOT NULL,
+            segment VARCHAR NOT NULL,
+            change VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            at TIMESTAMP NOT NULL
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

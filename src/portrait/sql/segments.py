@@ -73,6 +73,16 @@ ADD_MEMBERS = parse("INSERT INTO segment_members (segment_id, profile_id, entere
 REMOVE_MEMBERS = parse("DELETE FROM segment_members WHERE segment_id = ? "
                        "AND profile_id IN (SELECT profile_id FROM seg_exited)")
 CHANGES = parse("SELECT 'entered', profile_id FROM seg_entered UNION ALL SELECT 'exited', profile_id FROM seg_exited")
+# The changes' Audience events, to be written to the log. Params: segment id, now, segment id, name, now (entered),
+# the same again (exited). The messageId is fixed here, so a second sending after a crash is a duplicate.
+_OUTBOX_ROW = ("SELECT 'audience-' || CAST(? AS VARCHAR) || '-{0}-' || profile_id || '-' || CAST(epoch_us(CAST(? AS "
+               "TIMESTAMP)) AS VARCHAR), ?, ?, '{0}', profile_id, ? FROM seg_{0}")
+TO_OUTBOX = parse("INSERT INTO audience_outbox (message_id, segment_id, segment, change, profile_id, at) "
+                  + _OUTBOX_ROW.format("entered") + " UNION ALL " + _OUTBOX_ROW.format("exited")
+                  + " ON CONFLICT DO NOTHING")
+OUTBOX = parse("SELECT message_id, segment_id, segment, change, profile_id, at FROM audience_outbox "
+               "ORDER BY at, message_id LIMIT ?")
+SENT = parse("DELETE FROM audience_outbox WHERE message_id IN (SELECT UNNEST(CAST(? AS VARCHAR[])))")
 RECORD_SIZE = parse("INSERT INTO segment_sizes (segment_id, at, size) "
                     "SELECT ?, ?, count(*) FROM segment_members WHERE segment_id = ?")
 COUNTED = parse("UPDATE segments SET counted_at = ? WHERE id = ?")

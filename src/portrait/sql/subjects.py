@@ -60,6 +60,7 @@ ERASE = [
     parse("DELETE FROM identity_conflicts WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM segment_members WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM segment_history WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM audience_outbox WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM data_quality WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM profiles WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
 ]
