@@ -419,3 +419,47 @@ def test_catching_up_ends_while_events_keep_arriving(tmp_path: Any, monkeypatch:
     monkeypatch.setattr(service.processor, "process_next", batch_then_more_traffic)
     assert service.processor.catch_up() == 12 + 2  # three batches of up to 5; two late arrivals fit in them
     assert service.status()["lag"] == 1
+
+
+def test_the_survivor_lists_merges_and_conflicts_of_profiles_it_absorbed(portrait: Portrait) -> None:
+    """Merges and conflicts are filed under the profile that won at the time; when that profile is merged again,
+    the final survivor still lists them (its whole history)."""
+    for anonymous_id in ("a1", "a2", "a3"):
+        portrait.ingest_messages([msg("page", anonymousId=anonymous_id)])
+        portrait.process_pending()
+    steps = [msg("identify", userId="u1", anonymousId="a2", traits={"email": "e@x.com"}),
+             msg("identify", anonymousId="a3", traits={"email": "e@x.com"}),  # a3's profile into a2's
+             msg("track", event="Viewed", anonymousId="a1", context={"traits": {"email": "e@x.com"}}),  # into a1's
+             # Bob on Alice's tablet: the tablet is not used (a conflict on Bob's profile), then Bob's profile is
+             # merged into an older one through his own phone.
+             msg("page", anonymousId="bobs-phone"), msg("identify", userId="alice", anonymousId="tablet"),
+             msg("identify", userId="bob", anonymousId="tablet"),
+             msg("identify", userId="bob", anonymousId="bobs-phone")]
+    for step in steps:
+        portrait.ingest_messages([step])
+        portrait.process_pending()
+    profile = portrait.profile("user_id:u1")
+    absorbed = {portrait.resolve_profile_id(f"anonymous_id:{a}") for a in ("a1", "a2", "a3")}
+    assert absorbed == {profile["profile_id"]}
+    assert len(profile["merges"]) == 2  # a3's into a2's (filed under a2's), then a2's into a1's
+    bob = portrait.profile("user_id:bob")
+    assert bob["profile_id"] == portrait.resolve_profile_id("anonymous_id:bobs-phone")
+    assert [c["dropped"] for c in bob["identity_conflicts"]] == [[{"type": "anonymous_id", "value": "tablet"}]]
+
+
+def test_an_alias_finds_a_previous_id_sent_with_spaces_around_it(portrait: Portrait) -> None:
+    """previousId is trimmed like every identifier, so " a1" links anonymous_id:a1 instead of failing to find it
+    (and then colliding with it)."""
+    portrait.ingest_messages([msg("page", anonymousId="a1"), msg("track", userId="u1")])
+    portrait.process_pending()
+    portrait.ingest_messages([msg("alias", userId="u1", previousId=" a1")])
+    portrait.process_pending()
+    assert portrait.resolve_profile_id("anonymous_id:a1") == portrait.resolve_profile_id("user_id:u1")
+    assert portrait.rejected()["rejected"] == []
+
+
+def test_identity_limits_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="identity limits must be at least 1 \\(not for email\\)"):
+        Settings(identity_limits={"user_id": 1, "email": 0})
+    with pytest.raises(ValueError, match="not for the default"):
+        Settings(identity_default_limit=0)

@@ -90,6 +90,9 @@ class Settings:
             raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
         if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
             raise ValueError("processor_batch_size and processor_max_batch_size must be at least 1")
+        too_low = sorted(kind for kind, limit in self.identity_limits.items() if limit < 1)
+        if too_low or self.identity_default_limit < 1:  # a profile holds at least the identifier that made it
+            raise ValueError(f"identity limits must be at least 1 (not for {', '.join(too_low) or 'the default'})")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""

@@ -229,8 +229,9 @@ class Processor:
         owners: dict[str, str] = {}
         for seq, message_id, kind, timestamp, previous_id, id_type, value, owner in session.execute(q.SLOW_EVENTS):
             event = events.get(seq)
-            if event is None:
-                event = events[seq] = SlowEvent(seq, message_id, kind, timestamp, previous_id)
+            if event is None:  # previousId trimmed as identifiers are, so " a1" finds anonymous_id:a1
+                previous = previous_id.strip() or None if previous_id is not None else None
+                event = events[seq] = SlowEvent(seq, message_id, kind, timestamp, previous)
             if id_type is not None:
                 ident = Identifier(id_type, value)
                 event.identifiers.append(ident)

@@ -64,7 +64,7 @@ FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids
 STAGE_EVENTS = parse("""
 CREATE OR REPLACE TEMP TABLE b_events AS
 WITH aliased AS (  -- previousIds of the batch's alias calls: they may name identifiers of other events
-    SELECT DISTINCT previous_id AS value FROM events
+    SELECT DISTINCT trim(previous_id) AS value FROM events
     WHERE seq > ? AND seq <= ? AND type = 'alias' AND previous_id IS NOT NULL
 ), owners AS (  -- per event: what its identifiers say (grouped by seq alone: cheaper than by every column)
     SELECT o.seq, min(o.profile_id) AS owner, count(o.value) AS ids, count(o.profile_id) AS owned,

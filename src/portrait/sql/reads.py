@@ -14,7 +14,8 @@ PROFILE_BY_ALIAS = parse("SELECT profile_id FROM profile_aliases WHERE merged_id
 PROFILE_ROW = parse("SELECT profile_id FROM profiles WHERE profile_id = ?")
 # The whole profile in one statement of simple parts (each DuckDB round trip costs ~0.3 ms, and scalar subqueries
 # plan slowly): rows of (part, text_a, text_b, time_a, time_b, number). Every ``?`` is the profile id, which
-# the caller has just resolved (so the profile exists).
+# the caller has just resolved (so the profile exists). Merges and conflicts recorded under a profile that was later
+# merged into this one are its history too (they are filed under the id that won at the time).
 PROFILE_DOCUMENT = parse("""
 SELECT 'seen' AS part, NULL AS a, NULL AS b, min(timestamp) AS t1, max(timestamp) AS t2, count(*) AS n
 FROM event_profiles WHERE profile_id = ?
@@ -25,10 +26,10 @@ UNION ALL
 SELECT 'identity', type, value, first_seen, NULL, NULL FROM identities WHERE profile_id = ?
 UNION ALL
 SELECT 'merge', merged_id, CAST(identifiers AS VARCHAR) || '\t' || message_id, merged_at, processed_at, seq
-FROM merges WHERE profile_id = ?
+FROM merges WHERE profile_id IN (SELECT ? UNION ALL SELECT merged_id FROM profile_aliases WHERE profile_id = ?)
 UNION ALL
 SELECT 'conflict', message_id, CAST(dropped AS VARCHAR), processed_at, NULL, seq FROM identity_conflicts
-WHERE profile_id = ?
+WHERE profile_id IN (SELECT ? UNION ALL SELECT merged_id FROM profile_aliases WHERE profile_id = ?)
 """)
 PROFILE_TRAITS = parse(
     "SELECT key, value FROM profile_traits WHERE profile_id = ? AND value IS NOT NULL ORDER BY key"
