@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from portrait.config import Settings
 from portrait.errors import NotFound
 from portrait.service import Portrait
+from portrait.sql import processor as pq
+from portrait.sql import schema
 
 _ids = itertools.count(1)
 
@@ -463,3 +465,24 @@ def test_identity_limits_below_one_are_refused() -> None:
         Settings(identity_limits={"user_id": 1, "email": 0})
     with pytest.raises(ValueError, match="not for the default"):
         Settings(identity_default_limit=0)
+
+
+def test_migration_13_files_old_merges_and_conflicts_under_the_survivor(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Databases written before merges and conflicts followed their profile: the migration moves them."""
+    settings = Settings(db_path=str(tmp_path / "old.duckdb"))
+    monkeypatch.setattr(schema, "MIGRATIONS", {v: s for v, s in schema.MIGRATIONS.items() if v < 13})
+    monkeypatch.setattr(pq, "REASSIGN_HISTORY", [])  # the old processor: history stays under the merged-away id
+    old = Portrait(settings, background=False)
+    for step in ([msg("page", anonymousId="a1")], [msg("page", anonymousId="a2")], [msg("page", anonymousId="a3")],
+                 [msg("identify", anonymousId="a3", traits={"email": "e@x.com"})],
+                 [msg("identify", anonymousId="a2", traits={"email": "e@x.com"})],
+                 [msg("track", event="Viewed", anonymousId="a1", context={"traits": {"email": "e@x.com"}})]):
+        old.ingest_messages(step)
+        old.process_pending()
+    assert len(old.profile("anonymous_id:a1")["merges"]) == 1  # the earlier merge is filed under a dead id
+    old.close()
+    monkeypatch.undo()
+    upgraded = Portrait(settings, background=False)
+    assert len(upgraded.profile("anonymous_id:a1")["merges"]) == 2
+    upgraded.close()

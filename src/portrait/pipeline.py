@@ -332,15 +332,15 @@ class Processor:
         session.load("batch_merges", merges)
         try:
             for statement in (q.REMAP_ASSIGN, q.REASSIGN_IDENTITIES, q.REASSIGN_EVENTS, q.REASSIGN_ALIASES,
-                              q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT):
+                              *q.REASSIGN_HISTORY, q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT):
                 session.execute(statement)
             _combine_traits(session)
             session.execute(q.DELETE_MERGED_TRAITS)
             session.execute(q.DELETE_MERGED_PROFILES)
         finally:
             session.unload("batch_merges")
-        _with(session, "batch_merge_log", pa.table({
-            "profile_id": pa.array([m[0] for m in plan.merges], pa.string()),
+        _with(session, "batch_merge_log", pa.table({  # filed under the survivor (see REASSIGN_HISTORY)
+            "profile_id": pa.array([final(m[0]) for m in plan.merges], pa.string()),
             "merged_id": pa.array([m[1] for m in plan.merges], pa.string()),
             "seq": pa.array([m[2].seq for m in plan.merges], pa.int64()),
             "message_id": pa.array([m[2].message_id for m in plan.merges], pa.string()),

@@ -588,7 +588,7 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        document = _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 7))
+        document = _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 5))
         document["consents"] = self.consents(f"profile_id:{profile_id}")["consents"]
         return document
 

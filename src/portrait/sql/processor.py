@@ -197,6 +197,9 @@ REASSIGN_ALIASES = parse(
     "UPDATE profile_aliases SET profile_id = m.profile_id FROM batch_merges AS m "
     "WHERE profile_aliases.profile_id = m.merged_id"
 )
+# The merges and identity conflicts recorded on a profile merged away belong to its survivor's history.
+REASSIGN_HISTORY = [parse(f"UPDATE {table} SET profile_id = m.profile_id FROM batch_merges AS m "
+                          f"WHERE {table}.profile_id = m.merged_id") for table in ("merges", "identity_conflicts")]
 INSERT_ALIASES = parse(
     "INSERT INTO profile_aliases (merged_id, profile_id) SELECT merged_id, profile_id FROM batch_merges"
 )

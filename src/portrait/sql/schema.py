@@ -344,6 +344,15 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         """
     ),
+    13: parse_many(
+        """
+        -- Merges and identity conflicts recorded on a profile that was merged away later were left filed under its
+        -- old id, so the survivor did not list them; new merges now move them along (REASSIGN_HISTORY).
+        UPDATE merges SET profile_id = a.profile_id FROM profile_aliases AS a WHERE merges.profile_id = a.merged_id;
+        UPDATE identity_conflicts SET profile_id = a.profile_id FROM profile_aliases AS a
+        WHERE identity_conflicts.profile_id = a.merged_id;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
