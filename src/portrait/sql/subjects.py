@@ -73,12 +73,11 @@ UNSUPPRESS = parse("DELETE FROM suppressed_identities WHERE request_id = ?")
 # Retention. Params: the cut-off time. Raw events (their payloads) older than it go; which profile did what, and
 # when (event_profiles), and consent statements stay.
 # Only events the processor has applied: a historical import older than the window still reaches the profiles.
-_APPLIED = "seq <= (SELECT value FROM processor_state WHERE name = 'watermark')"
-EXPIRED = parse(f"SELECT count(*) FROM events WHERE timestamp < ? AND {_APPLIED}")
+_EXPIRING = "FROM events WHERE timestamp < ? AND seq <= (SELECT value FROM processor_state WHERE name = 'watermark')"
+EXPIRED = parse(f"SELECT count(*) {_EXPIRING}")
 # Their messageIds are kept (duplicates stay duplicates), then the rows go.
 EXPIRE = [
-    parse(f"INSERT INTO expired_events (seq, message_id, received_at) SELECT seq, message_id, received_at "
-          f"FROM events WHERE timestamp < ? AND {_APPLIED}"),
-    parse(f"DELETE FROM events WHERE timestamp < ? AND {_APPLIED}"),
+    parse(f"INSERT INTO expired_events (seq, message_id, received_at) SELECT seq, message_id, received_at {_EXPIRING}"),
+    parse(f"DELETE {_EXPIRING}"),
 ]
 COUNT_EXPIRED = parse("SELECT count(*) FROM expired_events")
