@@ -1,9 +1,9 @@
 """Figure: profile lookup by identifier with 1M profiles -- p99 < 5 ms in-process.
 
 Builds a database of N profiles through the real service (``Portrait.ingest_messages`` in chunks of 10,000
-identify messages, plus a few track events for every 10th profile, then ``process_pending``), then times, in
-process, ``Portrait.profile("email:user{k}@example.com")`` (the full profile read: traits, identities, merges,
-conflicts) and ``Portrait.resolve_profile_id(...)`` for random k.
+identify messages, plus a few track events with consent statements for every 10th profile, then
+``process_pending``), then times, in process, ``Portrait.profile("email:user{k}@example.com")`` (the full profile
+read: traits, identities, merges, conflicts, consents) and ``Portrait.resolve_profile_id(...)`` for random k.
 
     .venv/bin/python benchmarks/lookup_latency.py [--profiles 1000000] [--lookups 5000] [--keep PATH]
 
@@ -51,6 +51,8 @@ def messages_for(start: int, stop: int) -> list[dict[str, Any]]:
             out.extend({
                 "type": "track", "event": "Product Viewed", "userId": f"u{i}", "messageId": f"bench-{i}-t{n}",
                 "timestamp": stamp, "properties": {"product_id": f"p-{(i + n) % 500}", "price": 49.99},
+                # a cookie banner's answer: the profile read includes the consent history
+                "context": {"consent": {"categoryPreferences": {"analytics": True, "email": n % 2 == 0}}},
             } for n in range(TRACKS_PER_PROFILE))
     return out
 

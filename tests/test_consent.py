@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
@@ -43,7 +44,9 @@ def test_statements_from_events_give_current_status_and_history(portrait: Portra
     assert found["consents"]["sms"]["legal_basis"] == "consent"
     assert [(h["purpose"], h["status"]) for h in found["history"]] == [
         ("sms", "granted"), ("email", "granted"), ("sms", "denied"), ("analytics", "granted"), ("email", "denied")]
-    assert portrait.profile("user_id:ann")["consents"]["analytics"]["status"] == "granted"
+    # The profile document reads consents in its single statement; it must agree with the consent read.
+    assert portrait.profile("user_id:ann")["consents"] == found["consents"]
+    assert found["consents"]["analytics"]["status"] == "granted"
 
 
 def test_consent_follows_a_merge_and_feeds_segments(portrait: Portrait) -> None:
@@ -58,10 +61,50 @@ def test_consent_follows_a_merge_and_feeds_segments(portrait: Portrait) -> None:
     portrait.set_consent("user_id:bob", {"email": {"status": "denied", "legal_basis": "consent"}})
     portrait.process_pending()
     assert portrait.segments.get("emailable")["size"] == 0
+    current = portrait.consents("user_id:bob")["consents"]
+    assert current["email"] == {"status": "denied", "legal_basis": "consent", "at": current["email"]["at"],
+                                "source": "api:consent"}
+    assert portrait.profile("user_id:bob")["consents"] == current
     with pytest.raises(BadRequest, match="must be granted or denied"):
         portrait.set_consent("user_id:bob", {"email": "perhaps"})
     with pytest.raises(BadRequest, match="legal_basis is one of"):
         portrait.set_consent("user_id:bob", {"email": {"status": "granted", "legal_basis": "because"}})
+
+
+def test_statements_of_merged_profiles_are_the_survivors(portrait: Portrait) -> None:
+    """Two profiles with their own statements merge: the survivor's history holds both, before and after."""
+    portrait.ingest_messages([
+        {"type": "page", "anonymousId": "laptop", "timestamp": ago(3), "context": {"consent": {"email": "granted"}}},
+        {"type": "identify", "userId": "cy", "timestamp": ago(2), "traits": {"email": "cy@example.com"},
+         "context": {"consent": {"sms": "denied"}}},
+    ])
+    portrait.process_pending()
+    assert portrait.resolve_profile_id("anonymous_id:laptop") != portrait.resolve_profile_id("user_id:cy")
+    portrait.ingest_messages([{"type": "alias", "previousId": "laptop", "userId": "cy", "timestamp": ago(1)}])
+    portrait.process_pending()
+    survivor = portrait.consents("anonymous_id:laptop")
+    assert survivor["profile_id"] == portrait.resolve_profile_id("user_id:cy")
+    assert [(h["purpose"], h["status"]) for h in survivor["history"]] == [("email", "granted"), ("sms", "denied")]
+    assert portrait.profile("user_id:cy")["consents"] == survivor["consents"]
+
+
+def test_migration_14_files_existing_statements_under_their_profile(tmp_path: Path) -> None:
+    """A database from before consent statements carried their profile: the migration fills it in."""
+    settings = Settings(db_path=str(tmp_path / "old.duckdb"))
+    first = Portrait(settings, background=False)
+    first.ingest_messages([{"type": "identify", "userId": "dee", "context": {"consent": {"email": "granted"}}}])
+    first.process_pending()
+    first.close()
+    with duckdb.connect(settings.db_path) as con:  # back to the shape before migration 14
+        con.execute("DROP INDEX consent_records_profile")
+        con.execute("DROP INDEX consent_records_seq")  # DuckDB drops no column of a table with an index
+        con.execute("ALTER TABLE consent_records DROP COLUMN profile_id")
+        con.execute("CREATE INDEX consent_records_seq ON consent_records (seq)")
+        con.execute("DELETE FROM schema_migrations WHERE version = 14")
+    upgraded = Portrait(settings, background=False)
+    assert upgraded.consents("user_id:dee")["consents"]["email"]["status"] == "granted"
+    assert upgraded.profile("user_id:dee")["consents"]["email"]["status"] == "granted"
+    upgraded.close()
 
 
 def test_exports_for_a_purpose_leave_out_who_did_not_grant_it(portrait: Portrait, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -480,8 +481,10 @@ def test_migration_13_files_old_merges_and_conflicts_under_the_survivor(tmp_path
                  [msg("track", event="Viewed", anonymousId="a1", context={"traits": {"email": "e@x.com"}})]):
         old.ingest_messages(step)
         old.process_pending()
-    assert len(old.profile("anonymous_id:a1")["merges"]) == 1  # the earlier merge is filed under a dead id
+    survivor = old.resolve_profile_id("anonymous_id:a1")
     old.close()
+    with duckdb.connect(settings.db_path) as con:  # the earlier merge is filed under a dead id
+        assert con.execute("SELECT count(*) FROM merges WHERE profile_id = ?", [survivor]).fetchall() == [(1,)]
     monkeypatch.undo()
     upgraded = Portrait(settings, background=False)
     assert len(upgraded.profile("anonymous_id:a1")["merges"]) == 2

@@ -327,8 +327,7 @@ class Portrait:
         profile_id = self.resolve_profile_id(reference)
         history = [{"purpose": r[0], "status": r[1], "legal_basis": r[2], "at": _iso(r[3]), "source": r[4]}
                    for r in self._reads.execute(reads.CONSENT_HISTORY, [profile_id])]
-        current = {h["purpose"]: {k: v for k, v in h.items() if k != "purpose"} for h in history}
-        return {"profile_id": profile_id, "consents": current, "history": history}
+        return {"profile_id": profile_id, "consents": _current_consents(history), "history": history}
 
     def set_consent(self, reference: str, statements: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
         """Record consent statements for a profile, through the event log (a ``Consent Updated`` event)."""
@@ -588,9 +587,8 @@ class Portrait:
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
-        document = _profile_document(profile_id, self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * 5))
-        document["consents"] = self.consents(f"profile_id:{profile_id}")["consents"]
-        return document
+        rows = self._reads.execute(reads.PROFILE_DOCUMENT, [profile_id] * reads.PROFILE_DOCUMENT_PARAMS)
+        return _profile_document(profile_id, rows)
 
     def traits(self, reference: str) -> dict[str, Any]:
         return self._traits(self._reads, self.resolve_profile_id(reference))
@@ -660,6 +658,8 @@ def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str,
     """Assemble the API's profile from PROFILE_DOCUMENT rows (part, text_a, text_b, time_a, time_b, number)."""
     doc: dict[str, Any] = {"profile_id": profile_id, "traits": {}, "identities": [], "merges": [],
                            "identity_conflicts": [], "first_seen": None, "last_seen": None, "events_count": 0}
+    consent_rows = sorted((r for r in rows if r[0] == "consent"), key=lambda r: (r[3], r[5], r[1]))
+    doc["consents"] = _current_consents([_consent_statement(r[1], r[2], r[3]) for r in consent_rows])
     for part, a, b, t1, t2, n in sorted(rows, key=lambda r: (r[0], r[5] or 0, r[1] or "", r[2] or "")):
         if part == "seen":
             doc["first_seen"], doc["last_seen"], doc["events_count"] = _iso(t1), _iso(t2), n
@@ -677,6 +677,17 @@ def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str,
                 "seq": n, "message_id": a, "dropped": orjson.loads(b), "processed_at": _iso(t1),
                 "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"})
     return doc
+
+
+def _consent_statement(purpose: str, packed: str, at: datetime) -> dict[str, Any]:
+    """A consent row of PROFILE_DOCUMENT (status, legal basis and source as a JSON array) as consents() gives it."""
+    status, basis, source = orjson.loads(packed)
+    return {"purpose": purpose, "status": status, "legal_basis": basis, "at": _iso(at), "source": source}
+
+
+def _current_consents(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last statement per purpose of a history ordered oldest first."""
+    return {h["purpose"]: {k: v for k, v in h.items() if k != "purpose"} for h in history}
 
 
 CONSENT_VALUES = ("granted", "denied")

@@ -197,9 +197,11 @@ REASSIGN_ALIASES = parse(
     "UPDATE profile_aliases SET profile_id = m.profile_id FROM batch_merges AS m "
     "WHERE profile_aliases.profile_id = m.merged_id"
 )
-# The merges and identity conflicts recorded on a profile merged away belong to its survivor's history.
+# The merges, identity conflicts and consent statements recorded on a profile merged away belong to its survivor's
+# history.
 REASSIGN_HISTORY = [parse(f"UPDATE {table} SET profile_id = m.profile_id FROM batch_merges AS m "
-                          f"WHERE {table}.profile_id = m.merged_id") for table in ("merges", "identity_conflicts")]
+                          f"WHERE {table}.profile_id = m.merged_id")
+                    for table in ("merges", "identity_conflicts", "consent_records")]
 INSERT_ALIASES = parse(
     "INSERT INTO profile_aliases (merged_id, profile_id) SELECT merged_id, profile_id FROM batch_merges"
 )
@@ -228,7 +230,8 @@ SELECT a.seq, a.profile_id, b.timestamp, b.type, b.event FROM b_assign AS a JOIN
 """)
 # Consent statements of the batch's events (docs/consent.md): context.consent.<purpose> as "granted"/"denied" (or
 # yes/no, true/false, opted_in/opted_out...) or {"status": ..., "legalBasis": ...}, and Segment's
-# context.consent.categoryPreferences {<purpose>: true/false}. Anything else is not a consent statement. Params: lo, hi.
+# context.consent.categoryPreferences {<purpose>: true/false}. Anything else is not a consent statement. Each is
+# filed under the event's profile (b_assign, after this batch's merges), for the profile read. Params: lo, hi.
 _CONSENT_STATUS = """CASE
     WHEN lower({0}) IN ('granted', 'true', 'yes', 'y', '1', 'opt_in', 'opted_in', 'opt-in', 'accepted') THEN 'granted'
     WHEN lower({0}) IN ('denied', 'false', 'no', 'n', '0', 'opt_out', 'opted_out', 'opt-out',
@@ -236,7 +239,7 @@ _CONSENT_STATUS = """CASE
 _STATUS_TEXT = ("coalesce(json_extract_string(k.value, '$.status'), CASE WHEN json_type(k.value) <> 'OBJECT' "
                 "THEN json_extract_string(k.value, '$') END)")
 STAGE_CONSENT = parse(f"""
-INSERT INTO consent_records (seq, purpose, status, legal_basis, at, source)
+INSERT INTO consent_records (seq, purpose, status, legal_basis, at, source, profile_id)
 WITH c AS (
     SELECT seq, timestamp, source, json_extract(context, '$.consent') AS consent FROM events
     WHERE seq > ? AND seq <= ? AND context LIKE '%"consent"%'
@@ -250,8 +253,9 @@ WITH c AS (
     FROM c, json_each(c.consent, '$.categoryPreferences') AS k
     WHERE json_type(c.consent, '$.categoryPreferences') = 'OBJECT'
 )
-SELECT seq, purpose, status, legal_basis, timestamp, source FROM statements
-WHERE status IS NOT NULL AND purpose <> ''
+SELECT s.seq, s.purpose, s.status, s.legal_basis, s.timestamp, s.source, a.profile_id
+FROM statements AS s LEFT JOIN b_assign AS a ON a.seq = s.seq
+WHERE s.status IS NOT NULL AND s.purpose <> ''
 """)
 # Trait names become attribute codes (attributes.code_for, in SQL): camelCase -> snake_case, one level of nesting
 # flattened with "_" (address.city -> address_city). Params: lo, hi.

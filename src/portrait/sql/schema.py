@@ -353,6 +353,17 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         WHERE identity_conflicts.profile_id = a.merged_id;
         """
     ),
+    14: parse_many(
+        """
+        -- Consent statements filed under their profile, so that reading one profile's consents is an index lookup
+        -- (through event_profiles it scanned every statement); merges move them along (REASSIGN_HISTORY).
+        -- (The index comes first: DuckDB creates no index over outstanding updates in the same transaction.)
+        ALTER TABLE consent_records ADD COLUMN profile_id VARCHAR;
+        CREATE INDEX IF NOT EXISTS consent_records_profile ON consent_records (profile_id);
+        UPDATE consent_records SET profile_id = ep.profile_id FROM event_profiles AS ep
+        WHERE ep.seq = consent_records.seq;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
