@@ -67,6 +67,10 @@ def test_access_exports_everything_held_about_the_person(portrait: Portrait) -> 
     assert [q["attribute"] for q in result["data_quality"]] == ["shoe_size"]
 
 
+def _failing_append(*_: Any) -> None:
+    raise RuntimeError("disk full")
+
+
 def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Path) -> None:
     folder = tmp_path / "data"
     folder.mkdir()
@@ -89,6 +93,17 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
                              {"type": "page", "anonymousId": "ann-device-77"}])
     service.process_pending()
     assert service.status()["events_suppressed"] == 2
+    # Counted with the commit: a dry-run import and a commit that fails (the SDK then retries) count nothing.
+    naming_ann = [{"type": "page", "anonymousId": "ann-device-77", "messageId": "again"}]
+    assert [c.result.accepted for c in service.import_messages([naming_ann], "test", dry_run=True)] == [0]
+    assert service.status()["events_suppressed"] == 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service.writer, "_append_events", _failing_append)
+        with pytest.raises(RuntimeError, match="disk full"):
+            service.ingest_messages([{"type": "page", "userId": "u-other"}, *naming_ann])
+    assert service.status()["events_suppressed"] == 2
+    service.ingest_messages([{"type": "page", "userId": "u-other"}, *naming_ann])
+    assert service.status()["events_suppressed"] == 3
     with pytest.raises(NotFound):
         service.profile("user_id:u-new")
     service.close()

@@ -88,6 +88,15 @@ class ImportChunk:
 
 
 @dataclass(frozen=True)
+class _Read:
+    """A request's messages as read: the events to store, the rejected ones, and how many named an erased person."""
+
+    events: EventColumns
+    rejections: list[Rejection]
+    suppressed: int
+
+
+@dataclass(frozen=True)
 class IncomingRequest:
     """An ingestion request as the HTTP layer hands it over."""
 
@@ -229,19 +238,17 @@ class Portrait:
     def _submit(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
                 body_bytes: int) -> Future[IngestResult]:
         with self._reading.shared():  # read and queued under one suppression list (see _reading)
-            events, rejections = self._read(parsed, source, received_at, ip, body_bytes)
-            return self.writer.submit(events, rejections)
+            read = self._read(parsed, source, received_at, ip, body_bytes)
+            return self.writer.submit(read.events, read.rejections, suppressed=read.suppressed)
 
     def _read(self, parsed: ParsedRequest, source: str, received_at: datetime, ip: str | None,
-              body_bytes: int, *, any_identifier: bool = False) -> tuple[EventColumns, list[Rejection]]:
+              body_bytes: int, *, any_identifier: bool = False) -> _Read:
         reader = MessageReader(received_at=received_at, source=source, ip=ip, request=parsed, limits=self.limits,
                                body_bytes=body_bytes, identity_traits=self.rules.identity_traits,
                                any_identifier=any_identifier,
                                suppressed=self._is_suppressed if self.privacy.suppressed else None)
-        read = reader.read_all()
-        if reader.suppressed_count:
-            self._reads.execute(sql.ADD_COUNTER, [reader.suppressed_count, "events_suppressed"])
-        return read
+        events, rejections = reader.read_all()
+        return _Read(events, rejections, reader.suppressed_count)
 
     def _is_suppressed(self, identifiers: list[tuple[str, str]]) -> bool:
         suppressed = self.privacy.suppressed
@@ -361,11 +368,11 @@ class Portrait:
         for chunk in chunks:
             unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
             with self._reading.shared():
-                events, rejections = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size,
-                                                any_identifier=True)
-                stored = None if dry_run else self.writer.submit(events, rejections, whole_log=True)
-            result = IngestResult(len(events), 0, len(rejections)) if stored is None else stored.result()
-            rows = [(first_row + (r.position or 0), r) for r in rejections]
+                read = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size, any_identifier=True)
+                stored = None if dry_run else self.writer.submit(read.events, read.rejections, whole_log=True,
+                                                                 suppressed=read.suppressed)
+            result = IngestResult(len(read.events), 0, len(read.rejections)) if stored is None else stored.result()
+            rows = [(first_row + (r.position or 0), r) for r in read.rejections]
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)
 

@@ -58,6 +58,7 @@ class _Pending:
     events: EventColumns
     rejections: list[Rejection]
     whole_log: bool = False  # an import: check duplicates against the whole log, not only the recent past
+    suppressed: int = 0  # messages left out because they name an erased person: counted with this commit
     future: Future[IngestResult] = field(default_factory=Future)
 
 
@@ -84,12 +85,14 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="portrait-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, events: EventColumns, rejections: Sequence[Rejection] = (), *, whole_log: bool = False
-               ) -> Future[IngestResult]:
+    def submit(self, events: EventColumns, rejections: Sequence[Rejection] = (), *, whole_log: bool = False,
+               suppressed: int = 0) -> Future[IngestResult]:
         """Queue events (and rejections) for the next commit. ``whole_log``: an import or source sync, whose
-        duplicates are looked for in the whole log, however old, not only in the recent past."""
-        pending = _Pending(events, list(rejections), whole_log)
-        if not len(events) and not rejections:
+        duplicates are looked for in the whole log, however old, not only in the recent past. ``suppressed``: how
+        many messages of the request were left out for naming an erased person (counted in the same commit, so a
+        failed commit and the SDK's retry count them once)."""
+        pending = _Pending(events, list(rejections), whole_log, suppressed)
+        if not len(events) and not rejections and not suppressed:
             pending.future.set_result(IngestResult(0, 0, 0))
         else:
             self._queue.put(pending)
@@ -187,6 +190,9 @@ class EventWriter:
                 finally:
                     session.unload("incoming_rejections")
                 session.execute(sql.ADD_COUNTER, [len(rejections), "events_rejected"])
+            suppressed = sum(p.suppressed for p in group)
+            if suppressed:
+                session.execute(sql.ADD_COUNTER, [suppressed, "events_suppressed"])
         self._recent.add(utc_now(), stored)  # only once committed: a failed commit leaves nothing behind
         return keep
 
