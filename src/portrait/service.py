@@ -267,6 +267,11 @@ class Portrait:
         return found.key
 
     # -- data-subject requests -----------------------------------------------------------------------------------
+    @property
+    def runs_privacy_requests(self) -> bool:
+        """Whether a worker runs queued privacy requests (a server; one-off CLI commands run them themselves)."""
+        return self._privacy_worker is not None
+
     def privacy_request(self, fields: dict[str, Any], requested_by: str, *, run_now: bool = False
                         ) -> dict[str, Any]:
         """Queue an access or erase request (the server's worker runs it; ``run_now`` runs it here)."""

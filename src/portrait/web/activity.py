@@ -108,9 +108,11 @@ def router(console: Console) -> APIRouter:
         fields = await console.form(request)
         _, key = console.session(request)
         portrait.keys.require(key, "admin", "make privacy requests")
+        # Queued for the server's worker, not run in this request: an erasure first applies whatever waits in the
+        # log, which after a big import takes a while. The page refreshes until it is done (console.js).
         await run_in_threadpool(lambda: portrait.privacy_request(
             {"type": fields.get("type", ""), "identity": fields.get("identity", "")}, f"console: {key.name}",
-            run_now=True))
+            run_now=not portrait.runs_privacy_requests))
         await run_in_threadpool(lambda: portrait.audit.record(key, f"console privacy request {fields.get('type')}"))
         return RedirectResponse("/admin", status_code=303)
 

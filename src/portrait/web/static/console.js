@@ -163,4 +163,10 @@
     document.getElementById("import-check").addEventListener("click", function () { send(true); });
     form.addEventListener("submit", function (event) { event.preventDefault(); send(false); });
   }
+
+  // Admin page: privacy requests run in the server's worker; reload while one is waiting or running.
+  var statuses = Array.prototype.slice.call(document.querySelectorAll("[data-test=request-status]"));
+  if (statuses.some(function (cell) { return /^(pending|running)$/.test(cell.textContent.trim()); })) {
+    setTimeout(function () { window.location.reload(); }, 1500);
+  }
 }());
