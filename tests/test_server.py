@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,30 @@ def test_attributes_recheck_runs_through_a_running_server(server: Server) -> Non
         assert rechecked.returncode == 0, rechecked.stderr
         assert "data-quality issues now: 0" in rechecked.stdout
         assert admin.get("/api/profiles/user_id:r1/traits").json()["shoe_size"] == "42 EU"
+
+
+def _resident_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_an_endless_body_is_refused_without_being_held(server: Server) -> None:
+    """A 64 MB body (no key at all) is answered 400 body_too_large once it is past the limit, not read whole."""
+    before = _resident_mb(server.process.pid)
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(1024):
+            sent += 65536
+            yield b"[" * 65536
+
+    try:
+        answer = httpx.post(f"{server.url}/v1/batch", content=chunks(), timeout=30)
+        assert answer.status_code == 400 and answer.json()["code"] == "body_too_large", answer.text
+    except httpx.TransportError:  # the server may close the connection while the client is still sending
+        pass
+    assert sent < 64 * 1024 * 1024  # it stopped reading long before the end
+    assert _resident_mb(server.process.pid) - before < 32
+    assert httpx.post(f"{server.url}/v1/track", auth=(WRITE_KEY, ""), json={"userId": "u", "event": "E"}
+                      ).status_code == 200

@@ -106,6 +106,9 @@ class IncomingRequest:
     authorization: str | None = None
     query_key: str | None = None
     ip: str | None = None
+    # False when the HTTP layer stopped reading a body past the largest one that can be accepted (``body`` holds
+    # its start): refused as too large without holding the rest in memory.
+    complete: bool = True
 
 
 class Portrait:
@@ -217,6 +220,9 @@ class Portrait:
         header_key = key_from_basic_auth(request.authorization) or request.query_key
         received_at = utc_now()
         try:
+            if not request.complete:
+                raise BadRequest(f"request body is larger than the limit of {self.limits.max_batch_bytes} bytes "
+                                 f"(reading stopped after {len(request.body)})", code="body_too_large")
             body = decode_body(request.body, request.content_encoding, self.limits)
             parsed = parse_request(body, request.endpoint, self.limits)
         except BadRequest as exc:

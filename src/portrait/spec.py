@@ -48,6 +48,12 @@ class Limits:
     max_keys: int = 1000  # keys of one object, items of one list
     max_string: int = 16384  # characters of one string value
 
+    @property
+    def max_raw_bytes(self) -> int:
+        """The largest body worth reading off the wire: the batch limit plus what gzip adds to data it cannot
+        compress (a larger body cannot inflate to an acceptable one)."""
+        return self.max_batch_bytes + self.max_batch_bytes // 100 + 1024
+
 
 class RefusedBody(BadRequest):
     """A body that could be read but is refused as a whole (no batch array, too many messages): the write key it

@@ -45,10 +45,11 @@ def cors_for(portrait: Portrait, origin: str | None) -> dict[str, str]:
 
 
 async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mapping[str, str], query_key: str | None,
-                 ip: str | None) -> Answer:
+                 ip: str | None, *, complete: bool = True) -> Answer:
     """Ingest one request; returns status, body and headers (errors as ``{"code", "message"}``, see api.errors)."""
     incoming = IncomingRequest(endpoint=endpoint, body=body, content_encoding=headers.get("content-encoding"),
-                               authorization=headers.get("authorization"), query_key=query_key, ip=ip)
+                               authorization=headers.get("authorization"), query_key=query_key, ip=ip,
+                               complete=complete)
     cors = cors_for(portrait, headers.get("origin"))
     try:
         await asyncio.wrap_future(portrait.ingest(incoming))
@@ -80,11 +81,14 @@ class IngestFastPath:
         headers = Headers(scope=scope)
         query = parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") if scope["query_string"] else None
         client = scope.get("client")
-        received = await _body(receive)
+        received = await _body(receive, self._portrait.limits.max_raw_bytes)
         if received is None:
             return  # the client went away before sending everything: nothing was read, no one to answer
-        status, body, extra = await answer(self._portrait, endpoint, received, headers,
-                                           query[0] if query else None, client[0] if client else None)
+        status, body, extra = await answer(self._portrait, endpoint, received[0], headers,
+                                           query[0] if query else None, client[0] if client else None,
+                                           complete=received[1])
+        if not received[1]:
+            extra = {**extra, "Connection": "close"}  # the rest of the body is not read: the connection ends
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                        *((name.lower().encode("latin-1"), value.encode("latin-1"))
                          for name, value in {**API_HEADERS, **extra}.items())]
@@ -92,16 +96,23 @@ class IngestFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first (as Starlette's ClientDisconnect)."""
+async def _body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
+    """The request body and whether it is complete, or None if the client disconnected first (as Starlette's
+    ClientDisconnect). Reading stops once the body is over ``limit`` bytes: a body that can only be refused is
+    not held in memory (before the write key is even checked)."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return b"".join(chunks), True
 
 
 def router(portrait: Portrait) -> APIRouter:
