@@ -137,6 +137,39 @@ def test_a_body_refused_as_a_whole_is_kept_for_the_key_it_names(client: TestClie
     assert client.post("/v1/batch", content=orjson.dumps({**body, "writeKey": "wk_unknown"})).status_code == 401
 
 
+def test_what_is_kept_of_a_refused_body_is_readable_and_holds_no_write_key(client: TestClient) -> None:
+    """A gzip body that is not JSON is kept as its text, not the compressed bytes; a write key in a kept body or
+    message is left out (keys are otherwise stored only as hashes)."""
+    broken = b'{"batch": [{"type": "track", "userId": "u-1", "event": "Cut off"'
+    assert client.post("/v1/batch", content=gzip.compress(broken),
+                       headers={"Authorization": BASIC, "Content-Encoding": "gzip"}).status_code == 400
+    refused = orjson.dumps({"batch": {"not": "a list"}, "writeKey": WRITE_KEY})
+    assert client.post("/v1/batch", content=refused).status_code == 400
+    assert client.post("/v1/track", content=orjson.dumps({"userId": "u-1", "writeKey": WRITE_KEY})).status_code == 200
+    kept = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    assert [r["code"] for r in kept] == ["missing_field", "invalid_request", "invalid_json"]
+    assert kept[2]["payload"] == broken.decode()
+    assert all(WRITE_KEY not in r["payload"] for r in kept), [r["payload"] for r in kept]
+    assert '"writeKey":"(not kept)"' in kept[1]["payload"]
+
+
+def test_every_field_sent_comes_back_from_the_events_api(client: TestClient, portrait: Portrait) -> None:
+    body = {"batch": [
+        {"type": "page", "userId": "u-1", "name": "Home", "category": "Docs", "channel": "browser",
+         "integrations": {"All": False}, "timestamp": "2026-01-05T10:00:00z"},
+        {"type": "group", "userId": "u-1", "groupId": "acme", "traits": {"plan": "team"},
+         "originalTimestamp": "2026-01-05T10:00:01Z"},
+    ], "sentAt": "2026-01-05T10:00:02Z", "integrations": {"Mixpanel": True}}
+    assert post(client, "/v1/batch", body).status_code == 200
+    portrait.process_pending()
+    events = {e["type"]: e for e in client.get("/api/profiles/user_id:u-1/events", headers=ADMIN).json()["events"]}
+    assert events["page"]["extra"] == {"category": "Docs", "channel": "browser",
+                                       "integrations": {"Mixpanel": True, "All": False}}
+    assert events["page"]["original_timestamp"] == "2026-01-05T10:00:00.000Z"  # a lower-case z is UTC too
+    assert events["group"]["group_id"] == "acme" and events["group"]["sent_at"] == "2026-01-05T10:00:02.000Z"
+    assert events["group"]["extra"] == {"integrations": {"Mixpanel": True}}
+
+
 def test_invalid_messages_are_dropped_with_200_but_listed_with_reasons(client: TestClient, portrait: Portrait
                                                                        ) -> None:
     batch = [track(messageId="ok"), {"type": "track", "userId": "u-1", "messageId": "no-event"},

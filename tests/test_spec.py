@@ -28,6 +28,7 @@ from portrait.spec import (
     Limits,
     MessageReader,
     ParsedRequest,
+    RefusedBody,
     decode_body,
     key_from_basic_auth,
     parse_request,
@@ -184,11 +185,13 @@ def test_ip_column_is_the_request_ip(ip: str | None) -> None:
 
 @pytest.mark.parametrize(("message_context", "batch_context", "expected"), [
     (None, {"library": {"name": "analytics-python"}}, {"library": {"name": "analytics-python"}}),
-    ({"locale": "pl-PL"}, {"library": {"name": "analytics-python"}}, {"locale": "pl-PL"}),
+    ({"locale": "pl-PL"}, {"library": {"name": "analytics-python"}},
+     {"locale": "pl-PL", "library": {"name": "analytics-python"}}),
+    ({"locale": "pl-PL"}, {"locale": "en-US", "app": {"name": "shop"}}, {"locale": "pl-PL", "app": {"name": "shop"}}),
     (None, None, {}),
-    ({}, {"library": {"name": "x"}}, {}),
+    ({}, {"library": {"name": "x"}}, {"library": {"name": "x"}}),
 ])
-def test_batch_context_used_when_message_has_none(message_context: dict[str, Any] | None,
+def test_batch_context_is_merged_into_each_message(message_context: dict[str, Any] | None,
                                                    batch_context: dict[str, Any] | None,
                                                    expected: dict[str, Any]) -> None:
     message: dict[str, Any] = {"type": "identify", "userId": "u1"}
@@ -377,12 +380,78 @@ def test_batch_item_limit(items: int, refused: bool) -> None:
 ])
 def test_single_message_endpoint_implies_type(endpoint: str, kind: str) -> None:
     parsed = parse_request(b'{"userId": "u1", "writeKey": "k1"}', endpoint, LIMITS)
-    assert parsed.messages == [{"userId": "u1", "writeKey": "k1", "type": kind}]
+    assert parsed.messages == [{"userId": "u1", "type": kind}]  # the key is a credential: not part of the message
     assert parsed.write_key == "k1"
 
 
-def test_single_message_body_type_wins() -> None:
-    assert parse_request(b'{"type": "page", "userId": "u1"}', "track", LIMITS).messages[0]["type"] == "page"
+def test_single_message_path_type_wins() -> None:
+    """/v1/track is a track call whatever the body's type says (the docs: the type is implied by the path)."""
+    assert parse_request(b'{"type": "page", "userId": "u1"}', "track", LIMITS).messages[0]["type"] == "track"
+
+
+def test_single_message_over_the_message_limit_is_refused_whole() -> None:
+    body = orjson.dumps({"userId": "u1", "event": "E", "properties": {"x": "y" * 40_000}, "writeKey": "k1"})
+    with pytest.raises(RefusedBody) as info:
+        parse_request(body, "track", LIMITS)
+    assert (info.value.code, info.value.write_key) == ("message_too_large", "k1")
+
+
+@pytest.mark.parametrize(("context", "code"), [
+    ("web", "invalid_request"),
+    ({f"note{i}": "x" * 10_000 for i in range(2)}, "message_too_large"),  # over half a message
+    ({"a": json.loads("[" * 24 + '"deep"' + "]" * 24)}, "too_deep"),
+])
+def test_a_batch_context_that_cannot_be_merged_refuses_the_request(context: Any, code: str) -> None:
+    with pytest.raises(RefusedBody) as info:
+        parse_request(orjson.dumps({"batch": [{"type": "track"}], "context": context, "writeKey": "k"}), "batch",
+                      LIMITS)
+    assert (info.value.code, info.value.write_key) == (code, "k")
+
+
+def test_half_a_surrogate_pair_does_not_cost_the_batch() -> None:
+    """JavaScript can cut an emoji in two; that string becomes U+FFFD instead of the batch being refused."""
+    body = b'{"batch": [{"type": "track", "userId": "u1", "event": "Cut \\ud83d", "properties": {"t": "abc\\ud83d"}}]}'
+    parsed = parse_request(body, "batch", LIMITS)
+    columns, rejections = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed, limits=LIMITS,
+                                        body_bytes=len(body)).read_all()
+    assert rejections == [] and columns.event == ["Cut \ufffd"]
+    assert orjson.loads(columns.properties[0]) == {"t": "abc\ufffd"}
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        parse_request(b'{"batch": [\xff]}', "batch", LIMITS)
+
+
+def test_nesting_deeper_than_json_writers_go_is_one_rejected_message() -> None:
+    """orjson writes at most ~255 levels: a message nested deeper is rejected (and kept, cut off), the rest land."""
+    deep = json.loads("[" * 300 + '"bottom"' + "]" * 300)
+    good = {"type": "track", "userId": "u1", "event": "Fine"}
+    for padding in (0, 40_000):  # a small body (sizes not measured) and a large one
+        body = json.dumps({"batch": [good, {"type": "track", "userId": "u2", "event": "Deep",
+                                            "properties": {"x": deep}, "pad": "p" * padding}]}).encode()
+        parsed = parse_request(body, "batch", LIMITS)
+        columns, rejections = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed,
+                                            limits=LIMITS, body_bytes=len(body)).read_all()
+        assert columns.event == ["Fine"]
+        assert [r.code for r in rejections] == ["too_deep"]
+        assert "nested deeper; not kept" in rejections[0].payload and '"Deep"' in rejections[0].payload
+
+
+def test_fields_without_a_column_are_kept_in_extra() -> None:
+    """integrations, channel, a page's category... are stored; batch integrations merge into each message's."""
+    doc = {"batch": [
+        {"type": "page", "userId": "u1", "name": "Home", "category": "Docs", "channel": "web",
+         "integrations": {"All": False}, "_metadata": {"bundled": ["x"]}, "writeKey": "k", "receivedAt": "now"},
+        {"type": "track", "userId": "u1", "event": "E", "integrations": {}, "context": {"ip": "1.2.3.4"}},
+    ], "integrations": {"Mixpanel": True}}
+    parsed = parse_request(orjson.dumps(doc), "batch", LIMITS)
+    columns, _ = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed, limits=LIMITS,
+                               body_bytes=100).read_all()
+    first, second = (orjson.loads(e) for e in columns.extra)
+    assert first == {"category": "Docs", "channel": "web", "_metadata": {"bundled": ["x"]},
+                     "integrations": {"Mixpanel": True, "All": False}}  # no writeKey, no client receivedAt
+    assert second == {"integrations": {"Mixpanel": True}}
+    alone = MessageReader(received_at=RECEIVED, source="web", ip=None, request=ParsedRequest(
+        [{"type": "track", "userId": "u1", "event": "E", "integrations": {}}]), limits=LIMITS, body_bytes=100)
+    assert alone.read_all()[0].extra == [None]  # nothing worth keeping: no JSON at all
 
 
 @pytest.mark.parametrize(("doc", "key"), [
@@ -402,7 +471,7 @@ def test_batch_level_fields() -> None:
     assert parsed.messages == [{"type": "identify"}, 3]
     assert parsed.sent_at == "2024-06-01T12:00:00Z"
     assert parsed.context == {"library": {"n": 1}}
-    assert parse_request(b'{"batch": [], "context": "web"}', "batch", LIMITS).context is None
+    assert parse_request(b'{"batch": [], "context": {}}', "batch", LIMITS).context is None
 
 
 # -- key_from_basic_auth --------------------------------------------------------------------------------------------

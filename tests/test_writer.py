@@ -23,7 +23,7 @@ def one_event(message_id: str) -> EventColumns:
         message_id=[message_id], type=["track"], event=["Viewed"], user_id=["u1"], anonymous_id=[None],
         previous_id=[None], group_id=[None], timestamp=[now], original_timestamp=[now], sent_at=[None],
         received_at=[now], properties=["{}"], traits=["{}"], context=["{}"], source=["default"], ip=[None],
-        identity_hints=[None])
+        identity_hints=[None], extra=[None])
 
 
 def test_flush_returns_once_everything_submitted_before_is_committed(tmp_path: Path,

@@ -47,6 +47,7 @@ from portrait.spec import (
     ParsedRequest,
     RefusedBody,
     decode_body,
+    event_document,
     key_from_basic_auth,
     parse_request,
     raw_preview,
@@ -219,6 +220,7 @@ class Portrait:
         """
         header_key = key_from_basic_auth(request.authorization) or request.query_key
         received_at = utc_now()
+        body: bytes | None = None  # decompressed: what is kept of an unreadable body is the text, not the gzip
         try:
             if not request.complete:
                 raise BadRequest(f"request body is larger than the limit of {self.limits.max_batch_bytes} bytes "
@@ -231,7 +233,7 @@ class Portrait:
                 raise
             source = self.keys.check(sender_key, "write")
             self.rate_limiter.take(source.id)
-            return self._keep_unreadable(request.body, exc, source, received_at)
+            return self._keep_unreadable(request.body if body is None else body, exc, source, received_at)
         source = self.keys.check(header_key or parsed.write_key, "write")
         self.rate_limiter.take(source.id)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
@@ -627,7 +629,7 @@ class Portrait:
         page = page[:limit]
         seqs = [seq for seq, _ in page]
         details = {row[0]: row for row in session.execute(reads.EVENTS_BY_SEQ, [seqs])} if seqs else {}
-        events = [_event_json(details[seq]) for seq, _ in page if seq in details]
+        events = [event_document(details[seq]) for seq, _ in page if seq in details]
         next_cursor = _encode_cursor(page[-1][1], page[-1][0]) if more else None
         return {"profile_id": profile_id, "events": events, "next": next_cursor}
 
@@ -732,20 +734,6 @@ def _consent_statements(statements: Any) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
-
-
-def _event_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    (seq, message_id, kind, event, user_id, anonymous_id, timestamp, received_at, properties, traits, context, src,
-     ip) = row
-    context_json = orjson.loads(context or "{}")
-    if ip and "ip" not in context_json:
-        context_json["ip"] = ip  # Segment's context.ip: the sender's address unless the message names one
-    return {
-        "seq": seq, "message_id": message_id, "type": kind, "event": event, "user_id": user_id,
-        "anonymous_id": anonymous_id, "timestamp": _iso(timestamp), "received_at": _iso(received_at),
-        "properties": orjson.loads(properties or "{}"), "traits": orjson.loads(traits or "{}"),
-        "context": context_json, "source": src,
-    }
 
 
 def _encode_cursor(timestamp: datetime, seq: int) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 import uuid
 import zlib
 from collections.abc import Callable
@@ -34,9 +36,18 @@ ENDPOINT_TYPES: dict[str, str | None] = {
 BATCH_ENDPOINTS = ("batch", "import", "b")
 RAW_KEEP_BYTES = 64 * 1024  # how much of an unreadable body we keep for the user to inspect
 MAX_ID_LENGTH = 1024
-_UTC_SUFFIXES = ("Z", "+00:00")
+_UTC_SUFFIXES = ("Z", "z", "+00:00")
 _TYPES = frozenset(MESSAGE_TYPES)
 _ID_TYPES = (str, int, float)
+# Top-level fields with a column of their own (plus the event name: ``event`` for track, ``name`` otherwise);
+# anything else a message carries (integrations, channel, a page's category, _metadata...) is kept in ``extra``.
+# writeKey is a credential: never stored. receivedAt is the server's to set.
+_COLUMN_FIELDS = frozenset(("type", "userId", "anonymousId", "previousId", "groupId", "messageId", "timestamp",
+                            "originalTimestamp", "sentAt", "properties", "traits", "context", "writeKey",
+                            "receivedAt"))
+_OWN_FIELDS = {kind: _COLUMN_FIELDS | {"event" if kind == "track" else "name"} for kind in MESSAGE_TYPES}
+_WRITE_KEY_TEXT = re.compile(r'("writeKey"\s*:\s*)"(?:[^"\\]|\\.)*"')
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +82,8 @@ class ParsedRequest:
     messages: list[Any]
     write_key: str | None = None
     sent_at: Any = None
-    context: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None  # batch-level: merged into each message's (its own keys win)
+    integrations: dict[str, Any] | None = None  # the same
 
 
 @dataclass(slots=True)
@@ -95,6 +107,7 @@ class EventColumns:
     source: list[str] = field(default_factory=list)
     ip: list[str | None] = field(default_factory=list)
     identity_hints: list[str | None] = field(default_factory=list)
+    extra: list[str | None] = field(default_factory=list)  # other top-level fields as JSON (see _COLUMN_FIELDS)
 
     def __len__(self) -> int:
         return len(self.message_id)
@@ -140,18 +153,18 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
 
 def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
     """Read the JSON of a request (whatever its Content-Type) into messages; raises BadRequest if unreadable."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    doc = _loads(body)
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object", code="invalid_request")
     key = doc.get("writeKey")
     write_key = key if isinstance(key, str) and key else None
     if endpoint not in BATCH_ENDPOINTS:
-        message = dict(doc)
-        message.setdefault("type", ENDPOINT_TYPES[endpoint])
-        return ParsedRequest([message], write_key)
+        if len(body) > limits.max_message_bytes:  # Segment: 400 for a single call over the message limit
+            raise RefusedBody(f"message is {len(body)} bytes; the limit is {limits.max_message_bytes} bytes",
+                              code="message_too_large", write_key=write_key)
+        doc.pop("writeKey", None)
+        doc["type"] = ENDPOINT_TYPES[endpoint]  # the path says what the call is, whatever the body claims
+        return ParsedRequest([doc], write_key)
     messages = doc.get("batch")
     if not isinstance(messages, list):
         raise RefusedBody("a batch request needs a 'batch' array of messages", code="invalid_request",
@@ -159,14 +172,81 @@ def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
     if len(messages) > limits.max_batch_items:
         raise RefusedBody(f"batch has {len(messages)} messages; the limit is {limits.max_batch_items}",
                           code="batch_too_large", write_key=write_key)
-    context = doc.get("context")
-    return ParsedRequest(messages, write_key, doc.get("sentAt"), context if isinstance(context, dict) else None)
+    return ParsedRequest(messages, write_key, doc.get("sentAt"), _batch_object(doc, "context", limits, write_key),
+                         _batch_object(doc, "integrations", limits, write_key))
+
+
+def _loads(body: bytes) -> Any:
+    """JSON text -> Python. A string holding half of a UTF-16 surrogate pair (JavaScript cut an emoji in two) is
+    valid JSON that orjson refuses; it is read with the standard parser instead, the half becoming U+FFFD, so one
+    such string does not cost the whole batch."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+        try:
+            return _replace_surrogates(json.loads(body))
+        except (ValueError, RecursionError) as again:
+            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    return value
+
+
+def _batch_object(doc: dict[str, Any], name: str, limits: Limits, write_key: str | None) -> dict[str, Any] | None:
+    """A batch-level object (context, integrations), merged into every message: it must be an object within the
+    limits of one message, or the request is refused (and kept) -- copied into each of 2,500 messages, a large one
+    would multiply what a 500 KB request stores."""
+    value = doc.get(name)
+    if value is None or value == {}:
+        return None
+    if value.__class__ is not dict:
+        raise RefusedBody(f"the batch's {name} must be a JSON object, not {type(value).__name__}",
+                          code="invalid_request", write_key=write_key)
+    try:
+        _check_shape(value, name, limits, 1)
+        size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    except Invalid as bad:
+        raise RefusedBody(f"the batch's {bad.reason}", code=bad.code, write_key=write_key) from bad
+    if size > limits.max_message_bytes // 2:
+        raise RefusedBody(f"the batch's {name} is {size} bytes; the limit is {limits.max_message_bytes // 2} bytes "
+                          "(it is copied into every message)", code="message_too_large", write_key=write_key)
+    return value
 
 
 def raw_preview(body: bytes) -> str:
-    """What we keep of an unreadable body: the first 64 KiB as text."""
-    text = body[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
+    """What we keep of an unreadable body: the first 64 KiB as text, without the write key it may name."""
+    text = _WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"))
     return text if len(body) <= RAW_KEEP_BYTES else text + f"... [{len(body) - RAW_KEEP_BYTES} more bytes not kept]"
+
+
+def kept_json(value: Any) -> str:
+    """JSON text of what a client sent, for the rejected events, whatever it holds: nesting deeper than orjson
+    writes (~255 levels) is cut off with a marker instead of failing, and a write key is left out."""
+    if value.__class__ is dict and "writeKey" in value:
+        value = {k: v for k, v in value.items() if k != "writeKey"}
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_cut_deep(value, 64), option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _cut_deep(value: Any, levels: int) -> Any:
+    if value.__class__ not in (dict, list):
+        return value
+    if levels == 0:
+        return f"[nested deeper; not kept: {len(value)} entries]"
+    if value.__class__ is dict:
+        return {str(k): _cut_deep(v, levels - 1) for k, v in value.items()}
+    return [_cut_deep(v, levels - 1) for v in value]
 
 
 def key_from_basic_auth(header: str | None) -> str | None:
@@ -187,7 +267,7 @@ def parse_time(value: Any) -> datetime | None:
     if value.__class__ is not str:
         raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
     if value.endswith(_UTC_SUFFIXES):  # the usual SDK forms: skip the time-zone arithmetic
-        parsed = datetime.fromisoformat(value[:-1] if value[-1] == "Z" else value[:-6])
+        parsed = datetime.fromisoformat(value[:-1] if value[-1] in "Zz" else value[:-6])
         if parsed.tzinfo is None:
             return parsed
     parsed = datetime.fromisoformat(value)
@@ -197,6 +277,28 @@ def parse_time(value: Any) -> datetime | None:
         except OverflowError as exc:  # e.g. year 1 with a positive offset
             raise ValueError("date-time out of range once converted to UTC") from exc
     return parsed
+
+
+def event_document(row: tuple[Any, ...]) -> dict[str, Any]:
+    """An event of the log as the API shows it. ``row``: seq, message_id, type, event, user_id, anonymous_id,
+    timestamp, received_at, properties, traits, context, source, ip, previous_id, group_id, original_timestamp,
+    sent_at, extra (the order of the read statements)."""
+    (seq, message_id, kind, event, user_id, anonymous_id, timestamp, received_at, properties, traits, context, src,
+     ip, previous_id, group_id, original, sent_at, extra) = row
+    context_json = orjson.loads(context or "{}")
+    if ip and "ip" not in context_json:
+        context_json["ip"] = ip  # Segment's context.ip: the sender's address unless the message names one
+    return {
+        "seq": seq, "message_id": message_id, "type": kind, "event": event, "user_id": user_id,
+        "anonymous_id": anonymous_id, "previous_id": previous_id, "group_id": group_id, "timestamp": _iso(timestamp),
+        "original_timestamp": _iso(original), "sent_at": _iso(sent_at), "received_at": _iso(received_at),
+        "properties": orjson.loads(properties or "{}"), "traits": orjson.loads(traits or "{}"),
+        "context": context_json, "extra": orjson.loads(extra or "{}"), "source": src,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
 def utc_now() -> datetime:
@@ -234,6 +336,11 @@ def _json_object(message: dict[str, Any], name: str, limits: Limits) -> str:
         return "{}"
     if value.__class__ is not dict:
         raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
+    return _dump_object(value, name, limits)
+
+
+def _dump_object(value: dict[str, Any], name: str, limits: Limits) -> str:
+    """JSON text of an object the message carries, refused (naming where) if it breaks the shape limits."""
     try:
         text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError as exc:  # nested past orjson's own limit: the walk names where
@@ -304,8 +411,11 @@ class MessageReader:
             self.batch_sent_at = parse_time(request.sent_at)
         except ValueError:
             self.batch_sent_at = None  # a bad batch-level sentAt only disables skew correction
-        self.batch_context = (orjson.dumps(request.context, option=orjson.OPT_NON_STR_KEYS).decode()
-                              if request.context else "{}")
+        # Batch-level context and integrations (checked by parse_request) are merged into every message's.
+        self.batch_context = request.context
+        self.batch_context_text = (orjson.dumps(request.context, option=orjson.OPT_NON_STR_KEYS).decode()
+                                   if request.context else "{}")
+        self.batch_integrations = request.integrations
 
     def read_all(self) -> tuple[EventColumns, list[Rejection]]:
         columns = EventColumns()
@@ -331,7 +441,12 @@ class MessageReader:
         if message.__class__ is not dict:
             raise Invalid("invalid_message", f"a message must be a JSON object, not {type(message).__name__}")
         if self.check_sizes:
-            size = len(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            try:
+                size = len(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            except orjson.JSONEncodeError as exc:  # nested past orjson's limit (~255 levels)
+                raise Invalid("too_deep", f"message cannot be written as JSON: {exc}") from exc
+            if self.batch_context is not None:
+                size += len(self.batch_context_text)  # merged into the message's context
             if size > self.limits.max_message_bytes:
                 raise Invalid("message_too_large",
                               f"message is {size} bytes; the limit is {self.limits.max_message_bytes} bytes")
@@ -357,8 +472,8 @@ class MessageReader:
         timestamp = self._corrected_time(original, sent_at)
         properties = _json_object(message, "properties", self.limits)
         traits = _json_object(message, "traits", self.limits)
-        context = (_json_object(message, "context", self.limits) if message.get("context") is not None
-                   else self.batch_context)
+        context = self._context(message)
+        extra = self._extra(message, kind)
         out.message_id.append(message_id)
         out.type.append(kind)
         out.event.append(name or None)
@@ -373,6 +488,24 @@ class MessageReader:
         out.traits.append(traits)
         out.context.append(context)
         out.identity_hints.append(hints)
+        out.extra.append(extra)
+
+    def _context(self, message: dict[str, Any]) -> str:
+        own = message.get("context")
+        if own is None or own == {}:
+            return self.batch_context_text
+        if self.batch_context is None or own.__class__ is not dict:
+            return _json_object(message, "context", self.limits)
+        return _dump_object({**self.batch_context, **own}, "context", self.limits)
+
+    def _extra(self, message: dict[str, Any], kind: str) -> str | None:
+        """The message's other top-level fields as JSON (None when it has none with a value)."""
+        others = {name: message[name] for name in message.keys() - _OWN_FIELDS[kind]
+                  if message[name] is not None and message[name] != {}}
+        own = others.get("integrations")
+        if self.batch_integrations is not None and (own is None or own.__class__ is dict):
+            others["integrations"] = {**self.batch_integrations, **(own or {})}
+        return _dump_object(others, "message", self.limits) if others else None
 
     def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
         """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""
@@ -386,7 +519,7 @@ class MessageReader:
             raise Invalid("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew") from exc
 
     def _reject(self, message: Any, bad: Invalid, position: int) -> Rejection:
-        payload = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS).decode()
+        payload = kept_json(message)
         message_id = message.get("messageId") if isinstance(message, dict) else None
         return Rejection(code=bad.code, reason=bad.reason, payload=payload, received_at=self.received_at,
                          source=self.source,

@@ -28,7 +28,7 @@ import orjson
 
 from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
-from portrait.spec import utc_now
+from portrait.spec import event_document, utc_now
 from portrait.sql import subjects as q
 from portrait.store import Session
 
@@ -120,10 +120,7 @@ class PrivacyRequests:
     def _access(self, request: dict[str, Any]) -> dict[str, Any]:
         profile_id = self._hooks.resolve(request["identity"])
         session = self._session()
-        events = [{"seq": r[0], "message_id": r[1], "type": r[2], "event": r[3], "user_id": r[4],
-                   "anonymous_id": r[5], "timestamp": _iso(r[6]), "received_at": _iso(r[7]),
-                   "properties": _json(r[8]), "traits": _json(r[9]), "context": _json(r[10]), "source": r[11]}
-                  for r in session.execute(q.ALL_EVENTS, [profile_id])]
+        events = [event_document(r) for r in session.execute(q.ALL_EVENTS, [profile_id])]
         memberships = [{"segment": r[0], "change": r[1], "at": _iso(r[2])}
                        for r in session.execute(q.MEMBERSHIPS, [profile_id, profile_id])]
         quality = [{"attribute": r[0], "raw_value": r[1], "reason": r[2], "source": r[3], "detected_at": _iso(r[4])}
@@ -231,10 +228,6 @@ def _document(row: tuple[Any, ...], with_result: bool) -> dict[str, Any]:
     if with_result:
         record["result"] = orjson.loads(result) if result else None
     return record
-
-
-def _json(text: str | None) -> Any:
-    return orjson.loads(text) if text else None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -37,7 +37,7 @@ EVENT_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("anonymous_id", pa.string()), ("previous_id", pa.string()),
     ("group_id", pa.string()), ("timestamp", _TS), ("original_timestamp", _TS), ("sent_at", _TS),
     ("received_at", _TS), ("properties", pa.string()), ("traits", pa.string()), ("context", pa.string()),
-    ("source", pa.string()), ("ip", pa.string()), ("identity_hints", pa.string()),
+    ("source", pa.string()), ("ip", pa.string()), ("identity_hints", pa.string()), ("extra", pa.string()),
 ])
 REJECTION_SCHEMA = pa.schema([
     ("received_at", _TS), ("code", pa.string()), ("reason", pa.string()), ("source", pa.string()),

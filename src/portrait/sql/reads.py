@@ -43,7 +43,8 @@ PROFILE_IDENTITIES = parse(
 )
 EVENTS_BY_SEQ = parse(
     "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "
-    "context, source, ip FROM events WHERE seq IN (SELECT UNNEST(CAST(? AS BIGINT[])))"
+    "context, source, ip, previous_id, group_id, original_timestamp, sent_at, extra "
+    "FROM events WHERE seq IN (SELECT UNNEST(CAST(? AS BIGINT[])))"
 )
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 # When the oldest event not yet reflected in profiles arrived (NULL when caught up). Param: the watermark.

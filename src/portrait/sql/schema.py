@@ -364,6 +364,39 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         WHERE ep.seq = consent_records.seq;
         """
     ),
+    15: parse_many(
+        """
+        -- The top-level fields of a message without a column of their own (integrations, channel, a page's
+        -- category...), as JSON: nothing a client sends is dropped. The log is copied rather than altered: DuckDB
+        -- 1.5 cannot replay an ALTER TABLE ... ADD COLUMN from its write-ahead log when the table has a
+        -- nextval() default, so a crash before the next checkpoint left a database that would not open. The
+        -- writer numbers events itself, so the copy has no default (and later changes can alter it).
+        CREATE TABLE events_v15 (
+            seq BIGINT NOT NULL,
+            message_id VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            event VARCHAR,
+            user_id VARCHAR,
+            anonymous_id VARCHAR,
+            previous_id VARCHAR,
+            group_id VARCHAR,
+            timestamp TIMESTAMP NOT NULL,
+            original_timestamp TIMESTAMP,
+            sent_at TIMESTAMP,
+            received_at TIMESTAMP NOT NULL,
+            properties VARCHAR,
+            traits VARCHAR,
+            context VARCHAR,
+            source VARCHAR NOT NULL,
+            ip VARCHAR,
+            identity_hints VARCHAR,
+            extra VARCHAR
+        );
+        INSERT INTO events_v15 SELECT *, NULL FROM events ORDER BY seq;
+        DROP TABLE events;
+        ALTER TABLE events_v15 RENAME TO events;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

@@ -25,7 +25,7 @@ DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL
 # -- access (params: profile id) ----------------------------------------------------------------------------------
 ALL_EVENTS = parse("""
 SELECT e.seq, e.message_id, e.type, e.event, e.user_id, e.anonymous_id, e.timestamp, e.received_at, e.properties,
-       e.traits, e.context, e.source
+       e.traits, e.context, e.source, e.ip, e.previous_id, e.group_id, e.original_timestamp, e.sent_at, e.extra
 FROM events AS e WHERE e.seq IN (SELECT seq FROM event_profiles WHERE profile_id = ?) ORDER BY e.seq
 """)
 # Params: profile id, twice (records made under the ids of profiles merged into it count too).
