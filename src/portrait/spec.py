@@ -472,8 +472,12 @@ class MessageReader:
         timestamp = self._corrected_time(original, sent_at)
         properties = _json_object(message, "properties", self.limits)
         traits = _json_object(message, "traits", self.limits)
-        context = self._context(message)
-        extra = self._extra(message, kind)
+        own_context = message.get("context")
+        context = (_dump_object(own_context, "context", self.limits)  # the usual case, without a call more
+                   if own_context.__class__ is dict and own_context and self.batch_context is None
+                   else self._context(message))
+        extra = (None if message.keys() <= _OWN_FIELDS[kind] and self.batch_integrations is None
+                 else self._extra(message, kind))
         out.message_id.append(message_id)
         out.type.append(kind)
         out.event.append(name or None)
@@ -492,11 +496,12 @@ class MessageReader:
 
     def _context(self, message: dict[str, Any]) -> str:
         own = message.get("context")
+        if own.__class__ is dict and own:
+            return _dump_object(own if self.batch_context is None else {**self.batch_context, **own}, "context",
+                                self.limits)
         if own is None or own == {}:
             return self.batch_context_text
-        if self.batch_context is None or own.__class__ is not dict:
-            return _json_object(message, "context", self.limits)
-        return _dump_object({**self.batch_context, **own}, "context", self.limits)
+        return _json_object(message, "context", self.limits)  # not an object: refused
 
     def _extra(self, message: dict[str, Any], kind: str) -> str | None:
         """The message's other top-level fields as JSON (None when it has none with a value)."""
