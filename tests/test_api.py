@@ -189,10 +189,13 @@ def test_invalid_messages_are_dropped_with_200_but_listed_with_reasons(client: T
 
 
 def test_retried_batch_creates_no_duplicates(client: TestClient, portrait: Portrait) -> None:
-    batch = {"batch": [track(messageId=f"m{i}") for i in range(5)]}
+    batch = {"batch": [*(track(messageId=f"m{i}") for i in range(5)), track(messageId="bad", event=None)]}
     for _ in range(3):
         assert post(client, "/v1/batch", batch).status_code == 200
     assert portrait.status()["events_received"] == 5
+    # The invalid message is listed (and counted) once, not once per attempt.
+    assert [r["message_id"] for r in portrait.rejected()["rejected"]] == ["bad"]
+    assert portrait.status()["events_rejected"] == 1
 
 
 def test_enrichment_received_at_skew_correction_ip_and_message_id(client: TestClient, portrait: Portrait) -> None:
@@ -214,6 +217,10 @@ def test_cors_preflight_on_ingestion_but_not_on_admin_api(client: TestClient) ->
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://shop.example.com"
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    custom = client.options("/v1/batch", headers={"Origin": "https://shop.example.com",
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "content-type, x-shop-tenant"})
+    assert custom.headers["access-control-allow-headers"] == "content-type, x-shop-tenant"  # analytics.js extras
     admin = client.options("/api/status", headers={"Origin": "https://evil.example.com",
                                                    "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in admin.headers
@@ -262,6 +269,17 @@ def test_read_errors_are_json(client: TestClient, path: str, status: int, code: 
     response = client.get(path, headers=ADMIN)
     assert response.status_code == status
     assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1/batch", 405, "method_not_allowed"),
+    ("PUT", "/v1/track", 405, "method_not_allowed"),
+    ("GET", "/v2/batch", 404, "not_found"),
+])
+def test_framework_errors_have_the_error_shape_too(client: TestClient, method: str, path: str, status: int,
+                                                   code: str) -> None:
+    answer = client.request(method, path)
+    assert answer.status_code == status and answer.json()["code"] == code and answer.json()["message"]
 
 
 def test_bad_cursor_is_400(client: TestClient, portrait: Portrait) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -62,6 +63,35 @@ class _Pending:
     future: Future[IngestResult] = field(default_factory=Future)
 
 
+class RecentRejections:
+    """The (source, messageId) of the last rejected messages, so that an SDK's retry of a batch holding an invalid
+    message does not list it (and count it) once per attempt. In memory and bounded: after a restart, or beyond
+    ``capacity`` rejections ago, a retry is listed again -- a second copy, never a lost one."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._capacity = capacity
+
+    def new_ones(self, rejections: Sequence[Rejection]) -> list[Rejection]:
+        """The rejections not seen before (nor earlier in the same list); messages without an id always count."""
+        fresh, keys = [], set()
+        for rejection in rejections:
+            key = (rejection.source, rejection.message_id) if rejection.message_id else None
+            if key is not None and (key in self._seen or key in keys):
+                continue
+            if key is not None:
+                keys.add(key)
+            fresh.append(rejection)
+        return fresh
+
+    def add(self, rejections: Sequence[Rejection]) -> None:
+        for rejection in rejections:
+            if rejection.message_id:
+                self._seen[(rejection.source, rejection.message_id)] = None
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+
+
 @dataclass(frozen=True, slots=True)
 class DedupPolicy:
     """How far back live traffic is checked for duplicates in memory (see :mod:`portrait.dedup`)."""
@@ -80,6 +110,7 @@ class EventWriter:
         self._on_commit = on_commit
         self._last_seq: int | None = None  # highest sequence number handed out (only this thread appends)
         self._recent = RecentMessageIds(dedup.window, dedup.max_ids)
+        self._recent_rejections = RecentRejections()
         self._recent_read = False  # read back from the log before the first append (not at start: CLI reads)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="portrait-writer", daemon=True)
@@ -172,7 +203,7 @@ class EventWriter:
         events = EventColumns()
         for pending in group:
             events.extend(pending.events)
-        rejections = [r for pending in group for r in pending.rejections]
+        rejections = self._recent_rejections.new_ones([r for pending in group for r in pending.rejections])
         if not self._recent_read:
             self._read_back_recent(session)
         keep = self._recent.new_ones(events.message_id)
@@ -194,6 +225,7 @@ class EventWriter:
             if suppressed:
                 session.execute(sql.ADD_COUNTER, [suppressed, "events_suppressed"])
         self._recent.add(utc_now(), stored)  # only once committed: a failed commit leaves nothing behind
+        self._recent_rejections.add(rejections)
         return keep
 
     @staticmethod

@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from portrait.errors import (
     BadRequest,
@@ -49,6 +50,12 @@ def install(app: FastAPI) -> None:
         # and nothing of the request was committed).
         log.error("unexpected error while serving a request", exc_info=exc)
         return error_response(500, "internal_error", RETRY_SAFE)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        # The framework's own answers (no such path, method not allowed) in the API's error shape.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

@@ -33,14 +33,19 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
     "Access-Control-Max-Age": "86400",
+    # analytics.js waits as long as X-RateLimit-Reset says after a 429; a browser shows it only if exposed
+    "Access-Control-Expose-Headers": "Retry-After, X-RateLimit-Reset",
 }
 Answer = tuple[int, bytes, dict[str, str]]
 
 
-def cors_for(portrait: Portrait, origin: str | None) -> dict[str, str]:
+def cors_for(portrait: Portrait, origin: str | None, requested_headers: str | None = None) -> dict[str, str]:
+    """CORS headers for an allowed origin. A preflight asking for headers (analytics.js's ``additionalHeaders``)
+    is allowed those: the write key, not the header list, is what guards ingestion."""
     origins = portrait.settings.cors_origins
     if "*" in origins or origin in origins:
-        return {**CORS_HEADERS, "Access-Control-Allow-Origin": origin or "*", "Vary": "Origin"}
+        allowed = {"Access-Control-Allow-Headers": requested_headers} if requested_headers else {}
+        return {**CORS_HEADERS, **allowed, "Access-Control-Allow-Origin": origin or "*", "Vary": "Origin"}
     return {}
 
 
@@ -55,7 +60,8 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
         await asyncio.wrap_future(portrait.ingest(incoming))
     except PortraitError as exc:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
-        extra = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+        extra = ({"Retry-After": str(exc.retry_after), "X-RateLimit-Reset": str(exc.retry_after)}
+                 if isinstance(exc, RateLimited) else {})
         if status == 401:
             extra["WWW-Authenticate"] = "Bearer"
         return status, error_body(exc.code, exc.message), {**cors, **extra}
@@ -125,7 +131,8 @@ def router(portrait: Portrait) -> APIRouter:
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     async def preflight(request: Request) -> Response:
-        return Response(status_code=204, headers=cors_for(portrait, request.headers.get("origin")))
+        return Response(status_code=204, headers=cors_for(portrait, request.headers.get("origin"),
+                                                          request.headers.get("access-control-request-headers")))
 
     for endpoint in ENDPOINTS:
         async def post(request: Request, _endpoint: str = endpoint) -> Response:
