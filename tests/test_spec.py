@@ -286,6 +286,7 @@ BODY = orjson.dumps({"batch": [{"type": "track", "userId": "u1", "event": "e"}] 
     ("GZIP ", gzip.compress(BODY)),
     ("x-gzip", gzip.compress(BODY)),
     ("deflate", zlib.compress(BODY)),
+    ("gzip", gzip.compress(BODY[:40]) + gzip.compress(BODY[40:])),  # two members, as `cat a.gz b.gz` makes
 ])
 def test_decode_body(encoding: str | None, raw: bytes) -> None:
     assert decode_body(raw, encoding, LIMITS) == BODY
@@ -300,11 +301,14 @@ def test_decode_body(encoding: str | None, raw: bytes) -> None:
     ("gzip", b"", "bad_encoding"),
     ("deflate", gzip.compress(BODY), "bad_encoding"),
     ("deflate", zlib.compress(BODY)[:-10], "bad_encoding"),
+    ("gzip", gzip.compress(BODY) + b"trailing", "bad_encoding"),
+    ("gzip", gzip.compress(b"x" * 300_000) + gzip.compress(b"x" * 300_000), "body_too_large"),
     (None, b"x" * (LIMITS.max_batch_bytes + 1), "body_too_large"),
     ("gzip", gzip.compress(b"x" * (LIMITS.max_batch_bytes + 1)), "body_too_large"),
     ("deflate", zlib.compress(b"x" * (LIMITS.max_batch_bytes + 1)), "body_too_large"),
 ], ids=["br", "compress", "not-gzip", "truncated-tail", "truncated-head", "empty-gzip", "gzip-as-deflate",
-        "truncated-deflate", "plain-too-large", "gzip-too-large", "deflate-too-large"])
+        "truncated-deflate", "trailing-bytes", "members-too-large", "plain-too-large", "gzip-too-large",
+        "deflate-too-large"])
 def test_decode_body_refuses(encoding: str | None, raw: bytes, code: str) -> None:
     with pytest.raises(BadRequest) as info:
         decode_body(raw, encoding, LIMITS)

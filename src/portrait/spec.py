@@ -138,17 +138,29 @@ def decode_body(raw: bytes, content_encoding: str | None, limits: Limits) -> byt
 
 
 def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress every member (a gzip file may be several, concatenated); bytes after the data are refused, not
+    ignored, so nothing a client sent is silently dropped."""
     wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        body = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"body is not valid {encoding} data: {exc}", code="bad_encoding") from exc
-    if len(body) > limit:
-        raise BadRequest(f"decompressed body exceeds the limit of {limit} bytes", code="body_too_large")
-    if not inflater.eof:
-        raise BadRequest(f"{encoding} body is truncated", code="bad_encoding")
-    return body
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"body is not valid {encoding} data: {exc}", code="bad_encoding") from exc
+        size += len(part)
+        parts.append(part)
+        if size > limit:
+            raise BadRequest(f"decompressed body exceeds the limit of {limit} bytes", code="body_too_large")
+        if not inflater.eof:
+            raise BadRequest(f"{encoding} body is truncated", code="bad_encoding")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding == "deflate" or rest[:2] != b"\x1f\x8b":
+            raise BadRequest(f"{len(rest)} bytes follow the {encoding} data", code="bad_encoding")
 
 
 def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
