@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,3 +35,31 @@ def test_append_refuses_columns_in_another_order_and_appends_nothing(store: Duck
     with pytest.raises(PortraitError, match=r"cannot append to counters: columns \['value', 'name'\]"):
         session.append("counters", pa.table({"value": [7], "name": ["zz_test"]}))
     assert session.execute(COUNTERS) == before
+
+
+CRASH_AFTER_LARGE_WRITE = """
+import os, sys
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
+store = DuckDBStore(sys.argv[1])
+session = store.session()
+with session.transaction():  # a processor batch: more than a row group into an indexed table
+    session.execute(parse("INSERT INTO event_profiles (seq, profile_id, timestamp, event_type) "
+                          "SELECT i, 'p' || (i % 1000), TIMESTAMP '2026-01-01', 'track' FROM range(130000) t(i)"))
+session.execute(parse("INSERT INTO event_profiles VALUES (-1, 'p-1', TIMESTAMP '2026-01-01', 'track', NULL)"))
+os._exit(0)  # killed: nothing closes or checkpoints
+"""
+
+
+def test_a_crash_after_a_large_write_into_an_indexed_table_leaves_a_database_that_opens(tmp_path: Path) -> None:
+    """DuckDB 1.5.5 could not replay such a log (see store.duckdb.LARGE_WRITE_ROWS): the session checkpoints."""
+    path = str(tmp_path / "crash.duckdb")
+    DuckDBStore(path).close()  # migrated and checkpointed, as a database in use would be
+    done = subprocess.run([sys.executable, "-c", CRASH_AFTER_LARGE_WRITE, path], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    reopened = DuckDBStore(path)
+    try:
+        assert reopened.session().execute(parse("SELECT count(*) FROM event_profiles")) == [(130_001,)]
+    finally:
+        reopened.close()

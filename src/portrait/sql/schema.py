@@ -405,6 +405,10 @@ MIGRATION_TABLE = parse(
 APPLIED = parse("SELECT version FROM schema_migrations")
 RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
 CHECKPOINT = parse("CHECKPOINT")
+# Tables with an index of their own (CREATE INDEX; see store.duckdb.LARGE_WRITE_ROWS), not temporary ones.
+INDEXED_TABLES = parse(
+    "SELECT DISTINCT table_name FROM duckdb_indexes() WHERE schema_name <> 'temp' AND database_name <> 'temp'"
+)
 _CHECKPOINT_THRESHOLD = parse("SET checkpoint_threshold = '256MB'")
 
 

@@ -20,6 +20,13 @@ from portrait.store.base import Capabilities
 
 CAPABILITIES = Capabilities(dialect="duckdb", single_writer_process=True, arrow_scan=True)
 _LOCK_PID = re.compile(r"PID (\d+)")
+# DuckDB 1.5.5 cannot replay its write-ahead log when one transaction wrote a full row group (122,880 rows) or
+# more into a table with an index and a later transaction wrote to that table again before a checkpoint: after a
+# crash in that window the database does not open ("Failure while replaying WAL file: Attempted to access index
+# ..."). Fixed in 1.5.6, which the encryption extension (duckdb-extension-httpfs, 1.5.5 only) cannot load. So a
+# session checkpoints right after committing that many rows into an indexed table, before anything else can write
+# to it (tests/test_store.py reproduces the crash).
+LARGE_WRITE_ROWS = 100_000
 
 
 class _Renderer:
@@ -40,10 +47,14 @@ class _Renderer:
 
 
 class DuckDBSession:
-    def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer, *, attached: bool = False) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer, *, attached: bool = False,
+                 indexed_tables: frozenset[str] = frozenset()) -> None:
         self._con = connection
         self._render = render
         self._columns: dict[str, tuple[str, ...]] = {}  # per table, for append (schemas change only at start)
+        self._indexed_tables = indexed_tables
+        self._in_transaction = False
+        self._indexed_rows_written = 0  # by the open transaction, into tables with an index (LARGE_WRITE_ROWS)
         if attached:  # an encrypted database is attached by name; a new cursor starts in the in-memory one
             self.execute(schema.USE_PORTRAIT)
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
@@ -51,7 +62,12 @@ class DuckDBSession:
 
     def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         bound = dict(params) if isinstance(params, Mapping) else list(params)  # named ($p0) or positional (?)
-        return self._con.execute(self._render(statement), bound).fetchall()
+        rows = self._con.execute(self._render(statement), bound).fetchall()
+        if isinstance(statement, exp.Insert | exp.Update) and _target(statement) in self._indexed_tables and rows:
+            self._indexed_rows_written += int(rows[0][0])  # DuckDB answers a write with its row count
+            if not self._in_transaction:
+                self._checkpoint_after_large_write()
+        return rows
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
         return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
@@ -74,12 +90,23 @@ class DuckDBSession:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self._con.begin()
+        self._in_transaction = True
         try:
             yield
         except BaseException:
+            self._in_transaction = False
+            self._indexed_rows_written = 0
             self._con.rollback()
             raise
+        self._in_transaction = False
         self._con.commit()
+        self._checkpoint_after_large_write()
+
+    def _checkpoint_after_large_write(self) -> None:
+        """See LARGE_WRITE_ROWS: checkpoint before anything else writes to the table."""
+        written, self._indexed_rows_written = self._indexed_rows_written, 0
+        if written >= LARGE_WRITE_ROWS:
+            self._con.execute(self._render(schema.CHECKPOINT))
 
     def close(self) -> None:
         self._con.close()
@@ -96,11 +123,15 @@ class DuckDBStore:
         self._lock = threading.Lock()
         if checkpoint_wal_mb:
             self._root.execute(self._render(schema.checkpoint_threshold(checkpoint_wal_mb)))
+        self._indexed_tables: frozenset[str] = frozenset()
         self._migrate()
+        self._indexed_tables = frozenset(row[0] for row in self._root.execute(self._render(schema.INDEXED_TABLES))
+                                         .fetchall())
 
     def session(self) -> DuckDBSession:
         with self._lock:
-            return DuckDBSession(self._root.cursor(), self._render, attached=self._encrypted)
+            return DuckDBSession(self._root.cursor(), self._render, attached=self._encrypted,
+                                 indexed_tables=self._indexed_tables)
 
     def checkpoint(self) -> None:
         self._root.execute(self._render(schema.CHECKPOINT))
@@ -112,6 +143,7 @@ class DuckDBStore:
         session = self.session()
         session.execute(schema.MIGRATION_TABLE)
         applied = {row[0] for row in session.execute(schema.APPLIED)}
+        migrated = False
         for version in sorted(schema.MIGRATIONS):
             if version in applied:
                 continue
@@ -119,7 +151,15 @@ class DuckDBStore:
                 for statement in schema.MIGRATIONS[version]:
                     session.execute(statement)
                 session.execute(schema.RECORD, [version])
+            migrated = True
         session.close()
+        if migrated:  # a migration may rewrite whole tables (see LARGE_WRITE_ROWS)
+            self.checkpoint()
+
+
+def _target(statement: exp.Insert | exp.Update) -> str | None:
+    table = statement.this if isinstance(statement.this, exp.Table) else statement.this.find(exp.Table)
+    return table.name if table is not None else None
 
 
 def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb.DuckDBPyConnection:
