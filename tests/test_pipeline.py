@@ -137,23 +137,6 @@ def test_email_and_phone_normalization_and_custom_identifiers(portrait: Portrait
                     "loyalty_card:LC-77", "anonymous_id:pos-1") == {profile_id}
 
 
-def test_phone_extensions_and_local_only_numbers_merge_nobody(portrait: Portrait) -> None:
-    """Colleagues behind one switchboard (extensions) and customers with the same 7-digit local number in different
-    areas stay apart; the same number with its extension written two ways is one customer."""
-    load(portrait,
-         msg("identify", anonymousId="desk-1", traits={"phone": "(415) 555-2671 x12"}),
-         msg("identify", anonymousId="desk-2", traits={"phone": "(415) 555-2671 x13"}),
-         msg("identify", anonymousId="desk-3", traits={"phone": "+1 415 555 2671 ext. 12"}),
-         msg("identify", anonymousId="shop-a", traits={"phone": "555-1234"}),
-         msg("identify", anonymousId="shop-b", traits={"phone": "555-1234"}))
-    assert len(grouping(portrait, "anonymous_id:desk-1", "anonymous_id:desk-2")) == 2
-    assert grouping(portrait, "anonymous_id:desk-1", "anonymous_id:desk-3", "phone:+14155552671;ext=12") == {
-        portrait.resolve_profile_id("anonymous_id:desk-1")}
-    assert len(grouping(portrait, "anonymous_id:shop-a", "anonymous_id:shop-b")) == 2
-    assert portrait.traits("anonymous_id:shop-a")["phone"] == "555-1234"  # kept as a trait, not an identifier
-    assert [i["type"] for i in portrait.identities("anonymous_id:shop-a")] == ["anonymous_id"]
-
-
 def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:
     load(portrait,
          msg("identify", userId="u-1", traits={"email": "test@test.com"}),

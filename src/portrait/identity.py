@@ -79,22 +79,14 @@ class IdentityRules:
 
 @functools.lru_cache(maxsize=65536)
 def normalize_phone(value: str, region: str) -> str | None:
-    """E.164 form of a phone number (with ``;ext=N`` when it has an extension), or None when it is not a possible
-    full number.
-
-    A number only diallable locally (a US 7-digit number without its area code) is not an identifier: its E.164
-    form would be made up, and two customers with the same local number in different areas would merge. An
-    extension is kept, so colleagues behind one switchboard are different customers (a false merge is worse than
-    a missed one); the form is RFC 3966's extension parameter.
-    """
+    """E.164 form of a phone number, or None when it is not a possible number."""
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
-    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
+    if not phonenumbers.is_possible_number(number):
         return None
-    e164 = str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-    return f"{e164};ext={number.extension}" if number.extension else e164
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 HINT_SEPARATOR = "\x1e"  # between identifiers in the log's identity_hints column
