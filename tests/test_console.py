@@ -175,7 +175,9 @@ def test_run_an_erase_request(page: Page) -> None:
     page.get_by_label("Type").select_option("erase")
     page.get_by_label("Identity").fill("user_id:user-3")
     page.get_by_role("button", name="Run request").click()
+    page.get_by_label("Identity").fill("email:still.typing@example.com")  # while the request runs in the worker
     expect(page.locator("[data-test=request-status]").first).to_have_text("done", timeout=20_000)  # queued, then run
+    expect(page.get_by_label("Identity")).to_have_value("email:still.typing@example.com")  # the table alone refreshed
     shot(page, "admin")
     page.goto("/customers?q=user_id:user-3")
     expect(page.locator("table")).to_contain_text("Nobody matches")

@@ -30,8 +30,10 @@ from portrait.spec import (
     ParsedRequest,
     RefusedBody,
     decode_body,
+    kept_json,
     key_from_basic_auth,
     parse_request,
+    raw_preview,
 )
 
 LIMITS = Limits(max_message_bytes=32 * 1024, max_batch_bytes=500 * 1024, max_batch_items=2500)
@@ -424,6 +426,28 @@ def test_half_a_surrogate_pair_does_not_cost_the_batch() -> None:
         parse_request(b'{"batch": [\xff]}', "batch", LIMITS)
 
 
+def test_the_fallback_parser_reads_numbers_as_orjson_does() -> None:
+    """With half a surrogate pair the standard parser reads the body: integers past 64 bits still become floats
+    (a Python int that orjson cannot write made the request fail with a 500), NaN is still not JSON."""
+    body = (b'{"batch": [{"type": "track", "userId": "u1", "event": "E\\ud83d", "properties": {"n": 1'
+            + b"0" * 30 + b'}}]}')
+    parsed = parse_request(body, "batch", LIMITS)
+    columns, rejections = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed, limits=LIMITS,
+                                        body_bytes=len(body)).read_all()
+    assert rejections == [] and orjson.loads(columns.properties[0]) == {"n": 1e30}
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        parse_request(b'{"batch": [{"event": "E\\ud83d", "n": NaN}]}', "batch", LIMITS)
+    assert kept_json({"n": 10**30}) == '{"n": 1000000000000000000000000000000}'  # what was sent, whatever it is
+
+
+def test_the_kept_text_of_a_refused_body_holds_no_part_of_the_key() -> None:
+    key = "wk_live_0123456789abcdef"
+    at_the_edge = b'{"pad": "' + b"p" * (65536 - 30) + b'", "writeKey": "' + key.encode() + b'", "batch": 1}'
+    assert key[:6] not in raw_preview(at_the_edge)
+    escaped = b'{"write\\u004bey": "' + key.encode() + b'", "batch": 1}'
+    assert key not in raw_preview(escaped, key) and "(not kept)" in raw_preview(escaped, key)
+
+
 def test_nesting_deeper_than_json_writers_go_is_one_rejected_message() -> None:
     """orjson writes at most ~255 levels: a message nested deeper is rejected (and kept, cut off), the rest land."""
     deep = json.loads("[" * 300 + '"bottom"' + "]" * 300)
@@ -450,8 +474,8 @@ def test_fields_without_a_column_are_kept_in_extra() -> None:
     columns, _ = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed, limits=LIMITS,
                                body_bytes=100).read_all()
     first, second = (orjson.loads(e) for e in columns.extra)
-    assert first == {"category": "Docs", "channel": "web", "_metadata": {"bundled": ["x"]},
-                     "integrations": {"Mixpanel": True, "All": False}}  # no writeKey, no client receivedAt
+    assert first == {"category": "Docs", "channel": "web",  # no writeKey, receivedAt or analytics.js _metadata
+                     "integrations": {"Mixpanel": True, "All": False}}
     assert second == {"integrations": {"Mixpanel": True}}
     alone = MessageReader(received_at=RECEIVED, source="web", ip=None, request=ParsedRequest(
         [{"type": "track", "userId": "u1", "event": "E", "integrations": {}}]), limits=LIMITS, body_bytes=100)

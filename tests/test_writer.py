@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from portrait.model import Rejection
 from portrait.spec import EventColumns
 from portrait.sql import parse
 from portrait.store.duckdb import DuckDBStore
-from portrait.writer import EventWriter
+from portrait.writer import EventWriter, RecentRejections
 
 COUNT = parse("SELECT count(*) FROM events")
 
@@ -42,3 +43,14 @@ def test_flush_returns_once_everything_submitted_before_is_committed(tmp_path: P
     assert all(done.done() for done in submitted)
     assert store.session().execute(COUNT) == [(3,)]
     writer.close()
+
+
+def test_recent_rejections_remember_digests_not_ids() -> None:
+    """A rejected messageId may be any length (too long is a reason to reject): memory stays 16 bytes a rejection."""
+    recent = RecentRejections(capacity=3)
+    rejected = [Rejection(code="invalid_field", reason="too long", payload="{}", received_at=datetime(2026, 1, 1),
+                          source="web", message_id="m" * 31_000 + str(i)) for i in range(5)]
+    assert recent.new_ones([*rejected[:2], rejected[0]]) == rejected[:2]  # a repeat within one group, too
+    recent.add(rejected)
+    assert recent.new_ones(rejected[2:]) == [] and recent.new_ones(rejected[:2]) == rejected[:2]  # capacity 3
+    assert {len(key) for key in recent._seen} == {16}

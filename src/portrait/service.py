@@ -233,7 +233,8 @@ class Portrait:
                 raise
             source = self.keys.check(sender_key, "write")
             self.rate_limiter.take(source.id)
-            return self._keep_unreadable(request.body if body is None else body, exc, source, received_at)
+            return self._keep_unreadable(request.body if body is None else body, exc, source, received_at,
+                                         sender_key)
         source = self.keys.check(header_key or parsed.write_key, "write")
         self.rate_limiter.take(source.id)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
@@ -290,11 +291,11 @@ class Portrait:
             self._privacy_worker.notify()
         return created
 
-    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime
+    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime, secret: str
                          ) -> Future[IngestResult]:
         """Store what was sent, then fail with the 400 (the answer comes only once the record is durable)."""
-        rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw), received_at=received_at,
-                              source=source.name)
+        rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw, secret),
+                              received_at=received_at, source=source.name)
         answer: Future[IngestResult] = Future()
 
         def stored(done: Future[IngestResult]) -> None:

@@ -41,10 +41,11 @@ _TYPES = frozenset(MESSAGE_TYPES)
 _ID_TYPES = (str, int, float)
 # Top-level fields with a column of their own (plus the event name: ``event`` for track, ``name`` otherwise);
 # anything else a message carries (integrations, channel, a page's category, _metadata...) is kept in ``extra``.
-# writeKey is a credential: never stored. receivedAt is the server's to set.
+# writeKey is a credential: never stored. receivedAt is the server's to set. _metadata is analytics.js's own
+# bookkeeping (which destinations it sent to from the browser), on every browser event: not kept.
 _COLUMN_FIELDS = frozenset(("type", "userId", "anonymousId", "previousId", "groupId", "messageId", "timestamp",
                             "originalTimestamp", "sentAt", "properties", "traits", "context", "writeKey",
-                            "receivedAt"))
+                            "receivedAt", "_metadata"))
 _OWN_FIELDS = {kind: _COLUMN_FIELDS | {"event" if kind == "track" else "name"} for kind in MESSAGE_TYPES}
 _WRITE_KEY_TEXT = re.compile(r'("writeKey"\s*:\s*)"(?:[^"\\]|\\.)*"')
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -197,10 +198,19 @@ def _loads(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if "surrogate" not in str(exc):
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        try:
-            return _replace_surrogates(json.loads(body))
+        try:  # read as orjson would: integers past 64 bits as floats, no NaN or Infinity
+            return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_constant=_no_constant))
         except (ValueError, RecursionError) as again:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
+
+
+def _int_as_orjson(text: str) -> int | float:
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(number)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _replace_surrogates(value: Any) -> Any:
@@ -234,10 +244,14 @@ def _batch_object(doc: dict[str, Any], name: str, limits: Limits, write_key: str
     return value
 
 
-def raw_preview(body: bytes) -> str:
-    """What we keep of an unreadable body: the first 64 KiB as text, without the write key it may name."""
-    text = _WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"))
-    return text if len(body) <= RAW_KEEP_BYTES else text + f"... [{len(body) - RAW_KEEP_BYTES} more bytes not kept]"
+def raw_preview(body: bytes, secret: str | None = None) -> str:
+    """What we keep of an unreadable body: its first 64 KiB as text, without the write key it may name (removed
+    before the cut, so no part of a key survives at the edge) nor, anywhere, the ``secret`` key that sent it."""
+    text = _WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body.decode("utf-8", errors="replace"))
+    if secret:
+        text = text.replace(secret, "(not kept)")
+    return text if len(text) <= RAW_KEEP_BYTES else text[:RAW_KEEP_BYTES] + (
+        f"... [{len(text) - RAW_KEEP_BYTES} more characters not kept]")
 
 
 def kept_json(value: Any) -> str:
@@ -247,8 +261,12 @@ def kept_json(value: Any) -> str:
         value = {k: v for k, v in value.items() if k != "writeKey"}
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except orjson.JSONEncodeError:
+    except TypeError:  # orjson.JSONEncodeError is one; so is an integer past 64 bits
+        pass
+    try:
         return orjson.dumps(_cut_deep(value, 64), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(_cut_deep(value, 64), default=repr)
 
 
 def _cut_deep(value: Any, levels: int) -> Any:
@@ -361,6 +379,19 @@ def _dump_object(value: dict[str, Any], name: str, limits: Limits) -> str:
     if _may_break_limits(text, limits):
         _check_shape(value, name, limits, 1)
     return text
+
+
+def _other_fields(message: dict[str, Any], own_fields: frozenset[str]) -> dict[str, Any] | None:
+    """The top-level fields without a column that hold something (None if none: the usual SDK message)."""
+    others = None
+    for name in message:  # a loop beats a set difference on a dozen keys, and builds nothing when there are none
+        if name not in own_fields:
+            value = message[name]
+            if value is not None and value != {}:
+                if others is None:
+                    others = {}
+                others[name] = value
+    return others
 
 
 def _may_break_limits(text: str, limits: Limits) -> bool:
@@ -488,8 +519,8 @@ class MessageReader:
         context = (_dump_object(own_context, "context", self.limits)  # the usual case, without a call more
                    if own_context.__class__ is dict and own_context and self.batch_context is None
                    else self._context(message))
-        extra = (None if message.keys() <= _OWN_FIELDS[kind] and self.batch_integrations is None
-                 else self._extra(message, kind))
+        others = _other_fields(message, _OWN_FIELDS[kind])
+        extra = None if others is None and self.batch_integrations is None else self._extra(others or {})
         out.message_id.append(message_id)
         out.type.append(kind)
         out.event.append(name or None)
@@ -515,10 +546,8 @@ class MessageReader:
             return self.batch_context_text
         return _json_object(message, "context", self.limits)  # not an object: refused
 
-    def _extra(self, message: dict[str, Any], kind: str) -> str | None:
-        """The message's other top-level fields as JSON (None when it has none with a value)."""
-        others = {name: message[name] for name in message.keys() - _OWN_FIELDS[kind]
-                  if message[name] is not None and message[name] != {}}
+    def _extra(self, others: dict[str, Any]) -> str | None:
+        """The message's other top-level fields, with the batch's integrations merged in, as JSON."""
         own = others.get("integrations")
         if self.batch_integrations is not None and (own is None or own.__class__ is dict):
             others["integrations"] = {**self.batch_integrations, **(own or {})}

@@ -11,6 +11,7 @@ alone, so one bad request cannot fail the others.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -69,14 +70,15 @@ class RecentRejections:
     ``capacity`` rejections ago, a retry is listed again -- a second copy, never a lost one."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # 16-byte digests, not the ids: a rejected messageId may be any length (too long is one reason to reject)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._capacity = capacity
 
     def new_ones(self, rejections: Sequence[Rejection]) -> list[Rejection]:
         """The rejections not seen before (nor earlier in the same list); messages without an id always count."""
         fresh, keys = [], set()
         for rejection in rejections:
-            key = (rejection.source, rejection.message_id) if rejection.message_id else None
+            key = _rejection_key(rejection)
             if key is not None and (key in self._seen or key in keys):
                 continue
             if key is not None:
@@ -86,10 +88,18 @@ class RecentRejections:
 
     def add(self, rejections: Sequence[Rejection]) -> None:
         for rejection in rejections:
-            if rejection.message_id:
-                self._seen[(rejection.source, rejection.message_id)] = None
+            key = _rejection_key(rejection)
+            if key is not None:
+                self._seen[key] = None
         while len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
+
+
+def _rejection_key(rejection: Rejection) -> bytes | None:
+    if not rejection.message_id:
+        return None
+    return hashlib.blake2b(f"{rejection.source}\x00{rejection.message_id}".encode("utf-8", "replace"),
+                           digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
