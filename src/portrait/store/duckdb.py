@@ -24,9 +24,9 @@ _LOCK_PID = re.compile(r"PID (\d+)")
 # more into a table with an index and a later transaction wrote to that table again before a checkpoint: after a
 # crash in that window the database does not open ("Failure while replaying WAL file: Attempted to access index
 # ..."). Fixed in 1.5.6, which the encryption extension (duckdb-extension-httpfs, 1.5.5 only) cannot load. So a
-# session checkpoints right after committing that many rows into an indexed table, before anything else can write
-# to it (tests/test_store.py reproduces the crash).
-LARGE_WRITE_ROWS = 100_000
+# session checkpoints right after committing nearly that many rows into one indexed table, before anything else
+# can write to it (tests/test_store.py reproduces the crash).
+LARGE_WRITE_ROWS = 120_000
 
 
 class _Renderer:
@@ -54,7 +54,7 @@ class DuckDBSession:
         self._columns: dict[str, tuple[str, ...]] = {}  # per table, for append (schemas change only at start)
         self._indexed_tables = indexed_tables
         self._in_transaction = False
-        self._indexed_rows_written = 0  # by the open transaction, into tables with an index (LARGE_WRITE_ROWS)
+        self._indexed_rows_written: dict[str, int] = {}  # per indexed table, by the open transaction
         if attached:  # an encrypted database is attached by name; a new cursor starts in the in-memory one
             self.execute(schema.USE_PORTRAIT)
         # Client timestamps (TIMESTAMPTZ) are stored as naive UTC TIMESTAMPs whatever the machine's zone.
@@ -63,10 +63,12 @@ class DuckDBSession:
     def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         bound = dict(params) if isinstance(params, Mapping) else list(params)  # named ($p0) or positional (?)
         rows = self._con.execute(self._render(statement), bound).fetchall()
-        if isinstance(statement, exp.Insert | exp.Update) and _target(statement) in self._indexed_tables and rows:
-            self._indexed_rows_written += int(rows[0][0])  # DuckDB answers a write with its row count
-            if not self._in_transaction:
-                self._checkpoint_after_large_write()
+        if isinstance(statement, exp.Insert | exp.Update) and rows:
+            table = _target(statement)
+            if table in self._indexed_tables:  # DuckDB answers a write with its row count
+                self._indexed_rows_written[table] = self._indexed_rows_written.get(table, 0) + int(rows[0][0])
+                if not self._in_transaction:
+                    self._checkpoint_after_large_write()
         return rows
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
@@ -95,7 +97,7 @@ class DuckDBSession:
             yield
         except BaseException:
             self._in_transaction = False
-            self._indexed_rows_written = 0
+            self._indexed_rows_written = {}
             self._con.rollback()
             raise
         self._in_transaction = False
@@ -104,8 +106,8 @@ class DuckDBSession:
 
     def _checkpoint_after_large_write(self) -> None:
         """See LARGE_WRITE_ROWS: checkpoint before anything else writes to the table."""
-        written, self._indexed_rows_written = self._indexed_rows_written, 0
-        if written >= LARGE_WRITE_ROWS:
+        written, self._indexed_rows_written = self._indexed_rows_written, {}
+        if max(written.values(), default=0) >= LARGE_WRITE_ROWS:
             self._con.execute(self._render(schema.CHECKPOINT))
 
     def close(self) -> None:
