@@ -7,6 +7,9 @@ from sqlglot import exp
 
 from portrait.sql import parse, parse_many
 
+# Each version runs in one transaction and the store checkpoints after migrating. DuckDB 1.5.5 cannot replay an
+# ALTER TABLE ... ADD COLUMN from its write-ahead log on a table with a nextval() default (rejected_events,
+# segments...): copy such a table instead, as migration 15 does for the event log.
 MIGRATIONS: dict[int, list[exp.Expr]] = {
     1: parse_many(
         """
