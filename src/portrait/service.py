@@ -48,6 +48,7 @@ from portrait.spec import (
     RefusedBody,
     decode_body,
     event_document,
+    kept_refusal,
     key_from_basic_auth,
     parse_request,
     raw_preview,
@@ -294,8 +295,10 @@ class Portrait:
     def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime, secret: str
                          ) -> Future[IngestResult]:
         """Store what was sent, then fail with the 400 (the answer comes only once the record is durable)."""
-        rejection = Rejection(code=exc.code, reason=exc.message, payload=raw_preview(raw, secret),
-                              received_at=received_at, source=source.name)
+        payload = (kept_refusal(exc, secret) if isinstance(exc, RefusedBody) and exc.document is not None
+                   else raw_preview(raw, secret))
+        rejection = Rejection(code=exc.code, reason=exc.message, payload=payload, received_at=received_at,
+                              source=source.name)
         answer: Future[IngestResult] = Future()
 
         def stored(done: Future[IngestResult]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import uuid
 import zlib
@@ -74,6 +75,7 @@ class RefusedBody(BadRequest):
     def __init__(self, message: str, *, code: str, write_key: str | None) -> None:
         super().__init__(message, code=code)
         self.write_key = write_key
+        self.document: Any = None  # the body as read: what is kept (see kept_refusal), not its raw text
 
 
 @dataclass(slots=True)
@@ -169,11 +171,19 @@ def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
     doc = _loads(body)
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object", code="invalid_request")
+    try:
+        return _read_document(doc, len(body), endpoint, limits)
+    except RefusedBody as refused:
+        refused.document = doc
+        raise
+
+
+def _read_document(doc: dict[str, Any], size: int, endpoint: str, limits: Limits) -> ParsedRequest:
     key = doc.get("writeKey")
     write_key = key if isinstance(key, str) and key else None
     if endpoint not in BATCH_ENDPOINTS:
-        if len(body) > limits.max_message_bytes:  # Segment: 400 for a single call over the message limit
-            raise RefusedBody(f"message is {len(body)} bytes; the limit is {limits.max_message_bytes} bytes",
+        if size > limits.max_message_bytes:  # Segment: 400 for a single call over the message limit
+            raise RefusedBody(f"message is {size} bytes; the limit is {limits.max_message_bytes} bytes",
                               code="message_too_large", write_key=write_key)
         doc.pop("writeKey", None)
         doc["type"] = ENDPOINT_TYPES[endpoint]  # the path says what the call is, whatever the body claims
@@ -198,15 +208,23 @@ def _loads(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if "surrogate" not in str(exc):
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        try:  # read as orjson would: integers past 64 bits as floats, no NaN or Infinity
-            return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_constant=_no_constant))
+        try:  # read as orjson would: integers past 64 bits as floats, nothing infinite, no NaN
+            return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_float=_finite_float,
+                                                  parse_constant=_no_constant))
         except (ValueError, RecursionError) as again:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
 
 
 def _int_as_orjson(text: str) -> int | float:
     number = int(text)
-    return number if -(2**63) <= number < 2**64 else float(number)
+    return number if -(2**63) <= number < 2**64 else _finite_float(text)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)  # a huge integer's text becomes inf, not an OverflowError
+    if math.isinf(number):
+        raise ValueError(f"{text[:20]}... is infinite as a double")
+    return number
 
 
 def _no_constant(name: str) -> Any:
@@ -247,7 +265,16 @@ def _batch_object(doc: dict[str, Any], name: str, limits: Limits, write_key: str
 def raw_preview(body: bytes, secret: str | None = None) -> str:
     """What we keep of an unreadable body: its first 64 KiB as text, without the write key it may name (removed
     before the cut, so no part of a key survives at the edge) nor, anywhere, the ``secret`` key that sent it."""
-    text = _WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body.decode("utf-8", errors="replace"))
+    return _kept_text(_WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body.decode("utf-8", errors="replace")), secret)
+
+
+def kept_refusal(refused: RefusedBody, secret: str | None) -> str:
+    """What we keep of a body read but refused as a whole: the document as read (so a key written with JSON
+    escapes is known for what it is and left out), its first 64 KiB."""
+    return _kept_text(kept_json(refused.document), secret)
+
+
+def _kept_text(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "(not kept)")
     return text if len(text) <= RAW_KEEP_BYTES else text[:RAW_KEEP_BYTES] + (
