@@ -35,7 +35,7 @@ from portrait.conditions.explain import explain
 from portrait.errors import BadRequest, Conflict, NotFound
 from portrait.model import Identifier
 from portrait.registry import AttributeRegistry
-from portrait.spec import utc_now
+from portrait.spec import iso_time, utc_now
 from portrait.sql import segments as q
 from portrait.sql.conditions import compile_condition
 from portrait.store import Session
@@ -346,22 +346,22 @@ class Segments:
     def members(self, reference: str | int, *, after: str = "", limit: int = 100) -> dict[str, Any]:
         segment = self.find(reference)
         rows = self._session().execute(q.MEMBERS_PAGE, [segment.id, after, limit])
-        members = [{"profile_id": r[0], "entered_at": _iso(r[1]), "user_id": r[2]} for r in rows]
+        members = [{"profile_id": r[0], "entered_at": iso_time(r[1]), "user_id": r[2]} for r in rows]
         return {"segment": segment.name, "members": members,
                 "next": members[-1]["profile_id"] if len(members) == limit else None}
 
     def of_profile(self, profile_id: str) -> list[dict[str, Any]]:
-        return [{"id": r[0], "name": r[1], "kind": r[2], "since": _iso(r[3])}
+        return [{"id": r[0], "name": r[1], "kind": r[2], "since": iso_time(r[3])}
                 for r in self._session().execute(q.PROFILE_SEGMENTS, [profile_id])]
 
     def history(self, reference: str | int, *, limit: int = 100) -> list[dict[str, Any]]:
         segment = self.find(reference)
-        return [{"id": r[0], "profile_id": r[1], "change": r[2], "at": _iso(r[3])}
+        return [{"id": r[0], "profile_id": r[1], "change": r[2], "at": iso_time(r[3])}
                 for r in self._session().execute(q.HISTORY, [segment.id, limit])]
 
     def sizes(self, reference: str | int) -> list[dict[str, Any]]:
         segment = self.find(reference)
-        return [{"at": _iso(r[0]), "size": int(r[1])} for r in self._session().execute(q.SIZES, [segment.id])]
+        return [{"at": iso_time(r[0]), "size": int(r[1])} for r in self._session().execute(q.SIZES, [segment.id])]
 
     def explain(self, reference: str | int, profile_id: str, *, now: datetime | None = None) -> dict[str, Any]:
         """Which parts of the segment's condition hold for the profile, and why."""
@@ -476,10 +476,6 @@ def _description(fields: dict[str, Any]) -> str:
     if not isinstance(value, str):
         raise BadRequest("description is text", code="invalid_segment")
     return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
 class SegmentThread(Worker):

@@ -48,6 +48,7 @@ from portrait.spec import (
     RefusedBody,
     decode_body,
     event_document,
+    iso_time,
     kept_refusal,
     key_from_basic_auth,
     parse_request,
@@ -349,8 +350,7 @@ class Portrait:
     def consents(self, reference: str) -> dict[str, Any]:
         """The profile's current consent per purpose and the full history of statements."""
         profile_id = self.resolve_profile_id(reference)
-        history = [{"purpose": r[0], "status": r[1], "legal_basis": r[2], "at": _iso(r[3]), "source": r[4]}
-                   for r in self._reads.execute(reads.CONSENT_HISTORY, [profile_id])]
+        history = [_consent_statement(*r[:5]) for r in self._reads.execute(reads.CONSENT_HISTORY, [profile_id])]
         return {"profile_id": profile_id, "consents": _current_consents(history), "history": history}
 
     def set_consent(self, reference: str, statements: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
@@ -654,7 +654,7 @@ class Portrait:
         query, params = reads.newest_first(table, columns, limit, before_id, equals)
         rows = self._reads.execute(query, params)
         items: list[dict[str, Any]] = [
-            {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
+            {k: (iso_time(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
             for row in rows[:limit]
         ]
         return items, (int(items[-1]["id"]) if len(rows) > limit else None)
@@ -664,7 +664,7 @@ class Portrait:
         columns = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
                    "source")
         return [
-            {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
+            {k: (iso_time(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
             for row in self._reads.execute(query, params)
         ]
 
@@ -674,7 +674,7 @@ class Portrait:
 
     @staticmethod
     def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
-        return [{"type": t, "value": v, "first_seen": _iso(f)}
+        return [{"type": t, "value": v, "first_seen": iso_time(f)}
                 for t, v, f in session.execute(reads.PROFILE_IDENTITIES, [profile_id])]
 
 
@@ -683,30 +683,36 @@ def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str,
     doc: dict[str, Any] = {"profile_id": profile_id, "traits": {}, "identities": [], "merges": [],
                            "identity_conflicts": [], "first_seen": None, "last_seen": None, "events_count": 0}
     consent_rows = sorted((r for r in rows if r[0] == "consent"), key=lambda r: (r[3], r[5], r[1]))
-    doc["consents"] = _current_consents([_consent_statement(r[1], r[2], r[3]) for r in consent_rows])
+    doc["consents"] = _current_consents([_packed_consent(r[1], r[2], r[3]) for r in consent_rows])
     for part, a, b, t1, t2, n in sorted(rows, key=lambda r: (r[0], r[5] or 0, r[1] or "", r[2] or "")):
         if part == "seen":
-            doc["first_seen"], doc["last_seen"], doc["events_count"] = _iso(t1), _iso(t2), n
+            doc["first_seen"], doc["last_seen"], doc["events_count"] = iso_time(t1), iso_time(t2), n
         elif part == "trait":
             doc["traits"][a] = orjson.loads(b)
         elif part == "identity":
-            doc["identities"].append({"type": a, "value": b, "first_seen": _iso(t1)})
+            doc["identities"].append({"type": a, "value": b, "first_seen": iso_time(t1)})
         elif part == "merge":
             identifiers, message_id = b.rsplit("\t", 1)
             doc["merges"].append({"merged_profile_id": a, "seq": n, "message_id": message_id,
-                                  "identifiers": orjson.loads(identifiers), "merged_at": _iso(t1),
-                                  "processed_at": _iso(t2), "reason": "one event carried identifiers of both"})
+                                  "identifiers": orjson.loads(identifiers), "merged_at": iso_time(t1),
+                                  "processed_at": iso_time(t2), "reason": "one event carried identifiers of both"})
         elif part == "conflict":
             doc["identity_conflicts"].append({
-                "seq": n, "message_id": a, "dropped": orjson.loads(b), "processed_at": _iso(t1),
+                "seq": n, "message_id": a, "dropped": orjson.loads(b), "processed_at": iso_time(t1),
                 "reason": "merging would exceed a per-type identifier limit; these identifiers were not used"})
     return doc
 
 
-def _consent_statement(purpose: str, packed: str, at: datetime) -> dict[str, Any]:
-    """A consent row of PROFILE_DOCUMENT (status, legal basis and source as a JSON array) as consents() gives it."""
+def _consent_statement(purpose: str, status: str, basis: str | None, at: datetime, source: str | None
+                       ) -> dict[str, Any]:
+    """One statement of a consent history (CONSENT_HISTORY's columns)."""
+    return {"purpose": purpose, "status": status, "legal_basis": basis, "at": iso_time(at), "source": source}
+
+
+def _packed_consent(purpose: str, packed: str, at: datetime) -> dict[str, Any]:
+    """A consent row of PROFILE_DOCUMENT (status, legal basis and source as a JSON array) as a statement."""
     status, basis, source = orjson.loads(packed)
-    return {"purpose": purpose, "status": status, "legal_basis": basis, "at": _iso(at), "source": source}
+    return _consent_statement(purpose, status, basis, at, source)
 
 
 def _current_consents(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -734,10 +740,6 @@ def _consent_statements(statements: Any) -> dict[str, Any]:
             raise BadRequest(f"legal_basis is one of {', '.join(LEGAL_BASES)}", code="invalid_consent")
         out[purpose] = {"status": status, **({"legalBasis": basis} if basis else {})}
     return out
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
 def _encode_cursor(timestamp: datetime, seq: int) -> str:

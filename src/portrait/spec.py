@@ -347,14 +347,16 @@ def event_document(row: tuple[Any, ...]) -> dict[str, Any]:
         context_json["ip"] = ip  # Segment's context.ip: the sender's address unless the message names one
     return {
         "seq": seq, "message_id": message_id, "type": kind, "event": event, "user_id": user_id,
-        "anonymous_id": anonymous_id, "previous_id": previous_id, "group_id": group_id, "timestamp": _iso(timestamp),
-        "original_timestamp": _iso(original), "sent_at": _iso(sent_at), "received_at": _iso(received_at),
+        "anonymous_id": anonymous_id, "previous_id": previous_id, "group_id": group_id,
+        "timestamp": iso_time(timestamp), "original_timestamp": iso_time(original), "sent_at": iso_time(sent_at),
+        "received_at": iso_time(received_at),
         "properties": orjson.loads(properties or "{}"), "traits": orjson.loads(traits or "{}"),
         "context": context_json, "extra": orjson.loads(extra or "{}"), "source": src,
     }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """How the API writes a stored (naive UTC) time: ISO-8601 with milliseconds and Z."""
     return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 

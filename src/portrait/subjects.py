@@ -28,7 +28,7 @@ import orjson
 
 from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
-from portrait.spec import event_document, utc_now
+from portrait.spec import event_document, iso_time, utc_now
 from portrait.sql import subjects as q
 from portrait.store import Session
 
@@ -121,14 +121,14 @@ class PrivacyRequests:
         profile_id = self._hooks.resolve(request["identity"])
         session = self._session()
         events = [event_document(r) for r in session.execute(q.ALL_EVENTS, [profile_id])]
-        memberships = [{"segment": r[0], "change": r[1], "at": _iso(r[2])}
+        memberships = [{"segment": r[0], "change": r[1], "at": iso_time(r[2])}
                        for r in session.execute(q.MEMBERSHIPS, [profile_id, profile_id])]
-        quality = [{"attribute": r[0], "raw_value": r[1], "reason": r[2], "source": r[3], "detected_at": _iso(r[4])}
+        quality = [{"attribute": r[0], "raw_value": r[1], "reason": r[2], "source": r[3], "detected_at": iso_time(r[4])}
                    for r in session.execute(q.QUALITY, [profile_id, profile_id])]
         consents = self._hooks.consents(f"profile_id:{profile_id}")
         return {"profile": self._hooks.profile(profile_id), "consents": consents["consents"],
                 "consent_history": consents["history"], "events": events, "segment_history": memberships,
-                "data_quality": quality, "generated_at": _iso(utc_now())}
+                "data_quality": quality, "generated_at": iso_time(utc_now())}
 
     # -- erasure -------------------------------------------------------------------------------------------------
     def _erase(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -223,15 +223,11 @@ class PrivacyRequests:
 def _document(row: tuple[Any, ...], with_result: bool) -> dict[str, Any]:
     record = dict(zip(q.REQUEST_COLUMNS, row, strict=True))
     for key in ("created_at", "started_at", "finished_at"):
-        record[key] = _iso(record[key])
+        record[key] = iso_time(record[key])
     result = record.pop("result")
     if with_result:
         record["result"] = orjson.loads(result) if result else None
     return record
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
 
 
 class PrivacyWorker(Worker):
