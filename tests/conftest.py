@@ -17,9 +17,29 @@ from tests.postgres import PostgresServer
 
 from portrait.config import Settings
 from portrait.service import Portrait
+from portrait.sql import parse
 
 WRITE_KEY = "wk_test_key"
 ADMIN_KEY = "ak_test_key"
+# Profiles whose kept activity (first/last seen, number of events) differs from their events in event_profiles.
+_ACTIVITY_MISMATCHES = parse("""
+SELECT coalesce(a.profile_id, e.profile_id), a.first_seen, e.first_seen, a.last_seen, e.last_seen, a.events, e.events
+FROM profile_activity AS a FULL OUTER JOIN (
+    SELECT profile_id, min(timestamp) AS first_seen, max(timestamp) AS last_seen, count(*) AS events
+    FROM event_profiles GROUP BY profile_id
+) AS e ON e.profile_id = a.profile_id
+WHERE a.first_seen IS DISTINCT FROM e.first_seen OR a.last_seen IS DISTINCT FROM e.last_seen
+   OR a.events IS DISTINCT FROM e.events
+""")
+
+
+def activity_mismatches(portrait: Portrait) -> list[tuple[object, ...]]:
+    """What the processor keeps per profile must equal what its events say (an empty list when it does)."""
+    session = portrait.store.session()
+    try:
+        return session.execute(_ACTIVITY_MISMATCHES)
+    finally:
+        session.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.conftest import activity_mismatches
 
 from portrait.config import Settings
 from portrait.errors import NotFound
@@ -196,12 +197,13 @@ def test_crash_mid_batch_leaves_state_as_if_it_never_ran(settings: Settings, mon
 
 
 def _snapshot(portrait: Portrait) -> dict[str, Any]:
-    """Profiles keyed by user id: id, traits, identities (profile ids are deterministic)."""
+    """Profiles keyed by user id: id, traits, identities, activity (profile ids are deterministic)."""
     out = {}
     for user in range(5):
         profile = portrait.profile(f"user_id:u{user}")
         out[f"u{user}"] = (profile["profile_id"], profile["traits"],
-                           sorted((i["type"], i["value"]) for i in profile["identities"]))
+                           sorted((i["type"], i["value"]) for i in profile["identities"]),
+                           profile["first_seen"], profile["last_seen"], profile["events_count"])
     return out
 
 
@@ -292,6 +294,7 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
         graph.resolve(idents, seq, lambda m=message: profile_id_for(m["messageId"]))  # type: ignore[misc]
     for key, owner in graph.owner.items():
         assert service.resolve_profile_id(key) == graph.final(owner), key
+    assert activity_mismatches(service) == []
     service.close()
 
 
@@ -447,6 +450,39 @@ def test_the_survivor_lists_merges_and_conflicts_of_profiles_it_absorbed(portrai
     bob = portrait.profile("user_id:bob")
     assert bob["profile_id"] == portrait.resolve_profile_id("anonymous_id:bobs-phone")
     assert [c["dropped"] for c in bob["identity_conflicts"]] == [[{"type": "anonymous_id", "value": "tablet"}]]
+    assert activity_mismatches(portrait) == []
+
+
+def test_first_and_last_seen_and_the_event_count_follow_merges(portrait: Portrait) -> None:
+    """Kept per profile as events arrive, added up when profiles merge, by event time (not arrival order)."""
+    load(portrait, msg("page", anonymousId="phone", at="2026-03-05T08:00:00Z"),
+         msg("page", anonymousId="phone", at="2026-03-01T09:00:00Z"))  # late: the earlier time still counts
+    load(portrait, msg("page", anonymousId="laptop", at="2026-02-20T12:00:00Z"),
+         msg("track", anonymousId="laptop", at="2026-03-09T12:00:00Z"))
+    load(portrait, msg("identify", userId="ann", anonymousId="phone", at="2026-03-06T10:00:00Z"))
+    load(portrait, msg("identify", userId="ann", anonymousId="laptop", at="2026-03-07T10:00:00Z"))
+    ann = portrait.profile("user_id:ann")
+    assert (ann["first_seen"], ann["last_seen"], ann["events_count"]) == (
+        "2026-02-20T12:00:00.000Z", "2026-03-09T12:00:00.000Z", 6)
+    assert len(ann["merges"]) == 1
+    assert activity_mismatches(portrait) == []
+
+
+def test_migration_16_counts_the_activity_of_profiles_already_there(tmp_path: Any) -> None:
+    settings = Settings(db_path=str(tmp_path / "old.duckdb"))
+    old = Portrait(settings, background=False)
+    load(old, msg("page", anonymousId="a1", at="2026-01-02T00:00:00Z"),
+         msg("page", anonymousId="a1", at="2026-01-05T00:00:00Z"), msg("page", anonymousId="a2"))
+    old.close()
+    with duckdb.connect(settings.db_path) as con:  # as if written before migration 16
+        con.execute("DROP TABLE profile_activity")
+        con.execute("DELETE FROM schema_migrations WHERE version = 16")
+    upgraded = Portrait(settings, background=False)
+    a1 = upgraded.profile("anonymous_id:a1")
+    assert (a1["first_seen"], a1["last_seen"], a1["events_count"]) == (
+        "2026-01-02T00:00:00.000Z", "2026-01-05T00:00:00.000Z", 2)
+    assert activity_mismatches(upgraded) == []
+    upgraded.close()
 
 
 def test_an_alias_finds_a_previous_id_sent_with_spaces_around_it(portrait: Portrait) -> None:

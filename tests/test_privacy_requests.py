@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import ADMIN_KEY, WRITE_KEY
+from tests.conftest import ADMIN_KEY, WRITE_KEY, activity_mismatches
 from typer.testing import CliRunner
 
 from portrait.api import create_app
@@ -87,6 +87,7 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
         service.profile("email:ann.erasable@example.com")
     bob_after = service.profile("user_id:u-bob")
     assert (bob_after["traits"], bob_after["events_count"]) == (bob_before["traits"], bob_before["events_count"])
+    assert activity_mismatches(service) == []  # the erased profile's activity went with its events
     # Later events naming the erased person are dropped and counted, never stored.
     service.ingest_messages([{"type": "track", "userId": "u-new", "event": "Visit",
                               "context": {"traits": {"email": "ANN.erasable@example.com"}}},

@@ -309,6 +309,7 @@ class Processor:
                 "processed_at": pa.array([now] * len(plan.conflicts), pa.timestamp("us")),
             }), q.INSERT_CONFLICTS)
         session.execute(q.INSERT_EVENT_PROFILES)
+        session.execute(q.ADD_ACTIVITY)
         if consent:
             session.execute(q.STAGE_CONSENT, [lo, hi])
         if traits:
@@ -335,8 +336,9 @@ class Processor:
                               *q.REASSIGN_HISTORY, q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT):
                 session.execute(statement)
             _combine_traits(session)
-            session.execute(q.DELETE_MERGED_TRAITS)
-            session.execute(q.DELETE_MERGED_PROFILES)
+            for statement in (q.DELETE_MERGED_TRAITS, q.MERGE_ACTIVITY, q.DELETE_MERGED_ACTIVITY,
+                              q.DELETE_MERGED_PROFILES):
+                session.execute(statement)
         finally:
             session.unload("batch_merges")
         _with(session, "batch_merge_log", pa.table({  # filed under the survivor (see REASSIGN_HISTORY)

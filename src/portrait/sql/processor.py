@@ -202,6 +202,21 @@ REASSIGN_ALIASES = parse(
 REASSIGN_HISTORY = [parse(f"UPDATE {table} SET profile_id = m.profile_id FROM batch_merges AS m "
                           f"WHERE {table}.profile_id = m.merged_id")
                     for table in ("merges", "identity_conflicts", "consent_records")]
+# The activity of profiles merged away adds to their survivor's (before this batch's own events, ADD_ACTIVITY).
+_ACTIVITY_UPSERT = (
+    "ON CONFLICT (profile_id) DO UPDATE SET first_seen = least(profile_activity.first_seen, excluded.first_seen), "
+    "last_seen = greatest(profile_activity.last_seen, excluded.last_seen), "
+    "events = profile_activity.events + excluded.events"
+)
+MERGE_ACTIVITY = parse(
+    "INSERT INTO profile_activity (profile_id, first_seen, last_seen, events) "
+    "SELECT m.profile_id, min(a.first_seen), max(a.last_seen), sum(a.events) "
+    "FROM profile_activity AS a JOIN batch_merges AS m ON a.profile_id = m.merged_id GROUP BY m.profile_id "
+    + _ACTIVITY_UPSERT
+)
+DELETE_MERGED_ACTIVITY = parse(
+    "DELETE FROM profile_activity WHERE profile_id IN (SELECT merged_id FROM batch_merges)"
+)
 INSERT_ALIASES = parse(
     "INSERT INTO profile_aliases (merged_id, profile_id) SELECT merged_id, profile_id FROM batch_merges"
 )
@@ -228,6 +243,13 @@ INSERT_EVENT_PROFILES = parse("""
 INSERT INTO event_profiles (seq, profile_id, timestamp, event_type, event)
 SELECT a.seq, a.profile_id, b.timestamp, b.type, b.event FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq
 """)
+# The same events counted into their profiles' activity (first/last seen, number of events).
+ADD_ACTIVITY = parse(
+    "INSERT INTO profile_activity (profile_id, first_seen, last_seen, events) "
+    "SELECT a.profile_id, min(b.timestamp), max(b.timestamp), count(*) "
+    "FROM b_assign AS a JOIN b_events AS b ON b.seq = a.seq GROUP BY a.profile_id "
+    + _ACTIVITY_UPSERT
+)
 # Consent statements of the batch's events (docs/consent.md): context.consent.<purpose> as "granted"/"denied" (or
 # yes/no, true/false, opted_in/opted_out...) or {"status": ..., "legalBasis": ...}, and Segment's
 # context.consent.categoryPreferences {<purpose>: true/false}. Anything else is not a consent statement. Each is

@@ -17,8 +17,8 @@ PROFILE_ROW = parse("SELECT profile_id FROM profiles WHERE profile_id = ?")
 # the caller has just resolved (so the profile exists). Merges and conflicts follow their profile into later merges
 # (see REASSIGN_HISTORY), so they are all filed under the survivor; so are consent statements.
 PROFILE_DOCUMENT = parse("""
-SELECT 'seen' AS part, NULL AS a, NULL AS b, min(timestamp) AS t1, max(timestamp) AS t2, count(*) AS n
-FROM event_profiles WHERE profile_id = ?
+SELECT 'seen' AS part, NULL AS a, NULL AS b, first_seen AS t1, last_seen AS t2, events AS n
+FROM profile_activity WHERE profile_id = ?
 UNION ALL
 SELECT 'trait', key, CAST(value AS VARCHAR), updated_at, NULL, NULL FROM profile_traits
 WHERE profile_id = ? AND value IS NOT NULL

@@ -400,6 +400,21 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         ALTER TABLE events_v15 RENAME TO events;
         """
     ),
+    16: parse_many(
+        """
+        -- When a profile was first and last seen and how many events it has, kept up to date by the processor
+        -- (and merges, and erasure) so that reading a profile is one row: computed from event_profiles on every
+        -- read, it read every event of the profile (a scan of the whole table for a profile with thousands).
+        CREATE TABLE IF NOT EXISTS profile_activity (
+            profile_id VARCHAR PRIMARY KEY,
+            first_seen TIMESTAMP NOT NULL,
+            last_seen TIMESTAMP NOT NULL,
+            events BIGINT NOT NULL
+        );
+        INSERT INTO profile_activity
+        SELECT profile_id, min(timestamp), max(timestamp), count(*) FROM event_profiles GROUP BY profile_id;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(

@@ -62,6 +62,7 @@ ERASE = [
     parse("DELETE FROM segment_history WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM audience_outbox WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM data_quality WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
+    parse("DELETE FROM profile_activity WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM profiles WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
 ]
 # Rejected messages are not linked to profiles: those holding one of the person's identifier values go. Param: value.
