@@ -164,6 +164,39 @@ def test_events_filter_and_paginate_newest_first(portrait: Portrait) -> None:
     assert [e["timestamp"][:10] for e in window["events"]] == ["2026-03-04", "2026-03-03"]
 
 
+def _all_pages(portrait: Portrait, reference: str, **filters: Any) -> list[tuple[str, str]]:
+    seen, cursor = [], None
+    while True:
+        page = portrait.events(reference, cursor=cursor, limit=700, **filters)
+        seen.extend((e["timestamp"], e["message_id"]) for e in page["events"])
+        if (cursor := page["next"]) is None:
+            return seen
+
+
+def test_a_profile_with_many_events_pages_the_same_either_way(portrait: Portrait,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few events are paged through the index, many by scanning (INDEXED_PAGE_MAX_EVENTS): same pages either way,
+    newest first, ties on the timestamp broken by arrival, filters applied."""
+    from portrait.sql import reads
+
+    events = [msg("track", userId="busy", event="Viewed" if i % 3 else "Added", messageId=f"busy-{i:04d}",
+                  at=f"2026-03-{1 + i % 28:02d}T{i % 24:02d}:00:00Z") for i in range(2_100)]
+    load(portrait, *events, msg("track", userId="other", event="Viewed"))
+    assert portrait.profile("user_id:busy")["events_count"] == 2_100 > reads.INDEXED_PAGE_MAX_EVENTS
+    by_time = sorted(((m["timestamp"].replace("Z", ".000Z"), n, m) for n, m in enumerate(events)), reverse=True)
+    expected = [(at, m["messageId"]) for at, _, m in by_time]
+    scanned = _all_pages(portrait, "user_id:busy")
+    added = _all_pages(portrait, "user_id:busy", event="Added")
+    monkeypatch.setattr(reads, "INDEXED_PAGE_MAX_EVENTS", 10_000)
+    assert scanned == _all_pages(portrait, "user_id:busy") == expected
+    assert added == _all_pages(portrait, "user_id:busy", event="Added") == [e for e in expected if
+                                                                         int(e[1][5:]) % 3 == 0]
+    # The page's rows are read from the log in clusters of nearby seqs (reads.SEQ_CLUSTER_GAP): one per row too.
+    monkeypatch.setattr(reads, "SEQ_CLUSTER_GAP", 0)
+    one_by_one = portrait.events("user_id:busy", limit=60)
+    assert [(e["timestamp"], e["message_id"]) for e in one_by_one["events"]] == expected[:60]
+
+
 def test_crash_mid_batch_leaves_state_as_if_it_never_ran(settings: Settings, monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     """A failure inside a batch rolls everything back; re-running gives exactly the uninterrupted result."""

@@ -625,14 +625,16 @@ class Portrait:
         if not 1 <= limit <= 1000:
             raise BadRequest("limit must be between 1 and 1000", code="invalid_limit")
         profile_id = self.resolve_profile_id(reference)
-        query, params = reads.profile_event_page(reads.EventFilter(
-            profile_id, event=event, since=since, until=until, before=_decode_cursor(cursor), limit=limit))
         session = self._reads
+        counted = session.execute(reads.PROFILE_EVENT_COUNT, [profile_id])
+        query, params = reads.profile_event_page(reads.EventFilter(
+            profile_id, event=event, since=since, until=until, before=_decode_cursor(cursor), limit=limit,
+            profile_events=int(counted[0][0]) if counted else 0))
         page = session.execute(query, params)
         more = len(page) > limit
         page = page[:limit]
         seqs = [seq for seq, _ in page]
-        details = {row[0]: row for row in session.execute(reads.EVENTS_BY_SEQ, [seqs])} if seqs else {}
+        details = {row[0]: row for row in session.execute(*reads.events_by_seq(seqs))} if seqs else {}
         events = [event_document(details[seq]) for seq, _ in page if seq in details]
         next_cursor = _encode_cursor(page[-1][1], page[-1][0]) if more else None
         return {"profile_id": profile_id, "events": events, "next": next_cursor}
