@@ -63,3 +63,17 @@ def test_a_crash_after_a_large_write_into_an_indexed_table_leaves_a_database_tha
         assert reopened.session().execute(parse("SELECT count(*) FROM event_profiles")) == [(130_001,)]
     finally:
         reopened.close()
+
+
+def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
+    """Recently used statements are cached; trees built per call pass through (least recently used out first)."""
+    from portrait.store.duckdb import _Renderer
+
+    render = _Renderer("duckdb")
+    static = parse("SELECT 1 AS one")
+    assert render(static) == "SELECT 1 AS one"
+    for n in range(3 * _Renderer.SIZE):
+        assert render(parse(f"SELECT {n} AS n")) == f"SELECT {n} AS n"
+        render(static)  # in use all along: stays
+    assert len(render._cache) == _Renderer.SIZE
+    assert render._cache[id(static)][0] is static

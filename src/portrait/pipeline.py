@@ -196,8 +196,11 @@ class Processor:
                                                pa.string())})
         _with(session, "phone_map", phone_map, q.STAGE_OWNERS, even_empty=True)
         session.execute(q.STAGE_EVENTS, [lo, hi, lo, hi])
-        session.execute(q.FAST_ASSIGN)
-        slow_count, identify_count, new_count, consent_count, attach_count = session.execute(q.BATCH_SHAPE)[0]
+        slow_count, identify_count, new_count, consent_count, attach_count, fast_count = session.execute(
+            q.BATCH_SHAPE)[0]
+        session.execute(q.NEW_BATCH_ASSIGN)  # filled only by paths that have events (see NEW_BATCH_ASSIGN)
+        if fast_count:
+            session.execute(q.FAST_ASSIGN)
         if new_count:
             session.execute(q.STAGE_NEW)
             session.execute(q.NEW_PROFILES, [now])
@@ -219,9 +222,11 @@ class Processor:
         limits = self._rules.limits
         session.execute(q.STAGE_ATTACH, [list(limits.values()), list(limits), self._rules.default_limit])
         session.execute(q.UNCONFIRMED_ATTACH)
-        session.execute(q.ATTACH_IDENTITIES)
-        session.execute(q.ATTACH_ASSIGN)
-        return int(session.execute(q.COUNT_ATTACHED)[0][0])
+        attached = int(session.execute(q.COUNT_ATTACHED)[0][0])
+        if attached:
+            session.execute(q.ATTACH_IDENTITIES)
+            session.execute(q.ATTACH_ASSIGN)
+        return attached
 
     # -- the sequential part ----------------------------------------------------------------------------------
     def _load_slow(self, session: Session) -> tuple[IdentityGraph, list[SlowEvent]]:

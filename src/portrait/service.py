@@ -634,7 +634,8 @@ class Portrait:
         more = len(page) > limit
         page = page[:limit]
         seqs = [seq for seq, _ in page]
-        details = {row[0]: row for row in session.execute(*reads.events_by_seq(seqs))} if seqs else {}
+        details = {row[0]: row for cluster in reads.seq_clusters(seqs)
+                   for row in session.execute(reads.EVENTS_IN_RANGE, [cluster[0], cluster[-1], cluster])}
         events = [event_document(details[seq]) for seq, _ in page if seq in details]
         next_cursor = _encode_cursor(page[-1][1], page[-1][0]) if more else None
         return {"profile_id": profile_id, "events": events, "next": next_cursor}

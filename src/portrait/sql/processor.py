@@ -89,7 +89,7 @@ WHERE e.seq > ? AND e.seq <= ?
 BATCH_SHAPE = parse("""
 SELECT count(*) FILTER (WHERE path = 'slow'), count(*) FILTER (WHERE type = 'identify'),
        count(*) FILTER (WHERE path = 'new'), count(*) FILTER (WHERE consent_hint),
-       count(*) FILTER (WHERE path = 'attach')
+       count(*) FILTER (WHERE path = 'attach'), count(*) FILTER (WHERE path = 'fast')
 FROM b_events
 """)
 # Attach candidates the resolver would attach in full, decided at once: the resolver gives the event to its one
@@ -143,9 +143,12 @@ def _assign(source: str) -> exp.Expr:
 ATTACH_IDENTITIES = _give_new_identifiers("b_attach")
 ATTACH_ASSIGN = _assign("b_attach")
 COUNT_ATTACHED = parse("SELECT count(*) FROM b_attach")
-FAST_ASSIGN = parse("""
-CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, owner AS profile_id FROM b_events WHERE path = 'fast'
-""")
+# Which profile each event of the batch belongs to. Each path adds its events only when it has some: DuckDB 1.5.5
+# loses every row of an INSERT of 110,592 rows or more into a table created in the same transaction when an INSERT
+# (or the CREATE ... AS) before it wrote no rows (a batch of only new customers lost all its events' profile rows
+# with processor_max_batch_size above that).
+NEW_BATCH_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign (seq BIGINT, profile_id VARCHAR)")
+FAST_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, owner FROM b_events WHERE path = 'fast'")
 # The profile id of a new profile derives from the creating event's messageId: md5, written like a UUID
 # (pipeline.profile_id_for computes the same in Python). Computed once per new profile, into b_new.
 STAGE_NEW = parse("""

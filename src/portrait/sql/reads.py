@@ -41,29 +41,31 @@ PROFILE_TRAITS = parse(
 PROFILE_IDENTITIES = parse(
     "SELECT type, value, first_seen FROM identities WHERE profile_id = ? ORDER BY type, value"
 )
-_EVENTS_IN_RANGE = parse(
+EVENTS_IN_RANGE = parse(
     "SELECT seq, message_id, type, event, user_id, anonymous_id, timestamp, received_at, properties, traits, "
     "context, source, ip, previous_id, group_id, original_timestamp, sent_at, extra "
     "FROM events WHERE seq BETWEEN ? AND ? AND list_contains(CAST(? AS BIGINT[]), seq)"
 )
 # The log has no index (migration 10): rows are found through each row group's min/max of seq (122,880 rows a
 # group), so a query reads every row group between the lowest and highest seq it asks for. A profile's events are
-# spread over the whole log: one range per cluster of nearby seqs reads only the groups holding them (51 events
-# spread over 1.8M: 86 -> 40 ms; a cluster alone: ~1 ms).
+# spread over the whole log: EVENTS_IN_RANGE once per cluster of nearby seqs reads only the groups holding them
+# (51 events spread over 1.8M: 90 -> 30 ms; a cluster alone: ~1 ms).
+# Each cluster is a round trip (~0.5-1.5 ms); past this many, one pass over the whole range costs less.
 SEQ_CLUSTER_GAP = 100_000
+MAX_SEQ_CLUSTERS = 32
 
 
-def events_by_seq(seqs: list[int]) -> tuple[exp.Expr, list[object]]:
-    """The log's rows with these sequence numbers (any order), one UNION ALL branch per cluster of nearby ones."""
+def seq_clusters(seqs: list[int]) -> list[list[int]]:
+    """``seqs`` sorted and cut where two neighbours are more than SEQ_CLUSTER_GAP apart (EVENTS_IN_RANGE per cluster:
+    params ``[cluster[0], cluster[-1], cluster]``); all in one when that makes more than MAX_SEQ_CLUSTERS."""
+    ordered = sorted(seqs)
     clusters: list[list[int]] = []
-    for seq in sorted(seqs):
+    for seq in ordered:
         if clusters and seq - clusters[-1][-1] <= SEQ_CLUSTER_GAP:
             clusters[-1].append(seq)
         else:
             clusters.append([seq])
-    branches = [_EVENTS_IN_RANGE.copy() for _ in clusters]
-    query: exp.Expr = branches[0] if len(branches) == 1 else exp.union(*branches, distinct=False)
-    return query, [value for c in clusters for value in (c[0], c[-1], c)]
+    return clusters if len(clusters) <= MAX_SEQ_CLUSTERS else [ordered]
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 # When the oldest event not yet reflected in profiles arrived (NULL when caught up). Param: the watermark.
 OLDEST_UNPROCESSED = parse("SELECT min(received_at) FROM events WHERE seq > ?")

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,19 +34,32 @@ LARGE_WRITE_ROWS = 120_000
 
 
 class _Renderer:
-    """Renders SQLGlot trees for one dialect, caching the static ones (rendering costs ~50 us)."""
+    """Renders SQLGlot trees for one dialect, caching recent ones (rendering costs ~50 us).
+
+    The module-level statements are used over and over and stay in the cache; trees built per call (a page
+    query, a segment's condition) pass through it. Least recently used first out, so those cannot fill it for good
+    (a plain dict kept up to 4,096 trees alive, over a gigabyte for large ones, and then cached nothing new)."""
+
+    SIZE = 1024  # some 300 module-level statements
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
-        self._cache: dict[int, tuple[exp.Expr, str]] = {}
+        self._cache: OrderedDict[int, tuple[exp.Expr, str]] = OrderedDict()
+        self._lock = threading.Lock()  # sessions of several threads share it
 
     def __call__(self, statement: exp.Expr) -> str:
-        cached = self._cache.get(id(statement))
-        if cached is not None and cached[0] is statement:
-            return cached[1]
+        key = id(statement)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] is statement:
+                self._cache.move_to_end(key)
+                return cached[1]
         text = statement.sql(dialect=self.dialect)
-        if len(self._cache) < 4096:
-            self._cache[id(statement)] = (statement, text)
+        with self._lock:
+            self._cache[key] = (statement, text)
+            self._cache.move_to_end(key)
+            if len(self._cache) > self.SIZE:
+                self._cache.popitem(last=False)
         return text
 
 
