@@ -66,6 +66,8 @@ def seq_clusters(seqs: list[int]) -> list[list[int]]:
         else:
             clusters.append([seq])
     return clusters if len(clusters) <= MAX_SEQ_CLUSTERS else [ordered]
+
+
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 # When the oldest event not yet reflected in profiles arrived (NULL when caught up). Param: the watermark.
 OLDEST_UNPROCESSED = parse("SELECT min(received_at) FROM events WHERE seq > ?")
