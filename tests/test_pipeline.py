@@ -572,11 +572,12 @@ def test_a_batch_of_more_than_110_591_new_customers_keeps_all_its_events(tmp_pat
         service.ingest_messages([{"type": "page", "anonymousId": f"visitor-{i}", "messageId": f"v-{i}",
                                   "timestamp": "2026-03-01T00:00:00Z"} for i in range(start, start + 23_000)])
     session = service.store.session()
-    assert service.processor.process_next(session) == count  # one batch
-    session.close()
+    try:
+        assert service.processor.process_next(session) == count  # one batch
+        assert session.execute(parse("SELECT count(*) FROM event_profiles")) == [(count,)]
+    finally:
+        session.close()
     assert service.profile("anonymous_id:visitor-7")["events_count"] == 1
     assert service.status()["profiles"] == count
     assert activity_mismatches(service) == []
-    counted = service.store.session().execute(parse("SELECT count(*) FROM event_profiles"))
-    assert counted == [(count,)]
     service.close()
