@@ -86,6 +86,7 @@ def test_unknown_or_missing_write_key_is_401_with_json_error(client: TestClient,
     response = client.post("/v1/batch", content=orjson.dumps(body))
     assert response.status_code == 401
     assert response.json()["code"] == "unauthorized" and response.json()["message"]
+    assert response.headers["www-authenticate"].startswith("Basic realm=")  # the write key's scheme
 
 
 def test_json_is_read_whatever_the_content_type(client: TestClient, portrait: Portrait) -> None:
@@ -239,6 +240,7 @@ def test_the_api_needs_a_read_or_admin_key(client: TestClient, headers: dict[str
     response = client.get("/api/status", headers=headers)
     assert response.status_code == status
     assert response.json()["code"] == code
+    assert response.headers.get("www-authenticate") == ("Bearer" if status == 401 else None)
 
 
 def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> None:

@@ -91,6 +91,15 @@ def test_normalize_phone_uses_default_region(region: str, raw: str, expected: st
     assert rules.normalize("phone", raw) == Identifier("phone", expected)
 
 
+@pytest.mark.parametrize(("region", "raw"), [
+    ("US", "555-1234"), ("US", "2530000"),  # no area code: possible only as a local call
+    ("US", "123"), ("PL", "12"), ("US", "+1 415 555 26711234"),  # too short, too long
+])
+def test_numbers_that_cannot_name_one_line_are_not_phone_identifiers(region: str, raw: str) -> None:
+    rules = IdentityRules.from_settings(Settings(default_phone_region=region))
+    assert rules.normalize("phone", raw) is None
+
+
 def test_blocked_values_are_case_and_space_insensitive() -> None:
     rules = IdentityRules.from_settings(Settings(blocked_values=(" Guest@Shop.COM ", "N/A")))
     assert rules.normalize("email", "guest@shop.com") is None

@@ -139,6 +139,18 @@ def test_email_and_phone_normalization_and_custom_identifiers(portrait: Portrait
                     "loyalty_card:LC-77", "anonymous_id:pos-1") == {profile_id}
 
 
+def test_a_local_phone_number_is_kept_as_a_trait_but_identifies_no_one(portrait: Portrait) -> None:
+    """555-1234 without an area code is a different line in every area: two customers giving it stay apart."""
+    load(portrait,
+         msg("identify", userId="u-1", traits={"phone": "555-1234"}),
+         msg("identify", userId="u-2", traits={"phone": "555-1234"}))
+    assert len(grouping(portrait, "user_id:u-1", "user_id:u-2")) == 2
+    assert portrait.profile("user_id:u-1")["traits"]["phone"] == "555-1234"
+    assert {i["type"] for i in portrait.profile("user_id:u-1")["identities"]} == {"user_id"}
+    with pytest.raises(NotFound):
+        portrait.resolve_profile_id("phone:555-1234")
+
+
 def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:
     load(portrait,
          msg("identify", userId="u-1", traits={"email": "test@test.com"}),

@@ -79,12 +79,17 @@ class IdentityRules:
 
 @functools.lru_cache(maxsize=65536)
 def normalize_phone(value: str, region: str) -> str | None:
-    """E.164 form of a phone number, or None when it is not a possible number."""
+    """E.164 form of a phone number, or None when it is not a possible number.
+
+    A number that is possible only as a local call (e.g. 555-1234 in the US, no area code) is not one either: its
+    "E.164" form (+15551234) would be no real number, and the same digits dialled in another area are another
+    line, so it cannot identify a person.
+    """
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 

@@ -33,7 +33,8 @@ def error_body(code: str, message: str) -> bytes:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
+    # The /api scheme unless the caller names another (ingestion's write key is a Basic-auth user name).
+    headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
     return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 

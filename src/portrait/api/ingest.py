@@ -29,6 +29,8 @@ from portrait.spec import BATCH_ENDPOINTS, ENDPOINT_TYPES
 log = logging.getLogger(__name__)
 ENDPOINTS = (*BATCH_ENDPOINTS, *ENDPOINT_TYPES)
 SUCCESS = b'{"success":true}'
+# RFC 9110: a 401 names the scheme that works; the write key goes as the Basic-auth user name (or in the body).
+WRITE_KEY_CHALLENGE = 'Basic realm="Portrait ingestion", charset="UTF-8"'
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
@@ -63,7 +65,7 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
         extra = ({"Retry-After": str(exc.retry_after), "X-RateLimit-Reset": str(exc.retry_after)}
                  if isinstance(exc, RateLimited) else {})
         if status == 401:
-            extra["WWW-Authenticate"] = "Bearer"
+            extra["WWW-Authenticate"] = WRITE_KEY_CHALLENGE
         return status, error_body(exc.code, exc.message), {**cors, **extra}
     except Exception:
         log.exception("unexpected error while ingesting a request")  # SDKs re-send on 5xx; nothing was committed
