@@ -44,7 +44,8 @@ def test_rudder_sdk_basic_auth_and_gzip(server: Server) -> None:
     errors: list[Any] = []
     client = RudderClient(write_key=WRITE_KEY, host=server.url, on_error=lambda error, batch: errors.append(error))
     assert client.gzip  # the SDK's default, exercised here as sent
-    client.identify(user_id="rudder-1", traits={"email": "r@example.com"})
+    # The SDK sends an identify's traits in context.traits only (none at the top level): they must still land.
+    client.identify(user_id="rudder-1", traits={"email": "r@example.com", "plan": "gold", "firstName": "Ros"})
     client.track(user_id="rudder-1", event="Product Added", properties={"sku": "A-1"})
     client.flush()
     client.shutdown()
@@ -53,6 +54,9 @@ def test_rudder_sdk_basic_auth_and_gzip(server: Server) -> None:
     with server.admin() as admin:
         events = admin.get("/api/profiles/email:r@example.com/events").json()["events"]
         assert [e["event"] for e in events if e["type"] == "track"] == ["Product Added"]
+        traits = admin.get("/api/profiles/user_id:rudder-1/traits").json()
+        assert {k: traits.get(k) for k in ("email", "plan", "first_name")} == {
+            "email": "r@example.com", "plan": "gold", "first_name": "Ros"}
 
 
 def test_sdk_with_a_wrong_key_is_told_401(server: Server) -> None:

@@ -202,6 +202,43 @@ def test_batch_context_is_merged_into_each_message(message_context: dict[str, An
     assert orjson.loads(read_one(message, context=batch_context)["context"]) == expected
 
 
+@pytest.mark.parametrize(("message_context", "batch_context"), [
+    (None, {"traits": {"email": "Ann@Example.com"}}),
+    ({"locale": "pl-PL"}, {"traits": {"email": "Ann@Example.com"}}),
+    ({"traits": {"email": "Ann@Example.com"}}, {"traits": {"email": "other@example.com"}}),  # the message's wins
+])
+def test_identifiers_in_the_batch_context_name_the_person(message_context: dict[str, Any] | None,
+                                                          batch_context: dict[str, Any]) -> None:
+    message: dict[str, Any] = {"type": "track", "event": "Viewed", "userId": "u1"}
+    if message_context is not None:
+        message["context"] = message_context
+    assert read_one(message, context=batch_context)["identity_hints"] == "email\x1fAnn@Example.com"
+
+
+@pytest.mark.parametrize(("traits", "context_traits", "expected"), [
+    (None, {"plan": "gold", "email": "r@x.com"}, {"plan": "gold", "email": "r@x.com"}),  # RudderStack's SDKs
+    ({"plan": "pro"}, {"plan": "gold", "age": 3}, {"plan": "pro", "age": 3}),  # the top-level traits win
+    ({"plan": None}, {"plan": "gold"}, {"plan": None}),  # a removal stays a removal
+    ({"plan": "pro"}, None, {"plan": "pro"}),
+])
+def test_an_identify_takes_its_traits_from_traits_over_context_traits(
+        traits: dict[str, Any] | None, context_traits: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    message: dict[str, Any] = {"type": "identify", "userId": "u1"}
+    if traits is not None:
+        message["traits"] = traits
+    if context_traits is not None:
+        message["context"] = {"traits": context_traits}
+    row = read_one(message)
+    assert orjson.loads(row["traits"]) == expected
+    assert orjson.loads(row["context"]) == ({"traits": context_traits} if context_traits else {})  # kept as sent
+
+
+def test_a_track_does_not_take_traits_from_its_context() -> None:
+    """Only an identify sets traits: other events' context.traits may be an SDK's stale copy of them."""
+    row = read_one({"type": "track", "event": "Viewed", "userId": "u1", "context": {"traits": {"plan": "gold"}}})
+    assert row["traits"] == "{}"
+
+
 # -- timestamps and clock-skew correction ---------------------------------------------------------------------------
 
 SKEW: list[tuple[dict[str, Any], Any, datetime, datetime | None]] = [

@@ -532,7 +532,9 @@ class MessageReader:
         name = message.get("event") if kind == "track" else message.get("name")
         if name is not None and name.__class__ is not str:
             raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
-        hints = identity_hints(kind, message, self.identity_traits)
+        # The batch's context counts as the message's own (merged in below): its traits can name the person too.
+        hints = identity_hints(kind, message if self.batch_context is None else
+                               {**message, "context": self._merged_context(message)}, self.identity_traits)
         if self.suppressed is not None and self.suppressed(_identifiers(user_id, anonymous_id, previous_id, hints)):
             raise Suppressed("suppressed", "the message names an erased person")
         identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
@@ -543,7 +545,8 @@ class MessageReader:
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at)
         properties = _json_object(message, "properties", self.limits)
-        traits = _json_object(message, "traits", self.limits)
+        traits = (self._identify_traits(message) if kind == "identify" else
+                  _json_object(message, "traits", self.limits))
         own_context = message.get("context")
         context = (_dump_object(own_context, "context", self.limits)  # the usual case, without a call more
                    if own_context.__class__ is dict and own_context and self.batch_context is None
@@ -565,6 +568,28 @@ class MessageReader:
         out.context.append(context)
         out.identity_hints.append(hints)
         out.extra.append(extra)
+
+    def _merged_context(self, message: dict[str, Any]) -> Any:
+        """The message's context with the batch's under it (as stored); a context that is not an object as sent."""
+        own = message.get("context")
+        if self.batch_context is None or (own is not None and own.__class__ is not dict):
+            return own
+        return {**self.batch_context, **own} if own else self.batch_context
+
+    def _identify_traits(self, message: dict[str, Any]) -> str:
+        """An identify's traits: ``traits`` over ``context.traits``.
+
+        RudderStack's SDKs send an identify's traits only in ``context.traits`` (Segment's in ``traits``); both are
+        the person's traits as of the message, so both apply, the top-level ones winning where both name a trait.
+        """
+        context = self._merged_context(message)
+        carried = context.get("traits") if context.__class__ is dict else None
+        if carried.__class__ is not dict or not carried:
+            return _json_object(message, "traits", self.limits)
+        own = message.get("traits")
+        if own is not None and own.__class__ is not dict:
+            return _json_object(message, "traits", self.limits)  # refused: traits must be an object
+        return _dump_object({**carried, **(own or {})}, "traits", self.limits)
 
     def _context(self, message: dict[str, Any]) -> str:
         own = message.get("context")
