@@ -116,6 +116,19 @@ def test_admin_actions_and_personal_reads_are_audited(client: TestClient, portra
     assert client.get("/api/audit", headers=bearer(reader["key"])).status_code == 403
 
 
+@pytest.mark.parametrize("user_id", ["ann.smith", "team/42/x"])
+def test_the_audit_log_masks_the_whole_identifier_in_a_path(client: TestClient, portrait: Portrait,
+                                                            user_id: str) -> None:
+    from portrait.client import profile_path
+    portrait.ingest_messages([{"type": "identify", "userId": user_id}])
+    portrait.process_pending()
+    answer = client.post(profile_path(f"user_id:{user_id}", "consent"), headers=ADMIN, json={"email": "granted"})
+    assert answer.status_code == 200, answer.text
+    [entry] = [e for e in client.get("/api/audit", headers=ADMIN).json()["entries"] if "consent" in e["action"]]
+    assert entry["action"].startswith("POST /api/profiles/user_id:") and entry["action"].endswith("/consent")
+    assert user_id not in entry["action"] and user_id.split("/")[-1] not in entry["action"]
+
+
 def test_security_headers_and_no_cross_origin_api(client: TestClient) -> None:
     answer = client.get("/api/status", headers={**ADMIN, "Origin": "https://evil.example"})
     assert answer.headers["x-content-type-options"] == "nosniff"

@@ -264,6 +264,25 @@ def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> Non
     assert events["next"] is None
 
 
+@pytest.mark.parametrize("user_id", ["team/42", "ord#2", "q?x=1", "50%off", "a/b/events/c", "/lead/"])
+def test_any_identifier_can_be_read_through_the_api(client: TestClient, portrait: Portrait, user_id: str) -> None:
+    """Identifiers holding /, #, ? or % reach their own profile when percent-encoded (the CLI's client does it)."""
+    from portrait.client import profile_path
+    other = {"ord#2": "ord", "q?x=1": "q", "team/42": "team", "50%off": "50"}.get(user_id, "x")  # what a raw path hits
+    batch = [{"type": "identify", "userId": uid, "traits": {"name": uid}} for uid in (user_id, other)]
+    assert post(client, "/v1/batch", {"batch": [*batch, track(userId=user_id, event="Seen")]}).status_code == 200
+    portrait.process_pending()
+    reference = f"user_id:{user_id}"
+    profile = client.get(profile_path(reference), headers=ADMIN).json()
+    assert profile["traits"] == {"name": user_id}
+    assert client.get(profile_path(reference, "traits"), headers=ADMIN).json() == {"name": user_id}
+    events = client.get(profile_path(reference, "events"), headers=ADMIN).json()["events"]
+    assert [(e["type"], e["event"]) for e in events] == [("track", "Seen"), ("identify", None)]
+    identities = client.get(profile_path(reference, "identities"), headers=ADMIN).json()["identities"]
+    assert [i["value"] for i in identities] == [user_id]
+    assert client.get(profile_path(reference, "segments"), headers=ADMIN).status_code == 200
+
+
 @pytest.mark.parametrize(("path", "status", "code"), [
     ("/api/profiles/email:nobody@example.com", 404, "not_found"),
     ("/api/profiles/no-colon", 400, "invalid_identity"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -114,7 +115,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_cli_beside_a_running_server(server: Server) -> None:
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
         client.post("/v1/identify", json={"userId": "cli-user", "traits": {"email": "cli@example.com"}})
+        for user_id in ("ord", "ord#2"):  # '#' would end the URL's path if sent as it is
+            client.post("/v1/identify", json={"userId": user_id, "traits": {"name": f"name of {user_id}"}})
     server.wait_caught_up()
+    hashed = run_cli("profiles", "get", "user_id:ord#2", "--db", server.db_path, "--json",
+                     env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert hashed.returncode == 0, hashed.stderr
+    assert json.loads(hashed.stdout)["traits"] == {"name": "name of ord#2"}
     refused = run_cli("status", "--db", server.db_path)
     assert refused.returncode == 1
     assert "in use" in refused.stderr and server.url in refused.stderr and "--admin-key" in refused.stderr

@@ -38,6 +38,12 @@ def running_server_url(db_path: str) -> str | None:
     return url if isinstance(url, str) else None
 
 
+
+def profile_path(reference: str, *parts: str) -> str:
+    """``/api/profiles/<reference>[/part...]`` with the reference percent-encoded: an identifier may hold ``#``,
+    ``?``, ``%`` or ``/``, which would otherwise end or split the path."""
+    return "/".join(("/api/profiles", quote(reference, safe=":@"), *parts))
+
 class RemotePortrait:
     """Reads and ingestion over HTTP."""
 
@@ -62,11 +68,11 @@ class RemotePortrait:
         return dict(self._get("/api/status"))
 
     def profile(self, reference: str) -> dict[str, Any]:
-        return dict(self._get(f"/api/profiles/{reference}"))
+        return dict(self._get(profile_path(reference)))
 
     def events(self, reference: str, *, event: str | None = None, cursor: str | None = None,
                limit: int = 50) -> dict[str, Any]:
-        return dict(self._get(f"/api/profiles/{reference}/events", {"event": event, "cursor": cursor,
+        return dict(self._get(profile_path(reference, "events"), {"event": event, "cursor": cursor,
                                                                     "limit": limit}))
 
     def rejected(self, *, limit: int = 100, before_id: int | None = None, code: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
 from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
@@ -27,26 +28,27 @@ def router(portrait: Portrait) -> APIRouter:
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(portrait.status)
 
-    @api.get("/profiles/{identity}", summary="The unified profile of any identifier, e.g. email:ann@example.com")
+    @api.get("/profiles/{identity:identity}",
+             summary="The unified profile of any identifier, e.g. email:ann@example.com")
     async def profile(identity: str, request: Request) -> dict[str, Any]:
         document = await run_in_threadpool(portrait.profile, identity)
         return await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_profile")
 
-    @api.get("/profiles/{identity}/traits")
+    @api.get("/profiles/{identity:path}/traits")
     async def traits(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "traits": await run_in_threadpool(portrait.traits, identity)}
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_traits")
         return dict(shown["traits"])
 
-    @api.get("/profiles/{identity}/identities")
+    @api.get("/profiles/{identity:path}/identities")
     async def identities(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "identities": await run_in_threadpool(portrait.identities, identity)}
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_identities")
         return {"identities": shown["identities"]}
 
-    @api.get("/profiles/{identity}/events", summary="Events of a profile, newest first, with a cursor")
+    @api.get("/profiles/{identity:path}/events", summary="Events of a profile, newest first, with a cursor")
     async def events(
         identity: str,
         event: str | None = None,
@@ -62,11 +64,12 @@ def router(portrait: Portrait) -> APIRouter:
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile_events, page)
         return shown
 
-    @api.get("/profiles/{identity}/consent", summary="Current consent per purpose, and every statement")
+    @api.get("/profiles/{identity:path}/consent", summary="Current consent per purpose, and every statement")
     async def consent(identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.consents, identity)
 
-    @api.post("/profiles/{identity}/consent", summary="Record consent: {purpose: granted|denied|{status, legal_basis}}")
+    @api.post("/profiles/{identity:path}/consent",
+              summary="Record consent: {purpose: granted|denied|{status, legal_basis}}")
     async def set_consent(identity: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.set_consent, identity, payload)
 

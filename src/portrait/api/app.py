@@ -3,7 +3,6 @@ headers on every response, the audit log for every admin action, and API docs se
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import unquote
@@ -20,6 +19,7 @@ from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.api.headers import API_POLICY, SECURITY_HEADERS
 from portrait.api.ingest import IngestFastPath
+from portrait.api.paths import PROFILE_IN_PATH
 from portrait.config import Settings
 from portrait.privacy import mask
 from portrait.service import Portrait
@@ -29,10 +29,6 @@ CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; s
                   "form-action 'self'; frame-ancestors 'none'")
 DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
-
-
-# The audit log names profiles by id, never by the identifier in the path (which may be erased later).
-_PROFILE_PATH = re.compile(r"(/profiles/)([^/]+)")
 
 
 def _masked_identity(text: str) -> str:
@@ -105,7 +101,8 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         key = getattr(request.state, "key", None)
         if (key is not None and request.method in ("POST", "PUT", "PATCH", "DELETE")
                 and path not in READ_ONLY_POSTS and path != "/console/api/preview"):
-            shown = _PROFILE_PATH.sub(lambda m: m.group(1) + _masked_identity(m.group(2)), path)
+            # The audit log never keeps the identifier in the path (it may be erased later): masked.
+            shown = PROFILE_IN_PATH.sub(lambda m: m.group(1) + _masked_identity(m.group(2)), path)
             await run_in_threadpool(lambda: service.audit.record(
                 key, f"{request.method} {shown}", target=shown, status=response.status_code))
         return response

@@ -22,6 +22,7 @@ from portrait.cli.common import (
     events_app,
     profiles_app,
 )
+from portrait.client import profile_path
 from portrait.errors import PortraitError
 from portrait.service import Portrait
 
@@ -161,10 +162,10 @@ def profiles_consent(
                     backend.set_consent(identity, statements, source="cli")
                     backend.process_pending()
                 else:
-                    backend.send_json("POST", f"/api/profiles/{identity}/consent", statements)
+                    backend.send_json("POST", profile_path(identity, "consent"), statements)
                     time.sleep(0.5)  # the server processes the statement in the background
             found = backend.consents(identity) if isinstance(backend, Portrait) else backend.get_json(
-                f"/api/profiles/{identity}/consent")
+                profile_path(identity, "consent"))
     except PortraitError as exc:
         raise _fail(exc) from exc
     if as_json:

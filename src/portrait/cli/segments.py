@@ -151,8 +151,9 @@ def segments_explain(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Which parts of the segment's condition hold for a profile, and why."""
+    explain_path = f"{_path(segment)}/explain/{quote(identity, safe=':@')}"
     found = _run(db, url, admin_key, _either(lambda local: local.explain_segment(segment, identity),
-                                             lambda remote: remote.get_json(f"{_path(segment)}/explain/{identity}")))
+                                             lambda remote: remote.get_json(explain_path)))
     if as_json or "explanation" not in found:
         console.print_json(data=found)
         return
