@@ -54,6 +54,40 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     assert "no profile has the identity email:nobody@example.com" in result.output
 
 
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["status", "--url", "http://127.0.0.1:1", "--admin-key", "k"], {},
+     "cannot reach the Portrait server at http://127.0.0.1:1"),
+    (["status", "--url", "notaurl", "--admin-key", "k"], {}, "cannot reach the Portrait server at notaurl"),
+    (["status", "--db", "/nonexistent/folder/a.duckdb"], {},
+     "cannot open the database /nonexistent/folder/a.duckdb: Cannot open file"),
+    (["status", "--db", "{tmp}"], {}, "cannot open the database"),
+    (["profiles", "get", "user_id:1", "--db", "{tmp}/not-duckdb.txt"], {}, "not a valid DuckDB database file"),
+    (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
+    (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"}, "invalid setting: processor_batch"),
+])
+def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                          says: str) -> None:
+    (tmp_path / "not-duckdb.txt").write_text("hello")
+    result = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args], env=env)
+    assert result.exit_code == 1, result.output
+    assert says in " ".join(result.output.split()), result.output  # rich may wrap long lines
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["demo", "--profiles", "-3"], "--profiles"),
+    (["serve", "--port", "99999"], "--port"),
+    (["profiles", "get", "user_id:1", "--events", "-1"], "--events"),
+    (["events", "tail", "-n", "-5"], "-n"),
+    (["events", "rejected", "--limit", "0"], "--limit"),
+])
+def test_out_of_range_options_are_refused_by_name(tmp_path: Path, args: list[str], names: str) -> None:
+    result = runner.invoke(app, [*args, "--db", str(tmp_path / "a.duckdb")])
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output and names in result.output
+    assert not (tmp_path / "a.duckdb").exists()  # refused before anything was opened
+
+
 def test_events_tail_prints_the_latest_events(demo_db: str) -> None:
     result = runner.invoke(app, ["events", "tail", "-n", "5", "--db", demo_db, "--json"])
     assert result.exit_code == 0, result.output

@@ -18,6 +18,8 @@ from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 
+from portrait.client import server_file
+
 
 def test_segment_sdk_events_land_on_the_profile(server: Server) -> None:
     errors: list[Any] = []
@@ -126,10 +128,26 @@ def test_cli_beside_a_running_server(server: Server) -> None:
     assert refused.returncode == 1
     assert "in use" in refused.stderr and server.url in refused.stderr and "--admin-key" in refused.stderr
     assert "Traceback" not in refused.stderr
+    sender = run_cli("demo", "--profiles", "1", "--db", server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert sender.returncode == 1  # demo sends events: it names the write key it needs, not the admin key
+    assert "pass --write-key (or set PORTRAIT_WRITE_KEY)" in sender.stderr and "Traceback" not in sender.stderr
     through = run_cli("profiles", "get", "email:cli@example.com", "--db", server.db_path, "--json",
                       env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
     assert through.returncode == 0, through.stderr
     assert '"cli@example.com"' in through.stdout
+
+
+def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
+    """docker stop / systemd send SIGTERM: the database is closed (checkpointed) and the server file removed."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        assert client.post("/v1/identify", json={"userId": "term", "traits": {"plan": "pro"}}).status_code == 200
+    server.wait_caught_up()
+    assert server_file(server.db_path).exists()
+    server.stop()
+    assert server.process.returncode == 0, server.log_path.read_text()
+    assert not server_file(server.db_path).exists()
+    assert not Path(server.db_path + ".wal").exists()  # closed: everything checkpointed into the file
+    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_server_refuses_a_database_already_served(server: Server, tmp_path: Path) -> None:

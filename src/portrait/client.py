@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, Unauthorized
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, ServerUnreachable, Unauthorized
 
 
 def server_file(db_path: str) -> Path:
@@ -38,11 +38,22 @@ def running_server_url(db_path: str) -> str | None:
     return url if isinstance(url, str) else None
 
 
-
 def profile_path(reference: str, *parts: str) -> str:
     """``/api/profiles/<reference>[/part...]`` with the reference percent-encoded: an identifier may hold ``#``,
     ``?``, ``%`` or ``/``, which would otherwise end or split the path."""
     return "/".join(("/api/profiles", quote(reference, safe=":@"), *parts))
+
+
+class _Http(httpx.Client):
+    """An httpx client whose failures to reach the server are PortraitErrors (the CLI prints them plainly)."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return super().send(request, **kwargs)
+        except httpx.TransportError as exc:  # refused, reset, timed out, not an http(s) URL...
+            raise ServerUnreachable(f"cannot reach the Portrait server at {self.base_url}: "
+                                    f"{exc or type(exc).__name__}") from exc
+
 
 class RemotePortrait:
     """Reads and ingestion over HTTP."""
@@ -52,7 +63,7 @@ class RemotePortrait:
         self.url = url.rstrip("/")
         self._admin = admin_key
         self._write = write_key
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = _Http(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()

@@ -84,6 +84,8 @@ class Settings:
     """Rows a source sync reads and commits at a time (its cursor is saved after each chunk)."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be from 1 to 65535, not {self.port}")
         if self.unknown_traits not in ("infer", "strict"):
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
         if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:

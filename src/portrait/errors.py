@@ -65,3 +65,9 @@ class RateLimited(PortraitError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerUnreachable(PortraitError):
+    """A client (the CLI) could not reach a Portrait server: refused, timed out, not a URL."""
+
+    code = "server_unreachable"

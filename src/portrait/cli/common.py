@@ -44,7 +44,10 @@ T = TypeVar("T")
 
 
 def _settings(db: str | None) -> Settings:
-    return load_settings().with_overrides(db_path=db)
+    try:
+        return load_settings().with_overrides(db_path=db)
+    except ValueError as exc:  # a PORTRAIT_* variable that is not a number, a limit below 1...
+        raise _fail(PortraitError(f"invalid setting: {exc}", code="invalid_setting")) from exc
 
 
 def _print_generated(generated: dict[str, str]) -> None:
@@ -54,8 +57,9 @@ def _print_generated(generated: dict[str, str]) -> None:
 
 @contextmanager
 def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None, *,
-             background: bool = False) -> Iterator[Backend]:
-    """The local database when it is free, else the server that holds it (with an admin key), else a clear error.
+             background: bool = False, sends_events: bool = False) -> Iterator[Backend]:
+    """The local database when it is free, else the server that holds it (with an admin key, or a write key for a
+    command that only sends events), else a clear error.
 
     Locally, pending events are processed first; with ``background`` the processor instead runs beside the command
     (imports), and the command waits for it to catch up before it ends.
@@ -70,9 +74,10 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
         except DatabaseInUse as exc:
             server = running_server_url(settings.db_path)
             if server is None or not (admin_key or write_key):
-                hint = (f" A server runs at {server}: pass --admin-key (or set PORTRAIT_ADMIN_KEY) to go through it,"
-                        " or stop it first." if server else
-                        " Stop that process, or pass --url and --admin-key to use a server.")
+                flag, env = ("--write-key", "PORTRAIT_WRITE_KEY") if sends_events else ("--admin-key",
+                                                                                      "PORTRAIT_ADMIN_KEY")
+                hint = (f" A server runs at {server}: pass {flag} (or set {env}) to go through it, or stop it first."
+                        if server else f" Stop that process, or pass --url and {flag} to use a server.")
                 raise DatabaseInUse(exc.message + hint) from exc
             backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
         else:

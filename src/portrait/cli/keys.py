@@ -81,7 +81,7 @@ def keys_rotate(key_id: Annotated[str, typer.Argument(help="The key's id (from k
 
 @app.command()
 def audit(
-    limit: Annotated[int, typer.Option(help="How many entries.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many entries.")] = 50,
     before: Annotated[int, typer.Option(help="Entries older than this id (the next page).")] = 0,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:

@@ -31,7 +31,7 @@ from portrait.service import Portrait
 def profiles_get(
     identity: Annotated[str, typer.Argument(help="TYPE:VALUE, e.g. email:ann@example.com, user_id:42, profile_id:…")],
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
-    events: Annotated[int, typer.Option(help="How many recent events to show.")] = 10,
+    events: Annotated[int, typer.Option(min=0, max=1000, help="How many recent events to show.")] = 10,
 ) -> None:
     """Show the unified profile of any identifier: traits, identities, merges and recent events."""
     try:
@@ -73,7 +73,7 @@ def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]]) -> Non
 @events_app.command("tail")
 def events_tail(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
-    lines: Annotated[int, typer.Option("-n", "--lines", help="How many recent events to show first.")] = 20,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=0, help="How many recent events to show first.")] = 20,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new events as they arrive.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -107,7 +107,7 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
 @events_app.command("rejected")
 def events_rejected(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
-    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show, newest first.")] = 50,
     code: Annotated[str | None, typer.Option(help="Only this rejection code.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -125,7 +125,7 @@ def events_rejected(
 @app.command()
 def quality(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
-    limit: Annotated[int, typer.Option(help="How many to show, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show, newest first.")] = 50,
     attribute: Annotated[str | None, typer.Option(help="Only this attribute code.")] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -125,7 +125,7 @@ def segments_preview(
 @segments_app.command("members")
 def segments_members(
     segment: SegmentArgument,
-    limit: Annotated[int, typer.Option(help="How many members.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many members.")] = 100,
     after: Annotated[str, typer.Option(help="Continue after this profile id (the `next` of a previous page).")] = "",
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:

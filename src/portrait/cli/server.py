@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -33,7 +35,7 @@ from portrait.store.duckdb import compact_file
 def serve(
     db: DbOption = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on (default 8000).")] = None,
 ) -> None:
     """Start the HTTP server: Segment-compatible ingestion under /v1 and the admin API under /api."""
     import uvicorn
@@ -58,12 +60,19 @@ def serve(
     write_server_file(settings.db_path, url)
     console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
                   f"API docs: {url}/docs)")
+    # uvicorn shuts down gracefully on SIGTERM (docker stop, systemd) and then raises the signal again; by default
+    # that would end the process before the database is closed and the server file removed.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(create_app(settings, portrait, schedule_sources=True), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)
     finally:
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
@@ -99,7 +108,7 @@ def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption
 
 @app.command()
 def demo(
-    profiles: Annotated[int, typer.Option("--profiles", help="How many synthetic customers.")] = 1000,
+    profiles: Annotated[int, typer.Option("--profiles", min=0, help="How many synthetic customers.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
     db: DbOption = None, url: UrlOption = None,
     write_key: Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
@@ -109,7 +118,7 @@ def demo(
     from portrait.demo import generate_batches
 
     try:
-        with _backend(db, url, None, write_key) as backend, _progress() as progress:
+        with _backend(db, url, None, write_key, sends_events=True) as backend, _progress() as progress:
             task = progress.add_task("customers", total=profiles)
             sent = 0
             for batch in generate_batches(profiles, batch_size=500, seed=seed):
