@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,6 +156,19 @@ def test_what_is_kept_of_a_refused_body_is_readable_and_holds_no_write_key(clien
     escaped = WRITE_KEY.replace("_", "\\u005f").encode()  # the same key, written with JSON escapes
     assert client.post("/v1/batch", content=b'{"write\\u004bey": "' + escaped + b'", "batch": "x"}').status_code == 400
     assert WRITE_KEY not in client.get("/api/events/rejected", headers=ADMIN).json()["rejected"][0]["payload"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_an_oversize_compressed_body_is_kept_decompressed(client: TestClient, encoding: str) -> None:
+    """Refused for its decompressed size: what is kept is the start of its JSON, not compressed bytes."""
+    body = orjson.dumps({"batch": [track(userId=f"u-{i}", properties={"note": "x" * 500}) for i in range(1500)]})
+    assert len(body) > 500_000
+    compressed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    response = client.post("/v1/batch", content=compressed,
+                           headers={"Authorization": BASIC, "Content-Encoding": encoding})
+    assert response.status_code == 400 and response.json()["code"] == "body_too_large"
+    [kept] = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    assert kept["payload"] == body[:65536].decode() + "... [the rest not kept]"
 
 
 def test_every_field_sent_comes_back_from_the_events_api(client: TestClient, portrait: Portrait) -> None:

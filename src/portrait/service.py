@@ -53,6 +53,7 @@ from portrait.spec import (
     key_from_basic_auth,
     parse_request,
     raw_preview,
+    readable_head,
     utc_now,
 )
 from portrait.sql import ingest as ingest_sql
@@ -235,8 +236,8 @@ class Portrait:
                 raise
             source = self.keys.check(sender_key, "write")
             self.rate_limiter.take(source.id)
-            return self._keep_unreadable(request.body if body is None else body, exc, source, received_at,
-                                         sender_key)
+            kept, more = readable_head(request.body, request.content_encoding) if body is None else (body, False)
+            return self._keep_unreadable(kept, exc, source, received_at, sender_key, more)
         source = self.keys.check(header_key or parsed.write_key, "write")
         self.rate_limiter.take(source.id)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
@@ -293,11 +294,12 @@ class Portrait:
             self._privacy_worker.notify()
         return created
 
-    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime, secret: str
-                         ) -> Future[IngestResult]:
-        """Store what was sent, then fail with the 400 (the answer comes only once the record is durable)."""
+    def _keep_unreadable(self, raw: bytes, exc: BadRequest, source: ApiKey, received_at: datetime, secret: str,
+                         more: bool = False) -> Future[IngestResult]:
+        """Store what was sent (``more``: only its start), then fail with the 400 (the answer comes only once the
+        record is durable)."""
         payload = (kept_refusal(exc, secret) if isinstance(exc, RefusedBody) and exc.document is not None
-                   else raw_preview(raw, secret))
+                   else raw_preview(raw, secret, more=more))
         rejection = Rejection(code=exc.code, reason=exc.message, payload=payload, received_at=received_at,
                               source=source.name)
         answer: Future[IngestResult] = Future()

@@ -166,6 +166,24 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
             raise BadRequest(f"{len(rest)} bytes follow the {encoding} data", code="bad_encoding")
 
 
+def readable_head(raw: bytes, content_encoding: str | None) -> tuple[bytes, bool]:
+    """The start of a body that could not be taken whole (too large, truncated) and whether more of it followed.
+
+    A compressed body gives as much of its decompressed text as we keep of an unreadable body, so the user sees
+    JSON rather than gzip bytes (its full size is not worked out: that could mean inflating a gzip bomb). Best
+    effort: a body that is not the compressed data it claims is kept as sent.
+    """
+    encoding = (content_encoding or "").strip().lower()
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return raw, False
+    try:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
+        head = inflater.decompress(raw, RAW_KEEP_BYTES + 1024)  # a margin: a write key at the cut is still seen
+    except zlib.error:
+        return raw, False
+    return (head, bool(inflater.unconsumed_tail) or not inflater.eof) if head else (raw, False)
+
+
 def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
     """Read the JSON of a request (whatever its Content-Type) into messages; raises BadRequest if unreadable."""
     doc = _loads(body)
@@ -262,10 +280,12 @@ def _batch_object(doc: dict[str, Any], name: str, limits: Limits, write_key: str
     return value
 
 
-def raw_preview(body: bytes, secret: str | None = None) -> str:
+def raw_preview(body: bytes, secret: str | None = None, *, more: bool = False) -> str:
     """What we keep of an unreadable body: its first 64 KiB as text, without the write key it may name (removed
-    before the cut, so no part of a key survives at the edge) nor, anywhere, the ``secret`` key that sent it."""
-    return _kept_text(_WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body.decode("utf-8", errors="replace")), secret)
+    before the cut, so no part of a key survives at the edge) nor, anywhere, the ``secret`` key that sent it.
+    ``more``: ``body`` is only the start of what was sent (see :func:`readable_head`)."""
+    text = _kept_text(_WRITE_KEY_TEXT.sub(r'\1"(not kept)"', body.decode("utf-8", errors="replace")), secret)
+    return text[:RAW_KEEP_BYTES] + "... [the rest not kept]" if more else text
 
 
 def kept_refusal(refused: RefusedBody, secret: str | None) -> str:
