@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -149,6 +150,39 @@ def test_a_local_phone_number_is_kept_as_a_trait_but_identifies_no_one(portrait:
     assert {i["type"] for i in portrait.profile("user_id:u-1")["identities"]} == {"user_id"}
     with pytest.raises(NotFound):
         portrait.resolve_profile_id("phone:555-1234")
+
+
+def test_an_object_trait_sent_as_null_removes_its_parts(portrait: Portrait) -> None:
+    """{"address": null} removes address_city and address_street; an older event does not bring them back, and a
+    trait merely named like a part (email_verified beside email) is not one."""
+    load(portrait,
+         msg("identify", userId="u-1", at="2026-03-01T00:00:00Z",
+             traits={"address": {"city": "Oslo", "street": "X"}, "email": "a@x.com", "emailVerified": True}),
+         msg("identify", userId="u-1", at="2026-03-03T00:00:00Z", traits={"address": None, "email": None}))
+    assert portrait.traits("user_id:u-1") == {"email_verified": True}
+    load(portrait, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z", traits={"address": {"city": "Bergen"}}))
+    assert portrait.traits("user_id:u-1") == {"email_verified": True}  # older than the removal
+    load(portrait, msg("identify", userId="u-1", at="2026-03-04T00:00:00Z", traits={"address": {"zip": "0150"}}),
+         msg("identify", userId="u-2", at="2026-03-04T00:00:00Z", traits={"address": {"city": "Rome"}}),
+         msg("identify", userId="u-2", at="2026-03-05T00:00:00Z",  # in one batch, and with a part set anew
+             traits={"address": None, "addressZip": "00100"}))
+    assert portrait.traits("user_id:u-1") == {"email_verified": True, "address_zip": "0150"}
+    assert portrait.traits("user_id:u-2") == {"address_zip": "00100"}
+
+
+def test_object_parts_already_in_the_log_are_known_after_migrating(tmp_path: Path) -> None:
+    """Migration 17 learns the parts of the objects in the log, so a later null removes them."""
+    settings = Settings(db_path=str(tmp_path / "m.duckdb"))
+    old = Portrait(settings, background=False)
+    load(old, msg("identify", userId="u-1", traits={"address": {"city": "Oslo"}, "prefs": {"tone": "x"}}))
+    old.close()
+    with duckdb.connect(settings.db_path) as con:  # as if written before migration 17
+        con.execute("DROP TABLE trait_parents")
+        con.execute("DELETE FROM schema_migrations WHERE version = 17")
+    upgraded = Portrait(settings, background=False)
+    load(upgraded, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z", traits={"address": None}))
+    assert upgraded.traits("user_id:u-1") == {"prefs_tone": "x"}
+    upgraded.close()
 
 
 def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:

@@ -131,7 +131,7 @@ class Processor:
         with session.transaction():
             hi = self._watermark(session)
             session.execute(q.REBUILD_ASSIGN)
-            session.execute(q.STAGE_TRAITS, [0, hi])
+            _stage_traits(session, 0, hi)
             if self._unknown_traits == "infer":
                 session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
             session.execute(q.CHECK_TRAITS)
@@ -318,7 +318,7 @@ class Processor:
         if consent:
             session.execute(q.STAGE_CONSENT, [lo, hi])
         if traits:
-            session.execute(q.STAGE_TRAITS, [lo, hi])
+            _stage_traits(session, lo, hi)
             if self._unknown_traits == "infer":
                 session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
             session.execute(q.CHECK_TRAITS)
@@ -367,6 +367,13 @@ def _record(plan: BatchPlan, event: SlowEvent, resolution: Resolution) -> None:
         plan.conflicts.append((event, profile_id, resolution.dropped))
     plan.attached.extend((ident, profile_id, event) for ident in resolution.attached)
     plan.assigned.append((event.seq, profile_id))
+
+
+def _stage_traits(session: Session, lo: int, hi: int) -> None:
+    """b_traits: the trait values of the identify events in (lo, hi], with the parts of objects sent as null."""
+    session.execute(q.STAGE_TRAITS, [lo, hi])
+    session.execute(q.RECORD_TRAIT_PARENTS)
+    session.execute(q.STAGE_TRAIT_CHANGES)
 
 
 def _combine_traits(session: Session) -> None:

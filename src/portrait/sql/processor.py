@@ -283,23 +283,43 @@ FROM statements AS s LEFT JOIN b_assign AS a ON a.seq = s.seq
 WHERE s.status IS NOT NULL AND s.purpose <> ''
 """)
 # Trait names become attribute codes (attributes.code_for, in SQL): camelCase -> snake_case, one level of nesting
-# flattened with "_" (address.city -> address_city). Params: lo, hi.
+# flattened with "_" (address.city -> address_city, whose parent is address). Params: lo, hi.
 _CODE = ("trim(regexp_replace(lower(regexp_replace({0}, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')), "
          "'[^a-z0-9_]+', '_', 'g'), '_')")
 STAGE_TRAITS = parse(f"""
-CREATE OR REPLACE TEMP TABLE b_traits AS
+CREATE OR REPLACE TEMP TABLE b_trait_values AS
 WITH top AS (
     SELECT a.profile_id, e.timestamp, e.seq, j.key, j.value, j.type
     FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j
     WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify'
 ), flat AS (
-    SELECT profile_id, timestamp, seq, key, value, type FROM top WHERE type <> 'OBJECT'
+    SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type, NULL AS parent FROM top
+    WHERE type <> 'OBJECT'
     UNION ALL
-    SELECT t.profile_id, t.timestamp, t.seq, t.key || '.' || n.key, n.value, n.type
+    SELECT t.profile_id, t.timestamp, t.seq, {_CODE.format("t.key || '.' || n.key")}, n.value, n.type,
+           {_CODE.format('t.key')}
     FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
 )
-SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type FROM flat
-WHERE {_CODE.format('key')} <> ''
+SELECT * FROM flat WHERE code <> ''
+""")
+# Which codes came from nesting under which trait (address_city under address), so that sending the whole object
+# as null removes its parts too. One row per code, whichever profile sent it.
+RECORD_TRAIT_PARENTS = parse("""
+INSERT INTO trait_parents (code, parent)
+SELECT code, min(parent) FROM b_trait_values WHERE parent IS NOT NULL AND parent <> '' AND code <> parent
+GROUP BY code
+ON CONFLICT DO NOTHING
+""")
+# The batch's trait values, plus a removal of every known part of an object sent as null ({"address": null}
+# removes address_city, address_street...), at that event's time. A part the same event also names keeps its value.
+STAGE_TRAIT_CHANGES = parse("""
+CREATE OR REPLACE TEMP TABLE b_traits AS
+SELECT profile_id, timestamp, seq, code, value, type FROM b_trait_values
+UNION ALL
+SELECT v.profile_id, v.timestamp, v.seq, p.code, CAST('null' AS JSON), 'NULL'
+FROM b_trait_values AS v JOIN trait_parents AS p ON p.parent = v.code
+WHERE v.type = 'NULL' AND v.parent IS NULL
+  AND NOT EXISTS (SELECT 1 FROM b_trait_values AS o WHERE o.seq = v.seq AND o.code = p.code)
 """)
 # Each trait value checked against its attribute: coerced to the attribute's type ("42" into an integer is fine,
 # "abc" is not) and its validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not
@@ -444,7 +464,8 @@ FROM b_events AS b WHERE b.seq NOT IN (SELECT seq FROM b_assign)
 """)
 DROP_BATCH_TABLES = parse_many(
     "DROP TABLE IF EXISTS b_ids_raw; DROP TABLE IF EXISTS b_owned; DROP TABLE IF EXISTS b_events; "
-    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_checked; "
+    "DROP TABLE IF EXISTS b_assign; DROP TABLE IF EXISTS b_traits; DROP TABLE IF EXISTS b_trait_values; "
+    "DROP TABLE IF EXISTS b_checked; "
     "DROP TABLE IF EXISTS trait_input; DROP TABLE IF EXISTS b_new; DROP TABLE IF EXISTS b_attach"
 )
 # An event the processor cannot handle is set aside: listed as rejected with the error, kept in the log.

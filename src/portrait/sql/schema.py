@@ -415,6 +415,26 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         SELECT profile_id, min(timestamp), max(timestamp), count(*) FROM event_profiles GROUP BY profile_id;
         """
     ),
+    17: parse_many(
+        """
+        -- Which trait codes came from nesting under which trait (address_city under address): sending the whole
+        -- object as null removes its parts. Filled from the identify events already in the log.
+        CREATE TABLE IF NOT EXISTS trait_parents (
+            code VARCHAR PRIMARY KEY,
+            parent VARCHAR NOT NULL
+        );
+        INSERT INTO trait_parents
+        SELECT code, min(parent) FROM (
+            SELECT trim(regexp_replace(lower(regexp_replace(j.key || '.' || n.key, '([a-z0-9])([A-Z])', '\\1_\\2',
+                                                            'g')), '[^a-z0-9_]+', '_', 'g'), '_') AS code,
+                   trim(regexp_replace(lower(regexp_replace(j.key, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
+                                       '[^a-z0-9_]+', '_', 'g'), '_') AS parent
+            FROM events AS e, json_each(e.traits) AS j, json_each(j.value) AS n
+            WHERE e.type = 'identify' AND j.type = 'OBJECT'
+        ) WHERE code <> '' AND parent <> '' AND code <> parent
+        GROUP BY code;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
