@@ -116,7 +116,7 @@ def test_admin_actions_and_personal_reads_are_audited(client: TestClient, portra
     assert client.get("/api/audit", headers=bearer(reader["key"])).status_code == 403
 
 
-@pytest.mark.parametrize("user_id", ["ann.smith", "team/42/x"])
+@pytest.mark.parametrize("user_id", ["ann.smith", "team/42/x", "two\nlines"])
 def test_the_audit_log_masks_the_whole_identifier_in_a_path(client: TestClient, portrait: Portrait,
                                                             user_id: str) -> None:
     from portrait.client import profile_path

@@ -88,6 +88,9 @@ def test_unknown_or_missing_write_key_is_401_with_json_error(client: TestClient,
     assert response.status_code == 401
     assert response.json()["code"] == "unauthorized" and response.json()["message"]
     assert response.headers["www-authenticate"].startswith("Basic realm=")  # the write key's scheme
+    browser = client.post("/v1/batch", content=orjson.dumps(body), headers={"Origin": "https://shop.example.com"})
+    assert browser.status_code == 401  # a Basic challenge would make a browser prompt the shop's visitors
+    assert not browser.headers["www-authenticate"].lower().startswith(("basic", "digest"))
 
 
 def test_json_is_read_whatever_the_content_type(client: TestClient, portrait: Portrait) -> None:
@@ -169,6 +172,16 @@ def test_an_oversize_compressed_body_is_kept_decompressed(client: TestClient, en
     assert response.status_code == 400 and response.json()["code"] == "body_too_large"
     [kept] = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
     assert kept["payload"] == body[:65536].decode() + "... [the rest not kept]"
+
+
+def test_an_oversize_multi_member_gzip_body_says_the_rest_was_not_kept(client: TestClient) -> None:
+    body = orjson.dumps({"batch": [track(userId=f"u-{i}", properties={"note": "x" * 500}) for i in range(1500)]})
+    compressed = gzip.compress(body[:30]) + gzip.compress(body[30:])  # a gzip file may be several members
+    response = client.post("/v1/batch", content=compressed,
+                           headers={"Authorization": BASIC, "Content-Encoding": "gzip"})
+    assert response.status_code == 400 and response.json()["code"] == "body_too_large"
+    [kept] = client.get("/api/events/rejected", headers=ADMIN).json()["rejected"]
+    assert kept["payload"] == body[:30].decode() + "... [the rest not kept]"
 
 
 def test_every_field_sent_comes_back_from_the_events_api(client: TestClient, portrait: Portrait) -> None:
@@ -278,7 +291,7 @@ def test_profile_lookup_endpoints(client: TestClient, portrait: Portrait) -> Non
     assert events["next"] is None
 
 
-@pytest.mark.parametrize("user_id", ["team/42", "ord#2", "q?x=1", "50%off", "a/b/events/c", "/lead/"])
+@pytest.mark.parametrize("user_id", ["team/42", "ord#2", "q?x=1", "50%off", "a/b/events/c", "/lead/", "two\nlines"])
 def test_any_identifier_can_be_read_through_the_api(client: TestClient, portrait: Portrait, user_id: str) -> None:
     """Identifiers holding /, #, ? or % reach their own profile when percent-encoded (the CLI's client does it)."""
     from portrait.client import profile_path

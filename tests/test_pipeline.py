@@ -160,14 +160,28 @@ def test_an_object_trait_sent_as_null_removes_its_parts(portrait: Portrait) -> N
              traits={"address": {"city": "Oslo", "street": "X"}, "email": "a@x.com", "emailVerified": True}),
          msg("identify", userId="u-1", at="2026-03-03T00:00:00Z", traits={"address": None, "email": None}))
     assert portrait.traits("user_id:u-1") == {"email_verified": True}
-    load(portrait, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z", traits={"address": {"city": "Bergen"}}))
-    assert portrait.traits("user_id:u-1") == {"email_verified": True}  # older than the removal
+    load(portrait, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z",  # late: older than the removal,
+                       traits={"address": {"city": "Bergen", "zip": "5003"}}))  # with a part not known before
+    assert portrait.traits("user_id:u-1") == {"email_verified": True}
     load(portrait, msg("identify", userId="u-1", at="2026-03-04T00:00:00Z", traits={"address": {"zip": "0150"}}),
          msg("identify", userId="u-2", at="2026-03-04T00:00:00Z", traits={"address": {"city": "Rome"}}),
          msg("identify", userId="u-2", at="2026-03-05T00:00:00Z",  # in one batch, and with a part set anew
              traits={"address": None, "addressZip": "00100"}))
     assert portrait.traits("user_id:u-1") == {"email_verified": True, "address_zip": "0150"}
     assert portrait.traits("user_id:u-2") == {"address_zip": "00100"}
+    portrait.rebuild_traits()  # the whole log at once gives the same traits
+    assert portrait.traits("user_id:u-1") == {"email_verified": True, "address_zip": "0150"}
+    assert portrait.traits("user_id:u-2") == {"address_zip": "00100"}
+
+
+def test_an_object_sent_as_null_raises_no_issue_for_a_calculated_part(portrait: Portrait) -> None:
+    portrait.create_attribute({"code": "full_name", "name": "Full name",
+                               "definition": 'concat(first_name, " ", last_name)'})
+    load(portrait, msg("identify", userId="u-1", traits={"full": {"name": "X"}}))  # refused: calculated
+    load(portrait, msg("identify", userId="u-2", at="2026-03-02T00:00:00Z", traits={"full": None}))
+    assert [(i["attribute"], i["profile_id"]) for i in portrait.data_quality()["issues"]] == [
+        ("full_name", portrait.resolve_profile_id("user_id:u-1"))]
+    assert portrait.rebuild_traits()["values"] == 2  # the values sent, not the removals they imply
 
 
 def test_object_parts_already_in_the_log_are_known_after_migrating(tmp_path: Path) -> None:
@@ -182,6 +196,25 @@ def test_object_parts_already_in_the_log_are_known_after_migrating(tmp_path: Pat
     upgraded = Portrait(settings, background=False)
     load(upgraded, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z", traits={"address": None}))
     assert upgraded.traits("user_id:u-1") == {"prefs_tone": "x"}
+    upgraded.close()
+
+
+def test_identify_traits_logged_only_in_context_are_applied_after_migrating(tmp_path: Path) -> None:
+    """Migration 18: identify events logged before traits were read from context.traits (RudderStack's SDKs) get
+    them in the log's traits column; a recheck applies them."""
+    settings = Settings(db_path=str(tmp_path / "r.duckdb"))
+    old = Portrait(settings, background=False)
+    load(old, msg("identify", userId="u-1", context={"traits": {"plan": "gold"}}),
+         msg("identify", userId="u-2", traits={"plan": "pro"}, context={"traits": {"plan": "gold", "age": 3}}))
+    old.close()
+    with duckdb.connect(settings.db_path) as con:  # as if logged before: traits only in context
+        con.execute("UPDATE events SET traits = '{}' WHERE user_id = 'u-1'")
+        con.execute("DELETE FROM profile_traits")
+        con.execute("DELETE FROM schema_migrations WHERE version = 18")
+    upgraded = Portrait(settings, background=False)
+    upgraded.rebuild_traits()
+    assert upgraded.traits("user_id:u-1") == {"plan": "gold"}
+    assert upgraded.traits("user_id:u-2") == {"plan": "pro", "age": 3}  # untouched: logged with both merged
     upgraded.close()
 
 

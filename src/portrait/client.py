@@ -45,14 +45,25 @@ def profile_path(reference: str, *parts: str) -> str:
 
 
 class _Http(httpx.Client):
-    """An httpx client whose failures to reach the server are PortraitErrors (the CLI prints them plainly)."""
+    """An httpx client whose failures to talk to the server are PortraitErrors (the CLI prints them plainly)."""
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         try:
             return super().send(request, **kwargs)
-        except httpx.TransportError as exc:  # refused, reset, timed out, not an http(s) URL...
-            raise ServerUnreachable(f"cannot reach the Portrait server at {self.base_url}: "
-                                    f"{exc or type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise transport_problem(str(self.base_url), exc) from exc
+
+
+def transport_problem(url: str, exc: httpx.TransportError) -> ServerUnreachable:
+    """What went wrong talking to the server at ``url``, said so that the user knows whether it got the request."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return ServerUnreachable(f"the Portrait server at {url} did not answer in time ({detail}); it may still "
+                                 "finish what was asked")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return ServerUnreachable(f"the Portrait server at {url} broke off its answer ({detail}); it may have "
+                                 "stopped")
+    return ServerUnreachable(f"cannot reach the Portrait server at {url}: {detail}")
 
 
 class RemotePortrait:
@@ -63,7 +74,10 @@ class RemotePortrait:
         self.url = url.rstrip("/")
         self._admin = admin_key
         self._write = write_key
-        self._http = _Http(base_url=self.url, timeout=timeout)
+        try:
+            self._http = _Http(base_url=self.url, timeout=timeout)
+        except httpx.InvalidURL as exc:
+            raise ServerUnreachable(f"{url!r} is not a server URL: {exc}") from exc
 
     def close(self) -> None:
         self._http.close()
@@ -159,8 +173,11 @@ class RemotePortrait:
                 response.read()
                 _checked(response)
             with output.open("wb") as handle:
-                for chunk in response.iter_bytes():
-                    handle.write(chunk)
+                try:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                except httpx.TransportError as exc:
+                    raise transport_problem(self.url, exc) from exc
             return dict(json.loads(response.headers["x-portrait-export"]))
 
     def import_file(self, path: Path, params: dict[str, Any]) -> dict[str, Any]:

@@ -99,16 +99,19 @@ HINT_TYPE_SEPARATOR = "\x1f"  # between an identifier's type and its raw value
 _HINT_SCALARS = (str, int)
 
 
-def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple[str, ...]) -> str | None:
+def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple[str, ...],
+                   context: Any = None) -> str | None:
     """The raw identifiers a message carries besides userId/anonymousId, as ``type\x1fvalue`` entries.
 
     Read at ingestion, where the message is already parsed, and stored with the event; the processor normalizes
     them (lower-case emails, E.164 phones, blocked values), so normalization rules can change and be re-applied.
     Sources: ``traits`` (identify only) and ``context.traits`` for email, phone and the configured identity
-    traits; ``context.externalIds`` for custom types.
+    traits; ``context.externalIds`` for custom types. ``context``: the message's context, if not its own (with the
+    batch's merged in).
     """
     found: list[str] = []
-    context = message.get("context")
+    if context is None:
+        context = message.get("context")
     context = context if context.__class__ is dict else {}
     for source in (message.get("traits") if kind == "identify" else None, context.get("traits")):
         if source.__class__ is dict and source:

@@ -181,7 +181,8 @@ def readable_head(raw: bytes, content_encoding: str | None) -> tuple[bytes, bool
         head = inflater.decompress(raw, RAW_KEEP_BYTES + 1024)  # a margin: a write key at the cut is still seen
     except zlib.error:
         return raw, False
-    return (head, bool(inflater.unconsumed_tail) or not inflater.eof) if head else (raw, False)
+    more = bool(inflater.unconsumed_tail or inflater.unused_data) or not inflater.eof  # unused: more gzip members
+    return (head, more) if head else (raw, False)
 
 
 def parse_request(body: bytes, endpoint: str, limits: Limits) -> ParsedRequest:
@@ -552,9 +553,9 @@ class MessageReader:
         name = message.get("event") if kind == "track" else message.get("name")
         if name is not None and name.__class__ is not str:
             raise Invalid("invalid_field", f"{'event' if kind == 'track' else 'name'} must be a string")
-        # The batch's context counts as the message's own (merged in below): its traits can name the person too.
-        hints = identity_hints(kind, message if self.batch_context is None else
-                               {**message, "context": self._merged_context(message)}, self.identity_traits)
+        # The batch's context counts as the message's own (merged in): its traits can name the person too.
+        merged = None if self.batch_context is None else self._merged_context(message)
+        hints = identity_hints(kind, message, self.identity_traits, merged)
         if self.suppressed is not None and self.suppressed(_identifiers(user_id, anonymous_id, previous_id, hints)):
             raise Suppressed("suppressed", "the message names an erased person")
         identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
@@ -565,12 +566,12 @@ class MessageReader:
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at)
         properties = _json_object(message, "properties", self.limits)
-        traits = (self._identify_traits(message) if kind == "identify" else
+        traits = (self._identify_traits(message, merged) if kind == "identify" else
                   _json_object(message, "traits", self.limits))
         own_context = message.get("context")
         context = (_dump_object(own_context, "context", self.limits)  # the usual case, without a call more
                    if own_context.__class__ is dict and own_context and self.batch_context is None
-                   else self._context(message))
+                   else self._context(message, merged))
         others = _other_fields(message, _OWN_FIELDS[kind])
         extra = None if others is None and self.batch_integrations is None else self._extra(others or {})
         out.message_id.append(message_id)
@@ -596,13 +597,14 @@ class MessageReader:
             return own
         return {**self.batch_context, **own} if own else self.batch_context
 
-    def _identify_traits(self, message: dict[str, Any]) -> str:
-        """An identify's traits: ``traits`` over ``context.traits``.
+    def _identify_traits(self, message: dict[str, Any], merged: Any) -> str:
+        """An identify's traits: ``traits`` over ``context.traits`` (``merged``: the context with the batch's, if
+        there is one).
 
         RudderStack's SDKs send an identify's traits only in ``context.traits`` (Segment's in ``traits``); both are
         the person's traits as of the message, so both apply, the top-level ones winning where both name a trait.
         """
-        context = self._merged_context(message)
+        context = message.get("context") if self.batch_context is None else merged
         carried = context.get("traits") if context.__class__ is dict else None
         if carried.__class__ is not dict or not carried:
             return _json_object(message, "traits", self.limits)
@@ -611,11 +613,10 @@ class MessageReader:
             return _json_object(message, "traits", self.limits)  # refused: traits must be an object
         return _dump_object({**carried, **(own or {})}, "traits", self.limits)
 
-    def _context(self, message: dict[str, Any]) -> str:
+    def _context(self, message: dict[str, Any], merged: Any) -> str:
         own = message.get("context")
         if own.__class__ is dict and own:
-            return _dump_object(own if self.batch_context is None else {**self.batch_context, **own}, "context",
-                                self.limits)
+            return _dump_object(own if self.batch_context is None else merged, "context", self.limits)
         if own is None or own == {}:
             return self.batch_context_text
         return _json_object(message, "context", self.limits)  # not an object: refused

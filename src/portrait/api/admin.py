@@ -34,21 +34,21 @@ def router(portrait: Portrait) -> APIRouter:
         document = await run_in_threadpool(portrait.profile, identity)
         return await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_profile")
 
-    @api.get("/profiles/{identity:path}/traits")
+    @api.get("/profiles/{identity:identity_prefix}/traits")
     async def traits(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "traits": await run_in_threadpool(portrait.traits, identity)}
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_traits")
         return dict(shown["traits"])
 
-    @api.get("/profiles/{identity:path}/identities")
+    @api.get("/profiles/{identity:identity_prefix}/identities")
     async def identities(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "identities": await run_in_threadpool(portrait.identities, identity)}
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_identities")
         return {"identities": shown["identities"]}
 
-    @api.get("/profiles/{identity:path}/events", summary="Events of a profile, newest first, with a cursor")
+    @api.get("/profiles/{identity:identity_prefix}/events", summary="Events of a profile, newest first, with a cursor")
     async def events(
         identity: str,
         event: str | None = None,
@@ -64,11 +64,11 @@ def router(portrait: Portrait) -> APIRouter:
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile_events, page)
         return shown
 
-    @api.get("/profiles/{identity:path}/consent", summary="Current consent per purpose, and every statement")
+    @api.get("/profiles/{identity:identity_prefix}/consent", summary="Current consent per purpose, and every statement")
     async def consent(identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.consents, identity)
 
-    @api.post("/profiles/{identity:path}/consent",
+    @api.post("/profiles/{identity:identity_prefix}/consent",
               summary="Record consent: {purpose: granted|denied|{status, legal_basis}}")
     async def set_consent(identity: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.set_consent, identity, payload)

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 ENDPOINTS = (*BATCH_ENDPOINTS, *ENDPOINT_TYPES)
 SUCCESS = b'{"success":true}'
 # RFC 9110: a 401 names the scheme that works; the write key goes as the Basic-auth user name (or in the body).
+# Not to browsers (requests with an Origin): a Basic challenge on a same-origin request (ingestion proxied on the
+# shop's own domain) makes the browser ask every visitor for a password, so they get a scheme no browser acts on.
 WRITE_KEY_CHALLENGE = 'Basic realm="Portrait ingestion", charset="UTF-8"'
+BROWSER_CHALLENGE = 'WriteKey realm="Portrait ingestion"'
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
@@ -65,7 +68,7 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
         extra = ({"Retry-After": str(exc.retry_after), "X-RateLimit-Reset": str(exc.retry_after)}
                  if isinstance(exc, RateLimited) else {})
         if status == 401:
-            extra["WWW-Authenticate"] = WRITE_KEY_CHALLENGE
+            extra["WWW-Authenticate"] = BROWSER_CHALLENGE if "origin" in headers else WRITE_KEY_CHALLENGE
         return status, error_body(exc.code, exc.message), {**cors, **extra}
     except Exception:
         log.exception("unexpected error while ingesting a request")  # SDKs re-send on 5xx; nothing was committed

@@ -66,7 +66,8 @@ def router(portrait: Portrait) -> APIRouter:
     async def sizes(segment: str) -> dict[str, Any]:
         return {"sizes": await run_in_threadpool(segments.sizes, segment)}
 
-    @api.get("/segments/{segment}/explain/{identity:path}", summary="Which parts of the condition hold for a profile")
+    @api.get("/segments/{segment}/explain/{identity:identity_prefix}",
+             summary="Which parts of the condition hold for a profile")
     async def explain(segment: str, identity: str, request: Request) -> dict[str, Any]:
         found = await run_in_threadpool(portrait.explain_segment, segment, identity)
         return await run_in_threadpool(Viewer(portrait, caller(request)).explanation, found)
@@ -80,7 +81,7 @@ def router(portrait: Portrait) -> APIRouter:
     async def funnel(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.funnel, payload)
 
-    @api.get("/profiles/{identity:path}/segments", summary="The segments a profile is in, and since when")
+    @api.get("/profiles/{identity:identity_prefix}/segments", summary="The segments a profile is in, and since when")
     async def of_profile(identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.profile_segments, identity)
 

@@ -54,19 +54,21 @@ def serve(
         portrait = Portrait(settings)
     except PortraitError as exc:  # in use by another process, a missing or wrong encryption key...
         raise _fail(exc) from exc
-    _print_generated(portrait.generated_keys)
-    gc.freeze()
-    url = f"http://{settings.host}:{settings.port}"
-    write_server_file(settings.db_path, url)
-    console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
-                  f"API docs: {url}/docs)")
-    # uvicorn shuts down gracefully on SIGTERM (docker stop, systemd) and then raises the signal again; by default
-    # that would end the process before the database is closed and the server file removed.
+    # From here SIGTERM (docker stop, systemd) ends the process through the `finally` below. While uvicorn runs it
+    # shuts down gracefully first and then raises the signal again, which by default would end the process before
+    # the database is closed and the server file removed.
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
+        _print_generated(portrait.generated_keys)
+        gc.freeze()
+        url = f"http://{settings.host}:{settings.port}"
+        write_server_file(settings.db_path, url)
+        console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
+                      f"API docs: {url}/docs)")
         uvicorn.run(create_app(settings, portrait, schedule_sources=True), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the shutdown short
         portrait.close()
         remove_server_file(settings.db_path)
 

@@ -303,23 +303,29 @@ WITH top AS (
 SELECT * FROM flat WHERE code <> ''
 """)
 # Which codes came from nesting under which trait (address_city under address), so that sending the whole object
-# as null removes its parts too. One row per code, whichever profile sent it.
+# as null removes its parts. Whichever profile sent it; a code may have several parents (a_b.c and a.b_c).
 RECORD_TRAIT_PARENTS = parse("""
 INSERT INTO trait_parents (code, parent)
-SELECT code, min(parent) FROM b_trait_values WHERE parent IS NOT NULL AND parent <> '' AND code <> parent
-GROUP BY code
+SELECT DISTINCT code, parent FROM b_trait_values WHERE parent IS NOT NULL AND parent <> '' AND code <> parent
 ON CONFLICT DO NOTHING
 """)
-# The batch's trait values, plus a removal of every known part of an object sent as null ({"address": null}
-# removes address_city, address_street...), at that event's time. A part the same event also names keeps its value.
+# The batch's trait values, where an object sent as null has the last word over its parts:
+# - a removal of every known part of an object sent as null ({"address": null} removes address_city...) at that
+#   event's time, unless the same event names the part too, or the part is calculated (never set by events);
+# - a part older than its object's removal already on the profile (a late event) is left out, so that it does not
+#   come back (whether the part was known at the removal or not: the log read in any order gives one result).
 STAGE_TRAIT_CHANGES = parse("""
 CREATE OR REPLACE TEMP TABLE b_traits AS
-SELECT profile_id, timestamp, seq, code, value, type FROM b_trait_values
+SELECT v.profile_id, v.timestamp, v.seq, v.code, v.value, v.type FROM b_trait_values AS v
+WHERE v.parent IS NULL OR NOT EXISTS (
+    SELECT 1 FROM profile_traits AS t WHERE t.profile_id = v.profile_id AND t.key = v.parent AND t.value IS NULL
+      AND (t.updated_at > v.timestamp OR (t.updated_at = v.timestamp AND t.seq > v.seq)))
 UNION ALL
 SELECT v.profile_id, v.timestamp, v.seq, p.code, CAST('null' AS JSON), 'NULL'
 FROM b_trait_values AS v JOIN trait_parents AS p ON p.parent = v.code
 WHERE v.type = 'NULL' AND v.parent IS NULL
   AND NOT EXISTS (SELECT 1 FROM b_trait_values AS o WHERE o.seq = v.seq AND o.code = p.code)
+  AND p.code NOT IN (SELECT code FROM attributes WHERE calculated)
 """)
 # Each trait value checked against its attribute: coerced to the attribute's type ("42" into an integer is fine,
 # "abc" is not) and its validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not
@@ -482,4 +488,4 @@ FROM events WHERE seq = ?
 REBUILD_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, profile_id FROM event_profiles")
 CLEAR_TRAITS = parse("DELETE FROM profile_traits")
 CLEAR_QUALITY = parse("DELETE FROM data_quality")
-COUNT_CHECKED = parse("SELECT count(*) FROM b_checked")
+COUNT_CHECKED = parse("SELECT count(*) FROM b_trait_values")  # the values read (not the removals they imply)

@@ -420,19 +420,29 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         -- Which trait codes came from nesting under which trait (address_city under address): sending the whole
         -- object as null removes its parts. Filled from the identify events already in the log.
         CREATE TABLE IF NOT EXISTS trait_parents (
-            code VARCHAR PRIMARY KEY,
-            parent VARCHAR NOT NULL
+            code VARCHAR NOT NULL,
+            parent VARCHAR NOT NULL,
+            PRIMARY KEY (code, parent)
         );
         INSERT INTO trait_parents
-        SELECT code, min(parent) FROM (
+        SELECT DISTINCT code, parent FROM (
             SELECT trim(regexp_replace(lower(regexp_replace(j.key || '.' || n.key, '([a-z0-9])([A-Z])', '\\1_\\2',
                                                             'g')), '[^a-z0-9_]+', '_', 'g'), '_') AS code,
                    trim(regexp_replace(lower(regexp_replace(j.key, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
                                        '[^a-z0-9_]+', '_', 'g'), '_') AS parent
             FROM events AS e, json_each(e.traits) AS j, json_each(j.value) AS n
             WHERE e.type = 'identify' AND j.type = 'OBJECT'
-        ) WHERE code <> '' AND parent <> '' AND code <> parent
-        GROUP BY code;
+        ) WHERE code <> '' AND parent <> '' AND code <> parent;
+        """
+    ),
+    18: parse_many(
+        """
+        -- An identify's traits are its traits over its context.traits (spec.MessageReader), where RudderStack's SDKs
+        -- send them. Identify events logged before carry them in context.traits only: the log's traits column
+        -- takes them (context stays as sent). `portrait attributes recheck` then applies them to profiles.
+        UPDATE events SET traits = CAST(json_extract(context, '$.traits') AS VARCHAR)
+        WHERE type = 'identify' AND (traits IS NULL OR traits = '{}') AND json_type(context, '$.traits') = 'OBJECT'
+          AND CAST(json_extract(context, '$.traits') AS VARCHAR) <> '{}';
         """
     ),
 }

@@ -200,7 +200,7 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
         return connection
     except duckdb.IOException as exc:
         text = str(exc)
-        if "lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
+        if "could not set lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
             raise PortraitError(f"cannot open the database {path}: {text.removeprefix('IO Error: ')}",
                                 code="database_unreadable") from exc
         pid = _LOCK_PID.search(text)
