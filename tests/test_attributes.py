@@ -19,7 +19,8 @@ from portrait.service import Portrait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NAMES = ["firstName", "first_name", "address.city", "address.postalCode", "LTV", "utm-source", "createdAt",
-         "Plan Tier", "x.y.z", "already_snake", "HTTPStatus", "__weird__"]
+         "Plan Tier", "x.y.z", "already_snake", "HTTPStatus", "__weird__", "prénom", "Größe", "adresse.straße",
+         "ÉtatCivil"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -33,6 +34,18 @@ def test_python_and_sql_agree_on_codes(portrait: Portrait, name: str) -> None:
     assert list(portrait.traits(f"user_id:u-{name}")) == [code_for(name)]
 
 
+def test_a_trait_whose_name_leaves_no_code_is_listed_not_lost(portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": "u1",
+                               "traits": {"名前": "太郎", "ключ": "v", "größe": 180, "grüße": "hallo"}}])
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"grosse": 180, "grusse": "hallo"}
+    issues = portrait.data_quality()["issues"]
+    assert sorted((i["attribute"], i["raw_value"]) for i in issues) == [("ключ", '"v"'), ("名前", '"太郎"')]
+    assert all("leaves no attribute code" in i["reason"] and i["message_id"] for i in issues)
+    portrait.rebuild_traits()  # listed again, once, by a recheck
+    assert len(portrait.data_quality()["issues"]) == 2
+
+
 def test_standard_attributes_are_there_with_metadata(portrait: Portrait) -> None:
     listed = {a["code"]: a for a in portrait.attributes.list(standard=True)}
     assert set(listed) == {a.code for a in STANDARD}
@@ -43,14 +56,18 @@ def test_standard_attributes_are_there_with_metadata(portrait: Portrait) -> None
 def test_unknown_traits_become_custom_attributes_typed_from_their_values(portrait: Portrait) -> None:
     portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {
         "firstName": "Ann", "loyaltyTier": "gold", "lifetimeOrders": 3, "ltv": 12.5, "vip": True,
-        "tags": ["a"], "address": {"city": "Gdansk", "postalCode": "80-001"}, "gone": None}}])
+        "tags": ["a"], "address": {"city": "Gdansk", "postalCode": "80-001", "geo": {"lat": 54.3}}, "gone": None}}])
+    portrait.ingest_messages([{"type": "identify", "userId": "u2", "traits": {"lifetimeOrders": 2.5}}])
     portrait.process_pending()
     assert portrait.traits("user_id:u1") == {"first_name": "Ann", "loyalty_tier": "gold", "lifetime_orders": 3,
                                              "ltv": 12.5, "vip": True, "tags": ["a"], "address_city": "Gdansk",
-                                             "address_postal_code": "80-001"}
+                                             "address_postal_code": "80-001", "address_geo": {"lat": 54.3}}
+    assert portrait.traits("user_id:u2") == {"lifetime_orders": 2.5}  # first seen whole, still takes fractions
     custom = {a["code"]: a for a in portrait.attributes.list(standard=False)}
-    assert {c: a["type"] for c, a in custom.items()} == {"loyalty_tier": "string", "lifetime_orders": "integer",
-                                                         "ltv": "number", "vip": "boolean", "tags": "list"}
+    assert {c: a["type"] for c, a in custom.items()} == {"loyalty_tier": "string", "lifetime_orders": "number",
+                                                         "ltv": "number", "vip": "boolean", "tags": "list",
+                                                         "address_geo": "object"}
+    assert portrait.data_quality()["issues"] == []
     assert all(a["auto_created"] and not a["standard"] for a in custom.values())
     assert portrait.attributes.get("first_name")["usage"] == {"values": 1, "profiles": 1}
 

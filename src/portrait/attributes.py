@@ -9,6 +9,7 @@ for lookups; a test keeps the two in step.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,8 +23,11 @@ _CODE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 def code_for(name: str) -> str:
-    """The attribute code of a trait name: ``firstName`` -> ``first_name``, ``address.city`` -> ``address_city``."""
-    snake = _CAMEL.sub(r"\1_\2", name.strip()).lower()
+    """The attribute code of a trait name: ``firstName`` -> ``first_name``, ``address.city`` -> ``address_city``,
+    ``prénom`` -> ``prenom``; ``''`` for a name with no Latin letter or digit (as DuckDB's strip_accents in SQL)."""
+    plain = "".join(c for c in unicodedata.normalize("NFD", name.strip().replace("ß", "ss"))
+                    if unicodedata.category(c) not in ("Mn", "Mc", "Me"))
+    snake = _CAMEL.sub(r"\1_\2", plain).lower()
     return _NOT_CODE.sub("_", snake).strip("_")
 
 
@@ -35,9 +39,11 @@ def check_code(code: str) -> str:
 
 
 # The type a custom attribute gets from the first value seen (DuckDB's json_type names); anything else: string.
-# Objects never reach this: one level of nesting is flattened into codes of their own.
-INFERRED_TYPES = {"BIGINT": "integer", "UBIGINT": "integer", "DOUBLE": "number", "BOOLEAN": "boolean",
-                  "ARRAY": "list"}
+# A whole number gives "number", not "integer": JSON does not tell 10.0 from 10, so a price or score that first
+# arrives whole must still take 10.5 later (define the attribute as integer to refuse fractions). One level of
+# nesting is flattened into codes of their own; an object nested deeper is kept as an object.
+INFERRED_TYPES = {"BIGINT": "number", "UBIGINT": "number", "DOUBLE": "number", "BOOLEAN": "boolean",
+                  "ARRAY": "list", "OBJECT": "object"}
 
 
 @dataclass

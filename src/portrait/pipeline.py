@@ -142,6 +142,7 @@ class Processor:
             _combine_traits(session)
             if session.execute(q.COUNT_PROBLEMS)[0][0]:
                 session.execute(q.RECORD_QUALITY, [now])
+            session.execute(q.RECORD_UNUSABLE_TRAIT_NAMES, [now])
             for statement in q.DROP_BATCH_TABLES:
                 session.execute(statement)
         return count
@@ -326,6 +327,7 @@ class Processor:
             _combine_traits(session)
             if session.execute(q.COUNT_PROBLEMS)[0][0]:
                 session.execute(q.RECORD_QUALITY, [now])
+            session.execute(q.RECORD_UNUSABLE_TRAIT_NAMES, [now])
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
 

@@ -426,9 +426,11 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         INSERT INTO trait_parents
         SELECT DISTINCT code, parent FROM (
-            SELECT trim(regexp_replace(lower(regexp_replace(j.key || '.' || n.key, '([a-z0-9])([A-Z])', '\\1_\\2',
-                                                            'g')), '[^a-z0-9_]+', '_', 'g'), '_') AS code,
-                   trim(regexp_replace(lower(regexp_replace(j.key, '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
+            SELECT trim(regexp_replace(lower(regexp_replace(strip_accents(replace(j.key || '.' || n.key, 'ß', 'ss')),
+                                                            '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
+                                       '[^a-z0-9_]+', '_', 'g'), '_') AS code,
+                   trim(regexp_replace(lower(regexp_replace(strip_accents(replace(j.key, 'ß', 'ss')),
+                                                            '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
                                        '[^a-z0-9_]+', '_', 'g'), '_') AS parent
             FROM events AS e, json_each(e.traits) AS j, json_each(j.value) AS n
             WHERE e.type = 'identify' AND j.type = 'OBJECT'
