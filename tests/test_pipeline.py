@@ -218,6 +218,14 @@ def test_identify_traits_logged_only_in_context_are_applied_after_migrating(tmp_
     upgraded.close()
 
 
+def test_identity_traits_in_camel_case_identify_too(portrait: Portrait) -> None:
+    """Segment's traits are usually camelCase; they become the same attribute code as the configured name."""
+    load(portrait, msg("identify", userId="u-1", traits={"loyaltyCard": "LC-900", "CrmId": "CRM-9"}),
+         msg("track", anonymousId="pos-1", event="Order Completed", context={"traits": {"loyaltyCard": "LC-900"}}))
+    profile_id = portrait.resolve_profile_id("user_id:u-1")
+    assert grouping(portrait, "loyalty_card:LC-900", "crm_id:CRM-9", "anonymous_id:pos-1") == {profile_id}
+
+
 def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:
     load(portrait,
          msg("identify", userId="u-1", traits={"email": "test@test.com"}),

@@ -465,17 +465,31 @@ def test_half_a_surrogate_pair_does_not_cost_the_batch() -> None:
 
 def test_the_fallback_parser_reads_numbers_as_orjson_does() -> None:
     """With half a surrogate pair the standard parser reads the body: integers past 64 bits still become floats
-    (a Python int that orjson cannot write made the request fail with a 500), NaN is still not JSON."""
+    (a Python int that orjson cannot write made the request fail with a 500), a number past a double's range is
+    still refused."""
     body = (b'{"batch": [{"type": "track", "userId": "u1", "event": "E\\ud83d", "properties": {"n": 1'
             + b"0" * 30 + b'}}]}')
     parsed = parse_request(body, "batch", LIMITS)
     columns, rejections = MessageReader(received_at=RECEIVED, source="web", ip=None, request=parsed, limits=LIMITS,
                                         body_bytes=len(body)).read_all()
     assert rejections == [] and orjson.loads(columns.properties[0]) == {"n": 1e30}
-    for not_json in (b"NaN", b"1" + b"0" * 400, b"1e400"):  # orjson refuses them too
+    for not_json in (b"1" + b"0" * 400, b"1e400"):  # orjson refuses them too
         with pytest.raises(BadRequest, match="not valid JSON"):
             parse_request(b'{"batch": [{"event": "E\\ud83d", "n": ' + not_json + b"}]}", "batch", LIMITS)
     assert kept_json({"n": 10**30}) == '{"n": 1000000000000000000000000000000}'  # what was sent, whatever it is
+
+
+def test_nan_and_infinity_from_python_json_are_read_as_null() -> None:
+    """Python's json (segment-analytics-python) writes NaN for a missing float: the batch is read, not refused."""
+    body = json.dumps({"batch": [{"type": "track", "userId": "u1", "event": "Row",
+                                  "properties": {"price": float("nan"), "max": float("inf"), "n": 2}}]}).encode()
+    assert b"NaN" in body and b"Infinity" in body
+    columns, rejections = MessageReader(received_at=RECEIVED, source="web", ip=None,
+                                        request=parse_request(body, "batch", LIMITS), limits=LIMITS,
+                                        body_bytes=len(body)).read_all()
+    assert rejections == [] and orjson.loads(columns.properties[0]) == {"price": None, "max": None, "n": 2}
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        parse_request(b'{"batch": [NaNa]}', "batch", LIMITS)
 
 
 def test_the_kept_text_of_a_refused_body_holds_no_part_of_the_key() -> None:

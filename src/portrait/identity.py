@@ -113,16 +113,31 @@ def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple
     if context is None:
         context = message.get("context")
     context = context if context.__class__ is dict else {}
+    names = _trait_names(identity_traits)
     for source in (message.get("traits") if kind == "identify" else None, context.get("traits")):
         if source.__class__ is dict and source:
-            for name in ("email", "phone", *identity_traits):
-                _add_hint(found, name, source.get(name))
+            for name, id_type in names:
+                _add_hint(found, id_type, source.get(name))
     external = context.get("externalIds")
     if external.__class__ is list:
         for item in external:
             if item.__class__ is dict and item.get("type").__class__ is str:
                 _add_hint(found, item["type"].strip().lower(), item.get("id"))
     return HINT_SEPARATOR.join(found) if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _trait_names(identity_traits: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(trait name, identifier type) pairs to look for: email, phone and each configured identity trait as written
+    and in camelCase and PascalCase (``loyalty_card``, ``loyaltyCard``, ``LoyaltyCard``), as Segment's traits are
+    usually written and as they all become the same attribute code."""
+    pairs = [("email", "email"), ("phone", "phone")]
+    for id_type in identity_traits:
+        head, *rest = id_type.split("_")
+        camel = head + "".join(part[:1].upper() + part[1:] for part in rest)
+        for name in dict.fromkeys((id_type, camel, camel[:1].upper() + camel[1:])):
+            pairs.append((name, id_type))
+    return tuple(pairs)
 
 
 def _add_hint(found: list[str], kind: str, value: Any) -> None:

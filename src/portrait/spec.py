@@ -219,17 +219,20 @@ def _read_document(doc: dict[str, Any], size: int, endpoint: str, limits: Limits
 
 
 def _loads(body: bytes) -> Any:
-    """JSON text -> Python. A string holding half of a UTF-16 surrogate pair (JavaScript cut an emoji in two) is
-    valid JSON that orjson refuses; it is read with the standard parser instead, the half becoming U+FFFD, so one
-    such string does not cost the whole batch."""
+    """JSON text -> Python. Two things orjson refuses are read with the standard parser instead, so that one value
+    does not cost the whole batch (an SDK does not resend a batch answered 400):
+
+    - a string holding half of a UTF-16 surrogate pair (JavaScript cut an emoji in two), valid JSON: the half
+      becomes U+FFFD;
+    - ``NaN``, ``Infinity`` and ``-Infinity``, not JSON but what Python's ``json`` (and so segment-analytics-python)
+      writes for a float that is not a number (pandas' missing values): they become null.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "surrogate" not in str(exc):
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        try:  # read as orjson would: integers past 64 bits as floats, nothing infinite, no NaN
+        try:  # read as orjson would: integers past 64 bits as floats, nothing infinite
             return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_float=_finite_float,
-                                                  parse_constant=_no_constant))
+                                                  parse_constant=_constant_as_null))
         except (ValueError, RecursionError) as again:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
 
@@ -246,8 +249,8 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _constant_as_null(name: str) -> None:
+    return None  # NaN, Infinity, -Infinity
 
 
 def _replace_surrogates(value: Any) -> Any:
