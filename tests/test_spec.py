@@ -301,6 +301,17 @@ def test_out_of_range_timestamp_is_rejected(value: str) -> None:
     _assert_rejected({"type": "identify", "userId": "u1", "timestamp": value}, "invalid_timestamp", "timestamp")
 
 
+def test_a_timestamp_more_than_a_day_ahead_of_its_arrival_is_rejected() -> None:
+    """A wrong clock: its traits would win over every real update until that date."""
+    _assert_rejected({"type": "identify", "userId": "u1", "timestamp": "2024-06-02T12:00:01Z"},
+                     "future_timestamp", "more than a day after")
+    assert read_one({"type": "identify", "userId": "u1", "timestamp": "2024-06-02T11:59:59Z"})["timestamp"] == \
+        datetime(2024, 6, 2, 11, 59, 59)
+    corrected = read_one({"type": "identify", "userId": "u1", "timestamp": "2099-01-01T00:00:00Z",
+                          "sentAt": "2099-01-01T00:00:05Z"})  # the device's clock, corrected by its sentAt
+    assert corrected["timestamp"] == RECEIVED - timedelta(seconds=5)
+
+
 def test_extreme_skew_does_not_crash_the_batch() -> None:
     columns, rejections = read([{"type": "identify", "userId": "u1", "timestamp": "9999-12-31T00:00:00",
                                  "sentAt": "0001-01-01T00:00:00"}])

@@ -20,7 +20,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -35,6 +35,9 @@ ENDPOINT_TYPES: dict[str, str | None] = {
     "screen": "screen", "s": "screen", "group": "group", "g": "group", "alias": "alias", "a": "alias",
 }
 BATCH_ENDPOINTS = ("batch", "import", "b")
+# How far after its arrival an event may say it happened: past that the sender's clock is wrong (an event has
+# not happened yet), and its traits would win over every real update until that date.
+MAX_AHEAD = timedelta(days=1)
 RAW_KEEP_BYTES = 64 * 1024  # how much of an unreadable body we keep for the user to inspect
 MAX_ID_LENGTH = 1024
 _UTC_SUFFIXES = ("Z", "z", "+00:00")
@@ -568,6 +571,10 @@ class MessageReader:
         original = _time_field(message, "originalTimestamp") or client_time
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at)
+        if timestamp > self.received_at + MAX_AHEAD:
+            raise Invalid("future_timestamp", f"timestamp {iso_time(timestamp)} is more than a day after the message "
+                          f"was received ({iso_time(self.received_at)}); a clock that is wrong? (with sentAt the "
+                          "device's clock is corrected)")
         properties = _json_object(message, "properties", self.limits)
         traits = (self._identify_traits(message, merged) if kind == "identify" else
                   _json_object(message, "traits", self.limits))
