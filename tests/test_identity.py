@@ -229,16 +229,29 @@ def test_lowest_priority_identifiers_are_dropped_first() -> None:
     assert keys_of(graph, "A") == {"user_id:u1", "email:new@x.com"}
 
 
-def test_dropping_is_greedy_from_the_end() -> None:
-    # docs/identity.md: drop the lowest-priority identifier and retry. When the conflict is a high-priority one
-    # (a second user_id), everything ranked below it is dropped on the way, even identifiers that fit.
+def test_only_the_identifiers_that_break_a_limit_are_dropped() -> None:
+    # docs/concepts.md: identifiers are taken in priority order and each kept if the profile still fits the limits
+    # with it. A conflict on a high-priority one (a second user_id) drops that one, not the harmless ones below it.
     graph = IdentityGraph(RULES)
     graph.add_profile("A", 1, ordered(["user_id:u1"]))
     event = ordered(["user_id:u1", "user_id:u2", "email:new@x.com", "loyalty_card:L1", f"{ANONYMOUS}:d"])
     res = graph.resolve(event, 2, id_factory())
     assert res.profile_id == "A"
-    assert res.dropped == event[:0:-1]
-    assert keys_of(graph, "A") == {"user_id:u1"}
+    assert res.dropped == [ident("user_id:u2")]
+    assert keys_of(graph, "A") == {"user_id:u1", "email:new@x.com", "loyalty_card:L1", f"{ANONYMOUS}:d"}
+
+
+def test_a_customer_keeps_his_own_device_when_a_shared_email_is_dropped() -> None:
+    """Bob logs in on his phone (its anonymous history is his) with the family email, which is Alice's: only the
+    email, which would merge him into Alice, is dropped; his phone's history joins him."""
+    graph = IdentityGraph(RULES)
+    graph.add_profile("alice", 1, ordered(["user_id:alice", "email:family@x.com"]))
+    graph.add_profile("phone", 2, ordered([f"{ANONYMOUS}:bobphone"]))
+    res = graph.resolve(ordered(["user_id:bob", "email:family@x.com", "phone:+12125550199",
+                                 f"{ANONYMOUS}:bobphone"]), 3, id_factory())
+    assert (res.profile_id, res.dropped) == ("phone", [ident("email:family@x.com")])
+    assert keys_of(graph, "phone") == {"user_id:bob", "phone:+12125550199", f"{ANONYMOUS}:bobphone"}
+    assert keys_of(graph, "alice") == {"user_id:alice", "email:family@x.com"}
 
 
 def test_custom_limit_for_anonymous_ids() -> None:
@@ -322,10 +335,12 @@ def check_invariants(graph: IdentityGraph, before: dict[str, str], identifiers: 
     assert set(graph.owner.values()) <= live
     assert live.isdisjoint(graph.merged_into)
     assert all(graph.final(p) in live for p in graph.created)
-    # this event: lowest-priority identifiers dropped first, the rest now live in the event's profile
+    # this event: the highest-priority identifier is kept; the dropped ones are listed lowest priority first; the
+    # rest now live in the event's profile
     assert res.profile_id in live
-    assert res.dropped == identifiers[len(identifiers) - len(res.dropped):][::-1]
-    kept = identifiers[: len(identifiers) - len(res.dropped)]
+    assert identifiers[0] not in res.dropped
+    assert res.dropped == [i for i in identifiers if i in res.dropped][::-1]
+    kept = [i for i in identifiers if i not in res.dropped]
     assert kept and all(graph.owner[i.key] == res.profile_id for i in kept)
     # a dropped identifier stays where it was (possibly nowhere); it never moves
     assert all(graph.final(before[i.key]) == graph.owner[i.key] if i.key in before else i.key not in graph.owner

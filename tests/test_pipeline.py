@@ -226,6 +226,17 @@ def test_identity_traits_in_camel_case_identify_too(portrait: Portrait) -> None:
     assert grouping(portrait, "loyalty_card:LC-900", "crm_id:CRM-9", "anonymous_id:pos-1") == {profile_id}
 
 
+def test_a_shared_email_does_not_cost_a_customer_his_own_device_history(portrait: Portrait) -> None:
+    load(portrait, msg("identify", userId="alice", traits={"email": "family@x.com"}),
+         msg("page", anonymousId="bobphone", name="Home"))
+    load(portrait, msg("identify", userId="bob", anonymousId="bobphone",
+                       traits={"email": "family@x.com", "phone": "+1 212 555 0199"}))
+    bob = portrait.resolve_profile_id("user_id:bob")
+    assert grouping(portrait, "anonymous_id:bobphone", "phone:+12125550199") == {bob}
+    assert portrait.resolve_profile_id("email:family@x.com") == portrait.resolve_profile_id("user_id:alice") != bob
+    assert portrait.profile("user_id:bob")["events_count"] == 2  # his phone's page view joined him
+
+
 def test_blocked_identifier_values_never_match(portrait: Portrait) -> None:
     load(portrait,
          msg("identify", userId="u-1", traits={"email": "test@test.com"}),

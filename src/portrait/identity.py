@@ -6,8 +6,8 @@ The processor loads the part of the identity graph a micro-batch touches into an
 Rules (docs/identity.md):
 - no known identifier -> new profile; identifiers of one profile -> attach; of several -> merge into the oldest.
 - per-type limits (default: 1 user_id, 5 of every other type): if attaching or merging would break one, the
-  lowest-priority identifier of the incoming event is dropped and matching retried. So two customers who share a
-  device (anonymous_id) are never merged through it.
+  identifiers of the incoming event that break it are dropped, lowest priority first, and matching retried. So two
+  customers who share a device (anonymous_id) are never merged through it.
 """
 
 from __future__ import annotations
@@ -193,10 +193,7 @@ class IdentityGraph:
         """Resolve one event's identifiers (highest priority first), updating the graph."""
         if not identifiers:
             return Resolution(profile_id=None)
-        candidates = list(identifiers)
-        dropped: list[Identifier] = []
-        while len(candidates) > 1 and not self._fits(candidates):
-            dropped.append(candidates.pop())
+        candidates, dropped = self._within_limits(identifiers)
         matched = self._matched(candidates)
         unknown = [ident for ident in candidates if ident.key not in self.owner]
         if not matched:
@@ -209,6 +206,25 @@ class IdentityGraph:
             self._merge(loser, winner)
         self.add_profile(winner, self.created[winner], unknown)
         return Resolution(winner, attached=unknown, merged=losers, dropped=dropped)
+
+    def _within_limits(self, identifiers: list[Identifier]) -> tuple[list[Identifier], list[Identifier]]:
+        """The identifiers to resolve and those dropped (lowest priority first) so that no limit breaks.
+
+        Taken in priority order, each one is kept if the profile still fits the limits with it: the identifiers
+        that would break a limit are dropped, lowest priority first, and only they — Bob logging in with his own
+        phone's anonymous id and the family email that is Alice's keeps his phone's history; only the email,
+        which would merge him into Alice, is dropped.
+        """
+        if len(identifiers) < 2 or self._fits(identifiers):
+            return list(identifiers), []  # the common case
+        kept = [identifiers[0]]
+        dropped: list[Identifier] = []
+        for ident in identifiers[1:]:
+            if self._fits([*kept, ident]):
+                kept.append(ident)
+            else:
+                dropped.append(ident)
+        return kept, dropped[::-1]
 
     def _matched(self, identifiers: list[Identifier]) -> list[str]:
         seen: dict[str, None] = {}
