@@ -226,6 +226,12 @@ def test_identity_traits_in_camel_case_identify_too(portrait: Portrait) -> None:
     assert grouping(portrait, "loyalty_card:LC-900", "crm_id:CRM-9", "anonymous_id:pos-1") == {profile_id}
 
 
+def test_an_external_id_of_type_profile_id_is_not_an_identifier(portrait: Portrait) -> None:
+    """profile_id:... always names a Portrait profile: an external id of that type could never be looked up."""
+    load(portrait, msg("track", userId="u-1", context={"externalIds": [{"type": "profile_id", "id": "crm-7"}]}))
+    assert [i["type"] for i in portrait.identities("user_id:u-1")] == ["user_id"]
+
+
 def test_a_shared_email_does_not_cost_a_customer_his_own_device_history(portrait: Portrait) -> None:
     load(portrait, msg("identify", userId="alice", traits={"email": "family@x.com"}),
          msg("page", anonymousId="bobphone", name="Home"))

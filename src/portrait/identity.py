@@ -94,6 +94,7 @@ def normalize_phone(value: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+RESERVED_TYPE = "profile_id"  # not an identifier a message can carry: lookups read it as Portrait's own id
 HINT_SEPARATOR = "\x1e"  # between identifiers in the log's identity_hints column
 HINT_TYPE_SEPARATOR = "\x1f"  # between an identifier's type and its raw value
 _HINT_SCALARS = (str, int)
@@ -122,7 +123,9 @@ def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple
     if external.__class__ is list:
         for item in external:
             if item.__class__ is dict and item.get("type").__class__ is str:
-                _add_hint(found, item["type"].strip().lower(), item.get("id"))
+                id_type = item["type"].strip().lower()
+                if id_type != RESERVED_TYPE:  # profile_id:... always names a Portrait profile
+                    _add_hint(found, id_type, item.get("id"))
     return HINT_SEPARATOR.join(found) if found else None
 
 
