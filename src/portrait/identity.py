@@ -114,11 +114,12 @@ def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple
     if context is None:
         context = message.get("context")
     context = context if context.__class__ is dict else {}
-    names = _trait_names(identity_traits)
     for source in (message.get("traits") if kind == "identify" else None, context.get("traits")):
         if source.__class__ is dict and source:
-            for name, id_type in names:
-                _add_hint(found, id_type, source.get(name))
+            for name, id_type in _trait_names(identity_traits):
+                value = source.get(name)
+                if value is not None:  # most names are absent: no call for them (read for every message)
+                    _add_hint(found, id_type, value)
     external = context.get("externalIds")
     if external.__class__ is list:
         for item in external:

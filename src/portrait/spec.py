@@ -493,6 +493,7 @@ class MessageReader:
                  any_identifier: bool = False, suppressed: Callable[[list[tuple[str, str]]], bool] | None = None
                  ) -> None:
         self.received_at = received_at
+        self.latest_time = received_at + MAX_AHEAD  # an event said to happen later is refused (future_timestamp)
         # Imported rows may name the person by email, phone or another identifier only: with any_identifier such
         # a message needs no userId/anonymousId (the HTTP API keeps Segment's rule).
         self.any_identifier = any_identifier
@@ -571,7 +572,7 @@ class MessageReader:
         original = _time_field(message, "originalTimestamp") or client_time
         sent_at = _time_field(message, "sentAt") or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at)
-        if timestamp > self.received_at + MAX_AHEAD:
+        if timestamp > self.latest_time:
             raise Invalid("future_timestamp", f"timestamp {iso_time(timestamp)} is more than a day after the message "
                           f"was received ({iso_time(self.received_at)}); a clock that is wrong? (with sentAt the "
                           "device's clock is corrected)")
