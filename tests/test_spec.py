@@ -190,6 +190,8 @@ def test_ip_column_is_the_request_ip(ip: str | None) -> None:
     ({"locale": "pl-PL"}, {"library": {"name": "analytics-python"}},
      {"locale": "pl-PL", "library": {"name": "analytics-python"}}),
     ({"locale": "pl-PL"}, {"locale": "en-US", "app": {"name": "shop"}}, {"locale": "pl-PL", "app": {"name": "shop"}}),
+    ({"traits": {"plan": "x", "age": 3}}, {"traits": {"plan": "y", "email": "a@x.com"}, "app": {"name": "shop"}},
+     {"traits": {"plan": "x", "age": 3, "email": "a@x.com"}, "app": {"name": "shop"}}),
     (None, None, {}),
     ({}, {"library": {"name": "x"}}, {"library": {"name": "x"}}),
 ])
@@ -206,6 +208,7 @@ def test_batch_context_is_merged_into_each_message(message_context: dict[str, An
     (None, {"traits": {"email": "Ann@Example.com"}}),
     ({"locale": "pl-PL"}, {"traits": {"email": "Ann@Example.com"}}),
     ({"traits": {"email": "Ann@Example.com"}}, {"traits": {"email": "other@example.com"}}),  # the message's wins
+    ({"traits": {"plan": "x"}}, {"traits": {"email": "Ann@Example.com"}}),  # traits merge one level deeper
 ])
 def test_identifiers_in_the_batch_context_name_the_person(message_context: dict[str, Any] | None,
                                                           batch_context: dict[str, Any]) -> None:

@@ -602,11 +602,20 @@ class MessageReader:
         out.extra.append(extra)
 
     def _merged_context(self, message: dict[str, Any]) -> Any:
-        """The message's context with the batch's under it (as stored); a context that is not an object as sent."""
+        """The message's context with the batch's under it (as stored); a context that is not an object as sent.
+
+        ``traits`` merge one level deeper: the batch's email still identifies a message with traits of its own.
+        """
         own = message.get("context")
         if self.batch_context is None or (own is not None and own.__class__ is not dict):
             return own
-        return {**self.batch_context, **own} if own else self.batch_context
+        if not own:
+            return self.batch_context
+        merged = {**self.batch_context, **own}
+        batch_traits, own_traits = self.batch_context.get("traits"), own.get("traits")
+        if batch_traits.__class__ is dict and own_traits.__class__ is dict:
+            merged["traits"] = {**batch_traits, **own_traits}
+        return merged
 
     def _identify_traits(self, message: dict[str, Any], merged: Any) -> str:
         """An identify's traits: ``traits`` over ``context.traits`` (``merged``: the context with the batch's, if
