@@ -94,7 +94,7 @@ def normalize_phone(value: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-RESERVED_TYPE = "profile_id"  # not an identifier a message can carry: lookups read it as Portrait's own id
+PROFILE_ID_TYPE = "profile_id"  # in a reference, Portrait's own profile id: not an identifier a message can carry
 HINT_SEPARATOR = "\x1e"  # between identifiers in the log's identity_hints column
 HINT_TYPE_SEPARATOR = "\x1f"  # between an identifier's type and its raw value
 _HINT_SCALARS = (str, int)
@@ -125,7 +125,7 @@ def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple
         for item in external:
             if item.__class__ is dict and item.get("type").__class__ is str:
                 id_type = item["type"].strip().lower()
-                if id_type != RESERVED_TYPE:  # profile_id:... always names a Portrait profile
+                if id_type != PROFILE_ID_TYPE:  # profile_id:... always names a Portrait profile
                     _add_hint(found, id_type, item.get("id"))
     return HINT_SEPARATOR.join(found) if found else None
 

@@ -140,9 +140,7 @@ class Processor:
             session.execute(q.CLEAR_QUALITY)
             session.execute(q.BATCH_TRAIT_INPUT)
             _combine_traits(session)
-            if session.execute(q.COUNT_PROBLEMS)[0][0]:
-                session.execute(q.RECORD_QUALITY, [now])
-            session.execute(q.RECORD_UNUSABLE_TRAIT_NAMES, [now])
+            _record_quality(session, now)
             for statement in q.DROP_BATCH_TABLES:
                 session.execute(statement)
         return count
@@ -325,9 +323,7 @@ class Processor:
             session.execute(q.CHECK_TRAITS)
             session.execute(q.BATCH_TRAIT_INPUT)
             _combine_traits(session)
-            if session.execute(q.COUNT_PROBLEMS)[0][0]:
-                session.execute(q.RECORD_QUALITY, [now])
-            session.execute(q.RECORD_UNUSABLE_TRAIT_NAMES, [now])
+            _record_quality(session, now)
         if plan.unidentified:
             session.execute(q.REJECT_UNIDENTIFIED, [now])
 
@@ -376,6 +372,13 @@ def _stage_traits(session: Session, lo: int, hi: int) -> None:
     session.execute(q.STAGE_TRAITS, [lo, hi])
     session.execute(q.RECORD_TRAIT_PARENTS)
     session.execute(q.STAGE_TRAIT_CHANGES)
+
+
+def _record_quality(session: Session, now: datetime) -> None:
+    """List the batch's trait values that were not applied: broken attribute rules, names that leave no code."""
+    if session.execute(q.COUNT_PROBLEMS)[0][0]:
+        session.execute(q.RECORD_QUALITY, [now])
+    session.execute(q.RECORD_UNUSABLE_TRAIT_NAMES, [now])
 
 
 def _combine_traits(session: Session) -> None:

@@ -24,7 +24,7 @@ from portrait.connectors import connect, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
-from portrait.identity import IdentityRules
+from portrait.identity import PROFILE_ID_TYPE, IdentityRules
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
@@ -600,7 +600,7 @@ class Portrait:
             raise BadRequest(f"identity {reference!r} must look like TYPE:VALUE, e.g. email:ann@example.com",
                              code="invalid_identity")
         session = self._reads
-        if kind == "profile_id":
+        if kind == PROFILE_ID_TYPE:
             if session.execute(reads.PROFILE_ROW, [value]):
                 return value
             rows = session.execute(reads.PROFILE_BY_ALIAS, [value])

@@ -10,6 +10,9 @@ from portrait.sql import parse, parse_many
 # Each version runs in one transaction and the store checkpoints after migrating. DuckDB 1.5.5 cannot replay an
 # ALTER TABLE ... ADD COLUMN from its write-ahead log on a table with a nextval() default (rejected_events,
 # segments...): copy such a table instead, as migration 15 does for the event log.
+# Trait name -> attribute code as migration 17 computed it (a copy, not sql.processor's: a migration is a snapshot).
+_CODE_17 = ("trim(regexp_replace(lower(regexp_replace(strip_accents(replace({0}, 'ß', 'ss')), '([a-z0-9])([A-Z])', "
+            "'\\1_\\2', 'g')), '[^a-z0-9_]+', '_', 'g'), '_')")
 MIGRATIONS: dict[int, list[exp.Expr]] = {
     1: parse_many(
         """
@@ -416,7 +419,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         """
     ),
     17: parse_many(
-        """
+        f"""
         -- Which trait codes came from nesting under which trait (address_city under address): sending the whole
         -- object as null removes its parts. Filled from the identify events already in the log.
         CREATE TABLE IF NOT EXISTS trait_parents (
@@ -426,12 +429,7 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         );
         INSERT INTO trait_parents
         SELECT DISTINCT code, parent FROM (
-            SELECT trim(regexp_replace(lower(regexp_replace(strip_accents(replace(j.key || '.' || n.key, 'ß', 'ss')),
-                                                            '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
-                                       '[^a-z0-9_]+', '_', 'g'), '_') AS code,
-                   trim(regexp_replace(lower(regexp_replace(strip_accents(replace(j.key, 'ß', 'ss')),
-                                                            '([a-z0-9])([A-Z])', '\\1_\\2', 'g')),
-                                       '[^a-z0-9_]+', '_', 'g'), '_') AS parent
+            SELECT {_CODE_17.format("j.key || '.' || n.key")} AS code, {_CODE_17.format('j.key')} AS parent
             FROM events AS e, json_each(e.traits) AS j, json_each(j.value) AS n
             WHERE e.type = 'identify' AND j.type = 'OBJECT'
         ) WHERE code <> '' AND parent <> '' AND code <> parent;
