@@ -666,6 +666,45 @@ def test_migration_13_files_old_merges_and_conflicts_under_the_survivor(tmp_path
     upgraded.close()
 
 
+def _quality_then_merge(service: Portrait) -> None:
+    """A value kept out (age "abc") on an anonymous profile, which a later identify merges into an older one."""
+    for step in ([msg("page", anonymousId="a1")], [msg("identify", anonymousId="a2", traits={"age": "abc"})],
+                 [msg("identify", anonymousId="a1", traits={"email": "q@x.com"})],
+                 [msg("identify", anonymousId="a2", traits={"email": "q@x.com"})]):
+        service.ingest_messages(step)
+        service.process_pending()
+
+
+def test_data_quality_issues_follow_their_profile_into_a_merge(portrait: Portrait) -> None:
+    portrait.ingest_messages([msg("page", anonymousId="a1")])
+    portrait.ingest_messages([msg("identify", anonymousId="a2", traits={"age": "abc"})])
+    portrait.process_pending()
+    found_on = portrait.resolve_profile_id("anonymous_id:a2")
+    portrait.ingest_messages([msg("identify", anonymousId="a1", traits={"email": "q@x.com"}),
+                              msg("identify", anonymousId="a2", traits={"email": "q@x.com"})])
+    portrait.process_pending()
+    survivor = portrait.resolve_profile_id("anonymous_id:a2")
+    assert survivor == portrait.resolve_profile_id("anonymous_id:a1") != found_on  # merged away
+    assert [i["profile_id"] for i in portrait.data_quality()["issues"]] == [survivor]
+
+
+def test_migration_19_files_old_data_quality_issues_under_the_survivor(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(db_path=str(tmp_path / "old.duckdb"))
+    monkeypatch.setattr(pq, "REASSIGN_HISTORY", [])  # the old processor: history stays under the merged-away id
+    old = Portrait(settings, background=False)
+    _quality_then_merge(old)
+    survivor = old.resolve_profile_id("anonymous_id:a2")
+    assert [i["profile_id"] for i in old.data_quality()["issues"]] != [survivor]
+    old.close()
+    with duckdb.connect(settings.db_path) as con:
+        con.execute("DELETE FROM schema_migrations WHERE version = 19")  # as if written before it
+    monkeypatch.undo()
+    upgraded = Portrait(settings, background=False)
+    assert [i["profile_id"] for i in upgraded.data_quality()["issues"]] == [survivor]
+    upgraded.close()
+
+
 def test_a_batch_of_more_than_110_591_new_customers_keeps_all_its_events(tmp_path: Any) -> None:
     """DuckDB 1.5.5 dropped a large INSERT into a table made in the same transaction after an INSERT of no rows
     (see processor.NEW_BATCH_ASSIGN): a batch with no returning customer lost all its events' profile rows."""

@@ -200,11 +200,11 @@ REASSIGN_ALIASES = parse(
     "UPDATE profile_aliases SET profile_id = m.profile_id FROM batch_merges AS m "
     "WHERE profile_aliases.profile_id = m.merged_id"
 )
-# The merges, identity conflicts and consent statements recorded on a profile merged away belong to its survivor's
-# history.
+# The merges, identity conflicts, consent statements and data-quality issues recorded on a profile merged away belong
+# to its survivor's history.
 REASSIGN_HISTORY = [parse(f"UPDATE {table} SET profile_id = m.profile_id FROM batch_merges AS m "
                           f"WHERE {table}.profile_id = m.merged_id")
-                    for table in ("merges", "identity_conflicts", "consent_records")]
+                    for table in ("merges", "identity_conflicts", "consent_records", "data_quality")]
 # The activity of profiles merged away adds to their survivor's (before this batch's own events, ADD_ACTIVITY).
 _ACTIVITY_UPSERT = (
     "ON CONFLICT (profile_id) DO UPDATE SET first_seen = least(profile_activity.first_seen, excluded.first_seen), "

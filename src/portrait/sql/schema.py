@@ -445,6 +445,14 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
           AND CAST(json_extract(context, '$.traits') AS VARCHAR) <> '{}';
         """
     ),
+    19: parse_many(
+        """
+        -- Data-quality issues stayed filed under the profile they were found on after it was merged away, so the
+        -- list named a profile id that no longer exists; merges now move them along too (REASSIGN_HISTORY).
+        UPDATE data_quality SET profile_id = a.profile_id FROM profile_aliases AS a
+        WHERE data_quality.profile_id = a.merged_id;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
