@@ -14,6 +14,7 @@ from portrait.conditions.calculations import definition_text, parse_definition
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 from portrait.spec import utc_now
+from portrait.sql import parse
 
 NOW = utc_now()
 ORDERS = {  # user -> [(days ago, revenue, currency)]
@@ -124,6 +125,31 @@ def test_values_follow_new_events_and_feed_segments(calculated: Portrait) -> Non
     assert (bob["total_revenue"], bob["orders_90d"], bob["days_since_last_purchase"], bob["max_order"]) == (
         104.0, 1, 0, 5.0)
     assert calculated.segments.get("big spenders")["size"] == 2
+
+
+def test_a_merge_in_a_batch_keeps_values_and_segments_current(portrait: Portrait) -> None:
+    """A profile merged away in a batch is in that batch's scope (to leave its segments) but gets no calculated
+    values: such values, written under a profile id that no longer exists, stopped every later refresh."""
+    portrait.create_attribute({"code": "orders", "name": "Orders", "definition": 'count("Order Completed")'})
+    portrait.create_segment({"name": "Buyers", "condition": 'performed("Order Completed")'})
+    portrait.ingest_messages([{"type": "track", "anonymousId": "x-anon", "event": "Order Completed"}])
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "x-user"}])
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "x-user", "anonymousId": "x-anon"}])  # the merge
+    portrait.process_pending()
+    assert portrait.traits("user_id:x-user")["orders"] == 1
+    portrait.ingest_messages([{"type": "track", "userId": "y-user", "event": "Order Completed"}])
+    portrait.process_pending()
+    assert portrait.traits("user_id:y-user") == {"orders": 1}
+    assert portrait.segments.get("Buyers")["size"] == 2
+    session = portrait.store.session()
+    try:
+        orphans = session.execute(parse(
+            "SELECT count(*) FROM profile_traits WHERE profile_id NOT IN (SELECT profile_id FROM profiles)"))
+    finally:
+        session.close()
+    assert orphans == [(0,)]
 
 
 def test_events_cannot_set_a_calculated_attribute(calculated: Portrait) -> None:

@@ -51,7 +51,10 @@ def calculation_query(calculation: Calculation, schema: Schema, now: datetime, *
                       ) -> tuple[exp.Expr, dict[str, Any]]:
     """``SELECT profile_id, value`` for the calculation, over ``seg_scope`` when ``scoped`` else every profile."""
     compiler = _Compiler(schema, now)
-    base = "(SELECT profile_id FROM seg_scope)" if scoped else "(SELECT profile_id FROM profiles)"
+    # The scope also holds the ids of profiles merged away in the batch (so their segment memberships end): they
+    # get no values, which would be filed under a profile that no longer exists.
+    base = ("(SELECT profile_id FROM seg_scope WHERE profile_id IN (SELECT profile_id FROM profiles))" if scoped
+            else "(SELECT profile_id FROM profiles)")
     if isinstance(calculation, EventValue):
         return _event_value(compiler, calculation, base, scoped), compiler.params
     if isinstance(calculation, DaysSince) and isinstance(calculation.source, EventValue):
