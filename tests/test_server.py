@@ -219,6 +219,30 @@ def test_attributes_recheck_runs_through_a_running_server(server: Server) -> Non
         assert admin.get("/api/profiles/user_id:r1/traits").json()["shoe_size"] == "42 EU"
 
 
+def test_privacy_requests_run_through_a_running_server(server: Server, tmp_path: Path) -> None:
+    """The server answers 202 and works on the request; the CLI waits for it. An erasure marks the file for a
+    rewrite, which must not stop later commands from going through the server."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        for user_id in ("ann", "bob"):
+            client.post("/v1/track", json={"userId": user_id, "event": "Viewed", "properties": {"who": user_id}})
+    server.wait_caught_up()
+    admin = {"PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    export = tmp_path / "ann.json"
+    access = run_cli("privacy", "request", "--type", "access", "--identity", "user_id:ann", "-o", str(export),
+                     "--db", server.db_path, env=admin)
+    assert access.returncode == 0, access.stderr
+    assert [e["properties"] for e in json.loads(export.read_text())["events"]] == [{"who": "ann"}]
+    erased = run_cli("privacy", "request", "--type", "erase", "--identity", "user_id:bob", "--db", server.db_path,
+                     env=admin)
+    assert erased.returncode == 0, erased.stderr
+    assert "done" in erased.stdout
+    status = run_cli("status", "--db", server.db_path, "--json", env=admin)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["profiles"] == 1
+    refused = run_cli("status", "--db", server.db_path)  # without the admin key: told to pass it, no raw error
+    assert refused.returncode == 1 and "--admin-key" in refused.stderr and "Could not set lock" not in refused.stderr
+
+
 def _resident_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024

@@ -202,7 +202,7 @@ class RemotePortrait:
 def _checked(response: httpx.Response) -> Any:
     if response.status_code == 204:
         return None
-    if response.status_code in (200, 201):
+    if response.status_code in (200, 201, 202):  # 202: accepted and queued (privacy requests), to be polled
         return response.json()
     try:
         body = response.json()

@@ -198,19 +198,22 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
             connection.close()
             raise
         return connection
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "could not set lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
-            raise PortraitError(f"cannot open the database {path}: {text.removeprefix('IO Error: ')}",
-                                code="database_unreadable") from exc
-        pid = _LOCK_PID.search(text)
-        holder = f"process {pid.group(1)}" if pid else "another process"
-        raise DatabaseInUse(
-            f"the database {path} is in use by {holder} (normally a running `portrait serve`; an embedded "
-            "database has one writer)."
-        ) from exc
     except duckdb.Error as exc:
-        raise _key_problem(path, str(exc)) from exc
+        raise _open_problem(path, exc) from exc
+
+
+def _open_problem(path: str, exc: duckdb.Error) -> PortraitError:
+    """The clear error for a database file that could not be opened (or attached, to be compacted)."""
+    if not isinstance(exc, duckdb.IOException):
+        return _key_problem(path, str(exc))
+    text = str(exc)
+    if "could not set lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
+        return PortraitError(f"cannot open the database {path}: {text.removeprefix('IO Error: ')}",
+                             code="database_unreadable")
+    pid = _LOCK_PID.search(text)
+    holder = f"process {pid.group(1)}" if pid else "another process"
+    return DatabaseInUse(f"the database {path} is in use by {holder} (normally a running `portrait serve`; an "
+                         "embedded database has one writer).")
 
 
 def _key_problem(path: str, text: str) -> PortraitError:
@@ -281,8 +284,8 @@ def compact_file(path: str, old_key: str | None = None, new_key: str | None = No
         connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
                                   else schema.attach(target, "new")))
         connection.execute(render(schema.COPY_DATABASE))
-    except duckdb.Error as exc:
-        raise _key_problem(path, str(exc)) from exc
+    except duckdb.Error as exc:  # e.g. a server holds the file: the CLI then goes through it (DatabaseInUse)
+        raise _open_problem(path, exc) from exc
     finally:
         connection.close()
     os.replace(target, path)
