@@ -134,7 +134,7 @@ def decode_body(raw: bytes, content_encoding: str | None, limits: Limits) -> byt
     elif encoding in ("gzip", "x-gzip", "deflate"):
         body = _inflate(raw, encoding, limits.max_batch_bytes)
     else:
-        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported (use gzip or none)",
+        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported (use gzip, deflate or none)",
                          code="bad_encoding")
     if len(body) > limits.max_batch_bytes:
         raise BadRequest(

@@ -165,7 +165,9 @@ def router(portrait: Portrait) -> APIRouter:
                 detail={"rows": report["rows"], "personal": report["personal_included"]}))
         media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
         return FileResponse(path, media_type=media[format], filename=path.name,
-                            headers={"X-Portrait-Export": json.dumps(report, ensure_ascii=True)},  # headers are latin-1
+                            # headers are latin-1; the server's temporary path is of no use to the caller
+                            headers={"X-Portrait-Export": json.dumps({k: v for k, v in report.items() if k != "path"},
+                                                                     ensure_ascii=True)},
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
