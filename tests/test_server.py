@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -153,6 +154,19 @@ def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
 def test_server_refuses_a_database_already_served(server: Server, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="in use"):
         start_server(server.db_path, tmp_path / "second.log")
+
+
+def test_serve_on_a_port_in_use_says_so_before_opening_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = tmp_path / "never.duckdb"
+        refused = run_cli("serve", "--db", str(db), "--port", str(port))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port}: another program is listening "
+                                      "there: stop it or choose another port with --port or PORTRAIT_PORT")
+    assert refused.stdout == "" and not db.exists()  # no database made, no keys generated and printed
 
 
 def test_server_logs_hold_no_personal_data(server: Server) -> None:

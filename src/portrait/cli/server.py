@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import signal
+import socket
 import sys
 from types import FrameType
 from typing import Annotated, Any
@@ -43,6 +45,10 @@ def serve(
     from portrait.api import create_app
 
     settings = _settings(db).with_overrides(host=host, port=port)
+    try:  # before the database is opened (or keys generated and printed): a port in use ends here, clearly
+        listening = _listen(settings.host, settings.port)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
     # The writer and processor threads wait on DuckDB with the GIL released; a shorter switch interval lets them
     # take it back sooner while the event loop is busy reading requests (measured: ~25% more events/s).
     sys.setswitchinterval(0.001)
@@ -53,6 +59,7 @@ def serve(
     try:
         portrait = Portrait(settings)
     except PortraitError as exc:  # in use by another process, a missing or wrong encryption key...
+        listening.close()
         raise _fail(exc) from exc
     # From here SIGTERM (docker stop, systemd) ends the process through the `finally` below. While uvicorn runs it
     # shuts down gracefully first and then raises the signal again, which by default would end the process before
@@ -65,12 +72,27 @@ def serve(
         write_server_file(settings.db_path, url)
         console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
                       f"API docs: {url}/docs)")
-        uvicorn.run(create_app(settings, portrait, schedule_sources=True), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
+        config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
+                                port=settings.port, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[listening])
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the shutdown short
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds it (IPv6 when the host is an IPv6 address)."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        why = ("another program is listening there: stop it or choose another port with --port or PORTRAIT_PORT"
+               if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+        raise PortraitError(f"cannot listen on {host}:{port}: {why}", code="cannot_listen") from exc
+    return listening
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
