@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, ServerUnreachable, Unauthorized
+from portrait.errors import BadRequest, Conflict, Forbidden, NotFound, PortraitError, ServerUnreachable, Unauthorized
 
 
 def server_file(db_path: str) -> Path:
@@ -204,11 +204,11 @@ def _checked(response: httpx.Response) -> Any:
         return None
     if response.status_code in (200, 201, 202):  # 202: accepted and queued (privacy requests), to be polled
         return response.json()
-    try:
+    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+                                  409: Conflict}.get(response.status_code, PortraitError)
+    try:  # Portrait's own error: its message, worded as the same command says it without a server
         body = response.json()
-        message = f"{body['message']} ({body['code']})"
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
-    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict}.get(
-        response.status_code, PortraitError)
-    raise error(f"server answered {response.status_code}: {message}")
+        message, code = str(body["message"]), str(body["code"])
+    except (ValueError, KeyError, TypeError):  # something else answered (a proxy, another program)
+        raise error(f"server answered {response.status_code}: {response.text[:500]}") from None
+    raise error(message, code=code)
