@@ -65,6 +65,42 @@ def test_a_crash_after_a_large_write_into_an_indexed_table_leaves_a_database_tha
         reopened.close()
 
 
+CRASH_AFTER_WRITES = """
+import os, sys
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
+store = DuckDBStore(sys.argv[1])
+session = store.session()
+session.execute(parse("INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
+                      "SELECT 'anonymous_id:a' || i, 'anonymous_id', 'a' || i, 'p' || i, TIMESTAMP '2026-01-01', i "
+                      "FROM range(50) t(i)"))
+session.execute(parse("UPDATE identities SET profile_id = 'p0' WHERE seq < 10"))
+os._exit(0)  # killed: nothing closes or checkpoints
+"""
+
+
+def test_opening_and_closing_after_a_crash_keeps_the_indexes_whole(tmp_path: Path) -> None:
+    """DuckDB 1.5.5 dropped index entries replayed from the log when the connection closed before using them (any
+    CLI command, a server stopped early): index lookups then missed rows a scan finds, and writes hit false
+    duplicates. The store checkpoints right after opening."""
+    path = str(tmp_path / "crash.duckdb")
+    DuckDBStore(path).close()
+    done = subprocess.run([sys.executable, "-c", CRASH_AFTER_WRITES, path], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    DuckDBStore(path).close()  # opened and closed without touching the identities: what lost the entries
+    reopened = DuckDBStore(path)
+    try:
+        session = reopened.session()
+        by_index = session.execute(parse("SELECT count(*) FROM identities WHERE profile_id = 'p0'"))
+        by_scan = session.execute(parse("SELECT count(*) FROM identities WHERE profile_id || '' = 'p0'"))
+        assert by_index == by_scan == [(10,)]
+        key = session.execute(parse("SELECT count(*) FROM identities WHERE identity_key = 'anonymous_id:a42'"))
+        assert key == [(1,)]
+    finally:
+        reopened.close()
+
+
 def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
     """Recently used statements are cached; trees built per call pass through (least recently used out first)."""
     from portrait.store.duckdb import _Renderer
