@@ -222,34 +222,79 @@ def _read_document(doc: dict[str, Any], size: int, endpoint: str, limits: Limits
 
 
 def _loads(body: bytes) -> Any:
-    """JSON text -> Python. Two things orjson refuses are read with the standard parser instead, so that one value
-    does not cost the whole batch (an SDK does not resend a batch answered 400):
+    """JSON text -> Python. What orjson refuses in valid JSON (or in what SDKs write) is read with the standard
+    parser instead, so that one value does not cost the whole batch (an SDK does not resend a batch answered 400):
 
     - a string holding half of a UTF-16 surrogate pair (JavaScript cut an emoji in two), valid JSON: the half
       becomes U+FFFD;
     - ``NaN``, ``Infinity`` and ``-Infinity``, not JSON but what Python's ``json`` (and so segment-analytics-python)
-      writes for a float that is not a number (pandas' missing values): they become null.
+      writes for a float that is not a number (pandas' missing values): they become null;
+    - a number too large for a double (``1e400``, a 400-digit integer): kept as its text, a string;
+    - nesting deeper than :data:`CUT_DEPTH` levels: the deeper part becomes a marker string, so the message that
+      holds it is rejected as ``too_deep`` on its own (no message is allowed that deep) and the rest is accepted.
     """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        try:  # read as orjson would: integers past 64 bits as floats, nothing infinite
-            return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_float=_finite_float,
-                                                  parse_constant=_constant_as_null))
+        try:
+            try:
+                return _lenient_loads(body)
+            except RecursionError:
+                return _lenient_loads(_cut_deep_text(body, CUT_DEPTH))
         except (ValueError, RecursionError) as again:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
 
 
-def _int_as_orjson(text: str) -> int | float:
+# Deeper than any message may be stored (orjson writes at most 255 levels; PORTRAIT_MAX_JSON_DEPTH is at most this).
+CUT_DEPTH = 200
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+_QUOTE, _BACKSLASH, _OPENING = ord('"'), ord("\\"), (ord("["), ord("{"))
+_CUT_MARKER = b'"[nested deeper than %d levels; not kept]"'
+
+
+def _cut_deep_text(body: bytes, depth: int) -> bytes:
+    """``body`` with every array or object nested deeper than ``depth`` replaced by a marker string. Works on the
+    text, without recursion: the parsers' own recursion is what such nesting exhausts."""
+    out, level, kept_to, cut_from, skip_to, in_string = [], 0, 0, 0, 0, False
+    for match in _STRUCTURE.finditer(body):
+        at = match.start()
+        if at < skip_to:  # the character after a backslash in a string
+            continue
+        char = body[at]
+        if in_string:
+            if char == _BACKSLASH:
+                skip_to = at + 2
+            elif char == _QUOTE:
+                in_string = False
+        elif char == _QUOTE:
+            in_string = True
+        elif char in _OPENING:
+            level += 1
+            if level == depth + 1:
+                cut_from = at
+        elif level > 0:
+            if level == depth + 1:
+                out.append(body[kept_to:cut_from] + _CUT_MARKER % depth)
+                kept_to = at + 1
+            level -= 1
+    out.append(body[kept_to:])
+    return b"".join(out)
+
+
+def _lenient_loads(body: bytes) -> Any:
+    # read as orjson would: integers past 64 bits as floats (and too large for those, their text)
+    return _replace_surrogates(json.loads(body, parse_int=_int_as_orjson, parse_float=_finite_float,
+                                          parse_constant=_constant_as_null))
+
+
+def _int_as_orjson(text: str) -> int | float | str:
     number = int(text)
     return number if -(2**63) <= number < 2**64 else _finite_float(text)
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | str:
     number = float(text)  # a huge integer's text becomes inf, not an OverflowError
-    if math.isinf(number):
-        raise ValueError(f"{text[:20]}... is infinite as a double")
-    return number
+    return text if math.isinf(number) else number
 
 
 def _constant_as_null(name: str) -> None:
