@@ -46,6 +46,28 @@ def test_a_trait_whose_name_leaves_no_code_is_listed_not_lost(portrait: Portrait
     assert len(portrait.data_quality()["issues"]) == 2
 
 
+def test_names_giving_one_code_in_one_message_the_last_wins_and_the_others_are_listed(portrait: Portrait) -> None:
+    """Whatever order the processor meets them in: the last name in the message is applied, as a JSON object's
+    last duplicate key is; the values it shadows are data-quality issues, not silently dropped."""
+    first = {"firstName": "A", "first_name": "B", "prénom": "P", "prenom": "Q", "address": {"city": "C1"},
+             "address_city": "C2"}
+    second = {"address_city": "C2", "address": {"city": "C1"}, "first_name": "B", "firstName": "A"}
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": first},
+                              {"type": "identify", "userId": "u2", "traits": second}])
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"first_name": "B", "prenom": "Q", "address_city": "C2"}
+    assert portrait.traits("user_id:u2") == {"first_name": "A", "address_city": "C1"}
+    issues = portrait.data_quality()["issues"]
+    assert sorted((i["attribute"], i["raw_value"]) for i in issues) == [
+        ("address_city", '"C1"'), ("address_city", '"C2"'), ("first_name", '"A"'), ("first_name", '"B"'),
+        ("prenom", '"P"')]
+    shadowed = next(i for i in issues if i["raw_value"] == '"P"')
+    assert shadowed["reason"] == ("the traits prénom and prenom of one message both give the attribute prenom: the "
+                                  "later one in the message, prenom, was applied")
+    portrait.rebuild_traits()  # a recheck decides the same and lists them again, once
+    assert portrait.traits("user_id:u1")["first_name"] == "B" and len(portrait.data_quality()["issues"]) == 5
+
+
 def test_standard_attributes_are_there_with_metadata(portrait: Portrait) -> None:
     listed = {a["code"]: a for a in portrait.attributes.list(standard=True)}
     assert set(listed) == {a.code for a in STANDARD}

@@ -287,29 +287,41 @@ WHERE s.status IS NOT NULL AND s.purpose <> ''
 # address). A name with nothing left (名前) has the code '' and is listed as a data-quality issue. Params: lo, hi.
 _CODE = ("trim(regexp_replace(lower(regexp_replace(strip_accents(replace({0}, 'ß', 'ss')), '([a-z0-9])([A-Z])', "
          "'\\1_\\2', 'g')), '[^a-z0-9_]+', '_', 'g'), '_')")
+# pos/sub: where the value stands in the message (document order), for names that map to the same code
+# (firstName and first_name, address.city and address_city): the last one in the message is applied, the others are
+# listed (shadowed_by: the name applied instead).
 STAGE_TRAITS = parse(f"""
 CREATE OR REPLACE TEMP TABLE b_trait_values AS
 WITH top AS (
-    SELECT a.profile_id, e.timestamp, e.seq, j.key, j.value, j.type
+    SELECT a.profile_id, e.timestamp, e.seq, j.key, j.value, j.type, j.id AS pos
     FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j
     WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify'
+), named AS (
+    SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type, NULL AS parent, key AS name,
+           pos, -1 AS sub
+    FROM top WHERE type <> 'OBJECT'
+    UNION ALL
+    SELECT t.profile_id, t.timestamp, t.seq, {_CODE.format("t.key || '.' || n.key")}, n.value, n.type,
+           {_CODE.format('t.key')}, t.key || '.' || n.key, t.pos, n.id
+    FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
 )
-SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type, NULL AS parent, key AS name
-FROM top WHERE type <> 'OBJECT'
-UNION ALL
-SELECT t.profile_id, t.timestamp, t.seq, {_CODE.format("t.key || '.' || n.key")}, n.value, n.type,
-       {_CODE.format('t.key')}, t.key || '.' || n.key
-FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
+SELECT *, CASE WHEN row_number() OVER last_first > 1 THEN first_value(name) OVER last_first END AS shadowed_by
+FROM named WINDOW last_first AS (PARTITION BY seq, code ORDER BY pos DESC, sub DESC)
 """)
-# A trait whose name leaves no attribute code is not applied, and is listed (with its value) rather than lost.
-# Params: detected-at time.
+# A trait whose name leaves no attribute code, or whose code a later name in the same message also gives, is not
+# applied, and is listed (with its value) rather than lost. Params: detected-at time.
 RECORD_UNUSABLE_TRAIT_NAMES = parse("""
 INSERT INTO data_quality (profile_id, attribute, raw_value, reason, seq, message_id, source, detected_at)
-SELECT b.profile_id, b.name, b.value,
-       'the trait name ' || b.name || ' leaves no attribute code (letters a-z, digits and _ once accents are '
-       || 'dropped): not applied; send it under a name in Latin letters', b.seq, e.message_id, e.source, ?
+SELECT b.profile_id, CASE WHEN b.code = '' THEN b.name ELSE b.code END, b.value,
+       CASE WHEN b.code = ''
+            THEN 'the trait name ' || b.name || ' leaves no attribute code (letters a-z, digits and _ once accents '
+                 || 'are dropped): not applied; send it under a name in Latin letters'
+            ELSE 'the traits ' || b.name || ' and ' || b.shadowed_by || ' of one message both give the attribute '
+                 || b.code || ': the later one in the message, ' || b.shadowed_by || ', was applied' END,
+       b.seq, e.message_id, e.source, ?
 FROM b_trait_values AS b JOIN events AS e ON e.seq = b.seq
-WHERE b.code = '' AND e.seq IN (SELECT seq FROM b_trait_values WHERE code = '')
+WHERE (b.code = '' OR b.shadowed_by IS NOT NULL)
+  AND e.seq IN (SELECT seq FROM b_trait_values WHERE code = '' OR shadowed_by IS NOT NULL)
 """)
 # Which codes came from nesting under which trait (address_city under address), so that sending the whole object
 # as null removes its parts. Whichever profile sent it; a code may have several parents (a_b.c and a.b_c).
@@ -327,13 +339,13 @@ ON CONFLICT DO NOTHING
 STAGE_TRAIT_CHANGES = parse("""
 CREATE OR REPLACE TEMP TABLE b_traits AS
 SELECT v.profile_id, v.timestamp, v.seq, v.code, v.value, v.type FROM b_trait_values AS v
-WHERE v.code <> '' AND (v.parent IS NULL OR NOT EXISTS (
+WHERE v.code <> '' AND v.shadowed_by IS NULL AND (v.parent IS NULL OR NOT EXISTS (
     SELECT 1 FROM profile_traits AS t WHERE t.profile_id = v.profile_id AND t.key = v.parent AND t.value IS NULL
       AND (t.updated_at > v.timestamp OR (t.updated_at = v.timestamp AND t.seq > v.seq))))
 UNION ALL
 SELECT v.profile_id, v.timestamp, v.seq, p.code, CAST('null' AS JSON), 'NULL'
 FROM b_trait_values AS v JOIN trait_parents AS p ON p.parent = v.code
-WHERE v.type = 'NULL' AND v.parent IS NULL AND v.code <> ''
+WHERE v.type = 'NULL' AND v.parent IS NULL AND v.code <> '' AND v.shadowed_by IS NULL
   AND NOT EXISTS (SELECT 1 FROM b_trait_values AS o WHERE o.seq = v.seq AND o.code = p.code)
   AND p.code NOT IN (SELECT code FROM attributes WHERE calculated)
 """)
