@@ -263,6 +263,9 @@ SKEW: list[tuple[dict[str, Any], Any, datetime, datetime | None]] = [
     # a bad batch-level sentAt only disables the correction
     ({"timestamp": "2023-12-24T18:30:00Z"}, "not a date", datetime(2023, 12, 24, 18, 30),
      datetime(2023, 12, 24, 18, 30)),
+    # ... and so does one too far from the timestamps to correct them with (the messages are not at fault)
+    ({"timestamp": "2023-12-24T18:30:00Z"}, "9999-12-31T23:59:59Z", datetime(2023, 12, 24, 18, 30),
+     datetime(2023, 12, 24, 18, 30)),
     # no timestamp: receivedAt
     ({}, None, RECEIVED, None),
     ({"sentAt": "2024-06-01T11:00:00Z"}, None, RECEIVED, None),
@@ -284,6 +287,14 @@ def test_clock_skew_correction(fields: dict[str, Any], batch_sent_at: Any, times
     assert row["original_timestamp"] == original
     assert row["timestamp"].tzinfo is None
     assert row["received_at"] == RECEIVED
+
+
+def test_a_messages_own_sent_at_too_far_from_its_timestamp_rejects_it() -> None:
+    message = {"type": "track", "userId": "u1", "event": "E", "timestamp": "2023-12-24T18:30:00Z",
+               "sentAt": "9999-12-31T23:59:59Z"}
+    _, rejections = read_body(orjson.dumps({"batch": [message]}))
+    assert [(r.code, r.reason) for r in rejections] == [
+        ("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew")]
 
 
 def test_sent_at_column_prefers_message_over_batch() -> None:

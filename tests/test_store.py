@@ -101,6 +101,32 @@ def test_opening_and_closing_after_a_crash_keeps_the_indexes_whole(tmp_path: Pat
         reopened.close()
 
 
+def test_a_database_in_a_folder_it_cannot_write_to_is_refused_clearly(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root every folder is writable, so the permission check is stood in for (run as another user, the first
+    write failed inside a transaction with a traceback)."""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    with pytest.raises(PortraitError, match=r"its folder .* is not writable") as refused:
+        DuckDBStore(str(tmp_path / "ro.duckdb"))
+    assert refused.value.code == "folder_not_writable" and not (tmp_path / "ro.duckdb").exists()
+
+
+def test_a_duckdb_file_portrait_did_not_make_is_refused_and_left_alone(tmp_path: Path) -> None:
+    import duckdb
+
+    path = str(tmp_path / "other.duckdb")
+    with duckdb.connect(path) as theirs:
+        theirs.execute("CREATE TABLE events (id INTEGER, name VARCHAR)")
+    with pytest.raises(PortraitError, match=r"Portrait did not make .* nothing was changed") as refused:
+        DuckDBStore(path)
+    assert refused.value.code == "not_a_portrait_database"
+    with duckdb.connect(path) as theirs:
+        assert theirs.execute("SHOW TABLES").fetchall() == [("events",)]
+
+
 def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
     """Recently used statements are cached; trees built per call pass through (least recently used out first)."""
     from portrait.store.duckdb import _Renderer

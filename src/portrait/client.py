@@ -22,7 +22,13 @@ def server_file(db_path: str) -> Path:
 
 
 def write_server_file(db_path: str, url: str) -> None:
-    server_file(db_path).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    path = server_file(db_path)
+    try:
+        path.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    except OSError as exc:
+        raise PortraitError(f"cannot write {path}: {exc.strerror or exc} (the server notes its address beside the "
+                            "database for the CLI, and DuckDB its write-ahead log: that folder must be writable)",
+                            code="folder_not_writable") from exc
 
 
 def remove_server_file(db_path: str) -> None:

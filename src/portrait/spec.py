@@ -615,8 +615,9 @@ class MessageReader:
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
         client_time = _time_field(message, "timestamp")  # checked even when originalTimestamp is given
         original = _time_field(message, "originalTimestamp") or client_time
-        sent_at = _time_field(message, "sentAt") or self.batch_sent_at
-        timestamp = self._corrected_time(original, sent_at)
+        own_sent_at = _time_field(message, "sentAt")
+        sent_at = own_sent_at or self.batch_sent_at
+        timestamp = self._corrected_time(original, sent_at, own=own_sent_at is not None)
         if timestamp > self.latest_time:
             raise Invalid("future_timestamp", f"timestamp {iso_time(timestamp)} is more than a day after the message "
                           f"was received ({iso_time(self.received_at)}); a clock that is wrong? (with sentAt the "
@@ -693,8 +694,9 @@ class MessageReader:
             others["integrations"] = {**self.batch_integrations, **(own or {})}
         return _dump_object(others, "message", self.limits) if others else None
 
-    def _corrected_time(self, original: datetime | None, sent_at: datetime | None) -> datetime:
-        """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp)."""
+    def _corrected_time(self, original: datetime | None, sent_at: datetime | None, *, own: bool) -> datetime:
+        """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp). ``own``: the message's own
+        sentAt, not the batch's (a batch-level one that cannot be used only turns the correction off)."""
         if original is None:
             return self.received_at
         if sent_at is None:
@@ -702,6 +704,8 @@ class MessageReader:
         try:
             return self.received_at - (sent_at - original)
         except OverflowError as exc:
+            if not own:
+                return original
             raise Invalid("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew") from exc
 
     def _reject(self, message: Any, bad: Invalid, position: int) -> Rejection:

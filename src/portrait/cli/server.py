@@ -69,7 +69,10 @@ def serve(
         _print_generated(portrait.generated_keys)
         gc.freeze()
         url = f"http://{settings.host}:{settings.port}"
-        write_server_file(settings.db_path, url)
+        try:
+            write_server_file(settings.db_path, url)
+        except PortraitError as exc:
+            raise _fail(exc) from exc
         console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
                       f"API docs: {url}/docs)")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,

@@ -459,6 +459,8 @@ MIGRATION_TABLE = parse(
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT now())"
 )
 APPLIED = parse("SELECT version FROM schema_migrations")
+# The tables of the open database: one with tables but no schema_migrations was not made by Portrait.
+TABLE_NAMES = parse("SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database()")
 RECORD = parse("INSERT INTO schema_migrations (version) VALUES (?)")
 CHECKPOINT = parse("CHECKPOINT")
 # Tables with an index of their own (CREATE INDEX; see store.duckdb.LARGE_WRITE_ROWS), not temporary ones.

@@ -144,6 +144,7 @@ class DuckDBStore:
 
     def __init__(self, path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None) -> None:
         self.path = path
+        _check_folder(path)
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._root = _connect(path, encryption_key, self._render)
@@ -169,6 +170,13 @@ class DuckDBStore:
 
     def _migrate(self) -> None:
         session = self.session()
+        tables = {row[0] for row in session.execute(schema.TABLE_NAMES)}
+        if tables and "schema_migrations" not in tables:  # someone else's DuckDB file: leave it as it is
+            session.close()
+            self._root.close()
+            raise PortraitError(f"the database {self.path} is a DuckDB file that Portrait did not make (it has tables "
+                                f"such as {sorted(tables)[0]!r} and no schema_migrations): nothing was changed; "
+                                "give Portrait a new file or one of its own", code="not_a_portrait_database")
         session.execute(schema.MIGRATION_TABLE)
         applied = {row[0] for row in session.execute(schema.APPLIED)}
         migrated = False
@@ -183,6 +191,15 @@ class DuckDBStore:
         session.close()
         if migrated:  # a migration may rewrite whole tables (see LARGE_WRITE_ROWS)
             self.checkpoint()
+
+
+def _check_folder(path: str) -> None:
+    """DuckDB writes a write-ahead log beside the database (and Portrait its server file): in a folder it may not
+    write to, the first write would fail deep inside a transaction."""
+    folder = Path(path).resolve().parent
+    if path != ":memory:" and folder.is_dir() and not os.access(folder, os.W_OK):
+        raise PortraitError(f"cannot use the database {path}: its folder {folder} is not writable (DuckDB writes its "
+                            "write-ahead log beside the database)", code="folder_not_writable")
 
 
 def _target(statement: exp.Insert | exp.Update) -> str | None:
