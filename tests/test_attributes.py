@@ -141,6 +141,9 @@ def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         ("favorite_store", True, "deprecated")]
     table = runner.invoke(app, ["attributes", "list", "--db", db], env={"COLUMNS": "200"})
     assert "Is Personal Info" in table.output and "Calculate Analytics" in table.output
+    narrow = runner.invoke(app, ["attributes", "list", "--db", db], env={"COLUMNS": "120"})  # flags in one column
+    row = next(line for line in narrow.output.splitlines() if "favorite_store" in line)
+    assert "personal, deprecated" in row and max(map(len, narrow.output.splitlines())) <= 120
     shown = runner.invoke(app, ["attributes", "show", "email", "--db", db])
     assert '"standard": true' in shown.output
     nothing = runner.invoke(app, ["attributes", "update", "email", "--db", db])

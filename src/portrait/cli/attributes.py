@@ -36,13 +36,34 @@ def attributes_list(
     if as_json:
         console.print_json(data={"attributes": rows})
         return
-    table = Table("Code", "Attribute", "Description", "Type", "Is Personal Info", "Calculate Analytics", "Unit",
-                  "Calculated", "Standard", "Status", title="Profile attributes")
+    console.print(_dashboard(rows) if console.width >= 160 else _compact(rows))
+
+
+def _dashboard(rows: list[dict[str, Any]]) -> Table:
+    """The console dashboard's columns (codes, types and flags never wrap)."""
+    table = Table(title="Profile attributes")
+    for header in ("Code", "Attribute", "Description", "Type", "Is Personal Info", "Calculate Analytics", "Unit",
+                   "Calculated", "Standard", "Status"):
+        table.add_column(header, no_wrap=header not in ("Attribute", "Description"))
     for a in rows:
         table.add_row(a["code"], a["name"], a["description"], a["type"], _yes(a["is_personal_info"]),
                       _yes(a["calculate_analytics"]), a["unit"] or "", _yes(a["calculated"]), _yes(a["standard"]),
                       a["status"])
-    console.print(table)
+    return table
+
+
+def _compact(rows: list[dict[str, Any]]) -> Table:
+    """For a narrow terminal: the yes/no columns as one list of what holds (descriptions: `attributes show`)."""
+    table = Table(title="Profile attributes")
+    for header in ("Code", "Attribute", "Type", "Unit", "Marked"):
+        table.add_column(header, no_wrap=header in ("Code", "Type"))
+    for a in rows:
+        marks = [word for word, flag in (("personal", a["is_personal_info"]), ("analytics", a["calculate_analytics"]),
+                                         ("calculated", a["calculated"]), ("standard", a["standard"])) if flag]
+        if a["status"] != "active":
+            marks.append(a["status"])
+        table.add_row(a["code"], a["name"], a["type"], a["unit"] or "", ", ".join(marks))
+    return table
 
 
 def _yes(flag: bool) -> str:
