@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,13 +139,16 @@ def test_cli_beside_a_running_server(server: Server) -> None:
     assert '"cli@example.com"' in through.stdout
 
 
-def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
-    """docker stop / systemd send SIGTERM: the database is closed (checkpointed) and the server file removed."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_the_server_cleanly(server: Server, stop_signal: signal.Signals) -> None:
+    """docker stop / systemd send SIGTERM, a terminal Ctrl-C SIGINT: the database is closed (checkpointed), the
+    server file removed, exit code 0."""
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
         assert client.post("/v1/identify", json={"userId": "term", "traits": {"plan": "pro"}}).status_code == 200
     server.wait_caught_up()
     assert server_file(server.db_path).exists()
-    server.stop()
+    server.process.send_signal(stop_signal)
+    server.process.wait(timeout=30)
     assert server.process.returncode == 0, server.log_path.read_text()
     assert not server_file(server.db_path).exists()
     assert not Path(server.db_path + ".wal").exists()  # closed: everything checkpointed into the file

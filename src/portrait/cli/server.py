@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import signal
@@ -59,7 +60,7 @@ def serve(
     try:
         portrait = Portrait(settings)
     except PortraitError as exc:  # in use by another process, a missing or wrong encryption key...
-        listening.close()
+        _close_all(listening)
         raise _fail(exc) from exc
     # From here SIGTERM (docker stop, systemd) ends the process through the `finally` below. While uvicorn runs it
     # shuts down gracefully first and then raises the signal again, which by default would end the process before
@@ -77,25 +78,39 @@ def serve(
                       f"API docs: {url}/docs)")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
                                 port=settings.port, log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=[listening])
+        # Ctrl-C: uvicorn shuts down gracefully, then raises it again (uvicorn.run, no longer used, swallowed it)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=listening)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the shutdown short
         portrait.close()
         remove_server_file(settings.db_path)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The server's socket, bound as uvicorn binds it (IPv6 when the host is an IPv6 address)."""
-    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound as asyncio binds them for uvicorn: one per address the host resolves to
+    (``localhost``: 127.0.0.1 and ::1), IPv6 ones for IPv6 only."""
+    sockets: list[socket.socket] = []
     try:
-        listening.bind((host, port))
-    except OSError as exc:
-        listening.close()
+        for family, kind, protocol, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                      flags=socket.AI_PASSIVE):
+            listening = socket.socket(family, kind, protocol)
+            sockets.append(listening)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listening.bind(address)
+    except OSError as exc:  # socket.gaierror (an unknown host) is one
+        _close_all(sockets)
         why = ("another program is listening there: stop it or choose another port with --port or PORTRAIT_PORT"
                if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
         raise PortraitError(f"cannot listen on {host}:{port}: {why}", code="cannot_listen") from exc
-    return listening
+    return sockets
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for listening in sockets:
+        listening.close()
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
