@@ -641,8 +641,8 @@ def test_identity_limits_below_one_are_refused() -> None:
         Settings(identity_limits={"user_id": 1, "email": 0})
     with pytest.raises(ValueError, match="not for the default"):
         Settings(identity_default_limit=0)
-    with pytest.raises(ValueError, match="max_json_depth must be from 1 to 200, not 500"):
-        Settings(max_json_depth=500)  # deeper is cut off when read: such a limit could never be reached
+    with pytest.raises(ValueError, match="max_json_depth must be from 1 to 100, not 150"):
+        Settings(max_json_depth=150)  # deeper than 200 levels is cut off when read: keep well clear of it
 
 
 def test_migration_13_files_old_merges_and_conflicts_under_the_survivor(tmp_path: Any,

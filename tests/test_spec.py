@@ -29,6 +29,7 @@ from portrait.spec import (
     MessageReader,
     ParsedRequest,
     RefusedBody,
+    _cut_deep_text,
     decode_body,
     kept_json,
     key_from_basic_auth,
@@ -515,6 +516,28 @@ def test_a_number_too_large_for_a_double_is_kept_as_its_text() -> None:
     columns, rejections = read_body(body)
     assert rejections == [] and columns.event == ["Big", "Fine"]
     assert orjson.loads(columns.properties[0]) == {"n": huge, "e": "1e400", "x": 1}
+
+
+def _cut_in_python(value: Any, depth: int, level: int = 1) -> Any:
+    if not isinstance(value, list | dict):
+        return value
+    if level > depth:
+        return f"[nested deeper than {depth} levels; not kept]"
+    if isinstance(value, dict):
+        return {k: _cut_in_python(v, depth, level + 1) for k, v in value.items()}
+    return [_cut_in_python(v, depth, level + 1) for v in value]
+
+
+TRICKY_TEXT = st.sampled_from(["a]b", 'q"[{', "\\", "}}", "", "x\"]"])
+NESTED = st.recursive(st.none() | st.integers() | TRICKY_TEXT,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+                      max_leaves=30)
+
+
+@given(value=NESTED, depth=st.integers(1, 8))
+def test_cutting_deep_nesting_in_the_text_is_cutting_it_in_the_value(value: Any, depth: int) -> None:
+    """The text-level cutter (brackets and quotes inside strings included) agrees with a plain recursive cut."""
+    assert json.loads(_cut_deep_text(json.dumps(value).encode(), depth)) == _cut_in_python(value, depth)
 
 
 def test_nesting_deeper_than_the_parsers_go_rejects_only_its_message() -> None:

@@ -92,8 +92,8 @@ class Settings:
             raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
         if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
             raise ValueError("processor_batch_size and processor_max_batch_size must be at least 1")
-        if not 1 <= self.max_json_depth <= 200:  # deeper is cut off when read (spec.CUT_DEPTH)
-            raise ValueError(f"max_json_depth must be from 1 to 200, not {self.max_json_depth}")
+        if not 1 <= self.max_json_depth <= 100:  # well under spec.CUT_DEPTH, where nesting is cut off when read
+            raise ValueError(f"max_json_depth must be from 1 to 100, not {self.max_json_depth}")
         too_low = sorted(kind for kind, limit in self.identity_limits.items() if limit < 1)
         if too_low or self.identity_default_limit < 1:  # a profile holds at least the identifier that made it
             raise ValueError(f"identity limits must be at least 1 (not for {', '.join(too_low) or 'the default'})")

@@ -245,38 +245,34 @@ def _loads(body: bytes) -> Any:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from again
 
 
-# Deeper than any message may be stored (orjson writes at most 255 levels; PORTRAIT_MAX_JSON_DEPTH is at most this).
+# Deeper than any message may be: counted from the body's root, well past PORTRAIT_MAX_JSON_DEPTH (at most 100)
+# plus the envelope around a message's fields, and under the 255 levels orjson writes.
 CUT_DEPTH = 200
-_STRUCTURE = re.compile(rb'["\\\[\]{}]')
-_QUOTE, _BACKSLASH, _OPENING = ord('"'), ord("\\"), (ord("["), ord("{"))
+# A whole string (skipped in one match, escapes and brackets in it included) or a run of openers or of closers.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[{]+|[\]}]+')
+_OPENING = (ord("["), ord("{"))
 _CUT_MARKER = b'"[nested deeper than %d levels; not kept]"'
 
 
 def _cut_deep_text(body: bytes, depth: int) -> bytes:
     """``body`` with every array or object nested deeper than ``depth`` replaced by a marker string. Works on the
-    text, without recursion: the parsers' own recursion is what such nesting exhausts."""
-    out, level, kept_to, cut_from, skip_to, in_string = [], 0, 0, 0, 0, False
-    for match in _STRUCTURE.finditer(body):
-        at = match.start()
-        if at < skip_to:  # the character after a backslash in a string
+    text, without recursion (the parsers' own recursion is what such nesting exhausts), by runs of brackets, so a
+    body of nothing but brackets costs one regex match; anything else malformed is left for the parser to refuse."""
+    out, level, kept_to, cut_from = [], 0, 0, 0
+    for match in _TOKENS.finditer(body):
+        token = match.group()
+        if token[0] == 0x22:  # a string
             continue
-        char = body[at]
-        if in_string:
-            if char == _BACKSLASH:
-                skip_to = at + 2
-            elif char == _QUOTE:
-                in_string = False
-        elif char == _QUOTE:
-            in_string = True
-        elif char in _OPENING:
-            level += 1
-            if level == depth + 1:
-                cut_from = at
-        elif level > 0:
-            if level == depth + 1:
+        if token[0] in _OPENING:
+            if level <= depth < level + len(token):  # this run opens the value at depth + 1: cut from there
+                cut_from = match.start() + depth - level
+            level += len(token)
+        else:
+            closing = min(len(token), level)
+            if level - closing <= depth < level:  # closes the value that was cut: the marker takes its place
                 out.append(body[kept_to:cut_from] + _CUT_MARKER % depth)
-                kept_to = at + 1
-            level -= 1
+                kept_to = match.start() + level - depth
+            level -= closing
     out.append(body[kept_to:])
     return b"".join(out)
 
@@ -288,6 +284,8 @@ def _lenient_loads(body: bytes) -> Any:
 
 
 def _int_as_orjson(text: str) -> int | float | str:
+    if len(text) > 21:  # past 64 bits whatever it is (and int() refuses more than 4,300 digits)
+        return _finite_float(text)
     number = int(text)
     return number if -(2**63) <= number < 2**64 else _finite_float(text)
 
