@@ -25,7 +25,7 @@ class Calculator:
         return sorted(found, key=lambda item: isinstance(item[1], Concat | YearsSince | DaysSince))
 
     def apply(self, session: Session, now: datetime, *, scoped: bool) -> int:
-        """Compute and store every calculated attribute for ``seg_scope`` (scoped) or every profile; the caller
+        """Compute and store every calculated attribute for ``seg_live`` (scoped) or every profile; the caller
         holds the transaction. Returns how many attributes were computed."""
         schema = self._schema()
         done = 0

@@ -299,6 +299,7 @@ class Segments:
         with self._exclusive(), self._writing, session.transaction():
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
+            session.execute(q.LIVE_SCOPE, [seen])
             self.calculator.apply(session, now, scoped=True)  # calculated attributes first: segments may use them
             profiles = self._scope_profiles(session, segments) if segments else []
             schema = self.schema()
@@ -317,19 +318,17 @@ class Segments:
 
     def _scope_profiles(self, session: Session, segments: list[Segment]) -> list[ProfileData]:
         names = sorted({n for s in segments if s.condition is not None for n in _event_names(s.condition, self)})
-        # Profiles merged away in the batch are in the scope only to leave their segments: no ProfileData.
+        # seg_live: profiles merged away are in the scope only to leave their segments (no ProfileData for them).
         profiles = {row[0]: ProfileData(row[0]) for row in session.execute(q.SCOPE_PROFILES)}
         for profile_id, key, value in session.execute(q.SCOPE_TRAITS):
-            if value is not None and profile_id in profiles:  # a removed trait (null) is kept as NULL: missing
+            if value is not None:  # a removed trait (null) is kept as a NULL value: missing
                 profiles[profile_id].traits[key] = orjson.loads(value)
         for profile_id, purpose, status, at, seq in session.execute(q.SCOPE_CONSENTS):
-            if profile_id in profiles:
-                profiles[profile_id].consents.append((purpose, status, at, seq))
+            profiles[profile_id].consents.append((purpose, status, at, seq))
         if names:
             for profile_id, seq, name, timestamp, properties in session.execute(q.SCOPE_EVENTS, [names]):
-                if profile_id in profiles:
-                    profiles[profile_id].events.append(
-                        Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
+                profiles[profile_id].events.append(
+                    Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
         return list(profiles.values())
 
     def _evaluate(self, session: Session, segment: Segment, profiles: list[ProfileData], schema: Schema,

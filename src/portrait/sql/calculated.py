@@ -1,5 +1,5 @@
 """Calculated attributes in SQL: each definition becomes one query giving ``(profile_id, value)`` -- the value as
-JSON text, NULL for "no value" -- for every profile or for the profiles in ``seg_scope`` (those a batch touched).
+JSON text, NULL for "no value" -- for every profile or for the profiles in ``seg_live`` (those a batch touched).
 
 Values are stored in ``profile_traits`` like any trait, so segments, the profile view and exports read them as they
 read everything else.
@@ -49,12 +49,12 @@ RFM_GROUP = """CASE
 
 def calculation_query(calculation: Calculation, schema: Schema, now: datetime, *, scoped: bool
                       ) -> tuple[exp.Expr, dict[str, Any]]:
-    """``SELECT profile_id, value`` for the calculation, over ``seg_scope`` when ``scoped`` else every profile."""
+    """``SELECT profile_id, value`` for the calculation, over ``seg_live`` (the profiles a batch touched, see
+    sql.segments.LIVE_SCOPE) when ``scoped``, else every profile."""
     compiler = _Compiler(schema, now)
-    # The scope also holds the ids of profiles merged away in the batch (so their segment memberships end): they
-    # get no values, which would be filed under a profile that no longer exists.
-    base = ("(SELECT profile_id FROM seg_scope WHERE profile_id IN (SELECT profile_id FROM profiles))" if scoped
-            else "(SELECT profile_id FROM profiles)")
+    # seg_live, not seg_scope: the scope also holds profiles merged away (so that they leave their segments), which
+    # get no values (they would be filed under a profile that no longer exists).
+    base = "(SELECT profile_id FROM seg_live)" if scoped else "(SELECT profile_id FROM profiles)"
     if isinstance(calculation, EventValue):
         return _event_value(compiler, calculation, base, scoped), compiler.params
     if isinstance(calculation, DaysSince) and isinstance(calculation.source, EventValue):

@@ -128,14 +128,19 @@ SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
 FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
 """)
 ALL_PROFILES = parse("SELECT profile_id FROM profiles")
-SCOPE_PROFILES = parse("SELECT profile_id FROM profiles WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
+# The scope's profiles that still exist: those merged away since the last refresh are in the scope only to leave
+# their segments. (Checking the scope against profiles instead cost a scan of them: ~40 ms at 1M profiles, per
+# refresh and per calculated attribute.) Params: the last refresh's watermark.
+LIVE_SCOPE = parse("CREATE OR REPLACE TEMP TABLE seg_live AS SELECT DISTINCT profile_id FROM seg_scope "
+                   "WHERE profile_id NOT IN (SELECT merged_id FROM merges WHERE seq > ?)")
+SCOPE_PROFILES = parse("SELECT profile_id FROM seg_live")
 SCOPE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits "
-                     "WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
+                     "WHERE profile_id IN (SELECT profile_id FROM seg_live)")
 # Params: event names (a list). Only the events the conditions look at.
 SCOPE_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
 FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
-WHERE ep.profile_id IN (SELECT profile_id FROM seg_scope) AND list_contains(CAST(? AS VARCHAR[]), ep.event)
+WHERE ep.profile_id IN (SELECT profile_id FROM seg_live) AND list_contains(CAST(? AS VARCHAR[]), ep.event)
 """)
 ONE_PROFILE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits WHERE profile_id = ?")
 ONE_PROFILE_EVENTS = parse("""
@@ -146,5 +151,5 @@ FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq WHERE ep.profile_id
 _CONSENTS = ("SELECT ep.profile_id, c.purpose, c.status, c.at, c.seq FROM consent_records AS c "
              "JOIN event_profiles AS ep ON ep.seq = c.seq")
 ALL_CONSENTS = parse(_CONSENTS)
-SCOPE_CONSENTS = parse(_CONSENTS + " WHERE ep.profile_id IN (SELECT profile_id FROM seg_scope)")
+SCOPE_CONSENTS = parse(_CONSENTS + " WHERE ep.profile_id IN (SELECT profile_id FROM seg_live)")
 ONE_PROFILE_CONSENTS = parse(_CONSENTS + " WHERE ep.profile_id = ?")
