@@ -52,6 +52,9 @@ def privacy_request(
         raise _fail(exc) from exc
     if done["status"] == "failed":
         raise _fail(PortraitError(f"request {done['id']} failed: {done['error']}"))
+    if done["status"] != "done":  # still pending or running after the wait: nothing to print or write yet
+        raise _fail(PortraitError(f"request {done['id']} is still {done['status']} after {WAIT_SECONDS:.0f} s; "
+                                  f"see `portrait privacy show {done['id']}` for when it is done"))
     result = done.get("result") or {}
     if kind == "access":
         text = json.dumps(result, indent=2, ensure_ascii=False)
@@ -65,7 +68,10 @@ def privacy_request(
         console.print(f"Request {done['id']} done: {json.dumps(result)}")
 
 
-def _wait(backend: Any, request_id: str, timeout: float = 120.0) -> dict[str, Any]:
+WAIT_SECONDS = 120.0
+
+
+def _wait(backend: Any, request_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         found: dict[str, Any] = backend.get_json(f"/api/privacy/requests/{request_id}")

@@ -306,7 +306,7 @@ WITH top AS (
     FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
 )
 SELECT *, CASE WHEN row_number() OVER last_first > 1 THEN first_value(name) OVER last_first END AS shadowed_by
-FROM named WINDOW last_first AS (PARTITION BY seq, code ORDER BY pos DESC, sub DESC)
+FROM named WINDOW last_first AS (PARTITION BY seq, profile_id, code ORDER BY pos DESC, sub DESC)
 """)
 # A trait whose name leaves no attribute code, or whose code a later name in the same message also gives, is not
 # applied, and is listed (with its value) rather than lost. Params: detected-at time.
@@ -317,7 +317,8 @@ SELECT b.profile_id, CASE WHEN b.code = '' THEN b.name ELSE b.code END, b.value,
             THEN 'the trait name ' || b.name || ' leaves no attribute code (letters a-z, digits and _ once accents '
                  || 'are dropped): not applied; send it under a name in Latin letters'
             ELSE 'the traits ' || b.name || ' and ' || b.shadowed_by || ' of one message both give the attribute '
-                 || b.code || ': the later one in the message, ' || b.shadowed_by || ', was applied' END,
+                 || b.code || ': this value is not applied, the later one in the message (' || b.shadowed_by
+                 || ') stands for it' END,
        b.seq, e.message_id, e.source, ?
 FROM b_trait_values AS b JOIN events AS e ON e.seq = b.seq
 WHERE (b.code = '' OR b.shadowed_by IS NOT NULL)
