@@ -77,6 +77,12 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
     settings = Settings(db_path=str(folder / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
     service = Portrait(settings, background=False)
     shop(service)
+    # An earlier access export asked for by another of Ann's identifiers, and an uploaded list naming her.
+    exported = service.privacy_request({"type": "access", "identity": "email:Ann.Erasable@example.com"}, "test",
+                                       run_now=True)
+    service.create_segment({"name": "fair leads", "identities": ["email:ann.erasable@example.com",
+                                                                 "email:bob@example.com"]})
+    service.process_pending()  # the Audience Entered events
     bob_before = service.profile("user_id:u-bob")
     service.store.checkpoint()
     assert all(secret in files_of(folder) for secret in SECRETS)  # the scan can see them before
@@ -87,6 +93,10 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
         service.profile("email:ann.erasable@example.com")
     bob_after = service.profile("user_id:u-bob")
     assert (bob_after["traits"], bob_after["events_count"]) == (bob_before["traits"], bob_before["events_count"])
+    gone = service.privacy.get(exported["id"])
+    assert (gone["identity"], gone["result"]) == (None, None)
+    assert [m["profile_id"] for m in service.segments.members("fair leads")["members"]] == [
+        bob_after["profile_id"]]
     assert activity_mismatches(service) == []  # the erased profile's activity went with its events
     # Later events naming the erased person are dropped and counted, never stored.
     service.ingest_messages([{"type": "track", "userId": "u-new", "event": "Visit",

@@ -183,7 +183,10 @@ class PrivacyRequests:
                     session.execute(q.ERASE_REJECTED, [str(value)])
             for key, _kind, _value in identities:
                 session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
-            session.execute(q.DROP_EXPORTS, [request["identity_hash"]])
+            keys = [str(key) for key, _kind, _value in identities]
+            named = [*keys, *(self._hooks.normalize_key(f"profile_id:{erased}") for erased in (profile_id, *merged))]
+            session.execute(q.DROP_EXPORTS, [[request["identity_hash"], *map(identity_hash, named)]])
+            session.execute(q.DROP_STATIC_IDENTITIES, [keys])
         self.suppressed = self._load_suppressed()
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
                 "identities_suppressed": len(identities), "events": events}

@@ -19,8 +19,13 @@ START = parse("UPDATE privacy_requests SET status = 'running', started_at = ? WH
 # Params: status, finished_at, result, error, id.
 FINISH = parse("UPDATE privacy_requests SET status = ?, finished_at = ?, result = ?, error = ? WHERE id = ?")
 FORGET_IDENTITY = parse("UPDATE privacy_requests SET identity = NULL WHERE id = ?")
-# An erased person's earlier access exports go too. Params: identity hash.
-DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL WHERE identity_hash = ?")
+# An erased person's earlier access exports go too, whichever identifier (or profile id) they named. Params: the
+# identity hashes (a list).
+DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL "
+                     "WHERE list_contains(CAST(? AS VARCHAR[]), identity_hash)")
+# ... and the person's identifiers on uploaded (static) segment lists. Params: identity keys (a list).
+DROP_STATIC_IDENTITIES = parse("DELETE FROM static_segment_identities "
+                               "WHERE list_contains(CAST(? AS VARCHAR[]), identity_key)")
 
 # -- access (params: profile id) ----------------------------------------------------------------------------------
 ALL_EVENTS = parse("""
