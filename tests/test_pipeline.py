@@ -431,7 +431,7 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
             previous = message["previousId"]
             found.append(Identifier("user_id" if f"user_id:{previous}" in graph.owner else "anonymous_id", previous))
         idents = sorted({i for i in found if i.value}, key=lambda i: (rules.rank(i.type), i.value))
-        graph.resolve(idents, seq, lambda m=message: profile_id_for(m["messageId"]))  # type: ignore[misc]
+        graph.resolve(idents, seq, lambda s=seq: profile_id_for(s))  # type: ignore[misc]
     for key, owner in graph.owner.items():
         assert service.resolve_profile_id(key) == graph.final(owner), key
     assert activity_mismatches(service) == []
@@ -705,6 +705,26 @@ def test_migration_19_files_old_data_quality_issues_under_the_survivor(tmp_path:
     upgraded = Portrait(settings, background=False)
     assert [i["profile_id"] for i in upgraded.data_quality()["issues"]] == [survivor]
     upgraded.close()
+
+
+def test_a_messageid_sent_again_past_the_duplicate_window_makes_a_profile_of_its_own(tmp_path: Any) -> None:
+    """Profile ids derive from the creating event's place in the log, not its messageId: a client that reuses ids
+    (past the window in which duplicates are recognized) neither takes another profile's id nor loses its event."""
+    service = Portrait(Settings(db_path=str(tmp_path / "r.duckdb"), dedup_max_ids=1), background=False)
+    for step in ([msg("identify", userId="alice", messageId="zz0")], [msg("page", anonymousId="q", messageId="m1")],
+                 [msg("identify", userId="alice", anonymousId="q", messageId="zz1")],  # m1's profile merged away
+                 [msg("page", anonymousId="filler", messageId="f1")],
+                 [msg("identify", userId="bob", messageId="m1")],  # m1 again: remembered no longer
+                 [msg("page", anonymousId="someone", messageId="zz0")]):  # and alice's creating event's id
+        service.ingest_messages(step)
+        service.process_pending()
+    alice, bob, someone = (service.profile(key) for key in ("user_id:alice", "user_id:bob", "anonymous_id:someone"))
+    assert len({alice["profile_id"], bob["profile_id"], someone["profile_id"]}) == 3
+    assert service.resolve_profile_id("anonymous_id:q") == alice["profile_id"]
+    merged_away = alice["merges"][0]["merged_profile_id"]
+    assert service.resolve_profile_id(f"profile_id:{merged_away}") == alice["profile_id"]  # still Alice's
+    assert service.rejected()["rejected"] == [] and bob["events_count"] == someone["events_count"] == 1
+    service.close()
 
 
 def test_a_batch_of_more_than_110_591_new_customers_keeps_all_its_events(tmp_path: Any) -> None:

@@ -34,13 +34,16 @@ from portrait.sql import processor as q
 from portrait.store import Session, Store
 
 log = logging.getLogger(__name__)
-def profile_id_for(message_id: str) -> str:
+def profile_id_for(seq: int) -> str:
     """Profile ids are derived from the creating event, so re-processing the log yields the same ids.
 
-    The MD5 digest of the messageId, written like a UUID: the same as the processor's SQL computes for profiles it
-    creates set-based (sql.processor.STAGE_NEW). An id, not a secret, so MD5 is fine.
+    The MD5 digest of the event's sequence number in the log (unique for good: never reused, even after erasures),
+    written like a UUID: the same as the processor's SQL computes for profiles it creates set-based
+    (sql.processor.STAGE_NEW). Not of its messageId, which a client may send again once it is past the duplicate
+    check's window: the new profile then took an existing (or merged-away) profile's id. Profiles created before
+    keep their ids. An id, not a secret, so MD5 is fine.
     """
-    h = hashlib.md5(message_id.encode("utf-8")).hexdigest()
+    h = hashlib.md5(f"portrait-profile:{seq}".encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -275,7 +278,7 @@ class Processor:
                 plan.unidentified += 1  # left out of b_assign: recorded as rejected (no_identifier)
                 continue
             event.identifiers.sort(key=lambda i: (rank(i.type), i.value))
-            new_id = functools.partial(profile_id_for, event.message_id)  # computed only if a profile is created
+            new_id = functools.partial(profile_id_for, event.seq)  # computed only if a profile is created
             resolution = graph.resolve(event.identifiers, event.seq, new_id)
             _record(plan, event, resolution)
         return plan

@@ -149,13 +149,13 @@ COUNT_ATTACHED = parse("SELECT count(*) FROM b_attach")
 # with processor_max_batch_size above that).
 NEW_BATCH_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign (seq BIGINT, profile_id VARCHAR)")
 FAST_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, owner FROM b_events WHERE path = 'fast'")
-# The profile id of a new profile derives from the creating event's messageId: md5, written like a UUID
-# (pipeline.profile_id_for computes the same in Python). Computed once per new profile, into b_new.
+# The profile id of a new profile derives from the creating event's sequence number: md5, written like a UUID
+# (pipeline.profile_id_for computes the same in Python, and says why). Computed once per new profile, into b_new.
 STAGE_NEW = parse("""
 CREATE OR REPLACE TEMP TABLE b_new AS
 SELECT seq, timestamp, lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' ||
                              substr(h, 17, 4) || '-' || substr(h, 21, 12)) AS profile_id
-FROM (SELECT seq, timestamp, md5(message_id) AS h FROM b_events WHERE path = 'new')
+FROM (SELECT seq, timestamp, md5('portrait-profile:' || CAST(seq AS VARCHAR)) AS h FROM b_events WHERE path = 'new')
 """)
 # Params: processed-at time.
 NEW_PROFILES = parse("INSERT INTO profiles (profile_id, created_seq, created_at) SELECT profile_id, seq, ? FROM b_new")
