@@ -707,6 +707,24 @@ def test_migration_19_files_old_data_quality_issues_under_the_survivor(tmp_path:
     upgraded.close()
 
 
+@pytest.mark.parametrize("order", ["part first", "removal first", "one batch"])
+def test_an_object_removed_on_one_profile_removes_its_older_parts_from_the_other_on_merge(
+        tmp_path: Any, order: str) -> None:
+    """{"address": null} at t2 on one profile, address.city at t1 on another: merged, the city is gone whichever
+    profile survives (the log read in any order gives one result)."""
+    part = msg("identify", anonymousId="a1", traits={"address": {"city": "Paris"}}, at="2026-01-01T00:00:00Z")
+    removal = msg("identify", userId="u1", traits={"address": None}, at="2026-01-02T00:00:00Z")
+    merge = msg("identify", userId="u1", anonymousId="a1", at="2026-01-03T00:00:00Z")
+    steps = {"part first": [[part], [removal], [merge]], "removal first": [[removal], [part], [merge]],
+             "one batch": [[removal, part, merge]]}[order]
+    service = Portrait(Settings(db_path=str(tmp_path / "o.duckdb")), background=False)
+    for step in steps:
+        service.ingest_messages(step)
+        service.process_pending()
+    assert service.traits("user_id:u1") == {}
+    service.close()
+
+
 def test_a_messageid_sent_again_past_the_duplicate_window_makes_a_profile_of_its_own(tmp_path: Any) -> None:
     """Profile ids derive from the creating event's place in the log, not its messageId: a client that reuses ids
     (past the window in which duplicates are recognized) neither takes another profile's id nor loses its event."""

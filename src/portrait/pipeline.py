@@ -342,8 +342,8 @@ class Processor:
                               *q.REASSIGN_HISTORY, q.INSERT_ALIASES, q.MERGE_TRAIT_INPUT):
                 session.execute(statement)
             _combine_traits(session)
-            for statement in (q.DELETE_MERGED_TRAITS, q.MERGE_ACTIVITY, q.DELETE_MERGED_ACTIVITY,
-                              q.DELETE_MERGED_PROFILES):
+            for statement in (q.APPLY_PARENT_REMOVALS, q.DELETE_MERGED_TRAITS, q.MERGE_ACTIVITY,
+                              q.DELETE_MERGED_ACTIVITY, q.DELETE_MERGED_PROFILES):
                 session.execute(statement)
         finally:
             session.unload("batch_merges")

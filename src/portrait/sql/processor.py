@@ -231,6 +231,23 @@ SELECT m.profile_id, t.key AS code, CAST(t.value AS VARCHAR) AS value, t.updated
 FROM profile_traits AS t JOIN batch_merges AS m ON t.profile_id = m.merged_id
 LEFT JOIN attributes AS a ON a.code = t.key
 """)
+# After a merge, a part older than its object's removal ({"address": null}) on the survivor -- the two coming from
+# either side -- is removed at the removal's time, as if both profiles' events had come to one (calculated parts
+# and merge strategies other than latest keep their values, as on one profile).
+APPLY_PARENT_REMOVALS = parse("""
+UPDATE profile_traits SET value = NULL, updated_at = r.updated_at, seq = r.seq
+FROM (
+    SELECT t.profile_id, t.key, max(p.updated_at) AS updated_at, arg_max(p.seq, (p.updated_at, p.seq)) AS seq
+    FROM profile_traits AS t JOIN trait_parents AS tp ON tp.code = t.key
+    JOIN profile_traits AS p ON p.profile_id = t.profile_id AND p.key = tp.parent AND p.value IS NULL
+    LEFT JOIN attributes AS a ON a.code = t.key
+    WHERE t.profile_id IN (SELECT profile_id FROM batch_merges) AND t.value IS NOT NULL
+      AND (p.updated_at > t.updated_at OR (p.updated_at = t.updated_at AND p.seq > t.seq))
+      AND coalesce(a.merge_strategy, 'latest') = 'latest' AND NOT coalesce(a.calculated, FALSE)
+    GROUP BY t.profile_id, t.key
+) AS r
+WHERE profile_traits.profile_id = r.profile_id AND profile_traits.key = r.key
+""")
 DELETE_MERGED_TRAITS = parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
 DELETE_MERGED_PROFILES = parse("DELETE FROM profiles WHERE profile_id IN (SELECT merged_id FROM batch_merges)")
 INSERT_MERGES = insert_from(
