@@ -92,6 +92,26 @@ def test_membership_follows_new_events_and_keeps_history(portrait: Portrait) -> 
     assert len(exited) == 1 and exited[0]["properties"]["segment"] == "adults 30+"
 
 
+def test_a_profile_merged_away_leaves_its_segments_on_its_survivors_timeline(portrait: Portrait) -> None:
+    """Its Audience Entered event moved to the survivor with its events; so does its exit, unless the survivor is a
+    member (then the survivor's own membership stands)."""
+    portrait.attributes.create({"code": "plan", "name": "Plan", "type": "string"})
+    portrait.create_segment({"name": "free", "condition": 'plan = "free"'})
+    portrait.create_segment({"name": "everyone", "condition": "plan is set"})
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": "2026-01-01T00:00:00Z"},
+        {"type": "identify", "anonymousId": "a1", "traits": {"plan": "free"}, "timestamp": "2026-01-01T00:00:00Z"}])
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "pro"},
+                               "timestamp": "2026-01-02T00:00:00Z"}])
+    portrait.process_pending()
+    timeline = [(e["event"], e["properties"]["segment"])
+                for e in portrait.events("user_id:u1")["events"] if (e["event"] or "").startswith("Audience")]
+    assert sorted(timeline) == [("Audience Entered", "everyone"), ("Audience Entered", "everyone"),
+                                ("Audience Entered", "free"), ("Audience Exited", "free")]
+    assert users(portrait, "free") == set() and users(portrait, "everyone") == {"u1"}
+
+
 def test_a_recount_catches_conditions_that_move_with_time(portrait: Portrait) -> None:
     shop(portrait)
     portrait.create_segment({"name": "recent buyers", "condition": 'last_time("Order Completed") within last 7d'})

@@ -401,6 +401,11 @@ class Segments:
         rows = self._session().execute(q.PROFILE_IDENTIFIER, [profile_id])
         return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
+    def survivor_outside(self, merged_id: str, segment_id: int) -> str | None:
+        """The profile ``merged_id`` was merged into, if that is not a member of the segment (see SURVIVOR_OUTSIDE)."""
+        rows = self._session().execute(q.SURVIVOR_OUTSIDE, [merged_id, segment_id])
+        return str(rows[0][0]) if rows else None
+
 
 def load_profiles(session: Session) -> list[ProfileData]:
     """Every profile with its traits and events, as the Python engine reads them (tests and small stores)."""

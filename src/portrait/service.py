@@ -466,7 +466,10 @@ class Portrait:
     def _audience_message(self, message_id: str, segment_id: int, segment: str, change: str, profile_id: str,
                           at: datetime) -> dict[str, Any] | None:
         identifier = self.segments.identifier_of(profile_id)
-        if identifier is None:  # a profile merged away (or erased): its successor is evaluated on its own
+        if identifier is None and change == "exited":  # merged away: the exit goes where its entry went
+            survivor = self.segments.survivor_outside(profile_id, segment_id)
+            identifier = self.segments.identifier_of(survivor) if survivor else None
+        if identifier is None:  # erased, or merged into a member: the survivor is evaluated on its own
             return None
         kind, value = identifier
         message: dict[str, Any] = {

@@ -110,6 +110,11 @@ PROFILE_IDENTIFIER = parse("""
 SELECT type, value FROM identities WHERE profile_id = ?
 ORDER BY CASE type WHEN 'user_id' THEN 0 WHEN 'anonymous_id' THEN 1 ELSE 2 END, first_seen LIMIT 1
 """)
+# A profile merged away that left a segment: its survivor, unless that is a member (the merged profile's entry went
+# to the survivor's timeline with its events; its exit follows, so the timeline does not show it in the segment for
+# good). Params: merged id, segment id.
+SURVIVOR_OUTSIDE = parse("SELECT profile_id FROM profile_aliases WHERE merged_id = ? AND profile_id NOT IN "
+                         "(SELECT profile_id FROM segment_members WHERE segment_id = ?)")
 GET_WATERMARK = parse("SELECT value FROM segment_state WHERE name = 'watermark'")
 SET_WATERMARK = parse("UPDATE segment_state SET value = ? WHERE name = 'watermark'")
 PROCESSED = parse("SELECT value FROM processor_state WHERE name = 'watermark'")
