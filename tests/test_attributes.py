@@ -216,12 +216,18 @@ def test_recheck_after_a_schema_fix_applies_values_kept_out_before(tmp_path: Any
     service.process_pending()
     assert service.traits("user_id:u1") == {} and len(service.data_quality()["issues"]) == 1
     service.attributes.update("size", {"type": "string"})  # the schema was wrong: sizes are letters
+    service.create_segment({"name": "XL", "condition": 'size = "XL"'})
+    assert service.segments.get("XL")["size"] == 0
     service.close()
     result = CliRunner().invoke(app, ["attributes", "recheck", "--db", db])
     assert result.exit_code == 0, result.output
     assert "Rechecked 1 trait values" in result.output and "issues now: 0" in result.output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:u1") == {"size": "XL"} and service.data_quality()["issues"] == []
+    assert service.segments.get("XL")["size"] == 1  # segments recounted with the values the recheck applied
+    service.process_pending()  # its Audience Entered event is in the log
+    assert [e["properties"]["segment"] for e in service.events("user_id:u1", event="Audience Entered")["events"]
+            ] == ["XL"]
     service.close()
 
 

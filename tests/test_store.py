@@ -127,6 +127,23 @@ def test_a_duckdb_file_portrait_did_not_make_is_refused_and_left_alone(tmp_path:
         assert theirs.execute("SHOW TABLES").fetchall() == [("events",)]
 
 
+def test_a_database_upgraded_by_a_newer_portrait_is_refused(tmp_path: Path) -> None:
+    """Older code would keep writing derived state by its own, older rules (an upgraded database then went wrong
+    for good): it refuses, leaving the file as it is."""
+    import duckdb
+
+    from portrait.sql import schema
+
+    path = str(tmp_path / "newer.duckdb")
+    DuckDBStore(path).close()
+    future = max(schema.MIGRATIONS) + 1
+    with duckdb.connect(path) as con:
+        con.execute("INSERT INTO schema_migrations (version) VALUES (?)", [future])
+    with pytest.raises(PortraitError, match=f"upgraded by a newer Portrait \\(schema version {future}") as refused:
+        DuckDBStore(path)
+    assert refused.value.code == "database_too_new"
+
+
 def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
     """Recently used statements are cached; trees built per call pass through (least recently used out first)."""
     from portrait.store.duckdb import _Renderer

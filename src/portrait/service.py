@@ -564,7 +564,10 @@ class Portrait:
                 issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
             finally:
                 session.close()
-        self.segments.recalculate()  # the rebuild cleared calculated values with the rest
+        # The rebuild cleared calculated values with the rest; and the changed traits may move profiles in or out
+        # of segments: a full recount (with its Audience events), not only the next real-time refresh.
+        self.segments.recount_all()
+        self._send_audience_events()
         return {"values": values, "issues": issues}
 
     def wait_processed(self, poll: float = 0.05) -> None:

@@ -179,6 +179,13 @@ class DuckDBStore:
                                 "give Portrait a new file or one of its own", code="not_a_portrait_database")
         session.execute(schema.MIGRATION_TABLE)
         applied = {row[0] for row in session.execute(schema.APPLIED)}
+        newer = sorted(version for version in applied if version not in schema.MIGRATIONS)
+        if newer:  # its derived state is kept by rules this code does not know: writing would corrupt it
+            session.close()
+            self._root.close()
+            raise PortraitError(f"the database {self.path} was upgraded by a newer Portrait (schema version "
+                                f"{newer[-1]}; this one knows up to {max(schema.MIGRATIONS)}): nothing was changed; "
+                                "use that version or a newer one", code="database_too_new")
         migrated = False
         for version in sorted(schema.MIGRATIONS):
             if version in applied:
