@@ -199,6 +199,25 @@ def test_object_parts_already_in_the_log_are_known_after_migrating(tmp_path: Pat
     upgraded.close()
 
 
+def test_migration_20_gives_trait_parents_of_the_first_migration_17_their_full_key(tmp_path: Path) -> None:
+    """Migration 17 as first released kept one parent per code: a_b.c and a.b_c (both a_b_c) lost one; rebuilt."""
+    settings = Settings(db_path=str(tmp_path / "m.duckdb"))
+    old = Portrait(settings, background=False)
+    load(old, msg("identify", userId="u-1", traits={"a_b": {"c": 4}}),
+         msg("identify", userId="u-2", traits={"a": {"b_c": 5}}))
+    old.close()
+    with duckdb.connect(settings.db_path) as con:  # as the first migration 17 left it
+        con.execute("DROP TABLE trait_parents")
+        con.execute("CREATE TABLE trait_parents (code VARCHAR PRIMARY KEY, parent VARCHAR NOT NULL)")
+        con.execute("INSERT INTO trait_parents VALUES ('a_b_c', 'a')")
+        con.execute("DELETE FROM schema_migrations WHERE version = 20")
+    upgraded = Portrait(settings, background=False)
+    load(upgraded, msg("identify", userId="u-1", at="2026-03-02T00:00:00Z", traits={"a_b": None}),
+         msg("identify", userId="u-2", at="2026-03-02T00:00:00Z", traits={"a": None}))
+    assert upgraded.traits("user_id:u-1") == upgraded.traits("user_id:u-2") == {}
+    upgraded.close()
+
+
 def test_identify_traits_logged_only_in_context_are_applied_after_migrating(tmp_path: Path) -> None:
     """Migration 18: identify events logged before traits were read from context.traits (RudderStack's SDKs) get
     them in the log's traits column; a recheck applies them."""

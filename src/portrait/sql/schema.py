@@ -453,6 +453,24 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         WHERE data_quality.profile_id = a.merged_id;
         """
     ),
+    20: parse_many(
+        f"""
+        -- Migration 17 as first released keyed trait_parents by code alone (one parent per code, the others
+        -- dropped), and was changed in place afterwards, so databases that ran that first version kept the old key.
+        -- Rebuilt with the (code, parent) key everywhere, from what it holds and from the log.
+        CREATE TABLE trait_parents_20 (code VARCHAR NOT NULL, parent VARCHAR NOT NULL, PRIMARY KEY (code, parent));
+        INSERT INTO trait_parents_20
+        SELECT DISTINCT code, parent FROM (
+            SELECT code, parent FROM trait_parents
+            UNION ALL
+            SELECT {_CODE_17.format("j.key || '.' || n.key")} AS code, {_CODE_17.format('j.key')} AS parent
+            FROM events AS e, json_each(e.traits) AS j, json_each(j.value) AS n
+            WHERE e.type = 'identify' AND j.type = 'OBJECT'
+        ) WHERE code <> '' AND parent <> '' AND code <> parent;
+        DROP TABLE trait_parents;
+        ALTER TABLE trait_parents_20 RENAME TO trait_parents;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
