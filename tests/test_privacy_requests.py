@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, activity_mismatches
@@ -124,6 +125,29 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
     assert reopened.profile("user_id:u-bob")["traits"]["first_name"] == "Bob"
     assert reopened.privacy.all()[0]["identity"] is None  # the request no longer names the person
     reopened.close()
+
+
+def test_an_identifier_stored_under_an_earlier_rule_is_found_and_erased_as_shown(tmp_path: Path) -> None:
+    """A local phone number was an identifier before the rule that refuses it (stored as +15551234): the profile
+    still lists it, so it must still find the profile -- and an erasure by it must work."""
+    settings = Settings(db_path=str(tmp_path / "legacy.duckdb"))
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u-legacy", "traits": {"firstName": "Lee"}}])
+    service.process_pending()
+    owner = service.resolve_profile_id("user_id:u-legacy")
+    service.close()
+    with duckdb.connect(settings.db_path) as con:  # as the earlier rule stored it
+        con.execute("INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq) "
+                    "VALUES ('phone:+15551234', 'phone', '+15551234', ?, TIMESTAMP '2026-01-01', 1)", [owner])
+    service = Portrait(settings, background=False)
+    listed = {(i["type"], i["value"]) for i in service.profile("user_id:u-legacy")["identities"]}
+    assert ("phone", "+15551234") in listed
+    assert service.resolve_profile_id("phone:+15551234") == owner
+    done = service.privacy_request({"type": "erase", "identity": "phone:+15551234"}, "test", run_now=True)
+    assert done["status"] == "done" and done["result"]["profile_id"] == owner
+    with pytest.raises(NotFound):
+        service.profile("user_id:u-legacy")
+    service.close()
 
 
 def test_requests_survive_a_restart_and_are_served_by_the_api(tmp_path: Path) -> None:

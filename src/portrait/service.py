@@ -273,6 +273,8 @@ class Portrait:
     def _identity_key(self, reference: str) -> str:
         kind, _, value = reference.partition(":")
         found = self.rules.normalize(kind.strip().lower(), value)
+        if found is None and self._reads.execute(reads.PROFILE_BY_IDENTITY, [self._stored_key(reference)]):
+            return self._stored_key(reference)  # stored under an earlier rule (see _stored_key)
         if found is None:
             raise BadRequest(f"{reference!r} is not an identity Portrait can match (empty, blocked or unreadable)",
                              code="invalid_identity")
@@ -613,9 +615,19 @@ class Portrait:
         else:
             ident = self.rules.normalize(kind.strip().lower(), value)
             rows = session.execute(reads.PROFILE_BY_IDENTITY, [ident.key]) if ident else []
+        if not rows:  # an identifier stored before a rule change, found as the profile shows it (see _stored_key)
+            rows = session.execute(reads.PROFILE_BY_IDENTITY, [self._stored_key(reference)])
         if not rows:
             raise NotFound(f"no profile has the identity {reference}")
         return str(rows[0][0])
+
+    @staticmethod
+    def _stored_key(reference: str) -> str:
+        """``type:value`` as identities are keyed, without today's normalization: identifiers stored under earlier
+        rules (a local phone number, an external id of type profile_id) stay on their profiles until reprocessed,
+        and must still be found -- and erasable -- as the profile lists them."""
+        kind, _, value = reference.partition(":")
+        return f"{kind.strip().lower()}:{value}"
 
     def profile(self, reference: str) -> dict[str, Any]:
         profile_id = self.resolve_profile_id(reference)
