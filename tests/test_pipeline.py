@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +227,21 @@ def test_identify_traits_logged_only_in_context_are_applied_after_migrating(tmp_
     load(old, msg("identify", userId="u-1", context={"traits": {"plan": "gold"}}),
          msg("identify", userId="u-2", traits={"plan": "pro"}, context={"traits": {"plan": "gold", "age": 3}}))
     old.close()
-    with duckdb.connect(settings.db_path) as con:  # as if logged before: traits only in context
+    with duckdb.connect(settings.db_path) as con:  # as if logged before: traits only in context, or not merged
         con.execute("UPDATE events SET traits = '{}' WHERE user_id = 'u-1'")
+        con.execute("""UPDATE events SET traits = '{"plan": "pro", "n": null}' WHERE user_id = 'u-2'""")
         con.execute("DELETE FROM profile_traits")
-        con.execute("DELETE FROM schema_migrations WHERE version = 18")
+        con.execute("DELETE FROM schema_migrations WHERE version IN (18, 21)")
     upgraded = Portrait(settings, background=False)
     upgraded.rebuild_traits()
     assert upgraded.traits("user_id:u-1") == {"plan": "gold"}
-    assert upgraded.traits("user_id:u-2") == {"plan": "pro", "age": 3}  # untouched: logged with both merged
+    assert upgraded.traits("user_id:u-2") == {"plan": "pro", "age": 3}  # migration 21: merged, its own winning
+    session = upgraded.store.session()
+    try:  # the log keeps its own null (a removal) and gains context's age
+        assert [json.loads(row[0]) for row in session.execute(parse(
+            "SELECT traits FROM events WHERE user_id = 'u-2'"))] == [{"age": 3, "plan": "pro", "n": None}]
+    finally:
+        session.close()
     upgraded.close()
 
 

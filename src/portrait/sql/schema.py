@@ -471,6 +471,29 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         ALTER TABLE trait_parents_20 RENAME TO trait_parents;
         """
     ),
+    21: parse_many(
+        """
+        -- Migration 18 gave context.traits to identify events logged with no traits of their own; events logged
+        -- with both (before both applied) get them merged too: traits over context.traits, one level, as
+        -- spec.MessageReader reads them now. `portrait attributes recheck` then applies them to profiles.
+        UPDATE events SET traits = m.merged
+        FROM (
+            SELECT seq, CAST(to_json(map_from_entries(list((key, value) ORDER BY side, pos))) AS VARCHAR) AS merged
+            FROM (
+                SELECT e.seq, c.key, c.value, 0 AS side, c.id AS pos
+                FROM events AS e, json_each(json_extract(e.context, '$.traits')) AS c
+                WHERE e.type = 'identify' AND json_type(e.context, '$.traits') = 'OBJECT'
+                  AND json_type(e.traits) = 'OBJECT' AND c.key NOT IN (SELECT t.key FROM json_each(e.traits) AS t)
+                UNION ALL
+                SELECT e.seq, t.key, t.value, 1 AS side, t.id AS pos
+                FROM events AS e, json_each(e.traits) AS t
+                WHERE e.type = 'identify' AND json_type(e.context, '$.traits') = 'OBJECT'
+                  AND json_type(e.traits) = 'OBJECT'
+            ) GROUP BY seq HAVING bool_or(side = 0)
+        ) AS m
+        WHERE events.seq = m.seq;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
