@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import duckdb
 import pyarrow as pa
@@ -168,24 +168,28 @@ class DuckDBStore:
     def close(self) -> None:
         self._root.close()
 
+    def _refuse(self, session: DuckDBSession, error: PortraitError) -> NoReturn:
+        """Close everything and raise ``error``, having changed nothing."""
+        session.close()
+        self._root.close()
+        raise error
+
     def _migrate(self) -> None:
         session = self.session()
         tables = {row[0] for row in session.execute(schema.TABLE_NAMES)}
         if tables and "schema_migrations" not in tables:  # someone else's DuckDB file: leave it as it is
-            session.close()
-            self._root.close()
-            raise PortraitError(f"the database {self.path} is a DuckDB file that Portrait did not make (it has tables "
-                                f"such as {sorted(tables)[0]!r} and no schema_migrations): nothing was changed; "
-                                "give Portrait a new file or one of its own", code="not_a_portrait_database")
+            self._refuse(session, PortraitError(
+                f"the database {self.path} is a DuckDB file that Portrait did not make (it has tables such as "
+                f"{sorted(tables)[0]!r} and no schema_migrations): nothing was changed; give Portrait a new file or "
+                "one of its own", code="not_a_portrait_database"))
         session.execute(schema.MIGRATION_TABLE)
         applied = {row[0] for row in session.execute(schema.APPLIED)}
         newer = sorted(version for version in applied if version not in schema.MIGRATIONS)
         if newer:  # its derived state is kept by rules this code does not know: writing would corrupt it
-            session.close()
-            self._root.close()
-            raise PortraitError(f"the database {self.path} was upgraded by a newer Portrait (schema version "
-                                f"{newer[-1]}; this one knows up to {max(schema.MIGRATIONS)}): nothing was changed; "
-                                "use that version or a newer one", code="database_too_new")
+            self._refuse(session, PortraitError(
+                f"the database {self.path} was upgraded by a newer Portrait (schema version {newer[-1]}; this one "
+                f"knows up to {max(schema.MIGRATIONS)}): nothing was changed; use that version or a newer one",
+                code="database_too_new"))
         migrated = False
         for version in sorted(schema.MIGRATIONS):
             if version in applied:
