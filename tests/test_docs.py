@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pytest
 import typer
 
 from portrait.cli import app
@@ -28,6 +29,11 @@ def test_settings_are_read_from_the_environment() -> None:
                               "PORTRAIT_BLOCKED_VALUES": "null, n/a", "PORTRAIT_DB_PATH": "/tmp/x.duckdb"})
     assert (settings.port, settings.identity_limits, settings.blocked_values, settings.db_path) == (
         9001, {"user_id": 1, "email": 3}, ("null", "n/a"), "/tmp/x.duckdb")
+
+
+def test_a_setting_out_of_range_names_its_variable() -> None:
+    with pytest.raises(ValueError, match=r"^PORTRAIT_PORT=99999: port must be from 1 to 65535, not 99999$"):
+        load_settings({"PORTRAIT_PORT": "99999"})
 
 
 def commands(group: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

@@ -125,4 +125,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 values[f.name] = _parse(str(f.type), raw)
             except ValueError as exc:
                 raise ValueError(f"PORTRAIT_{f.name.upper()}={raw!r} is not a valid {f.type}") from exc
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValueError as exc:  # a rule across values (a port past 65535): name the variables it is about
+        named = [f"PORTRAIT_{name.upper()}={env[f'PORTRAIT_{name.upper()}']}" for name in values
+                 if name in str(exc) or name.replace("_", " ") in str(exc)]
+        raise ValueError(f"{', '.join(named)}: {exc}" if named else str(exc)) from exc
