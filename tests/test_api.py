@@ -93,6 +93,22 @@ def test_unknown_or_missing_write_key_is_401_with_json_error(client: TestClient,
     assert not browser.headers["www-authenticate"].lower().startswith(("basic", "digest"))
 
 
+def test_an_unknown_key_beside_the_body_is_refused_before_the_body_is_read(client: TestClient,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Basic auth or ?writeKey=: a sender without a valid key costs no decompressing or parsing."""
+    import portrait.service
+
+    def never(*args: Any) -> Any:
+        raise AssertionError("the body was read")
+
+    monkeypatch.setattr(portrait.service, "decode_body", never)
+    deep = b'{"batch": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    for auth in ({"headers": {"Authorization": "Basic " + base64.b64encode(b"wrong-key:").decode()}},
+                 {"params": {"writeKey": "wrong-key"}}):
+        refused = client.post("/v1/batch", content=deep, **auth)  # type: ignore[arg-type]
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+
+
 def test_json_is_read_whatever_the_content_type(client: TestClient, portrait: Portrait) -> None:
     response = client.post("/v1/batch", content=orjson.dumps({"batch": [track()], "writeKey": WRITE_KEY}),
                            headers={"Content-Type": "text/plain"})

@@ -222,6 +222,9 @@ class Portrait:
         so the user can see it.
         """
         header_key = key_from_basic_auth(request.authorization) or request.query_key
+        # A key sent beside the body is checked before the body is read: an unknown one costs no decompressing or
+        # parsing (a body's own writeKey can only be checked after).
+        header_source = self.keys.check(header_key, "write") if header_key else None
         received_at = utc_now()
         body: bytes | None = None  # decompressed: what is kept of an unreadable body is the text, not the gzip
         try:
@@ -234,11 +237,11 @@ class Portrait:
             sender_key = header_key or (exc.write_key if isinstance(exc, RefusedBody) else None)
             if sender_key is None:
                 raise
-            source = self.keys.check(sender_key, "write")
+            source = header_source or self.keys.check(sender_key, "write")
             self.rate_limiter.take(source.id)
             kept, more = readable_head(request.body, request.content_encoding) if body is None else (body, False)
             return self._keep_unreadable(kept, exc, source, received_at, sender_key, more)
-        source = self.keys.check(header_key or parsed.write_key, "write")
+        source = header_source or self.keys.check(parsed.write_key, "write")
         self.rate_limiter.take(source.id)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
 
