@@ -65,7 +65,8 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     (["status", "--url", "http://[::1", "--admin-key", "k"], {}, "is not a server URL"),
     (["profiles", "get", "user_id:1", "--db", "{tmp}/not-duckdb.txt"], {}, "not a valid DuckDB database file"),
     (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
-    (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"}, "invalid setting: PORTRAIT_PROCESSOR_BATCH_SIZE=0: processor_batch"),
+    (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"},
+     "invalid setting: PORTRAIT_PROCESSOR_BATCH_SIZE=0: processor_batch"),
 ])
 def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args: list[str], env: dict[str, str],
                                                           says: str) -> None:
