@@ -170,6 +170,33 @@ def test_an_event_arrives_live(page: Page, shop: Server) -> None:
     shot(page, "events")
 
 
+def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser, shop: Server) -> None:
+    """The pages hide the forms from a read key; posting them anyway (with a valid CSRF token) is refused, as the
+    API refuses it: no segment, no attribute change (which could switch off the masking of personal data)."""
+    with shop.admin() as admin:
+        created = admin.post("/api/keys", json={"kind": "read", "name": "analyst"})
+        assert created.status_code == 201, created.text
+        read_key = created.json()["key"]
+    context = browser.new_context(base_url=shop.url)
+    reader = context.new_page()
+    reader.goto("/login")
+    reader.get_by_label("API key (read or admin)").fill(read_key)
+    reader.get_by_role("button", name="Sign in").click()
+    expect(reader.get_by_role("heading", name="Overview")).to_be_visible()
+    csrf = reader.locator("body").get_attribute("data-csrf")
+    for path, form in (("/segments", {"name": "by reader", "condition": "plan is set"}),
+                       ("/attributes", {"code": "reader_attr", "name": "R", "type": "string"}),
+                       ("/attributes/email", {"name": "Email", "description": "email"}),
+                       ("/admin/privacy", {"type": "erase", "identity": "email:nobody@example.com"})):
+        answer = reader.request.post(path, form={**form, "csrf": csrf or ""}, max_redirects=0)
+        assert answer.status == 403 and "admin" in answer.text(), (path, answer.status)
+    with shop.admin() as admin:
+        assert "by reader" not in [s["name"] for s in admin.get("/api/segments").json()["segments"]]
+        assert admin.get("/api/attributes/reader_attr").status_code == 404
+        assert admin.get("/api/attributes/email").json()["is_personal_info"] is True
+    context.close()
+
+
 def test_run_an_erase_request(page: Page) -> None:
     page.goto("/admin")
     page.get_by_label("Type").select_option("erase")

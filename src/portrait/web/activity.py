@@ -48,7 +48,7 @@ def router(console: Console) -> APIRouter:
     @web.post("/segments")
     @guard
     async def create_segment(request: Request) -> Response:
-        fields = await console.form(request)
+        fields, _ = await console.admin_form(request, "create segments")
         created = await run_in_threadpool(portrait.create_segment, {
             "name": fields.get("name", ""), "condition": fields.get("condition", ""),
             "description": fields.get("description", "")})
@@ -105,9 +105,7 @@ def router(console: Console) -> APIRouter:
     @web.post("/admin/privacy")
     @guard
     async def privacy(request: Request) -> Response:
-        fields = await console.form(request)
-        _, key = console.session(request)
-        portrait.keys.require(key, "admin", "make privacy requests")
+        fields, key = await console.admin_form(request, "make privacy requests")
         # Queued for the server's worker, not run in this request: an erasure first applies whatever waits in the
         # log, which after a big import takes a while. The page refreshes until it is done (console.js).
         await run_in_threadpool(lambda: portrait.privacy_request(

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from portrait.api.auth import Viewer
+from portrait.api.errors import STATUS
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.service import Portrait
@@ -56,6 +57,14 @@ class Console:
             raise Forbidden("the form expired or came from another site; reload the page and try again")
         return fields
 
+    async def admin_form(self, request: Request, action: str) -> tuple[dict[str, str], ApiKey]:
+        """A form that changes something: as :meth:`form`, and only for a key with the admin scope (the pages hide
+        such forms from other keys; this refuses them whoever posts them), as the API does."""
+        fields = await self.form(request)
+        _, key = self.session(request)
+        self.portrait.keys.require(key, "admin", action)
+        return fields, key
+
     def check_header(self, request: Request) -> ConsoleSession:
         session, _ = self.session(request)
         if request.headers.get("x-csrf-token") != session.csrf:
@@ -74,7 +83,9 @@ def sign_in_redirect() -> RedirectResponse:
 
 
 def error_page(request: Request, console: Console, exc: PortraitError) -> Response:
+    # The API's status for the error (403 for a missing scope, 404...), a plain 400 for the rest of the mistakes.
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind) and code < 500), 400)
     try:
-        return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=400)
+        return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=status)
     except SignInNeeded:
-        return HTMLResponse(f"<p>{exc.message}</p>", status_code=400)
+        return HTMLResponse(f"<p>{exc.message}</p>", status_code=status)

@@ -95,7 +95,7 @@ def router(console: Console) -> APIRouter:
     @web.post("/attributes")
     @guard
     async def create_attribute(request: Request) -> Response:
-        fields = await console.form(request)
+        fields, _ = await console.admin_form(request, "create attributes")
         wanted = {"code": fields.get("code", ""), "name": fields.get("name", ""),
                   "description": fields.get("description", ""), "unit": fields.get("unit") or None,
                   "is_personal_info": fields.get("personal") == "on",
@@ -110,7 +110,7 @@ def router(console: Console) -> APIRouter:
     @web.post("/attributes/{code}")
     @guard
     async def edit_attribute(request: Request, code: str) -> Response:
-        fields = await console.form(request)
+        fields, _ = await console.admin_form(request, "change attributes")
         changes: dict[str, Any] = {"name": fields.get("name", ""), "description": fields.get("description", ""),
                                    "unit": fields.get("unit") or None,
                                    "is_personal_info": fields.get("personal") == "on",
