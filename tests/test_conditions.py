@@ -236,6 +236,11 @@ def test_parse_errors_point_at_the_position_and_say_what_was_expected(text: str,
     ('performed("X", from = 2026-02-01, to = 2026-01-01)', "'from' must be before 'to'"),
     ('stopped("X", recent = 0d, earlier = 30d)', "longer than 0"),
     ('birthday within last 5', "expected a duration"),
+    ("age > 1e400", "the number inf is too large"),
+    ("age > 99999999999999999999", "the number 99999999999999999999 is too large"),
+    ('performed("X", within = 99999999d)', "the duration 99999999d is too long"),
+    ("last_seen before 999999w ago", "the duration 999999w is too long"),
+    (" and ".join(["age > 1"] * 65), "more than 64 parts"),
 ])
 def test_conditions_that_do_not_fit_the_data_are_refused_clearly(shop: Dataset, text: str, message: str) -> None:
     loops = {"loop_a": parse('in_segment("loop_b")'), "loop_b": parse('in_segment("loop_a")')}
@@ -246,6 +251,11 @@ def test_conditions_that_do_not_fit_the_data_are_refused_clearly(shop: Dataset, 
     with pytest.raises(ConditionError) as raised:
         check(parse(text), Schema(shop.schema.attribute_types, lookup))
     assert message in raised.value.message
+
+
+def test_deeply_nested_parentheses_are_refused_not_crashed() -> None:
+    with pytest.raises(ConditionError, match="nested too deeply"):
+        parse("(" * 2000 + "age > 1" + ")" * 2000)
 
 
 def test_user_values_never_reach_the_sql_text(shop: Dataset) -> None:

@@ -190,6 +190,11 @@ def test_the_api(client: TestClient, portrait: Portrait) -> None:
     assert client.patch("/api/segments/young", headers=ADMIN, json={"condition": "agee < 3"}).json()["code"] == (
         "invalid_condition")
     assert client.get("/api/segments/nope", headers=ADMIN).status_code == 404
+    for unusable in ("age > 1e400", 'performed("X", within = 99999999d)', "(" * 600 + "age > 1" + ")" * 600):
+        for answer in (client.post("/api/segments/preview", headers=ADMIN, json={"condition": unusable}),
+                       client.post("/api/segments", headers=ADMIN, json={"name": "bad", "condition": unusable})):
+            assert answer.status_code == 400 and answer.json()["code"] == "invalid_condition", answer.text
+    assert [s["name"] for s in client.get("/api/segments", headers=ADMIN).json()["segments"]] == ["young"]
     assert client.delete("/api/segments/young", headers=ADMIN).status_code == 204
     assert client.get("/api/segments", headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 403
 

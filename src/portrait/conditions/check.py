@@ -8,9 +8,10 @@ differently.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
 
 from portrait.conditions.ast import (
@@ -68,13 +69,49 @@ def _no_segments(name: str) -> Condition | None:
     raise ConditionError(f"no segment is named {name!r}")
 
 
+# What a condition may hold, whichever form it came in: a saved condition past these broke every later count (a
+# number a double cannot hold, a window reaching before year 1), and planning one with hundreds of terms took the
+# database minutes and gigabytes.
+MAX_TERMS = 64
+MAX_DURATION_SECONDS = 100 * 366 * 86_400
+MAX_INTEGER = 2**63 - 1
+
+
 def check(condition: Condition, schema: Schema, *, segment_path: tuple[str, ...] = ()) -> None:
     """Raise ConditionError for the first problem, naming it in the condition's own words."""
+    _check_limits(condition)
+    _check(condition, schema, segment_path=segment_path)
+
+
+def _check_limits(condition: Condition) -> None:
+    terms = 0
+    pending: list[object] = [condition]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, tuple | list):
+            pending.extend(node)
+        elif isinstance(node, bool | str | date | datetime) or node is None:
+            continue
+        elif isinstance(node, int | float):
+            if not math.isfinite(node) or abs(node) > MAX_INTEGER:
+                raise ConditionError(f"the number {node} is too large (at most {MAX_INTEGER:,})")
+        elif isinstance(node, Duration):
+            if node.seconds > MAX_DURATION_SECONDS:
+                raise ConditionError(f"the duration {node} is too long (at most 100 years, 36500d)")
+        elif is_dataclass(node):
+            terms += not isinstance(node, And | Or | Not | Window | Ago)
+            if terms > MAX_TERMS:
+                raise ConditionError(f"the condition has more than {MAX_TERMS} parts; split it into segments and "
+                                     "combine them with in_segment(...)")
+            pending.extend(getattr(node, f.name) for f in fields(node))
+
+
+def _check(condition: Condition, schema: Schema, *, segment_path: tuple[str, ...] = ()) -> None:
     if isinstance(condition, And | Or):
         for item in condition.items:
-            check(item, schema, segment_path=segment_path)
+            _check(item, schema, segment_path=segment_path)
     elif isinstance(condition, Not):
-        check(condition.item, schema, segment_path=segment_path)
+        _check(condition.item, schema, segment_path=segment_path)
     elif isinstance(condition, Compare):
         _check_attribute(condition, schema)
     elif isinstance(condition, InSegment):
@@ -208,8 +245,8 @@ def _check_segment(name: str, schema: Schema, path: tuple[str, ...]) -> None:
         loop = " -> ".join((*path, name))
         raise ConditionError(f"segments refer to each other in a loop: {loop}")
     referenced = schema.segment(name)
-    if referenced is not None:
-        check(referenced, schema, segment_path=(*path, name))
+    if referenced is not None:  # its own limits were checked when it was saved
+        _check(referenced, schema, segment_path=(*path, name))
 
 
 def _value_kind(value: Value) -> str:

@@ -413,7 +413,10 @@ def parse(text: str) -> Condition:
     """The condition a text says; ConditionError points at the first mistake and says what was expected."""
     if not text.strip():
         raise ConditionError("the condition is empty", 0)
-    return Parser(text).parse()
+    try:
+        return Parser(text).parse()
+    except RecursionError:  # hundreds of nested parentheses: the parser descends once per level
+        raise ConditionError("the condition is nested too deeply", 0) from None
 
 
 # -- printing ----------------------------------------------------------------------------------------------------
