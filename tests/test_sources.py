@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.connectors import plain, redact
+from portrait.connectors import plain, redact, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, SourceUnavailable
 from portrait.service import Portrait
 from portrait.sources import format_every, parse_every
@@ -210,6 +210,12 @@ def test_a_wrong_password_is_a_clear_error_that_does_not_repeat_it(postgres: Pos
         portrait.add_source(customers_source(shop))
     with pytest.raises(NotFound, match="no source is named 'nope'"):
         portrait.sync_source("nope")
+    # URLs that urlsplit cannot take apart (several hosts, a port past 65535) are listed as well, redacted
+    for name, odd in (("multi", "postgresql://u:Sec#1@127.0.0.1:1,127.0.0.1:2/crm"),
+                      ("badport", "postgresql://u:Sec#2@127.0.0.1:99999/crm")):
+        portrait.add_source(customers_source(odd, name=name), check=False)
+    listed = json.dumps(portrait.sources.all())
+    assert "Sec#" not in listed and "u:***@127.0.0.1:1,127.0.0.1:2/crm" in listed
 
 
 def test_the_server_runs_scheduled_syncs(postgres: PostgresServer, shop: str, tmp_path: Path) -> None:
@@ -282,6 +288,14 @@ def test_urls_are_shown_without_passwords() -> None:
     assert redact("postgresql://crm:s3cr%40t@db.internal:5433/crm?sslmode=require") == (
         "postgresql://crm:***@db.internal:5433/crm?sslmode=require")
     assert redact("sqlite:///data/shop.db") == "sqlite:///data/shop.db"
+    # a literal '#' (urlsplit would end the URL there), a password in the query, several hosts, an odd port
+    assert redact("postgresql://r2:pa#ss@127.0.0.1:5432/crm") == "postgresql://r2:***@127.0.0.1:5432/crm"
+    assert redact("postgresql://r2@h/crm?sslmode=disable&password=pa%23ss") == (
+        "postgresql://r2@h/crm?sslmode=disable&password=***")
+    assert redact("postgresql://u:s3cr@t@h1:5432,h2:5433/crm") == "postgresql://u:***@h1:5432,h2:5433/crm"
+    assert redact("postgresql://u:pw@h:99999/crm") == "postgresql://u:***@h:99999/crm"
+    assert scrub("auth failed for pa#ss (pa%23ss)", "postgresql://r2@h/crm?password=pa%23ss") == (
+        "auth failed for *** (***)")
 
 
 def test_the_incremental_query_quotes_the_cursor_and_its_value() -> None:

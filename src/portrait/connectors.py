@@ -8,13 +8,14 @@ of a URL that may be shown or logged, and every error raised here has the passwo
 from __future__ import annotations
 
 import base64
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import psycopg
@@ -45,20 +46,28 @@ def dialect_of(url: str) -> str:
     return DIALECTS[scheme]
 
 
+# Where a URL carries a password: between the user name and the last "@" before the host(s) -- read on the text,
+# not with urlsplit, which stops at a literal "#" in a password and refuses multi-host URLs or odd ports -- and
+# as a password= (or sslpassword=) query parameter, which libpq reads too.
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(?P<secret>.*)(?P<tail>@[^@]*)$",
+                                re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<secret>[^&]*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (the only form ever shown or logged)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment).geturl()
+    """The URL with its passwords replaced by ``***`` (the only form ever shown or logged)."""
+    url = _USERINFO_PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
+
+
+def _secrets(url: str) -> set[str]:
+    found = [m.group("secret") for m in (_USERINFO_PASSWORD.match(url), *_QUERY_PASSWORD.finditer(url)) if m]
+    return {form for secret in found if secret for form in (secret, unquote(secret)) if form}
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` (an error message) without the URL's password, in case a driver quoted it."""
-    password = urlsplit(url).password
-    for secret in {password, unquote(password)} if password else ():
+    """``text`` (an error message) without the URL's passwords, in case a driver quoted them."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
