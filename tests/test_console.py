@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -109,6 +110,22 @@ def test_find_a_customer_and_open_the_card(page: Page) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "customer-card-390px")
     assert page.evaluate("document.documentElement.scrollWidth") <= 400  # no sideways scrolling on a phone
+
+
+def test_older_events_keep_the_event_filter(page: Page, shop: Server) -> None:
+    name = "Q&A #1 + more"  # every character that means something in a URL
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        batch = [{"type": "track", "userId": "pager", "event": name, "messageId": f"pager-{i}",
+                  "timestamp": f"2026-01-01T00:{i:02d}:00Z"} for i in range(55)]
+        assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    shop.wait_caught_up()
+    with shop.admin() as admin:
+        profile_id = admin.get("/api/profiles/user_id:pager").json()["profile_id"]
+    page.goto(f"/customers/{profile_id}?event={quote(name)}")
+    expect(page.locator(".timeline summary")).to_have_count(50)
+    page.get_by_role("link", name="Older events").click()
+    expect(page.locator(".timeline summary")).to_have_count(5)
+    expect(page.locator(".timeline summary").first).to_contain_text(name)
 
 
 def test_create_a_custom_attribute(page: Page) -> None:
