@@ -320,3 +320,11 @@ def test_every_page_reads_at_desktop_and_phone_widths(page: Page, width: int) ->
         assert overflow <= 2, (path, width, overflow)  # wide tables scroll inside their box, not the page
         name = path.strip("/").split("?")[0].replace("/", "-") or "overview"
         shot(page, f"{name}-{width}px")
+
+
+def test_trait_values_read_as_the_json_that_was_sent() -> None:
+    """Lists, objects and true/false on the customer card and in top values: JSON, not Python's printing."""
+    from portrait.web.common import shown
+
+    assert [shown(v) for v in (["a", "b"], {"k": 1}, True, None, "text", 42)] == [
+        '["a","b"]', '{"k":1}', "true", "null", "text", 42]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -19,6 +20,17 @@ from portrait.service import Portrait
 from portrait.web.sessions import COOKIE, ConsoleSession, SessionStore
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def shown(value: Any) -> Any:
+    """A trait value as people read it in the JSON they sent: lists, objects and true/false as JSON, not as Python
+    prints them (['a', 'b'], True)."""
+    if isinstance(value, list | dict | bool) or value is None:
+        return orjson.dumps(value).decode()
+    return value
+
+
+TEMPLATES.env.filters["shown"] = shown
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
        ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]
 
