@@ -276,8 +276,9 @@ class Portrait:
     def _identity_key(self, reference: str) -> str:
         kind, _, value = reference.partition(":")
         found = self.rules.normalize(kind.strip().lower(), value)
-        if found is None and self._reads.execute(reads.PROFILE_BY_IDENTITY, [self._stored_key(reference)]):
-            return self._stored_key(reference)  # stored under an earlier rule (see _stored_key)
+        stored = self._stored_key(reference)
+        if found is None and self._reads.execute(reads.PROFILE_BY_IDENTITY, [stored]):
+            return stored  # stored under an earlier rule (see _stored_key)
         if found is None:
             raise BadRequest(f"{reference!r} is not an identity Portrait can match (empty, blocked or unreadable)",
                              code="invalid_identity")
@@ -611,15 +612,19 @@ class Portrait:
             raise BadRequest(f"identity {reference!r} must look like TYPE:VALUE, e.g. email:ann@example.com",
                              code="invalid_identity")
         session = self._reads
+        looked_up = None  # the identity key already tried
         if kind == PROFILE_ID_TYPE:
             if session.execute(reads.PROFILE_ROW, [value]):
                 return value
             rows = session.execute(reads.PROFILE_BY_ALIAS, [value])
         else:
             ident = self.rules.normalize(kind.strip().lower(), value)
-            rows = session.execute(reads.PROFILE_BY_IDENTITY, [ident.key]) if ident else []
-        if not rows:  # an identifier stored before a rule change, found as the profile shows it (see _stored_key)
-            rows = session.execute(reads.PROFILE_BY_IDENTITY, [self._stored_key(reference)])
+            looked_up = ident.key if ident else None
+            rows = session.execute(reads.PROFILE_BY_IDENTITY, [looked_up]) if looked_up else []
+        stored = self._stored_key(reference)
+        if not rows and stored != looked_up:
+            # an identifier stored before a rule change, found as the profile shows it (see _stored_key)
+            rows = session.execute(reads.PROFILE_BY_IDENTITY, [stored])
         if not rows:
             raise NotFound(f"no profile has the identity {reference}")
         return str(rows[0][0])

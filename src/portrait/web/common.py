@@ -73,7 +73,7 @@ class Console:
         """A form that changes something: as :meth:`form`, and only for a key with the admin scope (the pages hide
         such forms from other keys; this refuses them whoever posts them), as the API does."""
         fields = await self.form(request)
-        _, key = self.session(request)
+        key: ApiKey = request.state.key  # authenticated by form() (see session)
         self.portrait.keys.require(key, "admin", action)
         return fields, key
 
