@@ -15,6 +15,7 @@ from tests.conftest import activity_mismatches
 
 from portrait.config import Settings
 from portrait.errors import NotFound
+from portrait.pipeline import profile_id_for
 from portrait.service import Portrait
 from portrait.sql import parse
 from portrait.sql import processor as pq
@@ -501,6 +502,48 @@ def test_known_customer_on_a_new_device_is_attached_in_sql(portrait: Portrait,
     assert sequential == [1]
     assert portrait.resolve_profile_id("anonymous_id:tablet-1") == portrait.resolve_profile_id("user_id:u-1")
     assert len(portrait.events("user_id:u-1")["events"]) == 4
+
+
+def test_new_customers_with_several_events_in_a_batch_are_made_in_sql(portrait: Portrait,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first visit whose events all arrive in one batch is one new customer, made without the resolver: its
+    first event creates the profile, each identifier is first seen with the earliest event carrying it."""
+    sequential = _count_sequential_batches(monkeypatch)
+    load(portrait,
+         msg("page", anonymousId="visit-1", at="2026-03-01T10:00:00Z"),
+         msg("track", anonymousId="visit-1", event="Product Viewed", at="2026-03-01T10:01:00Z"),
+         msg("page", anonymousId="visit-2", at="2026-03-01T10:01:30Z"),  # another visitor, one event
+         msg("identify", userId="u-7", anonymousId="visit-1", traits={"email": "Kim@Example.com"},
+             at="2026-03-01T10:02:00Z"),
+         msg("track", userId="u-7", anonymousId="visit-1", event="Order Completed", at="2026-03-01T10:03:00Z"))
+    assert sequential == []
+    profile = portrait.profile("email:kim@example.com")
+    assert profile["profile_id"] == profile_id_for(1)  # created by the batch's first event
+    assert grouping(portrait, "anonymous_id:visit-1", "user_id:u-7") == {profile["profile_id"]}
+    first_seen = {(i["type"], i["value"]): i["first_seen"] for i in profile["identities"]}
+    assert first_seen == {("anonymous_id", "visit-1"): "2026-03-01T10:00:00.000Z",
+                          ("user_id", "u-7"): "2026-03-01T10:02:00.000Z",
+                          ("email", "kim@example.com"): "2026-03-01T10:02:00.000Z"}
+    assert len(portrait.events("user_id:u-7")["events"]) == 4
+    assert portrait.resolve_profile_id("anonymous_id:visit-2") == profile_id_for(3)
+    assert activity_mismatches(portrait) == []
+
+
+def test_new_customers_the_resolver_would_keep_apart_are_left_to_it(portrait: Portrait,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two new customers on one new device in one batch: the second user id is past its limit of one, so the
+    device stays with the first customer -- the resolver's decision, not one profile made in SQL."""
+    sequential = _count_sequential_batches(monkeypatch)
+    load(portrait,
+         msg("identify", userId="u-1", anonymousId="shared", at="2026-03-01T10:00:00Z"),
+         msg("identify", userId="u-2", anonymousId="shared", at="2026-03-01T10:05:00Z"),
+         msg("page", anonymousId="alone", at="2026-03-01T10:06:00Z"))  # still made in SQL, by itself
+    assert sequential == [1]
+    first, second = portrait.profile("user_id:u-1"), portrait.profile("user_id:u-2")
+    assert first["profile_id"] != second["profile_id"]
+    assert portrait.resolve_profile_id("anonymous_id:shared") == first["profile_id"]
+    assert [c["dropped"] for c in second["identity_conflicts"]] == [[{"type": "anonymous_id", "value": "shared"}]]
+    assert portrait.resolve_profile_id("anonymous_id:alone") == profile_id_for(3)
 
 
 def test_attaching_past_a_limit_is_left_to_the_resolver(tmp_path: Any) -> None:

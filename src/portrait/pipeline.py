@@ -204,10 +204,7 @@ class Processor:
         if fast_count:
             session.execute(q.FAST_ASSIGN)
         if new_count:
-            session.execute(q.STAGE_NEW)
-            session.execute(q.NEW_PROFILES, [now])
-            session.execute(q.NEW_IDENTITIES)
-            session.execute(q.NEW_ASSIGN)
+            slow_count += new_count - self._create_new(session, now, new_count)
         if attach_count:
             slow_count += attach_count - self._attach(session)
         graph, slow = self._load_slow(session) if slow_count else (IdentityGraph(self._rules), [])
@@ -215,6 +212,20 @@ class Processor:
         self._write(session, graph, plan, lo, hi, now, traits=identify_count > 0, consent=consent_count > 0)
         for statement in q.DROP_BATCH_TABLES:
             session.execute(statement)
+
+    @staticmethod
+    def _create_new(session: Session, now: datetime, candidates: int) -> int:
+        """Create the new customers of the batch whose events the resolver would group alone; the other candidates
+        go slow. Returns how many events were given to new profiles."""
+        session.execute(q.STAGE_NEW)
+        created = int(session.execute(q.COUNT_NEW)[0][0])
+        if created < candidates:
+            session.execute(q.UNCONFIRMED_NEW)
+        if created:
+            session.execute(q.NEW_PROFILES, [now])
+            session.execute(q.NEW_IDENTITIES)
+            session.execute(q.NEW_ASSIGN)
+        return created
 
     def _attach(self, session: Session) -> int:
         """Attach new identifiers to known profiles where the resolver would; the other candidates go slow.

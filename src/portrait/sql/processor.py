@@ -52,10 +52,8 @@ FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids
 """)
 # Every event of the batch takes one of four paths:
 # - fast:   all its identifiers already belong to one profile -> assigned here, in SQL;
-# - new:    none of its identifiers is known, none appears in another event of the batch (nor as an alias's
-#           previousId), at most one per type ->
-#           a new profile with all of them, created here in SQL (what the resolver would do, as nothing else in the
-#           batch can touch those identifiers; common in imports and first visits);
+# - new:    none of its identifiers is known (nor named by an alias's previousId) -> a candidate, confirmed by
+#           STAGE_NEW when its group of events forms one new customer (see there) or sent slow;
 # - attach: a known customer with new identifiers (a new device's anonymousId, a first email): some identifiers
 #           belong to one profile, the others to none and appear in no other event of the batch -> a candidate,
 #           confirmed by STAGE_ATTACH (limits, no other event of the batch touching that profile) or sent slow;
@@ -78,7 +76,7 @@ SELECT e.seq, e.message_id, e.type, e.event, e.timestamp, e.user_id, e.anonymous
        e.context LIKE '%"consent"%' AS consent_hint,  -- STAGE_CONSENT runs only for batches with some
        CASE WHEN e.type = 'alias' OR coalesce(o.ids, 0) = 0 THEN 'slow'
             WHEN o.owned = o.ids AND o.profiles = 1 THEN 'fast'
-            WHEN o.owned = 0 AND o.key_events = 1 AND o.types = o.ids AND o.aliased = 0 THEN 'new'
+            WHEN o.owned = 0 AND o.aliased = 0 THEN 'new'
             WHEN o.profiles = 1 AND o.unowned_key_events = 1 AND o.aliased = 0 THEN 'attach'
             ELSE 'slow' END AS path
 FROM events AS e LEFT JOIN owners AS o ON o.seq = e.seq
@@ -149,17 +147,52 @@ COUNT_ATTACHED = parse("SELECT count(*) FROM b_attach")
 # with processor_max_batch_size above that).
 NEW_BATCH_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign (seq BIGINT, profile_id VARCHAR)")
 FAST_ASSIGN = parse("INSERT INTO b_assign (seq, profile_id) SELECT seq, owner FROM b_events WHERE path = 'fast'")
-# The profile id of a new profile derives from the creating event's sequence number: md5, written like a UUID
-# (pipeline.profile_id_for computes the same in Python, and says why). Computed once per new profile, into b_new.
+# New customers, decided at once. The candidates ('new': no identifier known) fall into groups: each event takes as
+# its hub the identifier that most events of the batch carry (ties: the smallest), and the events with the same hub
+# are one group. A group is one new customer -- what the resolver, going through the batch in order, would make --
+# when every event carrying one of its identifiers is in it, its hub is in all of them, and it has at most one
+# identifier per type: then its first event finds nothing and creates the profile with its identifiers, and each
+# later one finds that profile alone through the hub and attaches its new identifiers (no limit can be reached, as
+# every limit is at least one). Anything else (an identifier shared with an event of another path, two emails...)
+# goes to the resolver. One event with identifiers found in no other event is a group of its own: the first visit
+# of a customer whose events all arrive in one batch (a session's page views, an import) is one group.
+# The profile id derives from the creating event's sequence number: md5, written like a UUID
+# (pipeline.profile_id_for computes the same in Python, and says why).
 STAGE_NEW = parse("""
 CREATE OR REPLACE TEMP TABLE b_new AS
-SELECT seq, timestamp, lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' ||
-                             substr(h, 17, 4) || '-' || substr(h, 21, 12)) AS profile_id
-FROM (SELECT seq, timestamp, md5('portrait-profile:' || CAST(seq AS VARCHAR)) AS h FROM b_events WHERE path = 'new')
+WITH hubs AS (
+    SELECT o.seq, first(o.id_type || ':' || o.value ORDER BY o.key_events DESC, o.id_type || ':' || o.value) AS hub
+    FROM b_owned AS o JOIN b_events AS b ON b.seq = o.seq WHERE b.path = 'new'
+    GROUP BY o.seq
+), keys AS (  -- per group and identifier: events of the batch carrying it, and those of the group
+    SELECT h.hub, o.id_type, o.value, max(o.key_events) AS key_events, count(*) AS carriers
+    FROM b_owned AS o JOIN hubs AS h ON h.seq = o.seq
+    GROUP BY h.hub, o.id_type, o.value
+), whole AS (
+    SELECT k.hub FROM keys AS k GROUP BY k.hub
+    HAVING bool_and(k.key_events = k.carriers) AND count(*) = count(DISTINCT k.id_type)
+), members AS (
+    SELECT h.seq, h.hub, b.timestamp, min(h.seq) OVER (PARTITION BY h.hub) AS creator
+    FROM hubs AS h JOIN whole AS w ON w.hub = h.hub JOIN b_events AS b ON b.seq = h.seq
+)
+SELECT seq, timestamp, seq = creator AS creates,
+       lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' ||
+             substr(h, 17, 4) || '-' || substr(h, 21, 12)) AS profile_id
+FROM (SELECT *, md5('portrait-profile:' || CAST(creator AS VARCHAR)) AS h FROM members)
 """)
+UNCONFIRMED_NEW = parse("UPDATE b_events SET path = 'slow' WHERE path = 'new' AND seq NOT IN (SELECT seq FROM b_new)")
+COUNT_NEW = parse("SELECT count(*) FROM b_new")
 # Params: processed-at time.
-NEW_PROFILES = parse("INSERT INTO profiles (profile_id, created_seq, created_at) SELECT profile_id, seq, ? FROM b_new")
-NEW_IDENTITIES = _give_new_identifiers("b_new")  # all of a new event's identifiers are unowned
+NEW_PROFILES = parse(
+    "INSERT INTO profiles (profile_id, created_seq, created_at) SELECT profile_id, seq, ? FROM b_new WHERE creates"
+)
+# Each identifier of a new customer is first seen with the earliest event of the group that carries it.
+NEW_IDENTITIES = parse("""
+INSERT INTO identities (identity_key, type, value, profile_id, first_seen, seq)
+SELECT o.id_type || ':' || o.value, o.id_type, o.value, min(s.profile_id), arg_min(s.timestamp, s.seq), min(s.seq)
+FROM b_owned AS o JOIN b_new AS s ON s.seq = o.seq
+GROUP BY o.id_type, o.value
+""")
 NEW_ASSIGN = _assign("b_new")
 SLOW_EVENTS = parse("""
 SELECT b.seq, b.message_id, b.type, b.timestamp, b.previous_id, o.id_type, o.value, o.profile_id
