@@ -251,6 +251,11 @@ SKEW: list[tuple[dict[str, Any], Any, datetime, datetime | None]] = [
      RECEIVED - timedelta(seconds=70), datetime(2024, 6, 1, 11, 59)),
     ({"originalTimestamp": "2024-06-01T11:59:00Z", "sentAt": "2024-06-01T12:00:10Z"}, None,
      RECEIVED - timedelta(seconds=70), datetime(2024, 6, 1, 11, 59)),
+    # both (RudderStack's Node SDK given a timestamp: originalTimestamp is when the call was made): the timestamp
+    ({"timestamp": "2024-06-01T10:00:00Z", "originalTimestamp": "2024-06-01T11:59:50Z",
+      "sentAt": "2024-06-01T12:00:00Z"}, None, RECEIVED - timedelta(hours=2), datetime(2024, 6, 1, 10)),
+    ({"timestamp": "2024-06-01T10:00:00Z", "originalTimestamp": "2024-06-01T11:59:50Z"}, None,
+     datetime(2024, 6, 1, 10), datetime(2024, 6, 1, 10)),
     # client clock two hours slow: the event happened 30 s before the client sent it
     ({"timestamp": "2024-06-01T09:59:30", "sentAt": "2024-06-01T10:00:00"}, None,
      RECEIVED - timedelta(seconds=30), datetime(2024, 6, 1, 9, 59, 30)),
@@ -309,6 +314,11 @@ def test_sent_at_column_prefers_message_over_batch() -> None:
 def test_bad_timestamp_rejected_even_with_valid_original_timestamp() -> None:
     _assert_rejected({"type": "identify", "userId": "u1", "originalTimestamp": "2024-06-01T11:00:00Z",
                       "timestamp": "garbage"}, "invalid_timestamp", "timestamp")
+
+
+def test_bad_original_timestamp_rejected_even_with_valid_timestamp() -> None:
+    _assert_rejected({"type": "identify", "userId": "u1", "timestamp": "2024-06-01T11:00:00Z",
+                      "originalTimestamp": "garbage"}, "invalid_timestamp", "originalTimestamp")
 
 
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])

@@ -611,8 +611,12 @@ class MessageReader:
         identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
         _check_required(kind, user_id, identified, previous_id, group_id, name, self.any_identifier)
         message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
-        client_time = _time_field(message, "timestamp")  # checked even when originalTimestamp is given
-        original = _time_field(message, "originalTimestamp") or client_time
+        # A timestamp the caller set wins over the SDK's originalTimestamp (the call's time): RudderStack's Node SDK
+        # sends both when given a timestamp (a backfill), Segment reads a server library's timestamp as the
+        # originalTimestamp, and RudderStack's server keeps it; either is checked.
+        client_time = _time_field(message, "timestamp")
+        call_time = _time_field(message, "originalTimestamp")
+        original = client_time or call_time
         own_sent_at = _time_field(message, "sentAt")
         sent_at = own_sent_at or self.batch_sent_at
         timestamp = self._corrected_time(original, sent_at, own=own_sent_at is not None)
