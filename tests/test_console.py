@@ -322,6 +322,22 @@ def test_every_page_reads_at_desktop_and_phone_widths(page: Page, width: int) ->
         shot(page, f"{name}-{width}px")
 
 
+def test_the_api_docs_page_renders_the_api(browser: Browser, shop: Server) -> None:
+    """/docs shows the operations of the OpenAPI 3.1 document FastAPI writes (Swagger UI 4 could not read it and
+    showed only an error), from files served by Portrait: a request elsewhere would fail here, offline."""
+    context = browser.new_context(base_url=shop.url)
+    opened = context.new_page()
+    elsewhere: list[str] = []
+    opened.on("request", lambda r: None if r.url.startswith(shop.url) else elsewhere.append(r.url))
+    opened.goto("/docs")
+    expect(opened.locator(".opblock-summary-path", has_text="/api/profiles/{identity}").first).to_be_visible()
+    expect(opened.get_by_text("Unable to render this definition")).to_have_count(0)
+    assert opened.locator(".opblock").count() > 40  # every operation, not a fragment
+    shot(opened, "api-docs")
+    context.close()
+    assert elsewhere == []
+
+
 def test_trait_values_read_as_the_json_that_was_sent() -> None:
     """Lists, objects and true/false on the customer card and in top values: JSON, not Python's printing."""
     from portrait.web.common import shown

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import unquote
 
-import swagger_ui_bundle
+import fastapi_offline
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -23,6 +24,8 @@ from portrait.api.paths import PROFILE_IN_PATH
 from portrait.config import Settings
 from portrait.privacy import mask
 from portrait.service import Portrait
+
+SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 
 # The console runs only its own script and styles; the docs page only its own vendored script.
 CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -67,7 +70,9 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(segments.router(service))
     app.include_router(keys.router(service))
     app.include_router(privacy.router(service))
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    # Swagger UI 5 (fastapi-offline vendors it): the 4.x of swagger-ui-bundle cannot read OpenAPI 3.1, which FastAPI
+    # writes, and showed "Unable to render this definition" instead of the API.
+    app.mount("/static/swagger", StaticFiles(directory=SWAGGER_FILES), name="swagger")
     web.install(app, service)
 
     @app.get("/docs", include_in_schema=False)
@@ -75,7 +80,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Portrait API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+                                   swagger_favicon_url="/static/swagger/favicon.png")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
