@@ -15,6 +15,7 @@ install: $(PY)
 
 install-test: $(PY)
 	$(PIP) install --quiet -e '.[test]'
+	scripts/system-packages.sh
 
 run: install
 	$(VENV)/bin/portrait serve --host $(HOST) --port $(PORT)
