@@ -458,3 +458,19 @@ def test_a_client_that_disconnects_mid_body_gets_nothing_stored(portrait: Portra
     assert sent == []
     status = portrait.status()
     assert status["events_received"] == 0 and status["events_rejected"] == 0
+
+
+@pytest.mark.parametrize("label", [None, "application/x-www-form-urlencoded", "text/plain; charset=utf-8"])
+def test_api_bodies_are_read_as_json_whatever_their_label(client: TestClient, portrait: Portrait,
+                                                          label: str | None) -> None:
+    """curl -d labels a body as a form; the API reads it as JSON, as ingestion does."""
+    post(client, "/v1/identify", {"userId": "u-1", "traits": {"email": "ann@example.com"}})
+    portrait.process_pending()
+    headers = {**ADMIN, **({"Content-Type": label} if label else {})}
+    consent = client.post("/api/profiles/user_id:u-1/consent", content=b'{"email": "granted"}', headers=headers)
+    assert consent.status_code == 200, consent.text
+    assert consent.json()["recorded"] == {"email": {"status": "granted"}}
+    preview = client.post("/api/segments/preview", content=b'{"condition": "email is set"}', headers=headers)
+    assert preview.status_code == 200 and preview.json()["count"] == 1, preview.text
+    broken = client.post("/api/segments/preview", content=b"condition=email", headers=headers)
+    assert broken.status_code == 400 and broken.json()["code"] == "invalid_request"

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from portrait import __version__, web
 from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
+from portrait.api.bodies import JsonBodies
 from portrait.api.headers import API_POLICY, SECURITY_HEADERS
 from portrait.api.ingest import IngestFastPath
 from portrait.api.paths import PROFILE_IN_PATH
@@ -112,4 +113,4 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
                 key, f"{request.method} {shown}", target=shown, status=response.status_code))
         return response
 
-    return IngestFastPath(app, service)
+    return IngestFastPath(JsonBodies(app), service)
