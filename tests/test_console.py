@@ -5,6 +5,7 @@ tests/artifacts/console/ as test artifacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -225,6 +226,21 @@ def test_run_an_erase_request(page: Page) -> None:
     shot(page, "admin")
     page.goto("/customers?q=user_id:user-3")
     expect(page.locator("table")).to_contain_text("Nobody matches")
+
+
+def test_download_a_finished_access_export(page: Page) -> None:
+    page.goto("/admin")
+    page.get_by_label("Type").select_option("access")
+    page.get_by_label("Identity").fill("user_id:user-5")
+    page.get_by_role("button", name="Run request").click()
+    link = page.get_by_role("link", name="Download export").first
+    expect(link).to_be_visible(timeout=20_000)
+    with page.expect_download() as download:
+        link.click()
+    export = json.loads(Path(download.value.path()).read_text())
+    assert download.value.suggested_filename.startswith("access-pr_")
+    assert {"user_id", "user-5"} <= {v for i in export["profile"]["identities"] for v in (i["type"], i["value"])}
+    assert export["events"], "the customer's events are in the export"
 
 
 # -- the official browser SDK ------------------------------------------------------------------------------------

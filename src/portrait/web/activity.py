@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from starlette.background import BackgroundTask
 
 from portrait.api.admin import upload_name
-from portrait.errors import PortraitError
+from portrait.errors import NotFound, PortraitError
 from portrait.mapping import combine, parse_mapping_text
 from portrait.web.charts import bars, funnel, sparkline
 from portrait.web.common import Console, SignInNeeded
@@ -98,7 +98,7 @@ def router(console: Console) -> APIRouter:
         _, key = console.session(request)
         is_admin = "admin" in key.scopes
         return console.render(request, "admin.html", {
-            "keys": portrait.keys.all() if is_admin else [],
+            "keys": portrait.keys.all() if is_admin else [], "reads_exports": is_admin and "pii:read" in key.scopes,
             "requests": await run_in_threadpool(portrait.privacy.all) if is_admin else [],
             "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all)})
 
@@ -113,6 +113,22 @@ def router(console: Console) -> APIRouter:
             run_now=not portrait.runs_privacy_requests))
         await run_in_threadpool(lambda: portrait.audit.record(key, f"console privacy request {fields.get('type')}"))
         return RedirectResponse("/admin", status_code=303)
+
+    @web.get("/admin/privacy/{request_id}/export.json")
+    @guard
+    async def access_export(request: Request, request_id: str) -> Response:
+        """The finished access request's export, as the API gives it (admin and pii:read, audited)."""
+        _, key = console.session(request)
+        portrait.keys.require(key, "admin", "read privacy requests")
+        portrait.keys.require(key, "pii:read", "read an access export")
+        found = await run_in_threadpool(portrait.privacy.get, request_id)
+        if found["type"] != "access" or not found.get("result"):
+            raise NotFound(f"privacy request {request_id} has no access export (yet)")
+        await run_in_threadpool(lambda: portrait.audit.record(
+            key, "read_access_export", target=request_id,
+            profile_id=(found["result"].get("profile") or {}).get("profile_id")))
+        return Response(orjson.dumps(found["result"], option=orjson.OPT_INDENT_2), media_type="application/json",
+                        headers={"Content-Disposition": f'attachment; filename="access-{request_id}.json"'})
 
     # -- the script's calls --------------------------------------------------------------------------------------
     @web.post("/console/api/preview")
