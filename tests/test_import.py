@@ -196,3 +196,20 @@ def test_rows_identified_by_email_alone_are_imported(tmp_path: Path) -> None:
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("email:ann@example.com") == {"plan": "pro", "email": "ann@example.com"}
     service.close()
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("rows.ndjson", '{"cust": "1", "x": 2}\n{not json\n{"cust": "2"}\n'),
+    ("rows.json", '[{"cust": "1", "x": 2}, 5, {"cust": "2"}]'),
+    ("first.ndjson", '{not json\n{"cust": "1", "x": 2}\n{"cust": "2"}\n'),
+])
+def test_rows_that_are_not_objects_are_rejected_not_fatal(tmp_path: Path, name: str, text: str) -> None:
+    source = tmp_path / name
+    source.write_text(text)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--user-id", "cust", "--event", "X", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "3 rows read" in result.output and "stored 2" in result.output and "rejected 1" in result.output
+    rejected = json.loads((tmp_path / f"{name}.rejects.ndjson").read_text())
+    assert rejected["code"] == "invalid_message"
+    assert status(db)["events_received"] == 2

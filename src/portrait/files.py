@@ -68,13 +68,22 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
 
 
 def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:
-    first = next(rows, None)
-    if first is None:
-        return
-    if not isinstance(first, dict):
+    """The rows as messages, once the first object among them shows the mapping's columns are there. Rows that are
+    not objects (a line that is not JSON) become rejections; a file with no object among its first rows is refused."""
+    leading: list[Any] = []
+    for row in rows:
+        if isinstance(row, dict):
+            mapping.check(row.keys())
+            yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping)
+            return
+        leading.append(row)
+        if len(leading) >= _MOST_LEADING_NON_OBJECTS:
+            break
+    if leading:
         raise BadRequest("the file's rows are not objects, so they cannot be mapped", code="invalid_mapping")
-    mapping.check(first.keys())
-    yield from rows_to_messages(itertools.chain([first], rows), mapping)
+
+
+_MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first one: past this the file is refused
 
 
 def _csv(path: Path, delimiter: str, text_columns: list[str]) -> Iterator[dict[str, Any]]:

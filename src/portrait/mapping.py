@@ -148,10 +148,12 @@ def _fields(value: Any, kind: str) -> tuple[tuple[str, ...] | None, dict[str, st
     return tuple(renames), {c: n for c, n in renames.items() if c != n}
 
 
-def rows_to_messages(rows: Iterable[Mapping[str, Any]], mapping: RowMapping) -> Iterator[dict[str, Any]]:
+def rows_to_messages(rows: Iterable[Any], mapping: RowMapping) -> Iterator[Any]:
+    """One message per row; what is not a row (an NDJSON line that is not JSON, a number in a JSON array) is passed
+    on as it is, for the message reader to reject with what was sent."""
     used = mapping.used_columns()
     for row in rows:
-        yield _message(row, mapping, used)
+        yield _message(row, mapping, used) if isinstance(row, Mapping) else row
 
 
 def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str]) -> dict[str, Any]:
