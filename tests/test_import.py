@@ -213,3 +213,30 @@ def test_rows_that_are_not_objects_are_rejected_not_fatal(tmp_path: Path, name: 
     rejected = json.loads((tmp_path / f"{name}.rejects.ndjson").read_text())
     assert rejected["code"] == "invalid_message"
     assert status(db)["events_received"] == 2
+
+
+def test_a_csv_row_with_too_few_or_too_many_fields_is_rejected_with_its_text(tmp_path: Path) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text("id,name,age\n1,Ann,30\n2,Bob\n3,Cid,50,extra\n4,Dan,60\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "4 rows read" in result.output and "stored 2" in result.output and "rejected invalid_row: 2" in result.output
+    rejects = [json.loads(line) for line in (tmp_path / "crm.csv.rejects.ndjson").read_text().splitlines()]
+    assert [(r["code"], json.loads(r["message"])) for r in rejects] == [("invalid_row", "2,Bob"),
+                                                                          ("invalid_row", "3,Cid,50,extra")]
+    assert "the row has 2 fields where the header has 3" in rejects[0]["reason"]
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:4") == {"name": "Dan", "age": 60}
+    assert [r["payload"] for r in service.rejected()["rejected"]] == ['"3,Cid,50,extra"', '"2,Bob"']
+    service.close()
+
+
+@pytest.mark.parametrize("text", ["id;name\n", "id;name;score\n1;Ann;1,5\n2;Bob;2,5\n"],
+                         ids=["header-only", "every-row-misshapen"])
+def test_csv_columns_are_checked_against_the_header(tmp_path: Path, text: str) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text(text)
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
+    assert result.exit_code == 1
+    assert "the file has no column 'id'" in result.output

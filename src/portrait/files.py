@@ -9,6 +9,7 @@ so an import of millions of rows runs in bounded memory. Messages without a mess
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import pyarrow.parquet as pq
 
 from portrait.errors import BadRequest
 from portrait.mapping import MessageIds, RowMapping, rows_to_messages
+from portrait.spec import Unreadable
 
 FORMATS = ("ndjson", "json", "parquet", "csv")
+_BLOCK_BYTES = 1 << 22  # CSV is parsed (and its column types inferred) in blocks of this size
 _SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
              ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 
@@ -47,11 +50,11 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     """
     if not path.is_file():
         raise BadRequest(f"{path} is not a readable file", code="file_not_found")
-    if file_format == "csv" and mapping is None:
-        raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, --event, "
-                         "--timestamp)", code="invalid_mapping")
     if file_format == "csv":
-        rows: Iterator[Any] = _csv(path, delimiter, mapping.text_columns() if mapping else [])
+        if mapping is None:
+            raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "
+                             "--event, --timestamp)", code="invalid_mapping")
+        rows: Iterator[Any] = _csv(path, delimiter, mapping)
     else:
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
     if mapping is not None:
@@ -86,13 +89,31 @@ def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:
 _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first one: past this the file is refused
 
 
-def _csv(path: Path, delimiter: str, text_columns: list[str]) -> Iterator[dict[str, Any]]:
-    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=True)
+def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
+    """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
+    than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
+    text): one stray separator does not stop the import."""
+    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in mapping.text_columns()},
+                                    strings_can_be_null=True)
+    misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
+
+    def set_aside(row: pa_csv.InvalidRow) -> str:
+        misshapen.append(Unreadable(row.text, "invalid_row", f"the row has {row.actual_columns} fields where the "
+                                    f"header has {row.expected_columns} (a separator too many or too few, or a "
+                                    "quote not closed)"))
+        return "skip"
+
     try:
-        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-                                 convert_options=options, read_options=pa_csv.ReadOptions(block_size=1 << 22))
+        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter,
+                                                                         invalid_row_handler=set_aside),
+                                 convert_options=options, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
+        mapping.check(reader.schema.names)
         for batch in reader:
             yield from batch.to_pylist()
+            while misshapen:
+                yield misshapen.popleft()
+        while misshapen:
+            yield misshapen.popleft()
     except pa.ArrowInvalid as exc:
         raise BadRequest(f"{path.name} is not CSV we can read: {exc}", code="invalid_csv") from exc
 

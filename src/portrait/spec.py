@@ -444,6 +444,20 @@ class Invalid(Exception):
         self.reason = reason
 
 
+class Unreadable(str):
+    """What an import read where a message or row should be but could not make one of (a CSV row with too few or
+    too many fields): the text as read, rejected with its own ``code`` and ``reason``."""
+
+    code: str
+    reason: str
+
+    def __new__(cls, text: str, code: str, reason: str) -> Unreadable:
+        made = super().__new__(cls, text)
+        made.code = code
+        made.reason = reason
+        return made
+
+
 def _text_id(message: dict[str, Any], name: str) -> str | None:
     value = message.get(name)
     if value.__class__ is str and 0 < len(value) <= MAX_ID_LENGTH:
@@ -582,6 +596,8 @@ class MessageReader:
         Appends every column except received_at, source and ip, which :meth:`read_all` fills once per request.
         """
         if message.__class__ is not dict:
+            if isinstance(message, Unreadable):
+                raise Invalid(message.code, message.reason)
             raise Invalid("invalid_message", f"a message must be a JSON object, not {type(message).__name__}")
         if self.check_sizes:
             try:
