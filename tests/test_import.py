@@ -240,3 +240,16 @@ def test_csv_columns_are_checked_against_the_header(tmp_path: Path, text: str) -
     result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
     assert result.exit_code == 1
     assert "the file has no column 'id'" in result.output
+
+
+def test_quoted_line_breaks_in_csv_values_survive_block_boundaries(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("portrait.files._BLOCK_BYTES", 256)  # as a file of many 4 MB blocks does
+    source = tmp_path / "notes.csv"
+    source.write_text("id,note\n" + "".join(f'{i},"first line {i}\nsecond, line"\n' for i in range(200)))
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    assert "200 rows read" in result.output and "stored 200" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:199") == {"note": "first line 199\nsecond, line"}
+    service.close()

@@ -104,7 +104,7 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
         return "skip"
 
     try:
-        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter,
+        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                                          invalid_row_handler=set_aside),
                                  convert_options=options, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
         mapping.check(reader.schema.names)
