@@ -253,3 +253,13 @@ def test_quoted_line_breaks_in_csv_values_survive_block_boundaries(tmp_path: Pat
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:199") == {"note": "first line 199\nsecond, line"}
     service.close()
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text("id,name,name\n1,Ann,Anna\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    assert result.exit_code == 1
+    assert "crm.csv has more than one column named 'name'" in result.output
+    assert status(db)["events_received"] == 0

@@ -107,6 +107,7 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
         reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                                          invalid_row_handler=set_aside),
                                  convert_options=options, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
+        _check_header(path, reader.schema.names)
         mapping.check(reader.schema.names)
         for batch in reader:
             yield from batch.to_pylist()
@@ -117,6 +118,14 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
     except pa.ArrowInvalid as exc:
         raise BadRequest(f"{path.name} is not CSV we can read: {exc}", code="invalid_csv") from exc
 
+
+
+def _check_header(path: Path, names: list[str]) -> None:
+    """Refuse a header naming a column twice: each row would keep only the last of the values."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BadRequest(f"{path.name} has more than one column named {', '.join(repr(n) for n in twice)}: rename "
+                         "them so that no value is lost", code="invalid_csv")
 
 
 def _ndjson(path: Path) -> Iterator[Any]:
