@@ -263,3 +263,25 @@ def test_a_csv_header_naming_a_column_twice_is_refused_before_anything_is_stored
     assert result.exit_code == 1
     assert "crm.csv has more than one column named 'name'" in result.output
     assert status(db)["events_received"] == 0
+
+
+@pytest.mark.parametrize(("name", "args"), [("crm.tsv", []), ("crm.txt", ["--delimiter", "\\t"]),
+                                            ("crm.csv", ["--delimiter", "tab"])])
+def test_tab_separated_files(tmp_path: Path, name: str, args: list[str]) -> None:
+    source = tmp_path / name
+    source.write_text("id\tname\n1\tAnn\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db, *args])
+    assert "stored 1" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:1") == {"name": "Ann"}
+    service.close()
+
+
+def test_a_delimiter_of_more_than_one_character_is_a_clear_error(tmp_path: Path) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text("id;;name\n1;;Ann\n")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--delimiter", ";;",
+                                 "--db", str(tmp_path / "p.duckdb")])
+    assert result.exit_code == 1
+    assert "the delimiter must be one character" in result.output

@@ -41,8 +41,8 @@ def detect_format(path: Path, given: str | None = None) -> str:
     return found
 
 
-def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *, delimiter: str = ",",
-                  chunk_rows: int = 10_000) -> Iterator[list[Any]]:
+def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
+                  delimiter: str | None = None, chunk_rows: int = 10_000) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     An NDJSON line that is not JSON comes through as a string saying so, which the message reader rejects
@@ -54,7 +54,7 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
         if mapping is None:
             raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "
                              "--event, --timestamp)", code="invalid_mapping")
-        rows: Iterator[Any] = _csv(path, delimiter, mapping)
+        rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping)
     else:
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
     if mapping is not None:
@@ -68,6 +68,19 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
             chunk = []
     if chunk:
         yield chunk
+
+
+def csv_delimiter(path: Path, given: str | None) -> str:
+    """The field separator: one character (``\\t`` or ``tab`` for a tab); by default a tab for ``.tsv`` files and a
+    comma for the others."""
+    if given is None:
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+    if given in ("\\t", "tab"):
+        return "\t"
+    if len(given) != 1 or given in "\"\r\n":
+        raise BadRequest(f"the delimiter must be one character (\\t or tab for a tab), not {given!r}",
+                         code="invalid_request")
+    return given
 
 
 def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:

@@ -318,7 +318,7 @@ class Portrait:
         return answer
 
     def import_file(self, path: Path, file_format: str | None = None, mapping: RowMapping | None = None, *,
-                    delimiter: str = ",", source: str | None = None, dry_run: bool = False,
+                    delimiter: str | None = None, source: str | None = None, dry_run: bool = False,
                     on_rejected: Callable[[dict[str, Any]], None] = lambda row: None,
                     on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""

@@ -183,7 +183,8 @@ def router(portrait: Portrait) -> APIRouter:
         fields: Annotated[str | None, Query(description="Comma-separated property/trait columns.")] = None,
         mapping: Annotated[str | None, Query(description="A whole mapping as JSON (the mapping-file form); the "
                                                          "column parameters override it.")] = None,
-        delimiter: str = ",",
+        delimiter: Annotated[str | None, Query(description="CSV field separator: one character, \\t or tab for a "
+                                                           "tab (default: a tab for .tsv, else a comma).")] = None,
     ) -> dict[str, Any]:
         columns: dict[str, Any] = {"user_id": user_id, "anonymous_id": anonymous_id, "email": email, "phone": phone,
                                    "event": event, "event_column": event_column, "timestamp": timestamp,

@@ -49,7 +49,8 @@ def import_events(
     message_id: Annotated[str | None, typer.Option(help="Column with a unique id per row (rows mode).")] = None,
     properties: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties "
                                                         "(default: every column not used otherwise).")] = None,
-    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    delimiter: Annotated[str | None, typer.Option(help="CSV field separator: one character, \\t or tab for a tab "
+                                                      "(default: a tab for .tsv files, else a comma).")] = None,
     mapping_file: MappingOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
@@ -76,7 +77,8 @@ def import_profiles(
     timestamp_format: Annotated[str | None, typer.Option(help="strptime format of the time column.")] = None,
     traits: Annotated[str | None, typer.Option(help="Comma-separated columns that become traits (default: every "
                                                     "column not used otherwise).")] = None,
-    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    delimiter: Annotated[str | None, typer.Option(help="CSV field separator: one character, \\t or tab for a tab "
+                                                      "(default: a tab for .tsv files, else a comma).")] = None,
     mapping_file: MappingOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
@@ -103,7 +105,7 @@ def _read_text(path: Path) -> str:
         raise PortraitError(f"cannot read the mapping file {path}: {exc}") from exc
 
 
-def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str, dry_run: bool,
+def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str | None, dry_run: bool,
             rejects: Path | None, db: str | None, url: str | None, admin_key: str | None) -> None:
     rejects_path = rejects or file.with_name(file.name + ".rejects.ndjson")
     try:
@@ -127,7 +129,8 @@ def _import(file: Path, file_format: str | None, mapping: RowMapping | None, del
 
 
 def _import_through_server(backend: RemotePortrait, file: Path, file_format: str | None,
-                           mapping: RowMapping | None, delimiter: str, dry_run: bool, rejects_path: Path) -> None:
+                           mapping: RowMapping | None, delimiter: str | None, dry_run: bool, rejects_path: Path
+                           ) -> None:
     if not file.is_file():
         raise PortraitError(f"{file} is not a readable file")
     params: dict[str, Any] = {"filename": file.name, "format": file_format, "dry_run": dry_run,
