@@ -285,3 +285,14 @@ def test_a_delimiter_of_more_than_one_character_is_a_clear_error(tmp_path: Path)
                                  "--db", str(tmp_path / "p.duckdb")])
     assert result.exit_code == 1
     assert "the delimiter must be one character" in result.output
+
+
+@pytest.mark.parametrize("rows", [1, 300], ids=["in-the-first-block", "later"])
+def test_a_csv_file_that_is_not_utf8_gets_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        rows: int) -> None:
+    monkeypatch.setattr("portrait.files._BLOCK_BYTES", 1024)
+    source = tmp_path / "crm.csv"
+    source.write_bytes(b"id,name\n" + b"".join(b"%d,Ann\n" % i for i in range(rows)) + "x,José\n".encode("latin-1"))
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
+    assert result.exit_code == 1, result.output
+    assert "must be UTF-8 text" in " ".join(result.output.split())

@@ -121,6 +121,7 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
                                                                          invalid_row_handler=set_aside),
                                  convert_options=options, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
         _check_header(path, reader.schema.names)
+        _check_text(path, reader.schema)
         mapping.check(reader.schema.names)
         for batch in reader:
             yield from batch.to_pylist()
@@ -129,7 +130,8 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
         while misshapen:
             yield misshapen.popleft()
     except pa.ArrowInvalid as exc:
-        raise BadRequest(f"{path.name} is not CSV we can read: {exc}", code="invalid_csv") from exc
+        hint = f" ({_NOT_UTF8})" if "invalid UTF8" in str(exc) else ""
+        raise BadRequest(f"{path.name} is not CSV we can read: {exc}{hint}", code="invalid_csv") from exc
 
 
 
@@ -139,6 +141,17 @@ def _check_header(path: Path, names: list[str]) -> None:
     if twice:
         raise BadRequest(f"{path.name} has more than one column named {', '.join(repr(n) for n in twice)}: rename "
                          "them so that no value is lost", code="invalid_csv")
+
+
+_NOT_UTF8 = "the file must be UTF-8 text: save it as UTF-8, e.g. with iconv -f latin1 -t utf-8"
+
+
+def _check_text(path: Path, schema: pa.Schema) -> None:
+    """Refuse a file whose columns are not UTF-8 text (read as bytes, which no message can hold)."""
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise BadRequest(f"{path.name} has values that are not UTF-8 text in the column "
+                         f"{', '.join(repr(n) for n in binary)}: {_NOT_UTF8}", code="invalid_csv")
 
 
 def _ndjson(path: Path) -> Iterator[Any]:
