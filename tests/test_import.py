@@ -296,3 +296,32 @@ def test_a_csv_file_that_is_not_utf8_gets_a_clear_error(tmp_path: Path, monkeypa
     result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
     assert result.exit_code == 1, result.output
     assert "must be UTF-8 text" in " ".join(result.output.split())
+
+
+def test_parquet_decimals_durations_and_bytes_are_imported_as_json_values(tmp_path: Path) -> None:
+    from datetime import timedelta
+    from decimal import Decimal
+    rows = tmp_path / "orders.parquet"
+    pq.write_table(pa.table({
+        "cust": ["c1", "c2"],
+        "total": pa.array([Decimal("12.50"), None], pa.decimal128(10, 2)),
+        "units": pa.array([Decimal("3"), Decimal("4")], pa.decimal128(10, 0)),
+        "wait": pa.array([timedelta(seconds=90), None]),
+        "token": pa.array([b"\x00\x01", None]),
+        "lines": pa.array([[{"price": Decimal("1.25")}], []],
+                          pa.list_(pa.struct([("price", pa.decimal128(6, 2))]))),
+    }), rows)
+    messages = tmp_path / "messages.parquet"
+    pq.write_table(pa.table({"type": ["track"], "userId": ["c3"], "event": ["Order Completed"],
+                             "properties": pa.array([{"revenue": Decimal("9.99")}],
+                                                    pa.struct([("revenue", pa.decimal128(6, 2))]))}), messages)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(rows), "--user-id", "cust", "--event", "Order Completed",
+                                 "--db", db])
+    assert "stored 2" in result.output, result.output
+    assert "stored 1" in runner.invoke(app, ["import", "events", str(messages), "--db", db]).output
+    service = Portrait(Settings(db_path=db), background=False)
+    first = service.events("user_id:c1")["events"][0]["properties"]
+    assert first == {"total": 12.5, "units": 3, "wait": 90.0, "token": "AAE=", "lines": [{"price": 1.25}]}
+    assert service.events("user_id:c3")["events"][0]["properties"] == {"revenue": 9.99}
+    service.close()

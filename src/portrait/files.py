@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from portrait.connectors import plain
 from portrait.errors import BadRequest
 from portrait.mapping import MessageIds, RowMapping, rows_to_messages
 from portrait.spec import Unreadable
@@ -181,14 +182,31 @@ def _json_array(path: Path) -> Iterator[Any]:
 
 
 def _parquet(path: Path) -> Iterator[Any]:
-    """Each row is a message; nested columns (properties, traits, context) come through as objects."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+    """Each row is a message; nested columns (properties, traits, context) come through as objects.
+
+    Values JSON has no form for are written as SQL sources write them (:func:`portrait.connectors.plain`): decimals
+    as numbers (whole ones as integers), durations as seconds, bytes as base64 -- only in files that hold such
+    types, so the others are read exactly as before (their derived message ids do not change).
+    """
+    parquet = pq.ParquetFile(path)
+    convert = plain if any(_without_json_form(f.type) for f in parquet.schema_arrow) else None
+    for batch in parquet.iter_batches(batch_size=10_000):
         for row in batch.to_pylist():
-            yield {key: _jsonable(value) for key, value in row.items() if value is not None}
+            yield {key: _jsonable(value, convert) for key, value in row.items() if value is not None}
 
 
-def _jsonable(value: Any) -> Any:
+def _without_json_form(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        return _without_json_form(kind.value_type)
+    if (pa.types.is_decimal(kind) or pa.types.is_duration(kind) or pa.types.is_interval(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+            or pa.types.is_binary_view(kind)):
+        return True
+    return any(_without_json_form(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _jsonable(value: Any, convert: Callable[[Any], Any] | None = None) -> Any:
     if hasattr(value, "isoformat"):
         text: str = value.isoformat()
         return text if getattr(value, "tzinfo", None) else text + "Z"  # naive times in files are UTC
-    return value
+    return value if convert is None else convert(value)
