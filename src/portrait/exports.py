@@ -1,7 +1,8 @@
 """Exports: one row per profile, with the chosen attributes as typed columns, to CSV, Parquet or NDJSON.
 
 Personal-information attributes (flagged in the registry) are left out unless asked for: by name in
-``attributes`` or with ``include_personal``. Deprecated attributes are left out unless named.
+``attributes`` or with ``include_personal``. Deprecated attributes are left out unless named. In CSV, text that a
+spreadsheet would run as a formula gets a leading ``'`` (see :func:`_csv`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -57,8 +59,27 @@ def _ndjson(table: pa.Table, path: Path) -> None:
                 handle.write(orjson.dumps(row) + b"\n")
 
 
+# CSV cells a spreadsheet would run as a formula (OWASP, "CSV injection"): text starting with = + - @, a tab or a
+# carriage return -- unless it holds only digits, spaces and + - ( ) . , / (a number, a phone number, a date), which
+# can name no function or cell.
+_FORMULA_START = r"^[=+\-@\t\r]"
+_ONLY_NUMBERS = r"^[0-9\s+\-().,/]*$"
+
+
+def _csv(table: pa.Table, path: Path) -> None:
+    """CSV with every text cell that could run as a formula prefixed with ``'`` (shown, not run, by spreadsheets)."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            risky = pc.and_(pc.match_substring_regex(column, _FORMULA_START),
+                            pc.invert(pc.match_substring_regex(column, _ONLY_NUMBERS)))
+            column = pc.if_else(pc.fill_null(risky, False), pc.binary_join_element_wise("'", column, ""), column)
+        columns.append(column)
+    pa_csv.write_csv(pa.table(columns, names=table.column_names), path)
+
+
 WRITERS: dict[str, Callable[[pa.Table, Path], None]] = {
-    "csv": lambda table, path: pa_csv.write_csv(table, path),
+    "csv": _csv,
     "parquet": lambda table, path: pq.write_table(table, path),
     "ndjson": _ndjson,
 }
