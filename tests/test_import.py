@@ -325,3 +325,15 @@ def test_parquet_decimals_durations_and_bytes_are_imported_as_json_values(tmp_pa
     assert first == {"total": 12.5, "units": 3, "wait": 90.0, "token": "AAE=", "lines": [{"price": 1.25}]}
     assert service.events("user_id:c3")["events"][0]["properties"] == {"revenue": 9.99}
     service.close()
+
+
+def test_csv_trait_columns_that_identify_the_person_keep_leading_zeros(tmp_path: Path) -> None:
+    source = tmp_path / "crm.csv"
+    source.write_text("id,crm_id,card,phone\n1,000123,0042,0048512345678\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    assert "stored 1" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:1") == {"crm_id": "000123", "card": 42, "phone": "0048512345678"}
+    assert service.profile("crm_id:000123")["profile_id"] == service.profile("user_id:1")["profile_id"]
+    service.close()

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from portrait.connectors import plain
 from portrait.errors import BadRequest
+from portrait.identity import identity_trait_names
 from portrait.mapping import MessageIds, RowMapping, rows_to_messages
 from portrait.spec import Unreadable
 
@@ -43,8 +44,12 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
-                  delimiter: str | None = None, chunk_rows: int = 10_000) -> Iterator[list[Any]]:
+                  delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
+                  chunk_rows: int = 10_000) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
+
+    CSV columns that identify the person (``identity_traits`` for profiles, see
+    :meth:`portrait.mapping.RowMapping.text_columns`) are read as text.
 
     An NDJSON line that is not JSON comes through as a string saying so, which the message reader rejects
     (``invalid_message``) with that text as what was sent.
@@ -55,7 +60,8 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
         if mapping is None:
             raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "
                              "--event, --timestamp)", code="invalid_mapping")
-        rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping)
+        rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
+                                   mapping.text_columns(identity_trait_names(identity_traits)))
     else:
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
     if mapping is not None:
@@ -103,12 +109,11 @@ def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:
 _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first one: past this the file is refused
 
 
-def _csv(path: Path, delimiter: str, mapping: RowMapping) -> Iterator[Any]:
+def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str]) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import."""
-    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in mapping.text_columns()},
-                                    strings_can_be_null=True)
+    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=True)
     misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
 
     def set_aside(row: pa_csv.InvalidRow) -> str:

@@ -130,6 +130,12 @@ def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple
     return HINT_SEPARATOR.join(found) if found else None
 
 
+def identity_trait_names(identity_traits: tuple[str, ...]) -> frozenset[str]:
+    """The trait names that identify a person (email, phone, the configured identity traits and their camelCase
+    and PascalCase forms)."""
+    return frozenset(name for name, _ in _trait_names(identity_traits))
+
+
 @functools.lru_cache(maxsize=64)
 def _trait_names(identity_traits: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """(trait name, identifier type) pairs to look for: email, phone and each configured identity trait as written

@@ -92,10 +92,15 @@ class RowMapping:
         return {c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.event_column,
                             self.timestamp, self.message_id, *self.identifier_columns.values()) if c}
 
-    def text_columns(self) -> list[str]:
-        """Columns to read as text, whatever they look like (ids keep leading zeros)."""
-        return [c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.message_id,
-                            *self.identifier_columns.values()) if c]
+    def text_columns(self, identity_traits: Iterable[str] = ()) -> list[str]:
+        """Columns to read as text, whatever they look like (ids keep leading zeros): the identifier columns and, for
+        profiles, those that become a trait named in ``identity_traits`` (which identify the person too)."""
+        ids = [c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.message_id,
+                           *self.identifier_columns.values()) if c]
+        names = set(identity_traits) if self.kind == "profiles" else set()
+        traits = ([c for c in self.fields if self.renames.get(c, c) in names] if self.fields is not None
+                  else sorted(names))
+        return ids + [c for c in traits if c not in ids]
 
 
 SCALAR_KEYS = ("event", "event_column", "timestamp", "timestamp_format", "message_id")

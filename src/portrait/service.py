@@ -322,7 +322,8 @@ class Portrait:
                     on_rejected: Callable[[dict[str, Any]], None] = lambda row: None,
                     on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
-        chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter)
+        chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
+                               identity_traits=self.rules.identity_traits)
         report = ImportReport()
         started = time.monotonic()
         for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
