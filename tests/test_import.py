@@ -104,10 +104,11 @@ def test_json_array_and_parquet_files(tmp_path: Path) -> None:
     ("events.ndjson", ["--user-id", "cust"], "say which event the rows are"),
     ("events.ndjson", ["--format", "xml"], "format 'xml' is not one of"),
     ("missing.ndjson", [], "is not a readable file"),
+    ("lines.json", [], "it looks like JSON lines"),
 ])
 def test_bad_files_get_clear_errors(tmp_path: Path, name: str, args: list[str], message: str) -> None:
     if name != "missing.ndjson":
-        (tmp_path / name).write_text('{"cust": "1"}\n' if name.endswith(".ndjson") else "cust,x\n1,2\n")
+        (tmp_path / name).write_text('{"cust": "1"}\n' * 2 if name.endswith("json") else "cust,x\n1,2\n")
     result = runner.invoke(app, ["import", "events", str(tmp_path / name), "--db", str(tmp_path / "p.duckdb"), *args])
     assert result.exit_code == 1
     assert message in result.output

@@ -177,10 +177,13 @@ def _unreadable(line: bytes, reason: str) -> str:
 
 
 def _json_array(path: Path) -> Iterator[Any]:
+    text = path.read_bytes()
     try:
-        document = orjson.loads(path.read_bytes())
+        document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"{path.name} is not valid JSON: {exc}", code="invalid_json") from exc
+        lines = ("; it looks like JSON lines (one message per line, as BigQuery exports them): import it as NDJSON "
+                 "(--format ndjson, or name it .ndjson)") if text.lstrip()[:1] == b"{" else ""
+        raise BadRequest(f"{path.name} is not valid JSON: {exc}{lines}", code="invalid_json") from exc
     if not isinstance(document, list):
         raise BadRequest(f"{path.name} must hold a JSON array of messages (or use NDJSON)", code="invalid_request")
     yield from document
