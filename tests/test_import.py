@@ -338,3 +338,18 @@ def test_csv_trait_columns_that_identify_the_person_keep_leading_zeros(tmp_path:
     assert service.traits("user_id:1") == {"crm_id": "000123", "card": 42, "phone": "0048512345678"}
     assert service.profile("crm_id:000123")["profile_id"] == service.profile("user_id:1")["profile_id"]
     service.close()
+
+
+@pytest.mark.parametrize("filename", ["..", "../../crm.csv", "."])
+def test_an_upload_named_like_a_folder_is_imported_not_a_server_error(portrait: Portrait, filename: str) -> None:
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+
+    from portrait.api import create_app
+
+    with TestClient(create_app(portrait=portrait)) as client:
+        answer = client.post("/api/imports", content=b"id,name\n1,Ann\n",
+                             params={"filename": filename, "format": "csv", "kind": "profiles", "user_id": "id"},
+                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 1

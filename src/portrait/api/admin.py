@@ -209,7 +209,8 @@ def upload_name(filename: str) -> str:
     """The base name of an uploaded file, refused when it holds a NUL or other control character."""
     if any(ord(c) < 32 or c == "\x7f" for c in filename):
         raise BadRequest("filename must not contain control characters", code="invalid_request")
-    return Path(filename).name or "upload"
+    name = Path(filename).name
+    return name if name not in ("", ".", "..") else "upload"  # ".." would name the temporary folder's parent
 
 
 def _utc(value: datetime | None) -> datetime | None:
