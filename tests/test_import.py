@@ -353,3 +353,23 @@ def test_an_upload_named_like_a_folder_is_imported_not_a_server_error(portrait: 
                              headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["stored"] == 1
+
+
+def test_a_csv_column_whose_values_change_shape_after_the_first_block_does_not_stop_the_import(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("portrait.files._BLOCK_BYTES", 1024)  # as a file of many 4 MB blocks does
+    source = tmp_path / "visits.csv"
+    source.write_text("cust,day,score,zip\n" + "".join(f"c{i},2024-01-{i % 28 + 1:02d},{i},{i:05d}\n"
+                                                        for i in range(300))
+                      + "x1,05/01/2024,1.5,ABC12\nx2,2024-02-01T10:00:00+02:00,n/a,\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--user-id", "cust", "--event", "Visit",
+                                 "--timestamp", "day", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "302 rows read" in result.output and "stored 301" in result.output, result.output
+    assert "rejected invalid_timestamp: 1" in result.output  # 05/01/2024: that row alone
+    service = Portrait(Settings(db_path=db), background=False)
+    first = service.events("user_id:c7")["events"][0]
+    assert first["timestamp"] == "2024-01-08T00:00:00.000Z" and first["properties"] == {"score": "7", "zip": "00007"}
+    assert service.events("user_id:x2")["events"][0]["timestamp"] == "2024-02-01T08:00:00.000Z"
+    service.close()

@@ -9,6 +9,7 @@ so an import of millions of rows runs in bounded memory. Messages without a mess
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,7 +114,6 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import."""
-    options = pa_csv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=True)
     misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
 
     def set_aside(row: pa_csv.InvalidRow) -> str:
@@ -122,13 +122,22 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
                                     "quote not closed)"))
         return "skip"
 
+    def opened(types: dict[str, pa.DataType], on_invalid: Callable[[pa_csv.InvalidRow], str]
+               ) -> pa_csv.CSVStreamingReader:
+        return pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                                       invalid_row_handler=on_invalid),
+                               convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
+                               read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
+
     try:
-        reader = pa_csv.open_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                                                         invalid_row_handler=set_aside),
-                                 convert_options=options, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
-        _check_header(path, reader.schema.names)
-        _check_text(path, reader.schema)
-        mapping.check(reader.schema.names)
+        checking = opened({c: pa.string() for c in text_columns}, _skip)
+        names = checking.schema.names
+        _check_header(path, names)
+        _check_text(path, checking.schema)
+        mapping.check(names)
+        types = _settled_types(checking, names, {c: pa.string() for c in text_columns},
+                               lambda types: opened(types, _skip))
+        reader = opened(types, set_aside)
         for batch in reader:
             yield from batch.to_pylist()
             while misshapen:
@@ -139,6 +148,32 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         hint = f" ({_NOT_UTF8})" if "invalid UTF8" in str(exc) else ""
         raise BadRequest(f"{path.name} is not CSV we can read: {exc}{hint}", code="invalid_csv") from exc
 
+
+
+_CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error")
+
+
+def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: dict[str, pa.DataType],
+                   reopen: Callable[[dict[str, pa.DataType]], pa_csv.CSVStreamingReader]) -> dict[str, pa.DataType]:
+    """The column types to read the file with. Arrow infers them from the first block (4 MB), and a column a later
+    block does not fit -- numbers, then ``12A`` or ``1.5``; ISO dates, then ``05/01/2024`` -- would stop the import
+    there, part-way. So the whole file is read once in Arrow first (about a second per 100 MB, no Python objects),
+    and each column that does not fit is read as text; the others keep the types inferred, as before."""
+    while True:
+        try:
+            for _ in reader:
+                pass
+            return types
+        except pa.ArrowInvalid as exc:
+            found = _CONVERSION_ERROR.search(str(exc))
+            if found is None or "invalid UTF8" in str(exc) or names[int(found.group(1))] in types:
+                return types  # not a type the file outgrows: the import itself says what is wrong
+            types = {**types, names[int(found.group(1))]: pa.string()}
+            reader = reopen(types)
+
+
+def _skip(row: pa_csv.InvalidRow) -> str:
+    return "skip"
 
 
 def _check_header(path: Path, names: list[str]) -> None:
