@@ -373,3 +373,18 @@ def test_a_csv_column_whose_values_change_shape_after_the_first_block_does_not_s
     assert first["timestamp"] == "2024-01-08T00:00:00.000Z" and first["properties"] == {"score": "7", "zip": "00007"}
     assert service.events("user_id:x2")["events"][0]["timestamp"] == "2024-02-01T08:00:00.000Z"
     service.close()
+
+
+def test_a_parquet_struct_field_a_message_did_not_name_does_not_remove_the_trait(tmp_path: Path) -> None:
+    messages = [{"type": "identify", "userId": "u1", "traits": {"name": "Ann", "plan": "pro"},
+                 "timestamp": "2024-01-01T00:00:00Z"},
+                {"type": "identify", "userId": "u1", "traits": {"email": "ann@example.com"},
+                 "context": {"traits": {"plan": "pro"}}, "timestamp": "2024-01-02T00:00:00Z"}]
+    source = tmp_path / "messages.parquet"
+    pq.write_table(pa.Table.from_pylist(messages), source)  # the second row reads traits.name = traits.plan = null
+    db = str(tmp_path / "p.duckdb")
+    assert "stored 2" in runner.invoke(app, ["import", "events", str(source), "--db", db]).output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:u1") == {"name": "Ann", "plan": "pro", "email": "ann@example.com"}
+    assert service.events("user_id:u1")["events"][0]["traits"] == {"email": "ann@example.com"}
+    service.close()

@@ -68,9 +68,11 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     if mapping is not None:
         rows = _mapped(rows, mapping)
     ids = MessageIds()
+    tidy = _without_struct_nulls if file_format == "parquet" else None
     chunk: list[Any] = []
     for message in rows:
-        chunk.append(ids.assign(message))
+        # The id first: it derives from the message as read before, so files imported before keep their ids
+        chunk.append(ids.assign(message) if tidy is None else tidy(ids.assign(message)))
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = []
@@ -236,6 +238,17 @@ def _parquet(path: Path) -> Iterator[Any]:
     for batch in parquet.iter_batches(batch_size=10_000):
         for row in batch.to_pylist():
             yield {key: _jsonable(value, convert) for key, value in row.items() if value is not None}
+
+
+def _without_struct_nulls(value: Any) -> Any:
+    """A Parquet message without the nulls in its objects. A struct column has every field in every row, so a
+    message that never named ``plan`` reads as ``"plan": null`` -- which would remove the trait ``plan`` that another
+    message gave. In Parquet a null field means absent (as a null column already does); NDJSON can send a null."""
+    if isinstance(value, dict):
+        return {key: _without_struct_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_struct_nulls(item) for item in value]
+    return value
 
 
 def _without_json_form(kind: pa.DataType) -> bool:
