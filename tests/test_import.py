@@ -49,7 +49,8 @@ def test_ndjson_import_keeps_history_and_lists_rejected_rows(tmp_path: Path) -> 
     assert "5 rows read" in result.output and "stored 3" in result.output and "rejected 2" in result.output
     rejects = [json.loads(line) for line in (tmp_path / "events.ndjson.rejects.ndjson").read_text().splitlines()]
     assert [(r["row"], r["code"]) for r in rejects] == [(3, "missing_field"), (5, "invalid_message")]
-    assert "{not json" in rejects[1]["message"]
+    assert json.loads(rejects[1]["message"]) == "{not json"
+    assert rejects[1]["reason"].startswith("line 5 is not JSON: ")
     service = Portrait(Settings(db_path=db), background=False)
     events = service.events("email:ann@example.com")["events"]
     assert [e["timestamp"] for e in events] == ["2019-05-02T10:00:00.000Z", "2019-05-01T10:00:00.000Z"]

@@ -52,8 +52,8 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     CSV columns that identify the person (``identity_traits`` for profiles, see
     :meth:`portrait.mapping.RowMapping.text_columns`) are read as text.
 
-    An NDJSON line that is not JSON comes through as a string saying so, which the message reader rejects
-    (``invalid_message``) with that text as what was sent.
+    An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
+    (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
     """
     if not path.is_file():
         raise BadRequest(f"{path} is not a readable file", code="file_not_found")
@@ -208,9 +208,9 @@ def _ndjson(path: Path) -> Iterator[Any]:
                 yield _unreadable(line, f"line {number} is not JSON: {exc}")
 
 
-def _unreadable(line: bytes, reason: str) -> str:
-    # A string is not a message: the reader rejects it as invalid_message and keeps the text as the payload.
-    return f"{reason}: {line[:2000].decode('utf-8', errors='replace').strip()}"
+def _unreadable(line: bytes, reason: str) -> Unreadable:
+    # Rejected as invalid_message with the reason, and the line (its start) as what was sent.
+    return Unreadable(line[:2000].decode("utf-8", errors="replace").strip(), "invalid_message", reason)
 
 
 def _json_array(path: Path) -> Iterator[Any]:
