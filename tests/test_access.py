@@ -61,6 +61,26 @@ def test_a_read_key_without_pii_read_sees_personal_data_masked(client: TestClien
     assert "ann@example.com" not in client.get("/api/events/recent", headers=bearer(reader["key"])).text
 
 
+def test_new_traits_that_read_as_personal_data_are_masked_from_their_first_value(tmp_path: Path) -> None:
+    """Traits under names of their own (a CRM's Mobile Phone, Date of Birth) and the configured identity traits
+    become attributes marked personal, so a key without pii:read never sees them in clear; others stay open."""
+    service = Portrait(Settings(db_path=str(tmp_path / "p.duckdb"), admin_key=ADMIN_KEY, write_key=WRITE_KEY,
+                                identity_traits=("loyalty_card",)), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "7", "traits": {
+        "Mobile Phone": "+48601234567", "dateOfBirth": "1990-04-01", "home_address": "Dluga 1", "zip": "80-001",
+        "loyaltyCard": "LC-0007", "favoriteColor": "green", "ipAddress": "192.0.2.7", "shipping": {"street": "X 1"}}}])
+    service.process_pending()
+    personal = {a["code"]: a["is_personal_info"] for a in service.attributes.list(standard=False)}
+    assert personal == {"mobile_phone": True, "date_of_birth": True, "home_address": True, "zip": True,
+                        "loyalty_card": True, "favorite_color": False, "ip_address": True, "shipping_street": True}
+    with TestClient(create_app(portrait=service)) as client:
+        reader = new_key(client, kind="read", name="bi")
+        traits = client.get("/api/profiles/user_id:7/traits", headers=bearer(reader["key"])).json()
+    assert traits["favorite_color"] == "green"
+    assert not {"+48601234567", "1990-04-01", "LC-0007", "192.0.2.7", "Dluga 1"} & {str(v) for v in traits.values()}
+    service.close()
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 
 from portrait import sql
+from portrait.attributes import code_for
 from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, normalize_phone
 from portrait.model import Identifier
 from portrait.spec import utc_now
@@ -87,6 +88,7 @@ class Processor:
         self._next_batch_size = batch_size
         self.last_batch: tuple[int, float] = (0, 0.0)  # events, seconds of the latest batch (for /api/status)
         self._blocked = sorted(rules.blocked)
+        self._identity_codes = sorted({code_for(name) for name in rules.identity_traits})
 
     def process_next(self, session: Session) -> int:
         """Process the next micro-batch, isolating an event that cannot be processed; returns events consumed.
@@ -136,7 +138,7 @@ class Processor:
             session.execute(q.REBUILD_ASSIGN)
             _stage_traits(session, 0, hi)
             if self._unknown_traits == "infer":
-                session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
+                session.execute(q.AUTO_CREATE_ATTRIBUTES, [self._identity_codes, now, now])
             session.execute(q.CHECK_TRAITS)
             count = int(session.execute(q.COUNT_CHECKED)[0][0])
             session.execute(q.CLEAR_TRAITS)
@@ -333,7 +335,7 @@ class Processor:
         if traits:
             _stage_traits(session, lo, hi)
             if self._unknown_traits == "infer":
-                session.execute(q.AUTO_CREATE_ATTRIBUTES, [now, now])
+                session.execute(q.AUTO_CREATE_ATTRIBUTES, [self._identity_codes, now, now])
             session.execute(q.CHECK_TRAITS)
             session.execute(q.BATCH_TRAIT_INPUT)
             _combine_traits(session)

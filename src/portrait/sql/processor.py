@@ -525,9 +525,22 @@ COUNT_PROBLEMS = parse("SELECT count(*) FROM b_checked WHERE problem IS NOT NULL
 # Params: created-at time (twice).
 _INFER = "CASE arg_min(type, seq) " + " ".join(
     f"WHEN '{json_type}' THEN '{kind}'" for json_type, kind in INFERRED_TYPES.items()) + " ELSE 'string' END"
+# Codes that read as personal data (a word of the code, e.g. mobile_phone, date_of_birth, home_address, zip, ip):
+# an attribute created from such a trait is marked personal information, so it is masked for keys without
+# pii:read from its first value on -- as are the configured identity traits (loyalty_card...), which identify the
+# person. A business can unmark one (PATCH /api/attributes/CODE); leaving personal data open by default is the
+# mistake that cannot be taken back.
+PERSONAL_CODE = (
+    r"(^|_)(e_?mail|phone|mobile|cell|fax|surname|birth|birthday|birthdate|dob|address|street|zip|zipcode|postal|"
+    r"postcode|ip|ssn|passport|iban|national_id|tax_id|latitude|longitude|full_name|first_name|last_name|given_name|"
+    r"family_name|middle_name|maiden_name|nickname)(_|$)"
+)
+# Params: the configured identity traits' codes, created-at, updated-at.
 AUTO_CREATE_ATTRIBUTES = parse(f"""
-INSERT INTO attributes (code, name, type, description, standard, auto_created, created_at, updated_at)
-SELECT code, code, {_INFER}, 'Created automatically from incoming traits', FALSE, TRUE, ?, ?
+INSERT INTO attributes (code, name, type, description, is_personal_info, standard, auto_created, created_at,
+                        updated_at)
+SELECT code, code, {_INFER}, 'Created automatically from incoming traits',
+       regexp_matches(code, '{PERSONAL_CODE}') OR list_contains(CAST(? AS VARCHAR[]), code), FALSE, TRUE, ?, ?
 FROM b_traits WHERE type <> 'NULL' AND code NOT IN (SELECT code FROM attributes)
 GROUP BY code
 ON CONFLICT DO NOTHING
