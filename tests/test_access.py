@@ -81,6 +81,19 @@ def test_new_traits_that_read_as_personal_data_are_masked_from_their_first_value
     service.close()
 
 
+def test_a_segment_breakdown_by_a_personal_attribute_is_masked_without_pii_read(client: TestClient) -> None:
+    client.post("/api/segments", headers=ADMIN, json={"name": "all", "condition": "plan is set"}).raise_for_status()
+    reader = new_key(client, kind="read", name="bi")
+    split = client.get("/api/segments/all/breakdown", headers=bearer(reader["key"]), params={"attribute": "email"})
+    assert split.status_code == 200, split.text
+    assert split.json()["values"] == [{"value": "a***@example.com", "profiles": 1, "share": 1.0}]
+    assert "ann@example.com" not in split.text
+    plan = client.get("/api/segments/all/breakdown", headers=bearer(reader["key"]), params={"attribute": "plan"})
+    assert plan.json()["values"][0]["value"] == "pro"  # not personal: shown
+    sees = client.get("/api/segments/all/breakdown", headers=ADMIN, params={"attribute": "email"})
+    assert sees.json()["values"][0]["value"] == "ann@example.com"
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

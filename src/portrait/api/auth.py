@@ -103,6 +103,12 @@ class Viewer:
             return stats
         return {**stats, "top_values": [{**v, "value": privacy.mask(v["value"])} for v in stats["top_values"]]}
 
+    def breakdown(self, found: dict[str, Any]) -> dict[str, Any]:
+        """A segment breakdown: the values of a personal attribute masked, as in attribute analytics."""
+        if self.sees_pii or found.get("attribute") not in self.personal():
+            return found
+        return {**found, "values": [{**v, "value": privacy.mask(v["value"])} for v in found["values"]]}
+
     def explanation(self, found: dict[str, Any]) -> dict[str, Any]:
         if self.sees_pii or "explanation" not in found:
             return found

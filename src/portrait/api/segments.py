@@ -73,9 +73,10 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(Viewer(portrait, caller(request)).explanation, found)
 
     @api.get("/segments/{segment}/breakdown", summary="The segment's members by the value of one attribute")
-    async def breakdown(segment: str, attribute: str, top: Annotated[int, Query(ge=1, le=100)] = 10
-                        ) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.segment_breakdown, segment, attribute, top)
+    async def breakdown(segment: str, attribute: str, request: Request,
+                        top: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+        found = await run_in_threadpool(portrait.segment_breakdown, segment, attribute, top)
+        return await run_in_threadpool(Viewer(portrait, caller(request)).breakdown, found)
 
     @api.post("/analytics/funnel", summary="Profiles reaching each step in order, within a conversion window")
     async def funnel(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
