@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.errors import BadRequest
+from portrait.errors import BadRequest, NotFound
 from portrait.service import Portrait
 from portrait.spec import utc_now
 
@@ -66,6 +66,14 @@ def test_funnels_of_a_segment_and_breakdowns(portrait: Portrait) -> None:
                                                                                "share": 0.3333},
                                {"value": "DE", "profiles": 1, "share": 0.1667}]
     assert portrait.segments.sizes("viewers")[0]["size"] == 6
+
+
+def test_a_breakdown_by_an_unknown_attribute_is_refused(portrait: Portrait) -> None:
+    load(portrait)
+    portrait.create_segment({"name": "viewers", "condition": 'performed("Product Viewed")'})
+    with pytest.raises(NotFound) as raised:
+        portrait.segment_breakdown("viewers", "contry")
+    assert "contry" in raised.value.message
 
 
 @pytest.mark.parametrize(("fields", "message"), [

@@ -429,6 +429,7 @@ class Portrait:
         return analytics.funnel(self._reads, self.segments, fields)
 
     def segment_breakdown(self, reference: str, attribute: str, top: int = 10) -> dict[str, Any]:
+        self.attributes.get(attribute)  # an unknown attribute is a 404, not an empty breakdown
         return analytics.breakdown(self._reads, self.segments, reference, attribute, top)
 
     # -- segments ----------------------------------------------------------------------------------------------
