@@ -94,6 +94,25 @@ def test_a_segment_breakdown_by_a_personal_attribute_is_masked_without_pii_read(
     assert sees.json()["values"][0]["value"] == "ann@example.com"
 
 
+def test_attribute_analytics_of_a_personal_attribute_show_no_ones_value_without_pii_read(
+        client: TestClient, portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{n}", "traits": {"birthday": day, "salary": pay}}
+                              for n, (day, pay) in enumerate([("1961-04-05", 91_234), ("1999-12-24", 40_517)])])
+    portrait.process_pending()
+    client.patch("/api/attributes/salary", headers=ADMIN, json={"is_personal_info": True, "calculate_analytics": True}
+                 ).raise_for_status()
+    reader = new_key(client, kind="read", name="bi")
+    for code, values in (("birthday", ["1961", "1999", "04-05", "12-24"]), ("salary", ["91234", "40517", "65875"])):
+        stats = client.get(f"/api/attributes/{code}/analytics", headers=bearer(reader["key"]))
+        assert stats.status_code == 200, stats.text
+        assert stats.json()["filled"] == 2 and not any(v in stats.text for v in values), stats.text
+    seen = client.get("/api/attributes/birthday/analytics", headers=ADMIN).json()
+    assert seen["range"] == {"min": "1961-04-05T00:00:00", "max": "1999-12-24T00:00:00"}
+    client.post("/login", data={"key": reader["key"]})
+    page = client.get("/attributes/salary")
+    assert page.status_code == 200 and not any(v in page.text.replace(",", "") for v in ("91234", "40517")), page.text
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

@@ -99,9 +99,22 @@ class Viewer:
                                       if i.get("attribute") in personal else i for i in payload["issues"]]}
 
     def analytics(self, code: str, stats: dict[str, Any]) -> dict[str, Any]:
+        """Attribute analytics: for a personal attribute the top values are masked, and so are the statistics that
+        are one customer's value (the oldest and youngest birthday, a minimum, a maximum, quantiles, a mean, the
+        histogram's edges); counts stay."""
         if self.sees_pii or code not in self.personal():
             return stats
-        return {**stats, "top_values": [{**v, "value": privacy.mask(v["value"])} for v in stats["top_values"]]}
+        shown = {**stats, "top_values": [{**v, "value": privacy.mask(v["value"])} for v in stats["top_values"]]}
+        for name in ("min", "max", "mean"):
+            if shown.get(name) is not None:
+                shown[name] = privacy.HIDDEN
+        if shown.get("quantiles"):
+            shown["quantiles"] = {name: privacy.HIDDEN for name in shown["quantiles"]}
+        if shown.get("histogram"):
+            shown["histogram"] = []
+        if isinstance(shown.get("range"), dict):
+            shown["range"] = {k: None if v is None else privacy.HIDDEN for k, v in shown["range"].items()}
+        return shown
 
     def breakdown(self, found: dict[str, Any]) -> dict[str, Any]:
         """A segment breakdown: the values of a personal attribute masked, as in attribute analytics."""
