@@ -113,6 +113,16 @@ def test_attribute_analytics_of_a_personal_attribute_show_no_ones_value_without_
     assert page.status_code == 200 and not any(v in page.text.replace(",", "") for v in ("91234", "40517")), page.text
 
 
+def test_a_birthday_is_masked_whole_as_dates_are(client: TestClient, portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": "b1", "traits": {"birthday": "1990-06-15"}}])
+    portrait.process_pending()
+    reader = new_key(client, kind="read", name="bi")
+    profile = client.get("/api/profiles/user_id:b1", headers=bearer(reader["key"])).json()
+    assert profile["traits"]["birthday"] == "***"  # not "***15": the day of the month is not shown either
+    assert [mask(v) for v in ("2026-01-31T10:00:00Z", "2026-01-31 10:00:00+02:00", "+48 601 234 567")] == [
+        "***", "***", "***67"]
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

@@ -18,6 +18,7 @@ PERSONAL_IDENTITY_TYPES = frozenset({"email", "phone"})
 HIDDEN = "***"
 _EMAIL = re.compile(r"^([^@\s])[^@\s]*(@[^@\s]+)$")
 _PHONE = re.compile(r"^\+?[\d\s().\-/]{6,}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$")  # a date as text is a date
 
 
 def mask(value: Any) -> Any:
@@ -28,6 +29,8 @@ def mask(value: Any) -> Any:
         email = _EMAIL.match(value)
         if email:
             return f"{email.group(1)}{HIDDEN}{email.group(2)}"
+        if _DATE.match(value):
+            return HIDDEN
         if _PHONE.match(value):
             digits = re.sub(r"\D", "", value)
             return f"{HIDDEN}{digits[-2:]}"
