@@ -123,6 +123,22 @@ def test_a_birthday_is_masked_whole_as_dates_are(client: TestClient, portrait: P
         "***", "***", "***67"]
 
 
+def test_personal_data_nested_in_lists_or_beside_the_message_is_masked_in_events(client: TestClient,
+                                                                                  portrait: Portrait) -> None:
+    portrait.ingest_messages([{
+        "type": "track", "userId": "42", "event": "Gift Sent", "email": "bea@example.com",
+        "properties": {"recipients": [{"email": "cid@example.com", "phone": "+48 601 999 888", "qty": 2}],
+                       "shipping": {"email": "dot@example.com", "method": "post"}}}])
+    portrait.process_pending()
+    reader = new_key(client, kind="read", name="bi")
+    answer = client.get("/api/profiles/user_id:42/events", headers=bearer(reader["key"]))
+    gift = next(e for e in answer.json()["events"] if e["event"] == "Gift Sent")
+    assert gift["properties"]["recipients"] == [{"email": "c***@example.com", "phone": "***88", "qty": 2}]
+    assert gift["properties"]["shipping"] == {"email": "d***@example.com", "method": "post"}
+    assert gift["extra"]["email"] == "b***@example.com"
+    assert not any(v in answer.text for v in ("bea@", "cid@", "dot@", "999 888"))
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

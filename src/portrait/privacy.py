@@ -66,20 +66,23 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
         if key == "externalIds" and isinstance(value, list):
             masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and str(v.get("type", "")).lower()
                            in PERSONAL_IDENTITY_TYPES else v for v in value]
-        elif code_for(path) in codes:
-            masked[key] = mask(value)
+        elif code_for(path) in codes or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
+            masked[key] = mask(value)  # an "email" or "phone" key is one however deep it is (shipping.email)
         elif isinstance(value, dict):
             masked[key] = mask_fields(value, codes, path if key != "traits" else "")
+        elif isinstance(value, list):  # objects in a list (recipients: [{"email": ...}]) as objects
+            masked[key] = [mask_fields(item, codes, path) if isinstance(item, dict) else item for item in value]
         else:
             masked[key] = value
     return masked
 
 
 def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
-    """An event as the API returns it, with personal values in its traits, properties and context masked."""
+    """An event as the API returns it, with personal values in its traits, properties, context and other top-level
+    fields (``extra``: an ``email`` sent beside ``userId``) masked."""
     codes = set(personal)
     out = dict(event)
-    for part in ("traits", "properties", "context"):
+    for part in ("traits", "properties", "context", "extra"):
         if isinstance(out.get(part), dict):
             out[part] = mask_fields(out[part], codes)
     return out
