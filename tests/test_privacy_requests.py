@@ -127,6 +127,20 @@ def test_erasure_leaves_no_trace_and_the_person_does_not_come_back(tmp_path: Pat
     reopened.close()
 
 
+def test_erasure_removes_rejected_messages_that_wrote_an_identifier_in_other_letters(portrait: Portrait) -> None:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u-cy", "traits": {"email": "Cy.Quill@Example.COM"}},
+        {"type": "identify", "traits": {"email": "Cy.Quill@Example.COM"}},  # rejected: no userId/anonymousId
+        {"type": "identify", "traits": {"email": "someone.else@example.com"}},  # rejected, someone else's
+    ])
+    portrait.process_pending()
+    assert len(portrait.rejected()["rejected"]) == 2
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-cy"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    left = portrait.rejected()["rejected"]
+    assert len(left) == 1 and "someone.else" in left[0]["payload"] and "quill" not in left[0]["payload"].lower()
+
+
 def test_an_identifier_stored_under_an_earlier_rule_is_found_and_erased_as_shown(tmp_path: Path) -> None:
     """A local phone number was an identifier before the rule that refuses it (stored as +15551234): the profile
     still lists it, so it must still find the profile -- and an erasure by it must work."""

@@ -70,8 +70,10 @@ ERASE = [
     parse("DELETE FROM profile_activity WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM profiles WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
 ]
-# Rejected messages are not linked to profiles: those holding one of the person's identifier values go. Param: value.
-ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(payload, ?)")
+# Rejected messages are not linked to profiles: those holding one of the person's identifier values go, however the
+# message wrote it (identifiers are stored normalized: an email lower-cased, "Ann@Example.com" in a message). Param:
+# value.
+ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(lower(payload), lower(?))")
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
