@@ -139,6 +139,23 @@ def test_personal_data_nested_in_lists_or_beside_the_message_is_masked_in_events
     assert not any(v in answer.text for v in ("bea@", "cid@", "dot@", "999 888"))
 
 
+def test_an_admin_key_without_pii_read_sees_who_made_a_privacy_request_masked(client: TestClient) -> None:
+    made = client.post("/api/privacy/requests", headers=ADMIN, json={"type": "access",
+                                                                     "identity": "email:zed.q@example.com"})
+    assert made.status_code == 202, made.text
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    listed = client.get("/api/privacy/requests", headers=bearer(ops["key"]))
+    assert listed.status_code == 200 and listed.json()["requests"][0]["identity"] == "email:z***@example.com"
+    one = client.get(f"/api/privacy/requests/{made.json()['id']}", headers=bearer(ops["key"]))
+    assert one.json()["identity"] == "email:z***@example.com"
+    client.post("/login", data={"key": ops["key"]})
+    page = client.get("/admin")
+    assert page.status_code == 200 and "email:z***@example.com" in page.text
+    assert "zed.q@" not in page.text
+    assert client.get("/api/privacy/requests", headers=ADMIN).json()["requests"][0]["identity"] == (
+        "email:zed.q@example.com")
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

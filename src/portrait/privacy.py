@@ -42,6 +42,16 @@ def mask(value: Any) -> Any:
     return HIDDEN
 
 
+def mask_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A data-subject request as a caller without ``pii:read`` sees it: the identity it names (``email:ann@...``,
+    ``user_id:42``) masked -- who asked to be forgotten or to see their data is personal data too."""
+    identity = request.get("identity")
+    if not isinstance(identity, str):
+        return request
+    kind, sep, value = identity.partition(":")
+    return {**request, "identity": f"{kind}:{mask(value)}" if sep else mask(identity)}
+
+
 def mask_traits(traits: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
     """Profile traits by attribute code: personal ones masked."""
     codes = set(personal)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
+from portrait.privacy import mask_request
 from portrait.service import Portrait
 
 
@@ -21,8 +22,10 @@ def router(portrait: Portrait) -> APIRouter:
 
     @api.get("/requests", summary="Requests, newest first (without results)")
     async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        portrait.keys.require(caller(request), "admin", "list privacy requests")
-        return {"requests": await run_in_threadpool(portrait.privacy.all, limit)}
+        key = caller(request)
+        portrait.keys.require(key, "admin", "list privacy requests")
+        found = await run_in_threadpool(portrait.privacy.all, limit)
+        return {"requests": found if key.can_read_pii else [mask_request(r) for r in found]}
 
     @api.get("/requests/{request_id}", summary="One request: status, and the export once an access request is done")
     async def one(request_id: str, request: Request) -> dict[str, Any]:
@@ -34,6 +37,6 @@ def router(portrait: Portrait) -> APIRouter:
             await run_in_threadpool(lambda: portrait.audit.record(
                 key, "read_access_export", target=request_id,
                 profile_id=(found["result"].get("profile") or {}).get("profile_id")))
-        return found
+        return found if key.can_read_pii else mask_request(found)
 
     return api

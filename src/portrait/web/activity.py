@@ -17,6 +17,7 @@ from starlette.background import BackgroundTask
 from portrait.api.admin import upload_name
 from portrait.errors import NotFound, PortraitError
 from portrait.mapping import combine, parse_mapping_text
+from portrait.privacy import mask_request
 from portrait.web.charts import bars, funnel, sparkline
 from portrait.web.common import Console, SignInNeeded
 from portrait.web.pages import page
@@ -98,8 +99,9 @@ def router(console: Console) -> APIRouter:
         _, key = console.session(request)
         is_admin = "admin" in key.scopes
         return console.render(request, "admin.html", {
-            "keys": portrait.keys.all() if is_admin else [], "reads_exports": is_admin and "pii:read" in key.scopes,
-            "requests": await run_in_threadpool(portrait.privacy.all) if is_admin else [],
+            "keys": portrait.keys.all() if is_admin else [], "reads_exports": is_admin and key.can_read_pii,
+            "requests": [r if key.can_read_pii else mask_request(r)
+                         for r in await run_in_threadpool(portrait.privacy.all)] if is_admin else [],
             "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all)})
 
     @web.post("/admin/privacy")
