@@ -54,6 +54,26 @@ def test_a_funnel_counts_each_step_in_order_within_the_window(portrait: Portrait
     assert [s["profiles"] for s in wider["steps"]] == [5, 3, 2]  # "late" enters (300 h ago) and now checks out
 
 
+def test_one_event_fills_one_step_of_a_funnel(portrait: Portrait) -> None:
+    at = (NOW - timedelta(hours=5)).isoformat() + "Z"
+    later = (NOW - timedelta(hours=4)).isoformat() + "Z"
+    portrait.ingest_messages([
+        {"type": "track", "userId": "once", "event": "Product Viewed", "timestamp": at},
+        {"type": "track", "userId": "twice", "event": "Product Viewed", "timestamp": at},
+        {"type": "track", "userId": "twice", "event": "Product Viewed", "timestamp": later},
+        {"type": "track", "userId": "same_time", "event": "Product Viewed", "timestamp": at},
+        {"type": "track", "userId": "same_time", "event": "Product Viewed", "timestamp": at},
+        {"type": "track", "userId": "same_time", "event": "Product Added", "timestamp": at},
+    ])
+    portrait.process_pending()
+    repeated = portrait.funnel({"steps": ["Product Viewed", "Product Viewed"]})
+    assert [s["profiles"] for s in repeated["steps"]] == [3, 2]  # "once" viewed once: not a second view
+    thrice = portrait.funnel({"steps": ["Product Viewed", "Product Viewed", "Product Viewed"]})
+    assert [s["profiles"] for s in thrice["steps"]] == [3, 2, 0]
+    back = portrait.funnel({"steps": ["Product Viewed", "Product Added", "Product Viewed"]})
+    assert [s["profiles"] for s in back["steps"]] == [3, 1, 0]  # the view before the add is not a view after it
+
+
 def test_funnels_of_a_segment_and_breakdowns(portrait: Portrait) -> None:
     load(portrait)
     portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})

@@ -12,10 +12,12 @@ def funnel(steps: int, *, segment: bool) -> exp.Expr:
 
     Params: $s0..$s{n-1} (event names), $start, $end (first step between them), $window (an interval), and $segment
     when ``segment``. Each profile enters at its first step-1 event in the range; step k is its first step-k event
-    at or after step k-1's and no later than the window allows from the entry.
+    after step k-1's and no later than the window allows from the entry. Events are ordered by time, then log order
+    (seq): one event fills one step, so a repeated step ("Product Viewed" twice) needs two events.
     """
+    first = "min(ep.timestamp) AS t, arg_min(ep.seq, (ep.timestamp, ep.seq)) AS seq"
     ctes = [
-        "f0 AS (SELECT ep.profile_id, min(ep.timestamp) AS entered, min(ep.timestamp) AS t FROM event_profiles AS ep "
+        f"f0 AS (SELECT ep.profile_id, min(ep.timestamp) AS entered, {first} FROM event_profiles AS ep "
         "WHERE ep.event = $s0 AND ep.timestamp >= $start AND ep.timestamp < $end"
         + (" AND ep.profile_id IN (SELECT m.profile_id FROM segment_members AS m WHERE m.segment_id = $segment)"
            if segment else "")
@@ -23,9 +25,10 @@ def funnel(steps: int, *, segment: bool) -> exp.Expr:
     ]
     for k in range(1, steps):
         ctes.append(
-            f"f{k} AS (SELECT p.profile_id, p.entered, min(ep.timestamp) AS t FROM f{k - 1} AS p "
+            f"f{k} AS (SELECT p.profile_id, p.entered, {first} FROM f{k - 1} AS p "
             f"JOIN event_profiles AS ep ON ep.profile_id = p.profile_id AND ep.event = $s{k} "
-            f"AND ep.timestamp >= p.t AND ep.timestamp <= p.entered + $window GROUP BY p.profile_id, p.entered)")
+            f"AND (ep.timestamp > p.t OR (ep.timestamp = p.t AND ep.seq > p.seq)) "
+            f"AND ep.timestamp <= p.entered + $window GROUP BY p.profile_id, p.entered)")
     counts = " UNION ALL ".join(f"SELECT {k} AS step, count(*) AS profiles FROM f{k}" for k in range(steps))
     return parse(f"WITH {', '.join(ctes)} {counts} ORDER BY step")
 
