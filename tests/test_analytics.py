@@ -102,6 +102,9 @@ def test_a_breakdown_by_an_unknown_attribute_is_refused(portrait: Portrait) -> N
     ({"steps": ["A", "B"], "from": "yesterday"}, "from must be a date or time"),
     ({"steps": ["A", "B"], "from": "2026-02-01", "to": "2026-01-01"}, "'from' must be before 'to'"),
     ({"steps": ["A", "B"], "order": "any"}, "unknown funnel fields order"),
+    ({"steps": ["A", "B"], "within": "99999999999999d"}, "within 99999999999999d is too long"),
+    ({"steps": ["A", "B"], "within": "999999999d"}, "within 999999999d is too long"),
+    ({"steps": ["A", "B"], "to": "0001-01-05"}, "'to' is too early"),
 ])
 def test_bad_funnels_are_refused_clearly(portrait: Portrait, fields: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest) as raised:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from portrait.conditions.check import MAX_DURATION_SECONDS
 from portrait.conditions.jsonform import read_duration
 from portrait.errors import BadRequest
 from portrait.segments import Segments
@@ -31,8 +32,13 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
             isinstance(s, str) and s for s in steps):
         raise BadRequest(f"steps is a list of 2 to {MAX_STEPS} event names", code="invalid_funnel")
     within = read_duration(fields.get("within", "7d"), "within")
+    if within.seconds > MAX_DURATION_SECONDS:
+        raise BadRequest(f"within {within} is too long (at most 100 years, 36500d)", code="invalid_funnel")
     end = _time(fields.get("to"), "to") or utc_now()
-    start = _time(fields.get("from"), "from") or end - timedelta(days=30)
+    try:
+        start = _time(fields.get("from"), "from") or end - timedelta(days=30)
+    except OverflowError:  # 'to' in the first 30 days of year 1
+        raise BadRequest("'to' is too early: give 'from' too", code="invalid_funnel") from None
     if start >= end:
         raise BadRequest("'from' must be before 'to'", code="invalid_funnel")
     params: dict[str, Any] = {f"s{k}": name for k, name in enumerate(steps)}
