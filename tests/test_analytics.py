@@ -128,3 +128,18 @@ def test_the_api_and_cli(portrait: Portrait, tmp_path: Path) -> None:
     assert "Funnel within 7d" in result.output and "20.0%" in result.output
     as_json = CliRunner().invoke(app, ["analytics", "funnel", *STEPS, "--db", db, "--json"])
     assert [s["profiles"] for s in json.loads(as_json.output)["steps"]] == [5, 3, 1, 1]
+
+
+def test_the_overview_counts_events_per_whole_day(portrait: Portrait) -> None:
+    first_day = (NOW - timedelta(days=13)).date()
+    day_before = first_day - timedelta(days=1)
+    stamps = [f"{day_before}T00:00:01Z", f"{day_before}T23:59:59Z", f"{first_day}T00:00:01Z",
+              f"{first_day}T23:59:59Z"]
+    portrait.ingest_messages([{"type": "track", "userId": "u", "event": "Seen", "timestamp": t} for t in stamps])
+    portrait.process_pending()
+    with TestClient(create_app(portrait=portrait)) as client:
+        client.post("/login", data={"key": ADMIN_KEY})
+        page = client.get("/")
+    assert page.status_code == 200
+    assert f"<title>{first_day.isoformat()[5:]}: 2</title>" in page.text  # both of that day's events
+    assert f"<title>{day_before.isoformat()[5:]}:" not in page.text  # not a part of the day before

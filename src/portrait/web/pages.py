@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import wraps
 from typing import Any
 from urllib.parse import parse_qs
@@ -167,7 +167,9 @@ def _overview(console: Console) -> dict[str, Any]:
     portrait = console.portrait
     session = portrait._reads  # the console reads through the service's own sessions
     now = utc_now()
-    per_day = session.execute(q.EVENTS_PER_DAY, [now - timedelta(days=14)])
+    # Whole days (UTC), today and the 13 before: from 14 x 24 hours ago the first bar was a part of its day.
+    first_day = datetime.combine((now - timedelta(days=13)).date(), time())
+    per_day = session.execute(q.EVENTS_PER_DAY, [first_day])
     top = session.execute(q.TOP_EVENTS, [now - timedelta(days=7)])
     return {
         "status": portrait.status(),
