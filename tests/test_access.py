@@ -156,6 +156,22 @@ def test_an_admin_key_without_pii_read_sees_who_made_a_privacy_request_masked(cl
         "email:zed.q@example.com")
 
 
+def test_a_preview_cannot_tell_personal_values_to_a_key_without_pii_read(client: TestClient) -> None:
+    reader = new_key(client, kind="read", name="bi")
+    for condition in ('email = "ann@example.com" and first_name starts with "An"', 'phone contains "601"',
+                      {"attribute": "first_name", "op": "=", "values": ["Ann"]},
+                      'performed("Signed Up", where email = "ann@example.com")'):
+        refused = client.post("/api/segments/preview", headers=bearer(reader["key"]), json={"condition": condition})
+        assert refused.status_code == 403 and "pii:read" in refused.json()["message"], (condition, refused.text)
+    allowed = client.post("/api/segments/preview", headers=bearer(reader["key"]),
+                          json={"condition": 'email is set and plan = "pro"'})
+    assert allowed.status_code == 200 and allowed.json()["count"] == 1
+    sees = new_key(client, kind="read", name="support", scopes=["read", "pii:read"])
+    found = client.post("/api/segments/preview", headers=bearer(sees["key"]),
+                        json={"condition": 'email = "ann@example.com"'})
+    assert found.status_code == 200 and found.json()["count"] == 1
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

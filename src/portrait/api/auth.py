@@ -9,14 +9,18 @@ masked (:mod:`portrait.privacy`); reads of unmasked personal data about a profil
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from fastapi import Request
 
 from portrait import privacy
-from portrait.errors import Forbidden, Unauthorized
+from portrait.attributes import code_for
+from portrait.conditions.ast import Compare
+from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
+from portrait.segments import read_condition
 from portrait.service import Portrait
 
 READ_ONLY_POSTS = frozenset({"/api/segments/preview", "/api/analytics/funnel"})
@@ -127,8 +131,37 @@ class Viewer:
             return found
         return {**found, "explanation": _mask_explanation(found["explanation"], self.personal())}
 
+    def check_condition(self, raw: object) -> None:
+        """A condition previewed by a key without ``pii:read`` may test a personal attribute (or an event's email or
+        phone property) only for being set: its count would otherwise tell the values one by one (``email = "ann@..."
+        and birthday before 1970-01-01``, ``email contains "an"``...). Unreadable conditions are left to the
+        preview to refuse."""
+        if self.sees_pii:
+            return
+        try:
+            condition = read_condition(raw)
+        except PortraitError:
+            return
+        personal = self.personal() | privacy.PERSONAL_IDENTITY_TYPES
+        tested = sorted({node.field for node in _compares(condition)
+                         if code_for(node.field) in personal and node.op not in ("is set", "is not set")})
+        if tested:
+            self.require_pii(f"compare the values of personal data ({', '.join(tested)}) in a condition")
+
     def require_pii(self, doing: str) -> None:
         self.portrait.keys.require(self.key, "pii:read", doing)
+
+
+def _compares(node: object) -> Iterator[Compare]:
+    """Every comparison in a condition tree, those inside events' ``where`` too."""
+    if isinstance(node, Compare):
+        yield node
+    elif is_dataclass(node):
+        for item in fields(node):
+            yield from _compares(getattr(node, item.name))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _compares(item)
 
 
 def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any]:

@@ -30,10 +30,11 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(portrait.create_segment, payload)
 
     @api.post("/segments/preview", summary="Count and sample the profiles an unsaved condition selects")
-    async def preview(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def preview(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         if "condition" not in payload:
             raise BadRequest('send {"condition": "<text form>"} or {"condition": {<JSON form>}}',
                              code="invalid_condition")
+        await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
         return await run_in_threadpool(segments.preview, payload["condition"])
 
     @api.get("/segments/{segment}", summary="One segment: condition (text, JSON, English) and size")

@@ -138,6 +138,7 @@ def router(console: Console) -> APIRouter:
         try:
             console.check_header(request)
             body = orjson.loads(await request.body() or b"{}")
+            await run_in_threadpool(console.viewer(request).check_condition, body.get("condition", ""))
             found = await run_in_threadpool(portrait.segments.preview, body.get("condition", ""))
             return JSONResponse(found)
         except SignInNeeded:
