@@ -172,6 +172,18 @@ def test_a_preview_cannot_tell_personal_values_to_a_key_without_pii_read(client:
     assert found.status_code == 200 and found.json()["count"] == 1
 
 
+def test_console_search_does_not_spell_out_emails_to_a_key_without_pii_read(client: TestClient) -> None:
+    reader = new_key(client, kind="read", name="bi")
+    client.post("/login", data={"key": reader["key"]})
+    for text in ("an", "ann@ex", "+48601", "ann"):  # an email or phone prefix, a first name
+        page = client.get("/customers", params={"q": text})
+        assert page.status_code == 200 and "/customers/" not in page.text, text
+    assert "/customers/" in client.get("/customers", params={"q": "42"}).text  # the user id: not personal
+    assert "/customers/" in client.get("/customers", params={"q": "email:ann@example.com"}).text  # exact identity
+    client.post("/login", data={"key": ADMIN_KEY})
+    assert "/customers/" in client.get("/customers", params={"q": "ann@ex"}).text
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

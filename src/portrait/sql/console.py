@@ -14,11 +14,14 @@ GROUP BY 1 ORDER BY n DESC, name LIMIT 8
 """)
 REJECTED_SINCE = parse("SELECT count(*) FROM rejected_events WHERE received_at >= ?")
 QUALITY_SINCE = parse("SELECT count(*) FROM data_quality WHERE detected_at >= ?")
-# Params: lower-cased text (twice), a limit. Profiles with an identifier starting with it, or a text trait equal to it.
+# Params: lower-cased text, the identifier types and trait codes not to search (lists), the text, a limit. Profiles
+# with an identifier starting with it, or a text trait equal to it.
 SEARCH = parse("""
 SELECT DISTINCT profile_id FROM (
-    SELECT profile_id FROM identities WHERE starts_with(lower(value), ?)
+    SELECT profile_id FROM identities
+    WHERE starts_with(lower(value), ?) AND NOT list_contains(CAST(? AS VARCHAR[]), type)
     UNION ALL
-    SELECT profile_id FROM profile_traits WHERE lower(json_extract_string(value, '$')) = ?
+    SELECT profile_id FROM profile_traits WHERE NOT list_contains(CAST(? AS VARCHAR[]), key)
+        AND lower(json_extract_string(value, '$')) = ?
 ) LIMIT ?
 """)

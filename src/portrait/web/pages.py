@@ -12,7 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from portrait.api.auth import Viewer
 from portrait.errors import NotFound, PortraitError, Unauthorized
+from portrait.privacy import PERSONAL_IDENTITY_TYPES
 from portrait.spec import utc_now
 from portrait.sql import console as q
 from portrait.web.charts import bars
@@ -140,7 +142,7 @@ def router(console: Console) -> APIRouter:
     @guard
     async def customers(request: Request, q: str = "") -> Response:
         viewer = console.viewer(request)
-        found = await run_in_threadpool(_search, console, q.strip()) if q.strip() else []
+        found = await run_in_threadpool(_search, console, q.strip(), viewer) if q.strip() else []
         shown = [viewer.profile(p, "console_search") for p in found]
         return console.render(request, "customers.html", {"q": q, "found": shown})
 
@@ -181,15 +183,18 @@ def _overview(console: Console) -> dict[str, Any]:
     }
 
 
-def _search(console: Console, text: str) -> list[dict[str, Any]]:
-    """Profiles for a search: an exact identity (TYPE:VALUE), else identifiers starting with it or a trait equal."""
+def _search(console: Console, text: str, viewer: Viewer) -> list[dict[str, Any]]:
+    """Profiles for a search: an exact identity (TYPE:VALUE), else identifiers starting with it or a trait equal.
+    Without ``pii:read`` emails, phones and personal traits are not searched: extending a prefix letter by letter
+    would spell out every email address."""
     portrait = console.portrait
     if ":" in text:
         try:
             return [portrait.profile(text)]
         except (NotFound, PortraitError):
             pass
-    rows = portrait._reads.execute(q.SEARCH, [text.lower(), text.lower(), 20])
+    types, traits = ([], []) if viewer.sees_pii else (sorted(PERSONAL_IDENTITY_TYPES), sorted(viewer.personal()))
+    rows = portrait._reads.execute(q.SEARCH, [text.lower(), types, traits, text.lower(), 20])
     return [portrait.profile(f"profile_id:{row[0]}") for row in rows]
 
 
