@@ -191,6 +191,16 @@ def test_attribute_analytics(client: TestClient, portrait: Portrait) -> None:
     assert created["range"] == {"min": "2024-01-01T00:00:00", "max": "2024-09-01T00:00:00"}
 
 
+def test_attribute_analytics_count_10_and_10_0_as_one_number(client: TestClient, portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"score": score}}
+                              for i, score in enumerate([10, 10.0, 9.5, 2])])
+    portrait.process_pending()
+    client.patch("/api/attributes/score", headers=ADMIN, json={"calculate_analytics": True}).raise_for_status()
+    score = client.get("/api/attributes/score/analytics", headers=ADMIN).json()
+    assert (score["filled"], score["distinct"]) == (4, 3)
+    assert score["top_values"] == [{"value": 10, "count": 2}, {"value": 2, "count": 1}, {"value": 9.5, "count": 1}]
+
+
 def test_strict_mode_keeps_unknown_traits_out(tmp_path: Any) -> None:
     service = Portrait(Settings(db_path=str(tmp_path / "s.duckdb"), unknown_traits="strict"), background=False)
     service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"email": "a@example.com",

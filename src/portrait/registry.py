@@ -102,14 +102,20 @@ class AttributeRegistry:
                              "--analytics` (or PATCH calculate_analytics)", code="analytics_off")
         session = self._session()
         profiles = int(session.execute(q.COUNT_PROFILES)[0][0])
-        filled, distinct = session.execute(q.FILL, [code])[0]
+        numeric = attribute["type"] in ("integer", "number")
+        filled, distinct = session.execute(q.FILL_NUMBERS if numeric else q.FILL, [code])[0]
+        if numeric:  # 10 and 10.0 are one value
+            top_values = [{"value": int(v) if v.is_integer() else v, "count": int(n)}
+                          for v, n in session.execute(q.TOP_NUMBERS, [code, top])]
+        else:
+            top_values = [{"value": orjson.loads(v), "count": int(n)}
+                          for v, n in session.execute(q.TOP_VALUES, [code, top])]
         result: dict[str, Any] = {
             "code": code, "type": attribute["type"], "profiles": profiles, "filled": int(filled),
             "fill_rate": round(filled / profiles, 4) if profiles else 0.0, "distinct": int(distinct),
-            "top_values": [{"value": orjson.loads(v), "count": int(n)}
-                           for v, n in session.execute(q.TOP_VALUES, [code, top])],
+            "top_values": top_values,
         }
-        if attribute["type"] in ("integer", "number"):
+        if numeric:
             result.update(self._numeric(session, code))
         if attribute["type"] in ("date", "datetime"):
             first, last = session.execute(q.DATE_RANGE, [code])[0]

@@ -44,6 +44,16 @@ TOP_VALUES = parse(
     "SELECT CAST(value AS VARCHAR), count(*) AS n FROM profile_traits WHERE key = ? AND value IS NOT NULL "
     "GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?"
 )
+# The same for numbers: 10 and 10.0 are one value (JSON keeps them as sent). Params: code (and how many).
+FILL_NUMBERS = parse("""
+SELECT count(*), count(DISTINCT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE)) FROM profile_traits
+WHERE key = ? AND value IS NOT NULL
+""")
+TOP_NUMBERS = parse("""
+SELECT x, count(*) AS n FROM (
+    SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL
+) WHERE x IS NOT NULL GROUP BY x ORDER BY n DESC, x LIMIT ?
+""")
 NUMERIC = parse("""
 SELECT min(x), max(x), avg(x), quantile_cont(x, [0.25, 0.5, 0.75, 0.9, 0.99])
 FROM (SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL)
