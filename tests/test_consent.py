@@ -71,6 +71,21 @@ def test_consent_follows_a_merge_and_feeds_segments(portrait: Portrait) -> None:
         portrait.set_consent("user_id:bob", {"email": {"status": "granted", "legal_basis": "because"}})
 
 
+@pytest.mark.parametrize("consent", [{"marketing": "granted", "categoryPreferences": {"marketing": False}},
+                                     {"categoryPreferences": {"marketing": True}, "marketing": "denied"}])
+def test_a_message_that_grants_and_denies_a_purpose_denies_it_everywhere(portrait: Portrait,
+                                                                         consent: dict[str, object]) -> None:
+    portrait.create_segment({"name": "marketable", "condition": 'consent("marketing") = granted'})
+    portrait.ingest_messages([{"type": "identify", "userId": "cy", "context": {"consent": consent}}])
+    portrait.process_pending()  # members refreshed by the Python engine
+    assert portrait.segments.get("marketable")["size"] == 0
+    assert portrait.explain_segment("marketable", "user_id:cy")["holds"] is False
+    portrait.recount_segment("marketable")  # and by SQL
+    assert portrait.segments.get("marketable")["size"] == 0
+    assert portrait.consents("user_id:cy")["consents"]["marketing"]["status"] == "denied"
+    assert portrait.profile("user_id:cy")["consents"]["marketing"]["status"] == "denied"
+
+
 def test_statements_of_merged_profiles_are_the_survivors(portrait: Portrait) -> None:
     """Two profiles with their own statements merge: the survivor's history holds both, before and after."""
     portrait.ingest_messages([

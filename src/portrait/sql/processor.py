@@ -306,7 +306,9 @@ ADD_ACTIVITY = parse(
 # Consent statements of the batch's events (docs/consent.md): context.consent.<purpose> as "granted"/"denied" (or
 # yes/no, true/false, opted_in/opted_out...) or {"status": ..., "legalBasis": ...}, and Segment's
 # context.consent.categoryPreferences {<purpose>: true/false}. Anything else is not a consent statement. Each is
-# filed under the event's profile (b_assign, after this batch's merges), for the profile read. Params: lo, hi.
+# filed under the event's profile (b_assign, after this batch's merges), for the profile read. One message says one
+# thing per purpose: when it names a purpose twice (as a key and in categoryPreferences) and the two disagree, the
+# denial is kept (the statements share a time and a seq, so no order could tell which is current). Params: lo, hi.
 _CONSENT_STATUS = """CASE
     WHEN lower({0}) IN ('granted', 'true', 'yes', 'y', '1', 'opt_in', 'opted_in', 'opt-in', 'accepted') THEN 'granted'
     WHEN lower({0}) IN ('denied', 'false', 'no', 'n', '0', 'opt_out', 'opted_out', 'opt-out',
@@ -331,6 +333,7 @@ WITH c AS (
 SELECT s.seq, s.purpose, s.status, s.legal_basis, s.timestamp, s.source, a.profile_id
 FROM statements AS s LEFT JOIN b_assign AS a ON a.seq = s.seq
 WHERE s.status IS NOT NULL AND s.purpose <> ''
+QUALIFY row_number() OVER (PARTITION BY s.seq, s.purpose ORDER BY s.status, s.legal_basis NULLS LAST) = 1
 """)
 # Trait names become attribute codes (attributes.code_for, in SQL): accents dropped (prénom -> prenom, ß -> ss),
 # camelCase -> snake_case, one level of nesting flattened with "_" (address.city -> address_city, whose parent is
