@@ -184,6 +184,22 @@ def test_console_search_does_not_spell_out_emails_to_a_key_without_pii_read(clie
     assert "/customers/" in client.get("/customers", params={"q": "ann@ex"}).text
 
 
+def test_identifiers_dropped_by_an_identity_conflict_are_masked(tmp_path: Path) -> None:
+    settings = Settings(db_path=str(tmp_path / "c.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY,
+                        identity_limits={"user_id": 1, "email": 1})
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"email": "first@example.com"}},
+                             {"type": "identify", "userId": "u1", "traits": {"email": "second.secret@example.com"}}])
+    service.process_pending()
+    with TestClient(create_app(portrait=service)) as client:
+        reader = new_key(client, kind="read", name="bi")
+        answer = client.get("/api/profiles/user_id:u1", headers=bearer(reader["key"]))
+        [conflict] = answer.json()["identity_conflicts"]
+        assert conflict["dropped"] == [{"type": "email", "value": "s***@example.com"}]
+        assert "second.secret" not in answer.text
+    service.close()
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

@@ -99,7 +99,7 @@ def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]
 
 
 def mask_profile(document: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
-    """A profile document (traits, identities, merges, events) with personal data masked."""
+    """A profile document (traits, identities, merges, identity conflicts, events) with personal data masked."""
     codes = set(personal)
     out = dict(document)
     if isinstance(out.get("traits"), dict):
@@ -108,6 +108,10 @@ def mask_profile(document: dict[str, Any], personal: Iterable[str]) -> dict[str,
         out["identities"] = mask_identities(out["identities"])
     if isinstance(out.get("merges"), list):
         out["merges"] = [_mask_merge(m) for m in out["merges"]]
+    if isinstance(out.get("identity_conflicts"), list):  # the identifiers not used are the person's too
+        out["identity_conflicts"] = [{**c, "dropped": mask_identities(c["dropped"])}
+                                     if isinstance(c, dict) and isinstance(c.get("dropped"), list) else c
+                                     for c in out["identity_conflicts"]]
     if isinstance(out.get("events"), list):
         out["events"] = [mask_event(e, codes) for e in out["events"]]
     return out
