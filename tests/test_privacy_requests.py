@@ -141,6 +141,21 @@ def test_erasure_removes_rejected_messages_that_wrote_an_identifier_in_other_let
     assert len(left) == 1 and "someone.else" in left[0]["payload"] and "quill" not in left[0]["payload"].lower()
 
 
+def test_erasure_removes_rejected_messages_that_wrote_a_phone_number_another_way(portrait: Portrait) -> None:
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u-dee", "traits": {"phone": "+1 415 555 0142"}},
+        {"type": "identify", "traits": {"phone": "(415) 555-0142", "lastName": "Dee"}},  # rejected: no identity
+        {"type": "identify", "traits": {"phone": "+1 415.555.0142"}},  # rejected too
+        {"type": "identify", "traits": {"phone": "+1 415 555 0199"}},  # someone else's: stays
+    ])
+    portrait.process_pending()
+    assert len(portrait.rejected()["rejected"]) == 3
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-dee"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    assert [r["payload"] for r in portrait.rejected()["rejected"]] == [
+        '{"type":"identify","traits":{"phone":"+1 415 555 0199"}}']
+
+
 def test_an_identifier_stored_under_an_earlier_rule_is_found_and_erased_as_shown(tmp_path: Path) -> None:
     """A local phone number was an identifier before the rule that refuses it (stored as +15551234): the profile
     still lists it, so it must still find the profile -- and an erasure by it must work."""

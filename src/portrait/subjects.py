@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import phonenumbers
 
 from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
@@ -178,9 +179,12 @@ class PrivacyRequests:
             events = int(session.execute(q.COUNT_SCOPE)[0][0])
             for statement in q.ERASE:
                 session.execute(statement)
-            for _key, _kind, value in identities:
+            for _key, kind, value in identities:
                 if len(str(value)) >= 5:  # short values (user id "42") would match unrelated messages
                     session.execute(q.ERASE_REJECTED, [str(value)])
+                digits = _national_digits(str(value)) if kind == "phone" else ""
+                if len(digits) >= 6:
+                    session.execute(q.ERASE_REJECTED_PHONE, [digits])
             for key, _kind, _value in identities:
                 session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
             keys = [str(key) for key, _kind, _value in identities]
@@ -221,6 +225,14 @@ class PrivacyRequests:
 
     def _forget(self, request: dict[str, Any]) -> None:
         self._session().execute(q.FORGET_IDENTITY, [request["id"]])
+
+
+def _national_digits(phone: str) -> str:
+    """The national digits of a stored (E.164) phone number: 601234567 for +48601234567; '' if it is not one."""
+    try:
+        return str(phonenumbers.parse(phone, None).national_number)
+    except phonenumbers.NumberParseException:
+        return ""
 
 
 def _document(row: tuple[Any, ...], with_result: bool) -> dict[str, Any]:

@@ -74,6 +74,10 @@ ERASE = [
 # message wrote it (identifiers are stored normalized: an email lower-cased, "Ann@Example.com" in a message). Param:
 # value.
 ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(lower(payload), lower(?))")
+# A phone number is stored as +48601234567 but written "+48 601 234 567" or "(415) 555-0142": messages holding its
+# national digits once spaces, brackets, dots, dashes and slashes are left out go too. Param: the digits.
+ERASE_REJECTED_PHONE = parse(
+    "DELETE FROM rejected_events WHERE contains(regexp_replace(payload, '[\\s().\\-/]', '', 'g'), ?)")
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
