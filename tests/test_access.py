@@ -222,6 +222,19 @@ def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_key"
 
 
+def test_an_admin_key_without_pii_read_cannot_hand_out_pii_read(client: TestClient) -> None:
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    for fields in ({"kind": "read", "name": "x", "scopes": ["read", "pii:read"]}, {"kind": "admin", "name": "y"}):
+        refused = client.post("/api/keys", headers=bearer(ops["key"]), json=fields)
+        assert refused.status_code == 403 and "pii:read" in refused.json()["message"], refused.text
+    support = new_key(client, kind="read", name="support", scopes=["read", "pii:read"])
+    rotated = client.post(f"/api/keys/{support['id']}/rotate", headers=bearer(ops["key"]))
+    assert rotated.status_code == 403 and "pii:read" in rotated.json()["message"]
+    plain = client.post("/api/keys", headers=bearer(ops["key"]), json={"kind": "read", "name": "bi"})
+    assert plain.status_code == 201 and plain.json()["scopes"] == ["read"]
+    assert client.post(f"/api/keys/{plain.json()['id']}/rotate", headers=bearer(ops["key"])).status_code == 200
+
+
 def test_revoking_and_rotating(client: TestClient) -> None:
     source = new_key(client, kind="write", name="pos")
     sent = client.post("/v1/track", auth=(source["key"], ""), json={"userId": "7", "event": "Sale"})

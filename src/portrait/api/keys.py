@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
 from portrait.errors import BadRequest
+from portrait.keys import DEFAULT_SCOPES
 from portrait.service import Portrait
 
 
@@ -21,10 +22,14 @@ def router(portrait: Portrait) -> APIRouter:
         return {"keys": portrait.keys.all()}
 
     @api.post("/keys", status_code=201, summary="Create a key; the answer holds its secret, shown this once")
-    async def create(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         unknown = set(payload) - {"kind", "name", "scopes"}
         if unknown:
             raise BadRequest(f"unknown key fields {', '.join(sorted(unknown))}", code="invalid_key")
+        scopes = payload.get("scopes")
+        granted = scopes if isinstance(scopes, list) else DEFAULT_SCOPES.get(str(payload.get("kind", "")), ())
+        if "pii:read" in granted:  # a key without pii:read cannot hand it out (an admin key's default has it)
+            portrait.keys.require(caller(request), "pii:read", "create a key with the pii:read scope")
         secret, created = await run_in_threadpool(lambda: portrait.keys.create(
             str(payload.get("kind", "")), payload.get("name", ""), payload.get("scopes")))
         return {**created.public(), "key": secret}
@@ -34,7 +39,9 @@ def router(portrait: Portrait) -> APIRouter:
         return (await run_in_threadpool(portrait.keys.revoke, key_id)).public()
 
     @api.post("/keys/{key_id}/rotate", summary="A new secret with the same kind, name and scopes; the old is revoked")
-    async def rotate(key_id: str) -> dict[str, Any]:
+    async def rotate(key_id: str, request: Request) -> dict[str, Any]:
+        if (await run_in_threadpool(portrait.keys.find, key_id)).can_read_pii:  # the new secret would read it
+            portrait.keys.require(caller(request), "pii:read", "rotate a key with the pii:read scope")
         secret, fresh = await run_in_threadpool(portrait.keys.rotate, key_id)
         return {**fresh.public(), "key": secret, "replaces": key_id}
 
