@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,23 @@ def test_an_admin_key_without_pii_read_cannot_hand_out_pii_read(client: TestClie
     plain = client.post("/api/keys", headers=bearer(ops["key"]), json={"kind": "read", "name": "bi"})
     assert plain.status_code == 201 and plain.json()["scopes"] == ["read"]
     assert client.post(f"/api/keys/{plain.json()['id']}/rotate", headers=bearer(ops["key"])).status_code == 200
+
+
+def test_an_admin_key_without_pii_read_cannot_unflag_a_personal_attribute(client: TestClient) -> None:
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    refused = client.patch("/api/attributes/first_name", headers=bearer(ops["key"]), json={"is_personal_info": False})
+    assert refused.status_code == 403 and "pii:read" in refused.json()["message"]
+    assert client.get("/api/profiles/user_id:42", headers=bearer(ops["key"])).json()["traits"]["first_name"] == "A***"
+    described = client.patch("/api/attributes/first_name", headers=bearer(ops["key"]), json={"description": "Given"})
+    assert described.status_code == 200  # other changes are fine
+    client.post("/login", data={"key": ops["key"]})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/attributes/first_name").text)
+    assert csrf is not None
+    form = client.post("/attributes/first_name", data={"csrf": csrf.group(1), "name": "First name"})  # box unticked
+    assert form.status_code == 403
+    assert client.get("/api/attributes/first_name", headers=ADMIN).json()["is_personal_info"] is True
+    assert client.patch("/api/attributes/first_name", headers=ADMIN, json={"is_personal_info": False}
+                        ).status_code == 200
 
 
 def test_revoking_and_rotating(client: TestClient) -> None:

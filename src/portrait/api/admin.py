@@ -118,7 +118,9 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(portrait.create_attribute, payload)
 
     @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
-    async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()], request: Request
+                               ) -> dict[str, Any]:
+        await run_in_threadpool(Viewer(portrait, caller(request)).check_attribute_change, code, payload)
         return await run_in_threadpool(portrait.update_attribute, code, payload)
 
     @api.post("/attributes/recheck", summary="Recompute every profile's traits from the log with the current "

@@ -148,6 +148,11 @@ class Viewer:
         if tested:
             self.require_pii(f"compare the values of personal data ({', '.join(tested)}) in a condition")
 
+    def check_attribute_change(self, code: str, changes: dict[str, Any]) -> None:
+        """Unflagging a personal attribute ends its masking: only a key that may read it unmasked may do that."""
+        if not self.sees_pii and changes.get("is_personal_info") is False and code in self.personal():
+            self.require_pii(f"mark {code} as not personal (its values would no longer be masked)")
+
     def require_pii(self, doing: str) -> None:
         self.portrait.keys.require(self.key, "pii:read", doing)
 

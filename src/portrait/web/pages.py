@@ -120,6 +120,7 @@ def router(console: Console) -> APIRouter:
                                    "status": "deprecated" if fields.get("deprecated") == "on" else "active"}
         if fields.get("definition"):
             changes["definition"] = fields["definition"]
+        await run_in_threadpool(console.viewer(request).check_attribute_change, code, changes)
         await run_in_threadpool(portrait.update_attribute, code, changes)
         return RedirectResponse(f"/attributes/{code}", status_code=303)
 
