@@ -86,6 +86,19 @@ def test_a_message_that_grants_and_denies_a_purpose_denies_it_everywhere(portrai
     assert portrait.profile("user_id:cy")["consents"]["marketing"]["status"] == "denied"
 
 
+def test_a_statement_dated_ahead_does_not_outrank_a_later_withdrawal(portrait: Portrait) -> None:
+    portrait.create_segment({"name": "marketable", "condition": 'consent("marketing") = granted'})
+    ahead = (utc_now() + timedelta(hours=20)).isoformat() + "Z"  # a browser clock running fast (under a day)
+    portrait.ingest_messages([{"type": "identify", "userId": "fay", "timestamp": ahead,
+                               "context": {"consent": {"marketing": "granted"}}}])
+    portrait.process_pending()
+    assert portrait.segments.get("marketable")["size"] == 1
+    portrait.set_consent("user_id:fay", {"marketing": "denied"})
+    portrait.process_pending()
+    assert portrait.consents("user_id:fay")["consents"]["marketing"]["status"] == "denied"
+    assert portrait.segments.get("marketable")["size"] == 0
+
+
 def test_statements_of_merged_profiles_are_the_survivors(portrait: Portrait) -> None:
     """Two profiles with their own statements merge: the survivor's history holds both, before and after."""
     portrait.ingest_messages([

@@ -318,7 +318,10 @@ _STATUS_TEXT = ("coalesce(json_extract_string(k.value, '$.status'), CASE WHEN js
 STAGE_CONSENT = parse(f"""
 INSERT INTO consent_records (seq, purpose, status, legal_basis, at, source, profile_id)
 WITH c AS (
-    SELECT seq, timestamp, source, json_extract(context, '$.consent') AS consent FROM events
+    -- a statement is never later than its arrival: one dated ahead (a fast clock) would outrank every statement
+    -- made after it until that time, a withdrawal too
+    SELECT seq, least(timestamp, received_at) AS timestamp, source, json_extract(context, '$.consent') AS consent
+    FROM events
     WHERE seq > ? AND seq <= ? AND context LIKE '%"consent"%'
 ), statements AS (
     SELECT c.seq, k.key AS purpose, {_CONSENT_STATUS.format(_STATUS_TEXT)} AS status,
