@@ -378,14 +378,19 @@ def test_a_csv_column_whose_values_change_shape_after_the_first_block_does_not_s
 
 def test_a_parquet_struct_field_a_message_did_not_name_does_not_remove_the_trait(tmp_path: Path) -> None:
     messages = [{"type": "identify", "userId": "u1", "traits": {"name": "Ann", "plan": "pro"},
+                 "context": {"page": {"path": "/a", "title": "A"}, "tags": [{"k": "x", "v": 1}]},
                  "timestamp": "2024-01-01T00:00:00Z"},
                 {"type": "identify", "userId": "u1", "traits": {"email": "ann@example.com"},
-                 "context": {"traits": {"plan": "pro"}}, "timestamp": "2024-01-02T00:00:00Z"}]
+                 "context": {"traits": {"plan": "pro"}, "page": {"path": "/b"}, "tags": [{"k": "y"}]},
+                 "timestamp": "2024-01-02T00:00:00Z"}]
     source = tmp_path / "messages.parquet"
     pq.write_table(pa.Table.from_pylist(messages), source)  # the second row reads traits.name = traits.plan = null
     db = str(tmp_path / "p.duckdb")
     assert "stored 2" in runner.invoke(app, ["import", "events", str(source), "--db", db]).output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:u1") == {"name": "Ann", "plan": "pro", "email": "ann@example.com"}
-    assert service.events("user_id:u1")["events"][0]["traits"] == {"email": "ann@example.com"}
+    newest = service.events("user_id:u1")["events"][0]
+    assert newest["traits"] == {"email": "ann@example.com", "plan": "pro"}  # with context.traits; no name: null
+    assert {k: newest["context"][k] for k in ("traits", "page", "tags")} == {  # nested objects too, in lists too
+        "traits": {"plan": "pro"}, "page": {"path": "/b"}, "tags": [{"k": "y"}]}
     service.close()

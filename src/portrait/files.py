@@ -68,7 +68,7 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     if mapping is not None:
         rows = _mapped(rows, mapping)
     ids = MessageIds()
-    tidy = _without_struct_nulls if file_format == "parquet" else None
+    tidy = _without_struct_nulls(path) if file_format == "parquet" else None
     chunk: list[Any] = []
     for message in rows:
         # The id first: it derives from the message as read before, so files imported before keep their ids
@@ -240,15 +240,53 @@ def _parquet(path: Path) -> Iterator[Any]:
             yield {key: _jsonable(value, convert) for key, value in row.items() if value is not None}
 
 
-def _without_struct_nulls(value: Any) -> Any:
-    """A Parquet message without the nulls in its objects. A struct column has every field in every row, so a
+def _without_struct_nulls(path: Path) -> Callable[[Any], Any]:
+    """What takes the nulls out of a Parquet message's objects. A struct column has every field in every row, so a
     message that never named ``plan`` reads as ``"plan": null`` -- which would remove the trait ``plan`` that another
-    message gave. In Parquet a null field means absent (as a null column already does); NDJSON can send a null."""
-    if isinstance(value, dict):
-        return {key: _without_struct_nulls(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_without_struct_nulls(item) for item in value]
-    return value
+    message gave. In Parquet a null field means absent (as a null column already does); NDJSON can send a null.
+    (Top-level nulls are already left out when the row is read.) Decided per column from the file's schema, as this
+    runs for every row: a struct of plain values (the usual properties or traits) costs one check when it holds no
+    null; only columns with objects or lists inside are walked."""
+    schema = pq.ParquetFile(path).schema_arrow
+    flat = [f.name for f in schema if pa.types.is_struct(f.type)
+            and not any(_has_objects(f.type.field(i).type) for i in range(f.type.num_fields))]
+    deep = [f.name for f in schema if _has_objects(f.type) and f.name not in flat]
+
+    def tidy(message: Any) -> Any:
+        if message.__class__ is not dict:
+            return message
+        for key in flat:
+            value = message.get(key)
+            if value.__class__ is dict and None in value.values():
+                message[key] = {k: v for k, v in value.items() if v is not None}
+        for key in deep:
+            value = message.get(key)
+            if value.__class__ in _NESTED:
+                message[key] = _objects_without_nulls(value)
+        return message
+
+    return tidy
+
+
+def _has_objects(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_struct(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+                or pa.types.is_fixed_size_list(kind) or pa.types.is_list_view(kind)
+                or pa.types.is_large_list_view(kind))
+
+
+def _objects_without_nulls(value: Any) -> Any:
+    # Recurses only into objects and lists, never calls itself on a scalar: this runs for each value of each row.
+    if value.__class__ is list:
+        return [_objects_without_nulls(item) if item.__class__ in _NESTED else item for item in value]
+    out = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        out[key] = _objects_without_nulls(item) if item.__class__ in _NESTED else item
+    return out
+
+
+_NESTED = (dict, list)
 
 
 def _without_json_form(kind: pa.DataType) -> bool:
