@@ -221,6 +221,10 @@ def test_the_cli_runs_requests(tmp_path: Path) -> None:
     assert erased.exit_code == 0 and '"erased": true' in erased.output
     listed = runner.invoke(app, ["privacy", "list", "--db", db, "--json"])
     assert "u-ann" not in listed.output and listed.output.count('"done"') == 2
+    ids = [r["id"] for r in json.loads(listed.output)]
+    narrow = runner.invoke(app, ["privacy", "list", "--db", db], env={"COLUMNS": "80"})
+    assert all(i in narrow.output for i in ids), narrow.output  # whole, for privacy show to take
+    assert runner.invoke(app, ["quality", "--db", db]).output.strip() == "No data-quality issues."
 
 
 def test_retention_deletes_old_raw_events_only(portrait: Portrait) -> None:

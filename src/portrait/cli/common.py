@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from portrait.client import RemotePortrait, running_server_url
 from portrait.config import Settings, load_settings
@@ -41,6 +42,18 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 Backend = Portrait | RemotePortrait
 T = TypeVar("T")
+
+
+def _show(table: Table, empty: str) -> None:
+    """Print a list as a table, or say there is nothing to list (an empty table reads as a failure). A first
+    column of ids is never cut short: they are what the next command takes."""
+    if table.row_count == 0:
+        console.print(empty)
+        return
+    first = table.columns[0]
+    if str(first.header).lower() == "id":
+        first.no_wrap, first.min_width = True, max((len(str(c)) for c in first.cells), default=2)
+    console.print(table)
 
 
 def _settings(db: str | None) -> Settings:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _run, app, console
+from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _run, _show, app, console
 from portrait.service import Portrait
 
 keys_app = typer.Typer(help="API keys: write (per source), read, admin; the pii:read scope.", no_args_is_help=True)
@@ -52,7 +52,7 @@ def keys_list(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOpt
     for key in found:
         table.add_row(key["id"], key["kind"], key["name"], ", ".join(key["scopes"]), key["created_at"] or "",
                       key["revoked_at"] or "")
-    console.print(table)
+    _show(table, "No keys.")
 
 
 @keys_app.command("revoke")
@@ -97,4 +97,4 @@ def audit(
         who = f"{entry['key_name']} ({entry['key_id']})" if entry["key_id"] else entry["key_name"]
         table.add_row(str(entry["id"]), entry["at"], who, entry["action"], entry["profile_id"] or "",
                       str(entry["status"] or ""))
-    console.print(table)
+    _show(table, "The audit log has no entries yet.")

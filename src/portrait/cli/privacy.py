@@ -19,6 +19,7 @@ from portrait.cli.common import (
     _either,
     _fail,
     _run,
+    _show,
     app,
     console,
 )
@@ -93,7 +94,7 @@ def privacy_list(db: DbOption = None, url: UrlOption = None, admin_key: AdminKey
     for r in found:
         table.add_row(r["id"], r["type"], r["identity"] or "(forgotten)", r["status"], r["requested_by"] or "",
                       r["created_at"] or "", r["finished_at"] or "", r["error"] or "")
-    console.print(table)
+    _show(table, "No privacy requests yet.")
 
 
 @privacy_app.command("show")

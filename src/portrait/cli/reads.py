@@ -17,6 +17,7 @@ from portrait.cli.common import (
     _backend,
     _fail,
     _run,
+    _show,
     app,
     console,
     events_app,
@@ -119,7 +120,7 @@ def events_rejected(
     table = Table("id", "received", "code", "reason", "payload", title="Rejected")
     for item in page["rejected"]:
         table.add_row(str(item["id"]), item["received_at"], item["code"], item["reason"], item["payload"][:60])
-    console.print(table)
+    _show(table, "No rejected events.")
 
 
 @app.command()
@@ -138,7 +139,7 @@ def quality(
     for item in page["issues"]:
         table.add_row(str(item["id"]), item["detected_at"], item["attribute"], str(item["raw_value"])[:40],
                       item["reason"], (item["profile_id"] or "")[:13])
-    console.print(table)
+    _show(table, "No data-quality issues.")
 
 
 @profiles_app.command("consent")
@@ -175,4 +176,4 @@ def profiles_consent(
     for purpose, current in sorted(found["consents"].items()):
         table.add_row(purpose, current["status"], current["legal_basis"] or "", current["at"] or "",
                       current["source"] or "")
-    console.print(table)
+    _show(table, "No consent statements for this profile.")

@@ -19,6 +19,7 @@ from portrait.cli.common import (
     _either,
     _fail,
     _run,
+    _show,
     app,
     console,
 )
@@ -49,7 +50,7 @@ def segments_list(db: DbOption = None, url: UrlOption = None, admin_key: AdminKe
     for s in found:
         table.add_row(str(s["id"]), s["name"], s["kind"], f"{s['size']:,}",
                       s.get("text") or f"{s.get('identities', 0):,} identities")
-    console.print(table)
+    _show(table, "No segments yet: create one with portrait segments create.")
 
 
 @segments_app.command("show")
@@ -139,7 +140,7 @@ def segments_members(
     table = Table("Profile", "User id", "Member since")
     for member in page["members"]:
         table.add_row(member["profile_id"], member["user_id"] or "", member["entered_at"])
-    console.print(table)
+    _show(table, "The segment has no members.")
     if page["next"]:
         console.print(f"More: --after {page['next']}")
 

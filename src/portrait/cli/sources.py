@@ -20,6 +20,7 @@ from portrait.cli.common import (
     _either,
     _fail,
     _run,
+    _show,
     app,
     console,
 )
@@ -86,7 +87,7 @@ def sources_list(db: DbOption = None, server: ServerOption = None, admin_key: Ad
         table.add_row(s["name"], s["kind"], s["url"], _cursor_text(s), s["every"] or "-", s["status"],
                       f"{s['last_rows']:,}", f"{s['total_rows']:,}", s["last_finished_at"] or "-",
                       s["last_error"] or "")
-    console.print(table)
+    _show(table, "No SQL sources yet: add one with portrait sources add.")
 
 
 def _cursor_text(source: dict[str, Any]) -> str:

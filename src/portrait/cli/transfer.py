@@ -211,7 +211,7 @@ def export_profiles(
                                                  ignore_consent)
     except PortraitError as exc:
         raise _fail(exc) from exc
-    whose = f"members of {segment}" if segment else "profiles"
+    whose = f"members of {segment}" if segment else "profile" if report["rows"] == 1 else "profiles"
     if purpose:
         whose += f" (consent for {purpose} {'ignored' if ignore_consent else 'granted'})"
     console.print(f"Exported {report['rows']:,} {whose} with {len(report['columns'])} columns to {output}.")
