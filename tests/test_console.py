@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,6 +102,9 @@ def test_find_a_customer_and_open_the_card(page: Page) -> None:
     page.get_by_label("Find by any identifier or attribute value").fill("user-1")
     page.keyboard.press("Enter")
     shot(page, "customers")
+    first = page.locator("table tbody tr").first  # the exact match before user-10, user-11...
+    expect(first.locator(".tag", has_text=re.compile(r"^user_id: user-1$"))).to_have_count(1)
+    expect(page.locator("[data-test=more-results]")).to_have_count(0)
     page.locator("table a").first.click()
     expect(page.locator("[data-test=customer]")).to_be_visible()
     expect(page.get_by_role("heading", name="Identities")).to_be_visible()
@@ -111,6 +115,12 @@ def test_find_a_customer_and_open_the_card(page: Page) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "customer-card-390px")
     assert page.evaluate("document.documentElement.scrollWidth") <= 400  # no sideways scrolling on a phone
+
+
+def test_a_search_with_more_matches_than_shown_says_so(page: Page) -> None:
+    page.goto("/customers?q=user-")  # every demo customer (40)
+    expect(page.locator("table tbody tr")).to_have_count(20)
+    expect(page.locator("[data-test=more-results]")).to_contain_text("there are more")
 
 
 def test_older_events_keep_the_event_filter(page: Page, shop: Server) -> None:

@@ -144,8 +144,8 @@ def router(console: Console) -> APIRouter:
     async def customers(request: Request, q: str = "") -> Response:
         viewer = console.viewer(request)
         found = await run_in_threadpool(_search, console, q.strip(), viewer) if q.strip() else []
-        shown = [viewer.profile(p, "console_search") for p in found]
-        return console.render(request, "customers.html", {"q": q, "found": shown})
+        shown = [viewer.profile(p, "console_search") for p in found[:SEARCH_LIMIT]]
+        return console.render(request, "customers.html", {"q": q, "found": shown, "more": len(found) > SEARCH_LIMIT})
 
     @web.get("/customers/{profile_id}")
     @guard
@@ -184,6 +184,9 @@ def _overview(console: Console) -> dict[str, Any]:
     }
 
 
+SEARCH_LIMIT = 20  # customers listed for a search; one more is read to tell that there are more
+
+
 def _search(console: Console, text: str, viewer: Viewer) -> list[dict[str, Any]]:
     """Profiles for a search: an exact identity (TYPE:VALUE), else identifiers starting with it or a trait equal.
     Without ``pii:read`` emails, phones and personal traits are not searched: extending a prefix letter by letter
@@ -195,7 +198,7 @@ def _search(console: Console, text: str, viewer: Viewer) -> list[dict[str, Any]]
         except (NotFound, PortraitError):
             pass
     types, traits = ([], []) if viewer.sees_pii else (sorted(PERSONAL_IDENTITY_TYPES), sorted(viewer.personal()))
-    rows = portrait._reads.execute(q.SEARCH, [text.lower(), types, traits, text.lower(), 20])
+    rows = portrait._reads.execute(q.SEARCH, [text.lower(), types, traits, SEARCH_LIMIT + 1])
     return [portrait.profile(f"profile_id:{row[0]}") for row in rows]
 
 
