@@ -62,21 +62,15 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
 
 def breakdown(session: Session, segments: Segments, reference: str, attribute: str, top: int = 10
               ) -> dict[str, Any]:
-    """A segment's members by the value of one attribute (the most common values, and how many have none)."""
+    """A segment's members by the value of one attribute: the most common values, how many members have another
+    value, and how many have none (so the shares add up to the segment)."""
     segment = segments.find(reference)
     size = int(session.execute(q.SEGMENT_SIZE, [segment.id])[0][0])
     rows = session.execute(q.BREAKDOWN, [attribute, segment.id, top])
     values = [{"value": orjson.loads(value), "profiles": int(n), "share": _ratio(int(n), size)} for value, n in rows]
-    with_value = sum(v["profiles"] for v in values)
+    with_value = int(session.execute(q.WITH_VALUE, [attribute, segment.id])[0][0])
     return {"segment": segment.name, "attribute": attribute, "size": size, "values": values,
-            "other_values": _others(session, segment.id, attribute, size, with_value, len(values), top)}
-
-
-def _others(session: Session, segment_id: int, attribute: str, size: int, shown: int, count: int, top: int) -> int:
-    if count < top:
-        return 0
-    everything = session.execute(q.BREAKDOWN, [attribute, segment_id, 1_000_000])
-    return sum(int(n) for _, n in everything) - shown
+            "other_values": with_value - sum(v["profiles"] for v in values), "not_set": size - with_value}
 
 
 def _ratio(part: int, whole: int) -> float:

@@ -59,6 +59,9 @@ def analytics_breakdown(
     table = Table(attribute, "Customers", "Share", title=f"{found['segment']} ({found['size']:,}) by {attribute}")
     for row in found["values"]:
         table.add_row(str(row["value"]), f"{row['profiles']:,}", f"{row['share']:.1%}")
+    for label, count in (("(other values)", found["other_values"]), ("(not set)", found["not_set"])):
+        if count:
+            table.add_row(label, f"{count:,}", f"{count / found['size']:.1%}")
     console.print(table)
 
 

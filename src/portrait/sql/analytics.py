@@ -41,3 +41,8 @@ WHERE m.segment_id = ? AND t.value IS NOT NULL
 GROUP BY 1 ORDER BY profiles DESC, value LIMIT ?
 """)
 SEGMENT_SIZE = parse("SELECT count(*) FROM segment_members WHERE segment_id = ?")
+# Params: attribute code, segment id. Members with a value of the attribute.
+WITH_VALUE = parse("""
+SELECT count(*) FROM segment_members AS m JOIN profile_traits AS t ON t.profile_id = m.profile_id AND t.key = ?
+WHERE m.segment_id = ? AND t.value IS NOT NULL
+""")
