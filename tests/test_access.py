@@ -201,6 +201,19 @@ def test_identifiers_dropped_by_an_identity_conflict_are_masked(tmp_path: Path) 
     service.close()
 
 
+def test_the_ip_address_of_an_event_is_masked_without_pii_read(client: TestClient, portrait: Portrait) -> None:
+    sent = client.post("/v1/track", auth=(WRITE_KEY, ""), json={"userId": "42", "event": "Visited",
+                                                                 "context": {"ip": "203.0.113.77"}})
+    assert sent.status_code == 200
+    portrait.process_pending()
+    reader = new_key(client, kind="read", name="bi")
+    events = client.get("/api/profiles/user_id:42/events", headers=bearer(reader["key"]),
+                        params={"event": "Visited"}).json()["events"]
+    assert events and events[0]["context"]["ip"] != "203.0.113.77" and "203.0.113" not in str(events)
+    shown = client.get("/api/profiles/user_id:42/events", headers=ADMIN, params={"event": "Visited"}).json()
+    assert shown["events"][0]["context"]["ip"] == "203.0.113.77"  # with pii:read
+
+
 def test_scopes_decide_what_a_key_may_do(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
     sees = client.get("/api/profiles/user_id:42", headers=bearer(reader["key"])).json()

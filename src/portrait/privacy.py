@@ -87,10 +87,14 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
     return masked
 
 
+ALWAYS_PERSONAL_FIELDS = frozenset(("ip",))
+
+
 def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
     """An event as the API returns it, with personal values in its traits, properties, context and other top-level
-    fields (``extra``: an ``email`` sent beside ``userId``) masked."""
-    codes = set(personal)
+    fields (``extra``: an ``email`` sent beside ``userId``) masked. An IP address (``context.ip``, which ingestion
+    fills from the request) is personal data under the GDPR: always masked."""
+    codes = set(personal) | ALWAYS_PERSONAL_FIELDS
     out = dict(event)
     for part in ("traits", "properties", "context", "extra"):
         if isinstance(out.get(part), dict):
