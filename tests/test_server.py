@@ -209,6 +209,23 @@ def test_cli_import_goes_through_a_running_server(server: Server, tmp_path: Path
             "tier": "pro", "email": "ann@example.com"}
 
 
+def test_a_file_sent_to_the_server_reports_its_upload(server: Server, tmp_path: Path) -> None:
+    """The CLI's progress bar through a server: the bytes sent, chunk by chunk, up to the whole file."""
+    from portrait.client import RemotePortrait
+
+    source = tmp_path / "big.ndjson"
+    source.write_text("".join(f'{{"type": "track", "userId": "up-{n}", "event": "Uploaded", "messageId": "up-{n}"}}\n'
+                              for n in range(30_000)))
+    sent: list[int] = []
+    client = RemotePortrait(server.url, admin_key=ADMIN_KEY)
+    try:
+        report = client.import_file(source, {"filename": source.name}, on_sent=sent.append)
+    finally:
+        client.close()
+    assert report["stored"] == 30_000
+    assert sent[-1] == source.stat().st_size and len(sent) >= 2 and sent == sorted(sent)
+
+
 def test_cli_export_through_a_running_server(server: Server, tmp_path: Path) -> None:
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
         client.post("/v1/identify", json={"userId": "x1", "traits": {"plan": "pro", "email": "x1@example.com"}})

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -186,13 +187,23 @@ class RemotePortrait:
                     raise transport_problem(self.url, exc) from exc
             return dict(json.loads(response.headers["x-portrait-export"]))
 
-    def import_file(self, path: Path, params: dict[str, Any]) -> dict[str, Any]:
-        """POST a file to /api/imports (streamed) and return the server's report."""
+    def import_file(self, path: Path, params: dict[str, Any],
+                    on_sent: Callable[[int], None] = lambda sent: None) -> dict[str, Any]:
+        """POST a file to /api/imports (streamed, telling ``on_sent`` the bytes sent so far) and return the server's
+        report."""
         if not self._admin:
             raise Unauthorized("an admin key is needed to import through the server: set PORTRAIT_ADMIN_KEY or "
                                "--admin-key")
+
+        def chunks(handle: BinaryIO) -> Iterator[bytes]:
+            sent = 0
+            while chunk := handle.read(1 << 20):
+                yield chunk
+                sent += len(chunk)
+                on_sent(sent)
+
         with path.open("rb") as handle:
-            response = self._http.post("/api/imports", content=handle, timeout=None,
+            response = self._http.post("/api/imports", content=chunks(handle), timeout=None,
                                        params={k: v for k, v in params.items() if v is not None},
                                        headers={"Authorization": f"Bearer {self._admin}",
                                                 "Content-Type": "application/octet-stream"})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from portrait.cli.common import (
     AdminKeyOption,
@@ -138,8 +140,16 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
     if mapping is not None:
         params["kind"] = mapping.kind
         params["mapping"] = json.dumps(mapping.to_document())
-    console.print(f"Sending {file.name} to {backend.url} ...")
-    report = backend.import_file(file, params)
+    size = file.stat().st_size
+    with _upload_progress() as progress:  # the rows are read on the server, once the file is there
+        task = progress.add_task(f"sending {file.name} to {backend.url}", total=size)
+
+        def sent(done: int) -> None:
+            progress.update(task, completed=done, description=(
+                f"sending {file.name} to {backend.url}" if done < size else
+                f"sent {file.name}; the server is importing it"))
+
+        report = backend.import_file(file, params, on_sent=sent)
     with _RejectsFile(rejects_path) as rejected:
         for record in report["first_rejected"]:
             rejected.write(record)
@@ -147,6 +157,11 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
         console.print(f"(the first {len(report['first_rejected'])} rejected rows are in the rejects file; all are "
                       "listed by `portrait events rejected`)")
     _print_import_report(report, dry_run, rejects_path if report["rejected"] else None)
+
+
+def _upload_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                    console=console, disable=os.environ.get("PORTRAIT_NO_PROGRESS") == "1")
 
 
 class _RejectsFile:
