@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 from rudderstack.analytics.client import Client as RudderClient
@@ -153,6 +155,79 @@ def test_sigterm_and_ctrl_c_stop_the_server_cleanly(server: Server, stop_signal:
     assert not server_file(server.db_path).exists()
     assert not Path(server.db_path + ".wal").exists()  # closed: everything checkpointed into the file
     assert "Traceback" not in server.log_path.read_text()
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _waits_for_a_file_lock(pid: int) -> bool:
+    return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid)
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def _wait_for(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_a_command_run_while_the_stopping_server_rewrites_the_file_cannot_empty_it(tmp_path: Path) -> None:
+    """After an erasure a stopping server rewrites the file (<db>.compacting, then put in its place). A CLI command
+    (or a restarted server) opening the file meanwhile rewrote it too: it deleted the server's copy and began its own
+    under the same name, which the server then put in place of the database while it was still being written. The
+    command interrupted there (Ctrl-C, killed) left an empty database: every event gone, new keys on the next
+    start. Both processes are frozen (SIGSTOP) at those moments to make the interleaving certain."""
+    db = str(tmp_path / "race.duckdb")
+    keys = {"PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    loaded = run_cli("demo", "--profiles", "1000", "--db", db, env=keys)  # a copy that takes a moment
+    assert loaded.returncode == 0, loaded.stderr
+    with duckdb.connect(db, read_only=True) as before:
+        kept = before.execute("SELECT count(*) FROM events WHERE user_id <> 'user-7'").fetchone()
+    server = start_server(db, tmp_path / "server.log")
+    try:
+        with server.admin() as admin:
+            erasure = admin.post("/api/privacy/requests", json={"type": "erase", "identity": "user_id:user-7"})
+            assert erasure.status_code == 202, erasure.text
+            assert _wait_for(lambda: admin.get(f"/api/privacy/requests/{erasure.json()['id']}").json()["status"]
+                             == "done", 30)
+        copy = Path(db + ".compacting")
+        server.process.send_signal(signal.SIGINT)
+        assert _wait_for(copy.exists, 30), server.log_path.read_text()
+        server.process.send_signal(signal.SIGSTOP)  # the server is writing its copy
+        first_copy = _inode(copy)
+        assert first_copy is not None, "the server finished its copy before it could be stopped: a larger demo"
+        command = subprocess.Popen([sys.executable, "-m", "portrait", "status", "--db", db, "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**{k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")},
+                                        "PORTRAIT_NO_PROGRESS": "1"})
+        try:
+            assert _wait_for(lambda: _inode(copy) not in (None, first_copy) or _waits_for_a_file_lock(command.pid),
+                             30), command.poll()
+            second_copy = _inode(copy) != first_copy
+            if second_copy:  # the command writes its own copy where the server's was: frozen there
+                command.send_signal(signal.SIGSTOP)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert server.process.wait(timeout=60) == 0, server.log_path.read_text()
+        if second_copy:
+            command.kill()  # interrupted before it finished, as a Ctrl-C would
+        out, err = command.communicate(timeout=60)
+    finally:
+        server.stop(kill=True)
+    assert Path(db).exists()
+    with duckdb.connect(db, read_only=True) as after:
+        assert after.execute("SELECT count(*) FROM events WHERE user_id <> 'user-7'").fetchone() == kept
+        assert after.execute("SELECT count(*) FROM events WHERE user_id = 'user-7'").fetchone() == (0,)
+    assert command.returncode == 0, err  # it waited for the server's rewrite, then read the rewritten file
+    assert json.loads(out)["events_received"] > 0
+    assert not Path(db + ".compact-pending").exists() and not copy.exists()
 
 
 def test_server_refuses_a_database_already_served(server: Server, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -296,8 +297,11 @@ def compact_if_marked(path: str, encryption_key: str | None = None) -> bool:
     marker = compaction_marker(path)
     if not marker.exists() or not Path(path).exists():
         return False
-    compact_file(path, encryption_key, encryption_key)
-    marker.unlink()
+    with _rewriting(path):
+        if not marker.exists():  # another process rewrote it while this one waited
+            return False
+        _compact(path, encryption_key, encryption_key)
+        marker.unlink()
     return True
 
 
@@ -305,6 +309,32 @@ def compact_file(path: str, old_key: str | None = None, new_key: str | None = No
     """Copy every table, sequence and index into a new file and put it in place of the old one, so bytes of deleted
     rows (erased people) are gone from disk -- or, with a different ``new_key``, so the file becomes encrypted.
     The old file is replaced only once the copy is complete."""
+    with _rewriting(path):
+        _compact(path, old_key, new_key)
+
+
+@contextmanager
+def _rewriting(path: str) -> Iterator[None]:
+    """One rewrite of a database file at a time, across processes. A second one -- a CLI command or a restarted
+    server opening the file while a stopping server rewrites it after an erasure -- deleted the first one's copy
+    and started its own under the same name, which the first then put in place of the database while it was still
+    being written: the database was an empty file if the second process stopped before finishing. A lock on a
+    file beside the database (never deleted: that would let two processes hold it); the system releases it when
+    its process ends, however it ends."""
+    if path == ":memory:" or not Path(path).is_file():  # nothing to rewrite: the copy says why
+        yield
+        return
+    try:
+        lock = open(path + ".compact-lock", "ab")  # noqa: SIM115 -- closed below
+    except OSError as exc:
+        raise PortraitError(f"cannot rewrite the database {path}: {exc.strerror or exc} (its folder must be "
+                            "writable)", code="folder_not_writable") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the other rewrite (seconds for a large file)
+        yield
+
+
+def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
     render = _Renderer("duckdb")
     target = path + ".compacting"
     Path(target).unlink(missing_ok=True)
