@@ -78,3 +78,6 @@ def test_an_existing_database_can_be_encrypted(tmp_path: Path) -> None:
     reopened = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
     assert reopened.traits("email:zelda.encrypted@example.com")["email"] == "zelda.encrypted@example.com"
     reopened.close()
+    missing = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": KEY}).invoke(app, ["encrypt", "--db", db + ".missing"])
+    assert missing.exit_code == 1 and "no such file" in missing.output  # and no new, empty database made there
+    assert not Path(db + ".missing").exists()

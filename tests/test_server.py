@@ -230,6 +230,48 @@ def test_a_command_run_while_the_stopping_server_rewrites_the_file_cannot_empty_
     assert not Path(db + ".compact-pending").exists() and not copy.exists()
 
 
+KILLED_AFTER_THE_REPLACE = """
+import os, sys
+from portrait.store import duckdb as store
+
+replace = os.replace
+def replace_then_die(source, target):
+    replace(source, target)
+    os._exit(9)  # killed (or the power cut) right after the new file is in place
+store.os.replace = replace_then_die
+store.compact_if_marked(sys.argv[1])
+"""
+
+
+def test_a_crash_right_after_the_rewrite_replaced_the_file_leaves_a_database_that_opens(tmp_path: Path) -> None:
+    """A server killed after an erasure leaves the write-ahead log and the request for a rewrite; the next opening
+    rewrites the file. Killed between putting the new file in place and removing the old log, DuckDB replayed that
+    log into the new file at the following start: every event of it twice, and a database that no longer opened
+    (duplicate keys)."""
+    db = str(tmp_path / "crash.duckdb")
+    server = start_server(db, tmp_path / "server.log")
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        for user_id in ("ann", "bob"):
+            batch = [{"type": "track", "userId": user_id, "event": "Viewed", "messageId": f"{user_id}-{i}"}
+                     for i in range(100)]
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    server.wait_caught_up()
+    with server.admin() as admin:
+        erasure = admin.post("/api/privacy/requests", json={"type": "erase", "identity": "user_id:bob"})
+        assert _wait_for(lambda: admin.get(f"/api/privacy/requests/{erasure.json()['id']}").json()["status"]
+                         == "done", 30)
+    server.stop(kill=True)
+    assert Path(db + ".wal").exists() and Path(db + ".compact-pending").exists()
+    rewrite = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_REPLACE, db], capture_output=True, text=True,
+                             timeout=120)
+    assert rewrite.returncode == 9, rewrite.stderr
+    status = run_cli("status", "--db", db, "--json", env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["profiles"] == 1
+    with duckdb.connect(db, read_only=True) as after:
+        assert after.execute("SELECT count(*), count(DISTINCT message_id) FROM events").fetchone() == (100, 100)
+
+
 def test_server_refuses_a_database_already_served(server: Server, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="in use"):
         start_server(server.db_path, tmp_path / "second.log")

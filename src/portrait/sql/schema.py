@@ -524,6 +524,7 @@ UTC_SESSION = parse("SET TimeZone = 'UTC'")
 # Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in
 # freed blocks until those are reused). Sequences, constraints and indexes come along.
 COPY_DATABASE = exp.Command(this="COPY", expression=exp.Literal.string("FROM DATABASE old TO new").this)
+CHECKPOINT_OLD = exp.Command(this="CHECKPOINT", expression=exp.Literal.string("old").this)
 _ATTACH = parse("ATTACH 'path' AS old")
 _ATTACH_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY)")
 

@@ -335,6 +335,8 @@ def _rewriting(path: str) -> Iterator[None]:
 
 
 def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
+    if not Path(path).is_file():  # attached for writing below, DuckDB would make a new, empty one
+        raise PortraitError(f"cannot open the database {path}: there is no such file", code="database_unreadable")
     render = _Renderer("duckdb")
     target = path + ".compacting"
     Path(target).unlink(missing_ok=True)
@@ -342,8 +344,13 @@ def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
     try:
         if old_key or new_key:
             _load_crypto(connection)
-        connection.execute(render(schema.attach_encrypted(path, "old", old_key, read_only=True) if old_key
-                                  else schema.attach(path, "old", read_only=True)))
+        # Attached for writing, to write a write-ahead log left beside it (a crash before this rewrite) into it
+        # first: that log must be gone before the new file takes the old one's place, or DuckDB replays it into the
+        # new file at the next opening if this process ends between the replace and the removal below (every row of
+        # it twice; a database that no longer opens, on duplicate keys).
+        connection.execute(render(schema.attach_encrypted(path, "old", old_key) if old_key
+                                  else schema.attach(path, "old")))
+        connection.execute(render(schema.CHECKPOINT_OLD))
         connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
                                   else schema.attach(target, "new")))
         connection.execute(render(schema.COPY_DATABASE))
