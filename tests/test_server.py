@@ -178,25 +178,52 @@ def _wait_for(condition: Any, timeout: float) -> bool:
     return True
 
 
+def _server_after_an_erasure(tmp_path: Path) -> tuple[str, Any, Server]:
+    """A server on a demo database (1,000 customers: a rewrite that takes a moment) that has erased user-7, so it
+    rewrites the file when it stops; with the count of the events it keeps."""
+    db = str(tmp_path / "race.duckdb")
+    keys = {"PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    loaded = run_cli("demo", "--profiles", "1000", "--db", db, env=keys)
+    assert loaded.returncode == 0, loaded.stderr
+    with duckdb.connect(db, read_only=True) as before:
+        kept = before.execute("SELECT count(*) FROM events WHERE user_id <> 'user-7'").fetchone()
+    server = start_server(db, tmp_path / "server.log")
+    with server.admin() as admin:
+        erasure = admin.post("/api/privacy/requests", json={"type": "erase", "identity": "user_id:user-7"})
+        assert erasure.status_code == 202, erasure.text
+        assert _wait_for(lambda: admin.get(f"/api/privacy/requests/{erasure.json()['id']}").json()["status"]
+                         == "done", 30)
+    return db, kept, server
+
+
+def test_a_second_ctrl_c_does_not_cut_the_rewrite_after_an_erasure_short(tmp_path: Path) -> None:
+    """Ctrl-C pressed again while the stopping server rewrites the file interrupted the rewrite ('Query
+    interrupted', exit 1, the copy and the marker left behind): it is now only answered with a line."""
+    db, kept, server = _server_after_an_erasure(tmp_path)
+    try:
+        server.process.send_signal(signal.SIGINT)
+        assert _wait_for(Path(db + ".compacting").exists, 30), server.log_path.read_text()
+        for _ in range(3):
+            server.process.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        assert server.process.wait(timeout=60) == 0, server.log_path.read_text()
+    finally:
+        server.stop(kill=True)
+    assert "closing the database" in server.log_path.read_text()
+    assert not Path(db + ".compacting").exists() and not Path(db + ".compact-pending").exists()
+    with duckdb.connect(db, read_only=True) as after:
+        assert after.execute("SELECT count(*) FROM events WHERE user_id <> 'user-7'").fetchone() == kept
+        assert after.execute("SELECT count(*) FROM events WHERE user_id = 'user-7'").fetchone() == (0,)
+
+
 def test_a_command_run_while_the_stopping_server_rewrites_the_file_cannot_empty_it(tmp_path: Path) -> None:
     """After an erasure a stopping server rewrites the file (<db>.compacting, then put in its place). A CLI command
     (or a restarted server) opening the file meanwhile rewrote it too: it deleted the server's copy and began its own
     under the same name, which the server then put in place of the database while it was still being written. The
     command interrupted there (Ctrl-C, killed) left an empty database: every event gone, new keys on the next
     start. Both processes are frozen (SIGSTOP) at those moments to make the interleaving certain."""
-    db = str(tmp_path / "race.duckdb")
-    keys = {"PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY}
-    loaded = run_cli("demo", "--profiles", "1000", "--db", db, env=keys)  # a copy that takes a moment
-    assert loaded.returncode == 0, loaded.stderr
-    with duckdb.connect(db, read_only=True) as before:
-        kept = before.execute("SELECT count(*) FROM events WHERE user_id <> 'user-7'").fetchone()
-    server = start_server(db, tmp_path / "server.log")
+    db, kept, server = _server_after_an_erasure(tmp_path)
     try:
-        with server.admin() as admin:
-            erasure = admin.post("/api/privacy/requests", json={"type": "erase", "identity": "user_id:user-7"})
-            assert erasure.status_code == 202, erasure.text
-            assert _wait_for(lambda: admin.get(f"/api/privacy/requests/{erasure.json()['id']}").json()["status"]
-                             == "done", 30)
         copy = Path(db + ".compacting")
         server.process.send_signal(signal.SIGINT)
         assert _wait_for(copy.exists, 30), server.log_path.read_text()

@@ -27,6 +27,7 @@ from portrait.cli.common import (
     _settings,
     app,
     console,
+    errors,
 )
 from portrait.client import remove_server_file, write_server_file
 from portrait.errors import PortraitError
@@ -82,9 +83,16 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(config).run(sockets=listening)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the shutdown short
+        # A second SIGTERM or Ctrl-C must not cut closing short: it interrupted the rewrite of the file after an
+        # erasure ("Query interrupted", exit 1, the rewrite left to the next start). kill -9 still stops it, safely.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _closing)
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+def _closing(signum: int, frame: object) -> None:
+    errors.print("closing the database; it is safe to wait (or to kill -9: what is left is done at the next start)")
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
