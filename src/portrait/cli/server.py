@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import os
 import signal
 import socket
 import sys
@@ -75,8 +76,8 @@ def serve(
             write_server_file(settings.db_path, url)
         except PortraitError as exc:
             raise _fail(exc) from exc
-        console.print(f"Portrait serving {settings.db_path} on [bold]{url}[/] (ingestion: {url}/v1/batch, "
-                      f"API docs: {url}/docs)")
+        where = os.path.abspath(settings.db_path)  # the whole path: a relative one names another file elsewhere
+        console.print(f"Portrait serving {where} on [bold]{url}[/] (ingestion: {url}/v1/batch, API docs: {url}/docs)")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
                                 port=settings.port, log_level="warning", access_log=False)
         # Ctrl-C: uvicorn shuts down gracefully, then raises it again (uvicorn.run, no longer used, swallowed it)
