@@ -41,6 +41,17 @@ def status(db: str) -> dict[str, Any]:
     return dict(json.loads(runner.invoke(app, ["status", "--db", db, "--json"]).output))
 
 
+def import_crm(tmp_path: Path, text: str | bytes, *args: str, name: str = "crm.csv") -> tuple[Any, str]:
+    """Write a CRM file and import it as profiles keyed by its ``id`` column; the CLI's result and the database."""
+    source = tmp_path / name
+    if isinstance(text, bytes):
+        source.write_bytes(text)
+    else:
+        source.write_text(text)
+    db = str(tmp_path / "p.duckdb")
+    return runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db, *args]), db
+
+
 def test_ndjson_import_keeps_history_and_lists_rejected_rows(tmp_path: Path) -> None:
     source = write_ndjson(tmp_path / "events.ndjson", MESSAGES, extra_lines=("{not json",))
     db = str(tmp_path / "p.duckdb")
@@ -218,10 +229,7 @@ def test_rows_that_are_not_objects_are_rejected_not_fatal(tmp_path: Path, name: 
 
 
 def test_a_csv_row_with_too_few_or_too_many_fields_is_rejected_with_its_text(tmp_path: Path) -> None:
-    source = tmp_path / "crm.csv"
-    source.write_text("id,name,age\n1,Ann,30\n2,Bob\n3,Cid,50,extra\n4,Dan,60\n")
-    db = str(tmp_path / "p.duckdb")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    result, db = import_crm(tmp_path, "id,name,age\n1,Ann,30\n2,Bob\n3,Cid,50,extra\n4,Dan,60\n")
     assert result.exit_code == 0, result.output
     assert "4 rows read" in result.output and "stored 2" in result.output and "rejected invalid_row: 2" in result.output
     rejects = [json.loads(line) for line in (tmp_path / "crm.csv.rejects.ndjson").read_text().splitlines()]
@@ -237,9 +245,7 @@ def test_a_csv_row_with_too_few_or_too_many_fields_is_rejected_with_its_text(tmp
 @pytest.mark.parametrize("text", ["id;name\n", "id;name;score\n1;Ann;1,5\n2;Bob;2,5\n"],
                          ids=["header-only", "every-row-misshapen"])
 def test_csv_columns_are_checked_against_the_header(tmp_path: Path, text: str) -> None:
-    source = tmp_path / "crm.csv"
-    source.write_text(text)
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
+    result, _ = import_crm(tmp_path, text)
     assert result.exit_code == 1
     assert "the file has no column 'id'" in result.output
 
@@ -247,10 +253,8 @@ def test_csv_columns_are_checked_against_the_header(tmp_path: Path, text: str) -
 def test_quoted_line_breaks_in_csv_values_survive_block_boundaries(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("portrait.files._BLOCK_BYTES", 256)  # as a file of many 4 MB blocks does
-    source = tmp_path / "notes.csv"
-    source.write_text("id,note\n" + "".join(f'{i},"first line {i}\nsecond, line"\n' for i in range(200)))
-    db = str(tmp_path / "p.duckdb")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    notes = "".join(f'{i},"first line {i}\nsecond, line"\n' for i in range(200))
+    result, db = import_crm(tmp_path, "id,note\n" + notes)
     assert "200 rows read" in result.output and "stored 200" in result.output, result.output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:199") == {"note": "first line 199\nsecond, line"}
@@ -258,10 +262,7 @@ def test_quoted_line_breaks_in_csv_values_survive_block_boundaries(tmp_path: Pat
 
 
 def test_a_csv_header_naming_a_column_twice_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
-    source = tmp_path / "crm.csv"
-    source.write_text("id,name,name\n1,Ann,Anna\n")
-    db = str(tmp_path / "p.duckdb")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    result, db = import_crm(tmp_path, "id,name,name\n1,Ann,Anna\n")
     assert result.exit_code == 1
     assert "crm.csv has more than one column named 'name'" in result.output
     assert status(db)["events_received"] == 0
@@ -270,10 +271,7 @@ def test_a_csv_header_naming_a_column_twice_is_refused_before_anything_is_stored
 @pytest.mark.parametrize(("name", "args"), [("crm.tsv", []), ("crm.txt", ["--delimiter", "\\t"]),
                                             ("crm.csv", ["--delimiter", "tab"])])
 def test_tab_separated_files(tmp_path: Path, name: str, args: list[str]) -> None:
-    source = tmp_path / name
-    source.write_text("id\tname\n1\tAnn\n")
-    db = str(tmp_path / "p.duckdb")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db, *args])
+    result, db = import_crm(tmp_path, "id\tname\n1\tAnn\n", *args, name=name)
     assert "stored 1" in result.output, result.output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:1") == {"name": "Ann"}
@@ -281,10 +279,7 @@ def test_tab_separated_files(tmp_path: Path, name: str, args: list[str]) -> None
 
 
 def test_a_delimiter_of_more_than_one_character_is_a_clear_error(tmp_path: Path) -> None:
-    source = tmp_path / "crm.csv"
-    source.write_text("id;;name\n1;;Ann\n")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--delimiter", ";;",
-                                 "--db", str(tmp_path / "p.duckdb")])
+    result, _ = import_crm(tmp_path, "id;;name\n1;;Ann\n", "--delimiter", ";;")
     assert result.exit_code == 1
     assert "the delimiter must be one character" in result.output
 
@@ -293,9 +288,8 @@ def test_a_delimiter_of_more_than_one_character_is_a_clear_error(tmp_path: Path)
 def test_a_csv_file_that_is_not_utf8_gets_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         rows: int) -> None:
     monkeypatch.setattr("portrait.files._BLOCK_BYTES", 1024)
-    source = tmp_path / "crm.csv"
-    source.write_bytes(b"id,name\n" + b"".join(b"%d,Ann\n" % i for i in range(rows)) + "x,José\n".encode("latin-1"))
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", str(tmp_path / "p.db")])
+    result, _ = import_crm(tmp_path, b"id,name\n" + b"".join(b"%d,Ann\n" % i for i in range(rows))
+                           + "x,José\n".encode("latin-1"))
     assert result.exit_code == 1, result.output
     assert "must be UTF-8 text" in " ".join(result.output.split())
 
@@ -330,10 +324,7 @@ def test_parquet_decimals_durations_and_bytes_are_imported_as_json_values(tmp_pa
 
 
 def test_csv_trait_columns_that_identify_the_person_keep_leading_zeros(tmp_path: Path) -> None:
-    source = tmp_path / "crm.csv"
-    source.write_text("id,crm_id,card,phone\n1,000123,0042,0048512345678\n")
-    db = str(tmp_path / "p.duckdb")
-    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db", db])
+    result, db = import_crm(tmp_path, "id,crm_id,card,phone\n1,000123,0042,0048512345678\n")
     assert "stored 1" in result.output, result.output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.traits("user_id:1") == {"crm_id": "000123", "card": 42, "phone": "0048512345678"}

@@ -131,14 +131,14 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
                                convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
                                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
 
+    as_text: dict[str, pa.DataType] = {c: pa.string() for c in text_columns}
     try:
-        checking = opened({c: pa.string() for c in text_columns}, _skip)
+        checking = opened(as_text, _skip)
         names = checking.schema.names
         _check_header(path, names)
         _check_text(path, checking.schema)
         mapping.check(names)
-        types = _settled_types(checking, names, {c: pa.string() for c in text_columns},
-                               lambda types: opened(types, _skip))
+        types = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
         reader = opened(types, set_aside)
         for batch in reader:
             yield from batch.to_pylist()
@@ -149,7 +149,6 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
     except pa.ArrowInvalid as exc:
         hint = f" ({_NOT_UTF8})" if "invalid UTF8" in str(exc) else ""
         raise BadRequest(f"{path.name} is not CSV we can read: {exc}{hint}", code="invalid_csv") from exc
-
 
 
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error")
