@@ -266,6 +266,68 @@ def test_an_admin_key_without_pii_read_cannot_unflag_a_personal_attribute(client
                         ).status_code == 200
 
 
+def test_a_calculated_copy_of_personal_data_is_personal(client: TestClient, portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "track", "userId": "42", "event": "Signed Up",
+                               "properties": {"email": "ann@example.com"}}])
+    portrait.process_pending()
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    copies = {"full": 'concat(first_name, " ", last_name)', "contact": 'last_value("Signed Up", email)',
+              "born_days_ago": "days_since(birthday)"}
+    for code, definition in copies.items():
+        made = client.post("/api/attributes", headers=bearer(ops["key"]),
+                           json={"code": code, "name": code, "definition": definition})
+        assert made.status_code == 201 and made.json()["is_personal_info"] is True, (code, made.text)
+    traits = client.get("/api/profiles/user_id:42", headers=bearer(ops["key"])).json()["traits"]
+    assert traits["full"] == "A***" and traits["contact"] == "a***@example.com"
+    assert client.get("/api/profiles/user_id:42", headers=ADMIN).json()["traits"]["contact"] == "ann@example.com"
+    counted = client.post("/api/attributes", headers=bearer(ops["key"]),
+                          json={"code": "signups", "name": "Sign-ups", "definition": 'count("Signed Up")'})
+    assert counted.status_code == 201 and counted.json()["is_personal_info"] is False  # a count tells no value
+
+
+def test_an_admin_key_without_pii_read_cannot_copy_personal_data_into_an_open_attribute(
+        client: TestClient, portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "track", "userId": "42", "event": "Signed Up",
+                               "properties": {"email": "ann@example.com"}}])
+    portrait.process_pending()
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    for definition in ('concat(first_name)', 'most_frequent("Signed Up", email)',
+                       'count("Signed Up", where email starts with "a")'):
+        refused = client.post("/api/attributes", headers=bearer(ops["key"]), json={
+            "code": "leak", "name": "Leak", "definition": definition, "is_personal_info": False})
+        assert refused.status_code == 403 and "pii:read" in refused.json()["message"], (definition, refused.text)
+    open_copy = client.post("/api/attributes", headers=bearer(ops["key"]),
+                            json={"code": "greeting", "name": "Greeting", "definition": 'concat("Hi")',
+                                  "is_personal_info": False})
+    assert open_copy.status_code == 400  # concat needs an attribute: refused as before, not for pii
+    harmless = client.post("/api/attributes", headers=bearer(ops["key"]),
+                           json={"code": "signups", "name": "Sign-ups", "definition": 'count("Signed Up")'})
+    assert harmless.status_code == 201
+    changed = client.patch("/api/attributes/signups", headers=bearer(ops["key"]),
+                           json={"definition": 'last_value("Signed Up", email)'})
+    assert changed.status_code == 200 and changed.json()["is_personal_info"] is True
+    assert client.get("/api/profiles/user_id:42", headers=bearer(ops["key"])).json()["traits"]["signups"] == (
+        "a***@example.com")
+    refused_segment = client.post("/api/segments", headers=bearer(ops["key"]),
+                                  json={"name": "A-names", "condition": 'first_name starts with "A"'})
+    assert refused_segment.status_code == 403 and "pii:read" in refused_segment.json()["message"]
+    kept = client.post("/api/segments", headers=bearer(ops["key"]), json={"name": "Known", "condition": "email is set"})
+    assert kept.status_code == 201
+    edited = client.patch(f"/api/segments/{kept.json()['id']}", headers=bearer(ops["key"]),
+                          json={"condition": 'email ends with "example.com"'})
+    assert edited.status_code == 403
+    client.post("/login", data={"key": ops["key"]})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/attributes").text)
+    assert csrf is not None
+    form = client.post("/attributes", data={"csrf": csrf.group(1), "code": "nickname_copy", "name": "Nick",
+                                            "definition": "concat(first_name)"})  # "personal" box unticked
+    assert form.status_code == 200 and "/attributes/nickname_copy" in str(form.url)
+    assert client.get("/api/attributes/nickname_copy", headers=ADMIN).json()["is_personal_info"] is True
+    allowed = client.post("/api/attributes", headers=ADMIN, json={
+        "code": "initial", "name": "Initial", "definition": "concat(first_name)", "is_personal_info": False})
+    assert allowed.status_code == 201 and allowed.json()["is_personal_info"] is False  # the pii:read key's choice
+
+
 def test_revoking_and_rotating(client: TestClient) -> None:
     source = new_key(client, kind="write", name="pos")
     sent = client.post("/v1/track", auth=(source["key"], ""), json={"userId": "7", "event": "Sale"})

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from portrait.attributes import code_for
+from portrait.conditions.calculations import Calculation, copied_values
 
 PERSONAL_IDENTITY_TYPES = frozenset({"email", "phone"})
 HIDDEN = "***"
@@ -88,6 +89,16 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
 
 
 ALWAYS_PERSONAL_FIELDS = frozenset(("ip",))
+
+
+def personal_copied(calculation: Calculation, personal: Iterable[str]) -> list[str]:
+    """The personal data a calculated attribute's values would repeat: personal attributes it copies, and event
+    properties masked in events (an email, a phone, an IP address, a property named like a personal attribute).
+    Such an attribute is personal itself: ``concat(first_name, " ", last_name)`` is a name."""
+    codes = set(personal)
+    attributes, properties = copied_values(calculation)
+    event_codes = codes | PERSONAL_IDENTITY_TYPES | ALWAYS_PERSONAL_FIELDS
+    return sorted({a for a in attributes if a in codes} | {p for p in properties if code_for(p) in event_codes})
 
 
 def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:

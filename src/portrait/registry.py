@@ -17,6 +17,7 @@ import pyarrow as pa
 from portrait.attributes import STANDARD, Attribute, check_code
 from portrait.conditions.calculations import definition_text, parse_definition, result_type
 from portrait.errors import BadRequest, NotFound
+from portrait.privacy import personal_copied
 from portrait.spec import utc_now
 from portrait.sql import attributes as q
 from portrait.store import Session
@@ -60,6 +61,8 @@ class AttributeRegistry:
         if "code" not in fields_ or "name" not in fields_:
             raise BadRequest("an attribute needs a code and a name", code="invalid_attribute")
         fields_ = {**fields_, **_calculated(fields_)}
+        if fields_.get("calculated") and "is_personal_info" not in fields_:
+            fields_["is_personal_info"] = self.copies_personal(fields_["definition"])
         attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
         session = self._session()
         if session.execute(q.GET, [attribute.code]):
@@ -83,6 +86,9 @@ class AttributeRegistry:
         if "definition" in changes:
             changes = {**changes, **_calculated({"type": current["type"] if "type" in changes else None,
                                                  **changes})}
+            if "is_personal_info" not in changes and not current["is_personal_info"] \
+                    and self.copies_personal(changes["definition"]):
+                changes["is_personal_info"] = True
         elif current["calculated"] and "type" in changes:
             raise BadRequest(f"{code} is calculated: its type follows its definition", code="invalid_attribute")
         merged = {k: current[k] for k in (f.name for f in fields(Attribute))}
@@ -93,6 +99,14 @@ class AttributeRegistry:
         self._session().execute(q.update(columns), [*values, utc_now(), code])
         return self.get(code)
 
+    def personal(self) -> set[str]:
+        """The codes of the attributes marked personal information."""
+        return {a["code"] for a in self.list() if a["is_personal_info"]}
+
+    def copies_personal(self, definition: str) -> bool:
+        """Whether a calculated attribute with this definition repeats personal data (and so is personal itself,
+        unless someone allowed to read personal data says otherwise)."""
+        return bool(personal_copied(parse_definition(definition), self.personal()))
 
     def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
         """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""

@@ -114,7 +114,9 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(Viewer(portrait, caller(request)).analytics, code, stats)
 
     @api.post("/attributes", summary="Define a custom attribute", status_code=201)
-    async def create_attribute(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def create_attribute(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
+        await run_in_threadpool(Viewer(portrait, caller(request)).check_definition, str(payload.get("code")),
+                                payload)
         return await run_in_threadpool(portrait.create_attribute, payload)
 
     @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")

@@ -18,6 +18,7 @@ from fastapi import Request
 from portrait import privacy
 from portrait.attributes import code_for
 from portrait.conditions.ast import Compare
+from portrait.conditions.calculations import parse_definition
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.segments import read_condition
@@ -66,7 +67,7 @@ class Viewer:
         return self.key.can_read_pii
 
     def personal(self) -> set[str]:
-        return {a["code"] for a in self.portrait.attributes.list() if a["is_personal_info"]}
+        return self.portrait.attributes.personal()
 
     def profile(self, document: dict[str, Any], action: str) -> dict[str, Any]:
         if self.sees_pii:
@@ -142,8 +143,11 @@ class Viewer:
             condition = read_condition(raw)
         except PortraitError:
             return
+        self._check_compares(condition)
+
+    def _check_compares(self, tree: object) -> None:
         personal = self.personal() | privacy.PERSONAL_IDENTITY_TYPES
-        tested = sorted({node.field for node in _compares(condition)
+        tested = sorted({node.field for node in _compares(tree)
                          if code_for(node.field) in personal and node.op not in ("is set", "is not set")})
         if tested:
             self.require_pii(f"compare the values of personal data ({', '.join(tested)}) in a condition")
@@ -152,6 +156,24 @@ class Viewer:
         """Unflagging a personal attribute ends its masking: only a key that may read it unmasked may do that."""
         if not self.sees_pii and changes.get("is_personal_info") is False and code in self.personal():
             self.require_pii(f"mark {code} as not personal (its values would no longer be masked)")
+        self.check_definition(code, changes)
+
+    def check_definition(self, code: str, fields_: dict[str, Any]) -> None:
+        """A calculated attribute is read by keys without ``pii:read`` unless it is personal: one that repeats
+        personal data (``concat(first_name, " ", last_name)``) may be marked not personal only by a key that may read
+        that data, and its ``where`` may compare personal values only then (per profile, it would tell them, as a
+        preview's count would). Unreadable definitions are left to the registry to refuse."""
+        definition = fields_.get("definition")
+        if self.sees_pii or not isinstance(definition, str):
+            return
+        try:
+            calculation = parse_definition(definition)
+        except PortraitError:
+            return
+        self._check_compares(calculation)
+        copied = privacy.personal_copied(calculation, self.personal())
+        if copied and fields_.get("is_personal_info") is False:
+            self.require_pii(f"make {code} a copy of personal data ({', '.join(copied)}) not marked personal")
 
     def require_pii(self, doing: str) -> None:
         self.portrait.keys.require(self.key, "pii:read", doing)

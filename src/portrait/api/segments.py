@@ -26,7 +26,9 @@ def router(portrait: Portrait) -> APIRouter:
         return {"segments": await run_in_threadpool(segments.all)}
 
     @api.post("/segments", status_code=201, summary="Create a dynamic (condition) or static (identities) segment")
-    async def create(payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
+        if "condition" in payload:
+            await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
         return await run_in_threadpool(portrait.create_segment, payload)
 
     @api.post("/segments/preview", summary="Count and sample the profiles an unsaved condition selects")
@@ -42,7 +44,9 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(segments.get, segment)
 
     @api.patch("/segments/{segment}", summary="Change name, description, condition or identities (recounts)")
-    async def update(segment: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def update(segment: str, payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
+        if "condition" in payload:
+            await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
         return await run_in_threadpool(portrait.update_segment, segment, payload)
 
     @api.delete("/segments/{segment}", status_code=204, summary="Delete a segment (not while others refer to it)")

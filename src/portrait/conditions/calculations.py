@@ -204,3 +204,21 @@ def attributes_used(calculation: Calculation) -> list[str]:
     if isinstance(calculation, Concat):
         return [v for k, v in calculation.parts if k == "attribute"]
     return []
+
+
+# Event functions whose result gives a property's value back (one event's value, a list of them, the extreme of
+# them, a sum or mean over a single event); count and distinct_count only count.
+_COPYING_FUNCTIONS = frozenset(EVENT_FUNCTIONS) - {"count", "distinct_count", "first_time", "last_time"}
+
+
+def copied_values(calculation: Calculation) -> tuple[frozenset[str], frozenset[str]]:
+    """The attributes and the event properties whose values the result reproduces: the names in
+    ``concat(first_name, " ", last_name)``, the date behind ``days_since(birthday)``, the email of
+    ``last_value("Signed Up", email)``. An age in whole years, counts and RFM scores do not give a value back."""
+    if isinstance(calculation, EventValue) and calculation.function in _COPYING_FUNCTIONS and calculation.prop:
+        return frozenset(), frozenset({calculation.prop})
+    if isinstance(calculation, DaysSince) and isinstance(calculation.source, str):
+        return frozenset({calculation.source}), frozenset()
+    if isinstance(calculation, Concat):
+        return frozenset(attributes_used(calculation)), frozenset()
+    return frozenset(), frozenset()

@@ -50,6 +50,7 @@ def router(console: Console) -> APIRouter:
     @guard
     async def create_segment(request: Request) -> Response:
         fields, _ = await console.admin_form(request, "create segments")
+        await run_in_threadpool(console.viewer(request).check_condition, fields.get("condition", ""))
         created = await run_in_threadpool(portrait.create_segment, {
             "name": fields.get("name", ""), "condition": fields.get("condition", ""),
             "description": fields.get("description", "")})

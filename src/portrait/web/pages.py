@@ -100,12 +100,15 @@ def router(console: Console) -> APIRouter:
         fields, _ = await console.admin_form(request, "create attributes")
         wanted = {"code": fields.get("code", ""), "name": fields.get("name", ""),
                   "description": fields.get("description", ""), "unit": fields.get("unit") or None,
-                  "is_personal_info": fields.get("personal") == "on",
                   "calculate_analytics": fields.get("analytics") == "on"}
+        if fields.get("personal") == "on":  # unticked: left to the registry (a copy of personal data is personal)
+            wanted["is_personal_info"] = True
         if fields.get("definition"):
             wanted["definition"] = fields["definition"]
         else:
             wanted["type"] = fields.get("type", "string")
+            wanted["is_personal_info"] = fields.get("personal") == "on"
+        await run_in_threadpool(console.viewer(request).check_definition, str(wanted["code"]), wanted)
         created = await run_in_threadpool(portrait.create_attribute, wanted)
         return RedirectResponse(f"/attributes/{created['code']}", status_code=303)
 
@@ -120,6 +123,9 @@ def router(console: Console) -> APIRouter:
                                    "status": "deprecated" if fields.get("deprecated") == "on" else "active"}
         if fields.get("definition"):
             changes["definition"] = fields["definition"]
+            current = await run_in_threadpool(portrait.attributes.get, code)
+            if changes["is_personal_info"] == current["is_personal_info"]:
+                del changes["is_personal_info"]  # untouched: a new definition copying personal data makes it personal
         await run_in_threadpool(console.viewer(request).check_attribute_change, code, changes)
         await run_in_threadpool(portrait.update_attribute, code, changes)
         return RedirectResponse(f"/attributes/{code}", status_code=303)
