@@ -327,8 +327,20 @@ def test_csv_trait_columns_that_identify_the_person_keep_leading_zeros(tmp_path:
     result, db = import_crm(tmp_path, "id,crm_id,card,phone\n1,000123,0042,0048512345678\n")
     assert "stored 1" in result.output, result.output
     service = Portrait(Settings(db_path=db), background=False)
-    assert service.traits("user_id:1") == {"crm_id": "000123", "card": 42, "phone": "0048512345678"}
+    assert service.traits("user_id:1") == {"crm_id": "000123", "card": "0042", "phone": "0048512345678"}
     assert service.profile("crm_id:000123")["profile_id"] == service.profile("user_id:1")["profile_id"]
+    service.close()
+
+
+def test_csv_numbers_that_a_number_would_change_stay_as_written(tmp_path: Path) -> None:
+    result, db = import_crm(tmp_path, "id,zip,mobile,order_ref,visits,score\n"
+                                      "1,01234,+48601234567,12345678901234567890,3,1.5\n"
+                                      "2,90210,+15550100,7,12,2\n")
+    assert "stored 2" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.traits("user_id:1") == {"zip": "01234", "mobile": "+48601234567",
+                                           "order_ref": "12345678901234567890", "visits": 3, "score": 1.5}
+    assert service.traits("user_id:2")["zip"] == "90210" and service.traits("user_id:2")["visits"] == 12
     service.close()
 
 

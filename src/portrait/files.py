@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -139,6 +140,12 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         _check_text(path, checking.schema)
         mapping.check(names)
         types = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
+        types = {**types, **_numbers_to_keep_as_text(opened(types, _skip).schema, lambda columns: pa_csv.open_csv(
+            path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                    invalid_row_handler=_skip),
+            convert_options=pa_csv.ConvertOptions(include_columns=columns,
+                                                  column_types=dict.fromkeys(columns, pa.string())),
+            read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)))}
         reader = opened(types, set_aside)
         for batch in reader:
             yield from batch.to_pylist()
@@ -171,6 +178,27 @@ def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: d
                 return types  # not a type the file outgrows: the import itself says what is wrong
             types = {**types, names[int(found.group(1))]: pa.string()}
             reader = reopen(types)
+
+
+# A number as Arrow reads it would lose what the text says: a leading zero (a postal code 01234, an account 007),
+# a plus sign (a phone number +48601234567, read as the float 48601234567.0) or more digits than a float keeps
+# (a 20-digit order number).
+_NOT_JUST_A_NUMBER = r"^\s*(\+|-?0\d|-?\d{16,})"
+
+
+def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+                             ) -> dict[str, pa.DataType]:
+    """The columns typed as numbers that hold a value a number would change (see ``_NOT_JUST_A_NUMBER``): they are
+    read as text, as the identifier columns are. One more pass of the file in Arrow, over those columns only."""
+    numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    if not numeric:
+        return {}
+    keep: set[str] = set()
+    for batch in read_as_text(numeric):
+        for name in numeric:
+            if name not in keep and pc.any(pc.match_substring_regex(batch.column(name), _NOT_JUST_A_NUMBER)).as_py():
+                keep.add(name)
+    return {name: pa.string() for name in numeric if name in keep}
 
 
 def _skip(row: pa_csv.InvalidRow) -> str:
