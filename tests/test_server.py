@@ -447,3 +447,54 @@ def test_an_endless_body_is_refused_without_being_held(server: Server) -> None:
     assert _resident_mb(server.process.pid) - before < 32
     assert httpx.post(f"{server.url}/v1/track", auth=(WRITE_KEY, ""), json={"userId": "u", "event": "E"}
                       ).status_code == 200
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB file system of its own (tmpfs), so the database's disk can really fill up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)  # root (CI is)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_refuses_events_with_503_and_loses_none(small_disk: Path, tmp_path: Path) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (8 << 20))  # taken back below, as an operator freeing space would
+    running = start_server(str(small_disk / "p.duckdb"), tmp_path / "server.log")
+    acknowledged: set[str] = set()
+    refusal = None
+    try:
+        with httpx.Client(base_url=running.url, auth=(WRITE_KEY, ""), timeout=30) as client:
+            for n in range(2000):
+                batch = [{"type": "track", "userId": f"u{n}-{i}", "event": "Filled", "messageId": f"m{n}-{i}",
+                          "properties": {"padding": "x" * 300}} for i in range(100)]
+                answer = client.post("/v1/batch", json={"batch": batch})
+                if answer.status_code != 200:
+                    refusal = answer
+                    break
+                acknowledged.update(m["messageId"] for m in batch)
+            assert refusal is not None, "the disk never filled"
+            assert refusal.status_code == 503 and refusal.headers["retry-after"] == "10"
+            assert refusal.json()["code"] == "storage_unavailable" and "No space left" in refusal.json()["message"]
+            with running.admin() as admin:
+                deadline = time.monotonic() + 20  # the processor, too, finds no room for what is still to apply
+                while (status := admin.get("/api/status").json())["processing_error"] is None:
+                    assert status["lag"] > 0 and time.monotonic() < deadline, status
+                    time.sleep(0.2)
+                assert "No space left" in status["processing_error"]
+                filler.unlink()
+                assert client.post("/v1/batch", json={"batch": [{"type": "track", "userId": "after", "event": "Room",
+                                                                 "messageId": "after-1"}]}).status_code == 200
+                status = running.wait_caught_up(timeout=60)
+                assert status["events_received"] == len(acknowledged) + 1 and status["processing_error"] is None
+                assert admin.get("/api/events/rejected").json()["rejected"] == []  # none set aside for the disk
+                sample = sorted(acknowledged)[-1].removeprefix("m").split("-")
+                found = admin.get(f"/api/profiles/user_id:u{sample[0]}-{sample[1]}/events").json()["events"]
+                assert [e["event"] for e in found] == ["Filled"]
+    finally:
+        running.stop()
+    assert "Traceback" not in running.log_path.read_text()  # said in one line, not a stack every second

@@ -51,6 +51,13 @@ class Conflict(PortraitError):
     code = "conflict"
 
 
+class StorageUnavailable(PortraitError):
+    """The database's disk refuses writes (full, over quota, read-only): nothing of the operation was written, and
+    the same operation succeeds once there is room."""
+
+    code = "storage_unavailable"
+
+
 class SourceUnavailable(PortraitError):
     """A source database cannot be reached, or refused the query."""
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from portrait import sql
 from portrait.attributes import code_for
+from portrait.errors import PortraitError, StorageUnavailable
 from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, normalize_phone
 from portrait.model import Identifier
 from portrait.spec import utc_now
@@ -99,10 +100,14 @@ class Processor:
         """
         try:
             return self.process_batch(session)
+        except StorageUnavailable:
+            raise  # not the events' fault: every one would fail alike, and none may be set aside for it
         except Exception:
             log.exception("processing a batch failed; retrying its events one at a time")
         try:
             return self.process_batch(session, limit=1)
+        except StorageUnavailable:
+            raise
         except Exception as exc:
             log.exception("processing one event failed; it is set aside as rejected")
             return self._set_aside(session, exc)
@@ -436,6 +441,8 @@ class ProcessorThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="portrait-processor", daemon=True)
         self._busy = threading.Lock()  # held while a batch is processed
+        self.error: str | None = None  # why processing is stopped, while it is
+        self._failures = 0  # in a row
 
     def start(self) -> None:
         self._thread.start()
@@ -454,6 +461,18 @@ class ProcessorThread:
         self._wake.set()
         self._thread.join()
 
+    def _pause_after(self, exc: Exception) -> None:
+        """Wait before trying again: 1 s, then twice as long each time up to 30 s, so a full disk is not hammered
+        (nor the log filled with the same traceback every second). ``error`` says why for /api/status."""
+        wait = min(30.0, 2.0 ** self._failures)
+        self._failures += 1
+        self.error = exc.message if isinstance(exc, PortraitError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, StorageUnavailable):
+            log.error("processing paused: %s (next try in %.0f s)", exc.message, wait)
+        else:
+            log.exception("processing failed; next try in %.0f s", wait)
+        self._stop.wait(wait)
+
     def _run(self) -> None:
         session = self._store.session()
         try:
@@ -462,10 +481,11 @@ class ProcessorThread:
                 try:
                     with self._busy:
                         done = self._processor.process_next(session)
-                except Exception:  # the store itself fails (disk full...): wait, then try again
-                    log.exception("processing failed; retrying in 1 s")
-                    self._stop.wait(1.0)
+                except Exception as exc:  # the store itself fails (disk full...): wait, then try again
+                    self._pause_after(exc)
                     continue
+                self.error = None
+                self._failures = 0
                 if done == 0:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()

@@ -604,6 +604,7 @@ class Portrait:
             "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),
             "database": self.store.path,
+            "processing_error": self._processor_thread.error if self._processor_thread else None,
         }
 
     # -- reads -------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from portrait import sql
 from portrait.dedup import RecentMessageIds
+from portrait.errors import StorageUnavailable
 from portrait.model import IngestResult, Rejection
 from portrait.spec import EventColumns, utc_now
 from portrait.sql import ingest as q
@@ -193,12 +194,16 @@ class EventWriter:
             kept = self._append(session, group)
         except Exception as exc:
             self._last_seq = None  # re-read after a rollback
-            if len(group) > 1:  # isolate the request that fails; the others still land
+            if len(group) > 1 and not isinstance(exc, StorageUnavailable):  # isolate the request that fails
                 for pending in group:
                     self._commit(session, [pending])
                 return
-            log.exception("event log append failed")
-            group[0].future.set_exception(exc)  # SDKs re-send on a 5xx: nothing is lost
+            if isinstance(exc, StorageUnavailable):  # the disk, not a request: every one is refused alike
+                log.error("event log append refused: %s", exc.message)
+            else:
+                log.exception("event log append failed")
+            for pending in group:
+                pending.future.set_exception(exc)  # SDKs re-send on a 5xx: nothing is lost
             return
         self._on_commit()
         start = 0

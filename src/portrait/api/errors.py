@@ -19,13 +19,15 @@ from portrait.errors import (
     PortraitError,
     RateLimited,
     SourceUnavailable,
+    StorageUnavailable,
     Unauthorized,
 )
 
 log = logging.getLogger(__name__)
 RETRY_SAFE = "the server could not complete the request; it is safe to retry"
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
-                                          Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503}
+                                          Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503,
+                                          StorageUnavailable: 503}
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portrait.api.errors import RETRY_SAFE, STATUS, error_body
 from portrait.api.headers import API_HEADERS
-from portrait.errors import PortraitError, RateLimited
+from portrait.errors import PortraitError, RateLimited, StorageUnavailable
 from portrait.service import IncomingRequest, Portrait
 from portrait.spec import BATCH_ENDPOINTS, ENDPOINT_TYPES
 
@@ -67,6 +67,8 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
         extra = ({"Retry-After": str(exc.retry_after), "X-RateLimit-Reset": str(exc.retry_after)}
                  if isinstance(exc, RateLimited) else {})
+        if isinstance(exc, StorageUnavailable):
+            extra["Retry-After"] = "10"  # a full disk does not empty itself at once
         if status == 401:
             extra["WWW-Authenticate"] = BROWSER_CHALLENGE if "origin" in headers else WRITE_KEY_CHALLENGE
         return status, error_body(exc.code, exc.message), {**cors, **extra}

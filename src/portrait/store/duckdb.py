@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from portrait.errors import DatabaseInUse, PortraitError
+from portrait.errors import DatabaseInUse, PortraitError, StorageUnavailable
 from portrait.sql import schema
 from portrait.store.base import Capabilities
 
@@ -84,7 +84,11 @@ class DuckDBSession:
 
     def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         bound = dict(params) if isinstance(params, Mapping) else list(params)  # named ($p0) or positional (?)
-        rows = self._con.execute(self._render(statement), bound).fetchall()
+        try:
+            rows = self._con.execute(self._render(statement), bound).fetchall()
+        except duckdb.Error as exc:
+            _refused_by_disk(exc)
+            raise
         if isinstance(statement, exp.Insert | exp.Update) and rows:
             table = _target(statement)
             if table in self._indexed_tables:  # DuckDB answers a write with its row count
@@ -109,7 +113,11 @@ class DuckDBSession:
         if tuple(rows.column_names) != columns:  # DuckDB appends by position: a mismatch would mix columns up
             raise PortraitError(f"cannot append to {table}: columns {rows.column_names} are not the table's "
                                 f"{list(columns)}")
-        self._con.from_arrow(rows).insert_into(table)
+        try:
+            self._con.from_arrow(rows).insert_into(table)
+        except duckdb.Error as exc:
+            _refused_by_disk(exc)
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -123,7 +131,11 @@ class DuckDBSession:
             self._con.rollback()
             raise
         self._in_transaction = False
-        self._con.commit()
+        try:
+            self._con.commit()
+        except duckdb.Error as exc:
+            _refused_by_disk(exc)
+            raise
         self._checkpoint_after_large_write()
 
     def _checkpoint_after_large_write(self) -> None:
@@ -203,6 +215,20 @@ class DuckDBStore:
         session.close()
         if migrated:  # a migration may rewrite whole tables (see LARGE_WRITE_ROWS)
             self.checkpoint()
+
+
+# What the operating system says when a disk refuses writes, as DuckDB passes it on (in an IOException, or in the
+# TransactionException of a commit whose log could not be written).
+_STORAGE_REFUSALS = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
+def _refused_by_disk(exc: duckdb.Error) -> None:
+    """Raise a write the disk refused as the error callers can wait out; return for any other error."""
+    text = str(exc)
+    refusal = next((r for r in _STORAGE_REFUSALS if r in text), None)
+    if refusal is not None:
+        raise StorageUnavailable(f"the database could not be written ({refusal}): nothing was stored; free space "
+                                 "on the disk holding the database, then retry") from exc
 
 
 def _check_folder(path: str) -> None:
