@@ -273,6 +273,21 @@ def test_cors_preflight_on_ingestion_but_not_on_admin_api(client: TestClient) ->
     assert "access-control-allow-origin" not in admin.headers
 
 
+@pytest.mark.parametrize("path", ["/v1/batch/", "/v1/import/", "/v1/b/", "/v1/track/", "/v1/t/"])
+def test_ingestion_paths_with_a_trailing_slash_are_the_same_endpoints(client: TestClient, portrait: Portrait,
+                                                                       path: str) -> None:
+    """``/v1/batch/`` is answered, not redirected: a 307 is not followed by a browser's preflight, nor by clients
+    that do not re-send a POST body (curl without -L, Java's HttpURLConnection): their events were lost."""
+    body = {"batch": [track()]} if path.rstrip("/").rsplit("/", 1)[1] in ("batch", "import", "b") else track()
+    response = post(client, path, body, follow_redirects=False)
+    assert (response.status_code, response.json()) == (200, {"success": True})
+    assert portrait.status()["events_received"] == 1
+    preflight = client.options(path, follow_redirects=False, headers={
+        "Origin": "https://shop.example.com", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example.com"
+
+
 @pytest.mark.parametrize(("headers", "status", "code"), [
     ({}, 401, "unauthorized"), ({"Authorization": "Bearer x"}, 401, "unauthorized"),
     ({"Authorization": f"Basic {ADMIN_KEY}"}, 401, "unauthorized"),

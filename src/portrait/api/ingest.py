@@ -84,7 +84,7 @@ class IngestFastPath:
     def __init__(self, app: ASGIApp, portrait: Portrait) -> None:
         self.app = app
         self._portrait = portrait
-        self._paths = {f"/v1/{endpoint}": endpoint for endpoint in ENDPOINTS}
+        self._paths = {path: endpoint for endpoint in ENDPOINTS for path in _paths(f"/v1/{endpoint}")}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -107,6 +107,13 @@ class IngestFastPath:
                          for name, value in {**API_HEADERS, **extra}.items())]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _paths(path: str) -> tuple[str, str]:
+    """An endpoint's path, and the same with a trailing slash (``/v1/batch/``), answered alike rather than
+    redirected: a browser does not follow a redirect of its CORS preflight, and clients that do not send a POST's
+    body again after a 307 (curl without -L, Java's HttpURLConnection) lost their events."""
+    return path, f"{path}/"
 
 
 async def _body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
@@ -145,7 +152,10 @@ def router(portrait: Portrait) -> APIRouter:
         async def post(request: Request, _endpoint: str = endpoint) -> Response:
             return await ingest(_endpoint, request)
 
-        api.add_api_route(f"/{endpoint}", post, methods=["POST"], name=f"ingest_{endpoint}",
+        path, slashed = _paths(f"/{endpoint}")
+        api.add_api_route(path, post, methods=["POST"], name=f"ingest_{endpoint}",
                           summary=f"Segment {endpoint} endpoint", include_in_schema=len(endpoint) > 1)
-        api.add_api_route(f"/{endpoint}", preflight, methods=["OPTIONS"], include_in_schema=False)
+        api.add_api_route(slashed, post, methods=["POST"], include_in_schema=False)
+        for answered in (path, slashed):
+            api.add_api_route(answered, preflight, methods=["OPTIONS"], include_in_schema=False)
     return api
