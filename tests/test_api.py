@@ -341,6 +341,21 @@ def test_any_identifier_can_be_read_through_the_api(client: TestClient, portrait
     assert client.get(profile_path(reference, "segments"), headers=ADMIN).status_code == 200
 
 
+@pytest.mark.parametrize("user_id", ["42", "team/42", "q?x=1", "50%off"])
+@pytest.mark.parametrize("part", ["traits", "identities", "events", "consent", "segments"])
+def test_a_profile_part_with_a_trailing_slash_leads_to_that_part(client: TestClient, portrait: Portrait,
+                                                                 user_id: str, part: str) -> None:
+    """``/api/profiles/user_id:42/events/`` was read as the profile of the identifier ``42/events/`` (404 "no
+    profile has the identity user_id:42/events/"); it is redirected to the events, as ``/api/status/`` is."""
+    from portrait.client import profile_path
+    assert post(client, "/v1/batch", {"batch": [track(userId=user_id)]}).status_code == 200
+    portrait.process_pending()
+    path = profile_path(f"user_id:{user_id}", part)
+    redirect = client.get(f"{path}/", headers=ADMIN, follow_redirects=False)
+    assert redirect.status_code == 307
+    assert client.get(redirect.headers["location"], headers=ADMIN).json() == client.get(path, headers=ADMIN).json()
+
+
 @pytest.mark.parametrize(("path", "status", "code"), [
     ("/api/profiles/email:nobody@example.com", 404, "not_found"),
     ("/api/profiles/no-colon", 400, "invalid_identity"),

@@ -3,8 +3,10 @@
 Servers decode ``%2F`` before routing, so an identifier with a ``/`` reaches the router as several path segments
 whichever way the client sent it. The sub-resource routes (``/profiles/{identity:identity_prefix}/events``...) take
 everything before their suffix; the profile itself (``/profiles/{identity:identity}``) takes the rest of the path
-unless it ends in one of those suffixes. So an identifier that itself ends in ``/events`` reads as that sub-resource
-of a shorter one (no standard identifier does). Both match newlines too (Starlette's ``path`` does not).
+unless it ends in one of those suffixes, with or without a trailing slash (``.../events/`` matches no route, so the
+router redirects it to ``.../events``, as it does ``/api/status/``). So an identifier that itself ends in
+``/events`` reads as that sub-resource of a shorter one (no standard identifier does). Both match newlines too
+(Starlette's ``path`` does not).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class _Text(Convertor[str]):
 
 
 class IdentityConvertor(_Text):
-    # Anything non-empty that does not end in one of the sub-resources (the route regex is anchored at the end).
-    regex = rf"(?![\s\S]*/(?:{_SUFFIX})$)[\s\S]+"
+    # Anything non-empty that does not end in one of the sub-resources, or one and a slash (the route regex is
+    # anchored at the end).
+    regex = rf"(?![\s\S]*/(?:{_SUFFIX})/?$)[\s\S]+"
 
 
 class IdentityPrefixConvertor(_Text):
