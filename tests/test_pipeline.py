@@ -254,6 +254,18 @@ def test_identity_traits_in_camel_case_identify_too(portrait: Portrait) -> None:
     assert grouping(portrait, "loyalty_card:LC-900", "crm_id:CRM-9", "anonymous_id:pos-1") == {profile_id}
 
 
+def test_an_email_or_phone_trait_written_in_pascal_case_identifies_as_it_is_stored(portrait: Portrait) -> None:
+    """``Email`` and ``Phone`` (.NET, CRM exports) are stored as the profile's ``email`` and ``phone``: they were not
+    identifiers, so the profile showed an email no lookup found, and a second customer record sharing it stayed
+    apart (``LoyaltyCard`` did identify)."""
+    load(portrait, msg("identify", userId="u-1", traits={"Email": "Ann@Example.com", "Phone": "+1 415 555 0142"}),
+         msg("identify", anonymousId="shop-1", context={"traits": {"Email": "ann@example.com"}},
+             at="2026-02-01T10:00:00Z"))
+    assert portrait.traits("user_id:u-1") == {"email": "Ann@Example.com", "phone": "+1 415 555 0142"}
+    assert grouping(portrait, "user_id:u-1", "email:ann@example.com", "phone:+14155550142",
+                    "anonymous_id:shop-1") == {portrait.resolve_profile_id("user_id:u-1")}
+
+
 def test_an_external_id_of_type_profile_id_is_not_an_identifier(portrait: Portrait) -> None:
     """profile_id:... always names a Portrait profile: an external id of that type could never be looked up."""
     load(portrait, msg("track", userId="u-1", context={"externalIds": [{"type": "profile_id", "id": "crm-7"}]}))

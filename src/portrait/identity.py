@@ -139,10 +139,11 @@ def identity_trait_names(identity_traits: tuple[str, ...]) -> frozenset[str]:
 @functools.lru_cache(maxsize=64)
 def _trait_names(identity_traits: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """(trait name, identifier type) pairs to look for: email, phone and each configured identity trait as written
-    and in camelCase and PascalCase (``loyalty_card``, ``loyaltyCard``, ``LoyaltyCard``), as Segment's traits are
-    usually written and as they all become the same attribute code."""
-    pairs = [("email", "email"), ("phone", "phone")]
-    for id_type in identity_traits:
+    and in camelCase and PascalCase (``loyalty_card``, ``loyaltyCard``, ``LoyaltyCard``; ``Email``), as Segment's
+    traits are usually written and as they all become the same attribute code: a trait stored as the profile's
+    ``email`` is one of its email identifiers, whichever way it was written."""
+    pairs = []
+    for id_type in ("email", "phone", *identity_traits):
         head, *rest = id_type.split("_")
         camel = head + "".join(part[:1].upper() + part[1:] for part in rest)
         for name in dict.fromkeys((id_type, camel, camel[:1].upper() + camel[1:])):
