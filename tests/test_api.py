@@ -243,6 +243,7 @@ def test_retried_batch_creates_no_duplicates(client: TestClient, portrait: Portr
     # The invalid message is listed (and counted) once, not once per attempt.
     assert [r["message_id"] for r in portrait.rejected()["rejected"]] == ["bad"]
     assert portrait.status()["events_rejected"] == 1
+    assert portrait.status()["events_duplicate"] == 10  # the copies left out are counted, visibly
 
 
 def test_enrichment_received_at_skew_correction_ip_and_message_id(client: TestClient, portrait: Portrait) -> None:

@@ -600,6 +600,7 @@ class Portrait:
             "last_batch_seconds": round(batch_seconds, 3),
             "events_rejected": int(session.execute(reads.COUNT_REJECTED)[0][0]),
             "events_suppressed": int(counters.get("events_suppressed", 0)),
+            "events_duplicate": int(counters.get("events_duplicate", 0)),
             "profiles": int(session.execute(reads.COUNT_PROFILES)[0][0]),
             "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),

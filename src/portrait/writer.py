@@ -236,6 +236,8 @@ class EventWriter:
                 finally:
                     session.unload("incoming_rejections")
                 session.execute(sql.ADD_COUNTER, [len(rejections), "events_rejected"])
+            if len(stored) < len(events):
+                session.execute(sql.ADD_COUNTER, [len(events) - len(stored), "events_duplicate"])
             suppressed = sum(p.suppressed for p in group)
             if suppressed:
                 session.execute(sql.ADD_COUNTER, [suppressed, "events_suppressed"])

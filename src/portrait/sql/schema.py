@@ -494,6 +494,13 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         WHERE events.seq = m.seq;
         """
     ),
+    22: parse_many(
+        """
+        -- Messages left out as copies of one the log holds (same messageId): counted, so that a different message
+        -- sent with a used id is not gone without a trace.
+        INSERT INTO counters (name, value) VALUES ('events_duplicate', 0);
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
