@@ -321,6 +321,15 @@ def test_bad_original_timestamp_rejected_even_with_valid_timestamp() -> None:
                       "originalTimestamp": "garbage"}, "invalid_timestamp", "originalTimestamp")
 
 
+def test_an_empty_time_or_an_empty_array_for_an_object_is_read_as_not_given() -> None:
+    """What hand-written PHP clients send: "" for a time they do not have, [] for an empty object."""
+    event = read_one({"type": "track", "userId": "php", "event": "Paid", "timestamp": "", "originalTimestamp": "",
+                      "sentAt": "", "properties": [], "context": []})
+    assert event["timestamp"] == event["received_at"] and event["properties"] == event["context"] == "{}"
+    _assert_rejected({"type": "track", "userId": "php", "event": "Paid", "properties": [1]}, "invalid_field",
+                     "properties")
+
+
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_out_of_range_timestamp_is_rejected(value: str) -> None:
     _assert_rejected({"type": "identify", "userId": "u1", "timestamp": value}, "invalid_timestamp", "timestamp")

@@ -475,8 +475,8 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
 
 def _json_object(message: dict[str, Any], name: str, limits: Limits) -> str:
     value = message.get(name)
-    if value is None or (value.__class__ is dict and not value):
-        return "{}"
+    if value is None or ((value.__class__ is dict or value.__class__ is list) and not value):
+        return "{}"  # [] too: PHP's json_encode writes an empty array for an empty object
     if value.__class__ is not dict:
         raise Invalid("invalid_field", f"{name} must be a JSON object, not {type(value).__name__}")
     return _dump_object(value, name, limits)
@@ -536,8 +536,11 @@ def _check_shape(value: Any, path: str, limits: Limits, depth: int) -> None:
 
 
 def _time_field(message: dict[str, Any], name: str) -> datetime | None:
+    value = message.get(name)
+    if value == "":  # as an empty userId is no userId: a client that had no time to give
+        return None
     try:
-        return parse_time(message.get(name))
+        return parse_time(value)
     except ValueError as exc:
         raise Invalid("invalid_timestamp", f"{name} {message.get(name)!r} is not an ISO-8601 date-time") from exc
 
