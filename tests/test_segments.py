@@ -164,6 +164,29 @@ def test_references_between_segments_are_protected(portrait: Portrait) -> None:
     assert portrait.segments.all() == []
 
 
+def test_an_attribute_keeps_a_type_its_segments_can_use(portrait: Portrait) -> None:
+    """Making age text while a segment says ``age >= 30`` left a condition no engine could evaluate: its recount
+    failed, and so did every real-time refresh, for every segment. Such a change is refused until the segment
+    changes; a type that still fits (number for an integer) is fine."""
+    shop(portrait)
+    portrait.create_segment({"name": "adults 30+", "condition": "age >= 30"})
+    portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})
+    portrait.create_attribute({"code": "orders", "name": "Orders", "definition": 'count("Order Completed")'})
+    portrait.create_segment({"name": "repeat buyers", "condition": "orders >= 2"})
+    with pytest.raises(Conflict, match=r"cannot make age string: the condition of segment 'adults 30\+' \("):
+        portrait.update_attribute("age", {"type": "string"})
+    with pytest.raises(Conflict, match="segment 'repeat buyers'"):  # a new definition of another type
+        portrait.update_attribute("orders", {"definition": 'first_value("Order Completed", currency)'})
+    assert portrait.attributes.get("age")["type"] == "integer"
+    assert portrait.attributes.get("orders")["definition"] == 'count("Order Completed")'
+    portrait.ingest_messages([{"type": "identify", "userId": "cid", "traits": {"country": "PL", "age": 33}}])
+    portrait.process_pending()
+    assert users(portrait, "poles") == {"ann", "cid"} and users(portrait, "adults 30+") == {"ann", "bob", "cid"}
+    assert portrait.recount_segment("adults 30+")["size"] == 3
+    assert portrait.update_attribute("age", {"type": "number"})["type"] == "number"
+    assert portrait.update_attribute("country", {"type": "enum"})["type"] == "enum"
+
+
 def test_the_api(client: TestClient, portrait: Portrait) -> None:
     shop(portrait)
     preview = client.post("/api/segments/preview", headers=ADMIN, json={"condition": "age < 40"}).json()

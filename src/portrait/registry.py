@@ -108,6 +108,15 @@ class AttributeRegistry:
         unless someone allowed to read personal data says otherwise)."""
         return bool(personal_copied(parse_definition(definition), self.personal()))
 
+    def type_after(self, code: str, changes: dict[str, Any]) -> str:
+        """The type attribute ``code`` would have after ``changes`` (a definition's own type for a calculated one),
+        so what depends on the type can be checked before anything changes."""
+        current = self.get(code)
+        if "definition" in changes:
+            found = _calculated({"type": changes.get("type"), "definition": changes["definition"]})
+            return str(found.get("type", changes.get("type", current["type"])))
+        return str(changes.get("type", current["type"]))
+
     def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
         """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""
         attribute = self.get(code)

@@ -30,6 +30,7 @@ from portrait.background import Worker
 from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
+from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
 from portrait.errors import BadRequest, Conflict, NotFound
@@ -211,6 +212,28 @@ class Segments:
         if users:
             raise Conflict(f"cannot {action} segment {name!r}: {', '.join(users)} refer to it with in_segment(...)",
                            code="segment_referenced")
+
+    def refuse_type_change(self, code: str, kind: str) -> None:
+        """Conflict if giving attribute ``code`` the type ``kind`` makes a segment's condition unfit for it
+        (``score > 30`` once score is text): no engine could evaluate that condition any more."""
+        current = self.schema().attribute_types
+        if current.get(code, kind) == kind or kind not in OPS_BY_TYPE:
+            return  # no change, or not a type at all (the registry refuses that)
+        now, after = Schema(current, _as_static), Schema({**current, code: kind}, _as_static)
+        unfit: list[str] = []
+        for document in self.all():
+            if document["kind"] != "dynamic":
+                continue
+            condition = from_json(document["condition"])
+            with contextlib.suppress(ConditionError):  # one unfit already is not this change's doing
+                check(condition, now)
+                try:
+                    check(condition, after)
+                except ConditionError as exc:
+                    unfit.append(f"{document['name']!r} ({exc})")
+        if unfit:
+            raise Conflict(f"cannot make {code} {kind}: the condition of segment {', '.join(unfit)} would no longer "
+                           "fit it; change the segment first", code="attribute_in_use")
 
     def _content(self, fields: dict[str, Any], name: str) -> tuple[Condition | None, list[str], list[str]]:
         """The checked condition, or the normalized identity keys (and the entries that are not identities)."""
@@ -436,6 +459,11 @@ def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
 def _segment(row: tuple[Any, ...]) -> Segment:
     condition = from_json(orjson.loads(row[3])) if row[3] else None
     return Segment(int(row[0]), str(row[1]), str(row[2]), condition, str(row[4]))
+
+
+def _as_static(name: str) -> Condition | None:
+    """Segment references read as uploaded segments: each segment is checked on its own."""
+    return None
 
 
 def _segment_names(condition: Condition) -> set[str]:

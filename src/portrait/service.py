@@ -412,6 +412,7 @@ class Portrait:
         return created
 
     def update_attribute(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        self.segments.refuse_type_change(code, self.attributes.type_after(code, changes))
         updated = self.attributes.update(code, changes)
         if "definition" in changes or (updated["calculated"] and "status" in changes):
             self.segments.recalculate()
