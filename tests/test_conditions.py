@@ -228,6 +228,14 @@ def test_parse_errors_point_at_the_position_and_say_what_was_expected(text: str,
     ('country contains any ("PL")', "'contains any' does not apply"),
     ("vip > true", "'>' does not apply"),
     ('email regex "(?=a)"', "lookarounds"),
+    ('email regex "a*+"', "possessive quantifiers"),  # RE2 refused these: the segment saved, its recounts failed
+    ('email regex "(?>a)"', "atomic groups"),
+    ('email regex "(?x)a b"', "the flag 'x'"),
+    ('email regex "a{1001}"', "a repetition count above 1000"),
+    (r'email regex "\\u0041"', r"\u, which RE2 does not have"),
+    ('email regex "a{,2}"', "{,n}: re reads it as {0,n}"),  # the text "a{,2}" in RE2
+    ('email regex "[[:alpha:]]"', "'[' inside [...]"),
+    ('email regex "(?i)^ł"', "the flag i with letters beyond ASCII"),  # RE2 folds Ł to ł, re.ASCII does not
     ('email regex "("', "is not valid"),
     ('in_segment("loop_a")', "segments refer to each other in a loop: loop_a -> loop_b -> loop_a"),
     ('in_segment("nope")', "no segment is named 'nope'"),
@@ -251,6 +259,35 @@ def test_conditions_that_do_not_fit_the_data_are_refused_clearly(shop: Dataset, 
     with pytest.raises(ConditionError) as raised:
         check(parse(text), Schema(shop.schema.attribute_types, lookup))
     assert message in raised.value.message
+
+
+WIDE = {"w1": "İstanbul", "w2": "ΟΔΟΣ", "w3": "Łódź", "w4": "PL\n", "w5": "Kraków"}
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dataset]:
+    """Texts beyond plain ASCII, and one with a final newline."""
+    messages = [{"type": "identify", "userId": user, "timestamp": at(60), "traits": {"country": value}}
+                for user, value in WIDE.items()]
+    dataset = Dataset(tmp_path_factory.mktemp("wide") / "wide.duckdb", messages)
+    yield dataset
+    dataset.service.close()
+
+
+@pytest.mark.parametrize(("text", "members"), [
+    ('country regex "L$"', set()),  # $ is the end of the text in RE2; re also matched before a final newline
+    ('country not regex "L$"', set(WIDE)),
+    ('country regex "(?m)L$"', {"w4"}),  # the end of a line: both engines
+    (r'country regex "^PL\\s"', {"w4"}),
+    ('country regex "[łŁ]ódź$"', {"w3"}),
+    ('country regex "(?i)^pl"', {"w4"}),
+    ('country regex "ów$"', {"w5"}),
+])
+def test_both_engines_read_regexes_alike(wide: Dataset, text: str, members: set[str]) -> None:
+    condition = parse(text)
+    check(condition, wide.schema)
+    assert wide.python(condition) == members
+    assert wide.sql(condition) == members
 
 
 def test_deeply_nested_parentheses_are_refused_not_crashed() -> None:
@@ -292,7 +329,8 @@ def attribute_conditions() -> st.SearchStrategy[Compare]:
                   texts),
         st.builds(lambda f, op, v: Compare(f, op, tuple(v)), st.sampled_from(["country", "plan"]),
                   st.sampled_from(["in", "not in"]), st.lists(texts, min_size=1, max_size=3)),
-        st.builds(lambda f, v: Compare(f, "regex", (v,)), st.just("email"), st.sampled_from(["^a", "com$", "[0-9]"])),
+        st.builds(lambda f, v: Compare(f, "regex", (v,)), st.sampled_from(["email", "country"]),
+                  st.sampled_from(["^a", "com$", "[0-9]", "L$", "(?m)L$", "(?i)^pl", "\\s", "^.{2}$"])),
         st.builds(lambda op, v: Compare("tags", op, tuple(v)), st.sampled_from(["contains any", "contains all"]),
                   st.lists(texts, min_size=1, max_size=3)),
         st.builds(lambda v: Compare("tags", "contains", (v,)), texts),

@@ -37,6 +37,7 @@ from portrait.conditions.ast import (
     Sequence as SequenceCondition,
 )
 from portrait.conditions.check import Schema
+from portrait.conditions.regex import compile_portable
 
 DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATETIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$")
@@ -163,7 +164,7 @@ def _comparison(op: str, values: tuple[Value, ...], kind: str, now: datetime) ->
             return lambda text: text.lower().startswith(needle)
         return lambda text: text.lower().endswith(needle)
     if op == "regex":
-        pattern = re.compile(str(values[0]), re.ASCII)
+        pattern = compile_portable(str(values[0]))
         return lambda text: pattern.search(text) is not None
     if op in DURATION_OPS:
         return _within(op, values[0], kind, now)
