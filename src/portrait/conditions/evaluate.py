@@ -157,12 +157,12 @@ def _comparison(op: str, values: tuple[Value, ...], kind: str, now: datetime) ->
             return lambda items: not wanted.isdisjoint(items)
         return lambda items: wanted.issubset(items)  # contains all
     if op in ("contains", "starts with", "ends with"):
-        needle = str(values[0]).lower()
+        needle = lower(str(values[0]))
         if op == "contains":
-            return lambda text: needle in text.lower()
+            return lambda text: needle in lower(text)
         if op == "starts with":
-            return lambda text: text.lower().startswith(needle)
-        return lambda text: text.lower().endswith(needle)
+            return lambda text: lower(text).startswith(needle)
+        return lambda text: lower(text).endswith(needle)
     if op == "regex":
         pattern = compile_portable(str(values[0]))
         return lambda text: pattern.search(text) is not None
@@ -183,6 +183,13 @@ def _comparison(op: str, values: tuple[Value, ...], kind: str, now: datetime) ->
         "<": lambda value: value < target, "<=": lambda value: value <= target,
         "before": lambda value: value < target, "after": lambda value: value > target,
     }[op]
+
+
+def lower(text: str) -> str:
+    """Lower case as the database's lower() has it: each character on its own (str.lower() makes a final Σ ς and
+    İ two characters, i and a dot, so "İstanbul" did not contain "istanbul" here while it did in SQL). Checked
+    against DuckDB for every code point."""
+    return text.lower() if text.isascii() else "".join(char.lower()[0] for char in text)
 
 
 def _within(op: str, duration: Value, kind: str, now: datetime) -> Callable[[Any], bool]:

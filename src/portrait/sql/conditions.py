@@ -35,7 +35,16 @@ from portrait.conditions.ast import (
     Window,
 )
 from portrait.conditions.check import PROPERTY, Schema
-from portrait.conditions.evaluate import DATE_TEXT, DATETIME_TEXT, _count, _day, _instant, _target, property_kind
+from portrait.conditions.evaluate import (
+    DATE_TEXT,
+    DATETIME_TEXT,
+    _count,
+    _day,
+    _instant,
+    _target,
+    lower,
+    property_kind,
+)
 from portrait.conditions.text import ConditionError
 from portrait.sql import parse
 
@@ -170,7 +179,7 @@ class _Compiler:
             return exp.func(functions[op], value, argument)
         if op in ("contains", "starts with", "ends with"):
             function = {"contains": "contains", "starts with": "starts_with", "ends with": "suffix"}[op]
-            return exp.func(function, exp.func("lower", value), self.param(str(values[0]).lower()))
+            return exp.func(function, exp.func("lower", value), self.param(lower(str(values[0]))))
         if op == "regex":
             return exp.func("regexp_matches", value, self.param(str(values[0])))
         if op in DURATION_OPS:
