@@ -112,6 +112,49 @@ def test_a_profile_merged_away_leaves_its_segments_on_its_survivors_timeline(por
     assert users(portrait, "free") == set() and users(portrait, "everyone") == {"u1"}
 
 
+def audience(portrait: Portrait, reference: str) -> list[tuple[str, str]]:
+    return [(e["event"], e["properties"]["segment"]) for e in portrait.events(reference)["events"]
+            if (e["event"] or "").startswith("Audience")]
+
+
+def test_a_survivor_takes_over_the_membership_of_a_member_merged_into_it(portrait: Portrait) -> None:
+    """Two orders on the phone (anonymous) put that half in the segment; the one order on the laptop did not. The
+    login that merges them found the survivor entering and gave it a second Audience Entered beside the phone's,
+    which came over with its events (a journey tool saw the person enter twice without leaving). The survivor now
+    takes over the membership, with its entry time: one Entered. Alike whether a real-time refresh or a recount
+    sees the merge."""
+    portrait.create_segment({"name": "repeat buyers", "condition": 'performed("Order Completed", count >= 2)'})
+    for user, phone in (("u1", "a1"), ("u2", "a2")):
+        portrait.ingest_messages([{"type": "track", "userId": user, "event": "Order Completed"}] + [
+            {"type": "track", "anonymousId": phone, "event": "Order Completed"}] * 2)
+    portrait.process_pending()
+    since = {p: portrait.profile_segments(f"anonymous_id:{p}")["segments"][0]["since"] for p in ("a1", "a2")}
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "anonymousId": "a1"}])
+    portrait.process_pending()  # the real-time refresh sees the merge
+    portrait.ingest_messages([{"type": "identify", "userId": "u2", "anonymousId": "a2"}])
+    portrait.processor.drain()
+    portrait.recount_segment("repeat buyers")  # the recount sees it first
+    portrait.process_pending()
+    for user, phone in (("u1", "a1"), ("u2", "a2")):
+        assert audience(portrait, f"user_id:{user}") == [("Audience Entered", "repeat buyers")]
+        assert [s["since"] for s in portrait.profile_segments(f"user_id:{user}")["segments"]] == [since[phone]]
+    assert users(portrait, "repeat buyers") == {"u1", "u2"}
+    assert portrait.recount_segment("repeat buyers")["entered"] == 0
+
+
+def test_a_member_merged_away_before_its_entry_was_sent_leaves_the_survivor_its_own(portrait: Portrait) -> None:
+    """A merged profile's unsent Audience events are dropped, so the survivor keeps an Entered of its own."""
+    portrait.create_segment({"name": "repeat buyers", "condition": 'performed("Order Completed", count >= 2)'})
+    portrait.ingest_messages([{"type": "track", "userId": "u3", "event": "Order Completed"}] + [
+        {"type": "track", "anonymousId": "a3", "event": "Order Completed"}] * 2)
+    portrait.processor.drain()
+    portrait.segments.refresh_touched()  # a3 enters; its event waits in the outbox
+    portrait.ingest_messages([{"type": "identify", "userId": "u3", "anonymousId": "a3"}])
+    portrait.process_pending()
+    assert audience(portrait, "user_id:u3") == [("Audience Entered", "repeat buyers")]
+    assert users(portrait, "repeat buyers") == {"u3"}
+
+
 def test_a_recount_catches_conditions_that_move_with_time(portrait: Portrait) -> None:
     shop(portrait)
     portrait.create_segment({"name": "recent buyers", "condition": 'last_time("Order Completed") within last 7d'})

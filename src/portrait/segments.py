@@ -447,6 +447,7 @@ def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
     """Diff ``seg_new`` against the stored members within ``seg_scope``; record and return the changes."""
     session.execute(q.ENTERED, [segment.id])
     session.execute(q.EXITED, [segment.id])
+    session.execute(q.INHERITED, [segment.id, segment.id])
     session.execute(q.RECORD_ENTERED, [segment.id, now])
     session.execute(q.RECORD_EXITED, [segment.id, now])
     session.execute(q.TO_OUTBOX, [segment.id, now, segment.id, segment.name, now] * 2)

@@ -68,15 +68,30 @@ RECORD_ENTERED = parse("INSERT INTO segment_history (segment_id, profile_id, cha
                        "SELECT ?, profile_id, 'entered', ? FROM seg_entered")
 RECORD_EXITED = parse("INSERT INTO segment_history (segment_id, profile_id, change, at) "
                       "SELECT ?, profile_id, 'exited', ? FROM seg_exited")
+# Params: segment id (twice). Profiles entering because a member was merged into them: the person was in the
+# segment already -- the member's Audience Entered went to the survivor's timeline with its events -- so the
+# survivor takes over that membership (since when, no second Entered). Not while that Entered is still unsent: a
+# merged profile's unsent events are dropped, and the survivor's would then be its only one.
+INHERITED = parse("""
+CREATE OR REPLACE TEMP TABLE seg_inherited AS
+SELECT a.profile_id, min(m.entered_at) AS entered_at
+FROM profile_aliases AS a JOIN segment_members AS m ON m.profile_id = a.merged_id AND m.segment_id = ?
+WHERE a.merged_id IN (SELECT profile_id FROM seg_exited) AND a.profile_id IN (SELECT profile_id FROM seg_entered)
+  AND a.merged_id NOT IN (SELECT o.profile_id FROM audience_outbox AS o WHERE o.segment_id = ? AND o.change = 'entered')
+GROUP BY a.profile_id
+""")
 ADD_MEMBERS = parse("INSERT INTO segment_members (segment_id, profile_id, entered_at) "
-                    "SELECT ?, profile_id, ? FROM seg_entered")
+                    "SELECT ?, e.profile_id, coalesce(i.entered_at, ?) FROM seg_entered AS e "
+                    "LEFT JOIN seg_inherited AS i ON i.profile_id = e.profile_id")
 REMOVE_MEMBERS = parse("DELETE FROM segment_members WHERE segment_id = ? "
                        "AND profile_id IN (SELECT profile_id FROM seg_exited)")
 CHANGES = parse("SELECT 'entered', profile_id FROM seg_entered UNION ALL SELECT 'exited', profile_id FROM seg_exited")
-# The changes' Audience events, to be written to the log. Params: segment id, now, segment id, name, now (entered),
-# the same again (exited). The messageId is fixed here, so a second sending after a crash is a duplicate.
+# The changes' Audience events, to be written to the log (none for a membership taken over). Params: segment id,
+# now, segment id, name, now (entered), the same again (exited). The messageId is fixed here, so a second sending
+# after a crash is a duplicate.
 _OUTBOX_ROW = ("SELECT 'audience-' || CAST(? AS VARCHAR) || '-{0}-' || profile_id || '-' || CAST(epoch_us(CAST(? AS "
-               "TIMESTAMP)) AS VARCHAR), ?, ?, '{0}', profile_id, ? FROM seg_{0}")
+               "TIMESTAMP)) AS VARCHAR), ?, ?, '{0}', profile_id, ? FROM seg_{0} "
+               "WHERE profile_id NOT IN (SELECT profile_id FROM seg_inherited)")
 TO_OUTBOX = parse("INSERT INTO audience_outbox (message_id, segment_id, segment, change, profile_id, at) "
                   + _OUTBOX_ROW.format("entered") + " UNION ALL " + _OUTBOX_ROW.format("exited")
                   + " ON CONFLICT DO NOTHING")
