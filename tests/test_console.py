@@ -5,6 +5,7 @@ tests/artifacts/console/ as test artifacts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -370,3 +371,54 @@ def test_trait_values_read_as_the_json_that_was_sent() -> None:
 
     assert [shown(v) for v in (["a", "b"], {"k": 1}, True, None, "text", 42)] == [
         '["a","b"]', '{"k":1}', "true", "null", "text", 42]
+
+
+# -- charts ------------------------------------------------------------------------------------------------------
+CHART_GEOMETRY = """svg => {
+    const box = svg.getBoundingClientRect();
+    const texts = sel => Array.from(svg.querySelectorAll(sel)).map(t => {
+        const r = t.getBoundingClientRect();
+        return {text: t.textContent, left: r.left - box.left, right: r.right - box.left, top: r.top - box.top,
+                bottom: r.bottom - box.top, height: r.height};
+    });
+    return {width: box.width, height: box.height, x: texts(".x-axis text"), y: texts(".y-axis text"),
+            values: texts(".values text")};
+}"""
+
+
+def _inside(label: dict[str, Any], chart: dict[str, Any]) -> bool:
+    return label["left"] >= -1 and label["top"] >= -1 and label["right"] <= chart["width"] + 1 \
+        and label["bottom"] <= chart["height"] + 1
+
+
+def _apart(labels: list[dict[str, Any]]) -> bool:
+    """No two labels cover each other (rotated ones are compared by their boxes' leading edges)."""
+    edges = sorted(label["right"] for label in labels)
+    return all(b - a >= 4 for a, b in itertools.pairwise(edges))
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_charts_have_whole_labels_and_value_axes(page: Page, shop: Server, width: int) -> None:
+    """Every bar's label is shown whole (no "rancisco" for San Francisco), inside the chart and apart from the
+    next, and the value axis has ticks with numbers up to the largest bar, readable at a phone's width."""
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto("/attributes/address_city")
+    values = page.locator("table tbody tr td:first-child").all_inner_texts()
+    counts = [int(c.replace(",", "")) for c in page.locator("table tbody tr td:nth-child(2)").all_inner_texts()]
+    assert any(len(v) > 8 for v in values), values  # the demo has San Francisco, Manchester...
+    chart = page.locator("svg.chart").first.evaluate(CHART_GEOMETRY)
+    assert [label["text"] for label in chart["x"]] == values
+    assert all(_inside(label, chart) for label in chart["x"] + chart["y"]), chart
+    assert _apart(chart["x"]), chart["x"]
+    ticks = [float(t["text"].replace(",", "")) for t in chart["y"]]
+    assert len(ticks) >= 3 and ticks == sorted(ticks) and ticks[0] == 0 and ticks[-1] >= max(counts), ticks
+    assert min(label["height"] for label in chart["x"] + chart["y"]) >= 9, "labels too small to read"
+    page.goto("/")
+    overview = page.locator("svg.chart").first.evaluate(CHART_GEOMETRY)
+    assert overview["x"] and len(overview["y"]) >= 3, overview
+    assert all(_inside(label, overview) for label in overview["x"] + overview["y"]), overview
+    page.goto("/funnels?steps=Product+Viewed,Order+Completed&within=30d")
+    steps = page.locator("svg.chart").first.evaluate(CHART_GEOMETRY)
+    assert steps["values"][0]["text"].startswith(("1", "2", "3", "4", "5", "6", "7", "8", "9")), steps
+    assert all(_inside(label, steps) for label in steps["x"] + steps["values"]), steps  # "784 (100%)" whole
+    shot(page, f"funnel-chart-{width}px")

@@ -17,7 +17,7 @@ from portrait.errors import NotFound, PortraitError, Unauthorized
 from portrait.privacy import PERSONAL_IDENTITY_TYPES
 from portrait.spec import utc_now
 from portrait.sql import console as q
-from portrait.web.charts import bars
+from portrait.web.charts import bars, number
 from portrait.web.common import TEMPLATES, Console, SignInNeeded, error_page, sign_in_redirect
 from portrait.web.sessions import COOKIE, LIFETIME
 
@@ -140,7 +140,8 @@ def router(console: Console) -> APIRouter:
             stats = viewer.analytics(code, await run_in_threadpool(portrait.attributes.analytics, code))
         chart = None
         if stats and stats.get("histogram"):
-            chart = bars([(f"{b['from']:.4g}", b["count"]) for b in stats["histogram"]], label="distribution")
+            chart = bars([(f"{number(b['from'])}\u2013{number(b['to'])}", b["count"]) for b in stats["histogram"]],
+                         label="distribution")
         elif stats:
             chart = bars([(str(v["value"]), v["count"]) for v in stats["top_values"]], label="top values")
         return console.render(request, "attribute.html", {"attribute": found, "stats": stats, "chart": chart})
