@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -422,3 +423,23 @@ def test_charts_have_whole_labels_and_value_axes(page: Page, shop: Server, width
     assert steps["values"][0]["text"].startswith(("1", "2", "3", "4", "5", "6", "7", "8", "9")), steps
     assert all(_inside(label, steps) for label in steps["x"] + steps["values"]), steps  # "784 (100%)" whole
     shot(page, f"funnel-chart-{width}px")
+
+
+def test_the_overview_chart_has_every_one_of_the_14_days(server: Server) -> None:
+    """Days without events are bars of 0: the chart's days are the 14 days, not only those with events (the bars
+    of 2 days, 5 days apart, stood side by side)."""
+    today = datetime.now(UTC).date()
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        batch = [{"type": "track", "userId": "days-1", "event": "Seen", "messageId": f"days-{ago}",
+                  "timestamp": f"{today - timedelta(days=ago)}T00:30:00Z"} for ago in (0, 5, 20)]
+        assert sdk.post("/v1/batch", json={"batch": batch}).status_code == 200
+    server.wait_caught_up()
+    with httpx.Client(base_url=server.url, timeout=10) as console:
+        console.post("/login", data={"key": ADMIN_KEY})
+        html = console.get("/").text
+    axis = re.search(r'<g class="x-axis">(.*?)</g>', html)
+    assert axis is not None, html
+    days = re.findall(r">([^<]+)</text>", axis.group(1))
+    assert days == [(today - timedelta(days=ago)).isoformat()[5:] for ago in range(13, -1, -1)]
+    values = [int(v) for v in re.findall(r"<title>[^<]*: (\d+)</title>", html)]
+    assert values == [0] * 8 + [1] + [0] * 4 + [1]

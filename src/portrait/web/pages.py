@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import wraps
 from typing import Any
 from urllib.parse import parse_qs
@@ -179,16 +179,23 @@ def _overview(console: Console) -> dict[str, Any]:
     now = utc_now()
     # Whole days (UTC), today and the 13 before: from 14 x 24 hours ago the first bar was a part of its day.
     first_day = datetime.combine((now - timedelta(days=13)).date(), time())
-    per_day = session.execute(q.EVENTS_PER_DAY, [first_day])
+    per_day = _every_day(dict(session.execute(q.EVENTS_PER_DAY, [first_day])), first_day.date(), 14)
     top = session.execute(q.TOP_EVENTS, [now - timedelta(days=7)])
     return {
         "status": portrait.status(),
-        "per_day": bars([(day.isoformat()[5:], n) for day, n in per_day], label="events per day"),
+        "per_day": bars([(day.isoformat()[5:], n) for day, n in per_day] if any(n for _, n in per_day) else [],
+                        label="events per day"),
         "top_events": [(name, int(n)) for name, n in top],
         "rejected_24h": int(session.execute(q.REJECTED_SINCE, [now - timedelta(days=1)])[0][0]),
         "quality_24h": int(session.execute(q.QUALITY_SINCE, [now - timedelta(days=1)])[0][0]),
         "segments": portrait.segments.all()[:8],
     }
+
+
+def _every_day(counts: dict[date, int], first: date, days: int) -> list[tuple[date, int]]:
+    """The count of each of ``days`` days from ``first``, 0 for a day without events (the query has no row for
+    it); a day after them (an event up to a day ahead, a clock running early) is not one of them."""
+    return [(day, int(counts.get(day, 0))) for day in (first + timedelta(days=i) for i in range(days))]
 
 
 SEARCH_LIMIT = 20  # customers listed for a search; one more is read to tell that there are more
