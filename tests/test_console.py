@@ -443,3 +443,85 @@ def test_the_overview_chart_has_every_one_of_the_14_days(server: Server) -> None
     assert days == [(today - timedelta(days=ago)).isoformat()[5:] for ago in range(13, -1, -1)]
     values = [int(v) for v in re.findall(r"<title>[^<]*: (\d+)</title>", html)]
     assert values == [0] * 8 + [1] + [0] * 4 + [1]
+
+
+# -- refused forms -----------------------------------------------------------------------------------------------
+def _refused(page: Page, field: str, says: str) -> None:
+    """The form came back refused: the message next to ``field``, which is marked invalid."""
+    expect(page.locator(f"#{field}-error")).to_contain_text(says)
+    expect(page.locator(f"[aria-describedby={field}-error]")).to_have_attribute("aria-invalid", "true")
+
+
+def test_a_refused_segment_comes_back_as_typed_with_the_reason_at_the_condition(page: Page, shop: Server) -> None:
+    with shop.admin() as admin:
+        assert admin.post("/api/segments", json={"name": "Taken", "condition": "plan is set"}).status_code == 201
+    page.goto("/segments/new")
+    page.get_by_label("Name").first.fill("High spenders")
+    page.locator("#condition").fill('performed("Order Completed", count >= )')
+    page.get_by_label("Description").fill("for the spring campaign")
+    page.get_by_role("button", name="Save segment").click()
+    _refused(page, "condition", "position")
+    expect(page.get_by_role("heading", name="New segment")).to_be_visible()
+    expect(page.get_by_label("Name").first).to_have_value("High spenders")
+    expect(page.locator("#condition")).to_have_value('performed("Order Completed", count >= )')
+    expect(page.get_by_label("Description")).to_have_value("for the spring campaign")
+    shot(page, "segment-builder-refused")
+    page.get_by_label("Name").first.fill("Taken")
+    page.locator("#condition").fill('performed("Order Completed")')
+    page.get_by_role("button", name="Save segment").click()
+    _refused(page, "name", "exists already")
+    expect(page.locator("#condition")).to_have_value('performed("Order Completed")')
+    page.get_by_label("Name").first.fill("Taken, then not")
+    page.get_by_role("button", name="Save segment").click()
+    expect(page.get_by_role("heading", name="Taken, then not")).to_be_visible()
+
+
+def test_refused_attribute_forms_come_back_as_typed(page: Page, shop: Server) -> None:
+    page.goto("/attributes?tab=custom")
+    page.get_by_label("Code").fill("email")  # a standard attribute's code
+    page.get_by_label("Name").fill("E-mail again")
+    page.get_by_label("Unit").fill("addr")
+    page.get_by_label("Description", exact=True).fill("a second email")
+    page.get_by_label("Calculate analytics").check()
+    page.get_by_role("button", name="Create attribute").click()
+    _refused(page, "code", "exists already")
+    expect(page.get_by_label("Name")).to_have_value("E-mail again")
+    expect(page.get_by_label("Unit")).to_have_value("addr")
+    expect(page.get_by_label("Description", exact=True)).to_have_value("a second email")
+    expect(page.get_by_label("Calculate analytics")).to_be_checked()
+    page.get_by_label("Code").fill("spend_90d")
+    page.get_by_label("Definition (makes it calculated)").fill('sum("Order Completed", revenue, within = 90)')
+    page.get_by_role("button", name="Create attribute").click()
+    _refused(page, "definition", "position")
+    expect(page.get_by_label("Definition (makes it calculated)")).to_have_value(
+        'sum("Order Completed", revenue, within = 90)')
+    expect(page.get_by_label("Code")).to_have_value("spend_90d")
+    shot(page, "attribute-refused")
+    with shop.admin() as admin:
+        created = admin.post("/api/attributes", json={"code": "orders_total", "name": "Orders",
+                                                      "definition": 'count("Order Completed")'})
+        assert created.status_code == 201, created.text
+    page.goto("/attributes/orders_total")
+    page.get_by_label("Description").fill("orders ever")
+    page.get_by_label("Definition").fill('count("Order Completed"')
+    page.get_by_role("button", name="Save changes").click()
+    _refused(page, "definition", "position")
+    expect(page.get_by_label("Description")).to_have_value("orders ever")
+    expect(page.get_by_label("Definition")).to_have_value('count("Order Completed"')
+
+
+def test_refused_funnel_and_privacy_forms_come_back_as_typed(page: Page) -> None:
+    page.goto("/funnels")
+    page.get_by_label("Steps, in order").fill("Product Viewed, Order Completed")
+    page.get_by_label("Conversion window").fill("a week")
+    page.get_by_role("button", name="Show").click()
+    _refused(page, "within", "duration")
+    expect(page.get_by_label("Steps, in order")).to_have_value("Product Viewed, Order Completed")
+    expect(page.get_by_label("Conversion window")).to_have_value("a week")
+    page.goto("/admin")
+    page.get_by_label("Type").select_option("erase")
+    page.get_by_label("Identity").fill("ann@example.com")  # no TYPE:
+    page.get_by_role("button", name="Run request").click()
+    _refused(page, "identity", "TYPE:VALUE")
+    expect(page.get_by_label("Identity")).to_have_value("ann@example.com")
+    expect(page.locator("select[name=type]")).to_have_value("erase")

@@ -30,10 +30,11 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
     steps = fields.get("steps")
     if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS or not all(
             isinstance(s, str) and s for s in steps):
-        raise BadRequest(f"steps is a list of 2 to {MAX_STEPS} event names", code="invalid_funnel")
+        raise BadRequest(f"steps is a list of 2 to {MAX_STEPS} event names", code="invalid_funnel", field="steps")
     within = read_duration(fields.get("within", "7d"), "within")
     if within.seconds > MAX_DURATION_SECONDS:
-        raise BadRequest(f"within {within} is too long (at most 100 years, 36500d)", code="invalid_funnel")
+        raise BadRequest(f"within {within} is too long (at most 100 years, 36500d)", code="invalid_funnel",
+                         field="within")
     end = _time(fields.get("to"), "to") or utc_now()
     try:
         start = _time(fields.get("from"), "from") or end - timedelta(days=30)

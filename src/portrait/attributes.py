@@ -34,7 +34,7 @@ def code_for(name: str) -> str:
 def check_code(code: str) -> str:
     if not _CODE.match(code):
         raise BadRequest(f"attribute code {code!r} must be snake_case: a letter, then letters, digits or _ "
-                         "(at most 63)", code="invalid_attribute")
+                         "(at most 63)", code="invalid_attribute", field="code")
     return code
 
 
@@ -68,14 +68,15 @@ class Attribute:
     def checked(self) -> Attribute:
         check_code(self.code)
         if self.type not in TYPES:
-            raise BadRequest(f"type {self.type!r} is not one of {', '.join(TYPES)}", code="invalid_attribute")
+            raise BadRequest(f"type {self.type!r} is not one of {', '.join(TYPES)}", code="invalid_attribute",
+                             field="type")
         if self.merge_strategy not in MERGE_STRATEGIES:
             raise BadRequest(f"merge strategy {self.merge_strategy!r} is not one of {', '.join(MERGE_STRATEGIES)}",
                              code="invalid_attribute")
         if self.status not in ("active", "deprecated"):
             raise BadRequest("status must be active or deprecated", code="invalid_attribute")
         if not self.name.strip():
-            raise BadRequest("an attribute needs a name", code="invalid_attribute")
+            raise BadRequest("an attribute needs a name", code="invalid_attribute", field="name")
         return self
 
     @classmethod

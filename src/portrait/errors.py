@@ -4,15 +4,19 @@ from __future__ import annotations
 
 
 class PortraitError(Exception):
-    """Base of every error Portrait raises on purpose."""
+    """Base of every error Portrait raises on purpose. ``field`` names the input at fault when one is (a form shows
+    the message next to it)."""
 
     code = "error"
+    field: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if field is not None:
+            self.field = field
 
 
 class BadRequest(PortraitError):

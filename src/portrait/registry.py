@@ -67,7 +67,7 @@ class AttributeRegistry:
         session = self._session()
         if session.execute(q.GET, [attribute.code]):
             raise BadRequest(f"attribute {attribute.code!r} exists already; update it instead",
-                             code="attribute_exists")
+                             code="attribute_exists", field="code")
         now = utc_now()
         session.load("new_attribute", pa.Table.from_pylist([_row(attribute, now, now)]))
         try:
@@ -172,7 +172,7 @@ def _calculated(fields_: dict[str, Any]) -> dict[str, Any]:
     kind = result_type(calculation)
     if fields_.get("type") not in (None, kind):
         raise BadRequest(f"{definition_text(calculation)} yields {kind}, not {fields_['type']}",
-                         code="invalid_attribute")
+                         code="invalid_attribute", field="definition")
     return {"definition": definition_text(calculation), "calculated": True, "type": kind}
 
 

@@ -130,7 +130,7 @@ class Segments:
         _known(fields, {"name", "condition", "identities", "description", "kind"})
         name = _name(fields.get("name"))
         if self._session().execute(q.BY_NAME, [name]):
-            raise Conflict(f"a segment named {name!r} exists already", code="segment_exists")
+            raise Conflict(f"a segment named {name!r} exists already", code="segment_exists", field="name")
         condition, keys, rejected = self._content(fields, name)
         now = utc_now()
         session = self._session()
@@ -155,7 +155,8 @@ class Segments:
             changes["name"] = _name(fields["name"])
             self._refuse_if_referenced(segment.name, "rename")
             if self._session().execute(q.BY_NAME, [changes["name"]]):
-                raise Conflict(f"a segment named {changes['name']!r} exists already", code="segment_exists")
+                raise Conflict(f"a segment named {changes['name']!r} exists already", code="segment_exists",
+                               field="name")
         if "description" in fields:
             changes["description"] = _description(fields)
         keys: list[str] | None = None
@@ -502,14 +503,14 @@ def _known(fields: dict[str, Any], allowed: set[str]) -> None:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not NAME.match(value):
         raise BadRequest("a segment name is 1-80 characters without '/', control characters or spaces at either "
-                         "end, and not only digits (those are ids)", code="invalid_segment")
+                         "end, and not only digits (those are ids)", code="invalid_segment", field="name")
     return value
 
 
 def _description(fields: dict[str, Any]) -> str:
     value = fields.get("description", "")
     if not isinstance(value, str):
-        raise BadRequest("description is text", code="invalid_segment")
+        raise BadRequest("description is text", code="invalid_segment", field="description")
     return value
 
 

@@ -72,9 +72,10 @@ class PrivacyRequests:
             raise BadRequest(f"unknown request fields {', '.join(sorted(unknown))}", code="invalid_request")
         kind, identity = fields.get("type"), fields.get("identity")
         if kind not in TYPES:
-            raise BadRequest(f"type is access or erase, not {kind!r}", code="invalid_request")
+            raise BadRequest(f"type is access or erase, not {kind!r}", code="invalid_request", field="type")
         if not isinstance(identity, str) or ":" not in identity:
-            raise BadRequest("identity is TYPE:VALUE, e.g. email:ann@example.com", code="invalid_request")
+            raise BadRequest("identity is TYPE:VALUE, e.g. email:ann@example.com", code="invalid_request",
+                             field="identity")
         request_id = f"pr_{uuid.uuid4().hex[:16]}"
         digest = identity_hash(self._hooks.normalize_key(identity))
         self._session().execute(q.INSERT_REQUEST, [request_id, kind, identity, digest, requested_by, utc_now()])

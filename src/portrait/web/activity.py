@@ -19,7 +19,7 @@ from portrait.errors import NotFound, PortraitError
 from portrait.mapping import combine, parse_mapping_text
 from portrait.privacy import mask_request
 from portrait.web.charts import bars, funnel, sparkline
-from portrait.web.common import Console, SignInNeeded
+from portrait.web.common import Console, SignInNeeded, form_error, status_of
 from portrait.web.pages import page
 
 
@@ -37,23 +37,29 @@ def router(console: Console) -> APIRouter:
                   for s in listed}
         return console.render(request, "segments.html", {"segments": listed, "trends": trends})
 
+    async def builder_page(request: Request, values: dict[str, str], error: dict[str, str] | None = None,
+                           status: int = 200) -> Response:
+        attributes = [a for a in await run_in_threadpool(portrait.attributes.list) if a["status"] == "active"]
+        existing = await run_in_threadpool(portrait.segments.all)
+        return console.render(request, "builder.html", {"values": values, "error": error,
+                                                        "attributes": attributes, "segments": existing}, status)
+
     @web.get("/segments/new")
     @guard
     async def builder(request: Request, condition: str = "") -> Response:
         console.session(request)
-        attributes = [a for a in await run_in_threadpool(portrait.attributes.list) if a["status"] == "active"]
-        existing = await run_in_threadpool(portrait.segments.all)
-        return console.render(request, "builder.html", {"condition": condition, "attributes": attributes,
-                                                        "segments": existing})
+        return await builder_page(request, {"condition": condition})
 
     @web.post("/segments")
     @guard
     async def create_segment(request: Request) -> Response:
         fields, _ = await console.admin_form(request, "create segments")
-        await run_in_threadpool(console.viewer(request).check_condition, fields.get("condition", ""))
-        created = await run_in_threadpool(portrait.create_segment, {
-            "name": fields.get("name", ""), "condition": fields.get("condition", ""),
-            "description": fields.get("description", "")})
+        wanted = {k: fields.get(k, "") for k in ("name", "condition", "description")}
+        try:
+            await run_in_threadpool(console.viewer(request).check_condition, wanted["condition"])
+            created = await run_in_threadpool(portrait.create_segment, wanted)
+        except PortraitError as exc:  # the builder again, with what was typed and why it was refused
+            return await builder_page(request, wanted, form_error(exc, "condition"), status_of(exc))
         return RedirectResponse(f"/segments/{created['id']}", status_code=303)
 
     @web.get("/segments/{segment}")
@@ -81,7 +87,11 @@ def router(console: Console) -> APIRouter:
     async def funnels(request: Request, steps: str = "", within: str = "7d") -> Response:
         console.session(request)
         names = [s.strip() for s in steps.split(",") if s.strip()]
-        result = await run_in_threadpool(portrait.funnel, {"steps": names, "within": within}) if names else None
+        try:
+            result = await run_in_threadpool(portrait.funnel, {"steps": names, "within": within}) if names else None
+        except PortraitError as exc:  # the form again, with what was typed and why it was refused
+            return console.render(request, "funnels.html", {"steps": steps, "within": within, "result": None,
+                                                            "error": form_error(exc, "within")}, status_of(exc))
         return console.render(request, "funnels.html", {
             "steps": steps, "within": within, "result": result,
             "chart": funnel(result["steps"]) if result else None})
@@ -94,26 +104,34 @@ def router(console: Console) -> APIRouter:
         last = int((await run_in_threadpool(portrait.status))["last_seq"])
         return console.render(request, "events.html", {"rejected": rejected["rejected"], "after": max(0, last - 20)})
 
-    @web.get("/admin")
-    @guard
-    async def admin(request: Request) -> Response:
+    async def admin_page(request: Request, values: dict[str, str], error: dict[str, str] | None = None,
+                         status: int = 200) -> Response:
         _, key = console.session(request)
         is_admin = "admin" in key.scopes
         return console.render(request, "admin.html", {
             "keys": portrait.keys.all() if is_admin else [], "reads_exports": is_admin and key.can_read_pii,
             "requests": [r if key.can_read_pii else mask_request(r)
                          for r in await run_in_threadpool(portrait.privacy.all)] if is_admin else [],
-            "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all)})
+            "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all),
+            "values": values, "error": error}, status)
+
+    @web.get("/admin")
+    @guard
+    async def admin(request: Request) -> Response:
+        return await admin_page(request, {})
 
     @web.post("/admin/privacy")
     @guard
     async def privacy(request: Request) -> Response:
         fields, key = await console.admin_form(request, "make privacy requests")
+        wanted = {"type": fields.get("type", ""), "identity": fields.get("identity", "")}
         # Queued for the server's worker, not run in this request: an erasure first applies whatever waits in the
         # log, which after a big import takes a while. The page refreshes until it is done (console.js).
-        await run_in_threadpool(lambda: portrait.privacy_request(
-            {"type": fields.get("type", ""), "identity": fields.get("identity", "")}, f"console: {key.name}",
-            run_now=not portrait.runs_privacy_requests))
+        try:
+            await run_in_threadpool(lambda: portrait.privacy_request(
+                wanted, f"console: {key.name}", run_now=not portrait.runs_privacy_requests))
+        except PortraitError as exc:  # the page again, with what was typed and why it was refused
+            return await admin_page(request, wanted, form_error(exc, "identity"), status_of(exc))
         await run_in_threadpool(lambda: portrait.audit.record(key, f"console privacy request {fields.get('type')}"))
         return RedirectResponse("/admin", status_code=303)
 

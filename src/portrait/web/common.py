@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from portrait.api.auth import Viewer
 from portrait.api.errors import STATUS
+from portrait.conditions.text import ConditionError
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.service import Portrait
@@ -94,9 +95,21 @@ def sign_in_redirect() -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
+def status_of(exc: PortraitError) -> int:
+    """The API's status for the error (403 for a missing scope, 404...), a plain 400 for the rest of the mistakes."""
+    return next((code for kind, code in STATUS.items() if isinstance(exc, kind) and code < 500), 400)
+
+
+def form_error(exc: PortraitError, condition_field: str) -> dict[str, str]:
+    """What a form shows for a refused submission: the message, next to the field at fault (the error's own
+    ``field``; a condition or duration that cannot be read is the form's ``condition_field``), else above the form
+    (``field`` empty)."""
+    field = exc.field or (condition_field if isinstance(exc, ConditionError) else "")
+    return {"message": exc.message, "field": field}
+
+
 def error_page(request: Request, console: Console, exc: PortraitError) -> Response:
-    # The API's status for the error (403 for a missing scope, 404...), a plain 400 for the rest of the mistakes.
-    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind) and code < 500), 400)
+    status = status_of(exc)
     try:
         return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=status)
     except SignInNeeded:

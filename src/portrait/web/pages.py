@@ -18,7 +18,15 @@ from portrait.privacy import PERSONAL_IDENTITY_TYPES
 from portrait.spec import utc_now
 from portrait.sql import console as q
 from portrait.web.charts import bars, number
-from portrait.web.common import TEMPLATES, Console, SignInNeeded, error_page, sign_in_redirect
+from portrait.web.common import (
+    TEMPLATES,
+    Console,
+    SignInNeeded,
+    error_page,
+    form_error,
+    sign_in_redirect,
+    status_of,
+)
 from portrait.web.sessions import COOKIE, LIFETIME
 
 Handler = Callable[..., Awaitable[Response]]
@@ -87,52 +95,53 @@ def router(console: Console) -> APIRouter:
         data = await run_in_threadpool(_overview, console)
         return console.render(request, "overview.html", data)
 
+    async def attributes_page(request: Request, tab: str, values: dict[str, str],
+                              error: dict[str, str] | None = None, status: int = 200) -> Response:
+        listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=tab != "custom"))
+        return console.render(request, "attributes.html", {"attributes": listed, "tab": tab, "values": values,
+                                                           "error": error}, status)
+
     @web.get("/attributes")
     @guard
     async def attributes(request: Request, tab: str = "standard") -> Response:
         console.session(request)
-        listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=tab != "custom"))
-        return console.render(request, "attributes.html", {"attributes": listed, "tab": tab})
+        return await attributes_page(request, tab, {})
 
     @web.post("/attributes")
     @guard
     async def create_attribute(request: Request) -> Response:
         fields, _ = await console.admin_form(request, "create attributes")
-        wanted = {"code": fields.get("code", ""), "name": fields.get("name", ""),
-                  "description": fields.get("description", ""), "unit": fields.get("unit") or None,
-                  "calculate_analytics": fields.get("analytics") == "on"}
-        if fields.get("personal") == "on":  # unticked: left to the registry (a copy of personal data is personal)
-            wanted["is_personal_info"] = True
-        if fields.get("definition"):
-            wanted["definition"] = fields["definition"]
-        else:
-            wanted["type"] = fields.get("type", "string")
-            wanted["is_personal_info"] = fields.get("personal") == "on"
-        await run_in_threadpool(console.viewer(request).check_definition, str(wanted["code"]), wanted)
-        created = await run_in_threadpool(portrait.create_attribute, wanted)
+        wanted = _new_attribute(fields)
+        try:
+            await run_in_threadpool(console.viewer(request).check_definition, str(wanted["code"]), wanted)
+            created = await run_in_threadpool(portrait.create_attribute, wanted)
+        except PortraitError as exc:  # the form again, with what was typed and why it was refused
+            return await attributes_page(request, "custom", fields, form_error(exc, "definition"), status_of(exc))
         return RedirectResponse(f"/attributes/{created['code']}", status_code=303)
 
     @web.post("/attributes/{code}")
     @guard
     async def edit_attribute(request: Request, code: str) -> Response:
         fields, _ = await console.admin_form(request, "change attributes")
-        changes: dict[str, Any] = {"name": fields.get("name", ""), "description": fields.get("description", ""),
-                                   "unit": fields.get("unit") or None,
-                                   "is_personal_info": fields.get("personal") == "on",
-                                   "calculate_analytics": fields.get("analytics") == "on",
-                                   "status": "deprecated" if fields.get("deprecated") == "on" else "active"}
-        if fields.get("definition"):
-            changes["definition"] = fields["definition"]
-            current = await run_in_threadpool(portrait.attributes.get, code)
-            if changes["is_personal_info"] == current["is_personal_info"]:
+        changes = _attribute_changes(fields)
+        try:
+            if "definition" in changes and changes["is_personal_info"] == (
+                    await run_in_threadpool(portrait.attributes.get, code))["is_personal_info"]:
                 del changes["is_personal_info"]  # untouched: a new definition copying personal data makes it personal
-        await run_in_threadpool(console.viewer(request).check_attribute_change, code, changes)
-        await run_in_threadpool(portrait.update_attribute, code, changes)
+            await run_in_threadpool(console.viewer(request).check_attribute_change, code, changes)
+            await run_in_threadpool(portrait.update_attribute, code, changes)
+        except PortraitError as exc:  # the form again, with what was typed and why it was refused
+            return await attribute_page(request, code, fields, form_error(exc, "definition"), status_of(exc))
         return RedirectResponse(f"/attributes/{code}", status_code=303)
 
     @web.get("/attributes/{code}")
     @guard
     async def attribute(request: Request, code: str) -> Response:
+        return await attribute_page(request, code, None)
+
+    async def attribute_page(request: Request, code: str, values: dict[str, str] | None,
+                             error: dict[str, str] | None = None, status: int = 200) -> Response:
+        """An attribute's facts, analytics and edit form (``values``: what was typed, else the attribute's own)."""
         viewer = console.viewer(request)
         found = await run_in_threadpool(portrait.attributes.get, code)
         stats = None
@@ -144,7 +153,9 @@ def router(console: Console) -> APIRouter:
                          label="distribution")
         elif stats:
             chart = bars([(str(v["value"]), v["count"]) for v in stats["top_values"]], label="top values")
-        return console.render(request, "attribute.html", {"attribute": found, "stats": stats, "chart": chart})
+        return console.render(request, "attribute.html", {
+            "attribute": found, "stats": stats, "chart": chart, "error": error,
+            "values": _attribute_values(found) if values is None else values}, status)
 
     @web.get("/customers")
     @guard
@@ -171,6 +182,41 @@ def router(console: Console) -> APIRouter:
             "segments": segments["segments"], "groups": _grouped(document["traits"], attributes)})
 
     return web
+
+
+def _new_attribute(fields: dict[str, str]) -> dict[str, Any]:
+    """The create form's fields as the service takes them (a definition makes it calculated, its type follows)."""
+    wanted: dict[str, Any] = {"code": fields.get("code", ""), "name": fields.get("name", ""),
+                              "description": fields.get("description", ""), "unit": fields.get("unit") or None,
+                              "calculate_analytics": fields.get("analytics") == "on"}
+    if fields.get("personal") == "on":  # unticked: left to the registry (a copy of personal data is personal)
+        wanted["is_personal_info"] = True
+    if fields.get("definition"):
+        wanted["definition"] = fields["definition"]
+    else:
+        wanted["type"] = fields.get("type", "string")
+        wanted["is_personal_info"] = fields.get("personal") == "on"
+    return wanted
+
+
+def _attribute_changes(fields: dict[str, str]) -> dict[str, Any]:
+    """The edit form's fields as the service takes them."""
+    changes: dict[str, Any] = {"name": fields.get("name", ""), "description": fields.get("description", ""),
+                               "unit": fields.get("unit") or None,
+                               "is_personal_info": fields.get("personal") == "on",
+                               "calculate_analytics": fields.get("analytics") == "on",
+                               "status": "deprecated" if fields.get("deprecated") == "on" else "active"}
+    if fields.get("definition"):
+        changes["definition"] = fields["definition"]
+    return changes
+
+
+def _attribute_values(attribute: dict[str, Any]) -> dict[str, str]:
+    """An attribute as its edit form's fields (the inverse of :func:`_attribute_changes`)."""
+    return {"name": attribute["name"], "unit": attribute["unit"] or "", "description": attribute["description"],
+            "definition": attribute["definition"] or "", "personal": "on" if attribute["is_personal_info"] else "",
+            "analytics": "on" if attribute["calculate_analytics"] else "",
+            "deprecated": "on" if attribute["status"] == "deprecated" else ""}
 
 
 def _overview(console: Console) -> dict[str, Any]:
