@@ -525,3 +525,26 @@ def test_refused_funnel_and_privacy_forms_come_back_as_typed(page: Page) -> None
     _refused(page, "identity", "TYPE:VALUE")
     expect(page.get_by_label("Identity")).to_have_value("ann@example.com")
     expect(page.locator("select[name=type]")).to_have_value("erase")
+
+
+def test_long_unbroken_values_wrap_instead_of_widening_the_page(page: Page, shop: Server) -> None:
+    """An event name, trait or identifier of hundreds of characters without a space (a token, a URL) wraps in its
+    box: the page does not scroll sideways, on the card, the live stream or the search results."""
+    long = "utm_source=newsletter&token=" + "x" * 300
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": "long-1", "messageId": "long-1", "traits": {"landing": long}},
+            {"type": "track", "userId": "long-1", "event": long, "messageId": "long-2"}]}).status_code == 200
+    shop.wait_caught_up()
+    with shop.admin() as admin:
+        profile_id = admin.get("/api/profiles/user_id:long-1").json()["profile_id"]
+    page.goto("/events")
+    page.set_viewport_size({"width": 390, "height": 900})
+    expect(page.locator("#live")).to_contain_text("utm_source=newsletter", timeout=15_000)
+    for path in ("/events", f"/customers/{profile_id}", f"/customers?q={quote(long)}"):
+        if path != "/events":
+            page.goto(path)
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 900})
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 2, (path, width, overflow)
