@@ -548,3 +548,40 @@ def test_long_unbroken_values_wrap_instead_of_widening_the_page(page: Page, shop
             page.set_viewport_size({"width": width, "height": 900})
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 2, (path, width, overflow)
+
+
+def test_a_live_event_expands_to_what_was_sent_masked_for_a_read_key(page: Page, browser: Browser,
+                                                                     shop: Server) -> None:
+    """Opening an event in the live stream shows its properties and traits (it showed {} for every event), with
+    personal values masked for a key without pii:read, as on the customer card."""
+    with shop.admin() as admin:
+        read_key = admin.post("/api/keys", json={"kind": "read", "name": "live reader"}).json()["key"]
+    context = browser.new_context(base_url=shop.url)
+    reader = context.new_page()
+    reader.goto("/login")
+    reader.get_by_label("API key (read or admin)").fill(read_key)
+    reader.get_by_role("button", name="Sign in").click()
+    expect(reader.get_by_role("heading", name="Overview")).to_be_visible()
+    for opened in (page, reader):
+        opened.goto("/events")
+    time.sleep(1.2)  # both pages have started polling
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": "live-2", "messageId": "live-2a",
+             "traits": {"email": "live.two@example.com", "plan": "gold"}},
+            {"type": "track", "userId": "live-2", "event": "Live Detail", "messageId": "live-2b",
+             "properties": {"sku": "SKU-42", "revenue": 12.5}}]}).status_code == 200
+    for opened in (page, reader):
+        item = opened.locator("#live li", has_text="Live Detail")
+        expect(item).to_have_count(1, timeout=15_000)
+        item.locator("summary").click()
+        expect(item.locator("pre")).to_contain_text('"sku": "SKU-42"')
+        identify = opened.locator("#live li", has_text="identify").filter(has_text="live-2").first
+        identify.locator("summary").click()
+        expect(identify.locator("pre")).to_contain_text('"plan": "gold"')
+    expect(page.locator("#live li", has_text="identify").filter(has_text="live-2").first.locator("pre")
+           ).to_contain_text("live.two@example.com")
+    masked = reader.locator("#live li", has_text="identify").filter(has_text="live-2").first.locator("pre")
+    expect(masked).not_to_contain_text("live.two@example.com")
+    expect(masked).to_contain_text("@example.com")
+    context.close()

@@ -695,13 +695,16 @@ class Portrait:
         ]
         return items, (int(items[-1]["id"]) if len(rows) > limit else None)
 
-    def recent_events(self, after_seq: int, limit: int = 100) -> list[dict[str, Any]]:
-        query, params = reads.recent_events(after_seq, limit)
-        columns = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
-                   "source")
+    def recent_events(self, after_seq: int, limit: int = 100, *, details: bool = False) -> list[dict[str, Any]]:
+        """Events after ``after_seq``, oldest first: a summary of each, or (``details``) each as the API shows an
+        event, with its properties, traits and context (the console's live stream expands them)."""
+        query, params = reads.recent_events(after_seq, limit, details=details)
+        rows = self._reads.execute(query, params)
+        if details:
+            return [event_document(row) for row in rows]
         return [
-            {k: (iso_time(v) if isinstance(v, datetime) else v) for k, v in zip(columns, row, strict=True)}
-            for row in self._reads.execute(query, params)
+            {k: (iso_time(v) if isinstance(v, datetime) else v) for k, v in zip(reads.RECENT_COLUMNS, row, strict=True)}
+            for row in rows
         ]
 
     @staticmethod

@@ -142,10 +142,17 @@ def newest_first(table: str, columns: tuple[str, ...], limit: int, before_id: in
     return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params
 
 
-def recent_events(after_seq: int, limit: int) -> tuple[exp.Expr, list[object]]:
+RECENT_COLUMNS = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
+                  "source")
+EVENT_COLUMNS = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
+                 "properties", "traits", "context", "source", "ip", "previous_id", "group_id", "original_timestamp",
+                 "sent_at", "extra")  # as EVENTS_IN_RANGE, for event_document
+
+
+def recent_events(after_seq: int, limit: int, *, details: bool = False) -> tuple[exp.Expr, list[object]]:
+    """Events after a seq, oldest first: the summary columns, or (``details``) every column of an event."""
     query = (
-        exp.select("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
-                   "source")
+        exp.select(*(EVENT_COLUMNS if details else RECENT_COLUMNS))
         .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
     )
     return query, [after_seq]

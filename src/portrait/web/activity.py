@@ -173,7 +173,8 @@ def router(console: Console) -> APIRouter:
             viewer = console.viewer(request)
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
-        events: list[dict[str, Any]] = await run_in_threadpool(portrait.recent_events, after, 100)
+        events: list[dict[str, Any]] = await run_in_threadpool(
+            lambda: portrait.recent_events(after, 100, details=True))
         return JSONResponse({"events": viewer.events(events)})
 
     @web.post("/console/api/import")
