@@ -585,3 +585,21 @@ def test_a_live_event_expands_to_what_was_sent_masked_for_a_read_key(page: Page,
     expect(masked).not_to_contain_text("live.two@example.com")
     expect(masked).to_contain_text("@example.com")
     context.close()
+
+
+def test_a_read_key_counts_in_the_builder_but_is_not_offered_a_save_it_cannot_do(browser: Browser,
+                                                                                  shop: Server) -> None:
+    with shop.admin() as admin:
+        read_key = admin.post("/api/keys", json={"kind": "read", "name": "builder reader"}).json()["key"]
+    context = browser.new_context(base_url=shop.url)
+    reader = context.new_page()
+    reader.goto("/login")
+    reader.get_by_label("API key (read or admin)").fill(read_key)
+    reader.get_by_role("button", name="Sign in").click()
+    expect(reader.get_by_role("heading", name="Overview")).to_be_visible()
+    reader.goto("/segments/new")
+    reader.locator("#condition").fill('performed("Order Completed")')
+    expect(reader.locator("#preview")).to_contain_text("customers — customers who performed")
+    expect(reader.get_by_role("button", name="Save segment")).to_have_count(0)
+    expect(reader.locator("#builder")).to_contain_text("Saving a segment needs an admin key")
+    context.close()
