@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import gzip
+import socket
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from tests.conftest import ADMIN_KEY, WRITE_KEY
+from tests.conftest import ADMIN_KEY, WRITE_KEY, free_port
 
 from portrait.api import create_app
 from portrait.service import Portrait
@@ -413,6 +417,38 @@ def test_unexpected_failure_is_a_json_500_safe_to_retry(portrait: Portrait, monk
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error" and "retry" in response.json()["message"]
     assert "disk on fire" not in response.text
+
+
+def test_after_an_unexpected_500_the_connection_serves_the_next_request(portrait: Portrait,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under uvicorn, as served: Starlette's handler for Exception raised again after answering, and uvicorn reset the
+    keep-alive connection, so the client's next request on it failed as well."""
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(portrait, "recount_segment", broken)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(portrait=portrait), host="127.0.0.1", port=port,
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            def ask(method: str, path: str) -> bytes:
+                connection.sendall(f"{method} {path} HTTP/1.1\r\nHost: portrait\r\nAuthorization: "
+                                   f"{ADMIN['Authorization']}\r\nContent-Length: 0\r\n\r\n".encode())
+                time.sleep(0.3)  # the whole answer, and time for the server to drop the connection if it does
+                return connection.recv(65536)
+
+            assert ask("POST", "/api/segments/1/recount").startswith(b"HTTP/1.1 500")
+            assert ask("GET", "/api/status").startswith(b"HTTP/1.1 200")  # on the same connection
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_import_upload_maps_rows_and_reports(client: TestClient, portrait: Portrait) -> None:

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portrait.errors import (
     BadRequest,
@@ -40,6 +41,38 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
+class UnexpectedErrors:
+    """Answers an unexpected exception with the JSON 500 and keeps the connection open.
+
+    Logged with the traceback by the server; the client learns only that a retry is safe (SDKs re-send on 5xx, and
+    nothing of the request was committed). Not Starlette's handler for ``Exception``: that one raises the exception
+    again after answering, and uvicorn then drops the keep-alive connection, so the client's next request on it
+    failed too (connection reset).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # half an answer went out: only closing the connection can say it failed
+                raise
+            log.error("unexpected error while serving a request", exc_info=exc)
+            await error_response(500, "internal_error", RETRY_SAFE)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(PortraitError)
     async def _domain(_: Request, exc: PortraitError) -> Response:
@@ -47,12 +80,7 @@ def install(app: FastAPI) -> None:
         retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
         return error_response(status, exc.code, exc.message, retry)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        # Logged with the traceback by the server; the client learns only that a retry is safe (SDKs re-send on 5xx,
-        # and nothing of the request was committed).
-        log.error("unexpected error while serving a request", exc_info=exc)
-        return error_response(500, "internal_error", RETRY_SAFE)
+    app.add_middleware(UnexpectedErrors)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Response:
