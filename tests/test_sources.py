@@ -308,3 +308,40 @@ def test_database_values_become_json() -> None:
     assert [plain(v) for v in (Decimal("10.50"), Decimal("7"), date(2026, 1, 2), timedelta(minutes=1),
                                UUID(int=1), b"\x00\x01", {"a": [Decimal("1.5")]})] == [
         10.5, 7, "2026-01-02", 60.0, "00000000-0000-0000-0000-000000000001", "AAE=", {"a": [1.5]}]
+
+
+def test_stopping_the_server_interrupts_a_long_scheduled_sync(postgres: PostgresServer, shop: str,
+                                                              tmp_path: Path) -> None:
+    # Each row takes 20 ms to compute and rows stream in id order (the primary key; sorting off, and a function
+    # marked stable, which PostgreSQL evaluates as rows are fetched), so a whole sync takes 20 s
+    run_sql(postgres, shop, """
+        CREATE TABLE orders (id integer PRIMARY KEY, customer text NOT NULL, delay float8 NOT NULL DEFAULT 0.02);
+        INSERT INTO orders SELECT i, 'c' || (i % 3) FROM generate_series(1, 1000) AS i;
+        CREATE FUNCTION slowly(seconds float8) RETURNS text LANGUAGE plpgsql STABLE
+        AS $$ BEGIN PERFORM pg_sleep(seconds); RETURN ''; END $$;
+    """)
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), source_chunk_rows=5, source_poll_seconds=1)
+    service = Portrait(settings, background=False)
+    service.add_source({"name": "pos", "kind": "events", "cursor": "id", "every": "1h",
+                        "url": shop + "?options=-c%20enable_sort%3Doff",
+                        "query": "SELECT id, customer, slowly(delay) AS pause FROM orders",
+                        "mapping": {"identifiers": {"user_id": "customer"}, "event": "Order Completed"}})
+    service.start_scheduler()
+    deadline = time.monotonic() + 30
+    while service.sources.cursor_value("pos") is None:  # the first chunk is in
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    service.close()
+    assert time.monotonic() - started < 5  # it stopped after its chunk, not after the rest of the table
+    run_sql(postgres, shop, "UPDATE orders SET delay = 0")  # the rest quickly now (the rows read the same)
+    service = Portrait(settings, background=False)
+    try:
+        stopped = service.sources.state("pos")
+        assert (stopped["status"], stopped["last_error"]) == ("failed", "interrupted (the server stopped); the next "
+                                                                        "sync resumes from the saved cursor")
+        assert 5 <= stopped["cursor_value"] < 1000
+        resumed = service.sync_source("pos")
+        assert (resumed.cursor, resumed.duplicates, service.status()["events_received"]) == (1000, 1, 1000)
+    finally:
+        service.close()

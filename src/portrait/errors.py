@@ -68,6 +68,12 @@ class SourceUnavailable(PortraitError):
     code = "source_failed"
 
 
+class SyncInterrupted(PortraitError):
+    """A source sync stopped part-way because the server is stopping; the next sync resumes from its cursor."""
+
+    code = "sync_interrupted"
+
+
 class RateLimited(PortraitError):
     """A key sent more requests than its rate allows; ``retry_after`` is in seconds."""
 

@@ -20,8 +20,8 @@ from portrait import analytics, sql
 from portrait.audit import AuditLog
 from portrait.background import SharedExclusiveLock
 from portrait.config import Settings
-from portrait.connectors import connect, scrub
-from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
+from portrait.connectors import Connector, connect, scrub
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, SyncInterrupted
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules
@@ -32,6 +32,7 @@ from portrait.pipeline import Processor, ProcessorThread
 from portrait.registry import AttributeRegistry
 from portrait.segments import Segments, SegmentThread
 from portrait.sources import (
+    INTERRUPTED,
     Source,
     SourceRegistry,
     SourceScheduler,
@@ -162,6 +163,7 @@ class Portrait:
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
+        self._closing = threading.Event()  # set by close(): a running sync stops after the chunk it is committing
         self._scheduler: SourceScheduler | None = None
         if self._processor_thread and self._segment_thread:  # last: they use everything above
             self._processor_thread.start()
@@ -187,6 +189,7 @@ class Portrait:
         self._privacy_worker.start()
 
     def close(self) -> None:
+        self._closing.set()
         if self._scheduler:
             self._scheduler.stop()
         if self._privacy_worker:
@@ -523,11 +526,7 @@ class Portrait:
         try:
             connector = connect(source.url)
             try:
-                for chunk in read_chunks(source, connector, after, self.settings.source_chunk_rows):
-                    done = next(self.import_messages([chunk.messages], f"source:{source.name}"))
-                    report.add(done.rows, done.result.accepted, done.result.duplicates, len(done.rejected))
-                    report.cursor = chunk.cursor if source.cursor else None
-                    self.sources.advance(source.name, report.cursor, done.rows)
+                self._import_chunks(source, connector, after, report)
             finally:
                 connector.close()
         except PortraitError as exc:
@@ -539,6 +538,19 @@ class Portrait:
         self.sources.finish(source.name, "ok", None)
         report.seconds = round(time.monotonic() - started, 2)
         return report
+
+    def _import_chunks(self, source: Source, connector: Connector, after: Any, report: SyncReport) -> None:
+        """Each chunk into the log, then its cursor saved. Closing the service (a server stopping) ends the sync
+        after the chunk it is committing: it resumes from there, rather than holding the stop for the whole table."""
+        chunks = read_chunks(source, connector, after, self.settings.source_chunk_rows)
+        with contextlib.closing(chunks):  # the source's cursor is closed before its connection
+            for chunk in chunks:
+                done = next(self.import_messages([chunk.messages], f"source:{source.name}"))
+                report.add(done.rows, done.result.accepted, done.result.duplicates, len(done.rejected))
+                report.cursor = chunk.cursor if source.cursor else None
+                self.sources.advance(source.name, report.cursor, done.rows)
+                if self._closing.is_set():
+                    raise SyncInterrupted(INTERRUPTED)
 
     # -- processing --------------------------------------------------------------------------------------------
     def process_pending(self) -> int:

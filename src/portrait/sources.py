@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 EVERY = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+INTERRUPTED = "interrupted (the server stopped); the next sync resumes from the saved cursor"
 
 
 def parse_every(text: Any) -> int | None:
@@ -172,7 +173,7 @@ class SourceRegistry:
         return [row[0] for row in self._session().execute(q.DUE, [now])]
 
     def mark_interrupted(self) -> None:
-        self._session().execute(q.INTERRUPTED)
+        self._session().execute(q.INTERRUPTED, [INTERRUPTED])
 
     def _row(self, name: str) -> tuple[Any, ...]:
         rows = self._session().execute(q.GET, [name])
@@ -218,7 +219,7 @@ class Chunk:
     cursor: Any
 
 
-def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> Iterator[Chunk]:
+def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> Generator[Chunk, None, None]:
     """The source's rows at or past ``after`` as messages with content-derived ids, chunk by chunk."""
     query = q.incremental(source.query, connector.dialect, source.cursor, after)
     copies: dict[bytes, int] = {}

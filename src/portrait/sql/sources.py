@@ -29,9 +29,8 @@ ADVANCE = parse("UPDATE sources SET cursor_value = ?, last_rows = last_rows + ?,
                 "WHERE name = ?")
 # Params: status, finished_at, error, name.
 FINISH = parse("UPDATE sources SET status = ?, last_finished_at = ?, last_error = ? WHERE name = ?")
-# A sync cut off by a crash or stop: it resumes from its saved cursor at the next run.
-INTERRUPTED = parse("UPDATE sources SET status = 'failed', last_error = 'interrupted (the server stopped); the next "
-                    "sync resumes from the saved cursor' WHERE status = 'running'")
+# Params: the reason. A sync cut off by a crash: it resumes from its saved cursor at the next run.
+INTERRUPTED = parse("UPDATE sources SET status = 'failed', last_error = ? WHERE status = 'running'")
 # Params: now. Sources with a schedule whose last start is at least `every_seconds` ago (or that never ran).
 DUE = parse("""
 SELECT name FROM sources
