@@ -218,6 +218,19 @@ def test_a_wrong_password_is_a_clear_error_that_does_not_repeat_it(postgres: Pos
     assert "Sec#" not in listed and "u:***@127.0.0.1:1,127.0.0.1:2/crm" in listed
 
 
+@pytest.mark.parametrize("userinfo", ["crm_reader@crm-db:S3cretPw", "crm_reader:S3cr@tPw", "crm_reader:S3cr/tPw"])
+def test_a_url_libpq_would_misread_is_refused_without_showing_its_password(postgres: PostgresServer,
+                                                                          portrait: Portrait, userinfo: str) -> None:
+    # libpq ends the user and password at the first '@' (or a '/'): it read 'tPw@127.0.0.1' as the host and printed
+    # it in its error, and the Azure-style 'user@server:password' was listed unredacted
+    url = f"postgresql://{userinfo}@127.0.0.1:{postgres.port}/shop"
+    for check in (True, False):
+        with pytest.raises(BadRequest, match="must be percent-encoded") as raised:
+            portrait.add_source(customers_source(url), check=check)
+        assert "S3cr" not in str(raised.value) and "tPw" not in str(raised.value)
+    assert portrait.sources.all() == []
+
+
 def test_the_server_runs_scheduled_syncs(postgres: PostgresServer, shop: str, tmp_path: Path) -> None:
     run_sql(postgres, shop, CUSTOMERS)
     server = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log",

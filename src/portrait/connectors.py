@@ -38,18 +38,31 @@ class Connector(Protocol):
 
 
 def dialect_of(url: str) -> str:
-    """The SQLGlot dialect of a source URL; BadRequest for a scheme we cannot read."""
+    """The SQLGlot dialect of a source URL; BadRequest for a scheme we cannot read, or a URL libpq would misread."""
     scheme = urlsplit(url).scheme.split("+")[0].lower()
     if scheme not in DIALECTS:
         raise BadRequest(f"a source URL starts with postgresql:// or sqlite:///, not {scheme or 'nothing'}://",
                          code="invalid_source")
+    if DIALECTS[scheme] == "postgres":
+        _check_userinfo(url)
     return DIALECTS[scheme]
+
+
+def _check_userinfo(url: str) -> None:
+    """libpq ends the user name and password at the first '@' (or at a '/' before any '@'), while :func:`redact`
+    reads up to the last '@'. A raw '@' or '/' in them (``user@server:pw@host``, as Azure names users) made libpq
+    take part of the password for the host, port or database -- and print it in its errors -- and left the URL
+    unredacted. Such URLs are refused, without repeating them."""
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    if at and ("@" in userinfo or "/" in userinfo):
+        raise BadRequest("a '@' or '/' in the URL's user name or password must be percent-encoded (%40, %2F), "
+                         "as must any '@' elsewhere in the URL", code="invalid_source")
 
 
 # Where a URL carries a password: between the user name and the last "@" before the host(s) -- read on the text,
 # not with urlsplit, which stops at a literal "#" in a password and refuses multi-host URLs or odd ports -- and
 # as a password= (or sslpassword=) query parameter, which libpq reads too.
-_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(?P<secret>.*)(?P<tail>@[^@]*)$",
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:)(?P<secret>.*)(?P<tail>@[^@]*)$",
                                 re.DOTALL)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<secret>[^&]*)", re.IGNORECASE)
 
