@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -15,10 +16,12 @@ from uuid import UUID
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 from tests.postgres import PostgresServer
 from typer.testing import CliRunner
 
+from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.connectors import plain, redact, scrub
@@ -323,22 +326,28 @@ def test_database_values_become_json() -> None:
         10.5, 7, "2026-01-02", 60.0, "00000000-0000-0000-0000-000000000001", "AAE=", {"a": [1.5]}]
 
 
+SLOW_ORDERS = """
+    CREATE TABLE orders (id integer PRIMARY KEY, customer text NOT NULL, delay float8 NOT NULL DEFAULT 0.02);
+    INSERT INTO orders SELECT i, 'c' || (i % 3) FROM generate_series(1, 1000) AS i;
+    CREATE FUNCTION slowly(seconds float8) RETURNS text LANGUAGE plpgsql STABLE
+    AS $$ BEGIN PERFORM pg_sleep(seconds); RETURN ''; END $$;
+"""
+
+
+def slow_orders(shop: str, **changes: Any) -> dict[str, Any]:
+    """A source on SLOW_ORDERS: each row takes ``delay`` seconds to compute, and rows stream in id order (the
+    primary key; sorting off, and a function marked stable, which PostgreSQL evaluates as rows are fetched)."""
+    return {"name": "pos", "kind": "events", "cursor": "id", "url": shop + "?options=-c%20enable_sort%3Doff",
+            "query": "SELECT id, customer, slowly(delay) AS pause FROM orders",
+            "mapping": {"identifiers": {"user_id": "customer"}, "event": "Order Completed"}, **changes}
+
+
 def test_stopping_the_server_interrupts_a_long_scheduled_sync(postgres: PostgresServer, shop: str,
                                                               tmp_path: Path) -> None:
-    # Each row takes 20 ms to compute and rows stream in id order (the primary key; sorting off, and a function
-    # marked stable, which PostgreSQL evaluates as rows are fetched), so a whole sync takes 20 s
-    run_sql(postgres, shop, """
-        CREATE TABLE orders (id integer PRIMARY KEY, customer text NOT NULL, delay float8 NOT NULL DEFAULT 0.02);
-        INSERT INTO orders SELECT i, 'c' || (i % 3) FROM generate_series(1, 1000) AS i;
-        CREATE FUNCTION slowly(seconds float8) RETURNS text LANGUAGE plpgsql STABLE
-        AS $$ BEGIN PERFORM pg_sleep(seconds); RETURN ''; END $$;
-    """)
+    run_sql(postgres, shop, SLOW_ORDERS)  # 20 s to read whole
     settings = Settings(db_path=str(tmp_path / "p.duckdb"), source_chunk_rows=5, source_poll_seconds=1)
     service = Portrait(settings, background=False)
-    service.add_source({"name": "pos", "kind": "events", "cursor": "id", "every": "1h",
-                        "url": shop + "?options=-c%20enable_sort%3Doff",
-                        "query": "SELECT id, customer, slowly(delay) AS pause FROM orders",
-                        "mapping": {"identifiers": {"user_id": "customer"}, "event": "Order Completed"}})
+    service.add_source(slow_orders(shop, every="1h"))
     service.start_scheduler()
     deadline = time.monotonic() + 30
     while service.sources.cursor_value("pos") is None:  # the first chunk is in
@@ -356,5 +365,31 @@ def test_stopping_the_server_interrupts_a_long_scheduled_sync(postgres: Postgres
         assert 5 <= stopped["cursor_value"] < 1000
         resumed = service.sync_source("pos")
         assert (resumed.cursor, resumed.duplicates, service.status()["events_received"]) == (1000, 1, 1000)
+    finally:
+        service.close()
+
+
+def test_a_source_that_is_syncing_is_not_removed(postgres: PostgresServer, shop: str, tmp_path: Path) -> None:
+    # Removed and added again (with another cursor) while its sync ran, the old sync saved its cursor into the new
+    # source: a number for a text column here; a timestamp for an integer one made every later sync fail
+    run_sql(postgres, shop, SLOW_ORDERS)
+    run_sql(postgres, shop, "UPDATE orders SET delay = 0.002")  # 2 s to read whole
+    settings = Settings(db_path=str(tmp_path / "p.duckdb"), admin_key=ADMIN_KEY, source_chunk_rows=10)
+    service = Portrait(settings, background=False)
+    try:
+        service.add_source(slow_orders(shop))
+        with TestClient(create_app(portrait=service)) as client:
+            syncing = threading.Thread(target=service.sync_source, args=["pos"])
+            syncing.start()
+            while service.sources.state("pos")["status"] != "running":
+                time.sleep(0.01)
+            refused = client.delete("/api/sources/pos", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            syncing.join()
+            assert refused.status_code == 409 and refused.json()["code"] == "sync_running", refused.text
+            assert service.sources.state("pos")["cursor_value"] == 1000
+            assert client.delete("/api/sources/pos", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                                 ).status_code == 204
+        service.add_source(slow_orders(shop, cursor="customer"))
+        assert service.sources.cursor_value("pos") is None
     finally:
         service.close()

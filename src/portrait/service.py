@@ -506,6 +506,14 @@ class Portrait:
         self.sources.add(source)
         return self.sources.state(source.name)
 
+    def remove_source(self, name: str) -> None:
+        """Forget a source; Conflict while it is syncing (the sync would go on saving its cursor, and then saved it
+        into a source added again under that name, which then read from the wrong place)."""
+        with self._syncing_lock:
+            if name in self._syncing:
+                raise Conflict(f"source {name!r} is syncing; remove it when the sync has ended", code="sync_running")
+            self.sources.remove(name)
+
     def sync_source(self, name: str, *, full: bool = False) -> SyncReport:
         """Read the source's new rows (all rows with ``full``) into the event log; Conflict if it is syncing."""
         with self._syncing_lock:

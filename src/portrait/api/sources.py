@@ -26,9 +26,9 @@ def router(portrait: Portrait) -> APIRouter:
     async def source(name: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.sources.state, name)
 
-    @api.delete("/{name}", status_code=204, summary="Forget a source (what it brought in stays)")
+    @api.delete("/{name}", status_code=204, summary="Forget a source (what it brought in stays); 409 while it syncs")
     async def remove(name: str) -> Response:
-        await run_in_threadpool(portrait.sources.remove, name)
+        await run_in_threadpool(portrait.remove_source, name)
         return Response(status_code=204)
 
     @api.post("/{name}/sync", summary="Sync now: new rows since the saved cursor (all rows with full=true)")

@@ -134,7 +134,7 @@ def sources_sync(
 def sources_remove(name: str, db: DbOption = None, server: ServerOption = None,
                    admin_key: AdminKeyOption = None) -> None:
     """Forget a source; what it brought in stays."""
-    _run(db, server, admin_key, _either(_audited(f"sources remove {name}", lambda local: local.sources.remove(name)),
+    _run(db, server, admin_key, _either(_audited(f"sources remove {name}", lambda local: local.remove_source(name)),
                                         lambda remote: remote.remove_source(name)))
     console.print(f"Source {name} removed.")
 
