@@ -320,6 +320,27 @@ def test_the_incremental_query_quotes_the_cursor_and_its_value() -> None:
                      "\"updated_at\" IS NULL AND \"updated_at\" >= '2026-01-01'' OR ''1''=''1' ORDER BY \"updated_at\"")
 
 
+def test_postgres_types_become_json(postgres: PostgresServer, shop: str, portrait: Portrait) -> None:
+    # A numeric(38, 0) id past 64 bits made every sync fail ("unexpected error: Integer exceeds 64-bit range")
+    run_sql(postgres, shop, """
+        CREATE TABLE accounts (id numeric(38, 0), email text, score numeric(6, 2), tags text[], extra jsonb, key uuid,
+                               photo bytea, signed_up date);
+        INSERT INTO accounts VALUES (123456789012345678901234567890, 'ann@example.com', 9.5, '{a,b}',
+                                     '{"plan": "pro", "seats": [1, 2.5]}', '00000000-0000-0000-0000-000000000001',
+                                     '\\x0001', '2026-01-02'),
+                                    (42, 'bob@example.com', NULL, NULL, NULL, NULL, NULL, NULL);
+    """)
+    portrait.add_source({"name": "accounts", "kind": "profiles", "url": shop, "query": "SELECT * FROM accounts",
+                         "mapping": {"identifiers": {"email": "email"}}})
+    assert portrait.sync_source("accounts").stored == 2
+    portrait.process_pending()
+    assert portrait.traits("email:ann@example.com") == {
+        "id": "123456789012345678901234567890", "email": "ann@example.com", "score": 9.5, "tags": ["a", "b"],
+        "extra_plan": "pro", "extra_seats": [1, 2.5], "key": "00000000-0000-0000-0000-000000000001",
+        "photo": "AAE=", "signed_up": "2026-01-02"}
+    assert portrait.traits("email:bob@example.com")["id"] == "42"  # the trait is text since its first value
+
+
 def test_database_values_become_json() -> None:
     assert [plain(v) for v in (Decimal("10.50"), Decimal("7"), date(2026, 1, 2), timedelta(minutes=1),
                                UUID(int=1), b"\x00\x01", {"a": [Decimal("1.5")]})] == [

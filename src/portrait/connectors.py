@@ -155,13 +155,22 @@ class SqliteConnector:
         self._connection.close()
 
 
+INT64 = range(-(2**63), 2**63)
+
+
+def _whole(value: Decimal) -> int | str:
+    """A whole number as JSON can carry it: beyond 64 bits (a numeric(38, 0) id) as exact text, not a failed sync."""
+    number = int(value)
+    return number if number in INT64 else str(number)
+
+
 def plain(value: Any) -> Any:
     """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64)."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Decimal):  # by the column's scale, so one column keeps one JSON type
         exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+        return _whole(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, timedelta):
