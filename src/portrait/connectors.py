@@ -164,6 +164,16 @@ def _whole(value: Decimal) -> int | str:
     return number if number in INT64 else str(number)
 
 
+def cursor_value(value: Any) -> Any:
+    """A cursor's value as saved, for the next sync's "at or past": as :func:`plain`, except a decimal that its float
+    does not give back exactly (17 digits and more) -- rounded up, the rows at that value were not read again
+    (a gap after an interrupted sync) -- which stays exact text (the source compares it as a number)."""
+    number = plain(value)
+    if isinstance(value, Decimal) and isinstance(number, float) and Decimal(repr(number)) != value:
+        return str(value)
+    return number
+
+
 def plain(value: Any) -> Any:
     """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64)."""
     if value is None or isinstance(value, bool | int | float | str):

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from portrait.background import Worker
-from portrait.connectors import Connector, connect, dialect_of, plain, redact
+from portrait.connectors import Connector, connect, cursor_value, dialect_of, plain, redact
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.mapping import RowMapping, rows_to_messages
 from portrait.spec import utc_now
@@ -234,7 +234,8 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
             if "messageId" not in message:
                 message["messageId"] = _message_id(source.name, record, copies)
             messages.append(message)
-        yield Chunk(messages, records[-1][source.cursor] if source.cursor else None)
+        last = cursor_value(rows[-1][names.index(source.cursor)]) if source.cursor else None
+        yield Chunk(messages, last)
 
 
 def _message_id(source: str, record: dict[str, Any], copies: dict[bytes, int]) -> str:
