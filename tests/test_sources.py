@@ -293,6 +293,22 @@ def test_a_sqlite_source(tmp_path: Path, portrait: Portrait) -> None:
                              "query": "SELECT 1 AS id", "mapping": {"identifiers": {"user_id": "id"}}})
 
 
+def test_urls_with_a_driver_name_connect(postgres: PostgresServer, shop: str, portrait: Portrait, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLAlchemy-style URLs were accepted, then libpq refused the scheme ('missing "=" after ...') and a relative
+    # SQLite path was read from the root
+    run_sql(postgres, shop, CUSTOMERS)
+    portrait.add_source(customers_source(shop.replace("postgresql://", "postgresql+psycopg2://")))
+    assert portrait.sync_source("crm").stored == 3
+    monkeypatch.chdir(tmp_path)
+    with sqlite3.connect("shop.sqlite") as db:
+        db.execute("CREATE TABLE members AS SELECT 'L-1' AS card")
+    db.close()
+    portrait.add_source({"name": "loyalty", "kind": "profiles", "url": "sqlite+pysqlite:///shop.sqlite",
+                         "query": "SELECT card FROM members", "mapping": {"identifiers": {"loyalty_card": "card"}}})
+    assert portrait.sync_source("loyalty").stored == 1
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("6h", 21600), ("1d", 86400),
                                                (None, None)])
 def test_schedules_read_and_print_back(text: str | None, seconds: int | None) -> None:

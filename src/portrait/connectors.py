@@ -67,6 +67,10 @@ _USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:)(
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<secret>[^&]*)", re.IGNORECASE)
 
 
+# A SQLAlchemy-style "+driver" after the scheme (postgresql+psycopg2://, sqlite+pysqlite:///), as in apps' settings.
+_DRIVER = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9.-]*)\+[A-Za-z0-9.-]*://")
+
+
 def redact(url: str) -> str:
     """The URL with its passwords replaced by ``***`` (the only form ever shown or logged)."""
     url = _USERINFO_PASSWORD.sub(r"\g<head>***\g<tail>", url)
@@ -87,10 +91,11 @@ def scrub(text: str, url: str) -> str:
 
 def connect(url: str, *, timeout: float = 10.0) -> Connector:
     dialect = dialect_of(url)
+    plain_url = _DRIVER.sub(r"\g<scheme>://", url, count=1)  # libpq and the SQLite reader know no "+driver"
     try:
         if dialect == "sqlite":
-            return SqliteConnector(url)
-        return PostgresConnector(url, timeout)
+            return SqliteConnector(plain_url)
+        return PostgresConnector(plain_url, timeout)
     except (psycopg.Error, sqlite3.Error, OSError) as exc:
         raise SourceUnavailable(f"cannot connect to {redact(url)}: {scrub(str(exc).strip(), url)}") from exc
 
