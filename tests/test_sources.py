@@ -330,6 +330,13 @@ def test_urls_are_shown_without_passwords() -> None:
         "auth failed for *** (***)")
 
 
+@pytest.mark.parametrize("query", ["SELECT id FROM t;", "SELECT id FROM t; -- the CRM's customers",
+                                   "SELECT id FROM t;\n/* end */\n"])
+def test_a_query_may_end_with_a_semicolon_and_a_comment(query: str) -> None:
+    assert incremental(query, "postgres", "id", 7) == (
+        'SELECT * FROM (SELECT id FROM t) AS portrait_source WHERE NOT "id" IS NULL AND "id" >= 7 ORDER BY "id"')
+
+
 def test_the_incremental_query_quotes_the_cursor_and_its_value() -> None:
     query = incremental("SELECT * FROM t WHERE note LIKE 'a%'", "postgres", "updated_at", "2026-01-01' OR '1'='1")
     assert query == ("SELECT * FROM (SELECT * FROM t WHERE note LIKE 'a%') AS portrait_source WHERE NOT "

@@ -43,7 +43,8 @@ ORDER BY name
 def source_query(text: str, dialect: str) -> exp.Query:
     """The user's query as a tree; BadRequest unless it is exactly one SELECT in the source's dialect."""
     try:
-        trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None]
+        # A comment after the final ';' parses as a statement of its own (exp.Semicolon): not a second statement
+        trees = [t for t in sqlglot.parse(text, read=dialect) if t is not None and not isinstance(t, exp.Semicolon)]
     except ParseError as exc:
         raise BadRequest(f"the query is not valid {dialect} SQL: {exc}", code="invalid_source") from exc
     if len(trees) != 1 or not isinstance(trees[0], exp.Query):
