@@ -398,6 +398,24 @@ def test_attributes_recheck_runs_through_a_running_server(server: Server) -> Non
         assert admin.get("/api/profiles/user_id:r1/traits").json()["shoe_size"] == "42 EU"
 
 
+def test_profiles_rebuild_runs_through_a_running_server(server: Server) -> None:
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        client.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": "rb1", "traits": {"email": "rb@example.com", "plan": "pro"}},
+            {"type": "track", "anonymousId": "rb-device", "event": "Viewed", "context": {"traits": {
+                "email": "RB@example.com"}}}]}).raise_for_status()
+    status = server.wait_caught_up()
+    with server.admin() as admin:
+        before = admin.get("/api/profiles/user_id:rb1").json()
+        rebuilt = run_cli("profiles", "rebuild", "--db", server.db_path, env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "Rebuilt 1 profiles (were 1) from 2 events" in rebuilt.stdout
+        after = admin.get("/api/profiles/user_id:rb1").json()
+        assert after["profile_id"] == before["profile_id"] and after["traits"] == before["traits"]
+        assert admin.get("/api/status").json()["events_processed"] == status["events_processed"]
+        assert any(e["action"] == "POST /api/rebuild" for e in admin.get("/api/audit").json()["entries"])
+
+
 def test_privacy_requests_run_through_a_running_server(server: Server, tmp_path: Path) -> None:
     """The server answers 202 and works on the request; the CLI waits for it. An erasure marks the file for a
     rewrite, which must not stop later commands from going through the server."""

@@ -155,6 +155,9 @@ class RemotePortrait:
         path = f"/api/sources/{quote(name, safe='')}/sync?full={str(full).lower()}"
         return dict(self._send("POST", path, {}, timeout=None))
 
+    def rebuild_profiles(self) -> dict[str, int]:
+        return dict(self._send("POST", "/api/rebuild", {}, timeout=None))
+
     def rebuild_traits(self) -> dict[str, int]:
         return dict(self._send("POST", "/api/attributes/recheck", {}, timeout=None))
 

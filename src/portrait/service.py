@@ -29,6 +29,7 @@ from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
+from portrait.rebuild import rebuild_profiles
 from portrait.registry import AttributeRegistry
 from portrait.segments import Segments, SegmentThread
 from portrait.sources import (
@@ -598,6 +599,28 @@ class Portrait:
         self.segments.recount_all()
         self._send_audience_events()
         return {"values": values, "issues": issues}
+
+    def rebuild_profiles(self, on_progress: Callable[[int, int], None] = lambda done, total: None
+                         ) -> dict[str, int]:
+        """Derive every profile again from the log with the current settings (see :mod:`portrait.rebuild`).
+
+        The background processor is paused meanwhile (events keep arriving and wait in the log); segments are
+        recounted afterwards, with their Audience events.
+        """
+        expired = self.privacy.expired()
+        if expired:  # what they set would be lost: nothing in the log could bring it back
+            raise Conflict(f"retention has deleted {expired} raw events, so the log no longer holds everything the "
+                           "profiles were built from; rebuilding them from it would lose what those events set")
+        self.writer.flush()
+        with self._processing_paused():
+            session = self.store.session()
+            try:
+                rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress)
+            finally:
+                session.close()
+        self.segments.recount_all()
+        self._send_audience_events()
+        return rebuilt.as_dict()
 
     def wait_processed(self, poll: float = 0.05) -> None:
         """Block until the background processor has applied every event received so far."""

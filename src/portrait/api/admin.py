@@ -130,6 +130,11 @@ def router(portrait: Portrait) -> APIRouter:
     async def recheck_attributes() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_traits)
 
+    @api.post("/rebuild", summary="Derive every profile again from the event log with the current settings "
+                                   "(processing pauses meanwhile)")
+    async def rebuild_profiles() -> dict[str, int]:
+        return await run_in_threadpool(portrait.rebuild_profiles)
+
     @api.post("/attributes/recalculate", summary="Recompute every calculated attribute for every profile now")
     async def recalculate() -> dict[str, Any]:
         return await run_in_threadpool(portrait.recalculate)

@@ -15,7 +15,9 @@ from portrait.cli.common import (
     JsonOption,
     UrlOption,
     _backend,
+    _either,
     _fail,
+    _progress,
     _run,
     _show,
     app,
@@ -45,6 +47,28 @@ def profiles_get(
         console.print_json(data={**profile, "events": recent})
         return
     _print_profile(profile, recent)
+
+
+@profiles_app.command("rebuild")
+def profiles_rebuild(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
+    """Derive every profile again from the event log with the current settings.
+
+    After changing the identity settings (PORTRAIT_IDENTITY_TRAITS, blocked values, the phone region, the limits):
+    events are grouped into profiles by the new rules. With the same settings the result is the same. Through a
+    running server, its processor pauses meanwhile (events wait in the log) and reads see profiles being rebuilt.
+    """
+    def local(backend: Portrait) -> dict[str, int]:
+        with _progress() as progress:
+            task = progress.add_task("events applied", total=None)
+            done = backend.rebuild_profiles(lambda applied, total: progress.update(task, completed=applied,
+                                                                                   total=total))
+        backend.audit.record(None, "rebuild_profiles", target="cli")
+        return done
+
+    done = _run(db, url, admin_key, _either(local, lambda remote: remote.rebuild_profiles()))
+    console.print(f"Rebuilt {done['profiles_after']:,} profiles (were {done['profiles_before']:,}) from "
+                  f"{done['events']:,} events; identity hints read otherwise: {done['hints_changed']:,}; old profile "
+                  f"ids now leading to another profile: {done['ids_redirected']:,}.")
 
 
 def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]]) -> None:

@@ -1,0 +1,79 @@
+"""SQL of rebuilding profiles from the event log (see :mod:`portrait.rebuild`)."""
+
+from __future__ import annotations
+
+from portrait.sql import parse, parse_many
+
+# Params: after seq, how many. What an event's identity hints are read from (identity.identity_hints).
+HINT_SOURCES = parse("""
+SELECT seq, type, CASE WHEN type = 'identify' THEN traits END, context, identity_hints
+FROM events WHERE seq > ? ORDER BY seq LIMIT ?
+""")
+# Table rehinted (seq, hints): the hints of the events whose hints the current settings read otherwise.
+SET_HINTS = parse("""
+UPDATE events SET identity_hints = r.hints FROM rehinted AS r WHERE events.seq = r.seq
+""")
+
+# What the derived state was, for what must outlive the rebuild: profile ids others may hold (exports, Audience
+# events, links), each with the event that created it, and when Portrait created it.
+SNAPSHOT = parse_many("""
+CREATE OR REPLACE TEMP TABLE rebuild_old_profiles AS
+SELECT p.profile_id, p.created_at, p.created_seq FROM profiles AS p;
+CREATE OR REPLACE TEMP TABLE rebuild_old_aliases AS SELECT merged_id, profile_id FROM profile_aliases;
+""")
+DROP_SNAPSHOT = parse_many("""
+DROP TABLE IF EXISTS rebuild_old_profiles;
+DROP TABLE IF EXISTS rebuild_old_aliases;
+""")
+
+# Everything the processor derives from the log, emptied; it then starts again from the log's first event.
+# (Segment membership is recounted afterwards; attributes, trait nesting, keys, segments, sources, consent
+# requests and the audit log are not derived from events.)
+CLEAR = parse_many("""
+DELETE FROM profiles;
+DELETE FROM identities;
+DELETE FROM profile_traits;
+DELETE FROM event_profiles;
+DELETE FROM profile_aliases;
+DELETE FROM merges;
+DELETE FROM identity_conflicts;
+DELETE FROM data_quality;
+DELETE FROM consent_records;
+DELETE FROM profile_activity;
+DELETE FROM rejected_events WHERE source = 'processor';
+UPDATE processor_state SET value = 0 WHERE name IN ('watermark', 'events_processed');
+""")
+
+# Params: the events_processed count before the rebuild, the watermark before it. The count goes on from where it
+# was (it also counted events erased since), plus what arrived while the rebuild ran.
+RESTORE_PROCESSED = parse("""
+UPDATE processor_state SET value = ? + (SELECT count(*) FROM events WHERE seq > ? AND seq <= (
+    SELECT value FROM processor_state WHERE name = 'watermark'))
+WHERE name = 'events_processed'
+""")
+KEEP_CREATED_AT = parse("""
+UPDATE profiles SET created_at = o.created_at FROM rebuild_old_profiles AS o WHERE profiles.profile_id = o.profile_id
+""")
+# A profile id that no longer names a profile (the rules now group its events otherwise) keeps resolving: to the
+# profile now holding the event that created it, or, for an id merged away before, to where its survivor went.
+ALIAS_VANISHED = parse_many("""
+INSERT INTO profile_aliases (merged_id, profile_id)
+SELECT o.profile_id, min(e.profile_id)
+FROM rebuild_old_profiles AS o JOIN event_profiles AS e ON e.seq = o.created_seq
+WHERE o.profile_id NOT IN (SELECT profile_id FROM profiles)
+  AND o.profile_id NOT IN (SELECT merged_id FROM profile_aliases)
+GROUP BY o.profile_id;
+INSERT INTO profile_aliases (merged_id, profile_id)
+SELECT a.merged_id, coalesce(p.profile_id, n.profile_id)
+FROM rebuild_old_aliases AS a
+LEFT JOIN profiles AS p ON p.profile_id = a.profile_id
+LEFT JOIN profile_aliases AS n ON n.merged_id = a.profile_id
+WHERE a.merged_id NOT IN (SELECT profile_id FROM profiles)
+  AND a.merged_id NOT IN (SELECT merged_id FROM profile_aliases)
+  AND coalesce(p.profile_id, n.profile_id) IS NOT NULL;
+""")
+COUNT_VANISHED = parse("""
+SELECT count(*) FROM rebuild_old_profiles WHERE profile_id NOT IN (SELECT profile_id FROM profiles)
+""")
+COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
+COUNT_EVENTS = parse("SELECT count(*) FROM events")
