@@ -84,6 +84,21 @@ def test_a_retry_after_a_restart_is_still_a_duplicate(settings: Settings) -> Non
         again.close()
 
 
+def test_a_rejected_message_sent_again_after_a_restart_is_listed_once(settings: Settings) -> None:
+    batch = [{"type": "track", "userId": "u1", "messageId": "no-name"},  # a track without an event name
+             {"type": "track", "userId": "u1", "event": "Fine", "messageId": "fine"}]
+    first = Portrait(settings, background=False)
+    first.ingest_messages(batch)
+    first.close()
+    again = Portrait(settings, background=False)
+    try:
+        again.ingest_messages(batch)  # an SDK's retry, a file imported again, a source synced again
+        assert [r["message_id"] for r in again.rejected()["rejected"]] == ["no-name"]
+        assert again.status()["events_rejected"] == 1
+    finally:
+        again.close()
+
+
 def test_imports_check_the_whole_log_once_the_memory_has_forgotten(settings: Settings) -> None:
     small = dataclasses.replace(settings, dedup_max_ids=2)
     portrait = Portrait(small, background=False)

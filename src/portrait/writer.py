@@ -67,8 +67,9 @@ class _Pending:
 
 class RecentRejections:
     """The (source, messageId) of the last rejected messages, so that an SDK's retry of a batch holding an invalid
-    message does not list it (and count it) once per attempt. In memory and bounded: after a restart, or beyond
-    ``capacity`` rejections ago, a retry is listed again -- a second copy, never a lost one."""
+    message, a file imported again or a source synced again does not list it (and count it) once per attempt. In
+    memory and bounded, read back from the rejected events at start: beyond ``capacity`` rejections ago, a retry
+    is listed again -- a second copy, never a lost one."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         # 16-byte digests, not the ids: a rejected messageId may be any length (too long is one reason to reject)
@@ -92,15 +93,29 @@ class RecentRejections:
             key = _rejection_key(rejection)
             if key is not None:
                 self._seen[key] = None
+        self._forget_oldest()
+
+    def load(self, newest_first: Sequence[tuple[str | None, str]]) -> None:
+        """Read back the last stored rejections (``source, message_id``, newest first) after a start."""
+        for source, message_id in reversed(newest_first):
+            self._seen[_key(source, message_id)] = None
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
         while len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
 
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
 
 def _rejection_key(rejection: Rejection) -> bytes | None:
-    if not rejection.message_id:
-        return None
-    return hashlib.blake2b(f"{rejection.source}\x00{rejection.message_id}".encode("utf-8", "replace"),
-                           digest_size=16).digest()
+    return _key(rejection.source, rejection.message_id) if rejection.message_id else None
+
+
+def _key(source: str | None, message_id: str) -> bytes:
+    return hashlib.blake2b(f"{source}\x00{message_id}".encode("utf-8", "replace"), digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +202,7 @@ class EventWriter:
         since = utc_now() - self._recent.window
         log_size = int(session.execute(q.COUNT_EVENTS)[0][0])
         self._recent.load(session.execute(q.RECENT_MESSAGE_IDS, [since, self._recent.max_ids]), log_size=log_size)
+        self._recent_rejections.load(session.execute(q.RECENT_REJECTIONS, [self._recent_rejections.capacity]))
         self._recent_read = True
 
     def _commit(self, session: Session, group: list[_Pending]) -> None:
@@ -218,9 +234,9 @@ class EventWriter:
         events = EventColumns()
         for pending in group:
             events.extend(pending.events)
-        rejections = self._recent_rejections.new_ones([r for pending in group for r in pending.rejections])
         if not self._recent_read:
             self._read_back_recent(session)
+        rejections = self._recent_rejections.new_ones([r for pending in group for r in pending.rejections])
         keep = self._recent.new_ones(events.message_id)
         if any(p.whole_log for p in group) and not self._recent.complete:
             keep = self._not_in_log(session, events.message_id, keep)

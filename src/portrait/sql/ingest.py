@@ -19,6 +19,11 @@ COUNT_EVENTS = parse("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FR
 RECENT_MESSAGE_IDS = parse(
     f"SELECT received_at, message_id FROM {_ALL_IDS} WHERE received_at >= ? ORDER BY seq DESC LIMIT ?"
 )
+# Params: how many. The last messages rejected at ingestion that had an id, newest first (RecentRejections).
+RECENT_REJECTIONS = parse(
+    "SELECT source, message_id FROM rejected_events WHERE message_id IS NOT NULL AND source IS DISTINCT FROM "
+    "'processor' ORDER BY id DESC LIMIT ?"
+)
 # Which of the candidate ids (incoming_ids) the log already holds: an import's check against the whole log.
 ALREADY_IN_LOG = parse(
     f"SELECT DISTINCT message_id FROM {_ALL_IDS} WHERE message_id IN (SELECT message_id FROM incoming_ids)"
