@@ -224,13 +224,20 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
     query = q.incremental(source.query, connector.dialect, source.cursor, after)
     copies: dict[bytes, int] = {}
     checked = False
+    current: Any = copies  # the cursor value of the rows read last (nothing is the dict itself)
     for names, rows in connector.chunks(query, size):
         if not checked:
             source.check_columns(names)
             checked = True
+        position = names.index(source.cursor) if source.cursor else None
         records = [{name: plain(value) for name, value in zip(names, row, strict=True)} for row in rows]
         messages = []
-        for record, message in zip(records, rows_to_messages(records, source.mapping), strict=True):
+        for row, record, message in zip(rows, records, rows_to_messages(records, source.mapping), strict=True):
+            if position is not None and row[position] != current:
+                # Rows come in cursor order, and rows alike share their cursor value: past it, none can come again,
+                # so the copies are counted per value (memory for a tie, not for every row synced).
+                copies.clear()
+                current = row[position]
             if "messageId" not in message:
                 message["messageId"] = _message_id(source.name, record, copies)
             messages.append(message)
