@@ -179,7 +179,10 @@ def test_cli_adds_lists_and_syncs_a_source_without_printing_the_password(postgre
 
 @pytest.mark.parametrize(("changes", "error", "message"), [
     ({"url": "mysql://x@localhost/db"}, BadRequest, "starts with postgresql:// or sqlite:///"),
+    ({"url": "postgresql://reader:S3cret@[::1:5432/shop"}, BadRequest, "cannot be read: Invalid IPv6 URL"),
     ({"query": "DELETE FROM customers"}, BadRequest, "must be a single SELECT"),
+    ({"query": "SELECT c.id, c.email, o.id FROM customers AS c JOIN customers AS o ON o.id = c.id"}, BadRequest,
+     "more than one column named id"),
     ({"query": "SELECT 1; DROP TABLE customers"}, BadRequest, "must be a single SELECT"),
     ({"cursor": "modified"}, BadRequest, "returns no cursor column 'modified'; it returns id, email"),
     ({"mapping": {"identifiers": {"user_id": "customer_id"}}}, BadRequest, "has no column 'customer_id'"),

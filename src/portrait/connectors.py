@@ -39,7 +39,10 @@ class Connector(Protocol):
 
 def dialect_of(url: str) -> str:
     """The SQLGlot dialect of a source URL; BadRequest for a scheme we cannot read, or a URL libpq would misread."""
-    scheme = urlsplit(url).scheme.split("+")[0].lower()
+    try:
+        scheme = urlsplit(url).scheme.split("+")[0].lower()
+    except ValueError as exc:  # e.g. an IPv6 host without its closing bracket; the message does not repeat the URL
+        raise BadRequest(f"the source URL cannot be read: {exc}", code="invalid_source") from None
     if scheme not in DIALECTS:
         raise BadRequest(f"a source URL starts with postgresql:// or sqlite:///, not {scheme or 'nothing'}://",
                          code="invalid_source")

@@ -77,6 +77,10 @@ class Source:
         q.source_query(self.query, dialect_of(self.url))
 
     def check_columns(self, columns: list[str]) -> None:
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # each row would keep one of the values; and the cursor's wrapping query cannot name them
+            raise BadRequest(f"the query returns more than one column named {', '.join(twice)}: name them apart "
+                             "(SELECT c.*, o.updated_at AS ordered_at ...)", code="invalid_source")
         if self.cursor is not None and self.cursor not in columns:
             raise BadRequest(f"the query returns no cursor column {self.cursor!r}; it returns "
                              f"{', '.join(columns)}", code="invalid_source")
