@@ -338,6 +338,9 @@ def test_urls_with_a_driver_name_connect(postgres: PostgresServer, shop: str, po
     db.close()
     portrait.add_source({"name": "loyalty", "kind": "profiles", "url": "sqlite+pysqlite:///shop.sqlite",
                          "query": "SELECT card FROM members", "mapping": {"identifiers": {"loyalty_card": "card"}}})
+    # Kept absolute: a server started from another folder reads the same file
+    assert portrait.sources.get("loyalty").url == f"sqlite:///{tmp_path.resolve()}/shop.sqlite"
+    monkeypatch.chdir("/")
     assert portrait.sync_source("loyalty").stored == 1
 
 

@@ -92,6 +92,15 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def absolute(url: str) -> str:
+    """A SQLite URL with a relative path made absolute, from the folder of the process defining the source: the server
+    and a CLI run from another folder would each read another file. Other URLs as they are."""
+    plain_url = _DRIVER.sub(r"\g<scheme>://", url, count=1)
+    if dialect_of(url) != "sqlite" or not plain_url.startswith("sqlite:///") or plain_url.startswith("sqlite:////"):
+        return url
+    return f"sqlite:///{Path(urlsplit(plain_url).path[1:]).resolve()}"
+
+
 def connect(url: str, *, timeout: float = 10.0) -> Connector:
     dialect = dialect_of(url)
     plain_url = _DRIVER.sub(r"\g<scheme>://", url, count=1)  # libpq and the SQLite reader know no "+driver"

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from portrait.background import Worker
-from portrait.connectors import Connector, connect, cursor_value, dialect_of, plain, redact
+from portrait.connectors import Connector, absolute, connect, cursor_value, dialect_of, plain, redact
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.mapping import RowMapping, rows_to_messages
 from portrait.spec import utc_now
@@ -103,7 +103,7 @@ def source_from_fields(fields: dict[str, Any]) -> Source:
         raise BadRequest("a source's name, kind, url and query are text", code="invalid_source")
     kind = fields["kind"]
     mapping = RowMapping.from_document(fields.get("mapping") or {}, kind) if kind in ("profiles", "events") else None
-    return Source(name=fields["name"], kind=kind, url=fields["url"], query=fields["query"],
+    return Source(name=fields["name"], kind=kind, url=absolute(fields["url"]), query=fields["query"],
                   mapping=mapping or RowMapping("profiles"), cursor=fields.get("cursor") or None,
                   every_seconds=parse_every(fields.get("every")))
 
