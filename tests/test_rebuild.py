@@ -4,6 +4,8 @@ grouping after the identity settings change, old profile ids still resolving."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,25 @@ def test_a_new_identity_trait_joins_what_it_names_once_rebuilt(settings: Setting
     assert card["traits"]["spent"] == 30 and done["ids_redirected"] == 1  # replayed, the POS order simply attaches
     assert portrait.profile(f"profile_id:{pos_profile}")["profile_id"] == card["profile_id"]  # the old id resolves
     portrait.close()
+
+
+def test_a_rebuild_cut_short_by_a_crash_is_finished_by_the_next(settings: Settings) -> None:
+    portrait = loaded(settings)
+    before = derived_state(portrait)
+    portrait.close()
+    crash = ("import os\nfrom portrait.config import Settings\nfrom portrait.service import Portrait\n"
+             f"service = Portrait(Settings(db_path={settings.db_path!r}, processor_batch_size=1000, "
+             "processor_max_batch_size=1000), background=False)\n"
+             "service.rebuild_profiles(lambda done, total: done >= 3000 and os._exit(9))\n")
+    assert subprocess.run([sys.executable, "-c", crash], check=False).returncode == 9  # as kill -9 would
+    again = Portrait(settings, background=False)
+    assert again.rebuild_interrupted() and again.status()["lag"] > 0  # the rest of the log, to apply again
+    again.process_pending()
+    assert again.status()["lag"] == 0  # the count of events processed is right again
+    done = again.rebuild_profiles()
+    assert not again.rebuild_interrupted() and done["profiles_before"] == len(before["profiles"])
+    assert derived_state(again) == before
+    again.close()
 
 
 def test_a_rebuild_is_refused_once_retention_deleted_events(settings: Settings, monkeypatch: pytest.MonkeyPatch

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import orjson
 import pyarrow as pa
 
-from portrait import sql
 from portrait.identity import HINT_SEPARATOR, identity_hints
 from portrait.pipeline import Processor
 from portrait.sql import rebuild as q
@@ -44,30 +43,28 @@ def rebuild_profiles(session: Session, processor: Processor, identity_traits: tu
                      on_progress: Callable[[int, int], None] = lambda done, total: None) -> Rebuilt:
     """Derive every profile again from the log; ``on_progress(events applied, events in the log)``."""
     hints_changed = rehint(session, identity_traits)
-    counters = dict(session.execute(sql.GET_COUNTERS))
-    processed, watermark = int(counters.get("events_processed", 0)), int(counters.get("watermark", 0))
-    profiles_before = int(session.execute(q.COUNT_PROFILES)[0][0])
+    interrupted = was_interrupted(session)  # then the profiles of before are those of the snapshot
+    profiles_before = int(session.execute(q.COUNT_OLD_PROFILES if interrupted else q.COUNT_PROFILES)[0][0])
     total = int(session.execute(q.COUNT_EVENTS)[0][0])
-    for statement in q.SNAPSHOT:
-        session.execute(statement)
-    try:
-        with session.transaction():
-            for statement in q.CLEAR:
-                session.execute(statement)
-        done = 0
-        while (step := processor.process_next(session)) > 0:
-            done += step
-            on_progress(done, total)
-        with session.transaction():
-            session.execute(q.RESTORE_PROCESSED, [processed, watermark])
-            session.execute(q.KEEP_CREATED_AT)
-            vanished = int(session.execute(q.COUNT_VANISHED)[0][0])
-            for statement in q.ALIAS_VANISHED:
-                session.execute(statement)
-    finally:
-        for statement in q.DROP_SNAPSHOT:
+    with session.transaction():
+        for statement in (*q.SNAPSHOT, *q.CLEAR):
             session.execute(statement)
-    return Rebuilt(done, hints_changed, profiles_before, int(session.execute(q.COUNT_PROFILES)[0][0]), vanished)
+    done = 0
+    while (step := processor.process_next(session)) > 0:
+        done += step
+        on_progress(done, total)
+    with session.transaction():
+        session.execute(q.KEEP_CREATED_AT)
+        redirected = int(session.execute(q.COUNT_VANISHED)[0][0])
+        for statement in (*q.ALIAS_VANISHED, *q.DROP_SNAPSHOT):
+            session.execute(statement)
+    return Rebuilt(done, hints_changed, profiles_before, int(session.execute(q.COUNT_PROFILES)[0][0]), redirected)
+
+
+def was_interrupted(session: Session) -> bool:
+    """Whether a rebuild was cut short (a crash): the processor rebuilds the profiles as it goes on, and running the
+    rebuild again makes the profile ids of before resolve again."""
+    return bool(session.execute(q.INTERRUPTED)[0][0])
 
 
 def rehint(session: Session, identity_traits: tuple[str, ...]) -> int:

@@ -29,7 +29,7 @@ from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
 from portrait.pipeline import Processor, ProcessorThread
-from portrait.rebuild import rebuild_profiles
+from portrait.rebuild import rebuild_profiles, was_interrupted
 from portrait.registry import AttributeRegistry
 from portrait.segments import Segments, SegmentThread
 from portrait.sources import (
@@ -621,6 +621,9 @@ class Portrait:
         self.segments.recount_all()
         self._send_audience_events()
         return rebuilt.as_dict()
+
+    def rebuild_interrupted(self) -> bool:
+        return was_interrupted(self._reads)
 
     def wait_processed(self, poll: float = 0.05) -> None:
         """Block until the background processor has applied every event received so far."""

@@ -78,6 +78,9 @@ def serve(
             raise _fail(exc) from exc
         where = os.path.abspath(settings.db_path)  # the whole path: a relative one names another file elsewhere
         console.print(f"Portrait serving {where} on [bold]{url}[/] (ingestion: {url}/v1/batch, API docs: {url}/docs)")
+        if portrait.rebuild_interrupted():
+            console.print("[yellow]A profile rebuild was cut short: the processor goes on rebuilding the profiles; "
+                          "run `portrait profiles rebuild` again so that the profile ids of before resolve again.[/]")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
                                 port=settings.port, log_level="warning", access_log=False)
         # Ctrl-C: uvicorn shuts down gracefully, then raises it again (uvicorn.run, no longer used, swallowed it)

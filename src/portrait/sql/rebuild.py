@@ -15,12 +15,15 @@ UPDATE events SET identity_hints = r.hints FROM rehinted AS r WHERE events.seq =
 """)
 
 # What the derived state was, for what must outlive the rebuild: profile ids others may hold (exports, Audience
-# events, links), each with the event that created it, and when Portrait created it.
+# events, links), each with the event that created it, and when Portrait created it. Real tables, written in the
+# transaction that empties the derived state: a rebuild cut short by a crash keeps them for the next one to finish
+# with (IF NOT EXISTS: the state is half rebuilt by then, and they still hold what came before).
 SNAPSHOT = parse_many("""
-CREATE OR REPLACE TEMP TABLE rebuild_old_profiles AS
+CREATE TABLE IF NOT EXISTS rebuild_old_profiles AS
 SELECT p.profile_id, p.created_at, p.created_seq FROM profiles AS p;
-CREATE OR REPLACE TEMP TABLE rebuild_old_aliases AS SELECT merged_id, profile_id FROM profile_aliases;
+CREATE TABLE IF NOT EXISTS rebuild_old_aliases AS SELECT merged_id, profile_id FROM profile_aliases;
 """)
+INTERRUPTED = parse("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rebuild_old_profiles'")
 DROP_SNAPSHOT = parse_many("""
 DROP TABLE IF EXISTS rebuild_old_profiles;
 DROP TABLE IF EXISTS rebuild_old_aliases;
@@ -28,8 +31,14 @@ DROP TABLE IF EXISTS rebuild_old_aliases;
 
 # Everything the processor derives from the log, emptied; it then starts again from the log's first event.
 # (Segment membership is recounted afterwards; attributes, trait nesting, keys, segments, sources, consent
-# requests and the audit log are not derived from events.)
+# requests and the audit log are not derived from events.) The count of events processed goes back by the events
+# to apply again (not to 0: it also counted events erased since), so that it is right again once they are, even
+# after a crash half-way.
 CLEAR = parse_many("""
+UPDATE processor_state SET value = value - (SELECT count(*) FROM events WHERE seq <= (
+    SELECT value FROM processor_state WHERE name = 'watermark'))
+WHERE name = 'events_processed';
+UPDATE processor_state SET value = 0 WHERE name = 'watermark';
 DELETE FROM profiles;
 DELETE FROM identities;
 DELETE FROM profile_traits;
@@ -41,16 +50,8 @@ DELETE FROM data_quality;
 DELETE FROM consent_records;
 DELETE FROM profile_activity;
 DELETE FROM rejected_events WHERE source = 'processor';
-UPDATE processor_state SET value = 0 WHERE name IN ('watermark', 'events_processed');
 """)
 
-# Params: the events_processed count before the rebuild, the watermark before it. The count goes on from where it
-# was (it also counted events erased since), plus what arrived while the rebuild ran.
-RESTORE_PROCESSED = parse("""
-UPDATE processor_state SET value = ? + (SELECT count(*) FROM events WHERE seq > ? AND seq <= (
-    SELECT value FROM processor_state WHERE name = 'watermark'))
-WHERE name = 'events_processed'
-""")
 KEEP_CREATED_AT = parse("""
 UPDATE profiles SET created_at = o.created_at FROM rebuild_old_profiles AS o WHERE profiles.profile_id = o.profile_id
 """)
@@ -76,4 +77,5 @@ COUNT_VANISHED = parse("""
 SELECT count(*) FROM rebuild_old_profiles WHERE profile_id NOT IN (SELECT profile_id FROM profiles)
 """)
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
+COUNT_OLD_PROFILES = parse("SELECT count(*) FROM rebuild_old_profiles")
 COUNT_EVENTS = parse("SELECT count(*) FROM events")
