@@ -466,6 +466,34 @@ def test_stopping_the_server_interrupts_a_long_scheduled_sync(postgres: Postgres
         service.close()
 
 
+def test_stopping_the_server_interrupts_a_sync_asked_for_through_the_api(postgres: PostgresServer, shop: str,
+                                                                        tmp_path: Path) -> None:
+    # uvicorn waits for the requests in progress before it shuts the app down: the sync the request runs held the
+    # stop until the whole table was read
+    run_sql(postgres, shop, SLOW_ORDERS)  # 20 s to read whole
+    server = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log",
+                          {"PORTRAIT_SOURCE_CHUNK_ROWS": "5"})
+    answers: list[httpx.Response] = []
+    try:
+        with server.admin() as admin:
+            assert admin.post("/api/sources", json=slow_orders(shop)).status_code == 201
+            asking = threading.Thread(target=lambda: answers.append(httpx.post(
+                f"{server.url}/api/sources/pos/sync", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=60)))
+            asking.start()
+            deadline = time.monotonic() + 30
+            while admin.get("/api/sources/pos").json()["cursor_value"] is None:  # the first chunk is in
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 10  # after its chunk, not after the rest of the table
+        asking.join(10)
+    finally:
+        server.stop(kill=True)
+    assert answers and answers[0].status_code == 503 and answers[0].json()["code"] == "sync_interrupted"
+
+
 def test_a_source_that_is_syncing_is_not_removed(postgres: PostgresServer, shop: str, tmp_path: Path) -> None:
     # Removed and added again (with another cursor) while its sync ran, the old sync saved its cursor into the new
     # source: a number for a text column here; a timestamp for an integer one made every later sync fail

@@ -68,7 +68,13 @@ class SourceUnavailable(PortraitError):
     code = "source_failed"
 
 
-class SyncInterrupted(PortraitError):
+class Interrupted(PortraitError):
+    """Long work (a sync, a rebuild) stopped part-way because the server is stopping; it is safe to run again."""
+
+    code = "interrupted"
+
+
+class SyncInterrupted(Interrupted):
     """A source sync stopped part-way because the server is stopping; the next sync resumes from its cursor."""
 
     code = "sync_interrupted"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import orjson
 import pyarrow as pa
 
+from portrait.errors import Interrupted
 from portrait.identity import HINT_SEPARATOR, identity_hints
 from portrait.pipeline import Processor
 from portrait.sql import rebuild as q
@@ -40,8 +41,10 @@ class Rebuilt:
 
 
 def rebuild_profiles(session: Session, processor: Processor, identity_traits: tuple[str, ...],
-                     on_progress: Callable[[int, int], None] = lambda done, total: None) -> Rebuilt:
-    """Derive every profile again from the log; ``on_progress(events applied, events in the log)``."""
+                     on_progress: Callable[[int, int], None] = lambda done, total: None, *,
+                     stopping: Callable[[], bool] = lambda: False) -> Rebuilt:
+    """Derive every profile again from the log; ``on_progress(events applied, events in the log)``. When
+    ``stopping()`` (the server stops) it ends after the batch it is applying, as a crash would leave it."""
     hints_changed = rehint(session, identity_traits)
     interrupted = was_interrupted(session)  # then the profiles of before are those of the snapshot
     profiles_before = int(session.execute(q.COUNT_OLD_PROFILES if interrupted else q.COUNT_PROFILES)[0][0])
@@ -53,6 +56,9 @@ def rebuild_profiles(session: Session, processor: Processor, identity_traits: tu
     while (step := processor.process_next(session)) > 0:
         done += step
         on_progress(done, total)
+        if stopping():
+            raise Interrupted("the server is stopping: the rebuild stopped part-way; the processor goes on with it "
+                              "at the next start, and running it again finishes it")
     with session.transaction():
         session.execute(q.KEEP_CREATED_AT)
         redirected = int(session.execute(q.COUNT_VANISHED)[0][0])

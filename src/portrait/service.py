@@ -189,8 +189,13 @@ class Portrait:
         self._privacy_worker = PrivacyWorker(self.privacy, retention_days=self.settings.retention_days)
         self._privacy_worker.start()
 
-    def close(self) -> None:
+    def stop_long_work(self) -> None:
+        """The server is stopping: a running sync or rebuild ends after the chunk or batch it is committing (it
+        resumes, or can be run again, safely), rather than holding the stop until it is done."""
         self._closing.set()
+
+    def close(self) -> None:
+        self.stop_long_work()
         if self._scheduler:
             self._scheduler.stop()
         if self._privacy_worker:
@@ -615,7 +620,8 @@ class Portrait:
         with self._processing_paused():
             session = self.store.session()
             try:
-                rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress)
+                rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress,
+                                           stopping=self._closing.is_set)
             finally:
                 session.close()
         self.segments.recount_all()

@@ -16,12 +16,12 @@ from portrait.errors import (
     Conflict,
     DatabaseInUse,
     Forbidden,
+    Interrupted,
     NotFound,
     PortraitError,
     RateLimited,
     SourceUnavailable,
     StorageUnavailable,
-    SyncInterrupted,
     Unauthorized,
 )
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 RETRY_SAFE = "the server could not complete the request; it is safe to retry"
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
                                           Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503,
-                                          StorageUnavailable: 503, SyncInterrupted: 503}
+                                          StorageUnavailable: 503, Interrupted: 503}
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
@@ -85,7 +86,7 @@ def serve(
                                 port=settings.port, log_level="warning", access_log=False)
         # Ctrl-C: uvicorn shuts down gracefully, then raises it again (uvicorn.run, no longer used, swallowed it)
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run(sockets=listening)
+            _stopping_server(uvicorn, config, portrait.stop_long_work).run(sockets=listening)
     finally:
         # A second SIGTERM or Ctrl-C must not cut closing short: it interrupted the rewrite of the file after an
         # erasure ("Query interrupted", exit 1, the rewrite left to the next start). kill -9 still stops it, safely.
@@ -93,6 +94,19 @@ def serve(
         signal.signal(signal.SIGINT, _closing)
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+def _stopping_server(uvicorn: Any, config: Any, stop_long_work: Callable[[], None]) -> Any:
+    """uvicorn's server, telling Portrait as soon as a stop is asked for: uvicorn waits for the requests in progress
+    before it shuts the app down, and a sync or a rebuild asked for through the API could hold the stop for as long
+    as it runs (minutes, hours; docker and systemd then kill -9)."""
+
+    class StoppingServer(uvicorn.Server):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stop_long_work()
+            super().handle_exit(sig, frame)
+
+    return StoppingServer(config)
 
 
 def _closing(signum: int, frame: object) -> None:
