@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlglot import exp
 from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 
 from portrait.api import create_app
@@ -365,3 +366,26 @@ def test_audience_events_survive_a_crash_between_membership_and_the_log(settings
     assert [e["properties"]["segment"] for e in timeline] == ["buyers"]
     assert restarted.segments.outbox(10) == []
     restarted.close()
+
+
+def test_a_segment_that_cannot_be_evaluated_stops_no_other(portrait: Portrait) -> None:
+    """A database can hold a segment saved before its condition was refused (here a regex RE2 cannot read): it
+    failed every real-time refresh and recount, for every segment, and `process_pending` with them."""
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"plan": "pro", "score": 5}}])
+    portrait.process_pending()
+    broken = portrait.create_segment({"name": "Pro", "condition": 'plan regex "^pr"'})
+    scored = portrait.create_segment({"name": "Scored", "condition": "score > 1"})
+    old_form = exp.update("segments", {"condition": exp.Literal.string(
+        '{"attribute": "plan", "op": "regex", "values": ["p*+"]}')}, where="name = 'Pro'")
+    portrait.store.session().execute(old_form)
+    portrait.ingest_messages([{"type": "identify", "userId": "u2", "traits": {"plan": "pro", "score": 5}}])
+    portrait.process_pending()
+    assert portrait.segments.get(scored["id"])["size"] == 2  # kept current
+    portrait.segments.recount_all()
+    shown = portrait.segments.get(broken["id"])
+    assert shown["size"] == 1 and "cannot be evaluated" in shown["error"] and "*+" in shown["error"]
+    with TestClient(create_app(portrait=portrait)) as client:
+        client.post("/login", data={"key": ADMIN_KEY})
+        assert "cannot be evaluated" in client.get(f"/segments/{broken['id']}").text
+    portrait.update_segment(str(broken["id"]), {"condition": 'plan regex "^pr"'})
+    assert portrait.segments.get(broken["id"])["error"] is None and portrait.segments.get(broken["id"])["size"] == 2

@@ -33,7 +33,7 @@ from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performe
 from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
-from portrait.errors import BadRequest, Conflict, NotFound
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.model import Identifier
 from portrait.registry import AttributeRegistry
 from portrait.spec import iso_time, utc_now
@@ -86,6 +86,9 @@ class Segments:
         self.calculator = Calculator(self.schema)
         self._normalize = normalize
         self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
+        # Segments that cannot be evaluated now (one saved before its condition was refused, say), by id: skipped,
+        # keeping their members, so that one cannot stop every other segment's upkeep; shown as the segment's error.
+        self.failures: dict[int, str] = {}
 
     # -- definitions -----------------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -116,7 +119,8 @@ class Segments:
 
     def _document(self, segment: Segment, *, size: int) -> dict[str, Any]:
         document: dict[str, Any] = {"id": segment.id, "name": segment.name, "kind": segment.kind,
-                                    "description": segment.description, "size": size}
+                                    "description": segment.description, "size": size,
+                                    "error": self.failures.get(segment.id)}
         if segment.condition is not None:
             document.update(condition=to_json(segment.condition), text=to_text(segment.condition),
                             english=describe(segment.condition))
@@ -291,7 +295,16 @@ class Segments:
             changes = _apply(session, segment, now)
             session.execute(q.RECORD_SIZE, [segment.id, now, segment.id])
             session.execute(q.COUNTED, [now, segment.id])
+        self.failures.pop(segment.id, None)
         return changes
+
+    def _failed(self, segment_id: int, name: str, exc: Exception) -> None:
+        """Remember (and log, once per reason) why a segment could not be evaluated; its members stay as they were."""
+        reason = exc.message if isinstance(exc, PortraitError) else f"{type(exc).__name__}: {exc}"
+        reason = f"cannot be evaluated, its members are kept as they were: {reason}; edit its condition"
+        if self.failures.get(segment_id) != reason:
+            log.error("segment %r (%s) %s", name, segment_id, reason)
+        self.failures[segment_id] = reason
 
     def recalculate(self, *, now: datetime | None = None) -> int:
         """Compute every calculated attribute for every profile; returns how many attributes."""
@@ -304,7 +317,10 @@ class Segments:
         self.recalculate()
         changes: list[Change] = []
         for document in self.all():
-            changes += self.recount(document["id"])
+            try:
+                changes += self.recount(document["id"])
+            except Exception as exc:  # this one only: the others are recounted
+                self._failed(document["id"], document["name"], exc)
         return changes
 
     def refresh_touched(self, *, now: datetime | None = None) -> list[Change]:
@@ -328,7 +344,11 @@ class Segments:
             profiles = self._scope_profiles(session, segments) if segments else []
             schema = self.schema()
             for segment in segments:
-                members = self._evaluate(session, segment, profiles, schema, now)
+                try:
+                    members = self._evaluate(session, segment, profiles, schema, now)
+                except Exception as exc:  # this one only: the others are kept current
+                    self._failed(segment.id, segment.name, exc)
+                    continue
                 session.execute(q.NEW_MEMBERS_TABLE)
                 if members:
                     session.load("seg_found", pa.table({"profile_id": members}))
