@@ -89,6 +89,8 @@ def test_overview_and_sign_out(page: Page, shop: Server) -> None:
         profiles = api.get("/api/status").json()["profiles"]
     assert profiles >= 40
     expect(page.locator("[data-test=profiles]")).to_have_text(f"{profiles:,}")
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon and page.request.get(f"{shop.url}{icon}").status == 200  # not a 404 for /favicon.ico per page
     shot(page, "overview")
     session = next(c for c in page.context.cookies() if c["name"] == "portrait_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
