@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import typer
 
@@ -36,7 +35,7 @@ def test_a_setting_out_of_range_names_its_variable() -> None:
         load_settings({"PORTRAIT_PORT": "99999"})
 
 
-def commands(group: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     subcommands = getattr(group, "commands", None)
     if subcommands:
         for name, sub in subcommands.items():
@@ -52,12 +51,34 @@ def test_cli_doc_describes_every_command_and_option() -> None:
         heading = f"`portrait {' '.join(path)}"
         section = next((s for s in sections if s.startswith(heading)), None)
         assert section is not None, f"docs/cli.md has no section for portrait {' '.join(path)}"
-        for param in command.params:
-            if isinstance(param, click.Option):
+        options = [param for param in command.params if param.param_type_name == "option"]
+        assert options, f"portrait {' '.join(path)}: no options found (--help always is one)"
+        for param in options:
+            if "--help" not in param.opts:
                 assert any(f"`{opt}" in section for opt in param.opts), f"{heading}: {param.opts} not described"
     documented = {s.split("`")[1] for s in sections[1:]}
     actual = {"portrait " + " ".join(path) for path, _ in commands(typer.main.get_command(app))}
     assert {re.sub(r" ([A-Z]+\b|--).*", "", d) for d in documented} == actual
+
+
+def test_the_defaults_in_the_cli_doc_are_the_defaults() -> None:
+    text = (DOCS / "cli.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)
+    settings = Settings()
+    checked = 0
+    for path, command in commands(typer.main.get_command(app)):
+        heading = f"`portrait {' '.join(path)}"
+        section = next(s for s in sections if s.startswith(heading))
+        for row in re.findall(r"^\| (.+?) \| (.+) \|$", section, re.MULTILINE):
+            stated = re.search(r"\(default `?([^`:)]+?)`?\)", row[1])
+            names = re.findall(r"`(--?[a-z-]+)", row[0])
+            if stated is None or len(names) != 1:
+                continue
+            param = next(p for p in command.params if names[0] in getattr(p, "opts", ()))
+            actual = param.default if param.default is not None else getattr(settings, param.name)
+            assert str(actual) == stated.group(1), f"{heading} {names[0]}: documented {stated.group(1)}, is {actual}"
+            checked += 1
+    assert checked >= 10
 
 
 def test_the_mapping_file_example_reads_as_documented() -> None:
