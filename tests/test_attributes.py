@@ -150,6 +150,26 @@ def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert nothing.exit_code == 1 and "nothing to change" in nothing.output
 
 
+def test_cli_calculated_attribute_copying_personal_data_is_personal(tmp_path: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/calculated.md: a definition repeating personal data makes the attribute personal unless told otherwise
+    (the CLI used to send --not-personal whenever --personal was not given)."""
+    monkeypatch.delenv("PORTRAIT_ADMIN_KEY", raising=False)
+    runner = CliRunner()
+    db = str(tmp_path / "a.duckdb")
+    Portrait(Settings(db_path=db), background=False).close()
+    for code, flags in (("full_name", []), ("shown_name", ["--not-personal"]), ("spent", []),
+                        ("flagged", ["--personal"])):
+        definition = 'sum("Order Completed", revenue)' if code in ("spent", "flagged") else \
+            'concat(first_name, " ", last_name)'
+        created = runner.invoke(app, ["attributes", "create", code, "--name", code, "--definition", definition,
+                                      *flags, "--db", db])
+        assert created.exit_code == 0, created.output
+    listed = json.loads(runner.invoke(app, ["attributes", "list", "--kind", "custom", "--db", db, "--json"]).output)
+    assert {a["code"]: a["is_personal_info"] for a in listed["attributes"]} == {
+        "full_name": True, "shown_name": False, "spent": False, "flagged": True}
+
+
 def test_values_are_coerced_or_kept_out_and_listed(portrait: Portrait) -> None:
     portrait.attributes.create({"code": "tier", "name": "Tier", "type": "enum",
                                 "validation": {"values": ["bronze", "silver", "gold"]}})

@@ -109,13 +109,17 @@ def attributes_create(
                                                         "revenue, within = 90d)' (its type follows).")] = None,
     description: Annotated[str, typer.Option(help="What it means.")] = "",
     unit: Annotated[str | None, typer.Option(help="Unit, e.g. EUR or days.")] = None,
-    personal: Annotated[bool, typer.Option("--personal/--not-personal", help="Personal information?")] = False,
+    personal: Annotated[bool | None, typer.Option(
+        "--personal/--not-personal", help="Personal information? (default: no; for a calculated attribute, yes "
+                                          "when its definition repeats personal data)")] = None,
     analytics: Annotated[bool, typer.Option("--analytics/--no-analytics", help="Calculate analytics?")] = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Define a custom attribute; with --definition a calculated one, computed for every profile at once."""
-    fields = {"code": code, "name": name, "description": description, "unit": unit,
-              "is_personal_info": personal, "calculate_analytics": analytics}
+    fields: dict[str, object] = {"code": code, "name": name, "description": description, "unit": unit,
+                                 "calculate_analytics": analytics}
+    if personal is not None:  # left out, the registry decides: personal when a definition copies personal data
+        fields["is_personal_info"] = personal
     if attribute_type is not None or definition is None:
         fields["type"] = attribute_type or "string"
     if definition is not None:
