@@ -89,6 +89,20 @@ def test_dry_run_checks_everything_and_writes_nothing(tmp_path: Path) -> None:
     assert status(db)["events_received"] == 0 and status(db)["events_rejected"] == 0
 
 
+def test_a_dry_run_of_a_file_imported_before_says_its_rows_are_already_there(tmp_path: Path) -> None:
+    """The dry run's report says what the import would do, duplicates included (it said 'would store' every row)."""
+    source = write_ndjson(tmp_path / "events.ndjson", MESSAGES[:2])
+    db = str(tmp_path / "p.duckdb")
+    runner.invoke(app, ["import", "events", str(source), "--db", db])
+    write_ndjson(source, [*MESSAGES[:2], MESSAGES[3], {**MESSAGES[3], "messageId": "twice"},
+                          {**MESSAGES[3], "messageId": "twice"}])
+    dry = runner.invoke(app, ["import", "events", str(source), "--db", db, "--dry-run"])
+    assert "would store 2, already there 3" in dry.output, dry.output
+    real = runner.invoke(app, ["import", "events", str(source), "--db", db])
+    assert "stored 2, already there 3" in real.output, real.output
+    assert status(db)["events_received"] == 4
+
+
 def test_json_array_and_parquet_files(tmp_path: Path) -> None:
     array = tmp_path / "events.json"
     array.write_bytes(orjson.dumps(MESSAGES[:2]))

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from portrait import analytics, sql
 from portrait.audit import AuditLog
@@ -397,19 +398,41 @@ class Portrait:
         a row identified only by email, phone or another identifier type needs no userId/anonymousId.
 
         Yields one result per chunk, with each rejected row's number (1-based, across chunks). With ``dry_run``
-        nothing is written: the messages are only read and checked.
+        nothing is written: the messages are only read and checked, and those the log holds already (or an earlier
+        row of the file) are counted as duplicates, as the import would.
         """
         first_row = 1
+        seen: set[str] = set()  # a dry run's message ids so far: a later copy in the file is a duplicate
         for chunk in chunks:
             unknown_size = self.limits.max_message_bytes + 1  # no body to measure: check every message's size
             with self._reading.shared():
                 read = self._read(ParsedRequest(chunk), source, utc_now(), None, unknown_size, any_identifier=True)
                 stored = None if dry_run else self.writer.submit(read.events, read.rejections, whole_log=True,
                                                                  suppressed=read.suppressed)
-            result = IngestResult(len(read.events), 0, len(read.rejections)) if stored is None else stored.result()
+            if stored is None:
+                new = self._not_yet_stored(read.events.message_id, seen)
+                result = IngestResult(new, len(read.events) - new, len(read.rejections))
+            else:
+                result = stored.result()
             rows = [(first_row + (r.position or 0), r) for r in read.rejections]
             yield ImportChunk(len(chunk), result, rows)
             first_row += len(chunk)
+
+    def _not_yet_stored(self, message_ids: Sequence[str], seen: set[str]) -> int:
+        """How many of a dry run's ids neither the log nor ``seen`` holds (those are added to ``seen``)."""
+        candidates = [m for m in dict.fromkeys(message_ids) if m not in seen]
+        session = self._reads
+        session.load("incoming_ids", pa.table({"message_id": pa.array(candidates, pa.string())}))
+        try:
+            present = {row[0] for row in session.execute(ingest_sql.ALREADY_IN_LOG)}
+        finally:
+            session.unload("incoming_ids")
+        new = 0
+        for message_id in message_ids:
+            if message_id not in seen and message_id not in present:
+                new += 1
+            seen.add(message_id)
+        return new
 
     # -- calculated attributes ---------------------------------------------------------------------------------
     def create_attribute(self, fields: dict[str, Any]) -> dict[str, Any]:
