@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,24 @@ def test_the_calculated_attribute_table_gives_the_types_the_code_gives() -> None
     assert len(complete) >= 10
     for definition, kind in complete:
         assert result_type(parse_definition(definition)) == kind, definition
+
+
+def test_the_api_doc_names_every_operation_and_only_real_ones_and_status_fields(portrait: Any) -> None:
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+
+    from portrait.api import create_app
+
+    with TestClient(create_app(portrait=portrait)) as client:
+        schema = client.get("/openapi.json").json()
+        status = client.get("/api/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    actual = {(method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
+              for path, operations in schema["paths"].items() if path.startswith("/api/") for method in operations}
+    text = (DOCS / "api.md").read_text()
+    example = re.search(r"## `GET /api/status`\n\n```json\n(.+?)```", text, re.DOTALL)
+    assert example is not None and list(json.loads(example.group(1))) == list(status)
+    documented = {(method, re.sub(r"\{[^}]+\}", "{}", path.replace("{type}:{value}", "{identity}")))
+                  for method, path in re.findall(r"`(GET|POST|PATCH|PUT|DELETE) (/api/[^` ?]*)", text)}
+    assert documented - actual == set(), "docs/api.md names operations the API does not have"
+    # /sizes is written as a suffix of /history's line
+    assert actual - documented == {("GET", "/api/segments/{}/sizes")}, "operations docs/api.md does not name"
