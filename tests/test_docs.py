@@ -24,6 +24,18 @@ def test_settings_doc_names_every_setting_and_only_those() -> None:
     assert documented == actual
 
 
+def test_settings_doc_gives_the_defaults() -> None:
+    rows = re.findall(r"^\| `(PORTRAIT_[A-Z_]+)` \| (.+?) \|", (DOCS / "settings.md").read_text(), re.MULTILINE)
+    defaults = Settings()
+    for variable, default in rows:
+        actual = getattr(defaults, variable.removeprefix("PORTRAIT_").lower())
+        if default == "(none)":
+            assert actual is None, variable
+        else:  # the documented default, read as the variable, is the default
+            assert getattr(load_settings({variable: default.strip("`")}), variable.removeprefix("PORTRAIT_").lower()
+                           ) == actual, variable
+
+
 def test_settings_are_read_from_the_environment() -> None:
     settings = load_settings({"PORTRAIT_PORT": "9001", "PORTRAIT_IDENTITY_LIMITS": "user_id=1,email=3",
                               "PORTRAIT_BLOCKED_VALUES": "null, n/a", "PORTRAIT_DB_PATH": "/tmp/x.duckdb"})
