@@ -185,6 +185,13 @@ def test_a_static_segment_holds_the_profiles_of_its_identities(portrait: Portrai
         ('performed("Order Completed")', False, "performed 0 matching times")]
 
 
+def test_explain_writes_times_as_the_api_does(portrait: Portrait) -> None:
+    shop(portrait)
+    portrait.create_segment({"name": "recent", "condition": 'last_time("Order Completed") within last 30d'})
+    newest = portrait.events("user_id:ann", event="Order Completed")["events"][0]["timestamp"]  # ms and Z
+    assert portrait.explain_segment("recent", "user_id:ann")["explanation"]["why"] == f"last time: {newest}"
+
+
 def test_references_between_segments_are_protected(portrait: Portrait) -> None:
     shop(portrait)
     portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})

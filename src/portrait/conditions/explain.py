@@ -77,7 +77,7 @@ def _event_why(condition: Condition, now: datetime, profile: ProfileData) -> str
         if not matching:
             return "never performed"
         moment = (min if condition.which == "first" else max)(e.timestamp for e in matching)
-        return f"{condition.which} time: {moment.isoformat()}Z"
+        return f"{condition.which} time: {moment.isoformat(timespec='milliseconds')}Z"  # as the API writes times
     if isinstance(condition, Stopped):
         recent_start = now - timedelta(seconds=condition.recent.seconds)
         earlier_start = recent_start - timedelta(seconds=condition.earlier.seconds)
