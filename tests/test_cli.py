@@ -94,7 +94,8 @@ def test_out_of_range_options_are_refused_by_name(tmp_path: Path, args: list[str
 def test_events_tail_prints_the_latest_events(demo_db: str) -> None:
     result = runner.invoke(app, ["events", "tail", "-n", "5", "--db", demo_db, "--json"])
     assert result.exit_code == 0, result.output
-    assert result.output.count('"message_id"') == 5
+    events = [json.loads(line) for line in result.output.splitlines()]  # one JSON object per line
+    assert len(events) == 5 and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
 
 def test_events_rejected_lists_reasons(tmp_path: Path) -> None:
