@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.demo import generate_messages
-from portrait.errors import Conflict
+from portrait.errors import Conflict, NotFound
 from portrait.service import Portrait
 
 # Every table the processor derives, with the columns that do not hold the time of processing itself.
@@ -131,3 +131,31 @@ def test_the_cli_rebuilds_with_a_progress_report(settings: Settings, tmp_path: P
     assert result.exit_code == 0, result.output
     assert "Rebuilt" in result.output and "profiles" in result.output
 
+
+
+def test_an_erased_persons_identifiers_stay_gone_after_a_rebuild(portrait: Portrait) -> None:
+    # Alice's identifiers also sit in other people's events, which erasing her leaves in the log: Bob logged in on
+    # her tablet and Bob2 gave her email (both already hers: dropped from theirs), Carol's event carried her email,
+    # and Aaron's alias named her user id (without her profile, "alice" would be read as an anonymous id).
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "alice", "anonymousId": "tablet-123",
+         "traits": {"email": "alice@example.com"}},
+        {"type": "identify", "userId": "bob", "anonymousId": "tablet-123"},
+        {"type": "identify", "userId": "bob2", "traits": {"email": "alice@example.com"}},
+        {"type": "track", "userId": "carol", "event": "Viewed", "context": {"traits": {"email": "alice@example.com"}}},
+        {"type": "identify", "userId": "aaron"},
+        {"type": "alias", "userId": "aaron", "previousId": "alice"},  # refused by the user_id limit
+    ])
+    portrait.process_pending()
+    portrait.privacy_request({"type": "erase", "identity": "user_id:alice"}, "test", run_now=True)
+    portrait.rebuild_profiles()
+    for reference in ("email:alice@example.com", "anonymous_id:tablet-123", "anonymous_id:alice", "user_id:alice"):
+        with pytest.raises(NotFound):  # no profile holds her identifiers again (nor would a new erase find one)
+            portrait.resolve_profile_id(reference)
+    session = portrait.store.session()
+    try:
+        keys = [str(row[0]) for row in session.execute(select("identity_key").from_("identities"))]
+    finally:
+        session.close()
+    assert sorted(keys) == ["user_id:aaron", "user_id:bob", "user_id:bob2", "user_id:carol"]
+    assert portrait.profile("user_id:bob")["profile_id"] != portrait.profile("user_id:bob2")["profile_id"]

@@ -13,6 +13,7 @@ Rules (docs/identity.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,12 @@ def normalize_phone(value: str, region: str) -> str | None:
     if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def identity_hash(key: str) -> str:
+    """How an erased person's identifier key (``type:value``, normalized) is kept: its SHA-256, in hex (the
+    processor computes the same in SQL, sql.processor.STAGE_OWNERS)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 PROFILE_ID_TYPE = "profile_id"  # in a reference, Portrait's own profile id: not an identifier a message can carry

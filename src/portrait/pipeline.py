@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +28,7 @@ import pyarrow as pa
 from portrait import sql
 from portrait.attributes import code_for
 from portrait.errors import PortraitError, StorageUnavailable
-from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, normalize_phone
+from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, identity_hash, normalize_phone
 from portrait.model import Identifier
 from portrait.spec import utc_now
 from portrait.sql import ingest as ingest_q
@@ -266,6 +266,7 @@ class Processor:
         if aliases:
             keys = [f"{kind}:{value}" for value in aliases for kind in ("user_id", ANONYMOUS)]
             owners.update(dict(session.execute(q.IDENTITIES_BY_KEYS, [keys])))
+            self._drop_suppressed_previous(session, events.values(), owners)
         graph = IdentityGraph(self._rules)
         profile_ids = sorted(set(owners.values()))
         if profile_ids:
@@ -282,6 +283,24 @@ class Processor:
             for profile_id, (created_seq, idents) in members.items():
                 graph.add_profile(profile_id, created_seq, idents)
         return graph, list(events.values())
+
+    def _drop_suppressed_previous(self, session: Session, events: Iterable[SlowEvent], owners: dict[str, str]
+                                  ) -> None:
+        """An alias's previousId that names an erased person (as a user id or an anonymous id) and no profile is
+        left out, as such identifiers are in STAGE_OWNERS: read as the other kind, it would give her value to
+        someone."""
+        hashes: dict[str, str] = {}
+        for event in events:
+            if event.previous_id is not None:
+                keys = [ident.key for kind in ("user_id", ANONYMOUS)
+                        if (ident := self._rules.normalize(kind, event.previous_id)) is not None]
+                if not any(key in owners for key in keys):
+                    hashes.update((identity_hash(key), event.previous_id) for key in keys)
+        suppressed = {hashes[row[0]] for row in session.execute(q.SUPPRESSED_AMONG, [list(hashes)])}
+        if suppressed:
+            for event in events:
+                if event.previous_id in suppressed:
+                    event.previous_id = None
 
     def _plan(self, graph: IdentityGraph, events: list[SlowEvent]) -> BatchPlan:
         plan = BatchPlan()

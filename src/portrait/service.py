@@ -25,7 +25,7 @@ from portrait.connectors import Connector, connect, scrub
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, SyncInterrupted
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
-from portrait.identity import PROFILE_ID_TYPE, IdentityRules
+from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
@@ -63,7 +63,7 @@ from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
 from portrait.store.duckdb import compact_if_marked, mark_for_compaction
-from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker, identity_hash
+from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
 from portrait.writer import DedupPolicy, EventWriter
 
 AUDIENCE_ROUNDS = 10  # most rounds of segment changes -> audience events -> segment changes in process_pending

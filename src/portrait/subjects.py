@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -29,16 +28,13 @@ import phonenumbers
 
 from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
+from portrait.identity import identity_hash
 from portrait.spec import event_document, iso_time, utc_now
 from portrait.sql import subjects as q
 from portrait.store import Session
 
 log = logging.getLogger(__name__)
 TYPES = ("access", "erase")
-
-
-def identity_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

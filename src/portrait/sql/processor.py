@@ -39,6 +39,10 @@ WHERE value IS NOT NULL AND value <> '' AND id_type <> ''
 """)
 RAW_PHONES = parse("SELECT DISTINCT value FROM b_ids_raw WHERE id_type = 'phone'")
 # phone_map(raw, e164): e164 NULL where the raw value is not a possible phone number.
+# An erased person's identifiers (suppressed_identities: SHA-256 of the key) that no profile holds are not
+# identifiers either: ingestion drops messages naming them, but other people's events logged before the erasure
+# may carry them too (Bob on Alice's tablet), and applying those again (a profile rebuild) must not give them to
+# anyone. While the erasure runs they still belong to her profile, so the events it catches up on join it and go.
 STAGE_OWNERS = parse("""
 CREATE OR REPLACE TEMP TABLE b_owned AS
 WITH ids AS (
@@ -49,6 +53,8 @@ WITH ids AS (
 SELECT ids.seq, ids.id_type, ids.value, i.profile_id,
        count(*) OVER (PARTITION BY ids.id_type, ids.value) AS key_events  -- events of the batch with this id
 FROM ids LEFT JOIN identities AS i ON i.identity_key = ids.id_type || ':' || ids.value
+WHERE i.profile_id IS NOT NULL
+   OR sha256(ids.id_type || ':' || ids.value) NOT IN (SELECT key_hash FROM suppressed_identities)
 """)
 # Every event of the batch takes one of four paths:
 # - fast:   all its identifiers already belong to one profile -> assigned here, in SQL;
@@ -200,6 +206,10 @@ FROM b_events AS b LEFT JOIN b_owned AS o ON o.seq = b.seq
 WHERE b.path = 'slow'
 ORDER BY b.seq
 """)
+# Which of these identity-key hashes are an erased person's (a list param).
+SUPPRESSED_AMONG = parse(
+    "SELECT key_hash FROM suppressed_identities WHERE key_hash IN (SELECT UNNEST(CAST(? AS VARCHAR[])))"
+)
 IDENTITIES_BY_KEYS = parse(
     "SELECT identity_key, profile_id FROM identities WHERE identity_key IN (SELECT UNNEST(CAST(? AS VARCHAR[])))"
 )
