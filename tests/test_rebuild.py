@@ -159,3 +159,22 @@ def test_an_erased_persons_identifiers_stay_gone_after_a_rebuild(portrait: Portr
         session.close()
     assert sorted(keys) == ["user_id:aaron", "user_id:bob", "user_id:bob2", "user_id:carol"]
     assert portrait.profile("user_id:bob")["profile_id"] != portrait.profile("user_id:bob2")["profile_id"]
+
+
+def test_a_rebuild_ends_while_events_keep_arriving(portrait: Portrait) -> None:
+    # Steady traffic: a new event is logged whenever the rebuild has applied a batch. The rebuild applies the log
+    # it found and returns; the events after are the processor's as usual. (It went on until traffic stopped,
+    # holding the processor's pause: segments, erasures and old profile ids waited all that time.)
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"plan": "pro"}} for i in range(50)])
+    portrait.process_pending()
+    arrived: list[int] = []
+
+    def traffic(done: int, total: int) -> None:
+        if len(arrived) < 200:
+            portrait.ingest_messages([{"type": "track", "userId": "u1", "event": "Viewed"}])
+            arrived.append(done)
+
+    done = portrait.rebuild_profiles(traffic)
+    assert arrived == [50] and done["events"] == 50  # one batch: the log as it was
+    portrait.process_pending()
+    assert portrait.status()["lag"] == 0 and portrait.profile("user_id:u1")["events_count"] == 2

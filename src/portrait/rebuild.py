@@ -52,8 +52,11 @@ def rebuild_profiles(session: Session, processor: Processor, identity_traits: tu
     with session.transaction():
         for statement in (*q.SNAPSHOT, *q.CLEAR):
             session.execute(statement)
+        last = int(session.execute(q.LAST_SEQ)[0][0])
+    # The log as it is now, not until caught up: under steady traffic that never came, and the processor's pause
+    # (segments, erasures) was held until traffic stopped. What arrives meanwhile is the processor's, as usual.
     done = 0
-    while (step := processor.process_next(session)) > 0:
+    while int(session.execute(q.WATERMARK)[0][0]) < last and (step := processor.process_next(session)) > 0:
         done += step
         on_progress(done, total)
         if stopping():

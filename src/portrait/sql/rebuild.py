@@ -79,3 +79,5 @@ SELECT count(*) FROM rebuild_old_profiles WHERE profile_id NOT IN (SELECT profil
 COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 COUNT_OLD_PROFILES = parse("SELECT count(*) FROM rebuild_old_profiles")
 COUNT_EVENTS = parse("SELECT count(*) FROM events")
+LAST_SEQ = parse("SELECT coalesce(max(seq), 0) FROM events")
+WATERMARK = parse("SELECT value FROM processor_state WHERE name = 'watermark'")
