@@ -404,18 +404,19 @@ def test_the_cli_manages_keys_and_shows_the_audit_log(tmp_path: Path) -> None:
 
 
 def test_each_key_is_rate_limited_with_retry_after(tmp_path: Path) -> None:
-    settings = Settings(db_path=str(tmp_path / "r.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY, rate_limit=5)
+    settings = Settings(db_path=str(tmp_path / "r.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY, rate_limit=1)
     service = Portrait(settings, background=False)
     try:
         with TestClient(create_app(portrait=service)) as client:
-            answers = [client.get("/api/status", headers=ADMIN).status_code for _ in range(12)]
-            assert answers[:10] == [200] * 10 and answers[-1] == 429  # a burst of twice the rate, then refused
+            # 1 a second: a burst of 2, then refused (a slow, busy machine still sends 3 within a second)
+            answers = [client.get("/api/status", headers=ADMIN).status_code for _ in range(3)]
+            assert answers == [200, 200, 429]
             refused = client.get("/api/status", headers=ADMIN)
             assert refused.json()["code"] == "rate_limited" and int(refused.headers["retry-after"]) >= 1
             browser = {"Origin": "https://shop.example.com"}
             sent = [client.post("/v1/track", auth=(WRITE_KEY, ""), json={"userId": "u", "event": "E"},
-                                headers=browser) for _ in range(12)]
-            assert [s.status_code for s in sent[:10]] == [200] * 10 and sent[-1].status_code == 429  # own allowance
+                                headers=browser) for _ in range(3)]
+            assert [s.status_code for s in sent] == [200, 200, 429]  # the write key's own allowance
             # analytics.js waits as long as X-RateLimit-Reset says, when the browser lets it read the header
             assert sent[-1].headers["x-ratelimit-reset"] == sent[-1].headers["retry-after"]
             assert "X-RateLimit-Reset" in sent[-1].headers["access-control-expose-headers"]
