@@ -440,3 +440,41 @@ def test_expired_events_stay_duplicates_after_a_restart(settings: Settings) -> N
     with pytest.raises(Conflict, match="retention has deleted 1 raw events"):
         reopened.rebuild_traits()  # would lose what the expired events set
     reopened.close()
+
+
+def test_erasure_removes_her_events_that_no_profile_holds(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events the processor set aside (processing_failed) or found no usable identifier in (no_identifier) stay in
+    the log linked to no profile: those naming the person go with her, or they keep her user id, email and phone
+    (and a rebuild would apply her set-aside alias again, making a profile of the old laptop it named)."""
+    from portrait.pipeline import Processor
+
+    portrait.ingest_messages([{"type": "identify", "userId": "42",
+                               "traits": {"email": "Eve.Unlinked@example.com", "phone": "+1 415 555 0142"}}])
+    portrait.process_pending()
+    original = Processor._plan
+
+    def fail_on_poison(self: Processor, graph: Any, events: list[Any]) -> Any:
+        if any(e.message_id == "poison" for e in events):
+            raise ValueError("cannot handle this one")
+        return original(self, graph, events)
+
+    monkeypatch.setattr(Processor, "_plan", fail_on_poison)
+    portrait.ingest_messages([
+        {"type": "alias", "userId": "42", "previousId": "eve-old-laptop", "messageId": "poison"},  # set aside
+        {"type": "track", "anonymousId": "undefined", "event": "Newsletter",  # no usable identifier
+         "properties": {"email": "EVE.unlinked@example.com"}},
+        {"type": "track", "anonymousId": "null", "event": "Call", "properties": {"phone": "(415) 555-0142"}},
+        {"type": "track", "anonymousId": "undefined", "event": "Newsletter", "messageId": "other",
+         "properties": {"email": "someone.else@example.com"}},  # someone else's: stays
+    ])
+    portrait.process_pending()
+    monkeypatch.undo()
+    assert sorted(r["code"] for r in portrait.rejected()["rejected"]) == ["no_identifier"] * 3 + ["processing_failed"]
+    done = portrait.privacy_request({"type": "erase", "identity": "email:eve.unlinked@example.com"}, "test",
+                                    run_now=True)
+    assert done["status"] == "done" and done["result"]["events"] == 4, done
+    assert [e["message_id"] for e in portrait.recent_events(0)] == ["other"]
+    assert [r["message_id"] for r in portrait.rejected()["rejected"]] == ["other"]
+    portrait.rebuild_profiles()
+    with pytest.raises(NotFound):
+        portrait.profile("anonymous_id:eve-old-laptop")

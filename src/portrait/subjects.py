@@ -4,7 +4,8 @@
   consents, every event, segment memberships and their history, data-quality records.
 - **Erase** removes the profile and everything derived from it -- across every profile merged into it: its raw
   events, identities, traits, consent records, memberships and history, merges, data-quality records, rejected
-  messages holding its identifier values, earlier access exports. DuckDB leaves the bytes of deleted rows in freed
+  messages holding its identifier values, events that no profile holds (set aside, no usable identifier) naming
+  it, earlier access exports. DuckDB leaves the bytes of deleted rows in freed
   blocks, so the database file is then rewritten (when Portrait next closes it -- a server stop -- or opens it):
   afterwards no byte of the person is left on disk. The person's identifiers are kept only as SHA-256 hashes, so
   later events carrying them are dropped and counted (``events_suppressed``) instead of re-creating the person.
@@ -173,14 +174,21 @@ class PrivacyRequests:
             session.execute(q.ERASE_SCOPE[1], [profile_id])
             for erased_id in (profile_id, *merged):
                 session.execute(q.ADD_ERASE_PROFILE, [erased_id])
+            for _key, kind, value in identities:  # her events that no profile holds (set aside, no identifier)
+                session.execute(q.ADD_UNLINKED_NAMING, [str(value)])
+                text, digits = _needles(kind, str(value))
+                if text:
+                    session.execute(q.ADD_UNLINKED_HOLDING, [text])
+                if digits:
+                    session.execute(q.ADD_UNLINKED_HOLDING_PHONE, [digits])
             events = int(session.execute(q.COUNT_SCOPE)[0][0])
             for statement in q.ERASE:
                 session.execute(statement)
             for _key, kind, value in identities:
-                if len(str(value)) >= 5:  # short values (user id "42") would match unrelated messages
-                    session.execute(q.ERASE_REJECTED, [str(value)])
-                digits = _national_digits(str(value)) if kind == "phone" else ""
-                if len(digits) >= 6:
+                text, digits = _needles(kind, str(value))
+                if text:
+                    session.execute(q.ERASE_REJECTED, [text])
+                if digits:
                     session.execute(q.ERASE_REJECTED_PHONE, [digits])
             for key, _kind, _value in identities:
                 session.execute(q.SUPPRESS, [identity_hash(str(key)), request["id"], utc_now()])
@@ -222,6 +230,14 @@ class PrivacyRequests:
 
     def _forget(self, request: dict[str, Any]) -> None:
         self._session().execute(q.FORGET_IDENTITY, [request["id"]])
+
+
+def _needles(kind: str, value: str) -> tuple[str | None, str | None]:
+    """What marks a message or an unlinked event as naming the person: the identifier's value if it has 5+
+    characters (a short one, user id "42", would match unrelated ones), and a phone number's national digits if
+    there are 6+ of them (it may be written "+48 601 234 567")."""
+    digits = _national_digits(value) if kind == "phone" else ""
+    return (value if len(value) >= 5 else None), (digits if len(digits) >= 6 else None)
 
 
 def _national_digits(phone: str) -> str:

@@ -50,12 +50,28 @@ ERASE_SCOPE = [
     parse("CREATE OR REPLACE TEMP TABLE erase_seqs AS SELECT seq FROM event_profiles WHERE profile_id = ?"),
 ]
 ADD_ERASE_PROFILE = parse("INSERT INTO erase_profiles VALUES (?)")
-COUNT_SCOPE = parse("SELECT count(*) FROM erase_seqs")
+# Events no profile holds -- set aside by the processor (processing_failed) or without a usable identifier
+# (no_identifier) -- are found through the processor's rejections, which name their seq. Those naming the person
+# join the erasure's scope: by one of her identifiers as their userId, anonymousId or previousId (whatever its
+# length), or, as for rejected messages, by a value of 5+ characters anywhere in them, in any letter case, or her
+# phone's national digits however it was punctuated. Param: the value (or the digits).
+_SET_ASIDE_SEQ = "TRY_CAST(json_extract_string(payload, '$.seq') AS BIGINT)"
+_UNLINKED = (f"INSERT INTO erase_seqs SELECT e.seq FROM events AS e WHERE e.seq IN (SELECT {_SET_ASIDE_SEQ} "
+             "FROM rejected_events WHERE source = 'processor') AND e.seq NOT IN (SELECT seq FROM event_profiles) AND ")
+_EVENT_TEXT = ("concat_ws(' ', e.user_id, e.anonymous_id, e.previous_id, e.group_id, e.properties, e.traits, "
+               "e.context, e.extra, e.identity_hints)")
+ADD_UNLINKED_NAMING = parse(_UNLINKED + "? IN (trim(e.user_id), trim(e.anonymous_id), trim(e.previous_id))")
+ADD_UNLINKED_HOLDING = parse(_UNLINKED + f"contains(lower({_EVENT_TEXT}), lower(?))")
+ADD_UNLINKED_HOLDING_PHONE = parse(_UNLINKED + f"contains(regexp_replace({_EVENT_TEXT}, '[\\s().\\-/]', '', 'g'), ?)")
+COUNT_SCOPE = parse("SELECT count(DISTINCT seq) FROM erase_seqs")
 ERASE = [
     parse("DELETE FROM events WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM expired_events WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM consent_records WHERE seq IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM event_profiles WHERE seq IN (SELECT seq FROM erase_seqs)"),
+    # The processor's rejections of her set-aside events (their payload names a user id of any length).
+    parse("DELETE FROM rejected_events WHERE source = 'processor' "
+          f"AND {_SET_ASIDE_SEQ} IN (SELECT seq FROM erase_seqs)"),
     parse("DELETE FROM identities WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM profile_traits WHERE profile_id IN (SELECT profile_id FROM erase_profiles)"),
     parse("DELETE FROM profile_aliases WHERE profile_id IN (SELECT profile_id FROM erase_profiles) "
