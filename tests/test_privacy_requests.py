@@ -478,3 +478,39 @@ def test_erasure_removes_her_events_that_no_profile_holds(portrait: Portrait, mo
     portrait.rebuild_profiles()
     with pytest.raises(NotFound):
         portrait.profile("anonymous_id:eve-old-laptop")
+
+
+def _named(service: Portrait, identity: str) -> tuple[list[Any], list[Any]]:
+    """The identifiers a profile's merge records and identity conflicts name."""
+    found = service.profile(identity)
+    return [m["identifiers"] for m in found["merges"]], [c["dropped"] for c in found["identity_conflicts"]]
+
+
+def test_erasure_removes_her_identifiers_from_other_profiles_merges_and_conflicts(portrait: Portrait) -> None:
+    """Bob merged his phone's profile with an identify also giving the family email, which is Alice's; Bob2 logged
+    in on Carl's tablet with it too: their merge records and identity conflicts name her email. Erasing Alice takes
+    it out of those lists, as a rebuild (which reads an erased identifier as none) would, and leaves Carl's tablet."""
+    alice = {"type": "email", "value": "alice.family@example.com"}
+    carl = {"type": "anonymous_id", "value": "carl-tablet"}
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u-alice", "traits": {"email": "alice.family@example.com"}},
+        {"type": "identify", "userId": "u-carl", "anonymousId": "carl-tablet"},
+        {"type": "page", "anonymousId": "bob-phone"}, {"type": "identify", "userId": "u-bob"},
+    ])
+    portrait.process_pending()
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u-bob", "anonymousId": "bob-phone",
+         "traits": {"email": "alice.family@example.com"}},
+        {"type": "identify", "userId": "u-bob2", "anonymousId": "carl-tablet",
+         "traits": {"email": "Alice.Family@example.com"}},
+    ])
+    portrait.process_pending()
+    bob = {"type": "user_id", "value": "u-bob"}, {"type": "anonymous_id", "value": "bob-phone"}
+    assert _named(portrait, "user_id:u-bob") == ([[bob[0], alice, bob[1]]], [[alice]])
+    assert _named(portrait, "user_id:u-bob2") == ([], [[carl, alice]])
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-alice"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    erased = ([list(bob)], []), ([], [[carl]])
+    assert (_named(portrait, "user_id:u-bob"), _named(portrait, "user_id:u-bob2")) == erased
+    portrait.rebuild_profiles()
+    assert (_named(portrait, "user_id:u-bob"), _named(portrait, "user_id:u-bob2")) == erased

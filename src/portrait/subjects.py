@@ -196,6 +196,9 @@ class PrivacyRequests:
             named = [*keys, *(self._hooks.normalize_key(f"profile_id:{erased}") for erased in (profile_id, *merged))]
             session.execute(q.DROP_EXPORTS, [[request["identity_hash"], *map(identity_hash, named)]])
             session.execute(q.DROP_STATIC_IDENTITIES, [keys])
+            for statement in q.DROP_NAMED_IDENTIFIERS:
+                session.execute(statement, [keys, keys])
+            session.execute(q.DROP_EMPTY_CONFLICTS)
         self.suppressed = self._load_suppressed()
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
                 "identities_suppressed": len(identities), "events": events}

@@ -23,6 +23,20 @@ FORGET_IDENTITY = parse("UPDATE privacy_requests SET identity = NULL WHERE id = 
 # identity hashes (a list).
 DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL "
                      "WHERE list_contains(CAST(? AS VARCHAR[]), identity_hash)")
+# ... her identifiers that other profiles' merge records and identity conflicts list (Bob merged his phone's profile
+# with an identify also giving the family email, which is hers: dropped, and named by the merge) leave those lists,
+# and a conflict left with none goes: what a rebuild, which reads an erased identifier as none, records. Params:
+# identity keys (a list), twice.
+_KEY_OF = "concat({0} ->> 'type', ':', {0} ->> 'value')"
+_WITHOUT_KEYS = ("UPDATE {table} SET {column} = to_json(list_filter(CAST({column} AS JSON[]), "
+                 f"lambda d: NOT list_contains(CAST(? AS VARCHAR[]), {_KEY_OF.format('d')}))) "
+                 "WHERE list_has_any(CAST(? AS VARCHAR[]), list_transform(CAST({column} AS JSON[]), "
+                 f"lambda d: {_KEY_OF.format('d')}))")
+DROP_NAMED_IDENTIFIERS = [
+    parse(_WITHOUT_KEYS.format(table="merges", column="identifiers")),
+    parse(_WITHOUT_KEYS.format(table="identity_conflicts", column="dropped")),
+]
+DROP_EMPTY_CONFLICTS = parse("DELETE FROM identity_conflicts WHERE json_array_length(dropped) = 0")
 # ... and the person's identifiers on uploaded (static) segment lists. Params: identity keys (a list).
 DROP_STATIC_IDENTITIES = parse("DELETE FROM static_segment_identities "
                                "WHERE list_contains(CAST(? AS VARCHAR[]), identity_key)")
