@@ -514,3 +514,18 @@ def test_erasure_removes_her_identifiers_from_other_profiles_merges_and_conflict
     assert (_named(portrait, "user_id:u-bob"), _named(portrait, "user_id:u-bob2")) == erased
     portrait.rebuild_profiles()
     assert (_named(portrait, "user_id:u-bob"), _named(portrait, "user_id:u-bob2")) == erased
+
+
+def test_erasure_forgets_her_identity_in_the_error_of_an_earlier_request(portrait: Portrait) -> None:
+    """An access request made before she was known failed with "no profile has the identity email:..."; erasing
+    her forgets that request's identity, and its error with it."""
+    early = portrait.privacy_request({"type": "access", "identity": "email:Fay.Early@example.com"}, "test",
+                                     run_now=True)
+    assert early["status"] == "failed" and "fay.early@example.com" in early["error"].lower()
+    portrait.ingest_messages([{"type": "identify", "userId": "u-fay", "traits": {"email": "fay.early@example.com"}}])
+    portrait.process_pending()
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-fay"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    forgotten = portrait.privacy.get(early["id"])
+    assert forgotten["status"] == "failed" and "fay.early" not in json.dumps(forgotten).lower(), forgotten
+    assert "fay.early" not in json.dumps(portrait.privacy.all()).lower()

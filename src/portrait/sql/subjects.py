@@ -19,9 +19,11 @@ START = parse("UPDATE privacy_requests SET status = 'running', started_at = ? WH
 # Params: status, finished_at, result, error, id.
 FINISH = parse("UPDATE privacy_requests SET status = ?, finished_at = ?, result = ?, error = ? WHERE id = ?")
 FORGET_IDENTITY = parse("UPDATE privacy_requests SET identity = NULL WHERE id = ?")
-# An erased person's earlier access exports go too, whichever identifier (or profile id) they named. Params: the
-# identity hashes (a list).
-DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL "
+# An erased person's earlier access exports go too, whichever identifier (or profile id) they named, and so does
+# the error of a request about her that failed ("no profile has the identity email:..."). Params: the identity
+# hashes (a list).
+DROP_EXPORTS = parse("UPDATE privacy_requests SET result = NULL, identity = NULL, "
+                     "error = CASE WHEN error IS NULL THEN NULL ELSE '(not kept: the person was erased)' END "
                      "WHERE list_contains(CAST(? AS VARCHAR[]), identity_hash)")
 # ... her identifiers that other profiles' merge records and identity conflicts list (Bob merged his phone's profile
 # with an identify also giving the family email, which is hers: dropped, and named by the merge) leave those lists,
