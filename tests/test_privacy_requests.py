@@ -442,10 +442,9 @@ def test_expired_events_stay_duplicates_after_a_restart(settings: Settings) -> N
     reopened.close()
 
 
-def test_erasure_removes_her_events_that_no_profile_holds(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Events the processor set aside (processing_failed) or found no usable identifier in (no_identifier) stay in
-    the log linked to no profile: those naming the person go with her, or they keep her user id, email and phone
-    (and a rebuild would apply her set-aside alias again, making a profile of the old laptop it named)."""
+def eve_and_her_unlinked_events(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eve (user id 42), and events naming her that no profile holds: an alias the processor set aside, events
+    whose only identifier is a blocked value; a rejected message with her email; someone else's ("other")."""
     from portrait.pipeline import Processor
 
     portrait.ingest_messages([{"type": "identify", "userId": "42",
@@ -458,18 +457,43 @@ def test_erasure_removes_her_events_that_no_profile_holds(portrait: Portrait, mo
             raise ValueError("cannot handle this one")
         return original(self, graph, events)
 
-    monkeypatch.setattr(Processor, "_plan", fail_on_poison)
-    portrait.ingest_messages([
-        {"type": "alias", "userId": "42", "previousId": "eve-old-laptop", "messageId": "poison"},  # set aside
-        {"type": "track", "anonymousId": "undefined", "event": "Newsletter",  # no usable identifier
-         "properties": {"email": "EVE.unlinked@example.com"}},
-        {"type": "track", "anonymousId": "null", "event": "Call", "properties": {"phone": "(415) 555-0142"}},
-        {"type": "track", "anonymousId": "undefined", "event": "Newsletter", "messageId": "other",
-         "properties": {"email": "someone.else@example.com"}},  # someone else's: stays
-    ])
-    portrait.process_pending()
-    monkeypatch.undo()
-    assert sorted(r["code"] for r in portrait.rejected()["rejected"]) == ["no_identifier"] * 3 + ["processing_failed"]
+    with monkeypatch.context() as patch:
+        patch.setattr(Processor, "_plan", fail_on_poison)
+        portrait.ingest_messages([
+            {"type": "alias", "userId": "42", "previousId": "eve-old-laptop", "messageId": "poison"},  # set aside
+            {"type": "track", "anonymousId": "undefined", "event": "Newsletter", "messageId": "letter",
+             "properties": {"email": "EVE.unlinked@example.com"}},  # no usable identifier
+            {"type": "track", "anonymousId": "null", "event": "Call", "messageId": "call",
+             "properties": {"phone": "(415) 555-0142"}},
+            {"type": "track", "anonymousId": "undefined", "event": "Newsletter", "messageId": "other",
+             "properties": {"email": "someone.else@example.com"}},  # someone else's
+            {"type": "track", "event": "Broken", "messageId": "broken",  # rejected: no userId/anonymousId
+             "properties": {"note": "eve.unlinked@example.com"}},
+        ])
+        portrait.process_pending()
+
+
+def test_access_lists_her_events_that_no_profile_holds_and_rejected_messages(
+        portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an erasure would take as hers is in her access export too (GDPR art. 15), and nothing of others'."""
+    eve_and_her_unlinked_events(portrait, monkeypatch)
+    done = portrait.privacy_request({"type": "access", "identity": "user_id:42"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    result = done["result"]
+    assert [e["message_id"] for e in result["events_without_profile"]] == ["poison", "letter", "call"]
+    assert sorted((r["code"], r["message_id"]) for r in result["rejected"]) == [
+        ("missing_identity", "broken"), ("no_identifier", "call"), ("no_identifier", "letter"),
+        ("processing_failed", "poison")]
+    assert "someone.else" not in json.dumps(result)
+
+
+def test_erasure_removes_her_events_that_no_profile_holds(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events the processor set aside (processing_failed) or found no usable identifier in (no_identifier) stay in
+    the log linked to no profile: those naming the person go with her, or they keep her user id, email and phone
+    (and a rebuild would apply her set-aside alias again, making a profile of the old laptop it named)."""
+    eve_and_her_unlinked_events(portrait, monkeypatch)
+    assert sorted(r["code"] for r in portrait.rejected()["rejected"]) == [
+        "missing_identity", *["no_identifier"] * 3, "processing_failed"]
     done = portrait.privacy_request({"type": "erase", "identity": "email:eve.unlinked@example.com"}, "test",
                                     run_now=True)
     assert done["status"] == "done" and done["result"]["events"] == 4, done

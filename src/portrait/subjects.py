@@ -1,7 +1,8 @@
 """Data-subject rights (GDPR, CCPA, LGPD): access and erasure requests, and suppression of erased people.
 
 - **Access** assembles everything Portrait holds about the person: the profile (traits, identities, merges),
-  consents, every event, segment memberships and their history, data-quality records.
+  consents, every event, segment memberships and their history, data-quality records, and what an erasure would
+  take as hers beyond the profile (events no profile holds that name her, rejected messages holding her values).
 - **Erase** removes the profile and everything derived from it -- across every profile merged into it: its raw
   events, identities, traits, consent records, memberships and history, merges, data-quality records, rejected
   messages holding its identifier values, events that no profile holds (set aside, no usable identifier) naming
@@ -31,6 +32,7 @@ from portrait.background import Worker
 from portrait.errors import BadRequest, NotFound
 from portrait.identity import identity_hash
 from portrait.spec import event_document, iso_time, utc_now
+from portrait.sql import reads
 from portrait.sql import subjects as q
 from portrait.store import Session
 
@@ -125,9 +127,25 @@ class PrivacyRequests:
         quality = [{"attribute": r[0], "raw_value": r[1], "reason": r[2], "source": r[3], "detected_at": iso_time(r[4])}
                    for r in session.execute(q.QUALITY, [profile_id, profile_id])]
         consents = self._hooks.consents(f"profile_id:{profile_id}")
+        # What an erasure would take as hers beyond the profile: events no profile holds, rejected messages.
+        identities = session.execute(q.IDENTITY_KEYS, [profile_id])
+        session.execute(q.SUBJECT_SEQS)
+        _find_unlinked(session, identities)
+        unlinked = [event_document(r) for r in session.execute(q.UNLINKED_EVENTS)]
+        rejected: dict[int, dict[str, Any]] = {}
+        searches: list[tuple[Any, list[str]]] = [(q.REJECTED_SET_ASIDE, [])]
+        for _key, kind, value in identities:
+            text, digits = _needles(kind, str(value))
+            searches += [(q.REJECTED_HOLDING, [text])] if text else []
+            searches += [(q.REJECTED_HOLDING_PHONE, [digits])] if digits else []
+        for statement, params in searches:
+            for row in session.execute(statement, params):
+                rejected[row[0]] = {k: (iso_time(v) if isinstance(v, datetime) else v)
+                                    for k, v in zip(reads.REJECTED_COLUMNS, row, strict=True)}
         return {"profile": self._hooks.profile(profile_id), "consents": consents["consents"],
                 "consent_history": consents["history"], "events": events, "segment_history": memberships,
-                "data_quality": quality, "generated_at": iso_time(utc_now())}
+                "data_quality": quality, "events_without_profile": unlinked,
+                "rejected": [rejected[key] for key in sorted(rejected)], "generated_at": iso_time(utc_now())}
 
     # -- erasure -------------------------------------------------------------------------------------------------
     def _erase(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -174,13 +192,7 @@ class PrivacyRequests:
             session.execute(q.ERASE_SCOPE[1], [profile_id])
             for erased_id in (profile_id, *merged):
                 session.execute(q.ADD_ERASE_PROFILE, [erased_id])
-            for _key, kind, value in identities:  # her events that no profile holds (set aside, no identifier)
-                session.execute(q.ADD_UNLINKED_NAMING, [str(value)])
-                text, digits = _needles(kind, str(value))
-                if text:
-                    session.execute(q.ADD_UNLINKED_HOLDING, [text])
-                if digits:
-                    session.execute(q.ADD_UNLINKED_HOLDING_PHONE, [digits])
+            _find_unlinked(session, identities)
             events = int(session.execute(q.COUNT_SCOPE)[0][0])
             for statement in q.ERASE:
                 session.execute(statement)
@@ -233,6 +245,17 @@ class PrivacyRequests:
 
     def _forget(self, request: dict[str, Any]) -> None:
         self._session().execute(q.FORGET_IDENTITY, [request["id"]])
+
+
+def _find_unlinked(session: Session, identities: list[tuple[Any, ...]]) -> None:
+    """Add to ``erase_seqs`` the events no profile holds (set aside, no usable identifier) that name the person."""
+    for _key, kind, value in identities:
+        session.execute(q.ADD_UNLINKED_NAMING, [str(value)])
+        text, digits = _needles(kind, str(value))
+        if text:
+            session.execute(q.ADD_UNLINKED_HOLDING, [text])
+        if digits:
+            session.execute(q.ADD_UNLINKED_HOLDING_PHONE, [digits])
 
 
 def _needles(kind: str, value: str) -> tuple[str | None, str | None]:

@@ -57,6 +57,15 @@ WHERE h.profile_id IN {_OWN} ORDER BY h.id
 """)
 QUALITY = parse(f"SELECT attribute, raw_value, reason, source, detected_at FROM data_quality "
                 f"WHERE profile_id IN {_OWN} ORDER BY id")
+# What an erasure takes as the person's beyond her profile is in her export too: the events no profile holds that
+# name her (into erase_seqs, by the ADD_UNLINKED statements below) and the rejected messages holding her values
+# (by the rules of ERASE_REJECTED*) or rejecting those events.
+SUBJECT_SEQS = parse("CREATE OR REPLACE TEMP TABLE erase_seqs (seq BIGINT)")
+UNLINKED_EVENTS = parse("""
+SELECT e.seq, e.message_id, e.type, e.event, e.user_id, e.anonymous_id, e.timestamp, e.received_at, e.properties,
+       e.traits, e.context, e.source, e.ip, e.previous_id, e.group_id, e.original_timestamp, e.sent_at, e.extra
+FROM events AS e WHERE e.seq IN (SELECT seq FROM erase_seqs) ORDER BY e.seq
+""")
 MERGED_IDS = parse("SELECT merged_id FROM profile_aliases WHERE profile_id = ?")
 IDENTITY_KEYS = parse("SELECT identity_key, type, value FROM identities WHERE profile_id = ?")
 
@@ -105,11 +114,17 @@ ERASE = [
 # Rejected messages are not linked to profiles: those holding one of the person's identifier values go, however the
 # message wrote it (identifiers are stored normalized: an email lower-cased, "Ann@Example.com" in a message). Param:
 # value.
-ERASE_REJECTED = parse("DELETE FROM rejected_events WHERE contains(lower(payload), lower(?))")
+_HOLDING = "contains(lower(payload), lower(?))"
+ERASE_REJECTED = parse(f"DELETE FROM rejected_events WHERE {_HOLDING}")
 # A phone number is stored as +48601234567 but written "+48 601 234 567" or "(415) 555-0142": messages holding its
 # national digits once spaces, brackets, dots, dashes and slashes are left out go too. Param: the digits.
-ERASE_REJECTED_PHONE = parse(
-    "DELETE FROM rejected_events WHERE contains(regexp_replace(payload, '[\\s().\\-/]', '', 'g'), ?)")
+_HOLDING_PHONE = "contains(regexp_replace(payload, '[\\s().\\-/]', '', 'g'), ?)"
+ERASE_REJECTED_PHONE = parse(f"DELETE FROM rejected_events WHERE {_HOLDING_PHONE}")
+# The same, read for an access export (params as above; the last, none: those rejecting events in erase_seqs).
+_REJECTED = "SELECT id, received_at, code, reason, source, message_id, payload FROM rejected_events WHERE "
+REJECTED_HOLDING = parse(_REJECTED + _HOLDING)
+REJECTED_HOLDING_PHONE = parse(_REJECTED + _HOLDING_PHONE)
+REJECTED_SET_ASIDE = parse(_REJECTED + f"source = 'processor' AND {_SET_ASIDE_SEQ} IN (SELECT seq FROM erase_seqs)")
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
