@@ -553,3 +553,22 @@ def test_erasure_forgets_her_identity_in_the_error_of_an_earlier_request(portrai
     forgotten = portrait.privacy.get(early["id"])
     assert forgotten["status"] == "failed" and "fay.early" not in json.dumps(forgotten).lower(), forgotten
     assert "fay.early" not in json.dumps(portrait.privacy.all()).lower()
+
+
+def test_a_message_naming_an_erased_person_is_dropped_even_when_it_breaks_a_rule(portrait: Portrait) -> None:
+    """After the erasure, a message carrying one of her identifiers that also breaks a rule checked before the
+    suppression (its type, its size) is dropped and counted like the others, not kept whole as a rejected message."""
+    portrait.ingest_messages([{"type": "identify", "userId": "u-gina", "traits": {"email": "gina.q@example.com"}}])
+    portrait.process_pending()
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:u-gina"}, "test", run_now=True)
+    assert done["status"] == "done", done
+    result = portrait.ingest_messages([
+        {"type": "bogus", "userId": "u-gina"},
+        {"type": "track", "userId": "u-gina", "event": "Viewed", "properties": {"note": "y" * 40_000}},
+        {"type": "identify", "anonymousId": "gina-device", "traits": {"email": "Gina.Q@example.com"},
+         "timestamp": "not a time"},
+        {"type": "bogus", "userId": "u-someone-else"},  # someone else's: kept as rejected
+    ])
+    assert result.rejected == 1
+    assert [r["payload"] for r in portrait.rejected()["rejected"]] == ['{"type":"bogus","userId":"u-someone-else"}']
+    assert portrait.status()["events_suppressed"] == 3

@@ -473,6 +473,14 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
     return str(value)
 
 
+def _readable_id(message: dict[str, Any], name: str) -> str | None:
+    """An id field as :func:`_text_id` reads it; None where that refuses it."""
+    try:
+        return _text_id(message, name)
+    except Invalid:
+        return None
+
+
 def _json_object(message: dict[str, Any], name: str, limits: Limits) -> str:
     value = message.get(name)
     if value is None or ((value.__class__ is dict or value.__class__ is list) and not value):
@@ -586,7 +594,10 @@ class MessageReader:
             except Suppressed:
                 self.suppressed_count += 1
             except Invalid as bad:
-                rejections.append(self._reject(message, bad, position))
+                if self._names_erased(message):  # kept whole as rejected, it would keep her identifiers
+                    self.suppressed_count += 1
+                else:
+                    rejections.append(self._reject(message, bad, position))
         accepted = len(columns)  # the same for every message of the request: filled in once
         columns.received_at.extend([self.received_at] * accepted)
         columns.source.extend([self.source] * accepted)
@@ -728,6 +739,19 @@ class MessageReader:
             if not own:
                 return original
             raise Invalid("invalid_timestamp", "timestamp and sentAt are too far apart to correct clock skew") from exc
+
+    def _names_erased(self, message: Any) -> bool:
+        """Whether a message that broke a rule checked before the suppression (its size, its type...) carries an
+        erased person's identifier, read as far as the message allows."""
+        if self.suppressed is None or message.__class__ is not dict:
+            return False
+        user_id, anonymous_id, previous_id = (_readable_id(message, name)
+                                               for name in ("userId", "anonymousId", "previousId"))
+        kind = message.get("type")
+        merged = None if self.batch_context is None else self._merged_context(message)
+        hints = identity_hints(kind if kind.__class__ is str and kind in _TYPES else "identify", message,
+                               self.identity_traits, merged)  # an identify's traits name the person too
+        return self.suppressed(_identifiers(user_id, anonymous_id, previous_id, hints))
 
     def _reject(self, message: Any, bad: Invalid, position: int) -> Rejection:
         payload = kept_json(message)
