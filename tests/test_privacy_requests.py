@@ -572,3 +572,18 @@ def test_a_message_naming_an_erased_person_is_dropped_even_when_it_breaks_a_rule
     assert result.rejected == 1
     assert [r["payload"] for r in portrait.rejected()["rejected"]] == ['{"type":"bogus","userId":"u-someone-else"}']
     assert portrait.status()["events_suppressed"] == 3
+
+
+def test_a_failed_request_shows_its_identity_masked_in_its_error_without_pii_read(portrait: Portrait) -> None:
+    """"no profile has the identity email:..." names the identity the request masks for a key without pii:read."""
+    failed = portrait.privacy_request({"type": "access", "identity": "email:Ivo.Nobody@example.com"}, "test",
+                                      run_now=True)
+    assert failed["status"] == "failed"
+    with TestClient(create_app(portrait=portrait)) as client:
+        no_pii = client.post("/api/keys", headers=ADMIN, json={"kind": "admin", "name": "ops",
+                                                               "scopes": ["read", "admin"]}).json()
+        headers = {"Authorization": f"Bearer {no_pii['key']}"}
+        one = client.get(f"/api/privacy/requests/{failed['id']}", headers=headers).json()
+        listed = client.get("/api/privacy/requests", headers=headers).json()["requests"]
+    assert one["identity"] == "email:I***@example.com" and "i***@example.com" in one["error"].lower(), one
+    assert "ivo.nobody" not in json.dumps([one, listed]).lower()

@@ -45,12 +45,17 @@ def mask(value: Any) -> Any:
 
 def mask_request(request: dict[str, Any]) -> dict[str, Any]:
     """A data-subject request as a caller without ``pii:read`` sees it: the identity it names (``email:ann@...``,
-    ``user_id:42``) masked -- who asked to be forgotten or to see their data is personal data too."""
+    ``user_id:42``) masked -- who asked to be forgotten or to see their data is personal data too -- also where the
+    error of a failed one repeats it ("no profile has the identity email:ann@...")."""
     identity = request.get("identity")
     if not isinstance(identity, str):
         return request
     kind, sep, value = identity.partition(":")
-    return {**request, "identity": f"{kind}:{mask(value)}" if sep else mask(identity)}
+    masked = {**request, "identity": f"{kind}:{mask(value)}" if sep else mask(identity)}
+    error, shown = request.get("error"), value if sep else identity
+    if isinstance(error, str) and shown:
+        masked["error"] = re.sub(re.escape(shown), lambda _: str(mask(shown)), error, flags=re.IGNORECASE)
+    return masked
 
 
 def mask_traits(traits: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
