@@ -58,10 +58,11 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     (["status", "--url", "http://127.0.0.1:1", "--admin-key", "k"], {},
      "cannot reach the Portrait server at http://127.0.0.1:1"),
     (["status", "--url", "notaurl", "--admin-key", "k"], {}, "cannot reach the Portrait server at notaurl"),
-    (["status", "--db", "/nonexistent/folder/a.duckdb"], {},
+    (["keys", "list", "--db", "/nonexistent/folder/a.duckdb"], {},
      "cannot open the database /nonexistent/folder/a.duckdb: Cannot open file"),
+    (["status", "--db", "/nonexistent/folder/a.duckdb"], {}, "there is no database at /nonexistent/folder/a.duckdb"),
     (["status", "--db", "{tmp}"], {}, "cannot open the database"),
-    (["status", "--db", "{tmp}/lockers/a.duckdb"], {}, "cannot open the database"),  # not "in use"
+    (["keys", "list", "--db", "{tmp}/lockers/a.duckdb"], {}, "cannot open the database"),  # not "in use"
     (["status", "--url", "http://[::1", "--admin-key", "k"], {}, "is not a server URL"),
     (["profiles", "get", "user_id:1", "--db", "{tmp}/not-duckdb.txt"], {}, "not a valid DuckDB database file"),
     (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
@@ -75,6 +76,18 @@ def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args:
     assert result.exit_code == 1, result.output
     assert says in " ".join(result.output.split()), result.output  # rich may wrap long lines
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("command", [["status"], ["profiles", "get", "user_id:1"], ["events", "tail"],
+                                     ["events", "rejected"], ["quality"],
+                                     ["export", "profiles", "-o", "{tmp}/out.csv"]])
+def test_a_command_that_only_reads_does_not_create_a_database(tmp_path: Path, command: list[str]) -> None:
+    """A mistyped --db (or a command run from another folder) made a new, empty database and printed new keys,
+    which read as the data being gone."""
+    typo = tmp_path / "portait.duckdb"
+    result = runner.invoke(app, [*(c.replace("{tmp}", str(tmp_path)) for c in command), "--db", str(typo)])
+    assert result.exit_code == 1 and f"there is no database at {typo}" in " ".join(result.output.split())
+    assert not typo.exists() and "write key" not in result.output.lower()
 
 
 @pytest.mark.parametrize(("args", "names"), [
@@ -113,7 +126,7 @@ def test_events_rejected_lists_reasons(tmp_path: Path) -> None:
 
 def test_first_use_prints_generated_keys_once(tmp_path: Path) -> None:
     db = str(tmp_path / "keys.duckdb")
-    first = runner.invoke(app, ["status", "--db", db])
+    first = runner.invoke(app, ["keys", "list", "--db", db])  # a command that may create the database
     assert "Generated write key" in first.output and "Generated admin key" in first.output
     second = runner.invoke(app, ["status", "--db", db])
     assert "Generated" not in second.output

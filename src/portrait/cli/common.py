@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from portrait.client import RemotePortrait, running_server_url
 from portrait.config import Settings, load_settings
-from portrait.errors import DatabaseInUse, PortraitError
+from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import Portrait
 
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
@@ -70,7 +71,7 @@ def _print_generated(generated: dict[str, str]) -> None:
 
 @contextmanager
 def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: str | None = None, *,
-             background: bool = False, sends_events: bool = False) -> Iterator[Backend]:
+             background: bool = False, sends_events: bool = False, existing: bool = False) -> Iterator[Backend]:
     """The local database when it is free, else the server that holds it (with an admin key, or a write key for a
     command that only sends events), else a clear error.
 
@@ -79,6 +80,9 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
     """
     settings = _settings(db)
     backend: Backend
+    if existing and not url and not Path(settings.db_path).exists():
+        raise NotFound(f"there is no database at {Path(settings.db_path).resolve()}: pass --db with the path "
+                       "`portrait serve` printed (a command that only reads does not create one)")
     if url:
         backend = RemotePortrait(url, admin_key=admin_key, write_key=write_key)
     else:
@@ -105,10 +109,12 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
         backend.close()
 
 
-def _run(db: str | None, url: str | None, admin_key: str | None, action: Callable[[Backend], T]) -> T:
-    """Run ``action`` on the local database or the server holding it; a PortraitError ends the command clearly."""
+def _run(db: str | None, url: str | None, admin_key: str | None, action: Callable[[Backend], T], *,
+         existing: bool = False) -> T:
+    """Run ``action`` on the local database or the server holding it; a PortraitError ends the command clearly.
+    ``existing``: a command that only reads refuses a database file that does not exist rather than create it."""
     try:
-        with _backend(db, url, admin_key) as backend:
+        with _backend(db, url, admin_key, existing=existing) as backend:
             return action(backend)
     except PortraitError as exc:
         raise _fail(exc) from exc

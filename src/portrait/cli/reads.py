@@ -38,7 +38,7 @@ def profiles_get(
 ) -> None:
     """Show the unified profile of any identifier: traits, identities, merges and recent events."""
     try:
-        with _backend(db, url, admin_key) as backend:
+        with _backend(db, url, admin_key, existing=True) as backend:
             profile = backend.profile(identity)
             recent = backend.events(identity, limit=events)["events"] if events else []
     except PortraitError as exc:
@@ -104,7 +104,7 @@ def events_tail(
 ) -> None:
     """Print the latest events of the log (and follow new ones with -f)."""
     try:
-        with _backend(db, url, admin_key) as backend:
+        with _backend(db, url, admin_key, existing=True) as backend:
             after = max(0, int(backend.status()["last_seq"]) - lines)
             while True:
                 batch = backend.recent_events(after, 1000)
@@ -137,7 +137,7 @@ def events_rejected(
     as_json: JsonOption = False,
 ) -> None:
     """Messages and requests that were not accepted, with the reason and what was sent."""
-    page = _run(db, url, admin_key, lambda backend: backend.rejected(limit=limit, code=code))
+    page = _run(db, url, admin_key, lambda backend: backend.rejected(limit=limit, code=code), existing=True)
     if as_json:
         console.print_json(data=page)
         return
@@ -155,7 +155,8 @@ def quality(
     as_json: JsonOption = False,
 ) -> None:
     """Data-quality issues: trait values not applied because they break their attribute's type or rules."""
-    page = _run(db, url, admin_key, lambda backend: backend.data_quality(limit=limit, attribute=attribute))
+    page = _run(db, url, admin_key, lambda backend: backend.data_quality(limit=limit, attribute=attribute),
+                existing=True)
     if as_json:
         console.print_json(data=page)
         return
@@ -181,7 +182,7 @@ def profiles_consent(
     statements = {p: {"status": "granted", **({"legal_basis": basis} if basis else {})} for p in grant or []}
     statements.update({p: {"status": "denied", **({"legal_basis": basis} if basis else {})} for p in deny or []})
     try:
-        with _backend(db, url, admin_key) as backend:
+        with _backend(db, url, admin_key, existing=True) as backend:
             if statements:
                 if isinstance(backend, Portrait):
                     backend.set_consent(identity, statements, source="cli")

@@ -164,7 +164,7 @@ def encrypt(db: DbOption = None) -> None:
 def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
            as_json: JsonOption = False) -> None:
     """Ingestion and processing counters (lag = events received but not yet reflected in profiles)."""
-    info = _run(db, url, admin_key, lambda backend: backend.status())
+    info = _run(db, url, admin_key, lambda backend: backend.status(), existing=True)
     if as_json:
         console.print_json(data=info)
         return

@@ -214,7 +214,7 @@ def export_profiles(
     chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     try:
-        with _backend(db, url, admin_key) as backend:
+        with _backend(db, url, admin_key, existing=True) as backend:
             if isinstance(backend, Portrait):
                 report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal,
                                                  segment=segment, purpose=purpose, ignore_consent=ignore_consent)
