@@ -229,11 +229,16 @@ def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser,
     context.close()
 
 
-def test_run_an_erase_request(page: Page) -> None:
+def run_privacy_request(page: Page, kind: str, identity: str) -> None:
+    """Ask for an access or erase request on the admin page's form."""
     page.goto("/admin")
-    page.get_by_label("Type").select_option("erase")
-    page.get_by_label("Identity").fill("user_id:user-3")
+    page.get_by_label("Type").select_option(kind)
+    page.get_by_label("Identity").fill(identity)
     page.get_by_role("button", name="Run request").click()
+
+
+def test_run_an_erase_request(page: Page) -> None:
+    run_privacy_request(page, "erase", "user_id:user-3")
     page.get_by_label("Identity").fill("email:still.typing@example.com")  # while the request runs in the worker
     expect(page.locator("[data-test=request-status]").first).to_have_text("done", timeout=20_000)  # queued, then run
     expect(page.get_by_label("Identity")).to_have_value("email:still.typing@example.com")  # the table alone refreshed
@@ -243,10 +248,7 @@ def test_run_an_erase_request(page: Page) -> None:
 
 
 def test_download_a_finished_access_export(page: Page) -> None:
-    page.goto("/admin")
-    page.get_by_label("Type").select_option("access")
-    page.get_by_label("Identity").fill("user_id:user-5")
-    page.get_by_role("button", name="Run request").click()
+    run_privacy_request(page, "access", "user_id:user-5")
     link = page.get_by_role("link", name="Download export").first
     expect(link).to_be_visible(timeout=20_000)
     with page.expect_download() as download:
@@ -520,10 +522,7 @@ def test_refused_funnel_and_privacy_forms_come_back_as_typed(page: Page) -> None
     _refused(page, "within", "duration")
     expect(page.get_by_label("Steps, in order")).to_have_value("Product Viewed, Order Completed")
     expect(page.get_by_label("Conversion window")).to_have_value("a week")
-    page.goto("/admin")
-    page.get_by_label("Type").select_option("erase")
-    page.get_by_label("Identity").fill("ann@example.com")  # no TYPE:
-    page.get_by_role("button", name="Run request").click()
+    run_privacy_request(page, "erase", "ann@example.com")  # no TYPE:
     _refused(page, "identity", "TYPE:VALUE")
     expect(page.get_by_label("Identity")).to_have_value("ann@example.com")
     expect(page.locator("select[name=type]")).to_have_value("erase")

@@ -606,50 +606,41 @@ class Portrait:
     def rebuild_traits(self) -> dict[str, int]:
         """Recompute all traits from the log with the current attribute definitions (see Processor).
 
-        The background processor is paused meanwhile (events keep arriving and wait in the log). Returns how many
-        trait values were read and how many data-quality issues there are now.
+        Returns how many trait values were read and how many data-quality issues there are now.
         """
-        expired = self.privacy.expired()
-        if expired:  # the traits they set would be lost: nothing in the log could bring them back
-            raise Conflict(f"retention has deleted {expired} raw events, so the log no longer holds every value the "
-                           "traits were built from; recomputing them from it would lose those values")
-        pause = self._processor_thread.paused() if self._processor_thread else contextlib.nullcontext()
-        with pause:
+        with self._from_the_log("traits") as session:
             self.process_pending()
-            session = self.store.session()
-            try:
-                values = self.processor.rebuild_traits(session)
-                issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
-            finally:
-                session.close()
-        # The rebuild cleared calculated values with the rest; and the changed traits may move profiles in or out
-        # of segments: a full recount (with its Audience events), not only the next real-time refresh.
-        self.segments.recount_all()
-        self._send_audience_events()
+            values = self.processor.rebuild_traits(session)
+            issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
         return {"values": values, "issues": issues}
 
     def rebuild_profiles(self, on_progress: Callable[[int, int], None] = lambda done, total: None
                          ) -> dict[str, int]:
-        """Derive every profile again from the log with the current settings (see :mod:`portrait.rebuild`).
-
-        The background processor is paused meanwhile (events keep arriving and wait in the log); segments are
-        recounted afterwards, with their Audience events.
-        """
-        expired = self.privacy.expired()
-        if expired:  # what they set would be lost: nothing in the log could bring it back
-            raise Conflict(f"retention has deleted {expired} raw events, so the log no longer holds everything the "
-                           "profiles were built from; rebuilding them from it would lose what those events set")
+        """Derive every profile again from the log with the current settings (see :mod:`portrait.rebuild`)."""
         self.writer.flush()
+        with self._from_the_log("profiles") as session:
+            rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress,
+                                       stopping=self._closing.is_set)
+        return rebuilt.as_dict()
+
+    @contextlib.contextmanager
+    def _from_the_log(self, what: str) -> Iterator[Session]:
+        """Derived state computed again from the log: refused once retention deleted raw events (what they set
+        would be lost: nothing in the log could bring it back); the background processor paused meanwhile (events
+        keep arriving and wait in the log); then, since calculated values and memberships follow, a full recount
+        with its Audience events, not only the next real-time refresh."""
+        expired = self.privacy.expired()
+        if expired:
+            raise Conflict(f"retention has deleted {expired} raw events, so the log no longer holds everything the "
+                           f"{what} were built from; computing them again from it would lose what those events set")
         with self._processing_paused():
             session = self.store.session()
             try:
-                rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress,
-                                           stopping=self._closing.is_set)
+                yield session
             finally:
                 session.close()
         self.segments.recount_all()
         self._send_audience_events()
-        return rebuilt.as_dict()
 
     def rebuild_interrupted(self) -> bool:
         return was_interrupted(self._reads)

@@ -189,13 +189,13 @@ def _new_attribute(fields: dict[str, str]) -> dict[str, Any]:
     wanted: dict[str, Any] = {"code": fields.get("code", ""), "name": fields.get("name", ""),
                               "description": fields.get("description", ""), "unit": fields.get("unit") or None,
                               "calculate_analytics": fields.get("analytics") == "on"}
-    if fields.get("personal") == "on":  # unticked: left to the registry (a copy of personal data is personal)
-        wanted["is_personal_info"] = True
+    personal = fields.get("personal") == "on"
+    if personal or not fields.get("definition"):  # unticked with a definition: the registry decides (a copy of
+        wanted["is_personal_info"] = personal      # personal data is personal)
     if fields.get("definition"):
         wanted["definition"] = fields["definition"]
     else:
         wanted["type"] = fields.get("type", "string")
-        wanted["is_personal_info"] = fields.get("personal") == "on"
     return wanted
 
 
