@@ -587,3 +587,27 @@ def test_a_failed_request_shows_its_identity_masked_in_its_error_without_pii_rea
         listed = client.get("/api/privacy/requests", headers=headers).json()["requests"]
     assert one["identity"] == "email:I***@example.com" and "i***@example.com" in one["error"].lower(), one
     assert "ivo.nobody" not in json.dumps([one, listed]).lower()
+
+
+def test_retention_leaves_property_based_calculations_the_events_still_held(portrait: Portrait) -> None:
+    """As calculated.md says: once an order's raw event expires, a sum over its property no longer holds it, while a
+    count (which profile did what and when is kept) and the first time still do."""
+    from datetime import timedelta
+
+    from portrait.spec import utc_now
+
+    old = (utc_now() - timedelta(days=100)).isoformat() + "Z"
+    portrait.ingest_messages([
+        {"type": "track", "userId": "r2", "event": "Order Completed", "properties": {"revenue": 10}, "timestamp": old},
+        {"type": "track", "userId": "r2", "event": "Order Completed", "properties": {"revenue": 5}}])
+    portrait.process_pending()
+    for code, definition in (("revenue_all", 'sum("Order Completed", revenue)'),
+                             ("orders_all", 'count("Order Completed")'),
+                             ("first_order", 'first_time("Order Completed")')):
+        portrait.create_attribute({"code": code, "name": code, "definition": definition})
+    before = portrait.profile("user_id:r2")["traits"]
+    assert (before["revenue_all"], before["orders_all"]) == (15, 2)
+    assert portrait.privacy.expire(30) == 1
+    portrait.recalculate()
+    after = portrait.profile("user_id:r2")["traits"]
+    assert (after["revenue_all"], after["orders_all"], after["first_order"]) == (5, 2, before["first_order"])
