@@ -82,6 +82,12 @@ class Settings:
     """How often the server looks for SQL sources due for a scheduled sync."""
     source_chunk_rows: int = 5000
     """Rows a source sync reads and commits at a time (its cursor is saved after each chunk)."""
+    backup_dir: str | None = None
+    """Folder for backups (made on demand or every backup_hours); unset: a backups folder beside the database."""
+    backup_hours: int = 0
+    """Make a backup every this many hours while the server runs; 0 makes them only when asked."""
+    backup_keep: int = 7
+    """How many of the backups Portrait names (portrait-<time>.duckdb) are kept, newest first; 0 keeps all."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -90,6 +96,8 @@ class Settings:
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
         if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:
             raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
+        if self.backup_hours < 0 or self.backup_keep < 0:
+            raise ValueError("backup_hours and backup_keep must be 0 or more")
         if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
             raise ValueError("processor_batch_size and processor_max_batch_size must be at least 1")
         if not 1 <= self.max_json_depth <= 100:  # well under spec.CUT_DEPTH, where nesting is cut off when read

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,9 +22,10 @@ import pyarrow as pa
 from portrait import analytics, sql
 from portrait.audit import AuditLog
 from portrait.background import SharedExclusiveLock
+from portrait.backups import Backups, BackupWorker, backup_folder
 from portrait.config import Settings
 from portrait.connectors import Connector, connect, scrub
-from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, SyncInterrupted
+from portrait.errors import BadRequest, Conflict, DatabaseInUse, NotFound, PortraitError, SyncInterrupted
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
@@ -62,7 +65,7 @@ from portrait.spec import (
 from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
-from portrait.store.duckdb import compact_if_marked, mark_for_compaction
+from portrait.store.duckdb import compact_if_marked, compaction_marker, mark_for_compaction
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
 from portrait.writer import DedupPolicy, EventWriter
 
@@ -162,6 +165,8 @@ class Portrait:
             after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
             catch_up=self._catch_up, suppressing=self._reading.exclusive))
         self._privacy_worker: PrivacyWorker | None = None
+        self.backups = Backups(self.store, backup_folder(settings), settings.backup_keep)
+        self._backup_worker: BackupWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
@@ -189,6 +194,9 @@ class Portrait:
         self._scheduler.start()
         self._privacy_worker = PrivacyWorker(self.privacy, retention_days=self.settings.retention_days)
         self._privacy_worker.start()
+        if self.settings.backup_hours:
+            self._backup_worker = BackupWorker(self.backups, self.settings.backup_hours)
+            self._backup_worker.start()
 
     def stop_long_work(self) -> None:
         """The server is stopping: a running sync or rebuild ends after the chunk or batch it is committing (it
@@ -201,6 +209,8 @@ class Portrait:
             self._scheduler.stop()
         if self._privacy_worker:
             self._privacy_worker.stop()
+        if self._backup_worker:
+            self._backup_worker.stop()
         if self._segment_thread:
             self._segment_thread.stop()
         self.writer.close()
@@ -781,6 +791,65 @@ class Portrait:
     def _identities(session: Session, profile_id: str) -> list[dict[str, Any]]:
         return [{"type": t, "value": v, "first_seen": iso_time(f)}
                 for t, v, f in session.execute(reads.PROFILE_IDENTITIES, [profile_id])]
+
+
+def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
+    """Put the backup file ``backup`` in place of the database (no process may hold it: stop the server first).
+
+    The erasures done since the backup was taken are made again in it before it takes the database's place
+    (:meth:`PrivacyRequests.carry_erasures`), so a restore never brings back a person who asked to be forgotten.
+    The database it replaces is kept beside it as ``<name>.before-restore-<time>``. The backup file itself is
+    left as it is."""
+    source = Path(backup).expanduser().resolve()
+    database = Path(settings.db_path).expanduser().resolve()
+    if not source.is_file():
+        raise NotFound(f"there is no backup at {source}")
+    if source == database:
+        raise BadRequest(f"{source} is the database itself: name a backup of it")
+    carried: list[tuple[Any, ...]] = []
+    if database.exists():
+        try:
+            current = Portrait(settings.with_overrides(db_path=str(database)), background=False)
+        except DatabaseInUse as exc:
+            raise DatabaseInUse(f"{exc.message}; stop the server before restoring a backup into it") from exc
+        try:
+            carried = current.privacy.suppressed_rows()
+        finally:
+            current.close()
+    staging = database.with_name(database.name + ".restoring")
+    _remove_database_files(staging)
+    shutil.copyfile(source, staging)
+    try:
+        restored = Portrait(settings.with_overrides(db_path=str(staging)), background=False)
+        try:
+            erasures = restored.privacy.carry_erasures(carried)
+            restored.audit.record(None, "restore_backup", target=source.name,
+                                  detail={"erasures_made_again": len(erasures)})
+            counts = restored.status()
+        finally:
+            restored.close()
+    except PortraitError as exc:  # about the copy it opened: said of the backup the user named
+        _remove_database_files(staging)
+        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)),
+                        code=exc.code) from exc
+    except BaseException:
+        _remove_database_files(staging)
+        raise
+    previous = None
+    if database.exists():
+        previous = database.with_name(f"{database.name}.before-restore-{utc_now():%Y%m%dT%H%M%S}")
+        os.replace(database, previous)
+    Path(str(database) + ".wal").unlink(missing_ok=True)  # closed cleanly above: its log is in the file
+    os.replace(staging, database)
+    _remove_database_files(staging)  # what its rewrite after the erasures left beside it
+    return {"database": str(database), "restored_from": str(source), "previous": str(previous) if previous else None,
+            "events": counts["events_received"], "profiles": counts["profiles"],
+            "erasures_made_again": len(erasures)}
+
+
+def _remove_database_files(path: Path) -> None:
+    for leftover in (path, Path(str(path) + ".wal"), compaction_marker(str(path)), Path(str(path) + ".compact-lock")):
+        leftover.unlink(missing_ok=True)
 
 
 def _profile_document(profile_id: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:

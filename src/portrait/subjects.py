@@ -215,6 +215,29 @@ class PrivacyRequests:
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
                 "identities_suppressed": len(identities), "events": events}
 
+    def suppressed_rows(self) -> list[tuple[Any, ...]]:
+        """Every erased identifier, hashed, with its request and time (what a restore carries over)."""
+        return self._session().execute(q.SUPPRESSED_ROWS)
+
+    def carry_erasures(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """After a restore: suppress the identifiers erased since the backup was taken (``rows`` from the database
+        it replaces), then erase again every profile of the backup holding one, so a restore never brings back a
+        person who asked to be forgotten. Returns the erasure requests made (by "restore")."""
+        missing = [row for row in rows if row[0] not in self.suppressed]
+        if not missing:
+            return []
+        session = self._session()
+        for key_hash, request_id, at in missing:
+            session.execute(q.SUPPRESS, [key_hash, request_id, at])
+        self.suppressed = self._load_suppressed()
+        self._hooks.catch_up()  # events of the backup not yet applied: applied now, without her identifiers
+        holding = [row[0] for row in session.execute(q.PROFILES_HOLDING, [[row[0] for row in missing]])]
+        done = []
+        for profile_id in holding:  # by profile id: the request keeps none of her identifiers, even for a moment
+            request = self.create({"type": "erase", "identity": f"profile_id:{profile_id}"}, "restore")
+            done.append(self.run(request["id"]))
+        return done
+
     def expired(self) -> int:
         """How many raw events retention has deleted so far."""
         return int(self._session().execute(q.COUNT_EXPIRED)[0][0])

@@ -135,6 +135,19 @@ def router(portrait: Portrait) -> APIRouter:
     async def rebuild_profiles() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_profiles)
 
+    @api.post("/backups", status_code=201, summary="Make a backup of the database now (ingestion goes on); "
+                                                   "optional body {\"name\": \"before-migration\"}")
+    async def make_backup(payload: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
+        fields = payload or {}
+        unknown = set(fields) - {"name"}
+        if unknown:
+            raise BadRequest(f"unknown backup fields: {', '.join(sorted(unknown))} (only name)", code="invalid_backup")
+        return await run_in_threadpool(portrait.backups.make, fields.get("name"))
+
+    @api.get("/backups", summary="The backups in the backup folder, newest first")
+    async def backups() -> dict[str, Any]:
+        return await run_in_threadpool(portrait.backups.listing)
+
     @api.post("/attributes/recalculate", summary="Recompute every calculated attribute for every profile now")
     async def recalculate() -> dict[str, Any]:
         return await run_in_threadpool(portrait.recalculate)

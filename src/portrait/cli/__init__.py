@@ -2,7 +2,18 @@
 Commands live in small modules by area; importing them registers them on :data:`app`.
 """
 
-from portrait.cli import analytics, attributes, keys, privacy, reads, segments, server, sources, transfer  # noqa: F401  (registers the commands)
+from portrait.cli import (  # noqa: F401  (registers the commands)
+    analytics,
+    attributes,
+    backups,
+    keys,
+    privacy,
+    reads,
+    segments,
+    server,
+    sources,
+    transfer,
+)
 from portrait.cli.common import app
 
 __all__ = ["app", "main"]

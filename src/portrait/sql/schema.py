@@ -531,6 +531,18 @@ UTC_SESSION = parse("SET TimeZone = 'UTC'")
 # Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in
 # freed blocks until those are reused). Sequences, constraints and indexes come along.
 COPY_DATABASE = exp.Command(this="COPY", expression=exp.Literal.string("FROM DATABASE old TO new").this)
+# A backup: a copy of the open database, in one snapshot, into a file attached as ``backup_copy``.
+CURRENT_DATABASE = parse("SELECT current_database()")
+BACKUP_ALIAS = "backup_copy"
+DETACH_BACKUP = parse(f"DETACH DATABASE IF EXISTS {BACKUP_ALIAS}")
+
+
+def copy_database_to_backup(source: str) -> exp.Expr:
+    """``COPY FROM DATABASE <source> TO backup_copy`` (a Command: SQLGlot has no tree for it), the name quoted."""
+    name = exp.to_identifier(source, quoted=True).sql("duckdb")
+    return exp.Command(this="COPY", expression=f"FROM DATABASE {name} TO {BACKUP_ALIAS}")
+
+
 CHECKPOINT_OLD = exp.Command(this="CHECKPOINT", expression=exp.Literal.string("old").this)
 _ATTACH = parse("ATTACH 'path' AS old")
 _ATTACH_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY)")

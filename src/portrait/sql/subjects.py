@@ -128,6 +128,13 @@ REJECTED_SET_ASIDE = parse(_REJECTED + f"source = 'processor' AND {_SET_ASIDE_SE
 SUPPRESS = parse("INSERT INTO suppressed_identities (key_hash, request_id, suppressed_at) VALUES (?, ?, ?) "
                  "ON CONFLICT DO NOTHING")
 ALL_SUPPRESSED = parse("SELECT key_hash FROM suppressed_identities")
+# A restore carries the erasures made after its backup was taken: the identifiers suppressed since, and the
+# profiles of the restored database holding one of them (hashed as the processor hashes them, STAGE_OWNERS).
+SUPPRESSED_ROWS = parse("SELECT key_hash, request_id, suppressed_at FROM suppressed_identities")
+PROFILES_HOLDING = parse(
+    "SELECT DISTINCT profile_id FROM identities "
+    "WHERE sha256(type || ':' || value) IN (SELECT UNNEST(CAST(? AS VARCHAR[]))) ORDER BY profile_id"
+)
 UNSUPPRESS = parse("DELETE FROM suppressed_identities WHERE request_id = ?")
 # Retention. Params: the cut-off time. Raw events (their payloads) older than it go; which profile did what, and
 # when (event_profiles), and consent statements stay.

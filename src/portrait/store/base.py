@@ -52,4 +52,8 @@ class Store(Protocol):
 
     def checkpoint(self) -> None: ...
 
+    def backup(self, target: str) -> None:
+        """Copy the whole database, as one snapshot (writes go on meanwhile), into the new file ``target``,
+        encrypted as the database is."""
+
     def close(self) -> None: ...

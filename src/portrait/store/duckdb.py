@@ -160,6 +160,7 @@ class DuckDBStore:
         _check_folder(path)
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
+        self._encryption_key = encryption_key  # backups are encrypted with it too
         self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
         self.checkpoint()  # see above, after LARGE_WRITE_ROWS
@@ -177,6 +178,29 @@ class DuckDBStore:
 
     def checkpoint(self) -> None:
         self._root.execute(self._render(schema.CHECKPOINT))
+
+    def backup(self, target: str) -> None:
+        """Copy every table, sequence and index into the new file ``target`` in one read transaction: a consistent
+        snapshot while ingestion and processing go on. Written under another name first, so a file named
+        ``target`` is always a whole backup (a crash or a full disk leaves at most a ``.partial`` file)."""
+        partial = Path(target + ".partial")
+        partial.unlink(missing_ok=True)
+        session = self.session()
+        try:
+            source = str(session.execute(schema.CURRENT_DATABASE)[0][0])
+            session.execute(schema.attach_encrypted(str(partial), schema.BACKUP_ALIAS, self._encryption_key)
+                            if self._encryption_key else schema.attach(str(partial), schema.BACKUP_ALIAS))
+            try:
+                session.execute(schema.copy_database_to_backup(source))
+            finally:
+                session.execute(schema.DETACH_BACKUP)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            Path(str(partial) + ".wal").unlink(missing_ok=True)
+            raise
+        finally:
+            session.close()
+        os.replace(partial, target)
 
     def close(self) -> None:
         self._root.close()

@@ -1,0 +1,141 @@
+"""Backups: a whole, consistent copy of the database made while the server runs -- ingestion and processing go
+on meanwhile -- on demand (``portrait backup``, ``POST /api/backups``) or every ``PORTRAIT_BACKUP_HOURS``, into
+``PORTRAIT_BACKUP_DIR``. Of the backups Portrait names itself, the newest ``PORTRAIT_BACKUP_KEEP`` are kept.
+
+A backup is a Portrait database file like any other (encrypted with the same key when the database is): restoring
+one is ``portrait restore`` with the server stopped, which also makes again the erasures done since the backup was
+taken (see :func:`portrait.service.restore_backup`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from portrait.background import Worker
+from portrait.config import Settings
+from portrait.errors import BadRequest, Conflict, PortraitError
+from portrait.store import Store
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".duckdb"
+# The names Portrait gives (and may delete once there are more than PORTRAIT_BACKUP_KEEP): their time, to the
+# millisecond, sorts them oldest first.
+AUTOMATIC = re.compile(r"^portrait-\d{8}T\d{6}\.\d{3}Z\.duckdb$")
+# A name someone gives: a plain file name, never a path (the API must not write anywhere else).
+GIVEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def backup_folder(settings: Settings) -> Path:
+    """Where backups go: ``PORTRAIT_BACKUP_DIR``, else a ``backups`` folder beside the database."""
+    if settings.backup_dir:
+        return Path(settings.backup_dir).expanduser().resolve()
+    return Path(settings.db_path).expanduser().resolve().parent / "backups"
+
+
+def automatic_name(now: datetime) -> str:
+    return f"portrait-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z{SUFFIX}"
+
+
+def _given_name(name: str) -> str:
+    if not isinstance(name, str) or not GIVEN.match(name):
+        raise BadRequest(f"a backup name is a plain file name (letters, digits, '.', '_', '-'; up to 100), not "
+                         f"{name!r}: backups go into the backup folder", code="invalid_backup", field="name")
+    return name if name.endswith(SUFFIX) else name + SUFFIX
+
+
+class Backups:
+    def __init__(self, store: Store, folder: Path, keep: int) -> None:
+        self._store = store
+        self.folder = folder
+        self._keep = keep
+        self._making = threading.Lock()
+
+    def make(self, name: str | None = None) -> dict[str, Any]:
+        """Make a backup (named by its time unless ``name`` is given); returns where it is and what it took."""
+        now = datetime.now(UTC)
+        file_name = automatic_name(now) if name is None else _given_name(name)
+        if not self._making.acquire(blocking=False):
+            raise Conflict("a backup is being made; ask again once it is done", code="backup_running")
+        try:
+            target = self._target(file_name)
+            started = time.monotonic()
+            self._store.backup(str(target))
+            seconds = time.monotonic() - started
+            removed = self._prune()
+        finally:
+            self._making.release()
+        log.info("backup %s made in %.1f s", target, seconds)
+        return {**_describe(target), "seconds": round(seconds, 2), "removed": removed}
+
+    def listing(self) -> dict[str, Any]:
+        """The backups in the folder, newest first."""
+        found = sorted(self._files(), key=lambda f: f.stat().st_mtime, reverse=True)
+        return {"folder": str(self.folder), "keep": self._keep, "backups": [_describe(f) for f in found]}
+
+    def newest_automatic(self) -> float | None:
+        """When the newest backup Portrait named was made (seconds since the epoch), if there is one."""
+        times = [f.stat().st_mtime for f in self._files() if AUTOMATIC.match(f.name)]
+        return max(times) if times else None
+
+    def _target(self, file_name: str) -> Path:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PortraitError(f"cannot make the backup folder {self.folder}: {exc.strerror or exc} (set "
+                                "PORTRAIT_BACKUP_DIR to a folder Portrait may write to)",
+                                code="folder_not_writable") from exc
+        target = self.folder / file_name
+        if target.exists():
+            raise Conflict(f"{target} exists already: a backup is never written over; choose another name",
+                           code="backup_exists", field="name")
+        return target
+
+    def _files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [f for f in self.folder.iterdir() if f.is_file() and f.name.endswith(SUFFIX)]
+
+    def _prune(self) -> list[str]:
+        """Delete the oldest of the backups Portrait named beyond the newest ``keep`` (0 keeps all); backups given
+        a name are the user's to delete."""
+        if self._keep <= 0:
+            return []
+        automatic = sorted(f for f in self._files() if AUTOMATIC.match(f.name))
+        removed = automatic[:-self._keep]
+        for old in removed:
+            old.unlink(missing_ok=True)
+            log.info("backup %s deleted (PORTRAIT_BACKUP_KEEP=%d)", old, self._keep)
+        return [f.name for f in removed]
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    made = datetime.fromtimestamp(stat.st_mtime, UTC)
+    return {"name": path.name, "path": str(path), "bytes": stat.st_size,
+            "created_at": made.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
+class BackupWorker(Worker):
+    """Makes a backup once the newest one Portrait named is ``hours`` old (a restart does not start the count
+    again); looks once a minute."""
+
+    def __init__(self, backups: Backups, hours: int, poll: float = 60.0) -> None:
+        super().__init__("portrait-backups", interval=poll)
+        self._backups = backups
+        self._seconds = hours * 3600
+
+    def start(self) -> None:
+        super().start()
+        self.notify()  # the first look right away: a server started after a long stop backs up at once
+
+    def step(self) -> None:
+        newest = self._backups.newest_automatic()
+        if newest is None or time.time() - newest >= self._seconds:
+            self._backups.make()

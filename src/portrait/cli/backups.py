@@ -1,0 +1,93 @@
+"""``portrait backup``, ``backups`` and ``restore``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    _audited,
+    _either,
+    _fail,
+    _run,
+    _settings,
+    app,
+    console,
+)
+from portrait.errors import PortraitError
+from portrait.service import restore_backup
+
+
+@app.command()
+def backup(
+    name: Annotated[str | None, typer.Option("--name", help="File name in the backup folder (default: "
+                                                            "portrait-<time>.duckdb).")] = None,
+    db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Back up the whole database into the backup folder, while the server runs or not (ingestion goes on)."""
+    made = _run(db, url, admin_key, _either(
+        _audited("make_backup", lambda local: local.backups.make(name)),
+        lambda remote: remote.send_json("POST", "/api/backups", {"name": name} if name else {})), existing=True)
+    if as_json:
+        console.print_json(data=made)
+        return
+    console.print(f"Backed up to {made['path']} ({_size(made['bytes'])} in {made['seconds']} s).")
+    if made["removed"]:
+        console.print(f"Deleted older backups (PORTRAIT_BACKUP_KEEP): {', '.join(made['removed'])}")
+
+
+@app.command()
+def backups(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
+            as_json: JsonOption = False) -> None:
+    """List the backups in the backup folder, newest first."""
+    found = _run(db, url, admin_key, _either(lambda local: local.backups.listing(),
+                                             lambda remote: remote.get_json("/api/backups")), existing=True)
+    if as_json:
+        console.print_json(data=found)
+        return
+    if not found["backups"]:
+        console.print(f"No backups in {found['folder']} yet: make one with `portrait backup`.")
+        return
+    table = Table("name", "made at", "size", title=f"Backups in {found['folder']}")
+    for item in found["backups"]:
+        table.add_row(item["name"], item["created_at"], _size(item["bytes"]))
+    console.print(table)
+
+
+@app.command()
+def restore(
+    file: Annotated[Path, typer.Argument(help="The backup file to restore.")],
+    db: DbOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Put a backup in place of the database (stop the server first); erasures done since the backup are made again.
+
+    The database it replaces is kept beside it as <name>.before-restore-<time>.
+    """
+    settings = _settings(db)
+    if not yes:
+        typer.confirm(f"Replace {Path(settings.db_path).resolve()} with the backup {file.resolve()}? (the current "
+                      "database is kept beside it)", abort=True)
+    try:
+        done: dict[str, Any] = restore_backup(settings, str(file))
+    except PortraitError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Restored {done['restored_from']} into {done['database']}: {done['events']:,} events, "
+                  f"{done['profiles']:,} profiles.")
+    if done["erasures_made_again"]:
+        console.print(f"Erased again {done['erasures_made_again']} profile(s) of people who asked to be forgotten "
+                      "after the backup was made.")
+    if done["previous"]:
+        console.print(f"The database it replaced is kept as {done['previous']}; delete it once you no longer "
+                      "need it.")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1_000_000:,.1f} MB"

@@ -1,0 +1,209 @@
+"""Backups made while the server takes traffic, and restores that keep erasures: real server process, real DuckDB
+files, the real CLI."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+from portrait.backups import AUTOMATIC, BackupWorker
+from portrait.cli import app
+from portrait.config import Settings
+from portrait.errors import NotFound
+from portrait.service import Portrait
+
+runner = CliRunner()
+
+
+def _open(path: Path, **changes: object) -> Portrait:
+    return Portrait(Settings(db_path=str(path), write_key=WRITE_KEY, admin_key=ADMIN_KEY).with_overrides(**changes),
+                    background=False)
+
+
+def _send_until(server: Server, stop: threading.Event, acknowledged: list[str]) -> None:
+    """Batches of 100 events, one after another, until told to stop; records the messageIds acknowledged."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=30) as client:
+        number = 0
+        while not stop.is_set():
+            batch = [{"type": "track", "userId": f"u{(number + i) % 500}", "event": "Product Viewed",
+                      "messageId": f"m-{number + i}", "properties": {"sku": f"s{i}"}} for i in range(100)]
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+            acknowledged.extend(m["messageId"] for m in batch)
+            number += 100
+
+
+def test_a_backup_made_under_traffic_is_a_consistent_database_holding_every_acknowledged_event(
+        tmp_path: Path) -> None:
+    server = start_server(str(tmp_path / "live.duckdb"), tmp_path / "server.log")
+    stop, acknowledged = threading.Event(), []
+    sender = threading.Thread(target=_send_until, args=(server, stop, acknowledged))
+    try:
+        sender.start()
+        while len(acknowledged) < 3_000:
+            time.sleep(0.05)
+        before = set(acknowledged)  # acknowledged before the backup was asked for: all must be in it
+        with server.admin() as admin:
+            made = admin.post("/api/backups", json={}, timeout=60)
+            assert made.status_code == 201, made.text
+            listed = admin.get("/api/backups").json()
+        assert len(acknowledged) > len(before), "the traffic went on while the backup was made"
+    finally:
+        stop.set()
+        sender.join()
+        server.stop()
+    backup = Path(made.json()["path"])
+    assert backup.parent == tmp_path / "backups" and AUTOMATIC.match(backup.name)
+    assert [b["name"] for b in listed["backups"]] == [backup.name] and listed["backups"][0]["bytes"] > 0
+    assert not list(backup.parent.glob("*.partial*"))
+    with duckdb.connect(str(backup), read_only=True) as copy:
+        held = {row[0] for row in copy.execute("SELECT message_id FROM events").fetchall()}
+    assert before <= held
+    restored = _open(backup)
+    try:
+        status = restored.status()
+        assert status["events_received"] == len(held) and status["last_seq"] == len(held)
+        restored.process_pending()  # what the processor had not applied when the snapshot was taken
+        assert restored.status()["lag"] == 0
+        assert restored.status()["profiles"] == 500
+    finally:
+        restored.close()
+
+
+def test_a_restore_erases_again_whoever_was_erased_after_the_backup(tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann.secret@example.com", "plan": "pro"}},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"revenue": 30}},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com"}}])
+    service.process_pending()
+    made = service.backups.make("before-erasure")
+    assert made["name"] == "before-erasure.duckdb"
+    service.privacy_request({"type": "erase", "identity": "email:ann.secret@example.com"}, "test", run_now=True)
+    service.close()
+    backup = Path(made["path"])
+    assert b"ann.secret" in backup.read_bytes()  # the backup holds her, as it was
+
+    result = runner.invoke(app, ["restore", str(backup), "--db", str(db), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Erased again 1 profile" in result.output
+    previous = next(tmp_path.glob("portrait.duckdb.before-restore-*"))
+    assert previous.is_file() and str(previous) in result.output.replace("\n", "")
+    assert b"ann.secret" not in db.read_bytes()  # erased again, and the file rewritten without her
+    assert backup.read_bytes().count(b"ann.secret") > 0  # the backup itself is left as it was
+    restored = _open(db)
+    try:
+        with pytest.raises(NotFound):
+            restored.profile("user_id:ann")
+        assert restored.profile("user_id:bob")["traits"]["email"] == "bob@example.com"
+        restored.ingest_messages([{"type": "track", "userId": "ann", "event": "Came Back"}])
+        restored.process_pending()
+        with pytest.raises(NotFound):  # still suppressed: her new events are dropped
+            restored.profile("user_id:ann")
+        actions = [e["action"] for e in restored.audit.entries()["entries"]]
+        assert "restore_backup" in actions
+    finally:
+        restored.close()
+
+
+def test_a_restore_is_refused_while_a_server_holds_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "live.duckdb"
+    service = _open(db)
+    made = service.backups.make()
+    service.close()
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        result = runner.invoke(app, ["restore", made["path"], "--db", str(db), "--yes"])
+        assert result.exit_code == 1
+        assert "stop the server before restoring" in result.output
+    finally:
+        server.stop()
+    assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))
+
+
+def test_a_file_that_is_not_a_backup_is_refused_and_the_database_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([{"type": "identify", "userId": "kept"}])
+    service.close()
+    before = db.read_bytes()
+    text = tmp_path / "notes.duckdb"
+    text.write_text("not a database")
+    result = runner.invoke(app, ["restore", str(text), "--db", str(db), "--yes"])
+    assert result.exit_code == 1 and "notes.duckdb" in result.output.replace("\n", "")
+    assert db.read_bytes() == before
+    assert not list(tmp_path.glob("*.restoring*"))
+    missing = runner.invoke(app, ["restore", str(tmp_path / "nope.duckdb"), "--db", str(db), "--yes"])
+    assert missing.exit_code == 1 and "there is no backup at" in missing.output
+
+
+def test_an_encrypted_database_is_backed_up_encrypted(tmp_path: Path) -> None:
+    key = "a-long-secret-key-for-the-test"
+    db = tmp_path / "secret.duckdb"
+    service = _open(db, encryption_key=key)
+    service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"email": "hidden@example.com"}}])
+    service.process_pending()
+    backup = Path(service.backups.make()["path"])
+    service.close()
+    assert b"hidden@example.com" not in backup.read_bytes()
+    with pytest.raises(duckdb.Error):
+        duckdb.connect(str(backup), read_only=True).execute("SELECT count(*) FROM events").fetchall()
+    copy = _open(backup, encryption_key=key)
+    try:
+        assert copy.profile("user_id:u1")["traits"]["email"] == "hidden@example.com"
+    finally:
+        copy.close()
+
+
+def test_backup_names_and_the_api(server: Server) -> None:
+    with server.admin() as admin:
+        for bad in ("../escape", "/tmp/x", ".hidden", "a b"):
+            refused = admin.post("/api/backups", json={"name": bad})
+            assert refused.status_code == 400 and refused.json()["code"] == "invalid_backup", bad
+        assert admin.post("/api/backups", json={"folder": "/tmp"}).json()["code"] == "invalid_backup"
+        assert admin.post("/api/backups", json={"name": "mine"}).status_code == 201
+        again = admin.post("/api/backups", json={"name": "mine.duckdb"})
+        assert again.status_code == 409 and again.json()["code"] == "backup_exists"
+        assert admin.post("/api/backups").status_code == 201  # no body: named by its time
+        names = [b["name"] for b in admin.get("/api/backups").json()["backups"]]
+    assert "mine.duckdb" in names and len(names) == 2
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {WRITE_KEY}"}) as writer:
+        assert writer.post("/api/backups", json={}).status_code == 403
+
+
+def test_only_the_newest_automatic_backups_are_kept(tmp_path: Path) -> None:
+    service = _open(tmp_path / "portrait.duckdb", backup_keep=2)
+    try:
+        service.backups.make("named")
+        made = [service.backups.make() for _ in range(4)]
+        assert [m["removed"] for m in made] == [[], [], [made[0]["name"]], [made[1]["name"]]]
+        names = {b["name"] for b in service.backups.listing()["backups"]}
+        assert names == {"named.duckdb", made[2]["name"], made[3]["name"]}  # one you name is yours to delete
+    finally:
+        service.close()
+
+
+def test_the_scheduled_backup_waits_for_the_newest_to_age(tmp_path: Path) -> None:
+    service = _open(tmp_path / "portrait.duckdb")
+    try:
+        worker = BackupWorker(service.backups, hours=1)
+        worker.step()  # none yet: one now
+        worker.step()  # the newest is fresh: none
+        assert len(service.backups.listing()["backups"]) == 1
+    finally:
+        service.close()
+
+
+def test_the_cli_backs_up_through_a_running_server(server: Server) -> None:
+    made = runner.invoke(app, ["backup", "--db", server.db_path, "--admin-key", ADMIN_KEY, "--name", "cli"])
+    assert made.exit_code == 0, made.output
+    assert "Backed up to" in made.output and "cli.duckdb" in made.output
+    listed = runner.invoke(app, ["backups", "--db", server.db_path, "--admin-key", ADMIN_KEY, "--json"])
+    assert '"cli.duckdb"' in listed.output
