@@ -16,7 +16,7 @@ from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 from portrait.backups import AUTOMATIC, BackupWorker
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.errors import NotFound
+from portrait.errors import NotFound, Unauthorized
 from portrait.service import Portrait
 
 runner = CliRunner()
@@ -109,6 +109,29 @@ def test_a_restore_erases_again_whoever_was_erased_after_the_backup(tmp_path: Pa
             restored.profile("user_id:ann")
         actions = [e["action"] for e in restored.audit.entries()["entries"]]
         assert "restore_backup" in actions
+    finally:
+        restored.close()
+
+
+def test_a_restore_keeps_the_current_keys_and_the_later_audit_entries(tmp_path: Path) -> None:
+    """A key revoked since the backup (a leaked one) must not work again; one made since keeps working."""
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    leaked_secret, leaked = service.keys.create("write", "old-website")
+    service.audit.record(None, "before_backup")
+    backup = service.backups.make()["path"]
+    service.keys.revoke(leaked.id)
+    new_secret, _ = service.keys.create("write", "new-website")
+    service.audit.record(None, "after_backup")
+    service.close()
+    assert runner.invoke(app, ["restore", backup, "--db", str(db), "--yes"]).exit_code == 0
+    restored = _open(db)
+    try:
+        with pytest.raises(Unauthorized):
+            restored.keys.check(leaked_secret, "write")
+        assert restored.keys.check(new_secret, "write").name == "new-website"
+        actions = [e["action"] for e in reversed(restored.audit.entries()["entries"])]
+        assert actions == ["before_backup", "after_backup", "restore_backup"]
     finally:
         restored.close()
 

@@ -26,6 +26,19 @@ class AuditLog:
             utc_now(), key.id if key else None, key.name if key else "local", action, target, profile_id, status,
             orjson.dumps(detail).decode() if detail else None])
 
+    def last_id(self) -> int:
+        return int(self._session().execute(q.LAST_AUDIT_ID)[0][0])
+
+    def rows_after(self, entry_id: int) -> list[tuple[Any, ...]]:
+        """The entries after ``entry_id``, oldest first, as stored (for :meth:`append` to a restored database)."""
+        return self._session().execute(q.AUDIT_AFTER, [entry_id])
+
+    def append(self, rows: list[tuple[Any, ...]]) -> None:
+        session = self._session()
+        with session.transaction():
+            for row in rows:
+                session.execute(q.AUDIT, list(row))
+
     def entries(self, *, before_id: int = 0, limit: int = 100) -> dict[str, Any]:
         rows = self._session().execute(q.AUDIT_PAGE, [before_id, before_id, limit])
         entries = []

@@ -92,6 +92,20 @@ class KeyRing:
                 self.add(generated[kind], kind, "default")
         return generated
 
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Every key as stored (hashed), for :meth:`replace_all` in a restored database."""
+        return self._session().execute(q.KEY_ROWS)
+
+    def replace_all(self, rows: list[tuple[Any, ...]]) -> None:
+        """Make ``rows`` the keys (a restore keeps the current keys: a key revoked since the backup stays revoked,
+        one created since keeps working)."""
+        session = self._session()
+        with session.transaction():
+            session.execute(q.CLEAR_KEYS)
+            for row in rows:
+                session.execute(q.INSERT_KEY_ROW, list(row))
+        self.reload()
+
     # -- checking ------------------------------------------------------------------------------------------------
     def authenticate(self, key: str | None) -> ApiKey:
         """The key's record; Unauthorized for none, an unknown key or a revoked one."""

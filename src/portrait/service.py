@@ -796,45 +796,40 @@ class Portrait:
 def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     """Put the backup file ``backup`` in place of the database (no process may hold it: stop the server first).
 
-    The erasures done since the backup was taken are made again in it before it takes the database's place
-    (:meth:`PrivacyRequests.carry_erasures`), so a restore never brings back a person who asked to be forgotten.
-    The database it replaces is kept beside it as ``<name>.before-restore-<time>``. The backup file itself is
-    left as it is."""
+    What the database it replaces says of now goes into the backup first (:func:`_carry_over`): the erasures done
+    since the backup was made are made again, so a restore never brings back a person who asked to be forgotten;
+    the API keys stay as they are (one revoked since stays revoked); the audit log keeps its later entries. The
+    database it replaces is kept beside it as ``<name>.before-restore-<time>``; the backup file is left as it is."""
     source = Path(backup).expanduser().resolve()
     database = Path(settings.db_path).expanduser().resolve()
     if not source.is_file():
         raise NotFound(f"there is no backup at {source}")
     if source == database:
         raise BadRequest(f"{source} is the database itself: name a backup of it")
-    carried: list[tuple[Any, ...]] = []
+    current = None
     if database.exists():
         try:
             current = Portrait(settings.with_overrides(db_path=str(database)), background=False)
         except DatabaseInUse as exc:
             raise DatabaseInUse(f"{exc.message}; stop the server before restoring a backup into it") from exc
-        try:
-            carried = current.privacy.suppressed_rows()
-        finally:
-            current.close()
     staging = database.with_name(database.name + ".restoring")
-    _remove_database_files(staging)
-    shutil.copyfile(source, staging)
     try:
-        restored = Portrait(settings.with_overrides(db_path=str(staging)), background=False)
+        _remove_database_files(staging)
+        shutil.copyfile(source, staging)
+        restored = _open_backup(settings, staging, source)
         try:
-            erasures = restored.privacy.carry_erasures(carried)
+            erasures = _carry_over(current, restored) if current else []
             restored.audit.record(None, "restore_backup", target=source.name,
                                   detail={"erasures_made_again": len(erasures)})
             counts = restored.status()
         finally:
             restored.close()
-    except PortraitError as exc:  # about the copy it opened: said of the backup the user named
-        _remove_database_files(staging)
-        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)),
-                        code=exc.code) from exc
     except BaseException:
         _remove_database_files(staging)
         raise
+    finally:
+        if current:
+            current.close()
     previous = None
     if database.exists():
         previous = database.with_name(f"{database.name}.before-restore-{utc_now():%Y%m%dT%H%M%S}")
@@ -845,6 +840,22 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     return {"database": str(database), "restored_from": str(source), "previous": str(previous) if previous else None,
             "events": counts["events_received"], "profiles": counts["profiles"],
             "erasures_made_again": len(erasures)}
+
+
+def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
+    """The copy of the backup, opened (and upgraded) as a database; an error about it names the backup."""
+    try:
+        return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
+    except PortraitError as exc:
+        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)),
+                        code=exc.code) from exc
+
+
+def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:
+    """Into a restored backup, what the database it replaces knows of now; returns the erasures made again."""
+    restored.keys.replace_all(current.keys.rows())
+    restored.audit.append(current.audit.rows_after(restored.audit.last_id()))
+    return restored.privacy.carry_erasures(current.privacy.suppressed_rows())
 
 
 def _remove_database_files(path: Path) -> None:

@@ -9,6 +9,11 @@ INSERT_KEY = parse("INSERT INTO api_keys (key_hash, kind, name, created_at, id, 
                    "ON CONFLICT DO NOTHING")
 ALL_KEYS = parse("SELECT key_hash, kind, name, id, scopes, revoked_at, created_at FROM api_keys "
                  "ORDER BY created_at, id")
+# A restore keeps the keys of the database it replaces (created, rotated and revoked since the backup).
+KEY_ROWS = parse("SELECT key_hash, kind, name, created_at, id, scopes, revoked_at FROM api_keys ORDER BY created_at")
+CLEAR_KEYS = parse("DELETE FROM api_keys")
+INSERT_KEY_ROW = parse("INSERT INTO api_keys (key_hash, kind, name, created_at, id, scopes, revoked_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)")
 REVOKE = parse("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
 
 # Params: at, key id, key name, action, target, profile id, status, detail.
@@ -18,3 +23,7 @@ AUDIT_COLUMNS = ("id", "at", "key_id", "key_name", "action", "target", "profile_
 # Params: before id (0 = from the newest), the same again, limit; newest first.
 AUDIT_PAGE = parse("SELECT id, at, key_id, key_name, action, target, profile_id, status, detail FROM audit_log "
                    "WHERE ? = 0 OR id < ? ORDER BY id DESC LIMIT ?")
+# A restore appends the entries written since the backup was made (numbered anew after the backup's own).
+LAST_AUDIT_ID = parse("SELECT coalesce(max(id), 0) FROM audit_log")
+AUDIT_AFTER = parse("SELECT at, key_id, key_name, action, target, profile_id, status, detail FROM audit_log "
+                    "WHERE id > ? ORDER BY id")
