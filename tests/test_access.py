@@ -249,6 +249,18 @@ def test_an_admin_key_without_pii_read_cannot_hand_out_pii_read(client: TestClie
     assert client.post(f"/api/keys/{plain.json()['id']}/rotate", headers=bearer(ops["key"])).status_code == 200
 
 
+@pytest.mark.parametrize("scopes", [{"read": 1, "pii:read": 1}, "read", [["read"]], [1], ["read", None]])
+def test_scopes_other_than_a_list_of_names_are_refused(client: TestClient, scopes: object) -> None:
+    """A JSON object of scopes passed the pii:read check as "no scopes given" and was then read as the list of its
+    keys: an admin key without pii:read made a read key with it. A list in the list was a 500."""
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    for key in (ops["key"], ADMIN_KEY):
+        refused = client.post("/api/keys", headers=bearer(key), json={"kind": "read", "name": "x", "scopes": scopes})
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_key", refused.text
+        assert "scopes is a list of scope names" in refused.json()["message"]
+    assert [k["name"] for k in client.get("/api/keys", headers=ADMIN).json()["keys"] if k["name"] == "x"] == []
+
+
 def test_an_admin_key_without_pii_read_cannot_unflag_a_personal_attribute(client: TestClient) -> None:
     ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
     refused = client.patch("/api/attributes/first_name", headers=bearer(ops["key"]), json={"is_personal_info": False})

@@ -53,6 +53,27 @@ class ApiKey:
                 "active": self.revoked_at is None}
 
 
+def scopes_for(kind: str, scopes: object) -> tuple[str, ...]:
+    """The scopes a new key of ``kind`` gets: ``scopes`` as given (a list of scope names), or the kind's default
+    when it is None. The API asks this before it checks that the caller may hand them out, so the check and the
+    key see the same scopes (a JSON object passed the check as "no scopes given" and was then read as a list)."""
+    if scopes is None:
+        return DEFAULT_SCOPES.get(kind, ())
+    if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
+        raise BadRequest(f"scopes is a list of scope names such as [\"read\", \"pii:read\"], not {scopes!r}",
+                         code="invalid_key")
+    if kind not in KINDS:
+        raise BadRequest(f"kind is one of {', '.join(KINDS)}, not {kind!r}", code="invalid_key")
+    chosen = tuple(dict.fromkeys(scopes))
+    allowed = {"write": {"ingest"}, "read": {"read", "pii:read"}, "admin": {"read", "admin", "pii:read"}}[kind]
+    if set(chosen) - allowed or (kind != "write" and "read" not in chosen) or (
+            kind == "admin" and "admin" not in chosen):
+        raise BadRequest(f"a {kind} key takes the scopes {', '.join(sorted(allowed))} (and needs "
+                         f"{'ingest' if kind == 'write' else 'read' if kind == 'read' else 'read and admin'})",
+                         code="invalid_key")
+    return chosen
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -137,19 +158,13 @@ class KeyRing:
     def all(self) -> list[dict[str, Any]]:
         return [k.public() for k in sorted(self._keys.values(), key=lambda k: (k.created_at or utc_now(), k.id))]
 
-    def create(self, kind: str, name: str, scopes: list[str] | None = None) -> tuple[str, ApiKey]:
+    def create(self, kind: str, name: str, scopes: object = None) -> tuple[str, ApiKey]:
         """A new key; returns its secret (shown once) and its record."""
         if kind not in KINDS:
             raise BadRequest(f"kind is one of {', '.join(KINDS)}, not {kind!r}", code="invalid_key")
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise BadRequest("a key needs a name (1-100 characters), e.g. the source it is for", code="invalid_key")
-        chosen = tuple(scopes) if scopes is not None else DEFAULT_SCOPES[kind]
-        allowed = {"write": {"ingest"}, "read": {"read", "pii:read"}, "admin": {"read", "admin", "pii:read"}}[kind]
-        wrong = set(chosen) - allowed
-        if wrong or (kind != "write" and "read" not in chosen) or (kind == "admin" and "admin" not in chosen):
-            raise BadRequest(f"a {kind} key takes the scopes {', '.join(sorted(allowed))} (and needs "
-                             f"{'ingest' if kind == 'write' else 'read' if kind == 'read' else 'read and admin'})",
-                             code="invalid_key")
+        chosen = scopes_for(kind, scopes)
         secret = new_key(kind)
         return secret, self.add(secret, kind, name.strip(), chosen)
 

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
 from portrait.errors import BadRequest
-from portrait.keys import DEFAULT_SCOPES
+from portrait.keys import scopes_for
 from portrait.service import Portrait
 
 
@@ -26,12 +26,12 @@ def router(portrait: Portrait) -> APIRouter:
         unknown = set(payload) - {"kind", "name", "scopes"}
         if unknown:
             raise BadRequest(f"unknown key fields {', '.join(sorted(unknown))}", code="invalid_key")
-        scopes = payload.get("scopes")
-        granted = scopes if isinstance(scopes, list) else DEFAULT_SCOPES.get(str(payload.get("kind", "")), ())
+        kind = str(payload.get("kind", ""))
+        granted = scopes_for(kind, payload.get("scopes"))
         if "pii:read" in granted:  # a key without pii:read cannot hand it out (an admin key's default has it)
             portrait.keys.require(caller(request), "pii:read", "create a key with the pii:read scope")
-        secret, created = await run_in_threadpool(lambda: portrait.keys.create(
-            str(payload.get("kind", "")), payload.get("name", ""), payload.get("scopes")))
+        secret, created = await run_in_threadpool(lambda: portrait.keys.create(kind, payload.get("name", ""),
+                                                                               list(granted)))
         return {**created.public(), "key": secret}
 
     @api.post("/keys/{key_id}/revoke", summary="Revoke a key: it is refused (401) from now on")
