@@ -173,6 +173,34 @@ def test_a_preview_cannot_tell_personal_values_to_a_key_without_pii_read(client:
     assert found.status_code == 200 and found.json()["count"] == 1
 
 
+def test_a_segment_comparing_personal_data_shows_those_values_masked_without_pii_read(client: TestClient) -> None:
+    """An admin key with pii:read may save `email = "ann@example.com"`; a key without it read the address in the
+    segment's condition, text and English (API and console), and in explain's text, beside the members' user ids."""
+    condition = ('email = "ann@example.com" and plan = "pro" and '
+                 'performed("Signed Up", where email ends with "ann@example.com")')
+    made = client.post("/api/segments", headers=ADMIN, json={"name": "ann", "condition": condition})
+    assert made.status_code == 201, made.text
+    assert "ann@example.com" in made.json()["text"]  # the key with pii:read sees what it wrote
+    reader = new_key(client, kind="read", name="bi")
+    for path in ("/api/segments", "/api/segments/ann", "/api/segments/ann/explain/user_id:42"):
+        answer = client.get(path, headers=bearer(reader["key"]))
+        assert answer.status_code == 200 and "ann@example.com" not in answer.text, (path, answer.text)
+    one = client.get("/api/segments/ann", headers=bearer(reader["key"])).json()
+    assert one["text"] == ('email = "a***@example.com" and plan = "pro" and '
+                           'performed("Signed Up", where email ends with "a***@example.com")')
+    assert one["condition"]["and"][1] == {"attribute": "plan", "op": "=", "values": ["pro"]}  # not personal: kept
+    assert "a***@example.com" in one["english"]
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    recounted = client.post("/api/segments/ann/recount", headers=bearer(ops["key"]))
+    assert recounted.status_code == 200 and "ann@example.com" not in recounted.text
+    described = client.patch("/api/segments/ann", headers=bearer(ops["key"]), json={"description": "one"})
+    assert described.status_code == 200 and "ann@example.com" not in described.text
+    client.post("/login", data={"key": reader["key"]})
+    for page in ("/segments", f"/segments/{made.json()['id']}"):
+        shown = client.get(page)
+        assert shown.status_code == 200 and "ann@example.com" not in shown.text and "a***@example.com" in shown.text
+
+
 def test_console_search_does_not_spell_out_emails_to_a_key_without_pii_read(client: TestClient) -> None:
     reader = new_key(client, kind="read", name="bi")
     client.post("/login", data={"key": reader["key"]})

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import fields, is_dataclass, replace
+from datetime import date
 from typing import Any
 
 from portrait.attributes import code_for
+from portrait.conditions.ast import Compare, Condition
 from portrait.conditions.calculations import Calculation, copied_values
 
 PERSONAL_IDENTITY_TYPES = frozenset({"email", "phone"})
@@ -104,6 +107,29 @@ def personal_copied(calculation: Calculation, personal: Iterable[str]) -> list[s
     attributes, properties = copied_values(calculation)
     event_codes = codes | PERSONAL_IDENTITY_TYPES | ALWAYS_PERSONAL_FIELDS
     return sorted({a for a in attributes if a in codes} | {p for p in properties if code_for(p) in event_codes})
+
+
+def mask_condition(tree: Condition, personal: Iterable[str]) -> Condition:
+    """A condition with the values it compares personal data to masked: a segment saved by a key with ``pii:read``
+    (``email = "ann@example.com"``) is read by keys without it. Personal are the attributes of ``personal`` and an
+    event's ``email`` or ``phone`` property (as conditions are checked, see api.auth); ``is set`` has no value, and
+    a relative time (``within last 30d``) is not the person's."""
+    masked: Condition = _masked_tree(tree, set(personal) | PERSONAL_IDENTITY_TYPES)
+    return masked
+
+
+def _masked_tree(node: Any, codes: set[str]) -> Any:
+    if isinstance(node, Compare):
+        if code_for(node.field) not in codes:
+            return node
+        return replace(node, values=tuple(mask(v) if isinstance(v, str | int | float | date) else v
+                                          for v in node.values))
+    if isinstance(node, tuple):
+        return tuple(_masked_tree(item, codes) for item in node)
+    if is_dataclass(node) and not isinstance(node, type):
+        changed = {f.name: _masked_tree(getattr(node, f.name), codes) for f in fields(node)}
+        return replace(node, **changed)
+    return node
 
 
 def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from fastapi import Request
 
 from portrait import privacy
 from portrait.attributes import code_for
+from portrait.conditions import describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import Compare
 from portrait.conditions.calculations import parse_definition
 from portrait.errors import Forbidden, PortraitError, Unauthorized
@@ -132,6 +133,17 @@ class Viewer:
             return found
         return {**found, "explanation": _mask_explanation(found["explanation"], self.personal())}
 
+    def segment(self, document: dict[str, Any]) -> dict[str, Any]:
+        """A segment whose condition compares personal data (saved by a key with ``pii:read``: ``email =
+        "ann@example.com"``) with those values masked in its JSON, text and English forms."""
+        if self.sees_pii or not isinstance(document.get("condition"), dict):
+            return document
+        tree = privacy.mask_condition(from_json(document["condition"]), self.personal())
+        return {**document, "condition": to_json(tree), "text": to_text(tree), "english": describe(tree)}
+
+    def segments(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return documents if self.sees_pii else [self.segment(d) for d in documents]
+
     def check_condition(self, raw: object) -> None:
         """A condition previewed by a key without ``pii:read`` may test a personal attribute (or an event's email or
         phone property) only for being set: its count would otherwise tell the values one by one (``email = "ann@..."
@@ -193,6 +205,10 @@ def _compares(node: object) -> Iterator[Compare]:
 
 def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any]:
     out = dict(node)
+    try:  # each part's text is the condition's text form, which reads back
+        out["text"] = to_text(privacy.mask_condition(parse(str(out.get("text", ""))), personal))
+    except PortraitError:
+        out["text"] = privacy.HIDDEN
     if out.get("attribute") in personal:
         value = out.get("value")
         out["value"] = privacy.mask(value)

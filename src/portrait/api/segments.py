@@ -22,14 +22,14 @@ def router(portrait: Portrait) -> APIRouter:
     segments = portrait.segments
 
     @api.get("/segments", summary="Every segment with its size")
-    async def listing() -> dict[str, Any]:
-        return {"segments": await run_in_threadpool(segments.all)}
+    async def listing(request: Request) -> dict[str, Any]:
+        return {"segments": Viewer(portrait, caller(request)).segments(await run_in_threadpool(segments.all))}
 
     @api.post("/segments", status_code=201, summary="Create a dynamic (condition) or static (identities) segment")
     async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         if "condition" in payload:
             await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
-        return await run_in_threadpool(portrait.create_segment, payload)
+        return Viewer(portrait, caller(request)).segment(await run_in_threadpool(portrait.create_segment, payload))
 
     @api.post("/segments/preview", summary="Count and sample the profiles an unsaved condition selects")
     async def preview(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
@@ -40,14 +40,15 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(segments.preview, payload["condition"])
 
     @api.get("/segments/{segment}", summary="One segment: condition (text, JSON, English) and size")
-    async def one(segment: str) -> dict[str, Any]:
-        return await run_in_threadpool(segments.get, segment)
+    async def one(segment: str, request: Request) -> dict[str, Any]:
+        return Viewer(portrait, caller(request)).segment(await run_in_threadpool(segments.get, segment))
 
     @api.patch("/segments/{segment}", summary="Change name, description, condition or identities (recounts)")
     async def update(segment: str, payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         if "condition" in payload:
             await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
-        return await run_in_threadpool(portrait.update_segment, segment, payload)
+        changed = await run_in_threadpool(portrait.update_segment, segment, payload)
+        return Viewer(portrait, caller(request)).segment(changed)
 
     @api.delete("/segments/{segment}", status_code=204, summary="Delete a segment (not while others refer to it)")
     async def delete(segment: str) -> Response:
@@ -55,8 +56,8 @@ def router(portrait: Portrait) -> APIRouter:
         return Response(status_code=204)
 
     @api.post("/segments/{segment}/recount", summary="Recount the segment now, in SQL")
-    async def recount(segment: str) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.recount_segment, segment)
+    async def recount(segment: str, request: Request) -> dict[str, Any]:
+        return Viewer(portrait, caller(request)).segment(await run_in_threadpool(portrait.recount_segment, segment))
 
     @api.get("/segments/{segment}/members", summary="Members in profile-id order; pass `next` as `after`")
     async def members(segment: str, after: str = "",

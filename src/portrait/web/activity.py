@@ -31,8 +31,7 @@ def router(console: Console) -> APIRouter:
     @web.get("/segments")
     @guard
     async def segments(request: Request) -> Response:
-        console.session(request)
-        listed = await run_in_threadpool(portrait.segments.all)
+        listed = console.viewer(request).segments(await run_in_threadpool(portrait.segments.all))
         trends = {s["id"]: sparkline([float(x["size"]) for x in portrait.segments.sizes(s["id"])[-20:]])
                   for s in listed}
         return console.render(request, "segments.html", {"segments": listed, "trends": trends})
@@ -65,8 +64,7 @@ def router(console: Console) -> APIRouter:
     @web.get("/segments/{segment}")
     @guard
     async def segment(request: Request, segment: str, after: str = "") -> Response:
-        console.session(request)
-        found = await run_in_threadpool(portrait.segments.get, segment)
+        found = console.viewer(request).segment(await run_in_threadpool(portrait.segments.get, segment))
         members = await run_in_threadpool(lambda: portrait.segments.members(segment, after=after, limit=50))
         sizes = await run_in_threadpool(portrait.segments.sizes, segment)
         chart = bars([(s["at"][5:16], s["size"]) for s in sizes[-30:]], label="size over time")
