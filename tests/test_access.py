@@ -401,6 +401,27 @@ def test_admin_actions_and_personal_reads_are_audited(client: TestClient, portra
     assert client.get("/api/audit", headers=bearer(reader["key"])).status_code == 403
 
 
+def test_the_audit_log_names_the_keys_made_and_the_changes_refused(client: TestClient) -> None:
+    """The log said "POST /api/keys" without which key was made (the CLI's entry names it), and a key refused a
+    change (403) left no trace, where an admin key's 404 did."""
+    reader = new_key(client, kind="read", name="bi", scopes=["read", "pii:read"])
+    rotated = client.post(f"/api/keys/{reader['id']}/rotate", headers=ADMIN).json()
+    assert client.post("/api/keys", headers=bearer(rotated["key"]), json={"kind": "admin", "name": "me"}
+                       ).status_code == 403
+    assert client.delete("/api/segments/x", headers=bearer(WRITE_KEY)).status_code == 403
+    entries = client.get("/api/audit", headers=ADMIN).json()["entries"]
+    assert [(e["key_name"], e["action"], e["status"]) for e in entries] == [
+        ("default", "DELETE /api/segments/x", 403), ("bi", "POST /api/keys", 403),
+        ("default", f"POST /api/keys/{reader['id']}/rotate", 200), ("default", "POST /api/keys", 201)]
+    write_key_id = next(k["id"] for k in client.get("/api/keys", headers=ADMIN).json()["keys"] if k["kind"] == "write")
+    assert entries[0]["key_id"] == write_key_id and entries[1]["key_id"] == rotated["id"]
+    assert entries[3]["detail"] == {"key_id": reader["id"], "kind": "read", "name": "bi",
+                                    "scopes": ["pii:read", "read"]}
+    assert entries[2]["detail"] == {"key_id": rotated["id"], "kind": "read", "name": "bi",
+                                    "scopes": ["pii:read", "read"], "replaces": reader["id"]}
+    assert reader["key"] not in str(entries) and rotated["key"] not in str(entries)
+
+
 @pytest.mark.parametrize("user_id", ["ann.smith", "team/42/x", "two\nlines"])
 def test_the_audit_log_masks_the_whole_identifier_in_a_path(client: TestClient, portrait: Portrait,
                                                             user_id: str) -> None:

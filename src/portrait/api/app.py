@@ -109,8 +109,9 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
                 and path not in READ_ONLY_POSTS and path != "/console/api/preview"):
             # The audit log never keeps the identifier in the path (it may be erased later): masked.
             shown = PROFILE_IN_PATH.sub(lambda m: m.group(1) + _masked_identity(m.group(2)), path)
+            detail = getattr(request.state, "audit_detail", None)  # what the path does not say (a new key's id)
             await run_in_threadpool(lambda: service.audit.record(
-                key, f"{request.method} {shown}", target=shown, status=response.status_code))
+                key, f"{request.method} {shown}", target=shown, status=response.status_code, detail=detail))
         return response
 
     return IngestFastPath(JsonBodies(app), service)

@@ -39,12 +39,12 @@ def authorizer(portrait: Portrait) -> Callable[[Request], ApiKey]:
             raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
         key = portrait.keys.authenticate(token.strip())
         portrait.rate_limiter.take(key.id)
+        request.state.key = key  # known from here: a change it is refused (403) is audited too, as who tried what
         if key.kind == "write":
             raise Forbidden(f"key {key.id} is a write key: it only sends events to /v1; use a read or admin key")
         reading = request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS
         portrait.keys.require(key, "read" if reading else "admin",
                               f"{request.method} {request.url.path}" if not reading else "read")
-        request.state.key = key
         return key
 
     return authorize

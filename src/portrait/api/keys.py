@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
 from portrait.errors import BadRequest
-from portrait.keys import scopes_for
+from portrait.keys import ApiKey, scopes_for
 from portrait.service import Portrait
 
 
@@ -32,6 +32,7 @@ def router(portrait: Portrait) -> APIRouter:
             portrait.keys.require(caller(request), "pii:read", "create a key with the pii:read scope")
         secret, created = await run_in_threadpool(lambda: portrait.keys.create(kind, payload.get("name", ""),
                                                                                list(granted)))
+        request.state.audit_detail = _audited(created)
         return {**created.public(), "key": secret}
 
     @api.post("/keys/{key_id}/revoke", summary="Revoke a key: it is refused (401) from now on")
@@ -43,6 +44,7 @@ def router(portrait: Portrait) -> APIRouter:
         if (await run_in_threadpool(portrait.keys.find, key_id)).can_read_pii:  # the new secret would read it
             portrait.keys.require(caller(request), "pii:read", "rotate a key with the pii:read scope")
         secret, fresh = await run_in_threadpool(portrait.keys.rotate, key_id)
+        request.state.audit_detail = {**_audited(fresh), "replaces": key_id}
         return {**fresh.public(), "key": secret, "replaces": key_id}
 
     @api.get("/audit", summary="The audit log, newest first: admin actions and reads of personal data")
@@ -52,3 +54,8 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(lambda: portrait.audit.entries(before_id=before, limit=limit))
 
     return api
+
+
+def _audited(key: ApiKey) -> dict[str, Any]:
+    """What the audit log keeps of a key made through the API (the path says only /api/keys): never its secret."""
+    return {"key_id": key.id, "kind": key.kind, "name": key.name, "scopes": sorted(key.scopes)}
