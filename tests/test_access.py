@@ -514,3 +514,47 @@ def test_browsers_can_read_ingestion_errors(client: TestClient) -> None:
     assert refused.headers["access-control-allow-origin"] == "https://shop.example"
     api = client.get("/api/status", headers={**ADMIN, "Origin": "https://shop.example"})
     assert "access-control-allow-origin" not in api.headers  # the API stays closed to other origins
+
+
+# Admin-only reads: a read key gets 403 from them (the handler asks for the admin scope).
+ADMIN_READS = {"/api/keys", "/api/audit", "/api/privacy/requests", "/api/privacy/requests/{request_id}"}
+PATH_VALUES = {"identity": "user_id:42", "segment": "nosuch", "code": "nosuch", "name": "nosuch", "key_id": "nokey",
+               "request_id": "pr_none"}
+
+
+def api_operations(client: TestClient) -> list[tuple[str, str, str]]:
+    """Every /api operation of the app's OpenAPI document: (method, template, path with values filled in)."""
+    found = []
+    for template, operations in client.get("/openapi.json").json()["paths"].items():
+        path = template
+        for name, value in PATH_VALUES.items():
+            path = path.replace(f"{{{name}}}", value)
+        assert "{" not in path, f"give {template}'s parameter a value in PATH_VALUES"
+        found += [(method.upper(), template, path) for method in operations if template.startswith("/api")]
+    return found
+
+
+def test_every_api_route_answers_each_kind_of_key_as_documented(client: TestClient) -> None:
+    """The matrix of docs/security.md over every route the app has, so a new route cannot skip the key check: no
+    key, an unknown or a revoked one 401; a write key 403; a read key only reads (403 for changes and the admin-only
+    reads); an admin key without pii:read and the admin key are let in. Paths name nothing that exists (404 at
+    worst), so nothing is changed."""
+    revoked = new_key(client, kind="admin", name="gone")
+    client.post(f"/api/keys/{revoked['id']}/revoke", headers=ADMIN).raise_for_status()
+    keys = {"none": {}, "unknown": bearer("ak_unknown"), "basic": {"Authorization": f"Basic {ADMIN_KEY}"},
+            "revoked": bearer(revoked["key"]), "write": bearer(WRITE_KEY),
+            "read": bearer(new_key(client, kind="read", name="r", scopes=["read", "pii:read"])["key"]),
+            "ops": bearer(new_key(client, kind="admin", name="ops", scopes=["read", "admin"])["key"]), "admin": ADMIN}
+    operations = api_operations(client)
+    assert len(operations) >= 45, operations
+    wrong = []
+    for method, template, path in operations:
+        reads = method == "GET" or template in ("/api/segments/preview", "/api/analytics/funnel")
+        for kind, headers in keys.items():
+            status = client.request(method, path, headers=headers, params={"filename": "x.ndjson"}).status_code
+            expected = {"none": 401, "unknown": 401, "basic": 401, "revoked": 401, "write": 403}.get(kind)
+            if kind == "read" and (not reads or template in ADMIN_READS):
+                expected = 403
+            if (expected is None and status in (401, 403, 500)) or (expected is not None and status != expected):
+                wrong.append((method, template, kind, status, expected))
+    assert wrong == []
