@@ -558,3 +558,21 @@ def test_every_api_route_answers_each_kind_of_key_as_documented(client: TestClie
             if (expected is None and status in (401, 403, 500)) or (expected is not None and status != expected):
                 wrong.append((method, template, kind, status, expected))
     assert wrong == []
+
+
+def test_console_forms_need_their_token_and_sign_in_only_from_the_console(portrait: Portrait) -> None:
+    """A wrong or missing CSRF token (even one that is not ASCII) is a 403, not a 500; another site cannot sign a
+    browser in with its own key (login CSRF)."""
+    with TestClient(create_app(portrait=portrait)) as client:
+        foreign = client.post("/login", data={"key": ADMIN_KEY}, headers={"Origin": "https://evil.example"},
+                              follow_redirects=False)
+        assert foreign.status_code == 403 and "portrait_session" not in foreign.cookies
+        own = client.post("/login", data={"key": ADMIN_KEY}, headers={"Origin": "http://testserver"},
+                          follow_redirects=False)
+        assert own.status_code == 303
+        for token in ("", "wrong", "żółw"):
+            assert client.post("/logout", data={"csrf": token}, follow_redirects=False).status_code == 403, token
+            refused = client.post("/console/api/preview", json={"condition": "plan = \"pro\""},
+                                  headers={"X-CSRF-Token": token} if token.isascii() else {})
+            assert refused.status_code == 403, token
+        assert client.get("/", follow_redirects=False).status_code == 200  # still signed in

@@ -161,7 +161,7 @@ def router(console: Console) -> APIRouter:
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
         except PortraitError as exc:
-            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=status_of(exc))
         except orjson.JSONDecodeError:
             return JSONResponse({"code": "invalid_json", "message": "send JSON"}, status_code=400)
 
@@ -195,6 +195,6 @@ def router(console: Console) -> APIRouter:
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
         except PortraitError as exc:
-            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=status_of(exc))
 
     return web

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ class Console:
         session, _ = self.session(request)
         fields = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace"),
                                                 keep_blank_values=True).items()}
-        if fields.get("csrf") != session.csrf:
+        if not _same_token(fields.get("csrf"), session.csrf):
             raise Forbidden("the form expired or came from another site; reload the page and try again")
         return fields
 
@@ -80,7 +82,7 @@ class Console:
 
     def check_header(self, request: Request) -> ConsoleSession:
         session, _ = self.session(request)
-        if request.headers.get("x-csrf-token") != session.csrf:
+        if not _same_token(request.headers.get("x-csrf-token"), session.csrf):
             raise Forbidden("missing or wrong X-CSRF-Token")
         return session
 
@@ -89,6 +91,11 @@ class Console:
         return TEMPLATES.TemplateResponse(request, template, {
             **context, "nav": NAV, "path": request.url.path, "csrf": session.csrf, "key": key,
             "sees_pii": key.can_read_pii, "is_admin": "admin" in key.scopes}, status_code=status)
+
+
+def _same_token(sent: str | None, expected: str) -> bool:
+    """Compared in constant time (as bytes: compare_digest refuses non-ASCII text, which a forged token may be)."""
+    return sent is not None and hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode())
 
 
 def sign_in_redirect() -> RedirectResponse:
@@ -113,4 +120,4 @@ def error_page(request: Request, console: Console, exc: PortraitError) -> Respon
     try:
         return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=status)
     except SignInNeeded:
-        return HTMLResponse(f"<p>{exc.message}</p>", status_code=status)
+        return HTMLResponse(f"<p>{html.escape(exc.message)}</p>", status_code=status)

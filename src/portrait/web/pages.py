@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime, time, timedelta
 from functools import wraps
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -64,6 +64,10 @@ def router(console: Console) -> APIRouter:
 
     @web.post("/login")
     async def login(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.url.netloc:  # another site signing the browser in
+            return TEMPLATES.TemplateResponse(request, "login.html", {
+                "error": "sign in from Portrait's own sign-in page"}, status_code=403)
         fields = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
         secret = fields.get("key", "").strip()
         try:
