@@ -567,6 +567,9 @@ def test_console_forms_need_their_token_and_sign_in_only_from_the_console(portra
         foreign = client.post("/login", data={"key": ADMIN_KEY}, headers={"Origin": "https://evil.example"},
                               follow_redirects=False)
         assert foreign.status_code == 403 and "portrait_session" not in foreign.cookies
+        fetched = client.post("/login", data={"key": ADMIN_KEY}, headers={"Sec-Fetch-Site": "cross-site"},
+                              follow_redirects=False)
+        assert fetched.status_code == 403 and "portrait_session" not in fetched.cookies
         own = client.post("/login", data={"key": ADMIN_KEY}, headers={"Origin": "http://testserver"},
                           follow_redirects=False)
         assert own.status_code == 303

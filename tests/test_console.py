@@ -341,6 +341,16 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
     assert sales[0]["properties"] == {"amount": 12.5, "store": "Gdansk"}
 
 
+def test_back_up_from_the_admin_page(page: Page, shop: Server) -> None:
+    page.goto("/admin")
+    page.get_by_role("button", name="Back up now").click()
+    expect(page.locator("#backup-list")).to_contain_text("portrait-")
+    with shop.admin() as api:
+        made = api.get("/api/backups").json()["backups"]
+        assert made and Path(made[0]["path"]).is_file()
+        assert any(e["action"] == "console backup" for e in api.get("/api/audit").json()["entries"])
+
+
 @pytest.mark.parametrize("width", [1280, 390])
 def test_every_page_reads_at_desktop_and_phone_widths(page: Page, width: int) -> None:
     page.set_viewport_size({"width": width, "height": 900})

@@ -111,6 +111,7 @@ def router(console: Console) -> APIRouter:
             "requests": [r if key.can_read_pii else mask_request(r)
                          for r in await run_in_threadpool(portrait.privacy.all)] if is_admin else [],
             "host": str(request.base_url).rstrip("/"), "sources": await run_in_threadpool(portrait.sources.all),
+            "backups": await run_in_threadpool(portrait.backups.listing) if is_admin else None,
             "values": values, "error": error}, status)
 
     @web.get("/admin")
@@ -132,6 +133,17 @@ def router(console: Console) -> APIRouter:
             return await admin_page(request, wanted, form_error(exc, "identity"), status_of(exc))
         await run_in_threadpool(lambda: portrait.audit.record(key, f"console privacy request {fields.get('type')}"))
         return RedirectResponse("/admin", status_code=303)
+
+    @web.post("/admin/backups")
+    @guard
+    async def make_backup(request: Request) -> Response:
+        _, key = await console.admin_form(request, "make backups")
+        try:  # the API's audit middleware does not see console forms: recorded here
+            made = await run_in_threadpool(portrait.backups.make)
+        except PortraitError as exc:
+            return await admin_page(request, {}, {"message": exc.message, "field": "backup"}, status_of(exc))
+        await run_in_threadpool(lambda: portrait.audit.record(key, "console backup", target=made["name"]))
+        return RedirectResponse("/admin#backups", status_code=303)
 
     @web.get("/admin/privacy/{request_id}/export.json")
     @guard

@@ -64,8 +64,7 @@ def router(console: Console) -> APIRouter:
 
     @web.post("/login")
     async def login(request: Request) -> Response:
-        origin = request.headers.get("origin")
-        if origin and urlsplit(origin).netloc != request.url.netloc:  # another site signing the browser in
+        if _from_another_site(request):  # a page elsewhere signing the browser in with a key of its own
             return TEMPLATES.TemplateResponse(request, "login.html", {
                 "error": "sign in from Portrait's own sign-in page"}, status_code=403)
         fields = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
@@ -284,3 +283,13 @@ def _day(text: str) -> datetime | None:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
+
+
+def _from_another_site(request: Request) -> bool:
+    """Whether the browser says the request comes from another site's page: Sec-Fetch-Site (sent by current
+    browsers), else an Origin naming another host ("null" is what the console's own pages send: no referrer)."""
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from is not None:
+        return fetched_from not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin not in (None, "null") and urlsplit(origin).netloc != request.url.netloc
