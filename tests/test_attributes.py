@@ -221,6 +221,23 @@ def test_attribute_analytics_count_10_and_10_0_as_one_number(client: TestClient,
     assert score["top_values"] == [{"value": 10, "count": 2}, {"value": 2, "count": 1}, {"value": 9.5, "count": 1}]
 
 
+def test_nan_and_infinity_sent_as_text_are_not_numbers(client: TestClient, portrait: Portrait) -> None:
+    """DuckDB reads "NaN" and "Infinity" as doubles, but JSON holds neither: stored, they made the profile and its
+    segment breakdowns unreadable (500) and attribute analytics answer null for the maximum and mean."""
+    client.post("/api/attributes", headers=ADMIN, json={"code": "ltv", "name": "LTV", "type": "number",
+                                                        "calculate_analytics": True}).raise_for_status()
+    sent = {"a": 10, "b": "NaN", "c": "Infinity", "d": "-inf", "e": " 12.5 "}
+    portrait.ingest_messages([{"type": "identify", "userId": user, "traits": {"ltv": value}}
+                              for user, value in sent.items()])
+    portrait.process_pending()
+    assert [portrait.traits(f"user_id:{user}").get("ltv") for user in sent] == [10, None, None, None, 12.5]
+    issues = portrait.data_quality(attribute="ltv")["issues"]
+    assert sorted(i["raw_value"] for i in issues) == ['"-inf"', '"Infinity"', '"NaN"']
+    assert {i["reason"] for i in issues} == {"expected number, got varchar"}
+    ltv = client.get("/api/attributes/ltv/analytics", headers=ADMIN).json()
+    assert (ltv["filled"], ltv["min"], ltv["max"], ltv["mean"]) == (2, 10, 12.5, 11.25)
+
+
 def test_strict_mode_keeps_unknown_traits_out(tmp_path: Any) -> None:
     service = Portrait(Settings(db_path=str(tmp_path / "s.duckdb"), unknown_traits="strict"), background=False)
     service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"email": "a@example.com",

@@ -417,8 +417,9 @@ WHERE v.type = 'NULL' AND v.parent IS NULL AND v.code <> '' AND v.shadowed_by IS
   AND p.code NOT IN (SELECT code FROM attributes WHERE calculated)
 """)
 # Each trait value checked against its attribute: coerced to the attribute's type ("42" into an integer is fine,
-# "abc" is not) and its validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not
-# applied; ``coerced`` is the JSON text stored. A null (removal) is always fine.
+# "abc" is not; nor are "NaN" and "Infinity", which DuckDB reads as doubles but JSON cannot hold) and its
+# validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not applied; ``coerced`` is
+# the JSON text stored. A null (removal) is always fine.
 _TEXT = "json_extract_string(t.value, '$')"
 _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type IS NULL OR a.type = 'object' THEN t.value
@@ -428,7 +429,8 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'integer' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT') THEN t.value
         WHEN t.type = 'VARCHAR' THEN CAST(TRY_CAST(trim({_TEXT}) AS BIGINT) AS VARCHAR) END
     WHEN a.type = 'number' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN t.value
-        WHEN t.type = 'VARCHAR' THEN CAST(TRY_CAST(trim({_TEXT}) AS DOUBLE) AS VARCHAR) END
+        WHEN t.type = 'VARCHAR' AND isfinite(TRY_CAST(trim({_TEXT}) AS DOUBLE))
+        THEN CAST(TRY_CAST(trim({_TEXT}) AS DOUBLE) AS VARCHAR) END
     WHEN a.type = 'boolean' THEN CASE WHEN t.type = 'BOOLEAN' THEN t.value
         WHEN lower(trim({_TEXT})) IN ('true', 'yes', '1') THEN 'true'
         WHEN lower(trim({_TEXT})) IN ('false', 'no', '0') THEN 'false' END
