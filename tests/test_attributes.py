@@ -208,7 +208,27 @@ def test_attribute_analytics(client: TestClient, portrait: Portrait) -> None:
     plan = client.get("/api/attributes/plan/analytics", headers=ADMIN).json()
     assert plan["top_values"] == [{"value": "pro", "count": 6}, {"value": "free", "count": 4}]
     created = client.get("/api/attributes/created_at/analytics", headers=ADMIN).json()
-    assert created["range"] == {"min": "2024-01-01T00:00:00", "max": "2024-09-01T00:00:00"}
+    assert created["range"] == {"min": "2024-01-01T00:00:00.000Z", "max": "2024-09-01T00:00:00.000Z"}
+
+
+def test_the_range_of_dates_and_times_counts_the_offset(client: TestClient, portrait: Portrait) -> None:
+    """The earliest and latest moment as segment conditions see them: 01:00 at +02:00 is 23:00 UTC the day before,
+    earlier than 23:30Z; 10:00 at -05:00 is 15:00 UTC. A date stays a date."""
+    client.post("/api/attributes", headers=ADMIN, json={"code": "signed_up_at", "name": "Signed up", "type": "datetime",
+                                                        "calculate_analytics": True}).raise_for_status()
+    client.post("/api/attributes", headers=ADMIN, json={"code": "renewal", "name": "Renewal", "type": "date",
+                                                        "calculate_analytics": True}).raise_for_status()
+    sent = [("2026-06-01T23:30:00Z", "2027-01-31"), ("2026-06-02T01:00:00+02:00", "2026-12-01"),
+            ("2026-06-03T10:00:00-05:00", "2027-03-01"), ("2026-06-03T12:00:00.250Z", None)]
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"signed_up_at": at, "renewal": day}}
+                              for i, (at, day) in enumerate(sent)])
+    portrait.process_pending()
+    signed_up = client.get("/api/attributes/signed_up_at/analytics", headers=ADMIN).json()
+    assert signed_up["range"] == {"min": "2026-06-01T23:00:00.000Z", "max": "2026-06-03T15:00:00.000Z"}
+    renewal = client.get("/api/attributes/renewal/analytics", headers=ADMIN).json()
+    assert renewal["range"] == {"min": "2026-12-01", "max": "2027-03-01"}
+    empty = client.get("/api/attributes/birthday/analytics", headers=ADMIN).json()
+    assert empty["range"] == {"min": None, "max": None}
 
 
 def test_attribute_analytics_count_10_and_10_0_as_one_number(client: TestClient, portrait: Portrait) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -141,8 +141,8 @@ class AttributeRegistry:
         if numeric:
             result.update(self._numeric(session, code))
         if attribute["type"] in ("date", "datetime"):
-            first, last = session.execute(q.DATE_RANGE, [code])[0]
-            result["range"] = {"min": first.isoformat() if first else None, "max": last.isoformat() if last else None}
+            first, last = session.execute(q.date_range(attribute["type"]), [code])[0]
+            result["range"] = {"min": _moment(first), "max": _moment(last)}
         return result
 
     @staticmethod
@@ -159,6 +159,13 @@ class AttributeRegistry:
                           for i in range(10)] if high > low else [{"from": low, "to": high,
                                                                    "count": int(sum(bins.values()))}],
         }
+
+
+def _moment(value: date | None) -> str | None:
+    """A date as 2026-06-01; a datetime (naive UTC) as the API writes times, 2026-06-01T23:00:00.000Z."""
+    if isinstance(value, datetime):  # before date: a datetime is a date too
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return None if value is None else value.isoformat()
 
 
 def _calculated(fields_: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from portrait.sql import param, parse
+from portrait.sql.conditions import _reader
 
 COLUMNS = ("code", "name", "type", "description", "unit", "is_personal_info", "calculate_analytics", "calculated",
            "standard", "merge_strategy", "validation", "status", "auto_created", "definition", "created_at",
@@ -65,12 +66,17 @@ SELECT least(floor((x - ?) / nullif(? - ?, 0) * 10), 9) AS bin, count(*) FROM (
     SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL
 ) WHERE x IS NOT NULL GROUP BY bin ORDER BY bin
 """)
-DATE_RANGE = parse("""
-SELECT min(d), max(d) FROM (
-    SELECT TRY_CAST(json_extract_string(value, '$') AS TIMESTAMP) AS d FROM profile_traits
-    WHERE key = ? AND value IS NOT NULL
-) WHERE d IS NOT NULL
-""")
+
+
+def date_range(kind: str) -> exp.Expr:
+    """The earliest and latest value of a date or datetime attribute (param: the code), read as segment conditions
+    read them: a datetime's offset counts (2026-06-02T01:00:00+02:00 is 2026-06-01 23:00 UTC, as naive UTC)."""
+    value = _reader(kind, "value")
+    inner = exp.select(exp.alias_(value, "d")).from_("profile_traits").where(
+        exp.and_(exp.column("key").eq(param()), exp.column("value").is_(exp.null()).not_()))
+    return exp.select("min(d)", "max(d)").from_(exp.alias_(exp.Subquery(this=inner), "r")).where(
+        exp.column("d").is_(exp.null()).not_())
+
 
 _CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
 _USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
