@@ -241,6 +241,32 @@ def test_attribute_analytics_count_10_and_10_0_as_one_number(client: TestClient,
     assert score["top_values"] == [{"value": 10, "count": 2}, {"value": 2, "count": 1}, {"value": 9.5, "count": 1}]
 
 
+def test_attribute_analytics_show_large_numbers_as_sent(client: TestClient, portrait: Portrait) -> None:
+    """Whole numbers beyond 2^53 stay exact (a double made 9007199254740993 into ...992, and one value with it);
+    1e300 stays 1e300 (it was written out as a 301-digit integer of the double's binary value); min and max of
+    whole numbers are whole (20, not 20.0)."""
+    for code, kind in (("card_number", "integer"), ("weight", "number")):
+        client.post("/api/attributes", headers=ADMIN, json={"code": code, "name": code, "type": kind,
+                                                            "calculate_analytics": True}).raise_for_status()
+    cards = [9007199254740993, 9007199254740992, 9007199254740993, -3]
+    weights = [1e300, 20, "20.0", -5.5]
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"card_number": c, "weight": w}}
+                              for i, (c, w) in enumerate(zip(cards, weights, strict=True))])
+    portrait.process_pending()
+    card = client.get("/api/attributes/card_number/analytics", headers=ADMIN)
+    assert b'"min":-3,"max":9007199254740993,' in card.content
+    assert card.json()["top_values"] == [{"value": 9007199254740993, "count": 2}, {"value": -3, "count": 1},
+                                         {"value": 9007199254740992, "count": 1}]
+    assert card.json()["distinct"] == 3
+    weight = client.get("/api/attributes/weight/analytics", headers=ADMIN)
+    assert b'"min":-5.5,"max":1e+300,' in weight.content
+    assert weight.json()["top_values"] == [{"value": 20, "count": 2}, {"value": -5.5, "count": 1},
+                                           {"value": 1e300, "count": 1}]
+    assert b'{"value":20,"count":2}' in weight.content and weight.json()["distinct"] == 3
+    age = client.get("/api/attributes/age/analytics", headers=ADMIN).json()  # no values at all
+    assert (age["filled"], age["min"], age["max"], age["mean"], age["histogram"]) == (0, None, None, None, [])
+
+
 def test_nan_and_infinity_sent_as_text_are_not_numbers(client: TestClient, portrait: Portrait) -> None:
     """DuckDB reads "NaN" and "Infinity" as doubles, but JSON holds neither: stored, they made the profile and its
     segment breakdowns unreadable (500) and attribute analytics answer null for the maximum and mean."""

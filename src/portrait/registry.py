@@ -128,8 +128,8 @@ class AttributeRegistry:
         numeric = attribute["type"] in ("integer", "number")
         filled, distinct = session.execute(q.FILL_NUMBERS if numeric else q.FILL, [code])[0]
         if numeric:  # 10 and 10.0 are one value
-            top_values = [{"value": int(v) if v.is_integer() else v, "count": int(n)}
-                          for v, n in session.execute(q.TOP_NUMBERS, [code, top])]
+            top_values = [{"value": _number(x, whole), "count": int(n)}
+                          for x, whole, n in session.execute(q.TOP_NUMBERS, [code, top])]
         else:
             top_values = [{"value": orjson.loads(v), "count": int(n)}
                           for v, n in session.execute(q.TOP_VALUES, [code, top])]
@@ -147,18 +147,24 @@ class AttributeRegistry:
 
     @staticmethod
     def _numeric(session: Session, code: str) -> dict[str, Any]:
-        low, high, mean, quantiles = session.execute(q.NUMERIC, [code])[0]
-        if low is None:
+        rows = session.execute(q.NUMERIC, [code])
+        if not rows:
             return {"min": None, "max": None, "mean": None, "quantiles": {}, "histogram": []}
+        low, high, mean, quantiles, low_whole, high_whole = rows[0]
         width = (high - low) / 10 or 1.0
         bins = dict(session.execute(q.HISTOGRAM, [low, high, low, code]))
         return {
-            "min": low, "max": high, "mean": mean,
+            "min": _number(low, low_whole), "max": _number(high, high_whole), "mean": mean,
             "quantiles": dict(zip(("p25", "p50", "p75", "p90", "p99"), quantiles, strict=True)),
             "histogram": [{"from": low + i * width, "to": low + (i + 1) * width, "count": int(bins.get(i, 0))}
                           for i in range(10)] if high > low else [{"from": low, "to": high,
                                                                    "count": int(sum(bins.values()))}],
         }
+
+
+def _number(x: float, whole: int | None) -> int | float:
+    """A number as sent: 10 (not 10.0) and 9007199254740993 exactly when whole, else the double (1e+300, 9.5)."""
+    return x if whole is None else whole
 
 
 def _moment(value: date | None) -> str | None:

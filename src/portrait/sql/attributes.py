@@ -45,20 +45,26 @@ TOP_VALUES = parse(
     "SELECT CAST(value AS VARCHAR), count(*) AS n FROM profile_traits WHERE key = ? AND value IS NOT NULL "
     "GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?"
 )
-# The same for numbers: 10 and 10.0 are one value (JSON keeps them as sent). Params: code (and how many).
-FILL_NUMBERS = parse("""
-SELECT count(*), count(DISTINCT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE)) FROM profile_traits
-WHERE key = ? AND value IS NOT NULL
-""")
-TOP_NUMBERS = parse("""
-SELECT x, count(*) AS n FROM (
-    SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL
-) WHERE x IS NOT NULL GROUP BY x ORDER BY n DESC, x LIMIT ?
-""")
-NUMERIC = parse("""
-SELECT min(x), max(x), avg(x), quantile_cont(x, [0.25, 0.5, 0.75, 0.9, 0.99])
-FROM (SELECT TRY_CAST(CAST(value AS VARCHAR) AS DOUBLE) AS x FROM profile_traits WHERE key = ? AND value IS NOT NULL)
+# The same for numbers: 10 and 10.0 are one value (JSON keeps them as sent). Each value is read as a double ``x``
+# and, when it is whole and fits a BIGINT, also exactly as ``whole``: a double holds integers exactly only up to 2^53,
+# so 9007199254740993 (an order or card number) would show as ...992 and share a count with it. Params: code (and
+# how many).
+_NUMBERS = """
+SELECT x, CASE WHEN regexp_full_match(v, '-?[0-9]+') THEN TRY_CAST(v AS BIGINT)
+               WHEN x = floor(x) AND abs(x) < 9.0e15 THEN CAST(x AS BIGINT) END AS whole
+FROM (SELECT v, TRY_CAST(v AS DOUBLE) AS x FROM (
+    SELECT CAST(value AS VARCHAR) AS v FROM profile_traits WHERE key = ? AND value IS NOT NULL))
 WHERE x IS NOT NULL
+"""
+FILL_NUMBERS = parse(f"SELECT count(*), count(DISTINCT (x, whole)) FROM ({_NUMBERS})")
+TOP_NUMBERS = parse(f"SELECT x, whole, count(*) AS n FROM ({_NUMBERS}) GROUP BY x, whole ORDER BY n DESC, x, whole "
+                    "LIMIT ?")
+# The smallest and largest value also exactly when whole, the mean and quantiles as doubles.
+NUMERIC = parse(f"""
+WITH n AS ({_NUMBERS}), ends AS (SELECT min(x) AS low, max(x) AS high FROM n)
+SELECT low, high, avg(x), quantile_cont(x, [0.25, 0.5, 0.75, 0.9, 0.99]),
+       min(whole) FILTER (WHERE x = low), max(whole) FILTER (WHERE x = high)
+FROM n, ends GROUP BY low, high
 """)
 # Ten equal-width bins between min and max. Params: min, max, min, code.
 HISTOGRAM = parse("""
