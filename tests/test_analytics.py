@@ -95,6 +95,22 @@ def test_funnels_of_a_segment_and_breakdowns(portrait: Portrait) -> None:
     assert (split["size"], split["other_values"], split["not_set"]) == (7, 0, 1)  # members without one count too
 
 
+def test_a_breakdown_by_a_number_counts_10_and_10_0_as_one_value(portrait: Portrait) -> None:
+    """As attribute analytics do: the breakdown said 10.0 for 3 members and 10 for 1, attribute analytics 10 for 4."""
+    portrait.create_attribute({"code": "ltv", "name": "LTV", "type": "number", "calculate_analytics": True})
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"ltv": v, "country": "PL"}}
+                              for i, v in enumerate([10, 10.0, "10", "10.0", 9.5, 9007199254740993])])
+    portrait.process_pending()
+    portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})
+    split = portrait.segment_breakdown("poles", "ltv", top=2)
+    assert split["values"] == [{"value": 10, "profiles": 4, "share": 0.6667},
+                               {"value": 9.5, "profiles": 1, "share": 0.1667}]
+    assert (split["other_values"], split["not_set"]) == (1, 0)
+    assert portrait.attributes.analytics("ltv")["top_values"][:2] == [{"value": 10, "count": 4},
+                                                                      {"value": 9.5, "count": 1}]
+    assert portrait.segment_breakdown("poles", "ltv")["values"][-1]["value"] == 9007199254740993
+
+
 def test_a_breakdown_by_an_unknown_attribute_is_refused(portrait: Portrait) -> None:
     load(portrait)
     portrait.create_segment({"name": "viewers", "condition": 'performed("Product Viewed")'})

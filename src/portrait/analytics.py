@@ -61,14 +61,18 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
             "segment": segment, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def breakdown(session: Session, segments: Segments, reference: str, attribute: str, top: int = 10
+def breakdown(session: Session, segments: Segments, reference: str, attribute: str, kind: str, top: int = 10
               ) -> dict[str, Any]:
-    """A segment's members by the value of one attribute: the most common values, how many members have another
-    value, and how many have none (so the shares add up to the segment)."""
+    """A segment's members by the value of one attribute (of type ``kind``): the most common values, how many
+    members have another value, and how many have none (so the shares add up to the segment)."""
     segment = segments.find(reference)
     size = int(session.execute(q.SEGMENT_SIZE, [segment.id])[0][0])
-    rows = session.execute(q.BREAKDOWN, [attribute, segment.id, top])
-    values = [{"value": orjson.loads(value), "profiles": int(n), "share": _ratio(int(n), size)} for value, n in rows]
+    params = [attribute, segment.id, top]
+    if kind in ("integer", "number"):  # read as attribute analytics read numbers: 10 and 10.0 are one value
+        rows = [(x if whole is None else whole, n) for x, whole, n in session.execute(q.BREAKDOWN_NUMBERS, params)]
+    else:
+        rows = [(orjson.loads(value), n) for value, n in session.execute(q.BREAKDOWN, params)]
+    values = [{"value": value, "profiles": int(n), "share": _ratio(int(n), size)} for value, n in rows]
     with_value = int(session.execute(q.WITH_VALUE, [attribute, segment.id])[0][0])
     return {"segment": segment.name, "attribute": attribute, "size": size, "values": values,
             "other_values": with_value - sum(v["profiles"] for v in values), "not_set": size - with_value}

@@ -472,8 +472,8 @@ class Portrait:
         return analytics.funnel(self._reads, self.segments, fields)
 
     def segment_breakdown(self, reference: str, attribute: str, top: int = 10) -> dict[str, Any]:
-        self.attributes.get(attribute)  # an unknown attribute is a 404, not an empty breakdown
-        return analytics.breakdown(self._reads, self.segments, reference, attribute, top)
+        kind = self.attributes.get(attribute)["type"]  # an unknown attribute is a 404, not an empty breakdown
+        return analytics.breakdown(self._reads, self.segments, reference, attribute, kind, top)
 
     # -- segments ----------------------------------------------------------------------------------------------
     def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from portrait.sql import parse
+from portrait.sql.attributes import numbers
 
 
 def funnel(steps: int, *, segment: bool) -> exp.Expr:
@@ -40,6 +41,14 @@ FROM segment_members AS m JOIN profile_traits AS t ON t.profile_id = m.profile_i
 WHERE m.segment_id = ? AND t.value IS NOT NULL
 GROUP BY 1 ORDER BY profiles DESC, value LIMIT ?
 """)
+# The same for a number attribute: 10 and 10.0 are one value, as in attribute analytics. Params as BREAKDOWN.
+_MEMBER_VALUES = """
+SELECT CAST(t.value AS VARCHAR) AS v
+FROM segment_members AS m JOIN profile_traits AS t ON t.profile_id = m.profile_id AND t.key = ?
+WHERE m.segment_id = ? AND t.value IS NOT NULL
+"""
+BREAKDOWN_NUMBERS = parse(f"SELECT x, whole, count(*) AS profiles FROM ({numbers(_MEMBER_VALUES)}) "
+                          "GROUP BY x, whole ORDER BY profiles DESC, x, whole LIMIT ?")
 SEGMENT_SIZE = parse("SELECT count(*) FROM segment_members WHERE segment_id = ?")
 # Params: attribute code, segment id. Members with a value of the attribute.
 WITH_VALUE = parse("""

@@ -49,13 +49,16 @@ TOP_VALUES = parse(
 # and, when it is whole and fits a BIGINT, also exactly as ``whole``: a double holds integers exactly only up to 2^53,
 # so 9007199254740993 (an order or card number) would show as ...992 and share a count with it. Params: code (and
 # how many).
-_NUMBERS = """
+def numbers(source: str) -> str:
+    """``x, whole`` for each number of ``source``: Portrait's own query (never a value) giving JSON texts as ``v``."""
+    return f"""
 SELECT x, CASE WHEN regexp_full_match(v, '-?[0-9]+') THEN TRY_CAST(v AS BIGINT)
                WHEN x = floor(x) AND abs(x) < 9.0e15 THEN CAST(x AS BIGINT) END AS whole
-FROM (SELECT v, TRY_CAST(v AS DOUBLE) AS x FROM (
-    SELECT CAST(value AS VARCHAR) AS v FROM profile_traits WHERE key = ? AND value IS NOT NULL))
-WHERE x IS NOT NULL
+FROM (SELECT v, TRY_CAST(v AS DOUBLE) AS x FROM ({source})) WHERE x IS NOT NULL
 """
+
+
+_NUMBERS = numbers("SELECT CAST(value AS VARCHAR) AS v FROM profile_traits WHERE key = ? AND value IS NOT NULL")
 FILL_NUMBERS = parse(f"SELECT count(*), count(DISTINCT (x, whole)) FROM ({_NUMBERS})")
 TOP_NUMBERS = parse(f"SELECT x, whole, count(*) AS n FROM ({_NUMBERS}) GROUP BY x, whole ORDER BY n DESC, x, whole "
                     "LIMIT ?")
