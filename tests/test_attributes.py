@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -299,6 +300,28 @@ def test_strict_mode_keeps_unknown_traits_out(tmp_path: Any) -> None:
 def test_unknown_traits_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="infer or strict"):
         Settings(unknown_traits="lenient")
+
+
+def test_a_recheck_on_a_server_with_segments_finishes(settings: Settings) -> None:
+    """The recheck pauses the background processor, then applies what waits in the log and refreshes the segments
+    it touched -- which pauses the processor again, from the same thread: with a plain lock that waited for itself,
+    so POST /api/attributes/recheck never answered and processing and segment upkeep stopped for good."""
+    service = Portrait(settings)
+    done: list[dict[str, int]] = []
+    try:
+        service.create_segment({"name": "vip", "condition": 'title = "VIP"'})
+        assert service._processor_thread and service._segment_thread
+        service._processor_thread.stop()  # so the events below wait in the log for the recheck to apply
+        service._segment_thread.stop()
+        service.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"title": "VIP"}}])
+        worker = threading.Thread(target=lambda: done.append(service.rebuild_traits()), daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        assert done == [{"values": 1, "issues": 0}]
+        assert service.segments.get("vip")["size"] == 1
+    finally:
+        if done:
+            service.close()
 
 
 def test_recheck_after_a_schema_fix_applies_values_kept_out_before(tmp_path: Any) -> None:

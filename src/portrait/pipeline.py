@@ -459,7 +459,9 @@ class ProcessorThread:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="portrait-processor", daemon=True)
-        self._busy = threading.Lock()  # held while a batch is processed
+        # Held while a batch is processed, and by whoever pauses processing. Reentrant: a recheck pauses, then applies
+        # what waits in the log and refreshes segments, which pause too -- from the same thread, already holding it.
+        self._busy = threading.RLock()
         self.error: str | None = None  # why processing is stopped, while it is
         self._failures = 0  # in a row
 
