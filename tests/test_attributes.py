@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, Server
 from typer.testing import CliRunner
 
 from portrait.api import create_app
@@ -108,7 +109,7 @@ def test_attributes_api_create_update_deprecate(client: TestClient) -> None:
     assert created.status_code == 201, created.text
     assert created.json()["standard"] is False and created.json()["usage"] == {"values": 0, "profiles": 0}
     again = client.post("/api/attributes", headers=ADMIN, json={"code": "loyalty_points", "name": "x"})
-    assert again.status_code == 400 and again.json()["code"] == "attribute_exists"
+    assert again.status_code == 409 and again.json()["code"] == "attribute_exists"  # as segment_exists...
     updated = client.patch("/api/attributes/loyalty_points", headers=ADMIN,
                            json={"description": "Points in the loyalty program", "status": "deprecated"})
     assert updated.json()["status"] == "deprecated" and updated.json()["description"].startswith("Points")
@@ -149,6 +150,27 @@ def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert '"standard": true' in shown.output
     nothing = runner.invoke(app, ["attributes", "update", "email", "--db", db])
     assert nothing.exit_code == 1 and "nothing to change" in nothing.output
+
+
+def test_creating_an_existing_attribute_is_a_conflict_everywhere(server: Server, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like every other "exists already": 409 from the API (it was 400, read by clients as a malformed request),
+    and the CLI says the same whether it opens the file or goes through the server; nothing is changed."""
+    monkeypatch.delenv("PORTRAIT_ADMIN_KEY", raising=False)
+    with server.admin() as admin:
+        again = admin.post("/api/attributes", json={"code": "email", "name": "E-mail again", "type": "integer"})
+        assert again.status_code == 409, again.text
+        assert again.json() == {"code": "attribute_exists", "message": "attribute 'email' exists already; "
+                                                                      "update it instead"}
+        assert admin.get("/api/attributes/email").json()["type"] == "string"
+    runner = CliRunner()
+    remote = runner.invoke(app, ["attributes", "create", "email", "--name", "x", "--url", server.url,
+                                 "--admin-key", ADMIN_KEY])
+    db = str(tmp_path / "a.duckdb")
+    Portrait(Settings(db_path=db), background=False).close()
+    local = runner.invoke(app, ["attributes", "create", "email", "--name", "x", "--db", db])
+    for result in (remote, local):
+        assert result.exit_code == 1 and "attribute 'email' exists already; update it instead" in result.output
 
 
 def test_cli_calculated_attribute_copying_personal_data_is_personal(tmp_path: Any,

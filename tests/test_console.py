@@ -497,7 +497,9 @@ def test_refused_attribute_forms_come_back_as_typed(page: Page, shop: Server) ->
     page.get_by_label("Unit").fill("addr")
     page.get_by_label("Description", exact=True).fill("a second email")
     page.get_by_label("Calculate analytics").check()
-    page.get_by_role("button", name="Create attribute").click()
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Create attribute").click()
+    assert answer.value.status == 409  # as the API answers: it exists, nothing wrong with how it was asked
     _refused(page, "code", "exists already")
     expect(page.get_by_label("Name")).to_have_value("E-mail again")
     expect(page.get_by_label("Unit")).to_have_value("addr")

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from portrait.attributes import STANDARD, Attribute, check_code
 from portrait.conditions.calculations import definition_text, parse_definition, result_type
-from portrait.errors import BadRequest, NotFound
+from portrait.errors import BadRequest, Conflict, NotFound
 from portrait.privacy import personal_copied
 from portrait.spec import utc_now
 from portrait.sql import attributes as q
@@ -66,8 +66,8 @@ class AttributeRegistry:
         attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
         session = self._session()
         if session.execute(q.GET, [attribute.code]):
-            raise BadRequest(f"attribute {attribute.code!r} exists already; update it instead",
-                             code="attribute_exists", field="code")
+            raise Conflict(f"attribute {attribute.code!r} exists already; update it instead",
+                           code="attribute_exists", field="code")
         now = utc_now()
         session.load("new_attribute", pa.Table.from_pylist([_row(attribute, now, now)]))
         try:
