@@ -141,6 +141,16 @@ VALID: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"type": "alias", "userId": 2, "previousId": 1}, {"user_id": "2", "previous_id": "1"}),
     ({"type": "identify", "userId": 12345}, {"user_id": "12345"}),
     ({"type": "identify", "userId": 1.5}, {"user_id": "1.5"}),
+    # JSON does not tell 1.0 from 1: a whole number is the integer, whichever way a client wrote it; the
+    # messageId stays as it was always read, so a message sent again is still a copy of the one logged before
+    ({"type": "identify", "userId": 1.0, "anonymousId": -0.0, "messageId": 1.0},
+     {"user_id": "1", "anonymous_id": "0", "message_id": "1.0"}),
+    ({"type": "alias", "userId": 2.0, "previousId": 1.0}, {"user_id": "2", "previous_id": "1"}),
+    ({"type": "group", "userId": "u1", "groupId": 77.0}, {"group_id": "77"}),
+    ({"type": "identify", "userId": 1e20}, {"user_id": "1e+20"}),  # past 2**53 a float's digits are lost already
+    ({"type": "identify", "userId": "u1", "traits": {"phone": 48601234567.0, "email": 1.5},
+      "context": {"externalIds": [{"type": "crm", "id": 555.0}]}},
+     {"identity_hints": "phone\x1f48601234567\x1ecrm\x1f555"}),  # a fraction is no identifier, as before
     ({"type": "identify", "userId": "", "anonymousId": "a1"}, {"user_id": None, "anonymous_id": "a1"}),
     ({"type": "identify", "userId": "u1", "anonymousId": ""}, {"user_id": "u1", "anonymous_id": None}),
     ({"type": "identify", "userId": "u1", "groupId": "", "previousId": ""}, {"group_id": None, "previous_id": None}),

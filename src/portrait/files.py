@@ -66,9 +66,9 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
                                    mapping.text_columns(identity_trait_names(identity_traits)))
     else:
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
-    if mapping is not None:
-        rows = _mapped(rows, mapping)
     ids = MessageIds()
+    if mapping is not None:
+        rows = _mapped(rows, mapping, ids)
     tidy = _without_struct_nulls(path) if file_format == "parquet" else None
     chunk: list[Any] = []
     for message in rows:
@@ -94,14 +94,15 @@ def csv_delimiter(path: Path, given: str | None) -> str:
     return given
 
 
-def _mapped(rows: Iterator[Any], mapping: RowMapping) -> Iterator[Any]:
-    """The rows as messages, once the first object among them shows the mapping's columns are there. Rows that are
-    not objects (a line that is not JSON) become rejections; a file with no object among its first rows is refused."""
+def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds) -> Iterator[Any]:
+    """The rows as messages (with their ids), once the first object among them shows the mapping's columns are
+    there. Rows that are not objects (a line that is not JSON) become rejections; a file with no object among its
+    first rows is refused."""
     leading: list[Any] = []
     for row in rows:
         if isinstance(row, dict):
             mapping.check(row.keys())
-            yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping)
+            yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping, ids)
             return
         leading.append(row)
         if len(leading) >= _MOST_LEADING_NON_OBJECTS:

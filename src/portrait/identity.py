@@ -105,6 +105,20 @@ PROFILE_ID_TYPE = "profile_id"  # in a reference, Portrait's own profile id: not
 HINT_SEPARATOR = "\x1e"  # between identifiers in the log's identity_hints column
 HINT_TYPE_SEPARATOR = "\x1f"  # between an identifier's type and its raw value
 _HINT_SCALARS = (str, int)
+_EXACT_FLOAT = 2**53  # up to here a float holds every integer exactly
+
+
+def id_text(value: str | int | float) -> str:
+    """An identifier's value as text: a whole-number float as the integer it is (``1.0`` -> ``"1"``).
+
+    JSON has one number type, and an integer column with a missing value comes out of pandas, Parquet or a SQLite
+    REAL column as floats: the same customer is ``1`` in one source and ``1.0`` in the next, and would become two
+    profiles. Past 2**53 a float no longer holds every integer, its digits were lost before Portrait saw it: it
+    stays as Python writes it (``1e+20``), as does a fraction (``3.5``) -- neither is clearly an integer.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        return str(int(value))
+    return str(value)
 
 
 def identity_hints(kind: str, message: Mapping[str, Any], identity_traits: tuple[str, ...],
@@ -159,6 +173,10 @@ def _trait_names(identity_traits: tuple[str, ...]) -> tuple[tuple[str, str], ...
 
 
 def _add_hint(found: list[str], kind: str, value: Any) -> None:
+    if value.__class__ is float:  # a whole number only (loyalty_card 555.0 is 555); a fraction is no identifier
+        if not value.is_integer() or abs(value) > _EXACT_FLOAT:
+            return
+        value = id_text(value)
     if value.__class__ not in _HINT_SCALARS or not kind:
         return
     text = str(value).strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -18,6 +18,7 @@ import orjson
 import yaml
 
 from portrait.errors import BadRequest
+from portrait.identity import id_text
 
 IDENTIFIER_FIELDS = {"user_id": "userId", "anonymous_id": "anonymousId"}
 
@@ -88,9 +89,14 @@ class RowMapping:
             raise BadRequest("say which event the rows are (--event NAME or --event-column COLUMN)",
                              code="invalid_mapping")
 
+    def identifier_columns_used(self) -> list[str]:
+        """The columns whose values identify the person (user and anonymous id, email, phone, custom types)."""
+        return [c for c in (self.user_id, self.anonymous_id, self.email, self.phone,
+                            *self.identifier_columns.values()) if c]
+
     def used_columns(self) -> set[str]:
-        return {c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.event_column,
-                            self.timestamp, self.message_id, *self.identifier_columns.values()) if c}
+        return {*self.identifier_columns_used(),
+                *(c for c in (self.event_column, self.timestamp, self.message_id) if c)}
 
     def text_columns(self, identity_traits: Iterable[str] = ()) -> list[str]:
         """Columns to read as text, whatever they look like (ids keep leading zeros): the identifier columns and, for
@@ -153,26 +159,40 @@ def _fields(value: Any, kind: str) -> tuple[tuple[str, ...] | None, dict[str, st
     return tuple(renames), {c: n for c, n in renames.items() if c != n}
 
 
-def rows_to_messages(rows: Iterable[Any], mapping: RowMapping) -> Iterator[Any]:
+def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds | None = None) -> Iterator[Any]:
     """One message per row; what is not a row (an NDJSON line that is not JSON, a number in a JSON array) is passed
-    on as it is, for the message reader to reject with what was sent."""
+    on as it is, for the message reader to reject with what was sent.
+
+    Identifier columns are written as text with :func:`portrait.identity.id_text` (a float 1.0 is ``"1"``). With
+    ``ids``, a message without a messageId gets one derived from it as it was mapped before that rule (``"1.0"``),
+    so a file imported before gives the same ids again, and importing it once more adds nothing.
+    """
     used = mapping.used_columns()
+    columns = mapping.identifier_columns_used()
     for row in rows:
-        yield _message(row, mapping, used) if isinstance(row, Mapping) else row
+        if not isinstance(row, Mapping):
+            yield row
+            continue
+        message = _message(row, mapping, used, id_text)
+        if ids is not None:
+            floats = any(row.get(c).__class__ is float for c in columns)  # rare: the second mapping only for them
+            message = ids.assign(message, _message(row, mapping, used, str) if floats else None)
+        yield message
 
 
-def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str]) -> dict[str, Any]:
+def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_text: Callable[[Any], str]
+             ) -> dict[str, Any]:
     columns = mapping.fields if mapping.fields is not None else [c for c in row if c not in used]
     values = {mapping.renames.get(c, c): _plain(row.get(c)) for c in columns if row.get(c) is not None}
     message: dict[str, Any] = {"type": "track" if mapping.kind == "events" else "identify"}
     for name, key in IDENTIFIER_FIELDS.items():
         column = getattr(mapping, name)
         if column and row.get(column) not in (None, ""):
-            message[key] = str(row[column])
+            message[key] = as_text(row[column])
     context: dict[str, Any] = {}
     # Email and phone are traits of the person (so they also identify it): on an identify's traits, or in
     # context.traits of an event.
-    person = {k: str(row[c]) for k, c in (("email", mapping.email), ("phone", mapping.phone))
+    person = {k: as_text(row[c]) for k, c in (("email", mapping.email), ("phone", mapping.phone))
               if c and row.get(c) not in (None, "")}
     if mapping.kind == "events":
         message["event"] = mapping.event or (None if row.get(mapping.event_column or "") is None
@@ -182,7 +202,7 @@ def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str]) -> dic
             context["traits"] = person
     else:
         message["traits"] = {**values, **person}
-    external = [{"type": kind, "id": str(row[column]), "collection": "users", "encoding": "none"}
+    external = [{"type": kind, "id": as_text(row[column]), "collection": "users", "encoding": "none"}
                 for kind, column in mapping.identifier_columns.items() if row.get(column) not in (None, "")]
     if external:
         context["externalIds"] = external
@@ -226,10 +246,12 @@ class MessageIds:
     def __init__(self) -> None:
         self._seen: dict[bytes, int] = {}
 
-    def assign(self, message: Any) -> Any:
+    def assign(self, message: Any, basis: Any = None) -> Any:
+        """``message`` with its id; derived from ``basis`` when given (the message as an earlier rule made it)."""
         if not isinstance(message, dict) or message.get("messageId"):
             return message
-        digest = hashlib.sha1(orjson.dumps(message, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).digest()
+        digest = hashlib.sha1(orjson.dumps(message if basis is None else basis,
+                                           option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).digest()
         copy = self._seen.get(digest[:12], 0)
         self._seen[digest[:12]] = copy + 1
         return {**message, "messageId": f"import-{digest.hex()}-{copy}"}

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from portrait.errors import BadRequest
-from portrait.identity import HINT_SEPARATOR, HINT_TYPE_SEPARATOR, identity_hints
+from portrait.identity import HINT_SEPARATOR, HINT_TYPE_SEPARATOR, id_text, identity_hints
 from portrait.model import MESSAGE_TYPES, Rejection
 
 # Endpoint path -> implied message type (None: a batch or a message that names its own type).
@@ -458,7 +458,10 @@ class Unreadable(str):
         return made
 
 
-def _text_id(message: dict[str, Any], name: str) -> str | None:
+def _text_id(message: dict[str, Any], name: str, as_text: Callable[[Any], str] = id_text) -> str | None:
+    """An id field as text: a whole-number float as its integer (``userId`` 1.0 is ``"1"``, see
+    :func:`portrait.identity.id_text`). ``as_text=str`` for the messageId, which stays as it always was written
+    (``"1.0"``), so a message sent again is still the copy it is."""
     value = message.get(name)
     if value.__class__ is str and 0 < len(value) <= MAX_ID_LENGTH:
         return value  # the common case, first
@@ -467,7 +470,7 @@ def _text_id(message: dict[str, Any], name: str) -> str | None:
     if value.__class__ is not str:
         if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
             raise Invalid("invalid_field", f"{name} must be a string or a number, not {type(value).__name__}")
-        value = str(value)
+        value = as_text(value)
     if len(value) > MAX_ID_LENGTH:
         raise Invalid("invalid_field", f"{name} is longer than {MAX_ID_LENGTH} characters")
     return str(value)
@@ -640,7 +643,7 @@ class MessageReader:
             raise Suppressed("suppressed", "the message names an erased person")
         identified = bool(user_id or anonymous_id or (self.any_identifier and hints))
         _check_required(kind, user_id, identified, previous_id, group_id, name, self.any_identifier)
-        message_id = _text_id(message, "messageId") or f"portrait-{uuid.uuid4()}"
+        message_id = _text_id(message, "messageId", str) or f"portrait-{uuid.uuid4()}"
         # A timestamp the caller set wins over the SDK's originalTimestamp (the call's time): RudderStack's Node SDK
         # sends both when given a timestamp (a backfill), Segment reads a server library's timestamp as the
         # originalTimestamp, and RudderStack's server keeps it; either is checked.
