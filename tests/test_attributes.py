@@ -393,3 +393,24 @@ def test_merge_strategies_within_batches_across_batches_and_profile_merges(portr
     portrait.process_pending()
     assert portrait.traits("user_id:u1") == {"first_channel": "social", "best_score": 9, "lowest_price": 20,
                                              "points": 116, "tags": ["a", "b", "c"]}
+
+
+def test_numbers_are_read_as_written_and_what_is_no_number_is_kept_out(portrait: Portrait) -> None:
+    """Text was read with DuckDB's casts: "nan", "inf" and "1e400" became a number attribute's value, stored as no
+    JSON at all, and the profile could no longer be read (500); "12.5" became the integer 13. And a whole number
+    sent as 10.0 (JSON does not tell it from 10) was refused by an integer attribute while "10.0" was taken."""
+    portrait.attributes.create({"code": "points", "name": "Points", "type": "integer"})
+    portrait.attributes.create({"code": "score", "name": "Score", "type": "number"})
+    sent = {"a": (10.0, "1e3"), "b": ("12.0", ".5"), "c": (" -7 ", "-2.5E1"), "d": ("12.5", "nan"),
+            "e": (12.5, "inf"), "f": ("0x1F", "-Infinity"), "g": (1e300, "1e400"), "h": ("1_000", "1_000")}
+    portrait.ingest_messages([{"type": "identify", "userId": user, "messageId": user,
+                               "traits": {"points": points, "score": score}}
+                              for user, (points, score) in sent.items()])
+    portrait.process_pending()
+    assert {user: portrait.traits(f"user_id:{user}") for user in sent} == {
+        "a": {"points": 10, "score": 1000.0}, "b": {"points": 12, "score": 0.5}, "c": {"points": -7, "score": -25.0},
+        "d": {}, "e": {}, "f": {}, "g": {}, "h": {}}
+    issues = sorted((i["message_id"], i["attribute"], i["reason"]) for i in portrait.data_quality()["issues"])
+    assert issues == [(user, code, f"expected {kind}, got {got}") for user in "defgh"
+                      for code, kind, got in (("points", "integer", "double" if user in "eg" else "varchar"),
+                                              ("score", "number", "varchar"))]

@@ -417,19 +417,28 @@ WHERE v.type = 'NULL' AND v.parent IS NULL AND v.code <> '' AND v.shadowed_by IS
   AND p.code NOT IN (SELECT code FROM attributes WHERE calculated)
 """)
 # Each trait value checked against its attribute: coerced to the attribute's type ("42" into an integer is fine,
-# "abc" is not; nor are "NaN" and "Infinity", which DuckDB reads as doubles but JSON cannot hold) and its
-# validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not applied; ``coerced`` is
-# the JSON text stored. A null (removal) is always fine.
+# "abc" is not) and its validation (enum values, min/max, max_length, regex). ``problem`` says why a value is not
+# applied; ``coerced`` is the JSON text stored. A null (removal) is always fine.
+# Text is read as a number only when it is written as one in decimals: DuckDB's own casts also take "nan", "inf"
+# (and "1e400" as inf), which are no JSON and left the profile unreadable, and round "12.5" into the integer 13.
+# A whole double is an integer (JSON does not tell 10.0 from 10; pandas writes an integer column with a gap as
+# floats) up to 2^53, past which a double no longer holds every integer.
 _TEXT = "json_extract_string(t.value, '$')"
+_DOUBLE = f"TRY_CAST({_TEXT} AS DOUBLE)"
+_WHOLE_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?[0-9]+([.]0*)?')"
+_NUMBER_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?')"
 _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type IS NULL OR a.type = 'object' THEN t.value
     WHEN a.type IN ('string', 'enum') THEN CASE WHEN t.type = 'VARCHAR' THEN t.value
         WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'BOOLEAN') AND a.type = 'string'
         THEN CAST(to_json({_TEXT}) AS VARCHAR) END
     WHEN a.type = 'integer' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT') THEN t.value
-        WHEN t.type = 'VARCHAR' THEN CAST(TRY_CAST(trim({_TEXT}) AS BIGINT) AS VARCHAR) END
+        WHEN t.type = 'DOUBLE' AND {_DOUBLE} = floor({_DOUBLE}) AND abs({_DOUBLE}) <= 9007199254740992
+        THEN CAST(CAST({_DOUBLE} AS BIGINT) AS VARCHAR)
+        WHEN t.type = 'VARCHAR' AND {_WHOLE_TEXT}
+        THEN CAST(TRY_CAST(split_part(trim({_TEXT}), '.', 1) AS BIGINT) AS VARCHAR) END
     WHEN a.type = 'number' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN t.value
-        WHEN t.type = 'VARCHAR' AND isfinite(TRY_CAST(trim({_TEXT}) AS DOUBLE))
+        WHEN t.type = 'VARCHAR' AND {_NUMBER_TEXT} AND isfinite(TRY_CAST(trim({_TEXT}) AS DOUBLE))
         THEN CAST(TRY_CAST(trim({_TEXT}) AS DOUBLE) AS VARCHAR) END
     WHEN a.type = 'boolean' THEN CASE WHEN t.type = 'BOOLEAN' THEN t.value
         WHEN lower(trim({_TEXT})) IN ('true', 'yes', '1') THEN 'true'
