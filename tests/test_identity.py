@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portrait.config import Settings
-from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution
+from portrait.identity import ANONYMOUS, WHITESPACE, IdentityGraph, IdentityRules, Resolution
 from portrait.model import Identifier
 
 RULES = IdentityRules.from_settings(Settings())
@@ -105,6 +106,12 @@ def test_blocked_values_are_case_and_space_insensitive() -> None:
     assert rules.normalize("email", "guest@shop.com") is None
     assert rules.normalize("user_id", "n/a") is None
     assert rules.normalize("user_id", "null") == Identifier("user_id", "null")  # defaults replaced
+
+
+def test_whitespace_for_sql_is_every_character_python_strips() -> None:
+    """The processor's SQL trims userId and anonymousId with identity.WHITESPACE: it must be what str.strip()
+    takes, which normalize, the identity hints and previousIds use."""
+    assert "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace()) == WHITESPACE
 
 
 # -- rank -----------------------------------------------------------------------------------------------------------

@@ -718,6 +718,18 @@ def test_an_alias_finds_a_previous_id_sent_with_spaces_around_it(portrait: Portr
     assert portrait.rejected()["rejected"] == []
 
 
+def test_user_and_anonymous_ids_lose_tabs_and_line_breaks_around_them_as_lookups_do(portrait: Portrait) -> None:
+    """Ids are trimmed of whitespace as Python trims them (lookups, identity hints, previousIds): SQL's trim() alone
+    kept a tab or a line break, so "u2\t" became a user id of its own that no lookup could reach."""
+    load(portrait, msg("identify", userId="u2\t", anonymousId="a1\n"), msg("track", userId="u2"),
+         msg("page", anonymousId="\ta5\r\n"))
+    load(portrait, msg("alias", userId="u3", previousId="a5"))
+    assert grouping(portrait, "user_id:u2", "anonymous_id:a1") == {portrait.resolve_profile_id("user_id:u2\t")}
+    assert portrait.resolve_profile_id("anonymous_id:a5") == portrait.resolve_profile_id("user_id:u3")
+    keys = {(i["type"], i["value"]) for i in portrait.identities("user_id:u2")}
+    assert keys == {("user_id", "u2"), ("anonymous_id", "a1")}
+
+
 def test_identity_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="identity limits must be at least 1 \\(not for email\\)"):
         Settings(identity_limits={"user_id": 1, "email": 0})

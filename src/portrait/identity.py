@@ -24,6 +24,11 @@ from portrait.config import Settings
 from portrait.model import Identifier
 
 ANONYMOUS = "anonymous_id"
+# What str.strip() takes off an identifier's ends (normalize, identity_hints, an alias's previousId), spelled out for
+# the processor's SQL, which trims userId and anonymousId itself (sql.processor.trimmed): DuckDB's trim() alone
+# takes spaces but not tabs or line breaks, so "u1\t" became a user id of its own that no lookup could find. No
+# character above U+3000 is whitespace.
+WHITESPACE = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,14 @@ from __future__ import annotations
 from sqlglot import exp
 
 from portrait.attributes import INFERRED_TYPES
-from portrait.sql import insert_from, parse, parse_many
+from portrait.identity import WHITESPACE
+from portrait.sql import READ_DIALECT, insert_from, parse, parse_many
+
+
+def trimmed(column: str) -> str:
+    """SQL for ``column`` trimmed as identifiers are in Python (str.strip(): tabs and line breaks too)."""
+    return f"trim({column}, {exp.Literal.string(WHITESPACE).sql(READ_DIALECT)})"
+
 
 BATCH_RANGE = parse(
     "SELECT coalesce(max(seq), 0), count(*) FROM (SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
@@ -19,16 +26,16 @@ BATCH_RANGE = parse(
 # Identifiers of every event in (lo, hi]: user_id, anonymous_id, and the raw email/phone/custom identifiers the
 # ingestion found (events.identity_hints, see identity.identity_hints). Phones are normalized afterwards in Python
 # (phonenumbers). Params: lo, hi, blocked values (lower case).
-STAGE_IDENTIFIERS = parse("""
+STAGE_IDENTIFIERS = parse(f"""
 CREATE OR REPLACE TEMP TABLE b_ids_raw AS
 WITH e AS (
     SELECT seq, user_id, anonymous_id, identity_hints FROM events WHERE seq > ? AND seq <= ?
 ), hints AS (
     SELECT seq, unnest(string_split(identity_hints, chr(30))) AS hint FROM e WHERE identity_hints IS NOT NULL
 ), found AS (
-    SELECT seq, 'user_id' AS id_type, trim(user_id) AS value FROM e WHERE user_id IS NOT NULL
+    SELECT seq, 'user_id' AS id_type, {trimmed('user_id')} AS value FROM e WHERE user_id IS NOT NULL
     UNION ALL
-    SELECT seq, 'anonymous_id', trim(anonymous_id) FROM e WHERE anonymous_id IS NOT NULL
+    SELECT seq, 'anonymous_id', {trimmed('anonymous_id')} FROM e WHERE anonymous_id IS NOT NULL
     UNION ALL
     SELECT seq, split_part(hint, chr(31), 1), split_part(hint, chr(31), 2) FROM hints
 )
@@ -65,10 +72,10 @@ WHERE i.profile_id IS NOT NULL
 #           confirmed by STAGE_ATTACH (limits, no other event of the batch touching that profile) or sent slow;
 # - slow:   everything else (alias, merges, shared identifiers) -> the sequential resolver in Python.
 # Params: lo, hi, lo, hi.
-STAGE_EVENTS = parse("""
+STAGE_EVENTS = parse(f"""
 CREATE OR REPLACE TEMP TABLE b_events AS
 WITH aliased AS (  -- previousIds of the batch's alias calls: they may name identifiers of other events
-    SELECT DISTINCT trim(previous_id) AS value FROM events
+    SELECT DISTINCT {trimmed('previous_id')} AS value FROM events
     WHERE seq > ? AND seq <= ? AND type = 'alias' AND previous_id IS NOT NULL
 ), owners AS (  -- per event: what its identifiers say (grouped by seq alone: cheaper than by every column)
     SELECT o.seq, min(o.profile_id) AS owner, count(o.value) AS ids, count(o.profile_id) AS owned,

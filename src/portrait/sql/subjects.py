@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from portrait.sql import parse
+from portrait.sql.processor import trimmed
 
 REQUEST_COLUMNS = ("id", "type", "identity", "identity_hash", "status", "requested_by", "created_at", "started_at",
                    "finished_at", "result", "error")
@@ -85,7 +86,8 @@ _UNLINKED = (f"INSERT INTO erase_seqs SELECT e.seq FROM events AS e WHERE e.seq 
              "FROM rejected_events WHERE source = 'processor') AND e.seq NOT IN (SELECT seq FROM event_profiles) AND ")
 _EVENT_TEXT = ("concat_ws(' ', e.user_id, e.anonymous_id, e.previous_id, e.group_id, e.properties, e.traits, "
                "e.context, e.extra, e.identity_hints)")
-ADD_UNLINKED_NAMING = parse(_UNLINKED + "? IN (trim(e.user_id), trim(e.anonymous_id), trim(e.previous_id))")
+ADD_UNLINKED_NAMING = parse(_UNLINKED + f"? IN ({trimmed('e.user_id')}, {trimmed('e.anonymous_id')}, "
+                             f"{trimmed('e.previous_id')})")
 ADD_UNLINKED_HOLDING = parse(_UNLINKED + f"contains(lower({_EVENT_TEXT}), lower(?))")
 ADD_UNLINKED_HOLDING_PHONE = parse(_UNLINKED + f"contains(regexp_replace({_EVENT_TEXT}, '[\\s().\\-/]', '', 'g'), ?)")
 COUNT_SCOPE = parse("SELECT count(DISTINCT seq) FROM erase_seqs")
