@@ -8,12 +8,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portrait.config import Settings
-from portrait.identity import ANONYMOUS, WHITESPACE, IdentityGraph, IdentityRules, Resolution
+from portrait.identity import ANONYMOUS, WHITESPACE, IdentityGraph, IdentityRules, Resolution, lower_as_sql
 from portrait.model import Identifier
 
 RULES = IdentityRules.from_settings(Settings())
@@ -112,6 +114,17 @@ def test_whitespace_for_sql_is_every_character_python_strips() -> None:
     """The processor's SQL trims userId and anonymousId with identity.WHITESPACE: it must be what str.strip()
     takes, which normalize, the identity hints and previousIds use."""
     assert "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace()) == WHITESPACE
+
+
+def test_emails_are_lowered_as_the_processors_sql_lowers_them() -> None:
+    """The processor lower-cases emails in SQL, lookups and erasures with lower_as_sql: the two agree on every
+    character (checked against DuckDB, so that an upgrade of either side that changes one is noticed)."""
+    characters = [chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF]
+    connection = duckdb.connect()
+    connection.register("characters", pa.table({"c": characters}))
+    lowered = [row[0] for row in connection.execute("SELECT lower(c) FROM characters").fetchall()]
+    assert [c for c, low in zip(characters, lowered, strict=True) if lower_as_sql(c) != low] == []
+    assert lower_as_sql("İPEK@Example.COM") == "ipek@example.com"
 
 
 # -- rank -----------------------------------------------------------------------------------------------------------

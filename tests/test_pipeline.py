@@ -730,6 +730,15 @@ def test_user_and_anonymous_ids_lose_tabs_and_line_breaks_around_them_as_lookups
     assert keys == {("user_id", "u2"), ("anonymous_id", "a1")}
 
 
+def test_an_email_with_capitals_outside_ascii_is_found_as_the_processor_stored_it(portrait: Portrait) -> None:
+    """Lookups lower-case an email as the processor's SQL does, letter by letter: Python's str.lower() made "İ" two
+    characters and a final "Σ" a "ς", so these customers' profiles could not be found (nor erased) by email."""
+    load(portrait, msg("identify", userId="u1", traits={"email": "İPEK@Example.com"}),
+         msg("identify", userId="u2", traits={"email": "ΟΔΥΣΣΕΑΣ@example.gr"}))
+    assert portrait.resolve_profile_id("email:İPEK@Example.com") == portrait.resolve_profile_id("user_id:u1")
+    assert portrait.resolve_profile_id("email:ΟΔΥΣΣΕΑΣ@example.gr") == portrait.resolve_profile_id("user_id:u2")
+
+
 def test_identity_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="identity limits must be at least 1 \\(not for email\\)"):
         Settings(identity_limits={"user_id": 1, "email": 0})

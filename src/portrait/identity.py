@@ -48,7 +48,7 @@ class IdentityRules:
             priority=tuple(settings.identity_priority),
             limits=dict(settings.identity_limits),
             default_limit=settings.identity_default_limit,
-            blocked=frozenset(v.strip().lower() for v in settings.blocked_values),
+            blocked=frozenset(lower_as_sql(v.strip()) for v in settings.blocked_values),
             identity_traits=tuple(settings.identity_traits),
             phone_region=settings.default_phone_region,
         )
@@ -69,10 +69,10 @@ class IdentityRules:
         if raw is None or isinstance(raw, bool | dict | list):
             return None
         value = str(raw).strip()
-        if not value or value.lower() in self.blocked:
+        if not value or lower_as_sql(value) in self.blocked:
             return None
         if kind == "email":
-            value = value.lower()
+            value = lower_as_sql(value)
             if "@" not in value or value in self.blocked:
                 return None
         elif kind == "phone":
@@ -81,6 +81,15 @@ class IdentityRules:
                 return None
             value = phone
         return Identifier(kind, value)
+
+
+def lower_as_sql(text: str) -> str:
+    """Lower case as the processor's SQL lower() writes it (emails, blocked values): letter by letter, Unicode's
+    simple mapping. str.lower() makes "İ" two characters and a final "Σ" a "ς", so a lookup (normalized here) did
+    not find an email the processor had stored, nor could an erasure."""
+    if text.isascii():
+        return text.lower()
+    return "".join(ch.lower()[0] for ch in text)  # "İ".lower() is "i" + a combining dot; SQL's is "i"
 
 
 @functools.lru_cache(maxsize=65536)
