@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from portrait.api import create_app
 from portrait.cli import app
+from portrait.config import Settings
 from portrait.service import Portrait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -109,3 +110,30 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_defused(portrait: Por
     assert rows["'=1+2"] == ""
     portrait.export_profiles(tmp_path / "p.ndjson", "ndjson", attributes=["note"])
     assert notes[0] in [json.loads(line)["note"] for line in (tmp_path / "p.ndjson").read_text().splitlines()]
+
+
+def test_an_export_imported_back_gives_no_profile_id_trait(loaded: Portrait, tmp_path: Path) -> None:
+    """Re-importing an export added its profile_id column as a custom trait (ids of the old database) unless
+    --traits listed every other column. Portrait's own bookkeeping columns are no traits now; the message ids stay
+    those derived before (from the row with profile_id), so a file imported before adds nothing again."""
+    from portrait.mapping import MessageIds
+
+    loaded.export_profiles(tmp_path / "p.ndjson", "ndjson", include_personal=True)
+    old_ids = {row["profile_id"]: row for row in map(json.loads, (tmp_path / "p.ndjson").read_text().splitlines())}
+    target = str(tmp_path / "fresh.duckdb")
+    imported = CliRunner().invoke(app, ["import", "profiles", str(tmp_path / "p.ndjson"), "--user-id", "user_id",
+                                        "--db", target], env={"PORTRAIT_NO_PROGRESS": "1"})
+    assert imported.exit_code == 0, imported.output
+    assert "missing_identity: 1" in imported.output  # the anonymous profile: the export holds no identifier of it
+    fresh = Portrait(Settings(db_path=target), background=False)
+    try:
+        fresh.process_pending()
+        assert fresh.traits("user_id:u1") == {"email": "ann@example.com", "age": 31, "plan": "pro"}
+        assert "profile_id" not in {a["code"] for a in fresh.attributes.list()}
+        u1 = next(row for row in old_ids.values() if row["user_id"] == "u1")
+        before = {"type": "identify", "userId": "u1", "traits": {k: v for k, v in u1.items()
+                                                                 if k != "user_id" and v is not None}}
+        stored = fresh.events("user_id:u1")["events"][0]["message_id"]
+        assert stored == MessageIds().assign(before)["messageId"]
+    finally:
+        fresh.close()

@@ -21,6 +21,11 @@ from portrait.errors import BadRequest
 from portrait.identity import id_text
 
 IDENTIFIER_FIELDS = {"user_id": "userId", "anonymous_id": "anonymousId"}
+# The bookkeeping columns Portrait's profile export writes beside the attributes (portrait.exports): a profile
+# import leaves them out of the traits, so an export imported back (into another database, or after a rebuild)
+# gives the traits it held -- not a custom attribute profile_id holding ids of the old database. (The export's
+# other column, user_id, is its identifier: map it with --user-id user_id.)
+EXPORT_COLUMNS = ("profile_id",)
 
 
 @dataclass(frozen=True)
@@ -165,18 +170,22 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
 
     Identifier columns are written as text with :func:`portrait.identity.id_text` (a float 1.0 is ``"1"``). With
     ``ids``, a message without a messageId gets one derived from it as it was mapped before that rule (``"1.0"``),
-    so a file imported before gives the same ids again, and importing it once more adds nothing.
+    so a file imported before gives the same ids again, and importing it once more adds nothing. Likewise for
+    Portrait's own export columns (``EXPORT_COLUMNS``), which are no traits unless ``fields`` names them.
     """
     used = mapping.used_columns()
+    skipped = used | set(EXPORT_COLUMNS) if mapping.kind == "profiles" and mapping.fields is None else used
     columns = mapping.identifier_columns_used()
     for row in rows:
         if not isinstance(row, Mapping):
             yield row
             continue
-        message = _message(row, mapping, used, id_text)
+        message = _message(row, mapping, skipped, id_text)
         if ids is not None:
             floats = any(row.get(c).__class__ is float for c in columns)  # rare: the second mapping only for them
-            message = ids.assign(message, _message(row, mapping, used, str) if floats else None)
+            exported = skipped is not used and any(row.get(c) is not None for c in EXPORT_COLUMNS)
+            message = ids.assign(message, _message(row, mapping, used, str if floats else id_text)
+                                 if floats or exported else None)
         yield message
 
 
