@@ -3,6 +3,12 @@
 Personal-information attributes (flagged in the registry) are left out unless asked for: by name in
 ``attributes`` or with ``include_personal``. Deprecated attributes are left out unless named. In CSV, text that a
 spreadsheet would run as a formula gets a leading ``'`` (see :func:`_csv`).
+
+List and object attributes are JSON values in NDJSON; in Parquet a list is a native list column when every value
+fits one element type exactly (``list<string>`` for tags), and otherwise -- and an object always -- a column of the
+Parquet JSON logical type (Arrow's ``arrow.json``). A struct column would not do for objects: it needs one set of
+fields and one type per field across all profiles, and would read a field one profile lacks as null. The profile
+import reads JSON columns back as their values (:mod:`portrait.files`). CSV has only text: there they are JSON text.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import pyarrow.parquet as pq
 from portrait.errors import BadRequest
 from portrait.registry import AttributeRegistry
 from portrait.sql import attributes as q
+from portrait.sql.attributes import JSON_TYPES
 from portrait.store import Session
 
 FORMATS = ("csv", "parquet", "ndjson")
@@ -46,16 +53,48 @@ def export_profiles(session: Session, registry: AttributeRegistry, path: Path, f
         raise BadRequest(f"format {file_format!r} is not one of {', '.join(FORMATS)}", code="invalid_format")
     chosen = choose_attributes(registry, attributes, include_personal)
     query, params = q.export_profiles([(a["code"], a["type"]) for a in chosen], segment_id, consent_purpose)
-    table = session.arrow(query, params)
+    lists = [a["code"] for a in chosen if a["type"] == "list"] if file_format == "parquet" else []
+    table = _with_json_columns(session.arrow(query, params), [a["code"] for a in chosen if a["type"] in JSON_TYPES],
+                               native_lists=lists)
     WRITERS[file_format](table, path)
     return {"rows": table.num_rows, "columns": table.column_names, "path": str(path), "format": file_format,
             "personal_included": sorted(a["code"] for a in chosen if a["is_personal_info"])}
 
 
+def _with_json_columns(table: pa.Table, codes: list[str], native_lists: list[str]) -> pa.Table:
+    """``table`` with the columns ``codes`` (JSON texts) typed as JSON, those in ``native_lists`` as a native list
+    column where that keeps every value exactly."""
+    for code in codes:
+        index = table.schema.get_field_index(code)
+        column = table.column(index).cast(pa.json_())
+        table = table.set_column(index, code, _native_list(column) if code in native_lists else column)
+    return table
+
+
+def _native_list(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The JSON texts as a list column when Arrow gives every list back exactly: one element type (``[1, "a"]``
+    has none, ``[1, 2.5]`` would turn 1 into 1.0, objects with different keys would gain null fields). Otherwise,
+    or when no profile has a list (no element type to tell), the JSON column as it is."""
+    values = [None if text is None else orjson.loads(text) for text in column.to_pylist()]
+    if not any(isinstance(value, list) for value in values) or not all(
+            value is None or isinstance(value, list) for value in values):
+        return column
+    try:
+        native = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return column
+    return native if orjson.dumps(native.to_pylist()) == orjson.dumps(values) else column
+
+
 def _ndjson(table: pa.Table, path: Path) -> None:
+    """One JSON object per line; the JSON columns (lists, objects) go in as the JSON values they hold."""
+    json_columns = [f.name for f in table.schema if isinstance(f.type, pa.JsonType)]
     with path.open("wb") as handle:
         for batch in table.to_batches(max_chunksize=10_000):
             for row in batch.to_pylist():
+                for name in json_columns:
+                    if row[name] is not None:
+                        row[name] = orjson.Fragment(row[name])
                 handle.write(orjson.dumps(row) + b"\n")
 
 
@@ -70,6 +109,8 @@ def _csv(table: pa.Table, path: Path) -> None:
     """CSV with every text cell that could run as a formula prefixed with ``'`` (shown, not run, by spreadsheets)."""
     columns = []
     for column in table.columns:
+        if isinstance(column.type, pa.JsonType):
+            column = column.cast(pa.string())  # CSV has no JSON: lists and objects are their JSON text
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             risky = pc.and_(pc.match_substring_regex(column, _FORMULA_START),
                             pc.invert(pc.match_substring_regex(column, _ONLY_NUMBERS)))

@@ -255,7 +255,8 @@ def _json_array(path: Path) -> Iterator[Any]:
 
 
 def _parquet(path: Path) -> Iterator[Any]:
-    """Each row is a message; nested columns (properties, traits, context) come through as objects.
+    """Each row is a message; nested columns (properties, traits, context) come through as objects, and so do
+    columns of the JSON type (a JSON ``null`` in one is no value, as a null cell).
 
     Values JSON has no form for are written as SQL sources write them (:func:`portrait.connectors.plain`): decimals
     as numbers (whole ones as integers), durations as seconds, bytes as base64 -- only in files that hold such
@@ -263,9 +264,23 @@ def _parquet(path: Path) -> Iterator[Any]:
     """
     parquet = pq.ParquetFile(path)
     convert = plain if any(_without_json_form(f.type) for f in parquet.schema_arrow) else None
+    json_columns = [f.name for f in parquet.schema_arrow if isinstance(f.type, pa.JsonType)]
     for batch in parquet.iter_batches(batch_size=10_000):
         for row in batch.to_pylist():
+            for name in json_columns:
+                row[name] = _json_value(row[name])
             yield {key: _jsonable(value, convert) for key, value in row.items() if value is not None}
+
+
+def _json_value(text: str | None) -> Any:
+    """A value of a column of the Parquet JSON type (Portrait's export of lists and objects, DuckDB's JSON) as the
+    value it holds; text that is not JSON stays text, for the rules to judge as any other value."""
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def _without_struct_nulls(path: Path) -> Callable[[Any], Any]:

@@ -172,6 +172,10 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
     ``ids``, a message without a messageId gets one derived from it as it was mapped before that rule (``"1.0"``),
     so a file imported before gives the same ids again, and importing it once more adds nothing. Likewise for
     Portrait's own export columns (``EXPORT_COLUMNS``), which are no traits unless ``fields`` names them.
+
+    A row with those columns is a row of Portrait's export, whose columns are attribute codes: an object in one of
+    its cells is the value of that object attribute, sent whole. Elsewhere an object column is nested traits, one
+    level of which is flattened as usual (an ``address`` struct gives ``address_city``).
     """
     used = mapping.used_columns()
     skipped = used | set(EXPORT_COLUMNS) if mapping.kind == "profiles" and mapping.fields is None else used
@@ -180,19 +184,22 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
         if not isinstance(row, Mapping):
             yield row
             continue
-        message = _message(row, mapping, skipped, id_text)
+        exported = skipped is not used and any(row.get(c) is not None for c in EXPORT_COLUMNS)
+        message = _message(row, mapping, skipped, id_text, whole=exported)
         if ids is not None:
             floats = any(row.get(c).__class__ is float for c in columns)  # rare: the second mapping only for them
-            exported = skipped is not used and any(row.get(c) is not None for c in EXPORT_COLUMNS)
             message = ids.assign(message, _message(row, mapping, used, str if floats else id_text)
                                  if floats or exported else None)
         yield message
 
 
-def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_text: Callable[[Any], str]
-             ) -> dict[str, Any]:
+def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_text: Callable[[Any], str], *,
+             whole: bool = False) -> dict[str, Any]:
+    """The row's message; with ``whole``, an object in a cell stays that one trait's value (``_WHOLE_KEY``)."""
     columns = mapping.fields if mapping.fields is not None else [c for c in row if c not in used]
     values = {mapping.renames.get(c, c): _plain(row.get(c)) for c in columns if row.get(c) is not None}
+    if whole:
+        values = {name: {_WHOLE_KEY: value} if value.__class__ is dict else value for name, value in values.items()}
     message: dict[str, Any] = {"type": "track" if mapping.kind == "events" else "identify"}
     for name, key in IDENTIFIER_FIELDS.items():
         column = getattr(mapping, name)
@@ -222,6 +229,13 @@ def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_tex
     if mapping.message_id and row.get(mapping.message_id) not in (None, ""):
         message["messageId"] = str(row[mapping.message_id])
     return message
+
+
+# An object trait is flattened one level (address.city -> address_city), so an object attribute's value, sent as
+# {"prefs": {...}}, would land on prefs_* instead. Under the name "prefs." it lands on prefs itself: the empty last
+# part adds nothing to the code (code_for strips the trailing "_"), and a code is never its own parent, so nothing is
+# recorded as nested under it. The one way to send an object attribute's value whole, used for exports only.
+_WHOLE_KEY = ""
 
 
 def _timestamp(value: Any, fmt: str | None) -> Any:

@@ -88,12 +88,14 @@ def date_range(kind: str) -> exp.Expr:
 
 
 _CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
+JSON_TYPES = ("list", "object")  # exported as the stored JSON text, not as the text of a value
 _USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
 
 
 def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = None,
                     consent_purpose: str | None = None) -> tuple[exp.Expr, list[object]]:
-    """One row per profile (of a segment, when given): profile_id, user_id, then one typed column per attribute.
+    """One row per profile (of a segment, when given): profile_id, user_id, then one typed column per attribute
+    (lists and objects as their JSON text).
 
     Codes are registry codes (checked snake_case) used as column names through SQLGlot identifiers; the codes
     compared against stored keys are bound parameters.
@@ -103,6 +105,8 @@ def export_profiles(attributes: list[tuple[str, str]], segment_id: int | None = 
     for code, kind in attributes:
         text = exp.func("json_extract_string", exp.column("value", table="t"), exp.Literal.string("$"))
         value = exp.TryCast(this=text, to=exp.DataType.build(_CASTS[kind])) if kind in _CASTS else text
+        if kind in JSON_TYPES:  # the JSON itself, which the export writes as a JSON value (portrait.exports)
+            value = exp.cast(exp.column("value", table="t"), "VARCHAR")
         picked = exp.Max(this=exp.If(this=exp.column("key", table="t").eq(param()), true=value))
         columns.append(exp.alias_(picked, exp.to_identifier(code, quoted=True)))
         params.append(code)
