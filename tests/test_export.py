@@ -194,3 +194,41 @@ def test_a_parquet_json_column_is_read_as_the_values_it_holds(portrait: Portrait
     assert portrait.traits("user_id:u1")["tags"] == ["a"]
     assert [(i["raw_value"], i["reason"]) for i in portrait.data_quality()["issues"]] == [
         ('"not json"', "expected list, got varchar")]  # text that is not JSON stays text, for the rules to judge
+
+
+@pytest.mark.parametrize("file_format", ["csv", "ndjson", "parquet"])
+def test_integers_past_int64_are_exported_exactly_and_import_back(portrait: Portrait, tmp_path: Path,
+                                                                  file_format: str) -> None:
+    """An integer attribute takes whole numbers up to 2^64 - 1; the export cast them to BIGINT and wrote an empty
+    cell for those past 2^63 - 1. Now the column is int64 while every value fits and decimal(20, 0) otherwise; and
+    the integer attribute takes such a number written as text (a CSV cell) as it takes the number."""
+    values = {"u1": 2 ** 64 - 1, "u2": -(2 ** 63), "u3": 5}
+    portrait.create_attribute({"code": "order_no", "name": "Order", "type": "integer"})
+    portrait.ingest_messages([{"type": "identify", "userId": u, "traits": {"order_no": v}} for u, v in values.items()])
+    portrait.process_pending()
+    path = tmp_path / f"p.{file_format}"
+    portrait.export_profiles(path, file_format, attributes=["order_no"])
+    if file_format == "csv":
+        assert "18446744073709551615" in path.read_text()
+    elif file_format == "ndjson":
+        assert sorted(json.loads(line)["order_no"] for line in path.read_text().splitlines()) == sorted(
+            values.values())
+    else:
+        assert str(pq.read_schema(path).field("order_no").type) == "decimal128(20, 0)"
+    fresh = Portrait(Settings(db_path=str(tmp_path / "fresh.duckdb")), background=False)
+    try:
+        fresh.create_attribute({"code": "order_no", "name": "Order", "type": "integer"})
+        fresh.import_file(path, mapping=RowMapping("profiles", user_id="user_id"))
+        fresh.process_pending()
+        assert {u: fresh.traits(f"user_id:{u}")["order_no"] for u in values} == values
+        assert fresh.data_quality()["issues"] == []
+    finally:
+        fresh.close()
+
+
+def test_integers_that_fit_int64_stay_an_int64_column(portrait: Portrait, tmp_path: Path) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"age": 2 ** 63 - 1}}])
+    portrait.process_pending()
+    portrait.export_profiles(tmp_path / "p.parquet", "parquet", attributes=["age"])
+    assert pq.read_table(tmp_path / "p.parquet").column("age").type == "int64"
+    assert pq.read_table(tmp_path / "p.parquet").column("age").to_pylist() == [2 ** 63 - 1]

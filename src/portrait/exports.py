@@ -14,6 +14,7 @@ import reads JSON columns back as their values (:mod:`portrait.files`). CSV has 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def export_profiles(session: Session, registry: AttributeRegistry, path: Path, f
     lists = [a["code"] for a in chosen if a["type"] == "list"] if file_format == "parquet" else []
     table = _with_json_columns(session.arrow(query, params), [a["code"] for a in chosen if a["type"] in JSON_TYPES],
                                native_lists=lists)
+    table = _with_integer_columns(table, [a["code"] for a in chosen if a["type"] == "integer"])
     WRITERS[file_format](table, path)
     return {"rows": table.num_rows, "columns": table.column_names, "path": str(path), "format": file_format,
             "personal_included": sorted(a["code"] for a in chosen if a["is_personal_info"])}
@@ -86,6 +88,21 @@ def _native_list(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return native if orjson.dumps(native.to_pylist()) == orjson.dumps(values) else column
 
 
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _with_integer_columns(table: pa.Table, codes: list[str]) -> pa.Table:
+    """Integer columns as int64 when every value fits, else as decimal(20, 0), which holds every integer the
+    attribute takes (to 2^64 - 1) exactly: such values used to be written as empty cells."""
+    for code in codes:
+        index = table.schema.get_field_index(code)
+        column = table.column(index)
+        bounds = pc.min_max(column).as_py()
+        fits = bounds["min"] is None or (_INT64[0] <= bounds["min"] and bounds["max"] <= _INT64[1])
+        table = table.set_column(index, code, column.cast(pa.int64() if fits else pa.decimal128(20, 0)))
+    return table
+
+
 def _ndjson(table: pa.Table, path: Path) -> None:
     """One JSON object per line; the JSON columns (lists, objects) go in as the JSON values they hold."""
     json_columns = [f.name for f in table.schema if isinstance(f.type, pa.JsonType)]
@@ -95,7 +112,14 @@ def _ndjson(table: pa.Table, path: Path) -> None:
                 for name in json_columns:
                     if row[name] is not None:
                         row[name] = orjson.Fragment(row[name])
-                handle.write(orjson.dumps(row) + b"\n")
+                handle.write(orjson.dumps(row, default=_whole) + b"\n")
+
+
+def _whole(value: Any) -> int:
+    """A decimal(20, 0) integer (past int64, see ``_with_integer_columns``) as the JSON integer it is."""
+    if isinstance(value, Decimal):
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 # CSV cells a spreadsheet would run as a formula (OWASP, "CSV injection"): text starting with = + - @, a tab or a

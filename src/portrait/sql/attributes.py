@@ -87,7 +87,9 @@ def date_range(kind: str) -> exp.Expr:
         exp.column("d").is_(exp.null()).not_())
 
 
-_CASTS = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
+# An integer attribute holds whole numbers up to 2^64 - 1 (JSON's unsigned 64-bit integers), past BIGINT: read as a
+# HUGEINT, which the export narrows to int64 when every value fits (portrait.exports).
+_CASTS = {"integer": "HUGEINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
 JSON_TYPES = ("list", "object")  # exported as the stored JSON text, not as the text of a value
 _USER_IDS = parse("SELECT profile_id, min(value) AS user_id FROM identities WHERE type = 'user_id' GROUP BY 1")
 

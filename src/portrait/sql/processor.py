@@ -434,6 +434,11 @@ _TEXT = "json_extract_string(t.value, '$')"
 _DOUBLE = f"TRY_CAST({_TEXT} AS DOUBLE)"
 _WHOLE_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?[0-9]+([.]0*)?')"
 _NUMBER_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?')"
+# Whole text up to JSON's largest integer, 2^64 - 1, as the number itself takes it (a 20-digit order number in a
+# CSV, or Portrait's own export of one, is text): read as a HUGEINT, as a BIGINT would stop at 2^63 - 1.
+_HUGE = f"TRY_CAST(split_part(trim({_TEXT}), '.', 1) AS HUGEINT)"
+_WHOLE_FROM_TEXT = (f"CASE WHEN {_HUGE} BETWEEN -9223372036854775808 AND 18446744073709551615 "
+                    f"THEN CAST({_HUGE} AS VARCHAR) END")
 _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type IS NULL OR a.type = 'object' THEN t.value
     WHEN a.type IN ('string', 'enum') THEN CASE WHEN t.type = 'VARCHAR' THEN t.value
@@ -442,8 +447,7 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'integer' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT') THEN t.value
         WHEN t.type = 'DOUBLE' AND {_DOUBLE} = floor({_DOUBLE}) AND abs({_DOUBLE}) <= 9007199254740992
         THEN CAST(CAST({_DOUBLE} AS BIGINT) AS VARCHAR)
-        WHEN t.type = 'VARCHAR' AND {_WHOLE_TEXT}
-        THEN CAST(TRY_CAST(split_part(trim({_TEXT}), '.', 1) AS BIGINT) AS VARCHAR) END
+        WHEN t.type = 'VARCHAR' AND {_WHOLE_TEXT} THEN {_WHOLE_FROM_TEXT} END
     WHEN a.type = 'number' THEN CASE WHEN t.type IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN t.value
         WHEN t.type = 'VARCHAR' AND {_NUMBER_TEXT} AND isfinite(TRY_CAST(trim({_TEXT}) AS DOUBLE))
         THEN CAST(TRY_CAST(trim({_TEXT}) AS DOUBLE) AS VARCHAR) END
