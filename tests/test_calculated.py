@@ -207,3 +207,31 @@ def test_a_given_type_must_match_the_definition(portrait: Portrait) -> None:
     with pytest.raises(BadRequest, match="its type follows its definition"):
         portrait.update_attribute("n", {"type": "string"})
     assert created["type"] == "integer"
+
+
+def test_a_type_change_that_breaks_a_definition_using_the_attribute_is_refused(portrait: Portrait) -> None:
+    """Changing created_at to text or first_name to a list was checked against segments only: days_since(created_at)
+    then gave every profile null and concat(first_name, ...) pasted JSON in, silently. Now 409 attribute_in_use
+    names the definition, as for segments; changes that keep it sensible go through."""
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+
+    from portrait.api import create_app
+
+    for code, definition in (("tenure", "days_since(created_at)"), ("age_years", "years_since(birthday)"),
+                             ("label", 'concat(first_name, " ", last_name)')):
+        portrait.create_attribute({"code": code, "name": code, "definition": definition})
+    with TestClient(create_app(portrait=portrait)) as client:
+        def change(code: str, kind: str) -> Any:
+            return client.patch(f"/api/attributes/{code}", json={"type": kind},
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+
+        for code, kind, naming in (("created_at", "string", "tenure = days_since(created_at)"),
+                                   ("birthday", "integer", "age_years = years_since(birthday)"),
+                                   ("first_name", "list", 'label = concat(first_name, " ", last_name)')):
+            answer = change(code, kind)
+            assert answer.status_code == 409 and answer.json()["code"] == "attribute_in_use", answer.text
+            assert naming in answer.json()["message"] and "change its definition first" in answer.json()["message"]
+            assert portrait.attributes.get(code)["type"] != kind
+        assert change("created_at", "date").status_code == 200  # still a date to count from
+        assert change("first_name", "enum").status_code == 200  # still one value

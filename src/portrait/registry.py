@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 
 from portrait.attributes import STANDARD, Attribute, check_code
-from portrait.conditions.calculations import definition_text, parse_definition, result_type
+from portrait.conditions.calculations import definition_text, parse_definition, result_type, unfit_type
 from portrait.errors import BadRequest, Conflict, NotFound
 from portrait.privacy import personal_copied
 from portrait.spec import utc_now
@@ -116,6 +116,24 @@ class AttributeRegistry:
             found = _calculated({"type": changes.get("type"), "definition": changes["definition"]})
             return str(found.get("type", changes.get("type", current["type"])))
         return str(changes.get("type", current["type"]))
+
+    def refuse_unfit_definitions(self, code: str, kind: str) -> None:
+        """Conflict if giving attribute ``code`` the type ``kind`` breaks a calculated attribute's definition that
+        uses it (``days_since(created_at)`` once created_at is text), as segments' conditions are checked: the
+        values would quietly become null or JSON text."""
+        before = str(self.get(code)["type"])
+        if before == kind:
+            return
+        unfit = []
+        for attribute in self.list():
+            if not attribute["calculated"] or not attribute["definition"] or attribute["code"] == code:
+                continue
+            reason = unfit_type(parse_definition(attribute["definition"]), code, before, kind)
+            if reason:
+                unfit.append(f"{attribute['code']} = {attribute['definition']} ({reason})")
+        if unfit:
+            raise Conflict(f"cannot make {code} {kind}: the calculated attribute {'; '.join(unfit)} would no longer "
+                           "make sense; change its definition first", code="attribute_in_use")
 
     def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
         """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""

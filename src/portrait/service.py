@@ -454,7 +454,9 @@ class Portrait:
         return created
 
     def update_attribute(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
-        self.segments.refuse_type_change(code, self.attributes.type_after(code, changes))
+        kind = self.attributes.type_after(code, changes)
+        self.segments.refuse_type_change(code, kind)
+        self.attributes.refuse_unfit_definitions(code, kind)
         updated = self.attributes.update(code, changes)
         if "definition" in changes or (updated["calculated"] and "status" in changes):
             self.segments.recalculate()

@@ -206,6 +206,33 @@ def attributes_used(calculation: Calculation) -> list[str]:
     return []
 
 
+_DATES = ("date", "datetime")
+_SCALARS = ("string", "integer", "number", "boolean", "date", "datetime", "enum")
+_NEEDS = {_DATES: "a date or datetime", _SCALARS: "a single value (not a list or object)"}
+
+
+def attribute_needs(calculation: Calculation) -> dict[str, tuple[str, ...]]:
+    """The types each attribute of the definition must have for it to make sense: days_since and years_since count
+    from a date or datetime (of anything else every value is null); concat joins single values (a list or object
+    would be pasted in as JSON)."""
+    if isinstance(calculation, DaysSince) and isinstance(calculation.source, str):
+        return {calculation.source: _DATES}
+    if isinstance(calculation, YearsSince):
+        return {calculation.attribute: _DATES}
+    if isinstance(calculation, Concat):
+        return dict.fromkeys(attributes_used(calculation), _SCALARS)
+    return {}
+
+
+def unfit_type(calculation: Calculation, code: str, before: str, after: str) -> str | None:
+    """Why giving attribute ``code`` the type ``after`` breaks the definition, or None. A definition that did not
+    fit ``before`` either is not broken by this change."""
+    needed = attribute_needs(calculation).get(code)
+    if needed is None or after in needed or before not in needed:
+        return None
+    return f"it needs {_NEEDS[needed]}"
+
+
 # Event functions whose result gives a property's value back (one event's value, a list of them, the extreme of
 # them, a sum or mean over a single event); count and distinct_count only count.
 _COPYING_FUNCTIONS = frozenset(EVENT_FUNCTIONS) - {"count", "distinct_count", "first_time", "last_time"}
