@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 from tests.conftest import ADMIN_KEY, WRITE_KEY
 from typer.testing import CliRunner
 
@@ -199,6 +200,62 @@ def test_a_segment_comparing_personal_data_shows_those_values_masked_without_pii
     for page in ("/segments", f"/segments/{made.json()['id']}"):
         shown = client.get(page)
         assert shown.status_code == 200 and "ann@example.com" not in shown.text and "a***@example.com" in shown.text
+
+
+ANN_SIGNUPS = 'count("Signed Up", where email = "ann@example.com" and plan = "pro")'
+ANN_SIGNUPS_MASKED = 'count("Signed Up", where email = "a***@example.com" and plan = "pro")'
+
+
+def test_a_calculated_attribute_comparing_personal_data_shows_those_values_masked_without_pii_read(
+        client: TestClient) -> None:
+    """A key with pii:read may define `count("Signed Up", where email = "ann@example.com")`; a key without it read the
+    address in the definition (GET /api/attributes, one attribute, the console's attribute pages)."""
+    made = client.post("/api/attributes", headers=ADMIN, json={"code": "ann_signups", "name": "Ann's sign-ups",
+                                                               "definition": ANN_SIGNUPS})
+    assert made.status_code == 201 and made.json()["definition"] == ANN_SIGNUPS  # the writer sees what it wrote
+    reader = new_key(client, kind="read", name="bi")
+    for path in ("/api/attributes", "/api/attributes?standard=false", "/api/attributes/ann_signups"):
+        answer = client.get(path, headers=bearer(reader["key"]))
+        assert answer.status_code == 200 and "ann@example.com" not in answer.text, (path, answer.text)
+    assert client.get("/api/attributes/ann_signups", headers=bearer(reader["key"])).json()["definition"] == (
+        ANN_SIGNUPS_MASKED)
+    client.post("/login", data={"key": reader["key"]})
+    for page in ("/attributes?tab=custom", "/attributes/ann_signups"):
+        shown = client.get(page)
+        assert shown.status_code == 200 and "ann@example.com" not in shown.text and "a***@example.com" in shown.text
+
+
+def test_a_masked_definition_sent_back_never_replaces_the_real_one(client: TestClient) -> None:
+    """An admin key without pii:read reads the definition masked; sending it back with a new description (as the
+    console's edit form does, or a client that read the attribute) changes the description only. A definition
+    changed but still comparing the masked values is refused, saying why; the real one stays."""
+    client.post("/api/attributes", headers=ADMIN, json={"code": "ann_signups", "name": "Ann's sign-ups",
+                                                        "definition": ANN_SIGNUPS})
+    ops = new_key(client, kind="admin", name="ops", scopes=["read", "admin"])
+    sent_back = client.patch("/api/attributes/ann_signups", headers=bearer(ops["key"]),
+                             json={"description": "via API", "definition": ANN_SIGNUPS_MASKED})
+    assert sent_back.status_code == 200, sent_back.text
+    assert sent_back.json()["definition"] == ANN_SIGNUPS_MASKED  # its answer is masked too
+    real = client.get("/api/attributes/ann_signups", headers=ADMIN).json()
+    assert real["definition"] == ANN_SIGNUPS and real["description"] == "via API"
+    widened = client.patch("/api/attributes/ann_signups", headers=bearer(ops["key"]), json={
+        "definition": ANN_SIGNUPS_MASKED.replace('"Signed Up"', '"Signed Up", within = 30d')})
+    assert widened.status_code == 403, widened.text
+    assert "change the definition of ann_signups" in widened.json()["message"]
+    assert "pii:read" in widened.json()["message"]
+    client.post("/login", data={"key": ops["key"]})
+    form = client.get("/attributes/ann_signups").text
+    assert "ann@example.com" not in form and f'value="{escape(ANN_SIGNUPS_MASKED)}"' in form
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    saved = client.post("/attributes/ann_signups", data={"csrf": csrf.group(1), "name": "Ann's sign-ups",
+                                                         "description": "via console",
+                                                         "definition": ANN_SIGNUPS_MASKED})
+    assert saved.status_code == 200 and str(saved.url).endswith("/attributes/ann_signups"), saved.text
+    real = client.get("/api/attributes/ann_signups", headers=ADMIN).json()
+    assert real["definition"] == ANN_SIGNUPS and real["description"] == "via console"
+    assert client.patch("/api/attributes/ann_signups", headers=bearer(ops["key"]),  # a new one of its own: its call
+                        json={"definition": 'count("Signed Up")'}).json()["definition"] == 'count("Signed Up")'
 
 
 def test_console_search_does_not_spell_out_emails_to_a_key_without_pii_read(client: TestClient) -> None:

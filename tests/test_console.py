@@ -229,6 +229,60 @@ def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser,
     context.close()
 
 
+def sign_in(browser: Browser, shop: Server, key: str) -> Page:
+    context = browser.new_context(base_url=shop.url)
+    signed_in = context.new_page()
+    signed_in.goto("/login")
+    signed_in.get_by_label("API key (read or admin)").fill(key)
+    signed_in.get_by_role("button", name="Sign in").click()
+    expect(signed_in.get_by_role("heading", name="Overview")).to_be_visible()
+    return signed_in
+
+
+def cli(shop: Server, *args: str, key: str = ADMIN_KEY) -> subprocess.CompletedProcess[str]:
+    """The ``portrait`` command through the running server, as a person at a terminal runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    return subprocess.run([sys.executable, "-m", "portrait", *args, "--url", shop.url, "--admin-key", key],
+                          capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=120, check=False)
+
+
+def test_an_admin_without_pii_read_edits_a_definition_it_sees_masked(browser: Browser, shop: Server) -> None:
+    """The definition compares an email address: an admin key without pii:read sees it masked on the attribute
+    pages and in the CLI, and saving the edit form with a new description keeps the real definition."""
+    definition = 'count("Order Completed", where email = "ann@example.com")'
+    with shop.admin() as admin:
+        made = admin.post("/api/attributes", json={"code": "ann_orders", "name": "Ann's orders",
+                                                   "definition": definition})
+        assert made.status_code == 201, made.text
+        ops = admin.post("/api/keys", json={"kind": "admin", "name": "ops", "scopes": ["read", "admin"]}).json()
+    editor = sign_in(browser, shop, ops["key"])
+    editor.goto("/attributes?tab=custom")
+    expect(editor.locator("table.attributes")).to_contain_text('email = "a***@example.com"')
+    expect(editor.locator("table.attributes")).not_to_contain_text("ann@example.com")
+    editor.goto("/attributes/ann_orders")
+    expect(editor.locator(".facts")).to_contain_text('email = "a***@example.com"')
+    masked = 'count("Order Completed", where email = "a***@example.com")'
+    expect(editor.get_by_label("Definition")).to_have_value(masked)
+    editor.get_by_label("Description").fill("orders of one customer")
+    editor.get_by_role("button", name="Save changes").click()
+    expect(editor.get_by_label("Description")).to_have_value("orders of one customer")
+    expect(editor.get_by_role("alert")).to_have_count(0)
+    shot(editor, "attribute-masked-definition")
+    with shop.admin() as admin:
+        real = admin.get("/api/attributes/ann_orders").json()
+    assert real["definition"] == definition and real["description"] == "orders of one customer"
+    editor.get_by_label("Definition").fill('count("Order Completed", within = 30d, where email = "a***@example.com")')
+    editor.get_by_role("button", name="Save changes").click()
+    expect(editor.get_by_role("alert")).to_contain_text("cannot change the definition of ann_orders")
+    with shop.admin() as admin:
+        assert admin.get("/api/attributes/ann_orders").json()["definition"] == definition
+    editor.context.close()
+    for args in (("attributes", "show", "ann_orders"), ("attributes", "list", "--kind", "custom", "--json")):
+        shown = cli(shop, *args, key=ops["key"])
+        assert shown.returncode == 0 and "a***@example.com" in shown.stdout, shown.stderr
+        assert "ann@example.com" not in shown.stdout
+
+
 def run_privacy_request(page: Page, kind: str, identity: str) -> None:
     """Ask for an access or erase request on the admin page's form."""
     page.goto("/admin")

@@ -118,6 +118,13 @@ def mask_condition(tree: Condition, personal: Iterable[str]) -> Condition:
     return masked
 
 
+def mask_calculation(calculation: Calculation, personal: Iterable[str]) -> Calculation:
+    """A calculated attribute's definition with the values its ``where`` compares personal data to masked
+    (``count("Signed Up", where email = "a***@example.com")``), as :func:`mask_condition` masks a segment's."""
+    masked: Calculation = _masked_tree(calculation, set(personal) | PERSONAL_IDENTITY_TYPES)
+    return masked
+
+
 def _masked_tree(node: Any, codes: set[str]) -> Any:
     if isinstance(node, Compare):
         if code_for(node.field) not in codes:

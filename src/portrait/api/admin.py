@@ -99,13 +99,15 @@ def router(portrait: Portrait) -> APIRouter:
         return await run_in_threadpool(Viewer(portrait, caller(request)).data_quality, found)
 
     @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes")
-    async def attributes(standard: bool | None = None, status: str | None = None) -> dict[str, Any]:
-        return {"attributes": await run_in_threadpool(lambda: portrait.attributes.list(standard=standard,
-                                                                                       status=status))}
+    async def attributes(request: Request, standard: bool | None = None, status: str | None = None
+                         ) -> dict[str, Any]:
+        listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=standard, status=status))
+        return {"attributes": await run_in_threadpool(Viewer(portrait, caller(request)).attributes, listed)}
 
     @api.get("/attributes/{code}", summary="One attribute, with how many profiles have a value")
-    async def attribute(code: str) -> dict[str, Any]:
-        return await run_in_threadpool(portrait.attributes.get, code)
+    async def attribute(code: str, request: Request) -> dict[str, Any]:
+        found = await run_in_threadpool(portrait.attributes.get, code)
+        return await run_in_threadpool(Viewer(portrait, caller(request)).attribute, found)
 
     @api.get("/attributes/{code}/analytics", summary="Fill rate, distinct and top values, numeric and date stats")
     async def attribute_analytics(code: str, request: Request, top: Annotated[int, Query(ge=1, le=100)] = 10
@@ -115,15 +117,18 @@ def router(portrait: Portrait) -> APIRouter:
 
     @api.post("/attributes", summary="Define a custom attribute", status_code=201)
     async def create_attribute(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
-        await run_in_threadpool(Viewer(portrait, caller(request)).check_definition, str(payload.get("code")),
-                                payload)
-        return await run_in_threadpool(portrait.create_attribute, payload)
+        viewer = Viewer(portrait, caller(request))
+        await run_in_threadpool(viewer.check_definition, str(payload.get("code")), payload)
+        return await run_in_threadpool(viewer.attribute, await run_in_threadpool(portrait.create_attribute, payload))
 
     @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
     async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()], request: Request
                                ) -> dict[str, Any]:
-        await run_in_threadpool(Viewer(portrait, caller(request)).check_attribute_change, code, payload)
-        return await run_in_threadpool(portrait.update_attribute, code, payload)
+        viewer = Viewer(portrait, caller(request))
+        payload = await run_in_threadpool(viewer.without_shown_definition, code, payload)
+        await run_in_threadpool(viewer.check_attribute_change, code, payload)
+        return await run_in_threadpool(viewer.attribute, await run_in_threadpool(portrait.update_attribute, code,
+                                                                                 payload))
 
     @api.post("/attributes/recheck", summary="Recompute every profile's traits from the log with the current "
                                              "attribute definitions (processing pauses meanwhile)")

@@ -19,7 +19,7 @@ from portrait import privacy
 from portrait.attributes import code_for
 from portrait.conditions import describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import Compare
-from portrait.conditions.calculations import parse_definition
+from portrait.conditions.calculations import definition_text, parse_definition
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.segments import read_condition
@@ -144,6 +144,45 @@ class Viewer:
     def segments(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return documents if self.sees_pii else [self.segment(d) for d in documents]
 
+    def attribute(self, document: dict[str, Any]) -> dict[str, Any]:
+        """An attribute whose definition compares personal data (saved by a key with ``pii:read``:
+        ``count("Signed Up", where email = "ann@example.com")``) with those values masked, as a segment's are."""
+        return document if self.sees_pii else self._attribute(document, self.personal())
+
+    def attributes(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.sees_pii:
+            return documents
+        personal = self.personal()  # read once for the whole list
+        return [self._attribute(d, personal) for d in documents]
+
+    @staticmethod
+    def _attribute(document: dict[str, Any], personal: set[str]) -> dict[str, Any]:
+        shown = _shown_definition(document.get("definition"), personal)
+        return document if shown == document.get("definition") else {**document, "definition": shown}
+
+    def without_shown_definition(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """The changes of attribute ``code`` to apply, without a definition that is the masked one this key was
+        shown: the console's edit form (and a client that read the attribute) sends it back beside a new
+        description, and a masked text must neither replace the real definition nor have the whole edit refused.
+        A definition changed while still comparing those masked values is refused plainly (pii:read needed)."""
+        definition = changes.get("definition")
+        if self.sees_pii or not isinstance(definition, str):
+            return changes
+        current = self.portrait.attributes.get(code).get("definition")
+        shown = _shown_definition(current, self.personal())
+        if shown == current:  # nothing masked: the definition is this key's to change as written
+            return changes
+        if _same_definition(definition, shown):
+            return {k: v for k, v in changes.items() if k != "definition"}
+        try:
+            tested = self._personal_compared(parse_definition(definition))
+        except PortraitError:
+            return changes  # the registry says what is wrong with it
+        if tested:
+            self.require_pii(f"change the definition of {code}, which compares personal data ({', '.join(tested)}) "
+                             "to values shown masked (its other fields can be changed without pii:read)")
+        return changes
+
     def check_condition(self, raw: object) -> None:
         """A condition previewed by a key without ``pii:read`` may test a personal attribute (or an event's email or
         phone property) only for being set: its count would otherwise tell the values one by one (``email = "ann@..."
@@ -157,10 +196,14 @@ class Viewer:
             return
         self._check_compares(condition)
 
-    def _check_compares(self, tree: object) -> None:
+    def _personal_compared(self, tree: object) -> list[str]:
+        """The personal data a condition or definition compares to values (``is set`` tells no value)."""
         personal = self.personal() | privacy.PERSONAL_IDENTITY_TYPES
-        tested = sorted({node.field for node in _compares(tree)
-                         if code_for(node.field) in personal and node.op not in ("is set", "is not set")})
+        return sorted({node.field for node in _compares(tree)
+                       if code_for(node.field) in personal and node.op not in ("is set", "is not set")})
+
+    def _check_compares(self, tree: object) -> None:
+        tested = self._personal_compared(tree)
         if tested:
             self.require_pii(f"compare the values of personal data ({', '.join(tested)}) in a condition")
 
@@ -189,6 +232,27 @@ class Viewer:
 
     def require_pii(self, doing: str) -> None:
         self.portrait.keys.require(self.key, "pii:read", doing)
+
+
+def _shown_definition(definition: object, personal: set[str]) -> object:
+    """A calculated attribute's definition as a key without ``pii:read`` sees it (the stored text is canonical, so
+    it comes back unchanged when nothing in it is masked)."""
+    if not isinstance(definition, str):
+        return definition
+    try:
+        return definition_text(privacy.mask_calculation(parse_definition(definition), personal))
+    except PortraitError:  # it was read when saved; if it no longer reads, none of it is shown
+        return privacy.HIDDEN
+
+
+def _same_definition(sent: str, shown: object) -> bool:
+    """Whether a definition sent is the one shown, as written or once read (spacing, quoting)."""
+    if sent.strip() == shown:
+        return True
+    try:
+        return definition_text(parse_definition(sent)) == shown
+    except PortraitError:
+        return False
 
 
 def _compares(node: object) -> Iterator[Compare]:

@@ -100,7 +100,8 @@ def router(console: Console) -> APIRouter:
 
     async def attributes_page(request: Request, tab: str, values: dict[str, str],
                               error: dict[str, str] | None = None, status: int = 200) -> Response:
-        listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=tab != "custom"))
+        listed = console.viewer(request).attributes(
+            await run_in_threadpool(lambda: portrait.attributes.list(standard=tab != "custom")))
         return console.render(request, "attributes.html", {"attributes": listed, "tab": tab, "values": values,
                                                            "error": error}, status)
 
@@ -127,11 +128,13 @@ def router(console: Console) -> APIRouter:
     async def edit_attribute(request: Request, code: str) -> Response:
         fields, _ = await console.admin_form(request, "change attributes")
         changes = _attribute_changes(fields)
-        try:
+        viewer = console.viewer(request)
+        try:  # the form sends back the definition it showed, masked for a key without pii:read: not a change
+            changes = await run_in_threadpool(viewer.without_shown_definition, code, changes)
             if "definition" in changes and changes["is_personal_info"] == (
                     await run_in_threadpool(portrait.attributes.get, code))["is_personal_info"]:
                 del changes["is_personal_info"]  # untouched: a new definition copying personal data makes it personal
-            await run_in_threadpool(console.viewer(request).check_attribute_change, code, changes)
+            await run_in_threadpool(viewer.check_attribute_change, code, changes)
             await run_in_threadpool(portrait.update_attribute, code, changes)
         except PortraitError as exc:  # the form again, with what was typed and why it was refused
             return await attribute_page(request, code, fields, form_error(exc, "definition"), status_of(exc))
@@ -146,7 +149,7 @@ def router(console: Console) -> APIRouter:
                              error: dict[str, str] | None = None, status: int = 200) -> Response:
         """An attribute's facts, analytics and edit form (``values``: what was typed, else the attribute's own)."""
         viewer = console.viewer(request)
-        found = await run_in_threadpool(portrait.attributes.get, code)
+        found = viewer.attribute(await run_in_threadpool(portrait.attributes.get, code))
         stats = None
         if found["calculate_analytics"]:
             stats = viewer.analytics(code, await run_in_threadpool(portrait.attributes.analytics, code))
