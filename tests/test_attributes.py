@@ -234,6 +234,41 @@ def test_attribute_analytics(client: TestClient, portrait: Portrait) -> None:
     assert created["range"] == {"min": "2024-01-01T00:00:00.000Z", "max": "2024-09-01T00:00:00.000Z"}
 
 
+def test_values_of_a_number_with_a_unit_are_shown_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Analytics said "mean 21.25" of a basket in PLN, the CLI's traits and breakdown tables "12.5": the unit was
+    left out wherever people read the numbers. JSON gives it beside numbers that stay numbers."""
+    monkeypatch.delenv("PORTRAIT_ADMIN_KEY", raising=False)
+    db = str(tmp_path / "u.duckdb")
+    service = Portrait(Settings(db_path=db, admin_key=ADMIN_KEY), background=False)
+    service.create_attribute({"code": "basket", "name": "Basket", "type": "number", "unit": "PLN",
+                              "calculate_analytics": True})
+    service.create_attribute({"code": "shoe", "name": "Shoe", "type": "string", "unit": "EU",
+                              "calculate_analytics": True})
+    service.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"basket": b, "shoe": "42"}}
+                             for i, b in enumerate([12.5, 30, 21.25])])
+    service.process_pending()
+    service.create_segment({"name": "baskets", "condition": "basket is set"})
+    with TestClient(create_app(portrait=service)) as client:
+        stats = client.get("/api/attributes/basket/analytics", headers=ADMIN).json()
+        assert (stats["unit"], stats["mean"], stats["min"], stats["max"]) == ("PLN", 21.25, 12.5, 30)
+        assert stats["top_values"][0]["value"] == 12.5 and stats["histogram"][0]["from"] == 12.5  # numbers
+        split = client.get("/api/segments/baskets/breakdown", headers=ADMIN, params={"attribute": "basket"}).json()
+        assert (split["type"], split["unit"], split["values"][0]["value"]) == ("number", "PLN", 12.5)
+        client.post("/login", data={"key": ADMIN_KEY})
+        page = client.get("/attributes/basket").text
+        assert "mean 21.25 PLN, from 12.5 PLN to 30 PLN" in page and "<td>12.5 PLN</td>" in page
+        assert "12.5\u201314.25 PLN" in page  # the histogram's first bar
+        assert "<td>42</td>" in client.get("/attributes/shoe").text  # a text's unit is no number's: not added
+    service.close()
+    runner = CliRunner()
+    shown = json.loads(runner.invoke(app, ["attributes", "analytics", "basket", "--db", db]).output)
+    assert (shown["unit"], shown["mean"]) == ("PLN", 21.25)
+    card = runner.invoke(app, ["profiles", "get", "user_id:u0", "--db", db], env={"COLUMNS": "200"})
+    assert "12.5 PLN" in card.output and '"42" EU' not in card.output, card.output
+    split_table = runner.invoke(app, ["analytics", "breakdown", "baskets", "basket", "--db", db])
+    assert "12.5 PLN" in split_table.output and "30 PLN" in split_table.output, split_table.output
+
+
 def test_the_range_of_dates_and_times_counts_the_offset(client: TestClient, portrait: Portrait) -> None:
     """The earliest and latest moment as segment conditions see them: 01:00 at +02:00 is 23:00 UTC the day before,
     earlier than 23:30Z; 10:00 at -05:00 is 15:00 UTC. A date stays a date."""

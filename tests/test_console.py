@@ -283,6 +283,26 @@ def test_an_admin_without_pii_read_edits_a_definition_it_sees_masked(browser: Br
         assert "ann@example.com" not in shown.stdout
 
 
+def test_numbers_are_shown_with_their_unit(page: Page, shop: Server) -> None:
+    """An attribute's analytics (mean, range, chart, top values) and the customer card write a number's unit."""
+    with shop.admin() as admin:
+        admin.post("/api/attributes", json={"code": "basket_pln", "name": "Basket", "type": "number", "unit": "PLN",
+                                            "calculate_analytics": True}).raise_for_status()
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        for user, basket in (("unit-1", 12.5), ("unit-2", 30)):
+            sdk.post("/v1/identify", json={"userId": user, "traits": {"basket_pln": basket}}).raise_for_status()
+    shop.wait_caught_up()
+    page.goto("/attributes/basket_pln")
+    expect(page.locator("main")).to_contain_text("mean 21.25 PLN, from 12.5 PLN to 30 PLN")
+    expect(page.locator("table").last).to_contain_text("12.5 PLN")
+    expect(page.locator("svg")).to_contain_text("12.5\u201314.25 PLN")
+    shot(page, "attribute-unit")
+    with shop.admin() as admin:
+        profile_id = admin.get("/api/profiles/user_id:unit-1").json()["profile_id"]
+    page.goto(f"/customers/{profile_id}")
+    expect(page.locator("dd", has_text="12.5")).to_have_text("12.5 PLN")
+
+
 def run_privacy_request(page: Page, kind: str, identity: str) -> None:
     """Ask for an access or erase request on the admin page's form."""
     page.goto("/admin")

@@ -31,6 +31,17 @@ def code_for(name: str) -> str:
     return _NOT_CODE.sub("_", snake).strip("_")
 
 
+def unit_shown(attribute: dict[str, Any]) -> str | None:
+    """The unit people read after a value of this attribute (12.5 PLN, 30 days): a number's unit. JSON answers
+    keep values as numbers and give the unit beside them."""
+    return (attribute.get("unit") or None) if attribute.get("type") in ("integer", "number") else None
+
+
+def with_unit(text: str, unit: str | None) -> str:
+    """A value as people read it, with its unit when there is one."""
+    return f"{text} {unit}" if unit else text
+
+
 def check_code(code: str) -> str:
     if not _CODE.match(code):
         raise BadRequest(f"attribute code {code!r} must be snake_case: a letter, then letters, digits or _ "

@@ -152,9 +152,9 @@ class AttributeRegistry:
             top_values = [{"value": orjson.loads(v), "count": int(n)}
                           for v, n in session.execute(q.TOP_VALUES, [code, top])]
         result: dict[str, Any] = {
-            "code": code, "type": attribute["type"], "profiles": profiles, "filled": int(filled),
-            "fill_rate": round(filled / profiles, 4) if profiles else 0.0, "distinct": int(distinct),
-            "top_values": top_values,
+            "code": code, "type": attribute["type"], "unit": attribute["unit"], "profiles": profiles,
+            "filled": int(filled), "fill_rate": round(filled / profiles, 4) if profiles else 0.0,
+            "distinct": int(distinct), "top_values": top_values,
         }
         if numeric:
             result.update(self._numeric(session, code))

@@ -474,8 +474,9 @@ class Portrait:
         return analytics.funnel(self._reads, self.segments, fields)
 
     def segment_breakdown(self, reference: str, attribute: str, top: int = 10) -> dict[str, Any]:
-        kind = self.attributes.get(attribute)["type"]  # an unknown attribute is a 404, not an empty breakdown
-        return analytics.breakdown(self._reads, self.segments, reference, attribute, kind, top)
+        found = self.attributes.get(attribute)  # an unknown attribute is a 404, not an empty breakdown
+        split = analytics.breakdown(self._reads, self.segments, reference, attribute, found["type"], top)
+        return {**split, "type": found["type"], "unit": found["unit"]}  # for the unit people read beside numbers
 
     # -- segments ----------------------------------------------------------------------------------------------
     def create_segment(self, fields: dict[str, Any]) -> dict[str, Any]:

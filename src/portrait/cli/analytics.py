@@ -8,6 +8,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
+from portrait.attributes import unit_shown, with_unit
 from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _run, app, console
 
 analytics_app = typer.Typer(help="Funnels, segment breakdowns and sizes over time.", no_args_is_help=True)
@@ -57,8 +58,9 @@ def analytics_breakdown(
         console.print_json(data=found)
         return
     table = Table(attribute, "Customers", "Share", title=f"{found['segment']} ({found['size']:,}) by {attribute}")
+    unit = unit_shown(found)  # the breakdown names its attribute's type and unit
     for row in found["values"]:
-        table.add_row(str(row["value"]), f"{row['profiles']:,}", f"{row['share']:.1%}")
+        table.add_row(with_unit(str(row["value"]), unit), f"{row['profiles']:,}", f"{row['share']:.1%}")
     for label, count in (("(other values)", found["other_values"]), ("(not set)", found["not_set"])):
         if count:
             table.add_row(label, f"{count:,}", f"{count / found['size']:.1%}")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from portrait.attributes import unit_shown, with_unit
 from portrait.cli.common import (
     AdminKeyOption,
     DbOption,
@@ -25,7 +26,7 @@ from portrait.cli.common import (
     events_app,
     profiles_app,
 )
-from portrait.client import profile_path
+from portrait.client import RemotePortrait, profile_path
 from portrait.errors import PortraitError
 from portrait.service import Portrait
 
@@ -41,12 +42,13 @@ def profiles_get(
         with _backend(db, url, admin_key, existing=True) as backend:
             profile = backend.profile(identity)
             recent = backend.events(identity, limit=events)["events"] if events else []
+            units = {} if as_json else _units(backend)
     except PortraitError as exc:
         raise _fail(exc) from exc
     if as_json:
         console.print_json(data={**profile, "events": recent})
         return
-    _print_profile(profile, recent)
+    _print_profile(profile, recent, units)
 
 
 @profiles_app.command("rebuild")
@@ -71,12 +73,18 @@ def profiles_rebuild(db: DbOption = None, url: UrlOption = None, admin_key: Admi
                   f"ids now leading to another profile: {done['ids_redirected']:,}.")
 
 
-def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]]) -> None:
+def _units(backend: Portrait | RemotePortrait) -> dict[str, str | None]:
+    """The unit of each number attribute, written after its values in the traits table (12.5 PLN)."""
+    listed = backend.attributes.list() if isinstance(backend, Portrait) else backend.attributes_list()
+    return {a["code"]: unit_shown(a) for a in listed}
+
+
+def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]], units: dict[str, str | None]) -> None:
     console.print(f"[bold]Profile[/] {profile['profile_id']}  first seen {profile['first_seen']}, "
                   f"last seen {profile['last_seen']}")
     traits = Table("trait", "value", title="Traits")
     for key, value in profile["traits"].items():
-        traits.add_row(key, json.dumps(value, ensure_ascii=False))
+        traits.add_row(key, with_unit(json.dumps(value, ensure_ascii=False), units.get(key)))
     console.print(traits)
     idents = Table("type", "value", "first seen", title="Identities")
     for ident in profile["identities"]:

@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from portrait.api.auth import Viewer
 from portrait.api.errors import STATUS
+from portrait.attributes import with_unit
 from portrait.conditions.text import ConditionError
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
@@ -34,6 +35,7 @@ def shown(value: Any) -> Any:
 
 
 TEMPLATES.env.filters["shown"] = shown
+TEMPLATES.env.filters["with_unit"] = lambda value, unit: with_unit(str(value), unit)
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
        ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]
 

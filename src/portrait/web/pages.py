@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from portrait.api.auth import Viewer
+from portrait.attributes import unit_shown, with_unit
 from portrait.errors import NotFound, PortraitError, Unauthorized
 from portrait.privacy import PERSONAL_IDENTITY_TYPES
 from portrait.spec import utc_now
@@ -153,14 +154,16 @@ def router(console: Console) -> APIRouter:
         stats = None
         if found["calculate_analytics"]:
             stats = viewer.analytics(code, await run_in_threadpool(portrait.attributes.analytics, code))
+        unit = unit_shown(found)  # 12.5 PLN wherever a value is shown (mean, range, bars, top values)
         chart = None
         if stats and stats.get("histogram"):
-            chart = bars([(f"{number(b['from'])}\u2013{number(b['to'])}", b["count"]) for b in stats["histogram"]],
-                         label="distribution")
+            chart = bars([(with_unit(f"{number(b['from'])}\u2013{number(b['to'])}", unit), b["count"])
+                          for b in stats["histogram"]], label="distribution")
         elif stats:
-            chart = bars([(str(v["value"]), v["count"]) for v in stats["top_values"]], label="top values")
+            chart = bars([(with_unit(str(v["value"]), unit), v["count"]) for v in stats["top_values"]],
+                         label="top values")
         return console.render(request, "attribute.html", {
-            "attribute": found, "stats": stats, "chart": chart, "error": error,
+            "attribute": found, "stats": stats, "chart": chart, "error": error, "unit": unit,
             "values": _attribute_values(found) if values is None else values}, status)
 
     @web.get("/customers")
