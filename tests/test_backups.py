@@ -230,3 +230,30 @@ def test_the_cli_backs_up_through_a_running_server(server: Server) -> None:
     assert "Backed up to" in made.output and "cli.duckdb" in made.output
     listed = runner.invoke(app, ["backups", "--db", server.db_path, "--admin-key", ADMIN_KEY, "--json"])
     assert '"cli.duckdb"' in listed.output
+
+
+def test_a_restore_erases_again_a_person_whose_events_were_not_yet_applied_when_the_backup_was_made(
+        tmp_path: Path) -> None:
+    """Her events were in the log but not applied (lag > 0) when the backup was made: the restore must erase them
+    too, not leave them in the log held by no profile."""
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([{"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com"}}])
+    service.process_pending()
+    service.ingest_messages([
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann.secret@example.com", "name": "AnnSecretName"}},
+        {"type": "track", "userId": "ann", "event": "Bought", "properties": {"note": "AnnSecretNote"}}])
+    assert service.status()["lag"] == 2
+    backup = Path(service.backups.make()["path"])
+    service.process_pending()
+    service.privacy_request({"type": "erase", "identity": "email:ann.secret@example.com"}, "test", run_now=True)
+    service.close()
+
+    result = runner.invoke(app, ["restore", str(backup), "--db", str(db), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Erased again 1 profile" in result.output
+    for file in tmp_path.iterdir():  # the database and whatever lies beside it
+        if file.is_file():
+            assert b"AnnSecret" not in file.read_bytes() and b"ann.secret" not in file.read_bytes(), file.name
+    with duckdb.connect(str(db), read_only=True) as restored:
+        assert restored.execute("SELECT user_id FROM events").fetchall() == [("bob",)]

@@ -226,11 +226,14 @@ class PrivacyRequests:
         missing = [row for row in rows if row[0] not in self.suppressed]
         if not missing:
             return []
+        # The backup's events not yet applied (received just before it was made) are applied first, as an erasure
+        # does: they join her profile and go with it. Applied after her identifiers were suppressed, they joined
+        # no profile and stayed in the log, her email and traits with them.
+        self._hooks.catch_up()
         session = self._session()
         for key_hash, request_id, at in missing:
             session.execute(q.SUPPRESS, [key_hash, request_id, at])
         self.suppressed = self._load_suppressed()
-        self._hooks.catch_up()  # events of the backup not yet applied: applied now, without her identifiers
         holding = [row[0] for row in session.execute(q.PROFILES_HOLDING, [[row[0] for row in missing]])]
         done = []
         for profile_id in holding:  # by profile id: the request keeps none of her identifiers, even for a moment
