@@ -3,6 +3,9 @@ files, the real CLI."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -257,3 +260,66 @@ def test_a_restore_erases_again_a_person_whose_events_were_not_yet_applied_when_
             assert b"AnnSecret" not in file.read_bytes() and b"ann.secret" not in file.read_bytes(), file.name
     with duckdb.connect(str(db), read_only=True) as restored:
         assert restored.execute("SELECT user_id FROM events").fetchall() == [("bob",)]
+
+
+# Runs a restore in a process of its own that kills itself (SIGKILL: nothing is cleaned up) right after its Nth
+# rename, link or copy of a file -- the steps that put the restored database in place.
+_RESTORE_KILLED_AFTER = """
+import os, shutil, signal, sys
+from portrait.config import Settings
+from portrait.service import restore_backup
+
+count, steps = int(sys.argv[3]), [0]
+def killing(real):
+    def step(*args, **kwargs):
+        done = real(*args, **kwargs)
+        steps[0] += 1
+        if steps[0] == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return done
+    return step
+os.replace, os.link, shutil.copyfile = killing(os.replace), killing(os.link), killing(shutil.copyfile)
+restore_backup(Settings(db_path=sys.argv[1]), sys.argv[2])
+print("finished")
+"""
+
+
+def _who(db: Path) -> list[str]:
+    with duckdb.connect(str(db), read_only=True) as connection:
+        return sorted(row[0] for row in connection.execute("SELECT user_id FROM events").fetchall())
+
+
+def test_a_restore_killed_at_any_step_leaves_the_old_database_or_the_restored_one(tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([{"type": "identify", "userId": "in-the-backup"}])
+    backup = service.backups.make()["path"]
+    service.ingest_messages([{"type": "identify", "userId": "after-the-backup"}])
+    service.close()
+    old, new = ["after-the-backup", "in-the-backup"], ["in-the-backup"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for count in range(1, 10):
+        ran = subprocess.run([sys.executable, "-c", _RESTORE_KILLED_AFTER, str(db), backup, str(count)],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert db.is_file(), f"no database after a restore killed after step {count}"
+        assert _who(db) in (old, new), count
+        if "finished" in ran.stdout:  # no step left to kill it after
+            break
+        assert ran.returncode == -9, ran.stderr
+    else:
+        pytest.fail("the restore has more steps than the test tries")
+    assert _who(db) == new
+
+
+def test_two_restores_keep_both_databases_they_replaced(tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([{"type": "identify", "userId": "first"}])
+    backup = service.backups.make()["path"]
+    service.ingest_messages([{"type": "identify", "userId": "original"}])
+    service.close()
+    for _ in range(2):  # at once, within the same second
+        assert runner.invoke(app, ["restore", backup, "--db", str(db), "--yes"]).exit_code == 0
+    kept = sorted(tmp_path.glob("portrait.duckdb.before-restore-*"))
+    assert len(kept) == 2
+    assert sorted(map(_who, kept)) == [["first"], ["first", "original"]]

@@ -833,16 +833,30 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     finally:
         if current:
             current.close()
-    previous = None
-    if database.exists():
-        previous = database.with_name(f"{database.name}.before-restore-{utc_now():%Y%m%dT%H%M%S}")
-        os.replace(database, previous)
+    previous = _keep_previous(database) if database.exists() else None
     Path(str(database) + ".wal").unlink(missing_ok=True)  # closed cleanly above: its log is in the file
-    os.replace(staging, database)
+    os.replace(staging, database)  # one step: the path holds the old database or the restored one, never none
     _remove_database_files(staging)  # what its rewrite after the erasures left beside it
     return {"database": str(database), "restored_from": str(source), "previous": str(previous) if previous else None,
             "events": counts["events_received"], "profiles": counts["profiles"],
             "erasures_made_again": len(erasures)}
+
+
+def _keep_previous(database: Path) -> Path:
+    """A second name for the database about to be replaced, ``<name>.before-restore-<time>``; the database keeps
+    its own name until the restored one takes it. (Renamed away first, a restore killed before the restored one
+    was moved in left no database at all, and the next start made a new, empty one there.)"""
+    stamp = f"{database.name}.before-restore-{utc_now():%Y%m%dT%H%M%S}"
+    previous = database.with_name(stamp)
+    number = 1
+    while previous.exists():  # a second restore within the second must not write over the first one's
+        number += 1
+        previous = database.with_name(f"{stamp}-{number}")
+    try:
+        os.link(database, previous)
+    except OSError:  # a file system without hard links: a copy, the database still in place
+        shutil.copyfile(database, previous)
+    return previous
 
 
 def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
