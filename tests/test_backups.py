@@ -4,10 +4,12 @@ files, the real CLI."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -323,3 +325,43 @@ def test_two_restores_keep_both_databases_they_replaced(tmp_path: Path) -> None:
     kept = sorted(tmp_path.glob("portrait.duckdb.before-restore-*"))
     assert len(kept) == 2
     assert sorted(map(_who, kept)) == [["first"], ["first", "original"]]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB file system of its own (tmpfs), so the backup's disk can really fill up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)  # root (CI is)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_backup_onto_a_full_disk_says_so_and_the_next_one_works_once_there_is_room(
+        small_disk: Path, tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    # More than a row group (122,880 rows) in one table: DuckDB writes those out during the copy rather than at
+    # its commit, which is where the disk fills.
+    service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(130_000)])
+    service.close()
+    assert db.stat().st_size > 4 << 20  # more than the backup disk holds
+    server = start_server(str(db), tmp_path / "server.log", {"PORTRAIT_BACKUP_DIR": str(small_disk)})
+    try:
+        with server.admin() as admin:
+            refused = admin.post("/api/backups", json={})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "storage_unavailable"
+            assert f"could not be written into {small_disk} (No space left on device)" in refused.json()["message"]
+            assert "PORTRAIT_BACKUP_DIR" in refused.json()["message"]
+            assert list(small_disk.iterdir()) == []
+            assert shutil.disk_usage(small_disk).used < 1 << 20  # no deleted file still held open, filling it
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # room made
+            made = admin.post("/api/backups", json={})
+            assert made.status_code == 201, made.text
+            assert admin.get("/api/status").json()["events_received"] == 130_000
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()

@@ -191,12 +191,22 @@ class DuckDBStore:
             session.execute(schema.attach_encrypted(str(partial), schema.BACKUP_ALIAS, self._encryption_key)
                             if self._encryption_key else schema.attach(str(partial), schema.BACKUP_ALIAS))
             try:
-                session.execute(schema.copy_database_to_backup(source))
+                # In a transaction of its own, rolled back if the copy fails (a full disk): the failed statement
+                # otherwise left the cursor in an aborted transaction, the DETACH below failed, and the backup
+                # file stayed attached -- deleted, still filling the disk, and its name taken, so that every later
+                # backup failed until a restart.
+                with session.transaction():
+                    session.execute(schema.copy_database_to_backup(source))
             finally:
                 session.execute(schema.DETACH_BACKUP)
-        except BaseException:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
             Path(str(partial) + ".wal").unlink(missing_ok=True)
+            if isinstance(exc, StorageUnavailable):  # the backup's disk, not the database's
+                raise StorageUnavailable(
+                    f"the backup could not be written into {partial.parent} ({_refusal(exc)}): no backup was "
+                    "made and the database is as it was; free space there, or set PORTRAIT_BACKUP_DIR to a "
+                    "disk with room for a copy of the database, then retry") from exc
             raise
         finally:
             session.close()
@@ -246,10 +256,15 @@ class DuckDBStore:
 _STORAGE_REFUSALS = ("No space left on device", "Disk quota exceeded", "Read-only file system")
 
 
+def _refusal(exc: BaseException) -> str | None:
+    """What the disk said, if ``exc`` (or the error it was raised from) is a disk refusing a write."""
+    text = f"{exc} {exc.__cause__}"
+    return next((r for r in _STORAGE_REFUSALS if r in text), None)
+
+
 def _refused_by_disk(exc: duckdb.Error) -> None:
     """Raise a write the disk refused as the error callers can wait out; return for any other error."""
-    text = str(exc)
-    refusal = next((r for r in _STORAGE_REFUSALS if r in text), None)
+    refusal = _refusal(exc)
     if refusal is not None:
         raise StorageUnavailable(f"the database could not be written ({refusal}): nothing was stored; free space "
                                  "on the disk holding the database, then retry") from exc
