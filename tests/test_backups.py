@@ -328,11 +328,12 @@ def test_two_restores_keep_both_databases_they_replaced(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB file system of its own (tmpfs), so the backup's disk can really fill up."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A file system of its own (tmpfs; 2 MB unless the test says), so a disk can really fill up."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)  # root (CI is)
+    size = getattr(request, "param", "2m")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)  # root (CI is)
     try:
         yield mount
     finally:
@@ -365,3 +366,32 @@ def test_a_backup_onto_a_full_disk_says_so_and_the_next_one_works_once_there_is_
     finally:
         server.stop()
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_backup_is_restored_onto_a_new_machine_where_the_database_folder_does_not_exist_yet(tmp_path: Path) -> None:
+    service = _open(tmp_path / "old.duckdb")
+    service.ingest_messages([{"type": "identify", "userId": "kept"}])
+    backup = service.backups.make()["path"]
+    service.close()
+    db = tmp_path / "new" / "data" / "portrait.duckdb"
+    result = runner.invoke(app, ["restore", backup, "--db", str(db), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert _who(db) == ["kept"] and not list(db.parent.glob("*.restoring*"))
+
+
+@pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
+def test_a_restore_onto_a_full_disk_says_so_and_leaves_the_database(small_disk: Path, tmp_path: Path) -> None:
+    service = _open(tmp_path / "big.duckdb")
+    service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed",
+                              "properties": {"pad": os.urandom(150).hex()}} for n in range(30_000)])
+    backup = service.backups.make()["path"]
+    service.close()
+    assert Path(backup).stat().st_size > 8 << 20  # more than the disk holds
+    db = small_disk / "portrait.duckdb"
+    _open(db).close()
+    before = db.read_bytes()
+    result = runner.invoke(app, ["restore", backup, "--db", str(db), "--yes"])
+    assert result.exit_code == 1, result.output
+    said = result.output.replace("\n", "")
+    assert "No space left on device; the database was not changed" in said and "room for a copy" in said, said
+    assert db.read_bytes() == before and sorted(f.name for f in small_disk.iterdir()) == ["portrait.duckdb"]

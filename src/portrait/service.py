@@ -818,7 +818,7 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     staging = database.with_name(database.name + ".restoring")
     try:
         _remove_database_files(staging)
-        shutil.copyfile(source, staging)
+        _stage(source, staging)
         restored = _open_backup(settings, staging, source)
         try:
             erasures = _carry_over(current, restored) if current else []
@@ -840,6 +840,19 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     return {"database": str(database), "restored_from": str(source), "previous": str(previous) if previous else None,
             "events": counts["events_received"], "profiles": counts["profiles"],
             "erasures_made_again": len(erasures)}
+
+
+def _stage(source: Path, staging: Path) -> None:
+    """Copy the backup beside the database, making its folder if there is none yet (a restore onto a new machine);
+    what the disk refuses is said plainly, the database left as it was."""
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, staging)
+    except OSError as exc:
+        raise PortraitError(f"cannot copy the backup {source} to {staging}: {exc.strerror or exc}; the database "
+                            f"was not changed. Its folder must be writable, with room for a copy of the backup "
+                            f"({source.stat().st_size / 1_000_000:,.1f} MB) and what the restore adds",
+                            code="restore_failed") from exc
 
 
 def _keep_previous(database: Path) -> Path:

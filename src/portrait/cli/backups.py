@@ -73,8 +73,8 @@ def restore(
     """
     settings = _settings(db)
     if not yes:
-        typer.confirm(f"Replace {Path(settings.db_path).resolve()} with the backup {file.resolve()}? (the current "
-                      "database is kept beside it)", abort=True)
+        typer.confirm(f"Replace {Path(settings.db_path).expanduser().resolve()} with the backup "
+                      f"{file.expanduser().resolve()}? (the current database is kept beside it)", abort=True)
     try:
         done: dict[str, Any] = restore_backup(settings, str(file))
     except PortraitError as exc:
