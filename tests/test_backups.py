@@ -21,7 +21,7 @@ from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 from portrait.backups import AUTOMATIC, BackupWorker
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.errors import NotFound, Unauthorized
+from portrait.errors import NotFound, StorageUnavailable, Unauthorized
 from portrait.service import Portrait
 
 runner = CliRunner()
@@ -343,26 +343,43 @@ def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]
 def test_a_backup_onto_a_full_disk_says_so_and_the_next_one_works_once_there_is_room(
         small_disk: Path, tmp_path: Path) -> None:
     db = tmp_path / "portrait.duckdb"
+    service = _open(db, backup_dir=str(small_disk))
+    try:
+        # More than a row group (122,880 rows) in one table: DuckDB writes those out during the copy rather than at
+        # its commit, which is where the disk fills.
+        service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(130_000)])
+        service.store.checkpoint()
+        assert db.stat().st_size > 4 << 20  # more than the backup disk holds
+        with pytest.raises(StorageUnavailable) as refused:  # the copy itself, past the check for room
+            service.store.backup(str(small_disk / "copy.duckdb"))
+        assert f"could not be written into {small_disk} (No space left on device)" in refused.value.message
+        assert "PORTRAIT_BACKUP_DIR" in refused.value.message
+        assert list(small_disk.iterdir()) == []
+        assert shutil.disk_usage(small_disk).used < 1 << 20  # no deleted file still held open, filling it
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # room made
+        made = service.backups.make()
+        assert made["bytes"] > 4 << 20
+        service.ingest_messages([{"type": "track", "userId": "after", "event": "Viewed"}])
+        assert service.status()["events_received"] == 130_001
+    finally:
+        service.close()
+
+
+def test_a_backup_is_refused_at_once_when_the_folder_has_less_room_than_the_database(
+        small_disk: Path, tmp_path: Path) -> None:
+    db = tmp_path / "portrait.duckdb"
     service = _open(db)
-    # More than a row group (122,880 rows) in one table: DuckDB writes those out during the copy rather than at
-    # its commit, which is where the disk fills.
-    service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(130_000)])
+    service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed",
+                              "properties": {"pad": os.urandom(50).hex()}} for n in range(20_000)])
     service.close()
-    assert db.stat().st_size > 4 << 20  # more than the backup disk holds
+    assert db.stat().st_size > 2 << 20
     server = start_server(str(db), tmp_path / "server.log", {"PORTRAIT_BACKUP_DIR": str(small_disk)})
     try:
         with server.admin() as admin:
             refused = admin.post("/api/backups", json={})
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["code"] == "storage_unavailable"
-            assert f"could not be written into {small_disk} (No space left on device)" in refused.json()["message"]
-            assert "PORTRAIT_BACKUP_DIR" in refused.json()["message"]
+            assert refused.status_code == 503 and refused.json()["code"] == "backup_no_room", refused.text
+            assert f"the backup folder {small_disk} has 2.1 MB free" in refused.json()["message"]
             assert list(small_disk.iterdir()) == []
-            assert shutil.disk_usage(small_disk).used < 1 << 20  # no deleted file still held open, filling it
-            subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # room made
-            made = admin.post("/api/backups", json={})
-            assert made.status_code == 201, made.text
-            assert admin.get("/api/status").json()["events_received"] == 130_000
     finally:
         server.stop()
     assert "Traceback" not in server.log_path.read_text()

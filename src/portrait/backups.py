@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from typing import Any
 
 from portrait.background import Worker
 from portrait.config import Settings
-from portrait.errors import BadRequest, Conflict, PortraitError
+from portrait.errors import BadRequest, Conflict, PortraitError, StorageUnavailable
 from portrait.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Backups:
             raise Conflict("a backup is being made; ask again once it is done", code="backup_running")
         try:
             target = self._target(file_name)
+            self._check_room()
             started = time.monotonic()
             self._store.backup(str(target))
             seconds = time.monotonic() - started
@@ -96,6 +98,20 @@ class Backups:
             raise Conflict(f"{target} exists already: a backup is never written over; choose another name",
                            code="backup_exists", field="name")
         return target
+
+    def _check_room(self) -> None:
+        """Refuse at once when the folder has less room than the database file takes (a backup is at most about
+        that): a copy that fills the disk fails only at its end, and in the default folder -- on the database's
+        own disk -- it meanwhile takes the room the database needs, so events are refused (503) until it fails."""
+        database = Path(self._store.path)
+        if not database.is_file():  # in memory
+            return
+        needed, free = database.stat().st_size, shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise StorageUnavailable(
+                f"the backup folder {self.folder} has {free / 1_000_000:,.1f} MB free and a backup of the database "
+                f"takes up to {needed / 1_000_000:,.1f} MB: no backup was made; free space there, or set "
+                "PORTRAIT_BACKUP_DIR to a disk with room", code="backup_no_room")
 
     def _files(self) -> list[Path]:
         if not self.folder.is_dir():
