@@ -412,3 +412,20 @@ def test_a_restore_onto_a_full_disk_says_so_and_leaves_the_database(small_disk: 
     said = result.output.replace("\n", "")
     assert "No space left on device; the database was not changed" in said and "room for a copy" in said, said
     assert db.read_bytes() == before and sorted(f.name for f in small_disk.iterdir()) == ["portrait.duckdb"]
+
+
+def test_a_restore_onto_a_new_empty_database_keeps_the_keys_of_the_backup(tmp_path: Path) -> None:
+    """A new machine: a first start made an empty database at the path before the backup was restored into it."""
+    service = _open(tmp_path / "old.duckdb")
+    website_secret, _ = service.keys.create("write", "website")
+    backup = service.backups.make()["path"]
+    service.close()
+    db = tmp_path / "portrait.duckdb"
+    _open(db).close()
+    assert runner.invoke(app, ["restore", backup, "--db", str(db), "--yes"]).exit_code == 0
+    restored = _open(db)
+    try:
+        assert restored.keys.check(website_secret, "write").name == "website"
+        assert restored.keys.check(WRITE_KEY, "write").name == "default"
+    finally:
+        restored.close()

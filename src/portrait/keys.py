@@ -114,15 +114,18 @@ class KeyRing:
         return generated
 
     def rows(self) -> list[tuple[Any, ...]]:
-        """Every key as stored (hashed), for :meth:`replace_all` in a restored database."""
+        """Every key as stored (hashed), for :meth:`carry_over` in a restored database."""
         return self._session().execute(q.KEY_ROWS)
 
-    def replace_all(self, rows: list[tuple[Any, ...]]) -> None:
-        """Make ``rows`` the keys (a restore keeps the current keys: a key revoked since the backup stays revoked,
-        one created since keeps working)."""
+    def carry_over(self, rows: list[tuple[Any, ...]]) -> None:
+        """Take the keys ``rows`` of the database a restore replaces as they are there: a key revoked since the
+        backup stays revoked, one created since keeps working. A key only the backup has stays too: keys are never
+        deleted, only revoked, so the replaced database lacks one only when it is not the backup's own later state
+        -- an empty database a first start made on a new machine, whose keys replacing them all left every SDK
+        and script of the backup answered 401."""
         session = self._session()
         with session.transaction():
-            session.execute(q.CLEAR_KEYS)
+            session.execute(q.DROP_KEYS, [[row[0] for row in rows]])
             for row in rows:
                 session.execute(q.INSERT_KEY_ROW, list(row))
         self.reload()

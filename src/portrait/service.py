@@ -883,7 +883,7 @@ def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
 
 def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:
     """Into a restored backup, what the database it replaces knows of now; returns the erasures made again."""
-    restored.keys.replace_all(current.keys.rows())
+    restored.keys.carry_over(current.keys.rows())
     restored.audit.append(current.audit.rows_after(restored.audit.last_id()))
     return restored.privacy.carry_erasures(current.privacy.suppressed_rows())
 

@@ -11,7 +11,7 @@ ALL_KEYS = parse("SELECT key_hash, kind, name, id, scopes, revoked_at, created_a
                  "ORDER BY created_at, id")
 # A restore keeps the keys of the database it replaces (created, rotated and revoked since the backup).
 KEY_ROWS = parse("SELECT key_hash, kind, name, created_at, id, scopes, revoked_at FROM api_keys ORDER BY created_at")
-CLEAR_KEYS = parse("DELETE FROM api_keys")
+DROP_KEYS = parse("DELETE FROM api_keys WHERE key_hash IN (SELECT UNNEST(CAST(? AS VARCHAR[])))")
 INSERT_KEY_ROW = parse("INSERT INTO api_keys (key_hash, kind, name, created_at, id, scopes, revoked_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)")
 REVOKE = parse("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
