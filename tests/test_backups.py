@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
-from portrait.backups import AUTOMATIC, BackupWorker
+from portrait.backups import BackupWorker, automatic_pattern
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import NotFound, StorageUnavailable, Unauthorized
@@ -64,7 +64,7 @@ def test_a_backup_made_under_traffic_is_a_consistent_database_holding_every_ackn
         sender.join()
         server.stop()
     backup = Path(made.json()["path"])
-    assert backup.parent == tmp_path / "backups" and AUTOMATIC.match(backup.name)
+    assert backup.parent == tmp_path / "backups" and automatic_pattern("live").fullmatch(backup.name)
     assert [b["name"] for b in listed["backups"]] == [backup.name] and listed["backups"][0]["bytes"] > 0
     assert not list(backup.parent.glob("*.partial*"))
     with duckdb.connect(str(backup), read_only=True) as copy:
@@ -429,3 +429,17 @@ def test_a_restore_onto_a_new_empty_database_keeps_the_keys_of_the_backup(tmp_pa
         assert restored.keys.check(WRITE_KEY, "write").name == "default"
     finally:
         restored.close()
+
+
+def test_databases_sharing_a_backup_folder_never_prune_each_others_backups(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-backups"
+    shop, crm = (_open(tmp_path / f"{name}.duckdb", backup_dir=str(shared), backup_keep=1) for name in ("shop", "crm"))
+    try:
+        kept_shop = [shop.backups.make()["name"] for _ in range(2)][-1]
+        made_crm = [crm.backups.make() for _ in range(2)]
+        assert made_crm[0]["removed"] == [] and made_crm[1]["removed"] == [made_crm[0]["name"]]
+        names = {b["name"] for b in shop.backups.listing()["backups"]}
+        assert names == {kept_shop, made_crm[1]["name"]} and kept_shop.startswith("shop-")
+    finally:
+        shop.close()
+        crm.close()

@@ -26,9 +26,10 @@ from portrait.store import Store
 log = logging.getLogger(__name__)
 
 SUFFIX = ".duckdb"
-# The names Portrait gives (and may delete once there are more than PORTRAIT_BACKUP_KEEP): their time, to the
-# millisecond, sorts them oldest first.
-AUTOMATIC = re.compile(r"^portrait-\d{8}T\d{6}\.\d{3}Z\.duckdb$")
+# The names Portrait gives (and may delete once there are more than PORTRAIT_BACKUP_KEEP): the database's own name
+# (so two databases sharing a backup folder never prune each other's), then the time, to the millisecond, which sorts
+# them oldest first.
+_TIME = r"-\d{8}T\d{6}\.\d{3}Z\.duckdb"
 # A name someone gives: a plain file name, never a path (the API must not write anywhere else).
 GIVEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -40,8 +41,17 @@ def backup_folder(settings: Settings) -> Path:
     return Path(settings.db_path).expanduser().resolve().parent / "backups"
 
 
-def automatic_name(now: datetime) -> str:
-    return f"portrait-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z{SUFFIX}"
+def database_name(settings: Settings) -> str:
+    """The database file's name without its suffix (``portrait`` for portrait.duckdb): what its backups start with."""
+    return Path(settings.db_path).name.removesuffix(SUFFIX) or "portrait"
+
+
+def automatic_name(database: str, now: datetime) -> str:
+    return f"{database}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z{SUFFIX}"
+
+
+def automatic_pattern(database: str) -> re.Pattern[str]:
+    return re.compile(re.escape(database) + _TIME)
 
 
 def _given_name(name: str) -> str:
@@ -52,16 +62,18 @@ def _given_name(name: str) -> str:
 
 
 class Backups:
-    def __init__(self, store: Store, folder: Path, keep: int) -> None:
+    def __init__(self, store: Store, folder: Path, keep: int, database: str = "portrait") -> None:
         self._store = store
         self.folder = folder
+        self._database = database
+        self._automatic = automatic_pattern(database)
         self._keep = keep
         self._making = threading.Lock()
 
     def make(self, name: str | None = None) -> dict[str, Any]:
         """Make a backup (named by its time unless ``name`` is given); returns where it is and what it took."""
         now = datetime.now(UTC)
-        file_name = automatic_name(now) if name is None else _given_name(name)
+        file_name = automatic_name(self._database, now) if name is None else _given_name(name)
         if not self._making.acquire(blocking=False):
             raise Conflict("a backup is being made; ask again once it is done", code="backup_running")
         try:
@@ -83,7 +95,7 @@ class Backups:
 
     def newest_automatic(self) -> float | None:
         """When the newest backup Portrait named was made (seconds since the epoch), if there is one."""
-        times = [f.stat().st_mtime for f in self._files() if AUTOMATIC.match(f.name)]
+        times = [f.stat().st_mtime for f in self._files() if self._automatic.fullmatch(f.name)]
         return max(times) if times else None
 
     def _target(self, file_name: str) -> Path:
@@ -123,7 +135,7 @@ class Backups:
         a name are the user's to delete."""
         if self._keep <= 0:
             return []
-        automatic = sorted(f for f in self._files() if AUTOMATIC.match(f.name))
+        automatic = sorted(f for f in self._files() if self._automatic.fullmatch(f.name))
         removed = automatic[:-self._keep]
         for old in removed:
             old.unlink(missing_ok=True)

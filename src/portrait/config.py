@@ -87,7 +87,7 @@ class Settings:
     backup_hours: int = 0
     """Make a backup every this many hours while the server runs; 0 makes them only when asked."""
     backup_keep: int = 7
-    """How many of the backups Portrait names (portrait-<time>.duckdb) are kept, newest first; 0 keeps all."""
+    """How many of the backups Portrait names (<database name>-<time>.duckdb) are kept, newest first; 0 keeps all."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from portrait import analytics, sql
 from portrait.audit import AuditLog
 from portrait.background import SharedExclusiveLock
-from portrait.backups import Backups, BackupWorker, backup_folder
+from portrait.backups import Backups, BackupWorker, backup_folder, database_name
 from portrait.config import Settings
 from portrait.connectors import Connector, connect, scrub
 from portrait.errors import BadRequest, Conflict, DatabaseInUse, NotFound, PortraitError, SyncInterrupted
@@ -165,7 +165,7 @@ class Portrait:
             after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
             catch_up=self._catch_up, suppressing=self._reading.exclusive))
         self._privacy_worker: PrivacyWorker | None = None
-        self.backups = Backups(self.store, backup_folder(settings), settings.backup_keep)
+        self.backups = Backups(self.store, backup_folder(settings), settings.backup_keep, database_name(settings))
         self._backup_worker: BackupWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
         self._syncing: set[str] = set()

@@ -28,7 +28,7 @@ from portrait.service import restore_backup
 @app.command()
 def backup(
     name: Annotated[str | None, typer.Option("--name", help="File name in the backup folder (default: "
-                                                            "portrait-<time>.duckdb).")] = None,
+                                                            "<database name>-<time>.duckdb).")] = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Back up the whole database into the backup folder, while the server runs or not (ingestion goes on)."""
