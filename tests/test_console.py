@@ -418,7 +418,7 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
 def test_back_up_from_the_admin_page(page: Page, shop: Server) -> None:
     page.goto("/admin")
     page.get_by_role("button", name="Back up now").click()
-    expect(page.locator("#backup-list")).to_contain_text("portrait-")
+    expect(page.locator("#backup-list")).to_contain_text(".duckdb")  # named <database>-<time>.duckdb
     with shop.admin() as api:
         made = api.get("/api/backups").json()["backups"]
         assert made and Path(made[0]["path"]).is_file()
