@@ -516,3 +516,31 @@ def test_a_full_disk_refuses_events_with_503_and_loses_none(small_disk: Path, tm
     finally:
         running.stop()
     assert "Traceback" not in running.log_path.read_text()  # said in one line, not a stack every second
+
+
+def _recorded_ip(server: Server, forwarded_for: str) -> str:
+    """The context.ip of an event sent from 127.0.0.1 with X-Forwarded-For set."""
+    user = f"proxied-{forwarded_for}"
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:
+        sent = client.post("/v1/track", json={"userId": user, "event": "Via Proxy"},
+                           headers={"X-Forwarded-For": forwarded_for})
+        assert sent.status_code == 200
+    server.wait_caught_up()
+    with server.admin() as admin:
+        events = admin.get(f"/api/profiles/user_id:{user}/events").json()["events"]
+    return str(events[0]["context"]["ip"])
+
+
+def test_the_client_address_comes_from_a_trusted_proxy_only(tmp_path: Path) -> None:
+    """A proxy on the same machine (the default) gives the client's address; with no trusted proxy the header is
+    ignored, so nobody can choose the address recorded for their events."""
+    trusting = start_server(str(tmp_path / "a.duckdb"), tmp_path / "a.log")
+    try:
+        assert _recorded_ip(trusting, "203.0.113.9") == "203.0.113.9"
+    finally:
+        trusting.stop()
+    wary = start_server(str(tmp_path / "b.duckdb"), tmp_path / "b.log", {"PORTRAIT_TRUSTED_PROXIES": ""})
+    try:
+        assert _recorded_ip(wary, "203.0.113.9") == "127.0.0.1"
+    finally:
+        wary.stop()

@@ -72,6 +72,8 @@ class Settings:
     """Most messageIds remembered for the duplicate check (about 130 bytes of memory each); the oldest go first."""
     checkpoint_wal_mb: int = 256
     """Size of the write-ahead log at which it is written into the database file (bigger: fewer checkpoints)."""
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    """Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto are believed; empty: none."""
     cors_origins: tuple[str, ...] = ("*",)
     """Origins allowed to call the ingestion endpoints from a browser."""
     unknown_traits: str = "infer"

@@ -83,7 +83,11 @@ def serve(
             console.print("[yellow]A profile rebuild was cut short: the processor goes on rebuilding the profiles; "
                           "run `portrait profiles rebuild` again so that the profile ids of before resolve again.[/]")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
-                                port=settings.port, log_level="warning", access_log=False)
+                                port=settings.port, log_level="warning", access_log=False,
+                                # The client's address (context.ip) and https (secure cookies) as a trusted reverse
+                                # proxy forwards them; from anyone else the headers are ignored.
+                                proxy_headers=bool(settings.trusted_proxies),
+                                forwarded_allow_ips=list(settings.trusted_proxies))
         # Ctrl-C: uvicorn shuts down gracefully, then raises it again (uvicorn.run, no longer used, swallowed it)
         with contextlib.suppress(KeyboardInterrupt):
             _stopping_server(uvicorn, config, portrait.stop_long_work).run(sockets=listening)
