@@ -17,6 +17,7 @@ from portrait.api import create_app
 from portrait.attributes import STANDARD, code_for
 from portrait.cli import app
 from portrait.config import Settings
+from portrait.mapping import RowMapping
 from portrait.service import Portrait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -95,6 +96,40 @@ def test_unknown_traits_become_custom_attributes_typed_from_their_values(portrai
     assert all(a["auto_created"] and not a["standard"] for a in custom.values())
     assert portrait.attributes.get("first_name")["usage"] == {"values": 1, "profiles": 1}
 
+
+
+def test_an_object_attribute_is_set_whole_by_events_imports_rechecks_and_rebuilds(portrait: Portrait,
+                                                                                  tmp_path: Path) -> None:
+    """An object sent under the code of an object attribute is its value: it was always flattened one level, onto
+    prefs_colors / prefs_size, so the attribute could never be set. Other objects still flatten (address_city)."""
+    portrait.create_attribute({"code": "prefs", "name": "Preferences", "type": "object"})
+    prefs = {"colors": ["red"], "size": "M", "fit": {"waist": 32}}
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "u1", "timestamp": "2026-01-01T00:00:00Z",
+         "traits": {"Prefs": prefs, "address": {"city": "Gdansk"}, "other": {"a": 1}}},
+        {"type": "identify", "userId": "u2", "traits": {"prefs": {}}},  # an empty object is a value too
+        {"type": "identify", "userId": "u3", "timestamp": "2026-01-01T00:00:00Z", "traits": {"prefs": prefs}},
+        {"type": "identify", "userId": "u3", "timestamp": "2026-01-02T00:00:00Z", "traits": {"prefs": None}}])
+    rows = tmp_path / "crm.ndjson"  # a file import's object column names the attribute too
+    rows.write_text(json.dumps({"id": "u4", "prefs": {"size": "L"}, "home": {"town": "Sopot"}}) + "\n")
+    portrait.import_file(rows, mapping=RowMapping("profiles", user_id="id"))
+    portrait.process_pending()
+    expected = {"u1": {"prefs": prefs, "address_city": "Gdansk", "other_a": 1}, "u2": {"prefs": {}}, "u3": {},
+                "u4": {"prefs": {"size": "L"}, "home_town": "Sopot"}}
+
+    def traits() -> dict[str, Any]:
+        return {user: portrait.traits(f"user_id:{user}") for user in expected}
+
+    assert traits() == expected
+    assert not {a["code"] for a in portrait.attributes.list()} & {"prefs_colors", "prefs_size", "prefs_fit"}
+    assert portrait.data_quality()["issues"] == []
+    portrait.rebuild_traits()  # portrait attributes recheck
+    assert traits() == expected
+    portrait.rebuild_profiles()  # portrait profiles rebuild
+    assert traits() == expected
+    portrait.create_attribute({"code": "home", "name": "Home", "type": "object"})  # defined later: a recheck
+    portrait.rebuild_traits()  # reads the log again with it
+    assert portrait.traits("user_id:u4") == {"prefs": {"size": "L"}, "home": {"town": "Sopot"}}
 
 @pytest.fixture
 def client(portrait: Portrait) -> Iterator[TestClient]:

@@ -175,7 +175,8 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
 
     A row with those columns is a row of Portrait's export, whose columns are attribute codes: an object in one of
     its cells is the value of that object attribute, sent whole. Elsewhere an object column is nested traits, one
-    level of which is flattened as usual (an ``address`` struct gives ``address_city``).
+    level of which the processor flattens as usual (an ``address`` struct gives ``address_city``) unless its code
+    names an object attribute, which takes it whole.
     """
     used = mapping.used_columns()
     skipped = used | set(EXPORT_COLUMNS) if mapping.kind == "profiles" and mapping.fields is None else used
@@ -231,10 +232,12 @@ def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_tex
     return message
 
 
-# An object trait is flattened one level (address.city -> address_city), so an object attribute's value, sent as
-# {"prefs": {...}}, would land on prefs_* instead. Under the name "prefs." it lands on prefs itself: the empty last
-# part adds nothing to the code (code_for strips the trailing "_"), and a code is never its own parent, so nothing is
-# recorded as nested under it. The one way to send an object attribute's value whole, used for exports only.
+# An object trait is flattened one level (address.city -> address_city) unless its code names an object attribute
+# where it is processed; an export may be imported where prefs is not defined (yet), and its value, sent as
+# {"prefs": {...}}, would land on prefs_*. Under the name "prefs." it lands on prefs itself: the empty last part adds
+# nothing to the code (code_for strips the trailing "_"), and a code is never its own parent, so nothing is recorded
+# as nested under it. The processor reads this form so whether prefs is defined or not, and it stays: the message
+# ids of exports imported before are derived from it.
 _WHOLE_KEY = ""
 
 

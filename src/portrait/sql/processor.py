@@ -357,7 +357,12 @@ QUALIFY row_number() OVER (PARTITION BY s.seq, s.purpose ORDER BY s.status, s.le
 """)
 # Trait names become attribute codes (attributes.code_for, in SQL): accents dropped (prénom -> prenom, ß -> ss),
 # camelCase -> snake_case, one level of nesting flattened with "_" (address.city -> address_city, whose parent is
-# address). A name with nothing left (名前) has the code '' and is listed as a data-quality issue. Params: lo, hi.
+# address). A name with nothing left (名前) has the code '' and is listed as a data-quality issue.
+# An object whose code names an attribute of type object is that attribute's value, kept whole: flattened, a
+# `prefs` object attribute could never be set (its value landed on prefs_colors, prefs_size...). Except the form
+# {"": value}, Portrait's import of its own exports (mapping._WHOLE_KEY), which flattens onto the code itself and
+# must keep doing so (its message ids are derived from it). Only the batch's objects are looked up in the registry,
+# so the cost stays with the events that send objects. Params: lo, hi.
 _CODE = ("trim(regexp_replace(lower(regexp_replace(strip_accents(replace({0}, 'ß', 'ss')), '([a-z0-9])([A-Z])', "
          "'\\1_\\2', 'g')), '[^a-z0-9_]+', '_', 'g'), '_')")
 # pos/sub: where the value stands in the message (document order), for names that map to the same code
@@ -369,14 +374,22 @@ WITH top AS (
     SELECT a.profile_id, e.timestamp, e.seq, j.key, j.value, j.type, j.id AS pos
     FROM events AS e JOIN b_assign AS a ON a.seq = e.seq, json_each(e.traits) AS j
     WHERE e.seq > ? AND e.seq <= ? AND e.type = 'identify'
+), objects AS (
+    SELECT *, {_CODE.format('key')} AS code FROM top WHERE type = 'OBJECT'
+), whole AS (  -- each object, and whether it is an object attribute's value
+    SELECT o.*, o.code IN (SELECT code FROM attributes WHERE type = 'object') AND json_keys(o.value) <> ['']
+                AS kept
+    FROM objects AS o
 ), named AS (
     SELECT profile_id, timestamp, seq, {_CODE.format('key')} AS code, value, type, NULL AS parent, key AS name,
            pos, -1 AS sub
     FROM top WHERE type <> 'OBJECT'
     UNION ALL
+    SELECT profile_id, timestamp, seq, code, value, type, NULL, key, pos, -1 FROM whole WHERE kept
+    UNION ALL
     SELECT t.profile_id, t.timestamp, t.seq, {_CODE.format("t.key || '.' || n.key")}, n.value, n.type,
-           {_CODE.format('t.key')}, t.key || '.' || n.key, t.pos, n.id
-    FROM top AS t, json_each(t.value) AS n WHERE t.type = 'OBJECT'
+           t.code, t.key || '.' || n.key, t.pos, n.id
+    FROM whole AS t, json_each(t.value) AS n WHERE NOT t.kept
 )
 SELECT *, CASE WHEN row_number() OVER last_first > 1 THEN first_value(name) OVER last_first END AS shadowed_by
 FROM named WINDOW last_first AS (PARTITION BY seq, profile_id, code ORDER BY pos DESC, sub DESC)
