@@ -209,6 +209,46 @@ def test_a_given_type_must_match_the_definition(portrait: Portrait) -> None:
     assert created["type"] == "integer"
 
 
+
+def test_a_definition_using_an_attribute_of_a_type_it_cannot_use_is_refused(portrait: Portrait, tmp_path: Any
+                                                                            ) -> None:
+    """days_since(first_name), years_since(plan) or concat(tags, ...) were accepted at creation (only a later type
+    change was checked) and then gave every profile null or JSON text. Now 400 invalid_attribute at the definition,
+    naming the attribute and the type it needs; in the API, the service and the CLI."""
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+    from typer.testing import CliRunner
+
+    from portrait.api import create_app
+    from portrait.cli import app
+
+    portrait.create_attribute({"code": "plan", "name": "Plan", "type": "string"})
+    portrait.create_attribute({"code": "tags", "name": "Tags", "type": "list"})
+    refused = {"days_since(first_name)": "cannot use first_name, a string attribute: it needs a date or datetime",
+               "years_since(plan)": "cannot use plan, a string attribute: it needs a date or datetime",
+               'concat(tags, " ", last_name)': "cannot use tags, a list attribute: it needs a single value"}
+    with TestClient(create_app(portrait=portrait)) as client:
+        for definition, reason in refused.items():
+            answer = client.post("/api/attributes", json={"code": "x", "name": "x", "definition": definition},
+                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["code"] == "invalid_attribute" and reason in answer.json()["message"]
+            assert answer.json().get("field", "definition") == "definition"
+    assert "x" not in {a["code"] for a in portrait.attributes.list()}
+    portrait.create_attribute({"code": "tenure", "name": "Tenure", "definition": "days_since(created_at)"})
+    with pytest.raises(BadRequest, match="cannot use plan, a string attribute") as caught:
+        portrait.update_attribute("tenure", {"definition": "days_since(plan)"})
+    assert caught.value.field == "definition"
+    assert portrait.attributes.get("tenure")["definition"] == "days_since(created_at)"
+    portrait.update_attribute("tenure", {"definition": "days_since(birthday)", "name": "Since birth"})  # a date
+    portrait.create_attribute({"code": "label", "name": "Label", "definition": 'concat(first_name, " ", plan)'})
+    db = portrait.settings.db_path
+    portrait.close()
+    result = CliRunner().invoke(app, ["attributes", "create", "age2", "--name", "Age", "--definition",
+                                      "years_since(plan)", "--db", db])
+    assert result.exit_code != 0 and "cannot use plan, a string attribute: it needs a date or datetime" in " ".join(
+        result.output.split()), result.output
+
 def test_a_type_change_that_breaks_a_definition_using_the_attribute_is_refused(portrait: Portrait) -> None:
     """Changing created_at to text or first_name to a list was checked against segments only: days_since(created_at)
     then gave every profile null and concat(first_name, ...) pasted JSON in, silently. Now 409 attribute_in_use

@@ -587,6 +587,9 @@ def test_refused_attribute_forms_come_back_as_typed(page: Page, shop: Server) ->
         'sum("Order Completed", revenue, within = 90)')
     expect(page.get_by_label("Code")).to_have_value("spend_90d")
     shot(page, "attribute-refused")
+    page.get_by_label("Definition (makes it calculated)").fill("days_since(first_name)")  # a string: no date
+    page.get_by_role("button", name="Create attribute").click()
+    _refused(page, "definition", "cannot use first_name, a string attribute: it needs a date or datetime")
     with shop.admin() as admin:
         created = admin.post("/api/attributes", json={"code": "orders_total", "name": "Orders",
                                                       "definition": 'count("Order Completed")'})

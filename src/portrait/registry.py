@@ -15,7 +15,14 @@ import orjson
 import pyarrow as pa
 
 from portrait.attributes import STANDARD, Attribute, check_code
-from portrait.conditions.calculations import definition_text, parse_definition, result_type, unfit_type
+from portrait.conditions.calculations import (
+    attribute_needs,
+    definition_text,
+    misfit,
+    parse_definition,
+    result_type,
+    unfit_type,
+)
 from portrait.errors import BadRequest, Conflict, NotFound
 from portrait.privacy import personal_copied
 from portrait.spec import utc_now
@@ -61,6 +68,8 @@ class AttributeRegistry:
         if "code" not in fields_ or "name" not in fields_:
             raise BadRequest("an attribute needs a code and a name", code="invalid_attribute")
         fields_ = {**fields_, **_calculated(fields_)}
+        if fields_.get("calculated"):
+            self.refuse_unfit_attributes(fields_["definition"])
         if fields_.get("calculated") and "is_personal_info" not in fields_:
             fields_["is_personal_info"] = self.copies_personal(fields_["definition"])
         attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
@@ -86,6 +95,8 @@ class AttributeRegistry:
         if "definition" in changes:
             changes = {**changes, **_calculated({"type": current["type"] if "type" in changes else None,
                                                  **changes})}
+            if changes["definition"] != current["definition"]:  # the console's form sends it back unchanged
+                self.refuse_unfit_attributes(changes["definition"])
             if "is_personal_info" not in changes and not current["is_personal_info"] \
                     and self.copies_personal(changes["definition"]):
                 changes["is_personal_info"] = True
@@ -134,6 +145,19 @@ class AttributeRegistry:
         if unfit:
             raise Conflict(f"cannot make {code} {kind}: the calculated attribute {'; '.join(unfit)} would no longer "
                            "make sense; change its definition first", code="attribute_in_use")
+
+    def refuse_unfit_attributes(self, definition: str) -> None:
+        """BadRequest if the definition uses an attribute whose type it cannot use (``days_since(first_name)``, a
+        string; ``concat(tags)``, a list): saved, it would give every profile null or JSON text. The check a type
+        change makes (:meth:`refuse_unfit_definitions`), made when the definition is written. An attribute not
+        defined yet passes: it may be defined next, and changing its type later is checked."""
+        calculation = parse_definition(definition)
+        types = {str(a["code"]): str(a["type"]) for a in self.list()}
+        for code in attribute_needs(calculation):
+            reason = misfit(calculation, code, types[code]) if code in types else None
+            if reason:
+                raise BadRequest(f"{definition} cannot use {code}, {_a(types[code])} attribute: {reason}",
+                                 code="invalid_attribute", field="definition")
 
     def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
         """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""
@@ -190,6 +214,11 @@ def _moment(value: date | None) -> str | None:
     if isinstance(value, datetime):  # before date: a datetime is a date too
         return value.isoformat(timespec="milliseconds") + "Z"
     return None if value is None else value.isoformat()
+
+
+def _a(kind: str) -> str:
+    """The type with its article, as in a sentence: a string, an integer."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _calculated(fields_: dict[str, Any]) -> dict[str, Any]:

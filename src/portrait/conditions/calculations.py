@@ -224,13 +224,20 @@ def attribute_needs(calculation: Calculation) -> dict[str, tuple[str, ...]]:
     return {}
 
 
-def unfit_type(calculation: Calculation, code: str, before: str, after: str) -> str | None:
-    """Why giving attribute ``code`` the type ``after`` breaks the definition, or None. A definition that did not
-    fit ``before`` either is not broken by this change."""
+def misfit(calculation: Calculation, code: str, kind: str) -> str | None:
+    """Why the definition cannot use attribute ``code`` of type ``kind`` (what it needs instead), or None."""
     needed = attribute_needs(calculation).get(code)
-    if needed is None or after in needed or before not in needed:
+    if needed is None or kind in needed:
         return None
     return f"it needs {_NEEDS[needed]}"
+
+
+def unfit_type(calculation: Calculation, code: str, before: str, after: str) -> str | None:
+    """Why giving attribute ``code`` the type ``after`` breaks the definition, or None. A definition that did not
+    fit ``before`` either (saved before definitions were checked at all) is not broken by this change."""
+    if misfit(calculation, code, before):
+        return None
+    return misfit(calculation, code, after)
 
 
 # Event functions whose result gives a property's value back (one event's value, a list of them, the extreme of
