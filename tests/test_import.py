@@ -413,6 +413,32 @@ def test_a_parquet_struct_field_a_message_did_not_name_does_not_remove_the_trait
     service.close()
 
 
+
+def test_csv_times_are_written_as_the_api_writes_them_and_keep_their_message_ids(tmp_path: Path) -> None:
+    """Arrow reads a CSV's ISO times as timestamps, which the import wrote with isoformat():
+    2024-01-05T10:11:12.345000+00:00, where the API and everything else write 2024-01-05T10:11:12.345Z. Now the API's
+    form (UTC, Z; a time without a zone is UTC; microseconds kept when there are some). The message ids are those the
+    import derived before (seen in a run of the code before this rule), so importing such a file again adds nothing."""
+    rows = tmp_path / "crm.csv"
+    rows.write_text("id,signed_up,last_login,born,plan\n"
+                    "u1,2024-01-05T10:11:12.345Z,2024-01-05 10:11:12,1990-01-02,pro\n"
+                    "u2,2024-01-06T08:00:00Z,2024-02-01 00:00:00.123456,1991-03-04,free\n"
+                    "u3,2024-01-07T09:30:00+02:00,,1992-05-06,pro\n")
+    db = str(tmp_path / "p.duckdb")
+    args = ["import", "profiles", str(rows), "--user-id", "id", "--db", db]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "stored 0" in runner.invoke(app, args).output
+    service = Portrait(Settings(db_path=db), background=False)
+    service.process_pending()
+    assert [{k: v for k, v in service.traits(f"user_id:{u}").items() if k != "plan"} for u in ("u1", "u2", "u3")] == [
+        {"signed_up": "2024-01-05T10:11:12.345Z", "last_login": "2024-01-05T10:11:12.000Z", "born": "1990-01-02"},
+        {"signed_up": "2024-01-06T08:00:00.000Z", "last_login": "2024-02-01T00:00:00.123456Z", "born": "1991-03-04"},
+        {"signed_up": "2024-01-07T07:30:00.000Z", "born": "1992-05-06"}]
+    assert [service.events(f"user_id:{u}")["events"][0]["message_id"] for u in ("u1", "u2", "u3")] == [
+        "import-ed959df746c50c6d1c3e8243db7ac39333379f0a-0", "import-4e21585324ee28fe977d2782ccf3d02c8b69e698-0",
+        "import-279f6cd1d40e82ffa2d95e1a2bfff73fb6ebd58c-0"]
+    service.close()
+
 def test_whole_number_float_ids_in_files_read_as_integers_and_keep_their_message_ids(tmp_path: Path) -> None:
     """pandas writes an integer column with a missing value as floats, and JSON does not tell 21.0 from 21: such an
     id made the customer "1.0" here and "1" from every other source, two profiles. A whole float now reads as its

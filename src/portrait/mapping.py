@@ -171,7 +171,8 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
     Identifier columns are written as text with :func:`portrait.identity.id_text` (a float 1.0 is ``"1"``). With
     ``ids``, a message without a messageId gets one derived from it as it was mapped before that rule (``"1.0"``),
     so a file imported before gives the same ids again, and importing it once more adds nothing. Likewise for
-    Portrait's own export columns (``EXPORT_COLUMNS``), which are no traits unless ``fields`` names them.
+    Portrait's own export columns (``EXPORT_COLUMNS``), which are no traits unless ``fields`` names them, and for
+    times, written as the API writes them (:func:`_plain`) but as ``isoformat()`` in the message ids derive from.
 
     A row with those columns is a row of Portrait's export, whose columns are attribute codes: an object in one of
     its cells is the value of that object attribute, sent whole. Elsewhere an object column is nested traits, one
@@ -189,16 +190,19 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
         message = _message(row, mapping, skipped, id_text, whole=exported)
         if ids is not None:
             floats = any(row.get(c).__class__ is float for c in columns)  # rare: the second mapping only for them
-            message = ids.assign(message, _message(row, mapping, used, str if floats else id_text)
-                                 if floats or exported else None)
+            times = any(isinstance(value, datetime) for value in row.values())
+            message = ids.assign(message, _message(row, mapping, used, str if floats else id_text, plain=_plain_before)
+                                 if floats or exported or times else None)
         yield message
 
 
 def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_text: Callable[[Any], str], *,
-             whole: bool = False) -> dict[str, Any]:
-    """The row's message; with ``whole``, an object in a cell stays that one trait's value (``_WHOLE_KEY``)."""
+             whole: bool = False, plain: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """The row's message; with ``whole``, an object in a cell stays that one trait's value (``_WHOLE_KEY``).
+    ``plain`` writes the cells (:func:`_plain` unless given)."""
+    plain = plain or _plain
     columns = mapping.fields if mapping.fields is not None else [c for c in row if c not in used]
-    values = {mapping.renames.get(c, c): _plain(row.get(c)) for c in columns if row.get(c) is not None}
+    values = {mapping.renames.get(c, c): plain(row.get(c)) for c in columns if row.get(c) is not None}
     if whole:
         values = {name: {_WHOLE_KEY: value} if value.__class__ is dict else value for name, value in values.items()}
     message: dict[str, Any] = {"type": "track" if mapping.kind == "events" else "identify"}
@@ -257,6 +261,21 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    """A cell as the wire format has it: a time (a CSV's ISO times, read by Arrow) as the API writes times, in UTC
+    with milliseconds (microseconds when it has them) and Z, ``2024-01-05T10:11:12.345Z``; one without a zone is
+    UTC, as elsewhere in files. Written with ``isoformat()`` (``...12.345000+00:00``) before, which no other path
+    wrote: a string attribute then held two spellings of one time."""
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        return utc.isoformat(timespec="microseconds" if utc.microsecond % 1000 else "milliseconds") + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _plain_before(value: Any) -> Any:
+    """A cell as files imported before times were written as the API writes them had it: their message ids are
+    derived from this, so importing such a file again adds nothing."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
