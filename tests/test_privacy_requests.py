@@ -611,3 +611,16 @@ def test_retention_leaves_property_based_calculations_the_events_still_held(port
     portrait.recalculate()
     after = portrait.profile("user_id:r2")["traits"]
     assert (after["revenue_all"], after["orders_all"], after["first_order"]) == (5, 2, before["first_order"])
+
+
+def test_retention_takes_rejected_messages_received_before_the_window(portrait: Portrait) -> None:
+    """A rejected message keeps what was sent (here an email) for someone to look at, not beyond the retention."""
+    from datetime import timedelta
+
+    from portrait.spec import utc_now
+
+    portrait.ingest_messages([{"type": "track", "userId": "r3", "context": {"traits": {"email": "kept@example.com"}}}])
+    assert portrait.rejected()["rejected"], "a track without an event name is rejected, and kept"
+    assert portrait.privacy.expire(30) == 0 and portrait.rejected()["rejected"]  # received today: within 30 days
+    portrait.privacy.expire(30, now=utc_now() + timedelta(days=31))
+    assert portrait.rejected()["rejected"] == []

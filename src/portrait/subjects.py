@@ -246,7 +246,8 @@ class PrivacyRequests:
         return int(self._session().execute(q.COUNT_EXPIRED)[0][0])
 
     def expire(self, days: int, now: datetime | None = None) -> int:
-        """Delete raw events older than ``days`` (retention); returns how many went."""
+        """Delete raw events older than ``days`` (retention), and rejected messages received before then; returns
+        how many raw events went."""
         if days <= 0:
             return 0
         cutoff = (now or utc_now()) - timedelta(days=days)
@@ -256,8 +257,10 @@ class PrivacyRequests:
             if count:
                 for statement in q.EXPIRE:
                     session.execute(statement, [cutoff])
-        if count:
-            log.info("retention: deleted %d raw events older than %d days", count, days)
+            rejected = int(session.execute(q.EXPIRE_REJECTED, [cutoff])[0][0])
+        if count or rejected:
+            log.info("retention: deleted %d raw events and %d rejected messages older than %d days", count, rejected,
+                     days)
         return count
 
     def _suppress(self, keys: list[str], request_id: str) -> None:

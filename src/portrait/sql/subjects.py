@@ -149,3 +149,6 @@ EXPIRE = [
     parse(f"DELETE {_EXPIRING}"),
 ]
 COUNT_EXPIRED = parse("SELECT count(*) FROM expired_events")
+# Rejected messages keep what was sent (names, emails) for someone to look at: retention takes them by when they
+# were received. Params: the cut-off time.
+EXPIRE_REJECTED = parse("DELETE FROM rejected_events WHERE received_at < ?")
