@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
@@ -539,6 +542,47 @@ def test_each_key_is_rate_limited_with_retry_after(tmp_path: Path) -> None:
             assert sent[-1].headers["x-ratelimit-reset"] == sent[-1].headers["retry-after"]
             assert "X-RateLimit-Reset" in sent[-1].headers["access-control-expose-headers"]
     finally:
+        service.close()
+
+
+def test_ingestion_answers_503_with_retry_after_past_the_bytes_in_progress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure instead of an ever-longer wait: with a request in progress holding the bound (its commit held,
+    as by a slow disk), the next is refused at once, unparsed, and arrives when sent again."""
+    settings = Settings(db_path=str(tmp_path / "q.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY,
+                        ingest_pending_mb=1, max_batch_bytes=2_000_000)
+    service = Portrait(settings, background=False)
+    release = threading.Event()
+    append = service.writer._append
+
+    def held_append(*args: Any) -> Any:
+        release.wait(10)
+        return append(*args)
+
+    monkeypatch.setattr(service.writer, "_append", held_append)
+    big = {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": f"m{i}",
+                      "properties": {"note": "x" * 10_000}} for i in range(110)]}  # over 1 MB
+    retry = {"type": "track", "userId": "u", "event": "E", "messageId": "last"}
+    app = create_app(portrait=service)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                     auth=(WRITE_KEY, "")) as client:
+            first = asyncio.create_task(client.post("/v1/batch", json=big))
+            while not service.writer.queued_events:  # admitted, read and waiting for its commit
+                await asyncio.sleep(0.01)
+            refused = await client.post("/v1/track", json=retry)
+            release.set()
+            return await first, refused, await client.post("/v1/track", json=retry)
+
+    try:
+        first, refused, again = asyncio.run(scenario())
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert refused.json()["code"] == "overloaded" and "send it again" in refused.json()["message"]
+        assert first.status_code == 200 and again.status_code == 200
+        assert service.status()["events_received"] == 111 and service.status()["ingest_queue_events"] == 0
+    finally:
+        release.set()
         service.close()
 
 

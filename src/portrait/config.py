@@ -66,6 +66,8 @@ class Settings:
     """Shortest time between the starts of two processor batches while it is caught up (each batch has a fixed cost)."""
     commit_max_events: int = 20000
     """Most events the ingest writer groups into one commit."""
+    ingest_pending_mb: int = 32
+    """Most megabytes of ingestion bodies in progress (read, checked, awaiting commit); past it: 503, 0: no bound."""
     dedup_window_hours: int = 168
     """How long live traffic's messageIds are remembered for the duplicate check (imports check the whole log)."""
     dedup_max_ids: int = 5_000_000

@@ -237,9 +237,9 @@ class Portrait:
     def ingest(self, request: IncomingRequest) -> Future[IngestResult]:
         """Authenticate, read and validate a request; the future resolves once its events are committed.
 
-        Raises Unauthorized (no/unknown key) or BadRequest (unreadable body). An unreadable body from an
-        authenticated sender (key in header or query, or in a body refused as a whole) is kept in the rejected events,
-        so the user can see it.
+        Raises Unauthorized (no/unknown key), BadRequest (unreadable body) or RateLimited. An unreadable body from
+        an authenticated sender (key in header or query, or in a body refused as a whole) is kept in the rejected
+        events, so the user can see it.
         """
         header_key = key_from_basic_auth(request.authorization) or request.query_key
         # A key sent beside the body is checked before the body is read: an unknown one costs no decompressing or
@@ -681,6 +681,7 @@ class Portrait:
             "events_rejected": int(session.execute(reads.COUNT_REJECTED)[0][0]),
             "events_suppressed": int(counters.get("events_suppressed", 0)),
             "events_duplicate": int(counters.get("events_duplicate", 0)),
+            "ingest_queue_events": self.writer.queued_events,
             "profiles": int(session.execute(reads.COUNT_PROFILES)[0][0]),
             "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),

@@ -133,6 +133,8 @@ class EventWriter:
                  dedup: DedupPolicy = DedupPolicy()) -> None:
         self._store = store
         self._max_events = max_events
+        self._queued = 0  # events submitted and not yet committed (or failed), for /api/status
+        self._queued_lock = threading.Lock()
         self._on_commit = on_commit
         self._last_seq: int | None = None  # highest sequence number handed out (only this thread appends)
         self._recent = RecentMessageIds(dedup.window, dedup.max_ids)
@@ -152,8 +154,18 @@ class EventWriter:
         if not len(events) and not rejections and not suppressed:
             pending.future.set_result(IngestResult(0, 0, 0))
         else:
+            self._count_queued(len(events))
             self._queue.put(pending)
         return pending.future
+
+    @property
+    def queued_events(self) -> int:
+        """Events submitted and not yet committed."""
+        return self._queued
+
+    def _count_queued(self, change: int) -> None:
+        with self._queued_lock:
+            self._queued += change
 
     def flush(self) -> None:
         """Wait until everything submitted before this call is committed (raises if that commit fails)."""
@@ -176,7 +188,10 @@ class EventWriter:
             while True:
                 group, stop = self._take_group()
                 if group:
-                    self._commit(session, group)
+                    try:
+                        self._commit(session, group)
+                    finally:  # answered, either way: no longer waiting
+                        self._count_queued(-sum(len(pending.events) for pending in group))
                 if stop:
                     return
         finally:

@@ -42,6 +42,9 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Retry-After, X-RateLimit-Reset",
 }
 Answer = tuple[int, bytes, dict[str, str]]
+# How long a sender refused as overloaded is asked to wait (segment-analytics-python waits this long; other SDKs
+# back off on their own): the bodies in progress are read and committed within seconds.
+OVERLOADED_RETRY_AFTER = 2
 
 
 def cors_for(portrait: Portrait, origin: str | None, requested_headers: str | None = None) -> dict[str, str]:
@@ -78,6 +81,35 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
     return 200, SUCCESS, cors
 
 
+class Admission:
+    """Bytes of ingestion bodies in progress (being read, checked, or waiting for their commit), bounded.
+
+    The event loop reads and checks every body (~25 ms for 500 KB) and takes requests in turn, so without a bound
+    each connection added its body to every other request's wait: at 256 connections sending 400 KB batches,
+    requests waited up to 28 s (past the SDKs' 15 s timeout, so they sent them again) and /api/status 30-40 s. A
+    request is counted by its Content-Length from its start, so the work ahead of an admitted one is bounded;
+    one that would pass the bound is refused before its body is read into memory. Only the event loop uses it."""
+
+    def __init__(self, limit_bytes: int, largest_body: int) -> None:
+        self.limit = limit_bytes  # 0: no bound
+        self.largest_body = largest_body  # counted for a body of unknown length (chunked)
+        self.in_progress = 0
+
+    def enter(self, headers: Headers) -> int | None:
+        """The bytes counted for this request, or None when it would pass the bound (a lone request always fits)."""
+        size = self._declared(headers.get("content-length"))
+        if self.limit and self.in_progress and self.in_progress + size > self.limit:
+            return None
+        self.in_progress += size
+        return size
+
+    def leave(self, size: int) -> None:
+        self.in_progress -= size
+
+    def _declared(self, length: str | None) -> int:
+        return min(int(length), self.largest_body) if length and length.isdigit() else self.largest_body
+
+
 class IngestFastPath:
     """Answers ``POST /v1/<endpoint>`` directly and hands every other request to ``app``."""
 
@@ -85,6 +117,7 @@ class IngestFastPath:
         self.app = app
         self._portrait = portrait
         self._paths = {path: endpoint for endpoint in ENDPOINTS for path in _paths(f"/v1/{endpoint}")}
+        self.admission = Admission(portrait.settings.ingest_pending_mb * 1024 * 1024, portrait.limits.max_raw_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -92,6 +125,16 @@ class IngestFastPath:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        counted = self.admission.enter(headers)
+        if counted is None:
+            await self._refuse_overloaded(headers, receive, send)
+            return
+        try:
+            await self._ingest(endpoint, scope, headers, receive, send)
+        finally:
+            self.admission.leave(counted)
+
+    async def _ingest(self, endpoint: str, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") if scope["query_string"] else None
         client = scope.get("client")
         received = await _body(receive, self._portrait.limits.max_raw_bytes)
@@ -100,13 +143,28 @@ class IngestFastPath:
         status, body, extra = await answer(self._portrait, endpoint, received[0], headers,
                                            query[0] if query else None, client[0] if client else None,
                                            complete=received[1])
-        if not received[1]:
-            extra = {**extra, "Connection": "close"}  # the rest of the body is not read: the connection ends
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       *((name.lower().encode("latin-1"), value.encode("latin-1"))
-                         for name, value in {**API_HEADERS, **extra}.items())]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send(send, status, body, extra, complete=received[1])
+
+    async def _refuse_overloaded(self, headers: Headers, receive: Receive, send: Send) -> None:
+        """503 with Retry-After, the body read and dropped unparsed (so the keep-alive connection can be reused)."""
+        complete = await _drain(receive, self._portrait.limits.max_raw_bytes)
+        if complete is None:
+            return
+        message = (f"the server is busy: {self.admission.in_progress // 1024} KB of requests are being read or "
+                   f"written (PORTRAIT_INGEST_PENDING_MB); nothing of this request was stored, send it again in "
+                   f"{OVERLOADED_RETRY_AFTER} s")
+        extra = {**cors_for(self._portrait, headers.get("origin")), "Retry-After": str(OVERLOADED_RETRY_AFTER)}
+        await _send(send, 503, error_body("overloaded", message), extra, complete=complete)
+
+
+async def _send(send: Send, status: int, body: bytes, extra: dict[str, str], *, complete: bool) -> None:
+    if not complete:
+        extra = {**extra, "Connection": "close"}  # the rest of the body is not read: the connection ends
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *((name.lower().encode("latin-1"), value.encode("latin-1"))
+                     for name, value in {**API_HEADERS, **extra}.items())]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _paths(path: str) -> tuple[str, str]:
@@ -133,6 +191,20 @@ async def _body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
             return b"".join(chunks), False
         if not message.get("more_body", False):
             return b"".join(chunks), True
+
+
+async def _drain(receive: Receive, limit: int) -> bool | None:
+    """Read a body without keeping it: whether it was read to its end (None: the client disconnected first)."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
 
 
 def router(portrait: Portrait) -> APIRouter:
