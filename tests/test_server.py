@@ -544,3 +544,20 @@ def test_the_client_address_comes_from_a_trusted_proxy_only(tmp_path: Path) -> N
         assert _recorded_ip(wary, "203.0.113.9") == "127.0.0.1"
     finally:
         wary.stop()
+
+
+def test_a_body_sent_too_slowly_is_answered_408_and_its_connection_closed(tmp_path: Path) -> None:
+    """uvicorn has no timeout for a request body: a client that never finished one held its connection (and its
+    share of PORTRAIT_INGEST_PENDING_MB) for good, so a few hundred of them refused everyone else."""
+    running = start_server(str(tmp_path / "slow.duckdb"), tmp_path / "slow.log",
+                           {"PORTRAIT_BODY_TIMEOUT_SECONDS": "1"})
+    try:
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n{\"batch\":[")
+            answer = b""
+            while chunk := slow.recv(4096):  # until the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b'"code":"body_timeout"' in answer
+    finally:
+        running.stop()

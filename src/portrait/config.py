@@ -68,6 +68,8 @@ class Settings:
     """Most events the ingest writer groups into one commit."""
     ingest_pending_mb: int = 32
     """Most megabytes of ingestion bodies in progress (read, checked, awaiting commit); past it: 503, 0: no bound."""
+    body_timeout_seconds: int = 30
+    """Longest time an ingestion request's body may take to arrive; a slower one is answered 408 and closed."""
     dedup_window_hours: int = 168
     """How long live traffic's messageIds are remembered for the duplicate check (imports check the whole log)."""
     dedup_max_ids: int = 5_000_000

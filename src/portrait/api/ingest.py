@@ -137,7 +137,12 @@ class IngestFastPath:
     async def _ingest(self, endpoint: str, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") if scope["query_string"] else None
         client = scope.get("client")
-        received = await _body(receive, self._portrait.limits.max_raw_bytes)
+        try:
+            async with asyncio.timeout(self._portrait.settings.body_timeout_seconds):
+                received = await _body(receive, self._portrait.limits.max_raw_bytes)
+        except TimeoutError:
+            await self._refuse_slow(send)
+            return
         if received is None:
             return  # the client went away before sending everything: nothing was read, no one to answer
         status, body, extra = await answer(self._portrait, endpoint, received[0], headers,
@@ -147,7 +152,12 @@ class IngestFastPath:
 
     async def _refuse_overloaded(self, headers: Headers, receive: Receive, send: Send) -> None:
         """503 with Retry-After, the body read and dropped unparsed (so the keep-alive connection can be reused)."""
-        complete = await _drain(receive, self._portrait.limits.max_raw_bytes)
+        try:
+            async with asyncio.timeout(self._portrait.settings.body_timeout_seconds):
+                complete = await _drain(receive, self._portrait.limits.max_raw_bytes)
+        except TimeoutError:
+            await self._refuse_slow(send)
+            return
         if complete is None:
             return
         message = (f"the server is busy: {self.admission.in_progress // 1024} KB of requests are being read or "
@@ -155,6 +165,15 @@ class IngestFastPath:
                    f"{OVERLOADED_RETRY_AFTER} s")
         extra = {**cors_for(self._portrait, headers.get("origin")), "Retry-After": str(OVERLOADED_RETRY_AFTER)}
         await _send(send, 503, error_body("overloaded", message), extra, complete=complete)
+
+
+    async def _refuse_slow(self, send: Send) -> None:
+        """408 and the connection closed: uvicorn has no timeout for a body, so a client sending one slowly (or
+        never finishing) held its connection, its buffer and its share of the admission bound for good."""
+        seconds = self._portrait.settings.body_timeout_seconds
+        message = (f"the request body did not arrive within {seconds} s (PORTRAIT_BODY_TIMEOUT_SECONDS); nothing "
+                   "was stored")
+        await _send(send, 408, error_body("body_timeout", message), {}, complete=False)
 
 
 async def _send(send: Send, status: int, body: bytes, extra: dict[str, str], *, complete: bool) -> None:
