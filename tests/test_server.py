@@ -561,3 +561,28 @@ def test_a_body_sent_too_slowly_is_answered_408_and_its_connection_closed(tmp_pa
         assert answer.startswith(b"HTTP/1.1 408") and b'"code":"body_timeout"' in answer
     finally:
         running.stop()
+
+
+def test_large_batches_plain_and_gzipped_are_read_in_the_worker_thread_and_stored(server: Server) -> None:
+    """Bodies past INLINE_BODY_BYTES (once decompressed, as guessed) are read off the event loop: every event of
+    them is stored and applied as for a small batch, and the loop answers /healthz meanwhile."""
+    import gzip
+    import secrets
+
+    import orjson
+
+    from portrait.api.ingest import INLINE_BODY_BYTES, _large
+
+    def batch(tag: str) -> bytes:
+        events = [{"type": "track", "userId": f"{tag}-{i % 50}", "event": "Big Batch", "messageId": f"{tag}-{i}",
+                   "properties": {"note": secrets.token_hex(40)}} for i in range(1000)]
+        return orjson.dumps({"batch": events})
+
+    plain, zipped = batch("plain"), gzip.compress(batch("zipped"))
+    assert _large(plain, None) and _large(zipped, "gzip") and len(zipped) < INLINE_BODY_BYTES
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=30) as client:
+        assert client.post("/v1/batch", content=plain).status_code == 200
+        assert client.post("/v1/batch", content=zipped, headers={"Content-Encoding": "gzip"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
+    status = server.wait_caught_up()
+    assert status["events_received"] == 2000 and status["profiles"] == 100
