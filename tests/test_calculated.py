@@ -273,5 +273,8 @@ def test_a_type_change_that_breaks_a_definition_using_the_attribute_is_refused(p
             assert answer.status_code == 409 and answer.json()["code"] == "attribute_in_use", answer.text
             assert naming in answer.json()["message"] and "change its definition first" in answer.json()["message"]
             assert portrait.attributes.get(code)["type"] != kind
+        typo = change("created_at", "strin")  # not a type: the registry's 400, not "would no longer make sense"
+        assert typo.status_code == 400 and typo.json()["code"] == "invalid_attribute", typo.text
+        assert "is not one of" in typo.json()["message"]
         assert change("created_at", "date").status_code == 200  # still a date to count from
         assert change("first_name", "enum").status_code == 200  # still one value

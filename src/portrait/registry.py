@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from portrait.attributes import STANDARD, Attribute, check_code
+from portrait.attributes import STANDARD, TYPES, Attribute, check_code
 from portrait.conditions.calculations import (
     attribute_needs,
     definition_text,
@@ -133,8 +133,8 @@ class AttributeRegistry:
         uses it (``days_since(created_at)`` once created_at is text), as segments' conditions are checked: the
         values would quietly become null or JSON text."""
         before = str(self.get(code)["type"])
-        if before == kind:
-            return
+        if before == kind or kind not in TYPES:
+            return  # no change, or not a type at all (update refuses that: 400, not a conflict)
         unfit = []
         for attribute in self.list():
             if not attribute["calculated"] or not attribute["definition"] or attribute["code"] == code:
