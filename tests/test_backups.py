@@ -150,7 +150,7 @@ def test_a_restore_is_refused_while_a_server_holds_the_database(tmp_path: Path) 
     try:
         result = runner.invoke(app, ["restore", made["path"], "--db", str(db), "--yes"])
         assert result.exit_code == 1
-        assert "stop the server before restoring" in result.output
+        assert "writer). Stop the server before restoring a backup into it." in " ".join(result.output.split())
     finally:
         server.stop()
     assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))

@@ -815,7 +815,7 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
         try:
             current = Portrait(settings.with_overrides(db_path=str(database)), background=False)
         except DatabaseInUse as exc:
-            raise DatabaseInUse(f"{exc.message}; stop the server before restoring a backup into it") from exc
+            raise DatabaseInUse(f"{exc.message} Stop the server before restoring a backup into it.") from exc
     staging = database.with_name(database.name + ".restoring")
     try:
         _remove_database_files(staging)
