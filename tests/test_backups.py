@@ -21,7 +21,7 @@ from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 from portrait.backups import BackupWorker, automatic_pattern
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.errors import NotFound, StorageUnavailable, Unauthorized
+from portrait.errors import BadRequest, NotFound, StorageUnavailable, Unauthorized
 from portrait.service import Portrait
 
 runner = CliRunner()
@@ -443,3 +443,26 @@ def test_databases_sharing_a_backup_folder_never_prune_each_others_backups(tmp_p
     finally:
         shop.close()
         crm.close()
+
+
+def test_a_name_shaped_as_portraits_own_is_refused_and_a_busy_schedule_waits(tmp_path: Path) -> None:
+    """A backup named like the ones PORTRAIT_BACKUP_KEEP deletes would be deleted in its turn; a scheduled backup
+    meeting one being made skips its turn quietly instead of failing."""
+    service = _open(tmp_path / "portrait.duckdb")
+    try:
+        with pytest.raises(BadRequest, match="shaped as the names Portrait gives"):
+            service.backups.make("portrait-20261124T011502.123Z")
+        assert service.backups.make("portrait-before-upgrade")["name"] == "portrait-before-upgrade.duckdb"
+        with service.backups._making:  # a backup asked for is being made
+            BackupWorker(service.backups, hours=1).step()
+        assert [b["name"] for b in service.backups.listing()["backups"]] == ["portrait-before-upgrade.duckdb"]
+    finally:
+        service.close()
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused_at_start() -> None:
+    from portrait.config import load_settings
+
+    with pytest.raises(ValueError, match=r"PORTRAIT_TRUSTED_PROXIES=10\.0\.0\.0/8,bogus: .*'bogus' is not an address"):
+        load_settings({"PORTRAIT_TRUSTED_PROXIES": "10.0.0.0/8,bogus"})
+    assert load_settings({"PORTRAIT_TRUSTED_PROXIES": "10.0.0.0/8,::1"}).trusted_proxies == ("10.0.0.0/8", "::1")

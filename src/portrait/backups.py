@@ -9,13 +9,16 @@ taken (see :func:`portrait.service.restore_backup`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from portrait.background import Worker
@@ -73,7 +76,7 @@ class Backups:
     def make(self, name: str | None = None) -> dict[str, Any]:
         """Make a backup (named by its time unless ``name`` is given); returns where it is and what it took."""
         now = datetime.now(UTC)
-        file_name = automatic_name(self._database, now) if name is None else _given_name(name)
+        file_name = automatic_name(self._database, now) if name is None else self._given(name)
         if not self._making.acquire(blocking=False):
             raise Conflict("a backup is being made; ask again once it is done", code="backup_running")
         try:
@@ -86,17 +89,27 @@ class Backups:
         finally:
             self._making.release()
         log.info("backup %s made in %.1f s", target, seconds)
-        return {**_describe(target), "seconds": round(seconds, 2), "removed": removed}
+        return {**_describe(target, target.stat()), "seconds": round(seconds, 2), "removed": removed}
 
     def listing(self) -> dict[str, Any]:
         """The backups in the folder, newest first."""
-        found = sorted(self._files(), key=lambda f: f.stat().st_mtime, reverse=True)
-        return {"folder": str(self.folder), "keep": self._keep, "backups": [_describe(f) for f in found]}
+        found = sorted(self._files().items(), key=lambda item: item[1].st_mtime, reverse=True)
+        return {"folder": str(self.folder), "keep": self._keep,
+                "backups": [_describe(path, stat) for path, stat in found]}
 
     def newest_automatic(self) -> float | None:
         """When the newest backup Portrait named was made (seconds since the epoch), if there is one."""
-        times = [f.stat().st_mtime for f in self._files() if self._automatic.fullmatch(f.name)]
+        times = [stat.st_mtime for path, stat in self._files().items() if self._automatic.fullmatch(path.name)]
         return max(times) if times else None
+
+    def _given(self, name: str) -> str:
+        """A name someone gives, checked; never one shaped as Portrait's own, which PORTRAIT_BACKUP_KEEP would
+        delete in its turn."""
+        file_name = _given_name(name)
+        if self._automatic.fullmatch(file_name):
+            raise BadRequest(f"{file_name!r} is shaped as the names Portrait gives the backups it may delete "
+                             "(PORTRAIT_BACKUP_KEEP): choose another name", code="invalid_backup", field="name")
+        return file_name
 
     def _target(self, file_name: str) -> Path:
         try:
@@ -125,10 +138,18 @@ class Backups:
                 f"takes up to {needed / 1_000_000:,.1f} MB: no backup was made; free space there, or set "
                 "PORTRAIT_BACKUP_DIR to a disk with room", code="backup_no_room")
 
-    def _files(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return [f for f in self.folder.iterdir() if f.is_file() and f.name.endswith(SUFFIX)]
+    def _files(self) -> dict[Path, os.stat_result]:
+        """The backups in the folder with their details. One deleted meanwhile (pruned by a backup running at the
+        same moment) is left out: the listing answered 500 when it went between the folder's listing and its own."""
+        found: dict[Path, os.stat_result] = {}
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if path.name.endswith(SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        stat = path.stat()
+                        if S_ISREG(stat.st_mode):
+                            found[path] = stat
+        return found
 
     def _prune(self) -> list[str]:
         """Delete the oldest of the backups Portrait named beyond the newest ``keep`` (0 keeps all); backups given
@@ -143,8 +164,7 @@ class Backups:
         return [f.name for f in removed]
 
 
-def _describe(path: Path) -> dict[str, Any]:
-    stat = path.stat()
+def _describe(path: Path, stat: os.stat_result) -> dict[str, Any]:
     made = datetime.fromtimestamp(stat.st_mtime, UTC)
     return {"name": path.name, "path": str(path), "bytes": stat.st_size,
             "created_at": made.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
@@ -166,4 +186,7 @@ class BackupWorker(Worker):
     def step(self) -> None:
         newest = self._backups.newest_automatic()
         if newest is None or time.time() - newest >= self._seconds:
-            self._backups.make()
+            try:
+                self._backups.make()
+            except Conflict:  # one asked for is being made right now: it will do, and the next look is in a minute
+                log.info("scheduled backup skipped: another backup is being made")

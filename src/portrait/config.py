@@ -5,6 +5,7 @@ Every setting is documented in docs/settings.md; a test checks that the two agre
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -102,6 +103,13 @@ class Settings:
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
         if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:
             raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
+        for proxy in self.trusted_proxies:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:  # uvicorn would trust no one for it, silently
+                    raise ValueError(f"trusted_proxies: {proxy!r} is not an address or a network (e.g. 10.0.0.0/8)"
+                                     ) from None
         if self.backup_hours < 0 or self.backup_keep < 0:
             raise ValueError("backup_hours and backup_keep must be 0 or more")
         if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
