@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -459,4 +460,49 @@ def test_whole_number_float_ids_in_files_read_as_integers_and_keep_their_message
     assert [service.events(f"user_id:{i}")["events"][0]["message_id"] for i in ("1", "2", "3.5", "21")] == [
         "import-cfb2ac284c88a09bc9af5a6567397fc7f3c3ad31-0", "import-581a662d0dd9660389331a1284caa625bfa688ad-0",
         "import-6888386efad0d2d71e9137859a43a85ca01b8ca3-0", "import-b409b4446bedf07d45ff605010d678b455aaf90d-0"]
+    service.close()
+
+
+def test_parquet_times_are_written_as_the_api_writes_them_and_keep_their_message_ids(tmp_path: Path) -> None:
+    """Top-level Parquet times were written with isoformat(), a Z added only without a zone: a timestamp with a zone
+    kept it (2024-01-05T11:11:12.345000+01:00), one without came as 2024-01-05T10:11:12Z, a date as 1990-01-02Z, and
+    times inside a struct as orjson writes them (2024-01-05T10:11:12). Now all as the API writes times (as CSV
+    imports do). The message ids are those the code before derived (seen in a run of it), so importing such files
+    again adds nothing."""
+    warsaw = pa.timestamp("us", tz="Europe/Warsaw")
+    crm = tmp_path / "crm.parquet"
+    pq.write_table(pa.table({
+        "id": ["u1", "u2"],
+        "signed_up": pa.array([datetime(2024, 1, 5, 10, 11, 12, 345000, UTC), datetime(2024, 1, 6, 8, tzinfo=UTC)],
+                              warsaw),
+        "last_login": pa.array([datetime(2024, 1, 5, 10, 11, 12), datetime(2024, 2, 1, 0, 0, 0, 123456)],
+                               pa.timestamp("us")),
+        "born": pa.array([date(1990, 1, 2), date(1991, 3, 4)], pa.date32()),
+        "visit": pa.array([{"at": datetime(2024, 3, 1, 9)}, {"at": None}], pa.struct([("at", pa.timestamp("ms"))])),
+    }), crm)
+    messages = tmp_path / "messages.parquet"
+    pq.write_table(pa.table({
+        "type": ["track"], "event": ["Order Completed"], "userId": ["u1"],
+        "timestamp": pa.array([datetime(2024, 1, 7, 9, 30)], pa.timestamp("us")),
+        "properties": pa.array([{"shipped": datetime(2024, 1, 8, 7, 30, tzinfo=UTC)}],
+                               pa.struct([("shipped", pa.timestamp("ms", tz="UTC"))]))}), messages)
+    db = str(tmp_path / "p.duckdb")
+    imports = [["import", "profiles", str(crm), "--user-id", "id", "--db", db],
+               ["import", "events", str(messages), "--db", db]]
+    for args in imports:
+        assert runner.invoke(app, args).exit_code == 0
+        assert "stored 0" in runner.invoke(app, args).output
+    service = Portrait(Settings(db_path=db), background=False)
+    service.process_pending()
+    assert [service.traits(f"user_id:{u}") for u in ("u1", "u2")] == [
+        {"signed_up": "2024-01-05T10:11:12.345Z", "last_login": "2024-01-05T10:11:12.000Z", "born": "1990-01-02",
+         "visit_at": "2024-03-01T09:00:00.000Z"},
+        {"signed_up": "2024-01-06T08:00:00.000Z", "last_login": "2024-02-01T00:00:00.123456Z", "born": "1991-03-04"}]
+    events = service.events("user_id:u1")["events"]
+    assert [(e["type"], e["properties"]) for e in events] == [  # the identify has no time: received now, later
+        ("identify", {}), ("track", {"shipped": "2024-01-08T07:30:00.000Z"})]
+    assert events[1]["timestamp"] == "2024-01-07T09:30:00.000Z"
+    assert [e["message_id"] for u in ("u1", "u2") for e in service.events(f"user_id:{u}")["events"]] == [
+        "import-5a8e98dc5afa60cdea0bd249b96fa865e6df3c80-0", "import-8b26e411f1719cb5257879b5e78ffbff5a596b5e-0",
+        "import-8c5506980fe59f2f61b2a144fed4ed6794525e70-0"]
     service.close()

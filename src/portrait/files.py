@@ -11,7 +11,8 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date, time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from portrait.connectors import plain
 from portrait.errors import BadRequest
 from portrait.identity import identity_trait_names
-from portrait.mapping import MessageIds, RowMapping, rows_to_messages
+from portrait.mapping import MessageIds, RowMapping, api_times, rows_to_messages
 from portrait.spec import Unreadable
 
 FORMATS = ("ndjson", "json", "parquet", "csv")
@@ -67,13 +68,17 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     else:
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
     ids = MessageIds()
+    times = file_format == "parquet" and any(_has_times(f.type) for f in pq.ParquetFile(path).schema_arrow)
     if mapping is not None:
-        rows = _mapped(rows, mapping, ids)
+        rows = _mapped(rows, mapping, ids, _parquet_before if times else None)
+    elif times:
+        rows = (ids.assign(row, _parquet_before(row)) for row in rows)
     tidy = _without_struct_nulls(path) if file_format == "parquet" else None
     chunk: list[Any] = []
     for message in rows:
         # The id first: it derives from the message as read before, so files imported before keep their ids
-        chunk.append(ids.assign(message) if tidy is None else tidy(ids.assign(message)))
+        message = ids.assign(message) if tidy is None else tidy(ids.assign(message))
+        chunk.append(api_times(message) if times else message)  # only files holding times are walked
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = []
@@ -94,15 +99,16 @@ def csv_delimiter(path: Path, given: str | None) -> str:
     return given
 
 
-def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds) -> Iterator[Any]:
+def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds,
+            before: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Iterator[Any]:
     """The rows as messages (with their ids), once the first object among them shows the mapping's columns are
     there. Rows that are not objects (a line that is not JSON) become rejections; a file with no object among its
-    first rows is refused."""
+    first rows is refused. ``before``: see :func:`portrait.mapping.rows_to_messages`."""
     leading: list[Any] = []
     for row in rows:
         if isinstance(row, dict):
             mapping.check(row.keys())
-            yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping, ids)
+            yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping, ids, before)
             return
         leading.append(row)
         if len(leading) >= _MOST_LEADING_NON_OBJECTS:
@@ -256,7 +262,8 @@ def _json_array(path: Path) -> Iterator[Any]:
 
 def _parquet(path: Path) -> Iterator[Any]:
     """Each row is a message; nested columns (properties, traits, context) come through as objects, and so do
-    columns of the JSON type (a JSON ``null`` in one is no value, as a null cell).
+    columns of the JSON type (a JSON ``null`` in one is no value, as a null cell). Times stay times here, to be
+    written as the API writes them once the message has its id (:func:`read_messages`).
 
     Values JSON has no form for are written as SQL sources write them (:func:`portrait.connectors.plain`): decimals
     as numbers (whole ones as integers), durations as seconds, bytes as base64 -- only in files that hold such
@@ -343,7 +350,27 @@ def _without_json_form(kind: pa.DataType) -> bool:
 
 
 def _jsonable(value: Any, convert: Callable[[Any], Any] | None = None) -> Any:
-    if hasattr(value, "isoformat"):
-        text: str = value.isoformat()
-        return text if getattr(value, "tzinfo", None) else text + "Z"  # naive times in files are UTC
-    return value if convert is None else convert(value)
+    if convert is None or isinstance(value, date | time):
+        return value
+    return convert(value)
+
+
+def _has_times(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        return _has_times(kind.value_type)
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        return True
+    return any(_has_times(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _parquet_before(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A Parquet row as it was read before its times were written as the API writes them: top-level times as
+    ``isoformat()`` with a Z added when there was no zone (a date, too: ``1990-01-02Z``); times inside objects were
+    left to orjson, as they are here. The message ids of files imported before derive from this form, so importing
+    one again adds nothing."""
+    return {key: _isoformat_before(value) if isinstance(value, date | time) else value for key, value in row.items()}
+
+
+def _isoformat_before(value: date | time) -> str:
+    text = value.isoformat()
+    return text if getattr(value, "tzinfo", None) else text + "Z"

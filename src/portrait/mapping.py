@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import orjson
@@ -164,7 +164,8 @@ def _fields(value: Any, kind: str) -> tuple[tuple[str, ...] | None, dict[str, st
     return tuple(renames), {c: n for c, n in renames.items() if c != n}
 
 
-def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds | None = None) -> Iterator[Any]:
+def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds | None = None,
+                     before: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Iterator[Any]:
     """One message per row; what is not a row (an NDJSON line that is not JSON, a number in a JSON array) is passed
     on as it is, for the message reader to reject with what was sent.
 
@@ -173,6 +174,8 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
     so a file imported before gives the same ids again, and importing it once more adds nothing. Likewise for
     Portrait's own export columns (``EXPORT_COLUMNS``), which are no traits unless ``fields`` names them, and for
     times, written as the API writes them (:func:`_plain`) but as ``isoformat()`` in the message ids derive from.
+    ``before`` gives a row as the file's reader gave it before (a Parquet reader wrote times as text itself), for
+    those ids; without it the row is as it was.
 
     A row with those columns is a row of Portrait's export, whose columns are attribute codes: an object in one of
     its cells is the value of that object attribute, sent whole. Elsewhere an object column is nested traits, one
@@ -190,9 +193,10 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
         message = _message(row, mapping, skipped, id_text, whole=exported)
         if ids is not None:
             floats = any(row.get(c).__class__ is float for c in columns)  # rare: the second mapping only for them
-            times = any(isinstance(value, datetime) for value in row.values())
-            message = ids.assign(message, _message(row, mapping, used, str if floats else id_text, plain=_plain_before)
-                                 if floats or exported or times else None)
+            times = any(isinstance(value, date | time) for value in row.values())
+            earlier = before(row) if before is not None and times else row
+            message = ids.assign(message, _message(earlier, mapping, used, str if floats else id_text,
+                                                   plain=_plain_before) if floats or exported or times else None)
         yield message
 
 
@@ -261,15 +265,34 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """A cell as the wire format has it: a time (a CSV's ISO times, read by Arrow) as the API writes times, in UTC
-    with milliseconds (microseconds when it has them) and Z, ``2024-01-05T10:11:12.345Z``; one without a zone is
-    UTC, as elsewhere in files. Written with ``isoformat()`` (``...12.345000+00:00``) before, which no other path
-    wrote: a string attribute then held two spellings of one time."""
+    """A cell as the wire format has it: a time (a CSV's ISO times, read by Arrow) as :func:`api_time` writes it.
+    Written with ``isoformat()`` (``...12.345000+00:00``) before, which no other path wrote: a string attribute then
+    held two spellings of one time."""
     if isinstance(value, datetime):
-        utc = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
-        return utc.isoformat(timespec="microseconds" if utc.microsecond % 1000 else "milliseconds") + "Z"
-    if isinstance(value, date):
+        return api_time(value)
+    if isinstance(value, date | time):
         return value.isoformat()
+    return value
+
+
+def api_time(value: datetime) -> str:
+    """A time as the API writes times, in UTC with milliseconds (microseconds when it has them) and Z,
+    ``2024-01-05T10:11:12.345Z``; one without a zone is UTC, as elsewhere in files and sources."""
+    utc = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    return utc.isoformat(timespec="microseconds" if utc.microsecond % 1000 else "milliseconds") + "Z"
+
+
+def api_times(value: Any) -> Any:
+    """``value`` with the times in it, at any depth, as :func:`api_time` writes them (dates and times of day as
+    ``isoformat()``, ``1990-01-02``, ``10:11:12``); the rest as it is."""
+    if isinstance(value, datetime):
+        return api_time(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if value.__class__ is dict:
+        return {key: api_times(item) for key, item in value.items()}
+    if value.__class__ is list:
+        return [api_times(item) for item in value]
     return value
 
 
