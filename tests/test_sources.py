@@ -540,3 +540,35 @@ def test_a_source_that_is_syncing_is_not_removed(postgres: PostgresServer, shop:
         assert service.sources.cursor_value("pos") is None
     finally:
         service.close()
+
+
+def test_source_times_are_written_as_the_api_writes_them_and_keep_their_message_ids(
+        postgres: PostgresServer, shop: str, portrait: Portrait) -> None:
+    """PostgreSQL times were written with isoformat(): a trait got 2026-01-05T10:11:12.345000+00:00 (or whatever the
+    session's zone gave), a timestamp without a zone 2026-01-05T10:11:12, no zone at all, where the API and file
+    imports write 2026-01-05T10:11:12.345Z. Now that form (a time without a zone is UTC). The message ids are those
+    the code before derived (seen in a run of it), so a re-sync adds nothing; the cursor is saved as before, so the
+    next sync reads from where the last one stopped."""
+    run_sql(postgres, shop, """
+        CREATE TABLE members (id integer, signed_up timestamptz, last_login timestamp, born date,
+                              visits timestamp[], changed timestamptz);
+        INSERT INTO members VALUES
+            (1, '2026-01-05 11:11:12.345+01', '2026-01-05 10:11:12', '1990-01-02',
+             '{"2026-03-01 09:00", "2026-03-02 09:00:00.5"}', '2026-02-01 10:00+00'),
+            (2, '2026-01-06 08:00+00', '2026-02-01 00:00:00.123456', NULL, NULL, '2026-02-02 10:00+00');
+    """)
+    portrait.add_source({"name": "crm", "kind": "profiles", "url": shop + "?options=-c%20TimeZone%3DEurope/Warsaw",
+                         "cursor": "changed", "query": "SELECT * FROM members",
+                         "mapping": {"identifiers": {"user_id": "id"}, "timestamp": "changed"}})
+    assert portrait.sync_source("crm").stored == 2
+    portrait.process_pending()
+    assert [portrait.traits(f"user_id:{n}") for n in (1, 2)] == [
+        {"signed_up": "2026-01-05T10:11:12.345Z", "last_login": "2026-01-05T10:11:12.000Z", "born": "1990-01-02",
+         "visits": ["2026-03-01T09:00:00.000Z", "2026-03-02T09:00:00.500Z"]},
+        {"signed_up": "2026-01-06T08:00:00.000Z", "last_login": "2026-02-01T00:00:00.123456Z"}]
+    assert [e["message_id"] for n in (1, 2) for e in portrait.events(f"user_id:{n}")["events"]] == [
+        "source-crm-cf599381a7caf8f12941d87cd703e254c0253208-0",
+        "source-crm-2dcbd6254c69ef8fabdf78bc1e5e8860f6717b06-0"]
+    assert portrait.sources.cursor_value("crm") == "2026-02-02T11:00:00+01:00"  # as saved before: compared by PG
+    again = portrait.sync_source("crm")
+    assert (again.rows, again.stored, again.duplicates) == (1, 0, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -191,14 +191,17 @@ def cursor_value(value: Any) -> Any:
     return number
 
 
-def plain(value: Any) -> Any:
-    """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64)."""
+def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat) -> Any:
+    """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64). ``moment`` writes
+    datetimes (``isoformat()`` by default: the form message ids and cursors were saved in)."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Decimal):  # by the column's scale, so one column keeps one JSON type
         exponent = value.as_tuple().exponent
         return _whole(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime):
+        return moment(value)
+    if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -207,7 +210,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, moment) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [plain(v) for v in value]
+        return [plain(v, moment) for v in value]
     return str(value)

@@ -26,7 +26,7 @@ import orjson
 from portrait.background import Worker
 from portrait.connectors import Connector, absolute, connect, cursor_value, dialect_of, plain, redact
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
-from portrait.mapping import RowMapping, rows_to_messages
+from portrait.mapping import RowMapping, api_time, rows_to_messages
 from portrait.spec import utc_now
 from portrait.sql import sources as q
 from portrait.store import Session
@@ -235,8 +235,9 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
             checked = True
         position = names.index(source.cursor) if source.cursor else None
         records = [{name: plain(value) for name, value in zip(names, row, strict=True)} for row in rows]
+        cells = [_as_sent(names, row, record) for row, record in zip(rows, records, strict=True)]
         messages = []
-        for row, record, message in zip(rows, records, rows_to_messages(records, source.mapping), strict=True):
+        for row, record, message in zip(rows, records, rows_to_messages(cells, source.mapping), strict=True):
             if position is not None and row[position] != current:
                 # Rows come in cursor order, and rows alike share their cursor value: past it, none can come again,
                 # so the copies are counted per value (memory for a tie, not for every row synced).
@@ -247,6 +248,15 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
             messages.append(message)
         last = cursor_value(rows[-1][names.index(source.cursor)]) if source.cursor else None
         yield Chunk(messages, last)
+
+
+def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any]) -> dict[str, Any]:
+    """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC). The record
+    keeps ``isoformat()``, as rows were written before: their message ids derive from it (so a re-sync of rows synced
+    before adds nothing), and the cursor saved from it is what the next sync compares with."""
+    timed = {name: plain(value, api_time) for name, value in zip(names, row, strict=True)
+             if isinstance(value, datetime | list)}  # a list: an array of timestamps
+    return {**record, **timed} if timed else record
 
 
 def _message_id(source: str, record: dict[str, Any], copies: dict[bytes, int]) -> str:
