@@ -466,3 +466,32 @@ def test_a_trusted_proxy_that_is_no_address_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match=r"PORTRAIT_TRUSTED_PROXIES=10\.0\.0\.0/8,bogus: .*'bogus' is not an address"):
         load_settings({"PORTRAIT_TRUSTED_PROXIES": "10.0.0.0/8,bogus"})
     assert load_settings({"PORTRAIT_TRUSTED_PROXIES": "10.0.0.0/8,::1"}).trusted_proxies == ("10.0.0.0/8", "::1")
+
+
+def test_incomplete_backups_are_listed_and_the_next_backup_deletes_its_own_databases(tmp_path: Path) -> None:
+    """A server killed during a backup left <name>.partial (the size of the database) and <name>.partial.wal that
+    nothing listed or deleted: the folder filled up unseen, until backups were refused for want of room. Now they are
+    listed as incomplete, and the next backup deletes those of its own database's automatic naming -- not another
+    database's, nor those of a backup someone named."""
+    shared = tmp_path / "shared-backups"
+    shop = _open(tmp_path / "shop.duckdb", backup_dir=str(shared))
+    try:
+        whole = Path(shop.backups.make()["path"])
+        leftovers = {name: shared / name for name in (
+            "shop-20260101T000000.000Z.duckdb.partial", "shop-20260101T000000.000Z.duckdb.partial.wal",
+            "crm-20260101T000000.000Z.duckdb.partial", "before-upgrade.duckdb.partial")}
+        for path in leftovers.values():
+            shutil.copyfile(whole, path)  # what a killed backup leaves: a database-sized file under the name
+        listed = shop.backups.listing()
+        assert [b["name"] for b in listed["backups"]] == [whole.name]
+        assert {b["name"] for b in listed["incomplete"]} == set(leftovers)
+        assert all(b["bytes"] == whole.stat().st_size for b in listed["incomplete"])
+        shown = runner.invoke(app, ["backups", "--db", str(tmp_path / "shop.duckdb")],
+                              env={"PORTRAIT_BACKUP_DIR": str(shared), "COLUMNS": "200"})
+        assert "Incomplete backups" in shown.output and "before-upgrade.duckdb.partial" in shown.output
+        made = shop.backups.make()
+        assert sorted(made["removed_incomplete"]) == sorted(n for n in leftovers if n.startswith("shop-"))
+        assert {b["name"] for b in shop.backups.listing()["incomplete"]} == {
+            "crm-20260101T000000.000Z.duckdb.partial", "before-upgrade.duckdb.partial"}
+    finally:
+        shop.close()

@@ -16,6 +16,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
@@ -33,6 +34,10 @@ SUFFIX = ".duckdb"
 # (so two databases sharing a backup folder never prune each other's), then the time, to the millisecond, which sorts
 # them oldest first.
 _TIME = r"-\d{8}T\d{6}\.\d{3}Z\.duckdb"
+# A backup being written, or one whose writer was killed (kill -9, a power cut): DuckDB writes the copy as
+# <name>.partial (and beside it <name>.partial.wal) and Portrait renames it once complete (store.backup).
+_PARTIAL = r"\.partial(\.wal)?"
+_ANY_PARTIAL = re.compile(re.escape(SUFFIX) + _PARTIAL + "$")
 # A name someone gives: a plain file name, never a path (the API must not write anywhere else).
 GIVEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -70,6 +75,7 @@ class Backups:
         self.folder = folder
         self._database = database
         self._automatic = automatic_pattern(database)
+        self._own_partial = re.compile(self._automatic.pattern + _PARTIAL)
         self._keep = keep
         self._making = threading.Lock()
 
@@ -81,6 +87,7 @@ class Backups:
             raise Conflict("a backup is being made; ask again once it is done", code="backup_running")
         try:
             target = self._target(file_name)
+            leftovers = self._remove_leftovers()  # before the room check: a leftover takes a database's room
             self._check_room()
             started = time.monotonic()
             self._store.backup(str(target))
@@ -89,13 +96,17 @@ class Backups:
         finally:
             self._making.release()
         log.info("backup %s made in %.1f s", target, seconds)
-        return {**_describe(target, target.stat()), "seconds": round(seconds, 2), "removed": removed}
+        return {**_describe(target, target.stat()), "seconds": round(seconds, 2), "removed": removed,
+                "removed_incomplete": leftovers}
 
     def listing(self) -> dict[str, Any]:
-        """The backups in the folder, newest first."""
+        """The backups in the folder, newest first, and the incomplete ones: being written, or left by a backup
+        that was killed (which nothing deleted before)."""
         found = sorted(self._files().items(), key=lambda item: item[1].st_mtime, reverse=True)
+        partial = sorted(self._files(_ANY_PARTIAL.search).items(), key=lambda item: item[1].st_mtime, reverse=True)
         return {"folder": str(self.folder), "keep": self._keep,
-                "backups": [_describe(path, stat) for path, stat in found]}
+                "backups": [_describe(path, stat) for path, stat in found],
+                "incomplete": [_describe(path, stat) for path, stat in partial]}
 
     def newest_automatic(self) -> float | None:
         """When the newest backup Portrait named was made (seconds since the epoch), if there is one."""
@@ -138,18 +149,33 @@ class Backups:
                 f"takes up to {needed / 1_000_000:,.1f} MB: no backup was made; free space there, or set "
                 "PORTRAIT_BACKUP_DIR to a disk with room", code="backup_no_room")
 
-    def _files(self) -> dict[Path, os.stat_result]:
-        """The backups in the folder with their details. One deleted meanwhile (pruned by a backup running at the
-        same moment) is left out: the listing answered 500 when it went between the folder's listing and its own."""
+    def _files(self, wanted: Callable[[str], object] = lambda name: name.endswith(SUFFIX)
+               ) -> dict[Path, os.stat_result]:
+        """The files in the folder whose name is ``wanted`` (backups, by default) with their details. One deleted
+        meanwhile (pruned by a backup running at the same moment) is left out: the listing answered 500 when it went
+        between the folder's listing and its own."""
         found: dict[Path, os.stat_result] = {}
         if self.folder.is_dir():
             for path in self.folder.iterdir():
-                if path.name.endswith(SUFFIX):
+                if wanted(path.name):
                     with contextlib.suppress(FileNotFoundError):
                         stat = path.stat()
                         if S_ISREG(stat.st_mode):
                             found[path] = stat
         return found
+
+    def _remove_leftovers(self) -> list[str]:
+        """Delete the incomplete backups of this database's own automatic naming; called holding ``_making``.
+
+        None of them is being written: only the process holding the database writes its backups (DuckDB lets one
+        process open it), and this one is not writing any. So each is what a killed backup left, the size of the
+        database. Other databases' files never match (their names start with their own file's name), nor do
+        backups someone named, whose leftovers are theirs to delete."""
+        removed = list(self._files(self._own_partial.fullmatch))
+        for leftover in removed:
+            leftover.unlink(missing_ok=True)
+            log.info("incomplete backup %s deleted (left by a backup that was interrupted)", leftover)
+        return [f.name for f in removed]
 
     def _prune(self) -> list[str]:
         """Delete the oldest of the backups Portrait named beyond the newest ``keep`` (0 keeps all); backups given

@@ -41,6 +41,8 @@ def backup(
     console.print(f"Backed up to {made['path']} ({_size(made['bytes'])} in {made['seconds']} s).")
     if made["removed"]:
         console.print(f"Deleted older backups (PORTRAIT_BACKUP_KEEP): {', '.join(made['removed'])}")
+    if made.get("removed_incomplete"):  # .get: a server of an older version does not say
+        console.print(f"Deleted what interrupted backups left: {', '.join(made['removed_incomplete'])}")
 
 
 @app.command()
@@ -54,11 +56,25 @@ def backups(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOptio
         return
     if not found["backups"]:
         console.print(f"No backups in {found['folder']} yet: make one with `portrait backup`.")
+    else:
+        table = Table("name", "made at", "size", title=f"Backups in {found['folder']}")
+        for item in found["backups"]:
+            table.add_row(item["name"], item["created_at"], _size(item["bytes"]))
+        console.print(table)
+    _print_incomplete(found.get("incomplete", []))  # .get: a server of an older version does not say
+
+
+def _print_incomplete(incomplete: list[dict[str, Any]]) -> None:
+    """Files of backups not complete: being written, or left by a backup that was killed (each up to the database's
+    size, and not a backup: nothing can restore them)."""
+    if not incomplete:
         return
-    table = Table("name", "made at", "size", title=f"Backups in {found['folder']}")
-    for item in found["backups"]:
+    table = Table("name", "last written", "size", title="Incomplete backups (being written, or left by an "
+                                                        "interrupted one: not restorable)")
+    for item in incomplete:
         table.add_row(item["name"], item["created_at"], _size(item["bytes"]))
     console.print(table)
+    console.print("Delete them once no backup is running; the next automatic backup deletes those of its database.")
 
 
 @app.command()
