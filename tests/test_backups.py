@@ -495,3 +495,23 @@ def test_incomplete_backups_are_listed_and_the_next_backup_deletes_its_own_datab
             "crm-20260101T000000.000Z.duckdb.partial", "before-upgrade.duckdb.partial"}
     finally:
         shop.close()
+
+
+def test_the_listing_says_which_backups_are_encrypted(tmp_path: Path) -> None:
+    """Whether a backup needs PORTRAIT_ENCRYPTION_KEY could not be seen short of trying to open it. The listing now
+    reads it from the DuckDB file's header: a real encrypted database's backup, a plain one's, and a file that is no
+    database."""
+    folder = tmp_path / "backups"
+    secret = _open(tmp_path / "secret.duckdb", encryption_key="a-long-secret-key-for-the-test", backup_dir=str(folder))
+    try:
+        assert secret.backups.make("locked")["encrypted"] is True
+    finally:
+        secret.close()
+    plain = _open(tmp_path / "plain.duckdb", backup_dir=str(folder))
+    try:
+        assert plain.backups.make("open")["encrypted"] is False
+        (folder / "notes.duckdb").write_text("not a database")
+        listed = {b["name"]: b["encrypted"] for b in plain.backups.listing()["backups"]}
+    finally:
+        plain.close()
+    assert listed == {"locked.duckdb": True, "open.duckdb": False, "notes.duckdb": None}

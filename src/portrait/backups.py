@@ -96,7 +96,7 @@ class Backups:
         finally:
             self._making.release()
         log.info("backup %s made in %.1f s", target, seconds)
-        return {**_describe(target, target.stat()), "seconds": round(seconds, 2), "removed": removed,
+        return {**_with_encryption(_describe(target, target.stat())), "seconds": round(seconds, 2), "removed": removed,
                 "removed_incomplete": leftovers}
 
     def listing(self) -> dict[str, Any]:
@@ -105,7 +105,7 @@ class Backups:
         found = sorted(self._files().items(), key=lambda item: item[1].st_mtime, reverse=True)
         partial = sorted(self._files(_ANY_PARTIAL.search).items(), key=lambda item: item[1].st_mtime, reverse=True)
         return {"folder": str(self.folder), "keep": self._keep,
-                "backups": [_describe(path, stat) for path, stat in found],
+                "backups": [_with_encryption(_describe(path, stat)) for path, stat in found],
                 "incomplete": [_describe(path, stat) for path, stat in partial]}
 
     def newest_automatic(self) -> float | None:
@@ -194,6 +194,24 @@ def _describe(path: Path, stat: os.stat_result) -> dict[str, Any]:
     made = datetime.fromtimestamp(stat.st_mtime, UTC)
     return {"name": path.name, "path": str(path), "bytes": stat.st_size,
             "created_at": made.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
+def _with_encryption(described: dict[str, Any]) -> dict[str, Any]:
+    return {**described, "encrypted": encrypted(Path(described["path"]))}
+
+
+def encrypted(path: Path) -> bool | None:
+    """Whether a DuckDB file is encrypted, read from its main header: after an 8-byte checksum, the magic ``DUCK``,
+    the storage version (8 bytes), then flags, the first of which has bit 0 set in an encrypted file (DuckDB's
+    ``MainHeader::ENCRYPTED_DATABASE_FLAG``). None when the file is not a DuckDB database (or cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(28)
+    except OSError:
+        return None
+    if len(header) < 28 or header[8:12] != b"DUCK":
+        return None
+    return bool(int.from_bytes(header[20:28], "little") & 1)
 
 
 class BackupWorker(Worker):

@@ -57,9 +57,9 @@ def backups(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOptio
     if not found["backups"]:
         console.print(f"No backups in {found['folder']} yet: make one with `portrait backup`.")
     else:
-        table = Table("name", "made at", "size", title=f"Backups in {found['folder']}")
+        table = Table("name", "made at", "size", "encrypted", title=f"Backups in {found['folder']}")
         for item in found["backups"]:
-            table.add_row(item["name"], item["created_at"], _size(item["bytes"]))
+            table.add_row(item["name"], item["created_at"], _size(item["bytes"]), _encrypted(item.get("encrypted")))
         console.print(table)
     _print_incomplete(found.get("incomplete", []))  # .get: a server of an older version does not say
 
@@ -103,6 +103,11 @@ def restore(
     if done["previous"]:
         console.print(f"The database it replaced is kept as {done['previous']}; delete it once you no longer "
                       "need it.")
+
+
+def _encrypted(value: bool | None) -> str:
+    """yes/no; "?" for a file that is not a DuckDB database, or from a server too old to say."""
+    return "?" if value is None else "yes" if value else "no"
 
 
 def _size(count: int) -> str:
