@@ -378,3 +378,20 @@ def test_default_limits_are_never_exceeded(events: list[frozenset[str]]) -> None
     graph = run(RULES, events, check_invariants)
     seen = {key for keys in events for key in keys}
     assert set(graph.owner) <= seen
+
+
+def test_the_processors_trim_is_pythons_strip_for_every_kind_of_edge() -> None:
+    """sql.processor.trimmed takes a fast path for ids that begin and end with printable ASCII once spaces are
+    gone; every other edge goes through the whole set: the result must be str.strip()'s either way."""
+    import duckdb
+    from sqlglot import select
+
+    from portrait.sql.processor import trimmed
+
+    samples = ["u1", " u1 ", "", " ", "é", " é ", "x\u00e9", "\u3000日本\u3000", "a b", "~", "!x!"]
+    samples += [edge for w in WHITESPACE for edge in (f"{w}ab{w}", f" {w} ab {w} ", f"{w}", f"a{w}", f"{w}é")]
+    connection = duckdb.connect()
+    connection.register("samples", pa.table({"v": samples}))
+    found = connection.execute(select("v", trimmed("v")).from_("samples").sql("duckdb")).fetchall()
+    assert len(found) == len(samples) and all(got == value.strip() for value, got in found), [
+        (value, got) for value, got in found if got != value.strip()]
