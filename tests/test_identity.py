@@ -313,7 +313,10 @@ def components(events: Iterable[Iterable[str]]) -> set[frozenset[str]]:
         return key
 
     for keys in events:
-        first, *rest = list(keys)
+        linked = sorted(keys)
+        if not linked:  # an event with no identifier links nothing
+            continue
+        first, *rest = linked
         for key in rest:
             parent[find(key)] = find(first)
         find(first)

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlglot import select
+from tests.test_identity import components
 
 from portrait.config import Settings
 from portrait.identity import IdentityGraph, IdentityRules
@@ -261,27 +262,6 @@ def identifiers_of(message: dict[str, Any]) -> set[str]:
     found.update(f"{item['type'].lower()}:{item['id']}" for item in context.get("externalIds", []))
     found.discard(None)  # type: ignore[arg-type]
     return found
-
-
-def components(events: list[set[str]]) -> set[frozenset[str]]:
-    """Connected components of "appeared in the same event"."""
-    parent: dict[str, str] = {}
-
-    def find(key: str) -> str:
-        while parent.setdefault(key, key) != key:
-            key = parent[key]
-        return key
-
-    for keys in events:
-        if keys:
-            first, *rest = sorted(keys)
-            for key in rest:
-                parent[find(key)] = find(first)
-            find(first)
-    groups: dict[str, set[str]] = {}
-    for key in parent:
-        groups.setdefault(find(key), set()).add(key)
-    return {frozenset(group) for group in groups.values()}
 
 
 def owners(path: Path) -> dict[str, str]:
