@@ -209,12 +209,7 @@ def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser,
         created = admin.post("/api/keys", json={"kind": "read", "name": "analyst"})
         assert created.status_code == 201, created.text
         read_key = created.json()["key"]
-    context = browser.new_context(base_url=shop.url)
-    reader = context.new_page()
-    reader.goto("/login")
-    reader.get_by_label("API key (read or admin)").fill(read_key)
-    reader.get_by_role("button", name="Sign in").click()
-    expect(reader.get_by_role("heading", name="Overview")).to_be_visible()
+    reader = sign_in(browser, shop, read_key)
     csrf = reader.locator("body").get_attribute("data-csrf")
     for path, form in (("/segments", {"name": "by reader", "condition": "plan is set"}),
                        ("/attributes", {"code": "reader_attr", "name": "R", "type": "string"}),
@@ -226,7 +221,7 @@ def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser,
         assert "by reader" not in [s["name"] for s in admin.get("/api/segments").json()["segments"]]
         assert admin.get("/api/attributes/reader_attr").status_code == 404
         assert admin.get("/api/attributes/email").json()["is_personal_info"] is True
-    context.close()
+    reader.context.close()
 
 
 def sign_in(browser: Browser, shop: Server, key: str) -> Page:
