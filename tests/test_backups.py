@@ -378,6 +378,7 @@ def test_a_backup_is_refused_at_once_when_the_folder_has_less_room_than_the_data
         with server.admin() as admin:
             refused = admin.post("/api/backups", json={})
             assert refused.status_code == 503 and refused.json()["code"] == "backup_no_room", refused.text
+            assert refused.headers["Retry-After"] == "10"  # as ingestion answers a full disk
             assert f"the backup folder {small_disk} has 2.1 MB free" in refused.json()["message"]
             assert list(small_disk.iterdir()) == []
     finally:

@@ -32,6 +32,10 @@ STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Fo
                                           StorageUnavailable: 503, Interrupted: 503}
 
 
+# How long a sender refused for a full disk is asked to wait (ingestion and the API alike).
+STORAGE_RETRY_AFTER = 10
+
+
 def error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"code": code, "message": message})
 
@@ -79,6 +83,8 @@ def install(app: FastAPI) -> None:
     async def _domain(_: Request, exc: PortraitError) -> Response:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
         retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        if isinstance(exc, StorageUnavailable):  # as ingestion says it: a full disk does not empty itself at once
+            retry = {"Retry-After": str(STORAGE_RETRY_AFTER)}
         return error_response(status, exc.code, exc.message, retry)
 
     app.add_middleware(UnexpectedErrors)

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from portrait.api.errors import RETRY_SAFE, STATUS, error_body
+from portrait.api.errors import RETRY_SAFE, STATUS, STORAGE_RETRY_AFTER, error_body
 from portrait.api.headers import API_HEADERS
 from portrait.errors import PortraitError, RateLimited, StorageUnavailable
 from portrait.service import IncomingRequest, Portrait
@@ -83,7 +83,7 @@ async def answer(portrait: Portrait, endpoint: str, body: bytes, headers: Mappin
         extra = ({"Retry-After": str(exc.retry_after), "X-RateLimit-Reset": str(exc.retry_after)}
                  if isinstance(exc, RateLimited) else {})
         if isinstance(exc, StorageUnavailable):
-            extra["Retry-After"] = "10"  # a full disk does not empty itself at once
+            extra["Retry-After"] = str(STORAGE_RETRY_AFTER)  # a full disk does not empty itself at once
         if status == 401:
             extra["WWW-Authenticate"] = BROWSER_CHALLENGE if "origin" in headers else WRITE_KEY_CHALLENGE
         return status, error_body(exc.code, exc.message), {**cors, **extra}
