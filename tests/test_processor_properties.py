@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlglot import select
 from tests.test_identity import components
@@ -217,11 +217,66 @@ def differences(one: dict[str, list[str]], other: dict[str, list[str]]) -> dict[
     return out
 
 
+# Found in CI with a random seed: m-5, older than m-2's removal of address, holds address.zip. Processed one by one
+# its part was left out (older than the removal on the profile) and no address_zip attribute was made; in one
+# batch it was. Attributes are now made from every usable value (sql.processor.AUTO_CREATE_ATTRIBUTES).
+LATE_PART_AFTER_ITS_REMOVAL: list[dict[str, Any]] = [{'type': 'identify',
+      'timestamp': '2026-03-01T10:00:00Z',
+      'anonymousId': 'a1',
+      'traits': {'email': 'ann@example.com', 'loyalty_card': 'L1', 'best_order': 10},
+      'messageId': 'm-0'},
+     {'type': 'identify',
+      'timestamp': '2026-03-01T10:00:00Z',
+      'anonymousId': 'a1',
+      'traits': {'email': 'ann@example.com', 'phone': '+14155552671', 'plan': 'free', 'visits': 1},
+      'messageId': 'm-1'},
+     {'type': 'identify',
+      'timestamp': '2026-03-01T10:00:00Z',
+      'userId': 'u2\t',
+      'traits': {'loyalty_card': 'L2',
+                 'plan': 'free',
+                 'address': None,
+                 'visits': 1,
+                 'lowest_price': 3,
+                 'points': 1},
+      'messageId': 'm-2'},
+     {'type': 'identify',
+      'timestamp': '2026-03-01T10:00:00Z',
+      'anonymousId': 'a1',
+      'traits': {'email': 'ann@example.com',
+                 'phone': '+14155552671',
+                 'plan': 'free',
+                 'lowest_price': None,
+                 'points': None},
+      'messageId': 'm-3'},
+     {'type': 'alias',
+      'userId': 'u3',
+      'timestamp': '2026-03-02T09:30:00Z',
+      'previousId': 'u2',
+      'messageId': 'm-4'},
+     {'type': 'identify',
+      'timestamp': '2026-02-27T08:00:00Z',
+      'userId': 'u2',
+      'anonymousId': 'undefined',
+      'traits': {'email': 'ann@example.com',
+                 'loyaltyCard': 'L3',
+                 'address': {'city': 'Rome', 'zip': '00100'},
+                 'first_source': 'web',
+                 'lowest_price': 1.5},
+      'messageId': 'm-5'},
+     {'type': 'identify',
+      'timestamp': '2026-03-02T09:30:00Z',
+      'userId': 'null',
+      'anonymousId': 'a2',
+      'traits': {'email': 'bob@example.com', 'phone': '555-1234', 'plan': None, 'visits': 1, 'lowest_price': 3},
+      'messageId': 'm-6'}]
+
 BATCHINGS = [(1, 1), (7, 7), (2, 64)]  # (batch size, most while behind): one by one, fixed, growing
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=LOGS, limit=st.sampled_from([1, 2, 5]))
+@example(log=LATE_PART_AFTER_ITS_REMOVAL, limit=2)
 def test_micro_batches_do_not_change_the_derived_state(logs: Logs, log: list[dict[str, Any]], limit: int) -> None:
     """One event at a time, a few, batches growing while behind, or all at once: the same profiles, identities,
     traits (every merge strategy), merges, conflicts, consent, activity, data-quality issues and rejections."""
@@ -295,7 +350,7 @@ def alias_identifiers(message: dict[str, Any]) -> set[str]:
     return found
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=ANONYMOUS_ALIAS_LOGS, data=st.data(), batch_size=st.sampled_from([1, 3, 1000]))
 def test_without_limits_the_grouping_is_the_components_in_any_order(
         logs: Logs, log: list[dict[str, Any]], data: st.DataObject, batch_size: int) -> None:
@@ -344,7 +399,7 @@ LIMITS = st.sampled_from([{}, {"identity_default_limit": 1}, {"identity_default_
                           {"identity_limits": {"user_id": 2}, "identity_default_limit": 3}])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=LOGS, limits=LIMITS, batch=st.sampled_from([(1, 1), (4, 4), (2, 64), (1000, 1000)]))
 def test_the_store_groups_as_the_resolver_and_keeps_every_limit(
         logs: Logs, log: list[dict[str, Any]], limits: dict[str, Any], batch: tuple[int, int]) -> None:
@@ -394,7 +449,7 @@ def stored_traits(path: Path) -> tuple[dict[tuple[str, str], Any], dict[int, str
     return {(p, k): None if v is None else json.loads(v) for p, k, v in traits}, dict(assigned)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=LOGS, data=st.data(), batch_size=st.sampled_from([1, 3, 1000]))
 def test_the_latest_trait_value_by_event_time_wins_in_any_order(
         logs: Logs, log: list[dict[str, Any]], data: st.DataObject, batch_size: int) -> None:
@@ -411,7 +466,7 @@ def test_the_latest_trait_value_by_event_time_wins_in_any_order(
 
 
 # -- rebuild and crashes -----------------------------------------------------------------------------------------
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=LOGS, batch_size=st.sampled_from([1, 4, 1000]))
 def test_a_rebuild_gives_the_state_processing_gave(logs: Logs, log: list[dict[str, Any]], batch_size: int) -> None:
     path = logs.ingested(log)
@@ -447,7 +502,7 @@ service.processor.drain()
 """
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=LOGS, crash_at=st.integers(1, 400))
 def test_a_process_killed_while_processing_ends_with_the_state_of_no_crash(
         logs: Logs, log: list[dict[str, Any]], crash_at: int) -> None:

@@ -594,12 +594,16 @@ PERSONAL_CODE = (
     r"family_name|middle_name|maiden_name|nickname)(_|$)"
 )
 # Params: the configured identity traits' codes, created-at, updated-at.
+# From every usable trait value of the batch, also a part left out as older than its object's removal (see
+# STAGE_TRAIT_CHANGES): read from b_traits, whether such a part made its attribute depended on the batching (in one
+# batch with the removal it did, in a later one it did not; found by the processor's property tests).
 AUTO_CREATE_ATTRIBUTES = parse(f"""
 INSERT INTO attributes (code, name, type, description, is_personal_info, standard, auto_created, created_at,
                         updated_at)
 SELECT code, code, {_INFER}, 'Created automatically from incoming traits',
        regexp_matches(code, '{PERSONAL_CODE}') OR list_contains(CAST(? AS VARCHAR[]), code), FALSE, TRUE, ?, ?
-FROM b_traits WHERE type <> 'NULL' AND code NOT IN (SELECT code FROM attributes)
+FROM b_trait_values WHERE type <> 'NULL' AND code <> '' AND shadowed_by IS NULL
+  AND code NOT IN (SELECT code FROM attributes)
 GROUP BY code
 ON CONFLICT DO NOTHING
 """)
