@@ -155,14 +155,9 @@ class IngestFastPath:
     async def _ingest(self, endpoint: str, scope: Scope, headers: Headers, receive: Receive, send: Send) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1")).get("writeKey") if scope["query_string"] else None
         client = scope.get("client")
-        try:
-            async with asyncio.timeout(self._portrait.settings.body_timeout_seconds):
-                received = await _body(receive, self._portrait.limits.max_raw_bytes)
-        except TimeoutError:
-            await self._refuse_slow(send)
-            return
+        received = await self._read(receive, send, keep=True)
         if received is None:
-            return  # the client went away before sending everything: nothing was read, no one to answer
+            return
         status, body, extra = await answer(self._portrait, endpoint, received[0], headers,
                                            query[0] if query else None, client[0] if client else None,
                                            complete=received[1])
@@ -170,20 +165,25 @@ class IngestFastPath:
 
     async def _refuse_overloaded(self, headers: Headers, receive: Receive, send: Send) -> None:
         """503 with Retry-After, the body read and dropped unparsed (so the keep-alive connection can be reused)."""
-        try:
-            async with asyncio.timeout(self._portrait.settings.body_timeout_seconds):
-                complete = await _drain(receive, self._portrait.limits.max_raw_bytes)
-        except TimeoutError:
-            await self._refuse_slow(send)
+        received = await self._read(receive, send, keep=False)
+        if received is None:
             return
-        if complete is None:
-            return
+        complete = received[1]
         message = (f"the server is busy: {self.admission.in_progress // 1024} KB of requests are being read or "
                    f"written (PORTRAIT_INGEST_PENDING_MB); nothing of this request was stored, send it again in "
                    f"{OVERLOADED_RETRY_AFTER} s")
         extra = {**cors_for(self._portrait, headers.get("origin")), "Retry-After": str(OVERLOADED_RETRY_AFTER)}
         await _send(send, 503, error_body("overloaded", message), extra, complete=complete)
 
+    async def _read(self, receive: Receive, send: Send, *, keep: bool) -> tuple[bytes, bool] | None:
+        """The body (``keep``: else read and dropped) and whether it is complete; None when there is no one left to
+        answer: the client went away before sending everything, or it was too slow (answered 408)."""
+        try:
+            async with asyncio.timeout(self._portrait.settings.body_timeout_seconds):
+                return await _body(receive, self._portrait.limits.max_raw_bytes, keep=keep)
+        except TimeoutError:
+            await self._refuse_slow(send)
+            return None
 
     async def _refuse_slow(self, send: Send) -> None:
         """408 and the connection closed: uvicorn has no timeout for a body, so a client sending one slowly (or
@@ -211,10 +211,10 @@ def _paths(path: str) -> tuple[str, str]:
     return path, f"{path}/"
 
 
-async def _body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
-    """The request body and whether it is complete, or None if the client disconnected first (as Starlette's
-    ClientDisconnect). Reading stops once the body is over ``limit`` bytes: a body that can only be refused is
-    not held in memory (before the write key is even checked)."""
+async def _body(receive: Receive, limit: int, *, keep: bool = True) -> tuple[bytes, bool] | None:
+    """The request body (empty unless ``keep``) and whether it is complete, or None if the client disconnected
+    first (as Starlette's ClientDisconnect). Reading stops once the body is over ``limit`` bytes: a body that can
+    only be refused is not held in memory (before the write key is even checked)."""
     chunks = []
     size = 0
     while True:
@@ -222,26 +222,13 @@ async def _body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
-        chunks.append(chunk)
+        if keep:
+            chunks.append(chunk)
         size += len(chunk)
         if size > limit:
             return b"".join(chunks), False
         if not message.get("more_body", False):
             return b"".join(chunks), True
-
-
-async def _drain(receive: Receive, limit: int) -> bool | None:
-    """Read a body without keeping it: whether it was read to its end (None: the client disconnected first)."""
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        size += len(message.get("body", b""))
-        if size > limit:
-            return False
-        if not message.get("more_body", False):
-            return True
 
 
 def router(portrait: Portrait) -> APIRouter:
