@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import socket
 import threading
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, free_port
 
 from portrait.api import create_app
+from portrait.config import Settings, load_settings
 from portrait.service import Portrait
 
 BASIC = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -400,6 +402,24 @@ def test_status_reports_lag_until_processed(client: TestClient, portrait: Portra
     status = client.get("/api/status", headers=ADMIN).json()
     assert (status["events_received"], status["events_processed"], status["lag"]) == (3, 3, 0)
     assert status["lag_seconds"] == 0 and status["last_batch_events"] == 3 and status["last_batch_seconds"] > 0
+
+
+def test_status_reports_memory_and_the_database_keeps_to_its_limit(settings: Settings) -> None:
+    service = Portrait(dataclasses.replace(settings, memory_limit_mb=100), background=False)
+    try:
+        service.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@example.com"}}
+                                 for i in range(50)])
+        service.process_pending()
+        memory = service.status()["memory"]
+    finally:
+        service.close()
+    assert memory["database_limit"] == "95.3 MiB"  # DuckDB writes 100 MB (10^8 bytes) in its own unit
+    assert 0 < memory["database_mb"] < 100 < memory["process_mb"]  # the process holds Python besides DuckDB
+
+
+def test_a_negative_memory_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory_limit_mb must be 0"):
+        load_settings({"PORTRAIT_MEMORY_LIMIT_MB": "-1"})
 
 
 def test_openapi_document_lists_the_api(client: TestClient) -> None:

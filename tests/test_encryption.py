@@ -5,17 +5,21 @@ nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from tests.conftest import WRITE_KEY, start_server
 from typer.testing import CliRunner
 
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.service import Portrait
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
 
 KEY = "correct horse battery staple 42"
 KNOWN = (b"zelda.encrypted@example.com", b"+48 601 999 888", b"+48601999888", b"Zeldabeth", b"Quixotica-Street 7")
@@ -81,3 +85,28 @@ def test_an_existing_database_can_be_encrypted(tmp_path: Path) -> None:
     missing = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": KEY}).invoke(app, ["encrypt", "--db", db + ".missing"])
     assert missing.exit_code == 1 and "no such file" in missing.output  # and no new, empty database made there
     assert not Path(db + ".missing").exists()
+
+
+def test_data_spilled_to_disk_stays_encrypted_beside_the_database(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past memory_limit_mb DuckDB spills to disk (query work, temporary tables). An encrypted database is attached
+    to an in-memory one, whose spill folder was ``.tmp`` in the working folder, in plain text: customers' rows on
+    disk unencrypted, where nobody looks."""
+    folder, elsewhere = tmp_path / "data", tmp_path / "started-here"
+    folder.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    store = DuckDBStore(str(folder / "portrait.duckdb"), KEY, memory_limit_mb=40)
+    session = store.session()
+    try:
+        for table in ("spill_one", "spill_two"):  # ~70 MB of md5 texts: more than the limit, so some is on disk
+            session.execute(parse(f"CREATE TEMP TABLE {table} AS SELECT md5(i::VARCHAR) AS secret "  # noqa: S608
+                                  "FROM range(1000000) r(i)"))
+        spilled = {path: path.read_bytes() for path in tmp_path.rglob("*.tmp") if path.is_file()}
+        assert session.execute(parse("SELECT count(*) FROM spill_two")) == [(1_000_000,)]
+    finally:
+        session.close()
+        store.close()
+    assert spilled, "nothing was spilled: the test proves nothing"
+    assert {path.parent for path in spilled} == {folder / "portrait.duckdb.tmp"}
+    assert [path.name for path, data in spilled.items() if re.search(rb"[0-9a-f]{32}", data)] == []

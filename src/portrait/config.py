@@ -77,6 +77,8 @@ class Settings:
     """Most messageIds remembered for the duplicate check (about 130 bytes of memory each); the oldest go first."""
     checkpoint_wal_mb: int = 256
     """Size of the write-ahead log at which it is written into the database file (bigger: fewer checkpoints)."""
+    memory_limit_mb: int = 0
+    """Most memory the database may use in MB (its cache, query work; large queries spill to disk); 0: 80% of RAM."""
     trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
     """Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto are believed; empty: none."""
     cors_origins: tuple[str, ...] = ("*",)
@@ -110,6 +112,8 @@ class Settings:
                 except ValueError:  # uvicorn would trust no one for it, silently
                     raise ValueError(f"trusted_proxies: {proxy!r} is not an address or a network (e.g. 10.0.0.0/8)"
                                      ) from None
+        if self.memory_limit_mb < 0:
+            raise ValueError(f"memory_limit_mb must be 0 (the database's default) or more, not {self.memory_limit_mb}")
         if self.backup_hours < 0 or self.backup_keep < 0:
             raise ValueError("backup_hours and backup_keep must be 0 or more")
         if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:

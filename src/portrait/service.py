@@ -129,7 +129,8 @@ class Portrait:
         if store is None:
             compact_if_marked(settings.db_path, settings.encryption_key)  # an erasure before a crash is rewritten too
         self.store = store or open_store(settings.db_path, settings.encryption_key,
-                                         checkpoint_wal_mb=settings.checkpoint_wal_mb)
+                                         checkpoint_wal_mb=settings.checkpoint_wal_mb,
+                                         memory_limit_mb=settings.memory_limit_mb)
         self.rules = IdentityRules.from_settings(settings)
         self.limits = Limits(settings.max_message_bytes, settings.max_batch_bytes, settings.max_batch_items,
                              settings.max_json_depth, settings.max_object_keys, settings.max_string_length)
@@ -686,8 +687,14 @@ class Portrait:
             "watermark": watermark,
             "last_seq": int(session.execute(ingest_sql.MAX_SEQ)[0][0]),
             "database": self.store.path,
+            "memory": self._memory(),
             "processing_error": self._processor_thread.error if self._processor_thread else None,
         }
+
+    def _memory(self) -> dict[str, Any]:
+        """The server's resident memory and the database engine's part of it, in MB (see memory_limit_mb)."""
+        used, limit = self.store.memory()
+        return {"process_mb": _resident_mb(), "database_mb": round(used / 2**20, 1), "database_limit": limit}
 
     # -- reads -------------------------------------------------------------------------------------------------
     def resolve_profile_id(self, reference: str) -> str:
@@ -970,3 +977,12 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         return datetime.fromisoformat(stamp), int(seq)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("cursor is not one this API returned", code="invalid_cursor") from exc
+
+
+def _resident_mb() -> float | None:
+    """This process's resident memory (Linux's /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)

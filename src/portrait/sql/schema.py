@@ -527,6 +527,19 @@ def checkpoint_threshold(megabytes: int) -> exp.Expr:
     statement.find(exp.Literal).replace(exp.Literal.string(f"{int(megabytes)}MB"))  # type: ignore[union-attr]
     return statement
 UTC_SESSION = parse("SET TimeZone = 'UTC'")
+# What DuckDB holds in memory (its buffer pool: cached blocks of the database, query work, the write-ahead log's
+# pending data), and the most it may hold before it evicts cached blocks and spills query work to disk.
+DATABASE_MEMORY = parse("SELECT coalesce(sum(memory_usage_bytes), 0), current_setting('memory_limit') "
+                        "FROM duckdb_memory()")
+_MEMORY_LIMIT = parse("SET memory_limit = '1MB'")
+
+
+def memory_limit(megabytes: int) -> exp.Expr:
+    """The most memory DuckDB may use: to stay under it, it evicts cached blocks of the database and spills the
+    work of large queries (joins, sorts, aggregates) into a temporary folder beside the database."""
+    statement = _MEMORY_LIMIT.copy()
+    statement.find(exp.Literal).replace(exp.Literal.string(f"{int(megabytes)}MB"))  # type: ignore[union-attr]
+    return statement
 
 # Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in
 # freed blocks until those are reused). Sequences, constraints and indexes come along.
@@ -556,6 +569,19 @@ def attach(path: str, alias: str, *, read_only: bool = False) -> exp.Expr:
     return statement
 
 USE_PORTRAIT = parse("USE portrait")
+# Where DuckDB spills query work that does not fit in memory_limit. An encrypted database is attached to an
+# in-memory one, whose spill folder is ``.tmp`` in the server's working folder, written in plain text: rows of
+# customers' personal data on disk, unencrypted, somewhere nobody looks. So it spills beside the database, encrypted.
+_TEMP_DIRECTORY = parse("SET temp_directory = 'path'")
+ENCRYPT_SPILLS = parse("SET temp_file_encryption = true")
+
+
+def temp_directory(path: str) -> exp.Expr:
+    statement = _TEMP_DIRECTORY.copy()
+    statement.find(exp.Literal).replace(exp.Literal.string(path))  # type: ignore[union-attr]
+    return statement
+
+
 _ATTACH_ENCRYPTED = parse("ATTACH 'path' AS old (ENCRYPTION_KEY 'key')")
 _ATTACH_ENCRYPTED_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY, ENCRYPTION_KEY 'key')")
 

@@ -52,6 +52,9 @@ class Store(Protocol):
 
     def checkpoint(self) -> None: ...
 
+    def memory(self) -> tuple[int, str]:
+        """Bytes the database engine holds in memory now, and its limit as the engine writes it."""
+
     def backup(self, target: str) -> None:
         """Copy the whole database, as one snapshot (writes go on meanwhile), into the new file ``target``,
         encrypted as the database is."""

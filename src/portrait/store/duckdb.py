@@ -155,7 +155,8 @@ class DuckDBSession:
 class DuckDBStore:
     capabilities = CAPABILITIES
 
-    def __init__(self, path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None) -> None:
+    def __init__(self, path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None,
+                 memory_limit_mb: int | None = None) -> None:
         self.path = path
         _check_folder(path)
         self._render = _Renderer(CAPABILITIES.dialect)
@@ -166,6 +167,8 @@ class DuckDBStore:
         self.checkpoint()  # see above, after LARGE_WRITE_ROWS
         if checkpoint_wal_mb:
             self._root.execute(self._render(schema.checkpoint_threshold(checkpoint_wal_mb)))
+        if memory_limit_mb:
+            self._root.execute(self._render(schema.memory_limit(memory_limit_mb)))
         self._indexed_tables: frozenset[str] = frozenset()
         self._migrate()
         self._indexed_tables = frozenset(row[0] for row in self._root.execute(self._render(schema.INDEXED_TABLES))
@@ -178,6 +181,12 @@ class DuckDBStore:
 
     def checkpoint(self) -> None:
         self._root.execute(self._render(schema.CHECKPOINT))
+
+    def memory(self) -> tuple[int, str]:
+        """Bytes DuckDB holds in memory now, and its limit as DuckDB writes it (e.g. ``19.2 GiB``)."""
+        with self._lock:
+            used, limit = self._root.execute(self._render(schema.DATABASE_MEMORY)).fetchall()[0]
+        return int(used), str(limit)
 
     def backup(self, target: str) -> None:
         """Copy every table, sequence and index into the new file ``target`` in one read transaction: a consistent
@@ -291,6 +300,7 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
         connection = duckdb.connect()
         try:
             _load_crypto(connection)
+            _spill_encrypted_beside(connection, path, render)
             connection.execute(render(schema.attach_encrypted(path, "portrait", encryption_key)))
             connection.execute(render(schema.USE_PORTRAIT))
         except BaseException:
@@ -342,9 +352,16 @@ def _load_crypto(connection: duckdb.DuckDBPyConnection) -> None:
     connection.load_extension(str(found[-1]))
 
 
-def open_store(path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None
-               ) -> DuckDBStore:
-    return DuckDBStore(path, encryption_key, checkpoint_wal_mb=checkpoint_wal_mb)
+def _spill_encrypted_beside(connection: duckdb.DuckDBPyConnection, path: str, render: _Renderer) -> None:
+    """Query work that does not fit in memory spills into ``<database>.tmp`` (as a plain database's does),
+    encrypted (see schema.ENCRYPT_SPILLS)."""
+    connection.execute(render(schema.temp_directory(path + ".tmp")))
+    connection.execute(render(schema.ENCRYPT_SPILLS))
+
+
+def open_store(path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None,
+               memory_limit_mb: int | None = None) -> DuckDBStore:
+    return DuckDBStore(path, encryption_key, checkpoint_wal_mb=checkpoint_wal_mb, memory_limit_mb=memory_limit_mb)
 
 
 def compaction_marker(path: str) -> Path:
@@ -409,6 +426,7 @@ def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
     try:
         if old_key or new_key:
             _load_crypto(connection)
+            _spill_encrypted_beside(connection, path, render)
         # Attached for writing, to write a write-ahead log left beside it (a crash before this rewrite) into it
         # first: that log must be gone before the new file takes the old one's place, or DuckDB replays it into the
         # new file at the next opening if this process ends between the replace and the removal below (every row of
