@@ -4,11 +4,13 @@ nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,9 +19,10 @@ from typer.testing import CliRunner
 
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.service import Portrait
+from portrait.errors import PortraitError
+from portrait.service import Portrait, restore_backup
 from portrait.sql import parse
-from portrait.store.duckdb import DuckDBStore
+from portrait.store.duckdb import DuckDBStore, compact_file
 
 KEY = "correct horse battery staple 42"
 KNOWN = (b"zelda.encrypted@example.com", b"+48 601 999 888", b"+48601999888", b"Zeldabeth", b"Quixotica-Street 7")
@@ -110,3 +113,75 @@ def test_data_spilled_to_disk_stays_encrypted_beside_the_database(tmp_path: Path
     assert spilled, "nothing was spilled: the test proves nothing"
     assert {path.parent for path in spilled} == {folder / "portrait.duckdb.tmp"}
     assert [path.name for path, data in spilled.items() if re.search(rb"[0-9a-f]{32}", data)] == []
+
+
+def test_the_key_of_an_encrypted_database_can_be_changed(tmp_path: Path) -> None:
+    db = str(tmp_path / "secret.duckdb")
+    service = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "r-1", "traits": {"email": "zelda.encrypted@example.com"}}])
+    service.process_pending()
+    service.close()
+    new_key = "a brand new key for the year"
+
+    def encrypt(**env: str) -> Any:
+        return CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": "", "PORTRAIT_PREVIOUS_ENCRYPTION_KEY": "", **env}).invoke(
+            app, ["encrypt", "--db", db])
+
+    without_previous = encrypt(PORTRAIT_ENCRYPTION_KEY=new_key)
+    assert without_previous.exit_code == 1
+    assert "encrypted already: to change its key, set PORTRAIT_PREVIOUS_ENCRYPTION_KEY" in without_previous.output
+    wrong_previous = encrypt(PORTRAIT_ENCRYPTION_KEY=new_key, PORTRAIT_PREVIOUS_ENCRYPTION_KEY="not it")
+    assert wrong_previous.exit_code == 1
+    assert "PORTRAIT_PREVIOUS_ENCRYPTION_KEY is not the key of the database" in wrong_previous.output
+    same = encrypt(PORTRAIT_ENCRYPTION_KEY=KEY, PORTRAIT_PREVIOUS_ENCRYPTION_KEY=KEY)
+    assert same.exit_code == 1 and "are the same key" in same.output
+    changed = encrypt(PORTRAIT_ENCRYPTION_KEY=new_key, PORTRAIT_PREVIOUS_ENCRYPTION_KEY=KEY)
+    assert changed.exit_code == 0 and "Re-encrypted" in changed.output
+    assert KNOWN[0] not in data_files(tmp_path)
+    old = cli("status", "--db", db, key=KEY)
+    assert old.returncode == 1 and "is not the key of the database" in old.stderr
+    reopened = Portrait(Settings(db_path=db, encryption_key=new_key), background=False)
+    try:
+        assert reopened.traits("user_id:r-1")["email"] == "zelda.encrypted@example.com"
+    finally:
+        reopened.close()
+
+
+def test_a_backup_from_before_a_key_change_or_a_plain_one_is_restored_under_todays_key(tmp_path: Path) -> None:
+    """A restore leaves a database today's key opens: a backup under the previous key is read with
+    PORTRAIT_PREVIOUS_ENCRYPTION_KEY, a plain one is encrypted; without the previous key the error says to set it."""
+    db, new_key = tmp_path / "shop.duckdb", "the key after the change"
+    before = Portrait(Settings(db_path=str(db), encryption_key=KEY), background=False)
+    before.ingest_messages([{"type": "identify", "userId": "b-1", "traits": {"email": "zelda.encrypted@example.com"}}])
+    before.process_pending()
+    old_backup = before.backups.make("under-old-key")["path"]
+    before.close()
+    plain = Portrait(Settings(db_path=str(tmp_path / "plain.duckdb")), background=False)
+    plain.ingest_messages([{"type": "identify", "userId": "p-1", "traits": {"name": "Zeldabeth"}}])
+    plain.process_pending()
+    plain_backup = plain.backups.make("plain")["path"]
+    plain.close()
+    compact_file(str(db), KEY, new_key)  # the key change (`portrait encrypt`)
+    today = Settings(db_path=str(db), encryption_key=new_key)
+    with pytest.raises(PortraitError, match="set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was made with"):
+        restore_backup(today, old_backup)
+    restore_backup(dataclasses.replace(today, previous_encryption_key=KEY), old_backup)
+    restored = Portrait(today, background=False)
+    try:
+        assert restored.traits("user_id:b-1")["email"] == "zelda.encrypted@example.com"
+    finally:
+        restored.close()
+    restore_backup(today, plain_backup)
+    assert KNOWN[3] not in db.read_bytes()  # the plain backup's name is encrypted in the restored file
+    restored = Portrait(today, background=False)
+    try:
+        assert restored.traits("user_id:p-1")["name"] == "Zeldabeth"
+    finally:
+        restored.close()
+
+
+def test_keys_are_not_in_a_printed_settings_object() -> None:
+    secrets = {"write_key": "wk-secret-1", "admin_key": "ak-secret-2", "encryption_key": "ek-secret-3",
+               "previous_encryption_key": "pk-secret-4"}
+    printed = repr(Settings(**secrets))  # in a log line, a traceback's locals, an error report
+    assert [name for name, value in secrets.items() if value in printed] == []

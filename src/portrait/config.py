@@ -25,12 +25,14 @@ class Settings:
     """Address the server listens on."""
     port: int = 8000
     """Port the server listens on."""
-    write_key: str | None = None
+    write_key: str | None = field(default=None, repr=False)  # a secret: never in a printed Settings
     """Ingestion write key set at start (otherwise one is generated once and printed)."""
-    admin_key: str | None = None
+    admin_key: str | None = field(default=None, repr=False)  # a secret: never in a printed Settings
     """Admin API key set at start (otherwise one is generated once and printed)."""
-    encryption_key: str | None = None
+    encryption_key: str | None = field(default=None, repr=False)  # a secret: never in a printed Settings
     """Encrypts the database file (and its write-ahead log) at rest; every start needs the same key."""
+    previous_encryption_key: str | None = field(default=None, repr=False)  # a secret: never in a printed Settings
+    """The key before a key change: `portrait encrypt` re-encrypts from it, `portrait restore` reads backups with it."""
     max_message_bytes: int = 32 * 1024
     """Largest single message accepted, after decompression."""
     max_batch_bytes: int = 500 * 1024

@@ -65,7 +65,13 @@ from portrait.spec import (
 from portrait.sql import ingest as ingest_sql
 from portrait.sql import reads
 from portrait.store import Session, Store, open_store
-from portrait.store.duckdb import compact_if_marked, compaction_marker, mark_for_compaction
+from portrait.store.duckdb import (
+    PREVIOUS_KEY_VARIABLE,
+    compact_file,
+    compact_if_marked,
+    compaction_marker,
+    mark_for_compaction,
+)
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
 from portrait.writer import DedupPolicy, EventWriter
 
@@ -881,12 +887,34 @@ def _keep_previous(database: Path) -> Path:
 
 
 def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
-    """The copy of the backup, opened (and upgraded) as a database; an error about it names the backup."""
+    """The copy of the backup, opened (and upgraded) as a database; an error about it names the backup.
+
+    The restored database is encrypted with today's key whatever the backup's was: a backup made before a key
+    change is read with PORTRAIT_PREVIOUS_ENCRYPTION_KEY, and a plain one is encrypted (a plain file in place of
+    an encrypted database would not open with the key the server starts with)."""
     try:
+        try:
+            return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
+        except PortraitError as exc:
+            old_key = _backup_key(settings, exc.code)
+            if old_key is None:
+                raise
+        compact_file(str(staging), old_key or None, settings.encryption_key, old_key_name=PREVIOUS_KEY_VARIABLE)
         return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
     except PortraitError as exc:
-        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)),
+        hint = (" (a backup made before the key was changed: set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was "
+                "made with)" if exc.code == "encryption_key_wrong" and not settings.previous_encryption_key else "")
+        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)) + hint,
                         code=exc.code) from exc
+
+
+def _backup_key(settings: Settings, refusal: str) -> str | None:
+    """The key to re-encrypt a backup from with today's (``""``: it is plain), when today's refused to open it."""
+    if refusal == "encryption_key_wrong" and settings.previous_encryption_key:
+        return settings.previous_encryption_key
+    if refusal == "database_not_encrypted" and settings.encryption_key:
+        return ""
+    return None
 
 
 def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from portrait.cli.common import (
 from portrait.client import remove_server_file, write_server_file
 from portrait.errors import PortraitError
 from portrait.service import Portrait
-from portrait.store.duckdb import compact_file
+from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file
 
 
 @app.command()
@@ -149,18 +149,32 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 
 @app.command()
 def encrypt(db: DbOption = None) -> None:
-    """Encrypt an existing database file with PORTRAIT_ENCRYPTION_KEY (stop the server first).
+    """Encrypt a database file with PORTRAIT_ENCRYPTION_KEY, or change its key (stop the server first).
 
     The file is copied into a new, encrypted one that then takes its place; every later start needs the same key.
+    To change the key of an encrypted database, set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to its present key and
+    PORTRAIT_ENCRYPTION_KEY to the new one.
     """
     settings = _settings(db)
-    if not settings.encryption_key:
+    new, previous = settings.encryption_key, settings.previous_encryption_key
+    if not new:
         raise _fail(PortraitError("set PORTRAIT_ENCRYPTION_KEY to the key to encrypt with (keep it safe: without it "
                                   "the data cannot be read)"))
+    if previous == new:
+        raise _fail(PortraitError("PORTRAIT_PREVIOUS_ENCRYPTION_KEY and PORTRAIT_ENCRYPTION_KEY are the same key: "
+                                  "nothing to change"))
     try:
-        compact_file(settings.db_path, None, settings.encryption_key)
+        compact_file(settings.db_path, previous, new, old_key_name=PREVIOUS_KEY_VARIABLE)
     except PortraitError as exc:
+        if exc.code == "encryption_key_missing" and not previous:
+            exc = PortraitError(f"{settings.db_path} is encrypted already: to change its key, set "
+                                "PORTRAIT_PREVIOUS_ENCRYPTION_KEY to its present key too", code=exc.code)
         raise _fail(exc) from exc
+    if previous:
+        console.print(f"Re-encrypted {settings.db_path} with the new key; the previous key no longer opens it. "
+                      "Backups made before keep the previous key: restore them with PORTRAIT_PREVIOUS_ENCRYPTION_KEY "
+                      "set to it.")
+        return
     console.print(f"Encrypted {settings.db_path}. Start Portrait with the same PORTRAIT_ENCRYPTION_KEY from now on.")
 
 

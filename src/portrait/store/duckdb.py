@@ -23,6 +23,8 @@ from portrait.store.base import Capabilities
 
 CAPABILITIES = Capabilities(dialect="duckdb", single_writer_process=True, arrow_scan=True)
 _LOCK_PID = re.compile(r"PID (\d+)")
+KEY_VARIABLE = "PORTRAIT_ENCRYPTION_KEY"  # where the key comes from, for errors that say which one is wrong
+PREVIOUS_KEY_VARIABLE = "PORTRAIT_PREVIOUS_ENCRYPTION_KEY"
 log = logging.getLogger(__name__)
 # DuckDB 1.5.5 cannot replay its write-ahead log when one transaction wrote a full row group (122,880 rows) or
 # more into a table with an index and a later transaction wrote to that table again before a checkpoint: after a
@@ -311,10 +313,11 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
         raise _open_problem(path, exc) from exc
 
 
-def _open_problem(path: str, exc: duckdb.Error) -> PortraitError:
-    """The clear error for a database file that could not be opened (or attached, to be compacted)."""
+def _open_problem(path: str, exc: duckdb.Error, key_name: str = KEY_VARIABLE) -> PortraitError:
+    """The clear error for a database file that could not be opened (or attached, to be compacted) with the key
+    from the environment variable ``key_name``."""
     if not isinstance(exc, duckdb.IOException):
-        return _key_problem(path, str(exc))
+        return _key_problem(path, str(exc), key_name)
     text = str(exc)
     if "could not set lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
         return PortraitError(f"cannot open the database {path}: {text.removeprefix('IO Error: ')}",
@@ -325,18 +328,20 @@ def _open_problem(path: str, exc: duckdb.Error) -> PortraitError:
                          "embedded database has one writer).")
 
 
-def _key_problem(path: str, text: str) -> PortraitError:
+def _key_problem(path: str, text: str, key_name: str) -> PortraitError:
     """The clear error for an encryption key that is missing, wrong, or given for a plain database; nothing is
     changed on disk in any of these cases."""
     if "without a key" in text:
-        return PortraitError(f"the database {path} is encrypted: set PORTRAIT_ENCRYPTION_KEY to its key",
+        return PortraitError(f"the database {path} is encrypted: set {key_name} to its key",
                              code="encryption_key_missing")
     if "Wrong encryption key" in text:
-        return PortraitError(f"PORTRAIT_ENCRYPTION_KEY is not the key of the database {path}; nothing was changed",
+        return PortraitError(f"{key_name} is not the key of the database {path}; nothing was changed",
                              code="encryption_key_wrong")
     if "is not encrypted" in text:
-        return PortraitError(f"the database {path} is not encrypted: unset PORTRAIT_ENCRYPTION_KEY, or encrypt it "
-                             "first with `portrait encrypt`", code="database_not_encrypted")
+        advice = (", or encrypt it first with `portrait encrypt`" if key_name == KEY_VARIABLE
+                  else " (a plain database has no previous key)")
+        return PortraitError(f"the database {path} is not encrypted: unset {key_name}{advice}",
+                             code="database_not_encrypted")
     return PortraitError(f"cannot open the database {path}: {text}", code="database_error")
 
 
@@ -387,12 +392,14 @@ def compact_if_marked(path: str, encryption_key: str | None = None) -> bool:
     return True
 
 
-def compact_file(path: str, old_key: str | None = None, new_key: str | None = None) -> None:
+def compact_file(path: str, old_key: str | None = None, new_key: str | None = None, *,
+                 old_key_name: str = KEY_VARIABLE) -> None:
     """Copy every table, sequence and index into a new file and put it in place of the old one, so bytes of deleted
-    rows (erased people) are gone from disk -- or, with a different ``new_key``, so the file becomes encrypted.
-    The old file is replaced only once the copy is complete."""
+    rows (erased people) are gone from disk -- or, with a different ``new_key``, so the file becomes encrypted
+    (or encrypted with another key). The old file is replaced only once the copy is complete. ``old_key_name``
+    is the variable ``old_key`` came from, for the error if it does not open the file."""
     with _rewriting(path):
-        _compact(path, old_key, new_key)
+        _compact(path, old_key, new_key, old_key_name)
 
 
 @contextmanager
@@ -416,7 +423,7 @@ def _rewriting(path: str) -> Iterator[None]:
         yield
 
 
-def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
+def _compact(path: str, old_key: str | None, new_key: str | None, old_key_name: str = KEY_VARIABLE) -> None:
     if not Path(path).is_file():  # attached for writing below, DuckDB would make a new, empty one
         raise PortraitError(f"cannot open the database {path}: there is no such file", code="database_unreadable")
     render = _Renderer("duckdb")
@@ -438,7 +445,7 @@ def _compact(path: str, old_key: str | None, new_key: str | None) -> None:
                                   else schema.attach(target, "new")))
         connection.execute(render(schema.COPY_DATABASE))
     except duckdb.Error as exc:  # e.g. a server holds the file: the CLI then goes through it (DatabaseInUse)
-        raise _open_problem(path, exc) from exc
+        raise _open_problem(path, exc, old_key_name) from exc
     finally:
         connection.close()
     os.replace(target, path)
