@@ -67,7 +67,8 @@ def router(console: Console) -> APIRouter:
         found = console.viewer(request).segment(await run_in_threadpool(portrait.segments.get, segment))
         members = await run_in_threadpool(lambda: portrait.segments.members(segment, after=after, limit=50))
         sizes = await run_in_threadpool(portrait.segments.sizes, segment)
-        chart = bars([(s["at"][5:16], s["size"]) for s in sizes[-30:]], label="size over time")
+        chart = bars([(s["at"][5:16], s["size"]) for s in sizes[-30:]], label="size over time",
+                     columns=("Counted at", "Members"))
         return console.render(request, "segment.html", {"segment": found, "members": members, "chart": chart})
 
     @web.get("/segments/{segment}/export.csv")

@@ -4,6 +4,10 @@ The layout is worked out here in the chart's own units (``WIDTH`` wide, text ``F
 chart between ``min-width`` and ``max-width`` so the text stays readable, scrolling inside its box on a phone.
 Labels are shown whole up to ``LABEL_CHARS`` characters (longer ones end in "…", the whole text is the bar's
 tooltip); when they do not fit side by side under the bars they are turned 45 degrees.
+
+A chart is an image to a screen reader and its exact values are a mouse's hover away: so every chart also gives
+its figures as a table, behind a disclosure under the chart (WCAG 1.1.1). The box a chart scrolls in on a phone
+takes the keyboard focus (through that disclosure, or itself for the funnel), so it scrolls from the keyboard too.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ def short(text: str, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def bars(items: list[tuple[str, float]], *, label: str = "") -> Markup:
+def bars(items: list[tuple[str, float]], *, label: str, columns: tuple[str, str]) -> Markup:
     """A vertical bar chart with a value axis (ticks and grid lines), a label under each bar and the exact value
-    on hover; ``label`` names the chart for screen readers."""
+    on hover; ``label`` names the chart, ``columns`` head its table of figures (what a bar is, what it counts)."""
     if not items:
         return Markup('<p class="empty">No data yet.</p>')
     axis = ticks(max(value for _, value in items))
@@ -69,7 +73,8 @@ def bars(items: list[tuple[str, float]], *, label: str = "") -> Markup:
     def y(value: float) -> float:
         return base - PLOT_HEIGHT * value / axis[-1]
 
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" aria-label="{escape(label)}">',
+    described = f"{label}: {len(items)} bars, the figures are in the table after the chart"
+    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height:.0f}" role="img" aria-label="{escape(described)}">',
              '<g class="y-axis">']
     for tick in axis:
         parts.append(f'<line x1="{left:.1f}" x2="{WIDTH}" y1="{y(tick):.1f}" y2="{y(tick):.1f}"></line>'
@@ -90,7 +95,15 @@ def bars(items: list[tuple[str, float]], *, label: str = "") -> Markup:
         parts.append(f'<text x="{x:.1f}" y="{base + FONT + 2:.1f}" text-anchor="{"end" if slanted else "middle"}"'
                      f"{turn}>{escape(name)}</text>")
     parts.append("</g></svg>")
-    return Markup('<div class="chart-box">' + "".join(parts) + "</div>")
+    return Markup('<div class="chart-box">' + "".join(parts) + figures(items, label, columns) + "</div>")
+
+
+def figures(items: list[tuple[str, float]], label: str, columns: tuple[str, str]) -> str:
+    """A chart's figures as a table with header cells, closed until asked for."""
+    rows = "".join(f'<tr><th scope="row">{escape(name)}</th><td>{value:,.0f}</td></tr>' for name, value in items)
+    return (f'<details class="figures"><summary>{escape(label.capitalize())} as a table</summary><table>'
+            f'<thead><tr><th scope="col">{escape(columns[0])}</th><th scope="col">{escape(columns[1])}</th></tr>'
+            f"</thead><tbody>{rows}</tbody></table></details>")
 
 
 def funnel(steps: list[dict[str, object]]) -> Markup:
@@ -104,7 +117,8 @@ def funnel(steps: list[dict[str, object]]) -> Markup:
               for step in steps]
     left = max(len(name) for name in names) * CHAR + 12
     room = WIDTH - left - max(len(value) for value in values) * CHAR - 10
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {row * len(steps)}" role="img" aria-label="funnel">']
+    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {row * len(steps)}" role="img" '
+             'aria-label="funnel: customers at each step, the figures are in the table after the chart">']
     for index, step in enumerate(steps):
         share = float(step["conversion_from_start"])  # type: ignore[arg-type]
         w = max(2.0, room * share)
@@ -113,7 +127,9 @@ def funnel(steps: list[dict[str, object]]) -> Markup:
                      f'<rect x="{left:.1f}" y="{y + 6}" width="{w:.1f}" height="22"></rect>'
                      f'<g class="values"><text x="{left + w + 6:.1f}" y="{y + 21}">{values[index]}</text></g>')
     parts.append("</svg>")
-    return Markup('<div class="chart-box">' + "".join(parts) + "</div>")
+    # Nothing in the box takes the focus (its table follows it): the box does, to scroll on a phone by keyboard.
+    return Markup('<div class="chart-box" tabindex="0" role="group" aria-label="funnel chart">' + "".join(parts)
+                  + "</div>")
 
 
 def sparkline(values: list[float], *, width: int = 120, height: int = 28) -> Markup:

@@ -158,10 +158,10 @@ def router(console: Console) -> APIRouter:
         chart = None
         if stats and stats.get("histogram"):
             chart = bars([(with_unit(f"{number(b['from'])}\u2013{number(b['to'])}", unit), b["count"])
-                          for b in stats["histogram"]], label="distribution")
+                          for b in stats["histogram"]], label="distribution", columns=("Range", "Profiles"))
         elif stats:
             chart = bars([(with_unit(str(v["value"]), unit), v["count"]) for v in stats["top_values"]],
-                         label="top values")
+                         label="top values", columns=("Value", "Profiles"))
         return console.render(request, "attribute.html", {
             "attribute": found, "stats": stats, "chart": chart, "error": error, "unit": unit,
             "values": _attribute_values(found) if values is None else values}, status)
@@ -239,7 +239,7 @@ def _overview(console: Console) -> dict[str, Any]:
     return {
         "status": portrait.status(),
         "per_day": bars([(day.isoformat()[5:], n) for day, n in per_day] if any(n for _, n in per_day) else [],
-                        label="events per day"),
+                        label="events per day", columns=("Day", "Events")),
         "top_events": [(name, int(n)) for name, n in top],
         "rejected_24h": int(session.execute(q.REJECTED_SINCE, [now - timedelta(days=1)])[0][0]),
         "quality_24h": int(session.execute(q.QUALITY_SINCE, [now - timedelta(days=1)])[0][0]),
