@@ -62,10 +62,18 @@
   }
 
   // -- live events --------------------------------------------------------------------------------------------
+  // A list that keeps moving beside the rest of the page can be paused (WCAG 2.2.2): while the toggle is pressed
+  // nothing is fetched; on resuming, what arrived meanwhile is fetched at once.
   var live = document.getElementById("live");
+  var pause = document.getElementById("live-pause");
   if (live) {
     var after = parseInt(live.getAttribute("data-after") || "0", 10);
+    var paused = function () { return pause !== null && pause.getAttribute("aria-pressed") === "true"; };
+    if (pause) {
+      pause.addEventListener("click", function () { pause.setAttribute("aria-pressed", String(!paused())); });
+    }
     var poll = function () {
+      if (paused()) { setTimeout(poll, 1000); return; }
       fetch("/console/api/recent?after=" + after, {credentials: "same-origin"})
         .then(function (r) { return r.json(); })
         .then(function (body) {
