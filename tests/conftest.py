@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from portrait.service import Portrait
 from portrait.sql import parse
 
 WRITE_KEY = "wk_test_key"
+# The official Node.js SDKs (tests/test_node_sdks.py, tests/test_pushback.py), installed from npm into tests/.cache
+NODE_SDKS = {"segment": "@segment/analytics-node", "rudder": "@rudderstack/rudder-sdk-node"}
+NODE_SDKS_CACHE = Path(__file__).parent / ".cache" / "node-sdks"
 ADMIN_KEY = "ak_test_key"
 # Profiles whose kept activity (first/last seen, number of events) differs from their events in event_profiles.
 _ACTIVITY_MISMATCHES = parse("""
@@ -129,3 +133,18 @@ def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The two Node.js SDKs from the npm registry (latest major, 3 for both), installed once at test setup."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to run the official Node.js SDKs and are not on PATH")
+    modules = NODE_SDKS_CACHE / "node_modules"
+    if not all((modules / name / "package.json").exists() for name in NODE_SDKS.values()):
+        NODE_SDKS_CACHE.mkdir(parents=True, exist_ok=True)
+        installed = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix",
+                                    str(NODE_SDKS_CACHE), *(f"{name}@3" for name in NODE_SDKS.values())],
+                                   capture_output=True, text=True, timeout=300, check=False)
+        assert installed.returncode == 0, installed.stderr
+    return modules

@@ -10,40 +10,22 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import WRITE_KEY, Server, start_server
+from tests.conftest import NODE_SDKS, WRITE_KEY, Server, start_server
 
-CACHE = Path(__file__).parent / ".cache" / "node-sdks"
 DRIVER = Path(__file__).parent / "node_sdks" / "send.js"
-PACKAGES = {"segment": "@segment/analytics-node", "rudder": "@rudderstack/rudder-sdk-node"}
 LIBRARY = {"segment": "@segment/analytics-node", "rudder": "analytics-node"}  # context.library.name each sends
-SDKS = sorted(PACKAGES)
+SDKS = sorted(NODE_SDKS)
 BULK = 100  # with flushAt 20: the 107 calls go in at least 6 requests
-
-
-@pytest.fixture(scope="module")
-def node_modules() -> Path:
-    """The two SDKs from the npm registry (latest major, 3 for both), installed once at test setup."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed to run the official Node.js SDKs and are not on PATH")
-    modules = CACHE / "node_modules"
-    if not all((modules / name / "package.json").exists() for name in PACKAGES.values()):
-        CACHE.mkdir(parents=True, exist_ok=True)
-        installed = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(CACHE),
-                                    *(f"{name}@3" for name in PACKAGES.values())],
-                                   capture_output=True, text=True, timeout=300, check=False)
-        assert installed.returncode == 0, installed.stderr
-    return modules
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +37,23 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running.stop()
 
 
-def send(node_modules: Path, tmp_path: Path, sdk: str, server: Server, run: str, **options: Any) -> dict[str, Any]:
-    """Run the driver with one SDK; returns its report (errors, callbacks, HTTP statuses, calls, wire)."""
+def send(node_modules: Path, tmp_path: Path, sdk: str, server: Server, run: str,
+         on_answer: Callable[[int | str], None] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the driver with one SDK; returns its report (errors, callbacks, HTTP statuses, calls, wire).
+    ``on_answer`` is told each HTTP status (or network error code) the SDK gets, as it gets it."""
     out = tmp_path / f"{run}.json"
     config = {"sdk": sdk, "host": server.url, "writeKey": WRITE_KEY, "run": run, "flushAt": 20, "bulk": BULK,
               "t0": (int(time.time()) - 7200) * 1000, "out": str(out), **options}
-    done = subprocess.run(["node", str(DRIVER), json.dumps(config)], capture_output=True, text=True, timeout=90,
-                          env={**os.environ, "NODE_PATH": str(node_modules)}, check=False)
-    assert done.returncode == 0, done.stderr
+    errors = tmp_path / f"{run}.stderr"
+    with errors.open("w") as stderr, subprocess.Popen(
+            ["node", str(DRIVER), json.dumps(config)], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "NODE_PATH": str(node_modules)}) as driver:
+        assert driver.stdout is not None
+        for line in driver.stdout:  # "answered <status>", one line per HTTP answer
+            status = line.split()[-1]
+            if on_answer is not None:
+                on_answer(int(status) if status.isdigit() else status)
+        assert driver.wait(timeout=90) == 0, errors.read_text()
     report: dict[str, Any] = json.loads(out.read_text())
     return report
 

@@ -1,10 +1,10 @@
 // Sends a fixed set of calls to Portrait through one official Node.js SDK, unmodified, and records what
 // the SDK reported (its errors, callbacks and HTTP answers) and, when a proxy is asked for, what went over the wire;
-// the report is written to the file named by "out".
+// the report is written to the file named by "out", and each HTTP answer is said on stdout as it comes.
 //
 // node send.js '{"sdk": "segment"|"rudder", "host": "http://127.0.0.1:PORT", "writeKey": "...", "run": "prefix",
 //                "t0": <ms since epoch>, "bulk": 120, "flushAt": 20, "failFirst": 0, "proxy": false,
-//                "out": "report.json"}'
+//                "out": "report.json", "maxRetries": 3, "retryCount": <the SDK's default>}'
 // (run with NODE_PATH pointing at the node_modules that hold the SDKs)
 // With "proxy" (or "failFirst" > 0) the SDK talks to a recording proxy on loopback that forwards every request to
 // the host unchanged; the first "failFirst" requests are answered 503 after Portrait has accepted them (a lost
@@ -15,7 +15,15 @@ const zlib = require('zlib')
 
 const cfg = JSON.parse(process.argv[2])
 const run = cfg.run
-const report = { errors: [], callbacks: { ok: 0, failed: [] }, responses: [], wire: [], sent: [] }
+const report = { errors: [], callbacks: { ok: 0, failed: [] }, responses: [], answeredAt: [], wire: [], sent: [] }
+
+// Each HTTP answer's status, and when it came (ms since epoch, for the retry timing); said on stdout at once too, so
+// a test can act on it while the SDK is still sending
+function recordResponse(status) {
+  report.responses.push(status)
+  report.answeredAt.push(Date.now())
+  process.stdout.write(`answered ${status}\n`)
+}
 
 function startProxy(target) {
   const upstream = new URL(target)
@@ -94,9 +102,9 @@ function recordCallback(err) {
 async function withSegment(host) {
   const { Analytics } = require('@segment/analytics-node')
   const analytics = new Analytics({ writeKey: cfg.writeKey, host, flushAt: cfg.flushAt || 15, flushInterval: 200,
-                                    maxRetries: 3 })
+                                    maxRetries: cfg.maxRetries ?? 3 })
   analytics.on('error', (e) => report.errors.push({ code: e.code, reason: String(e.reason) }))
-  analytics.on('http_response', (r) => report.responses.push(r.status))
+  analytics.on('http_response', (r) => recordResponse(r.status))
   for (const [kind, message] of calls()) {
     analytics[kind](message, recordCallback)
     report.sent.push({ kind, message })
@@ -109,10 +117,10 @@ async function withRudder(host) {
   const axios = require('axios')
   const axiosInstance = axios.create()
   axiosInstance.interceptors.response.use(
-    (r) => { report.responses.push(r.status); return r },
-    (e) => { report.responses.push(e.response ? e.response.status : String(e.code)); return Promise.reject(e) })
+    (r) => { recordResponse(r.status); return r },
+    (e) => { recordResponse(e.response ? e.response.status : String(e.code)); return Promise.reject(e) })
   const client = new Analytics(cfg.writeKey, { dataPlaneUrl: host, flushAt: cfg.flushAt || 20, flushInterval: 200,
-                                               axiosInstance, logLevel: 'error',
+                                               axiosInstance, logLevel: 'error', retryCount: cfg.retryCount,
                                                errorHandler: (e) => report.errors.push({ reason: String(e) }) })
   for (const [kind, message] of calls()) {
     client[kind](message, recordCallback)
