@@ -50,8 +50,10 @@ INLINE_BODY_BYTES = 64 * 1024
 # One thread: reading is Python work under the GIL, so more threads would only take turns (and take them from the
 # event loop and the writer), not read faster.
 _LARGE_BODIES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portrait-large-bodies")
-# How long a sender refused as overloaded is asked to wait (segment-analytics-python waits this long; other SDKs
-# back off on their own): the bodies in progress are read and committed within seconds.
+# How long a sender refused as overloaded is asked to wait: the bodies in progress are read and committed within
+# seconds. segment-analytics-python waits exactly this long and @rudderstack/rudder-sdk-node at least this long (three
+# times, by default, before it drops the batch); the others back off on their own (docs/ingestion.md, "When the server
+# pushes back", says why this is a 503 and not a 429, and what to configure in each SDK).
 OVERLOADED_RETRY_AFTER = 2
 
 
