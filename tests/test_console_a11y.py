@@ -57,6 +57,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                         ).status_code == 201
         assert api.post("/api/attributes", json={"code": "shoe_size", "name": "Shoe size", "type": "integer"}
                         ).status_code == 201
+        assert api.post("/api/attributes", json={"code": "newsletter", "name": "Newsletter", "type": "boolean",
+                                                 "calculate_analytics": True}).status_code == 201
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": f"news-{i}", "traits": {"newsletter": i % 3 == 0}} for i in range(6)]}
+                        ).status_code == 200
+    server.wait_caught_up()
     yield server
     server.stop()
 
@@ -247,6 +254,12 @@ def test_charts_give_their_figures_as_a_table(browser: Browser, shop: Server) ->
     expect(figures.locator("thead th")).to_have_text(["Value", "Profiles"])
     assert figures.locator("tbody tr").evaluate_all(
         "rows => rows.map(r => [r.cells[0].innerText, r.cells[1].innerText])") == tops
+    page.goto("/attributes/newsletter")  # true/false as JSON writes them in the chart too, not Python's True
+    summary = page.locator(".chart-box summary").first
+    summary.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".chart-box table tbody th")).to_have_text(["false", "true"])
+    expect(page.locator("table.top-values tbody td:first-child")).to_have_text(["false", "true"])
     page.goto("/")
     days = page.locator(".chart-box table tbody tr")
     expect(days).to_have_count(14)  # every day of the chart, with its count

@@ -25,6 +25,7 @@ from portrait.web.common import (
     SignInNeeded,
     error_page,
     form_error,
+    shown,
     sign_in_redirect,
     status_of,
 )
@@ -160,7 +161,7 @@ def router(console: Console) -> APIRouter:
             chart = bars([(with_unit(f"{number(b['from'])}\u2013{number(b['to'])}", unit), b["count"])
                           for b in stats["histogram"]], label="distribution", columns=("Range", "Profiles"))
         elif stats:
-            chart = bars([(with_unit(str(v["value"]), unit), v["count"]) for v in stats["top_values"]],
+            chart = bars([(with_unit(str(shown(v["value"])), unit), v["count"]) for v in stats["top_values"]],
                          label="top values", columns=("Value", "Profiles"))
         return console.render(request, "attribute.html", {
             "attribute": found, "stats": stats, "chart": chart, "error": error, "unit": unit,
