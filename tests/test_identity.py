@@ -15,8 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portrait.config import Settings
-from portrait.identity import ANONYMOUS, WHITESPACE, IdentityGraph, IdentityRules, Resolution, lower_as_sql
+from portrait.identity import (
+    ANONYMOUS,
+    WHITESPACE,
+    IdentityGraph,
+    IdentityRules,
+    Resolution,
+    identity_hints,
+    lower_as_sql,
+)
 from portrait.model import Identifier
+from portrait.sql.processor import STAGE_IDENTIFIERS
 
 RULES = IdentityRules.from_settings(Settings())
 UNLIMITED = IdentityRules.from_settings(Settings(identity_limits={"user_id": 1000}, identity_default_limit=1000))
@@ -125,6 +134,45 @@ def test_emails_are_lowered_as_the_processors_sql_lowers_them() -> None:
     lowered = [row[0] for row in connection.execute("SELECT lower(c) FROM characters").fetchall()]
     assert [c for c, low in zip(characters, lowered, strict=True) if lower_as_sql(c) != low] == []
     assert lower_as_sql("İPEK@Example.COM") == "ipek@example.com"
+
+
+def _emails_by_the_processors_sql(raws: Sequence[str]) -> list[str | None]:
+    """The email identifier the processor's SQL (STAGE_IDENTIFIERS) takes from each value sent as traits.email,
+    stored in the log as ingestion stores it (identity_hints)."""
+    connection = duckdb.connect()
+    connection.execute("CREATE TABLE events (seq BIGINT, user_id VARCHAR, anonymous_id VARCHAR, "
+                       "identity_hints VARCHAR)")
+    hints = [identity_hints("identify", {"traits": {"email": raw}}, ()) for raw in raws]
+    connection.register("sent", pa.table({"seq": list(range(1, len(raws) + 1)), "hints": hints}))
+    connection.execute("INSERT INTO events SELECT seq, NULL, NULL, hints FROM sent")
+    connection.execute(STAGE_IDENTIFIERS.sql("duckdb"), [0, len(raws), sorted(RULES.blocked)])
+    found = dict(connection.execute("SELECT seq, value FROM b_ids_raw WHERE id_type = 'email'").fetchall())
+    return [found.get(seq) for seq in range(1, len(raws) + 1)]
+
+
+def _emails_by_python(raws: Sequence[str]) -> list[str | None]:
+    """The email identifier Python's rules (lookups, static segments, erasures) take from each value."""
+    return [ident.value if (ident := RULES.normalize("email", raw)) else None for raw in raws]
+
+
+TRICKY_EMAILS = ["x@", "@x", "@", "@@", " x@ ", "\t@x", "x@\n", "@@@", "a@b@c", "a b@c.d", " Ann@B.c ", "a@b.",
+                 "É@X", "x@\u0301", "\u0301@x", "a\u00a0@b", "x@\u200b", "a" * 300 + "@" + "b" * 5000, "TEST@test.com"]
+
+
+def test_python_and_sql_take_the_same_emails() -> None:
+    """One event gives the same email identity whichever way it is read: the processor's SQL refused "x@" and
+    "@x" (no text on one side of the @) while lookups, static segments and erasures took them, so a static
+    segment listed an "email" no profile could ever hold, and a lookup answered "no profile" instead of "not an
+    identity"."""
+    assert _emails_by_python(TRICKY_EMAILS) == _emails_by_the_processors_sql(TRICKY_EMAILS)
+    assert _emails_by_python(["x@", "@x", " Ann@B.c "]) == [None, None, "ann@b.c"]
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.builds(lambda a, b: a + "@" + b, st.text(max_size=3), st.text(max_size=3)), min_size=1,
+                max_size=20))
+def test_python_and_sql_take_the_same_emails_generated(raws: list[str]) -> None:
+    assert _emails_by_python(raws) == _emails_by_the_processors_sql(raws)
 
 
 # -- rank -----------------------------------------------------------------------------------------------------------

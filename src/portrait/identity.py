@@ -73,7 +73,7 @@ class IdentityRules:
             return None
         if kind == "email":
             value = lower_as_sql(value)
-            if "@" not in value or value in self.blocked:
+            if not is_email(value) or value in self.blocked:
                 return None
         elif kind == "phone":
             phone = normalize_phone(value, self.phone_region)
@@ -81,6 +81,16 @@ class IdentityRules:
                 return None
             value = phone
         return Identifier(kind, value)
+
+
+def is_email(value: str) -> bool:
+    """Whether a trimmed value can be an email identifier: some text on both sides of an ``@`` -- the processor's
+    SQL test (``LIKE '%_@_%'`` in sql.processor.STAGE_IDENTIFIERS). Anything stricter would drop identifiers
+    people did type (``ann smith@example.com``); ``x@`` and ``@x`` name no one. Lookups, static segments and
+    erasures took ``x@`` while the processor never stored it: a static segment listed an email no profile could
+    hold. The log's separators (``\x1e``, ``\x1f``) make no email either: a value holding one is never stored as a
+    hint (:func:`identity_hints`), so the processor never sees it."""
+    return "@" in value[1:-1] and HINT_SEPARATOR not in value and HINT_TYPE_SEPARATOR not in value
 
 
 def lower_as_sql(text: str) -> str:
