@@ -205,6 +205,23 @@ def test_a_segment_comparing_personal_data_shows_those_values_masked_without_pii
         assert shown.status_code == 200 and "ann@example.com" not in shown.text and "a***@example.com" in shown.text
 
 
+def test_explain_masks_a_personal_number_and_its_threshold_and_keeps_the_unit(client: TestClient,
+                                                                              portrait: Portrait) -> None:
+    made = client.post("/api/attributes", headers=ADMIN, json={"code": "salary", "name": "Salary", "type": "number",
+                                                               "unit": "EUR", "is_personal_info": True})
+    assert made.status_code == 201, made.text
+    portrait.ingest_messages([{"type": "identify", "userId": "42", "traits": {"salary": 5400}}])
+    portrait.process_pending()
+    assert client.post("/api/segments", headers=ADMIN, json={"name": "earners", "condition": "salary > 5000"}
+                       ).status_code == 201
+    path = "/api/segments/earners/explain/user_id:42"
+    assert client.get(path, headers=ADMIN).json()["explanation"]["why"] == \
+        "salary is 5400 EUR; the condition: > 5000 EUR"
+    reader = new_key(client, kind="read", name="bi")
+    answer = client.get(path, headers=bearer(reader["key"])).json()["explanation"]
+    assert (answer["text"], answer["why"]) == ('salary > "***"', "salary is '***' EUR; the condition: > \"***\" EUR")
+
+
 ANN_SIGNUPS = 'count("Signed Up", where email = "ann@example.com" and plan = "pro")'
 ANN_SIGNUPS_MASKED = 'count("Signed Up", where email = "a***@example.com" and plan = "pro")'
 

@@ -192,6 +192,24 @@ def test_explain_writes_times_as_the_api_does(portrait: Portrait) -> None:
     assert portrait.explain_segment("recent", "user_id:ann")["explanation"]["why"] == f"last time: {newest}"
 
 
+def test_explain_gives_values_and_thresholds_with_their_units(portrait: Portrait) -> None:
+    """A number attribute's unit is read with its value and the value it is compared with, as the analytics and
+    the profile show them; an attribute without a unit (country) reads as before."""
+    shop(portrait)  # age is a standard attribute, in years
+    portrait.create_attribute({"code": "total_revenue", "name": "Total revenue", "unit": "EUR",
+                               "definition": 'sum("Order Completed", revenue)'})
+    portrait.create_segment({"name": "big", "condition": 'total_revenue > 100 and age between 25 and 40 and '
+                                                         'country in ("PL", "TR") and age is set'})
+    parts = portrait.explain_segment("big", "user_id:ann")["explanation"]["parts"]
+    assert [(p["why"], p.get("unit")) for p in parts] == [
+        ("total_revenue is 140.0 EUR; the condition: > 100 EUR", "EUR"),
+        ("age is 31 years; the condition: between 25 and 40 years", "years"),
+        ("country is 'PL'", None),
+        ("age is 31 years", "years")]
+    parts = portrait.explain_segment("big", "user_id:cid")["explanation"]["parts"]
+    assert parts[0]["why"] == "total_revenue is 0.0 EUR; the condition: > 100 EUR"
+
+
 def test_references_between_segments_are_protected(portrait: Portrait) -> None:
     shop(portrait)
     portrait.create_segment({"name": "poles", "condition": 'country = "PL"'})
@@ -255,7 +273,8 @@ def test_the_api(client: TestClient, portrait: Portrait) -> None:
     rest = client.get("/api/segments/young/members", headers=ADMIN, params={"after": page["next"]}).json()
     assert len(page["members"]) == 1 and len(rest["members"]) == 1 and rest["next"] is None
     explained = client.get(f"/api/segments/{segment_id}/explain/user_id:cid", headers=ADMIN).json()
-    assert explained["member"] is True and explained["explanation"]["why"] == "age is 28"
+    assert explained["member"] is True
+    assert explained["explanation"]["why"] == "age is 28 years; the condition: < 40 years"
     assert client.get("/api/profiles/user_id:cid/segments", headers=ADMIN).json()["segments"][0]["name"] == "young"
     assert client.get("/api/segments", headers=ADMIN).json()["segments"][0]["size"] == 2
     assert client.get("/api/segments/young/sizes", headers=ADMIN).json()["sizes"][0]["size"] == 2
@@ -326,7 +345,7 @@ def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> N
     listed = run("segments", "list")
     assert "young" in listed and "2 identities" in listed
     explained = run("segments", "explain", "young", "user_id:bob")
-    assert "not a member" in explained and "age is 52" in explained
+    assert "not a member" in explained and "age is 52 years; the condition: < 40 years" in explained
     assert "cid" in run("segments", "members", "young")
     out = tmp_path / "young.csv"
     exported = run("export", "profiles", "-o", str(out), "--segment", "young", "--attributes", "age,country")

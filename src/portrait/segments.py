@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from portrait.attributes import unit_shown
 from portrait.background import Worker
 from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
@@ -417,7 +418,8 @@ class Segments:
             return {"segment": segment.name, "profile_id": profile_id, "member": member, "kind": "static",
                     "why": "holds one of the segment's identities" if member else
                     "holds none of the segment's identities"}
-        tree = explain(segment.condition, self.schema(), now or utc_now(), profile, self._static_members)
+        units = {str(a["code"]): unit for a in self._attributes.list() if (unit := unit_shown(a))}
+        tree = explain(segment.condition, self.schema(), now or utc_now(), profile, self._static_members, units)
         return {"segment": segment.name, "profile_id": profile_id, "member": member, "holds": tree["holds"],
                 "explanation": tree}
 

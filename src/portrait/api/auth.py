@@ -18,8 +18,9 @@ from fastapi import Request
 from portrait import privacy
 from portrait.attributes import code_for
 from portrait.conditions import describe, from_json, parse, to_json, to_text
-from portrait.conditions.ast import Compare
+from portrait.conditions.ast import Compare, Condition
 from portrait.conditions.calculations import definition_text, parse_definition
+from portrait.conditions.explain import compare_why
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.segments import read_condition
@@ -269,14 +270,16 @@ def _compares(node: object) -> Iterator[Compare]:
 
 def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any]:
     out = dict(node)
+    masked: Condition | None = None
     try:  # each part's text is the condition's text form, which reads back
-        out["text"] = to_text(privacy.mask_condition(parse(str(out.get("text", ""))), personal))
+        masked = privacy.mask_condition(parse(str(out.get("text", ""))), personal)
+        out["text"] = to_text(masked)
     except PortraitError:
         out["text"] = privacy.HIDDEN
     if out.get("attribute") in personal:
-        value = out.get("value")
-        out["value"] = privacy.mask(value)
-        out["why"] = f"{out['attribute']} is {out['value']!r}" if value is not None else out["why"]
+        out["value"] = privacy.mask(out.get("value"))
+        out["why"] = compare_why(masked, out["value"], out.get("unit")) if isinstance(masked, Compare) else \
+            privacy.HIDDEN
     if "parts" in out:
         out["parts"] = [_mask_explanation(p, personal) for p in out["parts"]]
     return out

@@ -5,10 +5,11 @@ Results come from the Python engine itself (:mod:`.evaluate`), so an explanation
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from portrait.attributes import with_unit
 from portrait.conditions.ast import (
     Aggregate,
     And,
@@ -36,19 +37,25 @@ from portrait.conditions.text import to_text
 
 
 def explain(condition: Condition, schema: Schema, now: datetime, profile: ProfileData,
-            static_members: Callable[[str], set[str]] = lambda name: set()) -> dict[str, Any]:
-    """``{"text", "holds", "why", "parts"}`` for the condition and, recursively, its parts."""
+            static_members: Callable[[str], set[str]] = lambda name: set(),
+            units: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``{"text", "holds", "why", "parts"}`` for the condition and, recursively, its parts. ``units``: the unit
+    people read after each attribute's values (attributes.unit_shown), by code."""
+    units = units or {}
     holds = compile_predicate(condition, schema, now, static_members)(profile)
     node: dict[str, Any] = {"text": to_text(condition), "holds": holds}
     if isinstance(condition, And | Or | Not):
         items = condition.items if isinstance(condition, And | Or) else (condition.item,)
-        node["parts"] = [explain(i, schema, now, profile, static_members) for i in items]
+        node["parts"] = [explain(i, schema, now, profile, static_members, units) for i in items]
         node["why"] = {And: "all parts must hold", Or: "one part must hold", Not: "the part must not hold"}[
             type(condition)]
     elif isinstance(condition, Compare):
         value = profile.traits.get(condition.field)
         node.update(attribute=condition.field, value=value)
-        node["why"] = f"{condition.field} is {value!r}" if value is not None else f"{condition.field} is not set"
+        unit = units.get(condition.field)
+        if unit:
+            node["unit"] = unit
+        node["why"] = compare_why(condition, value, unit)
     elif isinstance(condition, Consent):
         node["why"] = f"consent for {condition.purpose!r} is {profile.consent(condition.purpose)}"
     elif isinstance(condition, InSegment):
@@ -57,10 +64,23 @@ def explain(condition: Condition, schema: Schema, now: datetime, profile: Profil
             node["why"] = "on the uploaded list" if holds else "not on the uploaded list"
         else:
             node["why"] = f"the condition of segment {condition.segment!r}"
-            node["parts"] = [explain(referenced, schema, now, profile, static_members)]
+            node["parts"] = [explain(referenced, schema, now, profile, static_members, units)]
     else:
         node["why"] = _event_why(condition, now, profile)
     return node
+
+
+def compare_why(condition: Compare, value: Any, unit: str | None) -> str:
+    """``age is 52``; with a unit, the value and the threshold both carry it, as the analytics and the profile
+    write values (``total_revenue is 140.5 EUR; the condition: > 100 EUR``): the condition's text alone cannot say
+    whether 100 means euros or cents."""
+    if value is None:
+        return f"{condition.field} is not set"
+    why = with_unit(repr(value), unit)
+    if not unit or not condition.values:
+        return f"{condition.field} is {why}"
+    threshold = to_text(condition)[len(condition.field) + 1:]  # "> 100", "between 25 and 40", "in (1, 2)"
+    return f"{condition.field} is {why}; the condition: {with_unit(threshold, unit)}"
 
 
 def _event_why(condition: Condition, now: datetime, profile: ProfileData) -> str:
