@@ -278,3 +278,59 @@ def test_a_type_change_that_breaks_a_definition_using_the_attribute_is_refused(p
         assert "is not one of" in typo.json()["message"]
         assert change("created_at", "date").status_code == 200  # still a date to count from
         assert change("first_name", "enum").status_code == 200  # still one value
+
+
+def test_a_definition_an_attribute_created_later_breaks_is_marked_and_not_computed(portrait: Portrait) -> None:
+    """A definition may name an attribute not defined yet. When the processor then created it from traits with a
+    type the definition cannot use (a date arrives as JSON text; tags as a list), nothing checked it: concat pasted
+    JSON text into every profile and days_since went on counting from text. Now the definition says why in its
+    `error` (API, CLI, console), is not computed meanwhile, and the processor goes on; giving the attribute a type
+    that fits clears it. Creating such an attribute through the API is refused, as a type change is."""
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+    from typer.testing import CliRunner
+
+    from portrait.api import create_app
+    from portrait.cli import app
+
+    portrait.create_attribute({"code": "signup_days", "name": "Days since sign-up",
+                               "definition": "days_since(signup_date)"})
+    portrait.create_attribute({"code": "label", "name": "Label", "definition": 'concat(nick, " ", tags)'})
+    portrait.create_attribute({"code": "age_years", "name": "Age", "definition": "years_since(born)"})
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {
+        "signup_date": "2024-01-01", "tags": ["a", "b"], "nick": "Al"}}])
+    portrait.process_pending()
+    assert portrait.process_pending() == 0  # nothing left behind, nothing failing
+    assert (portrait.attributes.get("signup_date")["type"], portrait.attributes.get("tags")["type"]) == (
+        "string", "list")
+    traits = portrait.traits("user_id:u1")
+    assert "label" not in traits and "signup_days" not in traits  # not '["a","b"]' pasted in
+    assert portrait.attributes.get("label")["error"] == (
+        'cannot be computed, its values are kept as they were: concat(nick, " ", tags) cannot use tags, a list '
+        "attribute: it needs a single value (not a list or object); change the definition or the type of tags")
+    assert "cannot use signup_date, a string attribute: it needs a date or datetime" in \
+        portrait.attributes.get("signup_days")["error"]
+    assert portrait.attributes.get("age_years")["error"] is None  # born is not defined yet: nothing to say
+    assert portrait.attributes.get("first_name")["error"] is None
+    with TestClient(create_app(portrait=portrait)) as client:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        listed = {a["code"]: a for a in client.get("/api/attributes", headers=admin).json()["attributes"]}
+        assert "cannot use tags, a list attribute" in listed["label"]["error"]
+        born = client.post("/api/attributes", headers=admin, json={"code": "born", "name": "Born", "type": "string"})
+        assert born.status_code == 409 and born.json()["code"] == "attribute_in_use", born.text
+        assert "age_years = years_since(born)" in born.json()["message"]
+        assert client.post("/api/attributes", headers=admin, json={"code": "born", "name": "Born", "type": "date"}
+                           ).status_code == 201
+        client.post("/login", data={"key": ADMIN_KEY})
+        page = client.get("/attributes/label").text
+        assert "cannot use tags, a list attribute" in page
+        fixed = client.patch("/api/attributes/signup_date", headers=admin, json={"type": "date"})
+        assert fixed.status_code == 200, fixed.text
+    assert portrait.attributes.get("signup_days")["error"] is None
+    assert portrait.traits("user_id:u1")["signup_days"] == (utc_now().date() - date(2024, 1, 1)).days
+    db = portrait.settings.db_path
+    portrait.close()
+    shown = CliRunner().invoke(app, ["attributes", "show", "label", "--db", db])
+    assert shown.exit_code == 0 and "cannot use tags, a list attribute" in shown.output, shown.output
+    listed = CliRunner().invoke(app, ["attributes", "list", "--kind", "custom", "--db", db])
+    assert listed.exit_code == 0 and "broken" in listed.output, listed.output

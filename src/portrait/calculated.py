@@ -6,18 +6,30 @@ and on demand). RFM scores are quintiles over all customers, so they change only
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
 from portrait.conditions import Schema
-from portrait.conditions.calculations import Calculation, Concat, DaysSince, Rfm, YearsSince, parse_definition
+from portrait.conditions.calculations import (
+    Calculation,
+    Concat,
+    DaysSince,
+    Rfm,
+    YearsSince,
+    parse_definition,
+    unfit_attribute,
+)
 from portrait.sql import calculated as q
 from portrait.store import Session
+
+log = logging.getLogger(__name__)
 
 
 class Calculator:
     def __init__(self, schema: Callable[[], Schema]) -> None:
         self._schema = schema
+        self._unfit: dict[str, str] = {}  # code -> why its definition was last skipped (logged once per reason)
 
     def definitions(self, session: Session) -> list[tuple[str, Calculation]]:
         """Active calculated attributes, those computed from events before those computed from attributes."""
@@ -32,9 +44,25 @@ class Calculator:
         for code, calculation in self.definitions(session):
             if scoped and isinstance(calculation, Rfm):
                 continue  # quintiles over everyone: full recomputes only
+            if self._unusable(code, calculation, schema):
+                continue
             query, params = q.calculation_query(calculation, schema, now, scoped=scoped)
             session.execute(q.new_values(query), params)
             session.execute(q.UPSERT, {"code": code, "now": now})
             session.execute(q.DROP_SCOPED if scoped else q.DROP_ALL, {"code": code})
             done += 1
         return done
+
+    def _unusable(self, code: str, calculation: Calculation, schema: Schema) -> bool:
+        """Whether the definition uses an attribute of a type it cannot use: one not defined when the definition
+        was saved, since created (by the processor, from traits) with such a type. Computed, it would give every
+        profile null or JSON text; skipped, its values stay as they were and the registry shows why (``error``),
+        while every other attribute and the processor go on."""
+        unfit = unfit_attribute(calculation, schema.attribute_types)
+        if unfit is None:
+            self._unfit.pop(code, None)
+            return False
+        if self._unfit.get(code) != unfit[1]:
+            log.error("calculated attribute %r is not computed: %s", code, unfit[1])
+        self._unfit[code] = unfit[1]
+        return True

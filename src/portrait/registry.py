@@ -16,11 +16,11 @@ import pyarrow as pa
 
 from portrait.attributes import STANDARD, TYPES, Attribute, check_code
 from portrait.conditions.calculations import (
-    attribute_needs,
     definition_text,
     misfit,
     parse_definition,
     result_type,
+    unfit_attribute,
     unfit_type,
 )
 from portrait.errors import BadRequest, Conflict, NotFound
@@ -50,13 +50,18 @@ class AttributeRegistry:
 
     def list(self, *, standard: bool | None = None, status: str | None = None) -> list[dict[str, Any]]:
         query, params = q.listing(standard, status)
-        return [_json(row) for row in self._session().execute(query, params)]
+        types = self.types()
+        return [_with_error(_json(row), types) for row in self._session().execute(query, params)]
+
+    def types(self) -> dict[str, str]:
+        """Every attribute's type, by code."""
+        return {str(code): str(kind) for code, kind in self._session().execute(q.TYPES)}
 
     def get(self, code: str) -> dict[str, Any]:
         rows = self._session().execute(q.GET, [code])
         if not rows:
             raise NotFound(f"no attribute has the code {code!r}")
-        attribute = _json(rows[0])
+        attribute = _with_error(_json(rows[0]), self.types())
         filled, profiles = self._session().execute(q.USAGE, [code])[0]
         attribute["usage"] = {"values": int(filled), "profiles": int(profiles)}
         return attribute
@@ -70,6 +75,8 @@ class AttributeRegistry:
         fields_ = {**fields_, **_calculated(fields_)}
         if fields_.get("calculated"):
             self.refuse_unfit_attributes(fields_["definition"])
+        if isinstance(fields_["code"], str) and isinstance(fields_.get("type", "string"), str):
+            self._refuse_definitions_unfit_for(fields_["code"], fields_.get("type", "string"), None)
         if fields_.get("calculated") and "is_personal_info" not in fields_:
             fields_["is_personal_info"] = self.copies_personal(fields_["definition"])
         attribute = Attribute(**{k: v for k, v in fields_.items() if k not in ("standard", "auto_created")}).checked()
@@ -133,17 +140,27 @@ class AttributeRegistry:
         uses it (``days_since(created_at)`` once created_at is text), as segments' conditions are checked: the
         values would quietly become null or JSON text."""
         before = str(self.get(code)["type"])
-        if before == kind or kind not in TYPES:
-            return  # no change, or not a type at all (update refuses that: 400, not a conflict)
+        if before != kind:
+            self._refuse_definitions_unfit_for(code, kind, before)
+
+    def _refuse_definitions_unfit_for(self, code: str, kind: str, before: str | None) -> None:
+        """Conflict if attribute ``code``, of type ``before`` (None: created now), cannot be ``kind`` for a calculated
+        attribute's definition that uses it. Creating it is checked too: a definition may name an attribute not
+        defined yet, and creating that with a type the definition cannot use would break it as a type change does
+        (the processor's auto-created attributes cannot be refused: their definitions show an ``error`` instead)."""
+        if kind not in TYPES:
+            return  # not a type at all (create and update refuse that: 400, not a conflict)
         unfit = []
         for attribute in self.list():
             if not attribute["calculated"] or not attribute["definition"] or attribute["code"] == code:
                 continue
-            reason = unfit_type(parse_definition(attribute["definition"]), code, before, kind)
+            calculation = parse_definition(attribute["definition"])
+            reason = misfit(calculation, code, kind) if before is None else unfit_type(calculation, code, before, kind)
             if reason:
                 unfit.append(f"{attribute['code']} = {attribute['definition']} ({reason})")
         if unfit:
-            raise Conflict(f"cannot make {code} {kind}: the calculated attribute {'; '.join(unfit)} would no longer "
+            verb = f"make {code}" if before is not None else f"create {code} as"
+            raise Conflict(f"cannot {verb} {kind}: the calculated attribute {'; '.join(unfit)} would no longer "
                            "make sense; change its definition first", code="attribute_in_use")
 
     def refuse_unfit_attributes(self, definition: str) -> None:
@@ -151,13 +168,9 @@ class AttributeRegistry:
         string; ``concat(tags)``, a list): saved, it would give every profile null or JSON text. The check a type
         change makes (:meth:`refuse_unfit_definitions`), made when the definition is written. An attribute not
         defined yet passes: it may be defined next, and changing its type later is checked."""
-        calculation = parse_definition(definition)
-        types = {str(a["code"]): str(a["type"]) for a in self.list()}
-        for code in attribute_needs(calculation):
-            reason = misfit(calculation, code, types[code]) if code in types else None
-            if reason:
-                raise BadRequest(f"{definition} cannot use {code}, {_a(types[code])} attribute: {reason}",
-                                 code="invalid_attribute", field="definition")
+        unfit = unfit_attribute(parse_definition(definition), self.types())
+        if unfit:
+            raise BadRequest(f"{definition} {unfit[1]}", code="invalid_attribute", field="definition")
 
     def analytics(self, code: str, top: int = 10) -> dict[str, Any]:
         """Fill rate, distinct values, top values; numbers: min/max/mean/quantiles/histogram; dates: range."""
@@ -216,9 +229,24 @@ def _moment(value: date | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _a(kind: str) -> str:
-    """The type with its article, as in a sentence: a string, an integer."""
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+def _with_error(attribute: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+    """The attribute with ``error``: why its definition cannot be computed now, else None. A definition may name an
+    attribute not defined yet; when the processor then creates it from traits with a type the definition cannot use
+    (a date arrives as JSON text), the definition is not computed (see calculated.Calculator) and says so here."""
+    definition = attribute["definition"] if attribute["calculated"] else None
+    attribute["error"] = definition_error(definition, types) if definition else None
+    return attribute
+
+
+def definition_error(definition: str, types: dict[str, str]) -> str | None:
+    """What a definition that cannot be computed with the attributes as typed now says about itself (as a segment
+    that cannot be evaluated does), or None."""
+    unfit = unfit_attribute(parse_definition(definition), types)
+    if unfit is None:
+        return None
+    code, reason = unfit
+    return (f"cannot be computed, its values are kept as they were: {definition} {reason}; change the definition "
+            f"or the type of {code}")
 
 
 def _calculated(fields_: dict[str, Any]) -> dict[str, Any]:

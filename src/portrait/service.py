@@ -462,10 +462,13 @@ class Portrait:
 
     def update_attribute(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
         kind = self.attributes.type_after(code, changes)
+        retyped = kind != self.attributes.get(code)["type"]
         self.segments.refuse_type_change(code, kind)
         self.attributes.refuse_unfit_definitions(code, kind)
         updated = self.attributes.update(code, changes)
-        if "definition" in changes or (updated["calculated"] and "status" in changes):
+        # a new type may be what a definition using the attribute was waiting for (its ``error`` cleared): computed
+        # for everyone now, not only for the profiles of the next events
+        if "definition" in changes or retyped or (updated["calculated"] and "status" in changes):
             self.segments.recalculate()
             updated = self.attributes.get(code)
         return updated

@@ -48,7 +48,7 @@ def _dashboard(rows: list[dict[str, Any]]) -> Table:
     for a in rows:
         table.add_row(a["code"], a["name"], a["description"], a["type"], _yes(a["is_personal_info"]),
                       _yes(a["calculate_analytics"]), a["unit"] or "", _yes(a["calculated"]), _yes(a["standard"]),
-                      a["status"])
+                      a["status"] + (", broken" if a.get("error") else ""))
     return table
 
 
@@ -62,6 +62,8 @@ def _compact(rows: list[dict[str, Any]]) -> Table:
                                          ("calculated", a["calculated"]), ("standard", a["standard"])) if flag]
         if a["status"] != "active":
             marks.append(a["status"])
+        if a.get("error"):  # its definition cannot be computed now: `attributes show` says why
+            marks.append("broken")
         table.add_row(a["code"], a["name"], a["type"], a["unit"] or "", ", ".join(marks))
     return table
 

@@ -20,6 +20,7 @@ Event functions take the options of conditions: ``within = 30d``, ``from = DATE`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from portrait.conditions.ast import Condition, Window
@@ -230,6 +231,17 @@ def misfit(calculation: Calculation, code: str, kind: str) -> str | None:
     if needed is None or kind in needed:
         return None
     return f"it needs {_NEEDS[needed]}"
+
+
+def unfit_attribute(calculation: Calculation, types: Mapping[str, str]) -> tuple[str, str] | None:
+    """The attribute the definition cannot use as typed in ``types``, and why (``cannot use tags, a list attribute:
+    it needs ...``), or None. An attribute not defined yet is no reason: it has no values."""
+    for code in attribute_needs(calculation):
+        reason = misfit(calculation, code, types[code]) if code in types else None
+        if reason:
+            kind = types[code]
+            return code, f"cannot use {code}, {'an' if kind[0] in 'aeiou' else 'a'} {kind} attribute: {reason}"
+    return None
 
 
 def unfit_type(calculation: Calculation, code: str, before: str, after: str) -> str | None:

@@ -15,6 +15,7 @@ SEED = exp.insert(exp.select(*COLUMNS).from_("seed_attributes"), "attributes", c
 SEED.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING")))
 INSERT = exp.insert(exp.select(*COLUMNS).from_("new_attribute"), "attributes", columns=list(COLUMNS))
 GET = exp.select(*COLUMNS).from_("attributes").where(exp.column("code").eq(param()))
+TYPES = parse("SELECT code, type FROM attributes")
 USAGE = parse("SELECT count(*), count(DISTINCT profile_id) FROM profile_traits WHERE key = ? AND value IS NOT NULL")
 
 
