@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_demo_loads_through_ingestion_and_processes(demo_db: str) -> None:
     assert status["lag"] == 0
     assert 30 < status["profiles"] <= 120  # anonymous devices of customers who never log in stay separate
     assert status["events_rejected"] == 0
+    table = runner.invoke(app, ["status", "--db", demo_db], env={"COLUMNS": "120"})
+    assert table.exit_code == 0, table.output
+    assert re.search(r"memory database_mb\s*│\s*\d+(\.\d+)?\s", table.output), table.output  # one value a row
 
 
 def test_profiles_get_shows_the_unified_profile(demo_db: str) -> None:

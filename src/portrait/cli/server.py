@@ -188,7 +188,8 @@ def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption
         return
     table = Table("counter", "value", title="Portrait status")
     for key, value in info.items():
-        table.add_row(key, str(value))
+        for name, shown in (value.items() if isinstance(value, dict) else [(None, value)]):
+            table.add_row(f"{key} {name}" if name else key, str(shown))  # memory process_mb, memory database_mb...
     console.print(table)
 
 
