@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
@@ -19,8 +22,10 @@ from typer.testing import CliRunner
 from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
+from portrait.errors import RateLimited
+from portrait.keys import RateLimiter
 from portrait.privacy import mask
-from portrait.service import Portrait
+from portrait.service import IncomingRequest, Portrait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -560,6 +565,41 @@ def test_each_key_is_rate_limited_with_retry_after(tmp_path: Path) -> None:
             assert "X-RateLimit-Reset" in sent[-1].headers["access-control-expose-headers"]
     finally:
         service.close()
+
+
+def test_a_write_key_is_rate_limited_per_client_address(tmp_path: Path) -> None:
+    """A website's write key is shared by all its visitors (and readable in its pages): one sender going past the
+    rate must not have every other visitor's events refused. The address is the client's, as uvicorn gives it
+    (X-Forwarded-For from a trusted proxy)."""
+    settings = Settings(db_path=str(tmp_path / "r.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY, rate_limit=1)
+    service = Portrait(settings, background=False)
+    auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+
+    def send(ip: str, number: int) -> str:
+        body = orjson.dumps({"userId": "u", "event": "E", "messageId": f"{ip}-{number}"})
+        try:
+            service.ingest(IncomingRequest(endpoint="track", body=body, authorization=auth, ip=ip)).result()
+        except RateLimited as exc:
+            return exc.message
+        return "ok"
+
+    try:
+        flooding = [send("203.0.113.7", n) for n in range(3)]
+        assert flooding[:2] == ["ok", "ok"] and "from 203.0.113.7 sent more than 1 requests a second" in flooding[2]
+        assert [send("198.51.100.2", n) for n in range(2)] == ["ok", "ok"]  # another visitor, its own allowance
+        assert service.status()["events_received"] == 4
+    finally:
+        service.close()
+
+
+def test_idle_rate_buckets_are_dropped() -> None:
+    """One bucket per client address that sent: without sweeping, a crowd of addresses would grow memory for good."""
+    limiter = RateLimiter(1000)
+    for number in range(RateLimiter.SWEEP_AT - 1):
+        limiter.take("key", f"10.0.{number // 256}.{number % 256}")
+    time.sleep(2.1)  # a full refill: each of them would start full again anyway
+    limiter.take("key", "192.0.2.1")
+    assert len(limiter._buckets) == 1
 
 
 def test_ingestion_answers_503_with_retry_after_past_the_bytes_in_progress(

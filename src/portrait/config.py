@@ -48,7 +48,7 @@ class Settings:
     retention_days: int = 0
     """Raw events older than this many days are deleted (hourly) once applied to profiles; 0 keeps them forever."""
     rate_limit: int = 1000
-    """Requests per second allowed per key (bursts of twice that); 0 turns rate limiting off."""
+    """Requests per second allowed per key, per client address for write keys (bursts of twice that); 0: no limit."""
     default_phone_region: str = "US"
     """Region used to read phone numbers written without a +country prefix (ISO 3166 alpha-2)."""
     identity_traits: tuple[str, ...] = ("loyalty_card", "crm_id", "device_id")

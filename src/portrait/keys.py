@@ -194,27 +194,44 @@ class KeyRing:
 
 
 class RateLimiter:
-    """A token bucket per key: ``rate`` requests a second, bursts up to twice that; 0 turns it off."""
+    """A token bucket per key -- per key and client address for ingestion -- ``rate`` requests a second, bursts up
+    to twice that; 0 turns it off."""
+
+    SWEEP_AT = 10_000  # buckets held before idle (full) ones are dropped: one per client address that sent lately
 
     def __init__(self, rate: int) -> None:
         self._rate = float(rate)
         self._capacity = 2.0 * rate
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+        self._buckets: dict[tuple[str, str | None], tuple[float, float]] = {}  # (key id, client) -> (tokens, when)
+        self._sweep_at = self.SWEEP_AT
         self._lock = threading.Lock()
 
-    def take(self, key_id: str) -> None:
+    def take(self, key_id: str, client: str | None = None) -> None:
+        """One request of ``key_id``, from ``client`` where each client has an allowance of its own: a write key is
+        shared by every browser of a website and is public in its pages, so one sender (a bug, a bot) using up the
+        key's whole allowance would have every visitor's events refused."""
         if self._rate <= 0:
             return
         now = time.monotonic()
+        bucket = (key_id, client)
         with self._lock:
-            tokens, then = self._buckets.get(key_id, (self._capacity, now))
+            tokens, then = self._buckets.get(bucket, (self._capacity, now))
             tokens = min(self._capacity, tokens + (now - then) * self._rate)
             if tokens < 1.0:
-                self._buckets[key_id] = (tokens, now)
+                self._buckets[bucket] = (tokens, now)
                 wait = math.ceil((1.0 - tokens) / self._rate)
-                raise RateLimited(f"key {key_id} sent more than {self._rate:g} requests a second; retry in {wait} s",
+                sender = f"key {key_id}" + (f" from {client}" if client else "")
+                raise RateLimited(f"{sender} sent more than {self._rate:g} requests a second; retry in {wait} s",
                                   retry_after=wait)
-            self._buckets[key_id] = (tokens - 1.0, now)
+            self._buckets[bucket] = (tokens - 1.0, now)
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the buckets that have filled up again (a client gone quiet for two seconds starts full anyway)."""
+        refill = self._capacity / self._rate
+        self._buckets = {bucket: state for bucket, state in self._buckets.items() if now - state[1] < refill}
+        self._sweep_at = max(self.SWEEP_AT, 2 * len(self._buckets))  # amortized: busy clients are not rescanned
 
 
 def _iso(value: datetime | None) -> str | None:

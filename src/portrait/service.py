@@ -265,11 +265,11 @@ class Portrait:
             if sender_key is None:
                 raise
             source = header_source or self.keys.check(sender_key, "write")
-            self.rate_limiter.take(source.id)
+            self.rate_limiter.take(source.id, request.ip)
             kept, more = readable_head(request.body, request.content_encoding) if body is None else (body, False)
             return self._keep_unreadable(kept, exc, source, received_at, sender_key, more)
         source = header_source or self.keys.check(parsed.write_key, "write")
-        self.rate_limiter.take(source.id)
+        self.rate_limiter.take(source.id, request.ip)
         return self._submit(parsed, source.name, received_at, request.ip, len(body))
 
     def ingest_messages(self, messages: list[Any], source: str = "default") -> IngestResult:
