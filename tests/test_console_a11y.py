@@ -322,3 +322,17 @@ def test_the_live_event_stream_can_be_paused(browser: Browser, shop: Server) -> 
     assert page.locator("#live li").count() == before
     page.keyboard.press("Space")  # resumed: what arrived meanwhile shows
     expect(page.locator("#live")).to_contain_text("While Paused")
+
+
+def test_the_error_page_back_link_works_under_the_consoles_script_policy(browser: Browser, shop: Server) -> None:
+    """``javascript:history.back()`` is refused by the console's Content-Security-Policy (script-src 'self'): the
+    Back link did nothing. It now goes to the console page that led to the error, or to the overview."""
+    page = signed_in(browser, shop)
+    page.goto("/attributes")
+    page.goto("/attributes/no_such_attribute", referer=f"{shop.url}/attributes")
+    expect(page.get_by_role("heading", name="That did not work")).to_be_visible()
+    page.get_by_role("link", name="Back").click()
+    expect(page).to_have_url(f"{shop.url}/attributes")
+    page.goto("/attributes/no_such_attribute", referer="https://elsewhere.example/attributes")
+    page.get_by_role("link", name="Back").click()
+    expect(page).to_have_url(f"{shop.url}/")

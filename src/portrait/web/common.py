@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from portrait.api.auth import Viewer
@@ -120,6 +119,16 @@ def form_error(exc: PortraitError, condition_field: str) -> dict[str, str]:
 def error_page(request: Request, console: Console, exc: PortraitError) -> Response:
     status = status_of(exc)
     try:
-        return console.render(request, "error.html", {"error": exc.message, "code": exc.code}, status=status)
-    except SignInNeeded:
-        return HTMLResponse(f"<p>{html.escape(exc.message)}</p>", status_code=status)
+        return console.render(request, "error.html", {"error": exc.message, "code": exc.code,
+                                                      "back": _back(request)}, status=status)
+    except SignInNeeded:  # the session ended meanwhile (signed out in another tab, the key revoked)
+        return sign_in_redirect()
+
+
+def _back(request: Request) -> str:
+    """Where the error page's Back link goes: the console page that led here, else the overview. (A
+    ``javascript:history.back()`` link is blocked by the console's Content-Security-Policy, script-src 'self'.)"""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc == request.url.netloc and referer.path.startswith("/") and referer.path != request.url.path:
+        return urlunsplit(("", "", referer.path, referer.query, ""))
+    return "/"
