@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,23 @@ def test_first_use_prints_generated_keys_once(tmp_path: Path) -> None:
     assert "Generated write key" in first.output and "Generated admin key" in first.output
     second = runner.invoke(app, ["status", "--db", db])
     assert "Generated" not in second.output
+
+
+def run_piped(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command with its output piped (not a terminal), as in `portrait ... --json | jq`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True,
+                          env={**clean, **(env or {})}, timeout=120)
+
+
+def test_piped_output_holds_only_the_data(tmp_path: Path) -> None:
+    """Generated keys went to stdout before the JSON (`keys list --json | jq` failed on a first use), and a
+    progress bar's last frame was printed into a piped stdout."""
+    listed = run_piped("keys", "list", "--json", "--db", str(tmp_path / "new.duckdb"))
+    assert listed.returncode == 0, listed.stderr
+    assert {key["kind"] for key in json.loads(listed.stdout)} == {"write", "admin"}
+    assert "Generated admin key" in listed.stderr  # shown, beside the data rather than in it
+    loaded = run_piped("demo", "--profiles", "5", "--db", str(tmp_path / "new.duckdb"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.splitlines() == ["Loaded 111 events for 5 customers."]
+    assert "━" not in loaded.stderr  # no terminal to draw a bar on

@@ -65,8 +65,9 @@ def _settings(db: str | None) -> Settings:
 
 
 def _print_generated(generated: dict[str, str]) -> None:
+    """On stderr: a notice beside the command's output, which stays data (`portrait keys list --json | jq`)."""
     for kind, key in generated.items():
-        console.print(f"[bold yellow]Generated {kind} key (shown once, store it now):[/] {key}")
+        errors.print(f"[bold yellow]Generated {kind} key (shown once, store it now):[/] {key}", soft_wrap=True)
 
 
 @contextmanager
@@ -143,4 +144,10 @@ def _fail(exc: PortraitError) -> typer.Exit:
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=os.environ.get("PORTRAIT_NO_PROGRESS") == "1")
+                    console=errors, disable=not _shows_progress())
+
+
+def _shows_progress() -> bool:
+    """Progress goes to stderr, and only to a terminal: rich prints a bar's last frame to a file or pipe, which
+    would end up in a log or among the data."""
+    return os.environ.get("PORTRAIT_NO_PROGRESS") != "1" and errors.is_terminal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,9 @@ from portrait.cli.common import (
     _backend,
     _fail,
     _progress,
+    _shows_progress,
     console,
+    errors,
     export_app,
     import_app,
 )
@@ -161,7 +162,7 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
 
 def _upload_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                    console=console, disable=os.environ.get("PORTRAIT_NO_PROGRESS") == "1")
+                    console=errors, disable=not _shows_progress())
 
 
 class _RejectsFile:
