@@ -75,6 +75,8 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
     (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"},
      "invalid setting: PORTRAIT_PROCESSOR_BATCH_SIZE=0: processor_batch"),
+    (["import", "events", "{tmp}/not-duckdb.txt", "--format", "parquet", "--db", "{tmp}/a.duckdb"], {},
+     "not-duckdb.txt is not a Parquet file: Parquet file size is 5 bytes"),
 ])
 def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args: list[str], env: dict[str, str],
                                                           says: str) -> None:

@@ -66,6 +66,8 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
         rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
                                    mapping.text_columns(identity_trait_names(identity_traits)))
     else:
+        if file_format == "parquet":
+            _check_parquet(path)
         rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
     ids = MessageIds()
     times = file_format == "parquet" and any(_has_times(f.type) for f in pq.ParquetFile(path).schema_arrow)
@@ -84,6 +86,15 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
             chunk = []
     if chunk:
         yield chunk
+
+
+def _check_parquet(path: Path) -> None:
+    """Refuse a file that is not Parquet (a CSV named .parquet, a file cut short) before anything is read, rather
+    than with Arrow's error from deep inside the import."""
+    try:
+        pq.ParquetFile(path).close()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BadRequest(f"{path.name} is not a Parquet file: {exc}", code="invalid_parquet") from exc
 
 
 def csv_delimiter(path: Path, given: str | None) -> str:
