@@ -75,6 +75,14 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
     (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"},
      "invalid setting: PORTRAIT_PROCESSOR_BATCH_SIZE=0: processor_batch"),
+    (["export", "profiles", "-o", "{tmp}/missing/out.csv", "--db", "{tmp}/a.duckdb"], {},
+     "cannot write the export to {tmp}/missing/out.csv: there is no folder {tmp}/missing"),
+    (["export", "profiles", "-o", "{tmp}", "--format", "csv", "--db", "{tmp}/a.duckdb"], {},
+     "cannot write the export to {tmp}: it is a folder"),
+    (["privacy", "request", "--type", "access", "--identity", "user_id:1", "-o", "{tmp}/missing/x.json", "--db",
+      "{tmp}/a.duckdb"], {}, "cannot write the access export to {tmp}/missing/x.json: there is no folder"),
+    (["import", "events", "{tmp}/not-duckdb.txt", "--format", "ndjson", "--rejects", "{tmp}/missing/r.ndjson",
+      "--db", "{tmp}/a.duckdb"], {}, "cannot write the rejected rows to {tmp}/missing/r.ndjson: there is no folder"),
     (["import", "events", "{tmp}/not-duckdb.txt", "--format", "parquet", "--db", "{tmp}/a.duckdb"], {},
      "not-duckdb.txt is not a Parquet file: Parquet file size is 5 bytes"),
 ])
@@ -83,7 +91,7 @@ def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args:
     (tmp_path / "not-duckdb.txt").write_text("hello")
     result = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args], env=env)
     assert result.exit_code == 1, result.output
-    assert says in " ".join(result.output.split()), result.output  # rich may wrap long lines
+    assert says.replace("{tmp}", str(tmp_path)) in " ".join(result.output.split()), result.output  # rich may wrap
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
 
 
@@ -159,3 +167,18 @@ def test_piped_output_holds_only_the_data(tmp_path: Path) -> None:
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.splitlines() == ["Loaded 111 events for 5 customers."]
     assert "━" not in loaded.stderr  # no terminal to draw a bar on
+
+
+def test_rejected_rows_that_cannot_be_written_end_the_import_clearly(tmp_path: Path) -> None:
+    """The rejects file beside the imported one could not be created (here a folder has its name; a read-only
+    folder does the same): a traceback part-way through the import."""
+    source = tmp_path / "events.ndjson"
+    source.write_text('{"type": "track", "userId": "u1", "event": "Seen", "messageId": "m1"}\nnot json\n')
+    (tmp_path / "events.ndjson.rejects.ndjson").mkdir()
+    db = str(tmp_path / "a.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--db", db])
+    assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
+    assert f"cannot write the rejected rows to {source}.rejects.ndjson" in " ".join(result.output.split())
+    again = runner.invoke(app, ["import", "events", str(source), "--db", db, "--rejects", str(tmp_path / "r.ndjson")])
+    assert again.exit_code == 0 and "rejected 1" in again.output, again.output  # run again, nothing lost
+    assert json.loads((tmp_path / "r.ndjson").read_text())["code"] == "invalid_message"

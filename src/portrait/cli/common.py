@@ -137,6 +137,18 @@ def _audited(action: str, local: Callable[[Portrait], T]) -> Callable[[Portrait]
     return run
 
 
+def _check_writable(path: Path, what: str) -> None:
+    """Refuse a file the command would write but cannot, before the work that fills it (an export, an access
+    request) is done for nothing and ends in a traceback."""
+    folder = path.expanduser().resolve().parent
+    why = ("it is a folder: give a file name" if path.is_dir() else
+           f"there is no folder {folder}" if not folder.is_dir() else
+           "permission denied" if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
+           else None)
+    if why:
+        raise _fail(PortraitError(f"cannot write {what} to {path}: {why}", code="cannot_write"))
+
+
 def _fail(exc: PortraitError) -> typer.Exit:
     errors.print(f"error: {exc.message}", style="bold red", markup=False, soft_wrap=True, highlight=False)
     return typer.Exit(code=1)

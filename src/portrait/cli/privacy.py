@@ -16,6 +16,7 @@ from portrait.cli.common import (
     JsonOption,
     UrlOption,
     _backend,
+    _check_writable,
     _either,
     _fail,
     _run,
@@ -41,6 +42,8 @@ def privacy_request(
 ) -> None:
     """Run an access or erase request and wait for it (through a running server when there is one)."""
     fields = {"type": kind, "identity": identity}
+    if output:
+        _check_writable(output, "the access export")
     try:
         with _backend(db, url, admin_key) as backend:
             if isinstance(backend, Portrait):

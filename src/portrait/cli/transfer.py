@@ -15,6 +15,7 @@ from portrait.cli.common import (
     DbOption,
     UrlOption,
     _backend,
+    _check_writable,
     _fail,
     _progress,
     _shows_progress,
@@ -111,6 +112,8 @@ def _read_text(path: Path) -> str:
 def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str | None, dry_run: bool,
             rejects: Path | None, db: str | None, url: str | None, admin_key: str | None) -> None:
     rejects_path = rejects or file.with_name(file.name + ".rejects.ndjson")
+    if rejects:  # asked for: known wrong before the import starts (the default one is beside the file)
+        _check_writable(rejects, "the rejected rows")
     try:
         with _backend(db, url, admin_key, background=True) as backend:
             if not isinstance(backend, Portrait):
@@ -181,7 +184,12 @@ class _RejectsFile:
 
     def write(self, record: dict[str, Any]) -> None:
         if self._handle is None:
-            self._handle = self.path.open("w", encoding="utf-8")
+            try:
+                self._handle = self.path.open("w", encoding="utf-8")
+            except OSError as exc:  # rows stored so far stay: the same import run again adds nothing twice
+                raise PortraitError(f"cannot write the rejected rows to {self.path}: {exc.strerror or exc}; pass "
+                                    "--rejects with a file that can be written, and import again",
+                                    code="cannot_write") from exc
         self._handle.write(json.dumps(record) + "\n")
 
 
@@ -212,6 +220,7 @@ def export_profiles(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Export every profile (or a segment's members), one row each, with the chosen attributes as columns."""
+    _check_writable(output, "the export")
     chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     try:
