@@ -113,6 +113,9 @@ def test_a_command_that_only_reads_does_not_create_a_database(tmp_path: Path, co
     (["profiles", "get", "user_id:1", "--events", "-1"], "--events"),
     (["events", "tail", "-n", "-5"], "-n"),
     (["events", "rejected", "--limit", "0"], "--limit"),
+    (["analytics", "breakdown", "vip", "country", "--top", "-1"], "--top"),  # was DuckDB's "LIMIT cannot be negative"
+    (["analytics", "breakdown", "vip", "country", "--top", "101"], "--top"),  # the API's limit
+    (["audit", "--before", "-5"], "--before"),  # was "The audit log has no entries yet."
 ])
 def test_out_of_range_options_are_refused_by_name(tmp_path: Path, args: list[str], names: str) -> None:
     result = runner.invoke(app, [*args, "--db", str(tmp_path / "a.duckdb")])

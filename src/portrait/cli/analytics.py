@@ -46,7 +46,7 @@ def analytics_funnel(
 def analytics_breakdown(
     segment: Annotated[str, typer.Argument(help="The segment's id or name.")],
     attribute: Annotated[str, typer.Argument(help="The attribute code, e.g. country.")],
-    top: Annotated[int, typer.Option(help="How many values.")] = 10,
+    top: Annotated[int, typer.Option(min=1, max=100, help="How many values (1 to 100).")] = 10,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """A segment's members by the value of one attribute."""

@@ -82,7 +82,7 @@ def keys_rotate(key_id: Annotated[str, typer.Argument(help="The key's id (from k
 @app.command()
 def audit(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many entries.")] = 50,
-    before: Annotated[int, typer.Option(help="Entries older than this id (the next page).")] = 0,
+    before: Annotated[int, typer.Option(min=0, help="Entries older than this id (the next page; 0: the newest).")] = 0,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """The audit log, newest first: every admin action and every read of personal data."""
