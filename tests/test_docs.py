@@ -69,6 +69,11 @@ def test_cli_doc_describes_every_command_and_option() -> None:
         for param in options:
             if "--help" not in param.opts:
                 assert any(f"`{opt}" in section for opt in param.opts), f"{heading}: {param.opts} not described"
+        # and the other way round: an option the table names (renamed or removed since) is one the command has
+        real = {opt for param in options for opt in (*param.opts, *param.secondary_opts)}
+        for row in re.findall(r"^\| (.+?) \|", section, re.MULTILINE):
+            for named in re.findall(r"`(--?[a-z][a-z-]*)", row):
+                assert named in real, f"{heading}: documents {named}, which the command does not have"
     documented = {s.split("`")[1] for s in sections[1:]}
     actual = {"portrait " + " ".join(path) for path, _ in commands(typer.main.get_command(app))}
     assert {re.sub(r" ([A-Z]+\b|--).*", "", d) for d in documented} == actual
