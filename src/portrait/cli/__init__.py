@@ -14,9 +14,11 @@ from portrait.cli import (  # noqa: F401  (registers the commands)
     sources,
     transfer,
 )
-from portrait.cli.common import app
+from portrait.cli.common import app, reflow_help
 
 __all__ = ["app", "main"]
+
+reflow_help(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

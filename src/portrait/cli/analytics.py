@@ -25,7 +25,11 @@ def analytics_funnel(
     segment: Annotated[str | None, typer.Option(help="Only the members of this segment.")] = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
-    """How many customers reach each step, in order, within the window -- and where they drop off."""
+    """How many customers reach each step, in order, within the window -- and where they drop off.
+
+    Example:
+    portrait analytics funnel "Product Viewed" "Product Added" "Order Completed" --within 1d --from 2026-01-01
+    """
     fields: dict[str, Any] = {"steps": steps, "within": within}
     fields.update({k: v for k, v in (("from", since), ("to", until), ("segment", segment)) if v is not None})
     found = _run(db, url, admin_key, _either(lambda local: local.funnel(fields),

@@ -86,6 +86,9 @@ def restore(
     """Put a backup in place of the database (stop the server first); erasures done since the backup are made again.
 
     The database it replaces is kept beside it as <name>.before-restore-<time>.
+
+    Example:
+    portrait restore backups/portrait-20261124T011502.123Z.duckdb --db portrait.duckdb
     """
     settings = _settings(db)
     if not yes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,20 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 Backend = Portrait | RemotePortrait
 T = TypeVar("T")
+
+
+def reflow_help(group: typer.Typer) -> None:
+    """Every command's docstring as --help shows it: its prose paragraphs as paragraphs (rich help keeps a
+    docstring's line breaks, which cut sentences where the source wraps), its example lines one per line."""
+    for command in group.registered_commands:
+        if command.callback is not None and command.callback.__doc__:
+            paragraphs = inspect.cleandoc(command.callback.__doc__).split("\n\n")
+            command.callback.__doc__ = "\n\n".join(
+                paragraph if any(line.startswith("portrait ") for line in paragraph.splitlines())
+                else " ".join(paragraph.split()) for paragraph in paragraphs)
+    for subgroup in group.registered_groups:
+        if subgroup.typer_instance is not None:
+            reflow_help(subgroup.typer_instance)
 
 
 def _show(table: Table, empty: str) -> None:

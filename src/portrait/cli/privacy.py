@@ -40,7 +40,12 @@ def privacy_request(
                                                                       "(default: print it).")] = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Run an access or erase request and wait for it (through a running server when there is one)."""
+    """Run an access or erase request and wait for it (through a running server when there is one).
+
+    Examples:
+    portrait privacy request --type access --identity email:ann@example.com -o ann.json
+    portrait privacy request --type erase --identity user_id:42
+    """
     fields = {"type": kind, "identity": identity}
     if output:
         _check_writable(output, "the access export")

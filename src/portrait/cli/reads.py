@@ -37,7 +37,12 @@ def profiles_get(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
     events: Annotated[int, typer.Option(min=0, max=1000, help="How many recent events to show.")] = 10,
 ) -> None:
-    """Show the unified profile of any identifier: traits, identities, merges and recent events."""
+    """Show the unified profile of any identifier: traits, identities, merges and recent events.
+
+    Examples:
+    portrait profiles get email:ann@example.com
+    portrait profiles get user_id:42 --events 50 --json
+    """
     try:
         with _backend(db, url, admin_key, existing=True) as backend:
             profile = backend.profile(identity)
@@ -110,7 +115,12 @@ def events_tail(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new events as they arrive.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Print the latest events of the log (and follow new ones with -f)."""
+    """Print the latest events of the log (and follow new ones with -f).
+
+    Examples:
+    portrait events tail -n 50
+    portrait events tail -f --json
+    """
     try:
         with _backend(db, url, admin_key, existing=True) as backend:
             after = max(0, int(backend.status()["last_seq"]) - lines)

@@ -69,7 +69,12 @@ def segments_create(
     description: Annotated[str, typer.Option(help="What the segment is for.")] = "",
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Create a dynamic segment (--condition) or a static one (--file of identities); it is counted at once."""
+    """Create a dynamic segment (--condition) or a static one (--file of identities); it is counted at once.
+
+    Examples:
+    portrait segments create "Big buyers" --condition 'performed("Order Completed", count >= 2, within = 30d)'
+    portrait segments create "Webinar guests" --file guests.csv --column mail --type email
+    """
     fields: dict[str, Any] = {"name": name, "description": description, **_content(condition, file, column,
                                                                                    identity_type)}
     created = _run(db, url, admin_key, _either(
@@ -111,7 +116,11 @@ def segments_preview(
     condition: Annotated[str, typer.Argument(help="The condition in its text form.")],
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Count the profiles a condition selects, with a sample, without saving anything."""
+    """Count the profiles a condition selects, with a sample, without saving anything.
+
+    Example:
+    portrait segments preview 'performed("Order Completed", within = 30d) and not performed("Email Opened")'
+    """
     found = _run(db, url, admin_key, _either(
         lambda local: local.segments.preview(condition),
         lambda remote: remote.send_json("POST", "/api/segments/preview", {"condition": condition})))

@@ -201,7 +201,11 @@ def demo(
     write_key: Annotated[str | None, typer.Option("--write-key", envvar="PORTRAIT_WRITE_KEY",
                                                   help="Write key, needed with --url or a running server.")] = None,
 ) -> None:
-    """Load a realistic synthetic e-commerce data set through the normal ingestion path."""
+    """Load a realistic synthetic e-commerce data set through the normal ingestion path.
+
+    Example:
+    portrait demo --profiles 5000 --db demo.duckdb
+    """
     from portrait.demo import generate_batches
 
     try:

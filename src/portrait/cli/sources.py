@@ -58,7 +58,12 @@ def sources_add(
                                                                    "against the cursor and mapping.")] = True,
     db: DbOption = None, server: ServerOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Define a SQL source. Nothing is read until `portrait sources sync NAME` or its schedule."""
+    """Define a SQL source. Nothing is read until `portrait sources sync NAME` or its schedule.
+
+    Examples:
+    portrait sources add pos --url postgresql://u@db/pos --kind events --query 'SELECT * FROM sales' --event Sale
+    portrait sources add crm --url sqlite:///crm.db --kind profiles --query 'SELECT * FROM c' --cursor id --every 1h
+    """
     mapping = _row_mapping(kind if kind in ("profiles", "events") else "profiles", mapping_file, fields=fields,
                            user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone, event=event,
                            event_column=event_column, timestamp=timestamp)

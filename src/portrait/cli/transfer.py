@@ -64,6 +64,11 @@ def import_events(
     them. With them (and always for CSV), each row becomes a track event. Historical timestamps are kept;
     everything goes through the same checks, identity resolution and trait rules as live events. Re-importing the
     same file adds nothing.
+
+    Examples:
+    portrait import events tracks.ndjson
+    portrait import events orders.csv --event "Order Completed" --user-id customer_id --timestamp sold_at
+    portrait import events orders.csv --mapping orders.yaml --dry-run
     """
     mapping = _row_mapping("events", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
                            event=event, event_column=event_column, timestamp=timestamp,
@@ -86,7 +91,12 @@ def import_profiles(
     mapping_file: MappingOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Import customers (a CRM export): each row becomes an identify with its columns as traits."""
+    """Import customers (a CRM export): each row becomes an identify with its columns as traits.
+
+    Examples:
+    portrait import profiles crm.csv --user-id id --email mail
+    portrait import profiles export.parquet --user-id user_id --traits plan,country
+    """
     mapping = _row_mapping("profiles", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email,
                            phone=phone, timestamp=timestamp, timestamp_format=timestamp_format, fields=traits)
     _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
@@ -219,7 +229,12 @@ def export_profiles(
         "--ignore-consent", help="With --purpose: export regardless of consent (recorded in the audit log).")] = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
-    """Export every profile (or a segment's members), one row each, with the chosen attributes as columns."""
+    """Export every profile (or a segment's members), one row each, with the chosen attributes as columns.
+
+    Examples:
+    portrait export profiles -o profiles.parquet
+    portrait export profiles -o vip.csv --segment VIP --attributes email,country --purpose marketing
+    """
     _check_writable(output, "the export")
     chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
