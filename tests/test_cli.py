@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,23 @@ def test_help_shows_paragraphs_whole_and_examples_line_by_line() -> None:
     shown = runner.invoke(app, ["import", "events", "--help"], env={"COLUMNS": "250"}).output
     assert "as the HTTP API takes them. With them (and always for CSV), each row becomes a track event." in shown
     assert "\n portrait import events tracks.ndjson" in shown
+
+
+def test_ctrl_c_during_a_long_load_says_what_is_kept_and_the_database_stays_whole(tmp_path: Path) -> None:
+    """Ctrl-C (a real SIGINT) ended `demo`/`import` with exit code 130 and not a word: was anything loaded, is it
+    safe to run again?"""
+    db = tmp_path / "big.duckdb"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    loading = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "200000", "--db", str(db)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not db.exists() and time.monotonic() < deadline:  # the command runs (its imports are done)
+        time.sleep(0.1)
+    time.sleep(1.0)
+    loading.send_signal(signal.SIGINT)
+    _, stderr = loading.communicate(timeout=60)
+    assert loading.returncode == 130, stderr
+    assert "interrupted: what was loaded stays; run the same command again" in " ".join(stderr.split())
+    status = json.loads(run_piped("status", "--json", "--db", str(db)).stdout)
+    assert 0 < status["events_received"] == status["events_processed"]  # whole batches, all processed

@@ -164,6 +164,19 @@ def _check_writable(path: Path, what: str) -> None:
         raise _fail(PortraitError(f"cannot write {what} to {path}: {why}", code="cannot_write"))
 
 
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C during a load (import, demo): say what became of it once the database is closed -- every message is
+    stored whole or not at all, and ids make a second run skip what the first one stored. Exit code 130, as for
+    any command a SIGINT ends."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        errors.print("interrupted: what was loaded stays; run the same command again to load the rest (what is "
+                     "already stored is recognized and skipped)", style="bold red", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=130) from None
+
+
 def _fail(exc: PortraitError) -> typer.Exit:
     errors.print(f"error: {exc.message}", style="bold red", markup=False, soft_wrap=True, highlight=False)
     return typer.Exit(code=1)

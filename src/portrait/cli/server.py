@@ -23,6 +23,7 @@ from portrait.cli.common import (
     UrlOption,
     _backend,
     _fail,
+    _interruptible,
     _print_generated,
     _progress,
     _run,
@@ -209,7 +210,8 @@ def demo(
     from portrait.demo import generate_batches
 
     try:
-        with _backend(db, url, None, write_key, sends_events=True) as backend, _progress() as progress:
+        with _interruptible(), _backend(db, url, None, write_key, sends_events=True) as backend, \
+                _progress() as progress:
             task = progress.add_task("customers", total=profiles)
             sent = 0
             for batch in generate_batches(profiles, batch_size=500, seed=seed):

@@ -17,6 +17,7 @@ from portrait.cli.common import (
     _backend,
     _check_writable,
     _fail,
+    _interruptible,
     _progress,
     _shows_progress,
     console,
@@ -125,7 +126,7 @@ def _import(file: Path, file_format: str | None, mapping: RowMapping | None, del
     if rejects:  # asked for: known wrong before the import starts (the default one is beside the file)
         _check_writable(rejects, "the rejected rows")
     try:
-        with _backend(db, url, admin_key, background=True) as backend:
+        with _interruptible(), _backend(db, url, admin_key, background=True) as backend:
             if not isinstance(backend, Portrait):
                 _import_through_server(backend, file, file_format, mapping, delimiter, dry_run, rejects_path)
                 return
