@@ -239,3 +239,22 @@ def test_ctrl_c_during_a_long_load_says_what_is_kept_and_the_database_stays_whol
     assert "interrupted: what was loaded stays; run the same command again" in " ".join(stderr.split())
     status = json.loads(run_piped("status", "--json", "--db", str(db)).stdout)
     assert 0 < status["events_received"] == status["events_processed"]  # whole batches, all processed
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"PAR1" + bytes(range(256)) * 8 + b"PAR1", "it is Parquet: pass --format parquet"),
+    ("id,mail\n1,ann@example.com\n".encode("utf-16"), "it is UTF-16"),  # Excel's "Unicode text"
+    ("id,prénom\n1,Zoé\n".encode("latin-1"), "save it as UTF-8"),
+    (b"id,mail\n" + bytes(range(256)), "it holds NUL bytes"),
+])
+def test_a_binary_file_read_as_csv_is_named_as_such(tmp_path: Path, content: bytes, says: str) -> None:
+    """A binary file read as CSV ended with its bytes printed in the error (and pyarrow's "Exception ignored"
+    traceback about decoding them)."""
+    source = tmp_path / "customers.csv"
+    source.write_bytes(content)
+    result = runner.invoke(app, ["import", "profiles", str(source), "--user-id", "id", "--db",
+                                 str(tmp_path / "a.duckdb")])
+    assert result.exit_code == 1, result.output
+    shown = " ".join(result.output.split())
+    assert "customers.csv is not UTF-8 text" in shown and says in shown
+    assert "Exception ignored" not in shown and "\ufffd" not in shown

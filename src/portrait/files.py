@@ -151,9 +151,14 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
                                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
 
     as_text: dict[str, pa.DataType] = {c: pa.string() for c in text_columns}
+    _check_not_binary(path)
     try:
         checking = opened(as_text, _skip)
-        names = checking.schema.names
+        try:
+            names = checking.schema.names
+        except UnicodeDecodeError as exc:  # a header in Latin-1 or another 8-bit code page
+            raise BadRequest(f"{path.name} is not UTF-8 text: its header is not ({_NOT_UTF8})",
+                             code="invalid_csv") from exc
         _check_header(path, names)
         _check_text(path, checking.schema)
         mapping.check(names)
@@ -221,6 +226,22 @@ def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str
 
 def _skip(row: pa_csv.InvalidRow) -> str:
     return "skip"
+
+
+def _check_not_binary(path: Path) -> None:
+    """Refuse a file read as CSV that is not text, by its first bytes: Arrow would split its bytes into rows (printed
+    in its error, with a decoding traceback from its row handler)."""
+    with path.open("rb") as handle:
+        head = handle.read(8192)
+    if head.startswith(b"PAR1"):
+        why = "it is Parquet: pass --format parquet (or name it .parquet)"
+    elif head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        why = "it is UTF-16, as Excel saves \"Unicode Text\": save it as UTF-8, e.g. with iconv -f utf-16 -t utf-8"
+    elif b"\0" in head:
+        why = "it holds NUL bytes, as binary files do (a spreadsheet, an archive?): export it as CSV"
+    else:
+        return
+    raise BadRequest(f"{path.name} is not UTF-8 text: {why}", code="invalid_csv")
 
 
 def _check_header(path: Path, names: list[str]) -> None:
