@@ -102,7 +102,14 @@ def test_mistakes_end_with_a_clear_message_not_a_traceback(tmp_path: Path, args:
 
 @pytest.mark.parametrize("command", [["status"], ["profiles", "get", "user_id:1"], ["events", "tail"],
                                      ["events", "rejected"], ["quality"],
-                                     ["export", "profiles", "-o", "{tmp}/out.csv"]])
+                                     ["export", "profiles", "-o", "{tmp}/out.csv"], ["attributes", "list"],
+                                     ["attributes", "show", "email"], ["attributes", "analytics", "age"],
+                                     ["segments", "list"], ["segments", "show", "vip"],
+                                     ["segments", "preview", "age > 30"], ["segments", "members", "vip"],
+                                     ["segments", "explain", "vip", "user_id:1"], ["analytics", "funnel", "A", "B"],
+                                     ["analytics", "breakdown", "vip", "age"], ["analytics", "sizes", "vip"],
+                                     ["audit"], ["privacy", "list"], ["privacy", "show", "pr_1"], ["sources", "list"],
+                                     ["sources", "show", "crm"], ["backups"]])
 def test_a_command_that_only_reads_does_not_create_a_database(tmp_path: Path, command: list[str]) -> None:
     """A mistyped --db (or a command run from another folder) made a new, empty database and printed new keys,
     which read as the data being gone."""

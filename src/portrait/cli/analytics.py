@@ -33,7 +33,8 @@ def analytics_funnel(
     fields: dict[str, Any] = {"steps": steps, "within": within}
     fields.update({k: v for k, v in (("from", since), ("to", until), ("segment", segment)) if v is not None})
     found = _run(db, url, admin_key, _either(lambda local: local.funnel(fields),
-                                             lambda remote: remote.send_json("POST", "/api/analytics/funnel", fields)))
+                                             lambda remote: remote.send_json("POST", "/api/analytics/funnel", fields)),
+                                                 existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -57,7 +58,7 @@ def analytics_breakdown(
     found = _run(db, url, admin_key, _either(
         lambda local: local.segment_breakdown(segment, attribute, top),
         lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/breakdown",
-                                       {"attribute": attribute, "top": top})))
+                                       {"attribute": attribute, "top": top})), existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -79,7 +80,7 @@ def analytics_sizes(
     """A segment's size at each recount (its size over time)."""
     found = _run(db, url, admin_key, _either(
         lambda local: local.segments.sizes(segment),
-        lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/sizes")["sizes"]))
+        lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/sizes")["sizes"]), existing=True)
     if as_json:
         console.print_json(data=found)
         return

@@ -32,7 +32,7 @@ def attributes_list(
         raise _fail(PortraitError("--kind must be all, standard or custom"))
     standard = None if kind == "all" else kind == "standard"
     rows = _run(db, url, admin_key, _either(lambda local: local.attributes.list(standard=standard),
-                                            lambda remote: remote.attributes_list(standard)))
+                                            lambda remote: remote.attributes_list(standard)), existing=True)
     if as_json:
         console.print_json(data={"attributes": rows})
         return
@@ -76,7 +76,7 @@ def _yes(flag: bool) -> str:
 def attributes_show(code: str, db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None) -> None:
     """One attribute, with how many profiles have a value."""
     attribute = _run(db, url, admin_key, _either(lambda local: local.attributes.get(code),
-                                                 lambda remote: remote.attribute(code)))
+                                                 lambda remote: remote.attribute(code)), existing=True)
     console.print_json(data=attribute)
 
 
@@ -97,7 +97,7 @@ def attributes_analytics(code: str, db: DbOption = None, url: UrlOption = None,
                          admin_key: AdminKeyOption = None) -> None:
     """Fill rate, distinct and top values; for numbers min/max/mean/quantiles/histogram; for dates the range."""
     stats = _run(db, url, admin_key, _either(lambda local: local.attributes.analytics(code),
-                                             lambda remote: remote.attribute_analytics(code)))
+                                             lambda remote: remote.attribute_analytics(code)), existing=True)
     console.print_json(data=stats)
 
 

@@ -88,7 +88,7 @@ def audit(
     """The audit log, newest first: every admin action and every read of personal data."""
     found = _run(db, url, admin_key, _either(
         lambda local: local.audit.entries(before_id=before, limit=limit),
-        lambda remote: remote.get_json("/api/audit", {"limit": limit, "before": before})))
+        lambda remote: remote.get_json("/api/audit", {"limit": limit, "before": before})), existing=True)
     if as_json:
         console.print_json(data=found)
         return

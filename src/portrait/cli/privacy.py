@@ -94,7 +94,8 @@ def privacy_list(db: DbOption = None, url: UrlOption = None, admin_key: AdminKey
                  as_json: JsonOption = False) -> None:
     """Requests, newest first, with their status."""
     found = _run(db, url, admin_key, _either(lambda local: local.privacy.all(),
-                                             lambda remote: remote.get_json("/api/privacy/requests")["requests"]))
+                                             lambda remote: remote.get_json("/api/privacy/requests")["requests"]),
+                                                 existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -111,4 +112,4 @@ def privacy_show(request_id: str, db: DbOption = None, url: UrlOption = None,
     """One request as JSON, with its result (an access export) once done."""
     console.print_json(data=_run(db, url, admin_key, _either(
         lambda local: local.privacy.get(request_id),
-        lambda remote: remote.get_json(f"/api/privacy/requests/{request_id}"))))
+        lambda remote: remote.get_json(f"/api/privacy/requests/{request_id}")), existing=True))

@@ -42,7 +42,8 @@ def segments_list(db: DbOption = None, url: UrlOption = None, admin_key: AdminKe
                   as_json: JsonOption = False) -> None:
     """Every segment with its kind, size and condition."""
     found = _run(db, url, admin_key, _either(lambda local: local.segments.all(),
-                                             lambda remote: remote.get_json("/api/segments")["segments"]))
+                                             lambda remote: remote.get_json("/api/segments")["segments"]),
+                                                 existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -58,7 +59,8 @@ def segments_show(segment: SegmentArgument, db: DbOption = None, url: UrlOption 
                   admin_key: AdminKeyOption = None) -> None:
     """One segment: condition (text, JSON and English) and size."""
     console.print_json(data=_run(db, url, admin_key, _either(lambda local: local.segments.get(segment),
-                                                             lambda remote: remote.get_json(_path(segment)))))
+                                                             lambda remote: remote.get_json(_path(segment))),
+                                                                 existing=True))
 
 
 @segments_app.command("create")
@@ -123,7 +125,7 @@ def segments_preview(
     """
     found = _run(db, url, admin_key, _either(
         lambda local: local.segments.preview(condition),
-        lambda remote: remote.send_json("POST", "/api/segments/preview", {"condition": condition})))
+        lambda remote: remote.send_json("POST", "/api/segments/preview", {"condition": condition})), existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -142,7 +144,7 @@ def segments_members(
     """The segment's members, a page at a time (export them all with `portrait export profiles --segment`)."""
     page = _run(db, url, admin_key, _either(
         lambda local: local.segments.members(segment, after=after, limit=limit),
-        lambda remote: remote.get_json(_path(segment) + "/members", {"after": after, "limit": limit})))
+        lambda remote: remote.get_json(_path(segment) + "/members", {"after": after, "limit": limit})), existing=True)
     if as_json:
         console.print_json(data=page)
         return
@@ -163,7 +165,7 @@ def segments_explain(
     """Which parts of the segment's condition hold for a profile, and why."""
     explain_path = f"{_path(segment)}/explain/{quote(identity, safe=':@')}"
     found = _run(db, url, admin_key, _either(lambda local: local.explain_segment(segment, identity),
-                                             lambda remote: remote.get_json(explain_path)))
+                                             lambda remote: remote.get_json(explain_path)), existing=True)
     if as_json or "explanation" not in found:
         console.print_json(data=found)
         return

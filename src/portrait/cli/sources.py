@@ -82,7 +82,7 @@ def sources_list(db: DbOption = None, server: ServerOption = None, admin_key: Ad
                  as_json: JsonOption = False) -> None:
     """Every source and its last sync (URLs without passwords)."""
     found = _run(db, server, admin_key, _either(lambda local: local.sources.all(),
-                                                lambda remote: remote.sources_all()))
+                                                lambda remote: remote.sources_all()), existing=True)
     if as_json:
         console.print_json(data=found)
         return
@@ -107,7 +107,8 @@ def sources_show(name: str, db: DbOption = None, server: ServerOption = None,
                  admin_key: AdminKeyOption = None) -> None:
     """One source: its query, mapping, cursor and last sync (JSON)."""
     console.print_json(data=_run(db, server, admin_key, _either(lambda local: local.sources.state(name),
-                                                                lambda remote: remote.source_state(name))))
+                                                                lambda remote: remote.source_state(name)),
+                                                                    existing=True))
 
 
 @sources_app.command("sync")
