@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+import re
 import socket
 import threading
 import time
@@ -97,6 +98,22 @@ def test_unknown_or_missing_write_key_is_401_with_json_error(client: TestClient,
     browser = client.post("/v1/batch", content=orjson.dumps(body), headers={"Origin": "https://shop.example.com"})
     assert browser.status_code == 401  # a Basic challenge would make a browser prompt the shop's visitors
     assert not browser.headers["www-authenticate"].lower().startswith(("basic", "digest"))
+
+
+def test_a_key_refused_for_ingestion_says_why(client: TestClient, portrait: Portrait) -> None:
+    """"unknown write key" for an admin key, or a revoked one, sent the user looking for a typo."""
+    admin = post(client, "/v1/track", track(), headers={"Authorization": "Basic " + base64.b64encode(
+        f"{ADMIN_KEY}:".encode()).decode()})
+    assert admin.status_code == 401
+    assert re.fullmatch(r"key \w+ is an admin key, for the API and the console: events are sent with a write key "
+                        r"\(one per source\)", admin.json()["message"]), admin.json()
+    secret, old = portrait.keys.create("write", "old shop")
+    portrait.keys.revoke(old.id)
+    revoked = post(client, "/v1/track", track(), headers={"Authorization": "Basic " + base64.b64encode(
+        f"{secret}:".encode()).decode()})
+    assert revoked.status_code == 401 and f"key {old.id} was revoked" in revoked.json()["message"]
+    assert post(client, "/v1/track", track(writeKey="wk_typo"), headers={"Authorization": ""}
+                ).json()["message"] == "unknown write key"
 
 
 def test_an_unknown_key_beside_the_body_is_refused_before_the_body_is_read(client: TestClient,

@@ -146,9 +146,12 @@ class KeyRing:
         """For ingestion: a write key (401 for anything else, as Segment answers)."""
         if not key:
             raise Unauthorized(f"a {kind} key is required")
-        api_key = self._keys.get(hash_key(key))
-        if api_key is None or api_key.kind != kind or api_key.revoked_at is not None:
+        if self._keys.get(hash_key(key)) is None:
             raise Unauthorized(f"unknown {kind} key")
+        api_key = self.authenticate(key)  # revoked: says so
+        if api_key.kind != kind:  # whoever sent it holds it: saying what it is gives nothing away
+            raise Unauthorized(f"key {api_key.id} is {'an' if api_key.kind == 'admin' else 'a'} {api_key.kind} key, "
+                               f"for the API and the console: events are sent with a {kind} key (one per source)")
         return api_key
 
     @staticmethod
