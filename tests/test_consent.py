@@ -65,8 +65,10 @@ def test_consent_follows_a_merge_and_feeds_segments(portrait: Portrait) -> None:
     assert current["email"] == {"status": "denied", "legal_basis": "consent", "at": current["email"]["at"],
                                 "source": "api:consent"}
     assert portrait.profile("user_id:bob")["consents"] == current
-    with pytest.raises(BadRequest, match="must be granted or denied"):
+    with pytest.raises(BadRequest, match="consent for 'email' must be granted or denied, not 'perhaps'"):
         portrait.set_consent("user_id:bob", {"email": "perhaps"})
+    with pytest.raises(BadRequest, match="a consent purpose needs a name"):  # was "consent for '' must be granted"
+        portrait.set_consent("user_id:bob", {" ": "granted"})
     with pytest.raises(BadRequest, match="legal_basis is one of"):
         portrait.set_consent("user_id:bob", {"email": {"status": "granted", "legal_basis": "because"}})
 

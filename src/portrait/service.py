@@ -988,8 +988,12 @@ def _consent_statements(statements: Any) -> dict[str, Any]:
         detail = value if isinstance(value, dict) else {"status": value}
         status = detail.get("status")
         basis = detail.get("legal_basis", detail.get("legalBasis"))
-        if not purpose.strip() or status not in CONSENT_VALUES:
-            raise BadRequest(f"consent for {purpose!r} must be granted or denied", code="invalid_consent")
+        if not purpose.strip():
+            raise BadRequest("a consent purpose needs a name (e.g. email, marketing, analytics)",
+                             code="invalid_consent")
+        if status not in CONSENT_VALUES:
+            raise BadRequest(f"consent for {purpose!r} must be granted or denied, not {status!r}",
+                             code="invalid_consent")
         if basis is not None and basis not in LEGAL_BASES:
             raise BadRequest(f"legal_basis is one of {', '.join(LEGAL_BASES)}", code="invalid_consent")
         out[purpose] = {"status": status, **({"legalBasis": basis} if basis else {})}
