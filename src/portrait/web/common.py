@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,22 @@ def shown(value: Any) -> Any:
     return value
 
 
+# Characters that do not show but change what is shown: C1 controls, zero-width and soft hyphen, bidirectional
+# overrides and isolates (U+202E turns "gpj.exe" into what reads as "exe.jpg"), line/paragraph separators, BOM.
+_INVISIBLE = re.compile("[\u0080-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def json_text(value: Any) -> str:
+    """What was sent as indented JSON for a ``<pre>``: the characters themselves (Jinja's ``tojson`` writes <, >,
+    &, ' and every non-ASCII letter as \\uXXXX, for a <script> element: "Zo\\u00eb O\\u0027Brien" on the page);
+    the template escapes it as any text. Invisible characters are written as their JSON escape: they are shown, and
+    cannot reorder or hide the text around them. Still valid JSON, meaning the same."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return _INVISIBLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 TEMPLATES.env.filters["shown"] = shown
+TEMPLATES.env.filters["json_text"] = json_text
 TEMPLATES.env.filters["with_unit"] = lambda value, unit: with_unit(str(value), unit)
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
        ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]

@@ -9,6 +9,15 @@
     return JSON.stringify(v);
   }
 
+  // What was sent, as indented JSON, with the characters that do not show but reorder or hide the text around them
+  // (bidirectional overrides, zero-width characters...) written as their JSON escape: as on the customer card.
+  var invisible = /[\u0080-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+  function jsonText(value) {
+    return JSON.stringify(value, null, 2).replace(invisible, function (c) {
+      return "\\u" + ("000" + c.charCodeAt(0).toString(16)).slice(-4);
+    });
+  }
+
   // -- segment builder ----------------------------------------------------------------------------------------
   var condition = document.getElementById("condition");
   var preview = document.getElementById("preview");
@@ -84,7 +93,7 @@
             var summary = document.createElement("summary");
             summary.textContent = e.timestamp + "  " + (e.event || e.type) + "  " + (e.user_id || e.anonymous_id || "");
             var pre = document.createElement("pre");
-            pre.textContent = JSON.stringify({properties: e.properties, traits: e.traits}, null, 2);
+            pre.textContent = jsonText({properties: e.properties, traits: e.traits});
             details.appendChild(summary); details.appendChild(pre); item.appendChild(details);
             live.insertBefore(item, live.firstChild);
           });

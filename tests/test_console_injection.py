@@ -1,0 +1,200 @@
+"""Customer data is untrusted: hostile values sent through the real ingestion paths (``/v1/batch`` with the write
+key, a CSV imported from the admin page, a refused body kept as rejected) and through the API (segment and attribute
+names) are shown on every console page as the text they are, in headless Chromium: no dialog opens, no script or
+event handler runs (the browser's console reports a content policy refusal as an error: none), and the text reads
+literally, on the pages, in the charts and in the customer card's JSON."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+
+from portrait.web.charts import short
+
+CHROMIUM = "/usr/bin/chromium"
+SCRIPT = "<script>alert('script')</script>"
+IMG = "<img src=x onerror=alert('img')>"
+SVG = '"><svg onload=alert(\'svg\')>'
+JS_URL = "javascript:alert('url')"
+TEMPLATE = "{{7*7}} ${7*7} {% raw %}"
+RTL = "\u202egnp.exe"
+NAMED = "Zoë O'Brien & <Co>"  # what an escaping JSON dump turned into \u00eb, \u0027, \u0026, \u003c
+HOSTILE = (SCRIPT, IMG, SVG, JS_URL, TEMPLATE, NAMED)
+CSV_HEADER = "<img src=x onerror=alert('csv')>"
+
+
+def _messages() -> list[dict[str, object]]:
+    messages: list[dict[str, object]] = []
+    for index, value in enumerate(HOSTILE):
+        user = f"evil-{index}"
+        messages.append({"type": "identify", "userId": user, "messageId": f"{user}-i", "traits": {
+            "name": value, "plan": value, "tags": [value], value: value, "__proto__": {"polluted": value},
+            "note": f"{value}\u0007\x1b[31m{RTL}"}})
+        messages.append({"type": "track", "userId": user, "messageId": f"{user}-t", "event": value,
+                         "properties": {value: value, "url": JS_URL, "__proto__": value}})
+    messages.append({"type": "track", "event": SCRIPT, "messageId": "no-identity", "properties": {IMG: SVG}})
+    return messages
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("injection")
+    server = start_server(str(folder / "injection.duckdb"), folder / "server.log")
+    try:
+        _send_hostile_data(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def _send_hostile_data(server: Server) -> None:
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": _messages()}).status_code == 200
+        refused = sdk.post("/v1/batch", content=f'{{"batch": [{SCRIPT}'.encode(),
+                           headers={"content-type": "application/json"})
+        assert refused.status_code == 400  # kept as a rejected message, shown on the events page
+    server.wait_caught_up()  # the traits are registered as attributes
+    with server.admin() as api:
+        assert api.post("/api/attributes", json={"code": "hostile", "name": IMG, "description": SCRIPT,
+                                                 "type": "string", "unit": SVG}).status_code == 201
+        assert api.patch("/api/attributes/plan", json={"calculate_analytics": True}).status_code == 200
+        for index, value in enumerate((IMG, SVG, JS_URL, TEMPLATE)):
+            assert api.post("/api/segments", json={
+                "name": f"s{index} {value}", "description": value,
+                "condition": f'plan = "{value}"'.replace('"><', '\\"><')}).status_code == 201
+    server.wait_caught_up()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Watched:
+    """A signed-in page that records every dialog (answered, so the page goes on) and every console error."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.alarms: list[str] = []
+        page.on("dialog", lambda dialog: (self.alarms.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+        page.on("console", lambda message: self.alarms.append(f"console: {message.text}")
+                if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.alarms.append(f"page error: {error}"))
+
+    def visit(self, path: str) -> str:
+        """Open ``path``, open every detail, check nothing ran; the page's text."""
+        self.page.goto(path)
+        self.page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = true; })")
+        handlers = self.page.evaluate("""() => Array.from(document.querySelectorAll('*')).flatMap(element =>
+            Array.from(element.attributes).filter(a => a.name.startsWith('on') || /^\\s*javascript:/i.test(a.value))
+            .map(a => element.tagName + ' ' + a.name))""")
+        assert handlers == [], (path, handlers)  # no element got an event handler or a javascript: link from data
+        assert self.page.locator("script:not([src])").count() == 0, path
+        assert self.alarms == [], (path, self.alarms)
+        return self.page.locator("body").inner_text()
+
+
+@pytest.fixture
+def watched(browser: Browser, shop: Server) -> Iterator[Watched]:
+    context = browser.new_context(base_url=shop.url)
+    page = context.new_page()
+    page.goto("/login")
+    page.get_by_label("API key (read or admin)").fill(ADMIN_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    yield Watched(page)
+    context.close()
+
+
+def _profile_id(shop: Server, user: str) -> str:
+    with shop.admin() as api:
+        return str(api.get(f"/api/profiles/user_id:{user}").json()["profile_id"])
+
+
+FUNNEL = "/funnels?steps=" + quote(",".join(HOSTILE[:3]))
+SEARCH = f"/customers?q={quote('evil-')}"
+
+
+def test_hostile_values_are_shown_as_text_on_every_page(watched: Watched, shop: Server) -> None:
+    with shop.admin() as api:
+        segments = {s["name"]: f"/segments/{s['id']}" for s in api.get("/api/segments").json()["segments"]}
+    texts: dict[str, str] = {}
+    charts: dict[str, list[str]] = {}
+    for path in ("/", "/attributes", "/attributes?tab=custom", "/attributes/hostile", "/attributes/plan", SEARCH,
+                 "/segments", "/segments/new", "/admin", FUNNEL, *segments.values()):
+        texts[path] = watched.visit(path)
+        charts[path] = watched.page.locator("svg.chart text, svg.chart title").all_text_contents()
+    assert SCRIPT in texts["/"] and IMG in texts["/"]  # top events
+    assert IMG in texts["/attributes?tab=custom"] and SCRIPT in texts["/attributes?tab=custom"]
+    assert IMG in texts["/attributes/hostile"]
+    assert SVG in texts["/attributes/plan"] and TEMPLATE in texts["/attributes/plan"]  # top values
+    assert all(value in texts[SEARCH] for value in HOSTILE)
+    assert all(name in texts["/segments"] and name in texts[path] for name, path in segments.items())
+    assert JS_URL in texts[segments[f"s2 {JS_URL}"]] and TEMPLATE in texts[segments[f"s3 {TEMPLATE}"]]
+    assert SCRIPT in texts[FUNNEL]
+    steps = [label for label in charts[FUNNEL] if not re.match(r"\d+ \(\d+%\)$", label)]
+    assert steps == [short(value) for value in HOSTILE[:3]]
+    assert f"{SVG}: 1" in charts["/attributes/plan"]  # a bar's tooltip: the whole value
+    watched.visit("/attributes/hostile")
+    assert watched.page.title() == f"{IMG} · Portrait"
+    assert watched.page.locator("input[name=unit]").input_value() == SVG  # the edit form: what is stored
+    assert watched.page.locator("input[name=name]").input_value() == IMG
+    assert watched.page.locator("input[name=description]").input_value() == SCRIPT
+
+
+def test_the_customer_card_shows_what_was_sent_literally(watched: Watched, shop: Server) -> None:
+    """The card's event and trait JSON is the text that was sent: it showed \\u003cscript\\u003e for <script> and
+    Zo\\u00eb O\\u0027Brien \\u0026 for Zoë O'Brien & (Jinja's tojson escapes for a script element, not a <pre>)."""
+    for index, value in enumerate(HOSTILE):
+        text = watched.visit(f"/customers/{_profile_id(shop, f'evil-{index}')}")
+        assert watched.page.locator("[data-test=customer]").inner_text().startswith(value)
+        shown = "\n".join(watched.page.locator(".timeline pre").all_inner_texts())
+        escaped = value.replace('"', '\\"')  # JSON's own escape of a quote
+        assert f'"{escaped}": "{escaped}"' in shown, shown
+        assert "\\u00" not in shown.replace("\\u0007", "").replace("\\u001b", ""), shown
+        assert '"__proto__"' in shown and value in text
+        assert "\\u202egnp.exe" in shown and "\u202e" not in shown  # an invisible override is shown, not obeyed
+
+
+def test_rejected_messages_and_live_events_are_shown_as_text(watched: Watched, shop: Server) -> None:
+    watched.visit("/events")
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        time.sleep(1.2)  # the page has started polling
+        assert sdk.post("/v1/batch", json={"batch": [{"type": "track", "userId": "evil-live", "event": f"{IMG} live",
+                                                      "properties": {SVG: SCRIPT, "file": RTL}}]}).status_code == 200
+    live = watched.page.locator("#live li", has_text=f"{IMG} live")
+    expect(live).to_have_count(1, timeout=15_000)
+    live.locator("summary").click()
+    expect(live.locator("pre")).to_contain_text(f'"{SVG.replace(chr(34), chr(92) + chr(34))}": "{SCRIPT}"')
+    expect(live.locator("pre")).to_contain_text('"file": "\\u202egnp.exe"')  # as on the customer card
+    text = watched.visit("/events")
+    assert f'{{"batch": [{SCRIPT}' in text  # the body that was not JSON
+    assert f'"event":"{SCRIPT}"' in text  # the message without an identity
+
+
+def test_a_csv_with_hostile_headers_imports_from_the_admin_page(watched: Watched, shop: Server,
+                                                                tmp_path: Path) -> None:
+    orders = tmp_path / "hostile.csv"
+    orders.write_text(f'customer_id,"{CSV_HEADER}",store\nevil-csv,"{SCRIPT.replace(chr(34), "")}",{JS_URL}\n')
+    watched.visit("/admin")
+    watched.page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(orders))
+    expect(watched.page.locator("#import-column-list")).to_contain_text(CSV_HEADER)
+    watched.page.get_by_label("Event name for every row (CSV events)").fill(SVG)
+    watched.page.get_by_role("button", name="Import", exact=True).click()
+    expect(watched.page.locator("#import-report")).to_contain_text("Done — 1 rows: stored 1")
+    shop.wait_caught_up()
+    card = watched.visit(f"/customers/{_profile_id(shop, 'evil-csv')}")
+    assert SVG in card
+    assert f'"{CSV_HEADER}": "{SCRIPT}"' in "\n".join(watched.page.locator(".timeline pre").all_inner_texts())
+    assert watched.alarms == []
