@@ -92,9 +92,13 @@ class Watched:
                 if message.type == "error" else None)
         page.on("pageerror", lambda error: self.alarms.append(f"page error: {error}"))
 
-    def visit(self, path: str) -> str:
-        """Open ``path``, open every detail, check nothing ran; the page's text."""
-        self.page.goto(path)
+    def visit(self, path: str, status: int = 200) -> str:
+        """Open ``path`` (answered with ``status``), open every detail, check nothing ran; the page's text."""
+        response = self.page.goto(path)
+        assert response is not None and response.status == status, path
+        if status >= 400:  # the browser reports the page's own status as an error: that one only
+            self.alarms.remove(f"console: Failed to load resource: the server responded with a status of {status} "
+                               f"({response.status_text})")
         self.page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = true; })")
         handlers = self.page.evaluate("""() => Array.from(document.querySelectorAll('*')).flatMap(element =>
             Array.from(element.attributes).filter(a => a.name.startsWith('on') || /^\\s*javascript:/i.test(a.value))
@@ -197,4 +201,15 @@ def test_a_csv_with_hostile_headers_imports_from_the_admin_page(watched: Watched
     card = watched.visit(f"/customers/{_profile_id(shop, 'evil-csv')}")
     assert SVG in card
     assert f'"{CSV_HEADER}": "{SCRIPT}"' in "\n".join(watched.page.locator(".timeline pre").all_inner_texts())
+    assert watched.alarms == []
+
+
+def test_the_error_page_goes_back_without_an_inline_script(watched: Watched) -> None:
+    """The error page's "Back" was a javascript: link, which the console's content policy refuses to run: a click
+    did nothing but report the refusal."""
+    watched.visit("/segments")
+    text = watched.visit("/customers/no-such-customer", status=404)
+    assert "That did not work" in text
+    watched.page.get_by_role("link", name="Back").click()
+    expect(watched.page).to_have_url(re.compile(r"/segments$"))
     assert watched.alarms == []

@@ -18,6 +18,14 @@
     });
   }
 
+  // "Back" on the error page: the previous page, or the overview when there is none. Not a javascript: link: the
+  // content policy runs no inline script.
+  Array.prototype.forEach.call(document.querySelectorAll("a[data-back]"), function (link) {
+    link.addEventListener("click", function (event) {
+      if (window.history.length > 1) { event.preventDefault(); window.history.back(); }
+    });
+  });
+
   // -- segment builder ----------------------------------------------------------------------------------------
   var condition = document.getElementById("condition");
   var preview = document.getElementById("preview");
