@@ -213,3 +213,12 @@ def test_the_error_page_goes_back_without_an_inline_script(watched: Watched) -> 
     watched.page.get_by_role("link", name="Back").click()
     expect(watched.page).to_have_url(re.compile(r"/segments$"))
     assert watched.alarms == []
+
+
+def test_the_sign_in_page_shows_no_text_from_its_address(shop: Server) -> None:
+    """/login?error=... showed any text as the sign-in page's own alert (escaped, but a link could make Portrait's
+    page say "Your key expired: send it to help@evil.example"); only Portrait's own refusals are shown."""
+    bait = "Your key expired: send it to help@evil.example"
+    answer = httpx.get(f"{shop.url}/login", params={"error": bait})
+    assert answer.status_code == 200 and "API key (read or admin)" in answer.text
+    assert bait not in answer.text and 'role="alert"' not in answer.text

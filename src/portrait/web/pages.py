@@ -61,8 +61,9 @@ def router(console: Console) -> APIRouter:
     guard = page(console)
 
     @web.get("/login")
-    async def login_form(request: Request, error: str = "") -> Response:
-        return TEMPLATES.TemplateResponse(request, "login.html", {"error": error})
+    async def login_form(request: Request) -> Response:
+        # No message from the address (?error=...): a link could make this page say what its sender wants.
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": ""})
 
     @web.post("/login")
     async def login(request: Request) -> Response:
