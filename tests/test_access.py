@@ -737,3 +737,20 @@ def test_console_forms_need_their_token_and_sign_in_only_from_the_console(portra
                                   headers={"X-CSRF-Token": token} if token.isascii() else {})
             assert refused.status_code == 403, token
         assert client.get("/", follow_redirects=False).status_code == 200  # still signed in
+
+
+def test_console_pages_and_exports_are_not_kept_in_the_browser_cache(client: TestClient, portrait: Portrait) -> None:
+    """Console pages and downloads hold personal data: a shared computer's browser kept them in its cache after
+    sign-out (no Cache-Control). Only the script, the stylesheet and the docs assets may be cached."""
+    portrait.ingest_messages([{"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com"}}])
+    portrait.process_pending()
+    segment = client.post("/api/segments", headers=ADMIN, json={"name": "all", "condition": "email is set"}).json()
+    profile_id = client.get("/api/profiles/user_id:ann", headers=ADMIN).json()["profile_id"]
+    assert client.post("/login", data={"key": ADMIN_KEY}, follow_redirects=False).status_code == 303
+    for path in ("/login", "/", f"/customers/{profile_id}", "/customers?q=ann", "/events",
+                 f"/segments/{segment['id']}/export.csv", "/console/api/recent", "/customers/nobody"):
+        answer = client.get(path)
+        assert answer.status_code in (200, 404), path
+        assert answer.headers["cache-control"] == "no-store", path
+    for asset in ("/static/console/console.js", "/static/console/console.css", "/static/swagger/swagger-ui.css"):
+        assert "cache-control" not in client.get(asset).headers, asset

@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         is_api = path.startswith(("/api", "/v1", "/openapi.json", "/healthz"))
         response.headers.setdefault("Content-Security-Policy",
                                     DOCS_POLICY if is_docs else API_POLICY if is_api else CONSOLE_POLICY)
-        if path.startswith(("/api", "/v1")):
+        if not path.startswith("/static/"):  # answers and console pages hold personal data; only assets are cached
             response.headers.setdefault("Cache-Control", "no-store")
         origin = request.headers.get("origin")
         if path.startswith("/v1") and origin and "access-control-allow-origin" not in response.headers and (
