@@ -182,6 +182,12 @@ def test_rejected_messages_and_live_events_are_shown_as_text(watched: Watched, s
     live.locator("summary").click()
     expect(live.locator("pre")).to_contain_text(f'"{SVG.replace(chr(34), chr(92) + chr(34))}": "{SCRIPT}"')
     expect(live.locator("pre")).to_contain_text('"file": "\\u202egnp.exe"')  # as on the customer card
+    bidi = watched.page.locator("#live li", has_text="U+202E")
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [{"type": "track", "userId": "evil-live\u202e",
+                                                      "event": "Paid"}]}).status_code == 200
+    expect(bidi).to_have_count(1, timeout=15_000)
+    assert bidi.locator("summary").inner_text().endswith(" Paid evil-live U+202E")  # not obeyed
     text = watched.visit("/events")
     assert f'{{"batch": [{SCRIPT}' in text  # the body that was not JSON
     assert f'"event":"{SCRIPT}"' in text  # the message without an identity
@@ -222,3 +228,41 @@ def test_the_sign_in_page_shows_no_text_from_its_address(shop: Server) -> None:
     answer = httpx.get(f"{shop.url}/login", params={"error": bait})
     assert answer.status_code == 200 and "API key (read or admin)" in answer.text
     assert bait not in answer.text and 'role="alert"' not in answer.text
+
+
+# Whether a text's characters run left to right on the screen: its first character is left of its last.
+READS_LEFT_TO_RIGHT = """element => {
+    const node = Array.from(element.childNodes).find(n => n.nodeType === Node.TEXT_NODE && n.data.trim());
+    const at = i => { const r = document.createRange(); r.setStart(node, i); r.setEnd(node, i + 1);
+                      return r.getBoundingClientRect().left; };
+    return at(0) < at(node.data.length - 1);
+}"""
+
+
+def test_invisible_characters_in_names_and_identifiers_are_shown_not_obeyed(watched: Watched, shop: Server) -> None:
+    """A name ending in U+202E (right-to-left override) turned the profile id after it around on the customer card,
+    and a user id with a NUL (which HTML drops) read exactly as another customer's: such characters are shown as
+    a marked code point in names, identifiers and event names."""
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": "bidi-1", "traits": {"name": "Ann \u202e"}},
+            {"type": "track", "userId": "bidi-1", "event": "Paid \u202e", "properties": {}},
+            {"type": "identify", "userId": "twin\u0000", "traits": {"name": "Twin"}},
+            {"type": "identify", "userId": "twin", "traits": {"name": "Twin"}}]}).status_code == 200
+    shop.wait_caught_up()
+    watched.visit(f"/customers/{_profile_id(shop, 'bidi-1')}")
+    heading = watched.page.locator("[data-test=customer]")
+    assert watched.page.locator("[data-test=customer] code").evaluate(READS_LEFT_TO_RIGHT)
+    assert heading.inner_text().startswith("Ann U+202E")
+    assert watched.page.locator(".timeline summary").first.inner_text().split()[1:3] == ["Paid", "U+202E"]
+    text = watched.visit(f"/customers?q={quote('twin')}")
+    assert "\tuser_id: twinU+0000\t" in text and "\tuser_id: twin\t" in text, text  # two customers, told apart
+
+
+def test_marked_characters_leave_the_rest_of_the_value_escaped() -> None:
+    from portrait.web.common import visible
+
+    assert visible("<b>\u202e</b>\x00") == ('&lt;b&gt;<span class="char" title="an invisible character">U+202E</span>'
+                                           '&lt;/b&gt;<span class="char" title="an invisible character">U+0000</span>')
+    assert visible("Zoë <i>\ttab") == "Zoë <i>\ttab"  # nothing to mark: the template escapes it as any text
+    assert visible(42) == 42

@@ -13,6 +13,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from portrait.api.auth import Viewer
 from portrait.api.errors import STATUS
@@ -48,7 +49,25 @@ def json_text(value: Any) -> str:
     return _INVISIBLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
+# ... and in names, identifiers and event names on the pages, C0 controls too (HTML drops a NUL: "twin\0" read as
+# "twin", another customer's id).
+_HIDDEN_IN_TEXT = re.compile("[\u0000-\u0008\u000b-\u001f\u007f" + _INVISIBLE.pattern[1:])
+
+
+def visible(value: Any) -> Any:
+    """A value for the page's text, each invisible character in it shown as its code point (``U+202E``, marked,
+    not obeyed): names, identifiers and event names sit inline, next to other text they could turn around or
+    look the same as. Not for form fields (what is typed is sent back as it is)."""
+    if not isinstance(value, str) or not _HIDDEN_IN_TEXT.search(value):
+        return value
+    parts = _HIDDEN_IN_TEXT.split(value)
+    marks = [Markup('<span class="char" title="an invisible character">U+{:04X}</span>').format(ord(found))
+             for found in _HIDDEN_IN_TEXT.findall(value)]
+    return Markup("").join(item for pair in zip(parts, [*marks, ""], strict=True) for item in pair)
+
+
 TEMPLATES.env.filters["shown"] = shown
+TEMPLATES.env.filters["visible"] = visible
 TEMPLATES.env.filters["json_text"] = json_text
 TEMPLATES.env.filters["with_unit"] = lambda value, unit: with_unit(str(value), unit)
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),

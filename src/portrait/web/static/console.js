@@ -26,6 +26,14 @@
     });
   });
 
+  // A name or id for a line of text: those characters, and C0 controls, as their code point (as the pages show them).
+  var hidden = /[\u0000-\u0008\u000b-\u001f\u007f\u0080-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+  function visible(text) {
+    return String(text).replace(hidden, function (c) {
+      return " U+" + ("000" + c.charCodeAt(0).toString(16).toUpperCase()).slice(-4) + " ";
+    });
+  }
+
   // -- segment builder ----------------------------------------------------------------------------------------
   var condition = document.getElementById("condition");
   var preview = document.getElementById("preview");
@@ -99,7 +107,8 @@
             var item = document.createElement("li");
             var details = document.createElement("details");
             var summary = document.createElement("summary");
-            summary.textContent = e.timestamp + "  " + (e.event || e.type) + "  " + (e.user_id || e.anonymous_id || "");
+            summary.textContent = e.timestamp + "  " + visible(e.event || e.type) + "  " +
+                                  visible(e.user_id || e.anonymous_id || "");
             var pre = document.createElement("pre");
             pre.textContent = jsonText({properties: e.properties, traits: e.traits});
             details.appendChild(summary); details.appendChild(pre); item.appendChild(details);
