@@ -266,3 +266,13 @@ def test_marked_characters_leave_the_rest_of_the_value_escaped() -> None:
                                            '&lt;/b&gt;<span class="char" title="an invisible character">U+0000</span>')
     assert visible("Zoë <i>\ttab") == "Zoë <i>\ttab"  # nothing to mark: the template escapes it as any text
     assert visible(42) == 42
+
+
+def test_the_sign_in_page_loads_without_an_error(browser: Browser, shop: Server) -> None:
+    """The sign-in page named no icon: Chromium asked for /favicon.ico, a 404 reported as an error."""
+    context = browser.new_context(base_url=shop.url)
+    watched = Watched(context.new_page())
+    assert "API key (read or admin)" in watched.visit("/login")
+    watched.page.wait_for_load_state("networkidle")
+    assert watched.alarms == []
+    context.close()
