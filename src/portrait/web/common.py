@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from portrait.conditions.text import ConditionError
 from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.service import Portrait
+from portrait.untrusted import INVISIBLE, INVISIBLE_IN_JSON, code_point
 from portrait.web.sessions import COOKIE, ConsoleSession, SessionStore
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -35,34 +35,24 @@ def shown(value: Any) -> Any:
     return value
 
 
-# Characters that do not show but change what is shown: C1 controls, zero-width and soft hyphen, bidirectional
-# overrides and isolates (U+202E turns "gpj.exe" into what reads as "exe.jpg"), line/paragraph separators, BOM.
-_INVISIBLE = re.compile("[\u0080-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
 def json_text(value: Any) -> str:
     """What was sent as indented JSON for a ``<pre>``: the characters themselves (Jinja's ``tojson`` writes <, >,
     &, ' and every non-ASCII letter as \\uXXXX, for a <script> element: "Zo\\u00eb O\\u0027Brien" on the page);
     the template escapes it as any text. Invisible characters are written as their JSON escape: they are shown, and
     cannot reorder or hide the text around them. Still valid JSON, meaning the same."""
     text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-    return _INVISIBLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
-
-
-# ... and in names, identifiers and event names on the pages, C0 controls too (HTML drops a NUL: "twin\0" read as
-# "twin", another customer's id).
-_HIDDEN_IN_TEXT = re.compile("[\u0000-\u0008\u000b-\u001f\u007f" + _INVISIBLE.pattern[1:])
+    return INVISIBLE_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def visible(value: Any) -> Any:
-    """A value for the page's text, each invisible character in it shown as its code point (``U+202E``, marked,
-    not obeyed): names, identifiers and event names sit inline, next to other text they could turn around or
-    look the same as. Not for form fields (what is typed is sent back as it is)."""
-    if not isinstance(value, str) or not _HIDDEN_IN_TEXT.search(value):
+    """A value for the page's text, each invisible character in it (:mod:`portrait.untrusted`) shown as its code
+    point (``U+202E``, marked, not obeyed): names, identifiers and event names sit inline, next to other text they
+    could turn around or look the same as. Not for form fields (what is typed is sent back as it is)."""
+    if not isinstance(value, str) or not INVISIBLE.search(value):
         return value
-    parts = _HIDDEN_IN_TEXT.split(value)
-    marks = [Markup('<span class="char" title="an invisible character">U+{:04X}</span>').format(ord(found))
-             for found in _HIDDEN_IN_TEXT.findall(value)]
+    parts = INVISIBLE.split(value)
+    marks = [Markup('<span class="char" title="an invisible character">{}</span>').format(code_point(found))
+             for found in INVISIBLE.findall(value)]
     return Markup("").join(item for pair in zip(parts, [*marks, ""], strict=True) for item in pair)
 
 
