@@ -265,3 +265,35 @@ def test_a_binary_file_read_as_csv_is_named_as_such(tmp_path: Path, content: byt
     shown = " ".join(result.output.split())
     assert "customers.csv is not UTF-8 text" in shown and says in shown
     assert "Exception ignored" not in shown and "\ufffd" not in shown
+
+
+# What a sender can put in an event name, a trait or a user id, for a terminal: rich markup (a closing tag with
+# nothing to close made `events tail` fail; [link=...] a hyperlink), emoji codes, and escape sequences (clear the
+# screen, retitle the window).
+MARKUP = "[bold]Paid[/] [/] [link=https://evil.example]pay here[/link] :smile:"
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\u202e"
+
+
+def test_customer_data_is_printed_as_text_not_as_markup_or_terminal_codes(tmp_path: Path) -> None:
+    from portrait.config import Settings
+    from portrait.service import Portrait
+
+    db = str(tmp_path / "hostile.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    service.ingest_messages([
+        {"type": "identify", "userId": f"u{ESCAPES}", "traits": {"plan": MARKUP, "nickname": ESCAPES}},
+        {"type": "track", "userId": f"u{ESCAPES}", "event": MARKUP + ESCAPES, "properties": {}},
+        {"type": "track", "userId": "[/]", "messageId": "[/]"}])  # rejected: no event name
+    service.process_pending()
+    service.segments.create({"name": "marked", "condition": f'plan = "{MARKUP}"'})
+    service.close()
+    for args in (["events", "tail"], ["events", "rejected"], ["profiles", "get", f"user_id:u{ESCAPES}"],
+                 ["segments", "explain", "marked", f"user_id:u{ESCAPES}"], ["segments", "list"]):
+        result = runner.invoke(app, [*args, "--db", db])
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        assert "\x1b" not in result.output and "\u202e" not in result.output, args
+        assert "😄" not in result.output, args
+        if args[-1] not in ("rejected", "list"):  # there the cells are narrow: the text is wrapped
+            assert "[/] [link=https://evil.example]" in result.output, (args, result.output)
+        if args[1] in ("tail", "get"):  # the escapes are in the user id and a trait
+            assert "U+001B[2JU+001B]0;ownedU+0007U+202E" in result.output, (args, result.output)

@@ -7,17 +7,19 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from portrait.client import RemotePortrait, running_server_url
 from portrait.config import Settings, load_settings
 from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import Portrait
+from portrait.untrusted import with_code_points
 
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -31,8 +33,30 @@ attributes_app = typer.Typer(help="The profile attribute registry.", no_args_is_
 app.add_typer(attributes_app, name="attributes")
 export_app = typer.Typer(help="Take data out to files.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
-console = Console(soft_wrap=True)
-errors = Console(stderr=True)
+
+
+class Terminal(Console):
+    """A rich console that prints text as it is. Event names, traits and identifiers come from senders: read as
+    rich markup, "[/]" in one made ``events tail`` fail and "[link=...]" drew a hyperlink; escape sequences in
+    them could clear or retitle the terminal. So no markup or emoji codes are read in any text printed, and
+    control and invisible characters are written as their code point (:mod:`portrait.untrusted`). Styles are given
+    as styles (``style=``, :class:`rich.text.Text`), never as markup."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(markup=False, emoji=False, **options)
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(with_code_points(text), **{**options, "markup": False, "emoji": False})
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of parts, some with a style (``("Profile", "bold")``), the text of each shown as it is."""
+    return Text.assemble(*((with_code_points(part), "") if isinstance(part, str) else
+                           (with_code_points(part[0]), part[1]) for part in parts))
+
+
+console = Terminal(soft_wrap=True)
+errors = Terminal(stderr=True)
 
 DbOption = Annotated[str | None, typer.Option("--db", help="Database file (default: PORTRAIT_DB_PATH or "
                                                          "./portrait.duckdb).")]
@@ -82,7 +106,8 @@ def _settings(db: str | None) -> Settings:
 def _print_generated(generated: dict[str, str]) -> None:
     """On stderr: a notice beside the command's output, which stays data (`portrait keys list --json | jq`)."""
     for kind, key in generated.items():
-        errors.print(f"[bold yellow]Generated {kind} key (shown once, store it now):[/] {key}", soft_wrap=True)
+        errors.print(styled((f"Generated {kind} key (shown once, store it now):", "bold yellow"), f" {key}"),
+                     soft_wrap=True)
 
 
 @contextmanager

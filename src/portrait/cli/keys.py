@@ -7,7 +7,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from portrait.cli.common import AdminKeyOption, DbOption, JsonOption, UrlOption, _either, _run, _show, app, console
+from portrait.cli.common import (
+    AdminKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    _either,
+    _run,
+    _show,
+    app,
+    console,
+    styled,
+)
 from portrait.service import Portrait
 
 keys_app = typer.Typer(help="API keys: write (per source), read, admin; the pii:read scope.", no_args_is_help=True)
@@ -36,7 +47,7 @@ def keys_create(
     created = _run(db, url, admin_key, _either(local, lambda remote: remote.send_json("POST", "/api/keys", body)))
     console.print(f"Created {created['kind']} key {created['id']} ({created['name']}, scopes "
                   f"{', '.join(created['scopes'])}).")
-    console.print(f"[bold yellow]Key (shown once, store it now):[/] {created['key']}")
+    console.print(styled(("Key (shown once, store it now):", "bold yellow"), f" {created['key']}"))
 
 
 @keys_app.command("list")
@@ -76,7 +87,7 @@ def keys_rotate(key_id: Annotated[str, typer.Argument(help="The key's id (from k
     fresh = _run(db, url, admin_key, _either(local, lambda remote: remote.send_json(
         "POST", f"/api/keys/{key_id}/rotate", {})))
     console.print(f"Key {key_id} revoked; its replacement is {fresh['id']}.")
-    console.print(f"[bold yellow]Key (shown once, store it now):[/] {fresh['key']}")
+    console.print(styled(("Key (shown once, store it now):", "bold yellow"), f" {fresh['key']}"))
 
 
 @app.command()

@@ -25,6 +25,7 @@ from portrait.cli.common import (
     console,
     events_app,
     profiles_app,
+    styled,
 )
 from portrait.client import RemotePortrait, profile_path
 from portrait.errors import PortraitError
@@ -85,8 +86,8 @@ def _units(backend: Portrait | RemotePortrait) -> dict[str, str | None]:
 
 
 def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]], units: dict[str, str | None]) -> None:
-    console.print(f"[bold]Profile[/] {profile['profile_id']}  first seen {profile['first_seen']}, "
-                  f"last seen {profile['last_seen']}")
+    console.print(styled(("Profile", "bold"), f" {profile['profile_id']}  first seen {profile['first_seen']}, "
+                                              f"last seen {profile['last_seen']}"))
     traits = Table("trait", "value", title="Traits")
     for key, value in profile["traits"].items():
         traits.add_row(key, with_unit(json.dumps(value, ensure_ascii=False), units.get(key)))

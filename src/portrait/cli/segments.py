@@ -22,6 +22,7 @@ from portrait.cli.common import (
     _show,
     app,
     console,
+    styled,
 )
 from portrait.errors import PortraitError
 
@@ -174,8 +175,8 @@ def segments_explain(
 
 
 def _print_node(node: dict[str, Any], depth: int) -> None:
-    mark = "[green]yes[/]" if node["holds"] else "[red]no[/]"
-    console.print(f"{'  ' * depth}{mark} {node['text']}  [dim]({node['why']})[/]", highlight=False)
+    mark = ("yes", "green") if node["holds"] else ("no", "red")
+    console.print(styled("  " * depth, mark, f" {node['text']}  ", (f"({node['why']})", "dim")), highlight=False)
     for part in node.get("parts", []):
         _print_node(part, depth + 1)
 

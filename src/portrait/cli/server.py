@@ -31,6 +31,7 @@ from portrait.cli.common import (
     app,
     console,
     errors,
+    styled,
 )
 from portrait.client import remove_server_file, write_server_file
 from portrait.errors import PortraitError
@@ -79,10 +80,12 @@ def serve(
         except PortraitError as exc:
             raise _fail(exc) from exc
         where = os.path.abspath(settings.db_path)  # the whole path: a relative one names another file elsewhere
-        console.print(f"Portrait serving {where} on [bold]{url}[/] (ingestion: {url}/v1/batch, API docs: {url}/docs)")
+        console.print(styled(f"Portrait serving {where} on ", (url, "bold"),
+                             f" (ingestion: {url}/v1/batch, API docs: {url}/docs)"))
         if portrait.rebuild_interrupted():
-            console.print("[yellow]A profile rebuild was cut short: the processor goes on rebuilding the profiles; "
-                          "run `portrait profiles rebuild` again so that the profile ids of before resolve again.[/]")
+            console.print("A profile rebuild was cut short: the processor goes on rebuilding the profiles; "
+                          "run `portrait profiles rebuild` again so that the profile ids of before resolve again.",
+                          style="yellow")
         config = uvicorn.Config(create_app(settings, portrait, schedule_sources=True), host=settings.host,
                                 port=settings.port, log_level="warning", access_log=False,
                                 # The client's address (context.ip) and https (secure cookies) as a trusted reverse
