@@ -276,3 +276,21 @@ def test_the_sign_in_page_loads_without_an_error(browser: Browser, shop: Server)
     watched.page.wait_for_load_state("networkidle")
     assert watched.alarms == []
     context.close()
+
+
+def test_the_api_docs_page_runs_no_inline_script(browser: Browser, shop: Server) -> None:
+    """/docs started Swagger UI with an inline script, so its content policy allowed inline scripts; it starts it
+    from a script file now, under a policy that runs only Portrait's own files."""
+    context = browser.new_context(base_url=shop.url)
+    watched = Watched(context.new_page())
+    watched.visit("/docs")
+    expect(watched.page.locator(".opblock-summary-path", has_text="/api/profiles/{identity}").first).to_be_visible()
+    watched.page.locator(".opblock-summary").first.click()  # an operation opens: its parameters and answers
+    expect(watched.page.locator(".opblock-body").first).to_be_visible()
+    watched.page.get_by_role("button", name="Try it out").first.click()
+    expect(watched.page.get_by_role("button", name="Execute").first).to_be_visible()
+    policy = dict(part.strip().split(" ", 1) for part in
+                  httpx.get(f"{shop.url}/docs").headers["content-security-policy"].split(";"))
+    assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert watched.alarms == []
+    context.close()

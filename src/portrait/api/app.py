@@ -11,7 +11,6 @@ from urllib.parse import unquote
 import fastapi_offline
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -31,8 +30,22 @@ SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 # The console runs only its own script and styles; the docs page only its own vendored script.
 CONSOLE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                   "form-action 'self'; frame-ancestors 'none'")
-DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
+               "script-src 'self'; frame-ancestors 'none'")
+# The API docs page: Swagger UI 5 (vendored by fastapi-offline), started from a script file rather than the inline
+# script FastAPI's get_swagger_ui_html writes, so that the page's policy need not run inline scripts.
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Portrait API</title><link rel="stylesheet" href="/static/swagger/swagger-ui.css">
+<link rel="icon" href="/static/swagger/favicon.png"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/swagger/swagger-ui-bundle.js"></script><script src="/docs/start.js"></script></body></html>
+"""
+DOCS_START = """SwaggerUIBundle({
+  url: "/openapi.json", dom_id: "#swagger-ui", layout: "BaseLayout", deepLinking: true, showExtensions: true,
+  showCommonExtensions: true, presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]
+});
+"""
 
 
 def _masked_identity(text: str) -> str:
@@ -78,10 +91,11 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Portrait API",
-                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon.png")
+        return HTMLResponse(DOCS_PAGE)
+
+    @app.get("/docs/start.js", include_in_schema=False)
+    async def docs_start() -> Response:
+        return Response(DOCS_START, media_type="text/javascript")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -93,7 +107,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
         path = request.url.path
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        is_docs = path == "/docs" or path.startswith("/static/swagger")
+        is_docs = path in ("/docs", "/docs/start.js") or path.startswith("/static/swagger")
         is_api = path.startswith(("/api", "/v1", "/openapi.json", "/healthz"))
         response.headers.setdefault("Content-Security-Policy",
                                     DOCS_POLICY if is_docs else API_POLICY if is_api else CONSOLE_POLICY)
