@@ -176,7 +176,8 @@ def test_rejected_messages_and_live_events_are_shown_as_text(watched: Watched, s
     with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
         time.sleep(1.2)  # the page has started polling
         assert sdk.post("/v1/batch", json={"batch": [{"type": "track", "userId": "evil-live", "event": f"{IMG} live",
-                                                      "properties": {SVG: SCRIPT, "file": RTL}}]}).status_code == 200
+                                                      "properties": {SVG: SCRIPT, "file": RTL, "__proto__": SCRIPT}}]}
+                        ).status_code == 200
     live = watched.page.locator("#live li", has_text=f"{IMG} live")
     expect(live).to_have_count(1, timeout=15_000)
     live.locator("summary").click()
@@ -188,6 +189,7 @@ def test_rejected_messages_and_live_events_are_shown_as_text(watched: Watched, s
                                                       "event": "Paid"}]}).status_code == 200
     expect(bidi).to_have_count(1, timeout=15_000)
     assert bidi.locator("summary").inner_text().endswith(" Paid evil-live U+202E")  # not obeyed
+    expect(live.locator("pre")).to_contain_text(f'"__proto__": "{SCRIPT}"')  # a key like any other
     text = watched.visit("/events")
     assert f'{{"batch": [{SCRIPT}' in text  # the body that was not JSON
     assert f'"event":"{SCRIPT}"' in text  # the message without an identity
