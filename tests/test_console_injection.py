@@ -151,7 +151,7 @@ def test_hostile_values_are_shown_as_text_on_every_page(watched: Watched, shop: 
     assert steps == [short(value) for value in HOSTILE[:3]]
     assert f"{SVG}: 1" in charts["/attributes/plan"]  # a bar's tooltip: the whole value
     watched.visit("/attributes/hostile")
-    assert watched.page.title() == f"{IMG} · Portrait"
+    assert watched.page.title() == f"{IMG} · Attributes · Portrait"
     assert watched.page.locator("input[name=unit]").input_value() == SVG  # the edit form: what is stored
     assert watched.page.locator("input[name=name]").input_value() == IMG
     assert watched.page.locator("input[name=description]").input_value() == SCRIPT
