@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,37 @@ def test_keys_are_not_in_a_printed_settings_object() -> None:
                "previous_encryption_key": "pk-secret-4"}
     printed = repr(Settings(**secrets))  # in a log line, a traceback's locals, an error report
     assert [name for name, value in secrets.items() if value in printed] == []
+
+
+# Fills a 40 MB limit with temporary tables (so DuckDB spills into <db>.tmp/), then is killed as by the system's
+# out-of-memory killer or a power cut: DuckDB has no chance to delete its spilled files.
+_SPILL_THEN_DIE = """
+import os, signal, sys
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
+store = DuckDBStore(sys.argv[1], sys.argv[2], memory_limit_mb=40)
+session = store.session()
+for table in ("spill_one", "spill_two"):
+    session.execute(parse(f"CREATE TEMP TABLE {table} AS SELECT md5(i::VARCHAR) AS s FROM range(1000000) r(i)"))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_encrypted_database_opens_after_a_crash_left_spilled_files(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB refuses to turn temp_file_encryption on while its spill folder holds files; set after the folder,
+    a crash that left spilled files in <db>.tmp/ kept the database from opening again ("Existing temporary files
+    found") until someone deleted them by hand -- and so did files in .tmp/ of the folder Portrait was started
+    from (where the versions before 2026-11-24 spilled), when set before it."""
+    db = tmp_path / "portrait.duckdb"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    died = subprocess.run([sys.executable, "-c", _SPILL_THEN_DIE, str(db), KEY], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert died.returncode == -9, died.stderr
+    assert list((tmp_path / "portrait.duckdb.tmp").iterdir()), "nothing was left spilled: the test proves nothing"
+    started_here = tmp_path / "started-here"
+    shutil.copytree(tmp_path / "portrait.duckdb.tmp", started_here / ".tmp")  # an old version's spills
+    for folder in (tmp_path, started_here):
+        monkeypatch.chdir(folder)
+        store = DuckDBStore(str(db), KEY)
+        store.close()

@@ -572,7 +572,10 @@ USE_PORTRAIT = parse("USE portrait")
 # Where DuckDB spills query work that does not fit in memory_limit. An encrypted database is attached to an
 # in-memory one, whose spill folder is ``.tmp`` in the server's working folder, written in plain text: rows of
 # customers' personal data on disk, unencrypted, somewhere nobody looks. So it spills beside the database, encrypted.
+# DuckDB refuses to turn encryption on while its spill folder holds files -- files a crash left in <db>.tmp/, or
+# the plain ones of an older Portrait in the working folder's .tmp/ -- so it is turned on with no folder set.
 _TEMP_DIRECTORY = parse("SET temp_directory = 'path'")
+NO_TEMP_DIRECTORY = parse("SET temp_directory = ''")
 ENCRYPT_SPILLS = parse("SET temp_file_encryption = true")
 
 

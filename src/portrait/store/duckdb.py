@@ -359,9 +359,12 @@ def _load_crypto(connection: duckdb.DuckDBPyConnection) -> None:
 
 def _spill_encrypted_beside(connection: duckdb.DuckDBPyConnection, path: str, render: _Renderer) -> None:
     """Query work that does not fit in memory spills into ``<database>.tmp`` (as a plain database's does),
-    encrypted (see schema.ENCRYPT_SPILLS)."""
-    connection.execute(render(schema.temp_directory(path + ".tmp")))
+    encrypted (see schema.ENCRYPT_SPILLS). Encryption is turned on before the folder is set: DuckDB refuses to
+    turn it on while the spill folder holds files, and a crash leaves them there (DuckDB deletes them once it
+    spills again)."""
+    connection.execute(render(schema.NO_TEMP_DIRECTORY))
     connection.execute(render(schema.ENCRYPT_SPILLS))
+    connection.execute(render(schema.temp_directory(path + ".tmp")))
 
 
 def open_store(path: str, encryption_key: str | None = None, *, checkpoint_wal_mb: int | None = None,
