@@ -220,3 +220,46 @@ def test_an_encrypted_database_opens_after_a_crash_left_spilled_files(tmp_path: 
         monkeypatch.chdir(folder)
         store = DuckDBStore(str(db), KEY)
         store.close()
+
+
+# A restore of a plain backup into an encrypted database, killed once the backup is beside the database (as by a
+# power cut), before the restored database was opened.
+_RESTORE_THEN_DIE = """
+import os, signal, sys
+from portrait import service
+from portrait.config import Settings
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+service._open_backup = die
+service.restore_backup(Settings(db_path=sys.argv[1], encryption_key=sys.argv[2]), sys.argv[3])
+"""
+
+
+def test_a_restore_of_a_plain_backup_killed_midway_leaves_no_plain_copy_beside_the_database(tmp_path: Path) -> None:
+    """A plain backup restored into an encrypted database was copied as it was beside the database, then
+    encrypted: killed in between, the data folder kept a plain copy of every customer (``<db>.restoring``), which
+    nothing removed until the next restore."""
+    folder, backups = tmp_path / "data", tmp_path / "backups"
+    folder.mkdir()
+    plain = Portrait(Settings(db_path=str(tmp_path / "plain.duckdb"), backup_dir=str(backups)), background=False)
+    plain.ingest_messages([{"type": "identify", "userId": "p-1", "traits": {"email": "zelda.encrypted@example.com"}}])
+    plain.process_pending()
+    backup = plain.backups.make("plain")["path"]
+    plain.close()
+    db = folder / "portrait.duckdb"
+    Portrait(Settings(db_path=str(db), encryption_key=KEY), background=False).close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    died = subprocess.run([sys.executable, "-c", _RESTORE_THEN_DIE, str(db), KEY, backup], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert died.returncode == -9, died.stderr
+    assert KNOWN[0] in Path(backup).read_bytes(), "the backup is not plain: the test proves nothing"
+    assert [path.name for path in folder.rglob("*") if path.is_file() and KNOWN[0] in path.read_bytes()] == []
+    restore_backup(Settings(db_path=str(db), encryption_key=KEY), backup)  # and the restore can be done again
+    assert KNOWN[0] not in data_files(folder)
+    restored = Portrait(Settings(db_path=str(db), encryption_key=KEY), background=False)
+    try:
+        assert restored.traits("user_id:p-1")["email"] == "zelda.encrypted@example.com"
+    finally:
+        restored.close()

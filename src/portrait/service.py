@@ -70,6 +70,7 @@ from portrait.store.duckdb import (
     compact_file,
     compact_if_marked,
     compaction_marker,
+    copy_encrypted,
     mark_for_compaction,
 )
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
@@ -835,7 +836,7 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     staging = database.with_name(database.name + ".restoring")
     try:
         _remove_database_files(staging)
-        _stage(source, staging)
+        _stage(settings, source, staging)
         restored = _open_backup(settings, staging, source)
         try:
             erasures = _carry_over(current, restored) if current else []
@@ -859,17 +860,29 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
             "erasures_made_again": len(erasures)}
 
 
-def _stage(source: Path, staging: Path) -> None:
+def _stage(settings: Settings, source: Path, staging: Path) -> None:
     """Copy the backup beside the database, making its folder if there is none yet (a restore onto a new machine);
-    what the disk refuses is said plainly, the database left as it was."""
+    what the disk refuses is said plainly, the database left as it was. A plain backup restored into an encrypted
+    database is encrypted on the way: copied as it was, then encrypted, a restore killed in between left a plain
+    copy of every customer in the data folder."""
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
+        if settings.encryption_key and _encrypted_copy(settings.encryption_key, source, staging):
+            return
         shutil.copyfile(source, staging)
     except OSError as exc:
         raise PortraitError(f"cannot copy the backup {source} to {staging}: {exc.strerror or exc}; the database "
                             f"was not changed. Its folder must be writable, with room for a copy of the backup "
                             f"({source.stat().st_size / 1_000_000:,.1f} MB) and what the restore adds",
                             code="restore_failed") from exc
+
+
+def _encrypted_copy(key: str, source: Path, staging: Path) -> bool:
+    """The plain backup ``source`` copied into ``staging`` encrypted with today's key; False if it is encrypted."""
+    try:
+        return copy_encrypted(str(source), str(staging), key)
+    except PortraitError as exc:
+        raise type(exc)(f"cannot restore {source}: {exc.message}", code=exc.code) from exc
 
 
 def _keep_previous(database: Path) -> Path:
@@ -893,31 +906,21 @@ def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
     """The copy of the backup, opened (and upgraded) as a database; an error about it names the backup.
 
     The restored database is encrypted with today's key whatever the backup's was: a backup made before a key
-    change is read with PORTRAIT_PREVIOUS_ENCRYPTION_KEY, and a plain one is encrypted (a plain file in place of
-    an encrypted database would not open with the key the server starts with)."""
+    change is read with PORTRAIT_PREVIOUS_ENCRYPTION_KEY (a plain one was encrypted by :func:`_stage`)."""
     try:
         try:
             return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
         except PortraitError as exc:
-            old_key = _backup_key(settings, exc.code)
-            if old_key is None:
+            if exc.code != "encryption_key_wrong" or not settings.previous_encryption_key:
                 raise
-        compact_file(str(staging), old_key or None, settings.encryption_key, old_key_name=PREVIOUS_KEY_VARIABLE)
+        compact_file(str(staging), settings.previous_encryption_key, settings.encryption_key,
+                     old_key_name=PREVIOUS_KEY_VARIABLE)
         return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
     except PortraitError as exc:
         hint = (" (a backup made before the key was changed: set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was "
                 "made with)" if exc.code == "encryption_key_wrong" and not settings.previous_encryption_key else "")
         raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)) + hint,
                         code=exc.code) from exc
-
-
-def _backup_key(settings: Settings, refusal: str) -> str | None:
-    """The key to re-encrypt a backup from with today's (``""``: it is plain), when today's refused to open it."""
-    if refusal == "encryption_key_wrong" and settings.previous_encryption_key:
-        return settings.previous_encryption_key
-    if refusal == "database_not_encrypted" and settings.encryption_key:
-        return ""
-    return None
 
 
 def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:
@@ -928,7 +931,8 @@ def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:
 
 
 def _remove_database_files(path: Path) -> None:
-    for leftover in (path, Path(str(path) + ".wal"), compaction_marker(str(path)), Path(str(path) + ".compact-lock")):
+    for leftover in (path, Path(str(path) + ".wal"), compaction_marker(str(path)), Path(str(path) + ".compact-lock"),
+                     Path(str(path) + ".compacting")):  # the last: its re-encryption from the previous key, killed
         leftover.unlink(missing_ok=True)
 
 

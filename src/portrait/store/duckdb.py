@@ -390,7 +390,7 @@ def compact_if_marked(path: str, encryption_key: str | None = None) -> bool:
     with _rewriting(path):
         if not marker.exists():  # another process rewrote it while this one waited
             return False
-        _compact(path, encryption_key, encryption_key)
+        _compact(path, encryption_key, encryption_key, KEY_VARIABLE)
         marker.unlink()
     return True
 
@@ -403,6 +403,20 @@ def compact_file(path: str, old_key: str | None = None, new_key: str | None = No
     is the variable ``old_key`` came from, for the error if it does not open the file."""
     with _rewriting(path):
         _compact(path, old_key, new_key, old_key_name)
+
+
+def copy_encrypted(source: str, target: str, key: str) -> bool:
+    """Copy the plain database file ``source`` (a backup: only read) into the new file ``target``, encrypted with
+    ``key``, so that no plain copy of it is ever written; False, with nothing written, when ``source`` is
+    encrypted already."""
+    try:
+        _copy(source, target, None, key, KEY_VARIABLE, spill_beside=target, read_only=True)
+    except PortraitError as exc:
+        if exc.code != "encryption_key_missing":
+            raise
+        Path(target).unlink(missing_ok=True)
+        return False
+    return True
 
 
 @contextmanager
@@ -426,30 +440,41 @@ def _rewriting(path: str) -> Iterator[None]:
         yield
 
 
-def _compact(path: str, old_key: str | None, new_key: str | None, old_key_name: str = KEY_VARIABLE) -> None:
+def _compact(path: str, old_key: str | None, new_key: str | None, old_key_name: str) -> None:
     if not Path(path).is_file():  # attached for writing below, DuckDB would make a new, empty one
         raise PortraitError(f"cannot open the database {path}: there is no such file", code="database_unreadable")
-    render = _Renderer("duckdb")
     target = path + ".compacting"
     Path(target).unlink(missing_ok=True)
+    _copy(path, target, old_key, new_key, old_key_name, spill_beside=path)
+    os.replace(target, path)
+    Path(path + ".wal").unlink(missing_ok=True)
+
+
+def _copy(source: str, target: str, old_key: str | None, new_key: str | None, old_key_name: str, *,
+          spill_beside: str, read_only: bool = False) -> None:
+    """Every table, sequence and index of ``source`` into the new file ``target``, each with its key (None:
+    plain), in a connection of its own that spills, if either file is encrypted, into ``<spill_beside>.tmp``,
+    encrypted (the in-memory database's own spill folder is ``.tmp`` in the working folder, in plain text). Not under
+    PORTRAIT_MEMORY_LIMIT_MB: the copy builds each index whole in memory, which cannot spill (a 3-million-key
+    index did not fit in 300 MB), and a rewrite after an erasure that failed would fail again at every start."""
+    render = _Renderer("duckdb")
     connection = duckdb.connect()
     try:
         if old_key or new_key:
             _load_crypto(connection)
-            _spill_encrypted_beside(connection, path, render)
+            _spill_encrypted_beside(connection, spill_beside, render)
         # Attached for writing, to write a write-ahead log left beside it (a crash before this rewrite) into it
         # first: that log must be gone before the new file takes the old one's place, or DuckDB replays it into the
         # new file at the next opening if this process ends between the replace and the removal below (every row of
-        # it twice; a database that no longer opens, on duplicate keys).
-        connection.execute(render(schema.attach_encrypted(path, "old", old_key) if old_key
-                                  else schema.attach(path, "old")))
-        connection.execute(render(schema.CHECKPOINT_OLD))
+        # it twice; a database that no longer opens, on duplicate keys). A backup is only read.
+        connection.execute(render(schema.attach_encrypted(source, "old", old_key, read_only=read_only) if old_key
+                                  else schema.attach(source, "old", read_only=read_only)))
+        if not read_only:
+            connection.execute(render(schema.CHECKPOINT_OLD))
         connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
                                   else schema.attach(target, "new")))
         connection.execute(render(schema.COPY_DATABASE))
     except duckdb.Error as exc:  # e.g. a server holds the file: the CLI then goes through it (DatabaseInUse)
-        raise _open_problem(path, exc, old_key_name) from exc
+        raise _open_problem(source, exc, old_key_name) from exc
     finally:
         connection.close()
-    os.replace(target, path)
-    Path(path + ".wal").unlink(missing_ok=True)
