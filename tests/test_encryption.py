@@ -263,3 +263,31 @@ def test_a_restore_of_a_plain_backup_killed_midway_leaves_no_plain_copy_beside_t
         assert restored.traits("user_id:p-1")["email"] == "zelda.encrypted@example.com"
     finally:
         restored.close()
+
+
+def test_a_key_change_run_again_says_it_is_done(tmp_path: Path) -> None:
+    """A key change killed after the new file took the old one's place, before it said so (or simply run twice),
+    is run again with the same variables: it said the previous key was wrong -- as if the database were lost --
+    where the database already opens with the new key."""
+    db = str(tmp_path / "secret.duckdb")
+    service = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
+    service.ingest_messages([{"type": "identify", "userId": "r-1", "traits": {"email": "zelda.encrypted@example.com"}}])
+    service.process_pending()
+    service.close()
+    new_key = "a brand new key for the year"
+    runner = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": new_key, "PORTRAIT_PREVIOUS_ENCRYPTION_KEY": KEY})
+    assert runner.invoke(app, ["encrypt", "--db", db]).exit_code == 0
+    again = runner.invoke(app, ["encrypt", "--db", db])
+    assert again.exit_code == 0, again.output
+    assert "already encrypted with PORTRAIT_ENCRYPTION_KEY" in again.output
+    twice = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": new_key, "PORTRAIT_PREVIOUS_ENCRYPTION_KEY": ""}).invoke(
+        app, ["encrypt", "--db", db])  # `portrait encrypt` run a second time with the key it encrypted with
+    assert twice.exit_code == 0 and "already encrypted with PORTRAIT_ENCRYPTION_KEY" in twice.output
+    elsewhere = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": "a third key", "PORTRAIT_PREVIOUS_ENCRYPTION_KEY": KEY})
+    wrong = elsewhere.invoke(app, ["encrypt", "--db", db])  # neither key opens it: still refused
+    assert wrong.exit_code == 1 and "PORTRAIT_PREVIOUS_ENCRYPTION_KEY is not the key" in wrong.output
+    reopened = Portrait(Settings(db_path=db, encryption_key=new_key), background=False)
+    try:
+        assert reopened.traits("user_id:r-1")["email"] == "zelda.encrypted@example.com"
+    finally:
+        reopened.close()

@@ -36,7 +36,7 @@ from portrait.cli.common import (
 from portrait.client import remove_server_file, write_server_file
 from portrait.errors import PortraitError
 from portrait.service import Portrait
-from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file
+from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, opens_with
 
 
 @app.command()
@@ -170,6 +170,10 @@ def encrypt(db: DbOption = None) -> None:
     try:
         compact_file(settings.db_path, previous, new, old_key_name=PREVIOUS_KEY_VARIABLE)
     except PortraitError as exc:
+        if exc.code in ("encryption_key_missing", "encryption_key_wrong") and opens_with(settings.db_path, new):
+            # run again after it was done (killed before it could say so): not a lost database
+            console.print(f"{settings.db_path} is already encrypted with PORTRAIT_ENCRYPTION_KEY: nothing to change.")
+            return
         if exc.code == "encryption_key_missing" and not previous:
             exc = PortraitError(f"{settings.db_path} is encrypted already: to change its key, set "
                                 "PORTRAIT_PREVIOUS_ENCRYPTION_KEY to its present key too", code=exc.code)

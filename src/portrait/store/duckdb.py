@@ -419,6 +419,19 @@ def copy_encrypted(source: str, target: str, key: str) -> bool:
     return True
 
 
+def opens_with(path: str, key: str) -> bool:
+    """Whether ``key`` is the key of the encrypted database file ``path`` (read only: nothing is changed)."""
+    connection = duckdb.connect()
+    try:
+        _load_crypto(connection)
+        connection.execute(_Renderer("duckdb")(schema.attach_encrypted(path, "old", key, read_only=True)))
+    except duckdb.Error:
+        return False
+    finally:
+        connection.close()
+    return True
+
+
 @contextmanager
 def _rewriting(path: str) -> Iterator[None]:
     """One rewrite of a database file at a time, across processes. A second one -- a CLI command or a restarted
