@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from portrait.cli import app
 from portrait.config import Settings
-from portrait.errors import PortraitError
+from portrait.errors import DatabaseInUse, PortraitError
 from portrait.service import Portrait, restore_backup
 from portrait.sql import parse
 from portrait.store.duckdb import DuckDBStore, compact_file
@@ -291,3 +291,43 @@ def test_a_key_change_run_again_says_it_is_done(tmp_path: Path) -> None:
         assert reopened.traits("user_id:r-1")["email"] == "zelda.encrypted@example.com"
     finally:
         reopened.close()
+
+
+# Holds the database with query work spilled into <db>.tmp/ (as a server in the middle of a large query) until told.
+_SPILL_AND_HOLD = """
+import sys
+from portrait.sql import parse
+from portrait.store.duckdb import DuckDBStore
+store = DuckDBStore(sys.argv[1], sys.argv[2], memory_limit_mb=40)
+session = store.session()
+for table in ("spill_one", "spill_two"):
+    session.execute(parse(f"CREATE TEMP TABLE {table} AS SELECT md5(i::VARCHAR) AS s FROM range(1000000) r(i)"))
+print("spilled", flush=True)
+sys.stdin.readline()
+print(session.execute(parse("SELECT count(DISTINCT s) FROM spill_one")), flush=True)
+"""
+
+
+def test_a_database_whose_server_has_spilled_is_in_use_not_broken(tmp_path: Path) -> None:
+    """A CLI command opening the database while the server holds it gets DatabaseInUse, and then goes through the
+    server. While the server had spilled, it got DuckDB's "Existing temporary files found" instead (so the command
+    failed), and `portrait encrypt` too; the server's spilled files are left alone."""
+    db = str(tmp_path / "portrait.duckdb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", _SPILL_AND_HOLD, db, KEY], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "spilled\n", holder.stderr.read() if holder.stderr else ""
+        assert list((tmp_path / "portrait.duckdb.tmp").iterdir()), "nothing was spilled: the test proves nothing"
+        with pytest.raises(DatabaseInUse):
+            DuckDBStore(db, KEY)
+        with pytest.raises(DatabaseInUse):
+            compact_file(db, KEY, "another key")
+        out, err = holder.communicate("go\n", timeout=60)
+        assert holder.returncode == 0, err
+        assert out == "[(1000000,)]\n"  # its spilled rows were all still there
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()  # closes its pipes
