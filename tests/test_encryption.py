@@ -166,6 +166,9 @@ def test_a_backup_from_before_a_key_change_or_a_plain_one_is_restored_under_toda
     today = Settings(db_path=str(db), encryption_key=new_key)
     with pytest.raises(PortraitError, match="set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was made with"):
         restore_backup(today, old_backup)
+    with pytest.raises(PortraitError, match="neither PORTRAIT_ENCRYPTION_KEY nor PORTRAIT_PREVIOUS_ENCRYPTION_KEY "
+                                            "is the key of the backup"):  # not only the previous one: both were tried
+        restore_backup(dataclasses.replace(today, previous_encryption_key="not the old key either"), old_backup)
     restore_backup(dataclasses.replace(today, previous_encryption_key=KEY), old_backup)
     restored = Portrait(today, background=False)
     try:

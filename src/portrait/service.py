@@ -917,10 +917,18 @@ def _open_backup(settings: Settings, staging: Path, source: Path) -> Portrait:
                      old_key_name=PREVIOUS_KEY_VARIABLE)
         return Portrait(settings.with_overrides(db_path=str(staging)), background=False)
     except PortraitError as exc:
-        hint = (" (a backup made before the key was changed: set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was "
-                "made with)" if exc.code == "encryption_key_wrong" and not settings.previous_encryption_key else "")
-        raise type(exc)(f"cannot restore {source}: " + exc.message.replace(str(staging), str(source)) + hint,
+        raise type(exc)(f"cannot restore {source}: {_backup_problem(settings, exc, staging, source)}",
                         code=exc.code) from exc
+
+
+def _backup_problem(settings: Settings, exc: PortraitError, staging: Path, source: Path) -> str:
+    """Why the backup did not open, naming the backup (not its copy) and, for a key, every key that was tried."""
+    if exc.code == "encryption_key_wrong" and settings.previous_encryption_key:  # both keys were tried
+        return ("neither PORTRAIT_ENCRYPTION_KEY nor PORTRAIT_PREVIOUS_ENCRYPTION_KEY is the key of the backup; "
+                "nothing was changed")
+    hint = (" (a backup made before the key was changed: set PORTRAIT_PREVIOUS_ENCRYPTION_KEY to the key it was "
+            "made with)" if exc.code == "encryption_key_wrong" else "")
+    return exc.message.replace(str(staging), str(source)) + hint
 
 
 def _carry_over(current: Portrait, restored: Portrait) -> list[dict[str, Any]]:
