@@ -164,6 +164,31 @@ def test_bad_attribute_definitions_are_refused(client: TestClient, payload: dict
     assert response.status_code == 400 and message in response.json()["message"]
 
 
+WRONG_JSON_TYPES = [
+    ("is_personal_info", "yes", "is_personal_info must be true or false, not 'yes'"),  # was stored as true
+    ("is_personal_info", "abc", "is_personal_info must be true or false"),  # was a 500
+    ("calculate_analytics", 1, "calculate_analytics must be true or false, not 1"),
+    ("name", ["a"], "name must be text"),  # was a 500
+    ("description", 5, "description must be text, not 5"),  # was stored as "5"
+    ("unit", 5, "unit must be text or null"),
+    ("validation", "x", "validation must be an object"),  # was stored, and read by the processor's SQL
+    ("definition", 5, "definition is text"),
+]
+
+
+def test_attribute_fields_of_the_wrong_json_type_are_refused(client: TestClient) -> None:
+    assert client.post("/api/attributes", headers=ADMIN, json={"code": "tier", "name": "Tier"}).status_code == 201
+    for field, value, message in WRONG_JSON_TYPES:
+        created = client.post("/api/attributes", headers=ADMIN, json={"code": "tier2", "name": "T", field: value})
+        changed = client.patch("/api/attributes/tier", headers=ADMIN, json={field: value})
+        for answer in (created, changed):
+            assert (answer.status_code, answer.json()["code"]) == (400, "invalid_attribute"), (field, answer.text)
+            assert message in answer.json()["message"], (field, answer.text)
+    assert client.get("/api/attributes/tier2", headers=ADMIN).status_code == 404
+    kept = client.get("/api/attributes/tier", headers=ADMIN).json()
+    assert (kept["name"], kept["description"], kept["is_personal_info"], kept["validation"]) == ("Tier", "", False, {})
+
+
 def test_attributes_cli(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PORTRAIT_ADMIN_KEY", raising=False)
     runner = CliRunner()

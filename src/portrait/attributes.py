@@ -77,6 +77,7 @@ class Attribute:
     definition: str | None = None  # calculated attributes: how the value is computed (conditions/calculations.py)
 
     def checked(self) -> Attribute:
+        _check_field_types(self)
         check_code(self.code)
         if self.type not in TYPES:
             raise BadRequest(f"type {self.type!r} is not one of {', '.join(TYPES)}", code="invalid_attribute",
@@ -93,6 +94,23 @@ class Attribute:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+# The JSON type each field a client sends must have. Checked before anything else: the store would otherwise cast
+# what it is given ("yes" became true, 5 became "5") or fail on it (a 500 for a list as the name).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "code": (str,), "name": (str,), "type": (str,), "description": (str,), "unit": (str, type(None)),
+    "is_personal_info": (bool,), "calculate_analytics": (bool,), "merge_strategy": (str,), "validation": (dict,),
+    "status": (str,), "definition": (str, type(None))}
+_JSON_NAMES = {str: "text", bool: "true or false", dict: "an object", type(None): "null"}
+
+
+def _check_field_types(attribute: Attribute) -> None:
+    for name, allowed in _FIELD_TYPES.items():
+        value = getattr(attribute, name)
+        if not isinstance(value, allowed):
+            expected = " or ".join(_JSON_NAMES[t] for t in allowed)
+            raise BadRequest(f"{name} must be {expected}, not {value!r}", code="invalid_attribute", field=name)
 
 
 def _std(code: str, name: str, kind: str = "string", description: str = "", *, pii: bool = False,
