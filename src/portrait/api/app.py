@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from portrait import __version__, web
-from portrait.api import admin, errors, ingest, keys, privacy, segments, sources
+from portrait.api import admin, errors, ingest, keys, openapi, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.api.bodies import JsonBodies
 from portrait.api.headers import API_POLICY, SECURITY_HEADERS
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(segments.router(service))
     app.include_router(keys.router(service))
     app.include_router(privacy.router(service))
+    openapi.install(app)
     # Swagger UI 5 (fastapi-offline vendors it): the 4.x of swagger-ui-bundle cannot read OpenAPI 3.1, which FastAPI
     # writes, and showed "Unable to render this definition" instead of the API.
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_FILES), name="swagger")

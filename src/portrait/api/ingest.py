@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
@@ -246,10 +246,14 @@ def router(portrait: Portrait) -> APIRouter:
         return Response(status_code=204, headers=cors_for(portrait, request.headers.get("origin"),
                                                           request.headers.get("access-control-request-headers")))
 
-    for endpoint in ENDPOINTS:
-        async def post(request: Request, _endpoint: str = endpoint) -> Response:
-            return await ingest(_endpoint, request)
+    def receiver(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+        # A closure, not a default argument: FastAPI documented ``_endpoint=`` as a query parameter.
+        async def post(request: Request) -> Response:
+            return await ingest(endpoint, request)
+        return post
 
+    for endpoint in ENDPOINTS:
+        post = receiver(endpoint)
         path, slashed = _paths(f"/{endpoint}")
         api.add_api_route(path, post, methods=["POST"], name=f"ingest_{endpoint}",
                           summary=f"Segment {endpoint} endpoint", include_in_schema=len(endpoint) > 1)
