@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from portrait.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
-from portrait.spec import utc_now
+from portrait.spec import iso_time, utc_now
 from portrait.sql import keys as q
 from portrait.store import Session
 
@@ -49,7 +49,7 @@ class ApiKey:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "name": self.name, "scopes": sorted(self.scopes),
-                "created_at": _iso(self.created_at), "revoked_at": _iso(self.revoked_at),
+                "created_at": iso_time(self.created_at), "revoked_at": iso_time(self.revoked_at),
                 "active": self.revoked_at is None}
 
 
@@ -235,7 +235,3 @@ class RateLimiter:
         refill = self._capacity / self._rate
         self._buckets = {bucket: state for bucket, state in self._buckets.items() if now - state[1] < refill}
         self._sweep_at = max(self.SWEEP_AT, 2 * len(self._buckets))  # amortized: busy clients are not rescanned
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds") + "Z"
