@@ -87,7 +87,7 @@ def test_membership_follows_new_events_and_keeps_history(portrait: Portrait) -> 
                               {"type": "identify", "userId": "bob", "traits": {"age": None}}])
     portrait.process_pending()
     assert users(portrait, "adults 30+") == {"ann", "cid"}
-    history = portrait.segments.history("adults 30+")
+    history = portrait.segments.history("adults 30+")["history"]
     assert [h["change"] for h in history] == ["exited", "entered", "entered", "entered"]
     exited = portrait.events("user_id:bob", event="Audience Exited")["events"]
     assert len(exited) == 1 and exited[0]["properties"]["segment"] == "adults 30+"

@@ -47,4 +47,6 @@ class AuditLog:
             entry["at"] = entry["at"].isoformat(timespec="milliseconds") + "Z"
             entry["detail"] = orjson.loads(entry["detail"]) if entry["detail"] else None
             entries.append(entry)
-        return {"entries": entries, "next_before_id": entries[-1]["id"] if len(entries) == limit else None}
+        following = entries[-1]["id"] if len(entries) == limit else None
+        # ``next`` as every other list names it; ``next_before_id`` kept for the clients written against it
+        return {"entries": entries, "next": following, "next_before_id": following}

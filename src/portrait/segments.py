@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^(?!\d+$)[^\s\x00-\x1f\x7f/](?:[^\x00-\x1f\x7f/]{0,78}[^\s\x00-\x1f\x7f/])?$")
 SAMPLE_SIZE = 10
 
+# Pages newest first start before this id (BIGINT's largest).
+NEWEST = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -400,10 +403,12 @@ class Segments:
         return [{"id": r[0], "name": r[1], "kind": r[2], "since": iso_time(r[3])}
                 for r in self._session().execute(q.PROFILE_SEGMENTS, [profile_id])]
 
-    def history(self, reference: str | int, *, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, reference: str | int, *, limit: int = 100, before: int | None = None) -> dict[str, Any]:
+        """Entries and exits, newest first; ``next`` (an id, passed back as ``before``) while more may follow."""
         segment = self.find(reference)
-        return [{"id": r[0], "profile_id": r[1], "change": r[2], "at": iso_time(r[3])}
-                for r in self._session().execute(q.HISTORY, [segment.id, limit])]
+        changes = [{"id": r[0], "profile_id": r[1], "change": r[2], "at": iso_time(r[3])}
+                   for r in self._session().execute(q.HISTORY, [segment.id, before or NEWEST, limit])]
+        return {"history": changes, "next": changes[-1]["id"] if len(changes) == limit else None}
 
     def sizes(self, reference: str | int) -> list[dict[str, Any]]:
         segment = self.find(reference)

@@ -86,8 +86,16 @@ class PrivacyRequests:
             raise NotFound(f"no privacy request has the id {request_id!r}")
         return _document(rows[0], with_result)
 
-    def all(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [_document(row, False) for row in self._session().execute(q.LIST_REQUESTS, [limit])]
+    def all(self, limit: int = 100, before: str | None = None) -> list[dict[str, Any]]:
+        """Requests newest first; ``before`` (a request's id) gives the page after that request."""
+        if before is None:
+            rows = self._session().execute(q.LIST_REQUESTS, [limit])
+        else:
+            if not self._session().execute(q.GET_REQUEST, [before]):  # not an empty page that ends the listing
+                raise BadRequest(f"before {before!r} names no privacy request: pass the `next` of the previous page",
+                                 code="invalid_cursor")
+            rows = self._session().execute(q.LIST_REQUESTS_BEFORE, [before, before, before, limit])
+        return [_document(row, False) for row in rows]
 
     def resume(self) -> None:
         self._session().execute(q.RESUME)

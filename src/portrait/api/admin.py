@@ -87,7 +87,8 @@ def router(portrait: Portrait) -> APIRouter:
     async def recent(request: Request, after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                      ) -> dict[str, Any]:
         events = await run_in_threadpool(portrait.recent_events, after, limit)
-        return {"events": await run_in_threadpool(Viewer(portrait, caller(request)).events, events)}
+        return {"events": await run_in_threadpool(Viewer(portrait, caller(request)).events, events),
+                "next": events[-1]["seq"] if len(events) == limit else None}
 
     @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules")
     async def data_quality(

@@ -20,12 +20,14 @@ def router(portrait: Portrait) -> APIRouter:
         key = caller(request)
         return await run_in_threadpool(portrait.privacy_request, payload, f"{key.name} ({key.id})")
 
-    @api.get("/requests", summary="Requests, newest first (without results)")
-    async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    @api.get("/requests", summary="Requests, newest first (without results); pass `next` as `before`")
+    async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      before: str | None = None) -> dict[str, Any]:
         key = caller(request)
         portrait.keys.require(key, "admin", "list privacy requests")
-        found = await run_in_threadpool(portrait.privacy.all, limit)
-        return {"requests": found if key.can_read_pii else [mask_request(r) for r in found]}
+        found = await run_in_threadpool(portrait.privacy.all, limit, before)
+        return {"requests": found if key.can_read_pii else [mask_request(r) for r in found],
+                "next": found[-1]["id"] if len(found) == limit else None}
 
     @api.get("/requests/{request_id}", summary="One request: status, and the export once an access request is done")
     async def one(request_id: str, request: Request) -> dict[str, Any]:

@@ -64,9 +64,10 @@ def router(portrait: Portrait) -> APIRouter:
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         return await run_in_threadpool(lambda: segments.members(segment, after=after, limit=limit))
 
-    @api.get("/segments/{segment}/history", summary="Latest entries and exits, newest first")
-    async def history(segment: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        return {"history": await run_in_threadpool(lambda: segments.history(segment, limit=limit))}
+    @api.get("/segments/{segment}/history", summary="Entries and exits, newest first; pass `next` as `before`")
+    async def history(segment: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      before: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: segments.history(segment, limit=limit, before=before))
 
     @api.get("/segments/{segment}/sizes", summary="The segment's size at each recount")
     async def sizes(segment: str) -> dict[str, Any]:

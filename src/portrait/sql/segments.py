@@ -113,8 +113,9 @@ PROFILE_SEGMENTS = parse("""
 SELECT s.id, s.name, s.kind, m.entered_at FROM segment_members AS m JOIN segments AS s ON s.id = m.segment_id
 WHERE m.profile_id = ? ORDER BY s.name
 """)
-# Params: segment id, limit.
-HISTORY = parse("SELECT id, profile_id, change, at FROM segment_history WHERE segment_id = ? ORDER BY id DESC LIMIT ?")
+# Params: segment id, the id to page before (newest first), limit.
+HISTORY = parse("SELECT id, profile_id, change, at FROM segment_history WHERE segment_id = ? AND id < ? "
+                "ORDER BY id DESC LIMIT ?")
 PROFILE_HISTORY = parse("""
 SELECT h.segment_id, s.name, h.change, h.at FROM segment_history AS h LEFT JOIN segments AS s ON s.id = h.segment_id
 WHERE h.profile_id = ? ORDER BY h.id

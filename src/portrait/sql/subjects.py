@@ -12,7 +12,13 @@ INSERT_REQUEST = parse("INSERT INTO privacy_requests (id, type, identity, identi
 GET_REQUEST = parse("SELECT id, type, identity, identity_hash, status, requested_by, created_at, started_at, "
                     "finished_at, result, error FROM privacy_requests WHERE id = ?")
 LIST_REQUESTS = parse("SELECT id, type, identity, identity_hash, status, requested_by, created_at, started_at, "
-                      "finished_at, NULL, error FROM privacy_requests ORDER BY created_at DESC LIMIT ?")
+                      "finished_at, NULL, error FROM privacy_requests ORDER BY created_at DESC, id DESC LIMIT ?")
+# The page after request ``before`` (newest first). Params: before, before, before, limit.
+LIST_REQUESTS_BEFORE = parse(
+    "SELECT id, type, identity, identity_hash, status, requested_by, created_at, started_at, finished_at, NULL, "
+    "error FROM privacy_requests WHERE created_at < (SELECT created_at FROM privacy_requests WHERE id = ?) "
+    "OR (created_at = (SELECT created_at FROM privacy_requests WHERE id = ?) AND id < ?) "
+    "ORDER BY created_at DESC, id DESC LIMIT ?")
 PENDING = parse("SELECT id FROM privacy_requests WHERE status = 'pending' ORDER BY created_at")
 # A request cut off by a stop runs again from the start (both kinds are safe to repeat).
 RESUME = parse("UPDATE privacy_requests SET status = 'pending' WHERE status = 'running'")
