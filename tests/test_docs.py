@@ -170,3 +170,36 @@ def test_the_api_doc_names_every_operation_and_only_real_ones_and_status_fields(
     assert documented - actual == set(), "docs/api.md names operations the API does not have"
     # /sizes is written as a suffix of /history's line
     assert actual - documented == {("GET", "/api/segments/{}/sizes")}, "operations docs/api.md does not name"
+
+
+# The JSON examples of docs/api.md that stand for a whole answer: the heading they follow, and a path answering it.
+API_EXAMPLES = [("GET /api/profiles/{identity}", "/api/profiles/user_id:u1"),
+                ("GET /api/profiles/{identity}/events", "/api/profiles/user_id:u1/events?limit=1"),
+                ("GET /api/events/rejected", "/api/events/rejected"),
+                ("GET /api/data-quality", "/api/data-quality")]
+
+
+def test_the_api_doc_examples_have_the_fields_of_real_answers(portrait: Any) -> None:
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+
+    from portrait.api import create_app
+
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"age": "abc", "email": "a@b.c"}},
+                              {"type": "track", "anonymousId": "a2", "event": "Viewed"},
+                              {"type": "track", "userId": "u1"}])  # rejected: no event name
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "anonymousId": "a2"}])  # a merge
+    portrait.process_pending()
+    text = (DOCS / "api.md").read_text()
+    with TestClient(create_app(portrait=portrait)) as client:
+        for heading, path in API_EXAMPLES:
+            example = re.search(re.escape(f"## `{heading}`") + r"\n\n.*?```json\n(.+?)```", text, re.DOTALL)
+            assert example is not None, heading
+            documented = json.loads(example.group(1))
+            real = client.get(path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+            assert set(documented) == set(real), heading
+            for field, value in documented.items():  # and the fields of the first item of each list
+                if isinstance(value, list) and value and isinstance(value[0], dict):
+                    assert real[field], (heading, field)
+                    assert set(value[0]) == set(real[field][0]), (heading, field)
