@@ -709,7 +709,8 @@ def test_every_api_route_answers_each_kind_of_key_as_documented(client: TestClie
     for method, template, path in operations:
         reads = method == "GET" or template in ("/api/segments/preview", "/api/analytics/funnel")
         for kind, headers in keys.items():
-            status = client.request(method, path, headers=headers, params={"filename": "x.ndjson"}).status_code
+            params = {"filename": "x.ndjson"} if template == "/api/imports" else {}  # others refuse it (400)
+            status = client.request(method, path, headers=headers, params=params).status_code
             expected = {"none": 401, "unknown": 401, "basic": 401, "revoked": 401, "write": 403}.get(kind)
             if kind == "read" and (not reads or template in ADMIN_READS):
                 expected = 403

@@ -159,3 +159,18 @@ def test_every_time_the_api_writes_is_iso_with_milliseconds_and_z(server: Server
         found = [(path, *time) for path in reads for time in _times(admin.get(path).json(), "")]
     assert {path for path, *_ in found} >= {"/api/keys", "/api/audit", "/api/backups"}
     assert [time for time in found if not API_TIME.match(time[2])] == []
+
+
+@pytest.mark.parametrize(("path", "params", "named"), [
+    # the events list's cursor sent to the members list: the first page again, forever
+    ("/api/segments/adults/members", {"cursor": "x", "limit": 2}, "unknown query parameter cursor (this operation "
+                                                                  "takes: after, limit)"),
+    ("/api/events/rejected", {"limt": 5}, "unknown query parameter limt"),  # silently 100
+    ("/api/status", {"verbose": "1", "x": "2"}, "unknown query parameters verbose, x (this operation takes: none)"),
+])
+def test_a_query_parameter_the_operation_does_not_take_is_refused(server: Server, path: str,
+                                                                   params: dict[str, Any], named: str) -> None:
+    with server.admin() as admin:
+        answer = admin.get(path, params=params)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
+    assert named in answer.json()["message"]

@@ -16,13 +16,15 @@ from starlette.background import BackgroundTask
 
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
+from portrait.api.query import known_query
 from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["admin"])
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
+                    tags=["admin"])
 
     @api.get("/status", summary="Ingestion and processing counters; lag = received but not yet on profiles")
     async def status() -> dict[str, Any]:

@@ -8,13 +8,15 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
+from portrait.api.query import known_query
 from portrait.errors import BadRequest
 from portrait.keys import ApiKey, scopes_for
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["keys"])
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
+                    tags=["keys"])
 
     @api.get("/keys", summary="Every key: id, kind, name, scopes, active or revoked (never the secret)")
     async def keys(request: Request) -> dict[str, Any]:

@@ -8,12 +8,14 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
+from portrait.api.query import known_query
 from portrait.privacy import mask_request
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api/privacy", dependencies=[Depends(authorizer(portrait))], tags=["privacy"])
+    api = APIRouter(prefix="/api/privacy", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
+                    tags=["privacy"])
 
     @api.post("/requests", status_code=202, summary="Ask for an access export or an erasure of one person")
     async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:

@@ -13,12 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
+from portrait.api.query import known_query
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait))], tags=["segments"])
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
+                    tags=["segments"])
     segments = portrait.segments
 
     @api.get("/segments", summary="Every segment with its size")

@@ -8,11 +8,13 @@ from fastapi import APIRouter, Body, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer
+from portrait.api.query import known_query
 from portrait.service import Portrait
 
 
 def router(portrait: Portrait) -> APIRouter:
-    api = APIRouter(prefix="/api/sources", dependencies=[Depends(authorizer(portrait))], tags=["sources"])
+    api = APIRouter(prefix="/api/sources", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
+                    tags=["sources"])
 
     @api.get("", summary="Every source with its sync state (URLs without passwords)")
     async def sources() -> dict[str, Any]:
