@@ -28,8 +28,12 @@ from portrait.service import Portrait
 _folder = Path(tempfile.mkdtemp(prefix="portrait-schema-fuzz-"))
 _service = Portrait(Settings(db_path=str(_folder / "fuzz.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY,
                              rate_limit=0), background=False)
-_service.ingest_messages([{"type": "identify", "userId": "42", "traits": {"email": "ann@example.com"}}])
+_service.ingest_messages([{"type": "identify", "userId": "42", "traits": {"email": "ann@example.com"}},
+                         {"type": "identify", "userId": "43", "traits": {"age": "old"}},  # a data-quality issue
+                         {"type": "track", "userId": "42", "event": "Viewed"}, {"type": "track", "userId": "42"}])
 _service.process_pending()
+_service.create_segment({"name": "everyone", "condition": 'performed("Viewed")'})
+_service.privacy_request({"type": "access", "identity": "user_id:42"}, "test")
 app = create_app(portrait=_service)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -71,3 +75,23 @@ def test_the_document_declares_the_api_s_own_errors_and_no_framework_ones() -> N
 def test_the_server_still_answers_after_the_fuzzing() -> None:
     status = _service.status()
     assert status["profiles"] >= 1 and status["lag"] >= 0
+
+
+# Every paged list, with a page holding items (GET, path, query): checked against the shape the document declares.
+PAGES = [("/api/profiles/{identity}/events", {"identity": "user_id:42"}), ("/api/events/rejected", {}),
+         ("/api/events/recent", {}), ("/api/data-quality", {}), ("/api/segments/{segment}/members",
+                                                                 {"segment": "everyone"}),
+         ("/api/segments/{segment}/history", {"segment": "everyone"}), ("/api/audit", {}),
+         ("/api/privacy/requests", {})]
+
+
+@pytest.mark.parametrize(("path", "path_parameters"), PAGES)
+def test_each_page_has_the_shape_the_document_declares(path: str, path_parameters: dict[str, str]) -> None:
+    case = schema[path]["GET"].Case(path_parameters=path_parameters, query={"limit": 1})
+    response = case.call(headers=ADMIN)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "next" in body and any(isinstance(v, list) and v for v in body.values()), body  # a page with an item
+    declared = schema.raw_schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "$ref" in declared, f"{path} declares no shape for its pages"
+    case.validate_response(response, checks=[response_schema_conformance])

@@ -17,6 +17,7 @@ from starlette.background import BackgroundTask
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
 from portrait.api.query import known_query
+from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, page
 from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
@@ -50,7 +51,8 @@ def router(portrait: Portrait) -> APIRouter:
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_identities")
         return {"identities": shown["identities"]}
 
-    @api.get("/profiles/{identity:identity_prefix}/events", summary="Events of a profile, newest first, with a cursor")
+    @api.get("/profiles/{identity:identity_prefix}/events", summary="Events of a profile, newest first, with a cursor",
+             **page(ProfileEventsPage))
     async def events(
         identity: str,
         event: str | None = None,
@@ -75,7 +77,8 @@ def router(portrait: Portrait) -> APIRouter:
     async def set_consent(identity: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.set_consent, identity, payload)
 
-    @api.get("/events/rejected", summary="Messages and requests that were not accepted, with the reason")
+    @api.get("/events/rejected", summary="Messages and requests that were not accepted, with the reason",
+             **page(RejectedPage))
     async def rejected(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: int | None = None,
@@ -85,14 +88,16 @@ def router(portrait: Portrait) -> APIRouter:
         found = await run_in_threadpool(lambda: portrait.rejected(limit=limit, before_id=before, code=code))
         return Viewer(portrait, caller(request)).rejected(found)
 
-    @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)")
+    @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)",
+             **page(RecentEventsPage))
     async def recent(request: Request, after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                      ) -> dict[str, Any]:
         events = await run_in_threadpool(portrait.recent_events, after, limit)
         return {"events": await run_in_threadpool(Viewer(portrait, caller(request)).events, events),
                 "next": events[-1]["seq"] if len(events) == limit else None}
 
-    @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules")
+    @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules",
+             **page(IssuesPage))
     async def data_quality(
         request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None,
         attribute: str | None = None,

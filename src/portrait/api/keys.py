@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
+from portrait.api.schemas import AuditPage, page
 from portrait.errors import BadRequest
 from portrait.keys import ApiKey, scopes_for
 from portrait.service import Portrait
@@ -49,7 +50,8 @@ def router(portrait: Portrait) -> APIRouter:
         request.state.audit_detail = {**_audited(fresh), "replaces": key_id}
         return {**fresh.public(), "key": secret, "replaces": key_id}
 
-    @api.get("/audit", summary="The audit log, newest first: admin actions and reads of personal data")
+    @api.get("/audit", summary="The audit log, newest first: admin actions and reads of personal data",
+             **page(AuditPage))
     async def audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int = 0
                     ) -> dict[str, Any]:
         portrait.keys.require(caller(request), "admin", "read the audit log")

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
+from portrait.api.schemas import PrivacyRequestsPage, page
 from portrait.privacy import mask_request
 from portrait.service import Portrait
 
@@ -22,7 +23,8 @@ def router(portrait: Portrait) -> APIRouter:
         key = caller(request)
         return await run_in_threadpool(portrait.privacy_request, payload, f"{key.name} ({key.id})")
 
-    @api.get("/requests", summary="Requests, newest first (without results); pass `next` as `before`")
+    @api.get("/requests", summary="Requests, newest first (without results); pass `next` as `before`",
+             **page(PrivacyRequestsPage))
     async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       before: str | None = None) -> dict[str, Any]:
         key = caller(request)

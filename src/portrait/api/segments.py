@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
 from portrait.api.query import known_query
+from portrait.api.schemas import HistoryPage, MembersPage, page
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 
@@ -61,12 +62,14 @@ def router(portrait: Portrait) -> APIRouter:
     async def recount(segment: str, request: Request) -> dict[str, Any]:
         return Viewer(portrait, caller(request)).segment(await run_in_threadpool(portrait.recount_segment, segment))
 
-    @api.get("/segments/{segment}/members", summary="Members in profile-id order; pass `next` as `after`")
+    @api.get("/segments/{segment}/members", summary="Members in profile-id order; pass `next` as `after`",
+             **page(MembersPage))
     async def members(segment: str, after: str = "",
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         return await run_in_threadpool(lambda: segments.members(segment, after=after, limit=limit))
 
-    @api.get("/segments/{segment}/history", summary="Entries and exits, newest first; pass `next` as `before`")
+    @api.get("/segments/{segment}/history", summary="Entries and exits, newest first; pass `next` as `before`",
+             **page(HistoryPage))
     async def history(segment: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       before: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
         return await run_in_threadpool(lambda: segments.history(segment, limit=limit, before=before))

@@ -1,0 +1,111 @@
+"""The shapes of the paged lists, for the OpenAPI document only (routes declare them in ``responses``).
+
+The routes return plain dicts built by the service; these models describe them so a client generated from
+``/openapi.json`` gets typed pages (``next`` and the items) instead of "any object". They do not filter or convert
+what is sent (no ``response_model``), and the schema fuzz test checks real answers against them. Times are
+ISO-8601 strings in UTC with milliseconds and ``Z``; items may carry fields added later (clients should ignore
+unknown fields).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+NEXT = "The cursor for the following page; null on the last page"
+
+
+class RejectedEvent(BaseModel):
+    id: int
+    received_at: str
+    code: str
+    reason: str
+    source: str | None
+    message_id: str | None
+    payload: str | None
+
+
+class RejectedPage(BaseModel):
+    rejected: list[RejectedEvent]
+    next: int | None = Field(description=NEXT + " (pass it as before)")
+
+
+class Issue(BaseModel):
+    id: int
+    profile_id: str | None
+    attribute: str
+    raw_value: str | None
+    reason: str
+    seq: int | None
+    message_id: str | None
+    source: str | None
+    detected_at: str
+
+
+class IssuesPage(BaseModel):
+    issues: list[Issue]
+    next: int | None = Field(description=NEXT + " (pass it as before)")
+
+
+class ProfileEventsPage(BaseModel):
+    profile_id: str
+    events: list[dict[str, Any]]
+    next: str | None = Field(description=NEXT + " (pass it as cursor)")
+
+
+class RecentEventsPage(BaseModel):
+    events: list[dict[str, Any]]
+    next: int | None = Field(description=NEXT + " (pass it as after)")
+
+
+class Member(BaseModel):
+    profile_id: str
+    entered_at: str | None
+    user_id: str | None
+
+
+class MembersPage(BaseModel):
+    segment: str
+    members: list[Member]
+    next: str | None = Field(description=NEXT + " (pass it as after)")
+
+
+class Change(BaseModel):
+    id: int
+    profile_id: str
+    change: str = Field(description="entered or exited")
+    at: str
+
+
+class HistoryPage(BaseModel):
+    history: list[Change]
+    next: int | None = Field(description=NEXT + " (pass it as before)")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: str
+    key_id: str | None
+    key_name: str | None
+    action: str
+    target: str | None
+    profile_id: str | None
+    status: int | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next: int | None = Field(description=NEXT + " (pass it as before)")
+    next_before_id: int | None = Field(description="next under its earlier name")
+
+
+class PrivacyRequestsPage(BaseModel):
+    requests: list[dict[str, Any]]
+    next: str | None = Field(description=NEXT + " (pass it as before)")
+
+
+def page(model: type[BaseModel]) -> dict[str, Any]:
+    """What a route passes to declare its answer: the model documented, nothing filtered."""
+    return {"response_model": None, "responses": {200: {"model": model, "description": "One page"}}}
