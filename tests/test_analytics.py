@@ -166,3 +166,13 @@ def test_the_overview_counts_events_per_whole_day(portrait: Portrait) -> None:
     assert page.status_code == 200
     assert f"<title>{first_day.isoformat()[5:]}: 2</title>" in page.text  # both of that day's events
     assert f"<title>{day_before.isoformat()[5:]}:" not in page.text  # not a part of the day before
+
+
+def test_a_funnel_answers_times_as_the_api_writes_them_and_its_own_error_code(portrait: Portrait) -> None:
+    # from/to came as 2026-11-24T04:31:29.123456Z or 2026-10-01T00:00:00Z; a bad within as invalid_condition
+    answer = portrait.funnel({"steps": ["A", "B"], "from": "2026-10-01"})
+    assert answer["from"] == "2026-10-01T00:00:00.000Z"
+    assert len(answer["to"]) == len("2026-10-01T00:00:00.000Z") and answer["to"].endswith("Z")
+    with pytest.raises(BadRequest, match="within must be a duration") as refused:
+        portrait.funnel({"steps": ["A", "B"], "within": 5})
+    assert refused.value.code == "invalid_funnel"

@@ -12,9 +12,10 @@ import orjson
 
 from portrait.conditions.check import MAX_DURATION_SECONDS
 from portrait.conditions.jsonform import read_duration
+from portrait.conditions.text import ConditionError
 from portrait.errors import BadRequest
 from portrait.segments import Segments
-from portrait.spec import parse_time, utc_now
+from portrait.spec import iso_time, parse_time, utc_now
 from portrait.sql import analytics as q
 from portrait.store import Session
 
@@ -31,7 +32,10 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
     if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS or not all(
             isinstance(s, str) and s for s in steps):
         raise BadRequest(f"steps is a list of 2 to {MAX_STEPS} event names", code="invalid_funnel", field="steps")
-    within = read_duration(fields.get("within", "7d"), "within")
+    try:
+        within = read_duration(fields.get("within", "7d"), "within")
+    except ConditionError as exc:  # the funnel's own code, as for its other fields
+        raise BadRequest(exc.message, code="invalid_funnel", field="within") from None
     if within.seconds > MAX_DURATION_SECONDS:
         raise BadRequest(f"within {within} is too long (at most 100 years, 36500d)", code="invalid_funnel",
                          field="within")
@@ -57,7 +61,7 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
                      "conversion_from_previous": _ratio(reached[k], previous),
                      "conversion_from_start": _ratio(reached[k], reached[0]),
                      "dropped": previous - reached[k] if k else 0})
-    return {"steps": rows, "within": str(within), "from": start.isoformat() + "Z", "to": end.isoformat() + "Z",
+    return {"steps": rows, "within": str(within), "from": iso_time(start), "to": iso_time(end),
             "segment": segment, "seconds": round(time.perf_counter() - started, 3)}
 
 
