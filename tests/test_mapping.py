@@ -34,7 +34,11 @@ ORDER = {"cust": "007", "day": "20190105", "total": 10.5, "sku": "A-1"}
     (RowMapping("events", user_id="cust", event="X", timestamp="day", timestamp_format="%Y%m%d"),
      {"cust": "1", "day": "yesterday"},
      {"type": "track", "userId": "1", "event": "X", "timestamp": "yesterday", "properties": {}}),
-], ids=["fixed-event", "event-column", "email-in-context", "profile-traits", "external-id", "bad-time-passed-on"])
+    (RowMapping("events", user_id="cust", event="X", timestamp="at", timestamp_format="%d.%m.%Y %H:%M %z"),
+     {"cust": "1", "at": "29.03.2026 01:30 +0100"},
+     {"type": "track", "userId": "1", "event": "X", "timestamp": "2026-03-29T01:30:00+01:00", "properties": {}}),
+], ids=["fixed-event", "event-column", "email-in-context", "profile-traits", "external-id", "bad-time-passed-on",
+        "format-with-offset"])
 def test_rows_become_messages(mapping: RowMapping, row: dict[str, Any], expected: dict[str, Any]) -> None:
     assert list(rows_to_messages([row], mapping)) == [expected]
 
@@ -58,6 +62,17 @@ def test_message_ids_follow_content_and_count_identical_copies() -> None:
     assert ids_first == ids_again  # a re-import gives the same ids
     assert len(set(ids_first)) == 4 and ids_first[0].endswith("-0") and ids_first[1].endswith("-1")
     assert ids_first[3] == "given"
+
+
+def test_rows_read_with_an_offset_keep_the_message_ids_they_were_imported_with() -> None:
+    """A ``%z`` offset once gave way to UTC (the row's time moved by the offset): the time is now right, and the ids
+    still derive from the message as it was then, so importing such a file again adds nothing."""
+    mapping = RowMapping("events", user_id="cust", event="X", timestamp="at", timestamp_format="%Y-%m-%d %H:%M%z")
+    row = {"cust": "1", "at": "2026-03-29 01:30+0100"}
+    then = {"type": "track", "userId": "1", "event": "X", "timestamp": "2026-03-29T01:30:00+00:00", "properties": {}}
+    [message] = rows_to_messages([row], mapping, MessageIds())
+    assert message["timestamp"] == "2026-03-29T01:30:00+01:00"
+    assert message["messageId"] == MessageIds().assign(then)["messageId"]
 
 
 @pytest.mark.parametrize("mapping", [

@@ -185,6 +185,7 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
     used = mapping.used_columns()
     skipped = used | set(EXPORT_COLUMNS) if mapping.kind == "profiles" and mapping.fields is None else used
     columns = mapping.identifier_columns_used()
+    offsets = "%z" in (mapping.timestamp_format or "")  # times whose offset once did not count (_timestamp_before)
     for row in rows:
         if not isinstance(row, Mapping):
             yield row
@@ -196,15 +197,18 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
             times = any(isinstance(value, date | time) for value in row.values())
             earlier = before(row) if before is not None and times else row
             message = ids.assign(message, _message(earlier, mapping, used, str if floats else id_text,
-                                                   plain=_plain_before) if floats or exported or times else None)
+                                                   plain=_plain_before, stamp=_timestamp_before)
+                                 if floats or exported or times or offsets else None)
         yield message
 
 
 def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_text: Callable[[Any], str], *,
-             whole: bool = False, plain: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+             whole: bool = False, plain: Callable[[Any], Any] | None = None,
+             stamp: Callable[[Any, str | None], Any] | None = None) -> dict[str, Any]:
     """The row's message; with ``whole``, an object in a cell stays that one trait's value (``_WHOLE_KEY``).
-    ``plain`` writes the cells (:func:`_plain` unless given)."""
+    ``plain`` writes the cells (:func:`_plain` unless given), ``stamp`` the time."""
     plain = plain or _plain
+    stamp = stamp or _timestamp
     columns = mapping.fields if mapping.fields is not None else [c for c in row if c not in used]
     values = {mapping.renames.get(c, c): plain(row.get(c)) for c in columns if row.get(c) is not None}
     if whole:
@@ -234,7 +238,7 @@ def _message(row: Mapping[str, Any], mapping: RowMapping, used: set[str], as_tex
     if context:
         message["context"] = context
     if mapping.timestamp and row.get(mapping.timestamp) is not None:
-        message["timestamp"] = _timestamp(row[mapping.timestamp], mapping.timestamp_format)
+        message["timestamp"] = stamp(row[mapping.timestamp], mapping.timestamp_format)
     if mapping.message_id and row.get(mapping.message_id) not in (None, ""):
         message["messageId"] = str(row[mapping.message_id])
     return message
@@ -258,10 +262,23 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
     text = str(value).strip()
     if fmt:
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).isoformat()
+            parsed = datetime.strptime(text, fmt)
         except ValueError:
             return text
+        # A format with %z reads the row's own offset, which counts; UTC only stands in for a missing one.
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
     return text
+
+
+def _timestamp_before(value: Any, fmt: str | None) -> Any:
+    """The time as imports wrote it before a ``%z`` offset counted (UTC replaced it): message ids derive from it, so
+    a file imported then gives the same ids again, and importing it once more adds nothing."""
+    if fmt and not isinstance(value, date):
+        try:
+            return datetime.strptime(str(value).strip(), fmt).replace(tzinfo=UTC).isoformat()
+        except ValueError:
+            pass
+    return _timestamp(value, fmt)
 
 
 def _plain(value: Any) -> Any:
