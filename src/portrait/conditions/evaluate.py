@@ -40,7 +40,12 @@ from portrait.conditions.check import Schema
 from portrait.conditions.regex import compile_portable
 
 DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-DATETIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$")
+# A date-time as both engines read it alike (Python's fromisoformat, the database's TIMESTAMPTZ cast): ISO-8601
+# offsets with or without the colon or the minutes (+01:00, +0100, +01; PHP and Java write +0100), after a time
+# only, and hours to 23 (the database reads 24:00 as the next day, Python refuses it). The processor keeps a datetime
+# attribute's value only in this form, so no stored value is one a condition reads as missing.
+DATETIME_TEXT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]([01]\d|2[0-3]):\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from portrait.attributes import INFERRED_TYPES
+from portrait.conditions.evaluate import DATETIME_TEXT
 from portrait.identity import WHITESPACE
 from portrait.sql import READ_DIALECT, insert_from, parse, parse_many
 
@@ -459,6 +460,7 @@ _NUMBER_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?([0-9]+[.]?[0-9]*|[.][0-
 _HUGE = f"TRY_CAST(split_part(trim({_TEXT}), '.', 1) AS HUGEINT)"
 _WHOLE_FROM_TEXT = (f"CASE WHEN {_HUGE} BETWEEN -9223372036854775808 AND 18446744073709551615 "
                     f"THEN CAST({_HUGE} AS VARCHAR) END")
+_DATETIME = DATETIME_TEXT.pattern[1:-1]  # only what segment conditions read (a constant: no quotes in it)
 _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type IS NULL OR a.type = 'object' THEN t.value
     WHEN a.type IN ('string', 'enum') THEN CASE WHEN t.type = 'VARCHAR' THEN t.value
@@ -476,8 +478,8 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
         WHEN lower(trim({_TEXT})) IN ('false', 'no', '0') THEN 'false' END
     WHEN a.type = 'date' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS DATE) IS NOT NULL
         THEN CAST(to_json(CAST(TRY_CAST({_TEXT} AS DATE) AS VARCHAR)) AS VARCHAR) END
-    WHEN a.type = 'datetime' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS TIMESTAMPTZ) IS NOT NULL
-        THEN t.value END
+    WHEN a.type = 'datetime' THEN CASE WHEN t.type = 'VARCHAR' AND regexp_full_match({_TEXT}, '{_DATETIME}')
+        AND TRY_CAST({_TEXT} AS TIMESTAMPTZ) IS NOT NULL THEN t.value END
     WHEN a.type = 'list' THEN CASE WHEN t.type = 'ARRAY' THEN t.value END
     END"""
 _RULE = "json_extract_string(c.validation, '$.{0}')"
