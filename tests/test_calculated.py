@@ -4,7 +4,7 @@ usable in segments, protected from events; built-in RFM."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -334,3 +334,27 @@ def test_a_definition_an_attribute_created_later_breaks_is_marked_and_not_comput
     assert shown.exit_code == 0 and "cannot use tags, a list attribute" in shown.output, shown.output
     listed = CliRunner().invoke(app, ["attributes", "list", "--kind", "custom", "--db", db])
     assert listed.exit_code == 0 and "broken" in listed.output, listed.output
+
+
+@pytest.mark.parametrize(("now", "age", "days"), [
+    (datetime(2026, 3, 28, 23, 59), 26, 0),
+    (datetime(2026, 3, 29, 0, 1), 26, 1),  # 31 minutes after the sign-up, but a UTC midnight has passed
+    (datetime(2027, 2, 28, 23, 59), 26, 337),
+    (datetime(2027, 3, 1), 27, 338),  # a 29 February birthday adds its year on 1 March in other years
+    (datetime(2028, 2, 29), 28, 703),
+])
+def test_days_and_years_since_count_utc_days(portrait: Portrait, now: datetime, age: int, days: int) -> None:
+    """As docs/concepts.md#time says: days_since counts UTC midnights, years_since full years on the UTC date."""
+    portrait.ingest_messages([{"type": "identify", "userId": "leap", "traits": {
+        "birthday": "2000-02-29", "created_at": "2026-03-29T00:30:00+01:00"}}])  # 23:30 UTC on 28 March
+    portrait.process_pending()
+    portrait.create_attribute({"code": "age_years", "name": "Age", "definition": "years_since(birthday)"})
+    portrait.create_attribute({"code": "tenure_days", "name": "Tenure", "definition": "days_since(created_at)"})
+    session = portrait.store.session()
+    try:
+        with session.transaction():
+            portrait.segments.calculator.apply(session, now, scoped=False)
+    finally:
+        session.close()
+    traits = portrait.traits("user_id:leap")
+    assert (traits["age_years"], traits["tenure_days"]) == (age, days)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, timezone
 
 import httpx
 import pytest
-from tests.conftest import WRITE_KEY, Server, start_server
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 
 # Server zones: Europe on its DST night, and 14 hours ahead of UTC (its "today" starts at 10:00 UTC the day before).
 ZONES = ("Europe/Warsaw", "Pacific/Kiritimati")
@@ -125,3 +126,42 @@ def test_conditions_analytics_and_exports_read_times_in_utc(zoned: Server) -> No
         assert exported.status_code == 200, exported.text
     values = {row["user_id"]: row["trial_ends_at"] for row in csv.DictReader(io.StringIO(exported.text))}
     assert values["trial-1"] == "2026-03-29T01:30:00+01:00"  # kept as sent: the same instant, its offset too
+
+
+def _events_per_day(console: httpx.Client) -> dict[str, int]:
+    """The overview chart's figures (its table): ``MM-DD`` -> events."""
+    overview = console.get("/")
+    assert overview.status_code == 200, overview.text
+    if "Events per day as a table" not in overview.text:  # no event in the 14 days: no chart
+        return {}
+    table = overview.text.split("Events per day as a table", 1)[1].split("</table>", 1)[0]
+    return {day: int(n.replace(",", "")) for day, n in re.findall(r'<th scope="row">([\d-]+)</th><td>([\d,]+)</td>',
+                                                                   table)}
+
+
+def test_the_console_counts_events_on_their_utc_day(zoned: Server) -> None:
+    """00:05 UTC today sent from Los Angeles (16:05 yesterday there) counts today; 23:55 UTC yesterday sent from
+    Kiritimati (13:55 today there) counts yesterday: the overview's days are UTC days, whatever the server's zone
+    or the sender's offset."""
+    today = datetime.now(UTC).date()
+    midnight = datetime.combine(today, time(), UTC)
+    with httpx.Client(base_url=zoned.url, timeout=10) as console:
+        signed_in = console.post("/login", data={"key": ADMIN_KEY})
+        assert signed_in.status_code in (200, 303), signed_in.text
+        before = _events_per_day(console)
+        _send(zoned, [
+            {"type": "track", "userId": "day-1", "event": "Visited",
+             "timestamp": (midnight + timedelta(minutes=5)).astimezone(_zone(-8)).isoformat()},
+            {"type": "track", "userId": "day-2", "event": "Visited",
+             "timestamp": (midnight - timedelta(minutes=5)).astimezone(_zone(14)).isoformat()}])
+        zoned.wait_caught_up()
+        after = _events_per_day(console)
+    label = today.isoformat()[5:]
+    yesterday = (today - timedelta(days=1)).isoformat()[5:]
+    assert len(after) == 14 and list(after)[-1] == label
+    changed = {day: after[day] - before.get(day, 0) for day in after if after[day] != before.get(day, 0)}
+    assert changed == {yesterday: 1, label: 1}
+
+
+def _zone(hours: int) -> timezone:
+    return timezone(timedelta(hours=hours))
