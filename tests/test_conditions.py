@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlglot import exp
 
 from portrait.conditions import ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import (
@@ -30,12 +31,12 @@ from portrait.conditions.ast import (
     Stopped,
     Window,
 )
-from portrait.conditions.evaluate import compile_predicate
+from portrait.conditions.evaluate import compile_predicate, read_datetime
 from portrait.config import Settings
 from portrait.segments import load_profiles
 from portrait.service import Portrait
 from portrait.sql import parse as parse_sql
-from portrait.sql.conditions import compile_condition
+from portrait.sql.conditions import _reader, compile_condition
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
 USER_IDS = parse_sql("SELECT value, profile_id FROM identities WHERE type = 'user_id'")
@@ -435,3 +436,23 @@ def test_engines_agree_on_generated_data(tmp_path_factory: pytest.TempPathFactor
             assert dataset.sql(condition) == dataset.python(condition), to_text(condition)
     finally:
         dataset.service.close()
+
+
+@pytest.mark.parametrize("text", [
+    "2026-03-29T01:30:00+01:00", "2026-03-29T01:30:00+0100", "2026-03-29T01:30:00+01", "2026-03-29T01:30:00.5-09:30",
+    "2026-03-29 01:30:00Z", "2026-03-29T01:30", "2026-03-29", "2026-03-29T14:30:00+14:00",
+    "2026-03-29T24:00:00Z", "2026-03-29T01:30:00+25:00", "2026-03-29T01:30Z", "1990-01-02Z", "2026-03-29T01:60:00Z",
+    "2026-02-29T01:30:00Z",
+])
+def test_both_engines_read_a_datetime_text_alike(portrait: Portrait, text: str) -> None:
+    """What the SQL engine reads as a time (the database's TIMESTAMPTZ cast, in a UTC session) the Python engine
+    reads as the same time, and what one reads as missing the other does too: they disagreed on 24:00 (the next
+    day in SQL), +25:00, 10:30Z and 1990-01-02Z. (A time that is before year 1 or after 9999 in UTC is not kept as
+    an attribute's value: see test_attributes.)"""
+    session = portrait.store.session()
+    try:
+        value = exp.alias_(exp.Subquery(this=parse_sql("SELECT CAST(? AS JSON) AS v")), "r")
+        [(in_sql,)] = session.execute(exp.select(_reader("datetime", "v")).from_(value), [f'"{text}"'])
+    finally:
+        session.close()
+    assert in_sql == read_datetime(text)

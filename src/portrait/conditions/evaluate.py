@@ -41,11 +41,13 @@ from portrait.conditions.regex import compile_portable
 
 DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A date-time as both engines read it alike (Python's fromisoformat, the database's TIMESTAMPTZ cast): ISO-8601
-# offsets with or without the colon or the minutes (+01:00, +0100, +01; PHP and Java write +0100), after a time
-# only, and hours to 23 (the database reads 24:00 as the next day, Python refuses it). The processor keeps a datetime
-# attribute's value only in this form, so no stored value is one a condition reads as missing.
-DATETIME_TEXT = re.compile(
-    r"^\d{4}-\d{2}-\d{2}([T ]([01]\d|2[0-3]):\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$")
+# offsets with or without the colon or the minutes (+01:00, +0100, +01; PHP and Java write +0100) after a time with
+# seconds (the database refuses 10:30Z), hours to 23 and offsets under a day (the database reads 24:00 as the next
+# day and takes +25:00, Python refuses both), no offset after a date alone (Python read 1990-01-02Z, the database
+# did not). The processor keeps a datetime attribute's value only in this form, so no stored value is one a
+# condition reads as missing.
+DATETIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?"
+                           r"(Z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?)?)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +260,9 @@ def read_datetime(raw: Any) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    except (ValueError, OverflowError):  # OverflowError: in UTC before year 1 or after 9999 (0001-01-01T00:30+01)
         return None
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def read_list(raw: Any) -> set[str] | None:

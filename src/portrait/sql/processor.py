@@ -479,7 +479,7 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'date' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS DATE) IS NOT NULL
         THEN CAST(to_json(CAST(TRY_CAST({_TEXT} AS DATE) AS VARCHAR)) AS VARCHAR) END
     WHEN a.type = 'datetime' THEN CASE WHEN t.type = 'VARCHAR' AND regexp_full_match({_TEXT}, '{_DATETIME}')
-        AND TRY_CAST({_TEXT} AS TIMESTAMPTZ) IS NOT NULL THEN t.value END
+        AND year(CAST(TRY_CAST({_TEXT} AS TIMESTAMPTZ) AS TIMESTAMP)) BETWEEN 1 AND 9999 THEN t.value END
     WHEN a.type = 'list' THEN CASE WHEN t.type = 'ARRAY' THEN t.value END
     END"""
 _RULE = "json_extract_string(c.validation, '$.{0}')"
