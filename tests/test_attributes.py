@@ -377,6 +377,23 @@ def test_a_datetime_trait_is_kept_only_in_a_form_conditions_can_read(client: Tes
     assert client.get("/api/segments/march", headers=ADMIN).json()["error"] is None
 
 
+def test_a_date_trait_is_kept_as_the_day_written_or_not_at_all(client: TestClient, portrait: Portrait) -> None:
+    """A date attribute keeps the day as written (a time's offset does not move it: 00:30 at -05:00 on the 29th
+    is the 29th), and only years 1-9999: the database wrote year 0 as ``0001-01-01 (BC)`` and kept it, a value
+    every condition and range read as missing."""
+    client.post("/api/attributes", headers=ADMIN, json={"code": "renewal", "name": "Renewal", "type": "date",
+                                                        "calculate_analytics": True}).raise_for_status()
+    sent = ["2026-03-29T00:30:00-05:00", "2026-3-9", "0000-01-01", "10000-01-01"]
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"renewal": day}}
+                              for i, day in enumerate(sent)])
+    portrait.process_pending()
+    assert [portrait.traits(f"user_id:u{i}").get("renewal") for i in range(4)] == [
+        "2026-03-29", "2026-03-09", None, None]
+    assert sorted(i["raw_value"] for i in portrait.data_quality()["issues"]) == ['"0000-01-01"', '"10000-01-01"']
+    analytics = client.get("/api/attributes/renewal/analytics", headers=ADMIN).json()
+    assert analytics["range"] == {"min": "2026-03-09", "max": "2026-03-29"}
+
+
 def test_attribute_analytics_count_10_and_10_0_as_one_number(client: TestClient, portrait: Portrait) -> None:
     portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"score": score}}
                               for i, score in enumerate([10, 10.0, 9.5, 2])])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from portrait.attributes import INFERRED_TYPES
-from portrait.conditions.evaluate import DATETIME_TEXT
+from portrait.conditions.evaluate import DATE_TEXT, DATETIME_TEXT
 from portrait.identity import WHITESPACE
 from portrait.sql import READ_DIALECT, insert_from, parse, parse_many
 
@@ -460,7 +460,10 @@ _NUMBER_TEXT = f"regexp_full_match(trim({_TEXT}), '[+-]?([0-9]+[.]?[0-9]*|[.][0-
 _HUGE = f"TRY_CAST(split_part(trim({_TEXT}), '.', 1) AS HUGEINT)"
 _WHOLE_FROM_TEXT = (f"CASE WHEN {_HUGE} BETWEEN -9223372036854775808 AND 18446744073709551615 "
                     f"THEN CAST({_HUGE} AS VARCHAR) END")
-_DATETIME = DATETIME_TEXT.pattern[1:-1]  # only what segment conditions read (a constant: no quotes in it)
+# Only what segment conditions read (constants: no quotes in them). A date is normalized first: the database writes
+# year 0 as "0001-01-01 (BC)" and year 10000 with five digits, which conditions read as missing.
+_DATE = DATE_TEXT.pattern[1:-1]
+_DATETIME = DATETIME_TEXT.pattern[1:-1]
 _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type IS NULL OR a.type = 'object' THEN t.value
     WHEN a.type IN ('string', 'enum') THEN CASE WHEN t.type = 'VARCHAR' THEN t.value
@@ -476,7 +479,8 @@ _COERCED = f"""CASE WHEN t.type = 'NULL' THEN NULL
     WHEN a.type = 'boolean' THEN CASE WHEN t.type = 'BOOLEAN' THEN t.value
         WHEN lower(trim({_TEXT})) IN ('true', 'yes', '1') THEN 'true'
         WHEN lower(trim({_TEXT})) IN ('false', 'no', '0') THEN 'false' END
-    WHEN a.type = 'date' THEN CASE WHEN t.type = 'VARCHAR' AND TRY_CAST({_TEXT} AS DATE) IS NOT NULL
+    WHEN a.type = 'date' THEN CASE WHEN t.type = 'VARCHAR'
+        AND regexp_full_match(CAST(TRY_CAST({_TEXT} AS DATE) AS VARCHAR), '{_DATE}')
         THEN CAST(to_json(CAST(TRY_CAST({_TEXT} AS DATE) AS VARCHAR)) AS VARCHAR) END
     WHEN a.type = 'datetime' THEN CASE WHEN t.type = 'VARCHAR' AND regexp_full_match({_TEXT}, '{_DATETIME}')
         AND year(CAST(TRY_CAST({_TEXT} AS TIMESTAMPTZ) AS TIMESTAMP)) BETWEEN 1 AND 9999 THEN t.value END
