@@ -635,6 +635,7 @@ class Portrait:
         with self._from_the_log("traits") as session:
             self.process_pending()
             values = self.processor.rebuild_traits(session)
+            session.execute(sql.RECHECK_DONE)
             issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
         return {"values": values, "issues": issues}
 
@@ -645,6 +646,7 @@ class Portrait:
         with self._from_the_log("profiles") as session:
             rebuilt = rebuild_profiles(session, self.processor, self.rules.identity_traits, on_progress,
                                        stopping=self._closing.is_set)
+            session.execute(sql.RECHECK_DONE)  # traits included
         return rebuilt.as_dict()
 
     @contextlib.contextmanager
@@ -699,7 +701,15 @@ class Portrait:
             "database": self.store.path,
             "memory": self._memory(),
             "processing_error": self._processor_thread.error if self._processor_thread else None,
+            "traits_recheck_due": self.traits_recheck_due(counters),
         }
+
+    def traits_recheck_due(self, counters: dict[str, Any] | None = None) -> bool:
+        """Whether profiles' traits were derived by an earlier version's rules (an upgraded database) and wait for
+        `portrait attributes recheck` to be derived by today's (see schema migration 23)."""
+        if counters is None:
+            counters = dict(self._reads.execute(sql.GET_COUNTERS))
+        return bool(counters.get("traits_recheck_due", 0))
 
     def _memory(self) -> dict[str, Any]:
         """The server's resident memory and the database engine's part of it, in MB (see memory_limit_mb)."""

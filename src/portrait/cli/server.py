@@ -82,6 +82,10 @@ def serve(
         where = os.path.abspath(settings.db_path)  # the whole path: a relative one names another file elsewhere
         console.print(styled(f"Portrait serving {where} on ", (url, "bold"),
                              f" (ingestion: {url}/v1/batch, API docs: {url}/docs)"))
+        if portrait.traits_recheck_due():
+            console.print("This database was written by an earlier Portrait: its profiles' traits follow that "
+                          "version's rules until `portrait attributes recheck` derives them again from the log "
+                          "(once; it runs on this server too).", style="yellow")
         if portrait.rebuild_interrupted():
             console.print("A profile rebuild was cut short: the processor goes on rebuilding the profiles; "
                           "run `portrait profiles rebuild` again so that the profile ids of before resolve again.",

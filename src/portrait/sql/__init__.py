@@ -39,6 +39,8 @@ def insert_from(table: str, source: str, columns: tuple[str, ...]) -> exp.Insert
 # Counter rows are created by the first migration; plain UPDATEs are much cheaper than upserts in DuckDB.
 ADD_COUNTER = parse("UPDATE counters SET value = value + ? WHERE name = ?")
 GET_COUNTERS = parse("SELECT name, value FROM counters UNION ALL SELECT name, value FROM processor_state")
+# Traits derived by today's rules again (see schema migration 23).
+RECHECK_DONE = parse("UPDATE counters SET value = 0 WHERE name = 'traits_recheck_due'")
 ADD_PROCESSOR_COUNTER = parse("UPDATE processor_state SET value = value + ? WHERE name = ?")
 SET_PROCESSOR_COUNTER = parse("UPDATE processor_state SET value = ? WHERE name = ?")
 GET_PROCESSOR_STATE = parse("SELECT value FROM processor_state WHERE name = ?")

@@ -501,6 +501,17 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         INSERT INTO counters (name, value) VALUES ('events_duplicate', 0);
         """
     ),
+    23: parse_many(
+        """
+        -- A database that already holds events was written by an earlier Portrait: its profiles' traits were
+        -- derived by the rules of that version (trait codes with accents, objects removed by a null, identify
+        -- traits in context.traits...), and stay so until `portrait attributes recheck` (or a profile rebuild)
+        -- derives them again; /api/status and the server's start say so meanwhile. A later migration that changes
+        -- what the rules derive from events already logged sets it to 1 again.
+        INSERT INTO counters (name, value)
+        SELECT 'traits_recheck_due', CASE WHEN EXISTS (SELECT 1 FROM events) THEN 1 ELSE 0 END;
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
