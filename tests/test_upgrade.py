@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from sqlglot import select
 from tests.fixtures.make_old_database import KEYS
@@ -101,3 +106,53 @@ def test_a_database_written_by_an_old_version_upgrades_to_what_todays_rules_deri
                                           "rejected_events", "segment_members", "profile_aliases"))
     for table in COMPARED:
         assert after_upgrade[table] == from_the_log[table], table
+
+
+# Opens the database with today's code and kills its own process (SIGKILL: nothing is flushed or closed) inside
+# migration VERSION, after its last statement ran ("inside": never committed) or once it is committed, in the
+# write-ahead log only ("committed": the checkpoint after migrating never happened).
+_KILLED_WHILE_MIGRATING = """
+import os, signal, sys
+from portrait.sql import schema
+from portrait.store import duckdb as store
+path, version, moment = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+execute = store.DuckDBSession.execute
+def execute_then_die(self, statement, params=()):
+    rows = execute(self, statement, params)
+    if moment == "inside" and statement is schema.MIGRATIONS[version][-1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if moment == "committed" and statement is schema.RECORD and list(params) == [version]:
+        self._con.commit()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rows
+store.DuckDBSession.execute = execute_then_die
+store.open_store(path)
+"""
+
+
+@pytest.mark.parametrize(("version", "moment"), [(15, "committed"), (21, "inside")])
+def test_an_upgrade_killed_midway_upgrades_at_the_next_start(tmp_path: Path, version: int, moment: str) -> None:
+    """Migration 15 rewrites the whole event log and 21 updates events: the process dies with the one in the
+    write-ahead log only, or half done; the next start finishes the upgrade, as if nothing had happened."""
+    settings = _unpacked(tmp_path, "killed")
+    source = str(Path(__file__).parents[1] / "src")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_MIGRATING, settings.db_path, str(version), moment],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": source}, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    peek = tmp_path / "peek.duckdb"  # a copy: the next start must be the one to replay the write-ahead log
+    shutil.copy(settings.db_path, peek)
+    if Path(settings.db_path + ".wal").exists():
+        shutil.copy(settings.db_path + ".wal", str(peek) + ".wal")
+    with duckdb.connect(str(peek)) as con:
+        left = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    assert max(left) == (version if moment == "committed" else version - 1)
+    interrupted = Portrait(settings, background=False)
+    try:
+        after_kill = _derived(interrupted)
+    finally:
+        interrupted.close()
+    uninterrupted = Portrait(_unpacked(tmp_path, "uninterrupted"), background=False)
+    try:
+        assert _derived(uninterrupted) == after_kill
+    finally:
+        uninterrupted.close()
