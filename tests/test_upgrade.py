@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 from sqlglot import select
+from tests.conftest import start_server
 from tests.fixtures.make_old_database import KEYS
 from tests.test_rebuild import DERIVED
 
@@ -156,3 +158,22 @@ def test_an_upgrade_killed_midway_upgrades_at_the_next_start(tmp_path: Path, ver
         assert _derived(uninterrupted) == after_kill
     finally:
         uninterrupted.close()
+
+
+def test_a_server_started_on_an_old_database_says_a_recheck_is_due_and_takes_the_old_keys(tmp_path: Path) -> None:
+    settings = _unpacked(tmp_path, "served")
+    server = start_server(settings.db_path, tmp_path / "server.log")
+    try:
+        old_admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+        with httpx.Client(base_url=server.url, headers=old_admin, timeout=30) as client:
+            assert client.get("/api/status").json()["traits_recheck_due"] is True
+            assert client.post("/api/attributes/recheck").status_code == 200
+            assert client.get("/api/status").json()["traits_recheck_due"] is False
+            read = client.get("/api/profiles/user_id:u-a", headers={"Authorization": f"Bearer {KEYS['read']}"})
+            assert read.status_code == 200 and "prenom" in read.json()["traits"]
+        sent = httpx.post(f"{server.url}/v1/track", auth=(KEYS["write"], ""), timeout=10,
+                          json={"userId": "u-a", "event": "Upgraded"})
+        assert sent.status_code == 200
+    finally:
+        server.stop()
+    assert "written by an earlier Portrait" in (tmp_path / "server.log").read_text()
