@@ -554,3 +554,28 @@ def test_numbers_are_read_as_written_and_what_is_no_number_is_kept_out(portrait:
     assert issues == [(user, code, f"expected {kind}, got {got}") for user in "defgh"
                       for code, kind, got in (("points", "integer", "double" if user in "eg" else "varchar"),
                                               ("score", "number", "varchar"))]
+
+
+def test_a_recheck_ends_while_events_keep_arriving(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steady traffic: a new event is logged whenever a batch has been applied. The recheck applies the log it found
+    and recomputes; the events after are the processor's as usual. (It applied the log until it was caught up, which
+    under steady traffic it never was: POST /api/attributes/recheck did not answer while events kept coming, and it
+    held the processor's pause all that time -- erasures and segment upkeep waited behind it. Seen on a real server
+    with two threads sending batches: a recheck still running after 120 s, an erasure queued meanwhile not done.)"""
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"plan": "pro"}} for i in range(50)])
+    arrived: list[int] = []
+    process_next = portrait.processor.process_next
+
+    def batch_then_traffic(session: Any) -> int:
+        done = process_next(session)
+        if done and len(arrived) < 200:
+            portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"plan": "team"}}])
+            arrived.append(done)
+        return done
+
+    monkeypatch.setattr(portrait.processor, "process_next", batch_then_traffic)
+    assert portrait.rebuild_traits() == {"values": 50, "issues": 0}
+    assert arrived == [50]  # one batch: the log as it was when the recheck began
+    monkeypatch.undo()
+    portrait.process_pending()  # what arrived meanwhile is the processor's, as usual
+    assert portrait.status()["lag"] == 0 and portrait.traits("user_id:u1")["plan"] == "team"

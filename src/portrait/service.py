@@ -633,7 +633,10 @@ class Portrait:
         Returns how many trait values were read and how many data-quality issues there are now.
         """
         with self._from_the_log("traits") as session:
-            self.process_pending()
+            # The log as it is now, not until caught up (process_pending): under steady traffic that never came,
+            # and the processor's pause -- erasures, segment upkeep -- was held until traffic stopped. What arrives
+            # meanwhile is the processor's, as usual, with the definitions the recheck applied.
+            self._catch_up()
             values = self.processor.rebuild_traits(session)
             session.execute(sql.RECHECK_DONE)
             issues = int(session.execute(reads.COUNT_QUALITY)[0][0])
