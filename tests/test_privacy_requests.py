@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, activity_mismatches
 from typer.testing import CliRunner
 
+from portrait import segments
 from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
@@ -624,3 +625,37 @@ def test_retention_takes_rejected_messages_received_before_the_window(portrait: 
     assert portrait.privacy.expire(30) == 0 and portrait.rejected()["rejected"]  # received today: within 30 days
     portrait.privacy.expire(30, now=utc_now() + timedelta(days=31))
     assert portrait.rejected()["rejected"] == []
+
+
+def test_a_segment_counted_while_an_erasure_runs_does_not_bring_the_person_back(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment created (or recounted) from the API counts in one transaction; an erasure that ran and committed
+    inside that window deleted the person's memberships, and the recount then wrote hers back: the erased profile a
+    member again (counted in the size) and in the segment's history, until the next full recount. Made to happen
+    every time here: the erasure is started from within the recount, before it writes its members. A segment
+    change now waits for a running erasure and the other way round (both pause processing)."""
+    service = Portrait(settings)  # server mode: the processor thread, whose pause the erasure takes
+    try:
+        service.ingest_messages([{"type": "identify", "userId": u, "traits": {"plan": "pro"}} for u in ("eve", "bo")])
+        service.wait_processed()
+        victim = service.resolve_profile_id("user_id:eve")
+        erasing: list[threading.Thread] = []
+        apply = segments._apply
+
+        def erase_meanwhile(session: Any, segment: Any, now: Any) -> Any:
+            if not erasing:
+                erasing.append(threading.Thread(target=lambda: service.privacy_request(
+                    {"type": "erase", "identity": "user_id:eve"}, "test", run_now=True)))
+                erasing[0].start()
+                erasing[0].join(3)  # done at once when nothing keeps it waiting
+            return apply(session, segment, now)
+
+        monkeypatch.setattr(segments, "_apply", erase_meanwhile)
+        service.create_segment({"name": "pros", "condition": 'plan = "pro"'})
+        erasing[0].join(30)
+        assert service.privacy.all()[0]["status"] == "done"
+        assert service.segments.get("pros")["size"] == 1
+        assert [m["user_id"] for m in service.segments.members("pros")["members"]] == ["bo"]
+        assert victim not in {h["profile_id"] for h in service.segments.history("pros")}
+    finally:
+        service.close()

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,8 +84,7 @@ class Segments:
                  exclusive: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
         self._session = session
         self._attributes = attributes
-        # Held while calculated values are written to profile_traits, which the processor writes too: the two never
-        # commit conflicting changes (a merge moving a profile's traits while its values are recomputed).
+        # Held while calculated values or memberships are written (see _changing): processing paused.
         self._exclusive = exclusive
         self.calculator = Calculator(self.schema)
         self._normalize = normalize
@@ -93,6 +92,15 @@ class Segments:
         # Segments that cannot be evaluated now (one saved before its condition was refused, say), by id: skipped,
         # keeping their members, so that one cannot stop every other segment's upkeep; shown as the segment's error.
         self.failures: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Held while anything is written: one membership change at a time (API recounts, the real-time thread),
+        and processing paused -- which an erasure holds too. So calculated values never commit against a merge
+        moving a profile's traits, and a recount that began before an erasure cannot write the erased profile's
+        memberships back after it (nor fail on the rows the erasure deleted)."""
+        with self._exclusive(), self._writing:
+            yield
 
     # -- definitions -----------------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -142,7 +150,7 @@ class Segments:
         condition, keys, rejected = self._content(fields, name)
         now = utc_now()
         session = self._session()
-        with self._writing, session.transaction():
+        with self._changing(), session.transaction():
             kind = "dynamic" if condition is not None else "static"
             condition_json = orjson.dumps(to_json(condition)).decode() if condition is not None else None
             segment_id = int(session.execute(q.INSERT, [name, kind, condition_json, _description(fields), now,
@@ -177,7 +185,7 @@ class Segments:
             if condition is not None:
                 changes["condition"] = orjson.dumps(to_json(condition)).decode()
         session = self._session()
-        with self._writing, session.transaction():
+        with self._changing(), session.transaction():
             if changes:
                 changes["updated_at"] = utc_now()
                 session.execute(q.update(list(changes)), [*changes.values(), segment.id])
@@ -196,7 +204,7 @@ class Segments:
         segment = self.find(reference)
         self._refuse_if_referenced(segment.name, "delete")
         session = self._session()
-        with self._writing, session.transaction():
+        with self._changing(), session.transaction():
             for statement in q.DELETE:
                 session.execute(statement, [segment.id])
 
@@ -287,7 +295,7 @@ class Segments:
         segment = self.find(reference)
         now = now or utc_now()
         session = self._session()
-        with self._writing, session.transaction():
+        with self._changing(), session.transaction():
             session.execute(q.NEW_MEMBERS_TABLE)
             if segment.condition is None:
                 session.execute(q.new_members(q.STATIC_MEMBERS), [segment.id])
@@ -313,7 +321,7 @@ class Segments:
     def recalculate(self, *, now: datetime | None = None) -> int:
         """Compute every calculated attribute for every profile; returns how many attributes."""
         session = self._session()
-        with self._exclusive(), self._writing, session.transaction():
+        with self._changing(), session.transaction():
             return self.calculator.apply(session, now or utc_now(), scoped=False)
 
     def recount_all(self) -> list[Change]:
@@ -340,7 +348,7 @@ class Segments:
         if not segments and not self.calculator.definitions(session):
             session.execute(q.SET_WATERMARK, [processed])  # nothing to keep current: never pause processing
             return changes
-        with self._exclusive(), self._writing, session.transaction():
+        with self._changing(), session.transaction():
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
             session.execute(q.LIVE_SCOPE, [seen])
