@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, Server
 from typer.testing import CliRunner
 
+from portrait import pipeline
 from portrait.api import create_app
 from portrait.attributes import STANDARD, code_for
 from portrait.cli import app
 from portrait.config import Settings
+from portrait.errors import Conflict
 from portrait.mapping import RowMapping
 from portrait.service import Portrait
 
@@ -579,3 +582,44 @@ def test_a_recheck_ends_while_events_keep_arriving(portrait: Portrait, monkeypat
     monkeypatch.undo()
     portrait.process_pending()  # what arrived meanwhile is the processor's, as usual
     assert portrait.status()["lag"] == 0 and portrait.traits("user_id:u1")["plan"] == "team"
+
+
+def test_an_attribute_defined_while_its_first_values_are_processed_fails_no_batch(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """POST /api/attributes for a code whose first values the processor is applying in a batch that creates it from
+    them: whichever committed second failed on the duplicate code -- here the processor's batch, which was logged
+    with its traceback and retried one event at a time (a second collision would have set an event aside). Made to
+    happen every time: the attribute is defined from inside the batch. Defining one now waits for the batch, and
+    then finds it made (409, as for any attribute that exists: update it instead)."""
+    service = Portrait(settings)  # server mode: the processor thread
+    try:
+        answered: list[object] = []
+        record_quality = pipeline._record_quality
+
+        def define() -> None:
+            try:
+                answered.append(service.create_attribute({"code": "shoe_size", "name": "Shoe size",
+                                                          "type": "integer"}))
+            except Conflict as exc:
+                answered.append(exc.code)
+
+        def define_meanwhile(session: Any, now: Any) -> None:
+            record_quality(session, now)
+            if not answered:
+                worker = threading.Thread(target=define)
+                worker.start()
+                worker.join(3)  # done at once when nothing keeps it waiting
+
+        monkeypatch.setattr(pipeline, "_record_quality", define_meanwhile)
+        service.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"shoeSize": 40 + i}}
+                                 for i in range(3)])
+        service.wait_processed()
+        deadline = time.monotonic() + 20
+        while not answered and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answered == ["attribute_exists"]
+        assert service.processor.last_batch[0] == 3  # the batch, whole, not its events one by one
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+        assert [service.traits(f"user_id:u{i}")["shoe_size"] for i in range(3)] == [40, 41, 42]
+    finally:
+        service.close()

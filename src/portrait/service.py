@@ -455,7 +455,10 @@ class Portrait:
     # -- calculated attributes ---------------------------------------------------------------------------------
     def create_attribute(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Define an attribute; a calculated one is computed for every profile at once."""
-        created = self.attributes.create(fields)
+        # Processing paused: a batch applying the code's first values creates the attribute too, and whichever of
+        # the two committed second failed on the duplicate code (the batch then retried one event at a time).
+        with self._processing_paused():
+            created = self.attributes.create(fields)
         if created["calculated"]:
             self.segments.recalculate()
             created = self.attributes.get(created["code"])
