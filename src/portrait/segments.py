@@ -292,10 +292,10 @@ class Segments:
 
     def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:
         """Recompute a segment's members in SQL for every profile; store and return the entries and exits."""
-        segment = self.find(reference)
         now = now or utc_now()
         session = self._session()
         with self._changing(), session.transaction():
+            segment = self.find(reference)  # as it is now: deleted or changed meanwhile from the API, not as it was
             session.execute(q.NEW_MEMBERS_TABLE)
             if segment.condition is None:
                 session.execute(q.new_members(q.STATIC_MEMBERS), [segment.id])
@@ -331,6 +331,8 @@ class Segments:
         for document in self.all():
             try:
                 changes += self.recount(document["id"])
+            except NotFound:
+                continue  # deleted from the API since it was listed: nothing to count
             except Exception as exc:  # this one only: the others are recounted
                 self._failed(document["id"], document["name"], exc)
         return changes
@@ -343,12 +345,14 @@ class Segments:
         if processed <= seen:
             return []
         now = now or utc_now()
-        segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
         changes: list[Change] = []
-        if not segments and not self.calculator.definitions(session):
+        if not session.execute(q.LIST) and not self.calculator.definitions(session):
             session.execute(q.SET_WATERMARK, [processed])  # nothing to keep current: never pause processing
             return changes
         with self._changing(), session.transaction():
+            # read under the lock: a segment deleted or changed from the API before it was taken is not counted as
+            # it had been (members written for a segment that no longer exists)
+            segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
             session.execute(q.LIVE_SCOPE, [seen])
