@@ -358,3 +358,18 @@ def test_days_and_years_since_count_utc_days(portrait: Portrait, now: datetime, 
         session.close()
     traits = portrait.traits("user_id:leap")
     assert (traits["age_years"], traits["tenure_days"]) == (age, days)
+
+
+def test_a_deprecated_calculated_attribute_keeps_its_values_through_a_recheck(portrait: Portrait) -> None:
+    """docs/calculated.md: a deprecated calculated attribute keeps its last values and is no longer recomputed. A
+    recheck (portrait attributes recheck, POST /api/attributes/recheck) emptied every trait and read the log again --
+    which never sets calculated values -- so they were gone for good (seen on a real server: a segment on such an
+    attribute lost all its 150 members at the next recheck)."""
+    portrait.create_attribute({"code": "orders", "name": "Orders", "definition": 'count("Order Completed")'})
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}},
+                              {"type": "track", "userId": "u1", "event": "Order Completed"}])
+    portrait.process_pending()
+    assert portrait.traits("user_id:u1") == {"plan": "pro", "orders": 1}
+    portrait.update_attribute("orders", {"status": "deprecated"})
+    portrait.rebuild_traits()
+    assert portrait.traits("user_id:u1") == {"plan": "pro", "orders": 1}

@@ -640,6 +640,8 @@ FROM events WHERE seq = ?
 # Rebuilding every profile's traits from the log (after an attribute's type or rules changed): the events'
 # current owners stand in for the batch assignment, then the usual trait statements run over the whole log.
 REBUILD_ASSIGN = parse("CREATE OR REPLACE TEMP TABLE b_assign AS SELECT seq, profile_id FROM event_profiles")
-CLEAR_TRAITS = parse("DELETE FROM profile_traits")
+# Calculated values are not read from the log, so a recheck leaves them: the active ones are computed again after
+# it; a deprecated one keeps its last values (docs/calculated.md), as does one that cannot be computed now.
+CLEAR_TRAITS = parse("DELETE FROM profile_traits WHERE key NOT IN (SELECT code FROM attributes WHERE calculated)")
 CLEAR_QUALITY = parse("DELETE FROM data_quality")
 COUNT_CHECKED = parse("SELECT count(*) FROM b_trait_values")  # the values read (not the removals they imply)
