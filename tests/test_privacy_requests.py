@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, activity_mismatches
 from typer.testing import CliRunner
 
-from portrait import segments
+from portrait import segments, subjects
 from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
@@ -657,5 +657,40 @@ def test_a_segment_counted_while_an_erasure_runs_does_not_bring_the_person_back(
         assert service.segments.get("pros")["size"] == 1
         assert [m["user_id"] for m in service.segments.members("pros")["members"]] == ["bo"]
         assert victim not in {h["profile_id"] for h in service.segments.history("pros")}
+    finally:
+        service.close()
+
+
+def test_an_erasure_is_not_failed_by_audience_events_sent_meanwhile(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audience events are taken off the outbox once written to the log; the erasure deletes the person's from it.
+    Done while the erasure's transaction was open, the erasure failed ('Conflict on tuple deletion', status failed:
+    to be asked again) -- seen when a segment was created just before an erasure ran. Made to happen every time: the
+    outbox is marked sent from inside the erasure. Marking it sent now waits for a running erasure."""
+    service = Portrait(settings)  # server mode: the processor thread, whose pause the erasure takes
+    try:
+        assert service._segment_thread
+        service._segment_thread.stop()  # the outbox is sent below, not by the background thread
+        service.ingest_messages([{"type": "identify", "userId": u, "traits": {"plan": "pro"}} for u in ("eve", "bo")])
+        service.wait_processed()
+        monkeypatch.setattr(service, "_send_audience_events", lambda: 0)
+        service.create_segment({"name": "pros", "condition": 'plan = "pro"'})
+        waiting = [str(row[0]) for row in service.segments.outbox(100)]
+        assert len(waiting) == 2  # eve and bo entered
+        find_unlinked = subjects._find_unlinked
+        sending: list[threading.Thread] = []
+
+        def sent_meanwhile(session: Any, identities: Any) -> None:
+            find_unlinked(session, identities)
+            if not sending:
+                sending.append(threading.Thread(target=service.segments.sent, args=[waiting]))
+                sending[0].start()
+                sending[0].join(3)  # done at once when nothing keeps it waiting
+
+        monkeypatch.setattr(subjects, "_find_unlinked", sent_meanwhile)
+        done = service.privacy_request({"type": "erase", "identity": "user_id:eve"}, "test", run_now=True)
+        sending[0].join(30)
+        assert done["status"] == "done", done
+        assert service.segments.outbox(100) == []
     finally:
         service.close()
