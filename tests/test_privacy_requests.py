@@ -656,7 +656,7 @@ def test_a_segment_counted_while_an_erasure_runs_does_not_bring_the_person_back(
         assert service.privacy.all()[0]["status"] == "done"
         assert service.segments.get("pros")["size"] == 1
         assert [m["user_id"] for m in service.segments.members("pros")["members"]] == ["bo"]
-        assert victim not in {h["profile_id"] for h in service.segments.history("pros")}
+        assert victim not in {h["profile_id"] for h in service.segments.history("pros")["history"]}
     finally:
         service.close()
 
