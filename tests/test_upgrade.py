@@ -165,12 +165,19 @@ def test_a_server_started_on_an_old_database_says_a_recheck_is_due_and_takes_the
     server = start_server(settings.db_path, tmp_path / "server.log")
     try:
         old_admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+        with httpx.Client(base_url=server.url, timeout=30) as console:  # the console's overview says it too
+            console.post("/login", data={"key": KEYS["admin"]})
+            assert "written by an earlier Portrait" in console.get("/").text
         with httpx.Client(base_url=server.url, headers=old_admin, timeout=30) as client:
             assert client.get("/api/status").json()["traits_recheck_due"] is True
             assert client.post("/api/attributes/recheck").status_code == 200
             assert client.get("/api/status").json()["traits_recheck_due"] is False
             read = client.get("/api/profiles/user_id:u-a", headers={"Authorization": f"Bearer {KEYS['read']}"})
             assert read.status_code == 200 and "prenom" in read.json()["traits"]
+        with httpx.Client(base_url=server.url, timeout=30) as console:
+            console.post("/login", data={"key": KEYS["admin"]})
+            overview = console.get("/")
+            assert "Overview" in overview.text and "written by an earlier Portrait" not in overview.text
         sent = httpx.post(f"{server.url}/v1/track", auth=(KEYS["write"], ""), timeout=10,
                           json={"userId": "u-a", "event": "Upgraded"})
         assert sent.status_code == 200
