@@ -120,6 +120,19 @@ def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None 
     raise AssertionError(f"server did not start: {log_path.read_text()}")
 
 
+def start_demo_shop(folder: Path, profiles: int = 40) -> Server:
+    """A real server holding `portrait demo`'s shop (customers, events, attributes), loaded through ingestion and
+    processed."""
+    server = start_server(str(folder / "console.duckdb"), folder / "server.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    env.update(PORTRAIT_WRITE_KEY=WRITE_KEY, PORTRAIT_NO_PROGRESS="1")
+    loaded = subprocess.run([sys.executable, "-m", "portrait", "demo", "--profiles", str(profiles), "--db",
+                             server.db_path], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    server.wait_caught_up()
+    return server
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     running = start_server(str(tmp_path / "server.duckdb"), tmp_path / "server.log")

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_demo_shop
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
@@ -30,13 +30,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("console")
-    server = start_server(str(folder / "console.duckdb"), folder / "server.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
-    env.update(PORTRAIT_WRITE_KEY=WRITE_KEY, PORTRAIT_NO_PROGRESS="1")
-    loaded = subprocess.run([sys.executable, "-m", "portrait", "demo", "--profiles", "40", "--db", server.db_path],
-                            capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert loaded.returncode == 0, loaded.stderr
-    server.wait_caught_up()
+    server = start_demo_shop(folder)
     yield server
     server.stop()
 

@@ -4,11 +4,9 @@ at desktop and phone widths, and the main flows are walked with the keyboard alo
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_demo_shop
 
 CHROMIUM = "/usr/bin/chromium"
 AXE_CACHE = Path(__file__).parent / ".cache" / "axe-core"
@@ -45,13 +43,7 @@ def axe() -> Path:
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with the demo shop (customers, events, attributes), a saved segment and a custom attribute."""
     folder = tmp_path_factory.mktemp("console-a11y")
-    server = start_server(str(folder / "console.duckdb"), folder / "server.log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
-    env.update(PORTRAIT_WRITE_KEY=WRITE_KEY, PORTRAIT_NO_PROGRESS="1")
-    loaded = subprocess.run([sys.executable, "-m", "portrait", "demo", "--profiles", "40", "--db", server.db_path],
-                            capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert loaded.returncode == 0, loaded.stderr
-    server.wait_caught_up()
+    server = start_demo_shop(folder)
     with server.admin() as api:
         assert api.post("/api/segments", json={"name": "Buyers", "condition": 'performed("Order Completed")'}
                         ).status_code == 201

@@ -116,12 +116,18 @@ def test_data_spilled_to_disk_stays_encrypted_beside_the_database(tmp_path: Path
     assert [path.name for path, data in spilled.items() if re.search(rb"[0-9a-f]{32}", data)] == []
 
 
-def test_the_key_of_an_encrypted_database_can_be_changed(tmp_path: Path) -> None:
+def encrypted_database(tmp_path: Path) -> str:
+    """A database encrypted with KEY, holding one customer (user r-1, with KNOWN[0] as email)."""
     db = str(tmp_path / "secret.duckdb")
     service = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
     service.ingest_messages([{"type": "identify", "userId": "r-1", "traits": {"email": "zelda.encrypted@example.com"}}])
     service.process_pending()
     service.close()
+    return db
+
+
+def test_the_key_of_an_encrypted_database_can_be_changed(tmp_path: Path) -> None:
+    db = encrypted_database(tmp_path)
     new_key = "a brand new key for the year"
 
     def encrypt(**env: str) -> Any:
@@ -272,11 +278,7 @@ def test_a_key_change_run_again_says_it_is_done(tmp_path: Path) -> None:
     """A key change killed after the new file took the old one's place, before it said so (or simply run twice),
     is run again with the same variables: it said the previous key was wrong -- as if the database were lost --
     where the database already opens with the new key."""
-    db = str(tmp_path / "secret.duckdb")
-    service = Portrait(Settings(db_path=db, encryption_key=KEY), background=False)
-    service.ingest_messages([{"type": "identify", "userId": "r-1", "traits": {"email": "zelda.encrypted@example.com"}}])
-    service.process_pending()
-    service.close()
+    db = encrypted_database(tmp_path)
     new_key = "a brand new key for the year"
     runner = CliRunner(env={"PORTRAIT_ENCRYPTION_KEY": new_key, "PORTRAIT_PREVIOUS_ENCRYPTION_KEY": KEY})
     assert runner.invoke(app, ["encrypt", "--db", db]).exit_code == 0
