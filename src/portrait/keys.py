@@ -138,17 +138,16 @@ class KeyRing:
         api_key = self._keys.get(hash_key(key))  # a dict lookup by hash leaks nothing useful about the key
         if api_key is None:
             raise Unauthorized("unknown API key")
-        if api_key.revoked_at is not None:
-            raise Unauthorized(f"API key {api_key.id} was revoked")
-        return api_key
+        return _current(api_key)
 
     def check(self, key: str | None, kind: str) -> ApiKey:
         """For ingestion: a write key (401 for anything else, as Segment answers)."""
         if not key:
             raise Unauthorized(f"a {kind} key is required")
-        if self._keys.get(hash_key(key)) is None:
+        api_key = self._keys.get(hash_key(key))
+        if api_key is None:
             raise Unauthorized(f"unknown {kind} key")
-        api_key = self.authenticate(key)  # revoked: says so
+        _current(api_key)
         if api_key.kind != kind:  # whoever sent it holds it: saying what it is gives nothing away
             raise Unauthorized(f"key {api_key.id} is {'an' if api_key.kind == 'admin' else 'a'} {api_key.kind} key, "
                                f"for the API and the console: events are sent with a {kind} key (one per source)")
@@ -194,6 +193,13 @@ class KeyRing:
         secret, fresh = self.create(old.kind, old.name, sorted(old.scopes))
         self.revoke(key_id)
         return secret, fresh
+
+
+def _current(api_key: ApiKey) -> ApiKey:
+    """``api_key`` unless it was revoked (Unauthorized, saying so)."""
+    if api_key.revoked_at is not None:
+        raise Unauthorized(f"API key {api_key.id} was revoked")
+    return api_key
 
 
 class RateLimiter:

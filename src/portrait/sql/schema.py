@@ -529,14 +529,21 @@ INDEXED_TABLES = parse(
 _CHECKPOINT_THRESHOLD = parse("SET checkpoint_threshold = '256MB'")
 
 
+def _with_text(template: exp.Expr, text: str) -> exp.Expr:
+    """A copy of ``template`` with its first literal replaced by ``text``, quoted (a size, a path)."""
+    statement = template.copy()
+    statement.find(exp.Literal).replace(exp.Literal.string(text))  # type: ignore[union-attr]
+    return statement
+
+
 def checkpoint_threshold(megabytes: int) -> exp.Expr:
     """How large the write-ahead log may grow before DuckDB writes it into the database file.
 
     A checkpoint also rewrites every index in full (duckdb/duckdb#24848), so fewer, larger ones cost less overall
     than DuckDB's default of one per 16 MB."""
-    statement = _CHECKPOINT_THRESHOLD.copy()
-    statement.find(exp.Literal).replace(exp.Literal.string(f"{int(megabytes)}MB"))  # type: ignore[union-attr]
-    return statement
+    return _with_text(_CHECKPOINT_THRESHOLD, f"{int(megabytes)}MB")
+
+
 UTC_SESSION = parse("SET TimeZone = 'UTC'")
 # What DuckDB holds in memory (its buffer pool: cached blocks of the database, query work, the write-ahead log's
 # pending data), and the most it may hold before it evicts cached blocks and spills query work to disk.
@@ -548,9 +555,8 @@ _MEMORY_LIMIT = parse("SET memory_limit = '1MB'")
 def memory_limit(megabytes: int) -> exp.Expr:
     """The most memory DuckDB may use: to stay under it, it evicts cached blocks of the database and spills the
     work of large queries (joins, sorts, aggregates) into a temporary folder beside the database."""
-    statement = _MEMORY_LIMIT.copy()
-    statement.find(exp.Literal).replace(exp.Literal.string(f"{int(megabytes)}MB"))  # type: ignore[union-attr]
-    return statement
+    return _with_text(_MEMORY_LIMIT, f"{int(megabytes)}MB")
+
 
 # Rewriting the whole database into a fresh file (after an erasure: rows deleted from DuckDB leave their old bytes in
 # freed blocks until those are reused). Sequences, constraints and indexes come along.
@@ -574,8 +580,7 @@ _ATTACH_READ_ONLY = parse("ATTACH 'path' AS old (READ_ONLY)")
 
 def attach(path: str, alias: str, *, read_only: bool = False) -> exp.Expr:
     """``ATTACH '<path>' AS <alias>`` with the path as a quoted literal."""
-    statement = (_ATTACH_READ_ONLY if read_only else _ATTACH).copy()
-    statement.find(exp.Literal).replace(exp.Literal.string(path))  # type: ignore[union-attr]
+    statement = _with_text(_ATTACH_READ_ONLY if read_only else _ATTACH, path)
     statement.find(exp.Identifier).replace(exp.to_identifier(alias))  # type: ignore[union-attr]
     return statement
 
@@ -591,9 +596,7 @@ ENCRYPT_SPILLS = parse("SET temp_file_encryption = true")
 
 
 def temp_directory(path: str) -> exp.Expr:
-    statement = _TEMP_DIRECTORY.copy()
-    statement.find(exp.Literal).replace(exp.Literal.string(path))  # type: ignore[union-attr]
-    return statement
+    return _with_text(_TEMP_DIRECTORY, path)
 
 
 _ATTACH_ENCRYPTED = parse("ATTACH 'path' AS old (ENCRYPTION_KEY 'key')")

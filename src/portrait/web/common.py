@@ -151,8 +151,8 @@ def error_page(request: Request, console: Console, exc: PortraitError) -> Respon
 
 
 def _back(request: Request) -> str:
-    """Where the error page's Back link goes: the console page that led here, else the overview. (A
-    ``javascript:history.back()`` link is blocked by the console's Content-Security-Policy, script-src 'self'.)"""
+    """Where the error page's Back link goes when console.js has no history to go back in: the console page that
+    led here (same host only), else the overview."""
     referer = urlsplit(request.headers.get("referer", ""))
     if referer.netloc == request.url.netloc and referer.path.startswith("/") and referer.path != request.url.path:
         return urlunsplit(("", "", referer.path, referer.query, ""))
