@@ -178,3 +178,66 @@ def test_a_rebuild_ends_while_events_keep_arriving(portrait: Portrait) -> None:
     assert arrived == [50] and done["events"] == 50  # one batch: the log as it was
     portrait.process_pending()
     assert portrait.status()["lag"] == 0 and portrait.profile("user_id:u1")["events_count"] == 2
+
+
+def test_a_deprecated_calculated_attribute_keeps_its_values_through_a_rebuild(settings: Settings) -> None:
+    """Calculated values are not in the log, so a rebuild that emptied every trait lost those no longer computed
+    for good (docs/calculated.md promises a deprecated one keeps its last values). When the new rules join two
+    profiles, the joined one keeps the latest of their values."""
+    portrait = loaded(settings)
+    portrait.update_attribute("spent", {"status": "deprecated"})
+    kept = spent_values(portrait)
+    assert len(kept) > 20
+    assert portrait.rebuild_profiles()["hints_changed"] == 0
+    assert spent_values(portrait) == kept
+    card, pos = (kept[portrait.resolve_profile_id(reference)] for reference in ("user_id:u-card", "anonymous_id:pos-1"))
+    assert card[0] != pos[0] and card[1] != pos[1]  # 0 and 30, computed at different times
+    portrait.close()
+    joined = Portrait(dataclasses.replace(settings, identity_traits=(*settings.identity_traits, "member_no")),
+                      background=False)
+    joined.rebuild_profiles()
+    assert spent_values(joined)[joined.resolve_profile_id("member_no:M-1")] == max(card, pos, key=lambda v: v[1])
+    joined.close()
+
+
+def spent_values(portrait: Portrait) -> dict[str, tuple[str, object]]:
+    """profile id: (value, when computed) of the calculated attribute "spent"."""
+    session = portrait.store.session()
+    try:
+        rows = session.execute(select("profile_id", "value", "updated_at").from_("profile_traits")
+                               .where("key = 'spent'"))
+    finally:
+        session.close()
+    return {str(profile_id): (str(value), updated_at) for profile_id, value, updated_at in rows}
+
+
+def test_an_erasure_while_a_rebuild_is_cut_short_takes_the_kept_calculated_values(settings: Settings) -> None:
+    """What a rebuild keeps to put back after a crash is personal data like the rest: erased with the person."""
+    portrait = Portrait(settings, background=False)
+    portrait.create_attribute({"code": "greeting", "name": "Greeting", "definition": 'concat("Hi ", first_name)'})
+    portrait.ingest_messages([{"type": "identify", "userId": f"u{i}", "traits": {"first_name": f"Name{i}"}}
+                              for i in range(3000)])
+    portrait.process_pending()
+    portrait.recalculate()
+    portrait.update_attribute("greeting", {"status": "deprecated"})
+    assert portrait.traits("user_id:u7")["greeting"] == "Hi Name7"
+    portrait.close()
+    crash = ("import os\nfrom portrait.config import Settings\nfrom portrait.service import Portrait\n"
+             f"service = Portrait(Settings(db_path={settings.db_path!r}, processor_batch_size=1000, "
+             "processor_max_batch_size=1000), background=False)\n"
+             "service.rebuild_profiles(lambda done, total: done >= 1000 and os._exit(9))\n")
+    assert subprocess.run([sys.executable, "-c", crash], check=False).returncode == 9
+    again = Portrait(settings, background=False)
+    again.process_pending()
+    again.privacy_request({"type": "erase", "identity": "user_id:u7"}, "test", run_now=True)
+    session = again.store.session()
+    try:
+        left = session.execute(select("value").from_("rebuild_old_calculated"))
+    finally:
+        session.close()
+    assert len(left) == 2999 and '"Hi Name7"' not in {str(value) for (value,) in left}
+    again.rebuild_profiles()
+    assert again.traits("user_id:u8")["greeting"] == "Hi Name8"
+    with pytest.raises(NotFound):
+        again.traits("user_id:u7")
+    again.close()

@@ -65,7 +65,7 @@ def rebuild_profiles(session: Session, processor: Processor, identity_traits: tu
     with session.transaction():
         session.execute(q.KEEP_CREATED_AT)
         redirected = int(session.execute(q.COUNT_VANISHED)[0][0])
-        for statement in (*q.ALIAS_VANISHED, *q.DROP_SNAPSHOT):
+        for statement in (*q.ALIAS_VANISHED, q.KEEP_CALCULATED, *q.DROP_SNAPSHOT):
             session.execute(statement)
     return Rebuilt(done, hints_changed, profiles_before, int(session.execute(q.COUNT_PROFILES)[0][0]), redirected)
 

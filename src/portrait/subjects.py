@@ -33,6 +33,7 @@ from portrait.errors import BadRequest, NotFound
 from portrait.identity import identity_hash
 from portrait.spec import event_document, iso_time, utc_now
 from portrait.sql import reads
+from portrait.sql import rebuild as rebuild_q
 from portrait.sql import subjects as q
 from portrait.store import Session
 
@@ -204,6 +205,8 @@ class PrivacyRequests:
             events = int(session.execute(q.COUNT_SCOPE)[0][0])
             for statement in q.ERASE:
                 session.execute(statement)
+            if session.execute(rebuild_q.KEEPING_CALCULATED)[0][0]:  # what a rebuild cut short keeps to put back
+                session.execute(rebuild_q.ERASE_KEPT)
             for _key, kind, value in identities:
                 text, digits = _needles(kind, str(value))
                 if text:

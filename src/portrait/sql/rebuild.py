@@ -22,11 +22,15 @@ SNAPSHOT = parse_many("""
 CREATE TABLE IF NOT EXISTS rebuild_old_profiles AS
 SELECT p.profile_id, p.created_at, p.created_seq FROM profiles AS p;
 CREATE TABLE IF NOT EXISTS rebuild_old_aliases AS SELECT merged_id, profile_id FROM profile_aliases;
+CREATE TABLE IF NOT EXISTS rebuild_old_calculated AS
+SELECT t.profile_id, t.key, t.value, t.updated_at, t.seq FROM profile_traits AS t
+WHERE t.key IN (SELECT code FROM attributes WHERE calculated);
 """)
 INTERRUPTED = parse("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rebuild_old_profiles'")
 DROP_SNAPSHOT = parse_many("""
 DROP TABLE IF EXISTS rebuild_old_profiles;
 DROP TABLE IF EXISTS rebuild_old_aliases;
+DROP TABLE IF EXISTS rebuild_old_calculated;
 """)
 
 # Everything the processor derives from the log, emptied; it then starts again from the log's first event.
@@ -72,6 +76,29 @@ LEFT JOIN profile_aliases AS n ON n.merged_id = a.profile_id
 WHERE a.merged_id NOT IN (SELECT profile_id FROM profiles)
   AND a.merged_id NOT IN (SELECT merged_id FROM profile_aliases)
   AND coalesce(p.profile_id, n.profile_id) IS NOT NULL;
+""")
+# Calculated values are not in the log: the processor cannot derive them again. Each goes back to the profile now
+# holding its old profile (when the new rules joined several, the latest value, at equal times the one the profile
+# keeping its id had); the active definitions are computed
+# again in the recount after the rebuild, while a deprecated one -- no longer computed -- keeps its last values, as
+# it does through a recheck (docs/calculated.md). Run after ALIAS_VANISHED, which says where vanished ids went.
+KEEP_CALCULATED = parse("""
+INSERT INTO profile_traits (profile_id, key, value, updated_at, seq)
+SELECT k.owner, k.key, arg_max(k.value, (k.updated_at, k.own)), max(k.updated_at), arg_max(k.seq, (k.updated_at, k.own))
+FROM (SELECT coalesce(p.profile_id, a.profile_id) AS owner, o.profile_id = coalesce(p.profile_id, a.profile_id) AS own,
+             o.key, o.value, o.updated_at, o.seq
+      FROM rebuild_old_calculated AS o
+      LEFT JOIN profiles AS p ON p.profile_id = o.profile_id
+      LEFT JOIN profile_aliases AS a ON a.merged_id = o.profile_id) AS k
+WHERE k.owner IS NOT NULL AND k.key IN (SELECT code FROM attributes WHERE calculated)
+  AND NOT EXISTS (SELECT 1 FROM profile_traits AS t WHERE t.profile_id = k.owner AND t.key = k.key)
+GROUP BY k.owner, k.key
+""")
+
+# An erasure while a rebuild is cut short: the person's kept calculated values go too (they may be personal).
+KEEPING_CALCULATED = parse("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rebuild_old_calculated'")
+ERASE_KEPT = parse("""
+DELETE FROM rebuild_old_calculated WHERE profile_id IN (SELECT profile_id FROM erase_profiles)
 """)
 COUNT_VANISHED = parse("""
 SELECT count(*) FROM rebuild_old_profiles WHERE profile_id NOT IN (SELECT profile_id FROM profiles)
