@@ -248,6 +248,25 @@ def test_ctrl_c_during_a_long_load_says_what_is_kept_and_the_database_stays_whol
     assert 0 < status["events_received"] == status["events_processed"]  # whole batches, all processed
 
 
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in the second or two the CLI spends importing DuckDB, pyarrow and FastAPI printed a traceback of
+    whichever module was loading. The signal is sent once the interpreter runs our code (it has loaded DuckDB's
+    library) and before the command could start (it would create the database)."""
+    db = tmp_path / "never.duckdb"
+    starting = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "10", "--db", str(db)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    maps = Path(f"/proc/{starting.pid}/maps")
+    deadline = time.monotonic() + 30
+    while "duckdb" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    starting.send_signal(signal.SIGINT)
+    _, stderr = starting.communicate(timeout=30)
+    assert not db.exists(), "sent too late to test the start: the command had begun"
+    assert starting.returncode == 130, stderr
+    assert stderr.strip() == "Interrupted while starting: nothing was done."
+
+
 @pytest.mark.parametrize(("content", "says"), [
     (b"PAR1" + bytes(range(256)) * 8 + b"PAR1", "it is Parquet: pass --format parquet"),
     ("id,mail\n1,ann@example.com\n".encode("utf-16"), "it is UTF-16"),  # Excel's "Unicode text"

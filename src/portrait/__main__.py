@@ -1,5 +1,18 @@
-"""``python -m portrait`` runs the CLI."""
+"""``python -m portrait`` and the ``portrait`` command: the CLI."""
 
-from portrait.cli import app
+import sys
 
-app()
+
+def main() -> None:
+    """Run the CLI. Its imports (DuckDB, pyarrow, FastAPI...) take a second or two before click handles Ctrl-C:
+    pressed then, it printed a long traceback of whichever module was loading."""
+    try:
+        from portrait.cli import app
+    except KeyboardInterrupt:
+        print("Interrupted while starting: nothing was done.", file=sys.stderr)
+        raise SystemExit(130) from None
+    app()
+
+
+if __name__ == "__main__":
+    main()

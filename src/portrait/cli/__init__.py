@@ -1,4 +1,5 @@
-"""The ``portrait`` command. Parses arguments, calls the service (or a running server), prints.
+"""The ``portrait`` command (started by :func:`portrait.__main__.main`). Parses arguments, calls the service (or a
+running server), prints.
 Commands live in small modules by area; importing them registers them on :data:`app`.
 """
 
@@ -16,10 +17,6 @@ from portrait.cli import (  # noqa: F401  (registers the commands)
 )
 from portrait.cli.common import app, reflow_help
 
-__all__ = ["app", "main"]
+__all__ = ["app"]
 
 reflow_help(app)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()

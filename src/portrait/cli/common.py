@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from portrait import __version__
 from portrait.client import RemotePortrait, running_server_url
 from portrait.config import Settings, load_settings
 from portrait.errors import DatabaseInUse, NotFound, PortraitError
@@ -23,6 +24,20 @@ from portrait.untrusted import with_code_points
 
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"portrait {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Options of the command itself (before any subcommand)."""
+
+
 profiles_app = typer.Typer(help="Look up unified customer profiles.", no_args_is_help=True)
 events_app = typer.Typer(help="Inspect the event log.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
