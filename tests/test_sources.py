@@ -385,6 +385,11 @@ def test_urls_are_shown_without_passwords() -> None:
     assert redact("postgresql://u:pw@h:99999/crm") == "postgresql://u:***@h:99999/crm"
     assert scrub("auth failed for pa#ss (pa%23ss)", "postgresql://r2@h/crm?password=pa%23ss") == (
         "auth failed for *** (***)")
+    # A short password is also a piece of words: only where it stands whole is it a password (psycopg's message).
+    failed = ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed for '
+              'user "crm"')
+    assert scrub(failed, "postgresql://crm:a@127.0.0.1:5432/crm") == failed
+    assert scrub("bad password 'pw' given (pw)", "postgresql://crm:pw@h/crm") == "bad password '***' given (***)"
 
 
 @pytest.mark.parametrize("query", ["SELECT id FROM t;", "SELECT id FROM t; -- the CRM's customers",

@@ -86,9 +86,11 @@ def _secrets(url: str) -> set[str]:
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` (an error message) without the URL's passwords, in case a driver quoted them."""
+    """``text`` (an error message) without the URL's passwords, in case a driver quoted them. Only where one stands
+    as a whole (no letter or digit glued to either end): a short password ("pw", "a") is also a piece of ordinary
+    words, and replacing it everywhere made the message unreadable ("connection to server ***t ...")."""
     for secret in sorted(_secrets(url), key=len, reverse=True):
-        text = text.replace(secret, "***")
+        text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
     return text
 
 
