@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 
 from portrait.web.charts import short
@@ -264,9 +264,10 @@ def test_invisible_characters_in_names_and_identifiers_are_shown_not_obeyed(watc
 def test_marked_characters_leave_the_rest_of_the_value_escaped() -> None:
     from portrait.web.common import visible
 
-    assert visible("<b>\u202e</b>\x00") == ('&lt;b&gt;<span class="char" title="an invisible character">U+202E</span>'
-                                           '&lt;/b&gt;<span class="char" title="an invisible character">U+0000</span>')
-    assert visible("Zoë <i>\ttab") == "Zoë <i>\ttab"  # nothing to mark: the template escapes it as any text
+    assert visible("<b>\u202e</b>\x00") == (
+        '<bdi>&lt;b&gt;<span class="char" title="an invisible character">U+202E</span>'
+        '&lt;/b&gt;<span class="char" title="an invisible character">U+0000</span></bdi>')
+    assert visible("Zoë <i>\ttab") == "<bdi>Zoë &lt;i&gt;\ttab</bdi>"  # nothing to mark, escaped as any text
     assert visible(42) == 42
 
 
@@ -296,3 +297,43 @@ def test_the_api_docs_page_runs_no_inline_script(browser: Browser, shop: Server)
     assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
     assert watched.alarms == []
     context.close()
+
+
+# Where on the screen a text starts: the left edge of the first character of ``text`` inside the element.
+LEFT_OF = """(element, text) => {
+    const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const at = node.data.indexOf(text);
+        if (at >= 0) { const r = document.createRange(); r.setStart(node, at); r.setEnd(node, at + 1);
+                       return r.getBoundingClientRect().left; }
+    }
+    return null;
+}"""
+
+
+def _left_of(element: Locator, text: str) -> float:
+    found = element.evaluate(LEFT_OF, text)
+    assert found is not None, f"{text!r} is not in {element.inner_text()!r}"
+    return float(found)
+
+
+def test_right_to_left_names_keep_the_text_after_them_in_place(watched: Watched, shop: Server) -> None:
+    """A Hebrew or Arabic name is no trick, but without isolation the bidirectional algorithm pulled the digits
+    after it into its right-to-left run: in the live list an order "הזמנה" by user 42 read "42 הזמנה", the user id
+    first; a profile id starting with digits jumped to the left of its customer's name. Each value is isolated."""
+    watched.visit("/events")
+    live = watched.page.locator("#live")
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "track", "userId": "42", "event": "הזמנה", "properties": {}}]}).status_code == 200
+        line = live.locator("li", has_text="הזמנה").locator("summary")
+        expect(line).to_have_count(1, timeout=15_000)
+        assert _left_of(line, "הזמנה") < _left_of(line, "42")
+        users = [f"rtl-{n}" for n in range(12)]
+        assert sdk.post("/v1/batch", json={"batch": [
+            {"type": "identify", "userId": user, "traits": {"name": "שרה כהן"}} for user in users]}).status_code == 200
+    shop.wait_caught_up()
+    profile_id = next(pid for pid in map(lambda user: _profile_id(shop, user), users) if pid[:2].isdigit())
+    watched.visit(f"/customers/{profile_id}")
+    heading = watched.page.locator("[data-test=customer]")
+    assert _left_of(heading, "שרה") < _left_of(heading, profile_id[:2])

@@ -47,13 +47,18 @@ def json_text(value: Any) -> str:
 def visible(value: Any) -> Any:
     """A value for the page's text, each invisible character in it (:mod:`portrait.untrusted`) shown as its code
     point (``U+202E``, marked, not obeyed): names, identifiers and event names sit inline, next to other text they
-    could turn around or look the same as. Not for form fields (what is typed is sent back as it is)."""
-    if not isinstance(value, str) or not INVISIBLE.search(value):
+    could turn around or look the same as. Text is isolated in a ``<bdi>``: a right-to-left name (Hebrew, Arabic)
+    would otherwise pull the digits after it -- a profile id, a count -- into its run. Not for form fields (what
+    is typed is sent back as it is)."""
+    if not isinstance(value, str):
         return value
+    if not INVISIBLE.search(value):
+        return Markup("<bdi>{}</bdi>").format(value)
     parts = INVISIBLE.split(value)
     marks = [Markup('<span class="char" title="an invisible character">{}</span>').format(code_point(found))
              for found in INVISIBLE.findall(value)]
-    return Markup("").join(item for pair in zip(parts, [*marks, ""], strict=True) for item in pair)
+    shown = Markup("").join(item for pair in zip(parts, [*marks, ""], strict=True) for item in pair)
+    return Markup("<bdi>{}</bdi>").format(shown)
 
 
 TEMPLATES.env.filters["shown"] = shown

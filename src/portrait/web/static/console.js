@@ -34,6 +34,13 @@
     });
   }
 
+  // A sender's text in its own <bdi>: a right-to-left name does not pull the digits or marks after it into its run.
+  function isolated(text) {
+    var element = document.createElement("bdi");
+    element.textContent = visible(text);
+    return element;
+  }
+
   // -- segment builder ----------------------------------------------------------------------------------------
   var condition = document.getElementById("condition");
   var preview = document.getElementById("preview");
@@ -107,8 +114,8 @@
             var item = document.createElement("li");
             var details = document.createElement("details");
             var summary = document.createElement("summary");
-            summary.textContent = e.timestamp + "  " + visible(e.event || e.type) + "  " +
-                                  visible(e.user_id || e.anonymous_id || "");
+            summary.append(e.timestamp + "  ", isolated(e.event || e.type), "  ",
+                           isolated(e.user_id || e.anonymous_id || ""));
             var pre = document.createElement("pre");
             pre.textContent = jsonText({properties: e.properties, traits: e.traits});
             details.appendChild(summary); details.appendChild(pre); item.appendChild(details);
