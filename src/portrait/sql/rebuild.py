@@ -79,9 +79,9 @@ WHERE a.merged_id NOT IN (SELECT profile_id FROM profiles)
 """)
 # Calculated values are not in the log: the processor cannot derive them again. Each goes back to the profile now
 # holding its old profile (when the new rules joined several, the latest value, at equal times the one the profile
-# keeping its id had); the active definitions are computed
-# again in the recount after the rebuild, while a deprecated one -- no longer computed -- keeps its last values, as
-# it does through a recheck (docs/calculated.md). Run after ALIAS_VANISHED, which says where vanished ids went.
+# keeping its id had); the active definitions are computed again in the recount after the rebuild, while a
+# deprecated one -- no longer computed -- keeps its last values, as it does through a recheck (docs/calculated.md).
+# Run after ALIAS_VANISHED, which says where vanished ids went.
 KEEP_CALCULATED = parse("""
 INSERT INTO profile_traits (profile_id, key, value, updated_at, seq)
 SELECT k.owner, k.key, arg_max(k.value, (k.updated_at, k.own)), max(k.updated_at), arg_max(k.seq, (k.updated_at, k.own))
