@@ -203,3 +203,94 @@ def test_the_api_doc_examples_have_the_fields_of_real_answers(portrait: Any) -> 
                 if isinstance(value, list) and value and isinstance(value[0], dict):
                     assert real[field], (heading, field)
                     assert set(value[0]) == set(real[field][0]), (heading, field)
+
+
+def served_routes(routes: Any) -> Iterator[Any]:
+    """Every route the app answers, the routers' included in theirs (FastAPI >= 0.165 nests them)."""
+    for route in routes:
+        included = getattr(route, "effective_route_contexts", None)
+        if included is not None:
+            yield from served_routes(included())
+        else:
+            yield route
+
+
+def served_paths(settings: Settings) -> set[tuple[str, str, str]]:
+    """(method, path, module of the handler) for every route of the whole app, the console's and /v1's too."""
+    from fastapi import FastAPI
+
+    from portrait.api import create_app
+
+    app: Any = create_app(settings)
+    while not isinstance(app, FastAPI):  # the ingestion fast path and the JSON-body reader wrap it
+        app = app.app
+    try:
+        return {(method, route.path, getattr(route.endpoint, "__module__", "")) for route in served_routes(app.routes)
+                if getattr(route, "methods", None) for method in route.methods}
+    finally:
+        app.state.portrait.close()  # the app opened the database; no lifespan runs here to close it
+
+
+def test_the_ingestion_doc_names_every_v1_path_and_only_served_ones(settings: Settings) -> None:
+    served = {(method, path) for method, path, _ in served_paths(settings) if path.startswith("/v1")}
+    table = (DOCS / "ingestion.md").read_text().split("## Endpoints", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(?:POST )?(/v1/[a-z]+)`", table))
+    assert {path for method, path in served if method == "POST" and not path.endswith("/")} == documented
+    for path in documented:  # each answers POST and a CORS preflight, also with a trailing slash, as the page says
+        assert {("POST", path), ("OPTIONS", path), ("POST", path + "/"), ("OPTIONS", path + "/")} <= served, path
+
+
+def test_every_other_path_the_server_answers_is_documented(settings: Settings) -> None:
+    """Outside /api and /v1 (checked above): the console's pages are in console.md's table, and the rest — health,
+    OpenAPI, the docs page — in api.md. Static files and the console's own JSON calls (made by console.js, not a
+    public API) are left out."""
+    routes = {(method, path, module) for method, path, module in served_paths(settings)
+              if not path.startswith(("/api/", "/v1", "/static/", "/console/api/")) and method != "HEAD"}
+    console_table = (DOCS / "console.md").read_text().split("## Pages", 1)[1].split("\n## ", 1)[0]
+    console_pages = set(re.findall(r"^\| [^|`]+`(/[a-z]*)`", console_table, re.MULTILINE))
+    console_gets = {path for method, path, module in routes if module.startswith("portrait.web") and method == "GET"}
+    assert console_pages and console_pages <= console_gets, console_pages - console_gets
+    others = {(method, path) for method, path, module in routes
+              if not module.startswith("portrait.web") and not path.endswith(".js")}  # the docs page's script
+    api_doc = (DOCS / "api.md").read_text()
+    assert {(method, path) for method, path in others if f"`{method} {path}`" not in api_doc} == set()
+
+
+def documented_command_lines() -> Iterator[tuple[str, str, bool]]:
+    """(page, command line, whole) for every `portrait ...` in README.md and docs/: the lines of shell examples
+    (whole commands, run as written) and inline code (often a fragment: `portrait segments create --file`)."""
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = page.read_text()
+        for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^\S*portrait\b", "portrait", line.strip())
+                if line.startswith("portrait "):
+                    yield page.name, line.split(" #")[0], True
+        for span in re.findall(r"`((?:\.venv/bin/)?portrait [^`]+)`", text):
+            yield page.name, re.sub(r"^\S*portrait", "portrait", span), False
+
+
+def test_every_documented_command_line_names_real_commands_and_options() -> None:
+    import shlex
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for page, line, whole in documented_command_lines():
+        words = shlex.split(line)[1:]
+        command: Any = root
+        while words and words[0] in getattr(command, "commands", {}):  # typer's groups (its own click) have them
+            command = command.commands[words.pop(0)]
+        if getattr(command, "commands", None):  # `portrait attributes list|show` or `portrait analytics ...`
+            fragment = not words or "|" in words[0] or words[0] in ("...", "…", "--help")
+            assert fragment, f"{page}: {line}: no such command"
+            continue
+        options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        unknown = [word for word in words if word.startswith("--") and word.split("=")[0] not in options]
+        assert not unknown, f"{page}: {line}: the command has no {unknown}"
+        if whole:  # a shell example is parsed as the command line would be: arguments, values, choices
+            try:
+                command.make_context("portrait", words)
+            except Exception as error:  # typer's click: a usage error, so the example would not run as written
+                pytest.fail(f"{page}: {line}: {error}")
+        checked += 1
+    assert checked >= 100
