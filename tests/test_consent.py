@@ -165,6 +165,25 @@ def test_exports_for_a_purpose_leave_out_who_did_not_grant_it(portrait: Portrait
     assert db_report["rows"] == 2 and sorted(r["user_id"] for r in pq.read_table(out).to_pylist()) == ["silent", "yes"]
 
 
+def test_recording_consent_answers_in_the_names_reading_it_uses(portrait: Portrait) -> None:
+    """The answer of POST .../consent names the legal basis as GET .../consent does (legal_basis), not as the
+    Consent Updated event carries it (Segment's legalBasis): a client reads both answers with the same code."""
+    portrait.ingest_messages([{"type": "identify", "userId": "u1"}])
+    portrait.process_pending()
+    with TestClient(create_app(portrait=portrait)) as client:
+        sent = {"email": "granted", "sms": {"status": "denied", "legal_basis": "consent"},
+                "push": {"status": "granted", "legalBasis": "contract"}}
+        recorded = client.post("/api/profiles/user_id:u1/consent", headers=ADMIN, json=sent)
+        assert recorded.status_code == 200, recorded.text
+        assert recorded.json()["recorded"] == {"email": {"status": "granted"},
+                                               "sms": {"status": "denied", "legal_basis": "consent"},
+                                               "push": {"status": "granted", "legal_basis": "contract"}}
+        portrait.process_pending()
+        read = client.get("/api/profiles/user_id:u1/consent", headers=ADMIN).json()["consents"]
+        assert {purpose: read[purpose]["legal_basis"] for purpose in sent} == {
+            "email": None, "sms": "consent", "push": "contract"}
+
+
 def test_the_cli_shows_and_records_consent(tmp_path: Path) -> None:
     db = str(tmp_path / "c.duckdb")
     service = Portrait(Settings(db_path=db), background=False)

@@ -408,7 +408,7 @@ class Portrait:
         chunk = next(self.import_messages([[message]], f"{source}:consent"))
         if chunk.rejected:
             raise BadRequest(chunk.rejected[0][1].reason, code=chunk.rejected[0][1].code)
-        return {"profile_id": profile_id, "recorded": consent}
+        return {"profile_id": profile_id, "recorded": _consent_answer(consent)}
 
     def import_messages(self, chunks: Iterable[list[Any]], source: str, *, dry_run: bool = False
                         ) -> Iterator[ImportChunk]:
@@ -1026,6 +1026,14 @@ def _consent_statements(statements: Any) -> dict[str, Any]:
             raise BadRequest(f"legal_basis is one of {', '.join(LEGAL_BASES)}", code="invalid_consent")
         out[purpose] = {"status": status, **({"legalBasis": basis} if basis else {})}
     return out
+
+
+def _consent_answer(consent: dict[str, Any]) -> dict[str, Any]:
+    """Statements as the API reads them back (``legal_basis``), not as the event carries them (Segment's
+    ``legalBasis``): the answer of recording consent and of reading it use the same names."""
+    return {purpose: {"status": detail["status"], **({"legal_basis": detail["legalBasis"]}
+                                                      if "legalBasis" in detail else {})}
+            for purpose, detail in consent.items()}
 
 
 def _encode_cursor(timestamp: datetime, seq: int) -> str:
