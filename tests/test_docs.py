@@ -294,3 +294,27 @@ def test_every_documented_command_line_names_real_commands_and_options() -> None
                 pytest.fail(f"{page}: {line}: {error}")
         checked += 1
     assert checked >= 100
+
+
+def test_the_export_report_header_has_the_documented_fields(portrait: Any) -> None:
+    from fastapi.testclient import TestClient
+    from tests.conftest import ADMIN_KEY
+
+    from portrait.api import create_app
+
+    text = (DOCS / "api.md").read_text()
+    sentence = re.search(r"The `X-Portrait-Export` header carries the report as JSON: (.+?)\.\n", text, re.DOTALL)
+    assert sentence is not None
+    documented = set(re.findall(r"`([a-z_]+)`", re.sub(r"\(.*?\)", "", sentence.group(1), flags=re.DOTALL)))
+    portrait.ingest_messages([{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}])
+    portrait.process_pending()
+    with TestClient(create_app(portrait=portrait)) as client:
+        answer = client.get("/api/exports/profiles", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert documented == set(json.loads(answer.headers["X-Portrait-Export"]))
+
+
+def test_the_funnel_pages_give_its_number_of_steps() -> None:
+    from portrait.analytics import MAX_STEPS
+
+    for page in ("api.md", "cli.md"):  # a funnel of one step, or of eleven, is refused: the pages say so
+        assert f"2 to {MAX_STEPS} steps" in (DOCS / page).read_text(), page
