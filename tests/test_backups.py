@@ -150,10 +150,36 @@ def test_a_restore_is_refused_while_a_server_holds_the_database(tmp_path: Path) 
     try:
         result = runner.invoke(app, ["restore", made["path"], "--db", str(db), "--yes"])
         assert result.exit_code == 1
+        assert f"held by the server at {server.url}. Stop the server before restoring a backup into it." in " ".join(
+            result.output.split())
+        Path(f"{db}.server.json").unlink()  # a holder the CLI cannot name: the database's lock still stops it
+        result = runner.invoke(app, ["restore", made["path"], "--db", str(db), "--yes"])
+        assert result.exit_code == 1
         assert "writer). Stop the server before restoring a backup into it." in " ".join(result.output.split())
     finally:
         server.stop()
     assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))
+
+
+def test_a_restore_that_cannot_happen_says_so_before_asking_to_confirm_it(tmp_path: Path) -> None:
+    """No "Replace ...? [y/N]" for a restore bound to fail: a backup that is not there, a server still running."""
+    db = tmp_path / "live.duckdb"
+    service = _open(db)
+    made = service.backups.make()
+    service.close()
+    missing = runner.invoke(app, ["restore", str(tmp_path / "nosuch.duckdb"), "--db", str(db)], input="")
+    assert missing.exit_code == 1 and "Replace" not in missing.output
+    assert f"error: there is no backup at {tmp_path / 'nosuch.duckdb'}" in " ".join(missing.output.split())
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        held = runner.invoke(app, ["restore", made["path"], "--db", str(db)], input="")
+    finally:
+        server.stop()
+    assert held.exit_code == 1 and "Replace" not in held.output, held.output
+    assert "Stop the server before restoring a backup into it." in " ".join(held.output.split())
+    asked = runner.invoke(app, ["restore", made["path"], "--db", str(db)], input="n\n")  # stopped: it asks
+    assert asked.exit_code == 1 and "Replace" in asked.output and "Aborted" in asked.output
+    assert not list(tmp_path.glob("*.before-restore*"))
 
 
 def test_a_file_that_is_not_a_backup_is_refused_and_the_database_left_alone(tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ def running_server_url(db_path: str) -> str | None:
     return url if isinstance(url, str) else None
 
 
+def server_answers(url: str) -> bool:
+    """Whether a Portrait server answers its health check at ``url`` (a ``<db>.server.json`` a killed server left
+    names a server that does not)."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def profile_path(reference: str, *parts: str) -> str:
     """``/api/profiles/<reference>[/part...]`` with the reference percent-encoded: an identifier may hold ``#``,
     ``?``, ``%`` or ``/``, which would otherwise end or split the path."""

@@ -21,7 +21,9 @@ from portrait.cli.common import (
     app,
     console,
 )
-from portrait.errors import PortraitError
+from portrait.client import running_server_url, server_answers
+from portrait.config import Settings
+from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import restore_backup
 
 
@@ -91,6 +93,9 @@ def restore(
     portrait restore backups/portrait-20261124T011502.123Z.duckdb --db portrait.duckdb
     """
     settings = _settings(db)
+    refusal = _bound_to_fail(settings, file)
+    if refusal is not None:
+        raise _fail(refusal)
     if not yes:
         typer.confirm(f"Replace {Path(settings.db_path).expanduser().resolve()} with the backup "
                       f"{file.expanduser().resolve()}? (the current database is kept beside it)", abort=True)
@@ -106,6 +111,18 @@ def restore(
     if done["previous"]:
         console.print(f"The database it replaced is kept as {done['previous']}; delete it once you no longer "
                       "need it.")
+
+
+def _bound_to_fail(settings: Settings, file: Path) -> PortraitError | None:
+    """What stops a restore for sure, said before asking to confirm it rather than after a "y": a backup that is
+    not there, a server that holds the database. (restore_backup checks both again, and the database's lock.)"""
+    if not file.expanduser().is_file():
+        return NotFound(f"there is no backup at {file.expanduser().resolve()}")
+    server = running_server_url(settings.db_path)
+    if server is not None and server_answers(server):
+        return DatabaseInUse(f"the database {Path(settings.db_path).expanduser().resolve()} is held by the server "
+                             f"at {server}. Stop the server before restoring a backup into it.")
+    return None
 
 
 def _encrypted(value: bool | None) -> str:
