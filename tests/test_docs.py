@@ -48,6 +48,34 @@ def test_a_setting_out_of_range_names_its_variable() -> None:
         load_settings({"PORTRAIT_PORT": "99999"})
 
 
+@pytest.mark.parametrize(("variable", "value", "refusal"), [
+    ("PORTRAIT_RATE_LIMIT", "-1", "rate_limit must be 0 or more (0: no limit), not -1"),
+    ("PORTRAIT_RETENTION_DAYS", "-7", "retention_days must be 0 or more (0: keep events forever), not -7"),
+    ("PORTRAIT_MAX_BATCH_BYTES", "0", "max_batch_bytes must be at least 1, not 0"),
+    ("PORTRAIT_BODY_TIMEOUT_SECONDS", "0", "body_timeout_seconds must be at least 1, not 0"),
+    ("PORTRAIT_CHECKPOINT_WAL_MB", "-5", "checkpoint_wal_mb must be at least 1, not -5"),
+    ("PORTRAIT_DEFAULT_PHONE_REGION", "XX", "default_phone_region must be a region code such as US, PL or GB "
+                                            "(ISO 3166 alpha-2), not 'XX'"),
+])
+def test_a_setting_that_makes_no_sense_is_refused_by_name(variable: str, value: str, refusal: str) -> None:
+    """A number out of its range, or a region phonenumbers does not know, would otherwise start a server that
+    refuses every batch, or one where no local phone number is ever an identifier, without a word."""
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{variable}={value}: {refusal}')}$"):
+        load_settings({variable: value})
+
+
+def test_the_phone_region_is_read_in_any_case() -> None:
+    assert load_settings({"PORTRAIT_DEFAULT_PHONE_REGION": "pl"}).default_phone_region == "PL"
+
+
+def test_the_settings_doc_says_what_0_means_for_exactly_the_settings_that_take_it() -> None:
+    from portrait.config import ZERO_MEANS
+
+    rows = re.findall(r"^\| `PORTRAIT_([A-Z_]+)` \| .+? \| (.+) \|$", (DOCS / "settings.md").read_text(), re.MULTILINE)
+    documented = {name.lower() for name, meaning in rows if re.search(r"`0`", meaning)}
+    assert documented == set(ZERO_MEANS)
+
+
 def commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     subcommands = getattr(group, "commands", None)
     if subcommands:

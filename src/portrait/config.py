@@ -11,8 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import phonenumbers
+
 DEFAULT_BLOCKED_VALUES = ("null", "undefined", "none", "nil", "0", "-1", "test@test.com", "test@example.com", "unknown")
 DEFAULT_PRIORITY = ("user_id", "email", "phone")
+# The whole-number settings for which 0 means something (docs/settings.md says what); every other one is at least 1
+# (the port has its own range): 0 there would start a server that refuses every batch or never lets a body arrive.
+ZERO_MEANS = {"retention_days": "keep events forever", "rate_limit": "no limit",
+              "processor_interval_ms": "process every commit at once", "ingest_pending_mb": "no bound",
+              "memory_limit_mb": "the database's default", "backup_hours": "only when asked",
+              "backup_keep": "keep all"}
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,6 @@ class Settings:
             raise ValueError(f"port must be from 1 to 65535, not {self.port}")
         if self.unknown_traits not in ("infer", "strict"):
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
-        if self.source_poll_seconds < 1 or self.source_chunk_rows < 1:
-            raise ValueError("source_poll_seconds and source_chunk_rows must be at least 1")
         for proxy in self.trusted_proxies:
             if proxy != "*":
                 try:
@@ -114,17 +120,27 @@ class Settings:
                 except ValueError:  # uvicorn would trust no one for it, silently
                     raise ValueError(f"trusted_proxies: {proxy!r} is not an address or a network (e.g. 10.0.0.0/8)"
                                      ) from None
-        if self.memory_limit_mb < 0:
-            raise ValueError(f"memory_limit_mb must be 0 (the database's default) or more, not {self.memory_limit_mb}")
-        if self.backup_hours < 0 or self.backup_keep < 0:
-            raise ValueError("backup_hours and backup_keep must be 0 or more")
-        if self.processor_batch_size < 1 or self.processor_max_batch_size < 1:
-            raise ValueError("processor_batch_size and processor_max_batch_size must be at least 1")
+        region = self.default_phone_region.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:  # phonenumbers would refuse every local number silently
+            raise ValueError(f"default_phone_region must be a region code such as US, PL or GB (ISO 3166 alpha-2), "
+                             f"not {self.default_phone_region!r}")
+        object.__setattr__(self, "default_phone_region", region)  # "pl" is PL: phonenumbers knows upper case only
         if not 1 <= self.max_json_depth <= 100:  # well under spec.CUT_DEPTH, where nesting is cut off when read
             raise ValueError(f"max_json_depth must be from 1 to 100, not {self.max_json_depth}")
         too_low = sorted(kind for kind, limit in self.identity_limits.items() if limit < 1)
         if too_low or self.identity_default_limit < 1:  # a profile holds at least the identifier that made it
             raise ValueError(f"identity limits must be at least 1 (not for {', '.join(too_low) or 'the default'})")
+        self._check_whole_numbers()
+
+    def _check_whole_numbers(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "port" or type(value) is not int:
+                continue
+            if item.name in ZERO_MEANS and value < 0:
+                raise ValueError(f"{item.name} must be 0 or more (0: {ZERO_MEANS[item.name]}), not {value}")
+            if item.name not in ZERO_MEANS and value < 1:
+                raise ValueError(f"{item.name} must be at least 1, not {value}")
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""
