@@ -346,3 +346,23 @@ def test_the_funnel_pages_give_its_number_of_steps() -> None:
 
     for page in ("api.md", "cli.md"):  # a funnel of one step, or of eleven, is refused: the pages say so
         assert f"2 to {MAX_STEPS} steps" in (DOCS / page).read_text(), page
+
+
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_finds_its_page_and_heading() -> None:
+    pages = {page.name: page.read_text() for page in [DOCS.parent / "README.md", *DOCS.glob("*.md")]}
+    prose = {name: re.sub(r"```.*?```", "", text, flags=re.DOTALL) for name, text in pages.items()}  # no # comments
+    anchors = {name: {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+               for name, text in prose.items()}
+    links = 0
+    for name, text in pages.items():
+        for target, anchor in re.findall(r"\]\((?:docs/)?([a-z]+\.md)?(?:#([^)]+))?\)", text):
+            page = target or name
+            assert page in pages, f"{name} links to {page}, which does not exist"
+            assert not anchor or anchor in anchors[page], f"{name} links to {page}#{anchor}: no such heading"
+            links += 1
+    assert links >= 50
