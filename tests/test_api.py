@@ -578,3 +578,18 @@ def test_api_bodies_are_read_as_json_whatever_their_label(client: TestClient, po
     assert preview.status_code == 200 and preview.json()["count"] == 1, preview.text
     broken = client.post("/api/segments/preview", content=b"condition=email", headers=headers)
     assert broken.status_code == 400 and broken.json()["code"] == "invalid_request"
+
+
+def test_a_profile_not_built_yet_is_a_404_that_says_events_are_still_being_processed(
+        client: TestClient, portrait: Portrait) -> None:
+    """The README sends events and looks the customer up at once: the 200 means stored, the profile follows a
+    moment later. A 404 in that moment says so, rather than that no such customer exists."""
+    post(client, "/v1/identify", {"userId": "42", "traits": {"email": "ann@example.com"}})
+    early = client.get("/api/profiles/email:ann@example.com", headers=ADMIN)
+    assert early.status_code == 404
+    assert early.json()["message"] == ("no profile has the identity email:ann@example.com yet: 1 event received is "
+                                       "still being processed (GET /api/status: lag); try again in a moment")
+    portrait.process_pending()
+    assert client.get("/api/profiles/email:ann@example.com", headers=ADMIN).status_code == 200
+    unknown = client.get("/api/profiles/email:bob@example.com", headers=ADMIN)  # nothing pending: plainly unknown
+    assert unknown.json()["message"] == "no profile has the identity email:bob@example.com"

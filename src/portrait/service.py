@@ -744,8 +744,19 @@ class Portrait:
             # an identifier stored before a rule change, found as the profile shows it (see _stored_key)
             rows = session.execute(reads.PROFILE_BY_IDENTITY, [stored])
         if not rows:
-            raise NotFound(f"no profile has the identity {reference}")
+            raise NotFound(f"no profile has the identity {reference}{self._still_processing()}")
         return str(rows[0][0])
+
+    def _still_processing(self) -> str:
+        """What to add to "no profile has the identity ..." while events wait for the processor: a lookup right
+        after sending (the README's first steps) comes before the profile, which is built a moment after the 200."""
+        counters = dict(self._reads.execute(sql.GET_COUNTERS))
+        waiting = (int(counters.get("events_received", 0)) - int(counters.get("events_processed", 0))
+                   + self.writer.queued_events)
+        if waiting <= 0:
+            return ""
+        events = "1 event received is" if waiting == 1 else f"{waiting:,} events received are"
+        return f" yet: {events} still being processed (GET /api/status: lag); try again in a moment"
 
     @staticmethod
     def _stored_key(reference: str) -> str:
