@@ -125,6 +125,27 @@ def test_json_array_and_parquet_files(tmp_path: Path) -> None:
     service.close()
 
 
+def test_a_parquet_file_whose_first_row_has_no_value_in_a_mapped_column_imports(tmp_path: Path) -> None:
+    """An export of profiles imports back with --user-id user_id (docs/cli.md) even when its first profile is an
+    anonymous one: the mapping was checked against the first row's values, which leave out nulls, so the file was
+    refused with "the file has no column 'user_id'" while its schema has it. That row alone is rejected now."""
+    parquet = tmp_path / "profiles.parquet"
+    pq.write_table(pa.table({"profile_id": ["p1", "p2"], "user_id": [None, "u2"], "plan": ["free", "pro"]}), parquet)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "profiles", str(parquet), "--user-id", "user_id", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "stored 1" in result.output and "missing_identity: 1" in result.output, result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    try:
+        service.process_pending()
+        assert service.traits("user_id:u2") == {"plan": "pro"}
+    finally:
+        service.close()
+    missing = runner.invoke(app, ["import", "profiles", str(parquet), "--user-id", "customer", "--db", db])
+    assert missing.exit_code == 1  # a column the file really lacks is named, with the file's columns
+    assert "the file has no column 'customer'; it has plan, profile_id, user_id" in " ".join(missing.output.split())
+
+
 @pytest.mark.parametrize(("name", "args", "message"), [
     ("events.xlsx", [], "cannot tell the format"),
     ("events.csv", [], "a CSV file holds rows, not messages"),

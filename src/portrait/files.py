@@ -72,7 +72,9 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     ids = MessageIds()
     times = file_format == "parquet" and any(_has_times(f.type) for f in pq.ParquetFile(path).schema_arrow)
     if mapping is not None:
-        rows = _mapped(rows, mapping, ids, _parquet_before if times else None)
+        # A Parquet file's schema names every column; a row read from it leaves out those it has no value in
+        columns = pq.ParquetFile(path).schema_arrow.names if file_format == "parquet" else None
+        rows = _mapped(rows, mapping, ids, _parquet_before if times else None, columns)
     elif times:
         rows = (ids.assign(row, _parquet_before(row)) for row in rows)
     tidy = _without_struct_nulls(path) if file_format == "parquet" else None
@@ -111,14 +113,19 @@ def csv_delimiter(path: Path, given: str | None) -> str:
 
 
 def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds,
-            before: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Iterator[Any]:
-    """The rows as messages (with their ids), once the first object among them shows the mapping's columns are
-    there. Rows that are not objects (a line that is not JSON) become rejections; a file with no object among its
-    first rows is refused. ``before``: see :func:`portrait.mapping.rows_to_messages`."""
+            before: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+            columns: list[str] | None = None) -> Iterator[Any]:
+    """The rows as messages (with their ids), once the file's ``columns`` (when it names them) or else the first
+    object among its rows shows the mapping's columns are there. Rows that are not objects (a line that is not JSON)
+    become rejections; a file with no object among its first rows is refused. ``before``: see
+    :func:`portrait.mapping.rows_to_messages`."""
+    if columns is not None:
+        mapping.check(columns)
     leading: list[Any] = []
     for row in rows:
         if isinstance(row, dict):
-            mapping.check(row.keys())
+            if columns is None:
+                mapping.check(row.keys())
             yield from rows_to_messages(itertools.chain(leading, [row], rows), mapping, ids, before)
             return
         leading.append(row)
