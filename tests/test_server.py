@@ -353,6 +353,28 @@ def test_cli_import_goes_through_a_running_server(server: Server, tmp_path: Path
             "tier": "pro", "email": "ann@example.com"}
 
 
+def test_rejected_rows_past_the_first_100_are_said_to_be_where_they_are(server: Server, tmp_path: Path) -> None:
+    """Through a server only the first 100 rejected rows come back into the rejects file. After an import the
+    others are in `portrait events rejected`; after a dry run, which stores nothing, they are nowhere, and the
+    note said they were listed there."""
+    source = tmp_path / "orders.csv"
+    source.write_text("cust,total\n" + "".join(f",{n}\n" for n in range(150)))  # no identifier: every row rejected
+    args = ("import", "events", str(source), "--event", "Order Completed", "--user-id", "cust", "--db", server.db_path)
+    env = {"PORTRAIT_ADMIN_KEY": ADMIN_KEY}
+    dry = run_cli(*args, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert ("(the first 100 of the 150 rejected rows are in the rejects file; a dry run keeps none of them, so the "
+            "others are not listed anywhere: import for real, or stop the server, to see them all)") in " ".join(
+        dry.stdout.split())
+    with server.admin() as admin:
+        assert admin.get("/api/status").json()["events_rejected"] == 0
+    real = run_cli(*args, env=env)
+    assert ("(the first 100 of the 150 rejected rows are in the rejects file; all are listed by `portrait events "
+            "rejected`)") in " ".join(real.stdout.split())
+    with server.admin() as admin:
+        assert admin.get("/api/status").json()["events_rejected"] == 150
+
+
 def test_a_file_sent_to_the_server_reports_its_upload(server: Server, tmp_path: Path) -> None:
     """The CLI's progress bar through a server: the bytes sent, chunk by chunk, up to the whole file."""
     from portrait.client import RemotePortrait

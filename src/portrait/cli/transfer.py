@@ -169,9 +169,16 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
         for record in report["first_rejected"]:
             rejected.write(record)
     if report["rejected"] > len(report["first_rejected"]):
-        console.print(f"(the first {len(report['first_rejected'])} rejected rows are in the rejects file; all are "
-                      "listed by `portrait events rejected`)")
+        console.print(_rest_of_the_rejected(len(report["first_rejected"]), report["rejected"], dry_run))
     _print_import_report(report, dry_run, rejects_path if report["rejected"] else None)
+
+
+def _rest_of_the_rejected(returned: int, rejected: int, dry_run: bool) -> str:
+    """Where the rejected rows the server did not send back are: in the rejected events after an import; after a
+    dry run, which keeps nothing, nowhere."""
+    where = ("a dry run keeps none of them, so the others are not listed anywhere: import for real, or stop the "
+             "server, to see them all" if dry_run else "all are listed by `portrait events rejected`")
+    return f"(the first {returned} of the {rejected:,} rejected rows are in the rejects file; {where})"
 
 
 def _upload_progress() -> Progress:
