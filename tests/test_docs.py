@@ -366,3 +366,17 @@ def test_every_link_between_the_pages_finds_its_page_and_heading() -> None:
             assert not anchor or anchor in anchors[page], f"{name} links to {page}#{anchor}: no such heading"
             links += 1
     assert links >= 50
+
+
+def test_the_readme_names_every_command_of_the_cli() -> None:
+    """README.md's CLI list: every group, and every command of a group whose commands it spells out."""
+    listed = re.search(r"\*\*CLI\*\*: `portrait ([^`]+)`", (DOCS.parent / "README.md").read_text())
+    assert listed is not None
+    named: dict[str, set[str]] = {}  # "profiles get|rebuild|consent" -> {"profiles": {"get", "rebuild", "consent"}}
+    for part in " ".join(listed.group(1).split()).split(" | "):
+        group, _, subcommands = part.partition(" ")
+        named.setdefault(group, set()).update(filter(None, subcommands.split("|")))
+    for path, _ in commands(typer.main.get_command(app)):
+        assert path[0] in named, f"README.md's CLI list leaves out portrait {path[0]}"
+        spelled = named[path[0]]
+        assert len(path) == 1 or not spelled or path[1] in spelled, f"README.md's CLI list leaves out {path}"
