@@ -608,3 +608,28 @@ def test_large_batches_plain_and_gzipped_are_read_in_the_worker_thread_and_store
         assert client.get("/healthz").status_code == 200
     status = server.wait_caught_up()
     assert status["events_received"] == 2000 and status["profiles"] == 100
+
+
+def test_the_readme_try_it_runs_as_written(server: Server) -> None:
+    """README.md's first steps, run as a newcomer pastes them (only the address is this server's): the curl batch,
+    the profile lookup, the Python SDK example."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    try_it = readme.split("## Try it", 1)[1].split("\n## ", 1)[0].replace("http://127.0.0.1:8000", server.url)
+    send, look_up = re.findall(r"```sh\n(.*?)```", try_it, re.DOTALL)[1].strip().split("\n\n")
+    python = re.search(r"```python\n(.*?)```", try_it, re.DOTALL)
+    assert python is not None
+    env = {**os.environ, "WRITE_KEY": WRITE_KEY, "ADMIN_KEY": ADMIN_KEY}
+    sent = subprocess.run(["bash", "-c", send], env=env, capture_output=True, text=True, timeout=30)
+    assert json.loads(sent.stdout) == {"success": True}, sent.stderr
+    server.wait_caught_up()
+    found = subprocess.run(["bash", "-c", look_up], env=env, capture_output=True, text=True, timeout=30)
+    profile = json.loads(found.stdout)
+    assert profile["traits"] == {"email": "ann@example.com", "name": "Ann"} and profile["events_count"] == 3
+    ran = subprocess.run([sys.executable, "-c", python.group(1)], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    server.wait_caught_up()
+    with server.admin() as admin:
+        events = admin.get("/api/profiles/user_id:42/events").json()["events"]
+    assert [e["event"] for e in events if e["type"] == "track"] == ["Product Viewed", "Order Completed"]
