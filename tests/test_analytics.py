@@ -86,7 +86,7 @@ def test_funnels_of_a_segment_and_breakdowns(portrait: Portrait) -> None:
                                                                                "share": 0.3333},
                                {"value": "DE", "profiles": 1, "share": 0.1667}]
     assert (split["other_values"], split["not_set"]) == (0, 0)
-    assert portrait.segments.sizes("viewers")[0]["size"] == 6
+    assert portrait.segments.sizes("viewers")["sizes"][0]["size"] == 6
     top = portrait.segment_breakdown("viewers", "country", top=1)
     assert (top["values"][0]["value"], top["other_values"], top["not_set"]) == ("PL", 3, 0)
     portrait.ingest_messages([{"type": "track", "userId": "no-country", "event": "Product Viewed"}])

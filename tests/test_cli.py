@@ -316,3 +316,26 @@ def test_customer_data_is_printed_as_text_not_as_markup_or_terminal_codes(tmp_pa
             assert "[/] [link=https://evil.example]" in result.output, (args, result.output)
         if args[1] in ("tail", "get"):  # the escapes are in the user id and a trait
             assert "U+001B[2JU+001B]0;ownedU+0007U+202E" in result.output, (args, result.output)
+
+
+def test_analytics_sizes_prints_every_recount_page_after_page(tmp_path: Path) -> None:
+    """The API pages a segment's sizes (1,000 a page): the command follows the pages to the last point."""
+    from portrait.config import Settings
+    from portrait.service import Portrait
+    from portrait.sql import parse
+
+    db = str(tmp_path / "sizes.duckdb")
+    portrait = Portrait(Settings(db_path=db), background=False)
+    segment = portrait.create_segment({"name": "everyone", "condition": "email is set"})
+    session = portrait.store.session()
+    try:  # a week of recounts every 5 minutes (2,016), as the recount thread records them
+        session.execute(parse("INSERT INTO segment_sizes (segment_id, at, size) SELECT ?, TIMESTAMP '2026-11-01' "
+                              "+ INTERVAL 5 MINUTE * i, i FROM range(1, 2017) AS t(i)"), [segment["id"]])
+    finally:
+        session.close()
+    portrait.close()
+    result = runner.invoke(app, ["analytics", "sizes", "everyone", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.output)
+    assert len(points) == 2017  # and the point of its creation, today, last
+    assert [point["size"] for point in points[:-1]] == list(range(1, 2017))

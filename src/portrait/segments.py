@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -48,6 +48,16 @@ SAMPLE_SIZE = 10
 
 # Pages newest first start before this id (BIGINT's largest).
 NEWEST = 2**63 - 1
+
+
+def _microseconds(at: datetime) -> int:
+    """A stored (UTC) time as microseconds since 1970: the cursor of a page of sizes, to the microsecond (a time
+    written to the millisecond would give the page's last point again)."""
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1)
+_LAST = _microseconds(datetime.max)  # a cursor past every time: an empty page
 
 
 @dataclass(frozen=True)
@@ -422,9 +432,20 @@ class Segments:
                    for r in self._session().execute(q.HISTORY, [segment.id, before or NEWEST, limit])]
         return {"history": changes, "next": changes[-1]["id"] if len(changes) == limit else None}
 
-    def sizes(self, reference: str | int) -> list[dict[str, Any]]:
+    def sizes(self, reference: str | int, *, after: int | None = None, limit: int = 1000) -> dict[str, Any]:
+        """The size at each recount, oldest first; ``next`` (passed back as ``after``) while more may follow. One
+        point per recount is 288 a day at the default interval: over a year, a list no answer should hold whole."""
         segment = self.find(reference)
-        return [{"at": iso_time(r[0]), "size": int(r[1])} for r in self._session().execute(q.SIZES, [segment.id])]
+        start = datetime.min if after is None else _EPOCH + timedelta(microseconds=min(after, _LAST))
+        rows = self._session().execute(q.SIZES, [segment.id, start, limit])
+        return {"segment": segment.name, "sizes": [{"at": iso_time(r[0]), "size": int(r[1])} for r in rows],
+                "next": _microseconds(rows[-1][0]) if len(rows) == limit else None}
+
+    def latest_sizes(self, reference: str | int, count: int) -> list[dict[str, Any]]:
+        """The last ``count`` points, oldest first (a trend)."""
+        segment = self.find(reference)
+        rows = self._session().execute(q.LATEST_SIZES, [segment.id, count])
+        return [{"at": iso_time(r[0]), "size": int(r[1])} for r in reversed(rows)]
 
     def explain(self, reference: str | int, profile_id: str, *, now: datetime | None = None) -> dict[str, Any]:
         """Which parts of the segment's condition hold for the profile, and why."""

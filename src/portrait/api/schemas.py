@@ -78,6 +78,17 @@ class Change(BaseModel):
     at: str
 
 
+class Size(BaseModel):
+    at: str = Field(description="When the segment was recounted")
+    size: int = Field(description="Its members then")
+
+
+class SizesPage(BaseModel):
+    segment: str
+    sizes: list[Size]
+    next: int | None = Field(description=NEXT + " (pass it as after)")
+
+
 class HistoryPage(BaseModel):
     history: list[Change]
     next: int | None = Field(description=NEXT + " (pass it as before)")

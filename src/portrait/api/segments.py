@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api.auth import Viewer, authorizer, caller
 from portrait.api.query import known_query
-from portrait.api.schemas import HistoryPage, MembersPage, page
+from portrait.api.schemas import HistoryPage, MembersPage, SizesPage, page
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 
@@ -74,9 +74,11 @@ def router(portrait: Portrait) -> APIRouter:
                       before: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
         return await run_in_threadpool(lambda: segments.history(segment, limit=limit, before=before))
 
-    @api.get("/segments/{segment}/sizes", summary="The segment's size at each recount")
-    async def sizes(segment: str) -> dict[str, Any]:
-        return {"sizes": await run_in_threadpool(segments.sizes, segment)}
+    @api.get("/segments/{segment}/sizes", summary="The segment's size at each recount, oldest first; pass `next` "
+             "as `after`", **page(SizesPage))
+    async def sizes(segment: str, after: Annotated[int | None, Query(ge=0)] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> dict[str, Any]:
+        return await run_in_threadpool(lambda: segments.sizes(segment, after=after, limit=limit))
 
     @api.get("/segments/{segment}/explain/{identity:identity_prefix}",
              summary="Which parts of the condition hold for a profile")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -78,11 +79,25 @@ def analytics_sizes(
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """A segment's size at each recount (its size over time)."""
+    path = f"/api/segments/{quote(segment, safe='')}/sizes"
     found = _run(db, url, admin_key, _either(
-        lambda local: local.segments.sizes(segment),
-        lambda remote: remote.get_json(f"/api/segments/{quote(segment, safe='')}/sizes")["sizes"]), existing=True)
+        lambda local: _every_page(lambda after: local.segments.sizes(segment, after=after)),
+        lambda remote: _every_page(lambda after: remote.get_json(path, None if after is None else {"after": after}))),
+        existing=True)
     if as_json:
         console.print_json(data=found)
         return
     for row in found:
         console.print(f"{row['at']}  {row['size']:>10,}")
+
+
+def _every_page(read: Callable[[int | None], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every point of a segment's sizes, page after page."""
+    points: list[dict[str, Any]] = []
+    after = None
+    while True:
+        found = read(after)
+        points += found["sizes"]
+        if found["next"] is None:
+            return points
+        after = found["next"]

@@ -120,7 +120,10 @@ PROFILE_HISTORY = parse("""
 SELECT h.segment_id, s.name, h.change, h.at FROM segment_history AS h LEFT JOIN segments AS s ON s.id = h.segment_id
 WHERE h.profile_id = ? ORDER BY h.id
 """)
-SIZES = parse("SELECT at, size FROM segment_sizes WHERE segment_id = ? ORDER BY at")
+# Params: segment id, after this time, limit. Oldest first (a keyset cursor on the time of the recount).
+SIZES = parse("SELECT at, size FROM segment_sizes WHERE segment_id = ? AND at > ? ORDER BY at LIMIT ?")
+# Params: segment id, how many. The latest points, newest first (the console's trends).
+LATEST_SIZES = parse("SELECT at, size FROM segment_sizes WHERE segment_id = ? ORDER BY at DESC LIMIT ?")
 # Params: profile id. The identifier an audience event names its profile by: user id, else anonymous id, else any.
 PROFILE_IDENTIFIER = parse("""
 SELECT type, value FROM identities WHERE profile_id = ?

@@ -32,8 +32,8 @@ def router(console: Console) -> APIRouter:
     @guard
     async def segments(request: Request) -> Response:
         listed = console.viewer(request).segments(await run_in_threadpool(portrait.segments.all))
-        trends = {s["id"]: sparkline([float(x["size"]) for x in portrait.segments.sizes(s["id"])[-20:]])
-                  for s in listed}
+        latest = await run_in_threadpool(lambda: {s["id"]: portrait.segments.latest_sizes(s["id"], 20) for s in listed})
+        trends = {key: sparkline([float(x["size"]) for x in points]) for key, points in latest.items()}
         return console.render(request, "segments.html", {"segments": listed, "trends": trends})
 
     async def builder_page(request: Request, values: dict[str, str], error: dict[str, str] | None = None,
@@ -66,8 +66,8 @@ def router(console: Console) -> APIRouter:
     async def segment(request: Request, segment: str, after: str = "") -> Response:
         found = console.viewer(request).segment(await run_in_threadpool(portrait.segments.get, segment))
         members = await run_in_threadpool(lambda: portrait.segments.members(segment, after=after, limit=50))
-        sizes = await run_in_threadpool(portrait.segments.sizes, segment)
-        chart = bars([(s["at"][5:16], s["size"]) for s in sizes[-30:]], label="size over time",
+        sizes = await run_in_threadpool(portrait.segments.latest_sizes, segment, 30)
+        chart = bars([(s["at"][5:16], s["size"]) for s in sizes], label="size over time",
                      columns=("Counted at", "Members"))
         return console.render(request, "segment.html", {"segment": found, "members": members, "chart": chart})
 
