@@ -3,10 +3,12 @@ and history; through merges; in segments; enforced on exports for a purpose."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
@@ -197,3 +199,22 @@ def test_the_cli_shows_and_records_consent(tmp_path: Path) -> None:
     assert '"email"' in result.output and '"granted"' in result.output and '"denied"' in result.output
     export = runner.invoke(app, ["export", "profiles", "-o", str(tmp_path / "x.csv"), "--purpose", "sms", "--db", db])
     assert "Exported 0 profiles (consent for sms granted)" in export.output
+
+
+def test_the_cli_through_a_server_shows_the_consent_it_just_recorded(tmp_path: Path) -> None:
+    """Through a server the command waited a fixed half second for the statement to be processed, then showed
+    the consent of before on a busy server (here one that processes every 2 seconds)."""
+    from tests.conftest import WRITE_KEY, start_server
+
+    server = start_server(str(tmp_path / "busy.duckdb"), tmp_path / "server.log",
+                          {"PORTRAIT_PROCESSOR_INTERVAL_MS": "2000"})
+    try:
+        answer = httpx.post(f"{server.url}/v1/identify", json={"userId": "ann", "writeKey": WRITE_KEY}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        server.wait_caught_up()
+        result = CliRunner().invoke(app, ["profiles", "consent", "user_id:ann", "--grant", "email", "--json",
+                                          "--url", server.url, "--admin-key", ADMIN_KEY])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["consents"]["email"]["status"] == "granted"
+    finally:
+        server.stop()

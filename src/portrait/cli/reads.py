@@ -208,7 +208,7 @@ def profiles_consent(
                     backend.process_pending()
                 else:
                     backend.send_json("POST", profile_path(identity, "consent"), statements)
-                    time.sleep(0.5)  # the server processes the statement in the background
+                    _wait_processed(backend)
             found = backend.consents(identity) if isinstance(backend, Portrait) else backend.get_json(
                 profile_path(identity, "consent"))
     except PortraitError as exc:
@@ -221,3 +221,12 @@ def profiles_consent(
         table.add_row(purpose, current["status"], current["legal_basis"] or "", current["at"] or "",
                       current["source"] or "")
     _show(table, "No consent statements for this profile.")
+
+
+def _wait_processed(server: RemotePortrait, timeout: float = 10.0) -> None:
+    """Wait until the server has processed what it had received when asked (a statement just recorded is among
+    it), for up to ``timeout`` seconds: a fixed half second showed the consent of before on a busy server."""
+    received = int(server.get_json("/api/status")["events_received"])
+    deadline = time.monotonic() + timeout
+    while int(server.get_json("/api/status")["events_processed"]) < received and time.monotonic() < deadline:
+        time.sleep(0.05)
