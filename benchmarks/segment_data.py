@@ -74,7 +74,7 @@ def build(path: Path, profiles: int, events: int) -> None:
                     THEN json_object('sku', 'SKU-' || CAST(hash(seq) % 5000 AS BIGINT))::VARCHAR
                     ELSE '{{}}' END AS properties,
                NULL::VARCHAR AS traits, '{{}}' AS context, 'benchmark' AS source, NULL::VARCHAR AS ip,
-               NULL::VARCHAR AS identity_hints, profile_id
+               NULL::VARCHAR AS identity_hints, NULL::VARCHAR AS extra, profile_id
         FROM (
             SELECT i + 1 AS seq, TIMESTAMP '{NOW}' - INTERVAL 365 DAY + to_microseconds(
                        CAST(i * (365 * 86400 * 1e6 / {events}) AS BIGINT)) AS ts,
