@@ -477,6 +477,11 @@ class Segments:
         """Audience events waiting to be written: (message_id, segment_id, segment, change, profile_id, at)."""
         return self._session().execute(q.OUTBOX, [limit])
 
+    def outbox_messages(self, limit: int) -> list[tuple[Any, ...]]:
+        """The next ``limit`` Audience events waiting, each with the identifier to name its profile by (see
+        OUTBOX_MESSAGES): (message_id, segment_id, segment, change, profile_id, at, id_type, id_value)."""
+        return self._session().execute(q.OUTBOX_MESSAGES, [limit])
+
     def sent(self, message_ids: list[str]) -> None:
         """The outbox's events with these ids are in the log."""
         with self._changing():  # an erasure deletes the person's from the outbox: both at once failed one of them
@@ -486,10 +491,6 @@ class Segments:
         rows = self._session().execute(q.PROFILE_IDENTIFIER, [profile_id])
         return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
-    def survivor_outside(self, merged_id: str, segment_id: int) -> str | None:
-        """The profile ``merged_id`` was merged into, if that is not a member of the segment (see SURVIVOR_OUTSIDE)."""
-        rows = self._session().execute(q.SURVIVOR_OUTSIDE, [merged_id, segment_id])
-        return str(rows[0][0]) if rows else None
 
 
 def load_profiles(session: Session) -> list[ProfileData]:

@@ -522,34 +522,14 @@ class Portrait:
         how many left the outbox. Ids were fixed when membership changed: sending again stores no duplicate."""
         sent = 0
         with self._audience_lock:
-            while rows := self.segments.outbox(5000):
-                messages = [m for m in (self._audience_message(*row) for row in rows) if m is not None]
+            while rows := self.segments.outbox_messages(5000):
+                messages = [_audience_message(*row) for row in rows if row[6] is not None]
                 if messages:
                     for _ in self.import_messages([messages], "portrait:segments"):
                         pass
                 self.segments.sent([str(row[0]) for row in rows])
                 sent += len(rows)
         return sent
-
-    def _audience_message(self, message_id: str, segment_id: int, segment: str, change: str, profile_id: str,
-                          at: datetime) -> dict[str, Any] | None:
-        identifier = self.segments.identifier_of(profile_id)
-        if identifier is None and change == "exited":  # merged away: the exit goes where its entry went
-            survivor = self.segments.survivor_outside(profile_id, segment_id)
-            identifier = self.segments.identifier_of(survivor) if survivor else None
-        if identifier is None:  # erased, or merged into a member: the survivor is evaluated on its own
-            return None
-        kind, value = identifier
-        message: dict[str, Any] = {
-            "type": "track", "event": "Audience Entered" if change == "entered" else "Audience Exited",
-            "timestamp": at.isoformat() + "Z", "properties": {"segment": segment, "segment_id": segment_id},
-            "messageId": message_id}
-        if kind in ("user_id", "anonymous_id"):
-            message["userId" if kind == "user_id" else "anonymousId"] = value
-        else:
-            message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
-                                                   "encoding": "none"}]}
-        return message
 
     # -- SQL sources -------------------------------------------------------------------------------------------
     def add_source(self, fields: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
@@ -1068,3 +1048,19 @@ def _resident_mb() -> float | None:
     except (OSError, IndexError, ValueError):
         return None
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def _audience_message(message_id: str, segment_id: int, segment: str, change: str, profile_id: str, at: datetime,
+                      kind: str, value: str) -> dict[str, Any]:
+    """An outbox row as the track message to log, named by the identifier OUTBOX_MESSAGES chose (the profile's own,
+    or for an exit of a profile merged away, its survivor's)."""
+    message: dict[str, Any] = {
+        "type": "track", "event": "Audience Entered" if change == "entered" else "Audience Exited",
+        "timestamp": at.isoformat() + "Z", "properties": {"segment": segment, "segment_id": segment_id},
+        "messageId": message_id}
+    if kind in ("user_id", "anonymous_id"):
+        message["userId" if kind == "user_id" else "anonymousId"] = value
+    else:
+        message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
+                                               "encoding": "none"}]}
+    return message
