@@ -471,6 +471,28 @@ def test_audience_events_cost_no_statement_per_member(portrait: Portrait, monkey
         assert sorted(audience(portrait, reference)) == events, reference
 
 
+def test_a_server_answers_a_segment_change_before_its_audience_events_are_written(settings: Settings) -> None:
+    """Creating a segment waited until every member's Audience Entered was in the log (100,000 members: seconds).
+    With the segment thread running, the answer comes once membership and outbox are committed; the thread writes
+    the events after it. Here the sender is held busy: the creation must not wait for it."""
+    service = Portrait(settings, background=True)
+    try:
+        service.ingest_messages([{"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}])
+        service.wait_processed()
+        answered: list[dict[str, Any]] = []
+        with service._audience_lock:  # the sender is busy
+            creating = threading.Thread(target=lambda: answered.append(
+                service.create_segment({"name": "pros", "condition": 'plan = "pro"'})))
+            creating.start()
+            creating.join(10)
+            assert answered and answered[0]["size"] == 1, "the answer waited for the Audience events"
+            assert service.events("user_id:ann", event="Audience Entered")["events"] == []
+        written = _wait_for(lambda: service.events("user_id:ann", event="Audience Entered")["events"])
+        assert [e["properties"]["segment"] for e in written] == ["pros"]
+    finally:
+        service.close()
+
+
 def test_a_segment_that_cannot_be_evaluated_stops_no_other(portrait: Portrait) -> None:
     """A database can hold a segment saved before its condition was refused (here a regex RE2 cannot read): it
     failed every real-time refresh and recount, for every segment, and `process_pending` with them."""
