@@ -184,3 +184,44 @@ def test_a_server_started_on_an_old_database_says_a_recheck_is_due_and_takes_the
     finally:
         server.stop()
     assert "written by an earlier Portrait" in (tmp_path / "server.log").read_text()
+
+
+def test_the_upgrade_removes_what_a_deleted_segment_was_given_back(tmp_path: Path) -> None:
+    """Earlier versions let a recount that had read a segment before its deletion write members back for it (with
+    their history entries, Audience Entered events and the size): rows of a segment that no longer exists, 1,021 of
+    them after a minute on a real server. Migration 24 removes them; the ordinary history of a deleted segment, and
+    another segment's waiting events, stay."""
+    settings = Settings(db_path=str(tmp_path / "race.duckdb"))
+    service = Portrait(settings, background=False)
+    service.ingest_messages([{"type": "identify", "userId": u, "traits": {"plan": "pro"}} for u in ("u1", "u2")])
+    service.process_pending()
+    kept = service.create_segment({"name": "kept", "condition": 'plan = "pro"'})["id"]
+    gone = service.create_segment({"name": "gone", "condition": 'plan = "pro"'})["id"]
+    service.segments.delete("gone")
+    service.close()
+    with duckdb.connect(settings.db_path) as con:  # what the race left, as it wrote it; and version 24 not yet run
+        con.execute("SET TimeZone = 'UTC'")
+        at = "2026-05-01 10:00:00"
+        con.execute("INSERT INTO segment_members VALUES (?, 'p-race', ?)", [gone, at])
+        con.execute("INSERT INTO segment_history (segment_id, profile_id, change, \"at\") VALUES (?, 'p-race', "
+                    "'entered', ?)", [gone, at])
+        con.execute("INSERT INTO audience_outbox VALUES ('race', ?, 'gone', 'entered', 'p-race', ?), "
+                    "('waiting', ?, 'kept', 'entered', 'p-kept', ?)", [gone, at, kept, at])
+        con.execute("INSERT INTO segment_sizes VALUES (?, ?, 1)", [gone, at])
+        con.execute("DELETE FROM schema_migrations WHERE version = 24")
+    upgraded = Portrait(settings, background=False)
+    try:
+        session = upgraded.store.session()
+
+        def rows(table: str, column: str = "segment_id") -> list[tuple[object, ...]]:
+            return session.execute(select("*").from_(table).where(f"{column} = {gone}").order_by("1"))
+
+        assert rows("segment_members") == [] and rows("segment_sizes") == []
+        assert [message_id for message_id, *_ in upgraded.segments.outbox(10)] == ["waiting"]
+        history = session.execute(select("profile_id", "change").from_("segment_history")
+                                  .where(f"segment_id = {gone}").order_by("profile_id"))
+        assert sorted(history) == sorted((profile_id, "entered") for profile_id in
+                                         {p for p, in session.execute(select("profile_id").from_("profiles"))})
+        session.close()
+    finally:
+        upgraded.close()

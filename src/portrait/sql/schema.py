@@ -512,6 +512,26 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         SELECT 'traits_recheck_due', CASE WHEN EXISTS (SELECT 1 FROM events) THEN 1 ELSE 0 END;
         """
     ),
+    24: parse_many(
+        """
+        -- Earlier versions let a recount or real-time refresh that had read a segment before it was deleted write
+        -- members back for it (fixed since: tests/test_segments.py, a segment deleted while it is counted): rows of
+        -- a segment that no longer exists. Those members go, with what the same write recorded beside them -- the
+        -- history's entry and the Audience Entered still waiting in the outbox, both at the member's entry time --
+        -- and the sizes (a deletion removes a segment's sizes, so any left are the race's). The history of a segment
+        -- deleted the ordinary way stays, as deleting promises (docs/cli.md).
+        DELETE FROM segment_history AS h
+        WHERE h.change = 'entered' AND h.segment_id NOT IN (SELECT id FROM segments) AND EXISTS (
+            SELECT 1 FROM segment_members AS m
+            WHERE m.segment_id = h.segment_id AND m.profile_id = h.profile_id AND m.entered_at = h.at);
+        DELETE FROM audience_outbox AS o
+        WHERE o.change = 'entered' AND o.segment_id NOT IN (SELECT id FROM segments) AND EXISTS (
+            SELECT 1 FROM segment_members AS m
+            WHERE m.segment_id = o.segment_id AND m.profile_id = o.profile_id AND m.entered_at = o.at);
+        DELETE FROM segment_members WHERE segment_id NOT IN (SELECT id FROM segments);
+        DELETE FROM segment_sizes WHERE segment_id NOT IN (SELECT id FROM segments);
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
