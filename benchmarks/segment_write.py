@@ -1,6 +1,7 @@
 """Figure: segment write latency through a real server right after a large load -- creating a segment that every
 one of 100,000 profiles enters, changing its condition so that most leave, deleting it -- and how long its
 Audience events then take to reach the log (the server answers first and writes them after: docs/segments.md).
+Last, the complaint's case: a segment created the moment 100,000 events (one per profile) have been sent.
 
 The baseline, in the same run on the same server: a preview (count only) of the same condition, which is the least
 a creation must do. Measured on a copy of a database built by segment_data.py (left as it was).
@@ -68,10 +69,24 @@ def one_round(admin: httpx.Client, url: str, run: int) -> dict[str, Any]:
             "delete_s": delete}
 
 
+def right_after_events(admin: httpx.Client, sdk: httpx.Client, url: str, events: int) -> dict[str, Any]:
+    """Send ``events`` orders (one per profile, 500 a request), then create a segment at once: it waits for
+    nothing but its own count, however much the processor and the real-time refresh have left to do."""
+    for start in range(0, events, 500):
+        batch = [{"type": "track", "userId": f"u{n % 100_000:08d}", "event": "Order Completed",
+                  "properties": {"revenue": 10}} for n in range(start, min(start + 500, events))]
+        sdk.post("/v1/batch", json={"batch": batch}).raise_for_status()
+    lag = get_status(url, ADMIN_KEY)["lag"]
+    create = timed(lambda: admin.post("/api/segments", json={"name": "after events", "condition": "age >= 50"}))
+    return {"events": events, "lag_at_create": lag, "create_s": create,
+            "members": admin.get("/api/segments/after events").json()["size"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, required=True, help="a database built by segment_data.py")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--events", type=int, default=100_000, help="sent just before the last creation")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segment-write-") as folder:
         db = Path(folder) / "copy.duckdb"
@@ -83,6 +98,8 @@ def main() -> int:
         try:
             with httpx.Client(base_url=url, timeout=600, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
                 rounds = [one_round(admin, url, run) for run in range(args.runs)]
+                with httpx.Client(base_url=url, timeout=600, auth=(WRITE_KEY, "")) as sdk:
+                    after_events = right_after_events(admin, sdk, url, args.events)
         finally:
             stop_server(server)
             problems = server.log_problems()
@@ -94,9 +111,12 @@ def main() -> int:
     ratio = median["create_s"] / median["preview_s"]
     print(f"median: create {median['create_s']:.2f} s = {ratio:.0f}x its preview; update {median['update_s']:.2f} s; "
           f"delete {median['delete_s']:.2f} s")
+    print(f"created {after_events['create_s']:.2f} s after {after_events['events']:,} events were sent (lag then "
+          f"{after_events['lag_at_create']:,}): {after_events['members']:,} members")
     if problems:
         print("server log problems:", *problems, sep="\n  ")
     write_result("segment_write", {"rounds": rounds, "median": median, "create_to_preview": ratio,
+                                   "right_after_events": after_events,
                                    "server_log_problems": problems})
     return 1 if problems else 0
 
