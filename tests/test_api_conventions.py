@@ -174,3 +174,16 @@ def test_a_query_parameter_the_operation_does_not_take_is_refused(server: Server
         answer = admin.get(path, params=params)
     assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
     assert named in answer.json()["message"]
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    ("/api/events/rejected?limit=5000", "query parameter limit must be at most 1000, not '5000'"),
+    ("/api/events/rejected?limit=0", "query parameter limit must be at least 1, not '0'"),
+    ("/api/events/rejected?limit=ten", "query parameter limit must be a whole number, not 'ten'"),
+    ("/api/segments/adults/breakdown", "query parameter attribute is required"),
+])
+def test_a_parameter_out_of_its_rules_is_said_plainly(server: Server, path: str, says: str) -> None:
+    """pydantic's wording came through: "query.limit: Input should be less than or equal to 1000"."""
+    with server.admin() as admin:
+        answer = admin.get(path)
+    assert answer.status_code == 400 and answer.json() == {"code": "invalid_request", "message": says}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -97,5 +98,27 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()]
-        return error_response(400, "invalid_request", "; ".join(parts))
+        return error_response(400, "invalid_request", "; ".join(map(_invalid, exc.errors())))
+
+
+# pydantic's wording for the query and path parameters' rules ("query.limit: Input should be less than or equal to
+# 1000"), said as the rest of the API says things: "limit must be at most 1000, not 5000".
+_RULES: dict[str, str] = {
+    "less_than_equal": "must be at most {le}", "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}", "greater_than": "must be more than {gt}",
+    "int_parsing": "must be a whole number", "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number", "bool_parsing": "must be true or false", "missing": "is required",
+}
+_WHERE = {"query": "query parameter", "path": "path part", "header": "header", "body": "body field"}
+
+
+def _invalid(error: dict[str, Any]) -> str:
+    """One broken rule, said plainly: which parameter, what it must be, and what was sent (for the query and
+    path, which the caller wrote in the URL; never a body's values, which may be anyone's personal data)."""
+    where, *names = [str(part) for part in error.get("loc", ())] or ["request"]
+    name = ".".join(names) or where
+    rule = _RULES.get(str(error.get("type")))
+    said = rule.format(**error.get("ctx", {})) if rule else str(error.get("msg", "is not valid"))
+    sent = error.get("input")
+    shown = f", not {str(sent)[:40]!r}" if where in ("query", "path") and rule and rule != "is required" else ""
+    return f"{_WHERE.get(where, where)} {name} {said}{shown}"
