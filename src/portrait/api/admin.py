@@ -15,36 +15,54 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
+from portrait.api import schemas_attributes as attribute_shapes
+from portrait.api import schemas_profiles as profile_shapes
 from portrait.api.auth import Viewer, authorizer, caller
 from portrait.api.query import known_query
-from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, page
+from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
+
+EXPORT_MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
+# The export is a file, not JSON: its media type follows ?format=, and its report travels in a header.
+EXPORT_ANSWER: dict[str, Any] = {
+    "description": "The file (a download named profiles.<format>)",
+    "content": {"text/csv": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON object a line"}}},
+    "headers": {"X-Portrait-Export": {
+        "description": "The report as JSON: rows, columns, format, personal_included, segment, purpose, "
+                       "consent_checked",
+        "schema": {"type": "string"}}},
+}
 
 
 def router(portrait: Portrait) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
                     tags=["admin"])
 
-    @api.get("/status", summary="Ingestion and processing counters; lag = received but not yet on profiles")
+    @api.get("/status", summary="Ingestion and processing counters; lag = received but not yet on profiles",
+             **answer(profile_shapes.Status, "The counters"))
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(portrait.status)
 
     @api.get("/profiles/{identity:identity}",
-             summary="The unified profile of any identifier, e.g. email:ann@example.com")
+             summary="The unified profile of any identifier, e.g. email:ann@example.com",
+             **answer(profile_shapes.Profile, "The profile"))
     async def profile(identity: str, request: Request) -> dict[str, Any]:
         document = await run_in_threadpool(portrait.profile, identity)
         return await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_profile")
 
-    @api.get("/profiles/{identity:identity_prefix}/traits")
+    @api.get("/profiles/{identity:identity_prefix}/traits", **answer(profile_shapes.Traits, "The profile's traits"))
     async def traits(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "traits": await run_in_threadpool(portrait.traits, identity)}
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile, document, "read_traits")
         return dict(shown["traits"])
 
-    @api.get("/profiles/{identity:identity_prefix}/identities")
+    @api.get("/profiles/{identity:identity_prefix}/identities",
+             **answer(profile_shapes.Identities, "The profile's identities"))
     async def identities(identity: str, request: Request) -> dict[str, Any]:
         profile_id = await run_in_threadpool(portrait.resolve_profile_id, identity)
         document = {"profile_id": profile_id, "identities": await run_in_threadpool(portrait.identities, identity)}
@@ -68,12 +86,14 @@ def router(portrait: Portrait) -> APIRouter:
         shown = await run_in_threadpool(Viewer(portrait, caller(request)).profile_events, page)
         return shown
 
-    @api.get("/profiles/{identity:identity_prefix}/consent", summary="Current consent per purpose, and every statement")
+    @api.get("/profiles/{identity:identity_prefix}/consent", summary="Current consent per purpose, and every statement",
+             **answer(profile_shapes.Consents, "The consents"))
     async def consent(identity: str) -> dict[str, Any]:
         return await run_in_threadpool(portrait.consents, identity)
 
     @api.post("/profiles/{identity:identity_prefix}/consent",
-              summary="Record consent: {purpose: granted|denied|{status, legal_basis}}")
+              summary="Record consent: {purpose: granted|denied|{status, legal_basis}}",
+              **answer(profile_shapes.ConsentRecorded, "The statements recorded"))
     async def set_consent(identity: str, payload: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return await run_in_threadpool(portrait.set_consent, identity, payload)
 
@@ -106,30 +126,35 @@ def router(portrait: Portrait) -> APIRouter:
                                                                       attribute=attribute))
         return await run_in_threadpool(Viewer(portrait, caller(request)).data_quality, found)
 
-    @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes")
+    @api.get("/attributes", summary="The attribute registry: standard and custom profile attributes",
+             **answer(attribute_shapes.Attributes, "The attributes"))
     async def attributes(request: Request, standard: bool | None = None, status: str | None = None
                          ) -> dict[str, Any]:
         listed = await run_in_threadpool(lambda: portrait.attributes.list(standard=standard, status=status))
         return {"attributes": await run_in_threadpool(Viewer(portrait, caller(request)).attributes, listed)}
 
-    @api.get("/attributes/{code}", summary="One attribute, with how many profiles have a value")
+    @api.get("/attributes/{code}", summary="One attribute, with how many profiles have a value",
+             **answer(attribute_shapes.AttributeWithUsage, "The attribute"))
     async def attribute(code: str, request: Request) -> dict[str, Any]:
         found = await run_in_threadpool(portrait.attributes.get, code)
         return await run_in_threadpool(Viewer(portrait, caller(request)).attribute, found)
 
-    @api.get("/attributes/{code}/analytics", summary="Fill rate, distinct and top values, numeric and date stats")
+    @api.get("/attributes/{code}/analytics", summary="Fill rate, distinct and top values, numeric and date stats",
+             **answer(attribute_shapes.Analytics, "The analytics"))
     async def attribute_analytics(code: str, request: Request, top: Annotated[int, Query(ge=1, le=100)] = 10
                                   ) -> dict[str, Any]:
         stats = await run_in_threadpool(lambda: portrait.attributes.analytics(code, top))
         return await run_in_threadpool(Viewer(portrait, caller(request)).analytics, code, stats)
 
-    @api.post("/attributes", summary="Define a custom attribute", status_code=201)
+    @api.post("/attributes", summary="Define a custom attribute", status_code=201,
+              **answer(attribute_shapes.AttributeWithUsage, "The attribute defined", 201))
     async def create_attribute(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         viewer = Viewer(portrait, caller(request))
         await run_in_threadpool(viewer.check_definition, str(payload.get("code")), payload)
         return await run_in_threadpool(viewer.attribute, await run_in_threadpool(portrait.create_attribute, payload))
 
-    @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)")
+    @api.patch("/attributes/{code}", summary="Change an attribute's description, flags or status (deprecate)",
+               **answer(attribute_shapes.AttributeWithUsage, "The attribute changed"))
     async def update_attribute(code: str, payload: Annotated[dict[str, Any], Body()], request: Request
                                ) -> dict[str, Any]:
         viewer = Viewer(portrait, caller(request))
@@ -139,17 +164,20 @@ def router(portrait: Portrait) -> APIRouter:
                                                                                  payload))
 
     @api.post("/attributes/recheck", summary="Recompute every profile's traits from the log with the current "
-                                             "attribute definitions (processing pauses meanwhile)")
+                                             "attribute definitions (processing pauses meanwhile)",
+              **answer(attribute_shapes.Rechecked, "What the recheck read and found"))
     async def recheck_attributes() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_traits)
 
     @api.post("/rebuild", summary="Derive every profile again from the event log with the current settings "
-                                   "(processing pauses meanwhile)")
+                                   "(processing pauses meanwhile)",
+              **answer(attribute_shapes.Rebuilt, "What the rebuild did"))
     async def rebuild_profiles() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_profiles)
 
     @api.post("/backups", status_code=201, summary="Make a backup of the database now (ingestion goes on); "
-                                                   "optional body {\"name\": \"before-migration\"}")
+                                                   "optional body {\"name\": \"before-migration\"}",
+              **answer(attribute_shapes.BackupMade, "The backup made", 201))
     async def make_backup(payload: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
         fields = payload or {}
         unknown = set(fields) - {"name"}
@@ -157,16 +185,18 @@ def router(portrait: Portrait) -> APIRouter:
             raise BadRequest(f"unknown backup fields: {', '.join(sorted(unknown))} (only name)", code="invalid_backup")
         return await run_in_threadpool(portrait.backups.make, fields.get("name"))
 
-    @api.get("/backups", summary="The backups in the backup folder, newest first")
+    @api.get("/backups", summary="The backups in the backup folder, newest first",
+             **answer(attribute_shapes.Backups, "The backups"))
     async def backups() -> dict[str, Any]:
         return await run_in_threadpool(portrait.backups.listing)
 
-    @api.post("/attributes/recalculate", summary="Recompute every calculated attribute for every profile now")
+    @api.post("/attributes/recalculate", summary="Recompute every calculated attribute for every profile now",
+              **answer(attribute_shapes.Recalculated, "How many were recomputed"))
     async def recalculate() -> dict[str, Any]:
         return await run_in_threadpool(portrait.recalculate)
 
     @api.get("/exports/profiles", summary="Every profile with the chosen attributes, as CSV, Parquet or NDJSON",
-             response_class=FileResponse)
+             response_class=FileResponse, responses={200: EXPORT_ANSWER})
     async def export(
         format: str = "csv",
         attributes: Annotated[str | None, Query(description="Comma-separated codes.")] = None,
@@ -198,14 +228,14 @@ def router(portrait: Portrait) -> APIRouter:
             await run_in_threadpool(lambda: portrait.audit.record(
                 caller(request), "export_personal_data", target=segment or "all profiles",
                 detail={"rows": report["rows"], "personal": report["personal_included"]}))
-        media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
-        return FileResponse(path, media_type=media[format], filename=path.name,
+        return FileResponse(path, media_type=EXPORT_MEDIA[format], filename=path.name,
                             # headers are latin-1; the server's temporary path is of no use to the caller
                             headers={"X-Portrait-Export": json.dumps({k: v for k, v in report.items() if k != "path"},
                                                                      ensure_ascii=True)},
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
-    @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)")
+    @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)",
+              **answer(attribute_shapes.ImportReport, "What the import did (or, with dry_run, would do)"))
     async def imports(
         request: Request,
         filename: Annotated[str, Query(description="The file's name; its ending tells the format.")],

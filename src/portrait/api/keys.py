@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from portrait.api import schemas_access as shapes
 from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
-from portrait.api.schemas import AuditPage, page
+from portrait.api.schemas import AuditPage, answer, page
 from portrait.errors import BadRequest
 from portrait.keys import ApiKey, scopes_for
 from portrait.service import Portrait
@@ -19,12 +20,14 @@ def router(portrait: Portrait) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
                     tags=["keys"])
 
-    @api.get("/keys", summary="Every key: id, kind, name, scopes, active or revoked (never the secret)")
+    @api.get("/keys", summary="Every key: id, kind, name, scopes, active or revoked (never the secret)",
+             **answer(shapes.Keys, "The keys"))
     async def keys(request: Request) -> dict[str, Any]:
         portrait.keys.require(caller(request), "admin", "list keys")
         return {"keys": portrait.keys.all()}
 
-    @api.post("/keys", status_code=201, summary="Create a key; the answer holds its secret, shown this once")
+    @api.post("/keys", status_code=201, summary="Create a key; the answer holds its secret, shown this once",
+              **answer(shapes.NewKey, "The key, with its secret", 201))
     async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         unknown = set(payload) - {"kind", "name", "scopes"}
         if unknown:
@@ -38,11 +41,13 @@ def router(portrait: Portrait) -> APIRouter:
         request.state.audit_detail = _audited(created)
         return {**created.public(), "key": secret}
 
-    @api.post("/keys/{key_id}/revoke", summary="Revoke a key: it is refused (401) from now on")
+    @api.post("/keys/{key_id}/revoke", summary="Revoke a key: it is refused (401) from now on",
+              **answer(shapes.Key, "The key, revoked"))
     async def revoke(key_id: str) -> dict[str, Any]:
         return (await run_in_threadpool(portrait.keys.revoke, key_id)).public()
 
-    @api.post("/keys/{key_id}/rotate", summary="A new secret with the same kind, name and scopes; the old is revoked")
+    @api.post("/keys/{key_id}/rotate", summary="A new secret with the same kind, name and scopes; the old is revoked",
+              **answer(shapes.RotatedKey, "The new key, with its secret"))
     async def rotate(key_id: str, request: Request) -> dict[str, Any]:
         if (await run_in_threadpool(portrait.keys.find, key_id)).can_read_pii:  # the new secret would read it
             portrait.keys.require(caller(request), "pii:read", "rotate a key with the pii:read scope")

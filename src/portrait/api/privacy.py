@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from portrait.api import schemas_access as shapes
 from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
-from portrait.api.schemas import PrivacyRequestsPage, page
+from portrait.api.schemas import answer, page
 from portrait.privacy import mask_request
 from portrait.service import Portrait
 
@@ -18,13 +19,14 @@ def router(portrait: Portrait) -> APIRouter:
     api = APIRouter(prefix="/api/privacy", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
                     tags=["privacy"])
 
-    @api.post("/requests", status_code=202, summary="Ask for an access export or an erasure of one person")
+    @api.post("/requests", status_code=202, summary="Ask for an access export or an erasure of one person",
+              **answer(shapes.PrivacyRequest, "The request, pending", 202))
     async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         key = caller(request)
         return await run_in_threadpool(portrait.privacy_request, payload, f"{key.name} ({key.id})")
 
     @api.get("/requests", summary="Requests, newest first (without results); pass `next` as `before`",
-             **page(PrivacyRequestsPage))
+             **page(shapes.PrivacyRequestsPage))
     async def listing(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       before: str | None = None) -> dict[str, Any]:
         key = caller(request)
@@ -33,7 +35,8 @@ def router(portrait: Portrait) -> APIRouter:
         return {"requests": found if key.can_read_pii else [mask_request(r) for r in found],
                 "next": found[-1]["id"] if len(found) == limit else None}
 
-    @api.get("/requests/{request_id}", summary="One request: status, and the export once an access request is done")
+    @api.get("/requests/{request_id}", summary="One request: status, and the export once an access request is done",
+             **answer(shapes.PrivacyRequest, "The request"))
     async def one(request_id: str, request: Request) -> dict[str, Any]:
         key = caller(request)
         portrait.keys.require(key, "admin", "read privacy requests")

@@ -1,10 +1,11 @@
-"""The shapes of the paged lists, for the OpenAPI document only (routes declare them in ``responses``).
+"""The shapes of the answers, for the OpenAPI document only (routes declare them in ``responses``): the paged lists
+here, the other answers in ``schemas_*`` beside it.
 
 The routes return plain dicts built by the service; these models describe them so a client generated from
-``/openapi.json`` gets typed pages (``next`` and the items) instead of "any object". They do not filter or convert
-what is sent (no ``response_model``), and the schema fuzz test checks real answers against them. Times are
-ISO-8601 strings in UTC with milliseconds and ``Z``; items may carry fields added later (clients should ignore
-unknown fields).
+``/openapi.json`` gets typed answers instead of "any object". They do not filter or convert what is sent (no
+``response_model``), and the schema fuzz test checks real answers against them. Times are ISO-8601 strings in UTC
+with milliseconds and ``Z`` unless a field says otherwise; answers and items may carry fields added later (clients
+should ignore unknown fields), so the models do not forbid others.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+TIME = "ISO-8601 time in UTC with milliseconds and Z, e.g. 2026-01-02T10:00:00.000Z"
 NEXT = "The cursor for the following page; null on the last page"
 
 
@@ -112,11 +114,22 @@ class AuditPage(BaseModel):
     next_before_id: int | None = Field(description="next under its earlier name")
 
 
-class PrivacyRequestsPage(BaseModel):
-    requests: list[dict[str, Any]]
-    next: str | None = Field(description=NEXT + " (pass it as before)")
-
-
 def page(model: type[BaseModel]) -> dict[str, Any]:
     """What a route passes to declare its answer: the model documented, nothing filtered."""
-    return {"response_model": None, "responses": {200: {"model": model, "description": "One page"}}}
+    return answer(model, "One page")
+
+
+def answer(model: Any, description: str, status: int = 200) -> dict[str, Any]:
+    """What a route passes to declare its answer (``model``: a model or a union of them) with ``status``: the model
+    documented, nothing filtered or converted."""
+    return {"response_model": None, "responses": {status: {"model": model, "description": description}}}
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def sometimes(description: str) -> Any:
+    """A field some answers carry and others leave out (never null): not required, and no ``default: null`` in the
+    document, which would tell a client it may be null."""
+    return Field(default=None, description=description, json_schema_extra=_without_default)

@@ -1,0 +1,142 @@
+"""The shapes of the attribute, rebuild, backup and import answers, for the OpenAPI document only (see
+:mod:`portrait.api.schemas`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from portrait.api.schemas import TIME, sometimes
+
+AttributeType = Literal["string", "integer", "number", "boolean", "date", "datetime", "enum", "list", "object"]
+MASKED = "; a string (masked) for a personal attribute read without pii:read"
+
+
+class Attribute(BaseModel):
+    code: str
+    name: str
+    type: AttributeType
+    description: str
+    unit: str | None = Field(description="What a number counts (EUR, years); values stay JSON numbers")
+    is_personal_info: bool = Field(description="Masked for keys without pii:read, left out of exports unless asked")
+    calculate_analytics: bool
+    calculated: bool = Field(description="Computed from a definition rather than sent")
+    standard: bool = Field(description="One of Portrait's standard attributes")
+    merge_strategy: Literal["latest", "earliest", "max", "min", "sum", "union"]
+    validation: dict[str, Any] = Field(description="Rules a value must follow (e.g. min, max, pattern, values)")
+    status: Literal["active", "deprecated"]
+    auto_created: bool = Field(description="Created from an incoming trait no attribute had")
+    definition: str | None = Field(description="A calculated attribute's definition, else null")
+    created_at: str = Field(description=TIME)
+    updated_at: str = Field(description=TIME)
+    error: str | None = Field(description="Why the definition cannot be computed now, else null")
+
+
+class Usage(BaseModel):
+    values: int = Field(description="Profiles with a value")
+    profiles: int = Field(description="Every profile")
+
+
+class AttributeWithUsage(Attribute):
+    usage: Usage
+
+
+class Attributes(BaseModel):
+    attributes: list[Attribute] = Field(description="Standard first")
+
+
+class TopValue(BaseModel):
+    value: Any = Field(description="A value as stored (any JSON value)" + MASKED)
+    count: int = Field(description="Profiles with it")
+
+
+class Bin(BaseModel):
+    from_: float = Field(alias="from", description="Inclusive lower edge")
+    to: float
+    count: int
+
+
+class DateRange(BaseModel):
+    min: str | None = Field(description="2026-12-01 for a date, " + TIME + " for a datetime; null without "
+                                        "values" + MASKED)
+    max: str | None = Field(description="As min")
+
+
+class Analytics(BaseModel):
+    code: str
+    type: AttributeType
+    unit: str | None
+    profiles: int = Field(description="Every profile")
+    filled: int = Field(description="Profiles with a value")
+    fill_rate: float = Field(description="filled / profiles, 0 to 1 (4 decimals)")
+    distinct: int = Field(description="Distinct values")
+    top_values: list[TopValue] = Field(description="The most common values (?top=), most common first")
+    min: float | str | None = sometimes("Numbers only; null without values" + MASKED)
+    max: float | str | None = sometimes("Numbers only; null without values" + MASKED)
+    mean: float | str | None = sometimes("Numbers only; null without values" + MASKED)
+    quantiles: dict[str, float | str] = sometimes("Numbers only: p25, p50, p75, p90, p99 (empty without values)"
+                                                  + MASKED)
+    histogram: list[Bin] = sometimes("Numbers only: 10 equal bins from min to max (one when they are equal; none "
+                                     "without values or when masked)")
+    range: DateRange = sometimes("Dates and datetimes only: the earliest and latest value")
+
+
+class Rechecked(BaseModel):
+    values: int = Field(description="Trait values read from the log")
+    issues: int = Field(description="Data-quality issues now")
+
+
+class Rebuilt(BaseModel):
+    events: int = Field(description="Events read from the log")
+    hints_changed: int
+    profiles_before: int
+    profiles_after: int
+    ids_redirected: int = Field(description="Profile ids that now resolve to another profile")
+
+
+class Recalculated(BaseModel):
+    attributes: int = Field(description="Calculated attributes recomputed")
+    seconds: float
+
+
+class BackupFile(BaseModel):
+    name: str
+    path: str
+    bytes: int
+    created_at: str = Field(description="When the file was last written; " + TIME)
+
+
+class Backup(BackupFile):
+    encrypted: bool | None = Field(description="Read from the file's header: true (restoring needs the encryption "
+                                               "key), false, or null for a file that is not a DuckDB database")
+
+
+class BackupMade(Backup):
+    seconds: float
+    removed: list[str] = Field(description="Names of older backups deleted under the keep setting")
+    removed_incomplete: list[str] = Field(description="Names of what interrupted backups left, deleted first")
+
+
+class Backups(BaseModel):
+    folder: str
+    keep: int = Field(description="How many of the backups Portrait names are kept; 0 keeps all")
+    backups: list[Backup] = Field(description="Newest first")
+    incomplete: list[BackupFile] = Field(description="The .partial files of backups being written or interrupted")
+
+
+class RejectedRow(BaseModel):
+    row: int = Field(description="The row's number in the file, from 1")
+    code: str
+    reason: str
+    message: str | None = Field(description="The message made from the row, as JSON text")
+
+
+class ImportReport(BaseModel):
+    rows: int
+    stored: int
+    duplicates: int = Field(description="Rows whose message the log held already (same message id)")
+    rejected: int
+    by_code: dict[str, int] = Field(description="Rejection code -> rows")
+    seconds: float
+    first_rejected: list[RejectedRow] = Field(description="The first 100 rejected rows")
