@@ -220,6 +220,7 @@ def test_each_answer_has_the_shape_the_document_declares(method: str, path: str,
 
 # Without pii:read personal values come back masked ("***"): still the shapes declared.
 MASKED = [("/api/profiles/{identity}", {"identity": "user_id:42"}),
+          ("/api/profiles/{identity}/events", {"identity": "user_id:42"}),
           ("/api/attributes/{code}/analytics", {"code": "birthday"}),
           ("/api/privacy/requests/{request_id}", {"request_id": _ERASURE})]
 
@@ -249,6 +250,9 @@ def test_every_json_answer_declares_a_shape_and_files_their_media_types() -> Non
                         method, path, status, "answers 'any object'")
                     if media == "application/json":
                         assert "$ref" in shape or "anyOf" in shape, (method, path, status, shape)
+    for name, shape in document["components"]["schemas"].items():  # lists hold typed items (events, requests...)
+        for field, property_ in shape.get("properties", {}).items():
+            assert property_.get("items", {}).get("additionalProperties") is not True, (name, field, "any objects")
     export = document["paths"]["/api/exports/profiles"]["get"]["responses"]["200"]
     assert set(export["content"]) == {"text/csv", "application/vnd.apache.parquet", "application/x-ndjson"}
     assert "X-Portrait-Export" in export["headers"]

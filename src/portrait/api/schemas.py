@@ -10,7 +10,7 @@ should ignore unknown fields), so the models do not forbid others.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -50,14 +50,41 @@ class IssuesPage(BaseModel):
     next: int | None = Field(description=NEXT + " (pass it as before)")
 
 
+class EventSummary(BaseModel):
+    seq: int = Field(description="The event's place in the log")
+    message_id: str
+    type: Literal["identify", "track", "page", "screen", "group", "alias"]
+    event: str | None = Field(description="A track's event name, a page's or screen's name; else null")
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: str = Field(description="When it happened: the message's time corrected for clock skew, else when "
+                                       "received; " + TIME)
+    received_at: str = Field(description=TIME)
+    source: str = Field(description="The write key's name, or import:<file>, source:<name>, api:consent...")
+
+
+class Event(EventSummary):
+    previous_id: str | None = Field(description="An alias's previous id")
+    group_id: str | None = Field(description="A group call's group")
+    original_timestamp: str | None = Field(description="The time the message gave (its timestamp, else its "
+                                                       "originalTimestamp) before the clock-skew correction; null "
+                                                       "when it gave none; " + TIME)
+    sent_at: str | None = Field(description="The message's or its batch's sentAt, or null; " + TIME)
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any] = Field(description="Segment's context; ip is the sender's address unless the message "
+                                                "named one")
+    extra: dict[str, Any] = Field(description="The message's other top-level fields")
+
+
 class ProfileEventsPage(BaseModel):
     profile_id: str
-    events: list[dict[str, Any]]
+    events: list[Event] = Field(description="Newest first")
     next: str | None = Field(description=NEXT + " (pass it as cursor)")
 
 
 class RecentEventsPage(BaseModel):
-    events: list[dict[str, Any]]
+    events: list[EventSummary] = Field(description="Oldest first")
     next: int | None = Field(description=NEXT + " (pass it as after)")
 
 

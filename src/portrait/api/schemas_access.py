@@ -7,12 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from portrait.api.schemas import TIME, RejectedEvent, sometimes
+from portrait.api.schemas import TIME, Event, RejectedEvent, sometimes
 from portrait.api.schemas_profiles import Consent, ConsentStatement, Profile
 
 Scope = Literal["ingest", "read", "admin", "pii:read"]
 SOURCE_TIME = "ISO-8601 time in UTC to the second, e.g. 2026-01-02T10:00:00Z; null before the first"
-EVENTS = "Events as GET /api/profiles/{identity}/events gives them"
 
 
 class Key(BaseModel):
@@ -87,11 +86,10 @@ class AccessExport(BaseModel):
     profile: Profile
     consents: dict[str, Consent]
     consent_history: list[ConsentStatement]
-    events: list[dict[str, Any]] = Field(description=EVENTS + ", oldest first")
+    events: list[Event] = Field(description="The profile's events, oldest first")
     segment_history: list[Membership]
     data_quality: list[QualityIssue]
-    events_without_profile: list[dict[str, Any]] = Field(description=EVENTS + ": events naming the person that no "
-                                                                              "profile holds")
+    events_without_profile: list[Event] = Field(description="Events naming the person that no profile holds")
     rejected: list[RejectedEvent] = Field(description="Messages not accepted that name the person")
     generated_at: str = Field(description=TIME)
 
