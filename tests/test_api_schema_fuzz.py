@@ -173,6 +173,8 @@ ANSWERS: list[tuple[str, str, dict[str, str], dict[str, Any], Any, tuple[str, ..
     ("GET", "/api/segments/{segment}", {"segment": "buyers"}, {}, None, ("condition", "size")),
     ("GET", "/api/segments/{segment}", {"segment": "vip"}, {}, None, ("identities", "size")),
     ("PATCH", "/api/segments/{segment}", {"segment": "buyers"}, {}, {"description": "Big"}, ("condition",)),
+    ("PATCH", "/api/segments/{segment}", {"segment": "vip"}, {}, {"identities": ["user_id:42", "nonsense"]},
+     ("rejected_identities",)),
     ("POST", "/api/segments/{segment}/recount", {"segment": "buyers"}, {}, None, ("size",)),
     ("GET", "/api/segments/{segment}/sizes", {"segment": "buyers"}, {}, None, ("sizes",)),
     ("GET", "/api/segments/{segment}/explain/{identity}", {"segment": "buyers", "identity": "user_id:42"}, {}, None,

@@ -174,6 +174,9 @@ def test_a_static_segment_holds_the_profiles_of_its_identities(portrait: Portrai
         "email:ANN@example.com", "user_id:dee", "phone:not a phone", "nonsense"]})
     assert created["kind"] == "static" and created["size"] == 1 and created["identities"] == 2
     assert created["rejected_identities"] == ["phone:not a phone", "nonsense"]
+    changed = portrait.update_segment("VIP list", {"identities": ["email:ann@example.com", "user_id:dee", "nonsense"]})
+    assert changed["identities"] == 2 and changed["rejected_identities"] == ["nonsense"]  # not dropped unsaid
+    assert "rejected_identities" not in portrait.update_segment("VIP list", {"description": "VIPs"})
     portrait.ingest_messages([{"type": "track", "userId": "dee", "event": "Signed Up"}])  # a listed customer arrives
     portrait.process_pending()
     assert users(portrait, "VIP list") == {"ann", "dee"}

@@ -186,12 +186,13 @@ class Segments:
         if "description" in fields:
             changes["description"] = _description(fields)
         keys: list[str] | None = None
+        rejected: list[str] = []
         if "condition" in fields or "identities" in fields:
             if ("condition" in fields) != (segment.kind == "dynamic"):
                 raise BadRequest(f"segment {segment.name!r} is {segment.kind}: change its "
                                  f"{'condition' if segment.kind == 'dynamic' else 'identities'}",
                                  code="invalid_segment")
-            condition, keys, _ = self._content(fields, segment.name)
+            condition, keys, rejected = self._content(fields, segment.name)
             if condition is not None:
                 changes["condition"] = orjson.dumps(to_json(condition)).decode()
         session = self._session()
@@ -208,7 +209,10 @@ class Segments:
             entered = self.recount(segment.id)
             for dependent in self._dependents(segment.name):  # segments that use this one follow it
                 entered += self.recount(dependent)
-        return self.get(segment.id), entered
+        document = self.get(segment.id)
+        if rejected:  # reported as create reports them: a list replaced without them must not lose them unsaid
+            document["rejected_identities"] = rejected
+        return document, entered
 
     def delete(self, reference: str | int) -> None:
         segment = self.find(reference)

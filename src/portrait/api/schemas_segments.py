@@ -25,9 +25,9 @@ class Segment(BaseModel):
     identities: int = sometimes("Static segments only: how many identities the list holds")
 
 
-class SegmentCreated(Segment):
-    rejected_identities: list[str] = sometimes("Static segments only, when some were: the entries of identities "
-                                               "that are not TYPE:VALUE identities, as sent")
+class SavedSegment(Segment):
+    rejected_identities: list[str] = sometimes("Only when identities were sent and some were not TYPE:VALUE "
+                                               "identities: those entries, as sent (left out)")
 
 
 class Recounted(Segment):

@@ -32,7 +32,7 @@ def router(portrait: Portrait) -> APIRouter:
         return {"segments": Viewer(portrait, caller(request)).segments(await run_in_threadpool(segments.all))}
 
     @api.post("/segments", status_code=201, summary="Create a dynamic (condition) or static (identities) segment",
-              **answer(shapes.SegmentCreated, "The segment, counted", 201))
+              **answer(shapes.SavedSegment, "The segment, counted", 201))
     async def create(payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         if "condition" in payload:
             await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
@@ -53,7 +53,7 @@ def router(portrait: Portrait) -> APIRouter:
         return Viewer(portrait, caller(request)).segment(await run_in_threadpool(segments.get, segment))
 
     @api.patch("/segments/{segment}", summary="Change name, description, condition or identities (recounts)",
-               **answer(shapes.Segment, "The segment changed"))
+               **answer(shapes.SavedSegment, "The segment changed"))
     async def update(segment: str, payload: Annotated[dict[str, Any], Body()], request: Request) -> dict[str, Any]:
         if "condition" in payload:
             await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
