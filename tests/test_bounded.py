@@ -1,0 +1,50 @@
+"""What lives as long as the server does stays bounded: the structures the soak (benchmarks/soak.py) watched grow
+with time or with the number of clients, each held to its bound here in seconds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from portrait.web import sessions
+from portrait.web.sessions import LIFETIME, SessionStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(time=fake.time))
+    return fake
+
+
+def test_expired_console_sessions_are_forgotten_without_being_used_again(clock: Clock) -> None:
+    """A browser that signs in and never comes back (closed, cookie cleared, a script signing in each run) left its
+    session in memory for good: only a request with that very cookie removed an expired one."""
+    store = SessionStore()
+    abandoned = [store.open("key-1", "secret") for _ in range(100)]
+    clock.now += LIFETIME + 1
+    kept = store.open("key-1", "secret")
+    assert len(store._sessions) == 1  # the structure itself: the 100 expired sessions are gone
+    assert store.get(kept) is not None
+    assert all(store.get(token) is None for token in abandoned)
+
+
+def test_console_sessions_are_capped_and_the_oldest_signed_out_first(clock: Clock) -> None:
+    store = SessionStore()
+    first = store.open("key-1", "secret")
+    clock.now += 1
+    for _ in range(SessionStore.MAX_SESSIONS + 50):
+        store.open("key-1", "secret")
+    newest = store.open("key-1", "secret")
+    assert len(store._sessions) == SessionStore.MAX_SESSIONS
+    assert store.get(first) is None
+    assert store.get(newest) is not None
