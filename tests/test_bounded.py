@@ -3,10 +3,12 @@ with time or with the number of clients, each held to its bound here in seconds.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
 
+from portrait.service import Portrait
 from portrait.web import sessions
 from portrait.web.sessions import LIFETIME, SessionStore
 
@@ -48,3 +50,18 @@ def test_console_sessions_are_capped_and_the_oldest_signed_out_first(clock: Cloc
     assert len(store._sessions) == SessionStore.MAX_SESSIONS
     assert store.get(first) is None
     assert store.get(newest) is not None
+
+
+def test_a_thread_that_ends_leaves_no_database_session_behind(portrait: Portrait) -> None:
+    """Each thread reading the database gets a cursor of its own. The HTTP server's worker threads come and go
+    (anyio lets an idle one exit after 10 s; a burst of requests starts new ones): every cursor was kept, open,
+    in a list until the server stopped, so it grew with every burst for as long as the server ran."""
+    portrait.status()  # this thread's own session, kept while it lives
+    for _ in range(3):
+        burst = [threading.Thread(target=portrait.status) for _ in range(10)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+    assert len(portrait._sessions) == 1
+    assert portrait.status()["events_received"] == 0  # the live thread's session still works

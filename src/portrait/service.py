@@ -128,6 +128,21 @@ class IncomingRequest:
     complete: bool = True
 
 
+class _ThreadSession:
+    """Holds one thread's read session in a thread-local; when the thread ends, Python drops its thread-local values
+    and this closes the session. The HTTP server's worker threads come and go (anyio lets an idle one exit after
+    10 s, and a burst of requests starts new ones): without this, each one's cursor stayed open in
+    ``Portrait._sessions`` until the server stopped, a list growing with every burst for months."""
+
+    def __init__(self, session: Session, forget: Callable[[Session], None]) -> None:
+        self.session = session
+        self._forget = forget
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit there may be nothing left to close it with
+            self._forget(self.session)
+
+
 class Portrait:
     """The application: one store, one writer thread, one processor (thread or on demand)."""
 
@@ -225,21 +240,30 @@ class Portrait:
         if self._processor_thread:
             self._processor_thread.stop()
         with self._sessions_lock:
-            for session in self._sessions:
-                session.close()
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
         self.store.close()
         compact_if_marked(self.store.path, self.settings.encryption_key)  # after an erasure: no byte of them on disk
 
     @property
     def _reads(self) -> Session:
-        """This thread's read session (DuckDB cursors must not be shared between threads)."""
-        session: Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self.store.session()
-            self._local.session = session
+        """This thread's read session (DuckDB cursors must not be shared between threads), closed and forgotten
+        when the thread ends (see :class:`_ThreadSession`)."""
+        held: _ThreadSession | None = getattr(self._local, "held", None)
+        if held is None:
+            held = _ThreadSession(self.store.session(), self._forget_session)
+            self._local.held = held
             with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+                self._sessions.append(held.session)
+        return held.session
+
+    def _forget_session(self, session: Session) -> None:
+        with self._sessions_lock:
+            if session not in self._sessions:  # close() closed it already
+                return
+            self._sessions.remove(session)
+        session.close()
 
     # -- ingestion ---------------------------------------------------------------------------------------------
     def ingest(self, request: IncomingRequest) -> Future[IngestResult]:
