@@ -4,11 +4,14 @@ with time or with the number of clients, each held to its bound here in seconds.
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 
 from portrait.service import Portrait
+from portrait.spec import utc_now
+from portrait.web.activity import CHARTED_SIZES
 from portrait.web import sessions
 from portrait.web.sessions import LIFETIME, SessionStore
 
@@ -65,3 +68,16 @@ def test_a_thread_that_ends_leaves_no_database_session_behind(portrait: Portrait
             thread.join()
     assert len(portrait._sessions) == 1
     assert portrait.status()["events_received"] == 0  # the live thread's session still works
+
+
+def test_the_console_reads_only_the_sizes_it_draws(portrait: Portrait) -> None:
+    """A size is recorded at every full recount (every 5 minutes: ~105,000 a year per segment); the segment pages
+    read them all to draw the last 20 or 30, so they grew slower the longer the server ran."""
+    created = portrait.create_segment({"name": "everyone", "condition": 'performed("Viewed")'})
+    start = utc_now()
+    for minute in range(40):
+        portrait.segments.recount(created["id"], now=start + timedelta(minutes=5 * minute))
+    every = portrait.segments.sizes(created["id"])["sizes"]
+    newest = portrait.segments.latest_sizes(created["id"], CHARTED_SIZES)
+    assert len(every) > 40
+    assert newest == every[-CHARTED_SIZES:]  # the newest, oldest first, as the chart draws them
