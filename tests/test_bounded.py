@@ -11,8 +11,8 @@ import pytest
 
 from portrait.service import Portrait
 from portrait.spec import utc_now
-from portrait.web.activity import CHARTED_SIZES
 from portrait.web import sessions
+from portrait.web.activity import CHARTED_SIZES
 from portrait.web.sessions import LIFETIME, SessionStore
 
 
