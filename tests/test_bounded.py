@@ -12,7 +12,7 @@ import pytest
 from portrait.service import Portrait
 from portrait.spec import utc_now
 from portrait.web import sessions
-from portrait.web.activity import CHARTED_SIZES
+from portrait.web.activity import CHARTED_SIZES, recent_sizes
 from portrait.web.sessions import LIFETIME, SessionStore
 
 
@@ -81,3 +81,14 @@ def test_the_console_reads_only_the_sizes_it_draws(portrait: Portrait) -> None:
     newest = portrait.segments.latest_sizes(created["id"], CHARTED_SIZES)
     assert len(every) > 40
     assert newest == every[-CHARTED_SIZES:]  # the newest, oldest first, as the chart draws them
+
+
+def test_the_segment_list_survives_a_segment_deleted_while_it_is_drawn(portrait: Portrait) -> None:
+    """The soak deletes segments while the console lists them: one deleted between the list and its sizes made the
+    whole page a 404."""
+    kept = portrait.create_segment({"name": "kept", "condition": 'performed("Viewed")'})
+    gone = portrait.create_segment({"name": "gone", "condition": 'performed("Viewed")'})
+    portrait.segments.delete(gone["id"])
+    found = recent_sizes(portrait, [kept["id"], gone["id"]])
+    assert found[gone["id"]] == []
+    assert len(found[kept["id"]]) == 1  # counted once when created

@@ -18,12 +18,26 @@ from portrait.api.admin import upload_name
 from portrait.errors import NotFound, PortraitError
 from portrait.mapping import combine, parse_mapping_text
 from portrait.privacy import mask_request
+from portrait.service import Portrait
 from portrait.web.charts import bars, funnel, sparkline
 from portrait.web.common import Console, SignInNeeded, form_error, status_of
 from portrait.web.pages import page
 
 SPARKLINE_SIZES = 20  # recounts drawn in the segment list's trend
 CHARTED_SIZES = 30  # recounts drawn in a segment's size chart
+
+
+def recent_sizes(portrait: Portrait, segment_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each segment's newest sizes, for the list's trends. Only the newest: a size is recorded at every full
+    recount (~105,000 a year per segment), and reading them all made the page slower the longer the server ran.
+    A segment deleted since it was listed has none (the soak's concurrent deletes made the page a 404)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for segment_id in segment_ids:
+        try:
+            found[segment_id] = portrait.segments.latest_sizes(segment_id, SPARKLINE_SIZES)
+        except NotFound:
+            found[segment_id] = []
+    return found
 
 
 def router(console: Console) -> APIRouter:
@@ -35,11 +49,8 @@ def router(console: Console) -> APIRouter:
     @guard
     async def segments(request: Request) -> Response:
         listed = console.viewer(request).segments(await run_in_threadpool(portrait.segments.all))
-        # The newest sizes only, read off the event loop: a size is recorded at every full recount (~105,000 a
-        # year per segment), and reading them all made this page slower the longer the server ran.
-        latest = await run_in_threadpool(lambda: {s["id"]: portrait.segments.latest_sizes(s["id"], SPARKLINE_SIZES)
-                                                  for s in listed})
-        trends = {key: sparkline([float(x["size"]) for x in points]) for key, points in latest.items()}
+        recent = await run_in_threadpool(recent_sizes, portrait, [s["id"] for s in listed])
+        trends = {found: sparkline([float(x["size"]) for x in sizes]) for found, sizes in recent.items()}
         return console.render(request, "segments.html", {"segments": listed, "trends": trends})
 
     async def builder_page(request: Request, values: dict[str, str], error: dict[str, str] | None = None,
