@@ -377,6 +377,10 @@ def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> N
     vip = tmp_path / "vip.csv"
     vip.write_text("email,name\nbob@example.com,Bob\nnobody@example.com,Nobody\n")
     assert "1 members" in run("segments", "create", "vip", "--file", str(vip), "--column", "email")
+    # a new list: what is no identity is said, not dropped
+    vip.write_text("email\nbob@example.com\nnobody@example.com\nnot an email\n")
+    assert "Not identities (left out): email:not an email" in run("segments", "update", "vip", "--file", str(vip),
+                                                            "--column", "email")
     listed = run("segments", "list")
     assert "young" in listed and "2 identities" in listed
     explained = run("segments", "explain", "young", "user_id:bob")
