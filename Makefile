@@ -1,13 +1,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-HOST ?= 127.0.0.1
-PORT ?= 8000
+PYTHON ?= python3
+# The server's own settings, when set, are what `make run` serves on (PORTRAIT_PORT=8001 make run); PORT=... wins.
+HOST ?= $(or $(PORTRAIT_HOST),127.0.0.1)
+PORT ?= $(or $(PORTRAIT_PORT),8000)
 
 .PHONY: run test install install-test lint typecheck bench clean
 
+# pyproject.toml's requires-python: without this check an older python3 made a venv and pip then failed with
+# "Package 'portrait' requires a different Python", after a page of other output.
 $(PY):
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "Portrait needs Python 3.11 or newer ($(PYTHON): $$($(PYTHON) --version 2>/dev/null || echo not found))." \
+	       "Install one and run make PYTHON=python3.12 (or the path to it)." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 install: $(PY)
