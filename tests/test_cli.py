@@ -76,7 +76,8 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     (["status", "--db", "{tmp}"], {}, "cannot open the database"),
     (["keys", "list", "--db", "{tmp}/lockers/a.duckdb"], {}, "cannot open the database"),  # not "in use"
     (["status", "--url", "http://[::1", "--admin-key", "k"], {}, "is not a server URL"),
-    (["profiles", "get", "user_id:1", "--db", "{tmp}/not-duckdb.txt"], {}, "not a valid DuckDB database file"),
+    (["profiles", "get", "user_id:1", "--db", "{tmp}/not-duckdb.txt"], {},
+     "the file does not start as a DuckDB database does; nothing was changed"),
     (["status", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PORT": "eighty"}, "invalid setting: PORTRAIT_PORT='eighty'"),
     (["serve", "--db", "{tmp}/a.duckdb"], {"PORTRAIT_PROCESSOR_BATCH_SIZE": "0"},
      "invalid setting: PORTRAIT_PROCESSOR_BATCH_SIZE=0: processor_batch"),

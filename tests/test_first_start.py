@@ -3,16 +3,59 @@ UTF-8, a database path that names something else than a database, an old Python.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from portrait.cli import app
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+
+
+def portrait(*args: str, env: dict[str, str] | None = None, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    """``portrait ARGS`` in a process of its own, started with ``umask`` as a login shell commonly sets it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True, timeout=120,
+                          env={**base, "PORTRAIT_NO_PROGRESS": "1", **(env or {})},
+                          preexec_fn=lambda: os.umask(umask), check=False)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_sqlite_file_given_as_the_database_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER)")
+    connection.close()
+    before = _digest(db)
+    result = runner.invoke(app, ["status", "--db", str(db)])
+    assert result.exit_code == 1
+    # before: DuckDB tried to download its SQLite extension ("Failed to download extension sqlite_scanner")
+    assert "the file is a SQLite database, not a DuckDB database; nothing was changed" in " ".join(
+        result.output.split())
+    assert _digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["crm.db"]
+
+
+def test_a_database_cut_short_says_so_and_stays_as_it_was(tmp_path: Path) -> None:
+    db = tmp_path / "cut.duckdb"
+    assert portrait("demo", "--profiles", "3", "--db", str(db)).returncode == 0
+    with db.open("r+b") as file:
+        file.truncate(db.stat().st_size // 2)
+    before = _digest(db)
+    result = runner.invoke(app, ["status", "--db", str(db)])
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert "the file is shorter than DuckDB's own record of it says" in said and "portrait restore" in said, said
+    assert _digest(db) == before
 
 
 def fake_python(folder: Path, version: str) -> Path:

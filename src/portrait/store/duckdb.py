@@ -295,7 +295,34 @@ def _target(statement: exp.Insert | exp.Update) -> str | None:
     return table.name if table is not None else None
 
 
+# A DuckDB file (encrypted or not) starts with an 8-byte checksum and then these bytes.
+_DUCKDB_MAGIC, _MAGIC_AT = b"DUCK", 8
+# What other files people give for a database start with, as named in the error.
+_OTHER_FORMATS = {b"SQLite format 3\x00": "a SQLite database", b"PAR1": "a Parquet file", b"PK\x03\x04": "a ZIP file",
+                  b"\x1f\x8b": "a gzip file", b"PGDMP": "a PostgreSQL dump"}
+
+
+def _check_is_duckdb(path: str) -> None:
+    """Refuse an existing file that is not a DuckDB database before DuckDB sees it: given a SQLite file, DuckDB
+    tried to download its SQLite extension to open it (offline: an error about a download URL; online: the SQLite
+    file itself opened as the database)."""
+    file = Path(path)
+    if path == ":memory:" or not file.is_file():
+        return
+    with file.open("rb") as opened:
+        head = opened.read(64)
+    if head[_MAGIC_AT:_MAGIC_AT + len(_DUCKDB_MAGIC)] == _DUCKDB_MAGIC:
+        return
+    kind = ("empty" if not head else
+            next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None))
+    what = f"is {kind}, not a DuckDB database" if kind else "does not start as a DuckDB database does"
+    raise PortraitError(f"cannot open the database {path}: the file {what}; nothing was changed. Give --db (or "
+                        "PORTRAIT_DB_PATH) the path of a Portrait database, or of a file that does not exist yet to "
+                        "start a new one", code="not_a_duckdb_file")
+
+
 def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb.DuckDBPyConnection:
+    _check_is_duckdb(path)
     try:
         if not encryption_key:
             return duckdb.connect(path)
@@ -319,7 +346,12 @@ def _open_problem(path: str, exc: duckdb.Error, key_name: str = KEY_VARIABLE) ->
     if not isinstance(exc, duckdb.IOException):
         return _key_problem(path, str(exc), key_name)
     text = str(exc)
-    if "could not set lock" not in text.lower():  # no such folder, a folder, not a DuckDB file, no permission...
+    if "Could not read enough bytes" in text:  # its header names blocks past the end of the file
+        return PortraitError(f"cannot open the database {path}: the file is shorter than DuckDB's own record of it "
+                             "says (cut short: a copy that did not finish, a full disk?); nothing was changed. Restore "
+                             "a backup (`portrait restore`, see docs/backups.md); DuckDB said: "
+                             f"{text.removeprefix('IO Error: ')}", code="database_damaged")
+    if "could not set lock" not in text.lower():  # no such folder, a folder, no permission...
         return PortraitError(f"cannot open the database {path}: {text.removeprefix('IO Error: ')}",
                              code="database_unreadable")
     pid = _LOCK_PID.search(text)
