@@ -4,9 +4,11 @@ UTF-8, a database path that names something else than a database, an old Python.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,37 @@ def portrait(*args: str, env: dict[str, str] | None = None, umask: int = 0o022) 
     return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True, timeout=120,
                           env={**base, "PORTRAIT_NO_PROGRESS": "1", **(env or {})},
                           preexec_fn=lambda: os.umask(umask), check=False)
+
+
+def test_what_portrait_writes_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    db = tmp_path / "shop.duckdb"
+    loaded = portrait("demo", "--profiles", "3", "--db", str(db))
+    assert loaded.returncode == 0, loaded.stderr
+    backed_up = portrait("backup", "--db", str(db))
+    assert backed_up.returncode == 0, backed_up.stderr
+    written = [db, tmp_path / "backups", *(tmp_path / "backups").iterdir()]
+    assert len(written) == 3
+    assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written} == {
+        path.name: oct(0o700 if path.is_dir() else 0o600) for path in written}
+
+
+def test_a_terminal_that_is_not_utf8_shows_names_escaped_instead_of_crashing(tmp_path: Path) -> None:
+    db, events = str(tmp_path / "names.duckdb"), tmp_path / "events.ndjson"
+    events.write_text(json.dumps({"type": "track", "userId": "zoë", "event": "Café ☕ 🎉", "messageId": "m1"}),
+                      encoding="utf-8")
+    assert portrait("import", "events", str(events), "--db", db).returncode == 0
+    ascii_terminal = {"PYTHONIOENCODING": "ascii"}
+    shown = portrait("profiles", "get", "user_id:zoë", "--db", db, env=ascii_terminal)
+    assert shown.returncode == 0, shown.stderr
+    assert "| user_id | zo\\u00eb |" in shown.stdout  # escaped before the columns were measured: aligned
+    tail = portrait("events", "tail", "--db", db, env=ascii_terminal)
+    assert tail.returncode == 0, tail.stderr
+    assert "Caf\\u00e9 \\u2615 \\ud83c\\udf89" in tail.stdout  # above U+FFFF: a surrogate pair, as JSON has it
+    as_json = portrait("events", "tail", "--json", "--db", db, env=ascii_terminal)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["event"] == "Café ☕ 🎉"  # escapes JSON reads back as the same text
+    missing = portrait("profiles", "get", "user_id:zoé", "--db", db, env=ascii_terminal)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "error: no profile has the identity user_id:zo\\u00e9")
 
 
 def _digest(path: Path) -> str:

@@ -9,6 +9,7 @@ pages, the command line) they are written as their code point, ``U+202E``, rathe
 
 from __future__ import annotations
 
+import codecs
 import re
 
 # What JSON leaves as it is among them (it escapes C0 controls itself).
@@ -24,3 +25,24 @@ def code_point(character: str) -> str:
 def with_code_points(text: str) -> str:
     """``text`` with each invisible character written as its code point (``Ann U+202E``)."""
     return INVISIBLE.sub(lambda found: code_point(found.group()), text)
+
+
+# The error handler that writes what an encoding cannot hold as JSON's escapes (``Zo\u00eb``): a terminal that is
+# not UTF-8 then shows a readable name, and ``--json`` output stays valid JSON.
+UNICODE_ESCAPES = "portrait-unicode-escape"
+
+
+def _unicode_escapes(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    units = error.object[error.start:error.end].encode("utf-16-be")  # above U+FFFF: two units, a surrogate pair
+    escaped = "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
+    return escaped, error.end
+
+
+codecs.register_error(UNICODE_ESCAPES, _unicode_escapes)
+
+
+def encodable(text: str, encoding: str) -> str:
+    """``text`` as a terminal of ``encoding`` can show it: each character it has no byte for escaped."""
+    return text.encode(encoding, errors=UNICODE_ESCAPES).decode(encoding)

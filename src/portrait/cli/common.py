@@ -20,7 +20,7 @@ from portrait.client import RemotePortrait, running_server_url
 from portrait.config import Settings, load_settings
 from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import Portrait
-from portrait.untrusted import with_code_points
+from portrait.untrusted import encodable, with_code_points
 
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -54,14 +54,16 @@ class Terminal(Console):
     """A rich console that prints text as it is. Event names, traits and identifiers come from senders: read as
     rich markup, "[/]" in one made ``events tail`` fail and "[link=...]" drew a hyperlink; escape sequences in
     them could clear or retitle the terminal. So no markup or emoji codes are read in any text printed, and
-    control and invisible characters are written as their code point (:mod:`portrait.untrusted`). Styles are given
+    control and invisible characters are written as their code point (:mod:`portrait.untrusted`), and characters
+    a terminal that is not UTF-8 cannot show as ``\u00eb``. Styles are given
     as styles (``style=``, :class:`rich.text.Text`), never as markup."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(markup=False, emoji=False, **options)
 
     def render_str(self, text: str, **options: Any) -> Text:
-        return super().render_str(with_code_points(text), **{**options, "markup": False, "emoji": False})
+        shown = encodable(with_code_points(text), self.encoding)  # escaped before rich measures the columns
+        return super().render_str(shown, **{**options, "markup": False, "emoji": False})
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
