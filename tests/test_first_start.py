@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -121,3 +122,20 @@ def test_make_run_takes_the_port_and_host_from_portraits_settings(tmp_path: Path
     explicit = subprocess.run(["make", "-n", "-C", str(REPO), "run", f"VENV={venv}", "PORT=9000"],
                               capture_output=True, text=True, timeout=60, env=env, check=False)
     assert "--port 9000" in explicit.stdout
+
+
+def test_a_database_its_user_may_not_read_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """As root, the command drops to ``nobody`` once its modules are loaded (root reads any file)."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folders are closed to other users
+    try:
+        folder.chmod(0o777)  # the write-ahead log goes beside the database
+        db = folder / "locked.duckdb"
+        assert portrait("demo", "--profiles", "1", "--db", str(db)).returncode == 0
+        db.chmod(0o000)
+        as_nobody = "import os; os.setgid(65534); os.setuid(65534)" if os.geteuid() == 0 else "pass"
+        run = subprocess.run([sys.executable, "-c", f"from portrait.cli import app; {as_nobody}; app()", "status",
+                              "--db", str(db)], capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 1, run.stderr  # before: a PermissionError traceback from reading the header
+        assert f'Cannot open file "{db}": Permission denied' in " ".join(run.stderr.split()), run.stderr
+    finally:
+        shutil.rmtree(folder)

@@ -309,8 +309,11 @@ def _check_is_duckdb(path: str) -> None:
     file = Path(path)
     if path == ":memory:" or not file.is_file():
         return
-    with file.open("rb") as opened:
-        head = opened.read(64)
+    try:
+        with file.open("rb") as opened:
+            head = opened.read(64)
+    except OSError:  # no permission to read it: DuckDB's own error says so
+        return
     if head[_MAGIC_AT:_MAGIC_AT + len(_DUCKDB_MAGIC)] == _DUCKDB_MAGIC:
         return
     kind = ("empty" if not head else
