@@ -7,11 +7,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -139,3 +141,21 @@ def test_a_database_its_user_may_not_read_is_refused_with_the_reason(tmp_path: P
         assert f'Cannot open file "{db}": Permission denied' in " ".join(run.stderr.split()), run.stderr
     finally:
         shutil.rmtree(folder)
+
+
+def test_sigterm_during_demo_ends_it_as_ctrl_c_does(tmp_path: Path) -> None:
+    db = tmp_path / "demo.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    loading = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "20000", "--db", str(db)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**env, "PORTRAIT_NO_PROGRESS": "1"})
+    deadline = time.monotonic() + 30
+    wal = db.with_name(db.name + ".wal")
+    while not (wal.exists() and wal.stat().st_size > 1_000_000) and time.monotonic() < deadline:
+        time.sleep(0.05)  # events are being stored (the migrations write a few kB)
+    loading.send_signal(signal.SIGTERM)
+    _, stderr = loading.communicate(timeout=60)
+    assert loading.returncode == 143, stderr  # before: -15, killed where it was, without a word
+    assert "interrupted: what was loaded stays; run the same command again" in " ".join(stderr.split())
+    status = portrait("status", "--json", "--db", str(db))
+    assert status.returncode == 0 and json.loads(status.stdout)["events_received"] > 0, status.stderr

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -206,17 +208,30 @@ def _check_writable(path: Path, what: str) -> None:
         raise _fail(PortraitError(f"cannot write {what} to {path}: {why}", code="cannot_write"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a CI job cancelled), raised where Ctrl-C is, so that a load ends as it does."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the closing of the database short
+    raise Terminated
+
+
 @contextmanager
 def _interruptible() -> Iterator[None]:
-    """Ctrl-C during a load (import, demo): say what became of it once the database is closed -- every message is
-    stored whole or not at all, and ids make a second run skip what the first one stored. Exit code 130, as for
-    any command a SIGINT ends."""
+    """Ctrl-C or SIGTERM during a load (import, demo): say what became of it once the database is closed -- every
+    message is stored whole or not at all, and ids make a second run skip what the first one stored. Exit code 130
+    or 143, as for any command a SIGINT or SIGTERM ends. (SIGTERM used to end the process where it was: no word of
+    what was stored, and the database left to be recovered from its write-ahead log at the next start.)"""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         errors.print("interrupted: what was loaded stays; run the same command again to load the rest (what is "
                      "already stored is recognized and skipped)", style="bold red", soft_wrap=True, highlight=False)
-        raise typer.Exit(code=130) from None
+        raise typer.Exit(code=128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(exc: PortraitError) -> typer.Exit:
