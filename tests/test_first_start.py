@@ -15,9 +15,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+from portrait.__main__ import run_reporting_damage
 from portrait.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +51,7 @@ def test_a_terminal_that_is_not_utf8_shows_names_escaped_instead_of_crashing(tmp
     db, events = str(tmp_path / "names.duckdb"), tmp_path / "events.ndjson"
     events.write_text(json.dumps({"type": "track", "userId": "zoë", "event": "Café ☕ 🎉", "messageId": "m1"}),
                       encoding="utf-8")
-    assert portrait("import", "events", str(events), "--db", db).returncode == 0
+    assert runner.invoke(app, ["import", "events", str(events), "--db", db]).exit_code == 0
     ascii_terminal = {"PYTHONIOENCODING": "ascii"}
     shown = portrait("profiles", "get", "user_id:zoë", "--db", db, env=ascii_terminal)
     assert shown.returncode == 0, shown.stderr
@@ -59,8 +62,12 @@ def test_a_terminal_that_is_not_utf8_shows_names_escaped_instead_of_crashing(tmp
     as_json = portrait("events", "tail", "--json", "--db", db, env=ascii_terminal)
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["event"] == "Café ☕ 🎉"  # escapes JSON reads back as the same text
-    missing = portrait("profiles", "get", "user_id:zoé", "--db", db, env=ascii_terminal)
-    assert (missing.returncode, missing.stderr.strip()) == (1, "error: no profile has the identity user_id:zo\\u00e9")
+
+
+def make_database(db: Path) -> None:
+    """A small Portrait database, made in this process (the mode of its files does not matter here)."""
+    made = runner.invoke(app, ["demo", "--profiles", "3", "--db", str(db)], env={"PORTRAIT_NO_PROGRESS": "1"})
+    assert made.exit_code == 0, made.output
 
 
 def _digest(path: Path) -> str:
@@ -83,7 +90,7 @@ def test_a_sqlite_file_given_as_the_database_is_refused_untouched(tmp_path: Path
 
 def test_a_database_cut_short_says_so_and_stays_as_it_was(tmp_path: Path) -> None:
     db = tmp_path / "cut.duckdb"
-    assert portrait("demo", "--profiles", "3", "--db", str(db)).returncode == 0
+    make_database(db)
     with db.open("r+b") as file:
         file.truncate(db.stat().st_size // 2)
     before = _digest(db)
@@ -132,7 +139,7 @@ def test_a_database_its_user_may_not_read_is_refused_with_the_reason(tmp_path: P
     try:
         folder.chmod(0o777)  # the write-ahead log goes beside the database
         db = folder / "locked.duckdb"
-        assert portrait("demo", "--profiles", "1", "--db", str(db)).returncode == 0
+        make_database(db)
         db.chmod(0o000)
         as_nobody = "import os; os.setgid(65534); os.setuid(65534)" if os.geteuid() == 0 else "pass"
         run = subprocess.run([sys.executable, "-c", f"from portrait.cli import app; {as_nobody}; app()", "status",
@@ -159,3 +166,23 @@ def test_sigterm_during_demo_ends_it_as_ctrl_c_does(tmp_path: Path) -> None:
     assert "interrupted: what was loaded stays; run the same command again" in " ".join(stderr.split())
     status = portrait("status", "--json", "--db", str(db))
     assert status.returncode == 0 and json.loads(status.stdout)["events_received"] > 0, status.stderr
+
+
+def test_a_damaged_block_ends_any_command_with_one_line_not_a_traceback(tmp_path: Path, monkeypatch: Any,
+                                                                        capsys: Any) -> None:
+    """DuckDB finds a damaged block only when it reads it: at open, or in whatever query reads it first. Damage at
+    each tenth of the file in turn; ``status`` reads enough to meet most of them."""
+    db = tmp_path / "whole.duckdb"
+    make_database(db)
+    whole, damaged = db.read_bytes(), tmp_path / "damaged.duckdb"
+    said = []
+    for tenth in range(1, 10):
+        at = len(whole) * tenth // 10
+        damaged.write_bytes(whole[:at] + b"garbage" * 4 + whole[at + 28:])
+        monkeypatch.setattr(sys, "argv", ["portrait", "status", "--db", str(damaged)])
+        with pytest.raises(SystemExit) as ended:  # before: DuckDB's IOException out of the query that met it
+            run_reporting_damage(app)
+        said.append((ended.value.code, capsys.readouterr().err.strip().splitlines()[-1:]))
+    failures = [lines for code, lines in said if code != 0]
+    assert failures and all(lines[0].startswith("error: ") for lines in failures), said
+    assert any("the database file is damaged" in lines[0] for lines in failures), said

@@ -4,6 +4,7 @@ import codecs
 import io
 import os
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from portrait.untrusted import UNICODE_ESCAPES
@@ -24,7 +25,22 @@ def main() -> None:
     except KeyboardInterrupt:
         print("Interrupted while starting: nothing was done.", file=sys.stderr)
         raise SystemExit(130) from None
-    app()
+    run_reporting_damage(app)
+
+
+def run_reporting_damage(app: Callable[[], object]) -> None:
+    """Run the CLI app; a damaged database file, which DuckDB finds only when it reads the damaged block (any
+    command, any query), ends it with one line saying so instead of a traceback of whatever was reading."""
+    from portrait.store.duckdb import damage
+
+    try:
+        app()
+    except Exception as exc:
+        problem = damage(exc)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _escape_what_the_terminal_cannot_show(stream: TextIO | None) -> None:

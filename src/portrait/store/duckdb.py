@@ -281,6 +281,16 @@ def _refused_by_disk(exc: duckdb.Error) -> None:
                                  "on the disk holding the database, then retry") from exc
 
 
+def damage(exc: BaseException) -> str | None:
+    """What to tell a person when ``exc`` is DuckDB finding a block of the database file damaged (its checksum does
+    not match: a failing disk, a bad copy), else None. Seen only when that block is read, which may be long after
+    the file opened."""
+    if isinstance(exc, duckdb.Error) and "Corrupt database file" in str(exc):
+        return ("the database file is damaged (" + str(exc).removeprefix("IO Error: ") + "); restore a backup "
+                "(`portrait restore`, docs/backups.md)")
+    return None
+
+
 def _check_folder(path: str) -> None:
     """DuckDB writes a write-ahead log beside the database (and Portrait its server file): in a folder it may not
     write to, the first write would fail deep inside a transaction."""
