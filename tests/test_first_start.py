@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
+from tests.conftest import free_port
 from typer.testing import CliRunner
 
 from portrait.__main__ import run_reporting_damage
 from portrait.cli import app
+from portrait.client import write_server_file
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -186,3 +189,18 @@ def test_a_damaged_block_ends_any_command_with_one_line_not_a_traceback(tmp_path
     failures = [lines for code, lines in said if code != 0]
     assert failures and all(lines[0].startswith("error: ") for lines in failures), said
     assert any("the database file is damaged" in lines[0] for lines in failures), said
+
+
+def test_a_second_server_on_the_same_database_says_where_the_first_one_is(tmp_path: Path) -> None:
+    db = tmp_path / "served.duckdb"
+    make_database(db)
+    holder = duckdb.connect(str(db))  # holds the file's lock as a running server does
+    try:
+        write_server_file(str(db), "http://127.0.0.1:8451")  # and what that server notes beside it
+        second = portrait("serve", "--db", str(db), "--port", str(free_port()))
+    finally:
+        holder.close()
+    assert second.returncode == 1
+    said = " ".join(second.stderr.split())
+    assert f"error: the database {db} is in use by process {os.getpid()}" in said, said
+    assert "A Portrait server already serves it at http://127.0.0.1:8451: use that one, or stop it first" in said

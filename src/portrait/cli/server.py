@@ -33,8 +33,8 @@ from portrait.cli.common import (
     errors,
     styled,
 )
-from portrait.client import remove_server_file, write_server_file
-from portrait.errors import PortraitError
+from portrait.client import remove_server_file, running_server_url, write_server_file
+from portrait.errors import DatabaseInUse, PortraitError
 from portrait.service import Portrait
 from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, opens_with
 
@@ -66,7 +66,7 @@ def serve(
         portrait = Portrait(settings)
     except PortraitError as exc:  # in use by another process, a missing or wrong encryption key...
         _close_all(listening)
-        raise _fail(exc) from exc
+        raise _fail(_second_server(exc, settings.db_path) if isinstance(exc, DatabaseInUse) else exc) from exc
     # From here SIGTERM (docker stop, systemd) ends the process through the `finally` below. While uvicorn runs it
     # shuts down gracefully first and then raises the signal again, which by default would end the process before
     # the database is closed and the server file removed.
@@ -106,6 +106,16 @@ def serve(
         signal.signal(signal.SIGINT, _closing)
         portrait.close()
         remove_server_file(settings.db_path)
+
+
+def _second_server(exc: DatabaseInUse, db_path: str) -> DatabaseInUse:
+    """A second `portrait serve` (a second `make run`) on a database that one already serves: where that one is,
+    and the two ways on."""
+    running = running_server_url(db_path)
+    where = f"A Portrait server already serves it at {running}: use that one, or stop it first" if running else (
+        "Stop that process first")
+    return DatabaseInUse(f"{exc.message} {where}; a second server needs a database of its own (--db or "
+                         "PORTRAIT_DB_PATH).")
 
 
 def _stopping_server(uvicorn: Any, config: Any, stop_long_work: Callable[[], None]) -> Any:
