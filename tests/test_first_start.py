@@ -204,3 +204,18 @@ def test_a_second_server_on_the_same_database_says_where_the_first_one_is(tmp_pa
     said = " ".join(second.stderr.split())
     assert f"error: the database {db} is in use by process {os.getpid()}" in said, said
     assert "A Portrait server already serves it at http://127.0.0.1:8451: use that one, or stop it first" in said
+
+
+def test_make_test_names_the_system_packages_it_could_not_install(tmp_path: Path) -> None:
+    """No Chromium, and apt-get fails (offline): one line naming what is missing, not 40 failed tests later."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("apt-get", "id"):  # apt-get offline; `id -u` says root, so the script tries to install
+        (tools / name).write_text("#!/bin/sh\necho 'E: Could not resolve deb.debian.org' >&2; exit 100\n"
+                                  if name == "apt-get" else "#!/bin/sh\necho 0\n")
+        (tools / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "PORTRAIT_TEST_CHROMIUM": str(tmp_path / "none")}
+    checked = subprocess.run([str(REPO / "scripts" / "system-packages.sh")], capture_output=True, text=True,
+                             timeout=60, env=env, check=False)
+    assert checked.returncode == 1
+    assert "could not install chromium with apt-get (see its messages above): the tests need them" in checked.stderr
