@@ -219,3 +219,16 @@ def test_make_test_names_the_system_packages_it_could_not_install(tmp_path: Path
                              timeout=60, env=env, check=False)
     assert checked.returncode == 1
     assert "could not install chromium with apt-get (see its messages above): the tests need them" in checked.stderr
+
+
+def test_a_narrow_terminal_wraps_long_values_instead_of_cutting_them(tmp_path: Path) -> None:
+    db = str(tmp_path / "narrow.duckdb")
+    make_database(Path(db))
+    found = runner.invoke(app, ["profiles", "get", "user_id:user-1", "--json", "--db", db])
+    email = json.loads(found.stdout)["traits"]["email"]
+    shown = runner.invoke(app, ["profiles", "get", "user_id:user-1", "--db", db], env={"COLUMNS": "40"})
+    assert shown.exit_code == 0, shown.output
+    assert max(len(line) for line in shown.output.splitlines()[1:]) <= 40  # the first line is not a table
+    assert "…" not in shown.output  # before: "mia.nowak7@exa…", "2026-1…"
+    traits = shown.output.split("Identities")[0]  # two columns: a value's lines read on in order
+    assert email in "".join(char for char in traits if char not in "│┃ \n"), traits

@@ -57,15 +57,30 @@ class Terminal(Console):
     rich markup, "[/]" in one made ``events tail`` fail and "[link=...]" drew a hyperlink; escape sequences in
     them could clear or retitle the terminal. So no markup or emoji codes are read in any text printed, and
     control and invisible characters are written as their code point (:mod:`portrait.untrusted`), and characters
-    a terminal that is not UTF-8 cannot show as ``\u00eb``. Styles are given
-    as styles (``style=``, :class:`rich.text.Text`), never as markup."""
+    a terminal that is not UTF-8 cannot show as ``\\u00eb``. Styles are given as styles (``style=``,
+    :class:`rich.text.Text`), never as markup. Tables wrap a value too long for its column rather than cut it."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(markup=False, emoji=False, **options)
 
+    def print(self, *objects: Any, **options: Any) -> None:
+        for shown in objects:
+            if isinstance(shown, Table):
+                _wrap_long_values(shown)
+        super().print(*objects, **options)
+
     def render_str(self, text: str, **options: Any) -> Text:
         shown = encodable(with_code_points(text), self.encoding)  # escaped before rich measures the columns
         return super().render_str(shown, **{**options, "markup": False, "emoji": False})
+
+
+def _wrap_long_values(table: Table) -> None:
+    """In a narrow terminal (COLUMNS=40, a split pane) rich cut every long cell to its column's width with an
+    ellipsis: an email shown as "mia.nowak7@exa…", a timestamp as "2026-1…", nothing left to read or copy. A cut
+    value now goes on over the next lines of its cell."""
+    for column in table.columns:
+        if column.overflow == "ellipsis":  # rich's default; a column given another keeps it
+            column.overflow = "fold"
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
