@@ -71,7 +71,7 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
      "cannot reach the Portrait server at http://127.0.0.1:1"),
     (["status", "--url", "notaurl", "--admin-key", "k"], {}, "cannot reach the Portrait server at notaurl"),
     (["keys", "list", "--db", "/nonexistent/folder/a.duckdb"], {},
-     "cannot open the database /nonexistent/folder/a.duckdb: Cannot open file"),
+     "cannot open the database /nonexistent/folder/a.duckdb: there is no folder /nonexistent/folder (create it"),
     (["status", "--db", "/nonexistent/folder/a.duckdb"], {}, "there is no database at /nonexistent/folder/a.duckdb"),
     (["status", "--db", "{tmp}"], {}, "cannot open the database"),
     (["keys", "list", "--db", "{tmp}/lockers/a.duckdb"], {}, "cannot open the database"),  # not "in use"

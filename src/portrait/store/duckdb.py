@@ -295,7 +295,10 @@ def _check_folder(path: str) -> None:
     """DuckDB writes a write-ahead log beside the database (and Portrait its server file): in a folder it may not
     write to, the first write would fail deep inside a transaction."""
     folder = Path(path).resolve().parent
-    if path != ":memory:" and folder.is_dir() and not os.access(folder, os.W_OK):
+    if path != ":memory:" and not folder.is_dir():  # DuckDB said only "Cannot open file ...: No such file"
+        raise PortraitError(f"cannot open the database {path}: there is no folder {folder} (create it with "
+                            f"mkdir -p {folder}, or give --db or PORTRAIT_DB_PATH another path)", code="no_such_folder")
+    if path != ":memory:" and not os.access(folder, os.W_OK):
         raise PortraitError(f"cannot use the database {path}: its folder {folder} is not writable (DuckDB writes its "
                             "write-ahead log beside the database)", code="folder_not_writable")
 
