@@ -313,7 +313,8 @@ def test_serve_on_a_port_in_use_says_so_before_opening_anything(tmp_path: Path) 
         refused = run_cli("serve", "--db", str(db), "--port", str(port))
     assert refused.returncode == 1
     assert refused.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port}: another program is listening "
-                                      "there: stop it or choose another port with --port or PORTRAIT_PORT")
+                                      "there: stop it or choose another port with --port or PORTRAIT_PORT "
+                                      f"(make run PORT={port + 1})")  # what `make run` users type
     assert refused.stdout == "" and not db.exists()  # no database made, no keys generated and printed
 
 

@@ -150,8 +150,9 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             listening.bind(address)
     except OSError as exc:  # socket.gaierror (an unknown host) is one
         _close_all(sockets)
-        why = ("another program is listening there: stop it or choose another port with --port or PORTRAIT_PORT"
-               if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+        other = port + 1 if port < 65535 else 8000
+        why = ("another program is listening there: stop it or choose another port with --port or PORTRAIT_PORT "
+               f"(make run PORT={other})" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
         raise PortraitError(f"cannot listen on {host}:{port}: {why}", code="cannot_listen") from exc
     return sockets
 
