@@ -14,7 +14,9 @@ $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "Portrait needs Python 3.11 or newer ($(PYTHON): $$($(PYTHON) --version 2>/dev/null || echo not found))." \
 	       "Install one and run make PYTHON=python3.12 (or the path to it)." >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	@# A venv that failed half-way (Debian without python3-venv: no ensurepip) still has bin/python, this target:
+	@# removed, so that the next make tries again instead of failing on a missing pip.
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(PIP) install --quiet --upgrade pip
 
 install: $(PY)

@@ -232,3 +232,23 @@ def test_a_narrow_terminal_wraps_long_values_instead_of_cutting_them(tmp_path: P
     assert "…" not in shown.output  # before: "mia.nowak7@exa…", "2026-1…"
     traits = shown.output.split("Identities")[0]  # two columns: a value's lines read on in order
     assert email in "".join(char for char in traits if char not in "│┃ \n"), traits
+
+
+def test_make_tries_the_venv_again_after_it_failed_half_way(tmp_path: Path) -> None:
+    """Debian's python3 without python3-venv makes the venv's folders and bin/python, then fails (no ensurepip):
+    the next make skipped the venv (its target existed) and failed on a missing pip."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "python3").write_text(
+        f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = venv ]; then\n  "{sys.executable}" -m venv --without-pip "$3"\n'
+        '  echo "The virtual environment was not created successfully because ensurepip is not available." >&2\n'
+        f'  exit 1\nfi\nexec "{sys.executable}" "$@"\n')
+    (tools / "python3").chmod(0o755)
+    venv = tmp_path / "venv"
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+    for _ in range(2):  # each run fails the same clear way
+        made = subprocess.run(["make", "-C", str(REPO), "install", f"VENV={venv}"], capture_output=True, text=True,
+                              timeout=120, env=env, check=False)
+        assert made.returncode != 0
+        assert "ensurepip is not available" in made.stderr, made.stderr
+        assert not venv.exists()
