@@ -19,12 +19,21 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(PIP) install --quiet --upgrade pip
 
-install: $(PY)
-	$(PIP) install --quiet -e .
+install: $(VENV)/.installed
 
-install-test: $(PY)
-	$(PIP) install --quiet -e '.[test]'
+install-test: $(VENV)/.installed-test
 	scripts/system-packages.sh
+
+# `pip install -e .` asks the package index for its build requirements every time, so a second `make run` failed
+# offline although everything was installed. Done again only when pyproject.toml changes (an editable install
+# follows the sources by itself).
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
 
 run: install
 	$(VENV)/bin/portrait serve --host $(HOST) --port $(PORT)

@@ -252,3 +252,17 @@ def test_make_tries_the_venv_again_after_it_failed_half_way(tmp_path: Path) -> N
         assert made.returncode != 0
         assert "ensurepip is not available" in made.stderr, made.stderr
         assert not venv.exists()
+
+
+def test_a_second_make_run_does_not_install_again(tmp_path: Path) -> None:
+    """pip asks the package index for the build requirements every time: offline, the second make run failed."""
+    venv, calls = tmp_path / "venv", tmp_path / "pip-calls"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "bin" / "pip").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')  # counts the installs, needs no index
+    (venv / "bin" / "pip").chmod(0o755)
+    for _ in range(2):
+        made = subprocess.run(["make", "-C", str(REPO), "install", f"VENV={venv}"], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+    assert calls.read_text().splitlines() == ["install --quiet -e ."]
