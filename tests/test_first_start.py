@@ -266,3 +266,13 @@ def test_a_second_make_run_does_not_install_again(tmp_path: Path) -> None:
                               timeout=60, check=False)
         assert made.returncode == 0, made.stderr
     assert calls.read_text().splitlines() == ["install --quiet -e ."]
+
+
+def test_an_empty_database_file_says_to_delete_it(tmp_path: Path) -> None:
+    db = tmp_path / "touched.duckdb"
+    db.touch()
+    result = runner.invoke(app, ["keys", "list", "--db", str(db)])
+    assert result.exit_code == 1
+    assert ("the file is empty, not a DuckDB database; delete it and start again to make a new database there"
+            in " ".join(result.output.split())), result.output  # before: "... not a valid DuckDB database file!"
+    assert db.stat().st_size == 0

@@ -329,8 +329,10 @@ def _check_is_duckdb(path: str) -> None:
         return
     if head[_MAGIC_AT:_MAGIC_AT + len(_DUCKDB_MAGIC)] == _DUCKDB_MAGIC:
         return
-    kind = ("empty" if not head else
-            next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None))
+    if not head:  # `touch`, or a first start killed before DuckDB wrote a byte: no data to lose
+        raise PortraitError(f"cannot open the database {path}: the file is empty, not a DuckDB database; delete it "
+                            "and start again to make a new database there", code="not_a_duckdb_file")
+    kind = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None)
     what = f"is {kind}, not a DuckDB database" if kind else "does not start as a DuckDB database does"
     raise PortraitError(f"cannot open the database {path}: the file {what}; nothing was changed. Give --db (or "
                         "PORTRAIT_DB_PATH) the path of a Portrait database, or of a file that does not exist yet to "
