@@ -289,6 +289,7 @@ class PrivacyRequests:
 
 def _find_unlinked(session: Session, identities: list[tuple[Any, ...]]) -> None:
     """Add to ``erase_seqs`` the events no profile holds (set aside, no usable identifier) that name the person."""
+    session.execute(q.UNLINKED_SCOPE)
     for _key, kind, value in identities:
         session.execute(q.ADD_UNLINKED_NAMING, [str(value)])
         text, digits = _needles(kind, str(value))
@@ -296,6 +297,7 @@ def _find_unlinked(session: Session, identities: list[tuple[Any, ...]]) -> None:
             session.execute(q.ADD_UNLINKED_HOLDING, [text])
         if digits:
             session.execute(q.ADD_UNLINKED_HOLDING_PHONE, [digits])
+    session.execute(q.DROP_UNLINKED_SCOPE)
 
 
 def _needles(kind: str, value: str) -> tuple[str | None, str | None]:
