@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlglot import exp as sqlglot_exp
-from tests.conftest import ADMIN_KEY, WRITE_KEY, activity_mismatches
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, activity_mismatches
 from typer.testing import CliRunner
 
 from portrait import segments, subjects
@@ -709,3 +710,45 @@ def test_an_erasure_is_not_failed_by_audience_events_sent_meanwhile(
         assert service.segments.outbox(100) == []
     finally:
         service.close()
+
+
+def test_reading_a_large_access_export_does_not_hold_the_server(server: Server) -> None:
+    """An access export of a customer with 12,000 events (~10 MB) was encoded by FastAPI on the event loop: every
+    other request -- /healthz, ingestion -- waited ~2 s while one admin read it (benchmarks/privacy_speed.py). It is
+    encoded in a worker thread now; the answer is the same JSON."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=30) as writer:
+        for start in range(0, 12_000, 500):
+            batch = [{"type": "track", "userId": "heavy-reader", "event": "Viewed", "messageId": f"h{n}",
+                      "properties": {"items": [{"sku": f"s{n}-{k}", "price": k} for k in range(8)]}}
+                     for n in range(start, start + 500)]
+            writer.post("/v1/batch", json={"batch": batch}).raise_for_status()
+    server.wait_caught_up()
+    with server.admin() as admin:
+        admin.timeout = httpx.Timeout(60)
+        made = admin.post("/api/privacy/requests", json={"type": "access", "identity": "user_id:heavy-reader"})
+        request_id = made.json()["id"]
+        while admin.get(f"/api/privacy/requests/{request_id}").json()["status"] != "done":
+            time.sleep(0.1)
+        health: list[float] = []
+        reading = threading.Event()
+
+        def probe() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                while not reading.is_set():
+                    began = time.perf_counter()
+                    client.get("/healthz").raise_for_status()
+                    health.append(time.perf_counter() - began)
+                    time.sleep(0.01)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            time.sleep(0.2)
+            answer = admin.get(f"/api/privacy/requests/{request_id}")
+        finally:
+            reading.set()
+            prober.join()
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    events = answer.json()["result"]["events"]
+    assert len(events) == 12_000 and events[0]["properties"]["items"][7] == {"sku": "s0-7", "price": 7}
+    assert max(health) < 0.5, f"/healthz took up to {max(health):.2f} s while the export was read"
