@@ -156,3 +156,44 @@ def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
         render(static)  # in use all along: stays
     assert len(render._cache) == _Renderer.SIZE
     assert render._cache[id(static)][0] is static
+
+
+
+def test_the_store_and_the_rewrite_after_an_erasure_draw_no_progress_bar(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB draws a progress bar on standard output for a statement running over 2 s, such as the rewrite after
+    an erasure (10-25 s for a 440 MB file, benchmarks/privacy_speed.py): lines of it in the server's log, and in the
+    output of a CLI command that opened the file (a ``--json`` answer no longer parsed). The connections Portrait
+    makes -- the store's, which runs migrations and checkpoints (its cursors draw none), and the one that copies the
+    file -- have it off: asked of each as it runs its first checkpoint or the copy."""
+    import duckdb
+
+    from portrait.store.duckdb import compact_file
+
+    drawing: dict[str, bool] = {}
+    connect = duckdb.connect
+
+    class Watched:
+        def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+            self._connection = connection
+
+        def execute(self, text: str, *args: object) -> duckdb.DuckDBPyConnection:
+            if text.startswith(("CHECKPOINT", "COPY FROM DATABASE")):
+                setting = self._connection.execute("SELECT current_setting('enable_progress_bar')").fetchone()
+                drawing.setdefault(text.split()[0], bool(setting and setting[0]))
+            return self._connection.execute(text, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._connection, name)
+
+    def drawing_by_default(*args: object, **kwargs: object) -> Watched:
+        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
+        # DuckDB's default depends on how Python was started: on for `python -c` on this machine, off under pytest
+        connection.execute("SET enable_progress_bar = true")
+        return Watched(connection)
+
+    monkeypatch.setattr(duckdb, "connect", drawing_by_default)
+    path = str(tmp_path / "quiet.duckdb")
+    DuckDBStore(path).close()
+    compact_file(path)
+    assert drawing == {"CHECKPOINT": False, "COPY": False}

@@ -565,6 +565,9 @@ def checkpoint_threshold(megabytes: int) -> exp.Expr:
 
 
 UTC_SESSION = parse("SET TimeZone = 'UTC'")
+# DuckDB draws a progress bar on standard output for a statement running over 2 s (a rewrite after an erasure, a
+# large export): into the server's log, and into a CLI command's answer. Its cursors inherit the setting.
+NO_PROGRESS_BAR = parse("SET enable_progress_bar = false")
 # What DuckDB holds in memory (its buffer pool: cached blocks of the database, query work, the write-ahead log's
 # pending data), and the most it may hold before it evicts cached blocks and spills query work to disk.
 DATABASE_MEMORY = parse("SELECT coalesce(sum(memory_usage_bytes), 0), current_setting('memory_limit') "

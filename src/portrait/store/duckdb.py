@@ -343,8 +343,8 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
     _check_is_duckdb(path)
     try:
         if not encryption_key:
-            return duckdb.connect(path)
-        connection = duckdb.connect()
+            return _quiet(duckdb.connect(path), render)
+        connection = _quiet(duckdb.connect(), render)
         try:
             _load_crypto(connection)
             _spill_encrypted_beside(connection, path, render)
@@ -356,6 +356,11 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
         return connection
     except duckdb.Error as exc:
         raise _open_problem(path, exc) from exc
+
+
+def _quiet(connection: duckdb.DuckDBPyConnection, render: _Renderer) -> duckdb.DuckDBPyConnection:
+    connection.execute(render(schema.NO_PROGRESS_BAR))
+    return connection
 
 
 def _open_problem(path: str, exc: duckdb.Error, key_name: str = KEY_VARIABLE) -> PortraitError:
@@ -521,7 +526,7 @@ def _copy(source: str, target: str, old_key: str | None, new_key: str | None, ol
     PORTRAIT_MEMORY_LIMIT_MB: the copy builds each index whole in memory, which cannot spill (a 3-million-key
     index did not fit in 300 MB), and a rewrite after an erasure that failed would fail again at every start."""
     render = _Renderer("duckdb")
-    connection = duckdb.connect()
+    connection = _quiet(duckdb.connect(), render)
     try:
         if old_key or new_key:
             _load_crypto(connection)
