@@ -34,7 +34,7 @@ from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performe
 from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
-from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, StorageUnavailable
 from portrait.model import Identifier
 from portrait.registry import AttributeRegistry
 from portrait.spec import iso_time, utc_now
@@ -45,6 +45,10 @@ from portrait.store import Session
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^(?!\d+$)[^\s\x00-\x1f\x7f/](?:[^\x00-\x1f\x7f/]{0,78}[^\s\x00-\x1f\x7f/])?$")
 SAMPLE_SIZE = 10
+# The real-time refresh evaluates in SQL from this many touched profiles, and from this share of all profiles per
+# dynamic segment (see Segments._large; measured in docs/performance.md, "Real-time segment refresh").
+SQL_FROM = 1_000
+SQL_SHARE_PER_SEGMENT = 0.0015
 
 # Pages newest first start before this id (BIGINT's largest).
 NEWEST = 2**63 - 1
@@ -102,6 +106,11 @@ class Segments:
         # Segments that cannot be evaluated now (one saved before its condition was refused, say), by id: skipped,
         # keeping their members, so that one cannot stop every other segment's upkeep; shown as the segment's error.
         self.failures: dict[int, str] = {}
+        # Fewer touched profiles than this are evaluated in Python whatever the store's size (see _large).
+        self.sql_from = SQL_FROM
+        # Conditions (by segment id) whose SQL failed in a refresh: evaluated in Python from then on (each failure
+        # costs the whole pass, rolled back), until the segment's condition changes.
+        self._refused_in_sql: dict[int, Condition | None] = {}
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -352,43 +361,101 @@ class Segments:
         return changes
 
     def refresh_touched(self, *, now: datetime | None = None) -> list[Change]:
-        """Re-evaluate, with the Python engine, the profiles the processor touched since the last call."""
+        """Re-evaluate the profiles the processor touched since the last call: with the Python engine, or, when
+        they are many (see _large), with the SQL engine (see _evaluate_in_sql)."""
         session = self._session()
         processed = int(session.execute(q.PROCESSED)[0][0])
         seen = int(session.execute(q.GET_WATERMARK)[0][0])
         if processed <= seen:
             return []
         now = now or utc_now()
-        changes: list[Change] = []
         if not session.execute(q.LIST) and not self.calculator.definitions(session):
             session.execute(q.SET_WATERMARK, [processed])  # nothing to keep current: never pause processing
-            return changes
+            return []
+        while True:
+            try:
+                return self._refresh(session, seen, processed, now)
+            except _RefusedInSql as refused:  # the whole pass was rolled back (DuckDB aborts the transaction)
+                log.warning("segment %r (%s): the SQL engine failed on the touched profiles (%s); evaluating it "
+                            "with the Python engine", refused.segment.name, refused.segment.id, refused.reason)
+                self._refused_in_sql[refused.segment.id] = refused.segment.condition
+
+    def _refresh(self, session: Session, seen: int, processed: int, now: datetime) -> list[Change]:
+        changes: list[Change] = []
         with self._changing(), session.transaction():
             # read under the lock: a segment deleted or changed from the API before it was taken is not counted as
-            # it had been (members written for a segment that no longer exists)
-            segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
+            # it had been (members written for a segment that no longer exists). Static segments first: a dynamic
+            # one referring to one reads its stored members in SQL, which are then current for the scope.
+            segments = sorted((_segment(row[:8]) for row in session.execute(q.LIST)),
+                              key=lambda s: s.condition is not None)
             session.execute(q.SCOPE_TABLE)
             session.execute(q.TOUCHED, [seen, processed] * 3)
             session.execute(q.LIVE_SCOPE, [seen])
             self.calculator.apply(session, now, scoped=True)  # calculated attributes first: segments may use them
-            profiles = self._scope_profiles(session, segments) if segments else []
+            scope = [row[0] for row in session.execute(q.SCOPE_PROFILES)]
+            large = self._large(session, len(scope), sum(s.condition is not None for s in segments))
+            in_sql = {s.id for s in segments
+                      if s.condition is not None and large and self._refused_in_sql.get(s.id) != s.condition}
+            python = [s for s in segments if s.condition is not None and s.id not in in_sql]
+            profiles = self._scope_profiles(session, python) if python else []
             schema = self.schema()
             for segment in segments:
+                session.execute(q.NEW_MEMBERS_TABLE)
                 try:
-                    members = self._evaluate(session, segment, profiles, schema, now)
+                    if segment.id in in_sql:
+                        self._evaluate_in_sql(session, segment, schema, now)
+                    else:
+                        self._found(session, self._evaluate(session, segment, scope, profiles, schema, now))
+                except _RefusedInSql:
+                    raise
                 except Exception as exc:  # this one only: the others are kept current
                     self._failed(segment.id, segment.name, exc)
                     continue
-                session.execute(q.NEW_MEMBERS_TABLE)
-                if members:
-                    session.load("seg_found", pa.table({"profile_id": members}))
-                    try:
-                        session.execute(q.INSERT_FOUND)
-                    finally:
-                        session.unload("seg_found")
                 changes += _apply(session, segment, now)
             session.execute(q.SET_WATERMARK, [processed])
         return changes
+
+    def _large(self, session: Session, touched: int, dynamic: int) -> bool:
+        """Whether so many profiles were touched that the SQL engine is cheaper for the ``dynamic`` segments.
+        Python's cost is mostly loading each touched profile with its events (once for all segments); SQL's is a
+        scan of the store per segment. So the break-even point is a share of the profiles growing with the
+        segments: measured ~1.3% of 100,000 profiles (1M events) for 5 segments, ~3% for 20, and 0.5-1% of 1M
+        (20M events) for 5 (docs/performance.md); never below ``sql_from``."""
+        if touched < self.sql_from:
+            return False
+        return touched >= SQL_SHARE_PER_SEGMENT * dynamic * int(session.execute(q.COUNT_PROFILES)[0][0])
+
+    def _evaluate_in_sql(self, session: Session, segment: Segment, schema: Schema, now: datetime) -> None:
+        """The scope's members into ``seg_new`` by the SQL engine: one set-based statement instead of loading every
+        touched profile with its events into Python (measured in docs/performance.md). A condition it cannot
+        compile is left to the Python engine; a statement that fails aborts the whole transaction in DuckDB, so it
+        is raised as _RefusedInSql for the caller to roll back and redo the pass with this segment in Python."""
+        assert segment.condition is not None
+        try:
+            compiled = compile_condition(segment.condition, schema, now, scope=q.LIVE_SCOPE_TABLE)
+        except Exception:
+            self._found(session, self._evaluate(session, segment, *self._scope_of_one(session, segment), schema,
+                                                now))
+            return
+        try:
+            session.execute(q.new_members(compiled.members(q.LIVE_SCOPE_TABLE)), compiled.params)
+        except StorageUnavailable:
+            raise  # a full disk is no fault of the condition: the refresh is tried again as a whole, later
+        except Exception as exc:
+            raise _RefusedInSql(segment, exc) from exc
+
+    def _scope_of_one(self, session: Session, segment: Segment) -> tuple[list[str], list[ProfileData]]:
+        profiles = self._scope_profiles(session, [segment])
+        return [p.profile_id for p in profiles], profiles
+
+    @staticmethod
+    def _found(session: Session, members: list[str]) -> None:
+        if members:
+            session.load("seg_found", pa.table({"profile_id": pa.array(members, pa.string())}))
+            try:
+                session.execute(q.INSERT_FOUND)
+            finally:
+                session.unload("seg_found")
 
     def _scope_profiles(self, session: Session, segments: list[Segment]) -> list[ProfileData]:
         names = sorted({n for s in segments if s.condition is not None for n in _event_names(s.condition, self)})
@@ -405,11 +472,11 @@ class Segments:
                     Event(seq, name, timestamp, orjson.loads(properties) if properties else {}))
         return list(profiles.values())
 
-    def _evaluate(self, session: Session, segment: Segment, profiles: list[ProfileData], schema: Schema,
-                  now: datetime) -> list[str]:
+    def _evaluate(self, session: Session, segment: Segment, scope: list[str], profiles: list[ProfileData],
+                  schema: Schema, now: datetime) -> list[str]:
         if segment.condition is None:
             static = {row[0] for row in session.execute(q.STATIC_MEMBERS, [segment.id])}
-            return [p.profile_id for p in profiles if p.profile_id in static]
+            return [profile_id for profile_id in scope if profile_id in static]
         predicate = compile_predicate(segment.condition, schema, now, self._static_members)
         return [p.profile_id for p in profiles if predicate(p)]
 
@@ -522,6 +589,15 @@ def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
     session.execute(q.REMOVE_MEMBERS, [segment.id])
     return [Change(segment.id, segment.name, change, profile_id)
             for change, profile_id in session.execute(q.CHANGES)]
+
+
+class _RefusedInSql(Exception):
+    """The SQL engine's statement failed for a segment: the transaction is aborted and must be rolled back."""
+
+    def __init__(self, segment: Segment, reason: Exception) -> None:
+        super().__init__(segment.name)
+        self.segment = segment
+        self.reason = reason
 
 
 def _segment(row: tuple[Any, ...]) -> Segment:

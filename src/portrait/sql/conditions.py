@@ -93,8 +93,10 @@ class Compiled:
     predicate: exp.Expr
     params: dict[str, Any] = field(default_factory=dict)
 
-    def members(self) -> exp.Select:
-        return exp.select("p.profile_id").from_("profiles AS p").where(self.predicate)
+    def members(self, among: str = "profiles") -> exp.Select:
+        """The members among every profile, or among the profile ids of the table ``among`` (a scope)."""
+        return exp.select("p.profile_id").from_(exp.alias_(exp.to_table(among), "p", table=True)).where(
+            self.predicate)
 
     def count(self) -> exp.Select:
         return exp.select("count(*)").from_("profiles AS p").where(self.predicate)
@@ -105,16 +107,31 @@ class Compiled:
                 .order_by("p.profile_id").limit(sample))
 
 
-def compile_condition(condition: Condition, schema: Schema, now: datetime) -> Compiled:
-    compiler = _Compiler(schema, now)
+def compile_condition(condition: Condition, schema: Schema, now: datetime, *, scope: str | None = None) -> Compiled:
+    """``scope``: a table of the only profile ids the predicate will be asked about (``members(scope)``), so each
+    test reads those profiles' rows only -- what the real-time refresh of a large batch needs."""
+    compiler = _Compiler(schema, now, scope)
     return Compiled(compiler.predicate(condition), compiler.params)
 
 
 class _Compiler:
-    def __init__(self, schema: Schema, now: datetime) -> None:
+    def __init__(self, schema: Schema, now: datetime, scope: str | None = None) -> None:
         self.schema = schema
         self.now = now
+        self.scope = scope
         self.params: dict[str, Any] = {}
+
+    def within(self, query: exp.Select) -> exp.Expr:
+        """``p.profile_id IN (query)``, where the query's first column is a profile id. In a scope, a grouping
+        query groups the scope's rows only: the same answer for those profiles (each profile's rows, and so its
+        group, are whole) without grouping every other profile's events -- ``last_time("Page Viewed")`` over 10,000
+        of 1M profiles: 0.36 s instead of 0.91 s. A plain semi-join (an attribute test) is left as it is: its scan
+        is cheap, and the scope's extra join made it slower (0.19 s instead of 0.11 s)."""
+        if self.scope is not None and query.args.get("group"):
+            owner = query.selects[0].copy()
+            query = query.where(exp.In(this=owner, query=exp.Subquery(this=exp.select("profile_id").from_(
+                exp.to_table(self.scope)))))
+        return exp.In(this=exp.column("profile_id", "p"), query=exp.Subquery(this=query))
 
     def param(self, value: Any) -> exp.Placeholder:
         name = f"p{len(self.params)}"
@@ -137,7 +154,7 @@ class _Compiler:
             if referenced is not None:
                 return exp.paren(self.predicate(referenced))
             members = _select("SELECT m.profile_id FROM segment_members AS m JOIN segments AS s ON s.id = m.segment_id")
-            return _in(members.where(exp.column("name", "s").eq(self.param(condition.segment))))
+            return self.within(members.where(exp.column("name", "s").eq(self.param(condition.segment))))
         return self.event(condition)
 
     def consent(self, condition: Consent) -> exp.Expr:
@@ -145,10 +162,10 @@ class _Compiler:
         stated = _select("SELECT ep.profile_id FROM consent_records AS c JOIN event_profiles AS ep ON ep.seq = c.seq")
         stated = stated.where(exp.column("purpose", "c").eq(self.param(condition.purpose)))
         if condition.status == "unknown":
-            test: exp.Expr = exp.not_(_in(stated))
+            test: exp.Expr = exp.not_(self.within(stated))
         else:
             latest = _expression("first(c.status ORDER BY c.at DESC, c.seq DESC)")
-            test = _in(stated.group_by("ep.profile_id").having(exp.EQ(this=latest, expression=self.param(
+            test = self.within(stated.group_by("ep.profile_id").having(exp.EQ(this=latest, expression=self.param(
                 condition.status))))
         return test if condition.op == "=" else exp.not_(exp.paren(test))
 
@@ -159,16 +176,16 @@ class _Compiler:
         traits = exp.select("profile_id").from_("profile_traits").where(
             exp.column("key").eq(self.param(condition.field)))
         if condition.op == "is set":
-            return _in(traits.where("value IS NOT NULL AND json_type(value) <> 'NULL'"))
+            return self.within(traits.where("value IS NOT NULL AND json_type(value) <> 'NULL'"))
         kind = self.schema.attribute_types[condition.field]
         if kind in ("string", "enum") and condition.op in ("=", "in") and all(
                 isinstance(v, str) and _PLAIN_TEXT.match(v) for v in condition.values):
             # Plain text is written the same way by every JSON writer ("PL"): compare the stored JSON text as it
             # is, without parsing a million values. Same result as reading the string (tests hold the engines).
             encoded = [self.param(f'"{v}"') for v in condition.values]
-            return _in(traits.where(exp.In(this=exp.cast(exp.column("value"), "VARCHAR"), expressions=encoded)))
+            return self.within(traits.where(exp.In(this=exp.cast(exp.column("value"), "VARCHAR"), expressions=encoded)))
         test = self.value_test(_reader(kind, "value"), condition.op, condition.values, kind)
-        return _in(traits.where(test))
+        return self.within(traits.where(test))
 
     def value_test(self, value: exp.Expr, op: str, values: tuple[Value, ...], kind: str) -> exp.Expr:
         """``value op values`` for a value already read as ``kind`` (NULL when missing: the caller handles it)."""
@@ -217,7 +234,7 @@ class _Compiler:
             if condition.function == "sum":
                 return self.counted(source, f"coalesce(sum({number}), 0)", condition.op, condition.value, zero=0)
             having = exp.paren(_expression(f"SELECT {condition.function}({number})"))
-            return _in(source.group_by("ep.profile_id").having(
+            return self.within(source.group_by("ep.profile_id").having(
                 _comparison(condition.op)(this=having, expression=self.param(float(condition.value)))))
         if isinstance(condition, EventTime):
             return self.event_time(source, condition)
@@ -230,15 +247,15 @@ class _Compiler:
         placeholders[0].replace(before)
         placeholders[1].replace(since)
         source = source.where(exp.column("timestamp", "ep") >= self.param(earlier_start))
-        return _in(source.group_by("ep.profile_id").having(stopped))
+        return self.within(source.group_by("ep.profile_id").having(stopped))
 
     def counted(self, source: exp.Select, measure: str, op: str, target: float, *, zero: float) -> exp.Expr:
         """``measure op target`` per profile, where a profile with no matching events has ``zero``."""
         value = exp.paren(_expression(f"SELECT {measure}"))
         test = _comparison(op)(this=value, expression=self.param(target))
         if _count(op, target)(zero):  # profiles without events qualify too: exclude those that fail instead
-            return exp.not_(_in(source.group_by("ep.profile_id").having(exp.not_(test))))
-        return _in(source.group_by("ep.profile_id").having(test))
+            return exp.not_(self.within(source.group_by("ep.profile_id").having(exp.not_(test))))
+        return self.within(source.group_by("ep.profile_id").having(test))
 
     def event_time(self, source: exp.Select, condition: EventTime) -> exp.Expr:
         if condition.op in NEGATIONS:
@@ -247,7 +264,7 @@ class _Compiler:
             return exp.not_(self.event_time(source, positive))
         moment = exp.paren(_expression(f"{'min' if condition.which == 'first' else 'max'}(ep.timestamp)"))
         test = self.value_test(moment, condition.op, condition.values, "datetime")
-        return _in(source.group_by("ep.profile_id").having(test))
+        return self.within(source.group_by("ep.profile_id").having(test))
 
     def events(self, name: str, window: Window, where: Condition | None, needs_properties: bool) -> exp.Select:
         event = self.param(name)
@@ -297,11 +314,9 @@ class _Compiler:
         gap = exp.Add(this=exp.column("timestamp", "a"), expression=self.param(
             timedelta(seconds=condition.within.seconds)))
         query = query.where(exp.LTE(this=exp.column("timestamp", "b"), expression=gap))
-        return _in(self.windowed(self.windowed(query, "a", condition.window), "b", condition.window))
+        return self.within(self.windowed(self.windowed(query, "a", condition.window), "b", condition.window))
 
 
-def _in(query: exp.Select) -> exp.Expr:
-    return exp.In(this=exp.column("profile_id", "p"), query=exp.Subquery(this=query))
 
 
 def _comparison(op: str) -> type[exp.Binary]:

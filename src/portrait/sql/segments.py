@@ -178,6 +178,8 @@ ALL_PROFILES = parse("SELECT profile_id FROM profiles")
 # refresh and per calculated attribute.) Params: the last refresh's watermark.
 LIVE_SCOPE = parse("CREATE OR REPLACE TEMP TABLE seg_live AS SELECT DISTINCT profile_id FROM seg_scope "
                    "WHERE profile_id NOT IN (SELECT merged_id FROM merges WHERE seq > ?)")
+LIVE_SCOPE_TABLE = "seg_live"
+COUNT_PROFILES = parse("SELECT count(*) FROM profiles")
 SCOPE_PROFILES = parse("SELECT profile_id FROM seg_live")
 SCOPE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits "
                      "WHERE profile_id IN (SELECT profile_id FROM seg_live)")
