@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,29 @@ def test_flush_returns_once_everything_submitted_before_is_committed(tmp_path: P
     writer.flush()
     assert all(done.done() for done in submitted)
     assert store.session().execute(COUNT) == [(3,)]
+    writer.close()
+
+
+def test_a_request_is_counted_out_of_the_queue_before_it_is_answered(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """/api/status's ingest_queue_events was counted down after the answers were given: a sender that had its 200
+    and read the status at once could still see its events queued (a CI run saw 1)."""
+    store = DuckDBStore(str(tmp_path / "w.duckdb"))
+    writer = EventWriter(store, max_events=100)
+    append, attached = writer._append, threading.Event()
+
+    def append_once_watched(*args: Any) -> Any:
+        attached.wait(10)  # the answer's watcher is in place before the answer can be given
+        return append(*args)
+
+    monkeypatch.setattr(writer, "_append", append_once_watched)
+    seen_when_answered: list[int] = []
+    answered = writer.submit(one_event("m1"))
+    answered.add_done_callback(lambda _: seen_when_answered.append(writer.queued_events))
+    attached.set()
+    answered.result(timeout=10)
+    writer.flush()
+    assert seen_when_answered == [0]
     writer.close()
 
 

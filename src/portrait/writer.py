@@ -188,10 +188,7 @@ class EventWriter:
             while True:
                 group, stop = self._take_group()
                 if group:
-                    try:
-                        self._commit(session, group)
-                    finally:  # answered, either way: no longer waiting
-                        self._count_queued(-sum(len(pending.events) for pending in group))
+                    self._commit(session, group)
                 if stop:
                     return
         finally:
@@ -233,16 +230,25 @@ class EventWriter:
                 log.error("event log append refused: %s", exc.message)
             else:
                 log.exception("event log append failed")
+            self._count_answered(group)
             for pending in group:
                 pending.future.set_exception(exc)  # SDKs re-send on a 5xx: nothing is lost
             return
-        self._on_commit()
+        try:
+            self._on_commit()
+        finally:
+            self._count_answered(group)
         start = 0
         for pending in group:
             end = start + len(pending.events)
             stored = sum(kept[start:end])
             start = end
             pending.future.set_result(IngestResult(stored, len(pending.events) - stored, len(pending.rejections)))
+
+    def _count_answered(self, group: list[_Pending]) -> None:
+        """No longer waiting: counted out before the answers are given, so that a sender who has its answer (and
+        reads /api/status) sees no queue left for it (counted out after, a status read in between saw it queued)."""
+        self._count_queued(-sum(len(pending.events) for pending in group))
 
     def _append(self, session: Session, group: list[_Pending]) -> list[bool]:
         """Append the group in one transaction; returns, per event in group order, whether it was stored."""
