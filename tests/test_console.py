@@ -99,9 +99,9 @@ def test_find_a_customer_and_open_the_card(page: Page) -> None:
     page.keyboard.press("Tab")  # keyboard reachable: the search box takes focus from the keyboard
     page.get_by_label("Find by any identifier or attribute value").fill("user-1")
     page.keyboard.press("Enter")
-    shot(page, "customers")
     first = page.locator("table tbody tr").first  # the exact match before user-10, user-11...
     expect(first.locator(".tag", has_text=re.compile(r"^user_id: user-1$"))).to_have_count(1)
+    shot(page, "customers")  # once the results page is there: taken while it loaded, the shot lost its page
     expect(page.locator("[data-test=more-results]")).to_have_count(0)
     page.locator("table a").first.click()
     expect(page.locator("[data-test=customer]")).to_be_visible()
