@@ -422,13 +422,8 @@ class Portrait:
         if identifier is None:
             raise NotFound(f"profile {profile_id} has no identifier to record consent with")
         kind, value = identifier
-        message: dict[str, Any] = {"type": "track", "event": "Consent Updated", "properties": {},
-                                   "context": {"consent": consent}}
-        if kind in ("user_id", "anonymous_id"):
-            message["userId" if kind == "user_id" else "anonymousId"] = value
-        else:
-            message["context"]["externalIds"] = [{"type": kind, "id": value, "collection": "users",
-                                                  "encoding": "none"}]
+        message = _named_by({"type": "track", "event": "Consent Updated", "properties": {},
+                             "context": {"consent": consent}}, kind, value)
         chunk = next(self.import_messages([[message]], f"{source}:consent"))
         if chunk.rejected:
             raise BadRequest(chunk.rejected[0][1].reason, code=chunk.rejected[0][1].code)
@@ -1088,13 +1083,17 @@ def _audience_message(message_id: str, segment_id: int, segment: str, change: st
                       kind: str, value: str) -> dict[str, Any]:
     """An outbox row as the track message to log, named by the identifier OUTBOX_MESSAGES chose (the profile's own,
     or for an exit of a profile merged away, its survivor's)."""
-    message: dict[str, Any] = {
-        "type": "track", "event": "Audience Entered" if change == "entered" else "Audience Exited",
-        "timestamp": at.isoformat() + "Z", "properties": {"segment": segment, "segment_id": segment_id},
-        "messageId": message_id}
+    return _named_by({"type": "track", "event": "Audience Entered" if change == "entered" else "Audience Exited",
+                      "timestamp": at.isoformat() + "Z", "properties": {"segment": segment, "segment_id": segment_id},
+                      "messageId": message_id}, kind, value)
+
+
+def _named_by(message: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
+    """``message`` naming its profile by one identifier: as userId or anonymousId, or another type as an external
+    id (as Segment's SDKs send them), so the processor resolves it like any event."""
     if kind in ("user_id", "anonymous_id"):
         message["userId" if kind == "user_id" else "anonymousId"] = value
     else:
-        message["context"] = {"externalIds": [{"type": kind, "id": value, "collection": "users",
-                                               "encoding": "none"}]}
+        context = message.setdefault("context", {})
+        context["externalIds"] = [{"type": kind, "id": value, "collection": "users", "encoding": "none"}]
     return message
