@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ def activity_mismatches(portrait: Portrait) -> list[tuple[object, ...]]:
         return session.execute(_ACTIVITY_MISMATCHES)
     finally:
         session.close()
+
+
+# Threads that live as long as the process, in a server too: the ingest API's pool for large bodies.
+_PROCESS_WIDE_THREADS = ("portrait-large-bodies",)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that leaves a Portrait open leaves its threads (writer, processor, workers) running into the
+    interpreter's exit, where DuckDB is torn down under them: a run once aborted after its summary with "terminate
+    called without an active exception". Such a run fails here, naming the threads."""
+    left = sorted(thread.name for thread in threading.enumerate()
+                  if thread.name.startswith("portrait-") and not thread.name.startswith(_PROCESS_WIDE_THREADS))
+    if left:
+        sys.stderr.write(f"\nA test left a Portrait open (threads still running: {', '.join(left)}): close it.\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

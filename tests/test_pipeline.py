@@ -644,8 +644,11 @@ def test_catching_up_ends_while_events_keep_arriving(tmp_path: Any, monkeypatch:
         return done
 
     monkeypatch.setattr(service.processor, "process_next", batch_then_more_traffic)
-    assert service.processor.catch_up() == 12 + 2  # three batches of up to 5; two late arrivals fit in them
-    assert service.status()["lag"] == 1
+    try:
+        assert service.processor.catch_up() == 12 + 2  # three batches of up to 5; two late arrivals fit in them
+        assert service.status()["lag"] == 1
+    finally:
+        service.close()
 
 
 def test_the_survivor_lists_merges_and_conflicts_of_profiles_it_absorbed(portrait: Portrait) -> None:
