@@ -17,12 +17,13 @@ from starlette.background import BackgroundTask
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api import schemas_attributes as attribute_shapes
 from portrait.api import schemas_profiles as profile_shapes
-from portrait.api.auth import Viewer, authorizer, caller
+from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
 from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
 from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
+from portrait.viewer import Viewer
 
 EXPORT_MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
 # The export is a file, not JSON: its media type follows ?format=, and its report travels in a header.

@@ -14,11 +14,12 @@ from fastapi.concurrency import run_in_threadpool
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api import schemas_profiles as profile_shapes
 from portrait.api import schemas_segments as shapes
-from portrait.api.auth import Viewer, authorizer, caller
+from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
 from portrait.api.schemas import HistoryPage, MembersPage, SizesPage, answer, page
 from portrait.errors import BadRequest
 from portrait.service import Portrait
+from portrait.viewer import Viewer
 
 
 def router(portrait: Portrait) -> APIRouter:

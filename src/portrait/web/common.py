@@ -14,7 +14,6 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from portrait.api.auth import Viewer
 from portrait.api.errors import STATUS
 from portrait.attributes import with_unit
 from portrait.conditions.text import ConditionError
@@ -22,6 +21,7 @@ from portrait.errors import Forbidden, PortraitError, Unauthorized
 from portrait.keys import ApiKey
 from portrait.service import Portrait
 from portrait.untrusted import INVISIBLE, INVISIBLE_IN_JSON, code_point
+from portrait.viewer import Viewer
 from portrait.web.sessions import COOKIE, ConsoleSession, SessionStore
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))

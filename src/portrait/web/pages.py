@@ -12,12 +12,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from portrait.api.auth import Viewer
 from portrait.attributes import unit_shown, with_unit
 from portrait.errors import NotFound, PortraitError, Unauthorized
 from portrait.privacy import PERSONAL_IDENTITY_TYPES
 from portrait.spec import utc_now
 from portrait.sql import console as q
+from portrait.viewer import Viewer
 from portrait.web.charts import bars, number
 from portrait.web.common import (
     TEMPLATES,
