@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import duckdb
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -577,3 +578,37 @@ def test_source_times_are_written_as_the_api_writes_them_and_keep_their_message_
     assert portrait.sources.cursor_value("crm") == "2026-02-02T11:00:00+01:00"  # as saved before: compared by PG
     again = portrait.sync_source("crm")
     assert (again.rows, again.stored, again.duplicates) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("column", ["timestamptz", "timestamp"])
+def test_sub_second_times_keep_their_digits_and_the_cursor_misses_nothing(postgres: PostgresServer, shop: str,
+                                                                          tmp_path: Path, column: str) -> None:
+    """Rows a few microseconds apart, read in chunks of two: every event keeps its time to the microsecond, and the
+    cursor, saved at the last row's exact time, reads no row twice into the log and misses none -- neither those
+    sharing the saved time that commit later nor those a microsecond past it."""
+    run_sql(postgres, shop, {"timestamptz": "CREATE TABLE clicks (id integer, who text, at timestamptz);",
+                             "timestamp": "CREATE TABLE clicks (id integer, who text, at timestamp);"}[column])
+    run_sql(postgres, shop, """
+        INSERT INTO clicks VALUES (1, 'a', '2026-03-01 10:00:00.000001'), (2, 'a', '2026-03-01 10:00:00.000002'),
+                                  (3, 'a', '2026-03-01 10:00:00.123'), (4, 'a', '2026-03-01 10:00:00.999999');
+    """)
+    service = Portrait(Settings(db_path=str(tmp_path / "p.duckdb"), source_chunk_rows=2), background=False)
+    try:
+        service.add_source({"name": "web", "kind": "events", "url": shop, "cursor": "at",
+                            "query": "SELECT id, who, at FROM clicks",
+                            "mapping": {"identifiers": {"user_id": "who"}, "event": "Clicked", "timestamp": "at"}})
+        assert service.sync_source("web").stored == 4
+        run_sql(postgres, shop, """
+            INSERT INTO clicks VALUES (5, 'a', '2026-03-01 10:00:00.999999'), (6, 'a', '2026-03-01 10:00:01'),
+                                      (7, 'a', '2026-03-01 10:00:01.000001');
+        """)
+        again = service.sync_source("web")
+        assert (again.rows, again.stored, again.duplicates) == (4, 3, 1)
+    finally:
+        service.close()
+    with duckdb.connect(str(tmp_path / "p.duckdb"), read_only=True) as stored:
+        rows = stored.execute("SELECT timestamp, properties FROM events ORDER BY seq").fetchall()
+    times = ["10:00:00.000001", "10:00:00.000002", "10:00:00.123", "10:00:00.999999", "10:00:00.999999",
+             "10:00:01", "10:00:01.000001"]
+    assert sorted((json.loads(properties)["id"], when) for when, properties in rows) == [
+        (n, datetime.fromisoformat(f"2026-03-01T{at}")) for n, at in enumerate(times, start=1)]
