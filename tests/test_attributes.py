@@ -324,7 +324,7 @@ def test_values_of_a_number_with_a_unit_are_shown_with_it(tmp_path: Path, monkey
         assert "<td>42</td>" in client.get("/attributes/shoe").text  # a text's unit is no number's: not added
     service.close()
     runner = CliRunner()
-    shown = json.loads(runner.invoke(app, ["attributes", "analytics", "basket", "--db", db]).output)
+    shown = json.loads(runner.invoke(app, ["attributes", "analytics", "basket", "--db", db]).stdout)
     assert (shown["unit"], shown["mean"]) == ("PLN", 21.25)
     card = runner.invoke(app, ["profiles", "get", "user_id:u0", "--db", db], env={"COLUMNS": "200"})
     assert "12.5 PLN" in card.output and '"42" EU' not in card.output, card.output

@@ -153,7 +153,7 @@ def test_events_rejected_lists_reasons(tmp_path: Path) -> None:
     service.ingest_messages([{"type": "track", "userId": "u", "messageId": "bad-1"}])
     service.close()
     result = runner.invoke(app, ["events", "rejected", "--db", db, "--json"])
-    rejected = json.loads(result.output)["rejected"]
+    rejected = json.loads(result.stdout)["rejected"]
     assert [(r["code"], r["message_id"]) for r in rejected] == [("missing_field", "bad-1")]
 
 
@@ -337,6 +337,6 @@ def test_analytics_sizes_prints_every_recount_page_after_page(tmp_path: Path) ->
     portrait.close()
     result = runner.invoke(app, ["analytics", "sizes", "everyone", "--db", db, "--json"])
     assert result.exit_code == 0, result.output
-    points = json.loads(result.output)
+    points = json.loads(result.stdout)
     assert len(points) == 2017  # and the point of its creation, today, last
     assert [point["size"] for point in points[:-1]] == list(range(1, 2017))

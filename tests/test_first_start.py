@@ -3,9 +3,11 @@ UTF-8, a database path that names something else than a database, an old Python.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -276,3 +278,77 @@ def test_an_empty_database_file_says_to_delete_it(tmp_path: Path) -> None:
     assert ("the file is empty, not a DuckDB database; delete it and start again to make a new database there"
             in " ".join(result.output.split())), result.output  # before: "... not a valid DuckDB database file!"
     assert db.stat().st_size == 0
+
+
+def _serve_first_time(db: Path, stderr: Any) -> subprocess.Popen[bytes]:
+    """``portrait serve`` on a new database without configured keys: it generates and prints them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    return subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--db", str(db), "--port", str(free_port())],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env={**env, "PORTRAIT_NO_PROGRESS": "1"})
+
+
+def _printed_and_stored_keys(said: str, db: Path) -> tuple[set[str], set[str]]:
+    """The hashes of the keys ``said`` shows, and of the active keys stored in ``db`` (none before its tables)."""
+    printed = {hashlib.sha256(key.encode()).hexdigest() for key in re.findall(r"\b(?:wk|ak)_[\w-]{32}\b", said)}
+    if not db.exists() or db.stat().st_size == 0:
+        return printed, set()
+    with duckdb.connect(str(db), read_only=True) as stored:
+        if not stored.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'api_keys'").fetchall():
+            return printed, set()
+        return printed, {row[0] for row in stored.execute("SELECT key_hash FROM api_keys WHERE revoked_at IS NULL")
+                         .fetchall()}
+
+
+def test_keys_generated_at_a_first_start_are_stored_only_as_printed_when_stopped_while_printing(
+        tmp_path: Path) -> None:
+    """The keys' notice cannot be written at once (stderr is a pipe its reader has not emptied: a busy log
+    collector) and the server is stopped meanwhile. Before: the keys were committed before being printed, and
+    SIGTERM ended the server with both stored and neither ever shown -- and the next start, finding keys, made
+    none. Now nothing is stored before the notice is out, and the stop takes effect once it is."""
+    db = tmp_path / "first.duckdb"
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(writer, b"." * 4096)  # the pipe full: the server's first write to stderr waits
+    os.set_blocking(writer, True)
+    server = _serve_first_time(db, writer)
+    os.close(writer)
+    deadline = time.monotonic() + 60
+    while "pipe_write" not in Path(f"/proc/{server.pid}/wchan").read_text():  # anon_pipe_write on Linux 6
+        assert time.monotonic() < deadline, "the server did not write to stderr"
+        assert server.poll() is None, "the server ended before writing to stderr"
+        time.sleep(0.01)
+    server.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # the signal is there while the notice waits
+    with os.fdopen(reader, "rb") as drained:
+        said = drained.read().decode().lstrip(".")
+    assert server.wait(timeout=60) == 0, said
+    printed, stored = _printed_and_stored_keys(said, db)
+    assert len(printed) == 2 and printed == stored, said
+
+
+def test_a_first_start_stopped_at_any_moment_prints_the_keys_it_stored_or_none(tmp_path: Path) -> None:
+    """SIGTERM or Ctrl-C at moments spread over a first start (several at once: the machine's load spreads them
+    further). Whatever was printed is what is stored; a start that printed nothing stored nothing, so the next
+    one generates keys again."""
+    started = time.monotonic()
+    calibration = _serve_first_time(tmp_path / "calibration.duckdb", subprocess.PIPE)
+    assert calibration.stderr is not None
+    assert "Generated" in calibration.stderr.readline().decode()
+    whole_start = time.monotonic() - started
+    calibration.send_signal(signal.SIGTERM)
+    calibration.communicate(timeout=60)
+    runs = []
+    for n, fraction in enumerate((0.6, 0.75, 0.85, 0.92, 0.97, 1.02)):
+        db, log = tmp_path / f"stopped-{n}.duckdb", tmp_path / f"stopped-{n}.log"
+        with log.open("wb") as stderr:
+            runs.append((db, log, fraction * whole_start, n % 2, _serve_first_time(db, stderr)))
+    started = time.monotonic()
+    for _, _, delay, interrupt, server in sorted(runs, key=lambda run: run[2]):
+        time.sleep(max(0.0, started + delay - time.monotonic()))
+        server.send_signal(signal.SIGINT if interrupt else signal.SIGTERM)
+    for db, log, _, _, server in runs:
+        server.wait(timeout=60)
+        printed, stored = _printed_and_stored_keys(log.read_text(), db)
+        assert printed == stored and len(stored) in (0, 2), log.read_text()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from portrait.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
+from portrait.errors import BadRequest, Forbidden, NotFound, PortraitError, RateLimited, Unauthorized
 from portrait.spec import iso_time, utc_now
 from portrait.sql import keys as q
 from portrait.store import Session
@@ -95,22 +95,51 @@ class KeyRing:
                                      row[6]) for row in self._session().execute(q.ALL_KEYS)}
 
     def add(self, key: str, kind: str, name: str, scopes: tuple[str, ...] | None = None) -> ApiKey:
+        self._insert(key, kind, name, scopes)
+        self.reload()
+        return self._keys[hash_key(key)]
+
+    def _insert(self, key: str, kind: str, name: str, scopes: tuple[str, ...] | None = None) -> None:
         digest = hash_key(key)
         chosen = scopes if scopes is not None else DEFAULT_SCOPES[kind]
         self._session().execute(q.INSERT_KEY, [digest, kind, name, utc_now(), digest[:12], ",".join(sorted(chosen))])
-        self.reload()
-        return self._keys[digest]
 
-    def ensure(self, configured: dict[str, str | None]) -> dict[str, str]:
-        """Register configured keys; generate (and return, to be shown once) any of write/admin that has none."""
-        generated: dict[str, str] = {}
+    def register(self, configured: dict[str, str | None]) -> None:
+        """Register the keys set in the configuration (PORTRAIT_WRITE_KEY, PORTRAIT_ADMIN_KEY); known ones stay."""
         for kind in ("write", "admin"):
             key = configured.get(kind)
             if key:
                 self.add(key, kind, "default")
-            elif not any(k.kind == kind and k.revoked_at is None for k in self._keys.values()):
-                generated[kind] = new_key(kind)
-                self.add(generated[kind], kind, "default")
+
+    def generate_missing(self, announce: Callable[[dict[str, str]], None]) -> dict[str, str]:
+        """A new write and admin key for each kind that has no active key, shown through ``announce`` (once: only
+        hashes are stored), and returned.
+
+        All or nothing, from the user's view: both keys are written in one transaction and announced before it
+        commits. A first start killed half-way stored the write key alone (printed by nobody: the next start saw a
+        write key and generated only an admin key), or stored both and died before printing them -- keys nobody
+        ever saw. Now a start that dies before the commit stored nothing, and the next one generates again; the
+        caller holds off SIGTERM and Ctrl-C meanwhile (see cli.common._signals_held), so only kill -9 can land
+        between printing and committing, and then the next start prints new keys, the only ones stored."""
+        missing = [kind for kind in ("write", "admin")
+                   if not any(k.kind == kind and k.revoked_at is None for k in self._keys.values())]
+        generated = {kind: new_key(kind) for kind in missing}
+        if not generated:
+            return generated
+        announced = False
+        try:
+            with self._session().transaction():
+                for kind, key in generated.items():
+                    self._insert(key, kind, "default")
+                announce(generated)
+                announced = True
+        except PortraitError as exc:  # the commit failed (a full disk): what was printed must not be trusted
+            if announced:
+                raise type(exc)(f"the generated keys printed above were not stored ({exc.message}); the next start "
+                                "generates new ones", code=exc.code) from exc
+            raise
+        finally:
+            self.reload()
         return generated
 
     def rows(self) -> list[tuple[Any, ...]]:

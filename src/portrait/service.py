@@ -168,7 +168,7 @@ class Portrait:
         self.audit = AuditLog(lambda: self._reads)
         self.attributes = AttributeRegistry(lambda: self._reads)
         self.attributes.seed()
-        self.generated_keys = self.keys.ensure({"write": settings.write_key, "admin": settings.admin_key})
+        self.keys.register({"write": settings.write_key, "admin": settings.admin_key})
         self.processor = Processor(self.store, self.rules, batch_size=settings.processor_batch_size,
                                    max_batch_size=settings.processor_max_batch_size,
                                    unknown_traits=settings.unknown_traits)
@@ -198,6 +198,11 @@ class Portrait:
         if self._processor_thread and self._segment_thread:  # last: they use everything above
             self._processor_thread.start()
             self._segment_thread.start()
+
+    def generate_missing_keys(self, announce: Callable[[dict[str, str]], None]) -> dict[str, str]:
+        """A write and an admin key for a database that has none of that kind (a first start), passed to
+        ``announce`` to be shown before they are stored (see KeyRing.generate_missing)."""
+        return self.keys.generate_missing(announce)
 
     def _catch_up(self) -> None:
         """Commit what has been read and apply everything the log then holds (an erasure, processing paused)."""

@@ -137,11 +137,36 @@ def _settings(db: str | None) -> Settings:
         raise _fail(PortraitError(f"invalid setting: {exc}", code="invalid_setting")) from exc
 
 
+def _generate_keys(portrait: Portrait) -> None:
+    """Generate the keys a new database lacks and print them, the two as one step that SIGTERM and Ctrl-C cannot
+    split (they take effect right after it): see KeyRing.generate_missing."""
+    with _signals_held():
+        portrait.generate_missing_keys(_print_generated)
+
+
 def _print_generated(generated: dict[str, str]) -> None:
     """On stderr: a notice beside the command's output, which stays data (`portrait keys list --json | jq`)."""
     for kind, key in generated.items():
         errors.print(styled((f"Generated {kind} key (shown once, store it now):", "bold yellow"), f" {key}"),
                      soft_wrap=True)
+    errors.file.flush()  # out before the keys are committed: a signal held meanwhile ends the process right after
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGHUP until the block is done, then act on the first that came as it would have
+    (its handler from before: end the process, KeyboardInterrupt, the server's own). A Python handler, not a
+    blocked signal mask: DuckDB's threads, started before, would still take a signal the mask of this one holds."""
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: held.append(signum))
+                for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 @contextmanager
@@ -172,11 +197,11 @@ def _backend(db: str | None, url: str | None, admin_key: str | None, write_key: 
                         if server else f" Stop that process, or pass --url and {flag} to use a server.")
                 raise DatabaseInUse(exc.message + hint) from exc
             backend = RemotePortrait(server, admin_key=admin_key, write_key=write_key)
-        else:
-            _print_generated(backend.generated_keys)
+    try:
+        if isinstance(backend, Portrait):  # in the `try`: a stop held while the keys were made closes it too
+            _generate_keys(backend)
             if not background:
                 backend.process_pending()
-    try:
         yield backend
         if isinstance(backend, Portrait) and background:
             backend.wait_processed()

@@ -23,8 +23,8 @@ from portrait.cli.common import (
     UrlOption,
     _backend,
     _fail,
+    _generate_keys,
     _interruptible,
-    _print_generated,
     _progress,
     _run,
     _settings,
@@ -72,7 +72,7 @@ def serve(
     # the database is closed and the server file removed.
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        _print_generated(portrait.generated_keys)
+        _generate_keys(portrait)
         gc.freeze()
         url = f"http://{settings.host}:{settings.port}"
         try:
