@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -638,3 +639,71 @@ def test_the_readme_try_it_runs_as_written(server: Server) -> None:
     with server.admin() as admin:
         events = admin.get("/api/profiles/user_id:42/events").json()["events"]
     assert [e["event"] for e in events if e["type"] == "track"] == ["Product Viewed", "Order Completed"]
+
+
+BLOCK_SIZE, HEADER_BYTES = 262_144, 3 * 4096  # DuckDB's default block size; the file header before block 0
+
+
+@pytest.fixture(scope="module")
+def small_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`portrait demo`'s shop with three customers, made once: each test damages a copy of its own."""
+    path = tmp_path_factory.mktemp("shop") / "shop.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    made = subprocess.run([sys.executable, "-m", "portrait", "demo", "--profiles", "3", "--db", str(path)],
+                          capture_output=True, text=True, env={**env, "PORTRAIT_NO_PROGRESS": "1"}, timeout=120,
+                          check=False)
+    assert made.returncode == 0, made.stderr
+    return path
+
+
+def _block_of(path: Path, table: str) -> int:
+    """Where in the file the first data block of ``table`` starts."""
+    with duckdb.connect(str(path), read_only=True) as db:
+        blocks = db.execute("SELECT min(block_id) FROM pragma_storage_info(?) WHERE block_id >= 0", [table]).fetchall()
+    return HEADER_BYTES + int(blocks[0][0]) * BLOCK_SIZE
+
+
+def test_a_damaged_block_met_while_serving_is_a_clear_503_said_in_the_status_and_logged_once(
+        small_shop: Path, tmp_path: Path) -> None:
+    """A block of the profiles' traits damaged on disk (a bit flipped by a failing disk): the server starts, and
+    the first read of that block fails DuckDB's checksum. Before: 500 internal_error, "safe to retry" (it is not:
+    every retry fails the same way), the traceback logged at each request, and nothing in /api/status."""
+    db = Path(shutil.copy(small_shop, tmp_path / "damaged.duckdb"))
+    with db.open("r+b") as file:
+        file.seek(_block_of(db, "profile_traits") + 64)
+        file.write(b"garbage" * 4)
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        with server.admin() as admin:
+            answers = [admin.get("/api/profiles/user_id:user-0/traits") for _ in range(3)]
+            status = admin.get("/api/status")
+    finally:
+        server.stop()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "database_damaged"
+        assert answer.json()["message"].startswith("the database file is damaged (Corrupt database file: ")
+        assert "restore a backup (`portrait restore`, docs/backups.md)" in answer.json()["message"]
+    assert status.status_code == 200 and status.json()["database_damaged"] == answers[0].json()["message"]
+    logged = server.log_path.read_text()
+    assert logged.count("cannot be read: the database file is damaged") == 1, logged
+    assert "internal_error" not in logged and "unexpected error" not in logged, logged
+
+
+def test_a_database_file_cut_short_under_the_server_is_a_clear_503(small_shop: Path, tmp_path: Path) -> None:
+    """The file truncated while the server runs (a disk or a careless `cp` over it): DuckDB's read of a block past
+    the new end is an I/O error. Before: 500 internal_error."""
+    db = Path(shutil.copy(small_shop, tmp_path / "cut.duckdb"))
+    cut_at = _block_of(db, "identities")
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        os.truncate(db, cut_at)
+        with server.admin() as admin:
+            answer = admin.get("/api/profiles/user_id:user-0")
+            status = admin.get("/api/status")
+    finally:
+        server.stop()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "database_damaged"
+    assert answer.json()["message"].startswith("the database file cannot be read (Could not read"), answer.text
+    assert status.status_code == 200 and status.json()["database_damaged"] == answer.json()["message"]

@@ -62,6 +62,13 @@ class StorageUnavailable(PortraitError):
     code = "storage_unavailable"
 
 
+class DatabaseDamaged(PortraitError):
+    """The database file cannot be read: DuckDB found a damaged block (its checksum does not match: a failing disk,
+    a bad copy) or the file gave an I/O error. Retrying does not help; restoring a backup does."""
+
+    code = "database_damaged"
+
+
 class SourceUnavailable(PortraitError):
     """A source database cannot be reached, or refused the query."""
 

@@ -721,6 +721,7 @@ class Portrait:
             "database": self.store.path,
             "memory": self._memory(),
             "processing_error": self._processor_thread.error if self._processor_thread else None,
+            "database_damaged": self.store.read_problem(),
             "traits_recheck_due": self.traits_recheck_due(counters),
         }
 

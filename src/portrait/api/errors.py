@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from portrait.errors import (
     BadRequest,
     Conflict,
+    DatabaseDamaged,
     DatabaseInUse,
     Forbidden,
     Interrupted,
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 RETRY_SAFE = "the server could not complete the request; it is safe to retry"
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
                                           Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503,
-                                          StorageUnavailable: 503, Interrupted: 503}
+                                          StorageUnavailable: 503, Interrupted: 503, DatabaseDamaged: 503}
 
 
 # How long a sender refused for a full disk is asked to wait (ingestion and the API alike).

@@ -37,6 +37,9 @@ class Status(BaseModel):
     database: str = Field(description="The database file's path")
     memory: Memory
     processing_error: str | None = Field(description="Why the processor is stopped while it is; null otherwise")
+    database_damaged: str | None = Field(description="Why part of the database file could not be read since the "
+                                                     "server started (a damaged block): restore a backup; null "
+                                                     "otherwise")
     traits_recheck_due: bool = Field(description="Traits were derived by an earlier version's rules: run "
                                                  "POST /api/attributes/recheck")
 

@@ -52,6 +52,9 @@ class Store(Protocol):
 
     def checkpoint(self) -> None: ...
 
+    def read_problem(self) -> str | None:
+        """Why the database could not be read since it was opened (a damaged block...), the first time; else None."""
+
     def memory(self) -> tuple[int, str]:
         """Bytes the database engine holds in memory now, and its limit as the engine writes it."""
 

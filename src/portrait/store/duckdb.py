@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from portrait.errors import DatabaseInUse, PortraitError, StorageUnavailable
+from portrait.errors import DatabaseDamaged, DatabaseInUse, PortraitError, StorageUnavailable
 from portrait.sql import schema
 from portrait.store.base import Capabilities
 
@@ -70,11 +70,37 @@ class _Renderer:
         return text
 
 
+class Unreadable:
+    """What went wrong the first time the open database file could not be read (a damaged block, an I/O error),
+    for /api/status; each distinct problem is logged once, with DuckDB's words. The file does not mend itself:
+    every later read of that block fails the same way, and the log would repeat it for every request."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problem: str | None = None
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def check(self, exc: duckdb.Error) -> None:
+        """Raise ``exc`` as DatabaseDamaged if it is the file failing to be read; return for any other error."""
+        problem = damage(exc)
+        if problem is None:
+            return
+        with self._lock:
+            self.problem = self.problem or problem
+            first = problem not in self._logged
+            self._logged.add(problem)
+        if first:
+            log.error("the database %s cannot be read: %s", self.path, problem, exc_info=exc)
+        raise DatabaseDamaged(problem) from exc
+
+
 class DuckDBSession:
     def __init__(self, connection: duckdb.DuckDBPyConnection, render: _Renderer, *, attached: bool = False,
-                 indexed_tables: frozenset[str] = frozenset()) -> None:
+                 indexed_tables: frozenset[str] = frozenset(), unreadable: Unreadable | None = None) -> None:
         self._con = connection
         self._render = render
+        self._unreadable = unreadable or Unreadable(":memory:")
         self._columns: dict[str, tuple[str, ...]] = {}  # per table, for append (schemas change only at start)
         self._indexed_tables = indexed_tables
         self._in_transaction = False
@@ -89,8 +115,7 @@ class DuckDBSession:
         try:
             rows = self._con.execute(self._render(statement), bound).fetchall()
         except duckdb.Error as exc:
-            _refused_by_disk(exc)
-            raise
+            self._failed(exc)
         if isinstance(statement, exp.Insert | exp.Update) and rows:
             table = _target(statement)
             if table in self._indexed_tables:  # DuckDB answers a write with its row count
@@ -100,7 +125,16 @@ class DuckDBSession:
         return rows
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
-        return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
+        try:
+            return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
+        except duckdb.Error as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: duckdb.Error) -> NoReturn:
+        """Raise ``exc`` as the error callers can act on (a full disk, a damaged file), or as it is."""
+        _refused_by_disk(exc)
+        self._unreadable.check(exc)
+        raise exc
 
     def load(self, name: str, table: pa.Table) -> None:
         self._con.register(name, table)
@@ -118,8 +152,7 @@ class DuckDBSession:
         try:
             self._con.from_arrow(rows).insert_into(table)
         except duckdb.Error as exc:
-            _refused_by_disk(exc)
-            raise
+            self._failed(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -136,8 +169,7 @@ class DuckDBSession:
         try:
             self._con.commit()
         except duckdb.Error as exc:
-            _refused_by_disk(exc)
-            raise
+            self._failed(exc)
         self._checkpoint_after_large_write()
 
     def _checkpoint_after_large_write(self) -> None:
@@ -164,6 +196,7 @@ class DuckDBStore:
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._encryption_key = encryption_key  # backups are encrypted with it too
+        self.unreadable = Unreadable(path)
         self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
         self.checkpoint()  # see above, after LARGE_WRITE_ROWS
@@ -179,10 +212,13 @@ class DuckDBStore:
     def session(self) -> DuckDBSession:
         with self._lock:
             return DuckDBSession(self._root.cursor(), self._render, attached=self._encrypted,
-                                 indexed_tables=self._indexed_tables)
+                                 indexed_tables=self._indexed_tables, unreadable=self.unreadable)
 
     def checkpoint(self) -> None:
         self._root.execute(self._render(schema.CHECKPOINT))
+
+    def read_problem(self) -> str | None:
+        return self.unreadable.problem
 
     def memory(self) -> tuple[int, str]:
         """Bytes DuckDB holds in memory now, and its limit as DuckDB writes it (e.g. ``19.2 GiB``)."""
@@ -282,13 +318,23 @@ def _refused_by_disk(exc: duckdb.Error) -> None:
 
 
 def damage(exc: BaseException) -> str | None:
-    """What to tell a person when ``exc`` is DuckDB finding a block of the database file damaged (its checksum does
-    not match: a failing disk, a bad copy), else None. Seen only when that block is read, which may be long after
-    the file opened."""
-    if isinstance(exc, duckdb.Error) and "Corrupt database file" in str(exc):
-        return ("the database file is damaged (" + str(exc).removeprefix("IO Error: ") + "); restore a backup "
-                "(`portrait restore`, docs/backups.md)")
-    return None
+    """What to tell a person when ``exc`` is the database file failing to be read, else None: DuckDB finding a
+    block damaged (its checksum does not match: a failing disk, a bad copy), or the operating system refusing a
+    read (an I/O error, a file cut short under the running server). Seen only when that block is read, which may
+    be long after the file opened."""
+    if isinstance(exc, DatabaseDamaged):
+        return exc.message
+    if not isinstance(exc, duckdb.Error):
+        return None
+    text = str(exc).removeprefix("IO Error: ")
+    if "Corrupt database file" in text:
+        what = "is damaged"
+    elif isinstance(exc, duckdb.IOException) and "Could not read" in text:
+        what = "cannot be read"
+    else:
+        return None
+    return (f"the database file {what} ({text}); restore a backup (`portrait restore`, docs/backups.md): "
+            "what needs this part of it fails until then")
 
 
 def _check_folder(path: str) -> None:
