@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.conftest import free_port
+from tests.conftest import free_port, start_server
 from typer.testing import CliRunner
 
 from portrait.__main__ import run_reporting_damage
@@ -352,3 +352,42 @@ def test_a_first_start_stopped_at_any_moment_prints_the_keys_it_stored_or_none(t
         server.wait(timeout=60)
         printed, stored = _printed_and_stored_keys(log.read_text(), db)
         assert printed == stored and len(stored) in (0, 2), log.read_text()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_database_an_earlier_version_left_readable_by_all_is_made_private_and_said_once(tmp_path: Path) -> None:
+    """Earlier versions wrote the database and its write-ahead log with the umask's mode (0644: every user of the
+    machine could read the personal data in them) and the docs asked for a chmod. Opening them now tightens both to
+    0600 and says so, naming the file and its old mode; the next command finds nothing to say."""
+    db = tmp_path / "old.duckdb"
+    wal = tmp_path / "old.duckdb.wal"
+    server = start_server(str(db), tmp_path / "server.log")
+    server.stop(kill=True)  # the keys it registered at start are in the write-ahead log, not yet in the file
+    assert wal.exists()
+    db.chmod(0o644)
+    wal.chmod(0o640)
+    first = portrait("status", "--json", "--db", str(db))
+    assert first.returncode == 0, first.stderr
+    assert _mode(db) == 0o600  # (the log, written into the file as the command closed it, is gone)
+    said = " ".join(first.stderr.split())
+    assert f"{db} was open to its group and other users (mode 0644); changed to 0600" in said, first.stderr
+    assert f"{wal} was open to its group (mode 0640); changed to 0600" in said, first.stderr
+    second = portrait("status", "--json", "--db", str(db))
+    assert second.returncode == 0 and "mode" not in second.stderr, second.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_database_of_another_user_readable_by_all_is_left_with_a_warning(tmp_path: Path) -> None:
+    db = tmp_path / "theirs.duckdb"
+    make_database(db)
+    db.chmod(0o644)
+    os.chown(db, 65534, 65534)  # nobody's: not this user's to change
+    opened = portrait("status", "--json", "--db", str(db))
+    assert opened.returncode == 0, opened.stderr
+    assert _mode(db) == 0o644
+    assert (f"{db} holds personal data and is open to its group and other users (mode 0644), which Portrait could "
+            f"not change (it belongs to another user (uid 65534)): run chmod 0600 {db}") in " ".join(
+        opened.stderr.split()), opened.stderr

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -193,6 +194,7 @@ class DuckDBStore:
                  memory_limit_mb: int | None = None) -> None:
         self.path = path
         _check_folder(path)
+        _keep_private(path)
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._encryption_key = encryption_key  # backups are encrypted with it too
@@ -347,6 +349,39 @@ def _check_folder(path: str) -> None:
     if path != ":memory:" and not os.access(folder, os.W_OK):
         raise PortraitError(f"cannot use the database {path}: its folder {folder} is not writable (DuckDB writes its "
                             "write-ahead log beside the database)", code="folder_not_writable")
+
+
+def _keep_private(path: str) -> None:
+    """Make the database file and its write-ahead log readable by their owner only, if they are not.
+
+    Portrait writes them so (0600) whatever the umask, but a database made by an earlier version kept the umask's
+    mode -- commonly 0644: personal data any user of the machine could read -- and the docs asked people to chmod
+    it by hand. Tightened here when this user owns the file, and said once (the next start finds nothing to say);
+    a file of another user's is left as it is, with a warning saying what to run."""
+    if path == ":memory:":
+        return
+    for file in (Path(path), Path(path + ".wal")):
+        try:
+            found = file.stat()
+        except OSError:  # no such file (a new database, no log), or unreadable: DuckDB's own error says so
+            continue
+        mode = stat.S_IMODE(found.st_mode)
+        if not stat.S_ISREG(found.st_mode) or not mode & 0o077:
+            continue
+        private = mode & 0o700
+        open_to = " and ".join(who for who, bits in (("its group", 0o070), ("other users", 0o007)) if mode & bits)
+        why = f"it belongs to another user (uid {found.st_uid})" if found.st_uid != os.geteuid() else None
+        if why is None:
+            try:
+                os.chmod(file, private)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+            else:
+                log.warning("%s was open to %s (mode %04o); changed to %04o: it holds personal data", file,
+                            open_to, mode, private)
+                continue
+        log.warning("%s holds personal data and is open to %s (mode %04o), which Portrait could not change (%s): "
+                    "run chmod %04o %s", file, open_to, mode, why, private, file)
 
 
 def _target(statement: exp.Insert | exp.Update) -> str | None:
