@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,6 +158,9 @@ def _signals_held() -> Iterator[None]:
     """Hold SIGTERM, SIGINT and SIGHUP until the block is done, then act on the first that came as it would have
     (its handler from before: end the process, KeyboardInterrupt, the server's own). A Python handler, not a
     blocked signal mask: DuckDB's threads, started before, would still take a signal the mask of this one holds."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers (and gets signals)
+        yield
+        return
     held: list[int] = []
     previous = {number: signal.signal(number, lambda signum, frame: held.append(signum))
                 for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
