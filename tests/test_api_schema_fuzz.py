@@ -88,17 +88,6 @@ def _close_service() -> Iterator[None]:
     shutil.rmtree(_folder, ignore_errors=True)
 
 
-@schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
-    response = case.call(headers=WRITER if case.path.startswith("/v1") else ADMIN)
-    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
-    # Every status the server answers is declared, with the body schema it really has: FastAPI's default 422
-    # {"detail": [...]} was declared everywhere while bad input got 400 {"code", "message"}.
-    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
-                                             response_schema_conformance])
-
-
 def test_the_document_declares_the_api_s_own_errors_and_no_framework_ones() -> None:
     document = schema.raw_schema  # as /openapi.json served it
     assert "HTTPValidationError" not in document["components"]["schemas"]
@@ -111,11 +100,6 @@ def test_the_document_declares_the_api_s_own_errors_and_no_framework_ones() -> N
     assert document["components"]["schemas"]["Error"]["required"] == ["code", "message"]
     assert "401" in document["paths"]["/api/status"]["get"]["responses"]
     assert "404" in document["paths"]["/api/profiles/{identity}"]["get"]["responses"]
-
-
-def test_the_server_still_answers_after_the_fuzzing() -> None:
-    status = _service.status()
-    assert status["profiles"] >= 1 and status["lag"] >= 0
 
 
 # Every paged list, with a page holding items (GET, path, query): checked against the shape the document declares.
@@ -259,3 +243,21 @@ def test_every_json_answer_declares_a_shape_and_files_their_media_types() -> Non
     assert set(export["content"]) == {"text/csv", "application/vnd.apache.parquet", "application/x-ndjson"}
     assert "X-Portrait-Export" in export["headers"]
     assert "content" not in document["paths"]["/api/segments/{segment}"]["delete"]["responses"]["204"]
+
+
+# Last: the fuzzing changes the data the checks above read (a segment path parameter "1" is the segment with id 1,
+# which a fuzzed DELETE or PATCH may remove or change; a members page then found none: a flake).
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
+    response = case.call(headers=WRITER if case.path.startswith("/v1") else ADMIN)
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+    # Every status the server answers is declared, with the body schema it really has: FastAPI's default 422
+    # {"detail": [...]} was declared everywhere while bad input got 400 {"code", "message"}.
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                             response_schema_conformance])
+
+
+def test_the_server_still_answers_after_the_fuzzing() -> None:
+    status = _service.status()
+    assert status["profiles"] >= 1 and status["lag"] >= 0
