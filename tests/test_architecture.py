@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "portrait"
 LAYERS: dict[str, float] = {
     "errors": 0, "model": 0, "config": 0,
     "spec": 1, "identity": 1, "dedup": 1, "demo": 1, "mapping": 1, "attributes": 1, "conditions": 1, "privacy": 1,
-    "untrusted": 1,
+    "untrusted": 1, "column_types": 1,
     "sql": 2,
     "store": 3,
     "connectors": 3,

@@ -135,7 +135,8 @@ def test_the_mapping_file_example_reads_as_documented() -> None:
     mapping = RowMapping.from_document(parse_mapping_text(example.group(1), "orders.yaml"), "events")
     assert mapping == RowMapping("events", user_id="customer_no", identifier_columns={"loyalty_card": "card"},
                                  event="Order Completed", timestamp="sold_at", timestamp_format="%Y-%m-%d %H:%M",
-                                 message_id="receipt_id", fields=("total", "items"), renames={"total": "revenue"})
+                                 message_id="receipt_id", fields=("total", "items"), renames={"total": "revenue"},
+                                 types={"total": "number", "items": "integer"})
 
 
 def test_the_null_semantics_table_is_what_the_engines_do() -> None:

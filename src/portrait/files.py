@@ -48,11 +48,13 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
                   delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
-                  chunk_rows: int = 10_000) -> Iterator[list[Any]]:
+                  chunk_rows: int = 10_000, notes: list[str] | None = None) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
-    :meth:`portrait.mapping.RowMapping.text_columns`) are read as text.
+    :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text``.
+    What the import should tell about the file (a CSV column read as text because its values do not fit one type)
+    is appended to ``notes``.
 
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
@@ -64,7 +66,8 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
             raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "
                              "--event, --timestamp)", code="invalid_mapping")
         rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
-                                   mapping.text_columns(identity_trait_names(identity_traits)))
+                                   mapping.text_columns(identity_trait_names(identity_traits)),
+                                   notes if notes is not None else [])
     else:
         if file_format == "parquet":
             _check_parquet(path)
@@ -138,10 +141,12 @@ def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds,
 _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first one: past this the file is refused
 
 
-def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str]) -> Iterator[Any]:
+def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str], notes: list[str]
+         ) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
-    text): one stray separator does not stop the import."""
+    text): one stray separator does not stop the import. A column read as text because its values do not fit one
+    type, and not declared, gets a note (:func:`_fallback_notes`)."""
     misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
 
     def set_aside(row: pa_csv.InvalidRow) -> str:
@@ -157,7 +162,8 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
                                convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
                                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
 
-    as_text: dict[str, pa.DataType] = {c: pa.string() for c in text_columns}
+    declared_text = [c for c, kind in mapping.types.items() if kind == "text"]
+    as_text: dict[str, pa.DataType] = {c: pa.string() for c in [*text_columns, *declared_text]}
     _check_not_binary(path)
     try:
         checking = opened(as_text, _skip)
@@ -170,13 +176,21 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         _check_text(path, checking.schema)
         mapping.check(names)
         types = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
-        types = {**types, **_numbers_to_keep_as_text(opened(types, _skip).schema, lambda columns: pa_csv.open_csv(
-            path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                                    invalid_row_handler=_skip),
-            convert_options=pa_csv.ConvertOptions(include_columns=columns,
-                                                  column_types=dict.fromkeys(columns, pa.string())),
-            read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)))}
+        def read_as_text(columns: list[str]) -> pa_csv.CSVStreamingReader:
+            return pa_csv.open_csv(
+                path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                        invalid_row_handler=_skip),
+                convert_options=pa_csv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+                                                      column_types=dict.fromkeys(columns, pa.string())),
+                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
+
+        # A declared type says what the column is: its numbers are numbers, leading zero or not
+        kept_as_text = _numbers_to_keep_as_text(opened(types, _skip).schema, read_as_text, set(mapping.types))
+        types = {**types, **kept_as_text}
         reader = opened(types, set_aside)
+        undeclared = [f.name for f in reader.schema if pa.types.is_string(f.type) and f.name not in as_text
+                      and f.name not in kept_as_text and f.name not in mapping.types]
+        notes.extend(_fallback_notes(undeclared, read_as_text))
         for batch in reader:
             yield from batch.to_pylist()
             while misshapen:
@@ -216,11 +230,13 @@ def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: d
 _NOT_JUST_A_NUMBER = r"^\s*(\+|-?0\d|-?\d{16,})"
 
 
-def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
-                             ) -> dict[str, pa.DataType]:
+def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader],
+                             declared: set[str]) -> dict[str, pa.DataType]:
     """The columns typed as numbers that hold a value a number would change (see ``_NOT_JUST_A_NUMBER``): they are
-    read as text, as the identifier columns are. One more pass of the file in Arrow, over those columns only."""
-    numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    read as text, as the identifier columns are -- unless their type is ``declared``. One more pass of the file in
+    Arrow, over those columns only."""
+    numeric = [f.name for f in schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+               and f.name not in declared]
     if not numeric:
         return {}
     keep: set[str] = set()
@@ -229,6 +245,92 @@ def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str
             if name not in keep and pc.any(pc.match_substring_regex(batch.column(name), _NOT_JUST_A_NUMBER)).as_py():
                 keep.add(name)
     return {name: pa.string() for name in numeric if name in keep}
+
+
+# The types a CSV column can start as, each followed by the wider one Arrow moves to when a value needs it (1, then
+# 1.5: a column of numbers; a date, then a time: a column of times), with the name --types gives it.
+_LADDERS: tuple[tuple[tuple[pa.DataType, str], ...], ...] = (
+    ((pa.int64(), "number"), (pa.float64(), "number")),
+    ((pa.bool_(), "boolean"),),
+    ((pa.date32(), "date"), (pa.timestamp("us"), "timestamp")),
+)
+
+
+def _fallback_notes(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+                    ) -> list[str]:
+    """A note for each of ``columns`` (read as text, not declared) whose values start as numbers, booleans, dates
+    or times and then hold one that is not: the first such value and its row, and the --types that says what the
+    column is. A column of names or notes (its first value fits no type) gets none. Reads the file (those columns,
+    in Arrow) until every column is settled: for a column with a misfit, up to it."""
+    if not columns:
+        return []
+    pending = dict.fromkeys(columns)  # column -> [ladder, step] once its first value tells
+    notes: dict[str, str] = {}
+    first_row = 1
+    for batch in read_as_text(columns):
+        for name in list(pending):
+            found = _first_misfit(batch.column(name), pending, name)
+            if found is not None:
+                index, value, kind = found
+                notes[name] = (f"column {name} was read as text: row {first_row + index} holds {value!r}, which is "
+                               f"not a {kind} like the rows before it. Declare what the column is "
+                               f"(--types {name}={kind}) to reject the rows that do not fit instead, or "
+                               f"--types {name}=text to read it as text without this note")
+                del pending[name]
+        first_row += batch.num_rows
+        if not pending:
+            break
+    return [notes[name] for name in columns if name in notes]
+
+
+def _first_misfit(values: pa.Array, pending: dict[str, Any], name: str) -> tuple[int, str, str] | None:
+    """The first of ``values`` (text) that does not fit the column's type so far -- (index, value, type name) --,
+    widening the type along its ladder as Arrow does; None when all fit. A column whose first value fits no type is
+    plain text: taken out of ``pending``."""
+    start = 0
+    if pending[name] is None:
+        present = values.drop_null()
+        if len(present) == 0:
+            return None
+        first = present.slice(0, 1)
+        ladder = next((lad for lad in _LADDERS if _fits(first, lad[0][0])), None)
+        if ladder is None:
+            del pending[name]
+            return None
+        pending[name] = [ladder, 0]
+    ladder, step = pending[name]
+    while True:
+        index = _first_failing(values, ladder[step][0], start)
+        if index is None:
+            pending[name][1] = step
+            return None
+        wider = next((s for s in range(step + 1, len(ladder)) if _fits(values.slice(index, 1), ladder[s][0])), None)
+        if wider is None:
+            return index, str(values[index].as_py()), ladder[step][1]
+        step, start = wider, index
+
+
+def _fits(values: pa.Array, kind: pa.DataType) -> bool:
+    try:
+        pc.cast(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _first_failing(values: pa.Array, kind: pa.DataType, start: int) -> int | None:
+    """The index of the first value from ``start`` that does not cast to ``kind``: halving the range, so a batch
+    costs a few vectorized casts, not one per value."""
+    if _fits(values.slice(start), kind):
+        return None
+    low, high = start, len(values) - 1  # the first failure is in [low, high]
+    while low < high:
+        middle = (low + high) // 2
+        if _fits(values.slice(low, middle - low + 1), kind):
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def _skip(row: pa_csv.InvalidRow) -> str:

@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 import yaml
 
+from portrait.column_types import INVALID_VALUE, Misfit, checked_types, convert_row, parse_types
 from portrait.errors import BadRequest
 from portrait.identity import id_text
+from portrait.spec import Unreadable
 
 IDENTIFIER_FIELDS = {"user_id": "userId", "anonymous_id": "anonymousId"}
 # The bookkeeping columns Portrait's profile export writes beside the attributes (portrait.exports): a profile
@@ -45,6 +47,7 @@ class RowMapping:
     fields: tuple[str, ...] | None = None  # properties/traits columns; None: every column not used otherwise
     identifier_columns: Mapping[str, str] = field(default_factory=dict)  # custom identifier type -> column
     renames: Mapping[str, str] = field(default_factory=dict)  # column -> property/trait name, when they differ
+    types: Mapping[str, str] = field(default_factory=dict)  # column -> declared type (portrait.column_types)
 
     @classmethod
     def from_document(cls, document: Any, kind: str) -> RowMapping:
@@ -63,7 +66,9 @@ class RowMapping:
                    if name in identifiers}
         fields_, renames = _fields(document.get("traits" if kind == "profiles" else "properties"), kind)
         settings = {name: _text(document.get(name), name) for name in SCALAR_KEYS}
-        return cls(kind, fields=fields_, renames=renames, identifier_columns=identifiers, **builtin, **settings)
+        types = checked_types(document.get("types", {}))
+        return cls(kind, fields=fields_, renames=renames, identifier_columns=identifiers, types=types, **builtin,
+                   **settings)
 
     def to_document(self) -> dict[str, Any]:
         """The JSON/YAML form, which :meth:`from_document` reads back to an equal mapping."""
@@ -75,6 +80,8 @@ class RowMapping:
             fields_key = "traits" if self.kind == "profiles" else "properties"
             document[fields_key] = ({c: self.renames.get(c, c) for c in self.fields} if self.renames
                                     else list(self.fields))
+        if self.types:
+            document["types"] = dict(self.types)
         return document
 
     def check(self, columns: Iterable[str]) -> None:
@@ -83,7 +90,7 @@ class RowMapping:
         wanted = [c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.event_column,
                               self.timestamp, self.message_id, *(self.fields or ()),
                               *self.identifier_columns.values()) if c]
-        missing = [c for c in wanted if c not in present]
+        missing = [c for c in [*wanted, *self.types] if c not in present]
         if missing:
             raise BadRequest(f"the file has no column {', '.join(repr(c) for c in missing)}; it has "
                              f"{', '.join(sorted(present))}", code="invalid_mapping")
@@ -93,6 +100,18 @@ class RowMapping:
         if self.kind == "events" and not (self.event or self.event_column):
             raise BadRequest("say which event the rows are (--event NAME or --event-column COLUMN)",
                              code="invalid_mapping")
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Refuse a type declared for a column that becomes no property or trait (an id, the event name, the time:
+        each is read its own way) -- it would be ignored."""
+        used = self.used_columns()
+        for column in self.types:
+            if column in used or (self.fields is not None and column not in self.fields):
+                what = "properties" if self.kind == "events" else "traits"
+                raise BadRequest(f"--types names column {column!r}, which is not one of the {what}: a type applies "
+                                 f"to a column that becomes a {what[:-1]} (ids, the event name and the time are "
+                                 "read their own way)", code="invalid_mapping")
 
     def identifier_columns_used(self) -> list[str]:
         """The columns whose values identify the person (user and anonymous id, email, phone, custom types)."""
@@ -115,7 +134,7 @@ class RowMapping:
 
 
 SCALAR_KEYS = ("event", "event_column", "timestamp", "timestamp_format", "message_id")
-DOCUMENT_KEYS = {"kind", "identifiers", "properties", "traits", *SCALAR_KEYS}
+DOCUMENT_KEYS = {"kind", "identifiers", "properties", "traits", "types", *SCALAR_KEYS}
 
 
 def parse_mapping_text(text: str, source: str) -> Any:
@@ -126,19 +145,23 @@ def parse_mapping_text(text: str, source: str) -> Any:
         raise BadRequest(f"{source} is not valid YAML or JSON: {exc}", code="invalid_mapping") from exc
 
 
-def combine(kind: str, document: Any | None, fields: str | None, columns: Mapping[str, str | None]
-            ) -> RowMapping | None:
+def combine(kind: str, document: Any | None, fields: str | None, columns: Mapping[str, str | None],
+            types: str | None = None) -> RowMapping | None:
     """A mapping document (or none) with the column options laid over it; None means the rows are messages.
 
     There is a mapping when a document or any column option is given, and always for profiles. ``fields`` is the
-    comma-separated form of the property/trait columns.
+    comma-separated form of the property/trait columns, ``types`` of the declared types (``amount=number``), each
+    laid over the document's type for that column.
     """
     given: dict[str, Any] = {name: value for name, value in columns.items() if value is not None}
     if fields is not None:
         given.update(fields=tuple(f.strip() for f in fields.split(",") if f.strip()), renames={})
-    if document is None and kind != "profiles" and not given:
+    declared = parse_types(types) if types is not None else {}
+    if document is None and kind != "profiles" and not given and not declared:
         return None
     base = RowMapping.from_document(document, kind) if document is not None else RowMapping(kind)
+    if declared:
+        given["types"] = {**base.types, **declared}
     return dataclasses.replace(base, **given)
 
 
@@ -190,6 +213,12 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
         if not isinstance(row, Mapping):
             yield row
             continue
+        if mapping.types:
+            try:
+                row = convert_row(row, mapping.types)
+            except Misfit as exc:  # the row is rejected, with the reason; the others go on
+                yield Unreadable("", INVALID_VALUE, str(exc), row=row)
+                continue
         exported = skipped is not used and any(row.get(c) is not None for c in EXPORT_COLUMNS)
         message = _message(row, mapping, skipped, id_text, whole=exported)
         if ids is not None:

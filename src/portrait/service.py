@@ -90,6 +90,7 @@ class ImportReport:
     by_code: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     first_rejected: list[dict[str, Any]] = field(default_factory=list)  # up to 100, with row numbers
+    notes: list[str] = field(default_factory=list)  # what the reader found worth saying (a column read as text)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -379,9 +380,9 @@ class Portrait:
                     on_rejected: Callable[[dict[str, Any]], None] = lambda row: None,
                     on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
-        chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
-                               identity_traits=self.rules.identity_traits)
         report = ImportReport()
+        chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
+                               identity_traits=self.rules.identity_traits, notes=report.notes)
         started = time.monotonic()
         for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
             report.rows += chunk.rows

@@ -219,7 +219,7 @@ def _iso(value: datetime | None) -> str | None:
 class Chunk:
     """Messages made from one chunk of source rows, and the cursor value of its last row."""
 
-    messages: list[dict[str, Any]]
+    messages: list[Any]  # dicts, and the rows rejected as read (portrait.spec.Unreadable)
     cursor: Any
 
 
@@ -243,7 +243,7 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
                 # so the copies are counted per value (memory for a tie, not for every row synced).
                 copies.clear()
                 current = row[position]
-            if "messageId" not in message:
+            if message.__class__ is dict and "messageId" not in message:  # not a dict: a row rejected as read
                 message["messageId"] = _message_id(source.name, record, copies)
             messages.append(message)
         last = cursor_value(rows[-1][names.index(source.cursor)]) if source.cursor else None

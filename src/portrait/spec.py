@@ -446,15 +446,18 @@ class Invalid(Exception):
 
 class Unreadable(str):
     """What an import read where a message or row should be but could not make one of (a CSV row with too few or
-    too many fields): the text as read, rejected with its own ``code`` and ``reason``."""
+    too many fields): the text as read, rejected with its own ``code`` and ``reason``. A row that was read but
+    could not be made a message (a cell not of its declared type) is kept as the ``row`` itself."""
 
     code: str
     reason: str
+    row: Any
 
-    def __new__(cls, text: str, code: str, reason: str) -> Unreadable:
+    def __new__(cls, text: str, code: str, reason: str, row: Any = None) -> Unreadable:
         made = super().__new__(cls, text)
         made.code = code
         made.reason = reason
+        made.row = row
         return made
 
 
@@ -757,7 +760,7 @@ class MessageReader:
         return self.suppressed(_identifiers(user_id, anonymous_id, previous_id, hints))
 
     def _reject(self, message: Any, bad: Invalid, position: int) -> Rejection:
-        payload = kept_json(message)
+        payload = kept_json(message.row if isinstance(message, Unreadable) and message.row is not None else message)
         message_id = message.get("messageId") if isinstance(message, dict) else None
         return Rejection(code=bad.code, reason=bad.reason, payload=payload, received_at=self.received_at,
                          source=self.source,

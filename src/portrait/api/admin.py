@@ -251,12 +251,15 @@ def router(portrait: Portrait) -> APIRouter:
                                                          "column parameters override it.")] = None,
         delimiter: Annotated[str | None, Query(description="CSV field separator: one character, \\t or tab for a "
                                                            "tab (default: a tab for .tsv, else a comma).")] = None,
+        types: Annotated[str | None, Query(description="Declared column types, amount=number,signup=date (text, "
+                                                       "number, integer, boolean, date, timestamp); over the "
+                                                       "mapping's.")] = None,
     ) -> dict[str, Any]:
         columns: dict[str, Any] = {"user_id": user_id, "anonymous_id": anonymous_id, "email": email, "phone": phone,
                                    "event": event, "event_column": event_column, "timestamp": timestamp,
                                    "timestamp_format": timestamp_format, "message_id": message_id}
         document = parse_mapping_text(mapping, "the mapping parameter") if mapping else None
-        rows = combine(kind, document, fields, columns)
+        rows = combine(kind, document, fields, columns, types)
         name = upload_name(filename)
         with tempfile.TemporaryDirectory(prefix="portrait-import-") as folder:
             upload = Path(folder) / name

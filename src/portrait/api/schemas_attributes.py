@@ -140,3 +140,5 @@ class ImportReport(BaseModel):
     by_code: dict[str, int] = Field(description="Rejection code -> rows")
     seconds: float
     first_rejected: list[RejectedRow] = Field(description="The first 100 rejected rows")
+    notes: list[str] = Field(description="What the import found worth saying about the file, e.g. a CSV column "
+                                         "read as text because its values do not fit one type")

@@ -24,7 +24,7 @@ from portrait.cli.common import (
     app,
     console,
 )
-from portrait.cli.transfer import MappingOption, _row_mapping
+from portrait.cli.transfer import MappingOption, TypesOption, _row_mapping
 from portrait.errors import PortraitError
 from portrait.service import Portrait
 
@@ -54,6 +54,7 @@ def sources_add(
                                                        "from.")] = None,
     fields: Annotated[str | None, typer.Option(help="Comma-separated columns that become properties/traits "
                                                     "(default: every column not used otherwise).")] = None,
+    types: TypesOption = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Connect now and check the query's columns "
                                                                    "against the cursor and mapping.")] = True,
     db: DbOption = None, server: ServerOption = None, admin_key: AdminKeyOption = None,
@@ -66,7 +67,7 @@ def sources_add(
     """
     mapping = _row_mapping(kind if kind in ("profiles", "events") else "profiles", mapping_file, fields=fields,
                            user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone, event=event,
-                           event_column=event_column, timestamp=timestamp)
+                           event_column=event_column, timestamp=timestamp, types=types)
     definition: dict[str, Any] = {"name": name, "kind": kind, "url": url, "query": query, "cursor": cursor,
                                   "every": every, "mapping": mapping.to_document() if mapping else {}}
     added = _run(db, server, admin_key, _either(

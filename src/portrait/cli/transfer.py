@@ -38,6 +38,9 @@ RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to 
 Column = Annotated[str | None, typer.Option(help="Column name.")]
 MappingOption = Annotated[Path | None, typer.Option("--mapping", help="YAML or JSON mapping file (see \"Mapping "
                                                                       "files\"); column options override it.")]
+TypesOption = Annotated[str | None, typer.Option(
+    "--types", help="Declared column types, e.g. amount=number,signup=date,vip=boolean,zip=text (text, number, "
+                    "integer, boolean, date, timestamp): a cell that does not convert rejects its row.")]
 
 
 @import_app.command("events")
@@ -56,7 +59,7 @@ def import_events(
                                                         "(default: every column not used otherwise).")] = None,
     delimiter: Annotated[str | None, typer.Option(help="CSV field separator: one character, \\t or tab for a tab "
                                                       "(default: a tab for .tsv files, else a comma).")] = None,
-    mapping_file: MappingOption = None,
+    mapping_file: MappingOption = None, types: TypesOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import events from a file: Segment-format messages as they are, or rows described by column options.
@@ -73,7 +76,8 @@ def import_events(
     """
     mapping = _row_mapping("events", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email, phone=phone,
                            event=event, event_column=event_column, timestamp=timestamp,
-                           timestamp_format=timestamp_format, message_id=message_id, fields=properties)
+                           timestamp_format=timestamp_format, message_id=message_id, fields=properties,
+                           types=types)
     _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
 
 
@@ -89,7 +93,7 @@ def import_profiles(
                                                     "column not used otherwise).")] = None,
     delimiter: Annotated[str | None, typer.Option(help="CSV field separator: one character, \\t or tab for a tab "
                                                       "(default: a tab for .tsv files, else a comma).")] = None,
-    mapping_file: MappingOption = None,
+    mapping_file: MappingOption = None, types: TypesOption = None,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Import customers (a CRM export): each row becomes an identify with its columns as traits.
@@ -99,16 +103,17 @@ def import_profiles(
     portrait import profiles export.parquet --user-id user_id --traits plan,country
     """
     mapping = _row_mapping("profiles", mapping_file, user_id=user_id, anonymous_id=anonymous_id, email=email,
-                           phone=phone, timestamp=timestamp, timestamp_format=timestamp_format, fields=traits)
+                           phone=phone, timestamp=timestamp, timestamp_format=timestamp_format, fields=traits,
+                           types=types)
     _import(file, file_format, mapping, delimiter, dry_run, rejects, db, url, admin_key)
 
 
-def _row_mapping(kind: str, mapping_file: Path | None, *, fields: str | None, **columns: str | None
-                 ) -> RowMapping | None:
+def _row_mapping(kind: str, mapping_file: Path | None, *, fields: str | None, types: str | None = None,
+                 **columns: str | None) -> RowMapping | None:
     """The mapping file's mapping with the column options laid over it (see :func:`portrait.mapping.combine`)."""
     try:
         document = parse_mapping_text(_read_text(mapping_file), mapping_file.name) if mapping_file else None
-        return combine(kind, document, fields, columns)
+        return combine(kind, document, fields, columns, types)
     except PortraitError as exc:
         raise _fail(exc) from exc
 
@@ -217,6 +222,8 @@ def _print_import_report(report: dict[str, Any], dry_run: bool, rejects_path: Pa
                   f"already there {report['duplicates']:,}, rejected {report['rejected']:,}.")
     for code, count in sorted(report["by_code"].items()):
         console.print(f"  rejected {code}: {count:,}")
+    for note in report.get("notes", []):  # .get: a server from before notes answers without them
+        console.print(f"Note: {note}.", markup=False)
     if rejects_path:
         console.print(f"Rejected rows, with the reason and the row as read: {rejects_path}")
 

@@ -1,0 +1,225 @@
+"""Declared column types (``--types amount=number``) for file imports and SQL sources, and the note an import
+gives when an undeclared CSV column is read as text because its values do not fit one type."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tests.conftest import ADMIN_KEY, Server
+from typer.testing import CliRunner
+
+from portrait.cli import app
+from portrait.column_types import Misfit, convert_row, parse_types
+from portrait.config import Settings
+from portrait.errors import BadRequest
+from portrait.service import Portrait
+
+runner = CliRunner()
+ORDERS = ("customer,amount,signup,vip,zip\n"
+          "c1,12,2024-01-05,true,01234\n"
+          "c2,13.5,2024-01-06,false,02345\n"
+          "c3,tbd,2024-01-07,true,03456\n"
+          "c4,100,,1,04567\n")
+TYPES = "amount=number,signup=date,vip=boolean,zip=text"
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTRAIT_NO_PROGRESS", "1")
+
+
+def import_orders(tmp_path: Path, text: str, *args: str, name: str = "orders.csv") -> tuple[Any, str]:
+    source = tmp_path / name
+    source.write_text(text)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--user-id", "customer", "--event", "Order",
+                                 "--db", db, *args])
+    return result, db
+
+
+def properties(db: str, customer: str) -> dict[str, Any]:
+    service = Portrait(Settings(db_path=db), background=False)
+    try:
+        return dict(service.events(f"user_id:{customer}")["events"][0]["properties"])
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(("kind", "value", "converted"), [
+    ("number", "12", 12), ("number", " -1.5e3 ", -1500.0), ("number", 7, 7), ("number", 2.5, 2.5),
+    ("integer", "42", 42), ("integer", 42.0, 42), ("boolean", "Yes", True), ("boolean", 0, False),
+    ("boolean", "f", False), ("date", "2024-01-05", date(2024, 1, 5)),
+    ("date", datetime(2024, 1, 5), date(2024, 1, 5)), ("timestamp", "2024-01-05T10:11:12Z",
+                                                          datetime.fromisoformat("2024-01-05T10:11:12+00:00")),
+    ("text", 1234, "1234"), ("text", True, "true"), ("number", "  ", None),
+])
+def test_a_cell_converts_to_its_declared_type(kind: str, value: Any, converted: Any) -> None:
+    assert convert_row({"c": value}, {"c": kind}) == {"c": converted}
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    ("number", "tbd", "column c: 'tbd' is not a number"), ("number", "1,234", "column c: '1,234' is not a number"),
+    ("number", True, "column c: 'true' is not a number"), ("number", "nan", "column c: 'nan' is not a number"),
+    ("integer", "1.5", "column c: '1.5' is not a whole number"),
+    ("boolean", "maybe", "column c: 'maybe' is not a boolean (true/false, yes/no, 1/0)"),
+    ("date", "05/01/2024", "column c: '05/01/2024' is not a date (YYYY-MM-DD)"),
+    ("date", datetime(2024, 1, 5, 10), "column c: '2024-01-05T10:00:00' is not a date (it has a time of day)"),
+    ("text", {"a": 1}, "column c: {'a': 1} is not text (it is an object)"),
+])
+def test_a_cell_that_does_not_convert_says_which_column_value_and_type(kind: str, value: Any, reason: str) -> None:
+    with pytest.raises(Misfit) as raised:
+        convert_row({"c": value}, {"c": kind})
+    assert str(raised.value) == reason
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("amount", "COLUMN=TYPE pairs"), ("amount=money", "'money' is not a type; the types are text, number"),
+    ("=number", "COLUMN=TYPE pairs"),
+])
+def test_bad_types_options_are_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_types(text)
+
+
+def test_declared_types_convert_cells_and_reject_the_rows_that_do_not_fit(tmp_path: Path) -> None:
+    result, db = import_orders(tmp_path, ORDERS, "--types", TYPES)
+    assert result.exit_code == 0, result.output
+    assert "4 rows read" in result.output and "stored 3" in result.output and "rejected 1." in result.output
+    assert "rejected invalid_value: 1" in result.output
+    rejects = [json.loads(line) for line in (tmp_path / "orders.csv.rejects.ndjson").read_text().splitlines()]
+    assert [(r["row"], r["code"], r["reason"]) for r in rejects] == [
+        (3, "invalid_value", "column amount: 'tbd' is not a number")]
+    assert json.loads(rejects[0]["message"])["amount"] == "tbd"  # the row as read, kept
+    assert properties(db, "c1") == {"amount": 12, "signup": "2024-01-05", "vip": True, "zip": "01234"}
+    assert properties(db, "c2") == {"amount": 13.5, "signup": "2024-01-06", "vip": False, "zip": "02345"}
+    assert properties(db, "c4") == {"amount": 100, "vip": True, "zip": "04567"}  # an empty cell is no value
+    service = Portrait(Settings(db_path=db), background=False)
+    assert [r["code"] for r in service.rejected()["rejected"]] == ["invalid_value"]
+    service.close()
+    again, _ = import_orders(tmp_path, ORDERS, "--types", TYPES)
+    assert "stored 0, already there 3, rejected 1." in again.output, again.output
+
+
+def test_without_types_the_column_read_as_text_is_named_in_a_note(tmp_path: Path) -> None:
+    result, db = import_orders(tmp_path, ORDERS)
+    assert result.exit_code == 0, result.output
+    assert "stored 4" in result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert ("Note: column amount was read as text: row 3 holds 'tbd', which is not a number like the rows before "
+            "it. Declare what the column is (--types amount=number)") in output
+    assert "column vip" not in output and "column zip" not in output  # one type each; zip is kept as written
+    assert properties(db, "c1")["amount"] == "12"
+
+
+def test_the_note_names_a_misfit_past_the_first_block_and_a_declared_text_column_has_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("portrait.files._BLOCK_BYTES", 1024)  # as a file of many 4 MB blocks does
+    rows = "".join(f"c{i},{i},{i}.5,NA,Ann\n" for i in range(1, 400))
+    text = "customer,amount,ratio,tag,name\n" + rows + "c400,12A,1e3,x,Bob\n"
+    result, _ = import_orders(tmp_path, text)
+    output = " ".join(result.output.split())
+    assert "column amount was read as text: row 400 holds '12A', which is not a number" in output, output
+    assert "column ratio" not in output and "column tag" not in output and "column name" not in output
+    declared, _ = import_orders(tmp_path, text, "--types", "amount=text", name="again.csv")
+    # Read as text, as it was: the same messages (and ids), so nothing is added
+    assert "Note:" not in declared.output and "already there 400" in declared.output, declared.output
+
+
+def test_rows_whose_values_a_declaration_does_not_change_keep_their_message_ids(tmp_path: Path) -> None:
+    clean = ORDERS.replace("tbd", "14")
+    first, _ = import_orders(tmp_path, clean)
+    assert "stored 4" in first.output, first.output
+    typed, _ = import_orders(tmp_path, clean, "--types", "amount=number,signup=date,vip=boolean,zip=text")
+    assert "stored 0, already there 4" in typed.output, typed.output
+
+
+def test_ndjson_and_parquet_rows_take_declared_types(tmp_path: Path) -> None:
+    rows = [{"customer": "c1", "amount": "12", "vip": "yes"}, {"customer": "c2", "amount": 7.5, "vip": False},
+            {"customer": "c3", "amount": "tbd", "vip": True}]
+    (tmp_path / "orders.ndjson").write_text("\n".join(orjson.dumps(r).decode() for r in rows) + "\n")
+    # Parquet: the amounts as text, the flags as text (as a database export may have them)
+    pq.write_table(pa.Table.from_pylist([{"customer": r["customer"] + "p", "amount": str(r["amount"]),
+                                          "vip": str(r["vip"]).lower()} for r in rows]), tmp_path / "orders.parquet")
+    db = str(tmp_path / "p.duckdb")
+    for name in ("orders.ndjson", "orders.parquet"):
+        result = runner.invoke(app, ["import", "events", str(tmp_path / name), "--user-id", "customer", "--event",
+                                     "Order", "--types", "amount=number,vip=boolean", "--db", db])
+        assert "stored 2" in result.output and "rejected invalid_value: 1" in result.output, result.output
+    assert properties(db, "c1") == {"amount": 12, "vip": True}
+    assert properties(db, "c2") == {"amount": 7.5, "vip": False}
+    assert properties(db, "c2p") == {"amount": 7.5, "vip": False}
+
+
+def test_a_mapping_file_declares_types_and_the_option_overrides_them(tmp_path: Path) -> None:
+    (tmp_path / "orders.yaml").write_text("identifiers: {user_id: customer}\nevent: Order\n"
+                                          "types: {amount: number, zip: number}\n")
+    source = tmp_path / "orders.csv"
+    source.write_text(ORDERS)
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(source), "--mapping", str(tmp_path / "orders.yaml"),
+                                 "--types", "zip=text", "--db", db])
+    assert "stored 3" in result.output and "rejected invalid_value: 1" in result.output, result.output
+    assert properties(db, "c1")["zip"] == "01234" and properties(db, "c1")["amount"] == 12
+
+
+@pytest.mark.parametrize(("types", "message"), [
+    ("price=number", "the file has no column 'price'"),
+    ("customer=number", "--types names column 'customer', which is not one of the properties"),
+    ("amount=money", "'money' is not a type"),
+])
+def test_a_declaration_that_cannot_apply_stops_the_import_before_anything_is_stored(
+        tmp_path: Path, types: str, message: str) -> None:
+    result, db = import_orders(tmp_path, ORDERS, "--types", types)
+    assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+    assert not Path(db).exists() or runner.invoke(app, ["status", "--db", db, "--json"]).output.count(
+        '"events_received": 0') == 1
+
+
+def test_an_import_through_a_server_takes_types_and_reports_notes(tmp_path: Path, server: Server) -> None:
+    source = tmp_path / "orders.csv"
+    source.write_text(ORDERS)
+    common = ["import", "events", str(source), "--user-id", "customer", "--event", "Order", "--url", server.url,
+              "--admin-key", ADMIN_KEY]
+    typed = runner.invoke(app, [*common, "--types", TYPES])
+    assert "stored 3" in typed.output and "rejected invalid_value: 1" in typed.output, typed.output
+    with server.admin() as client:
+        answer = client.post("/api/imports", content=ORDERS.encode(), params={
+            "filename": "orders.csv", "user_id": "customer", "event": "Order Again"}).json()
+    assert answer["notes"] == [
+        "column amount was read as text: row 3 holds 'tbd', which is not a number like the rows before it. Declare "
+        "what the column is (--types amount=number) to reject the rows that do not fit instead, or --types "
+        "amount=text to read it as text without this note"]
+    with server.admin() as client:
+        typed_answer = client.post("/api/imports", content=ORDERS.encode(), params={
+            "filename": "orders.csv", "user_id": "customer", "event": "Order Again", "types": "amount=number"}).json()
+    assert typed_answer["by_code"] == {"invalid_value": 1} and typed_answer["notes"] == []
+    assert typed_answer["first_rejected"][0]["reason"] == "column amount: 'tbd' is not a number"
+
+
+def test_a_sql_source_takes_declared_types(tmp_path: Path, portrait: Portrait) -> None:
+    path = tmp_path / "crm.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id TEXT, spend TEXT, vip TEXT)")
+        db.executemany("INSERT INTO customers VALUES (?, ?, ?)",
+                       [("1", "120.5", "yes"), ("2", "tbd", "no"), ("3", "80", "no")])
+    db.close()
+    portrait.add_source({"name": "crm", "kind": "profiles", "url": f"sqlite:///{path}",
+                         "query": "SELECT id, spend, vip FROM customers",
+                         "mapping": {"identifiers": {"user_id": "id"}, "types": {"spend": "number",
+                                                                                 "vip": "boolean"}}})
+    report = portrait.sync_source("crm")
+    assert (report.stored, report.rejected) == (2, 1)
+    portrait.process_pending()
+    assert portrait.traits("user_id:1") == {"spend": 120.5, "vip": True}
+    assert portrait.traits("user_id:3") == {"spend": 80, "vip": False}
+    rejected = portrait.rejected()["rejected"]
+    assert [(r["code"], r["reason"]) for r in rejected] == [("invalid_value", "column spend: 'tbd' is not a number")]
+    assert portrait.sync_source("crm").stored == 0  # read again: nothing new
