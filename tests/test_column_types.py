@@ -59,7 +59,7 @@ def properties(db: str, customer: str) -> dict[str, Any]:
     ("boolean", "f", False), ("date", "2024-01-05", date(2024, 1, 5)),
     ("date", datetime(2024, 1, 5), date(2024, 1, 5)), ("timestamp", "2024-01-05T10:11:12Z",
                                                           datetime.fromisoformat("2024-01-05T10:11:12+00:00")),
-    ("text", 1234, "1234"), ("text", True, "true"), ("number", "  ", None),
+    ("text", 1234, "1234"), ("text", True, "true"), ("text", " ", " "), ("number", "  ", None),
 ])
 def test_a_cell_converts_to_its_declared_type(kind: str, value: Any, converted: Any) -> None:
     assert convert_row({"c": value}, {"c": kind}) == {"c": converted}
@@ -216,10 +216,16 @@ def test_a_sql_source_takes_declared_types(tmp_path: Path, portrait: Portrait) -
                          "mapping": {"identifiers": {"user_id": "id"}, "types": {"spend": "number",
                                                                                  "vip": "boolean"}}})
     report = portrait.sync_source("crm")
-    assert (report.stored, report.rejected) == (2, 1)
+    assert (report.stored, report.rejected, report.by_code) == (2, 1, {"invalid_value": 1})
     portrait.process_pending()
     assert portrait.traits("user_id:1") == {"spend": 120.5, "vip": True}
     assert portrait.traits("user_id:3") == {"spend": 80, "vip": False}
     rejected = portrait.rejected()["rejected"]
     assert [(r["code"], r["reason"]) for r in rejected] == [("invalid_value", "column spend: 'tbd' is not a number")]
     assert portrait.sync_source("crm").stored == 0  # read again: nothing new
+
+
+def test_a_time_column_that_changes_shape_gets_no_note_suggesting_a_type_it_cannot_take(tmp_path: Path) -> None:
+    text = "customer,day,amount\nc1,2024-01-05,1\nc2,05/01/2024,2\n"
+    result, _ = import_orders(tmp_path, text, "--timestamp", "day")
+    assert "rejected invalid_timestamp: 1" in result.output and "Note:" not in result.output, result.output

@@ -138,26 +138,41 @@ def checked_types(types: Any) -> dict[str, str]:
     return dict(types)
 
 
-def convert_row(row: Mapping[str, Any], types: Mapping[str, str]) -> Mapping[str, Any]:
-    """``row`` with its declared columns converted; an empty cell (None, or text of spaces only) is no value.
-    Raises :class:`Misfit` with the reason for the first cell that does not convert."""
-    changed: dict[str, Any] | None = None
-    for column, kind in types.items():
-        value = row.get(column)
-        if value is None:
-            continue
-        if isinstance(value, str) and not value.strip():
-            converted = None
-        else:
-            try:
-                converted = CONVERTERS[kind](value)
-            except Misfit as exc:
-                raise Misfit(f"column {column}: {_shown(value)} {exc}") from None
-        if converted is not value:
+# Values that have their column's type already, as the reader gave them: kept as they are (and not looked at
+# further: this runs for every declared cell of every row).
+_KEPT: dict[str, tuple[type, ...]] = {"text": (str,), "number": (int, float), "integer": (int,),
+                                      "boolean": (bool,), "date": (date,), "timestamp": (datetime,)}
+
+
+def row_converter(types: Mapping[str, str]) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
+    """What converts a row's declared columns (:func:`convert_row`), planned once for the whole file."""
+    plan = [(column, CONVERTERS[kind], _KEPT[kind], kind == "text") for column, kind in types.items()]
+
+    def convert(row: Mapping[str, Any]) -> Mapping[str, Any]:
+        changed: dict[str, Any] | None = None
+        for column, converter, kept, text in plan:
+            value = row.get(column)
+            if value is None or value.__class__ in kept:
+                continue
+            if not text and value.__class__ is str and not value.strip():
+                converted = None  # an empty cell (in JSON, "") is no value, as a CSV's empty cell
+            else:
+                try:
+                    converted = converter(value)
+                except Misfit as exc:
+                    raise Misfit(f"column {column}: {_shown(value)} {exc}") from None
             if changed is None:
                 changed = dict(row)
             changed[column] = converted
-    return row if changed is None else changed
+        return row if changed is None else changed
+
+    return convert
+
+
+def convert_row(row: Mapping[str, Any], types: Mapping[str, str]) -> Mapping[str, Any]:
+    """``row`` with its declared columns converted; an empty cell (None, or text of spaces only) is no value.
+    Raises :class:`Misfit` with the reason for the first cell that does not convert."""
+    return row_converter(types)(row)
 
 
 def _shown(value: Any) -> str:

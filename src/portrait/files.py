@@ -188,9 +188,8 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         kept_as_text = _numbers_to_keep_as_text(opened(types, _skip).schema, read_as_text, set(mapping.types))
         types = {**types, **kept_as_text}
         reader = opened(types, set_aside)
-        undeclared = [f.name for f in reader.schema if pa.types.is_string(f.type) and f.name not in as_text
-                      and f.name not in kept_as_text and f.name not in mapping.types]
-        notes.extend(_fallback_notes(undeclared, read_as_text))
+        notes.extend(_fallback_notes(_undeclared_text(reader.schema, mapping, {*as_text, *kept_as_text}),
+                                     read_as_text))
         for batch in reader:
             yield from batch.to_pylist()
             while misshapen:
@@ -254,6 +253,15 @@ _LADDERS: tuple[tuple[tuple[pa.DataType, str], ...], ...] = (
     ((pa.bool_(), "boolean"),),
     ((pa.date32(), "date"), (pa.timestamp("us"), "timestamp")),
 )
+
+
+def _undeclared_text(schema: pa.Schema, mapping: RowMapping, chosen: set[str]) -> list[str]:
+    """The property/trait columns read as text that no one chose to read so (as ids, declared, or numbers kept as
+    written): those whose values may not have fit one type. (The time and the event name are read their own way,
+    and take no declared type.)"""
+    skipped = chosen | set(mapping.types) | mapping.used_columns()
+    return [f.name for f in schema if pa.types.is_string(f.type) and f.name not in skipped
+            and (mapping.fields is None or f.name in mapping.fields)]
 
 
 def _fallback_notes(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]

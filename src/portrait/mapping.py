@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import yaml
 
-from portrait.column_types import INVALID_VALUE, Misfit, checked_types, convert_row, parse_types
+from portrait.column_types import INVALID_VALUE, Misfit, checked_types, parse_types, row_converter
 from portrait.errors import BadRequest
 from portrait.identity import id_text
 from portrait.spec import Unreadable
@@ -209,13 +209,14 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
     skipped = used | set(EXPORT_COLUMNS) if mapping.kind == "profiles" and mapping.fields is None else used
     columns = mapping.identifier_columns_used()
     offsets = "%z" in (mapping.timestamp_format or "")  # times whose offset once did not count (_timestamp_before)
+    convert = row_converter(mapping.types) if mapping.types else None
     for row in rows:
         if not isinstance(row, Mapping):
             yield row
             continue
-        if mapping.types:
+        if convert is not None:
             try:
-                row = convert_row(row, mapping.types)
+                row = convert(row)
             except Misfit as exc:  # the row is rejected, with the reason; the others go on
                 yield Unreadable("", INVALID_VALUE, str(exc), row=row)
                 continue

@@ -625,7 +625,8 @@ class Portrait:
         with contextlib.closing(chunks):  # the source's cursor is closed before its connection
             for chunk in chunks:
                 done = next(self.import_messages([chunk.messages], f"source:{source.name}"))
-                report.add(done.rows, done.result.accepted, done.result.duplicates, len(done.rejected))
+                report.add(done.rows, done.result.accepted, done.result.duplicates,
+                           [rejection.code for _, rejection in done.rejected])
                 report.cursor = chunk.cursor if source.cursor else None
                 self.sources.advance(source.name, report.cursor, done.rows)
                 if self._closing.is_set():

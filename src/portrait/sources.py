@@ -17,7 +17,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -119,16 +119,19 @@ class SyncReport:
     rejected: int = 0
     cursor: Any = None
     seconds: float = 0.0
+    by_code: dict[str, int] = field(default_factory=dict)  # the rejected rows by rejection code
 
-    def add(self, rows: int, stored: int, duplicates: int, rejected: int) -> None:
+    def add(self, rows: int, stored: int, duplicates: int, rejected_codes: list[str]) -> None:
         self.rows += rows
         self.stored += stored
         self.duplicates += duplicates
-        self.rejected += rejected
+        self.rejected += len(rejected_codes)
+        for code in rejected_codes:
+            self.by_code[code] = self.by_code.get(code, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "rows": self.rows, "stored": self.stored, "duplicates": self.duplicates,
-                "rejected": self.rejected, "cursor": self.cursor, "seconds": self.seconds}
+                "rejected": self.rejected, "by_code": self.by_code, "cursor": self.cursor, "seconds": self.seconds}
 
 
 class SourceRegistry:

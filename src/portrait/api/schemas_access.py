@@ -64,6 +64,7 @@ class SyncReport(BaseModel):
     stored: int
     duplicates: int
     rejected: int
+    by_code: dict[str, int] = Field(description="Rejection code -> rows")
     cursor: Any = Field(description="The saved cursor value after the sync (any JSON value), or null")
     seconds: float
 

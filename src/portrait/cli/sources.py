@@ -133,6 +133,8 @@ def sources_sync(
     console.print(f"{name}: {report['rows']:,} rows read in {report['seconds']} s: stored {report['stored']:,}, "
                   f"already there {report['duplicates']:,}, rejected {report['rejected']:,}; cursor now "
                   f"{report['cursor']}.")
+    for code, count in sorted(report.get("by_code", {}).items()):  # .get: a server from before answers without
+        console.print(f"  rejected {code}: {count:,}")
     if report["rejected"]:
         console.print(f"Rejected rows are listed by `portrait events rejected` (source source:{name}).")
 
