@@ -5,6 +5,14 @@ timestamps), then imports it in process with the same code as ``portrait import 
 have every row durable in the event log, the time until the processor has applied them, and rows/s.
 
     .venv/bin/python benchmarks/import_speed.py [--rows 1000000]
+
+With ``--csv`` it measures rows mode instead: a CSV of N order rows (customer, amount, signup date, vip flag,
+zip code, sku; one ``amount`` of ``tbd`` in the middle, so that column is read as text unless declared), imported
+as ``portrait import events orders.csv --user-id customer --event Order`` (add ``--types`` for
+``--types amount=number,signup=date,vip=boolean,zip=text``): the time to read the rows into messages alone, and
+to have them in the event log.
+
+    .venv/bin/python benchmarks/import_speed.py --csv [--types]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from _common import write_result
 
 from portrait.config import Settings
 from portrait.files import read_messages
+from portrait.mapping import RowMapping
 from portrait.service import Portrait
 
 EVENTS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
@@ -51,11 +60,58 @@ def build_file(path: Path, rows: int, customers: int) -> None:
         writer.close()
 
 
+CSV_TYPES = {"amount": "number", "signup": "date", "vip": "boolean", "zip": "text"}
+
+
+def build_csv(path: Path, rows: int, customers: int) -> None:
+    with path.open("w") as handle:
+        handle.write("customer,amount,signup,vip,zip,sku\n")
+        for i in range(rows):
+            amount = "tbd" if i == rows // 2 else f"{i % 500}.{i % 100:02d}"
+            handle.write(f"c{(i * 7919) % customers},{amount},2024-{1 + i % 12:02d}-{1 + i % 28:02d},"
+                         f"{'true' if i % 3 else 'false'},{i % 90000:05d},S-{i % 500}\n")
+
+
+def csv_rows_mode(rows: int, customers: int, types: dict[str, str]) -> dict[str, object]:
+    """Seconds to read the CSV into messages, and to have them in the log (a fresh process for each of with and
+    without types: run one after the other in one process, the second was the slower, whichever it was)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "orders.csv"
+        build_csv(source, rows, customers)
+        mapping = RowMapping("events", user_id="customer", event="Order", types=types)
+        started = time.perf_counter()
+        read = sum(len(chunk) for chunk in read_messages(source, "csv", mapping))
+        reading = time.perf_counter() - started
+        service = Portrait(Settings(db_path=str(Path(tmp) / "import.duckdb")), background=True)
+        started = time.perf_counter()
+        stored = rejected = 0
+        for chunk in service.import_messages(read_messages(source, "csv", mapping), "import:bench"):
+            stored += chunk.result.accepted
+            rejected += len(chunk.rejected)
+        logged = time.perf_counter() - started
+        service.close()
+    label = "declared" if types else "inferred"
+    print(f"  {label} types: read {reading:5.1f} s ({rows / reading:,.0f} rows/s), in the log "
+          f"{logged:5.1f} s ({rows / logged:,.0f} rows/s); stored {stored:,}, rejected {rejected:,}")
+    return {"rows": rows, "customers": customers, "types": types, "rows_read": read,
+            "seconds_to_read": round(reading, 2), "seconds_to_log": round(logged, 2), "stored": stored,
+            "rejected": rejected}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--csv", action="store_true", help="measure a CSV in rows mode (types inferred)")
+    parser.add_argument("--types", action="store_true", help="with --csv: with the column types declared")
     args = parser.parse_args()
+    if args.csv:
+        print(f"Import {args.rows:,} CSV rows in rows mode")
+        types = CSV_TYPES if args.types else {}
+        path = write_result(f"import_speed_csv_{'declared' if types else 'inferred'}",
+                            csv_rows_mode(args.rows, args.customers, types))
+        print(f"  result {path}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "events.parquet"
         build_file(source, args.rows, args.customers)

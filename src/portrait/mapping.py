@@ -66,7 +66,7 @@ class RowMapping:
                    if name in identifiers}
         fields_, renames = _fields(document.get("traits" if kind == "profiles" else "properties"), kind)
         settings = {name: _text(document.get(name), name) for name in SCALAR_KEYS}
-        types = checked_types(document.get("types", {}))
+        types = checked_types(document.get("types") or {})
         return cls(kind, fields=fields_, renames=renames, identifier_columns=identifiers, types=types, **builtin,
                    **settings)
 
