@@ -229,3 +229,19 @@ def test_a_time_column_that_changes_shape_gets_no_note_suggesting_a_type_it_cann
     text = "customer,day,amount\nc1,2024-01-05,1\nc2,05/01/2024,2\n"
     result, _ = import_orders(tmp_path, text, "--timestamp", "day")
     assert "rejected invalid_timestamp: 1" in result.output and "Note:" not in result.output, result.output
+
+
+@pytest.mark.parametrize(("types", "expected"), [(None, {}), ({"amount": "number"}, {"amount": "number"})])
+def test_a_mapping_document_reads_its_types(types: Any, expected: dict[str, str]) -> None:
+    from portrait.mapping import RowMapping
+
+    mapping = RowMapping.from_document({"identifiers": {"user_id": "id"}, "types": types}, "profiles")
+    assert mapping.types == expected
+    assert RowMapping.from_document(mapping.to_document(), "profiles") == mapping
+
+
+def test_a_mapping_document_with_types_that_are_not_a_mapping_is_refused() -> None:
+    from portrait.mapping import RowMapping
+
+    with pytest.raises(BadRequest, match="'types' must map column names to type names"):
+        RowMapping.from_document({"identifiers": {"user_id": "id"}, "types": ["amount"]}, "profiles")
