@@ -119,6 +119,11 @@ def test_without_types_the_column_read_as_text_is_named_in_a_note(tmp_path: Path
     assert properties(db, "c1")["amount"] == "12"
 
 
+def test_a_column_of_numbers_that_starts_with_a_decimal_gets_the_note_too(tmp_path: Path) -> None:
+    result, _ = import_orders(tmp_path, "customer,amount\nc1,12.5\nc2,3\nc3,tbd\n")
+    assert "column amount was read as text: row 3 holds 'tbd'" in " ".join(result.output.split()), result.output
+
+
 def test_the_note_names_a_misfit_past_the_first_block_and_a_declared_text_column_has_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("portrait.files._BLOCK_BYTES", 1024)  # as a file of many 4 MB blocks does

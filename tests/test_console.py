@@ -385,6 +385,17 @@ def test_the_official_browser_sdk_lands_on_the_right_profile(browser: Browser, s
     context.close()
 
 
+def test_an_import_says_which_csv_column_was_read_as_text(page: Page, tmp_path: Path) -> None:
+    orders = tmp_path / "tills.csv"
+    orders.write_text("customer_id,amount\nuser-7,12.5\nuser-8,tbd\n")
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(orders))
+    page.get_by_label("Event name for every row (CSV events)").fill("Till Sale")
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(page.locator("#import-report")).to_contain_text(
+        "Note: column amount was read as text: row 2 holds 'tbd', which is not a number")
+
+
 def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: Path) -> None:
     orders = tmp_path / "pos.csv"
     orders.write_text("customer_id,amount,store\nuser-7,12.5,Gdansk\nuser-8,30,Warsaw\n")

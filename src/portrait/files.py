@@ -301,11 +301,13 @@ def _first_misfit(values: pa.Array, pending: dict[str, Any], name: str) -> tuple
         if len(present) == 0:
             return None
         first = present.slice(0, 1)
-        ladder = next((lad for lad in _LADDERS if _fits(first, lad[0][0])), None)
-        if ladder is None:
+        # The narrowest type the first value fits: 12.5 starts a column of numbers as a decimal, not an integer
+        started = next(([lad, step] for lad in _LADDERS for step in range(len(lad)) if _fits(first, lad[step][0])),
+                       None)
+        if started is None:
             del pending[name]
             return None
-        pending[name] = [ladder, 0]
+        pending[name] = started
     ladder, step = pending[name]
     while True:
         index = _first_failing(values, ladder[step][0], start)

@@ -197,7 +197,8 @@
           if (body.message) { report.textContent = body.message; return; }
           var codes = Object.keys(body.by_code || {}).map(function (c) { return c + ": " + body.by_code[c]; }).join(", ");
           report.textContent = (dryRun ? "Dry run — " : "Done — ") + body.rows + " rows: " + (dryRun ? "would store " : "stored ") +
-            body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "");
+            body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "") +
+            (body.notes || []).map(function (note) { return ". Note: " + note; }).join("");
           report.setAttribute("data-stored", String(body.stored));
         });
     };
