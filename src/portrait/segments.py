@@ -625,7 +625,10 @@ def _event_names(condition: Condition, segments: Segments) -> set[str]:
     if isinstance(condition, Not):
         return _event_names(condition.item, segments)
     if isinstance(condition, InSegment):
-        referenced = segments.find(condition.segment).condition
+        try:
+            referenced = segments.find(condition.segment).condition
+        except NotFound:  # deleted meanwhile: evaluating the segment fails, and says so, for that segment alone
+            return set()
         return _event_names(referenced, segments) if referenced is not None else set()
     if isinstance(condition, Sequence):
         return {condition.first, condition.then}
