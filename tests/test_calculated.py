@@ -350,12 +350,7 @@ def test_days_and_years_since_count_utc_days(portrait: Portrait, now: datetime, 
     portrait.process_pending()
     portrait.create_attribute({"code": "age_years", "name": "Age", "definition": "years_since(birthday)"})
     portrait.create_attribute({"code": "tenure_days", "name": "Tenure", "definition": "days_since(created_at)"})
-    session = portrait.store.session()
-    try:
-        with session.transaction():
-            portrait.segments.calculator.apply(session, now, scoped=False)
-    finally:
-        session.close()
+    assert portrait.segments.recalculate(now=now) == 2
     traits = portrait.traits("user_id:leap")
     assert (traits["age_years"], traits["tenure_days"]) == (age, days)
 

@@ -17,6 +17,8 @@ from portrait.conditions import Condition, to_text
 from portrait.config import Settings
 from portrait.service import Portrait
 from portrait.spec import utc_now
+from portrait.sql import calculated as calculated_q
+from portrait.sql import segments as segments_q
 from portrait.sql.conditions import Compiled, compile_condition
 
 CONDITIONS = {
@@ -128,3 +130,67 @@ def test_a_segment_whose_sql_fails_is_evaluated_in_python_and_the_others_are_kep
     assert len(set(entered(portrait))) == len(entered(portrait))
     monkeypatch.undo()
     assert portrait.segments.recount_all() == []  # the members a full recount finds
+
+
+def test_a_segment_referring_to_one_deleted_meanwhile_fails_alone(portrait: Portrait) -> None:
+    """A segment can come to refer to one that no longer exists (created while the other was being deleted: each
+    checked before the other was saved). With the Python engine, finding the events it looks at failed the whole
+    refresh: no segment was kept current. Now it fails alone, saying why, and the others are refreshed."""
+    portrait.ingest_messages(traffic(0, 4))
+    portrait.process_pending()
+    create_segments(portrait)
+    portrait.create_segment({"name": "gone", "condition": "age >= 0"})
+    portrait.create_segment({"name": "orphan", "condition": 'in_segment("gone") and age >= 30'})
+    session = portrait.store.session()
+    try:  # the deletion that raced the creation of "orphan" (the API refuses it once "orphan" is saved)
+        for statement in segments_q.DELETE:
+            session.execute(statement, [portrait.segments.find("gone").id])
+    finally:
+        session.close()
+    portrait.ingest_messages(traffic(4, PEOPLE))
+    portrait.process_pending()  # raised NotFound: no segment named 'gone'
+    found = memberships(portrait)
+    assert found["adults"] == {f"u{n}" for n in range(PEOPLE) if 18 + n * 3 % 40 >= 30}
+    error = portrait.segments.get("orphan")["error"]
+    assert error is not None and "'gone'" in error and "edit its condition" in error
+    assert portrait.segments.get("adults")["error"] is None
+
+
+def test_a_calculated_attribute_failing_when_run_fails_alone(
+        portrait: Portrait, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A calculated attribute's statement that fails when run (DuckDB aborts the whole transaction then) failed the
+    whole refresh, again after every batch: no other attribute computed, no segment kept current. Now it fails
+    alone, keeping its values; its ``error`` says why, and everything else goes on."""
+    portrait.ingest_messages(traffic(0, 4))
+    portrait.process_pending()
+    portrait.create_attribute({"code": "orders", "name": "Orders", "definition": 'count("Order Completed")'})
+    portrait.create_attribute({"code": "spent", "name": "Spent", "definition": 'sum("Order Completed", revenue)'})
+    create_segments(portrait)
+    portrait.create_segment({"name": "ordered", "condition": "orders >= 1"})
+    before = portrait.profile("user_id:u3")["traits"]["spent"]
+    query = calculated_q.calculation_query
+
+    def failing_for_spent(calculation: Any, *args: Any, **options: Any) -> tuple[exp.Expr, dict[str, Any]]:
+        sql, params = query(calculation, *args, **options)
+        if "revenue" in str(calculation):  # fails when run, after other statements of the pass
+            boom = exp.Anonymous(this="error", expressions=[exp.Literal.string("boom")])
+            sql = exp.select("*").from_(sql.subquery("q")).where(boom.is_(exp.null()))
+        return sql, params
+
+    monkeypatch.setattr(calculated_q, "calculation_query", failing_for_spent)
+    big_order = {"type": "track", "userId": "u3", "event": "Order Completed", "properties": {"revenue": 1000}}
+    portrait.ingest_messages([*traffic(4, PEOPLE), big_order])
+    with caplog.at_level(logging.ERROR, logger="portrait.calculated"):
+        portrait.process_pending()  # raised: boom
+        portrait.process_pending()
+    assert portrait.profile("user_id:u3")["traits"]["spent"] == before  # kept as it was
+    assert portrait.profile("user_id:u3")["traits"]["orders"] == 4  # the other attribute is current
+    assert "u13" in memberships(portrait)["ordered"]  # and the segments
+    error = portrait.attributes.get("spent")["error"]
+    assert error is not None and "boom" in error and "kept as they were" in error
+    assert portrait.attributes.get("orders")["error"] is None
+    assert len([r for r in caplog.records if "'spent'" in r.getMessage()]) == 1  # logged once, not every batch
+    monkeypatch.undo()
+    portrait.recalculate()
+    assert portrait.profile("user_id:u3")["traits"]["spent"] == before + 1000
+    assert portrait.attributes.get("spent")["error"] is None

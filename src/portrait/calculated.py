@@ -20,6 +20,7 @@ from portrait.conditions.calculations import (
     parse_definition,
     unfit_attribute,
 )
+from portrait.errors import StorageUnavailable
 from portrait.sql import calculated as q
 from portrait.store import Session
 
@@ -27,9 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class Calculator:
-    def __init__(self, schema: Callable[[], Schema]) -> None:
+    def __init__(self, schema: Callable[[], Schema], failures: dict[str, str] | None = None) -> None:
         self._schema = schema
         self._unfit: dict[str, str] = {}  # code -> why its definition was last skipped (logged once per reason)
+        # code -> why its statement failed when last run (the attribute registry shows it as the attribute's error)
+        self.failures: dict[str, str] = {} if failures is None else failures
 
     def definitions(self, session: Session) -> list[tuple[str, Calculation]]:
         """Active calculated attributes, those computed from events before those computed from attributes."""
@@ -37,8 +40,12 @@ class Calculator:
         return sorted(found, key=lambda item: isinstance(item[1], Concat | YearsSince | DaysSince))
 
     def apply(self, session: Session, now: datetime, *, scoped: bool) -> int:
-        """Compute and store every calculated attribute for ``seg_live`` (scoped) or every profile; the caller
-        holds the transaction. Returns how many attributes were computed."""
+        """Compute and store every calculated attribute for ``seg_live`` (scoped) or every profile, each in a
+        transaction of its own, which the caller must not hold: a statement that fails aborts the whole transaction
+        in DuckDB (no savepoints), so one attribute failing when run (an old definition after a change, say) would
+        otherwise take every other attribute -- and the segments after them -- down with it, after every batch.
+        Each is computed from what is committed, so one done again after a crash gives the same values. Returns how
+        many attributes were computed."""
         schema = self._schema()
         done = 0
         for code, calculation in self.definitions(session):
@@ -46,12 +53,33 @@ class Calculator:
                 continue  # quintiles over everyone: full recomputes only
             if self._unusable(code, calculation, schema):
                 continue
-            query, params = q.calculation_query(calculation, schema, now, scoped=scoped)
-            session.execute(q.new_values(query), params)
-            session.execute(q.UPSERT, {"code": code, "now": now})
-            session.execute(q.DROP_SCOPED if scoped else q.DROP_ALL, {"code": code})
+            try:
+                with session.transaction():
+                    self._compute(session, code, calculation, schema, now, scoped=scoped)
+            except StorageUnavailable:
+                raise  # a full disk is no fault of the definition: the whole pass is tried again later
+            except Exception as exc:  # this one only: its values stay as they were
+                self._failed(code, exc)
+                continue
+            self.failures.pop(code, None)
             done += 1
         return done
+
+    @staticmethod
+    def _compute(session: Session, code: str, calculation: Calculation, schema: Schema, now: datetime, *,
+                 scoped: bool) -> None:
+        query, params = q.calculation_query(calculation, schema, now, scoped=scoped)
+        session.execute(q.new_values(query), params)
+        session.execute(q.UPSERT, {"code": code, "now": now})
+        session.execute(q.DROP_SCOPED if scoped else q.DROP_ALL, {"code": code})
+
+    def _failed(self, code: str, exc: Exception) -> None:
+        """Remember (and log, once per reason) why the attribute's statement failed."""
+        reason = f"cannot be computed, its values are kept as they were: {type(exc).__name__}: {exc}; change the " \
+                 "definition"
+        if self.failures.get(code) != reason:
+            log.error("calculated attribute %r %s", code, reason)
+        self.failures[code] = reason
 
     def _unusable(self, code: str, calculation: Calculation, schema: Schema) -> bool:
         """Whether the definition uses an attribute of a type it cannot use: one not defined when the definition

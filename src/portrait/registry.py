@@ -36,6 +36,8 @@ EDITABLE = ("name", "description", "unit", "is_personal_info", "calculate_analyt
 class AttributeRegistry:
     def __init__(self, session: Callable[[], Session]) -> None:
         self._session = session
+        # Calculated attributes whose statement failed when last run, by code: why (see calculated.Calculator).
+        self.failures: dict[str, str] = {}
 
     def seed(self) -> None:
         now = utc_now()
@@ -51,7 +53,7 @@ class AttributeRegistry:
     def list(self, *, standard: bool | None = None, status: str | None = None) -> list[dict[str, Any]]:
         query, params = q.listing(standard, status)
         types = self.types()
-        return [_with_error(_json(row), types) for row in self._session().execute(query, params)]
+        return [_with_error(_json(row), types, self.failures) for row in self._session().execute(query, params)]
 
     def types(self) -> dict[str, str]:
         """Every attribute's type, by code."""
@@ -61,7 +63,7 @@ class AttributeRegistry:
         rows = self._session().execute(q.GET, [code])
         if not rows:
             raise NotFound(f"no attribute has the code {code!r}")
-        attribute = _with_error(_json(rows[0]), self.types())
+        attribute = _with_error(_json(rows[0]), self.types(), self.failures)
         filled, profiles = self._session().execute(q.USAGE, [code])[0]
         attribute["usage"] = {"values": int(filled), "profiles": int(profiles)}
         return attribute
@@ -229,12 +231,14 @@ def _moment(value: date | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _with_error(attribute: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+def _with_error(attribute: dict[str, Any], types: dict[str, str], failures: dict[str, str]) -> dict[str, Any]:
     """The attribute with ``error``: why its definition cannot be computed now, else None. A definition may name an
     attribute not defined yet; when the processor then creates it from traits with a type the definition cannot use
-    (a date arrives as JSON text), the definition is not computed (see calculated.Calculator) and says so here."""
+    (a date arrives as JSON text), the definition is not computed (see calculated.Calculator) and says so here; so
+    does one whose statement failed when last run (``failures``)."""
     definition = attribute["definition"] if attribute["calculated"] else None
-    attribute["error"] = definition_error(definition, types) if definition else None
+    attribute["error"] = (definition_error(definition, types) or failures.get(attribute["code"])
+                          if definition else None)
     return attribute
 
 

@@ -100,7 +100,7 @@ class Segments:
         self._attributes = attributes
         # Held while calculated values or memberships are written (see _changing): processing paused.
         self._exclusive = exclusive
-        self.calculator = Calculator(self.schema)
+        self.calculator = Calculator(self.schema, attributes.failures)
         self._normalize = normalize
         self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
         # Segments that cannot be evaluated now (one saved before its condition was refused, say), by id: skipped,
@@ -343,9 +343,8 @@ class Segments:
 
     def recalculate(self, *, now: datetime | None = None) -> int:
         """Compute every calculated attribute for every profile; returns how many attributes."""
-        session = self._session()
-        with self._changing(), session.transaction():
-            return self.calculator.apply(session, now or utc_now(), scoped=False)
+        with self._changing():  # each attribute in a transaction of its own (see Calculator.apply)
+            return self.calculator.apply(self._session(), now or utc_now(), scoped=False)
 
     def recount_all(self) -> list[Change]:
         """Recompute calculated attributes, then recount every segment (the periodic full pass)."""
@@ -382,37 +381,40 @@ class Segments:
 
     def _refresh(self, session: Session, seen: int, processed: int, now: datetime) -> list[Change]:
         changes: list[Change] = []
-        with self._changing(), session.transaction():
-            # read under the lock: a segment deleted or changed from the API before it was taken is not counted as
-            # it had been (members written for a segment that no longer exists). Static segments first: a dynamic
-            # one referring to one reads its stored members in SQL, which are then current for the scope.
-            segments = sorted((_segment(row[:8]) for row in session.execute(q.LIST)),
-                              key=lambda s: s.condition is not None)
-            session.execute(q.SCOPE_TABLE)
+        with self._changing():
+            session.execute(q.SCOPE_TABLE)  # temporary tables: this connection's, kept across its transactions
             session.execute(q.TOUCHED, [seen, processed] * 3)
             session.execute(q.LIVE_SCOPE, [seen])
-            self.calculator.apply(session, now, scoped=True)  # calculated attributes first: segments may use them
-            scope = [row[0] for row in session.execute(q.SCOPE_PROFILES)]
-            large = self._large(session, len(scope), sum(s.condition is not None for s in segments))
-            in_sql = {s.id for s in segments
-                      if s.condition is not None and large and self._refused_in_sql.get(s.id) != s.condition}
-            python = [s for s in segments if s.condition is not None and s.id not in in_sql]
-            profiles = self._scope_profiles(session, python) if python else []
-            schema = self.schema()
-            for segment in segments:
-                session.execute(q.NEW_MEMBERS_TABLE)
-                try:
-                    if segment.id in in_sql:
-                        self._evaluate_in_sql(session, segment, schema, now)
-                    else:
-                        self._found(session, self._evaluate(session, segment, scope, profiles, schema, now))
-                except _RefusedInSql:
-                    raise
-                except Exception as exc:  # this one only: the others are kept current
-                    self._failed(segment.id, segment.name, exc)
-                    continue
-                changes += _apply(session, segment, now)
-            session.execute(q.SET_WATERMARK, [processed])
+            # calculated attributes first (segments may use them), each committed on its own (see Calculator.apply);
+            # a crash before the watermark moves computes them again for the same profiles: the same values
+            self.calculator.apply(session, now, scoped=True)
+            with session.transaction():
+                # read under the lock: a segment deleted or changed from the API before it was taken is not counted as
+                # it had been (members written for a segment that no longer exists). Static segments first: a dynamic
+                # one referring to one reads its stored members in SQL, which are then current for the scope.
+                segments = sorted((_segment(row[:8]) for row in session.execute(q.LIST)),
+                                  key=lambda s: s.condition is not None)
+                scope = [row[0] for row in session.execute(q.SCOPE_PROFILES)]
+                large = self._large(session, len(scope), sum(s.condition is not None for s in segments))
+                in_sql = {s.id for s in segments
+                          if s.condition is not None and large and self._refused_in_sql.get(s.id) != s.condition}
+                python = [s for s in segments if s.condition is not None and s.id not in in_sql]
+                profiles = self._scope_profiles(session, python) if python else []
+                schema = self.schema()
+                for segment in segments:
+                    session.execute(q.NEW_MEMBERS_TABLE)
+                    try:
+                        if segment.id in in_sql:
+                            self._evaluate_in_sql(session, segment, schema, now)
+                        else:
+                            self._found(session, self._evaluate(session, segment, scope, profiles, schema, now))
+                    except _RefusedInSql:
+                        raise
+                    except Exception as exc:  # this one only: the others are kept current
+                        self._failed(segment.id, segment.name, exc)
+                        continue
+                    changes += _apply(session, segment, now)
+                session.execute(q.SET_WATERMARK, [processed])
         return changes
 
     def _large(self, session: Session, touched: int, dynamic: int) -> bool:
