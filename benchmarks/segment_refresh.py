@@ -103,6 +103,29 @@ def _timed(function: Callable[..., Any], phase: str, spent: dict[str, float],
     return wrapper
 
 
+@contextmanager
+def lock_holds(service: Portrait) -> Iterator[list[float]]:
+    """Seconds of each hold of the processor's pause (what the processor, erasures and segment writes from the API
+    wait for) during the refresh: the whole pass, or the longest of its parts where the refresh lets go in between."""
+    holds: list[float] = []
+    exclusive = service.segments._exclusive
+
+    @contextmanager
+    def timed() -> Iterator[None]:
+        with exclusive():
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                holds.append(time.perf_counter() - started)
+
+    service.segments._exclusive = timed
+    try:
+        yield holds
+    finally:
+        service.segments._exclusive = exclusive
+
+
 def touch(service: Portrait, profiles: int, wanted: int) -> int:
     """Set the segment watermark back so that about ``wanted`` profiles hold events after it; returns how many."""
     session = service.store.session()
@@ -136,16 +159,18 @@ def measure(db: Path, segment_count: int, touched_counts: list[int], runs: int,
             for _ in range(runs):
                 touched = touch(service, profiles, wanted)
                 step += 1
-                with phase_timers() as spent:
+                with phase_timers() as spent, lock_holds(service) as holds:
                     started = time.perf_counter()
                     changes = service.segments.refresh_touched(now=NOW + timedelta(days=step))
                     total = time.perf_counter() - started
                 rounds.append({"touched": touched, "total_s": total, "changes": len(changes),
+                               "longest_hold_s": max(holds, default=0.0), "held_s": sum(holds),
                                **{f"{p}_s": spent.get(p, 0.0) for p in PHASES}})
             median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
             print(f"{segment_count} segments, {median['touched']:,.0f} touched: {median['total_s']:.2f} s "
                   f"(load {median['load_s']:.2f}, evaluate {median['evaluate_s']:.2f}, write {median['write_s']:.2f}; "
-                  f"{median['changes']:,.0f} changes)", flush=True)
+                  f"{median['changes']:,.0f} changes); processing paused {median['held_s']:.2f} s in all, at most "
+                  f"{median['longest_hold_s']:.2f} s at a time", flush=True)
             results.append({"segments": segment_count, "wanted": wanted, "rounds": rounds, "median": median})
         return results
     finally:

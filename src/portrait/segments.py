@@ -371,51 +371,84 @@ class Segments:
         if not session.execute(q.LIST) and not self.calculator.definitions(session):
             session.execute(q.SET_WATERMARK, [processed])  # nothing to keep current: never pause processing
             return []
-        while True:
-            try:
-                return self._refresh(session, seen, processed, now)
-            except _RefusedInSql as refused:  # the whole pass was rolled back (DuckDB aborts the transaction)
-                log.warning("segment %r (%s): the SQL engine failed on the touched profiles (%s); evaluating it "
-                            "with the Python engine", refused.segment.name, refused.segment.id, refused.reason)
-                self._refused_in_sql[refused.segment.id] = refused.segment.condition
+        return self._refresh(session, seen, processed, now)
 
     def _refresh(self, session: Session, seen: int, processed: int, now: datetime) -> list[Change]:
-        changes: list[Change] = []
+        """The refresh in steps, so that processing and segment writes from the API wait for one step at a time,
+        not the whole pass (at 1M profiles, 20 segments over 100,000 touched held them ~25 s: docs/performance.md):
+
+        1. paused: the scope, the calculated attributes (segments may use them) and the static segments (a dynamic
+           one referring to one reads its stored members in SQL);
+        2. each dynamic segment evaluated without pausing anything (reads only, of what is committed), then its
+           changes written, paused, in a transaction of its own -- unless the segment was changed or deleted
+           meanwhile (the API recounts a changed one itself), and only for profiles that still exist (one erased or
+           merged away meanwhile gets no membership back);
+        3. the watermark moved last. A crash before it evaluates the same profiles again: members already written
+           give no second change (the diff is against the stored members), so no second Audience event either."""
         with self._changing():
-            session.execute(q.SCOPE_TABLE)  # temporary tables: this connection's, kept across its transactions
-            session.execute(q.TOUCHED, [seen, processed] * 3)
-            session.execute(q.LIVE_SCOPE, [seen])
-            # calculated attributes first (segments may use them), each committed on its own (see Calculator.apply);
-            # a crash before the watermark moves computes them again for the same profiles: the same values
-            self.calculator.apply(session, now, scoped=True)
-            with session.transaction():
-                # read under the lock: a segment deleted or changed from the API before it was taken is not counted as
-                # it had been (members written for a segment that no longer exists). Static segments first: a dynamic
-                # one referring to one reads its stored members in SQL, which are then current for the scope.
-                segments = sorted((_segment(row[:8]) for row in session.execute(q.LIST)),
-                                  key=lambda s: s.condition is not None)
-                scope = [row[0] for row in session.execute(q.SCOPE_PROFILES)]
-                large = self._large(session, len(scope), sum(s.condition is not None for s in segments))
-                in_sql = {s.id for s in segments
-                          if s.condition is not None and large and self._refused_in_sql.get(s.id) != s.condition}
-                python = [s for s in segments if s.condition is not None and s.id not in in_sql]
-                profiles = self._scope_profiles(session, python) if python else []
-                schema = self.schema()
-                for segment in segments:
-                    session.execute(q.NEW_MEMBERS_TABLE)
-                    try:
-                        if segment.id in in_sql:
-                            self._evaluate_in_sql(session, segment, schema, now)
-                        else:
-                            self._found(session, self._evaluate(session, segment, scope, profiles, schema, now))
-                    except _RefusedInSql:
-                        raise
-                    except Exception as exc:  # this one only: the others are kept current
-                        self._failed(segment.id, segment.name, exc)
-                        continue
-                    changes += _apply(session, segment, now)
-                session.execute(q.SET_WATERMARK, [processed])
+            segments, scope = self._prepare(session, seen, processed, now)
+            changes = [change for segment in segments if segment.condition is None
+                       for change in self._refresh_static(session, segment, scope, now)]
+        changes += self._refresh_dynamic(session, [s for s in segments if s.condition is not None], scope, now)
+        with self._changing():
+            session.execute(q.SET_WATERMARK, [processed])
         return changes
+
+    def _prepare(self, session: Session, seen: int, processed: int, now: datetime
+                 ) -> tuple[list[Segment], list[str]]:
+        """The scope (temporary tables: this connection's, kept across its transactions), the calculated attributes
+        for it (each committed on its own), and the segments as they are now; the caller holds the pause, so a
+        segment deleted or changed from the API before is not counted as it had been."""
+        session.execute(q.SCOPE_TABLE)
+        session.execute(q.TOUCHED, [seen, processed] * 3)
+        session.execute(q.LIVE_SCOPE, [seen])
+        self.calculator.apply(session, now, scoped=True)
+        segments = [_segment(row[:8]) for row in session.execute(q.LIST)]
+        return segments, [row[0] for row in session.execute(q.SCOPE_PROFILES)]
+
+    def _refresh_dynamic(self, session: Session, dynamic: list[Segment], scope: list[str], now: datetime
+                         ) -> list[Change]:
+        """Each segment evaluated with nothing paused (reads of what is committed), then its changes written,
+        paused, in a transaction of its own (see _refresh)."""
+        large = self._large(session, len(scope), len(dynamic))
+        in_sql = {s.id for s in dynamic if large and self._refused_in_sql.get(s.id) != s.condition}
+        python = [s for s in dynamic if s.id not in in_sql]
+        profiles = self._scope_profiles(session, python) if python else []
+        schema = self.schema()
+        changes: list[Change] = []
+        for segment in dynamic:
+            session.execute(q.NEW_MEMBERS_TABLE)
+            try:
+                if segment.id in in_sql:
+                    self._evaluate_in_sql(session, segment, schema, now)
+                else:
+                    self._found(session, self._evaluate(session, segment, scope, profiles, schema, now))
+            except Exception as exc:  # this one only: the others are kept current
+                self._failed(segment.id, segment.name, exc)
+                continue
+            with self._changing(), session.transaction():
+                if self._unchanged(session, segment):  # else the API's recount of it writes its members
+                    session.execute(q.KEEP_EXISTING)
+                    changes += _apply(session, segment, now)
+        return changes
+
+    def _refresh_static(self, session: Session, segment: Segment, scope: list[str], now: datetime) -> list[Change]:
+        """A static segment's members in the scope: those holding one of its identities (cheap: done paused)."""
+        try:
+            session.execute(q.NEW_MEMBERS_TABLE)
+            self._found(session, self._evaluate(session, segment, scope, [], self.schema(), now))
+            with session.transaction():
+                return _apply(session, segment, now)
+        except StorageUnavailable:
+            raise  # a full disk is no fault of the segment: the refresh is tried again as a whole, later
+        except Exception as exc:  # this one only: the others are kept current
+            self._failed(segment.id, segment.name, exc)
+            return []
+
+    def _unchanged(self, session: Session, segment: Segment) -> bool:
+        """Whether the segment still exists with the condition it was evaluated with (read paused)."""
+        rows = session.execute(q.BY_ID, [segment.id])
+        return bool(rows) and _segment(rows[0]).condition == segment.condition
 
     def _large(self, session: Session, touched: int, dynamic: int) -> bool:
         """Whether so many profiles were touched that the SQL engine is cheaper for the ``dynamic`` segments.
@@ -430,21 +463,26 @@ class Segments:
     def _evaluate_in_sql(self, session: Session, segment: Segment, schema: Schema, now: datetime) -> None:
         """The scope's members into ``seg_new`` by the SQL engine: one set-based statement instead of loading every
         touched profile with its events into Python (measured in docs/performance.md). A condition it cannot
-        compile is left to the Python engine; a statement that fails aborts the whole transaction in DuckDB, so it
-        is raised as _RefusedInSql for the caller to roll back and redo the pass with this segment in Python."""
+        compile, or whose statement fails, is evaluated by the Python engine (the statement runs outside any
+        transaction, so its failure loses nothing else); one that failed stays with Python until it changes."""
         assert segment.condition is not None
         try:
             compiled = compile_condition(segment.condition, schema, now, scope=q.LIVE_SCOPE_TABLE)
         except Exception:
-            self._found(session, self._evaluate(session, segment, *self._scope_of_one(session, segment), schema,
-                                                now))
+            self._evaluate_alone_in_python(session, segment, schema, now)
             return
         try:
             session.execute(q.new_members(compiled.members(q.LIVE_SCOPE_TABLE)), compiled.params)
         except StorageUnavailable:
             raise  # a full disk is no fault of the condition: the refresh is tried again as a whole, later
         except Exception as exc:
-            raise _RefusedInSql(segment, exc) from exc
+            log.warning("segment %r (%s): the SQL engine failed on the touched profiles (%s); evaluating it "
+                        "with the Python engine", segment.name, segment.id, exc)
+            self._refused_in_sql[segment.id] = segment.condition
+            self._evaluate_alone_in_python(session, segment, schema, now)
+
+    def _evaluate_alone_in_python(self, session: Session, segment: Segment, schema: Schema, now: datetime) -> None:
+        self._found(session, self._evaluate(session, segment, *self._scope_of_one(session, segment), schema, now))
 
     def _scope_of_one(self, session: Session, segment: Segment) -> tuple[list[str], list[ProfileData]]:
         profiles = self._scope_profiles(session, [segment])
@@ -591,15 +629,6 @@ def _apply(session: Session, segment: Segment, now: datetime) -> list[Change]:
     session.execute(q.REMOVE_MEMBERS, [segment.id])
     return [Change(segment.id, segment.name, change, profile_id)
             for change, profile_id in session.execute(q.CHANGES)]
-
-
-class _RefusedInSql(Exception):
-    """The SQL engine's statement failed for a segment: the transaction is aborted and must be rolled back."""
-
-    def __init__(self, segment: Segment, reason: Exception) -> None:
-        super().__init__(segment.name)
-        self.segment = segment
-        self.reason = reason
 
 
 def _segment(row: tuple[Any, ...]) -> Segment:

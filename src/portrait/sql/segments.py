@@ -50,6 +50,8 @@ IS_MEMBER = parse("SELECT 1 FROM segment_members WHERE segment_id = ? AND profil
 def new_members(members: exp.Expr) -> exp.Expr:
     """``INSERT INTO seg_new <a query of profile ids>``."""
     return exp.insert(members, "seg_new")
+# Profiles erased or merged away since the scope's members were evaluated (outside the pause) get no membership.
+KEEP_EXISTING = parse("DELETE FROM seg_new WHERE profile_id NOT IN (SELECT profile_id FROM profiles)")
 SCOPE_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_scope (profile_id VARCHAR)")
 ALL_SCOPE = parse("INSERT INTO seg_scope SELECT profile_id FROM profiles UNION SELECT profile_id FROM segment_members")
 # Params (each): segment id, now. Entries and exits within the scope, then the members table follows.
