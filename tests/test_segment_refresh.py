@@ -112,9 +112,9 @@ def test_a_large_batch_is_evaluated_in_sql_with_the_memberships_python_gives(
 
 def test_a_segment_whose_sql_fails_is_evaluated_in_python_and_the_others_are_kept(
         portrait: Portrait, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """In DuckDB a failing statement aborts the transaction: every segment written before it in the pass would be
-    lost with it. The pass is rolled back and done again with that segment in Python: every segment kept current,
-    each change recorded once."""
+    """In DuckDB a failing statement aborts the transaction: every segment written before it in it would be lost
+    with it. The SQL engine's statement runs outside any transaction, so that segment is evaluated again in Python
+    on the spot: every segment kept current, each change recorded once."""
     portrait.ingest_messages(traffic(0, 4))
     portrait.process_pending()
     create_segments(portrait)

@@ -108,8 +108,8 @@ class Segments:
         self.failures: dict[int, str] = {}
         # Fewer touched profiles than this are evaluated in Python whatever the store's size (see _large).
         self.sql_from = SQL_FROM
-        # Conditions (by segment id) whose SQL failed in a refresh: evaluated in Python from then on (each failure
-        # costs the whole pass, rolled back), until the segment's condition changes.
+        # Conditions (by segment id) whose SQL failed in a refresh: evaluated in Python from then on (a failure costs
+        # the SQL statement and then the Python evaluation), until the segment's condition changes.
         self._refused_in_sql: dict[int, Condition | None] = {}
 
     @contextlib.contextmanager
