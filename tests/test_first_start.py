@@ -84,6 +84,7 @@ def test_a_sqlite_file_given_as_the_database_is_refused_untouched(tmp_path: Path
     with sqlite3.connect(db) as connection:
         connection.execute("CREATE TABLE customers (id INTEGER)")
     connection.close()
+    db.chmod(0o644)  # another program's file, readable by others on purpose (a web server serves it)
     before = _digest(db)
     result = runner.invoke(app, ["status", "--db", str(db)])
     assert result.exit_code == 1
@@ -91,6 +92,7 @@ def test_a_sqlite_file_given_as_the_database_is_refused_untouched(tmp_path: Path
     assert "the file is a SQLite database, not a DuckDB database; nothing was changed" in " ".join(
         result.output.split())
     assert _digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["crm.db"]
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644  # before: made 0600 on the way to being refused
 
 
 def test_a_database_cut_short_says_so_and_stays_as_it_was(tmp_path: Path) -> None:

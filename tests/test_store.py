@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -120,9 +122,11 @@ def test_a_duckdb_file_portrait_did_not_make_is_refused_and_left_alone(tmp_path:
     path = str(tmp_path / "other.duckdb")
     with duckdb.connect(path) as theirs:
         theirs.execute("CREATE TABLE events (id INTEGER, name VARCHAR)")
+    os.chmod(path, 0o644)  # shared with its group and others by whoever made it
     with pytest.raises(PortraitError, match=r"Portrait did not make .* nothing was changed") as refused:
         DuckDBStore(path)
     assert refused.value.code == "not_a_portrait_database"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # before: made 0600 before it was found not Portrait's
     with duckdb.connect(path) as theirs:
         assert theirs.execute("SHOW TABLES").fetchall() == [("events",)]
 

@@ -194,19 +194,22 @@ class DuckDBStore:
                  memory_limit_mb: int | None = None) -> None:
         self.path = path
         _check_folder(path)
-        _keep_private(path)
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._encryption_key = encryption_key  # backups are encrypted with it too
         self.unreadable = Unreadable(path)
         self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
+        self._indexed_tables: frozenset[str] = frozenset()
+        self._refuse_if_not_portraits()
+        # Only now: a file refused above (a SQLite file, another program's DuckDB file) is left as it was, mode
+        # included; and before the checkpoint, which writes the write-ahead log into the file and removes it.
+        _keep_private(path)
         self.checkpoint()  # see above, after LARGE_WRITE_ROWS
         if checkpoint_wal_mb:
             self._root.execute(self._render(schema.checkpoint_threshold(checkpoint_wal_mb)))
         if memory_limit_mb:
             self._root.execute(self._render(schema.memory_limit(memory_limit_mb)))
-        self._indexed_tables: frozenset[str] = frozenset()
         self._migrate()
         self._indexed_tables = frozenset(row[0] for row in self._root.execute(self._render(schema.INDEXED_TABLES))
                                          .fetchall())
@@ -270,14 +273,19 @@ class DuckDBStore:
         self._root.close()
         raise error
 
-    def _migrate(self) -> None:
+    def _refuse_if_not_portraits(self) -> None:
+        """Refuse someone else's DuckDB file (tables, and no schema_migrations), leaving it as it is."""
         session = self.session()
         tables = {row[0] for row in session.execute(schema.TABLE_NAMES)}
-        if tables and "schema_migrations" not in tables:  # someone else's DuckDB file: leave it as it is
+        if tables and "schema_migrations" not in tables:
             self._refuse(session, PortraitError(
                 f"the database {self.path} is a DuckDB file that Portrait did not make (it has tables such as "
                 f"{sorted(tables)[0]!r} and no schema_migrations): nothing was changed; give Portrait a new file or "
                 "one of its own", code="not_a_portrait_database"))
+        session.close()
+
+    def _migrate(self) -> None:
+        session = self.session()
         session.execute(schema.MIGRATION_TABLE)
         applied = {row[0] for row in session.execute(schema.APPLIED)}
         newer = sorted(version for version in applied if version not in schema.MIGRATIONS)
