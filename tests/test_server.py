@@ -707,3 +707,46 @@ def test_a_database_file_cut_short_under_the_server_is_a_clear_503(small_shop: P
     assert answer.json()["code"] == "database_damaged"
     assert answer.json()["message"].startswith("the database file cannot be read (Could not read"), answer.text
     assert status.status_code == 200 and status.json()["database_damaged"] == answer.json()["message"]
+
+
+def test_a_damaged_block_of_an_encrypted_database_is_the_same_clear_503(small_shop: Path, tmp_path: Path) -> None:
+    """An encrypted database checks each block by its AES tag, not a checksum: a damaged block fails to decrypt
+    ("Computed AES tag differs from read AES tag, are you using the right key?" -- the key is right: it opened the
+    file and decrypts its other blocks). Before: 500 internal_error, "safe to retry", logged at each request, and
+    nothing in /api/status."""
+    key = "the damaged shop key"
+    db = Path(shutil.copy(small_shop, tmp_path / "damaged.duckdb"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    encrypted = subprocess.run([sys.executable, "-m", "portrait", "encrypt", "--db", str(db)], capture_output=True,
+                               text=True, env={**env, "PORTRAIT_ENCRYPTION_KEY": key}, timeout=120, check=False)
+    assert encrypted.returncode == 0, encrypted.stderr
+    with duckdb.connect() as reader:
+        reader.load_extension(str(_httpfs()))
+        reader.execute(f"ATTACH '{db}' AS shop (READ_ONLY, ENCRYPTION_KEY '{key}')")
+        block = reader.execute("SELECT min(block_id) FROM pragma_storage_info('shop.profile_traits') "
+                               "WHERE block_id >= 0").fetchall()[0][0]
+    with db.open("r+b") as file:
+        file.seek(HEADER_BYTES + int(block) * BLOCK_SIZE + 64)
+        file.write(b"garbage" * 4)
+    server = start_server(str(db), tmp_path / "server.log", {"PORTRAIT_ENCRYPTION_KEY": key})
+    try:
+        with server.admin() as admin:
+            answers = [admin.get("/api/profiles/user_id:user-0/traits") for _ in range(2)]
+            status = admin.get("/api/status")
+    finally:
+        server.stop()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "database_damaged"
+        assert answer.json()["message"].startswith("the database file is damaged ("), answer.text
+    assert status.status_code == 200 and status.json()["database_damaged"] == answers[0].json()["message"]
+    logged = server.log_path.read_text()
+    assert logged.count("cannot be read: the database file is damaged") == 1, logged
+    assert "internal_error" not in logged and "unexpected error" not in logged, logged
+
+
+def _httpfs() -> Path:
+    """DuckDB's httpfs extension, which brings the OpenSSL that encrypted files need (as Portrait loads it)."""
+    import duckdb_extension_httpfs
+
+    return sorted((Path(duckdb_extension_httpfs.__file__).parent / "extensions").glob("*/httpfs.duckdb_extension"))[-1]

@@ -327,11 +327,15 @@ def _refused_by_disk(exc: duckdb.Error) -> None:
                                  "on the disk holding the database, then retry") from exc
 
 
+# DuckDB's words when a block of an encrypted file fails its integrity check (its AES-GCM tag).
+_AES_TAG_MISMATCH = "Computed AES tag differs from read AES tag"
+
+
 def damage(exc: BaseException) -> str | None:
     """What to tell a person when ``exc`` is the database file failing to be read, else None: DuckDB finding a
-    block damaged (its checksum does not match: a failing disk, a bad copy), or the operating system refusing a
-    read (an I/O error, a file cut short under the running server). Seen only when that block is read, which may
-    be long after the file opened."""
+    block damaged (its checksum, or in an encrypted file its AES tag, does not match: a failing disk, a bad copy),
+    or the operating system refusing a read (an I/O error, a file cut short under the running server). Seen only
+    when that block is read, which may be long after the file opened."""
     if isinstance(exc, DatabaseDamaged):
         return exc.message
     if not isinstance(exc, duckdb.Error):
@@ -339,6 +343,11 @@ def damage(exc: BaseException) -> str | None:
     text = str(exc).removeprefix("IO Error: ")
     if "Corrupt database file" in text:
         what = "is damaged"
+    elif _AES_TAG_MISMATCH in text:
+        # An encrypted file's blocks are checked by their AES tag instead of a checksum. DuckDB asks whether the key
+        # is right, but it is: it opened the file and decrypts the other blocks (a wrong key is refused on opening)
+        what, text = "is damaged", ("a block does not decrypt with the key that opened the file: its AES tag does "
+                                    "not match")
     elif isinstance(exc, duckdb.IOException) and "Could not read" in text:
         what = "cannot be read"
     else:
