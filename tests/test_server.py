@@ -750,3 +750,36 @@ def _httpfs() -> Path:
     import duckdb_extension_httpfs
 
     return sorted((Path(duckdb_extension_httpfs.__file__).parent / "extensions").glob("*/httpfs.duckdb_extension"))[-1]
+
+
+def test_events_the_processor_meets_damage_with_are_not_set_aside_as_rejected(small_shop: Path, tmp_path: Path
+                                                                              ) -> None:
+    """The identities' block damaged: each event the processor applies reads it. The damage is not the events'
+    fault (every one would fail alike, and a restore is what mends it), so processing pauses, saying why, as for a
+    full disk. Before: each batch was retried one event at a time and every event set aside as rejected
+    (processing_failed) and skipped -- walked past, never applied, even once the file was mended."""
+    db = Path(shutil.copy(small_shop, tmp_path / "damaged.duckdb"))
+    with db.open("r+b") as file:
+        file.seek(_block_of(db, "identities") + 64)
+        file.write(b"garbage" * 4)
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+            sent = sdk.post("/v1/batch", json={"batch": [
+                {"type": "track", "userId": f"user-{n}", "event": "Came Back", "messageId": f"back-{n}"}
+                for n in range(3)]})
+        assert sent.status_code == 200, sent.text
+        with server.admin() as admin:
+            deadline = time.monotonic() + 20
+            while (status := admin.get("/api/status").json())["processing_error"] is None and status["lag"]:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+            time.sleep(1.5)  # a second try, after the first pause
+            rejected = admin.get("/api/events/rejected").json()["rejected"]
+            status = admin.get("/api/status").json()
+    finally:
+        server.stop()
+    assert [r for r in rejected if r.get("code") == "processing_failed"] == [], rejected
+    assert status["lag"] >= 3, status
+    assert status["processing_error"].startswith("the database file is damaged ("), status
+    assert status["database_damaged"] == status["processing_error"], status

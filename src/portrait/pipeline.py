@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from portrait import sql
 from portrait.attributes import code_for
-from portrait.errors import PortraitError, StorageUnavailable
+from portrait.errors import DatabaseDamaged, PortraitError, StorageUnavailable
 from portrait.identity import ANONYMOUS, IdentityGraph, IdentityRules, Resolution, identity_hash, normalize_phone
 from portrait.model import Identifier
 from portrait.spec import utc_now
@@ -73,6 +73,11 @@ class BatchPlan:
     unidentified: int = 0
 
 
+# The store failing, not the events: a full disk, a damaged database file (a block that no longer reads: each batch
+# that needs it fails, whatever its events). Processing pauses and retries; no event is set aside as rejected.
+_NOT_THE_EVENTS_FAULT = (StorageUnavailable, DatabaseDamaged)
+
+
 class Processor:
     """Applies the event log to derived state. One thread at a time calls :meth:`process_batch`."""
 
@@ -100,13 +105,13 @@ class Processor:
         """
         try:
             return self.process_batch(session)
-        except StorageUnavailable:
-            raise  # not the events' fault: every one would fail alike, and none may be set aside for it
+        except _NOT_THE_EVENTS_FAULT:
+            raise  # every one would fail alike, and none may be set aside for it
         except Exception:
             log.exception("processing a batch failed; retrying its events one at a time")
         try:
             return self.process_batch(session, limit=1)
-        except StorageUnavailable:
+        except _NOT_THE_EVENTS_FAULT:
             raise
         except Exception as exc:
             log.exception("processing one event failed; it is set aside as rejected")
@@ -488,7 +493,7 @@ class ProcessorThread:
         wait = min(30.0, 2.0 ** self._failures)
         self._failures += 1
         self.error = exc.message if isinstance(exc, PortraitError) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, StorageUnavailable):
+        if isinstance(exc, _NOT_THE_EVENTS_FAULT):  # its message says it all: no traceback every time
             log.error("processing paused: %s (next try in %.0f s)", exc.message, wait)
         else:
             log.exception("processing failed; next try in %.0f s", wait)
