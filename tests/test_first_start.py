@@ -195,6 +195,23 @@ def test_a_damaged_block_ends_any_command_with_one_line_not_a_traceback(tmp_path
     assert any("the database file is damaged" in lines[0] for lines in failures), said
 
 
+def test_a_damaged_block_met_by_a_command_is_said_without_a_traceback(tmp_path: Path) -> None:
+    """In a process of its own, as people run it: the store's once-only log of the damage (meant for a server's
+    log) went to stderr with DuckDB's traceback, above the command's one-line error."""
+    db = tmp_path / "damaged.duckdb"
+    make_database(db)
+    with duckdb.connect(str(db), read_only=True) as reader:
+        block = reader.execute("SELECT min(block_id) FROM pragma_storage_info('counters') WHERE block_id >= 0"
+                               ).fetchall()[0][0]
+    with db.open("r+b") as file:
+        file.seek(3 * 4096 + int(block) * 262_144 + 64)  # the file's header, then DuckDB's 256 KiB blocks
+        file.write(b"garbage" * 4)
+    status = portrait("status", "--db", str(db))
+    assert status.returncode == 1, status.stderr
+    assert "error: the database file is damaged (Corrupt database file: " in status.stderr, status.stderr
+    assert "Traceback" not in status.stderr, status.stderr
+
+
 def test_a_second_server_on_the_same_database_says_where_the_first_one_is(tmp_path: Path) -> None:
     db = tmp_path / "served.duckdb"
     make_database(db)

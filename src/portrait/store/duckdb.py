@@ -91,8 +91,8 @@ class Unreadable:
             self.problem = self.problem or problem
             first = problem not in self._logged
             self._logged.add(problem)
-        if first:
-            log.error("the database %s cannot be read: %s", self.path, problem, exc_info=exc)
+        if first:  # without DuckDB's traceback: its words are in the message, and a command's stderr shows this
+            log.error("the database %s cannot be read: %s", self.path, problem)
         raise DatabaseDamaged(problem) from exc
 
 
