@@ -542,3 +542,29 @@ def test_the_listing_says_which_backups_are_encrypted(tmp_path: Path) -> None:
     finally:
         plain.close()
     assert listed == {"locked.duckdb": True, "open.duckdb": False, "notes.duckdb": None}
+
+
+def test_a_damaged_backup_is_named_as_what_is_damaged_and_the_database_left_alone(tmp_path: Path) -> None:
+    """A block of the backup no longer reads (a bad copy) and the restore meets it after opening it. Before: "error:
+    the database file is damaged (...); restore a backup" -- as if the database in use were damaged, while it was
+    untouched and a backup was being restored."""
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.ingest_messages([{"type": "identify", "userId": "kept", "traits": {"plan": "pro"}}])
+    service.process_pending()
+    backup = Path(service.backups.make()["path"])
+    service.close()
+    before = db.read_bytes()
+    with duckdb.connect(str(backup), read_only=True) as reader:
+        block = reader.execute("SELECT min(block_id) FROM pragma_storage_info('counters') WHERE block_id >= 0"
+                               ).fetchall()[0][0]
+    with backup.open("r+b") as file:
+        file.seek(3 * 4096 + int(block) * 262_144 + 64)  # the file's header, then DuckDB's 256 KiB blocks
+        file.write(b"garbage" * 4)
+    result = runner.invoke(app, ["restore", str(backup), "--db", str(db), "--yes"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert f"error: cannot restore {backup}: the backup is damaged (Corrupt database file: " in said, said
+    assert "the database was not changed; restore another backup" in said, said
+    assert db.read_bytes() == before
+    assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))

@@ -25,7 +25,15 @@ from portrait.background import SharedExclusiveLock
 from portrait.backups import Backups, BackupWorker, backup_folder, database_name
 from portrait.config import Settings
 from portrait.connectors import Connector, connect, scrub
-from portrait.errors import BadRequest, Conflict, DatabaseInUse, NotFound, PortraitError, SyncInterrupted
+from portrait.errors import (
+    BadRequest,
+    Conflict,
+    DatabaseDamaged,
+    DatabaseInUse,
+    NotFound,
+    PortraitError,
+    SyncInterrupted,
+)
 from portrait.exports import export_profiles
 from portrait.files import detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
@@ -71,6 +79,7 @@ from portrait.store.duckdb import (
     compact_if_marked,
     compaction_marker,
     copy_encrypted,
+    damage_found,
     mark_for_compaction,
 )
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
@@ -887,6 +896,9 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
             restored.audit.record(None, "restore_backup", target=source.name,
                                   detail={"erasures_made_again": len(erasures)})
             counts = restored.status()
+        except DatabaseDamaged as exc:  # the backup's file, not the database's: said so, not "restore a backup"
+            raise DatabaseDamaged(f"cannot restore {source}: the backup {damage_found(exc.__cause__) or 'is damaged'}"
+                                  "; the database was not changed; restore another backup") from exc
         finally:
             restored.close()
     except BaseException:

@@ -338,22 +338,29 @@ def damage(exc: BaseException) -> str | None:
     when that block is read, which may be long after the file opened."""
     if isinstance(exc, DatabaseDamaged):
         return exc.message
+    found = damage_found(exc)
+    if found is None:
+        return None
+    return (f"the database file {found}; restore a backup (`portrait restore`, docs/backups.md): what needs this "
+            "part of it fails until then")
+
+
+def damage_found(exc: BaseException | None) -> str | None:
+    """What is wrong with a file DuckDB failed to read (``is damaged (...)``, ``cannot be read (...)``, in
+    DuckDB's words), if ``exc`` is that; else None. Without the advice, for a file that is not the database in use
+    (a backup being restored)."""
     if not isinstance(exc, duckdb.Error):
         return None
     text = str(exc).removeprefix("IO Error: ")
     if "Corrupt database file" in text:
-        what = "is damaged"
-    elif _AES_TAG_MISMATCH in text:
+        return f"is damaged ({text})"
+    if _AES_TAG_MISMATCH in text:
         # An encrypted file's blocks are checked by their AES tag instead of a checksum. DuckDB asks whether the key
         # is right, but it is: it opened the file and decrypts the other blocks (a wrong key is refused on opening)
-        what, text = "is damaged", ("a block does not decrypt with the key that opened the file: its AES tag does "
-                                    "not match")
-    elif isinstance(exc, duckdb.IOException) and "Could not read" in text:
-        what = "cannot be read"
-    else:
-        return None
-    return (f"the database file {what} ({text}); restore a backup (`portrait restore`, docs/backups.md): "
-            "what needs this part of it fails until then")
+        return "is damaged (a block does not decrypt with the key that opened the file: its AES tag does not match)"
+    if isinstance(exc, duckdb.IOException) and "Could not read" in text:
+        return f"cannot be read ({text})"
+    return None
 
 
 def _check_folder(path: str) -> None:
