@@ -162,9 +162,10 @@ def _signals_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: held.append(signum))
-                for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
+    previous: dict[int, Any] = {}
+    try:  # each handler put back even if a signal (Ctrl-C) lands between two of them being set
+        for held_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[held_signal] = signal.signal(held_signal, lambda signum, frame: held.append(signum))
         yield
     finally:
         for number, handler in previous.items():
