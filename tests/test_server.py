@@ -783,3 +783,27 @@ def test_events_the_processor_meets_damage_with_are_not_set_aside_as_rejected(sm
     assert status["lag"] >= 3, status
     assert status["processing_error"].startswith("the database file is damaged ("), status
     assert status["database_damaged"] == status["processing_error"], status
+
+
+def test_events_refused_for_a_damaged_log_are_a_503_logged_once_not_a_traceback_each(small_shop: Path,
+                                                                                      tmp_path: Path) -> None:
+    """The event log's own block damaged: every append fails alike, so each request is a 503 the SDK sends again,
+    and the damage is logged once by the store. Before: the writer logged 'event log append failed' with a
+    traceback for every request (and retried a group's requests one by one, each failing the same way)."""
+    db = Path(shutil.copy(small_shop, tmp_path / "damaged.duckdb"))
+    with db.open("r+b") as file:
+        file.seek(_block_of(db, "events") + 64)
+        file.write(b"garbage" * 4)
+    server = start_server(str(db), tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+            answers = [sdk.post("/v1/batch", json={"batch": [
+                {"type": "track", "userId": f"user-{n}", "event": "Came Back", "messageId": f"back-{n}"}]})
+                for n in range(3)]
+    finally:
+        server.stop()
+    assert [a.status_code for a in answers] == [503, 503, 503], [a.text for a in answers]
+    assert {a.json()["code"] for a in answers} == {"database_damaged"}
+    logged = server.log_path.read_text()
+    assert logged.count("cannot be read: the database file is damaged") == 1, logged
+    assert "event log append failed" not in logged and "Traceback" not in logged, logged

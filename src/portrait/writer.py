@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from portrait import sql
 from portrait.dedup import RecentMessageIds
-from portrait.errors import StorageUnavailable
+from portrait.errors import DatabaseDamaged, StorageUnavailable
 from portrait.model import IngestResult, Rejection
 from portrait.spec import EventColumns, utc_now
 from portrait.sql import ingest as q
@@ -222,13 +222,16 @@ class EventWriter:
             kept = self._append(session, group)
         except Exception as exc:
             self._last_seq = None  # re-read after a rollback
-            if len(group) > 1 and not isinstance(exc, StorageUnavailable):  # isolate the request that fails
+            # The disk or the file, not a request: every one is refused alike (so none is isolated), and a damaged
+            # file is logged once, by the store, not with a traceback per request.
+            from_the_store = isinstance(exc, StorageUnavailable | DatabaseDamaged)
+            if len(group) > 1 and not from_the_store:  # isolate the request that fails
                 for pending in group:
                     self._commit(session, [pending])
                 return
-            if isinstance(exc, StorageUnavailable):  # the disk, not a request: every one is refused alike
+            if isinstance(exc, StorageUnavailable):
                 log.error("event log append refused: %s", exc.message)
-            else:
+            elif not from_the_store:
                 log.exception("event log append failed")
             self._count_answered(group)
             for pending in group:
