@@ -202,10 +202,12 @@ def test_an_import_through_a_server_takes_types_and_reports_notes(tmp_path: Path
         "column amount was read as text: row 3 holds 'tbd', which is not a number like the rows before it. Declare "
         "what the column is (--types amount=number) to reject the rows that do not fit instead, or --types "
         "amount=text to read it as text without this note"]
+    assert answer["read_as_text"] == [{"column": "amount", "row": 3, "value": "tbd", "type": "number"}]
     with server.admin() as client:
         typed_answer = client.post("/api/imports", content=ORDERS.encode(), params={
             "filename": "orders.csv", "user_id": "customer", "event": "Order Again", "types": "amount=number"}).json()
     assert typed_answer["by_code"] == {"invalid_value": 1} and typed_answer["notes"] == []
+    assert typed_answer["read_as_text"] == []
     assert typed_answer["first_rejected"][0]["reason"] == "column amount: 'tbd' is not a number"
 
 

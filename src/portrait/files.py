@@ -12,6 +12,7 @@ import itertools
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,25 @@ _SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".parquet
              ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 
 
+@dataclass(frozen=True)
+class TextFallback:
+    """A CSV property/trait column read as text because one of its values does not fit the type of the rows before
+    it: the first such value, its row (from 1) and the type the column had until then -- what declaring the column
+    would take (``kind``: a declared type name, ``number``...)."""
+
+    column: str
+    row: int
+    value: str
+    kind: str
+
+    def note(self) -> str:
+        """The note the import's report and the CLI show."""
+        return (f"column {self.column} was read as text: row {self.row} holds {self.value!r}, which is not a "
+                f"{self.kind} like the rows before it. Declare what the column is (--types {self.column}="
+                f"{self.kind}) to reject the rows that do not fit instead, or --types {self.column}=text to read "
+                "it as text without this note")
+
+
 def detect_format(path: Path, given: str | None = None) -> str:
     if given:
         if given not in FORMATS:
@@ -48,13 +68,14 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
                   delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
-                  chunk_rows: int = 10_000, notes: list[str] | None = None) -> Iterator[list[Any]]:
+                  chunk_rows: int = 10_000, fallbacks: list[TextFallback] | None = None
+                  ) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
     :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text``.
-    What the import should tell about the file (a CSV column read as text because its values do not fit one type)
-    is appended to ``notes``.
+    Each CSV column read as text because its values do not fit one type (and not declared) is appended to
+    ``fallbacks``, once the header is read.
 
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
@@ -67,7 +88,7 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
                              "--event, --timestamp)", code="invalid_mapping")
         rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
                                    mapping.text_columns(identity_trait_names(identity_traits)),
-                                   notes if notes is not None else [])
+                                   fallbacks if fallbacks is not None else [])
     else:
         if file_format == "parquet":
             _check_parquet(path)
@@ -141,12 +162,12 @@ def _mapped(rows: Iterator[Any], mapping: RowMapping, ids: MessageIds,
 _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first one: past this the file is refused
 
 
-def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str], notes: list[str]
-         ) -> Iterator[Any]:
+def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str],
+         fallbacks: list[TextFallback]) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import. A column read as text because its values do not fit one
-    type, and not declared, gets a note (:func:`_fallback_notes`)."""
+    type, and not declared, is added to ``fallbacks`` (:func:`_fallbacks`)."""
     misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
 
     def set_aside(row: pa_csv.InvalidRow) -> str:
@@ -188,8 +209,8 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         kept_as_text = _numbers_to_keep_as_text(opened(types, _skip).schema, read_as_text, set(mapping.types))
         types = {**types, **kept_as_text}
         reader = opened(types, set_aside)
-        notes.extend(_fallback_notes(_undeclared_text(reader.schema, mapping, {*as_text, *kept_as_text}),
-                                     read_as_text))
+        fallbacks.extend(_fallbacks(_undeclared_text(reader.schema, mapping, {*as_text, *kept_as_text}),
+                                read_as_text))
         for batch in reader:
             yield from batch.to_pylist()
             while misshapen:
@@ -264,31 +285,28 @@ def _undeclared_text(schema: pa.Schema, mapping: RowMapping, chosen: set[str]) -
             and (mapping.fields is None or f.name in mapping.fields)]
 
 
-def _fallback_notes(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
-                    ) -> list[str]:
-    """A note for each of ``columns`` (read as text, not declared) whose values start as numbers, booleans, dates
-    or times and then hold one that is not: the first such value and its row, and the --types that says what the
-    column is. A column of names or notes (its first value fits no type) gets none. Reads the file (those columns,
+def _fallbacks(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+               ) -> list[TextFallback]:
+    """A fallback for each of ``columns`` (read as text, not declared) whose values start as numbers, booleans,
+    dates or times and then hold one that is not: the first such value, its row, and the type that would declare
+    the column. A column of names or notes (its first value fits no type) gets none. Reads the file (those columns,
     in Arrow) until every column is settled: for a column with a misfit, up to it."""
     if not columns:
         return []
     pending = dict.fromkeys(columns)  # column -> [ladder, step] once its first value tells
-    notes: dict[str, str] = {}
+    found_in: dict[str, TextFallback] = {}
     first_row = 1
     for batch in read_as_text(columns):
         for name in list(pending):
             found = _first_misfit(batch.column(name), pending, name)
             if found is not None:
                 index, value, kind = found
-                notes[name] = (f"column {name} was read as text: row {first_row + index} holds {value!r}, which is "
-                               f"not a {kind} like the rows before it. Declare what the column is "
-                               f"(--types {name}={kind}) to reject the rows that do not fit instead, or "
-                               f"--types {name}=text to read it as text without this note")
+                found_in[name] = TextFallback(name, first_row + index, value, kind)
                 del pending[name]
         first_row += batch.num_rows
         if not pending:
             break
-    return [notes[name] for name in columns if name in notes]
+    return [found_in[name] for name in columns if name in found_in]
 
 
 def _first_misfit(values: pa.Array, pending: dict[str, Any], name: str) -> tuple[int, str, str] | None:

@@ -35,7 +35,7 @@ from portrait.errors import (
     SyncInterrupted,
 )
 from portrait.exports import export_profiles
-from portrait.files import detect_format, read_messages
+from portrait.files import TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
@@ -100,6 +100,8 @@ class ImportReport:
     seconds: float = 0.0
     first_rejected: list[dict[str, Any]] = field(default_factory=list)  # up to 100, with row numbers
     notes: list[str] = field(default_factory=list)  # what the reader found worth saying (a column read as text)
+    # The CSV columns those notes are about, as data: the console offers to declare each one's type
+    read_as_text: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -390,8 +392,9 @@ class Portrait:
                     on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
         report = ImportReport()
+        fallbacks: list[TextFallback] = []
         chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
-                               identity_traits=self.rules.identity_traits, notes=report.notes)
+                               identity_traits=self.rules.identity_traits, fallbacks=fallbacks)
         started = time.monotonic()
         for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
             report.rows += chunk.rows
@@ -407,6 +410,8 @@ class Portrait:
                 on_rejected(record)
             on_progress(report.rows)
         report.seconds = round(time.monotonic() - started, 2)
+        report.notes = [fallback.note() for fallback in fallbacks]
+        report.read_as_text = [{"column": f.column, "row": f.row, "value": f.value, "type": f.kind} for f in fallbacks]
         return report
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,

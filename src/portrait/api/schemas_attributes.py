@@ -132,6 +132,13 @@ class RejectedRow(BaseModel):
     message: str | None = Field(description="The message made from the row, as JSON text")
 
 
+class TextColumn(BaseModel):
+    column: str
+    row: int = Field(description="The row (from 1) of the first value that did not fit")
+    value: str = Field(description="That value, as written")
+    type: str = Field(description="The type of the rows before it: the declared type that would reject such rows")
+
+
 class ImportReport(BaseModel):
     rows: int
     stored: int
@@ -142,3 +149,5 @@ class ImportReport(BaseModel):
     first_rejected: list[RejectedRow] = Field(description="The first 100 rejected rows")
     notes: list[str] = Field(description="What the import found worth saying about the file, e.g. a CSV column "
                                          "read as text because its values do not fit one type")
+    read_as_text: list[TextColumn] = Field(description="The CSV columns read as text because their values do not "
+                                                       "fit one type (each has a note), as data")
