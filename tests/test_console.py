@@ -396,6 +396,35 @@ def test_an_import_says_which_csv_column_was_read_as_text(page: Page, tmp_path: 
         "Note: column amount was read as text: row 2 holds 'tbd', which is not a number")
 
 
+def test_a_column_given_a_type_rejects_what_does_not_fit_and_imports_typed(page: Page, shop: Server,
+                                                                          tmp_path: Path) -> None:
+    tills = tmp_path / "typed-tills.csv"
+    tills.write_text("customer_id,amount,vip\nuser-7,12.5,yes\nuser-8,tbd,no\nuser-9,3,yes\n")
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(tills))
+    expect(page.get_by_label("Type of customer_id")).to_be_hidden()  # an id column takes no type
+    page.get_by_label("Type of vip").select_option(label="yes / no")
+    page.get_by_label("Event name for every row (CSV events)").fill("Typed Till Sale")
+    page.get_by_role("button", name="Check (dry run)").click()
+    report = page.locator("#import-report")
+    expect(report).to_contain_text("column amount was read as text: row 2 holds 'tbd', which is not a number")
+    page.get_by_role("button", name="Declare amount a number", exact=False).focus()  # the note's offer,
+    page.keyboard.press("Enter")  # taken from the keyboard
+    expect(page.get_by_label("Type of amount")).to_have_value("number")
+    expect(page.get_by_label("Type of amount")).to_be_focused()
+    expect(report).to_contain_text("Dry run — 3 rows: would store 2, already there 0, rejected 1 (invalid_value: 1)")
+    expect(report.locator(".rejections li")).to_have_text(
+        ["row 2 (invalid_value): column amount: 'tbd' is not a number"])
+    expect(report).not_to_contain_text("read as text")  # a declared column needs no note
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(report).to_contain_text("Done — 3 rows: stored 2")
+    shot(page, "import-typed")
+    shop.wait_caught_up()
+    with shop.admin() as api:
+        sales = api.get("/api/profiles/user_id:user-9/events", params={"event": "Typed Till Sale"}).json()["events"]
+    assert sales[0]["properties"] == {"amount": 3, "vip": True}  # a JSON number and boolean, not "3" and "yes"
+
+
 def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: Path) -> None:
     orders = tmp_path / "pos.csv"
     orders.write_text("customer_id,amount,store\nuser-7,12.5,Gdansk\nuser-8,30,Warsaw\n")

@@ -128,12 +128,18 @@ def test_axe_finds_nothing_serious_on_any_page(browser: Browser, shop: Server, a
     expect(page.locator("#condition-error")).to_be_visible()
     problems += blocking(page, axe, "segment refused")
     csv = tmp_path / "pos.csv"
-    csv.write_text("customer_id,amount\nuser-7,12.5\n")
+    csv.write_text("customer_id,amount\nuser-7,12.5\nuser-8,tbd\n")
     page.goto("/admin")
     page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(csv))
     expect(page.locator("#import-columns")).to_be_visible()
+    page.get_by_label("Event name for every row (CSV events)").fill("POS Sale")
+    page.get_by_role("button", name="Check (dry run)").click()  # a report with a note and its buttons
+    expect(page.get_by_role("button", name="Read amount as text")).to_be_visible()
     page.evaluate("document.getElementById('import-progress').hidden = false")  # as while an import runs
-    problems += blocking(page, axe, "import with a column mapping")
+    problems += blocking(page, axe, "import with a column mapping and a note")
+    page.get_by_role("button", name="Declare amount a number", exact=False).click()
+    expect(page.locator("#import-report .rejections li")).to_have_count(1)
+    problems += blocking(page, axe, "import dry run with a rejected row")
     assert not problems, "axe-core found serious or critical problems:\n" + "\n".join(problems)
 
 

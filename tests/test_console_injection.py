@@ -212,6 +212,25 @@ def test_a_csv_with_hostile_headers_imports_from_the_admin_page(watched: Watched
     assert watched.alarms == []
 
 
+def test_a_hostile_column_read_as_text_is_offered_and_rejected_as_text(watched: Watched, tmp_path: Path) -> None:
+    tills = tmp_path / "hostile-types.csv"
+    tills.write_text(f'customer_id,"{CSV_HEADER}"\nevil-types,1\nevil-types,"{SCRIPT}"\n')
+    watched.visit("/admin")
+    page = watched.page
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(tills))
+    page.get_by_label("Event name for every row (CSV events)").fill("Hostile Till")
+    page.get_by_role("button", name="Check (dry run)").click()
+    page.get_by_role("button", name=f"Declare {CSV_HEADER} a number", exact=False).click()
+    expect(page.get_by_label(f"Type of {CSV_HEADER}")).to_have_value("number")
+    expect(page.locator("#import-report .rejections li")).to_have_text(
+        [f"row 2 (invalid_value): column {CSV_HEADER}: {SCRIPT!r} is not a number"])
+    handlers = page.evaluate("""() => Array.from(document.querySelectorAll('#import *')).flatMap(element =>
+        Array.from(element.attributes).filter(a => a.name.startsWith('on'))
+        .map(a => element.tagName + ' ' + a.name))""")
+    assert handlers == [] and page.locator("#import img, #import script").count() == 0
+    assert watched.alarms == []
+
+
 def test_the_error_page_goes_back_without_an_inline_script(watched: Watched) -> None:
     """The error page's "Back" was a javascript: link, which the console's content policy refuses to run: a click
     did nothing but report the refusal."""

@@ -127,15 +127,57 @@
     poll();
   }
 
-  // -- file import: a CSV's columns get a role each (the mapping), a dry run reports, then the import runs ---------
+  // -- file import: a CSV's columns get a role each (the mapping) and, for a property or trait, a type; a dry run
+  // reports, then the import runs ---------------------------------------------------------------------------------
   var form = document.getElementById("import");
   if (form) {
     var fileInput = document.getElementById("import-file");
     var columnsBox = document.getElementById("import-columns");
     var columnList = document.getElementById("import-column-list");
+    var report = document.getElementById("import-report");
     var roles = [["", "ignore"], ["user_id", "user id"], ["anonymous_id", "anonymous id"], ["email", "email"],
                  ["phone", "phone"], ["event_column", "event name"], ["timestamp", "time"], ["field", "property / trait"]];
+    // The declared column types (docs/cli.md "Declared column types"); "" is automatic: inferred from the values.
+    var types = [["", "automatic"], ["text", "text"], ["number", "number"], ["integer", "whole number"],
+                 ["boolean", "yes / no"], ["date", "date"], ["timestamp", "date and time"]];
     var csvColumns = [];
+
+    var select = function (id, choices) {
+      var element = document.createElement("select");
+      element.id = id;
+      choices.forEach(function (choice) {
+        var option = document.createElement("option");
+        option.value = choice[0]; option.textContent = choice[1];
+        element.appendChild(option);
+      });
+      return element;
+    };
+    var guessRole = function (column) {
+      var guess = column.toLowerCase().replace(/[^a-z]/g, "");
+      return guess === "email" ? "email" : guess === "phone" ? "phone" :
+             (guess === "userid" || guess === "id" || guess === "customerid") ? "user_id" :
+             (guess === "timestamp" || guess === "date" || guess === "time") ? "timestamp" : "field";
+    };
+    // One line per column: its role, and its type while the role is property / trait (only those take a type).
+    var columnLine = function (column, index) {
+      var line = document.createElement("div");
+      line.className = "import-column";
+      var roleLabel = document.createElement("label");
+      roleLabel.textContent = column + " ";
+      var role = select("import-role-" + index, roles);
+      role.value = guessRole(column);
+      roleLabel.appendChild(role);
+      var typeLabel = document.createElement("label");
+      typeLabel.textContent = "type ";
+      var type = select("import-type-" + index, types);
+      type.setAttribute("aria-label", "Type of " + column);  // "type" alone would not say whose
+      typeLabel.appendChild(type);
+      var showType = function () { typeLabel.hidden = role.value !== "field"; };
+      role.addEventListener("change", showType);
+      showType();
+      line.appendChild(roleLabel); line.appendChild(typeLabel);
+      return line;
+    };
     fileInput.addEventListener("change", function () {
       var file = fileInput.files[0];
       csvColumns = [];
@@ -144,43 +186,91 @@
       if (!file || !/\.(csv|tsv|txt)$/i.test(file.name)) { return; }
       file.slice(0, 65536).text().then(function (text) {
         csvColumns = text.split(/\r?\n/)[0].split(",").map(function (c) { return c.trim().replace(/^"|"$/g, ""); });
-        csvColumns.forEach(function (column, index) {
-          var label = document.createElement("label");
-          label.textContent = column + " ";
-          var select = document.createElement("select");
-          select.id = "import-role-" + index;
-          roles.forEach(function (role) {
-            var option = document.createElement("option");
-            option.value = role[0]; option.textContent = role[1];
-            select.appendChild(option);
-          });
-          var guess = column.toLowerCase().replace(/[^a-z]/g, "");
-          select.value = guess === "email" ? "email" : guess === "phone" ? "phone" :
-                         (guess === "userid" || guess === "id" || guess === "customerid") ? "user_id" :
-                         (guess === "timestamp" || guess === "date" || guess === "time") ? "timestamp" : "field";
-          label.appendChild(select);
-          columnList.appendChild(label);
-        });
+        csvColumns.forEach(function (column, index) { columnList.appendChild(columnLine(column, index)); });
         columnsBox.hidden = false;
       });
     });
     var mapping = function (kind) {
       if (!csvColumns.length) { return null; }
-      var doc = {identifiers: {}}, fields = [];
+      var doc = {identifiers: {}}, fields = [], declared = {};
       csvColumns.forEach(function (column, index) {
         var role = document.getElementById("import-role-" + index).value;
+        var type = document.getElementById("import-type-" + index).value;
         if (role === "user_id" || role === "anonymous_id" || role === "email" || role === "phone") { doc.identifiers[role] = column; }
         else if (role === "event_column" || role === "timestamp") { doc[role] = column; }
-        else if (role === "field") { fields.push(column); }
+        else if (role === "field") {
+          fields.push(column);
+          if (type) { declared[column] = type; }
+        }
       });
       doc[kind === "profiles" ? "traits" : "properties"] = fields;
+      // The mapping's "types" (as in a mapping file): JSON keeps any column name whole, commas and "=" included
+      if (Object.keys(declared).length) { doc.types = declared; }
       var name = document.getElementById("import-event").value.trim();
       if (kind === "events" && name && !doc.event_column) { doc.event = name; }
       return doc;
     };
+
+    var paragraph = function (text) {
+      var element = document.createElement("p");
+      element.textContent = text;
+      return element;
+    };
+    var SHOWN_REJECTIONS = 10;
+    // The first rejected rows, each with its reason ("row 3: column amount: 'tbd' is not a number").
+    var rejections = function (body) {
+      var list = document.createElement("ul");
+      list.className = "rejections";
+      (body.first_rejected || []).slice(0, SHOWN_REJECTIONS).forEach(function (rejected) {
+        var item = document.createElement("li");
+        item.textContent = "row " + rejected.row + " (" + rejected.code + "): " + rejected.reason;
+        list.appendChild(item);
+      });
+      if (body.rejected > list.children.length) {
+        var more = document.createElement("li");
+        more.textContent = "… and " + (body.rejected - list.children.length) + " more";
+        list.appendChild(more);
+      }
+      return list;
+    };
+    // A column read as text because a value does not fit the type of the rows before it: said, with buttons that
+    // declare the column (its rows that do not fit are then rejected) or read it as text (no note), and check again.
+    var declareButton = function (index, type, text) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.textContent = text;
+      button.addEventListener("click", function () {
+        var choice = document.getElementById("import-type-" + index);
+        choice.value = type;
+        choice.focus();  // the button goes with the report: the focus moves to what it changed
+        send(true);
+      });
+      return button;
+    };
+    var textNote = function (fallback) {
+      var note = paragraph("Note: column " + fallback.column + " was read as text: row " + fallback.row + " holds '" +
+                           fallback.value + "', which is not a " + fallback.type + " like the rows before it. ");
+      note.className = "note";
+      var index = csvColumns.indexOf(fallback.column);
+      if (index >= 0) {
+        note.append(declareButton(index, fallback.type, "Declare " + fallback.column + " a " + fallback.type +
+                                  " (reject rows that do not fit)"), " ",
+                    declareButton(index, "text", "Read " + fallback.column + " as text"));
+      }
+      return note;
+    };
+    var show = function (body, dryRun) {
+      var codes = Object.keys(body.by_code || {}).map(function (c) { return c + ": " + body.by_code[c]; }).join(", ");
+      report.textContent = "";
+      report.appendChild(paragraph(
+        (dryRun ? "Dry run — " : "Done — ") + body.rows + " rows: " + (dryRun ? "would store " : "stored ") +
+        body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "")));
+      if (body.rejected) { report.appendChild(rejections(body)); }
+      (body.read_as_text || []).forEach(function (fallback) { report.appendChild(textNote(fallback)); });
+      report.setAttribute("data-stored", String(body.stored));
+    };
     var send = function (dryRun) {
       var file = fileInput.files[0];
-      var report = document.getElementById("import-report");
       var progress = document.getElementById("import-progress");
       if (!file) { report.textContent = "Choose a file first."; return; }
       var kind = document.getElementById("import-kind").value;
@@ -195,11 +285,7 @@
         .then(function (body) {
           progress.hidden = true;
           if (body.message) { report.textContent = body.message; return; }
-          var codes = Object.keys(body.by_code || {}).map(function (c) { return c + ": " + body.by_code[c]; }).join(", ");
-          report.textContent = (dryRun ? "Dry run — " : "Done — ") + body.rows + " rows: " + (dryRun ? "would store " : "stored ") +
-            body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "") +
-            (body.notes || []).map(function (note) { return ". Note: " + note; }).join("");
-          report.setAttribute("data-stored", String(body.stored));
+          show(body, dryRun);
         });
     };
     document.getElementById("import-check").addEventListener("click", function () { send(true); });
