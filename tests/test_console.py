@@ -408,6 +408,7 @@ def test_a_column_given_a_type_rejects_what_does_not_fit_and_imports_typed(page:
     page.get_by_role("button", name="Check (dry run)").click()
     report = page.locator("#import-report")
     expect(report).to_contain_text("column amount was read as text: row 2 holds 'tbd', which is not a number")
+    shot(page, "import-note")
     page.get_by_role("button", name="Declare amount a number", exact=False).focus()  # the note's offer,
     page.keyboard.press("Enter")  # taken from the keyboard
     expect(page.get_by_label("Type of amount")).to_have_value("number")
@@ -416,6 +417,7 @@ def test_a_column_given_a_type_rejects_what_does_not_fit_and_imports_typed(page:
     expect(report.locator(".rejections li")).to_have_text(
         ["row 2 (invalid_value): column amount: 'tbd' is not a number"])
     expect(report).not_to_contain_text("read as text")  # a declared column needs no note
+    shot(page, "import-rejected")
     page.get_by_role("button", name="Import", exact=True).click()
     expect(report).to_contain_text("Done — 3 rows: stored 2")
     shot(page, "import-typed")
