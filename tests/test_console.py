@@ -446,6 +446,32 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
     assert sales[0]["properties"] == {"amount": 12.5, "store": "Gdansk"}
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("quoted.csv", 'customer_id,"amount, EUR","say ""hi"""\nuser-7,12.5,yes\n'),
+    ("tills.tsv", "customer_id\tamount, EUR\tsay \"hi\"\nuser-7\t12.5\tyes\n")])
+def test_a_csv_header_is_read_as_the_server_reads_it(page: Page, shop: Server, tmp_path: Path, name: str,
+                                                     text: str) -> None:
+    """Column names with the delimiter in quotes, doubled quotes, and a .tsv file's tabs: the mapping names the
+    columns the server finds. Before, the console split the first line on ',' (and trimmed quotes): it offered
+    'customer_id\tamount' as one column of a .tsv, and cut '"amount, EUR"' in two; the import then failed with
+    'names a missing column'."""
+    tills = tmp_path / name
+    tills.write_text(text)
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(tills))
+    expect(page.get_by_label("Type of amount, EUR")).to_be_attached()
+    expect(page.get_by_label('Type of say "hi"')).to_be_attached()
+    page.get_by_label("Event name for every row (CSV events)").fill(f"Header Sale {name}")
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(page.locator("#import-report")).to_contain_text("Dry run — 1 rows: would store 1")
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page.locator("#import-report")).to_contain_text("Done — 1 rows: stored 1")
+    shop.wait_caught_up()
+    with shop.admin() as api:
+        sales = api.get("/api/profiles/user_id:user-7/events", params={"event": f"Header Sale {name}"}).json()
+    assert sales["events"][0]["properties"] == {"amount, EUR": 12.5, 'say "hi"': "yes"}
+
+
 def test_back_up_from_the_admin_page(page: Page, shop: Server) -> None:
     page.goto("/admin")
     page.get_by_role("button", name="Back up now").click()

@@ -178,6 +178,24 @@
       line.appendChild(roleLabel); line.appendChild(typeLabel);
       return line;
     };
+    // The first record of a CSV as the server's reader (pyarrow) reads it, so the mapping names its columns: a
+    // quoted name may hold the delimiter, doubled quotes and line breaks; names are kept as written (no trimming);
+    // a UTF-8 byte order mark is not part of the first name. Splitting the first line on "," cut a quoted
+    // "amount, EUR" in two and read a .tsv header as one column: the import then named missing columns.
+    var headerOf = function (text, delimiter) {
+      var names = [], field = "", quoted = false, i = text.charCodeAt(0) === 0xFEFF ? 1 : 0;
+      for (; i < text.length; i += 1) {
+        var c = text[i];
+        if (quoted) {
+          if (c !== '"') { field += c; } else if (text[i + 1] === '"') { field += '"'; i += 1; } else { quoted = false; }
+        } else if (c === '"' && field === "") { quoted = true; }
+        else if (c === delimiter) { names.push(field); field = ""; }
+        else if (c === "\n" || c === "\r") { break; }
+        else { field += c; }
+      }
+      names.push(field);
+      return names;
+    };
     fileInput.addEventListener("change", function () {
       var file = fileInput.files[0];
       csvColumns = [];
@@ -185,7 +203,7 @@
       columnsBox.hidden = true;
       if (!file || !/\.(csv|tsv|txt)$/i.test(file.name)) { return; }
       file.slice(0, 65536).text().then(function (text) {
-        csvColumns = text.split(/\r?\n/)[0].split(",").map(function (c) { return c.trim().replace(/^"|"$/g, ""); });
+        csvColumns = headerOf(text, /\.tsv$/i.test(file.name) ? "\t" : ",");
         csvColumns.forEach(function (column, index) { columnList.appendChild(columnLine(column, index)); });
         columnsBox.hidden = false;
       });
