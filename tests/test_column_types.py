@@ -73,6 +73,12 @@ def test_a_cell_converts_to_its_declared_type(kind: str, value: Any, converted: 
     ("date", "05/01/2024", "column c: '05/01/2024' is not a date (YYYY-MM-DD)"),
     ("date", datetime(2024, 1, 5, 10), "column c: '2024-01-05T10:00:00' is not a date (it has a time of day)"),
     ("text", {"a": 1}, "column c: {'a': 1} is not text (it is an object)"),
+    # past a float's range (it was infinity, which JSON cannot hold), and digits of other scripts (they were read
+    # as numbers: '٣' as 3), as the trait rules read numbers written as text
+    ("number", "1e999", "column c: '1e999' is not a number"),
+    ("number", "-1e999", "column c: '-1e999' is not a number"),
+    ("number", "\u0663", "column c: '\u0663' is not a number"),
+    ("integer", "\uff11\uff12", "column c: '\uff11\uff12' is not a whole number"),
 ])
 def test_a_cell_that_does_not_convert_says_which_column_value_and_type(kind: str, value: Any, reason: str) -> None:
     with pytest.raises(Misfit) as raised:

@@ -35,8 +35,8 @@ def _number(value: Any) -> int | float:
         text = value.strip()
         if _INTEGER.match(text):
             return int(text)
-        if _DECIMAL.match(text):
-            return float(text)
+        if _DECIMAL.match(text) and math.isfinite(number := float(text)):  # 1e999 is past a float's range
+            return number
     raise Misfit("is not a number")
 
 
@@ -102,8 +102,9 @@ def _text(value: Any) -> str:
     raise Misfit(f"is not text (it is {'an object' if isinstance(value, Mapping) else 'a list'})")
 
 
-_INTEGER = re.compile(r"^[+-]?\d+$")
-_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only, as the trait rules read numbers written as text: \d (and int()) take any script's digits
+_INTEGER = re.compile(r"^[+-]?\d+$", re.ASCII)
+_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 _BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "y": True, "n": False, "t": True,
              "f": False, "1": True, "0": False}
 CONVERTERS: dict[str, Callable[[Any], Any]] = {"text": _text, "number": _number, "integer": _integer,
