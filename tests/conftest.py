@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -73,6 +74,17 @@ def portrait(settings: Settings) -> Iterator[Portrait]:
     service = Portrait(settings, background=False)
     yield service
     service.close()
+
+
+def utc_today_clear_of_midnight(margin_seconds: float = 60.0) -> date:
+    """Today's UTC date, once at least ``margin_seconds`` remain of it (it waits out the rest of the day otherwise).
+    A test that takes "today" and then asks the server for per-day figures failed when midnight fell between the
+    two: the server's days had moved on by one. The margin is longer than any such test takes."""
+    now = datetime.now(UTC)
+    left = (datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC) - now).total_seconds()
+    if left < margin_seconds:
+        time.sleep(left + 0.1)
+    return datetime.now(UTC).date()
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_demo_shop
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_demo_shop, utc_today_clear_of_midnight
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
@@ -574,7 +574,7 @@ def test_charts_have_whole_labels_and_value_axes(page: Page, shop: Server, width
 def test_the_overview_chart_has_every_one_of_the_14_days(server: Server) -> None:
     """Days without events are bars of 0: the chart's days are the 14 days, not only those with events (the bars
     of 2 days, 5 days apart, stood side by side)."""
-    today = datetime.now(UTC).date()
+    today = utc_today_clear_of_midnight()
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
         batch = [{"type": "track", "userId": "days-1", "event": "Seen", "messageId": f"days-{ago}",
                   "timestamp": f"{today - timedelta(days=ago)}T00:30:00Z"} for ago in (0, 5, 20)]

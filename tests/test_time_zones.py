@@ -13,7 +13,7 @@ from datetime import UTC, datetime, time, timedelta, timezone
 
 import httpx
 import pytest
-from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server, utc_today_clear_of_midnight
 
 # Server zones: Europe on its DST night, and 14 hours ahead of UTC (its "today" starts at 10:00 UTC the day before).
 ZONES = ("Europe/Warsaw", "Pacific/Kiritimati")
@@ -143,7 +143,7 @@ def test_the_console_counts_events_on_their_utc_day(zoned: Server) -> None:
     """00:05 UTC today sent from Los Angeles (16:05 yesterday there) counts today; 23:55 UTC yesterday sent from
     Kiritimati (13:55 today there) counts yesterday: the overview's days are UTC days, whatever the server's zone
     or the sender's offset."""
-    today = datetime.now(UTC).date()
+    today = utc_today_clear_of_midnight()
     midnight = datetime.combine(today, time(), UTC)
     with httpx.Client(base_url=zoned.url, timeout=10) as console:
         signed_in = console.post("/login", data={"key": ADMIN_KEY})
