@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,14 @@ def utc_today_clear_of_midnight(margin_seconds: float = 60.0) -> date:
     if left < margin_seconds:
         time.sleep(left + 0.1)
     return datetime.now(UTC).date()
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """A child's ``preexec_fn`` for a test that sends it SIGINT: the default disposition, as a terminal gives it.
+    A run started in the background of a shell (``make test &``, nohup, many CI wrappers) passes SIGINT on ignored,
+    and Python then installs no KeyboardInterrupt handler: a Ctrl-C before the server sets its own handlers was
+    dropped and the test waited 60 s for a server that kept running."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

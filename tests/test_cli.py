@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.conftest import ctrl_c_as_in_a_terminal
 from tests.test_docs import commands
 from typer.testing import CliRunner
 
@@ -236,7 +237,7 @@ def test_ctrl_c_during_a_long_load_says_what_is_kept_and_the_database_stays_whol
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     loading = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "200000", "--db", str(db)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 60
     while not db.exists() and time.monotonic() < deadline:  # the command runs (its imports are done)
         time.sleep(0.1)
@@ -256,7 +257,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "never.duckdb"
     starting = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "10", "--db", str(db)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                preexec_fn=ctrl_c_as_in_a_terminal)
     maps = Path(f"/proc/{starting.pid}/maps")
     deadline = time.monotonic() + 30
     while "duckdb" not in maps.read_text() and time.monotonic() < deadline:

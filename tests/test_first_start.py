@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.conftest import free_port, start_server
+from tests.conftest import ctrl_c_as_in_a_terminal, free_port, start_server
 from typer.testing import CliRunner
 
 from portrait.__main__ import run_reporting_damage
@@ -303,7 +303,8 @@ def _serve_first_time(db: Path, stderr: Any) -> subprocess.Popen[bytes]:
     """``portrait serve`` on a new database without configured keys: it generates and prints them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     return subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--db", str(db), "--port", str(free_port())],
-                            stdout=subprocess.DEVNULL, stderr=stderr, env={**env, "PORTRAIT_NO_PROGRESS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=stderr, env={**env, "PORTRAIT_NO_PROGRESS": "1"},
+                            preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def _printed_and_stored_keys(said: str, db: Path) -> tuple[set[str], set[str]]:
@@ -363,14 +364,19 @@ def test_a_first_start_stopped_at_any_moment_prints_the_keys_it_stored_or_none(t
         db, log = tmp_path / f"stopped-{n}.duckdb", tmp_path / f"stopped-{n}.log"
         with log.open("wb") as stderr:
             runs.append((db, log, fraction * whole_start, n % 2, _serve_first_time(db, stderr)))
-    started = time.monotonic()
-    for _, _, delay, interrupt, server in sorted(runs, key=lambda run: run[2]):
-        time.sleep(max(0.0, started + delay - time.monotonic()))
-        server.send_signal(signal.SIGINT if interrupt else signal.SIGTERM)
-    for db, log, _, _, server in runs:
-        server.wait(timeout=60)
-        printed, stored = _printed_and_stored_keys(log.read_text(), db)
-        assert printed == stored and len(stored) in (0, 2), log.read_text()
+    try:
+        started = time.monotonic()
+        for _, _, delay, interrupt, server in sorted(runs, key=lambda run: run[2]):
+            time.sleep(max(0.0, started + delay - time.monotonic()))
+            server.send_signal(signal.SIGINT if interrupt else signal.SIGTERM)
+        for db, log, _, _, server in runs:
+            server.wait(timeout=60)
+            printed, stored = _printed_and_stored_keys(log.read_text(), db)
+            assert printed == stored and len(stored) in (0, 2), log.read_text()
+    finally:  # a server that did not stop is not left running into the next tests
+        for *_, server in runs:
+            server.kill()
+            server.wait()
 
 
 def _mode(path: Path) -> int:
