@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_demo_shop
 
 CHROMIUM = "/usr/bin/chromium"
@@ -320,6 +320,29 @@ def test_the_live_event_stream_can_be_paused(browser: Browser, shop: Server) -> 
     assert page.locator("#live li").count() == before
     page.keyboard.press("Space")  # resumed: what arrived meanwhile shows
     expect(page.locator("#live")).to_contain_text("While Paused")
+
+
+def test_an_answer_that_comes_after_the_pause_is_not_shown_until_resumed(browser: Browser, shop: Server) -> None:
+    """A poll already on its way when Pause is pressed: its answer (here held back by the test until an event was
+    sent meanwhile) was still added to the paused list. It is now set aside, and fetched again on resuming."""
+    page = signed_in(browser, shop)
+    held: list[Route] = []
+    page.route("**/console/api/recent*", lambda route: held.append(route))  # the first poll waits here
+    page.goto("/events")
+    while not held:
+        page.wait_for_timeout(50)
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("button", name="Pause")).to_have_attribute("aria-pressed", "true")
+    before = page.locator("#live li").count()
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/track", json={"userId": "late-1", "event": "Sent While Paused"}).status_code == 200
+    with page.expect_event("requestfinished", lambda request: "/console/api/recent" in request.url):
+        held[0].continue_()  # the poll from before the pause reaches the server now, and finds the event
+    page.unroute("**/console/api/recent*")  # (paused, the page asks nothing more meanwhile)
+    page.wait_for_timeout(300)  # time for the page's script to have handled the answer
+    assert page.locator("#live li").count() == before, "the list moved while paused"
+    page.get_by_role("button", name="Pause").click()  # resumed
+    expect(page.locator("#live li", has_text="Sent While Paused")).to_have_count(1)
 
 
 def test_the_error_page_back_link_works_under_the_consoles_script_policy(browser: Browser, shop: Server) -> None:

@@ -109,6 +109,9 @@
       fetch("/console/api/recent?after=" + after, {credentials: "same-origin"})
         .then(function (r) { return r.json(); })
         .then(function (body) {
+          // Asked before the pause and answered after it: not shown now (nor counted in `after`), so the list
+          // stays still and the same events come again on resuming.
+          if (paused()) { return; }
           (body.events || []).forEach(function (e) {
             after = Math.max(after, e.seq);
             var item = document.createElement("li");
