@@ -496,8 +496,9 @@ def _whole_answer(connection: socket.socket) -> bytes:
             return answer
         answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-    while len(body) < length and (chunk := connection.recv(65536)):
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)) and (chunk := connection.recv(65536)):
         body += chunk
     return head + b"\r\n\r\n" + body
 
