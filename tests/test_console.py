@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -194,6 +194,38 @@ def test_an_event_arrives_live(page: Page, shop: Server) -> None:
         assert sdk.post("/v1/track", json={"userId": "live-1", "event": "Live Test Event"}).status_code == 200
     expect(page.locator("#live")).to_contain_text("Live Test Event", timeout=15_000)
     shot(page, "events")
+
+
+def test_a_page_view_and_a_track_of_the_same_name_read_apart(page: Page, shop: Server) -> None:
+    """A page named "Pricing" and a track "Pricing" were both listed as "Pricing" -- on the card, in the live
+    stream, and counted as one line in the overview's top events. A view is now named with its kind."""
+    page.goto("/events")
+    time.sleep(1.2)  # the page has started polling
+    now = datetime.now(UTC)
+
+    def message(kind: str, i: int) -> dict[str, Any]:  # views and tracks alternate in time, newest a view
+        name = {"name": "Pricing"} if kind == "page" else {"event": "Pricing"}
+        at = now - timedelta(seconds=2 * i + (kind == "track"))
+        return {"type": kind, "userId": "reader-1", "messageId": f"pricing-{kind}-{i}",
+                "timestamp": at.isoformat(), **name}
+
+    batch = [message("page", i) for i in range(300)] + [message("track", i) for i in range(200)]
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/batch", json={"batch": batch}).status_code == 200
+    live = page.locator("#live summary")
+    expect(live.filter(has_text=re.compile(r"Pricing \(page\)\s+reader-1")).first).to_be_visible(timeout=15_000)
+    expect(live.filter(has_text=re.compile(r"Z\s+Pricing\s+reader-1")).first).to_be_visible(timeout=15_000)
+    shop.wait_caught_up()
+    page.goto("/")
+    top = page.locator("section.two table").first
+    expect(top.locator("tr", has_text=re.compile(r"^Pricing \(page\)\s*300$"))).to_have_count(1)
+    expect(top.locator("tr", has_text=re.compile(r"^Pricing\s*200$"))).to_have_count(1)
+    with shop.admin() as admin:
+        profile_id = admin.get("/api/profiles/user_id:reader-1").json()["profile_id"]
+    page.goto(f"/customers/{profile_id}")
+    names = page.locator(".timeline summary strong")
+    expect(names.filter(has_text=re.compile(r"^Pricing \(page\)$"))).to_have_count(25)
+    expect(names.filter(has_text=re.compile(r"^Pricing$"))).to_have_count(25)
 
 
 def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser, shop: Server) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from portrait.sql import parse
 
-# Params: since (naive UTC). Events per day (by event time) and the most frequent events.
+# Params: since (naive UTC). Events per day (by event time) and the most frequent events (a page view and a
+# track of the same name apart).
 EVENTS_PER_DAY = parse("""
 SELECT CAST(timestamp AS DATE) AS day, count(*) FROM event_profiles WHERE timestamp >= ? GROUP BY 1 ORDER BY 1
 """)
 TOP_EVENTS = parse("""
-SELECT coalesce(event, event_type) AS name, count(*) AS n FROM event_profiles WHERE timestamp >= ?
-GROUP BY 1 ORDER BY n DESC, name LIMIT 8
+SELECT event_type, event, count(*) AS n FROM event_profiles WHERE timestamp >= ?
+GROUP BY 1, 2 ORDER BY n DESC, coalesce(event, event_type), event_type LIMIT 8
 """)
 REJECTED_SINCE = parse("SELECT count(*) FROM rejected_events WHERE received_at >= ?")
 QUALITY_SINCE = parse("SELECT count(*) FROM data_quality WHERE detected_at >= ?")

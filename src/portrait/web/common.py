@@ -61,9 +61,19 @@ def visible(value: Any) -> Any:
     return Markup("<bdi>{}</bdi>").format(shown)
 
 
+def event_label(event_type: str, event: str | None) -> str:
+    """How an event is named in lists: a track by its event name, a page or screen view by its name and kind (a
+    page named "Product" and a track "Product" read differently: both are *named* Product, as a segment's
+    ``performed("Product")`` and the API's ``event=`` filter take them), an unnamed one by its kind."""
+    if event is None:
+        return event_type
+    return f"{event} ({event_type})" if event_type in ("page", "screen") else event
+
+
 TEMPLATES.env.filters["shown"] = shown
 TEMPLATES.env.filters["visible"] = visible
 TEMPLATES.env.filters["json_text"] = json_text
+TEMPLATES.env.globals["event_label"] = event_label
 TEMPLATES.env.filters["with_unit"] = lambda value, unit: with_unit(str(value), unit)
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
        ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]

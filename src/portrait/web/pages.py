@@ -242,7 +242,7 @@ def _overview(console: Console) -> dict[str, Any]:
         "status": portrait.status(),
         "per_day": bars([(day.isoformat()[5:], n) for day, n in per_day] if any(n for _, n in per_day) else [],
                         label="events per day", columns=("Day", "Events")),
-        "top_events": [(name, int(n)) for name, n in top],
+        "top_events": [(event_type, name, int(n)) for event_type, name, n in top],
         "rejected_24h": int(session.execute(q.REJECTED_SINCE, [now - timedelta(days=1)])[0][0]),
         "quality_24h": int(session.execute(q.QUALITY_SINCE, [now - timedelta(days=1)])[0][0]),
         "segments": portrait.segments.all()[:8],

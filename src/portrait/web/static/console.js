@@ -35,6 +35,12 @@
   }
 
   // A sender's text in its own <bdi>: a right-to-left name does not pull the digits or marks after it into its run.
+  // As web/common.py's event_label: a page or screen view by its name and kind, a track by its name.
+  function eventLabel(e) {
+    if (e.event === null || e.event === undefined) { return e.type; }
+    return (e.type === "page" || e.type === "screen") ? e.event + " (" + e.type + ")" : e.event;
+  }
+
   function isolated(text) {
     var element = document.createElement("bdi");
     element.textContent = visible(text);
@@ -117,7 +123,7 @@
             var item = document.createElement("li");
             var details = document.createElement("details");
             var summary = document.createElement("summary");
-            summary.append(e.timestamp + "  ", isolated(e.event || e.type), "  ",
+            summary.append(e.timestamp + "  ", isolated(eventLabel(e)), "  ",
                            isolated(e.user_id || e.anonymous_id || ""));
             var pre = document.createElement("pre");
             pre.textContent = jsonText({properties: e.properties, traits: e.traits});
