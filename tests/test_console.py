@@ -103,8 +103,12 @@ def test_find_a_customer_and_open_the_card(page: Page) -> None:
     expect(first.locator(".tag", has_text=re.compile(r"^user_id: user-1$"))).to_have_count(1)
     shot(page, "customers")  # once the results page is there: taken while it loaded, the shot lost its page
     expect(page.locator("[data-test=more-results]")).to_have_count(0)
+    listed_as = page.locator("table a").first.inner_text()
+    assert " " in listed_as  # first and last name (the demo's customers have both)
     page.locator("table a").first.click()
-    expect(page.locator("[data-test=customer]")).to_be_visible()
+    # the card is headed with the name the results gave (it said only the first name)
+    expect(page.locator("[data-test=customer]")).to_contain_text(re.compile(rf"^{re.escape(listed_as)} "))
+    expect(page).to_have_title(f"{listed_as} · Customers · Portrait")
     expect(page.get_by_role("heading", name="Identities")).to_be_visible()
     expect(page.get_by_role("heading", name="Activity")).to_be_visible()
     page.locator(".timeline summary").first.click()  # expand an event's properties

@@ -70,10 +70,21 @@ def event_label(event_type: str, event: str | None) -> str:
     return f"{event} ({event_type})" if event_type in ("page", "screen") else event
 
 
+def customer_name(traits: Mapping[str, Any]) -> str | None:
+    """What a customer is called in the console: the ``name`` trait, else first and last name together (as in the
+    search results, where the card said only "Mia" of Mia Nowak), else None."""
+    if isinstance(traits.get("name"), str) and traits["name"].strip():
+        return str(traits["name"])
+    parts = [traits.get(code) for code in ("first_name", "last_name")]
+    joined = " ".join(part.strip() for part in parts if isinstance(part, str) and part.strip())
+    return joined or None
+
+
 TEMPLATES.env.filters["shown"] = shown
 TEMPLATES.env.filters["visible"] = visible
 TEMPLATES.env.filters["json_text"] = json_text
 TEMPLATES.env.globals["event_label"] = event_label
+TEMPLATES.env.globals["customer_name"] = customer_name
 TEMPLATES.env.filters["with_unit"] = lambda value, unit: with_unit(str(value), unit)
 NAV = [("/", "Overview"), ("/attributes", "Attributes"), ("/customers", "Customers"), ("/segments", "Segments"),
        ("/funnels", "Funnels"), ("/events", "Events"), ("/admin", "Sources & keys")]
