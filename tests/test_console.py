@@ -154,8 +154,10 @@ def test_create_a_custom_attribute(page: Page) -> None:
     page.get_by_role("button", name="Save changes").click()  # edit it
     expect(page.get_by_label("Description")).to_have_value("EU sizes")
     page.goto("/attributes?tab=custom")
-    expect(page.locator("table.attributes")).to_contain_text("shoe_size")
-    expect(page.locator("table.attributes")).to_contain_text("EU sizes")
+    row = page.locator("table.attributes tr", has_text="shoe_size")
+    expect(row).to_contain_text("EU sizes")
+    type_column = page.locator("table.attributes th").all_inner_texts().index("Type")
+    expect(row.locator("td").nth(type_column)).to_have_text("integer")  # the list says each attribute's type
     shot(page, "attributes")
 
 
