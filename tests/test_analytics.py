@@ -16,6 +16,7 @@ from portrait.api import create_app
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import BadRequest, NotFound
+from portrait.event_names import closest_name
 from portrait.service import Portrait
 from portrait.spec import utc_now
 
@@ -176,3 +177,54 @@ def test_a_funnel_answers_times_as_the_api_writes_them_and_its_own_error_code(po
     with pytest.raises(BadRequest, match="within must be a duration") as refused:
         portrait.funnel({"steps": ["A", "B"], "within": 5})
     assert refused.value.code == "invalid_funnel"
+
+
+def test_a_step_no_event_has_had_is_noted_with_the_closest_name(portrait: Portrait, tmp_path: Path) -> None:
+    """A step misspelt or in another case counted zero, silently: a funnel of zeros read as no conversion."""
+    load(portrait)
+    portrait.ingest_messages([{"type": "page", "userId": "buyer", "name": "Pricing"}])  # a page's name counts
+    portrait.process_pending()
+    exact = portrait.funnel({"steps": [*STEPS, "Pricing"]})
+    assert exact["notes"] == []
+    found = portrait.funnel({"steps": ["Product Viewed", "product  added", "Checkout Strated", "Refund Issued"]})
+    assert [s["profiles"] for s in found["steps"]] == [5, 0, 0, 0]
+    assert found["notes"] == [
+        "no event named 'product  added' has been received (did you mean 'Product Added'?): names match exactly, "
+        "case too",
+        "no event named 'Checkout Strated' has been received (did you mean 'Checkout Started'?): names match "
+        "exactly, case too",
+        "no event named 'Refund Issued' has been received: names match exactly, case too"]
+    preview = portrait.segments.preview('performed("order completed") or performed("Product Viewed")')
+    assert preview["notes"] == ["no event named 'order completed' has been received (did you mean "
+                                "'Order Completed'?): names match exactly, case too"]
+    with TestClient(create_app(portrait=portrait)) as client:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        answer = client.post("/api/analytics/funnel", headers=headers, json={"steps": ["Product Viewed", "Refund"]})
+        assert answer.json()["notes"] == ["no event named 'Refund' has been received: names match exactly, case too"]
+        previewed = client.post("/api/segments/preview", headers=headers,
+                                json={"condition": 'performed("Pricing") and performed("Prcing")'})
+        assert previewed.json()["notes"] == ["no event named 'Prcing' has been received (did you mean 'Pricing'?): "
+                                             "names match exactly, case too"]
+    db = str(tmp_path / "cli.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    load(service)
+    service.close()
+    funnel = CliRunner().invoke(app, ["analytics", "funnel", "Product Viewed", "order completed", "--db", db],
+                                env={"COLUMNS": "200"})
+    assert funnel.exit_code == 0, funnel.output
+    assert "Note: no event named 'order completed' has been received (did you mean 'Order Completed'?)" in (
+        funnel.output)
+    previewed_cli = CliRunner().invoke(app, ["segments", "preview", 'performed("Refund")', "--db", db],
+                                       env={"COLUMNS": "200"})
+    assert "Note: no event named 'Refund' has been received: names match exactly, case too." in previewed_cli.output
+
+
+@pytest.mark.parametrize(("name", "known", "meant"), [
+    ("order completed", ["Order Completed", "Order Refunded"], "Order Completed"),
+    ("Order  Completed ", ["Order Completed"], "Order Completed"),  # spaces
+    ("Ordr Completed", ["Order Completed", "Order Refunded"], "Order Completed"),
+    ("Signed Up", ["Order Completed", "Product Viewed"], None),  # nothing close: no guess
+    ("product viewed", ["Product Viewed", "product viewed "], "Product Viewed"),  # the most frequent (first) wins
+])
+def test_the_closest_seen_name(name: str, known: list[str], meant: str | None) -> None:
+    assert closest_name(name, known) == meant

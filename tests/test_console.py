@@ -234,6 +234,21 @@ def test_a_page_view_and_a_track_of_the_same_name_read_apart(page: Page, shop: S
     expect(names.filter(has_text=re.compile(r"^Pricing$"))).to_have_count(25)
 
 
+def test_an_event_name_no_event_has_had_is_noted_in_the_funnel_and_the_builder(page: Page) -> None:
+    """A step or a performed(...) misspelt counted zero without a word; now a note names it and the name meant."""
+    page.goto("/funnels?steps=Product+Viewed,order+completed&within=30d")
+    expect(page.locator("p.note[role=status]")).to_have_text(
+        "no event named 'order completed' has been received (did you mean 'Order Completed'?): names match exactly, "
+        "case too.")
+    page.goto("/funnels?steps=Product+Viewed,Order+Completed&within=30d")
+    expect(page.locator("svg.chart")).to_have_count(1)
+    expect(page.locator("p.note[role=status]")).to_have_count(0)
+    page.goto("/segments/new")
+    page.locator("#condition").fill('performed("Order Complete")')
+    expect(page.locator("#preview")).to_contain_text(
+        "Note: no event named 'Order Complete' has been received (did you mean 'Order Completed'?)")
+
+
 def test_a_read_key_cannot_change_anything_through_the_console(browser: Browser, shop: Server) -> None:
     """The pages hide the forms from a read key; posting them anyway (with a valid CSRF token) is refused, as the
     API refuses it: no segment, no attribute change (which could switch off the masking of personal data)."""

@@ -14,6 +14,7 @@ from portrait.conditions.check import MAX_DURATION_SECONDS
 from portrait.conditions.jsonform import read_duration
 from portrait.conditions.text import ConditionError
 from portrait.errors import BadRequest
+from portrait.event_names import unseen_event_notes
 from portrait.segments import Segments
 from portrait.spec import iso_time, parse_time, utc_now
 from portrait.sql import analytics as q
@@ -24,7 +25,8 @@ MAX_STEPS = 10
 
 def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict[str, Any]:
     """``{"steps": ["Product Viewed", ...], "within": "7d", "from": ..., "to": ..., "segment": ...}`` -> how many
-    profiles reached each step, conversion from the previous and the first step, and the drop-off."""
+    profiles reached each step, conversion from the previous and the first step, and the drop-off; ``notes`` name
+    the steps no event has ever had (a typo makes a funnel of zeros), with the closest name seen."""
     unknown = set(fields) - {"steps", "within", "from", "to", "segment"}
     if unknown:
         raise BadRequest(f"unknown funnel fields {', '.join(sorted(unknown))}", code="invalid_funnel")
@@ -62,7 +64,8 @@ def funnel(session: Session, segments: Segments, fields: dict[str, Any]) -> dict
                      "conversion_from_start": _ratio(reached[k], reached[0]),
                      "dropped": previous - reached[k] if k else 0})
     return {"steps": rows, "within": str(within), "from": iso_time(start), "to": iso_time(end),
-            "segment": segment, "seconds": round(time.perf_counter() - started, 3)}
+            "segment": segment, "seconds": round(time.perf_counter() - started, 3),
+            "notes": unseen_event_notes(session, steps)}
 
 
 def breakdown(session: Session, segments: Segments, reference: str, attribute: str, kind: str, top: int = 10

@@ -35,6 +35,7 @@ from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, StorageUnavailable
+from portrait.event_names import unseen_event_notes
 from portrait.model import Identifier
 from portrait.registry import AttributeRegistry
 from portrait.spec import iso_time, utc_now
@@ -302,7 +303,8 @@ class Segments:
 
     # -- counting --------------------------------------------------------------------------------------------
     def preview(self, raw: object, *, now: datetime | None = None) -> dict[str, Any]:
-        """Count and sample the profiles an unsaved condition selects (nothing is stored)."""
+        """Count and sample the profiles an unsaved condition selects (nothing is stored); ``notes`` name the events
+        it looks at that no event has had (see :mod:`portrait.event_names`)."""
         started = time.perf_counter()
         condition = read_condition(raw)
         check(condition, self.schema())
@@ -311,7 +313,8 @@ class Segments:
         count = int(rows[0][1]) if rows else 0
         sample = [row[0] for row in rows]
         return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
-                "english": describe(condition), "seconds": round(time.perf_counter() - started, 3)}
+                "english": describe(condition), "seconds": round(time.perf_counter() - started, 3),
+                "notes": unseen_event_notes(self._session(), sorted(_event_names(condition, self)))}
 
     def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:
         """Recompute a segment's members in SQL for every profile; store and return the entries and exits."""

@@ -46,6 +46,8 @@ class Preview(BaseModel):
     condition: dict[str, Any] = Field(description=CONDITION)
     english: str
     seconds: float
+    notes: list[str] = Field(description="Each event name it asks about that no event has had (names match exactly, "
+                             "case too): a typo gives zero. Said with the closest name seen, if one is close")
 
 
 class ExplainedPart(BaseModel):
@@ -108,3 +110,5 @@ class Funnel(BaseModel):
     to: str | None = Field(description="Exclusive; " + TIME)
     segment: str | int | None = Field(description="The segment as sent (id or name), or null for everyone")
     seconds: float
+    notes: list[str] = Field(description="Each event name of a step that no event has had (names match exactly, "
+                             "case too): a typo gives zero. Said with the closest name seen, if one is close")

@@ -46,6 +46,8 @@ def analytics_funnel(
         table.add_row(str(row["step"]), row["event"], f"{row['profiles']:,}", f"{row['conversion_from_previous']:.1%}",
                       f"{row['conversion_from_start']:.1%}", f"{row['dropped']:,}", bar)
     console.print(table)
+    for note in found.get("notes", []):  # .get: a server from before notes answers without them
+        console.print(f"Note: {note}.", markup=False)
 
 
 @analytics_app.command("breakdown")

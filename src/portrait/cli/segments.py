@@ -133,6 +133,8 @@ def segments_preview(
     console.print(f"{found['count']:,} profiles ({found['seconds']} s): {found['english']}")
     for profile_id in found["sample"]:
         console.print(f"  {profile_id}")
+    for note in found.get("notes", []):  # .get: a server from before notes answers without them
+        console.print(f"Note: {note}.", markup=False)
 
 
 @segments_app.command("members")

@@ -55,3 +55,11 @@ WITH_VALUE = parse("""
 SELECT count(*) FROM segment_members AS m JOIN profile_traits AS t ON t.profile_id = m.profile_id AND t.key = ?
 WHERE m.segment_id = ? AND t.value IS NOT NULL
 """)
+
+# Params: a list of event names. Those of them some event has had (a track's event, a page's or screen's name).
+SEEN_EVENT_NAMES = parse("SELECT DISTINCT event FROM event_profiles WHERE list_contains(CAST(? AS VARCHAR[]), event)")
+# Every event name with how many events had it, the most frequent first: what a mistyped name is compared with.
+KNOWN_EVENT_NAMES = parse("""
+SELECT event, count(*) AS n FROM event_profiles WHERE event IS NOT NULL GROUP BY event ORDER BY n DESC, event
+LIMIT 1000
+""")

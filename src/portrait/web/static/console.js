@@ -61,7 +61,8 @@
         .then(function (res) {
           var ok = res[0], body = res[1];
           preview.textContent = ok ? (body.count.toLocaleString() + " customers — " + body.english +
-                                      (body.sample.length ? " (e.g. " + body.sample.slice(0, 3).join(", ") + ")" : ""))
+                                      (body.sample.length ? " (e.g. " + body.sample.slice(0, 3).join(", ") + ")" : "") +
+                                      (body.notes || []).map(function (note) { return ". Note: " + note; }).join(""))
                                    : body.message;
           preview.setAttribute("data-count", ok ? String(body.count) : "");
         });
