@@ -228,3 +228,30 @@ def test_a_step_no_event_has_had_is_noted_with_the_closest_name(portrait: Portra
 ])
 def test_the_closest_seen_name(name: str, known: list[str], meant: str | None) -> None:
     assert closest_name(name, known) == meant
+
+
+def test_a_segment_saved_with_an_event_never_seen_says_so(portrait: Portrait) -> None:
+    load(portrait)
+    created = portrait.create_segment({"name": "Refunded", "condition": 'performed("Order refunded")'})
+    assert created["size"] == 0 and created["notes"] == [
+        "no event named 'Order refunded' has been received: names match exactly, case too"]
+    changed = portrait.update_segment("Refunded", {"condition": 'performed("order completed")'})
+    assert changed["notes"] == ["no event named 'order completed' has been received (did you mean "
+                                "'Order Completed'?): names match exactly, case too"]
+    fixed = portrait.update_segment("Refunded", {"condition": 'performed("Order Completed")'})
+    assert fixed["size"] == 1 and "notes" not in fixed
+    assert "notes" not in portrait.update_segment("Refunded", {"description": "buyers"})
+    static = portrait.create_segment({"name": "VIP", "identities": ["user_id:buyer"]})
+    assert "notes" not in static
+
+
+def test_the_cli_says_a_new_segment_names_an_event_never_seen(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    load(service)
+    service.close()
+    created = CliRunner().invoke(app, ["segments", "create", "Buyers", "--condition", 'performed("Order Complete")',
+                                       "--db", db], env={"COLUMNS": "200"})
+    assert created.exit_code == 0, created.output
+    assert ("Note: no event named 'Order Complete' has been received (did you mean 'Order Completed'?): names match "
+            "exactly, case too.") in created.output

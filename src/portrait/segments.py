@@ -181,7 +181,7 @@ class Segments:
         document = self.get(segment_id)
         if rejected:
             document["rejected_identities"] = rejected
-        return document, changes
+        return self._with_notes(document, condition), changes
 
     def update(self, reference: str | int, fields: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
         _known(fields, {"name", "condition", "identities", "description"})
@@ -197,6 +197,7 @@ class Segments:
             changes["description"] = _description(fields)
         keys: list[str] | None = None
         rejected: list[str] = []
+        condition: Condition | None = None
         if "condition" in fields or "identities" in fields:
             if ("condition" in fields) != (segment.kind == "dynamic"):
                 raise BadRequest(f"segment {segment.name!r} is {segment.kind}: change its "
@@ -222,7 +223,7 @@ class Segments:
         document = self.get(segment.id)
         if rejected:  # reported as create reports them: a list replaced without them must not lose them unsaid
             document["rejected_identities"] = rejected
-        return document, entered
+        return self._with_notes(document, condition), entered
 
     def delete(self, reference: str | int) -> None:
         segment = self.find(reference)
@@ -314,7 +315,16 @@ class Segments:
         sample = [row[0] for row in rows]
         return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
                 "english": describe(condition), "seconds": round(time.perf_counter() - started, 3),
-                "notes": unseen_event_notes(self._session(), sorted(_event_names(condition, self)))}
+                "notes": self._event_notes(condition)}
+
+    def _event_notes(self, condition: Condition) -> list[str]:
+        """Notes on the events ``condition`` looks at that no event has had (see :mod:`portrait.event_names`)."""
+        return unseen_event_notes(self._session(), sorted(_event_names(condition, self)))
+
+    def _with_notes(self, document: dict[str, Any], condition: Condition | None) -> dict[str, Any]:
+        """A saved segment's answer with ``notes`` when its new condition names an event never seen."""
+        notes = self._event_notes(condition) if condition is not None else []
+        return {**document, "notes": notes} if notes else document
 
     def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:
         """Recompute a segment's members in SQL for every profile; store and return the entries and exits."""

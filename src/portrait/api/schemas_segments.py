@@ -28,6 +28,8 @@ class Segment(BaseModel):
 class SavedSegment(Segment):
     rejected_identities: list[str] = sometimes("Only when identities were sent and some were not TYPE:VALUE "
                                                "identities: those entries, as sent (left out)")
+    notes: list[str] = sometimes("Only when the condition sent names an event no event has had (names match "
+                                 "exactly, case too): each such name, with the closest name seen")
 
 
 class Recounted(Segment):

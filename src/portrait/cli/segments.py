@@ -220,6 +220,8 @@ def _print_segment(segment: dict[str, Any]) -> None:
         console.print(segment["english"])
     if segment.get("rejected_identities"):
         console.print(f"Not identities (left out): {', '.join(segment['rejected_identities'][:20])}")
+    for note in segment.get("notes", []):
+        console.print(f"Note: {note}.", markup=False)
 
 
 def _path(segment: str) -> str:
