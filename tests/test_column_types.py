@@ -258,3 +258,186 @@ def test_a_mapping_document_with_types_that_are_not_a_mapping_is_refused() -> No
 
     with pytest.raises(BadRequest, match="'types' must map column names to type names"):
         RowMapping.from_document({"identifiers": {"user_id": "id"}, "types": ["amount"]}, "profiles")
+
+
+# Dates in the formats files have: a declared strptime format (date:%d.%m.%Y), the only reading of the column.
+
+EU = "customer,signup,seen\nc1,24.12.2025,24.12.2025 18:30\nc2,01.02.2024,01.02.2024 07:05\nc3,,\n"
+US = "customer,signup,seen\nc1,12/24/2025,12/24/2025 06:30 PM\nc2,2/1/2024,2/1/2024 07:05 AM\nc3,,\n"
+ISO = "customer,signup,seen\nc1,2025-12-24,2025-12-24 18:30:00\nc2,2024-02-01,2024-02-01 07:05:00\nc3,,\n"
+EU_TYPES = "signup=date:%d.%m.%Y,seen=timestamp:%d.%m.%Y %H:%M"
+US_TYPES = "signup=date:%m/%d/%Y,seen=timestamp:%m/%d/%Y %I:%M %p"
+
+
+@pytest.mark.parametrize(("declared", "value", "converted"), [
+    ("date:%d.%m.%Y", "24.12.2025", date(2025, 12, 24)), ("date:%d.%m.%Y", " 1.2.2025 ", date(2025, 2, 1)),
+    ("date:%d/%m/%Y", "24/12/2025", date(2025, 12, 24)), ("date:%m/%d/%Y", "12/24/2025", date(2025, 12, 24)),
+    ("date:%Y%m%d", 20251224, date(2025, 12, 24)), ("date:%d %b %Y", "24 Dec 2025", date(2025, 12, 24)),
+    ("date:%d.%m.%Y", date(2025, 12, 24), date(2025, 12, 24)),  # typed already (Parquet, a database): kept
+    ("timestamp:%m/%d/%Y %I:%M %p", "12/24/2025 06:30 PM", datetime(2025, 12, 24, 18, 30)),
+    ("timestamp:%d.%m.%Y %H:%M %z", "24.12.2025 18:30 +0100",
+     datetime.fromisoformat("2025-12-24T18:30:00+01:00")),
+    ("timestamp:%d.%m.%Y", "24.12.2025", datetime(2025, 12, 24)),
+])
+def test_a_cell_converts_with_its_declared_format(declared: str, value: Any, converted: Any) -> None:
+    assert convert_row({"c": value}, {"c": declared}) == {"c": converted}
+
+
+@pytest.mark.parametrize(("declared", "value", "reason"), [
+    # month-first where day-first is declared: refused, never read the other way round
+    ("date:%d/%m/%Y", "12/24/2025", "column c: '12/24/2025' is not a date in the format %d/%m/%Y (like 24/12/2025)"),
+    ("date:%d.%m.%Y", "2025-12-24", "column c: '2025-12-24' is not a date in the format %d.%m.%Y (like 24.12.2025)"),
+    ("date:%d.%m.%Y", "31.02.2025", "column c: '31.02.2025' is not a date in the format %d.%m.%Y (like 24.12.2025)"),
+    ("date:%d.%m.%Y", "24.12.2025 x", "column c: '24.12.2025 x' is not a date in the format %d.%m.%Y "
+                                      "(like 24.12.2025)"),
+    ("timestamp:%d.%m.%Y %H:%M", "24.12.2025", "column c: '24.12.2025' is not a timestamp in the format "
+                                               "%d.%m.%Y %H:%M (like 24.12.2025 18:30)"),
+    ("date:%Y%m%d", 2.5, "column c: '2.5' is not a date in the format %Y%m%d (like 20251224)"),
+])
+def test_a_cell_that_does_not_fit_the_declared_format_names_the_format(declared: str, value: Any,
+                                                                       reason: str) -> None:
+    with pytest.raises(Misfit) as raised:
+        convert_row({"c": value}, {"c": declared})
+    assert str(raised.value) == reason
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("s=date:dd.mm.yyyy", "the format 'dd.mm.yyyy' has no strptime directives"),
+    ("s=date:%d.%m.%Q", "has %Q, which is not taken"),
+    ("s=date:%-d.%m.%Y", "has %-, GNU's unpadded form"),
+    ("s=date:%d.%m.%Y%", "ends with a lone %"),
+    ("s=date:%d.%d.%Y", "has %d twice"),
+    ("s=date:%d.%m", "has no year"),
+    ("s=date:%m.%Y", "is not a whole date"),
+    ("s=date:%d.%m.%Y %H:%M", "has a time of day: declare the column timestamp:FORMAT"),
+    ("s=timestamp:%d.%m.%Y %I:%M", "a 12-hour %I without %p"),
+    ("s=timestamp:%d.%m.%Y %H:%M %Z", "has %Z, a zone's name"),
+    ("s=date:%x", "has %x, which is not taken"),
+    ("s=number:%d", "number takes no format (only date and timestamp do"),
+    ("s=date:%d %b, %Y", "a format cannot hold a comma here"),
+])
+def test_a_bad_format_is_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
+        parse_types(text)
+
+
+def test_types_keep_column_names_with_equals_and_formats_with_colons() -> None:
+    assert parse_types("a=b=number, seen = timestamp:%Y-%m-%dT%H:%M:%S") == {
+        "a=b": "number", "seen": "timestamp:%Y-%m-%dT%H:%M:%S"}
+
+
+def _signups(db: str) -> dict[str, dict[str, Any]]:
+    service = Portrait(Settings(db_path=db), background=False)
+    try:
+        service.process_pending()
+        return {c: service.traits(f"user_id:{c}") for c in ("c1", "c2", "c3")}
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(("text", "types"), [(EU, EU_TYPES), (US, US_TYPES)], ids=["day-first", "month-first"])
+def test_dates_read_with_their_format_are_stored_as_the_same_dates_in_iso(tmp_path: Path, text: str,
+                                                                          types: str) -> None:
+    """The same traits and properties as the ISO file of the same dates -- the same messages, even: imported after
+    it, nothing is added."""
+    (tmp_path / "iso.csv").write_text(ISO)
+    (tmp_path / "local.csv").write_text(text)
+    db = str(tmp_path / "p.duckdb")
+    iso = runner.invoke(app, ["import", "profiles", str(tmp_path / "iso.csv"), "--user-id", "customer",
+                              "--types", "signup=date,seen=timestamp", "--db", db])
+    assert "stored 3" in iso.output, iso.output
+    local = runner.invoke(app, ["import", "profiles", str(tmp_path / "local.csv"), "--user-id", "customer",
+                                "--types", types, "--db", db])
+    assert local.exit_code == 0 and "stored 0, already there 3, rejected 0." in local.output, local.output
+    other = str(tmp_path / "other.duckdb")  # the formatted file alone gives the same traits
+    runner.invoke(app, ["import", "profiles", str(tmp_path / "local.csv"), "--user-id", "customer", "--types",
+                        types, "--db", other])
+    assert _signups(other) == _signups(db) == {
+        "c1": {"signup": "2025-12-24", "seen": "2025-12-24T18:30:00.000Z"},
+        "c2": {"signup": "2024-02-01", "seen": "2024-02-01T07:05:00.000Z"}, "c3": {}}
+    result, events = import_orders(tmp_path, EU, "--types", EU_TYPES, name="eu.csv")
+    assert "stored 3" in result.output, result.output
+    assert properties(events, "c1") == {"signup": "2025-12-24", "seen": "2025-12-24T18:30:00.000Z"}
+
+
+def test_a_row_whose_date_does_not_fit_the_format_is_rejected_and_the_others_import(tmp_path: Path) -> None:
+    # ISO dates (which Arrow would read as dates) and numbers (20240105) are read with the format too
+    text = "customer,signup\nc1,24.12.2025\nc2,12/24/2025\nc3,2025-12-24\nc4,\nc5,5.1.2024\n"
+    result, db = import_orders(tmp_path, text, "--types", "signup=date:%d.%m.%Y")
+    assert "stored 3" in result.output and "rejected invalid_value: 2" in result.output, result.output
+    rejects = [json.loads(line) for line in (tmp_path / "orders.csv.rejects.ndjson").read_text().splitlines()]
+    assert [(r["row"], r["reason"]) for r in rejects] == [
+        (2, "column signup: '12/24/2025' is not a date in the format %d.%m.%Y (like 24.12.2025)"),
+        (3, "column signup: '2025-12-24' is not a date in the format %d.%m.%Y (like 24.12.2025)")]
+    assert json.loads(rejects[0]["message"])["signup"] == "12/24/2025"  # the row as read, kept
+    assert properties(db, "c5") == {"signup": "2024-01-05"} and properties(db, "c4") == {}
+    compact, _ = import_orders(tmp_path, "customer,signup\nc9,20251224\n", "--types", "signup=date:%Y%m%d",
+                               name="compact.csv")
+    assert "stored 1" in compact.output and properties(db, "c9") == {"signup": "2025-12-24"}, compact.output
+
+
+def test_a_bad_format_stops_the_import_before_anything_is_opened(tmp_path: Path) -> None:
+    result, db = import_orders(tmp_path, EU, "--types", "signup=date:%d.%m")
+    assert result.exit_code == 2 and "Invalid value for '--types'" in result.output, result.output
+    assert "column signup: the format '%d.%m' has no year" in " ".join(result.output.split())
+    assert not Path(db).exists()
+    (tmp_path / "eu.yaml").write_text("identifiers: {user_id: customer}\nevent: Signup\n"
+                                      "types: {signup: 'date:dd.mm.yyyy'}\n")
+    mapped = runner.invoke(app, ["import", "events", str(tmp_path / "orders.csv"), "--mapping",
+                                 str(tmp_path / "eu.yaml"), "--db", db])
+    assert mapped.exit_code == 1 and "the format 'dd.mm.yyyy' has no strptime directives" in mapped.output
+    assert not Path(db).exists()
+
+
+def test_a_mapping_file_and_ndjson_take_a_format(tmp_path: Path) -> None:
+    (tmp_path / "eu.yaml").write_text("identifiers: {user_id: customer}\nevent: Signup\n"
+                                      "types: {signup: 'date:%d %b, %Y'}\n")  # a comma is fine here
+    (tmp_path / "eu.ndjson").write_text('{"customer": "c1", "signup": "24 Dec, 2025"}\n'
+                                        '{"customer": "c2", "signup": "Dec 24, 2025"}\n')
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(tmp_path / "eu.ndjson"), "--mapping",
+                                 str(tmp_path / "eu.yaml"), "--db", db])
+    assert "stored 1" in result.output and "rejected invalid_value: 1" in result.output, result.output
+    assert properties(db, "c1") == {"signup": "2025-12-24"}
+
+
+def test_an_import_through_the_api_takes_a_format_and_refuses_a_bad_one(server: Server) -> None:
+    with server.admin() as client:
+        answer = client.post("/api/imports", content=US.encode(), params={
+            "filename": "us.csv", "kind": "profiles", "user_id": "customer", "types": US_TYPES})
+        bad = client.post("/api/imports", content=US.encode(), params={
+            "filename": "us.csv", "kind": "profiles", "user_id": "customer", "types": "signup=date:%m/%d"})
+        server.wait_caught_up()
+        traits = client.get("/api/profiles/user_id:c2/traits")
+    assert answer.status_code == 200 and answer.json()["stored"] == 3, answer.text
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_mapping", bad.text
+    assert "column signup: the format '%m/%d' has no year" in bad.json()["message"]
+    assert traits.json() == {"signup": "2024-02-01", "seen": "2024-02-01T07:05:00.000Z"}, traits.text
+
+
+def test_a_sql_source_reads_text_dates_with_a_format(tmp_path: Path, portrait: Portrait) -> None:
+    path = tmp_path / "crm.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id TEXT, signup TEXT)")
+        db.executemany("INSERT INTO customers VALUES (?, ?)", [("1", "24.12.2025"), ("2", "12/24/2025")])
+    db.close()
+    portrait.add_source({"name": "crm", "kind": "profiles", "url": f"sqlite:///{path}",
+                         "query": "SELECT id, signup FROM customers",
+                         "mapping": {"identifiers": {"user_id": "id"}, "types": {"signup": "date:%d.%m.%Y"}}})
+    report = portrait.sync_source("crm")
+    assert (report.stored, report.rejected) == (1, 1)
+    portrait.process_pending()
+    assert portrait.traits("user_id:1") == {"signup": "2025-12-24"}
+    assert [r["reason"] for r in portrait.rejected()["rejected"]] == [
+        "column signup: '12/24/2025' is not a date in the format %d.%m.%Y (like 24.12.2025)"]
+
+
+def test_a_csv_column_with_a_format_is_read_as_written_not_as_arrow_would_type_it(tmp_path: Path) -> None:
+    """Arrow would read 01022024 as the number 1022024 (its leading zero gone) and an ISO date as a date, which the
+    format would then never see: both are read as the text they are, and judged by the format."""
+    text = "customer,compact,iso\nc1,01022024,2024-02-01\n"
+    result, db = import_orders(tmp_path, text, "--types", "compact=date:%d%m%Y")
+    assert "stored 1" in result.output, result.output
+    assert properties(db, "c1") == {"compact": "2024-02-01", "iso": "2024-02-01"}
+    declared, _ = import_orders(tmp_path, text, "--types", "iso=date:%d.%m.%Y", name="iso.csv")
+    assert "rejected invalid_value: 1" in declared.output, declared.output

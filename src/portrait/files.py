@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from portrait.column_types import has_format
 from portrait.connectors import plain
 from portrait.errors import BadRequest
 from portrait.identity import identity_trait_names
@@ -73,7 +74,8 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
-    :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text``.
+    :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text`` or with a
+    format (``date:%d.%m.%Y``).
     Each CSV column read as text because its values do not fit one type (and not declared) is appended to
     ``fallbacks``, once the header is read.
 
@@ -183,8 +185,10 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
                                convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
                                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
 
-    declared_text = [c for c, kind in mapping.types.items() if kind == "text"]
-    as_text: dict[str, pa.DataType] = {c: pa.string() for c in [*text_columns, *declared_text]}
+    # Declared text is read as written, and so is a column declared with a format (date:%d.%m.%Y): each cell is
+    # read with the format, never taken as the date or number Arrow would make of it (2024-01-05, 20240105)
+    as_written = [c for c, kind in mapping.types.items() if kind == "text" or has_format(kind)]
+    as_text: dict[str, pa.DataType] = {c: pa.string() for c in [*text_columns, *as_written]}
     _check_not_binary(path)
     try:
         checking = opened(as_text, _skip)

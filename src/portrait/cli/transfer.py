@@ -26,6 +26,7 @@ from portrait.cli.common import (
     import_app,
 )
 from portrait.client import RemotePortrait
+from portrait.column_types import parse_types
 from portrait.errors import PortraitError
 from portrait.mapping import RowMapping, combine, parse_mapping_text
 from portrait.service import Portrait
@@ -38,9 +39,24 @@ RejectsOption = Annotated[Path | None, typer.Option("--rejects", help="Where to 
 Column = Annotated[str | None, typer.Option(help="Column name.")]
 MappingOption = Annotated[Path | None, typer.Option("--mapping", help="YAML or JSON mapping file (see \"Mapping "
                                                                       "files\"); column options override it.")]
+
+
+def _checked_types(text: str | None) -> str | None:
+    """Refuse a --types that cannot apply (an unknown type, a bad date format) as a bad option value: exit code 2,
+    before any file or database is opened."""
+    if text is not None:
+        try:
+            parse_types(text)
+        except PortraitError as exc:
+            raise typer.BadParameter(exc.message) from exc
+    return text
+
+
 TypesOption = Annotated[str | None, typer.Option(
-    "--types", help="Declared column types, e.g. amount=number,signup=date,vip=boolean,zip=text (text, number, "
-                    "integer, boolean, date, timestamp): a cell that does not convert rejects its row.")]
+    "--types", callback=_checked_types,
+    help="Declared column types, e.g. amount=number,signup=date,vip=boolean,zip=text (text, number, integer, "
+         "boolean, date, timestamp); a date or timestamp not in ISO-8601 takes its strptime format: "
+         "signup=date:%d.%m.%Y. A cell that does not convert rejects its row.")]
 
 
 @import_app.command("events")
