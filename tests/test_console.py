@@ -480,6 +480,36 @@ def test_a_column_given_a_type_rejects_what_does_not_fit_and_imports_typed(page:
     assert sales[0]["properties"] == {"amount": 3, "vip": True}  # a JSON number and boolean, not "3" and "yes"
 
 
+def test_a_date_column_takes_its_format_and_a_bad_one_is_refused_with_the_reason(page: Page, shop: Server,
+                                                                                 tmp_path: Path) -> None:
+    signups = tmp_path / "eu-signups.csv"
+    signups.write_text("customer_id,signup,plan\nuser-7,24.12.2025,pro\nuser-8,12/24/2025,pro\n")
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(signups))
+    page.get_by_label("Event name for every row (CSV events)").fill("EU Signup")
+    expect(page.get_by_label("Format of signup")).to_be_hidden()  # only a date or a time takes a format
+    page.get_by_label("Type of signup").select_option(label="date")
+    page.get_by_label("Format of signup").fill("%d.%m")
+    page.get_by_role("button", name="Check (dry run)").click()
+    report = page.locator("#import-report")
+    expect(report).to_contain_text("column signup: the format '%d.%m' has no year")
+    page.get_by_label("Format of signup").fill("%d.%m.%Y")
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(report).to_contain_text("Dry run — 2 rows: would store 1, already there 0, rejected 1 (invalid_value: 1)")
+    expect(report.locator(".rejections li")).to_have_text(
+        ["row 2 (invalid_value): column signup: '12/24/2025' is not a date in the format %d.%m.%Y (like 24.12.2025)"])
+    page.get_by_label("Type of signup").select_option(label="text")
+    expect(page.get_by_label("Format of signup")).to_be_hidden()
+    page.get_by_label("Type of signup").select_option(label="date")
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(report).to_contain_text("Done — 2 rows: stored 1")
+    shot(page, "import-date-format")
+    shop.wait_caught_up()
+    with shop.admin() as api:
+        signup = api.get("/api/profiles/user_id:user-7/events", params={"event": "EU Signup"}).json()["events"]
+    assert signup[0]["properties"] == {"signup": "2025-12-24", "plan": "pro"}
+
+
 def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: Path) -> None:
     orders = tmp_path / "pos.csv"
     orders.write_text("customer_id,amount,store\nuser-7,12.5,Gdansk\nuser-8,30,Warsaw\n")

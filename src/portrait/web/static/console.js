@@ -182,10 +182,23 @@
       var type = select("import-type-" + index, types);
       type.setAttribute("aria-label", "Type of " + column);  // "type" alone would not say whose
       typeLabel.appendChild(type);
-      var showType = function () { typeLabel.hidden = role.value !== "field"; };
+      // A date or time written another way than ISO-8601 (24.12.2025) says how: its strptime format, declared as
+      // date:%d.%m.%Y (docs/cli.md "Dates in other formats"); empty is ISO
+      var formatLabel = document.createElement("label");
+      formatLabel.textContent = "format ";
+      var format = document.createElement("input");
+      format.id = "import-format-" + index;
+      format.placeholder = "ISO-8601, or e.g. %d.%m.%Y";
+      format.setAttribute("aria-label", "Format of " + column);
+      formatLabel.appendChild(format);
+      var showType = function () {
+        typeLabel.hidden = role.value !== "field";
+        formatLabel.hidden = typeLabel.hidden || (type.value !== "date" && type.value !== "timestamp");
+      };
       role.addEventListener("change", showType);
+      type.addEventListener("change", showType);
       showType();
-      line.appendChild(roleLabel); line.appendChild(typeLabel);
+      line.appendChild(roleLabel); line.appendChild(typeLabel); line.appendChild(formatLabel);
       return line;
     };
     // The first record of a CSV as the server's reader (pyarrow) reads it, so the mapping names its columns: a
@@ -224,6 +237,8 @@
       csvColumns.forEach(function (column, index) {
         var role = document.getElementById("import-role-" + index).value;
         var type = document.getElementById("import-type-" + index).value;
+        var format = document.getElementById("import-format-" + index).value.trim();
+        if (format && (type === "date" || type === "timestamp")) { type += ":" + format; }
         if (role === "user_id" || role === "anonymous_id" || role === "email" || role === "phone") { doc.identifiers[role] = column; }
         else if (role === "event_column" || role === "timestamp") { doc[role] = column; }
         else if (role === "field") {
@@ -270,6 +285,7 @@
       button.addEventListener("click", function () {
         var choice = document.getElementById("import-type-" + index);
         choice.value = type;
+        choice.dispatchEvent(new Event("change"));  // shows or hides the column's format, as a choice by hand does
         choice.focus();  // the button goes with the report: the focus moves to what it changed
         send(true);
       });
