@@ -446,3 +446,37 @@ def test_a_csv_column_with_a_format_is_read_as_written_not_as_arrow_would_type_i
     assert properties(db, "c1") == {"compact": "2024-02-01", "iso": "2024-02-01"}
     declared, _ = import_orders(tmp_path, text, "--types", "iso=date:%d.%m.%Y", name="iso.csv")
     assert "rejected invalid_value: 1" in declared.output, declared.output
+
+
+@pytest.mark.parametrize(("text", "note"), [
+    ("customer,signup\nc1,24.12.2025\nc2,1.2.2024\n", "column signup was read as text: its values are dates written "
+     "as '24.12.2025', not ISO-8601. Declare their format (--types 'signup=date:%d.%m.%Y') to store them as dates"),
+    ("customer,signup\nc1,12/24/2025\nc2,2/1/2024\n", "column signup was read as text: its values are dates written "
+     "as '12/24/2025', not ISO-8601. Declare their format (--types 'signup=date:%m/%d/%Y') to store them as dates"),
+    ("customer,signup\nc1,01/02/2024\nc2,03/04/24\n", None),  # two shapes: no one format reads them all
+    # every day 12 or less: day-first and month-first both read them, and the note does not pick one
+    ("customer,signup\nc1,01/02/2024\nc2,03/04/2024\n", "column signup was read as text: its values are dates "
+     "written as '01/02/2024', not ISO-8601, day or month first (the values do not tell: say which). Declare their "
+     "format (--types 'signup=date:%d/%m/%Y' or --types 'signup=date:%m/%d/%Y') to store them as dates"),
+    ("customer,signup\nc1,24.12.2025\nc2,31.02.2025\n", None),  # no such date: not a column of dates
+    ("customer,signup\nc1,24.12.2025\nc2,tbd\n", None),
+], ids=["day-first", "month-first", "mixed", "ambiguous", "no-such-date", "not-all-dates"])
+def test_an_undeclared_column_of_dates_not_in_iso_is_noted_with_their_format(tmp_path: Path, text: str,
+                                                                              note: str | None) -> None:
+    result, db = import_orders(tmp_path, text)
+    output = " ".join(result.output.split())
+    assert "stored 2" in output, output
+    assert (f"Note: {note}" in output) if note else ("Note:" not in output), output
+    assert properties(db, "c1")["signup"] == text.split("\n")[1].split(",")[1]  # only noted: still the text
+
+
+def test_the_date_note_comes_through_the_api_and_declaring_the_format_settles_it(server: Server) -> None:
+    text = b"customer,signup\nc1,24.12.2025\nc2,01.02.2024\n"
+    params = {"filename": "eu.csv", "user_id": "customer", "event": "Signup", "dry_run": "true"}
+    with server.admin() as client:
+        noted = client.post("/api/imports", content=text, params=params).json()
+        declared = client.post("/api/imports", content=text, params={**params, "types": "signup=date:%d.%m.%Y"})
+    assert noted["notes"] == ["column signup was read as text: its values are dates written as '24.12.2025', not "
+                              "ISO-8601. Declare their format (--types 'signup=date:%d.%m.%Y') to store them as dates"]
+    assert noted["read_as_text"] == []  # the console's offers are for the types it can set from a note
+    assert declared.json()["notes"] == [] and declared.json()["stored"] == 2, declared.text

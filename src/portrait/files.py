@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,28 @@ class TextFallback:
                 "it as text without this note")
 
 
+@dataclass(frozen=True)
+class DatesAsText:
+    """A CSV property/trait column read as text, not declared, whose values are all dates written one of the usual
+    ways that are not ISO-8601 (24.12.2025, 12/24/2025): the ``formats`` that read every one of them -- two when the
+    values do not tell day-first from month-first (01/02/2024), for the person who knows to choose. Only said, never
+    applied: the column stays text until its format is declared."""
+
+    column: str
+    example: str
+    formats: tuple[str, ...]
+
+    def note(self) -> str:
+        """The note the import's report and the CLI show."""
+        declare = " or ".join(f"--types '{self.column}=date:{fmt}'" for fmt in self.formats)
+        which = ", day or month first (the values do not tell: say which)" if len(self.formats) > 1 else ""
+        return (f"column {self.column} was read as text: its values are dates written as {self.example!r}, not "
+                f"ISO-8601{which}. Declare their format ({declare}) to store them as dates")
+
+
+Note = TextFallback | DatesAsText  # what an import notes about a CSV column read as text
+
+
 def detect_format(path: Path, given: str | None = None) -> str:
     if given:
         if given not in FORMATS:
@@ -69,15 +91,15 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
                   delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
-                  chunk_rows: int = 10_000, fallbacks: list[TextFallback] | None = None
+                  chunk_rows: int = 10_000, fallbacks: list[Note] | None = None
                   ) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
     :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text`` or with a
     format (``date:%d.%m.%Y``).
-    Each CSV column read as text because its values do not fit one type (and not declared) is appended to
-    ``fallbacks``, once the header is read.
+    Each CSV column read as text because its values do not fit one type, or are dates not in ISO-8601 (and not
+    declared), is appended to ``fallbacks``, once the header is read.
 
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
@@ -165,7 +187,7 @@ _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first o
 
 
 def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str],
-         fallbacks: list[TextFallback]) -> Iterator[Any]:
+         fallbacks: list[Note]) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import. A column read as text because its values do not fit one
@@ -213,8 +235,9 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         kept_as_text = _numbers_to_keep_as_text(opened(types, _skip).schema, read_as_text, set(mapping.types))
         types = {**types, **kept_as_text}
         reader = opened(types, set_aside)
-        fallbacks.extend(_fallbacks(_undeclared_text(reader.schema, mapping, {*as_text, *kept_as_text}),
-                                read_as_text))
+        undeclared = _undeclared_text(reader.schema, mapping, {*as_text, *kept_as_text})
+        fallbacks.extend(_fallbacks(undeclared, read_as_text))
+        fallbacks.extend(_dates_as_text(undeclared, read_as_text))
         for batch in reader:
             yield from batch.to_pylist()
             while misshapen:
@@ -311,6 +334,70 @@ def _fallbacks(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CS
         if not pending:
             break
     return [found_in[name] for name in columns if name in found_in]
+
+
+def _date_format(fmt: str) -> tuple[str, str]:
+    """A usual date format and the shape of the text it reads: digits and its separator."""
+    shape = re.escape(fmt).replace("%d", r"\d{1,2}").replace("%m", r"\d{1,2}").replace("%Y", r"\d{4}")
+    return fmt, r"^\s*" + shape.replace("%y", r"\d{2}") + r"\s*$"
+
+
+# The usual ways of writing a date that are not ISO-8601, which a note offers to declare: day-first with dots,
+# slashes or dashes, month-first (American) with slashes or dashes, year-first with slashes or dots; four- or
+# two-digit years.
+_USUAL_DATES = tuple(_date_format(fmt) for fmt in (
+    *(f"%d{s}%m{s}%{y}" for s in "./-" for y in "Yy"), *(f"%m{s}%d{s}%{y}" for s in "/-" for y in "Yy"),
+    "%Y/%m/%d", "%Y.%m.%d"))
+_DISTINCT_CHECKED = 10_000  # distinct values of a column strptime checks, beyond its shape: dates repeat
+
+
+def _dates_as_text(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+                   ) -> list[DatesAsText]:
+    """A note for each of ``columns`` (read as text, not declared) whose values are all dates in one of the
+    ``_USUAL_DATES`` formats (or two, day- and month-first, when they do not tell). Read in Arrow, those columns
+    only, and only when a column's first value looks like such a date: every value's shape in Arrow, and then the
+    distinct values with strptime (31.02.2025 is no date)."""
+    candidates: dict[str, list[tuple[str, str]] | None] = dict.fromkeys(columns)
+    examples: dict[str, str] = {}
+    checked: dict[str, set[str]] = {name: set() for name in columns}
+    if not columns:
+        return []
+    for batch in read_as_text(columns):
+        for name, formats in list(candidates.items()):
+            values = batch.column(name).drop_null()
+            if len(values) == 0:
+                continue
+            if formats is None:
+                examples[name] = str(values[0].as_py()).strip()
+                formats = [(fmt, shape) for fmt, shape in _USUAL_DATES if re.match(shape, examples[name])]
+            formats = _formats_reading(values, formats, checked[name])
+            if formats:
+                candidates[name] = formats
+            else:
+                del candidates[name]
+        if not candidates:
+            return []
+    return [DatesAsText(name, examples[name], tuple(fmt for fmt, _ in formats))
+            for name, formats in candidates.items() if formats]
+
+
+def _formats_reading(values: pa.Array, formats: list[tuple[str, str]], checked: set[str]) -> list[tuple[str, str]]:
+    """Those of ``formats`` that read every one of ``values``: each value has the format's shape (in Arrow), and
+    strptime reads the distinct ones not ``checked`` before (up to ``_DISTINCT_CHECKED``)."""
+    formats = [(fmt, shape) for fmt, shape in formats if pc.all(pc.match_substring_regex(values, shape)).as_py()]
+    if not formats or len(checked) >= _DISTINCT_CHECKED:
+        return formats
+    fresh = [text for text in pc.unique(values).to_pylist() if text not in checked][:_DISTINCT_CHECKED]
+    checked.update(fresh)
+    return [(fmt, shape) for fmt, shape in formats if all(_reads(text, fmt) for text in fresh)]
+
+
+def _reads(text: str, fmt: str) -> bool:
+    try:
+        datetime.strptime(text.strip(), fmt)
+    except ValueError:
+        return False
+    return True
 
 
 def _first_misfit(values: pa.Array, pending: dict[str, Any], name: str) -> tuple[int, str, str] | None:

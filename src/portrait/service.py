@@ -35,7 +35,7 @@ from portrait.errors import (
     SyncInterrupted,
 )
 from portrait.exports import export_profiles
-from portrait.files import TextFallback, detect_format, read_messages
+from portrait.files import Note, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
@@ -392,7 +392,7 @@ class Portrait:
                     on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
         report = ImportReport()
-        fallbacks: list[TextFallback] = []
+        fallbacks: list[Note] = []
         chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
                                identity_traits=self.rules.identity_traits, fallbacks=fallbacks)
         started = time.monotonic()
@@ -411,7 +411,8 @@ class Portrait:
             on_progress(report.rows)
         report.seconds = round(time.monotonic() - started, 2)
         report.notes = [fallback.note() for fallback in fallbacks]
-        report.read_as_text = [{"column": f.column, "row": f.row, "value": f.value, "type": f.kind} for f in fallbacks]
+        report.read_as_text = [{"column": f.column, "row": f.row, "value": f.value, "type": f.kind} for f in fallbacks
+                               if isinstance(f, TextFallback)]  # the console offers these types to declare
         return report
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
