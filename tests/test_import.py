@@ -184,6 +184,35 @@ def test_csv_rows_become_events_and_profiles(tmp_path: Path) -> None:
     service.close()
 
 
+@pytest.mark.parametrize(("timestamp_format", "why"), [
+    ("dd.mm.yyyy", "has no strptime directives"),
+    ("%d.%m", "has no year"),
+    ("%Y-%m-%d %H:%M %Z", "has %Z, a zone's name"),
+])
+def test_a_time_format_that_cannot_read_the_times_is_refused_before_any_row(
+        tmp_path: Path, timestamp_format: str, why: str) -> None:
+    """A bad --timestamp-format rejected every row as invalid_timestamp, one by one, after reading the whole file;
+    it is refused up front, as a declared type's format is, and nothing is stored."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,day,total\n007,05.01.2019,10.5\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(orders), "--event", "Order Completed", "--user-id", "cust",
+                                 "--timestamp", "day", "--timestamp-format", timestamp_format, "--db", db])
+    assert result.exit_code != 0 and why in result.output, result.output
+    assert f"column day: the format {timestamp_format!r}" in result.output
+    service = Portrait(Settings(db_path=db), background=False)
+    assert service.status()["events_received"] == 0 and service.status()["events_rejected"] == 0
+    service.close()
+
+
+def test_a_time_format_needs_the_time_column(tmp_path: Path) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,day\n007,20190105\n")
+    result = runner.invoke(app, ["import", "events", str(orders), "--event", "X", "--user-id", "cust",
+                                 "--timestamp-format", "%Y%m%d", "--db", str(tmp_path / "p.duckdb")])
+    assert result.exit_code != 0 and "name it too (--timestamp COLUMN)" in result.output, result.output
+
+
 def test_cdnow_purchases_match_a_pandas_computation(tmp_path: Path) -> None:
     """Real data: the CDNOW log shipped by `lifetimes` (69,659 purchases by 23,570 customers, 1997-1998)."""
     import importlib.util

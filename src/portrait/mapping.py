@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import yaml
 
-from portrait.column_types import INVALID_VALUE, Misfit, checked_types, parse_types, row_converter
+from portrait.column_types import INVALID_VALUE, Misfit, check_format, checked_types, parse_types, row_converter
 from portrait.errors import BadRequest
 from portrait.identity import id_text
 from portrait.spec import Unreadable
@@ -101,6 +101,17 @@ class RowMapping:
             raise BadRequest("say which event the rows are (--event NAME or --event-column COLUMN)",
                              code="invalid_mapping")
         self._check_types()
+        self._check_timestamp_format()
+
+    def _check_timestamp_format(self) -> None:
+        """Refuse a time format that cannot read the times the one way meant, as a declared type's format is refused,
+        before any row is read: it used to reject every row as invalid_timestamp instead."""
+        if not self.timestamp_format:
+            return
+        if not self.timestamp:
+            raise BadRequest("a timestamp format reads the time column: name it too (--timestamp COLUMN)",
+                             code="invalid_mapping")
+        check_format(self.timestamp, "timestamp", self.timestamp_format)
 
     def _check_types(self) -> None:
         """Refuse a type declared for a column that becomes no property or trait (an id, the event name, the time:
