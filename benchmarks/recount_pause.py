@@ -1,0 +1,154 @@
+"""Figure: how long the full recount (``Segments.recount_all``, what the segment thread runs every
+``recount_seconds``, and what a segment created, changed or recounted from the API runs for that segment) pauses
+processing -- while it is paused, no event reaches its profile.
+
+Copies a database built by ``segment_data.py``, creates ``--segments`` of segment_refresh.py's conditions in it, then
+runs ``recount_all`` while a stand-in processor (a thread) ingests a batch of trait changes for existing customers
+every 0.25 s and processes it holding the same pause a server's processor thread holds. Reports the whole pass, the
+longest single hold of the pause, the pause held in all, and the processor's longest wait for it.
+
+With ``--src`` (twice or more) each round runs once per source folder in a child process, alternating, so that old
+and new code are measured on the same data under the same load:
+
+    .venv/bin/python benchmarks/segment_data.py --profiles 200000 --events 2000000 --db /tmp/seg/db.duckdb
+    .venv/bin/python benchmarks/recount_pause.py --db /tmp/seg/db.duckdb [--segments 20] [--rounds 2]
+                                                 [--src OLD/src --src NEW/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result
+from segment_data import NOW
+from segment_refresh import CONDITIONS
+
+from portrait.config import Settings
+from portrait.service import Portrait
+from portrait.sql import parse
+
+BATCH = 100  # trait changes per processed batch
+EVERY = 0.25  # seconds between batches
+
+
+@contextmanager
+def timed_pause(service: Portrait, pause: threading.Lock, holds: list[float]) -> Iterator[None]:
+    """The segments take ``pause`` (what ProcessorThread.paused holds in a server); each hold's length is kept."""
+
+    @contextmanager
+    def timed() -> Iterator[None]:
+        with pause:
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                holds.append(time.perf_counter() - started)
+
+    service.segments._exclusive = timed
+    yield
+
+
+def processing(service: Portrait, pause: threading.Lock, users: list[str], stop: threading.Event,
+               waits: list[float]) -> None:
+    """Ingest and process a batch of trait changes every EVERY seconds; ``waits``: how long each waited to run."""
+    rng = random.Random(7)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        service.ingest_messages([{"type": "identify", "userId": rng.choice(users), "messageId": f"p{n}-{k}",
+                                  "traits": {"plan": rng.choice(["free", "pro", "team"])}} for k in range(BATCH)])
+        asked = time.perf_counter()
+        with pause:
+            waits.append(time.perf_counter() - asked)
+            service.processor.drain()
+        stop.wait(EVERY)
+
+
+def measure(db: Path, segment_count: int) -> dict[str, Any]:
+    service = Portrait(Settings(db_path=str(db)), background=False)
+    try:
+        for number, text in enumerate(CONDITIONS[:segment_count]):
+            created, _ = service.segments.create({"name": f"bench-{number}", "condition": text})
+            service.segments.recount(created["id"], now=NOW)
+        rows = service.segments._session().execute(parse(
+            "SELECT value FROM identities WHERE type = 'user_id' ORDER BY hash(value) LIMIT 5000"))
+        users = [str(row[0]) for row in rows]
+        pause = threading.Lock()
+        holds: list[float] = []
+        waits: list[float] = []
+        stop = threading.Event()
+        with timed_pause(service, pause, holds):
+            worker = threading.Thread(target=processing, args=(service, pause, users, stop, waits))
+            worker.start()
+            time.sleep(1.0)  # the processor runs before the pass starts
+            started = time.perf_counter()
+            changes = service.segments.recount_all()
+            total = time.perf_counter() - started
+            stop.set()
+            worker.join()
+        return {"segments": segment_count, "total_s": total, "changes": len(changes),
+                "longest_hold_s": max(holds, default=0.0), "held_s": sum(holds), "holds": len(holds),
+                "longest_processor_wait_s": max(waits, default=0.0), "batches": len(waits)}
+    finally:
+        service.close()
+
+
+def child(db: Path, segments: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="recount-pause-") as folder:
+        copy = Path(folder) / "copy.duckdb"
+        shutil.copy(db, copy)
+        return measure(copy, segments)
+
+
+def show(label: str, result: dict[str, Any]) -> None:
+    print(f"{label}: {result['segments']} segments, whole pass {result['total_s']:.2f} s ({result['changes']:,} "
+          f"changes); processing paused {result['held_s']:.2f} s in all ({result['holds']} holds), at most "
+          f"{result['longest_hold_s']:.2f} s at a time; the processor waited up to "
+          f"{result['longest_processor_wait_s']:.2f} s ({result['batches']} batches)", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, required=True, help="a database built by segment_data.py")
+    parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--src", action="append", help="run in a child with this source folder (PYTHONPATH); "
+                        "give it twice or more to alternate versions round by round")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.db, args.segments)))
+        return 0
+    results: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        for src in args.src or [None]:
+            if src is None:
+                result = child(args.db, args.segments)
+            else:
+                env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+                done = subprocess.run([sys.executable, __file__, "--db", str(args.db), "--segments",
+                                       str(args.segments), "--child"], env=env, check=True, capture_output=True,
+                                      text=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+            show(src or "this checkout", result)
+            results.append({"src": src, **result})
+    write_result("recount_pause", {"db": str(args.db), "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
