@@ -104,8 +104,9 @@ class Segments:
         self.calculator = Calculator(self.schema, attributes.failures)
         self._normalize = normalize
         self._writing = threading.Lock()  # one membership change at a time (API recounts, the real-time thread)
-        # One recount at a time, from its evaluation to its write, and no calculated values written meanwhile (a
-        # recount evaluates unpaused, and cannot tell which profiles those changed). Taken before the pause.
+        # One recount at a time, from its evaluation to its write, and no calculated values or static memberships
+        # written by the refresh meanwhile (a recount evaluates unpaused, and cannot tell which profiles those
+        # changed; see _leave_to_the_refresh). Taken before the pause.
         self._recounting = threading.Lock()
         # Segments that cannot be evaluated now (one saved before its condition was refused, say), by id: skipped,
         # keeping their members, so that one cannot stop every other segment's upkeep; shown as the segment's error.
@@ -335,15 +336,15 @@ class Segments:
         Evaluated with nothing paused (a read of what is committed: ~1 s per segment at 1M profiles, which paused
         processing throughout before -- docs/performance.md), and compared with the stored members unpaused too:
         the profiles whose membership differs are the candidates (``seg_candidates``; ``seg_new`` keeps those
-        entering). Only the write is paused, in one transaction, over the candidates and the profiles that changed
-        meanwhile, evaluated again first (see _changed_meanwhile): so it costs what changes, not a pass over every
-        profile, and is as exact as a recount that paused throughout. A segment deleted meanwhile raises NotFound
-        and one changed meanwhile is not written with its old condition: the change's own recount writes it."""
+        entering). Only the write is paused, in one transaction, and it costs what changes, not a pass over every
+        profile: the candidates, less the profiles processed since the evaluation began (see _leave_to_the_refresh),
+        compared with the stored members as they are then. A segment deleted meanwhile raises NotFound and one
+        changed meanwhile is not written with its old condition: the change's own recount writes it."""
         now = now or utc_now()
         session = self._session()
         with self._recounting:
             segment = self.find(reference)
-            since = self._since(session, segment)
+            processed = int(session.execute(q.PROCESSED)[0][0])  # before the evaluation reads anything
             session.execute(q.NEW_MEMBERS_TABLE)
             self._evaluate_everyone(session, segment, now)
             session.execute(q.CANDIDATES, [segment.id, segment.id])
@@ -352,9 +353,8 @@ class Segments:
                 current = self.find(segment.id)  # as it is now: deleted or changed meanwhile from the API
                 if current.condition != segment.condition:
                     return []
-                self._changed_meanwhile(session, segment, since, now)
                 with session.transaction():
-                    session.execute(q.ADD_CANDIDATES)
+                    self._leave_to_the_refresh(session, processed)
                     session.execute(q.KEEP_EXISTING)
                     changes = _apply(session, current, now)
                     session.execute(q.RECORD_SIZE, [segment.id, now, segment.id])
@@ -371,52 +371,22 @@ class Segments:
             compiled = compile_condition(segment.condition, self.schema(), now)
             session.execute(q.new_members(compiled.members()), compiled.params)
 
-    def _since(self, session: Session, segment: Segment) -> tuple[int, int, list[int]]:
-        """Read before the evaluation: where processing stood, the newest membership change, and the segments
-        whose members' changes matter: this one and those the condition reads the members of (see
-        _changed_meanwhile)."""
-        processed = int(session.execute(q.PROCESSED)[0][0])
-        history = int(session.execute(q.NEWEST_HISTORY)[0][0])
-        return processed, history, [segment.id, *self._referenced_ids(segment.condition)]
-
-    def _referenced_ids(self, condition: Condition | None) -> list[int]:
-        """The segments ``condition`` refers to with in_segment, directly or through others."""
-        ids: list[int] = []
-        pending = sorted(_segment_names(condition)) if condition is not None else []
-        while pending:
-            with contextlib.suppress(NotFound):  # deleted meanwhile: the evaluation says so
-                referenced = self.find(pending.pop())
-                if referenced.id not in ids:
-                    ids.append(referenced.id)
-                    pending += sorted(_segment_names(referenced.condition)) if referenced.condition else []
-        return ids
-
-    def _changed_meanwhile(self, session: Session, segment: Segment, since: tuple[int, int, list[int]],
-                           now: datetime) -> None:
-        """Into ``seg_scope``, the profiles whose data or membership may have changed since the evaluation began,
-        and into ``seg_new`` the members among them as they are now (the caller holds the pause: nothing changes
-        while this runs): those the processor touched since (new traits or events, merges: both sides) and those
-        whose membership of this segment or of one it refers to was written since (by the real-time refresh
-        already under way). Leaving them to the refresh is not enough: it may have evaluated and written them
-        already, and this write would undo that. For every other profile the evaluation and the stored membership
-        it was compared with still hold, but for an erasure (written paused; KEEP_EXISTING and _apply's reads of
-        the stored members, now, leave the person out) and calculated values (not written while a recount runs:
-        ``_recounting``)."""
-        processed, history, segment_ids = since
+    @staticmethod
+    def _leave_to_the_refresh(session: Session, processed: int) -> None:
+        """The write's scope (``seg_scope``): the candidates, less the profiles the processor touched after
+        ``processed`` (new traits or events, both sides of a merge), whose evaluation may predate the change; those
+        keep their stored membership for the real-time refresh to evaluate. It does, after this write: a refresh
+        covering them read the processor's watermark after ``processed`` was read, so it prepares only once this
+        recount lets go of ``_recounting``, and evaluates them as they are then, with the segment as it is then. For
+        every other profile the evaluation still holds: the rest of what changes a membership is an erasure (written
+        paused: KEEP_EXISTING, and _apply reads the stored members now) or is not written while a recount runs
+        (calculated values and static memberships: ``_recounting``; another recount). The caller holds the pause."""
         session.execute(q.SCOPE_TABLE)
         session.execute(q.TOUCHED, [processed, int(session.execute(q.PROCESSED)[0][0])] * 3)
-        session.execute(q.CHANGED_MEMBERSHIPS, [history, segment_ids])
-        session.execute(q.LIVE_SCOPE, [processed])
         session.execute(q.FORGET_SCOPE)
-        scope = [row[0] for row in session.execute(q.SCOPE_PROFILES)]
-        if not scope:
-            return
-        if segment.condition is None:
-            self._found(session, self._evaluate(session, segment, scope, [], self.schema(), now))
-        elif self._large(session, len(scope), 1):
-            self._evaluate_in_sql(session, segment, self.schema(), now)
-        else:
-            self._evaluate_alone_in_python(session, segment, self.schema(), now)
+        session.execute(q.FORGET_SCOPE_CANDIDATES)
+        session.execute(q.SCOPE_TABLE)
+        session.execute(q.ADD_CANDIDATES)
 
     def _failed(self, segment_id: int, name: str, exc: Exception) -> None:
         """Remember (and log, once per reason) why a segment could not be evaluated; its members stay as they were."""
@@ -470,7 +440,7 @@ class Segments:
            merged away meanwhile gets no membership back);
         3. the watermark moved last. A crash before it evaluates the same profiles again: members already written
            give no second change (the diff is against the stored members), so no second Audience event either."""
-        with self._recounting, self._changing():  # calculated values: not under a recount's evaluation
+        with self._recounting, self._changing():  # not while a recount evaluates (see _leave_to_the_refresh)
             segments, scope = self._prepare(session, seen, processed, now)
             changes = [change for segment in segments if segment.condition is None
                        for change in self._refresh_static(session, segment, scope, now)]

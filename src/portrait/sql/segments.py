@@ -52,11 +52,12 @@ def new_members(members: exp.Expr) -> exp.Expr:
     return exp.insert(members, "seg_new")
 # Profiles erased or merged away since the scope's members were evaluated (outside the pause) get no membership.
 KEEP_EXISTING = parse("DELETE FROM seg_new WHERE profile_id NOT IN (SELECT profile_id FROM profiles)")
-# A recount's evaluation replaced by a second one for the profiles in the scope (those changed meanwhile).
+# A recount leaves the profiles in the scope (those processed since it began) to the real-time refresh.
 FORGET_SCOPE = parse("DELETE FROM seg_new WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
+FORGET_SCOPE_CANDIDATES = parse("DELETE FROM seg_candidates WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
 # Params: segment id (twice). A recount's candidates, found before it pauses anything: the profiles whose evaluated
 # membership differs from the stored one -- then seg_new keeps only those (the ones entering), and the paused write
-# compares only them (ADD_CANDIDATES: they join the scope), not every profile.
+# compares only them (ADD_CANDIDATES: the scope), not every profile.
 CANDIDATES = parse("""
 CREATE OR REPLACE TEMP TABLE seg_candidates AS
 SELECT n.profile_id FROM seg_new AS n
@@ -181,11 +182,6 @@ SELECT profile_id FROM event_profiles WHERE seq > ? AND seq <= ?
 UNION SELECT merged_id FROM merges WHERE seq > ? AND seq <= ?
 UNION SELECT profile_id FROM merges WHERE seq > ? AND seq <= ?
 """)
-
-NEWEST_HISTORY = parse("SELECT coalesce(max(id), 0) FROM segment_history")
-# Params: the newest history id before, segment ids. Profiles whose membership of those segments changed since.
-CHANGED_MEMBERSHIPS = parse("INSERT INTO seg_scope SELECT profile_id FROM segment_history "
-                            "WHERE id > ? AND list_contains(CAST(? AS BIGINT[]), segment_id)")
 
 # -- the Python engine's reads ----------------------------------------------------------------------------------
 ALL_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits")
