@@ -255,3 +255,20 @@ def test_the_cli_says_a_new_segment_names_an_event_never_seen(tmp_path: Path) ->
     assert created.exit_code == 0, created.output
     assert ("Note: no event named 'Order Complete' has been received (did you mean 'Order Completed'?): names match "
             "exactly, case too.") in created.output
+
+
+def test_the_funnel_table_fits_the_terminal(tmp_path: Path) -> None:
+    """A bar of 30 characters in 80 columns squeezed the other columns: 'Product Viewed' and the bar itself wrapped
+    over several lines. The bar takes the room the table leaves, and is left out when there is none."""
+    db = str(tmp_path / "cli.duckdb")
+    service = Portrait(Settings(db_path=db), background=False)
+    load(service)
+    service.close()
+    for columns, bar in (("80", 0), ("100", 19), ("200", 30)):  # 100: what the table leaves
+        shown = CliRunner().invoke(app, ["analytics", "funnel", *STEPS, "--db", db], env={"COLUMNS": columns})
+        assert shown.exit_code == 0, shown.output
+        output = shown.output[shown.output.index("Funnel within"):]  # after the keys a new database prints
+        lines = output.splitlines()
+        assert max(map(len, lines)) <= int(columns), shown.output
+        first = next(line for line in lines if "Product Viewed" in line)  # each step on one line: nothing wrapped
+        assert first.count("#") == bar and len(lines) == 9, shown.output

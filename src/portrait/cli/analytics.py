@@ -39,15 +39,25 @@ def analytics_funnel(
     if as_json:
         console.print_json(data=found)
         return
-    table = Table("Step", "Event", "Customers", "From previous", "From start", "Dropped", "",
-                  title=f"Funnel within {found['within']}, first steps {found['from'][:10]} to {found['to'][:10]}")
-    for row in found["steps"]:
-        bar = "#" * round(30 * row["conversion_from_start"])
-        table.add_row(str(row["step"]), row["event"], f"{row['profiles']:,}", f"{row['conversion_from_previous']:.1%}",
-                      f"{row['conversion_from_start']:.1%}", f"{row['dropped']:,}", bar)
-    console.print(table)
+    console.print(_funnel_table(found, bar_width=0))
     for note in found.get("notes", []):  # .get: a server from before notes answers without them
         console.print(f"Note: {note}.", markup=False)
+
+
+def _funnel_table(found: dict[str, Any], bar_width: int) -> Table:
+    """The funnel as a table, with a bar per step in the room the other columns leave (up to 30 characters): a
+    bar of 30 in 80 columns (a pipe, a narrow terminal) squeezed the event names and wrapped itself over lines."""
+    if bar_width == 0:
+        spare = console.width - console.measure(_funnel_table(found, bar_width=-1)).maximum - 3
+        bar_width = min(30, spare) if spare >= 5 else -1
+    title = f"Funnel within {found['within']}, first steps {found['from'][:10]} to {found['to'][:10]}"
+    columns = ["Step", "Event", "Customers", "From previous", "From start", "Dropped"]
+    table = Table(*columns, *([""] if bar_width > 0 else []), title=title)
+    for row in found["steps"]:
+        bar = ["#" * round(bar_width * row["conversion_from_start"])] if bar_width > 0 else []
+        table.add_row(str(row["step"]), row["event"], f"{row['profiles']:,}", f"{row['conversion_from_previous']:.1%}",
+                      f"{row['conversion_from_start']:.1%}", f"{row['dropped']:,}", *bar)
+    return table
 
 
 @analytics_app.command("breakdown")
