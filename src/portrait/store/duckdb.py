@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -114,7 +115,8 @@ class DuckDBSession:
     def execute(self, statement: exp.Expr, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         bound = dict(params) if isinstance(params, Mapping) else list(params)  # named ($p0) or positional (?)
         try:
-            rows = self._con.execute(self._render(statement), bound).fetchall()
+            with _interruptions_passed_on():
+                rows = self._con.execute(self._render(statement), bound).fetchall()
         except duckdb.Error as exc:
             self._failed(exc)
         if isinstance(statement, exp.Insert | exp.Update) and rows:
@@ -127,7 +129,8 @@ class DuckDBSession:
 
     def arrow(self, statement: exp.Expr, params: Sequence[Any] = ()) -> pa.Table:
         try:
-            return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
+            with _interruptions_passed_on():
+                return self._con.sql(self._render(statement), params=list(params)).to_arrow_table()
         except duckdb.Error as exc:
             self._failed(exc)
 
@@ -151,40 +154,69 @@ class DuckDBSession:
             raise PortraitError(f"cannot append to {table}: columns {rows.column_names} are not the table's "
                                 f"{list(columns)}")
         try:
-            self._con.from_arrow(rows).insert_into(table)
+            with _interruptions_passed_on():
+                self._con.from_arrow(rows).insert_into(table)
         except duckdb.Error as exc:
             self._failed(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._con.begin()
+        with _interruptions_passed_on():
+            self._con.begin()
         self._in_transaction = True
         try:
             yield
         except BaseException:
             self._in_transaction = False
             self._indexed_rows_written = {}
-            self._con.rollback()
+            with _interruptions_passed_on():  # a second Ctrl-C: the transaction is dropped when the cursor closes
+                self._con.rollback()
             raise
         self._in_transaction = False
+        self._commit()
+        self._checkpoint_after_large_write()
+
+    def _commit(self) -> None:
         try:
-            self._con.commit()
+            with _interruptions_passed_on():
+                self._con.commit()
         except duckdb.Error as exc:
             self._failed(exc)
-        self._checkpoint_after_large_write()
+        except KeyboardInterrupt:  # committed whole or not at all; if not, nothing of it stays open on the cursor
+            with contextlib.suppress(duckdb.Error), _interruptions_passed_on():
+                self._con.rollback()  # after a commit that was done: "no transaction is active"
+            raise
 
     def _checkpoint_after_large_write(self) -> None:
         """See LARGE_WRITE_ROWS: checkpoint before anything else writes to the table."""
         written, self._indexed_rows_written = self._indexed_rows_written, {}
         if max(written.values(), default=0) >= LARGE_WRITE_ROWS:
             try:
-                self._con.execute(self._render(schema.CHECKPOINT))
+                with _interruptions_passed_on():
+                    self._con.execute(self._render(schema.CHECKPOINT))
             except duckdb.Error:  # the transaction is committed: its caller must not see a failure
                 log.warning("could not checkpoint after a large write; DuckDB will at its next checkpoint",
                             exc_info=True)
 
     def close(self) -> None:
         self._con.close()
+
+
+@contextmanager
+def _interruptions_passed_on() -> Iterator[None]:
+    """Ctrl-C during a statement: DuckDB stops it and raises RuntimeError('Query interrupted') from the
+    KeyboardInterrupt (from whatever a signal handler raised: the CLI's SIGTERM handler raises one too). That is
+    raised again as it was, so that it ends a command as Ctrl-C does (its message, exit code 130) instead of a
+    traceback and exit code 1, and no ``except Exception`` on the way takes it for a failed statement and goes on:
+    ``profiles rebuild`` retried its batch one event at a time and finished, exit code 0, as if Ctrl-C had not been
+    pressed. The stopped statement is undone as a failed one is, and its transaction rolled back."""
+    try:
+        yield
+    except Exception as exc:
+        raised = exc.__cause__
+        if isinstance(raised, BaseException) and not isinstance(raised, Exception):
+            raise raised from None
+        raise
 
 
 class DuckDBStore:
@@ -220,7 +252,8 @@ class DuckDBStore:
                                  indexed_tables=self._indexed_tables, unreadable=self.unreadable)
 
     def checkpoint(self) -> None:
-        self._root.execute(self._render(schema.CHECKPOINT))
+        with _interruptions_passed_on():
+            self._root.execute(self._render(schema.CHECKPOINT))
 
     def read_problem(self) -> str | None:
         return self.unreadable.problem
@@ -265,7 +298,8 @@ class DuckDBStore:
         os.replace(partial, target)
 
     def close(self) -> None:
-        self._root.close()
+        with _interruptions_passed_on():  # closing checkpoints the write-ahead log into the file
+            self._root.close()
 
     def _refuse(self, session: DuckDBSession, error: PortraitError) -> NoReturn:
         """Close everything and raise ``error``, having changed nothing."""
