@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import pytest
 from tests.conftest import ADMIN_KEY, WRITE_KEY, ctrl_c_as_in_a_terminal
 
 from portrait.config import Settings
@@ -30,6 +33,14 @@ CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
 def _portrait(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "portrait", *args], stdout=stdout, stderr=subprocess.PIPE,
                             text=True, env=CLEAN, preexec_fn=ctrl_c_as_in_a_terminal)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with 5,000 events: ``events tail -n 5000 --json`` prints over a megabyte, more than a pipe holds."""
+    db = tmp_path_factory.mktemp("logged") / "logged.duckdb"
+    _database_with_a_long_log(db, 5_000)
+    return db
 
 
 def _database_with_a_long_log(path: Path, events: int = LOGGED_EVENTS) -> None:
@@ -82,3 +93,46 @@ def test_ctrl_c_inside_a_duckdb_statement_ends_the_command_as_ctrl_c_does(tmp_pa
     assert json.loads(opened.stdout)["events_received"] == LOGGED_EVENTS
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*), max(seq) FROM events").fetchall() == [(LOGGED_EVENTS, LOGGED_EVENTS)]
+
+
+def _run_side_by_side(commands: list[list[str]], db: Path, stdout: Any) -> dict[str, tuple[int, str]]:
+    """Each command on a copy of ``db`` (one process may open a database), all at once; exit code and stderr."""
+    running = {}
+    for number, command in enumerate(commands):
+        copy = db.with_name(f"copy{number}-{db.name}")
+        shutil.copyfile(db, copy)
+        copy.chmod(0o600)  # as Portrait makes its files: no notice that it made it so
+        running[" ".join(command)] = subprocess.Popen(
+            [sys.executable, "-m", "portrait", *command, *(["--db", str(copy)] if command[0] != "--version" else [])],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, env=CLEAN)
+    return {name: (process.wait(timeout=60), process.communicate()[1]) for name, process in running.items()}
+
+
+def test_output_into_a_pipe_closed_by_its_reader_ends_as_unix_tools_do(logged: Path) -> None:
+    """`portrait ... | head -1` ended with exit code 1 (rich's and click's handling of BrokenPipeError), as if the
+    command had failed. Now it dies of SIGPIPE as ls, cat and git do: no word on stderr, 141 to a shell."""
+    reading, writing = os.pipe()
+    os.close(reading)  # the reader is gone before the commands write their first byte
+    try:
+        ended = _run_side_by_side([["status", "--json"], ["segments", "list"], ["events", "tail", "--json"],
+                                   ["--version"]], logged, writing)
+    finally:
+        os.close(writing)
+    assert ended == dict.fromkeys(ended, (-signal.SIGPIPE, ""))
+
+
+def test_head_reading_one_line_of_a_long_output(logged: Path) -> None:
+    """A real shell pipeline: head exits after the first line while the command still writes (a megabyte)."""
+    shell = subprocess.run(
+        ["bash", "-c", f'"$0" -m portrait events tail -n 5000 --json --db {logged} | head -1; '
+                       'echo "status ${PIPESTATUS[0]}" >&2', sys.executable],
+        capture_output=True, text=True, env=CLEAN, timeout=60)
+    assert json.loads(shell.stdout)["seq"] == 1
+    assert shell.stderr == "status 141\n"
+
+
+def test_output_onto_a_full_disk_is_one_line_saying_so(logged: Path) -> None:
+    """`portrait status > /dev/full` (stdout on a full disk) ended in a traceback of rich's write."""
+    with open("/dev/full", "w") as full:
+        ended = _run_side_by_side([["status"], ["events", "tail", "-n", "3", "--json"]], logged, full)
+    assert ended == dict.fromkeys(ended, (1, "error: could not write the output: No space left on device\n"))

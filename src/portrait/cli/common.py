@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from portrait import __version__
 from portrait.client import RemotePortrait, running_server_url
@@ -25,8 +29,59 @@ from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import Portrait
 from portrait.untrusted import encodable, with_code_points
 
+
+class OutputLost(Exception):
+    """What a command printed could not be written for a reason other than a closed pipe: stdout on a full disk
+    (``portrait status > /dev/full``), a quota, an I/O error."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.reason = error.strerror or str(error)
+
+
+class _Commands(TyperGroup):
+    """The ``portrait`` command: its subcommands, and how one ends when its output cannot be written. The
+    database is closed by then (the error passed through the command's ``with``)."""
+
+    # The contexts are click's, which typer >= 0.29 carries inside (typer._click) and older versions import.
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        """Parsing prints --help and --version: only output can fail here (typer's console raises OSError)."""
+        with _output_failures_ended(), output_written():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _output_failures_ended():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _output_failures_ended() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:  # `portrait ... | head -1`: rich and click ended it with exit code 1
+        _end_as_unix_tools_do_on_a_closed_pipe()
+    except OutputLost as exc:  # was a traceback
+        with contextlib.suppress(OSError):  # stderr may be just as unwritable
+            errors.print(f"error: could not write the output: {exc.reason}", style="bold red", soft_wrap=True,
+                         highlight=False)
+        raise typer.Exit(code=1) from None
+
+
+def _end_as_unix_tools_do_on_a_closed_pipe() -> NoReturn:
+    """Die of SIGPIPE, as ls, cat, grep and git do when what reads their output has gone: no message (the shell
+    prints none for SIGPIPE), exit status 141 to a shell. Not 0: the output was not all delivered, which a script
+    with ``set -o pipefail`` is entitled to see; and not 1 with an error, which would be noise after ``head``.
+    Python ignores SIGPIPE (so that a write raises BrokenPipeError instead); the default action is put back first.
+    Whatever is still buffered for the closed pipe is dropped with the process, not flushed into another error."""
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(128 + signal.SIGPIPE)  # not reached: the signal ends the process
+
+
 app = typer.Typer(help="Portrait: a self-hosted customer data platform.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_Commands)
 
 
 def _print_version(asked: bool) -> None:
@@ -68,11 +123,30 @@ class Terminal(Console):
         for shown in objects:
             if isinstance(shown, Table):
                 _wrap_long_values(shown)
-        super().print(*objects, **options)
+        with output_written():
+            super().print(*objects, **options)
+
+    def on_broken_pipe(self) -> None:
+        """Rich's own ends the process with exit code 1 wherever the print was, the database perhaps still open:
+        the error goes on instead, through the command's ``with`` (which closes it) to _Commands."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def render_str(self, text: str, **options: Any) -> Text:
         shown = encodable(with_code_points(text), self.encoding)  # escaped before rich measures the columns
         return super().render_str(shown, **{**options, "markup": False, "emoji": False})
+
+
+@contextmanager
+def output_written() -> Iterator[None]:
+    """Output that cannot be written raises OutputLost, which ends the command with one line (see _Commands),
+    except into a closed pipe, which is no error (BrokenPipeError is left as it is)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputLost(exc) from exc
 
 
 def _wrap_long_values(table: Table) -> None:

@@ -24,6 +24,7 @@ from portrait.cli.common import (
     app,
     console,
     events_app,
+    output_written,
     profiles_app,
     styled,
 )
@@ -142,7 +143,8 @@ def events_tail(
 
 def _print_event(event: dict[str, Any], as_json: bool) -> None:
     if as_json:  # one line per event (NDJSON), so a followed stream can be read line by line
-        print(json.dumps(event, ensure_ascii=False), flush=True)
+        with output_written():
+            print(json.dumps(event, ensure_ascii=False), flush=True)
         return
     who = event.get("user_id") or f"anon:{event.get('anonymous_id')}"
     console.print(f"{event['seq']:>8}  {event['timestamp']}  {event['type']:<8} {event.get('event') or '':<24} {who}")
