@@ -136,3 +136,25 @@ def test_output_onto_a_full_disk_is_one_line_saying_so(logged: Path) -> None:
     with open("/dev/full", "w") as full:
         ended = _run_side_by_side([["status"], ["events", "tail", "-n", "3", "--json"]], logged, full)
     assert ended == dict.fromkeys(ended, (1, "error: could not write the output: No space left on device\n"))
+
+
+def test_ctrl_c_while_encrypt_copies_the_database_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """`portrait encrypt` copies the database in a connection of its own (not the store's): Ctrl-C during the copy
+    printed DuckDB's RuntimeError as a traceback and left the half-written copy, ``<db>.compacting``, beside it."""
+    db = tmp_path / "big.duckdb"
+    _database_with_a_long_log(db)
+    copy = Path(f"{db}.compacting")
+    encrypting = subprocess.Popen([sys.executable, "-m", "portrait", "encrypt", "--db", str(db)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**CLEAN, "PORTRAIT_ENCRYPTION_KEY": "k" * 32},
+                                  preexec_fn=ctrl_c_as_in_a_terminal)
+    deadline = time.monotonic() + 30
+    while not copy.exists() and encrypting.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.1)  # past the ATTACH, into the copy
+    stderr = _interrupt_until_it_ends(encrypting, signal.SIGINT)
+    assert encrypting.returncode in ENDED_BY_CTRL_C, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert not copy.exists() and not Path(f"{copy}.wal").exists()
+    with duckdb.connect(str(db), read_only=True) as con:  # not encrypted: it opens without a key, whole
+        assert con.execute("SELECT count(*), max(seq) FROM events").fetchall() == [(LOGGED_EVENTS, LOGGED_EVENTS)]

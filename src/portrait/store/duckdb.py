@@ -652,7 +652,12 @@ def _compact(path: str, old_key: str | None, new_key: str | None, old_key_name: 
         raise PortraitError(f"cannot open the database {path}: there is no such file", code="database_unreadable")
     target = path + ".compacting"
     Path(target).unlink(missing_ok=True)
-    _copy(path, target, old_key, new_key, old_key_name, spill_beside=path)
+    try:
+        _copy(path, target, old_key, new_key, old_key_name, spill_beside=path)
+    except BaseException:  # Ctrl-C, a full disk: a copy cut short is of no use, and holds what the database does
+        Path(target).unlink(missing_ok=True)
+        Path(target + ".wal").unlink(missing_ok=True)
+        raise
     os.replace(target, path)
     Path(path + ".wal").unlink(missing_ok=True)
 
@@ -667,21 +672,28 @@ def _copy(source: str, target: str, old_key: str | None, new_key: str | None, ol
     render = _Renderer("duckdb")
     connection = _quiet(duckdb.connect(), render)
     try:
-        if old_key or new_key:
-            _load_crypto(connection)
-            _spill_encrypted_beside(connection, spill_beside, render)
-        # Attached for writing, to write a write-ahead log left beside it (a crash before this rewrite) into it
-        # first: that log must be gone before the new file takes the old one's place, or DuckDB replays it into the
-        # new file at the next opening if this process ends between the replace and the removal below (every row of
-        # it twice; a database that no longer opens, on duplicate keys). A backup is only read.
-        connection.execute(render(schema.attach_encrypted(source, "old", old_key, read_only=read_only) if old_key
-                                  else schema.attach(source, "old", read_only=read_only)))
-        if not read_only:
-            connection.execute(render(schema.CHECKPOINT_OLD))
-        connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
-                                  else schema.attach(target, "new")))
-        connection.execute(render(schema.COPY_DATABASE))
+        with _interruptions_passed_on():
+            _copy_attached(connection, render, source, target, old_key, new_key, spill_beside=spill_beside,
+                           read_only=read_only)
     except duckdb.Error as exc:  # e.g. a server holds the file: the CLI then goes through it (DatabaseInUse)
         raise _open_problem(source, exc, old_key_name) from exc
     finally:
         connection.close()
+
+
+def _copy_attached(connection: duckdb.DuckDBPyConnection, render: _Renderer, source: str, target: str,
+                   old_key: str | None, new_key: str | None, *, spill_beside: str, read_only: bool) -> None:
+    if old_key or new_key:
+        _load_crypto(connection)
+        _spill_encrypted_beside(connection, spill_beside, render)
+    # Attached for writing, to write a write-ahead log left beside it (a crash before this rewrite) into it
+    # first: that log must be gone before the new file takes the old one's place, or DuckDB replays it into the
+    # new file at the next opening if this process ends between the replace and its removal in _compact (every row of
+    # it twice; a database that no longer opens, on duplicate keys). A backup is only read.
+    connection.execute(render(schema.attach_encrypted(source, "old", old_key, read_only=read_only) if old_key
+                              else schema.attach(source, "old", read_only=read_only)))
+    if not read_only:
+        connection.execute(render(schema.CHECKPOINT_OLD))
+    connection.execute(render(schema.attach_encrypted(target, "new", new_key) if new_key
+                              else schema.attach(target, "new")))
+    connection.execute(render(schema.COPY_DATABASE))
