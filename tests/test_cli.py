@@ -59,6 +59,15 @@ def test_profiles_get_shows_the_unified_profile(demo_db: str) -> None:
     assert profile["events"] and profile["traits"]["email"].split("@")[1].startswith("example.")
     table = runner.invoke(app, ["profiles", "get", "user_id:user-0", "--db", demo_db])
     assert "Traits" in table.output and "Identities" in table.output
+    # In 80 columns (a pipe, a small terminal) each identifier stays whole on its line, to be copied, and each
+    # event takes one line: the 36-character anonymous ids were broken in two, and an event took up to five lines.
+    narrow = runner.invoke(app, ["profiles", "get", "user_id:user-0", "--db", demo_db], env={"COLUMNS": "80"})
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines if line[:1] in "│┃┏┡└") <= 80  # the tables
+    for identity in profile["identities"]:
+        assert any(f"│ {identity['value']} " in line for line in lines), (identity, narrow.output)
+    events = lines[next(i for i, line in enumerate(lines) if line.startswith("Latest")) + 4:-1]
+    assert len(events) == len(profile["events"][:10]) and all(re.match(r"│ \d{4}-", line) for line in events)
 
 
 def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from portrait.attributes import unit_shown, with_unit
 from portrait.cli.common import (
@@ -93,10 +93,7 @@ def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]], units:
     for key, value in profile["traits"].items():
         traits.add_row(key, with_unit(json.dumps(value, ensure_ascii=False), units.get(key)))
     console.print(traits)
-    idents = Table("type", "value", "first seen", title="Identities")
-    for ident in profile["identities"]:
-        idents.add_row(ident["type"], ident["value"], ident["first_seen"] or "")
-    console.print(idents)
+    console.print(_identities_table(profile["identities"]))
     if profile["merges"]:
         merges = Table("merged profile", "when", "event", "identifiers", title="Merges")
         for m in profile["merges"]:
@@ -104,10 +101,33 @@ def _print_profile(profile: dict[str, Any], recent: list[dict[str, Any]], units:
                            ", ".join(f"{i['type']}:{i['value']}" for i in m["identifiers"]))
         console.print(merges)
     if recent:
-        table = Table("timestamp", "type", "event", "properties", title=f"Latest {len(recent)} events")
-        for e in recent:
-            table.add_row(e["timestamp"], e["type"], e["event"] or "", json.dumps(e["properties"])[:80])
-        console.print(table)
+        console.print(_recent_events_table(recent))
+
+
+def _identities_table(identities: list[dict[str, Any]]) -> Table:
+    """The identities, each on one line where the terminal allows: the first-seen time shortened (to the second,
+    then the day) before an identifier is broken over lines -- it is what gets copied into the next command."""
+    table = Table("type", "value", "first seen", title="Identities")
+    used = max((len(i["type"]) + len(i["value"]) for i in identities), default=0) + 10  # 10: borders, padding
+    cut = next((n for n in (24, 19, 10) if used + n <= console.width), 10)  # 24: 2026-01-31T10:11:12.345Z
+    for ident in identities:
+        seen = ident["first_seen"] or ""
+        table.add_row(ident["type"], ident["value"], seen if cut == 24 else seen[:cut].replace("T", " "))
+    return table
+
+
+def _recent_events_table(recent: list[dict[str, Any]]) -> Table:
+    """One line per event: the properties cut to the room the time, type and name leave (at least 10
+    characters), with an ellipsis -- cut at 80 characters and wrapped, an event took five lines of 80 columns."""
+    table = Table(*(Column(name, no_wrap=True) for name in ("timestamp", "type", "event")),
+                  Column("properties", no_wrap=True, overflow="ellipsis"), title=f"Latest {len(recent)} events")
+    widest = {key: max(len(e[key] or "") for e in recent) for key in ("timestamp", "type", "event")}
+    room = max(10, console.width - sum(max(w, len(k)) for k, w in widest.items()) - 13)  # 13: borders, padding
+    for e in recent:
+        properties = json.dumps(e["properties"], ensure_ascii=False)
+        table.add_row(e["timestamp"], e["type"], e["event"] or "",
+                      properties if len(properties) <= room else properties[:room - 1] + "…")
+    return table
 
 
 @events_app.command("tail")
