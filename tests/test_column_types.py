@@ -478,5 +478,30 @@ def test_the_date_note_comes_through_the_api_and_declaring_the_format_settles_it
         declared = client.post("/api/imports", content=text, params={**params, "types": "signup=date:%d.%m.%Y"})
     assert noted["notes"] == ["column signup was read as text: its values are dates written as '24.12.2025', not "
                               "ISO-8601. Declare their format (--types 'signup=date:%d.%m.%Y') to store them as dates"]
-    assert noted["read_as_text"] == []  # the console's offers are for the types it can set from a note
+    assert noted["read_as_text"] == []  # a column of dates is offered its formats, in dates_as_text
     assert declared.json()["notes"] == [] and declared.json()["stored"] == 2, declared.text
+
+
+@pytest.mark.parametrize(("text", "entry"), [
+    (b"customer,signup\nc1,24.12.2025\nc2,01.02.2024\n",
+     {"column": "signup", "example": "24.12.2025", "formats": ["%d.%m.%Y"], "example_dates": ["2025-12-24"]}),
+    # every day 12 or less: both readings, each with what the first value would mean
+    (b"customer,signup\nc1,01/02/2024\nc2,03/04/2024\n",
+     {"column": "signup", "example": "01/02/2024", "formats": ["%d/%m/%Y", "%m/%d/%Y"],
+      "example_dates": ["2024-02-01", "2024-01-02"]}),
+], ids=["day-first", "ambiguous"])
+def test_the_api_gives_the_date_note_as_data_and_a_format_from_it_stores_dates(server: Server, text: bytes,
+                                                                               entry: dict[str, Any]) -> None:
+    params = {"filename": "eu.csv", "user_id": "customer", "event": "Signup"}
+    with server.admin() as client:
+        noted = client.post("/api/imports", content=text, params={**params, "dry_run": "true"}).json()
+        assert noted["dates_as_text"] == [entry]
+        declared = client.post("/api/imports", content=text,
+                               params={**params, "types": f"signup=date:{entry['formats'][-1]}"}).json()
+        assert declared["dates_as_text"] == [] and declared["stored"] == 2, declared
+        server.wait_caught_up()
+        signup = client.get("/api/profiles/user_id:c1/events", params={"event": "Signup"}).json()["events"]
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert signup[0]["properties"] == {"signup": entry["example_dates"][-1]}  # a date now, as the chosen format reads
+    assert "dates_as_text" in schema["ImportReport"]["properties"]
+    assert set(schema["DateColumn"]["properties"]) == set(entry)

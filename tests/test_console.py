@@ -510,6 +510,38 @@ def test_a_date_column_takes_its_format_and_a_bad_one_is_refused_with_the_reason
     assert signup[0]["properties"] == {"signup": "2025-12-24", "plan": "pro"}
 
 
+def test_a_column_of_dates_not_in_iso_is_declared_from_its_note(page: Page, shop: Server, tmp_path: Path) -> None:
+    signups = tmp_path / "us-signups.csv"  # every day 12 or less: day first or month first, the values do not tell
+    signups.write_text("customer_id,signup\nuser-7,01/02/2024\nuser-8,03/04/2024\n")
+    page.goto("/admin")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(signups))
+    page.get_by_label("Event name for every row (CSV events)").fill("US Signup")
+    page.get_by_role("button", name="Check (dry run)").click()
+    report = page.locator("#import-report")
+    expect(report).to_contain_text("Note: column signup was read as text: its values are dates written as "
+                                   "'01/02/2024', not ISO-8601; they do not tell day first from month first")
+    expect(report).not_to_contain_text("--types")  # the CLI's words are for the CLI
+    day_first = page.get_by_role("button", name="Declare signup date:%d/%m/%Y — 01/02/2024 is 1 February 2024 "
+                                                "(day first)", exact=True)
+    month_first = page.get_by_role("button", name="Declare signup date:%m/%d/%Y — 01/02/2024 is 2 January 2024 "
+                                                  "(month first)", exact=True)
+    expect(day_first).to_be_visible()
+    shot(page, "import-date-note")
+    month_first.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Type of signup")).to_have_value("date")
+    expect(page.get_by_label("Format of signup")).to_have_value("%m/%d/%Y")
+    expect(page.get_by_label("Format of signup")).to_be_focused()
+    expect(report).to_contain_text("Dry run — 2 rows: would store 2, already there 0, rejected 0")
+    expect(report).not_to_contain_text("read as text")  # declared: no note
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(report).to_contain_text("Done — 2 rows: stored 2")
+    shop.wait_caught_up()
+    with shop.admin() as api:
+        signup = api.get("/api/profiles/user_id:user-7/events", params={"event": "US Signup"}).json()["events"]
+    assert signup[0]["properties"] == {"signup": "2024-01-02"}  # a date, read month first
+
+
 def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: Path) -> None:
     orders = tmp_path / "pos.csv"
     orders.write_text("customer_id,amount,store\nuser-7,12.5,Gdansk\nuser-8,30,Warsaw\n")

@@ -140,6 +140,13 @@ def test_axe_finds_nothing_serious_on_any_page(browser: Browser, shop: Server, a
     page.get_by_role("button", name="Declare amount a number", exact=False).click()
     expect(page.locator("#import-report .rejections li")).to_have_count(1)
     problems += blocking(page, axe, "import dry run with a rejected row")
+    dates = tmp_path / "signups.csv"  # day first or month first: a note with a button for each
+    dates.write_text("customer_id,signup\nuser-7,01/02/2024\nuser-8,03/04/2024\n")
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(dates))
+    expect(page.get_by_label("Type of signup")).to_be_attached()
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(page.get_by_role("button", name="Declare signup date:%m/%d/%Y", exact=False)).to_be_visible()
+    problems += blocking(page, axe, "import dry run with a date note")
     assert not problems, "axe-core found serious or critical problems:\n" + "\n".join(problems)
 
 

@@ -231,6 +231,26 @@ def test_a_hostile_column_read_as_text_is_offered_and_rejected_as_text(watched: 
     assert watched.alarms == []
 
 
+def test_a_hostile_column_of_dates_is_offered_its_format_as_text(watched: Watched, tmp_path: Path) -> None:
+    signups = tmp_path / "hostile-dates.csv"
+    signups.write_text(f'customer_id,"{CSV_HEADER}"\nevil-dates,24.12.2025\nevil-dates,01.02.2024\n')
+    watched.visit("/admin")
+    page = watched.page
+    page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(signups))
+    page.get_by_label("Event name for every row (CSV events)").fill("Hostile Signup")
+    page.get_by_role("button", name="Check (dry run)").click()
+    expect(page.locator("#import-report")).to_contain_text(f"Note: column {CSV_HEADER} was read as text")
+    page.get_by_role("button", name=f"Declare {CSV_HEADER} date:%d.%m.%Y — 24.12.2025 is 24 December 2025",
+                     exact=True).click()
+    expect(page.get_by_label(f"Format of {CSV_HEADER}")).to_have_value("%d.%m.%Y")
+    expect(page.locator("#import-report")).to_contain_text("would store 2, already there 0, rejected 0")
+    handlers = page.evaluate("""() => Array.from(document.querySelectorAll('#import *')).flatMap(element =>
+        Array.from(element.attributes).filter(a => a.name.startsWith('on'))
+        .map(a => element.tagName + ' ' + a.name))""")
+    assert handlers == [] and page.locator("#import img, #import script").count() == 0
+    assert watched.alarms == []
+
+
 def test_the_error_page_goes_back_without_an_inline_script(watched: Watched) -> None:
     """The error page's "Back" was a javascript: link, which the console's content policy refuses to run: a click
     did nothing but report the refusal."""

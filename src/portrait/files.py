@@ -66,6 +66,16 @@ class DatesAsText:
     example: str
     formats: tuple[str, ...]
 
+    def example_dates(self) -> list[str]:
+        """The example as each of ``formats`` reads it (ISO-8601, in the same order): what choosing one means,
+        ``01/02/2024`` being 2024-02-01 day-first and 2024-01-02 month-first."""
+        return [datetime.strptime(self.example, fmt).date().isoformat() for fmt in self.formats]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The import report's ``dates_as_text`` entry: the console offers to declare each format."""
+        return {"column": self.column, "example": self.example, "formats": list(self.formats),
+                "example_dates": self.example_dates()}
+
     def note(self) -> str:
         """The note the import's report and the CLI show."""
         declare = " or ".join(f"--types '{self.column}=date:{fmt}'" for fmt in self.formats)

@@ -35,7 +35,7 @@ from portrait.errors import (
     SyncInterrupted,
 )
 from portrait.exports import export_profiles
-from portrait.files import Note, TextFallback, detect_format, read_messages
+from portrait.files import DatesAsText, Note, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
@@ -102,6 +102,8 @@ class ImportReport:
     notes: list[str] = field(default_factory=list)  # what the reader found worth saying (a column read as text)
     # The CSV columns those notes are about, as data: the console offers to declare each one's type
     read_as_text: list[dict[str, Any]] = field(default_factory=list)
+    # The CSV columns of dates not in ISO-8601 those notes are about, as data: the console offers each format
+    dates_as_text: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -413,6 +415,7 @@ class Portrait:
         report.notes = [fallback.note() for fallback in fallbacks]
         report.read_as_text = [{"column": f.column, "row": f.row, "value": f.value, "type": f.kind} for f in fallbacks
                                if isinstance(f, TextFallback)]  # the console offers these types to declare
+        report.dates_as_text = [f.as_dict() for f in fallbacks if isinstance(f, DatesAsText)]
         return report
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,

@@ -139,6 +139,15 @@ class TextColumn(BaseModel):
     type: str = Field(description="The type of the rows before it: the declared type that would reject such rows")
 
 
+class DateColumn(BaseModel):
+    column: str
+    example: str = Field(description="Its first value, as written (24.12.2025)")
+    formats: list[str] = Field(description="The strptime formats that read every value (%d.%m.%Y); two, day- and "
+                                           "month-first, when the values do not tell which")
+    example_dates: list[str] = Field(description="The example as each of formats reads it, in the same order, as an "
+                                                 "ISO-8601 date (2025-12-24)")
+
+
 class ImportReport(BaseModel):
     rows: int
     stored: int
@@ -151,3 +160,6 @@ class ImportReport(BaseModel):
                                          "read as text because its values do not fit one type")
     read_as_text: list[TextColumn] = Field(description="The CSV columns read as text because their values do not "
                                                        "fit one type (each has a note), as data")
+    dates_as_text: list[DateColumn] = Field(description="The CSV columns read as text whose values are all dates "
+                                                        "written one usual way that is not ISO-8601 (each has a "
+                                                        "note), as data: the formats that would declare them")

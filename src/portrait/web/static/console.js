@@ -303,6 +303,53 @@
       }
       return note;
     };
+    // A column of dates not written in ISO-8601 (24.12.2025): said in the console's words (the report's note names
+    // the CLI's --types), with a button per format that declares the column a date in it and checks again. When the
+    // values do not tell day-first from month-first there are two, each saying what the first value would be.
+    var MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+                  "November", "December"];
+    var longDate = function (iso) {  // "2024-02-01" -> "1 February 2024": no locale, no time zone to shift the day
+      var parts = iso.split("-");
+      return parseInt(parts[2], 10) + " " + MONTHS[parseInt(parts[1], 10) - 1] + " " + parts[0];
+    };
+    // Asked only of two formats, which then differ in just that (%d/%m/%Y and %m/%d/%Y): no year-first one is
+    // ever one of two
+    var whichFirst = function (format) {
+      var day = format.indexOf("%d"), month = format.indexOf("%m");
+      return day < month ? "day first" : "month first";
+    };
+    var declareDateButton = function (index, dates, at) {
+      var format = dates.formats[at];
+      var meaning = dates.example + " is " + longDate(dates.example_dates[at]) +
+                    (dates.formats.length > 1 ? " (" + whichFirst(format) + ")" : "");
+      var button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Declare " + dates.column + " date:" + format + " — " + meaning;
+      button.addEventListener("click", function () {
+        var choice = document.getElementById("import-type-" + index);
+        choice.value = "date";
+        choice.dispatchEvent(new Event("change"));  // shows the column's format box, as a choice by hand does
+        var box = document.getElementById("import-format-" + index);
+        box.value = format;
+        box.focus();  // the button goes with the report: the focus moves to what it changed
+        send(true);
+      });
+      return button;
+    };
+    var datesNote = function (dates) {
+      var note = paragraph("Note: column " + dates.column + " was read as text: its values are dates written as '" +
+                           dates.example + "', not ISO-8601" +
+                           (dates.formats.length > 1 ? "; they do not tell day first from month first" : "") +
+                           ". Declare their format to store them as dates. ");
+      note.className = "note";
+      var index = csvColumns.indexOf(dates.column);
+      if (index >= 0) {
+        dates.formats.forEach(function (format, at) {
+          note.append(declareDateButton(index, dates, at), " ");
+        });
+      }
+      return note;
+    };
     var show = function (body, dryRun) {
       var codes = Object.keys(body.by_code || {}).map(function (c) { return c + ": " + body.by_code[c]; }).join(", ");
       report.textContent = "";
@@ -311,6 +358,7 @@
         body.stored + ", already there " + body.duplicates + ", rejected " + body.rejected + (codes ? " (" + codes + ")" : "")));
       if (body.rejected) { report.appendChild(rejections(body)); }
       (body.read_as_text || []).forEach(function (fallback) { report.appendChild(textNote(fallback)); });
+      (body.dates_as_text || []).forEach(function (dates) { report.appendChild(datesNote(dates)); });
       report.setAttribute("data-stored", String(body.stored));
     };
     var send = function (dryRun) {
