@@ -390,6 +390,20 @@ def test_a_bad_format_stops_the_import_before_anything_is_opened(tmp_path: Path)
     assert not Path(db).exists()
 
 
+def test_a_format_with_a_space_around_it_is_refused_not_every_row_rejected(tmp_path: Path) -> None:
+    """'signup=date: %d.%m.%Y' (a space after the colon) passed the check, and then every row was rejected: the
+    cells are read trimmed, and strptime's format wants the space -- "'24.12.2025' is not a date in the format
+    %d.%m.%Y". The --timestamp-format likewise (every row invalid_timestamp)."""
+    result, db = import_orders(tmp_path, EU, "--types", "signup=date: %d.%m.%Y")
+    assert result.exit_code == 2, result.output
+    assert "begins or" in result.output and "'%d.%m.%Y'" in result.output, result.output
+    assert not Path(db).exists()
+    timed = runner.invoke(app, ["import", "events", str(tmp_path / "orders.csv"), "--user-id", "customer",
+                                "--event", "Order", "--timestamp", "signup", "--timestamp-format", "%d.%m.%Y ",
+                                "--db", db])
+    assert timed.exit_code == 1 and "begins or ends with a space" in " ".join(timed.output.split()), timed.output
+
+
 def test_a_mapping_file_and_ndjson_take_a_format(tmp_path: Path) -> None:
     (tmp_path / "eu.yaml").write_text("identifiers: {user_id: customer}\nevent: Signup\n"
                                       "types: {signup: 'date:%d %b, %Y'}\n")  # a comma is fine here

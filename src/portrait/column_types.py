@@ -138,12 +138,15 @@ _SAMPLE = datetime(2025, 12, 24, 18, 30, 45)  # the example a format is shown wi
 
 def check_format(column: str, kind: str, fmt: str) -> None:
     """Refuse (BadRequest, ``invalid_mapping``) a format that cannot read the column's values the one way meant:
-    no directives (``dd.mm.yyyy``), one not taken (``%Q``, GNU's ``%-d``, see ``_DIRECTIVES``), a directive twice,
-    not a whole date (year, month and day, or year and day of the year), a time of day in a date, a 12-hour ``%I``
-    without ``%p``."""
+    a space before or after it (values are read trimmed), no directives (``dd.mm.yyyy``), one not taken (``%Q``,
+    GNU's ``%-d``, see ``_DIRECTIVES``), a directive twice, not a whole date (year, month and day, or year and day
+    of the year), a time of day in a date, a 12-hour ``%I`` without ``%p``."""
     def refuse(why: str) -> BadRequest:
         return BadRequest(f"column {column}: the format {fmt!r} {why}", code="invalid_mapping")
 
+    if fmt != fmt.strip():  # strptime wants a space the format has; it passed the check below and every row failed
+        raise refuse(f"begins or ends with a space, which no value has (each is read trimmed): write "
+                     f"{fmt.strip()!r}")
     letters = [d for d in _DIRECTIVE.findall(fmt) if d != "%"]
     if not letters:
         raise refuse("has no strptime directives: write it as Python's strptime does, e.g. %d.%m.%Y for "
