@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.cells import cell_len
 from tests.conftest import ctrl_c_as_in_a_terminal
 from tests.test_docs import commands
 from typer.testing import CliRunner
@@ -68,6 +69,26 @@ def test_profiles_get_shows_the_unified_profile(demo_db: str) -> None:
         assert any(f"│ {identity['value']} " in line for line in lines), (identity, narrow.output)
     events = lines[next(i for i, line in enumerate(lines) if line.startswith("Latest")) + 4:-1]
     assert len(events) == len(profile["events"][:10]) and all(re.match(r"│ \d{4}-", line) for line in events)
+
+
+def test_profiles_get_events_in_80_columns_with_wide_characters(tmp_path: Path) -> None:
+    """An event named in Japanese (each character two columns wide) was measured in characters: the table came
+    out too wide for 80 columns, and rich took the difference from the other columns -- the type column squeezed
+    to nothing, the time cut to the minute, the name cut."""
+    db = str(tmp_path / "p.duckdb")
+    (tmp_path / "ev.ndjson").write_text("\n".join(json.dumps(m, ensure_ascii=False) for m in [
+        {"type": "track", "event": "注文完了しました", "userId": "u1",
+         "properties": {"商品": "テスト商品" * 6, "price": 12}, "timestamp": "2026-01-05T10:11:12Z"},
+        {"type": "page", "name": "Pricing", "userId": "u1", "properties": {"path": "/pricing"},
+         "timestamp": "2026-01-05T10:12:12Z"}]) + "\n")
+    assert runner.invoke(app, ["import", "events", str(tmp_path / "ev.ndjson"), "--db", db]).exit_code == 0
+    narrow = runner.invoke(app, ["profiles", "get", "user_id:u1", "--db", db], env={"COLUMNS": "80"})
+    lines = narrow.output.splitlines()
+    events = lines[next(i for i, line in enumerate(lines) if line.startswith("Latest")) + 4:-1]
+    assert len(events) == 2, narrow.output
+    assert "│ 2026-01-05T10:12:12.000Z │ page  │ Pricing " in events[0], narrow.output
+    assert "│ 2026-01-05T10:11:12.000Z │ track │ 注文完了しました │ {" in events[1], narrow.output
+    assert all(cell_len(line) <= 80 and line.endswith("│") for line in events), narrow.output
 
 
 def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:

@@ -121,13 +121,21 @@ def _recent_events_table(recent: list[dict[str, Any]]) -> Table:
     characters), with an ellipsis -- cut at 80 characters and wrapped, an event took five lines of 80 columns."""
     table = Table(*(Column(name, no_wrap=True) for name in ("timestamp", "type", "event")),
                   Column("properties", no_wrap=True, overflow="ellipsis"), title=f"Latest {len(recent)} events")
-    widest = {key: max(len(e[key] or "") for e in recent) for key in ("timestamp", "type", "event")}
+    # Measured as shown, in terminal columns: a character of Japanese takes two, and one escaped (a control or
+    # direction mark) takes its <U+...>. Counted in characters, a wide event name made the table too wide and rich
+    # took the difference from the other columns: the type squeezed to nothing, the time cut to the minute.
+    widest = {key: max(_shown_width(e[key] or "") for e in recent) for key in ("timestamp", "type", "event")}
     room = max(10, console.width - sum(max(w, len(k)) for k, w in widest.items()) - 13)  # 13: borders, padding
     for e in recent:
-        properties = json.dumps(e["properties"], ensure_ascii=False)
-        table.add_row(e["timestamp"], e["type"], e["event"] or "",
-                      properties if len(properties) <= room else properties[:room - 1] + "…")
+        properties = console.render_str(json.dumps(e["properties"], ensure_ascii=False), highlight=False)
+        properties.truncate(room, overflow="ellipsis")
+        table.add_row(e["timestamp"], e["type"], e["event"] or "", properties)
     return table
+
+
+def _shown_width(text: str) -> int:
+    """How many terminal columns ``text`` takes in a table cell."""
+    return console.render_str(text, highlight=False).cell_len
 
 
 @events_app.command("tail")
