@@ -91,6 +91,24 @@ def test_profiles_get_events_in_80_columns_with_wide_characters(tmp_path: Path) 
     assert all(cell_len(line) <= 80 and line.endswith("│") for line in events), narrow.output
 
 
+@pytest.mark.parametrize("user_id", ["customer-0000000000-0000000000-0000000000",
+                                     "山田太郎山田太郎-000000000000000000000000"])
+def test_profiles_get_keeps_each_identifier_whole_in_80_columns(tmp_path: Path, user_id: str) -> None:
+    """The room for the first-seen time was reckoned from the longest type *and* value of one identity, while the
+    table's columns are as wide as the longest type and the longest value of any: a 41-character user id beside a
+    36-character anonymous id (type anonymous_id) was broken over two lines. And wide characters count twice."""
+    db = str(tmp_path / "p.duckdb")
+    (tmp_path / "ev.ndjson").write_text(json.dumps({
+        "type": "track", "event": "Order", "userId": user_id, "anonymousId": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "properties": {}, "timestamp": "2026-01-05T10:11:12Z"}, ensure_ascii=False) + "\n")
+    assert runner.invoke(app, ["import", "events", str(tmp_path / "ev.ndjson"), "--db", db]).exit_code == 0
+    narrow = runner.invoke(app, ["profiles", "get", f"user_id:{user_id}", "--db", db], env={"COLUMNS": "80"})
+    lines = narrow.output.splitlines()
+    assert any(f"│ {user_id} " in line for line in lines), narrow.output
+    assert any("│ 0f8fad5b-d9cb-469f-a165-70867728950e " in line for line in lines), narrow.output
+    assert all(cell_len(line) <= 80 for line in lines if line[:1] in "│┃┏┡└"), narrow.output
+
+
 def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     result = runner.invoke(app, ["profiles", "get", "email:nobody@example.com", "--db", demo_db])
     assert result.exit_code == 1

@@ -108,7 +108,9 @@ def _identities_table(identities: list[dict[str, Any]]) -> Table:
     """The identities, each on one line where the terminal allows: the first-seen time shortened (to the second,
     then the day) before an identifier is broken over lines -- it is what gets copied into the next command."""
     table = Table("type", "value", "first seen", title="Identities")
-    used = max((len(i["type"]) + len(i["value"]) for i in identities), default=0) + 10  # 10: borders, padding
+    # The columns are as wide as the longest type and the longest value (of any identities), as shown
+    used = (max((_shown_width(i["type"]) for i in identities), default=0)
+            + max((_shown_width(i["value"]) for i in identities), default=0) + 10)  # 10: borders, padding
     cut = next((n for n in (24, 19, 10) if used + n <= console.width), 10)  # 24: 2026-01-31T10:11:12.345Z
     for ident in identities:
         seen = ident["first_seen"] or ""
