@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from portrait.errors import BadRequest
@@ -136,11 +136,13 @@ _DIRECTIVE = re.compile(r"%(.?)", re.DOTALL)
 _SAMPLE = datetime(2025, 12, 24, 18, 30, 45)  # the example a format is shown with: 24.12.2025
 
 
-def check_format(column: str, kind: str, fmt: str) -> None:
+def check_format(column: str, kind: str, fmt: str, *, zone_names: bool = False) -> None:
     """Refuse (BadRequest, ``invalid_mapping``) a format that cannot read the column's values the one way meant:
     a space before or after it (values are read trimmed), no directives (``dd.mm.yyyy``), one not taken (``%Q``,
     GNU's ``%-d``, see ``_DIRECTIVES``), a directive twice, not a whole date (year, month and day, or year and day
-    of the year), a time of day in a date, a 12-hour ``%I`` without ``%p``."""
+    of the year), a time of day in a date, a 12-hour ``%I`` without ``%p``. ``zone_names`` lets ``%Z`` through
+    (strptime reads UTC and GMT with it, and nothing else reliably): an event-time format took it before these
+    checks, and a source saved with one must go on syncing."""
     def refuse(why: str) -> BadRequest:
         return BadRequest(f"column {column}: the format {fmt!r} {why}", code="invalid_mapping")
 
@@ -156,6 +158,8 @@ def check_format(column: str, kind: str, fmt: str) -> None:
         raise refuse("ends with a lone % (write %% for a % sign)")
     if unknown == "-":
         raise refuse("has %-, GNU's unpadded form: strptime's %d, %m, %H... read 1 and 01 alike, so write %d")
+    if zone_names:
+        unknown = next((d for d in letters if d not in _DIRECTIVES and d != "Z"), None)
     if unknown == "Z":
         raise refuse("has %Z, a zone's name, which strptime does not read reliably: use %z for an offset (+0100)")
     if unknown is not None:
@@ -176,7 +180,7 @@ def check_format(column: str, kind: str, fmt: str) -> None:
     if "I" in present and "p" not in present:
         raise refuse("has a 12-hour %I without %p (AM/PM): use %H for a 24-hour clock")
     try:  # what the checks above miss, strptime itself tells: it must read what the format writes
-        datetime.strptime(_SAMPLE.strftime(fmt), fmt)
+        datetime.strptime((_SAMPLE.replace(tzinfo=UTC) if "Z" in present else _SAMPLE).strftime(fmt), fmt)
     except (ValueError, re.error) as exc:
         raise refuse(f"cannot be read: {exc}") from None
 

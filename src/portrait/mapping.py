@@ -111,7 +111,7 @@ class RowMapping:
         if not self.timestamp:
             raise BadRequest("a timestamp format reads the time column: name it too (--timestamp COLUMN)",
                              code="invalid_mapping")
-        check_format(self.timestamp, "timestamp", self.timestamp_format)
+        check_format(self.timestamp, "timestamp", self.timestamp_format, zone_names=True)
 
     def _check_types(self) -> None:
         """Refuse a type declared for a column that becomes no property or trait (an id, the event name, the time:
