@@ -18,7 +18,7 @@ from tests.conftest import ADMIN_KEY, Server
 from typer.testing import CliRunner
 
 from portrait.cli import app
-from portrait.column_types import Misfit, convert_row, parse_types
+from portrait.column_types import Misfit, checked_types, convert_row, parse_types
 from portrait.config import Settings
 from portrait.errors import BadRequest
 from portrait.service import Portrait
@@ -294,6 +294,8 @@ def test_a_cell_converts_with_its_declared_format(declared: str, value: Any, con
     ("timestamp:%d.%m.%Y %H:%M", "24.12.2025", "column c: '24.12.2025' is not a timestamp in the format "
                                                "%d.%m.%Y %H:%M (like 24.12.2025 18:30)"),
     ("date:%Y%m%d", 2.5, "column c: '2.5' is not a date in the format %Y%m%d (like 20251224)"),
+    ("timestamp:%d.%m.%Y %H:%M %z", "24.12.2025 18:30", "column c: '24.12.2025 18:30' is not a timestamp in the "
+                                                        "format %d.%m.%Y %H:%M %z (like 24.12.2025 18:30 +0000)"),
 ])
 def test_a_cell_that_does_not_fit_the_declared_format_names_the_format(declared: str, value: Any,
                                                                        reason: str) -> None:
@@ -519,3 +521,10 @@ def test_the_api_gives_the_date_note_as_data_and_a_format_from_it_stores_dates(s
     assert signup[0]["properties"] == {"signup": entry["example_dates"][-1]}  # a date now, as the chosen format reads
     assert "dates_as_text" in schema["ImportReport"]["properties"]
     assert set(schema["DateColumn"]["properties"]) == set(entry)
+
+
+@pytest.mark.parametrize("declared", ["%a, %d %b %Y %H:%M:%S %z", "%Y-%m-%dT%H:%M:%S.%f%z", "%d.%m.%Y %H:%M %z"])
+def test_a_format_with_an_offset_is_taken(declared: str) -> None:
+    """The check made the format read its own example, written from a time without a zone: %z wrote nothing, so
+    every format with an offset (RFC 2822's, ISO's with microseconds) was refused as 'cannot be read'."""
+    assert checked_types({"seen": f"timestamp:{declared}"}) == {"seen": f"timestamp:{declared}"}  # a mapping's

@@ -136,6 +136,12 @@ _DIRECTIVE = re.compile(r"%(.?)", re.DOTALL)
 _SAMPLE = datetime(2025, 12, 24, 18, 30, 45)  # the example a format is shown with: 24.12.2025
 
 
+def example_in(fmt: str) -> str:
+    """The example date written in ``fmt``: in UTC, so that an offset (%z) or a zone (%Z) is written too -- a naive
+    time writes them as nothing, and a format with %z could not read its own example."""
+    return _SAMPLE.replace(tzinfo=UTC).strftime(fmt)
+
+
 def check_format(column: str, kind: str, fmt: str, *, zone_names: bool = False) -> None:
     """Refuse (BadRequest, ``invalid_mapping``) a format that cannot read the column's values the one way meant:
     a space before or after it (values are read trimmed), no directives (``dd.mm.yyyy``), one not taken (``%Q``,
@@ -180,7 +186,7 @@ def check_format(column: str, kind: str, fmt: str, *, zone_names: bool = False) 
     if "I" in present and "p" not in present:
         raise refuse("has a 12-hour %I without %p (AM/PM): use %H for a 24-hour clock")
     try:  # what the checks above miss, strptime itself tells: it must read what the format writes
-        datetime.strptime((_SAMPLE.replace(tzinfo=UTC) if "Z" in present else _SAMPLE).strftime(fmt), fmt)
+        datetime.strptime(example_in(fmt), fmt)
     except (ValueError, re.error) as exc:
         raise refuse(f"cannot be read: {exc}") from None
 
@@ -191,7 +197,7 @@ def formatted_converter(kind: str, fmt: str) -> Callable[[Any], Any]:
     Parsed values are remembered by their text: a column of dates holds few distinct ones, and strptime costs
     microseconds a cell."""
     typed = CONVERTERS[kind]
-    misfit = f"is not a {kind} in the format {fmt} (like {_SAMPLE.strftime(fmt)})"
+    misfit = f"is not a {kind} in the format {fmt} (like {example_in(fmt)})"
     parsed: dict[str, date | datetime] = {}
 
     def convert(value: Any) -> Any:
