@@ -7,12 +7,16 @@ runs ``recount_all`` twice (see one_pass) while a stand-in processor (a thread) 
 existing customers every 0.25 s and processes it holding the same pause a server's processor thread holds. Reports
 each pass, the longest single hold of the pause, the pause held in all, and the processor's longest wait for it.
 
+With ``--create`` it measures instead the writes that move most memberships at once: creating a segment that
+nearly every profile enters (``performed("Page Viewed")``), then changing its condition to its negation (nearly
+every member leaves), the same stand-in processor running throughout.
+
 With ``--src`` (twice or more) each round runs once per source folder in a child process, alternating, so that old
 and new code are measured on the same data under the same load:
 
     .venv/bin/python benchmarks/segment_data.py --profiles 200000 --events 2000000 --db /tmp/seg/db.duckdb
     .venv/bin/python benchmarks/recount_pause.py --db /tmp/seg/db.duckdb [--segments 20] [--rounds 2]
-                                                 [--src OLD/src --src NEW/src]
+                                                 [--src OLD/src --src NEW/src] [--create]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from portrait.config import Settings
 from portrait.service import Portrait
 from portrait.sql import parse
 
+BROAD = 'performed("Page Viewed")'  # ~99% of segment_data.py's profiles
 BATCH = 100  # trait changes per processed batch
 EVERY = 0.25  # seconds between batches
 
@@ -77,24 +82,47 @@ def processing(service: Portrait, pause: threading.Lock, users: list[str], stop:
         stop.wait(EVERY)
 
 
-def measure(db: Path, segment_count: int) -> dict[str, Any]:
+def measure(db: Path, segment_count: int, create: bool) -> dict[str, Any]:
     service = Portrait(Settings(db_path=str(db)), background=False)
     try:
+        if create:
+            return {"segments": 1, "passes": [broad_writes(service, some_users(service))]}
         for number, text in enumerate(CONDITIONS[:segment_count]):
             created, _ = service.segments.create({"name": f"bench-{number}", "condition": text})
             service.segments.recount(created["id"], now=NOW)
-        rows = service.segments._session().execute(parse(
-            "SELECT value FROM identities WHERE type = 'user_id' ORDER BY hash(value) LIMIT 5000"))
-        users = [str(row[0]) for row in rows]
+        users = some_users(service)
         return {"segments": segment_count, "passes": [one_pass(service, users) for _ in range(2)]}
     finally:
         service.close()
+
+
+def some_users(service: Portrait) -> list[str]:
+    rows = service.segments._session().execute(parse(
+        "SELECT value FROM identities WHERE type = 'user_id' ORDER BY hash(value) LIMIT 5000"))
+    return [str(row[0]) for row in rows]
+
+
+def broad_writes(service: Portrait, users: list[str]) -> dict[str, Any]:
+    """Create a segment nearly everyone enters, then negate its condition (nearly everyone leaves): each answer
+    returns once the membership is stored, as the API's does."""
+
+    def create_and_negate() -> list[Any]:
+        _, entered = service.segments.create({"name": "broad", "condition": BROAD})
+        _, moved = service.segments.update("broad", {"condition": f"not {BROAD}"})
+        return [*entered, *moved]
+
+    return with_processing(service, users, create_and_negate)
 
 
 def one_pass(service: Portrait, users: list[str]) -> dict[str, Any]:
     """recount_all with the stand-in processor running. The first pass after the segments were counted at the data's
     end (NOW) moves many profiles (windows such as "within 30d" now end today); the second is the steady state,
     where a pass moves few."""
+    return with_processing(service, users, service.segments.recount_all)
+
+
+def with_processing(service: Portrait, users: list[str], work: Callable[[], list[Any]]) -> dict[str, Any]:
+    """``work`` (returning the membership changes) timed while the stand-in processor runs."""
     pause = threading.Lock()
     holds: list[float] = []
     waits: list[float] = []
@@ -104,7 +132,7 @@ def one_pass(service: Portrait, users: list[str]) -> dict[str, Any]:
         worker.start()
         time.sleep(1.0)  # the processor runs before the pass starts
         started = time.perf_counter()
-        changes = service.segments.recount_all()
+        changes = work()
         total = time.perf_counter() - started
         stop.set()
         worker.join()
@@ -113,11 +141,11 @@ def one_pass(service: Portrait, users: list[str]) -> dict[str, Any]:
             "batches": len(waits)}
 
 
-def child(db: Path, segments: int) -> dict[str, Any]:
+def child(db: Path, segments: int, create: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recount-pause-") as folder:
         copy = Path(folder) / "copy.duckdb"
         shutil.copy(db, copy)
-        return measure(copy, segments)
+        return measure(copy, segments, create)
 
 
 def show(label: str, result: dict[str, Any]) -> None:
@@ -135,25 +163,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--src", action="append", help="run in a child with this source folder (PYTHONPATH); "
                         "give it twice or more to alternate versions round by round")
+    parser.add_argument("--create", action="store_true", help="measure creating a segment nearly everyone enters "
+                        "and negating its condition, instead of recount_all")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.db, args.segments)))
+        print(json.dumps(child(args.db, args.segments, args.create)))
         return 0
     results: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         for src in args.src or [None]:
             if src is None:
-                result = child(args.db, args.segments)
+                result = child(args.db, args.segments, args.create)
             else:
                 env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-                done = subprocess.run([sys.executable, __file__, "--db", str(args.db), "--segments",
-                                       str(args.segments), "--child"], env=env, check=True, capture_output=True,
-                                      text=True)
+                flags = ["--segments", str(args.segments), "--child", *(["--create"] if args.create else [])]
+                done = subprocess.run([sys.executable, __file__, "--db", str(args.db), *flags], env=env, check=True,
+                                      capture_output=True, text=True)
                 result = json.loads(done.stdout.strip().splitlines()[-1])
             show(src or "this checkout", result)
             results.append({"src": src, **result})
-    write_result("recount_pause", {"db": str(args.db), "results": results})
+    write_result("recount_pause_create" if args.create else "recount_pause", {"db": str(args.db), "results": results})
     return 0
 
 

@@ -219,3 +219,160 @@ def test_calculated_values_are_not_written_while_a_recount_evaluates(portrait: P
     assert portrait.profile("user_id:u7")["traits"]["orders"] == 2
     assert members(portrait, "new pros") == set()
     assert portrait.segments.refresh_touched() == [] and portrait.segments.recount("new pros") == []
+
+
+# -- a large write, in chunks ------------------------------------------------------------------------------------
+# A recount that moves many memberships (a segment 500,000 customers enter at its creation) wrote them in one paused
+# transaction: ~25 s without processing at 1M profiles (docs/performance.md). It writes them a chunk of profiles at
+# a time now; these tests make the chunks two profiles long.
+
+PROS = [f"c{n}" for n in range(7)]
+
+
+def seven_pros(portrait: Portrait) -> None:
+    portrait.ingest_messages([{"type": "identify", "userId": u, "traits": {"plan": "pro"}} for u in PROS])
+    portrait.process_pending()
+    portrait.segments.write_chunk = 2
+
+
+@contextlib.contextmanager
+def between_chunks(portrait: Portrait, action: Callable[[], None]) -> Iterator[list[int]]:
+    """Run ``action`` once, after the first paused write of memberships is committed and the pause let go (as the
+    processor, an erasure or a change from the API would run then); yields the count of the writes."""
+    pause = threading.RLock()
+    writes: list[int] = []
+    apply = segments_module._apply
+
+    def counted(*args: Any) -> list[segments_module.Change]:
+        writes.append(1)
+        return apply(*args)
+
+    @contextlib.contextmanager
+    def paused() -> Iterator[None]:
+        with pause:
+            wrote = len(writes)
+            yield
+        if wrote == 0 and len(writes) == 1:  # this hold wrote the first chunk
+            action()
+
+    portrait.segments._exclusive = paused
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segments_module, "_apply", counted)
+        yield writes
+
+
+def entries(portrait: Portrait, segment: str) -> dict[str, int]:
+    """Profile id -> how many entries to the segment its history, its outbox and its timeline hold (each should be
+    one for a member; the outbox's are written to the log by create_segment, then cleared)."""
+    rows = portrait.segments._session().execute(parse(
+        "SELECT profile_id, count(*) FROM (SELECT h.profile_id FROM segment_history AS h JOIN segments AS s "
+        "ON s.id = h.segment_id WHERE s.name = ? AND h.change = 'entered' UNION ALL SELECT o.profile_id "
+        "FROM audience_outbox AS o WHERE o.segment = ? AND o.change = 'entered' UNION ALL SELECT ep.profile_id "
+        "FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq WHERE e.event = 'Audience Entered' "
+        "AND json_extract_string(e.properties, '$.segment') = ?) GROUP BY profile_id"), [segment] * 3)
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def test_a_large_write_lets_processing_run_between_chunks_and_checks_again_before_each(portrait: Portrait) -> None:
+    """Seven customers enter "pros" at its creation, two per paused transaction. After the first chunk, processing
+    runs: one customer not yet written goes to the free plan, another is erased. The later chunks leave the first
+    to the refresh (its evaluation predates the change) and give the erased one no membership; the creation's
+    answer counts the members stored, and each member has one entry: in the history and on its timeline."""
+    seven_pros(portrait)
+    changed: list[str] = []
+
+    def batch_and_erasure() -> None:
+        written = {m["user_id"] for m in portrait.segments.members("pros")["members"]}
+        later = sorted(set(PROS) - written)
+        assert len(later) >= 2, f"the first write stored {len(written)} of the {len(PROS)} members"
+        changed.extend(later[:2])
+        portrait.ingest_messages([{"type": "identify", "userId": changed[0], "traits": {"plan": "free"}}])
+        portrait.processor.drain()  # processed; the refresh comes after the recount
+        portrait.privacy_request({"type": "erase", "identity": f"user_id:{changed[1]}"}, "test", run_now=True)
+
+    with between_chunks(portrait, batch_and_erasure) as writes:
+        created = portrait.create_segment({"name": "pros", "condition": 'plan = "pro"'})
+    assert len(writes) == 4, "seven profiles, two per chunk"
+    assert changed, "nothing ran between the chunks"
+    stayed = set(PROS) - set(changed)
+    assert members(portrait, "pros") == stayed
+    assert created["size"] == len(stayed) == portrait.segments.sizes("pros")["sizes"][-1]["size"]
+    assert portrait.segments.refresh_touched() == []  # the free one: not a member, and none now
+    portrait.process_pending()  # the Audience events, onto their timelines
+    ids = {portrait.resolve_profile_id(f"user_id:{u}") for u in stayed}
+    assert entries(portrait, "pros") == {profile_id: 2 for profile_id in ids}  # history + timeline, once each
+
+
+def test_a_write_that_fails_after_its_first_chunk_is_completed_by_the_next_recount(portrait: Portrait) -> None:
+    """The write fails (a crash, a full disk) after its first chunk: that chunk is stored with its history and its
+    Audience events, and nothing else is. The next recount writes the rest, with one entry per profile in all, and
+    records the size."""
+    seven_pros(portrait)
+    portrait.create_segment({"name": "pros", "condition": 'plan = "free"'})  # no member
+    apply = segments_module._apply
+    calls: list[int] = []
+
+    def fails_the_second_time(*args: Any) -> list[segments_module.Change]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("the disk is full")
+        return apply(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segments_module, "_apply", fails_the_second_time)
+        with pytest.raises(OSError):
+            portrait.segments.update("pros", {"condition": 'plan = "pro"'})
+    assert len(members(portrait, "pros")) == 2
+    first = {portrait.resolve_profile_id(f"user_id:{u}") for u in members(portrait, "pros")}
+    assert entries(portrait, "pros") == {profile_id: 2 for profile_id in first}  # the history, the outbox
+    assert [s["size"] for s in portrait.segments.sizes("pros")["sizes"]] == [0]  # the creation's only
+    assert len(portrait.segments.recount("pros")) == 5
+    assert members(portrait, "pros") == set(PROS)
+    portrait.process_pending()  # writes the Audience events to the log... (the outbox keeps them till sent)
+    portrait._send_audience_events()
+    portrait.process_pending()
+    ids = {portrait.resolve_profile_id(f"user_id:{u}") for u in PROS}
+    assert entries(portrait, "pros") == {profile_id: 2 for profile_id in ids}  # the history, the timeline
+    assert [s["size"] for s in portrait.segments.sizes("pros")["sizes"]] == [0, 7]
+
+
+def test_a_member_merged_into_an_entering_profile_is_written_in_its_chunk(portrait: Portrait) -> None:
+    """An anonymous member of "pros" is merged into a customer the condition now selects: the customer takes the
+    membership over (one entry for the person) -- which needs both in one write, whatever the chunks."""
+    portrait.ingest_messages([{"type": "identify", "userId": f"x{n}", "traits": {"plan": "free"}} for n in range(6)])
+    portrait.process_pending()
+    portrait.ingest_messages([{"type": "identify", "anonymousId": "a1", "traits": {"plan": "pro"}}])
+    portrait.process_pending()
+    portrait.create_segment({"name": "pros", "condition": 'plan = "pro" or plan = "team"'})
+    portrait.segments.write_chunk = 1
+    portrait.ingest_messages([{"type": "identify", "userId": "x3", "anonymousId": "a1", "traits": {"plan": "team"}}])
+    portrait.processor.drain()  # merged and processed; the recount below moves the membership
+    changes = portrait.segments.recount("pros")
+    survivor = portrait.resolve_profile_id("user_id:x3")
+    assert {c.change for c in changes} == {"entered", "exited"} and members(portrait, "pros") == {"x3"}
+    assert survivor in {c.profile_id for c in changes}
+    # Taken over: no Audience Entered for the survivor (the Exited of a1 is dropped when sent: merged into a member).
+    assert [row[3] for row in portrait.segments.outbox(100)] == ["exited"]
+
+
+def test_a_segment_changed_between_chunks_is_not_written_further_with_its_old_condition(portrait: Portrait) -> None:
+    """"pros" changes from the API after the first chunk of its recount: the later chunks are not written with the
+    old condition; the change's own recount (which waits for this one) moves the members to the new one."""
+    seven_pros(portrait)
+    portrait.create_segment({"name": "pros", "condition": 'plan = "team"'})  # no member
+    worker = threading.Thread(target=lambda: portrait.segments.update("pros", {"condition": 'plan = "free"'}))
+
+    def change_meanwhile() -> None:
+        worker.start()
+        deadline = time.monotonic() + 5
+        while "free" not in str(portrait.segments._session().execute(parse("SELECT condition FROM segments"))):
+            assert time.monotonic() < deadline, "the change waited for the recount"
+            time.sleep(0.02)
+
+    with between_chunks(portrait, change_meanwhile):
+        _, written = portrait.segments.update("pros", {"condition": 'plan = "pro"'})
+    worker.join(30)
+    assert [c.change for c in written] == ["entered", "entered"]  # the first chunk alone
+    assert members(portrait, "pros") == set()
+    history = portrait.segments.history("pros")["history"]
+    assert sorted(h["change"] for h in history) == ["entered", "entered", "exited", "exited"]

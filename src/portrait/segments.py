@@ -50,6 +50,9 @@ SAMPLE_SIZE = 10
 # dynamic segment (see Segments._large; measured in docs/performance.md, "Real-time segment refresh").
 SQL_FROM = 1_000
 SQL_SHARE_PER_SEGMENT = 0.0015
+# A recount writes its changes this many profiles per paused transaction (see Segments._write_in_chunks): ~0.5 s
+# a chunk here (docs/performance.md, "Segment recounts").
+WRITE_CHUNK = 20_000
 
 # Pages newest first start before this id (BIGINT's largest).
 NEWEST = 2**63 - 1
@@ -113,6 +116,7 @@ class Segments:
         self.failures: dict[int, str] = {}
         # Fewer touched profiles than this are evaluated in Python whatever the store's size (see _large).
         self.sql_from = SQL_FROM
+        self.write_chunk = WRITE_CHUNK
         # Conditions (by segment id) whose SQL failed in a refresh: evaluated in Python from then on (a failure costs
         # the SQL statement and then the Python evaluation), until the segment's condition changes.
         self._refused_in_sql: dict[int, Condition | None] = {}
@@ -335,11 +339,12 @@ class Segments:
 
         Evaluated with nothing paused (a read of what is committed: ~1 s per segment at 1M profiles, which paused
         processing throughout before -- docs/performance.md), and compared with the stored members unpaused too:
-        the profiles whose membership differs are the candidates (``seg_candidates``; ``seg_new`` keeps those
-        entering). Only the write is paused, in one transaction, and it costs what changes, not a pass over every
-        profile: the candidates, less the profiles processed since the evaluation began (see _leave_to_the_refresh),
-        compared with the stored members as they are then. A segment deleted meanwhile raises NotFound and one
-        changed meanwhile is not written with its old condition: the change's own recount writes it."""
+        the profiles whose membership differs are the candidates (``seg_candidates``; ``seg_entering`` those
+        entering). Only the write is paused, and it costs what changes, not a pass over every profile: the
+        candidates, less the profiles processed since the evaluation began (see _leave_to_the_refresh), compared with
+        the stored members as they are then -- in chunks (see _write_in_chunks). A segment deleted meanwhile raises
+        NotFound and one changed meanwhile is not written with its old condition: the change's own recount writes
+        it. Returns once every chunk is stored (the API's answer waits for the whole membership)."""
         now = now or utc_now()
         session = self._session()
         with self._recounting:
@@ -347,18 +352,9 @@ class Segments:
             processed = int(session.execute(q.PROCESSED)[0][0])  # before the evaluation reads anything
             session.execute(q.NEW_MEMBERS_TABLE)
             self._evaluate_everyone(session, segment, now)
-            session.execute(q.CANDIDATES, [segment.id, segment.id])
-            session.execute(q.KEEP_CANDIDATES)
-            with self._changing():
-                current = self.find(segment.id)  # as it is now: deleted or changed meanwhile from the API
-                if current.condition != segment.condition:
-                    return []
-                with session.transaction():
-                    self._leave_to_the_refresh(session, processed)
-                    session.execute(q.KEEP_EXISTING)
-                    changes = _apply(session, current, now)
-                    session.execute(q.RECORD_SIZE, [segment.id, now, segment.id])
-                    session.execute(q.COUNTED, [now, segment.id])
+            session.execute(q.CANDIDATES, [segment.id, segment.id, self.write_chunk])
+            session.execute(q.ENTERING)
+            changes = self._write_in_chunks(session, segment, processed, now)
         self.failures.pop(segment.id, None)
         return changes
 
@@ -371,22 +367,57 @@ class Segments:
             compiled = compile_condition(segment.condition, self.schema(), now)
             session.execute(q.new_members(compiled.members()), compiled.params)
 
+    def _write_in_chunks(self, session: Session, segment: Segment, processed: int, now: datetime) -> list[Change]:
+        """The candidates' changes, ``write_chunk`` profiles per paused transaction, each chunk with its history rows
+        and Audience events (a segment that 500,000 customers enter paused processing ~25 s in one transaction at
+        1M profiles: docs/performance.md). Processing runs between chunks, so before each the checks are made again:
+        the segment as it is now, the profiles processed meanwhile left to the refresh, the erased kept out. A crash
+        between chunks leaves the written ones stored with their events; the next recount finds no difference for
+        them, so no event twice. The size is recorded with the last chunk."""
+        chunks = max(int(session.execute(q.CHUNKS)[0][0]), 1)  # none: one write still records the size
+        changes: list[Change] = []
+        for chunk in range(chunks):
+            self._prepare_chunk(session, chunk)
+            with self._changing():
+                current = self.find(segment.id)  # as it is now: deleted or changed meanwhile from the API
+                if current.condition != segment.condition:
+                    return changes
+                with session.transaction():
+                    processed = self._leave_to_the_refresh(session, processed)
+                    session.execute(q.KEEP_EXISTING)
+                    changes += _apply(session, current, now)
+                    if chunk == chunks - 1:
+                        session.execute(q.RECORD_SIZE, [segment.id, now, segment.id])
+                        session.execute(q.COUNTED, [now, segment.id])
+        return changes
+
     @staticmethod
-    def _leave_to_the_refresh(session: Session, processed: int) -> None:
-        """The write's scope (``seg_scope``): the candidates, less the profiles the processor touched after
-        ``processed`` (new traits or events, both sides of a merge), whose evaluation may predate the change; those
-        keep their stored membership for the real-time refresh to evaluate. It does, after this write: a refresh
-        covering them read the processor's watermark after ``processed`` was read, so it prepares only once this
-        recount lets go of ``_recounting``, and evaluates them as they are then, with the segment as it is then. For
-        every other profile the evaluation still holds: the rest of what changes a membership is an erasure (written
-        paused: KEEP_EXISTING, and _apply reads the stored members now) or is not written while a recount runs
-        (calculated values and static memberships: ``_recounting``; another recount). The caller holds the pause."""
+    def _prepare_chunk(session: Session, chunk: int) -> None:
+        """The chunk's candidates (``seg_scope``) and those of them entering (``seg_new``), before the pause: temporary
+        tables of this connection, which nothing else writes. Working unpaused between two paused writes also lets
+        a processor waiting for the pause take it (a lock is not fair: one taken again at once starved it)."""
         session.execute(q.SCOPE_TABLE)
-        session.execute(q.TOUCHED, [processed, int(session.execute(q.PROCESSED)[0][0])] * 3)
-        session.execute(q.FORGET_SCOPE)
-        session.execute(q.FORGET_SCOPE_CANDIDATES)
-        session.execute(q.SCOPE_TABLE)
-        session.execute(q.ADD_CANDIDATES)
+        session.execute(q.CHUNK_SCOPE, [chunk])
+        session.execute(q.NEW_MEMBERS_TABLE)
+        session.execute(q.CHUNK_ENTERING)
+
+    @staticmethod
+    def _leave_to_the_refresh(session: Session, since: int) -> int:
+        """Drop from the candidates the profiles the processor touched after ``since`` (new traits or events, both
+        sides of a merge), whose evaluation may predate the change; returns the processor's watermark now, the
+        ``since`` of the next chunk. Those profiles keep their stored membership for the real-time refresh to
+        evaluate. It does, after this recount: a refresh covering them read the processor's watermark after the
+        recount's first ``since`` was read, so it prepares only once this recount lets go of ``_recounting``, and
+        evaluates them as they are then, with the segment as it is then. For every other profile the evaluation
+        still holds: the rest of what changes a membership is an erasure (written paused: KEEP_EXISTING, and _apply
+        reads the stored members now) or is not written while a recount runs (calculated values and static
+        memberships: ``_recounting``; another recount). The caller holds the pause."""
+        now = int(session.execute(q.PROCESSED)[0][0])
+        if now > since:
+            session.execute(q.TOUCHED_TABLE, [since, now] * 3)
+            for statement in q.FORGET_TOUCHED:
+                session.execute(statement)
+        return now
 
     def _failed(self, segment_id: int, name: str, exc: Exception) -> None:
         """Remember (and log, once per reason) why a segment could not be evaluated; its members stay as they were."""

@@ -52,22 +52,36 @@ def new_members(members: exp.Expr) -> exp.Expr:
     return exp.insert(members, "seg_new")
 # Profiles erased or merged away since the scope's members were evaluated (outside the pause) get no membership.
 KEEP_EXISTING = parse("DELETE FROM seg_new WHERE profile_id NOT IN (SELECT profile_id FROM profiles)")
-# A recount leaves the profiles in the scope (those processed since it began) to the real-time refresh.
-FORGET_SCOPE = parse("DELETE FROM seg_new WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
-FORGET_SCOPE_CANDIDATES = parse("DELETE FROM seg_candidates WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
-# Params: segment id (twice). A recount's candidates, found before it pauses anything: the profiles whose evaluated
-# membership differs from the stored one -- then seg_new keeps only those (the ones entering), and the paused write
-# compares only them (ADD_CANDIDATES: the scope), not every profile.
+# A recount leaves the profiles processed since it began (seg_touched) to the real-time refresh: out of its
+# candidates, and of the chunk it is about to write.
+FORGET_TOUCHED = [parse(f"DELETE FROM {table} WHERE profile_id IN (SELECT profile_id FROM seg_touched)")
+                  for table in ("seg_candidates", "seg_scope", "seg_new")]
+# Params: segment id (twice), profiles per chunk. A recount's candidates, found before it pauses anything: the
+# profiles whose evaluated membership differs from the stored one, each with the chunk it is written in (one paused
+# transaction per chunk: see Segments._write_in_chunks). A merged-away profile goes in its survivor's chunk, so that
+# the survivor can take its membership over (INHERITED needs both in one write). Then seg_entering keeps the
+# candidates that enter.
 CANDIDATES = parse("""
 CREATE OR REPLACE TEMP TABLE seg_candidates AS
-SELECT n.profile_id FROM seg_new AS n
-WHERE n.profile_id NOT IN (SELECT profile_id FROM segment_members WHERE segment_id = ?)
-UNION
-SELECT m.profile_id FROM segment_members AS m
-WHERE m.segment_id = ? AND m.profile_id NOT IN (SELECT profile_id FROM seg_new)
+WITH differing AS (
+    SELECT n.profile_id FROM seg_new AS n
+    WHERE n.profile_id NOT IN (SELECT profile_id FROM segment_members WHERE segment_id = ?)
+    UNION
+    SELECT m.profile_id FROM segment_members AS m
+    WHERE m.segment_id = ? AND m.profile_id NOT IN (SELECT profile_id FROM seg_new)
+), people AS (
+    SELECT d.profile_id, coalesce(a.profile_id, d.profile_id) AS person
+    FROM differing AS d LEFT JOIN profile_aliases AS a ON a.merged_id = d.profile_id
+)
+SELECT profile_id, CAST(floor((dense_rank() OVER (ORDER BY person) - 1) / ?) AS BIGINT) AS chunk FROM people
 """)
-KEEP_CANDIDATES = parse("DELETE FROM seg_new WHERE profile_id NOT IN (SELECT profile_id FROM seg_candidates)")
-ADD_CANDIDATES = parse("INSERT INTO seg_scope SELECT profile_id FROM seg_candidates")
+CHUNKS = parse("SELECT coalesce(max(chunk) + 1, 0) FROM seg_candidates")
+ENTERING = parse("CREATE OR REPLACE TEMP TABLE seg_entering AS SELECT profile_id FROM seg_new "
+                 "WHERE profile_id IN (SELECT profile_id FROM seg_candidates)")
+# Params: chunk. One chunk's candidates become the write's scope, and those of them entering its seg_new.
+CHUNK_SCOPE = parse("INSERT INTO seg_scope SELECT profile_id FROM seg_candidates WHERE chunk = ?")
+CHUNK_ENTERING = parse("INSERT INTO seg_new SELECT profile_id FROM seg_entering "
+                       "WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
 SCOPE_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_scope (profile_id VARCHAR)")
 # Params (each): segment id, now. Entries and exits within the scope, then the members table follows.
 ENTERED = parse("""
@@ -176,12 +190,13 @@ GET_WATERMARK = parse("SELECT value FROM segment_state WHERE name = 'watermark'"
 SET_WATERMARK = parse("UPDATE segment_state SET value = ? WHERE name = 'watermark'")
 PROCESSED = parse("SELECT value FROM processor_state WHERE name = 'watermark'")
 # Params: lo, hi (exclusive, inclusive). Profiles whose events or identities changed in that part of the log.
-TOUCHED = parse("""
-INSERT INTO seg_scope
+_TOUCHED = """
 SELECT profile_id FROM event_profiles WHERE seq > ? AND seq <= ?
 UNION SELECT merged_id FROM merges WHERE seq > ? AND seq <= ?
 UNION SELECT profile_id FROM merges WHERE seq > ? AND seq <= ?
-""")
+"""
+TOUCHED = parse("INSERT INTO seg_scope " + _TOUCHED)
+TOUCHED_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_touched AS " + _TOUCHED)
 
 # -- the Python engine's reads ----------------------------------------------------------------------------------
 ALL_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits")
