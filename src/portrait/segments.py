@@ -50,8 +50,9 @@ SAMPLE_SIZE = 10
 # dynamic segment (see Segments._large; measured in docs/performance.md, "Real-time segment refresh").
 SQL_FROM = 1_000
 SQL_SHARE_PER_SEGMENT = 0.0015
-# A recount writes its changes this many profiles per paused transaction (see Segments._write_in_chunks): ~0.5 s
-# a chunk here (docs/performance.md, "Segment recounts").
+# A recount writes its changes this many profiles per paused transaction (see Segments._write_in_chunks): 0.1-0.35 s
+# a chunk at 200,000 profiles, 0.2-0.4 s at 1M on a quiet box; smaller chunks did not shorten the longest pause at 1M
+# and doubled the pause in all (docs/performance.md, "Large membership writes").
 WRITE_CHUNK = 20_000
 
 # Pages newest first start before this id (BIGINT's largest).
@@ -369,8 +370,8 @@ class Segments:
 
     def _write_in_chunks(self, session: Session, segment: Segment, processed: int, now: datetime) -> list[Change]:
         """The candidates' changes, ``write_chunk`` profiles per paused transaction, each chunk with its history rows
-        and Audience events (a segment that 500,000 customers enter paused processing ~25 s in one transaction at
-        1M profiles: docs/performance.md). Processing runs between chunks, so before each the checks are made again:
+        and Audience events (in one transaction, a pass moving 554,000 memberships paused processing ~25 s at 1M
+        profiles: docs/performance.md). Processing runs between chunks, so before each the checks are made again:
         the segment as it is now, the profiles processed meanwhile left to the refresh, the erased kept out. A crash
         between chunks leaves the written ones stored with their events; the next recount finds no difference for
         them, so no event twice. The size is recorded with the last chunk."""
