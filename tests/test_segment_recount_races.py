@@ -24,8 +24,8 @@ PAUSE_WAIT = 5.0  # seconds a change made meanwhile may take; it is done at once
 
 
 class _Spy:
-    """A session that calls ``after_evaluation`` once the recount's last unpaused step (keeping its candidates)
-    ran: what follows is its paused write."""
+    """A session that calls ``after_evaluation`` once the recount's evaluation is done (its candidates, those
+    entering): what follows is its writes."""
 
     def __init__(self, session: Any, after_evaluation: Callable[[], None]) -> None:
         self._session = session
@@ -33,7 +33,7 @@ class _Spy:
 
     def execute(self, statement: Any, params: Any = ()) -> Any:
         rows = self._session.execute(statement, params)
-        if statement is segments_q.KEEP_CANDIDATES:
+        if statement is segments_q.ENTERING:
             self._after_evaluation()
         return rows
 
