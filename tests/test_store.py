@@ -201,3 +201,46 @@ def test_the_store_and_the_rewrite_after_an_erasure_draw_no_progress_bar(tmp_pat
     DuckDBStore(path).close()
     compact_file(path)
     assert drawing == {"CHECKPOINT": False, "COPY": False}
+
+
+@pytest.mark.parametrize("interrupted", ["SET enable_progress_bar", "SET checkpoint_threshold", "SET memory_limit",
+                                         "SELECT DISTINCT table_name FROM DUCKDB_INDEXES"])
+def test_ctrl_c_in_a_statement_of_opening_is_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   interrupted: str) -> None:
+    """The store's opening runs some statements on its root connection, not in a session: a Ctrl-C landing in one
+    came out of DuckDB as RuntimeError('Query interrupted') and ended `portrait demo` in a traceback (seen 5 ms
+    after the file appeared). It is a KeyboardInterrupt again, the connection is closed, and the file opens after.
+    DuckDB's own way of stopping a statement is reproduced here: the Ctrl-C cannot be timed to land in a SET."""
+    import duckdb
+
+    connect = duckdb.connect
+    closed: list[bool] = []
+
+    class CtrlCInOneStatement:
+        def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+            self._connection = connection
+
+        def execute(self, text: str, *args: object) -> duckdb.DuckDBPyConnection:
+            if text.startswith(interrupted):
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt as pressed:
+                    raise RuntimeError("Query interrupted") from pressed
+            return self._connection.execute(text, *args)
+
+        def close(self) -> None:
+            closed.append(True)
+            self._connection.close()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._connection, name)
+
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **k: CtrlCInOneStatement(connect(*a, **k)))
+    path = str(tmp_path / "opening.duckdb")
+    with pytest.raises(KeyboardInterrupt):
+        DuckDBStore(path, checkpoint_wal_mb=64, memory_limit_mb=512)
+    assert closed == [True]
+    monkeypatch.setattr(duckdb, "connect", connect)
+    store = DuckDBStore(path)
+    assert store.session().execute(parse("SELECT 1")) == [(1,)]
+    store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
 import re
@@ -40,6 +41,22 @@ LARGE_WRITE_ROWS = 120_000
 # has not loaded yet, and a connection closed before using them (its automatic checkpoint) writes them without
 # those entries -- identities and events were then missing from index lookups, and merges failed on a duplicate
 # key. A checkpoint right after opening writes the replayed log into the file first (tests/test_store.py).
+
+
+def _load_what_libraries_load_on_first_use() -> None:
+    """Load, from Python, the modules DuckDB and pyarrow load from their compiled code on first use: DuckDB pandas
+    at the first statement with parameters and pyarrow.dataset at the first Arrow result, pyarrow its pandas support
+    at the first table built from rows. A Ctrl-C landing while one of them loaded (a tenth of a second, in the first
+    moments of a command on a new database) raised KeyboardInterrupt inside that library, which took it for "not
+    installed" and dropped it: `portrait demo` went on to load everything and exit 0, or later found pandas half
+    loaded ("partially initialized module 'pandas'", a traceback). Loaded here, before the database is opened, a
+    Ctrl-C meanwhile is an ordinary KeyboardInterrupt (tests/test_cli_signals.py). Not at import: `--help` and
+    `--version` would wait for pandas too."""
+    for name in ("pyarrow.dataset", "pyarrow.pandas_compat", "pandas"):
+        # pandas is optional, and one that does not load (missing, broken, unreadable to this user) is what both
+        # libraries do without, as they did before; only an interrupt goes on.
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 class _Renderer:
@@ -226,17 +243,31 @@ class DuckDBStore:
                  memory_limit_mb: int | None = None) -> None:
         self.path = path
         _check_folder(path)
+        _load_what_libraries_load_on_first_use()
         self._render = _Renderer(CAPABILITIES.dialect)
         self._encrypted = bool(encryption_key)
         self._encryption_key = encryption_key  # backups are encrypted with it too
         self.unreadable = Unreadable(path)
-        self._root = _connect(path, encryption_key, self._render)
         self._lock = threading.Lock()
         self._indexed_tables: frozenset[str] = frozenset()
+        # The statements of opening run on the root connection, outside the sessions that pass a Ctrl-C on: one
+        # landing in them (settings, the first checkpoint) ended the command in DuckDB's "Query interrupted"
+        # traceback. A connection left half prepared is closed, as a refused file's is.
+        with _interruptions_passed_on():
+            self._root = _connect(path, encryption_key, self._render)
+        try:
+            with _interruptions_passed_on():
+                self._prepare(checkpoint_wal_mb, memory_limit_mb)
+        except BaseException:
+            self._root.close()
+            raise
+
+    def _prepare(self, checkpoint_wal_mb: int | None, memory_limit_mb: int | None) -> None:
+        """Refuse a file that is not Portrait's, set the connection up and bring the schema up to date."""
         self._refuse_if_not_portraits()
         # Only now: a file refused above (a SQLite file, another program's DuckDB file) is left as it was, mode
         # included; and before the checkpoint, which writes the write-ahead log into the file and removes it.
-        _keep_private(path)
+        _keep_private(self.path)
         self.checkpoint()  # see above, after LARGE_WRITE_ROWS
         if checkpoint_wal_mb:
             self._root.execute(self._render(schema.checkpoint_threshold(checkpoint_wal_mb)))
@@ -498,7 +529,11 @@ def _connect(path: str, encryption_key: str | None, render: _Renderer) -> duckdb
 
 
 def _quiet(connection: duckdb.DuckDBPyConnection, render: _Renderer) -> duckdb.DuckDBPyConnection:
-    connection.execute(render(schema.NO_PROGRESS_BAR))
+    try:
+        connection.execute(render(schema.NO_PROGRESS_BAR))
+    except BaseException:  # Ctrl-C: the connection is not kept open for nobody
+        connection.close()
+        raise
     return connection
 
 
