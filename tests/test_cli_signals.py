@@ -138,6 +138,17 @@ def test_output_onto_a_full_disk_is_one_line_saying_so(logged: Path) -> None:
     assert ended == dict.fromkeys(ended, (1, "error: could not write the output: No space left on device\n"))
 
 
+def test_help_onto_a_full_disk_is_one_line_saying_so() -> None:
+    """A command's or a group's help is printed while its own arguments are parsed, outside the top command's
+    handling of output: `portrait demo --help > /dev/full` ended in a traceback of rich's write."""
+    asked = [["demo", "--help"], ["profiles", "get", "--help"], ["profiles", "--help"], ["profiles"], ["--help"]]
+    with open("/dev/full", "w") as full:
+        running = {" ".join(args): subprocess.Popen([sys.executable, "-m", "portrait", *args], stdout=full,
+                                                    stderr=subprocess.PIPE, text=True, env=CLEAN) for args in asked}
+        ended = {name: (process.wait(timeout=60), process.communicate()[1]) for name, process in running.items()}
+    assert ended == dict.fromkeys(ended, (1, "error: could not write the output: No space left on device\n"))
+
+
 def test_ctrl_c_while_encrypt_copies_the_database_leaves_it_as_it_was(tmp_path: Path) -> None:
     """`portrait encrypt` copies the database in a connection of its own (not the store's): Ctrl-C during the copy
     printed DuckDB's RuntimeError as a traceback and left the half-written copy, ``<db>.compacting``, beside it."""

@@ -15,8 +15,9 @@ from portrait.cli import (  # noqa: F401  (registers the commands)
     sources,
     transfer,
 )
-from portrait.cli.common import app, reflow_help
+from portrait.cli.common import app, check_help_output, reflow_help
 
 __all__ = ["app"]
 
 reflow_help(app)
+check_help_output(app)

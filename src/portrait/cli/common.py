@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from portrait import __version__
 from portrait.client import RemotePortrait, running_server_url
@@ -52,6 +52,36 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         with _output_failures_ended():
             return super().invoke(ctx)
+
+
+class _HelpWritten:
+    """A command or group whose ``--help`` that cannot be written (``portrait demo --help > /dev/full``) ends as any
+    other output that cannot be: one line, exit code 1 (see _Commands). The help of a subcommand is printed while
+    its own arguments are parsed, in its own context, outside the top group's: it ended in a traceback of rich's
+    write. Parsing opens no files (no File parameters), so an OSError here is the output's."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with output_written():
+            return super().make_context(info_name, args, parent, **extra)  # type: ignore[misc]
+
+
+class _HelpWrittenCommand(_HelpWritten, TyperCommand):
+    pass
+
+
+class _HelpWrittenGroup(_HelpWritten, TyperGroup):
+    pass
+
+
+def check_help_output(group: typer.Typer) -> None:
+    """Make every command and group below ``group`` one whose --help is written as _HelpWritten says."""
+    for command in group.registered_commands:
+        if command.cls in (None, TyperCommand):  # typer's default: every command here
+            command.cls = _HelpWrittenCommand
+    for subgroup in group.registered_groups:
+        subgroup.cls = _HelpWrittenGroup
+        if subgroup.typer_instance is not None:
+            check_help_output(subgroup.typer_instance)
 
 
 @contextmanager
