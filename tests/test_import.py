@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typer.testing import CliRunner
 
 from portrait.cli import app
 from portrait.config import Settings
+from portrait.errors import NotFound
 from portrait.service import Portrait
 
 runner = CliRunner()
@@ -216,6 +220,28 @@ def test_a_time_format_with_a_zone_name_is_still_taken_for_utc_times(tmp_path: P
     assert result.exit_code == 0 and "stored 1" in result.output, result.output
     service = Portrait(Settings(db_path=db), background=False)
     assert service.events("user_id:007")["events"][0]["timestamp"] == "2019-01-05T10:11:00.000Z"
+    service.close()
+
+
+def test_a_zone_name_other_than_utc_or_gmt_is_not_read_as_utc(tmp_path: Path) -> None:
+    """%Z: strptime also takes the names of this machine's own zone (EST and EDT where TZ is New York) and drops
+    them, so 10:00 EST was stored as 10:00 UTC, five hours off, without a word. Only UTC and GMT are read; a row
+    with another zone name is rejected. A real process, with its own TZ."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,at\n001,2025-01-10 10:00:00 EST\n002,2025-01-10 10:00:00 UTC\n"
+                      "003,2025-01-10 10:00:00 gmt\n")
+    db = str(tmp_path / "p.duckdb")
+    env = {**os.environ, "TZ": "America/New_York", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    done = subprocess.run([sys.executable, "-m", "portrait", "import", "events", str(orders), "--event", "Bought",
+                           "--user-id", "cust", "--timestamp", "at", "--timestamp-format", "%Y-%m-%d %H:%M:%S %Z",
+                           "--db", db], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "stored 2" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "invalid_timestamp: 1" in done.stdout + done.stderr, done.stdout + done.stderr
+    service = Portrait(Settings(db_path=db), background=False)
+    with pytest.raises(NotFound):  # its only row was rejected
+        service.events("user_id:001")
+    for cust in ("002", "003"):
+        assert service.events(f"user_id:{cust}")["events"][0]["timestamp"] == "2025-01-10T10:00:00.000Z"
     service.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -303,7 +304,7 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
     text = str(value).strip()
     if fmt:
         try:
-            parsed = datetime.strptime(text, fmt)
+            parsed = _strptime(text, fmt)
         except ValueError:
             return text
         # A format with %z reads the row's own offset, which counts; UTC only stands in for a missing one.
@@ -311,12 +312,31 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
     return text
 
 
+def _strptime(text: str, fmt: str) -> datetime:
+    """``datetime.strptime``, with ``%Z`` reading UTC and GMT only (any case), as the docs say: strptime's own also
+    takes this machine's zone names (EST and EDT where TZ is New York) and drops them, so 10:00 EST was stored as
+    10:00 UTC without a word. A time with another name does not parse: the row is rejected."""
+    parts = _PARTS.findall(fmt)
+    if "%Z" not in parts:
+        return datetime.strptime(text, fmt)
+    for name in ("UTC", "GMT"):
+        with_name = "".join(name if part == "%Z" else part for part in parts)
+        try:
+            return datetime.strptime(text, with_name)
+        except ValueError:
+            continue
+    raise ValueError(f"{text!r} has no UTC or GMT where the format has %Z")
+
+
+_PARTS = re.compile(r"%.?|[^%]+", re.DOTALL)  # a format as its directives and the text between them
+
+
 def _timestamp_before(value: Any, fmt: str | None) -> Any:
     """The time as imports wrote it before a ``%z`` offset counted (UTC replaced it): message ids derive from it, so
     a file imported then gives the same ids again, and importing it once more adds nothing."""
     if fmt and not isinstance(value, date):
         try:
-            return datetime.strptime(str(value).strip(), fmt).replace(tzinfo=UTC).isoformat()
+            return _strptime(str(value).strip(), fmt).replace(tzinfo=UTC).isoformat()
         except ValueError:
             pass
     return _timestamp(value, fmt)
