@@ -376,3 +376,25 @@ def test_a_segment_changed_between_chunks_is_not_written_further_with_its_old_co
     assert members(portrait, "pros") == set()
     history = portrait.segments.history("pros")["history"]
     assert sorted(h["change"] for h in history) == ["entered", "entered", "exited", "exited"]
+
+
+def test_a_customer_processed_between_chunks_is_left_to_the_refresh_in_every_later_chunk(
+        portrait: Portrait) -> None:
+    """After the first of four chunks, processing moves the customer of the last chunk to the free plan. The second
+    chunk's checks find it (it is not in that chunk); the third finds nothing processed since; the last still leaves
+    it to the refresh: no entry, in the members or the history, for a customer the condition no longer selects."""
+    seven_pros(portrait)
+    ids = {portrait.resolve_profile_id(f"user_id:{u}"): u for u in PROS}
+    last = ids[max(ids)]  # chunks follow the profile ids: the last one is alone in the fourth
+
+    def free_plan() -> None:
+        portrait.ingest_messages([{"type": "identify", "userId": last, "traits": {"plan": "free"}}])
+        portrait.processor.drain()  # processed; the refresh comes after the recount
+
+    with between_chunks(portrait, free_plan) as writes:
+        created = portrait.create_segment({"name": "pros", "condition": 'plan = "pro"'})
+    assert len(writes) == 4, "seven profiles, two per chunk"
+    assert members(portrait, "pros") == set(PROS) - {last}
+    assert created["size"] == len(PROS) - 1
+    assert entries(portrait, "pros").keys() == set(ids) - {portrait.resolve_profile_id(f"user_id:{last}")}
+    assert portrait.segments.refresh_touched() == []  # not a member, and none now

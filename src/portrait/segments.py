@@ -355,6 +355,7 @@ class Segments:
             self._evaluate_everyone(session, segment, now)
             session.execute(q.CANDIDATES, [segment.id, segment.id, self.write_chunk])
             session.execute(q.ENTERING)
+            session.execute(q.LEFT_TABLE)  # none left to the refresh yet
             changes = self._write_in_chunks(session, segment, processed, now)
         self.failures.pop(segment.id, None)
         return changes
@@ -394,9 +395,10 @@ class Segments:
 
     @staticmethod
     def _prepare_chunk(session: Session, chunk: int) -> None:
-        """The chunk's candidates (``seg_scope``) and those of them entering (``seg_new``), before the pause: temporary
-        tables of this connection, which nothing else writes. Working unpaused between two paused writes also lets
-        a processor waiting for the pause take it (a lock is not fair: one taken again at once starved it)."""
+        """The chunk's candidates (``seg_scope``, less those an earlier chunk left to the refresh: ``seg_left``) and
+        those of them entering (``seg_new``), before the pause: temporary tables of this connection, which nothing
+        else writes. Working unpaused between two paused writes also lets a processor waiting for the pause take it
+        (a lock is not fair: one taken again at once starved it)."""
         session.execute(q.SCOPE_TABLE)
         session.execute(q.CHUNK_SCOPE, [chunk])
         session.execute(q.NEW_MEMBERS_TABLE)
@@ -404,14 +406,14 @@ class Segments:
 
     @staticmethod
     def _leave_to_the_refresh(session: Session, since: int) -> int:
-        """Drop from the candidates the profiles the processor touched after ``since`` (new traits or events, both
-        sides of a merge), whose evaluation may predate the change; returns the processor's watermark now, the
-        ``since`` of the next chunk. Those profiles keep their stored membership for the real-time refresh to
-        evaluate. It does, after this recount: a refresh covering them read the processor's watermark after the
-        recount's first ``since`` was read, so it prepares only once this recount lets go of ``_recounting``, and
-        evaluates them as they are then, with the segment as it is then. For every other profile the evaluation
-        still holds: the rest of what changes a membership is an erasure (written paused: KEEP_EXISTING, and _apply
-        reads the stored members now) or is not written while a recount runs (calculated values and static
+        """Drop from the chunk the profiles the processor touched after ``since`` (new traits or events, both sides of a
+        merge), whose evaluation may predate the change, and keep them out of the chunks after it; returns the
+        processor's watermark now, the ``since`` of the next chunk. Those profiles keep their stored membership for the
+        real-time refresh to evaluate. It does, after this recount: a refresh covering them read the processor's
+        watermark after the recount's first ``since`` was read, so it prepares only once this recount lets go of
+        ``_recounting``, and evaluates them as they are then, with the segment as it is then. For every other profile
+        the evaluation still holds: the rest of what changes a membership is an erasure (written paused: KEEP_EXISTING,
+        and _apply reads the stored members now) or is not written while a recount runs (calculated values and static
         memberships: ``_recounting``; another recount). The caller holds the pause."""
         now = int(session.execute(q.PROCESSED)[0][0])
         if now > since:

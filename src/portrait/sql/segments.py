@@ -50,12 +50,22 @@ IS_MEMBER = parse("SELECT 1 FROM segment_members WHERE segment_id = ? AND profil
 def new_members(members: exp.Expr) -> exp.Expr:
     """``INSERT INTO seg_new <a query of profile ids>``."""
     return exp.insert(members, "seg_new")
+# The statements a write runs paused look the big tables (profiles, the segment's members, its outbox) up from the
+# write's own small ones (seg_new, seg_scope, seg_exited...: a chunk of 20,000 profiles at most) with NOT EXISTS or a
+# join, never `x NOT IN (SELECT ... FROM <big table>)`: NOT IN builds its hash table on the subquery (1M profiles
+# at 1M), NOT EXISTS lets DuckDB build it on the chunk. The same rows: profile ids are never NULL. (`x IN (SELECT
+# ... FROM <small table>)` already builds on the small side, and was as fast or faster than EXISTS there: left as
+# it is.) See docs/performance.md, "Large membership writes".
 # Profiles erased or merged away since the scope's members were evaluated (outside the pause) get no membership.
-KEEP_EXISTING = parse("DELETE FROM seg_new WHERE profile_id NOT IN (SELECT profile_id FROM profiles)")
-# A recount leaves the profiles processed since it began (seg_touched) to the real-time refresh: out of its
-# candidates, and of the chunk it is about to write.
-FORGET_TOUCHED = [parse(f"DELETE FROM {table} WHERE profile_id IN (SELECT profile_id FROM seg_touched)")
-                  for table in ("seg_candidates", "seg_scope", "seg_new")]
+KEEP_EXISTING = parse("DELETE FROM seg_new WHERE NOT EXISTS "
+                      "(SELECT 1 FROM profiles AS p WHERE p.profile_id = seg_new.profile_id)")
+# A recount leaves the profiles processed since it began (seg_touched) to the real-time refresh: out of the chunk it
+# is about to write, and (seg_left, read by CHUNK_SCOPE unpaused) out of the chunks after it -- deleting them from
+# seg_candidates, every candidate, would scan those while paused.
+FORGET_TOUCHED = [*(parse(f"DELETE FROM {table} WHERE profile_id IN (SELECT profile_id FROM seg_touched)")
+                    for table in ("seg_scope", "seg_new")),
+                  parse("INSERT INTO seg_left SELECT profile_id FROM seg_touched")]
+LEFT_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_left (profile_id VARCHAR)")
 # Params: segment id (twice), profiles per chunk. A recount's candidates, found before it pauses anything: the
 # profiles whose evaluated membership differs from the stored one, each with the chunk it is written in (one paused
 # transaction per chunk: see Segments._write_in_chunks). A merged-away profile goes in its survivor's chunk, so that
@@ -78,8 +88,10 @@ SELECT profile_id, CAST(floor((dense_rank() OVER (ORDER BY person) - 1) / ?) AS 
 CHUNKS = parse("SELECT coalesce(max(chunk) + 1, 0) FROM seg_candidates")
 ENTERING = parse("CREATE OR REPLACE TEMP TABLE seg_entering AS SELECT profile_id FROM seg_new "
                  "WHERE profile_id IN (SELECT profile_id FROM seg_candidates)")
-# Params: chunk. One chunk's candidates become the write's scope, and those of them entering its seg_new.
-CHUNK_SCOPE = parse("INSERT INTO seg_scope SELECT profile_id FROM seg_candidates WHERE chunk = ?")
+# Params: chunk. One chunk's candidates, less those left to the refresh, become the write's scope, and those of
+# them entering its seg_new.
+CHUNK_SCOPE = parse("INSERT INTO seg_scope SELECT c.profile_id FROM seg_candidates AS c WHERE c.chunk = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM seg_left AS l WHERE l.profile_id = c.profile_id)")
 CHUNK_ENTERING = parse("INSERT INTO seg_new SELECT profile_id FROM seg_entering "
                        "WHERE profile_id IN (SELECT profile_id FROM seg_scope)")
 SCOPE_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_scope (profile_id VARCHAR)")
@@ -87,7 +99,7 @@ SCOPE_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_scope (profile_id VARCHAR)
 ENTERED = parse("""
 CREATE OR REPLACE TEMP TABLE seg_entered AS
 SELECT DISTINCT n.profile_id FROM seg_new AS n
-WHERE n.profile_id NOT IN (SELECT profile_id FROM segment_members WHERE segment_id = ?)
+WHERE NOT EXISTS (SELECT 1 FROM segment_members AS m WHERE m.segment_id = ? AND m.profile_id = n.profile_id)
 """)
 EXITED = parse("""
 CREATE OR REPLACE TEMP TABLE seg_exited AS
@@ -106,9 +118,11 @@ RECORD_EXITED = parse("INSERT INTO segment_history (segment_id, profile_id, chan
 INHERITED = parse("""
 CREATE OR REPLACE TEMP TABLE seg_inherited AS
 SELECT a.profile_id, min(m.entered_at) AS entered_at
-FROM profile_aliases AS a JOIN segment_members AS m ON m.profile_id = a.merged_id AND m.segment_id = ?
-WHERE a.merged_id IN (SELECT profile_id FROM seg_exited) AND a.profile_id IN (SELECT profile_id FROM seg_entered)
-  AND a.merged_id NOT IN (SELECT o.profile_id FROM audience_outbox AS o WHERE o.segment_id = ? AND o.change = 'entered')
+FROM seg_exited AS x JOIN profile_aliases AS a ON a.merged_id = x.profile_id
+JOIN segment_members AS m ON m.profile_id = a.merged_id AND m.segment_id = ?
+WHERE a.profile_id IN (SELECT profile_id FROM seg_entered)
+  AND NOT EXISTS (SELECT 1 FROM audience_outbox AS o
+                  WHERE o.segment_id = ? AND o.change = 'entered' AND o.profile_id = a.merged_id)
 GROUP BY a.profile_id
 """)
 ADD_MEMBERS = parse("INSERT INTO segment_members (segment_id, profile_id, entered_at) "
