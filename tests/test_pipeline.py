@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -436,10 +437,20 @@ EVENTS = st.one_of(
 )
 
 
+@pytest.fixture(scope="module")
+def empty_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new database with its migrations run, made once: each generated example opens a copy (a third of a second
+    less per example than creating it anew; the settings under test are given when the copy is opened)."""
+    path = tmp_path_factory.mktemp("empty") / "empty.duckdb"
+    Portrait(Settings(db_path=str(path)), background=False).close()
+    return path
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(EVENTS, min_size=1, max_size=30), batch_size=st.sampled_from([1, 4, 1000]),
        default_limit=st.sampled_from([1, 2, 5]))
 def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: pytest.TempPathFactory,
+                                                            empty_database: Path,
                                                             events: list[tuple[str, Any, Any, Any]],
                                                             batch_size: int, default_limit: int) -> None:
     """Whatever path an event takes (fast, new, attach or slow), the result is what the resolver alone decides,
@@ -458,6 +469,8 @@ def test_set_based_paths_agree_with_the_sequential_resolver(tmp_path_factory: py
             fields["traits"] = {"email": email}
         messages.append(msg("identify", **{k: v for k, v in fields.items() if v is not None}, messageId=f"p-{n}"))
     db = tmp_path_factory.mktemp("paths") / "p.duckdb"
+    shutil.copyfile(empty_database, db)
+    db.chmod(0o600)  # as Portrait makes its files: no notice that it made it so
     service = Portrait(Settings(db_path=str(db), processor_batch_size=batch_size, processor_max_batch_size=batch_size,
                                 identity_default_limit=default_limit), background=False)
     load(service, *messages)
