@@ -64,6 +64,12 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def open_live_events(page: Page) -> None:
+    """The events page, once its live stream has had the first answer to its polling (a fixed 1.2 s wait before)."""
+    with page.expect_response(lambda response: "/console/api/recent" in response.url):
+        page.goto("/events")
+
+
 def test_sign_in_is_required_and_a_wrong_key_is_refused(browser: Browser, shop: Server) -> None:
     context = browser.new_context(base_url=shop.url)
     page = context.new_page()
@@ -194,8 +200,7 @@ def test_build_a_segment_and_see_its_count_while_typing(page: Page) -> None:
 
 
 def test_an_event_arrives_live(page: Page, shop: Server) -> None:
-    page.goto("/events")
-    time.sleep(1.2)  # the page has started polling
+    open_live_events(page)  # the page has started polling
     with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
         assert sdk.post("/v1/track", json={"userId": "live-1", "event": "Live Test Event"}).status_code == 200
     expect(page.locator("#live")).to_contain_text("Live Test Event", timeout=15_000)
@@ -205,8 +210,7 @@ def test_an_event_arrives_live(page: Page, shop: Server) -> None:
 def test_a_page_view_and_a_track_of_the_same_name_read_apart(page: Page, shop: Server) -> None:
     """A page named "Pricing" and a track "Pricing" were both listed as "Pricing" -- on the card, in the live
     stream, and counted as one line in the overview's top events. A view is now named with its kind."""
-    page.goto("/events")
-    time.sleep(1.2)  # the page has started polling
+    open_live_events(page)  # the page has started polling
     now = datetime.now(UTC)
 
     def message(kind: str, i: int) -> dict[str, Any]:  # views and tracks alternate in time, newest a view
@@ -826,8 +830,7 @@ def test_a_live_event_expands_to_what_was_sent_masked_for_a_read_key(page: Page,
     reader.get_by_role("button", name="Sign in").click()
     expect(reader.get_by_role("heading", name="Overview")).to_be_visible()
     for opened in (page, reader):
-        opened.goto("/events")
-    time.sleep(1.2)  # both pages have started polling
+        open_live_events(opened)  # both pages have started polling
     with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
         assert sdk.post("/v1/batch", json={"batch": [
             {"type": "identify", "userId": "live-2", "messageId": "live-2a",
