@@ -245,6 +245,22 @@ def test_a_zone_name_other_than_utc_or_gmt_is_not_read_as_utc(tmp_path: Path) ->
     service.close()
 
 
+def test_a_time_that_does_not_fit_the_format_is_rejected_naming_the_format(tmp_path: Path) -> None:
+    """A time the --timestamp-format does not read was passed on as text and rejected as "not an ISO-8601
+    date-time", though no ISO time had been asked for; the reason names the format, with an example. An empty cell
+    is still a row without a time."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,day\n007,05.01.2019\n008,2019-01-06\n009,\n")
+    db, rejects = str(tmp_path / "p.duckdb"), tmp_path / "rejects.ndjson"
+    result = runner.invoke(app, ["import", "events", str(orders), "--event", "X", "--user-id", "cust", "--timestamp",
+                                 "day", "--timestamp-format", "%d.%m.%Y", "--rejects", str(rejects), "--db", db])
+    assert "stored 2" in result.output and "invalid_timestamp: 1" in result.output, result.output
+    [rejected] = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert rejected["row"] == 2 and rejected["reason"] == (
+        "column day: '2019-01-06' is not a time in the format %d.%m.%Y (like 24.12.2025)"), rejected
+    assert "ISO-8601" not in rejected["reason"] and '"008"' in rejected["message"]
+
+
 def test_a_time_format_needs_the_time_column(tmp_path: Path) -> None:
     orders = tmp_path / "orders.csv"
     orders.write_text("cust,day\n007,20190105\n")

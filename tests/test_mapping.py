@@ -9,6 +9,7 @@ import pytest
 
 from portrait.errors import BadRequest
 from portrait.mapping import MessageIds, RowMapping, combine, parse_mapping_text, rows_to_messages
+from portrait.spec import Unreadable
 
 ORDER = {"cust": "007", "day": "20190105", "total": 10.5, "sku": "A-1"}
 
@@ -31,16 +32,24 @@ ORDER = {"cust": "007", "day": "20190105", "total": 10.5, "sku": "A-1"}
      {"type": "identify", "traits": {}, "timestamp": "2020-01-01T12:00:00+00:00",
       "context": {"externalIds": [{"type": "loyalty_card", "id": "LC-1", "collection": "users",
                                    "encoding": "none"}]}}),
-    (RowMapping("events", user_id="cust", event="X", timestamp="day", timestamp_format="%Y%m%d"),
-     {"cust": "1", "day": "yesterday"},
-     {"type": "track", "userId": "1", "event": "X", "timestamp": "yesterday", "properties": {}}),
     (RowMapping("events", user_id="cust", event="X", timestamp="at", timestamp_format="%d.%m.%Y %H:%M %z"),
      {"cust": "1", "at": "29.03.2026 01:30 +0100"},
      {"type": "track", "userId": "1", "event": "X", "timestamp": "2026-03-29T01:30:00+01:00", "properties": {}}),
-], ids=["fixed-event", "event-column", "email-in-context", "profile-traits", "external-id", "bad-time-passed-on",
-        "format-with-offset"])
+], ids=["fixed-event", "event-column", "email-in-context", "profile-traits", "external-id", "format-with-offset"])
 def test_rows_become_messages(mapping: RowMapping, row: dict[str, Any], expected: dict[str, Any]) -> None:
     assert list(rows_to_messages([row], mapping)) == [expected]
+
+
+def test_a_time_the_format_does_not_read_rejects_its_row_naming_the_format() -> None:
+    """Passed on as text, it was rejected as "not an ISO-8601 date-time" -- or, written in ISO, taken, though the
+    format is the only reading."""
+    mapping = RowMapping("events", user_id="cust", event="X", timestamp="day", timestamp_format="%Y%m%d")
+    rows = [{"cust": "1", "day": "yesterday"}, {"cust": "2", "day": "2019-01-05"}, {"cust": "3", "day": "20190105"}]
+    first, second, third = rows_to_messages(rows, mapping)
+    for rejected, row in ((first, rows[0]), (second, rows[1])):
+        assert isinstance(rejected, Unreadable) and rejected.code == "invalid_timestamp" and rejected.row == row
+        assert rejected.reason == f"column day: {row['day']!r} is not a time in the format %Y%m%d (like 20251224)"
+    assert third["timestamp"] == "2019-01-05T00:00:00+00:00"
 
 
 @pytest.mark.parametrize(("mapping", "message"), [

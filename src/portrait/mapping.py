@@ -18,7 +18,15 @@ from typing import Any
 import orjson
 import yaml
 
-from portrait.column_types import INVALID_VALUE, Misfit, check_format, checked_types, parse_types, row_converter
+from portrait.column_types import (
+    INVALID_VALUE,
+    Misfit,
+    check_format,
+    checked_types,
+    example_in,
+    parse_types,
+    row_converter,
+)
 from portrait.errors import BadRequest
 from portrait.identity import id_text
 from portrait.spec import Unreadable
@@ -232,6 +240,9 @@ def rows_to_messages(rows: Iterable[Any], mapping: RowMapping, ids: MessageIds |
             except Misfit as exc:  # the row is rejected, with the reason; the others go on
                 yield Unreadable("", INVALID_VALUE, str(exc), row=row)
                 continue
+        if mapping.timestamp_format and (misread := _misread_time(row, mapping)) is not None:
+            yield misread
+            continue
         exported = skipped is not used and any(row.get(c) is not None for c in EXPORT_COLUMNS)
         message = _message(row, mapping, skipped, id_text, whole=exported)
         if ids is not None:
@@ -310,6 +321,21 @@ def _timestamp(value: Any, fmt: str | None) -> Any:
         # A format with %z reads the row's own offset, which counts; UTC only stands in for a missing one.
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
     return text
+
+
+def _misread_time(row: Mapping[str, Any], mapping: RowMapping) -> Unreadable | None:
+    """The rejection of a row whose time the mapping's format does not read, naming the format and an example: passed
+    on as text, the message reader rejected it as "not an ISO-8601 date-time", which was not what had been asked."""
+    column, fmt = mapping.timestamp or "", mapping.timestamp_format or ""
+    value = row.get(column)
+    if not isinstance(value, str) or not value.strip():  # a date or none is read as it is (see _timestamp)
+        return None
+    try:
+        _strptime(value.strip(), fmt)
+    except ValueError:
+        return Unreadable("", "invalid_timestamp", f"column {column}: {value!r} is not a time in the format {fmt} "
+                                                   f"(like {example_in(fmt)})", row=row)
+    return None
 
 
 def _strptime(text: str, fmt: str) -> datetime:
