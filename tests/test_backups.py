@@ -544,10 +544,12 @@ def test_the_listing_says_which_backups_are_encrypted(tmp_path: Path) -> None:
     assert listed == {"locked.duckdb": True, "open.duckdb": False, "notes.duckdb": None}
 
 
-def test_a_damaged_backup_is_named_as_what_is_damaged_and_the_database_left_alone(tmp_path: Path) -> None:
+def test_a_damaged_backup_is_named_as_what_is_damaged_and_the_database_left_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A block of the backup no longer reads (a bad copy) and the restore meets it after opening it. Before: "error:
     the database file is damaged (...); restore a backup" -- as if the database in use were damaged, while it was
-    untouched and a backup was being restored."""
+    untouched and a backup was being restored. The store's log line before the error said so too, naming the
+    restore's ``.restoring`` copy."""
     db = tmp_path / "portrait.duckdb"
     service = _open(db)
     service.ingest_messages([{"type": "identify", "userId": "kept", "traits": {"plan": "pro"}}])
@@ -566,5 +568,7 @@ def test_a_damaged_backup_is_named_as_what_is_damaged_and_the_database_left_alon
     assert result.exit_code == 1, said
     assert f"error: cannot restore {backup}: the backup is damaged (Corrupt database file: " in said, said
     assert "the database was not changed; restore another backup" in said, said
+    logged = [record.getMessage() for record in caplog.records]  # the store's line, which came before it
+    assert not [line for line in logged if "cannot be read" in line], logged
     assert db.read_bytes() == before
     assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))

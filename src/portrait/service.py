@@ -80,6 +80,7 @@ from portrait.store.duckdb import (
     compaction_marker,
     copy_encrypted,
     damage_found,
+    damage_reported_by_caller,
     mark_for_compaction,
 )
 from portrait.subjects import Hooks, PrivacyRequests, PrivacyWorker
@@ -898,18 +899,8 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     staging = database.with_name(database.name + ".restoring")
     try:
         _remove_database_files(staging)
-        _stage(settings, source, staging)
-        restored = _open_backup(settings, staging, source)
-        try:
-            erasures = _carry_over(current, restored) if current else []
-            restored.audit.record(None, "restore_backup", target=source.name,
-                                  detail={"erasures_made_again": len(erasures)})
-            counts = restored.status()
-        except DatabaseDamaged as exc:  # the backup's file, not the database's: said so, not "restore a backup"
-            raise DatabaseDamaged(f"cannot restore {source}: the backup {damage_found(exc.__cause__) or 'is damaged'}"
-                                  "; the database was not changed; restore another backup") from exc
-        finally:
-            restored.close()
+        with damage_reported_by_caller(str(staging)):
+            counts, erasures = _restore_into(settings, source, staging, current)
     except BaseException:
         _remove_database_files(staging)
         raise
@@ -923,6 +914,24 @@ def restore_backup(settings: Settings, backup: str) -> dict[str, Any]:
     return {"database": str(database), "restored_from": str(source), "previous": str(previous) if previous else None,
             "events": counts["events_received"], "profiles": counts["profiles"],
             "erasures_made_again": len(erasures)}
+
+
+def _restore_into(settings: Settings, source: Path, staging: Path, current: Portrait | None
+                  ) -> tuple[dict[str, Any], list[Any]]:
+    """Copy the backup to ``staging`` and bring it up to date (:func:`_carry_over`): its status and the erasures
+    made again."""
+    _stage(settings, source, staging)
+    restored = _open_backup(settings, staging, source)
+    try:
+        erasures = _carry_over(current, restored) if current else []
+        restored.audit.record(None, "restore_backup", target=source.name,
+                              detail={"erasures_made_again": len(erasures)})
+        return restored.status(), erasures
+    except DatabaseDamaged as exc:  # the backup's file, not the database's: said so, not "restore a backup"
+        raise DatabaseDamaged(f"cannot restore {source}: the backup {damage_found(exc.__cause__) or 'is damaged'}"
+                              "; the database was not changed; restore another backup") from exc
+    finally:
+        restored.close()
 
 
 def _stage(settings: Settings, source: Path, staging: Path) -> None:

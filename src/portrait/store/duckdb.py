@@ -89,6 +89,22 @@ class _Renderer:
         return text
 
 
+_REPORTED_BY_CALLER: set[str] = set()  # files whose damage a caller says itself (damage_reported_by_caller)
+
+
+@contextmanager
+def damage_reported_by_caller(path: str) -> Iterator[None]:
+    """While this lasts, damage met in the file ``path`` raises DatabaseDamaged without the log line: a restore
+    opening its copy of a backup says the *backup* is damaged itself, and the line before it, "the database ...
+    .restoring cannot be read: ...; restore a backup", named a file the user never made and sent them to the wrong
+    remedy."""
+    _REPORTED_BY_CALLER.add(path)
+    try:
+        yield
+    finally:
+        _REPORTED_BY_CALLER.discard(path)
+
+
 class Unreadable:
     """What went wrong the first time the open database file could not be read (a damaged block, an I/O error),
     for /api/status; each distinct problem is logged once, with DuckDB's words. The file does not mend itself:
@@ -109,7 +125,8 @@ class Unreadable:
             self.problem = self.problem or problem
             first = problem not in self._logged
             self._logged.add(problem)
-        if first:  # without DuckDB's traceback: its words are in the message, and a command's stderr shows this
+        # Without DuckDB's traceback: its words are in the message, and a command's stderr shows this.
+        if first and self.path not in _REPORTED_BY_CALLER:
             log.error("the database %s cannot be read: %s", self.path, problem)
         raise DatabaseDamaged(problem) from exc
 
