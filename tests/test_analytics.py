@@ -219,6 +219,20 @@ def test_a_step_no_event_has_had_is_noted_with_the_closest_name(portrait: Portra
     assert "Note: no event named 'Refund' has been received: names match exactly, case too." in previewed_cli.output
 
 
+def test_a_step_received_but_not_yet_processed_is_not_called_never_received(portrait: Portrait) -> None:
+    """While the processor is behind, an event in the log but not yet in profiles was "never received", with a
+    guess at a typo: it is said to be on its way."""
+    load(portrait)
+    portrait.ingest_messages([{"type": "track", "userId": "buyer", "event": "Refund Issued"}])  # not processed
+    waiting = portrait.funnel({"steps": ["Order Completed", "Refund Issued", "Refund Isued"]})
+    assert waiting["notes"] == [
+        "events named 'Refund Issued' have been received but not processed yet: they count once they are "
+        "(GET /api/status shows the lag)",
+        "no event named 'Refund Isued' has been received: names match exactly, case too"]
+    portrait.process_pending()
+    assert portrait.funnel({"steps": ["Order Completed", "Refund Issued"]})["notes"] == []
+
+
 @pytest.mark.parametrize(("name", "known", "meant"), [
     ("order completed", ["Order Completed", "Order Refunded"], "Order Completed"),
     ("Order  Completed ", ["Order Completed"], "Order Completed"),  # spaces

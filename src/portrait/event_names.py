@@ -23,8 +23,14 @@ def unseen_event_notes(session: Session, names: Iterable[str]) -> list[str]:
     unseen = [name for name in wanted if name not in seen]
     if not unseen:
         return []
-    known = [row[0] for row in session.execute(q.KNOWN_EVENT_NAMES)]
-    return [_note(name, known) for name in unseen]
+    pending = {row[0] for row in session.execute(q.RECEIVED_UNPROCESSED_EVENT_NAMES, [unseen])}
+    known = [row[0] for row in session.execute(q.KNOWN_EVENT_NAMES)] if len(pending) < len(unseen) else []
+    return [_pending_note(name) if name in pending else _note(name, known) for name in unseen]
+
+
+def _pending_note(name: str) -> str:
+    return (f"events named {name!r} have been received but not processed yet: they count once they are "
+            f"(GET /api/status shows the lag)")
 
 
 def _note(name: str, known: list[str]) -> str:

@@ -58,6 +58,13 @@ WHERE m.segment_id = ? AND t.value IS NOT NULL
 
 # Params: a list of event names. Those of them some event has had (a track's event, a page's or screen's name).
 SEEN_EVENT_NAMES = parse("SELECT DISTINCT event FROM event_profiles WHERE list_contains(CAST(? AS VARCHAR[]), event)")
+# Of those names, the ones only events not yet processed (past the processor's watermark) have had: received, so
+# not unknown, but not counted yet. The log's tail past the watermark is what the lag is: small when caught up.
+RECEIVED_UNPROCESSED_EVENT_NAMES = parse("""
+SELECT DISTINCT event FROM events
+WHERE seq > (SELECT value FROM processor_state WHERE name = 'watermark')
+  AND list_contains(CAST(? AS VARCHAR[]), event)
+""")
 # Every event name with how many events had it, the most frequent first: what a mistyped name is compared with.
 KNOWN_EVENT_NAMES = parse("""
 SELECT event, count(*) AS n FROM event_profiles WHERE event IS NOT NULL GROUP BY event ORDER BY n DESC, event
