@@ -180,6 +180,37 @@ def test_rfm_scores_and_groups(portrait: Portrait) -> None:
     assert portrait.attributes.get("rfm_group")["type"] == "enum"
 
 
+def test_rfm_recency_and_frequency_keep_counting_expired_events(portrait: Portrait) -> None:
+    """docs/calculated.md: with retention on, RFM recency and frequency keep counting expired events (which profile
+    did what and when is kept); only monetary loses the revenue of the deleted raw events. The scores read the raw
+    log instead, so a loyal customer whose orders had all expired lost every score (and group) and was left out of
+    everyone else's quintiles."""
+    messages = [{"type": "track", "userId": "loyal", "event": "Order Completed", "timestamp": at(100 + k),
+                 "properties": {"revenue": 500}} for k in range(6)]  # six big orders, all past the retention
+    messages += [{"type": "track", "userId": f"c{i}", "event": "Order Completed", "timestamp": at(1 + i),
+                  "properties": {"revenue": 10 * (i + 1)}} for i in range(4)]
+    portrait.ingest_messages(messages)
+    portrait.process_pending()
+    for part in ("recency", "frequency", "monetary"):
+        portrait.create_attribute({"code": f"rfm_{part}", "name": part,
+                                   "definition": f'rfm_score({part}, "Order Completed", revenue)'})
+    portrait.create_attribute({"code": "rfm_group", "name": "RFM group",
+                               "definition": 'rfm_group("Order Completed", revenue)'})
+
+    def scores() -> dict[str, tuple[Any, ...]]:
+        return {user: tuple(portrait.traits(f"user_id:{user}").get(f"rfm_{part}") for part in (
+            "recency", "frequency", "monetary", "group")) for user in ("loyal", "c0", "c1", "c2", "c3")}
+
+    before = scores()
+    assert before["loyal"] == (1, 5, 5, "Can't Lose Them")
+    assert portrait.privacy.expire(30) == 6
+    portrait.recalculate()
+    after = scores()
+    assert after["loyal"] == (1, 5, 1, "Can't Lose Them")  # its revenue is gone, not its orders
+    assert {user: s[:2] + s[3:] for user, s in after.items()} == {user: s[:2] + s[3:] for user, s in before.items()}
+    assert [after[f"c{i}"][2] for i in range(4)] == [2, 3, 4, 5]  # the kept revenue ranks above none
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('sum("Order Completed")', "expected ','"),
     ("count(Order)", "expected an event name in double quotes"),

@@ -122,12 +122,14 @@ def _concat(compiler: _Compiler, calculation: Concat, base: str) -> exp.Expr:
 def _rfm(compiler: _Compiler, calculation: Rfm, base: str, now: datetime) -> exp.Expr:
     compiler.params.update(event=calculation.event, now=now)
     number = _NUMBER.format(path=_json_path(calculation.prop))
+    # Recency and frequency from event_profiles, which keeps every event (retention deletes raw events only); the
+    # properties, so monetary, from the raw events still in the log: an expired order counts with no revenue.
     scores = f"""
         WITH per AS (
             SELECT ep.profile_id, date_diff('day', max(ep.timestamp), $now) AS recency, count(*) AS frequency,
                    coalesce(sum({number}), 0) AS monetary
-            FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
-            WHERE ep.event = $event AND e.event = $event GROUP BY 1
+            FROM event_profiles AS ep LEFT JOIN events AS e ON e.seq = ep.seq AND e.event = $event
+            WHERE ep.event = $event GROUP BY 1
         ), scored AS (
             SELECT profile_id, ntile(5) OVER (ORDER BY recency DESC, profile_id) AS rs,
                    ntile(5) OVER (ORDER BY frequency, profile_id) AS fs,
