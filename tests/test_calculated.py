@@ -3,11 +3,15 @@ usable in segments, protected from events; built-in RFM."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import date, datetime, timedelta
+from itertools import product
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlglot import exp
 
 from portrait.conditions import ConditionError
 from portrait.conditions.calculations import definition_text, parse_definition
@@ -15,6 +19,7 @@ from portrait.errors import BadRequest
 from portrait.service import Portrait
 from portrait.spec import utc_now
 from portrait.sql import parse
+from portrait.sql.calculated import RFM_GROUP
 
 NOW = utc_now()
 ORDERS = {  # user -> [(days ago, revenue, currency)]
@@ -209,6 +214,31 @@ def test_rfm_recency_and_frequency_keep_counting_expired_events(portrait: Portra
     assert after["loyal"] == (1, 5, 1, "Can't Lose Them")  # its revenue is gone, not its orders
     assert {user: s[:2] + s[3:] for user, s in after.items()} == {user: s[:2] + s[3:] for user, s in before.items()}
     assert [after[f"c{i}"][2] for i in range(4)] == [2, 3, 4, 5]  # the kept revenue ranks above none
+
+
+def _score_range(text: str) -> range:
+    low, _, high = text.partition("-")
+    return range(int(low), int(high or low) + 1)
+
+
+def test_the_rfm_group_table_names_one_group_per_score_pair_and_the_store_agrees(portrait: Portrait) -> None:
+    """docs/calculated.md's RFM group table, read as a marketer reads it (a cell belongs to a row when R and F are in
+    its ranges and it is not in a row its "(not ...)" names), gives each of the 25 (R, F) pairs exactly one group:
+    the one the store computes. The table gave R 4-5 with F 3 to both Loyal and Potential Loyalists."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "calculated.md").read_text()
+    table = text.split("### RFM groups", 1)[1].split("Scores are", 1)[0]
+    rows = re.findall(r"^\| ([A-Z][^|]+?) \| ([0-9-]+) \| ([0-9-]+)(?: \(not ([^)]+)\))? \|$", table, re.M)
+    assert len(rows) == 9, table
+    cells = {name: {(r, f) for r in _score_range(rs) for f in _score_range(fs)} for name, rs, fs, _ in rows}
+    documented = {}
+    for r, f in product(range(1, 6), repeat=2):
+        groups = [name for name, _, _, unless in rows if (r, f) in cells[name] and (r, f) not in cells.get(unless, ())]
+        assert len(groups) == 1, f"R {r}, F {f}: {groups}"
+        documented[r, f] = groups[0]
+    every_pair = exp.select("rs", "fs", RFM_GROUP).from_("range(1, 6) AS a(rs)").join("range(1, 6) AS b(fs)",
+                                                                                     join_type="cross")
+    computed = portrait._reads.execute(every_pair)
+    assert {(int(r), int(f)): group for r, f, group in computed} == documented
 
 
 @pytest.mark.parametrize(("text", "message"), [
