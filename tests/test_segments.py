@@ -19,6 +19,7 @@ from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 from portrait.api import create_app
 from portrait.config import Settings
 from portrait.errors import BadRequest, Conflict, NotFound
+from portrait.segments import load_profiles
 from portrait.service import Portrait
 from portrait.spec import utc_now
 from portrait.sql import parse
@@ -196,6 +197,29 @@ def test_explain_writes_times_as_the_api_does(portrait: Portrait) -> None:
     portrait.create_segment({"name": "recent", "condition": 'last_time("Order Completed") within last 30d'})
     newest = portrait.events("user_id:ann", event="Order Completed")["events"][0]["timestamp"]  # ms and Z
     assert portrait.explain_segment("recent", "user_id:ann")["explanation"]["why"] == f"last time: {newest}"
+
+
+def test_explain_and_the_python_engine_count_events_retention_expired(portrait: Portrait) -> None:
+    """Retention deletes raw events but keeps who did what and when (docs/calculated.md: counts and times keep
+    counting expired events), and the SQL engine counts them. The Python engine's reads -- explain, the fallback
+    for a segment whose query fails, the engines' cross-check -- inner-joined the raw events, so a member whose
+    orders had expired was explained as 'performed 0 matching times'."""
+    old = (utc_now() - timedelta(days=40)).isoformat() + "Z"
+    portrait.ingest_messages([{"type": "track", "userId": "kim", "event": "Order Completed", "timestamp": old,
+                               "properties": {"revenue": 80}} for _ in range(2)])
+    portrait.process_pending()
+    assert portrait.privacy.expire(30) == 2
+    portrait.create_segment({"name": "repeat", "condition": 'performed("Order Completed", count >= 2)'})
+    portrait.create_segment({"name": "big", "condition": 'performed("Order Completed", where revenue > 50)'})
+    explained = portrait.explain_segment("repeat", "user_id:kim")
+    assert (explained["member"], explained["holds"]) == (True, True), explained
+    assert explained["explanation"]["why"] == "performed 2 matching times"
+    # a condition on the properties covers the events still in the log, in both engines
+    explained = portrait.explain_segment("big", "user_id:kim")
+    assert (explained["member"], explained["holds"]) == (False, False), explained
+    profile_id = portrait.resolve_profile_id("user_id:kim")
+    engine = {p.profile_id: p for p in load_profiles(portrait._reads)}[profile_id]
+    assert [(e.name, dict(e.properties)) for e in engine.events] == [("Order Completed", {})] * 2
 
 
 def test_explain_gives_values_and_thresholds_with_their_units(portrait: Portrait) -> None:

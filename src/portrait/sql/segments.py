@@ -213,10 +213,12 @@ TOUCHED = parse("INSERT INTO seg_scope " + _TOUCHED)
 TOUCHED_TABLE = parse("CREATE OR REPLACE TEMP TABLE seg_touched AS " + _TOUCHED)
 
 # -- the Python engine's reads ----------------------------------------------------------------------------------
+# Events are left-joined to the raw log: retention deletes raw events but keeps who did what and when
+# (event_profiles), so an expired event still counts, with no properties -- as in the SQL engine.
 ALL_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits")
 ALL_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
-FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
+FROM event_profiles AS ep LEFT JOIN events AS e ON e.seq = ep.seq
 """)
 ALL_PROFILES = parse("SELECT profile_id FROM profiles")
 # The scope's profiles that still exist: those merged away since the last refresh are in the scope only to leave
@@ -232,13 +234,13 @@ SCOPE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profil
 # Params: event names (a list). Only the events the conditions look at.
 SCOPE_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
-FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq
+FROM event_profiles AS ep LEFT JOIN events AS e ON e.seq = ep.seq
 WHERE ep.profile_id IN (SELECT profile_id FROM seg_live) AND list_contains(CAST(? AS VARCHAR[]), ep.event)
 """)
 ONE_PROFILE_TRAITS = parse("SELECT profile_id, key, CAST(value AS VARCHAR) FROM profile_traits WHERE profile_id = ?")
 ONE_PROFILE_EVENTS = parse("""
 SELECT ep.profile_id, ep.seq, ep.event, ep.timestamp, e.properties
-FROM event_profiles AS ep JOIN events AS e ON e.seq = ep.seq WHERE ep.profile_id = ?
+FROM event_profiles AS ep LEFT JOIN events AS e ON e.seq = ep.seq WHERE ep.profile_id = ?
 """)
 # Consent statements with their owner, for the Python engine: all, the scope's, one profile's.
 _CONSENTS = ("SELECT ep.profile_id, c.purpose, c.status, c.at, c.seq FROM consent_records AS c "
