@@ -185,6 +185,27 @@ def test_rfm_scores_and_groups(portrait: Portrait) -> None:
     assert portrait.attributes.get("rfm_group")["type"] == "enum"
 
 
+def test_rfm_customers_who_did_the_same_get_the_same_scores(portrait: Portrait) -> None:
+    """ntile(5) split equal values by profile id: of six one-order buyers on the same day for the same amount, some
+    scored F 1, others F 2 or 3 (and so another group) by their id alone. Equal values now share the lowest
+    quintile their rank reaches."""
+    messages = [{"type": "track", "userId": f"once{i}", "event": "Order Completed", "timestamp": at(10),
+                 "properties": {"revenue": 20}} for i in range(6)]
+    messages += [{"type": "track", "userId": f"often{i}", "event": "Order Completed", "timestamp": at(1 + k),
+                  "properties": {"revenue": 100}} for i in range(4) for k in range(3 + i)]
+    portrait.ingest_messages(messages)
+    portrait.process_pending()
+    for part in ("recency", "frequency", "monetary", "group"):
+        definition = (f'rfm_score({part}, "Order Completed", revenue)' if part != "group"
+                      else 'rfm_group("Order Completed", revenue)')
+        portrait.create_attribute({"code": f"rfm_{part}", "name": part, "definition": definition})
+    scores = {user: tuple(portrait.traits(f"user_id:{user}")[f"rfm_{part}"] for part in (
+        "recency", "frequency", "monetary", "group")) for user in [f"once{i}" for i in range(6)]}
+    assert set(scores.values()) == {(1, 1, 1, "Hibernating")}, scores
+    often = [portrait.traits(f"user_id:often{i}")["rfm_frequency"] for i in range(4)]
+    assert often == [4, 4, 5, 5], often  # ranks 7-10 of 10: 3 orders (7th), 4 (8th), 5 (9th), 6 (10th)
+
+
 def test_rfm_recency_and_frequency_keep_counting_expired_events(portrait: Portrait) -> None:
     """docs/calculated.md: with retention on, RFM recency and frequency keep counting expired events (which profile
     did what and when is kept); only monetary loses the revenue of the deleted raw events. The scores read the raw
