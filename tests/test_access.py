@@ -17,7 +17,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
-from tests.conftest import ADMIN_KEY, WRITE_KEY
+from tests.conftest import ADMIN_KEY, WRITE_KEY, Server
 from typer.testing import CliRunner
 
 from portrait import keys
@@ -759,3 +759,56 @@ def test_console_pages_and_exports_are_not_kept_in_the_browser_cache(client: Tes
         assert answer.headers["cache-control"] == "no-store", path
     for asset in ("/static/console/console.js", "/static/console/console.css", "/static/swagger/swagger-ui.css"):
         assert "cache-control" not in client.get(asset).headers, asset
+
+
+@pytest.fixture
+def shipped(server: Server) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """A real server holding an order shipped to an email inside an object (``shipping.email``, masked in events at
+    any depth), with the admin client and a read key without pii:read."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sender:
+        sent = sender.post("/v1/batch", json={"batch": [
+            {"type": "track", "userId": "42", "event": "Order Completed",
+             "properties": {"revenue": 10, "shipping": {"email": "ship.to@example.com", "city": "Lodz"}}}]})
+        assert sent.status_code == 200, sent.text
+    server.wait_caught_up()
+    with server.admin() as admin:
+        made = admin.post("/api/keys", json={"kind": "read", "name": "bi", "scopes": ["read"]})
+        assert made.status_code == 201, made.text
+        with httpx.Client(base_url=server.url, headers=bearer(made.json()["key"]), timeout=10) as reader:
+            yield admin, reader
+
+
+def test_a_calculated_copy_of_a_nested_email_is_personal(shipped: tuple[httpx.Client, httpx.Client]) -> None:
+    """`last_value("Order Completed", shipping.email)` repeats an email masked in events (an email key at any depth)
+    but was not marked personal: a read key without pii:read read the address in its profile and analytics (and
+    so in breakdowns, exports and the console)."""
+    admin, reader = shipped
+    made = admin.post("/api/attributes", json={"code": "ship_email", "name": "Shipping email",
+                                               "definition": 'last_value("Order Completed", shipping.email)',
+                                               "calculate_analytics": True})
+    assert made.status_code == 201 and made.json()["is_personal_info"] is True, made.text
+    city = admin.post("/api/attributes", json={"code": "ship_city", "name": "Shipping city",
+                                               "definition": 'last_value("Order Completed", shipping.city)'})
+    assert city.status_code == 201 and city.json()["is_personal_info"] is False  # not masked in events either
+    traits = reader.get("/api/profiles/user_id:42/traits").json()
+    assert traits["ship_email"] == "s***@example.com" and traits["ship_city"] == "Lodz", traits
+    top = reader.get("/api/attributes/ship_email/analytics").json()["top_values"]
+    assert top == [{"value": "s***@example.com", "count": 1}]
+    assert admin.get("/api/profiles/user_id:42/traits").json()["ship_email"] == "ship.to@example.com"
+
+
+def test_a_condition_on_a_nested_email_is_personal(shipped: tuple[httpx.Client, httpx.Client]) -> None:
+    """A condition comparing `shipping.email` compares an email: a key without pii:read may not preview it (its
+    count tells the address letter by letter), and reads a saved one's value masked."""
+    admin, reader = shipped
+    condition = 'performed("Order Completed", where shipping.email = "ship.to@example.com")'
+    refused = reader.post("/api/segments/preview", json={"condition": condition})
+    assert refused.status_code == 403 and "pii:read" in refused.json()["message"], refused.text
+    assert reader.post("/api/segments/preview", json={
+        "condition": 'performed("Order Completed", where shipping.email is set)'}).json()["count"] == 1
+    saved = admin.post("/api/segments", json={"name": "shipped", "condition": condition})
+    assert saved.status_code == 201, saved.text
+    for path in ("/api/segments", "/api/segments/shipped", "/api/segments/shipped/explain/user_id:42"):
+        answer = reader.get(path)
+        assert answer.status_code == 200 and "ship.to@example.com" not in answer.text, (path, answer.text)
+    assert 'shipping.email = "s***@example.com"' in reader.get("/api/segments/shipped").json()["text"]

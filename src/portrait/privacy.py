@@ -72,6 +72,14 @@ def mask_identities(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for i in identities]
 
 
+def is_personal_field(name: str, codes: set[str]) -> bool:
+    """Whether the values of an event field or property ``name`` (``email``, ``firstName``, ``shipping.email``) are
+    personal: its path read as an attribute code is one of ``codes`` (``address.city`` -> ``address_city``), or its
+    last key is an email or a phone, however deep. Events are masked by this rule, so calculated attributes copying a
+    property and conditions comparing one follow it too: ``last_value("Order", shipping.email)`` is an email."""
+    return code_for(name) in codes or code_for(name.rsplit(".", 1)[-1]) in PERSONAL_IDENTITY_TYPES
+
+
 def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
     """Traits/properties/context of a raw message: values whose key (as an attribute code: ``firstName`` ->
     ``first_name``, ``address.city`` -> ``address_city``) is personal are masked, and so are email/phone external
@@ -85,7 +93,7 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
         if key == "externalIds" and isinstance(value, list):
             masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and str(v.get("type", "")).lower()
                            in PERSONAL_IDENTITY_TYPES else v for v in value]
-        elif code_for(path) in codes or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
+        elif is_personal_field(path, codes) or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
             masked[key] = mask(value)  # an "email" or "phone" key is one however deep it is (shipping.email)
         elif isinstance(value, dict):
             masked[key] = mask_fields(value, codes, path if key != "traits" else "")
@@ -106,7 +114,7 @@ def personal_copied(calculation: Calculation, personal: Iterable[str]) -> list[s
     codes = set(personal)
     attributes, properties = copied_values(calculation)
     event_codes = codes | PERSONAL_IDENTITY_TYPES | ALWAYS_PERSONAL_FIELDS
-    return sorted({a for a in attributes if a in codes} | {p for p in properties if code_for(p) in event_codes})
+    return sorted({a for a in attributes if a in codes} | {p for p in properties if is_personal_field(p, event_codes)})
 
 
 def mask_condition(tree: Condition, personal: Iterable[str]) -> Condition:
@@ -127,7 +135,7 @@ def mask_calculation(calculation: Calculation, personal: Iterable[str]) -> Calcu
 
 def _masked_tree(node: Any, codes: set[str]) -> Any:
     if isinstance(node, Compare):
-        if code_for(node.field) not in codes:
+        if not is_personal_field(node.field, codes):
             return node
         return replace(node, values=tuple(mask(v) if isinstance(v, str | int | float | date) else v
                                           for v in node.values))

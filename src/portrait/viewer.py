@@ -9,7 +9,6 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from portrait import privacy
-from portrait.attributes import code_for
 from portrait.conditions import describe, from_json, parse, to_json, to_text
 from portrait.conditions.ast import Compare, Condition
 from portrait.conditions.calculations import definition_text, parse_definition
@@ -164,7 +163,7 @@ class Viewer:
         """The personal data a condition or definition compares to values (``is set`` tells no value)."""
         personal = self.personal() | privacy.PERSONAL_IDENTITY_TYPES
         return sorted({node.field for node in _compares(tree)
-                       if code_for(node.field) in personal and node.op not in ("is set", "is not set")})
+                       if privacy.is_personal_field(node.field, personal) and node.op not in ("is set", "is not set")})
 
     def _check_compares(self, tree: object) -> None:
         tested = self._personal_compared(tree)
