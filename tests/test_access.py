@@ -764,11 +764,15 @@ def test_console_pages_and_exports_are_not_kept_in_the_browser_cache(client: Tes
 @pytest.fixture
 def shipped(server: Server) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """A real server holding an order shipped to an email inside an object (``shipping.email``, masked in events at
-    any depth), with the admin client and a read key without pii:read."""
+    any depth) and to fields named as personal data that no attribute describes (``mobilePhone``), with the admin
+    client and a read key without pii:read."""
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sender:
         sent = sender.post("/v1/batch", json={"batch": [
             {"type": "track", "userId": "42", "event": "Order Completed",
-             "properties": {"revenue": 10, "shipping": {"email": "ship.to@example.com", "city": "Lodz"}}}]})
+             "properties": {"revenue": 10, "shipping": {"email": "ship.to@example.com", "city": "Lodz"},
+                            "mobilePhone": "+48 600 999 111", "customer": {"firstName": "Zenobia"},
+                            "dateOfBirth": "1971-02-03", "address": {"country": "PL", "street": "Dluga 1"},
+                            "ipCountry": "PL"}}]})
         assert sent.status_code == 200, sent.text
     server.wait_caught_up()
     with server.admin() as admin:
@@ -812,3 +816,28 @@ def test_a_condition_on_a_nested_email_is_personal(shipped: tuple[httpx.Client, 
         answer = reader.get(path)
         assert answer.status_code == 200 and "ship.to@example.com" not in answer.text, (path, answer.text)
     assert 'shipping.email = "s***@example.com"' in reader.get("/api/segments/shipped").json()["text"]
+
+
+def test_event_fields_named_as_personal_data_are_masked_as_traits_so_named_would_be(
+        shipped: tuple[httpx.Client, httpx.Client]) -> None:
+    """A trait named mobilePhone or dateOfBirth becomes a personal attribute, masked from its first value; the same
+    names in an event's properties, with no attribute of their own, were shown in clear to a key without pii:read
+    (and could be compared in a preview, or copied into a calculated attribute not marked personal)."""
+    admin, reader = shipped
+    properties = reader.get("/api/profiles/user_id:42/events").json()["events"][0]["properties"]
+    assert properties["mobilePhone"] == "***11" and properties["dateOfBirth"] == "***", properties
+    assert properties["customer"] == {"firstName": "Z***"} and properties["address"]["street"] == "D***"
+    assert properties["address"]["country"] == "PL" and properties["revenue"] == 10  # address_country is open
+    assert properties["ipCountry"] == "***"  # reads as an IP's...
+    opened = admin.post("/api/attributes", json={"code": "ip_country", "name": "Country of the IP address",
+                                                 "is_personal_info": False})
+    assert opened.status_code == 201, opened.text
+    assert reader.get("/api/profiles/user_id:42/events").json()["events"][0]["properties"]["ipCountry"] == "PL"
+    refused = reader.post("/api/segments/preview", json={
+        "condition": 'performed("Order Completed", where mobilePhone starts with "+48 6")'})
+    assert refused.status_code == 403 and "mobilePhone" in refused.json()["message"], refused.text
+    copied = admin.post("/api/attributes", json={"code": "order_phone", "name": "Phone of the last order",
+                                                 "definition": 'last_value("Order Completed", mobilePhone)'})
+    assert copied.status_code == 201 and copied.json()["is_personal_info"] is True, copied.text
+    assert admin.get("/api/profiles/user_id:42/events").json()["events"][0]["properties"]["mobilePhone"] == \
+        "+48 600 999 111"

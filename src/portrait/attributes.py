@@ -20,6 +20,18 @@ MERGE_STRATEGIES = ("latest", "earliest", "max", "min", "sum", "union")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _NOT_CODE = re.compile(r"[^a-z0-9_]+")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Codes that read as personal data (a word of the code, e.g. mobile_phone, date_of_birth, home_address, zip, ip):
+# an attribute created from such a trait is marked personal information, so it is masked for keys without
+# pii:read from its first value on -- as are the configured identity traits (loyalty_card...), which identify the
+# person; and an event's field so named is masked unless an attribute of that code is not personal. A business can
+# unmark one (PATCH /api/attributes/CODE); leaving personal data open by default is the mistake that cannot be
+# taken back. Plain enough for both Python's re and DuckDB's RE2 (the processor marks traits in SQL).
+PERSONAL_CODE = (
+    r"(^|_)(e_?mail|phone|mobile|cell|fax|surname|birth|birthday|birthdate|dob|address|street|zip|zipcode|postal|"
+    r"postcode|ip|ssn|passport|iban|national_id|tax_id|latitude|longitude|full_name|first_name|last_name|given_name|"
+    r"family_name|middle_name|maiden_name|nickname)(_|$)"
+)
+_PERSONAL_CODE = re.compile(PERSONAL_CODE)
 
 
 def code_for(name: str) -> str:
@@ -29,6 +41,11 @@ def code_for(name: str) -> str:
                     if unicodedata.category(c) not in ("Mn", "Mc", "Me"))
     snake = _CAMEL.sub(r"\1_\2", plain).lower()
     return _NOT_CODE.sub("_", snake).strip("_")
+
+
+def reads_as_personal(code: str) -> bool:
+    """Whether an attribute code reads as personal data (see :data:`PERSONAL_CODE`)."""
+    return _PERSONAL_CODE.search(code) is not None
 
 
 def unit_shown(attribute: dict[str, Any]) -> str | None:

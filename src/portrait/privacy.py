@@ -9,12 +9,12 @@ booleans become ``***``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import fields, is_dataclass, replace
 from datetime import date
 from typing import Any
 
-from portrait.attributes import code_for
+from portrait.attributes import code_for, reads_as_personal
 from portrait.conditions.ast import Compare, Condition
 from portrait.conditions.calculations import Calculation, copied_values
 
@@ -72,18 +72,32 @@ def mask_identities(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for i in identities]
 
 
-def is_personal_field(name: str, codes: set[str]) -> bool:
+def is_personal_field(name: str, codes: Collection[str], open_codes: Collection[str]) -> bool:
     """Whether the values of an event field or property ``name`` (``email``, ``firstName``, ``shipping.email``) are
-    personal: its path read as an attribute code is one of ``codes`` (``address.city`` -> ``address_city``), or its
-    last key is an email or a phone, however deep. Events are masked by this rule, so calculated attributes copying a
-    property and conditions comparing one follow it too: ``last_value("Order", shipping.email)`` is an email."""
+    personal: its path read as an attribute code is one of ``codes`` (``address.city`` -> ``address_city``), its
+    last key is an email or a phone, however deep, or it reads as personal data (:func:`named_personal`). Events
+    are masked by this rule, so calculated attributes copying a property and conditions comparing one follow it
+    too: ``last_value("Order", shipping.email)`` is an email, ``where mobilePhone starts with "+48 6"`` tells one."""
+    return _marked_personal(name, codes) or named_personal(name, open_codes)
+
+
+def _marked_personal(name: str, codes: Collection[str]) -> bool:
     return code_for(name) in codes or code_for(name.rsplit(".", 1)[-1]) in PERSONAL_IDENTITY_TYPES
 
 
-def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
+def named_personal(name: str, open_codes: Collection[str]) -> bool:
+    """Whether a field reads as personal data by its name (``mobilePhone``, ``dateOfBirth``, ``customer.firstName``;
+    see :data:`portrait.attributes.PERSONAL_CODE`), as a trait so named becomes a personal attribute -- unless an
+    attribute of that code (``open_codes``: those not marked personal) says it is not."""
+    code = code_for(name)
+    return code not in open_codes and reads_as_personal(code)
+
+
+def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "", *, open_codes: Collection[str]) -> Any:
     """Traits/properties/context of a raw message: values whose key (as an attribute code: ``firstName`` ->
     ``first_name``, ``address.city`` -> ``address_city``) is personal are masked, and so are email/phone external
-    ids."""
+    ids. A value (not an object) under a name that reads as personal data is masked too; an object so named is
+    looked into, so that ``address.country`` stays as open as the attribute address_country."""
     codes = set(personal) | PERSONAL_IDENTITY_TYPES
     if not isinstance(fields, dict):
         return fields
@@ -93,73 +107,85 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "") -> Any:
         if key == "externalIds" and isinstance(value, list):
             masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and str(v.get("type", "")).lower()
                            in PERSONAL_IDENTITY_TYPES else v for v in value]
-        elif is_personal_field(path, codes) or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
+        elif _marked_personal(path, codes) or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
             masked[key] = mask(value)  # an "email" or "phone" key is one however deep it is (shipping.email)
         elif isinstance(value, dict):
-            masked[key] = mask_fields(value, codes, path if key != "traits" else "")
+            masked[key] = mask_fields(value, codes, path if key != "traits" else "", open_codes=open_codes)
         elif isinstance(value, list):  # objects in a list (recipients: [{"email": ...}]) as objects
-            masked[key] = [mask_fields(item, codes, path) if isinstance(item, dict) else item for item in value]
+            masked[key] = [mask_fields(item, codes, path, open_codes=open_codes) if isinstance(item, dict)
+                           else _leaf(item, path, open_codes) for item in value]
         else:
-            masked[key] = value
+            masked[key] = _leaf(value, path, open_codes)
     return masked
+
+
+def _leaf(value: Any, path: str, open_codes: Collection[str]) -> Any:
+    return mask(value) if named_personal(path, open_codes) else value
 
 
 ALWAYS_PERSONAL_FIELDS = frozenset(("ip",))
 
 
-def personal_copied(calculation: Calculation, personal: Iterable[str]) -> list[str]:
+def personal_copied(calculation: Calculation, personal: Iterable[str], *, open_codes: Collection[str]
+                    ) -> list[str]:
     """The personal data a calculated attribute's values would repeat: personal attributes it copies, and event
-    properties masked in events (an email, a phone, an IP address, a property named like a personal attribute).
-    Such an attribute is personal itself: ``concat(first_name, " ", last_name)`` is a name."""
+    properties masked in events (an email, a phone, an IP address, a property named like a personal attribute or
+    reading as personal data). Such an attribute is personal itself: ``concat(first_name, " ", last_name)`` is a
+    name."""
     codes = set(personal)
     attributes, properties = copied_values(calculation)
     event_codes = codes | PERSONAL_IDENTITY_TYPES | ALWAYS_PERSONAL_FIELDS
-    return sorted({a for a in attributes if a in codes} | {p for p in properties if is_personal_field(p, event_codes)})
+    return sorted({a for a in attributes if a in codes}
+                  | {p for p in properties if is_personal_field(p, event_codes, open_codes)})
 
 
-def mask_condition(tree: Condition, personal: Iterable[str]) -> Condition:
+def mask_condition(tree: Condition, personal: Iterable[str], *, open_codes: Collection[str]) -> Condition:
     """A condition with the values it compares personal data to masked: a segment saved by a key with ``pii:read``
-    (``email = "ann@example.com"``) is read by keys without it. Personal are the attributes of ``personal`` and an
-    event's ``email`` or ``phone`` property (as conditions are checked, see api.auth); ``is set`` has no value, and
-    a relative time (``within last 30d``) is not the person's."""
-    masked: Condition = _masked_tree(tree, set(personal) | PERSONAL_IDENTITY_TYPES)
+    (``email = "ann@example.com"``) is read by keys without it. Personal are the attributes of ``personal`` and the
+    event properties masked in events (:func:`is_personal_field`, as conditions are checked, see
+    :class:`portrait.viewer.Viewer`); ``is set`` has no value, and a relative time (``within last 30d``) is not the
+    person's."""
+    masked: Condition = _masked_tree(tree, set(personal) | PERSONAL_IDENTITY_TYPES, open_codes)
     return masked
 
 
-def mask_calculation(calculation: Calculation, personal: Iterable[str]) -> Calculation:
+def mask_calculation(calculation: Calculation, personal: Iterable[str], *, open_codes: Collection[str]
+                     ) -> Calculation:
     """A calculated attribute's definition with the values its ``where`` compares personal data to masked
     (``count("Signed Up", where email = "a***@example.com")``), as :func:`mask_condition` masks a segment's."""
-    masked: Calculation = _masked_tree(calculation, set(personal) | PERSONAL_IDENTITY_TYPES)
+    masked: Calculation = _masked_tree(calculation, set(personal) | PERSONAL_IDENTITY_TYPES, open_codes)
     return masked
 
 
-def _masked_tree(node: Any, codes: set[str]) -> Any:
+def _masked_tree(node: Any, codes: set[str], open_codes: Collection[str]) -> Any:
     if isinstance(node, Compare):
-        if not is_personal_field(node.field, codes):
+        if not is_personal_field(node.field, codes, open_codes):
             return node
         return replace(node, values=tuple(mask(v) if isinstance(v, str | int | float | date) else v
                                           for v in node.values))
     if isinstance(node, tuple):
-        return tuple(_masked_tree(item, codes) for item in node)
+        return tuple(_masked_tree(item, codes, open_codes) for item in node)
     if is_dataclass(node) and not isinstance(node, type):
-        changed = {f.name: _masked_tree(getattr(node, f.name), codes) for f in fields(node)}
+        changed = {f.name: _masked_tree(getattr(node, f.name), codes, open_codes) for f in fields(node)}
         return replace(node, **changed)
     return node
 
 
-def mask_event(event: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
+def mask_event(event: dict[str, Any], personal: Iterable[str], *, open_codes: Collection[str]) -> dict[str, Any]:
     """An event as the API returns it, with personal values in its traits, properties, context and other top-level
     fields (``extra``: an ``email`` sent beside ``userId``) masked. An IP address (``context.ip``, which ingestion
-    fills from the request) is personal data under the GDPR: always masked."""
+    fills from the request) is personal data under the GDPR: always masked. ``open_codes``: the attributes not
+    marked personal (a field named like one is not masked for its name alone)."""
     codes = set(personal) | ALWAYS_PERSONAL_FIELDS
     out = dict(event)
     for part in ("traits", "properties", "context", "extra"):
         if isinstance(out.get(part), dict):
-            out[part] = mask_fields(out[part], codes)
+            out[part] = mask_fields(out[part], codes, open_codes=open_codes)
     return out
 
 
-def mask_profile(document: dict[str, Any], personal: Iterable[str]) -> dict[str, Any]:
+def mask_profile(document: dict[str, Any], personal: Iterable[str], *, open_codes: Collection[str]
+                 ) -> dict[str, Any]:
     """A profile document (traits, identities, merges, identity conflicts, events) with personal data masked."""
     codes = set(personal)
     out = dict(document)
@@ -174,7 +200,7 @@ def mask_profile(document: dict[str, Any], personal: Iterable[str]) -> dict[str,
                                      if isinstance(c, dict) and isinstance(c.get("dropped"), list) else c
                                      for c in out["identity_conflicts"]]
     if isinstance(out.get("events"), list):
-        out["events"] = [mask_event(e, codes) for e in out["events"]]
+        out["events"] = [mask_event(e, codes, open_codes=open_codes) for e in out["events"]]
     return out
 
 

@@ -123,10 +123,15 @@ class AttributeRegistry:
         """The codes of the attributes marked personal information."""
         return {a["code"] for a in self.list() if a["is_personal_info"]}
 
+    def open_codes(self) -> set[str]:
+        """The codes of the attributes not marked personal information (an event's field named like personal data,
+        mobile_phone, is masked unless such an attribute says it is not personal)."""
+        return {a["code"] for a in self.list() if not a["is_personal_info"]}
+
     def copies_personal(self, definition: str) -> bool:
         """Whether a calculated attribute with this definition repeats personal data (and so is personal itself,
         unless someone allowed to read personal data says otherwise)."""
-        return bool(personal_copied(parse_definition(definition), self.personal()))
+        return bool(personal_copied(parse_definition(definition), self.personal(), open_codes=self.open_codes()))
 
     def type_after(self, code: str, changes: dict[str, Any]) -> str:
         """The type attribute ``code`` would have after ``changes`` (a definition's own type for a calculated one),

@@ -33,12 +33,15 @@ class Viewer:
     def personal(self) -> set[str]:
         return self.portrait.attributes.personal()
 
+    def open_codes(self) -> set[str]:
+        return self.portrait.attributes.open_codes()
+
     def profile(self, document: dict[str, Any], action: str) -> dict[str, Any]:
         if self.sees_pii:
             self.portrait.audit.record(self.key, action, target=document.get("profile_id"),
                                        profile_id=document.get("profile_id"))
             return document
-        return privacy.mask_profile(document, self.personal())
+        return privacy.mask_profile(document, self.personal(), open_codes=self.open_codes())
 
     def profile_events(self, page: dict[str, Any]) -> dict[str, Any]:
         """A page of one profile's events: masked, or audited as a read of personal data."""
@@ -51,8 +54,8 @@ class Viewer:
     def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.sees_pii:
             return events
-        personal = self.personal()
-        return [privacy.mask_event(e, personal) for e in events]
+        personal, open_codes = self.personal(), self.open_codes()
+        return [privacy.mask_event(e, personal, open_codes=open_codes) for e in events]
 
     def rejected(self, payload: dict[str, Any]) -> dict[str, Any]:
         if self.sees_pii:
@@ -94,14 +97,14 @@ class Viewer:
     def explanation(self, found: dict[str, Any]) -> dict[str, Any]:
         if self.sees_pii or "explanation" not in found:
             return found
-        return {**found, "explanation": _mask_explanation(found["explanation"], self.personal())}
+        return {**found, "explanation": _mask_explanation(found["explanation"], self.personal(), self.open_codes())}
 
     def segment(self, document: dict[str, Any]) -> dict[str, Any]:
         """A segment whose condition compares personal data (saved by a key with ``pii:read``: ``email =
         "ann@example.com"``) with those values masked in its JSON, text and English forms."""
         if self.sees_pii or not isinstance(document.get("condition"), dict):
             return document
-        tree = privacy.mask_condition(from_json(document["condition"]), self.personal())
+        tree = privacy.mask_condition(from_json(document["condition"]), self.personal(), open_codes=self.open_codes())
         return {**document, "condition": to_json(tree), "text": to_text(tree), "english": describe(tree)}
 
     def segments(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,17 +113,17 @@ class Viewer:
     def attribute(self, document: dict[str, Any]) -> dict[str, Any]:
         """An attribute whose definition compares personal data (saved by a key with ``pii:read``:
         ``count("Signed Up", where email = "ann@example.com")``) with those values masked, as a segment's are."""
-        return document if self.sees_pii else self._attribute(document, self.personal())
+        return document if self.sees_pii else self._attribute(document, self.personal(), self.open_codes())
 
     def attributes(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.sees_pii:
             return documents
-        personal = self.personal()  # read once for the whole list
-        return [self._attribute(d, personal) for d in documents]
+        personal, open_codes = self.personal(), self.open_codes()  # read once for the whole list
+        return [self._attribute(d, personal, open_codes) for d in documents]
 
     @staticmethod
-    def _attribute(document: dict[str, Any], personal: set[str]) -> dict[str, Any]:
-        shown = _shown_definition(document.get("definition"), personal)
+    def _attribute(document: dict[str, Any], personal: set[str], open_codes: set[str]) -> dict[str, Any]:
+        shown = _shown_definition(document.get("definition"), personal, open_codes)
         return document if shown == document.get("definition") else {**document, "definition": shown}
 
     def without_shown_definition(self, code: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +135,7 @@ class Viewer:
         if self.sees_pii or not isinstance(definition, str):
             return changes
         current = self.portrait.attributes.get(code).get("definition")
-        shown = _shown_definition(current, self.personal())
+        shown = _shown_definition(current, self.personal(), self.open_codes())
         if shown == current:  # nothing masked: the definition is this key's to change as written
             return changes
         if _same_definition(definition, shown):
@@ -161,9 +164,10 @@ class Viewer:
 
     def _personal_compared(self, tree: object) -> list[str]:
         """The personal data a condition or definition compares to values (``is set`` tells no value)."""
-        personal = self.personal() | privacy.PERSONAL_IDENTITY_TYPES
+        personal, open_codes = self.personal() | privacy.PERSONAL_IDENTITY_TYPES, self.open_codes()
         return sorted({node.field for node in _compares(tree)
-                       if privacy.is_personal_field(node.field, personal) and node.op not in ("is set", "is not set")})
+                       if privacy.is_personal_field(node.field, personal, open_codes)
+                       and node.op not in ("is set", "is not set")})
 
     def _check_compares(self, tree: object) -> None:
         tested = self._personal_compared(tree)
@@ -189,7 +193,7 @@ class Viewer:
         except PortraitError:
             return
         self._check_compares(calculation)
-        copied = privacy.personal_copied(calculation, self.personal())
+        copied = privacy.personal_copied(calculation, self.personal(), open_codes=self.open_codes())
         if copied and fields_.get("is_personal_info") is False:
             self.require_pii(f"make {code} a copy of personal data ({', '.join(copied)}) not marked personal")
 
@@ -197,13 +201,14 @@ class Viewer:
         self.portrait.keys.require(self.key, "pii:read", doing)
 
 
-def _shown_definition(definition: object, personal: set[str]) -> object:
+def _shown_definition(definition: object, personal: set[str], open_codes: set[str]) -> object:
     """A calculated attribute's definition as a key without ``pii:read`` sees it (the stored text is canonical, so
     it comes back unchanged when nothing in it is masked)."""
     if not isinstance(definition, str):
         return definition
     try:
-        return definition_text(privacy.mask_calculation(parse_definition(definition), personal))
+        return definition_text(privacy.mask_calculation(parse_definition(definition), personal,
+                                                        open_codes=open_codes))
     except PortraitError:  # it was read when saved; if it no longer reads, none of it is shown
         return privacy.HIDDEN
 
@@ -230,11 +235,11 @@ def _compares(node: object) -> Iterator[Compare]:
             yield from _compares(item)
 
 
-def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any]:
+def _mask_explanation(node: dict[str, Any], personal: set[str], open_codes: set[str]) -> dict[str, Any]:
     out = dict(node)
     masked: Condition | None = None
     try:  # each part's text is the condition's text form, which reads back
-        masked = privacy.mask_condition(parse(str(out.get("text", ""))), personal)
+        masked = privacy.mask_condition(parse(str(out.get("text", ""))), personal, open_codes=open_codes)
         out["text"] = to_text(masked)
     except PortraitError:
         out["text"] = privacy.HIDDEN
@@ -243,5 +248,5 @@ def _mask_explanation(node: dict[str, Any], personal: set[str]) -> dict[str, Any
         out["why"] = compare_why(masked, out["value"], out.get("unit")) if isinstance(masked, Compare) else \
             privacy.HIDDEN
     if "parts" in out:
-        out["parts"] = [_mask_explanation(p, personal) for p in out["parts"]]
+        out["parts"] = [_mask_explanation(p, personal, open_codes) for p in out["parts"]]
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from portrait.attributes import INFERRED_TYPES
+from portrait.attributes import INFERRED_TYPES, PERSONAL_CODE
 from portrait.conditions.evaluate import DATE_TEXT, DATETIME_TEXT
 from portrait.identity import WHITESPACE
 from portrait.sql import READ_DIALECT, insert_from, parse, parse_many
@@ -589,16 +589,7 @@ COUNT_PROBLEMS = parse("SELECT count(*) FROM b_checked WHERE problem IS NOT NULL
 # Params: created-at time (twice).
 _INFER = "CASE arg_min(type, seq) " + " ".join(
     f"WHEN '{json_type}' THEN '{kind}'" for json_type, kind in INFERRED_TYPES.items()) + " ELSE 'string' END"
-# Codes that read as personal data (a word of the code, e.g. mobile_phone, date_of_birth, home_address, zip, ip):
-# an attribute created from such a trait is marked personal information, so it is masked for keys without
-# pii:read from its first value on -- as are the configured identity traits (loyalty_card...), which identify the
-# person. A business can unmark one (PATCH /api/attributes/CODE); leaving personal data open by default is the
-# mistake that cannot be taken back.
-PERSONAL_CODE = (
-    r"(^|_)(e_?mail|phone|mobile|cell|fax|surname|birth|birthday|birthdate|dob|address|street|zip|zipcode|postal|"
-    r"postcode|ip|ssn|passport|iban|national_id|tax_id|latitude|longitude|full_name|first_name|last_name|given_name|"
-    r"family_name|middle_name|maiden_name|nickname)(_|$)"
-)
+# Traits whose codes read as personal data (attributes.PERSONAL_CODE) become attributes marked personal.
 # Params: the configured identity traits' codes, created-at, updated-at.
 # From every usable trait value of the batch, also a part left out as older than its object's removal (see
 # STAGE_TRAIT_CHANGES): read from b_traits, whether such a part made its attribute depended on the batching (in one
