@@ -8,6 +8,7 @@ of a URL that may be shown or logged, and every error raised here has the passwo
 from __future__ import annotations
 
 import base64
+import math
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import psycopg
+from psycopg.adapt import Loader
+from psycopg.types.datetime import DateLoader, TimeLoader, TimestampLoader, TimestamptzLoader, TimetzLoader
 
 from portrait.errors import BadRequest, SourceUnavailable
 
@@ -114,6 +117,27 @@ def connect(url: str, *, timeout: float = 10.0) -> Connector:
         raise SourceUnavailable(f"cannot connect to {redact(url)}: {scrub(str(exc).strip(), url)}") from exc
 
 
+def _or_text(loader: type[Any]) -> type[Loader]:
+    """``loader``, except that a value Python's types cannot hold comes as PostgreSQL writes it. psycopg refuses
+    'infinity' and '-infinity' dates and timestamps, dates before year 1 ('0044-03-15 BC') or past 9999, and a time
+    of '24:00:00', all of which PostgreSQL stores: the error failed the whole chunk, and every later sync at it."""
+
+    class OrText(loader):  # type: ignore[misc]  # a class of the argument's
+        def load(self, data: Any) -> Any:
+            try:
+                return super().load(data)
+            except psycopg.DataError:
+                return bytes(data).decode()
+
+    OrText.__name__ = OrText.__qualname__ = f"{loader.__name__}OrText"
+    return OrText
+
+
+_TIME_LOADERS: dict[str, type[Any]] = {
+    "date": DateLoader, "timestamp": TimestampLoader, "timestamptz": TimestamptzLoader, "time": TimeLoader,
+    "timetz": TimetzLoader}
+
+
 class PostgresConnector:
     dialect = "postgres"
 
@@ -122,6 +146,8 @@ class PostgresConnector:
         self._connection = psycopg.connect(url, connect_timeout=max(1, int(timeout)),
                                            application_name="portrait-source")
         self._connection.read_only = True  # a source query can never change the source
+        for name, loader in _TIME_LOADERS.items():  # text format: the server-side cursor reads text
+            self._connection.adapters.register_loader(name, _or_text(loader))
 
     def chunks(self, query: str, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
         try:
@@ -187,18 +213,28 @@ def cursor_value(value: Any) -> Any:
     """A cursor's value as saved, for the next sync's "at or past": as :func:`plain`, except a decimal that its float
     does not give back exactly (17 digits and more) -- rounded up, the rows at that value were not read again
     (a gap after an interrupted sync) -- which stays exact text (the source compares it as a number)."""
-    number = plain(value)
+    number = plain(value, nonfinite_as_text=True)  # a NaN cursor saved as null made every sync read all again
     if isinstance(value, Decimal) and isinstance(number, float) and Decimal(repr(number)) != value:
         return str(value)
     return number
 
 
-def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat) -> Any:
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as PostgreSQL's to_json writes them
+
+
+def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat, *,
+          nonfinite_as_text: bool = False) -> Any:
     """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64). ``moment`` writes
-    datetimes (``isoformat()`` by default: the form message ids and cursors were saved in)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    datetimes (``isoformat()`` by default: the form message ids and cursors were saved in). JSON has no NaN or
+    infinite number: orjson writes them as null, as the message ids were derived, so a message would lose the value;
+    with ``nonfinite_as_text`` they are ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, as PostgreSQL writes them."""
+    if value is None or isinstance(value, bool | int | str):
         return value
+    if isinstance(value, float):
+        return NONFINITE[repr(value)] if nonfinite_as_text and not math.isfinite(value) else value
     if isinstance(value, Decimal):  # by the column's scale, so one column keeps one JSON type
+        if not value.is_finite():
+            return plain(float(value), nonfinite_as_text=nonfinite_as_text)
         exponent = value.as_tuple().exponent
         return _whole(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
     if isinstance(value, datetime):
@@ -212,7 +248,7 @@ def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat) ->
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
-        return {str(k): plain(v, moment) for k, v in value.items()}
+        return {str(k): plain(v, moment, nonfinite_as_text=nonfinite_as_text) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [plain(v, moment) for v in value]
+        return [plain(v, moment, nonfinite_as_text=nonfinite_as_text) for v in value]
     return str(value)

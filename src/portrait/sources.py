@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -241,7 +242,7 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
         cells = [_as_sent(names, row, record) for row, record in zip(rows, records, strict=True)]
         messages = []
         for row, record, message in zip(rows, records, rows_to_messages(cells, source.mapping), strict=True):
-            if position is not None and row[position] != current:
+            if position is not None and row[position] != current  and not _both_nan(row[position], current):
                 # Rows come in cursor order, and rows alike share their cursor value: past it, none can come again,
                 # so the copies are counted per value (memory for a tie, not for every row synced).
                 copies.clear()
@@ -254,12 +255,18 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
 
 
 def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any]) -> dict[str, Any]:
-    """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC). The record
-    keeps ``isoformat()``, as rows were written before: their message ids derive from it (so a re-sync of rows synced
-    before adds nothing), and the cursor saved from it is what the next sync compares with."""
-    timed = {name: plain(value, api_time) for name, value in zip(names, row, strict=True)
-             if isinstance(value, datetime | list)}  # a list: an array of timestamps
+    """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC), NaN and
+    infinite numbers as text (``"NaN"``; they were null, the value lost). The record keeps ``isoformat()`` and the
+    numbers (orjson writes them null), as rows were written before: their message ids derive from it (so a re-sync
+    of rows synced before adds nothing), and the cursor saved from it is what the next sync compares with."""
+    timed = {name: plain(value, api_time, nonfinite_as_text=True) for name, value in zip(names, row, strict=True)
+             if isinstance(value, datetime | list | dict | float | Decimal)}  # a list: of timestamps; NaN: text
     return {**record, **timed} if timed else record
+
+
+def _both_nan(value: Any, other: Any) -> bool:
+    """NaN is not equal to itself: rows at a NaN cursor counted each as a new value, and identical ones got one id."""
+    return bool(value != value and other != other)  # the test for NaN, for floats and Decimals alike
 
 
 def _message_id(source: str, record: dict[str, Any], copies: dict[bytes, int]) -> str:
