@@ -186,7 +186,8 @@ def test_cli_adds_lists_and_syncs_a_source_without_printing_the_password(postgre
      "more than one column named id"),
     ({"query": "SELECT 1; DROP TABLE customers"}, BadRequest, "must be a single SELECT"),
     ({"cursor": "modified"}, BadRequest, "returns no cursor column 'modified'; it returns id, email"),
-    ({"mapping": {"identifiers": {"user_id": "customer_id"}}}, BadRequest, "has no column 'customer_id'"),
+    ({"mapping": {"identifiers": {"user_id": "customer_id"}}}, BadRequest,
+     "the query returns no column 'customer_id'; it returns credit, email"),
     ({"every": "soon"}, BadRequest, "takes a duration such as 30s"),
     ({"name": "CRM data"}, BadRequest, "a source name is lower-case"),
     ({"kind": "orders"}, BadRequest, "--kind is profiles or events"),
@@ -647,3 +648,24 @@ def test_values_python_cannot_hold_are_kept_as_text_not_a_stuck_sync(postgres: P
     again = portrait.sync_source("plans")  # from the NaN cursor: only its rows again, not all of them
     assert (again.rows, again.stored, again.duplicates, again.rejected) == (3, 0, 2, 1)
 
+
+def test_a_mapped_column_gone_at_a_sync_says_so_and_the_sync_after_the_fix_resumes(
+        postgres: PostgresServer, shop: str, portrait: Portrait) -> None:
+    """A column renamed in the source after the source was added: the sync failed with "the file has no column
+    'plan'" (a source has no file). Now the query's columns are named, and nothing synced is lost or sent twice."""
+    run_sql(postgres, shop, CUSTOMERS)
+    portrait.add_source(customers_source(shop, query="SELECT * FROM customers"))
+    assert portrait.sync_source("crm").stored == 3
+    run_sql(postgres, shop, "ALTER TABLE customers RENAME COLUMN plan TO tier; INSERT INTO customers VALUES "
+                            "(4, 'dee@example.com', 'Dee', 'pro', 1, '2026-02-02 09:00+00')")
+    with pytest.raises(BadRequest) as raised:
+        portrait.sync_source("crm")
+    message = "the query returns no column 'plan'; it returns credit, email, first_name, id, tier, updated_at"
+    assert str(raised.value) == message
+    state = portrait.sources.state("crm")
+    assert (state["status"], state["last_error"], state["total_rows"]) == ("failed", message, 3)
+    run_sql(postgres, shop, "ALTER TABLE customers RENAME COLUMN tier TO plan")
+    resumed = portrait.sync_source("crm")
+    assert (resumed.rows, resumed.stored, resumed.duplicates) == (3, 1, 2)
+    portrait.process_pending()
+    assert portrait.traits("user_id:4")["plan"] == "pro" and portrait.status()["events_received"] == 4

@@ -93,16 +93,17 @@ class RowMapping:
             document["types"] = dict(self.types)
         return document
 
-    def check(self, columns: Iterable[str]) -> None:
-        """Raise BadRequest naming every mapped column the file does not have, and what is missing."""
+    def check(self, columns: Iterable[str], holder: str = "the file has") -> None:
+        """Raise BadRequest naming every mapped column the file does not have, and what is missing; ``holder`` says
+        what lacks it (a source's query "returns")."""
         present = set(columns)
         wanted = [c for c in (self.user_id, self.anonymous_id, self.email, self.phone, self.event_column,
                               self.timestamp, self.message_id, *(self.fields or ()),
                               *self.identifier_columns.values()) if c]
         missing = [c for c in [*wanted, *self.types] if c not in present]
         if missing:
-            raise BadRequest(f"the file has no column {', '.join(repr(c) for c in missing)}; it has "
-                             f"{', '.join(sorted(present))}", code="invalid_mapping")
+            raise BadRequest(f"{holder} no column {', '.join(repr(c) for c in missing)}; it "
+                             f"{holder.split()[-1]} {', '.join(sorted(present))}", code="invalid_mapping")
         if not (self.user_id or self.anonymous_id or self.email or self.phone or self.identifier_columns):
             raise BadRequest("say which column identifies the person (--user-id, --anonymous-id, --email, --phone)",
                              code="invalid_mapping")

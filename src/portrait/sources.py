@@ -85,7 +85,7 @@ class Source:
         if self.cursor is not None and self.cursor not in columns:
             raise BadRequest(f"the query returns no cursor column {self.cursor!r}; it returns "
                              f"{', '.join(columns)}", code="invalid_source")
-        self.mapping.check(columns)
+        self.mapping.check(columns, holder="the query returns")
 
 
 SOURCE_FIELDS = {"name", "kind", "url", "query", "cursor", "every", "mapping"}
