@@ -21,7 +21,6 @@ from uuid import UUID
 
 import psycopg
 from psycopg.adapt import Loader
-from psycopg.types.datetime import DateLoader, TimeLoader, TimestampLoader, TimestamptzLoader, TimetzLoader
 
 from portrait.errors import BadRequest, SourceUnavailable
 
@@ -120,12 +119,18 @@ def connect(url: str, *, timeout: float = 10.0) -> Connector:
 def _or_text(loader: type[Any]) -> type[Loader]:
     """``loader``, except that a value Python's types cannot hold comes as PostgreSQL writes it. psycopg refuses
     'infinity' and '-infinity' dates and timestamps, dates before year 1 ('0044-03-15 BC') or past 9999, and a time
-    of '24:00:00', all of which PostgreSQL stores: the error failed the whole chunk, and every later sync at it."""
+    of '24:00:00', all of which PostgreSQL stores: the error failed the whole chunk, and every later sync at it.
+    It wraps the loader psycopg has (its C one where installed: a Python subclass read 300,000 rows of three times
+    five times slower), rather than subclassing the pure-Python one."""
 
-    class OrText(loader):  # type: ignore[misc]  # a class of the argument's
+    class OrText(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._load = loader(oid, context).load
+
         def load(self, data: Any) -> Any:
             try:
-                return super().load(data)
+                return self._load(data)
             except psycopg.DataError:
                 return bytes(data).decode()
 
@@ -133,9 +138,7 @@ def _or_text(loader: type[Any]) -> type[Loader]:
     return OrText
 
 
-_TIME_LOADERS: dict[str, type[Any]] = {
-    "date": DateLoader, "timestamp": TimestampLoader, "timestamptz": TimestamptzLoader, "time": TimeLoader,
-    "timetz": TimetzLoader}
+_TIME_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz")
 
 
 class PostgresConnector:
@@ -146,8 +149,12 @@ class PostgresConnector:
         self._connection = psycopg.connect(url, connect_timeout=max(1, int(timeout)),
                                            application_name="portrait-source")
         self._connection.read_only = True  # a source query can never change the source
-        for name, loader in _TIME_LOADERS.items():  # text format: the server-side cursor reads text
-            self._connection.adapters.register_loader(name, _or_text(loader))
+        adapters = self._connection.adapters
+        for name in _TIME_TYPES:  # text format: the server-side cursor reads text
+            oid = adapters.types[name].oid
+            loader = adapters.get_loader(oid, psycopg.pq.Format.TEXT)
+            if loader is not None:
+                adapters.register_loader(oid, _or_text(loader))
 
     def chunks(self, query: str, size: int) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
         try:
