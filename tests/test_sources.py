@@ -619,28 +619,31 @@ def test_values_python_cannot_hold_are_kept_as_text_not_a_stuck_sync(postgres: P
                                                                      portrait: Portrait) -> None:
     """A date or time psycopg cannot make a Python value of ('infinity', a BC date, year 20000, 24:00) made every
     sync of the source fail ("date too small (before year 1): '-infinity'") at that row's chunk, for good. Now the
-    value comes as PostgreSQL writes it; as the event's time it rejects its row, kept with the reason. NaN and
-    infinite numbers vanished from the traits (JSON has no such numbers; they were written as null): they are text,
-    as PostgreSQL's own to_json writes them, and a cursor at one is saved (a NaN cursor made every sync read all)."""
+    value comes as PostgreSQL writes it; as the event's time it rejects its row, kept with the reason. NaN went out
+    as null, which removed the trait (NULL leaves it): it is no value now, as NULL and as NaN in a CSV file; an
+    infinite number vanished the same way and is text, as the API keeps 1e400. A cursor at NaN is saved (it was
+    saved as null: every sync read all again), and identical rows at it are two events, not one."""
     run_sql(postgres, shop, """
         CREATE TABLE plans (id integer, ends date, since timestamptz, closes time, valid date[], ratio float8,
                             score numeric, changed timestamp, version float8);
         INSERT INTO plans VALUES
+            (1, NULL, NULL, NULL, NULL, 0.5, NULL, '2025-12-01', 0),
             (1, 'infinity', '-infinity', '24:00', '{2026-01-01,infinity}', 'NaN', 'Infinity', '2026-01-01', 1),
             (2, '0044-03-15 BC', '20000-01-01 00:00+00', '10:00', NULL, '-Infinity', 'NaN', 'infinity', 'NaN'),
             (3, NULL, NULL, NULL, NULL, NULL, NULL, '2026-01-02', 'NaN'), (3, NULL, NULL, NULL, NULL, NULL, NULL,
-            '2026-01-02', 'NaN');  -- identical rows at a NaN cursor: two events, not one taken for the other
+            '2026-01-02', 'NaN');
     """)
     portrait.add_source({"name": "plans", "kind": "profiles", "url": shop, "cursor": "version",
                          "query": "SELECT * FROM plans",
                          "mapping": {"identifiers": {"user_id": "id"}, "timestamp": "changed"}})
     report = portrait.sync_source("plans")
-    assert (report.rows, report.stored, report.rejected, report.cursor) == (4, 3, 1, "NaN")
+    assert (report.rows, report.stored, report.rejected, report.cursor) == (5, 4, 1, "NaN")
     assert report.by_code == {"invalid_timestamp": 1}
     portrait.process_pending()
     assert portrait.traits("user_id:1") == {
         "ends": "infinity", "since": "-infinity", "closes": "24:00:00", "valid": ["2026-01-01", "infinity"],
-        "ratio": "NaN", "score": "Infinity", "version": 1.0}
+        "ratio": 0.5, "score": "Infinity", "version": 1.0}
+    assert portrait.data_quality()["issues"] == []  # NaN is no value, not a text the number trait refuses
     kept = portrait.rejected()["rejected"]
     assert len(kept) == 1 and kept[0]["source"] == "source:plans" and "infinity" in json.dumps(kept[0])
     assert "0044-03-15 BC" in json.dumps(kept[0]) and "20000-01-01" in json.dumps(kept[0])

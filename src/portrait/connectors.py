@@ -220,28 +220,31 @@ def cursor_value(value: Any) -> Any:
     """A cursor's value as saved, for the next sync's "at or past": as :func:`plain`, except a decimal that its float
     does not give back exactly (17 digits and more) -- rounded up, the rows at that value were not read again
     (a gap after an interrupted sync) -- which stays exact text (the source compares it as a number)."""
-    number = plain(value, nonfinite_as_text=True)  # a NaN cursor saved as null made every sync read all again
+    number = plain(value, nonfinite=AS_TEXT)  # a NaN cursor saved as null made every sync read all again
     if isinstance(value, Decimal) and isinstance(number, float) and Decimal(repr(number)) != value:
         return str(value)
     return number
 
 
-NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as PostgreSQL's to_json writes them
+# JSON has no NaN or infinite number; orjson writes them as null, which removes a trait.
+AS_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as PostgreSQL writes them (a cursor's value)
+# In a message: NaN is no value, as NULL (and NaN in a CSV file) is; an infinite number is text, as the API keeps
+# 1e400, a number too large for a double.
+AS_SENT = {"nan": None, "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat, *,
-          nonfinite_as_text: bool = False) -> Any:
+          nonfinite: dict[str, Any] | None = None) -> Any:
     """A database value as JSON: numbers, text, ISO times, lists and objects (bytes as base64). ``moment`` writes
-    datetimes (``isoformat()`` by default: the form message ids and cursors were saved in). JSON has no NaN or
-    infinite number: orjson writes them as null, as the message ids were derived, so a message would lose the value;
-    with ``nonfinite_as_text`` they are ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, as PostgreSQL writes them."""
+    datetimes (``isoformat()`` by default: the form message ids and cursors were saved in); ``nonfinite`` (by
+    ``repr``: ``nan``, ``inf``, ``-inf``) NaN and infinite numbers, kept as floats without it."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return NONFINITE[repr(value)] if nonfinite_as_text and not math.isfinite(value) else value
+        return nonfinite[repr(value)] if nonfinite is not None and not math.isfinite(value) else value
     if isinstance(value, Decimal):  # by the column's scale, so one column keeps one JSON type
         if not value.is_finite():
-            return plain(float(value), nonfinite_as_text=nonfinite_as_text)
+            return plain(float(value), nonfinite=nonfinite)
         exponent = value.as_tuple().exponent
         return _whole(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
     if isinstance(value, datetime):
@@ -255,7 +258,7 @@ def plain(value: Any, moment: Callable[[datetime], str] = datetime.isoformat, *,
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
-        return {str(k): plain(v, moment, nonfinite_as_text=nonfinite_as_text) for k, v in value.items()}
+        return {str(k): plain(v, moment, nonfinite=nonfinite) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [plain(v, moment, nonfinite_as_text=nonfinite_as_text) for v in value]
+        return [plain(v, moment, nonfinite=nonfinite) for v in value]
     return str(value)

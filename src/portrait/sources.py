@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from portrait.background import Worker
-from portrait.connectors import Connector, absolute, connect, cursor_value, dialect_of, plain, redact
+from portrait.connectors import AS_SENT, Connector, absolute, connect, cursor_value, dialect_of, plain, redact
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError
 from portrait.mapping import RowMapping, api_time, rows_to_messages
 from portrait.spec import utc_now
@@ -255,12 +255,13 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
 
 
 def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any]) -> dict[str, Any]:
-    """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC), NaN and
-    infinite numbers as text (``"NaN"``; they were null, the value lost). The record keeps ``isoformat()`` and the
-    numbers (orjson writes them null), as rows were written before: their message ids derive from it (so a re-sync
-    of rows synced before adds nothing), and the cursor saved from it is what the next sync compares with."""
-    timed = {name: plain(value, api_time, nonfinite_as_text=True) for name, value in zip(names, row, strict=True)
-             if isinstance(value, datetime | list | dict | float | Decimal)}  # a list: of timestamps; NaN: text
+    """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC), NaN as no
+    value (as NULL; it was null, which removes a trait) and infinite numbers as text. The record keeps
+    ``isoformat()`` and the numbers (orjson writes them null), as rows were written before: their message ids derive
+    from it (so a re-sync of rows synced before adds nothing), and the cursor saved from it is what the next sync
+    compares with."""
+    timed = {name: plain(value, api_time, nonfinite=AS_SENT) for name, value in zip(names, row, strict=True)
+             if isinstance(value, datetime | list | dict | float | Decimal)}  # a list: of timestamps
     return {**record, **timed} if timed else record
 
 
