@@ -32,6 +32,8 @@ from portrait.conditions.ast import (
     Stopped,
     Window,
 )
+from portrait.conditions.calculations import definition_text, parse_definition
+from portrait.conditions.erasing import Eraser
 from portrait.conditions.evaluate import compile_predicate, read_datetime
 from portrait.config import Settings
 from portrait.segments import load_profiles
@@ -470,3 +472,41 @@ def test_both_engines_read_a_datetime_text_alike(portrait: Portrait, text: str) 
     finally:
         session.close()
     assert in_sql == read_datetime(text)
+
+
+ERASING_CASES = [  # (condition, with her values erased, how many)
+    ('email = "ann@x.io"', 'email = "(erased)"', 1),
+    ('email not in ("ann@x.io", "bob@x.io")', 'email not in ("(erased)", "bob@x.io")', 1),
+    ('email regex "ann@x.io"', 'email regex "\\\\(erased\\\\)"', 1),
+    ('not (first_name = "Ann" and email != "ann@x.io")', 'not (first_name = "Ann" and email != "(erased)")', 1),
+    ('performed("Login", where device = "ann@x.io") or last_time("Buy", where by = "ann@x.io") before 3d ago',
+     'performed("Login", where device = "(erased)") or last_time("Buy", where by = "(erased)") before 3d ago', 2),
+    ('sum("Buy", revenue, where by = "ann@x.io") > 5 and stopped("Login", recent = 1d, earlier = 2d, '
+     'where by = "ann@x.io")',
+     'sum("Buy", revenue, where by = "(erased)") > 5 and stopped("Login", recent = 1d, earlier = 2d, '
+     'where by = "(erased)")', 2),
+    ('email = "(erased)"', 'email = "(erased)"', 0),  # done before: an erasure run again changes nothing
+]
+
+
+@pytest.mark.parametrize(("text", "erased", "count"), ERASING_CASES)
+def test_erasing_replaces_the_values_naming_her_through_the_tree(text: str, erased: str, count: int) -> None:
+    eraser = Eraser(lambda value: value == "ann@x.io")
+    condition = parse(text)
+    rewritten = eraser.condition(condition)
+    assert rewritten is not None and (to_text(rewritten), eraser.replaced) == (erased, count)
+    assert from_json(to_json(rewritten)) == rewritten == parse(erased)  # every form says the same
+    if not count:
+        assert rewritten is condition
+
+
+def test_erasing_a_definition_replaces_its_where_values_and_concat_texts() -> None:
+    eraser = Eraser(lambda value: value == "ann@x.io")
+    for text, erased in [('count("Buy", within = 30d, where by = "ann@x.io")', 'count("Buy", within = 30d, where by = '
+                                                                             '"(erased)")'),
+                         ('days_since(last_time("Buy", where by = "ann@x.io"))',
+                          'days_since(last_time("Buy", where by = "(erased)"))'),
+                         ('concat(first_name, "ann@x.io", "!")', 'concat(first_name, "(erased)", "!")'),
+                         ('rfm_group("Buy", revenue)', 'rfm_group("Buy", revenue)')]:
+        assert definition_text(eraser.calculation(parse_definition(text))) == erased
+    assert eraser.replaced == 3

@@ -752,3 +752,88 @@ def test_reading_a_large_access_export_does_not_hold_the_server(server: Server) 
     events = answer.json()["result"]["events"]
     assert len(events) == 12_000 and events[0]["properties"]["items"][7] == {"sku": "s0-7", "price": 7}
     assert max(health) < 0.5, f"/healthz took up to {max(health):.2f} s while the export was read"
+
+
+ZENOBIA = (b"zenobia.canary@example.com", b"Zenobia.Canary@Example.COM", b"u-canary-77", b"+48601234599",
+           b"+48 601 234 599")
+
+
+def test_erasure_rewrites_her_identifiers_in_saved_conditions_and_leaves_no_byte(tmp_path: Path) -> None:
+    """Segments and calculated attributes saved naming her identifiers -- as stored, in other letters, a phone as
+    written -- keep working after her erasure, with "(erased)" in their place, and the file keeps none of them.
+    Her first name in a condition is no identifier (others share it): it stays, as docs/security.md says."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    settings = Settings(db_path=str(folder / "p.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY)
+    service = Portrait(settings, background=False)
+    service.ingest_messages([
+        {"type": "identify", "userId": "u-canary-77",
+         "traits": {"email": "zenobia.canary@example.com", "phone": "+48 601 234 599", "firstName": "Zenobiaxq"}},
+        {"type": "track", "userId": "u-canary-77", "event": "Order Completed",
+         "properties": {"revenue": 5, "buyer": "zenobia.canary@example.com"}},
+        {"type": "identify", "userId": "u-bob", "traits": {"email": "bob@example.com", "firstName": "Bob"}},
+        {"type": "track", "userId": "u-bob", "event": "Order Completed", "properties": {"revenue": 7}},
+    ])
+    service.process_pending()
+    conditions = {
+        "her": 'email = "zenobia.canary@example.com"',
+        "as typed": 'email = "Zenobia.Canary@Example.COM"',  # selects no one (values compare as written): hers still
+        "not her": 'email != "zenobia.canary@example.com"',
+        "her phone or name": 'phone in ("+48 601 234 599", "+48601234500") or first_name = "Zenobiaxq"',
+        "her orders": 'performed("Order Completed", where buyer in ("zenobia.canary@example.com", "u-canary-77"))',
+        "her pattern": 'email regex "zenobia.canary@example.com"',
+    }
+    with TestClient(create_app(portrait=service)) as client:
+        for name, condition in conditions.items():
+            made = client.post("/api/segments", headers=ADMIN, json={"name": name, "condition": condition})
+            assert made.status_code == 201, made.text
+        for code, definition in {"her_orders": 'count("Order Completed", where buyer = "zenobia.canary@example.com")',
+                                 "tagged": 'concat(first_name, "u-canary-77")'}.items():
+            made = client.post("/api/attributes", headers=ADMIN, json={"code": code, "name": code,
+                                                                       "definition": definition})
+            assert made.status_code == 201, made.text
+        service.process_pending()
+        sizes = {s["name"]: s["size"] for s in client.get("/api/segments", headers=ADMIN).json()["segments"]}
+        assert sizes == {"her": 1, "as typed": 0, "not her": 1, "her phone or name": 1, "her orders": 1,
+                         "her pattern": 1}
+        service.store.checkpoint()
+        assert [s for s in ZENOBIA if s not in files_of(folder)] == []  # the scan can see them before
+        created = client.post("/api/privacy/requests", headers=ADMIN,
+                              json={"type": "erase", "identity": "email:zenobia.canary@example.com"})
+        done = service.privacy.run(created.json()["id"])
+        assert done["status"] == "done" and done["result"]["conditions_rewritten"] == 8, done
+        texts = {}
+        for name in conditions:  # each still loads, recounts, and says what it now means
+            recounted = client.post(f"/api/segments/{name}/recount", headers=ADMIN)
+            assert recounted.status_code == 200, recounted.text
+            texts[name] = recounted.json()["text"]
+            assert recounted.json()["size"] == (1 if name == "not her" else 0), recounted.json()
+            assert "erased" in recounted.json()["english"]
+        assert texts == {"her": 'email = "(erased)"', "as typed": 'email = "(erased)"',
+                         "not her": 'email != "(erased)"',
+                         "her phone or name": 'phone in ("(erased)", "+48601234500") or first_name = "Zenobiaxq"',
+                         "her orders": 'performed("Order Completed", where buyer in ("(erased)", "(erased)"))',
+                         "her pattern": 'email regex "\\\\(erased\\\\)"'}
+        definitions = {a["code"]: a["definition"] for a in client.get("/api/attributes", headers=ADMIN).json()[
+            "attributes"] if a["calculated"]}
+        assert definitions == {"her_orders": 'count("Order Completed", where buyer = "(erased)")',
+                               "tagged": 'concat(first_name, "(erased)")'}
+        assert service.recalculate()["attributes"] == 2  # both still compute
+        bob = client.get("/api/profiles/user_id:u-bob", headers=ADMIN).json()
+        assert (bob["traits"]["her_orders"], bob["traits"]["tagged"]) == (0, "Bob(erased)")
+    service.close()
+    leftovers = files_of(folder)
+    assert [s for s in ZENOBIA if s in leftovers] == []
+    assert b"Zenobiaxq" in leftovers  # her first name in a condition: not an identifier, left as documented
+    reopened = Portrait(settings, background=False)
+    assert reopened.segments.get("her")["text"] == 'email = "(erased)"'
+    reopened.close()
+
+
+def test_an_erasure_of_an_identity_no_profile_holds_rewrites_the_conditions_naming_it(portrait: Portrait) -> None:
+    portrait.create_segment({"name": "vip", "condition": 'email in ("nobody.yet@example.com", "vip@example.com")'})
+    done = portrait.privacy_request({"type": "erase", "identity": "email:Nobody.Yet@example.com"}, "test",
+                                    run_now=True)
+    assert done["result"] == {"erased": False, "conditions_rewritten": 1,
+                              "reason": "no profile had this identity; it is suppressed from now on"}
+    assert portrait.segments.get("vip")["text"] == 'email in ("(erased)", "vip@example.com")'

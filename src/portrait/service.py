@@ -198,7 +198,7 @@ class Portrait:
                                   dedup=DedupPolicy(timedelta(hours=settings.dedup_window_hours),
                                                     settings.dedup_max_ids))
         self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
-            resolve=self.resolve_profile_id, normalize_key=self._identity_key,
+            resolve=self.resolve_profile_id, normalize_key=self._identity_key, normalize=self.rules.normalize,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
             after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
             catch_up=self._catch_up, suppressing=self._reading.exclusive))

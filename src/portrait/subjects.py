@@ -6,10 +6,11 @@
 - **Erase** removes the profile and everything derived from it -- across every profile merged into it: its raw
   events, identities, traits, consent records, memberships and history, merges, data-quality records, rejected
   messages holding its identifier values, events that no profile holds (set aside, no usable identifier) naming
-  it, earlier access exports. DuckDB leaves the bytes of deleted rows in freed
-  blocks, so the database file is then rewritten (when Portrait next closes it -- a server stop -- or opens it):
-  afterwards no byte of the person is left on disk. The person's identifiers are kept only as SHA-256 hashes, so
-  later events carrying them are dropped and counted (``events_suppressed``) instead of re-creating the person.
+  it, earlier access exports; its identifier values in saved conditions become "(erased)". DuckDB leaves the
+  bytes of deleted rows in freed blocks, so the database file is then rewritten (when Portrait next closes it --
+  a server stop -- or opens it): afterwards no byte of the person is left on disk. The person's identifiers are
+  kept only as SHA-256 hashes, so later events carrying them are dropped and counted (``events_suppressed``)
+  instead of re-creating the person.
 - Requests are queued with ids and statuses (pending, running, done, failed), run by a background worker in the
   server (or at once from the CLI), and survive restarts (a request cut off runs again; both kinds are idempotent).
 """
@@ -20,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +30,12 @@ import orjson
 import phonenumbers
 
 from portrait.background import Worker
+from portrait.conditions import from_json, to_json
+from portrait.conditions.calculations import definition_text, parse_definition
+from portrait.conditions.erasing import Eraser
 from portrait.errors import BadRequest, NotFound
 from portrait.identity import identity_hash
+from portrait.model import Identifier
 from portrait.spec import event_document, iso_time, utc_now
 from portrait.sql import reads
 from portrait.sql import rebuild as rebuild_q
@@ -47,6 +52,7 @@ class Hooks:
 
     resolve: Callable[[str], str]  # TYPE:VALUE -> profile id (NotFound if none)
     normalize_key: Callable[[str], str]  # TYPE:VALUE -> the normalized identity key (for the hash)
+    normalize: Callable[[str, str], Identifier | None]  # (type, raw value) -> the identifier, as the processor reads it
     profile: Callable[[str], dict[str, Any]]  # profile id -> the profile document
     consents: Callable[[str], dict[str, Any]]
     after_erase: Callable[[], None]  # e.g. ask for the database file to be rewritten
@@ -172,8 +178,15 @@ class PrivacyRequests:
                 try:
                     profile_id = self._hooks.resolve(identity)
                 except NotFound:
+                    kind, _, value = self._hooks.normalize_key(identity).partition(":")
+                    session = self._session()
+                    with session.transaction():
+                        rewritten = self._rewrite_conditions(session, [(f"{kind}:{value}", kind, value)])
                     self._forget(request)
-                    return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on"}
+                    if rewritten:
+                        self._hooks.after_erase()  # the file is rewritten: the old conditions' bytes go too
+                    return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on",
+                            "conditions_rewritten": rewritten}
                 result = self._erase_profile(profile_id, request)
             except Exception:
                 self._unsuppress(request["id"])  # a failed erasure leaves nothing behind; it can be asked again
@@ -222,9 +235,42 @@ class PrivacyRequests:
             for statement in q.DROP_NAMED_IDENTIFIERS:
                 session.execute(statement, [keys, keys])
             session.execute(q.DROP_EMPTY_CONFLICTS)
+            rewritten = self._rewrite_conditions(session, identities)
         self.suppressed = self._load_suppressed()
         return {"erased": True, "profile_id": profile_id, "merged_profiles": len(merged),
-                "identities_suppressed": len(identities), "events": events}
+                "identities_suppressed": len(identities), "events": events, "conditions_rewritten": rewritten}
+
+    def _rewrite_conditions(self, session: Session, identities: Sequence[tuple[Any, ...]]) -> int:
+        """Replace her identifier values in saved segment conditions and calculated attributes' definitions by
+        "(erased)" (conditions/erasing.py says why the segments keep their meaning); returns how many segments and
+        attributes changed. A value names her if it is one of her identifiers as stored, or as the processor would
+        store it: an email in other letters, a phone number however it is written ("+48 601 234 567"). Only
+        identifier values are known to be hers: her first name in ``first_name = "Ann"`` is other people's too, and
+        stays."""
+        keys = {str(key) for key, _kind, _value in identities}
+        kinds = {str(kind) for _key, kind, _value in identities}
+        values = {str(value) for _key, _kind, value in identities}
+
+        def naming(text: str) -> bool:
+            if text in values:
+                return True
+            found = (self._hooks.normalize(kind, text) for kind in kinds)
+            return any(identifier is not None and identifier.key in keys for identifier in found)
+
+        now, rewritten = utc_now(), 0
+        for segment_id, stored in session.execute(q.SAVED_CONDITIONS):
+            eraser = Eraser(naming)
+            condition = eraser.condition(from_json(orjson.loads(stored)))
+            if eraser.replaced and condition is not None:
+                session.execute(q.REWRITE_CONDITION, [orjson.dumps(to_json(condition)).decode(), now, segment_id])
+                rewritten += 1
+        for code, stored in session.execute(q.SAVED_DEFINITIONS):
+            eraser = Eraser(naming)
+            calculation = eraser.calculation(parse_definition(str(stored)))
+            if eraser.replaced:
+                session.execute(q.REWRITE_DEFINITION, [definition_text(calculation), now, code])
+                rewritten += 1
+        return rewritten
 
     def suppressed_rows(self) -> list[tuple[Any, ...]]:
         """Every erased identifier, hashed, with its request and time (what a restore carries over)."""

@@ -102,6 +102,8 @@ class Erasure(BaseModel):
     merged_profiles: int = sometimes("Profiles merged into it, erased too")
     identities_suppressed: int = sometimes("Identifiers whose events are dropped from now on")
     events: int = sometimes("Events deleted")
+    conditions_rewritten: int = sometimes("Saved segments and calculated attributes whose condition named one of "
+                                          "the person's identifiers, now \"(erased)\" in its place")
 
 
 class PrivacyRequestSummary(BaseModel):

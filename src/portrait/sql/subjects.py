@@ -46,6 +46,13 @@ DROP_NAMED_IDENTIFIERS = [
     parse(_WITHOUT_KEYS.format(table="identity_conflicts", column="dropped")),
 ]
 DROP_EMPTY_CONFLICTS = parse("DELETE FROM identity_conflicts WHERE json_array_length(dropped) = 0")
+# ... and her identifier values in saved conditions: segments' (JSON) and calculated attributes' definitions (text),
+# read whole and rewritten through the condition tree (conditions/erasing.py). Params: the new form, the time, the
+# segment's id (the attribute's code).
+SAVED_CONDITIONS = parse("SELECT id, condition FROM segments WHERE condition IS NOT NULL ORDER BY id")
+REWRITE_CONDITION = parse("UPDATE segments SET condition = ?, updated_at = ? WHERE id = ?")
+SAVED_DEFINITIONS = parse("SELECT code, definition FROM attributes WHERE definition IS NOT NULL ORDER BY code")
+REWRITE_DEFINITION = parse("UPDATE attributes SET definition = ?, updated_at = ? WHERE code = ?")
 # ... and the person's identifiers on uploaded (static) segment lists. Params: identity keys (a list).
 DROP_STATIC_IDENTITIES = parse("DELETE FROM static_segment_identities "
                                "WHERE list_contains(CAST(? AS VARCHAR[]), identity_key)")
