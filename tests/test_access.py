@@ -26,7 +26,7 @@ from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import RateLimited
 from portrait.keys import RateLimiter
-from portrait.privacy import mask
+from portrait.privacy import mask, personal_identifier
 from portrait.service import IncomingRequest, Portrait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -841,3 +841,71 @@ def test_event_fields_named_as_personal_data_are_masked_as_traits_so_named_would
     assert copied.status_code == 201 and copied.json()["is_personal_info"] is True, copied.text
     assert admin.get("/api/profiles/user_id:42/events").json()["events"][0]["properties"]["mobilePhone"] == \
         "+48 600 999 111"
+
+
+@pytest.mark.parametrize(("value", "personal"), [
+    ("ann@example.com", True), ("Ann.Lee+shop@mail.example.co.uk", True), (" ann@example.com ", True),
+    ("+48 601 234 567", True), ("+48601234567", True), ("+1 202-555-0143", True),
+    ("42", False), ("A-1001", False), ("order@42", False), ("ann@localhost", False), ("team @ example.com", False),
+    ("601234567", False),  # a phone only in international form: a bare number may be an order or a user id
+    ("+12345", False), ("+0012345", False), ("20240101", False), (None, False), (12345678901, False),
+])
+def test_an_identifier_is_personal_when_it_is_an_email_or_an_international_phone(value: object,
+                                                                                 personal: bool) -> None:
+    assert personal_identifier(value) is personal
+
+
+IDENTIFIED_BY_EMAIL = [  # identifiers of every type holding emails and a phone: none is of type email or phone
+    {"type": "track", "anonymousId": "dave@example.com", "event": "Browsed"},
+    {"type": "identify", "userId": "ann@example.com", "anonymousId": "bob@example.org", "traits": {"plan": "pro"},
+     "context": {"externalIds": [{"id": "carl@example.net", "type": "loyalty_id", "collection": "users",
+                                  "encoding": "none"}]}},
+    {"type": "alias", "userId": "ann@example.com", "previousId": "dave@example.com"},  # merges dave's profile
+    {"type": "identify", "userId": "zed@example.com", "anonymousId": "bob@example.org"},  # ann's anonymousId: dropped
+    {"type": "identify", "userId": "+48601234567", "traits": {"plan": "free"}},
+    {"type": "identify", "userId": "A-1001", "anonymousId": "+12345", "traits": {"plan": "free"}},  # not personal
+]
+EMAILED = ("ann@example.com", "bob@example.org", "carl@example.net", "dave@example.com", "zed@example.com",
+           "+48601234567", "%2B48601234567")
+
+
+def test_identifiers_that_are_emails_or_phones_are_masked_whatever_their_type(server: Server) -> None:
+    """Many businesses use the email as the userId (analytics.identify("ann@example.com")), and anonymous and custom
+    ids may be emails too: a key without pii:read read them in clear in profiles, identities, merges, identity
+    conflicts, events, the recent feed, segment members and exports. They are masked as email identities are;
+    lookups by them still work, for keys with pii:read (shown in clear) and without (as email: lookups do)."""
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as sender:
+        assert sender.post("/v1/batch", json={"batch": IDENTIFIED_BY_EMAIL}).status_code == 200
+    server.wait_caught_up()
+    with server.admin() as admin:
+        assert admin.post("/api/segments", json={"name": "planned", "condition": "plan is set"}).status_code == 201
+        made = admin.post("/api/keys", json={"kind": "admin", "name": "ops", "scopes": ["read", "admin"]})
+        clear = admin.get("/api/profiles/user_id:ann@example.com")
+        assert clear.status_code == 200 and all(v in clear.text for v in EMAILED[:4]), clear.text
+        assert admin.get("/api/profiles/user_id:+48601234567").json()["identities"][0]["value"] == "+48601234567"
+    with httpx.Client(base_url=server.url, headers=bearer(made.json()["key"]), timeout=10) as reader:
+        profile = reader.get("/api/profiles/user_id:ann@example.com")  # a lookup by the value: as by email:
+        assert profile.status_code == 200, profile.text
+        shown = {(i["type"], i["value"]) for i in profile.json()["identities"]}
+        assert shown == {("user_id", "a***@example.com"), ("anonymous_id", "b***@example.org"),
+                         ("anonymous_id", "d***@example.com"), ("loyalty_id", "c***@example.net")}
+        [merge] = profile.json()["merges"]
+        assert {i["value"] for i in merge["identifiers"]} == {"a***@example.com", "d***@example.com"}
+        [conflict] = reader.get("/api/profiles/user_id:zed@example.com").json()["identity_conflicts"]
+        assert conflict["dropped"] == [{"type": "anonymous_id", "value": "b***@example.org"}]
+        events = reader.get("/api/profiles/user_id:ann@example.com/events").json()["events"]
+        assert {e["user_id"] for e in events} == {"a***@example.com", None}
+        assert "d***@example.com" in {e["previous_id"] for e in events}
+        recent = reader.get("/api/events/recent").json()["events"]
+        assert {"a***@example.com", "***67", "A-1001"} <= {e["user_id"] for e in recent}
+        assert "+12345" in {e["anonymous_id"] for e in recent}  # not a valid number: an id like any other
+        members = reader.get("/api/segments/planned/members").json()["members"]
+        assert sorted(m["user_id"] for m in members) == ["***67", "A-1001", "a***@example.com"]
+        exported = reader.get("/api/exports/profiles", params={"format": "csv"})
+        assert exported.status_code == 200 and "a***@example.com" in exported.text and "A-1001" in exported.text
+        for path in ("/api/profiles/user_id:ann@example.com", "/api/profiles/user_id:ann@example.com/identities",
+                     "/api/profiles/user_id:zed@example.com",
+                     "/api/profiles/user_id:ann@example.com/events", "/api/profiles/user_id:+48601234567",
+                     "/api/events/recent", "/api/segments/planned/members", "/api/exports/profiles", "/api/audit"):
+            answer = reader.get(path)
+            assert answer.status_code == 200 and not [v for v in EMAILED if v in answer.text], (path, answer.text)

@@ -329,6 +329,45 @@ def test_an_admin_without_pii_read_edits_a_definition_it_sees_masked(browser: Br
         assert "ann@example.com" not in shown.stdout
 
 
+def test_a_user_id_that_is_an_email_is_masked_in_the_console_and_the_cli(browser: Browser, shop: Server) -> None:
+    """A shop using the customer's email as the userId: a key without pii:read read it in clear in search results,
+    the card, live events, a segment's members and its CSV, and the CLI through the server. It is masked as an
+    email identity is, a search by its beginning finds nothing (it would spell it out), and TYPE:VALUE finds it."""
+    secret = "nina.masked@example.com"
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/identify", json={"userId": secret, "traits": {"plan": "nina-plan"}}).status_code == 200
+    shop.wait_caught_up()
+    with shop.admin() as admin:
+        made = admin.post("/api/segments", json={"name": "ninas", "condition": 'plan = "nina-plan"'})
+        assert made.status_code == 201 and made.json()["size"] == 1, made.text
+        reader = admin.post("/api/keys", json={"kind": "read", "name": "masked-reader"}).json()["key"]
+    page = sign_in(browser, shop, reader)
+    page.goto("/customers?q=nina.mas")
+    expect(page.locator("table tbody")).to_contain_text("Nobody matches")
+    page.goto(f"/customers?q=user_id:{quote(secret)}")
+    expect(page.locator("table tbody .tag", has_text="user_id: n***@example.com")).to_have_count(1)
+    page.locator("table tbody a").first.click()
+    expect(page.get_by_role("heading", name="Identities")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("n***@example.com")
+    expect(page.locator("main")).not_to_contain_text(secret)
+    page.goto(f"/segments/{made.json()['id']}")
+    expect(page.locator("main")).to_contain_text("n***@example.com")
+    assert secret not in page.content()
+    exported = page.request.get(f"/segments/{made.json()['id']}/export.csv")
+    assert exported.ok and "n***@example.com" in exported.text() and secret not in exported.text()
+    open_live_events(page)
+    with httpx.Client(base_url=shop.url, auth=(WRITE_KEY, ""), timeout=10) as sdk:
+        assert sdk.post("/v1/track", json={"userId": secret, "event": "Masked Live Event"}).status_code == 200
+    expect(page.locator("#live")).to_contain_text("Masked Live Event", timeout=15_000)
+    expect(page.locator("#live")).to_contain_text("n***@example.com")
+    assert secret not in page.content()
+    page.context.close()
+    shown = cli(shop, "profiles", "get", f"user_id:{secret}", key=reader)
+    assert shown.returncode == 0 and "n***@example.com" in shown.stdout, shown.stderr
+    assert secret not in shown.stdout
+    assert secret in cli(shop, "profiles", "get", f"user_id:{secret}").stdout  # the admin key has pii:read
+
+
 def test_numbers_are_shown_with_their_unit(page: Page, shop: Server) -> None:
     """An attribute's analytics (mean, range, chart, top values) and the customer card write a number's unit."""
     with shop.admin() as admin:

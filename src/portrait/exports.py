@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from portrait.errors import BadRequest
+from portrait.privacy import mask_identifier
 from portrait.registry import AttributeRegistry
 from portrait.sql import attributes as q
 from portrait.sql.attributes import JSON_TYPES
@@ -47,9 +48,11 @@ def choose_attributes(registry: AttributeRegistry, names: list[str] | None, incl
 
 def export_profiles(session: Session, registry: AttributeRegistry, path: Path, file_format: str, *,
                     attributes: list[str] | None = None, include_personal: bool = False,
-                    segment_id: int | None = None, consent_purpose: str | None = None) -> dict[str, Any]:
+                    segment_id: int | None = None, consent_purpose: str | None = None,
+                    mask_identifiers: bool = False) -> dict[str, Any]:
     """Write the profiles (every one, or the members of ``segment_id``; with ``consent_purpose`` only those who
-    granted it) to ``path``; returns a report."""
+    granted it) to ``path``; returns a report. ``mask_identifiers`` (a caller without ``pii:read``): a ``user_id``
+    that is an email or a phone (:func:`portrait.privacy.personal_identifier`) is written masked."""
     if file_format not in FORMATS:
         raise BadRequest(f"format {file_format!r} is not one of {', '.join(FORMATS)}", code="invalid_format")
     chosen = choose_attributes(registry, attributes, include_personal)
@@ -58,6 +61,10 @@ def export_profiles(session: Session, registry: AttributeRegistry, path: Path, f
     table = _with_json_columns(session.arrow(query, params), [a["code"] for a in chosen if a["type"] in JSON_TYPES],
                                native_lists=lists)
     table = _with_integer_columns(table, [a["code"] for a in chosen if a["type"] == "integer"])
+    if mask_identifiers:
+        index = table.schema.get_field_index("user_id")
+        masked = pa.array([mask_identifier(v) for v in table.column(index).to_pylist()], type=pa.string())
+        table = table.set_column(index, "user_id", masked)
     WRITERS[file_format](table, path)
     return {"rows": table.num_rows, "columns": table.column_names, "path": str(path), "format": file_format,
             "personal_included": sorted(a["code"] for a in chosen if a["is_personal_info"])}

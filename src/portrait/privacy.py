@@ -1,9 +1,10 @@
 """Masking personal data for callers without the ``pii:read`` scope (pure functions, no I/O).
 
 What is personal: attributes flagged ``is_personal_info`` in the registry (email, phone, names, birthday, address
-parts, and any custom attribute so flagged), and identifiers of the types email and phone. Masked values keep just
-enough to recognize a record without revealing it: ``a***@example.com``, ``***89``, ``A***``; numbers, dates and
-booleans become ``***``.
+parts, and any custom attribute so flagged), identifiers of the types email and phone, and any identifier whose
+value is an email address or an international phone number (:func:`personal_identifier`: a userId, anonymousId,
+previousId or custom identifier ``ann@example.com``). Masked values keep just enough to recognize a record without
+revealing it: ``a***@example.com``, ``***89``, ``A***``; numbers, dates and booleans become ``***``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import fields, is_dataclass, replace
 from datetime import date
 from typing import Any
 
+import phonenumbers
+
 from portrait.attributes import code_for, reads_as_personal
 from portrait.conditions.ast import Compare, Condition
 from portrait.conditions.calculations import Calculation, copied_values
@@ -22,6 +25,10 @@ PERSONAL_IDENTITY_TYPES = frozenset({"email", "phone"})
 HIDDEN = "***"
 _EMAIL = re.compile(r"^([^@\s])[^@\s]*(@[^@\s]+)$")
 _PHONE = re.compile(r"^\+?[\d\s().\-/]{6,}$")
+# An identifier value that is an email address: local@domain.tld, the top-level domain letters (or an IDN's xn--).
+_EMAIL_IDENTIFIER = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+(?:[^\W\d_]{2,}|xn--[\w-]+)$")
+# The event fields that hold identifiers (as the API shows an event).
+IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "previous_id", "group_id")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$")  # a date as text is a date
 
 
@@ -46,6 +53,29 @@ def mask(value: Any) -> Any:
     return HIDDEN
 
 
+def personal_identifier(value: object) -> bool:
+    """Whether an identifier's value is personal data whatever its type: an email address (``local@domain.tld``)
+    or a phone number written in international form (starting with ``+``) that ``phonenumbers`` reads as a valid
+    number. Many businesses use the email as the userId; an anonymous or custom id may be one too. The test is
+    conservative: an order number, ``42`` or ``A-1001`` is not a phone, and ``team@42`` not an email."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if _EMAIL_IDENTIFIER.match(text):
+        return True
+    if not text.startswith("+"):
+        return False
+    try:
+        return bool(phonenumbers.is_valid_number(phonenumbers.parse(text, None)))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def mask_identifier(value: Any) -> Any:
+    """An identifier's value as a caller without ``pii:read`` sees it: masked if it is an email or a phone."""
+    return mask(value) if personal_identifier(value) else value
+
+
 def mask_request(request: dict[str, Any]) -> dict[str, Any]:
     """A data-subject request as a caller without ``pii:read`` sees it: the identity it names (``email:ann@...``,
     ``user_id:42``) masked -- who asked to be forgotten or to see their data is personal data too -- also where the
@@ -68,8 +98,16 @@ def mask_traits(traits: dict[str, Any], personal: Iterable[str]) -> dict[str, An
 
 
 def mask_identities(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**i, "value": mask(i.get("value"))} if i.get("type") in PERSONAL_IDENTITY_TYPES else i
+    """Identities with the values of the types email and phone masked, and any other whose value is an email or a
+    phone (:func:`personal_identifier`: a userId ``ann@example.com``)."""
+    return [{**i, "value": mask(i.get("value"))}
+            if i.get("type") in PERSONAL_IDENTITY_TYPES or personal_identifier(i.get("value")) else i
             for i in identities]
+
+
+def mask_members(page: dict[str, Any]) -> dict[str, Any]:
+    """A page of segment members, whose ``user_id`` is masked when it is an email or a phone."""
+    return {**page, "members": [{**m, "user_id": mask_identifier(m.get("user_id"))} for m in page["members"]]}
 
 
 def is_personal_field(name: str, codes: Collection[str], open_codes: Collection[str]) -> bool:
@@ -105,8 +143,9 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "", *, open_
     for key, value in fields.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key == "externalIds" and isinstance(value, list):
-            masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and str(v.get("type", "")).lower()
-                           in PERSONAL_IDENTITY_TYPES else v for v in value]
+            masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and (
+                str(v.get("type", "")).lower() in PERSONAL_IDENTITY_TYPES or personal_identifier(v.get("id")))
+                else v for v in value]
         elif _marked_personal(path, codes) or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
             masked[key] = mask(value)  # an "email" or "phone" key is one however deep it is (shipping.email)
         elif isinstance(value, dict):
@@ -173,11 +212,15 @@ def _masked_tree(node: Any, codes: set[str], open_codes: Collection[str]) -> Any
 
 def mask_event(event: dict[str, Any], personal: Iterable[str], *, open_codes: Collection[str]) -> dict[str, Any]:
     """An event as the API returns it, with personal values in its traits, properties, context and other top-level
-    fields (``extra``: an ``email`` sent beside ``userId``) masked. An IP address (``context.ip``, which ingestion
-    fills from the request) is personal data under the GDPR: always masked. ``open_codes``: the attributes not
-    marked personal (a field named like one is not masked for its name alone)."""
+    fields (``extra``: an ``email`` sent beside ``userId``) masked, and its identifiers (``user_id``,
+    ``anonymous_id``, ``previous_id``, ``group_id``) when they are emails or phones. An IP address (``context.ip``,
+    which ingestion fills from the request) is personal data under the GDPR: always masked. ``open_codes``: the
+    attributes not marked personal (a field named like one is not masked for its name alone)."""
     codes = set(personal) | ALWAYS_PERSONAL_FIELDS
     out = dict(event)
+    for name in IDENTIFIER_FIELDS:
+        if name in out:
+            out[name] = mask_identifier(out[name])
     for part in ("traits", "properties", "context", "extra"):
         if isinstance(out.get(part), dict):
             out[part] = mask_fields(out[part], codes, open_codes=open_codes)

@@ -421,14 +421,16 @@ class Portrait:
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
                         include_personal: bool = False, segment: str | None = None, purpose: str | None = None,
-                        ignore_consent: bool = False) -> dict[str, Any]:
+                        ignore_consent: bool = False, mask_identifiers: bool = False) -> dict[str, Any]:
         """Write every profile (or a segment's members) with the chosen attributes to ``path`` (see
         :mod:`portrait.exports`). With a ``purpose`` (e.g. marketing) only profiles that granted it are written,
-        unless ``ignore_consent`` (which the caller must audit)."""
+        unless ``ignore_consent`` (which the caller must audit). ``mask_identifiers``: for a caller without
+        ``pii:read``, a user_id that is an email or a phone is written masked."""
         segment_id = self.segments.find(segment).id if segment else None
         report = export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
                                  include_personal=include_personal, segment_id=segment_id,
-                                 consent_purpose=purpose if purpose and not ignore_consent else None)
+                                 consent_purpose=purpose if purpose and not ignore_consent else None,
+                                 mask_identifiers=mask_identifiers)
         return {**report, "segment": segment, "purpose": purpose, "consent_checked": bool(purpose) and not
                 ignore_consent}
 

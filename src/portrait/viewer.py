@@ -57,6 +57,10 @@ class Viewer:
         personal, open_codes = self.personal(), self.open_codes()
         return [privacy.mask_event(e, personal, open_codes=open_codes) for e in events]
 
+    def members(self, page: dict[str, Any]) -> dict[str, Any]:
+        """A page of segment members: a ``user_id`` that is an email or a phone masked."""
+        return page if self.sees_pii else privacy.mask_members(page)
+
     def rejected(self, payload: dict[str, Any]) -> dict[str, Any]:
         if self.sees_pii:
             return payload

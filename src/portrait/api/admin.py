@@ -217,7 +217,7 @@ def router(portrait: Portrait) -> APIRouter:
         try:
             report = await run_in_threadpool(lambda: portrait.export_profiles(
                 path, format, attributes=names, include_personal=include_personal, segment=segment, purpose=purpose,
-                ignore_consent=ignore_consent))
+                ignore_consent=ignore_consent, mask_identifiers=not viewer.sees_pii))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

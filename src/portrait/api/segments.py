@@ -74,9 +74,10 @@ def router(portrait: Portrait) -> APIRouter:
 
     @api.get("/segments/{segment}/members", summary="Members in profile-id order; pass `next` as `after`",
              **page(MembersPage))
-    async def members(segment: str, after: str = "",
+    async def members(segment: str, request: Request, after: str = "",
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        return await run_in_threadpool(lambda: segments.members(segment, after=after, limit=limit))
+        found = await run_in_threadpool(lambda: segments.members(segment, after=after, limit=limit))
+        return Viewer(portrait, caller(request)).members(found)
 
     @api.get("/segments/{segment}/history", summary="Entries and exits, newest first; pass `next` as `before`",
              **page(HistoryPage))

@@ -15,14 +15,16 @@ GROUP BY 1, 2 ORDER BY n DESC, coalesce(event, event_type), event_type LIMIT 8
 """)
 REJECTED_SINCE = parse("SELECT count(*) FROM rejected_events WHERE received_at >= ?")
 QUALITY_SINCE = parse("SELECT count(*) FROM data_quality WHERE detected_at >= ?")
-# Params: lower-cased text, the identifier types and trait codes not to search (lists), the text, a limit. Profiles
-# with an identifier starting with it, or a text trait equal to it: exact matches first (user-10 before user-101),
-# then shorter identifiers.
+# Params: lower-cased text, the identifier types and trait codes not to search (lists), a limit, and whether
+# identifiers that may be emails or phones (an @, a leading +: a superset of portrait.privacy.personal_identifier)
+# are searched. Profiles with an identifier starting with the text, or a text trait equal to it: exact matches first
+# (user-10 before user-101), then shorter identifiers.
 SEARCH = parse("""
 SELECT profile_id FROM (
     SELECT profile_id, CASE WHEN lower(value) = $1 THEN 0 ELSE 1 END AS rank, length(value) AS size
     FROM identities
     WHERE starts_with(lower(value), $1) AND NOT list_contains(CAST($2 AS VARCHAR[]), type)
+        AND ($5 OR NOT (contains(value, '@') OR starts_with(ltrim(value), '+')))
     UNION ALL
     SELECT profile_id, 0, 0 FROM profile_traits WHERE NOT list_contains(CAST($3 AS VARCHAR[]), key)
         AND lower(json_extract_string(value, '$')) = $1

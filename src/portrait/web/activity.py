@@ -81,8 +81,10 @@ def router(console: Console) -> APIRouter:
     @web.get("/segments/{segment}")
     @guard
     async def segment(request: Request, segment: str, after: str = "") -> Response:
-        found = console.viewer(request).segment(await run_in_threadpool(portrait.segments.get, segment))
-        members = await run_in_threadpool(lambda: portrait.segments.members(segment, after=after, limit=50))
+        viewer = console.viewer(request)
+        found = viewer.segment(await run_in_threadpool(portrait.segments.get, segment))
+        members = viewer.members(await run_in_threadpool(
+            lambda: portrait.segments.members(segment, after=after, limit=50)))
         sizes = await run_in_threadpool(portrait.segments.latest_sizes, segment, CHARTED_SIZES)
         chart = bars([(s["at"][5:16], s["size"]) for s in sizes], label="size over time",
                      columns=("Counted at", "Members"))
@@ -91,10 +93,11 @@ def router(console: Console) -> APIRouter:
     @web.get("/segments/{segment}/export.csv")
     @guard
     async def export(request: Request, segment: str) -> Response:
-        console.session(request)
+        masked = not console.viewer(request).sees_pii
         folder = Path(tempfile.mkdtemp(prefix="portrait-console-"))
         path = folder / "members.csv"
-        await run_in_threadpool(lambda: portrait.export_profiles(path, "csv", segment=segment))
+        await run_in_threadpool(lambda: portrait.export_profiles(path, "csv", segment=segment,
+                                                                 mask_identifiers=masked))
         return FileResponse(path, media_type="text/csv", filename=f"segment-{segment}.csv",
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 

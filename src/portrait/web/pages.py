@@ -261,7 +261,8 @@ SEARCH_LIMIT = 20  # customers listed for a search; one more is read to tell tha
 def _search(console: Console, text: str, viewer: Viewer) -> list[dict[str, Any]]:
     """Profiles for a search: an exact identity (TYPE:VALUE), else identifiers starting with it or a trait equal.
     Without ``pii:read`` emails, phones and personal traits are not searched: extending a prefix letter by letter
-    would spell out every email address."""
+    would spell out every email address -- nor identifiers of other types that may be one (a userId
+    ``ann@example.com``, anything with an ``@`` or starting with ``+``); ``TYPE:VALUE`` finds them exactly."""
     portrait = console.portrait
     if ":" in text:
         try:
@@ -269,7 +270,7 @@ def _search(console: Console, text: str, viewer: Viewer) -> list[dict[str, Any]]
         except (NotFound, PortraitError):
             pass
     types, traits = ([], []) if viewer.sees_pii else (sorted(PERSONAL_IDENTITY_TYPES), sorted(viewer.personal()))
-    rows = portrait._reads.execute(q.SEARCH, [text.lower(), types, traits, SEARCH_LIMIT + 1])
+    rows = portrait._reads.execute(q.SEARCH, [text.lower(), types, traits, SEARCH_LIMIT + 1, viewer.sees_pii])
     return [portrait.profile(f"profile_id:{row[0]}") for row in rows]
 
 
