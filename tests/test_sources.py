@@ -672,3 +672,28 @@ def test_a_mapped_column_gone_at_a_sync_says_so_and_the_sync_after_the_fix_resum
     assert (resumed.rows, resumed.stored, resumed.duplicates) == (3, 1, 2)
     portrait.process_pending()
     assert portrait.traits("user_id:4")["plan"] == "pro" and portrait.status()["events_received"] == 4
+
+
+def test_a_timestamp_format_leaves_a_database_time_read_as_it_is(postgres: PostgresServer, shop: str,
+                                                                  portrait: Portrait) -> None:
+    """A source's timestamp_format reads times the query returns as text; a timestamp column comes as a datetime,
+    read as it is. The rows went to the mapping with their times already written as the API writes them (text), so
+    the rule that rejects a time the format does not read rejected every row of a timestamp column, where the sync
+    before stored them. Text times are still read by the format, and one it does not read is still rejected."""
+    run_sql(postgres, shop, CUSTOMERS)
+    run_sql(postgres, shop, "CREATE TABLE visits (id integer, at text);"
+                            "INSERT INTO visits VALUES (1, '05/01/2026 10:00'), (2, '2026-01-05');")
+    portrait.add_source(customers_source(shop, mapping={"identifiers": {"user_id": "id"}, "timestamp": "updated_at",
+                                                        "timestamp_format": "%d/%m/%Y %H:%M",
+                                                        "traits": ["plan"]}))
+    report = portrait.sync_source("crm")
+    assert (report.stored, report.rejected) == (3, 0)
+    portrait.add_source({"name": "visits", "kind": "events", "url": shop, "query": "SELECT id, at FROM visits",
+                         "mapping": {"event": "Visit", "identifiers": {"user_id": "id"}, "timestamp": "at",
+                                     "timestamp_format": "%d/%m/%Y %H:%M"}})
+    visits = portrait.sync_source("visits")
+    assert (visits.stored, visits.rejected, visits.by_code) == (1, 1, {"invalid_timestamp": 1})
+    portrait.process_pending()
+    assert [e["timestamp"] for e in portrait.events("user_id:1")["events"]
+            if e["event"] == "Visit"] == ["2026-01-05T10:00:00.000Z"]
+    assert [e["timestamp"] for e in portrait.events("user_id:2")["events"]] == ["2026-01-02T10:00:00.000Z"]

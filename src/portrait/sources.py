@@ -239,7 +239,9 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
             checked = True
         position = names.index(source.cursor) if source.cursor else None
         records = [{name: plain(value) for name, value in zip(names, row, strict=True)} for row in rows]
-        cells = [_as_sent(names, row, record) for row, record in zip(rows, records, strict=True)]
+        # A time the query returns as a time is read as it is; a timestamp_format is for times returned as text.
+        keep = source.mapping.timestamp if source.mapping.timestamp_format else None
+        cells = [_as_sent(names, row, record, keep) for row, record in zip(rows, records, strict=True)]
         messages = []
         for row, record, message in zip(rows, records, rows_to_messages(cells, source.mapping), strict=True):
             if position is not None and row[position] != current  and not _both_nan(row[position], current):
@@ -254,13 +256,15 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
         yield Chunk(messages, last)
 
 
-def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any]) -> dict[str, Any]:
+def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any], keep: str | None = None) -> dict[str, Any]:
     """The row's values as its message carries them: times as the API writes them (``...12.345Z``, UTC), NaN as no
     value (as NULL; it was null, which removes a trait) and infinite numbers as text. The record keeps
     ``isoformat()`` and the numbers (orjson writes them null), as rows were written before: their message ids derive
     from it (so a re-sync of rows synced before adds nothing), and the cursor saved from it is what the next sync
-    compares with."""
-    timed = {name: plain(value, api_time, nonfinite=AS_SENT) for name, value in zip(names, row, strict=True)
+    compares with. The datetime of column ``keep`` (the event's time, where the mapping has a timestamp_format)
+    stays a datetime: written as text it was read by the format, which rejected it."""
+    timed = {name: value if name == keep and isinstance(value, datetime) else plain(value, api_time, nonfinite=AS_SENT)
+             for name, value in zip(names, row, strict=True)
              if isinstance(value, datetime | list | dict | float | Decimal)}  # a list: of timestamps
     return {**record, **timed} if timed else record
 
