@@ -837,3 +837,28 @@ def test_an_erasure_of_an_identity_no_profile_holds_rewrites_the_conditions_nami
     assert done["result"] == {"erased": False, "conditions_rewritten": 1,
                               "reason": "no profile had this identity; it is suppressed from now on"}
     assert portrait.segments.get("vip")["text"] == 'email in ("(erased)", "vip@example.com")'
+
+
+def test_what_follows_a_rewritten_condition_is_computed_again_by_the_erasure(tmp_path: Path) -> None:
+    """The erasure rewrote the conditions naming her but computed nothing again: Bob's calculated trait pasted from
+    her user id stayed "Bobu-quill-31" (in the file after the rewrite too), and Bob stayed a member of a segment
+    whose condition now names "(erased)" -- until someone recounted by hand (the CLI never does)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    service = Portrait(Settings(db_path=str(folder / "p.duckdb")), background=False)
+    service.ingest_messages([
+        {"type": "identify", "userId": "u-quill-31", "traits": {"email": "quill.canary@example.com"}},
+        {"type": "identify", "userId": "u-bob", "traits": {"firstName": "Bob",
+                                                           "referredBy": "quill.canary@example.com"}}])
+    service.process_pending()
+    service.create_attribute({"code": "tagged", "name": "Tagged", "definition": 'concat(first_name, "u-quill-31")'})
+    service.create_segment({"name": "referred", "condition": 'referred_by = "quill.canary@example.com"'})
+    assert service.traits("user_id:u-bob")["tagged"] == "Bobu-quill-31"
+    assert service.segments.get("referred")["size"] == 1
+    done = service.privacy_request({"type": "erase", "identity": "user_id:u-quill-31"}, "test", run_now=True)
+    assert done["result"]["conditions_rewritten"] == 2, done
+    assert service.traits("user_id:u-bob")["tagged"] == "Bob(erased)"
+    assert service.segments.get("referred")["size"] == 0
+    assert [s["name"] for s in service.profile_segments("user_id:u-bob")["segments"]] == []
+    service.close()
+    assert b"u-quill-31" not in files_of(folder)  # her email stays: Bob's own referred_by trait holds it

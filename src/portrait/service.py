@@ -200,8 +200,8 @@ class Portrait:
         self.privacy = PrivacyRequests(lambda: self._reads, Hooks(
             resolve=self.resolve_profile_id, normalize_key=self._identity_key, normalize=self.rules.normalize,
             profile=lambda profile_id: self.profile(f"profile_id:{profile_id}"), consents=self.consents,
-            after_erase=lambda: mark_for_compaction(self.store.path), pause=self._processing_paused,
-            catch_up=self._catch_up, suppressing=self._reading.exclusive))
+            after_erase=lambda: mark_for_compaction(self.store.path), recount=self._recount_after_erasure,
+            pause=self._processing_paused, catch_up=self._catch_up, suppressing=self._reading.exclusive))
         self._privacy_worker: PrivacyWorker | None = None
         self.backups = Backups(self.store, backup_folder(settings), settings.backup_keep, database_name(settings))
         self._backup_worker: BackupWorker | None = None
@@ -561,6 +561,12 @@ class Portrait:
 
     def explain_segment(self, reference: str, profile: str) -> dict[str, Any]:
         return self.segments.explain(reference, self.resolve_profile_id(profile))
+
+    def _recount_after_erasure(self) -> None:
+        """An erasure rewrote saved conditions naming the person: compute calculated attributes and recount
+        segments now, as an edit of a definition or a condition does."""
+        self.segments.recount_all()
+        self._audience_events_follow()
 
     def _audience_events_follow(self) -> None:
         """A segment change's Audience events wait in the outbox, committed with the membership change. Where the

@@ -56,6 +56,7 @@ class Hooks:
     profile: Callable[[str], dict[str, Any]]  # profile id -> the profile document
     consents: Callable[[str], dict[str, Any]]
     after_erase: Callable[[], None]  # e.g. ask for the database file to be rewritten
+    recount: Callable[[], Any]  # compute calculated attributes and segments again (after a condition was rewritten)
     pause: Callable[[], Any]  # a context manager: processing paused while erasing
     catch_up: Callable[[], Any]  # apply every event received so far (called while paused)
     suppressing: Callable[[], Any]  # a context manager: no request is being read while it is held
@@ -184,6 +185,7 @@ class PrivacyRequests:
                         rewritten = self._rewrite_conditions(session, [(f"{kind}:{value}", kind, value)])
                     self._forget(request)
                     if rewritten:
+                        self._hooks.recount()
                         self._hooks.after_erase()  # the file is rewritten: the old conditions' bytes go too
                     return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on",
                             "conditions_rewritten": rewritten}
@@ -192,6 +194,10 @@ class PrivacyRequests:
                 self._unsuppress(request["id"])  # a failed erasure leaves nothing behind; it can be asked again
                 raise
         self._forget(request)
+        if result["conditions_rewritten"]:
+            # What follows the rewritten conditions follows now: a value pasted from her identifier ("concat") is
+            # gone before the file is rewritten, and no one stays a member of a segment that no longer selects them.
+            self._hooks.recount()
         self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
         return result
 
