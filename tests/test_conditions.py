@@ -491,7 +491,7 @@ ERASING_CASES = [  # (condition, with her values erased, how many)
 
 @pytest.mark.parametrize(("text", "erased", "count"), ERASING_CASES)
 def test_erasing_replaces_the_values_naming_her_through_the_tree(text: str, erased: str, count: int) -> None:
-    eraser = Eraser(lambda value: value == "ann@x.io")
+    eraser = Eraser(lambda value, _field: value == "ann@x.io")
     condition = parse(text)
     rewritten = eraser.condition(condition)
     assert rewritten is not None and (to_text(rewritten), eraser.replaced) == (erased, count)
@@ -501,7 +501,7 @@ def test_erasing_replaces_the_values_naming_her_through_the_tree(text: str, eras
 
 
 def test_erasing_a_definition_replaces_its_where_values_and_concat_texts() -> None:
-    eraser = Eraser(lambda value: value == "ann@x.io")
+    eraser = Eraser(lambda value, _field: value == "ann@x.io")
     for text, erased in [('count("Buy", within = 30d, where by = "ann@x.io")', 'count("Buy", within = 30d, where by = '
                                                                              '"(erased)")'),
                          ('days_since(last_time("Buy", where by = "ann@x.io"))',

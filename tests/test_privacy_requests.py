@@ -862,3 +862,20 @@ def test_what_follows_a_rewritten_condition_is_computed_again_by_the_erasure(tmp
     assert [s["name"] for s in service.profile_segments("user_id:u-bob")["segments"]] == []
     service.close()
     assert b"u-quill-31" not in files_of(folder)  # her email stays: Bob's own referred_by trait holds it
+
+
+def test_an_erased_numeric_user_id_leaves_conditions_on_other_fields_alone(portrait: Portrait) -> None:
+    """Erasing user 42 rewrote every saved condition comparing anything with the text "42": shop = "42", which
+    selected other customers of shop 42, became shop = "(erased)" and selected nobody from then on. A number as
+    text is as likely a shop's, a zip's or an order's; an email or phone still goes wherever it is."""
+    portrait.ingest_messages([
+        {"type": "identify", "userId": "42", "traits": {"shop": "42", "email": "ann.42@example.com"}},
+        {"type": "identify", "userId": "7", "traits": {"shop": "42", "referrer": "ann.42@example.com"}}])
+    portrait.process_pending()
+    portrait.create_segment({"name": "shop 42", "condition": 'shop = "42" or shop = "43"'})
+    portrait.create_segment({"name": "referred", "condition": 'referrer = "ann.42@example.com"'})
+    done = portrait.privacy_request({"type": "erase", "identity": "user_id:42"}, "test", run_now=True)
+    assert done["result"]["conditions_rewritten"] == 1, done
+    shop = portrait.segments.get("shop 42")
+    assert (shop["text"], shop["size"]) == ('shop = "42" or shop = "43"', 1)
+    assert portrait.segments.get("referred")["text"] == 'referrer = "(erased)"'

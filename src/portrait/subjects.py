@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from portrait.attributes import code_for
 from portrait.background import Worker
 from portrait.conditions import from_json, to_json
 from portrait.conditions.calculations import definition_text, parse_definition
@@ -250,18 +251,19 @@ class PrivacyRequests:
         """Replace her identifier values in saved segment conditions and calculated attributes' definitions by
         "(erased)" (conditions/erasing.py says why the segments keep their meaning); returns how many segments and
         attributes changed. A value names her if it is one of her identifiers as stored, or as the processor would
-        store it: an email in other letters, a phone number however it is written ("+48 601 234 567"). Only
+        store it: an email in other letters, a phone number however it is written ("+48 601 234 567"); an identifier
+        of digits only (user id 42) only where it is compared with its own kind (``loyalty_card = "1001"``). Only
         identifier values are known to be hers: her first name in ``first_name = "Ann"`` is other people's too, and
         stays."""
-        keys = {str(key) for key, _kind, _value in identities}
-        kinds = {str(kind) for _key, kind, _value in identities}
-        values = {str(value) for _key, _kind, value in identities}
+        mine = [(str(key), str(kind), str(value)) for key, kind, value in identities]
 
-        def naming(text: str) -> bool:
-            if text in values:
-                return True
-            found = (self._hooks.normalize(kind, text) for kind in kinds)
-            return any(identifier is not None and identifier.key in keys for identifier in found)
+        def naming(text: str, field: str | None) -> bool:
+            kinds = {kind for key, kind, value in mine if text == value or (
+                (found := self._hooks.normalize(kind, text)) is not None and found.key == key)}
+            # A number as text ("42": a user id, and a shop's, a zip's, an order's) names her only where it is
+            # compared with that kind of identifier: shop = "42" selected other customers, and went on doing so.
+            return bool(kinds) and (not text.strip().isdigit() or bool(kinds & {"email", "phone"})
+                                    or (field is not None and code_for(field) in kinds))
 
         now, rewritten = utc_now(), 0
         for segment_id, stored in session.execute(q.SAVED_CONDITIONS):

@@ -13,7 +13,8 @@ email, no phone number, and no identifier a message is likely to give. A pattern
 placeholder as a pattern matching only that literal text. What no longer holds: another customer's value equal to
 hers in an attribute that is no identifier (``referred_by = "ann@example.com"``), or in an event property inside
 ``where`` (her own events are erased; a referral naming her is not) -- those matched, and match no more. Values
-that are no identifier (her first name) are not known to be hers, and stay.
+that are no identifier (her first name) are not known to be hers, and stay; nor is a number as text compared with
+anything but its own kind of identifier (``shop = "42"`` where she was user 42: the caller decides).
 """
 
 from __future__ import annotations
@@ -41,21 +42,23 @@ _PATTERN_OPS = ("regex", "not regex")
 
 
 class Eraser:
-    """Replaces the string values ``naming`` recognizes; counts how many it replaced (``replaced``)."""
+    """Replaces the string values ``naming`` recognizes (given the value and the field it is compared to, None for a
+    ``concat`` text); counts how many it replaced (``replaced``)."""
 
-    def __init__(self, naming: Callable[[str], bool]) -> None:
+    def __init__(self, naming: Callable[[str, str | None], bool]) -> None:
         self._naming = naming
         self.replaced = 0
 
-    def text(self, value: str, *, pattern: bool = False) -> str:
+    def text(self, value: str, *, pattern: bool = False, field: str | None = None) -> str:
         """``value``, or the placeholder if it names the person."""
-        if value in (ERASED, ERASED_PATTERN) or not self._naming(value):
+        if value in (ERASED, ERASED_PATTERN) or not self._naming(value, field):
             return value
         self.replaced += 1
         return ERASED_PATTERN if pattern else ERASED
 
-    def values(self, op: str, values: tuple[Value, ...]) -> tuple[Value, ...]:
-        return tuple(self.text(v, pattern=op in _PATTERN_OPS) if isinstance(v, str) else v for v in values)
+    def values(self, op: str, values: tuple[Value, ...], field: str | None = None) -> tuple[Value, ...]:
+        return tuple(self.text(v, pattern=op in _PATTERN_OPS, field=field) if isinstance(v, str) else v
+                     for v in values)
 
     def condition(self, condition: Condition | None) -> Condition | None:
         """``condition`` with the values naming the person replaced (the same object if none did)."""
@@ -71,7 +74,7 @@ class Eraser:
         if isinstance(condition, Not):
             return Not(self._rewrite(condition.item))
         if isinstance(condition, Compare):
-            return replace(condition, values=self.values(condition.op, condition.values))
+            return replace(condition, values=self.values(condition.op, condition.values, condition.field))
         if isinstance(condition, EventTime):
             return replace(condition, values=self.values(condition.op, condition.values),
                            where=self.condition(condition.where))
