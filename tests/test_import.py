@@ -19,7 +19,10 @@ from typer.testing import CliRunner
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import NotFound
+from portrait.files import read_messages
+from portrait.mapping import RowMapping
 from portrait.service import Portrait
+from portrait.spec import Unreadable
 
 runner = CliRunner()
 MESSAGES: list[dict[str, Any]] = [
@@ -259,6 +262,25 @@ def test_a_time_that_does_not_fit_the_format_is_rejected_naming_the_format(tmp_p
     assert rejected["row"] == 2 and rejected["reason"] == (
         "column day: '2019-01-06' is not a time in the format %d.%m.%Y (like 24.12.2025)"), rejected
     assert "ISO-8601" not in rejected["reason"] and '"008"' in rejected["message"]
+
+
+def test_a_column_of_iso_times_is_read_by_the_format_too(tmp_path: Path) -> None:
+    """A CSV column whose times are all ISO was read as times by Arrow and taken past the --timestamp-format, where
+    one ISO time among times in the format was rejected: the same row stored or not by its neighbours. The column is
+    read as text now, by the format; a time the format reads keeps the message id it had."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("cust,day\n007,2019-01-06\n008,2019-01-07\n")
+    db = str(tmp_path / "p.duckdb")
+    result = runner.invoke(app, ["import", "events", str(orders), "--event", "X", "--user-id", "cust", "--timestamp",
+                                 "day", "--timestamp-format", "%d.%m.%Y", "--db", db])
+    assert "stored 0" in result.output and "invalid_timestamp: 2" in result.output, result.output
+    timed = tmp_path / "timed.csv"
+    timed.write_text("cust,at,born\n007,2019-01-05 10:00:00,1990-01-02\n008,2019-01-06 11:30:00.5,\n")
+    mapping = RowMapping("events", user_id="cust", event="X", timestamp="at", timestamp_format="%Y-%m-%d %H:%M:%S")
+    first, second = [m for chunk in read_messages(timed, "csv", mapping) for m in chunk]
+    assert (first["messageId"], first["timestamp"]) == ("import-1b0b2221e58a0a4320f78a3eb6b580a9737fd0f1-0",
+                                                        "2019-01-05T10:00:00+00:00")  # as before
+    assert isinstance(second, Unreadable) and second.code == "invalid_timestamp"
 
 
 def test_a_time_format_needs_the_time_column(tmp_path: Path) -> None:

@@ -220,6 +220,11 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
     # Declared text is read as written, and so is a column declared with a format (date:%d.%m.%Y): each cell is
     # read with the format, never taken as the date or number Arrow would make of it (2024-01-05, 20240105)
     as_written = [c for c, kind in mapping.types.items() if kind == "text" or has_format(kind)]
+    # ... and the --timestamp column with a --timestamp-format: a column of ISO times Arrow read as times was taken
+    # past the format, where one ISO time among others was rejected. (Not with %z: Arrow read an offset, and the
+    # message ids of files imported then derive from the time it gave.)
+    if mapping.timestamp and mapping.timestamp_format and "%z" not in mapping.timestamp_format:
+        as_written.append(mapping.timestamp)
     as_text: dict[str, pa.DataType] = {c: pa.string() for c in [*text_columns, *as_written]}
     _check_not_binary(path)
     try:
