@@ -572,3 +572,26 @@ def test_a_damaged_backup_is_named_as_what_is_damaged_and_the_database_left_alon
     assert not [line for line in logged if "cannot be read" in line], logged
     assert db.read_bytes() == before
     assert not list(tmp_path.glob("*.restoring*")) and not list(tmp_path.glob("*.before-restore*"))
+
+
+def test_a_restore_rewrites_conditions_naming_an_identity_erased_since_that_no_profile_held(tmp_path: Path) -> None:
+    """An erasure of an email no profile held rewrote the segment naming it to "(erased)"; a restore of a backup from
+    before brought the segment back with her email in it, for good: the erasures carried over only erased again the
+    backup's profiles holding her identifiers, and none did."""
+    db = tmp_path / "portrait.duckdb"
+    service = _open(db)
+    service.create_segment({"name": "vip", "condition": 'email in ("ghost.secret@example.com", "vip@example.com")'})
+    backup = Path(service.backups.make("before-erasure")["path"])
+    done = service.privacy_request({"type": "erase", "identity": "email:Ghost.Secret@example.com"}, "test",
+                                   run_now=True)
+    assert done["result"]["conditions_rewritten"] == 1
+    service.close()
+    assert b"ghost.secret" in backup.read_bytes()
+    result = runner.invoke(app, ["restore", str(backup), "--db", str(db), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert b"ghost.secret" not in db.read_bytes()
+    restored = _open(db)
+    try:
+        assert restored.segments.get("vip")["text"] == 'email in ("(erased)", "vip@example.com")'
+    finally:
+        restored.close()

@@ -258,13 +258,24 @@ class PrivacyRequests:
         mine = [(str(key), str(kind), str(value)) for key, kind, value in identities]
 
         def naming(text: str, field: str | None) -> bool:
-            kinds = {kind for key, kind, value in mine if text == value or (
-                (found := self._hooks.normalize(kind, text)) is not None and found.key == key)}
-            # A number as text ("42": a user id, and a shop's, a zip's, an order's) names her only where it is
-            # compared with that kind of identifier: shop = "42" selected other customers, and went on doing so.
-            return bool(kinds) and (not text.strip().isdigit() or bool(kinds & {"email", "phone"})
-                                    or (field is not None and code_for(field) in kinds))
+            return _names_her(text, field, {kind for key, kind, value in mine if text == value or (
+                (found := self._hooks.normalize(kind, text)) is not None and found.key == key)})
 
+        return self._rewrite_named(session, naming)
+
+    def _rewrite_hashed(self, session: Session, hashes: set[str]) -> int:
+        """As :meth:`_rewrite_conditions`, for identifiers known only by their hashes (erased since a backup was
+        made): a value names one if, read as an identifier of a type this database has, its key hashes to one."""
+        kinds = sorted({str(row[0]) for row in session.execute(q.IDENTITY_TYPES)} | {"email", "phone", "user_id",
+                                                                                      "anonymous_id"})
+
+        def naming(text: str, field: str | None) -> bool:
+            return _names_her(text, field, {kind for kind in kinds if (found := self._hooks.normalize(kind, text))
+                                            is not None and identity_hash(found.key) in hashes})
+
+        return self._rewrite_named(session, naming)
+
+    def _rewrite_named(self, session: Session, naming: Callable[[str, str | None], bool]) -> int:
         now, rewritten = utc_now(), 0
         for segment_id, stored in session.execute(q.SAVED_CONDITIONS):
             eraser = Eraser(naming)
@@ -300,6 +311,13 @@ class PrivacyRequests:
             session.execute(q.SUPPRESS, [key_hash, request_id, at])
         self.suppressed = self._load_suppressed()
         holding = [row[0] for row in session.execute(q.PROFILES_HOLDING, [[row[0] for row in missing]])]
+        # Conditions naming an identifier erased since: rewritten then, they are back as the backup had them (the
+        # profiles erased again below rewrite those naming their own identifiers; here, those no profile held).
+        with session.transaction():
+            rewritten = self._rewrite_hashed(session, {str(row[0]) for row in missing})
+        if rewritten:
+            self._hooks.recount()
+            self._hooks.after_erase()
         done = []
         for profile_id in holding:  # by profile id: the request keeps none of her identifiers, even for a moment
             request = self.create({"type": "erase", "identity": f"profile_id:{profile_id}"}, "restore")
@@ -339,6 +357,14 @@ class PrivacyRequests:
 
     def _forget(self, request: dict[str, Any]) -> None:
         self._session().execute(q.FORGET_IDENTITY, [request["id"]])
+
+
+def _names_her(text: str, field: str | None, kinds: set[str]) -> bool:
+    """Whether ``text``, equal to her identifiers of ``kinds``, names her where compared with ``field``. A number as
+    text ("42": a user id, and a shop's, a zip's, an order's) names her only where it is compared with that kind of
+    identifier: shop = "42" selected other customers, and went on doing so."""
+    return bool(kinds) and (not text.strip().isdigit() or bool(kinds & {"email", "phone"})
+                            or (field is not None and code_for(field) in kinds))
 
 
 def _find_unlinked(session: Session, identities: list[tuple[Any, ...]]) -> None:

@@ -52,6 +52,7 @@ DROP_EMPTY_CONFLICTS = parse("DELETE FROM identity_conflicts WHERE json_array_le
 SAVED_CONDITIONS = parse("SELECT id, condition FROM segments WHERE condition IS NOT NULL ORDER BY id")
 REWRITE_CONDITION = parse("UPDATE segments SET condition = ?, updated_at = ? WHERE id = ?")
 SAVED_DEFINITIONS = parse("SELECT code, definition FROM attributes WHERE definition IS NOT NULL ORDER BY code")
+IDENTITY_TYPES = parse("SELECT DISTINCT type FROM identities")
 REWRITE_DEFINITION = parse("UPDATE attributes SET definition = ?, updated_at = ? WHERE code = ?")
 # ... and the person's identifiers on uploaded (static) segment lists. Params: identity keys (a list).
 DROP_STATIC_IDENTITIES = parse("DELETE FROM static_segment_identities "
