@@ -691,9 +691,16 @@ def test_a_timestamp_format_leaves_a_database_time_read_as_it_is(postgres: Postg
     portrait.add_source({"name": "visits", "kind": "events", "url": shop, "query": "SELECT id, at FROM visits",
                          "mapping": {"event": "Visit", "identifiers": {"user_id": "id"}, "timestamp": "at",
                                      "timestamp_format": "%d/%m/%Y %H:%M"}})
+    run_sql(postgres, shop, "CREATE TABLE signups (id integer, day date); INSERT INTO signups VALUES (3, '2026-01-07')")
+    portrait.add_source({"name": "signups", "kind": "events", "url": shop, "query": "SELECT id, day FROM signups",
+                         "mapping": {"event": "Signed Up", "identifiers": {"user_id": "id"}, "timestamp": "day",
+                                     "timestamp_format": "%d/%m/%Y"}})
+    assert portrait.sync_source("signups").stored == 1  # a date, as a datetime
     visits = portrait.sync_source("visits")
     assert (visits.stored, visits.rejected, visits.by_code) == (1, 1, {"invalid_timestamp": 1})
     portrait.process_pending()
     assert [e["timestamp"] for e in portrait.events("user_id:1")["events"]
             if e["event"] == "Visit"] == ["2026-01-05T10:00:00.000Z"]
     assert [e["timestamp"] for e in portrait.events("user_id:2")["events"]] == ["2026-01-02T10:00:00.000Z"]
+    assert [e["timestamp"] for e in portrait.events("user_id:3")["events"]
+            if e["event"] == "Signed Up"] == ["2026-01-07T00:00:00.000Z"]

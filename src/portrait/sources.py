@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -261,11 +261,12 @@ def _as_sent(names: list[str], row: tuple[Any, ...], record: dict[str, Any], kee
     value (as NULL; it was null, which removes a trait) and infinite numbers as text. The record keeps
     ``isoformat()`` and the numbers (orjson writes them null), as rows were written before: their message ids derive
     from it (so a re-sync of rows synced before adds nothing), and the cursor saved from it is what the next sync
-    compares with. The datetime of column ``keep`` (the event's time, where the mapping has a timestamp_format)
+    compares with. The date or datetime of column ``keep`` (the event's time, where the mapping has a timestamp_format)
     stays a datetime: written as text it was read by the format, which rejected it."""
-    timed = {name: value if name == keep and isinstance(value, datetime) else plain(value, api_time, nonfinite=AS_SENT)
-             for name, value in zip(names, row, strict=True)
+    timed = {name: plain(value, api_time, nonfinite=AS_SENT) for name, value in zip(names, row, strict=True)
              if isinstance(value, datetime | list | dict | float | Decimal)}  # a list: of timestamps
+    if keep is not None and isinstance(kept := row[names.index(keep)], date):
+        timed[keep] = kept
     return {**record, **timed} if timed else record
 
 
