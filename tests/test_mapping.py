@@ -52,6 +52,16 @@ def test_a_time_the_format_does_not_read_rejects_its_row_naming_the_format() -> 
     assert third["timestamp"] == "2019-01-05T00:00:00+00:00"
 
 
+def test_a_whole_number_the_format_does_not_read_rejects_its_row_naming_the_format() -> None:
+    """A JSON or Parquet time as a number (20190105 for %Y%m%d) was read by the format; one the format does not
+    read (20191345) was passed on and rejected as "not an ISO-8601 date-time", which no one had asked for."""
+    mapping = RowMapping("events", user_id="cust", event="X", timestamp="day", timestamp_format="%Y%m%d")
+    good, bad = rows_to_messages([{"cust": "1", "day": 20190105}, {"cust": "2", "day": 20191345}], mapping)
+    assert good["timestamp"] == "2019-01-05T00:00:00+00:00"
+    assert isinstance(bad, Unreadable) and bad.code == "invalid_timestamp"
+    assert bad.reason == "column day: 20191345 is not a time in the format %Y%m%d (like 20251224)"
+
+
 @pytest.mark.parametrize(("mapping", "message"), [
     (RowMapping("events", user_id="nope", event="X"), "the file has no column 'nope'"),
     (RowMapping("events", event="X"), "say which column identifies the person"),

@@ -329,10 +329,11 @@ def _misread_time(row: Mapping[str, Any], mapping: RowMapping) -> Unreadable | N
     on as text, the message reader rejected it as "not an ISO-8601 date-time", which was not what had been asked."""
     column, fmt = mapping.timestamp or "", mapping.timestamp_format or ""
     value = row.get(column)
-    if not isinstance(value, str) or not value.strip():  # a date or none is read as it is (see _timestamp)
+    # A date or none is read as it is (see _timestamp); a whole number (20190105 in JSON or Parquet) as its digits.
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
         return None
     try:
-        _strptime(value.strip(), fmt)
+        _strptime(str(value).strip(), fmt)
     except ValueError:
         return Unreadable("", "invalid_timestamp", f"column {column}: {value!r} is not a time in the format {fmt} "
                                                    f"(like {example_in(fmt)})", row=row)
