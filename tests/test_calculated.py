@@ -165,6 +165,15 @@ def test_events_cannot_set_a_calculated_attribute(calculated: Portrait) -> None:
     assert "is calculated by Portrait" in issues[0]["reason"]
 
 
+def _create_rfm_attributes(portrait: Portrait) -> None:
+    """rfm_recency, rfm_frequency, rfm_monetary and rfm_group over "Order Completed" and its revenue."""
+    for part in ("recency", "frequency", "monetary"):
+        portrait.create_attribute({"code": f"rfm_{part}", "name": part,
+                                   "definition": f'rfm_score({part}, "Order Completed", revenue)'})
+    portrait.create_attribute({"code": "rfm_group", "name": "RFM group",
+                               "definition": 'rfm_group("Order Completed", revenue)'})
+
+
 def test_rfm_scores_and_groups(portrait: Portrait) -> None:
     messages = []
     for i in range(25):  # customer i: bought i+1 times, last time i days ago, i*10 per order
@@ -172,11 +181,7 @@ def test_rfm_scores_and_groups(portrait: Portrait) -> None:
                       "properties": {"revenue": 10 * (i + 1)}} for k in range(i + 1)]
     portrait.ingest_messages(messages)
     portrait.process_pending()
-    for part in ("recency", "frequency", "monetary"):
-        portrait.create_attribute({"code": f"rfm_{part}", "name": part,
-                                   "definition": f'rfm_score({part}, "Order Completed", revenue)'})
-    portrait.create_attribute({"code": "rfm_group", "name": "RFM group",
-                               "definition": 'rfm_group("Order Completed", revenue)'})
+    _create_rfm_attributes(portrait)
     scores = {f"c{i}": portrait.traits(f"user_id:c{i}") for i in range(25)}
     assert Counter(s["rfm_recency"] for s in scores.values()) == {1: 5, 2: 5, 3: 5, 4: 5, 5: 5}
     assert scores["c0"]["rfm_recency"] == 5 and scores["c24"]["rfm_recency"] == 1  # most recent scores highest
@@ -195,10 +200,7 @@ def test_rfm_customers_who_did_the_same_get_the_same_scores(portrait: Portrait) 
                   "properties": {"revenue": 100}} for i in range(4) for k in range(3 + i)]
     portrait.ingest_messages(messages)
     portrait.process_pending()
-    for part in ("recency", "frequency", "monetary", "group"):
-        definition = (f'rfm_score({part}, "Order Completed", revenue)' if part != "group"
-                      else 'rfm_group("Order Completed", revenue)')
-        portrait.create_attribute({"code": f"rfm_{part}", "name": part, "definition": definition})
+    _create_rfm_attributes(portrait)
     scores = {user: tuple(portrait.traits(f"user_id:{user}")[f"rfm_{part}"] for part in (
         "recency", "frequency", "monetary", "group")) for user in [f"once{i}" for i in range(6)]}
     assert set(scores.values()) == {(1, 1, 1, "Hibernating")}, scores
@@ -217,11 +219,7 @@ def test_rfm_recency_and_frequency_keep_counting_expired_events(portrait: Portra
                   "properties": {"revenue": 10 * (i + 1)}} for i in range(4)]
     portrait.ingest_messages(messages)
     portrait.process_pending()
-    for part in ("recency", "frequency", "monetary"):
-        portrait.create_attribute({"code": f"rfm_{part}", "name": part,
-                                   "definition": f'rfm_score({part}, "Order Completed", revenue)'})
-    portrait.create_attribute({"code": "rfm_group", "name": "RFM group",
-                               "definition": 'rfm_group("Order Completed", revenue)'})
+    _create_rfm_attributes(portrait)
 
     def scores() -> dict[str, tuple[Any, ...]]:
         return {user: tuple(portrait.traits(f"user_id:{user}").get(f"rfm_{part}") for part in (
