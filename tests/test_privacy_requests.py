@@ -879,3 +879,64 @@ def test_an_erased_numeric_user_id_leaves_conditions_on_other_fields_alone(portr
     shop = portrait.segments.get("shop 42")
     assert (shop["text"], shop["size"]) == ('shop = "42" or shop = "43"', 1)
     assert portrait.segments.get("referred")["text"] == 'referrer = "(erased)"'
+
+
+def _erased_but_recount_fails(portrait: Portrait, monkeypatch: pytest.MonkeyPatch, identity: str) -> dict[str, Any]:
+    def failing() -> list[Any]:
+        raise RuntimeError("disk full while recounting")
+
+    monkeypatch.setattr(portrait.segments, "recount_all", failing)
+    return portrait.privacy_request({"type": "erase", "identity": identity}, "test", run_now=True)
+
+
+def test_an_erasure_whose_recount_fails_is_done_and_stays_suppressed(portrait: Portrait,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recount after a rewritten condition ran inside the erasure: when it raised, the request was recorded
+    "failed" though her profile was already deleted and committed -- and with no profile, the suppression was
+    withdrawn too, so her next event made her again. The recount follows the erasure; its failure is logged (the
+    periodic recount catches up) and the erasure stands."""
+    portrait.ingest_messages([{"type": "identify", "userId": "u-ann", "traits": {"email": "ann@example.com"}}])
+    portrait.process_pending()
+    portrait.create_segment({"name": "ann", "condition": 'email = "ann@example.com"'})
+    portrait.create_segment({"name": "nobody yet", "condition": 'email = "zed@example.com"'})
+    done = _erased_but_recount_fails(portrait, monkeypatch, "user_id:u-ann")
+    assert (done["status"], done["result"]["erased"], done["result"]["conditions_rewritten"]) == ("done", True, 1)
+    done = _erased_but_recount_fails(portrait, monkeypatch, "email:zed@example.com")
+    assert (done["status"], done["result"]["conditions_rewritten"]) == ("done", 1), done
+    assert portrait.segments.get("nobody yet")["text"] == 'email = "(erased)"'
+    portrait.ingest_messages([{"type": "identify", "userId": "u-zed", "traits": {"email": "zed@example.com"}},
+                              {"type": "track", "userId": "u-ann", "event": "Came back"}])
+    portrait.process_pending()
+    for identity in ("email:zed@example.com", "user_id:u-ann"):
+        with pytest.raises(NotFound):
+            portrait.profile(identity)
+
+
+def test_an_erasure_recounts_with_processing_running(tmp_path: Path) -> None:
+    """An erasure of an identity no profile held recounted the segments inside the processing pause, while the
+    segment thread takes its recount lock first and then pauses processing: each waited for the other for ever.
+    The recount now runs after the pause: the segment thread's order (recount lock, then pause) goes through."""
+    portrait = Portrait(Settings(db_path=str(tmp_path / "p.duckdb"), segment_recount_seconds=3600))
+    try:
+        portrait.create_segment({"name": "zed", "condition": 'email = "zed@example.com"'})
+        recount_all, blocked = portrait.segments.recount_all, []
+
+        def as_the_segment_thread() -> None:
+            with portrait.segments._recounting, portrait._processing_paused():
+                pass
+
+        def recount() -> list[Any]:
+            other = threading.Thread(target=as_the_segment_thread)
+            other.start()
+            other.join(5)
+            blocked.append(other.is_alive())
+            if other.is_alive():  # it holds the recount lock: recounting now would wait for ever
+                raise RuntimeError("the segment thread's order is blocked by the erasure")
+            return recount_all()
+
+        portrait.segments.recount_all = recount  # type: ignore[method-assign]
+        done = portrait.privacy_request({"type": "erase", "identity": "email:zed@example.com"}, "test", run_now=True)
+        assert blocked == [False], done
+        assert done["status"] == "done"
+    finally:
+        portrait.close()

@@ -68,6 +68,7 @@ class PrivacyRequests:
         self._session = session
         self._hooks = hooks
         self._lock = threading.Lock()
+        self._recount_due = False  # set by an erasure that rewrote a saved condition (see _recount)
         self.suppressed: frozenset[str] = self._load_suppressed()
 
     def _load_suppressed(self) -> frozenset[str]:
@@ -123,6 +124,7 @@ class PrivacyRequests:
                 return request
             session = self._session()
             session.execute(q.START, [utc_now(), request_id])
+            self._recount_due = False
             try:
                 result = self._access(request) if request["type"] == "access" else self._erase(request)
             except NotFound as exc:
@@ -132,7 +134,25 @@ class PrivacyRequests:
                 session.execute(q.FINISH, ["failed", utc_now(), None, f"{type(exc).__name__}: {exc}", request_id])
             else:
                 session.execute(q.FINISH, ["done", utc_now(), orjson.dumps(result).decode(), None, request_id])
-            return self.get(request_id)
+            recount, self._recount_due = self._recount_due, False
+        if recount:
+            self._recount()
+        return self.get(request_id)
+
+    def _recount(self) -> None:
+        """What follows a rewritten condition follows now: a value pasted from her identifier (``concat``) is gone
+        before the file is rewritten, and no one stays a member of a segment that no longer selects them.
+
+        Run once the erasure is committed and recorded ``done``, outside the processing pause and the request lock:
+        the recount takes the segments' recount lock and then pauses processing, as the segment thread does, so
+        taking it inside the pause could deadlock with that thread; and on a big store it takes as long as a full
+        recount, which the request's status need not wait for. If it fails, the erasure stands (her profile is
+        gone, her identifiers stay suppressed): it is logged, and the periodic full recount does it later."""
+        try:
+            self._hooks.recount()
+        except Exception:
+            log.exception("recounting after an erasure rewrote saved conditions failed; the periodic recount "
+                          "will do it")
 
     # -- access --------------------------------------------------------------------------------------------------
     def _access(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +206,7 @@ class PrivacyRequests:
                         rewritten = self._rewrite_conditions(session, [(f"{kind}:{value}", kind, value)])
                     self._forget(request)
                     if rewritten:
-                        self._hooks.recount()
+                        self._recount_due = True  # run() recounts, once this is recorded (see _recount)
                         self._hooks.after_erase()  # the file is rewritten: the old conditions' bytes go too
                     return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on",
                             "conditions_rewritten": rewritten}
@@ -195,10 +215,7 @@ class PrivacyRequests:
                 self._unsuppress(request["id"])  # a failed erasure leaves nothing behind; it can be asked again
                 raise
         self._forget(request)
-        if result["conditions_rewritten"]:
-            # What follows the rewritten conditions follows now: a value pasted from her identifier ("concat") is
-            # gone before the file is rewritten, and no one stays a member of a segment that no longer selects them.
-            self._hooks.recount()
+        self._recount_due = bool(result["conditions_rewritten"])  # run() recounts, once this is recorded
         self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
         return result
 
