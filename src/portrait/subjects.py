@@ -333,12 +333,13 @@ class PrivacyRequests:
         with session.transaction():
             rewritten = self._rewrite_hashed(session, {str(row[0]) for row in missing})
         if rewritten:
-            self._hooks.recount()
             self._hooks.after_erase()
         done = []
         for profile_id in holding:  # by profile id: the request keeps none of her identifiers, even for a moment
             request = self.create({"type": "erase", "identity": f"profile_id:{profile_id}"}, "restore")
             done.append(self.run(request["id"]))
+        if rewritten:  # last, and never in the way of the erasures above (see _recount)
+            self._recount()
         return done
 
     def expired(self) -> int:
