@@ -244,7 +244,7 @@ def read_chunks(source: Source, connector: Connector, after: Any, size: int) -> 
         cells = [_as_sent(names, row, record, keep) for row, record in zip(rows, records, strict=True)]
         messages = []
         for row, record, message in zip(rows, records, rows_to_messages(cells, source.mapping), strict=True):
-            if position is not None and row[position] != current  and not _both_nan(row[position], current):
+            if position is not None and row[position] != current and not _both_nan(row[position], current):
                 # Rows come in cursor order, and rows alike share their cursor value: past it, none can come again,
                 # so the copies are counted per value (memory for a tie, not for every row synced).
                 copies.clear()
