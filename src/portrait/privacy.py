@@ -100,9 +100,14 @@ def mask_traits(traits: dict[str, Any], personal: Iterable[str]) -> dict[str, An
 def mask_identities(identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Identities with the values of the types email and phone masked, and any other whose value is an email or a
     phone (:func:`personal_identifier`: a userId ``ann@example.com``)."""
-    return [{**i, "value": mask(i.get("value"))}
-            if i.get("type") in PERSONAL_IDENTITY_TYPES or personal_identifier(i.get("value")) else i
+    return [{**i, "value": mask(i.get("value"))} if _personal_identity(i.get("type"), i.get("value")) else i
             for i in identities]
+
+
+def _personal_identity(kind: object, value: object) -> bool:
+    """Whether an identity (an identifier or an external id) is personal: of the type email or phone, or its value
+    is one (:func:`personal_identifier`)."""
+    return str(kind or "").lower() in PERSONAL_IDENTITY_TYPES or personal_identifier(value)
 
 
 def mask_members(page: dict[str, Any]) -> dict[str, Any]:
@@ -143,9 +148,8 @@ def mask_fields(fields: Any, personal: Iterable[str], prefix: str = "", *, open_
     for key, value in fields.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key == "externalIds" and isinstance(value, list):
-            masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and (
-                str(v.get("type", "")).lower() in PERSONAL_IDENTITY_TYPES or personal_identifier(v.get("id")))
-                else v for v in value]
+            masked[key] = [{**v, "id": mask(v.get("id"))} if isinstance(v, dict) and
+                           _personal_identity(v.get("type"), v.get("id")) else v for v in value]
         elif _marked_personal(path, codes) or code_for(str(key)) in PERSONAL_IDENTITY_TYPES:
             masked[key] = mask(value)  # an "email" or "phone" key is one however deep it is (shipping.email)
         elif isinstance(value, dict):

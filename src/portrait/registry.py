@@ -121,17 +121,21 @@ class AttributeRegistry:
 
     def personal(self) -> set[str]:
         """The codes of the attributes marked personal information."""
-        return {a["code"] for a in self.list() if a["is_personal_info"]}
+        return self.personal_and_open()[0]
 
-    def open_codes(self) -> set[str]:
-        """The codes of the attributes not marked personal information (an event's field named like personal data,
-        mobile_phone, is masked unless such an attribute says it is not personal)."""
-        return {a["code"] for a in self.list() if not a["is_personal_info"]}
+    def personal_and_open(self) -> tuple[set[str], set[str]]:
+        """The codes of the attributes marked personal information, and of those not (an event's field named like
+        personal data, mobile_phone, is masked unless such an attribute says it is not personal): one read of the
+        list for both."""
+        listed = self.list()
+        return ({a["code"] for a in listed if a["is_personal_info"]},
+                {a["code"] for a in listed if not a["is_personal_info"]})
 
     def copies_personal(self, definition: str) -> bool:
         """Whether a calculated attribute with this definition repeats personal data (and so is personal itself,
         unless someone allowed to read personal data says otherwise)."""
-        return bool(personal_copied(parse_definition(definition), self.personal(), open_codes=self.open_codes()))
+        personal, open_codes = self.personal_and_open()
+        return bool(personal_copied(parse_definition(definition), personal, open_codes=open_codes))
 
     def type_after(self, code: str, changes: dict[str, Any]) -> str:
         """The type attribute ``code`` would have after ``changes`` (a definition's own type for a calculated one),

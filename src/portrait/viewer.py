@@ -33,15 +33,17 @@ class Viewer:
     def personal(self) -> set[str]:
         return self.portrait.attributes.personal()
 
-    def open_codes(self) -> set[str]:
-        return self.portrait.attributes.open_codes()
+    def personal_and_open(self) -> tuple[set[str], set[str]]:
+        """The personal attributes' codes and the others' (see AttributeRegistry.personal_and_open)."""
+        return self.portrait.attributes.personal_and_open()
 
     def profile(self, document: dict[str, Any], action: str) -> dict[str, Any]:
         if self.sees_pii:
             self.portrait.audit.record(self.key, action, target=document.get("profile_id"),
                                        profile_id=document.get("profile_id"))
             return document
-        return privacy.mask_profile(document, self.personal(), open_codes=self.open_codes())
+        personal, open_codes = self.personal_and_open()
+        return privacy.mask_profile(document, personal, open_codes=open_codes)
 
     def profile_events(self, page: dict[str, Any]) -> dict[str, Any]:
         """A page of one profile's events: masked, or audited as a read of personal data."""
@@ -54,7 +56,7 @@ class Viewer:
     def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.sees_pii:
             return events
-        personal, open_codes = self.personal(), self.open_codes()
+        personal, open_codes = self.personal_and_open()
         return [privacy.mask_event(e, personal, open_codes=open_codes) for e in events]
 
     def members(self, page: dict[str, Any]) -> dict[str, Any]:
@@ -101,14 +103,15 @@ class Viewer:
     def explanation(self, found: dict[str, Any]) -> dict[str, Any]:
         if self.sees_pii or "explanation" not in found:
             return found
-        return {**found, "explanation": _mask_explanation(found["explanation"], self.personal(), self.open_codes())}
+        return {**found, "explanation": _mask_explanation(found["explanation"], *self.personal_and_open())}
 
     def segment(self, document: dict[str, Any]) -> dict[str, Any]:
         """A segment whose condition compares personal data (saved by a key with ``pii:read``: ``email =
         "ann@example.com"``) with those values masked in its JSON, text and English forms."""
         if self.sees_pii or not isinstance(document.get("condition"), dict):
             return document
-        tree = privacy.mask_condition(from_json(document["condition"]), self.personal(), open_codes=self.open_codes())
+        personal, open_codes = self.personal_and_open()
+        tree = privacy.mask_condition(from_json(document["condition"]), personal, open_codes=open_codes)
         return {**document, "condition": to_json(tree), "text": to_text(tree), "english": describe(tree)}
 
     def segments(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,12 +120,12 @@ class Viewer:
     def attribute(self, document: dict[str, Any]) -> dict[str, Any]:
         """An attribute whose definition compares personal data (saved by a key with ``pii:read``:
         ``count("Signed Up", where email = "ann@example.com")``) with those values masked, as a segment's are."""
-        return document if self.sees_pii else self._attribute(document, self.personal(), self.open_codes())
+        return document if self.sees_pii else self._attribute(document, *self.personal_and_open())
 
     def attributes(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.sees_pii:
             return documents
-        personal, open_codes = self.personal(), self.open_codes()  # read once for the whole list
+        personal, open_codes = self.personal_and_open()  # read once for the whole list
         return [self._attribute(d, personal, open_codes) for d in documents]
 
     @staticmethod
@@ -139,7 +142,7 @@ class Viewer:
         if self.sees_pii or not isinstance(definition, str):
             return changes
         current = self.portrait.attributes.get(code).get("definition")
-        shown = _shown_definition(current, self.personal(), self.open_codes())
+        shown = _shown_definition(current, *self.personal_and_open())
         if shown == current:  # nothing masked: the definition is this key's to change as written
             return changes
         if _same_definition(definition, shown):
@@ -168,7 +171,8 @@ class Viewer:
 
     def _personal_compared(self, tree: object) -> list[str]:
         """The personal data a condition or definition compares to values (``is set`` tells no value)."""
-        personal, open_codes = self.personal() | privacy.PERSONAL_IDENTITY_TYPES, self.open_codes()
+        personal, open_codes = self.personal_and_open()
+        personal = personal | privacy.PERSONAL_IDENTITY_TYPES
         return sorted({node.field for node in _compares(tree)
                        if privacy.is_personal_field(node.field, personal, open_codes)
                        and node.op not in ("is set", "is not set")})
@@ -197,7 +201,8 @@ class Viewer:
         except PortraitError:
             return
         self._check_compares(calculation)
-        copied = privacy.personal_copied(calculation, self.personal(), open_codes=self.open_codes())
+        personal, open_codes = self.personal_and_open()
+        copied = privacy.personal_copied(calculation, personal, open_codes=open_codes)
         if copied and fields_.get("is_personal_info") is False:
             self.require_pii(f"make {code} a copy of personal data ({', '.join(copied)}) not marked personal")
 
