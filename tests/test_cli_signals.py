@@ -102,8 +102,9 @@ def _run_side_by_side(commands: list[list[str]], db: Path, stdout: Any) -> dict[
         copy = db.with_name(f"copy{number}-{db.name}")
         shutil.copyfile(db, copy)
         copy.chmod(0o600)  # as Portrait makes its files: no notice that it made it so
+        on_copy = ["--db", str(copy)] if command[-1] not in ("--version", "--help") else []  # those open none
         running[" ".join(command)] = subprocess.Popen(
-            [sys.executable, "-m", "portrait", *command, *(["--db", str(copy)] if command[0] != "--version" else [])],
+            [sys.executable, "-m", "portrait", *command, *on_copy],
             stdout=stdout, stderr=subprocess.PIPE, text=True, env=CLEAN)
     return {name: (process.wait(timeout=60), process.communicate()[1]) for name, process in running.items()}
 
@@ -115,7 +116,7 @@ def test_output_into_a_pipe_closed_by_its_reader_ends_as_unix_tools_do(logged: P
     os.close(reading)  # the reader is gone before the commands write their first byte
     try:
         ended = _run_side_by_side([["status", "--json"], ["segments", "list"], ["events", "tail", "--json"],
-                                   ["--version"]], logged, writing)
+                                   ["--version"], ["--help"], ["events", "tail", "--help"]], logged, writing)
     finally:
         os.close(writing)
     assert ended == dict.fromkeys(ended, (-signal.SIGPIPE, ""))

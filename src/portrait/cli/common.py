@@ -46,7 +46,7 @@ class _Commands(TyperGroup):
     # The contexts are click's, which typer >= 0.29 carries inside (typer._click) and older versions import.
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         """Parsing prints --help and --version: only output can fail here (typer's console raises OSError)."""
-        with _output_failures_ended(), output_written():
+        with _output_failures_ended(), output_written(), _help_into_a_closed_pipe_raised():
             return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: Any) -> Any:
@@ -61,8 +61,26 @@ class _HelpWritten:
     write. Parsing opens no files (no File parameters), so an OSError here is the output's."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
-        with output_written():
+        with output_written(), _help_into_a_closed_pipe_raised():
             return super().make_context(info_name, args, parent, **extra)  # type: ignore[misc]
+
+
+def _raise_broken_pipe(console: Console) -> None:
+    console.quiet = True
+    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+@contextmanager
+def _help_into_a_closed_pipe_raised() -> Iterator[None]:
+    """typer writes --help through a rich Console of its own, whose answer to a closed pipe is ``SystemExit(1)``:
+    ``portrait --help | head -1`` ended with exit code 1, as if it had failed. While the arguments are parsed (where
+    help is printed) a closed pipe raises BrokenPipeError instead, which _Commands ends as for any other output."""
+    rich_answer = Console.on_broken_pipe
+    Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        Console.on_broken_pipe = rich_answer  # type: ignore[method-assign]
 
 
 class _HelpWrittenCommand(_HelpWritten, TyperCommand):
@@ -159,8 +177,7 @@ class Terminal(Console):
     def on_broken_pipe(self) -> None:
         """Rich's own ends the process with exit code 1 wherever the print was, the database perhaps still open:
         the error goes on instead, through the command's ``with`` (which closes it) to _Commands."""
-        self.quiet = True
-        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        _raise_broken_pipe(self)
 
     def render_str(self, text: str, **options: Any) -> Text:
         shown = encodable(with_code_points(text), self.encoding)  # escaped before rich measures the columns
