@@ -158,7 +158,7 @@ def test_a_parquet_file_whose_first_row_has_no_value_in_a_mapped_column_imports(
     ("events.csv", [], "a CSV file holds rows, not messages"),
     ("events.ndjson", ["--user-id", "cust"], "say which event the rows are"),
     ("events.ndjson", ["--format", "xml"], "format 'xml' is not one of"),
-    ("missing.ndjson", [], "is not a readable file"),
+    ("missing.ndjson", [], "there is no file"),
     ("lines.json", [], "it looks like JSON lines"),
 ])
 def test_bad_files_get_clear_errors(tmp_path: Path, name: str, args: list[str], message: str) -> None:
@@ -167,6 +167,23 @@ def test_bad_files_get_clear_errors(tmp_path: Path, name: str, args: list[str], 
     result = runner.invoke(app, ["import", "events", str(tmp_path / name), "--db", str(tmp_path / "p.duckdb"), *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+@pytest.mark.parametrize("kind", ["events", "profiles"])
+def test_a_mistyped_file_path_is_named_and_creates_no_database(tmp_path: Path, kind: str) -> None:
+    """A first import with a typo in the file's name made a new database in the current folder, generated and
+    printed its keys, and only then said `orders.cvs is not a readable file`: the file is checked first, and the
+    message says what is missing where."""
+    db = tmp_path / "portrait.duckdb"
+    result = runner.invoke(app, ["import", kind, str(tmp_path / "orders.cvs"), "--user-id", "cust",
+                                 "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert f"error: there is no file orders.cvs in {tmp_path}" in " ".join(result.output.split())
+    assert "Generated" not in result.output and not db.exists()
+    folder = runner.invoke(app, ["import", kind, str(tmp_path), "--user-id", "cust", "--db", str(db)])
+    assert folder.exit_code == 1, folder.output
+    assert f"error: {tmp_path} is a folder, not a file" in " ".join(folder.output.split())
+    assert not db.exists()
 
 
 def test_csv_rows_become_events_and_profiles(tmp_path: Path) -> None:

@@ -87,6 +87,21 @@ class DatesAsText:
 Note = TextFallback | DatesAsText  # what an import notes about a CSV column read as text
 
 
+def check_readable_file(path: Path) -> None:
+    """Refuse a file to import that is not there, saying what is missing where: `orders.cvs is not a readable file`
+    left the user to guess between a typo, the wrong folder and a folder's name."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise BadRequest(f"{path} is a folder, not a file", code="file_not_found")
+    folder = path.parent.resolve()
+    if not folder.is_dir():
+        raise BadRequest(f"there is no folder {folder} (for the file {path.name})", code="file_not_found")
+    if path.exists():
+        raise BadRequest(f"{path} is not a regular file", code="file_not_found")
+    raise BadRequest(f"there is no file {path.name} in {folder}", code="file_not_found")
+
+
 def detect_format(path: Path, given: str | None = None) -> str:
     if given:
         if given not in FORMATS:
@@ -114,8 +129,7 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
     """
-    if not path.is_file():
-        raise BadRequest(f"{path} is not a readable file", code="file_not_found")
+    check_readable_file(path)
     if file_format == "csv":
         if mapping is None:
             raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "

@@ -28,6 +28,7 @@ from portrait.cli.common import (
 from portrait.client import RemotePortrait
 from portrait.column_types import parse_types
 from portrait.errors import PortraitError
+from portrait.files import check_readable_file
 from portrait.mapping import RowMapping, combine, parse_mapping_text
 from portrait.service import Portrait
 
@@ -143,6 +144,10 @@ def _read_text(path: Path) -> str:
 
 def _import(file: Path, file_format: str | None, mapping: RowMapping | None, delimiter: str | None, dry_run: bool,
             rejects: Path | None, db: str | None, url: str | None, admin_key: str | None) -> None:
+    try:  # before the database is opened: a first import with a typo in the name made one, and printed its keys
+        check_readable_file(file)
+    except PortraitError as exc:
+        raise _fail(exc) from exc
     rejects_path = rejects or file.with_name(file.name + ".rejects.ndjson")
     if rejects:  # asked for: known wrong before the import starts (the default one is beside the file)
         _check_writable(rejects, "the rejected rows")
@@ -169,8 +174,6 @@ def _import(file: Path, file_format: str | None, mapping: RowMapping | None, del
 def _import_through_server(backend: RemotePortrait, file: Path, file_format: str | None,
                            mapping: RowMapping | None, delimiter: str | None, dry_run: bool, rejects_path: Path
                            ) -> None:
-    if not file.is_file():
-        raise PortraitError(f"{file} is not a readable file")
     params: dict[str, Any] = {"filename": file.name, "format": file_format, "dry_run": dry_run,
                               "delimiter": delimiter}
     if mapping is not None:
