@@ -317,6 +317,35 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
     assert stderr.strip() == "Interrupted while starting: nothing was done."
 
 
+# The CLI as `portrait` runs it, with a real SIGINT arriving while typer builds the command from the functions'
+# signatures (after the imports, before click reads the command line): the moment is made certain by sending the
+# signal from inside typer's get_command, the code a Ctrl-C pressed then interrupts.
+_CTRL_C_WHILE_TYPER_BUILDS_THE_COMMAND = """
+import os, signal, time
+import typer.main
+from portrait.__main__ import main
+build = typer.main.get_command
+def interrupted_build(typer_app):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+    return build(typer_app)
+typer.main.get_command = interrupted_build
+main()
+"""
+
+
+def test_ctrl_c_while_typer_builds_the_command_is_one_line(tmp_path: Path) -> None:
+    """Past the imports, typer still spends tens of milliseconds (seconds on a busy machine) building the command
+    from the functions' signatures: a Ctrl-C then printed a traceback of typer's inspection, exit status -2."""
+    db = tmp_path / "never.duckdb"
+    starting = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_TYPER_BUILDS_THE_COMMAND, "demo", "--profiles",
+                               "10", "--db", str(db)], capture_output=True, text=True, timeout=60,
+                              preexec_fn=ctrl_c_as_in_a_terminal)
+    assert starting.returncode == 130, starting.stderr
+    assert starting.stderr.strip() == "Interrupted while starting: nothing was done."
+    assert not db.exists()
+
+
 @pytest.mark.parametrize(("content", "says"), [
     (b"PAR1" + bytes(range(256)) * 8 + b"PAR1", "it is Parquet: pass --format parquet"),
     ("id,mail\n1,ann@example.com\n".encode("utf-16"), "it is UTF-16"),  # Excel's "Unicode text"

@@ -21,11 +21,24 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         _escape_what_the_terminal_cannot_show(stream)
     try:
-        from portrait.cli import app
+        command = _the_command()
     except KeyboardInterrupt:
         print("Interrupted while starting: nothing was done.", file=sys.stderr)
         raise SystemExit(130) from None
-    run_reporting_damage(app)
+    run_reporting_damage(command)
+
+
+def _the_command() -> Callable[[], object]:
+    """The click command. Typer builds it from the functions' signatures each time the app is called, tens of
+    milliseconds after the imports (seconds on a busy machine) outside click's own handling of Ctrl-C: built here,
+    where a Ctrl-C is the one line above instead of a traceback of typer's inspection. (The app's pretty
+    exceptions are off, so calling the command directly loses nothing of typer's.)"""
+    import typer.main
+
+    from portrait.cli import app
+
+    command: Callable[[], object] = typer.main.get_command(app)
+    return command
 
 
 def run_reporting_damage(app: Callable[[], object]) -> None:
