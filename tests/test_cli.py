@@ -115,6 +115,27 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     assert "no profile has the identity email:nobody@example.com" in result.output
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["analytics", "breakdown", "poles", "address_country"], "no segment is named 'poles' (did you mean 'Poles'?)"),
+    (["segments", "preview", 'in_segment("Pole")'], "no segment is named 'Pole' (did you mean 'Poles'?)"),
+    (["analytics", "breakdown", "Poles", "country"],
+     "no attribute has the code 'country' (did you mean 'address_country'?)"),
+    (["attributes", "show", "frist_name"], "no attribute has the code 'frist_name' (did you mean 'first_name'?)"),
+    (["export", "profiles", "-o", "out.csv", "--attributes", "plan,lastname"],
+     "no attribute has the code 'lastname' (did you mean 'last_name'?)"),
+])
+def test_a_misspelt_segment_or_attribute_name_is_answered_with_the_closest_one(
+        demo_db: str, args: list[str], says: str) -> None:
+    """A new user's `breakdown poles country` said only `no attribute has the code 'country'` (and `no segment is
+    named 'poles'` for the segment `Poles`), where a condition's misspelt attribute already got a suggestion."""
+    created = runner.invoke(app, ["segments", "create", "Poles", "--condition", 'address_country = "PL"',
+                                  "--db", demo_db])
+    assert created.exit_code == 0, created.output
+    result = runner.invoke(app, [*args, "--db", demo_db])
+    assert result.exit_code == 1, result.output
+    assert f"error: {says}" in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize(("args", "env", "says"), [
     (["status", "--url", "http://127.0.0.1:1", "--admin-key", "k"], {},
      "cannot reach the Portrait server at http://127.0.0.1:1"),

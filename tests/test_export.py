@@ -58,7 +58,7 @@ def test_export_errors(loaded: Portrait, tmp_path: Path) -> None:
 
     with pytest.raises(BadRequest, match="format 'xlsx' is not one of"):
         loaded.export_profiles(tmp_path / "x.xlsx", "xlsx")
-    with pytest.raises(BadRequest, match="no attribute has the code nope"):
+    with pytest.raises(BadRequest, match="no attribute has the code 'nope'"):
         loaded.export_profiles(tmp_path / "x.csv", "csv", attributes=["nope"])
 
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from portrait.errors import BadRequest
 from portrait.privacy import mask_identifier
-from portrait.registry import AttributeRegistry
+from portrait.registry import AttributeRegistry, unknown_code
 from portrait.sql import attributes as q
 from portrait.sql.attributes import JSON_TYPES
 from portrait.store import Session
@@ -40,7 +40,7 @@ def choose_attributes(registry: AttributeRegistry, names: list[str] | None, incl
     if names:
         unknown = [n for n in names if n not in every]
         if unknown:
-            raise BadRequest(f"no attribute has the code {', '.join(unknown)}", code="invalid_attribute")
+            raise BadRequest("; ".join(unknown_code(n, every) for n in unknown), code="invalid_attribute")
         return [every[n] for n in names]
     return [a for a in every.values()
             if a["status"] == "active" and (include_personal or not a["is_personal_info"])]

@@ -6,7 +6,7 @@ keeps its values and stops nothing; a deprecated attribute is hidden from new se
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from datetime import date, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from portrait.conditions.calculations import (
     unfit_type,
 )
 from portrait.errors import BadRequest, Conflict, NotFound
+from portrait.event_names import closest_name
 from portrait.privacy import personal_copied
 from portrait.spec import utc_now
 from portrait.sql import attributes as q
@@ -62,7 +63,7 @@ class AttributeRegistry:
     def get(self, code: str) -> dict[str, Any]:
         rows = self._session().execute(q.GET, [code])
         if not rows:
-            raise NotFound(f"no attribute has the code {code!r}")
+            raise NotFound(unknown_code(code, self.types()))
         attribute = _with_error(_json(rows[0]), self.types(), self.failures)
         filled, profiles = self._session().execute(q.USAGE, [code])[0]
         attribute["usage"] = {"values": int(filled), "profiles": int(profiles)}
@@ -289,3 +290,17 @@ def _json(row: tuple[Any, ...]) -> dict[str, Any]:
     for key in ("created_at", "updated_at"):
         record[key] = record[key].isoformat(timespec="milliseconds") + "Z"
     return record
+
+
+def unknown_code(code: str, codes: Iterable[str]) -> str:
+    """The message for an attribute code no attribute has, naming the closest code there is (`country` is
+    `address_country`), as a condition's misspelt attribute is answered."""
+    known = list(codes)
+    close = closest_name(code, known) or _the_one_code_with_the_word(code, known)
+    return f"no attribute has the code {code!r}" + (f" (did you mean {close!r}?)" if close else "")
+
+
+def _the_one_code_with_the_word(word: str, codes: list[str]) -> str | None:
+    """`country` for `address_country`, `city` for `address_city`: too short a part of the code to be similar."""
+    having = [code for code in codes if word.casefold() in code.split("_")]
+    return having[0] if len(having) == 1 else None

@@ -35,7 +35,7 @@ from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
 from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, StorageUnavailable
-from portrait.event_names import unseen_event_notes
+from portrait.event_names import closest_name, unseen_event_notes
 from portrait.model import Identifier
 from portrait.registry import AttributeRegistry
 from portrait.spec import iso_time, utc_now
@@ -139,7 +139,7 @@ class Segments:
     def _referenced(self, name: str) -> Condition | None:
         rows = self._session().execute(q.BY_NAME, [name])
         if not rows:
-            raise ConditionError(f"no segment is named {name!r}")
+            raise ConditionError(self._unknown_name(name))
         return _segment(rows[0]).condition
 
     def find(self, reference: str | int) -> Segment:
@@ -148,8 +148,13 @@ class Segments:
         is_id = text.isascii() and text.isdigit() and len(text) <= 18  # "¹" is a digit to Python, not an id
         rows = self._session().execute(q.BY_ID if is_id else q.BY_NAME, [int(text) if is_id else text])
         if not rows:
-            raise NotFound(f"no segment {'has the id' if is_id else 'is named'} {text!r}")
+            raise NotFound(f"no segment has the id {text!r}" if is_id else self._unknown_name(text))
         return _segment(rows[0])
+
+    def _unknown_name(self, name: str) -> str:
+        """Names match exactly, case too: the closest one saved is named, for the typo or the case (`poles`)."""
+        close = closest_name(name, [row[0] for row in self._session().execute(q.NAMES)])
+        return f"no segment is named {name!r}" + (f" (did you mean {close!r}?)" if close else "")
 
     def all(self) -> list[dict[str, Any]]:
         return [self._document(_segment(row[:8]), size=int(row[8])) for row in self._session().execute(q.LIST)]

@@ -20,6 +20,7 @@ FROM segments AS s ORDER BY s.name
 """)
 BY_ID = exp.select(*COLUMNS).from_("segments").where(exp.column("id").eq(param()))
 BY_NAME = exp.select(*COLUMNS).from_("segments").where(exp.column("name").eq(param()))
+NAMES = exp.select("name").from_("segments").order_by("id")
 SIZE = parse("SELECT count(*) FROM segment_members WHERE segment_id = ?")
 DELETE = [parse("DELETE FROM segment_members WHERE segment_id = ?"),
           parse("DELETE FROM static_segment_identities WHERE segment_id = ?"),
