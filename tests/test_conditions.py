@@ -217,6 +217,13 @@ def test_the_issue_example_in_english() -> None:
     ("age > 1 & 2", 8, "unexpected character '&'"),
     ("", 0, "the condition is empty"),
     ("age = 2026-02-30", 6, "is not a date"),
+    # What someone who writes SQL or JavaScript types first is answered with what to write instead.
+    ('country == "PL"', 9, "'==' is not an operator: equality is one '='"),
+    ('country <> "PL"', 9, "'<>' is not an operator: write '!=' for not equal"),
+    ("country = 'PL'", 10, "text goes in double quotes (\"PL\"), not single ones"),
+    ("country = PL", 10, "found 'PL' (text goes in double quotes: \"PL\")"),
+    ('age > 1 && country = "PL"', 8, "unexpected character '&' (write 'and')"),
+    ('age > 1 || country = "PL"', 8, "unexpected character '|' (write 'or')"),
 ])
 def test_parse_errors_point_at_the_position_and_say_what_was_expected(text: str, position: int,
                                                                       message: str) -> None:

@@ -91,13 +91,25 @@ def tokenize(text: str) -> list[Token]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            raise ConditionError(f"unexpected character {text[position]!r}", position)
+            raise ConditionError(f"unexpected character {text[position]!r}{_instead(text, position)}", position)
         kind = match.lastgroup or ""
         if kind != "space":
             tokens.append(Token(kind, match.group(), position))
         position = match.end()
     tokens.append(Token("end", "", len(text)))
     return tokens
+
+
+# Characters of other languages' operators, answered with what to write here (a data engineer types SQL's and
+# JavaScript's first).
+_WRITE_INSTEAD = {"&": " (write 'and')", "|": " (write 'or')"}
+
+
+def _instead(text: str, position: int) -> str:
+    if text[position] == "'":
+        quoted = text[position + 1:].split("'", 1)[0]
+        return f": text goes in double quotes ({json.dumps(quoted, ensure_ascii=False)}), not single ones"
+    return _WRITE_INSTEAD.get(text[position], "")
 
 
 FUNCTIONS = ("performed", "first_time", "last_time", "stopped", "sequence", "in_segment", "consent", *AGGREGATES)
@@ -258,7 +270,19 @@ class Parser:
         if token.word in ("true", "false"):
             self.advance()
             return token.word == "true"
-        raise self.fail('a value ("text", a number, true/false, a date such as 2026-01-31, or 30d ago)')
+        raise self._not_a_value(token)
+
+    def _not_a_value(self, token: Token) -> ConditionError:
+        """Where a value should be: SQL's `==` and `<>` read as an operator and a stray one, and a bare word as
+        text without its quotes; said so, rather than only that a value was expected."""
+        before = self.tokens[self.index - 1].text if self.index else ""
+        if token.kind == "op" and before + token.text == "==":
+            return ConditionError("'==' is not an operator: equality is one '='", token.position)
+        if token.kind == "op" and before + token.text == "<>":
+            return ConditionError("'<>' is not an operator: write '!=' for not equal", token.position)
+        unquoted = f" (text goes in double quotes: {json.dumps(token.text)})" if token.kind == "word" else ""
+        return ConditionError('expected a value ("text", a number, true/false, a date such as 2026-01-31, or 30d '
+                              f"ago), found {token.describe()}{unquoted}", token.position)
 
     def duration(self) -> Duration:
         token = self.current
