@@ -36,7 +36,7 @@ from portrait.cli.common import (
 from portrait.client import remove_server_file, running_server_url, write_server_file
 from portrait.errors import DatabaseInUse, PortraitError
 from portrait.service import Portrait
-from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, opens_with
+from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, compaction_marker, opens_with
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -121,6 +121,11 @@ def serve(
         # erasure ("Query interrupted", exit 1, the rewrite left to the next start). kill -9 still stops it, safely.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, _closing)
+        if compaction_marker(settings.db_path).exists():
+            # seconds to minutes of silence after Ctrl-C looked like a hung server, and got it killed
+            errors.print("Stopping: rewriting the database file after an erasure, so that nothing of the people "
+                         "erased stays on disk; it is safe to wait (a large database takes a while: 10-25 s for "
+                         "440 MB).", soft_wrap=True)
         portrait.close()
         remove_server_file(settings.db_path)
 
