@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -221,13 +222,20 @@ def test_the_cli_runs_requests(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(export.read_text())["profile"]["traits"]["first_name"] == "Annabelle-Zyx"
     erased = runner.invoke(app, ["privacy", "request", "--type", "erase", "--identity", "user_id:u-ann", "--db", db])
-    assert erased.exit_code == 0 and '"erased": true' in erased.output
+    assert erased.exit_code == 0, erased.output
+    said = " ".join(erased.output.split())  # a sentence, not the result's JSON
+    assert re.search(r"done: erased profile [0-9a-f-]{36} with its 5 events and 4 identities \(suppressed from "
+                     r"now on\); profiles merged into it: 1; saved conditions rewritten: 0\.", said), said
     listed = runner.invoke(app, ["privacy", "list", "--db", db, "--json"])
     assert "u-ann" not in listed.output and listed.output.count('"done"') == 2
     ids = [r["id"] for r in json.loads(listed.output)]
     narrow = runner.invoke(app, ["privacy", "list", "--db", db], env={"COLUMNS": "80"})
     assert all(i in narrow.output for i in ids), narrow.output  # whole, for privacy show to take
     assert runner.invoke(app, ["quality", "--db", db]).output.strip() == "No data-quality issues."
+    nobody = runner.invoke(app, ["privacy", "request", "--type", "erase", "--identity", "user_id:nobody", "--db", db])
+    assert nobody.exit_code == 0, nobody.output
+    assert ("done: nothing to erase: no profile had this identity; it is suppressed from now on."
+            in " ".join(nobody.output.split())), nobody.output
 
 
 def test_retention_deletes_old_raw_events_only(portrait: Portrait) -> None:

@@ -74,7 +74,19 @@ def privacy_request(
         else:
             console.print(text, markup=False, highlight=False)
     else:
-        console.print(f"Request {done['id']} done: {json.dumps(result)}")
+        console.print(f"Request {done['id']} done: {_erasure_said(result)}", markup=False, highlight=False)
+
+
+def _erasure_said(result: dict[str, Any]) -> str:
+    """An erasure's result as a sentence (it was printed as its JSON; `privacy show` gives that)."""
+    rewritten = f"saved conditions rewritten: {result.get('conditions_rewritten', 0)}"
+    if not result.get("erased"):  # the identity may still have been named in a saved condition
+        also = f"; {rewritten}" if result.get("conditions_rewritten") else ""
+        return f"nothing to erase: {result.get('reason', 'no profile had this identity')}{also}."
+    events = result.get("events", 0)
+    return (f"erased profile {result.get('profile_id')} with its {events} event{'' if events == 1 else 's'} and "
+            f"{result.get('identities_suppressed', 0)} identities (suppressed from now on); profiles merged into "
+            f"it: {result.get('merged_profiles', 0)}; {rewritten}.")
 
 
 WAIT_SECONDS = 120.0
