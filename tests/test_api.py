@@ -403,6 +403,24 @@ def test_framework_errors_have_the_error_shape_too(client: TestClient, method: s
     assert answer.status_code == status and answer.json()["code"] == code and answer.json()["message"]
 
 
+@pytest.mark.parametrize(("method", "path", "says"), [
+    # An SDK given the server's address with /v1 (host="http://127.0.0.1:8000/v1") posts to /v1/v1/batch.
+    ("POST", "/v1/v1/batch", "no endpoint POST /v1/v1/batch: an SDK's host is the server's address alone, without "
+                             "/v1 (here http://testserver)"),
+    ("POST", "/batch", "no endpoint POST /batch: ingestion is under /v1 (/v1/batch, /v1/track...), the API under "
+                       "/api; /docs lists every endpoint"),
+    ("GET", "/api/profile/user_id:42", "no endpoint GET /api/profile/user_id:42: ingestion is under /v1"),
+    ("GET", "/v1/batch", "GET is not allowed on /v1/batch; it takes POST"),
+    ("POST", "/api/status", "POST is not allowed on /api/status; it takes GET"),
+])
+def test_a_wrong_path_or_method_says_where_to_go(client: TestClient, method: str, path: str, says: str) -> None:
+    """The framework's bare `Not Found` / `Method Not Allowed` left a new user (or an SDK's log) with nothing to go
+    on."""
+    answer = client.request(method, path, headers=ADMIN)
+    assert answer.status_code in (404, 405)
+    assert says in answer.json()["message"], answer.json()
+
+
 def test_bad_cursor_is_400(client: TestClient, portrait: Portrait) -> None:
     post(client, "/v1/batch", {"batch": [track(userId="7")]})
     portrait.process_pending()

@@ -92,14 +92,31 @@ def install(app: FastAPI) -> None:
     app.add_middleware(UnexpectedErrors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> Response:
+    async def _http(request: Request, exc: HTTPException) -> Response:
         # The framework's own answers (no such path, method not allowed) in the API's error shape.
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        return error_response(exc.status_code, code, _framework_message(request, exc, headers), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         return error_response(400, "invalid_request", "; ".join(map(_invalid, exc.errors())))
+
+
+def _framework_message(request: Request, exc: HTTPException, headers: dict[str, str]) -> str:
+    """The framework's bare `Not Found` and `Method Not Allowed`, said with what to do: the usual slip is an SDK
+    given the server's address with /v1, which it adds itself (its log then showed only `Not Found`)."""
+    method, path = request.method, request.url.path
+    if exc.status_code == 405 and "Allow" in headers:
+        return f"{method} is not allowed on {path}; it takes {headers['Allow']}"
+    if exc.status_code != 404 or exc.detail != "Not Found":  # a message of our own: kept
+        return str(exc.detail)
+    if path.startswith("/v1/v1/"):
+        server = str(request.base_url).rstrip("/")
+        return (f"no endpoint {method} {path}: an SDK's host is the server's address alone, without /v1 "
+                f"(here {server})")
+    return (f"no endpoint {method} {path}: ingestion is under /v1 (/v1/batch, /v1/track...), the API under /api; "
+            "/docs lists every endpoint")
 
 
 # pydantic's wording for the query and path parameters' rules ("query.limit: Input should be less than or equal to
