@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from portrait.cli.common import (
     AdminKeyOption,
@@ -181,12 +181,17 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
         params["mapping"] = json.dumps(mapping.to_document())
     size = file.stat().st_size
     with _upload_progress() as progress:  # the rows are read on the server, once the file is there
-        task = progress.add_task(f"sending {file.name} to {backend.url}", total=size)
+        sending = progress.add_task(f"sending {file.name} to {backend.url}", total=size)
+        importing: list[TaskID] = []
 
         def sent(done: int) -> None:
-            progress.update(task, completed=done, description=(
-                f"sending {file.name} to {backend.url}" if done < size else
-                f"sent {file.name}; the server is importing it"))
+            progress.update(sending, completed=done)
+            if done >= size and not importing:
+                # A finished task's clock stops: the upload's showed 0:00:00 through the server's whole import, as
+                # if hung. The import gets a task of its own, open-ended (a pulsing bar), whose clock runs.
+                progress.update(sending, visible=False)
+                importing.append(progress.add_task(f"sent {file.name}; the server is importing it", total=None,
+                                                   completed=size))
 
         report = backend.import_file(file, params, on_sent=sent)
     with _RejectsFile(rejects_path) as rejected:
