@@ -50,6 +50,9 @@ def test_demo_loads_through_ingestion_and_processes(demo_db: str) -> None:
     table = runner.invoke(app, ["status", "--db", demo_db], env={"COLUMNS": "120"})
     assert table.exit_code == 0, table.output
     assert re.search(r"memory database_mb\s*│\s*\d+(\.\d+)?\s", table.output), table.output  # one value a row
+    # Words, not Python's None and False: the table is for people (--json keeps null and false)
+    assert re.search(r"processing_error\s*│\s*none\s", table.output), table.output
+    assert re.search(r"traits_recheck_due\s*│\s*no\s", table.output), table.output
 
 
 def test_profiles_get_shows_the_unified_profile(demo_db: str) -> None:

@@ -234,8 +234,18 @@ def status(db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption
     table = Table("counter", "value", title="Portrait status")
     for key, value in info.items():
         for name, shown in (value.items() if isinstance(value, dict) else [(None, value)]):
-            table.add_row(f"{key} {name}" if name else key, str(shown))  # memory process_mb, memory database_mb...
+            table.add_row(f"{key} {name}" if name else key, _for_people(shown))  # memory process_mb, ...
     console.print(table)
+
+
+def _for_people(value: object) -> str:
+    """A status value in the table: `none`, `yes`, `no` rather than Python's None, True, False (`--json` keeps the
+    JSON values)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 @app.command()
