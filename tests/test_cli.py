@@ -116,6 +116,14 @@ def test_profiles_get_unknown_is_a_clear_error(demo_db: str) -> None:
     result = runner.invoke(app, ["profiles", "get", "email:nobody@example.com", "--db", demo_db])
     assert result.exit_code == 1
     assert "no profile has the identity email:nobody@example.com" in result.output
+    # A type misspelt: the identity with the identifier type meant, which the lookup never tried
+    for mistyped, meant in (("mail:ann@example.com", "email:ann@example.com"), ("userid:user-0", "user_id:user-0"),
+                            ("Loyalty-Card:LC-1", "loyalty_card:LC-1")):
+        result = runner.invoke(app, ["profiles", "get", mistyped, "--db", demo_db])
+        assert result.exit_code == 1
+        assert f"no profile has the identity {mistyped} (did you mean {meant}?)" in result.output, result.output
+    result = runner.invoke(app, ["profiles", "get", "email:nobody@example.com", "--db", demo_db])
+    assert "did you mean" not in result.output  # a known type: nothing to suggest
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -34,6 +34,7 @@ from portrait.errors import (
     PortraitError,
     SyncInterrupted,
 )
+from portrait.event_names import closest_name
 from portrait.exports import export_profiles
 from portrait.files import DatesAsText, Note, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
@@ -788,8 +789,16 @@ class Portrait:
             # an identifier stored before a rule change, found as the profile shows it (see _stored_key)
             rows = session.execute(reads.PROFILE_BY_IDENTITY, [stored])
         if not rows:
-            raise NotFound(f"no profile has the identity {reference}{self._still_processing()}")
+            raise NotFound(f"no profile has the identity {reference}{self._still_processing()}"
+                           f"{self._type_meant(kind, value)}")
         return str(rows[0][0])
+
+    def _type_meant(self, kind: str, value: str) -> str:
+        """A misspelt identifier type (`mail:`, `userid:`) found nothing, and said only that: the identity with the
+        usual type it most likely meant. Any type can be an external id's, so an unknown one is not an error."""
+        usual = ["user_id", "email", "phone", "anonymous_id", *self.rules.identity_traits, PROFILE_ID_TYPE]
+        meant = None if kind.strip().lower() in usual else closest_name(kind, usual)
+        return f" (did you mean {meant}:{value}?)" if meant else ""
 
     def _still_processing(self) -> str:
         """What to add to "no profile has the identity ..." while events wait for the processor: a lookup right
