@@ -737,29 +737,40 @@ def test_reading_a_large_access_export_does_not_hold_the_server(server: Server) 
         request_id = made.json()["id"]
         while admin.get(f"/api/privacy/requests/{request_id}").json()["status"] != "done":
             time.sleep(0.1)
-        health: list[float] = []
-        reading = threading.Event()
+        # The worst wait of each of three reads: held by the encoding, /healthz waits on every read (~2 s each), while
+        # a busy machine (CI's two shared cores) now and then stalls one read's worker thread as it holds the GIL
+        # (0.68 s was seen in 1 run of 7 under load): one slow read proves nothing, three in a row do.
+        reads = [_read_while_probing_health(server, admin, request_id) for _ in range(3)]
+    for answer, _ in reads:
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        events = answer.json()["result"]["events"]
+        assert len(events) == 12_000 and events[0]["properties"]["items"][7] == {"sku": "s0-7", "price": 7}
+    waits = [wait for _, wait in reads]
+    assert min(waits) < 0.5, f"/healthz waited {', '.join(f'{w:.2f}' for w in waits)} s while the export was read"
 
-        def probe() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
-                while not reading.is_set():
-                    began = time.perf_counter()
-                    client.get("/healthz").raise_for_status()
-                    health.append(time.perf_counter() - began)
-                    time.sleep(0.01)
 
-        prober = threading.Thread(target=probe)
-        prober.start()
-        try:
-            time.sleep(0.2)
-            answer = admin.get(f"/api/privacy/requests/{request_id}")
-        finally:
-            reading.set()
-            prober.join()
-    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
-    events = answer.json()["result"]["events"]
-    assert len(events) == 12_000 and events[0]["properties"]["items"][7] == {"sku": "s0-7", "price": 7}
-    assert max(health) < 0.5, f"/healthz took up to {max(health):.2f} s while the export was read"
+def _read_while_probing_health(server: Server, admin: httpx.Client, request_id: str) -> tuple[httpx.Response, float]:
+    """The request read once (its answer), and the longest /healthz took meanwhile (asked again and again)."""
+    health: list[float] = []
+    reading = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not reading.is_set():
+                began = time.perf_counter()
+                client.get("/healthz").raise_for_status()
+                health.append(time.perf_counter() - began)
+                time.sleep(0.01)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        time.sleep(0.2)  # the prober's first requests are under way
+        answer = admin.get(f"/api/privacy/requests/{request_id}")
+    finally:
+        reading.set()
+        prober.join()
+    return answer, max(health)
 
 
 ZENOBIA = (b"zenobia.canary@example.com", b"Zenobia.Canary@Example.COM", b"u-canary-77", b"+48601234599",
