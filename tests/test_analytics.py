@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, utc_today_clear_of_midnight
 from typer.testing import CliRunner
 
 from portrait.api import create_app
@@ -155,7 +155,9 @@ def test_the_api_and_cli(portrait: Portrait, tmp_path: Path) -> None:
 
 
 def test_the_overview_counts_events_per_whole_day(portrait: Portrait) -> None:
-    first_day = (NOW - timedelta(days=13)).date()
+    # the chart's first day is 13 days before the server's today: today as the test runs, not as NOW (taken when the
+    # suite was collected, minutes earlier: a run begun before midnight looked a day too far back)
+    first_day = utc_today_clear_of_midnight() - timedelta(days=13)
     day_before = first_day - timedelta(days=1)
     stamps = [f"{day_before}T00:00:01Z", f"{day_before}T23:59:59Z", f"{first_day}T00:00:01Z",
               f"{first_day}T23:59:59Z"]
