@@ -4,6 +4,7 @@ usable in segments, protected from events; built-in RFM."""
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from datetime import date, datetime, timedelta
 from itertools import product
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlglot import exp
+from tests.conftest import utc_today_clear_of_midnight
 
 from portrait.conditions import ConditionError
 from portrait.conditions.calculations import definition_text, parse_definition
@@ -43,6 +45,15 @@ DEFINITIONS = {
     "age_in_years": "years_since(birthday)",
     "full_name": 'concat(first_name, " ", last_name)',
 }
+
+
+@pytest.fixture(autouse=True)
+def now_as_the_test_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW taken as each test starts, clear of midnight. Taken at import (when the suite was collected, minutes
+    before), a run begun before midnight had the values computed a calendar day later than the test data:
+    days_since counts calendar days (3 days ago became 4)."""
+    utc_today_clear_of_midnight()
+    monkeypatch.setattr(sys.modules[__name__], "NOW", utc_now())
 
 
 def at(days: float) -> str:
