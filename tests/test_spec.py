@@ -563,6 +563,7 @@ NESTED = st.recursive(st.none() | st.integers() | TRICKY_TEXT,
                       max_leaves=30)
 
 
+@settings(deadline=None)  # a pure function, but one example can take a loaded 2-core CI box past the default 200 ms
 @given(value=NESTED, depth=st.integers(1, 8))
 def test_cutting_deep_nesting_in_the_text_is_cutting_it_in_the_value(value: Any, depth: int) -> None:
     """The text-level cutter (brackets and quotes inside strings included) agrees with a plain recursive cut."""
