@@ -488,9 +488,9 @@ def test_after_an_unexpected_500_the_connection_serves_the_next_request(portrait
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        for _ in range(100):
-            if server.started:
-                break
+        deadline = time.monotonic() + 30  # seconds on a loaded 2-core box, where 5 s was a tight guess
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
             def ask(method: str, path: str) -> bytes:
