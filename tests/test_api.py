@@ -410,7 +410,7 @@ def test_framework_errors_have_the_error_shape_too(client: TestClient, method: s
     ("POST", "/batch", "no endpoint POST /batch: ingestion is under /v1 (/v1/batch, /v1/track...), the API under "
                        "/api; /docs lists every endpoint"),
     ("GET", "/api/profile/user_id:42", "no endpoint GET /api/profile/user_id:42: ingestion is under /v1"),
-    ("GET", "/v1/batch", "GET is not allowed on /v1/batch; it takes POST"),
+    ("GET", "/v1/batch", "GET is not allowed on /v1/batch; it takes OPTIONS, POST"),  # OPTIONS: CORS
     ("POST", "/api/status", "POST is not allowed on /api/status; it takes GET"),
 ])
 def test_a_wrong_path_or_method_says_where_to_go(client: TestClient, method: str, path: str, says: str) -> None:
@@ -419,6 +419,18 @@ def test_a_wrong_path_or_method_says_where_to_go(client: TestClient, method: str
     answer = client.request(method, path, headers=ADMIN)
     assert answer.status_code in (404, 405)
     assert says in answer.json()["message"], answer.json()
+
+
+@pytest.mark.parametrize(("path", "takes"), [("/api/segments", "GET, POST"),
+                                           ("/api/segments/Poles", "DELETE, GET, PATCH"),
+                                           ("/v1/batch", "OPTIONS, POST")])
+def test_a_method_not_allowed_names_every_method_the_path_takes(client: TestClient, path: str, takes: str) -> None:
+    """The framework's Allow header names the methods of the first route on the path only: `PUT /api/segments`
+    was told `it takes GET` although POST creates a segment there."""
+    answer = client.request("PUT", path, headers=ADMIN)
+    assert answer.status_code == 405
+    assert answer.headers["Allow"] == takes
+    assert answer.json()["message"] == f"PUT is not allowed on {path}; it takes {takes}"
 
 
 def test_bad_cursor_is_400(client: TestClient, portrait: Portrait) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portrait.errors import (
@@ -96,11 +97,29 @@ def install(app: FastAPI) -> None:
         # The framework's own answers (no such path, method not allowed) in the API's error shape.
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
+        if exc.status_code == 405 and "Allow" in headers:
+            headers["Allow"] = _allowed(request) or headers["Allow"]
         return error_response(exc.status_code, code, _framework_message(request, exc, headers), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         return error_response(400, "invalid_request", "; ".join(map(_invalid, exc.errors())))
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method the request's path takes. The framework's Allow names those of the first route on the path only
+    (`GET` for /api/segments, where POST creates a segment too). Each method is tried on the app's routes as the
+    router tries them (a 405 is rare: the cost is of no matter)."""
+    routes = request.app.router.routes
+
+    def taken(method: str) -> bool:
+        tried = {**request.scope, "method": method}
+        return any(route.matches(tried)[0] is Match.FULL for route in routes)
+
+    return ", ".join(method for method in _METHODS if taken(method))
 
 
 def _framework_message(request: Request, exc: HTTPException, headers: dict[str, str]) -> str:
