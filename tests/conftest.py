@@ -135,13 +135,15 @@ class Server:
             self.process.wait(timeout=30)
 
 
-def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None = None,
+                 stderr: int = subprocess.STDOUT) -> Server:
+    """``stderr``: where the server's errors go (by default into the log, with its output)."""
     port = free_port()
     env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log, stderr=stderr, env=env,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

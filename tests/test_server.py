@@ -219,11 +219,18 @@ def test_a_second_ctrl_c_does_not_cut_the_rewrite_after_an_erasure_short(tmp_pat
         assert after.execute("SELECT count(*) FROM events WHERE user_id = 'user-7'").fetchone() == (0,)
 
 
-def test_a_stop_that_rewrites_the_file_after_an_erasure_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("errors_into", ["the log", "a closed pipe"])
+def test_a_stop_that_rewrites_the_file_after_an_erasure_says_so(tmp_path: Path, errors_into: str) -> None:
     """After an erasure the stop rewrites the database file, 10-25 s for a 440 MB one, and said nothing meanwhile:
     a server that does not end on Ctrl-C looks hung, and gets killed. It says what it is doing, and that waiting is
-    safe."""
-    server = start_server(str(tmp_path / "erased.duckdb"), tmp_path / "erased.log")
+    safe. Saying it must not stop the closing: with its errors into a pipe whose reader is gone (`serve 2>&1 | tee`,
+    both ended by Ctrl-C) the message's broken pipe ended the server mid-stop, the database not closed, the file
+    not rewritten and <db>.server.json left behind."""
+    reading, writing = os.pipe()
+    db = tmp_path / "erased.duckdb"
+    server = start_server(str(db), tmp_path / "erased.log",
+                          stderr=writing if errors_into == "a closed pipe" else subprocess.STDOUT)
+    os.close(writing)
     try:
         sent = httpx.post(f"{server.url}/v1/batch", auth=(WRITE_KEY, ""), json={"batch": [
             {"type": "identify", "userId": "u1", "traits": {"email": "ann@example.com"}}]})
@@ -234,13 +241,16 @@ def test_a_stop_that_rewrites_the_file_after_an_erasure_says_so(tmp_path: Path) 
             assert erasure.status_code == 202, erasure.text
             assert _wait_for(lambda: admin.get(f"/api/privacy/requests/{erasure.json()['id']}").json()["status"]
                              == "done", 30)
+        os.close(reading)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0, server.log_path.read_text()
     finally:
         server.stop(kill=True)
-    said = " ".join(server.log_path.read_text().split())
-    assert ("Stopping: rewriting the database file after an erasure, so that nothing of the people erased stays "
-            "on disk; it is safe to wait") in said, said
+    assert not server_file(str(db)).exists() and not Path(f"{db}.compact-pending").exists()
+    if errors_into == "the log":
+        said = " ".join(server.log_path.read_text().split())
+        assert ("Stopping: rewriting the database file after an erasure, so that nothing of the people erased "
+                "stays on disk; it is safe to wait") in said, said
 
 
 def test_a_command_run_while_the_stopping_server_rewrites_the_file_cannot_empty_it(tmp_path: Path) -> None:

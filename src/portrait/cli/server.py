@@ -122,10 +122,13 @@ def serve(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, _closing)
         if compaction_marker(settings.db_path).exists():
-            # seconds to minutes of silence after Ctrl-C looked like a hung server, and got it killed
-            errors.print("Stopping: rewriting the database file after an erasure, so that nothing of the people "
-                         "erased stays on disk; it is safe to wait (a large database takes a while: 10-25 s for "
-                         "440 MB).", soft_wrap=True)
+            # seconds to minutes of silence after Ctrl-C looked like a hung server, and got it killed. Said only if
+            # it can be: an error output gone (`serve 2>&1 | tee`, tee ended by the same Ctrl-C) must not stop the
+            # closing below (the database left open, the file not rewritten, the server file left behind)
+            with contextlib.suppress(OSError):
+                errors.print("Stopping: rewriting the database file after an erasure, so that nothing of the people "
+                             "erased stays on disk; it is safe to wait (a large database takes a while: 10-25 s for "
+                             "440 MB).", soft_wrap=True)
         portrait.close()
         remove_server_file(settings.db_path)
 
