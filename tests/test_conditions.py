@@ -224,6 +224,10 @@ def test_the_issue_example_in_english() -> None:
     ("country = PL", 10, "found 'PL' (text goes in double quotes: \"PL\")"),
     ('age > 1 && country = "PL"', 8, "unexpected character '&' (write 'and')"),
     ('age > 1 || country = "PL"', 8, "unexpected character '|' (write 'or')"),
+    # SQL's NULL is not text to quote (`email = "null"` is valid and matches the word): a missing value is tested
+    ("email = null", 8, "there is no null: a value missing is 'email is not set', one present 'email is set'"),
+    ("email != NULL", 9, "there is no NULL: a value missing is 'email is not set', one present 'email is set'"),
+    ("email in (null)", 10, "there is no null"),
 ])
 def test_parse_errors_point_at_the_position_and_say_what_was_expected(text: str, position: int,
                                                                       message: str) -> None:
@@ -231,6 +235,7 @@ def test_parse_errors_point_at_the_position_and_say_what_was_expected(text: str,
         parse(text)
     assert raised.value.position == position
     assert message in raised.value.message
+    assert "double quotes" not in raised.value.message or "quotes" in message  # no hint that misleads
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -112,6 +112,10 @@ def _instead(text: str, position: int) -> str:
     return _WRITE_INSTEAD.get(text[position], "")
 
 
+_NULLS = ("null", "none", "nil", "undefined")
+_KEYWORDS = frozenset(("in", "not", "contains", "any", "all", "starts", "ends", "with", "regex", "between", "and",
+                       "or", "is", "set", "before", "after", "on", "within", "last", "next"))
+
 FUNCTIONS = ("performed", "first_time", "last_time", "stopped", "sequence", "in_segment", "consent", *AGGREGATES)
 
 
@@ -280,9 +284,18 @@ class Parser:
             return ConditionError("'==' is not an operator: equality is one '='", token.position)
         if token.kind == "op" and before + token.text == "<>":
             return ConditionError("'<>' is not an operator: write '!=' for not equal", token.position)
+        if token.word in _NULLS:  # SQL's habit; quoted, as said for other words, it is text that matches the word
+            field = self._field_before()
+            return ConditionError(f"there is no {token.text}: a value missing is '{field} is not set', one present "
+                                  f"'{field} is set'", token.position)
         unquoted = f" (text goes in double quotes: {json.dumps(token.text)})" if token.kind == "word" else ""
         return ConditionError('expected a value ("text", a number, true/false, a date such as 2026-01-31, or 30d '
                               f"ago), found {token.describe()}{unquoted}", token.position)
+
+    def _field_before(self) -> str:
+        """The field a comparison is about: the nearest word before that is not one of the grammar's own."""
+        words = (t.text for t in reversed(self.tokens[:self.index]) if t.kind == "word" and t.word not in _KEYWORDS)
+        return next(words, "the field")
 
     def duration(self) -> Duration:
         token = self.current
