@@ -172,4 +172,5 @@ def attributes_recalculate(db: DbOption = None, url: UrlOption = None, admin_key
     """
     done = _run(db, url, admin_key, _either(_audited("attributes recalculate", lambda local: local.recalculate()),
                                             lambda remote: remote.send_json("POST", "/api/attributes/recalculate", {})))
-    console.print(f"Recalculated {done['attributes']} calculated attributes in {done['seconds']} s.")
+    count = done["attributes"]
+    console.print(f"Recalculated {count} calculated attribute{'' if count == 1 else 's'} in {done['seconds']} s.")

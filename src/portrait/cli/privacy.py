@@ -83,10 +83,10 @@ def _erasure_said(result: dict[str, Any]) -> str:
     if not result.get("erased"):  # the identity may still have been named in a saved condition
         also = f"; {rewritten}" if result.get("conditions_rewritten") else ""
         return f"nothing to erase: {result.get('reason', 'no profile had this identity')}{also}."
-    events = result.get("events", 0)
+    events, identities = result.get("events", 0), result.get("identities_suppressed", 0)
     return (f"erased profile {result.get('profile_id')} with its {events} event{'' if events == 1 else 's'} and "
-            f"{result.get('identities_suppressed', 0)} identities (suppressed from now on); profiles merged into "
-            f"it: {result.get('merged_profiles', 0)}; {rewritten}.")
+            f"{identities} {'identity' if identities == 1 else 'identities'} (suppressed from now on); profiles "
+            f"merged into it: {result.get('merged_profiles', 0)}; {rewritten}.")
 
 
 WAIT_SECONDS = 120.0
