@@ -10,7 +10,7 @@ in-use and free bytes (``mallinfo2``), Python's allocated blocks and the GC coun
 
     .venv/bin/python benchmarks/memory_soak.py --summarize CSV [MINUTES]   # the windows of an earlier run
     .venv/bin/python benchmarks/memory_soak.py [--minutes 40] [--every 30] [--rate 4000] [--csv PATH]
-        [--mixed] [--memory-limit-mb N] [--db PATH]
+        [--mixed] [--memory-limit-mb N] [--db PATH] [--log PATH]
 
 ``--mixed`` adds soak.py's console, admin (segments, keys, exports, backups, privacy requests), burst and
 bad-request traffic, each in a thread of its own.
@@ -253,6 +253,18 @@ def windows(samples: list[dict[str, Any]], minutes: float = 10) -> list[dict[str
     return out
 
 
+def stored_events(db: Path) -> dict[str, Any]:
+    """The events the database counts as received and the log's rows by source, read after the stop. With
+    ``--mixed`` the received count is more than the senders' accepted events: segments entered write an "Audience
+    Entered" event each (source ``portrait:segments``), and erasures delete rows (not the count)."""
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        received = con.execute("SELECT value FROM counters WHERE name = 'events_received'").fetchone()
+        by_source = con.execute("SELECT source, count(*) FROM events GROUP BY source ORDER BY source").fetchall()
+    return {"received": int(received[0]) if received else 0, "rows_by_source": dict(by_source)}
+
+
 def run(options: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="portrait-memsoak-"))
     db = Path(options.db) if options.db else folder / "soak.duckdb"
@@ -270,14 +282,18 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     counts: list[dict[str, int]] = [{} for _ in range(options.threads)]
     threads = [threading.Thread(target=sender, args=(url, options.rate / options.threads, stop, visitors, c),
                                 daemon=True) for c in counts]
+    mixed_by_name: dict[str, int] = {}  # the mixed traffic's answers by kind and status
     if options.mixed:  # soak.py's console, admin, burst and bad-request traffic beside the steady ingest
         import soak
 
         mixed = soak.Counts()
+        mixed_by_name = mixed.by_name
         threads += [threading.Thread(target=soak._guarded, args=(driver, url, stop, mixed), daemon=True)
                     for driver in (soak.console_traffic, soak.admin_traffic, soak.bursts, soak.bad_traffic)]
     samples: list[dict[str, Any]] = []
     started = time.monotonic()
+    accepted: int | None = None
+    reopened: dict[str, Any] | None = None
     if options.csv:
         Path(options.csv).unlink(missing_ok=True)
     try:
@@ -291,12 +307,21 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps(row), flush=True)
             if options.csv:
                 append_csv(Path(options.csv), row)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        accepted = httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                             timeout=120).json()["events_received"]
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
         code = stop_server(server, grace=60)
         problems = server.log_problems()
+        with contextlib.suppress(Exception):  # what the database kept, opened again after the stop
+            reopened = stored_events(db)
+        if options.log:  # the whole server log, kept (the run's folder is removed)
+            shutil.copyfile(folder / "server.log", options.log)
         shutil.rmtree(folder, ignore_errors=True)
         if options.db:
             for path in (db, *db.parent.glob(db.name + ".*")):  # the database, its WAL and the server's files
@@ -307,7 +332,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             sent[status] = sent.get(status, 0) + n
     return {"minutes": options.minutes, "rate": options.rate, "memory_limit_mb": options.memory_limit_mb,
             "mixed": options.mixed,
-            "sent_by_status": sent, "exit_code": code, "log_problems": problems,
+            "sent_by_status": sent, "mixed_by_name": mixed_by_name,
+            "events_received_at_stop": accepted, "stored_after_stop": reopened,
+            "exit_code": code, "log_problems": problems,
             "windows": windows(samples) if len(samples) > 1 else [], "samples": samples}
 
 
@@ -334,13 +361,15 @@ def main() -> None:
     parser.add_argument("--memory-limit-mb", type=int, default=None, help="PORTRAIT_MEMORY_LIMIT_MB for the server")
     parser.add_argument("--db", default=None, help="the database file (removed at the end); default: a temp folder")
     parser.add_argument("--csv", default=None, help="write the samples here as CSV too")
+    parser.add_argument("--log", default=None, help="keep the server's log here (the run's folder is removed)")
     parser.add_argument("--name", default=NAME, help="results/NAME.json")
     options = parser.parse_args()
     result = run(options)
     path = write_result(options.name, result)
     for window in result["windows"]:
         print(json.dumps(window))
-    print(json.dumps({k: result[k] for k in ("sent_by_status", "exit_code", "log_problems")}))
+    print(json.dumps({k: result[k] for k in ("sent_by_status", "mixed_by_name", "events_received_at_stop",
+                                             "stored_after_stop", "exit_code", "log_problems")}))
     print(f"written to {path}")
 
 
