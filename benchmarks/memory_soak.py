@@ -106,6 +106,8 @@ def serve(db: str, port: int, probe_path: str, every: float) -> None:
         found: dict[str, Any] = {**inner(caught)}
         with contextlib.suppress(Exception):
             found.update(native_sizes())
+        with contextlib.suppress(Exception):  # SQLGlot trees the renderer keeps (at most 1,024): Python blocks
+            found["sql_cache_trees"] = len(caught["portrait"].store._render._cache)
         return found
 
     soak.inner_sizes = sizes  # type: ignore[assignment]
