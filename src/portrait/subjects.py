@@ -68,7 +68,6 @@ class PrivacyRequests:
         self._session = session
         self._hooks = hooks
         self._lock = threading.Lock()
-        self._recount_due = False  # set by an erasure that rewrote a saved condition (see _recount)
         self.suppressed: frozenset[str] = self._load_suppressed()
 
     def _load_suppressed(self) -> frozenset[str]:
@@ -124,7 +123,7 @@ class PrivacyRequests:
                 return request
             session = self._session()
             session.execute(q.START, [utc_now(), request_id])
-            self._recount_due = False
+            recount = False  # an erasure that rewrote a saved condition is recounted once recorded (see _recount)
             try:
                 result = self._access(request) if request["type"] == "access" else self._erase(request)
             except NotFound as exc:
@@ -134,7 +133,7 @@ class PrivacyRequests:
                 session.execute(q.FINISH, ["failed", utc_now(), None, f"{type(exc).__name__}: {exc}", request_id])
             else:
                 session.execute(q.FINISH, ["done", utc_now(), orjson.dumps(result).decode(), None, request_id])
-            recount, self._recount_due = self._recount_due, False
+                recount = bool(result.get("conditions_rewritten"))
         if recount:
             self._recount()
         return self.get(request_id)
@@ -206,7 +205,6 @@ class PrivacyRequests:
                         rewritten = self._rewrite_conditions(session, [(f"{kind}:{value}", kind, value)])
                     self._forget(request)
                     if rewritten:
-                        self._recount_due = True  # run() recounts, once this is recorded (see _recount)
                         self._hooks.after_erase()  # the file is rewritten: the old conditions' bytes go too
                     return {"erased": False, "reason": "no profile had this identity; it is suppressed from now on",
                             "conditions_rewritten": rewritten}
@@ -215,7 +213,6 @@ class PrivacyRequests:
                 self._unsuppress(request["id"])  # a failed erasure leaves nothing behind; it can be asked again
                 raise
         self._forget(request)
-        self._recount_due = bool(result["conditions_rewritten"])  # run() recounts, once this is recorded
         self._hooks.after_erase()  # the file is rewritten when the database is next closed or opened
         return result
 
