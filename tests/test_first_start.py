@@ -309,7 +309,9 @@ def _serve_first_time(db: Path, stderr: Any) -> subprocess.Popen[bytes]:
 
 def _printed_and_stored_keys(said: str, db: Path) -> tuple[set[str], set[str]]:
     """The hashes of the keys ``said`` shows, and of the active keys stored in ``db`` (none before its tables)."""
-    printed = {hashlib.sha256(key.encode()).hexdigest() for key in re.findall(r"\b(?:wk|ak)_[\w-]{32}\b", said)}
+    # a key is url-safe base64, which can end in "-": no \b after it, the key alone, whatever character ends it
+    keys = re.findall(r"\b(?:wk|ak)_[\w-]{32}(?![\w-])", said)
+    printed = {hashlib.sha256(key.encode()).hexdigest() for key in keys}
     if not db.exists() or db.stat().st_size == 0:
         return printed, set()
     with duckdb.connect(str(db), read_only=True) as stored:
