@@ -42,6 +42,7 @@ from portrait.spec import iso_time, utc_now
 from portrait.sql import segments as q
 from portrait.sql.conditions import compile_condition
 from portrait.store import Session
+from portrait.value_notes import compared_values, unmatched_value_notes
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^(?!\d+$)[^\s\x00-\x1f\x7f/](?:[^\x00-\x1f\x7f/]{0,78}[^\s\x00-\x1f\x7f/])?$")
@@ -329,15 +330,22 @@ class Segments:
         sample = [row[0] for row in rows]
         return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
                 "english": describe(condition), "seconds": round(time.perf_counter() - started, 3),
-                "notes": self._event_notes(condition)}
+                "notes": self._notes(condition, count)}
 
-    def _event_notes(self, condition: Condition) -> list[str]:
-        """Notes on the events ``condition`` looks at that no event has had (see :mod:`portrait.event_names`)."""
-        return unseen_event_notes(self._session(), sorted(_event_names(condition, self)))
+    def _notes(self, condition: Condition, count: int) -> list[str]:
+        """Notes on what ``condition`` looks for that the data has never held: event names no event has had (see
+        :mod:`portrait.event_names`) and, when it counts nobody, text values no profile has (see
+        :mod:`portrait.value_notes`: a pass over the attributes' values, ~0.6 s at 1M profiles, is paid only when
+        the answer is zero, the silent zero it explains)."""
+        session = self._session()
+        compared = compared_values(condition, self.schema().attribute_types) if count == 0 else {}
+        personal = self._attributes.personal() if compared else set()
+        return (unseen_event_notes(session, sorted(_event_names(condition, self)))
+                + unmatched_value_notes(session, compared, personal))
 
     def _with_notes(self, document: dict[str, Any], condition: Condition | None) -> dict[str, Any]:
-        """A saved segment's answer with ``notes`` when its new condition names an event never seen."""
-        notes = self._event_notes(condition) if condition is not None else []
+        """A saved segment's answer with ``notes`` when its new condition looks for what the data never held."""
+        notes = self._notes(condition, int(document["size"])) if condition is not None else []
         return {**document, "notes": notes} if notes else document
 
     def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:

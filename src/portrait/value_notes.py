@@ -1,0 +1,97 @@
+"""Text values a segment compares an attribute with that no profile has: ``address_country = "pl"``.
+
+Values match exactly, case too, so when the data holds ``"PL"`` such a condition silently counts zero (or, inside
+an ``or``, silently adds nobody). Like an unseen event name (:mod:`portrait.event_names`) it is not an error -- the
+customers may not have arrived yet -- so the answer carries a note, with what the data does hold:
+
+- the same value in other letter case, with how many profiles have it;
+- else the closest of the attribute's thousand most frequent values (a misspelt country or plan).
+
+A personal attribute's stored values are never shown in a note, whatever the key may read: the note says only how
+many profiles hold the value in another case -- a count anyone who can preview a segment learns anyway, from
+``email contains "..."``, which ignores case.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from portrait.conditions.ast import And, Compare, Condition, Not, Or
+from portrait.conditions.evaluate import lower
+from portrait.event_names import closest_name
+from portrait.sql import analytics as q
+from portrait.store import Session
+
+TEXT_TYPES = ("string", "enum")
+EXACT_OPS = ("=", "!=", "in", "not in")
+
+
+def compared_values(condition: Condition, attribute_types: Mapping[str, str]) -> dict[str, list[str]]:
+    """The text values each text attribute is compared with for equality, in the condition's order (not through
+    events' ``where``, which compares properties, nor through referenced segments, which have notes of their own)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for compare in _comparisons(condition):
+        if compare.op in EXACT_OPS and attribute_types.get(compare.field) in TEXT_TYPES:
+            for value in compare.values:
+                if isinstance(value, str) and value not in found[compare.field]:
+                    found[compare.field].append(value)
+    return dict(found)
+
+
+def _comparisons(condition: Condition) -> Iterable[Compare]:
+    if isinstance(condition, And | Or):
+        for item in condition.items:
+            yield from _comparisons(item)
+    elif isinstance(condition, Not):
+        yield from _comparisons(condition.item)
+    elif isinstance(condition, Compare):
+        yield condition
+
+
+def unmatched_value_notes(session: Session, compared: Mapping[str, list[str]], personal: set[str]) -> list[str]:
+    """A note for each compared value no profile holds exactly, saying what the data holds instead."""
+    if not compared:
+        return []
+    notes = []
+    for code, values in compared.items():
+        held = _held_ignoring_case(session, code, values)
+        for value in values:
+            variants = held.get(lower(value), {})
+            if value in variants:
+                continue
+            notes.append(_note(session, code, value, variants, personal=code in personal))
+    return notes
+
+
+def _held_ignoring_case(session: Session, code: str, values: list[str]) -> dict[str, dict[str, int]]:
+    """Lowered value -> {stored value: profiles}, for the values ``code`` is compared with: one pass over it."""
+    held: dict[str, dict[str, int]] = defaultdict(dict)
+    for value, profiles in session.execute(q.TEXT_VALUES_IGNORING_CASE, [code, sorted({lower(v) for v in values})]):
+        held[lower(value)][value] = int(profiles)
+    return held
+
+
+def _note(session: Session, code: str, value: str, variants: Mapping[str, int], *, personal: bool) -> str:
+    said = f"no profile has {code} {value!r}"
+    rule = "values match exactly, case too"
+    if variants and personal:
+        profiles = sum(variants.values())
+        return f"{said}: {_profiles(profiles)} in other letter case ({rule}; a personal value is not shown)"
+    if len(variants) == 1:
+        [(held, profiles)] = variants.items()
+        return f"{said}: did you mean {held!r}? {_profiles(profiles)} ({rule})"
+    if variants:
+        most = sorted(variants.items(), key=lambda item: (-item[1], item[0]))[:3]
+        shown = " or ".join(f"{held!r} ({profiles:,})" for held, profiles in most)
+        return f"{said}: did you mean {shown}? ({rule})"
+    if not personal:
+        frequent = [row[0] for row in session.execute(q.FREQUENT_TEXT_VALUES, [code])]
+        close = closest_name(value, frequent)
+        if close is not None:
+            return f"{said} (did you mean {close!r}?)"
+    return f"{said} ({rule})"
+
+
+def _profiles(count: int) -> str:
+    return f"{count:,} profile has it" if count == 1 else f"{count:,} profiles have it"
