@@ -87,3 +87,11 @@ def test_notes_come_with_a_saved_segment_the_api_and_the_cli(portrait: Portrait,
     assert previewed.exit_code == 0, previewed.output
     said = f"Note: no profile has address_country 'de': did you mean 'DE'? 1 profile has it ({RULE})."
     assert said in previewed.output
+
+
+def test_a_long_list_of_values_no_profile_has_gets_five_notes_and_a_count_of_the_rest(portrait: Portrait) -> None:
+    load(portrait)
+    codes = ", ".join(f'"{n:05d}"' for n in range(40))
+    notes = portrait.segments.preview(f"address_country in ({codes})")["notes"]
+    assert notes[:5] == [f"no profile has address_country '{n:05d}' ({RULE})" for n in range(5)]
+    assert notes[5:] == [f"no profile has address_country 35 more of the values given ({RULE})"]

@@ -25,6 +25,8 @@ from portrait.store import Session
 
 TEXT_TYPES = ("string", "enum")
 EXACT_OPS = ("=", "!=", "in", "not in")
+RULE = "values match exactly, case too"
+MAX_NOTES_PER_ATTRIBUTE = 5
 
 
 def compared_values(condition: Condition, attribute_types: Mapping[str, str]) -> dict[str, list[str]]:
@@ -50,17 +52,18 @@ def _comparisons(condition: Condition) -> Iterable[Compare]:
 
 
 def unmatched_value_notes(session: Session, compared: Mapping[str, list[str]], personal: set[str]) -> list[str]:
-    """A note for each compared value no profile holds exactly, saying what the data holds instead."""
-    if not compared:
-        return []
+    """A note for each compared value no profile holds exactly, saying what the data holds instead; past
+    MAX_NOTES_PER_ATTRIBUTE of one attribute (a pasted list of postcodes), one note counts the rest."""
     notes = []
     for code, values in compared.items():
         held = _held_ignoring_case(session, code, values)
-        for value in values:
-            variants = held.get(lower(value), {})
-            if value in variants:
-                continue
-            notes.append(_note(session, code, value, variants, personal=code in personal))
+        missing = [value for value in values if value not in held.get(lower(value), {})]
+        frequent = _Frequent(session, code) if code not in personal else None
+        notes += [_note(code, value, held.get(lower(value), {}), frequent)
+                  for value in missing[:MAX_NOTES_PER_ATTRIBUTE]]
+        if len(missing) > MAX_NOTES_PER_ATTRIBUTE:
+            notes.append(f"no profile has {code} {len(missing) - MAX_NOTES_PER_ATTRIBUTE:,} more of the values "
+                         f"given ({RULE})")
     return notes
 
 
@@ -72,25 +75,34 @@ def _held_ignoring_case(session: Session, code: str, values: list[str]) -> dict[
     return held
 
 
-def _note(session: Session, code: str, value: str, variants: Mapping[str, int], *, personal: bool) -> str:
+class _Frequent:
+    """A non-personal attribute's most frequent values, read once, when a value first needs the closest of them."""
+
+    def __init__(self, session: Session, code: str) -> None:
+        self._session, self._code = session, code
+        self._values: list[str] | None = None
+
+    def closest(self, value: str) -> str | None:
+        if self._values is None:
+            self._values = [row[0] for row in self._session.execute(q.FREQUENT_TEXT_VALUES, [self._code])]
+        return closest_name(value, self._values)
+
+
+def _note(code: str, value: str, variants: Mapping[str, int], frequent: _Frequent | None) -> str:
+    """``frequent`` is None for a personal attribute: its values are never shown."""
     said = f"no profile has {code} {value!r}"
-    rule = "values match exactly, case too"
-    if variants and personal:
-        profiles = sum(variants.values())
-        return f"{said}: {_profiles(profiles)} in other letter case ({rule}; a personal value is not shown)"
+    if variants and frequent is None:
+        return f"{said}: {_profiles(sum(variants.values()))} in other letter case ({RULE}; a personal value is not " \
+               "shown)"
     if len(variants) == 1:
         [(held, profiles)] = variants.items()
-        return f"{said}: did you mean {held!r}? {_profiles(profiles)} ({rule})"
+        return f"{said}: did you mean {held!r}? {_profiles(profiles)} ({RULE})"
     if variants:
         most = sorted(variants.items(), key=lambda item: (-item[1], item[0]))[:3]
         shown = " or ".join(f"{held!r} ({profiles:,})" for held, profiles in most)
-        return f"{said}: did you mean {shown}? ({rule})"
-    if not personal:
-        frequent = [row[0] for row in session.execute(q.FREQUENT_TEXT_VALUES, [code])]
-        close = closest_name(value, frequent)
-        if close is not None:
-            return f"{said} (did you mean {close!r}?)"
-    return f"{said} ({rule})"
+        return f"{said}: did you mean {shown}? ({RULE})"
+    close = frequent.closest(value) if frequent is not None else None
+    return f"{said} (did you mean {close!r}?)" if close is not None else f"{said} ({RULE})"
 
 
 def _profiles(count: int) -> str:
