@@ -10,10 +10,12 @@ in-use and free bytes (``mallinfo2``), Python's allocated blocks and the GC coun
 
     .venv/bin/python benchmarks/memory_soak.py --summarize CSV [MINUTES]   # the windows of an earlier run
     .venv/bin/python benchmarks/memory_soak.py [--minutes 40] [--every 30] [--rate 4000] [--csv PATH]
-        [--mixed] [--memory-limit-mb N] [--db PATH] [--log PATH]
+        [--mixed] [--memory-limit-mb N] [--db PATH] [--log PATH] [--slow-log PATH]
 
 ``--mixed`` adds soak.py's console, admin (segments, keys, exports, backups, privacy requests), burst and
-bad-request traffic, each in a thread of its own.
+bad-request traffic, each in a thread of its own. Each of their requests slower than 5 s or failing (a timeout) is
+printed as it ends, written to ``--slow-log`` (JSON lines: kind, method, path, start, seconds, status) and kept in
+the result (``slow_requests``).
 
 Writes the samples as CSV (``--csv``) and ``benchmarks/results/memory_soak.json`` with the growth per event of
 the part of RSS that is neither DuckDB's reported memory nor the messageIds, per 10-minute window.
@@ -285,9 +287,14 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     threads = [threading.Thread(target=sender, args=(url, options.rate / options.threads, stop, visitors, c),
                                 daemon=True) for c in counts]
     mixed_by_name: dict[str, int] = {}  # the mixed traffic's answers by kind and status
+    slow_requests: list[dict[str, Any]] = []
     if options.mixed:  # soak.py's console, admin, burst and bad-request traffic beside the steady ingest
         import soak
 
+        if options.slow_log:
+            soak.SLOW.path = Path(options.slow_log)
+            soak.SLOW.path.unlink(missing_ok=True)
+        slow_requests = soak.SLOW.found
         mixed = soak.Counts()
         mixed_by_name = mixed.by_name
         threads += [threading.Thread(target=soak._guarded, args=(driver, url, stop, mixed), daemon=True)
@@ -334,7 +341,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             sent[status] = sent.get(status, 0) + n
     return {"minutes": options.minutes, "rate": options.rate, "memory_limit_mb": options.memory_limit_mb,
             "mixed": options.mixed,
-            "sent_by_status": sent, "mixed_by_name": mixed_by_name,
+            "sent_by_status": sent, "mixed_by_name": mixed_by_name, "slow_requests": slow_requests,
             "events_received_at_stop": accepted, "stored_after_stop": reopened,
             "exit_code": code, "log_problems": problems,
             "windows": windows(samples) if len(samples) > 1 else [], "samples": samples}
@@ -364,13 +371,16 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="the database file (removed at the end); default: a temp folder")
     parser.add_argument("--csv", default=None, help="write the samples here as CSV too")
     parser.add_argument("--log", default=None, help="keep the server's log here (the run's folder is removed)")
+    parser.add_argument("--slow-log", default=None,
+                        help="with --mixed: write the slow or failed requests here as JSON lines too")
     parser.add_argument("--name", default=NAME, help="results/NAME.json")
     options = parser.parse_args()
     result = run(options)
     path = write_result(options.name, result)
     for window in result["windows"]:
         print(json.dumps(window))
-    print(json.dumps({k: result[k] for k in ("sent_by_status", "mixed_by_name", "events_received_at_stop",
+    print(json.dumps({k: result[k] for k in ("sent_by_status", "mixed_by_name", "slow_requests",
+                                             "events_received_at_stop",
                                              "stored_after_stop", "exit_code", "log_problems")}))
     print(f"written to {path}")
 

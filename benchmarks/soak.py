@@ -13,6 +13,11 @@ Traffic (each in its own thread, all at once):
 - **bursts**: 60 API reads at once every 30 s (the server's worker threads grow, then idle out after 10 s);
 - **bad requests**: oversize bodies, malformed JSON, unknown keys, and slow bodies abandoned mid-way.
 
+Every request of the console, admin, burst and bad-request traffic is timed (``timed_client``): one slower than
+``SLOW_SECONDS`` or failing (a timeout, a dropped connection) is written as it ends to ``slow_requests.jsonl`` in the
+run's folder (method, path, kind of traffic, start, seconds, status or error) and kept in the result
+(``slow_requests``), so a request that times out can be found again in the server log by its time.
+
 The server runs through a small launcher (``--serve``, this file) that is ``portrait serve`` plus one thread writing
 the sizes of the server's in-memory structures every sample to a JSON-lines file: the rate-limit buckets, console
 sessions, per-thread database sessions, dedup ids, recent rejections, the admission counter. From outside: open file
@@ -109,6 +114,81 @@ def inner_sizes(caught: dict[str, Any]) -> dict[str, int]:
     }
 
 
+# -- timing every request of the mixed traffic -----------------------------------------------------------------
+SLOW_SECONDS = 5.0
+
+
+class SlowRequests:
+    """The requests slower than ``SLOW_SECONDS`` or failing, in memory and (when ``path`` is set) one JSON line each
+    in a file as they end: a run stopped early keeps what it saw."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.found: list[dict[str, Any]] = []
+        self.path: Path | None = None
+
+    def record(self, kind: str, method: str, target: str, started: float, seconds: float, status: int | str
+               ) -> None:
+        if seconds < SLOW_SECONDS and isinstance(status, int):
+            return
+        row = {"kind": kind, "method": method, "path": target,
+               "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + f".{int(started % 1 * 1000):03d}Z",
+               "seconds": round(seconds, 2), "status": status}
+        with self._lock:
+            self.found.append(row)
+            if self.path is not None:
+                with self.path.open("a") as out:
+                    out.write(json.dumps(row) + "\n")
+        print(f"slow request: {json.dumps(row)}", file=sys.stderr, flush=True)
+
+
+SLOW = SlowRequests()
+
+
+class TimedTransport(httpx.BaseTransport):
+    """httpx's transport, timing each request for ``SLOW`` (the kind of traffic it belongs to is the label)."""
+
+    def __init__(self, kind: str, **options: Any) -> None:
+        self.kind = kind
+        self._inner = httpx.HTTPTransport(**options)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started, clock = time.time(), time.monotonic()
+        target = request.url.raw_path.decode()
+        try:
+            response = self._inner.handle_request(request)
+            response.read()  # the whole answer: a download slow to finish is slow too
+        except Exception as exc:
+            SLOW.record(self.kind, request.method, target, started, time.monotonic() - clock, type(exc).__name__)
+            raise
+        SLOW.record(self.kind, request.method, target, started, time.monotonic() - clock, response.status_code)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def timed_client(kind: str, transport_options: dict[str, Any] | None = None, **options: Any) -> httpx.Client:
+    """An ``httpx.Client`` whose requests are timed for ``SLOW`` under ``kind``."""
+    limits = options.get("limits")
+    inner = dict(transport_options or {})
+    if limits is not None:
+        inner["limits"] = limits
+    return httpx.Client(transport=TimedTransport(kind, **inner), **options)
+
+
+@contextlib.contextmanager
+def timed(kind: str, method: str, target: str) -> Any:
+    """Times a request made without httpx (a raw socket) for ``SLOW``."""
+    started, clock = time.time(), time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        SLOW.record(kind, method, target, started, time.monotonic() - clock, type(exc).__name__)
+        raise
+    SLOW.record(kind, method, target, started, time.monotonic() - clock, 0)
+
+
 # -- traffic --------------------------------------------------------------------------------------------------
 class Counts:
     def __init__(self) -> None:
@@ -165,7 +245,7 @@ def many_senders(url: str, stop: threading.Event, counts: Counts) -> None:
 def console_traffic(url: str, stop: threading.Event, counts: Counts) -> None:
     pages = ["/", "/attributes", "/customers", "/segments", "/events", "/admin", "/funnels?steps=Viewed,Bought"]
     while not stop.is_set():
-        with httpx.Client(base_url=url, timeout=30) as browser:  # a new browser: signs in, never signs out
+        with timed_client("console", base_url=url, timeout=30) as browser:  # a new browser: signs in, never signs out
             browser.post("/login", data={"key": ADMIN_KEY}, headers={"Origin": url})
             for page in pages:
                 counts.add(f"console_{browser.get(page).status_code}")
@@ -176,15 +256,17 @@ def console_traffic(url: str, stop: threading.Event, counts: Counts) -> None:
                 events = found.json().get("events", []) if found.status_code == 200 else []
                 after = events[-1]["seq"] if events else after
             cookie = browser.cookies.get("portrait_session") or ""
-        _dropped_request(url, "GET /console/api/recent?after=0", cookie=cookie)
+        _dropped_request(url, "GET /console/api/recent?after=0", cookie=cookie, kind="console")
         counts.add("console_rounds")
         time.sleep(0.2)
 
 
-def _dropped_request(url: str, target: str, cookie: str = "", admin: bool = False) -> None:
-    """A request whose connection is closed after the first bytes of the answer (a tab closed, a network gone)."""
+def _dropped_request(url: str, target: str, cookie: str = "", admin: bool = False, kind: str = "admin") -> None:
+    """A request whose connection is closed after the first bytes of the answer (a tab closed, a network gone).
+    Timed until those first bytes (status 0: the answer is not read)."""
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
+    method, path = target.split(" ", 1)
+    with timed(kind, method, path), socket.create_connection((host, int(port)), timeout=30) as sock:
         headers = [f"{target} HTTP/1.1", f"Host: {host}"]
         if cookie:
             headers.append(f"Cookie: portrait_session={cookie}")
@@ -199,7 +281,7 @@ def _dropped_request(url: str, target: str, cookie: str = "", admin: bool = Fals
 def admin_traffic(url: str, stop: threading.Event, counts: Counts) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     round_ = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as api:
+    with timed_client("admin", base_url=url, headers=headers, timeout=120) as api:
         while not stop.is_set():
             round_ += 1
             name = f"soak {round_}"
@@ -234,7 +316,7 @@ def bursts(url: str, stop: threading.Event, counts: Counts) -> None:
     """Every 30 s, 60 API reads at once (a spike: the server's worker threads grow to serve it, then idle out),
     with a read key of their own (the rate limit is per key)."""
     headers = {"Authorization": f"Bearer {new_key(url, 'read', 'soak bursts')}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=120,
+    with timed_client("bursts", base_url=url, headers=headers, timeout=120,
                       limits=httpx.Limits(max_connections=60)) as api:
         while not stop.wait(30):
             spike = [threading.Thread(target=lambda: counts.add(f"burst_{api.get('/api/attributes').status_code}"))
@@ -246,7 +328,7 @@ def bursts(url: str, stop: threading.Event, counts: Counts) -> None:
 
 
 def bad_traffic(url: str, stop: threading.Event, counts: Counts) -> None:
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with timed_client("bad", base_url=url, timeout=60) as client:
         while not stop.is_set():
             oversize = b'{"writeKey":"%s","batch":[' % WRITE_KEY.encode() + b" " * (600 * 1024) + b"]}"
             counts.add(f"oversize_{client.post('/v1/batch', content=oversize).status_code}")
@@ -324,6 +406,7 @@ def run(minutes: float, every: float, checkpoint_wal_mb: int | None = None, *, k
         env["PORTRAIT_CHECKPOINT_WAL_MB"] = str(checkpoint_wal_mb)
     args = [sys.executable, __file__, "--serve", str(db), str(port), str(probe), str(every)]
     server = start_process(NAME, args, url, folder / "server.log", env=env, ready_path="/healthz")
+    SLOW.path = folder / "slow_requests.jsonl"
     stop, counts = threading.Event(), Counts()
     drivers: list[Callable[[str, threading.Event, Counts], None]] = [
         sdk_traffic, many_senders, console_traffic, admin_traffic, bursts, bad_traffic]
@@ -359,7 +442,7 @@ def run(minutes: float, every: float, checkpoint_wal_mb: int | None = None, *, k
             "first": samples[0] if samples else None, "last": samples[-1] if samples else None, "samples": samples,
             "shutdown": {"exit_code": code, "seconds": round(stopped_in, 2), "events_before": accepted,
                          "events_after_reopen": reopened},
-            "log_problems": problems}
+            "slow_requests": SLOW.found, "log_problems": problems}
 
 
 def _guarded(driver: Callable[[str, threading.Event, Counts], None], url: str, stop: threading.Event,
@@ -401,7 +484,7 @@ def main() -> None:
     for key in keys:
         print(f"{key:>24}: {result['first'].get(key)!s:>12} -> {result['last'].get(key)!s:>12}")
     print(json.dumps({"shutdown": result["shutdown"], "counts": result["counts"],
-                      "log_problems": result["log_problems"]}, indent=2))
+                      "slow_requests": result["slow_requests"], "log_problems": result["log_problems"]}, indent=2))
     print(f"written to {path}")
 
 
