@@ -63,6 +63,8 @@ _ACCESS = _service.privacy_request({"type": "access", "identity": "user_id:42"},
 _ERASURE = _service.privacy_request({"type": "erase", "identity": "user_id:43"}, "test", run_now=True)["id"]
 _service.privacy_request({"type": "access", "identity": "user_id:42"}, "test")  # pending
 _service.backups.make("before-tests")
+_BACKUP_JOB = _service.backups.start("a-job")["id"]
+_service.backups.wait()
 _KEYS = {use: _service.keys.create("read", use)[1].id for use in ("revoke", "rotate")}
 READ_KEY, _ = _service.keys.create("read", "no pii")
 _CRM = _folder / "crm.sqlite"
@@ -148,6 +150,7 @@ ANSWERS: list[tuple[str, str, dict[str, str], dict[str, Any], Any, tuple[str, ..
     ("POST", "/api/rebuild", {}, {}, None, ("events",)),
     ("GET", "/api/backups", {}, {}, None, ("backups",)),
     ("POST", "/api/backups", {}, {}, {"name": "in-tests"}, ("path",)),
+    ("GET", "/api/backups/jobs/{job_id}", {"job_id": _BACKUP_JOB}, {}, None, ("path", "bytes", "finished_at")),
     ("POST", "/api/imports", {}, {"filename": "orders.csv", "user_id": "id", "event": "Order Completed"},
      b"id,n\n42,1\n,2\n", ("first_rejected",)),
     ("GET", "/api/segments", {}, {}, None, ("segments",)),

@@ -634,6 +634,9 @@ def test_back_up_from_the_admin_page(page: Page, shop: Server) -> None:
     page.goto("/admin")
     page.get_by_role("button", name="Back up now").click()
     expect(page.locator("#backup-list")).to_contain_text(".duckdb")  # named <database>-<time>.duckdb
+    # started, not waited for: a row shows its progress until the page's refresh finds it made
+    expect(page.locator("#backup-list [data-test=backup-running]")).to_have_count(0)
+    expect(page.locator("#backup-list")).to_contain_text(" MB")
     with shop.admin() as api:
         made = api.get("/api/backups").json()["backups"]
         assert made and Path(made[0]["path"]).is_file()

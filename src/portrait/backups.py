@@ -2,6 +2,12 @@
 on meanwhile -- on demand (``portrait backup``, ``POST /api/backups``) or every ``PORTRAIT_BACKUP_HOURS``, into
 ``PORTRAIT_BACKUP_DIR``. Of the backups Portrait names itself, the newest ``PORTRAIT_BACKUP_KEEP`` are kept.
 
+Through the API and the console a backup is a job (:meth:`Backups.start`): the checks that can refuse it at once
+(the name, a backup already running, the room) are made in the request, the copy runs in a thread of its own, and
+the job tells how far it is (the bytes written of about the database's size) until it is done or failed. A copy
+takes time in proportion to the database -- ~20 ms/MB on an idle box, up to ~120 ms/MB measured beside mixed
+traffic on a loaded one -- so a request waiting for a multi-GB copy ran past any client's timeout (docs/performance.md).
+
 A backup is a Portrait database file like any other (encrypted with the same key when the database is): restoring
 one is ``portrait restore`` with the server stopped, which also makes again the erasures done since the backup was
 taken (see :func:`portrait.service.restore_backup`).
@@ -16,7 +22,10 @@ import re
 import shutil
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
@@ -24,7 +33,7 @@ from typing import Any
 
 from portrait.background import Worker
 from portrait.config import Settings
-from portrait.errors import BadRequest, Conflict, PortraitError, StorageUnavailable
+from portrait.errors import BadRequest, Conflict, NotFound, PortraitError, StorageUnavailable
 from portrait.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,7 @@ _PARTIAL = r"\.partial(\.wal)?"
 _ANY_PARTIAL = re.compile(re.escape(SUFFIX) + _PARTIAL + "$")
 # A name someone gives: a plain file name, never a path (the API must not write anywhere else).
 GIVEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+JOBS_KEPT = 20  # the newest backup jobs remembered (in memory: a restart forgets them, not the backups)
 
 
 def backup_folder(settings: Settings) -> Path:
@@ -69,6 +79,56 @@ def _given_name(name: str) -> str:
     return name if name.endswith(SUFFIX) else name + SUFFIX
 
 
+@dataclass
+class BackupJob:
+    """A backup made in a thread of its own (see :meth:`Backups.start`). Its progress is read from the files the copy
+    writes (``<name>.partial`` and its write-ahead log) against the database's size when it started: a backup is
+    about that size (less the space the database has free inside)."""
+
+    id: str
+    target: Path
+    started_at: datetime
+    database_bytes: int
+    status: str = "running"
+    finished_at: datetime | None = None
+    made: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    most_written: int = 0  # the progress shown never goes back (see _bytes_written)
+
+    def done(self, made: dict[str, Any]) -> None:
+        self.made, self.finished_at, self.status = made, datetime.now(UTC), "done"
+
+    def failed(self, error: dict[str, str]) -> None:
+        self.error, self.finished_at, self.status = error, datetime.now(UTC), "failed"
+
+    def document(self) -> dict[str, Any]:
+        ended = self.finished_at or datetime.now(UTC)
+        found: dict[str, Any] = {
+            "id": self.id, "status": self.status, "name": self.target.name, "path": str(self.target),
+            "started_at": _timestamp(self.started_at),
+            "finished_at": _timestamp(self.finished_at) if self.finished_at else None,
+            "elapsed_seconds": round((ended - self.started_at).total_seconds(), 2),
+            "database_bytes": self.database_bytes, "bytes_written": self._bytes_written()}
+        if self.status == "done":
+            found.update(self.made)
+        if self.error is not None:
+            found["error"] = self.error
+        return found
+
+    def _bytes_written(self) -> int:
+        """The copy's files as they are now; their sum drops for a moment when DuckDB moves the copy's write-ahead
+        log into its file, so the largest sum seen is the progress."""
+        if self.status == "done":
+            return int(self.made["bytes"])
+        partial = Path(str(self.target) + ".partial")
+        written = 0
+        for path in (partial, Path(str(partial) + ".wal")):
+            with contextlib.suppress(OSError):
+                written += path.stat().st_size
+        self.most_written = max(self.most_written, written)
+        return self.most_written
+
+
 class Backups:
     def __init__(self, store: Store, folder: Path, keep: int, database: str = "portrait") -> None:
         self._store = store
@@ -77,10 +137,83 @@ class Backups:
         self._automatic = automatic_pattern(database)
         self._own_partial = re.compile(self._automatic.pattern + _PARTIAL)
         self._keep = keep
-        self._making = threading.Lock()
+        self._making = threading.Lock()  # one backup at a time: held from the checks to the end of the copy
+        self._jobs: OrderedDict[str, BackupJob] = OrderedDict()
+        self._jobs_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def make(self, name: str | None = None) -> dict[str, Any]:
-        """Make a backup (named by its time unless ``name`` is given); returns where it is and what it took."""
+        """Make a backup (named by its time unless ``name`` is given) and wait for it; returns where it is and what
+        it took. The CLI without a server and the scheduled backups use it; requests start a job (:meth:`start`)."""
+        target, leftovers = self._begin(name)
+        try:
+            return self._copy(target, leftovers)
+        finally:
+            self._making.release()
+
+    def start(self, name: str | None = None) -> dict[str, Any]:
+        """Start a backup as a job and return it at once (``status`` running): refused here, before anything is
+        written, for a bad or taken name, a backup already running or too little room; the copy goes on in a thread
+        of its own, and :meth:`job` tells how far it is and, at the end, what :meth:`make` returns or the error."""
+        target, leftovers = self._begin(name)
+        try:
+            job = BackupJob(id=uuid.uuid4().hex[:12], target=target, started_at=datetime.now(UTC),
+                            database_bytes=self._database_bytes())
+            with self._jobs_lock:
+                self._jobs[job.id] = job
+                while len(self._jobs) > JOBS_KEPT:
+                    self._jobs.popitem(last=False)
+            self._thread = threading.Thread(target=self._run_job, args=(job, leftovers), daemon=True,
+                                            name="portrait-backup")
+            self._thread.start()
+        except BaseException:
+            self._making.release()
+            raise
+        return job.document()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A backup job started by :meth:`start` (the newest ``JOBS_KEPT`` are remembered until a restart)."""
+        with self._jobs_lock:
+            found = self._jobs.get(job_id)
+        if found is None:
+            raise NotFound(f"no backup job {job_id!r} (the newest {JOBS_KEPT} are kept until the server restarts): "
+                           "GET /api/backups lists the backups made", code="backup_job_not_found")
+        return found.document()
+
+    def running(self) -> dict[str, Any] | None:
+        """The backup job running now, if any."""
+        return self._newest("running")
+
+    def _newest(self, status: str) -> dict[str, Any] | None:
+        with self._jobs_lock:
+            newest = next(reversed(self._jobs.values()), None)
+        return newest.document() if newest is not None and newest.status == status else None
+
+    def wait(self) -> None:
+        """Wait for a running backup job to end (the server is stopping: the store must stay open until then, as
+        it did for a backup made within a request)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run_job(self, job: BackupJob, leftovers: list[str]) -> None:
+        """The job's copy, in its thread; whatever ends it is recorded on the job (and logged)."""
+        try:
+            made = self._copy(job.target, leftovers)
+        except PortraitError as exc:
+            job.failed({"code": exc.code, "message": exc.message})
+            log.error("backup %s failed: %s", job.target, exc.message)
+        except Exception as exc:  # recorded on the job, which the caller polls: not lost in a thread's traceback
+            job.failed({"code": "backup_failed", "message": f"{type(exc).__name__}: {exc}"})
+            log.exception("backup %s failed", job.target)
+        else:
+            job.done(made)
+        finally:
+            self._making.release()
+
+    def _begin(self, name: str | None) -> tuple[Path, list[str]]:
+        """The checks before a copy, holding ``_making`` from here (the caller releases it once the copy ends): the
+        target (named by the time unless ``name`` is given), leftovers of interrupted backups deleted, the room."""
         now = datetime.now(UTC)
         file_name = automatic_name(self._database, now) if name is None else self._given(name)
         if not self._making.acquire(blocking=False):
@@ -89,24 +222,36 @@ class Backups:
             target = self._target(file_name)
             leftovers = self._remove_leftovers()  # before the room check: a leftover takes a database's room
             self._check_room()
-            started = time.monotonic()
-            self._store.backup(str(target))
-            seconds = time.monotonic() - started
-            removed = self._prune()
-        finally:
+        except BaseException:
             self._making.release()
+            raise
+        return target, leftovers
+
+    def _copy(self, target: Path, leftovers: list[str]) -> dict[str, Any]:
+        """The copy itself, then the pruning; called holding ``_making``."""
+        started = time.monotonic()
+        self._store.backup(str(target))
+        seconds = time.monotonic() - started
+        removed = self._prune()
         log.info("backup %s made in %.1f s", target, seconds)
         return {**_with_encryption(_describe(target, target.stat())), "seconds": round(seconds, 2), "removed": removed,
                 "removed_incomplete": leftovers}
 
+    def _database_bytes(self) -> int:
+        """The database file and its write-ahead log: about what a backup writes (0 in memory)."""
+        return sum(path.stat().st_size for path in (Path(self._store.path), Path(self._store.path + ".wal"))
+                   if path.is_file())
+
     def listing(self) -> dict[str, Any]:
         """The backups in the folder, newest first, and the incomplete ones: being written, or left by a backup
-        that was killed (which nothing deleted before)."""
+        that was killed (which nothing deleted before); the job running now, and the newest job if it failed (why,
+        for whoever started it from the console)."""
         found = sorted(self._files().items(), key=lambda item: item[1].st_mtime, reverse=True)
         partial = sorted(self._files(_ANY_PARTIAL.search).items(), key=lambda item: item[1].st_mtime, reverse=True)
         return {"folder": str(self.folder), "keep": self._keep,
                 "backups": [_with_encryption(_describe(path, stat)) for path, stat in found],
-                "incomplete": [_describe(path, stat) for path, stat in partial]}
+                "incomplete": [_describe(path, stat) for path, stat in partial], "running": self.running(),
+                "failed": self._newest("failed")}
 
     def newest_automatic(self) -> float | None:
         """When the newest backup Portrait named was made (seconds since the epoch), if there is one."""
@@ -191,9 +336,12 @@ class Backups:
 
 
 def _describe(path: Path, stat: os.stat_result) -> dict[str, Any]:
-    made = datetime.fromtimestamp(stat.st_mtime, UTC)
     return {"name": path.name, "path": str(path), "bytes": stat.st_size,
-            "created_at": made.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+            "created_at": _timestamp(datetime.fromtimestamp(stat.st_mtime, UTC))}
+
+
+def _timestamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _with_encryption(described: dict[str, Any]) -> dict[str, Any]:

@@ -255,6 +255,7 @@ class Portrait:
             self._privacy_worker.stop()
         if self._backup_worker:
             self._backup_worker.stop()
+        self.backups.wait()  # one started from the API or the console: its copy reads the store closed below
         if self._segment_thread:
             self._segment_thread.stop()
         self.writer.close()

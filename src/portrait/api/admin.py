@@ -176,15 +176,23 @@ def router(portrait: Portrait) -> APIRouter:
     async def rebuild_profiles() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_profiles)
 
-    @api.post("/backups", status_code=201, summary="Make a backup of the database now (ingestion goes on); "
-                                                   "optional body {\"name\": \"before-migration\"}",
-              **answer(attribute_shapes.BackupMade, "The backup made", 201))
+    @api.post("/backups", status_code=202, summary="Start a backup of the database now (ingestion goes on); "
+                                                   "optional body {\"name\": \"before-migration\"}; poll the job",
+              **answer(attribute_shapes.BackupJob, "The backup job, running", 202))
     async def make_backup(payload: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
+        # A job, answered at once: the copy takes time in proportion to the database (a multi-GB one outlasted the
+        # clients' 120 s timeouts under traffic), and nobody should wait on an open request for it.
         fields = payload or {}
         unknown = set(fields) - {"name"}
         if unknown:
             raise BadRequest(f"unknown backup fields: {', '.join(sorted(unknown))} (only name)", code="invalid_backup")
-        return await run_in_threadpool(portrait.backups.make, fields.get("name"))
+        return await run_in_threadpool(portrait.backups.start, fields.get("name"))
+
+    @api.get("/backups/jobs/{job_id}", summary="A backup job: running (bytes written so far), done (the backup) or "
+                                               "failed (why)",
+             **answer(attribute_shapes.BackupJob, "The job"))
+    async def backup_job(job_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(portrait.backups.job, job_id)
 
     @api.get("/backups", summary="The backups in the backup folder, newest first",
              **answer(attribute_shapes.Backups, "The backups"))

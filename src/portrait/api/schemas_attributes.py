@@ -112,10 +112,32 @@ class Backup(BackupFile):
                                                "key), false, or null for a file that is not a DuckDB database")
 
 
-class BackupMade(Backup):
-    seconds: float
-    removed: list[str] = Field(description="Names of older backups deleted under the keep setting")
-    removed_incomplete: list[str] = Field(description="Names of what interrupted backups left, deleted first")
+class BackupError(BaseModel):
+    code: str
+    message: str
+
+
+class BackupJob(BaseModel):
+    """A backup being made in the background, or made: poll GET /api/backups/jobs/{id} until status is not running.
+    Once done it carries the backup's fields too."""
+
+    id: str
+    status: Literal["running", "done", "failed"]
+    name: str
+    path: str
+    started_at: str = Field(description=TIME)
+    finished_at: str | None = Field(description="null while running; " + TIME)
+    elapsed_seconds: float
+    database_bytes: int = Field(description="The database and its write-ahead log when the backup started: about "
+                                            "what the backup writes")
+    bytes_written: int = Field(description="Written so far (the whole backup once done): the progress")
+    error: BackupError | None = sometimes("Why it failed (status failed)")
+    bytes: int | None = sometimes("The backup's size (status done)")
+    created_at: str | None = sometimes("When the backup was written (status done); " + TIME)
+    encrypted: bool | None = sometimes("Read from the backup's header (status done)")
+    seconds: float | None = sometimes("How long the copy took (status done)")
+    removed: list[str] | None = sometimes("Older backups deleted under the keep setting (status done)")
+    removed_incomplete: list[str] | None = sometimes("What interrupted backups left, deleted first (status done)")
 
 
 class Backups(BaseModel):
@@ -123,6 +145,8 @@ class Backups(BaseModel):
     keep: int = Field(description="How many of the backups Portrait names are kept; 0 keeps all")
     backups: list[Backup] = Field(description="Newest first")
     incomplete: list[BackupFile] = Field(description="The .partial files of backups being written or interrupted")
+    running: BackupJob | None = Field(default=None, description="The backup job running now, if any")
+    failed: BackupJob | None = Field(default=None, description="The newest backup job, if it failed (with why)")
 
 
 class RejectedRow(BaseModel):

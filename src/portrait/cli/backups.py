@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,12 +17,13 @@ from portrait.cli.common import (
     _audited,
     _either,
     _fail,
+    _progress,
     _run,
     _settings,
     app,
     console,
 )
-from portrait.client import running_server_url, server_answers
+from portrait.client import RemotePortrait, running_server_url, server_answers
 from portrait.config import Settings
 from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import restore_backup
@@ -36,7 +38,7 @@ def backup(
     """Back up the whole database into the backup folder, while the server runs or not (ingestion goes on)."""
     made = _run(db, url, admin_key, _either(
         _audited("make_backup", lambda local: local.backups.make(name)),
-        lambda remote: remote.send_json("POST", "/api/backups", {"name": name} if name else {})), existing=True)
+        lambda remote: _backup_through(remote, name)), existing=True)
     if as_json:
         console.print_json(data=made)
         return
@@ -45,6 +47,23 @@ def backup(
         console.print(f"Deleted older backups (PORTRAIT_BACKUP_KEEP): {', '.join(made['removed'])}")
     if made.get("removed_incomplete"):  # .get: a server of an older version does not say
         console.print(f"Deleted what interrupted backups left: {', '.join(made['removed_incomplete'])}")
+
+
+def _backup_through(remote: RemotePortrait, name: str | None) -> dict[str, Any]:
+    """A backup made by the server: started as a job, then followed (a progress bar on a terminal) until it is made
+    or has failed. A server of an older version answers with the backup made."""
+    job: dict[str, Any] = remote.send_json("POST", "/api/backups", {"name": name} if name else {})
+    if "status" not in job:
+        return job
+    with _progress() as progress:
+        task = progress.add_task(f"Backing up to {job['name']}", total=max(job["database_bytes"], 1))
+        while job["status"] == "running":
+            progress.update(task, completed=min(job["bytes_written"], job["database_bytes"]))
+            time.sleep(0.5)
+            job = remote.get_json(f"/api/backups/jobs/{job['id']}")
+    if job["status"] == "failed":
+        raise PortraitError(job["error"]["message"], code=job["error"]["code"])
+    return job
 
 
 @app.command()

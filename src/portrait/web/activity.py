@@ -159,11 +159,12 @@ def router(console: Console) -> APIRouter:
     @guard
     async def make_backup(request: Request) -> Response:
         _, key = await console.admin_form(request, "make backups")
-        try:  # the API's audit middleware does not see console forms: recorded here
-            made = await run_in_threadpool(portrait.backups.make)
+        try:  # started, not waited for (the copy of a large database takes minutes); the list shows its progress
+            started = await run_in_threadpool(portrait.backups.start)
         except PortraitError as exc:
             return await admin_page(request, {}, {"message": exc.message, "field": "backup"}, status_of(exc))
-        await run_in_threadpool(lambda: portrait.audit.record(key, "console backup", target=made["name"]))
+        # the API's audit middleware does not see console forms: recorded here
+        await run_in_threadpool(lambda: portrait.audit.record(key, "console backup", target=started["name"]))
         return RedirectResponse("/admin#backups", status_code=303)
 
     @web.get("/admin/privacy/{request_id}/export.json")

@@ -384,22 +384,26 @@
     form.addEventListener("submit", function (event) { event.preventDefault(); send(false); });
   }
 
-  // Admin page: privacy requests run in the server's worker. While one waits or runs, the table (only it: the
-  // page's forms and an import in progress stay as they are) is refreshed from the page every 1.5 s.
-  var requests = document.getElementById("privacy-requests");
-  var unfinished = function (root) {
+  // Admin page: privacy requests run in the server's worker, backups in a thread of their own. While one waits or
+  // runs, its table (only it: the page's forms and an import in progress stay as they are) is refreshed from the
+  // page every 1.5 s.
+  var refreshed = function (id, unfinished) {
+    var table = document.getElementById(id);
+    var refresh = function () {
+      fetch(window.location.pathname, {credentials: "same-origin"})
+        .then(function (r) { return r.text(); })
+        .then(function (html) {
+          var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+          if (fresh) { table.tBodies[0].innerHTML = fresh.tBodies[0].innerHTML; }
+        })
+        .finally(function () { if (unfinished(table)) { setTimeout(refresh, 1500); } });
+    };
+    if (table && unfinished(table)) { setTimeout(refresh, 1500); }
+  };
+  refreshed("privacy-requests", function (root) {
     return Array.prototype.some.call(root.querySelectorAll("[data-test=request-status]"), function (cell) {
       return /^(pending|running)$/.test(cell.textContent.trim());
     });
-  };
-  var refresh = function () {
-    fetch(window.location.pathname, {credentials: "same-origin"})
-      .then(function (r) { return r.text(); })
-      .then(function (html) {
-        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("privacy-requests");
-        if (fresh) { requests.tBodies[0].innerHTML = fresh.tBodies[0].innerHTML; }
-      })
-      .finally(function () { if (unfinished(requests)) { setTimeout(refresh, 1500); } });
-  };
-  if (requests && unfinished(requests)) { setTimeout(refresh, 1500); }
+  });
+  refreshed("backup-list", function (root) { return root.querySelector("[data-test=backup-running]") !== null; });
 }());
