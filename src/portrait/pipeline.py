@@ -76,6 +76,9 @@ class BatchPlan:
 # The store failing, not the events: a full disk, a damaged database file (a block that no longer reads: each batch
 # that needs it fails, whatever its events). Processing pauses and retries; no event is set aside as rejected.
 _NOT_THE_EVENTS_FAULT = (StorageUnavailable, DatabaseDamaged)
+# The longest the processor lets threads waiting to pause it go first (see ProcessorThread._let_pausers_go_first):
+# each pause is short (a segment's write, an erasure's steps), so this only bounds a stream of them.
+PAUSERS_FIRST_SECONDS = 5.0
 
 
 class Processor:
@@ -467,6 +470,11 @@ class ProcessorThread:
         # Held while a batch is processed, and by whoever pauses processing. Reentrant: a recheck pauses, then applies
         # what waits in the log and refreshes segments, which pause too -- from the same thread, already holding it.
         self._busy = threading.RLock()
+        # Threads waiting to pause processing. The processor lets them go first: it took ``_busy`` again the moment
+        # it let go of it (a lock is not fair), so a pause waited through batch after batch of a backlog -- a segment
+        # created from the API under sustained ingest spent most of its 5-12 s there (docs/performance.md).
+        self._pausers = 0
+        self._turn = threading.Condition()
         self.error: str | None = None  # why processing is stopped, while it is
         self._failures = 0  # in a row
 
@@ -475,9 +483,26 @@ class ProcessorThread:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """No batch runs in the background while this is held (the current one finishes first)."""
-        with self._busy:
+        """No batch runs in the background while this is held (the current one finishes first; the next waits for
+        every pause asked for meanwhile, see _let_pausers_go_first)."""
+        with self._turn:
+            self._pausers += 1
+        try:
+            self._busy.acquire()
+        finally:
+            with self._turn:
+                self._pausers -= 1
+                self._turn.notify_all()
+        try:
             yield
+        finally:
+            self._busy.release()
+
+    def _let_pausers_go_first(self) -> None:
+        """Before a batch: wait while someone waits to pause processing, so they get ``_busy`` before this thread
+        takes it again. At most ``PAUSERS_FIRST_SECONDS``: a steady stream of pauses cannot stop processing."""
+        with self._turn:
+            self._turn.wait_for(lambda: not self._pausers or self._stop.is_set(), timeout=PAUSERS_FIRST_SECONDS)
 
     def notify(self) -> None:
         self._wake.set()
@@ -485,6 +510,8 @@ class ProcessorThread:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        with self._turn:
+            self._turn.notify_all()
         self._thread.join()
 
     def _pause_after(self, exc: Exception) -> None:
@@ -503,6 +530,7 @@ class ProcessorThread:
         session = self._store.session()
         try:
             while not self._stop.is_set():
+                self._let_pausers_go_first()
                 started = time.monotonic()
                 try:
                     with self._busy:
