@@ -199,7 +199,10 @@ class Backups:
     def _run_job(self, job: BackupJob, leftovers: list[str]) -> None:
         """The job's copy, in its thread; whatever ends it is recorded on the job (and logged)."""
         try:
-            made = self._copy(job.target, leftovers)
+            try:
+                made = self._copy(job.target, leftovers)
+            finally:  # before the job says it ended: a backup asked for once it has must not be refused as running
+                self._making.release()
         except PortraitError as exc:
             job.failed({"code": exc.code, "message": exc.message})
             log.error("backup %s failed: %s", job.target, exc.message)
@@ -208,8 +211,6 @@ class Backups:
             log.exception("backup %s failed", job.target)
         else:
             job.done(made)
-        finally:
-            self._making.release()
 
     def _begin(self, name: str | None) -> tuple[Path, list[str]]:
         """The checks before a copy, holding ``_making`` from here (the caller releases it once the copy ends): the
