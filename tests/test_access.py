@@ -679,9 +679,10 @@ def test_browsers_can_read_ingestion_errors(client: TestClient) -> None:
 
 
 # Admin-only reads: a read key gets 403 from them (the handler asks for the admin scope).
-ADMIN_READS = {"/api/keys", "/api/audit", "/api/privacy/requests", "/api/privacy/requests/{request_id}"}
+ADMIN_READS = {"/api/keys", "/api/audit", "/api/privacy/requests", "/api/privacy/requests/{request_id}",
+               "/api/imports/{job_id}"}
 PATH_VALUES = {"identity": "user_id:42", "segment": "nosuch", "code": "nosuch", "name": "nosuch", "key_id": "nokey",
-               "request_id": "pr_none"}
+               "request_id": "pr_none", "job_id": "nojob"}
 
 
 def api_operations(client: TestClient) -> list[tuple[str, str, str]]:

@@ -597,6 +597,8 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
     expect(page.locator("#import-report")).to_contain_text("Dry run — 2 rows: would store 2")
     page.get_by_role("button", name="Import", exact=True).click()
     expect(page.locator("#import-report")).to_contain_text("Done — 2 rows: stored 2")
+    # The import ran as a job the page polled: the rows read of the rows in the file, as the CLI shows them
+    expect(page.locator("[data-test=import-count]")).to_contain_text("2 of 2 rows")
     shot(page, "import")
     shop.wait_caught_up()
     with shop.admin() as api:

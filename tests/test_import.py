@@ -651,3 +651,45 @@ def test_parquet_times_are_written_as_the_api_writes_them_and_keep_their_message
         "import-5a8e98dc5afa60cdea0bd249b96fa865e6df3c80-0", "import-8b26e411f1719cb5257879b5e78ffbff5a596b5e-0",
         "import-8c5506980fe59f2f61b2a144fed4ed6794525e70-0"]
     service.close()
+
+
+def test_an_import_tells_its_progress_chunk_by_chunk_with_the_rows_in_the_file(portrait: Portrait,
+                                                                               tmp_path: Path) -> None:
+    """The progress bars (the CLI's, the console's, a server's import job) need the rows in the file where its
+    format tells -- CSV (counted while its column types are settled), Parquet, a JSON array -- and the bytes read
+    where it does not (NDJSON): after each chunk of 10,000 rows, at known points."""
+    rows = [{"cust": f"c{n}", "total": n} for n in range(25_000)]
+    csv = tmp_path / "orders.csv"
+    csv.write_text("cust,total\n" + "".join(f"c{n},{n}\n" for n in range(25_000)))
+    parquet = tmp_path / "orders.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    array = tmp_path / "orders.json"
+    array.write_text(json.dumps(rows))
+    mapping = RowMapping(kind="events", user_id="cust", event="Order")
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    for path in (csv, parquet, array):
+        told = seen.setdefault(path.name, [])
+        portrait.import_file(path, mapping=mapping, dry_run=True, on_progress=lambda read, told=told: told.append(
+            (read.rows, read.rows_total)))
+    chunks = [(10_000, 25_000), (20_000, 25_000), (25_000, 25_000)]
+    assert seen == {csv.name: chunks, parquet.name: chunks, array.name: chunks}
+    ndjson = write_ndjson(tmp_path / "orders.ndjson", [{"type": "track", "userId": f"c{n}", "event": "Order"}
+                                                      for n in range(25_000)])
+    read: list[tuple[int, int | None, int | None, int]] = []
+    portrait.import_file(ndjson, dry_run=True, on_progress=lambda p: read.append(
+        (p.rows, p.rows_total, p.bytes_read, p.bytes_total)))
+    size = ndjson.stat().st_size
+    assert [r[:2] for r in read] == [(10_000, None), (20_000, None), (25_000, None)]
+    assert [r[3] for r in read] == [size] * 3
+    assert 0 < read[0][2] < read[1][2] < read[2][2] == size  # type: ignore[operator]
+
+
+def test_an_import_asked_to_stop_ends_after_its_chunk_and_keeps_what_it_stored(portrait: Portrait,
+                                                                                tmp_path: Path) -> None:
+    from portrait.errors import Interrupted
+
+    source = write_ndjson(tmp_path / "many.ndjson", [{"type": "track", "userId": f"s{n}", "event": "Seen",
+                                                      "messageId": f"s{n}"} for n in range(25_000)])
+    with pytest.raises(Interrupted, match="stopped after 10,000 rows"):
+        portrait.import_file(source, stop=lambda: True)
+    assert portrait.import_file(source).as_dict()["duplicates"] == 10_000

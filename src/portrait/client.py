@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -200,12 +201,18 @@ class RemotePortrait:
             return dict(json.loads(response.headers["x-portrait-export"]))
 
     def import_file(self, path: Path, params: dict[str, Any],
-                    on_sent: Callable[[int], None] = lambda sent: None) -> dict[str, Any]:
-        """POST a file to /api/imports (streamed, telling ``on_sent`` the bytes sent so far) and return the server's
-        report."""
+                    on_sent: Callable[[int], None] = lambda sent: None,
+                    on_progress: Callable[[dict[str, Any]], None] = lambda progress: None,
+                    poll_seconds: float = 0.25) -> dict[str, Any]:
+        """POST a file to /api/imports (streamed, telling ``on_sent`` the bytes sent so far) as an import job, poll
+        it (telling ``on_progress`` the job's progress: rows, rows_total, bytes_read, bytes_total) until it ends,
+        and return the server's report. Interrupted (Ctrl-C), the job is asked to stop after its chunk.
+
+        A server from before import jobs ignores ``Prefer: respond-async`` and answers with the report itself."""
         if not self._admin:
             raise Unauthorized("an admin key is needed to import through the server: set PORTRAIT_ADMIN_KEY or "
                                "--admin-key")
+        auth = {"Authorization": f"Bearer {self._admin}"}
 
         def chunks(handle: BinaryIO) -> Iterator[bytes]:
             sent = 0
@@ -217,9 +224,25 @@ class RemotePortrait:
         with path.open("rb") as handle:
             response = self._http.post("/api/imports", content=chunks(handle), timeout=None,
                                        params={k: v for k, v in params.items() if v is not None},
-                                       headers={"Authorization": f"Bearer {self._admin}",
-                                                "Content-Type": "application/octet-stream"})
-        return dict(_checked(response))
+                                       headers={**auth, "Content-Type": "application/octet-stream",
+                                                "Prefer": "respond-async"})
+        if response.status_code != 202:
+            return dict(_checked(response))
+        job = dict(response.json())
+        try:
+            while job["status"] == "running":
+                on_progress(job["progress"])
+                time.sleep(poll_seconds)
+                job = dict(_checked(self._http.get(f"/api/imports/{job['id']}", headers=auth)))
+        except BaseException:
+            if job["status"] == "running":  # the user stopped the command: the server's import stops too
+                self._http.delete(f"/api/imports/{job['id']}", headers=auth)
+            raise
+        on_progress(job["progress"])
+        if job["status"] == "failed":
+            error = job["error"]
+            raise _ERRORS.get(error["status"], PortraitError)(error["message"], code=error["code"])
+        return dict(job["report"])
 
     def send_batch(self, messages: list[dict[str, Any]]) -> None:
         if not self._write:
@@ -233,11 +256,14 @@ def _checked(response: httpx.Response) -> Any:
         return None
     if response.status_code in (200, 201, 202):  # 202: accepted and queued (privacy requests), to be polled
         return response.json()
-    error: type[PortraitError] = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                  409: Conflict}.get(response.status_code, PortraitError)
+    error = _ERRORS.get(response.status_code, PortraitError)
     try:  # Portrait's own error: its message, worded as the same command says it without a server
         body = response.json()
         message, code = str(body["message"]), str(body["code"])
     except (ValueError, KeyError, TypeError):  # something else answered (a proxy, another program)
         raise error(f"server answered {response.status_code}: {response.text[:500]}") from None
     raise error(message, code=code)
+
+
+_ERRORS: dict[int, type[PortraitError]] = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+                                           409: Conflict}

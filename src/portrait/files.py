@@ -36,6 +36,24 @@ _SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".parquet
              ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 
 
+@dataclass
+class ReadProgress:
+    """How far an import has read its file, for the progress bars (the CLI's, the console's, a server's import job).
+
+    ``rows_total`` is known for CSV (counted by the pass that settles the column types, before any row is
+    imported), Parquet (its metadata) and a JSON array (once parsed); for NDJSON, which is read line by line, the
+    bytes read of ``bytes_total`` say how far it is instead."""
+
+    bytes_total: int
+    rows: int = 0  # rows imported so far (the importer sets it, chunk by chunk)
+    rows_total: int | None = None
+    bytes_read: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "rows_total": self.rows_total, "bytes_read": self.bytes_read,
+                "bytes_total": self.bytes_total}
+
+
 @dataclass(frozen=True)
 class TextFallback:
     """A CSV property/trait column read as text because one of its values does not fit the type of the rows before
@@ -116,31 +134,33 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
                   delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
-                  chunk_rows: int = 10_000, fallbacks: list[Note] | None = None
-                  ) -> Iterator[list[Any]]:
+                  chunk_rows: int = 10_000, fallbacks: list[Note] | None = None,
+                  progress: ReadProgress | None = None) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
     :meth:`portrait.mapping.RowMapping.text_columns`) are read as text, and so are those declared ``text`` or with a
     format (``date:%d.%m.%Y``).
     Each CSV column read as text because its values do not fit one type, or are dates not in ISO-8601 (and not
-    declared), is appended to ``fallbacks``, once the header is read.
+    declared), is appended to ``fallbacks``, once the header is read. ``progress`` gets the rows in the file or the
+    bytes read so far, where the format tells (see :class:`ReadProgress`).
 
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
     """
     check_readable_file(path)
+    progress = progress if progress is not None else ReadProgress(0)
     if file_format == "csv":
         if mapping is None:
             raise BadRequest("a CSV file holds rows, not messages: say what the columns are (e.g. --user-id, "
                              "--event, --timestamp)", code="invalid_mapping")
         rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
                                    mapping.text_columns(identity_trait_names(identity_traits)),
-                                   fallbacks if fallbacks is not None else [])
+                                   fallbacks if fallbacks is not None else [], progress)
     else:
         if file_format == "parquet":
             _check_parquet(path)
-        rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path)
+        rows = {"ndjson": _ndjson, "json": _json_array, "parquet": _parquet}[file_format](path, progress)
     ids = MessageIds()
     times = file_format == "parquet" and any(_has_times(f.type) for f in pq.ParquetFile(path).schema_arrow)
     if mapping is not None:
@@ -211,7 +231,7 @@ _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first o
 
 
 def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str],
-         fallbacks: list[Note]) -> Iterator[Any]:
+         fallbacks: list[Note], progress: ReadProgress) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import. A column read as text because its values do not fit one
@@ -251,7 +271,7 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         _check_header(path, names)
         _check_text(path, checking.schema)
         mapping.check(names)
-        types = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
+        types, progress.rows_total = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
         def read_as_text(columns: list[str]) -> pa_csv.CSVStreamingReader:
             return pa_csv.open_csv(
                 path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
@@ -282,20 +302,25 @@ _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error")
 
 
 def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: dict[str, pa.DataType],
-                   reopen: Callable[[dict[str, pa.DataType]], pa_csv.CSVStreamingReader]) -> dict[str, pa.DataType]:
-    """The column types to read the file with. Arrow infers them from the first block (4 MB), and a column a later
-    block does not fit -- numbers, then ``12A`` or ``1.5``; ISO dates, then ``05/01/2024`` -- would stop the import
-    there, part-way. So the whole file is read once in Arrow first (about a second per 100 MB, no Python objects),
-    and each column that does not fit is read as text; the others keep the types inferred, as before."""
+                   reopen: Callable[[dict[str, pa.DataType]], pa_csv.CSVStreamingReader]
+                   ) -> tuple[dict[str, pa.DataType], int | None]:
+    """The column types to read the file with, and the rows in the file (None when the pass stops short).
+
+    Arrow infers the types from the first block (4 MB), and a column a later block does not fit -- numbers, then
+    ``12A`` or ``1.5``; ISO dates, then ``05/01/2024`` -- would stop the import there, part-way. So the whole file
+    is read once in Arrow first (about a second per 100 MB, no Python objects), and each column that does not fit is
+    read as text; the others keep the types inferred, as before. That pass counts the rows on the way (a misshapen
+    row it skips is not among them: the import itself reads and rejects it), for the progress bars."""
     while True:
+        rows = 0
         try:
-            for _ in reader:
-                pass
-            return types
+            for batch in reader:
+                rows += batch.num_rows
+            return types, rows
         except pa.ArrowInvalid as exc:
             found = _CONVERSION_ERROR.search(str(exc))
             if found is None or "invalid UTF8" in str(exc) or names[int(found.group(1))] in types:
-                return types  # not a type the file outgrows: the import itself says what is wrong
+                return types, None  # not a type the file outgrows: the import itself says what is wrong
             types = {**types, names[int(found.group(1))]: pa.string()}
             reader = reopen(types)
 
@@ -520,9 +545,10 @@ def _check_text(path: Path, schema: pa.Schema) -> None:
                          f"{', '.join(repr(n) for n in binary)}: {_NOT_UTF8}", code="invalid_csv")
 
 
-def _ndjson(path: Path) -> Iterator[Any]:
+def _ndjson(path: Path, progress: ReadProgress) -> Iterator[Any]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
+            progress.bytes_read = handle.tell()
             if not line.strip():
                 continue
             try:
@@ -536,7 +562,7 @@ def _unreadable(line: bytes, reason: str) -> Unreadable:
     return Unreadable(line[:2000].decode("utf-8", errors="replace").strip(), "invalid_message", reason)
 
 
-def _json_array(path: Path) -> Iterator[Any]:
+def _json_array(path: Path, progress: ReadProgress) -> Iterator[Any]:
     text = path.read_bytes()
     try:
         document = orjson.loads(text)
@@ -546,10 +572,11 @@ def _json_array(path: Path) -> Iterator[Any]:
         raise BadRequest(f"{path.name} is not valid JSON: {exc}{lines}", code="invalid_json") from exc
     if not isinstance(document, list):
         raise BadRequest(f"{path.name} must hold a JSON array of messages (or use NDJSON)", code="invalid_request")
+    progress.rows_total = len(document)
     yield from document
 
 
-def _parquet(path: Path) -> Iterator[Any]:
+def _parquet(path: Path, progress: ReadProgress) -> Iterator[Any]:
     """Each row is a message; nested columns (properties, traits, context) come through as objects, and so do
     columns of the JSON type (a JSON ``null`` in one is no value, as a null cell). Times stay times here, to be
     written as the API writes them once the message has its id (:func:`read_messages`).
@@ -559,6 +586,7 @@ def _parquet(path: Path) -> Iterator[Any]:
     types, so the others are read exactly as before (their derived message ids do not change).
     """
     parquet = pq.ParquetFile(path)
+    progress.rows_total = parquet.metadata.num_rows
     convert = plain if any(_without_json_form(f.type) for f in parquet.schema_arrow) else None
     json_columns = [f.name for f in parquet.schema_arrow if isinstance(f.type, pa.JsonType)]
     for batch in parquet.iter_batches(batch_size=10_000):

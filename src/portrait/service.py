@@ -30,13 +30,14 @@ from portrait.errors import (
     Conflict,
     DatabaseDamaged,
     DatabaseInUse,
+    Interrupted,
     NotFound,
     PortraitError,
     SyncInterrupted,
 )
 from portrait.event_names import closest_name
 from portrait.exports import export_profiles
-from portrait.files import DatesAsText, Note, TextFallback, detect_format, read_messages
+from portrait.files import DatesAsText, Note, ReadProgress, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
@@ -394,12 +395,19 @@ class Portrait:
     def import_file(self, path: Path, file_format: str | None = None, mapping: RowMapping | None = None, *,
                     delimiter: str | None = None, source: str | None = None, dry_run: bool = False,
                     on_rejected: Callable[[dict[str, Any]], None] = lambda row: None,
-                    on_progress: Callable[[int], None] = lambda rows: None) -> ImportReport:
-        """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``."""
+                    on_progress: Callable[[ReadProgress], None] = lambda progress: None,
+                    stop: Callable[[], bool] = lambda: False) -> ImportReport:
+        """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``.
+
+        ``on_progress`` is told after each chunk how far the file is read (the rows, and the rows in the file or
+        the bytes read, where the format tells). ``stop`` is asked between chunks: when it says so the import
+        ends there with :class:`Interrupted` (the rows stored so far stay; the same file imported again adds
+        nothing twice)."""
         report = ImportReport()
         fallbacks: list[Note] = []
+        progress = ReadProgress(path.stat().st_size)
         chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
-                               identity_traits=self.rules.identity_traits, fallbacks=fallbacks)
+                               identity_traits=self.rules.identity_traits, fallbacks=fallbacks, progress=progress)
         started = time.monotonic()
         for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
             report.rows += chunk.rows
@@ -413,7 +421,13 @@ class Portrait:
                 if len(report.first_rejected) < 100:
                     report.first_rejected.append(record)
                 on_rejected(record)
-            on_progress(report.rows)
+            progress.rows = report.rows
+            if progress.rows_total is not None:  # a CSV row too misshapen to count in the first pass is a row too
+                progress.rows_total = max(progress.rows_total, report.rows)
+            on_progress(progress)
+            if stop() or self._closing.is_set():
+                raise Interrupted(f"the import of {path.name} stopped after {report.rows:,} rows; the rows stored "
+                                  "so far stay, and importing the file again adds nothing twice")
         report.seconds = round(time.monotonic() - started, 2)
         report.notes = [fallback.note() for fallback in fallbacks]
         report.read_as_text = [{"column": f.column, "row": f.row, "value": f.value, "type": f.kind} for f in fallbacks

@@ -21,7 +21,6 @@ from portrait.api.auth import authorizer, caller
 from portrait.api.query import known_query
 from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
-from portrait.mapping import combine, parse_mapping_text
 from portrait.service import Portrait
 from portrait.viewer import Viewer
 
@@ -243,51 +242,7 @@ def router(portrait: Portrait) -> APIRouter:
                                                                      ensure_ascii=True)},
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
-    @api.post("/imports", summary="Import a file sent as the request body (as `portrait import`)",
-              **answer(attribute_shapes.ImportReport, "What the import did (or, with dry_run, would do)"))
-    async def imports(
-        request: Request,
-        filename: Annotated[str, Query(description="The file's name; its ending tells the format.")],
-        kind: Annotated[str, Query(pattern="^(events|profiles)$")] = "events",
-        format: str | None = None,
-        dry_run: bool = False,
-        event: str | None = None, event_column: str | None = None, user_id: str | None = None,
-        anonymous_id: str | None = None, email: str | None = None, phone: str | None = None,
-        timestamp: str | None = None, timestamp_format: str | None = None, message_id: str | None = None,
-        fields: Annotated[str | None, Query(description="Comma-separated property/trait columns.")] = None,
-        mapping: Annotated[str | None, Query(description="A whole mapping as JSON (the mapping-file form); the "
-                                                         "column parameters override it.")] = None,
-        delimiter: Annotated[str | None, Query(description="CSV field separator: one character, \\t or tab for a "
-                                                           "tab (default: a tab for .tsv, else a comma).")] = None,
-        types: Annotated[str | None, Query(description="Declared column types, amount=number,signup=date (text, "
-                                                       "number, integer, boolean, date, timestamp); over the "
-                                                       "mapping's.")] = None,
-    ) -> dict[str, Any]:
-        columns: dict[str, Any] = {"user_id": user_id, "anonymous_id": anonymous_id, "email": email, "phone": phone,
-                                   "event": event, "event_column": event_column, "timestamp": timestamp,
-                                   "timestamp_format": timestamp_format, "message_id": message_id}
-        document = parse_mapping_text(mapping, "the mapping parameter") if mapping else None
-        rows = combine(kind, document, fields, columns, types)
-        name = upload_name(filename)
-        with tempfile.TemporaryDirectory(prefix="portrait-import-") as folder:
-            upload = Path(folder) / name
-            with upload.open("wb") as handle:  # streamed: a large file never sits in memory
-                async for chunk in request.stream():
-                    handle.write(chunk)
-            report = await run_in_threadpool(
-                lambda: portrait.import_file(upload, format, rows, delimiter=delimiter, dry_run=dry_run,
-                                             source=f"import:{name}"))
-        return report.as_dict()
-
     return api
-
-
-def upload_name(filename: str) -> str:
-    """The base name of an uploaded file, refused when it holds a NUL or other control character."""
-    if any(ord(c) < 32 or c == "\x7f" for c in filename):
-        raise BadRequest("filename must not contain control characters", code="invalid_request")
-    name = Path(filename).name
-    return name if name not in ("", ".", "..") else "upload"  # ".." would name the temporary folder's parent
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -15,13 +15,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from portrait import __version__, web
-from portrait.api import admin, errors, ingest, keys, openapi, privacy, segments, sources
+from portrait.api import admin, errors, imports, ingest, keys, openapi, privacy, segments, sources
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.api.bodies import JsonBodies
 from portrait.api.headers import API_POLICY, SECURITY_HEADERS
 from portrait.api.ingest import IngestFastPath
 from portrait.api.paths import PROFILE_IN_PATH
 from portrait.config import Settings
+from portrait.import_jobs import ImportJobs
 from portrait.privacy import mask
 from portrait.service import Portrait
 
@@ -64,12 +65,14 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     """
     owned = portrait is None
     service = portrait or Portrait(settings or Settings())
+    jobs = ImportJobs()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if schedule_sources:
             service.start_scheduler()
         yield
+        await run_in_threadpool(jobs.close)  # imports running as jobs end after their chunk, before the store closes
         if owned:
             service.close()
 
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     errors.install(app)
     app.include_router(ingest.router(service))
     app.include_router(admin.router(service))
+    app.include_router(imports.router(service, jobs))
     app.include_router(sources.router(service))
     app.include_router(segments.router(service))
     app.include_router(keys.router(service))
@@ -88,7 +92,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     # Swagger UI 5 (fastapi-offline vendors it): the 4.x of swagger-ui-bundle cannot read OpenAPI 3.1, which FastAPI
     # writes, and showed "Unable to render this definition" instead of the API.
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_FILES), name="swagger")
-    web.install(app, service)
+    web.install(app, service, jobs)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

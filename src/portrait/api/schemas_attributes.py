@@ -187,3 +187,30 @@ class ImportReport(BaseModel):
     dates_as_text: list[DateColumn] = Field(description="The CSV columns read as text whose values are all dates "
                                                         "written one usual way that is not ISO-8601 (each has a "
                                                         "note), as data: the formats that would declare them")
+
+
+class ImportProgress(BaseModel):
+    rows: int = Field(description="Rows imported so far")
+    rows_total: int | None = Field(description="Rows in the file, where its format tells before it is read through "
+                                               "(CSV, once its column types are settled; Parquet; a JSON array); "
+                                               "else null")
+    bytes_read: int | None = Field(description="Bytes of the file read so far, where rows_total is not known "
+                                               "(NDJSON); else null")
+    bytes_total: int = Field(description="The file's size")
+
+
+class ImportFailure(BaseModel):
+    code: str
+    message: str
+    status: int = Field(description="The HTTP status the synchronous import would have answered with")
+
+
+class ImportJob(BaseModel):
+    id: str
+    status: str = Field(description="running, done or failed")
+    filename: str
+    dry_run: bool
+    seconds: float = Field(description="Since the import started (its file was received), until it ended")
+    progress: ImportProgress
+    report: ImportReport | None = sometimes("Once done: what the import did, as the synchronous answer")
+    error: ImportFailure | None = sometimes("Once failed: why, as the synchronous answer's error")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from portrait.cli.common import (
     AdminKeyOption,
@@ -18,7 +18,6 @@ from portrait.cli.common import (
     _check_writable,
     _fail,
     _interruptible,
-    _progress,
     _shows_progress,
     console,
     errors,
@@ -156,16 +155,11 @@ def _import(file: Path, file_format: str | None, mapping: RowMapping | None, del
             if not isinstance(backend, Portrait):
                 _import_through_server(backend, file, file_format, mapping, delimiter, dry_run, rejects_path)
                 return
-            with _RejectsFile(rejects_path) as rejected, _progress() as progress:
-                task = progress.add_task("rows", total=None)
-                started = time.monotonic()
-
-                def show(rows: int) -> None:
-                    rate = rows / max(time.monotonic() - started, 1e-9)
-                    progress.update(task, completed=rows, description=f"{rows:,} rows, {rate:,.0f}/s")
-
+            with _RejectsFile(rejects_path) as rejected, _import_progress() as progress:
+                shown = _RowsShown(progress, progress.add_task(f"reading {file.name}", total=None))
                 report = backend.import_file(file, file_format, mapping, delimiter=delimiter, dry_run=dry_run,
-                                             on_rejected=rejected.write, on_progress=show)
+                                             on_rejected=rejected.write,
+                                             on_progress=lambda read: shown.update(read.as_dict()))
     except PortraitError as exc:
         raise _fail(exc) from exc
     _print_import_report(report.as_dict(), dry_run, rejects_path if report.rejected else None)
@@ -180,20 +174,24 @@ def _import_through_server(backend: RemotePortrait, file: Path, file_format: str
         params["kind"] = mapping.kind
         params["mapping"] = json.dumps(mapping.to_document())
     size = file.stat().st_size
-    with _upload_progress() as progress:  # the rows are read on the server, once the file is there
+    with _import_progress() as progress:  # the rows are read on the server, once the file is there
         sending = progress.add_task(f"sending {file.name} to {backend.url}", total=size)
-        importing: list[TaskID] = []
+        importing: list[_RowsShown] = []
 
         def sent(done: int) -> None:
-            progress.update(sending, completed=done)
-            if done >= size and not importing:
-                # A finished task's clock stops: the upload's showed 0:00:00 through the server's whole import, as
-                # if hung. The import gets a task of its own, open-ended (a pulsing bar), whose clock runs.
-                progress.update(sending, visible=False)
-                importing.append(progress.add_task(f"sent {file.name}; the server is importing it", total=None,
-                                                   completed=size))
+            progress.update(sending, completed=done,
+                            description=f"sending {file.name} to {backend.url}: {_megabytes(done, size)}")
 
-        report = backend.import_file(file, params, on_sent=sent)
+        def imported(read: dict[str, Any]) -> None:
+            if not importing:
+                # A finished task's clock stops: the upload's would show its own time through the whole import. The
+                # import gets a task of its own, whose clock starts as the server starts.
+                progress.update(sending, visible=False)
+                importing.append(_RowsShown(progress, progress.add_task(f"the server is reading {file.name}",
+                                                                        total=None)))
+            importing[0].update(read)
+
+        report = backend.import_file(file, params, on_sent=sent, on_progress=imported)
     with _RejectsFile(rejects_path) as rejected:
         for record in report["first_rejected"]:
             rejected.write(record)
@@ -210,9 +208,37 @@ def _rest_of_the_rejected(returned: int, rejected: int, dry_run: bool) -> str:
     return f"(the first {returned} of the {rejected:,} rejected rows are in the rejects file; {where})"
 
 
-def _upload_progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+def _import_progress() -> Progress:
+    """Rows and rate are in each task's description: a bar's total is rows where the file tells how many it holds,
+    else bytes (NDJSON), so a plain M/N column would show either."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                     console=errors, disable=not _shows_progress())
+
+
+class _RowsShown:
+    """An import's progress as a task of a progress display: rows of the rows in the file, or of the bytes read
+    when the file does not say how many rows it has (NDJSON); the rate since the first rows came."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self.progress, self.task = progress, task
+        self.started = time.monotonic()
+
+    def update(self, read: dict[str, Any]) -> None:
+        rows, rows_total, bytes_read = read["rows"], read["rows_total"], read["bytes_read"]
+        rate = rows / max(time.monotonic() - self.started, 1e-9)
+        if rows_total is not None:
+            self.progress.update(self.task, total=rows_total, completed=rows,
+                                 description=f"{rows:,} of {rows_total:,} rows, {rate:,.0f} rows/s")
+        elif bytes_read is not None:
+            self.progress.update(self.task, total=read["bytes_total"], completed=bytes_read,
+                                 description=f"{rows:,} rows ({_megabytes(bytes_read, read['bytes_total'])}), "
+                                             f"{rate:,.0f} rows/s")
+        elif rows:
+            self.progress.update(self.task, description=f"{rows:,} rows, {rate:,.0f} rows/s")
+
+
+def _megabytes(done: int, total: int) -> str:
+    return f"{done / 1e6:,.1f} of {total / 1e6:,.1f} MB"
 
 
 class _RejectsFile:

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from portrait.import_jobs import ImportJobs
 from portrait.service import Portrait
 from portrait.web import activity, pages
 from portrait.web.common import Console
@@ -20,10 +21,10 @@ CONSOLE_PATHS = ("/login", "/logout", "/attributes", "/customers", "/segments", 
                  "/console/", "/static/console")
 
 
-def install(app: FastAPI, portrait: Portrait) -> None:
+def install(app: FastAPI, portrait: Portrait, jobs: ImportJobs) -> None:
     console = Console(portrait)
     app.include_router(pages.router(console))
-    app.include_router(activity.router(console))
+    app.include_router(activity.router(console, jobs))
     app.mount("/static/console", StaticFiles(directory=str(STATIC)), name="console")
 
 

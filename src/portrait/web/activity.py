@@ -14,8 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 
-from portrait.api.admin import upload_name
+from portrait.api.imports import job_document, received, start_job
 from portrait.errors import NotFound, PortraitError
+from portrait.import_jobs import ImportJobs
 from portrait.mapping import combine, parse_mapping_text
 from portrait.privacy import mask_request
 from portrait.service import Portrait
@@ -40,7 +41,7 @@ def recent_sizes(portrait: Portrait, segment_ids: list[int]) -> dict[int, list[d
     return found
 
 
-def router(console: Console) -> APIRouter:
+def router(console: Console, jobs: ImportJobs) -> APIRouter:
     web = APIRouter(include_in_schema=False)
     portrait = console.portrait
     guard = page(console)
@@ -212,20 +213,27 @@ def router(console: Console) -> APIRouter:
     @web.post("/console/api/import")
     async def upload(request: Request, filename: str, kind: str = "events", dry_run: bool = False,
                      mapping: str = "") -> Response:
+        """The file, imported as a job (see :mod:`portrait.import_jobs`): answered once received, then polled."""
         try:
             console.check_header(request)
             _, key = console.session(request)
             portrait.keys.require(key, "admin", "import files")
-            with tempfile.TemporaryDirectory(prefix="portrait-console-import-") as folder:
-                upload_path = Path(folder) / upload_name(filename)
-                with upload_path.open("wb") as handle:
-                    async for chunk in request.stream():
-                        handle.write(chunk)
-                document = parse_mapping_text(mapping, "the column mapping") if mapping else None
-                rows = combine(kind, document, None, {})
-                report = await run_in_threadpool(lambda: portrait.import_file(
-                    upload_path, None, rows, dry_run=dry_run, source=f"console:{upload_path.name}"))
-            return JSONResponse(report.as_dict())
+            document = parse_mapping_text(mapping, "the column mapping") if mapping else None
+            rows = combine(kind, document, None, {})
+            upload_path = await received(request, filename)
+            job = start_job(portrait, jobs, key.id, upload_path, None, rows, dry_run=dry_run,
+                            source=f"console:{upload_path.name}")
+            return JSONResponse(job_document(job), status_code=202)
+        except SignInNeeded:
+            return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
+        except PortraitError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=status_of(exc))
+
+    @web.get("/console/api/imports/{job_id}")
+    async def import_job(request: Request, job_id: str) -> Response:
+        try:
+            _, key = console.session(request)
+            return JSONResponse(job_document(jobs.get(job_id, key.id)))
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
         except PortraitError as exc:

@@ -370,15 +370,39 @@
       var params = "?filename=" + encodeURIComponent(file.name) + "&kind=" + kind + "&dry_run=" + dryRun +
                    (doc ? "&mapping=" + encodeURIComponent(JSON.stringify(doc)) : "");
       progress.hidden = false;
+      progress.removeAttribute("value");  // no value: the bar pulses until the server says how far it is
+      count.textContent = "";
       report.textContent = (dryRun ? "Checking " : "Importing ") + file.name + "…";
       fetch("/console/api/import" + params, {method: "POST", body: file, credentials: "same-origin",
                                               headers: {"X-CSRF-Token": csrf}})
         .then(function (r) { return r.json(); })
-        .then(function (body) {
-          progress.hidden = true;
-          if (body.message) { report.textContent = body.message; return; }
-          show(body, dryRun);
-        });
+        .then(function (job) { follow(job, dryRun, Date.now()); });
+    };
+    // The import runs on the server as a job, polled every half second: the bar shows the rows read of the rows
+    // in the file (or the bytes read, for NDJSON), the count beside it the rows and the rate -- the numbers the
+    // CLI shows. (The count is not a live region: a screen reader hears the report once, not every update.)
+    var count = document.getElementById("import-count");
+    var follow = function (job, dryRun, started) {
+      var progress = document.getElementById("import-progress");
+      if (job.message) { progress.hidden = true; report.textContent = job.message; return; }
+      var read = job.progress;
+      if (read.rows_total !== null) { progress.max = Math.max(read.rows_total, 1); progress.value = read.rows; }
+      else if (read.bytes_read !== null) { progress.max = Math.max(read.bytes_total, 1); progress.value = read.bytes_read; }
+      var rate = read.rows / Math.max((Date.now() - started) / 1000, 0.001);
+      count.textContent = read.rows.toLocaleString("en") +
+        (read.rows_total !== null ? " of " + read.rows_total.toLocaleString("en") : "") + " rows, " +
+        Math.round(rate).toLocaleString("en") + " rows/s";
+      if (job.status === "running") {
+        setTimeout(function () {
+          fetch("/console/api/imports/" + encodeURIComponent(job.id), {credentials: "same-origin"})
+            .then(function (r) { return r.json(); })
+            .then(function (next) { follow(next, dryRun, started); });
+        }, 500);
+        return;
+      }
+      progress.hidden = true;
+      if (job.status === "failed") { report.textContent = job.error.message; return; }
+      show(job.report, dryRun);
     };
     document.getElementById("import-check").addEventListener("click", function () { send(true); });
     form.addEventListener("submit", function (event) { event.preventDefault(); send(false); });
