@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -280,3 +282,49 @@ def test_every_attribute_type_round_trips_through_an_export(portrait: Portrait, 
                                                                        if k not in lost}
     finally:
         fresh.close()
+
+
+def test_an_export_is_not_written_over_a_file_without_force(loaded: Portrait, tmp_path: Path) -> None:
+    """The same export typed again a day later wrote over yesterday's file without a word."""
+    loaded.close()
+    out = tmp_path / "customers.csv"
+    out.write_text("yesterday's export\n")
+    command = ["export", "profiles", "-o", str(out), "--db", loaded.settings.db_path]
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 1
+    assert f"{out} exists already: pass --force to write the export over it" in " ".join(refused.output.split())
+    assert out.read_text() == "yesterday's export\n"
+    forced = CliRunner().invoke(app, [*command, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert out.read_text().startswith('"profile_id","user_id"')
+    assert sorted(p.name for p in tmp_path.iterdir() if "customers" in p.name) == ["customers.csv"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB file system of its own (tmpfs), so an export's disk really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)  # root (CI is)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_an_export_cut_short_leaves_the_file_that_was_there(portrait: Portrait, small_disk: Path) -> None:
+    """An export that cannot finish (here the disk fills up; Ctrl-C, a server gone away alike) was written straight
+    into the file named: what it had written stayed there, half a file, and yesterday's file was lost. It is now
+    written beside it and takes the name only once whole."""
+    portrait.ingest_messages([{"type": "identify", "userId": f"customer-{n:06d}", "traits": {"plan": "pro" * 20}}
+                              for n in range(20_000)])
+    portrait.process_pending()
+    portrait.close()
+    out = small_disk / "customers.ndjson"
+    out.write_text("yesterday's export\n")
+    cut = CliRunner().invoke(app, ["export", "profiles", "-o", str(out), "--force", "--db",
+                                   portrait.settings.db_path])
+    assert cut.exit_code == 1, cut.output
+    assert f"cannot write the export to {out}" in " ".join(cut.output.split())
+    assert out.read_text() == "yesterday's export\n"
+    assert [p.name for p in small_disk.iterdir()] == ["customers.ndjson"]  # nothing half-written left beside it

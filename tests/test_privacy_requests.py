@@ -221,13 +221,19 @@ def test_the_cli_runs_requests(tmp_path: Path) -> None:
                                  str(export), "--db", db])
     assert result.exit_code == 0, result.output
     assert json.loads(export.read_text())["profile"]["traits"]["first_name"] == "Annabelle-Zyx"
+    again = runner.invoke(app, ["privacy", "request", "--type", "access", "--identity", "user_id:u-ann", "-o",
+                                str(export), "--db", db])  # refused before a second request is made
+    assert again.exit_code == 1 and "exists already: pass --force" in " ".join(again.output.split())
+    assert runner.invoke(app, ["privacy", "request", "--type", "access", "--identity", "user_id:u-ann", "-o",
+                               str(export), "--force", "--db", db]).exit_code == 0
+    assert json.loads(export.read_text())["profile"]["traits"]["first_name"] == "Annabelle-Zyx"
     erased = runner.invoke(app, ["privacy", "request", "--type", "erase", "--identity", "user_id:u-ann", "--db", db])
     assert erased.exit_code == 0, erased.output
     said = " ".join(erased.output.split())  # a sentence, not the result's JSON
     assert re.search(r"done: erased profile [0-9a-f-]{36} with its 5 events and 4 identities \(suppressed from "
                      r"now on\); profiles merged into it: 1; saved conditions rewritten: 0\.", said), said
     listed = runner.invoke(app, ["privacy", "list", "--db", db, "--json"])
-    assert "u-ann" not in listed.output and listed.output.count('"done"') == 2
+    assert "u-ann" not in listed.output and listed.output.count('"done"') == 3
     ids = [r["id"] for r in json.loads(listed.output)]
     narrow = runner.invoke(app, ["privacy", "list", "--db", db], env={"COLUMNS": "80"})
     assert all(i in narrow.output for i in ids), narrow.output  # whole, for privacy show to take

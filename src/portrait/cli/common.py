@@ -374,6 +374,36 @@ def _check_writable(path: Path, what: str) -> None:
         raise _fail(PortraitError(f"cannot write {what} to {path}: {why}", code="cannot_write"))
 
 
+ForceOption = Annotated[bool, typer.Option("--force", help="Write over the output file if it exists.")]
+
+
+def _check_new_file(path: Path, what: str, force: bool) -> None:
+    """:func:`_check_writable`, and refuse a file that is there already unless ``force``: the same command typed
+    again a day later wrote over yesterday's export without a word."""
+    _check_writable(path, what)
+    if path.exists() and not force:
+        raise _fail(PortraitError(f"{path} exists already: pass --force to write {what} over it, or choose another "
+                                  "file", code="file_exists"))
+
+
+@contextmanager
+def _written_whole(path: Path, what: str) -> Iterator[Path]:
+    """A file to write instead of ``path`` (beside it, hidden), which takes its place only once the work is done:
+    an export interrupted (Ctrl-C, a full disk, a server that went away) never leaves half a file under the name
+    asked for, nor removes the file that was there. Created by the writer, with its usual permissions. A write that
+    fails (a full disk) is a :class:`PortraitError` saying so, not a traceback."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident() % 100_000}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as exc:
+        left = "the file that was there is as it was" if path.exists() else "no file was made"
+        raise PortraitError(f"cannot write {what} to {path}: {exc.strerror or exc}; {left}",
+                            code="cannot_write") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, a CI job cancelled), raised where Ctrl-C is, so that a load ends as it does."""
 

@@ -13,14 +13,16 @@ from rich.table import Table
 from portrait.cli.common import (
     AdminKeyOption,
     DbOption,
+    ForceOption,
     JsonOption,
     UrlOption,
     _backend,
-    _check_writable,
+    _check_new_file,
     _either,
     _fail,
     _run,
     _show,
+    _written_whole,
     app,
     console,
 )
@@ -38,6 +40,7 @@ def privacy_request(
     identity: Annotated[str, typer.Option(help="TYPE:VALUE of the person, e.g. email:ann@example.com.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write an access export to this JSON file "
                                                                       "(default: print it).")] = None,
+    force: ForceOption = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Run an access or erase request and wait for it (through a running server when there is one).
@@ -47,8 +50,8 @@ def privacy_request(
     portrait privacy request --type erase --identity user_id:42
     """
     fields = {"type": kind, "identity": identity}
-    if output:
-        _check_writable(output, "the access export")
+    if output:  # refused before the request is made: it would be made, and audited, for nothing
+        _check_new_file(output, "the access export", force)
     try:
         with _backend(db, url, admin_key) as backend:
             if isinstance(backend, Portrait):
@@ -68,7 +71,11 @@ def privacy_request(
     if kind == "access":
         text = json.dumps(result, indent=2, ensure_ascii=False)
         if output:
-            output.write_text(text, encoding="utf-8")
+            try:
+                with _written_whole(output, "the access export") as partial:
+                    partial.write_text(text, encoding="utf-8")
+            except PortraitError as exc:
+                raise _fail(exc) from exc
             console.print(f"Request {done['id']} done: {len(result.get('events', []))} events and the whole profile "
                           f"written to {output}.")
         else:

@@ -13,12 +13,15 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from portrait.cli.common import (
     AdminKeyOption,
     DbOption,
+    ForceOption,
     UrlOption,
     _backend,
+    _check_new_file,
     _check_writable,
     _fail,
     _interruptible,
     _shows_progress,
+    _written_whole,
     console,
     errors,
     export_app,
@@ -292,27 +295,30 @@ def export_profiles(
                                                      "granted consent for it.")] = None,
     ignore_consent: Annotated[bool, typer.Option(
         "--ignore-consent", help="With --purpose: export regardless of consent (recorded in the audit log).")] = False,
+    force: ForceOption = False,
     db: DbOption = None, url: UrlOption = None, admin_key: AdminKeyOption = None,
 ) -> None:
     """Export every profile (or a segment's members), one row each, with the chosen attributes as columns.
+
+    An existing file is not written over without --force; the file appears only once the export is whole.
 
     Examples:
     portrait export profiles -o profiles.parquet
     portrait export profiles -o vip.csv --segment VIP --attributes email,country --purpose marketing
     """
-    _check_writable(output, "the export")
+    _check_new_file(output, "the export", force)
     chosen = output.suffix.lstrip(".").lower() if file_format is None else file_format
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     try:
-        with _backend(db, url, admin_key, existing=True) as backend:
+        with _backend(db, url, admin_key, existing=True) as backend, _written_whole(output, "the export") as partial:
             if isinstance(backend, Portrait):
-                report = backend.export_profiles(output, chosen, attributes=names, include_personal=include_personal,
+                report = backend.export_profiles(partial, chosen, attributes=names, include_personal=include_personal,
                                                  segment=segment, purpose=purpose, ignore_consent=ignore_consent)
                 if purpose and ignore_consent:
                     backend.audit.record(None, "export_ignoring_consent", target=segment or "all profiles",
                                          detail={"purpose": purpose, "rows": report["rows"]})
             else:
-                report = backend.export_profiles(output, chosen, names, include_personal, segment, purpose,
+                report = backend.export_profiles(partial, chosen, names, include_personal, segment, purpose,
                                                  ignore_consent)
     except PortraitError as exc:
         raise _fail(exc) from exc
