@@ -355,6 +355,30 @@ def test_serve_on_a_port_in_use_says_so_before_opening_anything(tmp_path: Path) 
     assert refused.stdout == "" and not db.exists()  # no database made, no keys generated and printed
 
 
+def test_serve_on_a_port_a_portrait_holds_says_which_and_how_on(server: Server, tmp_path: Path) -> None:
+    """A second `make run` was told "another program is listening there" when that program was Portrait. It is
+    now told so: for the same database, which process serves it and how to stop it; for another database, that it
+    is one (which one is for a key to ask, not said to anyone who asks /healthz) and how to take another port."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with httpx.Client(base_url=server.url) as anyone:  # no key: it says what it is, never which database
+        health = anyone.get("/healthz").json()
+    assert health["service"] == "portrait" and set(health) == {"status", "service", "version"}
+    pid = json.loads(server_file(server.db_path).read_text())["pid"]
+    same = run_cli("serve", "--db", server.db_path, "--port", str(port))
+    assert same.returncode == 1
+    assert " ".join(same.stderr.split()) == (
+        f"error: cannot listen on 127.0.0.1:{port}: Portrait {health['version']} already serves this database "
+        f"({os.path.abspath(server.db_path)}) there, process {pid}: use it as it is (the CLI goes through it: "
+        f"portrait status --db {server.db_path}), or stop it first (Ctrl-C where it runs, or kill {pid})")
+    other = tmp_path / "other.duckdb"
+    elsewhere = run_cli("serve", "--db", str(other), "--port", str(port))
+    assert elsewhere.returncode == 1 and not other.exists()
+    assert " ".join(elsewhere.stderr.split()) == (
+        f"error: cannot listen on 127.0.0.1:{port}: a Portrait server ({health['version']}) is listening there, on "
+        f"another database (portrait status --url http://127.0.0.1:{port} with its admin key says which): stop it "
+        f"(Ctrl-C where it runs) or choose another port with --port or PORTRAIT_PORT (make run PORT={port + 1})")
+
+
 def test_server_logs_hold_no_personal_data(server: Server) -> None:
     secret = f"{uuid.uuid4().hex}@example.com"
     with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=10) as client:

@@ -55,6 +55,31 @@ def server_answers(url: str) -> bool:
         return False
 
 
+def portrait_version_at(url: str) -> str | None:
+    """The version of the Portrait server answering at ``url``, or None when what answers is not one (or nothing
+    does). /healthz says so without a key; a server from before it did is known by its API document, public too."""
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=2.0).json()
+        if isinstance(health, dict) and health.get("service") == "portrait":
+            return str(health.get("version", "?"))
+        info = httpx.get(f"{url}/openapi.json", timeout=5.0).json().get("info", {})
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return str(info.get("version", "?")) if isinstance(info, dict) and info.get("title") == "Portrait" else None
+
+
+def server_process(db_path: str) -> int | None:
+    """The process id ``<db>.server.json`` names, when that process is alive."""
+    try:
+        pid = json.loads(server_file(db_path).read_text()).get("pid")
+        if isinstance(pid, int):
+            os.kill(pid, 0)
+            return pid
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def profile_path(reference: str, *parts: str) -> str:
     """``/api/profiles/<reference>[/part...]`` with the reference percent-encoded: an identifier may hold ``#``,
     ``?``, ``%`` or ``/``, which would otherwise end or split the path."""

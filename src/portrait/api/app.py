@@ -104,7 +104,9 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        # "service" and "version" tell a second `portrait serve` on this port what holds it (the version is in the
+        # public /openapi.json anyway); which database is served is for keys to learn (/api/status), not said here
+        return {"status": "ok", "service": "portrait", "version": __version__}
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -33,7 +34,13 @@ from portrait.cli.common import (
     errors,
     styled,
 )
-from portrait.client import remove_server_file, running_server_url, write_server_file
+from portrait.client import (
+    portrait_version_at,
+    remove_server_file,
+    running_server_url,
+    server_process,
+    write_server_file,
+)
 from portrait.errors import DatabaseInUse, PortraitError
 from portrait.service import Portrait
 from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, compaction_marker, opens_with
@@ -69,7 +76,7 @@ def serve(
     _fixed_mmap_threshold()
     settings = _settings(db).with_overrides(host=host, port=port)
     try:  # before the database is opened (or keys generated and printed): a port in use ends here, clearly
-        listening = _listen(settings.host, settings.port)
+        listening = _listen(settings.host, settings.port, settings.db_path)
     except PortraitError as exc:
         raise _fail(exc) from exc
     # The writer and processor threads wait on DuckDB with the GIL released; a shorter switch interval lets them
@@ -160,9 +167,10 @@ def _closing(signum: int, frame: object) -> None:
     errors.print("closing the database; it is safe to wait (or to kill -9: what is left is done at the next start)")
 
 
-def _listen(host: str, port: int) -> list[socket.socket]:
+def _listen(host: str, port: int, db_path: str) -> list[socket.socket]:
     """The server's sockets, bound as asyncio binds them for uvicorn: one per address the host resolves to
-    (``localhost``: 127.0.0.1 and ::1), IPv6 ones for IPv6 only."""
+    (``localhost``: 127.0.0.1 and ::1), IPv6 ones for IPv6 only. A port in use is refused saying what holds it
+    (:func:`_port_taken`)."""
     sockets: list[socket.socket] = []
     try:
         for family, kind, protocol, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -175,11 +183,37 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             listening.bind(address)
     except OSError as exc:  # socket.gaierror (an unknown host) is one
         _close_all(sockets)
-        other = port + 1 if port < 65535 else 8000
-        why = ("another program is listening there: stop it or choose another port with --port or PORTRAIT_PORT "
-               f"(make run PORT={other})" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+        why = _port_taken(host, port, db_path) if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         raise PortraitError(f"cannot listen on {host}:{port}: {why}", code="cannot_listen") from exc
     return sockets
+
+
+def _port_taken(host: str, port: int, db_path: str) -> str:
+    """What holds the port, and the ways on: a Portrait server of this database (its ``<db>.server.json`` names
+    this port), a Portrait server of another one (which one is for a key to ask: /healthz does not say), or another
+    program. A second `make run` used to be told only that "another program" listened there."""
+    other = port + 1 if port < 65535 else 8000
+    another_port = f"choose another port with --port or PORTRAIT_PORT (make run PORT={other})"
+    url = f"http://{_loopback(host)}:{port}"
+    version = portrait_version_at(url)
+    if version is None:
+        return f"another program is listening there: stop it or {another_port}"
+    ours, pid = running_server_url(db_path), server_process(db_path)
+    if ours is not None and pid is not None and urlsplit(ours).port == port:
+        return (f"Portrait {version} already serves this database ({os.path.abspath(db_path)}) there, process "
+                f"{pid}: use it as it is (the CLI goes through it: portrait status --db {db_path}), or stop it "
+                f"first (Ctrl-C where it runs, or kill {pid})")
+    return (f"a Portrait server ({version}) is listening there, on another database (portrait status --url {url} "
+            f"with its admin key says which): stop it (Ctrl-C where it runs) or {another_port}")
+
+
+def _loopback(host: str) -> str:
+    """Where this machine reaches a server listening on ``host``: a wildcard address through loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _close_all(sockets: list[socket.socket]) -> None:
