@@ -176,6 +176,12 @@ def test_build_a_segment_and_see_its_count_while_typing(page: Page) -> None:
     expect(page.locator("#preview")).to_contain_text("customers — customers who performed")
     count = int(page.locator("#preview").get_attribute("data-count") or "-1")
     assert count > 0
+    # some of them, recognisably: user id, email and name (the admin key reads personal data)
+    sample = page.locator("[data-test=preview-sample]")
+    expect(sample.locator("th").first).to_have_text("user id")
+    expect(sample.locator("th", has_text="email")).to_have_count(1)
+    expect(sample.locator("tbody td", has_text=re.compile(r"^[a-z]+\.[a-z]+\d*@example\.(com|org|net)$")).first
+           ).to_be_visible()
     shot(page, "segment-builder")
     page.get_by_role("button", name="Save segment").click()
     expect(page.locator("[data-test=size]")).to_have_text(f"{count:,}")
@@ -910,6 +916,11 @@ def test_a_read_key_counts_in_the_builder_but_is_not_offered_a_save_it_cannot_do
     reader.goto("/segments/new")
     reader.locator("#condition").fill('performed("Order Completed")')
     expect(reader.locator("#preview")).to_contain_text("customers — customers who performed")
+    # the sample's emails masked for a key without pii:read, as everywhere
+    masked = reader.locator("[data-test=preview-sample] tbody td", has_text="***@example.")
+    expect(masked.first).to_be_visible()
+    expect(reader.locator("[data-test=preview-sample] tbody td", has_text=re.compile(r"^[a-z]+\.[a-z]+\d*@"))
+           ).to_have_count(0)
     expect(reader.get_by_role("button", name="Save segment")).to_have_count(0)
     expect(reader.locator("#builder")).to_contain_text("Saving a segment needs an admin key")
     context.close()

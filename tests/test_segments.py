@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -396,7 +397,14 @@ def test_the_cli_manages_segments_and_exports_their_members(tmp_path: Path) -> N
         assert result.exit_code == 0, result.output
         return result.output
 
-    assert "2 profiles" in run("segments", "preview", "age < 40")
+    previewed = run("segments", "preview", "age < 40")
+    assert "2 profiles" in previewed
+    # each sampled customer recognisable: user id, email, the age the condition compares (no pii rules apply to the
+    # database file's own user, as for `profiles show`)
+    wide = runner.invoke(app, ["segments", "preview", "age < 40", "--db", db], env={"COLUMNS": "200"}).output
+    assert re.search(r"┃ Profile\s+┃ User id\s+┃ email\s+┃ age\s+┃", wide), wide
+    assert re.search(r"│ [0-9a-f-]{36} │ ann\s+│ ann@example\.com\s+│ 31\s+│", wide), wide
+    assert re.search(r"│ [0-9a-f-]{36} │ cid\s+│\s+│ 28\s+│", wide), wide
     assert "Segment 1 'young': 2 members." in run("segments", "create", "young", "--condition", "age < 40")
     vip = tmp_path / "vip.csv"
     vip.write_text("email,name\nbob@example.com,Bob\nnobody@example.com,Nobody\n")

@@ -26,11 +26,11 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from portrait.attributes import unit_shown
+from portrait.attributes import code_for, unit_shown
 from portrait.background import Worker
 from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
-from portrait.conditions.ast import And, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
+from portrait.conditions.ast import And, Compare, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
 from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
@@ -47,6 +47,11 @@ from portrait.value_notes import compared_values, unmatched_value_notes
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^(?!\d+$)[^\s\x00-\x1f\x7f/](?:[^\x00-\x1f\x7f/]{0,78}[^\s\x00-\x1f\x7f/])?$")
 SAMPLE_SIZE = 10
+# Shown beside each sampled profile, so a marketer recognises the customers: the first of these the registry has
+# (up to RECOGNISING_SHOWN), then the attributes the condition compares, up to SAMPLE_COLUMNS in all.
+RECOGNISING = ("email", "first_name", "last_name", "name", "company")
+RECOGNISING_SHOWN = 3
+SAMPLE_COLUMNS = 6
 # The real-time refresh evaluates in SQL from this many touched profiles, and from this share of all profiles per
 # dynamic segment (see Segments._large; measured in docs/performance.md, "Real-time segment refresh").
 SQL_FROM = 1_000
@@ -328,7 +333,11 @@ class Segments:
         rows = self._session().execute(compiled.preview(SAMPLE_SIZE), compiled.params)
         count = int(rows[0][1]) if rows else 0
         sample = [row[0] for row in rows]
-        return {"count": count, "sample": sample, "text": to_text(condition), "condition": to_json(condition),
+        wanted = self._sample_columns(condition)
+        samples = self._sample_profiles(sample, wanted)
+        columns = [c for c in wanted if any(c in s["traits"] for s in samples)]  # a column no one has: no column
+        return {"count": count, "sample": sample, "sample_columns": columns, "sample_profiles": samples,
+                "text": to_text(condition), "condition": to_json(condition),
                 "english": describe(condition), "seconds": round(time.perf_counter() - started, 3),
                 "notes": self._notes(condition, count)}
 
@@ -342,6 +351,29 @@ class Segments:
         personal = self._attributes.personal() if compared else set()
         return (unseen_event_notes(session, sorted(_event_names(condition, self)))
                 + unmatched_value_notes(session, compared, personal))
+
+    def _sample_columns(self, condition: Condition) -> list[str]:
+        """The attributes shown beside a preview's sampled profiles: those a person is recognised by (email, name),
+        then those the condition compares (not an event's properties: those are in its events)."""
+        known = {a["code"] for a in self._attributes.list() if a["status"] == "active"}
+        recognising = [code for code in RECOGNISING if code in known][:RECOGNISING_SHOWN]
+        compared = [code for code in dict.fromkeys(code_for(f) for f in _profile_fields(condition))
+                    if code in known and code not in recognising]
+        return [*recognising, *compared][:SAMPLE_COLUMNS]
+
+    def _sample_profiles(self, sample: list[str], columns: list[str]) -> list[dict[str, Any]]:
+        """Each sampled profile with its user id and its values of ``columns`` (those it has), in sample order."""
+        if not sample:
+            return []
+        session = self._session()
+        user_ids = dict(session.execute(q.SAMPLE_USER_IDS, [sample]))
+        traits: dict[str, dict[str, Any]] = {profile_id: {} for profile_id in sample}
+        if columns:
+            for profile_id, key, value in session.execute(q.SAMPLE_TRAITS, [sample, columns]):
+                traits[profile_id][key] = orjson.loads(value)
+        return [{"profile_id": profile_id, "user_id": user_ids.get(profile_id),
+                 "traits": {c: traits[profile_id][c] for c in columns if c in traits[profile_id]}}
+                for profile_id in sample]
 
     def _with_notes(self, document: dict[str, Any], condition: Condition | None) -> dict[str, Any]:
         """A saved segment's answer with ``notes`` when its new condition looks for what the data never held."""
@@ -809,3 +841,15 @@ class SegmentThread(Worker):
             self._segments.recount_all()
             self._last_recount = time.monotonic()
         self._send()
+
+
+def _profile_fields(condition: Condition) -> Iterator[str]:
+    """The profile attributes a condition compares, in order: its comparisons outside events (an event's ``where``
+    compares the event's properties)."""
+    if isinstance(condition, Compare):
+        yield condition.field
+    elif isinstance(condition, And | Or):
+        for part in condition.items:
+            yield from _profile_fields(part)
+    elif isinstance(condition, Not):
+        yield from _profile_fields(condition.item)

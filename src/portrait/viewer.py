@@ -59,6 +59,18 @@ class Viewer:
         personal, open_codes = self.personal_and_open()
         return [privacy.mask_event(e, personal, open_codes=open_codes) for e in events]
 
+    def preview(self, found: dict[str, Any]) -> dict[str, Any]:
+        """A segment preview's sampled profiles: their personal attributes masked, and a ``user_id`` that is an
+        email or a phone. Shown to a key with ``pii:read`` unaudited, as the other feeds are (docs/security.md): the
+        console's builder previews as the condition is typed, and a record per keystroke would bury the reads of
+        one person's data."""
+        if self.sees_pii:
+            return found
+        personal = self.personal()
+        return {**found, "sample_profiles": [{**p, "user_id": privacy.mask_identifier(p["user_id"]),
+                                              "traits": privacy.mask_traits(p["traits"], personal)}
+                                             for p in found.get("sample_profiles", [])]}
+
     def members(self, page: dict[str, Any]) -> dict[str, Any]:
         """A page of segment members: a ``user_id`` that is an email or a phone masked."""
         return page if self.sees_pii else privacy.mask_members(page)

@@ -41,9 +41,23 @@ class Segments(BaseModel):
     segments: list[Segment]
 
 
+class SampleProfile(BaseModel):
+    profile_id: str
+    user_id: str | None = Field(description="Masked (a***@example.com) for a key without pii:read when it is an "
+                                            "email or a phone")
+    traits: dict[str, Any] = Field(description="Its values of sample_columns (those it has); personal ones masked "
+                                               "for a key without pii:read")
+
+
 class Preview(BaseModel):
     count: int = Field(description="Profiles the condition selects")
     sample: list[str] = Field(description="Some of their profile ids")
+    sample_columns: list[str] = Field(description="The attributes shown for each sampled profile: those a person is "
+                                                  "recognised by (email, first_name, last_name, name, company: the "
+                                                  "first three the registry has), then those the condition "
+                                                  "compares; six at most, and only those a sampled "
+                                                  "profile has a value of")
+    sample_profiles: list[SampleProfile] = Field(description="The sampled profiles, in the order of sample")
     text: str
     condition: dict[str, Any] = Field(description=CONDITION)
     english: str

@@ -45,8 +45,9 @@ def router(portrait: Portrait) -> APIRouter:
         if "condition" not in payload:
             raise BadRequest('send {"condition": "<text form>"} or {"condition": {<JSON form>}}',
                              code="invalid_condition")
-        await run_in_threadpool(Viewer(portrait, caller(request)).check_condition, payload["condition"])
-        return await run_in_threadpool(segments.preview, payload["condition"])
+        viewer = Viewer(portrait, caller(request))
+        await run_in_threadpool(viewer.check_condition, payload["condition"])
+        return await run_in_threadpool(viewer.preview, await run_in_threadpool(segments.preview, payload["condition"]))
 
     @api.get("/segments/{segment}", summary="One segment: condition (text, JSON, English) and size",
              **answer(shapes.Segment, "The segment"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from portrait.cli.common import (
     AdminKeyOption,
@@ -131,10 +133,38 @@ def segments_preview(
         console.print_json(data=found)
         return
     console.print(f"{found['count']:,} profiles ({found['seconds']} s): {found['english']}")
-    for profile_id in found["sample"]:
-        console.print(f"  {profile_id}")
+    _print_sample(found)
     for note in found.get("notes", []):  # .get: a server from before notes answers without them
         console.print(f"Note: {note}.", markup=False)
+
+
+def _print_sample(found: dict[str, Any]) -> None:
+    """The sampled profiles as a table: user id, then the attributes a person is recognised by and those the
+    condition compares (personal ones masked by a server for a key without pii:read)."""
+    samples = found.get("sample_profiles")
+    if samples is None:  # a server from before samples had columns: the ids alone
+        for profile_id in found["sample"]:
+            console.print(f"  {profile_id}")
+        return
+    if not samples:
+        return
+    columns: list[str] = found["sample_columns"]
+    table = Table(title=f"{len(samples)} of them")
+    table.add_column("Profile", no_wrap=True, min_width=36)  # whole: for `profiles show`
+    table.add_column("User id")
+    for code in columns:
+        table.add_column(code)
+    for sample in samples:
+        table.add_row(sample["profile_id"], _cell(sample["user_id"]),
+                      *[_cell(sample["traits"].get(code)) for code in columns])
+    console.print(table)
+
+
+def _cell(value: Any) -> Text:
+    """A customer's value as it is: text, never rich markup (a name may hold "[b]"); lists and objects as JSON."""
+    if value is None:
+        return Text("")
+    return Text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 @segments_app.command("members")

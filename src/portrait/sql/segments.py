@@ -176,6 +176,17 @@ COUNTED = parse("UPDATE segments SET counted_at = ? WHERE id = ?")
 
 # -- reads ------------------------------------------------------------------------------------------------------
 # Params: segment id, after profile id, limit. Members in profile-id order (a keyset cursor).
+# A preview's sampled profiles: their user id and the traits shown beside it (``?``: the ids, then the codes)
+SAMPLE_USER_IDS = parse("""
+SELECT profile_id, min(value) FROM identities
+WHERE type = 'user_id' AND list_contains(CAST(? AS VARCHAR[]), profile_id) GROUP BY profile_id
+""")
+SAMPLE_TRAITS = parse("""
+SELECT profile_id, key, value FROM profile_traits
+WHERE list_contains(CAST(? AS VARCHAR[]), profile_id) AND list_contains(CAST(? AS VARCHAR[]), key)
+  AND value IS NOT NULL
+""")
+
 MEMBERS_PAGE = parse("""
 SELECT m.profile_id, m.entered_at,
        (SELECT min(i.value) FROM identities AS i WHERE i.profile_id = m.profile_id AND i.type = 'user_id') AS user_id

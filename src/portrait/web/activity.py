@@ -190,9 +190,10 @@ def router(console: Console, jobs: ImportJobs) -> APIRouter:
         try:
             console.check_header(request)
             body = orjson.loads(await request.body() or b"{}")
-            await run_in_threadpool(console.viewer(request).check_condition, body.get("condition", ""))
+            viewer = console.viewer(request)
+            await run_in_threadpool(viewer.check_condition, body.get("condition", ""))
             found = await run_in_threadpool(portrait.segments.preview, body.get("condition", ""))
-            return JSONResponse(found)
+            return JSONResponse(await run_in_threadpool(viewer.preview, found))
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
         except PortraitError as exc:

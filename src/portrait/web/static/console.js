@@ -61,11 +61,39 @@
         .then(function (res) {
           var ok = res[0], body = res[1];
           preview.textContent = ok ? (body.count.toLocaleString() + " customers — " + body.english +
-                                      (body.sample.length ? " (e.g. " + body.sample.slice(0, 3).join(", ") + ")" : "") +
                                       (body.notes || []).map(function (note) { return ". Note: " + note; }).join(""))
                                    : body.message;
           preview.setAttribute("data-count", ok ? String(body.count) : "");
+          sampleTable(ok ? body : null);
         });
+    };
+    // Some of the customers selected, so they can be recognised: user id, email and name, and the attributes the
+    // condition compares (personal ones masked by the server for a key without pii:read). Text nodes only.
+    var sampleTable = function (body) {
+      var table = document.getElementById("preview-sample");
+      var samples = body ? (body.sample_profiles || []) : [];
+      table.hidden = !samples.length;
+      var head = table.tHead, rows = table.tBodies[0];
+      head.textContent = "";
+      rows.textContent = "";
+      if (!samples.length) { return; }
+      var columns = ["user id"].concat(body.sample_columns);
+      var header = head.insertRow();
+      columns.forEach(function (name) {
+        var cell = document.createElement("th");
+        cell.scope = "col";
+        cell.textContent = name;
+        header.appendChild(cell);
+      });
+      samples.forEach(function (sample) {
+        var row = rows.insertRow();
+        row.insertCell().textContent = sample.user_id || "";
+        body.sample_columns.forEach(function (code) {
+          var value = sample.traits[code];
+          row.insertCell().textContent = value === undefined || value === null ? "" :
+            (typeof value === "string" ? value : JSON.stringify(value));
+        });
+      });
     };
     condition.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(ask, 300); });
     var add = function (part) {
