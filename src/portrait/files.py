@@ -546,9 +546,11 @@ def _check_text(path: Path, schema: pa.Schema) -> None:
 
 
 def _ndjson(path: Path, progress: ReadProgress) -> Iterator[Any]:
+    read = 0
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
-            progress.bytes_read = handle.tell()
+            read += len(line)  # not handle.tell(): 0.8 s per million lines, where this is 0.05 s
+            progress.bytes_read = read
             if not line.strip():
                 continue
             try:
