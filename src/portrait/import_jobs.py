@@ -112,17 +112,23 @@ class ImportJobs:
             job.progress = ReadProgress(progress.bytes_total, progress.rows, progress.rows_total,
                                         progress.bytes_read)  # a copy: a reader never sees one half-updated
 
+        report: ImportReport | None = None
+        error: PortraitError | None = None
         try:
-            job.report = run(progressed, lambda: self._stopping.is_set() or job.stop_asked.is_set())
-            job.status = "done"
+            report = run(progressed, lambda: self._stopping.is_set() or job.stop_asked.is_set())
         except PortraitError as exc:
-            job.error, job.status = exc, "failed"
+            error = exc
         except Exception as exc:  # a job has no caller to raise to: the server's log has the trace, its poller why
             log.exception("import %s of %s failed", job.id, job.filename)
-            job.error, job.status = PortraitError(f"the import failed: {exc}", code="import_failed"), "failed"
+            error = PortraitError(f"the import failed: {exc}", code="import_failed")
         finally:
-            job.finished = time.monotonic()
             shutil.rmtree(folder, ignore_errors=True)
+            # The status last: a poller that reads "done" or "failed" finds the report or error, the end time, and
+            # the upload gone (a test read the status while the upload was still being removed)
+            if report is None and error is None:  # the thread itself was stopped (the interpreter exiting)
+                error = PortraitError("the import stopped", code="import_failed")
+            job.report, job.error, job.finished = report, error, time.monotonic()
+            job.status = "done" if error is None else "failed"
             with self._lock:
                 self._threads.pop(job.id, None)
 
