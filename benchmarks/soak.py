@@ -307,7 +307,7 @@ def admin_traffic(url: str, stop: threading.Event, counts: Counts) -> None:
             asked = api.post("/api/privacy/requests", json={"type": kind, "identity": f"user_id:{user}"})
             counts.add(f"privacy_{kind}_{asked.status_code}")
             if round_ % 15 == 0:
-                counts.add(f"backup_{api.post('/api/backups').status_code}")
+                counts.add(f"backup_{api.post('/api/backups', headers={'Prefer': 'respond-async'}).status_code}")
             counts.add(f"status_{api.get('/api/status').status_code}")
             time.sleep(0.5)
 

@@ -45,11 +45,16 @@ def _send_until(server: Server, stop: threading.Event, acknowledged: list[str]) 
             number += 100
 
 
+AS_JOB = {"Prefer": "respond-async"}
+
+
 def _made_through_api(admin: httpx.Client, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """POST /api/backups (a job), then the job followed until it ends; returns it, done."""
-    started = admin.post("/api/backups", json=body or {})
+    """POST /api/backups asking for a job, then the job followed until it ends; returns it, done."""
+    started = admin.post("/api/backups", json=body or {}, headers=AS_JOB)
     assert started.status_code == 202, started.text
+    assert started.headers["Preference-Applied"] == "respond-async"
     job: dict[str, Any] = started.json()
+    assert started.headers["Location"] == f"/api/backups/jobs/{job['id']}"
     while job["status"] == "running":
         time.sleep(0.05)
         job = admin.get(f"/api/backups/jobs/{job['id']}").json()
@@ -238,10 +243,18 @@ def test_backup_names_and_the_api(server: Server) -> None:
         again = admin.post("/api/backups", json={"name": "mine.duckdb"})
         assert again.status_code == 409 and again.json()["code"] == "backup_exists"
         assert _made_through_api(admin)["removed"] == []  # no body: named by its time
+        # Without the preference the answer waits for the backup, as it did before jobs: a script that then copies
+        # the file elsewhere finds it made.
+        waited = admin.post("/api/backups", json={"name": "waited"}, headers={"Prefer": "return=minimal"})
+        assert waited.status_code == 201 and "Preference-Applied" not in waited.headers, waited.text
+        assert waited.json()["name"] == "waited.duckdb" and Path(waited.json()["path"]).stat().st_size == (
+            waited.json()["bytes"]) > 0
+        assert set(waited.json()) == {"name", "path", "bytes", "created_at", "encrypted", "seconds", "removed",
+                                      "removed_incomplete"}
         unknown = admin.get("/api/backups/jobs/nonesuch")
         assert unknown.status_code == 404 and unknown.json()["code"] == "backup_job_not_found"
         names = [b["name"] for b in admin.get("/api/backups").json()["backups"]]
-    assert "mine.duckdb" in names and len(names) == 2
+    assert {"mine.duckdb", "waited.duckdb"} <= set(names) and len(names) == 3
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {WRITE_KEY}"}) as writer:
         assert writer.post("/api/backups", json={}).status_code == 403
 
@@ -249,8 +262,9 @@ def test_backup_names_and_the_api(server: Server) -> None:
 def test_a_backup_asked_for_through_the_api_is_a_job_answered_at_once_whose_progress_can_be_followed(
         tmp_path: Path) -> None:
     """The copy takes time in proportion to the database (minutes for a few GB on a busy box): POST /api/backups
-    answered only once it was done, and under mixed traffic ran past the clients' 120 s timeouts. Now the request
-    starts a job and answers at once; the job tells the bytes written so far, then the backup made."""
+    answered only once it was done, and under mixed traffic ran past the clients' 120 s timeouts. Now a request
+    asking for a job (Prefer: respond-async) starts one and answers at once; the job tells the bytes written so far,
+    then the backup made."""
     db = tmp_path / "portrait.duckdb"
     service = _open(db)
     service.ingest_messages([{"type": "track", "userId": f"u{n % 5000}", "event": "Viewed",
@@ -259,13 +273,13 @@ def test_a_backup_asked_for_through_the_api_is_a_job_answered_at_once_whose_prog
     server = start_server(str(db), tmp_path / "server.log")
     try:
         with server.admin() as admin:
-            started = admin.post("/api/backups", json={"name": "big"})
+            started = admin.post("/api/backups", json={"name": "big"}, headers=AS_JOB)
             assert started.status_code == 202, started.text
             job = started.json()
             assert job["status"] == "running" and job["finished_at"] is None, job
             assert job["name"] == "big.duckdb" and job["database_bytes"] >= db.stat().st_size > 10 << 20
             assert 0 <= job["bytes_written"] < job["database_bytes"]
-            busy = admin.post("/api/backups", json={})  # one at a time, as before
+            busy = admin.post("/api/backups", json={}, headers=AS_JOB)  # one at a time, as before
             assert busy.status_code == 409 and busy.json()["code"] == "backup_running"
             assert admin.get("/api/backups").json()["running"]["id"] == job["id"]
             seen = [job]

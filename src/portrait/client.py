@@ -170,8 +170,9 @@ class RemotePortrait:
         """Any admin GET (the CLI's generic remote path)."""
         return self._get(path, params)
 
-    def send_json(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        return self._send(method, path, body, timeout=None)
+    def send_json(self, method: str, path: str, body: dict[str, Any], *, as_job: bool = False) -> Any:
+        """``as_job``: ask for long work as a job to poll (``Prefer: respond-async``, see portrait.api.prefer)."""
+        return self._send(method, path, body, timeout=None, headers={"Prefer": "respond-async"} if as_job else None)
 
     # -- SQL sources (the same names as on Portrait and its SourceRegistry) --
     def sources_all(self) -> list[dict[str, Any]]:
@@ -196,11 +197,12 @@ class RemotePortrait:
     def rebuild_traits(self) -> dict[str, int]:
         return dict(self._send("POST", "/api/attributes/recheck", {}, timeout=None))
 
-    def _send(self, method: str, path: str, body: dict[str, Any], *, timeout: float | None = 30.0) -> Any:
+    def _send(self, method: str, path: str, body: dict[str, Any], *, timeout: float | None = 30.0,
+              headers: dict[str, str] | None = None) -> Any:
         if not self._admin:
             raise Unauthorized("an admin key is needed: set PORTRAIT_ADMIN_KEY or --admin-key")
         response = self._http.request(method, path, json=body, timeout=timeout,
-                                      headers={"Authorization": f"Bearer {self._admin}"})
+                                      headers={"Authorization": f"Bearer {self._admin}", **(headers or {})})
         return _checked(response)
 
     def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,

@@ -18,6 +18,7 @@ from portrait.api import paths  # noqa: F401  (registers the {identity:identity}
 from portrait.api import schemas_attributes as attribute_shapes
 from portrait.api import schemas_profiles as profile_shapes
 from portrait.api.auth import authorizer, caller
+from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
@@ -175,17 +176,25 @@ def router(portrait: Portrait) -> APIRouter:
     async def rebuild_profiles() -> dict[str, int]:
         return await run_in_threadpool(portrait.rebuild_profiles)
 
-    @api.post("/backups", status_code=202, summary="Start a backup of the database now (ingestion goes on); "
-                                                   "optional body {\"name\": \"before-migration\"}; poll the job",
-              **answer(attribute_shapes.BackupJob, "The backup job, running", 202))
-    async def make_backup(payload: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
-        # A job, answered at once: the copy takes time in proportion to the database (a multi-GB one outlasted the
-        # clients' 120 s timeouts under traffic), and nobody should wait on an open request for it.
+    @api.post("/backups", status_code=201, summary="Back up the database now (ingestion goes on); optional body "
+                                                   "{\"name\": \"before-migration\"}; with the header "
+                                                   "`Prefer: respond-async`, as a job to poll",
+              responses={**answer(attribute_shapes.BackupMade, "The backup, made", 201)["responses"],
+                         **answer(attribute_shapes.BackupJob, "The backup job, running (its Location is where "
+                                                              "to poll it)", 202)["responses"]},
+              response_model=None)
+    async def make_backup(request: Request, payload: Annotated[dict[str, Any] | None, Body()] = None) -> Any:
+        # The copy takes time in proportion to the database: a multi-GB one under traffic outlasted the clients'
+        # 120 s timeouts. Whoever cannot wait that long asks for a job (the CLI and the console do); a script that
+        # waits for the backup and then copies it elsewhere still gets it made (see portrait.api.prefer).
         fields = payload or {}
         unknown = set(fields) - {"name"}
         if unknown:
             raise BadRequest(f"unknown backup fields: {', '.join(sorted(unknown))} (only name)", code="invalid_backup")
-        return await run_in_threadpool(portrait.backups.start, fields.get("name"))
+        if not prefers_async(request):
+            return await run_in_threadpool(portrait.backups.make, fields.get("name"))
+        job = await run_in_threadpool(portrait.backups.start, fields.get("name"))
+        return job_accepted(job, f"/api/backups/jobs/{job['id']}")
 
     @api.get("/backups/jobs/{job_id}", summary="A backup job: running (bytes written so far), done (the backup) or "
                                                "failed (why)",

@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from portrait.api import schemas_attributes as shapes
 from portrait.api.auth import authorizer, caller
 from portrait.api.errors import STATUS
+from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import answer
 from portrait.errors import BadRequest, PortraitError
@@ -28,8 +28,6 @@ from portrait.files import ReadProgress
 from portrait.import_jobs import ImportJob, ImportJobs
 from portrait.mapping import RowMapping, combine, parse_mapping_text
 from portrait.service import ImportReport, Portrait
-
-ASYNC = "respond-async"  # RFC 7240's preference: answer 202 with a job to poll rather than wait
 
 
 def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
@@ -65,7 +63,7 @@ def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
         document = parse_mapping_text(mapping, "the mapping parameter") if mapping else None
         rows = combine(kind, document, fields, columns, types)
         upload = await received(request, filename)
-        if ASYNC not in request.headers.get("prefer", ""):
+        if not prefers_async(request):
             try:
                 report = await run_in_threadpool(lambda: portrait.import_file(
                     upload, format, rows, delimiter=delimiter, dry_run=dry_run, source=f"import:{upload.name}"))
@@ -74,8 +72,7 @@ def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
             return report.as_dict()
         job = start_job(portrait, jobs, caller(request).id, upload, format, rows, delimiter=delimiter,
                         dry_run=dry_run, source=f"import:{upload.name}")
-        return JSONResponse(job_document(job), status_code=202, headers={"Location": f"/api/imports/{job.id}",
-                                                                         "Preference-Applied": ASYNC})
+        return job_accepted(job_document(job), f"/api/imports/{job.id}")
 
     @api.get("/imports/{job_id}", summary="An import job started with `Prefer: respond-async`: its progress, then "
                                           "its report (kept an hour after it ends; only for the key that started "

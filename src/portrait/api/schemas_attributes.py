@@ -112,6 +112,12 @@ class Backup(BackupFile):
                                                "key), false, or null for a file that is not a DuckDB database")
 
 
+class BackupMade(Backup):
+    seconds: float
+    removed: list[str] = Field(description="Names of older backups deleted under the keep setting")
+    removed_incomplete: list[str] = Field(description="Names of what interrupted backups left, deleted first")
+
+
 class BackupError(BaseModel):
     code: str
     message: str

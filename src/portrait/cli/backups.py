@@ -52,7 +52,7 @@ def backup(
 def _backup_through(remote: RemotePortrait, name: str | None) -> dict[str, Any]:
     """A backup made by the server: started as a job, then followed (a progress bar on a terminal) until it is made
     or has failed. A server of an older version answers with the backup made."""
-    job: dict[str, Any] = remote.send_json("POST", "/api/backups", {"name": name} if name else {})
+    job: dict[str, Any] = remote.send_json("POST", "/api/backups", {"name": name} if name else {}, as_job=True)
     if "status" not in job:
         return job
     with _progress() as progress:
