@@ -96,6 +96,24 @@ def ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def wait_until_events_are_stored(db: Path, loading: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Until ``loading`` (a `portrait demo` or import into ``db``) has committed events: its write-ahead log holds
+    over a megabyte (the migrations write a few kB; each batch of 500 demo messages ~300 kB). A fixed second after
+    the file appeared was not always enough: the migrations and the first batch took 0.76 s of it on the 2-core box
+    under load, and a Ctrl-C sent before the first commit found nothing loaded."""
+    wal = db.with_name(db.name + ".wal")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if wal.stat().st_size > 1_000_000:
+                return
+        except FileNotFoundError:  # not made yet
+            pass
+        assert loading.poll() is None, f"it ended ({loading.returncode}) before storing events"
+        assert time.monotonic() < deadline, f"no events stored within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import typer
 from rich.cells import cell_len
-from tests.conftest import ctrl_c_as_in_a_terminal
+from tests.conftest import ctrl_c_as_in_a_terminal, wait_until_events_are_stored
 from tests.test_docs import commands
 from typer.testing import CliRunner
 
@@ -318,10 +318,7 @@ def test_ctrl_c_during_a_long_load_says_what_is_kept_and_the_database_stays_whol
     loading = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "200000", "--db", str(db)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean,
                                preexec_fn=ctrl_c_as_in_a_terminal)
-    deadline = time.monotonic() + 60
-    while not db.exists() and time.monotonic() < deadline:  # the command runs (its imports are done)
-        time.sleep(0.1)
-    time.sleep(1.0)
+    wait_until_events_are_stored(db, loading)
     loading.send_signal(signal.SIGINT)
     _, stderr = loading.communicate(timeout=60)
     assert loading.returncode == 130, stderr

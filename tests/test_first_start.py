@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.conftest import ctrl_c_as_in_a_terminal, free_port, start_server
+from tests.conftest import ctrl_c_as_in_a_terminal, free_port, start_server, wait_until_events_are_stored
 from typer.testing import CliRunner
 
 from portrait.__main__ import run_reporting_damage
@@ -163,10 +163,7 @@ def test_sigterm_during_demo_ends_it_as_ctrl_c_does(tmp_path: Path) -> None:
     loading = subprocess.Popen([sys.executable, "-m", "portrait", "demo", "--profiles", "20000", "--db", str(db)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**env, "PORTRAIT_NO_PROGRESS": "1"})
-    deadline = time.monotonic() + 30
-    wal = db.with_name(db.name + ".wal")
-    while not (wal.exists() and wal.stat().st_size > 1_000_000) and time.monotonic() < deadline:
-        time.sleep(0.05)  # events are being stored (the migrations write a few kB)
+    wait_until_events_are_stored(db, loading)
     loading.send_signal(signal.SIGTERM)
     _, stderr = loading.communicate(timeout=60)
     assert loading.returncode == 143, stderr  # before: -15, killed where it was, without a word
