@@ -77,6 +77,20 @@ def portrait(settings: Settings) -> Iterator[Portrait]:
     service.close()
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A file system of its own (tmpfs; 2 MB unless the test says, through indirect parametrization), so a disk can
+    really fill up. Mounting needs root, which CI has."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size = getattr(request, "param", "2m")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
 def utc_today_clear_of_midnight(margin_seconds: float = 60.0) -> date:
     """Today's UTC date, once at least ``margin_seconds`` remain of it (it waits out the rest of the day otherwise).
     A test that takes "today" and then asks the server for per-day figures failed when midnight fell between the

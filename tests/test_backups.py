@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -448,19 +447,6 @@ def test_two_restores_keep_both_databases_they_replaced(tmp_path: Path) -> None:
     kept = sorted(tmp_path.glob("portrait.duckdb.before-restore-*"))
     assert len(kept) == 2
     assert sorted(map(_who, kept)) == [["first"], ["first", "original"]]
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A file system of its own (tmpfs; 2 MB unless the test says), so a disk can really fill up."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    size = getattr(request, "param", "2m")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)  # root (CI is)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_backup_onto_a_full_disk_says_so_and_the_next_one_works_once_there_is_room(
