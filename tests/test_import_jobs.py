@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.conftest import start_server
 
 from portrait.errors import Interrupted, NotFound
 from portrait.files import ReadProgress
@@ -67,3 +68,19 @@ def test_a_finished_job_keeps_its_report(tmp_path: Path) -> None:
     assert jobs.stop(job.id, "key-a").status == "done"  # too late to stop: left as it is
     assert jobs.get(job.id, "key-a").as_dict()["report"]["stored"] == 3
     jobs.close()
+
+
+def test_an_upload_refused_for_its_name_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A file name the server refuses (a control character) is refused before a folder is made for the upload:
+    each such request left an empty ``portrait-import-*`` folder in the server's temporary directory."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = start_server(str(tmp_path / "s.duckdb"), tmp_path / "s.log", {"TMPDIR": str(temporary)})
+    try:
+        with server.admin() as api:
+            for prefer in ({}, {"Prefer": "respond-async"}):
+                refused = api.post("/api/imports", params={"filename": "a\x01b.csv"}, content=b"x", headers=prefer)
+                assert refused.status_code == 400 and refused.json()["code"] == "invalid_request"
+    finally:
+        server.stop()
+    assert list(temporary.iterdir()) == []

@@ -94,7 +94,8 @@ def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
 async def received(request: Request, filename: str) -> Path:
     """The request body, streamed into a file of a temporary folder of its own (a large file never sits in
     memory); the caller removes the folder."""
-    upload = Path(tempfile.mkdtemp(prefix="portrait-import-")) / upload_name(filename)
+    name = upload_name(filename)  # refused before the folder is made: it would be left behind
+    upload = Path(tempfile.mkdtemp(prefix="portrait-import-")) / name
     try:
         with upload.open("wb") as handle:
             async for chunk in request.stream():
