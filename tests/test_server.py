@@ -458,9 +458,8 @@ def test_an_import_through_a_server_shows_its_rows_and_rate(server: Server, tmp_
     """Through a server the progress bar showed the upload, then only that the server was importing: no rows, for a
     multi-million-row file as for a small one. The server now imports as a job the CLI polls, and the bar shows the
     rows read of the rows in the file with the rate. Run on a terminal (a pty: progress is shown only there), its
-    last frame shows every row read, whatever the machine's speed; and its clock, which runs from the server's
-    start, has not stopped short of the time the server took (its clock once stopped with the upload's, 0:00:00
-    through a 45 s import)."""
+    last frame shows every row read, whatever the machine's speed; and its clock has not stopped short (it once
+    stopped with the upload's, 0:00:00 through a 45 s import)."""
     source = tmp_path / "orders.csv"
     source.write_text("cust,total\n" + "".join(f"c{n},{n}\n" for n in range(100_000)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
@@ -478,7 +477,10 @@ def test_an_import_through_a_server_shows_its_rows_and_rate(server: Server, tmp_
     clock = re.search(r"(\d+):(\d\d):(\d\d)", frames[-1])
     assert took and clock, shown[-2000:]
     hours, minutes, seconds = (int(part) for part in clock.groups())
-    assert hours * 3600 + minutes * 60 + seconds >= int(float(took.group(1))), frames[-1]
+    # The CLI's clock starts when the 202 arrives, after the server began reading, and shows whole seconds: under
+    # load it showed 0:00:02 for the server's 3.02 s. What this guards against is a clock stopped with the upload's
+    # (0:00:00 through the whole import), which half the server's time still catches.
+    assert hours * 3600 + minutes * 60 + seconds >= float(took.group(1)) / 2, frames[-1]
 
 
 def test_an_import_job_reports_its_progress_then_its_report(server: Server, tmp_path: Path) -> None:

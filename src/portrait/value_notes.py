@@ -32,13 +32,11 @@ MAX_NOTES_PER_ATTRIBUTE = 5
 def compared_values(condition: Condition, attribute_types: Mapping[str, str]) -> dict[str, list[str]]:
     """The text values each text attribute is compared with for equality, in the condition's order (not through
     events' ``where``, which compares properties, nor through referenced segments, which have notes of their own)."""
-    found: dict[str, list[str]] = defaultdict(list)
+    found: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: a pasted list may be long
     for compare in _comparisons(condition):
         if compare.op in EXACT_OPS and attribute_types.get(compare.field) in TEXT_TYPES:
-            for value in compare.values:
-                if isinstance(value, str) and value not in found[compare.field]:
-                    found[compare.field].append(value)
-    return dict(found)
+            found[compare.field].update((value, None) for value in compare.values if isinstance(value, str))
+    return {code: list(values) for code, values in found.items()}
 
 
 def _comparisons(condition: Condition) -> Iterable[Compare]:
