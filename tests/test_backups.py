@@ -359,6 +359,28 @@ def test_the_cli_backs_up_through_a_running_server(server: Server) -> None:
     assert '"cli.duckdb"' in listed.output
 
 
+def test_ctrl_c_while_the_cli_follows_a_servers_backup_says_the_server_goes_on(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stopped the following with click's bare "Aborted!", as if the backup had stopped too; the server's copy
+    goes on, and the command now says so. (The interrupt comes in the wait between two looks at the job, where the
+    command spends its time.)"""
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("portrait.cli.backups.time.sleep", interrupted)
+    stopped = runner.invoke(app, ["backup", "--db", server.db_path, "--admin-key", ADMIN_KEY, "--name", "left"])
+    assert stopped.exit_code == 130, stopped.output
+    assert "Aborted" not in stopped.output
+    assert "stopped following the backup: the server goes on making left.duckdb; `portrait backups` lists it once " \
+           "it is made" in " ".join(stopped.output.split())
+    monkeypatch.undo()
+    with server.admin() as admin:
+        deadline = time.monotonic() + 60
+        while "left.duckdb" not in [b["name"] for b in admin.get("/api/backups").json()["backups"]]:
+            assert time.monotonic() < deadline, "the server's backup was not made"
+            time.sleep(0.1)
+
+
 def test_a_restore_erases_again_a_person_whose_events_were_not_yet_applied_when_the_backup_was_made(
         tmp_path: Path) -> None:
     """Her events were in the log but not applied (lag > 0) when the backup was made: the restore must erase them

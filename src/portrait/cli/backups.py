@@ -22,6 +22,7 @@ from portrait.cli.common import (
     _settings,
     app,
     console,
+    errors,
 )
 from portrait.client import RemotePortrait, running_server_url, server_answers
 from portrait.config import Settings
@@ -55,12 +56,18 @@ def _backup_through(remote: RemotePortrait, name: str | None) -> dict[str, Any]:
     job: dict[str, Any] = remote.send_json("POST", "/api/backups", {"name": name} if name else {}, as_job=True)
     if "status" not in job:
         return job
-    with _progress() as progress:
-        task = progress.add_task(f"Backing up to {job['name']}", total=max(job["database_bytes"], 1))
-        while job["status"] == "running":
-            progress.update(task, completed=min(job["bytes_written"], job["database_bytes"]))
-            time.sleep(0.5)
-            job = remote.get_json(f"/api/backups/jobs/{job['id']}")
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"Backing up to {job['name']}", total=max(job["database_bytes"], 1))
+            while job["status"] == "running":
+                progress.update(task, completed=min(job["bytes_written"], job["database_bytes"]))
+                time.sleep(0.5)
+                job = remote.get_json(f"/api/backups/jobs/{job['id']}")
+    except KeyboardInterrupt:
+        # Only the following stops: the server's copy goes on (click's bare "Aborted!" let one think it stopped too).
+        errors.print(f"stopped following the backup: the server goes on making {job['name']}; `portrait backups` "
+                     "lists it once it is made", style="bold red", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(code=130) from None
     if job["status"] == "failed":
         raise PortraitError(job["error"]["message"], code=job["error"]["code"])
     return job
