@@ -79,6 +79,16 @@ def _given_name(name: str) -> str:
     return name if name.endswith(SUFFIX) else name + SUFFIX
 
 
+def with_log_bytes(database: Path) -> int:
+    """A DuckDB file's bytes with its write-ahead log's. A file that is not there counts 0: DuckDB deletes the log
+    at each checkpoint, also between a look for it and a read of its size (a backup job's start answered 500)."""
+    found = 0
+    for path in (database, Path(str(database) + ".wal")):
+        with contextlib.suppress(OSError):
+            found += path.stat().st_size
+    return found
+
+
 @dataclass
 class BackupJob:
     """A backup made in a thread of its own (see :meth:`Backups.start`). Its progress is read from the files the copy
@@ -120,12 +130,7 @@ class BackupJob:
         log into its file, so the largest sum seen is the progress."""
         if self.status == "done":
             return int(self.made["bytes"])
-        partial = Path(str(self.target) + ".partial")
-        written = 0
-        for path in (partial, Path(str(partial) + ".wal")):
-            with contextlib.suppress(OSError):
-                written += path.stat().st_size
-        self.most_written = max(self.most_written, written)
+        self.most_written = max(self.most_written, with_log_bytes(Path(str(self.target) + ".partial")))
         return self.most_written
 
 
@@ -239,14 +244,8 @@ class Backups:
                 "removed_incomplete": leftovers}
 
     def _database_bytes(self) -> int:
-        """The database file and its write-ahead log: about what a backup writes (0 in memory). A file that is not
-        there counts 0: DuckDB deletes the log at each checkpoint, also between a look for it and a read of its
-        size (the job's start answered 500 then)."""
-        found = 0
-        for path in (Path(self._store.path), Path(self._store.path + ".wal")):
-            with contextlib.suppress(FileNotFoundError):
-                found += path.stat().st_size
-        return found
+        """The database file and its write-ahead log: about what a backup writes (0 in memory)."""
+        return with_log_bytes(Path(self._store.path))
 
     def listing(self) -> dict[str, Any]:
         """The backups in the folder, newest first, and the incomplete ones: being written, or left by a backup

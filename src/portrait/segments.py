@@ -30,7 +30,17 @@ from portrait.attributes import code_for, unit_shown
 from portrait.background import Worker
 from portrait.calculated import Calculator
 from portrait.conditions import Condition, ConditionError, Schema, check, describe, from_json, parse, to_json, to_text
-from portrait.conditions.ast import And, Compare, EventTime, InSegment, Not, Or, Performed, Sequence, Stopped
+from portrait.conditions.ast import (
+    And,
+    EventTime,
+    InSegment,
+    Not,
+    Or,
+    Performed,
+    Sequence,
+    Stopped,
+    attribute_comparisons,
+)
 from portrait.conditions.check import OPS_BY_TYPE
 from portrait.conditions.evaluate import Event, ProfileData, compile_predicate
 from portrait.conditions.explain import explain
@@ -328,8 +338,9 @@ class Segments:
         it looks at that no event has had (see :mod:`portrait.event_names`)."""
         started = time.perf_counter()
         condition = read_condition(raw)
-        check(condition, self.schema())
-        compiled = compile_condition(condition, self.schema(), now or utc_now())
+        schema = self.schema()
+        check(condition, schema)
+        compiled = compile_condition(condition, schema, now or utc_now())
         rows = self._session().execute(compiled.preview(SAMPLE_SIZE), compiled.params)
         count = int(rows[0][1]) if rows else 0
         sample = [row[0] for row in rows]
@@ -339,15 +350,15 @@ class Segments:
         return {"count": count, "sample": sample, "sample_columns": columns, "sample_profiles": samples,
                 "text": to_text(condition), "condition": to_json(condition),
                 "english": describe(condition), "seconds": round(time.perf_counter() - started, 3),
-                "notes": self._notes(condition, count)}
+                "notes": self._notes(condition, count, schema)}
 
-    def _notes(self, condition: Condition, count: int) -> list[str]:
+    def _notes(self, condition: Condition, count: int, schema: Schema) -> list[str]:
         """Notes on what ``condition`` looks for that the data has never held: event names no event has had (see
         :mod:`portrait.event_names`) and, when it counts nobody, text values no profile has (see
         :mod:`portrait.value_notes`: a pass over the attributes' values, ~0.6 s at 1M profiles, is paid only when
         the answer is zero, the silent zero it explains)."""
         session = self._session()
-        compared = compared_values(condition, self.schema().attribute_types) if count == 0 else {}
+        compared = compared_values(condition, schema.attribute_types) if count == 0 else {}
         personal = self._attributes.personal() if compared else set()
         return (unseen_event_notes(session, sorted(_event_names(condition, self)))
                 + unmatched_value_notes(session, compared, personal))
@@ -357,7 +368,7 @@ class Segments:
         then those the condition compares (not an event's properties: those are in its events)."""
         known = {a["code"] for a in self._attributes.list() if a["status"] == "active"}
         recognising = [code for code in RECOGNISING if code in known][:RECOGNISING_SHOWN]
-        compared = [code for code in dict.fromkeys(code_for(f) for f in _profile_fields(condition))
+        compared = [code for code in dict.fromkeys(code_for(c.field) for c in attribute_comparisons(condition))
                     if code in known and code not in recognising]
         return [*recognising, *compared][:SAMPLE_COLUMNS]
 
@@ -377,7 +388,7 @@ class Segments:
 
     def _with_notes(self, document: dict[str, Any], condition: Condition | None) -> dict[str, Any]:
         """A saved segment's answer with ``notes`` when its new condition looks for what the data never held."""
-        notes = self._notes(condition, int(document["size"])) if condition is not None else []
+        notes = self._notes(condition, int(document["size"]), self.schema()) if condition is not None else []
         return {**document, "notes": notes} if notes else document
 
     def recount(self, reference: str | int, *, now: datetime | None = None) -> list[Change]:
@@ -842,14 +853,3 @@ class SegmentThread(Worker):
             self._last_recount = time.monotonic()
         self._send()
 
-
-def _profile_fields(condition: Condition) -> Iterator[str]:
-    """The profile attributes a condition compares, in order: its comparisons outside events (an event's ``where``
-    compares the event's properties)."""
-    if isinstance(condition, Compare):
-        yield condition.field
-    elif isinstance(condition, And | Or):
-        for part in condition.items:
-            yield from _profile_fields(part)
-    elif isinstance(condition, Not):
-        yield from _profile_fields(condition.item)

@@ -15,9 +15,9 @@ many profiles hold the value in another case -- a count anyone who can preview a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from portrait.conditions.ast import And, Compare, Condition, Not, Or
+from portrait.conditions.ast import Condition, attribute_comparisons
 from portrait.conditions.evaluate import lower
 from portrait.event_names import closest_name
 from portrait.sql import analytics as q
@@ -33,20 +33,10 @@ def compared_values(condition: Condition, attribute_types: Mapping[str, str]) ->
     """The text values each text attribute is compared with for equality, in the condition's order (not through
     events' ``where``, which compares properties, nor through referenced segments, which have notes of their own)."""
     found: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: a pasted list may be long
-    for compare in _comparisons(condition):
+    for compare in attribute_comparisons(condition):
         if compare.op in EXACT_OPS and attribute_types.get(compare.field) in TEXT_TYPES:
             found[compare.field].update((value, None) for value in compare.values if isinstance(value, str))
     return {code: list(values) for code, values in found.items()}
-
-
-def _comparisons(condition: Condition) -> Iterable[Compare]:
-    if isinstance(condition, And | Or):
-        for item in condition.items:
-            yield from _comparisons(item)
-    elif isinstance(condition, Not):
-        yield from _comparisons(condition.item)
-    elif isinstance(condition, Compare):
-        yield condition
 
 
 def unmatched_value_notes(session: Session, compared: Mapping[str, list[str]], personal: set[str]) -> list[str]:

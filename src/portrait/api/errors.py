@@ -81,10 +81,15 @@ class UnexpectedErrors:
             await error_response(500, "internal_error", RETRY_SAFE)(scope, receive, send)
 
 
+def status_of(exc: PortraitError) -> int:
+    """The HTTP status the API answers a domain error with (500 for one it does not name)."""
+    return next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(PortraitError)
     async def _domain(_: Request, exc: PortraitError) -> Response:
-        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+        status = status_of(exc)
         retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
         if isinstance(exc, StorageUnavailable):  # as ingestion says it: a full disk does not empty itself at once
             retry = {"Retry-After": str(STORAGE_RETRY_AFTER)}

@@ -19,11 +19,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api import schemas_attributes as shapes
 from portrait.api.auth import authorizer, caller
-from portrait.api.errors import STATUS
+from portrait.api.errors import status_of
 from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import answer
-from portrait.errors import BadRequest, PortraitError
+from portrait.errors import BadRequest
 from portrait.files import ReadProgress
 from portrait.import_jobs import ImportJob, ImportJobs
 from portrait.mapping import RowMapping, combine, parse_mapping_text
@@ -123,9 +123,6 @@ def job_document(job: ImportJob) -> dict[str, Any]:
         shown["error"]["status"] = status_of(job.error)
     return shown
 
-
-def status_of(exc: PortraitError) -> int:
-    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
 
 
 def upload_name(filename: str) -> str:

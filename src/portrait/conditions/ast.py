@@ -7,6 +7,7 @@ without a country). docs/segments.md has the full table.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -160,3 +161,15 @@ class Consent:
 
 
 Condition = And | Or | Not | Compare | Performed | EventTime | Stopped | Sequence | Aggregate | InSegment | Consent
+
+
+def attribute_comparisons(condition: Condition) -> Iterator[Compare]:
+    """The comparisons a condition makes on the profile's attributes, in order: not an event's ``where`` (which
+    compares the event's properties), nor a referenced segment's (a name here, its condition elsewhere)."""
+    if isinstance(condition, Compare):
+        yield condition
+    elif isinstance(condition, And | Or):
+        for item in condition.items:
+            yield from attribute_comparisons(item)
+    elif isinstance(condition, Not):
+        yield from attribute_comparisons(condition.item)
