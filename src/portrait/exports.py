@@ -13,7 +13,7 @@ import reads JSON columns back as their values (:mod:`portrait.files`). CSV has 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from portrait.errors import BadRequest
+from portrait.errors import BadRequest, Interrupted
 from portrait.privacy import mask_identifier
 from portrait.registry import AttributeRegistry, unknown_code
 from portrait.sql import attributes as q
@@ -32,6 +32,16 @@ from portrait.sql.attributes import JSON_TYPES
 from portrait.store import Session
 
 FORMATS = ("csv", "parquet", "ndjson")
+CHUNK_ROWS = 100_000  # rows written between two progress reports (and a Parquet file's row groups)
+
+Written = Callable[[int, int], None]
+"""Told the rows written so far and the rows to write, after each chunk (an export job's progress)."""
+
+
+class ExportCancelled(Interrupted):
+    """An export job cancelled (``DELETE /api/exports/{id}``) while it was writing: its file is not kept."""
+
+    code = "export_cancelled"
 
 
 def choose_attributes(registry: AttributeRegistry, names: list[str] | None, include_personal: bool
@@ -49,10 +59,15 @@ def choose_attributes(registry: AttributeRegistry, names: list[str] | None, incl
 def export_profiles(session: Session, registry: AttributeRegistry, path: Path, file_format: str, *,
                     attributes: list[str] | None = None, include_personal: bool = False,
                     segment_id: int | None = None, consent_purpose: str | None = None,
-                    mask_identifiers: bool = False) -> dict[str, Any]:
+                    mask_identifiers: bool = False, on_written: Written = lambda rows, total: None,
+                    stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Write the profiles (every one, or the members of ``segment_id``; with ``consent_purpose`` only those who
     granted it) to ``path``; returns a report. ``mask_identifiers`` (a caller without ``pii:read``): a ``user_id``
-    that is an email or a phone (:func:`portrait.privacy.personal_identifier`) is written masked."""
+    that is an email or a phone (:func:`portrait.privacy.personal_identifier`) is written masked.
+
+    The profiles are read in one query, then written ``CHUNK_ROWS`` at a time, telling ``on_written`` the rows
+    written of the rows to write after each chunk; ``stop`` returning true between two chunks ends the export with
+    :class:`ExportCancelled` (the query itself runs to its end)."""
     if file_format not in FORMATS:
         raise BadRequest(f"format {file_format!r} is not one of {', '.join(FORMATS)}", code="invalid_format")
     chosen = choose_attributes(registry, attributes, include_personal)
@@ -65,7 +80,8 @@ def export_profiles(session: Session, registry: AttributeRegistry, path: Path, f
         index = table.schema.get_field_index("user_id")
         masked = pa.array([mask_identifier(v) for v in table.column(index).to_pylist()], type=pa.string())
         table = table.set_column(index, "user_id", masked)
-    WRITERS[file_format](table, path)
+    on_written(0, table.num_rows)
+    WRITERS[file_format](table, path, _chunks(table, on_written, stop))
     return {"rows": table.num_rows, "columns": table.column_names, "path": str(path), "format": file_format,
             "personal_included": sorted(a["code"] for a in chosen if a["is_personal_info"])}
 
@@ -110,11 +126,30 @@ def _with_integer_columns(table: pa.Table, codes: list[str]) -> pa.Table:
     return table
 
 
-def _ndjson(table: pa.Table, path: Path) -> None:
+Chunks = Callable[[pa.Table], Iterator[pa.Table]]
+
+
+def _chunks(table: pa.Table, on_written: Written, stop: Callable[[], bool]) -> Chunks:
+    """What a writer writes ``table`` by: its slices of ``CHUNK_ROWS`` rows (of the table it is given, which may have
+    its columns converted), each counted as written once the writer asks for the next."""
+    total = table.num_rows
+
+    def chunks(converted: pa.Table) -> Iterator[pa.Table]:
+        for offset in range(0, total, CHUNK_ROWS):
+            if stop():
+                raise ExportCancelled(f"the export was cancelled after {offset:,} of {total:,} rows; its file is "
+                                      "not kept")
+            yield converted.slice(offset, CHUNK_ROWS)
+            on_written(min(offset + CHUNK_ROWS, total), total)
+
+    return chunks
+
+
+def _ndjson(table: pa.Table, path: Path, chunks: Chunks) -> None:
     """One JSON object per line; the JSON columns (lists, objects) go in as the JSON values they hold."""
     json_columns = [f.name for f in table.schema if isinstance(f.type, pa.JsonType)]
     with path.open("wb") as handle:
-        for batch in table.to_batches(max_chunksize=10_000):
+        for batch in (b for chunk in chunks(table) for b in chunk.to_batches(max_chunksize=10_000)):
             for row in batch.to_pylist():
                 for name in json_columns:
                     if row[name] is not None:
@@ -136,7 +171,7 @@ _FORMULA_START = r"^[=+\-@\t\r]"
 _ONLY_NUMBERS = r"^[0-9\s+\-().,/]*$"
 
 
-def _csv(table: pa.Table, path: Path) -> None:
+def _csv(table: pa.Table, path: Path, chunks: Chunks) -> None:
     """CSV with every text cell that could run as a formula prefixed with ``'`` (shown, not run, by spreadsheets)."""
     columns = []
     for column in table.columns:
@@ -147,11 +182,17 @@ def _csv(table: pa.Table, path: Path) -> None:
                             pc.invert(pc.match_substring_regex(column, _ONLY_NUMBERS)))
             column = pc.if_else(pc.fill_null(risky, False), pc.binary_join_element_wise("'", column, ""), column)
         columns.append(column)
-    pa_csv.write_csv(pa.table(columns, names=table.column_names), path)
+    defused = pa.table(columns, names=table.column_names)
+    with pa_csv.CSVWriter(path, defused.schema) as writer:  # the header, even with no rows
+        for chunk in chunks(defused):
+            writer.write_table(chunk)
 
 
-WRITERS: dict[str, Callable[[pa.Table, Path], None]] = {
-    "csv": _csv,
-    "parquet": lambda table, path: pq.write_table(table, path),
-    "ndjson": _ndjson,
-}
+def _parquet(table: pa.Table, path: Path, chunks: Chunks) -> None:
+    """A row group per chunk (Arrow's default was one of up to 1Mi rows: one progress report for a million)."""
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for chunk in chunks(table):
+            writer.write_table(chunk)
+
+
+WRITERS: dict[str, Callable[[pa.Table, Path, Chunks], None]] = {"csv": _csv, "parquet": _parquet, "ndjson": _ndjson}

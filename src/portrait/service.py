@@ -36,7 +36,8 @@ from portrait.errors import (
     SyncInterrupted,
 )
 from portrait.event_names import closest_name
-from portrait.exports import export_profiles
+from portrait.exports import FORMATS as EXPORT_FORMATS
+from portrait.exports import Written, choose_attributes, export_profiles
 from portrait.files import DatesAsText, Note, ReadProgress, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
 from portrait.keys import ApiKey, KeyRing, RateLimiter
@@ -437,18 +438,32 @@ class Portrait:
 
     def export_profiles(self, path: Path, file_format: str, *, attributes: list[str] | None = None,
                         include_personal: bool = False, segment: str | None = None, purpose: str | None = None,
-                        ignore_consent: bool = False, mask_identifiers: bool = False) -> dict[str, Any]:
+                        ignore_consent: bool = False, mask_identifiers: bool = False,
+                        on_written: Written = lambda rows, total: None, stop: Callable[[], bool] = lambda: False
+                        ) -> dict[str, Any]:
         """Write every profile (or a segment's members) with the chosen attributes to ``path`` (see
         :mod:`portrait.exports`). With a ``purpose`` (e.g. marketing) only profiles that granted it are written,
         unless ``ignore_consent`` (which the caller must audit). ``mask_identifiers``: for a caller without
-        ``pii:read``, a user_id that is an email or a phone is written masked."""
+        ``pii:read``, a user_id that is an email or a phone is written masked. ``on_written`` and ``stop``: an export
+        job's progress and cancel (:func:`portrait.exports.export_profiles`)."""
         segment_id = self.segments.find(segment).id if segment else None
         report = export_profiles(self._reads, self.attributes, path, file_format, attributes=attributes,
                                  include_personal=include_personal, segment_id=segment_id,
                                  consent_purpose=purpose if purpose and not ignore_consent else None,
-                                 mask_identifiers=mask_identifiers)
+                                 mask_identifiers=mask_identifiers, on_written=on_written, stop=stop)
         return {**report, "segment": segment, "purpose": purpose, "consent_checked": bool(purpose) and not
                 ignore_consent}
+
+    def check_export(self, file_format: str, attributes: list[str] | None, include_personal: bool,
+                     segment: str | None) -> None:
+        """Refuse what :meth:`export_profiles` would refuse at its start -- an unknown format, attribute or segment
+        -- before an export job is started for it: the error answers the request that asked, not a job."""
+        if file_format not in EXPORT_FORMATS:
+            raise BadRequest(f"format {file_format!r} is not one of {', '.join(EXPORT_FORMATS)}",
+                             code="invalid_format")
+        choose_attributes(self.attributes, attributes, include_personal)
+        if segment:
+            self.segments.find(segment)
 
     # -- consent -------------------------------------------------------------------------------------------------
     def consents(self, reference: str) -> dict[str, Any]:
