@@ -22,7 +22,7 @@ LAYERS: dict[str, float] = {
     "event_names": 4, "value_notes": 4, "rebuild": 4.1,
     "segments": 4.2, "analytics": 4.3, "subjects": 4.3, "exports": 4.5,
     "backups": 4.1,
-    "service": 5, "client": 5, "import_jobs": 5.1, "viewer": 5.5,
+    "service": 5, "client": 5, "import_jobs": 5.1, "export_jobs": 5.1, "viewer": 5.5,
     "api": 6, "cli": 6, "web": 6, "__main__": 7, "__init__": 0,
 }
 SQL_TEXT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+TABLE)\b",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -18,25 +17,13 @@ from portrait.api import paths  # noqa: F401  (registers the {identity:identity}
 from portrait.api import schemas_attributes as attribute_shapes
 from portrait.api import schemas_profiles as profile_shapes
 from portrait.api.auth import authorizer, caller
+from portrait.api.exports import EXPORT_ANSWER, attribute_names, audit_export, check_export, file_answer
 from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
 from portrait.service import Portrait
 from portrait.viewer import Viewer
-
-EXPORT_MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "ndjson": "application/x-ndjson"}
-# The export is a file, not JSON: its media type follows ?format=, and its report travels in a header.
-EXPORT_ANSWER: dict[str, Any] = {
-    "description": "The file (a download named profiles.<format>)",
-    "content": {"text/csv": {"schema": {"type": "string"}},
-                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-                "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON object a line"}}},
-    "headers": {"X-Portrait-Export": {
-        "description": "The report as JSON: rows, columns, format, personal_included, segment, purpose, "
-                       "consent_checked",
-        "schema": {"type": "string"}}},
-}
 
 
 def router(portrait: Portrait) -> APIRouter:
@@ -224,32 +211,20 @@ def router(portrait: Portrait) -> APIRouter:
         ignore_consent: Annotated[bool, Query(description="Export regardless of consent (audited).")] = False,
         *, request: Request,
     ) -> FileResponse:
-        names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
-        viewer = Viewer(portrait, caller(request))
-        if include_personal or (names and set(names) & await run_in_threadpool(viewer.personal)):
-            viewer.require_pii("export personal data")
+        names = attribute_names(attributes)
+        key = caller(request)
+        await run_in_threadpool(check_export, portrait, key, names, include_personal)
         folder = Path(tempfile.mkdtemp(prefix="portrait-export-"))
         path = folder / f"profiles.{format}"
         try:
             report = await run_in_threadpool(lambda: portrait.export_profiles(
                 path, format, attributes=names, include_personal=include_personal, segment=segment, purpose=purpose,
-                ignore_consent=ignore_consent, mask_identifiers=not viewer.sees_pii))
+                ignore_consent=ignore_consent, mask_identifiers=not key.can_read_pii))
+            await run_in_threadpool(audit_export, portrait, key, report, segment, purpose, ignore_consent)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        if purpose and ignore_consent:
-            await run_in_threadpool(lambda: portrait.audit.record(
-                caller(request), "export_ignoring_consent", target=segment or "all profiles",
-                detail={"purpose": purpose, "rows": report["rows"]}))
-        if report["personal_included"]:
-            await run_in_threadpool(lambda: portrait.audit.record(
-                caller(request), "export_personal_data", target=segment or "all profiles",
-                detail={"rows": report["rows"], "personal": report["personal_included"]}))
-        return FileResponse(path, media_type=EXPORT_MEDIA[format], filename=path.name,
-                            # headers are latin-1; the server's temporary path is of no use to the caller
-                            headers={"X-Portrait-Export": json.dumps({k: v for k, v in report.items() if k != "path"},
-                                                                     ensure_ascii=True)},
-                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+        return file_answer(path, report, background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     return api
 

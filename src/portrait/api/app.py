@@ -16,12 +16,14 @@ from fastapi.staticfiles import StaticFiles
 
 from portrait import __version__, web
 from portrait.api import admin, errors, imports, ingest, keys, openapi, privacy, segments, sources
+from portrait.api import exports as export_routes
 from portrait.api.auth import READ_ONLY_POSTS
 from portrait.api.bodies import JsonBodies
 from portrait.api.headers import API_POLICY, SECURITY_HEADERS
 from portrait.api.ingest import IngestFastPath
 from portrait.api.paths import PROFILE_IN_PATH
 from portrait.config import Settings
+from portrait.export_jobs import ExportJobs
 from portrait.import_jobs import ImportJobs
 from portrait.privacy import mask
 from portrait.service import Portrait
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     owned = portrait is None
     service = portrait or Portrait(settings or Settings())
     jobs = ImportJobs()
+    exports = ExportJobs()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
             service.start_scheduler()
         yield
         await run_in_threadpool(jobs.close)  # imports running as jobs end after their chunk, before the store closes
+        await run_in_threadpool(exports.close)  # so do exports, whose files go with them
         if owned:
             service.close()
 
@@ -84,6 +88,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.include_router(ingest.router(service))
     app.include_router(admin.router(service))
     app.include_router(imports.router(service, jobs))
+    app.include_router(export_routes.router(service, exports))
     app.include_router(sources.router(service))
     app.include_router(segments.router(service))
     app.include_router(keys.router(service))

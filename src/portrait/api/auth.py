@@ -9,6 +9,7 @@ without ``pii:read``, reads of it audited with it) is :class:`portrait.viewer.Vi
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 from fastapi import Request
@@ -17,7 +18,10 @@ from portrait.errors import Forbidden, Unauthorized
 from portrait.keys import ApiKey
 from portrait.service import Portrait
 
-READ_ONLY_POSTS = frozenset({"/api/segments/preview", "/api/analytics/funnel"})
+READ_ONLY_POSTS = frozenset({"/api/segments/preview", "/api/analytics/funnel",
+                             "/api/exports"})  # the job of GET /api/exports/profiles, a read
+# A key removes its own export jobs (and files), which it may start with the read scope (ExportJobs: per key)
+OWN_JOBS = re.compile(r"/api/exports/[^/]+")
 
 
 @functools.cache
@@ -34,7 +38,8 @@ def authorizer(portrait: Portrait) -> Callable[[Request], ApiKey]:
         request.state.key = key  # known from here: a change it is refused (403) is audited too, as who tried what
         if key.kind == "write":
             raise Forbidden(f"key {key.id} is a write key: it only sends events to /v1; use a read or admin key")
-        reading = request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS
+        reading = (request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS
+                   or (request.method == "DELETE" and OWN_JOBS.fullmatch(request.url.path) is not None))
         portrait.keys.require(key, "read" if reading else "admin",
                               f"{request.method} {request.url.path}" if not reading else "read")
         return key

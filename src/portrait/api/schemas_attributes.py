@@ -211,6 +211,36 @@ class ImportFailure(BaseModel):
     status: int = Field(description="The HTTP status the synchronous import would have answered with")
 
 
+class ExportReport(BaseModel):
+    rows: int
+    columns: list[str]
+    format: str
+    personal_included: list[str] = Field(description="The personal-information attributes written")
+    segment: str | None
+    purpose: str | None
+    consent_checked: bool = Field(description="Only customers who granted purpose were written")
+
+
+class ExportJob(BaseModel):
+    """A profile export run as a job (POST /api/exports): poll GET /api/exports/{id} until status is not running,
+    then download its file."""
+
+    id: str
+    status: Literal["running", "done", "failed"]
+    format: str
+    rows_written: int = Field(description="Rows written so far (all of them once done): the progress")
+    rows_total: int | None = Field(description="Rows to write, known once the profiles are read (null before)")
+    seconds: float = Field(description="Since the export started, until it ended")
+    started_at: str = Field(description=TIME)
+    finished_at: str | None = Field(description="null while running; " + TIME)
+    expires_at: str | None = Field(description="When the job and its file are removed (an hour after it ended); "
+                                               "null while running")
+    cancelling: bool | None = sometimes("true once DELETE asked a running export to stop")
+    report: ExportReport | None = sometimes("Once done: the report (as GET /api/exports/profiles's header)")
+    file: str | None = sometimes("Once done: where to download the file")
+    error: ImportFailure | None = sometimes("Once failed: why (export_cancelled: cancelled with DELETE)")
+
+
 class ImportJob(BaseModel):
     id: str
     status: str = Field(description="running, done or failed")

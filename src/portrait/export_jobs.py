@@ -1,0 +1,221 @@
+"""Profile exports a server runs as jobs: ``POST /api/exports``. A full export of a million profiles took ~7 s
+inside its request, longer on bigger stores and under load, and a proxy's or client's timeout lost it; as a job it
+answers at once, is polled (``GET /api/exports/{id}``: rows written of the rows to write), and its file is
+downloaded once done (``GET /api/exports/{id}/file``).
+
+Jobs live in memory, as import jobs do: an export is safe to ask again, so a server that stops cancels the running
+ones and removes every file. A job and its file are visible only to the key that started it (the file holds what
+that key may see: personal data if it asked for it and may read it, user ids masked if it may not), and are kept
+for :data:`KEPT_SECONDS` after the export ends, then removed -- by a sweep once a minute, or sooner with
+``DELETE /api/exports/{id}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from portrait.background import Worker
+from portrait.errors import Conflict, NotFound, PortraitError
+
+log = logging.getLogger(__name__)
+KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
+MOST_KEPT = 100  # jobs kept at most: past it, the oldest finished ones go first (and their files)
+
+Exporter = Callable[[Path, Callable[[int, int], None], Callable[[], bool]], dict[str, Any]]
+"""``run(path, on_written, stop)``: writes the export to ``path`` and returns its report."""
+
+
+@dataclass
+class ExportJob:
+    """One export: rows written while it runs, then its report (and file) or its error."""
+
+    id: str
+    owner: str  # the id of the key that started it: only that key reads it
+    file_format: str
+    path: Path
+    kept_seconds: float
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.monotonic)
+    status: str = "running"  # running, done, failed
+    rows_written: int = 0
+    rows_total: int | None = None
+    report: dict[str, Any] | None = None
+    error: PortraitError | None = None
+    finished: float | None = None
+    finished_at: datetime | None = None
+    stop_asked: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def as_dict(self) -> dict[str, Any]:
+        seconds = (self.finished or time.monotonic()) - self.started
+        shown: dict[str, Any] = {
+            "id": self.id, "status": self.status, "format": self.file_format, "rows_written": self.rows_written,
+            "rows_total": self.rows_total, "seconds": round(seconds, 2), "started_at": _timestamp(self.started_at),
+            "finished_at": _timestamp(self.finished_at) if self.finished_at else None,
+            "expires_at": _timestamp(self.finished_at + timedelta(seconds=self.kept_seconds))
+            if self.finished_at else None}
+        if self.status == "running" and self.stop_asked.is_set():
+            shown["cancelling"] = True
+        if self.report is not None:
+            shown["report"] = {k: v for k, v in self.report.items() if k != "path"}  # the server's, of no use
+            shown["file"] = f"/api/exports/{self.id}/file"
+        if self.error is not None:
+            shown["error"] = {"code": self.error.code, "message": self.error.message}
+        return shown
+
+
+class _Sweeper(Worker):
+    """Removes the jobs (and files) kept past their time, once a minute."""
+
+    def __init__(self, jobs: ExportJobs) -> None:
+        super().__init__("portrait-export-sweeper", interval=60.0)
+        self._jobs = jobs
+
+    def step(self) -> None:
+        self._jobs.forget_expired()
+
+
+class ExportJobs:
+    """The server's export jobs, running and lately finished, and their files (in a temporary folder of the
+    server's own, made with the first job)."""
+
+    def __init__(self, kept_seconds: float = KEPT_SECONDS) -> None:
+        self.kept_seconds = kept_seconds
+        self._jobs: dict[str, ExportJob] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._folder: Path | None = None
+        self._sweeper: _Sweeper | None = None
+
+    def start(self, owner: str, file_format: str, run: Exporter) -> ExportJob:
+        """Run ``run`` in a thread of its own, as a job ``owner`` can poll and whose file it can download."""
+        job_id = uuid.uuid4().hex
+        with self._lock:
+            if self._stopping.is_set():
+                raise Conflict("the server is stopping: ask for the export again once it has started",
+                               code="server_stopping")
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="portrait-exports-"))
+                self._sweeper = _Sweeper(self)
+                self._sweeper.start()
+            job = ExportJob(job_id, owner, file_format, self._folder / job_id / f"profiles.{file_format}",
+                            self.kept_seconds)
+            job.path.parent.mkdir()
+            thread = threading.Thread(target=self._run, args=(job, run), name=f"portrait-export-{job_id[:8]}",
+                                      daemon=True)
+            self._jobs[job.id] = job
+            self._threads[job.id] = thread
+        self.forget_expired()
+        thread.start()
+        return job
+
+    def get(self, job_id: str, owner: str) -> ExportJob:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.owner != owner:  # another key's job is not there for this one, as if unknown
+            raise NotFound(f"there is no export {job_id} (a finished export is kept for "
+                           f"{_duration(self.kept_seconds)}, then removed)", code="export_not_found")
+        return job
+
+    def file(self, job_id: str, owner: str) -> tuple[Path, dict[str, Any]]:
+        """The finished export's file and report; refused while it runs, or when it failed."""
+        job = self.get(job_id, owner)
+        if job.status == "running":
+            raise Conflict(f"export {job_id} is still running ({job.rows_written:,} rows written so far): poll "
+                           f"GET /api/exports/{job_id} until its status is done", code="export_not_ready")
+        if job.report is None:
+            why = job.error.message if job.error else "it failed"
+            raise Conflict(f"export {job_id} failed, so it has no file: {why}", code="export_failed")
+        return job.path, job.report
+
+    def cancel(self, job_id: str, owner: str) -> ExportJob | None:
+        """A running export is asked to stop (after the chunk it is writing; it then fails, code export_cancelled,
+        and its file goes) and returned; a finished one is removed, with its file, and None returned."""
+        job = self.get(job_id, owner)
+        with self._lock:
+            if job.status == "running":
+                job.stop_asked.set()
+                return job
+            self._remove(job)
+        return None
+
+    def wait(self, job: ExportJob) -> ExportJob:
+        job.ended.wait()
+        return job
+
+    def forget_expired(self) -> None:
+        """Remove the jobs finished longer than ``kept_seconds`` ago, and the oldest finished beyond
+        ``MOST_KEPT``."""
+        now = time.monotonic()
+        with self._lock:
+            finished = sorted((j for j in self._jobs.values() if j.finished is not None),
+                              key=lambda j: j.finished or 0)
+            for job in finished:
+                if now - (job.finished or now) > self.kept_seconds or len(self._jobs) > MOST_KEPT:
+                    self._remove(job)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """The server is stopping: running exports are cancelled (after their chunk; one still in its query ends
+        with it, within ``timeout``), and every file is removed."""
+        self._stopping.set()
+        with self._lock:
+            threads = list(self._threads.values())
+            sweeper = self._sweeper
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if sweeper is not None:
+            sweeper.stop()
+        with self._lock:
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _remove(self, job: ExportJob) -> None:
+        """Forget ``job`` and delete its file; called holding ``_lock``."""
+        self._jobs.pop(job.id, None)
+        shutil.rmtree(job.path.parent, ignore_errors=True)
+
+    def _run(self, job: ExportJob, run: Exporter) -> None:
+        def written(rows: int, total: int) -> None:
+            job.rows_total, job.rows_written = total, rows
+
+        report: dict[str, Any] | None = None
+        error: PortraitError | None = None
+        try:
+            report = run(job.path, written, lambda: self._stopping.is_set() or job.stop_asked.is_set())
+        except PortraitError as exc:
+            error = exc
+        except Exception as exc:  # a job has no caller to raise to: the server's log has the trace, its poller why
+            log.exception("export %s failed", job.id)
+            error = PortraitError(f"the export failed: {type(exc).__name__}: {exc}", code="export_failed")
+        finally:
+            if report is None and error is None:  # the thread itself was stopped (the interpreter exiting)
+                error = PortraitError("the export stopped", code="export_failed")
+            if error is not None:  # nothing half written stays on the server's disk
+                shutil.rmtree(job.path.parent, ignore_errors=True)
+            # The status last: a poller that reads "done" finds the report and the file whole
+            job.report, job.error = report, error
+            job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
+            job.status = "done" if error is None else "failed"
+            with self._lock:
+                self._threads.pop(job.id, None)
+            job.ended.set()
+
+
+def _timestamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    return "an hour" if seconds == 3600 else f"{seconds:g} s"

@@ -1,0 +1,207 @@
+"""Profile exports as jobs (POST /api/exports): the real server process over loopback for the API as a client sees
+it; in process, on the real DuckDB, an export held at a known chunk for what only a running job shows (progress,
+the file asked for too early, a cancel)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ADMIN_KEY, WRITE_KEY, Server
+from portrait import exports
+from portrait.api.app import create_app
+from portrait.export_jobs import ExportJobs
+from portrait.service import Portrait
+
+AS_JOB = {"Prefer": "respond-async"}
+
+
+def _identify(server: Server, count: int) -> None:
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=30) as client:
+        batch = [{"type": "identify", "userId": f"u{n}", "traits": {"plan": "pro" if n % 2 else "free",
+                                                                      "email": f"u{n}@example.com"}}
+                 for n in range(count)]
+        assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    server.wait_caught_up()
+
+
+def _followed(admin: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while job["status"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+        answer = admin.get(f"/api/exports/{job['id']}")
+        assert answer.status_code == 200, answer.text
+        job = answer.json()
+    return job
+
+
+def _new_key(admin: httpx.Client, kind: str, scopes: list[str]) -> httpx.Client:
+    made = admin.post("/api/keys", json={"kind": kind, "name": f"{kind}-{len(scopes)}", "scopes": scopes})
+    assert made.status_code == 201, made.text
+    return httpx.Client(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {made.json()['key']}"},
+                        timeout=10)
+
+
+def test_an_export_asked_as_a_job_answers_at_once_and_its_file_is_the_synchronous_export(server: Server) -> None:
+    _identify(server, 25)
+    with server.admin() as admin:
+        started = admin.post("/api/exports", json={"format": "csv", "attributes": ["plan"]}, headers=AS_JOB)
+        assert started.status_code == 202, started.text
+        assert started.headers["Preference-Applied"] == "respond-async"
+        job = started.json()
+        assert started.headers["Location"] == f"/api/exports/{job['id']}"
+        done = _followed(admin, job)
+        assert done["status"] == "done", done
+        assert done["rows_written"] == done["rows_total"] == 25
+        assert done["report"]["rows"] == 25 and done["expires_at"] and done["file"] == f"/api/exports/{job['id']}/file"
+        got = admin.get(done["file"])
+        assert got.status_code == 200, got.text
+        assert got.headers["content-type"].startswith("text/csv")
+        assert "profiles.csv" in got.headers["content-disposition"]
+        assert '"rows": 25' in got.headers["x-portrait-export"]
+        today = admin.get("/api/exports/profiles", params={"format": "csv", "attributes": "plan"})
+        assert sorted(csv.reader(io.StringIO(got.text))) == sorted(csv.reader(io.StringIO(today.text)))
+        assert admin.get(done["file"]).content == got.content  # downloaded again while it is kept
+
+
+def test_without_the_preference_the_request_waits_and_answers_the_finished_job(server: Server) -> None:
+    _identify(server, 3)
+    with server.admin() as admin:
+        made = admin.post("/api/exports", json={"format": "parquet", "attributes": "plan,email"})
+        assert made.status_code == 201, made.text
+        job = made.json()
+        assert job["status"] == "done" and made.headers["Location"] == f"/api/exports/{job['id']}"
+        assert job["report"]["personal_included"] == ["email"]
+        got = admin.get(f"/api/exports/{job['id']}/file")
+        assert got.headers["content-type"] == "application/vnd.apache.parquet"
+        rows = pq.read_table(io.BytesIO(got.content)).to_pylist()
+        assert sorted(r["email"] for r in rows) == ["u0@example.com", "u1@example.com", "u2@example.com"]
+        audit = admin.get("/api/audit", params={"limit": 20}).json()["entries"]
+        assert [e["detail"] for e in audit if e["action"] == "export_personal_data"] == [
+            {"rows": 3, "personal": ["email"]}]
+
+
+def test_an_unknown_export_job_is_404_and_a_removed_one_with_its_file(server: Server) -> None:
+    _identify(server, 2)
+    with server.admin() as admin:
+        unknown = admin.get("/api/exports/nosuchjob")
+        assert unknown.status_code == 404 and unknown.json()["code"] == "export_not_found"
+        assert admin.get("/api/exports/nosuchjob/file").json()["code"] == "export_not_found"
+        assert admin.delete("/api/exports/nosuchjob").status_code == 404
+        job = admin.post("/api/exports", json={}).json()
+        assert admin.delete(f"/api/exports/{job['id']}").status_code == 204
+        assert admin.get(f"/api/exports/{job['id']}").status_code == 404
+        assert admin.get(f"/api/exports/{job['id']}/file").status_code == 404
+
+
+def test_export_jobs_keep_the_permission_checks_and_are_their_keys_own(server: Server) -> None:
+    _identify(server, 2)
+    with server.admin() as admin, _new_key(admin, "read", ["read"]) as reader:
+        refused = reader.post("/api/exports", json={"include_personal": True}, headers=AS_JOB)
+        assert refused.status_code == 403 and "pii:read" in refused.json()["message"], refused.text
+        named = reader.post("/api/exports", json={"attributes": ["email"]}, headers=AS_JOB)
+        assert named.status_code == 403
+        bad = reader.post("/api/exports", json={"format": "xlsx"})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_format"
+        unknown = reader.post("/api/exports", json={"columns": "plan"})
+        assert unknown.status_code == 400 and unknown.json()["code"] == "invalid_export"
+        no_segment = reader.post("/api/exports", json={"segment": "nope"})
+        assert no_segment.status_code == 404
+        # A read key exports (as with GET /api/exports/profiles); user ids that are emails come masked
+        job = _followed(reader, reader.post("/api/exports", json={"format": "ndjson"}, headers=AS_JOB).json())
+        assert job["status"] == "done", job
+        # ... and its job and file are its own: not there for another key, even an admin one
+        assert admin.get(f"/api/exports/{job['id']}").status_code == 404
+        assert admin.get(f"/api/exports/{job['id']}/file").status_code == 404
+        assert admin.delete(f"/api/exports/{job['id']}").status_code == 404
+        assert reader.get(f"/api/exports/{job['id']}/file").status_code == 200
+        assert reader.delete(f"/api/exports/{job['id']}").status_code == 204
+
+
+@pytest.fixture
+def held(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, threading.Event,
+                                                                                threading.Event]]:
+    """The app in process, on the real DuckDB, with 3 profiles written a row a chunk, and each export held after its
+    first row until ``release`` is set (``reached`` says it got there)."""
+    portrait.ingest_messages([{"type": "identify", "userId": f"h{n}", "traits": {"plan": "pro"}} for n in range(3)])
+    portrait.process_pending()
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 1)
+    reached, release = threading.Event(), threading.Event()
+    real = portrait.export_profiles
+
+    def holding(path: Path, file_format: str, *, on_written: Callable[[int, int], None] = lambda r, t: None,
+                **options: Any) -> dict[str, Any]:
+        def written(rows: int, total: int) -> None:
+            on_written(rows, total)
+            if rows == 1:
+                reached.set()
+                assert release.wait(30)
+
+        return real(path, file_format, on_written=written, **options)
+
+    monkeypatch.setattr(portrait, "export_profiles", holding)
+    with TestClient(create_app(portrait=portrait)) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        yield client, reached, release
+        release.set()
+
+
+def test_a_running_export_shows_its_progress_and_its_file_is_refused_until_done(held: tuple[
+        TestClient, threading.Event, threading.Event]) -> None:
+    client, reached, release = held
+    job = client.post("/api/exports", json={"format": "csv"}, headers=AS_JOB).json()
+    assert reached.wait(30)
+    running = client.get(f"/api/exports/{job['id']}").json()
+    assert (running["status"], running["rows_written"], running["rows_total"]) == ("running", 1, 3)
+    early = client.get(f"/api/exports/{job['id']}/file")
+    assert early.status_code == 409 and early.json()["code"] == "export_not_ready", early.text
+    release.set()
+    while (job := client.get(f"/api/exports/{job['id']}").json())["status"] == "running":
+        time.sleep(0.01)
+    assert (job["status"], job["rows_written"]) == ("done", 3)
+    assert client.get(f"/api/exports/{job['id']}/file").text.count("\n") == 4  # the header and 3 rows
+
+
+def test_a_cancelled_export_fails_says_so_and_keeps_no_file(held: tuple[TestClient, threading.Event,
+                                                                        threading.Event]) -> None:
+    client, reached, release = held
+    job = client.post("/api/exports", json={}, headers=AS_JOB).json()
+    assert reached.wait(30)
+    asked = client.delete(f"/api/exports/{job['id']}")
+    assert asked.status_code == 200 and asked.json()["cancelling"] is True, asked.text
+    release.set()
+    while (job := client.get(f"/api/exports/{job['id']}").json())["status"] == "running":
+        time.sleep(0.01)
+    assert job["status"] == "failed" and job["error"]["code"] == "export_cancelled", job
+    assert "cancelled after 1 of 3 rows" in job["error"]["message"]
+    gone = client.get(f"/api/exports/{job['id']}/file")
+    assert gone.status_code == 409 and gone.json()["code"] == "export_failed"
+
+
+def test_finished_exports_and_their_files_are_removed_after_their_time(portrait: Portrait) -> None:
+    jobs = ExportJobs(kept_seconds=0.2)
+    try:
+        job = jobs.start("k", "csv", lambda path, written, stop: portrait.export_profiles(path, "csv"))
+        jobs.wait(job)
+        assert job.status == "done" and job.path.is_file()
+        jobs.forget_expired()
+        assert job.path.is_file()  # within its time
+        time.sleep(0.3)  # the time to keep it, passing (not a wait for something to happen)
+        jobs.forget_expired()
+        assert not job.path.exists()
+        with pytest.raises(Exception, match="there is no export"):
+            jobs.get(job.id, "k")
+    finally:
+        jobs.close()
+    assert not job.path.parent.parent.exists()  # the server's folder of exports, gone when it stops
