@@ -16,14 +16,18 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from conftest import ADMIN_KEY, WRITE_KEY, Server
 from portrait import exports
 from portrait.api.app import create_app
+from portrait.cli import app
+from portrait.client import RemotePortrait
 from portrait.export_jobs import ExportJobs
 from portrait.service import Portrait
 
 AS_JOB = {"Prefer": "respond-async"}
+runner = CliRunner()
 
 
 def _identify(server: Server, count: int) -> None:
@@ -205,3 +209,51 @@ def test_finished_exports_and_their_files_are_removed_after_their_time(portrait:
     finally:
         jobs.close()
     assert not job.path.parent.parent.exists()  # the server's folder of exports, gone when it stops
+
+
+def _deleted_jobs(admin: httpx.Client) -> list[int]:
+    """The statuses of the DELETEs of export jobs in the audit log (the CLI removes its job once done)."""
+    entries = admin.get("/api/audit", params={"limit": 100}).json()["entries"]
+    return [e["status"] for e in entries if e["action"].startswith("DELETE /api/exports/")]
+
+
+def test_the_cli_exports_through_a_server_as_a_job_and_leaves_nothing_there(server: Server, tmp_path: Path) -> None:
+    _identify(server, 4)
+    out = tmp_path / "profiles.csv"
+    made = runner.invoke(app, ["export", "profiles", "-o", str(out), "--db", server.db_path, "--admin-key",
+                               ADMIN_KEY, "--attributes", "plan"])
+    assert made.exit_code == 0, made.output
+    assert "Exported 4 profiles with 3 columns" in made.output
+    assert sorted(r["plan"] for r in csv.DictReader(io.StringIO(out.read_text()))) == ["free", "free", "pro", "pro"]
+    with server.admin() as admin:
+        assert _deleted_jobs(admin) == [204]  # the job was used, and its file removed from the server
+    seen: list[dict[str, Any]] = []
+    remote = RemotePortrait(server.url, admin_key=ADMIN_KEY)
+    try:
+        remote.export_profiles(tmp_path / "again.csv", "csv", None, False, on_progress=seen.append)
+    finally:
+        remote.close()
+    assert (seen[-1]["status"], seen[-1]["rows_written"], seen[-1]["rows_total"]) == ("done", 4, 4)
+
+
+def test_ctrl_c_during_an_export_through_a_server_cancels_it_there_and_says_so(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C printed click's bare "Aborted!" (and the server went on); now the server's job goes too, and the
+    command says what became of the file. (The interrupt comes during the download, where it is sure to land.)"""
+    _identify(server, 2)
+    out = tmp_path / "profiles.csv"
+    out.write_text("yesterday's\n")
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RemotePortrait, "_downloaded", interrupted)
+    stopped = runner.invoke(app, ["export", "profiles", "-o", str(out), "--force", "--db", server.db_path,
+                                  "--admin-key", ADMIN_KEY])
+    assert stopped.exit_code == 130, stopped.output
+    assert "Aborted" not in stopped.output
+    assert "interrupted: the export was cancelled, on the server too; the file that was there is as it was" in \
+        " ".join(stopped.output.split())
+    assert out.read_text() == "yesterday's\n" and not list(tmp_path.glob(".profiles.csv.*"))  # no partial left
+    with server.admin() as admin:
+        assert _deleted_jobs(admin) == [204]

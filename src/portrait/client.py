@@ -5,6 +5,7 @@ The CLI uses it when the embedded database is held by a running server (DuckDB a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -207,25 +208,67 @@ class RemotePortrait:
 
     def export_profiles(self, output: Path, file_format: str, attributes: list[str] | None,
                         include_personal: bool, segment: str | None = None, purpose: str | None = None,
-                        ignore_consent: bool = False) -> dict[str, Any]:
-        """Stream GET /api/exports/profiles into ``output``; the report comes in the X-Portrait-Export header."""
+                        ignore_consent: bool = False, *,
+                        on_progress: Callable[[dict[str, Any]], None] = lambda job: None,
+                        on_downloaded: Callable[[int, int | None], None] = lambda done, total: None,
+                        poll_seconds: float = 0.25) -> dict[str, Any]:
+        """Export as a job of the server's (POST /api/exports, telling ``on_progress`` the job as it runs), download
+        its file into ``output`` (telling ``on_downloaded`` the bytes so far, of the file's size), then remove the job
+        and its file from the server; returns the report. Interrupted (Ctrl-C) or failed on the way, the server's
+        job is cancelled (or removed) too.
+
+        A server from before export jobs (no POST /api/exports) streams GET /api/exports/profiles instead."""
         if not self._admin:
             raise Unauthorized("an admin key is needed to export through the server: set PORTRAIT_ADMIN_KEY")
-        params: dict[str, Any] = {"format": file_format, "include_personal": include_personal,
-                                  "attributes": ",".join(attributes) if attributes else None, "segment": segment,
-                                  "purpose": purpose, "ignore_consent": ignore_consent}
+        auth = {"Authorization": f"Bearer {self._admin}"}
+        body = {"format": file_format, "include_personal": include_personal, "attributes": attributes,
+                "segment": segment, "purpose": purpose, "ignore_consent": ignore_consent}
+        response = self._http.post("/api/exports", json={k: v for k, v in body.items() if v}, timeout=None,
+                                   headers={**auth, "Prefer": "respond-async"})
+        if response.status_code in (404, 405) and _error_code(response) in ("not_found", "method_not_allowed", None):
+            return self._export_in_the_request(output, body, auth, on_downloaded)
+        job = dict(_checked(response))
+        try:
+            while job["status"] == "running":
+                on_progress(job)
+                time.sleep(poll_seconds)
+                job = dict(_checked(self._http.get(f"/api/exports/{job['id']}", headers=auth)))
+            on_progress(job)
+            if job["status"] == "failed":
+                error = job["error"]
+                raise _ERRORS.get(error["status"], PortraitError)(error["message"], code=error["code"])
+            with self._http.stream("GET", f"/api/exports/{job['id']}/file", headers=auth, timeout=None) as answer:
+                return self._downloaded(answer, output, on_downloaded)
+        finally:  # running: cancelled; ended: its file is not left on the server for an hour
+            with contextlib.suppress(PortraitError):
+                self._http.delete(f"/api/exports/{job['id']}", headers=auth, timeout=10.0)
+
+    def _export_in_the_request(self, output: Path, body: dict[str, Any], auth: dict[str, str],
+                               on_downloaded: Callable[[int, int | None], None]) -> dict[str, Any]:
+        """GET /api/exports/profiles streamed into ``output`` (a server from before export jobs)."""
+        params = {**body, "attributes": ",".join(body["attributes"]) if body["attributes"] else None}
         with self._http.stream("GET", "/api/exports/profiles", params={k: v for k, v in params.items() if v},
-                               headers={"Authorization": f"Bearer {self._admin}"}, timeout=None) as response:
-            if response.status_code != 200:
-                response.read()
-                _checked(response)
-            with output.open("wb") as handle:
-                try:
-                    for chunk in response.iter_bytes():
-                        handle.write(chunk)
-                except httpx.TransportError as exc:
-                    raise transport_problem(self.url, exc) from exc
-            return dict(json.loads(response.headers["x-portrait-export"]))
+                               headers=auth, timeout=None) as response:
+            return self._downloaded(response, output, on_downloaded)
+
+    def _downloaded(self, response: httpx.Response, output: Path,
+                    on_downloaded: Callable[[int, int | None], None]) -> dict[str, Any]:
+        """An export's file answer written into ``output``; its report (the X-Portrait-Export header)."""
+        if response.status_code != 200:
+            response.read()
+            _checked(response)
+        size = response.headers.get("content-length")
+        total = int(size) if size and size.isdigit() else None
+        done = 0
+        with output.open("wb") as handle:
+            try:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+                    done += len(chunk)
+                    on_downloaded(done, total)
+            except httpx.TransportError as exc:
+                raise transport_problem(self.url, exc) from exc
+        return dict(json.loads(response.headers["x-portrait-export"]))
 
     def import_file(self, path: Path, params: dict[str, Any],
                     on_sent: Callable[[int], None] = lambda sent: None,
@@ -276,6 +319,15 @@ class RemotePortrait:
             raise Unauthorized("a write key is needed to send events: set PORTRAIT_WRITE_KEY or --write-key")
         response = self._http.post("/v1/batch", json={"batch": messages, "writeKey": self._write})
         _checked(response)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The ``code`` of an error answer, when it is Portrait's own."""
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _checked(response: httpx.Response) -> Any:

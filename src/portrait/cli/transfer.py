@@ -211,6 +211,45 @@ def _rest_of_the_rejected(returned: int, rejected: int, dry_run: bool) -> str:
     return f"(the first {returned} of the {rejected:,} rejected rows are in the rejects file; {where})"
 
 
+def _export_through(remote: RemotePortrait, partial: Path, file_format: str, names: list[str] | None,
+                    include_personal: bool, segment: str | None, purpose: str | None, ignore_consent: bool,
+                    output: Path) -> dict[str, Any]:
+    """An export made by the server as a job, followed on a terminal (rows written of the rows to write, then the
+    download), its file written into ``partial`` (to become ``output``). Ctrl-C cancels the server's export too
+    (nobody would fetch its file) and says so, exit code 130, where click printed a bare "Aborted!"."""
+    try:
+        return _followed_export(remote, partial, file_format, names, include_personal, segment, purpose,
+                                ignore_consent)
+    except KeyboardInterrupt:
+        left = "the file that was there is as it was" if output.exists() else "no file was made"
+        errors.print(f"interrupted: the export was cancelled, on the server too; {left} ({output})",
+                     style="bold red", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(code=130) from None
+
+
+def _followed_export(remote: RemotePortrait, partial: Path, file_format: str, names: list[str] | None,
+                     include_personal: bool, segment: str | None, purpose: str | None, ignore_consent: bool
+                     ) -> dict[str, Any]:
+    with _import_progress() as progress:
+        exporting = progress.add_task(f"exporting profiles on {remote.url}", total=None)
+        downloading: list[TaskID] = []
+
+        def exported(job: dict[str, Any]) -> None:
+            written, total = job["rows_written"], job["rows_total"]
+            shown = f"{written:,} of {total:,} rows written" if total is not None else "reading the profiles"
+            progress.update(exporting, total=total, completed=written,
+                            description=f"exporting profiles on {remote.url}: {shown}")
+
+        def downloaded(done: int, size: int | None) -> None:
+            if not downloading:
+                downloading.append(progress.add_task("downloading the export", total=size))
+            progress.update(downloading[0], completed=done,
+                            description=f"downloading the export: {_megabytes(done, size or done)}")
+
+        return remote.export_profiles(partial, file_format, names, include_personal, segment, purpose,
+                                      ignore_consent, on_progress=exported, on_downloaded=downloaded)
+
+
 def _import_progress() -> Progress:
     """Rows and rate are in each task's description: a bar's total is rows where the file tells how many it holds,
     else bytes (NDJSON), so a plain M/N column would show either."""
@@ -318,8 +357,8 @@ def export_profiles(
                     backend.audit.record(None, "export_ignoring_consent", target=segment or "all profiles",
                                          detail={"purpose": purpose, "rows": report["rows"]})
             else:
-                report = backend.export_profiles(partial, chosen, names, include_personal, segment, purpose,
-                                                 ignore_consent)
+                report = _export_through(backend, partial, chosen, names, include_personal, segment, purpose,
+                                         ignore_consent, output)
     except PortraitError as exc:
         raise _fail(exc) from exc
     whose = f"members of {segment}" if segment else "profile" if report["rows"] == 1 else "profiles"
