@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -315,3 +320,56 @@ def test_an_export_cut_short_leaves_the_file_that_was_there(portrait: Portrait, 
     assert f"cannot write the export to {out}" in " ".join(cut.output.split())
     assert out.read_text() == "yesterday's export\n"
     assert [p.name for p in small_disk.iterdir()] == ["customers.ndjson"]  # nothing half-written left beside it
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    return subprocess.run([sys.executable, "-m", "portrait", *args], capture_output=True, text=True, timeout=120,
+                          env={**env, "PORTRAIT_NO_PROGRESS": "1"}, check=False)
+
+
+def test_an_export_to_dev_stdout_writes_the_file_there_and_its_report_to_stderr(loaded: Portrait) -> None:
+    """-o /dev/stdout was refused as a file that exists (pass --force), and with --force failed writing a hidden
+    .partial beside it in /dev and renaming it. A file that is not a regular one is now written straight to."""
+    loaded.close()
+    exported = _cli("export", "profiles", "-o", "/dev/stdout", "--format", "csv", "--db", loaded.settings.db_path)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))  # the data only: the report went to stderr
+    assert sorted(r["user_id"] for r in rows) == ["", "u1", "u2"]
+    assert "Exported 3 profiles" in exported.stderr
+
+
+def test_an_export_to_a_fifo_writes_into_it(loaded: Portrait, tmp_path: Path) -> None:
+    loaded.close()
+    fifo = tmp_path / "profiles.ndjson"
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    exported = _cli("export", "profiles", "-o", str(fifo), "--db", loaded.settings.db_path)
+    if exported.returncode != 0:  # nothing opened the fifo to write: the reader waits for a writer
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    reader.join(60)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(json.loads(line)["user_id"] or "" for line in read[0].splitlines()) == ["", "u1", "u2"]
+    assert [p.name for p in tmp_path.iterdir() if "profiles" in p.name] == ["profiles.ndjson"]  # no .partial
+
+
+def test_a_partial_file_a_killed_export_left_is_removed_by_the_next_one_and_a_live_ones_is_left(
+        loaded: Portrait, tmp_path: Path) -> None:
+    """An export killed (kill -9) left its hidden .partial beside the file for ever; the next export to the same
+    file removes it, saying so, and leaves the one of an export that is still running (its process is alive)."""
+    loaded.close()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = tmp_path / f".profiles.csv.{ended.pid}.1.partial"
+    live = tmp_path / f".profiles.csv.{os.getpid()}.2.partial"
+    other = tmp_path / f".others.csv.{ended.pid}.1.partial"  # another file's: not this export's to judge
+    for path in (stale, live, other):
+        path.write_text("half an export")
+    exported = _cli("export", "profiles", "-o", str(tmp_path / "profiles.csv"), "--db", loaded.settings.db_path)
+    assert exported.returncode == 0, exported.stderr
+    said = " ".join(exported.stderr.split())
+    assert f"removed {stale.name}, left by an export that was interrupted (process {ended.pid} is gone)" in said
+    assert f"left {live.name} alone: process {os.getpid()} is still writing it" in said
+    assert not stale.exists() and live.exists() and other.exists()

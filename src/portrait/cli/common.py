@@ -6,12 +6,16 @@ import contextlib
 import errno
 import inspect
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -365,6 +369,10 @@ def _audited(action: str, local: Callable[[Portrait], T]) -> Callable[[Portrait]
 def _check_writable(path: Path, what: str) -> None:
     """Refuse a file the command would write but cannot, before the work that fills it (an export, an access
     request) is done for nothing and ends in a traceback."""
+    if _special_file(path):  # written straight to (see _written_whole): its folder is not written
+        if not os.access(path, os.W_OK):
+            raise _fail(PortraitError(f"cannot write {what} to {path}: permission denied", code="cannot_write"))
+        return
     folder = path.expanduser().resolve().parent
     why = ("it is a folder: give a file name" if path.is_dir() else
            f"there is no folder {folder}" if not folder.is_dir() else
@@ -381,7 +389,7 @@ def _check_new_file(path: Path, what: str, force: bool) -> None:
     """:func:`_check_writable`, and refuse a file that is there already unless ``force``: the same command typed
     again a day later wrote over yesterday's export without a word."""
     _check_writable(path, what)
-    if path.exists() and not force:
+    if path.exists() and not force and not _special_file(path):
         raise _fail(PortraitError(f"{path} exists already: pass --force to write {what} over it, or choose another "
                                   "file", code="file_exists"))
 
@@ -391,7 +399,23 @@ def _written_whole(path: Path, what: str) -> Iterator[Path]:
     """A file to write instead of ``path`` (beside it, hidden), which takes its place only once the work is done:
     an export interrupted (Ctrl-C, a full disk, a server that went away) never leaves half a file under the name
     asked for, nor removes the file that was there. Created by the writer, with its usual permissions. A write that
-    fails (a full disk) is a :class:`PortraitError` saying so, not a traceback."""
+    fails (a full disk) is a :class:`PortraitError` saying so, not a traceback.
+
+    A path that is not a regular file (``/dev/stdout``, a fifo, a device) has no file to keep, and a rename onto it
+    would replace the device or pipe (or fail, in /dev): the work is written into a temporary file, then copied
+    there (Parquet's writer seeks, which a pipe cannot). The ``.partial`` files a killed command (``kill -9``) left
+    for ``path`` are removed first (:func:`_remove_stale_partials`)."""
+    if _special_file(path):
+        folder = Path(tempfile.mkdtemp(prefix="portrait-output-"))
+        try:
+            yield folder / "output"
+            _copy_into(folder / "output", path)
+        except OSError as exc:
+            raise PortraitError(f"cannot write {what} to {path}: {exc.strerror or exc}", code="cannot_write") from exc
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    _remove_stale_partials(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident() % 100_000}.partial")
     try:
         yield partial
@@ -402,6 +426,74 @@ def _written_whole(path: Path, what: str) -> Iterator[Path]:
                             code="cannot_write") from exc
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _special_file(path: Path) -> bool:
+    """Whether ``path`` names something other than a regular file to write: a fifo, a device, ``/dev/stdout``
+    (which is a regular file when the output is redirected to one, but names it through /proc: no rename there)."""
+    absolute = os.path.abspath(path.expanduser())
+    if absolute in ("/dev/stdout", "/dev/stderr") or absolute.startswith(("/dev/fd/", "/proc/")):
+        return True  # a descriptor's name (/dev/shm/x.csv, say, is a regular file on a disk in memory)
+    try:
+        mode = os.stat(absolute).st_mode
+    except OSError:  # not there (or a link to nothing): a new file
+        return False
+    return not S_ISREG(mode) and not S_ISDIR(mode)  # a folder is refused as one (_check_writable)
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete the ``.partial`` files of ``path`` left by a command that was killed before it could (kill -9, a
+    machine that went down): their process is gone. One whose process still runs -- the same export, started twice
+    -- is left to it. Each is said on stderr, so that a file that disappears, or stays, is explained."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.\d+\.partial")
+    try:
+        found = [(p, int(m.group(1))) for p in path.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    except OSError:  # the folder is not readable: the write itself says what is wrong
+        return
+    for partial, pid in found:
+        if pid == os.getpid():
+            continue
+        if _process_alive(pid):
+            errors.print(f"note: left {partial.name} alone: process {pid} is still writing it (the same command "
+                         "running twice?)", soft_wrap=True, highlight=False, markup=False)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+            errors.print(f"note: removed {partial.name}, left by an export that was interrupted (process {pid} is "
+                         "gone)", soft_wrap=True, highlight=False, markup=False)
+
+
+def _copy_into(written: Path, path: Path) -> None:
+    """``written`` copied into the special file ``path``; stdout itself when that is where ``path`` goes, rather
+    than opened again (which would truncate a file stdout appends to, ``>> all.csv``)."""
+    with written.open("rb") as source:
+        if _same_as_stdout(path):
+            sys.stdout.flush()
+            shutil.copyfileobj(source, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+            return
+        with path.open("wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _same_as_stdout(path: Path) -> bool:
+    """Whether ``path`` is where stdout goes (``-o /dev/stdout``, ``-o -`` would be): a report printed there would
+    end up inside the data."""
+    try:
+        written, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no stdout descriptor (a test runner's capture)
+        return False
+    return (written.st_dev, written.st_ino) == (out.st_dev, out.st_ino)
 
 
 class Terminated(KeyboardInterrupt):

@@ -20,6 +20,7 @@ from portrait.cli.common import (
     _check_writable,
     _fail,
     _interruptible,
+    _same_as_stdout,
     _shows_progress,
     _written_whole,
     console,
@@ -364,6 +365,7 @@ def export_profiles(
     whose = f"members of {segment}" if segment else "profile" if report["rows"] == 1 else "profiles"
     if purpose:
         whose += f" (consent for {purpose} {'ignored' if ignore_consent else 'granted'})"
-    console.print(f"Exported {report['rows']:,} {whose} with {len(report['columns'])} columns to {output}.")
+    said = errors if _same_as_stdout(output) else console  # the report beside the data, not inside it
+    said.print(f"Exported {report['rows']:,} {whose} with {len(report['columns'])} columns to {output}.")
     if report["personal_included"]:
-        console.print(f"Personal information included: {', '.join(report['personal_included'])}")
+        said.print(f"Personal information included: {', '.join(report['personal_included'])}")
