@@ -32,7 +32,10 @@ from portrait.sql.attributes import JSON_TYPES
 from portrait.store import Session
 
 FORMATS = ("csv", "parquet", "ndjson")
-CHUNK_ROWS = 100_000  # rows written between two progress reports (and a Parquet file's row groups)
+CHUNK_ROWS = 100_000  # rows written between two progress reports (CSV, NDJSON)
+# Parquet's chunk is a row group: Arrow's default size, as the export always wrote. Row groups of 100,000 rows made
+# a file of a million profiles 28% bigger (18.8 -> 24.0 MB) and its writing twice as slow (0.16 -> 0.34 s).
+PARQUET_CHUNK_ROWS = 1024 * 1024
 
 Written = Callable[[int, int], None]
 """Told the rows written so far and the rows to write, after each chunk (an export job's progress)."""
@@ -65,9 +68,9 @@ def export_profiles(session: Session, registry: AttributeRegistry, path: Path, f
     granted it) to ``path``; returns a report. ``mask_identifiers`` (a caller without ``pii:read``): a ``user_id``
     that is an email or a phone (:func:`portrait.privacy.personal_identifier`) is written masked.
 
-    The profiles are read in one query, then written ``CHUNK_ROWS`` at a time, telling ``on_written`` the rows
-    written of the rows to write after each chunk; ``stop`` returning true between two chunks ends the export with
-    :class:`ExportCancelled` (the query itself runs to its end)."""
+    The profiles are read in one query, then written ``CHUNK_ROWS`` at a time (``PARQUET_CHUNK_ROWS``), telling
+    ``on_written`` the rows written of the rows to write after each chunk; ``stop`` returning true between two
+    chunks ends the export with :class:`ExportCancelled` (the query itself runs to its end)."""
     if file_format not in FORMATS:
         raise BadRequest(f"format {file_format!r} is not one of {', '.join(FORMATS)}", code="invalid_format")
     chosen = choose_attributes(registry, attributes, include_personal)
@@ -126,21 +129,21 @@ def _with_integer_columns(table: pa.Table, codes: list[str]) -> pa.Table:
     return table
 
 
-Chunks = Callable[[pa.Table], Iterator[pa.Table]]
+Chunks = Callable[[pa.Table, int], Iterator[pa.Table]]
 
 
 def _chunks(table: pa.Table, on_written: Written, stop: Callable[[], bool]) -> Chunks:
-    """What a writer writes ``table`` by: its slices of ``CHUNK_ROWS`` rows (of the table it is given, which may have
-    its columns converted), each counted as written once the writer asks for the next."""
+    """What a writer writes ``table`` by: its slices of ``rows`` rows (of the table it is given, which may have its
+    columns converted), each counted as written once the writer asks for the next."""
     total = table.num_rows
 
-    def chunks(converted: pa.Table) -> Iterator[pa.Table]:
-        for offset in range(0, total, CHUNK_ROWS):
+    def chunks(converted: pa.Table, rows: int) -> Iterator[pa.Table]:
+        for offset in range(0, total, rows):
             if stop():
                 raise ExportCancelled(f"the export was cancelled after {offset:,} of {total:,} rows; its file is "
                                       "not kept")
-            yield converted.slice(offset, CHUNK_ROWS)
-            on_written(min(offset + CHUNK_ROWS, total), total)
+            yield converted.slice(offset, rows)
+            on_written(min(offset + rows, total), total)
 
     return chunks
 
@@ -149,7 +152,7 @@ def _ndjson(table: pa.Table, path: Path, chunks: Chunks) -> None:
     """One JSON object per line; the JSON columns (lists, objects) go in as the JSON values they hold."""
     json_columns = [f.name for f in table.schema if isinstance(f.type, pa.JsonType)]
     with path.open("wb") as handle:
-        for batch in (b for chunk in chunks(table) for b in chunk.to_batches(max_chunksize=10_000)):
+        for batch in (b for chunk in chunks(table, CHUNK_ROWS) for b in chunk.to_batches(max_chunksize=10_000)):
             for row in batch.to_pylist():
                 for name in json_columns:
                     if row[name] is not None:
@@ -184,14 +187,14 @@ def _csv(table: pa.Table, path: Path, chunks: Chunks) -> None:
         columns.append(column)
     defused = pa.table(columns, names=table.column_names)
     with pa_csv.CSVWriter(path, defused.schema) as writer:  # the header, even with no rows
-        for chunk in chunks(defused):
+        for chunk in chunks(defused, CHUNK_ROWS):
             writer.write_table(chunk)
 
 
 def _parquet(table: pa.Table, path: Path, chunks: Chunks) -> None:
-    """A row group per chunk (Arrow's default was one of up to 1Mi rows: one progress report for a million)."""
+    """A row group per chunk, of Arrow's default size: the file is the one ``pq.write_table`` wrote."""
     with pq.ParquetWriter(path, table.schema) as writer:
-        for chunk in chunks(table):
+        for chunk in chunks(table, PARQUET_CHUNK_ROWS):
             writer.write_table(chunk)
 
 
