@@ -28,6 +28,7 @@ from portrait.service import Portrait
 
 AS_JOB = {"Prefer": "respond-async"}
 runner = CliRunner()
+Held = tuple[TestClient, threading.Event, threading.Event]
 
 
 def _identify(server: Server, count: int) -> None:
@@ -134,21 +135,22 @@ def test_export_jobs_keep_the_permission_checks_and_are_their_keys_own(server: S
 
 
 @pytest.fixture
-def held(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, threading.Event,
-                                                                                threading.Event]]:
+def held(portrait: Portrait, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Held]:
     """The app in process, on the real DuckDB, with 3 profiles written a row a chunk, and each export held after its
-    first row until ``release`` is set (``reached`` says it got there)."""
+    first row (or the rows given as the fixture's parameter) until ``release`` is set (``reached`` says it got
+    there)."""
     portrait.ingest_messages([{"type": "identify", "userId": f"h{n}", "traits": {"plan": "pro"}} for n in range(3)])
     portrait.process_pending()
     monkeypatch.setattr(exports, "CHUNK_ROWS", 1)
     reached, release = threading.Event(), threading.Event()
+    hold_at = getattr(request, "param", 1)
     real = portrait.export_profiles
 
     def holding(path: Path, file_format: str, *, on_written: Callable[[int, int], None] = lambda r, t: None,
                 **options: Any) -> dict[str, Any]:
         def written(rows: int, total: int) -> None:
             on_written(rows, total)
-            if rows == 1:
+            if rows == hold_at:
                 reached.set()
                 assert release.wait(30)
 
@@ -161,8 +163,7 @@ def held(portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
         release.set()
 
 
-def test_a_running_export_shows_its_progress_and_its_file_is_refused_until_done(held: tuple[
-        TestClient, threading.Event, threading.Event]) -> None:
+def test_a_running_export_shows_its_progress_and_its_file_is_refused_until_done(held: Held) -> None:
     client, reached, release = held
     job = client.post("/api/exports", json={"format": "csv"}, headers=AS_JOB).json()
     assert reached.wait(30)
@@ -177,8 +178,7 @@ def test_a_running_export_shows_its_progress_and_its_file_is_refused_until_done(
     assert client.get(f"/api/exports/{job['id']}/file").text.count("\n") == 4  # the header and 3 rows
 
 
-def test_a_cancelled_export_fails_says_so_and_keeps_no_file(held: tuple[TestClient, threading.Event,
-                                                                        threading.Event]) -> None:
+def test_a_cancelled_export_fails_says_so_and_keeps_no_file(held: Held) -> None:
     client, reached, release = held
     job = client.post("/api/exports", json={}, headers=AS_JOB).json()
     assert reached.wait(30)
@@ -191,6 +191,29 @@ def test_a_cancelled_export_fails_says_so_and_keeps_no_file(held: tuple[TestClie
     assert "cancelled after 1 of 3 rows" in job["error"]["message"]
     gone = client.get(f"/api/exports/{job['id']}/file")
     assert gone.status_code == 409 and gone.json()["code"] == "export_failed"
+
+
+@pytest.mark.parametrize("held", [3], indirect=True)
+def test_a_cancel_that_comes_as_the_last_rows_are_written_still_cancels(held: Held) -> None:
+    """DELETE answered "cancelling" for a job that had written its last chunk, which then ended done, its file kept
+    for an hour on the server: the CLI's Ctrl-C left a file there that nobody would fetch."""
+    client, reached, release = held
+    job = client.post("/api/exports", json={}, headers=AS_JOB).json()
+    assert reached.wait(30)  # every row written, the export not yet ended
+    assert client.delete(f"/api/exports/{job['id']}").json()["cancelling"] is True
+    release.set()
+    while (job := client.get(f"/api/exports/{job['id']}").json())["status"] == "running":
+        time.sleep(0.01)
+    assert job["status"] == "failed" and job["error"]["code"] == "export_cancelled", job
+
+
+def test_half_a_surrogate_pair_is_refused_not_a_server_error(held: Held) -> None:
+    """JSON's "\\ud800" alone reached DuckDB's binding (500) or the audit log's JSON (a failed job)."""
+    client, _, _ = held
+    for field in ("purpose", "segment", "attributes", "format"):
+        refused = client.post("/api/exports", content=f'{{"{field}": "\\ud800"}}'.encode(),
+                              headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_export", refused.text
 
 
 def test_finished_exports_and_their_files_are_removed_after_their_time(portrait: Portrait) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from portrait.background import Worker
 from portrait.errors import Conflict, NotFound, PortraitError
+from portrait.exports import ExportCancelled
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
@@ -202,13 +203,15 @@ class ExportJobs:
         finally:
             if report is None and error is None:  # the thread itself was stopped (the interpreter exiting)
                 error = PortraitError("the export stopped", code="export_failed")
-            if error is not None:  # nothing half written stays on the server's disk
-                shutil.rmtree(job.path.parent, ignore_errors=True)
-            # The status last: a poller that reads "done" finds the report and the file whole
-            job.report, job.error = report, error
-            job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
-            job.status = "done" if error is None else "failed"
-            with self._lock:
+            with self._lock:  # as cancel() looks: a cancel answered "cancelling" ends the job cancelled
+                if error is None and job.stop_asked.is_set():  # asked after the last chunk
+                    error = ExportCancelled("the export was cancelled as it ended; its file is not kept")
+                if error is not None:  # nothing half written stays on the server's disk
+                    shutil.rmtree(job.path.parent, ignore_errors=True)
+                # The status last: a poller that reads "done" finds the report and the file whole
+                job.report, job.error = report, error
+                job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
+                job.status = "done" if error is None else "failed"
                 self._threads.pop(job.id, None)
             job.ended.set()
 

@@ -121,11 +121,25 @@ def export_fields(payload: dict[str, Any]) -> dict[str, Any]:
     attributes = payload.get("attributes")
     if isinstance(attributes, list) and not all(isinstance(a, str) for a in attributes):
         raise BadRequest("attributes must be a list of attribute codes", code="invalid_export", field="attributes")
+    for name, value in payload.items():
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and not _utf8(text) for text in texts):
+            # JSON's \ud800 escapes half a surrogate pair, which no query can bind nor the audit log hold
+            raise BadRequest(f"{name} holds half a surrogate pair (a \\ud800-\\udfff escape alone): not text",
+                             code="invalid_export", field=name)
     segment = payload.get("segment")
     return {"format": payload.get("format") or "csv", "attributes": attribute_names(attributes),
             "include_personal": bool(payload.get("include_personal")),
             "segment": None if segment is None else str(segment), "purpose": payload.get("purpose") or None,
             "ignore_consent": bool(payload.get("ignore_consent"))}
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _KIND_NAMES = {str: "text", list: "a list", bool: "true or false", int: "an id"}
