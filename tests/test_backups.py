@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
-from portrait.backups import BackupWorker, automatic_pattern
+from portrait.backups import BackupWorker, automatic_pattern, with_log_bytes
 from portrait.cli import app
 from portrait.config import Settings
 from portrait.errors import BadRequest, NotFound, StorageUnavailable, Unauthorized
@@ -299,16 +299,17 @@ def test_a_backup_asked_for_through_the_api_is_a_job_answered_at_once_whose_prog
         assert copy.execute("SELECT count(*) FROM events").fetchone() == (200_000,)
 
 
-@pytest.mark.parametrize("small_disk", ["16m"], indirect=True)
+@pytest.mark.parametrize("small_disk", ["48m"], indirect=True)
 def test_a_backup_job_that_fails_says_why_and_the_next_one_can_start(small_disk: Path, tmp_path: Path) -> None:
     db = tmp_path / "portrait.duckdb"
     service = _open(db, backup_dir=str(small_disk))
     try:
-        # The profiles are in the write-ahead log, not yet in the file: the check for room (the file's size, ~7 MB)
-        # lets the backup start, and the copy (~75 MB) fills the 16 MB disk.
+        # The profiles are in the write-ahead log, not yet in the file: the check for room (the file and its log,
+        # ~7 + ~34 MB) lets the backup start, and the copy (~75 MB: DuckDB writes the copy's own log beside it)
+        # fills the 48 MB disk.
         service.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(130_000)])
         service.process_pending()
-        assert db.stat().st_size < 16 << 20
+        assert with_log_bytes(db) < 48 << 20
         job = service.backups.start()
         service.backups.wait()
         failed = service.backups.job(job["id"])
@@ -512,6 +513,36 @@ def test_a_backup_is_refused_at_once_when_the_folder_has_less_room_than_the_data
             assert refused.headers["Retry-After"] == "10"  # as ingestion answers a full disk
             assert f"the backup folder {small_disk} has 2.1 MB free" in refused.json()["message"]
             assert list(small_disk.iterdir()) == []
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.mark.parametrize("small_disk", ["16m"], indirect=True)
+def test_a_backup_is_refused_at_once_when_the_database_and_its_write_ahead_log_need_more_room(
+        small_disk: Path, tmp_path: Path) -> None:
+    """The room check counts the write-ahead log too: events a server took since its last checkpoint are in the log
+    (up to PORTRAIT_CHECKPOINT_WAL_MB, 256 MB by default), not yet in the file, and a backup holds them. Counting the
+    file alone let this backup start on a disk that cannot hold it, and fail once it had filled that disk."""
+    db = tmp_path / "portrait.duckdb"
+    server = start_server(str(db), tmp_path / "server.log", {"PORTRAIT_BACKUP_DIR": str(small_disk)})
+    try:
+        with httpx.Client(base_url=server.url, auth=(WRITE_KEY, ""), timeout=30) as client:
+            for first in range(0, 60_000, 1_000):
+                batch = [{"type": "track", "userId": f"u{n}", "event": "Viewed", "messageId": f"m{n}",
+                          "properties": {"pad": "x" * 100}} for n in range(first, first + 1_000)]
+                assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+        server.wait_caught_up(timeout=120)
+        free = shutil.disk_usage(small_disk).free
+        assert db.stat().st_size < free < with_log_bytes(db), (db.stat().st_size, free, with_log_bytes(db))
+        with server.admin() as admin:
+            for prefer in ({}, AS_JOB):
+                refused = admin.post("/api/backups", json={}, headers=prefer)
+                assert refused.status_code == 503 and refused.json()["code"] == "backup_no_room", refused.text
+                said = refused.json()["message"]
+                assert f"the backup folder {small_disk} has {free / 1_000_000:,.1f} MB free" in said
+                assert "MB (its file and write-ahead log): no backup was made" in said
+                assert list(small_disk.iterdir()) == []  # nothing was written, so nothing filled the disk
     finally:
         server.stop()
     assert "Traceback" not in server.log_path.read_text()

@@ -286,18 +286,23 @@ class Backups:
         return target
 
     def _check_room(self) -> None:
-        """Refuse at once when the folder has less room than the database file takes (a backup is at most about
-        that): a copy that fills the disk fails only at its end, and in the default folder -- on the database's
-        own disk -- it meanwhile takes the room the database needs, so events are refused (503) until it fails."""
+        """Refuse at once when the folder has less room than the database file and its write-ahead log take: a copy
+        that fills the disk fails only at its end, and in the default folder -- on the database's own disk -- it
+        meanwhile takes the room the database needs, so events are refused (503) until it fails.
+
+        The log counts: what was written since the last checkpoint (up to PORTRAIT_CHECKPOINT_WAL_MB) is there, not
+        in the file, and the backup holds it -- with the file alone, a backup of a 7 MB file and its 34 MB log was
+        let start on a 16 MB disk. It is a floor, not a bound: that backup took 75 MB (DuckDB writes the copy's own
+        log beside it before moving it in), so a copy can still fill a disk that passed."""
         database = Path(self._store.path)
         if not database.is_file():  # in memory
             return
-        needed, free = database.stat().st_size, shutil.disk_usage(self.folder).free
+        needed, free = with_log_bytes(database), shutil.disk_usage(self.folder).free
         if free < needed:
             raise StorageUnavailable(
                 f"the backup folder {self.folder} has {free / 1_000_000:,.1f} MB free and a backup of the database "
-                f"takes up to {needed / 1_000_000:,.1f} MB: no backup was made; free space there, or set "
-                "PORTRAIT_BACKUP_DIR to a disk with room", code="backup_no_room")
+                f"takes at least {needed / 1_000_000:,.1f} MB (its file and write-ahead log): no backup was made; "
+                "free space there, or set PORTRAIT_BACKUP_DIR to a disk with room", code="backup_no_room")
 
     def _files(self, wanted: Callable[[str], object] = lambda name: name.endswith(SUFFIX)
                ) -> dict[Path, os.stat_result]:
