@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from portrait.column_types import has_format
 from portrait.connectors import plain
-from portrait.errors import BadRequest
+from portrait.errors import BadRequest, Interrupted
 from portrait.identity import identity_trait_names
 from portrait.mapping import MessageIds, RowMapping, api_times, rows_to_messages
 from portrait.spec import Unreadable
@@ -135,7 +135,8 @@ def detect_format(path: Path, given: str | None = None) -> str:
 def read_messages(path: Path, file_format: str, mapping: RowMapping | None = None, *,
                   delimiter: str | None = None, identity_traits: tuple[str, ...] = (),
                   chunk_rows: int = 10_000, fallbacks: list[Note] | None = None,
-                  progress: ReadProgress | None = None) -> Iterator[list[Any]]:
+                  progress: ReadProgress | None = None, stop: Callable[[], bool] = lambda: False
+                  ) -> Iterator[list[Any]]:
     """Chunks of messages, in file order: the rows themselves, or the rows turned into messages by ``mapping``.
 
     CSV columns that identify the person (``identity_traits`` for profiles, see
@@ -147,6 +148,10 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
 
     An NDJSON line that is not JSON comes through as an :class:`Unreadable`, which the message reader rejects
     (``invalid_message``, saying where the JSON breaks) with the line as what was sent.
+
+    ``stop`` is asked before each block of the passes a CSV file is read in before its first row is imported
+    (:func:`_csv`): when it says so, reading ends with :class:`Interrupted`, nothing imported. (The import itself
+    asks it between chunks.)
     """
     check_readable_file(path)
     progress = progress if progress is not None else ReadProgress(0)
@@ -156,7 +161,7 @@ def read_messages(path: Path, file_format: str, mapping: RowMapping | None = Non
                              "--event, --timestamp)", code="invalid_mapping")
         rows: Iterator[Any] = _csv(path, csv_delimiter(path, delimiter), mapping,
                                    mapping.text_columns(identity_trait_names(identity_traits)),
-                                   fallbacks if fallbacks is not None else [], progress)
+                                   fallbacks if fallbacks is not None else [], progress, stop)
     else:
         if file_format == "parquet":
             _check_parquet(path)
@@ -231,11 +236,15 @@ _MOST_LEADING_NON_OBJECTS = 1000  # rows that are not objects before the first o
 
 
 def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str],
-         fallbacks: list[Note], progress: ReadProgress) -> Iterator[Any]:
+         fallbacks: list[Note], progress: ReadProgress, stop: Callable[[], bool]) -> Iterator[Any]:
     """The rows as dicts, once the header shows the mapping's columns are there. A row with more or fewer fields
     than the header comes after its block's rows as an :class:`Unreadable` (rejected as ``invalid_row`` with its
     text): one stray separator does not stop the import. A column read as text because its values do not fit one
-    type, and not declared, is added to ``fallbacks`` (:func:`_fallbacks`)."""
+    type, and not declared, is added to ``fallbacks`` (:func:`_fallbacks`).
+
+    The passes before the first row (the types, numbers kept as text, the notes) each may read the whole file, a
+    second per 100 MB or more: ``stop`` is asked before each of their blocks (:class:`_Stoppable`), where a cancel
+    during them took effect only once they were through."""
     misshapen: deque[Unreadable] = deque()  # appended to by the reader's threads (so taken out one at a time)
 
     def set_aside(row: pa_csv.InvalidRow) -> str:
@@ -271,14 +280,16 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
         _check_header(path, names)
         _check_text(path, checking.schema)
         mapping.check(names)
-        types, progress.rows_total = _settled_types(checking, names, as_text, lambda types: opened(types, _skip))
-        def read_as_text(columns: list[str]) -> pa_csv.CSVStreamingReader:
-            return pa_csv.open_csv(
+        types, progress.rows_total = _settled_types(_Stoppable(checking, stop, path.name), names, as_text,
+                                                    lambda types: _Stoppable(opened(types, _skip), stop, path.name))
+
+        def read_as_text(columns: list[str]) -> Iterable[pa.RecordBatch]:
+            return _Stoppable(pa_csv.open_csv(
                 path, parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                         invalid_row_handler=_skip),
                 convert_options=pa_csv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
                                                       column_types=dict.fromkeys(columns, pa.string())),
-                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES))
+                read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES)), stop, path.name)
 
         # A declared type says what the column is: its numbers are numbers, leading zero or not
         kept_as_text = _numbers_to_keep_as_text(opened(types, _skip).schema, read_as_text, set(mapping.types))
@@ -301,8 +312,27 @@ def _csv(path: Path, delimiter: str, mapping: RowMapping, text_columns: list[str
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error")
 
 
-def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: dict[str, pa.DataType],
-                   reopen: Callable[[dict[str, pa.DataType]], pa_csv.CSVStreamingReader]
+class _Stoppable:
+    """The blocks of a CSV reader for one of the passes before the import, asking ``stop`` before each one (a block
+    is 4 MB: tens of milliseconds), and ending with :class:`Interrupted` when it says so."""
+
+    def __init__(self, reader: pa_csv.CSVStreamingReader, stop: Callable[[], bool], file_name: str) -> None:
+        self._reader, self._stop, self._file_name = reader, stop, file_name
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while not self._stop():
+            try:
+                yield self._reader.read_next_batch()
+            except StopIteration:
+                return
+        self._reader.close()
+        raise Interrupted(f"the import of {self._file_name} stopped before its first row was imported (while the "
+                          "file was read through to settle its column types): nothing was stored; import it again "
+                          "to import it")
+
+
+def _settled_types(reader: Iterable[pa.RecordBatch], names: list[str], types: dict[str, pa.DataType],
+                   reopen: Callable[[dict[str, pa.DataType]], Iterable[pa.RecordBatch]]
                    ) -> tuple[dict[str, pa.DataType], int | None]:
     """The column types to read the file with, and the rows in the file (None when the pass stops short).
 
@@ -331,7 +361,7 @@ def _settled_types(reader: pa_csv.CSVStreamingReader, names: list[str], types: d
 _NOT_JUST_A_NUMBER = r"^\s*(\+|-?0\d|-?\d{16,})"
 
 
-def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader],
+def _numbers_to_keep_as_text(schema: pa.Schema, read_as_text: Callable[[list[str]], Iterable[pa.RecordBatch]],
                              declared: set[str]) -> dict[str, pa.DataType]:
     """The columns typed as numbers that hold a value a number would change (see ``_NOT_JUST_A_NUMBER``): they are
     read as text, as the identifier columns are -- unless their type is ``declared``. One more pass of the file in
@@ -366,7 +396,7 @@ def _undeclared_text(schema: pa.Schema, mapping: RowMapping, chosen: set[str]) -
             and (mapping.fields is None or f.name in mapping.fields)]
 
 
-def _fallbacks(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+def _fallbacks(columns: list[str], read_as_text: Callable[[list[str]], Iterable[pa.RecordBatch]]
                ) -> list[TextFallback]:
     """A fallback for each of ``columns`` (read as text, not declared) whose values start as numbers, booleans,
     dates or times and then hold one that is not: the first such value, its row, and the type that would declare
@@ -405,7 +435,7 @@ _USUAL_DATES = tuple(_date_format(fmt) for fmt in (
 _DISTINCT_CHECKED = 10_000  # distinct values of a column strptime checks, beyond its shape: dates repeat
 
 
-def _dates_as_text(columns: list[str], read_as_text: Callable[[list[str]], pa_csv.CSVStreamingReader]
+def _dates_as_text(columns: list[str], read_as_text: Callable[[list[str]], Iterable[pa.RecordBatch]]
                    ) -> list[DatesAsText]:
     """A note for each of ``columns`` (read as text, not declared) whose values are all dates in one of the
     ``_USUAL_DATES`` formats (or two, day- and month-first, when they do not tell). Read in Arrow, those columns

@@ -401,14 +401,16 @@ class Portrait:
         """Import a file (see docs/cli.md): Segment messages, or rows turned into messages by ``mapping``.
 
         ``on_progress`` is told after each chunk how far the file is read (the rows, and the rows in the file or
-        the bytes read, where the format tells). ``stop`` is asked between chunks: when it says so the import
-        ends there with :class:`Interrupted` (the rows stored so far stay; the same file imported again adds
+        the bytes read, where the format tells). ``stop`` is asked between chunks, and before each block of the
+        passes a CSV file is read in before its first row (:func:`portrait.files.read_messages`): when it says so
+        the import ends there with :class:`Interrupted` (the rows stored so far stay; the same file imported again adds
         nothing twice)."""
         report = ImportReport()
         fallbacks: list[Note] = []
         progress = ReadProgress(path.stat().st_size)
         chunks = read_messages(path, detect_format(path, file_format), mapping, delimiter=delimiter,
-                               identity_traits=self.rules.identity_traits, fallbacks=fallbacks, progress=progress)
+                               identity_traits=self.rules.identity_traits, fallbacks=fallbacks, progress=progress,
+                               stop=lambda: stop() or self._closing.is_set())
         started = time.monotonic()
         for chunk in self.import_messages(chunks, source or f"import:{path.name}", dry_run=dry_run):
             report.rows += chunk.rows
