@@ -21,7 +21,7 @@ LAYERS: dict[str, float] = {
     "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "sources": 4, "calculated": 4, "audit": 4.1,
     "event_names": 4, "value_notes": 4, "rebuild": 4.1,
     "segments": 4.2, "analytics": 4.3, "subjects": 4.3, "exports": 4.5,
-    "backups": 4.1,
+    "backups": 4.1, "import_records": 4.1,
     "service": 5, "client": 5, "import_jobs": 5.1, "export_jobs": 5.1, "viewer": 5.5,
     "api": 6, "cli": 6, "web": 6, "__main__": 7, "__init__": 0,
 }

@@ -48,6 +48,7 @@ class ReadProgress:
     rows: int = 0  # rows imported so far (the importer sets it, chunk by chunk)
     rows_total: int | None = None
     bytes_read: int | None = None
+    stored: int = 0  # of ``rows``, those stored (not already there, not rejected): kept by an import job's record
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "rows_total": self.rows_total, "bytes_read": self.bytes_read,

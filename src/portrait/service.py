@@ -40,6 +40,7 @@ from portrait.exports import FORMATS as EXPORT_FORMATS
 from portrait.exports import Written, choose_attributes, export_profiles
 from portrait.files import DatesAsText, Note, ReadProgress, TextFallback, detect_format, read_messages
 from portrait.identity import PROFILE_ID_TYPE, IdentityRules, identity_hash
+from portrait.import_records import ImportRecords
 from portrait.keys import ApiKey, KeyRing, RateLimiter
 from portrait.mapping import RowMapping
 from portrait.model import IngestResult, Rejection
@@ -209,6 +210,7 @@ class Portrait:
         self.backups = Backups(self.store, backup_folder(settings), settings.backup_keep, database_name(settings))
         self._backup_worker: BackupWorker | None = None
         self.sources = SourceRegistry(lambda: self._reads)
+        self.import_records = ImportRecords(lambda: self._reads)  # the server's import jobs (portrait.import_jobs)
         self._syncing: set[str] = set()
         self._syncing_lock = threading.Lock()
         self._closing = threading.Event()  # set by close(): a running sync stops after the chunk it is committing
@@ -424,7 +426,7 @@ class Portrait:
                 if len(report.first_rejected) < 100:
                     report.first_rejected.append(record)
                 on_rejected(record)
-            progress.rows = report.rows
+            progress.rows, progress.stored = report.rows, report.stored
             if progress.rows_total is not None:  # a CSV row too misshapen to count in the first pass is a row too
                 progress.rows_total = max(progress.rows_total, report.rows)
             on_progress(progress)

@@ -532,6 +532,31 @@ MIGRATIONS: dict[int, list[exp.Expr]] = {
         DELETE FROM segment_sizes WHERE segment_id NOT IN (SELECT id FROM segments);
         """
     ),
+    25: parse_many(
+        """
+        -- Import jobs (files sent to the server, imported in a thread; portrait.import_jobs), kept here so that a
+        -- server restarted during one still answers for it: how far it got before it stopped. report and error are
+        -- JSON; a report is kept without its first rejected rows (personal data an erasure would not find here).
+        CREATE TABLE IF NOT EXISTS import_jobs (
+            id VARCHAR PRIMARY KEY,
+            owner VARCHAR NOT NULL,
+            filename VARCHAR NOT NULL,
+            dry_run BOOLEAN NOT NULL,
+            status VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            bytes_total BIGINT NOT NULL,
+            bytes_read BIGINT,
+            rows BIGINT NOT NULL,
+            rows_total BIGINT,
+            stored BIGINT NOT NULL,
+            upload VARCHAR,
+            report VARCHAR,
+            error VARCHAR
+        );
+        """
+    ),
 }
 
 MIGRATION_TABLE = parse(
