@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from tests.conftest import start_server
+from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 
+from portrait.api.errors import status_of
+from portrait.config import Settings
 from portrait.errors import Interrupted, NotFound
 from portrait.files import ReadProgress
 from portrait.import_jobs import ImportJob, ImportJobs
-from portrait.service import ImportReport
+from portrait.service import ImportReport, Portrait
+
+
+@pytest.fixture
+def portrait(tmp_path: Path) -> Iterator[Portrait]:
+    service = Portrait(Settings(db_path=str(tmp_path / "jobs.duckdb"), write_key=WRITE_KEY, admin_key=ADMIN_KEY),
+                       background=False)
+    yield service
+    service.close()
+
+
+def _jobs(portrait: Portrait, at_once: int = 1) -> ImportJobs:
+    return ImportJobs(portrait.import_records, at_once, status_of)
 
 
 def _until_stopped(started: threading.Event) -> Callable[[Callable[[ReadProgress], None], Callable[[], bool]],
@@ -31,14 +47,14 @@ def _until_stopped(started: threading.Event) -> Callable[[Callable[[ReadProgress
 
 def _finished(job: ImportJob) -> ImportJob:
     for _ in range(1000):
-        if job.status != "running":
+        if job.status not in ("queued", "running"):
             return job
         threading.Event().wait(0.01)
     raise AssertionError(f"job {job.id} did not end")
 
 
-def test_a_job_asked_to_stop_ends_interrupted_and_removes_its_upload(tmp_path: Path) -> None:
-    jobs, started = ImportJobs(), threading.Event()
+def test_a_job_asked_to_stop_ends_interrupted_and_removes_its_upload(tmp_path: Path, portrait: Portrait) -> None:
+    jobs, started = _jobs(portrait), threading.Event()
     folder = tmp_path / "upload"
     folder.mkdir()
     job = jobs.start("key-a", "x.csv", 100, False, _until_stopped(started), folder)
@@ -49,21 +65,22 @@ def test_a_job_asked_to_stop_ends_interrupted_and_removes_its_upload(tmp_path: P
     assert jobs.get(job.id, "key-a").status == "running"
     jobs.stop(job.id, "key-a")
     assert _finished(job).status == "failed"
-    assert job.as_dict()["error"] == {"code": "interrupted", "message": "the import of x.csv stopped after 10 rows"}
+    assert job.as_dict()["error"] == {"code": "interrupted", "message": "the import of x.csv stopped after 10 rows",
+                                      "status": 503}
     assert not folder.exists()
     jobs.close()
 
 
-def test_closing_stops_the_running_jobs_before_the_store_closes(tmp_path: Path) -> None:
-    jobs, started = ImportJobs(), threading.Event()
+def test_closing_stops_the_running_jobs_before_the_store_closes(tmp_path: Path, portrait: Portrait) -> None:
+    jobs, started = _jobs(portrait), threading.Event()
     job = jobs.start("key-a", "x.csv", 100, False, _until_stopped(started), tmp_path)
     assert started.wait(10)
     jobs.close(timeout=10)  # returns once the job has ended, not merely asked it to
     assert job.status == "failed" and job.finished is not None
 
 
-def test_a_finished_job_keeps_its_report(tmp_path: Path) -> None:
-    jobs = ImportJobs()
+def test_a_finished_job_keeps_its_report(tmp_path: Path, portrait: Portrait) -> None:
+    jobs = _jobs(portrait)
     job = jobs.start("key-a", "x.csv", 5, True, lambda on_progress, stop: ImportReport(rows=3, stored=3), tmp_path)
     assert _finished(job).status == "done"
     assert jobs.stop(job.id, "key-a").status == "done"  # too late to stop: left as it is
@@ -118,6 +135,152 @@ def test_a_cancel_during_the_pass_that_settles_a_csvs_column_types_ends_it_there
             assert "stopped before its first row was imported" in job["error"]["message"], job
             assert job["progress"]["rows"] == 0, job
             assert api.get("/api/status").json()["events_received"] == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+AS_JOB = {"Prefer": "respond-async"}
+ORDERS = {"user_id": "cust", "event": "Order"}
+
+
+def _send(api: httpx.Client, source: Path, **params: str) -> dict[str, Any]:
+    with source.open("rb") as body:
+        started = api.post("/api/imports", params={"filename": source.name, **ORDERS, **params}, content=body,
+                           headers=AS_JOB, timeout=60)
+    assert started.status_code == 202, started.text
+    return dict(started.json())
+
+
+def _poll_until(api: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool],
+                timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = api.get(f"/api/imports/{job_id}").json()
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def _ended(job: dict[str, Any]) -> bool:
+    return job["status"] not in ("queued", "running")
+
+
+def test_an_import_cut_off_by_a_killed_server_is_reported_after_the_restart_and_importing_again_stores_no_row_twice(
+        tmp_path: Path) -> None:
+    """The server is killed (kill -9) during an import: started again on the same database, it answers for the job
+    -- interrupted, the rows imported and stored before its last record of progress, what to do -- where it
+    answered 404, and importing the file again stores only the rows that were not stored."""
+    source = _big_csv(tmp_path / "orders.csv", 200_000)
+    db, uploads = str(tmp_path / "s.duckdb"), tmp_path / "tmp"
+    uploads.mkdir()
+    environment = {"TMPDIR": str(uploads)}
+    server = start_server(db, tmp_path / "s.log", environment)
+    try:
+        with server.admin() as api:
+            job = _send(api, source)
+            running = _poll_until(api, job["id"], lambda j: j["progress"]["rows"] >= 20_000 or _ended(j))
+            assert running["status"] == "running", running
+        server.stop(kill=True)
+        server = start_server(db, tmp_path / "s.log", environment)
+        with server.admin() as api:
+            answer = api.get(f"/api/imports/{job['id']}")
+            assert answer.status_code == 200, answer.text
+            after = answer.json()
+            assert after["status"] == "failed" and after["error"]["code"] == "interrupted", after
+            rows = after["progress"]["rows"]
+            assert rows >= running["progress"]["rows"] and after["stored"] == rows, after  # each row a new event
+            assert after["progress"]["rows_total"] == 200_000
+            message = after["error"]["message"]
+            assert f"{rows:,} of 200,000 rows had been imported ({rows:,} of them stored)" in message, message
+            assert "Import the file again with the same options" in message and "not stored twice" in message
+            assert list(uploads.iterdir()) == []  # the killed job's upload went with it
+            before = api.get("/api/status").json()["events_received"]
+            assert before >= rows  # a chunk committed after the last record of progress is in the log too
+            with source.open("rb") as body:
+                again = api.post("/api/imports", params={"filename": source.name, **ORDERS}, content=body,
+                                 timeout=300).json()
+            assert again["duplicates"] == before and again["stored"] == 200_000 - before, again
+            assert api.get("/api/status").json()["events_received"] == 200_000
+    finally:
+        server.stop()
+
+
+def test_a_server_stopped_during_imports_records_them_and_keeps_a_finished_one_across_the_restart(
+        tmp_path: Path) -> None:
+    """Stopped the ordinary way (SIGTERM), the server ends the running import after its chunk and the queued one
+    before it starts, and records both; a job finished before the stop is still there, with its report."""
+    small = tmp_path / "small.csv"
+    small.write_text("cust,total\n" + "".join(f"s{n},{n}\n" for n in range(50)) + "bad-row,1,2\n")
+    source = _big_csv(tmp_path / "orders.csv", 300_000)
+    db = str(tmp_path / "s.duckdb")
+    server = start_server(db, tmp_path / "s.log")
+    try:
+        with server.admin() as api:
+            finished = _poll_until(api, _send(api, small)["id"], _ended)
+            assert finished["status"] == "done" and finished["report"]["rejected"] == 1, finished
+            running = _send(api, source)
+            queued = _send(api, source, dry_run="true")
+            assert queued["status"] == "queued" and queued["queue_place"] == 1, queued
+            _poll_until(api, running["id"], lambda j: j["progress"]["rows"] >= 10_000 or _ended(j))
+        server.stop()
+        server = start_server(db, tmp_path / "s.log")
+        with server.admin() as api:
+            stopped = api.get(f"/api/imports/{running['id']}").json()
+            assert stopped["status"] == "failed" and stopped["error"]["code"] == "interrupted", stopped
+            assert stopped["error"]["status"] == 503 and stopped["progress"]["rows"] >= 10_000
+            assert f"stopped after {stopped['progress']['rows']:,} rows" in stopped["error"]["message"], stopped
+            never = api.get(f"/api/imports/{queued['id']}").json()
+            assert never["status"] == "failed" and never["progress"]["rows"] == 0, never
+            assert "stopped before the import of orders.csv started: nothing was stored" in never["error"]["message"]
+            kept = api.get(f"/api/imports/{finished['id']}").json()
+            assert kept["status"] == "done" and "error" not in kept, kept
+            assert {k: v for k, v in kept["report"].items() if k != "first_rejected"} == {
+                k: v for k, v in finished["report"].items() if k != "first_rejected"}
+            assert kept["report"]["first_rejected"] == []  # the file's rows as sent are not kept in the store
+            other = api.post("/api/keys", json={"kind": "admin", "name": "other"}).json()["key"]
+            assert httpx.get(f"{server.url}/api/imports/{finished['id']}",
+                             headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    finally:
+        server.stop()
+
+
+def test_imports_beyond_the_setting_wait_in_a_queue_and_a_queued_one_can_be_cancelled(tmp_path: Path) -> None:
+    """PORTRAIT_IMPORTS_AT_ONCE=1: the second and third imports wait, with their place; cancelling one that waits
+    ends it at once, its upload removed, and the one behind it moves up; each runs once the one before has ended."""
+    source = _big_csv(tmp_path / "orders.csv", 300_000)
+    small = tmp_path / "small.csv"
+    small.write_text("cust,total\n" + "".join(f"s{n},{n}\n" for n in range(50)))
+    uploads = tmp_path / "tmp"
+    uploads.mkdir()
+    server = start_server(str(tmp_path / "s.duckdb"), tmp_path / "s.log",
+                          {"TMPDIR": str(uploads), "PORTRAIT_IMPORTS_AT_ONCE": "1"})
+    try:
+        with server.admin() as api:
+            first = _send(api, source, dry_run="true")
+            second, third = _send(api, small), _send(api, small, dry_run="true")
+            assert [j["status"] for j in (first, second, third)] == ["running", "queued", "queued"]
+            assert (second["queue_place"], third["queue_place"]) == (1, 2)
+            assert second["seconds"] == 0 and second["progress"]["rows"] == 0
+            assert len(list(uploads.iterdir())) == 3
+            cancelled = api.delete(f"/api/imports/{second['id']}").json()
+            assert cancelled["status"] == "failed" and cancelled["error"]["code"] == "interrupted", cancelled
+            assert "cancelled before it started: nothing was stored" in cancelled["error"]["message"]
+            assert api.get(f"/api/imports/{third['id']}").json()["queue_place"] == 1
+            assert len(list(uploads.iterdir())) == 2
+            seen: list[tuple[str, str]] = []
+            while True:
+                states = [api.get(f"/api/imports/{j['id']}").json() for j in (first, third)]
+                seen.append((states[0]["status"], states[1]["status"]))
+                if all(map(_ended, states)):
+                    break
+                time.sleep(0.05)
+            assert ("running", "running") not in seen, seen  # one at a time
+            assert states[0]["status"] == states[1]["status"] == "done", states
+            assert states[1]["report"]["rows"] == 50
+            assert api.get("/api/status").json()["events_received"] == 0  # the cancelled one stored nothing
+            assert list(uploads.iterdir()) == []
     finally:
         server.stop()
     assert "Traceback" not in server.log_path.read_text()

@@ -275,7 +275,8 @@ class RemotePortrait:
                     on_progress: Callable[[dict[str, Any]], None] = lambda progress: None,
                     poll_seconds: float = 0.25) -> dict[str, Any]:
         """POST a file to /api/imports (streamed, telling ``on_sent`` the bytes sent so far) as an import job, poll
-        it (telling ``on_progress`` the job's progress: rows, rows_total, bytes_read, bytes_total) until it ends,
+        it (telling ``on_progress`` the job's progress: rows, rows_total, bytes_read, bytes_total, and its
+        queue_place while it waits for the server's other imports) until it ends,
         and return the server's report. Interrupted (Ctrl-C), the job is asked to stop after its chunk.
 
         A server from before import jobs ignores ``Prefer: respond-async`` and answers with the report itself."""
@@ -300,15 +301,15 @@ class RemotePortrait:
             return dict(_checked(response))
         job = dict(response.json())
         try:
-            while job["status"] == "running":
-                on_progress(job["progress"])
+            while job["status"] in ("queued", "running"):
+                on_progress({**job["progress"], "queue_place": job.get("queue_place")})
                 time.sleep(poll_seconds)
                 job = dict(_checked(self._http.get(f"/api/imports/{job['id']}", headers=auth)))
         except BaseException:
-            if job["status"] == "running":  # the user stopped the command: the server's import stops too
+            if job["status"] in ("queued", "running"):  # the user stopped the command: the server's import too
                 self._http.delete(f"/api/imports/{job['id']}", headers=auth)
             raise
-        on_progress(job["progress"])
+        on_progress({**job["progress"], "queue_place": None})
         if job["status"] == "failed":
             error = job["error"]
             raise _ERRORS.get(error["status"], PortraitError)(error["message"], code=error["code"])

@@ -1,12 +1,23 @@
 """Imports a server runs after their file was sent: the API's ``POST /api/imports`` with ``Prefer: respond-async``
-and the console's import. Each runs in a thread of its own and is polled (``GET /api/imports/{id}``) for how far it
-is, as a privacy request is: the CLI and the console show the rows read (of the rows in the file, or the bytes read
-of the file's size) and the rate, where a synchronous request showed nothing until the import's end.
+and the console's import. Each is polled (``GET /api/imports/{id}``) for how far it is, as a privacy request is: the
+CLI and the console show the rows read (of the rows in the file, or the bytes read of the file's size) and the rate,
+where a synchronous request showed nothing until the import's end.
 
-Jobs live in memory: an import is safe to run again (a file imported twice adds nothing twice), so a server that
-stops during one ends it after the chunk it is committing (:meth:`ImportJobs.close`) and keeps no record of it.
-A finished job is kept for :data:`KEPT_SECONDS`, for its report to be read, and is visible only to the key that
-started it (its first rejected rows hold the file's rows as sent).
+At most ``PORTRAIT_IMPORTS_AT_ONCE`` run at once, each in a thread of its own; the others wait, in the order they
+came, as ``queued`` with their place in the queue. Each import parses its file in Python and Arrow and writes through
+the one DuckDB writer: any number at once on the 2 cores of a small server left none for live traffic, and none of
+them went faster for it.
+
+A job's record is kept in the store (:class:`portrait.import_records.ImportRecords`) as it is queued, starts, after
+each chunk, and as it ends, so a restart does not lose it: a server that stops ends each running job after the chunk
+it is committing, and the queued ones before they start (:meth:`ImportJobs.close`), and records them ``failed`` with
+``interrupted``; a server that was killed finds its jobs still recorded as queued or running when it starts again
+and records them so then, with the rows imported before the last record of their progress. Either way what to do
+is the same: import the file again with the same options -- its rows' message ids are derived from their content
+(or are the file's own), and an import checks the whole log for them, so the rows stored before are counted as
+already there, not stored twice. A finished job is kept for :data:`KEPT_SECONDS`, for its report to be read, and is
+visible only to the key that started it (its first rejected rows hold the file's rows as sent; the store keeps its
+report without them).
 """
 
 from __future__ import annotations
@@ -16,76 +27,111 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from portrait.errors import NotFound, PortraitError
+from portrait.errors import Interrupted, NotFound, PortraitError
 from portrait.files import ReadProgress
+from portrait.import_records import ImportRecord, ImportRecords
 from portrait.service import ImportReport
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished job's report can be read
 MOST_KEPT = 100  # finished jobs kept at most (the oldest go first)
+UPLOAD_PREFIX = "portrait-import-"  # the temporary folder of a file sent (api.imports.received)
 
 
 @dataclass
 class ImportJob:
-    """One import: its progress while it runs, then its report or its error."""
+    """One import: queued, its progress while it runs, then its report or its error."""
 
     id: str
     owner: str  # the id of the key that started it: only that key reads it
     filename: str
     dry_run: bool
     progress: ReadProgress
-    started: float = field(default_factory=time.monotonic)
-    status: str = "running"  # running, done, failed
-    report: ImportReport | None = None
-    error: PortraitError | None = None
+    upload: Path | None = None  # the folder of the file sent, removed when the job ends
+    status: str = "queued"  # queued, running, done, failed
+    started: float | None = None
     finished: float | None = None
+    seconds: float | None = None  # a job read back from the store: how long it ran
+    report: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # code, message and the HTTP status the synchronous import answers
+    queue_place: int | None = None  # while queued: 1 runs next
     stop_asked: threading.Event = field(default_factory=threading.Event)
 
     def as_dict(self) -> dict[str, Any]:
-        seconds = (self.finished or time.monotonic()) - self.started
         shown: dict[str, Any] = {"id": self.id, "status": self.status, "filename": self.filename,
-                                 "dry_run": self.dry_run, "seconds": round(seconds, 2),
+                                 "dry_run": self.dry_run, "seconds": round(self._seconds(), 2),
+                                 "queue_place": self.queue_place, "stored": self.progress.stored,
                                  "progress": self.progress.as_dict()}
         if self.report is not None:
-            shown["report"] = self.report.as_dict()
+            shown["report"] = self.report
         if self.error is not None:
-            shown["error"] = {"code": self.error.code, "message": self.error.message}
+            shown["error"] = self.error
         return shown
+
+    def _seconds(self) -> float:
+        if self.seconds is not None:
+            return self.seconds
+        if self.started is None:  # queued
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
+
+    @classmethod
+    def of_record(cls, record: ImportRecord) -> ImportJob:
+        """A job as the store kept it (after a restart, or once memory let it go)."""
+        ran = (record.finished_at - record.started_at).total_seconds() if record.finished_at and record.started_at \
+            else 0.0
+        progress = ReadProgress(record.bytes_total, record.rows, record.rows_total, record.bytes_read, record.stored)
+        return cls(record.id, record.owner, record.filename, record.dry_run, progress, status=record.status,
+                   seconds=ran, report=record.report, error=record.error)
 
 
 Importer = Callable[[Callable[[ReadProgress], None], Callable[[], bool]], ImportReport]
 
 
 class ImportJobs:
-    """The server's import jobs, running and lately finished."""
+    """The server's import jobs: queued, running, and lately finished (in memory, and in the store's record)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: ImportRecords, at_once: int, status_of: Callable[[PortraitError], int]) -> None:
+        self._records = records
+        self._at_once = max(1, at_once)
+        self._status_of = status_of  # the API's mapping, for a failed job to say what the request would answer
         self._jobs: dict[str, ImportJob] = {}
+        self._importers: dict[str, Importer] = {}
+        self._queue: deque[str] = deque()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._record_interrupted()
 
     def start(self, owner: str, filename: str, size: int, dry_run: bool, run: Importer, folder: Path) -> ImportJob:
-        """Run ``run(on_progress, stop)`` in a thread of its own, as a job ``owner`` can poll; ``folder`` (the
-        upload's) is removed once it ends."""
-        job = ImportJob(uuid.uuid4().hex, owner, filename, dry_run, ReadProgress(size))
-        thread = threading.Thread(target=self._run, args=(job, run, folder), name=f"portrait-import-{job.id[:8]}",
-                                  daemon=True)
+        """Queue ``run(on_progress, stop)`` as a job ``owner`` can poll, run in a thread of its own once fewer than
+        ``at_once`` run; ``folder`` (the upload's) is removed once it ends."""
+        job = ImportJob(uuid.uuid4().hex, owner, filename, dry_run, ReadProgress(size), upload=folder)
+        self._records.add(job.id, owner, filename, dry_run, size, str(folder))
         with self._lock:
             self._forget_old()
             self._jobs[job.id] = job
-            self._threads[job.id] = thread
-        thread.start()
+            self._importers[job.id] = run
+            self._queue.append(job.id)
+            self._start_next()
+            self._place(job)
         return job
 
     def get(self, job_id: str, owner: str) -> ImportJob:
         with self._lock:
             job = self._jobs.get(job_id)
+            if job is not None:
+                self._place(job)
+        if job is None:  # a job of the server before a restart, or one memory let go
+            record = self._records.get(job_id)
+            job = ImportJob.of_record(record) if record is not None else None
         if job is None or job.owner != owner:  # another key's job is not there for this one, as if unknown
             raise NotFound(f"there is no import {job_id} (a finished import is kept for an hour)",
                            code="import_not_found")
@@ -93,28 +139,63 @@ class ImportJobs:
 
     def stop(self, job_id: str, owner: str) -> ImportJob:
         """Ask ``owner``'s running import to end after the chunk it is importing (the CLI interrupted: the rows
-        stored so far stay). A finished one is left as it is."""
+        stored so far stay); a queued one ends at once, never started. A finished one is left as it is."""
         job = self.get(job_id, owner)
         job.stop_asked.set()
+        with self._lock:
+            queued = job.id in self._queue
+            if queued:
+                self._queue.remove(job.id)
+                self._importers.pop(job.id, None)
+        if queued:
+            self._end(job, None, Interrupted(f"the import of {job.filename} was cancelled before it started: "
+                                             "nothing was stored"))
         return job
 
     def close(self, timeout: float = 60.0) -> None:
-        """The server is stopping: each running import ends after its chunk (see :meth:`Portrait.import_file`)."""
+        """The server is stopping: each running import ends after its chunk (see :meth:`Portrait.import_file`),
+        the queued ones before they start; each is recorded so."""
         self._stopping.set()
         with self._lock:
+            queued = [self._jobs[job_id] for job_id in self._queue]
+            self._queue.clear()
+            self._importers.clear()
             threads = list(self._threads.values())
+        for job in queued:
+            self._end(job, None, Interrupted(
+                f"the server stopped before the import of {job.filename} started: nothing was stored; send the "
+                "file again"))
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self, job: ImportJob, run: Importer, folder: Path) -> None:
+    def _place(self, job: ImportJob) -> None:
+        """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""
+        if job.id in self._queue:
+            job.queue_place = self._queue.index(job.id) + 1
+
+    def _start_next(self) -> None:
+        """Start queued jobs while fewer than ``at_once`` run; called holding ``_lock``."""
+        while self._queue and len(self._threads) < self._at_once and not self._stopping.is_set():
+            job = self._jobs[self._queue.popleft()]
+            job.status, job.started, job.queue_place = "running", time.monotonic(), None
+            thread = threading.Thread(target=self._run, args=(job, self._importers.pop(job.id)),
+                                      name=f"portrait-import-{job.id[:8]}", daemon=True)
+            self._threads[job.id] = thread
+            thread.start()
+
+    def _run(self, job: ImportJob, run: Importer) -> None:
         def progressed(progress: ReadProgress) -> None:
+            # The record first: what a poller is shown is never ahead of what a restart will say
+            self._records.progressed(job.id, progress.rows, progress.rows_total, progress.bytes_read,
+                                     progress.stored)
             job.progress = ReadProgress(progress.bytes_total, progress.rows, progress.rows_total,
-                                        progress.bytes_read)  # a copy: a reader never sees one half-updated
+                                        progress.bytes_read, progress.stored)  # a copy: never seen half-updated
 
         report: ImportReport | None = None
         error: PortraitError | None = None
         try:
+            self._records.started(job.id)
             report = run(progressed, lambda: self._stopping.is_set() or job.stop_asked.is_set())
         except PortraitError as exc:
             error = exc
@@ -122,19 +203,64 @@ class ImportJobs:
             log.exception("import %s of %s failed", job.id, job.filename)
             error = PortraitError(f"the import failed: {exc}", code="import_failed")
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            # The status last: a poller that reads "done" or "failed" finds the report or error, the end time, and
-            # the upload gone (a test read the status while the upload was still being removed)
             if report is None and error is None:  # the thread itself was stopped (the interpreter exiting)
                 error = PortraitError("the import stopped", code="import_failed")
-            job.report, job.error, job.finished = report, error, time.monotonic()
-            job.status = "done" if error is None else "failed"
+            self._end(job, report, error)
             with self._lock:
                 self._threads.pop(job.id, None)
+                self._start_next()
+
+    def _end(self, job: ImportJob, report: ImportReport | None, error: PortraitError | None) -> None:
+        """Record the job's end and remove its upload; the status last: a poller that reads "done" or "failed"
+        finds the report or error, the end time, and the upload gone (a test read the status while the upload was
+        still being removed)."""
+        if job.upload is not None:
+            shutil.rmtree(job.upload, ignore_errors=True)
+        shown_error = ({"code": error.code, "message": error.message, "status": self._status_of(error)}
+                       if error is not None else None)
+        job.report = report.as_dict() if report is not None else None
+        job.error, job.finished, job.queue_place = shown_error, time.monotonic(), None
+        status = "done" if error is None else "failed"
+        try:
+            self._records.finished(job.id, status, job.progress.rows, job.progress.rows_total,
+                                   job.progress.bytes_read, job.progress.stored, job.report, shown_error)
+        except Exception:  # the store closing or its disk full: the job still ends, in memory, and says why
+            log.exception("the end of import %s could not be recorded", job.id)
+        job.status = status
+
+    def _record_interrupted(self) -> None:
+        """At the server's start: jobs recorded as queued or running were cut off by a server that did not end
+        them (killed, a power cut). Recorded as interrupted, saying how far each got; their uploads go."""
+        for record in self._records.unfinished():
+            if record.upload and Path(record.upload).name.startswith(UPLOAD_PREFIX):
+                shutil.rmtree(record.upload, ignore_errors=True)
+            error = Interrupted(interrupted_by_restart(record))
+            self._records.finished(record.id, "failed", record.rows, record.rows_total, record.bytes_read,
+                                   record.stored, None, {"code": error.code, "message": error.message,
+                                                         "status": self._status_of(error)})
+            log.warning("import %s of %s was cut off by the server's stop: %s", record.id, record.filename,
+                        error.message)
 
     def _forget_old(self) -> None:
+        """Called holding ``_lock``."""
         now = time.monotonic()
         finished = sorted((j for j in self._jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
         for job in finished:
             if now - (job.finished or now) > KEPT_SECONDS or len(self._jobs) > MOST_KEPT:
                 del self._jobs[job.id]
+        self._records.forget_old(timedelta(seconds=KEPT_SECONDS), MOST_KEPT)
+
+
+def interrupted_by_restart(record: ImportRecord) -> str:
+    """What a job cut off by a server that was killed says: how far it got, and what to do."""
+    if record.status == "queued":
+        return (f"the server stopped before the import of {record.filename} started: nothing was stored; send the "
+                "file again")
+    of_total = f" of {record.rows_total:,}" if record.rows_total is not None else ""
+    if record.dry_run:
+        return (f"the server stopped during this dry run of {record.filename}, after {record.rows:,}{of_total} "
+                "rows: a dry run stores nothing; run it again")
+    return (f"the server stopped during the import of {record.filename}: {record.rows:,}{of_total} rows had been "
+            f"imported ({record.stored:,} of them stored) when it last recorded its progress. Import the file again "
+            "with the same options: the rows stored before are recognized by their message ids and counted as "
+            "already there, not stored twice")

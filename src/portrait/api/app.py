@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     """
     owned = portrait is None
     service = portrait or Portrait(settings or Settings())
-    jobs = ImportJobs()
+    jobs = ImportJobs(service.import_records, service.settings.imports_at_once, errors.status_of)
     exports = ExportJobs()
 
     @asynccontextmanager

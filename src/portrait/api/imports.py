@@ -19,7 +19,6 @@ from fastapi.concurrency import run_in_threadpool
 
 from portrait.api import schemas_attributes as shapes
 from portrait.api.auth import authorizer, caller
-from portrait.api.errors import status_of
 from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import answer
@@ -118,10 +117,7 @@ def start_job(portrait: Portrait, jobs: ImportJobs, owner: str, upload: Path, fi
 
 def job_document(job: ImportJob) -> dict[str, Any]:
     """The job as the API shows it: a failure carries the status the synchronous import would have answered."""
-    shown = job.as_dict()
-    if job.error is not None:
-        shown["error"]["status"] = status_of(job.error)
-    return shown
+    return job.as_dict()
 
 
 

@@ -243,10 +243,13 @@ class ExportJob(BaseModel):
 
 class ImportJob(BaseModel):
     id: str
-    status: str = Field(description="running, done or failed")
+    status: str = Field(description="queued (waiting for the server's other imports: PORTRAIT_IMPORTS_AT_ONCE run "
+                                    "at a time), running, done or failed")
     filename: str
     dry_run: bool
-    seconds: float = Field(description="Since the import started (its file was received), until it ended")
+    seconds: float = Field(description="Since the import started running, until it ended (0 while queued)")
+    queue_place: int | None = Field(description="While queued: its place in the queue (1 runs next); else null")
+    stored: int = Field(description="Of the rows imported so far, those stored (not already there, not rejected)")
     progress: ImportProgress
     report: ImportReport | None = sometimes("Once done: what the import did, as the synchronous answer")
     error: ImportFailure | None = sometimes("Once failed: why, as the synchronous answer's error")

@@ -267,6 +267,14 @@ class _RowsShown:
         self.started = time.monotonic()
 
     def update(self, read: dict[str, Any]) -> None:
+        place = read.get("queue_place")
+        if place is not None:  # the server runs PORTRAIT_IMPORTS_AT_ONCE imports at a time: this one waits
+            ahead = "it runs next" if place == 1 else f"{place - 1} before it"
+            self.progress.update(self.task, description=f"waiting for the server's other imports (queued, place "
+                                                        f"{place}: {ahead})")
+            self.progress.reset(self.task, total=None)  # the clock and the rate start when it does
+            self.started = time.monotonic()
+            return
         rows, rows_total, bytes_read = read["rows"], read["rows_total"], read["bytes_read"]
         rate = rows / max(time.monotonic() - self.started, 1e-9)
         if rows_total is not None:

@@ -414,6 +414,16 @@
       var progress = document.getElementById("import-progress");
       if (job.message) { progress.hidden = true; report.textContent = job.message; return; }
       var read = job.progress;
+      if (job.status === "queued") {  // the server runs a few imports at a time (PORTRAIT_IMPORTS_AT_ONCE)
+        count.textContent = "Waiting for the server's other imports: place " + job.queue_place + " in the queue" +
+          (job.queue_place === 1 ? " (it runs next)" : "");
+        setTimeout(function () {
+          fetch("/console/api/imports/" + encodeURIComponent(job.id), {credentials: "same-origin"})
+            .then(function (r) { return r.json(); })
+            .then(function (next) { follow(next, dryRun, next.status === "queued" ? started : Date.now()); });
+        }, 500);
+        return;
+      }
       if (read.rows_total !== null) { progress.max = Math.max(read.rows_total, 1); progress.value = read.rows; }
       else if (read.bytes_read !== null) { progress.max = Math.max(read.bytes_total, 1); progress.value = read.bytes_read; }
       var rate = read.rows / Math.max((Date.now() - started) / 1000, 0.001);
