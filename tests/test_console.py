@@ -612,6 +612,31 @@ def test_import_a_csv_with_a_column_mapping(page: Page, shop: Server, tmp_path: 
     assert sales[0]["properties"] == {"amount": 12.5, "store": "Gdansk"}
 
 
+def test_an_import_waiting_for_the_servers_other_imports_says_so_then_runs(page: Page, shop: Server,
+                                                                           tmp_path: Path) -> None:
+    """The server runs one import at a time (PORTRAIT_IMPORTS_AT_ONCE): the console's waits behind one sent
+    through the API, saying so and its place, and runs once that one ends (here: cancelled)."""
+    big = tmp_path / "big.csv"
+    with big.open("w") as out:
+        out.write("cust,total\n")
+        out.writelines(f"c{n},{n}\n" for n in range(400_000))
+    with shop.admin() as api, big.open("rb") as body:
+        blocker = api.post("/api/imports", params={"filename": big.name, "user_id": "cust", "event": "Order",
+                                                   "dry_run": "true"},
+                           content=body, headers={"Prefer": "respond-async"}, timeout=60).json()
+        assert blocker["status"] == "running", blocker
+        small = tmp_path / "later.csv"
+        small.write_text("customer_id,amount\nuser-7,12.5\nuser-8,30\n")
+        page.goto("/admin")
+        page.get_by_label("File (NDJSON, JSON or Parquet", exact=False).set_input_files(str(small))
+        page.get_by_label("Event name for every row (CSV events)").fill("Later Sale")
+        page.get_by_role("button", name="Check (dry run)").click()
+        expect(page.locator("[data-test=import-count]")).to_contain_text(
+            "Waiting for the server's other imports: place 1 in the queue (it runs next)")
+        api.delete(f"/api/imports/{blocker['id']}")
+    expect(page.locator("#import-report")).to_contain_text("Dry run — 2 rows: would store 2", timeout=60_000)
+
+
 @pytest.mark.parametrize(("name", "text"), [
     ("quoted.csv", 'customer_id,"amount, EUR","say ""hi"""\nuser-7,12.5,yes\n'),
     ("tills.tsv", "customer_id\tamount, EUR\tsay \"hi\"\nuser-7\t12.5\tyes\n")])

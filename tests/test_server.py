@@ -7,6 +7,7 @@ import logging
 import os
 import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -481,6 +482,54 @@ def test_an_import_through_a_server_shows_its_rows_and_rate(server: Server, tmp_
     # load it showed 0:00:02 for the server's 3.02 s. What this guards against is a clock stopped with the upload's
     # (0:00:00 through the whole import), which half the server's time still catches.
     assert hours * 3600 + minutes * 60 + seconds >= float(took.group(1)) / 2, frames[-1]
+
+
+def test_an_import_through_a_server_busy_with_another_says_it_waits_and_its_place(server: Server,
+                                                                                  tmp_path: Path) -> None:
+    """The server runs one import at a time (PORTRAIT_IMPORTS_AT_ONCE): the CLI's, sent behind another, shows that
+    it waits and its place, then its rows once it runs, where a bar with no rows sat still."""
+    big = tmp_path / "big.csv"
+    big.write_text("cust,total\n" + "".join(f"b{n},{n}\n" for n in range(400_000)))
+    source = tmp_path / "orders.csv"
+    source.write_text("cust,total\n" + "".join(f"c{n},{n}\n" for n in range(1_000)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    env.update(PORTRAIT_ADMIN_KEY=ADMIN_KEY, COLUMNS="150")
+    with server.admin() as admin:
+        blocker = admin.post("/api/imports", params={"filename": big.name, "event": "Order", "user_id": "cust",
+                                                     "dry_run": "true"},
+                             content=big.read_bytes(), headers={"Prefer": "respond-async"}, timeout=60).json()
+        assert blocker["status"] == "running", blocker
+        leader, follower = pty.openpty()
+        with subprocess.Popen([sys.executable, "-m", "portrait", "import", "events", str(source), "--event",
+                               "Order", "--user-id", "cust", "--dry-run", "--db", server.db_path],
+                              stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env) as importing:
+            os.close(follower)
+            deadline = time.monotonic() + 60
+            while admin.get(f"/api/imports/{blocker['id']}").json()["status"] == "running":
+                if "waiting for the server's other imports" in _read_some(leader) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            admin.delete(f"/api/imports/{blocker['id']}")
+            shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _SEEN.pop(leader, "") + _read_until_closed(leader))
+            assert importing.wait(timeout=120) == 0, shown
+    assert "waiting for the server's other imports (queued, place 1: it runs next)" in shown, shown[-2000:]
+    assert "1,000 of 1,000 rows" in shown, shown[-2000:]
+
+
+_SEEN: dict[int, str] = {}  # what _read_some has read of a terminal, kept for the reader of the rest
+
+
+def _read_some(descriptor: int) -> str:
+    """What the terminal has shown so far (without the colours), without waiting for more."""
+    while select.select([descriptor], [], [], 0)[0]:
+        try:
+            chunk = os.read(descriptor, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        _SEEN[descriptor] = _SEEN.get(descriptor, "") + chunk.decode("utf-8", "replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _SEEN.get(descriptor, ""))
 
 
 def test_an_import_job_reports_its_progress_then_its_report(server: Server, tmp_path: Path) -> None:

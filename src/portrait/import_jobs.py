@@ -114,7 +114,11 @@ class ImportJobs:
         """Queue ``run(on_progress, stop)`` as a job ``owner`` can poll, run in a thread of its own once fewer than
         ``at_once`` run; ``folder`` (the upload's) is removed once it ends."""
         job = ImportJob(uuid.uuid4().hex, owner, filename, dry_run, ReadProgress(size), upload=folder)
-        self._records.add(job.id, owner, filename, dry_run, size, str(folder))
+        try:
+            self._records.add(job.id, owner, filename, dry_run, size, str(folder))
+        except BaseException:  # not queued (the store refused: a full disk): its upload must not stay behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         with self._lock:
             self._forget_old()
             self._jobs[job.id] = job

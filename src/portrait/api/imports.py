@@ -69,8 +69,10 @@ def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
             finally:
                 shutil.rmtree(upload.parent, ignore_errors=True)
             return report.as_dict()
-        job = start_job(portrait, jobs, caller(request).id, upload, format, rows, delimiter=delimiter,
-                        dry_run=dry_run, source=f"import:{upload.name}")
+        owner = caller(request).id
+        job = await run_in_threadpool(lambda: start_job(portrait, jobs, owner, upload, format, rows,
+                                                        delimiter=delimiter, dry_run=dry_run,
+                                                        source=f"import:{upload.name}"))  # recorded in the store
         return job_accepted(job_document(job), f"/api/imports/{job.id}")
 
     @api.get("/imports/{job_id}", summary="An import job started with `Prefer: respond-async`: its progress, then "
@@ -79,13 +81,13 @@ def router(portrait: Portrait, jobs: ImportJobs) -> APIRouter:
     async def import_job(job_id: str, request: Request) -> dict[str, Any]:
         key = caller(request)
         portrait.keys.require(key, "admin", "read import jobs")  # a read key starts none (its rows are the file's)
-        return job_document(jobs.get(job_id, key.id))
+        return job_document(await run_in_threadpool(jobs.get, job_id, key.id))  # may read the store's record
 
     @api.delete("/imports/{job_id}", summary="Stop an import job after the chunk it is importing (the rows stored so "
                                              "far stay); it then reports failed, code interrupted",
                 **answer(shapes.ImportJob, "The import job, asked to stop"))
     async def stop_import(job_id: str, request: Request) -> dict[str, Any]:
-        return job_document(jobs.stop(job_id, caller(request).id))
+        return job_document(await run_in_threadpool(jobs.stop, job_id, caller(request).id))
 
     return api
 

@@ -222,8 +222,8 @@ def router(console: Console, jobs: ImportJobs) -> APIRouter:
             document = parse_mapping_text(mapping, "the column mapping") if mapping else None
             rows = combine(kind, document, None, {})
             upload_path = await received(request, filename)
-            job = start_job(portrait, jobs, key.id, upload_path, None, rows, dry_run=dry_run,
-                            source=f"console:{upload_path.name}")
+            job = await run_in_threadpool(lambda: start_job(portrait, jobs, key.id, upload_path, None, rows,
+                                                            dry_run=dry_run, source=f"console:{upload_path.name}"))
             return JSONResponse(job_document(job), status_code=202)
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
@@ -234,7 +234,7 @@ def router(console: Console, jobs: ImportJobs) -> APIRouter:
     async def import_job(request: Request, job_id: str) -> Response:
         try:
             _, key = console.session(request)
-            return JSONResponse(job_document(jobs.get(job_id, key.id)))
+            return JSONResponse(job_document(await run_in_threadpool(jobs.get, job_id, key.id)))
         except SignInNeeded:
             return JSONResponse({"code": "unauthorized", "message": "sign in again"}, status_code=401)
         except PortraitError as exc:
