@@ -211,11 +211,12 @@ def test_a_server_stopped_during_imports_records_them_and_keeps_a_finished_one_a
         tmp_path: Path) -> None:
     """Stopped the ordinary way (SIGTERM), the server ends the running import after its chunk and the queued one
     before it starts, and records both; a job finished before the stop is still there, with its report."""
+    environment = {"PORTRAIT_IMPORTS_AT_ONCE": "1"}
     small = tmp_path / "small.csv"
     small.write_text("cust,total\n" + "".join(f"s{n},{n}\n" for n in range(50)) + "bad-row,1,2\n")
     source = _big_csv(tmp_path / "orders.csv", 300_000)
     db = str(tmp_path / "s.duckdb")
-    server = start_server(db, tmp_path / "s.log")
+    server = start_server(db, tmp_path / "s.log", environment)
     try:
         with server.admin() as api:
             finished = _poll_until(api, _send(api, small)["id"], _ended)
@@ -225,7 +226,7 @@ def test_a_server_stopped_during_imports_records_them_and_keeps_a_finished_one_a
             assert queued["status"] == "queued" and queued["queue_place"] == 1, queued
             _poll_until(api, running["id"], lambda j: j["progress"]["rows"] >= 10_000 or _ended(j))
         server.stop()
-        server = start_server(db, tmp_path / "s.log")
+        server = start_server(db, tmp_path / "s.log", environment)
         with server.admin() as api:
             stopped = api.get(f"/api/imports/{running['id']}").json()
             assert stopped["status"] == "failed" and stopped["error"]["code"] == "interrupted", stopped

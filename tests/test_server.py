@@ -486,8 +486,8 @@ def test_an_import_through_a_server_shows_its_rows_and_rate(server: Server, tmp_
 
 def test_an_import_through_a_server_busy_with_another_says_it_waits_and_its_place(server: Server,
                                                                                   tmp_path: Path) -> None:
-    """The server runs one import at a time (PORTRAIT_IMPORTS_AT_ONCE): the CLI's, sent behind another, shows that
-    it waits and its place, then its rows once it runs, where a bar with no rows sat still."""
+    """The server runs two imports at a time (PORTRAIT_IMPORTS_AT_ONCE): the CLI's, sent behind two others, shows
+    that it waits and its place, then its rows once it runs (it crashed on the waiting job's missing report)."""
     big = tmp_path / "big.csv"
     big.write_text("cust,total\n" + "".join(f"b{n},{n}\n" for n in range(400_000)))
     source = tmp_path / "orders.csv"
@@ -495,21 +495,23 @@ def test_an_import_through_a_server_busy_with_another_says_it_waits_and_its_plac
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     env.update(PORTRAIT_ADMIN_KEY=ADMIN_KEY, COLUMNS="150")
     with server.admin() as admin:
-        blocker = admin.post("/api/imports", params={"filename": big.name, "event": "Order", "user_id": "cust",
-                                                     "dry_run": "true"},
-                             content=big.read_bytes(), headers={"Prefer": "respond-async"}, timeout=60).json()
-        assert blocker["status"] == "running", blocker
+        blockers = [admin.post("/api/imports", params={"filename": big.name, "event": "Order", "user_id": "cust",
+                                                       "dry_run": "true"},
+                               content=big.read_bytes(), headers={"Prefer": "respond-async"}, timeout=60).json()
+                    for _ in range(2)]
+        assert [b["status"] for b in blockers] == ["running", "running"], blockers
         leader, follower = pty.openpty()
         with subprocess.Popen([sys.executable, "-m", "portrait", "import", "events", str(source), "--event",
                                "Order", "--user-id", "cust", "--dry-run", "--db", server.db_path],
                               stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env) as importing:
             os.close(follower)
             deadline = time.monotonic() + 60
-            while admin.get(f"/api/imports/{blocker['id']}").json()["status"] == "running":
+            while admin.get(f"/api/imports/{blockers[0]['id']}").json()["status"] == "running":
                 if "waiting for the server's other imports" in _read_some(leader) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-            admin.delete(f"/api/imports/{blocker['id']}")
+            for blocker in blockers:
+                admin.delete(f"/api/imports/{blocker['id']}")
             shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _SEEN.pop(leader, "") + _read_until_closed(leader))
             assert importing.wait(timeout=120) == 0, shown
     assert "waiting for the server's other imports (queued, place 1: it runs next)" in shown, shown[-2000:]

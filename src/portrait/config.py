@@ -108,7 +108,7 @@ class Settings:
     """Make a backup every this many hours while the server runs; 0 makes them only when asked."""
     backup_keep: int = 7
     """How many of the backups Portrait names (<database name>-<time>.duckdb) are kept, newest first; 0 keeps all."""
-    imports_at_once: int = 1
+    imports_at_once: int = 2
     """Import jobs (files sent to the server) that run at the same time; the others wait in a queue, in order."""
 
     def __post_init__(self) -> None:
