@@ -285,3 +285,22 @@ def test_imports_beyond_the_setting_wait_in_a_queue_and_a_queued_one_can_be_canc
     finally:
         server.stop()
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_finished_jobs_record_outlives_a_restart_for_its_hour_only(tmp_path: Path, portrait: Portrait,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record a new server (a new ImportJobs on the same store) reads back, until its hour is over: then it
+    is neither shown nor kept (its report may hold values of the file: the notes' first misfit)."""
+    jobs = _jobs(portrait)
+    job = jobs.start("key-a", "x.csv", 5, False, lambda on_progress, stop: ImportReport(rows=3, stored=3), tmp_path)
+    assert _finished(job).status == "done"
+    jobs.close()
+    restarted = _jobs(portrait).get(job.id, "key-a")
+    assert (restarted.status, restarted.as_dict()["report"]["stored"]) == ("done", 3)
+    with pytest.raises(NotFound):
+        _jobs(portrait).get(job.id, "key-b")
+    monkeypatch.setattr("portrait.import_jobs.KEPT_SECONDS", 0.0)
+    assert portrait.import_records.get(job.id) is not None
+    with pytest.raises(NotFound):
+        _jobs(portrait).get(job.id, "key-a")
+    assert portrait.import_records.get(job.id) is None  # deleted as the new server started

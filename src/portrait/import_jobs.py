@@ -39,6 +39,7 @@ from portrait.errors import Interrupted, NotFound, PortraitError
 from portrait.files import ReadProgress
 from portrait.import_records import ImportRecord, ImportRecords
 from portrait.service import ImportReport
+from portrait.spec import utc_now
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished job's report can be read
@@ -110,6 +111,7 @@ class ImportJobs:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._record_interrupted()
+        self._records.forget_old(timedelta(seconds=KEPT_SECONDS), MOST_KEPT)
 
     def start(self, owner: str, filename: str, size: int, dry_run: bool, run: Importer, folder: Path) -> ImportJob:
         """Queue ``run(on_progress, stop)`` as a job ``owner`` can poll, run in a thread of its own once fewer than
@@ -136,7 +138,10 @@ class ImportJobs:
                 self._place(job)
         if job is None:  # a job of the server before a restart, or one memory let go
             record = self._records.get(job_id)
-            job = ImportJob.of_record(record) if record is not None else None
+            # Records are deleted as jobs start; one past its hour that no start has deleted yet is not shown
+            kept = record is not None and (record.finished_at is None
+                                           or utc_now() - record.finished_at <= timedelta(seconds=KEPT_SECONDS))
+            job = ImportJob.of_record(record) if record is not None and kept else None
         if job is None or job.owner != owner:  # another key's job is not there for this one, as if unknown
             raise NotFound(f"there is no import {job_id} (a finished import is kept for an hour)",
                            code="import_not_found")
