@@ -25,6 +25,11 @@ from portrait.errors import BadRequest
 from portrait.service import Portrait
 from portrait.viewer import Viewer
 
+# A row id or sequence number given as a page's cursor: the store's BIGINT. A larger one (2**127, which the schema
+# fuzz sent) reached DuckDB, which could not compare it ("UINT128 ... out of range"): 500 where bad input is a 400.
+Cursor = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
+Sequence = Annotated[int, Query(ge=-(2**63), le=2**63 - 1)]
+
 
 def router(portrait: Portrait) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
@@ -89,7 +94,7 @@ def router(portrait: Portrait) -> APIRouter:
              **page(RejectedPage))
     async def rejected(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: int | None = None,
+        before: Cursor = None,
         code: str | None = None,
         *, request: Request,
     ) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def router(portrait: Portrait) -> APIRouter:
 
     @api.get("/events/recent", summary="Events after a sequence number, oldest first (for tailing)",
              **page(RecentEventsPage))
-    async def recent(request: Request, after: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    async def recent(request: Request, after: Sequence = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                      ) -> dict[str, Any]:
         events = await run_in_threadpool(portrait.recent_events, after, limit)
         return {"events": await run_in_threadpool(Viewer(portrait, caller(request)).events, events),
@@ -107,7 +112,7 @@ def router(portrait: Portrait) -> APIRouter:
     @api.get("/data-quality", summary="Trait values not applied because they break their attribute's rules",
              **page(IssuesPage))
     async def data_quality(
-        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: int | None = None,
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Cursor = None,
         attribute: str | None = None,
     ) -> dict[str, Any]:
         found = await run_in_threadpool(lambda: portrait.data_quality(limit=limit, before_id=before,
