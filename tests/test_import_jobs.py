@@ -272,7 +272,10 @@ def test_imports_beyond_the_setting_wait_in_a_queue_and_a_queued_one_can_be_canc
             assert len(list(uploads.iterdir())) == 2
             seen: list[tuple[str, str]] = []
             while True:
-                states = [api.get(f"/api/imports/{j['id']}").json() for j in (first, third)]
+                # The third read first: seen running, and the first seen running after that, the first was running
+                # then too (it ran from before, and a job never runs again) -- two at once. Read the other way
+                # round, the first could end and the third start between the two reads.
+                states = [api.get(f"/api/imports/{j['id']}").json() for j in (third, first)][::-1]
                 seen.append((states[0]["status"], states[1]["status"]))
                 if all(map(_ended, states)):
                     break
