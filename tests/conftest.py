@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +19,7 @@ import httpx
 import pytest
 from tests.postgres import PostgresServer
 
+from portrait.client import server_file
 from portrait.config import Settings
 from portrait.service import Portrait
 from portrait.sql import parse
@@ -128,12 +129,6 @@ def wait_until_events_are_stored(db: Path, loading: subprocess.Popen[str], timeo
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     """A real ``portrait serve`` process on loopback."""
@@ -169,26 +164,40 @@ class Server:
 
 def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None = None,
                  stderr: int = subprocess.STDOUT) -> Server:
-    """``stderr``: where the server's errors go (by default into the log, with its output)."""
-    port = free_port()
+    """``stderr``: where the server's errors go (by default into the log, with its output).
+
+    The server listens on a port the system picks (``--port 0``) and notes it in ``<db>.server.json``: a port looked
+    up as free here and passed in could be taken by another process (another test run, a connection's own port)
+    before the server bound it, and the server then refused to start ("cannot listen")."""
     env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", "0"],
             stdout=log, stderr=stderr, env=env,
         )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited with {process.returncode}: {log_path.read_text()}")
+        url = _url_noted_by(process.pid, db_path)
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if url is not None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return Server(url, db_path, process, log_path)
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     process.kill()
     raise AssertionError(f"server did not start: {log_path.read_text()}")
+
+
+def _url_noted_by(pid: int, db_path: str) -> str | None:
+    """The address the server process ``pid`` noted beside its database, once it has (not one another server of
+    the same database left there)."""
+    try:
+        noted = json.loads(server_file(db_path).read_text())
+    except (OSError, ValueError):  # not written yet, or being written
+        return None
+    return str(noted["url"]) if noted.get("pid") == pid else None
 
 
 def start_demo_shop(folder: Path, profiles: int = 40) -> Server:

@@ -53,9 +53,25 @@ class PostgresServer:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
                   "--auth-host=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8", "--no-sync")
-        options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
+        self._start()
+
+    def _start(self, attempts: int = 5) -> None:
+        """PostgreSQL cannot be asked for a port the system picks (port 0): the port is one found free, which
+        another process can take before the server binds it. Then, and only then, it starts on another one; every
+        other failure is raised at once."""
+        log = self.root / "log"
+        for attempt in range(attempts):
+            options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-o", options, "start")
+                return
+            except RuntimeError:
+                said = log.read_text(errors="replace") if log.exists() else ""
+                if "Address already in use" not in said or attempt == attempts - 1:
+                    raise
+                log.unlink()
+                self.port = _free_port()
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin / program), *args]

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from tests.conftest import ADMIN_KEY, WRITE_KEY, free_port
+from tests.conftest import ADMIN_KEY, WRITE_KEY
 
 from portrait.api import create_app
 from portrait.config import Settings, load_settings
@@ -494,10 +494,12 @@ def test_after_an_unexpected_500_the_connection_serves_the_next_request(portrait
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(portrait, "recount_segment", broken)
-    port = free_port()
+    listening = socket.socket()  # bound here, on a port the system picks: one found free could be taken meanwhile
+    listening.bind(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(portrait=portrait), host="127.0.0.1", port=port,
                                            log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30  # seconds on a loaded 2-core box, where 5 s was a tight guess
@@ -515,6 +517,7 @@ def test_after_an_unexpected_500_the_connection_serves_the_next_request(portrait
     finally:
         server.should_exit = True
         thread.join(10)
+        listening.close()
 
 
 def _whole_answer(connection: socket.socket) -> bytes:

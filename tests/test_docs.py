@@ -44,7 +44,7 @@ def test_settings_are_read_from_the_environment() -> None:
 
 
 def test_a_setting_out_of_range_names_its_variable() -> None:
-    with pytest.raises(ValueError, match=r"^PORTRAIT_PORT=99999: port must be from 1 to 65535, not 99999$"):
+    with pytest.raises(ValueError, match=r"^PORTRAIT_PORT=99999: port must be from 0 to 65535, not 99999$"):
         load_settings({"PORTRAIT_PORT": "99999"})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.conftest import ctrl_c_as_in_a_terminal, free_port, start_server, wait_until_events_are_stored
+from tests.conftest import ctrl_c_as_in_a_terminal, start_server, wait_until_events_are_stored
 from typer.testing import CliRunner
 
 from portrait.__main__ import run_reporting_damage
@@ -215,7 +215,7 @@ def test_a_second_server_on_the_same_database_says_where_the_first_one_is(tmp_pa
     holder = duckdb.connect(str(db))  # holds the file's lock as a running server does
     try:
         write_server_file(str(db), "http://127.0.0.1:8451")  # and what that server notes beside it
-        second = portrait("serve", "--db", str(db), "--port", str(free_port()))
+        second = portrait("serve", "--db", str(db), "--port", "0")
     finally:
         holder.close()
     assert second.returncode == 1
@@ -299,7 +299,7 @@ def test_an_empty_database_file_says_to_delete_it(tmp_path: Path) -> None:
 def _serve_first_time(db: Path, stderr: Any) -> subprocess.Popen[bytes]:
     """``portrait serve`` on a new database without configured keys: it generates and prints them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
-    return subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--db", str(db), "--port", str(free_port())],
+    return subprocess.Popen([sys.executable, "-m", "portrait", "serve", "--db", str(db), "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=stderr, env={**env, "PORTRAIT_NO_PROGRESS": "1"},
                             preexec_fn=ctrl_c_as_in_a_terminal)
 

@@ -356,6 +356,33 @@ def test_serve_on_a_port_in_use_says_so_before_opening_anything(tmp_path: Path) 
     assert refused.stdout == "" and not db.exists()  # no database made, no keys generated and printed
 
 
+def test_serve_on_port_0_listens_where_the_system_picks_and_says_where(server: Server) -> None:
+    """``--port 0`` (what the tests' servers use: a port looked up as free and passed in could be taken before the
+    server bound it): the server says the port it got, and notes it for the CLI."""
+    port = int(server.url.rsplit(":", 1)[1])
+    assert port > 0
+    with httpx.Client(base_url=server.url) as anyone:
+        assert anyone.get("/healthz").json()["service"] == "portrait"
+    assert f" on http://127.0.0.1:{port} (ingestion: http://127.0.0.1:{port}/v1/batch" in server.log_path.read_text()
+    assert json.loads(server_file(server.db_path).read_text())["url"] == f"http://127.0.0.1:{port}"
+
+
+def test_port_0_gives_every_address_of_the_host_the_same_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that resolves to two addresses (``localhost``: 127.0.0.1 and ::1) is listened on at one port, the
+    one the system picked for the first: the server has one address to print."""
+    from portrait.cli.server import _listen
+
+    two = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0)) for address in ("127.0.0.1", "127.0.0.2")]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: two)
+    listening = _listen("localhost", 0, "unused.duckdb")
+    try:
+        ports = {sock.getsockname()[1] for sock in listening}
+        assert len(listening) == 2 and len(ports) == 1 and 0 not in ports
+    finally:
+        for sock in listening:
+            sock.close()
+
+
 def test_serve_on_a_port_a_portrait_holds_says_which_and_how_on(server: Server, tmp_path: Path) -> None:
     """A second `make run` was told "another program is listening there" when that program was Portrait. It is
     now told so: for the same database, which process serves it and how to stop it; for another database, that it

@@ -112,8 +112,8 @@ class Settings:
     """Import jobs (files sent to the server) that run at the same time; the others wait in a queue, in order."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be from 1 to 65535, not {self.port}")
+        if not 0 <= self.port <= 65535:  # 0: a free port the system picks (the server says which)
+            raise ValueError(f"port must be from 0 to 65535, not {self.port}")
         if self.unknown_traits not in ("infer", "strict"):
             raise ValueError(f"unknown_traits must be infer or strict, not {self.unknown_traits!r}")
         for proxy in self.trusted_proxies:

@@ -66,7 +66,8 @@ def _fixed_mmap_threshold(size: int = 128 * 1024) -> None:
 def serve(
     db: DbOption = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on (default 8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port to listen on (default 8000; 0: a free one "
+                                                                    "the system picks, printed).")] = None,
 ) -> None:
     """Start the HTTP server: Segment-compatible ingestion under /v1 and the admin API under /api."""
     import uvicorn
@@ -79,6 +80,8 @@ def serve(
         listening = _listen(settings.host, settings.port, settings.db_path)
     except PortraitError as exc:
         raise _fail(exc) from exc
+    # --port 0: the port the system picked is the one printed, noted in <db>.server.json and served on
+    settings = settings.with_overrides(port=listening[0].getsockname()[1])
     # The writer and processor threads wait on DuckDB with the GIL released; a shorter switch interval lets them
     # take it back sooner while the event loop is busy reading requests (measured: ~25% more events/s).
     sys.setswitchinterval(0.001)
@@ -170,7 +173,8 @@ def _closing(signum: int, frame: object) -> None:
 def _listen(host: str, port: int, db_path: str) -> list[socket.socket]:
     """The server's sockets, bound as asyncio binds them for uvicorn: one per address the host resolves to
     (``localhost``: 127.0.0.1 and ::1), IPv6 ones for IPv6 only. A port in use is refused saying what holds it
-    (:func:`_port_taken`)."""
+    (:func:`_port_taken`). Port 0: the system picks a free one for the first address, and the others take the same
+    (a port looked up as free and then passed in could be taken by another program before it was bound)."""
     sockets: list[socket.socket] = []
     try:
         for family, kind, protocol, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -180,7 +184,8 @@ def _listen(host: str, port: int, db_path: str) -> list[socket.socket]:
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            listening.bind(address)
+            listening.bind((address[0], port, *address[2:]))
+            port = port or listening.getsockname()[1]
     except OSError as exc:  # socket.gaierror (an unknown host) is one
         _close_all(sockets)
         why = _port_taken(host, port, db_path) if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
