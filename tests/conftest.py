@@ -163,7 +163,7 @@ class Server:
 
 
 def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None = None,
-                 stderr: int = subprocess.STDOUT) -> Server:
+                 stderr: int = subprocess.STDOUT, host: str = "127.0.0.1") -> Server:
     """``stderr``: where the server's errors go (by default into the log, with its output).
 
     The server listens on a port the system picks (``--port 0``) and notes it in ``<db>.server.json``: a port looked
@@ -172,9 +172,18 @@ def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None 
     env = {**os.environ, "PORTRAIT_WRITE_KEY": WRITE_KEY, "PORTRAIT_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})}
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "portrait", "serve", "--db", db_path, "--host", host, "--port", "0"],
             stdout=log, stderr=stderr, env=env,
         )
+    try:
+        return _started(process, db_path, log_path)
+    except BaseException:  # a server that did not start as expected (a note it wrote wrong) is not left running
+        process.kill()
+        process.wait(timeout=30)
+        raise
+
+
+def _started(process: subprocess.Popen[bytes], db_path: str, log_path: Path) -> Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -186,7 +195,6 @@ def start_server(db_path: str, log_path: Path, extra_env: dict[str, str] | None 
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    process.kill()
     raise AssertionError(f"server did not start: {log_path.read_text()}")
 
 

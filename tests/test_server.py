@@ -367,6 +367,20 @@ def test_serve_on_port_0_listens_where_the_system_picks_and_says_where(server: S
     assert json.loads(server_file(server.db_path).read_text())["url"] == f"http://127.0.0.1:{port}"
 
 
+def test_a_server_on_an_ipv6_address_notes_an_address_the_cli_can_reach(tmp_path: Path) -> None:
+    """``--host ::1`` was printed and noted as ``http://::1:<port>``, which is no URL: every command beside the server
+    failed ("'http://::1:40595' is not a server URL: Invalid port"). An IPv6 address goes in brackets."""
+    served = start_server(str(tmp_path / "v6.duckdb"), tmp_path / "v6.log", host="::1")
+    try:
+        port = int(served.url.rsplit(":", 1)[1])
+        assert served.url == f"http://[::1]:{port}"
+        assert f" on http://[::1]:{port} (ingestion: http://[::1]:{port}/v1/batch" in served.log_path.read_text()
+        status = run_cli("status", "--db", served.db_path, "--json", env={"PORTRAIT_ADMIN_KEY": ADMIN_KEY})
+        assert status.returncode == 0, status.stderr
+    finally:
+        served.stop()
+
+
 def test_port_0_gives_every_address_of_the_host_the_same_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """A host that resolves to two addresses (``localhost``: 127.0.0.1 and ::1) is listened on at one port, the
     one the system picked for the first: the server has one address to print."""

@@ -101,7 +101,8 @@ def serve(
     try:
         _generate_keys(portrait)
         gc.freeze()
-        url = f"http://{settings.host}:{settings.port}"
+        # An IPv6 address in brackets: http://::1:8000 is no URL, and the CLI could not reach the server it noted
+        url = f"http://{_bracketed(settings.host)}:{settings.port}"
         try:
             write_server_file(settings.db_path, url)
         except PortraitError as exc:
@@ -218,6 +219,11 @@ def _loopback(host: str) -> str:
         return "127.0.0.1"
     if host == "::":
         return "[::1]"
+    return _bracketed(host)
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as a URL holds it: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
 
 
