@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest import ADMIN_KEY, WRITE_KEY, Server
+from conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 from portrait import exports
 from portrait.api.app import create_app
 from portrait.cli import app
@@ -280,3 +280,31 @@ def test_ctrl_c_during_an_export_through_a_server_cancels_it_there_and_says_so(
     assert out.read_text() == "yesterday's\n" and not list(tmp_path.glob(".profiles.csv.*"))  # no partial left
     with server.admin() as admin:
         assert _deleted_jobs(admin) == [204]
+
+
+def test_the_files_of_a_killed_server_are_removed_when_one_starts_again(tmp_path: Path) -> None:
+    """A finished export's file (personal data, when asked for) is kept an hour in a temporary folder; a server
+    killed in that hour (kill -9, the OOM killer, docker kill) left it there for good: nothing knew it was there.
+    The next server to start removes the folders of servers that are gone, and leaves a running one's alone."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {"TMPDIR": str(temporary)}
+    killed = start_server(str(tmp_path / "killed.duckdb"), tmp_path / "killed.log", extra_env=env)
+    running = start_server(str(tmp_path / "running.duckdb"), tmp_path / "running.log", extra_env=env)
+    try:
+        for served in (killed, running):
+            with served.admin() as admin:
+                job = admin.post("/api/exports", json={"include_personal": True})
+                assert job.status_code == 201, job.text
+        kept = sorted(temporary.glob("portrait-exports-*/*/profiles.csv"))
+        assert len(kept) == 2
+        killed.stop(kill=True)
+        assert all(path.is_file() for path in kept)  # what the killed server could not remove
+        again = start_server(killed.db_path, tmp_path / "again.log", extra_env=env)
+        again.stop()
+        with running.admin() as admin:  # the running server's file is still there, and downloads
+            jobs = [p.parent.name for p in kept if p.is_file()]
+            assert len(jobs) == 1 and admin.get(f"/api/exports/{jobs[0]}/file").status_code == 200
+    finally:
+        killed.stop(kill=True)
+        running.stop()

@@ -7,12 +7,15 @@ Jobs live in memory, as import jobs do: an export is safe to ask again, so a ser
 ones and removes every file. A job and its file are visible only to the key that started it (the file holds what
 that key may see: personal data if it asked for it and may read it, user ids masked if it may not), and are kept
 for :data:`KEPT_SECONDS` after the export ends, then removed -- by a sweep once a minute, or sooner with
-``DELETE /api/exports/{id}``.
+``DELETE /api/exports/{id}``. A server killed (kill -9) cannot remove its files: its folder is named with its
+process id, and the next server to start removes the folders of processes that are gone.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -31,6 +34,8 @@ from portrait.exports import ExportCancelled
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
 MOST_KEPT = 100  # jobs kept at most: past it, the oldest finished ones go first (and their files)
+FOLDER_PREFIX = "portrait-exports-"  # then the server's process id: portrait-exports-<pid>-<random>
+_FOLDER = re.compile(rf"{re.escape(FOLDER_PREFIX)}(\d+)-")
 
 Exporter = Callable[[Path, Callable[[int, int], None], Callable[[], bool]], dict[str, Any]]
 """``run(path, on_written, stop)``: writes the export to ``path`` and returns its report."""
@@ -98,6 +103,7 @@ class ExportJobs:
         self._stopping = threading.Event()
         self._folder: Path | None = None
         self._sweeper: _Sweeper | None = None
+        remove_folders_of_gone_servers()
 
     def start(self, owner: str, file_format: str, run: Exporter) -> ExportJob:
         """Run ``run`` in a thread of its own, as a job ``owner`` can poll and whose file it can download."""
@@ -107,7 +113,7 @@ class ExportJobs:
                 raise Conflict("the server is stopping: ask for the export again once it has started",
                                code="server_stopping")
             if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="portrait-exports-"))
+                self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
                 self._sweeper = _Sweeper(self)
                 self._sweeper.start()
             job = ExportJob(job_id, owner, file_format, self._folder / job_id / f"profiles.{file_format}",
@@ -214,6 +220,32 @@ class ExportJobs:
                 job.status = "done" if error is None else "failed"
                 self._threads.pop(job.id, None)
             job.ended.set()
+
+
+def remove_folders_of_gone_servers() -> None:
+    """Delete the export folders (and the files in them, personal data when asked for) of servers that were killed
+    before they could: a finished export is kept an hour, and nothing else would ever remove it. A folder whose
+    process still runs -- another server on this machine -- is its own; so is one of another user (not ours to
+    signal, nor to delete)."""
+    try:
+        found = list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"))
+    except OSError:  # the temporary folder unreadable: the first export says what is wrong with it
+        return
+    for folder in found:
+        named = _FOLDER.match(folder.name)
+        if named is not None and not _process_alive(int(named.group(1))):
+            log.warning("removing %s, the exports of a server that was killed (process %s)", folder, named.group(1))
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _timestamp(at: datetime) -> str:
