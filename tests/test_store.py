@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from portrait.errors import PortraitError
+from portrait.service import Portrait
 from portrait.sql import parse
 from portrait.store.duckdb import DuckDBStore
 
@@ -244,3 +245,28 @@ def test_ctrl_c_in_a_statement_of_opening_is_ctrl_c(tmp_path: Path, monkeypatch:
     store = DuckDBStore(path)
     assert store.session().execute(parse("SELECT 1")) == [(1,)]
     store.close()
+
+
+def test_statements_asked_for_again_and_again_are_built_once_not_kept_by_the_hundred(portrait: Portrait) -> None:
+    """The attribute list (every read-key request masks through it), a profile's event pages, the rejected list and
+    the console's live feed were built anew on each call (~1.4 ms for the attribute list) and each new tree took a
+    place in the renderer's cache of recent trees: a soak found it full of copies of them, Python's blocks rising
+    with the requests. The same shape is now the same tree, rendered once."""
+    portrait.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(3)]
+                             + [{"type": "track", "userId": "u1"}])  # no event name: rejected
+    portrait.process_pending()
+    cache = portrait.store._render._cache  # type: ignore[attr-defined]
+
+    def ask_everything(round_: int) -> None:
+        portrait.attributes.list()
+        portrait.attributes.list(standard=True, status="active")
+        portrait.events(f"user_id:u{round_ % 3}", event="Viewed", limit=10)
+        portrait.rejected(limit=20)
+        portrait.rejected(limit=20, code="missing_event", before_id=round_ + 1000)
+        portrait.recent_events(round_, 100, details=True)
+
+    ask_everything(0)
+    settled = len(cache)
+    for round_ in range(1, 40):
+        ask_everything(round_)
+    assert len(cache) == settled

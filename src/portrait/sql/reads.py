@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -96,27 +97,30 @@ INDEXED_PAGE_MAX_EVENTS = 2000
 
 def profile_event_page(f: EventFilter) -> tuple[exp.Expr, list[object]]:
     """Newest-first page of a profile's events (keyset pagination on (timestamp, seq))."""
-    params: list[object] = [f.profile_id]
-    query = (
-        exp.select("seq", "timestamp").from_("event_profiles").where(exp.column("profile_id").eq(param()))
-    )
-    if f.event is not None:
+    optional = (f.event, f.since, f.until)
+    query = _profile_event_page(*(value is not None for value in optional), f.before is not None,
+                                f.profile_events <= INDEXED_PAGE_MAX_EVENTS, f.limit)
+    return query, [f.profile_id, *(value for value in optional if value is not None), *(f.before or ())]
+
+
+@functools.lru_cache(maxsize=256)
+def _profile_event_page(by_event: bool, since: bool, until: bool, before: bool, materialized: bool, limit: int
+                        ) -> exp.Expr:
+    """Built once per shape (see attributes._listing: a statement built per call costs ~1 ms and a renderer cache
+    place)."""
+    query = exp.select("seq", "timestamp").from_("event_profiles").where(exp.column("profile_id").eq(param()))
+    if by_event:
         query = query.where(exp.column("event").eq(param()))
-        params.append(f.event)
-    if f.since is not None:
+    if since:
         query = query.where(exp.column("timestamp") >= param())
-        params.append(f.since)
-    if f.until is not None:
+    if until:
         query = query.where(exp.column("timestamp") < param())
-        params.append(f.until)
-    if f.before is not None:
+    if before:
         query = query.where(exp.Tuple(expressions=[exp.column("timestamp"), exp.column("seq")]) < exp.Tuple(
             expressions=[param(), param()]))
-        params.extend(f.before)
-    if f.profile_events <= INDEXED_PAGE_MAX_EVENTS:
+    if materialized:
         query = exp.select("seq", "timestamp").from_("mine").with_("mine", as_=query, materialized=True)
-    query = query.order_by("timestamp DESC", "seq DESC").limit(exp.Literal.number(f.limit + 1))
-    return query, params
+    return query.order_by("timestamp DESC", "seq DESC").limit(exp.Literal.number(limit + 1))
 
 
 REJECTED_COLUMNS = ("id", "received_at", "code", "reason", "source", "message_id", "payload")
@@ -130,16 +134,21 @@ def newest_first(table: str, columns: tuple[str, ...], limit: int, before_id: in
 
     One row more than ``limit`` is fetched, so the caller knows whether there is a next page.
     """
+    given = {column: value for column, value in equals.items() if value is not None}
+    query = _newest_first(table, columns, limit, before_id is not None, tuple(given))
+    return query, [*([before_id] if before_id is not None else []), *given.values()]
+
+
+@functools.lru_cache(maxsize=256)
+def _newest_first(table: str, columns: tuple[str, ...], limit: int, before: bool, equal_columns: tuple[str, ...]
+                  ) -> exp.Expr:
+    """Built once per shape (see _profile_event_page)."""
     query = exp.select(*columns).from_(table)
-    params: list[object] = []
-    if before_id is not None:
+    if before:
         query = query.where(exp.column("id") < param())
-        params.append(before_id)
-    for column, value in equals.items():
-        if value is not None:
-            query = query.where(exp.column(column).eq(param()))
-            params.append(value)
-    return query.order_by("id DESC").limit(exp.Literal.number(limit + 1)), params
+    for column in equal_columns:
+        query = query.where(exp.column(column).eq(param()))
+    return query.order_by("id DESC").limit(exp.Literal.number(limit + 1))
 
 
 RECENT_COLUMNS = ("seq", "message_id", "type", "event", "user_id", "anonymous_id", "timestamp", "received_at",
@@ -151,11 +160,14 @@ EVENT_COLUMNS = ("seq", "message_id", "type", "event", "user_id", "anonymous_id"
 
 def recent_events(after_seq: int, limit: int, *, details: bool = False) -> tuple[exp.Expr, list[object]]:
     """Events after a seq, oldest first: the summary columns, or (``details``) every column of an event."""
-    query = (
-        exp.select(*(EVENT_COLUMNS if details else RECENT_COLUMNS))
-        .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit))
-    )
-    return query, [after_seq]
+    return _recent_events(limit, details), [after_seq]
+
+
+@functools.lru_cache(maxsize=64)
+def _recent_events(limit: int, details: bool) -> exp.Expr:
+    """Built once per shape (see _profile_event_page): the console's live feed asks every few seconds."""
+    return (exp.select(*(EVENT_COLUMNS if details else RECENT_COLUMNS))
+            .from_("events").where(exp.column("seq") > param()).order_by("seq").limit(exp.Literal.number(limit)))
 COUNT_QUALITY = parse("SELECT count(*) FROM data_quality")
 # Params: profile id. Every consent statement of the profile, oldest first (the last per purpose is current), found
 # through the consent_records_profile index (finding them through event_profiles scanned every statement).
