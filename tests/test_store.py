@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from sqlglot import exp
 
 from portrait.errors import PortraitError
 from portrait.service import Portrait
@@ -149,18 +152,23 @@ def test_a_database_upgraded_by_a_newer_portrait_is_refused(tmp_path: Path) -> N
     assert refused.value.code == "database_too_new"
 
 
-def test_statements_built_per_call_do_not_fill_the_render_cache() -> None:
-    """Recently used statements are cached; trees built per call pass through (least recently used out first)."""
+def test_the_render_cache_keeps_a_statement_as_long_as_it_lives_and_no_longer() -> None:
+    """A statement is rendered once for as long as it lives; trees built per call leave no entry once collected,
+    however many, and never push the statements in use out."""
     from portrait.store.duckdb import _Renderer
 
     render = _Renderer("duckdb")
     static = parse("SELECT 1 AS one")
     assert render(static) == "SELECT 1 AS one"
-    for n in range(3 * _Renderer.SIZE):
+    for n in range(3000):
         assert render(parse(f"SELECT {n} AS n")) == f"SELECT {n} AS n"
-        render(static)  # in use all along: stays
-    assert len(render._cache) == _Renderer.SIZE
-    assert render._cache[id(static)][0] is static
+        render(static)
+    gc.collect()  # trees hold their parents: cycles, collected by the collector
+    assert list(render._cache) == [id(static)]
+    assert render._cache[id(static)][0]() is static
+    kept = parse("SELECT 2 AS two")
+    text = render(kept)
+    assert render(kept) is text  # the remembered text, not rendered again
 
 
 
@@ -247,7 +255,8 @@ def test_ctrl_c_in_a_statement_of_opening_is_ctrl_c(tmp_path: Path, monkeypatch:
     store.close()
 
 
-def test_statements_asked_for_again_and_again_are_built_once_not_kept_by_the_hundred(portrait: Portrait) -> None:
+def test_statements_asked_for_again_and_again_are_built_once_not_kept_by_the_hundred(
+        portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attribute list (every read-key request masks through it), a profile's event pages, the rejected list and
     the console's live feed were built anew on each call (~1.4 ms for the attribute list) and each new tree took a
     place in the renderer's cache of recent trees: a soak found it full of copies of them, Python's blocks rising
@@ -255,7 +264,6 @@ def test_statements_asked_for_again_and_again_are_built_once_not_kept_by_the_hun
     portrait.ingest_messages([{"type": "track", "userId": f"u{n}", "event": "Viewed"} for n in range(3)]
                              + [{"type": "track", "userId": "u1"}])  # no event name: rejected
     portrait.process_pending()
-    cache = portrait.store._render._cache  # type: ignore[attr-defined]
 
     def ask_everything(round_: int) -> None:
         portrait.attributes.list()
@@ -266,7 +274,14 @@ def test_statements_asked_for_again_and_again_are_built_once_not_kept_by_the_hun
         portrait.recent_events(round_, 100, details=True)
 
     ask_everything(0)
-    settled = len(cache)
+    rendered: list[str] = []
+    render = exp.Expression.sql  # (Expr.sql is the base's; Expression, the class of every tree, defines its own)
+
+    def counted(self: exp.Expression, *args: Any, **kwargs: Any) -> str:
+        rendered.append(text := render(self, *args, **kwargs))
+        return text
+
+    monkeypatch.setattr(exp.Expression, "sql", counted)
     for round_ in range(1, 40):
         ask_everything(round_)
-    assert len(cache) == settled
+    assert rendered == []

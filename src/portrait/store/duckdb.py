@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib
 import logging
 import os
 import re
 import stat
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,33 +61,35 @@ def _load_what_libraries_load_on_first_use() -> None:
 
 
 class _Renderer:
-    """Renders SQLGlot trees for one dialect, caching recent ones (rendering costs ~50 us).
-
-    The module-level statements are used over and over and stay in the cache; trees built per call (a page
-    query, a segment's condition) pass through it. Least recently used first out, so those cannot fill it for good
-    (a plain dict kept up to 4,096 trees alive, over a gigabyte for large ones, and then cached nothing new)."""
-
-    SIZE = 1024  # some 300 module-level statements
+    """Renders SQLGlot trees for one dialect, remembering each tree's text for as long as the tree lives (rendering
+    costs ~50-200 us). The module-level statements live as long as the process and are rendered once; a tree built
+    per call is forgotten with it, its entry removed as it is collected (a weak reference). So the cache never keeps
+    a tree alive and per-call trees never push out the statements used over and over: a plain dict kept up to 4,096
+    trees alive (over a gigabyte for large ones) and then cached nothing new; a least-recently-used cache of 1,024
+    then filled with per-call copies (a traced soak: Python's blocks rising with the requests)."""
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
-        self._cache: OrderedDict[int, tuple[exp.Expr, str]] = OrderedDict()
-        self._lock = threading.Lock()  # sessions of several threads share it
+        # By id: trees compare and hash by content, which is costly and would take an equal tree for this one.
+        self._cache: dict[int, tuple[weakref.ref[exp.Expr], str]] = {}
 
     def __call__(self, statement: exp.Expr) -> str:
         key = id(statement)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] is statement:
-                self._cache.move_to_end(key)
-                return cached[1]
+        cached = self._cache.get(key)
+        if cached is not None and cached[0]() is statement:
+            return cached[1]
         text = statement.sql(dialect=self.dialect)
-        with self._lock:
-            self._cache[key] = (statement, text)
-            self._cache.move_to_end(key)
-            if len(self._cache) > self.SIZE:
-                self._cache.popitem(last=False)
+        self._cache[key] = (weakref.ref(statement, functools.partial(self._forget, key)), text)
         return text
+
+    def _forget(self, key: int, reference: weakref.ref[exp.Expr]) -> None:
+        """A tree was collected: its entry goes. Called by whichever thread collects it, perhaps inside __call__, so
+        no lock (which that thread could hold): single dict operations, atomic under the GIL. Its id cannot be taken
+        by a new tree before this runs (the memory is freed after), so the entry found is this reference's, or a
+        second one made for the same tree by another thread (which its own call removes)."""
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is reference:
+            self._cache.pop(key, None)
 
 
 _REPORTED_BY_CALLER: set[str] = set()  # files whose damage a caller says itself (damage_reported_by_caller)
