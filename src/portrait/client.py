@@ -73,12 +73,20 @@ def server_process(db_path: str) -> int | None:
     """The process id ``<db>.server.json`` names, when that process is alive."""
     try:
         pid = json.loads(server_file(db_path).read_text()).get("pid")
-        if isinstance(pid, int):
-            os.kill(pid, 0)
-            return pid
     except (OSError, ValueError, AttributeError):
-        pass
-    return None
+        return None
+    return pid if isinstance(pid, int) and process_alive(pid) else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of that id runs on this machine (another user's counts: it is not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):  # no such process (ProcessLookupError), or no such id at all
+        return False
+    return True
 
 
 def profile_path(reference: str, *parts: str) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from portrait.background import Worker
+from portrait.client import process_alive
 from portrait.errors import Conflict, NotFound, PortraitError
 from portrait.exports import ExportCancelled
 
@@ -233,19 +234,9 @@ def remove_folders_of_gone_servers() -> None:
         return
     for folder in found:
         named = _FOLDER.match(folder.name)
-        if named is not None and not _process_alive(int(named.group(1))):
+        if named is not None and not process_alive(int(named.group(1))):
             log.warning("removing %s, the exports of a server that was killed (process %s)", folder, named.group(1))
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _timestamp(at: datetime) -> str:

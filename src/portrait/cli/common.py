@@ -27,7 +27,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from portrait import __version__
-from portrait.client import RemotePortrait, running_server_url
+from portrait.client import RemotePortrait, process_alive, running_server_url
 from portrait.config import Settings, load_settings
 from portrait.errors import DatabaseInUse, NotFound, PortraitError
 from portrait.service import Portrait
@@ -453,7 +453,7 @@ def _remove_stale_partials(path: Path) -> None:
     for partial, pid in found:
         if pid == os.getpid():
             continue
-        if _process_alive(pid):
+        if process_alive(pid):
             errors.print(f"note: left {partial.name} alone: process {pid} is still writing it (the same command "
                          "running twice?)", soft_wrap=True, highlight=False, markup=False)
             continue
@@ -474,16 +474,6 @@ def _copy_into(written: Path, path: Path) -> None:
             return
         with path.open("wb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _same_as_stdout(path: Path) -> bool:
