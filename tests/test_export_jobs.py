@@ -207,6 +207,65 @@ def test_a_cancel_that_comes_as_the_last_rows_are_written_still_cancels(held: He
     assert job["status"] == "failed" and job["error"]["code"] == "export_cancelled", job
 
 
+def _running_or_done(client: TestClient, job_id: str, rows: int) -> dict[str, Any]:
+    """The job once it has written ``rows`` rows (a held export stops there)."""
+    deadline = time.monotonic() + 30
+    while (job := client.get(f"/api/exports/{job_id}").json())["rows_written"] < rows:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.01)
+    return job
+
+
+def test_exports_beyond_those_the_server_runs_at_once_wait_in_order_with_their_place(held: Held) -> None:
+    """Any number of exports ran at once, each in a thread holding the profiles it writes: a read key asking for
+    many ran the server out of memory. Two run at once (PORTRAIT_EXPORTS_AT_ONCE); the others wait, queued."""
+    client, reached, release = held
+    first, second, third, fourth = (client.post("/api/exports", json={}, headers=AS_JOB) for _ in range(4))
+    assert reached.wait(30)
+    assert _running_or_done(client, second.json()["id"], 1)["status"] == "running"
+    assert third.status_code == 202, third.text
+    waiting = [client.get(f"/api/exports/{answer.json()['id']}").json() for answer in (third, fourth)]
+    assert [(job["status"], job["queue_place"], job["rows_written"], job["seconds"], job["started_at"])
+            for job in waiting] == [("queued", 1, 0, 0.0, None), ("queued", 2, 0, 0.0, None)]
+    early = client.get(f"/api/exports/{waiting[0]['id']}/file")
+    assert early.status_code == 409 and early.json()["code"] == "export_not_ready", early.text
+    assert "waits for the server's other exports" in early.json()["message"]
+    cancelled = client.delete(f"/api/exports/{waiting[0]['id']}")  # a queued one ends at once, never started
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "failed", cancelled.text
+    assert cancelled.json()["error"]["code"] == "export_cancelled"
+    assert client.get(f"/api/exports/{waiting[1]['id']}").json()["queue_place"] == 1
+    release.set()
+    for answer in (first, second, fourth):
+        deadline = time.monotonic() + 30
+        while (job := client.get(f"/api/exports/{answer.json()['id']}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.01)
+        assert (job["status"], job["queue_place"], job["rows_written"]) == ("done", None, 3), job
+
+
+def test_a_stopping_server_ends_the_queued_exports_before_they_start(portrait: Portrait) -> None:
+    jobs = ExportJobs(at_once=1)
+    started, stopped = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def holding(path: Path, written: Callable[[int, int], None], stop: Callable[[], bool]) -> dict[str, Any]:
+        ran.append(path.parent.name)
+        started.set()
+        while not stop():
+            time.sleep(0.01)
+        stopped.set()
+        raise exports.ExportCancelled("cancelled")
+
+    running = jobs.start("k", "csv", holding)
+    queued = jobs.start("k", "csv", holding)
+    assert started.wait(30)
+    assert (running.status, queued.status, queued.queue_place) == ("running", "queued", 1)
+    jobs.close()
+    assert stopped.is_set() and ran == [running.id]  # the queued one never ran
+    assert queued.status == "failed" and queued.error is not None and queued.error.code == "export_cancelled"
+    assert "stopped before the export started" in queued.error.message and queued.ended.is_set()
+
+
 def test_half_a_surrogate_pair_is_refused_not_a_server_error(held: Held) -> None:
     """JSON's "\\ud800" alone reached DuckDB's binding (500) or the audit log's JSON (a failed job)."""
     client, _, _ = held

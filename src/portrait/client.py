@@ -237,7 +237,7 @@ class RemotePortrait:
             return self._export_in_the_request(output, body, auth, on_downloaded)
         job = dict(_checked(response))
         try:
-            while job["status"] == "running":
+            while job["status"] in ("queued", "running"):  # queued: the server runs a few at a time
                 on_progress(job)
                 time.sleep(poll_seconds)
                 job = dict(_checked(self._http.get(f"/api/exports/{job['id']}", headers=auth)))

@@ -110,6 +110,8 @@ class Settings:
     """How many of the backups Portrait names (<database name>-<time>.duckdb) are kept, newest first; 0 keeps all."""
     imports_at_once: int = 2
     """Import jobs (files sent to the server) that run at the same time; the others wait in a queue, in order."""
+    exports_at_once: int = 2
+    """Export jobs (POST /api/exports) that run at the same time; the others wait in a queue, in order."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:  # 0: a free port the system picks (the server says which)

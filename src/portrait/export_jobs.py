@@ -3,6 +3,13 @@ inside its request, longer on bigger stores and under load, and a proxy's or cli
 answers at once, is polled (``GET /api/exports/{id}``: rows written of the rows to write), and its file is
 downloaded once done (``GET /api/exports/{id}/file``).
 
+At most ``PORTRAIT_EXPORTS_AT_ONCE`` (default 2) run at once, each in a thread of its own; the others wait, in the
+order they came, as ``queued`` with their place in the queue, as imports do (:mod:`portrait.import_jobs`). Each
+export holds the profiles it writes in memory (the query's result, then a chunk's Arrow table): any number at once,
+which a read key could ask for, ran the server out of memory. A queue rather than a refusal (429): an export is
+asked once and followed to its file, by the CLI, a script, the console; a refusal would have each of them retry on
+its own, where a queue runs every export asked for, in order, and tells each poller how far back it waits.
+
 Jobs live in memory, as import jobs do: an export is safe to ask again, so a server that stops cancels the running
 ones and removes every file. A job and its file are visible only to the key that started it (the file holds what
 that key may see: personal data if it asked for it and may read it, user ids masked if it may not), and are kept
@@ -21,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +42,7 @@ from portrait.exports import ExportCancelled
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
+AT_ONCE = 2  # exports run at once (PORTRAIT_EXPORTS_AT_ONCE): the others wait in a queue
 MOST_KEPT = 100  # jobs kept at most: past it, the oldest finished ones go first (and their files)
 FOLDER_PREFIX = "portrait-exports-"  # then the server's process id: portrait-exports-<pid>-<random>
 _FOLDER = re.compile(rf"{re.escape(FOLDER_PREFIX)}(\d+)-")
@@ -44,16 +53,17 @@ Exporter = Callable[[Path, Callable[[int, int], None], Callable[[], bool]], dict
 
 @dataclass
 class ExportJob:
-    """One export: rows written while it runs, then its report (and file) or its error."""
+    """One export: queued, rows written while it runs, then its report (and file) or its error."""
 
     id: str
     owner: str  # the id of the key that started it: only that key reads it
     file_format: str
     path: Path
     kept_seconds: float
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started: float = field(default_factory=time.monotonic)
-    status: str = "running"  # running, done, failed
+    started_at: datetime | None = None  # once it runs
+    started: float | None = None
+    status: str = "queued"  # queued, running, done, failed
+    queue_place: int | None = None  # while queued: 1 runs next
     rows_written: int = 0
     rows_total: int | None = None
     report: dict[str, Any] | None = None
@@ -64,10 +74,11 @@ class ExportJob:
     ended: threading.Event = field(default_factory=threading.Event)
 
     def as_dict(self) -> dict[str, Any]:
-        seconds = (self.finished or time.monotonic()) - self.started
+        seconds = 0.0 if self.started is None else (self.finished or time.monotonic()) - self.started
         shown: dict[str, Any] = {
-            "id": self.id, "status": self.status, "format": self.file_format, "rows_written": self.rows_written,
-            "rows_total": self.rows_total, "seconds": round(seconds, 2), "started_at": _timestamp(self.started_at),
+            "id": self.id, "status": self.status, "format": self.file_format, "queue_place": self.queue_place,
+            "rows_written": self.rows_written, "rows_total": self.rows_total, "seconds": round(seconds, 2),
+            "started_at": _timestamp(self.started_at) if self.started_at else None,
             "finished_at": _timestamp(self.finished_at) if self.finished_at else None,
             "expires_at": _timestamp(self.finished_at + timedelta(seconds=self.kept_seconds))
             if self.finished_at else None}
@@ -93,12 +104,15 @@ class _Sweeper(Worker):
 
 
 class ExportJobs:
-    """The server's export jobs, running and lately finished, and their files (in a temporary folder of the
+    """The server's export jobs, queued, running and lately finished, and their files (in a temporary folder of the
     server's own, made with the first job)."""
 
-    def __init__(self, kept_seconds: float = KEPT_SECONDS) -> None:
+    def __init__(self, kept_seconds: float = KEPT_SECONDS, at_once: int = AT_ONCE) -> None:
         self.kept_seconds = kept_seconds
+        self._at_once = max(1, at_once)
         self._jobs: dict[str, ExportJob] = {}
+        self._exporters: dict[str, Exporter] = {}
+        self._queue: deque[str] = deque()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -107,7 +121,8 @@ class ExportJobs:
         remove_folders_of_gone_servers()
 
     def start(self, owner: str, file_format: str, run: Exporter) -> ExportJob:
-        """Run ``run`` in a thread of its own, as a job ``owner`` can poll and whose file it can download."""
+        """Queue ``run`` as a job ``owner`` can poll and whose file it can download, run in a thread of its own once
+        fewer than ``at_once`` run."""
         job_id = uuid.uuid4().hex
         with self._lock:
             if self._stopping.is_set():
@@ -120,17 +135,19 @@ class ExportJobs:
             job = ExportJob(job_id, owner, file_format, self._folder / job_id / f"profiles.{file_format}",
                             self.kept_seconds)
             job.path.parent.mkdir()
-            thread = threading.Thread(target=self._run, args=(job, run), name=f"portrait-export-{job_id[:8]}",
-                                      daemon=True)
             self._jobs[job.id] = job
-            self._threads[job.id] = thread
+            self._exporters[job.id] = run
+            self._queue.append(job.id)
+            self._start_next()
+            self._place(job)
         self.forget_expired()
-        thread.start()
         return job
 
     def get(self, job_id: str, owner: str) -> ExportJob:
         with self._lock:
             job = self._jobs.get(job_id)
+            if job is not None:
+                self._place(job)
         if job is None or job.owner != owner:  # another key's job is not there for this one, as if unknown
             raise NotFound(f"there is no export {job_id} (a finished export is kept for "
                            f"{_duration(self.kept_seconds)}, then removed)", code="export_not_found")
@@ -139,6 +156,9 @@ class ExportJobs:
     def file(self, job_id: str, owner: str) -> tuple[Path, dict[str, Any]]:
         """The finished export's file and report; refused while it runs, or when it failed."""
         job = self.get(job_id, owner)
+        if job.status == "queued":
+            raise Conflict(f"export {job_id} waits for the server's other exports (queued, place {job.queue_place}): "
+                           f"poll GET /api/exports/{job_id} until its status is done", code="export_not_ready")
         if job.status == "running":
             raise Conflict(f"export {job_id} is still running ({job.rows_written:,} rows written so far): poll "
                            f"GET /api/exports/{job_id} until its status is done", code="export_not_ready")
@@ -149,9 +169,13 @@ class ExportJobs:
 
     def cancel(self, job_id: str, owner: str) -> ExportJob | None:
         """A running export is asked to stop (after the chunk it is writing; it then fails, code export_cancelled,
-        and its file goes) and returned; a finished one is removed, with its file, and None returned."""
+        and its file goes) and returned; a queued one ends so at once, never started, and is returned; a finished
+        one is removed, with its file, and None returned."""
         job = self.get(job_id, owner)
         with self._lock:
+            if job.status == "queued":
+                self._unqueue(job, ExportCancelled("the export was cancelled before it started: no file was made"))
+                return job
             if job.status == "running":
                 job.stop_asked.set()
                 return job
@@ -174,10 +198,13 @@ class ExportJobs:
                     self._remove(job)
 
     def close(self, timeout: float = 60.0) -> None:
-        """The server is stopping: running exports are cancelled (after their chunk; one still in its query ends
-        with it, within ``timeout``), and every file is removed."""
+        """The server is stopping: queued exports end before they start, running ones are cancelled (after their
+        chunk; one still in its query ends with it, within ``timeout``), and every file is removed."""
         self._stopping.set()
         with self._lock:
+            for job_id in list(self._queue):
+                self._unqueue(self._jobs[job_id], ExportCancelled(
+                    "the server stopped before the export started: ask for it again once it has started"))
             threads = list(self._threads.values())
             sweeper = self._sweeper
         deadline = time.monotonic() + timeout
@@ -188,6 +215,32 @@ class ExportJobs:
         with self._lock:
             if self._folder is not None:
                 shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _place(self, job: ExportJob) -> None:
+        """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""
+        if job.status == "queued":
+            job.queue_place = self._queue.index(job.id) + 1
+
+    def _start_next(self) -> None:
+        """Start queued jobs while fewer than ``at_once`` run; called holding ``_lock``."""
+        while self._queue and len(self._threads) < self._at_once and not self._stopping.is_set():
+            job = self._jobs[self._queue.popleft()]
+            job.status, job.queue_place = "running", None
+            job.started, job.started_at = time.monotonic(), datetime.now(UTC)
+            thread = threading.Thread(target=self._run, args=(job, self._exporters.pop(job.id)),
+                                      name=f"portrait-export-{job.id[:8]}", daemon=True)
+            self._threads[job.id] = thread
+            thread.start()
+
+    def _unqueue(self, job: ExportJob, error: PortraitError) -> None:
+        """End a queued job, never started, with ``error``; called holding ``_lock``."""
+        self._queue.remove(job.id)
+        self._exporters.pop(job.id, None)
+        shutil.rmtree(job.path.parent, ignore_errors=True)
+        job.error, job.queue_place = error, None
+        job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
+        job.status = "failed"
+        job.ended.set()
 
     def _remove(self, job: ExportJob) -> None:
         """Forget ``job`` and delete its file; called holding ``_lock``."""
@@ -220,6 +273,7 @@ class ExportJobs:
                 job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
                 job.status = "done" if error is None else "failed"
                 self._threads.pop(job.id, None)
+                self._start_next()
             job.ended.set()
 
 

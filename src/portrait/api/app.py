@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     owned = portrait is None
     service = portrait or Portrait(settings or Settings())
     jobs = ImportJobs(service.import_records, service.settings.imports_at_once, errors.status_of)
-    exports = ExportJobs()
+    exports = ExportJobs(at_once=service.settings.exports_at_once)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -222,16 +222,19 @@ class ExportReport(BaseModel):
 
 
 class ExportJob(BaseModel):
-    """A profile export run as a job (POST /api/exports): poll GET /api/exports/{id} until status is not running,
+    """A profile export run as a job (POST /api/exports): poll GET /api/exports/{id} until status is done or failed,
     then download its file."""
 
     id: str
-    status: Literal["running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed"] = Field(
+        description="queued (waiting for the server's other exports: PORTRAIT_EXPORTS_AT_ONCE run at a time), "
+                    "running, done or failed")
     format: str
+    queue_place: int | None = Field(description="While queued: its place in the queue (1 runs next); null otherwise")
     rows_written: int = Field(description="Rows written so far (all of them once done): the progress")
     rows_total: int | None = Field(description="Rows to write, known once the profiles are read (null before)")
-    seconds: float = Field(description="Since the export started, until it ended")
-    started_at: str = Field(description=TIME)
+    seconds: float = Field(description="Since the export started, until it ended (0 while queued)")
+    started_at: str | None = Field(description="null while queued; " + TIME)
     finished_at: str | None = Field(description="null while running; " + TIME)
     expires_at: str | None = Field(description="When the job and its file are removed (an hour after it ended); "
                                                "null while running")

@@ -236,6 +236,12 @@ def _followed_export(remote: RemotePortrait, partial: Path, file_format: str, na
         downloading: list[TaskID] = []
 
         def exported(job: dict[str, Any]) -> None:
+            place = job.get("queue_place")
+            if place is not None:  # the server runs PORTRAIT_EXPORTS_AT_ONCE exports at a time: this one waits
+                ahead = "it runs next" if place == 1 else f"{place - 1} before it"
+                progress.update(exporting, description=f"waiting for the server's other exports (queued, place "
+                                                       f"{place}: {ahead})")
+                return
             written, total = job["rows_written"], job["rows_total"]
             shown = f"{written:,} of {total:,} rows written" if total is not None else "reading the profiles"
             progress.update(exporting, total=total, completed=written,
