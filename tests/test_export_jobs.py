@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -264,6 +267,73 @@ def test_a_stopping_server_ends_the_queued_exports_before_they_start(portrait: P
     assert stopped.is_set() and ran == [running.id]  # the queued one never ran
     assert queued.status == "failed" and queued.error is not None and queued.error.code == "export_cancelled"
     assert "stopped before the export started" in queued.error.message and queued.ended.is_set()
+
+
+def _done(client: TestClient) -> dict[str, Any]:
+    """An export of the held fixture's 3 profiles, let run to its end."""
+    job = client.post("/api/exports", json={}).json()
+    assert job["status"] == "done", job
+    return job
+
+
+@pytest.mark.parametrize("held", [99], indirect=True)  # never held (3 rows)
+def test_a_file_removed_right_after_its_job_was_looked_up_is_404_not_a_server_error(
+        held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DELETE or the sweep removing the job and its file between the download's lookup of the job and the file's
+    opening: the server answered 500 (the file not found where the job said). The window is forced: the removal
+    comes right after the lookup."""
+    client, _, _ = held
+    job = _done(client)
+    looked_up = ExportJobs.get
+
+    def removed_after_lookup(jobs: ExportJobs, job_id: str, owner: str) -> Any:
+        found = looked_up(jobs, job_id, owner)
+        monkeypatch.setattr(ExportJobs, "get", looked_up)  # once: the DELETE looks it up too
+        jobs.cancel(job_id, owner)  # as DELETE /api/exports/{id} does, or the sweep once its hour is up
+        return found
+
+    monkeypatch.setattr(ExportJobs, "get", removed_after_lookup)
+    gone = client.get(f"/api/exports/{job['id']}/file")
+    assert gone.status_code == 404 and gone.json()["code"] == "export_not_found", gone.text
+    assert "removed" in gone.json()["message"]
+
+
+@pytest.mark.parametrize("held", [99], indirect=True)
+def test_a_file_removed_once_opened_still_downloads_whole(held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The removal right after the file was looked up and opened (the answer not yet sent): the download is the
+    whole file, opened before it went, and nothing of it stays on the disk."""
+    client, _, _ = held
+    job = _done(client)
+    real_file = ExportJobs.file
+    folders: list[Path] = []
+
+    def removed_once_found(jobs: ExportJobs, job_id: str, owner: str) -> Any:
+        found = real_file(jobs, job_id, owner)
+        folders.append(jobs.get(job_id, owner).path.parent)
+        jobs.cancel(job_id, owner)
+        return found
+
+    monkeypatch.setattr(ExportJobs, "file", removed_once_found)
+    answer = client.get(f"/api/exports/{job['id']}/file")
+    assert answer.status_code == 200, answer.text
+    assert answer.text.count("\n") == 4 and int(answer.headers["content-length"]) == len(answer.content)
+    assert answer.headers["content-disposition"] == 'attachment; filename="profiles.csv"'
+    assert folders and not folders[0].exists()
+
+
+@pytest.mark.parametrize("held", [99], indirect=True)
+def test_a_file_removed_behind_the_servers_back_is_410_gone(held: Held) -> None:
+    """The file deleted by something else than the server (a cleaner of /tmp) while the job is kept: 410, saying
+    to ask again, not a 500; the job goes with it."""
+    client, _, _ = held
+    job = _done(client)
+    folders = list(Path(tempfile.gettempdir()).glob(f"portrait-exports-{os.getpid()}-*/{job['id']}"))
+    assert len(folders) == 1
+    shutil.rmtree(folders[0])
+    gone = client.get(f"/api/exports/{job['id']}/file")
+    assert gone.status_code == 410 and gone.json()["code"] == "export_file_gone", gone.text
+    assert "ask for the export again" in gone.json()["message"]
+    assert client.get(f"/api/exports/{job['id']}").status_code == 404
 
 
 def test_half_a_surrogate_pair_is_refused_not_a_server_error(held: Held) -> None:

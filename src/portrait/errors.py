@@ -43,6 +43,12 @@ class NotFound(PortraitError):
     code = "not_found"
 
 
+class Gone(PortraitError):
+    """The thing asked for was there and is no longer (a file removed behind the server's back)."""
+
+    code = "gone"
+
+
 class DatabaseInUse(PortraitError):
     """The embedded database is held by another process (normally a running server)."""
 

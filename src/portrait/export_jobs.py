@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from portrait.background import Worker
 from portrait.client import process_alive
-from portrait.errors import Conflict, NotFound, PortraitError
+from portrait.errors import Conflict, Gone, NotFound, PortraitError
 from portrait.exports import ExportCancelled
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,10 @@ class ExportJobs:
                            f"{_duration(self.kept_seconds)}, then removed)", code="export_not_found")
         return job
 
-    def file(self, job_id: str, owner: str) -> tuple[Path, dict[str, Any]]:
-        """The finished export's file and report; refused while it runs, or when it failed."""
+    def file(self, job_id: str, owner: str) -> tuple[BinaryIO, dict[str, Any]]:
+        """The finished export's file, opened, and its report; refused while it waits or runs, or when it failed.
+        Opened here, not by path as the answer is sent: a DELETE or the sweep removing it in between made the
+        download a 500; an open file is read whole even once removed."""
         job = self.get(job_id, owner)
         if job.status == "queued":
             raise Conflict(f"export {job_id} waits for the server's other exports (queued, place {job.queue_place}): "
@@ -165,7 +167,20 @@ class ExportJobs:
         if job.report is None:
             why = job.error.message if job.error else "it failed"
             raise Conflict(f"export {job_id} failed, so it has no file: {why}", code="export_failed")
-        return job.path, job.report
+        return self._opened(job), job.report
+
+    def _opened(self, job: ExportJob) -> BinaryIO:
+        """The job's file opened, under the lock its removals take: never half way through one."""
+        with self._lock:
+            if self._jobs.get(job.id) is not job:  # removed since it was looked up (DELETE, the sweep)
+                raise NotFound(f"there is no export {job.id}: it was removed as its file was asked for",
+                               code="export_not_found")
+            try:
+                return job.path.open("rb")
+            except FileNotFoundError:  # deleted by something else than this server (a cleaner of /tmp)
+                self._remove(job)
+        raise Gone(f"the file of export {job.id} is no longer on the server (deleted by something else than "
+                   "Portrait): ask for the export again", code="export_file_gone")
 
     def cancel(self, job_id: str, owner: str) -> ExportJob | None:
         """A running export is asked to stop (after the chunk it is writing; it then fails, code export_cancelled,

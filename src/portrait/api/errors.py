@@ -19,6 +19,7 @@ from portrait.errors import (
     DatabaseDamaged,
     DatabaseInUse,
     Forbidden,
+    Gone,
     Interrupted,
     NotFound,
     PortraitError,
@@ -31,8 +32,9 @@ from portrait.errors import (
 log = logging.getLogger(__name__)
 RETRY_SAFE = "the server could not complete the request; it is safe to retry"
 STATUS: dict[type[PortraitError], int] = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404,
-                                          Conflict: 409, RateLimited: 429, SourceUnavailable: 502, DatabaseInUse: 503,
-                                          StorageUnavailable: 503, Interrupted: 503, DatabaseDamaged: 503}
+                                          Conflict: 409, Gone: 410, RateLimited: 429, SourceUnavailable: 502,
+                                          DatabaseInUse: 503, StorageUnavailable: 503, Interrupted: 503,
+                                          DatabaseDamaged: 503}
 
 
 # How long a sender refused for a full disk is asked to wait (ingestion and the API alike).

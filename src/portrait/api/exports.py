@@ -12,13 +12,14 @@ and :func:`audit_export` serve both.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from portrait.api import schemas_attributes as shapes
 from portrait.api.auth import authorizer, caller
@@ -83,11 +84,12 @@ def router(portrait: Portrait, jobs: ExportJobs) -> APIRouter:
     async def export_job(job_id: str, request: Request) -> dict[str, Any]:
         return job_document(jobs.get(job_id, caller(request).id))
 
-    @api.get("/exports/{job_id}/file", summary="The finished export's file (409 while it runs or when it failed)",
+    @api.get("/exports/{job_id}/file", summary="The finished export's file (409 while it waits or runs, or when it "
+                                               "failed; 410 when it was deleted by something else)",
              response_class=FileResponse, responses={200: EXPORT_ANSWER})
-    async def export_file(job_id: str, request: Request) -> FileResponse:
-        path, report = jobs.file(job_id, caller(request).id)
-        return file_answer(path, report)
+    async def export_file(job_id: str, request: Request) -> StreamingResponse:
+        opened, report = await run_in_threadpool(jobs.file, job_id, caller(request).id)
+        return opened_file_answer(opened, report)
 
     @api.delete("/exports/{job_id}", status_code=204,
                 summary="Cancel a running export (it stops after the chunk it is writing, then reports failed, "
@@ -192,6 +194,26 @@ def file_answer(path: Path, report: dict[str, Any], **extra: Any) -> FileRespons
     shown = {k: v for k, v in report.items() if k != "path"}
     return FileResponse(path, media_type=EXPORT_MEDIA[report["format"]], filename=path.name,
                         headers={"X-Portrait-Export": json.dumps(shown, ensure_ascii=True)}, **extra)
+
+
+FILE_CHUNK = 1024 * 1024  # read and sent at a time
+
+
+def opened_file_answer(opened: BinaryIO, report: dict[str, Any]) -> StreamingResponse:
+    """An export's file already open (:meth:`ExportJobs.file`) answered as :func:`file_answer` answers one by its
+    path, and closed once sent (or the client gone). Not a FileResponse: that one opens the file by its path as it
+    answers, after the job was looked up, and a file removed in between was a 500."""
+    def chunks() -> Iterator[bytes]:
+        with opened:
+            while chunk := opened.read(FILE_CHUNK):
+                yield chunk
+
+    shown = {k: v for k, v in report.items() if k != "path"}
+    name = Path(opened.name).name
+    return StreamingResponse(chunks(), media_type=EXPORT_MEDIA[report["format"]], headers={
+        "Content-Length": str(os.fstat(opened.fileno()).st_size),
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Portrait-Export": json.dumps(shown, ensure_ascii=True)})
 
 
 def job_document(job: ExportJob) -> dict[str, Any]:
