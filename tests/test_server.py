@@ -161,6 +161,16 @@ def test_sigterm_and_ctrl_c_stop_the_server_cleanly(server: Server, stop_signal:
     assert "Traceback" not in server.log_path.read_text()
 
 
+def test_a_stopping_server_leaves_a_server_file_another_process_wrote(server: Server) -> None:
+    """A stopping server removed <db>.server.json whoever wrote it: a server started on the database as this one
+    closed it (its lock released before the file was removed) lost its note, and the CLI no longer found it."""
+    noted = json.dumps({"url": "http://127.0.0.1:1", "pid": os.getpid()})  # a live process's, not the server's
+    server_file(server.db_path).write_text(noted)
+    server.stop()
+    assert server.process.returncode == 0, server.log_path.read_text()
+    assert server_file(server.db_path).read_text() == noted
+
+
 def _inode(path: Path) -> int | None:
     try:
         return path.stat().st_ino

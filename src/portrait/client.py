@@ -35,7 +35,15 @@ def write_server_file(db_path: str, url: str) -> None:
 
 
 def remove_server_file(db_path: str) -> None:
-    server_file(db_path).unlink(missing_ok=True)
+    """Remove ``<db>.server.json`` if this process wrote it. Another's is left: a server started on the database
+    as this one stopped (the database's lock is released before the note goes) has written its own there."""
+    path = server_file(db_path)
+    try:
+        noted = json.loads(path.read_text())
+    except (OSError, ValueError):  # gone already, or not a note of ours to read
+        return
+    if isinstance(noted, dict) and noted.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def running_server_url(db_path: str) -> str | None:
