@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from segment.analytics.client import Client as SegmentClient
 from tests.conftest import ADMIN_KEY, WRITE_KEY, Server, start_server
 
 from portrait.client import server_file
+from portrait.errors import PortraitError
 
 
 def test_segment_sdk_events_land_on_the_profile(server: Server) -> None:
@@ -405,6 +407,151 @@ def test_port_0_gives_every_address_of_the_host_the_same_port(monkeypatch: pytes
     finally:
         for sock in listening:
             sock.close()
+
+
+class _TakenOnTheSecond:
+    """Another program taking, on 127.0.0.2, each port the system picks for 127.0.0.1 right after it is picked (the
+    first ``times`` picks): the window between the server's binds, forced."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+        self.taken: list[socket.socket] = []
+        two = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0)) for address in ("127.0.0.1", "127.0.0.2")]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: two)
+        real_bind = socket.socket.bind
+
+        def bind(sock: socket.socket, address: Any) -> None:
+            real_bind(sock, address)
+            if address[:2] == ("127.0.0.1", 0) and len(self.taken) < times:
+                other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                real_bind(other, ("127.0.0.2", sock.getsockname()[1]))
+                other.listen()
+                self.taken.append(other)
+
+        monkeypatch.setattr(socket.socket, "bind", bind)
+
+    def ports(self) -> set[int]:
+        return {sock.getsockname()[1] for sock in self.taken}
+
+    def close(self) -> None:
+        for sock in self.taken:
+            sock.close()
+
+
+def test_port_0_picks_again_when_the_picked_port_is_taken_on_another_address(monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    """--port 0 on a host of two addresses: the port the system picked for the first was taken on the second, and
+    the server refused to start ("port P in use") though any port would do. It picks again."""
+    from portrait.cli.server import _listen
+
+    taken = _TakenOnTheSecond(monkeypatch, times=2)
+    try:
+        listening = _listen("localhost", 0, "unused.duckdb")
+        ports = {sock.getsockname()[1] for sock in listening}
+        assert len(listening) == 2 and len(ports) == 1 and 0 not in ports
+        assert len(taken.ports()) == 2 and not ports & taken.ports()  # two picks taken, the third served
+        _close_all(listening)
+    finally:
+        taken.close()
+
+
+def test_port_0_gives_up_saying_why_after_a_few_picks_all_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    from portrait.cli.server import PORT_PICKS, _listen
+
+    taken = _TakenOnTheSecond(monkeypatch, times=1000)
+    try:
+        with pytest.raises(PortraitError) as refused:
+            _listen("localhost", 0, "unused.duckdb")
+        assert len(taken.ports()) == PORT_PICKS
+        assert refused.value.message.startswith(f"cannot listen on localhost:0: each of the {PORT_PICKS} ports the "
+                                                "system picked for 127.0.0.1 was in use on 127.0.0.2")
+    finally:
+        taken.close()
+
+
+def test_a_port_asked_for_and_in_use_is_not_picked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only port 0 is picked again: a port asked for by number is that one or none."""
+    from portrait.cli.server import _listen
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.2", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    two = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in ("127.0.0.1", "127.0.0.2")]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: two)
+    try:
+        with pytest.raises(PortraitError, match=f"cannot listen on localhost:{port}: another program"):
+            _listen("localhost", port, "unused.duckdb")
+    finally:
+        blocker.close()
+
+
+# Loaded by a server process (PYTHONPATH): ``localhost`` resolves to two addresses, 127.0.0.1 and 127.0.0.2 (the
+# machine's own resolves it to one), and the server waits, once it has bound the first port the system picked, for
+# the test to take that port on the second address.
+_TWO_ADDRESSES = """
+import os, pathlib, socket, time
+
+folder = pathlib.Path(os.environ["TEST_TWO_ADDRESSES"])
+real_getaddrinfo, real_bind = socket.getaddrinfo, socket.socket.bind
+
+def getaddrinfo(host, port, *args, **kwargs):
+    if host == "localhost":
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in ("127.0.0.1", "127.0.0.2")]
+    return real_getaddrinfo(host, port, *args, **kwargs)
+
+def bind(sock, address):
+    real_bind(sock, address)
+    if address[:2] == ("127.0.0.1", 0) and not (folder / "picked").exists():
+        (folder / "picking").write_text(str(sock.getsockname()[1]))
+        (folder / "picking").rename(folder / "picked")  # whole once there
+        deadline = time.monotonic() + 30
+        while not (folder / "taken").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+socket.getaddrinfo, socket.socket.bind = getaddrinfo, bind
+"""
+
+
+def test_a_server_on_port_0_starts_on_another_port_when_another_program_takes_the_first(tmp_path: Path) -> None:
+    """The real server: another program takes, on the host's second address, the port the system picked for the
+    first, as the server is between its binds; the server starts on another port (it refused to start before)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_TWO_ADDRESSES)
+    env = {"PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+           "TEST_TWO_ADDRESSES": str(hooks)}
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taker = threading.Thread(target=_take_the_picked_port, args=(hooks, other))
+    taker.start()
+    try:
+        served = start_server(str(tmp_path / "two.duckdb"), tmp_path / "two.log", extra_env=env, host="localhost")
+        taker.join(30)
+        try:
+            picked = int((hooks / "picked").read_text())
+            assert other.getsockname() == ("127.0.0.2", picked)  # the other program has it
+            port = int(served.url.rsplit(":", 1)[1])
+            assert port != picked and served.url == f"http://localhost:{port}"
+            with httpx.Client(base_url=served.url, timeout=10) as client:
+                assert client.get("/healthz").status_code == 200
+        finally:
+            served.stop()
+    finally:
+        taker.join(30)
+        other.close()
+
+
+def _take_the_picked_port(hooks: Path, other: socket.socket) -> None:
+    deadline = time.monotonic() + 30
+    while not (hooks / "picked").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other.bind(("127.0.0.2", int((hooks / "picked").read_text())))
+    other.listen()
+    (hooks / "taken").touch()
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def test_serve_on_a_port_a_portrait_holds_says_which_and_how_on(server: Server, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ from portrait.service import Portrait
 from portrait.store.duckdb import PREVIOUS_KEY_VARIABLE, compact_file, compaction_marker, opens_with
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+PORT_PICKS = 5  # --port 0: ports the system may pick, each taken on another of the host's addresses, before giving up
 
 
 def _fixed_mmap_threshold(size: int = 128 * 1024) -> None:
@@ -175,23 +176,38 @@ def _listen(host: str, port: int, db_path: str) -> list[socket.socket]:
     """The server's sockets, bound as asyncio binds them for uvicorn: one per address the host resolves to
     (``localhost``: 127.0.0.1 and ::1), IPv6 ones for IPv6 only. A port in use is refused saying what holds it
     (:func:`_port_taken`). Port 0: the system picks a free one for the first address, and the others take the same
-    (a port looked up as free and then passed in could be taken by another program before it was bound)."""
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, protocol, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                                      flags=socket.AI_PASSIVE):
-            listening = socket.socket(family, kind, protocol)
-            sockets.append(listening)
-            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            listening.bind((address[0], port, *address[2:]))
-            port = port or listening.getsockname()[1]
-    except OSError as exc:  # socket.gaierror (an unknown host) is one
-        _close_all(sockets)
-        why = _port_taken(host, port, db_path) if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        raise PortraitError(f"cannot listen on {host}:{port}: {why}", code="cannot_listen") from exc
-    return sockets
+    (a port looked up as free and then passed in could be taken by another program before it was bound); free on
+    the first address, it may be in use on another, and the system picks again (up to :data:`PORT_PICKS` times):
+    any port was asked for."""
+    picked: list[int] = []  # port 0: the ports the system picked that were in use on another address
+    while True:
+        sockets: list[socket.socket] = []
+        addresses: list[str] = []
+        bound = port  # port 0: the one the system picked, once it did
+        try:
+            for family, kind, protocol, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                          flags=socket.AI_PASSIVE):
+                addresses.append(str(address[0]))
+                listening = socket.socket(family, kind, protocol)
+                sockets.append(listening)
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listening.bind((address[0], bound, *address[2:]))
+                bound = bound or listening.getsockname()[1]
+        except OSError as exc:  # socket.gaierror (an unknown host) is one
+            _close_all(sockets)
+            if port == 0 and bound != 0 and exc.errno == errno.EADDRINUSE:  # picked, then in use on another address
+                picked.append(bound)
+                if len(picked) < PORT_PICKS:
+                    continue
+                raise PortraitError(
+                    f"cannot listen on {host}:0: each of the {len(picked)} ports the system picked for {addresses[0]} "
+                    f"was in use on {addresses[-1]} ({', '.join(map(str, picked))}): try again, or choose a port "
+                    "with --port or PORTRAIT_PORT", code="cannot_listen") from exc
+            why = _port_taken(host, bound, db_path) if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise PortraitError(f"cannot listen on {host}:{bound}: {why}", code="cannot_listen") from exc
+        return sockets
 
 
 def _port_taken(host: str, port: int, db_path: str) -> str:
