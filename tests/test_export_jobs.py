@@ -246,6 +246,29 @@ def test_exports_beyond_those_the_server_runs_at_once_wait_in_order_with_their_p
         assert (job["status"], job["queue_place"], job["rows_written"]) == ("done", None, 3), job
 
 
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")  # the client's, in process
+def test_the_cli_follows_an_export_that_waits_its_turn_to_its_file(held: Held, tmp_path: Path) -> None:
+    """The CLI's client polled while its job was running, and a queued one is not: it asked for the file of an
+    export not started (409 export_not_ready)."""
+    client, reached, release = held
+    for _ in range(2):  # the two the server runs at once, held
+        assert client.post("/api/exports", json={}, headers=AS_JOB).status_code == 202
+    assert reached.wait(30)
+    remote = RemotePortrait("http://testserver", admin_key=ADMIN_KEY)
+    remote._http = client  # the app in process, its exports held: the CLI's export waits behind them
+    seen: list[dict[str, Any]] = []
+
+    def progressed(job: dict[str, Any]) -> None:
+        seen.append(job)
+        if job["status"] == "queued":
+            release.set()
+
+    report = remote.export_profiles(tmp_path / "out.csv", "csv", None, False, on_progress=progressed,
+                                    poll_seconds=0.01)
+    assert seen[0]["status"] == "queued" and seen[0]["queue_place"] == 1, seen[0]
+    assert report["rows"] == 3 and (tmp_path / "out.csv").read_text().count("\n") == 4
+
+
 def test_a_stopping_server_ends_the_queued_exports_before_they_start(portrait: Portrait) -> None:
     jobs = ExportJobs(at_once=1)
     started, stopped = threading.Event(), threading.Event()
