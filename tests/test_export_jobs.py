@@ -26,7 +26,7 @@ from portrait import exports
 from portrait.api.app import create_app
 from portrait.cli import app
 from portrait.client import RemotePortrait
-from portrait.export_jobs import ExportJobs
+from portrait.export_jobs import MOST_KEPT, ExportJobs
 from portrait.service import Portrait
 
 AS_JOB = {"Prefer": "respond-async"}
@@ -384,6 +384,25 @@ def test_finished_exports_and_their_files_are_removed_after_their_time(portrait:
     finally:
         jobs.close()
     assert not job.path.parent.parent.exists()  # the server's folder of exports, gone when it stops
+
+
+def test_a_finished_export_is_kept_however_many_wait_behind_it(portrait: Portrait) -> None:
+    """At most 100 jobs are kept, the oldest finished going first: counted with the queued ones, a long queue
+    removed each export as soon as it ended, before its file could be downloaded."""
+    jobs = ExportJobs(at_once=1)
+
+    def holding(path: Path, written: Callable[[int, int], None], stop: Callable[[], bool]) -> dict[str, Any]:
+        while not stop():
+            time.sleep(0.01)
+        raise exports.ExportCancelled("cancelled")
+
+    try:
+        done = jobs.wait(jobs.start("k", "csv", lambda path, written, stop: portrait.export_profiles(path, "csv")))
+        waiting = [jobs.start("k", "csv", holding) for _ in range(MOST_KEPT + 1)]
+        assert waiting[-1].status == "queued"
+        assert jobs.get(done.id, "k") is done and done.path.is_file()
+    finally:
+        jobs.close()
 
 
 def _deleted_jobs(admin: httpx.Client) -> list[int]:

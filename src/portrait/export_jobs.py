@@ -43,7 +43,7 @@ from portrait.exports import ExportCancelled
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
 AT_ONCE = 2  # exports run at once (PORTRAIT_EXPORTS_AT_ONCE): the others wait in a queue
-MOST_KEPT = 100  # jobs kept at most: past it, the oldest finished ones go first (and their files)
+MOST_KEPT = 100  # finished jobs kept at most: past it, the oldest go first (and their files)
 FOLDER_PREFIX = "portrait-exports-"  # then the server's process id: portrait-exports-<pid>-<random>
 _FOLDER = re.compile(rf"{re.escape(FOLDER_PREFIX)}(\d+)-")
 
@@ -203,13 +203,14 @@ class ExportJobs:
 
     def forget_expired(self) -> None:
         """Remove the jobs finished longer than ``kept_seconds`` ago, and the oldest finished beyond
-        ``MOST_KEPT``."""
+        ``MOST_KEPT`` (finished ones only: counted with those queued, a long queue removed each export as it
+        ended, before its file could be downloaded)."""
         now = time.monotonic()
         with self._lock:
             finished = sorted((j for j in self._jobs.values() if j.finished is not None),
                               key=lambda j: j.finished or 0)
-            for job in finished:
-                if now - (job.finished or now) > self.kept_seconds or len(self._jobs) > MOST_KEPT:
+            for older, job in enumerate(finished):  # oldest first: those removed are the older ones
+                if now - (job.finished or now) > self.kept_seconds or len(finished) - older > MOST_KEPT:
                     self._remove(job)
 
     def close(self, timeout: float = 60.0) -> None:
