@@ -479,3 +479,34 @@ def test_the_files_of_a_killed_server_are_removed_when_one_starts_again(tmp_path
     finally:
         killed.stop(kill=True)
         running.stop()
+
+
+def test_the_export_answered_in_its_request_waits_its_turn_as_the_jobs_do(held: Held,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /api/exports/profiles ran its export at once, beside the PORTRAIT_EXPORTS_AT_ONCE jobs: the bound that
+    keeps a read key from running the server out of memory (each export holds the profiles it writes) did not hold
+    for it. It runs as a job the queue bounds, its answer the job's file (the job removed once it is sent)."""
+    client, reached, release = held
+    for _ in range(2):  # the two the server runs at once, held
+        assert client.post("/api/exports", json={}, headers=AS_JOB).status_code == 202
+    assert reached.wait(30)
+    queued = threading.Event()
+    real_start = ExportJobs.start
+
+    def start(self: ExportJobs, *args: Any, **kwargs: Any) -> Any:
+        job = real_start(self, *args, **kwargs)
+        if job.status == "queued":
+            queued.set()
+        return job
+
+    monkeypatch.setattr(ExportJobs, "start", start)
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(target=lambda: answers.append(client.get("/api/exports/profiles")))
+    asking.start()
+    try:
+        assert queued.wait(10), "the export answered in its request did not wait behind the two running"
+    finally:
+        release.set()
+        asking.join(30)
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].text.count("\n") == 4 and "X-Portrait-Export" in answers[0].headers

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from portrait.api import paths  # noqa: F401  (registers the {identity:identity} path convertor)
 from portrait.api import schemas_attributes as attribute_shapes
 from portrait.api import schemas_profiles as profile_shapes
 from portrait.api.auth import authorizer, caller
-from portrait.api.exports import EXPORT_ANSWER, attribute_names, audit_export, check_export, file_answer
+from portrait.api.exports import EXPORT_ANSWER, attribute_names, check_export, exporter, opened_file_answer
 from portrait.api.prefer import job_accepted, prefers_async
 from portrait.api.query import known_query
 from portrait.api.schemas import IssuesPage, ProfileEventsPage, RecentEventsPage, RejectedPage, answer, page
 from portrait.errors import BadRequest
+from portrait.export_jobs import ExportJobs
 from portrait.service import Portrait
 from portrait.viewer import Viewer
 
@@ -31,7 +29,7 @@ Cursor = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
 Sequence = Annotated[int, Query(ge=-(2**63), le=2**63 - 1)]
 
 
-def router(portrait: Portrait) -> APIRouter:
+def router(portrait: Portrait, exports: ExportJobs) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(authorizer(portrait)), Depends(known_query)],
                     tags=["admin"])
 
@@ -215,21 +213,21 @@ def router(portrait: Portrait) -> APIRouter:
                                                          "that granted it.")] = None,
         ignore_consent: Annotated[bool, Query(description="Export regardless of consent (audited).")] = False,
         *, request: Request,
-    ) -> FileResponse:
+    ) -> StreamingResponse:
         names = attribute_names(attributes)
         key = caller(request)
         await run_in_threadpool(check_export, portrait, key, names, include_personal)
-        folder = Path(tempfile.mkdtemp(prefix="portrait-export-"))
-        path = folder / f"profiles.{format}"
-        try:
-            report = await run_in_threadpool(lambda: portrait.export_profiles(
-                path, format, attributes=names, include_personal=include_personal, segment=segment, purpose=purpose,
-                ignore_consent=ignore_consent, mask_identifiers=not key.can_read_pii))
-            await run_in_threadpool(audit_export, portrait, key, report, segment, purpose, ignore_consent)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return file_answer(path, report, background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+        # A job of the server's export queue, waited for here: PORTRAIT_EXPORTS_AT_ONCE bounds these as it bounds
+        # POST /api/exports (each export holds the profiles it writes in memory; run at once, any number of them
+        # could run the server out of memory), and its folder is the one a restart after kill -9 sweeps.
+        asked = {"format": format, "attributes": names, "include_personal": include_personal, "segment": segment,
+                 "purpose": purpose, "ignore_consent": ignore_consent}
+        job = exports.start(key.id, format, exporter(portrait, key, asked))
+        await run_in_threadpool(exports.wait, job)
+        if job.error is not None:  # as the export run in the request raised it
+            raise job.error
+        opened, report = await run_in_threadpool(exports.file, job.id, key.id)
+        return opened_file_answer(opened, report, background=BackgroundTask(exports.cancel, job.id, key.id))
 
     return api
 

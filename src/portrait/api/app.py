@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
     app.state.portrait = service
     errors.install(app)
     app.include_router(ingest.router(service))
-    app.include_router(admin.router(service))
+    app.include_router(admin.router(service, exports))
     app.include_router(imports.router(service, jobs))
     app.include_router(export_routes.router(service, exports))
     app.include_router(sources.router(service))

@@ -188,21 +188,14 @@ def exporter(portrait: Portrait, key: ApiKey, asked: dict[str, Any]
     return run
 
 
-def file_answer(path: Path, report: dict[str, Any], **extra: Any) -> FileResponse:
-    """An export's file with its media type and its report in ``X-Portrait-Export`` (headers are latin-1; the
-    server's path of the file is of no use to the caller)."""
-    shown = {k: v for k, v in report.items() if k != "path"}
-    return FileResponse(path, media_type=EXPORT_MEDIA[report["format"]], filename=path.name,
-                        headers={"X-Portrait-Export": json.dumps(shown, ensure_ascii=True)}, **extra)
-
-
 FILE_CHUNK = 1024 * 1024  # read and sent at a time
 
 
-def opened_file_answer(opened: BinaryIO, report: dict[str, Any]) -> StreamingResponse:
-    """An export's file already open (:meth:`ExportJobs.file`) answered as :func:`file_answer` answers one by its
-    path, and closed once sent (or the client gone). Not a FileResponse: that one opens the file by its path as it
-    answers, after the job was looked up, and a file removed in between was a 500."""
+def opened_file_answer(opened: BinaryIO, report: dict[str, Any], **extra: Any) -> StreamingResponse:
+    """An export's file already open (:meth:`ExportJobs.file`) with its media type and its report in
+    ``X-Portrait-Export`` (headers are latin-1; the server's path of the file is of no use to the caller), closed
+    once sent (or the client gone). Not a FileResponse: that one opens the file by its path as it answers, after the
+    job was looked up, and a file removed in between was a 500."""
     def chunks() -> Iterator[bytes]:
         with opened:
             while chunk := opened.read(FILE_CHUNK):
@@ -213,7 +206,7 @@ def opened_file_answer(opened: BinaryIO, report: dict[str, Any]) -> StreamingRes
     return StreamingResponse(chunks(), media_type=EXPORT_MEDIA[report["format"]], headers={
         "Content-Length": str(os.fstat(opened.fileno()).st_size),
         "Content-Disposition": f'attachment; filename="{name}"',
-        "X-Portrait-Export": json.dumps(shown, ensure_ascii=True)})
+        "X-Portrait-Export": json.dumps(shown, ensure_ascii=True)}, **extra)
 
 
 def job_document(job: ExportJob) -> dict[str, Any]:
