@@ -88,6 +88,8 @@ def server_process(db_path: str) -> int | None:
 
 def process_alive(pid: int) -> bool:
     """Whether a process of that id runs on this machine (another user's counts: it is not ours to signal)."""
+    if pid <= 0:  # kill() takes these for a process group (all processes for -1), which it then finds alive
+        return False
     try:
         os.kill(pid, 0)
     except PermissionError:
