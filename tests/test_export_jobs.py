@@ -510,3 +510,26 @@ def test_the_export_answered_in_its_request_waits_its_turn_as_the_jobs_do(held: 
         asking.join(30)
     assert answers[0].status_code == 200, answers[0].text
     assert answers[0].text.count("\n") == 4 and "X-Portrait-Export" in answers[0].headers
+
+
+def test_exports_and_imports_are_taken_again_when_the_app_starts_again(portrait: Portrait) -> None:
+    """An app's lifespan can run more than once (a test client's does; the schema fuzz's per request): closing the job
+    holders at its end refused every later export as 'the server is stopping' (409) and left imports queued."""
+    portrait.ingest_messages([{"type": "identify", "userId": "again", "traits": {"plan": "pro"}}])
+    portrait.process_pending()
+    app_ = create_app(portrait=portrait)
+    for _ in range(2):
+        with TestClient(app_) as client:
+            client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+            exported = client.get("/api/exports/profiles")
+            assert exported.status_code == 200, exported.text
+            assert "again" in exported.text
+            started = client.post("/api/imports", params={"filename": "rows.csv", "kind": "profiles",
+                                                          "user_id": "user_id"},
+                                  content=b"user_id,plan\nrow1,free\n", headers={"Prefer": "respond-async"})
+            assert started.status_code == 202, started.text
+            deadline = time.monotonic() + 30
+            while (job := client.get(started.headers["Location"]).json())["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+            assert job["status"] == "done", job

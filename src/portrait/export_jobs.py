@@ -213,6 +213,13 @@ class ExportJobs:
                 if now - (job.finished or now) > self.kept_seconds or len(finished) - older > MOST_KEPT:
                     self._remove(job)
 
+    def open(self) -> None:
+        """The server is starting: exports are taken (again, after a :meth:`close`: an app's lifespan can run more than
+        once, as a test client's does, and a closed holder refused every export as 'server stopping' for good)."""
+        with self._lock:
+            self._stopping.clear()
+            self._folder, self._sweeper = None, None  # close removed them: made again by the first export
+
     def close(self, timeout: float = 60.0) -> None:
         """The server is stopping: queued exports end before they start, running ones are cancelled (after their
         chunk; one still in its query ends with it, within ``timeout``), and every file is removed."""

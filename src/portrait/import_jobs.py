@@ -162,6 +162,11 @@ class ImportJobs:
                                              "nothing was stored"))
         return job
 
+    def open(self) -> None:
+        """The server is starting: queued imports are started again (after a :meth:`close`, an app's lifespan run
+        again -- a test client's -- left every later import queued for good)."""
+        self._stopping.clear()
+
     def close(self, timeout: float = 60.0) -> None:
         """The server is stopping: each running import ends after its chunk (see :meth:`Portrait.import_file`),
         the queued ones before they start; each is recorded so."""

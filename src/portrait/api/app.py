@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, portrait: Portrait | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        jobs.open()
+        exports.open()
         if schedule_sources:
             service.start_scheduler()
         yield
