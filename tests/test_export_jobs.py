@@ -357,6 +357,8 @@ def test_a_file_removed_behind_the_servers_back_is_410_gone(held: Held) -> None:
     assert gone.status_code == 410 and gone.json()["code"] == "export_file_gone", gone.text
     assert "ask for the export again" in gone.json()["message"]
     assert client.get(f"/api/exports/{job['id']}").status_code == 404
+    declared = client.get("/openapi.json").json()["paths"]["/api/exports/{job_id}/file"]["get"]["responses"]
+    assert "410" in declared  # every status the API answers is in its document
 
 
 def test_half_a_surrogate_pair_is_refused_not_a_server_error(held: Held) -> None:

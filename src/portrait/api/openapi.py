@@ -31,6 +31,7 @@ _WHY = {
     404: "No such profile, segment, attribute, key, source or request (not_found)",
     408: "The body did not arrive in time (body_timeout)",
     409: "Conflicts with the current state (segment_exists, attribute_in_use, sync_running, ...)",
+    410: "It was there and is gone: an export's file deleted by something other than Portrait (export_file_gone)",
     429: "Too many requests (rate_limited); see Retry-After",
     500: "Unexpected error; safe to retry (internal_error)",
     502: "The SQL source could not be reached or refused the query (source_failed)",
@@ -48,6 +49,8 @@ def error_statuses(path: str, method: str) -> tuple[int, ...]:
     # The file: not ready yet; the export answered in its request: the server stopping while it waited its turn.
     if method in ("post", "patch", "delete") or path in ("/api/exports/{job_id}/file", "/api/exports/profiles"):
         statuses.add(409)
+    if path == "/api/exports/{job_id}/file":  # its file deleted under it by a /tmp cleaner, say
+        statuses.add(410)
     if path.startswith("/api/sources"):
         statuses.add(502)
     return tuple(sorted(statuses))
