@@ -17,7 +17,7 @@ LAYERS: dict[str, float] = {
     "sql": 2,
     "store": 3,
     "connectors": 3,
-    "background": 3.5,
+    "background": 3.5, "job_queue": 3.5,
     "writer": 4, "pipeline": 4, "keys": 4, "files": 4, "registry": 4, "sources": 4, "calculated": 4, "audit": 4.1,
     "event_names": 4, "value_notes": 4, "rebuild": 4.1,
     "segments": 4.2, "analytics": 4.3, "subjects": 4.3, "exports": 4.5,

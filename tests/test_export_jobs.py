@@ -27,6 +27,7 @@ from portrait.api.app import create_app
 from portrait.cli import app
 from portrait.client import RemotePortrait
 from portrait.export_jobs import MOST_KEPT, ExportJobs
+from portrait.job_queue import MOST_UNFINISHED_PER_KEY
 from portrait.service import Portrait
 
 AS_JOB = {"Prefer": "respond-async"}
@@ -400,7 +401,8 @@ def test_a_finished_export_is_kept_however_many_wait_behind_it(portrait: Portrai
 
     try:
         done = jobs.wait(jobs.start("k", "csv", lambda path, written, stop: portrait.export_profiles(path, "csv")))
-        waiting = [jobs.start("k", "csv", holding) for _ in range(MOST_KEPT + 1)]
+        waiting = [jobs.start(f"k{n}", "csv", holding) for n in range(MOST_KEPT + 1)]  # keys of their own: each
+        # key may have MOST_UNFINISHED_PER_KEY at once
         assert waiting[-1].status == "queued"
         assert jobs.get(done.id, "k") is done and done.path.is_file()
     finally:
@@ -535,3 +537,31 @@ def test_exports_and_imports_are_taken_again_when_the_app_starts_again(portrait:
                 assert time.monotonic() < deadline, job
                 time.sleep(0.05)
             assert job["status"] == "done", job
+
+
+def test_a_key_past_the_most_unfinished_exports_is_refused_and_another_key_is_not(held: Held) -> None:
+    """One key -- a script in a loop -- could queue any number of exports, every other key's waiting behind them
+    all. Past MOST_UNFINISHED_PER_KEY queued or running, the key's next is refused (409) until one ends."""
+    client, reached, release = held
+    asked = [client.post("/api/exports", json={}, headers=AS_JOB) for _ in range(MOST_UNFINISHED_PER_KEY)]
+    assert [answer.status_code for answer in asked] == [202] * MOST_UNFINISHED_PER_KEY, asked[-1].text
+    refused = client.post("/api/exports", json={}, headers=AS_JOB)
+    assert refused.status_code == 409 and refused.json()["code"] == "too_many_exports", refused.text
+    assert refused.json()["message"].startswith(f"this key has {MOST_UNFINISHED_PER_KEY} exports queued or running")
+    waited = client.get("/api/exports/profiles")  # the export answered in its request counts as one too
+    assert waited.status_code == 409 and waited.json()["code"] == "too_many_exports", waited.text
+    made = client.post("/api/keys", json={"kind": "read", "name": "other"})
+    assert made.status_code == 201, made.text
+    other = client.post("/api/exports", json={}, headers={**AS_JOB, "Authorization": f"Bearer {made.json()['key']}"})
+    assert other.status_code == 202 and other.json()["status"] == "queued", other.text
+    assert client.delete(f"/api/exports/{asked[-1].json()['id']}").status_code == 200  # a queued one cancelled
+    again = client.post("/api/exports", json={}, headers=AS_JOB)
+    assert again.status_code == 202, again.text
+    assert reached.wait(30)
+    release.set()
+    for answer in (*asked[:-1], again):
+        deadline = time.monotonic() + 60
+        while (job := client.get(f"/api/exports/{answer.json()['id']}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.01)
+        assert job["status"] == "done", job

@@ -14,9 +14,10 @@ from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 
 from portrait.api.errors import status_of
 from portrait.config import Settings
-from portrait.errors import Interrupted, NotFound
+from portrait.errors import Conflict, Interrupted, NotFound
 from portrait.files import ReadProgress
 from portrait.import_jobs import ImportJob, ImportJobs
+from portrait.job_queue import MOST_UNFINISHED_PER_KEY
 from portrait.service import ImportReport, Portrait
 
 
@@ -77,6 +78,36 @@ def test_closing_stops_the_running_jobs_before_the_store_closes(tmp_path: Path, 
     assert started.wait(10)
     jobs.close(timeout=10)  # returns once the job has ended, not merely asked it to
     assert job.status == "failed" and job.finished is not None
+
+
+def test_a_key_past_the_most_unfinished_imports_is_refused_its_upload_removed(tmp_path: Path,
+                                                                              portrait: Portrait) -> None:
+    """One key could queue any number of imports, each holding its upload on disk and every other key's imports
+    waiting behind them all: past MOST_UNFINISHED_PER_KEY queued or running, its next is refused (409), nothing
+    recorded and its upload removed, until one ends; another key's are not."""
+    jobs, started = _jobs(portrait), threading.Event()
+
+    def upload(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        return folder
+
+    kept = [jobs.start("key-a", "x.csv", 100, False, _until_stopped(started), upload(f"a{n}"))
+            for n in range(MOST_UNFINISHED_PER_KEY)]
+    assert started.wait(10) and [job.status for job in kept] == ["running"] + ["queued"] * (len(kept) - 1)
+    with pytest.raises(Conflict) as refused:
+        jobs.start("key-a", "x.csv", 100, False, _until_stopped(started), upload("past"))
+    assert refused.value.code == "too_many_imports" and status_of(refused.value) == 409
+    assert refused.value.message.startswith(f"this key has {MOST_UNFINISHED_PER_KEY} imports queued or running")
+    assert not (tmp_path / "past").exists()
+    assert len(portrait.import_records.unfinished()) == MOST_UNFINISHED_PER_KEY  # the refused one not recorded
+    other = jobs.start("key-b", "y.csv", 100, False, _until_stopped(started), upload("b"))
+    assert other.status == "queued"
+    jobs.stop(kept[-1].id, "key-a")  # a queued one cancelled: room for one more
+    again = jobs.start("key-a", "x.csv", 100, False, _until_stopped(started), upload("again"))
+    assert again.status == "queued"
+    jobs.close(timeout=10)
+    assert all(job.status == "failed" for job in (*kept, other, again))
 
 
 def test_a_finished_job_keeps_its_report(tmp_path: Path, portrait: Portrait) -> None:

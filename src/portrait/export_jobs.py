@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from portrait.background import Worker
 from portrait.client import process_alive
 from portrait.errors import Conflict, Gone, NotFound, PortraitError
 from portrait.exports import ExportCancelled
+from portrait.job_queue import MOST_UNFINISHED_PER_KEY, JobQueue
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
@@ -109,13 +109,9 @@ class ExportJobs:
 
     def __init__(self, kept_seconds: float = KEPT_SECONDS, at_once: int = AT_ONCE) -> None:
         self.kept_seconds = kept_seconds
-        self._at_once = max(1, at_once)
         self._jobs: dict[str, ExportJob] = {}
-        self._exporters: dict[str, Exporter] = {}
-        self._queue: deque[str] = deque()
-        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._queue = JobQueue("export", at_once, self._lock)
         self._folder: Path | None = None
         self._sweeper: _Sweeper | None = None
         remove_folders_of_gone_servers()
@@ -125,9 +121,10 @@ class ExportJobs:
         fewer than ``at_once`` run."""
         job_id = uuid.uuid4().hex
         with self._lock:
-            if self._stopping.is_set():
+            if self._queue.stopping:
                 raise Conflict("the server is stopping: ask for the export again once it has started",
                                code="server_stopping")
+            self._refuse_past_the_most_unfinished(owner)
             if self._folder is None:
                 self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
                 self._sweeper = _Sweeper(self)
@@ -136,9 +133,7 @@ class ExportJobs:
                             self.kept_seconds)
             job.path.parent.mkdir()
             self._jobs[job.id] = job
-            self._exporters[job.id] = run
-            self._queue.append(job.id)
-            self._start_next()
+            self._queue.add(job.id, lambda: self._begin(job), lambda: self._run(job, run))
             self._place(job)
         self.forget_expired()
         return job
@@ -188,8 +183,9 @@ class ExportJobs:
         one is removed, with its file, and None returned."""
         job = self.get(job_id, owner)
         with self._lock:
-            if job.status == "queued":
-                self._unqueue(job, ExportCancelled("the export was cancelled before it started: no file was made"))
+            if self._queue.take(job.id):
+                self._never_started(job, ExportCancelled("the export was cancelled before it started: no file was "
+                                                         "made"))
                 return job
             if job.status == "running":
                 job.stop_asked.set()
@@ -217,48 +213,44 @@ class ExportJobs:
         """The server is starting: exports are taken (again, after a :meth:`close`: an app's lifespan can run more than
         once, as a test client's does, and a closed holder refused every export as 'server stopping' for good)."""
         with self._lock:
-            self._stopping.clear()
+            self._queue.open()
             self._folder, self._sweeper = None, None  # close removed them: made again by the first export
 
     def close(self, timeout: float = 60.0) -> None:
         """The server is stopping: queued exports end before they start, running ones are cancelled (after their
         chunk; one still in its query ends with it, within ``timeout``), and every file is removed."""
-        self._stopping.set()
         with self._lock:
-            for job_id in list(self._queue):
-                self._unqueue(self._jobs[job_id], ExportCancelled(
+            for job_id in self._queue.stop():
+                self._never_started(self._jobs[job_id], ExportCancelled(
                     "the server stopped before the export started: ask for it again once it has started"))
-            threads = list(self._threads.values())
             sweeper = self._sweeper
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        self._queue.join(timeout)
         if sweeper is not None:
             sweeper.stop()
         with self._lock:
             if self._folder is not None:
                 shutil.rmtree(self._folder, ignore_errors=True)
 
+    def _refuse_past_the_most_unfinished(self, owner: str) -> None:
+        """Called holding ``_lock``."""
+        unfinished = sum(1 for job in self._jobs.values() if job.owner == owner and job.finished is None)
+        if unfinished >= MOST_UNFINISHED_PER_KEY:
+            raise Conflict(f"this key has {unfinished} exports queued or running, the most a key may have at once: "
+                           "ask again once one has ended, or cancel one (DELETE /api/exports/{id})",
+                           code="too_many_exports")
+
     def _place(self, job: ExportJob) -> None:
         """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""
         if job.status == "queued":
-            job.queue_place = self._queue.index(job.id) + 1
+            job.queue_place = self._queue.place(job.id)
 
-    def _start_next(self) -> None:
-        """Start queued jobs while fewer than ``at_once`` run; called holding ``_lock``."""
-        while self._queue and len(self._threads) < self._at_once and not self._stopping.is_set():
-            job = self._jobs[self._queue.popleft()]
-            job.status, job.queue_place = "running", None
-            job.started, job.started_at = time.monotonic(), datetime.now(UTC)
-            thread = threading.Thread(target=self._run, args=(job, self._exporters.pop(job.id)),
-                                      name=f"portrait-export-{job.id[:8]}", daemon=True)
-            self._threads[job.id] = thread
-            thread.start()
+    def _begin(self, job: ExportJob) -> None:
+        """The job leaves the queue to run; called holding ``_lock``."""
+        job.status, job.queue_place = "running", None
+        job.started, job.started_at = time.monotonic(), datetime.now(UTC)
 
-    def _unqueue(self, job: ExportJob, error: PortraitError) -> None:
-        """End a queued job, never started, with ``error``; called holding ``_lock``."""
-        self._queue.remove(job.id)
-        self._exporters.pop(job.id, None)
+    def _never_started(self, job: ExportJob, error: PortraitError) -> None:
+        """End a job taken out of the queue, never started, with ``error``; called holding ``_lock``."""
         shutil.rmtree(job.path.parent, ignore_errors=True)
         job.error, job.queue_place = error, None
         job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
@@ -277,7 +269,7 @@ class ExportJobs:
         report: dict[str, Any] | None = None
         error: PortraitError | None = None
         try:
-            report = run(job.path, written, lambda: self._stopping.is_set() or job.stop_asked.is_set())
+            report = run(job.path, written, lambda: self._queue.stopping or job.stop_asked.is_set())
         except PortraitError as exc:
             error = exc
         except Exception as exc:  # a job has no caller to raise to: the server's log has the trace, its poller why
@@ -295,8 +287,6 @@ class ExportJobs:
                 job.report, job.error = report, error
                 job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
                 job.status = "done" if error is None else "failed"
-                self._threads.pop(job.id, None)
-                self._start_next()
             job.ended.set()
 
 

@@ -28,16 +28,16 @@ import shutil
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from portrait.errors import Interrupted, NotFound, PortraitError
+from portrait.errors import Conflict, Interrupted, NotFound, PortraitError
 from portrait.files import ReadProgress
 from portrait.import_records import ImportRecord, ImportRecords
+from portrait.job_queue import MOST_UNFINISHED_PER_KEY, JobQueue
 from portrait.service import ImportReport
 from portrait.spec import utc_now
 
@@ -102,14 +102,10 @@ class ImportJobs:
 
     def __init__(self, records: ImportRecords, at_once: int, status_of: Callable[[PortraitError], int]) -> None:
         self._records = records
-        self._at_once = max(1, at_once)
         self._status_of = status_of  # the API's mapping, for a failed job to say what the request would answer
         self._jobs: dict[str, ImportJob] = {}
-        self._importers: dict[str, Importer] = {}
-        self._queue: deque[str] = deque()
-        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._queue = JobQueue("import", at_once, self._lock)
         self._record_interrupted()
         self._records.forget_old(timedelta(seconds=KEPT_SECONDS), MOST_KEPT)
 
@@ -118,16 +114,18 @@ class ImportJobs:
         ``at_once`` run; ``folder`` (the upload's) is removed once it ends."""
         job = ImportJob(uuid.uuid4().hex, owner, filename, dry_run, ReadProgress(size), upload=folder)
         try:
+            with self._lock:  # counted from here on: two sent at once cannot both pass the bound
+                self._refuse_past_the_most_unfinished(owner)
+                self._jobs[job.id] = job
             self._records.add(job.id, owner, filename, dry_run, size, str(folder))
-        except BaseException:  # not queued (the store refused: a full disk): its upload must not stay behind
+        except BaseException:  # not queued (too many, or the store refused: a full disk): its upload must not stay
+            with self._lock:
+                self._jobs.pop(job.id, None)
             shutil.rmtree(folder, ignore_errors=True)
             raise
         with self._lock:
             self._forget_old()
-            self._jobs[job.id] = job
-            self._importers[job.id] = run
-            self._queue.append(job.id)
-            self._start_next()
+            self._queue.add(job.id, lambda: self._begin(job), lambda: self._run(job, run))
             self._place(job)
         return job
 
@@ -153,10 +151,7 @@ class ImportJobs:
         job = self.get(job_id, owner)
         job.stop_asked.set()
         with self._lock:
-            queued = job.id in self._queue
-            if queued:
-                self._queue.remove(job.id)
-                self._importers.pop(job.id, None)
+            queued = self._queue.take(job.id)
         if queued:
             self._end(job, None, Interrupted(f"the import of {job.filename} was cancelled before it started: "
                                              "nothing was stored"))
@@ -165,39 +160,36 @@ class ImportJobs:
     def open(self) -> None:
         """The server is starting: queued imports are started again (after a :meth:`close`, an app's lifespan run
         again -- a test client's -- left every later import queued for good)."""
-        self._stopping.clear()
+        with self._lock:
+            self._queue.open()
 
     def close(self, timeout: float = 60.0) -> None:
         """The server is stopping: each running import ends after its chunk (see :meth:`Portrait.import_file`),
         the queued ones before they start; each is recorded so."""
-        self._stopping.set()
         with self._lock:
-            queued = [self._jobs[job_id] for job_id in self._queue]
-            self._queue.clear()
-            self._importers.clear()
-            threads = list(self._threads.values())
+            queued = [self._jobs[job_id] for job_id in self._queue.stop()]
         for job in queued:
             self._end(job, None, Interrupted(
                 f"the server stopped before the import of {job.filename} started: nothing was stored; send the "
                 "file again"))
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        self._queue.join(timeout)
+
+    def _refuse_past_the_most_unfinished(self, owner: str) -> None:
+        """Called holding ``_lock``."""
+        unfinished = sum(1 for job in self._jobs.values() if job.owner == owner and job.finished is None)
+        if unfinished >= MOST_UNFINISHED_PER_KEY:
+            raise Conflict(f"this key has {unfinished} imports queued or running, the most a key may have at once: "
+                           "send the file again once one has ended, or cancel one (DELETE /api/imports/{id})",
+                           code="too_many_imports")
 
     def _place(self, job: ImportJob) -> None:
         """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""
-        if job.id in self._queue:
-            job.queue_place = self._queue.index(job.id) + 1
+        if job.status == "queued":
+            job.queue_place = self._queue.place(job.id)
 
-    def _start_next(self) -> None:
-        """Start queued jobs while fewer than ``at_once`` run; called holding ``_lock``."""
-        while self._queue and len(self._threads) < self._at_once and not self._stopping.is_set():
-            job = self._jobs[self._queue.popleft()]
-            job.status, job.started, job.queue_place = "running", time.monotonic(), None
-            thread = threading.Thread(target=self._run, args=(job, self._importers.pop(job.id)),
-                                      name=f"portrait-import-{job.id[:8]}", daemon=True)
-            self._threads[job.id] = thread
-            thread.start()
+    def _begin(self, job: ImportJob) -> None:
+        """The job leaves the queue to run; called holding ``_lock``."""
+        job.status, job.started, job.queue_place = "running", time.monotonic(), None
 
     def _run(self, job: ImportJob, run: Importer) -> None:
         def progressed(progress: ReadProgress) -> None:
@@ -211,7 +203,7 @@ class ImportJobs:
         error: PortraitError | None = None
         try:
             self._records.started(job.id)
-            report = run(progressed, lambda: self._stopping.is_set() or job.stop_asked.is_set())
+            report = run(progressed, lambda: self._queue.stopping or job.stop_asked.is_set())
         except PortraitError as exc:
             error = exc
         except Exception as exc:  # a job has no caller to raise to: the server's log has the trace, its poller why
@@ -221,9 +213,6 @@ class ImportJobs:
             if report is None and error is None:  # the thread itself was stopped (the interpreter exiting)
                 error = PortraitError("the import stopped", code="import_failed")
             self._end(job, report, error)
-            with self._lock:
-                self._threads.pop(job.id, None)
-                self._start_next()
 
     def _end(self, job: ImportJob, report: ImportReport | None, error: PortraitError | None) -> None:
         """Record the job's end and remove its upload; the status last: a poller that reads "done" or "failed"
