@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +25,12 @@ from portrait.client import server_file
 from portrait.config import Settings
 from portrait.service import Portrait
 from portrait.sql import parse
+
+# pytest-xdist's workers (make test runs two) set COLUMNS=80 and LINES=24 in their environment; the CLI's rich
+# consoles, made as it is imported, would keep that size for good, where each test gives a command its own COLUMNS
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for size in ("COLUMNS", "LINES"):
+        os.environ.pop(size, None)
 
 WRITE_KEY = "wk_test_key"
 # The official Node.js SDKs (tests/test_node_sdks.py, tests/test_pushback.py), installed from npm into tests/.cache
@@ -58,11 +66,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A test that leaves a Portrait open leaves its threads (writer, processor, workers) running into the
     interpreter's exit, where DuckDB is torn down under them: a run once aborted after its summary with "terminate
     called without an active exception". Such a run fails here, naming the threads."""
+    for module in {getattr(item, "module", None) for item in session.items}:
+        close = getattr(module, "close_what_was_opened_at_import", None)  # a Portrait opened to be collected
+        if close is not None:
+            close()
     left = sorted(thread.name for thread in threading.enumerate()
                   if thread.name.startswith("portrait-") and not thread.name.startswith(_PROCESS_WIDE_THREADS))
+    left += session.config.stash.get(_LEFT_BY_WORKERS, [])
     if left:
         sys.stderr.write(f"\nA test left a Portrait open (threads still running: {', '.join(left)}): close it.\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        worker_output = getattr(session.config, "workeroutput", None)
+        if worker_output is not None:  # a pytest-xdist worker: its exit status is not the run's, so it tells it
+            worker_output["portrait_threads_left"] = left
+
+
+_LEFT_BY_WORKERS = pytest.StashKey[list[str]]()
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller, as a worker ends: the threads a test left running there fail the run too."""
+    left = getattr(node, "workeroutput", {}).get("portrait_threads_left", [])
+    node.config.stash[_LEFT_BY_WORKERS] = [*node.config.stash.get(_LEFT_BY_WORKERS, []), *left]
 
 
 @pytest.fixture
@@ -242,10 +267,13 @@ def node_modules() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed to run the official Node.js SDKs and are not on PATH")
     modules = NODE_SDKS_CACHE / "node_modules"
-    if not all((modules / name / "package.json").exists() for name in NODE_SDKS.values()):
-        NODE_SDKS_CACHE.mkdir(parents=True, exist_ok=True)
-        installed = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix",
-                                    str(NODE_SDKS_CACHE), *(f"{name}@3" for name in NODE_SDKS.values())],
-                                   capture_output=True, text=True, timeout=300, check=False)
-        assert installed.returncode == 0, installed.stderr
+    NODE_SDKS_CACHE.mkdir(parents=True, exist_ok=True)
+    # Under a lock: test workers (pytest -n) each run this, and two npm installs into one folder break each other
+    with (NODE_SDKS_CACHE / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((modules / name / "package.json").exists() for name in NODE_SDKS.values()):
+            installed = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix",
+                                        str(NODE_SDKS_CACHE), *(f"{name}@3" for name in NODE_SDKS.values())],
+                                       capture_output=True, text=True, timeout=300, check=False)
+            assert installed.returncode == 0, installed.stderr
     return modules
