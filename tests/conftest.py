@@ -84,6 +84,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _LEFT_BY_WORKERS = pytest.StashKey[list[str]]()
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: without it (-p no:xdist) pytest refused to start
 def pytest_testnodedown(node: Any, error: object) -> None:
     """pytest-xdist's controller, as a worker ends: the threads a test left running there fail the run too."""
     left = getattr(node, "workeroutput", {}).get("portrait_threads_left", [])
