@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tests.conftest import ADMIN_KEY, WRITE_KEY, start_server
 
 from portrait.api.errors import status_of
 from portrait.config import Settings
-from portrait.errors import Conflict, Interrupted, NotFound
+from portrait.errors import Conflict, Interrupted, NotFound, StorageUnavailable
 from portrait.files import ReadProgress
 from portrait.import_jobs import ImportJob, ImportJobs
 from portrait.job_queue import MOST_UNFINISHED_PER_KEY
@@ -108,6 +109,32 @@ def test_a_key_past_the_most_unfinished_imports_is_refused_its_upload_removed(tm
     assert again.status == "queued"
     jobs.close(timeout=10)
     assert all(job.status == "failed" for job in (*kept, other, again))
+
+
+def test_an_import_the_store_refuses_as_old_jobs_are_forgotten_leaves_nothing_behind(
+        tmp_path: Path, portrait: Portrait, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queuing a job first forgets the old ones, a write to the store. Refused (a full disk), the job was already
+    recorded and counted: it stayed queued for good, never started, its upload kept, and after
+    MOST_UNFINISHED_PER_KEY such refusals the key was refused every import (too_many_imports) until a restart."""
+    jobs = _jobs(portrait)
+
+    def disk_full(kept: timedelta, most: int) -> None:  # what a store on a full disk answers (StorageUnavailable)
+        raise StorageUnavailable("the disk holding the database is full")
+
+    monkeypatch.setattr(portrait.import_records, "forget_old", disk_full)
+    for attempt in range(MOST_UNFINISHED_PER_KEY + 1):
+        upload = tmp_path / f"refused{attempt}"
+        upload.mkdir()
+        with pytest.raises(StorageUnavailable):
+            jobs.start("key-a", "x.csv", 5, False, lambda on_progress, stop: ImportReport(rows=1), upload)
+        assert not upload.exists()
+    assert portrait.import_records.unfinished() == []  # nothing recorded as queued, to be reported interrupted
+    monkeypatch.undo()  # room on the disk again: the key's next import runs
+    (tmp_path / "kept").mkdir()
+    job = _finished(jobs.start("key-a", "x.csv", 5, False, lambda on_progress, stop: ImportReport(rows=1),
+                               tmp_path / "kept"))
+    assert job.status == "done", job.error
+    jobs.close(timeout=10)
 
 
 def test_a_finished_job_keeps_its_report(tmp_path: Path, portrait: Portrait) -> None:

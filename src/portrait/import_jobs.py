@@ -116,6 +116,9 @@ class ImportJobs:
         try:
             with self._lock:  # counted from here on: two sent at once cannot both pass the bound
                 self._refuse_past_the_most_unfinished(owner)
+                # Before the job is counted and recorded: forgetting writes to the store, and refused there (a full
+                # disk) once the job was, the job stayed queued for good, never started, and counted against its key
+                self._forget_old()
                 self._jobs[job.id] = job
             self._records.add(job.id, owner, filename, dry_run, size, str(folder))
         except BaseException:  # not queued (too many, or the store refused: a full disk): its upload must not stay
@@ -124,7 +127,6 @@ class ImportJobs:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         with self._lock:
-            self._forget_old()
             self._queue.add(job.id, lambda: self._begin(job), lambda: self._run(job, run))
             self._place(job)
         return job
