@@ -96,3 +96,26 @@ def test_stop_hands_back_the_waiting_and_starts_nothing_until_opened_again() -> 
     jobs.release["d"].set()
     jobs.queue.join(30)
     assert jobs.ended["d"].is_set()
+
+
+def test_a_job_that_says_it_ended_hands_its_place_on_in_the_same_hold_of_the_lock() -> None:
+    """A holder records a job's end and calls ended() in one hold of the lock: no poller sees the job done while
+    the next still waits in place 1."""
+    lock = threading.Lock()
+    queue = JobQueue("test", 1, lock)
+    begun: list[str] = []
+    seen_at_the_end: list[list[str]] = []
+    ended = threading.Event()
+
+    def first() -> None:
+        with lock:
+            queue.ended("a")
+            seen_at_the_end.append(list(begun))
+        ended.set()
+
+    with lock:
+        queue.add("a", lambda: begun.append("a"), first)
+        queue.add("b", lambda: begun.append("b"), lambda: None)
+    assert ended.wait(30)
+    queue.join(30)
+    assert seen_at_the_end == [["a", "b"]]

@@ -287,6 +287,7 @@ class ExportJobs:
                 job.report, job.error = report, error
                 job.finished, job.finished_at = time.monotonic(), datetime.now(UTC)
                 job.status = "done" if error is None else "failed"
+                self._queue.ended(job.id)
             job.ended.set()
 
 

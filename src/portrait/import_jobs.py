@@ -232,7 +232,9 @@ class ImportJobs:
                                    job.progress.bytes_read, job.progress.stored, job.report, shown_error)
         except Exception:  # the store closing or its disk full: the job still ends, in memory, and says why
             log.exception("the end of import %s could not be recorded", job.id)
-        job.status = status
+        with self._lock:  # its place goes to the next waiting as it reads ended: never one ended, the next waiting
+            job.status = status
+            self._queue.ended(job.id)
 
     def _record_interrupted(self) -> None:
         """At the server's start: jobs recorded as queued or running were cut off by a server that did not end

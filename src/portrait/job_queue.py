@@ -81,6 +81,13 @@ class JobQueue:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def ended(self, job_id: str) -> None:
+        """The job has ended: its place goes to the next waiting. Called by the holder as it records the end, in the
+        same hold of the lock, so that no poller sees a job done while the next still waits in place 1 (the job's
+        thread calls it again on its way out, in case the holder did not get there)."""
+        if self._threads.pop(job_id, None) is not None:
+            self._start_next()
+
     def _start_next(self) -> None:
         while self._order and len(self._threads) < self._at_once and not self._stopping.is_set():
             job_id = self._order.popleft()
@@ -94,7 +101,6 @@ class JobQueue:
     def _run(self, job_id: str, run: Callable[[], None]) -> None:
         try:
             run()
-        finally:  # its place goes to the next job waiting
+        finally:
             with self._lock:
-                self._threads.pop(job_id, None)
-                self._start_next()
+                self.ended(job_id)
