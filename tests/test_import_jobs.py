@@ -137,6 +137,26 @@ def test_an_import_the_store_refuses_as_old_jobs_are_forgotten_leaves_nothing_be
     jobs.close(timeout=10)
 
 
+def test_an_import_sent_as_the_server_stops_is_refused_and_its_upload_removed(tmp_path: Path,
+                                                                              portrait: Portrait) -> None:
+    """It was queued and recorded, never to start, and reported interrupted only at the next start; exports were
+    refused so already."""
+    jobs = _jobs(portrait)
+    jobs.close()
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    with pytest.raises(Conflict) as refused:
+        jobs.start("key-a", "x.csv", 100, False, lambda on_progress, stop: ImportReport(rows=1), folder)
+    assert refused.value.code == "server_stopping" and status_of(refused.value) == 409
+    assert "nothing of x.csv was imported" in refused.value.message
+    assert not folder.exists() and portrait.import_records.unfinished() == []
+    jobs.open()  # started again (an app's lifespan run again): taken as before
+    folder.mkdir()
+    job = jobs.start("key-a", "x.csv", 5, True, lambda on_progress, stop: ImportReport(rows=3, stored=3), folder)
+    assert _finished(job).status == "done"
+    jobs.close()
+
+
 def test_a_finished_job_keeps_its_report(tmp_path: Path, portrait: Portrait) -> None:
     jobs = _jobs(portrait)
     job = jobs.start("key-a", "x.csv", 5, True, lambda on_progress, stop: ImportReport(rows=3, stored=3), tmp_path)

@@ -115,13 +115,16 @@ class ImportJobs:
         job = ImportJob(uuid.uuid4().hex, owner, filename, dry_run, ReadProgress(size), upload=folder)
         try:
             with self._lock:  # counted from here on: two sent at once cannot both pass the bound
+                if self._queue.stopping:  # it would only be recorded as interrupted at the next start
+                    raise Conflict(f"the server is stopping: nothing of {filename} was imported; send it again once "
+                                   "the server has started", code="server_stopping")
                 self._refuse_past_the_most_unfinished(owner)
                 # Before the job is counted and recorded: forgetting writes to the store, and refused there (a full
                 # disk) once the job was, the job stayed queued for good, never started, and counted against its key
                 self._forget_old()
                 self._jobs[job.id] = job
             self._records.add(job.id, owner, filename, dry_run, size, str(folder))
-        except BaseException:  # not queued (too many, or the store refused: a full disk): its upload must not stay
+        except BaseException:  # not queued (stopping, too many, the store refused: a full disk): its upload goes
             with self._lock:
                 self._jobs.pop(job.id, None)
             shutil.rmtree(folder, ignore_errors=True)
