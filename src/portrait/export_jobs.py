@@ -38,7 +38,7 @@ from portrait.background import Worker
 from portrait.client import process_alive
 from portrait.errors import Conflict, Gone, NotFound, PortraitError
 from portrait.exports import ExportCancelled
-from portrait.job_queue import MOST_UNFINISHED_PER_KEY, JobQueue
+from portrait.job_queue import JobQueue, refuse_past_the_most_unfinished
 
 log = logging.getLogger(__name__)
 KEPT_SECONDS = 3600.0  # how long a finished export's file can be downloaded
@@ -234,10 +234,8 @@ class ExportJobs:
     def _refuse_past_the_most_unfinished(self, owner: str) -> None:
         """Called holding ``_lock``."""
         unfinished = sum(1 for job in self._jobs.values() if job.owner == owner and job.finished is None)
-        if unfinished >= MOST_UNFINISHED_PER_KEY:
-            raise Conflict(f"this key has {unfinished} exports queued or running, the most a key may have at once: "
-                           "ask again once one has ended, or cancel one (DELETE /api/exports/{id})",
-                           code="too_many_exports")
+        refuse_past_the_most_unfinished(unfinished, "export",
+                                        "ask again once one has ended, or cancel one (DELETE /api/exports/{id})")
 
     def _place(self, job: ExportJob) -> None:
         """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""

@@ -37,7 +37,7 @@ from typing import Any
 from portrait.errors import Conflict, Interrupted, NotFound, PortraitError
 from portrait.files import ReadProgress
 from portrait.import_records import ImportRecord, ImportRecords
-from portrait.job_queue import MOST_UNFINISHED_PER_KEY, JobQueue
+from portrait.job_queue import JobQueue, refuse_past_the_most_unfinished
 from portrait.service import ImportReport
 from portrait.spec import utc_now
 
@@ -182,10 +182,8 @@ class ImportJobs:
     def _refuse_past_the_most_unfinished(self, owner: str) -> None:
         """Called holding ``_lock``."""
         unfinished = sum(1 for job in self._jobs.values() if job.owner == owner and job.finished is None)
-        if unfinished >= MOST_UNFINISHED_PER_KEY:
-            raise Conflict(f"this key has {unfinished} imports queued or running, the most a key may have at once: "
-                           "send the file again once one has ended, or cancel one (DELETE /api/imports/{id})",
-                           code="too_many_imports")
+        refuse_past_the_most_unfinished(unfinished, "import", "send the file again once one has ended, or cancel "
+                                        "one (DELETE /api/imports/{id})")
 
     def _place(self, job: ImportJob) -> None:
         """Its place in the queue (1: it runs next), while it waits; called holding ``_lock``."""

@@ -15,10 +15,20 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from portrait.errors import Conflict
+
 MOST_UNFINISHED_PER_KEY = 10
 """Jobs of one kind a key may have queued or running at once: past it, its next is refused (409). Without a bound
 one key -- a read key's script in a loop -- could queue any number, each waiting job holding its upload on disk (an
 import) and every other key's jobs waiting behind them all."""
+
+
+def refuse_past_the_most_unfinished(unfinished: int, kind: str, then: str) -> None:
+    """409 ``too_many_<kind>s`` when a key already has ``unfinished`` (queued or running) jobs of ``kind``, the most
+    it may; ``then`` says what to do."""
+    if unfinished >= MOST_UNFINISHED_PER_KEY:
+        raise Conflict(f"this key has {unfinished} {kind}s queued or running, the most a key may have at once: {then}",
+                       code=f"too_many_{kind}s")
 
 
 @dataclass(frozen=True)
