@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from portrait.job_queue import JobQueue
 
 
@@ -119,3 +121,29 @@ def test_a_job_that_says_it_ended_hands_its_place_on_in_the_same_hold_of_the_loc
     assert ended.wait(30)
     queue.join(30)
     assert seen_at_the_end == [["a", "b"]]
+
+
+def test_a_job_whose_thread_cannot_start_waits_first_in_line_instead_of_reading_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of threads ("can't start new thread"), the job was marked running, never ran, and held its place for
+    good; it now waits, first in line, and starts with the next chance."""
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def refusing_once(thread: threading.Thread) -> None:
+        if not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing_once)
+    jobs = Jobs(at_once=1)
+    jobs.add("a")
+    assert refused == ["portrait-test-a"] and jobs.begun == [] and jobs.places("a") == [1]
+    jobs.add("b")  # the next chance: "a" starts, first in line
+    assert jobs.begun == ["a"] and jobs.places("a", "b") == [None, 1]
+    jobs.release["a"].set()
+    assert jobs.started["b"].wait(30)
+    jobs.release["b"].set()
+    jobs.queue.join(30)
+    assert jobs.ended["a"].is_set() and jobs.ended["b"].is_set()

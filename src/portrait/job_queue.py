@@ -9,6 +9,7 @@ every method here but :meth:`JobQueue.join` is called holding it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from portrait.errors import Conflict
+
+log = logging.getLogger(__name__)
 
 MOST_UNFINISHED_PER_KEY = 10
 """Jobs of one kind a key may have queued or running at once: past it, its next is refused (409). Without a bound
@@ -100,13 +103,22 @@ class JobQueue:
 
     def _start_next(self) -> None:
         while self._order and len(self._threads) < self._at_once and not self._stopping.is_set():
-            job_id = self._order.popleft()
-            waiting = self._waiting.pop(job_id)
-            waiting.begin()
+            job_id = self._order[0]
+            waiting = self._waiting[job_id]
             thread = threading.Thread(target=self._run, args=(job_id, waiting.run),
                                       name=f"portrait-{self._kind}-{job_id[:8]}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": it waits, first in line, for the next job's end
+                log.exception("could not start a thread for %s %s: it waits for the next job to end", self._kind,
+                              job_id)
+                return
+            # Marked running once its thread is there (else it read "running" for good, holding a place); the
+            # thread cannot get ahead of it: whatever it records of its end waits for the lock held here.
+            self._order.popleft()
+            del self._waiting[job_id]
             self._threads[job_id] = thread
-            thread.start()
+            waiting.begin()
 
     def _run(self, job_id: str, run: Callable[[], None]) -> None:
         try:
