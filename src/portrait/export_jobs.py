@@ -8,7 +8,9 @@ order they came, as ``queued`` with their place in the queue, as imports do (:mo
 export holds the profiles it writes in memory (the query's result, then a chunk's Arrow table): any number at once,
 which a read key could ask for, ran the server out of memory. A queue rather than a refusal (429): an export is
 asked once and followed to its file, by the CLI, a script, the console; a refusal would have each of them retry on
-its own, where a queue runs every export asked for, in order, and tells each poller how far back it waits.
+its own, where a queue runs every export asked for, in order, and tells each poller how far back it waits. The
+queue is :class:`portrait.job_queue.JobQueue`, shared with imports; only past ``MOST_UNFINISHED_PER_KEY`` (10)
+exports queued or running for one key is the next refused (409), so one key cannot hold every other one back.
 
 Jobs live in memory, as import jobs do: an export is safe to ask again, so a server that stops cancels the running
 ones and removes every file. A job and its file are visible only to the key that started it (the file holds what

@@ -7,7 +7,9 @@ At most ``PORTRAIT_IMPORTS_AT_ONCE`` (default 2) run at once, each in a thread o
 order they came, as ``queued`` with their place in the queue: each import parses its file in Python and Arrow, and
 any number at once on the 2 cores of a small server took them all from live traffic. Two at once, not one: on the
 2-core box two imports of 150,000 rows each were both done in 9 s, where one after the other took 15.7 s (part of
-each import's time is spent waiting on its commits, which the other fills).
+each import's time is spent waiting on its commits, which the other fills). The queue is
+:class:`portrait.job_queue.JobQueue`, shared with exports; a key may have at most ``MOST_UNFINISHED_PER_KEY`` (10)
+imports queued or running (409 past it).
 
 A job's record is kept in the store (:class:`portrait.import_records.ImportRecords`) as it is queued, starts, after
 each chunk, and as it ends, so a restart does not lose it: a server that stops ends each running job after the chunk
